@@ -1,0 +1,162 @@
+"""Checkpoint directories are committed atomically and found by step number."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from recipec.runtime import checkpoint
+from recipec.runtime.checkpoint import STATE_FILE
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _save(ckpt_dir, step, payload="weights"):
+    """Simulate the training script: save_state into the temp dir, state file, commit."""
+    tmp = checkpoint.temp_dir(ckpt_dir, step)
+    tmp.mkdir()  # accelerate's save_state creates it
+    (tmp / "model.safetensors").write_text(payload)
+    checkpoint.write_state(tmp, {"step": step, "payload": payload})
+    return checkpoint.commit(tmp, ckpt_dir, step)
+
+
+def test_checkpoint_name():
+    assert checkpoint.checkpoint_name(100) == "step_00000100"
+    assert checkpoint.checkpoint_name(0) == "step_00000000"
+    assert checkpoint.checkpoint_name(123456789) == "step_123456789"
+    with pytest.raises(ValueError):
+        checkpoint.checkpoint_name(-1)
+
+
+def test_temp_dir_creates_parent_only_and_clears_stale(tmp_path):
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    tmp = checkpoint.temp_dir(ckpt_dir, 100)
+    assert tmp == ckpt_dir / ".tmp-step_00000100"
+    assert ckpt_dir.is_dir() and not tmp.exists()
+    tmp.mkdir()
+    (tmp / "half-written").write_text("x")
+    again = checkpoint.temp_dir(ckpt_dir, 100)
+    assert again == tmp and not tmp.exists()
+
+
+def test_save_commit_latest_read_state(tmp_path):
+    final = _save(tmp_path, 100)
+    assert final == tmp_path / "step_00000100"
+    assert (final / "model.safetensors").read_text() == "weights"
+    assert not (tmp_path / ".tmp-step_00000100").exists()
+    assert checkpoint.latest(tmp_path) == final
+    assert checkpoint.read_state(final) == {"step": 100, "payload": "weights"}
+
+
+def test_write_state_format_and_no_leftovers(tmp_path):
+    checkpoint.write_state(tmp_path, {"b": 1, "a": {"y": 2, "x": [1, 2]}})
+    text = (tmp_path / STATE_FILE).read_text()
+    assert text == json.dumps({"b": 1, "a": {"y": 2, "x": [1, 2]}}, sort_keys=True, indent=2) + "\n"
+    checkpoint.write_state(tmp_path, {"step": 2})
+    assert checkpoint.read_state(tmp_path) == {"step": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]
+
+
+def test_latest_ignores_incomplete(tmp_path):
+    assert checkpoint.latest(tmp_path / "missing") is None
+    assert checkpoint.latest(tmp_path) is None
+    good = _save(tmp_path, 5)
+    # a crash mid-save: the temp dir even has a state file, still not complete
+    crashed = tmp_path / ".tmp-step_00000010"
+    crashed.mkdir()
+    checkpoint.write_state(crashed, {"step": 10})
+    # a step dir without the state file
+    (tmp_path / "step_00000020").mkdir()
+    # unrelated entries
+    (tmp_path / "step_00000030.txt").write_text("x")
+    (tmp_path / "notes").mkdir()
+    assert checkpoint.latest(tmp_path) == good
+
+
+def test_latest_orders_by_number_not_string(tmp_path):
+    small = 99_999_999
+    big = 100_000_000
+    assert checkpoint.checkpoint_name(small) > checkpoint.checkpoint_name(big)  # as strings
+    _save(tmp_path, big)
+    _save(tmp_path, small)
+    assert checkpoint.latest(tmp_path).name == checkpoint.checkpoint_name(big)
+    pruned = checkpoint.prune(tmp_path, keep_last=1)
+    assert [p.name for p in pruned] == [checkpoint.checkpoint_name(small)]
+
+
+def test_prune(tmp_path):
+    for step in (10, 20, 30, 40):
+        _save(tmp_path, step)
+    stale = tmp_path / ".tmp-step_00000050"
+    stale.mkdir()
+    incomplete = tmp_path / "step_00000060"
+    incomplete.mkdir()
+
+    deleted = checkpoint.prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in deleted) == sorted([".tmp-step_00000050", "step_00000010", "step_00000020"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000030", "step_00000040", "step_00000060"]
+    assert checkpoint.latest(tmp_path).name == "step_00000040"
+
+    assert checkpoint.prune(tmp_path, keep_last=2) == []
+    assert checkpoint.prune(tmp_path / "missing", keep_last=1) == []
+
+
+def test_prune_keep_all(tmp_path):
+    for step in (1, 2, 3):
+        _save(tmp_path, step)
+    (tmp_path / ".tmp-step_00000004").mkdir()
+    for keep in (0, -1):
+        deleted = checkpoint.prune(tmp_path, keep_last=keep)
+        assert all(p.name.startswith(".tmp-") for p in deleted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001", "step_00000002", "step_00000003"]
+
+
+def test_recommit_same_step_replaces(tmp_path):
+    _save(tmp_path, 100, payload="first")
+    (tmp_path / "step_00000100" / "only-in-old").write_text("x")
+    final = _save(tmp_path, 100, payload="second")
+    assert (final / "model.safetensors").read_text() == "second"
+    assert not (final / "only-in-old").exists()
+    assert checkpoint.read_state(final)["payload"] == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000100"]
+
+
+def test_commit_requires_state_file(tmp_path):
+    tmp = checkpoint.temp_dir(tmp_path, 7)
+    tmp.mkdir()
+    with pytest.raises(ValueError, match=STATE_FILE):
+        checkpoint.commit(tmp, tmp_path, 7)
+    assert checkpoint.latest(tmp_path) is None
+    with pytest.raises(FileNotFoundError):
+        checkpoint.commit(tmp_path / "nope", tmp_path, 7)
+
+
+def test_compiler_side_modules_do_not_import_torch():
+    code = (
+        "import sys, recipec.runtime, recipec.runtime.schedule, recipec.runtime.checkpoint\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'tokenizers', 'numpy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_runtime_works_copied_alone_as_recipec_runtime(tmp_path):
+    """Build directories get a copy named recipec_runtime, with no recipec installed."""
+    import shutil
+
+    shutil.copytree(
+        REPO / "recipec" / "runtime", tmp_path / "recipec_runtime", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    code = (
+        "import sys\n"
+        "sys.path = [p for p in sys.path if p != %r]\n"
+        "from recipec_runtime import schedule, checkpoint, data, tokenizer\n"
+        "assert not [m for m in sys.modules if m == 'recipec' or m.startswith('recipec.')]\n"
+        "assert 'torch' not in sys.modules  # heavy imports happen inside functions\n"
+        "assert schedule.lr_multiplier(5, max_steps=10, warmup_steps=0, decay='linear') == 0.5\n"
+    ) % str(REPO)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
