@@ -10,8 +10,7 @@ never a half-written directory that looks complete.
 
 Typical use from a training script (main process does the bookkeeping)::
 
-    if accelerator.is_main_process:
-        tmp = checkpoint.temp_dir(ckpt_dir, step)
+    tmp = checkpoint.temp_dir(ckpt_dir, step, clean=accelerator.is_main_process)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))          # every rank (RNG states)
     accelerator.wait_for_everyone()
@@ -79,25 +78,28 @@ def _rmtree(path: pathlib.Path) -> None:
         path.unlink()
 
 
-def temp_dir(ckpt_dir: PathLike, step: int) -> pathlib.Path:
+def temp_dir(ckpt_dir: PathLike, step: int, *, clean: bool = True) -> pathlib.Path:
     """Return the temporary directory to save the checkpoint of ``step`` into.
 
-    Creates ``ckpt_dir`` if needed and removes a stale temporary directory for
-    the same step left by an earlier crash. The temporary directory itself is
-    not created: ``accelerator.save_state`` creates it. Call this on the main
-    process only, then synchronise before saving.
+    With ``clean`` (the main process), creates ``ckpt_dir`` if needed and removes
+    a stale temporary directory for the same step left by an earlier crash;
+    the other processes pass ``clean=False`` and only get the path. The
+    temporary directory itself is not created: ``accelerator.save_state``
+    creates it. Synchronise after this call, before saving.
 
     Args:
         ckpt_dir: Directory holding all checkpoints of the run.
         step: Optimizer step being saved.
+        clean: Create ``ckpt_dir`` and remove a stale temporary directory.
 
     Returns:
         ``<ckpt_dir>/.tmp-step_XXXXXXXX``.
     """
     ckpt_dir = pathlib.Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_dir / (_TMP_PREFIX + checkpoint_name(step))
-    _rmtree(tmp)
+    if clean:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _rmtree(tmp)
     return tmp
 
 
@@ -243,3 +245,30 @@ def prune(ckpt_dir: PathLike, keep_last: int) -> list[pathlib.Path]:
             _rmtree(path)
             deleted.append(path)
     return deleted
+
+
+def truncate_metrics(path: PathLike, step: int) -> None:
+    """Drop the lines of a metrics.jsonl file logged after ``step``.
+
+    A resumed run repeats the steps after its checkpoint; without this, the
+    lines of the interrupted attempt would stay in the file beside the
+    repeated ones. The file is rewritten atomically; a missing file is fine.
+
+    Args:
+        path: The metrics.jsonl file, one JSON object with a ``step`` per line.
+        step: The step the run resumes from.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by the crash
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)

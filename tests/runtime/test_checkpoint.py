@@ -160,3 +160,23 @@ def test_runtime_works_copied_alone_as_recipec_runtime(tmp_path):
     ) % str(REPO)
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_temp_dir_without_clean_only_names_the_path(tmp_path):
+    stale = tmp_path / "ckpt" / ".tmp-step_00000003"
+    stale.mkdir(parents=True)
+    (stale / "junk").write_text("x")
+    path = checkpoint.temp_dir(tmp_path / "ckpt", 3, clean=False)
+    assert path == stale
+    assert (stale / "junk").exists()  # another process's view: nothing deleted
+    assert checkpoint.temp_dir(tmp_path / "ckpt", 3) == stale
+    assert not stale.exists()
+
+
+def test_truncate_metrics_drops_lines_after_the_resume_step(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    lines = [{"step": 0, "eval_loss": 9.0}, {"step": 2, "loss": 5.0}, {"step": 4, "loss": 4.0}, {"step": 6, "loss": 3.0}]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 8, "lo')
+    checkpoint.truncate_metrics(metrics, 4)
+    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == [0, 2, 4]
+    checkpoint.truncate_metrics(tmp_path / "missing.jsonl", 4)  # no file: nothing to do

@@ -1,0 +1,282 @@
+"""The `recipec` command line (click).
+
+Every command but `run` is pure compilation and never imports torch, so it starts in a
+fraction of a second. A mistake in a recipe prints every error at once, pointing at the
+file, line and key, and exits with status 2; a traceback always means a bug in recipec.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .diagnostics import Diagnostic, RecipeError, format_diagnostics
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_RECIPE_ERROR = 2
+
+
+def _set_option(fn: F) -> F:
+    return click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a recipe key, e.g. --set train.max_steps=20 (value in TOML syntax; repeatable). "
+        "Recorded in the build.",
+    )(fn)
+
+
+def _color() -> bool:
+    ctx = click.get_current_context(silent=True)
+    color = ctx.find_root().params.get("color") if ctx else None
+    return sys.stderr.isatty() if color is None else color
+
+
+def _report(diagnostics: Sequence[Diagnostic]) -> None:
+    if diagnostics:
+        click.echo(format_diagnostics(list(diagnostics), color=_color()), err=True)
+
+
+def _fail(exc: RecipeError) -> None:
+    _report(exc.diagnostics)
+    sys.exit(EXIT_RECIPE_ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="recipec")
+@click.option("--color/--no-color", default=None, help="Colour diagnostics (default: when stderr is a terminal).")
+def main(color: bool | None) -> None:
+    """recipec: compile a TOML training recipe into a readable training script, and run it.
+
+    \b
+      recipec init recipes/my-run.toml       write a commented starter recipe
+      recipec validate recipes/my-run.toml   every error at once, with file:line:col
+      recipec explain recipes/my-run.toml    every value, where it came from, derived numbers
+      recipec build recipes/my-run.toml      write build/<name>/: train.py, accelerate config, lock
+      recipec run recipes/my-run.toml        build, then accelerate launch
+
+    Exit status: 0 success, 2 a mistake in the recipe, otherwise the training's own.
+    """
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="recipes/quickstart.toml")
+@click.option("--name", help="recipe.name (default: the file name without .toml).")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, name: str | None, force: bool) -> None:
+    """Write a commented starter recipe to PATH (default recipes/quickstart.toml).
+
+    The starter trains a small Llama from scratch on Python's own documentation, on CPU,
+    with a tokenizer trained on the same text: nothing to download.
+    """
+    from .render import environment
+    from .schema import RecipeTable
+
+    name = name or path.stem
+    try:
+        RecipeTable(name=name)
+    except Exception:
+        raise click.BadParameter(
+            f"{name!r} is not a valid recipe.name: use letters, digits, '.', '_' and '-'", param_hint="--name"
+        ) from None
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} exists; pass --force to overwrite it")
+    env = environment()
+    env.filters["toml"] = json.dumps
+    text = env.get_template("init.toml.j2").render(name=name, path=path.as_posix())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {path}\nnext: recipec build {path.as_posix()}")
+
+
+@main.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_set_option
+def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
+    """Check one or more recipes: schema, cross-field rules and warnings. Nothing is written."""
+    from .compiler import plan_recipe
+
+    failed = False
+    for recipe in recipes:
+        try:
+            plan, _ = plan_recipe(recipe, overrides)
+        except RecipeError as exc:
+            _report(exc.diagnostics)
+            failed = True
+            continue
+        _report(plan.warnings)
+        click.echo(f"ok: {recipe.as_posix()} ({plan.name})")
+    if failed:
+        sys.exit(EXIT_RECIPE_ERROR)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@_set_option
+@click.option("-o", "--output", "build_dir", type=click.Path(path_type=Path), help="Build directory to plan for.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as_json: bool) -> None:
+    """Show the resolved plan: every value, where it came from, and the derived numbers."""
+    from .compiler import plan_recipe
+
+    try:
+        plan, _ = plan_recipe(recipe, overrides, build_dir)
+    except RecipeError as exc:
+        _fail(exc)
+    _report(plan.warnings)
+    if as_json:
+        payload = {
+            "name": plan.name,
+            "recipe_file": plan.recipe_file,
+            "build_dir": plan.build_dir,
+            "overrides": list(plan.overrides),
+            "settings": [
+                {"name": s.name, "value": s.value, "section": s.section, "note": s.note, "origin": s.origin}
+                for s in plan.settings
+            ],
+            "formulas": [{"name": f.name, "expr": f.expr, "note": f.note} for f in plan.formulas],
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(_explain_text(plan))
+
+
+def _explain_text(plan: Any) -> str:
+    width = max(len(s.name) for s in plan.settings)
+    values = {s.name: repr(s.value) for s in plan.settings}
+    vwidth = min(40, max(len(v) for v in values.values()))
+    lines = [f"{plan.name}  ({plan.recipe_file} -> {plan.build_dir}/)"]
+    if plan.overrides:
+        lines.append("overrides: " + " ".join(f"--set {o}" for o in plan.overrides))
+    section = None
+    for s in plan.settings:
+        if s.section != section:
+            section = s.section
+            lines += ["", f"[{section}]"]
+        value = values[s.name]
+        if len(value) > 40:
+            value = value[:37] + "..."
+        origin = "" if s.origin == "derived" else f"  ({s.origin})"
+        lines.append(f"  {s.name.ljust(width)}  {value.ljust(vwidth)}  {s.note}{origin}")
+    if plan.formulas:
+        lines += ["", "[computed by train.py once the data is loaded]"]
+        for f in plan.formulas:
+            lines.append(f"  {f.name.ljust(width)}  {f.expr}  ({f.note})")
+    lines += ["", "[summary]"]
+    steps = _lookup(plan, "max_steps")
+    per_step = plan["tokens_per_step"]
+    accum = plan["grad_accum_steps"]
+    lines.append(
+        f"  effective batch  {plan['batch_size']} sequences = {per_step:,} tokens per optimizer step "
+        f"(micro_batch_size {plan['micro_batch_size']} x grad_accum_steps {accum} x {plan['num_processes']} process"
+        f"{'es' if plan['num_processes'] > 1 else ''})"
+    )
+    if steps is not None:
+        warm = _lookup(plan, "warmup_steps")
+        lines.append(f"  optimizer steps  {steps:,}, warmup {warm:,}, then {plan['decay']} decay")
+        lines.append(f"  total tokens     {steps * per_step:,}")
+    else:
+        lines.append("  optimizer steps  derived by train.py from the data (train.epochs)")
+    lines.append(f"  launch           {plan.launch_command}")
+    return "\n".join(lines)
+
+
+def _lookup(plan: Any, name: str) -> Any:
+    try:
+        return plan[name]
+    except KeyError:
+        return None
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@_set_option
+@click.option("-o", "--output", "build_dir", type=click.Path(path_type=Path), help="Build directory (default build/<name>).")
+def build(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None) -> None:
+    """Compile RECIPE into a build directory: train.py, accelerate_config.yaml, launch.sh,
+    resolved.toml, the runtime package and recipe.lock.json."""
+    written = _build(recipe, overrides, build_dir)
+    click.echo(f"built {written.dir.as_posix()}/ (lock {written.lock_sha256[:12]})")
+    click.echo(f"  {written.train_py.as_posix()}")
+    click.echo(f"train with:\n  {_plan_launch(written)}")
+
+
+def _build(recipe: Path, overrides: Sequence[str], build_dir: Path | None) -> Any:
+    from .compiler import build as compile_build
+
+    try:
+        written, plan = compile_build(recipe, overrides, build_dir)
+    except RecipeError as exc:
+        _fail(exc)
+    _report(plan.warnings)
+    return written
+
+
+def _plan_launch(written: Any) -> str:
+    d = written.dir.as_posix()
+    return f"accelerate launch --config_file {d}/accelerate_config.yaml {d}/train.py"
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("recipe", type=click.Path(path_type=Path))
+@_set_option
+@click.option("-o", "--output", "build_dir", type=click.Path(path_type=Path), help="Build directory (default build/<name>).")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, script_args: tuple[str, ...]) -> None:
+    """Build RECIPE, then train it with `accelerate launch`; exits with the training's exit code.
+
+    The build directory stays behind whatever happens, and its train.py is printed, so a
+    failed run can be read and rerun by hand.
+    """
+    from .launch import MissingTrainingExtra, launch
+
+    written = _build(recipe, overrides, build_dir)
+    click.echo(f"built {written.dir.as_posix()}/ -> {_plan_launch(written)}", err=True)
+    try:
+        code = launch(written.dir, script_args)
+    except MissingTrainingExtra as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    status = "finished" if code == 0 else f"failed (exit {code})"
+    click.echo(f"training {status}; script: {written.train_py.as_posix()}", err=True)
+    sys.exit(code)
+
+
+@main.command()
+@click.option(
+    "--output", "schema_path", type=click.Path(path_type=Path), default="schemas/recipe.schema.json", show_default=True
+)
+@click.option("--reference", "reference_path", type=click.Path(path_type=Path), default="docs/reference.md", show_default=True)
+@click.option("--check", is_flag=True, help="Exit 1 if either file is stale instead of writing it.")
+def schema(schema_path: Path, reference_path: Path, check: bool) -> None:
+    """Write the recipe's JSON Schema and the key reference generated from it."""
+    from .reference import json_schema_text, reference_markdown
+
+    stale = []
+    for path, text in ((schema_path, json_schema_text()), (reference_path, reference_markdown())):
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        if check:
+            stale.append(path)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {path.as_posix()}")
+    if stale:
+        click.echo(f"stale: {', '.join(p.as_posix() for p in stale)}; run `recipec schema` to regenerate", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The pipeline as functions the CLI and tests call: read -> validate -> resolve -> render -> write."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .build import Build, check_output_dir, write_build
+from .render import render
+from .resolve import Plan, default_build_dir, resolve
+from .schema import Recipe
+from .source import SourceMap, read_recipe
+from .validate import validate
+
+
+def load(recipe_path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> tuple[Recipe, SourceMap]:
+    """read + validate.
+
+    Raises:
+        RecipeError: for a missing file, bad TOML, a bad override or an invalid recipe.
+    """
+    data, source = read_recipe(recipe_path, overrides)
+    return validate(data, source), source
+
+
+def plan_recipe(
+    recipe_path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    build_dir: str | os.PathLike[str] | None = None,
+    project: str | os.PathLike[str] = ".",
+) -> tuple[Plan, SourceMap]:
+    """read + validate + resolve, relative to the project directory.
+
+    Args:
+        recipe_path: the recipe file, as the user names it.
+        overrides: `--set key=value` arguments.
+        build_dir: where the build will go; default build/<recipe.name>.
+        project: the project directory that relative recipe paths are resolved against.
+    """
+    recipe, source = load(recipe_path, overrides)
+    project = Path(project)
+    rel_build = _relative(build_dir, project) if build_dir is not None else default_build_dir(recipe)
+    plan = resolve(
+        recipe,
+        source,
+        recipe_file=_relative(recipe_path, project),
+        build_dir=rel_build,
+        project_dir=_relative(project, project / rel_build),
+        overrides=tuple(overrides),
+        model_config=_local_model_config(recipe, project),
+    )
+    return plan, source
+
+
+def build(
+    recipe_path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    build_dir: str | os.PathLike[str] | None = None,
+    project: str | os.PathLike[str] = ".",
+) -> tuple[Build, Plan]:
+    """The whole compile: plan, render, and write the build directory."""
+    plan, source = plan_recipe(recipe_path, overrides, build_dir, project)
+    check_output_dir(plan, source, Path(project))
+    written = write_build(plan, render(plan), source, Path(project) / plan.build_dir)
+    return written, plan
+
+
+def _relative(path: str | os.PathLike[str], start: str | os.PathLike[str]) -> str:
+    """`path` relative to `start` when it lies below or near it, POSIX-style; absolute otherwise."""
+    absolute = Path(os.path.abspath(path))
+    base = Path(os.path.abspath(start))
+    rel = os.path.relpath(absolute, base)
+    if rel.startswith(".." + os.sep + ".." + os.sep + ".."):
+        return absolute.as_posix()
+    return Path(rel).as_posix()
+
+
+def _local_model_config(recipe: Recipe, project: Path) -> dict[str, Any] | None:
+    """config.json of a local pretrained model, so resolve can check seq_len against it."""
+    if not recipe.model.is_local:
+        return None
+    config = project / Path(recipe.model.path).expanduser() / "config.json"
+    try:
+        return json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None

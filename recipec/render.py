@@ -1,0 +1,191 @@
+"""render: `Plan` -> {relative path: file text}, through jinja2 templates.
+
+Template rules (they keep generated code reviewable and recipe strings inert):
+
+* Templates substitute, wrap whole sections in ``{% if %}`` and loop over lists prepared
+  here. No arithmetic, no ``default()``, no string munging in a template: anything that
+  needs it is computed in `recipec.resolve` or below.
+* Every value that reaches generated Python goes through `py_literal` (the ``py``
+  filter): the repr of str/int/float/bool/None/list/dict, and an error for anything
+  else. Quoting is never written by hand, so no recipe string can become code. YAML
+  values go through `yaml_scalar` (JSON scalars are valid YAML) for the same reason.
+* ``StrictUndefined``: a misspelt variable is an error, never an empty string.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import tomli_w
+
+from .resolve import Plan
+
+LINE_WIDTH = 100
+COMMENT_COLUMN = 32
+_PLAIN_PATH = re.compile(r"^[\w./+@:~-]+$")
+
+
+def template_dir() -> Path:
+    """The templates: inside the installed package, or templates/ of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "train.py.j2").is_file():
+            return candidate
+    raise FileNotFoundError(f"recipec's templates are missing (looked in {here / 'templates'} and {here.parent / 'templates'})")
+
+
+def py_literal(value: Any) -> str:
+    """The Python literal for a recipe value.
+
+    Raises:
+        TypeError: for anything that is not None, bool, int, finite float, str, or a
+            list/tuple/dict of those; such a value must never be embedded in code.
+    """
+    _check_literal(value)
+    return _format(value, 0)
+
+
+def _format(value: Any, indent: int) -> str:
+    """repr, broken one item per line (black style) when it would not fit."""
+    text = repr(value)
+    if len(text) + indent <= LINE_WIDTH or not isinstance(value, list | tuple | dict) or not value:
+        return text
+    pad = " " * (indent + 4)
+    if isinstance(value, dict):
+        items = [f"{pad}{k!r}: {_format(v, indent + 4)}," for k, v in value.items()]
+        return "{\n" + "\n".join(items) + "\n" + " " * indent + "}"
+    items = [f"{pad}{_format(v, indent + 4)}," for v in value]
+    open_, close = ("[", "]") if isinstance(value, list) else ("(", ")")
+    return open_ + "\n" + "\n".join(items) + "\n" + " " * indent + close
+
+
+def _check_literal(value: Any) -> None:
+    if value is None or isinstance(value, bool | int | str):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"cannot embed non-finite float {value!r} in generated code")
+        return
+    if isinstance(value, list | tuple):
+        for v in value:
+            _check_literal(v)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"cannot embed a dict with key {k!r} in generated code")
+            _check_literal(v)
+        return
+    raise TypeError(f"cannot embed a value of type {type(value).__name__} in generated code")
+
+
+def yaml_scalar(value: Any) -> str:
+    """A YAML scalar for a config value (JSON scalars are valid YAML 1.2 and 1.1)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        _check_literal(value)
+        return json.dumps(value)
+    raise TypeError(f"cannot embed a value of type {type(value).__name__} in YAML")
+
+
+def comment(text: str) -> str:
+    """Text safe to put after `#`: one line."""
+    return " ".join(str(text).split())
+
+
+def plain_path(path: str) -> str:
+    """A path that may be written into docstrings and shell comments as is."""
+    if not _PLAIN_PATH.match(path):
+        raise ValueError(
+            f"path {path!r} has characters that cannot be written into a generated script's docstring; "
+            "use letters, digits and ./_-+@:~"
+        )
+    return path
+
+
+def environment() -> jinja2.Environment:
+    """The one jinja2 environment every template is rendered with."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["py"] = py_literal
+    env.filters["yaml"] = yaml_scalar
+    env.filters["comment"] = comment
+    return env
+
+
+def config_block(plan: Plan) -> list[tuple[str, list[str]]]:
+    """The generated script's config block: (section title, lines), comments aligned."""
+    sections: dict[str, list[str]] = {}
+    for s in plan.settings:
+        sections.setdefault(s.section, []).extend(_assignment(s.name, s.value, s.note))
+    return list(sections.items())
+
+
+def formula_lines(plan: Plan) -> list[str]:
+    """Assignments computed by the script from the loaded data, with their notes."""
+    lines: list[str] = []
+    for f in plan.formulas:
+        code = f"{f.name} = {f.expr}"
+        lines.append(f"{code.ljust(COMMENT_COLUMN - 2)}  # {comment(f.note)}")
+    return lines
+
+
+def _assignment(name: str, value: Any, note: str) -> list[str]:
+    literal = py_literal(value)
+    code = f"{name} = {literal}"
+    if "\n" in literal:
+        return [f"# {comment(note)}", code]
+    return [f"{code.ljust(COMMENT_COLUMN - 2)}  # {comment(note)}"]
+
+
+def resolved_toml(plan: Plan) -> str:
+    """Every setting after defaults and overrides, as a recipe that builds the same plan."""
+    data = plan.recipe.model_dump(exclude_none=True)
+    if plan.recipe.model.init is None:
+        data["model"].pop("config", None)
+    header = (
+        f"# Every setting of {comment(plan.recipe_file)} after defaults and --set overrides,\n"
+        f"# written by recipec {plan.version}. It is itself a recipe and builds the same plan.\n\n"
+    )
+    return header + tomli_w.dumps(data)
+
+
+def render(plan: Plan) -> dict[str, str]:
+    """Render every generated text file of a build.
+
+    Returns:
+        {path relative to the build directory: text}; the runtime package and the lock
+        are added by `recipec.build`.
+    """
+    env = environment()
+    cpu_multi = plan["num_processes"] > 1
+    context = {
+        "plan": plan,
+        "recipe": plan.recipe,
+        "version": plan.version,
+        "name": plan.name,
+        "build_dir": plain_path(plan.build_dir.rstrip("/")),
+        "launch_command": plan.launch_command,
+        "recipe_file": plan.recipe_file,
+        "project_dir": plan.project_dir,
+        "config": config_block(plan),
+        "formulas": formula_lines(plan),
+        "overrides": list(plan.overrides),
+        "distributed_type": "MULTI_GPU" if cpu_multi else "NO",
+    }
+    return {
+        "train.py": env.get_template("train.py.j2").render(context),
+        "accelerate_config.yaml": env.get_template("accelerate_config.yaml.j2").render(context),
+        "launch.sh": env.get_template("launch.sh.j2").render(context),
+        "resolved.toml": resolved_toml(plan),
+    }

@@ -1,0 +1,109 @@
+"""The recipe schema: one pydantic model per TOML table.
+
+Every default is declared once, on its field; every description is the field's
+attribute docstring. `Recipe` is the root; `RENAMED` maps keys that other tools (or
+older recipec versions) spell differently to the recipec key, so a migrating user gets
+"`learning_rate` is `optim.lr` here" instead of a bare "unknown key".
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import Table
+from .data import DataTable, Source
+from .launch import LaunchTable
+from .model import ModelConfig, ModelTable
+from .optim import OptimTable
+from .output import OutputTable
+from .recipe import RecipeTable
+from .schedule import ScheduleTable
+from .tokenizer import TokenizerTable, TokenizerTrain
+from .train import TrainTable
+
+
+class Recipe(Table):
+    """A recipec training recipe."""
+
+    recipe: RecipeTable
+    """`[recipe]`: name, description, seed."""
+
+    model: ModelTable
+    """`[model]`: the model to train."""
+
+    tokenizer: TokenizerTable = Field(default_factory=TokenizerTable)
+    """`[tokenizer]`: the tokenizer; unset uses the model's own."""
+
+    data: DataTable
+    """`[data]`: sources, sequence length, packing, held-out split."""
+
+    optim: OptimTable = Field(default_factory=OptimTable)
+    """`[optim]`: AdamW settings."""
+
+    schedule: ScheduleTable = Field(default_factory=ScheduleTable)
+    """`[schedule]`: LR warmup and decay."""
+
+    train: TrainTable
+    """`[train]`: batch, length, cadence."""
+
+    launch: LaunchTable = Field(default_factory=LaunchTable)
+    """`[launch]`: processes, precision, device."""
+
+    output: OutputTable = Field(default_factory=OutputTable)
+    """`[output]`: the run directory."""
+
+
+# (table, key) as another tool spells it -> the recipec key, or an explanation.
+RENAMED: dict[tuple[str, ...], str] = {
+    ("optim", "learning_rate"): "`optim.lr`",
+    ("optim", "max_grad_norm"): "`optim.grad_clip`",
+    ("optim", "adam_beta1"): "`optim.betas` (a pair)",
+    ("optim", "adam_beta2"): "`optim.betas` (a pair)",
+    ("optim", "adam_epsilon"): "`optim.eps`",
+    ("schedule", "warmup_steps"): "`schedule.warmup` (an integer is a number of steps)",
+    ("schedule", "warmup_ratio"): "`schedule.warmup` (a float is a fraction of the run)",
+    ("schedule", "lr_scheduler_type"): "`schedule.decay`",
+    ("schedule", "min_lr_rate"): "`schedule.min_lr_ratio`",
+    ("train", "per_device_train_batch_size"): "`train.micro_batch_size`",
+    ("train", "micro_batch"): "`train.micro_batch_size`",
+    ("train", "global_batch_size"): "`train.batch_size`",
+    ("train", "gradient_accumulation_steps"): "derived from `train.batch_size`, `train.micro_batch_size` and `launch.num_processes`",
+    ("train", "num_train_epochs"): "`train.epochs`",
+    ("train", "save_steps"): "`train.save_every`",
+    ("train", "eval_steps"): "`train.eval_every`",
+    ("train", "logging_steps"): "`train.log_every`",
+    ("train", "save_total_limit"): "`train.keep_last`",
+    ("data", "max_seq_length"): "`data.seq_len`",
+    ("data", "sequence_len"): "`data.seq_len`",
+    ("data", "sample_packing"): "`data.packing`",
+    ("data", "val_set_size"): "`data.eval_fraction`",
+    ("model", "torch_dtype"): "`model.dtype`",
+    ("model", "base_model"): "`model.path`",
+    ("model", "model_name_or_path"): "`model.path`",
+    ("launch", "bf16"): '`launch.mixed_precision = "bf16"`',
+    ("launch", "fp16"): '`launch.mixed_precision = "fp16"`',
+    ("output", "output_dir"): "`output.dir`",
+    ("lr_scheduler",): "`[schedule]`",
+    ("scheduler",): "`[schedule]`",
+    ("training",): "`[train]`",
+    ("dataset",): "`[data]`",
+    ("datasets",): "`[[data.sources]]`",
+}
+
+__all__ = [
+    "DataTable",
+    "LaunchTable",
+    "ModelConfig",
+    "ModelTable",
+    "OptimTable",
+    "OutputTable",
+    "RENAMED",
+    "Recipe",
+    "RecipeTable",
+    "ScheduleTable",
+    "Source",
+    "Table",
+    "TokenizerTable",
+    "TokenizerTrain",
+    "TrainTable",
+]

@@ -1,0 +1,55 @@
+"""`[train]`: batch, length and the cadence of logging, evaluation and checkpoints."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from .base import Table, key_error
+
+LENGTH_KEYS = ("max_steps", "tokens", "epochs")
+
+
+class TrainTable(Table):
+    """`[train]`. Give the run's length as exactly one of `max_steps`, `tokens` and `epochs`."""
+
+    micro_batch_size: int = Field(8, ge=1)
+    """Sequences per process per forward pass."""
+
+    batch_size: int = Field(32, ge=1)
+    """Global batch: sequences per optimizer step over all processes. Gradient accumulation is derived: batch_size / (micro_batch_size * launch.num_processes)."""
+
+    max_steps: int | None = Field(None, ge=1)
+    """Length of the run in optimizer steps."""
+
+    tokens: int | None = Field(None, ge=1)
+    """Length of the run in training tokens (batch_size * seq_len per step, rounded up to whole steps)."""
+
+    epochs: int | float | None = Field(None, gt=0)
+    """Length of the run in passes over the training split. Steps per epoch depend on the data, so the generated script derives max_steps after tokenizing."""
+
+    log_every: int = Field(10, ge=1)
+    """Write a line to metrics.jsonl every this many optimizer steps."""
+
+    eval_every: int = Field(100, ge=0)
+    """Evaluate on the held-out split every this many steps, and at the end; 0: only at the end."""
+
+    eval_batches: int = Field(50, ge=0)
+    """Micro-batches per evaluation; 0: the whole held-out split."""
+
+    save_every: int = Field(500, ge=0)
+    """Save a resumable checkpoint every this many steps; 0: none (the final model is always saved)."""
+
+    keep_last: int = Field(2, ge=0)
+    """Keep only the newest this many checkpoints; 0 keeps all."""
+
+    @model_validator(mode="after")
+    def check_one_length(self) -> TrainTable:
+        given = [k for k in LENGTH_KEYS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise key_error(
+                given[1] if len(given) > 1 else "max_steps",
+                "give the run's length as exactly one of `max_steps`, `tokens` and `epochs`"
+                + (f", got {' and '.join(given)}" if given else ""),
+                "e.g. max_steps = 1000",
+            )
+        return self
