@@ -110,6 +110,7 @@ def resolve(
 
     b.section("run")
     b.key("name", ("recipe", "name"))
+    b.key("description", ("recipe", "description"))
     b.key("seed", ("recipe", "seed"))
     if r.output.dir is not None:
         b.key("output_dir", ("output", "dir"))

@@ -118,9 +118,10 @@ def _diagnostic(path: KeyPath, errs: list[dict[str, Any]], source: SourceMap) ->
         wanted = " or ".join(dict.fromkeys(_EXPECTED[e["type"]] for e in errs))
         return Diagnostic("error", f"`{name}` must be {wanted}, not {got}", source.value_location(path))
     if kind == "literal_error":
-        options = err["ctx"]["expected"]
+        choices = _literal_options(path)
+        options = ", ".join(json.dumps(c) for c in choices) if choices else err["ctx"]["expected"]
         value = err.get("input")
-        hint = did_you_mean(value, _literal_options(path)) if isinstance(value, str) else None
+        hint = did_you_mean(value, choices) if isinstance(value, str) else None
         return Diagnostic(
             "error", f"`{name}` must be one of {options}, not {got}", source.value_location(path), hint
         )
@@ -192,7 +193,7 @@ def _literal_options(path: KeyPath) -> list[str]:
 
     def collect(annotation: Any) -> None:
         if typing.get_origin(annotation) is typing.Literal:
-            options.extend(str(a) for a in typing.get_args(annotation))
+            options.extend(a for a in typing.get_args(annotation) if isinstance(a, str))
         else:
             for arg in typing.get_args(annotation):
                 collect(arg)

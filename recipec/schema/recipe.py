@@ -14,7 +14,7 @@ class RecipeTable(Table):
     """Name of the run. Names the build directory (build/<name>) and the default output directory (runs/<name>). Letters, digits, `.`, `_` and `-`."""
 
     description: str = ""
-    """Free text for reviewers; copied into the generated script's docstring."""
+    """Free text for reviewers; recorded in the generated script and in the run's run.json."""
 
     seed: int = Field(1234, ge=0, lt=2**32)
     """Seed for every random number generator: python, numpy, torch, the data split, the shuffle order and the model's initialisation."""
