@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,44 @@ def test_two_processes_on_cpu_match_one_process_with_the_same_global_batch(tmp_p
     b = [m["loss"] for m in _metrics(two / "runs" / "tiny") if "loss" in m]
     assert len(a) == len(b) == 3
     assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+def test_fine_tune_a_local_pretrained_model_with_its_own_tokenizer_unpacked(tmp_path: Path, uninterrupted: Path) -> None:
+    recipe = TINY.split("[model]")[0] + textwrap.dedent(
+        f"""
+        [model]
+        path = "{uninterrupted / 'model'}"
+
+        [data]
+        seq_len = 32
+        packing = false
+        eval_fraction = 0.25
+
+        [[data.sources]]
+        path = "data/*.jsonl"
+
+        [train]
+        micro_batch_size = 2
+        batch_size = 4
+        max_steps = 3
+        log_every = 1
+        save_every = 0
+
+        [launch]
+        cpu = true
+        """
+    )
+    project = _project(tmp_path, recipe)
+    (project / "data").mkdir()
+    docs = [{"text": f"def f{i}(x):\n    return x * {i}\n", "id": i} for i in range(12)]
+    (project / "data" / "code.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    build_dir = _build(project)
+    assert "AutoConfig" not in (build_dir / "train.py").read_text()  # the from-scratch branch is not emitted
+    _train(build_dir)
+    run_dir = project / "runs" / "tiny"
+    assert [m["step"] for m in _metrics(run_dir) if "loss" in m] == [1, 2, 3]
+    before, after = _weights(uninterrupted), _weights(run_dir)
+    assert before.keys() == after.keys()
+    import torch
+
+    assert any(not torch.equal(before[k], after[k]) for k in before), "fine-tuning changed no weight"
