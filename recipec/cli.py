@@ -67,7 +67,7 @@ def main(color: bool | None) -> None:
     """
 
 
-@main.command()
+@main.command(short_help="Write a commented starter recipe.")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="recipes/quickstart.toml")
 @click.option("--name", help="recipe.name (default: the file name without .toml).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
@@ -97,7 +97,7 @@ def init(path: Path, name: str | None, force: bool) -> None:
     click.echo(f"wrote {path}\nnext: recipec build {path.as_posix()}")
 
 
-@main.command()
+@main.command(short_help="Check recipes; every error at once.")
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_set_option
 def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
@@ -118,7 +118,7 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
         sys.exit(EXIT_RECIPE_ERROR)
 
 
-@main.command()
+@main.command(short_help="Show every value, its origin and the derived numbers.")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @_set_option
 @click.option("-o", "--output", "build_dir", type=click.Path(path_type=Path), help="Build directory to plan for.")
@@ -196,7 +196,7 @@ def _lookup(plan: Any, name: str) -> Any:
         return None
 
 
-@main.command()
+@main.command(short_help="Write the build directory: train.py, config, lock.")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @_set_option
 @click.option("-o", "--output", "build_dir", type=click.Path(path_type=Path), help="Build directory (default build/<name>).")
@@ -225,12 +225,11 @@ def _plan_launch(written: Any) -> str:
     return f"accelerate launch --config_file {d}/accelerate_config.yaml {d}/train.py"
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command(short_help="Build, then train with accelerate launch.")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @_set_option
 @click.option("-o", "--output", "build_dir", type=click.Path(path_type=Path), help="Build directory (default build/<name>).")
-@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
-def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, script_args: tuple[str, ...]) -> None:
+def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None) -> None:
     """Build RECIPE, then train it with `accelerate launch`; exits with the training's exit code.
 
     The build directory stays behind whatever happens, and its train.py is printed, so a
@@ -241,7 +240,7 @@ def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, script
     written = _build(recipe, overrides, build_dir)
     click.echo(f"built {written.dir.as_posix()}/ -> {_plan_launch(written)}", err=True)
     try:
-        code = launch(written.dir, script_args)
+        code = launch(written.dir)
     except MissingTrainingExtra as exc:
         click.echo(f"error: {exc}", err=True)
         code = 1
@@ -252,7 +251,7 @@ def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, script
     sys.exit(code)
 
 
-@main.command()
+@main.command(short_help="Write the JSON Schema and the key reference.")
 @click.option(
     "--output", "schema_path", type=click.Path(path_type=Path), default="schemas/recipe.schema.json", show_default=True
 )

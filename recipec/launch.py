@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -13,7 +12,7 @@ class MissingTrainingExtra(RuntimeError):
     """accelerate is not installed where recipec runs."""
 
 
-def launch_command(build_dir: Path, extra_args: Sequence[str] = ()) -> list[str]:
+def launch_command(build_dir: Path) -> list[str]:
     """The argv that trains a build: this Python's accelerate, the build's config and script."""
     return [
         sys.executable,
@@ -22,11 +21,10 @@ def launch_command(build_dir: Path, extra_args: Sequence[str] = ()) -> list[str]
         "--config_file",
         str(build_dir / "accelerate_config.yaml"),
         str(build_dir / "train.py"),
-        *extra_args,
     ]
 
 
-def launch(build_dir: Path, extra_args: Sequence[str] = ()) -> int:
+def launch(build_dir: Path) -> int:
     """Train a build and return the training's exit code.
 
     Raises:
@@ -36,4 +34,4 @@ def launch(build_dir: Path, extra_args: Sequence[str] = ()) -> int:
         raise MissingTrainingExtra(
             "training needs the training libraries: pip install 'recipec[train]' (torch, accelerate, transformers, ...)"
         )
-    return subprocess.call(launch_command(build_dir, extra_args))
+    return subprocess.call(launch_command(build_dir))
