@@ -1,0 +1,179 @@
+"""Shared fixtures of the compile-side tests: a minimal recipe and the golden-file switch.
+
+Tests build recipes from one minimal valid recipe (a tiny from-scratch Llama, a BPE
+tokenizer trained on Python's own docs, one builtin source, `train.max_steps`) and state
+only the keys they care about::
+
+    def test_something(write_recipe):
+        path = write_recipe({"optim.lr": 1e-3, "train.max_steps": None}, train={"epochs": 2})
+
+Golden files (tests/golden/, tests/bad_recipes/*.err) are regenerated with
+``pytest tests --update-golden``.
+
+Nothing here is autouse: the runtime and training tests do not use these fixtures.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+# Nothing in the test suite may reach the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parent.parent
+
+MINIMAL: dict[str, Any] = {
+    "recipe": {"name": "tiny"},
+    "model": {
+        "init": "llama",
+        "config": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 128,
+        },
+    },
+    "tokenizer": {"train": {"kind": "bpe", "vocab_size": 512}},
+    "data": {"seq_len": 32, "sources": [{"builtin": "python-docs"}]},
+    "train": {"micro_batch_size": 4, "batch_size": 8, "max_steps": 100, "eval_every": 50, "save_every": 50},
+}
+"""The minimal valid recipe: resolves with no error and no warning."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite the golden files (tests/golden/, tests/bad_recipes/*.err) from the current output",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """True when the run was asked to rewrite golden files instead of comparing."""
+    return bool(request.config.getoption("--update-golden"))
+
+
+def _recipe_data(dotted: Mapping[str, Any] | None = None, /, **tables: Any) -> dict[str, Any]:
+    """The minimal recipe as a dict, changed by dotted keys and whole-table merges.
+
+    Args:
+        dotted: ``{"optim.lr": 1e-3, "train.max_steps": None}``; a value of None removes
+            the key (TOML has no null), missing tables on the way are created.
+        **tables: ``train={"epochs": 2, "max_steps": None}`` merges into ``[train]``
+            (None removes a key); ``tokenizer=None`` removes the whole table.
+    """
+    data = copy.deepcopy(MINIMAL)
+    for table, value in tables.items():
+        if value is None:
+            data.pop(table, None)
+        elif isinstance(value, Mapping):
+            _merge(data.setdefault(table, {}), value)
+        else:
+            data[table] = value
+    for key, value in (dotted or {}).items():
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return data
+
+
+def _merge(into: dict[str, Any], changes: Mapping[str, Any]) -> None:
+    for key, value in changes.items():
+        if value is None:
+            into.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def _recipe_text(dotted: Mapping[str, Any] | None = None, /, *, text: str = "", **tables: Any) -> str:
+    """The minimal recipe as TOML text; ``text`` is appended verbatim (e.g. a new table)."""
+    body = tomli_w.dumps(_recipe_data(dotted, **tables))
+    return body + ("\n" + text.strip("\n") + "\n" if text else "")
+
+
+@pytest.fixture
+def recipe_data() -> Callable[..., dict[str, Any]]:
+    """`_recipe_data`: the minimal recipe as a dict, with changes."""
+    return _recipe_data
+
+
+@pytest.fixture
+def recipe_text() -> Callable[..., str]:
+    """`_recipe_text`: the minimal recipe as TOML text, with changes."""
+    return _recipe_text
+
+
+@pytest.fixture
+def write_recipe(tmp_path: Path) -> Callable[..., Path]:
+    """Write a variant of the minimal recipe into tmp_path and return its path.
+
+    ``write_recipe({"optim.lr": 1e-3}, text="[launch]\\ncpu = true", filename="r.toml",
+    train={"epochs": 1, "max_steps": None})``; see `_recipe_data` for the arguments.
+    """
+
+    def write(
+        dotted: Mapping[str, Any] | None = None, /, *, text: str = "", filename: str = "recipe.toml", **tables: Any
+    ) -> Path:
+        path = tmp_path / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_recipe_text(dotted, text=text, **tables), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def minimal_recipe(write_recipe: Callable[..., Path]) -> Path:
+    """The unmodified minimal recipe, written to tmp_path/recipe.toml."""
+    return write_recipe()
+
+
+@pytest.fixture
+def plan_of() -> Callable[..., Any]:
+    """read + validate + resolve of a variant of the minimal recipe, in memory (no disk).
+
+    ``plan_of({"schedule.warmup": 0.1})`` returns the Plan; a RecipeError propagates.
+    ``overrides=[...]`` are `--set` arguments; ``text=`` is appended TOML.
+    """
+    from recipec.resolve import resolve
+    from recipec.source import parse_recipe
+    from recipec.validate import validate
+
+    def plan(
+        dotted: Mapping[str, Any] | None = None,
+        /,
+        *,
+        text: str = "",
+        overrides: Iterable[str] = (),
+        file: str = "recipes/tiny.toml",
+        **tables: Any,
+    ):
+        overrides = tuple(overrides)
+        data, source = parse_recipe(_recipe_text(dotted, text=text, **tables), file, overrides)
+        return resolve(validate(data, source), source, recipe_file=file, overrides=overrides)
+
+    return plan
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    """The repository root (recipes/, templates/, tests/ live below it)."""
+    return REPO

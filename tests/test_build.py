@@ -1,0 +1,454 @@
+"""write: the build directory, its lock, reproducibility, and what a build refuses to overwrite.
+
+The golden build of recipes/quickstart.toml lives in tests/golden/quickstart/; regenerate
+it with `pytest tests/test_build.py --update-golden` and review the diff.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+import recipec
+from recipec import build as build_module
+from recipec.build import LOCK_FILE, lock_text
+from recipec.compiler import build, plan_recipe
+from recipec.diagnostics import RecipeError
+from recipec.render import template_dir
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = REPO / "tests" / "golden"
+REGENERATE = "pytest tests/test_build.py --update-golden"
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """{relative posix path: bytes} of every file below root."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def hashes(root: Path) -> dict[str, str]:
+    return {rel: hashlib.sha256(data).hexdigest() for rel, data in tree(root).items()}
+
+
+def build_quickstart(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Build recipes/quickstart.toml from a copy in `project`, the way a user would from the project root."""
+    (project / "recipes").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "recipes" / "quickstart.toml", project / "recipes" / "quickstart.toml")
+    monkeypatch.chdir(project)
+    written, _ = build("recipes/quickstart.toml")
+    return project / written.dir
+
+
+# -- golden build -------------------------------------------------------------------------
+
+
+def test_quickstart_build_matches_golden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update_golden: bool):
+    built = build_quickstart(tmp_path, monkeypatch)
+    golden = GOLDEN / "quickstart"
+    if update_golden:
+        shutil.rmtree(golden, ignore_errors=True)
+        shutil.copytree(built, golden)
+        return
+    assert golden.is_dir(), f"no golden build; create it with `{REGENERATE}`"
+    actual, expected = tree(built), tree(golden)
+    problems = []
+    for rel in sorted(set(actual) | set(expected)):
+        if rel not in expected:
+            problems.append(f"new file {rel} (not in tests/golden/quickstart/)")
+        elif rel not in actual:
+            problems.append(f"missing file {rel} (in tests/golden/quickstart/, not built)")
+        elif actual[rel] != expected[rel]:
+            diff = difflib.unified_diff(
+                expected[rel].decode().splitlines(keepends=True),
+                actual[rel].decode().splitlines(keepends=True),
+                f"golden/quickstart/{rel}",
+                f"build/quickstart/{rel}",
+            )
+            problems.append("".join(diff))
+    if problems:
+        pytest.fail(
+            "the build of recipes/quickstart.toml differs from tests/golden/quickstart/:\n\n"
+            + "\n".join(problems)
+            + f"\nif the change is intended, regenerate with:\n  {REGENERATE}",
+            pytrace=False,
+        )
+
+
+def test_build_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    built = build_quickstart(tmp_path, monkeypatch)
+    assert built == tmp_path / "build" / "quickstart"
+    files = set(tree(built))
+    assert {"train.py", "accelerate_config.yaml", "launch.sh", "resolved.toml", LOCK_FILE} <= files
+    runtime = {f"recipec_runtime/{p.name}" for p in (REPO / "recipec" / "runtime").glob("*.py")}
+    assert runtime and runtime <= files
+    assert (built / "launch.sh").stat().st_mode & stat.S_IXUSR
+    assert not (built / "train.py").stat().st_mode & stat.S_IXUSR
+    # nothing else is left beside the build
+    assert sorted(p.name for p in built.parent.iterdir()) == ["quickstart"]
+
+
+def test_runtime_is_shipped_verbatim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    built = build_quickstart(tmp_path, monkeypatch)
+    for source in (REPO / "recipec" / "runtime").glob("*.py"):
+        assert (built / "recipec_runtime" / source.name).read_bytes() == source.read_bytes()
+
+
+# -- reproducible builds -------------------------------------------------------------
+
+
+def test_building_twice_gives_identical_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    first = hashes(build_quickstart(tmp_path / "a", monkeypatch))
+    again = hashes(build_quickstart(tmp_path / "a", monkeypatch))
+    elsewhere = hashes(build_quickstart(tmp_path / "somewhere" / "else", monkeypatch))
+    assert first == again
+    assert first == elsewhere, "the build depends on where the project lives"
+
+
+def test_build_does_not_depend_on_machine_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    first = hashes(build_quickstart(tmp_path / "a", monkeypatch))
+    for var, value in {"WORLD_SIZE": "8", "LOCAL_RANK": "3", "CUDA_VISIBLE_DEVICES": "0,1", "TZ": "Asia/Tokyo"}.items():
+        monkeypatch.setenv(var, value)
+    assert hashes(build_quickstart(tmp_path / "b", monkeypatch)) == first
+
+
+# -- the lock -----------------------------------------------------------------------------
+
+
+def test_lock_records_inputs_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    built = build_quickstart(tmp_path, monkeypatch)
+    text = (built / LOCK_FILE).read_text()
+    lock = json.loads(text)
+    assert text == lock_text(lock), "the lock is written canonically (sorted keys, two-space indent)"
+
+    files = {rel: data for rel, data in tree(built).items() if rel != LOCK_FILE}
+    assert set(lock["files"]) == set(files), "the lock lists every file of the build"
+    for rel, data in files.items():
+        assert lock["files"][rel] == hashlib.sha256(data).hexdigest(), rel
+
+    recipe_bytes = (tmp_path / "recipes" / "quickstart.toml").read_bytes()
+    assert lock["recipe"] == {"file": "recipes/quickstart.toml", "sha256": hashlib.sha256(recipe_bytes).hexdigest()}
+    templates = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in template_dir().glob("*.j2")}
+    assert lock["templates"] == templates and "train.py.j2" in templates
+    assert lock["recipec_version"] == recipec.__version__
+    assert lock["name"] == "quickstart"
+    assert lock["overrides"] == []
+    assert lock["lock_version"] == 1
+
+
+def test_lock_has_no_absolute_path_and_no_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    built = build_quickstart(tmp_path, monkeypatch)
+    for rel, data in tree(built).items():
+        text = data.decode()
+        assert str(tmp_path) not in text, f"{rel} contains the absolute project path"
+        assert os.path.expanduser("~") + "/" not in text or rel.startswith("recipec_runtime/"), rel
+    lock = (built / LOCK_FILE).read_text()
+    assert not re.search(r"\b(19|20)\d\d-\d\d-\d\d", lock), "a date in the lock"
+    assert not re.search(r"\d\d:\d\d:\d\d", lock), "a time in the lock"
+    assert not re.search(r'"/', lock), "an absolute path in the lock"
+
+
+def test_lock_records_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    build_quickstart(tmp_path, monkeypatch)
+    written, _ = build("recipes/quickstart.toml", ["train.max_steps=20", "optim.lr=1e-3"])
+    lock = json.loads((written.dir / LOCK_FILE).read_text())
+    assert lock["overrides"] == ["train.max_steps=20", "optim.lr=1e-3"]
+    assert written.lock == lock
+    assert written.files == lock["files"]
+
+
+def test_lock_hash_changes_with_the_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    built = build_quickstart(tmp_path, monkeypatch)
+    before = json.loads((built / LOCK_FILE).read_text())
+    recipe = tmp_path / "recipes" / "quickstart.toml"
+    recipe.write_text(recipe.read_text() + "\n# a comment changes the recipe's hash, not the plan\n")
+    build("recipes/quickstart.toml")
+    after = json.loads((built / LOCK_FILE).read_text())
+    assert after["recipe"]["sha256"] != before["recipe"]["sha256"]
+    assert after["files"]["train.py"] == before["files"]["train.py"]
+
+
+# -- resolved.toml is a recipe ------------------------------------------------------
+
+
+def _plan_values(plan):
+    return [(s.name, s.value, s.section) for s in plan.settings], plan.formulas
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"data.sources": [{"path": "data/*.jsonl", "text_field": "body"}]},
+        {"data.sources": [{"path": ["a/*.txt", "b/*.md"]}], "train.max_steps": None, "train.epochs": 2},
+        {"data.sources": [{"path": "x.jsonl"}], "output.dir": "runs/x", "launch.num_processes": 2},
+        pytest.param(
+            {"data.sources": [{"path": "x.jsonl"}], "schedule.min_lr": 1e-5, "optim.lr": 1e-3},
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="render.resolved_toml writes both schedule.min_lr and the default min_lr_ratio, which validate rejects",
+            ),
+            id="min_lr",
+        ),
+        pytest.param(
+            {},
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="render.resolved_toml dumps text_field = 'text' for builtin sources, which validate rejects",
+            ),
+            id="builtin-source",
+        ),
+    ],
+    ids=lambda v: ",".join(v) if isinstance(v, dict) else None,
+)
+def test_resolved_toml_resolves_to_the_same_plan(variant, write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = write_recipe(variant, filename="recipes/r.toml")
+    monkeypatch.chdir(tmp_path)
+    written, plan = build("recipes/r.toml", ["train.log_every=5"])
+    again = tmp_path / "again.toml"
+    shutil.copy(written.dir / "resolved.toml", again)
+    try:
+        replan, _ = plan_recipe("again.toml", build_dir=written.dir)
+    except RecipeError as exc:
+        pytest.fail(f"resolved.toml of {path.name} is not a valid recipe:\n{exc}")
+    assert _plan_values(replan) == _plan_values(plan)
+    assert replan["log_every"] == 5  # the override is baked in
+    # every value of resolved.toml is written out, so nothing comes from a default
+    assert not [s.name for s in replan.settings if s.origin == "default" and s.value is not None]
+
+
+# -- what a build refuses --------------------------------------------------------------
+
+
+def test_refuses_the_build_directory_of_another_recipe(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    first = write_recipe({"recipe.name": "first"}, filename="first.toml")
+    second = write_recipe({"recipe.name": "second"}, filename="second.toml")
+    build(first.name, build_dir="build/shared")
+    before = hashes(tmp_path / "build" / "shared")
+    with pytest.raises(RecipeError) as info:
+        build(second.name, build_dir="build/shared")
+    (d,) = info.value.diagnostics
+    assert d.message == "build/shared is the build of recipe `first`, not `second`"
+    assert d.help == "choose another directory with -o"
+    assert hashes(tmp_path / "build" / "shared") == before
+
+
+def test_refuses_a_directory_that_is_not_a_build(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe()
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(RecipeError) as info:
+        build(recipe.name, build_dir="precious")
+    assert "is not empty and is not a recipec build" in info.value.diagnostics[0].message
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in (tmp_path / "precious").iterdir()) == ["notes.txt"]
+
+
+def test_refuses_a_file_in_the_way(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe()
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(RecipeError):
+        build(recipe.name, build_dir="out")
+    assert (tmp_path / "out").read_text() == "a file"
+
+
+def test_builds_into_an_empty_directory(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe()
+    (tmp_path / "empty").mkdir()
+    written, _ = build(recipe.name, build_dir="empty")
+    assert (tmp_path / "empty" / "train.py").is_file()
+    assert written.dir == Path("empty")
+
+
+@pytest.mark.xfail(strict=True, reason="build._check_build_dir calls .get on a lock that is JSON but not an object")
+def test_a_lock_that_is_not_an_object_is_refused_cleanly(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe()
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / LOCK_FILE).write_text("[]")
+    with pytest.raises(RecipeError):
+        build(recipe.name, build_dir="odd")
+
+
+def test_refuses_an_output_dir_holding_another_recipes_run(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe({"output.dir": "runs/shared"})
+    (tmp_path / "runs" / "shared").mkdir(parents=True)
+    (tmp_path / "runs" / "shared" / "run.json").write_text(json.dumps({"name": "someone-else"}))
+    with pytest.raises(RecipeError) as info:
+        build(recipe.name)
+    (d,) = info.value.diagnostics
+    assert d.message == "output directory runs/shared holds a run of recipe `someone-else`; this would overwrite it"
+    assert d.location.source_line == 'dir = "runs/shared"'
+    assert not (tmp_path / "build").exists(), "nothing is written when the build is refused"
+
+
+def test_accepts_an_output_dir_holding_its_own_run(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe()
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "tiny" / "run.json").write_text(json.dumps({"name": "tiny", "status": "completed"}))
+    build(recipe.name)
+    assert (tmp_path / "build" / "tiny" / "train.py").is_file()
+
+
+# -- failures leave nothing half-written; rebuilds leave nothing stale -----------------
+
+
+class _FailingWrites:
+    """Make the build's third file write fail, as a full disk would."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.count = 0
+        real = Path.write_text
+
+        def write_text(path, *args, **kwargs):
+            self.count += 1
+            if self.count == 3:
+                raise OSError(28, "No space left on device")
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def test_failed_build_keeps_the_previous_build(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe()
+    build(recipe.name)
+    before = hashes(tmp_path / "build" / "tiny")
+    with monkeypatch.context() as m:
+        _FailingWrites(m)
+        with pytest.raises(OSError):
+            build(recipe.name, ["train.max_steps=50"])
+    assert hashes(tmp_path / "build" / "tiny") == before
+
+
+def test_failed_first_build_leaves_no_build_directory(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe()
+    with monkeypatch.context() as m:
+        _FailingWrites(m)
+        with pytest.raises(OSError):
+            build(recipe.name)
+    assert not (tmp_path / "build" / "tiny").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="build.write_build leaves its half-written .<name>.tmp-<pid> directory behind when a write fails",
+)
+def test_failed_build_leaves_no_temporary_directory(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe()
+    (tmp_path / "build").mkdir()
+    with monkeypatch.context() as m:
+        _FailingWrites(m)
+        with pytest.raises(OSError):
+            build(recipe.name)
+    assert list((tmp_path / "build").iterdir()) == []
+
+
+def test_render_failure_writes_nothing(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe()
+
+    def broken(plan):
+        raise RuntimeError("template bug")
+
+    monkeypatch.setattr("recipec.compiler.render", broken)
+    with pytest.raises(RuntimeError):
+        build(recipe.name)
+    assert not (tmp_path / "build").exists()
+
+
+def test_rebuild_removes_files_no_longer_generated(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe()
+    build(recipe.name)
+    built = tmp_path / "build" / "tiny"
+    (built / "stale.py").write_text("print('old')\n")
+    (built / "recipec_runtime" / "gone.py").write_text("")
+    build(recipe.name)
+    assert not (built / "stale.py").exists()
+    assert not (built / "recipec_runtime" / "gone.py").exists()
+    assert sorted(p.name for p in built.parent.iterdir()) == ["tiny"], "no temporary or old directory is left"
+
+
+def test_rebuild_with_a_changed_runtime_drops_the_removed_module(
+    write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe()
+    real = build_module.runtime_files()
+    monkeypatch.setattr(build_module, "runtime_files", lambda: {**real, "recipec_runtime/extra.py": "x = 1\n"})
+    build(recipe.name)
+    assert (tmp_path / "build" / "tiny" / "recipec_runtime" / "extra.py").exists()
+    monkeypatch.setattr(build_module, "runtime_files", lambda: real)
+    written, _ = build(recipe.name)
+    assert not (tmp_path / "build" / "tiny" / "recipec_runtime" / "extra.py").exists()
+    assert "recipec_runtime/extra.py" not in written.lock["files"]
+
+
+# -- paths -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "depth",
+    [
+        1,
+        2,
+        pytest.param(
+            3,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="compiler._relative treats a project three levels up as far away and embeds its absolute path",
+            ),
+        ),
+        pytest.param(4, marks=pytest.mark.xfail(strict=True, reason="as for depth 3")),
+    ],
+)
+def test_project_dir_is_relative_for_any_build_dir_inside_the_project(
+    depth: int, write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+    write_recipe(filename="recipes/r.toml")
+    build_dir = "/".join(f"d{i}" for i in range(depth))
+    written, plan = build("recipes/r.toml", build_dir=build_dir)
+    assert plan.build_dir == build_dir
+    up = "/".join([".."] * depth)
+    assert plan.project_dir == up
+    train_py = (tmp_path / build_dir / "train.py").read_text()
+    assert f"project_dir = (here / {up!r}).resolve()" in train_py
+    assert "recipe_file = 'recipes/r.toml'" in train_py
+    assert str(tmp_path) not in train_py
+
+
+def test_build_with_project_argument(write_recipe, tmp_path: Path):
+    """compiler.build(recipe, overrides, build_dir, project=...) works without changing directory."""
+    recipe = write_recipe()
+    written, plan = build(recipe, (), tmp_path / "build" / "x", project=tmp_path)
+    assert plan.build_dir == "build/x"
+    assert plan.recipe_file == "recipe.toml"
+    assert (tmp_path / "build" / "x" / "train.py").is_file()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="compiler._local_model_config calls Path.expanduser outside its try: RuntimeError for ~unknown-user",
+)
+def test_model_path_with_unknown_home_does_not_crash(write_recipe, tmp_path: Path):
+    recipe = write_recipe(
+        {"model.path": "~no-such-user-recipec/model", "model.init": None, "model.config": None}, tokenizer=None
+    )
+    plan, _ = plan_recipe(recipe, project=tmp_path)
+    assert plan["model_path"] == "~no-such-user-recipec/model"
