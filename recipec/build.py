@@ -81,12 +81,8 @@ def make_lock(plan: Plan, source: SourceMap, files: dict[str, str]) -> dict[str,
 
 def check_output_dir(plan: Plan, source: SourceMap, project: Path) -> None:
     """Refuse an output directory that holds another recipe's run."""
-    run_json = project / plan["output_dir"] / "run.json"
-    try:
-        owner = json.loads(run_json.read_text()).get("name")
-    except (OSError, ValueError):
-        return
-    if owner != plan.name:
+    owner = _owner(project / plan["output_dir"] / "run.json")
+    if owner is not None and owner != plan.name:
         raise RecipeError(
             [
                 Diagnostic(
@@ -119,12 +115,16 @@ def write_build(plan: Plan, rendered: dict[str, str], source: SourceMap, build_d
     build_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = build_dir.parent / f".{build_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for rel, text in files.items():
-        path = tmp / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    (tmp / "launch.sh").chmod(0o755)
-    (tmp / LOCK_FILE).write_text(lock_text(lock), encoding="utf-8")
+    try:
+        for rel, text in files.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        (tmp / "launch.sh").chmod(0o755)
+        (tmp / LOCK_FILE).write_text(lock_text(lock), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
     old = build_dir.parent / f".{build_dir.name}.old-{os.getpid()}"
     if build_dir.exists():
@@ -141,10 +141,7 @@ def _check_build_dir(plan: Plan, build_dir: Path) -> None:
         raise RecipeError([Diagnostic("error", f"build path {build_dir} exists and is not a directory")])
     lock = build_dir / LOCK_FILE
     if lock.is_file():
-        try:
-            owner = json.loads(lock.read_text()).get("name")
-        except ValueError:
-            owner = None
+        owner = _owner(lock)
         if owner == plan.name:
             return
         raise RecipeError(
@@ -168,3 +165,13 @@ def _check_build_dir(plan: Plan, build_dir: Path) -> None:
                 )
             ]
         )
+
+
+def _owner(path: Path) -> str | None:
+    """The recipe name recorded in a lock or run.json, or None when there is none to read."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = record.get("name") if isinstance(record, dict) else None
+    return name if isinstance(name, str) else None

@@ -42,7 +42,8 @@ def _color() -> bool:
 
 def _report(diagnostics: Sequence[Diagnostic]) -> None:
     if diagnostics:
-        click.echo(format_diagnostics(list(diagnostics), color=_color()), err=True)
+        color = _color()
+        click.echo(format_diagnostics(list(diagnostics), color=color), err=True, color=color)
 
 
 def _fail(exc: RecipeError) -> None:

@@ -69,21 +69,16 @@ def build(
 
 
 def _relative(path: str | os.PathLike[str], start: str | os.PathLike[str]) -> str:
-    """`path` relative to `start` when it lies below or near it, POSIX-style; absolute otherwise."""
-    absolute = Path(os.path.abspath(path))
-    base = Path(os.path.abspath(start))
-    rel = os.path.relpath(absolute, base)
-    if rel.startswith(".." + os.sep + ".." + os.sep + ".."):
-        return absolute.as_posix()
-    return Path(rel).as_posix()
+    """`path` relative to `start`, POSIX-style, so that no absolute path reaches a build."""
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(start))).as_posix()
 
 
 def _local_model_config(recipe: Recipe, project: Path) -> dict[str, Any] | None:
     """config.json of a local pretrained model, so resolve can check seq_len against it."""
     if not recipe.model.is_local:
         return None
-    config = project / Path(recipe.model.path).expanduser() / "config.json"
     try:
-        return json.loads(config.read_text())
-    except (OSError, ValueError):
+        config = json.loads((project / Path(recipe.model.path).expanduser() / "config.json").read_text())
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: ~user that does not exist
         return None
+    return config if isinstance(config, dict) else None

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import tomli_w
 
-from .resolve import Plan
+from .resolve import PLAIN_PATH, Plan
 
 LINE_WIDTH = 100
 COMMENT_COLUMN = 32
-_PLAIN_PATH = re.compile(r"^[\w./+@:~-]+$")
 
 
 def template_dir() -> Path:
@@ -99,7 +97,7 @@ def comment(text: str) -> str:
 
 def plain_path(path: str) -> str:
     """A path that may be written into docstrings and shell comments as is."""
-    if not _PLAIN_PATH.match(path):
+    if not PLAIN_PATH.match(path):
         raise ValueError(
             f"path {path!r} has characters that cannot be written into a generated script's docstring; "
             "use letters, digits and ./_-+@:~"
@@ -150,9 +148,17 @@ def _assignment(name: str, value: Any, note: str) -> list[str]:
 
 def resolved_toml(plan: Plan) -> str:
     """Every setting after defaults and overrides, as a recipe that builds the same plan."""
-    data = plan.recipe.model_dump(exclude_none=True)
-    if plan.recipe.model.init is None:
+    recipe = plan.recipe
+    data = recipe.model_dump(exclude_none=True)
+    # leave out what the recipe could not have said: it must validate as written
+    if recipe.model.init is None:
         data["model"].pop("config", None)
+    for source, dumped in zip(recipe.data.sources, data["data"]["sources"]):
+        if source.builtin is not None:
+            dumped.pop("text_field", None)
+    if recipe.schedule.min_lr is not None:
+        data["schedule"].pop("min_lr_ratio", None)
+    data = {table: values for table, values in data.items() if values}
     header = (
         f"# Every setting of {comment(plan.recipe_file)} after defaults and --set overrides,\n"
         f"# written by recipec {plan.version}. It is itself a recipe and builds the same plan.\n\n"

@@ -11,6 +11,7 @@ to the project) is passed in.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,10 @@ from . import __version__
 from .diagnostics import Diagnostic, RecipeError
 from .schema import Recipe
 from .source import KeyPath, SourceMap
+
+
+PLAIN_PATH = re.compile(r"^[\w./+@:~-]+$")
+"""Paths that may be written into a generated docstring and shell line as they are."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,16 @@ def resolve(
     """
     b = _Builder(recipe, source)
     r = recipe
+    build_dir = build_dir or default_build_dir(recipe)
+    if not PLAIN_PATH.match(build_dir):
+        b.errors.append(
+            Diagnostic(
+                "error",
+                f"build directory {build_dir!r} has characters that cannot go into the generated launch command",
+                None,
+                "choose a build directory (-o) of letters, digits and ./_-+@:~",
+            )
+        )
     t, d, s, launch = r.train, r.data, r.schedule, r.launch
 
     b.section("run")
@@ -146,7 +161,7 @@ def resolve(
         b.add("tokenizer_train", None, "tokenizer.train (unset)", "default")
     else:
         b.error(
-            ("tokenizer",),
+            ("model", "init"),
             "a from-scratch model (`model.init`) has no tokenizer of its own",
             'add [tokenizer] with train = {kind = "bpe", vocab_size = 8192}, or a tokenizer path',
         )
@@ -214,13 +229,17 @@ def resolve(
     b.section("schedule")
     if isinstance(s.warmup, float):
         if max_steps is not None:
-            warmup_steps = math.ceil(s.warmup * max_steps)
+            warmup_steps = ceil_product(s.warmup, max_steps)
             b.derived("warmup_steps", warmup_steps, f"derived: ceil(schedule.warmup {s.warmup} * max_steps {max_steps})")
         else:
             warmup_steps = None
             b.key("warmup", ("schedule", "warmup"))
             formulas.append(
-                Formula("warmup_steps", "math.ceil(warmup * max_steps)", "derived: ceil(schedule.warmup * max_steps)")
+                Formula(
+                    "warmup_steps",
+                    "math.ceil(round(warmup * max_steps, 6))",
+                    "derived: ceil(schedule.warmup * max_steps); rounded first, as 0.07 * 100 is 7.000000000000001",
+                )
             )
     else:
         warmup_steps = s.warmup
@@ -255,7 +274,7 @@ def resolve(
     return Plan(
         recipe=recipe,
         recipe_file=recipe_file,
-        build_dir=build_dir or default_build_dir(recipe),
+        build_dir=build_dir,
         project_dir=project_dir,
         overrides=tuple(overrides),
         settings=tuple(b.settings),
@@ -264,24 +283,41 @@ def resolve(
     )
 
 
+def ceil_product(fraction: float, steps: int) -> int:
+    """ceil(fraction * steps) without float noise: 0.07 * 100 is 7, not 8."""
+    return math.ceil(round(fraction * steps, 6))
+
+
 def _check_lengths(b: _Builder, recipe: Recipe, max_steps: int, warmup_steps: int) -> None:
     t = recipe.train
     if warmup_steps >= max_steps and recipe.schedule.decay != "constant":
+        written = b.source.is_set(("schedule", "warmup"))
         b.error(
-            ("schedule", "warmup"),
-            f"warmup ({warmup_steps} steps) is not shorter than the run ({max_steps} steps)",
-            "shorten the warmup or lengthen the run; the decay needs at least one step",
+            ("schedule", "warmup") if written else _length_key(recipe),
+            f"warmup ({_steps(warmup_steps)}) is not shorter than the run ({_steps(max_steps)})",
+            "shorten the warmup or lengthen the run; the decay needs at least one step"
+            + ("" if written else " (the warmup is the default schedule.warmup = 0.03 of the run)"),
         )
     elif max_steps >= 100 and warmup_steps and not 0.01 <= warmup_steps / max_steps <= 0.5:
         share = 100 * warmup_steps / max_steps
-        b.warn(("schedule", "warmup"), f"warmup is {share:.1f}% of the run ({warmup_steps} of {max_steps} steps)")
+        b.warn(("schedule", "warmup"), f"warmup is {share:.1f}% of the run ({warmup_steps} of {_steps(max_steps)})")
     if t.save_every > max_steps:
         b.warn(
             ("train", "save_every"),
-            f"save_every {t.save_every} is longer than the run ({max_steps} steps): only the final model is saved",
+            f"save_every {t.save_every} is longer than the run ({_steps(max_steps)}): only the final model is saved",
         )
     if t.eval_every > max_steps:
         b.warn(("train", "eval_every"), f"eval_every {t.eval_every} is longer than the run: evaluation runs at the end only")
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
+
+
+def _length_key(recipe: Recipe) -> KeyPath:
+    """The [train] key that sets the run's length."""
+    t = recipe.train
+    return ("train", "max_steps" if t.max_steps is not None else "tokens" if t.tokens is not None else "epochs")
 
 
 class _Builder:

@@ -704,8 +704,8 @@ class SourceMap:
 
         For a ``[table]`` header the span is the header text inside the
         brackets; for a dotted key it runs from the first segment to this
-        one. A key set by ``--set`` points at the value in the argument. A
-        path that was never written falls back to its nearest written
+        one. A key set by ``--set`` points at its key text in the argument
+        (`value_location` gives the value). A path that was never written falls back to its nearest written
         ancestor, and finally to ``Location(file, 0, 0)`` (the whole file).
 
         Args:
@@ -720,7 +720,10 @@ class SourceMap:
             if kind == "file":
                 return self._location(self._keys[path])
             if kind == "value":
-                return override.location(override.inner_key_span(path[len(override.path) :]))
+                rest = path[len(override.path) :]
+                if not rest:  # the overridden key itself: its key text, as for a key in the file
+                    return override.location(override.key_span(len(path)))
+                return override.location(override.inner_key_span(rest))
             if kind == "key":
                 return override.location(override.key_span(len(path)))
             path = path[:-1]

@@ -155,11 +155,6 @@ def test_no_color_has_no_escape_codes(cli, write_recipe):
     assert "\x1b[" not in cli("validate", "recipe.toml").stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli._report echoes through click.echo without color=, so click strips the codes --color asked for "
-    "whenever stderr is not a terminal",
-)
 def test_color_flag_colours_piped_output(write_recipe, tmp_path: Path):
     write_recipe({"optim.lrr": 1.0})
     cmd = [sys.executable, "-m", "recipec"]
@@ -288,10 +283,6 @@ def test_build_refusal_is_a_recipe_error(cli, write_recipe, tmp_path: Path):
     assert "refusing to overwrite it" in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="render.plain_path raises ValueError for a build dir with a space; the CLI shows a traceback",
-)
 def test_build_dir_with_a_space_is_a_clean_error(cli, write_recipe):
     write_recipe()
     result = cli("build", "recipe.toml", "-o", "my build")

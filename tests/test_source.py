@@ -693,12 +693,11 @@ path = "b.txt"
 """
 
 
-def test_override_location_points_at_value():
+def test_override_location_points_at_key_and_value():
     data, sm = load(BASE, ["train.max_steps=20"])
     assert data["train"] == {"max_steps": 20, "lr": 0.1}
-    loc = sm.locate(("train", "max_steps"))
-    assert loc == Location("--set", 0, 17, 2, "train.max_steps=20")
-    assert sm.value_location(("train", "max_steps")) == loc
+    assert sm.locate(("train", "max_steps")) == Location("--set", 0, 1, 15, "train.max_steps=20")
+    assert sm.value_location(("train", "max_steps")) == Location("--set", 0, 17, 2, "train.max_steps=20")
     assert sm.origin(("train", "max_steps")) == "--set train.max_steps=20"
     assert sm.is_set(("train", "max_steps"))
     # untouched keys still point into the file
@@ -715,7 +714,8 @@ def test_override_value_with_spaces_after_equals():
 def test_override_of_new_key_and_its_new_parents():
     data, sm = load(BASE, ["peft.lora.r=8"])
     assert data["peft"] == {"lora": {"r": 8}}
-    assert sm.locate(("peft", "lora", "r")) == Location("--set", 0, 13, 1, "peft.lora.r=8")
+    assert sm.locate(("peft", "lora", "r")) == Location("--set", 0, 1, 11, "peft.lora.r=8")
+    assert sm.value_location(("peft", "lora", "r")) == Location("--set", 0, 13, 1, "peft.lora.r=8")
     assert sm.locate(("peft",)) == Location("--set", 0, 1, 4, "peft.lora.r=8")
     assert span(sm.locate(("peft", "lora"))) == "peft.lora"
     assert sm.is_set(("peft",)) and sm.origin(("peft",)) == "--set peft.lora.r=8"
@@ -728,7 +728,8 @@ def test_override_of_new_key_and_its_new_parents():
 def test_override_into_array_of_tables():
     data, sm = load(BASE, ["data.sources[1].path=c.txt"])
     assert [s["path"] for s in data["data"]["sources"]] == ["a.txt", "c.txt"]
-    assert span(sm.locate(("data", "sources", 1, "path"))) == "c.txt"
+    assert span(sm.locate(("data", "sources", 1, "path"))) == "data.sources[1].path"
+    assert span(sm.value_location(("data", "sources", 1, "path"))) == "c.txt"
     assert sm.locate(("data", "sources", 0, "path")).line == 6
 
 
@@ -736,7 +737,8 @@ def test_override_replacing_a_table_covers_its_descendants():
     data, sm = load(BASE, ["train={max_steps = 5, sched = {kind = 'cos'}}"])
     assert data["train"] == {"max_steps": 5, "sched": {"kind": "cos"}}
     arg = "train={max_steps = 5, sched = {kind = 'cos'}}"
-    assert sm.locate(("train",)) == Location("--set", 0, 7, len(arg) - 6, arg)
+    assert sm.locate(("train",)) == Location("--set", 0, 1, 5, arg)
+    assert sm.value_location(("train",)) == Location("--set", 0, 7, len(arg) - 6, arg)
     assert span(sm.locate(("train", "max_steps"))) == "max_steps"
     assert span(sm.value_location(("train", "max_steps"))) == "5"
     assert span(sm.locate(("train", "sched", "kind"))) == "kind"
@@ -770,7 +772,8 @@ def test_override_with_array_value_locates_elements():
 def test_override_of_plain_array_element():
     data, sm = parse_recipe("[optim]\nbetas = [0.9, 0.95]\n", FILE, ["optim.betas[1]=0.99"])
     assert data["optim"]["betas"] == [0.9, 0.99]
-    assert span(sm.locate(("optim", "betas", 1))) == "0.99"
+    assert span(sm.locate(("optim", "betas", 1))) == "optim.betas[1]"
+    assert span(sm.value_location(("optim", "betas", 1))) == "0.99"
     assert sm.locate(("optim", "betas", 0)).file == FILE
 
 

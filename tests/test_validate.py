@@ -35,16 +35,7 @@ PYDANTIC_NOISE = ("Traceback", "type=", "pydantic", "Input should", "https://", 
 
 # Cases whose current output is wrong. Their .err holds the output recipec should give;
 # --update-golden leaves them alone. Remove a name here when its bug is fixed.
-KNOWN_BUGS = {
-    "scratch_without_tokenizer": (
-        "resolve.py locates the missing-tokenizer error at [tokenizer], which is not in the file, "
-        "so the error has no line; it should point at model.init"
-    ),
-    "default_warmup_on_one_step": (
-        "resolve.py locates warmup-not-shorter-than-run at schedule.warmup even when it is the "
-        "default and not written, so the error has no line; it should point at train.max_steps"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, cwd: Path = REPO):
@@ -172,10 +163,6 @@ def test_bad_set_argument(arg: str, minimal_recipe: Path, monkeypatch: pytest.Mo
     assert result.stderr == textwrap.dedent(SET_CASES[arg])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SourceMap.locate points an unknown key set by --set at its value (`1`), not at the key",
-)
 def test_unknown_key_in_set_underlines_the_key(minimal_recipe: Path, monkeypatch: pytest.MonkeyPatch):
     result = run_cli(["validate", minimal_recipe.name, "--set", "optim.lrr=1"], monkeypatch, cwd=minimal_recipe.parent)
     assert result.exit_code == 2
