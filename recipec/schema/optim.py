@@ -34,5 +34,5 @@ class OptimTable(Table):
     @classmethod
     def check_betas_below_one(cls, betas: list[float]) -> list[float]:
         if not all(0 <= b < 1 for b in betas):
-            raise ValueError("each beta must be in [0, 1)")
+            raise ValueError("must hold two values in [0, 1)")
         return betas
