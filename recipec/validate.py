@@ -109,13 +109,17 @@ def _diagnostic(path: KeyPath, errs: list[dict[str, Any]], source: SourceMap) ->
     if kind == "missing":
         parent = path[:-1]
         if _model_at(path) is not None and path:
-            message = f"missing table `[{name}]`"
+            message = f"missing table `{_header(path)}`"
         else:
             message = f"missing required key `{name}`"
         return Diagnostic("error", message, source.locate(parent) if parent else source.locate(()), _missing_help(path))
     got = _describe(err.get("input"))
     if all(e["type"] in _EXPECTED for e in errs):
-        wanted = " or ".join(dict.fromkeys(_EXPECTED[e["type"]] for e in errs))
+        kinds = {e["type"] for e in errs}
+        if kinds == {"int_type", "float_type"}:
+            wanted = "an integer or a float"
+        else:
+            wanted = " or ".join(dict.fromkeys(_EXPECTED[e["type"]] for e in errs))
         return Diagnostic("error", f"`{name}` must be {wanted}, not {got}", source.value_location(path))
     if kind == "literal_error":
         choices = _literal_options(path)
@@ -212,10 +216,18 @@ def _unknown_key_help(path: KeyPath) -> str | None:
     return did_you_mean(path[-1], parent.model_fields)
 
 
+def _header(path: KeyPath) -> str:
+    """`[table]`, or `[[table]]` for an array of tables such as data.sources."""
+    parent = _model_at(path[:-1])
+    field = parent.model_fields.get(path[-1]) if parent is not None and isinstance(path[-1], str) else None
+    is_array = field is not None and typing.get_origin(field.annotation) is list
+    return f"[[{dotted(path)}]]" if is_array else f"[{dotted(path)}]"
+
+
 def _missing_help(path: KeyPath) -> str | None:
     model = _model_at(path)
     if model is not None:
-        return f"add a [{dotted(path)}] table"
+        return f"add a {_header(path)} table"
     if path == ("recipe", "name"):
         return 'add name = "my-run" under [recipe]'
     return f"add `{path[-1]} = ...` to [{dotted(path[:-1])}]" if len(path) > 1 else None
