@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from .base import Table
+from .base import Table, key_error
 
 
 class LaunchTable(Table):
@@ -23,3 +23,13 @@ class LaunchTable(Table):
 
     hub_offline: bool = True
     """Set HF_HUB_OFFLINE=1 so that nothing is downloaded during training; models and tokenizers must be local or already cached."""
+
+    @model_validator(mode="after")
+    def check_precision_on_cpu(self) -> LaunchTable:
+        if self.cpu and self.mixed_precision == "fp16":
+            raise key_error(
+                "mixed_precision",
+                "fp16 mixed precision needs a GPU, and launch.cpu is true",
+                'use mixed_precision = "bf16" or "no" on CPU',
+            )
+        return self
