@@ -65,17 +65,26 @@ def lock_text(lock: dict[str, Any]) -> str:
     return json.dumps(lock, indent=2, sort_keys=True) + "\n"
 
 
-def make_lock(plan: Plan, source: SourceMap, files: dict[str, str]) -> dict[str, Any]:
+def _bytes(content: str | bytes) -> bytes:
+    return content.encode("utf-8") if isinstance(content, str) else content
+
+
+def make_lock(plan: Plan, source: SourceMap, files: dict[str, str | bytes]) -> dict[str, Any]:
     """The lock for a build: what went in, what came out, no time and no absolute path."""
     tdir = template_dir()
+    scaling = plan.recipe.optim.scaling
+    extra = {}
+    if scaling is not None:  # the reference the peak LR was derived from (batch-size scaling)
+        extra["lr_scaling"] = {**scaling.model_dump(), "batch_size": plan["batch_size"], "peak_lr": plan["lr"]}
     return {
+        **extra,
         "lock_version": LOCK_VERSION,
         "recipec_version": __version__,
         "name": plan.name,
         "recipe": {"file": plan.recipe_file, "sha256": sha256_bytes(source.text.encode())},
         "overrides": list(plan.overrides),
         "templates": {p.name: sha256_bytes(p.read_bytes()) for p in sorted(tdir.glob("*.j2"))},
-        "files": {path: sha256_bytes(text.encode()) for path, text in sorted(files.items())},
+        "files": {path: sha256_bytes(_bytes(content)) for path, content in sorted(files.items())},
     }
 
 
@@ -95,7 +104,7 @@ def check_output_dir(plan: Plan, source: SourceMap, project: Path) -> None:
         )
 
 
-def write_build(plan: Plan, rendered: dict[str, str], source: SourceMap, build_dir: Path) -> Build:
+def write_build(plan: Plan, rendered: dict[str, str | bytes], source: SourceMap, build_dir: Path) -> Build:
     """Write the build directory, replacing an earlier build of the same recipe.
 
     Args:
@@ -108,7 +117,7 @@ def write_build(plan: Plan, rendered: dict[str, str], source: SourceMap, build_d
         RecipeError: when build_dir is not a build of this recipe and not empty.
     """
     _check_build_dir(plan, build_dir)
-    files = dict(rendered)
+    files: dict[str, str | bytes] = dict(rendered)
     files.update(runtime_files())
     lock = make_lock(plan, source, files)
 
@@ -116,10 +125,10 @@ def write_build(plan: Plan, rendered: dict[str, str], source: SourceMap, build_d
     tmp = build_dir.parent / f".{build_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        for rel, text in files.items():
+        for rel, content in files.items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            path.write_bytes(_bytes(content))
         (tmp / "launch.sh").chmod(0o755)
         (tmp / LOCK_FILE).write_text(lock_text(lock), encoding="utf-8")
     except BaseException:

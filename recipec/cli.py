@@ -124,15 +124,30 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
 @_set_option
 @click.option("-o", "--output", "build_dir", type=click.Path(path_type=Path), help="Build directory to plan for.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as_json: bool) -> None:
+@click.option(
+    "--lr-csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write `step,lr` for every optimizer step to this file (step 0 is the first update).",
+)
+def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as_json: bool, lr_csv: Path | None) -> None:
     """Show the resolved plan: every value, where it came from, and the derived numbers."""
     from .compiler import plan_recipe
+    from .render import schedule_csv
 
     try:
         plan, _ = plan_recipe(recipe, overrides, build_dir)
     except RecipeError as exc:
         _fail(exc)
     _report(plan.warnings)
+    if lr_csv is not None:
+        csv = schedule_csv(plan)
+        if csv is None:
+            raise click.ClickException(
+                "the run's length depends on the data (train.epochs): the LR per step is known only when train.py runs"
+            )
+        lr_csv.parent.mkdir(parents=True, exist_ok=True)
+        lr_csv.write_text(csv, encoding="utf-8")
+        click.echo(f"wrote {lr_csv.as_posix()} ({csv.count(chr(10)) - 1} steps)", err=True)
     if as_json:
         payload = {
             "name": plan.name,
@@ -151,6 +166,8 @@ def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as
 
 
 def _explain_text(plan: Any) -> str:
+    from .resolve_schedule import describe
+
     width = max(len(s.name) for s in plan.settings)
     values = {s.name: repr(s.value) for s in plan.settings}
     vwidth = min(40, max(len(v) for v in values.values()))
@@ -181,9 +198,10 @@ def _explain_text(plan: Any) -> str:
         f"{'es' if plan['num_processes'] > 1 else ''})"
     )
     if steps is not None:
-        warm = _lookup(plan, "warmup_steps")
-        lines.append(f"  optimizer steps  {steps:,}, warmup {warm:,}, then {plan['decay']} decay")
+        lines.append(f"  optimizer steps  {steps:,}")
         lines.append(f"  total tokens     {steps * per_step:,}")
+        lines.append(f"  peak LR          {plan['lr']:g}")
+        lines.append(f"  schedule         {describe(plan['schedule_phases'])}")
     else:
         lines.append("  optimizer steps  derived by train.py from the data (train.epochs)")
     lines.append(f"  launch           {plan.launch_command}")

@@ -23,6 +23,8 @@ import jinja2
 import tomli_w
 
 from .resolve import PLAIN_PATH, Plan
+from .runtime import schedule as runtime_schedule
+from .schema.schedule import DECAY_KEYS, SHORTHAND_KEYS
 
 LINE_WIDTH = 100
 COMMENT_COLUMN = 32
@@ -156,8 +158,17 @@ def resolved_toml(plan: Plan) -> str:
     for source, dumped in zip(recipe.data.sources, data["data"]["sources"]):
         if source.builtin is not None:
             dumped.pop("text_field", None)
+    schedule = data["schedule"]
     if recipe.schedule.min_lr is not None:
-        data["schedule"].pop("min_lr_ratio", None)
+        schedule.pop("min_lr_ratio", None)
+    if recipe.schedule.phases is not None:
+        for key in SHORTHAND_KEYS:
+            schedule.pop(key, None)
+    else:
+        for decay, keys in DECAY_KEYS.items():
+            if decay != recipe.schedule.decay:
+                for key in keys:
+                    schedule.pop(key, None)
     data = {table: values for table, values in data.items() if values}
     header = (
         f"# Every setting of {comment(plan.recipe_file)} after defaults and --set overrides,\n"
@@ -166,12 +177,44 @@ def resolved_toml(plan: Plan) -> str:
     return header + tomli_w.dumps(data)
 
 
-def render(plan: Plan) -> dict[str, str]:
-    """Render every generated text file of a build.
+def lr_values(plan: Plan) -> list[float] | None:
+    """The LR of every optimizer step, or None while the run's length depends on the data."""
+    try:
+        phases = plan["schedule_phases"]
+    except KeyError:
+        return None
+    peak = plan["lr"]
+    return [peak * f for f in runtime_schedule.values(phases, plan["max_steps"])]
+
+
+def schedule_csv(plan: Plan) -> str | None:
+    """`step,lr` for every optimizer step (step 0 is the first update)."""
+    values = lr_values(plan)
+    if values is None:
+        return None
+    return "step,lr\n" + "".join(f"{step},{lr!r}\n" for step, lr in enumerate(values))
+
+
+def schedule_plot(plan: Plan) -> bytes | None:
+    """schedule.png: the LR over the run, phases shaded and named, peak and floor marked."""
+    from .plot import schedule_png
+
+    values = lr_values(plan)
+    if values is None:
+        return None
+    phases = plan["schedule_phases"]
+    floors = [p["end"] for p in phases if p["end"] < p["start"]]  # where the decays go, not where a warmup starts
+    floor = min(floors) * plan["lr"] if floors else None
+    return schedule_png(values, phases, title=f"{plan.name}: learning rate", peak_lr=plan["lr"], min_lr=floor)
+
+
+def render(plan: Plan) -> dict[str, str | bytes]:
+    """Render every generated file of a build.
 
     Returns:
-        {path relative to the build directory: text}; the runtime package and the lock
-        are added by `recipec.build`.
+        {path relative to the build directory: text or bytes}; the runtime package and
+        the lock are added by `recipec.build`. schedule.csv and schedule.png are left out
+        when the run's length depends on the data (`train.epochs`).
     """
     env = environment()
     cpu_multi = plan["num_processes"] > 1
@@ -189,9 +232,14 @@ def render(plan: Plan) -> dict[str, str]:
         "overrides": list(plan.overrides),
         "distributed_type": "MULTI_GPU" if cpu_multi else "NO",
     }
-    return {
+    files: dict[str, str | bytes] = {
         "train.py": env.get_template("train.py.j2").render(context),
         "accelerate_config.yaml": env.get_template("accelerate_config.yaml.j2").render(context),
         "launch.sh": env.get_template("launch.sh.j2").render(context),
         "resolved.toml": resolved_toml(plan),
     }
+    csv = schedule_csv(plan)
+    if csv is not None:
+        files["schedule.csv"] = csv
+        files["schedule.png"] = schedule_plot(plan)
+    return files

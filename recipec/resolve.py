@@ -17,6 +17,8 @@ from typing import Any
 
 from . import __version__
 from .diagnostics import Diagnostic, RecipeError
+from .resolve_schedule import error_key, peak_lr, phase_spec, shorthand_warmup_steps, warmup_steps_of
+from .runtime import schedule as runtime_schedule
 from .schema import Recipe
 from .source import KeyPath, SourceMap
 
@@ -133,6 +135,12 @@ def resolve(
         b.derived("output_dir", f"runs/{r.recipe.name}", "derived: runs/<recipe.name>")
 
     b.section("model")
+    if r.model.path is None and r.model.init is None:
+        b.error(
+            ("model",),
+            "[model] needs exactly one of `path` and `init`, got neither",
+            'load a model with path = "org/name" or "./dir", or start from scratch with init = "llama"',
+        )
     b.key("model_init", ("model", "init"))
     b.key("model_path", ("model", "path"))
     b.key("model_revision", ("model", "revision"))
@@ -159,7 +167,7 @@ def resolve(
     elif r.model.path is not None:
         b.derived("tokenizer_path", r.model.path, "derived: the model's own tokenizer (model.path)")
         b.add("tokenizer_train", None, "tokenizer.train (unset)", "default")
-    else:
+    elif r.model.init is not None:
         b.error(
             ("model", "init"),
             "a from-scratch model (`model.init`) has no tokenizer of its own",
@@ -182,7 +190,14 @@ def resolve(
         )
 
     b.section("optim")
-    for k in ("lr", "betas", "eps", "weight_decay", "grad_clip"):
+    lr, lr_note = peak_lr(r)
+    if lr_note is None:
+        b.key("lr", ("optim", "lr"))
+    else:
+        b.derived("lr", lr, lr_note)
+        if lr > 1:
+            b.error(("optim", "scaling"), f"batch-size scaling gives a peak LR of {lr:g}, above 1", "check the reference")
+    for k in ("betas", "eps", "weight_decay", "grad_clip"):
         b.key(k, ("optim", k))
 
     b.section("train")
@@ -227,38 +242,29 @@ def resolve(
         b.key(k, ("train", k))
 
     b.section("schedule")
-    if isinstance(s.warmup, float):
-        if max_steps is not None:
-            warmup_steps = ceil_product(s.warmup, max_steps)
-            b.derived("warmup_steps", warmup_steps, f"derived: ceil(schedule.warmup {s.warmup} * max_steps {max_steps})")
-        else:
-            warmup_steps = None
-            b.key("warmup", ("schedule", "warmup"))
-            formulas.append(
-                Formula(
-                    "warmup_steps",
-                    "math.ceil(round(warmup * max_steps, 6))",
-                    "derived: ceil(schedule.warmup * max_steps); rounded first, as 0.07 * 100 is 7.000000000000001",
-                )
-            )
+    spec = phase_spec(r, lr, max_steps)
+    schedule_note = "derived: [[schedule.phases]]" if s.phases is not None else _shorthand_note(r)
+    phases = None
+    if max_steps is not None:
+        phases = _lay_out(b, r, spec, max_steps, tokens_per_step)
+        if phases is not None:
+            b.derived("schedule_phases", phases, schedule_note + " (see schedule.png)")
+            _check_lengths(b, recipe, max_steps, warmup_steps_of(phases))
     else:
-        warmup_steps = s.warmup
-        b.add("warmup_steps", s.warmup, "schedule.warmup", b.origin(("schedule", "warmup")))
-    b.key("warmup_start_ratio", ("schedule", "warmup_start_ratio"))
-    b.key("decay", ("schedule", "decay"))
-    if s.min_lr is not None:
-        b.derived("min_lr_ratio", s.min_lr / r.optim.lr, f"derived: schedule.min_lr {s.min_lr} / optim.lr {r.optim.lr}")
-        if s.min_lr > r.optim.lr:
-            b.error(
-                ("schedule", "min_lr"),
-                f"schedule.min_lr {s.min_lr} is above the peak optim.lr {r.optim.lr}",
-                "the floor must be at most the peak; use min_lr_ratio for a fraction of the peak",
+        b.derived("schedule_spec", spec, schedule_note + "; laid out once max_steps is known")
+        formulas.append(
+            Formula(
+                "schedule_phases",
+                "schedule.layout(schedule_spec, max_steps, tokens_per_step)",
+                "derived: phase lengths in steps (recipec_runtime/schedule.py)",
             )
-    else:
-        b.key("min_lr_ratio", ("schedule", "min_lr_ratio"))
-
-    if max_steps is not None and warmup_steps is not None:
-        _check_lengths(b, recipe, max_steps, warmup_steps)
+        )
+    if s.min_lr is not None and s.min_lr > lr:
+        b.error(
+            ("schedule", "min_lr"),
+            f"schedule.min_lr {s.min_lr} is above the peak LR {lr:g}",
+            "the floor must be at most the peak; use min_lr_ratio for a fraction of the peak",
+        )
 
     b.section("launch")
     for k in ("num_processes", "mixed_precision", "cpu", "hub_offline"):
@@ -283,24 +289,43 @@ def resolve(
     )
 
 
-def ceil_product(fraction: float, steps: int) -> int:
-    """ceil(fraction * steps) without float noise: 0.07 * 100 is 7, not 8."""
-    return math.ceil(round(fraction * steps, 6))
+def _shorthand_note(recipe: Recipe) -> str:
+    s = recipe.schedule
+    parts = [f"schedule.warmup {s.warmup}", f"decay {s.decay!r}"]
+    if s.decay == "wsd":
+        parts.append(f"cooldown {s.cooldown} ({s.cooldown_shape})")
+    return "derived: " + ", ".join(parts)
+
+
+def _lay_out(
+    b: _Builder, recipe: Recipe, spec: list[dict[str, Any]], max_steps: int, tokens_per_step: int
+) -> list[dict[str, Any]] | None:
+    """Phase lengths in steps, or None after recording why they do not fit the run."""
+    s = recipe.schedule
+    if s.phases is None:
+        warmup = shorthand_warmup_steps(recipe, max_steps) or 0
+        if warmup >= max_steps and s.decay != "constant":
+            written = b.source.is_set(("schedule", "warmup"))
+            b.error(
+                ("schedule", "warmup") if written else _length_key(recipe),
+                f"warmup ({_steps(warmup)}) is not shorter than the run ({_steps(max_steps)})",
+                "shorten the warmup or lengthen the run; the decay needs at least one step"
+                + ("" if written else " (the warmup is the default schedule.warmup = 0.03 of the run)"),
+            )
+            return None
+    try:
+        return runtime_schedule.layout(spec, max_steps, tokens_per_step)
+    except runtime_schedule.ScheduleError as exc:
+        b.error(error_key(recipe, spec, exc), str(exc))
+        return None
 
 
 def _check_lengths(b: _Builder, recipe: Recipe, max_steps: int, warmup_steps: int) -> None:
     t = recipe.train
-    if warmup_steps >= max_steps and recipe.schedule.decay != "constant":
-        written = b.source.is_set(("schedule", "warmup"))
-        b.error(
-            ("schedule", "warmup") if written else _length_key(recipe),
-            f"warmup ({_steps(warmup_steps)}) is not shorter than the run ({_steps(max_steps)})",
-            "shorten the warmup or lengthen the run; the decay needs at least one step"
-            + ("" if written else " (the warmup is the default schedule.warmup = 0.03 of the run)"),
-        )
-    elif max_steps >= 100 and warmup_steps and not 0.01 <= warmup_steps / max_steps <= 0.5:
+    if max_steps >= 100 and warmup_steps and not 0.01 <= warmup_steps / max_steps <= 0.5:
         share = 100 * warmup_steps / max_steps
-        b.warn(("schedule", "warmup"), f"warmup is {share:.1f}% of the run ({warmup_steps} of {_steps(max_steps)})")
+        where = ("schedule", "warmup") if recipe.schedule.phases is None else ("schedule", "phases", 0)
+        b.warn(where, f"warmup is {share:.1f}% of the run ({warmup_steps} of {_steps(max_steps)})")
     if t.save_every > max_steps:
         b.warn(
             ("train", "save_every"),

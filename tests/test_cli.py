@@ -181,7 +181,9 @@ def test_explain_text(cli, write_recipe):
     assert re.search(r"\n  weight_decay +0\.1 +optim\.weight_decay  \(default\)\n", out)
     assert re.search(r"\n  grad_accum_steps +2 +derived: batch_size 8 / \(micro_batch_size 4 \* num_processes 1\)\n", out)
     assert "effective batch  8 sequences = 256 tokens per optimizer step" in out
-    assert "optimizer steps  200, warmup 6, then cosine decay" in out
+    assert "optimizer steps  200\n" in out
+    assert "peak LR          0.001\n" in out
+    assert "schedule         warmup 6 steps (linear 0 -> 1), decay 194 steps (cosine 1 -> 0.1)\n" in out
     assert "total tokens     51,200" in out
     assert "launch           accelerate launch --config_file build/tiny/accelerate_config.yaml build/tiny/train.py" in out
 
@@ -212,7 +214,7 @@ def test_explain_json(cli, write_recipe):
     assert settings["eps"]["origin"] == "--set optim.eps=1e-6"
     assert settings["grad_accum_steps"]["origin"] == "derived"
     assert settings["betas"]["origin"] == "default"
-    assert [f["name"] for f in payload["formulas"]] == ["steps_per_epoch", "max_steps", "warmup_steps"]
+    assert [f["name"] for f in payload["formulas"]] == ["steps_per_epoch", "max_steps", "schedule_phases"]
 
 
 def test_explain_invalid_recipe(cli, write_recipe):

@@ -149,11 +149,28 @@ def test_py_filter_is_applied(plan_of):
 # -- the rendered build --------------------------------------------------------------
 
 
-def test_render_produces_the_four_files(plan_of):
+def test_render_produces_the_build_files(plan_of):
     files = render(plan_of())
-    assert sorted(files) == ["accelerate_config.yaml", "launch.sh", "resolved.toml", "train.py"]
-    for text in files.values():
-        assert text.endswith("\n") and not text.endswith("\n\n\n")
+    assert sorted(files) == [
+        "accelerate_config.yaml", "launch.sh", "resolved.toml", "schedule.csv", "schedule.png", "train.py"
+    ]
+    assert files["schedule.png"].startswith(b"\x89PNG\r\n\x1a\n")
+    for name, text in files.items():
+        if name != "schedule.png":
+            assert text.endswith("\n") and not text.endswith("\n\n\n")
+
+
+def test_schedule_csv_is_the_lr_of_every_step(plan_of):
+    plan = plan_of({"optim.lr": 1e-3, "schedule.warmup": 10, "train.max_steps": 100})
+    rows = render(plan)["schedule.csv"].splitlines()
+    assert rows[0] == "step,lr" and len(rows) == 101
+    assert rows[1] == "0,0.0" and rows[11] == "10,0.001"
+    assert float(rows[-1].split(",")[1]) == pytest.approx(1e-4, rel=1e-2)  # cosine almost down to the 10% floor
+
+
+def test_epochs_runs_have_no_schedule_files(plan_of):
+    files = render(plan_of({"train.max_steps": None, "train.epochs": 2}))
+    assert "schedule.csv" not in files and "schedule.png" not in files
 
 
 def test_config_block_lines_name_their_key(plan_of):
@@ -186,9 +203,14 @@ def test_epochs_formulas_are_in_train_py(plan_of):
     ast.parse(train_py)
     assert "steps_per_epoch = len(train_ds) // batch_size  # derived: training sequences // batch_size" in train_py
     assert "max_steps = math.ceil(epochs * steps_per_epoch)" in train_py
-    assert "warmup_steps = math.ceil(round(warmup * max_steps, 6))" in train_py
-    # computed after the data is loaded and before anything uses max_steps
-    assert train_py.index("train_ds = ") < train_py.index("steps_per_epoch = ") < train_py.index("max_steps=max_steps")
+    assert "schedule_phases = schedule.layout(schedule_spec, max_steps, tokens_per_step)" in train_py
+    # computed after the data is loaded and before the scheduler uses them
+    assert (
+        train_py.index("train_ds = ")
+        < train_py.index("steps_per_epoch = ")
+        < train_py.index("schedule_phases = schedule.layout")
+        < train_py.index("schedule.phase_lambda(schedule_phases)")
+    )
 
 
 def test_resolved_toml_is_valid_toml(plan_of):

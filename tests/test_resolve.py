@@ -21,6 +21,10 @@ def setting(plan, name):
     return matches[0]
 
 
+def warmup_of(phases):
+    return phases[0]["steps"] if phases[0]["name"] == "warmup" else 0
+
+
 def errors_of(plan_of, *args, **kwargs):
     with pytest.raises(RecipeError) as info:
         plan_of(*args, **kwargs)
@@ -97,43 +101,39 @@ def test_max_steps_from_tokens_rounds_up(plan_of, tokens, steps):
 @pytest.mark.parametrize(("fraction", "max_steps", "warmup"), [(0.05, 110, 6), (0.05, 200, 10), (0.5, 101, 51), (0.0, 100, 0)])
 def test_warmup_fraction_rounds_up(plan_of, fraction, max_steps, warmup):
     plan = plan_of({"schedule.warmup": fraction, "train.max_steps": max_steps})
-    s = setting(plan, "warmup_steps")
-    assert s.value == warmup
+    s = setting(plan, "schedule_phases")
+    assert warmup_of(s.value) == warmup
     assert s.origin == "derived"
-    assert s.note == f"derived: ceil(schedule.warmup {fraction} * max_steps {max_steps})"
+    assert s.note.startswith(f"derived: schedule.warmup {fraction}, decay 'cosine'")
 
 
 @pytest.mark.parametrize(("fraction", "max_steps", "warmup"), [(0.07, 100, 7), (0.55, 100, 55), (0.14, 50, 7)])
 def test_warmup_fraction_is_exact_decimal_arithmetic(plan_of, fraction, max_steps, warmup):
     plan = plan_of({"schedule.warmup": fraction, "train.max_steps": max_steps})
-    assert plan["warmup_steps"] == warmup
+    assert warmup_of(plan["schedule_phases"]) == warmup
 
 
 def test_integer_warmup_is_steps(plan_of):
     plan = plan_of({"schedule.warmup": 7})
-    s = setting(plan, "warmup_steps")
-    assert s.value == 7 and isinstance(s.value, int)
-    assert s.note == "schedule.warmup"
-    assert s.origin.startswith("recipes/tiny.toml:")
+    warmup, decay = setting(plan, "schedule_phases").value
+    assert warmup["steps"] == 7 and isinstance(warmup["steps"], int)
+    assert (warmup["shape"], warmup["start"], warmup["end"]) == ("linear", 0.0, 1.0)
+    assert decay["first_step"] == 7 and decay["steps"] == 100 - 7
 
 
 def test_min_lr_becomes_min_lr_ratio(plan_of):
     plan = plan_of({"optim.lr": 1e-3, "schedule.min_lr": 1e-4})
-    s = setting(plan, "min_lr_ratio")
-    assert s.value == pytest.approx(0.1)
-    assert s.origin == "derived"
-    assert s.note == "derived: schedule.min_lr 0.0001 / optim.lr 0.001"
+    assert plan["schedule_phases"][-1]["end"] == pytest.approx(0.1)
 
 
 def test_min_lr_above_lr_is_an_error(plan_of):
     (err,) = errors_of(plan_of, {"optim.lr": 1e-4, "schedule.min_lr": 1e-3})
-    assert "schedule.min_lr 0.001 is above the peak optim.lr 0.0001" == err.message
+    assert "schedule.min_lr 0.001 is above the peak LR 0.0001" == err.message
     assert err.location.source_line.startswith("min_lr = ")
 
 
 def test_min_lr_ratio_is_a_plain_key_otherwise(plan_of):
-    s = setting(plan_of({"schedule.min_lr_ratio": 0.2}), "min_lr_ratio")
-    assert s.value == 0.2 and s.note == "schedule.min_lr_ratio"
+    assert plan_of({"schedule.min_lr_ratio": 0.2})["schedule_phases"][-1]["end"] == 0.2
 
 
 # -- epochs: numbers the script computes --------------------------------------------
@@ -142,14 +142,16 @@ def test_min_lr_ratio_is_a_plain_key_otherwise(plan_of):
 def test_epochs_become_formulas(plan_of):
     plan = plan_of({"train.max_steps": None, "train.epochs": 2, "schedule.warmup": 0.1})
     names = [s.name for s in plan.settings]
-    assert "max_steps" not in names and "warmup_steps" not in names
+    assert "max_steps" not in names and "schedule_phases" not in names
     assert setting(plan, "epochs").value == 2
-    assert setting(plan, "warmup").value == 0.1
+    assert setting(plan, "schedule_spec").value[0] == {
+        "name": "warmup", "shape": "linear", "start": 0.0, "end": 1.0, "fraction": 0.1
+    }
     formulas = {f.name: f for f in plan.formulas}
-    assert list(formulas) == ["steps_per_epoch", "max_steps", "warmup_steps"]
+    assert list(formulas) == ["steps_per_epoch", "max_steps", "schedule_phases"]
     assert formulas["steps_per_epoch"].expr == "len(train_ds) // batch_size"
     assert formulas["max_steps"].expr == "math.ceil(epochs * steps_per_epoch)"
-    assert formulas["warmup_steps"].expr == "math.ceil(round(warmup * max_steps, 6))"
+    assert formulas["schedule_phases"].expr == "schedule.layout(schedule_spec, max_steps, tokens_per_step)"
     for f in formulas.values():
         compile(f.expr, "<formula>", "eval")  # a plain expression
         assert f.note.startswith("derived: ")
@@ -157,8 +159,8 @@ def test_epochs_become_formulas(plan_of):
 
 def test_epochs_with_integer_warmup_need_no_warmup_formula(plan_of):
     plan = plan_of({"train.max_steps": None, "train.epochs": 1.5, "schedule.warmup": 5})
-    assert [f.name for f in plan.formulas] == ["steps_per_epoch", "max_steps"]
-    assert setting(plan, "warmup_steps").value == 5
+    assert [f.name for f in plan.formulas] == ["steps_per_epoch", "max_steps", "schedule_phases"]
+    assert setting(plan, "schedule_spec").value[0]["steps"] == 5
 
 
 def test_epochs_formulas_evaluate_in_order(plan_of):
@@ -166,13 +168,15 @@ def test_epochs_formulas_evaluate_in_order(plan_of):
     plan = plan_of({"train.max_steps": None, "train.epochs": 2.5, "schedule.warmup": 0.1})
     import math
 
-    scope = {"math": math, "train_ds": range(1000)}
+    from recipec.runtime import schedule
+
+    scope = {"math": math, "schedule": schedule, "train_ds": range(1000)}
     scope.update({s.name: s.value for s in plan.settings})
     for f in plan.formulas:
         scope[f.name] = eval(f.expr, scope)  # noqa: S307 - built by resolve from names and literals
     assert scope["steps_per_epoch"] == 1000 // 8
     assert scope["max_steps"] == math.ceil(2.5 * 125)
-    assert scope["warmup_steps"] == math.ceil(0.1 * scope["max_steps"])
+    assert warmup_of(scope["schedule_phases"]) == round(0.1 * scope["max_steps"])  # phase fractions round
 
 
 # -- origins ---------------------------------------------------------------------------
@@ -344,7 +348,8 @@ def test_trust_remote_code_warns(plan_of):
 # -- hermetic compile ------------------------------------------------------------------
 
 
-HEAVY = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "numpy")
+HEAVY = ("torch", "transformers", "accelerate", "datasets", "tokenizers")
+PLOTTING = ("matplotlib", "numpy")  # only `build` draws schedule.png
 
 
 def test_compile_imports_no_training_library(minimal_recipe: Path, tmp_path: Path):
@@ -355,10 +360,12 @@ def test_compile_imports_no_training_library(minimal_recipe: Path, tmp_path: Pat
         import recipec.cli, recipec.compiler
         from recipec.compiler import build, plan_recipe
         plan_recipe({str(minimal_recipe)!r}, project={str(tmp_path)!r})
+        planned = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY + PLOTTING!r})
         build({str(minimal_recipe)!r}, (), {str(tmp_path / 'out')!r}, project={str(tmp_path)!r})
-        print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))
+        built = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})
+        print(json.dumps([planned, built]))
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True)
-    assert json.loads(out.stdout) == []
+    assert json.loads(out.stdout) == [[], []]
     assert (tmp_path / "out" / "train.py").is_file()

@@ -68,7 +68,9 @@ def test_model_walk_finds_every_table():
         "DataTable",
         "Source",
         "OptimTable",
+        "LrScaling",
         "ScheduleTable",
+        "Phase",
         "TrainTable",
         "LaunchTable",
         "OutputTable",
@@ -164,6 +166,8 @@ NEEDS_A_CHOICE = {
     "Source": {"builtin": "python-docs"},
     "DataTable": {"sources": [{"builtin": "python-docs"}]},
     "RecipeTable": {"name": "x"},
+    "LrScaling": {"reference_batch": 8, "reference_lr": 1e-3},
+    "Phase": {"name": "p", "shape": "constant"},
 }
 
 

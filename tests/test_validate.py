@@ -125,7 +125,7 @@ SET_CASES = {
         1 error
         """,
     "schedule.decay=cosin": """\
-        error: `schedule.decay` must be one of "cosine", "linear", "constant", not the string "cosin"
+        error: `schedule.decay` must be one of "constant", "linear", "cosine", "inverse_sqrt", "polynomial", "wsd", "cyclic", "cosine_restarts", not the string "cosin"
          --> --set schedule.decay=cosin
           |
           | schedule.decay=cosin
@@ -252,6 +252,9 @@ def test_wrong_type_anywhere_is_one_located_plain_error(path: tuple[str, ...], r
     if path[:2] == ("model", "path"):
         data["model"].pop("init")
         data["model"].pop("config")
+    if path[:2] == ("optim", "scaling"):
+        data.setdefault("optim", {}).pop("lr", None)
+        data["optim"]["scaling"] = {"reference_batch": 8, "reference_lr": 1e-3}
     node = data
     for part in path[:-1]:
         node = node.setdefault(part, {})

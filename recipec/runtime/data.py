@@ -449,6 +449,45 @@ def collate(batch: list[dict]) -> dict[str, "torch.Tensor"]:
     return {key: torch.stack([torch.as_tensor(example[key], dtype=torch.long) for example in batch]) for key in keys}
 
 
+def mix_replay(main: "datasets.Dataset", replay: "datasets.Dataset", fraction: float, seed: int) -> "datasets.Dataset":
+    """Add replayed sequences so that ``fraction`` of the training sequences are replay.
+
+    Continual pre-training replays a little of the old data to limit forgetting. With
+    packed sequences every sequence holds ``seq_len`` tokens, so this is also the share
+    of tokens. The replayed sequences are a seeded permutation of ``replay`` (cycled if
+    more are needed than it has), appended to ``main``; the training loader's shuffle
+    spreads them over the batches, so the share is exact per epoch and holds per batch
+    in expectation.
+
+    Args:
+        main: Tokenized training sequences of the new data.
+        replay: Tokenized sequences of the old data, same columns as ``main``.
+        fraction: Share of replay in the result, in [0, 1).
+        seed: Seed of the permutation.
+
+    Returns:
+        ``main`` followed by ``round(len(main) * fraction / (1 - fraction))`` replay rows.
+
+    Raises:
+        ValueError: If ``fraction`` is outside [0, 1), or replay is needed but empty.
+    """
+    import datasets
+    import random
+
+    if not 0 <= fraction < 1:
+        raise ValueError(f"replay fraction must be in [0, 1), got {fraction!r}")
+    wanted = round(len(main) * fraction / (1 - fraction))
+    if wanted == 0:
+        return main
+    if len(replay) == 0:
+        raise ValueError("replay was asked for but the replay data has no sequences")
+    order = list(range(len(replay)))
+    random.Random(seed).shuffle(order)
+    indices = [order[i % len(order)] for i in range(wanted)]
+    picked = replay.select(indices, keep_in_memory=True)
+    return datasets.concatenate_datasets([main, picked.cast(main.features)]).with_format(main.format["type"])
+
+
 def dataset_fingerprint(ds: "datasets.Dataset") -> str:
     """Hash the ``input_ids`` of every row, in order.
 

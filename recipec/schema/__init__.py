@@ -14,10 +14,10 @@ from .base import Table
 from .data import DataTable, Source
 from .launch import LaunchTable
 from .model import ModelConfig, ModelTable
-from .optim import OptimTable
+from .optim import LrScaling, OptimTable
 from .output import OutputTable
 from .recipe import RecipeTable
-from .schedule import ScheduleTable
+from .schedule import Phase, ScheduleTable
 from .tokenizer import TokenizerTable, TokenizerTrain
 from .train import TrainTable
 
@@ -28,7 +28,7 @@ class Recipe(Table):
     recipe: RecipeTable
     """`[recipe]`: name, description, seed."""
 
-    model: ModelTable
+    model: ModelTable = Field(default_factory=ModelTable)
     """`[model]`: the model to train."""
 
     tokenizer: TokenizerTable = Field(default_factory=TokenizerTable)
@@ -93,10 +93,12 @@ RENAMED: dict[tuple[str, ...], str] = {
 __all__ = [
     "DataTable",
     "LaunchTable",
+    "LrScaling",
     "ModelConfig",
     "ModelTable",
     "OptimTable",
     "OutputTable",
+    "Phase",
     "RENAMED",
     "Recipe",
     "RecipeTable",

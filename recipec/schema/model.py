@@ -94,11 +94,11 @@ class ModelTable(Table):
 
     @model_validator(mode="after")
     def check_path_or_init(self) -> ModelTable:
-        if (self.path is None) == (self.init is None):
-            which = "both" if self.path is not None else "neither"
+        # neither is checked by resolve: [continual] may supply the model
+        if self.path is not None and self.init is not None:
             raise key_error(
-                "path" if self.path is not None else "init",
-                f"[model] needs exactly one of `path` and `init`, got {which}",
+                "path",
+                "[model] needs exactly one of `path` and `init`, got both",
                 'load a model with path = "org/name" or "./dir", or start from scratch with init = "llama"',
             )
         if self.init is not None and self.revision is not None:

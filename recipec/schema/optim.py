@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from .base import Table
+from .base import Table, key_error
+
+
+class LrScaling(Table):
+    """`[optim.scaling]`: derive the peak LR from one that worked at another global batch size."""
+
+    reference_batch: int = Field(ge=1)
+    """The global batch size (sequences) at which `reference_lr` was tuned."""
+
+    reference_lr: float = Field(gt=0, le=1)
+    """The peak LR tuned at `reference_batch`."""
+
+    rule: Literal["linear", "sqrt", "none"] = "sqrt"
+    """How the LR follows the batch: linear (lr grows with B/B0, the SGD rule), sqrt (with sqrt(B/B0), the Adam-family rule) or none."""
 
 
 class OptimTable(Table):
@@ -16,7 +29,10 @@ class OptimTable(Table):
     """Optimizer: AdamW (torch.optim.AdamW)."""
 
     lr: float = Field(3e-4, gt=0, le=1)
-    """Peak learning rate; `[schedule]` scales it step by step."""
+    """Peak learning rate; `[schedule]` scales it step by step. Derived instead when `scaling` is set."""
+
+    scaling: LrScaling | None = None
+    """Batch-size scaling, e.g. `scaling = {reference_batch = 256, reference_lr = 3e-4, rule = "sqrt"}`: the peak LR for `train.batch_size` is derived from the reference, and the derivation shows in `explain` and the lock."""
 
     betas: list[float] = Field([0.9, 0.95], min_length=2, max_length=2)
     """AdamW's (beta1, beta2)."""
@@ -36,3 +52,9 @@ class OptimTable(Table):
         if not all(0 <= b < 1 for b in betas):
             raise ValueError("must hold two values in [0, 1)")
         return betas
+
+    @model_validator(mode="after")
+    def check_lr_or_scaling(self) -> OptimTable:
+        if self.scaling is not None and "lr" in self.model_fields_set:
+            raise key_error("lr", "set `lr` or `scaling`, not both: with scaling the peak LR is derived")
+        return self

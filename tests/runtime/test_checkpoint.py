@@ -156,7 +156,8 @@ def test_runtime_works_copied_alone_as_recipec_runtime(tmp_path):
         "from recipec_runtime import schedule, checkpoint, data, tokenizer\n"
         "assert not [m for m in sys.modules if m == 'recipec' or m.startswith('recipec.')]\n"
         "assert 'torch' not in sys.modules  # heavy imports happen inside functions\n"
-        "assert schedule.lr_multiplier(5, max_steps=10, warmup_steps=0, decay='linear') == 0.5\n"
+        "phases = schedule.layout([{'shape': 'linear', 'start': 1.0, 'end': 0.0}], 10)\n"
+        "assert schedule.multiplier(5, phases) == 0.5\n"
     ) % str(REPO)
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

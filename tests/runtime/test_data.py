@@ -348,3 +348,23 @@ def test_pipeline_writes_no_cache_files(tmp_path):
     written = [p for p in home.rglob("*") if p.is_file()] if home.exists() else []
     assert written == []
     assert sorted(p.name for p in (project / "data").iterdir()) == ["a.jsonl"]
+
+
+def test_mix_replay_adds_the_stated_share_of_replay_sequences():
+    import datasets as hf
+
+    main = hf.Dataset.from_dict({"input_ids": [[i, i] for i in range(95)], "labels": [[i, i] for i in range(95)]})
+    replay = hf.Dataset.from_dict({"input_ids": [[1000 + i] * 2 for i in range(3)], "labels": [[1000 + i] * 2 for i in range(3)]})
+    mixed = data.mix_replay(main.with_format("torch"), replay, 0.05, seed=1)
+    ids = [row[0] for row in mixed.with_format(None)["input_ids"]]
+    assert len(ids) == 100 and ids[:95] == list(range(95))
+    tail = ids[95:]
+    assert all(t >= 1000 for t in tail) and set(tail) == {1000, 1001, 1002}  # cycled through all of replay
+    assert mixed.format["type"] == "torch"
+    assert data.mix_replay(main, replay, 0.0, seed=1) is main
+    again = data.mix_replay(main.with_format("torch"), replay, 0.05, seed=1)
+    assert [r[0] for r in again.with_format(None)["input_ids"]] == ids  # deterministic for a seed
+    with pytest.raises(ValueError):
+        data.mix_replay(main, replay, 1.0, seed=1)
+    with pytest.raises(ValueError):
+        data.mix_replay(main, replay.select([]), 0.5, seed=1)

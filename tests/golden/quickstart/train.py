@@ -90,10 +90,11 @@ save_every = 100                # train.save_every
 keep_last = 2                   # train.keep_last
 
 # schedule
-warmup_steps = 15               # derived: ceil(schedule.warmup 0.05 * max_steps 300)
-warmup_start_ratio = 0.0        # schedule.warmup_start_ratio
-decay = 'cosine'                # schedule.decay
-min_lr_ratio = 0.1              # schedule.min_lr_ratio
+# derived: schedule.warmup 0.05, decay 'cosine' (see schedule.png)
+schedule_phases = [
+    {'name': 'warmup', 'shape': 'linear', 'start': 0.0, 'end': 1.0, 'steps': 15, 'first_step': 0},
+    {'name': 'decay', 'shape': 'cosine', 'start': 1.0, 'end': 0.1, 'steps': 285, 'first_step': 15},
+]
 
 # launch
 num_processes = 1               # launch.num_processes
@@ -229,17 +230,9 @@ optimizer = torch.optim.AdamW(
     betas=tuple(betas),
     eps=eps,
 )
-# lr(step) = lr * f(step), f from recipec_runtime/schedule.py; step 0 is the first update
-scheduler = torch.optim.lr_scheduler.LambdaLR(
-    optimizer,
-    schedule.lr_lambda(
-        max_steps=max_steps,
-        warmup_steps=warmup_steps,
-        decay=decay,
-        min_lr_ratio=min_lr_ratio,
-        warmup_start_ratio=warmup_start_ratio,
-    ),
-)
+# lr(step) = lr * f(step): f runs through schedule_phases (recipec_runtime/schedule.py);
+# step 0 is the first update, as with transformers' schedulers
+scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.phase_lambda(schedule_phases))
 
 model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
 if len(eval_ds):
