@@ -76,6 +76,13 @@ def make_lock(plan: Plan, source: SourceMap, files: dict[str, str | bytes]) -> d
     extra = {}
     if scaling is not None:  # the reference the peak LR was derived from (batch-size scaling)
         extra["lr_scaling"] = {**scaling.model_dump(), "batch_size": plan["batch_size"], "peak_lr": plan["lr"]}
+    if plan.recipe.continual is not None:  # lineage: which run, at which step, this one continues
+        extra["parent"] = {
+            "dir": plan["parent_dir"],
+            "model": plan["model_path"],
+            "step": plan["parent_step"],
+            "lock_sha256": plan["parent_lock_sha256"],
+        }
     return {
         **extra,
         "lock_version": LOCK_VERSION,

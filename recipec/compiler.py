@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .build import Build, check_output_dir, write_build
+from .parent import read_parent
 from .render import render
 from .resolve import Plan, default_build_dir, resolve
 from .schema import Recipe
@@ -42,6 +43,7 @@ def plan_recipe(
     """
     recipe, source = load(recipe_path, overrides)
     project = Path(project)
+    parent = read_parent(recipe, source, project)
     rel_build = _relative(build_dir, project) if build_dir is not None else default_build_dir(recipe)
     plan = resolve(
         recipe,
@@ -50,7 +52,8 @@ def plan_recipe(
         build_dir=rel_build,
         project_dir=_relative(project, project / rel_build),
         overrides=tuple(overrides),
-        model_config=_local_model_config(recipe, project),
+        model_config=_local_model_config(recipe, project, parent.model_dir if parent else None),
+        parent=parent,
     )
     return plan, source
 
@@ -73,12 +76,13 @@ def _relative(path: str | os.PathLike[str], start: str | os.PathLike[str]) -> st
     return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(start))).as_posix()
 
 
-def _local_model_config(recipe: Recipe, project: Path) -> dict[str, Any] | None:
+def _local_model_config(recipe: Recipe, project: Path, parent_model: str | None) -> dict[str, Any] | None:
     """config.json of a local pretrained model, so resolve can check seq_len against it."""
-    if not recipe.model.is_local:
+    path = parent_model or (recipe.model.path if recipe.model.is_local else None)
+    if path is None:
         return None
     try:
-        config = json.loads((project / Path(recipe.model.path).expanduser() / "config.json").read_text())
+        config = json.loads((project / Path(path).expanduser() / "config.json").read_text())
     except (OSError, ValueError, RuntimeError):  # RuntimeError: ~user that does not exist
         return None
     return config if isinstance(config, dict) else None

@@ -59,10 +59,10 @@ def _table(out: list[str], path: str, prop: dict[str, Any], defs: dict[str, Any]
     required = set(model.get("required", []))
     for key, field in model["properties"].items():
         sub = _ref(field)
-        if sub is not None and "items" not in field:
+        if sub is not None and not _is_array_of_tables(field):
             nested.append((f"{path}.{key}", field, False))
             continue
-        if field.get("type") == "array" and "$ref" in field.get("items", {}):
+        if _is_array_of_tables(field):
             nested.append((f"{path}.{key}", field, True))
             continue
         default = "required" if key in required else _show(field.get("default"))
@@ -71,6 +71,12 @@ def _table(out: list[str], path: str, prop: dict[str, Any], defs: dict[str, Any]
     out.append("")
     for sub_path, field, is_array in nested:
         _table(out, sub_path, field, defs, is_array)
+
+
+def _is_array_of_tables(field: dict[str, Any]) -> bool:
+    """`list[Table]` or `list[Table] | None`: written as [[table]] blocks."""
+    options = field.get("anyOf", [field])
+    return any(o.get("type") == "array" and "$ref" in o.get("items", {}) for o in options)
 
 
 def _ref(prop: dict[str, Any]) -> str | None:

@@ -189,10 +189,11 @@ def lr_values(plan: Plan) -> list[float] | None:
 
 def schedule_csv(plan: Plan) -> str | None:
     """`step,lr` for every optimizer step (step 0 is the first update)."""
-    values = lr_values(plan)
-    if values is None:
+    try:
+        phases = plan["schedule_phases"]
+    except KeyError:
         return None
-    return "step,lr\n" + "".join(f"{step},{lr!r}\n" for step, lr in enumerate(values))
+    return runtime_schedule.lr_csv(phases, plan["max_steps"], plan["lr"])
 
 
 def schedule_plot(plan: Plan) -> bytes | None:

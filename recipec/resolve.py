@@ -17,7 +17,15 @@ from typing import Any
 
 from . import __version__
 from .diagnostics import Diagnostic, RecipeError
-from .resolve_schedule import error_key, peak_lr, phase_spec, shorthand_warmup_steps, warmup_steps_of
+from .parent import ParentRun
+from .resolve_schedule import (
+    ceil_product,
+    error_key,
+    peak_lr,
+    phase_spec,
+    shorthand_warmup_steps,
+    warmup_steps_of,
+)
 from .runtime import schedule as runtime_schedule
 from .schema import Recipe
 from .source import KeyPath, SourceMap
@@ -96,6 +104,7 @@ def resolve(
     project_dir: str = "../..",
     overrides: tuple[str, ...] = (),
     model_config: dict[str, Any] | None = None,
+    parent: ParentRun | None = None,
 ) -> Plan:
     """Check the recipe as a whole and derive every number the script needs.
 
@@ -107,6 +116,7 @@ def resolve(
         project_dir: the project directory seen from the build directory.
         overrides: the `--set` arguments, recorded in the build.
         model_config: the pretrained model's config.json, when it is local and known.
+        parent: with `[continual]`, the parent run as `recipec.parent.read_parent` found it.
 
     Raises:
         RecipeError: with every cross-table error found.
@@ -135,14 +145,31 @@ def resolve(
         b.derived("output_dir", f"runs/{r.recipe.name}", "derived: runs/<recipe.name>")
 
     b.section("model")
-    if r.model.path is None and r.model.init is None:
+    c = r.continual
+    if c is not None:
+        for key in ("path", "init"):
+            if getattr(r.model, key) is not None:
+                b.error(
+                    ("model", key),
+                    f"with [continual] the model is the parent's: `model.{key}` cannot be set too",
+                    "remove it; continual.from names the model",
+                )
+        if parent is None:
+            raise ValueError("resolve needs the parent run for a [continual] recipe (see recipec.parent.read_parent)")
+    elif r.model.path is None and r.model.init is None:
         b.error(
             ("model",),
             "[model] needs exactly one of `path` and `init`, got neither",
             'load a model with path = "org/name" or "./dir", or start from scratch with init = "llama"',
         )
     b.key("model_init", ("model", "init"))
-    b.key("model_path", ("model", "path"))
+    model_path = r.model.path
+    if c is not None and parent is not None:
+        model_path = parent.model_dir
+        what = "the final model" if parent.kind == "run" else "the checkpoint"
+        b.derived("model_path", model_path, f"derived: continual.from ({what} of the parent, step {parent.step})")
+    else:
+        b.key("model_path", ("model", "path"))
     b.key("model_revision", ("model", "revision"))
     if r.model.init is not None:
         config = r.model.config.model_dump(exclude_none=True)
@@ -152,7 +179,7 @@ def resolve(
     else:
         mc = model_config or {}
         max_positions = mc.get("max_position_embeddings", mc.get("n_positions"))
-        positions_key = ("model", "path")
+        positions_key = ("model", "path") if c is None else ("continual", "from")
     b.key("model_dtype", ("model", "dtype"))
     b.key("gradient_checkpointing", ("model", "gradient_checkpointing"))
     b.key("trust_remote_code", ("model", "trust_remote_code"))
@@ -164,8 +191,8 @@ def resolve(
     elif r.tokenizer.path is not None:
         b.key("tokenizer_path", ("tokenizer", "path"))
         b.add("tokenizer_train", None, "tokenizer.train (unset)", "default")
-    elif r.model.path is not None:
-        b.derived("tokenizer_path", r.model.path, "derived: the model's own tokenizer (model.path)")
+    elif model_path is not None:
+        b.derived("tokenizer_path", model_path, "derived: the model's own tokenizer (model.path)")
         b.add("tokenizer_train", None, "tokenizer.train (unset)", "default")
     elif r.model.init is not None:
         b.error(
@@ -242,7 +269,8 @@ def resolve(
         b.key(k, ("train", k))
 
     b.section("schedule")
-    spec = phase_spec(r, lr, max_steps)
+    rewarm = _rewarm(b, r, parent, lr) if c is not None and parent is not None else None
+    spec = phase_spec(r, lr, max_steps, rewarm)
     schedule_note = "derived: [[schedule.phases]]" if s.phases is not None else _shorthand_note(r)
     phases = None
     if max_steps is not None:
@@ -259,12 +287,26 @@ def resolve(
                 "derived: phase lengths in steps (recipec_runtime/schedule.py)",
             )
         )
+    if c is not None and parent is not None and c.continues and phases is not None:
+        first_lr = lr * runtime_schedule.multiplier(0, phases)
+        if not math.isclose(first_lr, parent.lr, rel_tol=1e-6, abs_tol=1e-12):
+            b.error(
+                ("continual", "continues"),
+                f"this run claims to continue the parent's schedule, but its first LR is {first_lr:.6g} "
+                f"and the parent's at step {parent.step} is {parent.lr:.6g}",
+                "match the peak (optim.lr) and the first phase's start to the parent, or drop `continues`",
+            )
     if s.min_lr is not None and s.min_lr > lr:
         b.error(
             ("schedule", "min_lr"),
             f"schedule.min_lr {s.min_lr} is above the peak LR {lr:g}",
             "the floor must be at most the peak; use min_lr_ratio for a fraction of the peak",
         )
+
+    if c is not None and parent is not None:
+        _continual_settings(b, r, parent)
+    if r.ema is not None or r.merge is not None:
+        _averaging_settings(b, r, max_steps, formulas)
 
     b.section("launch")
     for k in ("num_processes", "mixed_precision", "cpu", "hub_offline"):
@@ -287,6 +329,114 @@ def resolve(
         formulas=tuple(formulas),
         warnings=tuple(b.warnings),
     )
+
+
+def _rewarm(b: _Builder, recipe: Recipe, parent: ParentRun, lr: float) -> float | None:
+    """Where a continual run's warmup starts, as a multiplier of its own peak."""
+    c = recipe.continual
+    if "warmup_start_ratio" in recipe.schedule.model_fields_set:
+        b.error(
+            ("schedule", "warmup_start_ratio"),
+            "with [continual] the warmup starts at continual.rewarm_from",
+            'set continual.rewarm_from = 0.1 (a multiplier of the peak), or "parent" for the parent\'s LR',
+        )
+        return None
+    if c.rewarm_from != "parent":
+        return float(c.rewarm_from)
+    ratio = parent.lr / lr
+    if ratio > 1 + 1e-9:
+        b.error(
+            ("continual", "rewarm_from"),
+            f"the parent's LR at step {parent.step} ({parent.lr:.6g}) is above this run's peak ({lr:.6g}): "
+            "a rewarm from it would go down",
+            "raise optim.lr, or set rewarm_from to a multiplier of the new peak",
+        )
+        return None
+    return min(1.0, ratio)
+
+
+def _continual_settings(b: _Builder, recipe: Recipe, parent: ParentRun) -> None:
+    """The parent's identity and data, for lineage, replay and forgetting checks."""
+    c = recipe.continual
+    pr = parent.recipe
+    b.section("continual")
+    b.add("parent_dir", parent.run_dir, "continual.from", b.origin(("continual", "from")))
+    b.derived("parent_step", parent.step, f"derived: the parent's optimizer steps at {parent.model_dir}")
+    b.derived("parent_lock_sha256", parent.lock_sha256, "derived: sha256 of the parent's recipe.lock.json")
+    b.derived("parent_lr", parent.lr, "derived: the LR the parent used at that step (its schedule.csv)")
+    sources = [src.model_dump(exclude_none=True, exclude={"text_field"} if src.builtin else None) for src in pr.data.sources]
+    b.derived("parent_sources", sources, "derived: the parent's data.sources (resolved.toml)")
+    b.derived("parent_eval_fraction", pr.data.eval_fraction, "derived: the parent's data.eval_fraction")
+    b.derived("parent_seed", pr.recipe.seed, "derived: the parent's recipe.seed (its held-out split)")
+    b.key("replay", ("continual", "replay"))
+    b.key("eval_parent", ("continual", "eval_parent"))
+    b.key("load_optimizer", ("continual", "optimizer"))
+    if c.optimizer and parent.kind != "checkpoint":
+        b.error(
+            ("continual", "optimizer"),
+            "optimizer state is kept in checkpoints only; the parent's final model has none",
+            'point continual.from at a checkpoint: "<run>/checkpoints/step_..."',
+        )
+    if pr.data.seq_len != recipe.data.seq_len and (c.replay or c.eval_parent):
+        b.warn(
+            ("data", "seq_len"),
+            f"data.seq_len {recipe.data.seq_len} differs from the parent's {pr.data.seq_len}: "
+            "replayed and parent-eval sequences use this run's",
+        )
+
+
+def _averaging_settings(b: _Builder, recipe: Recipe, max_steps: int | None, formulas: list[Formula]) -> None:
+    """EMA decay scaled to the batch; the merge window in optimizer steps."""
+    b.section("averaging")
+    ema, merge = recipe.ema, recipe.merge
+    if ema is not None:
+        if ema.reference_batch is None:
+            b.key("ema_decay", ("ema", "decay"))
+        else:
+            k = recipe.train.batch_size / ema.reference_batch
+            b.derived(
+                "ema_decay",
+                ema.decay**k,
+                f"derived: ema.decay {ema.decay} ** (batch_size {recipe.train.batch_size} / reference_batch {ema.reference_batch})",
+            )
+        b.key("ema_every", ("ema", "every"))
+    if merge is not None:
+        b.key("merge_every", ("merge", "every"))
+        if isinstance(merge.window, float):
+            if max_steps is None:
+                b.key("merge_window", ("merge", "window"))
+                formulas.append(
+                    Formula(
+                        "merge_first_step",
+                        "max_steps - math.ceil(round(merge_window * max_steps, 6)) + 1",
+                        "derived: the first step of the merge window (1-based)",
+                    )
+                )
+                return
+            window = ceil_product(merge.window, max_steps)
+            note = f"derived: max_steps {max_steps} - ceil(merge.window {merge.window} * max_steps) + 1"
+        else:
+            window = merge.window
+            note = f"derived: max_steps {max_steps} - merge.window {window} + 1"
+        if max_steps is not None and window > max_steps:
+            b.error(("merge", "window"), f"the merge window ({_steps(window)}) is longer than the run ({_steps(max_steps)})")
+            return
+        if max_steps is not None:
+            first = max_steps - window + 1
+            b.derived("merge_first_step", first, note)
+            snapshots = max_steps // merge.every - (first - 1) // merge.every
+            if snapshots == 0:
+                b.error(
+                    ("merge", "every"),
+                    f"no step of the merge window (steps {first} to {max_steps}) is a multiple of merge.every {merge.every}",
+                    "lengthen the window or take snapshots more often",
+                )
+            elif snapshots == 1:
+                b.warn(
+                    ("merge", "every"),
+                    "the merge window holds 1 snapshot: nothing to average",
+                    "lengthen the window or take snapshots more often",
+                )
 
 
 def _shorthand_note(recipe: Recipe) -> str:

@@ -57,19 +57,26 @@ def shorthand_warmup_steps(recipe: Recipe, max_steps: int | None) -> int | None:
     return ceil_product(w, max_steps) if max_steps is not None else None
 
 
-def phase_spec(recipe: Recipe, lr: float, max_steps: int | None) -> list[dict[str, Any]]:
-    """`[schedule]` as phases whose lengths may still be fractions or tokens."""
+def phase_spec(recipe: Recipe, lr: float, max_steps: int | None, rewarm: float | None = None) -> list[dict[str, Any]]:
+    """`[schedule]` as phases whose lengths may still be fractions or tokens.
+
+    Args:
+        recipe: the recipe.
+        lr: the peak LR.
+        max_steps: the run's length, when known at compile time.
+        rewarm: with `[continual]`, where the warmup starts (a multiplier of the peak):
+            the shorthand warmup's start, or the first phase's start when it sets none.
+    """
     s = recipe.schedule
     floor = floor_ratio(recipe, lr)
     if s.phases is not None:
-        return _explicit(s.phases, floor)
+        return _explicit(s.phases, floor, 1.0 if rewarm is None else rewarm)
     phases: list[dict[str, Any]] = []
     warmup_steps = shorthand_warmup_steps(recipe, max_steps)
     if s.warmup:
         length = {"steps": warmup_steps} if warmup_steps is not None else {"fraction": s.warmup}
-        phases.append(
-            {"name": "warmup", "shape": s.warmup_shape, "start": s.warmup_start_ratio, "end": 1.0, **length}
-        )
+        start = s.warmup_start_ratio if rewarm is None else rewarm
+        phases.append({"name": "warmup", "shape": s.warmup_shape, "start": start, "end": 1.0, **length})
     decay: dict[str, Any] = {"name": "decay", "shape": s.decay, "start": 1.0, "end": floor}
     if s.decay == "constant":
         if phases and warmup_steps == max_steps:
@@ -91,9 +98,9 @@ def phase_spec(recipe: Recipe, lr: float, max_steps: int | None) -> list[dict[st
     return phases
 
 
-def _explicit(phases: list[Phase], floor: float) -> list[dict[str, Any]]:
+def _explicit(phases: list[Phase], floor: float, first_start: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    previous_end = 1.0
+    previous_end = first_start
     for p in phases:
         start = p.start if p.start is not None else previous_end
         end = p.end if p.end is not None else (start if p.shape == "constant" else floor)

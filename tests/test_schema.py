@@ -69,6 +69,9 @@ def test_model_walk_finds_every_table():
         "Source",
         "OptimTable",
         "LrScaling",
+        "ContinualTable",
+        "EmaTable",
+        "MergeTable",
         "ScheduleTable",
         "Phase",
         "TrainTable",
@@ -133,11 +136,12 @@ def test_reference_lists_every_key():
     text = reference_markdown()
     tables = _table_paths(Recipe)
     for path, model in tables.items():
-        header = f"## `[[{path}]]`" if path == "data.sources" else f"## `[{path}]`"
+        header = f"## `[[{path}]]`" if path in ("data.sources", "schedule.phases") else f"## `[{path}]`"
         assert header in text
         section = text.split(header, 1)[1].split("\n## ", 1)[0]
         for key, field in model.model_fields.items():
             if _sub_model(field.annotation) is None:
+                key = field.alias or key
                 assert f"| `{key}` |" in section, f"{path}.{key} is missing from docs/reference.md"
 
 
@@ -168,6 +172,8 @@ NEEDS_A_CHOICE = {
     "RecipeTable": {"name": "x"},
     "LrScaling": {"reference_batch": 8, "reference_lr": 1e-3},
     "Phase": {"name": "p", "shape": "constant"},
+    "ContinualTable": {"from": "runs/parent"},
+    "EmaTable": {"decay": 0.999},
 }
 
 

@@ -301,3 +301,126 @@ def test_fine_tune_a_local_pretrained_model_with_its_own_tokenizer_unpacked(tmp_
     import torch
 
     assert any(not torch.equal(before[k], after[k]) for k in before), "fine-tuning changed no weight"
+
+
+CPT = """
+[recipe]
+name = "tiny-cpt"
+seed = 7
+
+[continual]
+from = "{parent}"
+{continual}
+
+[data]
+seq_len = 32
+eval_fraction = 0.25
+
+[[data.sources]]
+builtin = "python-stdlib"
+max_documents = 4
+
+[optim]
+lr = 2e-2
+
+{schedule}
+
+[train]
+micro_batch_size = 4
+batch_size = 8
+max_steps = 4
+log_every = 1
+eval_every = 2
+eval_batches = 2
+save_every = 0
+
+[launch]
+cpu = true
+"""
+
+
+def _cpt_project(tmp_path: Path, parent: Path, continual: str, schedule: str = "[schedule]\nwarmup = 2") -> Path:
+    text = CPT.format(parent=parent.as_posix(), continual=continual, schedule=schedule)
+    project = tmp_path / "cpt"
+    (project / "recipes").mkdir(parents=True)
+    (project / "recipes" / "tiny.toml").write_text(text)
+    return project
+
+
+def test_continual_from_a_finished_run_rewarms_replays_and_records_its_parent(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    import hashlib
+
+    project = _cpt_project(tmp_path, uninterrupted, "replay = 0.25")
+    written, plan = build(project / "recipes" / "tiny.toml", (), project / "build" / "cpt", project=project)
+    parent_lock = hashlib.sha256((uninterrupted / "recipe.lock.json").read_bytes()).hexdigest()
+    assert written.lock["parent"]["lock_sha256"] == parent_lock and written.lock["parent"]["step"] == 8
+    # the rewarm starts at the LR of the parent's last update, as a fraction of the new peak
+    parent_last_lr = float((uninterrupted / "schedule.csv").read_text().splitlines()[-1].split(",")[1])
+    assert plan["schedule_phases"][0]["start"] == pytest.approx(parent_last_lr / 2e-2)
+    proc = _train(written.dir)
+    assert "replay: " in proc.stdout + proc.stderr
+    run_dir = project / "runs" / "tiny-cpt"
+    metrics = _metrics(run_dir)
+    evals = [m for m in metrics if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [0, 2, 4]
+    assert all("eval_loss_parent" in m for m in evals)  # forgetting is measured on the parent's held-out prose
+    # at step 0 the model is the parent's: its loss on the parent's split is the parent's final eval loss
+    # (up to the eval batches taken and this run's seq_len, the same here)
+    parent_final = [m for m in _metrics(uninterrupted) if "eval_loss" in m][-1]["eval_loss"]
+    assert evals[0]["eval_loss_parent"] == pytest.approx(parent_final, rel=1e-4)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["parent"]["lock_sha256"] == parent_lock and record["parent"]["step"] == 8
+    assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+def test_continual_from_a_checkpoint_with_optimizer_state_checks_lr_continuity(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    from recipec.diagnostics import RecipeError
+
+    ckpt = uninterrupted / "checkpoints" / "step_00000006"
+    # the parent (lr 1e-2, 2 warmup steps, cosine to 10% by step 8) uses 1e-2 * 0.325 at update 6
+    phases = '[[schedule.phases]]\nname = "cooldown"\nshape = "linear"\nsteps = 4\nstart = {start}\nend = 0.1'
+    project = _cpt_project(
+        tmp_path, ckpt, "optimizer = true\ncontinues = true", phases.format(start=0.1625)
+    )  # 0.1625 * 2e-2 == 0.325 * 1e-2
+    recipe = project / "recipes" / "tiny.toml"
+    written, plan = build(recipe, (), project / "build" / "cpt", project=project)
+    assert written.lock["parent"]["step"] == 6 and plan["model_path"].endswith("checkpoints/step_00000006")
+    _train(written.dir)
+    assert [m["step"] for m in _metrics(project / "runs" / "tiny-cpt") if "loss" in m] == [1, 2, 3, 4]
+    # a schedule that jumps is refused before anything runs
+    recipe.write_text(recipe.read_text().replace("start = 0.1625", "start = 1.0"))
+    with pytest.raises(RecipeError) as info:
+        build(recipe, (), project / "build" / "cpt", project=project)
+    assert "claims to continue the parent's schedule" in info.value.diagnostics[0].message
+
+
+AVERAGING = "\n[ema]\ndecay = 0.9\nreference_batch = 4\n\n[merge]\nwindow = 6\nevery = 1\n"
+
+
+def test_ema_and_merged_weights_survive_kill_and_resume_bitwise(tmp_path: Path) -> None:
+    """The running averages are checkpointed: a killed and resumed run saves the same model_ema/ and model_merged/."""
+    import torch
+    from safetensors.torch import load_file
+
+    straight = _project(tmp_path / "straight", TINY + AVERAGING)
+    _train(_build(straight))
+    killed = _project(tmp_path / "killed", TINY + AVERAGING)
+    build_dir = _build(killed)
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    proc = subprocess.run(
+        [sys.executable, str(killer), str(build_dir), "4", "after-commit"], env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    _train(build_dir)
+    for name in ("model_ema", "model_merged"):
+        a = load_file(str(straight / "runs" / "tiny" / name / "model.safetensors"))
+        b = load_file(str(killed / "runs" / "tiny" / name / "model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    final = load_file(str(straight / "runs" / "tiny" / "model" / "model.safetensors"))
+    ema = load_file(str(straight / "runs" / "tiny" / "model_ema" / "model.safetensors"))
+    assert any(not torch.equal(final[k], ema[k]) for k in final), "the EMA is not the final model"

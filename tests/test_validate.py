@@ -252,6 +252,11 @@ def test_wrong_type_anywhere_is_one_located_plain_error(path: tuple[str, ...], r
     if path[:2] == ("model", "path"):
         data["model"].pop("init")
         data["model"].pop("config")
+    if path[0] == "ema":
+        data["ema"] = {"decay": 0.999}
+    if path[0] == "continual":
+        data["continual"] = {"from": "runs/parent"}
+        path = ("continual", "from") if path[1] == "from_" else path
     if path[:2] == ("optim", "scaling"):
         data.setdefault("optim", {}).pop("lr", None)
         data["optim"]["scaling"] = {"reference_batch": 8, "reference_lr": 1e-3}

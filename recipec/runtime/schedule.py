@@ -612,3 +612,13 @@ def phase_lambda(phases: list[dict]) -> Callable[[int], float]:
                 "first_step",
             )
     return functools.partial(multiplier, phases=checked)
+
+
+def lr_csv(phases: list[dict], max_steps: int, peak: float) -> str:
+    """``step,lr`` for every optimizer step: the LR used at update ``step``.
+
+    The build writes it as schedule.csv before training and the generated script
+    writes it into the run directory, from this one function, so the two agree to
+    the last digit (a continual run reads its parent's from there).
+    """
+    return "step,lr\n" + "".join(f"{step},{peak * f!r}\n" for step, f in enumerate(values(phases, max_steps)))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from .averaging import EmaTable, MergeTable
 from .base import Table
+from .continual import ContinualTable
 from .data import DataTable, Source
 from .launch import LaunchTable
 from .model import ModelConfig, ModelTable
@@ -52,6 +54,15 @@ class Recipe(Table):
     output: OutputTable = Field(default_factory=OutputTable)
     """`[output]`: the run directory."""
 
+    continual: ContinualTable | None = None
+    """`[continual]`: continue from an earlier recipec run (continual pre-training)."""
+
+    ema: EmaTable | None = None
+    """`[ema]`: an exponential moving average of the weights."""
+
+    merge: MergeTable | None = None
+    """`[merge]`: checkpoint merging (WSM) over the end of the run."""
+
 
 # (table, key) as another tool spells it -> the recipec key, or an explanation.
 RENAMED: dict[tuple[str, ...], str] = {
@@ -91,9 +102,12 @@ RENAMED: dict[tuple[str, ...], str] = {
 }
 
 __all__ = [
+    "ContinualTable",
     "DataTable",
+    "EmaTable",
     "LaunchTable",
     "LrScaling",
+    "MergeTable",
     "ModelConfig",
     "ModelTable",
     "OptimTable",

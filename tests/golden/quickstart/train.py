@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -235,21 +236,27 @@ optimizer = torch.optim.AdamW(
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.phase_lambda(schedule_phases))
 
 model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+eval_loaders = {}  # metrics.jsonl key -> held-out loader
 if len(eval_ds):
-    eval_loader = accelerator.prepare(eval_loader)
+    eval_loaders["eval_loss"] = accelerator.prepare(eval_loader)
 
 
 def evaluate():
-    """Mean loss over `eval_batches` held-out micro-batches (all of them if 0), on every process."""
+    """Mean loss over `eval_batches` micro-batches (all if 0) of each held-out split, on every process."""
     model.eval()
-    losses = []
+    results = {}
     with torch.no_grad():
-        for i, batch in enumerate(eval_loader):
-            if eval_batches and i >= eval_batches:
-                break
-            losses.append(accelerator.gather(model(**batch).loss.detach().float().reshape(1)))
+        for key, loader in eval_loaders.items():
+            losses = []
+            for i, batch in enumerate(loader):
+                if eval_batches and i >= eval_batches:
+                    break
+                losses.append(accelerator.gather(model(**batch).loss.detach().float().reshape(1)))
+            results[key] = torch.cat(losses).mean().item()
     model.train()
-    return torch.cat(losses).mean().item()
+    return results
+
+
 
 
 def log(record):
@@ -271,6 +278,10 @@ if latest is not None:
 if master:
     checkpoint.truncate_metrics(output_dir / "metrics.jsonl", step)  # drop lines after the checkpoint
     run_record = json.loads(run_json.read_text()) if run_json.exists() else {"name": name, "started": started.isoformat()}
+    # the run directory carries its own recipe, lock and schedule: a continual run reads them
+    shutil.copyfile(here / "resolved.toml", output_dir / "resolved.toml")
+    shutil.copyfile(here / "recipe.lock.json", output_dir / "recipe.lock.json")
+    (output_dir / "schedule.csv").write_text(schedule.lr_csv(schedule_phases, max_steps, lr))
     run_record.update(
         status="running",
         attempts=run_record.get("attempts", 0) + 1,  # a resumed run is a new attempt of the same run
@@ -288,8 +299,8 @@ if master:
 micro_per_epoch = len(train_loader)  # micro-batches per process per epoch
 epoch, skip = divmod(step * grad_accum_steps, micro_per_epoch)
 tokens = step * tokens_per_step
-if step == 0 and len(eval_ds):
-    log({"step": 0, "eval_loss": evaluate(), "tokens": 0})
+if step == 0 and eval_loaders:
+    log({"step": 0, **evaluate(), "tokens": 0})
 progress = tqdm(total=max_steps, initial=step, disable=not master, desc=name, unit="step", dynamic_ncols=True)
 loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
 t_log, tokens_log = time.time(), tokens
@@ -333,8 +344,8 @@ while step < max_steps:
             loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
             t_log, tokens_log = now, tokens
 
-        if eval_every and step % eval_every == 0 and step < max_steps and len(eval_ds):
-            log({"step": step, "eval_loss": evaluate(), "tokens": tokens})
+        if eval_every and step % eval_every == 0 and step < max_steps and eval_loaders:
+            log({"step": step, **evaluate(), "tokens": tokens})
 
         if save_every and step % save_every == 0 and step < max_steps:
             # written to a temporary directory and renamed when complete: a crash
@@ -344,6 +355,9 @@ while step < max_steps:
             accelerator.save_state(str(tmp))
             accelerator.wait_for_everyone()
             if master:
+                # config and tokenizer beside the weights: a checkpoint loads with from_pretrained
+                accelerator.unwrap_model(model).config.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
                 checkpoint.write_state(tmp, {"step": step, "epoch": epoch, "tokens": tokens, "name": name})
                 checkpoint.commit(tmp, ckpt_dir, step)
                 checkpoint.prune(ckpt_dir, keep_last)
@@ -358,9 +372,9 @@ progress.close()
 # -----------------------------------------------------------------------------
 # save the final model and the run record
 
-final_eval = evaluate() if len(eval_ds) else None
-if final_eval is not None:
-    log({"step": step, "eval_loss": final_eval, "tokens": tokens})
+final_eval = evaluate() if eval_loaders else {}
+if final_eval:
+    log({"step": step, **final_eval, "tokens": tokens})
 accelerator.wait_for_everyone()
 model_dir = output_dir / "model"
 state_dict = accelerator.get_state_dict(model)  # on every process: gathers shards where there are any
@@ -371,7 +385,7 @@ if master:
     tokenizer.save_pretrained(model_dir)
     metrics = [json.loads(line) for line in open(output_dir / "metrics.jsonl")]
     train_lines = [m for m in metrics if "loss" in m]
-    eval_lines = [m for m in metrics if "eval_loss" in m]
+    eval_lines = [m for m in metrics if final_eval and set(final_eval) <= set(m)]
     ended = datetime.datetime.now(datetime.timezone.utc)
     run_record.update(
         status="completed",
@@ -381,8 +395,8 @@ if master:
         tokens=tokens,
         final={
             "loss": train_lines[-1]["loss"] if train_lines else None,
-            "first_eval_loss": eval_lines[0]["eval_loss"] if eval_lines else None,
-            "eval_loss": final_eval,
+            **{f"first_{key}": eval_lines[0][key] for key in final_eval},
+            **final_eval,
         },
         hardware={
             "platform": platform.platform(),
