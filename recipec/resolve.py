@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .diagnostics import Diagnostic, RecipeError
+from .diagnostics import Diagnostic, RecipeError, did_you_mean
 from .parent import ParentRun
 from .resolve_schedule import (
     ceil_product,
@@ -260,7 +260,7 @@ def resolve(
         max_steps = None
         b.key("epochs", ("train", "epochs"))
         formulas.append(
-            Formula("steps_per_epoch", "len(train_ds) // batch_size", "derived: training sequences // batch_size")
+            Formula("steps_per_epoch", "len(train_sets[0]) // batch_size", "derived: training sequences // batch_size")
         )
         formulas.append(
             Formula("max_steps", "math.ceil(epochs * steps_per_epoch)", "derived: ceil(train.epochs * steps_per_epoch)")
@@ -287,6 +287,10 @@ def resolve(
                 "derived: phase lengths in steps (recipec_runtime/schedule.py)",
             )
         )
+    segments = _data_segments(b, r, phases, max_steps)
+    if segments is not None:
+        note = "derived: every source in every phase" if len(segments) == 1 else "derived: data.sources[].phases over the schedule"
+        b.derived("data_segments", segments, note)
     if c is not None and parent is not None and c.continues and phases is not None:
         first_lr = lr * runtime_schedule.multiplier(0, phases)
         if not math.isclose(first_lr, parent.lr, rel_tol=1e-6, abs_tol=1e-12):
@@ -329,6 +333,51 @@ def resolve(
         formulas=tuple(formulas),
         warnings=tuple(b.warnings),
     )
+
+
+def _data_segments(
+    b: _Builder, recipe: Recipe, phases: list[dict[str, Any]] | None, max_steps: int | None
+) -> list[dict[str, Any]] | None:
+    """Stretches of the run that train on one set of sources (consecutive phases merged).
+
+    `last_step` is the step the segment ends before; None for the last one (the run's end).
+    """
+    sources = recipe.data.sources
+    if all(src.phases is None for src in sources):
+        return [{"first_step": 0, "last_step": None, "sources": list(range(len(sources)))}]
+    if max_steps is None:
+        index = next(i for i, src in enumerate(sources) if src.phases is not None)
+        b.error(
+            ("data", "sources", index, "phases"),
+            "sources that train in some phases only need the run's length in steps or tokens, not epochs",
+        )
+        return None
+    if phases is None:
+        return None
+    names = [p["name"] for p in phases]
+    for i, src in enumerate(sources):
+        for name in src.phases or ():
+            if name not in names:
+                b.error(
+                    ("data", "sources", i, "phases"),
+                    f"no schedule phase is named {name!r}",
+                    did_you_mean(name, names) or "the phases are " + ", ".join(f"{n!r}" for n in names),
+                )
+    if b.errors:
+        return None
+    segments: list[dict[str, Any]] = []
+    for p in phases:
+        used = [i for i, src in enumerate(sources) if src.phases is None or p["name"] in src.phases]
+        if not used:
+            b.error(("data", "sources"), f"schedule phase {p['name']!r} has no data source to train on")
+            return None
+        end = p["first_step"] + p["steps"]
+        if segments and segments[-1]["sources"] == used:
+            segments[-1].update(last_step=end, phases=segments[-1]["phases"] + [p["name"]])
+        else:
+            segments.append({"first_step": p["first_step"], "last_step": end, "sources": used, "phases": [p["name"]]})
+    segments[-1]["last_step"] = None
+    return segments
 
 
 def _rewarm(b: _Builder, recipe: Recipe, parent: ParentRun, lr: float) -> float | None:

@@ -201,12 +201,12 @@ def test_epochs_formulas_are_in_train_py(plan_of):
     plan = plan_of({"train.max_steps": None, "train.epochs": 2, "schedule.warmup": 0.1})
     train_py = render(plan)["train.py"]
     ast.parse(train_py)
-    assert "steps_per_epoch = len(train_ds) // batch_size  # derived: training sequences // batch_size" in train_py
+    assert "steps_per_epoch = len(train_sets[0]) // batch_size  # derived: training sequences // batch_size" in train_py
     assert "max_steps = math.ceil(epochs * steps_per_epoch)" in train_py
     assert "schedule_phases = schedule.layout(schedule_spec, max_steps, tokens_per_step)" in train_py
     # computed after the data is loaded and before the scheduler uses them
     assert (
-        train_py.index("train_ds = ")
+        train_py.index("train_sets.append(")
         < train_py.index("steps_per_epoch = ")
         < train_py.index("schedule_phases = schedule.layout")
         < train_py.index("schedule.phase_lambda(schedule_phases)")

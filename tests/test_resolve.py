@@ -149,7 +149,7 @@ def test_epochs_become_formulas(plan_of):
     }
     formulas = {f.name: f for f in plan.formulas}
     assert list(formulas) == ["steps_per_epoch", "max_steps", "schedule_phases"]
-    assert formulas["steps_per_epoch"].expr == "len(train_ds) // batch_size"
+    assert formulas["steps_per_epoch"].expr == "len(train_sets[0]) // batch_size"
     assert formulas["max_steps"].expr == "math.ceil(epochs * steps_per_epoch)"
     assert formulas["schedule_phases"].expr == "schedule.layout(schedule_spec, max_steps, tokens_per_step)"
     for f in formulas.values():
@@ -170,7 +170,7 @@ def test_epochs_formulas_evaluate_in_order(plan_of):
 
     from recipec.runtime import schedule
 
-    scope = {"math": math, "schedule": schedule, "train_ds": range(1000)}
+    scope = {"math": math, "schedule": schedule, "train_sets": [range(1000)]}
     scope.update({s.name: s.value for s in plan.settings})
     for f in plan.formulas:
         scope[f.name] = eval(f.expr, scope)  # noqa: S307 - built by resolve from names and literals

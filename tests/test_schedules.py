@@ -224,3 +224,48 @@ def test_explain_writes_the_lr_csv(write_recipe, tmp_path, monkeypatch):
     epochs = write_recipe({"train.max_steps": None, "train.epochs": 1}, filename="e.toml")
     result = CliRunner().invoke(main, ["explain", epochs.name, "--lr-csv", "e.csv"])
     assert result.exit_code == 1 and "depends on the data" in result.output
+
+
+# -- sources limited to some phases ----------------------------------------------------
+
+
+ANNEAL = {"builtin": "python-stdlib", "max_documents": 3, "phases": ["cooldown"]}
+
+
+def test_a_source_can_join_in_one_phase(plan_of):
+    plan = plan_of(
+        {"schedule.decay": "wsd", "schedule.warmup": 10, "schedule.cooldown": 20},
+        data={"seq_len": 32, "sources": [{"builtin": "python-docs"}, ANNEAL]},
+    )
+    assert plan["data_segments"] == [
+        {"first_step": 0, "last_step": 80, "sources": [0], "phases": ["warmup", "stable"]},
+        {"first_step": 80, "last_step": None, "sources": [0, 1], "phases": ["cooldown"]},
+    ]
+
+
+def test_without_phase_limits_there_is_one_segment(plan_of):
+    assert plan_of()["data_segments"] == [{"first_step": 0, "last_step": None, "sources": [0]}]
+
+
+def test_an_unknown_phase_name_is_an_error_with_a_suggestion(plan_of):
+    err = error_of(
+        plan_of,
+        {"schedule.decay": "wsd"},
+        data={"seq_len": 32, "sources": [{"builtin": "python-docs"}, {**ANNEAL, "phases": ["cooldwn"]}]},
+    )
+    assert err.message == "no schedule phase is named 'cooldwn'"
+    assert err.help == "did you mean `cooldown`?"
+
+
+def test_a_phase_without_any_source_is_an_error(plan_of):
+    err = error_of(plan_of, {"schedule.decay": "wsd"}, data={"seq_len": 32, "sources": [ANNEAL]})
+    assert err.message == "schedule phase 'warmup' has no data source to train on"
+
+
+def test_phase_limited_sources_need_a_known_length(plan_of):
+    err = error_of(
+        plan_of,
+        {"train.max_steps": None, "train.epochs": 1},
+        data={"seq_len": 32, "sources": [{"builtin": "python-docs"}, {**ANNEAL, "phases": ["decay"]}]},
+    )
+    assert "not epochs" in err.message

@@ -424,3 +424,45 @@ def test_ema_and_merged_weights_survive_kill_and_resume_bitwise(tmp_path: Path) 
     final = load_file(str(straight / "runs" / "tiny" / "model" / "model.safetensors"))
     ema = load_file(str(straight / "runs" / "tiny" / "model_ema" / "model.safetensors"))
     assert any(not torch.equal(final[k], ema[k]) for k in final), "the EMA is not the final model"
+
+
+ANNEAL_SOURCE = """
+[[data.sources]]
+builtin = "python-stdlib"
+max_documents = 3
+phases = ["cooldown"]
+"""
+
+
+@pytest.mark.parametrize("kill_at", [4, 6])
+def test_a_source_added_in_the_cooldown_trains_there_and_resumes_bitwise(tmp_path: Path, kill_at: int) -> None:
+    """wsd with 2 warmup, 3 stable and 3 cooldown steps; the stdlib joins the prose for the cooldown."""
+    recipe = TINY.replace("warmup = 2", 'warmup = 2\ndecay = "wsd"\ncooldown = 3').replace(
+        "max_documents = 4\n", "max_documents = 4\n" + ANNEAL_SOURCE
+    )
+    straight = _project(tmp_path / "straight", recipe)
+    build_dir = _build(straight)
+    assert "data_segments = [" in (build_dir / "train.py").read_text()
+    from recipec.compiler import plan_recipe
+
+    plan, _ = plan_recipe(straight / "recipes" / "tiny.toml", project=straight)
+    assert plan["data_segments"] == [
+        {"first_step": 0, "last_step": 5, "sources": [0], "phases": ["warmup", "stable"]},
+        {"first_step": 5, "last_step": None, "sources": [0, 1], "phases": ["cooldown"]},
+    ]
+    proc = _train(build_dir)
+    import re
+
+    (first, second) = re.search(r"sequences of 32 tokens: (\d+) \+ (\d+) train", proc.stdout + proc.stderr).groups()
+    assert int(second) > int(first)  # the cooldown trains on the prose and the stdlib source
+    killed = _project(tmp_path / "killed", recipe)
+    killed_build = _build(killed)
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    proc = subprocess.run(
+        [sys.executable, str(killer), str(killed_build), str(kill_at), "after-commit"],
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    _train(killed_build)
+    _assert_same_weights(straight / "runs" / "tiny", killed / "runs" / "tiny")

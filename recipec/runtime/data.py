@@ -449,6 +449,25 @@ def collate(batch: list[dict]) -> dict[str, "torch.Tensor"]:
     return {key: torch.stack([torch.as_tensor(example[key], dtype=torch.long) for example in batch]) for key in keys}
 
 
+def select_sources(ds: "datasets.Dataset", sources: list[int]) -> "datasets.Dataset":
+    """The documents of ``ds`` whose ``source`` column is in ``sources``, in order.
+
+    A schedule phase may train on a subset of a recipe's sources (an anneal phase
+    that adds a high-quality source); this picks that phase's documents.
+
+    Args:
+        ds: Documents with a ``source`` column, as from :func:`load_documents`.
+        sources: Indices into the recipe's sources.
+
+    Returns:
+        ``ds`` itself when every source present is wanted, else the filtered rows.
+    """
+    wanted = set(sources)
+    if set(ds.unique("source")) <= wanted:
+        return ds
+    return ds.filter(lambda row: row["source"] in wanted, keep_in_memory=True)
+
+
 def mix_replay(main: "datasets.Dataset", replay: "datasets.Dataset", fraction: float, seed: int) -> "datasets.Dataset":
     """Add replayed sequences so that ``fraction`` of the training sequences are replay.
 

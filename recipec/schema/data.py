@@ -29,6 +29,9 @@ class Source(Table):
     max_documents: int | None = Field(None, ge=1)
     """Keep at most this many documents of this source, in file order. Unset: all."""
 
+    phases: list[str] | None = Field(None, min_length=1)
+    """Train on this source only in these schedule phases, by name: e.g. `["cooldown"]` adds a high-quality source to the anneal of a warmup-stable-decay run (shorthand phases are named warmup, decay, stable, cooldown, constant, cyclic, restarts). Unset: every phase. Its held-out documents are evaluated throughout."""
+
     @model_validator(mode="after")
     def check_builtin_or_path(self) -> Source:
         if (self.builtin is None) == (self.path is None):

@@ -368,3 +368,12 @@ def test_mix_replay_adds_the_stated_share_of_replay_sequences():
         data.mix_replay(main, replay, 1.0, seed=1)
     with pytest.raises(ValueError):
         data.mix_replay(main, replay.select([]), 0.5, seed=1)
+
+
+def test_select_sources_keeps_the_documents_of_the_given_sources_in_order():
+    import datasets as hf
+
+    ds = hf.Dataset.from_dict({"text": ["a", "b", "c", "d"], "source": [0, 1, 0, 2]})
+    assert data.select_sources(ds, [0, 1, 2]) is ds
+    assert data.select_sources(ds, [0, 2])["text"] == ["a", "c", "d"]
+    assert data.select_sources(ds, [1])["text"] == ["b"]

@@ -96,6 +96,7 @@ schedule_phases = [
     {'name': 'warmup', 'shape': 'linear', 'start': 0.0, 'end': 1.0, 'steps': 15, 'first_step': 0},
     {'name': 'decay', 'shape': 'cosine', 'start': 1.0, 'end': 0.1, 'steps': 285, 'first_step': 15},
 ]
+data_segments = [{'first_step': 0, 'last_step': None, 'sources': [0]}]  # derived: every source in every phase
 
 # launch
 num_processes = 1               # launch.num_processes
@@ -180,23 +181,33 @@ tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 if tokenizer.pad_token is None:
     tokenizer.pad_token = tokenizer.eos_token
 
-train_ds = data.tokenize_and_pack(train_docs, tokenizer, seq_len, packing=packing)
 eval_ds = data.tokenize_and_pack(eval_docs, tokenizer, seq_len, packing=packing)
-accelerator.print(f"sequences of {seq_len} tokens: {len(train_ds)} train, {len(eval_ds)} held out")
-if len(train_ds) < micro_batch_size * num_processes:
-    sys.exit(f"error: {len(train_ds)} training sequences is less than one micro-batch per process; add data or lower seq_len")
+# training sequences for each data segment: consecutive schedule phases that train on the
+# same sources (one segment unless a source is limited to some phases)
+train_sets = []
+for segment in data_segments:
+    train_set = data.tokenize_and_pack(
+        data.select_sources(train_docs, segment["sources"]), tokenizer, seq_len, packing=packing
+    )
+    if len(train_set) < micro_batch_size * num_processes:
+        sys.exit(f"error: {len(train_set)} training sequences is less than one micro-batch per process; add data or lower seq_len")
+    train_sets.append(train_set)
+accelerator.print(f"sequences of {seq_len} tokens: {' + '.join(str(len(t)) for t in train_sets)} train, {len(eval_ds)} held out")
 
 # each loader has its own seeded generator, so the shuffle order depends on the seed and
 # the epoch only, never on how many random numbers the model or dropout have drawn
-train_loader = DataLoader(
-    train_ds,
-    batch_size=micro_batch_size,
-    shuffle=True,
-    drop_last=True,
-    collate_fn=data.collate,
-    num_workers=num_workers,
-    generator=torch.Generator().manual_seed(seed),
-)
+train_loaders = [
+    DataLoader(
+        train_set,
+        batch_size=micro_batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=data.collate,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    for train_set in train_sets
+]
 eval_loader = DataLoader(eval_ds, batch_size=micro_batch_size, collate_fn=data.collate, num_workers=num_workers)
 
 # -----------------------------------------------------------------------------
@@ -235,7 +246,8 @@ optimizer = torch.optim.AdamW(
 # step 0 is the first update, as with transformers' schedulers
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.phase_lambda(schedule_phases))
 
-model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+train_loaders = [accelerator.prepare(loader) for loader in train_loaders]
 eval_loaders = {}  # metrics.jsonl key -> held-out loader
 if len(eval_ds):
     eval_loaders["eval_loss"] = accelerator.prepare(eval_loader)
@@ -296,77 +308,81 @@ if master:
 # -----------------------------------------------------------------------------
 # training loop
 
-micro_per_epoch = len(train_loader)  # micro-batches per process per epoch
-epoch, skip = divmod(step * grad_accum_steps, micro_per_epoch)
 tokens = step * tokens_per_step
 if step == 0 and eval_loaders:
     log({"step": 0, **evaluate(), "tokens": 0})
 progress = tqdm(total=max_steps, initial=step, disable=not master, desc=name, unit="step", dynamic_ncols=True)
 loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
 t_log, tokens_log = time.time(), tokens
-while step < max_steps:
-    train_loader.set_epoch(epoch)  # the seedable sampler reshuffles from (seed, epoch)
-    batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-    for batch in batches:
-        with accelerator.accumulate(model):
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                # clip_grad_norm_ returns the norm before clipping; with grad_clip 0 it only measures
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-            optimizer.step()  # a no-op until the last micro-batch of the accumulation
-            optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach().float()
-        loss_count += 1
-        if not accelerator.sync_gradients:
-            continue
+for segment, train_loader in zip(data_segments, train_loaders):
+    end = segment["last_step"] or max_steps
+    if step >= end:
+        continue  # this segment was done before the checkpoint the run resumed from
+    # the micro-batches of this segment done so far fix the epoch and the place in it
+    epoch, skip = divmod((step - segment["first_step"]) * grad_accum_steps, len(train_loader))
+    while step < end:
+        train_loader.set_epoch(epoch)  # the seedable sampler reshuffles from (seed, epoch)
+        batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    # clip_grad_norm_ returns the norm before clipping; with grad_clip 0 it only measures
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+                optimizer.step()  # a no-op until the last micro-batch of the accumulation
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach().float()
+            loss_count += 1
+            if not accelerator.sync_gradients:
+                continue
 
-        step_lr = optimizer.param_groups[0]["lr"]  # the LR this step used
-        scheduler.step()
-        step += 1
-        tokens += tokens_per_step
-        progress.update(1)
+            step_lr = optimizer.param_groups[0]["lr"]  # the LR this step used
+            scheduler.step()
+            step += 1
+            tokens += tokens_per_step
+            progress.update(1)
 
-        if step % log_every == 0 or step == max_steps:
-            mean_loss = accelerator.reduce(loss_sum / loss_count, reduction="mean").item()
-            now = time.time()
-            record = {
-                "step": step,
-                "loss": mean_loss,
-                "lr": step_lr,
-                "grad_norm": float(grad_norm),
-                "tokens": tokens,
-                "tokens_per_s": (tokens - tokens_log) / max(now - t_log, 1e-9),
-                "epoch": epoch,
-            }
-            log(record)
-            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{step_lr:.2e}")
-            loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
-            t_log, tokens_log = now, tokens
+            if step % log_every == 0 or step == max_steps:
+                mean_loss = accelerator.reduce(loss_sum / loss_count, reduction="mean").item()
+                now = time.time()
+                record = {
+                    "step": step,
+                    "loss": mean_loss,
+                    "lr": step_lr,
+                    "grad_norm": float(grad_norm),
+                    "tokens": tokens,
+                    "tokens_per_s": (tokens - tokens_log) / max(now - t_log, 1e-9),
+                    "epoch": epoch,
+                }
+                log(record)
+                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{step_lr:.2e}")
+                loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+                t_log, tokens_log = now, tokens
 
-        if eval_every and step % eval_every == 0 and step < max_steps and eval_loaders:
-            log({"step": step, **evaluate(), "tokens": tokens})
+            if eval_every and step % eval_every == 0 and step < max_steps and eval_loaders:
+                log({"step": step, **evaluate(), "tokens": tokens})
 
-        if save_every and step % save_every == 0 and step < max_steps:
-            # written to a temporary directory and renamed when complete: a crash
-            # mid-save never leaves a checkpoint that looks whole
-            tmp = checkpoint.temp_dir(ckpt_dir, step, clean=master)
-            accelerator.wait_for_everyone()
-            accelerator.save_state(str(tmp))
-            accelerator.wait_for_everyone()
-            if master:
-                # config and tokenizer beside the weights: a checkpoint loads with from_pretrained
-                accelerator.unwrap_model(model).config.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-                checkpoint.write_state(tmp, {"step": step, "epoch": epoch, "tokens": tokens, "name": name})
-                checkpoint.commit(tmp, ckpt_dir, step)
-                checkpoint.prune(ckpt_dir, keep_last)
-            accelerator.wait_for_everyone()
+            if save_every and step % save_every == 0 and step < max_steps:
+                # written to a temporary directory and renamed when complete: a crash
+                # mid-save never leaves a checkpoint that looks whole
+                tmp = checkpoint.temp_dir(ckpt_dir, step, clean=master)
+                accelerator.wait_for_everyone()
+                accelerator.save_state(str(tmp))
+                accelerator.wait_for_everyone()
+                if master:
+                    # config and tokenizer beside the weights: a checkpoint loads with from_pretrained
+                    accelerator.unwrap_model(model).config.save_pretrained(tmp)
+                    tokenizer.save_pretrained(tmp)
+                    checkpoint.write_state(tmp, {"step": step, "epoch": epoch, "tokens": tokens, "name": name})
+                    checkpoint.commit(tmp, ckpt_dir, step)
+                    checkpoint.prune(ckpt_dir, keep_last)
+                accelerator.wait_for_everyone()
 
-        if step >= max_steps:
-            break
-    else:
-        epoch, skip = epoch + 1, 0
+            if step >= end:
+                break
+        else:
+            epoch, skip = epoch + 1, 0
 progress.close()
 
 # -----------------------------------------------------------------------------
