@@ -13,17 +13,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+# the shapes and the keys each takes are the runtime's, which lays phases out
+from ..runtime.schedule import REQUIRED_PARAMS, SHAPE_PARAMS, SHAPES
 from .base import Table, key_error
 
-SHAPES = ("constant", "linear", "cosine", "exponential", "1-sqrt", "polynomial", "inverse_sqrt", "cyclic", "cosine_restarts")
-# keys a phase may carry only with this shape, and those it must carry
-SHAPE_KEYS = {
-    "polynomial": ("power",),
-    "inverse_sqrt": ("timescale",),
-    "cyclic": ("half_cycle",),
-    "cosine_restarts": ("period", "period_mult"),
-}
-REQUIRED_SHAPE_KEYS = {"cyclic": ("half_cycle",), "cosine_restarts": ("period",)}
 DECAYS = ("constant", "linear", "cosine", "inverse_sqrt", "polynomial", "wsd", "cyclic", "cosine_restarts")
 # shorthand keys that belong to one decay
 DECAY_KEYS = {
@@ -96,12 +89,12 @@ class Phase(Table):
         lengths = [k for k in ("steps", "fraction", "tokens") if getattr(self, k) is not None]
         if len(lengths) > 1:
             raise key_error(lengths[1], f"give a phase's length once, got {' and '.join(lengths)}")
-        allowed = SHAPE_KEYS.get(self.shape, ())
-        for shape_keys in SHAPE_KEYS.values():
+        allowed = SHAPE_PARAMS.get(self.shape, ())
+        for shape_keys in SHAPE_PARAMS.values():
             for key in shape_keys:
                 if getattr(self, key) is not None and key not in allowed:
                     raise key_error(key, f"`{key}` does not apply to a {self.shape} phase")
-        for key in REQUIRED_SHAPE_KEYS.get(self.shape, ()):
+        for key in REQUIRED_PARAMS.get(self.shape, ()):
             if getattr(self, key) is None:
                 raise key_error("shape", f"a {self.shape} phase needs `{key}`")
         if self.shape == "exponential" and (self.start == 0 or self.end == 0):
