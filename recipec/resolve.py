@@ -27,7 +27,7 @@ from .resolve_schedule import (
     warmup_steps_of,
 )
 from .runtime import schedule as runtime_schedule
-from .schema import Recipe
+from .schema import Recipe, Source
 from .source import KeyPath, SourceMap
 
 
@@ -202,8 +202,7 @@ def resolve(
         )
 
     b.section("data")
-    sources = [src.model_dump(exclude_none=True, exclude={"text_field"} if src.builtin else None) for src in d.sources]
-    b.add("sources", sources, "data.sources", b.origin(("data", "sources")))
+    b.add("sources", _source_dicts(d.sources), "data.sources", b.origin(("data", "sources")))
     b.key("seq_len", ("data", "seq_len"))
     b.key("packing", ("data", "packing"))
     b.key("eval_fraction", ("data", "eval_fraction"))
@@ -380,6 +379,11 @@ def _data_segments(
     return segments
 
 
+def _source_dicts(sources: list[Source]) -> list[dict[str, Any]]:
+    """Sources as the runtime loads them: what is set, and no text_field on a builtin."""
+    return [src.model_dump(exclude_none=True, exclude={"text_field"} if src.builtin else None) for src in sources]
+
+
 def _rewarm(b: _Builder, recipe: Recipe, parent: ParentRun, lr: float) -> float | None:
     """Where a continual run's warmup starts, as a multiplier of its own peak."""
     c = recipe.continual
@@ -413,8 +417,7 @@ def _continual_settings(b: _Builder, recipe: Recipe, parent: ParentRun) -> None:
     b.derived("parent_step", parent.step, f"derived: the parent's optimizer steps at {parent.model_dir}")
     b.derived("parent_lock_sha256", parent.lock_sha256, "derived: sha256 of the parent's recipe.lock.json")
     b.derived("parent_lr", parent.lr, "derived: the LR the parent used at that step (its schedule.csv)")
-    sources = [src.model_dump(exclude_none=True, exclude={"text_field"} if src.builtin else None) for src in pr.data.sources]
-    b.derived("parent_sources", sources, "derived: the parent's data.sources (resolved.toml)")
+    b.derived("parent_sources", _source_dicts(pr.data.sources), "derived: the parent's data.sources (resolved.toml)")
     b.derived("parent_eval_fraction", pr.data.eval_fraction, "derived: the parent's data.eval_fraction")
     b.derived("parent_seed", pr.recipe.seed, "derived: the parent's recipe.seed (its held-out split)")
     b.key("replay", ("continual", "replay"))

@@ -120,6 +120,16 @@ def _train(build_dir: Path, *wrapper: str, expect: int = 0) -> subprocess.Comple
     return proc
 
 
+def _kill(tmp_path: Path, build_dir: Path, step: int, mode: str) -> None:
+    """Run the build and SIGKILL it at the checkpoint of `step` (before or after its commit)."""
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    proc = subprocess.run(
+        [sys.executable, str(killer), str(build_dir), str(step), mode], env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == -9, proc.stderr[-3000:]
+
+
 def _weights(run_dir: Path) -> dict[str, object]:
     from safetensors.torch import load_file
 
@@ -184,12 +194,7 @@ def test_kill_and_resume_gives_bitwise_identical_weights(
 ) -> None:
     project = _project(tmp_path, TINY)
     build_dir = _build(project)
-    killer = tmp_path / "killer.py"
-    killer.write_text(KILLER)
-    killed = subprocess.run(
-        [sys.executable, str(killer), str(build_dir), "4", mode], env=_env(), capture_output=True, text=True, timeout=600
-    )
-    assert killed.returncode == -9, killed.stderr[-3000:]
+    _kill(tmp_path, build_dir, 4, mode)
     run_dir = project / "runs" / "tiny"
     assert not (run_dir / "model").exists()
     resumed = _train(build_dir)
@@ -410,12 +415,7 @@ def test_ema_and_merged_weights_survive_kill_and_resume_bitwise(tmp_path: Path) 
     _train(_build(straight))
     killed = _project(tmp_path / "killed", TINY + AVERAGING)
     build_dir = _build(killed)
-    killer = tmp_path / "killer.py"
-    killer.write_text(KILLER)
-    proc = subprocess.run(
-        [sys.executable, str(killer), str(build_dir), "4", "after-commit"], env=_env(), capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    _kill(tmp_path, build_dir, 4, "after-commit")
     _train(build_dir)
     for name in ("model_ema", "model_merged"):
         a = load_file(str(straight / "runs" / "tiny" / name / "model.safetensors"))
@@ -457,12 +457,6 @@ def test_a_source_added_in_the_cooldown_trains_there_and_resumes_bitwise(tmp_pat
     assert int(second) > int(first)  # the cooldown trains on the prose and the stdlib source
     killed = _project(tmp_path / "killed", recipe)
     killed_build = _build(killed)
-    killer = tmp_path / "killer.py"
-    killer.write_text(KILLER)
-    proc = subprocess.run(
-        [sys.executable, str(killer), str(killed_build), str(kill_at), "after-commit"],
-        env=_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    _kill(tmp_path, killed_build, kill_at, "after-commit")
     _train(killed_build)
     _assert_same_weights(straight / "runs" / "tiny", killed / "runs" / "tiny")
