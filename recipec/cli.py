@@ -62,7 +62,8 @@ def main(color: bool | None) -> None:
       recipec validate recipes/my-run.toml   every error at once, with file:line:col
       recipec explain recipes/my-run.toml    every value, where it came from, derived numbers
       recipec build recipes/my-run.toml      write build/<name>/: train.py, accelerate config, lock
-      recipec run recipes/my-run.toml        build, then accelerate launch
+      recipec check recipes/my-run.toml      preflight against the model (meta device)
+      recipec run recipes/my-run.toml        build, check, then accelerate launch
 
     Exit status: 0 success, 2 a mistake in the recipe, otherwise the training's own.
     """
@@ -228,7 +229,7 @@ def build(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None) -> N
     click.echo(f"train with:\n  {_plan_launch(written)}")
 
 
-def _build(recipe: Path, overrides: Sequence[str], build_dir: Path | None) -> Any:
+def _build(recipe: Path, overrides: Sequence[str], build_dir: Path | None, with_plan: bool = False) -> Any:
     from .compiler import build as compile_build
 
     try:
@@ -236,12 +237,43 @@ def _build(recipe: Path, overrides: Sequence[str], build_dir: Path | None) -> An
     except RecipeError as exc:
         _fail(exc)
     _report(plan.warnings)
-    return written
+    return (written, plan) if with_plan else written
 
 
 def _plan_launch(written: Any) -> str:
     d = written.dir.as_posix()
     return f"accelerate launch --config_file {d}/accelerate_config.yaml {d}/train.py"
+
+
+@main.command(short_help="Preflight: check the recipe against the model (imports torch).")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@_set_option
+def check(recipe: Path, overrides: tuple[str, ...]) -> None:
+    """Check what only the model can tell: PEFT target modules exist, and how many
+    parameters train. The model is instantiated on the meta device from its config (no
+    weights, no download); `recipec run` runs this before launching."""
+    from .compiler import plan_recipe
+
+    try:
+        plan, _ = plan_recipe(recipe, overrides)
+    except RecipeError as exc:
+        _fail(exc)
+    _report(plan.warnings)
+    _preflight(plan)
+    click.echo(f"ok: {recipe.as_posix()} ({plan.name})")
+
+
+def _preflight(plan: Any) -> None:
+    """Run `check` on a plan; exit 2 with its problems."""
+    from .check import check as check_plan
+    from .diagnostics import Diagnostic
+
+    report = check_plan(plan)
+    for line in report.lines():
+        click.echo(line, err=True)
+    if report.problems:
+        _report([Diagnostic("error", problem) for problem in report.problems])
+        sys.exit(EXIT_RECIPE_ERROR)
 
 
 @main.command(short_help="Build, then train with accelerate launch.")
@@ -256,7 +288,9 @@ def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None) -> Non
     """
     from .launch import MissingTrainingExtra, launch
 
-    written = _build(recipe, overrides, build_dir)
+    written, plan = _build(recipe, overrides, build_dir, with_plan=True)
+    if plan.recipe.peft is not None:
+        _preflight(plan)
     click.echo(f"built {written.dir.as_posix()}/ -> {_plan_launch(written)}", err=True)
     try:
         code = launch(written.dir)

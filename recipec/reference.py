@@ -43,12 +43,29 @@ def reference_markdown() -> str:
 
 
 def _table(out: list[str], path: str, prop: dict[str, Any], defs: dict[str, Any], array: bool) -> None:
+    refs = _refs(prop)
+    if len(refs) > 1:  # one table of several, chosen by its `method` (e.g. [peft])
+        for ref in refs:
+            method = defs[ref]["properties"]["method"]["const"]
+            _one_table(out, path, f'## `[{path}]` method = "{method}"', defs[ref], prop, defs)
+        return
     ref = _ref(prop)
     if ref is None:
         return
-    model = defs[ref]
     header = f"[[{path}]]" if array else f"[{path}]"
-    out += [f"## `{header}`", ""]
+    _one_table(out, path, f"## `{header}`", defs[ref], prop, defs)
+
+
+def _refs(prop: dict[str, Any]) -> list[str]:
+    return [o["$ref"].rsplit("/", 1)[-1] for o in prop.get("oneOf", prop.get("anyOf", [])) if "$ref" in o] + [
+        r for o in prop.get("anyOf", []) for r in _refs(o)
+    ]
+
+
+def _one_table(
+    out: list[str], path: str, title: str, model: dict[str, Any], prop: dict[str, Any], defs: dict[str, Any]
+) -> None:
+    out += [title, ""]
     doc = model.get("description", "")
     if doc and not doc.startswith("`["):
         out += [doc, ""]

@@ -232,6 +232,7 @@ def render(plan: Plan) -> dict[str, str | bytes]:
         "formulas": formula_lines(plan),
         "overrides": list(plan.overrides),
         "distributed_type": "MULTI_GPU" if cpu_multi else "NO",
+        "peft_quantize": getattr(plan.recipe.peft, "quantize", None),
     }
     files: dict[str, str | bytes] = {
         "train.py": env.get_template("train.py.j2").render(context),

@@ -184,6 +184,18 @@ def resolve(
     b.key("gradient_checkpointing", ("model", "gradient_checkpointing"))
     b.key("trust_remote_code", ("model", "trust_remote_code"))
 
+    if r.peft is not None:
+        b.section("peft")
+        spec = r.peft.model_dump(exclude_none=True, exclude={"save_merged", "quantize"})
+        b.add("peft_spec", spec, "peft", b.origin(("peft",)))
+        b.key("peft_save_merged", ("peft", "save_merged"))
+        if r.peft.method == "lora":
+            b.key("peft_quantize", ("peft", "quantize"))
+        if r.model.init is not None:
+            b.warn(("peft", "method"), "a PEFT adapter on a from-scratch model trains the adapter on random weights")
+        if getattr(r.peft, "quantize", None) is not None and r.model.init is not None:
+            b.error(("peft", "quantize"), "quantization needs pretrained weights; a from-scratch model has none")
+
     b.section("tokenizer")
     if r.tokenizer.train is not None:
         b.add("tokenizer_path", None, "tokenizer.train: trained before the run", "derived")

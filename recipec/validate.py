@@ -105,7 +105,20 @@ def _diagnostic(path: KeyPath, errs: list[dict[str, Any]], source: SourceMap) ->
     if kind == "recipe":
         return Diagnostic("error", err["msg"], source.locate(path), err["ctx"].get("help") or None)
     if kind == "extra_forbidden":
-        return Diagnostic("error", f"unknown key `{name}`", source.locate(path), _unknown_key_help(path))
+        return Diagnostic("error", f"unknown key `{name}`", source.locate(path), _unknown_key_help(path, err["loc"]))
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag = path + ("method",)
+        choices = [typing.get_args(m.model_fields["method"].annotation)[0] for m in _union_models(_field_annotation(path))]
+        options = ", ".join(json.dumps(c) for c in choices)
+        if kind == "union_tag_not_found":
+            return Diagnostic("error", f"`[{name}]` needs `method`, one of {options}", source.locate(path))
+        value = err["ctx"].get("tag")
+        return Diagnostic(
+            "error",
+            f"`{dotted(tag)}` must be one of {options}, not {_describe(value)}",
+            source.value_location(tag),
+            did_you_mean(value, choices) if isinstance(value, str) else None,
+        )
     if kind == "missing":
         parent = path[:-1]
         if _model_at(path) is not None and path:
@@ -166,16 +179,41 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _model_at(path: KeyPath) -> type[BaseModel] | None:
-    """The schema model for the table at `path`, or None when `path` is not a table."""
+def _model_at(path: KeyPath, loc: tuple[Any, ...] = ()) -> type[BaseModel] | None:
+    """The schema model for the table at `path`, or None when `path` is not a table.
+
+    `loc` is pydantic's raw location; where a table is one of several (`[peft]`, chosen
+    by `method`), the tag in it picks the model.
+    """
     model: type[BaseModel] | None = Recipe
     for seg in path:
         if isinstance(seg, int):
             continue
         if model is None or seg not in model.model_fields:
             return None
-        model = _find_model(model.model_fields[seg].annotation)
+        annotation = model.model_fields[seg].annotation
+        model = _tagged_model(annotation, loc) or _find_model(annotation)
     return model
+
+
+def _tagged_model(annotation: Any, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The member of a `method`-tagged union whose tag appears in `loc`."""
+    for member in _union_models(annotation):
+        method = member.model_fields.get("method")
+        if method is not None and set(typing.get_args(method.annotation)) & set(loc):
+            return member
+    return None
+
+
+def _union_models(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _union_models(arg)]
+
+
+def _field_annotation(path: KeyPath) -> Any:
+    parent = _model_at(path[:-1])
+    return parent.model_fields[path[-1]].annotation if parent is not None else None
 
 
 def _find_model(annotation: Any) -> type[BaseModel] | None:
@@ -206,14 +244,23 @@ def _literal_options(path: KeyPath) -> list[str]:
     return options
 
 
-def _unknown_key_help(path: KeyPath) -> str | None:
+def _unknown_key_help(path: KeyPath, loc: tuple[Any, ...] = ()) -> str | None:
     plain = tuple(seg for seg in path if isinstance(seg, str))
     if plain in RENAMED:
         return f"`{plain[-1]}` is {RENAMED[plain]} in recipec"
-    parent = _model_at(path[:-1])
+    parent = _model_at(path[:-1], loc)
     if parent is None or not isinstance(path[-1], str):
         return None
-    return did_you_mean(path[-1], parent.model_fields)
+    key = path[-1]
+    if "method" in parent.model_fields and key not in parent.model_fields:
+        owners = [
+            typing.get_args(m.model_fields["method"].annotation)[0]
+            for m in _union_models(Recipe.model_fields[path[0]].annotation)
+            if key in m.model_fields
+        ]
+        if owners:
+            return f"`{key}` is an option of method = " + " or ".join(f'"{o}"' for o in owners)
+    return did_you_mean(key, parent.model_fields)
 
 
 def _header(path: KeyPath) -> str:

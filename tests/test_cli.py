@@ -45,6 +45,7 @@ PURPOSE = {
     "build": "build directory",
     "run": "accelerate launch",
     "schema": "JSON Schema",
+    "check": "meta device",
 }
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from recipec import schema as schema_package
 from recipec.reference import json_schema, json_schema_text, reference_markdown
-from recipec.schema import RENAMED, Recipe, Table
+from recipec.schema import METHOD_TABLES, RENAMED, Recipe, Table
 
 REPO = Path(__file__).resolve().parent.parent
 REGENERATE = "run `recipec schema` from the repository root to regenerate it, and commit the result"
@@ -72,6 +72,7 @@ def test_model_walk_finds_every_table():
         "ContinualTable",
         "EmaTable",
         "MergeTable",
+        *(t.__name__ for t in METHOD_TABLES),
         "ScheduleTable",
         "Phase",
         "TrainTable",
@@ -135,14 +136,22 @@ def _table_paths(model: type[BaseModel], prefix: str = "") -> dict[str, type[Bas
 def test_reference_lists_every_key():
     text = reference_markdown()
     tables = _table_paths(Recipe)
+    sections = []
     for path, model in tables.items():
+        if path == "peft":  # one table per method, chosen by `method`
+            for table in METHOD_TABLES:
+                method = table.model_fields["method"].annotation.__args__[0]
+                sections.append((f'## `[peft]` method = "{method}"', table))
+            continue
         header = f"## `[[{path}]]`" if path in ("data.sources", "schedule.phases") else f"## `[{path}]`"
-        assert header in text
+        sections.append((header, model))
+    for header, model in sections:
+        assert header in text, header
         section = text.split(header, 1)[1].split("\n## ", 1)[0]
         for key, field in model.model_fields.items():
             if _sub_model(field.annotation) is None:
                 key = field.alias or key
-                assert f"| `{key}` |" in section, f"{path}.{key} is missing from docs/reference.md"
+                assert f"| `{key}` |" in section, f"{header} {key} is missing from docs/reference.md"
 
 
 def _key_exists(dotted: str) -> bool:
@@ -174,6 +183,7 @@ NEEDS_A_CHOICE = {
     "Phase": {"name": "p", "shape": "constant"},
     "ContinualTable": {"from": "runs/parent"},
     "EmaTable": {"decay": 0.999},
+    **{t.__name__: {"method": t.model_fields["method"].annotation.__args__[0]} for t in METHOD_TABLES},
 }
 
 

@@ -460,3 +460,48 @@ def test_a_source_added_in_the_cooldown_trains_there_and_resumes_bitwise(tmp_pat
     _kill(tmp_path, killed_build, kill_at, "after-commit")
     _train(killed_build)
     _assert_same_weights(straight / "runs" / "tiny", killed / "runs" / "tiny")
+
+
+LORA = """
+[peft]
+method = "lora"
+r = 4
+alpha = 8
+dropout = 0.1
+target_modules = "all-linear"
+save_merged = true
+"""
+
+
+def test_lora_on_a_parent_run_resumes_bitwise_and_saves_a_loadable_adapter(tmp_path: Path, uninterrupted: Path) -> None:
+    """PEFT with continual pre-training and resume: the adapter after kill-and-resume is bitwise the same."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    recipe = CPT.format(parent=uninterrupted.as_posix(), continual="", schedule="[schedule]\nwarmup = 2") + LORA
+    recipe = recipe.replace("max_steps = 4", "max_steps = 6").replace("save_every = 0", "save_every = 2")
+    runs = {}
+    for label in ("straight", "killed"):
+        project = tmp_path / label
+        (project / "recipes").mkdir(parents=True)
+        (project / "recipes" / "tiny.toml").write_text(recipe)
+        written, plan = build(project / "recipes" / "tiny.toml", (), project / "build" / "lora", project=project)
+        if label == "killed":
+            _kill(tmp_path, written.dir, 4, "after-commit")
+        proc = _train(written.dir)
+        runs[label] = project / "runs" / "tiny-cpt"
+    assert "peft lora: " in proc.stdout + proc.stderr
+    a = load_file(str(runs["straight"] / "model" / "adapter_model.safetensors"))
+    b = load_file(str(runs["killed"] / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((runs["straight"] / "run.json").read_text())
+    assert record["peft"]["method"] == "lora" and 0 < record["peft"]["trainable_params"] < record["peft"]["all_params"]
+    # the adapter loads onto the parent's model, and the merged model gives the same logits
+    ids = torch.arange(1, 17).reshape(1, 16)
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(uninterrupted / "model"), runs["straight"] / "model")
+    merged = AutoModelForCausalLM.from_pretrained(runs["straight"] / "model_full")
+    adapted.eval(), merged.eval()
+    with torch.no_grad():
+        assert torch.allclose(adapted(ids).logits, merged(ids).logits, atol=1e-4)

@@ -18,6 +18,22 @@ from .launch import LaunchTable
 from .model import ModelConfig, ModelTable
 from .optim import LrScaling, OptimTable
 from .output import OutputTable
+from .peft import (
+    METHOD_TABLES,
+    AdaloraTable,
+    BoftTable,
+    Ia3Table,
+    LnTuningTable,
+    LohaTable,
+    LokrTable,
+    LoraTable,
+    MissTable,
+    OftTable,
+    PrefixTuningTable,
+    PromptTuningTable,
+    VeraTable,
+    PeftTable,
+)
 from .recipe import RecipeTable
 from .schedule import Phase, ScheduleTable
 from .tokenizer import TokenizerTable, TokenizerTrain
@@ -63,6 +79,9 @@ class Recipe(Table):
     merge: MergeTable | None = None
     """`[merge]`: checkpoint merging (WSM) over the end of the run."""
 
+    peft: PeftTable | None = None
+    """`[peft]`: parameter-efficient training; `method` picks LoRA, LoHa, LoKr, IA3, OFT, BOFT, VeRA, AdaLoRA, MiSS, LN tuning, prefix or prompt tuning."""
+
 
 # (table, key) as another tool spells it -> the recipec key, or an explanation.
 RENAMED: dict[tuple[str, ...], str] = {
@@ -102,17 +121,30 @@ RENAMED: dict[tuple[str, ...], str] = {
 }
 
 __all__ = [
+    "AdaloraTable",
+    "BoftTable",
     "ContinualTable",
     "DataTable",
     "EmaTable",
+    "Ia3Table",
     "LaunchTable",
+    "LnTuningTable",
+    "LohaTable",
+    "LokrTable",
+    "LoraTable",
     "LrScaling",
+    "METHOD_TABLES",
     "MergeTable",
+    "MissTable",
     "ModelConfig",
     "ModelTable",
+    "OftTable",
     "OptimTable",
     "OutputTable",
+    "PeftTable",
     "Phase",
+    "PrefixTuningTable",
+    "PromptTuningTable",
     "RENAMED",
     "Recipe",
     "RecipeTable",
@@ -122,4 +154,5 @@ __all__ = [
     "TokenizerTable",
     "TokenizerTrain",
     "TrainTable",
+    "VeraTable",
 ]
