@@ -505,3 +505,28 @@ def test_lora_on_a_parent_run_resumes_bitwise_and_saves_a_loadable_adapter(tmp_p
     adapted.eval(), merged.eval()
     with torch.no_grad():
         assert torch.allclose(adapted(ids).logits, merged(ids).logits, atol=1e-4)
+
+
+def test_a_wrong_peft_target_stops_check_and_the_script_before_any_data_is_read(tmp_path: Path, uninterrupted: Path) -> None:
+    recipe = CPT.format(parent=uninterrupted.as_posix(), continual="", schedule="") + LORA.replace(
+        'target_modules = "all-linear"', 'target_modules = ["q_prj", "v_proj"]'
+    )
+    project = tmp_path / "bad"
+    (project / "recipes").mkdir(parents=True)
+    (project / "recipes" / "tiny.toml").write_text(recipe)
+    check = subprocess.run(
+        [sys.executable, "-m", "recipec", "--no-color", "check", "recipes/tiny.toml"],
+        cwd=project, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert check.returncode == 2
+    assert "target module 'q_prj' matches no module of LlamaForCausalLM; did you mean 'q_proj'?" in check.stderr
+    assert "Traceback" not in check.stderr
+    written, _ = build(project / "recipes" / "tiny.toml", (), project / "build" / "bad", project=project)
+    proc = _train(written.dir, expect=1)
+    assert "error: peft.target_modules: target module 'q_prj'" in proc.stderr
+    assert "documents:" not in proc.stdout  # stopped before the data was read
+    ok = subprocess.run(
+        [sys.executable, "-m", "recipec", "check", "recipes/tiny.toml", "--set", 'peft.target_modules=["q_proj", "v_proj"]'],
+        cwd=project, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ok.returncode == 0 and "trainable: 1,024 (" in ok.stderr
