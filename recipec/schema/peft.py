@@ -6,7 +6,7 @@ an option of another method is an unknown key. Unset options take peft's default
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -16,8 +16,16 @@ Targets = list[str] | Literal["all-linear"]
 
 
 class _Method(Table):
+    UNMERGEABLE: ClassVar[str | None] = None  # why this method has nothing to merge, if it has not
+
     save_merged: bool = False
     """Also save the base model with the adapter merged in, as `model_full/` (the adapter itself is always saved as `model/`)."""
+
+    @model_validator(mode="after")
+    def check_mergeable(self) -> _Method:
+        if self.save_merged and self.UNMERGEABLE:
+            raise key_error("save_merged", self.UNMERGEABLE)
+        return self
 
 
 class _Targeted(_Method):
@@ -227,6 +235,8 @@ class LnTuningTable(_Targeted):
 class PrefixTuningTable(_Method):
     """`[peft] method = "prefix_tuning"`: trained key/value prefixes in every layer."""
 
+    UNMERGEABLE = "prefix tuning adds no weights to merge into the model"
+
     method: Literal["prefix_tuning"]
     """The PEFT method."""
 
@@ -239,15 +249,11 @@ class PrefixTuningTable(_Method):
     encoder_hidden_size: int | None = Field(None, ge=1)
     """Hidden size of that MLP. Unset: the model's hidden size."""
 
-    @model_validator(mode="after")
-    def check_no_merge(self) -> PrefixTuningTable:
-        if self.save_merged:
-            raise key_error("save_merged", "prefix tuning adds no weights to merge into the model")
-        return self
-
 
 class PromptTuningTable(_Method):
     """`[peft] method = "prompt_tuning"`: trained soft-prompt embeddings before the input."""
+
+    UNMERGEABLE = "prompt tuning adds no weights to merge into the model"
 
     method: Literal["prompt_tuning"]
     """The PEFT method."""
@@ -257,12 +263,6 @@ class PromptTuningTable(_Method):
 
     init: Literal["random", "sample_vocab"] = "random"
     """Initialise the soft prompt at random or from the embeddings of tokens sampled from the vocabulary."""
-
-    @model_validator(mode="after")
-    def check_no_merge(self) -> PromptTuningTable:
-        if self.save_merged:
-            raise key_error("save_merged", "prompt tuning adds no weights to merge into the model")
-        return self
 
 
 METHOD_TABLES = (
