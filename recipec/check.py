@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .resolve import Plan
-
-LOCAL_PREFIXES = ("./", "../", "/", "~")
+from .schema.model import LOCAL_PREFIXES
 
 
 @dataclass
@@ -54,7 +53,7 @@ def check(plan: Plan, project: Path = Path(".")) -> CheckReport:
         model = AutoModelForCausalLM.from_config(config)
     report = CheckReport(f"{type(model).__name__} ({label})", checked=True)
     report.all_params = sum(p.numel() for p in model.parameters())
-    spec = _lookup(plan, "peft_spec")
+    spec = plan.get("peft_spec")
     if spec is not None:
         from .runtime import adapters
 
@@ -62,7 +61,7 @@ def check(plan: Plan, project: Path = Path(".")) -> CheckReport:
         if not report.problems:
             if spec.get("init") in ("pissa", "olora"):  # computed from real weights; the count is the default init's
                 spec = {**spec, "init": "default"}
-            model = adapters.apply(model, spec, total_steps=_lookup(plan, "max_steps"))
+            model = adapters.apply(model, spec, total_steps=plan.get("max_steps"))
             report.trainable_params, report.all_params = adapters.trainable_parameters(model)
     return report
 
@@ -86,10 +85,3 @@ def _local_vocab(path: str | None, project: Path) -> int | None:
     from transformers import AutoTokenizer
 
     return len(AutoTokenizer.from_pretrained(str(project / Path(path).expanduser())))
-
-
-def _lookup(plan: Plan, name: str) -> Any:
-    try:
-        return plan[name]
-    except KeyError:
-        return None

@@ -190,7 +190,7 @@ def _explain_text(plan: Any) -> str:
         for f in plan.formulas:
             lines.append(f"  {f.name.ljust(width)}  {f.expr}  ({f.note})")
     lines += ["", "[summary]"]
-    steps = _lookup(plan, "max_steps")
+    steps = plan.get("max_steps")
     per_step = plan["tokens_per_step"]
     accum = plan["grad_accum_steps"]
     lines.append(
@@ -207,13 +207,6 @@ def _explain_text(plan: Any) -> str:
         lines.append("  optimizer steps  derived by train.py from the data (train.epochs)")
     lines.append(f"  launch           {plan.launch_command}")
     return "\n".join(lines)
-
-
-def _lookup(plan: Any, name: str) -> Any:
-    try:
-        return plan[name]
-    except KeyError:
-        return None
 
 
 @main.command(short_help="Write the build directory: train.py, config, lock.")

@@ -179,9 +179,8 @@ def resolved_toml(plan: Plan) -> str:
 
 def lr_values(plan: Plan) -> list[float] | None:
     """The LR of every optimizer step, or None while the run's length depends on the data."""
-    try:
-        phases = plan["schedule_phases"]
-    except KeyError:
+    phases = plan.get("schedule_phases")
+    if phases is None:
         return None
     peak = plan["lr"]
     return [peak * f for f in runtime_schedule.values(phases, plan["max_steps"])]
@@ -189,9 +188,8 @@ def lr_values(plan: Plan) -> list[float] | None:
 
 def schedule_csv(plan: Plan) -> str | None:
     """`step,lr` for every optimizer step (step 0 is the first update)."""
-    try:
-        phases = plan["schedule_phases"]
-    except KeyError:
+    phases = plan.get("schedule_phases")
+    if phases is None:
         return None
     return runtime_schedule.lr_csv(phases, plan["max_steps"], plan["lr"])
 

@@ -79,6 +79,13 @@ class Plan:
                 return s.value
         raise KeyError(name)
 
+    def get(self, name: str, default: Any = None) -> Any:
+        """The setting's value, or `default` when the plan has no such setting."""
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
     @property
     def name(self) -> str:
         return self.recipe.recipe.name
