@@ -54,6 +54,7 @@ def plan_recipe(
         overrides=tuple(overrides),
         model_config=_local_model_config(recipe, project, parent.model_dir if parent else None),
         parent=parent,
+        files_root=project.resolve(),
     )
     return plan, source
 

@@ -37,33 +37,50 @@ def reference_markdown() -> str:
         "Unknown keys are errors. A key without a default is required.",
         "",
     ]
+    seen: dict[tuple[str, ...], str] = {}
     for name, prop in schema["properties"].items():
-        _table(out, name, prop, defs, array=False)
+        _table(out, name, prop, defs, array=False, seen=seen)
     return "\n".join(out).rstrip() + "\n"
 
 
-def _table(out: list[str], path: str, prop: dict[str, Any], defs: dict[str, Any], array: bool) -> None:
+def _table(
+    out: list[str], path: str, prop: dict[str, Any], defs: dict[str, Any], array: bool, seen: dict[tuple[str, ...], str]
+) -> None:
     refs = _refs(prop)
-    if len(refs) > 1:  # one table of several, chosen by its `method` (e.g. [peft])
+    header = f"[[{path}]]" if array else f"[{path}]"
+    if len(refs) > 1:  # one table of several, chosen by its `method` ([peft]) or `type` (filters)
+        if tuple(refs) in seen:  # the same tables at a second place: refer to the first
+            first = seen[tuple(refs)]
+            out += [f"## `{header}`", "", f"{prop.get('description', '')} The tables are those of `{first}` above.", ""]
+            return
+        seen[tuple(refs)] = header
         for ref in refs:
-            method = defs[ref]["properties"]["method"]["const"]
-            _one_table(out, path, f'## `[{path}]` method = "{method}"', defs[ref], prop, defs)
+            tag = next(t for t in ("method", "type") if t in defs[ref]["properties"])
+            value = defs[ref]["properties"][tag]["const"]
+            _one_table(out, path, f'## `{header}` {tag} = "{value}"', defs[ref], prop, defs, seen)
         return
     ref = _ref(prop)
     if ref is None:
         return
-    header = f"[[{path}]]" if array else f"[{path}]"
-    _one_table(out, path, f"## `{header}`", defs[ref], prop, defs)
+    _one_table(out, path, f"## `{header}`", defs[ref], prop, defs, seen)
 
 
 def _refs(prop: dict[str, Any]) -> list[str]:
+    if prop.get("type") == "array":
+        return _refs(prop.get("items", {}))
     return [o["$ref"].rsplit("/", 1)[-1] for o in prop.get("oneOf", prop.get("anyOf", [])) if "$ref" in o] + [
         r for o in prop.get("anyOf", []) for r in _refs(o)
     ]
 
 
 def _one_table(
-    out: list[str], path: str, title: str, model: dict[str, Any], prop: dict[str, Any], defs: dict[str, Any]
+    out: list[str],
+    path: str,
+    title: str,
+    model: dict[str, Any],
+    prop: dict[str, Any],
+    defs: dict[str, Any],
+    seen: dict[tuple[str, ...], str],
 ) -> None:
     out += [title, ""]
     doc = model.get("description", "")
@@ -87,13 +104,13 @@ def _one_table(
         out.append(f"| `{key}` | {_type(field, defs)} | {default} | {desc} |")
     out.append("")
     for sub_path, field, is_array in nested:
-        _table(out, sub_path, field, defs, is_array)
+        _table(out, sub_path, field, defs, is_array, seen)
 
 
 def _is_array_of_tables(field: dict[str, Any]) -> bool:
     """`list[Table]` or `list[Table] | None`: written as [[table]] blocks."""
     options = field.get("anyOf", [field])
-    return any(o.get("type") == "array" and "$ref" in o.get("items", {}) for o in options)
+    return any(o.get("type") == "array" and ("$ref" in o.get("items", {}) or "oneOf" in o.get("items", {})) for o in options)
 
 
 def _ref(prop: dict[str, Any]) -> str | None:

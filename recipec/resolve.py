@@ -13,11 +13,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .diagnostics import Diagnostic, RecipeError, did_you_mean
 from .parent import ParentRun
+from .resolve_data import data_settings, filter_dicts, source_dicts
 from .resolve_schedule import (
     ceil_product,
     error_key,
@@ -27,7 +29,7 @@ from .resolve_schedule import (
     warmup_steps_of,
 )
 from .runtime import schedule as runtime_schedule
-from .schema import Recipe, Source
+from .schema import Recipe
 from .source import KeyPath, SourceMap
 
 
@@ -112,6 +114,7 @@ def resolve(
     overrides: tuple[str, ...] = (),
     model_config: dict[str, Any] | None = None,
     parent: ParentRun | None = None,
+    files_root: Path | None = None,
 ) -> Plan:
     """Check the recipe as a whole and derive every number the script needs.
 
@@ -124,6 +127,7 @@ def resolve(
         overrides: the `--set` arguments, recorded in the build.
         model_config: the pretrained model's config.json, when it is local and known.
         parent: with `[continual]`, the parent run as `recipec.parent.read_parent` found it.
+        files_root: the project directory, to check that data globs match files; None skips it.
 
     Raises:
         RecipeError: with every cross-table error found.
@@ -221,7 +225,7 @@ def resolve(
         )
 
     b.section("data")
-    b.add("sources", _source_dicts(d.sources), "data.sources", b.origin(("data", "sources")))
+    data_settings(b, r, files_root)
     b.key("seq_len", ("data", "seq_len"))
     b.key("packing", ("data", "packing"))
     b.key("eval_fraction", ("data", "eval_fraction"))
@@ -307,7 +311,11 @@ def resolve(
         )
     segments = _data_segments(b, r, phases, max_steps)
     if segments is not None:
-        note = "derived: every source in every phase" if len(segments) == 1 else "derived: data.sources[].phases over the schedule"
+        note = (
+            "derived: one mixture for the whole run"
+            if len(segments) == 1
+            else "derived: data.sources[].phases and phase_weights over the schedule"
+        )
         b.derived("data_segments", segments, note)
     if c is not None and parent is not None and c.continues and phases is not None:
         first_lr = lr * runtime_schedule.multiplier(0, phases)
@@ -356,51 +364,62 @@ def resolve(
 def _data_segments(
     b: _Builder, recipe: Recipe, phases: list[dict[str, Any]] | None, max_steps: int | None
 ) -> list[dict[str, Any]] | None:
-    """Stretches of the run that train on one set of sources (consecutive phases merged).
+    """Stretches of the run that train on one mixture: the same sources with the same weights.
 
-    `last_step` is the step the segment ends before; None for the last one (the run's end).
+    Consecutive phases with the same mixture are merged. `last_step` is the step the segment
+    ends before; None for the last one (the run's end). `weights` is None when no source
+    sets one (every source's documents are used once).
     """
     sources = recipe.data.sources
-    if all(src.phases is None for src in sources):
-        return [{"first_step": 0, "last_step": None, "sources": list(range(len(sources)))}]
+    weighted = sources[0].weight is not None  # every source or none (checked by the schema)
+    by_phase = [i for i, src in enumerate(sources) if src.phases is not None or src.phase_weights]
+    if not by_phase:
+        weights = [src.weight for src in sources] if weighted else None
+        return [{"first_step": 0, "last_step": None, "sources": list(range(len(sources))), "weights": weights}]
+    first = by_phase[0]
+    key = "phases" if sources[first].phases is not None else "phase_weights"
     if max_steps is None:
-        index = next(i for i, src in enumerate(sources) if src.phases is not None)
         b.error(
-            ("data", "sources", index, "phases"),
-            "sources that train in some phases only need the run's length in steps or tokens, not epochs",
+            ("data", "sources", first, key),
+            f"`{key}` needs the run's length in steps or tokens, not epochs",
         )
         return None
     if phases is None:
         return None
     names = [p["name"] for p in phases]
     for i, src in enumerate(sources):
-        for name in src.phases or ():
-            if name not in names:
-                b.error(
-                    ("data", "sources", i, "phases"),
-                    f"no schedule phase is named {name!r}",
-                    did_you_mean(name, names) or "the phases are " + ", ".join(f"{n!r}" for n in names),
-                )
+        for key, listed in (("phases", src.phases or ()), ("phase_weights", src.phase_weights or {})):
+            for name in listed:
+                if name not in names:
+                    b.error(
+                        ("data", "sources", i, key),
+                        f"no schedule phase is named {name!r}",
+                        did_you_mean(name, names) or "the phases are " + ", ".join(f"{n!r}" for n in names),
+                    )
+                elif key == "phase_weights" and src.phases is not None and name not in src.phases:
+                    b.error(
+                        ("data", "sources", i, key),
+                        f"this source trains only in {', '.join(map(repr, src.phases))}, not in {name!r}",
+                    )
     if b.errors:
         return None
     segments: list[dict[str, Any]] = []
     for p in phases:
-        used = [i for i, src in enumerate(sources) if src.phases is None or p["name"] in src.phases]
+        name = p["name"]
+        used = [i for i, src in enumerate(sources) if src.phases is None or name in src.phases]
         if not used:
-            b.error(("data", "sources"), f"schedule phase {p['name']!r} has no data source to train on")
+            b.error(("data", "sources"), f"schedule phase {name!r} has no data source to train on")
             return None
+        weights = [(sources[i].phase_weights or {}).get(name, sources[i].weight) for i in used] if weighted else None
         end = p["first_step"] + p["steps"]
-        if segments and segments[-1]["sources"] == used:
-            segments[-1].update(last_step=end, phases=segments[-1]["phases"] + [p["name"]])
+        if segments and segments[-1]["sources"] == used and segments[-1]["weights"] == weights:
+            segments[-1].update(last_step=end, phases=segments[-1]["phases"] + [name])
         else:
-            segments.append({"first_step": p["first_step"], "last_step": end, "sources": used, "phases": [p["name"]]})
+            segments.append(
+                {"first_step": p["first_step"], "last_step": end, "sources": used, "weights": weights, "phases": [name]}
+            )
     segments[-1]["last_step"] = None
     return segments
-
-
-def _source_dicts(sources: list[Source]) -> list[dict[str, Any]]:
-    """Sources as the runtime loads them: what is set, and no text_field on a builtin."""
-    return [src.model_dump(exclude_none=True, exclude={"text_field"} if src.builtin else None) for src in sources]
 
 
 def _rewarm(b: _Builder, recipe: Recipe, parent: ParentRun, lr: float) -> float | None:
@@ -436,7 +455,8 @@ def _continual_settings(b: _Builder, recipe: Recipe, parent: ParentRun) -> None:
     b.derived("parent_step", parent.step, f"derived: the parent's optimizer steps at {parent.model_dir}")
     b.derived("parent_lock_sha256", parent.lock_sha256, "derived: sha256 of the parent's recipe.lock.json")
     b.derived("parent_lr", parent.lr, "derived: the LR the parent used at that step (its schedule.csv)")
-    b.derived("parent_sources", _source_dicts(pr.data.sources), "derived: the parent's data.sources (resolved.toml)")
+    b.derived("parent_sources", source_dicts(pr.data.sources), "derived: the parent's data.sources (resolved.toml)")
+    b.derived("parent_data_filters", filter_dicts(pr), "derived: the parent's data.filters (resolved.toml)")
     b.derived("parent_eval_fraction", pr.data.eval_fraction, "derived: the parent's data.eval_fraction")
     b.derived("parent_seed", pr.recipe.seed, "derived: the parent's recipe.seed (its held-out split)")
     b.key("replay", ("continual", "replay"))

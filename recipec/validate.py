@@ -107,11 +107,13 @@ def _diagnostic(path: KeyPath, errs: list[dict[str, Any]], source: SourceMap) ->
     if kind == "extra_forbidden":
         return Diagnostic("error", f"unknown key `{name}`", source.locate(path), _unknown_key_help(path, err["loc"]))
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        tag = path + ("method",)
-        choices = [typing.get_args(m.model_fields["method"].annotation)[0] for m in _union_models(_field_annotation(path))]
+        members = _union_models(_field_annotation(path))
+        field = _tag_field(members[0])
+        tag = path + (field,)
+        choices = [typing.get_args(m.model_fields[field].annotation)[0] for m in members]
         options = ", ".join(json.dumps(c) for c in choices)
         if kind == "union_tag_not_found":
-            return Diagnostic("error", f"`[{name}]` needs `method`, one of {options}", source.locate(path))
+            return Diagnostic("error", f"`{_header(path)}` needs `{field}`, one of {options}", source.locate(path))
         value = err["ctx"].get("tag")
         return Diagnostic(
             "error",
@@ -196,11 +198,18 @@ def _model_at(path: KeyPath, loc: tuple[Any, ...] = ()) -> type[BaseModel] | Non
     return model
 
 
+_TAG_FIELDS = ("method", "type")  # the fields that pick a table's model: [peft] method, filter type
+
+
+def _tag_field(model: type[BaseModel]) -> str | None:
+    return next((f for f in _TAG_FIELDS if f in model.model_fields), None)
+
+
 def _tagged_model(annotation: Any, loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The member of a `method`-tagged union whose tag appears in `loc`."""
+    """The member of a tagged union (`method`, `type`) whose tag appears in `loc`."""
     for member in _union_models(annotation):
-        method = member.model_fields.get("method")
-        if method is not None and set(typing.get_args(method.annotation)) & set(loc):
+        field = _tag_field(member)
+        if field is not None and set(typing.get_args(member.model_fields[field].annotation)) & set(loc):
             return member
     return None
 
@@ -212,6 +221,8 @@ def _union_models(annotation: Any) -> list[type[BaseModel]]:
 
 
 def _field_annotation(path: KeyPath) -> Any:
+    while path and isinstance(path[-1], int):  # an element of an array of tables: the array's field
+        path = path[:-1]
     parent = _model_at(path[:-1])
     return parent.model_fields[path[-1]].annotation if parent is not None else None
 
@@ -252,14 +263,15 @@ def _unknown_key_help(path: KeyPath, loc: tuple[Any, ...] = ()) -> str | None:
     if parent is None or not isinstance(path[-1], str):
         return None
     key = path[-1]
-    if "method" in parent.model_fields and key not in parent.model_fields:
+    field = _tag_field(parent)
+    if field is not None and key not in parent.model_fields:
         owners = [
-            typing.get_args(m.model_fields["method"].annotation)[0]
-            for m in _union_models(Recipe.model_fields[path[0]].annotation)
+            typing.get_args(m.model_fields[field].annotation)[0]
+            for m in _union_models(_field_annotation(path[:-1]))
             if key in m.model_fields
         ]
         if owners:
-            return f"`{key}` is an option of method = " + " or ".join(f'"{o}"' for o in owners)
+            return f"`{key}` is an option of {field} = " + " or ".join(f'"{o}"' for o in owners)
     return did_you_mean(key, parent.model_fields)
 
 

@@ -211,6 +211,9 @@ def _plan_values(plan):
 def test_resolved_toml_resolves_to_the_same_plan(variant, write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     path = write_recipe(variant, filename="recipes/r.toml")
     monkeypatch.chdir(tmp_path)
+    for name in ("data/a.jsonl", "a/x.txt", "b/y.md", "x.jsonl"):  # what the variants' globs match
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text('{"body": "a document"}\n')
     written, plan = build("recipes/r.toml", ["train.log_every=5"])
     again = tmp_path / "again.toml"
     shutil.copy(written.dir / "resolved.toml", again)

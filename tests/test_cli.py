@@ -46,6 +46,7 @@ PURPOSE = {
     "run": "accelerate launch",
     "schema": "JSON Schema",
     "check": "meta device",
+    "data": "data stage",
 }
 
 

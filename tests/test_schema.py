@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from recipec import schema as schema_package
 from recipec.reference import json_schema, json_schema_text, reference_markdown
-from recipec.schema import METHOD_TABLES, RENAMED, Recipe, Table
+from recipec.schema import FILTER_TABLES, METHOD_TABLES, RENAMED, Recipe, Table
 
 REPO = Path(__file__).resolve().parent.parent
 REGENERATE = "run `recipec schema` from the repository root to regenerate it, and commit the result"
@@ -73,6 +73,7 @@ def test_model_walk_finds_every_table():
         "EmaTable",
         "MergeTable",
         *(t.__name__ for t in METHOD_TABLES),
+        *(t.__name__ for t in FILTER_TABLES),
         "ScheduleTable",
         "Phase",
         "TrainTable",
@@ -143,6 +144,14 @@ def test_reference_lists_every_key():
                 method = table.model_fields["method"].annotation.__args__[0]
                 sections.append((f'## `[peft]` method = "{method}"', table))
             continue
+        if path == "data.filters":  # documented once, under [[data.sources.filters]]
+            assert "## `[[data.filters]]`" in text and "are those of `[[data.sources.filters]]`" in text
+            continue
+        if path == "data.sources.filters":  # one table per filter, chosen by `type`
+            for table in FILTER_TABLES:
+                kind = table.model_fields["type"].annotation.__args__[0]
+                sections.append((f'## `[[{path}]]` type = "{kind}"', table))
+            continue
         header = f"## `[[{path}]]`" if path in ("data.sources", "schedule.phases") else f"## `[{path}]`"
         sections.append((header, model))
     for header, model in sections:
@@ -184,6 +193,13 @@ NEEDS_A_CHOICE = {
     "ContinualTable": {"from": "runs/parent"},
     "EmaTable": {"decay": 0.999},
     **{t.__name__: {"method": t.model_fields["method"].annotation.__args__[0]} for t in METHOD_TABLES},
+    **{t.__name__: {"type": t.model_fields["type"].annotation.__args__[0]} for t in FILTER_TABLES},
+    "LengthFilter": {"type": "length", "min": 1},
+    "RegexFilter": {"type": "regex", "exclude": ["spam"]},
+    "ScoreFilter": {"type": "score", "field": "q", "min": 0.5},
+    "ScoreSampleFilter": {"type": "score_sample", "field": "q", "rate": 0.5},
+    "SampleFilter": {"type": "sample", "rate": 0.5},
+    "DecontaminateFilter": {"type": "decontaminate", "path": "eval/*.jsonl"},
 }
 
 

@@ -14,6 +14,20 @@ from .averaging import EmaTable, MergeTable
 from .base import Table
 from .continual import ContinualTable
 from .data import DataTable, Source
+from .filters import (
+    FILTER_TABLES,
+    DecontaminateFilter,
+    ExactDedupFilter,
+    Filter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+    LengthFilter,
+    MinhashDedupFilter,
+    RegexFilter,
+    SampleFilter,
+    ScoreFilter,
+    ScoreSampleFilter,
+)
 from .launch import LaunchTable
 from .model import ModelConfig, ModelTable
 from .optim import LrScaling, OptimTable
@@ -121,6 +135,9 @@ RENAMED: dict[tuple[str, ...], str] = {
 }
 
 __all__ = [
+    "FILTER_TABLES",
+    "Filter",
+    *(t.__name__ for t in FILTER_TABLES),
     "AdaloraTable",
     "BoftTable",
     "ContinualTable",

@@ -7,27 +7,46 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .base import Table, key_error
+from .filters import Filter, ScoreFilter, ScoreSampleFilter
 
 BUILTINS = ("python-docs", "python-stdlib")
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class Source(Table):
     """`[[data.sources]]`: one source of documents. Exactly one of `builtin` and `path`."""
 
+    name: str | None = Field(None, pattern=NAME_PATTERN)
+    """A short name for the report and messages (letters, digits, `_`, `.`, `-`). Unset: `sources[i]`."""
+
     builtin: Literal["python-docs", "python-stdlib"] | None = None
     """A corpus that ships with Python: `python-docs` (the prose of Python's documentation, `pydoc_data.topics`) or `python-stdlib` (the standard library's source, one document per file)."""
 
     path: str | list[str] | None = None
-    """A glob or list of globs of local files, relative to the directory `recipec` runs in. `**` matches across directories."""
+    """A glob or list of globs of local files, relative to the directory `recipec` runs in. `**` matches across directories. With `format = "datasets"`, a directory written by `datasets.Dataset.save_to_disk`."""
 
-    format: Literal["jsonl", "parquet", "text"] | None = None
-    """File format. Unset: inferred from the extension (.jsonl/.json, .parquet, .txt/.md). A text file is one document."""
+    format: Literal["jsonl", "parquet", "text", "datasets"] | None = None
+    """File format. Unset: inferred from the extension (.jsonl/.json, also .gz and .zst compressed; .parquet; .txt/.md/.text). A text file is one document; a jsonl line is one document."""
 
     text_field: str = "text"
     """The field (column) holding the document text, for jsonl and parquet."""
 
     max_documents: int | None = Field(None, ge=1)
-    """Keep at most this many documents of this source, in file order. Unset: all."""
+    """Read at most this many (non-empty) documents of this source, in file order, before any filter. Unset: all."""
+
+    on_error: Literal["error", "skip"] = "error"
+    """A malformed record (a jsonl line that is not a JSON object, a missing or non-text field, a text file that is not UTF-8): stop with its file and line, or skip it and count it in the report."""
+
+    weight: float | None = Field(None, gt=0)
+    """Share of this source in the training tokens, relative to the other sources' weights (normalised to sum to 1 over the sources of a phase). A source with more tokens than its share is subsampled, one with fewer is repeated (see `data.on_exhausted`). Unset on every source: each source's documents are used once (their natural share)."""
+
+    phase_weights: dict[str, float] | None = None
+    """Weights for some schedule phases by name, overriding `weight` there, e.g. `{cooldown = 0.5}` to upweight a source in the anneal. Needs `weight`."""
+
+    filters: list[Filter] = Field(default_factory=list)
+    """Filters for this source only, as `[[data.sources.filters]]` tables, applied in order before the `[[data.filters]]` of every source."""
 
     phases: list[str] | None = Field(None, min_length=1)
     """Train on this source only in these schedule phases, by name: e.g. `["cooldown"]` adds a high-quality source to the anneal of a warmup-stable-decay run (shorthand phases are named warmup, decay, stable, cooldown, constant, cyclic, restarts). Unset: every phase. Its held-out documents are evaluated throughout."""
@@ -47,6 +66,16 @@ class Source(Table):
                     raise key_error(key, f"`{key}` applies only to a `path` source")
         if isinstance(self.path, list) and not self.path:
             raise key_error("path", "`path` is an empty list", "give at least one glob")
+        if self.phase_weights is not None:
+            if self.weight is None:
+                raise key_error("phase_weights", "`phase_weights` needs `weight` (the share in the other phases)")
+            for phase, value in self.phase_weights.items():
+                if not value > 0:
+                    raise key_error("phase_weights", f"the weight of phase {phase!r} must be positive, got {value}")
+        if self.builtin is not None:
+            for f in self.filters:
+                if isinstance(f, (ScoreFilter, ScoreSampleFilter)):
+                    raise key_error("filters", f"a builtin source has no score field for a {f.type!r} filter")
         return self
 
 
@@ -66,4 +95,40 @@ class DataTable(Table):
     """DataLoader worker processes. 0 loads in the training process."""
 
     sources: list[Source] = Field(min_length=1)
-    """The sources, as `[[data.sources]]` tables; their documents are concatenated in this order."""
+    """The sources, as `[[data.sources]]` tables, read in this order (document order decides which copy dedup keeps: the first)."""
+
+    filters: list[Filter] = Field(default_factory=list)
+    """Filters over every source, as `[[data.filters]]` tables, applied in order after each source's own `filters`. Dedup compares documents across sources."""
+
+    temperature: float | None = Field(None, gt=0)
+    """Temperature sampling of the mixture: each source's share is proportional to its token count to the power 1/temperature (1: natural shares; higher flattens toward uniform). Not with `weight`."""
+
+    on_exhausted: Literal["repeat", "stop", "error"] = "repeat"
+    """When a source has fewer tokens than its share of the mixture: `repeat` its documents (more epochs of it), `stop` by shrinking the whole mixture so that no source repeats, or `error`. The mixture's size is the sum of the phase's sources' tokens."""
+
+    num_proc: int = Field(0, ge=0)
+    """Processes for the data stage (reading, filters, tokenizing). 0: every core."""
+
+    cache_dir: str = ".recipec/data"
+    """Where the data stage keeps its output, relative to the directory `recipec` runs in. Entries are keyed on the sources' content, the filter settings, the tokenizer and seq_len: any change makes a new entry."""
+
+    count_dropped_tokens: bool = False
+    """Tokenize the documents the filters drop as well, so the report gives tokens (not only characters) in, kept and dropped for every filter. Off: only the kept documents are tokenized (the tokenizer is the stage's costliest step)."""
+
+    @model_validator(mode="after")
+    def check_mixture(self) -> DataTable:
+        weighted = [i for i, src in enumerate(self.sources) if src.weight is not None]
+        if weighted and len(weighted) != len(self.sources):
+            missing = next(i for i, src in enumerate(self.sources) if src.weight is None)
+            raise key_error(
+                "sources",
+                f"sources[{missing}] has no `weight` but sources[{weighted[0]}] has one",
+                "give every source a weight, or none (each source's documents are then used once)",
+            )
+        if weighted and self.temperature is not None:
+            raise key_error("temperature", "`temperature` derives the weights from the sources' sizes; the sources also set `weight`")
+        names = [src.name for src in self.sources if src.name is not None]
+        for name in names:
+            if names.count(name) > 1:
+                raise key_error("sources", f"two sources are named {name!r}")
+        return self

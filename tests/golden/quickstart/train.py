@@ -65,7 +65,13 @@ tokenizer_path = None           # tokenizer.train: trained before the run
 tokenizer_train = {'kind': 'bpe', 'vocab_size': 4096, 'min_frequency': 2, 'max_documents': None}  # tokenizer.train
 
 # data
-sources = [{'builtin': 'python-docs'}]  # data.sources
+sources = [{'builtin': 'python-docs', 'on_error': 'error', 'filters': []}]  # data.sources
+data_filters = []               # data.filters (after each source's own)
+mixture_temperature = None      # data.temperature
+on_exhausted = 'repeat'         # data.on_exhausted
+data_num_proc = 0               # data.num_proc
+data_cache_dir = '.recipec/data'  # data.cache_dir
+count_dropped_tokens = False    # data.count_dropped_tokens
 seq_len = 128                   # data.seq_len
 packing = True                  # data.packing
 eval_fraction = 0.1             # data.eval_fraction
@@ -96,7 +102,7 @@ schedule_phases = [
     {'name': 'warmup', 'shape': 'linear', 'start': 0.0, 'end': 1.0, 'steps': 15, 'first_step': 0},
     {'name': 'decay', 'shape': 'cosine', 'start': 1.0, 'end': 0.1, 'steps': 285, 'first_step': 15},
 ]
-data_segments = [{'first_step': 0, 'last_step': None, 'sources': [0]}]  # derived: every source in every phase
+data_segments = [{'first_step': 0, 'last_step': None, 'sources': [0], 'weights': None}]  # derived: one mixture for the whole run
 
 # launch
 num_processes = 1               # launch.num_processes
@@ -116,12 +122,12 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # the steps bel
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from recipec_runtime import checkpoint, data, schedule, tokenizer as bpe
+from recipec_runtime import checkpoint, data, schedule, stage
 
 
 def local(path):
@@ -164,31 +170,72 @@ started = datetime.datetime.now(datetime.timezone.utc)
 set_seed(seed)  # python, numpy and torch on every device
 
 # -----------------------------------------------------------------------------
-# data: documents -> held-out split by document -> tokenizer -> training sequences
+# data: the data stage (recipec_runtime/stage.py) reads the sources, runs the filters,
+# holds out documents, tokenizes and packs; its output is cached under data.cache_dir by
+# the sources' content and every setting, so a second run starts at once
 
-documents = data.load_documents(sources, project_dir)
-train_docs, eval_docs = data.split_documents(documents, eval_fraction, seed)
-accelerator.print(f"documents: {len(train_docs)} train, {len(eval_docs)} held out")
+data_request = stage.request_from_settings(
+    dict(
+        seed=seed,
+        sources=sources,
+        data_filters=data_filters,
+        eval_fraction=eval_fraction,
+        seq_len=seq_len,
+        packing=packing,
+        data_segments=data_segments,
+        mixture_temperature=mixture_temperature,
+        on_exhausted=on_exhausted,
+        count_dropped_tokens=count_dropped_tokens,
+        data_cache_dir=data_cache_dir,
+        data_num_proc=data_num_proc,
+        tokenizer_path=tokenizer_path,
+        tokenizer_train=tokenizer_train,
+        model_revision=model_revision,
+        trust_remote_code=trust_remote_code,
+    ),
+    project_dir,
+)
 
+
+def data_stage(request):
+    """The stage's cache entry: the main process builds it if missing (in a fresh process); the others wait."""
+    entry = [None]
+    if master:
+        try:
+            found = stage.lookup(request) or stage.run_in_subprocess(request, output_dir)
+        except stage.DataError as e:
+            sys.exit(f"error: data: {e}")
+        entry = [str(found.dir)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(entry)
+    found = stage.load_entry(Path(entry[0]))
+    if found is None:
+        sys.exit(f"error: data stage entry {entry[0]} is missing here; put data.cache_dir on a shared filesystem")
+    return found
+
+
+data_out = data_stage(data_request)
+if master:
+    shutil.copyfile(data_out.dir / "data_report.json", output_dir / "data_report.json")
+
+# trained by the data stage on the kept training documents; saved with the run
 tokenizer_dir = output_dir / "tokenizer"
-if master and not tokenizer_dir.exists():  # trained once; a resumed run reuses it
-    texts = train_docs["text"][: tokenizer_train["max_documents"]]
-    trained = bpe.train_bpe(texts, tokenizer_train["vocab_size"], min_frequency=tokenizer_train["min_frequency"])
-    trained.save_pretrained(output_dir / ".tokenizer.tmp")
+if master and not tokenizer_dir.exists():
+    shutil.copytree(data_out.tokenizer_dir, output_dir / ".tokenizer.tmp", dirs_exist_ok=True)
     os.replace(output_dir / ".tokenizer.tmp", tokenizer_dir)  # whole or absent, never half-written
 accelerator.wait_for_everyone()
 tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+if stage.tokenizer_fingerprint(tokenizer) != stage.tokenizer_fingerprint(AutoTokenizer.from_pretrained(data_out.tokenizer_dir)):
+    sys.exit(f"error: {tokenizer_dir} differs from the tokenizer the data was tokenized with ({data_out.tokenizer_dir})")
 if tokenizer.pad_token is None:
     tokenizer.pad_token = tokenizer.eos_token
 
-eval_ds = data.tokenize_and_pack(eval_docs, tokenizer, seq_len, packing=packing)
-# training sequences for each data segment: consecutive schedule phases that train on the
-# same sources (one segment unless a source is limited to some phases)
+eval_ds = stage.load_sequences(data_out.eval_file)
+# training sequences for each data segment: consecutive schedule phases with one mixture
+# (one segment unless a source's phases or phase_weights change it)
 train_sets = []
-for segment in data_segments:
-    train_set = data.tokenize_and_pack(
-        data.select_sources(train_docs, segment["sources"]), tokenizer, seq_len, packing=packing
-    )
+for segment, path in zip(data_segments, data_out.train_files):
+    train_set = stage.load_sequences(path)
     if len(train_set) < micro_batch_size * num_processes:
         sys.exit(f"error: {len(train_set)} training sequences is less than one micro-batch per process; add data or lower seq_len")
     train_sets.append(train_set)
@@ -422,6 +469,12 @@ if master:
             "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() and not cpu else platform.processor(),
             "num_processes": accelerator.num_processes,
             "cpu_count": os.cpu_count(),
+        },
+        data={
+            "cache_entry": data_out.dir.name,
+            "sequences_sha256": [seg["sequences_sha256"] for seg in data_out.report["segments"]],
+            "document_order_sha256": [seg["document_order_sha256"] for seg in data_out.report["segments"]],
+            "eval_sequences_sha256": data_out.report["eval"]["sequences_sha256"],
         },
     )
     run_json.write_text(json.dumps(run_record, indent=2) + "\n")
