@@ -89,10 +89,14 @@ def _check_globs(b: _Builder, path: tuple[Any, ...], patterns: str | list[str], 
         matches = glob.glob(os.path.expanduser(full), recursive=True)
         if directory:
             if not any(os.path.isdir(m) for m in matches):
-                b.error(path, f"{pattern!r} is not a directory (relative to {root})", "a `datasets` source names the directory save_to_disk wrote")
+                b.error(
+                    path,
+                    f"{pattern!r} is not a directory (paths are relative to the directory recipec runs in)",
+                    "a `datasets` source names the directory that save_to_disk wrote",
+                )
         elif not any(os.path.isfile(m) for m in matches):
             b.error(
                 path,
-                f"{pattern!r} matches no file (relative to {root})",
+                f"{pattern!r} matches no file (paths are relative to the directory recipec runs in)",
                 "`**` matches across directories, e.g. \"data/**/*.jsonl\"",
             )

@@ -233,8 +233,11 @@ def test_recipec_run_trains_the_quickstart(tmp_path: Path) -> None:
 
 
 def test_recipec_run_exits_with_the_training_exit_code(tmp_path: Path) -> None:
+    """The data stage fails inside the run (a malformed line): the run's exit code, the file:line."""
     recipe = TINY.replace('builtin = "python-docs"\nmax_documents = 4', 'path = "data/*.jsonl"')
     _project(tmp_path, recipe)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text('{"text": "fine"}\n{"text": broken}\n')
     proc = subprocess.run(
         [sys.executable, "-m", "recipec", "run", "recipes/tiny.toml"],
         cwd=tmp_path,
@@ -244,7 +247,7 @@ def test_recipec_run_exits_with_the_training_exit_code(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode not in (0, 2)
-    assert "data/*.jsonl" in proc.stderr
+    assert "data/a.jsonl:2: not valid JSON" in proc.stderr
     assert "build/tiny/train.py" in proc.stderr.splitlines()[-1]
 
 
@@ -447,8 +450,8 @@ def test_a_source_added_in_the_cooldown_trains_there_and_resumes_bitwise(tmp_pat
 
     plan, _ = plan_recipe(straight / "recipes" / "tiny.toml", project=straight)
     assert plan["data_segments"] == [
-        {"first_step": 0, "last_step": 5, "sources": [0], "phases": ["warmup", "stable"]},
-        {"first_step": 5, "last_step": None, "sources": [0, 1], "phases": ["cooldown"]},
+        {"first_step": 0, "last_step": 5, "sources": [0], "weights": None, "phases": ["warmup", "stable"]},
+        {"first_step": 5, "last_step": None, "sources": [0, 1], "weights": None, "phases": ["cooldown"]},
     ]
     proc = _train(build_dir)
     import re
@@ -530,3 +533,62 @@ def test_a_wrong_peft_target_stops_check_and_the_script_before_any_data_is_read(
         cwd=project, env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert ok.returncode == 0 and "trainable: 1,024 (" in ok.stderr
+
+
+MIXTURE = TINY.replace(
+    '[[data.sources]]\nbuiltin = "python-docs"\nmax_documents = 4\n',
+    """[[data.sources]]
+name = "docs"
+builtin = "python-docs"
+max_documents = 30
+weight = 0.5
+phase_weights = {cooldown = 0.9}
+
+[[data.sources.filters]]
+type = "gopher_quality"
+min_words = 20
+min_alpha_words_ratio = 0.6
+
+[[data.sources]]
+name = "notes"
+path = "data/*.jsonl"
+weight = 0.5
+phase_weights = {cooldown = 0.1}
+
+[[data.filters]]
+type = "exact_dedup"
+
+[[data.filters]]
+type = "minhash_dedup"
+""",
+).replace("[schedule]\nwarmup = 2\n", '[schedule]\nwarmup = 2\ndecay = "wsd"\ncooldown = 0.5\n')
+
+
+def test_a_filtered_weighted_mixture_trains_and_records_its_data(tmp_path: Path) -> None:
+    """The data stage inside a real run: filters, dedup, per-phase weights, the report and hashes."""
+    project = _project(tmp_path, MIXTURE)
+    (project / "data").mkdir()
+    notes = [f"note {i}: the cache keeps the packed sequences of every mixture for the next run." for i in range(40)]
+    notes += notes[:5]  # exact duplicates, dropped by exact_dedup
+    (project / "data" / "notes.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in notes))
+    build_dir = _build(project)
+    first = _train(build_dir)
+    run_dir = project / "runs" / "tiny"
+    report = json.loads((run_dir / "data_report.json").read_text())
+    by_label = {f["label"]: f for f in report["filters"]}
+    assert by_label["docs.filters[0]"]["docs_in"] == 30 and by_label["docs.filters[0]"]["docs_dropped"] > 0
+    assert by_label["filters[0]"]["by_source"]["notes"] == {"in": 45, "dropped": 5}
+    assert [s["asked"] for s in report["segments"]] == [{"docs": 0.5, "notes": 0.5}, {"docs": 0.9, "notes": 0.1}]
+    for segment in report["segments"]:
+        for label, share in segment["asked"].items():
+            assert abs(segment["realised"][label] - share) < 0.05
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["data"]["sequences_sha256"] == [s["sequences_sha256"] for s in report["segments"]]
+    assert "data: wrote" in first.stderr
+    losses = [m["loss"] for m in _metrics(run_dir) if "loss" in m]
+    # a second run of the same build finds the cache entry and trains on the same sequences
+    shutil.rmtree(run_dir)
+    second = _train(build_dir)
+    assert "data: wrote" not in second.stderr
+    assert json.loads((run_dir / "run.json").read_text())["data"] == record["data"]
+    assert [m["loss"] for m in _metrics(run_dir) if "loss" in m] == losses
