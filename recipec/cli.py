@@ -206,8 +206,33 @@ def _explain_text(plan: Any) -> str:
         lines.append(f"  schedule         {describe(plan['schedule_phases'])}")
     else:
         lines.append("  optimizer steps  derived by train.py from the data (train.epochs)")
+    lines += _data_summary(plan)
     lines.append(f"  launch           {plan.launch_command}")
     return "\n".join(lines)
+
+
+def _data_summary(plan: Any) -> list[str]:
+    """The filter chain and each mixture, in words."""
+    sources = plan["sources"]
+    labels = [src.get("name") or f"sources[{i}]" for i, src in enumerate(sources)]
+    chain = [f"{label}: {', '.join(f['type'] for f in src['filters'])}" for label, src in zip(labels, sources) if src["filters"]]
+    if plan["data_filters"]:
+        chain.append("then every source: " + ", ".join(f["type"] for f in plan["data_filters"]))
+    lines = [f"  data filters     {'; '.join(chain) if chain else 'none'}"]
+    for seg in plan.get("data_segments") or []:
+        where = "whole run"
+        if len(plan["data_segments"]) > 1:
+            end = "end" if seg["last_step"] is None else seg["last_step"]
+            where = f"steps {seg['first_step']}-{end} ({', '.join(seg['phases'])})"
+        if seg["weights"] is None:
+            shares = ", ".join(labels[i] for i in seg["sources"])
+            how = f"natural shares (each document once){'' if plan['mixture_temperature'] is None else ', temperature ' + str(plan['mixture_temperature'])}"
+        else:
+            total = sum(seg["weights"])
+            shares = ", ".join(f"{labels[i]} {w / total:.2f}" for i, w in zip(seg["sources"], seg["weights"]))
+            how = f"token shares, on_exhausted {plan['on_exhausted']}"
+        lines.append(f"  mixture          {where}: {shares}  [{how}]")
+    return lines
 
 
 @main.command(short_help="Write the build directory: train.py, config, lock.")

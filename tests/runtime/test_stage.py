@@ -280,3 +280,18 @@ def test_format_report_names_every_source_and_filter(tmp_path, tokenizer_dir):
     out = run(request(tmp_path, tokenizer_dir, [{"path": "a.jsonl", "name": "web"}], [{"type": "exact_dedup", "normalize": True}]))
     table = stage.format_report(out.report)
     assert "web" in table and "exact_dedup" in table and "mixture 0" in table and "held out" in table
+
+
+def test_the_chain_runs_in_the_stated_order(tmp_path, tokenizer_dir):
+    """Dedup sees only what earlier filters kept; later filters see only what dedup kept."""
+    base = prose(11, 200)
+    longer = base + " " + prose(12, 20)  # a near-duplicate of `base`, first in the file, too long
+    jsonl(tmp_path / "a.jsonl", [{"text": longer}, {"text": base}, {"text": prose(13)}])
+    length = {"type": "length", "unit": "words", "min": None, "max": 210}
+    mh = {"type": "minhash_dedup", "shingle_size": 5, "num_perm": 128, "bands": 32, "threshold": 0.8, "seed": 1}
+    filter_first = run(request(tmp_path, tokenizer_dir, [{"path": "a.jsonl"}], [length, mh])).report
+    assert filter_first["documents"]["kept"] == 2  # the long copy is gone before dedup: `base` stays
+    assert [f["docs_dropped"] for f in filter_first["filters"]] == [1, 0]
+    dedup_first = run(request(tmp_path, tokenizer_dir, [{"path": "a.jsonl"}], [mh, length])).report
+    assert dedup_first["documents"]["kept"] == 1  # `base` is a duplicate of the long copy, then that is too long
+    assert [f["docs_dropped"] for f in dedup_first["filters"]] == [1, 1]
