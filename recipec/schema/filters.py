@@ -156,10 +156,10 @@ class GopherQualityFilter(Table):
     """Drop documents where less than this fraction of words contain an alphabetic character."""
 
     min_stop_words: int = Field(2, ge=0)
-    """Drop documents with fewer occurrences of `stop_words` (English text has many; code, lists and spam few)."""
+    """Drop documents that contain fewer than this many different words of `stop_words` (English text has many; code, lists and spam few)."""
 
     stop_words: list[str] = Field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
-    """The stop words counted by `min_stop_words` (matched as whole lowercase words)."""
+    """The stop words counted by `min_stop_words`, matched as whole words, case-sensitively (as datatrove does: "The" is not "the")."""
 
     skip: list[GopherQualityRule] = Field(default_factory=list)
     """Rules not to apply, by name, e.g. `["min_stop_words"]` for a corpus that is not English prose."""
@@ -199,7 +199,7 @@ class GopherRepetitionFilter(Table):
     max_dup_ngram_char_ratios: list[list[float]] = Field(
         default_factory=lambda: [[5, 0.15], [6, 0.14], [7, 0.13], [8, 0.12], [9, 0.11], [10, 0.10]]
     )
-    """`[n, ratio]` pairs: drop documents where word n-grams that occur more than once cover more than `ratio` of the word characters."""
+    """`[n, ratio]` pairs: drop documents where every occurrence of the word n-grams that occur more than once (the first included, as the Gopher paper defines it; datatrove counts only the repeats) covers more than `ratio` of the word characters."""
 
     skip: list[GopherRepetitionRule] = Field(default_factory=list)
     """Rules not to apply, by name."""

@@ -295,3 +295,16 @@ def test_the_chain_runs_in_the_stated_order(tmp_path, tokenizer_dir):
     dedup_first = run(request(tmp_path, tokenizer_dir, [{"path": "a.jsonl"}], [mh, length])).report
     assert dedup_first["documents"]["kept"] == 1  # `base` is a duplicate of the long copy, then that is too long
     assert [f["docs_dropped"] for f in dedup_first["filters"]] == [1, 1]
+
+
+def test_schema_defaults_of_the_gopher_filters_are_the_runtimes():
+    from recipec.runtime import filters as F
+    from recipec.schema.filters import GopherQualityFilter, GopherRepetitionFilter
+
+    for table, defaults in ((GopherQualityFilter, F.GOPHER_QUALITY_DEFAULTS), (GopherRepetitionFilter, F.GOPHER_REPETITION_DEFAULTS)):
+        kind = table.model_fields["type"].annotation.__args__[0]
+        dumped = table(type=kind).model_dump()
+        params = stage._gopher_params(dumped, defaults)
+        assert params.keys() == defaults.keys()
+        for key, value in defaults.items():
+            assert params[key] == (tuple(value) if isinstance(value, (list, tuple)) else value), key
