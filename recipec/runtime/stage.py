@@ -280,7 +280,22 @@ def _init_worker(chains: list[list[dict]], ngram_sets: list[dict[int, np.ndarray
     _WORKER.update(chains=chains, ngrams=ngram_sets, tokenizer=tokenizer, eos=eos)
 
 
+ENCODE_CHARS = 1 << 20  # characters per tokenizer call: its encodings cost ~100 bytes a token
+
+
 def _encode(texts: list[str]) -> list[np.ndarray]:
+    """Token ids of each text, without special tokens, in slices of about ENCODE_CHARS."""
+    out: list[np.ndarray] = []
+    start = size = 0
+    for end, text in enumerate(texts, 1):
+        size += len(text)
+        if size >= ENCODE_CHARS or end == len(texts):
+            out += _encode_slice(texts[start:end])
+            start, size = end, 0
+    return out
+
+
+def _encode_slice(texts: list[str]) -> list[np.ndarray]:
     tok = _WORKER["tokenizer"]
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is not None:
