@@ -438,7 +438,7 @@ class _TokenStore:
         self.size = 0
         self.start = np.full(n_docs, -1, dtype=np.int64)
         self.length = np.full(n_docs, -1, dtype=np.int64)
-        self._map: np.ndarray | None = None
+        self._reader: Any = None
 
     def grow(self, n_docs: int) -> None:
         if n_docs > len(self.start):
@@ -453,14 +453,20 @@ class _TokenStore:
         self.size += len(ids)
 
     def get(self, doc: int) -> np.ndarray:
-        if self._map is None:
+        # plain reads, not a memory map: mapped pages would count as the process's memory
+        if self._reader is None:
             self.file.flush()
-            self._map = np.memmap(self.path, dtype="<u4", mode="r") if self.size else np.zeros(0, dtype="<u4")
-        s = self.start[doc]
-        return self._map[s : s + self.length[doc]]
+            self._reader = open(self.path, "rb")
+        n = int(self.length[doc])
+        if n <= 0:
+            return np.zeros(0, dtype="<u4")
+        self._reader.seek(int(self.start[doc]) * 4)
+        return np.frombuffer(self._reader.read(n * 4), dtype="<u4")
 
     def close(self) -> None:
         self.file.close()
+        if self._reader is not None:
+            self._reader.close()
 
 
 # --------------------------------------------------------------------------- the stage
@@ -838,7 +844,7 @@ class _Builder:
         """Texts of ``docs`` (ascending), in batches, from the scratch Arrow file."""
         import pyarrow as pa
 
-        with pa.memory_map(str(self.work / "docs.arrow")) as source:
+        with pa.OSFile(str(self.work / "docs.arrow")) as source:  # read, not mapped: flat memory
             reader = pa.ipc.open_stream(source)
             offset = 0
             pos = 0
