@@ -1,0 +1,200 @@
+"""Data-parallel training on CPU over gloo: the generated script with 2 processes, and 2 machines.
+
+There is no GPU here, so the distributed logic is proven with gloo on CPU: accelerate
+starts real DDP processes from the generated config (MULTI_GPU with use_cpu), and two
+`accelerate launch` calls on 127.0.0.1 stand in for two machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("accelerate")
+
+from test_training import TINY, _build, _env, _metrics, _project, _weights  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# dropout off: DDP and one process must see identical arithmetic
+RECIPE = TINY.replace("attention_dropout = 0.1", "attention_dropout = 0.0").replace("eval_fraction = 0.25", "eval_fraction = 0.0")
+STEPS = ["train.max_steps=40", "train.save_every=0", "train.eval_every=0", "train.log_every=1"]
+
+TRACER = """
+import hashlib, json, os, runpy, sys
+
+build_dir, out = sys.argv[1], sys.argv[2]
+sys.path.insert(0, build_dir)
+from recipec_runtime import data
+
+collate = data.collate
+
+
+def traced(batch):
+    rank = os.environ.get("RANK", "0")
+    with open(os.path.join(out, f"rank{rank}.jsonl"), "a") as f:
+        f.write(json.dumps([hashlib.sha1(bytes(memoryview(x["input_ids"].numpy()))).hexdigest() for x in batch]) + "\\n")
+    return collate(batch)
+
+
+data.collate = traced
+sys.argv = [os.path.join(build_dir, "train.py")]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+KILL_RANK0 = """
+import os, runpy, signal, sys
+
+build_dir, kill_at = sys.argv[1], int(sys.argv[2])
+sys.path.insert(0, build_dir)
+from recipec_runtime import checkpoint
+
+commit = checkpoint.commit
+
+
+def commit_then_die(tmp, ckpt_dir, step):
+    path = commit(tmp, ckpt_dir, step)
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)  # rank 0 dies; the launcher takes the other rank down
+    return path
+
+
+checkpoint.commit = commit_then_die
+sys.argv = [os.path.join(build_dir, "train.py")]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(build_dir: Path, *args: str, script: list[str] | None = None, expect: int | None = 0) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(build_dir / "accelerate_config.yaml"), *args]
+    cmd += script or [str(build_dir / "train.py")]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    if expect is not None:
+        assert proc.returncode == expect, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def _losses_and_lrs(run_dir: Path) -> tuple[list[float], list[float]]:
+    lines = [m for m in _metrics(run_dir) if "loss" in m]
+    return [m["loss"] for m in lines], [m["lr"] for m in lines]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One process with micro-batch 8 (no accumulation): the reference run."""
+    project = _project(tmp_path_factory.mktemp("single"), RECIPE)
+    build_dir = _build(project, *STEPS, "train.micro_batch_size=8")
+    subprocess.run([sys.executable, str(build_dir / "train.py")], env=_env(), check=True, capture_output=True, timeout=900)
+    return project / "runs" / "tiny"
+
+
+@pytest.fixture(scope="module")
+def double(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two processes with micro-batch 4, every batch traced per rank: (run dir, trace dir)."""
+    project = _project(tmp_path_factory.mktemp("double"), RECIPE)
+    build_dir = _build(project, *STEPS, "launch.num_processes=2")
+    trace = project / "trace"
+    trace.mkdir()
+    (project / "tracer.py").write_text(TRACER)
+    _launch(build_dir, script=[str(project / "tracer.py"), str(build_dir), str(trace)])
+    return project / "runs" / "tiny", trace
+
+
+def test_two_processes_match_one_process_with_the_double_micro_batch(single: Path, double: tuple[Path, Path]) -> None:
+    run_dir, _ = double
+    loss_1, lr_1 = _losses_and_lrs(single)
+    loss_2, lr_2 = _losses_and_lrs(run_dir)
+    assert len(loss_1) == len(loss_2) == 40
+    assert loss_2 == pytest.approx(loss_1, rel=1e-5, abs=1e-6)
+    # the schedule advances once per optimizer step, whatever the world size
+    assert lr_2 == lr_1
+    w1, w2 = _weights(single), _weights(run_dir)
+    assert w1.keys() == w2.keys()
+    import torch
+
+    worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    assert worst < 1e-4, f"final weights differ by up to {worst}"
+
+
+def test_every_rank_sees_a_disjoint_shard_and_an_epoch_sees_each_sequence_once(double: tuple[Path, Path]) -> None:
+    run_dir, trace = double
+    ranks = [[json.loads(line) for line in (trace / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    # one micro-batch of 4 per rank per step (no accumulation); the loader fetches one batch ahead
+    assert len(ranks[0]) == len(ranks[1]) in (40, 41)
+    n_sequences = json.loads((run_dir / "data_report.json").read_text())["segments"][0]["sequences"]
+    per_epoch = n_sequences // 8  # global batches in an epoch (the remainder is dropped)
+    assert per_epoch < 40, "the test must cross an epoch boundary"
+    seen: list[str] = []
+    for step in range(per_epoch):
+        a, b = ranks[0][step], ranks[1][step]
+        assert len(a) == len(b) == 4 and not set(a) & set(b)
+        seen += a + b
+    assert len(seen) == len(set(seen)) == per_epoch * 8  # none twice in the epoch
+    assert n_sequences - len(seen) < 8  # none skipped but the remainder of the last global batch
+    # the next epoch reshuffles: its first global batch is not the first epoch's
+    assert ranks[0][per_epoch] + ranks[1][per_epoch] != ranks[0][0] + ranks[1][0]
+
+
+def test_checkpoints_metrics_and_the_model_are_written_once(double: tuple[Path, Path]) -> None:
+    run_dir, _ = double
+    steps = [m["step"] for m in _metrics(run_dir) if "loss" in m]
+    assert steps == list(range(1, 41))  # one line per step: only the main process logs
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed" and record["hardware"]["num_processes"] == 2
+    assert sorted(p.name for p in (run_dir / "model").iterdir() if p.suffix == ".safetensors") == ["model.safetensors"]
+    assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name]
+
+
+def test_two_machines_on_loopback_train_together_like_one_process(single: Path, tmp_path: Path) -> None:
+    """Two `accelerate launch` calls, machine ranks 0 and 1 on 127.0.0.1, one process each."""
+    project = _project(tmp_path, RECIPE)
+    build_dir = _build(project, *STEPS, "launch.num_processes=2")
+    port = str(_free_port())
+    common = ["--num_machines", "2", "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", port]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(build_dir / "accelerate_config.yaml"),
+             *common, "--machine_rank", str(rank), str(build_dir / "train.py")],
+            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-6000:]
+    loss_1, lr_1 = _losses_and_lrs(single)
+    loss_2, lr_2 = _losses_and_lrs(project / "runs" / "tiny")
+    assert loss_2 == pytest.approx(loss_1, rel=1e-5, abs=1e-6) and lr_2 == lr_1
+    assert json.loads((project / "runs" / "tiny" / "run.json").read_text())["hardware"]["num_processes"] == 2
+
+
+def test_a_two_process_run_killed_after_a_checkpoint_resumes_bitwise(double: tuple[Path, Path], tmp_path: Path) -> None:
+    reference, _ = double
+    project = _project(tmp_path, RECIPE)
+    build_dir = _build(project, *[s for s in STEPS if not s.startswith("train.save_every")], "train.save_every=5", "launch.num_processes=2")
+    (project / "killer.py").write_text(KILL_RANK0)
+    killed = _launch(build_dir, script=[str(project / "killer.py"), str(build_dir), "25"], expect=None)
+    assert killed.returncode != 0
+    run_dir = project / "runs" / "tiny"
+    assert not (run_dir / "model").exists()
+    assert max(int(p.name.split("_")[-1]) for p in (run_dir / "checkpoints").iterdir()) == 25
+    resumed = _launch(build_dir)
+    assert "resum" in (resumed.stdout + resumed.stderr).lower()
+    import torch
+
+    wa, wb = _weights(reference), _weights(run_dir)
+    assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
+    assert _losses_and_lrs(run_dir) == _losses_and_lrs(reference)
