@@ -1,11 +1,11 @@
 """write: a rendered plan -> the build directory and its lock file.
 
-A build directory holds train.py, accelerate_config.yaml, launch.sh, resolved.toml, the
-runtime package (recipec_runtime/) and recipe.lock.json. The lock records hashes of the
-recipe, the templates and every generated file, and the recipec version; no timestamps
-and no absolute paths, so building the same recipe twice gives byte-identical
-directories. The directory is written beside its final place and swapped in, so a failed
-build never leaves a half-written one.
+A build directory holds train.py, accelerate_config.yaml, launch.sh (and slurm.sbatch for
+more than one machine), resolved.toml, the runtime package (recipec_runtime/) and
+recipe.lock.json. The lock records hashes of the recipe, the templates and every generated
+file, and the recipec version; no timestamps and no absolute paths, so building the same
+recipe twice gives byte-identical directories. The directory is written beside its final
+place and swapped in, so a failed build never leaves a half-written one.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from .source import SourceMap
 LOCK_FILE = "recipe.lock.json"
 LOCK_VERSION = 1
 RUNTIME_PACKAGE = "recipec_runtime"
+EXECUTABLES = ("launch.sh", "slurm.sbatch")
+"""The generated files that are run as commands."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,9 @@ def write_build(plan: Plan, rendered: dict[str, str | bytes], source: SourceMap,
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(_bytes(content))
-        (tmp / "launch.sh").chmod(0o755)
+        for rel in EXECUTABLES:
+            if rel in files:
+                (tmp / rel).chmod(0o755)
         (tmp / LOCK_FILE).write_text(lock_text(lock), encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

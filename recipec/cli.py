@@ -199,6 +199,13 @@ def _explain_text(plan: Any) -> str:
         f"(micro_batch_size {plan['micro_batch_size']} x grad_accum_steps {accum} x {plan['num_processes']} process"
         f"{'es' if plan['num_processes'] > 1 else ''})"
     )
+    per_rank = plan["micro_batch_size"] * accum * plan["seq_len"]
+    ranks = plan["num_processes"]
+    lines.append(
+        f"  tokens per step  {per_step:,} in total = {per_rank:,} per rank x {ranks} rank{'s' if ranks > 1 else ''} "
+        f"(per rank: micro_batch_size {plan['micro_batch_size']} x grad_accum_steps {accum} x seq_len {plan['seq_len']})"
+    )
+    lines.append(f"  launch shape     {_launch_shape(plan)}")
     if steps is not None:
         lines.append(f"  optimizer steps  {steps:,}")
         lines.append(f"  total tokens     {steps * per_step:,}")
@@ -208,7 +215,33 @@ def _explain_text(plan: Any) -> str:
         lines.append("  optimizer steps  derived by train.py from the data (train.epochs)")
     lines += _data_summary(plan)
     lines.append(f"  launch           {plan.launch_command}")
+    if plan["num_machines"] > 1:
+        lines.append(f"  on SLURM         sbatch {plan.build_dir.rstrip('/')}/slurm.sbatch  (from this directory)")
     return "\n".join(lines)
+
+
+def _launch_shape(plan: Any) -> str:
+    """Machines x processes per machine, the strategy and its main options, the device."""
+    machines, processes = plan["num_machines"], plan["num_processes"]
+    per_machine = processes // machines
+    shape = (
+        f"{machines} machine{'s' if machines > 1 else ''} x {per_machine} process{'es' if per_machine > 1 else ''}, "
+        f"{plan['strategy']}"
+    )
+    if plan["strategy"] == "fsdp":
+        how = "torch's fully_shard" if plan["cpu"] else f"version {plan['fsdp_version']}"
+        shape += f" ({how}, {plan['fsdp_sharding_strategy']}"
+        shape += ", cpu offload)" if plan["fsdp_cpu_offload"] else ")"
+    elif plan["strategy"] == "deepspeed":
+        shape += f" (ZeRO stage {plan['deepspeed_zero_stage']}"
+        for what in ("optimizer", "params"):
+            device = plan[f"deepspeed_offload_{what}"]
+            if device != "none":
+                shape += f", {what} offloaded to {device}"
+        shape += ")"
+    if plan["mixed_precision"] != "no":
+        shape += f", {plan['mixed_precision']} mixed precision"
+    return shape + (", on CPU" if plan["cpu"] else "")
 
 
 def _data_summary(plan: Any) -> list[str]:
@@ -348,6 +381,14 @@ def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None) -> Non
     from .launch import MissingTrainingExtra, launch
 
     written, plan = _build(recipe, overrides, build_dir, with_plan=True)
+    if plan["num_machines"] > 1:
+        click.echo(
+            f"error: recipec run starts one machine, and launch.num_machines is {plan['num_machines']}: "
+            f"submit {written.dir.as_posix()}/slurm.sbatch with sbatch, or run "
+            f"{written.dir.as_posix()}/launch.sh on every machine (with MACHINE_RANK and MASTER_ADDR set)",
+            err=True,
+        )
+        sys.exit(EXIT_RECIPE_ERROR)
     if plan.recipe.peft is not None:
         _preflight(plan)
     click.echo(f"built {written.dir.as_posix()}/ -> {_plan_launch(written)}", err=True)

@@ -8,7 +8,9 @@ Template rules (they keep generated code reviewable and recipe strings inert):
 * Every value that reaches generated Python goes through `py_literal` (the ``py``
   filter): the repr of str/int/float/bool/None/list/dict, and an error for anything
   else. Quoting is never written by hand, so no recipe string can become code. YAML
-  values go through `yaml_scalar` (JSON scalars are valid YAML) for the same reason.
+  values go through `yaml_scalar` (JSON scalars are valid YAML) and values in shell
+  scripts (launch.sh, slurm.sbatch) through `shell_word` (``shlex.quote``), for the same
+  reason.
 * ``StrictUndefined``: a misspelt variable is an error, never an empty string.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ import tomli_w
 
 from .resolve import PLAIN_PATH, Plan
 from .runtime import schedule as runtime_schedule
+from .schema.launch import FROM_ENV
 from .schema.schedule import DECAY_KEYS, SHORTHAND_KEYS
 
 LINE_WIDTH = 100
@@ -92,6 +96,13 @@ def yaml_scalar(value: Any) -> str:
     raise TypeError(f"cannot embed a value of type {type(value).__name__} in YAML")
 
 
+def shell_word(value: Any) -> str:
+    """One shell word for a config value (`shlex.quote` of a string or an integer)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"cannot embed a value of type {type(value).__name__} in a shell script")
+    return shlex.quote(str(value))
+
+
 def comment(text: str) -> str:
     """Text safe to put after `#`: one line."""
     return " ".join(str(text).split())
@@ -119,6 +130,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["py"] = py_literal
     env.filters["yaml"] = yaml_scalar
+    env.filters["sh"] = shell_word
     env.filters["comment"] = comment
     return env
 
@@ -207,16 +219,159 @@ def schedule_plot(plan: Plan) -> bytes | None:
     return schedule_png(values, phases, title=f"{plan.name}: learning rate", peak_lr=plan["lr"], min_lr=floor)
 
 
+FSDP_SHARDING = {
+    "full_shard": "FULL_SHARD",
+    "shard_grad_op": "SHARD_GRAD_OP",
+    "hybrid_shard": "HYBRID_SHARD",
+    "no_shard": "NO_SHARD",
+}
+FSDP_WRAP = {"transformer_layer": "TRANSFORMER_BASED_WRAP", "size": "SIZE_BASED_WRAP", "none": "NO_WRAP"}
+FSDP_STATE_DICT = {"full": "FULL_STATE_DICT", "sharded": "SHARDED_STATE_DICT"}
+
+
+def distributed_type(plan: Plan) -> str:
+    """accelerate's `distributed_type` for the recipe's strategy and process count.
+
+    More than one process with `launch.cpu` stays MULTI_GPU with `use_cpu: true`, which
+    accelerate turns into a gloo process group on the CPU (DDP). accelerate's FSDP plugin
+    needs CUDA, so FSDP on the CPU is launched the same way and the script shards the model
+    itself with torch's `fully_shard` (`fsdp_native`).
+    """
+    strategy = plan["strategy"]
+    if strategy == "fsdp" and not plan["cpu"]:
+        return "FSDP"
+    if strategy == "deepspeed":
+        return "DEEPSPEED"
+    return "MULTI_GPU" if plan["num_processes"] > 1 else "NO"
+
+
+def fsdp_config(plan: Plan) -> list[tuple[str, Any]]:
+    """accelerate's `fsdp_config` entries (its own key names, sorted as accelerate writes them).
+
+    FSDP 2 expresses the sharding strategy as `fsdp_reshard_after_forward` (true: full
+    shard, false: shard grad/op) and hybrid sharding through `parallelism_config`;
+    FSDP 1 takes the strategy by name. The weights are loaded by the main process only and
+    sent to the others (`fsdp_cpu_ram_efficient_loading`).
+    """
+    version = plan["fsdp_version"]
+    sharding = plan["fsdp_sharding_strategy"]
+    policy = plan["fsdp_auto_wrap_policy"]
+    entries: dict[str, Any] = {
+        "fsdp_activation_checkpointing": plan["fsdp_activation_checkpointing"],
+        "fsdp_auto_wrap_policy": FSDP_WRAP[policy],
+        "fsdp_cpu_ram_efficient_loading": True,
+        "fsdp_offload_params": plan["fsdp_cpu_offload"],
+        "fsdp_state_dict_type": FSDP_STATE_DICT[plan["fsdp_state_dict_type"]],
+        "fsdp_version": version,
+    }
+    if policy == "size":
+        entries["fsdp_min_num_params"] = plan["fsdp_min_num_params"]
+    if policy == "transformer_layer" and plan["fsdp_transformer_layer_cls"] is not None:
+        entries["fsdp_transformer_layer_cls_to_wrap"] = ",".join(plan["fsdp_transformer_layer_cls"])
+    if version == 2:
+        entries["fsdp_reshard_after_forward"] = sharding != "shard_grad_op"
+    else:
+        entries.update(
+            {
+                "fsdp_backward_prefetch": "BACKWARD_PRE",
+                "fsdp_forward_prefetch": False,
+                "fsdp_sharding_strategy": FSDP_SHARDING[sharding],
+                "fsdp_sync_module_states": True,
+                "fsdp_use_orig_params": True,
+            }
+        )
+    return sorted(entries.items())
+
+
+def parallelism_config(plan: Plan) -> list[tuple[str, Any]]:
+    """accelerate's `parallelism_config` entries: FSDP 2's hybrid sharding (replicate across
+    machines, shard within each); empty otherwise."""
+    if plan["strategy"] != "fsdp" or plan["fsdp_version"] != 2 or plan["fsdp_sharding_strategy"] != "hybrid_shard":
+        return []
+    machines = plan["num_machines"]
+    return [
+        ("parallelism_config_cp_size", 1),
+        ("parallelism_config_dp_replicate_size", machines),
+        ("parallelism_config_dp_shard_size", plan["num_processes"] // machines),
+        ("parallelism_config_tp_size", 1),
+    ]
+
+
+def deepspeed_config(plan: Plan) -> list[tuple[str, Any]]:
+    """accelerate's `deepspeed_config` entries (its own key names, sorted).
+
+    No optimizer, no scheduler and no `deepspeed_config_file`: DeepSpeed then wraps the
+    recipe's own AdamW and the script steps the recipe's schedule. Gradient accumulation and
+    clipping are the recipe's (accelerate would otherwise fill clipping in as 1.0).
+    """
+    stage = plan["deepspeed_zero_stage"]
+    entries: dict[str, Any] = {
+        "gradient_accumulation_steps": plan["grad_accum_steps"],
+        "gradient_clipping": float(plan["grad_clip"]),
+        "offload_optimizer_device": plan["deepspeed_offload_optimizer"],
+        "offload_param_device": plan["deepspeed_offload_params"],
+        "zero3_init_flag": stage == 3,
+        "zero_stage": stage,
+    }
+    if plan["deepspeed_offload_optimizer"] == "nvme":
+        entries["offload_optimizer_nvme_path"] = plan["deepspeed_nvme_path"]
+    if plan["deepspeed_offload_params"] == "nvme":
+        entries["offload_param_nvme_path"] = plan["deepspeed_nvme_path"]
+    if stage == 3:
+        entries["zero3_save_16bit_model"] = plan["deepspeed_zero3_save_16bit_model"]
+    if plan["num_machines"] > 1:  # one `accelerate launch` per machine (torchrun), not a pdsh hostfile
+        entries["deepspeed_multinode_launcher"] = "standard"
+    return sorted(entries.items())
+
+
+def nvme_environment(plan: Plan) -> list[tuple[str, str]]:
+    """Environment variables for DeepSpeed's NVMe offload path, set by launch.sh and slurm.sbatch.
+
+    accelerate (1.15) reads `offload_*_nvme_path` from its config but does not pass them on
+    to the training processes; DeepSpeed's plugin reads them from these variables instead.
+    """
+    if plan["strategy"] != "deepspeed":
+        return []
+    names = {
+        "deepspeed_offload_optimizer": "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_NVME_PATH",
+        "deepspeed_offload_params": "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_NVME_PATH",
+    }
+    return [(var, plan["deepspeed_nvme_path"]) for key, var in names.items() if plan[key] == "nvme"]
+
+
+def launch_context(plan: Plan) -> dict[str, Any]:
+    """What accelerate_config.yaml, launch.sh and slurm.sbatch need beyond the plan's settings."""
+    machines = plan["num_machines"]
+    rank, ip = plan["machine_rank"], plan["main_process_ip"]
+    return {
+        "distributed_type": distributed_type(plan),
+        "fsdp_config": fsdp_config(plan) if distributed_type(plan) == "FSDP" else [],
+        "fsdp_native": plan["strategy"] == "fsdp" and plan["cpu"],
+        "deepspeed_config": deepspeed_config(plan) if plan["strategy"] == "deepspeed" else [],
+        "parallelism_config": parallelism_config(plan),
+        "nvme_environment": nvme_environment(plan),
+        "num_machines": machines,
+        "last_machine_rank": machines - 1,
+        "gpus_per_machine": None if plan["cpu"] else plan["num_processes"] // machines,
+        "processes_per_machine": plan["num_processes"] // machines,
+        "machine_rank": 0 if rank == FROM_ENV else rank,
+        "rank_from_env": rank == FROM_ENV and machines > 1,
+        "main_process_ip": None if ip == FROM_ENV else ip,
+        "ip_from_env": ip == FROM_ENV and machines > 1,
+        "main_process_port": plan["main_process_port"],
+    }
+
+
 def render(plan: Plan) -> dict[str, str | bytes]:
     """Render every generated file of a build.
 
     Returns:
         {path relative to the build directory: text or bytes}; the runtime package and
         the lock are added by `recipec.build`. schedule.csv and schedule.png are left out
-        when the run's length depends on the data (`train.epochs`).
+        when the run's length depends on the data (`train.epochs`); slurm.sbatch is written
+        only for more than one machine.
     """
     env = environment()
-    cpu_multi = plan["num_processes"] > 1
     context = {
         "plan": plan,
         "recipe": plan.recipe,
@@ -229,8 +384,8 @@ def render(plan: Plan) -> dict[str, str | bytes]:
         "config": config_block(plan),
         "formulas": formula_lines(plan),
         "overrides": list(plan.overrides),
-        "distributed_type": "MULTI_GPU" if cpu_multi else "NO",
         "peft_quantize": getattr(plan.recipe.peft, "quantize", None),
+        **launch_context(plan),
     }
     files: dict[str, str | bytes] = {
         "train.py": env.get_template("train.py.j2").render(context),
@@ -238,6 +393,8 @@ def render(plan: Plan) -> dict[str, str | bytes]:
         "launch.sh": env.get_template("launch.sh.j2").render(context),
         "resolved.toml": resolved_toml(plan),
     }
+    if plan["num_machines"] > 1:
+        files["slurm.sbatch"] = env.get_template("slurm.sbatch.j2").render(context)
     csv = schedule_csv(plan)
     if csv is not None:
         files["schedule.csv"] = csv

@@ -29,7 +29,8 @@ from .resolve_schedule import (
     warmup_steps_of,
 )
 from .runtime import schedule as runtime_schedule
-from .schema import Recipe
+from .schema import DeepspeedTable, FsdpTable, LaunchTable, Recipe
+from .schema.launch import FROM_ENV
 from .source import KeyPath, SourceMap
 
 
@@ -252,20 +253,24 @@ def resolve(
     b.section("train")
     b.key("micro_batch_size", ("train", "micro_batch_size"))
     b.key("batch_size", ("train", "batch_size"))
+    # batch_size = micro_batch_size x grad_accum_steps x world size (launch.num_processes, all machines)
     per_step = t.micro_batch_size * launch.num_processes
+    world = f"launch.num_processes {launch.num_processes}{_machines_note(launch)}"
     if t.batch_size % per_step:
         lower = max(per_step, t.batch_size // per_step * per_step)
         b.error(
             ("train", "batch_size"),
-            f"train.batch_size {t.batch_size} is not a multiple of micro_batch_size {t.micro_batch_size} "
-            f"* launch.num_processes {launch.num_processes} = {per_step}",
-            f"use batch_size = {lower} or {lower + per_step}, or change micro_batch_size",
+            f"train.batch_size {t.batch_size} is not a multiple of micro_batch_size {t.micro_batch_size} * {world} = {per_step}",
+            f"batch_size = micro_batch_size x grad_accum_steps x num_processes: use batch_size = {lower} "
+            f"(grad_accum_steps {lower // per_step}) or {lower + per_step} (grad_accum_steps {lower // per_step + 1}), "
+            "or change micro_batch_size",
         )
     grad_accum = max(1, t.batch_size // per_step)
     b.derived(
         "grad_accum_steps",
         grad_accum,
-        f"derived: batch_size {t.batch_size} / (micro_batch_size {t.micro_batch_size} * num_processes {launch.num_processes})",
+        f"derived: batch_size {t.batch_size} / (micro_batch_size {t.micro_batch_size} * num_processes "
+        f"{launch.num_processes}{_machines_note(launch)})",
     )
     tokens_per_step = t.batch_size * d.seq_len
     b.derived("tokens_per_step", tokens_per_step, f"derived: batch_size {t.batch_size} * seq_len {d.seq_len}")
@@ -339,8 +344,7 @@ def resolve(
         _averaging_settings(b, r, max_steps, formulas)
 
     b.section("launch")
-    for k in ("num_processes", "mixed_precision", "cpu", "hub_offline"):
-        b.key(k, ("launch", k))
+    _launch_settings(b, r)
 
     if r.data.eval_fraction == 0 and t.eval_every > 0:
         b.warn(("train", "eval_every"), "data.eval_fraction is 0: there is no held-out split, so no evaluation runs")
@@ -359,6 +363,147 @@ def resolve(
         formulas=tuple(formulas),
         warnings=tuple(b.warnings),
     )
+
+
+FSDP_MIN_NUM_PARAMS = 100_000_000
+"""Parameters above which auto_wrap_policy "size" wraps a module when the recipe leaves it unset (accelerate's)."""
+
+
+def _machines_note(launch: LaunchTable) -> str:
+    """` (2 machines x 4)` after a process count spread over machines; empty on one machine."""
+    if launch.num_machines == 1:
+        return ""
+    return f" ({launch.num_machines} machines x {launch.num_processes // launch.num_machines})"
+
+
+def _launch_settings(b: _Builder, recipe: Recipe) -> None:
+    """The launch shape and the chosen strategy's options, and the checks that span tables."""
+    launch = recipe.launch
+    for k in ("num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port", "strategy"):
+        b.key(k, ("launch", k))
+    if launch.num_machines == 1:  # a warning, so that --set can scale a multi-machine recipe down to one
+        for k in ("machine_rank", "main_process_ip"):
+            if getattr(launch, k) == FROM_ENV:
+                b.warn(("launch", k), f'launch.{k} = "env" has no effect on one machine (launch.num_machines is 1)')
+    if launch.strategy == "fsdp":
+        _fsdp_settings(b, recipe, launch.fsdp or FsdpTable())
+    if launch.strategy == "deepspeed":
+        _deepspeed_settings(b, launch.deepspeed or DeepspeedTable())
+    for k in ("mixed_precision", "cpu", "hub_offline"):
+        b.key(k, ("launch", k))
+
+
+def _fsdp_settings(b: _Builder, recipe: Recipe, fsdp: FsdpTable) -> None:
+    """`[launch.fsdp]` as settings, and its checks against the machines, the model and the device."""
+    launch = recipe.launch
+
+    def add(key: str, value: Any, note: str | None = None) -> None:
+        path = ("launch", "fsdp", key)
+        b.add(f"fsdp_{key}", value, note or ".".join(path), b.origin(path))
+
+    for k in ("version", "sharding_strategy", "auto_wrap_policy"):
+        add(k, getattr(fsdp, k))
+    b.derived(
+        "fsdp_reshard_after_forward",
+        fsdp.sharding_strategy != "shard_grad_op",
+        f"derived: launch.fsdp.sharding_strategy {fsdp.sharding_strategy} "
+        f"({'keeps' if fsdp.sharding_strategy == 'shard_grad_op' else 'frees'} gathered parameters after the forward)",
+    )
+    if fsdp.auto_wrap_policy == "transformer_layer":
+        unset = "launch.fsdp.transformer_layer_cls (unset: the model's _no_split_modules)"
+        add("transformer_layer_cls", fsdp.transformer_layer_cls, None if fsdp.transformer_layer_cls else unset)
+    elif fsdp.auto_wrap_policy == "none":
+        add("transformer_layer_cls", [], 'launch.fsdp.auto_wrap_policy "none": the whole model is one unit')
+    else:
+        unset = "launch.fsdp.min_num_params (unset: accelerate's default)"
+        add("min_num_params", fsdp.min_num_params or FSDP_MIN_NUM_PARAMS, None if fsdp.min_num_params else unset)
+    for k in ("cpu_offload", "activation_checkpointing", "state_dict_type"):
+        add(k, getattr(fsdp, k))
+
+    if fsdp.sharding_strategy == "hybrid_shard" and launch.num_machines == 1:
+        b.error(
+            ("launch", "fsdp", "sharding_strategy"),
+            "sharding_strategy hybrid_shard shards within a machine and replicates across machines, "
+            "and launch.num_machines is 1",
+            'use sharding_strategy = "full_shard" on one machine',
+        )
+    if fsdp.activation_checkpointing and recipe.model.gradient_checkpointing:
+        b.error(
+            ("launch", "fsdp", "activation_checkpointing"),
+            "launch.fsdp.activation_checkpointing and model.gradient_checkpointing both recompute activations",
+            "keep launch.fsdp.activation_checkpointing: with FSDP, transformers' gradient checkpointing adds a "
+            "redundant all-gather in the backward pass",
+        )
+    if launch.cpu:
+        # accelerate's FSDP plugin needs CUDA; on CPU the script shards with torch's fully_shard (FSDP 2)
+        native = "on CPU the script shards with torch's fully_shard (FSDP 2)"
+        unsupported = [
+            (
+                "version",
+                fsdp.version == 1,
+                "launch.fsdp.version 1 needs CUDA, and launch.cpu is true",
+                f"use version = 2: {native}",
+            ),
+            (
+                "auto_wrap_policy",
+                fsdp.auto_wrap_policy == "size",
+                'auto_wrap_policy "size" needs accelerate\'s FSDP plugin, which needs CUDA, and launch.cpu is true',
+                f'use "transformer_layer" or "none": {native}',
+            ),
+            (
+                "cpu_offload",
+                fsdp.cpu_offload,
+                "launch.fsdp.cpu_offload with launch.cpu: the parameters are in CPU memory already",
+                "remove cpu_offload",
+            ),
+            (
+                "activation_checkpointing",
+                fsdp.activation_checkpointing,
+                "FSDP's activation checkpointing needs accelerate's FSDP plugin, which needs CUDA, "
+                "and launch.cpu is true",
+                "use model.gradient_checkpointing on CPU",
+            ),
+        ]
+        for key, bad, message, help in unsupported:
+            if bad:
+                b.error(("launch", "fsdp", key), message, help)
+        if launch.num_processes == 1:
+            b.error(
+                ("launch", "strategy"),
+                "FSDP on CPU shards the model over the processes, and launch.num_processes is 1",
+                'set launch.num_processes = 2 or more, or use strategy = "ddp"',
+            )
+        if recipe.peft is not None:
+            b.error(
+                ("launch", "strategy"),
+                "PEFT with FSDP on CPU (torch's fully_shard) is not supported",
+                'use strategy = "ddp": an adapter is small enough to replicate',
+            )
+    for table in ("ema", "merge"):
+        if getattr(recipe, table) is not None:
+            b.error(
+                (table,),
+                f"[{table}] keeps a full copy of the weights, which FSDP shards across processes; "
+                "the two do not work together yet",
+                'drop the table, or use launch.strategy = "ddp"',
+            )
+
+
+def _deepspeed_settings(b: _Builder, ds: DeepspeedTable) -> None:
+    """`[launch.deepspeed]` as settings."""
+
+    def add(key: str, value: Any, note: str | None = None) -> None:
+        path = ("launch", "deepspeed", key)
+        b.add(f"deepspeed_{key}", value, note or ".".join(path), b.origin(path))
+
+    for k in ("zero_stage", "offload_optimizer", "offload_params"):
+        add(k, getattr(ds, k))
+    if ds.nvme_path is not None:
+        add("nvme_path", ds.nvme_path)
+    if ds.zero_stage == 3:
+        unset = ds.zero3_save_16bit_model is None
+        note = "launch.deepspeed.zero3_save_16bit_model (unset: true with stage 3)" if unset else None
+        add("zero3_save_16bit_model", True if unset else ds.zero3_save_16bit_model, note)
 
 
 def _data_segments(

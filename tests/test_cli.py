@@ -333,6 +333,13 @@ def test_run_builds_then_launches(cli, write_recipe, tmp_path: Path, launches):
     assert "training finished; script: build/tiny/train.py" in result.stderr
 
 
+def test_run_refuses_a_multi_machine_recipe_and_says_how_to_launch_it(cli, write_recipe, tmp_path: Path, launches):
+    write_recipe(launch={"num_processes": 2, "num_machines": 2, "main_process_ip": "10.0.0.1"})
+    result = cli("run", "recipe.toml")
+    assert result.exit_code == 2 and launches == []
+    assert "build/tiny/slurm.sbatch" in result.stderr and "launch.sh on every machine" in result.stderr
+
+
 def test_run_passes_on_the_training_exit_code_and_keeps_the_build(cli, write_recipe, tmp_path: Path, launches):
     write_recipe()
     launches.code = 3

@@ -198,3 +198,43 @@ def test_a_two_process_run_killed_after_a_checkpoint_resumes_bitwise(double: tup
     wa, wb = _weights(reference), _weights(run_dir)
     assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
     assert _losses_and_lrs(run_dir) == _losses_and_lrs(reference)
+
+
+FSDP = ["launch.num_processes=2", 'launch.strategy="fsdp"']
+
+
+def test_fsdp_on_two_cpu_processes_matches_ddp(double: tuple[Path, Path], tmp_path: Path) -> None:
+    """torch's fully_shard over gloo: the same losses, LRs and final weights as DDP."""
+    ddp_reference, _ = double
+    project = _project(tmp_path, RECIPE)
+    build_dir = _build(project, *STEPS, *FSDP)
+    proc = _launch(build_dir)
+    assert "fsdp: 2 blocks sharded over 2 processes" in proc.stdout + proc.stderr
+    run_dir = project / "runs" / "tiny"
+    loss_d, lr_d = _losses_and_lrs(ddp_reference)
+    loss_f, lr_f = _losses_and_lrs(run_dir)
+    assert loss_f == pytest.approx(loss_d, rel=1e-5, abs=1e-6) and lr_f == lr_d
+    wd, wf = _weights(ddp_reference), _weights(run_dir)
+    assert wd.keys() == wf.keys()
+    worst = max(float((wd[k] - wf[k]).abs().max()) for k in wd)
+    assert worst < 1e-4, f"final weights differ by up to {worst}"
+
+
+def test_fsdp_killed_after_a_checkpoint_resumes_bitwise(tmp_path: Path) -> None:
+    settings = [s for s in STEPS if not s.startswith("train.save_every")] + ["train.save_every=5", *FSDP]
+    straight = _project(tmp_path / "straight", RECIPE)
+    _launch(_build(straight, *settings))
+    project = _project(tmp_path / "killed", RECIPE)
+    build_dir = _build(project, *settings)
+    (project / "killer.py").write_text(KILL_RANK0)
+    killed = _launch(build_dir, script=[str(project / "killer.py"), str(build_dir), "25"], expect=None)
+    assert killed.returncode != 0
+    run_dir = project / "runs" / "tiny"
+    latest = max((run_dir / "checkpoints").iterdir())
+    assert (latest / "fsdp").is_dir() and not (run_dir / "model").exists()
+    _launch(build_dir)
+    import torch
+
+    wa, wb = _weights(straight / "runs" / "tiny"), _weights(run_dir)
+    assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
+    assert _losses_and_lrs(run_dir) == _losses_and_lrs(straight / "runs" / "tiny")

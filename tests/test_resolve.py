@@ -77,7 +77,10 @@ def test_batch_not_divisible_names_the_key_and_suggests_neighbours(plan_of):
     assert err.message == (
         "train.batch_size 20 is not a multiple of micro_batch_size 4 * launch.num_processes 2 = 8"
     )
-    assert err.help == "use batch_size = 16 or 24, or change micro_batch_size"
+    assert err.help == (
+        "batch_size = micro_batch_size x grad_accum_steps x num_processes: "
+        "use batch_size = 16 (grad_accum_steps 2) or 24 (grad_accum_steps 3), or change micro_batch_size"
+    )
     assert err.location.source_line.startswith("batch_size = 20")
 
 

@@ -78,6 +78,8 @@ def test_model_walk_finds_every_table():
         "Phase",
         "TrainTable",
         "LaunchTable",
+        "FsdpTable",
+        "DeepspeedTable",
         "OutputTable",
     }
     exported = {name for name in schema_package.__all__ if isinstance(getattr(schema_package, name), type)}

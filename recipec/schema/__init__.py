@@ -28,7 +28,7 @@ from .filters import (
     ScoreFilter,
     ScoreSampleFilter,
 )
-from .launch import LaunchTable
+from .launch import DeepspeedTable, FsdpTable, LaunchTable
 from .model import ModelConfig, ModelTable
 from .optim import LrScaling, OptimTable
 from .output import OutputTable
@@ -79,7 +79,7 @@ class Recipe(Table):
     """`[train]`: batch, length, cadence."""
 
     launch: LaunchTable = Field(default_factory=LaunchTable)
-    """`[launch]`: processes, precision, device."""
+    """`[launch]`: processes, machines, strategy (ddp, fsdp, deepspeed), precision, device."""
 
     output: OutputTable = Field(default_factory=OutputTable)
     """`[output]`: the run directory."""
@@ -142,7 +142,9 @@ __all__ = [
     "BoftTable",
     "ContinualTable",
     "DataTable",
+    "DeepspeedTable",
     "EmaTable",
+    "FsdpTable",
     "Ia3Table",
     "LaunchTable",
     "LnTuningTable",

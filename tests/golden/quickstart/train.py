@@ -106,6 +106,11 @@ data_segments = [{'first_step': 0, 'last_step': None, 'sources': [0], 'weights':
 
 # launch
 num_processes = 1               # launch.num_processes
+num_machines = 1                # launch.num_machines
+machine_rank = 0                # launch.machine_rank
+main_process_ip = None          # launch.main_process_ip
+main_process_port = 29500       # launch.main_process_port
+strategy = 'ddp'                # launch.strategy
 mixed_precision = 'no'          # launch.mixed_precision
 cpu = True                      # launch.cpu
 hub_offline = True              # launch.hub_offline
