@@ -238,3 +238,13 @@ def test_fsdp_killed_after_a_checkpoint_resumes_bitwise(tmp_path: Path) -> None:
     wa, wb = _weights(straight / "runs" / "tiny"), _weights(run_dir)
     assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
     assert _losses_and_lrs(run_dir) == _losses_and_lrs(straight / "runs" / "tiny")
+
+
+def test_a_world_size_other_than_the_built_one_stops_before_training(tmp_path: Path) -> None:
+    """Built for 2 processes, started as 1: the accumulation would be wrong, so it stops and says why."""
+    project = _project(tmp_path, RECIPE)
+    build_dir = _build(project, *STEPS, "launch.num_processes=2")
+    proc = subprocess.run([sys.executable, str(build_dir / "train.py")], env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "1 processes were started but the recipe says launch.num_processes = 2" in proc.stderr
+    assert not (project / "runs" / "tiny" / "metrics.jsonl").exists()

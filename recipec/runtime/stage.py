@@ -276,8 +276,8 @@ def load_sequences(path: str | os.PathLike) -> "Any":
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(chains: list[list[dict]], ngram_sets: list[dict[int, np.ndarray]], tokenizer: Any, eos: int | None) -> None:
-    _WORKER.update(chains=chains, ngrams=ngram_sets, tokenizer=tokenizer, eos=eos)
+def _init_worker(chains: list[list[dict]], ngram_sets: list[dict[int, np.ndarray]], tokenizer: Any) -> None:
+    _WORKER.update(chains=chains, ngrams=ngram_sets, tokenizer=tokenizer)
 
 
 ENCODE_CHARS = 1 << 20  # characters per tokenizer call: its encodings cost ~100 bytes a token
@@ -388,6 +388,7 @@ def _analyse(source: int, texts: list[str], fields: dict[str, list], tokenize_al
 
 
 def _tokenize_batch(texts: list[str]) -> list[np.ndarray]:
+    """Worker: token ids of one batch of kept documents."""
     return _encode(texts)
 
 
@@ -646,10 +647,9 @@ class _Builder:
         t0 = time.perf_counter()
         chain_dicts = [[f for _, f in chain] for chain in self.chains]
         ngrams = _ngram_sets(self.spec, self.chains, self.project_dir)
-        eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         if self.num_proc > 1:
             os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process
-        pool = _Pool(self.num_proc, (chain_dicts, ngrams, self.tokenizer, eos))
+        pool = _Pool(self.num_proc, (chain_dicts, ngrams, self.tokenizer))
         self.stats = [readers.ReadStats() for _ in self.spec["sources"]]
         self.tokens = _TokenStore(self.work / "tokens.bin")
         source_of: list[np.ndarray] = []
@@ -886,10 +886,9 @@ class _Builder:
         if len(need):
             if self.num_proc > 1:
                 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-            pool = _Pool(self.num_proc, ([], [], self.tokenizer, self.tokenizer.eos_token_id))
+            pool = _Pool(self.num_proc, ([], [], self.tokenizer))
             try:
-                items = ((ids, texts) for ids, texts in self._texts(need))
-                for (ids, _), encoded in pool.imap(_tokenize_batch, ((i, t) for i, t in items)):
+                for (ids, _), encoded in pool.imap(_tokenize_batch, self._texts(need)):
                     for doc, token_ids in zip(ids, encoded):
                         self.tokens.add(int(doc), token_ids)
             finally:

@@ -18,6 +18,14 @@ from .base import Table, key_error
 Globs = str | list[str]
 
 
+def _check_range(low: float | None, high: float | None, kind: str) -> None:
+    """A filter's [min, max]: at least one bound, in order."""
+    if low is None and high is None:
+        raise key_error("min", f"a {kind} filter needs `min`, `max` or both")
+    if low is not None and high is not None and low > high:
+        raise key_error("max", f"max {high} is below min {low}")
+
+
 class LengthFilter(Table):
     """`type = "length"`: keep documents whose length is within [min, max]."""
 
@@ -35,10 +43,7 @@ class LengthFilter(Table):
 
     @model_validator(mode="after")
     def check_bounds(self) -> LengthFilter:
-        if self.min is None and self.max is None:
-            raise key_error("min", "a length filter needs `min`, `max` or both")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise key_error("max", f"max {self.max} is below min {self.min}")
+        _check_range(self.min, self.max, "length")
         return self
 
 
@@ -230,10 +235,7 @@ class ScoreFilter(Table):
 
     @model_validator(mode="after")
     def check_bounds(self) -> ScoreFilter:
-        if self.min is None and self.max is None:
-            raise key_error("min", "a score filter needs `min`, `max` or both")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise key_error("max", f"max {self.max} is below min {self.min}")
+        _check_range(self.min, self.max, "score")
         return self
 
 
