@@ -388,7 +388,16 @@ def _launch_settings(b: _Builder, recipe: Recipe) -> None:
     if launch.strategy == "fsdp":
         _fsdp_settings(b, recipe, launch.fsdp or FsdpTable())
     if launch.strategy == "deepspeed":
-        _deepspeed_settings(b, launch.deepspeed or DeepspeedTable())
+        ds = launch.deepspeed or DeepspeedTable()
+        _deepspeed_settings(b, ds)
+        for table in ("ema", "merge"):
+            if ds.zero_stage == 3 and getattr(recipe, table) is not None:
+                b.error(
+                    (table,),
+                    f"[{table}] keeps a full copy of the weights, which ZeRO stage 3 shards across processes; "
+                    "the two do not work together yet",
+                    "drop the table, or use launch.deepspeed.zero_stage = 2",
+                )
     for k in ("mixed_precision", "cpu", "hub_offline"):
         b.key(k, ("launch", k))
 
