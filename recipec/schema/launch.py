@@ -29,7 +29,7 @@ NVME_PATH = re.compile(r"^/[\w./+@:~-]*$")
 
 
 class FsdpTable(Table):
-    """`[launch.fsdp]`: Fully Sharded Data Parallel, through accelerate's FSDP plugin (with `strategy = "fsdp"`)."""
+    """`[launch.fsdp]`: Fully Sharded Data Parallel (with `strategy = "fsdp"`): accelerate's FSDP plugin on GPUs; on CPU the script shards with torch's `fully_shard` itself."""
 
     version: Literal[1, 2] = 2
     """FSDP version: 2 is torch's per-parameter sharding (`fully_shard`), 1 the older FlatParameter wrapper."""
