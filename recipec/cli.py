@@ -64,6 +64,9 @@ def main(color: bool | None) -> None:
       recipec build recipes/my-run.toml      write build/<name>/: train.py, accelerate config, lock
       recipec check recipes/my-run.toml      preflight against the model (meta device)
       recipec data recipes/my-run.toml       run the data stage: filter, dedup, tokenize, pack
+      recipec diff HEAD:recipes/x.toml recipes/x.toml   what changed, derived values and LR included
+      recipec runs                           list runs with their lock hash and final metrics
+      recipec plot runs/a runs/b             loss, eval loss and LR against steps and tokens
       recipec run recipes/my-run.toml        build, check, then accelerate launch
 
     Exit status: 0 success, 2 a mistake in the recipe, otherwise the training's own.
@@ -429,6 +432,17 @@ def schema(schema_path: Path, reference_path: Path, check: bool) -> None:
         click.echo(f"stale: {', '.join(p.as_posix() for p in stale)}; run `recipec schema` to regenerate", err=True)
         sys.exit(1)
 
+
+def _register_review_commands() -> None:
+    """Commands that read builds and runs rather than compile: diff, plot, runs."""
+    from . import diff, runs
+
+    main.add_command(diff.diff)
+    main.add_command(runs.plot)
+    main.add_command(runs.runs)
+
+
+_register_review_commands()
 
 if __name__ == "__main__":
     main()

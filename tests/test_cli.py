@@ -47,6 +47,9 @@ PURPOSE = {
     "schema": "JSON Schema",
     "check": "meta device",
     "data": "data stage",
+    "diff": "as they will run",
+    "plot": "PNG",
+    "runs": "lock hash",
 }
 
 
