@@ -3,9 +3,13 @@
 A build directory holds train.py, accelerate_config.yaml, launch.sh (and slurm.sbatch for
 more than one machine), resolved.toml, the runtime package (recipec_runtime/) and
 recipe.lock.json. The lock records hashes of the recipe, the templates and every generated
-file, and the recipec version; no timestamps and no absolute paths, so building the same
-recipe twice gives byte-identical directories. The directory is written beside its final
-place and swapped in, so a failed build never leaves a half-written one.
+file, the recipec version, the seed, the content fingerprint of every data source, the
+versions of the installed training packages and the git commit of the recipe; no
+timestamps and no absolute paths, so building the same recipe twice on one machine gives
+byte-identical directories (package versions and git state are the only machine-specific
+entries). The directory is written beside its final place and swapped in, so a failed
+build never leaves a half-written one, and a rebuild refuses to overwrite a generated file
+that was edited by hand unless forced.
 """
 
 from __future__ import annotations
@@ -14,18 +18,34 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .diagnostics import Diagnostic, RecipeError
-from .render import template_dir
+from . import render as _render
 from .resolve import Plan
 from .source import SourceMap
 
 LOCK_FILE = "recipe.lock.json"
 LOCK_VERSION = 1
+SCHEMA_VERSION = 1
+"""The layout of the lock's entries; bumped when an entry changes meaning."""
+TRAINING_PACKAGES = (
+    "torch",
+    "accelerate",
+    "transformers",
+    "peft",
+    "datasets",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pyarrow",
+)
+"""The packages a build's train.py runs on; their installed versions go into the lock."""
+FORCE_HELP = "rebuild with --force to overwrite them, or move your edits into the recipe"
 RUNTIME_PACKAGE = "recipec_runtime"
 EXECUTABLES = ("launch.sh", "slurm.sbatch")
 """The generated files that are run as commands."""
@@ -71,9 +91,21 @@ def _bytes(content: str | bytes) -> bytes:
     return content.encode("utf-8") if isinstance(content, str) else content
 
 
-def make_lock(plan: Plan, source: SourceMap, files: dict[str, str | bytes]) -> dict[str, Any]:
-    """The lock for a build: what went in, what came out, no time and no absolute path."""
-    tdir = template_dir()
+def make_lock(
+    plan: Plan, source: SourceMap, files: dict[str, str | bytes], project: str | os.PathLike[str] = "."
+) -> dict[str, Any]:
+    """The lock for a build: what went in, what came out, no time and no absolute path.
+
+    Args:
+        plan: the resolved plan.
+        source: the recipe's source map (its text is hashed).
+        files: every generated file, keyed by its path inside the build.
+        project: the project directory that the plan's relative paths start from.
+
+    Returns:
+        The lock as a JSON-ready dict; `lock_text` gives its exact text.
+    """
+    tdir = _render.template_dir()  # looked up at call time: one place decides where templates live
     scaling = plan.recipe.optim.scaling
     extra = {}
     if scaling is not None:  # the reference the peak LR was derived from (batch-size scaling)
@@ -85,16 +117,88 @@ def make_lock(plan: Plan, source: SourceMap, files: dict[str, str | bytes]) -> d
             "step": plan["parent_step"],
             "lock_sha256": plan["parent_lock_sha256"],
         }
+    project = Path(project)
     return {
         **extra,
         "lock_version": LOCK_VERSION,
+        "schema_version": SCHEMA_VERSION,
         "recipec_version": __version__,
         "name": plan.name,
+        "seed": plan["seed"],
         "recipe": {"file": plan.recipe_file, "sha256": sha256_bytes(source.text.encode())},
         "overrides": list(plan.overrides),
         "templates": {p.name: sha256_bytes(p.read_bytes()) for p in sorted(tdir.glob("*.j2"))},
         "files": {path: sha256_bytes(_bytes(content)) for path, content in sorted(files.items())},
+        "data": data_fingerprints(plan, project),
+        "packages": package_versions(),
+        "git": git_state(project / plan.recipe_file),
     }
+
+
+def package_versions() -> dict[str, str | None]:
+    """{package: installed version, or None when it is not installed}, read from package
+    metadata so that nothing is imported (compiling never imports torch)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in TRAINING_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def data_fingerprints(plan: Plan, project: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The content fingerprint of each data source, in recipe order.
+
+    Each entry is ``{"source": label, "sha256": digest}``, or ``{"source": label, "error":
+    message}`` when the source cannot be read now: a build does not need its data, so an
+    unreadable source is recorded, not fatal (train.py reports it when it runs).
+    """
+    from .runtime import readers  # pyarrow and zstandard: only when a lock is made
+
+    entries = []
+    for index, src in enumerate(plan["sources"]):
+        entry = {"source": readers.source_label(src, index)}
+        try:
+            entry["sha256"] = readers.fingerprint_source(src, project, index=index)
+        except (readers.DataError, OSError, ValueError) as exc:
+            entry["error"] = str(exc)
+        entries.append(entry)
+    return entries
+
+
+def git_state(recipe_path: Path) -> dict[str, Any] | None:
+    """The git commit the recipe file is checked out at, and what is uncommitted.
+
+    Returns:
+        ``{"commit": HEAD, "recipe_modified": the recipe differs from HEAD or is not
+        committed, "dirty": some tracked file differs from HEAD}``; None when the recipe
+        is not in a git work tree with a commit, or git cannot be run. Git never fails a
+        build.
+    """
+    where = recipe_path.parent
+    head = _git(where, "rev-parse", "HEAD")
+    if head is None:
+        return None
+    recipe_status = _git(where, "status", "--porcelain", "--", recipe_path.name)
+    tracked_status = _git(where, "status", "--porcelain", "--untracked-files=no")
+    if recipe_status is None or tracked_status is None:
+        return None
+    return {"commit": head.strip(), "recipe_modified": bool(recipe_status.strip()), "dirty": bool(tracked_status.strip())}
+
+
+def _git(where: Path, *args: str) -> str | None:
+    """stdout of `git -C where ARGS`, or None when git is missing or fails."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}  # status must not rewrite the index
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(where), *args], capture_output=True, text=True, env=env, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
 
 
 def check_output_dir(plan: Plan, source: SourceMap, project: Path) -> None:
@@ -113,7 +217,15 @@ def check_output_dir(plan: Plan, source: SourceMap, project: Path) -> None:
         )
 
 
-def write_build(plan: Plan, rendered: dict[str, str | bytes], source: SourceMap, build_dir: Path) -> Build:
+def write_build(
+    plan: Plan,
+    rendered: dict[str, str | bytes],
+    source: SourceMap,
+    build_dir: Path,
+    *,
+    project: str | os.PathLike[str] = ".",
+    force: bool = False,
+) -> Build:
     """Write the build directory, replacing an earlier build of the same recipe.
 
     Args:
@@ -121,14 +233,19 @@ def write_build(plan: Plan, rendered: dict[str, str | bytes], source: SourceMap,
         rendered: render's output.
         source: the recipe's source map (its text is hashed into the lock).
         build_dir: where to write.
+        project: the project directory (data sources and the recipe's git state are read from it).
+        force: overwrite generated files of the earlier build that were edited by hand.
 
     Raises:
-        RecipeError: when build_dir is not a build of this recipe and not empty.
+        RecipeError: when build_dir is not a build of this recipe and not empty, or when
+            a generated file of the earlier build was edited or deleted and not `force`.
     """
     _check_build_dir(plan, build_dir)
+    if not force:
+        check_not_hand_edited(build_dir)
     files: dict[str, str | bytes] = dict(rendered)
     files.update(runtime_files())
-    lock = make_lock(plan, source, files)
+    lock = make_lock(plan, source, files, project)
 
     build_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = build_dir.parent / f".{build_dir.name}.tmp-{os.getpid()}"
@@ -152,6 +269,64 @@ def write_build(plan: Plan, rendered: dict[str, str | bytes], source: SourceMap,
     os.replace(tmp, build_dir)
     shutil.rmtree(old, ignore_errors=True)
     return Build(build_dir, dict(lock["files"]), lock)
+
+
+def hand_edited(build_dir: Path, lock: dict[str, Any]) -> list[tuple[str, str]]:
+    """The generated files of a build that differ from what its lock recorded.
+
+    Returns:
+        ``[(relative path, "edited" | "deleted")]``, sorted by path.
+    """
+    recorded = lock.get("files")
+    if not isinstance(recorded, dict):
+        return []
+    changed = []
+    for rel, digest in sorted(recorded.items()):
+        path = build_dir / rel
+        try:
+            actual = sha256_bytes(path.read_bytes())
+        except FileNotFoundError:
+            changed.append((rel, "deleted"))
+            continue
+        except IsADirectoryError:
+            changed.append((rel, "edited"))
+            continue
+        if actual != digest:
+            changed.append((rel, "edited"))
+    return changed
+
+
+def check_not_hand_edited(build_dir: Path) -> None:
+    """Refuse to replace a build whose generated files were changed since it was written.
+
+    Raises:
+        RecipeError: one error per edited or deleted file, naming it.
+    """
+    lock = read_lock(build_dir)
+    if lock is None:
+        return
+    changed = hand_edited(build_dir, lock)
+    diagnostics = [
+        Diagnostic(
+            "error",
+            f"generated file {(build_dir / rel).as_posix()} was {how} by hand; a rebuild would "
+            + ("overwrite it" if how == "edited" else "restore it"),
+            None,
+            FORCE_HELP if i == len(changed) - 1 else None,
+        )
+        for i, (rel, how) in enumerate(changed)
+    ]
+    if diagnostics:
+        raise RecipeError(diagnostics)
+
+
+def read_lock(build_dir: Path) -> dict[str, Any] | None:
+    """The lock of a build directory, or None when there is none or it is not a JSON object."""
+    try:
+        lock = json.loads((build_dir / LOCK_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return lock if isinstance(lock, dict) else None
 
 
 def _check_build_dir(plan: Plan, build_dir: Path) -> None:

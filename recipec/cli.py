@@ -65,6 +65,7 @@ def main(color: bool | None) -> None:
       recipec check recipes/my-run.toml      preflight against the model (meta device)
       recipec data recipes/my-run.toml       run the data stage: filter, dedup, tokenize, pack
       recipec diff HEAD:recipes/x.toml recipes/x.toml   what changed, derived values and LR included
+      recipec verify build/my-run            recipe, templates, files, data and packages against the lock
       recipec runs                           list runs with their lock hash and final metrics
       recipec plot runs/a runs/b             loss, eval loss and LR against steps and tokens
       recipec run recipes/my-run.toml        build, check, then accelerate launch
@@ -275,20 +276,26 @@ def _data_summary(plan: Any) -> list[str]:
 @click.argument("recipe", type=click.Path(path_type=Path))
 @_set_option
 @click.option("-o", "--output", "build_dir", type=click.Path(path_type=Path), help="Build directory (default build/<name>).")
-def build(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Overwrite generated files of the earlier build that were edited by hand.")
+def build(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, force: bool) -> None:
     """Compile RECIPE into a build directory: train.py, accelerate_config.yaml, launch.sh,
-    resolved.toml, the runtime package and recipe.lock.json."""
-    written = _build(recipe, overrides, build_dir)
+    resolved.toml, the runtime package and recipe.lock.json.
+
+    A rebuild refuses to overwrite a generated file that was edited by hand (it names each
+    one) unless --force is given."""
+    written = _build(recipe, overrides, build_dir, force=force)
     click.echo(f"built {written.dir.as_posix()}/ (lock {written.lock_sha256[:12]})")
     click.echo(f"  {written.train_py.as_posix()}")
     click.echo(f"train with:\n  {_plan_launch(written)}")
 
 
-def _build(recipe: Path, overrides: Sequence[str], build_dir: Path | None, with_plan: bool = False) -> Any:
+def _build(
+    recipe: Path, overrides: Sequence[str], build_dir: Path | None, with_plan: bool = False, force: bool = False
+) -> Any:
     from .compiler import build as compile_build
 
     try:
-        written, plan = compile_build(recipe, overrides, build_dir)
+        written, plan = compile_build(recipe, overrides, build_dir, force=force)
     except RecipeError as exc:
         _fail(exc)
     _report(plan.warnings)
@@ -375,7 +382,12 @@ def data(recipe: Path, overrides: tuple[str, ...], num_proc: int | None, force: 
 @click.argument("recipe", type=click.Path(path_type=Path))
 @_set_option
 @click.option("-o", "--output", "build_dir", type=click.Path(path_type=Path), help="Build directory (default build/<name>).")
-def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None) -> None:
+@click.option(
+    "--allow-changed",
+    is_flag=True,
+    help="Resume from a checkpoint that another build (a different lock) wrote; without it such a resume stops and shows the diff.",
+)
+def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, allow_changed: bool) -> None:
     """Build RECIPE, then train it with `accelerate launch`; exits with the training's exit code.
 
     The build directory stays behind whatever happens, and its train.py is printed, so a
@@ -396,7 +408,7 @@ def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None) -> Non
         _preflight(plan)
     click.echo(f"built {written.dir.as_posix()}/ -> {_plan_launch(written)}", err=True)
     try:
-        code = launch(written.dir)
+        code = launch(written.dir, ("--allow-changed",) if allow_changed else ())
     except MissingTrainingExtra as exc:
         click.echo(f"error: {exc}", err=True)
         code = 1
@@ -435,9 +447,10 @@ def schema(schema_path: Path, reference_path: Path, check: bool) -> None:
 
 def _register_review_commands() -> None:
     """Commands that read builds and runs rather than compile: diff, plot, runs."""
-    from . import diff, runs
+    from . import diff, runs, verify
 
     main.add_command(diff.diff)
+    main.add_command(verify.verify)
     main.add_command(runs.plot)
     main.add_command(runs.runs)
 

@@ -64,11 +64,16 @@ def build(
     overrides: Sequence[str] = (),
     build_dir: str | os.PathLike[str] | None = None,
     project: str | os.PathLike[str] = ".",
+    force: bool = False,
 ) -> tuple[Build, Plan]:
-    """The whole compile: plan, render, and write the build directory."""
+    """The whole compile: plan, render, and write the build directory.
+
+    `force` overwrites generated files of an earlier build that were edited by hand
+    (without it, such a build is an error that names them).
+    """
     plan, source = plan_recipe(recipe_path, overrides, build_dir, project)
     check_output_dir(plan, source, Path(project))
-    written = write_build(plan, render(plan), source, Path(project) / plan.build_dir)
+    written = write_build(plan, render(plan), source, Path(project) / plan.build_dir, project=project, force=force)
     return written, plan
 
 

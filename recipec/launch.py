@@ -12,7 +12,7 @@ class MissingTrainingExtra(RuntimeError):
     """accelerate is not installed where recipec runs."""
 
 
-def launch_command(build_dir: Path) -> list[str]:
+def launch_command(build_dir: Path, script_args: tuple[str, ...] = ()) -> list[str]:
     """The argv that trains a build: this Python's accelerate, the build's config and script."""
     return [
         sys.executable,
@@ -21,11 +21,16 @@ def launch_command(build_dir: Path) -> list[str]:
         "--config_file",
         str(build_dir / "accelerate_config.yaml"),
         str(build_dir / "train.py"),
+        *script_args,
     ]
 
 
-def launch(build_dir: Path) -> int:
+def launch(build_dir: Path, script_args: tuple[str, ...] = ()) -> int:
     """Train a build and return the training's exit code.
+
+    Args:
+        build_dir: the build directory.
+        script_args: arguments for train.py (e.g. ``--allow-changed``).
 
     Raises:
         MissingTrainingExtra: when accelerate cannot be imported.
@@ -34,4 +39,4 @@ def launch(build_dir: Path) -> int:
         raise MissingTrainingExtra(
             "training needs the training libraries: pip install 'recipec[train]' (torch, accelerate, transformers, ...)"
         )
-    return subprocess.call(launch_command(build_dir))
+    return subprocess.call(launch_command(build_dir, script_args))

@@ -19,7 +19,7 @@ import pytest
 
 import recipec
 from recipec import build as build_module
-from recipec.build import LOCK_FILE, lock_text
+from recipec.build import LOCK_FILE, TRAINING_PACKAGES, lock_text
 from recipec.compiler import build, plan_recipe
 from recipec.diagnostics import RecipeError
 from recipec.render import template_dir
@@ -51,6 +51,27 @@ def build_quickstart(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 RUNTIME = "recipec_runtime/"
+MACHINE_SPECIFIC = ("packages", "git")
+"""Lock entries that differ between machines: checked for shape, not compared byte for byte."""
+
+
+def comparable_lock(data: bytes) -> bytes:
+    """The lock's text without its machine-specific entries, after checking their shape.
+
+    The installed package versions and the git state belong to the machine. The data
+    fingerprints keep their source labels but not their hashes: the quickstart reads
+    Python's own documentation, which differs between Python versions.
+    """
+    lock = json.loads(data)
+    packages = lock.pop("packages")
+    assert set(packages) == set(TRAINING_PACKAGES), packages
+    assert all(v is None or isinstance(v, str) for v in packages.values()), packages
+    git = lock.pop("git")
+    assert git is None or (set(git) == {"commit", "recipe_modified", "dirty"} and re.fullmatch(r"[0-9a-f]{40,64}", git["commit"])), git
+    for entry in lock["data"]:
+        assert re.fullmatch(r"[0-9a-f]{64}", entry.pop("sha256")), entry
+    assert set(lock) >= {"data", "schema_version", "seed"}
+    return lock_text(lock).encode()
 
 
 def test_quickstart_build_matches_golden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update_golden: bool):
@@ -68,6 +89,9 @@ def test_quickstart_build_matches_golden(tmp_path: Path, monkeypatch: pytest.Mon
     assert golden.is_dir(), f"no golden build; create it with `{REGENERATE}`"
     actual = {rel: data for rel, data in tree(built).items() if not rel.startswith(RUNTIME)}
     expected = tree(golden)
+    for files in (actual, expected):
+        if LOCK_FILE in files:
+            files[LOCK_FILE] = comparable_lock(files[LOCK_FILE])
     problems = []
     for rel in sorted(set(actual) | set(expected)):
         if rel not in expected:
@@ -150,6 +174,9 @@ def test_lock_records_inputs_and_outputs(tmp_path: Path, monkeypatch: pytest.Mon
     assert lock["name"] == "quickstart"
     assert lock["overrides"] == []
     assert lock["lock_version"] == 1
+    assert lock["schema_version"] == 1
+    assert lock["seed"] == 1234
+    assert [entry["source"] for entry in lock["data"]] == ["sources[0]"]
 
 
 def test_lock_has_no_absolute_path_and_no_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

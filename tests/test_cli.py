@@ -50,6 +50,7 @@ PURPOSE = {
     "diff": "as they will run",
     "plot": "PNG",
     "runs": "lock hash",
+    "verify": "lock",
 }
 
 
@@ -309,8 +310,9 @@ def launches(monkeypatch: pytest.MonkeyPatch):
 
     calls = Launches()
 
-    def fake_launch(build_dir):
+    def fake_launch(build_dir, script_args=()):
         calls.append(Path(build_dir))
+        calls.script_args = script_args
         return calls.code
 
     monkeypatch.setattr("recipec.launch.launch", fake_launch)
@@ -341,6 +343,14 @@ def test_run_refuses_a_multi_machine_recipe_and_says_how_to_launch_it(cli, write
     result = cli("run", "recipe.toml")
     assert result.exit_code == 2 and launches == []
     assert "build/tiny/slurm.sbatch" in result.stderr and "launch.sh on every machine" in result.stderr
+
+
+def test_run_passes_allow_changed_to_the_script(cli, write_recipe, tmp_path: Path, launches):
+    write_recipe()
+    assert cli("run", "recipe.toml", "--allow-changed").exit_code == 0
+    assert launches.script_args == ("--allow-changed",)
+    assert cli("run", "recipe.toml").exit_code == 0
+    assert launches.script_args == ()
 
 
 def test_run_passes_on_the_training_exit_code_and_keeps_the_build(cli, write_recipe, tmp_path: Path, launches):

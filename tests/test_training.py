@@ -592,3 +592,22 @@ def test_a_filtered_weighted_mixture_trains_and_records_its_data(tmp_path: Path)
     assert "data: wrote" not in second.stderr
     assert json.loads((run_dir / "run.json").read_text())["data"] == record["data"]
     assert [m["loss"] for m in _metrics(run_dir) if "loss" in m] == losses
+
+
+def test_resuming_under_a_changed_build_stops_with_the_diff_unless_allowed(tmp_path: Path) -> None:
+    project = _project(tmp_path, TINY)
+    build_dir = _build(project)
+    _kill(tmp_path, build_dir, 4, "after-commit")
+    checkpoints = project / "runs" / "tiny" / "checkpoints"
+    assert (max(checkpoints.iterdir()) / "resolved.toml").is_file()
+    changed = _build(project, "optim.lr=5e-3")
+    stopped = _train(changed, expect=1)
+    assert "resuming would continue the run with these changes" in stopped.stderr
+    assert "-lr = 0.01" in stopped.stderr and "+lr = 0.005" in stopped.stderr
+    assert "--allow-changed" in stopped.stderr
+    allowed = subprocess.run(
+        [sys.executable, str(changed / "train.py"), "--allow-changed"], env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert allowed.returncode == 0, allowed.stderr[-4000:]
+    assert "resuming under a changed build" in allowed.stdout + allowed.stderr
+    assert json.loads((project / "runs" / "tiny" / "run.json").read_text())["status"] == "completed"

@@ -272,3 +272,44 @@ def truncate_metrics(path: PathLike, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
+
+
+RECIPE_FILE = "resolved.toml"  # the resolved recipe of the build that wrote a checkpoint
+
+
+def build_change(directory: PathLike, lock_sha256: str, resolved_toml: PathLike) -> str | None:
+    """Why resuming from ``directory`` would train a different build, or None if it would not.
+
+    A checkpoint records the sha256 of the lock of the build that wrote it, and a copy of
+    that build's resolved recipe. Resuming under another lock would silently continue with
+    other settings (an LR, a batch, data or package versions), so the caller stops unless
+    told otherwise.
+
+    Args:
+        directory: The checkpoint to resume from.
+        lock_sha256: sha256 of the current build's recipe.lock.json.
+        resolved_toml: The current build's resolved.toml.
+
+    Returns:
+        A message with a unified diff of the two resolved recipes (empty if only the lock's
+        other contents differ: templates, packages, data), or None when the locks match
+        or the checkpoint predates lock hashes.
+    """
+    import difflib
+
+    directory = pathlib.Path(directory)
+    recorded = read_state(directory).get("lock_sha256")
+    if recorded is None or recorded == lock_sha256:
+        return None
+    before = directory / RECIPE_FILE
+    old = before.read_text(encoding="utf-8").splitlines(keepends=True) if before.is_file() else []
+    new = pathlib.Path(resolved_toml).read_text(encoding="utf-8").splitlines(keepends=True)
+    diff = "".join(difflib.unified_diff(old, new, f"{directory.name}/{RECIPE_FILE}", f"build/{RECIPE_FILE}"))
+    detail = diff if diff else "the resolved recipes are the same; the lock differs in templates, data or package versions\n"
+    return (
+        f"{directory} was written by the build with lock {recorded[:12]}, and this build's lock is {lock_sha256[:12]}:\n"
+        f"{detail}"
+        "resuming would continue the run with these changes; pass --allow-changed to do so, "
+        "or set output.dir to start a new run"
+    )
+

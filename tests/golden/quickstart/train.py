@@ -26,6 +26,8 @@ from pathlib import Path
 
 here = Path(__file__).resolve().parent
 sys.path.insert(0, str(here))  # recipec_runtime/ ships beside this file
+# --allow-changed: resume from a checkpoint that another build (another lock) wrote
+allow_changed = "--allow-changed" in sys.argv[1:]
 
 # -----------------------------------------------------------------------------
 # config
@@ -336,6 +338,11 @@ def log(record):
 step = 0  # optimizer steps done
 latest = checkpoint.latest(ckpt_dir)
 if latest is not None:
+    changed = checkpoint.build_change(latest, lock_sha256, here / "resolved.toml")
+    if changed and not allow_changed:
+        sys.exit(f"error: {changed}")
+    if changed:
+        accelerator.print(f"warning: resuming under a changed build (--allow-changed):\n{changed}")
     accelerator.load_state(str(latest))
     step = checkpoint.read_state(latest)["step"]
     accelerator.print(f"resumed from {latest} at step {step}")
@@ -426,7 +433,10 @@ for segment, train_loader in zip(data_segments, train_loaders):
                     # config and tokenizer beside the weights: a checkpoint loads with from_pretrained
                     accelerator.unwrap_model(model).config.save_pretrained(tmp)
                     tokenizer.save_pretrained(tmp)
-                    checkpoint.write_state(tmp, {"step": step, "epoch": epoch, "tokens": tokens, "name": name})
+                    shutil.copyfile(here / "resolved.toml", tmp / checkpoint.RECIPE_FILE)  # what a resume compares against
+                    checkpoint.write_state(
+                        tmp, {"step": step, "epoch": epoch, "tokens": tokens, "name": name, "lock_sha256": lock_sha256}
+                    )
                     checkpoint.commit(tmp, ckpt_dir, step)
                     checkpoint.prune(ckpt_dir, keep_last)
                 accelerator.wait_for_everyone()

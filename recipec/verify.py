@@ -1,0 +1,216 @@
+"""verify: does a build still match what its lock says produced it?
+
+`recipec verify BUILD_DIR` reads BUILD_DIR/recipe.lock.json, compiles the recipe it names
+again (with the same `--set` overrides, from the current directory, which must be the
+project directory the build was made from), renders it without writing anything, and
+compares every hash: the recipe, the templates, the generated files on disk and as they
+would be rendered now, the data sources' content fingerprints, the installed training
+packages and recipec's own version. Each difference is printed on its own line as
+``KIND: DETAIL``::
+
+    recipe edited: recipes/tiny.toml
+    generated file hand-edited: train.py
+    package versions drifted: torch 2.13.0 -> 2.14.0
+    3 drifts: build/tiny no longer matches its recipe, templates, data and packages
+
+Exit status: 0 when nothing drifted, 1 when something did, 2 when BUILD_DIR is not a
+build or its recipe is now invalid (the diagnostics are printed).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .build import LOCK_FILE, hand_edited, make_lock, read_lock, runtime_files
+from .diagnostics import Diagnostic, RecipeError, format_diagnostics
+
+EXIT_DRIFT = 1
+EXIT_RECIPE_ERROR = 2
+
+RECIPE_EDITED = "recipe edited"
+TEMPLATE_CHANGED = "template changed"
+HAND_EDITED = "generated file hand-edited"
+WOULD_CHANGE = "generated file would change"
+DATA_CHANGED = "data changed"
+PACKAGES_DRIFTED = "package versions drifted"
+VERSION_DIFFERS = "recipec version differs"
+KINDS = (RECIPE_EDITED, TEMPLATE_CHANGED, HAND_EDITED, WOULD_CHANGE, DATA_CHANGED, PACKAGES_DRIFTED, VERSION_DIFFERS)
+"""Every kind of drift, in the order they are reported."""
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One difference between a build's lock and the present."""
+
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}"
+
+
+def find_drift(build_dir: Path, lock: dict[str, Any], project: str | os.PathLike[str] = ".") -> list[Drift]:
+    """Compare a build's lock with the recipe, templates, data and packages as they are now.
+
+    Args:
+        build_dir: the build directory, as a path from the current directory.
+        lock: its lock (`recipec.build.read_lock`).
+        project: the project directory the lock's recipe path is relative to.
+
+    Returns:
+        Every drift, grouped by kind in the order of `KINDS`; empty when the build matches.
+
+    Raises:
+        RecipeError: when the lock does not name a recipe, or the recipe is now invalid.
+    """
+    from .compiler import plan_recipe
+    from .render import render
+
+    recipe_file, overrides = _recorded_recipe(build_dir, lock)
+    plan, source = plan_recipe(Path(project) / recipe_file, overrides, build_dir, project)
+    files: dict[str, str | bytes] = dict(render(plan))
+    files.update(runtime_files())
+    now = make_lock(plan, source, files, project)
+
+    drifts: list[Drift] = []
+    if lock["recipe"].get("sha256") != now["recipe"]["sha256"]:
+        drifts.append(Drift(RECIPE_EDITED, recipe_file))
+    drifts += _changed_entries(TEMPLATE_CHANGED, lock.get("templates"), now["templates"])
+    for rel, how in hand_edited(build_dir, lock):
+        drifts.append(Drift(HAND_EDITED, rel if how == "edited" else f"{rel} (deleted)"))
+    drifts += _changed_entries(WOULD_CHANGE, lock["files"], now["files"])
+    if "data" in lock:
+        drifts += _data_drift(lock["data"], now["data"])
+    if isinstance(lock.get("packages"), dict):
+        for name in sorted(set(lock["packages"]) | set(now["packages"])):
+            old, new = lock["packages"].get(name), now["packages"].get(name)
+            if old != new:
+                drifts.append(Drift(PACKAGES_DRIFTED, f"{name} {_version(old)} -> {_version(new)}"))
+    if lock.get("recipec_version") != now["recipec_version"]:
+        drifts.append(Drift(VERSION_DIFFERS, f"{_version(lock.get('recipec_version'))} -> {now['recipec_version']}"))
+    return drifts
+
+
+def _recorded_recipe(build_dir: Path, lock: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The recipe path and overrides a lock records; a RecipeError when they are missing."""
+    recipe = lock.get("recipe")
+    overrides = lock.get("overrides", [])
+    if (
+        not isinstance(recipe, dict)
+        or not isinstance(recipe.get("file"), str)
+        or not isinstance(overrides, list)
+        or not all(isinstance(o, str) for o in overrides)
+        or not isinstance(lock.get("files"), dict)
+    ):
+        raise RecipeError(
+            [
+                Diagnostic(
+                    "error",
+                    f"{(build_dir / LOCK_FILE).as_posix()} does not record a recipe, its overrides and its files",
+                    None,
+                    "rebuild it with `recipec build RECIPE`",
+                )
+            ]
+        )
+    return recipe["file"], tuple(overrides)
+
+
+def _changed_entries(kind: str, old: Any, new: dict[str, str]) -> list[Drift]:
+    """One drift per name whose hash differs, appeared or disappeared."""
+    old = old if isinstance(old, dict) else {}
+    drifts = []
+    for name in sorted(set(old) | set(new)):
+        if name not in old:
+            drifts.append(Drift(kind, f"{name} (new)"))
+        elif name not in new:
+            drifts.append(Drift(kind, f"{name} (gone)"))
+        elif old[name] != new[name]:
+            drifts.append(Drift(kind, name))
+    return drifts
+
+
+def _data_drift(old: Any, new: Sequence[dict[str, str]]) -> list[Drift]:
+    """One drift per data source whose fingerprint (or readability) differs."""
+    old = old if isinstance(old, list) else []
+    drifts = []
+    for index in range(max(len(old), len(new))):
+        before = old[index] if index < len(old) and isinstance(old[index], dict) else None
+        after = new[index] if index < len(new) else None
+        if before == after:
+            continue
+        label = (after or before or {}).get("source", f"sources[{index}]")
+        if before is None:
+            detail = f"{label} (not in the lock)"
+        elif after is None:
+            detail = f"{label} (no longer in the recipe)"
+        elif "error" in after:
+            detail = f"{label} (cannot be read now: {after['error']})"
+        elif "error" in before:
+            detail = f"{label} (could not be read at build time: {before['error']})"
+        else:
+            detail = f"{label} (sha256 {str(before.get('sha256'))[:12]} -> {after['sha256'][:12]})"
+        drifts.append(Drift(DATA_CHANGED, detail))
+    return drifts
+
+
+def _version(version: Any) -> str:
+    return "not installed" if version is None else str(version)
+
+
+def _report(diagnostics: Sequence[Diagnostic]) -> None:
+    """Print diagnostics to stderr, coloured as the root command's --color says."""
+    ctx = click.get_current_context(silent=True)
+    color = ctx.find_root().params.get("color") if ctx else None
+    color = sys.stderr.isatty() if color is None else color
+    click.echo(format_diagnostics(list(diagnostics), color=color), err=True, color=color)
+
+
+@click.command(short_help="Check a build against its recipe, templates, data and packages.")
+@click.argument("build_dir", type=click.Path(file_okay=False, path_type=Path))
+def verify(build_dir: Path) -> None:
+    """Check that BUILD_DIR still matches what its lock says produced it.
+
+    Run from the project directory the build was made from. The recipe recorded in
+    BUILD_DIR/recipe.lock.json is compiled again with the same --set overrides (nothing is
+    written) and every hash is compared. Each drift is printed on its own line as
+    `KIND: DETAIL`, KIND one of: recipe edited, template changed, generated file
+    hand-edited, generated file would change, data changed, package versions drifted,
+    recipec version differs.
+
+    Exit status: 0 nothing drifted, 1 something did, 2 BUILD_DIR is not a build or its
+    recipe is now invalid.
+    """
+    shown = build_dir.as_posix()
+    lock = read_lock(build_dir)
+    if lock is None:
+        _report(
+            [
+                Diagnostic(
+                    "error",
+                    f"{shown} is not a recipec build: it has no readable {LOCK_FILE}",
+                    None,
+                    "build one with `recipec build RECIPE -o BUILD_DIR`",
+                )
+            ]
+        )
+        sys.exit(EXIT_RECIPE_ERROR)
+    try:
+        drifts = find_drift(build_dir, lock)
+    except RecipeError as exc:
+        _report(exc.diagnostics)
+        sys.exit(EXIT_RECIPE_ERROR)
+    if not drifts:
+        click.echo(f"ok: {shown} matches its recipe, templates, data and packages")
+        return
+    for drift in drifts:
+        click.echo(str(drift))
+    plural = "s" if len(drifts) > 1 else ""
+    click.echo(f"{len(drifts)} drift{plural}: {shown} no longer matches its recipe, templates, data and packages")
+    sys.exit(EXIT_DRIFT)
