@@ -18,8 +18,9 @@ error either way.
 :func:`fingerprint_source` hashes everything that determines a source's
 documents, cheaply enough to run on every start to find a cache.
 
-Imports: stdlib, pyarrow and zstandard at the top; ``datasets`` only inside
-the function that reads a ``datasets`` directory.
+Imports: stdlib and zstandard at the top; pyarrow inside the functions that read
+parquet and ``datasets`` directories (``recipec build`` fingerprints sources without
+it), and ``datasets`` only inside the function that reads a ``datasets`` directory.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ import os
 import pathlib
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import zstandard
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
 
 from .data import BUILTINS, _stdlib_files
 
@@ -426,10 +428,14 @@ def _is_number(value: Any) -> bool:
 
 
 def _is_numeric_type(t: pa.DataType) -> bool:
+    import pyarrow as pa
+
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)
 
 
 def _is_text_type(t: pa.DataType) -> bool:
+    import pyarrow as pa
+
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t) or str(t) == "string_view"
 
 
@@ -585,6 +591,9 @@ class _Reader:
             row += len(texts)
 
     def parquet(self, path: str) -> Iterator[tuple[Any, str, tuple]]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         shown = self.paths.shown(path)
         try:
             pf = pq.ParquetFile(path)
@@ -601,6 +610,7 @@ class _Reader:
 
     def datasets(self, path: str) -> Iterator[tuple[Any, str, tuple]]:
         import datasets
+        import pyarrow as pa
 
         shown = self.paths.shown(path)
         files = _dataset_files(path, self.label, self.paths)
