@@ -24,6 +24,7 @@ This module is stdlib-only; the compiler imports it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -277,17 +278,28 @@ def truncate_metrics(path: PathLike, step: int) -> None:
 RECIPE_FILE = "resolved.toml"  # the resolved recipe of the build that wrote a checkpoint
 
 
+def build_sha256(lock: dict) -> str:
+    """sha256 of a build's lock without its git state: what a resume compares.
+
+    A new commit elsewhere in the repository changes the lock's git entry but not what the
+    build trains, so it must not stop a resume; everything else in the lock (the recipe,
+    templates, generated files, data fingerprints, package versions) does.
+    """
+    kept = {key: value for key, value in lock.items() if key != "git"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
 def build_change(directory: PathLike, lock_sha256: str, resolved_toml: PathLike) -> str | None:
     """Why resuming from ``directory`` would train a different build, or None if it would not.
 
-    A checkpoint records the sha256 of the lock of the build that wrote it, and a copy of
-    that build's resolved recipe. Resuming under another lock would silently continue with
-    other settings (an LR, a batch, data or package versions), so the caller stops unless
-    told otherwise.
+    A checkpoint records :func:`build_sha256` of the lock of the build that wrote it, and
+    a copy of that build's resolved recipe. Resuming under another build would silently
+    continue with other settings (an LR, a batch, data or package versions), so the caller
+    stops unless told otherwise.
 
     Args:
         directory: The checkpoint to resume from.
-        lock_sha256: sha256 of the current build's recipe.lock.json.
+        lock_sha256: :func:`build_sha256` of the current build's lock.
         resolved_toml: The current build's resolved.toml.
 
     Returns:
@@ -298,7 +310,7 @@ def build_change(directory: PathLike, lock_sha256: str, resolved_toml: PathLike)
     import difflib
 
     directory = pathlib.Path(directory)
-    recorded = read_state(directory).get("lock_sha256")
+    recorded = read_state(directory).get("build_sha256")
     if recorded is None or recorded == lock_sha256:
         return None
     before = directory / RECIPE_FILE

@@ -181,3 +181,26 @@ def test_truncate_metrics_drops_lines_after_the_resume_step(tmp_path):
     checkpoint.truncate_metrics(metrics, 4)
     assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == [0, 2, 4]
     checkpoint.truncate_metrics(tmp_path / "missing.jsonl", 4)  # no file: nothing to do
+
+
+def test_build_sha256_ignores_git_state_and_nothing_else():
+    lock = {"recipe": {"sha256": "a"}, "packages": {"torch": "2.13.0"}, "git": {"commit": "1", "dirty": False}}
+    same = dict(lock, git={"commit": "2", "dirty": True})
+    assert checkpoint.build_sha256(lock) == checkpoint.build_sha256(same)
+    assert checkpoint.build_sha256(lock) != checkpoint.build_sha256(dict(lock, packages={"torch": "2.14.0"}))
+
+
+def test_build_change_names_the_locks_and_diffs_the_recipes(tmp_path):
+    ckpt = tmp_path / "step_00000004"
+    checkpoint.write_state(ckpt, {"step": 4, "build_sha256": "a" * 64})
+    (ckpt / checkpoint.RECIPE_FILE).write_text("[optim]\nlr = 0.01\n")
+    now = tmp_path / "resolved.toml"
+    now.write_text("[optim]\nlr = 0.005\n")
+    assert checkpoint.build_change(ckpt, "a" * 64, now) is None
+    message = checkpoint.build_change(ckpt, "b" * 64, now)
+    assert "aaaaaaaaaaaa" in message and "bbbbbbbbbbbb" in message
+    assert "-lr = 0.01" in message and "+lr = 0.005" in message and "--allow-changed" in message
+    now.write_text("[optim]\nlr = 0.01\n")  # same recipe: the rest of the lock changed
+    assert "templates, data or package versions" in checkpoint.build_change(ckpt, "b" * 64, now)
+    checkpoint.write_state(ckpt, {"step": 4})  # a checkpoint from before build hashes: nothing to compare
+    assert checkpoint.build_change(ckpt, "b" * 64, now) is None

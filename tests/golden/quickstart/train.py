@@ -147,6 +147,7 @@ def local(path):
 output_dir = project_dir / output_dir
 ckpt_dir = output_dir / "checkpoints"
 lock_sha256 = hashlib.sha256((here / "recipe.lock.json").read_bytes()).hexdigest()
+build_sha256 = checkpoint.build_sha256(json.loads((here / "recipe.lock.json").read_text()))  # the lock less git state
 
 accelerator = Accelerator(
     cpu=cpu,
@@ -338,7 +339,7 @@ def log(record):
 step = 0  # optimizer steps done
 latest = checkpoint.latest(ckpt_dir)
 if latest is not None:
-    changed = checkpoint.build_change(latest, lock_sha256, here / "resolved.toml")
+    changed = checkpoint.build_change(latest, build_sha256, here / "resolved.toml")
     if changed and not allow_changed:
         sys.exit(f"error: {changed}")
     if changed:
@@ -434,9 +435,9 @@ for segment, train_loader in zip(data_segments, train_loaders):
                     accelerator.unwrap_model(model).config.save_pretrained(tmp)
                     tokenizer.save_pretrained(tmp)
                     shutil.copyfile(here / "resolved.toml", tmp / checkpoint.RECIPE_FILE)  # what a resume compares against
-                    checkpoint.write_state(
-                        tmp, {"step": step, "epoch": epoch, "tokens": tokens, "name": name, "lock_sha256": lock_sha256}
-                    )
+                    state = {"step": step, "epoch": epoch, "tokens": tokens, "name": name}
+                    state.update(lock_sha256=lock_sha256, build_sha256=build_sha256)  # what a resume compares
+                    checkpoint.write_state(tmp, state)
                     checkpoint.commit(tmp, ckpt_dir, step)
                     checkpoint.prune(ckpt_dir, keep_last)
                 accelerator.wait_for_everyone()
