@@ -85,8 +85,10 @@ def data_settings(b: _Builder, recipe: Recipe, files_root: Path | None) -> None:
 
 def _check_globs(b: _Builder, path: tuple[Any, ...], patterns: str | list[str], root: Path, directory: bool = False) -> None:
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        # the same expansion as the readers' (recipec/runtime/readers.py, _Paths.full), without
+        # importing them: the compiler stays free of the runtime's libraries
         full = pattern if os.path.isabs(pattern) else os.path.join(glob.escape(str(root)), pattern)
-        matches = glob.glob(os.path.expanduser(full), recursive=True)
+        matches = glob.glob(full, recursive=True)
         if directory:
             if not any(os.path.isdir(m) for m in matches):
                 b.error(

@@ -480,8 +480,9 @@ def _labels(spec: dict) -> list[str]:
 def _chains(spec: dict) -> list[list[tuple[str, dict]]]:
     """For each source, its filter chain: (label, filter) pairs, own filters first."""
     chains = []
+    labels = _labels(spec)
     for i, s in enumerate(spec["sources"]):
-        own = [(f"{_labels(spec)[i]}.filters[{j}]", f) for j, f in enumerate(s.get("filters", []))]
+        own = [(f"{labels[i]}.filters[{j}]", f) for j, f in enumerate(s.get("filters", []))]
         chains.append(own + [(f"filters[{j}]", f) for j, f in enumerate(spec["filters"])])
     return chains
 
@@ -1227,6 +1228,7 @@ def run_in_subprocess(request: dict, scratch_dir: str | os.PathLike) -> StageOut
         done = subprocess.run(
             [sys.executable, "-m", f"{__package__}.stage", str(request_file)],
             env=env,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -1237,7 +1239,10 @@ def run_in_subprocess(request: dict, scratch_dir: str | os.PathLike) -> StageOut
         errors = [line[len("error: "):] for line in message if line.startswith("error: ")]
         raise DataError("\n".join(errors) if errors else done.stderr.strip()[-4000:])
     sys.stderr.write(done.stderr)
-    found = lookup(request)
+    sys.stdout.write(done.stdout)
+    # main() prints the entry's directory last: no second hashing of the sources to find it
+    lines = done.stdout.strip().splitlines()
+    found = load_entry(pathlib.Path(lines[-1])) if lines else None
     if found is None:
         raise DataError("the data stage finished but its cache entry is missing")
     return found

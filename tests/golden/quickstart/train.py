@@ -139,9 +139,7 @@ from recipec_runtime import checkpoint, data, schedule, stage
 
 def local(path):
     """A local path from the recipe (./, ../, /, ~) resolved against the project; a hub id as is."""
-    if path.startswith(("./", "../", "/", "~")):
-        return str((project_dir / Path(path).expanduser()).resolve())
-    return path
+    return stage.local_path(path, project_dir)
 
 
 output_dir = project_dir / output_dir
