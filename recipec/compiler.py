@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .build import Build, check_output_dir, write_build
+from .diagnostics import Diagnostic, RecipeError
+from .migrate import migrate
 from .parent import read_parent
 from .render import render
 from .resolve import Plan, default_build_dir, resolve
@@ -17,14 +20,24 @@ from .source import SourceMap, read_recipe
 from .validate import validate
 
 
-def load(recipe_path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> tuple[Recipe, SourceMap]:
-    """read + validate.
+def load(
+    recipe_path: str | os.PathLike[str], overrides: Sequence[str] = ()
+) -> tuple[Recipe, SourceMap, list[Diagnostic]]:
+    """read + migrate + validate.
+
+    Returns:
+        The recipe, its source map and the warnings about keys read under their new name.
 
     Raises:
-        RecipeError: for a missing file, bad TOML, a bad override or an invalid recipe.
+        RecipeError: for a missing file, bad TOML, a bad override or an invalid recipe
+            (with the migration warnings after the errors).
     """
     data, source = read_recipe(recipe_path, overrides)
-    return validate(data, source), source
+    data, source, migrated = migrate(data, source)
+    try:
+        return validate(data, source), source, migrated
+    except RecipeError as exc:
+        raise RecipeError(exc.diagnostics + migrated) from None
 
 
 def plan_recipe(
@@ -33,7 +46,7 @@ def plan_recipe(
     build_dir: str | os.PathLike[str] | None = None,
     project: str | os.PathLike[str] = ".",
 ) -> tuple[Plan, SourceMap]:
-    """read + validate + resolve, relative to the project directory.
+    """read + migrate + validate + resolve, relative to the project directory.
 
     Args:
         recipe_path: the recipe file, as the user names it.
@@ -41,22 +54,25 @@ def plan_recipe(
         build_dir: where the build will go; default build/<recipe.name>.
         project: the project directory that relative recipe paths are resolved against.
     """
-    recipe, source = load(recipe_path, overrides)
+    recipe, source, migrated = load(recipe_path, overrides)
     project = Path(project)
-    parent = read_parent(recipe, source, project)
-    rel_build = _relative(build_dir, project) if build_dir is not None else default_build_dir(recipe)
-    plan = resolve(
-        recipe,
-        source,
-        recipe_file=_relative(recipe_path, project),
-        build_dir=rel_build,
-        project_dir=_relative(project, project / rel_build),
-        overrides=tuple(overrides),
-        model_config=_local_model_config(recipe, project, parent.model_dir if parent else None),
-        parent=parent,
-        files_root=project.resolve(),
-    )
-    return plan, source
+    try:
+        parent = read_parent(recipe, source, project)
+        rel_build = _relative(build_dir, project) if build_dir is not None else default_build_dir(recipe)
+        plan = resolve(
+            recipe,
+            source,
+            recipe_file=_relative(recipe_path, project),
+            build_dir=rel_build,
+            project_dir=_relative(project, project / rel_build),
+            overrides=tuple(overrides),
+            model_config=_local_model_config(recipe, project, parent.model_dir if parent else None),
+            parent=parent,
+            files_root=project.resolve(),
+        )
+    except RecipeError as exc:
+        raise RecipeError(exc.diagnostics + migrated) from None
+    return replace(plan, warnings=(*migrated, *plan.warnings)), source
 
 
 def build(

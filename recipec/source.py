@@ -680,6 +680,8 @@ class SourceMap:
     file: str
     text: str
     overrides: tuple[_Override, ...] = field(default=(), repr=False)
+    aliases: tuple[tuple[KeyPath, KeyPath], ...] = field(default=(), repr=False)
+    """(new path, old path) of keys `recipec.migrate` moved: the new one is found where the old one was written."""
 
     def __post_init__(self) -> None:
         scanner = _scan(self.text)
@@ -692,6 +694,10 @@ class SourceMap:
     def with_overrides(self, overrides: Sequence[_Override]) -> SourceMap:
         """Return a copy that also knows about the given ``--set`` overrides."""
         return replace(self, overrides=self.overrides + tuple(overrides))
+
+    def with_aliases(self, aliases: Sequence[tuple[KeyPath, KeyPath]]) -> SourceMap:
+        """Return a copy that locates each new path (and what is under it) at its old path."""
+        return replace(self, aliases=self.aliases + tuple(aliases))
 
     # -- lookups ----------------------------------------------------------
 
@@ -714,7 +720,7 @@ class SourceMap:
         Returns:
             The location; never None.
         """
-        path = tuple(path)
+        path = self._translate(path)
         while path:
             kind, override, _ = self._resolve(path)
             if kind == "file":
@@ -738,7 +744,7 @@ class SourceMap:
         Returns:
             The span of the value (for multi-line values, its first line).
         """
-        path = tuple(path)
+        path = self._translate(path)
         kind, override, _ = self._resolve(path) if path else (None, None, False)
         if kind == "file" and path in self._values:
             return self._location(self._values[path])
@@ -757,7 +763,7 @@ class SourceMap:
         Returns:
             False when the value will come from a default.
         """
-        path = tuple(path)
+        path = self._translate(path)
         return not path or self._resolve(path)[2]
 
     def origin(self, path: KeyPath) -> str | None:
@@ -770,7 +776,7 @@ class SourceMap:
             ``"recipes/x.toml:12"``, ``"--set train.max_steps=20"``, or
             None when the key is not set (its value is a default).
         """
-        path = tuple(path)
+        path = self._translate(path)
         if not path:
             return self.file
         kind, override, exists = self._resolve(path)
@@ -781,6 +787,14 @@ class SourceMap:
         return f"{OVERRIDE_FILE} {override.arg}"
 
     # -- internals --------------------------------------------------------
+
+    def _translate(self, path: KeyPath) -> KeyPath:
+        """``path`` as the file wrote it, before a migration renamed a key on it."""
+        path = tuple(path)
+        for new, old in reversed(self.aliases):
+            if path[: len(new)] == new:
+                path = old + path[len(new) :]
+        return path
 
     def _resolve(self, path: KeyPath) -> tuple[str | None, _Override | None, bool]:
         """Who last defined ``path``, and whether it exists after the overrides.
