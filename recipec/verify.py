@@ -13,6 +13,10 @@ packages and recipec's own version. Each difference is printed on its own line a
     package versions drifted: torch 2.13.0 -> 2.14.0
     3 drifts: build/tiny no longer matches its recipe, templates, data and packages
 
+Lines starting ``note:`` say what git records of the build (made from uncommitted
+changes, or made at another commit than the project is at now); they are not drifts and
+do not change the exit status.
+
 Exit status: 0 when nothing drifted, 1 when something did, 2 when BUILD_DIR is not a
 build or its recipe is now invalid (the diagnostics are printed).
 """
@@ -56,13 +60,16 @@ class Drift:
         return f"{self.kind}: {self.detail}"
 
 
-def find_drift(build_dir: Path, lock: dict[str, Any], project: str | os.PathLike[str] = ".") -> list[Drift]:
+def find_drift(
+    build_dir: Path, lock: dict[str, Any], project: str | os.PathLike[str] = ".", notes: list[str] | None = None
+) -> list[Drift]:
     """Compare a build's lock with the recipe, templates, data and packages as they are now.
 
     Args:
         build_dir: the build directory, as a path from the current directory.
         lock: its lock (`recipec.build.read_lock`).
         project: the project directory the lock's recipe path is relative to.
+        notes: when given, gets what `git_notes` says of the build's git state.
 
     Returns:
         Every drift, grouped by kind in the order of `KINDS`; empty when the build matches.
@@ -95,7 +102,34 @@ def find_drift(build_dir: Path, lock: dict[str, Any], project: str | os.PathLike
                 drifts.append(Drift(PACKAGES_DRIFTED, f"{name} {_version(old)} -> {_version(new)}"))
     if lock.get("recipec_version") != now["recipec_version"]:
         drifts.append(Drift(VERSION_DIFFERS, f"{_version(lock.get('recipec_version'))} -> {now['recipec_version']}"))
+    if notes is not None:
+        notes += git_notes(lock.get("git"), now.get("git"))
     return drifts
+
+
+def git_notes(before: Any, now: Any) -> list[str]:
+    """What a reviewer should know about the build's git state; never a drift.
+
+    A new commit elsewhere in the project does not change what the build does (the
+    hashes say that), but a build made from uncommitted changes cannot be found in git.
+
+    Args:
+        before: the lock's ``git`` entry (`recipec.build.git_state` at build time).
+        now: the same, now.
+    """
+    if not isinstance(before, dict) or not isinstance(before.get("commit"), str):
+        return []
+    commit = before["commit"][:12]
+    notes = []
+    if before.get("recipe_modified"):
+        notes.append(f"built from a recipe with changes not committed at {commit}: git does not hold that text")
+    elif before.get("dirty"):
+        notes.append(f"built at {commit} from a work tree with uncommitted changes to other files")
+    if isinstance(now, dict) and now.get("commit") != before["commit"]:
+        notes.append(f"the project is at commit {str(now.get('commit'))[:12]} now; the build was made at {commit}")
+    elif now is None:
+        notes.append(f"the build was made at commit {commit}; the project is not in a git work tree now")
+    return notes
 
 
 def _recorded_recipe(build_dir: Path, lock: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
@@ -184,6 +218,9 @@ def verify(build_dir: Path) -> None:
     hand-edited, generated file would change, data changed, package versions drifted,
     recipec version differs.
 
+    Lines starting `note:` tell what git says of the build (made from uncommitted
+    changes, or the project has moved to another commit since); they are not drifts.
+
     Exit status: 0 nothing drifted, 1 something did, 2 BUILD_DIR is not a build or its
     recipe is now invalid.
     """
@@ -201,11 +238,14 @@ def verify(build_dir: Path) -> None:
             ]
         )
         sys.exit(EXIT_RECIPE_ERROR)
+    notes: list[str] = []
     try:
-        drifts = find_drift(build_dir, lock)
+        drifts = find_drift(build_dir, lock, notes=notes)
     except RecipeError as exc:
         _report(exc.diagnostics)
         sys.exit(EXIT_RECIPE_ERROR)
+    for note in notes:
+        click.echo(f"note: {note}")
     if not drifts:
         click.echo(f"ok: {shown} matches its recipe, templates, data and packages")
         return

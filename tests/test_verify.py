@@ -292,3 +292,48 @@ def test_git_is_null_outside_a_repository(project: Path, monkeypatch: pytest.Mon
 def test_git_is_null_when_git_is_missing(project: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PATH", str(project / "no-bin"))
     assert json.loads((built(project) / LOCK_FILE).read_text())["git"] is None
+
+
+@needs_git
+def test_verify_notes_git_state_without_calling_it_drift(project: Path):
+    git(project, "init", "-q")
+    git(project, "add", "recipe.toml", "data")
+    git(project, "commit", "-q", "-m", "recipe")
+    first = git(project, "rev-parse", "HEAD").strip()
+    built(project)
+    result = run_verify()
+    assert result.exit_code == 0 and result.output == f"ok: {BUILT} matches its recipe, templates, data and packages\n"
+
+    # a commit elsewhere: the build still does what it did, and verify says where git moved
+    (project / "notes.txt").write_text("x\n")
+    git(project, "add", "notes.txt")
+    git(project, "commit", "-q", "-m", "notes")
+    second = git(project, "rev-parse", "HEAD").strip()
+    result = run_verify()
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        f"note: the project is at commit {second[:12]} now; the build was made at {first[:12]}"
+    )
+
+    # a build from an uncommitted recipe cannot be found in git: say so on every verify
+    recipe = project / "recipe.toml"
+    recipe.write_text(recipe.read_text() + "# uncommitted\n")
+    built(project)
+    result = run_verify()
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        f"note: built from a recipe with changes not committed at {second[:12]}: git does not hold that text"
+    )
+
+
+def test_git_notes():
+    from recipec.verify import git_notes
+
+    clean = {"commit": "a" * 40, "recipe_modified": False, "dirty": False}
+    assert git_notes(None, None) == [] and git_notes(clean, clean) == []
+    assert git_notes({**clean, "dirty": True}, {**clean, "dirty": True}) == [
+        f"built at {'a' * 12} from a work tree with uncommitted changes to other files"
+    ]
+    assert git_notes(clean, None) == [
+        f"the build was made at commit {'a' * 12}; the project is not in a git work tree now"
+    ]
