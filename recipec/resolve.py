@@ -155,6 +155,7 @@ def resolve(
         b.key("output_dir", ("output", "dir"))
     else:
         b.derived("output_dir", f"runs/{r.recipe.name}", "derived: runs/<recipe.name>")
+    b.key("trackers", ("output", "trackers"))
 
     b.section("model")
     c = r.continual

@@ -370,7 +370,7 @@ def list_runs(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
     Returns:
         The rows, sorted by start time (runs without one last, then by name), each a
         dict with ``name``, ``path``, ``status``, ``steps``, ``tokens``,
-        ``final_loss``, ``final_eval_loss``, ``wall_s``, ``lock_sha256`` and
+        ``final_loss``, ``final_eval_loss``, ``best_eval_loss``, ``wall_s``, ``lock_sha256`` and
         ``started`` (``None`` where unknown); and the warnings.
 
     Raises:
@@ -402,9 +402,14 @@ def _summary(run_dir: Path, warnings: list[str]) -> dict[str, Any]:
         except RunError as exc:
             warnings.append(str(exc))
     final = info.get("final") if isinstance(info.get("final"), dict) else {}
+    best = info.get("best") if isinstance(info.get("best"), dict) else {}
 
     def last(key: str) -> Any:
         return next((m[key] for m in reversed(metrics) if m.get(key) is not None), None)
+
+    def lowest(key: str) -> Any:
+        values = [m[key] for m in metrics if isinstance(m.get(key), (int, float))]
+        return min(values) if values else None
 
     def pick(recorded: Any, fallback: Any) -> Any:
         return recorded if recorded is not None else fallback
@@ -418,6 +423,7 @@ def _summary(run_dir: Path, warnings: list[str]) -> dict[str, Any]:
         "tokens": pick(info.get("tokens"), last("tokens")),
         "final_loss": pick(final.get("loss"), last("loss")),
         "final_eval_loss": pick(final.get("eval_loss"), last("eval_loss")),
+        "best_eval_loss": pick(best.get("eval_loss"), lowest("eval_loss")),
         "wall_s": info.get("wall_s"),
         "lock_sha256": info.get("lock_sha256"),
         "started": info.get("started"),
@@ -437,7 +443,7 @@ def _start_key(started: Any) -> float | None:
     return moment.timestamp()
 
 
-TABLE_COLUMNS = ("name", "status", "steps", "tokens", "loss", "eval loss", "wall", "lock", "started", "path")
+TABLE_COLUMNS = ("name", "status", "steps", "tokens", "loss", "eval loss", "best eval", "wall", "lock", "started", "path")
 
 
 def format_runs_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -452,6 +458,7 @@ def format_runs_table(rows: Sequence[dict[str, Any]]) -> str:
                 _cell(row["tokens"], _count),
                 _cell(row["final_loss"], lambda v: f"{v:.4f}"),
                 _cell(row["final_eval_loss"], lambda v: f"{v:.4f}"),
+                _cell(row["best_eval_loss"], lambda v: f"{v:.4f}"),
                 _cell(row["wall_s"], _duration),
                 _cell(row["lock_sha256"], lambda v: str(v)[:12]),
                 _cell(row["started"], _started),
@@ -459,7 +466,7 @@ def format_runs_table(rows: Sequence[dict[str, Any]]) -> str:
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(TABLE_COLUMNS))]
-    numeric = {2, 3, 4, 5, 6}  # right-aligned
+    numeric = {2, 3, 4, 5, 6, 7}  # right-aligned
 
     def join(line: list[str]) -> str:
         cells = (c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
@@ -547,7 +554,7 @@ def runs(root: Path, as_json: bool) -> None:
     """List the runs under DIR (default: runs), oldest first.
 
     One line per run directory (one holding run.json or metrics.jsonl): name, status,
-    steps, tokens, final loss and eval loss, wall time, the first 12 characters of the
+    steps, tokens, final loss and eval loss, the lowest eval loss, wall time, the first 12 characters of the
     lock hash (recipe.lock.json of the build that ran), the start time and the directory.
     """
     try:

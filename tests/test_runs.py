@@ -36,6 +36,7 @@ def write_run(
     started: str | None = "2026-01-01T10:00:00+00:00",
     run_json: bool = True,
     parent: bool = False,
+    best: float | None = None,
 ) -> Path:
     """A run directory: eval every 4 steps, a train line every 2, 1000 tokens a step."""
     run_dir = root / name
@@ -63,6 +64,8 @@ def write_run(
             "tokens": 1000 * steps,
             "final": {"loss": 8.0 / (1 + steps), "eval_loss": 9.0 / (1 + steps)},
         }
+        if best is not None:
+            info["best"] = {"eval_loss": best, "eval_loss_step": 4}
         (run_dir / "run.json").write_text(json.dumps(info, indent=2))
     return run_dir
 
@@ -80,7 +83,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 @pytest.fixture
 def two_runs(tmp_path: Path) -> tuple[Path, Path]:
     return (
-        write_run(tmp_path / "runs", "short", 8, started="2026-01-02T09:00:00+00:00"),
+        write_run(tmp_path / "runs", "short", 8, started="2026-01-02T09:00:00+00:00", best=0.125),
         write_run(tmp_path / "runs", "long", 20, started="2026-01-01T09:00:00+00:00", parent=True),
     )
 
@@ -261,7 +264,7 @@ def test_runs_table_sorted_by_start(two_runs: tuple[Path, Path], tmp_path: Path)
     header, first, second = result.output.splitlines()
     assert header.split()[:3] == ["name", "status", "steps"]
     assert first.split() == [
-        "long", "completed", "20", "20k", f"{8 / 21:.4f}", f"{9 / 21:.4f}", "1m33s", "abababababab",
+        "long", "completed", "20", "20k", f"{8 / 21:.4f}", f"{9 / 21:.4f}", f"{9 / 21:.4f}", "1m33s", "abababababab",
         "2026-01-01", "09:00", (tmp_path / "runs" / "long").as_posix(),
     ]  # fmt: skip
     assert second.split()[0] == "short"
@@ -280,6 +283,7 @@ def test_runs_json(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
         "tokens": 8000,
         "final_loss": pytest.approx(8 / 9),
         "final_eval_loss": pytest.approx(1.0),
+        "best_eval_loss": pytest.approx(0.125),
         "wall_s": 93.4,
         "lock_sha256": "ab" * 32,
         "started": "2026-01-02T09:00:00+00:00",
@@ -300,7 +304,8 @@ def test_runs_default_dir_and_metrics_only_runs(tmp_path: Path, monkeypatch: pyt
     assert orphan["final_loss"] == pytest.approx(8 / 13) and orphan["final_eval_loss"] == pytest.approx(9 / 13)
     assert orphan["wall_s"] is None and orphan["lock_sha256"] is None and orphan["started"] is None
     table = format_runs_table(rows).splitlines()[2].split()
-    assert table[:2] == ["orphan", "unknown"] and table[6:9] == ["-", "-", "-"]
+    assert orphan["best_eval_loss"] == pytest.approx(9 / 13)  # no run.json: the lowest line of metrics.jsonl
+    assert table[:2] == ["orphan", "unknown"] and table[7:10] == ["-", "-", "-"]
 
 
 def test_runs_running_run_falls_back_to_metrics(tmp_path: Path) -> None:

@@ -180,6 +180,9 @@ def test_uninterrupted_run_writes_model_metrics_checkpoints_and_record(uninterru
     assert record["lock_sha256"] == hashlib.sha256(lock).hexdigest()
     assert record["steps"] == 8 and record["tokens"] == 8 * 8 * 32
     assert record["final"]["eval_loss"] == metrics[-1]["eval_loss"]
+    for key in ("loss", "eval_loss"):  # the lowest value over the run and its step
+        lowest = min((m for m in metrics if key in m), key=lambda m: m[key])
+        assert record["best"][key] == lowest[key] and record["best"][f"{key}_step"] == lowest["step"]
     assert record["hardware"]["device"] == "cpu"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -40,6 +40,7 @@ name = 'quickstart'             # recipe.name
 description = "A small Llama trained from scratch on Python's own documentation."  # recipe.description
 seed = 1234                     # recipe.seed
 output_dir = 'runs/quickstart'  # derived: runs/<recipe.name>
+trackers = []                   # output.trackers
 
 # model
 model_init = 'llama'            # model.init
@@ -463,6 +464,12 @@ if master:
     metrics = [json.loads(line) for line in open(output_dir / "metrics.jsonl")]
     train_lines = [m for m in metrics if "loss" in m]
     eval_lines = [m for m in metrics if final_eval and set(final_eval) <= set(m)]
+    best = {}  # the lowest value of each loss over the run, and its step
+    for key in ("loss", *final_eval):
+        lines = [m for m in metrics if key in m]
+        if lines:
+            lowest = min(lines, key=lambda m: m[key])
+            best.update({key: lowest[key], f"{key}_step": lowest["step"]})
     ended = datetime.datetime.now(datetime.timezone.utc)
     run_record.update(
         status="completed",
@@ -475,6 +482,7 @@ if master:
             **{f"first_{key}": eval_lines[0][key] for key in final_eval},
             **final_eval,
         },
+        best=best,
         hardware={
             "platform": platform.platform(),
             "python": platform.python_version(),
