@@ -167,6 +167,8 @@ def resolved_toml(plan: Plan) -> str:
     # leave out what the recipe could not have said: it must validate as written
     if recipe.model.init is None:
         data["model"].pop("config", None)
+    if not recipe.model.compile:
+        data["model"].pop("compile_mode", None)
     for source, dumped in zip(recipe.data.sources, data["data"]["sources"]):
         if source.builtin is not None:
             dumped.pop("text_field", None)

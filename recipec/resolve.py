@@ -196,6 +196,7 @@ def resolve(
     b.key("model_dtype", ("model", "dtype"))
     b.key("gradient_checkpointing", ("model", "gradient_checkpointing"))
     b.key("trust_remote_code", ("model", "trust_remote_code"))
+    _fast_path_settings(b, r)
 
     if r.peft is not None:
         b.section("peft")
@@ -232,6 +233,7 @@ def resolve(
     b.key("packing", ("data", "packing"))
     b.key("eval_fraction", ("data", "eval_fraction"))
     b.key("num_workers", ("data", "num_workers"))
+    b.key("pin_memory", ("data", "pin_memory"))
     if max_positions is not None and d.seq_len > max_positions:
         b.error(
             ("data", "seq_len"),
@@ -399,8 +401,54 @@ def _launch_settings(b: _Builder, recipe: Recipe) -> None:
                     "the two do not work together yet",
                     "drop the table, or use launch.deepspeed.zero_stage = 2",
                 )
-    for k in ("mixed_precision", "cpu", "hub_offline"):
+    for k in ("mixed_precision", "cpu", "tf32", "hub_offline"):
         b.key(k, ("launch", k))
+
+
+ADAMW_IMPLEMENTATION = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}, "for-loop": {"foreach": False}}
+"""optim.implementation -> the keyword arguments torch.optim.AdamW takes for it."""
+
+
+def _fast_path_settings(b: _Builder, r: Recipe) -> None:
+    """Attention kernel, torch.compile and the AdamW implementation, with what rules them out.
+
+    What depends on the machine (CUDA present, flash-attn installed) is checked when the
+    script starts; here only what the recipe itself rules out.
+    """
+    m, launch = r.model, r.launch
+    b.key("attention", ("model", "attention"))
+    if m.attention.startswith("flash_attention"):
+        if launch.cpu:
+            b.error(
+                ("model", "attention"),
+                f'attention "{m.attention}" needs a CUDA GPU, and launch.cpu is true',
+                'use attention = "sdpa", which runs on every device',
+            )
+        elif launch.mixed_precision == "no" and m.dtype == "float32":
+            b.error(
+                ("model", "attention"),
+                f'attention "{m.attention}" runs in fp16 or bf16 only, and this run is float32 throughout',
+                'set launch.mixed_precision = "bf16" (or model.dtype = "bfloat16"), or use attention = "sdpa"',
+            )
+    b.key("torch_compile", ("model", "compile"))
+    if m.compile:
+        b.key("compile_mode", ("model", "compile_mode"))
+        if r.launch.strategy == "fsdp" and launch.cpu:
+            b.error(
+                ("model", "compile"),
+                "torch.compile is not supported with strategy \"fsdp\" on CPU (torch's own fully_shard over gloo)",
+                "turn compile off for the CPU run",
+            )
+    b.add(
+        "adamw_implementation",
+        ADAMW_IMPLEMENTATION[r.optim.implementation],
+        f"optim.implementation \"{r.optim.implementation}\"",
+        b.origin(("optim", "implementation")),
+    )
+    if launch.cpu and launch.tf32:
+        b.warn(("launch", "tf32"), "launch.tf32 has no effect on CPU: TF32 is a mode of NVIDIA tensor cores")
+    if launch.cpu and r.data.pin_memory:
+        b.warn(("data", "pin_memory"), "data.pin_memory has no effect on CPU: it speeds up copies to a GPU")
 
 
 def _fsdp_settings(b: _Builder, recipe: Recipe, fsdp: FsdpTable) -> None:

@@ -561,7 +561,7 @@ def trainable_parameters(model) -> tuple[int, int]:
 # --------------------------------------------------------------------------- training
 
 
-def make_optimizer(model, spec: dict, *, lr, betas, eps, weight_decay):
+def make_optimizer(model, spec: dict, *, lr, betas, eps, weight_decay, implementation=None):
     """AdamW over the trainable parameters of ``model``.
 
     Weight decay applies to trainable parameters with two or more dimensions;
@@ -571,9 +571,11 @@ def make_optimizer(model, spec: dict, *, lr, betas, eps, weight_decay):
     ``lr * loraplus_lr_ratio``, LoRA embedding layers at peft's
     ``loraplus_lr_embedding`` default (1e-6), everything else at ``lr``;
     one-dimensional parameters are moved to groups without weight decay.
+    ``implementation`` is AdamW's ``foreach``/``fused`` keywords (optim.implementation).
     """
     import torch
 
+    implementation = implementation or {}
     method = _method(spec)
     ratio = spec.get("loraplus_lr_ratio")
     if ratio is not None and method != "lora":
@@ -590,6 +592,7 @@ def make_optimizer(model, spec: dict, *, lr, betas, eps, weight_decay):
             loraplus_weight_decay=weight_decay,
             betas=betas,
             eps=eps,
+            **implementation,
         )
         extra = []
         for group in optimizer.param_groups:
@@ -604,7 +607,7 @@ def make_optimizer(model, spec: dict, *, lr, betas, eps, weight_decay):
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps, **implementation)
 
 
 def after_optimizer_step(model, spec: dict, step: int) -> None:

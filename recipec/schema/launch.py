@@ -173,6 +173,9 @@ class LaunchTable(Table):
     cpu: bool = False
     """Train on the CPU even when a GPU is present."""
 
+    tf32: bool = False
+    """Let float32 matmuls and convolutions use TF32 tensor cores (NVIDIA Ampere and later): much faster, about 3 decimal digits of precision in the products. No effect on CPU."""
+
     hub_offline: bool = True
     """Set HF_HUB_OFFLINE=1 so that nothing is downloaded during training; models and tokenizers must be local or already cached."""
 

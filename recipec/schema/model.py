@@ -89,6 +89,15 @@ class ModelTable(Table):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
 
+    attention: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] = "sdpa"
+    """Attention kernel (transformers' `attn_implementation`): sdpa is torch's fused scaled-dot-product attention and runs everywhere; flash_attention_2/3 need a CUDA GPU, the flash-attn package and fp16/bf16; eager is the plain reference."""
+
+    compile: bool = False
+    """Compile the model with torch.compile (through accelerate): the first steps are slow while it compiles, later ones faster."""
+
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile's mode (only with `compile`): reduce-overhead uses CUDA graphs, max-autotune searches kernels for longer."""
+
     trust_remote_code: bool = False
     """Allow a hub model to run its own Python code. Only for models you have read."""
 
@@ -103,6 +112,8 @@ class ModelTable(Table):
             )
         if self.init is not None and self.revision is not None:
             raise key_error("revision", "`revision` applies only to a pretrained `path`")
+        if "compile_mode" in self.model_fields_set and not self.compile:
+            raise key_error("compile_mode", "`compile_mode` applies only with compile = true")
         if self.path is not None and "config" in self.model_fields_set:
             raise key_error(
                 "config",

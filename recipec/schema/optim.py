@@ -46,6 +46,9 @@ class OptimTable(Table):
     grad_clip: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this value before each step; 0 turns clipping off."""
 
+    implementation: Literal["auto", "foreach", "fused", "for-loop"] = "auto"
+    """How AdamW runs its update: auto lets torch choose (foreach on GPU), foreach batches the update over all tensors, fused does it in one kernel per device (GPU, and CPU in torch >= 2.4), for-loop one tensor at a time (least memory)."""
+
     @field_validator("betas")
     @classmethod
     def check_betas_below_one(cls, betas: list[float]) -> list[float]:

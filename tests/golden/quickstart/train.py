@@ -62,6 +62,9 @@ model_config = {
 model_dtype = 'float32'         # model.dtype
 gradient_checkpointing = False  # model.gradient_checkpointing
 trust_remote_code = False       # model.trust_remote_code
+attention = 'sdpa'              # model.attention
+torch_compile = False           # model.compile
+adamw_implementation = {}       # optim.implementation "auto"
 
 # tokenizer
 tokenizer_path = None           # tokenizer.train: trained before the run
@@ -79,6 +82,7 @@ seq_len = 128                   # data.seq_len
 packing = True                  # data.packing
 eval_fraction = 0.1             # data.eval_fraction
 num_workers = 0                 # data.num_workers
+pin_memory = False              # data.pin_memory
 
 # optim
 lr = 0.003                      # optim.lr
@@ -116,6 +120,7 @@ main_process_port = 29500       # launch.main_process_port
 strategy = 'ddp'                # launch.strategy
 mixed_precision = 'no'          # launch.mixed_precision
 cpu = True                      # launch.cpu
+tf32 = False                    # launch.tf32
 hub_offline = True              # launch.hub_offline
 
 # -----------------------------------------------------------------------------
@@ -258,11 +263,14 @@ train_loaders = [
         drop_last=True,
         collate_fn=data.collate,
         num_workers=num_workers,
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
     )
     for train_set in train_sets
 ]
-eval_loader = DataLoader(eval_ds, batch_size=micro_batch_size, collate_fn=data.collate, num_workers=num_workers)
+eval_loader = DataLoader(
+    eval_ds, batch_size=micro_batch_size, collate_fn=data.collate, num_workers=num_workers, pin_memory=pin_memory
+)
 
 # -----------------------------------------------------------------------------
 # model
@@ -276,7 +284,7 @@ config = AutoConfig.for_model(
     pad_token_id=tokenizer.pad_token_id,
     **model_config,
 )
-model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # initialised from `seed`
+model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)  # initialised from `seed`
 if gradient_checkpointing:
     model.gradient_checkpointing_enable()
     model.config.use_cache = False
@@ -295,6 +303,7 @@ optimizer = torch.optim.AdamW(
     lr=lr,
     betas=tuple(betas),
     eps=eps,
+    **adamw_implementation,  # optim.implementation
 )
 # lr(step) = lr * f(step): f runs through schedule_phases (recipec_runtime/schedule.py);
 # step 0 is the first update, as with transformers' schedulers
