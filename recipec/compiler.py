@@ -13,11 +13,16 @@ from .build import Build, check_output_dir, write_build
 from .diagnostics import Diagnostic, RecipeError
 from .migrate import migrate
 from .parent import read_parent
+from .plot import cached as cached_plot
 from .render import render
 from .resolve import Plan, default_build_dir, resolve
 from .schema import Recipe
 from .source import SourceMap, read_recipe
 from .validate import validate
+
+
+PLOT_CACHE = ".recipec/plots"
+"""Drawings of schedule.png, by content, under the project directory (see `recipec.plot.cached`)."""
 
 
 def load(
@@ -89,7 +94,8 @@ def build(
     """
     plan, source = plan_recipe(recipe_path, overrides, build_dir, project)
     check_output_dir(plan, source, Path(project))
-    written = write_build(plan, render(plan), source, Path(project) / plan.build_dir, project=project, force=force)
+    plot = cached_plot(Path(project) / PLOT_CACHE)
+    written = write_build(plan, render(plan, plot), source, Path(project) / plan.build_dir, project=project, force=force)
     return written, plan
 
 

@@ -12,13 +12,21 @@ Sans font that ships with matplotlib, and without the PNG "Software" text chunk 
 only metadata matplotlib writes to a PNG; it names the matplotlib version).
 
 matplotlib (and numpy) are imported inside :func:`schedule_png`, so importing this module
-costs nothing for the commands that never plot.
+costs nothing for the commands that never plot. Importing and drawing take about a second,
+most of a build's time; :func:`cached` keeps each drawing under the project's
+``.recipec/plots/`` keyed by everything that decides its bytes, so a rebuild of the same
+schedule does not import matplotlib at all.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 WIDTH_IN = 8.0
@@ -476,3 +484,57 @@ def _phase_labels(ax: Any, renderer: Any, bands: list[dict[str, Any]]) -> tuple[
 def _darker(colour: str, factor: float = 0.78) -> str:
     r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
     return "#" + "".join(f"{int(c * factor):02x}" for c in (r, g, b))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of every PNG
+
+PLOT_PACKAGES = ("matplotlib", "numpy", "pillow")
+"""The packages whose versions decide the PNG's bytes, besides this module's source."""
+
+
+def cached(cache_dir: str | os.PathLike[str]) -> Callable[..., bytes]:
+    """:func:`schedule_png` that reuses the PNG of an earlier call with the same inputs.
+
+    The key is the sha256 of the arguments, this module's source and the versions of the
+    plotting packages, so a hit is the PNG :func:`schedule_png` would draw now. An entry is
+    written to a temporary file and renamed, so a reader never sees half a PNG; a cache
+    directory that cannot be written costs time, never a build.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = Path(cache_dir)
+
+    def plot(lrs: Sequence[float], phases: Sequence[Mapping], *, title: str, peak_lr: float, min_lr: float | None = None) -> bytes:
+        versions = []
+        for package in PLOT_PACKAGES:
+            try:
+                versions.append(version(package))
+            except PackageNotFoundError:
+                versions.append(None)
+        key = hashlib.sha256(
+            json.dumps(
+                [list(lrs), list(phases), title, peak_lr, min_lr, versions, Path(__file__).read_text(encoding="utf-8")],
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()
+        path = root / f"{key}.png"
+        try:
+            png = path.read_bytes()
+        except OSError:
+            png = b""
+        if png.startswith(PNG_SIGNATURE) and png.endswith(PNG_END):  # whole, as written
+            return png
+        png = schedule_png(lrs, phases, title=title, peak_lr=peak_lr, min_lr=min_lr)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-", suffix=".png")
+            with os.fdopen(fd, "wb") as f:
+                f.write(png)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+        return png
+
+    return plot

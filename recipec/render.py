@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,9 +209,14 @@ def schedule_csv(plan: Plan) -> str | None:
     return runtime_schedule.lr_csv(phases, plan["max_steps"], plan["lr"])
 
 
-def schedule_plot(plan: Plan) -> bytes | None:
-    """schedule.png: the LR over the run, phases shaded and named, peak and floor marked."""
-    from .plot import schedule_png
+def schedule_plot(plan: Plan, plot: Callable[..., bytes] | None = None) -> bytes | None:
+    """schedule.png: the LR over the run, phases shaded and named, peak and floor marked.
+
+    ``plot`` draws it (`recipec.plot.schedule_png`'s signature); the default is that function,
+    `recipec.plot.cached` gives one that reuses earlier drawings.
+    """
+    if plot is None:
+        from .plot import schedule_png as plot
 
     values = lr_values(plan)
     if values is None:
@@ -218,7 +224,7 @@ def schedule_plot(plan: Plan) -> bytes | None:
     phases = plan["schedule_phases"]
     floors = [p["end"] for p in phases if p["end"] < p["start"]]  # where the decays go, not where a warmup starts
     floor = min(floors) * plan["lr"] if floors else None
-    return schedule_png(values, phases, title=f"{plan.name}: learning rate", peak_lr=plan["lr"], min_lr=floor)
+    return plot(values, phases, title=f"{plan.name}: learning rate", peak_lr=plan["lr"], min_lr=floor)
 
 
 FSDP_SHARDING = {
@@ -364,8 +370,8 @@ def launch_context(plan: Plan) -> dict[str, Any]:
     }
 
 
-def render(plan: Plan) -> dict[str, str | bytes]:
-    """Render every generated file of a build.
+def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, str | bytes]:
+    """Render every generated file of a build; ``plot`` draws schedule.png (see `schedule_plot`).
 
     Returns:
         {path relative to the build directory: text or bytes}; the runtime package and
@@ -400,5 +406,5 @@ def render(plan: Plan) -> dict[str, str | bytes]:
     csv = schedule_csv(plan)
     if csv is not None:
         files["schedule.csv"] = csv
-        files["schedule.png"] = schedule_plot(plan)
+        files["schedule.png"] = schedule_plot(plan, plot)
     return files

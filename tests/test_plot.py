@@ -275,3 +275,58 @@ def test_import_does_not_import_matplotlib():
         "import sys, recipec.plot; print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'numpy')))"
     )
     assert out == "[]"
+
+
+# -- the drawing cache ----------------------------------------------------------------------
+
+
+def test_cached_plot_draws_once_and_returns_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from recipec import plot as plot_module
+
+    kwargs = {"title": "tiny: warmup-stable-decay", "peak_lr": PEAK, "min_lr": MIN}
+    fresh = schedule_png(wsd_lrs(), WSD_PHASES, **kwargs)
+    cached = plot_module.cached(tmp_path / "plots")
+    assert cached(wsd_lrs(), WSD_PHASES, **kwargs) == fresh
+    (entry,) = (tmp_path / "plots").iterdir()
+    assert entry.read_bytes() == fresh and entry.suffix == ".png"
+
+    drawn = []
+    monkeypatch.setattr(plot_module, "schedule_png", lambda *a, **k: drawn.append(1) or b"redrawn")
+    assert cached(wsd_lrs(), WSD_PHASES, **kwargs) == fresh and not drawn  # a hit draws nothing
+    # anything that changes the picture is another entry
+    assert cached(wsd_lrs(), WSD_PHASES, **{**kwargs, "title": "other"}) == b"redrawn"
+    assert cached([x * 2 for x in wsd_lrs()], WSD_PHASES, **kwargs) == b"redrawn"
+    assert len(drawn) == 2
+
+
+def test_a_truncated_cache_entry_is_drawn_again(tmp_path: Path):
+    from recipec import plot as plot_module
+
+    kwargs = {"title": "t", "peak_lr": PEAK, "min_lr": MIN}
+    cached = plot_module.cached(tmp_path)
+    png = cached(wsd_lrs(), WSD_PHASES, **kwargs)
+    (entry,) = tmp_path.glob("*.png")
+    entry.write_bytes(png[: len(png) // 2])
+    assert cached(wsd_lrs(), WSD_PHASES, **kwargs) == png
+    assert entry.read_bytes() == png
+
+
+def test_an_unwritable_cache_costs_time_not_the_plot(tmp_path: Path):
+    from recipec import plot as plot_module
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cached = plot_module.cached(blocker / "plots")
+    assert cached(wsd_lrs(), WSD_PHASES, title="t", peak_lr=PEAK, min_lr=MIN)[:8] == PNG_SIGNATURE
+
+
+def test_a_rebuild_takes_the_plot_from_the_cache_and_is_identical(write_recipe, tmp_path: Path):
+    from recipec.compiler import PLOT_CACHE, build
+
+    path = write_recipe()
+    first, _ = build(path, (), tmp_path / "b1", project=tmp_path)
+    entries = list((tmp_path / PLOT_CACHE).glob("*.png"))
+    assert len(entries) == 1 and entries[0].read_bytes() == (first.dir / "schedule.png").read_bytes()
+    second, _ = build(path, (), tmp_path / "b2", project=tmp_path)
+    assert (second.dir / "schedule.png").read_bytes() == (first.dir / "schedule.png").read_bytes()
+    assert len(list((tmp_path / PLOT_CACHE).glob("*.png"))) == 1
