@@ -392,7 +392,7 @@ def test_render_failure_writes_nothing(write_recipe, tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     recipe = write_recipe()
 
-    def broken(plan):
+    def broken(plan, plot=None):
         raise RuntimeError("template bug")
 
     monkeypatch.setattr("recipec.compiler.render", broken)
