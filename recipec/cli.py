@@ -8,6 +8,7 @@ file, line and key, and exits with status 2; a traceback always means a bug in r
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,9 @@ from .diagnostics import Diagnostic, RecipeError, format_diagnostics
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_RECIPE_ERROR = 2
+
+TELEMETRY_OFF = {"HF_HUB_DISABLE_TELEMETRY": "1", "DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+"""Environment that turns off the usage reports of huggingface_hub, mlflow and tools that honour DO_NOT_TRACK."""
 
 
 def _set_option(fn: F) -> F:
@@ -72,6 +76,10 @@ def main(color: bool | None) -> None:
 
     Exit status: 0 success, 2 a mistake in the recipe, otherwise the training's own.
     """
+    # set before `check`, `data` or `run` import huggingface_hub (it reads them once), and
+    # inherited by the launched training; the generated script sets the same
+    for var, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(var, value)
 
 
 @main.command(short_help="Write a commented starter recipe.")
@@ -353,12 +361,16 @@ def data(recipe: Path, overrides: tuple[str, ...], num_proc: int | None, force: 
     seq_len; an existing entry is reused (the training script then starts at once).
     Exit status: 0 success, 2 a mistake in the recipe, 1 bad data."""
     from .compiler import plan_recipe
+    from .resolve import hub_ids
 
     try:
         plan, _ = plan_recipe(recipe, overrides)
     except RecipeError as exc:
         _fail(exc)
     _report(plan.warnings)
+    if not hub_ids(plan.recipe):  # before the stage imports datasets and transformers, which read these once
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from .runtime import stage
     from .runtime.readers import DataError
 

@@ -174,7 +174,7 @@ class LaunchTable(Table):
     """Train on the CPU even when a GPU is present."""
 
     hub_offline: bool = True
-    """Set HF_HUB_OFFLINE=1 so that nothing is downloaded during training; models and tokenizers must be local or already cached."""
+    """Set HF_HUB_OFFLINE=1 so that nothing is downloaded during training; models and tokenizers must be local or already cached. false allows downloads only when the recipe names a hub model or tokenizer: a recipe with nothing on the hub always runs offline."""
 
     @model_validator(mode="before")
     @classmethod
