@@ -89,11 +89,27 @@ def _check_literal(value: Any) -> None:
 
 
 def yaml_scalar(value: Any) -> str:
-    """A YAML scalar for a config value (JSON scalars are valid YAML 1.2 and 1.1)."""
-    if value is None or isinstance(value, bool | int | float | str):
+    """A YAML scalar for a config value (JSON scalars are valid YAML 1.2 and 1.1).
+
+    A string is double-quoted with everything outside printable ASCII escaped: JSON's
+    surrogate pairs for characters beyond U+FFFF are not joined by YAML readers, and
+    PyYAML refuses some characters (DEL, C1 controls) anywhere in a file.
+    """
+    if isinstance(value, str):
+        return '"' + "".join(_yaml_char(ch) for ch in value) + '"'
+    if value is None or isinstance(value, bool | int | float):
         _check_literal(value)
         return json.dumps(value)
     raise TypeError(f"cannot embed a value of type {type(value).__name__} in YAML")
+
+
+def _yaml_char(ch: str) -> str:
+    code = ord(ch)
+    if ch in '"\\':
+        return "\\" + ch
+    if 0x20 <= code < 0x7F:
+        return ch
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def shell_word(value: Any) -> str:

@@ -71,6 +71,8 @@ PAYLOADS = [
     "x\u2029y",
     "x\x85y\x0bz\x0cw\x1cv",
     "x\x00y",
+    "x\x7fy\x08\x07",
+    "\x1b[31mred\x1b[0m",
     "\u202e\u2066bidi",
     "\ufeffbom",
     "{{ 7 * 7 }}",
