@@ -30,6 +30,7 @@ import shutil
 import tomllib
 import types
 import typing
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -383,7 +384,14 @@ def check_refused(project: Path, filename: str = "recipe.toml") -> Outcome:
         return Outcome("unclean error", result.output)
     if f"--> {filename}:" not in result.stderr and "--> " not in result.stderr:
         return Outcome("unlocated error", result.stderr)
+    if _terminal_controls(result.output):
+        return Outcome("control characters in the error", repr(result.output))
     return Outcome("refused")
+
+
+def _terminal_controls(text: str) -> list[str]:
+    """Characters that a terminal acts on or that reorder text (escape sequences, bidi), in output."""
+    return [ch for ch in text if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") and ch not in "\n\t"]
 
 
 @dataclass
@@ -566,3 +574,20 @@ def test_random_strings_change_no_code(project: Path, field_id: str, payload: st
     benign = Benign.of(compile_recipe(project, recipe_with(project, field, MARKER)))
     result = outcome(project, field, payload, benign)
     assert result.kind in ("same", "refused"), f"{payload!r}: {result.kind} {result.detail}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[recipe]\nname = "a" # \x1b]0;title\x07\x1b[2J\n',
+        '[recipe]\nname = "\x1b[31mred"\n',
+        '[recipe]\nname = "a\u202eb"\n',
+        '[recipe]\nname = "a"\n\x9b31m = 1\n',
+    ],
+)
+def test_a_recipe_file_cannot_send_control_sequences_to_the_terminal(project: Path, text: str):
+    (project / "raw.toml").write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(main, ["--no-color", "validate", "raw.toml"])
+    assert result.exit_code == 2
+    assert "--> raw.toml:2:" in result.stderr or "--> raw.toml:3:" in result.stderr, result.stderr
+    assert _terminal_controls(result.output) == [], repr(result.output)
