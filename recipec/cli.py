@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .diagnostics import Diagnostic, RecipeError, format_diagnostics
+from .diagnostics import Diagnostic, RecipeError, format_diagnostics, visible_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -128,7 +128,7 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
             failed = True
             continue
         _report(plan.warnings)
-        click.echo(f"ok: {recipe.as_posix()} ({plan.name})")
+        click.echo(visible_text(f"ok: {recipe.as_posix()} ({plan.name})"))
     if failed:
         sys.exit(EXIT_RECIPE_ERROR)
 
@@ -176,7 +176,7 @@ def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as
         }
         click.echo(json.dumps(payload, indent=2))
         return
-    click.echo(_explain_text(plan))
+    click.echo(visible_text(_explain_text(plan)))  # phase names and derived notes carry recipe text
 
 
 def _explain_text(plan: Any) -> str:
@@ -330,7 +330,7 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
         _fail(exc)
     _report(plan.warnings)
     _preflight(plan)
-    click.echo(f"ok: {recipe.as_posix()} ({plan.name})")
+    click.echo(visible_text(f"ok: {recipe.as_posix()} ({plan.name})"))
 
 
 def _preflight(plan: Any) -> None:

@@ -591,3 +591,18 @@ def test_a_recipe_file_cannot_send_control_sequences_to_the_terminal(project: Pa
     assert result.exit_code == 2
     assert "--> raw.toml:2:" in result.stderr or "--> raw.toml:3:" in result.stderr, result.stderr
     assert _terminal_controls(result.output) == [], repr(result.output)
+
+
+TERMINAL_PAYLOAD = "\x1b]0;title\x07\x1b[2J\u202e\x85\u2028\x9b"
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=lambda f: f.id)
+def test_validate_explain_and_diff_print_no_control_sequence(project: Path, field: StringField):
+    """`explain` and `diff` print every value of a recipe: none may reach the terminal raw."""
+    (project / "benign.toml").write_text(tomli_w.dumps(recipe_with(project, field, MARKER)), encoding="utf-8")
+    (project / "recipe.toml").write_text(tomli_w.dumps(recipe_with(project, field, TERMINAL_PAYLOAD)), encoding="utf-8")
+    for command in (["validate"], ["explain"], ["explain", "--json"], ["diff", "benign.toml"]):
+        result = CliRunner().invoke(main, ["--no-color", *command, "recipe.toml"])
+        assert result.exit_code in (0, 1, 2), result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+        assert _terminal_controls(result.output) == [], f"{command}: {result.output!r}"
