@@ -20,10 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import pytest
 import tomli_w
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jinja2 import nodes
 
 from conftest import _recipe_data
@@ -304,3 +305,15 @@ def test_slurm_sbatch_submitted_from_elsewhere_says_where_to_submit_from(hostile
     assert "sbatch build/x:~/-d@c+/slurm.sbatch" in done.stderr
     assert _records(paths["root"] / "argv.log") == []
     assert not _pwned(paths["root"])
+
+
+@needs_bash
+@settings(max_examples=60, deadline=None)
+@given(value=st.text(max_size=20))
+def test_shell_word_of_any_text_is_one_word_or_refused(value: str):
+    if not value.isprintable():
+        with pytest.raises(ValueError):
+            shell_word(value)
+        return
+    out = subprocess.run(["bash", "-c", f"printf '%s\\0' {shell_word(value)}"], capture_output=True, check=True).stdout
+    assert out == value.encode() + b"\0"

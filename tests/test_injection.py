@@ -31,7 +31,7 @@ import tomllib
 import types
 import typing
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -606,3 +606,33 @@ def test_validate_explain_and_diff_print_no_control_sequence(project: Path, fiel
         assert result.exit_code in (0, 1, 2), result.output
         assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
         assert _terminal_controls(result.output) == [], f"{command}: {result.output!r}"
+
+
+def test_a_hostile_set_override_changes_no_code(project: Path):
+    """`--set` text reaches the script too (its `overrides` list): raw or as a TOML string."""
+    field = StringField(("recipe",), Recipe, "description", "str")
+    path = project / "recipe.toml"
+    path.write_text(tomli_w.dumps(recipe_with(project, field, "text")), encoding="utf-8")
+    benign_tree, _ = _tree_and_constants(str(render(plan_recipe(path, (f"recipe.description={MARKER}",), project=project)[0])["train.py"]))
+    failures = []
+    for payload in PAYLOADS:
+        for arg in (f"recipe.description={payload}", f"recipe.description={json.dumps(payload)}"):
+            try:
+                plan, _ = plan_recipe(path, (arg,), project=project)
+            except RecipeError:
+                if check_refused_override(project, arg).kind != "refused":
+                    failures.append(f"{arg!r}: not a clean refusal")
+                continue
+            text = str(render(plan)["train.py"])
+            tree, _ = _tree_and_constants(text)
+            overrides = next(n for n in ast.parse(text).body if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "overrides")
+            if tree != benign_tree or ast.literal_eval(overrides.value) != [arg]:
+                failures.append(f"{arg!r}: changed code")
+    assert not failures, "\n".join(failures)
+
+
+def check_refused_override(project: Path, arg: str) -> Outcome:
+    result = CliRunner().invoke(main, ["--no-color", "validate", "recipe.toml", "--set", arg])
+    if result.exit_code != 2 or "Traceback" in result.output or _terminal_controls(result.output):
+        return Outcome("unclean", result.output)
+    return Outcome("refused")
