@@ -8,6 +8,7 @@ file, line and key, and exits with status 2; a traceback always means a bug in r
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,11 +17,14 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .diagnostics import Diagnostic, RecipeError, format_diagnostics
+from .diagnostics import Diagnostic, RecipeError, format_diagnostics, visible_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_RECIPE_ERROR = 2
+
+TELEMETRY_OFF = {"HF_HUB_DISABLE_TELEMETRY": "1", "DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+"""Environment that turns off the usage reports of huggingface_hub, mlflow and tools that honour DO_NOT_TRACK."""
 
 
 def _set_option(fn: F) -> F:
@@ -72,6 +76,10 @@ def main(color: bool | None) -> None:
 
     Exit status: 0 success, 2 a mistake in the recipe, otherwise the training's own.
     """
+    # set before `check`, `data` or `run` import huggingface_hub (it reads them once), and
+    # inherited by the launched training; the generated script sets the same
+    for var, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(var, value)
 
 
 @main.command(short_help="Write a commented starter recipe.")
@@ -120,7 +128,7 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
             failed = True
             continue
         _report(plan.warnings)
-        click.echo(f"ok: {recipe.as_posix()} ({plan.name})")
+        click.echo(visible_text(f"ok: {recipe.as_posix()} ({plan.name})"))
     if failed:
         sys.exit(EXIT_RECIPE_ERROR)
 
@@ -168,7 +176,7 @@ def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as
         }
         click.echo(json.dumps(payload, indent=2))
         return
-    click.echo(_explain_text(plan))
+    click.echo(visible_text(_explain_text(plan)))  # phase names and derived notes carry recipe text
 
 
 def _explain_text(plan: Any) -> str:
@@ -322,7 +330,7 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
         _fail(exc)
     _report(plan.warnings)
     _preflight(plan)
-    click.echo(f"ok: {recipe.as_posix()} ({plan.name})")
+    click.echo(visible_text(f"ok: {recipe.as_posix()} ({plan.name})"))
 
 
 def _preflight(plan: Any) -> None:
@@ -353,12 +361,16 @@ def data(recipe: Path, overrides: tuple[str, ...], num_proc: int | None, force: 
     seq_len; an existing entry is reused (the training script then starts at once).
     Exit status: 0 success, 2 a mistake in the recipe, 1 bad data."""
     from .compiler import plan_recipe
+    from .resolve import hub_ids
 
     try:
         plan, _ = plan_recipe(recipe, overrides)
     except RecipeError as exc:
         _fail(exc)
     _report(plan.warnings)
+    if not hub_ids(plan.recipe):  # before the stage imports datasets and transformers, which read these once
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from .runtime import stage
     from .runtime.readers import DataError
 

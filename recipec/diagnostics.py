@@ -154,32 +154,43 @@ def _painter(color: bool):
     return paint
 
 
+def visible_text(text: str) -> str:
+    """``text`` with every character a terminal would act on (escape sequences, bell, bidi
+    overrides, line separators) replaced by U+FFFD, one for one so that carets still line up:
+    a recipe's text must not be able to rewrite the screen it is reported on."""
+    return "".join("\ufffd" if ch not in "\t\n" and unicodedata.category(ch) in _CONTROLS else ch for ch in text)
+
+
+_CONTROLS = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
 def _render(d: Diagnostic, width: int, paint) -> list[str]:
     pad = " " * width
-    lines = [f"{paint(d.severity, d.severity)}{paint(': ' + d.message, 'bold')}"]
+    lines = [f"{paint(d.severity, d.severity)}{paint(': ' + visible_text(d.message), 'bold')}"]
     loc = d.location
     if loc is not None:
         arrow = paint("-->", "gutter")
+        file = visible_text(loc.file)
         if loc.file == OVERRIDE_FILE:
-            shown = loc.source_line if loc.source_line is not None else ""
+            shown = visible_text(loc.source_line) if loc.source_line is not None else ""
             lines.append(f"{pad}{arrow} {OVERRIDE_FILE} {shown}".rstrip())
             if loc.source_line is not None:
                 lines += _snippet(loc, pad, "", d.severity, paint)
         elif loc.line <= 0:
-            lines.append(f"{pad}{arrow} {loc.file}")
+            lines.append(f"{pad}{arrow} {file}")
         else:
-            lines.append(f"{pad}{arrow} {loc.file}:{loc.line}:{max(loc.col, 1)}")
+            lines.append(f"{pad}{arrow} {file}:{loc.line}:{max(loc.col, 1)}")
             if loc.source_line is not None:
                 lines += _snippet(loc, pad, str(loc.line).rjust(width), d.severity, paint)
     if d.help:
-        lines.append(f"{pad} {paint('=', 'gutter')} help: {d.help}")
+        lines.append(f"{pad} {paint('=', 'gutter')} help: {visible_text(d.help)}")
     return lines
 
 
 def _snippet(loc: Location, pad: str, number: str, severity: str, paint) -> list[str]:
     """The ``|``-gutter block: blank bar, source line, underline."""
     bar = paint("|", "gutter")
-    raw = loc.source_line.rstrip("\r\n")
+    raw = visible_text(loc.source_line.rstrip("\r\n"))
     text = raw.expandtabs(_TAB_WIDTH)
     start = min(max(loc.col, 1) - 1, len(raw))
     end = min(start + max(loc.length, 1), len(raw))
@@ -215,5 +226,5 @@ def _summary(ordered: Sequence[Diagnostic]) -> str:
     text = " and ".join(parts)
     for d in ordered:
         if d.location is not None and d.location.file and d.location.file != OVERRIDE_FILE:
-            return f"{text} in {d.location.file}"
+            return f"{text} in {visible_text(d.location.file)}"
     return text

@@ -40,7 +40,7 @@ from typing import Any
 
 import click
 
-from .diagnostics import Diagnostic, RecipeError, format_diagnostics
+from .diagnostics import Diagnostic, RecipeError, format_diagnostics, visible_text
 
 EXIT_SAME = 0
 EXIT_DIFFERENT = 1
@@ -628,5 +628,5 @@ def diff(a: str, b: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
     else:
-        click.echo(format_text(result))
+        click.echo(visible_text(format_text(result)))
     sys.exit(EXIT_SAME if result.same else EXIT_DIFFERENT)

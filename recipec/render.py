@@ -90,23 +90,56 @@ def _check_literal(value: Any) -> None:
 
 
 def yaml_scalar(value: Any) -> str:
-    """A YAML scalar for a config value (JSON scalars are valid YAML 1.2 and 1.1)."""
-    if value is None or isinstance(value, bool | int | float | str):
+    """A YAML scalar for a config value (JSON scalars are valid YAML 1.2 and 1.1).
+
+    A string is double-quoted with everything outside printable ASCII escaped: JSON's
+    surrogate pairs for characters beyond U+FFFF are not joined by YAML readers, and
+    PyYAML refuses some characters (DEL, C1 controls) anywhere in a file.
+    """
+    if isinstance(value, str):
+        return '"' + "".join(_yaml_char(ch) for ch in value) + '"'
+    if value is None or isinstance(value, bool | int | float):
         _check_literal(value)
         return json.dumps(value)
     raise TypeError(f"cannot embed a value of type {type(value).__name__} in YAML")
 
 
+def _yaml_char(ch: str) -> str:
+    code = ord(ch)
+    if ch in '"\\':
+        return "\\" + ch
+    if 0x20 <= code < 0x7F:
+        return ch
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
 def shell_word(value: Any) -> str:
-    """One shell word for a config value (`shlex.quote` of a string or an integer)."""
+    """One shell word for a config value (`shlex.quote` of a string or an integer).
+
+    Raises:
+        TypeError: for anything but a str or an int.
+        ValueError: for a string with a line break or another unprintable character: quoted,
+            it is one word to bash, but it would end a comment or an `#SBATCH` line, and the
+            schema lets none through (names, hosts and paths have patterns).
+    """
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises here, naming the misspelt variable
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise TypeError(f"cannot embed a value of type {type(value).__name__} in a shell script")
-    return shlex.quote(str(value))
+    text = str(value)
+    if not text.isprintable():
+        raise ValueError(f"cannot embed {text!r} in a shell script: it has unprintable characters")
+    return shlex.quote(text)
 
 
 def comment(text: str) -> str:
-    """Text safe to put after `#`: one line."""
-    return " ".join(str(text).split())
+    """Text safe to put after `#` (Python, shell, YAML): one line, its unprintable characters escaped.
+
+    Python ends a comment at \\n or \\r only, but a NUL byte makes the file unreadable and
+    bidirectional controls (U+202E) make the comment read differently from the code.
+    """
+    line = " ".join(str(text).split())
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in line)
 
 
 def plain_path(path: str) -> str:
@@ -119,6 +152,27 @@ def plain_path(path: str) -> str:
     return path
 
 
+class _MemoryBytecodeCache(jinja2.BytecodeCache):
+    """Compiled templates, shared by the environments of one process: jinja2 compiles a
+    template to Python on every load otherwise, which dominates a build's time. A bucket is
+    keyed on the template's file and checked against its source's checksum, so an edited
+    template is compiled again."""
+
+    def __init__(self) -> None:
+        self._code: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        code = self._code.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        self._code[bucket.key] = bucket.bytecode_to_string()
+
+
+_BYTECODE = _MemoryBytecodeCache()
+
+
 def environment() -> jinja2.Environment:
     """The one jinja2 environment every template is rendered with."""
     env = jinja2.Environment(
@@ -128,6 +182,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         autoescape=False,
+        bytecode_cache=_BYTECODE,
     )
     env.filters["py"] = py_literal
     env.filters["yaml"] = yaml_scalar

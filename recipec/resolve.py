@@ -31,6 +31,7 @@ from .resolve_schedule import (
 from .runtime import schedule as runtime_schedule
 from .schema import DeepspeedTable, FsdpTable, LaunchTable, Recipe
 from .schema.launch import FROM_ENV
+from .schema.model import LOCAL_PREFIXES
 from .source import KeyPath, SourceMap
 
 
@@ -98,6 +99,12 @@ class Plan:
         """The exact command that starts training, from the project directory."""
         build = self.build_dir.rstrip("/")
         return f"accelerate launch --config_file {build}/accelerate_config.yaml {build}/train.py"
+
+
+def hub_ids(recipe: Recipe) -> list[str]:
+    """The hub ids the recipe loads from (model.path, tokenizer.path that are not local paths)."""
+    paths = (recipe.model.path, recipe.tokenizer.path)
+    return [p for p in paths if p is not None and not p.startswith(LOCAL_PREFIXES)]
 
 
 def default_build_dir(recipe: Recipe) -> str:
@@ -401,8 +408,12 @@ def _launch_settings(b: _Builder, recipe: Recipe) -> None:
                     "the two do not work together yet",
                     "drop the table, or use launch.deepspeed.zero_stage = 2",
                 )
-    for k in ("mixed_precision", "cpu", "tf32", "hub_offline"):
+    for k in ("mixed_precision", "cpu", "tf32"):
         b.key(k, ("launch", k))
+    if launch.hub_offline or hub_ids(recipe):
+        b.key("hub_offline", ("launch", "hub_offline"))
+    else:  # nothing to download, so nothing may be: a local recipe never reaches the network
+        b.derived("hub_offline", True, "derived: launch.hub_offline is false, but the recipe names nothing on the hub")
 
 
 ADAMW_IMPLEMENTATION = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}, "for-loop": {"foreach": False}}

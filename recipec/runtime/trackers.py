@@ -90,7 +90,6 @@ def setup_environment(trackers: list[str], run_dir: pathlib.Path) -> pathlib.Pat
     if "mlflow" in trackers:
         # the file store refuses to start in mlflow 3; SQLite is one local file
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root.resolve() / 'mlflow.db'}")
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     return root
 
 

@@ -177,7 +177,7 @@ class LaunchTable(Table):
     """Let float32 matmuls and convolutions use TF32 tensor cores (NVIDIA Ampere and later): much faster, about 3 decimal digits of precision in the products. No effect on CPU."""
 
     hub_offline: bool = True
-    """Set HF_HUB_OFFLINE=1 so that nothing is downloaded during training; models and tokenizers must be local or already cached."""
+    """Set HF_HUB_OFFLINE=1 so that nothing is downloaded during training; models and tokenizers must be local or already cached. false allows downloads only when the recipe names a hub model or tokenizer: a recipe with nothing on the hub always runs offline."""
 
     @model_validator(mode="before")
     @classmethod

@@ -70,7 +70,7 @@ def test_missing_names_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -
 def test_setup_environment_is_local_and_offline_and_the_user_env_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for var in ("WANDB_MODE", "WANDB_DIR", "WANDB_ERROR_REPORTING", "MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY"):
+    for var in ("WANDB_MODE", "WANDB_DIR", "WANDB_ERROR_REPORTING", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(var, raising=False)
     root = trackers.setup_environment(["wandb", "mlflow"], tmp_path / "run")
     assert root == tmp_path / "run" / "trackers"
@@ -78,7 +78,6 @@ def test_setup_environment_is_local_and_offline_and_the_user_env_wins(
     assert os.environ["WANDB_DIR"] == str(root)
     assert os.environ["WANDB_ERROR_REPORTING"] == "false"
     assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{root.resolve() / 'mlflow.db'}"
-    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mine:5000")
     trackers.setup_environment(["wandb", "mlflow"], tmp_path / "run")

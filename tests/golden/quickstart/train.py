@@ -130,6 +130,12 @@ if hub_offline:
     # read once, when huggingface_hub is imported below: nothing is downloaded mid-run
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# no usage reports from any library: huggingface_hub reads the first three, mlflow (if a
+# tracker imports it) the last, and DO_NOT_TRACK=1 is the convention others follow
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # the steps below print their own summaries
 

@@ -7,7 +7,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 machine_rank="${SLURM_NODEID:-${MACHINE_RANK:-}}"
 if [[ -z "$machine_rank" ]]; then
-    echo "launch.sh: launch.machine_rank is \"env\": set MACHINE_RANK (0 to 1), or run under SLURM" >&2
+    echo "launch.sh: launch.machine_rank is \"env\": set MACHINE_RANK (0 to" 1"), or run under SLURM" >&2
     exit 2
 fi
 exec accelerate launch \
