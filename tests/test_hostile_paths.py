@@ -119,7 +119,9 @@ def test_the_longest_name_builds_inside_build(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["--no-color", "build", "recipe.toml"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "recipe.toml"]
+    # the build, and the drawing cache of schedule.png (recipec.compiler.PLOT_CACHE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".recipec", "build", "recipe.toml"]
+    assert [p.name for p in (tmp_path / ".recipec").iterdir()] == ["plots"]
     assert [p.name for p in (tmp_path / "build").iterdir()] == [name]
 
 
@@ -146,7 +148,8 @@ def test_a_build_writes_only_its_build_directory(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["--no-color", "build", "recipe.toml"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "recipe.toml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".recipec", "build", "recipe.toml"]  # + the plot cache
+    assert [p.name for p in (tmp_path / ".recipec").iterdir()] == ["plots"]
     assert [p.name for p in (tmp_path / "build").iterdir()] == ["tiny"]
     assert not _pwned(tmp_path)
 

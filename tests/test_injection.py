@@ -486,7 +486,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def _no_png(monkeypatch: pytest.MonkeyPatch) -> None:
     """schedule.png is not code; drawing it hundreds of times would only slow the test down
     (the phase names drawn on it are checked once, with the plot, below)."""
-    monkeypatch.setattr("recipec.render.schedule_plot", lambda plan: b"")
+    monkeypatch.setattr("recipec.render.schedule_plot", lambda plan, plot=None: b"")
 
 
 def test_the_walk_finds_the_string_fields():
