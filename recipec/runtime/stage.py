@@ -535,17 +535,25 @@ def _check_tokenizer_json(path: str) -> None:
             raise DataError(f"tokenizer: {file}: expected a JSON object, got {type(data).__name__}")
 
 
-def _load_tokenizer(request: dict) -> Any:
+def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """``AutoTokenizer.from_pretrained``, with a DataError naming the file for a tokenizer that does not load.
+
+    Raises:
+        DataError: a JSON file of a local tokenizer does not parse (file, line and column), or
+            transformers cannot load the tokenizer at all (the path and its error).
+    """
     from transformers import AutoTokenizer
 
-    spec = request["tokenizer"]
-    _check_tokenizer_json(spec["path"])
+    _check_tokenizer_json(path)
     try:
-        tok = AutoTokenizer.from_pretrained(
-            spec["path"], revision=spec.get("revision"), trust_remote_code=bool(spec.get("trust_remote_code"))
-        )
+        return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 -- transformers raises anything from a bad tokenizer; name it, not a traceback
-        raise DataError(f"tokenizer: {spec['path']}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+        raise DataError(f"tokenizer: {path}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+
+
+def _load_tokenizer(request: dict) -> Any:
+    spec = request["tokenizer"]
+    tok = load_tokenizer(spec["path"], spec.get("revision"), bool(spec.get("trust_remote_code")))
     if tok.eos_token_id is None:
         raise DataError(f"the tokenizer {spec['path']!r} has no end-of-text token; documents cannot be separated")
     if tok.pad_token is None:

@@ -174,3 +174,14 @@ def test_corrupt_tokenizer_in_the_training_scripts_stage_process(name, tokenizer
     assert "Traceback" not in message
     assert message.startswith(f"tokenizer: {tmp_path.resolve()}/tok"), message
     assert re.search(expected, message), message
+
+
+def test_corrupt_tokenizer_is_named_by_recipec_check(tokenizer_files, tmp_path, monkeypatch):
+    """`recipec check` (and `recipec run`'s preflight) loads a local tokenizer for its vocabulary size."""
+    expected = _tokenizer_project(tmp_path, tokenizer_files, "tokenizer.json-garbage")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["--no-color", "check", "recipe.toml"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+    assert result.exit_code == 1, result.output
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: tokenizer: ") and re.search(expected, error), error
