@@ -371,22 +371,24 @@ def write(project: Path, content: str | bytes) -> str:
 
 # -- the properties -------------------------------------------------------------------------
 
+COMMANDS = st.sampled_from([("validate",), ("explain",), ("explain", "--json")])
+
 
 @examples("mutated")
-@given(case=mutated_data(), command=st.sampled_from(["validate", "explain"]))
+@given(case=mutated_data(), command=COMMANDS)
 def test_mutated_recipe_validates_or_points_at_the_line(case, command, project):
     name, data = case
     text = dump(data)
     assume(text is not None)
     recipe = write(project, text)
-    event(invoke([command, recipe], recipe))
+    event(invoke([*command, recipe], recipe))
 
 
 @examples("edited")
-@given(raw=text_mutations(), command=st.sampled_from(["validate", "explain"]))
+@given(raw=text_mutations(), command=COMMANDS)
 def test_edited_text_validates_or_points_at_the_line(raw, command, project):
     recipe = write(project, raw)
-    event(invoke([command, recipe], recipe))
+    event(invoke([*command, recipe], recipe))
 
 
 @examples("set")
