@@ -247,7 +247,7 @@ def text_mutations(draw) -> bytes:
     name = draw(st.sampled_from(sorted(BASES)))
     raw = BASES[name].encode("utf-8")
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["truncate", "replace", "insert", "delete", "line_dup", "line_drop", "utf8"]))
+        op = draw(st.sampled_from(["truncate", "replace", "insert", "delete", "line_dup", "line_drop", "utf8", "nest"]))
         if not raw:
             break
         i = draw(st.integers(0, len(raw) - 1))
@@ -259,6 +259,14 @@ def text_mutations(draw) -> bytes:
             raw = raw[:i] + draw(st.sampled_from([b"[", b"]", b"=", b'"', b"'", b"\n", b"{", b",", b"#", b"\\", b"."])) + raw[i:]
         elif op == "delete":
             raw = raw[:i] + raw[i + draw(st.integers(1, 20)) :]
+        elif op == "nest":  # a value nested deeper than tomllib's recursion (about 330) or just below it
+            lines = raw.split(b"\n")
+            j = draw(st.integers(0, len(lines) - 1))
+            if b" = " in lines[j]:
+                k = draw(st.sampled_from([5, 100, 300, 320, 340, 1000, 20000]))
+                opening, closing = draw(st.sampled_from([(b"[", b"]"), (b"{a = ", b"}"), (b'["x", ', b"]")]))
+                lines[j] = lines[j].split(b" = ")[0] + b" = " + opening * k + b"1" * (opening == b"[") + closing * k
+            raw = b"\n".join(lines)
         elif op == "utf8":  # odd but valid unicode in the middle of the text
             raw = raw[:i] + draw(st.sampled_from(ODD[:12])).encode("utf-8", "surrogatepass") + raw[i:]
         else:
