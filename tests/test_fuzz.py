@@ -13,7 +13,7 @@ The CLI runs in-process (click's CliRunner, which keeps an unexpected exception 
 from a SystemExit); a few cases go through a real `python -m recipec` subprocess.
 
 The CI run is derandomized (the same 2,960 in-process cases every run, see CI_EXAMPLES,
-plus 15 subprocess runs) and takes well under two minutes. A longer run with fresh random
+plus 21 subprocess runs) and takes well under two minutes. A longer run with fresh random
 cases each time::
 
     RECIPEC_FUZZ_EXAMPLES=29600 python -m pytest tests/test_fuzz.py -q -k "not real_process"
@@ -452,6 +452,8 @@ SUBPROCESS_CASES = {
     "nan-lr": BASES["minimal.toml"].replace("[model]", "[optim]\nlr = nan\n\n[model]").encode(),
     "array-for-table": b"recipe = [1, 2]\n" + BASES["minimal.toml"].split("\n", 2)[2].encode(),
     "deep": ("[recipe]\nname = \"x\"\n\n[model]\nconfig = " + "[" * 300 + "]" * 300 + "\n").encode(),
+    "deeper-than-tomllib": ("[recipe]\nname = \"x\"\n\n[model]\nconfig = " + "[" * 5000 + "]" * 5000 + "\n").encode(),
+    "continual-from-unknown-user": BASES["minimal.toml"].replace("[model]", '[continual]\nfrom = "~no-such-user-x/r"\n\n[model]').encode(),
 }
 
 
