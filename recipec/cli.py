@@ -321,7 +321,8 @@ def _plan_launch(written: Any) -> str:
 def check(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Check what only the model can tell: PEFT target modules exist, and how many
     parameters train. The model is instantiated on the meta device from its config (no
-    weights, no download); `recipec run` runs this before launching."""
+    weights, no download); `recipec run` runs this before launching.
+    Exit status: 0 success, 2 a mistake in the recipe, 1 a local tokenizer that does not load."""
     from .compiler import plan_recipe
 
     try:
@@ -337,8 +338,13 @@ def _preflight(plan: Any) -> None:
     """Run `check` on a plan; exit 2 with its problems."""
     from .check import check as check_plan
     from .diagnostics import Diagnostic
+    from .runtime.readers import DataError
 
-    report = check_plan(plan)
+    try:
+        report = check_plan(plan)
+    except DataError as exc:  # a local tokenizer that does not load: bad data, as in `recipec data`
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     for line in report.lines():
         click.echo(line, err=True)
     if report.problems:

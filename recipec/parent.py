@@ -58,12 +58,18 @@ def read_parent(recipe: Recipe, source: SourceMap, project: Path) -> ParentRun |
     def fail(message: str, help: str | None = None) -> RecipeError:
         return RecipeError([Diagnostic("error", message, where, help)])
 
-    given = Path(continual.from_).expanduser()
-    path = given if given.is_absolute() else project / given
-    if (path / STATE_FILE).is_file():
+    try:
+        given = Path(continual.from_).expanduser()
+        path = given if given.is_absolute() else project / given
+        is_checkpoint, is_run = (path / STATE_FILE).is_file(), (path / "run.json").is_file()
+    except RuntimeError:  # ~user for a user that does not exist
+        raise fail(f"`continual.from` starts with {continual.from_.split('/')[0]!r}, a user that does not exist") from None
+    except OSError as exc:  # a name too long for the file system, and the like: is_file() raises only for ENOENT-ish
+        raise fail(f"`continual.from` is not a usable path: {exc.strerror or exc}") from None
+    if is_checkpoint:
         kind, model_dir, run_dir = "checkpoint", path, path.parent.parent
         step = _json(path / STATE_FILE).get("step")
-    elif (path / "run.json").is_file():
+    elif is_run:
         kind, model_dir, run_dir = "run", path / "model", path
         record = _json(path / "run.json")
         if record.get("status") != "completed" or not (model_dir / "config.json").is_file():

@@ -32,6 +32,7 @@ from .runtime import schedule as runtime_schedule
 from .schema import DeepspeedTable, FsdpTable, LaunchTable, Recipe
 from .schema.launch import FROM_ENV
 from .schema.model import LOCAL_PREFIXES
+from .schema.train import MAX_STEPS
 from .source import KeyPath, SourceMap
 
 
@@ -293,6 +294,13 @@ def resolve(
     elif t.tokens is not None:
         max_steps = math.ceil(t.tokens / tokens_per_step)
         b.derived("max_steps", max_steps, f"derived: ceil(train.tokens {t.tokens} / tokens_per_step {tokens_per_step})")
+        if max_steps > MAX_STEPS:
+            b.error(
+                ("train", "tokens"),
+                f"`train.tokens` {t.tokens:,} makes {max_steps:,} optimizer steps of {tokens_per_step:,} tokens; "
+                f"a run has at most {MAX_STEPS:,}",
+                "raise train.batch_size or data.seq_len, or train on fewer tokens",
+            )
     else:
         max_steps = None
         b.key("epochs", ("train", "epochs"))

@@ -490,6 +490,8 @@ def _parse_override(arg: str) -> _Override:
         document = tomllib.loads("v = " + raw)
     except tomllib.TOMLDecodeError:
         document = {}
+    except RecursionError:  # tomllib recurses once per [ or {
+        raise _override_error(arg, _TOO_DEEP, value_span, None) from None
     if list(document) != ["v"]:  # not a TOML value (or more than one statement)
         value: object = raw
     else:
@@ -923,6 +925,37 @@ def _syntax_error(exc: tomllib.TOMLDecodeError, text: str, file: str) -> RecipeE
     return RecipeError([Diagnostic("error", f"invalid TOML: {message}", location, help)])
 
 
+_MAX_DEPTH = 100
+_TOO_DEEP = f"invalid TOML: arrays and inline tables nested more than {_MAX_DEPTH} deep"
+
+
+def _too_deep(text: str, file: str) -> Diagnostic:
+    """The diagnostic for text nested too deeply for tomllib, at the first `[`/`{` past `_MAX_DEPTH`."""
+    depth, i, n = 0, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif text.startswith(('"""', "'''"), i):
+            end = text.find(text[i : i + 3], i + 3)
+            i = n if end < 0 else end + 3
+        elif ch in "\"'":
+            i += 1
+            while i < n and text[i] not in (ch, "\n"):
+                i += 2 if ch == '"' and text[i] == "\\" else 1
+            i += 1
+        else:
+            depth += ch in "[{"
+            depth -= depth > 0 and ch in "]}"
+            if depth > _MAX_DEPTH:
+                line = text.count("\n", 0, i) + 1
+                col = i - (text.rfind("\n", 0, i) + 1) + 1
+                return Diagnostic("error", _TOO_DEEP, Location(file, line, col, 1, _line_text(text, line)))
+            i += 1
+    return Diagnostic("error", _TOO_DEEP, Location(file, 0, 0))
+
+
 def _unquoted_string_help(source_line: str, col: int) -> str | None:
     rest = source_line[max(col - 1, 0) :]
     word = re.match(r"[^#\r\n,\]}]*", rest).group().strip()
@@ -1018,6 +1051,8 @@ def _parse(
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             errors.extend(_syntax_error(exc, text, file).diagnostics)
+        except RecursionError:  # tomllib recurses once per [ or {
+            errors.append(_too_deep(text, file))
     parsed = []
     for arg in overrides:
         try:

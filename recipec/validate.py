@@ -165,7 +165,7 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _describe(value: Any) -> str:
+def _describe(value: Any, depth: int = 0) -> str:
     """A short TOML-flavoured rendering of a user value for error messages."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -177,7 +177,9 @@ def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):
-        return "a list" if len(value) > 4 else "[" + ", ".join(_describe(v) for v in value) + "]"
+        if len(value) > 4 or depth > 2:  # short, and bounded for lists nested hundreds deep
+            return "a list"
+        return "[" + ", ".join(_describe(v, depth + 1) for v in value) + "]"
     return type(value).__name__
 
 

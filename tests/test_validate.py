@@ -349,3 +349,23 @@ def test_any_value_anywhere_is_a_clean_error_or_a_build(changes, recipe_data):
         assert all(d.severity in ("error", "warning") for d in exc.diagnostics)
         assert any(d.severity == "error" for d in exc.diagnostics)
         check_no_noise(format_diagnostics(exc.diagnostics))
+
+
+def test_a_set_value_nested_too_deep_points_at_the_value(minimal_recipe: Path, monkeypatch: pytest.MonkeyPatch):
+    """tomllib recurses once per bracket: a value past its recursion limit is an error, not a traceback."""
+    deep = "[" * 2000 + "]" * 2000
+    result = run_cli(["validate", minimal_recipe.name, "--set", f"model.config={deep}"], monkeypatch, cwd=minimal_recipe.parent)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: invalid TOML: arrays and inline tables nested more than 100 deep\n --> --set ")
+
+
+def test_a_wrong_value_nested_deep_is_described_briefly():
+    """The error text renders a few levels of a nested list, whatever its depth."""
+    from recipec.validate import _describe
+
+    value: list = [1]
+    for _ in range(5000):
+        value = [value]
+    assert _describe(value) == "[[[a list]]]"
+    assert _describe([[1, "a"], 2.5]) == '[[1, the string "a"], 2.5]'

@@ -509,7 +509,8 @@ class _Reader:
         try:
             record = json.loads(text_line)
         except json.JSONDecodeError as e:
-            self.bad(where, f"not valid JSON ({e.msg} at column {e.colno})")
+            # json's "Invalid control character at" already ends in "at"
+            self.bad(where, f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})")
             return None
         if not isinstance(record, dict):
             kind = "null" if record is None else _JSON_TYPES.get(type(record), type(record).__name__)

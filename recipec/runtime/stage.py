@@ -510,13 +510,50 @@ def _ngram_sets(spec: dict, chains: list[list[tuple[str, dict]]], project_dir: p
     return out
 
 
-def _load_tokenizer(request: dict) -> Any:
+# the JSON files a tokenizer directory may hold; transformers parses each without saying which failed
+TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json")
+
+
+def _check_tokenizer_json(path: str) -> None:
+    """Name the file (and line) of a local tokenizer whose JSON does not parse, before transformers trips on it."""
+    where = pathlib.Path(path)
+    files = [where / name for name in TOKENIZER_JSON] if where.is_dir() else [where] if where.suffix == ".json" else []
+    for file in files:
+        try:
+            text = file.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise DataError(f"tokenizer: {file}: cannot read ({e.strerror or e})") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"tokenizer: {file}: not valid UTF-8 (byte {e.start})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"tokenizer: {file}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+        if not isinstance(data, dict):
+            raise DataError(f"tokenizer: {file}: expected a JSON object, got {type(data).__name__}")
+
+
+def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """``AutoTokenizer.from_pretrained``, with a DataError naming the file for a tokenizer that does not load.
+
+    Raises:
+        DataError: a JSON file of a local tokenizer does not parse (file, line and column), or
+            transformers cannot load the tokenizer at all (the path and its error).
+    """
     from transformers import AutoTokenizer
 
+    _check_tokenizer_json(path)
+    try:
+        return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 -- transformers raises anything from a bad tokenizer; name it, not a traceback
+        raise DataError(f"tokenizer: {path}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+
+
+def _load_tokenizer(request: dict) -> Any:
     spec = request["tokenizer"]
-    tok = AutoTokenizer.from_pretrained(
-        spec["path"], revision=spec.get("revision"), trust_remote_code=bool(spec.get("trust_remote_code"))
-    )
+    tok = load_tokenizer(spec["path"], spec.get("revision"), bool(spec.get("trust_remote_code")))
     if tok.eos_token_id is None:
         raise DataError(f"the tokenizer {spec['path']!r} has no end-of-text token; documents cannot be separated")
     if tok.pad_token is None:

@@ -8,6 +8,9 @@ from .base import Table, key_error
 
 LENGTH_KEYS = ("max_steps", "tokens", "epochs")
 
+MAX_STEPS = 10_000_000
+"""The most optimizer steps a run may have: a build writes the LR of every step to schedule.csv."""
+
 
 class TrainTable(Table):
     """`[train]`. Give the run's length as exactly one of `max_steps`, `tokens` and `epochs`."""
@@ -18,8 +21,8 @@ class TrainTable(Table):
     batch_size: int = Field(32, ge=1)
     """Global batch: sequences per optimizer step over all processes. Gradient accumulation is derived: batch_size / (micro_batch_size * launch.num_processes)."""
 
-    max_steps: int | None = Field(None, ge=1)
-    """Length of the run in optimizer steps."""
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    """Length of the run in optimizer steps (at most 10,000,000)."""
 
     tokens: int | None = Field(None, ge=1)
     """Length of the run in training tokens (batch_size * seq_len per step, rounded up to whole steps)."""
