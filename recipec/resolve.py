@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from .diagnostics import Diagnostic, RecipeError, did_you_mean
+from .memory import MemoryEstimate, check_ceiling, estimate, model_shape
 from .parent import ParentRun
 from .resolve_data import data_settings, filter_dicts, source_dicts
 from .resolve_schedule import (
@@ -75,6 +76,10 @@ class Plan:
     formulas: tuple[Formula, ...]
     warnings: tuple[Diagnostic, ...] = field(default=())
     version: str = __version__
+    memory: MemoryEstimate | None = None
+    """Estimated peak memory per device (recipec/memory.py), for `explain`; None when unknown."""
+    memory_unknown: str | None = None
+    """Why there is no memory estimate."""
 
     def __getitem__(self, name: str) -> Any:
         for s in self.settings:
@@ -346,6 +351,7 @@ def resolve(
 
     b.section("launch")
     _launch_settings(b, r)
+    memory, memory_unknown = _memory(b, r, model_config)
 
     if r.data.eval_fraction == 0 and t.eval_every > 0:
         b.warn(("train", "eval_every"), "data.eval_fraction is 0: there is no held-out split, so no evaluation runs")
@@ -363,6 +369,8 @@ def resolve(
         settings=tuple(b.settings),
         formulas=tuple(formulas),
         warnings=tuple(b.warnings),
+        memory=memory,
+        memory_unknown=memory_unknown,
     )
 
 
@@ -401,6 +409,25 @@ def _launch_settings(b: _Builder, recipe: Recipe) -> None:
                 )
     for k in ("mixed_precision", "cpu", "hub_offline"):
         b.key(k, ("launch", k))
+
+
+def _memory(b: _Builder, recipe: Recipe, model_config: dict[str, Any] | None) -> tuple[MemoryEstimate | None, str | None]:
+    """The peak-memory estimate, and a warning when it exceeds launch.device_memory_gib."""
+    ceiling = recipe.launch.device_memory_gib
+    try:
+        memory = estimate(model_shape(recipe, model_config), recipe)
+    except ValueError as exc:
+        if ceiling is not None:
+            b.warn(("launch", "device_memory_gib"), f"no memory estimate to compare with: {exc}")
+        return None, str(exc)
+    if ceiling is not None and (message := check_ceiling(memory, ceiling)):
+        # a warning, not an error: the estimate is approximate (see recipec/memory.py)
+        b.warn(
+            ("launch", "device_memory_gib"),
+            message,
+            "lower train.micro_batch_size, set model.gradient_checkpointing, or shard (launch.strategy)",
+        )
+    return memory, None
 
 
 def _fsdp_settings(b: _Builder, recipe: Recipe, fsdp: FsdpTable) -> None:
