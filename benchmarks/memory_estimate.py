@@ -12,10 +12,10 @@ What is measured:
     records every allocation and free of the CPU allocator ([memory] events, with their
     sizes and times) from before the model is created to the last step; the running sum
     of their sizes has its maximum at the peak. This counts exactly what the estimate
-    models (tensors), and nothing of the process around them: the peak RSS (ru_maxrss minus
-    the RSS before the model) also counts the Python heap, the libraries' lazily loaded
-    code and what glibc's malloc keeps after a free, so it is printed beside it for
-    reference only.
+    models (tensors), and nothing of the process around them. The peak RSS (ru_maxrss minus
+    the RSS before the model) is not used: it also counts the Python heap, the libraries'
+    lazily loaded code, what glibc's malloc keeps after a free and, under the profiler,
+    the profiler's own event buffers.
   * on CUDA (--device cuda), torch.cuda.max_memory_allocated() after the steps, with the
     peak reset before the model is created: again torch's live tensors, without the CUDA
     context or the caching allocator's reserve.
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -39,13 +38,16 @@ REPO = Path(__file__).resolve().parents[1]
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
-    "quickstart s512": ("recipes/quickstart.toml", ["data.seq_len=512", "train.micro_batch_size=4", "train.batch_size=8"]),
+    "quickstart s512 b4": ("recipes/quickstart.toml", ["data.seq_len=512", "train.micro_batch_size=4", "train.batch_size=8"]),
+    "quickstart s256": ("recipes/quickstart.toml", ["data.seq_len=256"]),
     "quickstart ckpt": ("recipes/quickstart.toml", ["model.gradient_checkpointing=true"]),
     "quickstart bf16 weights": ("recipes/quickstart.toml", ['model.dtype="bfloat16"']),
+    "quickstart bf16 autocast": ("recipes/quickstart.toml", ['launch.mixed_precision="bf16"']),
     "quickstart lora r16": (
         "recipes/quickstart.toml",
         ['peft={method="lora", r=16, target_modules="all-linear"}'],
     ),
+    "quickstart lora q,v": ("recipes/quickstart.toml", ['peft={method="lora", r=8}']),
     "wide 6L b8": (
         "recipes/quickstart.toml",
         [
@@ -86,7 +88,6 @@ def _worker(spec: dict) -> None:
     torch.set_num_threads(2)
     cuda = spec["device"] == "cuda"
     device = torch.device(spec["device"])
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def train() -> None:
         config = AutoConfig.for_model(spec["init"], **spec["config"], vocab_size=spec["vocab_size"])
@@ -132,8 +133,7 @@ def _worker(spec: dict) -> None:
         for _, nbytes in events:
             live += nbytes
             peak = max(peak, live)
-    rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024  # ru_maxrss is in KiB on Linux
-    print(json.dumps({"peak": peak, "rss": rss}))
+    print(json.dumps({"peak": peak}))
 
 
 def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[object, dict]:
@@ -175,7 +175,7 @@ def main() -> None:
 
     mib = 1024**2
     print(f"{args.steps} optimizer steps per case on {args.device}; MiB; error = (estimate - measured) / measured")
-    head = f"{'case':<24} {'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'logits':>7} {'estimate':>9} {'measured':>9} {'error':>7} {'rss':>7}"
+    head = f"{'case':<24} {'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'logits':>7} {'estimate':>9} {'measured':>9} {'error':>7}"
     print(head)
     print("-" * len(head))
     errors = []
@@ -186,7 +186,7 @@ def main() -> None:
         errors.append(abs(error))
         parts = " ".join(f"{getattr(m, k) / mib:7.1f}" for k in ("params", "grads", "optimizer", "activations", "logits"))
         print(
-            f"{name:<24} {parts} {m.per_device / mib:9.1f} {measured['peak'] / mib:9.1f} {error:+7.1%} {measured['rss'] / mib:7.1f}",
+            f"{name:<24} {parts} {m.per_device / mib:9.1f} {measured['peak'] / mib:9.1f} {error:+7.1%}",
             flush=True,
         )
     print(f"\nmean |error| {sum(errors) / len(errors):.1%}, max |error| {max(errors):.1%}")

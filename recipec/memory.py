@@ -17,13 +17,18 @@ The estimate is the sum of five parts, each in bytes on one device (one process)
   attention output and o_proj's contiguous input (3 * heads * head_dim + 2 * kv_heads *
   head_dim); the SwiGLU MLP keeps gate, silu(gate), up and their product (4 * intermediate).
   So one layer keeps 6h + 3 a d + 2 g d + 4i elements per token, plus 3h for the final norm.
+  With PEFT the norms and the linears without an adapter are frozen, and a frozen weight
+  needs no saved input: a norm keeps 2h, and o_proj's and down_proj's inputs are kept only
+  where they carry an adapter.
   This is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
   Models", sec. 4.1), whose GPT count sbh(34 + 5as/h) bytes assumes 16-bit values, dropout
   masks and an s x s attention matrix, redone for a Llama layer: no dropout, and a fused
   attention kernel (sdpa, flash) that keeps no s x s matrix. Elements are 2 bytes under
   mixed precision or a 16-bit `model.dtype`, else 4. With gradient checkpointing (or FSDP's
-  activation checkpointing) each layer keeps only its input, sbh elements, and one layer's
-  full set is rebuilt at a time in the backward pass (Korthikanti's "full recomputation").
+  activation checkpointing) each layer keeps only its input, sbh elements (Korthikanti's
+  "full recomputation"), and one layer's full set is rebuilt at a time in the backward pass:
+  that happens after the loss's buffers below are freed, so it adds only what it exceeds
+  them by.
 * logits: b * s * vocab float32 values, three times: the cross-entropy keeps the log
   probabilities, and the start of the backward pass holds the gradient with respect to them
   and the one with respect to the logits. For small models this part dominates.
@@ -140,10 +145,22 @@ class ModelShape:
         untied = 0 if self.tie_word_embeddings else self.embedding_params()
         return self.embedding_params() + self.num_hidden_layers * self.layer_params() + self.hidden_size + untied
 
-    def layer_activations(self) -> int:
-        """Elements one decoder layer keeps for the backward pass, per token (module docstring)."""
-        h, d = self.hidden_size, self.head_dim
-        return 6 * h + 3 * self.num_attention_heads * d + 2 * self.num_key_value_heads * d + 4 * self.intermediate_size
+    def layer_activations(self, adapted: frozenset[str] | None = None) -> int:
+        """Elements one decoder layer keeps for the backward pass, per token (module docstring).
+
+        Args:
+            adapted: with PEFT, the layer's linears that carry an adapter. The rest of the layer
+                is frozen, and a frozen weight needs no saved input: each norm keeps 2h instead
+                of 3h, and o_proj's and down_proj's inputs are not kept unless they are adapted.
+        """
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        norms, attention, mlp = 6 * h, 3 * q + 2 * kv, 4 * i
+        if adapted is not None:
+            norms -= 2 * h
+            attention -= 0 if "o_proj" in adapted else q
+            mlp -= 0 if "down_proj" in adapted else i
+        return norms + attention + mlp
 
 
 @dataclass(frozen=True)
@@ -168,6 +185,24 @@ class MemoryEstimate:
     """One line per part: the formula with the recipe's numbers."""
 
 
+def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
+    """The modules a PEFT spec adapts (one layer's linears by full name, and lm_head)."""
+    targets = peft.get("target_modules")
+    if targets is None:  # peft's defaults for llama, mistral and qwen2
+        targets = ["k_proj", "v_proj", "down_proj"] if peft["method"] == "ia3" else ["q_proj", "v_proj"]
+    mlp = ("gate_proj", "up_proj", "down_proj")
+    modules = {f"model.layers.0.{'mlp' if n in mlp else 'self_attn'}.{n}": v for n, v in shape.linears().items()}
+    if targets == "all-linear":
+        return modules
+    heads = {"lm_head": (shape.hidden_size, shape.vocab_size, False)}
+    return {n: v for n, v in {**modules, **heads}.items() if _matches(n, targets)}
+
+
+def _matches(name: str, wanted: list[str]) -> bool:
+    """peft's rule for a list of names: the full name or a suffix after a dot."""
+    return any(name == w or name.endswith("." + w) for w in wanted)
+
+
 def adapter_parameters(shape: ModelShape, peft: dict[str, Any]) -> int:
     """Trainable parameters a PEFT spec adds to the model (`[peft]` as a dict).
 
@@ -178,29 +213,15 @@ def adapter_parameters(shape: ModelShape, peft: dict[str, Any]) -> int:
     trainable copy of those modules.
     """
     method = peft["method"]
-    targets = peft.get("target_modules")
-    if targets is None:
-        targets = ["k_proj", "v_proj", "down_proj"] if method == "ia3" else ["q_proj", "v_proj"]
     linears = shape.linears()
-    h, vocab = shape.hidden_size, shape.vocab_size
-    mlp = ("gate_proj", "up_proj", "down_proj")
-    modules = {f"model.layers.0.{'mlp' if n in mlp else 'self_attn'}.{n}": v for n, v in linears.items()}
-    heads = {"lm_head": (h, vocab, False)}
-
-    def matches(name: str, wanted: list[str]) -> bool:
-        return any(name == w or name.endswith("." + w) for w in wanted)
-
-    if targets == "all-linear":
-        chosen = dict(modules)
-    else:
-        chosen = {n: v for n, v in {**modules, **heads}.items() if matches(n, targets)}
+    chosen = _targets(shape, peft)
     rank = peft.get("r") or 8
     feedforward = peft.get("feedforward_modules") or (["down_proj"] if method == "ia3" else [])
     count = 0
     for name, (n_in, n_out, _) in chosen.items():
         times = 1 if name == "lm_head" else shape.num_hidden_layers
         if method == "ia3":
-            each = n_in if matches(name, feedforward) else n_out
+            each = n_in if _matches(name, feedforward) else n_out
         elif method == "loha":
             each = 2 * rank * (n_in + n_out)
         else:
@@ -292,14 +313,22 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     )
     tokens = b * s
     h, layers = shape.hidden_size, shape.num_hidden_layers
-    if checkpointing:
-        per_token = layers * h + shape.layer_activations() + 3 * h
-        act_formula = f"b {b} * s {s} * (layers {layers} * h {h} + one layer {shape.layer_activations()} + 3h) * {a_bytes} B (checkpointed)"
-    else:
-        per_token = layers * shape.layer_activations() + 3 * h
-        act_formula = f"b {b} * s {s} * (layers {layers} * {shape.layer_activations()} + 3h) * {a_bytes} B"
-    act_b = tokens * per_token * a_bytes
+    adapted = None if peft is None else frozenset(name.rsplit(".", 1)[-1] for name in _targets(shape, peft))
+    per_layer = shape.layer_activations(adapted)
+    final = 3 * h if peft is None else 2 * h  # the final norm; frozen, it keeps no normalised input
     logits_b = tokens * shape.vocab_size * 4 * LOGIT_COPIES
+    if checkpointing:
+        # the first layer is recomputed only after the loss's float32 buffers are freed, so the
+        # peak holds the recomputed layer's set or the logits, whichever is larger
+        layer_b = tokens * per_layer * a_bytes
+        act_b = tokens * (layers * h + final) * a_bytes + max(0, layer_b - logits_b)
+        act_formula = (
+            f"b {b} * s {s} * (layers {layers} * h {h} + final norm {final}) * {a_bytes} B (checkpointed) "
+            f"+ max(0, one layer b * s * {per_layer} * {a_bytes} B - logits)"
+        )
+    else:
+        act_b = tokens * (layers * per_layer + final) * a_bytes
+        act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} + final norm {final}) * {a_bytes} B"
 
     parts = [int(round(x)) for x in (params_b, grads_b, optim_b)]
     per_device = sum(parts) + act_b + logits_b

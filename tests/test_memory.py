@@ -100,7 +100,15 @@ def test_lora_trains_only_the_adapter(plan_of):
     assert lora.params == 4 * (full.parameters + adapter)
     assert (lora.grads, lora.optimizer) == (4 * adapter, 8 * adapter)
     assert lora.grads < full.grads / 10
-    assert lora.activations == full.activations
+    # frozen norm weights keep no normalised input: 2h less per norm, two per layer and the final one
+    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 64) * 4
+
+
+def test_lora_on_attention_only_drops_the_frozen_inputs(plan_of):
+    full = plan_of().memory
+    lora = plan_of(peft={"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]}).memory
+    # also o_proj's input (heads * head_dim = 64) and down_proj's (intermediate 128): no adapter there
+    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 64 + 64 + 128) * 4
 
 
 def test_qlora_stores_the_base_linears_in_fewer_bytes(plan_of):
@@ -181,8 +189,19 @@ def test_checkpointing_keeps_only_the_layer_inputs(plan_of, checkpointing):
     tokens, h = 4 * 32, 64
     per_layer = 6 * 64 + 3 * 64 + 2 * 64 + 4 * 128
     assert plain.activations == tokens * (8 * per_layer + 3 * h) * 4
-    assert ckpt.activations == tokens * (8 * h + per_layer + 3 * h) * 4
+    # the recomputed layer (tokens * per_layer * 4 B) is smaller than the logits' buffers: nothing added
+    assert tokens * per_layer * 4 < ckpt.logits
+    assert ckpt.activations == tokens * (8 * h + 3 * h) * 4
     assert ckpt.logits == plain.logits
+
+
+def test_a_recomputed_layer_larger_than_the_logits_adds_the_difference(plan_of):
+    wide = {"model.config.hidden_size": 512, "model.config.intermediate_size": 2048, "model.gradient_checkpointing": True}
+    m = plan_of(wide).memory
+    tokens, h = 4 * 32, 512
+    layer = tokens * (6 * h + 3 * h + 2 * h + 4 * 2048) * 4
+    assert layer > m.logits
+    assert m.activations == tokens * (h + 3 * h) * 4 + layer - m.logits
 
 
 def test_16_bit_halves_the_weights_and_activations(plan_of):
