@@ -275,34 +275,40 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     grads_b = float(trainable * g_bytes)
     optim_b = float(trainable * o_bytes)
     gathered = shape.layer_params() * w_bytes  # one FSDP unit / ZeRO-3 layer gathered whole
-    shard = ""
+    shard, grads_how, optim_how = "", "", ""
     if launch.strategy == "ddp" and world > 1:
         grads_b *= 2
+        grads_how = " x 2 (ddp buckets)"
         shard = f"; ddp over {world} processes: + all-reduce buckets (a second copy of the grads)"
     elif launch.strategy == "fsdp":
         fsdp = launch.fsdp
         how = fsdp.sharding_strategy if fsdp is not None else "full_shard"
         over = world // launch.num_machines if how == "hybrid_shard" else world
+        if how != "no_shard":
+            grads_b, optim_b = grads_b / over, optim_b / over
+            grads_how = optim_how = f" / {over} ({how})"
         if how in ("full_shard", "hybrid_shard"):
             params_b = params_b / over + gathered
-            grads_b, optim_b = grads_b / over, optim_b / over
-        elif how == "shard_grad_op":
-            grads_b, optim_b = grads_b / over, optim_b / over
         if fsdp is not None and fsdp.cpu_offload:
             params_b, grads_b, optim_b = float(gathered), 0.0, 0.0
+            grads_how = optim_how = " offloaded to the CPU"
             shard = f"; fsdp {how}, parameters, grads and optimizer state offloaded to the CPU"
         else:
-            shard = f"; fsdp {how} over {over} processes" + (" (+ one layer gathered)" if how != "shard_grad_op" and how != "no_shard" else "")
+            gathered_note = " (+ one layer gathered)" if how in ("full_shard", "hybrid_shard") else ""
+            shard = f"; fsdp {how} over {over} processes{gathered_note}"
     elif ds_stage:
         ds = launch.deepspeed
         optim_b /= world
+        optim_how = f" / {world} (ZeRO-{ds_stage})"
         if ds_stage >= 2:
             grads_b /= world
+            grads_how = optim_how
         if ds_stage == 3:
             params_b = params_b / world + gathered
-        shard = f"; ZeRO stage {ds_stage} over {world} processes"
+        shard = f"; ZeRO stage {ds_stage} over {world} processes" + (" (+ one layer gathered)" if ds_stage == 3 else "")
         if ds is not None and ds.offload_optimizer != "none":
             optim_b = 0.0
+            optim_how = f" offloaded to {ds.offload_optimizer}"
             shard += f", optimizer offloaded to {ds.offload_optimizer}"
         if ds is not None and ds.offload_params != "none":
             params_b = float(gathered)
@@ -335,8 +341,8 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     what = "adapter" if peft is not None else "all"
     notes += [
         f"params: {n_params:,} parameters{f' + {adapter:,} adapter' if peft else ''} ({precision}){shard}",
-        f"grads: {trainable:,} trainable ({what}) x {g_bytes} B",
-        f"optimizer: AdamW, {trainable:,} trainable x {o_bytes} B",
+        f"grads: {trainable:,} trainable ({what}) x {g_bytes} B{grads_how}",
+        f"optimizer: AdamW, {trainable:,} trainable x {o_bytes} B{optim_how}",
         f"activations: {act_formula}",
         f"logits: b {b} * s {s} * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (float32 cross-entropy)",
     ]
