@@ -4,6 +4,8 @@ The estimate is the sum of five parts, each in bytes on one device (one process)
 
 * params: every parameter, in `model.dtype` (4 bytes for float32, 2 for bfloat16 and
   float16; a QLoRA base's decoder linears 0.5 or 1 byte plus their quantization scales).
+  Mixed precision over float32 weights (DDP) adds a 16-bit copy of every matmul weight:
+  autocast casts it for the forward pass and the backward pass keeps the copy.
 * grads: one gradient per *trainable* parameter, in the parameter's dtype; with PEFT only
   the adapter's parameters (and `modules_to_save`) train. DDP over more than one process
   adds a second copy: the all-reduce buckets.
@@ -12,23 +14,25 @@ The estimate is the sum of five parts, each in bytes on one device (one process)
   parameters and gradients and keeps float32 master weights and moments in the optimizer:
   2 + 2 + 12 bytes per parameter (the ZeRO paper's accounting).
 * activations: the tensors the backward pass keeps, counted op by op for a Llama decoder
-  layer, per token: RMSNorm keeps its input, the normalised value and the output that the
-  next linear keeps (3h, twice per layer); attention keeps the rotated q and k, v, the
-  attention output and o_proj's contiguous input (3 * heads * head_dim + 2 * kv_heads *
-  head_dim); the SwiGLU MLP keeps gate, silu(gate), up and their product (4 * intermediate).
-  So one layer keeps 6h + 3 a d + 2 g d + 4i elements per token, plus 3h for the final norm.
-  With PEFT the norms and the linears without an adapter are frozen, and a frozen weight
-  needs no saved input: a norm keeps 2h, and o_proj's and down_proj's inputs are kept only
-  where they carry an adapter.
+  layer, per token. RMSNorm computes in float32: it keeps that copy of its input (4h bytes)
+  and the normalised value in the residual stream's dtype (`model.dtype`), and the linear
+  after it keeps its output in the activation dtype (twice per layer, and once for the
+  final norm). Attention keeps the rotated q and k, v, the attention output and o_proj's
+  contiguous input (3 * heads * head_dim + 2 * kv_heads * head_dim elements); the SwiGLU
+  MLP keeps gate, silu(gate), up and their product (4 * intermediate). Activation elements
+  are 2 bytes under mixed precision or a 16-bit `model.dtype`, else 4; so a float32 layer
+  keeps (6h + 3 a d + 2 g d + 4i) * 4 bytes per token. With PEFT the norms and the linears
+  without an adapter are frozen, and a frozen weight needs no saved input: a norm keeps no
+  normalised value, the final norm's output is not kept (lm_head is frozen), and o_proj's
+  and down_proj's inputs are kept only where they carry an adapter.
   This is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
   Models", sec. 4.1), whose GPT count sbh(34 + 5as/h) bytes assumes 16-bit values, dropout
   masks and an s x s attention matrix, redone for a Llama layer: no dropout, and a fused
-  attention kernel (sdpa, flash) that keeps no s x s matrix. Elements are 2 bytes under
-  mixed precision or a 16-bit `model.dtype`, else 4. With gradient checkpointing (or FSDP's
-  activation checkpointing) each layer keeps only its input, sbh elements (Korthikanti's
-  "full recomputation"), and one layer's full set is rebuilt at a time in the backward pass:
-  that happens after the loss's buffers below are freed, so it adds only what it exceeds
-  them by.
+  attention kernel (sdpa, flash) that keeps no s x s matrix. With gradient checkpointing
+  (or FSDP's activation checkpointing) each layer keeps only its input, sbh values of the
+  residual stream (Korthikanti's "full recomputation"), and one layer's full set is rebuilt
+  at a time in the backward pass: that happens after the loss's buffers below are freed,
+  so it adds only what it exceeds them by.
 * logits: b * s * vocab float32 values, three times: the cross-entropy keeps the log
   probabilities, and the start of the backward pass holds the gradient with respect to them
   and the one with respect to the logits. For small models this part dominates.
@@ -145,22 +149,38 @@ class ModelShape:
         untied = 0 if self.tie_word_embeddings else self.embedding_params()
         return self.embedding_params() + self.num_hidden_layers * self.layer_params() + self.hidden_size + untied
 
-    def layer_activations(self, adapted: frozenset[str] | None = None) -> int:
-        """Elements one decoder layer keeps for the backward pass, per token (module docstring).
+    def norm_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False) -> int:
+        """Bytes per token an RMSNorm and the linear after it keep for the backward pass.
+
+        The norm computes in float32 and keeps that copy of its input (4h), the normalised
+        value in the residual stream's dtype for its weight's gradient (none when the weight
+        is frozen), and the linear after it keeps the output in the activation dtype.
+        """
+        h = self.hidden_size
+        return 4 * h + (0 if frozen else residual_bytes * h) + act_bytes * h
+
+    def layer_activations(self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None = None) -> int:
+        """Bytes one decoder layer keeps for the backward pass, per token (module docstring).
 
         Args:
+            residual_bytes: bytes of a residual-stream value (`model.dtype`).
+            act_bytes: bytes of a matmul output (2 under mixed precision).
             adapted: with PEFT, the layer's linears that carry an adapter. The rest of the layer
-                is frozen, and a frozen weight needs no saved input: each norm keeps 2h instead
-                of 3h, and o_proj's and down_proj's inputs are not kept unless they are adapted.
+                is frozen, and a frozen weight needs no saved input: the norms keep no
+                normalised value, and o_proj's and down_proj's inputs are kept only where
+                they carry an adapter.
         """
-        h, i = self.hidden_size, self.intermediate_size
+        i = self.intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        norms, attention, mlp = 6 * h, 3 * q + 2 * kv, 4 * i
+        attention, mlp = 3 * q + 2 * kv, 4 * i
         if adapted is not None:
-            norms -= 2 * h
             attention -= 0 if "o_proj" in adapted else q
             mlp -= 0 if "down_proj" in adapted else i
-        return norms + attention + mlp
+        return 2 * self.norm_activations(residual_bytes, act_bytes, adapted is not None) + (attention + mlp) * act_bytes
+
+    def linear_weights(self) -> int:
+        """Weights that go through a matmul: every layer's linears and lm_head (tied or not)."""
+        return self.num_hidden_layers * self.layer_linear_params() + self.embedding_params()
 
 
 @dataclass(frozen=True)
@@ -320,21 +340,26 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     tokens = b * s
     h, layers = shape.hidden_size, shape.num_hidden_layers
     adapted = None if peft is None else frozenset(name.rsplit(".", 1)[-1] for name in _targets(shape, peft))
-    per_layer = shape.layer_activations(adapted)
-    final = 3 * h if peft is None else 2 * h  # the final norm; frozen, it keeps no normalised input
+    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted)
+    # the final norm; under PEFT lm_head is frozen and keeps no input, and the norm no normalised value
+    final = 4 * h if peft is not None else shape.norm_activations(p_bytes, a_bytes)
     logits_b = tokens * shape.vocab_size * 4 * LOGIT_COPIES
     if checkpointing:
         # the first layer is recomputed only after the loss's float32 buffers are freed, so the
         # peak holds the recomputed layer's set or the logits, whichever is larger
-        layer_b = tokens * per_layer * a_bytes
-        act_b = tokens * (layers * h + final) * a_bytes + max(0, layer_b - logits_b)
+        layer_b = tokens * per_layer
+        act_b = tokens * (layers * h * p_bytes + final) + max(0, layer_b - logits_b)
         act_formula = (
-            f"b {b} * s {s} * (layers {layers} * h {h} + final norm {final}) * {a_bytes} B (checkpointed) "
-            f"+ max(0, one layer b * s * {per_layer} * {a_bytes} B - logits)"
+            f"b {b} * s {s} * (layers {layers} * h {h} * {p_bytes} B + final norm {final} B) (checkpointed) "
+            f"+ max(0, one layer b * s * {per_layer} B - logits)"
         )
     else:
-        act_b = tokens * (layers * per_layer + final) * a_bytes
-        act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} + final norm {final}) * {a_bytes} B"
+        act_b = tokens * (layers * per_layer + final)
+        act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B + final norm {final} B)"
+    if mixed and p_bytes == 4 and launch.strategy == "ddp":
+        # autocast casts each float32 weight to 16 bits for its matmul, and the backward keeps the copy
+        params_b += 2 * shape.linear_weights()
+        precision += f", + 16-bit copies of the {shape.linear_weights():,} matmul weights (autocast)"
 
     parts = [int(round(x)) for x in (params_b, grads_b, optim_b)]
     per_device = sum(parts) + act_b + logits_b

@@ -100,15 +100,16 @@ def test_lora_trains_only_the_adapter(plan_of):
     assert lora.params == 4 * (full.parameters + adapter)
     assert (lora.grads, lora.optimizer) == (4 * adapter, 8 * adapter)
     assert lora.grads < full.grads / 10
-    # frozen norm weights keep no normalised input: 2h less per norm, two per layer and the final one
-    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 64) * 4
+    # frozen norm weights keep no normalised value (h floats less per norm, two per layer), and
+    # the final norm's output is not kept by a frozen lm_head (h floats less again)
+    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 2 * 64) * 4
 
 
 def test_lora_on_attention_only_drops_the_frozen_inputs(plan_of):
     full = plan_of().memory
     lora = plan_of(peft={"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]}).memory
     # also o_proj's input (heads * head_dim = 64) and down_proj's (intermediate 128): no adapter there
-    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 64 + 64 + 128) * 4
+    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 2 * 64 + 64 + 128) * 4
 
 
 def test_qlora_stores_the_base_linears_in_fewer_bytes(plan_of):
@@ -204,14 +205,19 @@ def test_a_recomputed_layer_larger_than_the_logits_adds_the_difference(plan_of):
     assert m.activations == tokens * (h + 3 * h) * 4 + layer - m.logits
 
 
-def test_16_bit_halves_the_weights_and_activations(plan_of):
+def test_16_bit_weights_and_mixed_precision(plan_of):
     fp32 = plan_of().memory
     bf16 = plan_of({"model.dtype": "bfloat16"}).memory
     mixed = plan_of({"launch.mixed_precision": "bf16"}).memory
-    assert (bf16.params, bf16.grads, bf16.optimizer, bf16.activations) == (
-        fp32.params // 2, fp32.grads // 2, fp32.optimizer // 2, fp32.activations // 2
-    )
-    assert (mixed.params, mixed.activations) == (fp32.params, fp32.activations // 2)
+    tokens, h, rest = 4 * 32, 64, 3 * 64 + 2 * 64 + 4 * 128  # rest: attention and MLP elements per token
+    # a norm keeps its input in float32 (4h), the normalised value in model.dtype, the linear's input
+    assert fp32.activations == tokens * (2 * (4 + 4 + 4) * h + rest * 4 + (4 + 4 + 4) * h)
+    assert bf16.activations == tokens * (2 * (4 + 2 + 2) * h + rest * 2 + (4 + 2 + 2) * h)
+    assert mixed.activations == tokens * (2 * (4 + 4 + 2) * h + rest * 2 + (4 + 4 + 2) * h)
+    assert (bf16.params, bf16.grads, bf16.optimizer) == (fp32.params // 2, fp32.grads // 2, fp32.optimizer // 2)
+    # autocast's 16-bit copies of the layer's linears and lm_head, kept for the backward pass
+    assert mixed.params == fp32.params + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 512 * 64)
+    assert (mixed.grads, mixed.optimizer) == (fp32.grads, fp32.optimizer)
     assert bf16.logits == mixed.logits == fp32.logits  # the cross-entropy is float32 either way
 
 
