@@ -116,8 +116,8 @@ class ModelShape:
                 o_bias=model_type != "qwen2" and bool(config.get("attention_bias", False)),
                 mlp_bias=bool(config.get("mlp_bias", False)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"the model's config has no usable {exc}") from None
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise ValueError(f"the model's config.json has no usable {exc}") from None
 
     def linears(self) -> dict[str, tuple[int, int, bool]]:
         """One decoder layer's linear layers: name -> (in_features, out_features, has bias)."""

@@ -239,6 +239,10 @@ def test_no_estimate_for_a_hub_model_or_another_architecture(plan_of, write_reci
     path = write_recipe({"model.init": None, "model.config": None, "model.path": "./gpt"}, tokenizer=None)
     plan, _ = plan_recipe(path, project=tmp_path)
     assert plan.memory is None and "gpt2" in plan.memory_unknown
+    for broken in ({"model_type": "llama", "hidden_size": 64}, {**SMALL, "model_type": "llama", "num_attention_heads": 0}):
+        (tmp_path / "gpt" / "config.json").write_text(json.dumps(broken))
+        plan, _ = plan_recipe(path, project=tmp_path)
+        assert plan.memory is None and plan.memory_unknown.startswith("the model's config.json has no usable")
 
 
 # -- launch.device_memory_gib --------------------------------------------------------------
