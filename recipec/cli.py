@@ -7,6 +7,7 @@ file, line and key, and exits with status 2; a traceback always means a bug in r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -173,7 +174,10 @@ def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as
                 for s in plan.settings
             ],
             "formulas": [{"name": f.name, "expr": f.expr, "note": f.note} for f in plan.formulas],
+            "memory": None if plan.memory is None else dataclasses.asdict(plan.memory),
         }
+        if plan.memory is None:
+            payload["memory_unknown"] = plan.memory_unknown
         click.echo(json.dumps(payload, indent=2))
         return
     click.echo(visible_text(_explain_text(plan)))  # phase names and derived notes carry recipe text
@@ -229,7 +233,22 @@ def _explain_text(plan: Any) -> str:
     lines.append(f"  launch           {plan.launch_command}")
     if plan["num_machines"] > 1:
         lines.append(f"  on SLURM         sbatch {plan.build_dir.rstrip('/')}/slurm.sbatch  (from this directory)")
-    return "\n".join(lines)
+    return "\n".join(lines + _memory_lines(plan))
+
+
+def _memory_lines(plan: Any) -> list[str]:
+    """The peak-memory estimate per device, part by part with its formula."""
+    from .memory import human
+
+    m = plan.memory
+    if m is None:
+        return ["", "[peak memory per device]", f"  not estimated: {plan.memory_unknown}"]
+    lines = ["", "[peak memory per device, estimated (recipec/memory.py)]"]
+    for part, note in zip(("params", "grads", "optimizer", "activations", "logits"), m.notes):
+        lines.append(f"  {part.ljust(12)} {human(getattr(m, part)).rjust(11)}  {note.split(': ', 1)[1]}")
+    devices = f", {human(m.total)} over {m.devices} devices" if m.devices > 1 else ""
+    lines.append(f"  {'peak'.ljust(12)} {human(m.per_device).rjust(11)}  per device{devices}")
+    return lines
 
 
 def _launch_shape(plan: Any) -> str:

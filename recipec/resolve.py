@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from .diagnostics import Diagnostic, RecipeError, did_you_mean
+from .memory import MemoryEstimate, check_ceiling, estimate, model_shape
 from .parent import ParentRun
 from .resolve_data import data_settings, filter_dicts, source_dicts
 from .resolve_schedule import (
@@ -77,6 +78,10 @@ class Plan:
     formulas: tuple[Formula, ...]
     warnings: tuple[Diagnostic, ...] = field(default=())
     version: str = __version__
+    memory: MemoryEstimate | None = None
+    """Estimated peak memory per device (recipec/memory.py), for `explain`; None when unknown."""
+    memory_unknown: str | None = None
+    """Why there is no memory estimate."""
 
     def __getitem__(self, name: str) -> Any:
         for s in self.settings:
@@ -363,6 +368,7 @@ def resolve(
 
     b.section("launch")
     _launch_settings(b, r)
+    memory, memory_unknown = _memory(b, r, model_config)
 
     if r.data.eval_fraction == 0 and t.eval_every > 0:
         b.warn(("train", "eval_every"), "data.eval_fraction is 0: there is no held-out split, so no evaluation runs")
@@ -380,6 +386,8 @@ def resolve(
         settings=tuple(b.settings),
         formulas=tuple(formulas),
         warnings=tuple(b.warnings),
+        memory=memory,
+        memory_unknown=memory_unknown,
     )
 
 
@@ -468,6 +476,25 @@ def _fast_path_settings(b: _Builder, r: Recipe) -> None:
         b.warn(("launch", "tf32"), "launch.tf32 has no effect on CPU: TF32 is a mode of NVIDIA tensor cores")
     if launch.cpu and r.data.pin_memory:
         b.warn(("data", "pin_memory"), "data.pin_memory has no effect on CPU: it speeds up copies to a GPU")
+
+
+def _memory(b: _Builder, recipe: Recipe, model_config: dict[str, Any] | None) -> tuple[MemoryEstimate | None, str | None]:
+    """The peak-memory estimate, and a warning when it exceeds launch.device_memory_gib."""
+    ceiling = recipe.launch.device_memory_gib
+    try:
+        memory = estimate(model_shape(recipe, model_config), recipe)
+    except ValueError as exc:
+        if ceiling is not None:
+            b.warn(("launch", "device_memory_gib"), f"no memory estimate to compare with: {exc}")
+        return None, str(exc)
+    if ceiling is not None and (message := check_ceiling(memory, ceiling)):
+        # a warning, not an error: the estimate is approximate (see recipec/memory.py)
+        b.warn(
+            ("launch", "device_memory_gib"),
+            message,
+            "lower train.micro_batch_size, set model.gradient_checkpointing, or shard (launch.strategy)",
+        )
+    return memory, None
 
 
 def _fsdp_settings(b: _Builder, recipe: Recipe, fsdp: FsdpTable) -> None:

@@ -179,6 +179,9 @@ class LaunchTable(Table):
     hub_offline: bool = True
     """Set HF_HUB_OFFLINE=1 so that nothing is downloaded during training; models and tokenizers must be local or already cached. false allows downloads only when the recipe names a hub model or tokenizer: a recipe with nothing on the hub always runs offline."""
 
+    device_memory_gib: float | None = Field(None, gt=0)
+    """Memory of one device (GPU, or the CPU's share per process) in GiB. When set, `recipec explain`, `validate` and `build` warn if the estimated peak memory per device (parameters, gradients, optimizer state, activations, logits; see `recipec explain`) is above it. The estimate is approximate: no CUDA context, no fragmentation."""
+
     @model_validator(mode="before")
     @classmethod
     def check_env_is_spelt_right(cls, data: Any) -> Any:

@@ -1,0 +1,196 @@
+"""How close `recipec explain`'s peak-memory estimate is to the measured peak of a training step.
+
+For each case (a CPU example recipe, and variants of it through --set: micro-batch,
+seq_len, gradient checkpointing, LoRA, bfloat16), the recipe is planned as `recipec explain`
+plans it, and the same model (the recipe's model.config and vocabulary, model.dtype,
+gradient checkpointing, the [peft] adapter through recipec_runtime's adapters.apply, AdamW
+over the trainable parameters, autocast for mixed precision) runs a few optimizer steps of
+grad_accum_steps micro-batches of random tokens in a fresh process, which reports its peak.
+
+What is measured:
+  * on CPU, the peak of live torch allocations: torch.profiler with profile_memory=True
+    records every allocation and free of the CPU allocator ([memory] events, with their
+    sizes and times) from before the model is created to the last step; the running sum
+    of their sizes has its maximum at the peak. This counts exactly what the estimate
+    models (tensors), and nothing of the process around them. The peak RSS (ru_maxrss minus
+    the RSS before the model) is not used: it also counts the Python heap, the libraries'
+    lazily loaded code, what glibc's malloc keeps after a free and, under the profiler,
+    the profiler's own event buffers.
+  * on CUDA (--device cuda), torch.cuda.max_memory_allocated() after the steps, with the
+    peak reset before the model is created: again torch's live tensors, without the CUDA
+    context or the caching allocator's reserve.
+
+The random tokens stand in for the data: memory depends on the shapes, not the values.
+
+Usage: python benchmarks/memory_estimate.py [--steps N] [--device cpu|cuda] [--case NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CASES: dict[str, tuple[str, list[str]]] = {
+    "quickstart": ("recipes/quickstart.toml", []),
+    "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
+    "quickstart s512 b4": ("recipes/quickstart.toml", ["data.seq_len=512", "train.micro_batch_size=4", "train.batch_size=8"]),
+    "quickstart s256": ("recipes/quickstart.toml", ["data.seq_len=256"]),
+    "quickstart ckpt": ("recipes/quickstart.toml", ["model.gradient_checkpointing=true"]),
+    "quickstart bf16 weights": ("recipes/quickstart.toml", ['model.dtype="bfloat16"']),
+    "quickstart bf16 autocast": ("recipes/quickstart.toml", ['launch.mixed_precision="bf16"']),
+    "quickstart lora r16": (
+        "recipes/quickstart.toml",
+        ['peft={method="lora", r=16, target_modules="all-linear"}'],
+    ),
+    "quickstart lora q,v": ("recipes/quickstart.toml", ['peft={method="lora", r=8}']),
+    "wide 6L b8": (
+        "recipes/quickstart.toml",
+        [
+            "model.config.hidden_size=512",
+            "model.config.intermediate_size=1376",
+            "model.config.num_hidden_layers=6",
+            "model.config.num_attention_heads=8",
+            "model.config.num_key_value_heads=2",
+            "train.micro_batch_size=8",
+            "train.batch_size=16",
+        ],
+    ),
+    "wide 6L b8 ckpt": (
+        "recipes/quickstart.toml",
+        [
+            "model.config.hidden_size=512",
+            "model.config.intermediate_size=1376",
+            "model.config.num_hidden_layers=6",
+            "model.config.num_attention_heads=8",
+            "model.config.num_key_value_heads=2",
+            "train.micro_batch_size=8",
+            "train.batch_size=16",
+            "model.gradient_checkpointing=true",
+        ],
+    ),
+}
+
+
+def _worker(spec: dict) -> None:
+    """Train the spec's model for a few steps and print its peak as JSON (runs in a fresh process)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from recipec.runtime import adapters
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    cuda = spec["device"] == "cuda"
+    device = torch.device(spec["device"])
+
+    def train() -> None:
+        config = AutoConfig.for_model(spec["init"], **spec["config"], vocab_size=spec["vocab_size"])
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, spec["dtype"])).to(device)
+        if spec["gradient_checkpointing"]:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        model.train()
+        if spec["peft"] is not None:
+            model = adapters.apply(model, spec["peft"], total_steps=spec["steps"])
+            optimizer = adapters.make_optimizer(model, spec["peft"], lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+        else:
+            decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+            no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+            optimizer = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3
+            )
+        b, s, accum = spec["micro_batch_size"], spec["seq_len"], spec["grad_accum_steps"]
+        mixed = spec["mixed_precision"]
+        for _ in range(spec["steps"]):
+            for _ in range(accum):
+                x = torch.randint(0, spec["vocab_size"], (b, s), device=device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed == "bf16"):
+                    loss = model(input_ids=x, labels=x).loss / accum
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        train()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            train()
+        events = sorted(
+            (e.start_ns(), e.nbytes())
+            for e in prof.profiler.kineto_results.events()
+            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+        )
+        live = peak = 0
+        for _, nbytes in events:
+            live += nbytes
+            peak = max(peak, live)
+    print(json.dumps({"peak": peak}))
+
+
+def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[object, dict]:
+    sys.path.insert(0, str(REPO))
+    from recipec.compiler import plan_recipe
+
+    plan, _ = plan_recipe(REPO / recipe, overrides, project=REPO)
+    r = plan.recipe
+    spec = {
+        "init": r.model.init,
+        "config": r.model.config.model_dump(exclude_none=True),
+        "vocab_size": r.tokenizer.train.vocab_size,
+        "dtype": r.model.dtype,
+        "mixed_precision": r.launch.mixed_precision,
+        "gradient_checkpointing": r.model.gradient_checkpointing,
+        "peft": plan.get("peft_spec"),
+        "micro_batch_size": r.train.micro_batch_size,
+        "seq_len": r.data.seq_len,
+        "grad_accum_steps": plan["grad_accum_steps"],
+        "steps": steps,
+        "device": device,
+    }
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], cwd=REPO, check=True, capture_output=True, text=True
+    )
+    return plan.memory, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per case (default 3)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="run only these cases (repeatable)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(json.loads(args.worker))
+        return
+
+    mib = 1024**2
+    print(f"{args.steps} optimizer steps per case on {args.device}; MiB; error = (estimate - measured) / measured")
+    head = f"{'case':<24} {'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'logits':>7} {'estimate':>9} {'measured':>9} {'error':>7}"
+    print(head)
+    print("-" * len(head))
+    errors = []
+    for name in args.case or CASES:
+        recipe, overrides = CASES[name]
+        m, measured = _case(recipe, overrides, args.steps, args.device)
+        error = (m.per_device - measured["peak"]) / measured["peak"]
+        errors.append(abs(error))
+        parts = " ".join(f"{getattr(m, k) / mib:7.1f}" for k in ("params", "grads", "optimizer", "activations", "logits"))
+        print(
+            f"{name:<24} {parts} {m.per_device / mib:9.1f} {measured['peak'] / mib:9.1f} {error:+7.1%}",
+            flush=True,
+        )
+    print(f"\nmean |error| {sum(errors) / len(errors):.1%}, max |error| {max(errors):.1%}")
+
+
+if __name__ == "__main__":
+    main()

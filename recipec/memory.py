@@ -1,0 +1,422 @@
+"""Peak memory per device of a training step, from the model's config alone (no torch).
+
+The estimate is the sum of five parts, each in bytes on one device (one process):
+
+* params: every parameter, in `model.dtype` (4 bytes for float32, 2 for bfloat16 and
+  float16; a QLoRA base's decoder linears 0.5 or 1 byte plus their quantization scales).
+  Mixed precision over float32 weights (DDP) adds a 16-bit copy of every matmul weight:
+  autocast casts it for the forward pass and the backward pass keeps the copy.
+* grads: one gradient per *trainable* parameter, in the parameter's dtype; with PEFT only
+  the adapter's parameters (and `modules_to_save`) train. DDP over more than one process
+  adds a second copy: the all-reduce buckets.
+* optimizer: AdamW's two moments per trainable parameter, in the parameter's dtype
+  (torch keeps them like the parameter). DeepSpeed with mixed precision holds 16-bit
+  parameters and gradients and keeps float32 master weights and moments in the optimizer:
+  2 + 2 + 12 bytes per parameter (the ZeRO paper's accounting).
+* activations: the tensors the backward pass keeps, counted op by op for a Llama decoder
+  layer, per token. RMSNorm computes in float32: it keeps that copy of its input (4h bytes)
+  and the normalised value in the residual stream's dtype (`model.dtype`), and the linear
+  after it keeps its output in the activation dtype (twice per layer, and once for the
+  final norm). Attention keeps the rotated q and k, v, the attention output and o_proj's
+  contiguous input (3 * heads * head_dim + 2 * kv_heads * head_dim elements); the SwiGLU
+  MLP keeps gate, silu(gate), up and their product (4 * intermediate). Activation elements
+  are 2 bytes under mixed precision or a 16-bit `model.dtype`, else 4; so a float32 layer
+  keeps (6h + 3 a d + 2 g d + 4i) * 4 bytes per token. With PEFT the norms and the linears
+  without an adapter are frozen, and a frozen weight needs no saved input: a norm keeps no
+  normalised value, the final norm's output is not kept (lm_head is frozen), and o_proj's
+  and down_proj's inputs are kept only where they carry an adapter.
+  This is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+  Models", sec. 4.1), whose GPT count sbh(34 + 5as/h) bytes assumes 16-bit values, dropout
+  masks and an s x s attention matrix, redone for a Llama layer: no dropout, and a fused
+  attention kernel (sdpa, flash) that keeps no s x s matrix. With gradient checkpointing
+  (or FSDP's activation checkpointing) each layer keeps only its input, sbh values of the
+  residual stream (Korthikanti's "full recomputation"), and one layer's full set is rebuilt
+  at a time in the backward pass: that happens after the loss's buffers below are freed,
+  so it adds only what it exceeds them by.
+* logits: b * s * vocab float32 values, three times: the cross-entropy keeps the log
+  probabilities, and the start of the backward pass holds the gradient with respect to them
+  and the one with respect to the logits. For small models this part dominates.
+
+The peak is taken as the plain sum: at the start of the backward pass the activations and
+the logits are all alive, and with gradient accumulation the gradients of the earlier
+micro-batches and the optimizer state are too. Sharding divides what it shards by the
+world size it shards over (launch.num_processes, or the processes of one machine for
+FSDP's hybrid_shard): ZeRO-1 the optimizer state, ZeRO-2 and FSDP shard_grad_op also the
+gradients, ZeRO-3 and FSDP full_shard also the parameters, plus one decoder layer gathered
+whole at a time. Offloading to the CPU removes what it offloads from the device.
+
+Not counted: the CUDA context and the kernels' workspaces (hundreds of MiB on a GPU), the
+allocator's fragmentation and caching, optimizer-step temporaries, eval, EMA/merge copies
+(kept in CPU memory), and architectures other than Llama-like decoders (llama, mistral,
+qwen2): for those there is no estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .schema import Recipe
+
+GIB = 1024**3
+MIB = 1024**2
+
+ARCHITECTURES = ("llama", "mistral", "qwen2")
+"""`model_type`s whose layers the parameter and activation counts describe."""
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+QUANTIZED_BYTES = {"4bit": 0.5 + 4 / 64, "8bit": 1 + 4 / 4096}
+"""Bytes per quantized weight: nf4 with a float32 absmax per 64 weights; int8 with a row scale (rows of 4096)."""
+
+LOGIT_COPIES = 3
+"""float32 b x s x vocab tensors alive at the start of the backward pass (see the module docstring)."""
+
+LAYER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a Llama-like decoder that memory depends on."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], model_type: str, vocab_size: int | None = None) -> ModelShape:
+        """The shape of a transformers config dict (config.json, or `[model.config]`).
+
+        Raises:
+            ValueError: the architecture is not a Llama-like decoder, or a size is missing.
+        """
+        if model_type not in ARCHITECTURES:
+            raise ValueError(f"model_type {model_type!r} is not one of {', '.join(ARCHITECTURES)}")
+        try:
+            h = int(config["hidden_size"])
+            heads = int(config["num_attention_heads"])
+            vocab = int(vocab_size if vocab_size is not None else config["vocab_size"])
+            return cls(
+                hidden_size=h,
+                intermediate_size=int(config["intermediate_size"]),
+                num_hidden_layers=int(config["num_hidden_layers"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(config.get("num_key_value_heads") or heads),
+                head_dim=int(config.get("head_dim") or h // heads),
+                vocab_size=vocab,
+                tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+                qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
+                o_bias=model_type != "qwen2" and bool(config.get("attention_bias", False)),
+                mlp_bias=bool(config.get("mlp_bias", False)),
+            )
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise ValueError(f"the model's config.json has no usable {exc}") from None
+
+    def linears(self) -> dict[str, tuple[int, int, bool]]:
+        """One decoder layer's linear layers: name -> (in_features, out_features, has bias)."""
+        h, d = self.hidden_size, self.head_dim
+        q, kv, i = self.num_attention_heads * d, self.num_key_value_heads * d, self.intermediate_size
+        return {
+            "q_proj": (h, q, self.qkv_bias),
+            "k_proj": (h, kv, self.qkv_bias),
+            "v_proj": (h, kv, self.qkv_bias),
+            "o_proj": (q, h, self.o_bias),
+            "gate_proj": (h, i, self.mlp_bias),
+            "up_proj": (h, i, self.mlp_bias),
+            "down_proj": (i, h, self.mlp_bias),
+        }
+
+    def layer_linear_params(self) -> int:
+        """Parameters of one layer's linears (the part QLoRA quantizes)."""
+        return sum(n_in * n_out + (n_out if bias else 0) for n_in, n_out, bias in self.linears().values())
+
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer: its linears and its two RMSNorm weights."""
+        return self.layer_linear_params() + 2 * self.hidden_size
+
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    def parameters(self) -> int:
+        """Every parameter: embeddings, layers, the final norm, and lm_head unless tied."""
+        untied = 0 if self.tie_word_embeddings else self.embedding_params()
+        return self.embedding_params() + self.num_hidden_layers * self.layer_params() + self.hidden_size + untied
+
+    def norm_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False) -> int:
+        """Bytes per token an RMSNorm and the linear after it keep for the backward pass.
+
+        The norm computes in float32 and keeps that copy of its input (4h), the normalised
+        value in the residual stream's dtype for its weight's gradient (none when the weight
+        is frozen), and the linear after it keeps the output in the activation dtype.
+        """
+        h = self.hidden_size
+        return 4 * h + (0 if frozen else residual_bytes * h) + act_bytes * h
+
+    def layer_activations(self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None = None) -> int:
+        """Bytes one decoder layer keeps for the backward pass, per token (module docstring).
+
+        Args:
+            residual_bytes: bytes of a residual-stream value (`model.dtype`).
+            act_bytes: bytes of a matmul output (2 under mixed precision).
+            adapted: with PEFT, the layer's linears that carry an adapter. The rest of the layer
+                is frozen, and a frozen weight needs no saved input: the norms keep no
+                normalised value, and o_proj's and down_proj's inputs are kept only where
+                they carry an adapter.
+        """
+        i = self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        attention, mlp = 3 * q + 2 * kv, 4 * i
+        if adapted is not None:
+            attention -= 0 if "o_proj" in adapted else q
+            mlp -= 0 if "down_proj" in adapted else i
+        return 2 * self.norm_activations(residual_bytes, act_bytes, adapted is not None) + (attention + mlp) * act_bytes
+
+    def linear_weights(self) -> int:
+        """Weights that go through a matmul: every layer's linears and lm_head (tied or not)."""
+        return self.num_hidden_layers * self.layer_linear_params() + self.embedding_params()
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes on one device at the peak of a training step, by part."""
+
+    params: int
+    grads: int
+    optimizer: int
+    activations: int
+    logits: int
+    per_device: int
+    """The sum of the five parts: the estimated peak of each process."""
+    devices: int
+    """Processes (devices) of the launch, launch.num_processes."""
+    total: int
+    """per_device x devices: the whole launch."""
+    parameters: int
+    """Parameters of the model (before any sharding)."""
+    trainable_parameters: int
+    notes: tuple[str, ...]
+    """One line per part: the formula with the recipe's numbers."""
+
+
+def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
+    """The modules a PEFT spec adapts (one layer's linears by full name, and lm_head)."""
+    targets = peft.get("target_modules")
+    if targets is None:  # peft's defaults for llama, mistral and qwen2
+        targets = ["k_proj", "v_proj", "down_proj"] if peft["method"] == "ia3" else ["q_proj", "v_proj"]
+    mlp = ("gate_proj", "up_proj", "down_proj")
+    modules = {f"model.layers.0.{'mlp' if n in mlp else 'self_attn'}.{n}": v for n, v in shape.linears().items()}
+    if targets == "all-linear":
+        return modules
+    heads = {"lm_head": (shape.hidden_size, shape.vocab_size, False)}
+    return {n: v for n, v in {**modules, **heads}.items() if _matches(n, targets)}
+
+
+def _matches(name: str, wanted: list[str]) -> bool:
+    """peft's rule for a list of names: the full name or a suffix after a dot."""
+    return any(name == w or name.endswith("." + w) for w in wanted)
+
+
+def adapter_parameters(shape: ModelShape, peft: dict[str, Any]) -> int:
+    """Trainable parameters a PEFT spec adds to the model (`[peft]` as a dict).
+
+    LoRA: r (in + out) per adapted linear (+ out with DoRA); LoHa: 2 r (in + out); IA3: one
+    vector per module (its input width for feedforward modules); LoKr, OFT and BOFT are
+    counted like LoRA of the same rank (an approximation: their factorisations differ, and
+    the adapter is small next to the frozen base either way). `modules_to_save` adds a
+    trainable copy of those modules.
+    """
+    method = peft["method"]
+    linears = shape.linears()
+    chosen = _targets(shape, peft)
+    rank = peft.get("r") or 8
+    feedforward = peft.get("feedforward_modules") or (["down_proj"] if method == "ia3" else [])
+    count = 0
+    for name, (n_in, n_out, _) in chosen.items():
+        times = 1 if name == "lm_head" else shape.num_hidden_layers
+        if method == "ia3":
+            each = n_in if _matches(name, feedforward) else n_out
+        elif method == "loha":
+            each = 2 * rank * (n_in + n_out)
+        else:
+            each = rank * (n_in + n_out) + (n_out if peft.get("dora") else 0)
+        count += times * each
+    for name in peft.get("modules_to_save") or []:
+        if name in ("lm_head", "embed_tokens"):
+            count += shape.embedding_params()
+        elif name in linears:
+            n_in, n_out, bias = linears[name]
+            count += shape.num_hidden_layers * (n_in * n_out + (n_out if bias else 0))
+    return count
+
+
+def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
+    """The peak memory per device of the recipe's training step on a model of this shape.
+
+    Reads the launch shape (`train.micro_batch_size`, `data.seq_len`), the precision
+    (`model.dtype`, `launch.mixed_precision`), `[peft]`, the strategy and its sharding
+    (`launch.strategy`, `[launch.fsdp]`, `[launch.deepspeed]`, `launch.num_processes`,
+    `launch.num_machines`) and the checkpointing (`model.gradient_checkpointing`,
+    `launch.fsdp.activation_checkpointing`). See the module docstring for the formulas.
+    """
+    launch, b, s = recipe.launch, recipe.train.micro_batch_size, recipe.data.seq_len
+    world = launch.num_processes
+    p_bytes = DTYPE_BYTES[recipe.model.dtype]
+    mixed = launch.mixed_precision != "no"
+    a_bytes = 2 if mixed or p_bytes == 2 else 4
+    notes: list[str] = []
+
+    n_params = shape.parameters()
+    peft = recipe.peft.model_dump(exclude_none=True) if recipe.peft is not None else None
+    adapter = adapter_parameters(shape, peft) if peft is not None else 0
+    trainable = adapter if peft is not None else n_params
+    quantize = getattr(recipe.peft, "quantize", None)
+
+    # bytes per parameter: the stored weights, a trainable one's gradient and its optimizer state
+    ds_stage = (launch.deepspeed.zero_stage if launch.deepspeed is not None else 2) if launch.strategy == "deepspeed" else 0
+    if ds_stage and mixed:
+        w_bytes, g_bytes, o_bytes = 2, 2, 12
+        precision = f"DeepSpeed {launch.mixed_precision}: 2-byte weights and grads, float32 master weights and moments"
+    else:
+        w_bytes, g_bytes, o_bytes = p_bytes, p_bytes, 2 * p_bytes
+        precision = f"model.dtype {recipe.model.dtype}"
+
+    params_b = float(n_params * w_bytes + adapter * w_bytes)
+    if quantize is not None:
+        linear = shape.num_hidden_layers * shape.layer_linear_params()
+        params_b -= linear * (w_bytes - QUANTIZED_BYTES[quantize])
+        precision += f", decoder linears quantized {quantize}"
+    grads_b = float(trainable * g_bytes)
+    optim_b = float(trainable * o_bytes)
+    gathered = shape.layer_params() * w_bytes  # one FSDP unit / ZeRO-3 layer gathered whole
+    shard, grads_how, optim_how = "", "", ""
+    if launch.strategy == "ddp" and world > 1:
+        grads_b *= 2
+        grads_how = " x 2 (ddp buckets)"
+        shard = f"; ddp over {world} processes: + all-reduce buckets (a second copy of the grads)"
+    elif launch.strategy == "fsdp":
+        fsdp = launch.fsdp
+        how = fsdp.sharding_strategy if fsdp is not None else "full_shard"
+        over = world // launch.num_machines if how == "hybrid_shard" else world
+        if how != "no_shard":
+            grads_b, optim_b = grads_b / over, optim_b / over
+            grads_how = optim_how = f" / {over} ({how})"
+        if how in ("full_shard", "hybrid_shard"):
+            params_b = params_b / over + gathered
+        if fsdp is not None and fsdp.cpu_offload:
+            params_b, grads_b, optim_b = float(gathered), 0.0, 0.0
+            grads_how = optim_how = " offloaded to the CPU"
+            shard = f"; fsdp {how}, parameters, grads and optimizer state offloaded to the CPU"
+        else:
+            gathered_note = " (+ one layer gathered)" if how in ("full_shard", "hybrid_shard") else ""
+            shard = f"; fsdp {how} over {over} processes{gathered_note}"
+    elif ds_stage:
+        ds = launch.deepspeed
+        optim_b /= world
+        optim_how = f" / {world} (ZeRO-{ds_stage})"
+        if ds_stage >= 2:
+            grads_b /= world
+            grads_how = optim_how
+        if ds_stage == 3:
+            params_b = params_b / world + gathered
+        shard = f"; ZeRO stage {ds_stage} over {world} processes" + (" (+ one layer gathered)" if ds_stage == 3 else "")
+        if ds is not None and ds.offload_optimizer != "none":
+            optim_b = 0.0
+            optim_how = f" offloaded to {ds.offload_optimizer}"
+            shard += f", optimizer offloaded to {ds.offload_optimizer}"
+        if ds is not None and ds.offload_params != "none":
+            params_b = float(gathered)
+            shard += f", parameters offloaded to {ds.offload_params}"
+
+    checkpointing = recipe.model.gradient_checkpointing or bool(
+        launch.strategy == "fsdp" and launch.fsdp is not None and launch.fsdp.activation_checkpointing
+    )
+    tokens = b * s
+    h, layers = shape.hidden_size, shape.num_hidden_layers
+    adapted = None if peft is None else frozenset(name.rsplit(".", 1)[-1] for name in _targets(shape, peft))
+    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted)
+    # the final norm; under PEFT lm_head is frozen and keeps no input, and the norm no normalised value
+    final = 4 * h if peft is not None else shape.norm_activations(p_bytes, a_bytes)
+    logits_b = tokens * shape.vocab_size * 4 * LOGIT_COPIES
+    if checkpointing:
+        # the first layer is recomputed only after the loss's float32 buffers are freed, so the
+        # peak holds the recomputed layer's set or the logits, whichever is larger
+        layer_b = tokens * per_layer
+        act_b = tokens * (layers * h * p_bytes + final) + max(0, layer_b - logits_b)
+        act_formula = (
+            f"b {b} * s {s} * (layers {layers} * h {h} * {p_bytes} B + final norm {final} B) (checkpointed) "
+            f"+ max(0, one layer b * s * {per_layer} B - logits)"
+        )
+    else:
+        act_b = tokens * (layers * per_layer + final)
+        act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B + final norm {final} B)"
+    if mixed and p_bytes == 4 and launch.strategy == "ddp":
+        # autocast casts each float32 weight to 16 bits for its matmul, and the backward keeps the copy
+        params_b += 2 * shape.linear_weights()
+        precision += f", + 16-bit copies of the {shape.linear_weights():,} matmul weights (autocast)"
+
+    parts = [int(round(x)) for x in (params_b, grads_b, optim_b)]
+    per_device = sum(parts) + act_b + logits_b
+    what = "adapter" if peft is not None else "all"
+    notes += [
+        f"params: {n_params:,} parameters{f' + {adapter:,} adapter' if peft else ''} ({precision}){shard}",
+        f"grads: {trainable:,} trainable ({what}) x {g_bytes} B{grads_how}",
+        f"optimizer: AdamW, {trainable:,} trainable x {o_bytes} B{optim_how}",
+        f"activations: {act_formula}",
+        f"logits: b {b} * s {s} * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (float32 cross-entropy)",
+    ]
+    return MemoryEstimate(
+        params=parts[0],
+        grads=parts[1],
+        optimizer=parts[2],
+        activations=act_b,
+        logits=logits_b,
+        per_device=per_device,
+        devices=world,
+        total=per_device * world,
+        parameters=n_params + adapter,
+        trainable_parameters=trainable,
+        notes=tuple(notes),
+    )
+
+
+def model_shape(recipe: Recipe, model_config: dict[str, Any] | None) -> ModelShape:
+    """The shape of the recipe's model: `[model.config]` and the tokenizer for `model.init`,
+    the pretrained model's config.json otherwise.
+
+    Raises:
+        ValueError: with why there is no estimate (unknown config, vocabulary or architecture).
+    """
+    if recipe.model.init is not None:
+        train = recipe.tokenizer.train
+        if train is None:
+            raise ValueError("the vocabulary size is the tokenizer's, and tokenizer.path is read only when training")
+        return ModelShape.from_config(recipe.model.config.model_dump(), recipe.model.init, train.vocab_size)
+    if model_config is None:
+        raise ValueError("the model's config.json is read only for a local model (model.path starting with ./, ../, / or ~)")
+    return ModelShape.from_config(model_config, str(model_config.get("model_type")))
+
+
+def human(n: float) -> str:
+    """Bytes as MiB below a GiB, else GiB."""
+    return f"{n / MIB:.1f} MiB" if n < GIB else f"{n / GIB:.2f} GiB"
+
+
+def check_ceiling(estimate_: MemoryEstimate, gib: float) -> str | None:
+    """The warning text when the estimate exceeds `gib` GiB per device, else None."""
+    if estimate_.per_device <= gib * GIB:
+        return None
+    return (
+        f"estimated peak memory {human(estimate_.per_device)} per device is above launch.device_memory_gib {gib:g} "
+        f"(params {human(estimate_.params)}, grads {human(estimate_.grads)}, optimizer {human(estimate_.optimizer)}, "
+        f"activations {human(estimate_.activations)}, logits {human(estimate_.logits)})"
+    )
+
+
+__all__ = ["MemoryEstimate", "ModelShape", "adapter_parameters", "check_ceiling", "estimate", "human", "model_shape"]

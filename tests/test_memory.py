@@ -1,0 +1,318 @@
+"""The peak-memory estimate: parameter counts against transformers and peft, how each part
+scales with PEFT, sharding, checkpointing and precision, the device_memory_gib warning, and
+explain's output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from recipec.cli import main
+from recipec.compiler import plan_recipe
+from recipec.memory import GIB, ModelShape, adapter_parameters
+
+
+def shape_and_model(model_type: str, **config):
+    """The estimate's shape of a config, and the transformers model built from it."""
+    pytest.importorskip("torch")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(model_type, **config)
+    return ModelShape.from_config(cfg.to_dict(), model_type), AutoModelForCausalLM.from_config(cfg)
+
+
+SMALL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 8, "vocab_size": 301}
+
+
+@pytest.mark.parametrize(
+    ("model_type", "config"),
+    [
+        ("llama", {**SMALL, "num_key_value_heads": 2}),  # grouped-query attention, untied
+        ("llama", {**SMALL, "tie_word_embeddings": True}),
+        ("llama", {**SMALL, "num_key_value_heads": 4, "attention_bias": True, "mlp_bias": True}),
+        ("mistral", {**SMALL, "num_key_value_heads": 2, "head_dim": 16}),  # head_dim * heads != hidden_size
+        ("qwen2", {**SMALL, "num_key_value_heads": 2}),  # q/k/v biases
+        ("qwen2", {**SMALL, "num_key_value_heads": 1, "tie_word_embeddings": True}),
+    ],
+)
+def test_parameter_count_is_exact(model_type, config):
+    shape, model = shape_and_model(model_type, **config)
+    assert shape.parameters() == sum(p.numel() for p in model.parameters())
+    layer = model.model.layers[0]
+    assert shape.layer_params() == sum(p.numel() for p in layer.parameters())
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"method": "lora", "r": 4, "target_modules": "all-linear"},
+        {"method": "lora", "r": 8},  # peft's default targets: q_proj, v_proj
+        {"method": "lora", "r": 4, "target_modules": ["o_proj", "mlp.down_proj"], "dora": True},
+        {"method": "lora", "r": 2, "target_modules": ["q_proj"], "modules_to_save": ["lm_head"]},
+        {"method": "loha", "r": 4, "target_modules": ["q_proj", "up_proj"]},
+        {"method": "ia3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
+    ],
+)
+def test_adapter_parameters_match_peft(spec):
+    shape, model = shape_and_model("llama", **{**SMALL, "num_key_value_heads": 2})
+    from recipec.runtime import adapters
+
+    model = adapters.apply(model, dict(spec))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert adapter_parameters(shape, spec) == trainable
+
+
+# -- the estimate of a recipe ------------------------------------------------------------
+
+
+def test_minimal_recipe_by_hand(plan_of):
+    # h 64, i 128, 1 layer, 4 heads, vocab 512, micro-batch 4 x seq_len 32, float32
+    m = plan_of().memory
+    params = 512 * 64 * 2 + (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
+    assert m.parameters == m.trainable_parameters == params
+    assert (m.params, m.grads, m.optimizer) == (4 * params, 4 * params, 8 * params)
+    per_token = (6 * 64 + 3 * 64 + 2 * 64 + 4 * 128) + 3 * 64
+    assert m.activations == 4 * 32 * per_token * 4
+    assert m.logits == 4 * 32 * 512 * 4 * 3
+    assert m.per_device == m.params + m.grads + m.optimizer + m.activations + m.logits
+    assert m.devices == 1 and m.total == m.per_device
+    assert len(m.notes) == 5
+
+
+def test_micro_batch_and_seq_len_scale_activations_and_logits_only(plan_of):
+    base = plan_of().memory
+    double = plan_of({"train.micro_batch_size": 8, "train.batch_size": 8}).memory
+    longer = plan_of({"data.seq_len": 64}).memory
+    for m in (double, longer):
+        assert (m.params, m.grads, m.optimizer) == (base.params, base.grads, base.optimizer)
+        assert (m.activations, m.logits) == (2 * base.activations, 2 * base.logits)
+
+
+def test_lora_trains_only_the_adapter(plan_of):
+    full = plan_of().memory
+    lora = plan_of(peft={"method": "lora", "r": 4, "target_modules": "all-linear"}).memory
+    adapter = 4 * (3 * (64 + 64) + (64 + 64) + 2 * (64 + 128) + (128 + 64))  # q k v o, gate up, down
+    assert lora.trainable_parameters == adapter
+    assert lora.parameters == full.parameters + adapter
+    assert lora.params == 4 * (full.parameters + adapter)
+    assert (lora.grads, lora.optimizer) == (4 * adapter, 8 * adapter)
+    assert lora.grads < full.grads / 10
+    # frozen norm weights keep no normalised value (h floats less per norm, two per layer), and
+    # the final norm's output is not kept by a frozen lm_head (h floats less again)
+    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 2 * 64) * 4
+
+
+def test_lora_on_attention_only_drops_the_frozen_inputs(plan_of):
+    full = plan_of().memory
+    lora = plan_of(peft={"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]}).memory
+    # also o_proj's input (heads * head_dim = 64) and down_proj's (intermediate 128): no adapter there
+    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 2 * 64 + 64 + 128) * 4
+
+
+def test_qlora_stores_the_base_linears_in_fewer_bytes(plan_of):
+    peft = {"method": "lora", "r": 4, "target_modules": "all-linear"}
+    shape = ModelShape.from_config({**plan_of().recipe.model.config.model_dump(), "vocab_size": 512}, "llama")
+    # quantize needs a pretrained model: the estimate itself does not, so use it directly
+    from recipec.memory import estimate
+
+    recipe = plan_of(peft=peft).recipe
+    plain = estimate(shape, recipe)
+    quantized = estimate(shape, recipe.model_copy(update={"peft": recipe.peft.model_copy(update={"quantize": "4bit"})}))
+    linear = shape.layer_linear_params()
+    assert plain.params - quantized.params == round(linear * (4 - (0.5 + 4 / 64)))
+    assert quantized.grads == plain.grads
+
+
+SHARDED = {"launch.num_processes": 4, "train.batch_size": 16}
+
+
+def test_ddp_keeps_a_full_replica_and_the_all_reduce_buckets(plan_of):
+    one, four = plan_of().memory, plan_of(SHARDED).memory
+    assert (four.params, four.optimizer, four.activations) == (one.params, one.optimizer, one.activations)
+    assert four.grads == 2 * one.grads
+    assert four.devices == 4 and four.total == 4 * four.per_device
+
+
+@pytest.mark.parametrize(
+    ("launch", "sharded"),
+    [
+        ({"strategy": "deepspeed", "deepspeed": {"zero_stage": 1}}, {"optimizer"}),
+        ({"strategy": "deepspeed", "deepspeed": {"zero_stage": 2}}, {"optimizer", "grads"}),
+        ({"strategy": "deepspeed", "deepspeed": {"zero_stage": 3}}, {"optimizer", "grads", "params"}),
+        ({"strategy": "fsdp", "fsdp": {"sharding_strategy": "shard_grad_op"}}, {"optimizer", "grads"}),
+        ({"strategy": "fsdp"}, {"optimizer", "grads", "params"}),  # full_shard by default
+        ({"strategy": "fsdp", "fsdp": {"version": 1, "sharding_strategy": "no_shard"}}, set()),
+    ],
+)
+def test_sharding_divides_what_it_shards_by_the_world_size(plan_of, launch, sharded):
+    one = plan_of().memory
+    m = plan_of(SHARDED, launch=launch).memory
+    layer = (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) * 4  # one layer gathered whole, float32
+    assert m.params == (one.params // 4 + layer if "params" in sharded else one.params)
+    assert m.grads == (one.grads // 4 if "grads" in sharded else one.grads)
+    assert m.optimizer == (one.optimizer // 4 if "optimizer" in sharded else one.optimizer)
+    assert (m.activations, m.logits) == (one.activations, one.logits)
+
+
+def test_hybrid_shard_shards_within_a_machine(plan_of):
+    one = plan_of().memory
+    m = plan_of(
+        {**SHARDED, "launch.num_machines": 2, "launch.main_process_ip": "10.0.0.1"},
+        launch={"strategy": "fsdp", "fsdp": {"sharding_strategy": "hybrid_shard"}},
+    ).memory
+    assert (m.grads, m.optimizer) == (one.grads // 2, one.optimizer // 2)
+
+
+def test_offload_takes_the_optimizer_off_the_device(plan_of):
+    m = plan_of(SHARDED, launch={"strategy": "deepspeed", "deepspeed": {"zero_stage": 2, "offload_optimizer": "cpu"}})
+    assert m.memory.optimizer == 0
+    fsdp = plan_of(SHARDED, launch={"strategy": "fsdp", "fsdp": {"cpu_offload": True}}).memory
+    assert fsdp.grads == fsdp.optimizer == 0
+
+
+def test_deepspeed_mixed_precision_keeps_float32_master_weights(plan_of):
+    m = plan_of(SHARDED, launch={"strategy": "deepspeed", "mixed_precision": "bf16", "deepspeed": {"zero_stage": 1}}).memory
+    n = m.parameters
+    assert (m.params, m.grads, m.optimizer) == (2 * n, 2 * n, 12 * n // 4)  # stage 1 shards only the optimizer
+
+
+@pytest.mark.parametrize(
+    "checkpointing",
+    [{"model.gradient_checkpointing": True}, {**SHARDED, "launch.strategy": "fsdp", "launch.fsdp.activation_checkpointing": True}],
+)
+def test_checkpointing_keeps_only_the_layer_inputs(plan_of, checkpointing):
+    deep = {"model.config.num_hidden_layers": 8}
+    plain = plan_of({**deep, **{k: v for k, v in checkpointing.items() if "checkpointing" not in k}}).memory
+    ckpt = plan_of({**deep, **checkpointing}).memory
+    tokens, h = 4 * 32, 64
+    per_layer = 6 * 64 + 3 * 64 + 2 * 64 + 4 * 128
+    assert plain.activations == tokens * (8 * per_layer + 3 * h) * 4
+    # the recomputed layer (tokens * per_layer * 4 B) is smaller than the logits' buffers: nothing added
+    assert tokens * per_layer * 4 < ckpt.logits
+    assert ckpt.activations == tokens * (8 * h + 3 * h) * 4
+    assert ckpt.logits == plain.logits
+
+
+def test_a_recomputed_layer_larger_than_the_logits_adds_the_difference(plan_of):
+    wide = {"model.config.hidden_size": 512, "model.config.intermediate_size": 2048, "model.gradient_checkpointing": True}
+    m = plan_of(wide).memory
+    tokens, h = 4 * 32, 512
+    layer = tokens * (6 * h + 3 * h + 2 * h + 4 * 2048) * 4
+    assert layer > m.logits
+    assert m.activations == tokens * (h + 3 * h) * 4 + layer - m.logits
+
+
+def test_16_bit_weights_and_mixed_precision(plan_of):
+    fp32 = plan_of().memory
+    bf16 = plan_of({"model.dtype": "bfloat16"}).memory
+    mixed = plan_of({"launch.mixed_precision": "bf16"}).memory
+    tokens, h, rest = 4 * 32, 64, 3 * 64 + 2 * 64 + 4 * 128  # rest: attention and MLP elements per token
+    # a norm keeps its input in float32 (4h), the normalised value in model.dtype, the linear's input
+    assert fp32.activations == tokens * (2 * (4 + 4 + 4) * h + rest * 4 + (4 + 4 + 4) * h)
+    assert bf16.activations == tokens * (2 * (4 + 2 + 2) * h + rest * 2 + (4 + 2 + 2) * h)
+    assert mixed.activations == tokens * (2 * (4 + 4 + 2) * h + rest * 2 + (4 + 4 + 2) * h)
+    assert (bf16.params, bf16.grads, bf16.optimizer) == (fp32.params // 2, fp32.grads // 2, fp32.optimizer // 2)
+    # autocast's 16-bit copies of the layer's linears and lm_head, kept for the backward pass
+    assert mixed.params == fp32.params + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 512 * 64)
+    assert (mixed.grads, mixed.optimizer) == (fp32.grads, fp32.optimizer)
+    assert bf16.logits == mixed.logits == fp32.logits  # the cross-entropy is float32 either way
+
+
+def test_a_local_pretrained_model_is_estimated_from_its_config_json(write_recipe, tmp_path: Path):
+    config = {**SMALL, "model_type": "llama", "num_key_value_heads": 2, "max_position_embeddings": 128}
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text(json.dumps(config))
+    path = write_recipe({"model.init": None, "model.config": None, "model.path": "./base"}, tokenizer=None)
+    plan, _ = plan_recipe(path, project=tmp_path)
+    assert plan.memory.parameters == ModelShape.from_config(config, "llama").parameters()
+    assert plan.memory.logits == 4 * 32 * 301 * 4 * 3
+
+
+def test_no_estimate_for_a_hub_model_or_another_architecture(plan_of, write_recipe, tmp_path: Path):
+    plan = plan_of({"model.init": None, "model.config": None, "model.path": "org/name"}, tokenizer=None)
+    assert plan.memory is None and "local model" in plan.memory_unknown
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
+    path = write_recipe({"model.init": None, "model.config": None, "model.path": "./gpt"}, tokenizer=None)
+    plan, _ = plan_recipe(path, project=tmp_path)
+    assert plan.memory is None and "gpt2" in plan.memory_unknown
+    for broken in ({"model_type": "llama", "hidden_size": 64}, {**SMALL, "model_type": "llama", "num_attention_heads": 0}):
+        (tmp_path / "gpt" / "config.json").write_text(json.dumps(broken))
+        plan, _ = plan_recipe(path, project=tmp_path)
+        assert plan.memory is None and plan.memory_unknown.startswith("the model's config.json has no usable")
+
+
+# -- launch.device_memory_gib --------------------------------------------------------------
+
+
+def memory_warnings(plan):
+    return [w for w in plan.warnings if "device_memory_gib" in w.message]
+
+
+def test_warning_at_device_memory_gib_when_the_estimate_is_above_it(plan_of):
+    per_device = plan_of().memory.per_device
+    below = per_device / GIB * 0.9
+    plan = plan_of({"launch.device_memory_gib": below})
+    [warning] = memory_warnings(plan)
+    assert warning.severity == "warning"
+    assert warning.message.startswith(f"estimated peak memory {per_device / 2**20:.1f} MiB per device is above")
+    assert warning.location.file == "recipes/tiny.toml"
+    assert warning.location.source_line.startswith("device_memory_gib = ")
+    assert warning.location.line > 0
+    assert memory_warnings(plan_of({"launch.device_memory_gib": per_device / GIB * 1.1})) == []
+    assert memory_warnings(plan_of()) == []
+
+
+def test_the_warning_points_at_an_override(plan_of):
+    [warning] = memory_warnings(plan_of(overrides=["launch.device_memory_gib=0.0001"]))
+    assert warning.location.file == "--set"
+
+
+def test_warning_when_there_is_nothing_to_compare_with(plan_of):
+    plan = plan_of({"model.init": None, "model.config": None, "model.path": "org/name", "launch.device_memory_gib": 80.0}, tokenizer=None)
+    assert [w.message for w in plan.warnings] == [
+        "no memory estimate to compare with: the model's config.json is read only for a local model "
+        "(model.path starting with ./, ../, / or ~)"
+    ]
+
+
+def test_device_memory_gib_must_be_positive(plan_of):
+    from recipec.diagnostics import RecipeError
+
+    with pytest.raises(RecipeError) as info:
+        plan_of({"launch.device_memory_gib": 0})
+    [error] = info.value.diagnostics
+    assert error.message == "`launch.device_memory_gib` must be greater than 0, got 0"
+    assert error.location.source_line.startswith("device_memory_gib = ")
+
+
+# -- explain -------------------------------------------------------------------------------
+
+
+def test_explain_prints_the_breakdown(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    write_recipe({"launch.device_memory_gib": 0.0001})
+    result = CliRunner().invoke(main, ["--no-color", "explain", "recipe.toml", "--json"])
+    assert result.exit_code == 0, result.output
+    memory = json.loads(result.stdout)["memory"]
+    parts = ("params", "grads", "optimizer", "activations", "logits")
+    assert memory["per_device"] == sum(memory[k] for k in parts) > 0
+    assert memory["total"] == memory["per_device"] * memory["devices"]
+    assert len(memory["notes"]) == 5
+    assert "warning: estimated peak memory" in result.stderr
+    assert "--> recipe.toml:" in result.stderr  # file:line of launch.device_memory_gib
+
+    text = CliRunner().invoke(main, ["--no-color", "explain", "recipe.toml"]).stdout
+    assert "\n[peak memory per device, estimated (recipec/memory.py)]\n" in text
+    for part in (*parts, "peak"):
+        assert f"\n  {part.ljust(12)} " in text
+
+
+def test_explain_json_says_why_there_is_no_estimate(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    write_recipe({"model.init": None, "model.config": None, "model.path": "org/name"}, tokenizer=None)
+    payload = json.loads(CliRunner().invoke(main, ["explain", "recipe.toml", "--json"]).stdout)
+    assert payload["memory"] is None and "local model" in payload["memory_unknown"]
