@@ -41,6 +41,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart s512 b4": ("recipes/quickstart.toml", ["data.seq_len=512", "train.micro_batch_size=4", "train.batch_size=8"]),
     "quickstart s256": ("recipes/quickstart.toml", ["data.seq_len=256"]),
     "quickstart ckpt": ("recipes/quickstart.toml", ["model.gradient_checkpointing=true"]),
+    "quickstart eager attention": ("recipes/quickstart.toml", ['model.attention="eager"']),
+    "quickstart eager bf16": ("recipes/quickstart.toml", ['model.attention="eager"', 'launch.mixed_precision="bf16"']),
     "quickstart bf16 weights": ("recipes/quickstart.toml", ['model.dtype="bfloat16"']),
     "quickstart bf16 autocast": ("recipes/quickstart.toml", ['launch.mixed_precision="bf16"']),
     "quickstart lora r16": (
@@ -91,7 +93,9 @@ def _worker(spec: dict) -> None:
 
     def train() -> None:
         config = AutoConfig.for_model(spec["init"], **spec["config"], vocab_size=spec["vocab_size"])
-        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, spec["dtype"])).to(device)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=getattr(torch, spec["dtype"]), attn_implementation=spec["attention"]
+        ).to(device)
         if spec["gradient_checkpointing"]:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
@@ -149,6 +153,7 @@ def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[o
         "dtype": r.model.dtype,
         "mixed_precision": r.launch.mixed_precision,
         "gradient_checkpointing": r.model.gradient_checkpointing,
+        "attention": r.model.attention,
         "peft": plan.get("peft_spec"),
         "micro_batch_size": r.train.micro_batch_size,
         "seq_len": r.data.seq_len,

@@ -28,7 +28,9 @@ The estimate is the sum of five parts, each in bytes on one device (one process)
   This is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
   Models", sec. 4.1), whose GPT count sbh(34 + 5as/h) bytes assumes 16-bit values, dropout
   masks and an s x s attention matrix, redone for a Llama layer: no dropout, and a fused
-  attention kernel (sdpa, flash) that keeps no s x s matrix. With gradient checkpointing
+  attention kernel (sdpa, flash) that keeps no s x s matrix; with `model.attention =
+  "eager"` each layer also keeps its float32 softmax output, b * heads * s * s values (and
+  its 16-bit copy under 16-bit activations). With gradient checkpointing
   (or FSDP's activation checkpointing) each layer keeps only its input, sbh values of the
   residual stream (Korthikanti's "full recomputation"), and one layer's full set is rebuilt
   at a time in the backward pass: that happens after the loss's buffers below are freed,
@@ -341,21 +343,28 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     h, layers = shape.hidden_size, shape.num_hidden_layers
     adapted = None if peft is None else frozenset(name.rsplit(".", 1)[-1] for name in _targets(shape, peft))
     per_layer = shape.layer_activations(p_bytes, a_bytes, adapted)
+    # eager attention keeps its s x s probabilities for the backward pass: softmax runs in
+    # float32 and keeps that output, and under 16-bit activations the matmul keeps its copy
+    scores_b = 0
+    if recipe.model.attention == "eager":
+        scores_b = b * shape.num_attention_heads * s * s * (4 + (a_bytes if a_bytes < 4 else 0))
     # the final norm; under PEFT lm_head is frozen and keeps no input, and the norm no normalised value
     final = 4 * h if peft is not None else shape.norm_activations(p_bytes, a_bytes)
     logits_b = tokens * shape.vocab_size * 4 * LOGIT_COPIES
     if checkpointing:
         # the first layer is recomputed only after the loss's float32 buffers are freed, so the
         # peak holds the recomputed layer's set or the logits, whichever is larger
-        layer_b = tokens * per_layer
+        layer_b = tokens * per_layer + scores_b
         act_b = tokens * (layers * h * p_bytes + final) + max(0, layer_b - logits_b)
         act_formula = (
             f"b {b} * s {s} * (layers {layers} * h {h} * {p_bytes} B + final norm {final} B) (checkpointed) "
             f"+ max(0, one layer b * s * {per_layer} B - logits)"
         )
     else:
-        act_b = tokens * (layers * per_layer + final)
+        act_b = tokens * (layers * per_layer + final) + layers * scores_b
         act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B + final norm {final} B)"
+    if scores_b:
+        act_formula += f" + eager attention's probabilities: layers {layers} * b {b} * heads {shape.num_attention_heads} * s {s}^2 * {scores_b // (b * shape.num_attention_heads * s * s)} B"
     if mixed and p_bytes == 4 and launch.strategy == "ddp":
         # autocast casts each float32 weight to 16 bits for its matmul, and the backward keeps the copy
         params_b += 2 * shape.linear_weights()

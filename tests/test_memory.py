@@ -82,6 +82,17 @@ def test_minimal_recipe_by_hand(plan_of):
     assert len(m.notes) == 5
 
 
+def test_eager_attention_keeps_the_probabilities_of_every_layer(plan_of):
+    sdpa = plan_of({"model.config.num_hidden_layers": 2}).memory
+    eager = plan_of({"model.config.num_hidden_layers": 2, "model.attention": "eager"}).memory
+    # 2 layers * micro-batch 4 * 4 heads * 32 * 32 float32 softmax outputs
+    assert eager.activations - sdpa.activations == 2 * 4 * 4 * 32 * 32 * 4
+    assert "eager attention's probabilities" in eager.notes[3] and "eager" not in sdpa.notes[3]
+    bf16 = plan_of({"model.attention": "eager", "launch.mixed_precision": "bf16"}).memory
+    bf16_sdpa = plan_of({"launch.mixed_precision": "bf16"}).memory
+    assert bf16.activations - bf16_sdpa.activations == 4 * 4 * 32 * 32 * (4 + 2)  # + the 16-bit copy
+
+
 def test_micro_batch_and_seq_len_scale_activations_and_logits_only(plan_of):
     base = plan_of().memory
     double = plan_of({"train.micro_batch_size": 8, "train.batch_size": 8}).memory
