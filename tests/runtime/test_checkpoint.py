@@ -47,15 +47,16 @@ def test_save_commit_latest_read_state(tmp_path):
     assert (final / "model.safetensors").read_text() == "weights"
     assert not (tmp_path / ".tmp-step_00000100").exists()
     assert checkpoint.latest(tmp_path) == final
-    assert checkpoint.read_state(final) == {"step": 100, "payload": "weights"}
+    # the state file also lists every other file with its size
+    assert checkpoint.read_state(final) == {"step": 100, "payload": "weights", "files": {"model.safetensors": 7}}
 
 
 def test_write_state_format_and_no_leftovers(tmp_path):
     checkpoint.write_state(tmp_path, {"b": 1, "a": {"y": 2, "x": [1, 2]}})
     text = (tmp_path / STATE_FILE).read_text()
-    assert text == json.dumps({"b": 1, "a": {"y": 2, "x": [1, 2]}}, sort_keys=True, indent=2) + "\n"
+    assert text == json.dumps({"b": 1, "a": {"y": 2, "x": [1, 2]}, "files": {}}, sort_keys=True, indent=2) + "\n"
     checkpoint.write_state(tmp_path, {"step": 2})
-    assert checkpoint.read_state(tmp_path) == {"step": 2}
+    assert checkpoint.read_state(tmp_path) == {"step": 2, "files": {}}
     assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]
 
 

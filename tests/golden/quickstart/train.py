@@ -170,7 +170,9 @@ run_json = output_dir / "run.json"
 if master:
     if run_json.exists() and json.loads(run_json.read_text()).get("name") != name:
         sys.exit(f"error: {output_dir} holds a run of another recipe; set output.dir to a new directory")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    problem = checkpoint.check_writable(output_dir)  # creates it; a read-only place stops the run here
+    if problem:
+        sys.exit(f"error: {problem}")
 accelerator.wait_for_everyone()
 started = datetime.datetime.now(datetime.timezone.utc)
 set_seed(seed)  # python, numpy and torch on every device
@@ -298,6 +300,10 @@ optimizer = torch.optim.AdamW(
 # lr(step) = lr * f(step): f runs through schedule_phases (recipec_runtime/schedule.py);
 # step 0 is the first update, as with transformers' schedulers
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.phase_lambda(schedule_phases))
+if master:  # a disk too small for one checkpoint stops the run now, not at its first save
+    problem = checkpoint.preflight(output_dir, model.parameters(), optimizer=bool(save_every))
+    if problem:
+        sys.exit(f"error: {problem}")
 
 model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 train_loaders = [accelerator.prepare(loader) for loader in train_loaders]
@@ -335,7 +341,12 @@ def log(record):
 # resume from the newest complete checkpoint, if any
 
 step = 0  # optimizer steps done
-latest = checkpoint.latest(ckpt_dir)
+try:  # the newest intact checkpoint; a damaged newer one is named and skipped
+    latest, damaged = checkpoint.resume_point(ckpt_dir)
+except checkpoint.CheckpointError as e:
+    sys.exit(f"error: {e}")
+for warning in damaged:
+    accelerator.print(f"warning: {warning}")
 if latest is not None:
     changed = checkpoint.build_change(latest, build_sha256, here / "resolved.toml")
     if changed and not allow_changed:
