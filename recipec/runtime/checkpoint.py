@@ -156,15 +156,27 @@ def write_state(directory: PathLike, state: dict) -> None:
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {**state, MANIFEST_KEY: _files(directory)}
-    text = json.dumps(state, sort_keys=True, indent=2) + "\n"
-    target = directory / STATE_FILE
-    tmp = directory / (STATE_FILE + ".tmp")
+    _write_atomic(directory / STATE_FILE, json.dumps(state, sort_keys=True, indent=2) + "\n")
+
+
+def write_json(path: PathLike, record: dict) -> None:
+    """Atomically write ``record`` as indented JSON to ``path`` (a run's run.json).
+
+    A run killed while rewriting its record must not leave an empty or cut-off file
+    that the next attempt then fails to read.
+    """
+    _write_atomic(pathlib.Path(path), json.dumps(record, indent=2) + "\n")
+
+
+def _write_atomic(target: pathlib.Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``target``, fsync it and rename it over ``target``."""
+    tmp = target.with_name(target.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, target)
-    _fsync_dir(directory)
+    _fsync_dir(target.parent)
 
 
 def read_state(directory: PathLike) -> dict:

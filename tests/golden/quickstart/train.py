@@ -358,6 +358,7 @@ if latest is not None:
     accelerator.print(f"resumed from {latest} at step {step}")
 if master:
     checkpoint.truncate_metrics(output_dir / "metrics.jsonl", step)  # drop lines after the checkpoint
+    checkpoint.prune(ckpt_dir, keep_last)  # leftovers of a save or prune that a crash cut short
     run_record = json.loads(run_json.read_text()) if run_json.exists() else {"name": name, "started": started.isoformat()}
     # the run directory carries its own recipe, lock and schedule: a continual run reads them
     shutil.copyfile(here / "resolved.toml", output_dir / "resolved.toml")
@@ -372,7 +373,7 @@ if master:
         overrides=overrides,
         resumed_from_step=step or None,
     )
-    run_json.write_text(json.dumps(run_record, indent=2) + "\n")
+    checkpoint.write_json(run_json, run_record)  # whole or not at all, if the run is killed
 
 # -----------------------------------------------------------------------------
 # training loop
@@ -502,7 +503,7 @@ if master:
             "eval_sequences_sha256": data_out.report["eval"]["sequences_sha256"],
         },
     )
-    run_json.write_text(json.dumps(run_record, indent=2) + "\n")
+    checkpoint.write_json(run_json, run_record)
     print(f"model saved to {model_dir}")
 accelerator.wait_for_everyone()
 accelerator.end_training()
