@@ -178,6 +178,11 @@ def hooks(job, ready):
         return rmtree(path)
     checkpoint._rmtree = rmtree_hook
 
+    if job.get("free") is not None:  # a disk with this much free space
+        import collections, shutil
+        usage = collections.namedtuple("usage", "total used free")
+        shutil.disk_usage = lambda path: usage(10 * 2**30, 10 * 2**30 - job["free"], job["free"])
+
     resume_point = checkpoint.resume_point
     def resume_point_hook(ckpt_dir):
         found = resume_point(ckpt_dir)
@@ -204,8 +209,11 @@ for line in sys.stdin:
             sys.argv = [os.path.join(job["build"], "train.py")]
             runpy.run_path(sys.argv[0], run_name="__main__")
             code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+        except SystemExit as e:  # as the interpreter does: a message goes to stderr, exit status 1
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
         except BaseException:
             import traceback
             traceback.print_exc()
@@ -320,76 +328,155 @@ DETERMINISTIC = [
     ("before-commit", 14, 12),  # the last checkpoint before the end
     ("mid-prune", 14, 14),
 ]
-RANDOM_KILLS = 12
+RANDOM_KILLS = 30
 
 
-def test_sigkill_anywhere_resumes_bitwise(tmp_path: Path) -> None:
+class Setup:
+    """The project, its two builds, the reference run and the zygote, shared by the tests below."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.project = tmp / "project"
+        (self.project / "recipes").mkdir(parents=True)
+        recipe = self.project / "recipes" / "tiny.toml"
+        recipe.write_text(RECIPE)
+        ref_build, _ = build(recipe, ["output.dir=runs/reference", "train.keep_last=0"], self.project / "build" / "reference", project=self.project)
+        self.build, _ = build(recipe, [], self.project / "build" / "tiny", project=self.project)
+        # the reference: a fresh process, never killed, every checkpoint kept
+        proc = subprocess.run([sys.executable, str(ref_build.train_py)], env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        self.reference_run = self.project / "runs" / "reference"
+        self.reference = _ckpt_dir(self.project, "reference")
+        steps = range(SAVE_EVERY, MAX_STEPS, SAVE_EVERY)
+        assert sorted(p.name for p in self.reference.iterdir()) == [checkpoint.checkpoint_name(s) for s in steps]
+        self.zygote = Zygote(tmp)
+        self.run_dir = self.project / "runs" / "tiny"
+        self.ckpt_dir = _ckpt_dir(self.project, "tiny")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    made = Setup(tmp_path_factory.mktemp("crash"))
+    yield made
+    made.zygote.close()
+
+
+def test_sigkill_anywhere_resumes_bitwise(setup: Setup) -> None:
     started = time.monotonic()
-    project = tmp_path / "project"
-    (project / "recipes").mkdir(parents=True)
-    (project / "recipes" / "tiny.toml").write_text(RECIPE)
-    recipe = project / "recipes" / "tiny.toml"
-    ref_build, _ = build(recipe, ["output.dir=runs/reference", "train.keep_last=0"], project / "build" / "reference", project=project)
-    run_build, _ = build(recipe, [], project / "build" / "tiny", project=project)
-
-    # the reference: a fresh process, never killed, every checkpoint kept
-    proc = subprocess.run([sys.executable, str(ref_build.train_py)], env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    reference_run = project / "runs" / "reference"
-    reference = _ckpt_dir(project, "reference")
-    assert sorted(p.name for p in reference.iterdir()) == [checkpoint.checkpoint_name(s) for s in range(SAVE_EVERY, MAX_STEPS, SAVE_EVERY)]
-
-    zygote = Zygote(tmp_path)
+    project, run_build, reference_run, reference, zygote = setup.project, setup.build, setup.reference_run, setup.reference, setup.zygote
     outcomes: Counter[str] = Counter()
-    try:
-        # the same run through the zygote, never killed: the loop's duration, and proof that forking changes nothing
-        result, log = zygote.run(run_build.dir)
-        assert result["rc"] == 0, log[-4000:]
-        _assert_finished_like_reference(project, reference_run)
-        loop_s = result["loop_s"]
-        shutil.rmtree(project / "runs" / "tiny")
+    # the same run through the zygote, never killed: the loop's duration, and proof that forking changes nothing
+    result, log = zygote.run(run_build.dir)
+    assert result["rc"] == 0, log[-4000:]
+    _assert_finished_like_reference(project, reference_run)
+    loop_s = result["loop_s"]
+    shutil.rmtree(project / "runs" / "tiny")
 
-        # deterministic points: one chain of runs, each killed at its point and resumed by the next
-        for point, step, resumes_from in DETERMINISTIC:
-            result, log = zygote.run(run_build.dir, point=point, step=step)
-            assert result["rc"] == -9, f"{point} at step {step} never came: exit {result['rc']}\n{log[-4000:]}"
-            picked = _check_after_kill(_ckpt_dir(project, "tiny"), reference, None if "commit" in point or point == "mid-prune" else step)
-            assert picked == resumes_from, f"after {point} at step {step}: resumes from {picked}, not {resumes_from}"
-            outcomes[f"deterministic {point}"] += 1
-        result, log = zygote.run(run_build.dir)
-        assert result["rc"] == 0, log[-4000:]
-        assert f"at step {MAX_STEPS - SAVE_EVERY}" in log
-        _assert_finished_like_reference(project, reference_run)
-        shutil.rmtree(project / "runs" / "tiny")
+    # deterministic points: one chain of runs, each killed at its point and resumed by the next
+    for point, step, resumes_from in DETERMINISTIC:
+        result, log = zygote.run(run_build.dir, point=point, step=step)
+        assert result["rc"] == -9, f"{point} at step {step} never came: exit {result['rc']}\n{log[-4000:]}"
+        picked = _check_after_kill(_ckpt_dir(project, "tiny"), reference, None if "commit" in point or point == "mid-prune" else step)
+        assert picked == resumes_from, f"after {point} at step {step}: resumes from {picked}, not {resumes_from}"
+        outcomes[f"deterministic {point}"] += 1
+    result, log = zygote.run(run_build.dir)
+    assert result["rc"] == 0, log[-4000:]
+    assert f"at step {MAX_STEPS - SAVE_EVERY}" in log
+    _assert_finished_like_reference(project, reference_run)
+    shutil.rmtree(project / "runs" / "tiny")
 
-        # random moments of the loop, the saves and the final save; chains of kills until a run finishes
-        rng = random.Random(20240611)
-        kills = 0
-        while kills < RANDOM_KILLS:
-            before = _step(checkpoint.latest(_ckpt_dir(project, "tiny")))
-            # uniform over what is left of the run (the loop from the resume point, the final save)
-            delay = rng.uniform(0, loop_s * (MAX_STEPS - max(before, 0)) / MAX_STEPS)
-            result, log = zygote.run(run_build.dir, delay=delay)
-            if result["rc"] == 0:  # finished before the kill: the chain is over
-                if before >= 0:
-                    assert f"{checkpoint.checkpoint_name(before)} at step {before}" in log
-                outcomes["random: finished before the kill"] += 1
-                _assert_finished_like_reference(project, reference_run)
-                shutil.rmtree(project / "runs" / "tiny")
-                continue
-            assert result["rc"] == -9, log[-4000:]
-            kills += 1
-            ckpt_dir = _ckpt_dir(project, "tiny")
-            mid_save = ckpt_dir.is_dir() and any(p.name.startswith(".tmp-") for p in ckpt_dir.iterdir())
-            after = _check_after_kill(ckpt_dir, reference, None)
-            assert after >= before, "a kill lost a committed checkpoint"
-            if "resumed from" in log:  # it may have died before it said so
+    # random moments of the loop, the saves and the final save; chains of kills until a run finishes
+    rng = random.Random(20240611)
+    kills = 0
+    while kills < RANDOM_KILLS:
+        before = _step(checkpoint.latest(_ckpt_dir(project, "tiny")))
+        # uniform over what is left of the run (the loop from the resume point, the final save)
+        delay = rng.uniform(0, loop_s * (MAX_STEPS - max(before, 0)) / MAX_STEPS)
+        result, log = zygote.run(run_build.dir, delay=delay)
+        if result["rc"] == 0:  # finished before the kill: the chain is over
+            if before >= 0:
                 assert f"{checkpoint.checkpoint_name(before)} at step {before}" in log
-            outcomes["random: killed mid-save" if mid_save else "random: killed between saves"] += 1
-        result, log = zygote.run(run_build.dir)
-        assert result["rc"] == 0, log[-4000:]
-        _assert_finished_like_reference(project, reference_run)
-    finally:
-        zygote.close()
+            outcomes["random: finished before the kill"] += 1
+            _assert_finished_like_reference(project, reference_run)
+            shutil.rmtree(project / "runs" / "tiny")
+            continue
+        assert result["rc"] == -9, log[-4000:]
+        kills += 1
+        ckpt_dir = _ckpt_dir(project, "tiny")
+        mid_save = ckpt_dir.is_dir() and any(p.name.startswith(".tmp-") for p in ckpt_dir.iterdir())
+        final_save = (project / "runs" / "tiny" / "model").exists()
+        after = _check_after_kill(ckpt_dir, reference, None)
+        assert after >= before, "a kill lost a committed checkpoint"
+        if "resumed from" in log:  # it may have died before it said so
+            assert f"{checkpoint.checkpoint_name(before)} at step {before}" in log
+        where = "mid-save" if mid_save else "in the final save" if final_save else "between saves"
+        outcomes[f"random: killed {where}"] += 1
+    result, log = zygote.run(run_build.dir)
+    assert result["rc"] == 0, log[-4000:]
+    _assert_finished_like_reference(project, reference_run)
+    shutil.rmtree(project / "runs" / "tiny")
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
     print(f"\nkill points: {summary}; {zygote.runs} runs, {time.monotonic() - started:.0f} s")
+
+
+CHECKPOINT_FILES = ["model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", checkpoint.STATE_FILE, "config.json"]
+
+
+def test_a_checkpoint_missing_a_file_is_named_and_the_run_falls_back_to_the_one_before(setup: Setup) -> None:
+    """Each file of the newest checkpoint deleted in turn: a warning naming it, a resume from the previous one, the same weights."""
+    result, log = setup.zygote.run(setup.build.dir)
+    assert result["rc"] == 0, log[-4000:]
+    newest, previous = (setup.ckpt_dir / checkpoint.checkpoint_name(s) for s in (MAX_STEPS - SAVE_EVERY, MAX_STEPS - 2 * SAVE_EVERY))
+    saved = setup.project / "saved-checkpoints"
+    shutil.copytree(setup.ckpt_dir, saved)
+    tried = 0
+    for name in CHECKPOINT_FILES:
+        (newest / name).unlink()
+        result, log = setup.zygote.run(setup.build.dir)
+        tried += 1
+        assert result["rc"] == 0, log[-4000:]
+        assert f"warning: checkpoint {newest} is incomplete ({name} is missing); resuming from {previous.name} instead" in log
+        assert f"at step {MAX_STEPS - 2 * SAVE_EVERY}" in log and "Traceback" not in log
+        _assert_finished_like_reference(setup.project, setup.reference_run)
+        assert not checkpoint.problems(newest)  # saved again by the resumed run
+    # a file cut short is caught by its size
+    with open(newest / "optimizer.bin", "r+b") as f:
+        f.truncate(100)
+    result, log = setup.zygote.run(setup.build.dir)
+    tried += 1
+    assert result["rc"] == 0 and "optimizer.bin has 100 bytes" in log, log[-4000:]
+    # nothing intact left: the run stops with the names instead of starting again from step 0
+    (newest / "random_states_0.pkl").unlink()
+    (previous / "model.safetensors").unlink()
+    result, log = setup.zygote.run(setup.build.dir)
+    tried += 1
+    assert result["rc"] == 1 and "Traceback" not in log, log[-4000:]
+    assert f"error: no complete checkpoint to resume from in {setup.ckpt_dir}" in log
+    assert f"{newest}: random_states_0.pkl is missing" in log and f"{previous}: model.safetensors is missing" in log
+    shutil.rmtree(setup.run_dir)
+    shutil.rmtree(saved)
+    print(f"\ncorrupt checkpoints: {tried}")
+
+
+def test_a_disk_too_small_for_one_checkpoint_stops_before_the_first_step(setup: Setup) -> None:
+    real = sum(p.stat().st_size for p in (setup.reference / checkpoint.checkpoint_name(SAVE_EVERY)).iterdir())
+    result, log = setup.zygote.run(setup.build.dir, free=real - 1)  # one byte short of a real checkpoint
+    assert result["rc"] == 1 and "Traceback" not in log, log[-4000:]
+    assert f"error: output directory {setup.run_dir} has " in log and "one checkpoint of this model needs about" in log
+    assert "parameters:" in log and "AdamW state" in log
+    assert not setup.ckpt_dir.exists() and not (setup.run_dir / "metrics.jsonl").exists()  # no step was taken
+    result, log = setup.zygote.run(setup.build.dir, free=2 * 2**30)
+    assert result["rc"] == 0, log[-4000:]
+    shutil.rmtree(setup.run_dir)
+
+
+def test_an_output_directory_that_cannot_be_written_stops_before_the_first_step(setup: Setup, tmp_path: Path) -> None:
+    # as root a read-only mode does not stop a write, but a path under a regular file fails for everyone
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    written, _ = build(
+        setup.project / "recipes" / "tiny.toml", [f"output.dir={blocker}/run"], setup.project / "build" / "blocked", project=setup.project
+    )
+    result, log = setup.zygote.run(written.dir)
+    assert result["rc"] == 1 and "Traceback" not in log, log[-4000:]
+    assert f"error: output directory {blocker}/run is not writable: Not a directory" in log
+    assert "sequences of" not in log  # stopped before the data was even loaded
