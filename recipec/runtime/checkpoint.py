@@ -455,12 +455,12 @@ def preflight(directory: PathLike, parameters: Iterable, *, optimizer: bool = Tr
     free = shutil.disk_usage(directory).free
     if free >= need["total"]:
         return None
-    what = "one checkpoint" if optimizer else "the final model"
+    what = "one checkpoint of this model" if optimizer else "the final model"
     detail = f"{_size(need['weights'])} of weights"
     if optimizer:
         detail += f" + {_size(need['optimizer'])} of AdamW state"
     return (
-        f"output directory {directory} has {_size(free)} free, but {what} of this model needs about "
+        f"output directory {directory} has {_size(free)} free, but {what} needs about "
         f"{_size(need['total'])} ({need['parameters']:,} parameters: {detail} + {_size(need['margin'])} margin); "
         "free some space or set output.dir to a larger disk"
     )
