@@ -93,7 +93,7 @@ SAVED_FILES = 4  # model.safetensors, optimizer.bin, scheduler.bin, random_state
 COMPARED = ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl")
 
 ZYGOTE = r'''
-import json, os, runpy, signal, sys, time
+import json, os, runpy, signal, sys, threading, time
 
 import torch, accelerate, accelerate.checkpointing, safetensors.torch  # the slow imports, done once
 import transformers
@@ -122,6 +122,7 @@ def hooks(job, ready):
     temp_dir = checkpoint.temp_dir
     def temp_dir_hook(ckpt_dir, step, clean=True):
         saving.update(step=step, files=0)
+        os.write(ready, b"s")  # a save starts
         return temp_dir(ckpt_dir, step, clean=clean)
     checkpoint.temp_dir = temp_dir_hook
 
@@ -167,6 +168,8 @@ def hooks(job, ready):
             return prune(ckpt_dir, keep_last)
         finally:
             saving["pruning"] = False
+            if saving["step"] is not None:
+                os.write(ready, b"e")  # the save is over
     checkpoint.prune = prune_hook
 
     rmtree = checkpoint._rmtree
@@ -222,21 +225,31 @@ for line in sys.stdin:
             sys.stderr.flush()
             os._exit(code)
     os.close(ready_w)
-    loop_started = None
-    if job.get("delay") is not None:
-        if os.read(ready_r, 1):
-            loop_started = time.monotonic()
-            time.sleep(job["delay"])
-            os.kill(pid, signal.SIGKILL)  # from outside, at whatever the run is doing
-    else:
-        if os.read(ready_r, 1):
-            loop_started = time.monotonic()
+    # "x": the loop starts, "s"/"e": a save starts/ends; the kill is timed from job["after"]:
+    # "loop" or "save-K" (the K-th save of this run), job["delay"] seconds later
+    events, timer = [], None
+    while True:
+        event = os.read(ready_r, 1).decode()
+        if not event:  # the run has ended
+            break
+        events.append((event, time.monotonic()))
+        saves = sum(1 for e, _ in events if e == "s")
+        trigger = "loop" if event == "x" else f"save-{saves}" if event == "s" else None
+        if timer is None and job.get("delay") is not None and trigger == job.get("after", "loop"):
+            timer = threading.Timer(job["delay"], os.kill, (pid, signal.SIGKILL))  # from outside the run
+            timer.start()
     os.close(ready_r)
     _, status = os.waitpid(pid, 0)
     ended = time.monotonic()
+    if timer is not None:
+        timer.cancel()
+        timer.join()
+    starts = [t for e, t in events if e == "x"]
+    save_s = [t1 - t0 for (e0, t0), (e1, t1) in zip(events, events[1:]) if (e0, e1) == ("s", "e")]
     protocol.write(json.dumps({
         "rc": os.waitstatus_to_exitcode(status),
-        "loop_s": None if loop_started is None else ended - loop_started,
+        "loop_s": ended - starts[0] if starts else None,
+        "save_s": save_s,
     }) + "\n")
 '''
 
@@ -328,7 +341,8 @@ DETERMINISTIC = [
     ("before-commit", 14, 12),  # the last checkpoint before the end
     ("mid-prune", 14, 14),
 ]
-RANDOM_KILLS = 30
+RANDOM_KILLS = 20
+RANDOM_SAVE_KILLS = 12
 
 
 class Setup:
@@ -369,6 +383,8 @@ def test_sigkill_anywhere_resumes_bitwise(setup: Setup) -> None:
     assert result["rc"] == 0, log[-4000:]
     _assert_finished_like_reference(project, reference_run)
     loop_s = result["loop_s"]
+    assert len(result["save_s"]) == len(range(SAVE_EVERY, MAX_STEPS, SAVE_EVERY))
+    save_s = max(result["save_s"])  # the longest save, from its temp_dir to the end of its prune
     shutil.rmtree(project / "runs" / "tiny")
 
     # deterministic points: one chain of runs, each killed at its point and resumed by the next
@@ -403,13 +419,42 @@ def test_sigkill_anywhere_resumes_bitwise(setup: Setup) -> None:
         kills += 1
         ckpt_dir = _ckpt_dir(project, "tiny")
         mid_save = ckpt_dir.is_dir() and any(p.name.startswith(".tmp-") for p in ckpt_dir.iterdir())
-        final_save = (project / "runs" / "tiny" / "model").exists()
+        after_loop = f"{MAX_STEPS}/{MAX_STEPS}" in log  # tqdm's last line: the final eval and save
         after = _check_after_kill(ckpt_dir, reference, None)
         assert after >= before, "a kill lost a committed checkpoint"
         if "resumed from" in log:  # it may have died before it said so
             assert f"{checkpoint.checkpoint_name(before)} at step {before}" in log
-        where = "mid-save" if mid_save else "in the final save" if final_save else "between saves"
+        where = "mid-save" if mid_save else "after the loop" if after_loop else "in the loop, not saving"
         outcomes[f"random: killed {where}"] += 1
+    result, log = zygote.run(run_build.dir)
+    assert result["rc"] == 0, log[-4000:]
+    _assert_finished_like_reference(project, reference_run)
+    shutil.rmtree(project / "runs" / "tiny")
+
+    # random moments inside the saves: a save of the run picked at random, a moment uniformly within its duration
+    kills = 0
+    while kills < RANDOM_SAVE_KILLS:
+        before = _step(checkpoint.latest(_ckpt_dir(project, "tiny")))
+        left = (MAX_STEPS - 1 - max(before, 0)) // SAVE_EVERY  # saves this run will make
+        if left == 0:
+            result, log = zygote.run(run_build.dir)
+            assert result["rc"] == 0, log[-4000:]
+            _assert_finished_like_reference(project, reference_run)
+            shutil.rmtree(project / "runs" / "tiny")
+            continue
+        delay = rng.uniform(0, save_s)
+        result, log = zygote.run(run_build.dir, after=f"save-{rng.randint(1, left)}", delay=delay)
+        assert result["rc"] in (0, -9), log[-4000:]
+        if result["rc"] == 0:  # the kill came after the save and the rest of the run was too quick
+            outcomes["random in a save: finished before the kill"] += 1
+            _assert_finished_like_reference(project, reference_run)
+            shutil.rmtree(project / "runs" / "tiny")
+            continue
+        kills += 1
+        ckpt_dir = _ckpt_dir(project, "tiny")
+        mid_save = ckpt_dir.is_dir() and any(p.name.startswith(".tmp-") for p in ckpt_dir.iterdir())
+        assert _check_after_kill(ckpt_dir, reference, None) >= before, "a kill lost a committed checkpoint"
+        outcomes["random in a save: killed " + ("before its rename" if mid_save else "after its rename")] += 1
     result, log = zygote.run(run_build.dir)
     assert result["rc"] == 0, log[-4000:]
     _assert_finished_like_reference(project, reference_run)
