@@ -55,14 +55,22 @@ if point.startswith("write-"):  # the k-th file of the new build cut short mid-w
     pathlib.Path.write_bytes = write_bytes_hook
 elif point == "before-swap":  # the new build is complete beside the old one
     b._swap_in = lambda tmp, build_dir: die()
-elif point == "after-exchange":  # swapped, the old build not yet removed
-    exchange = b._exchange
+elif point == "after-first-rename":  # the first rename that moves a build in or out of place
+    replace, exchange = os.replace, getattr(b, "_exchange", None)
+
+    def replace_hook(src, dst):
+        replace(src, dst)
+        if os.path.basename(os.path.dirname(os.path.abspath(dst))) == "build":
+            die()
 
     def exchange_hook(a, c):
-        exchange(a, c)
+        if not exchange(a, c):
+            return False  # not swapped: the fallback's renames come next
         die()
 
-    b._exchange = exchange_hook
+    b.os.replace = replace_hook
+    if exchange is not None:
+        b._exchange = exchange_hook
 elif point in ("fallback", "mid-fallback"):  # as where there is no atomic exchange
     b._exchange = lambda a, c: False
     if point == "mid-fallback":  # between the fallback's two renames
@@ -163,7 +171,7 @@ POINTS = [
     ("write-5", "old"),
     ("write-12", "old"),
     ("before-swap", "old"),
-    ("after-exchange", "new"),
+    ("after-first-rename", "new"),  # with an atomic exchange the first rename is the whole swap
 ]
 
 

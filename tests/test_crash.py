@@ -121,9 +121,10 @@ def hooks(job, ready):
 
     temp_dir = checkpoint.temp_dir
     def temp_dir_hook(ckpt_dir, step, clean=True):
-        saving.update(step=step, files=0)
         os.write(ready, b"s")  # a save starts
-        return temp_dir(ckpt_dir, step, clean=clean)
+        tmp = temp_dir(ckpt_dir, step, clean=clean)
+        saving.update(step=step, files=0, dir=str(tmp))
+        return tmp
     checkpoint.temp_dir = temp_dir_hook
 
     def counted(real):
@@ -135,7 +136,7 @@ def hooks(job, ready):
                 real(obj, f, *args, **kwargs)
             finally:
                 saving["depth"] -= 1
-            if saving["depth"] == 0 and saving["step"] is not None and str(f).find(".tmp-step_") >= 0:
+            if saving["depth"] == 0 and saving["step"] is not None and str(f).startswith(saving["dir"] + os.sep):
                 saving["files"] += 1
                 if here(f"torn-file-{saving['files']}"):
                     os.truncate(f, os.path.getsize(f) // 2)  # the kill came mid-write
