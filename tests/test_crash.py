@@ -8,7 +8,17 @@ runs that are killed, resumed, killed again, and so on until one finishes:
   the state file, before the rename, after the rename but before pruning, and in the
   middle of deleting a pruned checkpoint;
 - at random moments (seeded), uniformly over what is left of the run: the training loop
-  from the resume point, its checkpoint saves and the final save.
+  from the resume point, its checkpoint saves and the final save;
+- at random moments inside a checkpoint save (a save of the run picked at random, a
+  moment uniformly within the longest save's duration), since saves are a small part
+  of the run and uniform kills rarely land in one.
+
+The tests after it delete each file of the newest checkpoint in turn (the run names the
+file, falls back to the checkpoint before and still ends bitwise the same), and stop a
+run before its first step for a disk too small for one checkpoint (free space reported
+by a patched shutil.disk_usage in the run's process) and for an output directory that
+cannot be written (a path under a regular file: tests may run as root, for whom a
+read-only mode stops nothing).
 
 After every kill: every ``step_*`` directory is intact, the checkpoint a resume picks is
 the newest one, is never newer than the save that was cut short, and its files are
