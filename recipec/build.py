@@ -10,15 +10,28 @@ byte-identical directories (package versions and git state are the only machine-
 entries). The directory is written beside its final place and swapped in, so a failed
 build never leaves a half-written one, and a rebuild refuses to overwrite a generated file
 that was edited by hand unless forced.
+
+Crash and concurrency safety: builds into one parent directory hold an exclusive lock on
+it (flock, released by the kernel when a build dies), so two builds of one recipe run one
+after the other and each sees the other's complete result. On Linux the new directory and
+the old one are exchanged in one atomic rename (renameat2 RENAME_EXCHANGE), so the build
+path names a complete build at every moment, a killed build included; elsewhere two
+renames leave a short window without it, which the next build repairs by putting the old
+build back. Under the lock, `.NAME.tmp-*` and `.NAME.old-*` directories can only be
+leftovers of killed builds, and each build removes them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,35 +253,104 @@ def write_build(
         RecipeError: when build_dir is not a build of this recipe and not empty, or when
             a generated file of the earlier build was edited or deleted and not `force`.
     """
-    _check_build_dir(plan, build_dir)
-    if not force:
-        check_not_hand_edited(build_dir)
-    files: dict[str, str | bytes] = dict(rendered)
-    files.update(runtime_files())
-    lock = make_lock(plan, source, files, project)
-
     build_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = build_dir.parent / f".{build_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        for rel, content in files.items():
-            path = tmp / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_bytes(content))
-        for rel in EXECUTABLES:
-            if rel in files:
-                (tmp / rel).chmod(0o755)
-        (tmp / LOCK_FILE).write_text(lock_text(lock), encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _locked(build_dir.parent):
+        _clean_leftovers(build_dir)
+        _check_build_dir(plan, build_dir)
+        if not force:
+            check_not_hand_edited(build_dir)
+        files: dict[str, str | bytes] = dict(rendered)
+        files.update(runtime_files())
+        lock = make_lock(plan, source, files, project)
 
+        tmp = build_dir.parent / f".{build_dir.name}.tmp-{os.getpid()}"
+        try:
+            for rel, content in files.items():
+                path = tmp / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(_bytes(content))
+            for rel in EXECUTABLES:
+                if rel in files:
+                    (tmp / rel).chmod(0o755)
+            (tmp / LOCK_FILE).write_text(lock_text(lock), encoding="utf-8")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _swap_in(tmp, build_dir)
+    return Build(build_dir, dict(lock["files"]), lock)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (flock on the directory itself: no lock file
+    to leave behind); the kernel releases it when the process ends, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): builds are not serialised
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _leftovers(build_dir: Path) -> list[Path]:
+    """The temporary and replaced directories of earlier builds of ``build_dir``."""
+    prefixes = (f".{build_dir.name}.tmp-", f".{build_dir.name}.old-")
+    return sorted(p for p in build_dir.parent.iterdir() if p.name.startswith(prefixes))
+
+
+def _clean_leftovers(build_dir: Path) -> None:
+    """Remove what killed builds left beside ``build_dir`` (call holding the lock).
+
+    A build killed between the two renames of the fallback swap left no ``build_dir``
+    but its old contents under ``.NAME.old-PID``: that old build is put back first.
+    """
+    leftovers = _leftovers(build_dir)
+    if not build_dir.exists() and not build_dir.is_symlink():
+        olds = [p for p in leftovers if ".old-" in p.name and (p / LOCK_FILE).is_file()]
+        if olds:
+            newest = max(olds, key=lambda p: p.stat().st_mtime)
+            os.replace(newest, build_dir)
+            leftovers.remove(newest)
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directory entries (Linux renameat2 with RENAME_EXCHANGE).
+
+    Returns:
+        True when swapped; False when the platform or the file system cannot, and nothing changed.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(tmp: Path, build_dir: Path) -> None:
+    """Put the complete directory ``tmp`` at ``build_dir`` and remove what was there."""
+    if not build_dir.exists():
+        os.replace(tmp, build_dir)
+        return
+    if _exchange(tmp, build_dir):
+        shutil.rmtree(tmp, ignore_errors=True)  # it holds the old build now
+        return
     old = build_dir.parent / f".{build_dir.name}.old-{os.getpid()}"
-    if build_dir.exists():
-        os.replace(build_dir, old)
+    os.replace(build_dir, old)  # from here until the next rename there is no build_dir (see _clean_leftovers)
     os.replace(tmp, build_dir)
     shutil.rmtree(old, ignore_errors=True)
-    return Build(build_dir, dict(lock["files"]), lock)
 
 
 def hand_edited(build_dir: Path, lock: dict[str, Any]) -> list[tuple[str, str]]:

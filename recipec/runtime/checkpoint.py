@@ -6,7 +6,12 @@ under a hidden temporary name (``.tmp-step_00000100``), :data:`STATE_FILE` is
 written last, and the directory is then renamed into place. A crash at any
 point therefore leaves either the previous checkpoints untouched or a
 ``.tmp-*`` directory that :func:`latest` ignores and :func:`prune` removes —
-never a half-written directory that looks complete.
+never a half-written directory that looks complete. :data:`STATE_FILE` also lists
+every other file of the checkpoint with its size, so a checkpoint damaged later
+(a file deleted or cut short) is named as such by :func:`problems` and skipped
+by :func:`resume_point` instead of failing deep inside a load. Old checkpoints
+are renamed aside before they are deleted, so a crash mid-prune never leaves a
+half-deleted one behind under its real name.
 
 Typical use from a training script (main process does the bookkeeping)::
 
@@ -19,6 +24,9 @@ Typical use from a training script (main process does the bookkeeping)::
         checkpoint.commit(tmp, ckpt_dir, step)
         checkpoint.prune(ckpt_dir, keep_last)
 
+and, before the first step, :func:`check_writable` and :func:`preflight` so that
+a read-only or too small output directory stops the run before it spends compute.
+
 This module is stdlib-only; the compiler imports it.
 """
 
@@ -30,6 +38,8 @@ import os
 import pathlib
 import re
 import shutil
+import tempfile
+from collections.abc import Iterable
 
 STATE_FILE = "trainer_state.json"
 
@@ -37,8 +47,14 @@ _PREFIX = "step_"
 _TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
 _NAME_RE = re.compile(r"^step_(\d+)$")
+MANIFEST_KEY = "files"
+"""The :data:`STATE_FILE` entry listing ``{relative path: size in bytes}`` of the checkpoint's other files."""
 
 PathLike = str | os.PathLike
+
+
+class CheckpointError(Exception):
+    """A checkpoint directory that cannot be resumed from, or an output directory unfit to hold one."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -68,6 +84,14 @@ def _fsync_dir(path: pathlib.Path) -> None:
         os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -104,11 +128,23 @@ def temp_dir(ckpt_dir: PathLike, step: int, *, clean: bool = True) -> pathlib.Pa
     return tmp
 
 
+def _files(directory: pathlib.Path) -> dict[str, int]:
+    """{relative posix path: size} of the regular files under ``directory``, less the state file."""
+    found = {}
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory).as_posix()
+        if path.is_file() and not path.is_symlink() and rel not in (STATE_FILE, STATE_FILE + ".tmp"):
+            found[rel] = path.stat().st_size
+    return found
+
+
 def write_state(directory: PathLike, state: dict) -> None:
     """Atomically write ``state`` as JSON to ``<directory>/STATE_FILE``.
 
     The JSON is written to a temporary file, fsynced and renamed over the
     target, so readers see either the old or the new file, never a partial one.
+    It is written last: it also records, under :data:`MANIFEST_KEY`, every other
+    file already in ``directory`` with its size, which :func:`problems` checks.
 
     Args:
         directory: Checkpoint (or temporary checkpoint) directory; created if missing.
@@ -119,15 +155,28 @@ def write_state(directory: PathLike, state: dict) -> None:
     """
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(state, sort_keys=True, indent=2) + "\n"
-    target = directory / STATE_FILE
-    tmp = directory / (STATE_FILE + ".tmp")
+    state = {**state, MANIFEST_KEY: _files(directory)}
+    _write_atomic(directory / STATE_FILE, json.dumps(state, sort_keys=True, indent=2) + "\n")
+
+
+def write_json(path: PathLike, record: dict) -> None:
+    """Atomically write ``record`` as indented JSON to ``path`` (a run's run.json).
+
+    A run killed while rewriting its record must not leave an empty or cut-off file
+    that the next attempt then fails to read.
+    """
+    _write_atomic(pathlib.Path(path), json.dumps(record, indent=2) + "\n")
+
+
+def _write_atomic(target: pathlib.Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``target``, fsync it and rename it over ``target``."""
+    tmp = target.with_name(target.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, target)
-    _fsync_dir(directory)
+    _fsync_dir(target.parent)
 
 
 def read_state(directory: PathLike) -> dict:
@@ -175,6 +224,10 @@ def commit(tmp: PathLike, ckpt_dir: PathLike, step: int) -> pathlib.Path:
     if not (tmp / STATE_FILE).is_file():
         raise ValueError(f"{tmp} has no {STATE_FILE}; call write_state() before commit()")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # the files reach the disk before the name that says they are complete does (power loss)
+    for rel in _files(tmp):
+        _fsync_file(tmp / rel)
+    _fsync_dir(tmp)
     final = ckpt_dir / checkpoint_name(step)
     old = None
     if final.exists() or final.is_symlink():
@@ -188,16 +241,55 @@ def commit(tmp: PathLike, ckpt_dir: PathLike, step: int) -> pathlib.Path:
     return final
 
 
-def _complete(ckpt_dir: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
-    """Complete checkpoints in ``ckpt_dir`` as ``(step, path)``, oldest first."""
+def _step_dirs(ckpt_dir: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
+    """The ``step_*`` directories in ``ckpt_dir`` as ``(step, path)``, oldest first, intact or not."""
     if not ckpt_dir.is_dir():
         return []
     found = []
     for entry in ckpt_dir.iterdir():
         m = _NAME_RE.match(entry.name)
-        if m and entry.is_dir() and (entry / STATE_FILE).is_file():
+        if m and entry.is_dir() and not entry.is_symlink():
             found.append((int(m.group(1)), entry))
     found.sort(key=lambda item: (item[0], item[1].name))
+    return found
+
+
+def problems(directory: PathLike) -> list[str]:
+    """What makes a committed checkpoint directory unfit to resume from; empty when it is intact.
+
+    Checks that :data:`STATE_FILE` is there and readable, and that every file it lists
+    (written by :func:`write_state`) exists with the size it had when the checkpoint was
+    written. A checkpoint from before the list was recorded is checked for its state
+    file only. Sizes, not hashes: the check must stay cheap for checkpoints of many GB.
+
+    Args:
+        directory: A ``step_*`` checkpoint directory.
+
+    Returns:
+        One line per problem, each naming the file, e.g. ``"optimizer.bin is missing"``.
+    """
+    directory = pathlib.Path(directory)
+    try:
+        state = read_state(directory)
+    except FileNotFoundError:
+        return [f"{STATE_FILE} is missing"]
+    except (OSError, ValueError) as e:
+        return [f"{STATE_FILE} cannot be read ({e})"]
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return [f"{STATE_FILE} has no step"]
+    found = []
+    listed = state.get(MANIFEST_KEY)
+    for rel, size in sorted(listed.items() if isinstance(listed, dict) else []):
+        try:
+            actual = (directory / rel).stat().st_size
+        except FileNotFoundError:
+            found.append(f"{rel} is missing")
+            continue
+        except OSError as e:
+            found.append(f"{rel} cannot be read ({e.strerror or e})")
+            continue
+        if actual != size:
+            found.append(f"{rel} has {actual} bytes, {size} were written")
     return found
 
 
@@ -205,7 +297,8 @@ def latest(ckpt_dir: PathLike) -> pathlib.Path | None:
     """Return the newest complete checkpoint, or None if there is none.
 
     Complete means a ``step_*`` directory (never a ``.tmp-*`` one) that
-    contains :data:`STATE_FILE`. Steps are compared as numbers.
+    contains :data:`STATE_FILE` and every file it lists (:func:`problems` is
+    empty). Steps are compared as numbers.
 
     Args:
         ckpt_dir: Directory holding all checkpoints (may not exist yet).
@@ -213,8 +306,47 @@ def latest(ckpt_dir: PathLike) -> pathlib.Path | None:
     Returns:
         Path of the checkpoint with the highest step, or None.
     """
-    found = _complete(pathlib.Path(ckpt_dir))
-    return found[-1][1] if found else None
+    for _, path in reversed(_step_dirs(pathlib.Path(ckpt_dir))):
+        if not problems(path):
+            return path
+    return None
+
+
+def resume_point(ckpt_dir: PathLike) -> tuple[pathlib.Path | None, list[str]]:
+    """The checkpoint a run resumes from, and a warning for each newer one that is damaged.
+
+    A damaged checkpoint (a file deleted or cut short after it was written) is skipped
+    for the newest intact one: that loses at most the steps between the two, while
+    stopping would leave a preemptible job failing on every restart. When checkpoints
+    exist but none is intact, the run stops instead of starting again from step 0, so
+    that all of its progress is never thrown away without the user saying so.
+
+    Args:
+        ckpt_dir: Directory holding all checkpoints (may not exist yet).
+
+    Returns:
+        ``(checkpoint or None, warnings)``; None with no warnings means a fresh run.
+
+    Raises:
+        CheckpointError: When there are checkpoints and every one of them is damaged;
+            the message names each one and its missing or short files.
+    """
+    damaged = []
+    for _, path in reversed(_step_dirs(pathlib.Path(ckpt_dir))):
+        found = problems(path)
+        if not found:
+            return path, [
+                f"checkpoint {where} is incomplete ({problem}); resuming from {path.name} instead"
+                for where, problem in damaged
+            ]
+        damaged.append((path, "; ".join(found)))
+    if damaged:
+        listing = "\n".join(f"  {where}: {problem}" for where, problem in damaged)
+        raise CheckpointError(
+            f"no complete checkpoint to resume from in {ckpt_dir}; these are incomplete:\n{listing}\n"
+            "restore the missing files, or remove these directories to start the run again from step 0"
+        )
+    return None, []
 
 
 def prune(ckpt_dir: PathLike, keep_last: int) -> list[pathlib.Path]:
@@ -222,8 +354,10 @@ def prune(ckpt_dir: PathLike, keep_last: int) -> list[pathlib.Path]:
 
     Keeps the newest ``keep_last`` complete checkpoints and deletes the other
     complete ones, plus any ``.tmp-*`` / ``.old-*`` directories left by a
-    crash. ``step_*`` directories without :data:`STATE_FILE` are not ours to
-    judge and are left alone. Do not call while a save is in progress.
+    crash. Each old checkpoint is renamed to ``.old-*`` before it is deleted,
+    so a crash mid-delete leaves a leftover, never a half-deleted ``step_*``.
+    ``step_*`` directories that are not complete are not ours to judge and are
+    left alone. Do not call while a save is in progress.
 
     Args:
         ckpt_dir: Directory holding all checkpoints (may not exist).
@@ -240,12 +374,96 @@ def prune(ckpt_dir: PathLike, keep_last: int) -> list[pathlib.Path]:
         if entry.name.startswith((_TMP_PREFIX + _PREFIX, _OLD_PREFIX + _PREFIX)):
             _rmtree(entry)
             deleted.append(entry)
-    found = _complete(ckpt_dir)
+    found = [(step, path) for step, path in _step_dirs(ckpt_dir) if not problems(path)]
     if keep_last > 0 and len(found) > keep_last:
         for _, path in found[:-keep_last]:
-            _rmtree(path)
+            aside = ckpt_dir / (_OLD_PREFIX + path.name)
+            os.replace(path, aside)
+            _rmtree(aside)
             deleted.append(path)
     return deleted
+
+
+def check_writable(directory: PathLike) -> str | None:
+    """Create ``directory`` if needed and try to write a file in it.
+
+    Args:
+        directory: The run's output directory.
+
+    Returns:
+        None when a file can be written there, else a message naming the directory and the reason.
+    """
+    directory = pathlib.Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        return f"output directory {directory} is not writable: {e.strerror or e}"
+    return None
+
+
+def checkpoint_bytes(parameters: Iterable, *, optimizer: bool = True) -> dict[str, int]:
+    """Estimate the size of one checkpoint from the model's parameters.
+
+    Weights at their own dtype, plus AdamW's two float32 moments per trainable
+    parameter, plus a margin for the config, tokenizer, RNG and scheduler files
+    and for serialisation overhead. Torch is not imported: anything with
+    ``numel()``, ``element_size()`` and ``requires_grad`` will do.
+
+    Args:
+        parameters: ``model.parameters()``.
+        optimizer: Count the optimizer state (False for a run that only saves the final model).
+
+    Returns:
+        ``{"parameters", "weights", "optimizer", "margin", "total"}``, sizes in bytes.
+    """
+    count = weights = states = 0
+    for p in parameters:
+        n = p.numel()
+        count += n
+        weights += n * p.element_size()
+        if optimizer and p.requires_grad:
+            states += n * 8  # exp_avg and exp_avg_sq in float32
+    margin = (weights + states) // 20 + 8 * 2**20
+    return {"parameters": count, "weights": weights, "optimizer": states, "margin": margin, "total": weights + states + margin}
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # unreachable
+
+
+def preflight(directory: PathLike, parameters: Iterable, *, optimizer: bool = True) -> str | None:
+    """Check before the first step that ``directory`` can take one checkpoint.
+
+    Args:
+        directory: The run's output directory (checkpoints and the final model go under it).
+        parameters: ``model.parameters()``, for :func:`checkpoint_bytes`.
+        optimizer: Whether checkpoints with optimizer state are saved (``save_every`` > 0).
+
+    Returns:
+        None when it can, else a message naming the directory, the estimate and the free space.
+    """
+    problem = check_writable(directory)
+    if problem:
+        return problem
+    need = checkpoint_bytes(parameters, optimizer=optimizer)
+    free = shutil.disk_usage(directory).free
+    if free >= need["total"]:
+        return None
+    what = "one checkpoint of this model" if optimizer else "the final model"
+    detail = f"{_size(need['weights'])} of weights"
+    if optimizer:
+        detail += f" + {_size(need['optimizer'])} of AdamW state"
+    return (
+        f"output directory {directory} has {_size(free)} free, but {what} needs about "
+        f"{_size(need['total'])} ({need['parameters']:,} parameters: {detail} + {_size(need['margin'])} margin); "
+        "free some space or set output.dir to a larger disk"
+    )
 
 
 def truncate_metrics(path: PathLike, step: int) -> None:

@@ -1,6 +1,8 @@
 """Checkpoint directories are committed atomically and found by step number."""
 
+import collections
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -47,15 +49,16 @@ def test_save_commit_latest_read_state(tmp_path):
     assert (final / "model.safetensors").read_text() == "weights"
     assert not (tmp_path / ".tmp-step_00000100").exists()
     assert checkpoint.latest(tmp_path) == final
-    assert checkpoint.read_state(final) == {"step": 100, "payload": "weights"}
+    # the state file also lists every other file with its size
+    assert checkpoint.read_state(final) == {"step": 100, "payload": "weights", "files": {"model.safetensors": 7}}
 
 
 def test_write_state_format_and_no_leftovers(tmp_path):
     checkpoint.write_state(tmp_path, {"b": 1, "a": {"y": 2, "x": [1, 2]}})
     text = (tmp_path / STATE_FILE).read_text()
-    assert text == json.dumps({"b": 1, "a": {"y": 2, "x": [1, 2]}}, sort_keys=True, indent=2) + "\n"
+    assert text == json.dumps({"b": 1, "a": {"y": 2, "x": [1, 2]}, "files": {}}, sort_keys=True, indent=2) + "\n"
     checkpoint.write_state(tmp_path, {"step": 2})
-    assert checkpoint.read_state(tmp_path) == {"step": 2}
+    assert checkpoint.read_state(tmp_path) == {"step": 2, "files": {}}
     assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]
 
 
@@ -204,3 +207,152 @@ def test_build_change_names_the_locks_and_diffs_the_recipes(tmp_path):
     assert "templates, data or package versions" in checkpoint.build_change(ckpt, "b" * 64, now)
     checkpoint.write_state(ckpt, {"step": 4})  # a checkpoint from before build hashes: nothing to compare
     assert checkpoint.build_change(ckpt, "b" * 64, now) is None
+
+
+def _full(ckpt_dir, step):
+    """A checkpoint with the files the training script writes."""
+    tmp = checkpoint.temp_dir(ckpt_dir, step)
+    tmp.mkdir()
+    for name in ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "config.json"):
+        (tmp / name).write_text(f"{name} of step {step}")
+    checkpoint.write_state(tmp, {"step": step})
+    return checkpoint.commit(tmp, ckpt_dir, step)
+
+
+@pytest.mark.parametrize(
+    "name", ["model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "config.json", STATE_FILE]
+)
+def test_a_checkpoint_missing_a_file_is_named_and_skipped(tmp_path, name):
+    previous, newest = _full(tmp_path, 2), _full(tmp_path, 4)
+    assert checkpoint.problems(newest) == []
+    (newest / name).unlink()
+    assert checkpoint.problems(newest) == [f"{name} is missing"]
+    assert checkpoint.latest(tmp_path) == previous
+    found, warnings = checkpoint.resume_point(tmp_path)
+    assert found == previous
+    assert warnings == [f"checkpoint {newest} is incomplete ({name} is missing); resuming from step_00000002 instead"]
+    # the old checkpoint is not counted as a complete one to keep, nor deleted
+    assert checkpoint.prune(tmp_path, keep_last=1) == []
+    assert newest.is_dir()
+
+
+def test_a_file_cut_short_or_an_unreadable_state_is_named(tmp_path):
+    ckpt = _full(tmp_path, 2)
+    (ckpt / "optimizer.bin").write_text("cut")
+    assert checkpoint.problems(ckpt) == [f"optimizer.bin has 3 bytes, {len('optimizer.bin of step 2')} were written"]
+    (ckpt / STATE_FILE).write_text('{"step": ')
+    assert checkpoint.problems(ckpt)[0].startswith(f"{STATE_FILE} cannot be read")
+    (ckpt / STATE_FILE).write_text('{"files": {}}')
+    assert checkpoint.problems(ckpt) == [f"{STATE_FILE} has no step"]
+
+
+def test_resume_point_stops_when_no_checkpoint_is_intact(tmp_path):
+    assert checkpoint.resume_point(tmp_path / "missing") == (None, [])
+    assert checkpoint.resume_point(tmp_path) == (None, [])
+    one, two = _full(tmp_path, 2), _full(tmp_path, 4)
+    (one / "optimizer.bin").unlink()
+    (two / "random_states_0.pkl").unlink()
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.resume_point(tmp_path)
+    message = str(e.value)
+    assert f"{two}: random_states_0.pkl is missing" in message and f"{one}: optimizer.bin is missing" in message
+    assert "step 0" in message
+
+
+def test_a_checkpoint_from_before_the_file_list_is_still_intact(tmp_path):
+    ckpt = _full(tmp_path, 2)
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    del state["files"]
+    (ckpt / STATE_FILE).write_text(json.dumps(state))
+    assert checkpoint.problems(ckpt) == [] and checkpoint.latest(tmp_path) == ckpt
+
+
+def test_prune_renames_a_checkpoint_aside_before_deleting_it(tmp_path, monkeypatch):
+    for step in (2, 4, 6):
+        _full(tmp_path, step)
+
+    def killed(path):
+        (sorted(path.iterdir())[0]).unlink()  # half deleted, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "_rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.prune(tmp_path, keep_last=2)
+    monkeypatch.undo()
+    # no step_* directory is left half deleted under its own name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".old-step_00000002", "step_00000004", "step_00000006"]
+    assert all(checkpoint.problems(p) == [] for p in tmp_path.glob("step_*"))
+    checkpoint.prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006"]
+
+
+def test_write_json_is_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "run.json"
+    checkpoint.write_json(path, {"status": "running"})
+    assert json.loads(path.read_text()) == {"status": "running"}
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.write_json(path, {"status": "completed"})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"status": "running"}
+
+
+def test_check_writable_names_the_directory(tmp_path):
+    assert checkpoint.check_writable(tmp_path / "a" / "b") is None
+    assert (tmp_path / "a" / "b").is_dir() and list((tmp_path / "a" / "b").iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert checkpoint.check_writable(blocker / "run") == f"output directory {blocker / 'run'} is not writable: Not a directory"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes through a read-only mode")
+def test_check_writable_read_only_directory(tmp_path):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    try:
+        assert checkpoint.check_writable(read_only) == f"output directory {read_only} is not writable: Permission denied"
+    finally:
+        read_only.chmod(0o700)
+
+
+class _Param:
+    def __init__(self, n, size, trainable=True):
+        self.n, self.size, self.requires_grad = n, size, trainable
+
+    def numel(self):
+        return self.n
+
+    def element_size(self):
+        return self.size
+
+
+def test_checkpoint_bytes_counts_weights_adamw_state_and_a_margin():
+    params = [_Param(1000, 2), _Param(10, 4), _Param(500, 2, trainable=False)]
+    need = checkpoint.checkpoint_bytes(params)
+    assert need["parameters"] == 1510
+    assert need["weights"] == 1000 * 2 + 10 * 4 + 500 * 2
+    assert need["optimizer"] == (1000 + 10) * 8  # two float32 moments per trainable parameter
+    assert need["margin"] == (need["weights"] + need["optimizer"]) // 20 + 8 * 2**20
+    assert need["total"] == need["weights"] + need["optimizer"] + need["margin"]
+    assert checkpoint.checkpoint_bytes(params, optimizer=False)["optimizer"] == 0
+
+
+def test_preflight_reports_directory_estimate_and_free_space(tmp_path, monkeypatch):
+    params = [_Param(10**9, 2)]  # 1B parameters in bf16: 2 GB of weights, 8 GB of AdamW state
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(100 * 2**30, 95 * 2**30, 5 * 2**30))
+    message = checkpoint.preflight(tmp_path, params)
+    assert message.startswith(f"output directory {tmp_path} has 5.0 GiB free, but one checkpoint of this model needs about 9.8 GiB")
+    assert "1,000,000,000 parameters: 1.9 GiB of weights + 7.5 GiB of AdamW state" in message
+    # without checkpoints only the final model is saved
+    assert checkpoint.preflight(tmp_path, params, optimizer=False) is None
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(100 * 2**30, 99 * 2**30, 2**30))
+    assert "but the final model needs about 2.0 GiB" in checkpoint.preflight(tmp_path, params, optimizer=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "not writable" in checkpoint.preflight(blocker, params)

@@ -182,7 +182,9 @@ run_json = output_dir / "run.json"
 if master:
     if run_json.exists() and json.loads(run_json.read_text()).get("name") != name:
         sys.exit(f"error: {output_dir} holds a run of another recipe; set output.dir to a new directory")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    problem = checkpoint.check_writable(output_dir)  # creates it; a read-only place stops the run here
+    if problem:
+        sys.exit(f"error: {problem}")
 accelerator.wait_for_everyone()
 started = datetime.datetime.now(datetime.timezone.utc)
 set_seed(seed)  # python, numpy and torch on every device
@@ -314,6 +316,10 @@ optimizer = torch.optim.AdamW(
 # lr(step) = lr * f(step): f runs through schedule_phases (recipec_runtime/schedule.py);
 # step 0 is the first update, as with transformers' schedulers
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.phase_lambda(schedule_phases))
+if master:  # a disk too small for one checkpoint stops the run now, not at its first save
+    problem = checkpoint.preflight(output_dir, model.parameters(), optimizer=bool(save_every))
+    if problem:
+        sys.exit(f"error: {problem}")
 
 model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 train_loaders = [accelerator.prepare(loader) for loader in train_loaders]
@@ -351,7 +357,12 @@ def log(record):
 # resume from the newest complete checkpoint, if any
 
 step = 0  # optimizer steps done
-latest = checkpoint.latest(ckpt_dir)
+try:  # the newest intact checkpoint; a damaged newer one is named and skipped
+    latest, damaged = checkpoint.resume_point(ckpt_dir)
+except checkpoint.CheckpointError as e:
+    sys.exit(f"error: {e}")
+for warning in damaged:
+    accelerator.print(f"warning: {warning}")
 if latest is not None:
     changed = checkpoint.build_change(latest, build_sha256, here / "resolved.toml")
     if changed and not allow_changed:
@@ -363,6 +374,7 @@ if latest is not None:
     accelerator.print(f"resumed from {latest} at step {step}")
 if master:
     checkpoint.truncate_metrics(output_dir / "metrics.jsonl", step)  # drop lines after the checkpoint
+    checkpoint.prune(ckpt_dir, keep_last)  # leftovers of a save or prune that a crash cut short
     run_record = json.loads(run_json.read_text()) if run_json.exists() else {"name": name, "started": started.isoformat()}
     # the run directory carries its own recipe, lock and schedule: a continual run reads them
     shutil.copyfile(here / "resolved.toml", output_dir / "resolved.toml")
@@ -377,7 +389,7 @@ if master:
         overrides=overrides,
         resumed_from_step=step or None,
     )
-    run_json.write_text(json.dumps(run_record, indent=2) + "\n")
+    checkpoint.write_json(run_json, run_record)  # whole or not at all, if the run is killed
 
 # -----------------------------------------------------------------------------
 # training loop
@@ -514,7 +526,7 @@ if master:
             "eval_sequences_sha256": data_out.report["eval"]["sequences_sha256"],
         },
     )
-    run_json.write_text(json.dumps(run_record, indent=2) + "\n")
+    checkpoint.write_json(run_json, run_record)
     print(f"model saved to {model_dir}")
 accelerator.wait_for_everyone()
 accelerator.end_training()
