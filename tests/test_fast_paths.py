@@ -142,12 +142,15 @@ def test_tf32_off_by_default_leaves_torch_alone(write_recipe, tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_compiled_fused_eager_run_with_workers_trains_like_the_default(tmp_path: Path) -> None:
+def test_compiled_fused_eager_run_with_workers_trains_like_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """torch.compile (inductor, C++ on CPU), fused AdamW, eager attention and 2 loader
     workers: the same run as the defaults, to float tolerance, on CPU."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_training import TINY, _build, _metrics, _project, _train
 
+    # inductor's own cache directory: one shared with other processes' compiles can hold a
+    # half-written library
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     default = _project(tmp_path / "default", TINY.replace("attention_dropout = 0.1", "attention_dropout = 0.0"))
     _train(_build(default))
     fast = _project(tmp_path / "fast", TINY.replace("attention_dropout = 0.1", "attention_dropout = 0.0"))
