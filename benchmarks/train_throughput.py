@@ -7,7 +7,8 @@ each in a fresh process, run one after another and interleaved (a b c a b c ...)
      `python build/<name>/train.py` (logging every --log-every steps, the progress bar on;
      in-loop eval and checkpoints off unless --eval-every / --save-every ask for them:
      a throughput run is set up that way, and neither b nor c evaluates or saves)
-  b  a minimal accelerate loop with no logging at all: the no-overhead limit
+  b  a minimal accelerate loop with no logging at all: the no-overhead limit (forward with
+     use_cache=False, as a and Trainer do: a KV cache filled in training is pure waste)
   c  transformers' Trainer (report_to "none", logging every --log-every steps, no eval,
      no save, the progress bar on)
 
@@ -233,7 +234,8 @@ def _run_b(cfg: dict) -> None:
     while step < cfg["steps"]:
         for batch in loader:
             with accelerator.accumulate(model):
-                accelerator.backward(model(**batch).loss)
+                # no KV cache, as train.py and Trainer (TrainingArguments.use_cache False): the three differ by their loops only
+                accelerator.backward(model(**batch, use_cache=False).loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
