@@ -43,9 +43,10 @@ Usage: python benchmarks/train_throughput.py [--steps 30] [--warmup 5] [--repeat
 --size small (default on CPU): hidden 256, 4 layers, 8 heads, intermediate 688: 6.6M
 parameters with the 6718-token vocabulary that BPE reaches on pydoc_data.topics (asked
 for 8192); --size base (default on CUDA): hidden 512, 8 layers, 8 heads, intermediate
-1376: 32.2M parameters. seq_len is 512. base trains at ~170 tokens/s on two shared CPU
+1376: 32.2M parameters. seq_len is 512. base trains at ~170 tokens/s on two busy CPU
 cores, too slow for a few-minute run; on a GPU use e.g. --device cuda --bf16 --batch 64
---micro-batch 16 --steps 100 --warmup 20.
+--micro-batch 16 --steps 100 --warmup 20 (pydoc_data.topics packs into 205 training
+sequences, so such a run goes through many short epochs, the same in all three).
 
 --threads defaults to 1 on CPU: on a small machine shared with other work, two OpenMP
 threads per process wait on each other at every barrier while the other is descheduled,
