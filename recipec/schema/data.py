@@ -94,8 +94,8 @@ class DataTable(Table):
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes. 0 loads in the training process."""
 
-    pin_memory: bool = False
-    """Put batches in page-locked host memory so that copies to the GPU overlap compute (GPU only; no effect on CPU)."""
+    pin_memory: bool | None = None
+    """Put batches in page-locked host memory so that copies to the GPU run while it computes. Unset: on when the script runs on a GPU; no effect on CPU."""
 
     sources: list[Source] = Field(min_length=1)
     """The sources, as `[[data.sources]]` tables, read in this order (document order decides which copy dedup keeps: the first)."""

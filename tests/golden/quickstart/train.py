@@ -82,7 +82,7 @@ seq_len = 128                   # data.seq_len
 packing = True                  # data.packing
 eval_fraction = 0.1             # data.eval_fraction
 num_workers = 0                 # data.num_workers
-pin_memory = False              # data.pin_memory
+pin_memory = None               # data.pin_memory
 
 # optim
 lr = 0.003                      # optim.lr
@@ -165,7 +165,9 @@ accelerator = Accelerator(
     # exactly grad_accum_steps micro-batches per optimizer step, also across epoch ends,
     # so that the step count fixes the position in the data (needed for exact resume)
     gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum_steps, sync_with_dataloader=False),
-    dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    # batches are copied to the GPU without a host sync (from pinned memory, see the loaders),
+    # so the next batch is read and collated while the GPU still runs the current one
+    dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
     step_scheduler_with_optimizer=False,  # stepped by hand, once per optimizer step
 )
 master = accelerator.is_main_process
@@ -263,6 +265,8 @@ accelerator.print(f"sequences of {seq_len} tokens: {' + '.join(str(len(t)) for t
 
 # each loader has its own seeded generator, so the shuffle order depends on the seed and
 # the epoch only, never on how many random numbers the model or dropout have drawn
+if pin_memory is None:  # data.pin_memory unset: page-locked batches on a GPU, so the copy to it runs async
+    pin_memory = accelerator.device.type == "cuda"
 train_loaders = [
     DataLoader(
         train_set,
@@ -338,7 +342,7 @@ def evaluate():
             for i, batch in enumerate(loader):
                 if eval_batches and i >= eval_batches:
                     break
-                losses.append(accelerator.gather(model(**batch).loss.detach().float().reshape(1)))
+                losses.append(accelerator.gather(model(**batch, use_cache=False).loss.detach().float().reshape(1)))
             results[key] = torch.cat(losses).mean().item()
     model.train()
     return results
@@ -411,7 +415,8 @@ for segment, train_loader in zip(data_segments, train_loaders):
         batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                # use_cache False: left at the config's default a model fills a KV cache that training never reads
+                loss = model(**batch, use_cache=False).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     # clip_grad_norm_ returns the norm before clipping; with grad_clip 0 it only measures
