@@ -35,6 +35,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# a wider model with grouped-query attention, at micro-batch 8
+WIDE = [
+    "model.config.hidden_size=512",
+    "model.config.intermediate_size=1376",
+    "model.config.num_hidden_layers=6",
+    "model.config.num_attention_heads=8",
+    "model.config.num_key_value_heads=2",
+    "train.micro_batch_size=8",
+    "train.batch_size=16",
+]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -50,30 +61,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ['peft={method="lora", r=16, target_modules="all-linear"}'],
     ),
     "quickstart lora q,v": ("recipes/quickstart.toml", ['peft={method="lora", r=8}']),
-    "wide 6L b8": (
-        "recipes/quickstart.toml",
-        [
-            "model.config.hidden_size=512",
-            "model.config.intermediate_size=1376",
-            "model.config.num_hidden_layers=6",
-            "model.config.num_attention_heads=8",
-            "model.config.num_key_value_heads=2",
-            "train.micro_batch_size=8",
-            "train.batch_size=16",
-        ],
-    ),
+    "wide 6L b8": ("recipes/quickstart.toml", WIDE),
     "wide 6L b8 ckpt": (
         "recipes/quickstart.toml",
-        [
-            "model.config.hidden_size=512",
-            "model.config.intermediate_size=1376",
-            "model.config.num_hidden_layers=6",
-            "model.config.num_attention_heads=8",
-            "model.config.num_key_value_heads=2",
-            "train.micro_batch_size=8",
-            "train.batch_size=16",
-            "model.gradient_checkpointing=true",
-        ],
+        [*WIDE, "model.gradient_checkpointing=true"],
     ),
 }
 
