@@ -55,6 +55,14 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="*", default=sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").glob("*.toml")))
     args = parser.parse_args()
 
+    recipes = []
+    for recipe in args.recipes:  # a [continual] example needs its parent's run directory first
+        check = subprocess.run([sys.executable, "-m", "recipec", "validate", recipe], cwd=REPO, capture_output=True, text=True)
+        if check.returncode == 0:
+            recipes.append(recipe)
+        else:
+            print(f"skipped {recipe}: {check.stderr.splitlines()[0] if check.stderr else 'does not validate'}")
+    args.recipes = recipes
     baseline_argv = [sys.executable, "-c", "import pydantic, jinja2, click"]
     with tempfile.TemporaryDirectory() as tmp:
         commands = {"baseline: import pydantic, jinja2, click": baseline_argv}

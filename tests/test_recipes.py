@@ -6,6 +6,8 @@ import ast
 import json
 import shutil
 import subprocess
+import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -78,3 +80,30 @@ def test_example_builds_and_its_files_parse(recipe: Path, tmp_path: Path, monkey
     config = yaml.safe_load((built / "accelerate_config.yaml").read_text())
     assert config["num_processes"] == plan["num_processes"]
     assert tomllib.loads((built / "resolved.toml").read_text())["recipe"]["name"] == plan.name
+
+
+@pytest.mark.parametrize("verb", ["validate", "build"])
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_validate_and_build_never_import_the_training_stack(verb: str, recipe: Path, tmp_path: Path):
+    """Each example through the real CLI in a fresh interpreter: no torch, transformers, ..."""
+    (tmp_path / "recipes").mkdir()
+    shutil.copy(recipe, tmp_path / "recipes" / recipe.name)
+    finished_parent(tmp_path, recipe)
+    script = textwrap.dedent(
+        """
+        import json, runpy, sys
+        sys.argv = ["recipec", *sys.argv[1:]]
+        code = 0
+        try:
+            runpy.run_module("recipec", run_name="__main__")
+        except SystemExit as exc:
+            code = exc.code
+        heavy = {"torch", "transformers", "accelerate", "datasets", "peft", "tokenizers"}
+        print(json.dumps([code, sorted(m for m in sys.modules if m.split(".")[0] in heavy)]))
+        """
+    )
+    args = [sys.executable, "-c", script, verb, f"recipes/{recipe.name}"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=tmp_path)
+    code, loaded = json.loads(out.stdout.splitlines()[-1])
+    assert code in (0, None), out.stderr
+    assert loaded == [], loaded

@@ -9,6 +9,7 @@ can (wandb's id, mlflow's run id, aim's run hash are kept in run.json).
 from __future__ import annotations
 
 import json
+import os
 import struct
 import sys
 from pathlib import Path
@@ -29,8 +30,11 @@ def tracked_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp_path = tmp_path_factory.mktemp("tracked")
     project = _project(tmp_path, TRACKED)
     build_dir = _build(project)
-    _kill(tmp_path, build_dir, 4, "after-commit")
-    _train(build_dir)
+    with pytest.MonkeyPatch.context() as mp:  # the trackers' defaults, not this shell's settings
+        for var in [k for k in os.environ if k.startswith(("WANDB_", "MLFLOW_"))]:
+            mp.delenv(var)
+        _kill(tmp_path, build_dir, 4, "after-commit")
+        _train(build_dir)
     return project / "runs" / "tiny"
 
 

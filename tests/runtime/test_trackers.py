@@ -67,28 +67,35 @@ def test_missing_names_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -
     assert trackers.missing([]) == []
 
 
-def test_setup_environment_is_local_and_offline_and_the_user_env_wins(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for var in ("WANDB_MODE", "WANDB_DIR", "WANDB_ERROR_REPORTING", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(var, raising=False)
+@pytest.fixture
+def environ(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A copy of the environment without tracker variables, in place of os.environ.
+
+    setup_environment sets variables that did not exist; on the real os.environ they would
+    outlive the test (monkeypatch restores only what it changed) and send the trackers of
+    later runs in this session to a deleted directory.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
+    monkeypatch.setattr(trackers.os, "environ", env)
+    return env
+
+
+def test_setup_environment_is_local_and_offline_and_the_user_env_wins(tmp_path: Path, environ: dict) -> None:
     root = trackers.setup_environment(["wandb", "mlflow"], tmp_path / "run")
     assert root == tmp_path / "run" / "trackers"
-    assert os.environ["WANDB_MODE"] == "offline"
-    assert os.environ["WANDB_DIR"] == str(root)
-    assert os.environ["WANDB_ERROR_REPORTING"] == "false"
-    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{root.resolve() / 'mlflow.db'}"
-    monkeypatch.setenv("WANDB_MODE", "online")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mine:5000")
+    assert environ["WANDB_MODE"] == "offline"
+    assert environ["WANDB_DIR"] == str(root)
+    assert environ["WANDB_ERROR_REPORTING"] == "false"
+    assert environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    environ.update(WANDB_MODE="online", MLFLOW_TRACKING_URI="http://mine:5000")
     trackers.setup_environment(["wandb", "mlflow"], tmp_path / "run")
-    assert os.environ["WANDB_MODE"] == "online" and os.environ["MLFLOW_TRACKING_URI"] == "http://mine:5000"
+    assert environ["WANDB_MODE"] == "online" and environ["MLFLOW_TRACKING_URI"] == "http://mine:5000"
 
 
-def test_setup_environment_leaves_trackers_not_asked_for_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_setup_environment_leaves_trackers_not_asked_for_alone(tmp_path: Path, environ: dict) -> None:
     trackers.setup_environment(["tensorboard"], tmp_path)
-    assert "WANDB_MODE" not in os.environ and "MLFLOW_TRACKING_URI" not in os.environ
+    assert not any(k.startswith(("WANDB_", "MLFLOW_")) for k in environ)
+    assert not any(k.startswith(("WANDB_", "MLFLOW_")) and "trackers" in v for k, v in os.environ.items())
 
 
 def test_init_kwargs_resume_the_runs_of_earlier_attempts(tmp_path: Path) -> None:
