@@ -504,20 +504,17 @@ def cached(cache_dir: str | os.PathLike[str]) -> Callable[..., bytes]:
     from importlib.metadata import PackageNotFoundError, version
 
     root = Path(cache_dir)
+    versions = []
+    for package in PLOT_PACKAGES:
+        try:
+            versions.append(version(package))
+        except PackageNotFoundError:
+            versions.append(None)
+    drawing = [versions, Path(__file__).read_text(encoding="utf-8")]  # what decides the bytes besides the inputs
 
     def plot(lrs: Sequence[float], phases: Sequence[Mapping], *, title: str, peak_lr: float, min_lr: float | None = None) -> bytes:
-        versions = []
-        for package in PLOT_PACKAGES:
-            try:
-                versions.append(version(package))
-            except PackageNotFoundError:
-                versions.append(None)
         key = hashlib.sha256(
-            json.dumps(
-                [list(lrs), list(phases), title, peak_lr, min_lr, versions, Path(__file__).read_text(encoding="utf-8")],
-                sort_keys=True,
-                default=str,
-            ).encode()
+            json.dumps([list(lrs), list(phases), title, peak_lr, min_lr, *drawing], sort_keys=True, default=str).encode()
         ).hexdigest()
         path = root / f"{key}.png"
         try:

@@ -30,10 +30,8 @@ from typing import Any
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim")
 """The trackers a recipe can name, in the order they are started."""
 
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "aim": "aim"}
-"""The module each tracker imports (`pip install` names are in :data:`INSTALL`)."""
-
 INSTALL = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow-skinny", "aim": "'aim<4'"}
+"""What `pip install` takes for each tracker; each imports the module of its own name."""
 
 SUBDIR = "trackers"
 """The trackers' directory inside the run directory."""
@@ -42,7 +40,7 @@ SUBDIR = "trackers"
 def missing(trackers: list[str]) -> list[str]:
     """The named trackers whose package is not installed, as "name (pip install X)" lines."""
     return [
-        f"{t} (pip install {INSTALL[t]})" for t in trackers if importlib.util.find_spec(PACKAGES[t]) is None
+        f"{t} (pip install {INSTALL[t]})" for t in trackers if importlib.util.find_spec(t) is None
     ]
 
 
