@@ -241,8 +241,10 @@ def _find_model(annotation: Any) -> type[BaseModel] | None:
 
 
 def _literal_options(path: KeyPath) -> list[str]:
+    while path and isinstance(path[-1], int):  # an item of a list: the choices are the list field's
+        path = path[:-1]
     model = _model_at(path[:-1])
-    if model is None or not isinstance(path[-1], str):
+    if model is None or not path or not isinstance(path[-1], str):
         return []
     options: list[str] = []
 

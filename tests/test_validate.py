@@ -133,6 +133,15 @@ SET_CASES = {
           = help: did you mean `cosine`?
         1 error
         """,
+    'output.trackers=["tensorbaord"]': """\
+        error: `output.trackers[0]` must be one of "tensorboard", "wandb", "mlflow", "aim", not the string "tensorbaord"
+         --> --set output.trackers=["tensorbaord"]
+          |
+          | output.trackers=["tensorbaord"]
+          |                  ^^^^^^^^^^^^^
+          = help: did you mean `tensorboard`?
+        1 error
+        """,
     "data.sources[3].path=x": """\
         error: no such entry `data.sources[3]`
          --> --set data.sources[3].path=x
