@@ -91,7 +91,8 @@ def runtime_files() -> dict[str, str]:
     """The runtime package's source, keyed by its path inside a build."""
     root = Path(__file__).resolve().parent / "runtime"
     return {
-        f"{RUNTIME_PACKAGE}/{p.name}": p.read_text(encoding="utf-8") for p in sorted(root.glob("*.py"))
+        f"{RUNTIME_PACKAGE}/{p.relative_to(root).as_posix()}": p.read_text(encoding="utf-8")
+        for p in sorted(root.rglob("*.py"))
     }
 
 

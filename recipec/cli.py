@@ -280,17 +280,17 @@ def _data_summary(plan: Any) -> list[str]:
     sources = plan["sources"]
     labels = [src.get("name") or f"sources[{i}]" for i, src in enumerate(sources)]
     chain = [f"{label}: {', '.join(f['type'] for f in src['filters'])}" for label, src in zip(labels, sources) if src["filters"]]
-    if plan["data_filters"]:
-        chain.append("then every source: " + ", ".join(f["type"] for f in plan["data_filters"]))
+    if plan["filters"]:
+        chain.append("then every source: " + ", ".join(f["type"] for f in plan["filters"]))
     lines = [f"  data filters     {'; '.join(chain) if chain else 'none'}"]
-    for seg in plan.get("data_segments") or []:
+    for seg in plan.get("segments") or []:
         where = "whole run"
-        if len(plan["data_segments"]) > 1:
+        if len(plan["segments"]) > 1:
             end = "end" if seg["last_step"] is None else seg["last_step"]
             where = f"steps {seg['first_step']}-{end} ({', '.join(seg['phases'])})"
         if seg["weights"] is None:
             shares = ", ".join(labels[i] for i in seg["sources"])
-            how = f"natural shares (each document once){'' if plan['mixture_temperature'] is None else ', temperature ' + str(plan['mixture_temperature'])}"
+            how = f"natural shares (each document once){'' if plan['temperature'] is None else ', temperature ' + str(plan['temperature'])}"
         else:
             total = sum(seg["weights"])
             shares = ", ".join(f"{labels[i]} {w / total:.2f}" for i, w in zip(seg["sources"], seg["weights"]))
@@ -396,11 +396,11 @@ def data(recipe: Path, overrides: tuple[str, ...], num_proc: int | None, force: 
     if not hub_ids(plan.recipe):  # before the stage imports datasets and transformers, which read these once
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from .runtime import stage
+    from .runtime import stage, stage_request
     from .runtime.readers import DataError
 
-    settings = {name: plan.get(name) for name in stage.REQUEST_SETTINGS}
-    request = stage.request_from_settings(settings, Path.cwd())
+    settings = {name: plan.get(name) for name in stage_request.FIELDS}
+    request = stage_request.request_from_settings(settings, Path.cwd())
     if num_proc is not None:
         request["num_proc"] = num_proc
     try:

@@ -52,7 +52,7 @@ RESOLVED = "resolved.toml"
 IMPLICIT_INPUTS: dict[str, tuple[str, ...]] = {
     "schedule_phases": ("max_steps", "tokens_per_step", "min_lr", "min_lr_ratio"),
     "warmup_steps": ("schedule_phases", "max_steps"),
-    "data_segments": ("schedule_phases", "max_steps"),
+    "segments": ("schedule_phases", "max_steps"),
     "total_tokens": ("max_steps", "tokens_per_step"),
 }
 """Inputs of derived values that their notes do not name."""
@@ -450,7 +450,7 @@ def _flags(a: Side, b: Side, changed: dict[str, Change]) -> list[dict[str, str]]
     c = changed.get("seed")
     if c is not None:
         flag("seed", f"recipe.seed changed {c.old!r} -> {c.new!r}: it sets the data order and the held-out split")
-    for removed in _removed_filters(pa.get("data_filters") or [], pb.get("data_filters") or []):
+    for removed in _removed_filters(pa.get("filters") or [], pb.get("filters") or []):
         flag("removed_filter", f"filter `{removed}` removed from [[data.filters]]")
     flags += _source_flags(pa.get("sources") or [], pb.get("sources") or [])
     return flags

@@ -28,6 +28,7 @@ import tomli_w
 
 from .resolve import PLAIN_PATH, Plan
 from .runtime import schedule as runtime_schedule
+from .runtime import stage_request
 from .schema.launch import FROM_ENV
 from .schema.schedule import DECAY_KEYS, SHORTHAND_KEYS
 
@@ -447,6 +448,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "config": config_block(plan),
         "formulas": formula_lines(plan),
         "overrides": list(plan.overrides),
+        "stage_fields": stage_request.FIELDS,
         "peft_quantize": getattr(plan.recipe.peft, "quantize", None),
         **launch_context(plan),
     }

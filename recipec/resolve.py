@@ -242,9 +242,6 @@ def resolve(
 
     b.section("data")
     data_settings(b, r, files_root)
-    b.key("seq_len", ("data", "seq_len"))
-    b.key("packing", ("data", "packing"))
-    b.key("eval_fraction", ("data", "eval_fraction"))
     b.key("num_workers", ("data", "num_workers"))
     b.key("pin_memory", ("data", "pin_memory"))
     if max_positions is not None and d.seq_len > max_positions:
@@ -344,7 +341,7 @@ def resolve(
             if len(segments) == 1
             else "derived: data.sources[].phases and phase_weights over the schedule"
         )
-        b.derived("data_segments", segments, note)
+        b.derived("segments", segments, note)
     if c is not None and parent is not None and c.continues and phases is not None:
         first_lr = lr * runtime_schedule.multiplier(0, phases)
         if not math.isclose(first_lr, parent.lr, rel_tol=1e-6, abs_tol=1e-12):
@@ -705,7 +702,7 @@ def _continual_settings(b: _Builder, recipe: Recipe, parent: ParentRun) -> None:
     b.derived("parent_lock_sha256", parent.lock_sha256, "derived: sha256 of the parent's recipe.lock.json")
     b.derived("parent_lr", parent.lr, "derived: the LR the parent used at that step (its schedule.csv)")
     b.derived("parent_sources", source_dicts(pr.data.sources), "derived: the parent's data.sources (resolved.toml)")
-    b.derived("parent_data_filters", filter_dicts(pr), "derived: the parent's data.filters (resolved.toml)")
+    b.derived("parent_filters", filter_dicts(pr), "derived: the parent's data.filters (resolved.toml)")
     b.derived("parent_eval_fraction", pr.data.eval_fraction, "derived: the parent's data.eval_fraction")
     b.derived("parent_seed", pr.recipe.seed, "derived: the parent's recipe.seed (its held-out split)")
     b.key("replay", ("continual", "replay"))

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .runtime import stage_request
 from .schema.filters import DecontaminateFilter, LengthFilter, ScoreFilter, ScoreSampleFilter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,15 +46,9 @@ def data_settings(b: _Builder, recipe: Recipe, files_root: Path | None) -> None:
     """
     d = recipe.data
     b.add("sources", source_dicts(d.sources), "data.sources", b.origin(("data", "sources")))
-    b.add("data_filters", filter_dicts(recipe), "data.filters (after each source's own)", b.origin(("data", "filters")))
-    for name, key in (
-        ("mixture_temperature", "temperature"),
-        ("on_exhausted", "on_exhausted"),
-        ("data_num_proc", "num_proc"),
-        ("data_cache_dir", "cache_dir"),
-        ("count_dropped_tokens", "count_dropped_tokens"),
-    ):
-        b.key(name, ("data", key))
+    b.add("filters", filter_dicts(recipe), "data.filters (after each source's own)", b.origin(("data", "filters")))
+    for name in stage_request.DATA_FIELDS:
+        b.key(name, ("data", name))
 
     trained = recipe.tokenizer.train is not None
     chains: list[tuple[tuple[Any, ...], list[Any]]] = [(("data", "filters"), list(d.filters))]

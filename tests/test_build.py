@@ -80,7 +80,8 @@ def test_quickstart_build_matches_golden(tmp_path: Path, monkeypatch: pytest.Mon
     built = build_quickstart(tmp_path, monkeypatch)
     golden = GOLDEN / "quickstart"
     runtime = {rel: data for rel, data in tree(built).items() if rel.startswith(RUNTIME)}
-    sources = {RUNTIME + p.name: p.read_bytes() for p in sorted((REPO / "recipec" / "runtime").glob("*.py"))}
+    root = REPO / "recipec" / "runtime"
+    sources = {RUNTIME + p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.py"))}
     assert runtime == sources, "the build's recipec_runtime/ is not a verbatim copy of recipec/runtime/"
     if update_golden:
         shutil.rmtree(golden, ignore_errors=True)
@@ -120,7 +121,8 @@ def test_build_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert built == tmp_path / "build" / "quickstart"
     files = set(tree(built))
     assert {"train.py", "accelerate_config.yaml", "launch.sh", "resolved.toml", LOCK_FILE} <= files
-    runtime = {f"recipec_runtime/{p.name}" for p in (REPO / "recipec" / "runtime").glob("*.py")}
+    root = REPO / "recipec" / "runtime"
+    runtime = {f"recipec_runtime/{p.relative_to(root).as_posix()}" for p in root.rglob("*.py")}
     assert runtime and runtime <= files
     assert (built / "launch.sh").stat().st_mode & stat.S_IXUSR
     assert not (built / "train.py").stat().st_mode & stat.S_IXUSR
@@ -130,8 +132,9 @@ def test_build_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_runtime_is_shipped_verbatim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     built = build_quickstart(tmp_path, monkeypatch)
-    for source in (REPO / "recipec" / "runtime").glob("*.py"):
-        assert (built / "recipec_runtime" / source.name).read_bytes() == source.read_bytes()
+    root = REPO / "recipec" / "runtime"
+    for source in root.rglob("*.py"):
+        assert (built / "recipec_runtime" / source.relative_to(root)).read_bytes() == source.read_bytes()
 
 
 # -- reproducible builds -------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_example_builds_and_its_files_parse(recipe: Path, tmp_path: Path, monkey
     assert built == tmp_path / "build" / plan.name
 
     ast.parse((built / "train.py").read_text(), filename=str(built / "train.py"))
-    for module in (built / "recipec_runtime").glob("*.py"):
+    for module in (built / "recipec_runtime").rglob("*.py"):
         ast.parse(module.read_text(), filename=str(module))
     check = subprocess.run(["bash", "-n", str(built / "launch.sh")], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr

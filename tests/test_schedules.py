@@ -237,14 +237,14 @@ def test_a_source_can_join_in_one_phase(plan_of):
         {"schedule.decay": "wsd", "schedule.warmup": 10, "schedule.cooldown": 20},
         data={"seq_len": 32, "sources": [{"builtin": "python-docs"}, ANNEAL]},
     )
-    assert plan["data_segments"] == [
+    assert plan["segments"] == [
         {"first_step": 0, "last_step": 80, "sources": [0], "weights": None, "phases": ["warmup", "stable"]},
         {"first_step": 80, "last_step": None, "sources": [0, 1], "weights": None, "phases": ["cooldown"]},
     ]
 
 
 def test_without_phase_limits_there_is_one_segment(plan_of):
-    assert plan_of()["data_segments"] == [{"first_step": 0, "last_step": None, "sources": [0], "weights": None}]
+    assert plan_of()["segments"] == [{"first_step": 0, "last_step": None, "sources": [0], "weights": None}]
 
 
 def test_an_unknown_phase_name_is_an_error_with_a_suggestion(plan_of):

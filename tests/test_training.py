@@ -448,11 +448,11 @@ def test_a_source_added_in_the_cooldown_trains_there_and_resumes_bitwise(tmp_pat
     )
     straight = _project(tmp_path / "straight", recipe)
     build_dir = _build(straight)
-    assert "data_segments = [" in (build_dir / "train.py").read_text()
+    assert "segments = [" in (build_dir / "train.py").read_text()
     from recipec.compiler import plan_recipe
 
     plan, _ = plan_recipe(straight / "recipes" / "tiny.toml", project=straight)
-    assert plan["data_segments"] == [
+    assert plan["segments"] == [
         {"first_step": 0, "last_step": 5, "sources": [0], "weights": None, "phases": ["warmup", "stable"]},
         {"first_step": 5, "last_step": None, "sources": [0, 1], "weights": None, "phases": ["cooldown"]},
     ]

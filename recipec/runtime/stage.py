@@ -59,8 +59,8 @@ import numpy as np
 from . import filters as F
 from . import readers
 from .readers import DataError
+from .stage_request import STAGE_VERSION, local_path, make_spec, request_from_settings  # noqa: F401 -- the script's names
 
-STAGE_VERSION = 1
 BATCH_SIZE = 512  # documents per work item
 EXAMPLES = 3  # dropped examples kept per filter
 EXCERPT = 240  # characters of each example
@@ -72,113 +72,6 @@ _GOPHER = ("gopher_quality", "gopher_repetition")
 
 
 # --------------------------------------------------------------------------- spec and key
-
-
-def make_spec(
-    *,
-    seed: int,
-    sources: list[dict],
-    filters: list[dict],
-    eval_fraction: float,
-    seq_len: int,
-    packing: bool,
-    segments: list[dict],
-    temperature: float | None = None,
-    on_exhausted: str = "repeat",
-    count_dropped_tokens: bool = False,
-) -> dict:
-    """The data stage's settings, as the training script and ``recipec data`` pass them.
-
-    Args:
-        seed: ``recipe.seed``: the held-out split, sampling filters and the mixture order.
-        sources: ``[[data.sources]]`` as dicts, each with its own ``filters``.
-        filters: ``[[data.filters]]`` as dicts (every source, after the sources' own).
-        eval_fraction: share of the kept documents held out, by document.
-        seq_len: tokens per sequence.
-        packing: pack documents into full blocks (else one padded sequence per document).
-        segments: one ``{"sources": [indices], "weights": [floats] | None}`` per mixture.
-        temperature: derive weights from the sources' token counts (None: natural shares).
-        on_exhausted: ``repeat``, ``stop`` or ``error``.
-        count_dropped_tokens: tokenize dropped documents too, for the report.
-    """
-    return {
-        "version": STAGE_VERSION,
-        "seed": int(seed),
-        "sources": [dict(s) for s in sources],
-        "filters": [dict(f) for f in filters],
-        "eval_fraction": float(eval_fraction),
-        "seq_len": int(seq_len),
-        "packing": bool(packing),
-        "segments": [{"sources": list(s["sources"]), "weights": s.get("weights")} for s in segments],
-        "temperature": temperature,
-        "on_exhausted": on_exhausted,
-        "count_dropped_tokens": bool(count_dropped_tokens),
-    }
-
-
-REQUEST_SETTINGS = (
-    "seed",
-    "sources",
-    "data_filters",
-    "eval_fraction",
-    "seq_len",
-    "packing",
-    "data_segments",
-    "mixture_temperature",
-    "on_exhausted",
-    "count_dropped_tokens",
-    "data_cache_dir",
-    "data_num_proc",
-    "tokenizer_path",
-    "tokenizer_train",
-    "model_revision",
-    "trust_remote_code",
-)
-
-
-def local_path(path: str, project_dir: str | os.PathLike) -> str:
-    """A path from the recipe (./, ../, /, ~) resolved against the project; a hub id as is."""
-    if path.startswith(("./", "../", "/", "~")):
-        return str((pathlib.Path(project_dir) / pathlib.Path(path).expanduser()).resolve())
-    return path
-
-
-def request_from_settings(settings: dict, project_dir: str | os.PathLike) -> dict:
-    """A stage request from a recipe's resolved settings (the names in ``REQUEST_SETTINGS``).
-
-    The training script and ``recipec data`` both build their request here, so they find
-    the same cache entry.
-    """
-    missing = [k for k in REQUEST_SETTINGS if k not in settings]
-    if missing:
-        raise KeyError(f"stage request settings missing: {', '.join(missing)}")
-    spec = make_spec(
-        seed=settings["seed"],
-        sources=settings["sources"],
-        filters=settings["data_filters"],
-        eval_fraction=settings["eval_fraction"],
-        seq_len=settings["seq_len"],
-        packing=settings["packing"],
-        segments=settings["data_segments"],
-        temperature=settings["mixture_temperature"],
-        on_exhausted=settings["on_exhausted"],
-        count_dropped_tokens=settings["count_dropped_tokens"],
-    )
-    if settings["tokenizer_train"] is not None:
-        tokenizer: dict[str, Any] = {"train": dict(settings["tokenizer_train"])}
-    else:
-        tokenizer = {
-            "path": local_path(settings["tokenizer_path"], project_dir),
-            "revision": settings["model_revision"],
-            "trust_remote_code": bool(settings["trust_remote_code"]),
-        }
-    return {
-        "spec": spec,
-        "project_dir": str(pathlib.Path(project_dir).resolve()),
-        "cache_dir": settings["data_cache_dir"],
-        "tokenizer": tokenizer,
-        "num_proc": int(settings["data_num_proc"]),
-    }
 
 
 def _source_for_key(source: dict) -> dict:

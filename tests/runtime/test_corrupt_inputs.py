@@ -28,7 +28,7 @@ pytest.importorskip("transformers")
 
 from conftest import MINIMAL  # noqa: E402
 from recipec.cli import main  # noqa: E402
-from recipec.runtime import stage  # noqa: E402
+from recipec.runtime import stage, stage_request  # noqa: E402
 from recipec.runtime.readers import DataError  # noqa: E402
 from recipec.runtime.tokenizer import train_bpe  # noqa: E402
 
@@ -167,7 +167,7 @@ def test_corrupt_tokenizer_in_the_training_scripts_stage_process(name, tokenizer
     from recipec.compiler import plan_recipe
 
     plan, _ = plan_recipe(tmp_path / "recipe.toml", project=tmp_path)
-    request = stage.request_from_settings({k: plan.get(k) for k in stage.REQUEST_SETTINGS}, tmp_path)
+    request = stage_request.request_from_settings({k: plan.get(k) for k in stage_request.FIELDS}, tmp_path)
     # train.py first looks the entry up in its own process, then runs the stage in a fresh one
     for step in (stage.lookup, lambda r: stage.run_in_subprocess(r, tmp_path / "scratch")):
         with pytest.raises(DataError) as info:

@@ -39,7 +39,7 @@ def jsonl(path: pathlib.Path, rows) -> None:
 
 
 def request(tmp_path, tokenizer_dir, sources, filters=(), segments=None, **spec):
-    spec_kwargs = dict(
+    settings = dict(
         seed=0,
         sources=sources,
         filters=list(filters),
@@ -47,10 +47,13 @@ def request(tmp_path, tokenizer_dir, sources, filters=(), segments=None, **spec)
         seq_len=spec.pop("seq_len", 16),
         packing=spec.pop("packing", True),
         segments=segments or [{"sources": list(range(len(sources))), "weights": None}],
+        temperature=spec.pop("temperature", None),
+        on_exhausted=spec.pop("on_exhausted", "repeat"),
+        count_dropped_tokens=spec.pop("count_dropped_tokens", False),
         **spec,
     )
     return {
-        "spec": stage.make_spec(**spec_kwargs),
+        "spec": stage.make_spec(settings),
         "project_dir": str(tmp_path),
         "cache_dir": "cache",
         "tokenizer": {"path": tokenizer_dir},

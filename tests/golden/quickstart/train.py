@@ -72,11 +72,11 @@ tokenizer_train = {'kind': 'bpe', 'vocab_size': 4096, 'min_frequency': 2, 'max_d
 
 # data
 sources = [{'builtin': 'python-docs', 'on_error': 'error', 'filters': []}]  # data.sources
-data_filters = []               # data.filters (after each source's own)
-mixture_temperature = None      # data.temperature
+filters = []                    # data.filters (after each source's own)
+temperature = None              # data.temperature
 on_exhausted = 'repeat'         # data.on_exhausted
-data_num_proc = 0               # data.num_proc
-data_cache_dir = '.recipec/data'  # data.cache_dir
+num_proc = 0                    # data.num_proc
+cache_dir = '.recipec/data'     # data.cache_dir
 count_dropped_tokens = False    # data.count_dropped_tokens
 seq_len = 128                   # data.seq_len
 packing = True                  # data.packing
@@ -109,7 +109,7 @@ schedule_phases = [
     {'name': 'warmup', 'shape': 'linear', 'start': 0.0, 'end': 1.0, 'steps': 15, 'first_step': 0},
     {'name': 'decay', 'shape': 'cosine', 'start': 1.0, 'end': 0.1, 'steps': 285, 'first_step': 15},
 ]
-data_segments = [{'first_step': 0, 'last_step': None, 'sources': [0], 'weights': None}]  # derived: one mixture for the whole run
+segments = [{'first_step': 0, 'last_step': None, 'sources': [0], 'weights': None}]  # derived: one mixture for the whole run
 
 # launch
 num_processes = 1               # launch.num_processes
@@ -196,27 +196,25 @@ set_seed(seed)  # python, numpy and torch on every device
 # holds out documents, tokenizes and packs; its output is cached under data.cache_dir by
 # the sources' content and every setting, so a second run starts at once
 
-data_request = stage.request_from_settings(
-    dict(
-        seed=seed,
-        sources=sources,
-        data_filters=data_filters,
-        eval_fraction=eval_fraction,
-        seq_len=seq_len,
-        packing=packing,
-        data_segments=data_segments,
-        mixture_temperature=mixture_temperature,
-        on_exhausted=on_exhausted,
-        count_dropped_tokens=count_dropped_tokens,
-        data_cache_dir=data_cache_dir,
-        data_num_proc=data_num_proc,
-        tokenizer_path=tokenizer_path,
-        tokenizer_train=tokenizer_train,
-        model_revision=model_revision,
-        trust_remote_code=trust_remote_code,
-    ),
-    project_dir,
+data_settings = dict(
+    seed=seed,
+    sources=sources,
+    filters=filters,
+    temperature=temperature,
+    on_exhausted=on_exhausted,
+    num_proc=num_proc,
+    cache_dir=cache_dir,
+    count_dropped_tokens=count_dropped_tokens,
+    seq_len=seq_len,
+    packing=packing,
+    eval_fraction=eval_fraction,
+    segments=segments,
+    tokenizer_path=tokenizer_path,
+    tokenizer_train=tokenizer_train,
+    model_revision=model_revision,
+    trust_remote_code=trust_remote_code,
 )
+data_request = stage.request_from_settings(data_settings, project_dir)
 
 
 def data_stage(request):
@@ -256,7 +254,7 @@ eval_ds = stage.load_sequences(data_out.eval_file)
 # training sequences for each data segment: consecutive schedule phases with one mixture
 # (one segment unless a source's phases or phase_weights change it)
 train_sets = []
-for segment, path in zip(data_segments, data_out.train_files):
+for segment, path in zip(segments, data_out.train_files):
     train_set = stage.load_sequences(path)
     if len(train_set) < micro_batch_size * num_processes:
         sys.exit(f"error: {len(train_set)} training sequences is less than one micro-batch per process; add data or lower seq_len")
@@ -404,7 +402,7 @@ if step == 0 and eval_loaders:
 progress = tqdm(total=max_steps, initial=step, disable=not master, desc=name, unit="step", dynamic_ncols=True)
 loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
 t_log, tokens_log = time.time(), tokens
-for segment, train_loader in zip(data_segments, train_loaders):
+for segment, train_loader in zip(segments, train_loaders):
     end = segment["last_step"] or max_steps
     if step >= end:
         continue  # this segment was done before the checkpoint the run resumed from
