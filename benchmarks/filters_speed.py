@@ -1,4 +1,4 @@
-"""Throughput of the data-stage filters (recipec/runtime/filters.py) on one core.
+"""Throughput of the data-stage filters (recipec/runtime/filters/) on one core.
 
 Builds a corpus of about ``--mb`` MB from the ``.py``, ``.md`` and ``.txt``
 files of this interpreter's site-packages (sorted paths, so the corpus is the
@@ -6,7 +6,9 @@ same on every run of one environment), cuts it into batches of ``--batch``
 documents, times each filter function over all batches (best of
 ``--repeat``) and prints MB/s of UTF-8 text per function, by the process's
 CPU time (what one core does, even on a busy machine) and by wall-clock
-time. The process is pinned to one CPU where the platform allows it.
+time. The process is pinned to one CPU where the platform allows it. Each
+filter runs with the recipe's defaults (from recipec's schema: the runtime has
+none of its own).
 
 Usage: python benchmarks/filters_speed.py [--mb 50] [--batch 1000] [--repeat 1] [--only NAME ...]
 """
@@ -24,6 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from recipec.runtime import filters  # noqa: E402
+from recipec.schema.filters import GopherQualityFilter, GopherRepetitionFilter, MinhashDedupFilter  # noqa: E402
+
+QUALITY = filters.GopherQuality(GopherQualityFilter(type="gopher_quality").model_dump()).params
+REPETITION = filters.GopherRepetition(GopherRepetitionFilter(type="gopher_repetition").model_dump()).params
+MINHASH = MinhashDedupFilter(type="minhash_dedup").model_dump()
+SIGNATURE = {k: MINHASH[k] for k in ("shingle_size", "num_perm", "seed")}
 
 
 def corpus(megabytes: float) -> list[str]:
@@ -44,20 +52,20 @@ def _cases(ngrams: object) -> dict[str, object]:
     """Name -> function of one batch."""
     return {
         "count_words": filters.count_words,
-        "gopher_quality": filters.gopher_quality,
-        "gopher_repetition": filters.gopher_repetition,
-        "exact_keys": filters.exact_keys,
-        "minhash_signatures": filters.minhash_signatures,
+        "gopher_quality": lambda batch: filters.gopher_quality(batch, **QUALITY),
+        "gopher_repetition": lambda batch: filters.gopher_repetition(batch, **REPETITION),
+        "exact_keys": lambda batch: filters.exact_keys(batch, normalize=True),
+        "minhash_signatures": lambda batch: filters.minhash_signatures(batch, **SIGNATURE),
         "minhash+lsh+index": _near_dedup,
         "contaminated(13)": lambda batch: filters.contaminated(batch, ngrams, 13),
-        "regex_keep": lambda batch: filters.regex_keep(batch, [r"\bdef\b", r"#"], [r"lorem ipsum"]),
+        "regex_keep": lambda batch: filters.regex_keep(batch, [r"\bdef\b", r"#"], [r"lorem ipsum"], False),
     }
 
 
 def _near_dedup(batch: list[str]) -> None:
-    signatures = filters.minhash_signatures(batch)
-    keys = filters.lsh_band_keys(signatures, 16)
-    index = filters.NearDedupIndex(16, 0.8)
+    signatures = filters.minhash_signatures(batch, **SIGNATURE)
+    keys = filters.lsh_band_keys(signatures, MINHASH["bands"])
+    index = filters.NearDedupIndex(MINHASH["bands"], MINHASH["threshold"])
     for k, s in zip(keys, signatures, strict=True):
         index.check_and_add(k, s)
 

@@ -82,6 +82,6 @@ def _config(plan: Plan, project: Path, auto_config: Any) -> Any:
 def _local_vocab(path: str | None, project: Path) -> int | None:
     if path is None or not path.startswith(LOCAL_PREFIXES):
         return None
-    from .runtime.stage import load_tokenizer
+    from .runtime.tokenizer import load_tokenizer
 
     return len(load_tokenizer(str(project / Path(path).expanduser())))

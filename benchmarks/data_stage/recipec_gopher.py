@@ -1,9 +1,9 @@
 """recipec's Gopher quality rules over the benchmark corpus, one reason code per document.
 
 Run by benchmarks/data_stage.py with recipec's interpreter. Calls
-recipec.runtime.filters.gopher_quality on every document (in one process, so the time
-it prints is a one-core figure) and writes a JSON file with the rule names, the document
-ids in corpus order and their codes (0 = kept).
+recipec.runtime.filters.gopher_quality, with the recipe's default thresholds, on every
+document (in one process, so the time it prints is a one-core figure) and writes a JSON
+file with the rule names, the document ids in corpus order and their codes (0 = kept).
 
 Usage: .venv/bin/python benchmarks/data_stage/recipec_gopher.py CORPUS_DIR OUT_JSON
 """
@@ -16,7 +16,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from recipec.runtime.filters import GOPHER_QUALITY_RULES, gopher_quality
+from recipec.runtime.filters import GOPHER_QUALITY_RULES, GopherQuality, gopher_quality
+from recipec.schema.filters import GopherQualityFilter
+
+DEFAULTS = GopherQuality(GopherQualityFilter(type="gopher_quality").model_dump()).params
 
 
 def rule_names(rules) -> dict[int, str]:
@@ -44,7 +47,7 @@ def main() -> None:
                 texts.append(row["text"])
 
     start = time.perf_counter()
-    codes = [int(c) for c in gopher_quality(texts)]
+    codes = [int(c) for c in gopher_quality(texts, **DEFAULTS)]
     seconds = time.perf_counter() - start
 
     result = {

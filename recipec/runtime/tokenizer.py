@@ -7,13 +7,24 @@ initial alphabet, so there is no unknown token) and is deterministic, so the
 same recipe and data give the same vocabulary. The result is wrapped as a
 transformers fast tokenizer so it saves and loads with ``save_pretrained`` /
 ``AutoTokenizer.from_pretrained`` like any other.
+
+The data stage's other dealings with tokenizers live here too: loading one with errors
+that name the broken file (:func:`load_tokenizer`, :func:`load_for_stage`), the
+fingerprint that goes into the data cache's key (:func:`fingerprint`) and encoding
+documents in batches of bounded size (:func:`encode`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+import hashlib
+import json
+import pathlib
+from typing import TYPE_CHECKING, Any, Iterable
+
+from .readers import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import transformers
 
 EOS_TOKEN = "<|endoftext|>"
@@ -82,3 +93,102 @@ def train_bpe(
         pad_token=PAD_TOKEN,
         clean_up_tokenization_spaces=False,
     )
+
+
+# --------------------------------------------------------------------------- loading
+
+# the JSON files a tokenizer directory may hold; transformers parses each without saying which failed
+TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json")
+
+
+def _check_tokenizer_json(path: str) -> None:
+    """Name the file (and line) of a local tokenizer whose JSON does not parse, before transformers trips on it."""
+    where = pathlib.Path(path)
+    files = [where / name for name in TOKENIZER_JSON] if where.is_dir() else [where] if where.suffix == ".json" else []
+    for file in files:
+        try:
+            text = file.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise DataError(f"tokenizer: {file}: cannot read ({e.strerror or e})") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"tokenizer: {file}: not valid UTF-8 (byte {e.start})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"tokenizer: {file}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+        if not isinstance(data, dict):
+            raise DataError(f"tokenizer: {file}: expected a JSON object, got {type(data).__name__}")
+
+
+def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """``AutoTokenizer.from_pretrained``, with a DataError naming the file for a tokenizer that does not load.
+
+    Raises:
+        DataError: a JSON file of a local tokenizer does not parse (file, line and column), or
+            transformers cannot load the tokenizer at all (the path and its error).
+    """
+    from transformers import AutoTokenizer
+
+    _check_tokenizer_json(path)
+    try:
+        return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 -- transformers raises anything from a bad tokenizer; name it, not a traceback
+        raise DataError(f"tokenizer: {path}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+
+
+def load_for_stage(settings: dict) -> Any:
+    """The tokenizer of a stage request's ``{"path", "revision", "trust_remote_code"}``, ready to separate documents.
+
+    Raises:
+        DataError: it does not load, or it has no end-of-text token. A missing padding
+            token becomes the end-of-text token.
+    """
+    tok = load_tokenizer(settings["path"], settings["revision"], bool(settings["trust_remote_code"]))
+    if tok.eos_token_id is None:
+        raise DataError(f"the tokenizer {settings['path']!r} has no end-of-text token; documents cannot be separated")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def fingerprint(tokenizer: Any) -> str:
+    """sha256 of what decides a tokenizer's ids: its serialised model and special tokens."""
+    digest = hashlib.sha256(b"recipec-tokenizer-v1\0")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:  # a slow tokenizer: its vocabulary
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(json.dumps([type(tokenizer).__name__, tokenizer.eos_token_id, tokenizer.pad_token_id]).encode())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- encoding
+
+ENCODE_CHARS = 1 << 20
+"""Characters per tokenizer call: a call's encodings cost about 100 bytes a token, so memory stays bounded."""
+
+
+def encode(tokenizer: Any, texts: list[str]) -> list["np.ndarray"]:
+    """Token ids (uint32) of each text, without special tokens, in calls of about :data:`ENCODE_CHARS` characters."""
+    out: list[np.ndarray] = []
+    start = size = 0
+    for end, text in enumerate(texts, 1):
+        size += len(text)
+        if size >= ENCODE_CHARS or end == len(texts):
+            out += _encode_slice(tokenizer, texts[start:end])
+            start, size = end, 0
+    return out
+
+
+def _encode_slice(tokenizer: Any, texts: list[str]) -> list["np.ndarray"]:
+    import numpy as np
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.uint32) for e in encodings]
+    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+    return [np.asarray(x, dtype=np.uint32) for x in ids]

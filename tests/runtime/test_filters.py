@@ -1,5 +1,6 @@
-"""Document filters of the data stage (recipec/runtime/filters.py): Gopher rules, dedup, decontamination."""
+"""Document filters of the data stage (recipec/runtime/filters/): Gopher rules, dedup, decontamination, the registry."""
 
+import inspect
 import json
 import os
 import random
@@ -16,9 +17,8 @@ from hypothesis import strategies as st
 
 from recipec.runtime import filters
 from recipec.runtime.filters import (
-    GOPHER_QUALITY_DEFAULTS,
     GOPHER_QUALITY_RULES,
-    GOPHER_REPETITION_DEFAULTS,
+    GOPHER_REPETITION_PARAMS,
     GOPHER_REPETITION_RULES,
     QUALITY_TOKEN_PATTERN,
     ExactDedupIndex,
@@ -37,8 +37,20 @@ from recipec.runtime.filters import (
     shingle_hashes,
     word_hashes,
 )
+from recipec.schema.filters import FILTER_TABLES, GopherQualityFilter, GopherRepetitionFilter, MinhashDedupFilter
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def recipe_defaults(table) -> dict:
+    """A filter table of the recipe with its defaults, as resolve passes it to the stage."""
+    return table(type=table.model_fields["type"].annotation.__args__[0]).model_dump()
+
+
+# the runtime declares no defaults: the recipe's (its schema's) are the thresholds "by default"
+QUALITY_DEFAULTS = filters.GopherQuality(recipe_defaults(GopherQualityFilter)).params
+REPETITION_DEFAULTS = filters.GopherRepetition(recipe_defaults(GopherRepetitionFilter)).params
+MINHASH = {k: recipe_defaults(MinhashDedupFilter)[k] for k in ("shingle_size", "num_perm", "seed")}
 
 # Words of mean length 41/11 = 3.7, four of them stop words; no punctuation.
 VOCAB = ["the", "river", "flows", "to", "sea", "of", "green", "hills", "and", "old", "towns"]
@@ -50,25 +62,89 @@ def prose(n: int) -> str:
 
 def quality(text: str, **params) -> str:
     """The name of the first quality rule ``text`` fails, or "kept"."""
-    code = int(gopher_quality([text], **params)[0])
+    code = int(gopher_quality([text], **{**QUALITY_DEFAULTS, **params})[0])
     return GOPHER_QUALITY_RULES[code - 1] if code else "kept"
 
 
 def repetition(text: str, **params) -> str:
     """The name of the first repetition rule ``text`` fails, or "kept"."""
-    code = int(gopher_repetition([text], **params)[0])
+    code = int(gopher_repetition([text], **{**REPETITION_DEFAULTS, **params})[0])
     return GOPHER_REPETITION_RULES[code - 1] if code else "kept"
 
 
 def only(rule: str, threshold: float) -> dict:
     """gopher_repetition parameters that check ``rule`` alone, at ``threshold``."""
-    params = {k: None for k in GOPHER_REPETITION_DEFAULTS}
+    params = {k: None for k in GOPHER_REPETITION_PARAMS}
     match = re.fullmatch(r"max_(top|dup)_(\d+)gram_char_ratio", rule)
     if match:
         params[f"max_{match[1]}_ngram_char_ratios"] = {int(match[2]): threshold}
     else:
         params[rule] = threshold
     return params
+
+
+# -- the registry -----------------------------------------------------------------
+
+# the settings a filter table requires, beside its defaults
+REQUIRED = {
+    "length": {"min": 1},
+    "regex": {"include": ["a"]},
+    "score": {"field": "q", "min": 0.5},
+    "score_sample": {"field": "q", "rate": 0.5},
+    "sample": {"rate": 0.5},
+    "decontaminate": {"path": "eval.jsonl"},
+}
+
+
+def recipe_settings(table) -> dict:
+    """Every setting of a filter table, as resolve dumps it for the stage."""
+    kind = table.model_fields["type"].annotation.__args__[0]
+    return table(type=kind, **REQUIRED.get(kind, {})).model_dump()
+
+
+def test_every_filter_of_the_recipe_has_one_runtime_filter_with_the_same_settings():
+    assert set(filters.FILTERS) == {table.model_fields["type"].annotation.__args__[0] for table in FILTER_TABLES}
+    for table in FILTER_TABLES:
+        settings = recipe_settings(table)
+        f = filters.make_filter(settings)
+        assert type(f) is filters.FILTERS[settings["type"]] and f.type == settings["type"]
+        assert set(f.keys) == set(settings) - {"type"}, settings["type"]
+        assert f.role in (filters.DOCUMENT, filters.DEDUP, filters.SELECT)
+    with pytest.raises(ValueError, match="unknown filter type 'lenght'; expected one of length, regex"):
+        filters.make_filter({"type": "lenght"})
+
+
+def test_the_runtime_has_no_defaults_of_its_own():
+    """Each setting of each filter must be given: a default lives in the recipe's schema only."""
+    for table in FILTER_TABLES:
+        settings = recipe_settings(table)
+        for key in set(settings) - {"type"}:
+            partial = {k: v for k, v in settings.items() if k != key}
+            with pytest.raises(ValueError, match=rf"{settings['type']} filter: missing {key} \(there are no defaults here"):
+                filters.make_filter(partial)
+        with pytest.raises(ValueError, match=rf"{settings['type']} filter: unknown extra"):
+            filters.make_filter({**settings, "extra": 1})
+    # nor do the functions the filters call: every threshold and size is an argument
+    for fn in (
+        filters.length_keep, filters.regex_keep, filters.gopher_quality, filters.gopher_repetition, filters.exact_keys,
+        filters.minhash_signatures, filters.lsh_band_keys, filters.ngram_set, filters.contaminated,
+    ):  # fmt: skip
+        defaults = [p.name for p in inspect.signature(fn).parameters.values() if p.default is not p.empty]
+        assert defaults == [], f"{fn.__name__} has defaults for {defaults}"
+    with pytest.raises(TypeError, match=r"missing parameters \['max_words'\]"):
+        gopher_quality(["x"], **{k: v for k, v in QUALITY_DEFAULTS.items() if k != "max_words"})
+    with pytest.raises(TypeError, match=r"missing parameters \['max_dup_line_ratio'\]"):
+        gopher_repetition(["x"], **{k: v for k, v in REPETITION_DEFAULTS.items() if k != "max_dup_line_ratio"})
+
+
+def test_gopher_filters_turn_the_recipes_settings_into_thresholds():
+    quality = filters.GopherQuality({**recipe_defaults(GopherQualityFilter), "skip": ["min_stop_words"]})
+    assert quality.params["min_stop_words"] is None and quality.params["stop_words"] == ("the", "be", "to", "of", "and", "that", "have", "with")
+    repetition = filters.GopherRepetition({**recipe_defaults(GopherRepetitionFilter), "skip": ["max_dup_ngram_char_ratios"]})
+    assert repetition.params["max_top_ngram_char_ratios"] == {2: 0.2, 3: 0.18, 4: 0.16}
+    assert repetition.params["max_dup_ngram_char_ratios"] is None
+    with pytest.raises(ValueError, match="skip names unknown rules"):
+        filters.GopherQuality({**recipe_defaults(GopherQualityFilter), "skip": ["max_dup_line_ratio"]})
 
 
 # -- length and regex ----------------------------------------------------------
@@ -84,20 +160,20 @@ def test_length_keep_bounds_are_inclusive_and_optional():
 
 def test_regex_keep_include_exclude_and_case():
     texts = ["def f(): pass", "import os", "Lorem ipsum", ""]
-    assert regex_keep(texts, [r"\bdef\b", "import"], ["ipsum"]).tolist() == [True, True, False, False]
-    assert regex_keep(texts, [], ["os$"]).tolist() == [True, False, True, True]
-    assert regex_keep(texts, [], []).tolist() == [True] * 4
-    assert regex_keep(texts, ["LOREM"], []).tolist() == [False] * 4
+    assert regex_keep(texts, [r"\bdef\b", "import"], ["ipsum"], False).tolist() == [True, True, False, False]
+    assert regex_keep(texts, [], ["os$"], False).tolist() == [True, False, True, True]
+    assert regex_keep(texts, [], [], False).tolist() == [True] * 4
+    assert regex_keep(texts, ["LOREM"], [], False).tolist() == [False] * 4
     assert regex_keep(texts, ["LOREM"], [], ignore_case=True).tolist() == [False, False, True, False]
     with pytest.raises(re.error):
-        regex_keep(texts, ["("], [])
+        regex_keep(texts, ["("], [], False)
 
 
 def test_regex_keep_compiles_each_pattern_tuple_once():
-    filters._compiled.cache_clear()
+    filters.regex._compiled.cache_clear()
     for _ in range(3):
-        regex_keep(["a"], ["a", "b"], ["c"])
-    info = filters._compiled.cache_info()
+        regex_keep(["a"], ["a", "b"], ["c"], False)
+    info = filters.regex._compiled.cache_info()
     assert info.misses == 2 and info.hits == 4
 
 
@@ -177,17 +253,17 @@ def test_quality_matches_the_plain_python_reference(texts):
         sum(bool(re.match(r"[^\W_]", t)) for t in re.findall(QUALITY_TOKEN_PATTERN, text)) for text in texts
     ]
     assert gopher_quality(texts, **LOOSE).tolist() == [reference_quality(t, LOOSE) for t in texts]
-    defaults = dict(GOPHER_QUALITY_DEFAULTS)
-    assert gopher_quality(texts).tolist() == [reference_quality(t, defaults) for t in texts]
+    defaults = dict(QUALITY_DEFAULTS)
+    assert gopher_quality(texts, **defaults).tolist() == [reference_quality(t, defaults) for t in texts]
 
 
 # -- gopher quality: one test per rule -----------------------------------------------
 
 
 def test_quality_defaults_and_rule_names():
-    assert GOPHER_QUALITY_DEFAULTS["min_words"] == 50 and GOPHER_QUALITY_DEFAULTS["max_words"] == 100_000
+    assert QUALITY_DEFAULTS["min_words"] == 50 and QUALITY_DEFAULTS["max_words"] == 100_000
     assert len(GOPHER_QUALITY_RULES) == 10
-    assert gopher_quality([]).dtype == np.int8 and gopher_quality([]).shape == (0,)
+    assert gopher_quality([], **QUALITY_DEFAULTS).dtype == np.int8 and gopher_quality([], **QUALITY_DEFAULTS).shape == (0,)
     assert quality(prose(50)) == "kept"
 
 
@@ -275,7 +351,7 @@ def test_stop_words():
 
 def test_quality_unknown_parameter():
     with pytest.raises(TypeError, match="max_word_count"):
-        gopher_quality(["x"], max_word_count=3)
+        gopher_quality(["x"], **QUALITY_DEFAULTS, max_word_count=3)
 
 
 # -- gopher repetition ----------------------------------------------------------------
@@ -347,16 +423,16 @@ def test_repetition_parameters():
     assert repetition(twelve, **{**no_ngrams, **both}) == "max_dup_5gram_char_ratio"
     for bad in ({0: 0.1}, {True: 0.1}, {"2": 0.1}):
         with pytest.raises(ValueError, match="sizes"):
-            gopher_repetition(["x"], max_dup_ngram_char_ratios=bad)
+            gopher_repetition(["x"], **{**REPETITION_DEFAULTS, "max_dup_ngram_char_ratios": bad})
     with pytest.raises(TypeError):
-        gopher_repetition(["x"], max_top_ngram_char_ratios=[0.2])
+        gopher_repetition(["x"], **{**REPETITION_DEFAULTS, "max_top_ngram_char_ratios": [0.2]})
     with pytest.raises(TypeError, match="dup_line_frac"):
-        gopher_repetition(["x"], dup_line_frac=0.3)
+        gopher_repetition(["x"], **REPETITION_DEFAULTS, dup_line_frac=0.3)
 
 
 def test_repetition_of_empty_and_blank_texts():
-    assert gopher_repetition(["", "\n\n\n", "   ", "x"]).tolist() == [0, 0, 0, 0]
-    assert gopher_repetition([]).shape == (0,)
+    assert gopher_repetition(["", "\n\n\n", "   ", "x"], **REPETITION_DEFAULTS).tolist() == [0, 0, 0, 0]
+    assert gopher_repetition([], **REPETITION_DEFAULTS).shape == (0,)
 
 
 # -- batching ----------------------------------------------------------------------
@@ -370,17 +446,17 @@ def test_results_do_not_depend_on_the_batch(monkeypatch):
     def run():
         return [
             count_words(texts),
-            gopher_quality(texts),
-            gopher_repetition(texts),
-            exact_keys(texts),
-            minhash_signatures(texts),
+            gopher_quality(texts, **QUALITY_DEFAULTS),
+            gopher_repetition(texts, **REPETITION_DEFAULTS),
+            exact_keys(texts, normalize=True),
+            minhash_signatures(texts, **MINHASH),
             contaminated(texts, ngrams, 3),
         ]
 
     whole = run()
     one_by_one = [np.concatenate(parts) for parts in zip(*[_single(t, ngrams) for t in texts], strict=True)]
-    monkeypatch.setattr(filters, "_CHUNK_CHARS", 40)  # a chunk per text or two
-    monkeypatch.setattr(filters, "_MINHASH_BLOCK", 5)
+    monkeypatch.setattr(filters.text, "_CHUNK_CHARS", 40)  # a chunk per text or two
+    monkeypatch.setattr(filters.dedup, "_MINHASH_BLOCK", 5)
     chunked = run()
     for a, b, c in zip(whole, one_by_one, chunked, strict=True):
         assert np.array_equal(a, b) and np.array_equal(a, c)
@@ -389,10 +465,10 @@ def test_results_do_not_depend_on_the_batch(monkeypatch):
 def _single(text, ngrams):
     return [
         count_words([text]),
-        gopher_quality([text]),
-        gopher_repetition([text]),
-        exact_keys([text]),
-        minhash_signatures([text]),
+        gopher_quality([text], **QUALITY_DEFAULTS),
+        gopher_repetition([text], **REPETITION_DEFAULTS),
+        exact_keys([text], normalize=True),
+        minhash_signatures([text], **MINHASH),
         contaminated([text], ngrams, 3),
     ]
 
@@ -404,24 +480,24 @@ def test_normalize_for_dedup():
     assert normalize_for_dedup("  Hello,\tWORLD!!  foo_bar\n") == "hello world foobar"
     assert normalize_for_dedup("Ça\u00a0va — très\u2028bien…") == "ça va très bien"
     assert normalize_for_dedup("") == normalize_for_dedup(" !?\n") == ""
-    assert exact_keys(["ΟΔΟΣ."])[0].tobytes() == xxhash.xxh3_128_digest("οδος".encode())
+    assert exact_keys(["ΟΔΟΣ."], normalize=True)[0].tobytes() == xxhash.xxh3_128_digest("οδος".encode())
 
 
 def test_exact_keys_collide_on_normalised_variants_only():
     variants = ["Hello,   World!", "hello world", "HELLO\tworld...", " hello  world\n", "Hello World?"]
-    keys = exact_keys(variants)
+    keys = exact_keys(variants, normalize=True)
     assert keys.dtype == np.dtype("V16") and keys.shape == (5,)
     assert len({k.tobytes() for k in keys}) == 1
     assert keys[0].tobytes() == xxhash.xxh3_128_digest(b"hello world")
     raw = exact_keys(variants, normalize=False)
     assert len({k.tobytes() for k in raw}) == 5
     assert raw[1].tobytes() == xxhash.xxh3_128_digest(b"hello world")
-    assert exact_keys([]).shape == (0,)
+    assert exact_keys([], normalize=True).shape == (0,)
     assert exact_keys(["lone \ud800 surrogate"], normalize=False).shape == (1,)
 
 
 def test_exact_dedup_index_returns_the_first_id():
-    keys = exact_keys(["a b", "c", "A, b!", "c", "d"])
+    keys = exact_keys(["a b", "c", "A, b!", "c", "d"], normalize=True)
     index = ExactDedupIndex()
     assert [index.check_and_add(k) for k in keys] == [None, None, 0, 1, None]
     assert len(index) == 3
@@ -431,7 +507,7 @@ def test_exact_dedup_index_returns_the_first_id():
 @settings(max_examples=200, deadline=None)
 @given(any_texts, any_texts)
 def test_exact_keys_hash_the_normalised_text(a, b):
-    ka, kb = exact_keys([a, b])
+    ka, kb = exact_keys([a, b], normalize=True)
     assert ka.tobytes() == xxhash.xxh3_128_digest(normalize_for_dedup(a).encode("utf-8", "surrogatepass"))
     assert (ka.tobytes() == kb.tobytes()) == (normalize_for_dedup(a) == normalize_for_dedup(b))
 
@@ -482,7 +558,7 @@ def test_near_duplicates_are_found_and_the_first_is_kept():
     for i in (20, 90, 160):
         a_edit[i] = "changed"
     docs = [" ".join(a), " ".join(b), " ".join(a_edit).upper(), " ".join(b[:120])]
-    signatures = minhash_signatures(docs)
+    signatures = minhash_signatures(docs, **MINHASH)
     assert signatures.shape == (4, 128) and signatures.dtype == np.uint32
     assert (signatures[0] == signatures[2]).mean() >= 0.8
     assert (signatures[0] == signatures[1]).mean() < 0.1
@@ -513,7 +589,7 @@ def test_near_dedup_index_arguments():
     with pytest.raises(ValueError):
         NearDedupIndex(bands=4, threshold=1.5)
     index = NearDedupIndex(bands=4, threshold=0.8)
-    sig = minhash_signatures(["a b c d e f"], num_perm=8)
+    sig = minhash_signatures(["a b c d e f"], **{**MINHASH, "num_perm": 8})
     with pytest.raises(ValueError, match="band keys"):
         index.check_and_add(lsh_band_keys(sig, 2)[0], sig[0])
     assert index.check_and_add(lsh_band_keys(sig, 4)[0], sig[0]) is None
@@ -521,16 +597,16 @@ def test_near_dedup_index_arguments():
 
 
 def test_minhash_signatures():
-    sig = minhash_signatures(["", "!!", "one", "one two three four five six", "One, two three four five six."])
+    sig = minhash_signatures(["", "!!", "one", "one two three four five six", "One, two three four five six."], **MINHASH)
     assert (sig[:2] == 0xFFFFFFFF).all()
     assert (sig[2] != 0xFFFFFFFF).any()
     assert np.array_equal(sig[3], sig[4])
-    assert minhash_signatures([], num_perm=16).shape == (0, 16)
-    assert not np.array_equal(minhash_signatures(["a b"], seed=1), minhash_signatures(["a b"], seed=2))
-    assert minhash_signatures(["a b c"], num_perm=3, shingle_size=2).shape == (1, 3)
+    assert minhash_signatures([], **{**MINHASH, "num_perm": 16}).shape == (0, 16)
+    assert not np.array_equal(minhash_signatures(["a b"], **{**MINHASH, "seed": 1}), minhash_signatures(["a b"], **{**MINHASH, "seed": 2}))
+    assert minhash_signatures(["a b c"], **{**MINHASH, "num_perm": 3, "shingle_size": 2}).shape == (1, 3)
     for bad in ({"num_perm": 0}, {"shingle_size": 0}, {"seed": -1}):
         with pytest.raises(ValueError):
-            minhash_signatures(["a"], **bad)
+            minhash_signatures(["a"], **{**MINHASH, **bad})
 
 
 def test_lsh_band_keys():
@@ -550,9 +626,9 @@ def test_lsh_band_keys():
 
 def test_counting_equal_keys_that_share_their_high_bits():
     # three keys: high bits are kept beside positions, 8 and 9 share them
-    assert filters._occurrences(np.array([8, 9, 8], np.uint64)).tolist() == [2, 1, 2]
+    assert filters.repetition._occurrences(np.array([8, 9, 8], np.uint64)).tolist() == [2, 1, 2]
     keys = np.random.default_rng(0).integers(0, 50, 1000).astype(np.uint64) << np.uint64(40)
-    assert filters._occurrences(keys).tolist() == np.bincount(keys >> np.uint64(40))[keys >> np.uint64(40)].tolist()
+    assert filters.repetition._occurrences(keys).tolist() == np.bincount(keys >> np.uint64(40))[keys >> np.uint64(40)].tolist()
 
 
 # -- decontamination --------------------------------------------------------------------
@@ -584,15 +660,19 @@ def test_ngram_set_and_contaminated():
 _CHILD = """
 import json, sys
 from recipec.runtime import filters as f
+from recipec.schema.filters import GopherQualityFilter, GopherRepetitionFilter, MinhashDedupFilter
 texts = json.loads(sys.stdin.read())
-sig = f.minhash_signatures(texts)
+m = MinhashDedupFilter(type="minhash_dedup").model_dump()
+sig = f.minhash_signatures(texts, m["shingle_size"], m["num_perm"], m["seed"])
+quality = f.GopherQuality(GopherQualityFilter(type="gopher_quality").model_dump())
+repetition = f.GopherRepetition(GopherRepetitionFilter(type="gopher_repetition").model_dump())
 print(json.dumps({
     "sig": sig.tolist(),
     "bands": f.lsh_band_keys(sig, 16).tolist(),
-    "exact": [k.tobytes().hex() for k in f.exact_keys(texts)],
+    "exact": [k.tobytes().hex() for k in f.exact_keys(texts, normalize=True)],
     "words": [f.word_hashes(t).tolist() for t in texts],
-    "quality": f.gopher_quality(texts).tolist(),
-    "repetition": f.gopher_repetition(texts).tolist(),
+    "quality": quality.verdicts(f.Documents(texts)).tolist(),
+    "repetition": repetition.verdicts(f.Documents(texts)).tolist(),
 }))
 """
 
@@ -614,6 +694,6 @@ def test_hashes_are_the_same_in_every_process():
         assert proc.returncode == 0, proc.stderr
         outputs.append(json.loads(proc.stdout))
     assert outputs[0] == outputs[1]
-    sig = minhash_signatures(texts)
+    sig = minhash_signatures(texts, **MINHASH)
     assert outputs[0]["sig"] == sig.tolist()
-    assert outputs[0]["exact"] == [k.tobytes().hex() for k in exact_keys(texts)]
+    assert outputs[0]["exact"] == [k.tobytes().hex() for k in exact_keys(texts, normalize=True)]

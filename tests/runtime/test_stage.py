@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-from recipec.runtime import stage  # noqa: E402
+from recipec.runtime import stage, stage_request  # noqa: E402
 from recipec.runtime.readers import DataError  # noqa: E402
 from recipec.runtime.tokenizer import train_bpe  # noqa: E402
 
@@ -53,10 +53,10 @@ def request(tmp_path, tokenizer_dir, sources, filters=(), segments=None, **spec)
         **spec,
     )
     return {
-        "spec": stage.make_spec(settings),
+        "spec": stage_request.make_spec(settings),
         "project_dir": str(tmp_path),
         "cache_dir": "cache",
-        "tokenizer": {"path": tokenizer_dir},
+        "tokenizer": {"path": tokenizer_dir, "revision": None, "trust_remote_code": False},
         "num_proc": 1,
     }
 
@@ -94,7 +94,7 @@ def test_exact_dedup_and_length_known_counts(tmp_path, tokenizer_dir):
     assert length["examples"][0]["id"].endswith("a.jsonl:3") and length["examples"][0]["text"] == "short"
     assert (dedup["docs_in"], dedup["docs_kept"], dedup["docs_dropped"]) == (5, 3, 2)
     assert [e["id"].rsplit(":", 1)[1] for e in dedup["examples"]] == ["2", "5"]
-    assert dedup["examples"][0]["reason"] == "duplicate of document 0"
+    assert dedup["examples"][0]["reason"] == "duplicate of d/a.jsonl:1"  # the kept copy's file and line
     assert length["chars_dropped"] == len("short")
 
     # without normalising, only the byte-identical copy goes
@@ -129,7 +129,7 @@ def test_near_duplicates_are_removed_with_minhash(tmp_path, tokenizer_dir):
     out = run(request(tmp_path, tokenizer_dir, [{"path": "a.jsonl"}], [mh]))
     f = out.report["filters"][0]
     assert f["docs_dropped"] == 1
-    assert f["examples"][0]["id"].endswith(":3") and f["examples"][0]["reason"] == "duplicate of document 0"
+    assert f["examples"][0]["id"].endswith(":3") and f["examples"][0]["reason"] == "duplicate of a.jsonl:1"
 
 
 def test_score_threshold_score_sampling_and_random_sampling(tmp_path, tokenizer_dir):
@@ -300,14 +300,11 @@ def test_the_chain_runs_in_the_stated_order(tmp_path, tokenizer_dir):
     assert [f["docs_dropped"] for f in dedup_first["filters"]] == [1, 1]
 
 
-def test_schema_defaults_of_the_gopher_filters_are_the_runtimes():
-    from recipec.runtime import filters as F
-    from recipec.schema.filters import GopherQualityFilter, GopherRepetitionFilter
-
-    for table, defaults in ((GopherQualityFilter, F.GOPHER_QUALITY_DEFAULTS), (GopherRepetitionFilter, F.GOPHER_REPETITION_DEFAULTS)):
-        kind = table.model_fields["type"].annotation.__args__[0]
-        dumped = table(type=kind).model_dump()
-        params = stage._gopher_params(dumped, defaults)
-        assert params.keys() == defaults.keys()
-        for key, value in defaults.items():
-            assert params[key] == (tuple(value) if isinstance(value, (list, tuple)) else value), key
+def test_a_filter_without_every_setting_is_an_error_naming_it(tmp_path, tokenizer_dir):
+    """The stage takes every setting spelt out (resolve dumps the recipe's defaults); it has none of its own."""
+    jsonl(tmp_path / "a.jsonl", [{"text": prose(i)} for i in range(3)])
+    sources = [{"path": "a.jsonl", "name": "web", "filters": [{"type": "length", "unit": "words", "min": 1}]}]
+    with pytest.raises(DataError, match=r"^web\.filters\[0\]: length filter: missing max \(there are no defaults here"):
+        run(request(tmp_path, tokenizer_dir, sources))
+    with pytest.raises(DataError, match=r"^filters\[0\]: unknown filter type 'lenght'"):
+        run(request(tmp_path, tokenizer_dir, [{"path": "a.jsonl"}], [{"type": "lenght"}]))

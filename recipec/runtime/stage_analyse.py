@@ -1,0 +1,325 @@
+"""The data stage's first pass: read every source and analyse each document, in parallel.
+
+Each source is read in batches (:func:`.readers.iter_batches`); worker processes compute,
+for every document, what its source's filter chain needs (see :mod:`.stage_filter`): the
+verdicts of the per-document filters, dedup keys and signatures. A worker skips the costly
+features of a document that an earlier per-document filter of the chain already dropped.
+The texts go to a scratch Arrow file and token ids to a flat file, so memory stays flat
+as the corpus grows (apart from dedup signatures and a few numbers per document). The
+result is a :class:`Corpus`: every document by its index, in source order then file order.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pathlib
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from . import filters as F
+from . import readers
+from .readers import DataError
+from .stage_filter import Link, score_fields
+from .stage_filter import labels as source_labels
+from .tokenizer import encode
+
+BATCH_SIZE = 512  # documents per work item
+
+
+# --------------------------------------------------------------------------- workers
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(chains: list[list[F.Filter]], tokenizer: Any) -> None:
+    _WORKER.update(chains=chains, tokenizer=tokenizer)
+
+
+def _analyse(source: int, texts: list[str], fields: dict[str, list], tokenize_all: bool) -> dict:
+    """Worker: the features the chain of ``source`` needs, for one batch of its documents."""
+    n = len(texts)
+    tokenizer = _WORKER["tokenizer"]
+    alive = np.ones(n, dtype=bool)
+    features: list[Any] = []
+    tokens: list[np.ndarray | None] = [None] * n
+
+    def token_ids(idx: Iterable[int]) -> list[np.ndarray]:
+        need = [i for i in idx if tokens[i] is None]
+        for i, ids in zip(need, encode(tokenizer, [texts[i] for i in need])):
+            tokens[i] = ids
+        return [tokens[i] for i in idx]  # type: ignore[misc]
+
+    for f in _WORKER["chains"][source]:
+        idx = np.flatnonzero(alive)
+        if f.role == F.SELECT:
+            features.append(None)
+            continue
+        sub = [texts[i] for i in idx]
+        if f.role == F.DEDUP:
+            features.append((idx, *f.features(sub)))
+            continue
+        docs = F.Documents(
+            sub,
+            {k: [v[i] for i in idx] for k, v in fields.items()},
+            (lambda idx=idx: token_ids(idx)) if tokenizer is not None else None,
+        )
+        verdict = np.zeros(n, dtype=np.int8)
+        verdict[idx] = f.verdicts(docs)
+        features.append(verdict)
+        alive &= verdict == 0
+    if tokenize_all:
+        token_ids(range(n))
+    scores = {k: np.asarray(v, dtype=np.float64) for k, v in fields.items()}
+    return {"features": features, "tokens": tokens, "scores": scores}
+
+
+def _tokenize_batch(texts: list[str]) -> list[np.ndarray]:
+    """Worker: token ids of one batch of kept documents."""
+    return encode(_WORKER["tokenizer"], texts)
+
+
+class _Pool:
+    """Ordered parallel map with a bounded number of items in flight (flat memory)."""
+
+    def __init__(self, num_proc: int, initargs: tuple) -> None:
+        self.num_proc = num_proc
+        self.pool = None
+        if num_proc > 1:
+            import multiprocessing
+
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process
+            self.pool = multiprocessing.get_context("fork").Pool(num_proc, _init_worker, initargs)
+        else:
+            _init_worker(*initargs)
+
+    def imap(self, fn: Callable, items: Iterable[tuple]) -> Iterator[tuple[tuple, Any]]:
+        if self.pool is None:
+            for item in items:
+                yield item, fn(*item[1:])
+            return
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append((item, self.pool.apply_async(fn, item[1:])))
+            if len(pending) >= 2 * self.num_proc:
+                head, result = pending.popleft()
+                yield head, result.get()
+        while pending:
+            head, result = pending.popleft()
+            yield head, result.get()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+
+
+# --------------------------------------------------------------------------- token store
+
+
+class TokenStore:
+    """Token ids of documents, appended to a flat uint32 file and read back in place."""
+
+    def __init__(self, path: pathlib.Path, n_docs: int = 0) -> None:
+        self.path = path
+        self.file = open(path, "ab")
+        self.size = 0
+        self.start = np.full(n_docs, -1, dtype=np.int64)
+        self.length = np.full(n_docs, -1, dtype=np.int64)
+        self._reader: Any = None
+
+    def grow(self, n_docs: int) -> None:
+        if n_docs > len(self.start):
+            extra = n_docs - len(self.start)
+            self.start = np.concatenate([self.start, np.full(extra, -1, dtype=np.int64)])
+            self.length = np.concatenate([self.length, np.full(extra, -1, dtype=np.int64)])
+
+    def add(self, doc: int, ids: np.ndarray) -> None:
+        self.start[doc] = self.size
+        self.length[doc] = len(ids)
+        self.file.write(np.ascontiguousarray(ids, dtype="<u4").tobytes())
+        self.size += len(ids)
+
+    def get(self, doc: int) -> np.ndarray:
+        # plain reads, not a memory map: mapped pages would count as the process's memory
+        if self._reader is None:
+            self.file.flush()
+            self._reader = open(self.path, "rb")
+        n = int(self.length[doc])
+        if n <= 0:
+            return np.zeros(0, dtype="<u4")
+        self._reader.seek(int(self.start[doc]) * 4)
+        return np.frombuffer(self._reader.read(n * 4), dtype="<u4")
+
+    def close(self) -> None:
+        self.file.close()
+        if self._reader is not None:
+            self._reader.close()
+
+
+# --------------------------------------------------------------------------- the corpus
+
+
+class Corpus:
+    """Every document read, by its index (source order, then file order), with what the workers found.
+
+    Attributes:
+        labels: the sources' labels.
+        n_docs: documents read.
+        source_of: int32, each document's source.
+        chars: int64, each document's characters.
+        source_start, source_end: each source's documents are ``source_start[s]:source_end[s]``.
+        stats: each source's :class:`.readers.ReadStats`.
+        tokens: the token ids found so far (``tokens.length`` is -1 for the others).
+    """
+
+    def __init__(self, work: pathlib.Path, labels: list[str], n_chains: list[int]) -> None:
+        self.work = work
+        self.labels = labels
+        self.n_docs = 0
+        self.source_of = np.zeros(0, dtype=np.int32)
+        self.chars = np.zeros(0, dtype=np.int64)
+        self.source_start = [0] * len(labels)
+        self.source_end = [0] * len(labels)
+        self.stats = [readers.ReadStats() for _ in labels]
+        self.tokens = TokenStore(work / "tokens.bin")
+        # per source and chain position: the per-batch features the workers left
+        self.features: list[list[list[Any]]] = [[[] for _ in range(n)] for n in n_chains]
+        self.scores: list[dict[str, list[np.ndarray]]] = [collections.defaultdict(list) for _ in labels]
+
+    @property
+    def docs_file(self) -> pathlib.Path:
+        return self.work / "docs.arrow"
+
+    def feature(self, source: int, position: int) -> Any:
+        """What the workers found for the filter at ``position`` of ``source``'s chain, over its documents."""
+        parts = self.features[source][position]
+        if not parts:
+            return None
+        if isinstance(parts[0], np.ndarray):
+            return np.concatenate(parts)
+        return tuple(np.concatenate([p[k] for p in parts]) for k in range(len(parts[0])))
+
+    def scores_of(self, name: str, docs: np.ndarray) -> np.ndarray:
+        """The numeric field ``name`` of ``docs`` (NaN for a source that has none)."""
+        out = np.full(self.n_docs, np.nan)
+        for s, parts in enumerate(self.scores):
+            if parts.get(name):
+                out[self.source_start[s] : self.source_end[s]] = np.concatenate(parts[name])
+        return out[docs]
+
+    def texts(self, docs: np.ndarray) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """Texts of ``docs`` (ascending), in batches, from the scratch Arrow file."""
+        import pyarrow as pa
+
+        with pa.OSFile(str(self.docs_file)) as source:  # read, not mapped: flat memory
+            reader = pa.ipc.open_stream(source)
+            offset = 0
+            pos = 0
+            for batch in reader:
+                size = batch.num_rows
+                end = np.searchsorted(docs, offset + size, side="left")
+                local = docs[pos:end] - offset
+                if len(local):
+                    yield docs[pos:end], batch.column(0).take(pa.array(local)).to_pylist()
+                pos = end
+                offset += size
+
+    def text_of(self, doc: int) -> tuple[str, str]:
+        """``(locator, text)`` of one document."""
+        import pyarrow as pa
+
+        with pa.memory_map(str(self.docs_file)) as source:
+            table = pa.ipc.open_stream(source).read_all()
+            return table.column(1)[doc].as_py(), table.column(0)[doc].as_py()
+
+    def locator(self, doc: int) -> str:
+        """Where a document was read: ``path:LINE``, ``path#ROW``, ``path`` or ``builtin:name``."""
+        return self.text_of(doc)[0]
+
+
+def read_and_analyse(
+    spec: dict,
+    by_source: list[list[Link]],
+    project_dir: pathlib.Path,
+    work: pathlib.Path,
+    tokenizer: Any,
+    num_proc: int,
+) -> Corpus:
+    """Read every source into ``work`` and run the workers' part of each chain.
+
+    Raises:
+        DataError: bad data, or a source without documents.
+    """
+    import pyarrow as pa
+
+    labels = source_labels(spec)
+    corpus = Corpus(work, labels, [len(chain) for chain in by_source])
+    tokenize_all = bool(spec["count_dropped_tokens"]) and tokenizer is not None
+    pool = _Pool(num_proc, ([[link.filter for link in chain] for chain in by_source], tokenizer))
+    source_of: list[np.ndarray] = []
+    chars: list[np.ndarray] = []
+
+    def items() -> Iterator[tuple]:
+        for i, source in enumerate(spec["sources"]):
+            for batch in readers.iter_batches(
+                source, project_dir, index=i, fields=score_fields(by_source[i]), batch_size=BATCH_SIZE, stats=corpus.stats[i]
+            ):
+                yield (batch, i, batch.texts, batch.fields, tokenize_all)
+
+    schema = pa.schema([("text", pa.string()), ("id", pa.string())])
+    n = 0
+    last_source = -1
+    try:
+        with pa.OSFile(str(corpus.docs_file), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for (batch, i, *_), result in pool.imap(_analyse, items()):
+                if i != last_source:
+                    for s in range(last_source + 1, i + 1):
+                        corpus.source_start[s] = n
+                    last_source = i
+                size = len(batch.texts)
+                writer.write_batch(pa.record_batch([pa.array(batch.texts, pa.string()), pa.array(batch.ids, pa.string())], schema=schema))
+                source_of.append(np.full(size, i, dtype=np.int32))
+                chars.append(np.fromiter((len(t) for t in batch.texts), dtype=np.int64, count=size))
+                for position, feature in enumerate(result["features"]):
+                    if isinstance(feature, tuple):  # computed for a subset: shift to global indices
+                        feature = (feature[0] + n,) + feature[1:]
+                    corpus.features[i][position].append(feature)
+                for name, values in result["scores"].items():
+                    corpus.scores[i][name].append(values)
+                corpus.tokens.grow(n + size)
+                for j, ids in enumerate(result["tokens"]):
+                    if ids is not None:
+                        corpus.tokens.add(n + j, ids)
+                n += size
+                corpus.source_end[i] = n
+    finally:
+        pool.close()
+    for s in range(last_source + 1, len(labels)):
+        corpus.source_start[s] = corpus.source_end[s] = n
+    for s in range(len(labels)):
+        corpus.source_end[s] = max(corpus.source_end[s], corpus.source_start[s])
+    corpus.n_docs = n
+    corpus.tokens.grow(n)
+    if source_of:
+        corpus.source_of = np.concatenate(source_of)
+        corpus.chars = np.concatenate(chars)
+    for i, label in enumerate(labels):
+        if corpus.source_end[i] == corpus.source_start[i]:
+            raise DataError(f"{label}: no documents (every record was empty or skipped)")
+    return corpus
+
+
+def tokenize(corpus: Corpus, docs: np.ndarray, tokenizer: Any, num_proc: int) -> int:
+    """Tokenize the documents of ``docs`` that are not yet (in parallel); return how many were."""
+    need = docs[corpus.tokens.length[docs] < 0]
+    if len(need):
+        pool = _Pool(num_proc, ([], tokenizer))
+        try:
+            for (ids, _), encoded in pool.imap(_tokenize_batch, corpus.texts(need)):
+                for doc, token_ids in zip(ids, encoded):
+                    corpus.tokens.add(int(doc), token_ids)
+        finally:
+            pool.close()
+    return len(need)
