@@ -106,7 +106,7 @@ class ReadStats:
     Attributes:
         files: Data files opened.
         documents: Documents yielded.
-        empty: Empty, null or whitespace-only texts, dropped.
+        empty: Empty or whitespace-only texts, dropped (a null text is malformed).
         skipped: Malformed records skipped under ``on_error = "skip"``.
         skipped_examples: Up to five ``"path:line: reason"`` strings.
         bytes: UTF-8 bytes of the yielded texts.
@@ -415,6 +415,24 @@ def _preview(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _json_fault(line: str) -> str:
+    """What is wrong with a line that is not valid JSON, and at which column of the line.
+
+    The line is parsed without its line break, so that an unterminated string or object
+    is reported where it starts or where the line ends, not as a control character (the
+    newline) or at column 1 of a line that does not exist.
+    """
+    body = line.removesuffix("\n").removesuffix("\r")
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as e:
+        reason = e.msg.removesuffix(" at")  # "Invalid control character at" already ends in "at"
+        if e.pos >= len(body.rstrip()):
+            return f"the line ends inside the JSON value: {reason} at column {e.pos + 1}"
+        return f"{reason} at column {e.pos + 1}"
+    return "a line break inside the JSON value"  # cannot happen: a break ends the line
+
+
 def _keys(record: dict) -> str:
     keys = list(record)
     if not keys:
@@ -508,9 +526,8 @@ class _Reader:
             text_line = text_line[1:]
         try:
             record = json.loads(text_line)
-        except json.JSONDecodeError as e:
-            # json's "Invalid control character at" already ends in "at"
-            self.bad(where, f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})")
+        except json.JSONDecodeError:
+            self.bad(where, f"not valid JSON ({_json_fault(text_line)})")
             return None
         if not isinstance(record, dict):
             kind = "null" if record is None else _JSON_TYPES.get(type(record), type(record).__name__)
@@ -520,7 +537,10 @@ class _Reader:
             self.bad(where, f"record has no text_field {self.text_field!r}; {_keys(record)}")
             return None
         text = record[self.text_field]
-        if text is not None and not isinstance(text, str):
+        if text is None:
+            self.bad(where, f"text_field {self.text_field!r} is null, not a string")
+            return None
+        if not isinstance(text, str):
             self.bad(where, f"text_field {self.text_field!r} holds {_preview(text)}, not a string")
             return None
         values = []
@@ -583,6 +603,9 @@ class _Reader:
             columns = [batch.column(name).to_pylist() for name in self.fields]
             for i, text in enumerate(texts):
                 where = f"{shown}#{row + i}"
+                if text is None:
+                    self.bad(where, f"text_field {self.text_field!r} is null, not a string")
+                    continue
                 values = tuple(column[i] for column in columns)
                 if None in values:
                     name = self.fields[values.index(None)]
@@ -664,18 +687,19 @@ def iter_batches(
     Files are read in :func:`expand_files` order and one record at a time, so
     memory does not grow with the corpus. Batches run across file boundaries:
     every batch holds ``batch_size`` documents except the last. Texts are
-    yielded exactly as stored; empty, null and whitespace-only ones are dropped
-    and counted. With ``max_documents`` set, reading stops once that many
+    yielded exactly as stored; empty and whitespace-only ones are dropped and
+    counted. With ``max_documents`` set, reading stops once that many
     documents have been yielded.
 
     * jsonl: one JSON object per line, plain, ``.gz`` or ``.zst``; blank lines
       are ignored. A record that is not valid UTF-8 or JSON, not an object,
-      lacks ``text_field`` or an asked-for field, holds a non-string text or a
-      non-number field value is malformed.
-    * parquet: by record batch, reading only the needed columns.
+      lacks ``text_field`` or an asked-for field, holds a null or non-string
+      text or a non-number field value is malformed.
+    * parquet: by record batch, reading only the needed columns; a null text
+      or field value is malformed.
     * text: one document per file, UTF-8.
     * datasets: a ``save_to_disk`` directory (one ``Dataset``, not a
-      ``DatasetDict``), by batch over the needed columns.
+      ``DatasetDict``), by batch over the needed columns; nulls as for parquet.
     * builtin: :func:`.data.builtin_texts`' documents, in its order.
 
     A malformed record raises :class:`DataError`, or with ``on_error = "skip"``

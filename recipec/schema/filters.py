@@ -2,8 +2,9 @@
 
 One model per filter, chosen by `type`, so each filter's own options are validated and an
 option of another filter is an unknown key. The defaults of the Gopher rules are those of
-Rae et al. (2021), appendix A, as datatrove ships them; a test checks that they equal the
-runtime's (`recipec_runtime/filters.py`).
+Rae et al. (2021), appendix A, as datatrove ships them. These are the only defaults of the
+filters: resolve spells every setting out for the data stage, whose filters
+(`recipec_runtime/filters/`) declare none of their own.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class LengthFilter(Table):
     """The filter."""
 
     unit: Literal["chars", "words", "tokens"] = "words"
-    """What is counted: characters, words (as `gopher_quality` splits them: runs of letters and digits, and each punctuation mark), or tokens of the recipe's tokenizer (not with `[tokenizer.train]`, whose tokenizer is trained on the filtered data)."""
+    """What is counted: characters, words, or tokens of the recipe's tokenizer (not with `[tokenizer.train]`, whose tokenizer is trained on the filtered data). Words are those `gopher_quality` counts: the text is cut at whitespace, `-`, `=` and runs of dots, and each piece with a letter or digit is one word, from its first to its last letter or digit (punctuation inside stays: `don't`, `U.S`); punctuation marks are not words. `Don't stop -- U.S. rules!` is 4 words."""
 
     min: int | None = Field(None, ge=0)
     """Drop documents shorter than this. Unset: no lower bound."""
@@ -137,7 +138,7 @@ class GopherQualityFilter(Table):
     """The filter."""
 
     min_words: int = Field(50, ge=0)
-    """Drop documents with fewer words (words with a letter or digit; punctuation marks are not counted)."""
+    """Drop documents with fewer words (as the length filter's `unit = "words"` counts them: pieces of text with a letter or digit; punctuation marks are not counted)."""
 
     max_words: int = Field(100_000, ge=1)
     """Drop documents with more words."""

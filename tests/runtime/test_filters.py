@@ -37,7 +37,7 @@ from recipec.runtime.filters import (
     shingle_hashes,
     word_hashes,
 )
-from recipec.schema.filters import FILTER_TABLES, GopherQualityFilter, GopherRepetitionFilter, MinhashDedupFilter
+from recipec.schema.filters import FILTER_TABLES, GopherQualityFilter, GopherRepetitionFilter, LengthFilter, MinhashDedupFilter
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -194,6 +194,17 @@ def test_quality_tokens(text, words, tokens):
     found = re.findall(QUALITY_TOKEN_PATTERN, text)
     assert (sum(bool(re.match(r"[^\W_]", t)) for t in found), len(found)) == (words, tokens)
     assert count_words([text]).tolist() == [words]
+
+
+def test_words_are_what_the_reference_says_they_are():
+    """docs/reference.md (from the schema) defines the `words` unit; count_words counts exactly that."""
+    described = LengthFilter.model_json_schema()["properties"]["unit"]["description"]
+    assert described in (REPO / "docs" / "reference.md").read_text(encoding="utf-8")
+    example, n = re.search(r"`([^`]+)` is (\d+) words", described).groups()
+    assert count_words([example]).tolist() == [int(n)]
+    # cut at whitespace, `-`, `=` and runs of dots; punctuation inside a word stays; marks alone are not words
+    cases = {"don't": 1, "U.S.": 1, "1,000 items": 2, "x=1": 2, "a--b": 2, "e.g..x": 2, "foo_bar": 1, "-- ! ... #": 0}
+    assert {text: int(count_words([text])[0]) for text in cases} == cases
 
 
 FRAGMENTS = [

@@ -66,7 +66,7 @@ def test_jsonl_known_answer(tmp_path):
     content = (
         b'{"text": "first doc\\n", "score": 3}\n'
         b"\n"
-        b'{"text": null, "score": 1}\n'
+        b'{"text": "", "score": 1}\n'
         b'{"text": "  \\n\\t", "score": 1}\n'
         b"   \n"
         b'{"text": "  second  ", "score": 0.25, "other": [1]}\n'
@@ -113,7 +113,7 @@ def test_zstd_with_several_frames(tmp_path):
 def test_parquet_known_answer(tmp_path):
     table = pa.table(
         {
-            "body": ["p0", None, "", "p3", "p4"],
+            "body": ["p0", " ", "", "p3", "p4"],
             "quality": [1.5, 2.0, 3.0, 4.0, 5],
             "unused": ["x"] * 5,
         }
@@ -259,6 +259,46 @@ def test_bad_records(tmp_path, line, fields, reason):
     _write(tmp_path / "a.jsonl", b'{"text": "ok", "score": 1}\n\n' + line + b"\n")
     message = _error({"path": "a.jsonl", "name": "web"}, tmp_path, fields=fields)
     assert message == f"web: a.jsonl:3: {reason}"
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        # a string left open mid-line: where it starts, not the newline it runs into
+        (b'{"text": "abc", "n": 1, "t": "x\\"}', "Unterminated string starting at column 30"),
+        (b'{"text": "abc\r', "Unterminated string starting at column 10"),
+        # an object left open: the end of this line, not column 1 of the next
+        (b'{"text": "abc"', "the line ends inside the JSON value: Expecting ',' delimiter at column 15"),
+        (b'{"text": "abc",   ', "the line ends inside the JSON value: Expecting property name enclosed in double quotes at column 19"),
+        # a bad value mid-line, and data after the value
+        (b'{"text": "a", "x": tru, "y": 1}', "Expecting value at column 20"),
+        (b'{"text": "abc"}  x', "Extra data at column 18"),
+    ],
+)
+def test_a_json_error_names_the_real_fault_and_its_column(tmp_path, line, reason):
+    _write(tmp_path / "a.jsonl", b'{"text": "ok"}\n' + line + b"\n" + b'{"text": "next"}\n')
+    assert _error({"path": "a.jsonl", "name": "web"}, tmp_path) == f"web: a.jsonl:2: not valid JSON ({reason})"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "datasets"])
+def test_a_null_text_is_a_malformed_record_not_an_empty_document(tmp_path, fmt):
+    rows = [{"text": "first", "q": 1.0}, {"text": None, "q": 2.0}, {"text": "", "q": 3.0}, {"text": "last", "q": 4.0}]
+    if fmt == "jsonl":
+        _write(tmp_path / "a.jsonl", _lines(rows))
+        path, where = "a.jsonl", "a.jsonl:2"
+    elif fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+        path, where = "a.parquet", "a.parquet#1"
+    else:
+        datasets = pytest.importorskip("datasets")
+        datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+        path, where = "saved", "saved#1"
+    source = {"path": path, "name": "web", "format": fmt}
+    assert _error(source, tmp_path) == f"web: {where}: text_field 'text' is null, not a string"
+    texts, ids, fields, stats = _read({**source, "on_error": "skip"}, tmp_path, fields=["q"])
+    assert texts == ["first", "last"] and fields == {"q": [1.0, 4.0]}
+    assert (stats.documents, stats.empty, stats.skipped) == (2, 1, 1)
+    assert stats.skipped_examples == [f"{where}: text_field 'text' is null, not a string"]
 
 
 def test_skip_counts_bad_records_and_keeps_five_examples(tmp_path):

@@ -120,6 +120,18 @@ def test_source_filters_run_before_global_ones_and_dedup_keeps_the_first_source(
     assert [s["kept"] for s in r["sources"]] == [3, 2]
 
 
+def test_a_dropped_duplicate_names_the_file_and_line_of_the_copy_that_was_kept(tmp_path, tokenizer_dir):
+    jsonl(tmp_path / "a.jsonl", [{"text": prose(i)} for i in range(4)])
+    jsonl(tmp_path / "more" / "b.jsonl", [{"text": prose(9)}, {"text": prose(3)}, {"text": prose(1).upper()}])
+    sources = [{"path": "a.jsonl", "name": "a"}, {"path": "more/*.jsonl", "name": "b"}]
+    for f in ({"type": "exact_dedup", "normalize": True}, {"type": "minhash_dedup", "shingle_size": 5, "num_perm": 128, "bands": 16, "threshold": 0.8, "seed": 1}):
+        examples = run(request(tmp_path, tokenizer_dir, sources, [f])).report["filters"][0]["examples"]
+        assert [(e["id"], e["reason"]) for e in examples] == [
+            ("more/b.jsonl:2", "duplicate of a.jsonl:4"),
+            ("more/b.jsonl:3", "duplicate of a.jsonl:2"),
+        ], f["type"]
+
+
 def test_near_duplicates_are_removed_with_minhash(tmp_path, tokenizer_dir):
     base = prose(7, 200)
     words = base.split()
