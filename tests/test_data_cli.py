@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from recipec.cli import main
+from recipec.compiler import build
+from recipec.runtime import stage_request
 
 pytest.importorskip("transformers")
 
@@ -84,3 +87,29 @@ def test_a_recipe_error_exits_2_before_reading_data(write_recipe, tmp_path, monk
     result = _invoke(tmp_path, monkeypatch, "recipe.toml")
     assert result.exit_code == 2
     assert "matches no file" in result.stderr and "recipe.toml:" in result.stderr
+
+
+def test_the_script_passes_the_stage_every_setting_under_its_one_name(write_recipe, tmp_path, monkeypatch):
+    """The stage's fields are declared once: resolve emits each, the script passes each by name,
+    with the value `recipec data` passes (so both find the same cache entry)."""
+    _data(tmp_path, [json.dumps({"text": PROSE})])
+    write_recipe(data={**_sources(), "temperature": 2.0, "num_proc": 3, "cache_dir": "cache"}, text='[[data.filters]]\ntype = "exact_dedup"')
+    monkeypatch.chdir(tmp_path)
+    written, plan = build("recipe.toml")
+    settings = {s.name: s for s in plan.settings}
+    tree = ast.parse((tmp_path / written.dir / "train.py").read_text())
+    config = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id in stage_request.FIELDS
+    }
+    passed = next(
+        node.value.keywords for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "data_settings"
+    )  # fmt: skip
+    assert [(k.arg, k.value.id) for k in passed] == [(name, name) for name in stage_request.FIELDS]
+    for name in stage_request.FIELDS:
+        assert config[name] == plan[name], name
+    for name in stage_request.DATA_FIELDS:  # a [data] key reaches the stage under its own name
+        assert settings[name].note == f"data.{name}"
+    assert (plan["temperature"], plan["num_proc"], plan["cache_dir"], plan["filters"][0]["type"]) == (2.0, 3, "cache", "exact_dedup")
