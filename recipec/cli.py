@@ -184,7 +184,7 @@ def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as
 
 
 def _explain_text(plan: Any) -> str:
-    from .resolve_schedule import describe
+    from .resolve.schedule import describe
 
     width = max(len(s.name) for s in plan.settings)
     values = {s.name: repr(s.value) for s in plan.settings}

@@ -310,7 +310,7 @@ def _entries(plan: Any, source: Any, rename: Any) -> dict[str, Entry]:
                 True,
             )
         if s.name == "schedule_phases":
-            from .resolve_schedule import warmup_steps_of
+            from .resolve.schedule import warmup_steps_of
 
             entries["warmup_steps"] = Entry(
                 "warmup_steps",
@@ -524,7 +524,7 @@ _WIDTH = 60
 
 def _show(value: Any, name: str = "") -> str:
     if name == "schedule_phases" and isinstance(value, list):
-        from .resolve_schedule import describe
+        from .resolve.schedule import describe
 
         return describe(value)
     text = repr(value)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .runtime import schedule as runtime_schedule
-from .schema import Recipe
-from .schema.schedule import Phase
-from .source import KeyPath
+from ..runtime import schedule as runtime_schedule
+from ..schema import Recipe
+from ..schema.schedule import Phase
+from ..source import KeyPath
 
 # transformers' default timescale for an inverse-sqrt decay without warmup
 INVERSE_SQRT_TIMESCALE = 10_000

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .diagnostics import Diagnostic, RecipeError, did_you_mean
-from .memory import MemoryEstimate, check_ceiling, estimate, model_shape
-from .parent import ParentRun
-from .resolve_data import data_settings, filter_dicts, source_dicts
-from .resolve_schedule import (
+from .. import __version__
+from ..diagnostics import Diagnostic, RecipeError, did_you_mean
+from ..memory import MemoryEstimate, check_ceiling, estimate, model_shape
+from ..parent import ParentRun
+from .data import data_settings, filter_dicts, source_dicts
+from .schedule import (
     ceil_product,
     error_key,
     peak_lr,
@@ -29,12 +29,12 @@ from .resolve_schedule import (
     shorthand_warmup_steps,
     warmup_steps_of,
 )
-from .runtime import schedule as runtime_schedule
-from .schema import DeepspeedTable, FsdpTable, LaunchTable, Recipe
-from .schema.launch import FROM_ENV
-from .schema.model import LOCAL_PREFIXES
-from .schema.train import MAX_STEPS
-from .source import KeyPath, SourceMap
+from ..runtime import schedule as runtime_schedule
+from ..schema import DeepspeedTable, FsdpTable, LaunchTable, Recipe
+from ..schema.launch import FROM_ENV
+from ..schema.model import LOCAL_PREFIXES
+from ..schema.train import MAX_STEPS
+from ..source import KeyPath, SourceMap
 
 
 PLAIN_PATH = re.compile(r"^[\w./+@:~-]+$")

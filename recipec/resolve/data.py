@@ -12,13 +12,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .runtime import stage_request
-from .schema.filters import DecontaminateFilter, LengthFilter, ScoreFilter, ScoreSampleFilter
+from ..runtime import stage_request
+from ..schema.filters import DecontaminateFilter, LengthFilter, ScoreFilter, ScoreSampleFilter
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .resolve import _Builder
-    from .schema import Recipe
-    from .schema.data import Source
+    from . import _Builder
+    from ..schema import Recipe
+    from ..schema.data import Source
 
 
 def source_dicts(sources: list[Source]) -> list[dict[str, Any]]:
