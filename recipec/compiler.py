@@ -11,6 +11,7 @@ from typing import Any
 
 from .build import Build, check_output_dir, write_build
 from .diagnostics import Diagnostic, RecipeError
+from .local_files import check_local_files
 from .migrate import migrate
 from .parent import read_parent
 from .plot import cached as cached_plot
@@ -51,7 +52,7 @@ def plan_recipe(
     build_dir: str | os.PathLike[str] | None = None,
     project: str | os.PathLike[str] = ".",
 ) -> tuple[Plan, SourceMap]:
-    """read + migrate + validate + resolve, relative to the project directory.
+    """read + migrate + validate + the recipe's local files + resolve, relative to the project directory.
 
     Args:
         recipe_path: the recipe file, as the user names it.
@@ -61,6 +62,7 @@ def plan_recipe(
     """
     recipe, source, migrated = load(recipe_path, overrides)
     project = Path(project)
+    missing = check_local_files(recipe, source, project)
     try:
         parent = read_parent(recipe, source, project)
         rel_build = _relative(build_dir, project) if build_dir is not None else default_build_dir(recipe)
@@ -73,10 +75,11 @@ def plan_recipe(
             overrides=tuple(overrides),
             model_config=_local_model_config(recipe, project, parent.model_dir if parent else None),
             parent=parent,
-            files_root=project.resolve(),
         )
     except RecipeError as exc:
-        raise RecipeError(exc.diagnostics + migrated) from None
+        raise RecipeError(missing + exc.diagnostics + migrated) from None
+    if missing:
+        raise RecipeError(missing + list(plan.warnings) + migrated)
     return replace(plan, warnings=(*migrated, *plan.warnings)), source
 
 

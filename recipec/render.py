@@ -16,6 +16,7 @@ Template rules (they keep generated code reviewable and recipe strings inert):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shlex
@@ -29,7 +30,6 @@ import tomli_w
 from .resolve import PLAIN_PATH, Plan
 from .runtime import schedule as runtime_schedule
 from .runtime import stage_request
-from .schema.launch import FROM_ENV
 from .schema.schedule import DECAY_KEYS, SHORTHAND_KEYS
 
 LINE_WIDTH = 100
@@ -283,149 +283,6 @@ def schedule_plot(plan: Plan, plot: Callable[..., bytes] | None = None) -> bytes
     return plot(values, phases, title=f"{plan.name}: learning rate", peak_lr=plan["lr"], min_lr=floor)
 
 
-FSDP_SHARDING = {
-    "full_shard": "FULL_SHARD",
-    "shard_grad_op": "SHARD_GRAD_OP",
-    "hybrid_shard": "HYBRID_SHARD",
-    "no_shard": "NO_SHARD",
-}
-FSDP_WRAP = {"transformer_layer": "TRANSFORMER_BASED_WRAP", "size": "SIZE_BASED_WRAP", "none": "NO_WRAP"}
-FSDP_STATE_DICT = {"full": "FULL_STATE_DICT", "sharded": "SHARDED_STATE_DICT"}
-
-
-def distributed_type(plan: Plan) -> str:
-    """accelerate's `distributed_type` for the recipe's strategy and process count.
-
-    More than one process with `launch.cpu` stays MULTI_GPU with `use_cpu: true`, which
-    accelerate turns into a gloo process group on the CPU (DDP). accelerate's FSDP plugin
-    needs CUDA, so FSDP on the CPU is launched the same way and the script shards the model
-    itself with torch's `fully_shard` (`fsdp_native`).
-    """
-    strategy = plan["strategy"]
-    if strategy == "fsdp" and not plan["cpu"]:
-        return "FSDP"
-    if strategy == "deepspeed":
-        return "DEEPSPEED"
-    return "MULTI_GPU" if plan["num_processes"] > 1 else "NO"
-
-
-def fsdp_config(plan: Plan) -> list[tuple[str, Any]]:
-    """accelerate's `fsdp_config` entries (its own key names, sorted as accelerate writes them).
-
-    FSDP 2 expresses the sharding strategy as `fsdp_reshard_after_forward` (true: full
-    shard, false: shard grad/op) and hybrid sharding through `parallelism_config`;
-    FSDP 1 takes the strategy by name. The weights are loaded by the main process only and
-    sent to the others (`fsdp_cpu_ram_efficient_loading`).
-    """
-    version = plan["fsdp_version"]
-    sharding = plan["fsdp_sharding_strategy"]
-    policy = plan["fsdp_auto_wrap_policy"]
-    entries: dict[str, Any] = {
-        "fsdp_activation_checkpointing": plan["fsdp_activation_checkpointing"],
-        "fsdp_auto_wrap_policy": FSDP_WRAP[policy],
-        "fsdp_cpu_ram_efficient_loading": True,
-        "fsdp_offload_params": plan["fsdp_cpu_offload"],
-        "fsdp_state_dict_type": FSDP_STATE_DICT[plan["fsdp_state_dict_type"]],
-        "fsdp_version": version,
-    }
-    if policy == "size":
-        entries["fsdp_min_num_params"] = plan["fsdp_min_num_params"]
-    if policy == "transformer_layer" and plan["fsdp_transformer_layer_cls"] is not None:
-        entries["fsdp_transformer_layer_cls_to_wrap"] = ",".join(plan["fsdp_transformer_layer_cls"])
-    if version == 2:
-        entries["fsdp_reshard_after_forward"] = sharding != "shard_grad_op"
-    else:
-        entries.update(
-            {
-                "fsdp_backward_prefetch": "BACKWARD_PRE",
-                "fsdp_forward_prefetch": False,
-                "fsdp_sharding_strategy": FSDP_SHARDING[sharding],
-                "fsdp_sync_module_states": True,
-                "fsdp_use_orig_params": True,
-            }
-        )
-    return sorted(entries.items())
-
-
-def parallelism_config(plan: Plan) -> list[tuple[str, Any]]:
-    """accelerate's `parallelism_config` entries: FSDP 2's hybrid sharding (replicate across
-    machines, shard within each); empty otherwise."""
-    if plan["strategy"] != "fsdp" or plan["fsdp_version"] != 2 or plan["fsdp_sharding_strategy"] != "hybrid_shard":
-        return []
-    machines = plan["num_machines"]
-    return [
-        ("parallelism_config_cp_size", 1),
-        ("parallelism_config_dp_replicate_size", machines),
-        ("parallelism_config_dp_shard_size", plan["num_processes"] // machines),
-        ("parallelism_config_tp_size", 1),
-    ]
-
-
-def deepspeed_config(plan: Plan) -> list[tuple[str, Any]]:
-    """accelerate's `deepspeed_config` entries (its own key names, sorted).
-
-    No optimizer, no scheduler and no `deepspeed_config_file`: DeepSpeed then wraps the
-    recipe's own AdamW and the script steps the recipe's schedule. Gradient accumulation and
-    clipping are the recipe's (accelerate would otherwise fill clipping in as 1.0).
-    """
-    stage = plan["deepspeed_zero_stage"]
-    entries: dict[str, Any] = {
-        "gradient_accumulation_steps": plan["grad_accum_steps"],
-        "gradient_clipping": float(plan["grad_clip"]),
-        "offload_optimizer_device": plan["deepspeed_offload_optimizer"],
-        "offload_param_device": plan["deepspeed_offload_params"],
-        "zero3_init_flag": stage == 3,
-        "zero_stage": stage,
-    }
-    if plan["deepspeed_offload_optimizer"] == "nvme":
-        entries["offload_optimizer_nvme_path"] = plan["deepspeed_nvme_path"]
-    if plan["deepspeed_offload_params"] == "nvme":
-        entries["offload_param_nvme_path"] = plan["deepspeed_nvme_path"]
-    if stage == 3:
-        entries["zero3_save_16bit_model"] = plan["deepspeed_zero3_save_16bit_model"]
-    if plan["num_machines"] > 1:  # one `accelerate launch` per machine (torchrun), not a pdsh hostfile
-        entries["deepspeed_multinode_launcher"] = "standard"
-    return sorted(entries.items())
-
-
-def nvme_environment(plan: Plan) -> list[tuple[str, str]]:
-    """Environment variables for DeepSpeed's NVMe offload path, set by launch.sh and slurm.sbatch.
-
-    accelerate (1.15) reads `offload_*_nvme_path` from its config but does not pass them on
-    to the training processes; DeepSpeed's plugin reads them from these variables instead.
-    """
-    if plan["strategy"] != "deepspeed":
-        return []
-    names = {
-        "deepspeed_offload_optimizer": "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_NVME_PATH",
-        "deepspeed_offload_params": "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_NVME_PATH",
-    }
-    return [(var, plan["deepspeed_nvme_path"]) for key, var in names.items() if plan[key] == "nvme"]
-
-
-def launch_context(plan: Plan) -> dict[str, Any]:
-    """What accelerate_config.yaml, launch.sh and slurm.sbatch need beyond the plan's settings."""
-    machines = plan["num_machines"]
-    rank, ip = plan["machine_rank"], plan["main_process_ip"]
-    return {
-        "distributed_type": distributed_type(plan),
-        "fsdp_config": fsdp_config(plan) if distributed_type(plan) == "FSDP" else [],
-        "fsdp_native": plan["strategy"] == "fsdp" and plan["cpu"],
-        "deepspeed_config": deepspeed_config(plan) if plan["strategy"] == "deepspeed" else [],
-        "parallelism_config": parallelism_config(plan),
-        "nvme_environment": nvme_environment(plan),
-        "num_machines": machines,
-        "last_machine_rank": machines - 1,
-        "gpus_per_machine": None if plan["cpu"] else plan["num_processes"] // machines,
-        "processes_per_machine": plan["num_processes"] // machines,
-        "machine_rank": 0 if rank == FROM_ENV else rank,
-        "rank_from_env": rank == FROM_ENV and machines > 1,
-        "main_process_ip": None if ip == FROM_ENV else ip,
-        "ip_from_env": ip == FROM_ENV and machines > 1,
-        "main_process_port": plan["main_process_port"],
-    }
-
-
 def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, str | bytes]:
     """Render every generated file of a build; ``plot`` draws schedule.png (see `schedule_plot`).
 
@@ -449,8 +306,8 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "formulas": formula_lines(plan),
         "overrides": list(plan.overrides),
         "stage_fields": stage_request.FIELDS,
-        "peft_quantize": getattr(plan.recipe.peft, "quantize", None),
-        **launch_context(plan),
+        "peft_quantize": plan.get("peft_quantize"),
+        **dataclasses.asdict(plan.launch),
     }
     files: dict[str, str | bytes] = {
         "train.py": env.get_template("train.py.j2").render(context),

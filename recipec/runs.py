@@ -31,6 +31,8 @@ from typing import Any, NoReturn
 
 import click
 
+from .runtime import summary
+
 EXIT_ERROR = 2
 """Exit status for a bad run directory or metrics file (the CLI's ``EXIT_RECIPE_ERROR``)."""
 
@@ -403,13 +405,11 @@ def _summary(run_dir: Path, warnings: list[str]) -> dict[str, Any]:
             warnings.append(str(exc))
     final = info.get("final") if isinstance(info.get("final"), dict) else {}
     best = info.get("best") if isinstance(info.get("best"), dict) else {}
+    # what the script records when the run ends, computed the same way from metrics.jsonl
+    so_far = summary.final_and_best(metrics)
 
     def last(key: str) -> Any:
         return next((m[key] for m in reversed(metrics) if m.get(key) is not None), None)
-
-    def lowest(key: str) -> Any:
-        values = [m[key] for m in metrics if isinstance(m.get(key), (int, float))]
-        return min(values) if values else None
 
     def pick(recorded: Any, fallback: Any) -> Any:
         return recorded if recorded is not None else fallback
@@ -421,9 +421,9 @@ def _summary(run_dir: Path, warnings: list[str]) -> dict[str, Any]:
         "status": info.get("status") or "unknown",
         "steps": pick(info.get("steps"), last("step")),
         "tokens": pick(info.get("tokens"), last("tokens")),
-        "final_loss": pick(final.get("loss"), last("loss")),
-        "final_eval_loss": pick(final.get("eval_loss"), last("eval_loss")),
-        "best_eval_loss": pick(best.get("eval_loss"), lowest("eval_loss")),
+        "final_loss": pick(final.get("loss"), so_far["final"]["loss"]),
+        "final_eval_loss": pick(final.get("eval_loss"), so_far["final"].get("eval_loss")),
+        "best_eval_loss": pick(best.get("eval_loss"), so_far["best"].get("eval_loss")),
         "wall_s": info.get("wall_s"),
         "lock_sha256": info.get("lock_sha256"),
         "started": info.get("started"),

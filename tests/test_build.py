@@ -472,8 +472,12 @@ def test_build_with_project_argument(write_recipe, tmp_path: Path):
 
 
 def test_model_path_with_unknown_home_does_not_crash(write_recipe, tmp_path: Path):
+    """A local path under the home of a user that does not exist is a located error, not a traceback."""
     recipe = write_recipe(
         {"model.path": "~no-such-user-recipec/model", "model.init": None, "model.config": None}, tokenizer=None
     )
-    plan, _ = plan_recipe(recipe, project=tmp_path)
-    assert plan["model_path"] == "~no-such-user-recipec/model"
+    with pytest.raises(RecipeError) as info:
+        plan_recipe(recipe, project=tmp_path)
+    (err,) = info.value.diagnostics
+    assert err.message == "`model.path` starts with '~no-such-user-recipec', a user that does not exist"
+    assert err.location.source_line.startswith("path = ")

@@ -1,4 +1,4 @@
-"""The schedule part of resolve: the peak LR, and `[schedule]` as a list of phases.
+"""Resolve `[schedule]`: the peak LR, and the schedule as a list of phases.
 
 The shorthand (`warmup`, `decay`, ...) and explicit `[[schedule.phases]]` both become a
 phase spec: dicts with a shape, start and end multipliers of the peak LR, and a length
@@ -16,9 +16,100 @@ from ..runtime import schedule as runtime_schedule
 from ..schema import Recipe
 from ..schema.schedule import Phase
 from ..source import KeyPath
+from .builder import PlanBuilder
+from .continual import rewarm
 
 # transformers' default timescale for an inverse-sqrt decay without warmup
 INVERSE_SQRT_TIMESCALE = 10_000
+
+WARMUP_SHORT = (0.01, 100)
+"""A warmup is short when it is under this fraction of the run and under this many steps
+(large runs warm up for a few thousand steps: a small fraction of millions)."""
+WARMUP_LONG = 0.5
+"""A warmup is long when it is over this fraction of the run."""
+WARMUP_CHECKED_FROM = 100
+"""Runs shorter than this many steps get no warning about their warmup's length."""
+
+
+def schedule_settings(b: PlanBuilder) -> None:
+    """The phases over the run's steps, or their spec for the script to lay out once the data
+    fixes the length (`train.epochs`); and the checks of the floor and the warmup."""
+    r = b.recipe
+    s = r.schedule
+    lr, max_steps = b["lr"], b.get("max_steps")
+    b.section("schedule")
+    start = rewarm(b, lr) if r.continual is not None and b.parent is not None else None
+    spec = phase_spec(r, lr, max_steps, start)
+    note = "derived: [[schedule.phases]]" if s.phases is not None else _shorthand_note(r)
+    if max_steps is not None:
+        phases = _lay_out(b, spec, max_steps, b["tokens_per_step"])
+        if phases is not None:
+            b.derived("schedule_phases", phases, note + " (see schedule.png)")
+            _check_lengths(b, max_steps, warmup_steps_of(phases))
+    else:
+        b.derived("schedule_spec", spec, note + "; laid out once max_steps is known")
+        b.formula(
+            "schedule_phases",
+            "schedule.layout(schedule_spec, max_steps, tokens_per_step)",
+            "derived: phase lengths in steps (recipec_runtime/schedule.py)",
+        )
+    if s.min_lr is not None and s.min_lr > lr:
+        b.error(
+            ("schedule", "min_lr"),
+            f"schedule.min_lr {s.min_lr} is above the peak LR {lr:g}",
+            "the floor must be at most the peak; use min_lr_ratio for a fraction of the peak",
+        )
+    else:
+        _check_floor(b, spec)
+
+
+def _floor_key(recipe: Recipe) -> KeyPath | None:
+    """The key that sets the floor (`min_lr` or `min_lr_ratio`), or None when it is the default."""
+    s = recipe.schedule
+    if s.min_lr is not None:
+        return ("schedule", "min_lr")
+    return ("schedule", "min_lr_ratio") if "min_lr_ratio" in s.model_fields_set else None
+
+
+def _floor_text(recipe: Recipe) -> str:
+    s = recipe.schedule
+    return f"schedule.min_lr {s.min_lr:g}" if s.min_lr is not None else f"schedule.min_lr_ratio {s.min_lr_ratio:g}"
+
+
+def _check_floor(b: PlanBuilder, spec: list[dict[str, Any]]) -> None:
+    """Warn where the floor contradicts the schedule: never reached, or equal to the peak of a decay."""
+    r = b.recipe
+    s = r.schedule
+    key = _floor_key(r)
+    # the phases whose end is the floor: the shorthand's decay, explicit phases that leave `end` out
+    if s.phases is None:
+        to_floor = [] if s.decay == "constant" else [len(spec) - 1]
+    else:
+        to_floor = [i for i, p in enumerate(s.phases) if p.end is None and p.shape != "constant"]
+    if key is not None and not to_floor:
+        why = (
+            'decay "constant" holds the LR at its peak'
+            if s.phases is None
+            else "every phase sets its own `end` or is constant"
+        )
+        b.warn(
+            key,
+            f"{_floor_text(r)} is never reached: {why}",
+            "remove it" + (", or choose a decaying shape" if s.phases is None else ", or leave `end` out on the phase that decays to it"),
+        )
+        return
+    for i in to_floor:
+        p = spec[i]
+        if p["start"] != p["end"]:
+            continue
+        what = f'decay "{s.decay}"' if s.phases is None else f"phase {p['name']!r} ({p['shape']})"
+        b.warn(
+            key or ("schedule", "phases", i),
+            f"{what} goes from {p['start']:g} to the floor {p['end']:g} ({_floor_text(r)}): it stays flat",
+            'lower the floor, or say so with decay = "constant"'
+            if s.phases is None
+            else 'lower the floor or the start, or say so with shape = "constant"',
+        )
 
 
 def ceil_product(fraction: float, steps: int) -> int:
@@ -142,3 +233,67 @@ def describe(phases: list[dict[str, Any]]) -> str:
         f"{p['name']} {p['steps']} step{'s' if p['steps'] != 1 else ''} ({p['shape']} {p['start']:g} -> {p['end']:g})"
         for p in phases
     )
+
+
+def _shorthand_note(recipe: Recipe) -> str:
+    s = recipe.schedule
+    parts = [f"schedule.warmup {s.warmup}", f"decay {s.decay!r}"]
+    if s.decay == "wsd":
+        parts.append(f"cooldown {s.cooldown} ({s.cooldown_shape})")
+    return "derived: " + ", ".join(parts)
+
+
+def _lay_out(b: PlanBuilder, spec: list[dict[str, Any]], max_steps: int, tokens_per_step: int) -> list[dict[str, Any]] | None:
+    """Phase lengths in steps, or None after recording why they do not fit the run."""
+    recipe = b.recipe
+    s = recipe.schedule
+    if s.phases is None:
+        warmup = shorthand_warmup_steps(recipe, max_steps) or 0
+        if warmup >= max_steps and s.decay != "constant":
+            written = b.source.is_set(("schedule", "warmup"))
+            b.error(
+                ("schedule", "warmup") if written else length_key(recipe),
+                f"warmup ({steps_text(warmup)}) is not shorter than the run ({steps_text(max_steps)})",
+                "shorten the warmup or lengthen the run; the decay needs at least one step"
+                + ("" if written else " (the warmup is the default schedule.warmup = 0.03 of the run)"),
+            )
+            return None
+    try:
+        return runtime_schedule.layout(spec, max_steps, tokens_per_step)
+    except runtime_schedule.ScheduleError as exc:
+        b.error(error_key(recipe, spec, exc), str(exc))
+        return None
+
+
+def _check_lengths(b: PlanBuilder, max_steps: int, warmup_steps: int) -> None:
+    """Warn about a warmup that is short or long for the run, and saves or evals that never happen."""
+    t = b.recipe.train
+    if max_steps >= WARMUP_CHECKED_FROM and warmup_steps:
+        share = warmup_steps / max_steps
+        short = share < WARMUP_SHORT[0] and warmup_steps < WARMUP_SHORT[1]
+        if short or share > WARMUP_LONG:
+            where = ("schedule", "warmup") if b.recipe.schedule.phases is None else ("schedule", "phases", 0)
+            b.warn(where, f"warmup is {percent(share)} of the run ({warmup_steps} of {steps_text(max_steps)})")
+    if t.save_every > max_steps:
+        b.warn(
+            ("train", "save_every"),
+            f"save_every {t.save_every} is longer than the run ({steps_text(max_steps)}): only the final model is saved",
+        )
+    if t.eval_every > max_steps:
+        b.warn(("train", "eval_every"), f"eval_every {t.eval_every} is longer than the run: evaluation runs at the end only")
+
+
+def percent(share: float) -> str:
+    """A share as a percentage: one decimal from 1% up, two significant digits below (0.04%, never 0.0%)."""
+    value = 100 * share
+    return f"{value:.1f}%" if value >= 1 else f"{value:.2g}%"
+
+
+def steps_text(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
+
+
+def length_key(recipe: Recipe) -> KeyPath:
+    """The [train] key that sets the run's length."""
+    t = recipe.train
+    return ("train", "max_steps" if t.max_steps is not None else "tokens" if t.tokens is not None else "epochs")

@@ -146,7 +146,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from recipec_runtime import checkpoint, data, schedule, stage
+from recipec_runtime import checkpoint, data, schedule, stage, summary
 
 
 def local(path):
@@ -492,14 +492,8 @@ accelerator.unwrap_model(model).save_pretrained(
 if master:
     tokenizer.save_pretrained(model_dir)
     metrics = [json.loads(line) for line in open(output_dir / "metrics.jsonl")]
-    train_lines = [m for m in metrics if "loss" in m]
-    eval_lines = [m for m in metrics if final_eval and set(final_eval) <= set(m)]
-    best = {}  # the lowest value of each loss over the run, and its step
-    for key in ("loss", *final_eval):
-        lines = [m for m in metrics if key in m]
-        if lines:
-            lowest = min(lines, key=lambda m: m[key])
-            best.update({key: lowest[key], f"{key}_step": lowest["step"]})
+    # the last and first losses, and the lowest of each with its step (as `recipec runs` shows them)
+    results = summary.final_and_best(metrics, eval_keys=list(final_eval))
     ended = datetime.datetime.now(datetime.timezone.utc)
     run_record.update(
         status="completed",
@@ -507,12 +501,8 @@ if master:
         wall_s=round((ended - started).total_seconds(), 3),  # of this attempt
         steps=step,
         tokens=tokens,
-        final={
-            "loss": train_lines[-1]["loss"] if train_lines else None,
-            **{f"first_{key}": eval_lines[0][key] for key in final_eval},
-            **final_eval,
-        },
-        best=best,
+        final=results["final"],
+        best=results["best"],
         hardware={
             "platform": platform.platform(),
             "python": platform.python_version(),

@@ -1,0 +1,96 @@
+"""read, for the files a recipe names: that each local path and data glob finds something.
+
+Paths in a recipe are relative to the project directory (the one `recipec` runs in). A
+local model or tokenizer (`./`, `../`, `/`, `~`) must be a directory, a data source's
+glob must match a file (a `datasets` source a directory), and so must a decontamination
+filter's. Checked when the recipe is read, beside `recipec.parent`, so that a typo fails
+in the first second and not after the data stage; resolve itself reads no files.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+from .diagnostics import Diagnostic
+from .schema import Recipe
+from .schema.filters import DecontaminateFilter
+from .schema.model import LOCAL_PREFIXES
+from .source import KeyPath, SourceMap
+
+
+def check_local_files(recipe: Recipe, source: SourceMap, project: Path) -> list[Diagnostic]:
+    """Errors, at the recipe key, for every local path and glob of the recipe that finds nothing.
+
+    Args:
+        recipe: the validated recipe.
+        source: its source map.
+        project: the project directory that relative paths are resolved against.
+    """
+    errors: list[Diagnostic] = []
+
+    def error(path: KeyPath, message: str, help: str | None = None) -> None:
+        errors.append(Diagnostic("error", message, source.locate(path), help))
+
+    root = project.resolve()
+    for table in ("model", "tokenizer"):
+        path = getattr(recipe, table).path
+        if path is not None and path.startswith(LOCAL_PREFIXES):
+            _check_directory(error, (table, "path"), path, root)
+    d = recipe.data
+    chains: list[tuple[KeyPath, list[Any]]] = [(("data", "filters"), list(d.filters))]
+    chains += [(("data", "sources", i, "filters"), list(src.filters)) for i, src in enumerate(d.sources)]
+    for key, chain in chains:
+        for j, f in enumerate(chain):
+            if isinstance(f, DecontaminateFilter):
+                _check_globs(error, key + (j, "path"), f.path, root)
+    for i, src in enumerate(d.sources):
+        if src.path is not None:
+            _check_globs(error, ("data", "sources", i, "path"), src.path, root, directory=src.format == "datasets")
+    return errors
+
+
+def _check_directory(error: Any, key: KeyPath, path: str, root: Path) -> None:
+    """A local model or tokenizer: a directory, as save_pretrained writes it."""
+    table = key[0]
+    try:
+        full = root / Path(path).expanduser()
+        exists, is_dir = full.exists(), full.is_dir()
+    except RuntimeError:  # ~user for a user that does not exist
+        error(key, f"`{table}.path` starts with {path.split('/')[0]!r}, a user that does not exist")
+        return
+    except OSError as exc:  # a name too long for the file system, and the like
+        error(key, f"`{table}.path` is not a usable path: {exc.strerror or exc}")
+        return
+    hub = "a hub id has no leading ./, ../, / or ~"
+    if not exists:
+        error(
+            key,
+            f"{path!r} does not exist (paths are relative to the directory recipec runs in)",
+            f"a local {table} is a directory that save_pretrained wrote; {hub}",
+        )
+    elif not is_dir:
+        error(key, f"{path!r} is a file; a local {table} is a directory that save_pretrained wrote", hub)
+
+
+def _check_globs(error: Any, key: KeyPath, patterns: str | list[str], root: Path, directory: bool = False) -> None:
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        # the same expansion as the readers' (recipec/runtime/readers.py, _Paths.full), without
+        # importing them: the compiler stays free of the runtime's libraries
+        full = pattern if os.path.isabs(pattern) else os.path.join(glob.escape(str(root)), pattern)
+        matches = glob.glob(full, recursive=True)
+        if directory:
+            if not any(os.path.isdir(m) for m in matches):
+                error(
+                    key,
+                    f"{pattern!r} is not a directory (paths are relative to the directory recipec runs in)",
+                    "a `datasets` source names the directory that save_to_disk wrote",
+                )
+        elif not any(os.path.isfile(m) for m in matches):
+            error(
+                key,
+                f"{pattern!r} matches no file (paths are relative to the directory recipec runs in)",
+                "`**` matches across directories, e.g. \"data/**/*.jsonl\"",
+            )

@@ -1,0 +1,311 @@
+"""Resolve `[launch]`: the launch shape, the strategy's options, and accelerate's config.
+
+The settings are what the script reads (`num_processes`, `strategy`, `fsdp_*`,
+`deepspeed_*`); `Launch` is what the launch files say in accelerate's own keys
+(accelerate_config.yaml) and the machine layout (launch.sh, slurm.sbatch), derived here so
+that render only renders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..schema import DeepspeedTable, FsdpTable
+from ..schema.launch import FROM_ENV
+from .builder import PlanBuilder
+from .model import hub_ids
+from .plan import Launch
+
+FSDP_MIN_NUM_PARAMS = 100_000_000
+"""Parameters above which auto_wrap_policy "size" wraps a module when the recipe leaves it unset (accelerate's)."""
+
+
+def launch_settings(b: PlanBuilder) -> None:
+    """The launch shape and the chosen strategy's options, the checks that span tables, and `Launch`."""
+    recipe = b.recipe
+    launch = recipe.launch
+    b.section("launch")
+    for k in ("num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port", "strategy"):
+        b.key(k, ("launch", k))
+    if launch.num_machines == 1:  # a warning, so that --set can scale a multi-machine recipe down to one
+        for k in ("machine_rank", "main_process_ip"):
+            if getattr(launch, k) == FROM_ENV:
+                b.warn(("launch", k), f'launch.{k} = "env" has no effect on one machine (launch.num_machines is 1)')
+    if launch.strategy == "fsdp":
+        _fsdp_settings(b, launch.fsdp or FsdpTable())
+    if launch.strategy == "deepspeed":
+        ds = launch.deepspeed or DeepspeedTable()
+        _deepspeed_settings(b, ds)
+        for table in ("ema", "merge"):
+            if ds.zero_stage == 3 and getattr(recipe, table) is not None:
+                b.error(
+                    (table,),
+                    f"[{table}] keeps a full copy of the weights, which ZeRO stage 3 shards across processes; "
+                    "the two do not work together yet",
+                    "drop the table, or use launch.deepspeed.zero_stage = 2",
+                )
+    for k in ("mixed_precision", "cpu", "tf32"):
+        b.key(k, ("launch", k))
+    if launch.hub_offline or hub_ids(recipe):
+        b.key("hub_offline", ("launch", "hub_offline"))
+    else:  # nothing to download, so nothing may be: a local recipe never reaches the network
+        b.derived("hub_offline", True, "derived: launch.hub_offline is false, but the recipe names nothing on the hub")
+    b.launch = accelerate_launch(b)
+
+
+def _fsdp_settings(b: PlanBuilder, fsdp: FsdpTable) -> None:
+    """`[launch.fsdp]` as settings, and its checks against the machines, the model and the device."""
+    recipe = b.recipe
+    launch = recipe.launch
+
+    def add(key: str, value: Any, note: str | None = None) -> None:
+        path = ("launch", "fsdp", key)
+        b.add(f"fsdp_{key}", value, note or ".".join(path), b.origin(path))
+
+    for k in ("version", "sharding_strategy", "auto_wrap_policy"):
+        add(k, getattr(fsdp, k))
+    b.derived(
+        "fsdp_reshard_after_forward",
+        fsdp.sharding_strategy != "shard_grad_op",
+        f"derived: launch.fsdp.sharding_strategy {fsdp.sharding_strategy} "
+        f"({'keeps' if fsdp.sharding_strategy == 'shard_grad_op' else 'frees'} gathered parameters after the forward)",
+    )
+    if fsdp.auto_wrap_policy == "transformer_layer":
+        unset = "launch.fsdp.transformer_layer_cls (unset: the model's _no_split_modules)"
+        add("transformer_layer_cls", fsdp.transformer_layer_cls, None if fsdp.transformer_layer_cls else unset)
+    elif fsdp.auto_wrap_policy == "none":
+        add("transformer_layer_cls", [], 'launch.fsdp.auto_wrap_policy "none": the whole model is one unit')
+    else:
+        unset = "launch.fsdp.min_num_params (unset: accelerate's default)"
+        add("min_num_params", fsdp.min_num_params or FSDP_MIN_NUM_PARAMS, None if fsdp.min_num_params else unset)
+    for k in ("cpu_offload", "activation_checkpointing", "state_dict_type"):
+        add(k, getattr(fsdp, k))
+
+    if fsdp.sharding_strategy == "hybrid_shard" and launch.num_machines == 1:
+        b.error(
+            ("launch", "fsdp", "sharding_strategy"),
+            "sharding_strategy hybrid_shard shards within a machine and replicates across machines, "
+            "and launch.num_machines is 1",
+            'use sharding_strategy = "full_shard" on one machine',
+        )
+    if fsdp.activation_checkpointing and recipe.model.gradient_checkpointing:
+        b.error(
+            ("launch", "fsdp", "activation_checkpointing"),
+            "launch.fsdp.activation_checkpointing and model.gradient_checkpointing both recompute activations",
+            "keep launch.fsdp.activation_checkpointing: with FSDP, transformers' gradient checkpointing adds a "
+            "redundant all-gather in the backward pass",
+        )
+    if launch.cpu:
+        # accelerate's FSDP plugin needs CUDA; on CPU the script shards with torch's fully_shard (FSDP 2)
+        native = "on CPU the script shards with torch's fully_shard (FSDP 2)"
+        unsupported = [
+            (
+                "version",
+                fsdp.version == 1,
+                "launch.fsdp.version 1 needs CUDA, and launch.cpu is true",
+                f"use version = 2: {native}",
+            ),
+            (
+                "auto_wrap_policy",
+                fsdp.auto_wrap_policy == "size",
+                'auto_wrap_policy "size" needs accelerate\'s FSDP plugin, which needs CUDA, and launch.cpu is true',
+                f'use "transformer_layer" or "none": {native}',
+            ),
+            (
+                "cpu_offload",
+                fsdp.cpu_offload,
+                "launch.fsdp.cpu_offload with launch.cpu: the parameters are in CPU memory already",
+                "remove cpu_offload",
+            ),
+            (
+                "activation_checkpointing",
+                fsdp.activation_checkpointing,
+                "FSDP's activation checkpointing needs accelerate's FSDP plugin, which needs CUDA, "
+                "and launch.cpu is true",
+                "use model.gradient_checkpointing on CPU",
+            ),
+        ]
+        for key, bad, message, help in unsupported:
+            if bad:
+                b.error(("launch", "fsdp", key), message, help)
+        if launch.num_processes == 1:
+            b.error(
+                ("launch", "strategy"),
+                "FSDP on CPU shards the model over the processes, and launch.num_processes is 1",
+                'set launch.num_processes = 2 or more, or use strategy = "ddp"',
+            )
+        if recipe.peft is not None:
+            b.error(
+                ("launch", "strategy"),
+                "PEFT with FSDP on CPU (torch's fully_shard) is not supported",
+                'use strategy = "ddp": an adapter is small enough to replicate',
+            )
+    for table in ("ema", "merge"):
+        if getattr(recipe, table) is not None:
+            b.error(
+                (table,),
+                f"[{table}] keeps a full copy of the weights, which FSDP shards across processes; "
+                "the two do not work together yet",
+                'drop the table, or use launch.strategy = "ddp"',
+            )
+
+
+def _deepspeed_settings(b: PlanBuilder, ds: DeepspeedTable) -> None:
+    """`[launch.deepspeed]` as settings."""
+
+    def add(key: str, value: Any, note: str | None = None) -> None:
+        path = ("launch", "deepspeed", key)
+        b.add(f"deepspeed_{key}", value, note or ".".join(path), b.origin(path))
+
+    for k in ("zero_stage", "offload_optimizer", "offload_params"):
+        add(k, getattr(ds, k))
+    if ds.nvme_path is not None:
+        add("nvme_path", ds.nvme_path)
+    if ds.zero_stage == 3:
+        unset = ds.zero3_save_16bit_model is None
+        note = "launch.deepspeed.zero3_save_16bit_model (unset: true with stage 3)" if unset else None
+        add("zero3_save_16bit_model", True if unset else ds.zero3_save_16bit_model, note)
+
+
+FSDP_SHARDING = {
+    "full_shard": "FULL_SHARD",
+    "shard_grad_op": "SHARD_GRAD_OP",
+    "hybrid_shard": "HYBRID_SHARD",
+    "no_shard": "NO_SHARD",
+}
+FSDP_WRAP = {"transformer_layer": "TRANSFORMER_BASED_WRAP", "size": "SIZE_BASED_WRAP", "none": "NO_WRAP"}
+FSDP_STATE_DICT = {"full": "FULL_STATE_DICT", "sharded": "SHARDED_STATE_DICT"}
+
+
+def distributed_type(b: PlanBuilder) -> str:
+    """accelerate's `distributed_type` for the recipe's strategy and process count.
+
+    More than one process with `launch.cpu` stays MULTI_GPU with `use_cpu: true`, which
+    accelerate turns into a gloo process group on the CPU (DDP). accelerate's FSDP plugin
+    needs CUDA, so FSDP on the CPU is launched the same way and the script shards the model
+    itself with torch's `fully_shard` (`fsdp_native`).
+    """
+    strategy = b["strategy"]
+    if strategy == "fsdp" and not b["cpu"]:
+        return "FSDP"
+    if strategy == "deepspeed":
+        return "DEEPSPEED"
+    return "MULTI_GPU" if b["num_processes"] > 1 else "NO"
+
+
+def fsdp_config(b: PlanBuilder) -> list[tuple[str, Any]]:
+    """accelerate's `fsdp_config` entries (its own key names, sorted as accelerate writes them).
+
+    FSDP 2 expresses the sharding strategy as `fsdp_reshard_after_forward` (true: full
+    shard, false: shard grad/op) and hybrid sharding through `parallelism_config`;
+    FSDP 1 takes the strategy by name. The weights are loaded by the main process only and
+    sent to the others (`fsdp_cpu_ram_efficient_loading`).
+    """
+    version = b["fsdp_version"]
+    sharding = b["fsdp_sharding_strategy"]
+    policy = b["fsdp_auto_wrap_policy"]
+    entries: dict[str, Any] = {
+        "fsdp_activation_checkpointing": b["fsdp_activation_checkpointing"],
+        "fsdp_auto_wrap_policy": FSDP_WRAP[policy],
+        "fsdp_cpu_ram_efficient_loading": True,
+        "fsdp_offload_params": b["fsdp_cpu_offload"],
+        "fsdp_state_dict_type": FSDP_STATE_DICT[b["fsdp_state_dict_type"]],
+        "fsdp_version": version,
+    }
+    if policy == "size":
+        entries["fsdp_min_num_params"] = b["fsdp_min_num_params"]
+    if policy == "transformer_layer" and b["fsdp_transformer_layer_cls"] is not None:
+        entries["fsdp_transformer_layer_cls_to_wrap"] = ",".join(b["fsdp_transformer_layer_cls"])
+    if version == 2:
+        entries["fsdp_reshard_after_forward"] = sharding != "shard_grad_op"
+    else:
+        entries.update(
+            {
+                "fsdp_backward_prefetch": "BACKWARD_PRE",
+                "fsdp_forward_prefetch": False,
+                "fsdp_sharding_strategy": FSDP_SHARDING[sharding],
+                "fsdp_sync_module_states": True,
+                "fsdp_use_orig_params": True,
+            }
+        )
+    return sorted(entries.items())
+
+
+def parallelism_config(b: PlanBuilder) -> list[tuple[str, Any]]:
+    """accelerate's `parallelism_config` entries: FSDP 2's hybrid sharding (replicate across
+    machines, shard within each); empty otherwise."""
+    if b["strategy"] != "fsdp" or b["fsdp_version"] != 2 or b["fsdp_sharding_strategy"] != "hybrid_shard":
+        return []
+    machines = b["num_machines"]
+    return [
+        ("parallelism_config_cp_size", 1),
+        ("parallelism_config_dp_replicate_size", machines),
+        ("parallelism_config_dp_shard_size", b["num_processes"] // machines),
+        ("parallelism_config_tp_size", 1),
+    ]
+
+
+def deepspeed_config(b: PlanBuilder) -> list[tuple[str, Any]]:
+    """accelerate's `deepspeed_config` entries (its own key names, sorted).
+
+    No optimizer, no scheduler and no `deepspeed_config_file`: DeepSpeed then wraps the
+    recipe's own AdamW and the script steps the recipe's schedule. Gradient accumulation and
+    clipping are the recipe's (accelerate would otherwise fill clipping in as 1.0).
+    """
+    stage = b["deepspeed_zero_stage"]
+    entries: dict[str, Any] = {
+        "gradient_accumulation_steps": b["grad_accum_steps"],
+        "gradient_clipping": float(b["grad_clip"]),
+        "offload_optimizer_device": b["deepspeed_offload_optimizer"],
+        "offload_param_device": b["deepspeed_offload_params"],
+        "zero3_init_flag": stage == 3,
+        "zero_stage": stage,
+    }
+    if b["deepspeed_offload_optimizer"] == "nvme":
+        entries["offload_optimizer_nvme_path"] = b["deepspeed_nvme_path"]
+    if b["deepspeed_offload_params"] == "nvme":
+        entries["offload_param_nvme_path"] = b["deepspeed_nvme_path"]
+    if stage == 3:
+        entries["zero3_save_16bit_model"] = b["deepspeed_zero3_save_16bit_model"]
+    if b["num_machines"] > 1:  # one `accelerate launch` per machine (torchrun), not a pdsh hostfile
+        entries["deepspeed_multinode_launcher"] = "standard"
+    return sorted(entries.items())
+
+
+def nvme_environment(b: PlanBuilder) -> list[tuple[str, str]]:
+    """Environment variables for DeepSpeed's NVMe offload path, set by launch.sh and slurm.sbatch.
+
+    accelerate (1.15) reads `offload_*_nvme_path` from its config but does not pass them on
+    to the training processes; DeepSpeed's plugin reads them from these variables instead.
+    """
+    if b["strategy"] != "deepspeed":
+        return []
+    names = {
+        "deepspeed_offload_optimizer": "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_NVME_PATH",
+        "deepspeed_offload_params": "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_NVME_PATH",
+    }
+    return [(var, b["deepspeed_nvme_path"]) for key, var in names.items() if b[key] == "nvme"]
+
+
+def accelerate_launch(b: PlanBuilder) -> Launch:
+    """What accelerate_config.yaml, launch.sh, slurm.sbatch and the script need beyond the settings."""
+    machines = b["num_machines"]
+    rank, ip = b["machine_rank"], b["main_process_ip"]
+    kind = distributed_type(b)
+    return Launch(
+        distributed_type=kind,
+        fsdp_native=b["strategy"] == "fsdp" and b["cpu"],
+        fsdp_config=tuple(fsdp_config(b)) if kind == "FSDP" else (),
+        deepspeed_config=tuple(deepspeed_config(b)) if b["strategy"] == "deepspeed" else (),
+        parallelism_config=tuple(parallelism_config(b)),
+        nvme_environment=tuple(nvme_environment(b)),
+        num_machines=machines,
+        last_machine_rank=machines - 1,
+        gpus_per_machine=None if b["cpu"] else b["num_processes"] // machines,
+        processes_per_machine=b["num_processes"] // machines,
+        machine_rank=0 if rank == FROM_ENV else rank,
+        rank_from_env=rank == FROM_ENV and machines > 1,
+        main_process_ip=None if ip == FROM_ENV else ip,
+        ip_from_env=ip == FROM_ENV and machines > 1,
+        main_process_port=b["main_process_port"],
+    )

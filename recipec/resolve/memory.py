@@ -1,0 +1,26 @@
+"""Resolve the peak-memory estimate (recipec/memory.py) and compare it with `launch.device_memory_gib`."""
+
+from __future__ import annotations
+
+from ..memory import check_ceiling, estimate, model_shape
+from .builder import PlanBuilder
+
+
+def memory_estimate(b: PlanBuilder) -> None:
+    """The peak-memory estimate, and a warning when it exceeds launch.device_memory_gib."""
+    recipe = b.recipe
+    ceiling = recipe.launch.device_memory_gib
+    try:
+        b.memory = estimate(model_shape(recipe, b.model_config), recipe)
+    except ValueError as exc:
+        b.memory_unknown = str(exc)
+        if ceiling is not None:
+            b.warn(("launch", "device_memory_gib"), f"no memory estimate to compare with: {exc}")
+        return
+    if ceiling is not None and (message := check_ceiling(b.memory, ceiling)):
+        # a warning, not an error: the estimate is approximate (see recipec/memory.py)
+        b.warn(
+            ("launch", "device_memory_gib"),
+            message,
+            "lower train.micro_batch_size, set model.gradient_checkpointing, or shard (launch.strategy)",
+        )

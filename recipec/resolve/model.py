@@ -1,0 +1,106 @@
+"""Resolve `[model]`: which model is loaded or built, its precision, and the fast paths it runs on."""
+
+from __future__ import annotations
+
+from ..schema import Recipe
+from ..schema.model import LOCAL_PREFIXES
+from ..source import KeyPath
+from .builder import PlanBuilder
+
+ADAMW_IMPLEMENTATION = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}, "for-loop": {"foreach": False}}
+"""optim.implementation -> the keyword arguments torch.optim.AdamW takes for it."""
+
+
+def hub_ids(recipe: Recipe) -> list[str]:
+    """The hub ids the recipe loads from (model.path, tokenizer.path that are not local paths)."""
+    paths = (recipe.model.path, recipe.tokenizer.path)
+    return [p for p in paths if p is not None and not p.startswith(LOCAL_PREFIXES)]
+
+
+def max_positions(b: PlanBuilder) -> tuple[int | None, KeyPath]:
+    """The model's positions (None when unknown), and the recipe key that sets them."""
+    r = b.recipe
+    if r.model.init is not None:
+        return r.model.config.max_position_embeddings, ("model", "config", "max_position_embeddings")
+    mc = b.model_config or {}
+    key: KeyPath = ("model", "path") if r.continual is None else ("continual", "from")
+    return mc.get("max_position_embeddings", mc.get("n_positions")), key
+
+
+def model_settings(b: PlanBuilder) -> None:
+    """The model to load (the parent's with `[continual]`) or to build, and how it is held."""
+    r = b.recipe
+    c, parent = r.continual, b.parent
+    b.section("model")
+    if c is not None:
+        for key in ("path", "init"):
+            if getattr(r.model, key) is not None:
+                b.error(
+                    ("model", key),
+                    f"with [continual] the model is the parent's: `model.{key}` cannot be set too",
+                    "remove it; continual.from names the model",
+                )
+    elif r.model.path is None and r.model.init is None:
+        b.error(
+            ("model",),
+            "[model] needs exactly one of `path` and `init`, got neither",
+            'load a model with path = "org/name" or "./dir", or start from scratch with init = "llama"',
+        )
+    b.key("model_init", ("model", "init"))
+    if c is not None and parent is not None:
+        what = "the final model" if parent.kind == "run" else "the checkpoint"
+        b.derived("model_path", parent.model_dir, f"derived: continual.from ({what} of the parent, step {parent.step})")
+    else:
+        b.key("model_path", ("model", "path"))
+    b.key("model_revision", ("model", "revision"))
+    if r.model.init is not None:
+        config = r.model.config.model_dump(exclude_none=True)
+        b.add("model_config", config, "model.config", b.origin(("model", "config")))
+    b.key("model_dtype", ("model", "dtype"))
+    b.key("gradient_checkpointing", ("model", "gradient_checkpointing"))
+    b.key("trust_remote_code", ("model", "trust_remote_code"))
+    if r.model.trust_remote_code:
+        b.warn(("model", "trust_remote_code"), "trust_remote_code runs Python code that comes with the model")
+
+
+def fast_path_settings(b: PlanBuilder) -> None:
+    """Attention kernel, torch.compile and the AdamW implementation, with what rules them out.
+
+    What depends on the machine (CUDA present, flash-attn installed) is checked when the
+    script starts; here only what the recipe itself rules out.
+    """
+    r = b.recipe
+    m, launch = r.model, r.launch
+    b.key("attention", ("model", "attention"))
+    if m.attention.startswith("flash_attention"):
+        if launch.cpu:
+            b.error(
+                ("model", "attention"),
+                f'attention "{m.attention}" needs a CUDA GPU, and launch.cpu is true',
+                'use attention = "sdpa", which runs on every device',
+            )
+        elif launch.mixed_precision == "no" and m.dtype == "float32":
+            b.error(
+                ("model", "attention"),
+                f'attention "{m.attention}" runs in fp16 or bf16 only, and this run is float32 throughout',
+                'set launch.mixed_precision = "bf16" (or model.dtype = "bfloat16"), or use attention = "sdpa"',
+            )
+    b.key("torch_compile", ("model", "compile"))
+    if m.compile:
+        b.key("compile_mode", ("model", "compile_mode"))
+        if r.launch.strategy == "fsdp" and launch.cpu:
+            b.error(
+                ("model", "compile"),
+                "torch.compile is not supported with strategy \"fsdp\" on CPU (torch's own fully_shard over gloo)",
+                "turn compile off for the CPU run",
+            )
+    b.add(
+        "adamw_implementation",
+        ADAMW_IMPLEMENTATION[r.optim.implementation],
+        f"optim.implementation \"{r.optim.implementation}\"",
+        b.origin(("optim", "implementation")),
+    )
+    if launch.cpu and launch.tf32:
+        b.warn(("launch", "tf32"), "launch.tf32 has no effect on CPU: TF32 is a mode of NVIDIA tensor cores")
+    if launch.cpu and r.data.pin_memory:
+        b.warn(("data", "pin_memory"), "data.pin_memory has no effect on CPU: it speeds up copies to a GPU")
