@@ -3,9 +3,11 @@
 The estimate is the sum of five parts, each in bytes on one device (one process):
 
 * params: every parameter, in `model.dtype` (4 bytes for float32, 2 for bfloat16 and
-  float16; a QLoRA base's decoder linears 0.5 or 1 byte plus their quantization scales).
-  Mixed precision over float32 weights (DDP) adds a 16-bit copy of every matmul weight:
-  autocast casts it for the forward pass and the backward pass keeps the copy.
+  float16; a QLoRA base's decoder linears 0.5 or 1 byte plus their quantization scales,
+  also in the layer that FSDP or ZeRO-3 gathers). Mixed precision over float32 weights
+  (DDP) adds a 16-bit copy of every matmul weight that is not quantized: autocast casts it
+  for the forward pass and the backward pass keeps the copy. A quantized weight has no such
+  copy: bitsandbytes dequantizes it inside each matmul, and again in the backward pass.
 * grads: one gradient per *trainable* parameter, in the parameter's dtype; with PEFT only
   the adapter's parameters (and `modules_to_save`) train. DDP over more than one process
   adds a second copy: the all-reduce buckets.
@@ -290,13 +292,16 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         precision = f"model.dtype {recipe.model.dtype}"
 
     params_b = float(n_params * w_bytes + adapter * w_bytes)
+    # QLoRA stores every layer's linears quantized, at `saved` bytes fewer per weight
+    quantized = shape.num_hidden_layers * shape.layer_linear_params() if quantize is not None else 0
+    saved = w_bytes - QUANTIZED_BYTES[quantize] if quantize is not None else 0.0
+    params_b -= quantized * saved
     if quantize is not None:
-        linear = shape.num_hidden_layers * shape.layer_linear_params()
-        params_b -= linear * (w_bytes - QUANTIZED_BYTES[quantize])
         precision += f", decoder linears quantized {quantize}"
     grads_b = float(trainable * g_bytes)
     optim_b = float(trainable * o_bytes)
-    gathered = shape.layer_params() * w_bytes  # one FSDP unit / ZeRO-3 layer gathered whole
+    # one FSDP unit / ZeRO-3 layer gathered whole, its quantized linears at their storage size
+    gathered = shape.layer_params() * w_bytes - shape.layer_linear_params() * saved
     shard, grads_how, optim_how = "", "", ""
     if launch.strategy == "ddp" and world > 1:
         grads_b *= 2
@@ -366,9 +371,11 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     if scores_b:
         act_formula += f" + eager attention's probabilities: layers {layers} * b {b} * heads {shape.num_attention_heads} * s {s}^2 * {scores_b // (b * shape.num_attention_heads * s * s)} B"
     if mixed and p_bytes == 4 and launch.strategy == "ddp":
-        # autocast casts each float32 weight to 16 bits for its matmul, and the backward keeps the copy
-        params_b += 2 * shape.linear_weights()
-        precision += f", + 16-bit copies of the {shape.linear_weights():,} matmul weights (autocast)"
+        # autocast casts each float32 weight to 16 bits for its matmul, and the backward keeps the
+        # copy; a quantized weight is dequantized inside its matmul instead
+        copied = shape.linear_weights() - quantized
+        params_b += 2 * copied
+        precision += f", + 16-bit copies of the {copied:,} matmul weights (autocast)"
 
     parts = [int(round(x)) for x in (params_b, grads_b, optim_b)]
     per_device = sum(parts) + act_b + logits_b

@@ -137,6 +137,46 @@ def test_qlora_stores_the_base_linears_in_fewer_bytes(plan_of):
     assert quantized.grads == plain.grads
 
 
+LLAMA_7B = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "vocab_size": 32000,
+}
+
+
+def qlora(plan_of, dotted=None, **tables):
+    """The recipe of plan_of(...) with a 4-bit QLoRA adapter (quantize needs a pretrained
+    model, the estimate does not: the recipe is changed after resolve)."""
+    recipe = plan_of(dotted, peft={"method": "lora", "r": 16, "target_modules": "all-linear"}, **tables).recipe
+    return recipe.model_copy(update={"peft": recipe.peft.model_copy(update={"quantize": "4bit"})})
+
+
+def test_qlora_keeps_no_16_bit_copies_of_its_quantized_weights(plan_of):
+    from recipec.memory import estimate
+
+    shape = ModelShape.from_config(LLAMA_7B, "llama")
+    fp32 = estimate(shape, qlora(plan_of))
+    mixed = estimate(shape, qlora(plan_of, {"launch.mixed_precision": "bf16"}))
+    # autocast copies lm_head only: bitsandbytes dequantizes the decoder linears inside each matmul
+    assert mixed.params - fp32.params == 2 * 32000 * 4096
+    assert "+ 16-bit copies of the 131,072,000 matmul weights (autocast)" in mixed.notes[0]
+    # the 16-bit copies of the quantized weights counted before: about 12 GiB too much for a 7B model
+    assert 12 * GIB < 2 * 32 * shape.layer_linear_params() < 12.5 * GIB
+    assert mixed.params < 5 * GIB  # 6.5B weights at 0.56 bytes, embeddings and lm_head at 4 and 2 + 2 bytes
+
+
+def test_qlora_gathers_its_quantized_layer_at_its_storage_size(plan_of):
+    from recipec.memory import QUANTIZED_BYTES, estimate
+
+    shape = ModelShape.from_config({**plan_of().recipe.model.config.model_dump(), "vocab_size": 512}, "llama")
+    plain = estimate(shape, qlora(plan_of))
+    fsdp = estimate(shape, qlora(plan_of, SHARDED, launch={"strategy": "fsdp"}))
+    layer = shape.layer_linear_params() * QUANTIZED_BYTES["4bit"] + 2 * 64 * 4  # linears quantized, norms float32
+    assert fsdp.params == pytest.approx(plain.params / 4 + layer, abs=1)
+
+
 SHARDED = {"launch.num_processes": 4, "train.batch_size": 16}
 
 
