@@ -471,6 +471,28 @@ def test_build_with_project_argument(write_recipe, tmp_path: Path):
     assert (tmp_path / "build" / "x" / "train.py").is_file()
 
 
+@pytest.mark.parametrize("table", ["model", "tokenizer"])
+def test_a_local_path_that_does_not_exist_is_a_located_error_in_build(table, write_recipe, tmp_path: Path):
+    pretrained = {"model.path": "./base", "model.init": None, "model.config": None}
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text('{"model_type": "llama"}')
+    recipe = write_recipe({**pretrained, f"{table}.path": "./missing"}, tokenizer=None)
+    with pytest.raises(RecipeError) as info:
+        build(recipe, (), tmp_path / "build" / "x", project=tmp_path)
+    (err,) = info.value.diagnostics
+    assert err.message == "'./missing' does not exist (paths are relative to the directory recipec runs in)"
+    assert err.location.source_line == 'path = "./missing"'
+    assert err.help == f"a local {table} is a directory that save_pretrained wrote; a hub id has no leading ./, ../, / or ~"
+    assert not (tmp_path / "build" / "x").exists()
+    (tmp_path / "missing").write_text("a file, not a directory")
+    with pytest.raises(RecipeError) as info:
+        build(recipe, (), tmp_path / "build" / "x", project=tmp_path)
+    assert info.value.diagnostics[0].message == f"'./missing' is a file; a local {table} is a directory that save_pretrained wrote"
+    (tmp_path / "missing").unlink()
+    (tmp_path / "missing").mkdir()
+    build(recipe, (), tmp_path / "build" / "x", project=tmp_path)
+
+
 def test_model_path_with_unknown_home_does_not_crash(write_recipe, tmp_path: Path):
     """A local path under the home of a user that does not exist is a located error, not a traceback."""
     recipe = write_recipe(

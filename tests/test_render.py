@@ -184,6 +184,47 @@ def test_config_block_lines_name_their_key(plan_of):
     assert "grad_accum_steps = 2            # derived: batch_size 8 / (micro_batch_size 4 * num_processes 1)" in train_py
 
 
+PRETRAINED = {"model.path": "org/model", "model.init": None, "model.config": None}
+
+
+@pytest.mark.parametrize(
+    ("launch", "stored"),
+    [
+        ({}, False),  # ddp on one process: bitsandbytes' uint8 storage
+        ({"strategy": "fsdp"}, True),
+        ({"strategy": "deepspeed", "deepspeed": {"zero_stage": 3}}, True),
+        ({"strategy": "deepspeed", "deepspeed": {"zero_stage": 2}}, False),  # the weights are not sharded
+    ],
+)
+def test_qlora_under_sharding_stores_the_4_bit_weights_in_the_compute_dtype(plan_of, launch, stored):
+    """FSDP (and ZeRO-3) shard 4-bit weights only when they are stored in a float dtype."""
+    processes = {"num_processes": 2} if launch else {}
+    plan = plan_of(PRETRAINED, tokenizer=None, peft={"method": "lora", "quantize": "4bit"}, launch={**launch, **processes})
+    quantization = plan["quantization"]
+    assert quantization["load_in_4bit"] is True and quantization["bnb_4bit_compute_dtype"] == "bfloat16"
+    assert quantization.get("bnb_4bit_quant_storage") == ("bfloat16" if stored else None)
+    train_py = render(plan)["train.py"]
+    (assigned,) = [
+        ast.literal_eval(node.value)
+        for node in ast.parse(train_py).body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "quantization"
+    ]
+    assert assigned == quantization
+    assert "    quantization_config=BitsAndBytesConfig(**quantization)," in train_py
+
+
+def test_qlora_quantization_is_what_transformers_takes(plan_of):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    four = plan_of(PRETRAINED, tokenizer=None, peft={"method": "lora", "quantize": "4bit"}, launch={"strategy": "fsdp", "num_processes": 2})
+    config = transformers.BitsAndBytesConfig(**four["quantization"])  # no CUDA needed to build it
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
+    assert config.bnb_4bit_quant_storage == config.bnb_4bit_compute_dtype == torch.bfloat16
+    eight = plan_of(PRETRAINED, tokenizer=None, peft={"method": "lora", "quantize": "8bit"})
+    assert transformers.BitsAndBytesConfig(**eight["quantization"]).load_in_8bit
+    assert plan_of(PRETRAINED, tokenizer=None, peft={"method": "lora"}).get("quantization") is None
+
+
 def test_train_py_has_one_assignment_per_setting(plan_of):
     plan = plan_of()
     tree = ast.parse(render(plan)["train.py"])
