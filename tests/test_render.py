@@ -19,7 +19,7 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recipec.render import comment, config_block, environment, plain_path, py_literal, render, yaml_scalar
+from recipec.render import comment, config_block, environment, plain_path, py_literal, render, template_dir, yaml_scalar
 from recipec.resolve import resolve
 from recipec.source import parse_recipe
 from recipec.validate import validate
@@ -137,6 +137,30 @@ def test_every_template_needs_its_variables(plan_of):
     for name in ("train.py.j2", "accelerate_config.yaml.j2", "launch.sh.j2"):
         with pytest.raises(jinja2.UndefinedError):
             env.get_template(name).render({})
+
+
+def test_templates_rely_on_the_plan_having_every_value():
+    """resolve always sets what the templates test (fsdp_native is False without FSDP): no `is defined` guards."""
+    for template in template_dir().glob("*.j2"):
+        assert " is defined" not in template.read_text(), template.name
+
+
+@pytest.mark.parametrize(
+    ("launch", "native", "kind"),
+    [
+        ({}, False, "NO"),
+        ({"strategy": "fsdp", "num_processes": 2}, False, "FSDP"),
+        ({"strategy": "fsdp", "num_processes": 2, "cpu": True}, True, "MULTI_GPU"),
+        ({"strategy": "deepspeed", "num_processes": 2}, False, "DEEPSPEED"),
+    ],
+)
+def test_the_plan_says_how_the_run_is_launched(plan_of, launch, native, kind):
+    plan = plan_of(launch=launch)
+    assert plan.launch.fsdp_native is native and plan.launch.distributed_type == kind
+    assert bool(plan.launch.fsdp_config) is (kind == "FSDP")
+    assert bool(plan.launch.deepspeed_config) is (kind == "DEEPSPEED")
+    train_py = render(plan)["train.py"]
+    assert ("sharding.shard(model" in train_py) is native
 
 
 def test_py_filter_is_applied(plan_of):

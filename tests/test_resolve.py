@@ -317,6 +317,121 @@ def test_warmup_share_warning(plan_of, warmup, max_steps, expected):
         assert plan.warnings[0].location.source_line.startswith("warmup = ")
 
 
+@pytest.mark.parametrize(
+    ("warmup", "max_steps", "expected"),
+    [
+        (2_000, 2_860_000, None),  # 0.07% of a large run, but 2,000 steps: a standard warmup
+        (200, 100_000, None),  # 0.2%, and 200 steps
+        (2, 5_000, "warmup is 0.04% of the run (2 of 5000 steps)"),  # short both ways, and not "0.0%"
+        (50, 10_000, "warmup is 0.5% of the run (50 of 10000 steps)"),
+        (1, 3_000, "warmup is 0.033% of the run (1 of 3000 steps)"),
+    ],
+)
+def test_warmup_warning_needs_a_short_fraction_and_few_steps(plan_of, warmup, max_steps, expected):
+    plan = plan_of({"schedule.warmup": warmup, "train.max_steps": max_steps, "train.save_every": 0, "train.eval_every": 0})
+    assert warning_messages(plan) == ([expected] if expected else [])
+
+
+FLOOR_NEVER_REACHED = 'is never reached: decay "constant" holds the LR at its peak'
+
+
+@pytest.mark.parametrize(
+    ("dotted", "expected", "line"),
+    [
+        ({"schedule.decay": "constant", "schedule.min_lr_ratio": 0.05}, "schedule.min_lr_ratio 0.05 " + FLOOR_NEVER_REACHED, "min_lr_ratio = "),
+        ({"schedule.decay": "constant", "schedule.min_lr": 1e-5}, "schedule.min_lr 1e-05 " + FLOOR_NEVER_REACHED, "min_lr = "),
+        ({"schedule.decay": "constant"}, None, None),  # the default floor is nobody's claim
+        ({"schedule.min_lr_ratio": 0.05}, None, None),  # a cosine reaches it
+    ],
+)
+def test_a_floor_the_schedule_never_reaches_warns(plan_of, dotted, expected, line):
+    plan = plan_of(dotted)
+    assert warning_messages(plan) == ([expected] if expected else [])
+    if line:
+        assert plan.warnings[0].location.source_line.startswith(line)
+
+
+PHASES_TO_ZERO = """
+[schedule]
+min_lr_ratio = 0.1
+
+[[schedule.phases]]
+name = "warmup"
+shape = "linear"
+steps = 10
+start = 0.0
+end = 1.0
+
+[[schedule.phases]]
+name = "decay"
+shape = "linear"
+end = 0.0
+"""
+
+
+def test_a_floor_that_no_phase_decays_to_warns(plan_of):
+    plan = plan_of(text=PHASES_TO_ZERO)
+    assert warning_messages(plan) == [
+        "schedule.min_lr_ratio 0.1 is never reached: every phase sets its own `end` or is constant"
+    ]
+    assert plan.warnings[0].location.source_line.startswith("min_lr_ratio = 0.1")
+    assert warning_messages(plan_of(text=PHASES_TO_ZERO.replace("end = 0.0\n", ""))) == []  # the decay ends at the floor
+
+
+@pytest.mark.parametrize(
+    ("dotted", "expected"),
+    [
+        ({"schedule.min_lr_ratio": 1.0}, 'decay "cosine" goes from 1 to the floor 1 (schedule.min_lr_ratio 1): it stays flat'),
+        (
+            {"schedule.decay": "wsd", "schedule.min_lr_ratio": 1.0},
+            'decay "wsd" goes from 1 to the floor 1 (schedule.min_lr_ratio 1): it stays flat',
+        ),
+        (
+            {"optim.lr": 1e-3, "schedule.min_lr": 1e-3},
+            'decay "cosine" goes from 1 to the floor 1 (schedule.min_lr 0.001): it stays flat',
+        ),
+        ({"schedule.min_lr_ratio": 0.99}, None),
+    ],
+)
+def test_a_decay_whose_floor_is_its_peak_warns(plan_of, dotted, expected):
+    plan = plan_of(dotted)
+    assert warning_messages(plan) == ([expected] if expected else [])
+    if expected:
+        assert plan.warnings[0].location.source_line.startswith("min_lr")
+
+
+def test_a_phase_that_starts_at_the_floor_is_flat(plan_of):
+    text = PHASES_TO_ZERO.replace("min_lr_ratio = 0.1\n", "").replace("end = 0.0\n", "start = 0.1\n")
+    plan = plan_of(text=text)
+    assert warning_messages(plan) == [
+        "phase 'decay' (linear) goes from 0.1 to the floor 0.1 (schedule.min_lr_ratio 0.1): it stays flat"
+    ]
+    assert plan.warnings[0].location.source_line == "[[schedule.phases]]"
+
+
+def sources(*weights):
+    return {"data": {"seq_len": 32, "sources": [{"builtin": "python-docs", "weight": w} for w in weights]}}
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        ((0.67, 0.3356), "the sources' weights add up to 1.0056, not 1: they are relative, so the shares are 0.6663, 0.3337"),
+        ((0.5, 0.3, 0.19), "the sources' weights add up to 0.99, not 1: they are relative, so the shares are 0.5051, 0.303, 0.1919"),
+        ((0.7, 0.3), None),
+        ((0.1, 0.2, 0.7), None),  # float noise: 0.1 + 0.2 + 0.7 is 0.9999999999999999
+        ((0.5, 0.3), None),  # 0.8: relative weights, not shares
+        ((2, 1), None),
+        ((0.6, 1.5), None),  # a weight above 1 is no share
+    ],
+)
+def test_weights_that_look_like_shares_but_miss_warn(plan_of, weights, expected):
+    plan = plan_of(**sources(*weights))
+    assert warning_messages(plan) == ([expected] if expected else [])
+    if expected:
+        assert plan.warnings[0].location.source_line.startswith("sources = ")
+
+
 def test_eval_without_held_out_split_warns(plan_of):
     plan = plan_of({"data.eval_fraction": 0.0})
     assert warning_messages(plan) == [
@@ -349,6 +464,39 @@ def test_trust_remote_code_warns(plan_of):
 
 
 # -- hermetic compile ------------------------------------------------------------------
+
+
+def test_resolve_reads_no_files(plan_of, monkeypatch: pytest.MonkeyPatch):
+    """Local paths and globs are checked when the recipe is read (recipec/local_files.py), not in resolve."""
+    import ast
+    import glob
+    import os
+    import pathlib
+
+    import recipec.resolve
+
+    package = pathlib.Path(recipec.resolve.__file__).parent
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            assert not set(names) & {"glob", "os", "pathlib", "io", "shutil"}, f"{module.name} imports {names}"
+
+    def touched(*args, **kwargs):
+        raise AssertionError("resolve touched the file system")
+
+    for owner, name in ((glob, "glob"), (glob, "iglob"), (os, "stat"), (os, "listdir"), (os, "scandir")):
+        monkeypatch.setattr(owner, name, touched)
+    for name in ("exists", "is_file", "is_dir", "open", "read_text", "read_bytes", "glob", "rglob"):
+        monkeypatch.setattr(pathlib.Path, name, touched)
+    plan = plan_of(
+        {"model.path": "./no-such-model", "model.init": None, "model.config": None, "tokenizer.path": "~/no-such"},
+        tokenizer=None,
+        data={"sources": [{"path": "no-such-dir/*.jsonl"}], "filters": [{"type": "decontaminate", "path": "none/*.txt"}]},
+    )
+    assert plan["model_path"] == "./no-such-model"
+
+
 
 
 HEAVY = ("torch", "transformers", "accelerate", "datasets", "tokenizers")

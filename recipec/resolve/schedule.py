@@ -273,7 +273,14 @@ def _check_lengths(b: PlanBuilder, max_steps: int, warmup_steps: int) -> None:
         short = share < WARMUP_SHORT[0] and warmup_steps < WARMUP_SHORT[1]
         if short or share > WARMUP_LONG:
             where = ("schedule", "warmup") if b.recipe.schedule.phases is None else ("schedule", "phases", 0)
-            b.warn(where, f"warmup is {percent(share)} of the run ({warmup_steps} of {steps_text(max_steps)})")
+            b.warn(
+                where,
+                f"warmup is {percent(share)} of the run ({warmup_steps} of {steps_text(max_steps)})",
+                f"under {WARMUP_SHORT[0]:.0%} of the run and under {WARMUP_SHORT[1]} steps, the LR reaches its peak "
+                "before AdamW's moment estimates settle"
+                if short
+                else f"over {WARMUP_LONG:.0%} of the run trains below the peak LR",
+            )
     if t.save_every > max_steps:
         b.warn(
             ("train", "save_every"),
