@@ -9,9 +9,12 @@ The pipeline runs in one direction::
 * ``read`` (`recipec.source`) parses the TOML, applies ``--set`` overrides and keeps a
   source map so every later error can point at a file, line and column.
 * ``validate`` (`recipec.validate`) turns the dict into a `recipec.schema.Recipe`,
-  collecting every error at once.
+  collecting every error at once. What the recipe names on disk is read beside it: local
+  paths and data globs must find something (`recipec.local_files`), a continual recipe's
+  parent run is read (`recipec.parent`).
 * ``resolve`` (`recipec.resolve`) checks what spans tables and derives every number the
-  script needs (gradient accumulation, steps, warmup), each with a note saying how.
+  script needs (gradient accumulation, steps, warmup), each with a note saying how: an
+  ordered list of steps, one module per concern.
 * ``render`` (`recipec.render`) fills the jinja2 templates; every value passes through one
   filter that emits a Python literal.
 * ``write`` (`recipec.build`) writes the build directory and its lock file, and copies the
