@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ from .schema import Recipe
 from .schema.filters import DecontaminateFilter
 from .schema.model import LOCAL_PREFIXES
 from .source import KeyPath, SourceMap
+
+Report = Callable[..., None]
+"""`error(key, message, help=None)`: records an error at a recipe key."""
 
 
 def check_local_files(recipe: Recipe, source: SourceMap, project: Path) -> list[Diagnostic]:
@@ -52,7 +56,7 @@ def check_local_files(recipe: Recipe, source: SourceMap, project: Path) -> list[
     return errors
 
 
-def _check_directory(error: Any, key: KeyPath, path: str, root: Path) -> None:
+def _check_directory(error: Report, key: KeyPath, path: str, root: Path) -> None:
     """A local model or tokenizer: a directory, as save_pretrained writes it."""
     table = key[0]
     try:
@@ -75,7 +79,7 @@ def _check_directory(error: Any, key: KeyPath, path: str, root: Path) -> None:
         error(key, f"{path!r} is a file; a local {table} is a directory that save_pretrained wrote", hub)
 
 
-def _check_globs(error: Any, key: KeyPath, patterns: str | list[str], root: Path, directory: bool = False) -> None:
+def _check_globs(error: Report, key: KeyPath, patterns: str | list[str], root: Path, directory: bool = False) -> None:
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
         # the same expansion as the readers' (recipec/runtime/readers.py, _Paths.full), without
         # importing them: the compiler stays free of the runtime's libraries

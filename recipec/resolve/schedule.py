@@ -22,7 +22,7 @@ from .continual import rewarm
 # transformers' default timescale for an inverse-sqrt decay without warmup
 INVERSE_SQRT_TIMESCALE = 10_000
 
-WARMUP_SHORT = (0.01, 100)
+WARMUP_SHORT_FRACTION, WARMUP_SHORT_STEPS = 0.01, 100
 """A warmup is short when it is under this fraction of the run and under this many steps
 (large runs warm up for a few thousand steps: a small fraction of millions)."""
 WARMUP_LONG = 0.5
@@ -95,7 +95,9 @@ def _check_floor(b: PlanBuilder, spec: list[dict[str, Any]]) -> None:
         b.warn(
             key,
             f"{_floor_text(r)} is never reached: {why}",
-            "remove it" + (", or choose a decaying shape" if s.phases is None else ", or leave `end` out on the phase that decays to it"),
+            "remove it, or choose a decaying shape"
+            if s.phases is None
+            else "remove it, or leave `end` out on the phase that decays to it",
         )
         return
     for i in to_floor:
@@ -270,13 +272,13 @@ def _check_lengths(b: PlanBuilder, max_steps: int, warmup_steps: int) -> None:
     t = b.recipe.train
     if max_steps >= WARMUP_CHECKED_FROM and warmup_steps:
         share = warmup_steps / max_steps
-        short = share < WARMUP_SHORT[0] and warmup_steps < WARMUP_SHORT[1]
+        short = share < WARMUP_SHORT_FRACTION and warmup_steps < WARMUP_SHORT_STEPS
         if short or share > WARMUP_LONG:
             where = ("schedule", "warmup") if b.recipe.schedule.phases is None else ("schedule", "phases", 0)
             b.warn(
                 where,
                 f"warmup is {percent(share)} of the run ({warmup_steps} of {steps_text(max_steps)})",
-                f"under {WARMUP_SHORT[0]:.0%} of the run and under {WARMUP_SHORT[1]} steps, the LR reaches its peak "
+                f"under {WARMUP_SHORT_FRACTION:.0%} of the run and under {WARMUP_SHORT_STEPS} steps, the LR reaches its peak "
                 "before AdamW's moment estimates settle"
                 if short
                 else f"over {WARMUP_LONG:.0%} of the run trains below the peak LR",
@@ -293,7 +295,10 @@ def _check_lengths(b: PlanBuilder, max_steps: int, warmup_steps: int) -> None:
 def percent(share: float) -> str:
     """A share as a percentage: one decimal from 1% up, two significant digits below (0.04%, never 0.0%)."""
     value = 100 * share
-    return f"{value:.1f}%" if value >= 1 else f"{value:.2g}%"
+    if value >= 1:
+        return f"{value:.1f}%"
+    digits = 1 - math.floor(math.log10(value))
+    return f"{value:.{digits}f}".rstrip("0") + "%"
 
 
 def steps_text(n: int) -> str:
