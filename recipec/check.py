@@ -5,6 +5,10 @@ the PEFT targets exist? how many parameters will train?) run here, on a model
 instantiated on the meta device from its config: no weights are read and nothing is
 downloaded. A hub model without a local config cannot be checked here; the generated
 script runs the same check (`recipec_runtime/adapters.py`) as its first act.
+
+A local model that cannot be loaded (no such directory, no config.json, a config that
+transformers does not read) is a mistake in the recipe: a RecipeError at `model.path`
+(or `continual.from`, whose checkpoint is the model), never a traceback.
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .diagnostics import Diagnostic, RecipeError
 from .resolve import Plan
 from .schema.model import LOCAL_PREFIXES
+from .source import KeyPath, SourceMap
+
+_MODEL_HELP = "a local model is a directory written by save_pretrained (config.json and the weights); a hub model is \"org/name\""
 
 
 @dataclass
@@ -40,17 +48,35 @@ class CheckReport:
         return out
 
 
-def check(plan: Plan, project: Path = Path(".")) -> CheckReport:
-    """Instantiate the plan's model on the meta device and check what depends on it."""
+def check(plan: Plan, project: Path = Path("."), source: SourceMap | None = None) -> CheckReport:
+    """Instantiate the plan's model on the meta device and check what depends on it.
+
+    Args:
+        plan: the resolved recipe.
+        project: the directory that the recipe's relative paths are relative to.
+        source: the recipe's source map, to point an error at its line.
+
+    Raises:
+        RecipeError: a local model that does not load, at the key that names it.
+        DataError: a local tokenizer that does not load (for a from-scratch model).
+    """
+    directory = _local_model(plan, project, source)  # before torch is imported: a wrong path is told at once
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = _config(plan, project, AutoConfig)
+    config = _config(plan, project, AutoConfig, directory, source)
     label = plan["model_init"] or plan["model_path"]
     if config is None:
         return CheckReport(label, checked=False)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, TypeError, ImportError, OSError) as exc:  # a config of no causal LM (BERT), or one that does not build
+        if plan["model_init"] is not None:
+            what = f"cannot build a {plan['model_init']} model from `model.config`"
+        else:
+            what = f"cannot build the model in `{plan['model_path']}` from its config"
+        raise _model_error(plan, source, f"{what}: {_reason(exc)}") from None
     report = CheckReport(f"{type(model).__name__} ({label})", checked=True)
     report.all_params = sum(p.numel() for p in model.parameters())
     spec = plan.get("peft_spec")
@@ -66,17 +92,61 @@ def check(plan: Plan, project: Path = Path(".")) -> CheckReport:
     return report
 
 
-def _config(plan: Plan, project: Path, auto_config: Any) -> Any:
+def _local_model(plan: Plan, project: Path, source: SourceMap | None) -> Path | None:
+    """The directory of a pretrained local model, checked to hold a config.json; None for
+    a from-scratch or a hub model."""
+    path = plan["model_path"]
+    if plan["model_init"] is not None or path is None or not path.startswith(LOCAL_PREFIXES):
+        return None
+    try:
+        directory = project / Path(path).expanduser()
+    except RuntimeError:  # ~user that does not exist
+        raise _model_error(plan, source, f"model directory `{path}` does not exist") from None
+    if not directory.exists():
+        raise _model_error(plan, source, f"model directory `{path}` does not exist")
+    if not directory.is_dir():
+        raise _model_error(plan, source, f"model path `{path}` is not a directory")
+    if not (directory / "config.json").is_file():
+        raise _model_error(plan, source, f"model directory `{path}` has no config.json")
+    return directory
+
+
+def _config(plan: Plan, project: Path, auto_config: Any, directory: Path | None, source: SourceMap | None) -> Any:
     if plan["model_init"] is not None:
         train = plan["tokenizer_train"]
         vocab = train["vocab_size"] if train else _local_vocab(plan["tokenizer_path"], project)
         if vocab is None:
             return None
         return auto_config.for_model(plan["model_init"], vocab_size=vocab, **plan["model_config"])
-    path = plan["model_path"]
-    if not path.startswith(LOCAL_PREFIXES):
+    if directory is None:
         return None
-    return auto_config.from_pretrained(str((project / Path(path).expanduser())), trust_remote_code=plan["trust_remote_code"])
+    try:
+        return auto_config.from_pretrained(str(directory), trust_remote_code=plan["trust_remote_code"])
+    except Exception as exc:  # noqa: BLE001 -- transformers raises anything from a bad config; name it, not a traceback
+        raise _model_error(plan, source, f"cannot read the model's config in `{plan['model_path']}`: {_reason(exc)}") from None
+
+
+def _model_error(plan: Plan, source: SourceMap | None, message: str) -> RecipeError:
+    """An error at the recipe key that names the model: `model.config` for a from-scratch
+    model, `continual.from` when the model is the parent run's, else `model.path`."""
+    key: KeyPath = ("model", "path")
+    if plan["model_init"] is not None:
+        key = ("model", "config")
+    elif plan.recipe.continual is not None:
+        key = ("continual", "from")
+    location = source.value_location(key) if source is not None else None
+    return RecipeError([Diagnostic("error", message, location, None if plan["model_init"] is not None else _MODEL_HELP)])
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message (transformers adds paragraphs of advice)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    if first.endswith(":") and len(lines) > 1:  # "Validation error for field 'x':" and what is wrong with it
+        first = f"{first} {lines[1]}"
+    return first.rstrip(".")
 
 
 def _local_vocab(path: str | None, project: Path) -> int | None:

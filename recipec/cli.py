@@ -1,28 +1,30 @@
 """The `recipec` command line (click).
 
 Every command but `run` is pure compilation and never imports torch, so it starts in a
-fraction of a second. A mistake in a recipe prints every error at once, pointing at the
-file, line and key, and exits with status 2; a traceback always means a bug in recipec.
+fraction of a second: each command imports only what it uses, and the review commands
+(diff, verify, plot, runs) are imported when they are called. A mistake in a recipe
+prints every error at once, pointing at the file, line and key, and exits with status 2;
+a traceback always means a bug in recipec. Every message goes through `recipec.report`,
+click's own usage errors included.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from . import __version__
-from .diagnostics import Diagnostic, RecipeError, format_diagnostics, visible_text
+from . import __version__, report
+from .diagnostics import RecipeError, visible_text
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_RECIPE_ERROR = 2
 
 TELEMETRY_OFF = {"HF_HUB_DISABLE_TELEMETRY": "1", "DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 """Environment that turns off the usage reports of huggingface_hub, mlflow and tools that honour DO_NOT_TRACK."""
@@ -39,24 +41,78 @@ def _set_option(fn: F) -> F:
     )(fn)
 
 
-def _color() -> bool:
-    ctx = click.get_current_context(silent=True)
-    color = ctx.find_root().params.get("color") if ctx else None
-    return sys.stderr.isatty() if color is None else color
+class _Commands(MutableMapping[str, click.Command]):
+    """A group's commands, some named by where they live and imported when first looked up.
+
+    `recipec validate` then never imports the modules of `diff`, `verify` or `plot`; the
+    names are known without an import, so the group lists them as usual.
+    """
+
+    def __init__(self, lazy: dict[str, tuple[str, str]]):
+        self._lazy = dict(lazy)  # name -> (module, attribute)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name in self._lazy:
+            module, attribute = self._lazy.pop(name)
+            self._loaded[name] = getattr(importlib.import_module(module, __package__), attribute)
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._lazy.pop(name, None)
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        if self._lazy.pop(name, None) is None:
+            del self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._loaded, *self._lazy])
+
+    def __len__(self) -> int:
+        return len(self._loaded) + len(self._lazy)
 
 
-def _report(diagnostics: Sequence[Diagnostic]) -> None:
-    if diagnostics:
-        color = _color()
-        click.echo(format_diagnostics(list(diagnostics), color=color), err=True, color=color)
+class _Group(click.Group):
+    """The root command: click's usage errors and ClickExceptions are reported in the
+    house format (`recipec.report`), with click's exit status (2 for a usage error)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.ClickException as exc:
+            raise _reported(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            raise _reported(exc) from None
 
 
-def _fail(exc: RecipeError) -> None:
-    _report(exc.diagnostics)
-    sys.exit(EXIT_RECIPE_ERROR)
+def _reported(exc: click.ClickException) -> click.ClickException | click.exceptions.Exit:
+    """Print `exc` through the reporter and return the exit that ends the command."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):  # `recipec` alone prints the help
+        return exc
+    report.click_error(exc)
+    return click.exceptions.Exit(exc.exit_code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+REVIEW_COMMANDS = {
+    "diff": (".diff", "diff"),
+    "verify": (".verify", "verify"),
+    "plot": (".runs", "plot"),
+    "runs": (".runs", "runs"),
+}
+"""Commands that read builds and runs rather than compile, imported when called."""
+
+
+@click.group(
+    "recipec",
+    cls=_Group,
+    commands=_Commands(REVIEW_COMMANDS),
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="recipec")
 @click.option("--color/--no-color", default=None, help="Colour diagnostics (default: when stderr is a terminal).")
 def main(color: bool | None) -> None:
@@ -75,7 +131,8 @@ def main(color: bool | None) -> None:
       recipec plot runs/a runs/b             loss, eval loss and LR against steps and tokens
       recipec run recipes/my-run.toml        build, check, then accelerate launch
 
-    Exit status: 0 success, 2 a mistake in the recipe, otherwise the training's own.
+    Exit status: 0 success; 1 differences or drift found (diff, verify), or bad data;
+    2 a mistake in the recipe or the arguments; `run`: the training's own.
     """
     # set before `check`, `data` or `run` import huggingface_hub (it reads them once), and
     # inherited by the launched training; the generated script sets the same
@@ -125,13 +182,13 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
         try:
             plan, _ = plan_recipe(recipe, overrides)
         except RecipeError as exc:
-            _report(exc.diagnostics)
+            report.diagnostics(exc.diagnostics)
             failed = True
             continue
-        _report(plan.warnings)
+        report.diagnostics(plan.warnings)
         click.echo(visible_text(f"ok: {recipe.as_posix()} ({plan.name})"))
     if failed:
-        sys.exit(EXIT_RECIPE_ERROR)
+        sys.exit(report.EXIT_USAGE)
 
 
 @main.command(short_help="Show every value, its origin and the derived numbers.")
@@ -152,8 +209,8 @@ def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as
     try:
         plan, _ = plan_recipe(recipe, overrides, build_dir)
     except RecipeError as exc:
-        _fail(exc)
-    _report(plan.warnings)
+        report.fail(exc)
+    report.diagnostics(plan.warnings)
     if lr_csv is not None:
         csv = schedule_csv(plan)
         if csv is None:
@@ -162,7 +219,7 @@ def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as
             )
         lr_csv.parent.mkdir(parents=True, exist_ok=True)
         lr_csv.write_text(csv, encoding="utf-8")
-        click.echo(f"wrote {lr_csv.as_posix()} ({csv.count(chr(10)) - 1} steps)", err=True)
+        report.info(f"wrote {lr_csv.as_posix()} ({csv.count(chr(10)) - 1} steps)")
     if as_json:
         payload = {
             "name": plan.name,
@@ -310,23 +367,23 @@ def build(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, forc
 
     A rebuild refuses to overwrite a generated file that was edited by hand (it names each
     one) unless --force is given."""
-    written = _build(recipe, overrides, build_dir, force=force)
+    written, _, _ = _build(recipe, overrides, build_dir, force=force)
     click.echo(f"built {written.dir.as_posix()}/ (lock {written.lock_sha256[:12]})")
     click.echo(f"  {written.train_py.as_posix()}")
     click.echo(f"train with:\n  {_plan_launch(written)}")
 
 
-def _build(
-    recipe: Path, overrides: Sequence[str], build_dir: Path | None, with_plan: bool = False, force: bool = False
-) -> Any:
-    from .compiler import build as compile_build
+def _build(recipe: Path, overrides: Sequence[str], build_dir: Path | None, force: bool = False) -> Any:
+    """plan + write, reporting the recipe's errors (exit 2) and warnings; (build, plan, source)."""
+    from .compiler import build_plan, plan_recipe
 
     try:
-        written, plan = compile_build(recipe, overrides, build_dir, force=force)
+        plan, source = plan_recipe(recipe, overrides, build_dir)
+        written = build_plan(plan, source, force=force)
     except RecipeError as exc:
-        _fail(exc)
-    _report(plan.warnings)
-    return (written, plan) if with_plan else written
+        report.fail(exc)
+    report.diagnostics(plan.warnings)
+    return written, plan, source
 
 
 def _plan_launch(written: Any) -> str:
@@ -341,34 +398,35 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Check what only the model can tell: PEFT target modules exist, and how many
     parameters train. The model is instantiated on the meta device from its config (no
     weights, no download); `recipec run` runs this before launching.
-    Exit status: 0 success, 2 a mistake in the recipe, 1 a local tokenizer that does not load."""
+    Exit status: 0 success, 2 a mistake in the recipe (a local model that does not load
+    included), 1 a local tokenizer that does not load."""
     from .compiler import plan_recipe
 
     try:
-        plan, _ = plan_recipe(recipe, overrides)
+        plan, source = plan_recipe(recipe, overrides)
     except RecipeError as exc:
-        _fail(exc)
-    _report(plan.warnings)
-    _preflight(plan)
+        report.fail(exc)
+    report.diagnostics(plan.warnings)
+    _preflight(plan, source)
     click.echo(visible_text(f"ok: {recipe.as_posix()} ({plan.name})"))
 
 
-def _preflight(plan: Any) -> None:
+def _preflight(plan: Any, source: Any) -> None:
     """Run `check` on a plan; exit 2 with its problems."""
     from .check import check as check_plan
     from .diagnostics import Diagnostic
     from .runtime.readers import DataError
 
     try:
-        report = check_plan(plan)
+        found = check_plan(plan, source=source)
     except DataError as exc:  # a local tokenizer that does not load: bad data, as in `recipec data`
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    for line in report.lines():
-        click.echo(line, err=True)
-    if report.problems:
-        _report([Diagnostic("error", problem) for problem in report.problems])
-        sys.exit(EXIT_RECIPE_ERROR)
+        report.fail(str(exc), report.EXIT_FAILED)
+    except RecipeError as exc:  # a local model that does not load, at its recipe key
+        report.fail(exc)
+    for line in found.lines():
+        report.info(line)
+    if found.problems:
+        report.fail(RecipeError([Diagnostic("error", problem) for problem in found.problems]))
 
 
 @main.command(short_help="Run the data stage: read, filter, dedup, tokenize, pack; print the report.")
@@ -391,8 +449,8 @@ def data(recipe: Path, overrides: tuple[str, ...], num_proc: int | None, force: 
     try:
         plan, _ = plan_recipe(recipe, overrides)
     except RecipeError as exc:
-        _fail(exc)
-    _report(plan.warnings)
+        report.fail(exc)
+    report.diagnostics(plan.warnings)
     if not hub_ids(plan.recipe):  # before the stage imports datasets and transformers, which read these once
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -404,10 +462,9 @@ def data(recipe: Path, overrides: tuple[str, ...], num_proc: int | None, force: 
     if num_proc is not None:
         request["num_proc"] = num_proc
     try:
-        out = stage.run(request, force=force, log=lambda m: click.echo(m, err=True))
+        out = stage.run(request, force=force, log=report.info)
     except DataError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        report.fail(str(exc), report.EXIT_FAILED)
     if as_json:
         click.echo(json.dumps(out.report, indent=2))
     else:
@@ -432,27 +489,25 @@ def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, allow_
     """
     from .launch import MissingTrainingExtra, launch
 
-    written, plan = _build(recipe, overrides, build_dir, with_plan=True)
+    written, plan, source = _build(recipe, overrides, build_dir)
     if plan["num_machines"] > 1:
-        click.echo(
-            f"error: recipec run starts one machine, and launch.num_machines is {plan['num_machines']}: "
+        report.fail(
+            f"recipec run starts one machine, and launch.num_machines is {plan['num_machines']}: "
             f"submit {written.dir.as_posix()}/slurm.sbatch with sbatch, or run "
-            f"{written.dir.as_posix()}/launch.sh on every machine (with MACHINE_RANK and MASTER_ADDR set)",
-            err=True,
+            f"{written.dir.as_posix()}/launch.sh on every machine (with MACHINE_RANK and MASTER_ADDR set)"
         )
-        sys.exit(EXIT_RECIPE_ERROR)
     if plan.recipe.peft is not None:
-        _preflight(plan)
-    click.echo(f"built {written.dir.as_posix()}/ -> {_plan_launch(written)}", err=True)
+        _preflight(plan, source)
+    report.info(f"built {written.dir.as_posix()}/ -> {_plan_launch(written)}")
     try:
         code = launch(written.dir, ("--allow-changed",) if allow_changed else ())
     except MissingTrainingExtra as exc:
-        click.echo(f"error: {exc}", err=True)
-        code = 1
+        report.error(str(exc))
+        code = report.EXIT_FAILED
     except KeyboardInterrupt:
-        code = 130
+        code = report.EXIT_INTERRUPTED
     status = "finished" if code == 0 else f"failed (exit {code})"
-    click.echo(f"training {status}; script: {written.train_py.as_posix()}", err=True)
+    report.info(f"training {status}; script: {written.train_py.as_posix()}")
     sys.exit(code)
 
 
@@ -478,21 +533,8 @@ def schema(schema_path: Path, reference_path: Path, check: bool) -> None:
         path.write_text(text, encoding="utf-8")
         click.echo(f"wrote {path.as_posix()}")
     if stale:
-        click.echo(f"stale: {', '.join(p.as_posix() for p in stale)}; run `recipec schema` to regenerate", err=True)
-        sys.exit(1)
-
-
-def _register_review_commands() -> None:
-    """Commands that read builds and runs rather than compile: diff, plot, runs."""
-    from . import diff, runs, verify
-
-    main.add_command(diff.diff)
-    main.add_command(verify.verify)
-    main.add_command(runs.plot)
-    main.add_command(runs.runs)
-
-
-_register_review_commands()
+        report.info(f"stale: {', '.join(p.as_posix() for p in stale)}; run `recipec schema` to regenerate")
+        sys.exit(report.EXIT_DIFFERENT)
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,8 @@
-"""The pipeline as functions the CLI and tests call: read -> validate -> resolve -> render -> write."""
+"""The pipeline as functions the CLI and tests call: read -> validate -> resolve -> render -> write.
+
+`plan_recipe` (what `validate`, `explain` and `check` need) imports neither the templates
+nor the build writer; `build_plan` imports them when a build is written.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,19 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .build import Build, check_output_dir, write_build
 from .diagnostics import Diagnostic, RecipeError
 from .local_files import check_local_files
 from .migrate import migrate
 from .parent import read_parent
-from .plot import cached as cached_plot
-from .render import render
 from .resolve import Plan, default_build_dir, resolve
-from .schema import Recipe
 from .source import SourceMap, read_recipe
 from .validate import validate
+
+if TYPE_CHECKING:
+    from .build import Build
+    from .schema import Recipe
 
 
 PLOT_CACHE = ".recipec/plots"
@@ -96,10 +100,23 @@ def build(
     (without it, such a build is an error that names them).
     """
     plan, source = plan_recipe(recipe_path, overrides, build_dir, project)
+    return build_plan(plan, source, project, force=force), plan
+
+
+def build_plan(plan: Plan, source: SourceMap, project: str | os.PathLike[str] = ".", force: bool = False) -> Build:
+    """render + write: the build directory of a plan that `plan_recipe` made from `source`.
+
+    Raises:
+        RecipeError: the build directory is not one recipec may write to, or holds
+            generated files edited by hand (without `force`).
+    """
+    from .build import check_output_dir, write_build
+    from .plot import cached as cached_plot
+    from .render import render
+
     check_output_dir(plan, source, Path(project))
     plot = cached_plot(Path(project) / PLOT_CACHE)
-    written = write_build(plan, render(plan, plot), source, Path(project) / plan.build_dir, project=project, force=force)
-    return written, plan
+    return write_build(plan, render(plan, plot), source, Path(project) / plan.build_dir, project=project, force=force)
 
 
 def _relative(path: str | os.PathLike[str], start: str | os.PathLike[str]) -> str:

@@ -21,7 +21,9 @@ __all__ = [
     "RecipeError",
     "did_you_mean",
     "format_diagnostics",
+    "format_message",
     "sort_diagnostics",
+    "visible_text",
 ]
 
 #: The pseudo file name used for locations inside a ``--set`` argument.
@@ -143,6 +145,24 @@ def format_diagnostics(diagnostics: Sequence[Diagnostic], *, color: bool = False
     paint = _painter(color)
     blocks = ["\n".join(_render(d, width, paint)) for d in ordered]
     return "\n\n".join(blocks) + "\n" + _summary(ordered)
+
+
+def format_message(diagnostic: Diagnostic, *, color: bool = False) -> str:
+    """Render one diagnostic without the summary line.
+
+    For a single problem that is not one of a recipe's errors (a run directory that is
+    not one, a bad command-line argument): ``error: message`` and its help hint.
+
+    Args:
+        diagnostic: The diagnostic to render.
+        color: Add ANSI colours, as in `format_diagnostics`.
+
+    Returns:
+        The rendered text without a trailing newline.
+    """
+    loc = diagnostic.location
+    width = len(str(loc.line)) if loc is not None and loc.line > 0 and loc.file != OVERRIDE_FILE else 1
+    return "\n".join(_render(diagnostic, width, _painter(color)))
 
 
 def _painter(color: bool):

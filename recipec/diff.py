@@ -40,11 +40,8 @@ from typing import Any
 
 import click
 
-from .diagnostics import Diagnostic, RecipeError, format_diagnostics, visible_text
-
-EXIT_SAME = 0
-EXIT_DIFFERENT = 1
-EXIT_ERROR = 2
+from . import report
+from .diagnostics import Diagnostic, RecipeError, visible_text
 
 RESOLVED = "resolved.toml"
 """The recipe a build directory holds: every setting after defaults and --set."""
@@ -592,11 +589,6 @@ def _schedule_lines(schedule: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------- the command
 
 
-def _error(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_ERROR)
-
-
 @click.command(short_help="Compare two resolved recipes: values, derived numbers, LR schedule.")
 @click.argument("a")
 @click.argument("b")
@@ -617,16 +609,12 @@ def diff(a: str, b: str, as_json: bool) -> None:
         try:
             sides.append(load_side(spec))
         except DiffError as exc:
-            _error(str(exc))
+            report.fail(str(exc))
         except RecipeError as exc:
-            ctx = click.get_current_context(silent=True)
-            color = ctx.find_root().params.get("color") if ctx else None
-            color = sys.stderr.isatty() if color is None else color
-            click.echo(format_diagnostics(exc.diagnostics, color=color), err=True, color=color)
-            sys.exit(EXIT_ERROR)
+            report.fail(exc)
     result = compare(*sides)
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
     else:
         click.echo(visible_text(format_text(result)))
-    sys.exit(EXIT_SAME if result.same else EXIT_DIFFERENT)
+    sys.exit(report.EXIT_OK if result.same else report.EXIT_DIFFERENT)

@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
+from . import report
 from .runtime import summary
-
-EXIT_ERROR = 2
-"""Exit status for a bad run directory or metrics file (the CLI's ``EXIT_RECIPE_ERROR``)."""
 
 X_AXES = ("steps", "tokens", "both")
 
@@ -503,12 +500,6 @@ def _started(started: str) -> str:
         return started
 
 
-def _fail(message: str) -> NoReturn:
-    """Print a one-line error and exit with :data:`EXIT_ERROR`."""
-    click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_ERROR)
-
-
 @click.command(short_help="Plot loss, eval loss and LR of runs against steps and tokens.")
 @click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -535,7 +526,7 @@ def plot(run_dirs: tuple[Path, ...], output: Path | None, x: str) -> None:
     try:
         loaded = [load_run(d) for d in run_dirs]
     except RunError as exc:
-        _fail(str(exc))
+        report.fail(str(exc))
     if output is None:
         output = run_dirs[0] / "plot.png" if len(run_dirs) == 1 else Path("runs.png")
     png = plot_png(loaded, x)
@@ -543,7 +534,7 @@ def plot(run_dirs: tuple[Path, ...], output: Path | None, x: str) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(png)
     except OSError as exc:
-        _fail(f"{output}: cannot write: {exc.strerror or exc}")
+        report.fail(f"{output}: cannot write: {exc.strerror or exc}")
     click.echo(f"wrote {output.as_posix()}")
 
 
@@ -560,12 +551,12 @@ def runs(root: Path, as_json: bool) -> None:
     try:
         rows, warnings = list_runs(root)
     except RunError as exc:
-        _fail(str(exc))
+        report.fail(str(exc))
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        report.warning(warning)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif rows:
         click.echo(format_runs_table(rows))
     if not rows:
-        click.echo(f"no runs under {root.as_posix()} (a run directory holds run.json or metrics.jsonl)", err=True)
+        report.info(f"no runs under {root.as_posix()} (a run directory holds run.json or metrics.jsonl)")

@@ -32,11 +32,9 @@ from typing import Any
 
 import click
 
+from . import report
 from .build import LOCK_FILE, hand_edited, make_lock, read_lock, runtime_files
-from .diagnostics import Diagnostic, RecipeError, format_diagnostics
-
-EXIT_DRIFT = 1
-EXIT_RECIPE_ERROR = 2
+from .diagnostics import Diagnostic, RecipeError
 
 RECIPE_EDITED = "recipe edited"
 TEMPLATE_CHANGED = "template changed"
@@ -198,14 +196,6 @@ def _version(version: Any) -> str:
     return "not installed" if version is None else str(version)
 
 
-def _report(diagnostics: Sequence[Diagnostic]) -> None:
-    """Print diagnostics to stderr, coloured as the root command's --color says."""
-    ctx = click.get_current_context(silent=True)
-    color = ctx.find_root().params.get("color") if ctx else None
-    color = sys.stderr.isatty() if color is None else color
-    click.echo(format_diagnostics(list(diagnostics), color=color), err=True, color=color)
-
-
 @click.command(short_help="Check a build against its recipe, templates, data and packages.")
 @click.argument("build_dir", type=click.Path(file_okay=False, path_type=Path))
 def verify(build_dir: Path) -> None:
@@ -227,23 +217,15 @@ def verify(build_dir: Path) -> None:
     shown = build_dir.as_posix()
     lock = read_lock(build_dir)
     if lock is None:
-        _report(
-            [
-                Diagnostic(
-                    "error",
-                    f"{shown} is not a recipec build: it has no readable {LOCK_FILE}",
-                    None,
-                    "build one with `recipec build RECIPE -o BUILD_DIR`",
-                )
-            ]
+        report.fail(
+            f"{shown} is not a recipec build: it has no readable {LOCK_FILE}",
+            help="build one with `recipec build RECIPE -o BUILD_DIR`",
         )
-        sys.exit(EXIT_RECIPE_ERROR)
     notes: list[str] = []
     try:
         drifts = find_drift(build_dir, lock, notes=notes)
     except RecipeError as exc:
-        _report(exc.diagnostics)
-        sys.exit(EXIT_RECIPE_ERROR)
+        report.fail(exc)
     for note in notes:
         click.echo(f"note: {note}")
     if not drifts:
@@ -253,4 +235,4 @@ def verify(build_dir: Path) -> None:
         click.echo(str(drift))
     plural = "s" if len(drifts) > 1 else ""
     click.echo(f"{len(drifts)} drift{plural}: {shown} no longer matches its recipe, templates, data and packages")
-    sys.exit(EXIT_DRIFT)
+    sys.exit(report.EXIT_DIFFERENT)

@@ -88,6 +88,13 @@ def test_quickstart_build_matches_golden(tmp_path: Path, monkeypatch: pytest.Mon
         shutil.copytree(built, golden, ignore=shutil.ignore_patterns(RUNTIME.rstrip("/")))
         return
     assert golden.is_dir(), f"no golden build; create it with `{REGENERATE}`"
+    compare_with_golden(built, golden)
+
+
+def compare_with_golden(built: Path, golden: Path) -> None:
+    """Fail with every difference between a build and its golden copy, then the command that
+    regenerates the golden files. Text files show a unified diff; a binary file (schedule.png)
+    is compared as bytes and named with its sizes and hashes."""
     actual = {rel: data for rel, data in tree(built).items() if not rel.startswith(RUNTIME)}
     expected = tree(golden)
     for files in (actual, expected):
@@ -100,13 +107,7 @@ def test_quickstart_build_matches_golden(tmp_path: Path, monkeypatch: pytest.Mon
         elif rel not in actual:
             problems.append(f"missing file {rel} (in tests/golden/quickstart/, not built)")
         elif actual[rel] != expected[rel]:
-            diff = difflib.unified_diff(
-                expected[rel].decode().splitlines(keepends=True),
-                actual[rel].decode().splitlines(keepends=True),
-                f"golden/quickstart/{rel}",
-                f"build/quickstart/{rel}",
-            )
-            problems.append("".join(diff))
+            problems.append(_file_difference(rel, expected[rel], actual[rel]))
     if problems:
         pytest.fail(
             "the build of recipes/quickstart.toml differs from tests/golden/quickstart/:\n\n"
@@ -114,6 +115,47 @@ def test_quickstart_build_matches_golden(tmp_path: Path, monkeypatch: pytest.Mon
             + f"\nif the change is intended, regenerate with:\n  {REGENERATE}",
             pytrace=False,
         )
+
+
+def _file_difference(rel: str, expected: bytes, actual: bytes) -> str:
+    """A unified diff of a text file; for a binary file, one line with sizes and hashes."""
+    try:
+        old, new = expected.decode("utf-8"), actual.decode("utf-8")
+    except UnicodeDecodeError:
+        digest = lambda data: hashlib.sha256(data).hexdigest()[:12]  # noqa: E731
+        return (
+            f"binary file {rel} differs: golden/quickstart/{rel} {len(expected):,} bytes (sha256 {digest(expected)}), "
+            f"build/quickstart/{rel} {len(actual):,} bytes (sha256 {digest(actual)})\n"
+        )
+    diff = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True), f"golden/quickstart/{rel}", f"build/quickstart/{rel}"
+    )
+    return "".join(diff)
+
+
+@pytest.mark.parametrize("changed", ["schedule.png", "train.py"])
+def test_golden_mismatch_prints_the_regeneration_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changed: str):
+    """A changed file, binary or text, fails with the file named and the command that regenerates it."""
+    built = build_quickstart(tmp_path / "project", monkeypatch)
+    golden = tmp_path / "golden"
+    shutil.copytree(built, golden, ignore=shutil.ignore_patterns(RUNTIME.rstrip("/")))
+    compare_with_golden(built, golden)  # an identical copy passes
+    data = (golden / changed).read_bytes()
+    if changed.endswith(".png"):
+        middle = len(data) // 2  # inside the compressed image data: not UTF-8 either way
+        data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+    else:
+        data += b"# edited by hand\n"
+    (golden / changed).write_bytes(data)
+    with pytest.raises(pytest.fail.Exception) as failure:
+        compare_with_golden(built, golden)
+    message = str(failure.value)
+    assert f"golden/quickstart/{changed}" in message
+    assert message.rstrip().endswith(f"regenerate with:\n  {REGENERATE}")
+    if changed == "schedule.png":
+        assert message.count("binary file schedule.png differs") == 1
+    else:
+        assert "\n-# edited by hand\n" in message
 
 
 def test_build_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -398,7 +440,7 @@ def test_render_failure_writes_nothing(write_recipe, tmp_path: Path, monkeypatch
     def broken(plan, plot=None):
         raise RuntimeError("template bug")
 
-    monkeypatch.setattr("recipec.compiler.render", broken)
+    monkeypatch.setattr("recipec.render.render", broken)  # build_plan imports it when called
     with pytest.raises(RuntimeError):
         build(recipe.name)
     assert not (tmp_path / "build").exists()

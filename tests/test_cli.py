@@ -409,6 +409,130 @@ def test_schema_writes_then_checks(cli, tmp_path: Path):
     assert "s/recipe.schema.json" in result.stderr and "d/reference.md" in result.stderr
 
 
+# -- how errors are reported ----------------------------------------------------------
+
+
+def test_a_click_exception_is_reported_in_the_house_format(cli, tmp_path: Path):
+    (tmp_path / "r.toml").write_text("# mine\n")
+    result = cli("init", "r.toml")
+    assert result.exit_code == 1  # click's status for a ClickException
+    assert result.stderr == "error: r.toml exists; pass --force to overwrite it\n"
+    assert result.stdout == ""
+
+
+def test_a_click_exception_of_a_command_is_reported_in_the_house_format(cli, write_recipe, tmp_path: Path):
+    write_recipe(train={"epochs": 1, "max_steps": None})
+    result = cli("explain", "recipe.toml", "--lr-csv", "lr.csv")
+    no_traceback(result)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: the run's length depends on the data (train.epochs)")
+    assert "Error:" not in result.output
+    assert not (tmp_path / "lr.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message, usage",
+    [
+        (("build",), "error: missing argument 'RECIPE'", "usage: recipec build [OPTIONS] RECIPE; see `recipec build --help`"),
+        (("buidl", "r.toml"), "error: no such command 'buidl'. Did you mean 'build'?", "usage: recipec [OPTIONS] COMMAND"),
+        (("--bogus", "validate"), "error: no such option '--bogus'", "usage: recipec [OPTIONS] COMMAND"),
+        (("validate", "r.toml", "--sett", "x=1"), "error: no such option '--sett'", "usage: recipec validate"),
+        (("init", "x.toml", "--name", "no spaces"), "error: invalid value for --name: 'no spaces' is not a valid recipe.name", "usage: recipec init"),
+        (("plot", "runs/a", "--x", "days"), "error: invalid value for '--x': 'days' is not one of", "usage: recipec plot"),
+        (("diff", "a.toml"), "error: missing argument 'B'", "usage: recipec diff [OPTIONS] A B"),
+    ],
+)
+def test_usage_errors_are_reported_in_the_house_format(cli, args, message, usage):
+    result = cli(*args)
+    no_traceback(result)
+    assert result.exit_code == 2  # click's status for a usage error
+    first, help_line = result.stderr.splitlines()
+    assert first.startswith(message), result.stderr
+    assert help_line.startswith(f"  = help: {usage}"), result.stderr
+    assert "Error:" not in result.output and "Usage:" not in result.output
+    assert result.stdout == ""
+
+
+def test_usage_errors_follow_the_color_flag(cli):
+    colored = CliRunner().invoke(main, ["--color", "build"], color=True)
+    assert colored.exit_code == 2
+    assert "\x1b[" in colored.stderr
+    assert re.sub(r"\x1b\[[0-9;]*m", "", colored.stderr) == cli("build").stderr
+
+
+def test_recipec_alone_still_prints_the_help():
+    result = CliRunner().invoke(main, [])
+    assert result.output.startswith("Usage: ")
+    assert "recipec init" in result.output and "error:" not in result.output
+
+
+def test_one_exit_status_table():
+    """diff, verify, runs and the compiling commands share the reporter's exit statuses."""
+    from recipec import diff, report, runs, verify
+
+    assert (report.EXIT_OK, report.EXIT_DIFFERENT, report.EXIT_FAILED, report.EXIT_USAGE) == (0, 1, 1, 2)
+    for module in (diff, runs, verify):
+        assert not [name for name in vars(module) if name.startswith("EXIT_")], module.__name__
+
+
+# -- check -----------------------------------------------------------------------------
+
+
+def _pretrained(write_recipe, path: str) -> Path:
+    """A recipe that fine-tunes the local model at `path` (with its own tokenizer)."""
+    return write_recipe({"model.path": path}, model={"init": None, "config": None}, tokenizer=None)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: None, "model directory `./models/m` does not exist"),
+        (lambda d: d.mkdir(parents=True), "model directory `./models/m` has no config.json"),
+        (lambda d: d.parent.mkdir() or d.write_text("x"), "model path `./models/m` is not a directory"),
+    ],
+    ids=["missing", "no-config", "a-file"],
+)
+def test_check_reports_a_local_model_that_is_not_there_at_its_key(cli, write_recipe, tmp_path: Path, make, message):
+    recipe = _pretrained(write_recipe, "./models/m")
+    make(tmp_path / "models" / "m")
+    line = next(i for i, text in enumerate(recipe.read_text().splitlines(), 1) if text.startswith("path = "))
+    result = cli("check", "recipe.toml")
+    no_traceback(result)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {message}\n --> recipe.toml:{line}:8\n"), result.stderr
+    assert "= help: a local model is a directory written by save_pretrained" in result.stderr
+    assert result.stderr.rstrip().endswith("1 error in recipe.toml")
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("{not json", "is not a valid JSON file"),
+        ('{"model_type": "no-such-architecture"}', "does not recognize this architecture"),
+        ("[]", "Should have a `model_type` key"),
+    ],
+    ids=["bad-json", "unknown-type", "not-a-table"],
+)
+def test_check_reports_a_corrupt_local_model_at_its_key(cli, write_recipe, tmp_path: Path, config: str, message: str):
+    pytest.importorskip("transformers")
+    _pretrained(write_recipe, "./models/m")
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    (tmp_path / "models" / "m" / "config.json").write_text(config)
+    result = cli("check", "recipe.toml")
+    no_traceback(result)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: cannot read the model's config in `./models/m`: "), result.stderr
+    assert message in result.stderr.splitlines()[0]
+    assert " --> recipe.toml:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_reports_a_model_set_on_the_command_line_at_the_argument(cli, write_recipe):
+    _pretrained(write_recipe, "./models/m")
+    result = cli("check", "recipe.toml", "--set", 'model.path="./elsewhere"')
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: model directory `./elsewhere` does not exist\n --> --set model.path=")
+
+
 # -- startup ---------------------------------------------------------------------------
 
 
@@ -424,6 +548,45 @@ def test_cli_import_is_light():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     loaded = set(json.loads(out.stdout))
     assert not loaded & {"torch", "transformers", "accelerate", "datasets", "tokenizers"}, loaded
+
+
+def test_review_commands_are_imported_when_called():
+    """`recipec validate` does not pay for diff, verify, plot and runs (or the build writer)."""
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import recipec.cli
+        before = sorted(m for m in sys.modules if m.startswith("recipec."))
+        recipec.cli.main.commands["verify"]
+        after = sorted(m for m in sys.modules if m.startswith("recipec."))
+        print(json.dumps([before, after]))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    before, after = json.loads(out.stdout)
+    assert not {"recipec.diff", "recipec.verify", "recipec.runs", "recipec.build", "recipec.render"} & set(before), before
+    assert "recipec.verify" in after
+    assert sorted(main.commands) == sorted(c for c in PURPOSE if c)
+
+
+def test_validate_imports_neither_the_build_writer_nor_the_review_commands(write_recipe, tmp_path: Path):
+    write_recipe()
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from recipec.cli import main
+        try:
+            main(["validate", "recipe.toml"])
+        except SystemExit as exc:
+            assert exc.code == 0, exc.code
+        print(json.dumps(sorted(m for m in sys.modules if m.startswith(("recipec.", "matplotlib")))))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    assert "recipec.resolve" in loaded or any(m.startswith("recipec.resolve") for m in loaded)
+    unused = {"recipec.diff", "recipec.verify", "recipec.runs", "recipec.build", "recipec.render", "recipec.plot", "recipec.reference", "matplotlib"}
+    assert not unused & loaded, unused & loaded
 
 
 def test_help_runs_as_a_program():
