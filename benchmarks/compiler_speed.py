@@ -7,12 +7,17 @@ each, and each median as a multiple of the baseline's; the goal is at most 1.5x.
 records which heavy modules each command imported (none of torch, transformers,
 accelerate, datasets may be).
 
+Every process may write and read .pyc files (PYTHONDONTWRITEBYTECODE is dropped from
+their environment), as in an installed recipec: otherwise recipec's own modules would be
+compiled from source on every run while the baseline's libraries load their .pyc files.
+
 Usage: python benchmarks/compiler_speed.py [--repeat N] [--recipes recipes/*.toml]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 1.5
 HEAVY = ("torch", "transformers", "accelerate", "datasets", "peft", "tokenizers")
+ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
 
 # runs the CLI in this process and prints the heavy modules it imported, on stderr
 PROBE = (
@@ -39,12 +45,12 @@ PROBE = (
 
 def _once(argv: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, cwd=REPO, check=True, capture_output=True)
+    subprocess.run(argv, cwd=REPO, env=ENV, check=True, capture_output=True)
     return time.perf_counter() - start
 
 
 def _heavy_imports(args: list[str]) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=REPO, env=ENV, capture_output=True, text=True, check=True)
     line = next(line for line in out.stderr.splitlines() if line.startswith("HEAVY"))
     return [m for m in line.removeprefix("HEAVY").strip().split(",") if m]
 
@@ -57,7 +63,7 @@ def main() -> None:
 
     recipes = []
     for recipe in args.recipes:  # a [continual] example needs its parent's run directory first
-        check = subprocess.run([sys.executable, "-m", "recipec", "validate", recipe], cwd=REPO, capture_output=True, text=True)
+        check = subprocess.run([sys.executable, "-m", "recipec", "validate", recipe], cwd=REPO, env=ENV, capture_output=True, text=True)
         if check.returncode == 0:
             recipes.append(recipe)
         else:

@@ -319,6 +319,35 @@ def launches(monkeypatch: pytest.MonkeyPatch):
     return calls
 
 
+def test_pydantic_plugins_are_off_for_the_compile_only(cli, write_recipe, monkeypatch: pytest.MonkeyPatch):
+    """recipec's own models need no pydantic plugins (looking them up costs more than a
+    validation); the launched training keeps the user's environment, and so does the caller."""
+    import os
+
+    monkeypatch.delenv("PYDANTIC_DISABLE_PLUGINS", raising=False)
+    seen = {}
+
+    def fake_launch(build_dir, script_args=()):
+        seen["launch"] = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
+        return 0
+
+    def spy(*args, **kwargs):
+        seen["compile"] = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
+        return plan_recipe(*args, **kwargs)
+
+    from recipec.compiler import plan_recipe
+
+    monkeypatch.setattr("recipec.launch.launch", fake_launch)
+    monkeypatch.setattr("recipec.compiler.plan_recipe", spy)
+    write_recipe()
+    assert cli("run", "recipe.toml").exit_code == 0
+    assert seen == {"compile": "__all__", "launch": None}
+    assert "PYDANTIC_DISABLE_PLUGINS" not in os.environ
+    monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", "logfire")  # the user's own choice is kept
+    assert cli("run", "recipe.toml").exit_code == 0
+    assert seen == {"compile": "logfire", "launch": "logfire"}
+
+
 def test_run_invalid_recipe_starts_nothing(cli, write_recipe, tmp_path: Path, launches):
     write_recipe({"optim.lr": -1.0})
     result = cli("run", "recipe.toml")

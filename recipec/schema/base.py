@@ -65,6 +65,7 @@ class Table(BaseModel):
         json_schema_extra=_field_descriptions,  # field docstrings, read only for the JSON Schema
         validate_default=True,
         allow_inf_nan=False,
+        defer_build=True,
     )
 
 
