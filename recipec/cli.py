@@ -136,8 +136,8 @@ def main(color: bool | None) -> None:
       recipec plot runs/a runs/b             loss, eval loss and LR against steps and tokens
       recipec run recipes/my-run.toml        build, check, then accelerate launch
 
-    Exit status: 0 success; 1 differences or drift found (diff, verify), or bad data;
-    2 a mistake in the recipe or the arguments; `run`: the training's own.
+    Exit status: 0 success; 1 differences or drift found (diff, verify, schema --check),
+    or bad data; 2 a mistake in the recipe or the arguments; `run`: the training's own.
     """
     # set before `check`, `data` or `run` import huggingface_hub (it reads them once), and
     # inherited by the launched training; the generated script sets the same
