@@ -6,9 +6,10 @@ instantiated on the meta device from its config: no weights are read and nothing
 downloaded. A hub model without a local config cannot be checked here; the generated
 script runs the same check (`recipec_runtime/adapters.py`) as its first act.
 
-A local model that cannot be loaded (no such directory, no config.json, a config that
-transformers does not read) is a mistake in the recipe: a RecipeError at `model.path`
-(or `continual.from`, whose checkpoint is the model), never a traceback.
+A local model that cannot be loaded (no config.json, a config that transformers does not
+read or cannot build a causal LM from) is a mistake in the recipe: a RecipeError at
+`model.path` (or `continual.from`, whose checkpoint is the model), never a traceback. That
+the directory exists at all is checked when the recipe is read (`recipec.local_files`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .resolve import Plan
 from .schema.model import LOCAL_PREFIXES
 from .source import KeyPath, SourceMap
 
-_MODEL_HELP = "a local model is a directory written by save_pretrained (config.json and the weights); a hub model is \"org/name\""
+_MODEL_HELP = "a local model is a directory that save_pretrained wrote (config.json and the weights); a hub id has no leading ./, ../, / or ~"
 
 
 @dataclass
@@ -100,14 +101,11 @@ def _local_model(plan: Plan, project: Path, source: SourceMap | None) -> Path | 
         return None
     try:
         directory = project / Path(path).expanduser()
-    except RuntimeError:  # ~user that does not exist
-        raise _model_error(plan, source, f"model directory `{path}` does not exist") from None
-    if not directory.exists():
-        raise _model_error(plan, source, f"model directory `{path}` does not exist")
-    if not directory.is_dir():
-        raise _model_error(plan, source, f"model path `{path}` is not a directory")
-    if not (directory / "config.json").is_file():
-        raise _model_error(plan, source, f"model directory `{path}` has no config.json")
+        found = (directory / "config.json").is_file()
+    except (RuntimeError, OSError):  # ~user that does not exist, a name too long: no config either
+        found = False
+    if not found:
+        raise _model_error(plan, source, f"no config.json in `{path}`")
     return directory
 
 
@@ -134,7 +132,7 @@ def _model_error(plan: Plan, source: SourceMap | None, message: str) -> RecipeEr
         key = ("model", "config")
     elif plan.recipe.continual is not None:
         key = ("continual", "from")
-    location = source.value_location(key) if source is not None else None
+    location = source.locate(key) if source is not None else None
     return RecipeError([Diagnostic("error", message, location, None if plan["model_init"] is not None else _MODEL_HELP)])
 
 

@@ -515,11 +515,11 @@ def _pretrained(write_recipe, path: str) -> Path:
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda d: None, "model directory `./models/m` does not exist"),
-        (lambda d: d.mkdir(parents=True), "model directory `./models/m` has no config.json"),
-        (lambda d: d.parent.mkdir() or d.write_text("x"), "model path `./models/m` is not a directory"),
+        (lambda d: None, "'./models/m' does not exist"),
+        (lambda d: d.parent.mkdir() or d.write_text("x"), "'./models/m' is a file"),
+        (lambda d: d.mkdir(parents=True), "no config.json in `./models/m`"),
     ],
-    ids=["missing", "no-config", "a-file"],
+    ids=["missing", "a-file", "no-config"],
 )
 def test_check_reports_a_local_model_that_is_not_there_at_its_key(cli, write_recipe, tmp_path: Path, make, message):
     recipe = _pretrained(write_recipe, "./models/m")
@@ -528,8 +528,9 @@ def test_check_reports_a_local_model_that_is_not_there_at_its_key(cli, write_rec
     result = cli("check", "recipe.toml")
     no_traceback(result)
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: {message}\n --> recipe.toml:{line}:8\n"), result.stderr
-    assert "= help: a local model is a directory written by save_pretrained" in result.stderr
+    assert result.stderr.startswith(f"error: {message}"), result.stderr
+    assert f"\n --> recipe.toml:{line}:1\n" in result.stderr
+    assert "a local model is a directory that save_pretrained wrote" in result.stderr
     assert result.stderr.rstrip().endswith("1 error in recipe.toml")
 
 
@@ -555,11 +556,29 @@ def test_check_reports_a_corrupt_local_model_at_its_key(cli, write_recipe, tmp_p
     assert " --> recipe.toml:" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_check_reports_a_model_set_on_the_command_line_at_the_argument(cli, write_recipe):
+def test_check_reports_a_model_set_on_the_command_line_at_the_argument(cli, write_recipe, tmp_path: Path):
     _pretrained(write_recipe, "./models/m")
+    (tmp_path / "elsewhere").mkdir()
     result = cli("check", "recipe.toml", "--set", 'model.path="./elsewhere"')
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: model directory `./elsewhere` does not exist\n --> --set model.path=")
+    assert result.stderr.startswith("error: no config.json in `./elsewhere`\n --> --set model.path=")
+
+
+def test_check_reports_a_local_model_without_a_source_map(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`recipec.check.check` called on a plan alone still raises a RecipeError, not an OSError."""
+    from recipec.check import check
+    from recipec.compiler import plan_recipe
+    from recipec.diagnostics import RecipeError
+
+    monkeypatch.chdir(tmp_path)
+    _pretrained(write_recipe, "./models/m")
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    plan, _ = plan_recipe("recipe.toml")
+    (tmp_path / "models" / "m").rmdir()  # gone after the recipe was read
+    with pytest.raises(RecipeError) as failure:
+        check(plan)
+    assert [d.message for d in failure.value.diagnostics] == ["no config.json in `./models/m`"]
+    assert failure.value.diagnostics[0].location is None
 
 
 # -- startup ---------------------------------------------------------------------------
