@@ -508,7 +508,9 @@ def test_deepspeed_plugins_are_built_from_the_recipes_options(accepted):
     zero = offload["config"]["zero_optimization"]
     assert (zero["stage"], zero["offload_optimizer"]["device"], zero["offload_param"]["device"]) == (3, "cpu", "cpu")
     assert zero["stage3_gather_16bit_weights_on_model_save"] is True and offload["zero3_init_flag"] is True
-    assert "gradient_clipping" not in offload["config"]  # optim.grad_clip 0: no clipping
+    # optim.grad_clip 0: no clipping. DeepSpeed must be told 0: since DeepSpeed 0.19.3 an absent
+    # gradient_clipping means 1.0, and accelerate before 1.16 dropped a 0 from the plugin's config
+    assert offload["config"].get("gradient_clipping") == 0.0
     nvme = accepted[("deepspeed-3-nvme", "launch.sh")]["deepspeed_plugin"]["config"]["zero_optimization"]
     assert nvme["offload_optimizer"] == {"device": "nvme", "nvme_path": "/local_nvme"}
     assert nvme["offload_param"] == {"device": "nvme", "nvme_path": "/local_nvme"}
