@@ -1,7 +1,8 @@
 """write: a rendered plan -> the build directory and its lock file.
 
 A build directory holds train.py, accelerate_config.yaml, launch.sh (and slurm.sbatch for
-more than one machine), resolved.toml, the runtime package (recipec_runtime/) and
+more than one machine), resolved.toml, the runtime package (recipec_runtime/),
+requirements.txt (the packages train.py runs on, at the lock's versions) and
 recipe.lock.json. The lock records hashes of the recipe, the templates and every generated
 file, the recipec version, the seed, the content fingerprint of every data source, the
 versions of the installed training packages and the git commit of the recipe; no
@@ -29,6 +30,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -40,6 +42,7 @@ from . import __version__
 from .diagnostics import Diagnostic, RecipeError
 from . import render as _render
 from .resolve import Plan
+from .runtime import trackers
 from .source import SourceMap
 
 LOCK_FILE = "recipe.lock.json"
@@ -56,8 +59,21 @@ TRAINING_PACKAGES = (
     "safetensors",
     "numpy",
     "pyarrow",
+    "zstandard",
+    "xxhash",
+    "tqdm",
 )
-"""The packages a build's train.py runs on; their installed versions go into the lock."""
+"""The packages every build's train.py runs on; their installed versions go into the lock
+and requirements.txt (`required_packages` adds those a recipe's options need)."""
+REQUIREMENTS = "requirements.txt"
+FLASH_ATTENTION = {"flash_attention_2": "flash-attn", "flash_attention_3": "flash-attn-3"}
+"""model.attention -> the package transformers runs it with."""
+BUILT_AGAINST_TORCH = {
+    "deepspeed": "pip install --no-build-isolation deepspeed{pin}",
+    "flash-attn": "pip install --no-build-isolation flash-attn{pin}",
+    "flash-attn-3": "build hopper/ of https://github.com/Dao-AILab/flash-attention (not on PyPI)",
+}
+"""Packages compiled against the installed torch, so installed after it: how to get each."""
 FORCE_HELP = "rebuild with --force to overwrite them, or move your edits into the recipe"
 RUNTIME_PACKAGE = "recipec_runtime"
 EXECUTABLES = ("launch.sh", "slurm.sbatch")
@@ -144,23 +160,95 @@ def make_lock(
         "templates": {p.name: sha256_bytes(p.read_bytes()) for p in sorted(tdir.glob("*.j2"))},
         "files": {path: sha256_bytes(_bytes(content)) for path, content in sorted(files.items())},
         "data": data_fingerprints(plan, project),
-        "packages": package_versions(),
+        "packages": package_versions(required_packages(plan)),
         "git": git_state(project / plan.recipe_file),
     }
 
 
-def package_versions() -> dict[str, str | None]:
+def required_packages(plan: Plan) -> list[str]:
+    """The packages a build's train.py imports: TRAINING_PACKAGES, then what the recipe's
+    options add (its trackers, QLoRA's bitsandbytes, DeepSpeed, flash attention)."""
+    recipe = plan.recipe
+    names = list(TRAINING_PACKAGES)
+    names += [_requirement_name(trackers.INSTALL[t]) for t in recipe.output.trackers]
+    if getattr(recipe.peft, "quantize", None) is not None:  # a LoRA table's key
+        names.append("bitsandbytes")
+    if recipe.launch.strategy == "deepspeed":
+        names.append("deepspeed")
+    if recipe.model.attention in FLASH_ATTENTION:
+        names.append(FLASH_ATTENTION[recipe.model.attention])
+    return names
+
+
+def _requirement_name(requirement: str) -> str:
+    """The package a pip requirement names (`aim<4` -> `aim`)."""
+    return re.match(r"[A-Za-z0-9._-]+", requirement).group()  # type: ignore[union-attr]
+
+
+def package_versions(names: list[str] | tuple[str, ...] = TRAINING_PACKAGES) -> dict[str, str | None]:
     """{package: installed version, or None when it is not installed}, read from package
     metadata so that nothing is imported (compiling never imports torch)."""
     from importlib import metadata
 
     versions: dict[str, str | None] = {}
-    for name in TRAINING_PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def requirements_text(plan: Plan, versions: dict[str, str | None]) -> str:
+    """requirements.txt of a build: each package train.py imports, at the version the lock
+    records (``versions``: the lock's ``packages``).
+
+    ``==`` pins the public version: a local build label (``2.13.0+cpu``) names a build that
+    only PyTorch's own index has, and ``==2.13.0`` matches every build of 2.13.0. A package
+    that was not installed where the build was made is listed without a version (a tracker
+    with recipec's bound on it). DeepSpeed and flash-attn compile against the installed torch,
+    so they are named in comments, to install after the others.
+    """
+    names = required_packages(plan)
+    torch = versions.get("torch")
+    torch_pin = f"=={_public(torch)}" if torch else ""
+    lines = [
+        f"# What the train.py of `{plan.name}` runs on, at the versions recipe.lock.json records (as",
+        "# installed where `recipec build` ran). In a fresh virtualenv, from this directory:",
+        "#   pip install -r requirements.txt",
+        "# torch: pip takes the build of this version that its index offers (on Linux, PyPI's is",
+        "# built for CUDA). For another CUDA, or the CPU-only build, install torch first from",
+        "# PyTorch's index (cuXYZ: your CUDA version, see https://pytorch.org/get-started/locally/):",
+        f"#   pip install torch{torch_pin} --index-url https://download.pytorch.org/whl/cuXYZ   (or .../whl/cpu)",
+    ]
+    unpinned = {_requirement_name(r): r for r in trackers.INSTALL.values()}
+    later = []
+    for name in names:
+        version = versions.get(name)
+        pin = f"=={_public(version)}" if version else ""
+        if name in BUILT_AGAINST_TORCH:
+            later.append(f"#   {BUILT_AGAINST_TORCH[name].format(pin=pin)}")
+        elif version:
+            lines.append(f"{name}{pin}")
+        else:
+            lines.append(f"{unpinned.get(name, name)}  # not installed where this build was made: no version to pin")
+    if later:
+        lines += ["# compiled against the torch above, so installed after these lines:", *later]
+    return "\n".join(lines) + "\n"
+
+
+def _public(version: str) -> str:
+    """A version without its local build label (`2.13.0+cpu` -> `2.13.0`)."""
+    return version.split("+", 1)[0]
+
+
+def build_files(plan: Plan, rendered: dict[str, str | bytes]) -> dict[str, str | bytes]:
+    """Every file of a build but the lock: render's output, the runtime package and
+    requirements.txt, keyed by path inside the build."""
+    files: dict[str, str | bytes] = dict(rendered)
+    files.update(runtime_files())
+    files[REQUIREMENTS] = requirements_text(plan, package_versions(required_packages(plan)))
+    return files
 
 
 def data_fingerprints(plan: Plan, project: str | os.PathLike[str]) -> list[dict[str, str]]:
@@ -260,8 +348,7 @@ def write_build(
         _check_build_dir(plan, build_dir)
         if not force:
             check_not_hand_edited(build_dir)
-        files: dict[str, str | bytes] = dict(rendered)
-        files.update(runtime_files())
+        files = build_files(plan, rendered)
         lock = make_lock(plan, source, files, project)
 
         tmp = build_dir.parent / f".{build_dir.name}.tmp-{os.getpid()}"

@@ -33,7 +33,7 @@ from typing import Any
 import click
 
 from . import report
-from .build import LOCK_FILE, hand_edited, make_lock, read_lock, runtime_files
+from .build import LOCK_FILE, build_files, hand_edited, make_lock, read_lock
 from .diagnostics import Diagnostic, RecipeError
 
 RECIPE_EDITED = "recipe edited"
@@ -80,9 +80,7 @@ def find_drift(
 
     recipe_file, overrides = _recorded_recipe(build_dir, lock)
     plan, source = plan_recipe(Path(project) / recipe_file, overrides, build_dir, project)
-    files: dict[str, str | bytes] = dict(render(plan))
-    files.update(runtime_files())
-    now = make_lock(plan, source, files, project)
+    now = make_lock(plan, source, build_files(plan, render(plan)), project)
 
     drifts: list[Drift] = []
     if lock["recipe"].get("sha256") != now["recipe"]["sha256"]:

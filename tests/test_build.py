@@ -19,7 +19,7 @@ import pytest
 
 import recipec
 from recipec import build as build_module
-from recipec.build import LOCK_FILE, TRAINING_PACKAGES, lock_text
+from recipec.build import LOCK_FILE, REQUIREMENTS, TRAINING_PACKAGES, lock_text
 from recipec.compiler import build, plan_recipe
 from recipec.diagnostics import RecipeError
 from recipec.render import template_dir
@@ -58,20 +58,27 @@ MACHINE_SPECIFIC = ("packages", "git")
 def comparable_lock(data: bytes) -> bytes:
     """The lock's text without its machine-specific entries, after checking their shape.
 
-    The installed package versions and the git state belong to the machine. The data
-    fingerprints keep their source labels but not their hashes: the quickstart reads
-    Python's own documentation, which differs between Python versions.
+    The installed package versions and the git state belong to the machine, and so does
+    the hash of requirements.txt, which pins those versions. The data fingerprints keep
+    their source labels but not their hashes: the quickstart reads Python's own
+    documentation, which differs between Python versions.
     """
     lock = json.loads(data)
     packages = lock.pop("packages")
     assert set(packages) == set(TRAINING_PACKAGES), packages
     assert all(v is None or isinstance(v, str) for v in packages.values()), packages
+    assert re.fullmatch(r"[0-9a-f]{64}", lock["files"].pop(REQUIREMENTS))
     git = lock.pop("git")
     assert git is None or (set(git) == {"commit", "recipe_modified", "dirty"} and re.fullmatch(r"[0-9a-f]{40,64}", git["commit"])), git
     for entry in lock["data"]:
         assert re.fullmatch(r"[0-9a-f]{64}", entry.pop("sha256")), entry
     assert set(lock) >= {"data", "schema_version", "seed"}
     return lock_text(lock).encode()
+
+
+def comparable_requirements(data: bytes) -> bytes:
+    """requirements.txt with its versions (this machine's, as in the lock) left out."""
+    return re.sub(rb"==\S+", b"==<version>", data)
 
 
 def test_quickstart_build_matches_golden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update_golden: bool):
@@ -100,6 +107,8 @@ def compare_with_golden(built: Path, golden: Path) -> None:
     for files in (actual, expected):
         if LOCK_FILE in files:
             files[LOCK_FILE] = comparable_lock(files[LOCK_FILE])
+        if REQUIREMENTS in files:
+            files[REQUIREMENTS] = comparable_requirements(files[REQUIREMENTS])
     problems = []
     for rel in sorted(set(actual) | set(expected)):
         if rel not in expected:

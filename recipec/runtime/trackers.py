@@ -24,14 +24,16 @@ import importlib.util
 import json
 import os
 import pathlib
+import shlex
 import tomllib
 from typing import Any
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim")
 """The trackers a recipe can name, in the order they are started."""
 
-INSTALL = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow-skinny", "aim": "'aim<4'"}
-"""What `pip install` takes for each tracker; each imports the module of its own name."""
+INSTALL = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow-skinny", "aim": "aim<4"}
+"""The requirement `pip install` takes for each tracker (aim 4 is another API); each imports
+the module of its own name."""
 
 SUBDIR = "trackers"
 """The trackers' directory inside the run directory."""
@@ -40,7 +42,7 @@ SUBDIR = "trackers"
 def missing(trackers: list[str]) -> list[str]:
     """The named trackers whose package is not installed, as "name (pip install X)" lines."""
     return [
-        f"{t} (pip install {INSTALL[t]})" for t in trackers if importlib.util.find_spec(t) is None
+        f"{t} (pip install {shlex.quote(INSTALL[t])})" for t in trackers if importlib.util.find_spec(t) is None
     ]
 
 

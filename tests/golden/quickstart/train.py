@@ -8,9 +8,11 @@ Launch from the project directory (the one `recipec build` ran in):
 or run `build/quickstart/launch.sh` from anywhere. Every value in the config block below
 comes from the recipe; its comment names the recipe key or shows the derivation. The
 runtime helpers (schedule, data, tokenizer, checkpoints) ship beside this file in
-recipec_runtime/, so the build needs only torch, accelerate, transformers, datasets
-and tokenizers, not recipec. `recipec build` overwrites this file: change the recipe and
-build again rather than editing here, so that the recipe, this script and the lock agree.
+recipec_runtime/, so the build runs without recipec: it needs the packages of
+requirements.txt beside this file, at the versions of the lock
+(`pip install -r build/quickstart/requirements.txt`). `recipec build` overwrites this file:
+change the recipe and build again rather than editing here, so that the recipe, this
+script and the lock agree.
 """
 
 import datetime
