@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from recipec.build import LOCK_FILE, REQUIREMENTS, TRAINING_PACKAGES, required_packages, requirements_text
+from recipec import build as build_module
+from recipec.build import LOCK_FILE, REQUIREMENTS, TRAINING_PACKAGES, read_lock, required_packages, requirements_text
 from recipec.compiler import build
+from recipec.verify import find_drift
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -102,6 +104,18 @@ def test_qlora_requires_bitsandbytes(plan_of):
     )
     assert required_packages(plan)[-1] == "bitsandbytes"
     assert "bitsandbytes==0.50.2" in requirements_text(plan, {"bitsandbytes": "0.50.2"})
+
+
+def test_an_upgraded_package_makes_verify_report_the_requirements_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    built = _quickstart(tmp_path)
+    lock = read_lock(built)
+    installed = build_module.package_versions
+    monkeypatch.setattr(build_module, "package_versions", lambda names: {**installed(names), "accelerate": "9.9.9"})
+    monkeypatch.chdir(tmp_path)
+    assert [str(d) for d in find_drift(Path("build/quickstart"), lock)] == [
+        "generated file would change: requirements.txt",
+        f"package versions drifted: accelerate {lock['packages']['accelerate']} -> 9.9.9",
+    ]
 
 
 # -- a fresh virtualenv ---------------------------------------------------------------------
