@@ -37,7 +37,7 @@ def _imported_distributions(build_dir: Path) -> dict[str, str | None]:
     """{top-level module that train.py or recipec_runtime/ imports, outside the standard
     library: the package it is installed from here, or None}."""
     modules = set()
-    for path in [build_dir / "train.py", *sorted((build_dir / "recipec_runtime").glob("*.py"))]:
+    for path in [build_dir / "train.py", *sorted((build_dir / "recipec_runtime").rglob("*.py"))]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 modules |= {alias.name.split(".")[0] for alias in node.names}
