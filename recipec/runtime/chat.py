@@ -1,0 +1,275 @@
+"""Examples -> token ids and the supervised mask: chat templates and what the loss sees.
+
+``tokenize_example`` turns one example of ``formats.to_example`` into ``input_ids`` and a
+``mask`` (1 where the loss sees the token). The rules:
+
+* Conversations are rendered with the chat template (the tokenizer's own, or the recipe's).
+  Supervised spans come from the template's ``{% generation %}`` markers when it has them
+  (transformers' ``return_assistant_tokens_mask``); otherwise from rendering the
+  conversation prefix by prefix: the tokens of an assistant turn are those between the
+  render of the turns before it with the generation prompt and the render up to and
+  including it. Each of those renders must tokenize to a prefix of the whole; a template
+  for which neither works raises :class:`TemplateError`: the mask is never silently "all".
+* ``train_on``: ``assistant`` (every assistant turn), ``last_assistant``, ``completion``
+  (the completion side of prompt/completion data) or ``all`` (every token).
+* The token that closes a supervised turn (end-of-turn or EOS) is supervised: when a
+  template's markers stop just before it, the span is extended by that one token; a
+  template that closes assistant turns with no special token at all raises
+  :class:`TemplateError` (the model would never learn to stop).
+* Exactly one BOS: a tokenizer that adds BOS to what it encodes gets it once, whether or
+  not the template writes it too; a tokenizer that adds none gets none.
+* Plain prompt/completion strings (no chat template) are the prompt's tokens, then the
+  completion's, then EOS; text documents are their tokens then EOS.
+
+``fit_length`` applies a maximum length (truncate or drop) and drops what is left with no
+supervised token, giving the reason so the stage can count it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+TRAIN_ON = ("assistant", "last_assistant", "completion", "all")
+OVERFLOW = ("truncate", "drop")
+
+_GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+PROBE = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Say yes."},
+    {"role": "assistant", "content": "Yes."},
+    {"role": "user", "content": "Say no."},
+    {"role": "assistant", "content": "No."},
+]
+"""A conversation every chat template must render and mask (checked before any data is read)."""
+
+
+class TemplateError(ValueError):
+    """A chat template that cannot render or mask a conversation."""
+
+
+def has_generation_markers(template: str) -> bool:
+    """Whether a chat template marks assistant output with ``{% generation %}``."""
+    return bool(_GENERATION.search(template))
+
+
+def template_sha256(template: str) -> str:
+    """sha256 of a chat template's text, for the lock."""
+    return hashlib.sha256(template.encode()).hexdigest()
+
+
+def resolve_template(tokenizer: Any, chat_template: str | None) -> str:
+    """The template to render with: the recipe's, else the tokenizer's own.
+
+    Raises:
+        TemplateError: neither exists.
+    """
+    template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates: the default one
+        template = template.get("default")
+    if not template:
+        raise TemplateError(
+            "the tokenizer has no chat template; set the source's chat_template to a .jinja file or a template string"
+        )
+    return template
+
+
+def tokenize_example(
+    tokenizer: Any, example: dict[str, Any], *, train_on: str, chat_template: str | None = None
+) -> tuple[list[int], list[int]]:
+    """Token ids and the supervised mask of one example.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        example: ``formats.to_example``'s output.
+        train_on: one of :data:`TRAIN_ON`.
+        chat_template: the template text; None for the tokenizer's own (conversations only).
+
+    Returns:
+        ``(input_ids, mask)`` of equal length; ``mask[i]`` is 1 where the loss sees token i.
+
+    Raises:
+        TemplateError: the template fails to render or to mask the conversation.
+        ValueError: ``train_on`` does not fit the example (``completion`` without a completion).
+    """
+    if train_on not in TRAIN_ON:
+        raise ValueError(f"unknown train_on {train_on!r}; one of {', '.join(TRAIN_ON)}")
+    if "text" in example:
+        ids = _encode(tokenizer, example["text"]) + _eos(tokenizer)
+        return _with_bos(tokenizer, ids, [1] * len(ids))
+    if "prompt" in example:
+        prompt = _encode(tokenizer, example["prompt"])
+        completion = _encode(tokenizer, example["completion"]) + _eos(tokenizer)
+        seen = 1 if train_on == "all" else 0
+        return _with_bos(tokenizer, prompt + completion, [seen] * len(prompt) + [1] * len(completion))
+
+    messages = example["messages"]
+    template = resolve_template(tokenizer, chat_template)
+    ids, spans = _assistant_spans(tokenizer, template, messages)
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if train_on == "all":
+        mask = [1] * len(ids)
+    else:
+        if train_on == "last_assistant":
+            chosen = [spans[-1]]
+        elif train_on == "completion":
+            first = example.get("completion_from")
+            if first is None:
+                raise ValueError('train_on = "completion" needs prompt/completion data')
+            chosen = [span for span, turn in zip(spans, turns) if turn >= first]
+        else:
+            chosen = spans
+        mask = [0] * len(ids)
+        for start, end in chosen:
+            mask[start:end] = [1] * (end - start)
+    return _with_bos(tokenizer, ids, mask)
+
+
+def fit_length(
+    ids: list[int], mask: list[int], max_length: int, overflow: str
+) -> tuple[list[int], list[int], str | None]:
+    """Apply the maximum length: ``(ids, mask, None)`` to keep, or ``([], [], reason)`` to drop.
+
+    Reasons: ``too_long`` (overflow "drop"), ``no_supervised_token`` (nothing left for the
+    loss, after truncation or from the start).
+    """
+    if overflow not in OVERFLOW:
+        raise ValueError(f"unknown overflow {overflow!r}; one of {', '.join(OVERFLOW)}")
+    if len(ids) > max_length:
+        if overflow == "drop":
+            return [], [], "too_long"
+        ids, mask = ids[:max_length], mask[:max_length]
+    if not any(mask[1:]):  # the first token has no prediction: a label needs a token before it
+        return [], [], "no_supervised_token"
+    return ids, mask, None
+
+
+def check_template(tokenizer: Any, chat_template: str | None) -> str:
+    """Render and mask :data:`PROBE` with the template; return how its masks are found.
+
+    Returns:
+        ``"generation markers"`` or ``"prefix rendering"``.
+
+    Raises:
+        TemplateError: the template cannot render or mask the probe.
+    """
+    template = resolve_template(tokenizer, chat_template)
+    _assistant_spans(tokenizer, template, PROBE)
+    return "generation markers" if has_generation_markers(template) else "prefix rendering"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _eos(tokenizer: Any) -> list[int]:
+    if tokenizer.eos_token_id is None:
+        raise TemplateError("the tokenizer has no EOS token to end a completion with")
+    return [tokenizer.eos_token_id]
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts BOS in front of what it encodes."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def _with_bos(tokenizer: Any, ids: list[int], mask: list[int]) -> tuple[list[int], list[int]]:
+    bos = tokenizer.bos_token_id
+    if bos is None or bos == tokenizer.eos_token_id:
+        return ids, mask
+    while len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        ids, mask = ids[1:], mask[1:]
+    if _adds_bos(tokenizer) and (not ids or ids[0] != bos):
+        ids, mask = [bos] + ids, [0] + mask
+    return ids, mask
+
+
+def _render(tokenizer: Any, template: str, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except Exception as exc:  # jinja raises anything: TemplateError, TypeError, its own exception()
+        raise TemplateError(f"the chat template failed to render: {type(exc).__name__}: {exc}") from exc
+
+
+def _closing_ids(tokenizer: Any) -> set[int]:
+    """Tokens that can end a turn: EOS and every special or added control token."""
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, t in tokenizer.added_tokens_decoder.items() if t.special)
+    return ids
+
+
+def _assistant_spans(
+    tokenizer: Any, template: str, messages: list[dict[str, str]]
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """The conversation's ids and one ``(start, end)`` span per assistant turn, its closing token included."""
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns:
+        raise TemplateError("the conversation has no assistant turn")
+    full = _render(tokenizer, template, messages, False)
+    ids = _encode(tokenizer, full)
+    closing = _closing_ids(tokenizer)
+    if has_generation_markers(template):
+        try:
+            out = tokenizer.apply_chat_template(
+                messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            )
+        except Exception as exc:
+            raise TemplateError(f"the chat template failed to render: {type(exc).__name__}: {exc}") from exc
+        if list(out["input_ids"]) != ids:
+            raise TemplateError("the chat template renders differently with and without the assistant mask")
+        spans = _runs(out["assistant_masks"])
+        if len(spans) != len(turns):
+            raise TemplateError(
+                f"the template's {{% generation %}} markers cover {len(spans)} span(s) "
+                f"for {len(turns)} assistant turn(s)"
+            )
+        # a generation block that stops before the end-of-turn token: that token is supervised too
+        spans = [
+            (s, e + 1) if e < len(ids) and ids[e] in closing and not closing.intersection(ids[s:e]) else (s, e)
+            for s, e in spans
+        ]
+    else:
+        spans = []
+        for i in turns:
+            before = _render(tokenizer, template, messages[:i], True) if i else ""
+            upto = _render(tokenizer, template, messages[: i + 1], False)
+            start_ids, end_ids = _encode(tokenizer, before), _encode(tokenizer, upto)
+            if not full.startswith(upto) or ids[: len(end_ids)] != end_ids or end_ids[: len(start_ids)] != start_ids:
+                raise TemplateError(
+                    f"the chat template has no {{% generation %}} markers and rendering the conversation turn by "
+                    f"turn does not give prefixes of the whole (turn {i}), so the assistant tokens cannot be "
+                    "found; use a template with {% generation %} markers"
+                )
+            if len(end_ids) <= len(start_ids):
+                raise TemplateError(f"assistant turn {i} renders to no tokens")
+            spans.append((len(start_ids), len(end_ids)))
+    for (start, end), i in zip(spans, turns):
+        if not any(t in closing for t in ids[start:end]):
+            raise TemplateError(
+                f"the chat template closes assistant turn {i} with no end-of-turn or EOS token, so the model "
+                "would never learn to stop; end each assistant turn with one (e.g. {{ eos_token }})"
+            )
+    return ids, spans
+
+
+def _runs(mask: list[int]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each run of ones."""
+    runs, start = [], None
+    for i, m in enumerate(list(mask) + [0]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs

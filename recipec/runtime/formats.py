@@ -1,0 +1,176 @@
+"""Record formats: one function per source format, a record in, an example out.
+
+An example is what the chat module tokenizes: a dict with
+
+* ``messages``: the conversation, a list of ``{"role", "content"}`` with roles
+  ``system``, ``user``, ``assistant`` or ``tool`` and string contents;
+* ``completion_from``: the index of the first message that is the completion (prompt/completion
+  data), else None;
+* or, for the ``text`` format, ``text``: the raw document.
+
+Formats:
+
+* ``text``: ``{"text": "..."}`` (raw text, trained on every token).
+* ``messages``: OpenAI-style ``{"messages": [{"role": "user", "content": "..."}, ...]}``.
+* ``sharegpt``: ``{"conversations": [{"from": "human", "value": "..."}, ...]}``, the role names
+  mapped by ``roles`` (``human`` -> user, ``gpt`` -> assistant, ``system`` -> system by default).
+* ``alpaca``: ``{"instruction", "input", "output", "system"}``; ``input`` and ``system`` are
+  optional. The user turn is the instruction, then a blank line and the input when there is one.
+* ``prompt_completion``: ``{"prompt", "completion"}``, each a string or a list of messages.
+  With string sides and no chat template the two are concatenated as they are.
+
+Field names are the recipe's (``fields``, merged over :data:`DEFAULT_FIELDS`); role names are
+mapped by ``roles`` (merged over :data:`DEFAULT_ROLES`, for ``messages`` and ``sharegpt``).
+A record that does not fit raises :class:`RecordError`, whose message names the field; the
+reader adds the file and line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+FORMATS = ("text", "messages", "sharegpt", "alpaca", "prompt_completion")
+CONVERSATIONAL = ("messages", "sharegpt", "alpaca", "prompt_completion")
+ROLES = ("system", "user", "assistant", "tool")
+
+DEFAULT_FIELDS: dict[str, dict[str, str]] = {
+    "text": {"text": "text"},
+    "messages": {"messages": "messages", "role": "role", "content": "content"},
+    "sharegpt": {"messages": "conversations", "role": "from", "content": "value"},
+    "alpaca": {"instruction": "instruction", "input": "input", "output": "output", "system": "system"},
+    "prompt_completion": {"prompt": "prompt", "completion": "completion", "role": "role", "content": "content"},
+}
+"""Each format's fields: the name recipec uses -> the record's key (a recipe may rename any)."""
+
+DEFAULT_ROLES: dict[str, dict[str, str]] = {
+    "messages": {},
+    "sharegpt": {"human": "user", "gpt": "assistant", "system": "system", "tool": "tool"},
+    "prompt_completion": {},
+}
+"""Each format's role names: the record's role -> recipec's; a role not listed passes as it is."""
+
+
+class RecordError(ValueError):
+    """A record that does not fit its format; the message names the field."""
+
+
+def to_example(
+    record: dict[str, Any],
+    format: str,
+    fields: dict[str, str] | None = None,
+    roles: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Turn one record into an example (see the module docstring).
+
+    Args:
+        record: the record as the reader gives it (a dict of columns).
+        format: one of :data:`FORMATS`.
+        fields: renamed fields, merged over the format's defaults.
+        roles: renamed roles, merged over the format's defaults.
+
+    Raises:
+        RecordError: the record lacks a field, has a wrong type, an unknown role or no
+            assistant turn.
+        ValueError: an unknown format.
+    """
+    if format not in _READERS:
+        raise ValueError(f"unknown format {format!r}; the formats are {', '.join(FORMATS)}")
+    f = {**DEFAULT_FIELDS[format], **(fields or {})}
+    r = {**DEFAULT_ROLES.get(format, {}), **(roles or {})}
+    return _READERS[format](record, f, r)
+
+
+def _text(record: dict[str, Any], f: dict[str, str], r: dict[str, str]) -> dict[str, Any]:
+    return {"text": _string(record, f["text"])}
+
+
+def _messages(record: dict[str, Any], f: dict[str, str], r: dict[str, str]) -> dict[str, Any]:
+    messages = _turns(_field(record, f["messages"]), f["messages"], f, r)
+    _needs_assistant(messages, f["messages"])
+    return {"messages": messages, "completion_from": None}
+
+
+def _alpaca(record: dict[str, Any], f: dict[str, str], r: dict[str, str]) -> dict[str, Any]:
+    instruction = _string(record, f["instruction"])
+    extra = _optional_string(record, f["input"])
+    system = _optional_string(record, f["system"])
+    user = instruction + ("\n\n" + extra if extra else "")
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": _string(record, f["output"])}]
+    return {"messages": messages, "completion_from": None}
+
+
+def _prompt_completion(record: dict[str, Any], f: dict[str, str], r: dict[str, str]) -> dict[str, Any]:
+    prompt, completion = _field(record, f["prompt"]), _field(record, f["completion"])
+    if isinstance(prompt, str) and isinstance(completion, str):
+        if not completion:
+            raise RecordError(f"`{f['completion']}` is empty")
+        return {"prompt": prompt, "completion": completion}
+    if isinstance(prompt, str) or isinstance(completion, str):
+        side = f["prompt"] if isinstance(prompt, str) else f["completion"]
+        raise RecordError(f"`{side}` is a string and the other side a list of messages: use one kind for both")
+    head = _turns(prompt, f["prompt"], f, r)
+    tail = _turns(completion, f["completion"], f, r)
+    _needs_assistant(tail, f["completion"])
+    return {"messages": head + tail, "completion_from": len(head)}
+
+
+_READERS: dict[str, Callable[[dict[str, Any], dict[str, str], dict[str, str]], dict[str, Any]]] = {
+    "text": _text,
+    "messages": _messages,
+    "sharegpt": _messages,
+    "alpaca": _alpaca,
+    "prompt_completion": _prompt_completion,
+}
+
+
+def _field(record: dict[str, Any], name: str) -> Any:
+    if name not in record or record[name] is None:
+        raise RecordError(f"the record has no `{name}`")
+    return record[name]
+
+
+def _string(record: dict[str, Any], name: str) -> str:
+    value = _field(record, name)
+    if not isinstance(value, str):
+        raise RecordError(f"`{name}` is {type(value).__name__}, not a string")
+    return value
+
+
+def _optional_string(record: dict[str, Any], name: str) -> str:
+    value = record.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RecordError(f"`{name}` is {type(value).__name__}, not a string")
+    return value
+
+
+def _turns(value: Any, where: str, f: dict[str, str], r: dict[str, str]) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise RecordError(f"`{where}` is not a non-empty list of messages")
+    turns = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise RecordError(f"`{where}[{i}]` is {type(message).__name__}, not a message")
+        if f["role"] not in message:
+            raise RecordError(f"`{where}[{i}]` has no `{f['role']}`")
+        name = message[f["role"]]
+        role = r.get(name, name) if isinstance(name, str) else name
+        if role not in ROLES:
+            known = sorted(set(ROLES) | set(r))
+            raise RecordError(
+                f"`{where}[{i}].{f['role']}` is {name!r}, not a known role ({', '.join(map(repr, known))}; "
+                "map other names with the source's roles)"
+            )
+        content = message.get(f["content"])
+        if not isinstance(content, str):
+            got = "missing" if content is None else type(content).__name__
+            raise RecordError(f"`{where}[{i}].{f['content']}` is {got}, not a string")
+        turns.append({"role": role, "content": content})
+    return turns
+
+
+def _needs_assistant(messages: list[dict[str, str]], where: str) -> None:
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RecordError(f"`{where}` has no assistant turn: nothing to learn from")

@@ -1,0 +1,113 @@
+"""Whole examples packed into fixed-length sequences that keep them apart, and padded batches.
+
+Packing (``pack``) places examples into bins of ``seq_len`` tokens by best-fit-decreasing:
+longest first, each into the fullest bin it still fits ("Fewer Truncations Improve
+Language Modeling"). An example is never split. Each packed sequence carries
+``position_ids`` that restart at 0 at every example; given ``position_ids`` and no
+attention mask, transformers builds a block-diagonal causal mask (sdpa, eager and flex
+attention) or takes the variable-length path (flash attention), so no token attends across
+an example boundary. The tail of a bin is padding: its own segment, never supervised.
+
+``collate`` turns a list of examples or packed sequences into tensors: ``input_ids``,
+``labels`` (-100 where the loss does not look) and ``position_ids``, padded to the longest
+row of the batch, not to ``seq_len``.
+
+Labels are the inputs themselves (transformers shifts them inside the loss): a token is
+supervised where its mask is 1, and never at a position that starts an example, since
+nothing before it in the example predicts it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+IGNORE = -100
+
+
+def pack(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
+    """Best-fit-decreasing bins of example indices, each bin's lengths summing to at most ``seq_len``.
+
+    Bins come out in the order they were opened; examples in a bin in the order they were
+    placed (longest first). Ties are broken by the example's index, so the result is
+    deterministic.
+
+    Raises:
+        ValueError: an example is longer than ``seq_len`` or empty.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    # (free space, bin number) of the bins that still have room, sorted by free space
+    free: list[tuple[int, int]] = []
+    for i in order:
+        n = lengths[i]
+        if not 0 < n <= seq_len:
+            raise ValueError(f"example {i} has {n} tokens; packing needs 1 to seq_len {seq_len}")
+        at = bisect.bisect_left(free, (n, -1))
+        if at < len(free):
+            space, b = free.pop(at)
+        else:
+            space, b = seq_len, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        if space - n > 0:
+            bisect.insort(free, (space - n, b))
+    return bins
+
+
+def packed_rows(
+    examples: Sequence[tuple[Sequence[int], Sequence[int]]], seq_len: int
+) -> list[dict[str, list[int]]]:
+    """Pack ``(ids, mask)`` examples into rows of ``input_ids``, ``mask`` and ``position_ids``.
+
+    Rows are not padded (``collate`` pads them); a row's length is the sum of its examples'.
+    """
+    rows = []
+    for bin_ in pack([len(ids) for ids, _ in examples], seq_len):
+        ids: list[int] = []
+        mask: list[int] = []
+        positions: list[int] = []
+        for i in bin_:
+            e_ids, e_mask = examples[i]
+            ids += list(e_ids)
+            mask += [0] + list(e_mask[1:])
+            positions += list(range(len(e_ids)))
+        rows.append({"input_ids": ids, "mask": mask, "position_ids": positions})
+    return rows
+
+
+def efficiency(lengths: Sequence[int], rows: int, seq_len: int) -> float:
+    """Share of the ``rows x seq_len`` token slots that hold example tokens."""
+    return sum(lengths) / (rows * seq_len) if rows else 0.0
+
+
+def collate(rows: Sequence[dict[str, Sequence[int]]], pad_id: int, pad_to: int | None = None) -> dict[str, "torch.Tensor"]:
+    """Pad rows to the longest (or to ``pad_to``) and make the training tensors.
+
+    A row without ``position_ids`` is one example (positions 0..n-1). Padding gets
+    ``pad_id``, label -100 and positions 0, 1, ... of its own, so it forms a segment that
+    attends to nothing real.
+    """
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows) if pad_to is None else pad_to
+    ids, labels, positions = [], [], []
+    for r in rows:
+        n = len(r["input_ids"])
+        if n > width:
+            raise ValueError(f"a row of {n} tokens does not fit pad_to {width}")
+        pos = list(r["position_ids"]) if "position_ids" in r else list(range(n))
+        mask = list(r["mask"])
+        if "position_ids" not in r:
+            mask = [0] + mask[1:]
+        ids.append(list(r["input_ids"]) + [pad_id] * (width - n))
+        labels.append([t if m else IGNORE for t, m in zip(r["input_ids"], mask)] + [IGNORE] * (width - n))
+        positions.append(pos + list(range(width - n)))
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "position_ids": torch.tensor(positions, dtype=torch.long),
+    }

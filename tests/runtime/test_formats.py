@@ -1,0 +1,99 @@
+"""Record formats -> examples: each format, renamed fields and roles, and every bad record named."""
+
+import pytest
+
+from recipec.runtime.formats import FORMATS, RecordError, to_example
+
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi?"},
+    {"role": "assistant", "content": "Hello."},
+]
+
+
+def test_text():
+    assert to_example({"text": "a b"}, "text") == {"text": "a b"}
+    assert to_example({"body": "a b"}, "text", {"text": "body"}) == {"text": "a b"}
+
+
+def test_messages_multi_turn_with_system():
+    record = {"messages": MESSAGES + [{"role": "user", "content": "More?"}, {"role": "assistant", "content": "No."}]}
+    example = to_example(record, "messages")
+    assert example == {"messages": record["messages"], "completion_from": None}
+
+
+def test_messages_renamed_fields_and_roles():
+    record = {"dialog": [{"speaker": "person", "text": "Hi?"}, {"speaker": "bot", "text": "Hello."}]}
+    example = to_example(
+        record,
+        "messages",
+        {"messages": "dialog", "role": "speaker", "content": "text"},
+        {"person": "user", "bot": "assistant"},
+    )
+    assert example["messages"] == [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+
+
+def test_sharegpt_default_role_map():
+    record = {
+        "conversations": [
+            {"from": "system", "value": "Be brief."},
+            {"from": "human", "value": "Hi?"},
+            {"from": "gpt", "value": "Hello."},
+        ]
+    }
+    assert to_example(record, "sharegpt")["messages"] == MESSAGES
+
+
+def test_alpaca_with_and_without_input_and_system():
+    record = {"instruction": "Add.", "input": "2 and 3", "output": "5", "system": "Be exact."}
+    assert to_example(record, "alpaca")["messages"] == [
+        {"role": "system", "content": "Be exact."},
+        {"role": "user", "content": "Add.\n\n2 and 3"},
+        {"role": "assistant", "content": "5"},
+    ]
+    bare = to_example({"instruction": "Say hi.", "input": "", "output": "hi"}, "alpaca")
+    assert bare["messages"] == [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi"}]
+
+
+def test_prompt_completion_strings_and_messages():
+    assert to_example({"prompt": "2+2=", "completion": "4"}, "prompt_completion") == {
+        "prompt": "2+2=",
+        "completion": "4",
+    }
+    record = {"prompt": MESSAGES[:2], "completion": [MESSAGES[2]]}
+    assert to_example(record, "prompt_completion") == {"messages": MESSAGES, "completion_from": 2}
+
+
+@pytest.mark.parametrize(
+    "record, format, message",
+    [
+        ({"txt": "x"}, "text", "the record has no `text`"),
+        ({"text": None}, "text", "the record has no `text`"),
+        ({"text": 3}, "text", "`text` is int, not a string"),
+        ({"messages": []}, "messages", "`messages` is not a non-empty list of messages"),
+        ({"messages": "hi"}, "messages", "`messages` is not a non-empty list of messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages", "`messages[0].role` is 'wizard', not a known role"),
+        ({"messages": [{"content": "x"}]}, "messages", "`messages[0]` has no `role`"),
+        ({"messages": [{"role": "user"}]}, "messages", "`messages[0].content` is missing, not a string"),
+        ({"messages": [{"role": "user", "content": ["a"]}]}, "messages", "`messages[0].content` is list, not a string"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "messages", "`messages` has no assistant turn"),
+        ({"conversations": [{"from": "narrator", "value": "x"}]}, "sharegpt", "`conversations[0].from` is 'narrator'"),
+        ({"instruction": "x"}, "alpaca", "the record has no `output`"),
+        ({"instruction": "x", "output": "y", "input": 5}, "alpaca", "`input` is int, not a string"),
+        ({"prompt": "x"}, "prompt_completion", "the record has no `completion`"),
+        ({"completion": "x"}, "prompt_completion", "the record has no `prompt`"),
+        ({"prompt": "x", "completion": ""}, "prompt_completion", "`completion` is empty"),
+        ({"prompt": "x", "completion": [MESSAGES[2]]}, "prompt_completion", "`prompt` is a string and the other"),
+        ({"prompt": MESSAGES[:2], "completion": [MESSAGES[1]]}, "prompt_completion", "`completion` has no assistant turn"),
+    ],
+)
+def test_bad_records_name_the_field(record, format, message):
+    with pytest.raises(RecordError) as exc:
+        to_example(record, format)
+    assert message in str(exc.value)
+
+
+def test_unknown_format():
+    with pytest.raises(ValueError, match="unknown format 'chatml'"):
+        to_example({}, "chatml")
+    assert set(FORMATS) == {"text", "messages", "sharegpt", "alpaca", "prompt_completion"}
