@@ -174,3 +174,19 @@ def _turns(value: Any, where: str, f: dict[str, str], r: dict[str, str]) -> list
 def _needs_assistant(messages: list[dict[str, str]], where: str) -> None:
     if not any(m["role"] == "assistant" for m in messages):
         raise RecordError(f"`{where}` has no assistant turn: nothing to learn from")
+
+
+def text_view(example: dict[str, Any]) -> str:
+    """The text the data filters see of an example: its contents, one paragraph each."""
+    if "text" in example:
+        return example["text"]
+    if "prompt" in example:
+        return example["prompt"] + "\n\n" + example["completion"]
+    return "\n\n".join(m["content"] for m in example["messages"])
+
+
+def fields_needed(format: str, fields: dict[str, str] | None = None) -> list[str]:
+    """The record keys (columns) a format reads, after renaming: what a columnar reader must load."""
+    f = {**DEFAULT_FIELDS[format], **(fields or {})}
+    skip = {"role", "content"}  # keys inside each message, not columns
+    return list(dict.fromkeys(v for k, v in f.items() if k not in skip))

@@ -41,6 +41,7 @@ import zstandard
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
+from . import formats
 from .data import BUILTINS, _stdlib_files
 
 FORMATS = ("jsonl", "parquet", "text", "datasets")
@@ -92,11 +93,15 @@ class Batch:
             or ``"python-docs:topic"`` (builtins). Paths are relative to the
             project directory when inside it, else absolute.
         fields: The extra fields asked for, one value per document.
+        examples: For a source whose ``records`` are not ``text``: each document's
+            example (:func:`.formats.to_example`) as JSON, and ``texts`` hold what the
+            filters see of it (:func:`.formats.text_view`). None for text records.
     """
 
     texts: list[str]
     ids: list[str]
     fields: dict[str, list]
+    examples: list[str] | None = None
 
 
 @dataclass
@@ -470,6 +475,11 @@ class _Reader:
         self.batch_size = batch_size
         self.stats = stats
         self.on_error = source.get("on_error") or "error"
+        self.records = source.get("records") or "text"
+        self.record_fields = source.get("fields") or {}
+        self.roles = source.get("roles") or {}
+        if self.records not in formats.FORMATS:
+            raise DataError(f"{label}: unknown records {self.records!r}; expected one of {', '.join(formats.FORMATS)}")
         if self.on_error not in ON_ERROR:
             raise DataError(f"{label}: unknown on_error {self.on_error!r}; expected one of {', '.join(ON_ERROR)}")
 
@@ -533,6 +543,12 @@ class _Reader:
             kind = "null" if record is None else _JSON_TYPES.get(type(record), type(record).__name__)
             self.bad(where, f"expected a JSON object (one per line), got {kind}")
             return None
+        if self.records != "text":
+            example = self.example(record, where)
+            if example is None:
+                return None
+            values = self.numbers(record, where)
+            return None if values is None else (example, where, values)
         if self.text_field not in record:
             self.bad(where, f"record has no text_field {self.text_field!r}; {_keys(record)}")
             return None
@@ -543,6 +559,11 @@ class _Reader:
         if not isinstance(text, str):
             self.bad(where, f"text_field {self.text_field!r} holds {_preview(text)}, not a string")
             return None
+        values = self.numbers(record, where)
+        return None if values is None else (text, where, values)
+
+    def numbers(self, record: dict, where: str) -> tuple | None:
+        """The asked-for numeric fields of a record, or None after reporting a bad one."""
         values = []
         for name in self.fields:
             if name not in record:
@@ -553,7 +574,15 @@ class _Reader:
                 self.bad(where, f"field {name!r} holds {_preview(value)}, not a number")
                 return None
             values.append(value)
-        return text, where, tuple(values)
+        return tuple(values)
+
+    def example(self, record: dict, where: str) -> dict | None:
+        """The record as an example of the source's ``records`` format, or None after reporting why not."""
+        try:
+            return formats.to_example(record, self.records, self.record_fields, self.roles)
+        except formats.RecordError as e:
+            self.bad(where, f"{self.records} record: {e}")
+            return None
 
     # ----------------------------------------------------------------- text
 
@@ -561,6 +590,8 @@ class _Reader:
         shown = self.paths.shown(path)
         if self.fields:
             raise DataError(f"{self.label}: text files have no fields; cannot read {', '.join(map(repr, self.fields))}")
+        if self.records != "text":
+            raise DataError(f"{self.label}: {shown}: a text file holds text, not {self.records} records")
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -579,6 +610,18 @@ class _Reader:
     def columns(self, schema: pa.Schema, shown: str) -> list[str]:
         """Check that the text field and fields are columns of the right types; return the columns to read."""
         available = schema.names
+        if self.records != "text":
+            wanted = [n for n in formats.fields_needed(self.records, self.record_fields) if n in available]
+            if not wanted:
+                raise DataError(
+                    f"{self.label}: {shown}: no column of a {self.records} record "
+                    f"({', '.join(formats.fields_needed(self.records, self.record_fields))}); "
+                    f"available columns: {', '.join(available) or 'none'}"
+                )
+            for name in self.fields:
+                if name not in available:
+                    raise DataError(f"{self.label}: {shown}: no column {name!r} (field); available columns: {', '.join(available)}")
+            return list(dict.fromkeys((*wanted, *self.fields)))
         for name in (self.text_field, *self.fields):
             if name not in available:
                 which = "text_field" if name == self.text_field else "field"
@@ -598,6 +641,16 @@ class _Reader:
     def rows(self, batches: Iterable, shown: str) -> Iterator[tuple[Any, str, tuple]]:
         """Documents of Arrow record batches or tables, with ``shown#ROW`` locators."""
         row = 0
+        if self.records != "text":
+            for batch in batches:
+                for i, record in enumerate(batch.to_pylist()):
+                    where = f"{shown}#{row + i}"
+                    example = self.example(record, where)
+                    values = None if example is None else self.numbers(record, where)
+                    if values is not None:
+                        yield example, where, values
+                row += batch.num_rows
+            return
         for batch in batches:
             texts = batch.column(self.text_field).to_pylist()
             columns = [batch.column(name).to_pylist() for name in self.fields]
@@ -744,12 +797,21 @@ def iter_batches(
     texts: list[str] = []
     ids: list[str] = []
     values: list[tuple] = []
+    examples: list[str] | None = [] if (source.get("records") or "text") != "text" else None
     yielded = 0
+
+    def batch() -> Batch:
+        return Batch(texts, ids, {name: [v[i] for v in values] for i, name in enumerate(fields)}, examples)
+
     try:
         for text, locator, row in documents:
+            if examples is not None:
+                example, text = text, formats.text_view(text)
             if not text or text.isspace():
                 stats.empty += 1
                 continue
+            if examples is not None:
+                examples.append(json.dumps(example, ensure_ascii=False))
             texts.append(text)
             ids.append(locator)
             values.append(row)
@@ -758,14 +820,15 @@ def iter_batches(
             stats.bytes += len(text.encode("utf-8"))
             done = max_documents is not None and yielded >= max_documents
             if len(texts) == batch_size or done:
-                yield Batch(texts, ids, {name: [v[i] for v in values] for i, name in enumerate(fields)})
+                yield batch()
                 texts, ids, values = [], [], []
+                examples = None if examples is None else []
             if done:
                 return
     finally:
         documents.close()
     if texts:
-        yield Batch(texts, ids, {name: [v[i] for v in values] for i, name in enumerate(fields)})
+        yield batch()
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -803,6 +866,8 @@ def fingerprint_source(
         "on_error": source.get("on_error") or "error",
         "fields": list(fields),
     }
+    if (source.get("records") or "text") != "text":  # text sources keep the keys they always had
+        settings.update(records=source["records"], record_fields=source.get("fields"), roles=source.get("roles"))
     digest = hashlib.sha256(b"recipec-source-v1\0")
     digest.update(json.dumps(settings, sort_keys=True).encode("utf-8") + b"\0")
 

@@ -38,13 +38,13 @@ from typing import Any, Callable
 import numpy as np
 
 from .readers import DataError
-from .stage_analyse import read_and_analyse, tokenize
+from .stage_analyse import read_and_analyse, tokenize, tokenize_examples
 from .stage_cache import StageOutput, cache_key, cache_root, commit, load_entry, load_sequences, tokenizer_id
 from .stage_filter import apply_chain, chains, count_tokens, filter_report, filter_table, prepare
-from .stage_mix import mixture, write_sequences
+from .stage_mix import mixture, write_examples, write_sequences
 from .stage_request import STAGE_VERSION, local_path, request_from_settings
 from .tokenizer import fingerprint as tokenizer_fingerprint
-from .tokenizer import load_for_stage, train_bpe
+from .tokenizer import load_for_stage, prepare_chat, train_bpe
 
 __all__ = [
     "DataError",
@@ -129,6 +129,7 @@ class _Builder:
     def build(self) -> dict:
         """Every pass, in order; the report (``data_report.json``) without key and fingerprints."""
         spec = self.spec
+        examples_mode = any((s.get("records") or "text") != "text" for s in spec["sources"])
         t0 = time.perf_counter()
         prepare(self.chains, self.project_dir)
         corpus = read_and_analyse(spec, self.chains, self.project_dir, self.work, self.tokenizer, self.num_proc)
@@ -149,7 +150,19 @@ class _Builder:
             self.train_tokenizer(corpus, train_docs)
         t0 = time.perf_counter()
         to_tokenize = np.arange(corpus.n_docs) if spec["count_dropped_tokens"] else np.flatnonzero(alive)
-        tokenized = tokenize(corpus, to_tokenize, self.tokenizer, self.num_proc)
+        if examples_mode:  # the kept ones as examples with their masks; the dropped ones, counted, as text
+            tokenized = tokenize_examples(corpus, spec, np.flatnonzero(alive), self.tokenizer, self.num_proc)
+            tokenized += tokenize(corpus, to_tokenize[~alive[to_tokenize]], self.tokenizer, self.num_proc)
+            train_docs = np.array([d for d in train_docs if int(d) not in corpus.dropped], dtype=np.int64)
+            eval_docs = np.array([d for d in eval_docs if int(d) not in corpus.dropped], dtype=np.int64)
+            if len(train_docs) == 0:
+                dropped = self.examples_report(corpus)["dropped"]
+                raise DataError(
+                    f"no training example is left after fitting them to max_length {spec['max_length'] or spec['seq_len']}: "
+                    f"dropped {dropped}; raise data.max_length"
+                )
+        else:
+            tokenized = tokenize(corpus, to_tokenize, self.tokenizer, self.num_proc)
         self.timings["tokenize_s"] = round(time.perf_counter() - t0, 3)
         self.log(f"data: tokenized {tokenized} documents in {self.timings['tokenize_s']:.1f} s")
         with_tokens = bool((corpus.tokens.length >= 0).all())
@@ -158,13 +171,20 @@ class _Builder:
 
         t0 = time.perf_counter()
         segments = []
+        write = (
+            (lambda path, docs: write_examples(corpus, spec, path, docs))
+            if examples_mode
+            else (lambda path, docs: write_sequences(corpus, spec, self.tokenizer, path, docs))
+        )
         for index, segment in enumerate(spec["segments"]):
             order, info = mixture(corpus, spec, index, segment, train_docs)
-            written = write_sequences(corpus, spec, self.tokenizer, self.work / f"train-{index}.arrow", order)
+            written = write(self.work / f"train-{index}.arrow", order)
             segments.append({**info, **written})
-        evaluation = write_sequences(corpus, spec, self.tokenizer, self.work / "eval.arrow", eval_docs)
+        evaluation = write(self.work / "eval.arrow", eval_docs)
         self.timings["pack_s"] = round(time.perf_counter() - t0, 3)
+        examples = self.examples_report(corpus, segments, evaluation) if examples_mode else None
         corpus.tokens.close()
+        corpus.masks.close()
 
         labels = corpus.labels
         kept_tokens = int(corpus.tokens.length[np.flatnonzero(alive)].sum())
@@ -206,7 +226,40 @@ class _Builder:
                 "vocab_size": len(self.tokenizer),
             },
             "timings": self.timings,
+            **({"examples": examples} if examples else {}),
         }
+
+    def examples_report(self, corpus: Any, segments: list | None = None, evaluation: dict | None = None) -> dict:
+        """Examples kept and dropped by reason when fitted to max_length, supervised tokens, packing efficiency, three rendered."""
+        reasons: dict[str, int] = {}
+        for reason in corpus.dropped.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        out: dict[str, Any] = {"dropped": reasons, "max_length": int(self.spec["max_length"] or self.spec["seq_len"])}
+        if segments is not None:
+            out["supervised_tokens"] = sum(s["supervised_tokens"] for s in segments)
+            out["packing_efficiency"] = [s["packing_efficiency"] for s in segments]
+            out["eval_supervised_tokens"] = evaluation["supervised_tokens"] if evaluation else 0
+            out["rendered"] = self.rendered_examples(corpus)
+        return out
+
+    def rendered_examples(self, corpus: Any, n: int = 3) -> list[dict]:
+        """The first ``n`` kept examples as text with the supervised spans in ``[[...]]``: what the model learns from."""
+        out = []
+        for doc in range(corpus.n_docs):
+            if len(out) == n:
+                break
+            ids = corpus.tokens.get(doc) if corpus.tokens.length[doc] > 0 and corpus.masks.length[doc] > 0 else None
+            if ids is None or doc in corpus.dropped:
+                continue
+            mask = corpus.masks.get(doc)
+            parts, start = [], 0
+            for i in range(1, len(ids) + 1):
+                if i == len(ids) or mask[i] != mask[start]:
+                    text = self.tokenizer.decode([int(t) for t in ids[start:i]])
+                    parts.append(f"[[{text}]]" if mask[start] else text)
+                    start = i
+            out.append({"locator": corpus.locator(doc), "text": "".join(parts)})
+        return out
 
     def split(self, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The kept documents as ``(train, held out)``: ``eval_fraction`` of them, seeded, by document."""
@@ -233,6 +286,8 @@ class _Builder:
         tok = train_bpe(texts, int(settings["vocab_size"]), min_frequency=int(settings["min_frequency"]))
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
+        tokenizer = self.request["tokenizer"]
+        prepare_chat(tok, tokenizer.get("chat_template"), tokenizer.get("special_tokens") or ())
         tok.save_pretrained(self.work / "tokenizer")
         self.tokenizer = tok
         self.timings["tokenizer_train_s"] = round(time.perf_counter() - t0, 3)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from . import chat
 from . import filters as F
 from . import readers
 from .readers import DataError
@@ -33,8 +34,8 @@ BATCH_SIZE = 512  # documents per work item
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(chains: list[list[F.Filter]], tokenizer: Any) -> None:
-    _WORKER.update(chains=chains, tokenizer=tokenizer)
+def _init_worker(chains: list[list[F.Filter]], tokenizer: Any, examples: dict | None = None) -> None:
+    _WORKER.update(chains=chains, tokenizer=tokenizer, examples=examples)
 
 
 def _analyse(source: int, texts: list[str], fields: dict[str, list], tokenize_all: bool) -> dict:
@@ -80,6 +81,28 @@ def _tokenize_batch(texts: list[str]) -> list[np.ndarray]:
     return encode(_WORKER["tokenizer"], texts)
 
 
+def _tokenize_examples(sources: list[int], examples: list[str]) -> list[tuple[Any, Any, str | None]]:
+    """Worker: ``(ids, mask, None)``, ``(None, None, drop reason)`` or ``(None, None, "error: ...")`` per example."""
+    import json
+
+    settings = _WORKER["examples"]
+    out: list[tuple[Any, Any, str | None]] = []
+    for source, text in zip(sources, examples):
+        try:
+            ids, mask = chat.tokenize_example(
+                _WORKER["tokenizer"], json.loads(text), train_on=settings["train_on"][source]
+            )
+        except (chat.TemplateError, ValueError) as e:
+            out.append((None, None, f"error: {e}"))
+            continue
+        ids, mask, reason = chat.fit_length(ids, mask, settings["max_length"], settings["overflow"])
+        if reason is not None:
+            out.append((None, None, reason))
+        else:
+            out.append((np.asarray(ids, dtype=np.uint32), np.asarray(mask, dtype=np.uint8), None))
+    return out
+
+
 class _Pool:
     """Ordered parallel map with a bounded number of items in flight (flat memory)."""
 
@@ -119,10 +142,11 @@ class _Pool:
 
 
 class TokenStore:
-    """Token ids of documents, appended to a flat uint32 file and read back in place."""
+    """Token ids (or, with ``dtype`` "<u1", supervision masks) of documents, appended to a flat file and read back in place."""
 
-    def __init__(self, path: pathlib.Path, n_docs: int = 0) -> None:
+    def __init__(self, path: pathlib.Path, n_docs: int = 0, dtype: str = "<u4") -> None:
         self.path = path
+        self.dtype = np.dtype(dtype)
         self.file = open(path, "ab")
         self.size = 0
         self.start = np.full(n_docs, -1, dtype=np.int64)
@@ -138,7 +162,7 @@ class TokenStore:
     def add(self, doc: int, ids: np.ndarray) -> None:
         self.start[doc] = self.size
         self.length[doc] = len(ids)
-        self.file.write(np.ascontiguousarray(ids, dtype="<u4").tobytes())
+        self.file.write(np.ascontiguousarray(ids, dtype=self.dtype).tobytes())
         self.size += len(ids)
 
     def get(self, doc: int) -> np.ndarray:
@@ -148,9 +172,10 @@ class TokenStore:
             self._reader = open(self.path, "rb")
         n = int(self.length[doc])
         if n <= 0:
-            return np.zeros(0, dtype="<u4")
-        self._reader.seek(int(self.start[doc]) * 4)
-        return np.frombuffer(self._reader.read(n * 4), dtype="<u4")
+            return np.zeros(0, dtype=self.dtype)
+        width = self.dtype.itemsize
+        self._reader.seek(int(self.start[doc]) * width)
+        return np.frombuffer(self._reader.read(n * width), dtype=self.dtype)
 
     def close(self) -> None:
         self.file.close()
@@ -184,6 +209,10 @@ class Corpus:
         self.source_end = [0] * len(labels)
         self.stats = [readers.ReadStats() for _ in labels]
         self.tokens = TokenStore(work / "tokens.bin")
+        # examples (a source whose records are not text): each document's supervision mask,
+        # and why tokenizing dropped it (too long, nothing supervised left)
+        self.masks = TokenStore(work / "masks.bin", dtype="<u1")
+        self.dropped: dict[int, str] = {}
         # per source and chain position: the per-batch features the workers left
         self.features: list[list[list[Any]]] = [[[] for _ in range(n)] for n in n_chains]
         self.scores: list[dict[str, list[np.ndarray]]] = [collections.defaultdict(list) for _ in labels]
@@ -209,8 +238,8 @@ class Corpus:
                 out[self.source_start[s] : self.source_end[s]] = np.concatenate(parts[name])
         return out[docs]
 
-    def texts(self, docs: np.ndarray) -> Iterator[tuple[np.ndarray, list[str]]]:
-        """Texts of ``docs`` (ascending), in batches, from the scratch Arrow file."""
+    def texts(self, docs: np.ndarray, column: int = 0) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """Texts of ``docs`` (ascending), in batches, from the scratch Arrow file (``column`` 2: the examples)."""
         import pyarrow as pa
 
         with pa.OSFile(str(self.docs_file)) as source:  # read, not mapped: flat memory
@@ -222,7 +251,7 @@ class Corpus:
                 end = np.searchsorted(docs, offset + size, side="left")
                 local = docs[pos:end] - offset
                 if len(local):
-                    yield docs[pos:end], batch.column(0).take(pa.array(local)).to_pylist()
+                    yield docs[pos:end], batch.column(column).take(pa.array(local)).to_pylist()
                 pos = end
                 offset += size
 
@@ -254,7 +283,10 @@ def read_and_analyse(
     """
     import pyarrow as pa
 
+    import json
+
     labels = source_labels(spec)
+    examples_mode = any((s.get("records") or "text") != "text" for s in spec["sources"])
     corpus = Corpus(work, labels, [len(chain) for chain in by_source])
     tokenize_all = bool(spec["count_dropped_tokens"]) and tokenizer is not None
     pool = _Pool(num_proc, ([[link.filter for link in chain] for chain in by_source], tokenizer))
@@ -268,7 +300,8 @@ def read_and_analyse(
             ):
                 yield (batch, i, batch.texts, batch.fields, tokenize_all)
 
-    schema = pa.schema([("text", pa.string()), ("id", pa.string())])
+    # the example column holds each document as an example (JSON): a text record as {"text": ...}
+    schema = pa.schema([("text", pa.string()), ("id", pa.string()), ("example", pa.string())])
     n = 0
     last_source = -1
     try:
@@ -279,7 +312,11 @@ def read_and_analyse(
                         corpus.source_start[s] = n
                     last_source = i
                 size = len(batch.texts)
-                writer.write_batch(pa.record_batch([pa.array(batch.texts, pa.string()), pa.array(batch.ids, pa.string())], schema=schema))
+                examples = batch.examples
+                if examples is None:
+                    examples = [json.dumps({"text": t}, ensure_ascii=False) for t in batch.texts] if examples_mode else [None] * size
+                columns = [pa.array(batch.texts, pa.string()), pa.array(batch.ids, pa.string()), pa.array(examples, pa.string())]
+                writer.write_batch(pa.record_batch(columns, schema=schema))
                 source_of.append(np.full(size, i, dtype=np.int32))
                 chars.append(np.fromiter((len(t) for t in batch.texts), dtype=np.int64, count=size))
                 for position, feature in enumerate(result["features"]):
@@ -309,6 +346,44 @@ def read_and_analyse(
         if corpus.source_end[i] == corpus.source_start[i]:
             raise DataError(f"{label}: no documents (every record was empty or skipped)")
     return corpus
+
+
+def tokenize_examples(corpus: Corpus, spec: dict, docs: np.ndarray, tokenizer: Any, num_proc: int) -> int:
+    """Tokenize ``docs`` as examples with their supervision masks (in parallel); return how many.
+
+    Each source's examples are masked by its ``train_on`` (unset: ``assistant`` for
+    conversations, ``completion`` for prompt/completion, ``all`` for text) and fitted to
+    ``max_length`` by ``overflow``; an example dropped there is left with no tokens and
+    its reason in ``corpus.dropped``.
+
+    Raises:
+        DataError: the chat template fails on an example, naming the source and the record.
+    """
+    train_on = [s.get("train_on") or default_train_on(s.get("records") or "text") for s in spec["sources"]]
+    settings = {"train_on": train_on, "max_length": int(spec["max_length"] or spec["seq_len"]), "overflow": spec["overflow"]}
+    pool = _Pool(num_proc, ([], tokenizer, settings))
+    try:
+        items = ((ids, [int(corpus.source_of[d]) for d in ids], texts) for ids, texts in corpus.texts(docs, 2))
+        for (ids, *_), results in pool.imap(_tokenize_examples, items):
+            for doc, (token_ids, mask, reason) in zip(ids, results):
+                doc = int(doc)
+                if reason is not None and reason.startswith("error: "):
+                    label = corpus.labels[int(corpus.source_of[doc])]
+                    raise DataError(f"{label}: {corpus.locator(doc)}: {reason[len('error: '):]}")
+                if reason is not None:
+                    corpus.dropped[doc] = reason
+                    token_ids, mask = np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.uint8)
+                corpus.tokens.add(doc, token_ids)
+                corpus.masks.grow(corpus.n_docs)
+                corpus.masks.add(doc, mask)
+    finally:
+        pool.close()
+    return len(docs)
+
+
+def default_train_on(records: str) -> str:
+    """What the loss sees of a source's records when its ``train_on`` is unset."""
+    return {"text": "all", "prompt_completion": "completion"}.get(records, "assistant")
 
 
 def tokenize(corpus: Corpus, docs: np.ndarray, tokenizer: Any, num_proc: int) -> int:

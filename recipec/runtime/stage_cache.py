@@ -37,9 +37,17 @@ def _source_for_key(source: dict) -> dict:
 
 def tokenizer_id(request: dict, tokenizer: Any) -> str:
     """What the key holds of the tokenizer: the loaded one's fingerprint, or a hash of the settings that train it."""
+    chat = {k: request["tokenizer"].get(k) for k in ("chat_template", "special_tokens")}
     if tokenizer is not None:
-        return tokenizer_fingerprint(tokenizer)
-    return hashlib.sha256(json.dumps({"train": request["tokenizer"]["train"]}, sort_keys=True).encode()).hexdigest()
+        found = tokenizer_fingerprint(tokenizer)
+        if any(chat.values()):  # the template decides the examples' ids and masks
+            template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(tokenizer.chat_template)
+            found = hashlib.sha256((found + "\0" + template).encode()).hexdigest()
+        return found
+    settings = {"train": request["tokenizer"]["train"]}
+    if any(chat.values()):
+        settings.update(chat)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def cache_key(spec: dict, project_dir: str | os.PathLike, tokenizer_id: str) -> tuple[str, dict]:

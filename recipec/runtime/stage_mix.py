@@ -179,3 +179,71 @@ def write_sequences(corpus: Corpus, spec: dict, tokenizer: Any, path: pathlib.Pa
         "document_order_sha256": order.hexdigest(),
     }
 
+
+
+def write_examples(corpus: Corpus, spec: dict, path: pathlib.Path, docs: np.ndarray) -> dict:
+    """Write the examples ``docs`` (in this order, repeats included) into ``path``; return counts and hashes.
+
+    With ``packing`` the examples are packed whole into rows of at most ``seq_len`` tokens
+    by best-fit-decreasing (:mod:`.packing`), ``position_ids`` restarting at each; without,
+    one example per row. Rows are not padded: the training script pads each micro-batch
+    to its longest row. Columns: ``input_ids``, ``mask`` (1 where the loss sees the token)
+    and ``position_ids``.
+    """
+    import pyarrow as pa
+
+    from .packing import efficiency, packed_rows
+
+    seq_len = int(spec["seq_len"])
+    schema = pa.schema(
+        [("input_ids", pa.list_(pa.int32())), ("mask", pa.list_(pa.int8())), ("position_ids", pa.list_(pa.int32()))]
+    )
+    digest = hashlib.sha256(b"recipec-examples-v1\0")
+    order = hashlib.sha256(b"recipec-document-order-v1\0")
+    source_tokens = np.zeros(len(corpus.labels), dtype=np.int64)
+    examples = []
+    for doc in docs:
+        ids = corpus.tokens.get(int(doc))
+        if len(ids) == 0:
+            continue
+        order.update(np.int64(doc).tobytes())
+        source_tokens[corpus.source_of[doc]] += len(ids)
+        examples.append((ids.astype(np.int32), corpus.masks.get(int(doc)).astype(np.int8)))
+    if spec["packing"]:
+        rows = packed_rows(examples, seq_len)
+    else:
+        rows = [
+            {"input_ids": ids, "mask": np.concatenate([[0], mask[1:]]).astype(np.int8), "position_ids": np.arange(len(ids))}
+            for ids, mask in examples
+        ]
+    lengths = [len(ids) for ids, _ in examples]
+    supervised = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for start in range(0, len(rows), 4096):
+            chunk = rows[start : start + 4096]
+            columns = []
+            for name, dtype in (("input_ids", np.int32), ("mask", np.int8), ("position_ids", np.int32)):
+                values = [np.asarray(r[name], dtype=dtype) for r in chunk]
+                offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])]).astype(np.int32)
+                flat = np.concatenate(values) if values else np.zeros(0, dtype=dtype)
+                columns.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)))
+                if name != "position_ids":
+                    digest.update(flat.astype("<i4").tobytes())
+                if name == "mask":
+                    supervised += int(flat.sum())
+            writer.write_batch(pa.record_batch(columns, schema=schema))
+    total = int(source_tokens.sum())
+    return {
+        "documents": int(len(docs)),
+        "examples": len(examples),
+        "sequences": len(rows),
+        "tokens": total,
+        "supervised_tokens": supervised,
+        # share of the token slots of rows padded to seq_len that hold example tokens
+        "packing_efficiency": round(efficiency(lengths, len(rows), seq_len), 6) if spec["packing"] else None,
+        "dropped_remainder_tokens": 0,
+        "source_tokens": {corpus.labels[s]: int(t) for s, t in enumerate(source_tokens) if t},
+        "realised": {corpus.labels[s]: round(float(t) / total, 6) for s, t in enumerate(source_tokens) if t} if total else {},
+        "sequences_sha256": digest.hexdigest(),
+        "document_order_sha256": order.hexdigest(),
+    }

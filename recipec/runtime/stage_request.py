@@ -38,11 +38,14 @@ DATA_FIELDS = (
     "seq_len",
     "packing",
     "eval_fraction",
+    "max_length",
+    "overflow",
 )
 """Keys of the recipe's `[data]` table that reach the stage as they are, under the same name."""
 
-TOKENIZER_FIELDS = ("tokenizer_path", "tokenizer_train", "model_revision", "trust_remote_code")
-"""The tokenizer the stage loads (``tokenizer_path`` at ``model_revision``) or trains (``tokenizer_train``)."""
+TOKENIZER_FIELDS = ("tokenizer_path", "tokenizer_train", "model_revision", "trust_remote_code", "chat_template", "special_tokens")
+"""The tokenizer the stage loads (``tokenizer_path`` at ``model_revision``) or trains (``tokenizer_train``), with
+the recipe's chat markers (``special_tokens``) and ``chat_template`` (its text) added."""
 
 FIELDS = ("seed", "sources", "filters", *DATA_FIELDS, "segments", *TOKENIZER_FIELDS)
 """Every setting of a request, in the order of the script's config block.
@@ -111,6 +114,7 @@ def request_from_settings(settings: Mapping[str, Any], project_dir: str | os.Pat
             "revision": settings["model_revision"],
             "trust_remote_code": bool(settings["trust_remote_code"]),
         }
+    tokenizer.update(chat_template=settings["chat_template"], special_tokens=list(settings["special_tokens"]))
     return {
         "spec": make_spec(settings),
         "project_dir": str(pathlib.Path(project_dir).resolve()),

@@ -146,11 +146,28 @@ def load_for_stage(settings: dict) -> Any:
             token becomes the end-of-text token.
     """
     tok = load_tokenizer(settings["path"], settings["revision"], bool(settings["trust_remote_code"]))
+    prepare_chat(tok, settings.get("chat_template"), settings.get("special_tokens") or ())
     if tok.eos_token_id is None:
         raise DataError(f"the tokenizer {settings['path']!r} has no end-of-text token; documents cannot be separated")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def prepare_chat(tokenizer: Any, chat_template: str | None, special_tokens: Any = ()) -> int:
+    """Give a tokenizer the recipe's chat markers and template (``tokenizer.special_tokens``, ``chat_template``).
+
+    Tokens it already has are not added again. The same call in the data stage and the
+    training script gives both the same ids.
+
+    Returns:
+        How many tokens were added (the model's embeddings grow by as many).
+    """
+    new = [t for t in special_tokens if t not in tokenizer.get_vocab()]
+    added = tokenizer.add_tokens(new, special_tokens=True) if new else 0  # whole, never split or normalised
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return added
 
 
 def fingerprint(tokenizer: Any) -> str:

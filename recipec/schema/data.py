@@ -11,6 +11,23 @@ from .filters import Filter, ScoreFilter, ScoreSampleFilter
 
 BUILTINS = ("python-docs", "python-stdlib")
 
+RECORD_FIELDS = {
+    "messages": ("messages", "role", "content"),
+    "sharegpt": ("messages", "role", "content"),
+    "alpaca": ("instruction", "input", "output", "system"),
+    "prompt_completion": ("prompt", "completion", "role", "content"),
+}
+"""The fields each record format reads, by the name `fields` renames them with (recipec_runtime/formats.py has their defaults)."""
+
+TRAIN_ON = {
+    "text": ("all",),
+    "messages": ("assistant", "last_assistant", "all"),
+    "sharegpt": ("assistant", "last_assistant", "all"),
+    "alpaca": ("assistant", "all"),
+    "prompt_completion": ("completion", "assistant", "last_assistant", "all"),
+}
+"""What the loss may see of each record format."""
+
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -31,7 +48,19 @@ class Source(Table):
     """File format. Unset: inferred from the extension (.jsonl/.json, also .gz and .zst compressed; .parquet; .txt/.md/.text). A text file is one document; a jsonl line is one document."""
 
     text_field: str = "text"
-    """The field (column) holding the document text, for jsonl and parquet."""
+    """The field (column) holding the document text, for jsonl and parquet, with `records = "text"`."""
+
+    records: Literal["text", "messages", "sharegpt", "alpaca", "prompt_completion"] = "text"
+    """What each record holds: `text` (a document, trained on every token), `messages` (OpenAI-style `[{role, content}, ...]`), `sharegpt` (`conversations` of `{from, value}`), `alpaca` (`instruction`, optional `input`, `output`, optional `system`) or `prompt_completion` (`prompt` and `completion`, strings or message lists). Any but `text` makes every source's documents examples: rendered with the chat template, masked by `train_on`, fitted to `data.max_length` and packed whole."""
+
+    fields: dict[str, str] | None = None
+    """Renamed fields of the records, e.g. `{messages = "dialog", role = "speaker", content = "text"}`. The names: messages, role, content (messages, sharegpt); instruction, input, output, system (alpaca); prompt, completion, role, content (prompt_completion)."""
+
+    roles: dict[str, str] | None = None
+    """Role names of the records mapped to system, user, assistant or tool, e.g. `{human = "user", bot = "assistant"}` (sharegpt maps human, gpt and system by default)."""
+
+    train_on: Literal["assistant", "last_assistant", "completion", "all"] | None = None
+    """What the loss sees: `assistant` turns (the default for conversations), the `last_assistant` turn, the `completion` (the default for prompt_completion), or `all` tokens (the only choice for text). The token that closes each supervised turn is supervised too."""
 
     max_documents: int | None = Field(None, ge=1)
     """Read at most this many (non-empty) documents of this source, in file order, before any filter. Unset: all."""
@@ -61,9 +90,33 @@ class Source(Table):
                 'e.g. builtin = "python-docs", or path = "data/*.jsonl"',
             )
         if self.builtin is not None:
-            for key in ("format", "text_field"):
+            for key in ("format", "text_field", "records"):
                 if key in self.model_fields_set:
                     raise key_error(key, f"`{key}` applies only to a `path` source")
+        if self.records == "text":
+            for key in ("fields", "roles"):
+                if getattr(self, key) is not None:
+                    raise key_error(key, f"`{key}` applies to conversation and instruction records, and `records` is \"text\"")
+        else:
+            if "text_field" in self.model_fields_set:
+                raise key_error("text_field", f"`text_field` applies to text records; rename the fields of {self.records} records with `fields`")
+            if self.format == "text":
+                raise key_error("records", f'a text file holds one document, not {self.records} records', 'use format = "jsonl", "parquet" or "datasets"')
+            known = RECORD_FIELDS[self.records]
+            for name in self.fields or {}:
+                if name not in known:
+                    raise key_error("fields", f"{self.records} records have no field {name!r}", "the fields: " + ", ".join(known))
+            if self.roles is not None and self.records == "alpaca":
+                raise key_error("roles", "alpaca records have no roles")
+            for name, role in (self.roles or {}).items():
+                if role not in ("system", "user", "assistant", "tool"):
+                    raise key_error("roles", f"role {name!r} maps to {role!r}, not one of system, user, assistant, tool")
+        if self.train_on is not None and self.train_on not in TRAIN_ON[self.records]:
+            raise key_error(
+                "train_on",
+                f'train_on = "{self.train_on}" does not apply to {self.records} records',
+                "choose one of " + ", ".join(f'"{t}"' for t in TRAIN_ON[self.records]),
+            )
         if isinstance(self.path, list) and not self.path:
             raise key_error("path", "`path` is an empty list", "give at least one glob")
         if self.phase_weights is not None:
@@ -86,7 +139,13 @@ class DataTable(Table):
     """Tokens per training sequence."""
 
     packing: bool = True
-    """Concatenate documents (each followed by the end-of-text token) and cut the stream into full `seq_len` blocks. Off: one padded, truncated sequence per document."""
+    """Concatenate documents (each followed by the end-of-text token) and cut the stream into full `seq_len` blocks. Off: one padded, truncated sequence per document. With examples (a source whose `records` are not text): pack whole examples into sequences of at most `seq_len` tokens by best-fit-decreasing, attention never crossing from one to the next; off, one example per sequence, each micro-batch padded to its longest."""
+
+    max_length: int | None = Field(None, ge=2)
+    """Examples only: the most tokens one example may have. Unset: `seq_len`. At most `seq_len` with packing."""
+
+    overflow: Literal["truncate", "drop"] = "truncate"
+    """Examples only: a longer example is cut to `max_length`, or dropped. Either way an example left with no supervised token is dropped and counted in the report, never trained on."""
 
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     """Fraction of the documents held out for evaluation, chosen with `recipe.seed`. The split is by document, before tokenization, so no text is in both."""
@@ -130,6 +189,12 @@ class DataTable(Table):
             )
         if weighted and self.temperature is not None:
             raise key_error("temperature", "`temperature` derives the weights from the sources' sizes; the sources also set `weight`")
+        examples = any(src.records != "text" for src in self.sources)
+        for key in ("max_length", "overflow"):
+            if key in self.model_fields_set and not examples:
+                raise key_error(key, f"`{key}` applies to examples, and every source's records are text", 'set records = "messages" (or another format) on a source')
+        if self.max_length is not None and self.packing and self.max_length > self.seq_len:
+            raise key_error("max_length", f"max_length {self.max_length} is longer than seq_len {self.seq_len}, the packed sequence", "raise seq_len or lower max_length")
         names = [src.name for src in self.sources if src.name is not None]
         for name in names:
             if names.count(name) > 1:

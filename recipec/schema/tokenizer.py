@@ -34,6 +34,12 @@ class TokenizerTable(Table):
     train: TokenizerTrain | None = None
     """Train a tokenizer instead of loading one, e.g. `train = {kind = "bpe", vocab_size = 8192}`."""
 
+    chat_template: str | None = None
+    """The chat template that renders conversations: a `.jinja` file (relative to the directory `recipec` runs in), or the template itself. Unset: the tokenizer's own. Its text is written into train.py and its hash into the lock; it is saved with the run's tokenizer."""
+
+    special_tokens: list[str] = Field(default_factory=list)
+    """Tokens to add as whole special tokens (chat markers such as `<|im_start|>`), unless the tokenizer has them. The model's embeddings grow to fit; under [peft] the embedding and output layers then train too."""
+
     @model_validator(mode="after")
     def check_path_or_train(self) -> TokenizerTable:
         if self.path is not None and self.train is not None:

@@ -50,6 +50,8 @@ def request(tmp_path, tokenizer_dir, sources, filters=(), segments=None, **spec)
         temperature=spec.pop("temperature", None),
         on_exhausted=spec.pop("on_exhausted", "repeat"),
         count_dropped_tokens=spec.pop("count_dropped_tokens", False),
+        max_length=spec.pop("max_length", None),
+        overflow=spec.pop("overflow", "truncate"),
         **spec,
     )
     return {
