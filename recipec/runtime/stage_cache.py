@@ -26,7 +26,7 @@ from .stage_filter import chains, score_fields
 from .stage_request import STAGE_VERSION
 from .tokenizer import fingerprint as tokenizer_fingerprint
 
-SCRATCH_FILES = ("docs.arrow", "tokens.bin")
+SCRATCH_FILES = ("docs.arrow", "tokens.bin", "masks.bin")
 """What a stage run leaves in its scratch directory besides the entry's files."""
 
 
