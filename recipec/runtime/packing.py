@@ -87,27 +87,35 @@ def efficiency(lengths: Sequence[int], rows: int, seq_len: int) -> float:
 def collate(rows: Sequence[dict[str, Sequence[int]]], pad_id: int, pad_to: int | None = None) -> dict[str, "torch.Tensor"]:
     """Pad rows to the longest (or to ``pad_to``) and make the training tensors.
 
-    A row without ``position_ids`` is one example (positions 0..n-1). Padding gets
-    ``pad_id``, label -100 and positions 0, 1, ... of its own, so it forms a segment that
-    attends to nothing real.
+    Rows hold ``input_ids`` and ``mask`` (lists or tensors) and, when packed,
+    ``position_ids``. A row without ``position_ids`` is one example (positions 0..n-1,
+    its first token unsupervised). Padding gets ``pad_id``, label -100 and positions 0, 1,
+    ... of its own, so it forms a segment that attends to nothing real.
     """
     import torch
 
-    width = max(len(r["input_ids"]) for r in rows) if pad_to is None else pad_to
-    ids, labels, positions = [], [], []
-    for r in rows:
-        n = len(r["input_ids"])
+    if not rows:
+        raise ValueError("cannot collate an empty batch")
+    ids = [torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows]
+    width = max(len(t) for t in ids) if pad_to is None else pad_to
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.arange(width, dtype=torch.long).repeat(len(rows), 1)
+    for i, (r, row_ids) in enumerate(zip(rows, ids)):
+        n = len(row_ids)
         if n > width:
             raise ValueError(f"a row of {n} tokens does not fit pad_to {width}")
-        pos = list(r["position_ids"]) if "position_ids" in r else list(range(n))
-        mask = list(r["mask"])
-        if "position_ids" not in r:
-            mask = [0] + mask[1:]
-        ids.append(list(r["input_ids"]) + [pad_id] * (width - n))
-        labels.append([t if m else IGNORE for t, m in zip(r["input_ids"], mask)] + [IGNORE] * (width - n))
-        positions.append(pos + list(range(width - n)))
-    return {
-        "input_ids": torch.tensor(ids, dtype=torch.long),
-        "labels": torch.tensor(labels, dtype=torch.long),
-        "position_ids": torch.tensor(positions, dtype=torch.long),
-    }
+        mask = torch.as_tensor(r["mask"], dtype=torch.bool).clone()
+        if "position_ids" in r:
+            positions[i, :n] = torch.as_tensor(r["position_ids"], dtype=torch.long)
+        else:
+            mask[:1] = False
+        positions[i, n:] = torch.arange(width - n)
+        input_ids[i, :n] = row_ids
+        labels[i, :n] = row_ids.masked_fill(~mask, IGNORE)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
+
+
+def supervised_tokens(labels: "torch.Tensor") -> "torch.Tensor":
+    """How many tokens of a batch the loss sees: labels past the first position that are not -100."""
+    return (labels[:, 1:] != IGNORE).sum()
