@@ -13,11 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .chat_templates import read_chat_templates
 from .diagnostics import Diagnostic, RecipeError
 from .local_files import check_local_files
 from .migrate import migrate
 from .parent import read_parent
 from .resolve import Plan, default_build_dir, resolve
+from .schema.model import LOCAL_PREFIXES
 from .source import SourceMap, read_recipe
 from .validate import validate
 
@@ -69,6 +71,8 @@ def plan_recipe(
     missing = check_local_files(recipe, source, project)
     try:
         parent = read_parent(recipe, source, project)
+        chat, unreadable = read_chat_templates(recipe, source, project, _local_tokenizer(recipe, parent.model_dir if parent else None))
+        missing += unreadable
         rel_build = _relative(build_dir, project) if build_dir is not None else default_build_dir(recipe)
         plan = resolve(
             recipe,
@@ -79,6 +83,7 @@ def plan_recipe(
             overrides=tuple(overrides),
             model_config=_local_model_config(recipe, project, parent.model_dir if parent else None),
             parent=parent,
+            chat=chat,
         )
     except RecipeError as exc:
         raise RecipeError(missing + exc.diagnostics + migrated) from None
@@ -122,6 +127,18 @@ def build_plan(plan: Plan, source: SourceMap, project: str | os.PathLike[str] = 
 def _relative(path: str | os.PathLike[str], start: str | os.PathLike[str]) -> str:
     """`path` relative to `start`, POSIX-style, so that no absolute path reaches a build."""
     return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(start))).as_posix()
+
+
+def _local_tokenizer(recipe: Recipe, parent_model: str | None) -> str | None:
+    """The directory of the tokenizer the run loads, when it is local: its chat template can be read."""
+    t = recipe.tokenizer
+    if t.train is not None:
+        return None
+    if t.path is not None:
+        return t.path if t.path.startswith(LOCAL_PREFIXES) else None
+    if parent_model is not None:
+        return parent_model
+    return recipe.model.path if recipe.model.is_local else None
 
 
 def _local_model_config(recipe: Recipe, project: Path, parent_model: str | None) -> dict[str, Any] | None:

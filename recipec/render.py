@@ -307,6 +307,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "overrides": list(plan.overrides),
         "stage_fields": stage_request.FIELDS,
         "peft_quantize": plan.get("peft_quantize"),
+        "examples": plan["examples"],
         **dataclasses.asdict(plan.launch),
     }
     files: dict[str, str | bytes] = {

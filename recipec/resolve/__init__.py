@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..chat_templates import ChatTemplates
 from ..parent import ParentRun
 from ..schema import Recipe
 from ..source import SourceMap
@@ -34,7 +35,7 @@ from .plan import Formula, Launch, Plan, Setting
 from .run import PLAIN_PATH, default_build_dir, run_settings
 from .schedule import schedule_settings
 from .segments import segment_settings
-from .tokenizer import tokenizer_settings
+from .tokenizer import chat_settings, tokenizer_settings
 from .train import optim_settings, sequence_settings, train_settings
 
 STEPS: tuple[Callable[[PlanBuilder], None], ...] = (
@@ -43,6 +44,7 @@ STEPS: tuple[Callable[[PlanBuilder], None], ...] = (
     fast_path_settings,  # attention kernel, torch.compile, the AdamW implementation
     peft_settings,  # [peft]: the adapter spec, QLoRA's quantization
     tokenizer_settings,  # [tokenizer]: loaded, trained, or the model's own
+    chat_settings,  # [tokenizer]: the chat template and added markers; the probe render
     data_settings,  # [data]: sources and filters for the data stage
     sequence_settings,  # loading the sequences; seq_len within the model's positions
     optim_settings,  # [optim]: the peak LR, as written or scaled with the batch
@@ -67,6 +69,7 @@ def resolve(
     overrides: tuple[str, ...] = (),
     model_config: dict[str, Any] | None = None,
     parent: ParentRun | None = None,
+    chat: ChatTemplates | None = None,
 ) -> Plan:
     """Check the recipe as a whole and derive every number the script needs.
 
@@ -79,6 +82,7 @@ def resolve(
         overrides: the `--set` arguments, recorded in the build.
         model_config: the pretrained model's config.json, when it is local and known.
         parent: with `[continual]`, the parent run as `recipec.parent.read_parent` found it.
+        chat: the chat templates as `recipec.chat_templates.read_chat_templates` read them.
 
     Raises:
         RecipeError: with every cross-table error found.
@@ -86,7 +90,12 @@ def resolve(
     if recipe.continual is not None and parent is None:
         raise ValueError("resolve needs the parent run for a [continual] recipe (see recipec.parent.read_parent)")
     b = PlanBuilder(
-        recipe, source, build_dir=build_dir or default_build_dir(recipe), model_config=model_config, parent=parent
+        recipe,
+        source,
+        build_dir=build_dir or default_build_dir(recipe),
+        model_config=model_config,
+        parent=parent,
+        chat=chat,
     )
     for step in STEPS:
         step(b)

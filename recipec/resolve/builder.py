@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..chat_templates import ChatTemplates
 from ..diagnostics import Diagnostic, RecipeError
 from ..memory import MemoryEstimate
 from ..parent import ParentRun
@@ -28,6 +29,7 @@ class PlanBuilder:
         build_dir: str,
         model_config: dict[str, Any] | None = None,
         parent: ParentRun | None = None,
+        chat: ChatTemplates | None = None,
     ) -> None:
         self.recipe = recipe
         self.source = source
@@ -36,6 +38,8 @@ class PlanBuilder:
         """The pretrained model's config.json, when it is local and known."""
         self.parent = parent
         """With `[continual]`, the parent run."""
+        self.chat = chat or ChatTemplates()
+        """The chat templates the read side found (`recipec.chat_templates`)."""
         self.settings: list[Setting] = []
         self.formulas: list[Formula] = []
         self.errors: list[Diagnostic] = []

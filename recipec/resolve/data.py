@@ -22,7 +22,7 @@ def source_dicts(sources: list[Source]) -> list[dict[str, Any]]:
     """Sources as the data stage reads them: what is set, filters with every default spelled out."""
     out = []
     for src in sources:
-        d = src.model_dump(exclude_none=True, exclude={"text_field"} if src.builtin else None)
+        d = src.model_dump(exclude_none=True, exclude={"text_field", "records"} if src.builtin else None)
         d["filters"] = [f.model_dump() for f in src.filters]
         out.append(d)
     return out
@@ -42,6 +42,15 @@ def data_settings(b: PlanBuilder) -> None:
     b.add("filters", filter_dicts(recipe), "data.filters (after each source's own)", b.origin(("data", "filters")))
     for name in stage_request.DATA_FIELDS:
         b.key(name, ("data", name))
+    examples = any(src.records != "text" for src in d.sources)
+    b.derived("examples", examples, "derived: a source's records are not text, so every document is an example")
+    if examples and recipe.launch.strategy == "deepspeed":
+        b.error(
+            ("launch", "strategy"),
+            "examples are trained on the mean loss over the supervised tokens of each optimizer step, which "
+            "DeepSpeed's own gradient accumulation does not give",
+            'use strategy = "ddp" or "fsdp"',
+        )
 
     trained = recipe.tokenizer.train is not None
     chains: list[tuple[tuple[Any, ...], list[Any]]] = [(("data", "filters"), list(d.filters))]

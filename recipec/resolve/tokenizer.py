@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from ..chat_templates import probe, sha256
 from .builder import PlanBuilder
+
+NEEDS_TEMPLATE = ("messages", "sharegpt", "alpaca")
+"""Record formats that are always conversations (prompt/completion ones may be plain strings)."""
 
 
 def tokenizer_settings(b: PlanBuilder) -> None:
@@ -25,3 +29,43 @@ def tokenizer_settings(b: PlanBuilder) -> None:
             "a from-scratch model (`model.init`) has no tokenizer of its own",
             'add [tokenizer] with train = {kind = "bpe", vocab_size = 8192}, or a tokenizer path',
         )
+
+
+def chat_settings(b: PlanBuilder) -> None:
+    """`chat_template` (its text, for the stage and the script) and `special_tokens`; the probe render.
+
+    A source of conversations needs a template: the recipe's, or the local tokenizer's
+    own; one that does not render or mask a probe conversation is an error here. A hub
+    tokenizer's own template is checked by the data stage.
+    """
+    r, chat = b.recipe, b.chat
+    if chat.recipe is None:
+        b.add("chat_template", None, "tokenizer.chat_template (unset: the tokenizer's own)", "default")
+    else:
+        where = f"file {chat.file}" if chat.file else "inline"
+        b.add(
+            "chat_template",
+            chat.recipe,
+            f"tokenizer.chat_template ({where}, sha256 {sha256(chat.recipe)[:12]})",
+            b.origin(("tokenizer", "chat_template")),
+        )
+    b.key("special_tokens", ("tokenizer", "special_tokens"))
+    conversational = [(i, s) for i, s in enumerate(r.data.sources) if s.records in NEEDS_TEMPLATE]
+    template = chat.effective
+    if template is None:
+        if conversational and chat.tokenizer_known:
+            i, s = conversational[0]
+            which = "the trained tokenizer" if r.tokenizer.train is not None else "the tokenizer"
+            b.error(
+                ("data", "sources", i, "records"),
+                f"sources[{i}] holds {s.records} records, which are rendered with a chat template, and {which} has none",
+                'set tokenizer.chat_template to a .jinja file or a template string (and tokenizer.special_tokens to its markers)',
+            )
+        return
+    if not any(s.records != "text" for s in r.data.sources):
+        return
+    problem = probe(template, {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"})
+    if problem is not None:
+        key = ("tokenizer", "chat_template") if chat.recipe is not None else ("data", "sources", conversational[0][0] if conversational else 0, "records")
+        whose = "the chat template" if chat.recipe is not None else "the tokenizer's chat template"
+        b.error(key, f"{whose} cannot be used: {problem}", "use a template with {% generation %} markers around assistant output")

@@ -715,3 +715,24 @@ def check_quantization(quantize: str | None) -> str | None:
     except Exception as err:  # ImportError, or a broken CUDA setup raising at import
         return f"{quantize} quantization needs the bitsandbytes package, which cannot be imported ({err})"
     return None
+
+
+def with_embeddings(model, spec: dict) -> dict:
+    """``spec`` with the model's embedding and output layers in ``modules_to_save``.
+
+    New tokens (chat markers) start as fresh rows of the embedding and output matrices:
+    under an adapter those rows would never train, so the two layers train in full and
+    are saved with the adapter.
+
+    Raises:
+        ValueError: the method has no ``modules_to_save``.
+    """
+    if "modules_to_save" not in RECIPE_KEYS[spec["method"]]:
+        raise ValueError(f"peft method {spec['method']!r} cannot train the resized embeddings (no modules_to_save)")
+    layers = {id(model.get_input_embeddings()): None}
+    output = model.get_output_embeddings()
+    if output is not None:
+        layers[id(output)] = None
+    names = [name.rsplit(".", 1)[-1] for name, module in model.named_modules() if id(module) in layers]
+    saved = list(dict.fromkeys([*(spec.get("modules_to_save") or []), *names]))
+    return {**spec, "modules_to_save": saved}
