@@ -1,0 +1,187 @@
+"""Instruction fine-tuning end to end: a pretrained chat model, conversation data, the loss on
+the answers; the loss does not depend on how a step is split; a hub id from the local cache.
+
+The model is a tiny Llama saved locally beside a ChatML tokenizer trained in a second; the
+generated script really trains it on CPU (slow).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recipec.compiler import build
+
+from runtime.chat_fixtures import CHATML_MARKED, chat_tokenizer
+
+pytestmark = pytest.mark.slow
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven small birds sing in the old oak tree".split()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONHASHSEED="0", **extra)
+    env.pop("ACCELERATE_USE_CPU", None)
+    return env
+
+
+def _model(directory: Path) -> None:
+    """A tiny Llama and its ChatML tokenizer, as save_pretrained writes them."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import torch
+
+    tok = chat_tokenizer(CHATML_MARKED)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tok.save_pretrained(directory)
+
+
+def _dialogs(path: Path, n: int = 48) -> None:
+    """Conversations of very uneven lengths: one to four turns, answers of 1 to 30 words."""
+    rng = random.Random(3)
+    rows = []
+    for _ in range(n):
+        messages = []
+        for _ in range(rng.choice([1, 1, 1, 2, 4])):
+            messages.append({"role": "user", "content": " ".join(rng.choices(WORDS, k=rng.randint(2, 8))) + "?"})
+            messages.append({"role": "assistant", "content": " ".join(rng.choices(WORDS, k=rng.choice([1, 2, 30])))})
+        rows.append({"messages": messages})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+RECIPE = """
+[recipe]
+name = "chat"
+seed = 5
+
+[model]
+path = "{model}"
+
+[data]
+seq_len = 256
+packing = {packing}
+eval_fraction = 0.125
+
+[[data.sources]]
+path = "data/dialogs.jsonl"
+records = "messages"
+
+[optim]
+lr = 1e-2
+
+[schedule]
+warmup = 1
+
+[train]
+micro_batch_size = {micro}
+batch_size = 8
+max_steps = 3
+log_every = 1
+eval_every = 0
+eval_batches = 0
+save_every = 0
+
+[launch]
+cpu = true
+num_processes = {processes}
+"""
+
+
+def _project(tmp_path: Path, model: str, *, packing: bool = False, micro: int = 8, processes: int = 1) -> Path:
+    (tmp_path / "recipes").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    _dialogs(tmp_path / "data" / "dialogs.jsonl")
+    text = RECIPE.format(model=model, packing=str(packing).lower(), micro=micro, processes=processes)
+    (tmp_path / "recipes" / "chat.toml").write_text(text)
+    return tmp_path
+
+
+def _train(project: Path, processes: int = 1, **env: str) -> list[dict]:
+    written, _ = build(project / "recipes" / "chat.toml", (), project / "build" / "chat", project=project)
+    script = str(written.dir / "train.py")
+    if processes > 1:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(written.dir / "accelerate_config.yaml"), script]
+    else:
+        cmd = [sys.executable, script]
+    proc = subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    lines = (project / "runs" / "chat" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model")
+    _model(path)
+    return path
+
+
+def test_the_loss_does_not_depend_on_how_a_step_is_split(tmp_path: Path, model_dir: Path) -> None:
+    """Micro-batch 8 x 1, micro-batch 4 x 2 accumulated, and 2 processes x 4: the same loss at every step."""
+    runs = {}
+    for name, micro, processes in (("8x1", 8, 1), ("4x2", 4, 1), ("2 processes", 4, 2)):
+        project = tmp_path / name.replace(" ", "-")
+        project.mkdir()
+        shutil.copytree(model_dir, project / "model")
+        _project(project, "./model", micro=micro, processes=processes)
+        runs[name] = [m["loss"] for m in _train(project, processes) if "loss" in m]
+    assert len(runs["8x1"]) == 3
+    assert runs["4x2"] == pytest.approx(runs["8x1"], abs=1e-5, rel=0)
+    assert runs["2 processes"] == pytest.approx(runs["8x1"], abs=1e-5, rel=0)
+
+
+def test_packed_and_unpacked_start_from_the_same_loss(tmp_path: Path, model_dir: Path) -> None:
+    """Step 1's loss (the untrained model on the first batch's examples) is the same packed or not."""
+    losses = {}
+    for packing in (False, True):
+        project = tmp_path / f"packing-{packing}"
+        project.mkdir()
+        shutil.copytree(model_dir, project / "model")
+        _project(project, "./model", packing=packing, micro=8)
+        metrics = _train(project)
+        losses[packing] = metrics
+        report = json.loads((project / "runs" / "chat" / "data_report.json").read_text())
+        assert report["examples"]["dropped"] == {}
+        assert report["examples"]["supervised_tokens"] > 0
+        if packing:
+            assert report["segments"][0]["sequences"] < report["segments"][0]["examples"]
+            assert 0.5 < report["examples"]["packing_efficiency"][0] <= 1
+    # the eval loss at step 0 covers every held-out example either way: the same number
+    evals = {p: next(m["eval_loss"] for m in ms if "eval_loss" in m) for p, ms in losses.items()}
+    assert evals[True] == pytest.approx(evals[False], abs=1e-5)
+
+
+def test_a_hub_id_in_the_local_cache_trains_offline(tmp_path: Path, model_dir: Path) -> None:
+    cache = tmp_path / "hub"
+    commit = hashlib.sha1(b"tiny-chat").hexdigest()
+    repo = cache / "models--tiny-org--tiny-chat"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    project = tmp_path / "project"
+    project.mkdir()
+    _project(project, "tiny-org/tiny-chat")
+    metrics = _train(project, HF_HUB_CACHE=str(cache))
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
+    saved = project / "runs" / "chat" / "model"
+    assert "generation" in (saved / "chat_template.jinja").read_text()
