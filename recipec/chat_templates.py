@@ -84,14 +84,15 @@ def read_chat_templates(
             text = None
     own, known = None, recipe.tokenizer.train is not None
     if tokenizer_dir is not None:
-        own, known = _tokenizer_template(project / Path(tokenizer_dir).expanduser())
+        own, known = _tokenizer_template(project, tokenizer_dir)
     return ChatTemplates(recipe=text, file=file, tokenizer=own, tokenizer_known=known), errors
 
 
-def _tokenizer_template(directory: Path) -> tuple[str | None, bool]:
+def _tokenizer_template(project: Path, path: str) -> tuple[str | None, bool]:
     """A local tokenizer's own template, and whether the directory could be read."""
     try:
-        jinja = directory / "chat_template.jinja"
+        jinja = project / Path(path).expanduser() / "chat_template.jinja"
+        directory = jinja.parent
         if jinja.is_file():
             return jinja.read_text(encoding="utf-8"), True
         config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))

@@ -90,9 +90,11 @@ class Source(Table):
                 'e.g. builtin = "python-docs", or path = "data/*.jsonl"',
             )
         if self.builtin is not None:
-            for key in ("format", "text_field", "records"):
+            for key in ("format", "text_field"):
                 if key in self.model_fields_set:
                     raise key_error(key, f"`{key}` applies only to a `path` source")
+            if self.records != "text":
+                raise key_error("records", "a builtin corpus holds text records")
         if self.records == "text":
             for key in ("fields", "roles"):
                 if getattr(self, key) is not None:
@@ -190,8 +192,8 @@ class DataTable(Table):
         if weighted and self.temperature is not None:
             raise key_error("temperature", "`temperature` derives the weights from the sources' sizes; the sources also set `weight`")
         examples = any(src.records != "text" for src in self.sources)
-        for key in ("max_length", "overflow"):
-            if key in self.model_fields_set and not examples:
+        for key in ("max_length", "overflow"):  # resolved.toml spells out the defaults: those are fine
+            if getattr(self, key) != type(self).model_fields[key].default and not examples:
                 raise key_error(key, f"`{key}` applies to examples, and every source's records are text", 'set records = "messages" (or another format) on a source')
         if self.max_length is not None and self.packing and self.max_length > self.seq_len:
             raise key_error("max_length", f"max_length {self.max_length} is longer than seq_len {self.seq_len}, the packed sequence", "raise seq_len or lower max_length")

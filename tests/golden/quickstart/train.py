@@ -71,6 +71,8 @@ adamw_implementation = {}       # optim.implementation "auto"
 # tokenizer
 tokenizer_path = None           # tokenizer.train: trained before the run
 tokenizer_train = {'kind': 'bpe', 'vocab_size': 4096, 'min_frequency': 2, 'max_documents': None}  # tokenizer.train
+chat_template = None            # tokenizer.chat_template (unset: the tokenizer's own)
+special_tokens = []             # tokenizer.special_tokens
 
 # data
 sources = [{'builtin': 'python-docs', 'on_error': 'error', 'filters': []}]  # data.sources
@@ -83,6 +85,9 @@ count_dropped_tokens = False    # data.count_dropped_tokens
 seq_len = 128                   # data.seq_len
 packing = True                  # data.packing
 eval_fraction = 0.1             # data.eval_fraction
+max_length = None               # data.max_length
+overflow = 'truncate'           # data.overflow
+examples = False                # derived: a source's records are not text, so every document is an example
 num_workers = 0                 # data.num_workers
 pin_memory = None               # data.pin_memory
 
@@ -210,11 +215,15 @@ data_settings = dict(
     seq_len=seq_len,
     packing=packing,
     eval_fraction=eval_fraction,
+    max_length=max_length,
+    overflow=overflow,
     segments=segments,
     tokenizer_path=tokenizer_path,
     tokenizer_train=tokenizer_train,
     model_revision=model_revision,
     trust_remote_code=trust_remote_code,
+    chat_template=chat_template,
+    special_tokens=special_tokens,
 )
 data_request = stage.request_from_settings(data_settings, project_dir)
 
@@ -263,6 +272,7 @@ for segment, path in zip(segments, data_out.train_files):
     train_sets.append(train_set)
 accelerator.print(f"sequences of {seq_len} tokens: {' + '.join(str(len(t)) for t in train_sets)} train, {len(eval_ds)} held out")
 
+collate = data.collate
 # each loader has its own seeded generator, so the shuffle order depends on the seed and
 # the epoch only, never on how many random numbers the model or dropout have drawn
 if pin_memory is None:  # data.pin_memory unset: page-locked batches on a GPU, so the copy to it runs async
@@ -273,7 +283,7 @@ train_loaders = [
         batch_size=micro_batch_size,
         shuffle=True,
         drop_last=True,
-        collate_fn=data.collate,
+        collate_fn=collate,
         num_workers=num_workers,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
@@ -281,7 +291,7 @@ train_loaders = [
     for train_set in train_sets
 ]
 eval_loader = DataLoader(
-    eval_ds, batch_size=micro_batch_size, collate_fn=data.collate, num_workers=num_workers, pin_memory=pin_memory
+    eval_ds, batch_size=micro_batch_size, collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory
 )
 
 # -----------------------------------------------------------------------------
