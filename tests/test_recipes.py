@@ -51,8 +51,7 @@ def finished_parent(project: Path, recipe: Path) -> None:
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_example_validates_cleanly(recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    (tmp_path / "recipes").mkdir()
-    shutil.copy(recipe, tmp_path / "recipes" / recipe.name)
+    shutil.copytree(recipe.parent, tmp_path / "recipes")  # with the data and chat templates examples read
     finished_parent(tmp_path, recipe)
     monkeypatch.chdir(tmp_path)
     rel = f"recipes/{recipe.name}"
@@ -64,8 +63,7 @@ def test_example_validates_cleanly(recipe: Path, tmp_path: Path, monkeypatch: py
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_example_builds_and_its_files_parse(recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    (tmp_path / "recipes").mkdir()
-    shutil.copy(recipe, tmp_path / "recipes" / recipe.name)
+    shutil.copytree(recipe.parent, tmp_path / "recipes")  # with the data and chat templates examples read
     finished_parent(tmp_path, recipe)
     monkeypatch.chdir(tmp_path)
     written, plan = build(f"recipes/{recipe.name}")
@@ -86,8 +84,7 @@ def test_example_builds_and_its_files_parse(recipe: Path, tmp_path: Path, monkey
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_validate_and_build_never_import_the_training_stack(verb: str, recipe: Path, tmp_path: Path):
     """Each example through the real CLI in a fresh interpreter: no torch, transformers, ..."""
-    (tmp_path / "recipes").mkdir()
-    shutil.copy(recipe, tmp_path / "recipes" / recipe.name)
+    shutil.copytree(recipe.parent, tmp_path / "recipes")  # with the data and chat templates examples read
     finished_parent(tmp_path, recipe)
     script = textwrap.dedent(
         """

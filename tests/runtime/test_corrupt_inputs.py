@@ -120,7 +120,6 @@ CORRUPT_TOKENIZER = {
     "tokenizer_config.json-garbage": ("tokenizer_config.json", b"]", "./tok", r"tok/tokenizer_config\.json:1:1: not valid JSON"),
     "tokenizer_config.json-a-list": ("tokenizer_config.json", b"[1]", "./tok", r"tok/tokenizer_config\.json: expected a JSON object"),
     "special_tokens_map.json-garbage": ("special_tokens_map.json", b"{\n  oops", "./tok", r"tok/special_tokens_map\.json:2:3: not valid JSON"),
-    "path-names-tokenizer.json": ("tokenizer.json", b"garbage", "./tok/tokenizer.json", r"tok/tokenizer\.json:1:1: not valid JSON"),
 }
 
 
@@ -146,6 +145,19 @@ def test_corrupt_tokenizer_file_is_named_by_recipec_data(name, tokenizer_files, 
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith(f"error: tokenizer: {tmp_path.resolve()}/tok"), error
     assert re.search(expected, error), error
+
+
+def test_a_tokenizer_path_naming_a_file_is_an_error_at_the_key_before_any_data_is_read(tokenizer_files, tmp_path, monkeypatch):
+    """A local tokenizer is the directory save_pretrained wrote: a path to its tokenizer.json is refused at the key."""
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_bytes(b"garbage")
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.jsonl").write_bytes(LINES[: LINES.index(b"\n", 20000) + 1])
+    _recipe(tmp_path, tokenizer={"path": "./tok/tokenizer.json"})
+    result = _data(tmp_path, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert "'./tok/tokenizer.json' is a file; a local tokenizer is a directory that save_pretrained wrote" in result.stderr
+    assert "recipe.toml:" in result.stderr
 
 
 def test_the_intact_tokenizer_loads(tokenizer_files, tmp_path, monkeypatch):
