@@ -234,7 +234,11 @@ class _Builder:
         reasons: dict[str, int] = {}
         for reason in corpus.dropped.values():
             reasons[reason] = reasons.get(reason, 0) + 1
-        out: dict[str, Any] = {"dropped": reasons, "max_length": int(self.spec["max_length"] or self.spec["seq_len"])}
+        out: dict[str, Any] = {
+            "dropped": reasons,
+            "truncated": corpus.truncated,
+            "max_length": int(self.spec["max_length"] or self.spec["seq_len"]),
+        }
         if segments is not None:
             out["supervised_tokens"] = sum(s["supervised_tokens"] for s in segments)
             out["packing_efficiency"] = [s["packing_efficiency"] for s in segments]
@@ -338,6 +342,23 @@ def format_report(report: dict) -> str:
     e = report["eval"]
     lines.append("")
     lines.append(f"held out: {e['sequences']} sequences ({e['tokens']} tokens) from {e['documents']} documents")
+    x = report.get("examples")
+    if x:
+        dropped = ", ".join(f"{k}: {v}" for k, v in x["dropped"].items()) or "none"
+        efficiency = ", ".join("-" if p is None else f"{p:.3f}" for p in x["packing_efficiency"])
+        lines.append("")
+        lines.append(
+            f"examples: {d['kept']} kept by the filters; fitted to max_length {x['max_length']}: {x['truncated']} truncated, "
+            f"dropped {dropped}"
+        )
+        lines.append(
+            f"supervised tokens: {x['supervised_tokens']} train, {x['eval_supervised_tokens']} held out; "
+            f"packing efficiency {efficiency}"
+        )
+        for r in x["rendered"]:
+            lines.append("")
+            lines.append(f"{r['locator']} (the loss sees what is in [[...]]):")
+            lines.extend("  " + line for line in r["text"].splitlines())
     return "\n".join(lines)
 
 

@@ -95,8 +95,12 @@ def _tokenize_examples(sources: list[int], examples: list[str]) -> list[tuple[An
         except (chat.TemplateError, ValueError) as e:
             out.append((None, None, f"error: {e}"))
             continue
+        cut = len(ids) > settings["max_length"]
         ids, mask, reason = chat.fit_length(ids, mask, settings["max_length"], settings["overflow"])
-        if reason is not None:
+        if reason is None and cut:
+            reason = "truncated"  # kept, shortened
+            out.append((np.asarray(ids, dtype=np.uint32), np.asarray(mask, dtype=np.uint8), reason))
+        elif reason is not None:
             out.append((None, None, reason))
         else:
             out.append((np.asarray(ids, dtype=np.uint32), np.asarray(mask, dtype=np.uint8), None))
@@ -213,6 +217,7 @@ class Corpus:
         # and why tokenizing dropped it (too long, nothing supervised left)
         self.masks = TokenStore(work / "masks.bin", dtype="<u1")
         self.dropped: dict[int, str] = {}
+        self.truncated = 0
         # per source and chain position: the per-batch features the workers left
         self.features: list[list[list[Any]]] = [[[] for _ in range(n)] for n in n_chains]
         self.scores: list[dict[str, list[np.ndarray]]] = [collections.defaultdict(list) for _ in labels]
@@ -370,7 +375,9 @@ def tokenize_examples(corpus: Corpus, spec: dict, docs: np.ndarray, tokenizer: A
                 if reason is not None and reason.startswith("error: "):
                     label = corpus.labels[int(corpus.source_of[doc])]
                     raise DataError(f"{label}: {corpus.locator(doc)}: {reason[len('error: '):]}")
-                if reason is not None:
+                if reason == "truncated":
+                    corpus.truncated += 1
+                elif reason is not None:
                     corpus.dropped[doc] = reason
                     token_ids, mask = np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.uint8)
                 corpus.tokens.add(doc, token_ids)

@@ -96,6 +96,10 @@ def test_messages_become_packed_examples_with_assistant_masks(tmp_path, tokenize
     rendered = report["examples"]["rendered"]
     assert len(rendered) == 3 and rendered[0]["locator"] == "d.jsonl:1"
     assert "[[It is 0.<|im_end|>\n]]" in rendered[0]["text"]
+    table = stage.format_report(report)
+    assert "examples: 40 kept by the filters; fitted to max_length 128: 0 truncated, dropped none" in table
+    assert f"supervised tokens: {report['examples']['supervised_tokens']} train" in table
+    assert "d.jsonl:1 (the loss sees what is in [[...]]):" in table
 
 
 def test_unpacked_examples_are_one_per_row(tmp_path, tokenizer_dir):
@@ -116,6 +120,7 @@ def test_max_length_truncates_or_drops_and_counts(tmp_path, tokenizer_dir):
     out = run(request(tmp_path, tokenizer_dir, src, max_length=40, overflow="truncate"))
     # questions 0-9 answer at token 37, the longer ones after 40: those have nothing left
     assert out.report["examples"]["dropped"] == {"no_supervised_token": 30}
+    assert out.report["examples"]["truncated"] == 10
     for row in rows_of(out):
         assert max(row["position_ids"]) < 40 and sum(row["mask"]) > 0
     out = run(request(tmp_path, tokenizer_dir, src, max_length=60, overflow="drop"))
