@@ -384,7 +384,7 @@ def test_recipe_strings_are_inert_literals(s: str, recipe_data, baselines):
         literals = _top_level_literals(tree)
         if kind == "scratch":
             assert literals["tokenizer_path"] == s
-            common = {"records": "text", "on_error": "error", "filters": []}
+            common = {"records": "text", "split": "train", "on_error": "error", "filters": []}
             assert literals["sources"] == [
                 {"path": s, "text_field": s, **common},
                 {"path": [s, s], "format": "jsonl", "text_field": "text", **common},

@@ -185,3 +185,25 @@ def test_a_hub_id_in_the_local_cache_trains_offline(tmp_path: Path, model_dir: P
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
     saved = project / "runs" / "chat" / "model"
     assert "generation" in (saved / "chat_template.jinja").read_text()
+
+
+def test_a_named_eval_source_and_generations_at_each_evaluation(tmp_path: Path, model_dir: Path) -> None:
+    """A `split = "eval"` source is held out whole; each evaluation writes greedy answers to held-out prompts."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copytree(model_dir, project / "model")
+    _project(project, "./model")
+    _dialogs(project / "data" / "eval.jsonl", n=6)
+    recipe = project / "recipes" / "chat.toml"
+    text = recipe.read_text().replace("eval_fraction = 0.125", "eval_fraction = 0.0")
+    text = text.replace("eval_batches = 0", "eval_batches = 0\neval_generations = 3\nmax_new_tokens = 5")
+    text += '\n[[data.sources]]\nname = "exam"\npath = "data/eval.jsonl"\nrecords = "messages"\nsplit = "eval"\n'
+    recipe.write_text(text)
+    metrics = _train(project)
+    report = json.loads((project / "runs" / "chat" / "data_report.json").read_text())
+    assert report["documents"]["eval"] == 6 and report["documents"]["train"] == 48
+    assert report["segments"][0]["sources"] == ["sources[0]"]
+    assert [m["step"] for m in metrics if "eval_loss" in m] == [0, 3]
+    lines = [json.loads(line) for line in (project / "runs" / "chat" / "generations.jsonl").read_text().splitlines()]
+    assert [g["step"] for g in lines] == [0, 0, 0, 3, 3, 3]
+    assert all(g["prompt"].endswith("<|im_start|>assistant\n") and isinstance(g["ended"], bool) for g in lines)

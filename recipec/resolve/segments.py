@@ -36,7 +36,7 @@ def check_shares(b: PlanBuilder) -> None:
     warning shows, and which differ from what was written.
     """
     sources = b.recipe.data.sources
-    weights = [src.weight for src in sources]
+    weights = [src.weight for src in sources if src.split == "train"]
     if len(weights) < 2 or any(w is None or w > 1 for w in weights):
         return
     total = math.fsum(weights)
@@ -59,11 +59,12 @@ def _segments(b: PlanBuilder, phases: list[dict[str, Any]] | None, max_steps: in
     sets one (every source's documents are used once).
     """
     sources = b.recipe.data.sources
-    weighted = sources[0].weight is not None  # every source or none (checked by the schema)
+    training = [i for i, src in enumerate(sources) if src.split == "train"]  # eval sources are held out whole
+    weighted = sources[training[0]].weight is not None  # every training source or none (checked by the schema)
     by_phase = [i for i, src in enumerate(sources) if src.phases is not None or src.phase_weights]
     if not by_phase:
-        weights = [src.weight for src in sources] if weighted else None
-        return [{"first_step": 0, "last_step": None, "sources": list(range(len(sources))), "weights": weights}]
+        weights = [sources[i].weight for i in training] if weighted else None
+        return [{"first_step": 0, "last_step": None, "sources": training, "weights": weights}]
     first = by_phase[0]
     key = "phases" if sources[first].phases is not None else "phase_weights"
     if max_steps is None:
@@ -95,7 +96,7 @@ def _segments(b: PlanBuilder, phases: list[dict[str, Any]] | None, max_steps: in
     segments: list[dict[str, Any]] = []
     for p in phases:
         name = p["name"]
-        used = [i for i, src in enumerate(sources) if src.phases is None or name in src.phases]
+        used = [i for i in training if sources[i].phases is None or name in sources[i].phases]
         if not used:
             b.error(("data", "sources"), f"schedule phase {name!r} has no data source to train on")
             return None

@@ -88,9 +88,13 @@ def train_settings(b: PlanBuilder) -> None:
         b.key("epochs", ("train", "epochs"))
         b.formula("steps_per_epoch", "len(train_sets[0]) // batch_size", "derived: training sequences // batch_size")
         b.formula("max_steps", "math.ceil(epochs * steps_per_epoch)", "derived: ceil(train.epochs * steps_per_epoch)")
-    for k in ("log_every", "eval_every", "eval_batches", "save_every", "keep_last"):
+    for k in ("log_every", "eval_every", "eval_batches", "eval_generations", "max_new_tokens", "save_every", "keep_last"):
         b.key(k, ("train", k))
-    if d.eval_fraction == 0 and t.eval_every > 0:
+    if t.eval_generations and not b.get("examples"):
+        b.error(("train", "eval_generations"), "generations come from held-out examples, and every source's records are text")
+    if t.eval_generations and r.launch.strategy == "fsdp":
+        b.error(("train", "eval_generations"), "generating from a sharded model (FSDP) is not supported", "set eval_generations = 0")
+    if d.eval_fraction == 0 and t.eval_every > 0 and not any(src.split == "eval" for src in d.sources):
         b.warn(("train", "eval_every"), "data.eval_fraction is 0: there is no held-out split, so no evaluation runs")
 
 

@@ -202,7 +202,7 @@ def _render(tokenizer: Any, template: str, messages: list[dict[str, str]], gener
         raise TemplateError(f"the chat template failed to render: {type(exc).__name__}: {exc}") from exc
 
 
-def _closing_ids(tokenizer: Any) -> set[int]:
+def closing_ids(tokenizer: Any) -> set[int]:
     """Tokens that can end a turn: EOS and every special or added control token."""
     ids = set(tokenizer.all_special_ids)
     ids.update(i for i, t in tokenizer.added_tokens_decoder.items() if t.special)
@@ -218,7 +218,7 @@ def _assistant_spans(
         raise TemplateError("the conversation has no assistant turn")
     full = _render(tokenizer, template, messages, False)
     ids = _encode(tokenizer, full)
-    closing = _closing_ids(tokenizer)
+    closing = closing_ids(tokenizer)
     if has_generation_markers(template):
         try:
             out = tokenizer.apply_chat_template(
@@ -273,3 +273,21 @@ def _runs(mask: list[int]) -> list[tuple[int, int]]:
             runs.append((start, i))
             start = None
     return runs
+
+
+def held_out_prompts(rows: Any, n: int) -> list[list[int]]:
+    """The first ``n`` examples of the data stage's rows, each cut before its first supervised token.
+
+    Rows are packed or single examples (``input_ids``, ``mask``, ``position_ids``); a packed
+    row holds several, each starting where ``position_ids`` is 0.
+    """
+    prompts: list[list[int]] = []
+    for row in rows:
+        ids, mask, positions = (list(map(int, row[k])) for k in ("input_ids", "mask", "position_ids"))
+        starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
+        for a, b in zip(starts, starts[1:]):
+            if 1 in mask[a:b] and len(prompts) < n:
+                prompts.append(ids[a : a + mask[a:b].index(1)])
+        if len(prompts) >= n:
+            break
+    return prompts

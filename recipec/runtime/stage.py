@@ -145,7 +145,7 @@ class _Builder:
         if not alive.any():
             raise DataError("the filters dropped every document:\n" + filter_table(stats))
 
-        train_docs, eval_docs = self.split(alive)
+        train_docs, eval_docs = self.split(corpus, alive)
         if self.tokenizer is None:
             self.train_tokenizer(corpus, train_docs)
         t0 = time.perf_counter()
@@ -265,8 +265,17 @@ class _Builder:
             out.append({"locator": corpus.locator(doc), "text": "".join(parts)})
         return out
 
-    def split(self, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The kept documents as ``(train, held out)``: ``eval_fraction`` of them, seeded, by document."""
+    def split(self, corpus: Any, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The kept documents as ``(train, held out)``: those of ``split = "eval"`` sources, and ``eval_fraction`` of the others, seeded, by document."""
+        named = [i for i, s in enumerate(self.spec["sources"]) if s.get("split", "train") == "eval"]
+        if named:
+            evaluation = np.isin(corpus.source_of, named)
+            train, held = self.split_fraction(alive & ~evaluation)
+            return train, np.sort(np.concatenate([held, np.flatnonzero(alive & evaluation)]))
+        return self.split_fraction(alive)
+
+    def split_fraction(self, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``eval_fraction`` of the documents ``alive`` held out, seeded, by document."""
         kept = np.flatnonzero(alive)
         fraction = float(self.spec["eval_fraction"])
         if fraction == 0:

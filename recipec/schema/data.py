@@ -68,6 +68,9 @@ class Source(Table):
     on_error: Literal["error", "skip"] = "error"
     """A malformed record (a jsonl line that is not a JSON object, a missing or non-text field, a text file that is not UTF-8): stop with its file and line, or skip it and count it in the report."""
 
+    split: Literal["train", "eval"] = "train"
+    """`eval`: a named evaluation source, held out whole (beside `data.eval_fraction` of the training sources) and never trained on; its loss is `eval_loss` with the rest of the held-out data."""
+
     weight: float | None = Field(None, gt=0)
     """Share of this source in the training tokens, relative to the other sources' weights (normalised to sum to 1 over the sources of a phase). A source with more tokens than its share is subsampled, one with fewer is repeated (see `data.on_exhausted`). Unset on every source: each source's documents are used once (their natural share)."""
 
@@ -119,6 +122,10 @@ class Source(Table):
                 f'train_on = "{self.train_on}" does not apply to {self.records} records',
                 "choose one of " + ", ".join(f'"{t}"' for t in TRAIN_ON[self.records]),
             )
+        if self.split == "eval":
+            for key in ("weight", "phase_weights", "phases"):
+                if getattr(self, key) is not None:
+                    raise key_error(key, f"`{key}` shapes the training mixture, and this source is for evaluation only (split = \"eval\")")
         if isinstance(self.path, list) and not self.path:
             raise key_error("path", "`path` is an empty list", "give at least one glob")
         if self.phase_weights is not None:
@@ -181,9 +188,12 @@ class DataTable(Table):
 
     @model_validator(mode="after")
     def check_mixture(self) -> DataTable:
-        weighted = [i for i, src in enumerate(self.sources) if src.weight is not None]
-        if weighted and len(weighted) != len(self.sources):
-            missing = next(i for i, src in enumerate(self.sources) if src.weight is None)
+        training = [i for i, src in enumerate(self.sources) if src.split == "train"]
+        if not training:
+            raise key_error("sources", 'every source has split = "eval": there is nothing to train on')
+        weighted = [i for i in training if self.sources[i].weight is not None]
+        if weighted and len(weighted) != len(training):
+            missing = next(i for i in training if self.sources[i].weight is None)
             raise key_error(
                 "sources",
                 f"sources[{missing}] has no `weight` but sources[{weighted[0]}] has one",

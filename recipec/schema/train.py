@@ -39,6 +39,12 @@ class TrainTable(Table):
     eval_batches: int = Field(50, ge=0)
     """Micro-batches per evaluation; 0: the whole held-out split."""
 
+    eval_generations: int = Field(0, ge=0, le=1000)
+    """Examples only: at each evaluation, greedy generations from this many held-out prompts (each held-out example cut before its first supervised token), appended to `generations.jsonl` in the run directory with the step and whether each ended with an end-of-turn token. 0: none."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    """The most tokens each of the `eval_generations` may generate."""
+
     save_every: int = Field(500, ge=0)
     """Save a resumable checkpoint every this many steps; 0: none (the final model is always saved)."""
 

@@ -194,3 +194,14 @@ def test_fit_length_truncates_and_drops_what_has_no_supervised_token():
     assert fit_length(ids, mask, 8, "drop") == ([], [], "too_long")
     # a supervised first token has nothing to predict it: it does not count
     assert fit_length([1, 2, 3], [1, 0, 0], 3, "truncate")[2] == "no_supervised_token"
+
+
+def test_held_out_prompts_cut_each_example_before_its_answer():
+    from recipec.runtime.chat import held_out_prompts
+
+    rows = [
+        {"input_ids": [1, 2, 3, 4, 5, 6, 7], "mask": [0, 0, 1, 0, 0, 0, 1], "position_ids": [0, 1, 2, 0, 1, 2, 3]},
+        {"input_ids": [8, 9], "mask": [0, 1], "position_ids": [0, 1]},
+    ]
+    assert held_out_prompts(rows, 5) == [[1, 2], [4, 5, 6], [8]]
+    assert held_out_prompts(rows, 2) == [[1, 2], [4, 5, 6]]

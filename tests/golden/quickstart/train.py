@@ -75,7 +75,7 @@ chat_template = None            # tokenizer.chat_template (unset: the tokenizer'
 special_tokens = []             # tokenizer.special_tokens
 
 # data
-sources = [{'builtin': 'python-docs', 'on_error': 'error', 'filters': []}]  # data.sources
+sources = [{'builtin': 'python-docs', 'on_error': 'error', 'split': 'train', 'filters': []}]  # data.sources
 filters = []                    # data.filters (after each source's own)
 temperature = None              # data.temperature
 on_exhausted = 'repeat'         # data.on_exhausted
@@ -107,6 +107,8 @@ max_steps = 300                 # train.max_steps
 log_every = 10                  # train.log_every
 eval_every = 100                # train.eval_every
 eval_batches = 50               # train.eval_batches
+eval_generations = 0            # train.eval_generations
+max_new_tokens = 64             # train.max_new_tokens
 save_every = 100                # train.save_every
 keep_last = 2                   # train.keep_last
 
