@@ -220,16 +220,20 @@ def _assignment(name: str, value: Any, note: str) -> list[str]:
 def resolved_toml(plan: Plan) -> str:
     """Every setting after defaults and overrides, as a recipe that builds the same plan."""
     recipe = plan.recipe
-    data = recipe.model_dump(exclude_none=True)
+    data = recipe.model_dump(exclude_none=True, by_alias=True)  # `from`, not the field's `from_`
     # leave out what the recipe could not have said: it must validate as written
     if recipe.model.init is None:
         data["model"].pop("config", None)
     if not recipe.model.compile:
         data["model"].pop("compile_mode", None)
     for source, dumped in zip(recipe.data.sources, data["data"]["sources"]):
-        if source.builtin is not None:
+        if source.builtin is not None or source.records != "text":
             dumped.pop("text_field", None)
+    if plan.get("chat_template") is not None:  # the template itself, as built: a later edit of its file is a change
+        data["tokenizer"]["chat_template"] = plan["chat_template"]
     schedule = data["schedule"]
+    if recipe.continual is not None:  # continual.rewarm_from says where the warmup starts
+        schedule.pop("warmup_start_ratio", None)
     if recipe.schedule.min_lr is not None:
         schedule.pop("min_lr_ratio", None)
     if recipe.schedule.phases is not None:

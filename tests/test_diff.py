@@ -218,3 +218,24 @@ def test_higher_lr_and_longer_run_on_a_pretrained_model_are_flagged(project, wri
     assert "attention: peak LR raised from 0.0003 to 0.001 on a pretrained model" in result.stdout
     assert "attention: more optimizer steps: 100 -> 200 on a pretrained model" in result.stdout
     assert "attention: more training tokens: 25,600 -> 51,200" in result.stdout
+
+
+def test_an_edited_chat_template_file_is_a_change_of_the_build(project, write_recipe):
+    """resolved.toml keeps the template as built, so an edit of its file shows in `diff` (and drifts in `verify`)."""
+    from recipec.compiler import build
+
+    (project / "chat.jinja").write_text(
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    (project / "d.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}) + "\n")
+    recipe = write_recipe(
+        {"tokenizer.chat_template": "chat.jinja", "tokenizer.special_tokens": ["<|im_start|>", "<|im_end|>"]},
+        data={"sources": [{"path": "d.jsonl", "records": "messages"}]},
+    )
+    build(recipe, (), project / "build" / "tiny", project=project)
+    assert run_diff("build/tiny", str(recipe)).exit_code == 0
+    (project / "chat.jinja").write_text("{# edited #}" + (project / "chat.jinja").read_text())
+    result = run_diff("build/tiny", str(recipe))
+    assert result.exit_code == 1, result.output
+    assert "~ chat_template:" in result.stdout and "1 value changed" in result.stdout

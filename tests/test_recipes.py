@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from recipec.cli import main
-from recipec.compiler import build
+from recipec.compiler import build, plan_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").glob("*.toml"))
@@ -78,6 +78,9 @@ def test_example_builds_and_its_files_parse(recipe: Path, tmp_path: Path, monkey
     config = yaml.safe_load((built / "accelerate_config.yaml").read_text())
     assert config["num_processes"] == plan["num_processes"]
     assert tomllib.loads((built / "resolved.toml").read_text())["recipe"]["name"] == plan.name
+    # resolved.toml is itself a recipe, continual ones included, and builds the same settings
+    again, _ = plan_recipe(built / "resolved.toml", build_dir=f"build/{plan.name}")
+    assert {s.name: s.value for s in again.settings} == {s.name: s.value for s in plan.settings}
 
 
 @pytest.mark.parametrize("verb", ["validate", "build"])

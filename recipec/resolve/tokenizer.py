@@ -50,6 +50,20 @@ def chat_settings(b: PlanBuilder) -> None:
             b.origin(("tokenizer", "chat_template")),
         )
     b.key("special_tokens", ("tokenizer", "special_tokens"))
+    if r.peft is not None and r.tokenizer.special_tokens:
+        if "modules_to_save" not in type(r.peft).model_fields:
+            b.error(
+                ("tokenizer", "special_tokens"),
+                f"new tokens need the embedding and output layers to train, and peft method {r.peft.method!r} "
+                "cannot train whole layers (it has no modules_to_save)",
+                'use a method that has modules_to_save (e.g. method = "lora"), or a tokenizer that has the tokens',
+            )
+        b.derived(
+            "peft_train_embeddings",
+            True,
+            "derived: [peft] with tokenizer.special_tokens: if the tokenizer lacks them, the embedding and "
+            "output layers train in full beside the adapter",
+        )
     conversational = [(i, s) for i, s in enumerate(r.data.sources) if s.records in NEEDS_TEMPLATE]
     template = chat.effective
     if template is None:
