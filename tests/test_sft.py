@@ -207,3 +207,46 @@ def test_a_named_eval_source_and_generations_at_each_evaluation(tmp_path: Path, 
     lines = [json.loads(line) for line in (project / "runs" / "chat" / "generations.jsonl").read_text().splitlines()]
     assert [g["step"] for g in lines] == [0, 0, 0, 3, 3, 3]
     assert all(g["prompt"].endswith("<|im_start|>assistant\n") and isinstance(g["ended"], bool) for g in lines)
+
+
+def test_lora_on_examples_with_new_tokens_resumes_bitwise(tmp_path: Path, model_dir: Path) -> None:
+    """Killed after its step-2 checkpoint and resumed: the weights and the log of an uninterrupted run."""
+    from test_training import KILLER
+
+    runs = {}
+    for name in ("straight", "killed"):
+        project = tmp_path / name
+        project.mkdir()
+        shutil.copytree(model_dir, project / "model")
+        _project(project, "./model", packing=True, micro=4)
+        recipe = project / "recipes" / "chat.toml"
+        text = recipe.read_text().replace("max_steps = 3", "max_steps = 4").replace("save_every = 0", "save_every = 2")
+        text = text.replace('[tokenizer]\n', '')
+        text += '\n[tokenizer]\nspecial_tokens = ["<|im_start|>", "<|im_end|>", "<|tool|>"]\n'
+        text += '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\ndropout = 0.1\n'
+        recipe.write_text(text)
+        written, _ = build(recipe, (), project / "build" / "chat", project=project)
+        if name == "killed":
+            killer = tmp_path / "killer.py"
+            killer.write_text(KILLER)
+            proc = subprocess.run(
+                [sys.executable, str(killer), str(written.dir), "2", "after-commit"], env=_env(), capture_output=True, text=True, timeout=900
+            )
+            assert proc.returncode == -9, proc.stderr[-3000:]
+        proc = subprocess.run([sys.executable, str(written.dir / "train.py")], env=_env(), capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-6000:]
+        if name == "killed":
+            assert "at step 2" in proc.stdout + proc.stderr
+        assert "1 new tokens, so embed_tokens, lm_head train too" in proc.stdout + proc.stderr
+        runs[name] = project / "runs" / "chat"
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in ms]  # noqa: E731
+    metrics = {k: strip([json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()]) for k, v in runs.items()}
+    assert metrics["killed"] == metrics["straight"]
+    from safetensors.torch import load_file
+
+    import torch
+
+    a = load_file(str(runs["straight"] / "model" / "adapter_model.safetensors"))
+    b = load_file(str(runs["killed"] / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and any("embed_tokens" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
