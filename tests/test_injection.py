@@ -53,6 +53,12 @@ from recipec.schema import Recipe
 
 from conftest import MINIMAL
 
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""A chat template for the fields of conversation records."""
+
 MARKER = "zq7benign"
 """The benign value (or part of it) of the field under test; the payload takes its place."""
 
@@ -105,7 +111,7 @@ class StringField:
     model: type[BaseModel]
     key: str
     shape: str
-    """"str": a string; "list": a list of strings; "dict_key": a key of a table of floats."""
+    """"str": a string; "list": a list of strings; "dict_key": a key of a table of floats; "dict_str": a table of strings."""
 
     @property
     def id(self) -> str:
@@ -131,6 +137,8 @@ def _string_shape(annotation: Any) -> str | None:
         args = typing.get_args(m)
         if typing.get_origin(m) is list and args and str in _members(args[0]):
             return "list"
+        if typing.get_origin(m) is dict and args and args[0] is str and args[1] is str:
+            return "dict_str"
         if typing.get_origin(m) is dict and args and args[0] is str:
             return "dict_key"
     return None
@@ -277,6 +285,12 @@ def _files_for(project: Path, field: StringField, value: str, data: dict[str, An
     elif fid.endswith("decontaminate.path"):
         _place_table(data, field)["path"] = f"bench/{value}.jsonl"
         _try_create(project / "bench" / f"{value}.jsonl", DOCS)
+    elif fid in ("data.sources.fields", "data.sources.roles"):
+        # conversation records: the recipe's template renders them; a field's new name, a role's record name
+        source.update(records="messages")
+        source.pop("text_field", None)
+        source.update(fields={"messages": value}) if fid.endswith("fields") else source.update(roles={value: "assistant"})
+        data.setdefault("tokenizer", {})["chat_template"] = CHATML
     elif fid == "data.sources.phases":
         _same_phase(data, value)
         source["phases"] = [value]
@@ -301,7 +315,7 @@ def _files_for(project: Path, field: StringField, value: str, data: dict[str, An
                 pass
     else:
         table = _place_table(data, field)
-        table[field.key] = {"str": value, "list": [value], "dict_key": {value: 1.0}}[field.shape]
+        table[field.key] = {"str": value, "list": [value], "dict_key": {value: 1.0}, "dict_str": {value: value}}[field.shape]
 
 
 SPECIAL = {
