@@ -18,16 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .diagnostics import Diagnostic
+from .runtime.chat import PROBE, has_generation_markers  # stdlib only: the same probe the data stage uses
 from .schema import Recipe
 from .source import SourceMap
-
-PROBE = (
-    {"role": "system", "content": "You are terse."},
-    {"role": "user", "content": "Say yes."},
-    {"role": "assistant", "content": "Yes."},
-    {"role": "user", "content": "Say no."},
-    {"role": "assistant", "content": "No."},
-)
 
 
 @dataclass(frozen=True)
@@ -141,7 +134,7 @@ def probe(template: str, special_tokens: dict[str, str]) -> str | None:
             return compiled.render(messages=messages, add_generation_prompt=prompt, **special_tokens)
 
         whole = render(list(PROBE), False)
-        if "generation" in template and "endgeneration" in template:
+        if has_generation_markers(template):
             return None
         for i, m in enumerate(PROBE):
             if m["role"] != "assistant":

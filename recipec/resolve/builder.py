@@ -10,10 +10,10 @@ from ..memory import MemoryEstimate
 from ..parent import ParentRun
 from ..schema import Recipe
 from ..source import KeyPath, SourceMap
-from .plan import Formula, Launch, Plan, Setting
+from .plan import Formula, Launch, Plan, Setting, Settings
 
 
-class PlanBuilder:
+class PlanBuilder(Settings):
     """Collects settings, formulas, errors and warnings in script order.
 
     Each step of `resolve` adds the settings of its concern and reports what is wrong at
@@ -78,19 +78,6 @@ class PlanBuilder:
 
     def warn(self, path: KeyPath, message: str, help: str | None = None) -> None:
         self.warnings.append(Diagnostic("warning", message, self.source.locate(path), help))
-
-    def __getitem__(self, name: str) -> Any:
-        for s in self.settings:
-            if s.name == name:
-                return s.value
-        raise KeyError(name)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """The value of a setting added so far, or `default`."""
-        try:
-            return self[name]
-        except KeyError:
-            return default
 
     def plan(self, *, recipe_file: str, project_dir: str, overrides: tuple[str, ...]) -> Plan:
         """The finished plan.

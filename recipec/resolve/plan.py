@@ -9,6 +9,7 @@ files that launch it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
@@ -73,8 +74,27 @@ class Launch:
     main_process_port: int
 
 
+class Settings:
+    """Looking a setting up by its name, for a class that holds `settings` in script order."""
+
+    settings: Sequence[Setting]
+
+    def __getitem__(self, name: str) -> Any:
+        for s in self.settings:
+            if s.name == name:
+                return s.value
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The setting's value, or `default` when there is no such setting (yet)."""
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+
 @dataclass(frozen=True)
-class Plan:
+class Plan(Settings):
     """Everything render needs, resolved and checked."""
 
     recipe: Recipe
@@ -92,19 +112,6 @@ class Plan:
     """Estimated peak memory per device (recipec/memory.py), for `explain`; None when unknown."""
     memory_unknown: str | None = None
     """Why there is no memory estimate."""
-
-    def __getitem__(self, name: str) -> Any:
-        for s in self.settings:
-            if s.name == name:
-                return s.value
-        raise KeyError(name)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """The setting's value, or `default` when the plan has no such setting."""
-        try:
-            return self[name]
-        except KeyError:
-            return default
 
     @property
     def name(self) -> str:

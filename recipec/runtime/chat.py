@@ -27,7 +27,6 @@ supervised token, giving the reason so the stage can count it.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any
 
@@ -53,11 +52,6 @@ class TemplateError(ValueError):
 def has_generation_markers(template: str) -> bool:
     """Whether a chat template marks assistant output with ``{% generation %}``."""
     return bool(_GENERATION.search(template))
-
-
-def template_sha256(template: str) -> str:
-    """sha256 of a chat template's text, for the lock."""
-    return hashlib.sha256(template.encode()).hexdigest()
 
 
 def resolve_template(tokenizer: Any, chat_template: str | None) -> str:

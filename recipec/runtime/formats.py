@@ -176,6 +176,11 @@ def _needs_assistant(messages: list[dict[str, str]], where: str) -> None:
         raise RecordError(f"`{where}` has no assistant turn: nothing to learn from")
 
 
+def has_examples(sources: list[dict[str, Any]]) -> bool:
+    """Whether a stage's sources make every document an example: some source's records are not text."""
+    return any((s.get("records") or "text") != "text" for s in sources)
+
+
 def text_view(example: dict[str, Any]) -> str:
     """The text the data filters see of an example: its contents, one paragraph each."""
     if "text" in example:

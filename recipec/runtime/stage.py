@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import formats
 from .readers import DataError
 from .stage_analyse import read_and_analyse, tokenize, tokenize_examples
 from .stage_cache import StageOutput, cache_key, cache_root, commit, load_entry, load_sequences, tokenizer_id
@@ -129,7 +130,7 @@ class _Builder:
     def build(self) -> dict:
         """Every pass, in order; the report (``data_report.json``) without key and fingerprints."""
         spec = self.spec
-        examples_mode = any((s.get("records") or "text") != "text" for s in spec["sources"])
+        examples_mode = formats.has_examples(spec["sources"])
         t0 = time.perf_counter()
         prepare(self.chains, self.project_dir)
         corpus = read_and_analyse(spec, self.chains, self.project_dir, self.work, self.tokenizer, self.num_proc)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import chat
+from . import chat, formats
 from . import filters as F
 from . import readers
 from .readers import DataError
@@ -291,7 +291,7 @@ def read_and_analyse(
     import json
 
     labels = source_labels(spec)
-    examples_mode = any((s.get("records") or "text") != "text" for s in spec["sources"])
+    examples_mode = formats.has_examples(spec["sources"])
     corpus = Corpus(work, labels, [len(chain) for chain in by_source])
     tokenize_all = bool(spec["count_dropped_tokens"]) and tokenizer is not None
     pool = _Pool(num_proc, ([[link.filter for link in chain] for chain in by_source], tokenizer))
