@@ -1,0 +1,285 @@
+"""Preference training: the objectives, the log-probabilities they read, and the pair rows.
+
+A preference pair is stored as one row: the prompt and chosen completion, then the prompt
+and rejected completion, each a segment whose ``position_ids`` restart at 0 (as packed
+examples are), so one forward pass scores both sides and attention never crosses from one
+to the other. A row's ``mask`` holds bits per token:
+
+* :data:`SUPERVISED` (1): the token is part of a completion (its log-probability counts);
+* :data:`REJECTED` (2): the token belongs to the rejected side;
+* :data:`UNDESIRABLE` (4): KTO only, the example's label is false.
+
+KTO examples are single segments (prompt and completion); its KL estimate pairs each prompt
+of a micro-batch with the previous example's completion (the last with the first), as TRL does.
+
+Every objective is a function of the sequence log-probabilities (summed over the
+completion's tokens) of the policy and, where it has one, of the reference model:
+
+* ``dpo``: ``-log sigmoid(beta * delta)`` with ``delta`` the chosen log-ratio less the
+  rejected; ``label_smoothing`` eps gives conservative DPO,
+  ``-(1 - eps) log sigmoid(beta delta) - eps log sigmoid(-beta delta)``;
+* ``ipo``: ``(delta' - 1 / (2 beta))^2`` with the log-ratios averaged over each side's tokens;
+* ``hinge``: ``relu(1 - beta * delta)``;
+* ``simpo``: reference-free, ``-log sigmoid(beta (avg chosen - avg rejected) - gamma)`` over
+  the per-token average log-probabilities;
+* ``orpo``: reference-free, the chosen side's cross-entropy less ``beta`` times
+  ``log sigmoid`` of the log odds ratio of the averaged log-probabilities;
+* ``kto``: ``1 - sigmoid(beta (ratio - KL))`` for desirable and ``1 - sigmoid(beta (KL -
+  ratio))`` for undesirable completions, weighted, with KL the clamped batch mean of the
+  mismatched pairs' log-ratios.
+
+Rewards are ``beta`` times the log-ratio (DPO, IPO, hinge, KTO) or the average
+log-probability (SimPO, ORPO), as TRL reports them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+SUPERVISED = 1
+REJECTED = 2
+UNDESIRABLE = 4
+
+OBJECTIVES = ("dpo", "ipo", "hinge", "simpo", "orpo", "kto")
+REFERENCE_FREE = ("simpo", "orpo")
+IGNORE = -100
+
+
+def pair_row(chosen: tuple[Sequence[int], Sequence[int]], rejected: tuple[Sequence[int], Sequence[int]]) -> dict[str, list[int]]:
+    """One stored row of a pair: ``(ids, supervised mask)`` of each side, chosen first."""
+    (c_ids, c_mask), (r_ids, r_mask) = chosen, rejected
+    mask = [SUPERVISED * bool(m) for m in c_mask] + [REJECTED | (SUPERVISED * bool(m)) for m in r_mask]
+    mask[0] &= ~SUPERVISED  # a segment's first token has no prediction
+    mask[len(c_ids)] &= ~SUPERVISED
+    return {
+        "input_ids": list(c_ids) + list(r_ids),
+        "mask": mask,
+        "position_ids": list(range(len(c_ids))) + list(range(len(r_ids))),
+    }
+
+
+def unpaired_row(ids: Sequence[int], mask: Sequence[int], desirable: bool) -> dict[str, list[int]]:
+    """One stored row of a KTO example: its ids and supervised mask, and its label."""
+    label = 0 if desirable else UNDESIRABLE
+    bits = [label | (SUPERVISED * bool(m)) for m in mask]
+    bits[0] &= ~SUPERVISED
+    return {"input_ids": list(ids), "mask": bits, "position_ids": list(range(len(ids)))}
+
+
+def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, unpaired: bool = False) -> dict[str, Any]:
+    """Pad rows to the longest; the model's inputs plus what the objectives read.
+
+    Returns ``input_ids`` and ``position_ids`` (the model's inputs, padding a segment of its
+    own), and per token ``supervised``, ``rejected`` and ``real`` (not padding); for KTO
+    also ``desirable`` (per row) and ``kl_input_ids``/``kl_position_ids``/``kl_supervised``/
+    ``kl_rejected``/``kl_real``: each prompt followed by the previous row's completion.
+    ``reference`` (float per row and side) is passed through when rows carry precomputed
+    reference log-probabilities.
+    """
+    import torch
+
+    if not rows:
+        raise ValueError("cannot collate an empty batch")
+    ids = [torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows]
+    bits = [torch.as_tensor(r["mask"], dtype=torch.long) for r in rows]
+    positions = [torch.as_tensor(r["position_ids"], dtype=torch.long) for r in rows]
+    batch = _pad(ids, bits, positions, pad_id)
+    if unpaired:
+        batch["desirable"] = torch.tensor([not bool(int(b[0]) & UNDESIRABLE) for b in bits])
+        # the KL estimate's mismatched pairs: prompt i with completion i - 1
+        prompts, completions = zip(*(_split(i, b) for i, b in zip(ids, bits)))
+        shifted = completions[-1:] + completions[:-1]
+        kl_ids, kl_bits = [], []
+        for (p_ids, p_bits), (c_ids, c_bits) in zip(prompts, shifted):
+            kl_ids.append(torch.cat([p_ids, c_ids]))
+            kl_bits.append(torch.cat([p_bits, c_bits]))
+        kl = _pad(kl_ids, kl_bits, [torch.arange(len(t)) for t in kl_ids], pad_id)
+        batch.update({"kl_" + k: v for k, v in kl.items()})
+    if "reference" in rows[0]:
+        batch["reference"] = torch.stack([torch.as_tensor(r["reference"], dtype=torch.float32) for r in rows])
+    return batch
+
+
+def _pad(ids: list, bits: list, positions: list, pad_id: int) -> dict[str, Any]:
+    import torch
+
+    width = max(len(t) for t in ids)
+    n = len(ids)
+    out = {
+        "input_ids": torch.full((n, width), pad_id, dtype=torch.long),
+        "position_ids": torch.arange(width, dtype=torch.long).repeat(n, 1),
+        "supervised": torch.zeros((n, width), dtype=torch.bool),
+        "rejected": torch.zeros((n, width), dtype=torch.bool),
+        "real": torch.zeros((n, width), dtype=torch.bool),
+    }
+    for i, (t, b, p) in enumerate(zip(ids, bits, positions)):
+        k = len(t)
+        out["input_ids"][i, :k] = t
+        out["supervised"][i, :k] = (b & SUPERVISED) != 0
+        out["rejected"][i, :k] = (b & REJECTED) != 0
+        out["real"][i, :k] = True
+        out["position_ids"][i, :k] = p
+        out["position_ids"][i, k:] = torch.arange(width - k)  # padding: a segment of its own
+    return out
+
+
+def _split(ids: Any, bits: Any) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """A KTO row's prompt (before the first supervised token) and completion (from it)."""
+    supervised = ((bits & SUPERVISED) != 0).nonzero()
+    start = int(supervised[0]) if len(supervised) else len(ids)
+    return (ids[:start], bits[:start]), (ids[start:], bits[start:])
+
+
+def token_logps(model: Any, input_ids: Any, position_ids: Any) -> Any:
+    """The log-probability of each next token, ``[B, T - 1]`` (entry t scores token t + 1).
+
+    The logits are turned into log-probabilities one row at a time, so the ``[B, T, V]``
+    float32 log-softmax is never held whole.
+    """
+    import torch
+
+    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[:, :-1]
+    targets = input_ids[:, 1:]
+    rows = []
+    for i in range(logits.shape[0]):
+        row = logits[i].float()
+        rows.append(row.gather(-1, targets[i].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row, dim=-1))
+    return torch.stack(rows)
+
+
+def sequence_logps(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """Summed log-probabilities and token counts of each side of each row (the policy's or the reference's).
+
+    Returns ``chosen``/``rejected`` (sums over each side's completion tokens, ``[B]``),
+    ``chosen_tokens``/``rejected_tokens`` and ``chosen_all``/``chosen_all_tokens`` (every
+    predicted token of the chosen side, prompt included: ORPO's cross-entropy); for KTO
+    (rows all ``chosen``, labels in ``batch["desirable"]``) also ``kl``, the mismatched pairs'
+    sums, computed without gradient.
+    """
+    import torch
+
+    logps = token_logps(model, batch["input_ids"], batch["position_ids"])
+    out = _sums(logps, batch, "")
+    if "kl_input_ids" in batch:
+        with torch.no_grad():
+            kl = token_logps(model, batch["kl_input_ids"], batch["kl_position_ids"])
+        out["kl"] = _sums(kl, batch, "kl_")["chosen"]
+    return out
+
+
+def _sums(logps: Any, batch: dict[str, Any], prefix: str) -> dict[str, Any]:
+    supervised = batch[prefix + "supervised"][:, 1:]
+    rejected = batch[prefix + "rejected"][:, 1:]
+    # a token is predicted within its segment unless it starts one (position 0)
+    predicted = batch[prefix + "real"][:, 1:] & (batch[prefix + "position_ids"][:, 1:] > 0)
+    chosen = supervised & ~rejected & predicted
+    rejected = supervised & rejected & predicted
+    chosen_all = ~batch[prefix + "rejected"][:, 1:] & predicted
+    zero = logps.new_zeros(())
+    return {
+        "chosen": logps.where(chosen, zero).sum(-1),
+        "rejected": logps.where(rejected, zero).sum(-1),
+        "chosen_tokens": chosen.sum(-1),
+        "rejected_tokens": rejected.sum(-1),
+        "chosen_all": logps.where(chosen_all, zero).sum(-1),
+        "chosen_all_tokens": chosen_all.sum(-1),
+    }
+
+
+def objective_loss(
+    objective: str,
+    options: dict[str, Any],
+    policy: dict[str, Any],
+    reference: dict[str, Any] | None,
+    *,
+    desirable: Any = None,
+    mean_across_processes: Callable[[Any], Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The micro-batch's loss and the per-row statistics behind it.
+
+    Args:
+        objective: one of :data:`OBJECTIVES`.
+        options: the objective's table (``beta`` and its own options).
+        policy: :func:`sequence_logps` of the model being trained.
+        reference: the same of the reference model (``chosen``/``rejected``/``kl``), None
+            for the reference-free objectives.
+        desirable: KTO: each row's label.
+        mean_across_processes: KTO: the mean of a scalar over the processes (its KL
+            estimate is the mean over every process's micro-batch, as TRL takes it).
+
+    Returns:
+        ``(loss, stats)``: stats hold per-row tensors ``rewards_chosen``, ``rewards_rejected``,
+        ``logps_chosen``, ``logps_rejected`` (for KTO, the desirable and undesirable rows'
+        rewards and log-probabilities, possibly empty) and, for KTO, the scalar ``kl``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    beta = float(options["beta"])
+    c, r = policy["chosen"], policy["rejected"]
+    n_c, n_r = policy["chosen_tokens"].clamp(min=1), policy["rejected_tokens"].clamp(min=1)
+    if objective == "kto":
+        return _kto(options, policy, reference, desirable, mean_across_processes)
+    if objective in REFERENCE_FREE:
+        avg_c, avg_r = c / n_c, r / n_r
+        if objective == "simpo":
+            logits = (avg_c - avg_r) - float(options["gamma"]) / beta
+            losses = -F.logsigmoid(beta * logits)
+            loss = losses.mean()
+        else:  # orpo
+            log_odds = (avg_c - avg_r) - (_log1mexp(avg_c) - _log1mexp(avg_r))
+            # the chosen side's cross-entropy over its prompt and completion, as TRL's ORPOTrainer takes it
+            nll = -policy["chosen_all"].sum() / policy["chosen_all_tokens"].sum().clamp(min=1)
+            loss = nll - beta * F.logsigmoid(log_odds).mean()
+        stats = {"rewards_chosen": beta * avg_c.detach(), "rewards_rejected": beta * avg_r.detach()}
+    else:
+        ratio_c, ratio_r = c - reference["chosen"], r - reference["rejected"]
+        if objective == "dpo":
+            eps = float(options.get("label_smoothing", 0.0))
+            delta = ratio_c - ratio_r
+            losses = -(1 - eps) * F.logsigmoid(beta * delta) - eps * F.logsigmoid(-beta * delta)
+        elif objective == "ipo":
+            delta = ratio_c / n_c - ratio_r / n_r
+            losses = (delta - 1 / (2 * beta)) ** 2
+        elif objective == "hinge":
+            losses = torch.relu(1 - beta * (ratio_c - ratio_r))
+        else:
+            raise ValueError(f"unknown objective {objective!r}; one of {', '.join(OBJECTIVES)}")
+        loss = losses.mean()
+        stats = {"rewards_chosen": beta * ratio_c.detach(), "rewards_rejected": beta * ratio_r.detach()}
+    stats.update(logps_chosen=c.detach(), logps_rejected=r.detach())
+    return loss, stats
+
+
+def _kto(options: dict[str, Any], policy: dict, reference: dict, desirable: Any, mean_across_processes: Callable | None) -> tuple[Any, dict]:
+    import torch
+
+    beta = float(options["beta"])
+    kl = (policy["kl"] - reference["kl"]).mean().detach()
+    if mean_across_processes is not None:
+        kl = mean_across_processes(kl)
+    kl = kl.clamp(min=0)
+    ratio = policy["chosen"] - reference["chosen"]
+    good, bad = ratio[desirable], ratio[~desirable]
+    losses = torch.cat(
+        [
+            float(options["desirable_weight"]) * (1 - torch.sigmoid(beta * (good - kl))),
+            float(options["undesirable_weight"]) * (1 - torch.sigmoid(beta * (kl - bad))),
+        ]
+    )
+    logps = policy["chosen"].detach()
+    stats = {
+        "rewards_chosen": beta * good.detach(),
+        "rewards_rejected": beta * bad.detach(),
+        "logps_chosen": logps[desirable],
+        "logps_rejected": logps[~desirable],
+        "kl": kl,
+    }
+    return losses.mean(), stats
+
+
+def _log1mexp(x: Any) -> Any:
+    """log(1 - exp(x)) for x < 0, stable on both sides of -log 2."""
+    import torch
+
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))

@@ -1,0 +1,293 @@
+"""The preference objectives against TRL's trainers, on the same model and batch.
+
+Each test builds a TRL trainer over a tiny Llama and a few pairs, takes one batch from
+TRL's own data loader (TRL tokenizes and pads it), turns that batch into recipec's rows
+(each pair one row of two segments) and checks that the loss, the rewards and the gradient
+of every parameter agree within 1e-5.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+trl = pytest.importorskip("trl")
+
+from recipec.runtime import preference as P  # noqa: E402
+
+from .chat_fixtures import IM_END, chat_tokenizer  # noqa: E402
+
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+TOL = 1e-5
+BETA = 0.3
+
+PAIRS = [
+    {"prompt": "The sky is", "chosen": " blue today.", "rejected": " a teapot"},
+    {"prompt": "Python is a", "chosen": " programming language.", "rejected": " snake that eats mice"},
+    {"prompt": "Two plus two", "chosen": " is four.", "rejected": " is five, or six"},
+]
+CONVERSATION_PAIRS = [
+    {
+        "prompt": [{"role": "user", "content": "What colour is the sky?"}],
+        "chosen": [{"role": "assistant", "content": "Blue."}],
+        "rejected": [{"role": "assistant", "content": "Loud, mostly."}],
+    },
+    {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a snake."}],
+        "chosen": [{"role": "assistant", "content": "A python."}],
+        "rejected": [{"role": "assistant", "content": "Guido."}],
+    },
+]
+UNPAIRED = [
+    {"prompt": "The sky is", "completion": " blue today.", "label": True},
+    {"prompt": "Python is a", "completion": " snake that eats mice", "label": False},
+    {"prompt": "Two plus two", "completion": " is four.", "label": True},
+    {"prompt": "Water is", "completion": " dry", "label": False},
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    t = chat_tokenizer()
+    t.eos_token = IM_END
+    t.pad_token = IM_END
+    return t
+
+
+@pytest.fixture(scope="module")
+def models(tok):
+    """(policy, reference): a random tiny Llama and a perturbed copy, so the log-ratios are not zero."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    )
+    reference = LlamaForCausalLM(config)
+    policy = copy.deepcopy(reference)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return policy, reference
+
+
+def _args(config_cls, tmp_path, **kw):
+    return config_cls(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, **kw)
+
+
+def _dataset(records):
+    from datasets import Dataset
+
+    return Dataset.from_list(records)
+
+
+def _ours(policy, reference, rows, pad_id, objective, options, **kw):
+    """recipec's loss and stats on ``rows``, with a fresh copy of the policy (its gradients filled)."""
+    model = copy.deepcopy(policy)
+    model.train()
+    batch = P.collate(rows, pad_id, unpaired=objective == "kto")
+    logps = P.sequence_logps(model, batch)
+    ref = None
+    if reference is not None:
+        with torch.no_grad():
+            ref = P.sequence_logps(reference, batch)
+    loss, stats = P.objective_loss(objective, options, logps, ref, desirable=batch.get("desirable"), **kw)
+    loss.backward()
+    return model, loss, stats
+
+
+def _assert_same_gradients(theirs, ours):
+    worst = 0.0
+    for (name, a), (_, b) in zip(theirs.named_parameters(), ours.named_parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            worst = max(worst, (a.grad - b.grad).abs().max().item())
+    assert worst < TOL, f"largest gradient difference {worst}"
+
+
+def _dpo_rows(batch):
+    """recipec rows from a DPOTrainer batch (chosen rows first, then rejected)."""
+    n = batch["input_ids"].shape[0] // 2
+    rows = []
+    for i in range(n):
+        sides = []
+        for j in (i, n + i):
+            keep = batch["attention_mask"][j].bool()
+            sides.append((batch["input_ids"][j][keep].tolist(), batch["completion_mask"][j][keep].tolist()))
+        rows.append(P.pair_row(*sides))
+    return rows
+
+
+def _dpo_trainer(tmp_path, tok, policy, reference, pairs, **config):
+    from trl import DPOConfig, DPOTrainer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = DPOTrainer(
+            model=copy.deepcopy(policy),
+            ref_model=copy.deepcopy(reference),
+            args=_args(DPOConfig, tmp_path, beta=BETA, max_length=None, **config),
+            train_dataset=_dataset(pairs),
+            processing_class=tok,
+        )
+    trainer.model.train()
+    return trainer
+
+
+@pytest.mark.parametrize("pairs", [PAIRS, CONVERSATION_PAIRS], ids=["strings", "conversations"])
+@pytest.mark.parametrize(("objective", "loss_type"), [("dpo", "sigmoid"), ("ipo", "ipo"), ("hinge", "hinge")])
+def test_dpo_family_equals_trl(tmp_path, tok, models, objective, loss_type, pairs):
+    policy, reference = models
+    trainer = _dpo_trainer(tmp_path, tok, policy, reference, pairs, loss_type=[loss_type], per_device_train_batch_size=len(pairs))
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+
+    ours, our_loss, stats = _ours(policy, reference, _dpo_rows(batch), tok.pad_token_id, objective, {"beta": BETA})
+    assert our_loss.item() == pytest.approx(loss.item(), abs=TOL)
+    assert stats["rewards_chosen"].mean().item() == pytest.approx(metrics["rewards/chosen"], abs=TOL)
+    assert stats["rewards_rejected"].mean().item() == pytest.approx(metrics["rewards/rejected"], abs=TOL)
+    margins = stats["rewards_chosen"] - stats["rewards_rejected"]
+    assert margins.mean().item() == pytest.approx(metrics["rewards/margins"], abs=TOL)
+    assert (margins > 0).float().mean().item() == pytest.approx(metrics["rewards/accuracies"], abs=TOL)
+    assert stats["logps_chosen"].mean().item() == pytest.approx(metrics["logps/chosen"], abs=TOL)
+    assert stats["logps_rejected"].mean().item() == pytest.approx(metrics["logps/rejected"], abs=TOL)
+    _assert_same_gradients(trainer.model, ours)
+
+
+def test_conservative_dpo_equals_trl_label_smoothing(tmp_path, tok, models):
+    """DPO's label_smoothing (conservative DPO) is TRL's `aot` loss for one pair: sorting one pair changes nothing."""
+    policy, reference = models
+    trainer = _dpo_trainer(
+        tmp_path, tok, policy, reference, PAIRS, loss_type=["aot"], label_smoothing=0.2, per_device_train_batch_size=1
+    )
+    for batch in trainer.get_train_dataloader():
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        ours, our_loss, _ = _ours(policy, reference, _dpo_rows(batch), tok.pad_token_id, "dpo", {"beta": BETA, "label_smoothing": 0.2})
+        assert our_loss.item() == pytest.approx(loss.item(), abs=TOL)
+        _assert_same_gradients(trainer.model, ours)
+
+
+def _paired_rows(batch):
+    """recipec rows from a CPO/ORPO batch (chosen_* and rejected_* columns, labels -100 on the prompt)."""
+    rows = []
+    for i in range(batch["chosen_input_ids"].shape[0]):
+        sides = []
+        for side in ("chosen", "rejected"):
+            keep = batch[f"{side}_attention_mask"][i].bool()
+            ids = batch[f"{side}_input_ids"][i][keep]
+            sides.append((ids.tolist(), (batch[f"{side}_labels"][i][keep] != -100).long().tolist()))
+        rows.append(P.pair_row(*sides))
+    return rows
+
+
+@pytest.mark.parametrize("objective", ["simpo", "orpo"])
+def test_reference_free_objectives_equal_trl(tmp_path, tok, models, objective):
+    policy, _ = models
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if objective == "simpo":
+            from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+            config = _args(CPOConfig, tmp_path, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=0.7, beta=2.0,
+                           per_device_train_batch_size=3, max_length=64)
+            trainer = CPOTrainer(model=copy.deepcopy(policy), args=config, train_dataset=_dataset(PAIRS), processing_class=tok)
+            options = {"beta": 2.0, "gamma": 0.7}
+        else:
+            from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+            config = _args(ORPOConfig, tmp_path, beta=BETA, per_device_train_batch_size=3, max_length=64)
+            trainer = ORPOTrainer(model=copy.deepcopy(policy), args=config, train_dataset=_dataset(PAIRS), processing_class=tok)
+            options = {"beta": BETA}
+    trainer.model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss, metrics = trainer.get_batch_loss_metrics(trainer.model, batch, train_eval="train")
+    loss.backward()
+    ours, our_loss, stats = _ours(policy, None, _paired_rows(batch), tok.pad_token_id, objective, options)
+    assert our_loss.item() == pytest.approx(loss.item(), abs=TOL)
+    assert stats["rewards_chosen"].mean().item() == pytest.approx(float(metrics["rewards/chosen"]), abs=TOL)
+    assert stats["rewards_rejected"].mean().item() == pytest.approx(float(metrics["rewards/rejected"]), abs=TOL)
+    _assert_same_gradients(trainer.model, ours)
+
+
+def test_kto_equals_trl(tmp_path, tok, models):
+    from trl import KTOConfig, KTOTrainer
+
+    reference, policy = models  # this way round the KL estimate is positive, so it takes part
+    options = {"beta": BETA, "desirable_weight": 1.0, "undesirable_weight": 1.5}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = KTOTrainer(
+            model=copy.deepcopy(policy),
+            ref_model=copy.deepcopy(reference),
+            args=_args(KTOConfig, tmp_path, beta=BETA, desirable_weight=1.0, undesirable_weight=1.5,
+                       per_device_train_batch_size=4, max_length=None),
+            train_dataset=_dataset(UNPAIRED),
+            processing_class=tok,
+        )
+    trainer.model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+
+    rows = []
+    for i in range(batch["input_ids"].shape[0]):
+        keep = batch["attention_mask"][i].bool()
+        rows.append(P.unpaired_row(batch["input_ids"][i][keep].tolist(), batch["completion_mask"][i][keep].tolist(), bool(batch["label"][i])))
+    ours, our_loss, stats = _ours(policy, reference, rows, tok.pad_token_id, "kto", options)
+    assert our_loss.item() == pytest.approx(loss.item(), abs=TOL)
+    assert stats["kl"].item() > 0.01  # the KL term takes part (it is clamped at 0)
+    assert stats["kl"].item() == pytest.approx(metrics["kl"], abs=TOL)
+    for ours_key, theirs_key in (("rewards_chosen", "rewards/chosen"), ("rewards_rejected", "rewards/rejected"),
+                                 ("logps_chosen", "logps/chosen"), ("logps_rejected", "logps/rejected")):
+        assert stats[ours_key].mean().item() == pytest.approx(metrics[theirs_key], abs=TOL), ours_key
+    _assert_same_gradients(trainer.model, ours)
+
+
+# --------------------------------------------------------------------------- rows and batches
+
+
+def test_pair_row_segments_and_bits():
+    row = P.pair_row(([5, 6, 7], [0, 1, 1]), ([5, 6, 8, 9], [0, 0, 1, 1]))
+    assert row["input_ids"] == [5, 6, 7, 5, 6, 8, 9]
+    assert row["position_ids"] == [0, 1, 2, 0, 1, 2, 3]
+    assert row["mask"] == [0, 1, 1, 2, 2, 3, 3]
+
+
+def test_segment_start_is_never_scored():
+    """A supervised first token of the rejected side would be scored from the chosen side's last token."""
+    row = P.pair_row(([5, 6], [1, 1]), ([7, 8], [1, 1]))
+    assert row["mask"] == [0, 1, 2, 3]
+
+
+def test_collate_pads_as_its_own_segment():
+    rows = [P.pair_row(([1, 2], [0, 1]), ([1, 3], [0, 1])), P.pair_row(([1, 2, 4], [0, 1, 1]), ([1, 3], [0, 1]))]
+    b = P.collate(rows, pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 2, 1, 3, 0], [1, 2, 4, 1, 3]]
+    assert b["position_ids"].tolist() == [[0, 1, 0, 1, 0], [0, 1, 2, 0, 1]]
+    assert b["real"].tolist() == [[True] * 4 + [False], [True] * 5]
+    assert b["rejected"].tolist() == [[False, False, True, True, False], [False, False, False, True, True]]
+
+
+def test_kl_pairs_each_prompt_with_the_previous_completion():
+    rows = [P.unpaired_row([1, 10, 11], [0, 1, 1], True), P.unpaired_row([2, 20], [0, 1], False), P.unpaired_row([3, 3, 30], [0, 0, 1], True)]
+    b = P.collate(rows, pad_id=0, unpaired=True)
+    assert b["desirable"].tolist() == [True, False, True]
+    kl = [[t for t, r in zip(ids, real) if r] for ids, real in zip(b["kl_input_ids"].tolist(), b["kl_real"].tolist())]
+    assert kl == [[1, 30], [2, 10, 11], [3, 3, 20]]
+
+
+def test_unknown_objective_is_refused():
+    zeros = {k: torch.zeros(1) for k in ("chosen", "rejected", "chosen_tokens", "rejected_tokens")}
+    with pytest.raises(ValueError, match="unknown objective"):
+        P.objective_loss("ppo", {"beta": 0.1}, zeros, zeros)
