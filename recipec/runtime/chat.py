@@ -23,6 +23,11 @@
 
 ``fit_length`` applies a maximum length (truncate or drop) and drops what is left with no
 supervised token, giving the reason so the stage can count it.
+
+``tokenize_preference`` tokenizes a preference pair (each side a prompt/completion example,
+trained on its completion) into one row of two segments, or a KTO example into one, with
+the bits of :mod:`.preference` in the mask; each side is fitted to the maximum length on
+its own.
 """
 
 from __future__ import annotations
@@ -138,6 +143,36 @@ def fit_length(
     if not any(mask[1:]):  # the first token has no prediction: a label needs a token before it
         return [], [], "no_supervised_token"
     return ids, mask, None
+
+
+def tokenize_preference(
+    tokenizer: Any, example: dict[str, Any], *, max_length: int, overflow: str, chat_template: str | None = None
+) -> tuple[list[int], list[int], str | None]:
+    """A preference pair or KTO example as one stored row: ``(ids, mask bits, reason)``.
+
+    ``reason`` is None, ``"truncated"`` (kept, a side was cut to ``max_length``) or why the
+    example is dropped, with no tokens (counted by the stage): those of :func:`fit_length`
+    for either side, and ``identical_sides`` for a pair whose chosen and rejected tokens are
+    the same (no preference to learn).
+    """
+    from .preference import pair_row, unpaired_row
+
+    sides = []
+    cut = False
+    for part in (("chosen", "rejected") if "chosen" in example else (None,)):
+        ids, mask = tokenize_example(tokenizer, example[part] if part else example, train_on="completion", chat_template=chat_template)
+        cut = cut or len(ids) > max_length
+        ids, mask, reason = fit_length(ids, mask, max_length, overflow)
+        if reason:
+            return [], [], reason
+        sides.append((ids, mask))
+    if len(sides) == 1:
+        row = unpaired_row(*sides[0], bool(example["label"]))
+    elif sides[0][0] == sides[1][0]:
+        return [], [], "identical_sides"
+    else:
+        row = pair_row(*sides)
+    return row["input_ids"], row["mask"], "truncated" if cut else None
 
 
 def check_template(tokenizer: Any, chat_template: str | None) -> str:

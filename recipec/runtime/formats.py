@@ -18,6 +18,10 @@ Formats:
   optional. The user turn is the instruction, then a blank line and the input when there is one.
 * ``prompt_completion``: ``{"prompt", "completion"}``, each a string or a list of messages.
   With string sides and no chat template the two are concatenated as they are.
+* ``preference``: ``{"prompt", "chosen", "rejected"}``, all strings or all lists of messages;
+  the example is ``{"chosen", "rejected"}``, each side a prompt/completion example.
+* ``unpaired_preference`` (KTO): ``{"prompt", "completion", "label"}`` with a boolean label
+  (true: a desirable completion); the example is a prompt/completion example with ``label``.
 
 Field names are the recipe's (``fields``, merged over :data:`DEFAULT_FIELDS`); role names are
 mapped by ``roles`` (merged over :data:`DEFAULT_ROLES`, for ``messages`` and ``sharegpt``).
@@ -27,10 +31,12 @@ reader adds the file and line.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
-FORMATS = ("text", "messages", "sharegpt", "alpaca", "prompt_completion")
-CONVERSATIONAL = ("messages", "sharegpt", "alpaca", "prompt_completion")
+FORMATS = ("text", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "unpaired_preference")
+CONVERSATIONAL = ("messages", "sharegpt", "alpaca", "prompt_completion", "preference", "unpaired_preference")
+PREFERENCE = ("preference", "unpaired_preference")
 ROLES = ("system", "user", "assistant", "tool")
 
 DEFAULT_FIELDS: dict[str, dict[str, str]] = {
@@ -39,6 +45,8 @@ DEFAULT_FIELDS: dict[str, dict[str, str]] = {
     "sharegpt": {"messages": "conversations", "role": "from", "content": "value"},
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output", "system": "system"},
     "prompt_completion": {"prompt": "prompt", "completion": "completion", "role": "role", "content": "content"},
+    "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "role": "role", "content": "content"},
+    "unpaired_preference": {"prompt": "prompt", "completion": "completion", "label": "label", "role": "role", "content": "content"},
 }
 """Each format's fields: the name recipec uses -> the record's key (a recipe may rename any)."""
 
@@ -46,6 +54,8 @@ DEFAULT_ROLES: dict[str, dict[str, str]] = {
     "messages": {},
     "sharegpt": {"human": "user", "gpt": "assistant", "system": "system", "tool": "tool"},
     "prompt_completion": {},
+    "preference": {},
+    "unpaired_preference": {},
 }
 """Each format's role names: the record's role -> recipec's; a role not listed passes as it is."""
 
@@ -115,12 +125,28 @@ def _prompt_completion(record: dict[str, Any], f: dict[str, str], r: dict[str, s
     return {"messages": head + tail, "completion_from": len(head)}
 
 
+def _preference(record: dict[str, Any], f: dict[str, str], r: dict[str, str]) -> dict[str, Any]:
+    sides = {}
+    for side in ("chosen", "rejected"):
+        sides[side] = _prompt_completion(record, {**f, "completion": f[side]}, r)
+    return sides
+
+
+def _unpaired(record: dict[str, Any], f: dict[str, str], r: dict[str, str]) -> dict[str, Any]:
+    label = _field(record, f["label"])
+    if not isinstance(label, bool):
+        raise RecordError(f"`{f['label']}` is {label!r} ({type(label).__name__}), not a boolean (true: a desirable completion)")
+    return {**_prompt_completion(record, f, r), "label": label}
+
+
 _READERS: dict[str, Callable[[dict[str, Any], dict[str, str], dict[str, str]], dict[str, Any]]] = {
     "text": _text,
     "messages": _messages,
     "sharegpt": _messages,
     "alpaca": _alpaca,
     "prompt_completion": _prompt_completion,
+    "preference": _preference,
+    "unpaired_preference": _unpaired,
 }
 
 
@@ -176,6 +202,12 @@ def _needs_assistant(messages: list[dict[str, str]], where: str) -> None:
         raise RecordError(f"`{where}` has no assistant turn: nothing to learn from")
 
 
+def preference_kind(sources: list[dict[str, Any]]) -> str | None:
+    """``"preference"`` or ``"unpaired_preference"`` when the sources' records are preference data, else None."""
+    kinds = {s.get("records") for s in sources} & set(PREFERENCE)
+    return kinds.pop() if kinds else None
+
+
 def has_examples(sources: list[dict[str, Any]]) -> bool:
     """Whether a stage's sources make every document an example: some source's records are not text."""
     return any((s.get("records") or "text") != "text" for s in sources)
@@ -185,6 +217,10 @@ def text_view(example: dict[str, Any]) -> str:
     """The text the data filters see of an example: its contents, one paragraph each."""
     if "text" in example:
         return example["text"]
+    if "chosen" in example:  # the prompt once, then both completions
+        chosen, rejected = text_view(example["chosen"]), text_view(example["rejected"])
+        prefix = len(os.path.commonprefix([chosen, rejected]))
+        return chosen + "\n\n" + rejected[prefix:]
     if "prompt" in example:
         return example["prompt"] + "\n\n" + example["completion"]
     return "\n\n".join(m["content"] for m in example["messages"])

@@ -58,6 +58,12 @@ def pair_row(chosen: tuple[Sequence[int], Sequence[int]], rejected: tuple[Sequen
     }
 
 
+def segment_positions(mask: Sequence[int]) -> list[int]:
+    """``position_ids`` of a stored row from its mask bits: restarting where the rejected side starts."""
+    start = next((i for i, m in enumerate(mask) if int(m) & REJECTED), len(mask))
+    return list(range(start)) + list(range(len(mask) - start))
+
+
 def unpaired_row(ids: Sequence[int], mask: Sequence[int], desirable: bool) -> dict[str, list[int]]:
     """One stored row of a KTO example: its ids and supervised mask, and its label."""
     label = 0 if desirable else UNDESIRABLE

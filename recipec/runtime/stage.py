@@ -154,6 +154,9 @@ class _Builder:
         if examples_mode:  # the kept ones as examples with their masks; the dropped ones, counted, as text
             tokenized = tokenize_examples(corpus, spec, np.flatnonzero(alive), self.tokenizer, self.num_proc)
             tokenized += tokenize(corpus, to_tokenize[~alive[to_tokenize]], self.tokenizer, self.num_proc)
+            identical = sum(1 for r in corpus.dropped.values() if r == "identical_sides")
+            if identical:
+                self.log(f"warning: data: {identical} preference pairs have the same chosen and rejected completion; dropped")
             train_docs = np.array([d for d in train_docs if int(d) not in corpus.dropped], dtype=np.int64)
             eval_docs = np.array([d for d in eval_docs if int(d) not in corpus.dropped], dtype=np.int64)
             if len(train_docs) == 0:
@@ -261,7 +264,9 @@ class _Builder:
             for i in range(1, len(ids) + 1):
                 if i == len(ids) or mask[i] != mask[start]:
                     text = self.tokenizer.decode([int(t) for t in ids[start:i]])
-                    parts.append(f"[[{text}]]" if mask[start] else text)
+                    if mask[start] & 2 and (start == 0 or not mask[start - 1] & 2):  # a pair's rejected side
+                        parts.append("\n<<< rejected >>>\n")
+                    parts.append(f"[[{text}]]" if mask[start] & 1 else text)
                     start = i
             out.append({"locator": corpus.locator(doc), "text": "".join(parts)})
         return out

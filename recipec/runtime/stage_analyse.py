@@ -88,9 +88,23 @@ def _tokenize_examples(sources: list[int], examples: list[str]) -> list[tuple[An
     settings = _WORKER["examples"]
     out: list[tuple[Any, Any, str | None]] = []
     for source, text in zip(sources, examples):
+        example = json.loads(text)
+        if "chosen" in example or "label" in example:  # preference data: one row per pair (or KTO example)
+            try:
+                ids, mask, reason = chat.tokenize_preference(
+                    _WORKER["tokenizer"], example, max_length=settings["max_length"], overflow=settings["overflow"]
+                )
+            except (chat.TemplateError, ValueError) as e:
+                out.append((None, None, f"error: {e}"))
+                continue
+            if ids:
+                out.append((np.asarray(ids, dtype=np.uint32), np.asarray(mask, dtype=np.uint8), reason))
+            else:
+                out.append((None, None, reason))
+            continue
         try:
             ids, mask = chat.tokenize_example(
-                _WORKER["tokenizer"], json.loads(text), train_on=settings["train_on"][source]
+                _WORKER["tokenizer"], example, train_on=settings["train_on"][source]
             )
         except (chat.TemplateError, ValueError) as e:
             out.append((None, None, f"error: {e}"))

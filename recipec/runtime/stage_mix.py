@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .readers import DataError
+from . import formats
 
 if TYPE_CHECKING:  # pragma: no cover
     from .stage_analyse import Corpus
@@ -193,6 +194,7 @@ def write_examples(corpus: Corpus, spec: dict, path: pathlib.Path, docs: np.ndar
     import pyarrow as pa
 
     from .packing import efficiency, packed_rows
+    from .preference import segment_positions
 
     seq_len = int(spec["seq_len"])
     schema = pa.schema(
@@ -209,7 +211,10 @@ def write_examples(corpus: Corpus, spec: dict, path: pathlib.Path, docs: np.ndar
         order.update(np.int64(doc).tobytes())
         source_tokens[corpus.source_of[doc]] += len(ids)
         examples.append((ids.astype(np.int32), corpus.masks.get(int(doc)).astype(np.int8)))
-    if spec["packing"]:
+    pairs = formats.preference_kind(spec["sources"]) is not None
+    if pairs:  # one row per pair (two segments) or KTO example, never packed together
+        rows = [{"input_ids": ids, "mask": mask, "position_ids": segment_positions(mask)} for ids, mask in examples]
+    elif spec["packing"]:
         rows = packed_rows(examples, seq_len)
     else:
         rows = [
@@ -230,7 +235,7 @@ def write_examples(corpus: Corpus, spec: dict, path: pathlib.Path, docs: np.ndar
                 if name != "position_ids":
                     digest.update(flat.astype("<i4").tobytes())
                 if name == "mask":
-                    supervised += int(flat.sum())
+                    supervised += int((flat & 1).sum())  # bit 0: the loss sees the token
             writer.write_batch(pa.record_batch(columns, schema=schema))
     total = int(source_tokens.sum())
     return {
@@ -240,7 +245,7 @@ def write_examples(corpus: Corpus, spec: dict, path: pathlib.Path, docs: np.ndar
         "tokens": total,
         "supervised_tokens": supervised,
         # share of the token slots of rows padded to seq_len that hold example tokens
-        "packing_efficiency": round(efficiency(lengths, len(rows), seq_len), 6) if spec["packing"] else None,
+        "packing_efficiency": round(efficiency(lengths, len(rows), seq_len), 6) if spec["packing"] and not pairs else None,
         "dropped_remainder_tokens": 0,
         "source_tokens": {corpus.labels[s]: int(t) for s, t in enumerate(source_tokens) if t},
         "realised": {corpus.labels[s]: round(float(t) / total, 6) for s, t in enumerate(source_tokens) if t} if total else {},

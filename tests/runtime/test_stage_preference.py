@@ -1,0 +1,95 @@
+"""The data stage with preference data: pairs as rows of two segments, KTO labels, and the
+records that cannot be trained on (a missing side, identical sides, a label that is not a
+boolean) as located errors or counted drops."""
+
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from recipec.runtime import preference as P  # noqa: E402
+from recipec.runtime.readers import DataError  # noqa: E402
+
+from .chat_fixtures import IM_END, IM_START  # noqa: E402
+from .test_stage_examples import request, rows_of, run, tokenizer_dir, write_jsonl  # noqa: E402,F401
+
+PAIRS = [
+    {
+        "prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
+        "chosen": [{"role": "assistant", "content": f"It is {2 * i}."}],
+        "rejected": [{"role": "assistant", "content": f"Perhaps {2 * i + 1}, or more."}],
+    }
+    for i in range(30)
+]
+
+
+def test_pairs_are_one_row_of_two_segments_with_completion_masks(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    write_jsonl(tmp_path / "p.jsonl", PAIRS)
+    out = run(request(tmp_path, tokenizer_dir, [{"path": "p.jsonl", "records": "preference"}], seq_len=128))
+    rows = rows_of(out)
+    assert len(rows) == 30  # one per pair, never packed together
+    assert out.report["examples"]["packing_efficiency"] == [None]
+    for row in rows:
+        mask = row["mask"]
+        start = next(i for i, m in enumerate(mask) if m & P.REJECTED)
+        assert row["position_ids"] == list(range(start)) + list(range(len(mask) - start))
+        chosen = tok.decode([t for t, m in zip(row["input_ids"], mask) if m == P.SUPERVISED])
+        rejected = tok.decode([t for t, m in zip(row["input_ids"], mask) if m == P.SUPERVISED | P.REJECTED])
+        assert chosen.startswith("It is") and chosen.rstrip().endswith(IM_END)
+        assert rejected.startswith("Perhaps") and rejected.rstrip().endswith(IM_END)
+        # both sides start with the same rendered prompt, unsupervised
+        prompt = tok.decode(row["input_ids"][: next(i for i, m in enumerate(mask) if m)])
+        assert prompt.startswith(IM_START + "user") and prompt.rstrip().endswith("assistant")
+    assert "<<< rejected >>>" in out.report["examples"]["rendered"][0]["text"]
+
+
+def test_identical_sides_are_dropped_counted_and_warned(tmp_path, tokenizer_dir):
+    from recipec.runtime import stage
+
+    pairs = [dict(p) for p in PAIRS]
+    pairs[3]["rejected"] = pairs[3]["chosen"]
+    pairs[7]["rejected"] = pairs[7]["chosen"]
+    write_jsonl(tmp_path / "p.jsonl", pairs)
+    logged = []
+    out = stage.run(request(tmp_path, tokenizer_dir, [{"path": "p.jsonl", "records": "preference"}], seq_len=128), log=logged.append)
+    assert out.report["examples"]["dropped"] == {"identical_sides": 2}
+    assert len(rows_of(out)) == 28
+    assert any("2 preference pairs have the same chosen and rejected completion" in m for m in logged)
+
+
+def test_a_missing_side_names_file_line_and_field(tmp_path, tokenizer_dir):
+    pairs = [dict(p) for p in PAIRS]
+    del pairs[5]["rejected"]
+    write_jsonl(tmp_path / "p.jsonl", pairs)
+    with pytest.raises(DataError, match=r"p.jsonl:6: preference record: the record has no `rejected`"):
+        run(request(tmp_path, tokenizer_dir, [{"path": "p.jsonl", "records": "preference"}], seq_len=128))
+
+
+def test_renamed_fields_and_string_pairs(tmp_path, tokenizer_dir):
+    rows = [{"q": f"Count to {i}:", "good": " " + " ".join(map(str, range(1, i + 2))), "bad": " no"} for i in range(20)]
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    source = {"path": "p.jsonl", "records": "preference", "fields": {"prompt": "q", "chosen": "good", "rejected": "bad"}}
+    out = run(request(tmp_path, tokenizer_dir, [source], seq_len=128))
+    assert len(rows_of(out)) == 20
+
+
+def test_kto_labels_and_a_label_that_is_not_boolean(tmp_path, tokenizer_dir):
+    rows = [
+        {"prompt": [{"role": "user", "content": f"Say {i}."}], "completion": [{"role": "assistant", "content": f"{i}."}], "label": i % 3 != 0}
+        for i in range(24)
+    ]
+    write_jsonl(tmp_path / "k.jsonl", rows)
+    out = run(request(tmp_path, tokenizer_dir, [{"path": "k.jsonl", "records": "unpaired_preference"}], seq_len=128))
+    stored = rows_of(out)
+    assert len(stored) == 24
+    undesirable = sum(1 for r in stored if r["mask"][0] & P.UNDESIRABLE)
+    assert undesirable == 8
+    assert all(not any(m & P.REJECTED for m in r["mask"]) for r in stored)
+    rows[2]["label"] = "yes"
+    write_jsonl(tmp_path / "k.jsonl", rows)
+    with pytest.raises(DataError, match=r"k.jsonl:3: unpaired_preference record: `label` is 'yes' \(str\), not a boolean"):
+        run(request(tmp_path, tokenizer_dir, [{"path": "k.jsonl", "records": "unpaired_preference"}], seq_len=128))
