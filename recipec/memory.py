@@ -270,6 +270,9 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     `launch.fsdp.activation_checkpointing`). See the module docstring for the formulas.
     """
     launch, b, s = recipe.launch, recipe.train.micro_batch_size, recipe.data.seq_len
+    pref = recipe.preference
+    if pref is not None and pref.objective != "kto":
+        s *= 2  # a preference pair is one row holding both sides, each of up to seq_len tokens
     world = launch.num_processes
     p_bytes = DTYPE_BYTES[recipe.model.dtype]
     mixed = launch.mixed_precision != "no"
@@ -377,9 +380,15 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         params_b += 2 * copied
         precision += f", + 16-bit copies of the {copied:,} matmul weights (autocast)"
 
+    reference_copy = pref is not None and getattr(pref, "reference", None) == "live" and peft is None
+    if reference_copy:  # the frozen reference model, whole on every process
+        params_b += n_params * p_bytes
+        precision += f", + the frozen reference copy ({n_params:,} x {p_bytes} B)"
     parts = [int(round(x)) for x in (params_b, grads_b, optim_b)]
     per_device = sum(parts) + act_b + logits_b
     what = "adapter" if peft is not None else "all"
+    if pref is not None and pref.objective != "kto":
+        notes.append(f"preference pairs: s = 2 x data.seq_len {recipe.data.seq_len} (chosen and rejected in one row)")
     notes += [
         f"params: {n_params:,} parameters{f' + {adapter:,} adapter' if peft else ''} ({precision}){shard}",
         f"grads: {trainable:,} trainable ({what}) x {g_bytes} B{grads_how}",

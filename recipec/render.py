@@ -312,6 +312,9 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "stage_fields": stage_request.FIELDS,
         "peft_quantize": plan.get("peft_quantize"),
         "examples": plan["examples"],
+        "preference": plan.recipe.preference is not None,
+        "reference": plan.get("reference"),
+        "reference_model": plan.get("reference_model"),
         **dataclasses.asdict(plan.launch),
     }
     files: dict[str, str | bytes] = {

@@ -31,6 +31,7 @@ from .launch import launch_settings
 from .memory import memory_estimate
 from .model import ADAMW_IMPLEMENTATION, fast_path_settings, hub_ids, model_settings
 from .peft import peft_settings
+from .preference import preference_settings
 from .plan import Formula, Launch, Plan, Setting
 from .run import PLAIN_PATH, default_build_dir, run_settings
 from .schedule import schedule_settings
@@ -46,6 +47,7 @@ STEPS: tuple[Callable[[PlanBuilder], None], ...] = (
     tokenizer_settings,  # [tokenizer]: loaded, trained, or the model's own
     chat_settings,  # [tokenizer]: the chat template and added markers; the probe render
     data_settings,  # [data]: sources and filters for the data stage
+    preference_settings,  # [preference]: the objective, its options, the reference model
     sequence_settings,  # loading the sequences; seq_len within the model's positions
     optim_settings,  # [optim]: the peak LR, as written or scaled with the batch
     train_settings,  # [train]: the batch, grad_accum_steps, the run's length

@@ -289,3 +289,119 @@ def _log1mexp(x: Any) -> Any:
     import torch
 
     return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+# --------------------------------------------------------------------------- the training script's helpers
+
+
+class Tally:
+    """Sums of the objectives' statistics over micro-batches, reduced over processes when read.
+
+    ``means`` gives ``rewards_chosen``, ``rewards_rejected``, ``reward_margin`` (mean chosen
+    less mean rejected reward; per pair for paired data), ``reward_accuracy`` (paired: the
+    share of pairs whose chosen reward is higher), ``logps_chosen``, ``logps_rejected`` and,
+    for KTO, ``kl``.
+    """
+
+    KEYS = ("rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected", "reward_margin", "reward_accuracy", "kl")
+
+    def __init__(self, device: Any) -> None:
+        import torch
+
+        self.sums = torch.zeros(len(self.KEYS), device=device, dtype=torch.float64)
+        self.counts = torch.zeros(len(self.KEYS), device=device, dtype=torch.float64)
+
+    def add(self, stats: dict[str, Any]) -> None:
+        values = {k: stats[k] for k in self.KEYS[:4]}
+        if "kl" in stats:
+            values["kl"] = stats["kl"].reshape(1)
+        else:  # paired: per-pair margins and wins
+            margin = stats["rewards_chosen"] - stats["rewards_rejected"]
+            values["reward_margin"] = margin
+            values["reward_accuracy"] = (margin > 0).double()
+        for i, key in enumerate(self.KEYS):
+            if key in values:
+                self.sums[i] += values[key].double().sum()
+                self.counts[i] += values[key].numel()
+
+    def means(self, reduce: Callable[[Any], Any]) -> dict[str, float]:
+        """The means over every process (``reduce`` sums a tensor over them); keys with no value are left out."""
+        import torch
+
+        totals = reduce(torch.cat([self.sums, self.counts]))
+        sums, counts = totals[: len(self.KEYS)], totals[len(self.KEYS) :]
+        out = {k: (s / c).item() for k, s, c in zip(self.KEYS, sums, counts) if c > 0}
+        if "reward_margin" not in out and "rewards_chosen" in out and "rewards_rejected" in out:
+            out["reward_margin"] = out["rewards_chosen"] - out["rewards_rejected"]  # KTO: unpaired
+        return out
+
+
+class WithReference:
+    """Rows with their precomputed reference log-probabilities (``reference``: chosen, rejected); filled before training."""
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+        self.values: Any = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.values is None:
+            raise RuntimeError("the reference log-probabilities were not computed")
+        return {**self.rows[i], "reference": self.values[i]}
+
+
+def weights_sha256(model: Any) -> str:
+    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes, bytes): what a precomputed reference is keyed by."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256(b"recipec-weights-v1\0")
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def precompute_reference(
+    model: Any, rows: Any, path: Any, *, collate: Callable, batch_size: int, accelerator: Any
+) -> Any:
+    """Reference log-probabilities ``[len(rows), 2]`` (chosen, rejected sums) of every row.
+
+    Read from ``path`` when it exists; else every process scores its share of the rows (in
+    evaluation mode, without gradient), the shares are gathered, and the main process writes
+    ``path`` (whole or not at all). ``model`` is the reference: the model as it starts, its
+    adapter disabled by the caller under PEFT.
+    """
+    import os
+
+    import torch
+    from accelerate.utils import gather_object
+
+    path = os.fspath(path)
+    if os.path.exists(path):
+        return torch.load(path, weights_only=True)
+    mine = list(range(accelerator.process_index, len(rows), accelerator.num_processes))
+    scored: list[tuple[int, float, float]] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(mine), batch_size):
+            idx = mine[start : start + batch_size]
+            batch = {k: v.to(accelerator.device) if hasattr(v, "to") else v for k, v in collate([rows[i] for i in idx]).items()}
+            with accelerator.autocast():
+                logps = sequence_logps(model, batch)
+            scored += zip(idx, logps["chosen"].tolist(), logps["rejected"].tolist())
+    model.train(was_training)
+    values = torch.zeros(len(rows), 2, dtype=torch.float32)
+    for i, c, r in gather_object(scored) if accelerator.num_processes > 1 else scored:
+        values[i, 0], values[i, 1] = c, r
+    if accelerator.is_main_process:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        torch.save(values, tmp)
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+    return values

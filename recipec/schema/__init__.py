@@ -48,6 +48,7 @@ from .peft import (
     VeraTable,
     PeftTable,
 )
+from .preference import OBJECTIVE_TABLES, DpoTable, HingeTable, IpoTable, KtoTable, OrpoTable, PreferenceTable, SimpoTable
 from .recipe import RecipeTable
 from .schedule import Phase, ScheduleTable
 from .tokenizer import TokenizerTable, TokenizerTrain
@@ -96,6 +97,9 @@ class Recipe(Table):
     peft: PeftTable | None = None
     """`[peft]`: parameter-efficient training; `method` picks LoRA, LoHa, LoKr, IA3, OFT, BOFT, VeRA, AdaLoRA, MiSS, LN tuning, prefix or prompt tuning."""
 
+    preference: PreferenceTable | None = None
+    """`[preference]`: preference training on preference data; `objective` picks DPO, IPO, hinge, SimPO, ORPO or KTO."""
+
 
 # (table, key) as another tool spells it -> the recipec key, or an explanation.
 RENAMED: dict[tuple[str, ...], str] = {
@@ -138,6 +142,9 @@ __all__ = [
     "FILTER_TABLES",
     "Filter",
     *(t.__name__ for t in FILTER_TABLES),
+    "OBJECTIVE_TABLES",
+    "PreferenceTable",
+    *(t.__name__ for t in OBJECTIVE_TABLES),
     "AdaloraTable",
     "BoftTable",
     "ContinualTable",

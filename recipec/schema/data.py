@@ -16,6 +16,8 @@ RECORD_FIELDS = {
     "sharegpt": ("messages", "role", "content"),
     "alpaca": ("instruction", "input", "output", "system"),
     "prompt_completion": ("prompt", "completion", "role", "content"),
+    "preference": ("prompt", "chosen", "rejected", "role", "content"),
+    "unpaired_preference": ("prompt", "completion", "label", "role", "content"),
 }
 """The fields each record format reads, by the name `fields` renames them with (recipec_runtime/formats.py has their defaults)."""
 
@@ -25,6 +27,8 @@ TRAIN_ON = {
     "sharegpt": ("assistant", "last_assistant", "all"),
     "alpaca": ("assistant", "all"),
     "prompt_completion": ("completion", "assistant", "last_assistant", "all"),
+    "preference": ("completion",),
+    "unpaired_preference": ("completion",),
 }
 """What the loss may see of each record format."""
 
@@ -50,8 +54,8 @@ class Source(Table):
     text_field: str = "text"
     """The field (column) holding the document text, for jsonl and parquet, with `records = "text"`."""
 
-    records: Literal["text", "messages", "sharegpt", "alpaca", "prompt_completion"] = "text"
-    """What each record holds: `text` (a document, trained on every token), `messages` (OpenAI-style `[{role, content}, ...]`), `sharegpt` (`conversations` of `{from, value}`), `alpaca` (`instruction`, optional `input`, `output`, optional `system`) or `prompt_completion` (`prompt` and `completion`, strings or message lists). Any but `text` makes every source's documents examples: rendered with the chat template, masked by `train_on`, fitted to `data.max_length` and packed whole."""
+    records: Literal["text", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "unpaired_preference"] = "text"
+    """What each record holds: `text` (a document, trained on every token), `messages` (OpenAI-style `[{role, content}, ...]`), `sharegpt` (`conversations` of `{from, value}`), `alpaca` (`instruction`, optional `input`, `output`, optional `system`) `prompt_completion` (`prompt` and `completion`, strings or message lists), `preference` (`prompt`, `chosen`, `rejected`: strings or message lists, for `[preference]`) or `unpaired_preference` (`prompt`, `completion` and a boolean `label`, for KTO). Any but `text` makes every source's documents examples: rendered with the chat template, masked by `train_on`, fitted to `data.max_length` and packed whole."""
 
     fields: dict[str, str] | None = None
     """Renamed fields of the records, e.g. `{messages = "dialog", role = "speaker", content = "text"}`. The names: messages, role, content (messages, sharegpt); instruction, input, output, system (alpaca); prompt, completion, role, content (prompt_completion)."""

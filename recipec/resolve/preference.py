@@ -1,0 +1,53 @@
+"""Resolve `[preference]`: the objective the script optimises, its reference model, and the
+checks that tie it to the data (preference records), the model and the launch."""
+
+from __future__ import annotations
+
+from ..runtime.formats import PREFERENCE
+from .builder import PlanBuilder
+
+
+def preference_settings(b: PlanBuilder) -> None:
+    """The objective, its options and the reference; errors where the recipe cannot train on preferences."""
+    r = b.recipe
+    p = r.preference
+    sources = r.data.sources
+    wanted = None if p is None else "unpaired_preference" if p.objective == "kto" else "preference"
+    for i, src in enumerate(sources):
+        if src.records == wanted:
+            continue
+        where = ("data", "sources", i, "records")
+        if p is None and src.records in PREFERENCE:
+            b.error(where, f"sources[{i}] holds {src.records} records, which train with a [preference] objective", 'add [preference] objective = "dpo" (or ipo, hinge, simpo, orpo, kto)')
+        elif p is not None:
+            b.error(
+                where,
+                f'preference.objective {p.objective!r} trains on {wanted} records, and sources[{i}] holds {src.records} records',
+                f'set records = "{wanted}" on every source'
+                + ('; paired data trains with dpo, ipo, hinge, simpo or orpo' if src.records == "preference" else ""),
+            )
+    if p is None:
+        return
+    b.section("preference")
+    b.key("objective", ("preference", "objective"))
+    options = p.model_dump(exclude={"objective", "reference"})
+    b.add("objective_options", options, "preference (the objective's own options)", b.origin(("preference",)))
+    reference = getattr(p, "reference", None)
+    if reference is None:
+        b.derived("reference", None, f"derived: {p.objective} is reference-free")
+    else:
+        b.key("reference", ("preference", "reference"))
+        how = "the base model with the adapter disabled" if r.peft is not None else "a frozen copy of the starting model"
+        if reference == "live":
+            b.derived("reference_model", "adapter_disabled" if r.peft is not None else "copy", f"derived: preference.reference live under {'[peft]' if r.peft else 'full fine-tuning'}: {how}")
+    if r.model.init is not None and r.continual is None:
+        b.error(("preference", "objective"), "preference training tunes a trained model, and model.init builds an untrained one", "set model.path (or [continual] from a supervised run)")
+    if p.objective == "kto":
+        if r.train.micro_batch_size < 2:
+            b.error(("train", "micro_batch_size"), "KTO estimates its KL term from the other examples of a micro-batch, so it needs at least 2", "set micro_batch_size = 2 or more")
+        if reference == "precomputed":
+            b.error(("preference", "reference"), "KTO's KL term pairs each prompt with another example's completion in the same (shuffled) micro-batch, so its reference log-probabilities cannot be computed before training", 'use reference = "live"')
+    if r.train.eval_generations:
+        b.error(("train", "eval_generations"), "generations are written for supervised fine-tuning; preference training logs rewards and margins on held-out pairs instead")
+    if reference == "live" and r.peft is None and r.launch.strategy == "fsdp":
+        b.error(("preference", "reference"), "a live reference without [peft] is a whole frozen copy of the model on every process, which FSDP does not shard", 'use reference = "precomputed", or [peft]')

@@ -1,0 +1,89 @@
+"""`[preference]`: preference training (DPO and its relatives) on preference data.
+
+One model per objective, chosen by `objective`, so each objective's own options are
+validated and an option of another objective is an unknown key. The defaults are TRL's
+(SimPO's are the SimPO paper's), so a recipe ported from TRL means the same run.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .base import Table
+
+
+class _Objective(Table):
+    beta: float = Field(0.1, gt=0)
+    """How far the model may move from the reference (DPO's beta; IPO's tau; ORPO's weight of the odds-ratio term)."""
+
+
+class _Referenced(_Objective):
+    reference: Literal["live", "precomputed"] = "live"
+    """The reference model's log-probabilities: `live` computes them at every step (under `[peft]` from the base model with the adapter disabled, no second copy; otherwise from a frozen copy of the starting model, counted by the memory estimate); `precomputed` computes them once before the first step, from the model as it starts, and keeps them in the data stage's cache entry, keyed by the model's weights (no copy, no second forward pass per step)."""
+
+
+class DpoTable(_Referenced):
+    """`[preference] objective = "dpo"`: -log sigmoid(beta * (chosen log-ratio - rejected log-ratio))."""
+
+    objective: Literal["dpo"]
+    """The objective."""
+
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Conservative DPO: the share of pairs assumed to be mislabelled (0: plain DPO)."""
+
+
+class IpoTable(_Referenced):
+    """`[preference] objective = "ipo"`: (delta - 1 / (2 beta))^2 over the log-ratios averaged per completion token."""
+
+    objective: Literal["ipo"]
+    """The objective."""
+
+
+class HingeTable(_Referenced):
+    """`[preference] objective = "hinge"`: relu(1 - beta * (chosen log-ratio - rejected log-ratio)) (SLiC)."""
+
+    objective: Literal["hinge"]
+    """The objective."""
+
+
+class SimpoTable(Table):
+    """`[preference] objective = "simpo"`: reference-free, -log sigmoid(beta * (mean chosen log-prob - mean rejected log-prob) - gamma)."""
+
+    objective: Literal["simpo"]
+    """The objective."""
+
+    beta: float = Field(2.0, gt=0)
+    """Scale of the length-normalised reward (the SimPO paper uses 2 to 2.5)."""
+
+    gamma: float = Field(0.5, ge=0)
+    """The target reward margin."""
+
+
+class OrpoTable(_Objective):
+    """`[preference] objective = "orpo"`: reference-free, the chosen side's cross-entropy minus beta * log sigmoid(log odds ratio)."""
+
+    objective: Literal["orpo"]
+    """The objective."""
+
+
+class KtoTable(_Referenced):
+    """`[preference] objective = "kto"`: unpaired desirable and undesirable completions (records = "unpaired_preference")."""
+
+    objective: Literal["kto"]
+    """The objective."""
+
+    desirable_weight: float = Field(1.0, gt=0)
+    """Weight of the desirable completions' loss."""
+
+    undesirable_weight: float = Field(1.0, gt=0)
+    """Weight of the undesirable completions' loss (raise it when undesirable examples are fewer)."""
+
+
+OBJECTIVE_TABLES = (DpoTable, IpoTable, HingeTable, SimpoTable, OrpoTable, KtoTable)
+
+PreferenceTable = Annotated[
+    DpoTable | IpoTable | HingeTable | SimpoTable | OrpoTable | KtoTable,
+    Field(discriminator="objective"),
+]
