@@ -1,0 +1,175 @@
+"""Preference training end to end: the generated script trains DPO and KTO on pairs rendered
+with a chat template; the loss of a step does not depend on how it is split over micro-batches
+and processes; a LoRA run with precomputed reference log-probabilities, killed after a
+checkpoint, resumes to the same weights bit for bit.
+
+The model is the tiny Llama and ChatML tokenizer of tests/test_sft.py; training runs on CPU (slow).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recipec.compiler import build
+
+from test_sft import WORDS, _env, _model
+
+pytestmark = pytest.mark.slow
+
+RECIPE = """
+[recipe]
+name = "pref"
+seed = 5
+
+[model]
+path = "./model"
+
+[preference]
+objective = "{objective}"
+{options}
+
+[data]
+seq_len = 128
+eval_fraction = 0.125
+
+[[data.sources]]
+path = "data/pairs.jsonl"
+records = "{records}"
+
+[optim]
+lr = 1e-2
+
+[schedule]
+warmup = 1
+
+[train]
+micro_batch_size = {micro}
+batch_size = 8
+max_steps = {steps}
+log_every = 1
+eval_every = 0
+save_every = {save_every}
+
+[launch]
+cpu = true
+num_processes = {processes}
+"""
+
+
+def _pairs(path: Path, *, unpaired: bool = False, n: int = 72) -> None:
+    rng = random.Random(3)
+    rows = []
+    for i in range(n):
+        prompt = [{"role": "user", "content": " ".join(rng.choices(WORDS, k=rng.randint(2, 8))) + "?"}]
+        good, bad = (" ".join(rng.choices(WORDS, k=rng.choice([1, 4, 12]))) for _ in range(2))
+        if unpaired:
+            rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": good}], "label": i % 3 != 0})
+        else:
+            rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": good}], "rejected": [{"role": "assistant", "content": bad}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model")
+    _model(path)
+    return path
+
+
+def _project(root: Path, model_dir: Path, *, objective: str = "dpo", options: str = "", micro: int = 8, processes: int = 1,
+             steps: int = 3, save_every: int = 0, extra: str = "") -> Path:
+    root.mkdir(parents=True)
+    shutil.copytree(model_dir, root / "model")
+    (root / "recipes").mkdir()
+    (root / "data").mkdir()
+    unpaired = objective == "kto"
+    _pairs(root / "data" / "pairs.jsonl", unpaired=unpaired)
+    text = RECIPE.format(
+        objective=objective, options=options, records="unpaired_preference" if unpaired else "preference",
+        micro=micro, processes=processes, steps=steps, save_every=save_every,
+    )
+    recipe = root / "recipes" / "pref.toml"
+    recipe.write_text(text + extra)
+    return recipe
+
+
+def _run(recipe: Path, processes: int = 1) -> subprocess.CompletedProcess:
+    project = recipe.parent.parent
+    written, _ = build(recipe, (), project / "build" / "pref", project=project)
+    script = str(written.dir / "train.py")
+    cmd = [sys.executable, script]
+    if processes > 1:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(written.dir / "accelerate_config.yaml"), script]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def _metrics(recipe: Path) -> list[dict]:
+    lines = (recipe.parent.parent / "runs" / "pref" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_a_dpo_step_does_not_depend_on_how_it_is_split(tmp_path: Path, model_dir: Path) -> None:
+    """Micro-batch 8 x 1, 4 x 2 accumulated, and 2 processes x 4 (DDP): the same loss and rewards at every step."""
+    runs = {}
+    for name, micro, processes in (("8x1", 8, 1), ("4x2", 4, 1), ("2-processes", 4, 2)):
+        recipe = _project(tmp_path / name, model_dir, micro=micro, processes=processes)
+        _run(recipe, processes)
+        runs[name] = [m for m in _metrics(recipe) if "loss" in m]
+    assert len(runs["8x1"]) == 3
+    assert runs["8x1"][-1]["reward_margin"] != 0  # it trained: the policy left the reference
+    for name in ("4x2", "2-processes"):
+        for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy", "logps_chosen"):
+            assert [m[key] for m in runs[name]] == pytest.approx([m[key] for m in runs["8x1"]], abs=1e-5, rel=0), (name, key)
+
+
+def test_lora_with_precomputed_reference_resumes_bitwise(tmp_path: Path, model_dir: Path) -> None:
+    """LoRA, reference log-probabilities precomputed (adapter disabled): killed after its step-2 checkpoint and
+    resumed, the weights and log of an uninterrupted run; the resumed run reads the stored reference back."""
+    from safetensors.torch import load_file
+
+    import torch
+
+    from test_training import KILLER
+
+    peft = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\ndropout = 0.1\n'
+    runs = {}
+    for name in ("straight", "killed"):
+        recipe = _project(tmp_path / name, model_dir, options='reference = "precomputed"', micro=4, steps=4, save_every=2, extra=peft)
+        project = recipe.parent.parent
+        written, _ = build(recipe, (), project / "build" / "pref", project=project)
+        if name == "killed":
+            killer = tmp_path / "killer.py"
+            killer.write_text(KILLER)
+            proc = subprocess.run([sys.executable, str(killer), str(written.dir), "2", "after-commit"], env=_env(), capture_output=True, text=True, timeout=900)
+            assert proc.returncode == -9, proc.stderr[-3000:]
+            stored = sorted(p.name for p in (project / ".recipec" / "data").glob("*/reference-*.pt"))
+            assert len(stored) == 2  # train and eval, written before the first step
+        proc = _run(recipe)
+        if name == "killed":
+            assert "at step 2" in proc.stdout + proc.stderr
+        runs[name] = project / "runs" / "pref"
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in ms]  # noqa: E731
+    metrics = {k: strip([json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()]) for k, v in runs.items()}
+    assert metrics["killed"] == metrics["straight"]
+    assert metrics["straight"][0]["eval_reward_margin"] == 0  # step 0: the policy is the reference
+    a = load_file(str(runs["straight"] / "model" / "adapter_model.safetensors"))
+    b = load_file(str(runs["killed"] / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kto_trains_on_labelled_completions(tmp_path: Path, model_dir: Path) -> None:
+    recipe = _project(tmp_path / "kto", model_dir, objective="kto", options="undesirable_weight = 2.0", micro=4, steps=4)
+    _run(recipe)
+    steps = [m for m in _metrics(recipe) if "loss" in m]
+    assert len(steps) == 4
+    assert all("kl" in m and m["kl"] >= 0 for m in steps)
+    assert steps[-1]["rewards_chosen"] != 0 and "reward_accuracy" not in steps[-1]
