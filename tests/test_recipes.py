@@ -32,7 +32,12 @@ def finished_parent(project: Path, recipe: Path) -> None:
     The parent recipe is really built; only the training is skipped: run.json says it
     completed and model/config.json stands in for the weights.
     """
-    parent_dir = tomllib.loads(recipe.read_text()).get("continual", {}).get("from")
+    data = tomllib.loads(recipe.read_text())
+    for key in (data.get("model", {}).get("path"), data.get("tokenizer", {}).get("path")):
+        if key and key.startswith("runs/"):  # a model or tokenizer that an earlier example writes (dpo-chat)
+            (project / key).mkdir(parents=True, exist_ok=True)
+            (project / key / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 512}))
+    parent_dir = data.get("continual", {}).get("from")
     if parent_dir is None:
         return
     (parent,) = [
