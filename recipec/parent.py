@@ -72,6 +72,13 @@ def read_parent(recipe: Recipe, source: SourceMap, project: Path) -> ParentRun |
     elif is_run:
         kind, model_dir, run_dir = "run", path / "model", path
         record = _json(path / "run.json")
+        if (model_dir / "adapter_config.json").is_file():  # a PEFT run: its merged model is the model to continue from
+            if not (path / "model_full" / "config.json").is_file():
+                raise fail(
+                    f"the parent run {continual.from_} trained a PEFT adapter and saved no merged model (model_full/)",
+                    "set peft.save_merged = true in the parent recipe and train it again",
+                )
+            model_dir = path / "model_full"
         if record.get("status") != "completed" or not (model_dir / "config.json").is_file():
             raise fail(
                 f"the parent run {continual.from_} has not finished: it has no final model",

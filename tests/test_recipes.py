@@ -27,31 +27,34 @@ def test_there_are_examples():
 
 
 def finished_parent(project: Path, recipe: Path) -> None:
-    """For a [continual] example: its parent's run directory, as a finished run leaves it.
+    """For a [continual] example: its parent's run directory (and its parent's), as a finished run leaves it.
 
     The parent recipe is really built; only the training is skipped: run.json says it
-    completed and model/config.json stands in for the weights.
+    completed and model/config.json stands in for the weights (model_full/ beside an
+    adapter's model/ for a PEFT parent that saves its merged model).
     """
-    data = tomllib.loads(recipe.read_text())
-    for key in (data.get("model", {}).get("path"), data.get("tokenizer", {}).get("path")):
-        if key and key.startswith("runs/"):  # a model or tokenizer that an earlier example writes (dpo-chat)
-            (project / key).mkdir(parents=True, exist_ok=True)
-            (project / key / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 512}))
-    parent_dir = data.get("continual", {}).get("from")
-    if parent_dir is None:
+    parent_dir = tomllib.loads(recipe.read_text()).get("continual", {}).get("from")
+    if parent_dir is None or (project / parent_dir / "run.json").exists():
         return
     (parent,) = [
         p for p in RECIPES if (project / parent_dir).name == tomllib.loads(p.read_text())["recipe"]["name"]
     ]
+    finished_parent(project, parent)
     (project / "recipes").mkdir(exist_ok=True)
     shutil.copy(parent, project / "recipes" / parent.name)
-    written, plan = build(f"recipes/{parent.name}", (), project / "build" / "parent", project=project)
+    written, plan = build(f"recipes/{parent.name}", (), project / "build" / f"parent-{parent.stem}", project=project)
     run = project / parent_dir
+    config = json.dumps({"model_type": "llama", "max_position_embeddings": 512})
     (run / "model").mkdir(parents=True)
+    if plan.recipe.peft is not None:
+        (run / "model" / "adapter_config.json").write_text("{}")
+        (run / "model_full").mkdir()
+        (run / "model_full" / "config.json").write_text(config)
+    else:
+        (run / "model" / "config.json").write_text(config)
     for name in ("resolved.toml", "recipe.lock.json", "schedule.csv"):
         shutil.copy(written.dir / name, run / name)
     (run / "run.json").write_text(json.dumps({"name": plan.name, "status": "completed", "steps": plan["max_steps"]}))
-    (run / "model" / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 512}))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

@@ -47,6 +47,11 @@ def preference_settings(b: PlanBuilder) -> None:
             b.error(("train", "micro_batch_size"), "KTO estimates its KL term from the other examples of a micro-batch, so it needs at least 2", "set micro_batch_size = 2 or more")
         if reference == "precomputed":
             b.error(("preference", "reference"), "KTO's KL term pairs each prompt with another example's completion in the same (shuffled) micro-batch, so its reference log-probabilities cannot be computed before training", 'use reference = "live"')
+    if r.continual is not None:
+        if r.continual.eval_parent:
+            b.error(("continual", "eval_parent"), "the parent's held-out data is not preference pairs, so this run cannot score it", "set eval_parent = false")
+        if r.continual.replay:
+            b.error(("continual", "replay"), "replay mixes the parent's training data into this run's, and it is not preference pairs", "set replay = 0")
     if r.train.eval_generations:
         b.error(("train", "eval_generations"), "generations are written for supervised fine-tuning; preference training logs rewards and margins on held-out pairs instead")
     if reference == "live" and r.peft is None and r.launch.strategy == "fsdp":
