@@ -1,0 +1,111 @@
+"""Preference recipes at build time: the plan, the generated script, the memory estimate, and
+`recipec diff` between two of them naming a changed objective, beta or reference."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from recipec.compiler import build, plan_recipe
+from recipec.diff import diff
+
+PAIRS = [
+    {"prompt": f"Q{i}?", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(8)
+]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 1000, "max_position_embeddings": 512,
+    }))
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    return tmp_path
+
+
+def recipe(project: Path, name: str, preference: str, peft: str = "") -> Path:
+    path = project / f"{name}.toml"
+    path.write_text(f"""
+[recipe]
+name = "{name}"
+
+[model]
+path = "./model"
+
+[preference]
+{preference}
+
+[data]
+seq_len = 64
+
+[[data.sources]]
+path = "pairs.jsonl"
+records = "{'unpaired_preference' if 'kto' in preference else 'preference'}"
+
+[train]
+micro_batch_size = 4
+batch_size = 8
+max_steps = 10
+save_every = 0
+
+[launch]
+cpu = true
+{peft}
+""")
+    return path
+
+
+def test_the_plan_and_the_script_name_the_objective_and_reference(project: Path) -> None:
+    written, plan = build(recipe(project, "a", 'objective = "dpo"\nbeta = 0.2'), (), project / "build" / "a", project=project)
+    assert plan["objective"] == "dpo"
+    assert plan["objective_options"] == {"beta": 0.2, "label_smoothing": 0.0}
+    assert plan["reference_model"] == "copy"
+    script = (written.dir / "train.py").read_text()
+    ast.parse(script)
+    assert "objective = 'dpo'               # preference.objective" in script
+    assert "ref_model = copy.deepcopy(model).eval().requires_grad_(False)" in script
+    assert "disable_adapter" not in script and "precompute_reference" not in script
+
+
+def test_peft_disables_the_adapter_and_precomputed_needs_no_copy(project: Path) -> None:
+    peft = '[peft]\nmethod = "lora"\n'
+    written, plan = build(recipe(project, "b", 'objective = "ipo"', peft), (), project / "build" / "b", project=project)
+    script = (written.dir / "train.py").read_text()
+    assert plan["reference_model"] == "adapter_disabled"
+    assert "unwrapped.disable_adapter()" in script and "deepcopy" not in script
+    written, plan = build(recipe(project, "c", 'objective = "dpo"\nreference = "precomputed"'), (), project / "build" / "c", project=project)
+    script = (written.dir / "train.py").read_text()
+    assert "preference.precompute_reference(" in script and "deepcopy" not in script
+    written, plan = build(recipe(project, "d", 'objective = "simpo"'), (), project / "build" / "d", project=project)
+    script = (written.dir / "train.py").read_text()
+    assert plan["reference"] is None and "ref_logps = None  # reference-free" in script
+
+
+def test_the_memory_estimate_counts_both_sides_and_the_frozen_copy(project: Path) -> None:
+    live, _ = plan_recipe(recipe(project, "e", 'objective = "dpo"'), ())
+    pre, _ = plan_recipe(recipe(project, "f", 'objective = "dpo"\nreference = "precomputed"'), ())
+    kto, _ = plan_recipe(recipe(project, "g", 'objective = "kto"'), ())
+    assert live.memory.params == 2 * pre.memory.params  # the copy: a second set of weights
+    assert live.memory.activations == 2 * kto.memory.activations  # a pair row holds two sides
+    assert any("frozen reference copy" in n for n in live.memory.notes)
+
+
+def test_diff_names_a_changed_objective_beta_and_reference(project: Path) -> None:
+    recipe(project, "a", 'objective = "dpo"\nbeta = 0.1')
+    recipe(project, "b", 'objective = "dpo"\nbeta = 0.3\nreference = "precomputed"')
+    recipe(project, "c", 'objective = "hinge"\nbeta = 0.1')
+    group = click.Group(commands=[diff])
+    out = CliRunner().invoke(group, ["diff", "a.toml", "b.toml"]).stdout
+    assert "~ objective_options: {'beta': 0.1, 'label_smoothing': 0.0} -> {'beta': 0.3, 'label_smoothing': 0.0}" in out
+    assert "~ reference: 'live' -> 'precomputed'" in out
+    out = CliRunner().invoke(group, ["diff", "a.toml", "c.toml"]).stdout
+    assert "~ objective: 'dpo' -> 'hinge'" in out
