@@ -507,7 +507,7 @@ if master:
     tokenizer.save_pretrained(model_dir)
     metrics = [json.loads(line) for line in open(output_dir / "metrics.jsonl")]
     # the last and first losses, and the lowest of each with its step (as `recipec runs` shows them)
-    results = summary.final_and_best(metrics, eval_keys=list(final_eval))
+    results = summary.final_and_best(metrics, eval_keys=[k for k in final_eval if k.startswith(summary.EVAL_PREFIX)])
     ended = datetime.datetime.now(datetime.timezone.utc)
     run_record.update(
         status="completed",
