@@ -118,15 +118,17 @@ def _metrics(recipe: Path) -> list[dict]:
 
 
 def test_a_dpo_step_does_not_depend_on_how_it_is_split(tmp_path: Path, model_dir: Path) -> None:
-    """Micro-batch 8 x 1, 4 x 2 accumulated, and 2 processes x 4 (DDP): the same loss and rewards at every step."""
+    """Micro-batch 8 x 1, 4 x 2 accumulated, and 2 processes x 4 (DDP): the same loss and rewards at every step;
+    also with the reference log-probabilities precomputed by the two processes (each scores a share)."""
     runs = {}
-    for name, micro, processes in (("8x1", 8, 1), ("4x2", 4, 1), ("2-processes", 4, 2)):
-        recipe = _project(tmp_path / name, model_dir, micro=micro, processes=processes)
+    configs = (("8x1", 8, 1, ""), ("4x2", 4, 1, ""), ("2-processes", 4, 2, ""), ("2-processes-precomputed", 4, 2, 'reference = "precomputed"'))
+    for name, micro, processes, options in configs:
+        recipe = _project(tmp_path / name, model_dir, micro=micro, processes=processes, options=options)
         _run(recipe, processes)
         runs[name] = [m for m in _metrics(recipe) if "loss" in m]
     assert len(runs["8x1"]) == 3
     assert runs["8x1"][-1]["reward_margin"] != 0  # it trained: the policy left the reference
-    for name in ("4x2", "2-processes"):
+    for name in ("4x2", "2-processes", "2-processes-precomputed"):
         for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy", "logps_chosen"):
             assert [m[key] for m in runs[name]] == pytest.approx([m[key] for m in runs["8x1"]], abs=1e-5, rel=0), (name, key)
 

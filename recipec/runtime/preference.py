@@ -384,7 +384,11 @@ def precompute_reference(
     path = os.fspath(path)
     if os.path.exists(path):
         return torch.load(path, weights_only=True)
-    mine = list(range(accelerator.process_index, len(rows), accelerator.num_processes))
+    # the same number of rows on every process (wrapping around): under FSDP every forward pass
+    # is collective, so no process may run one more than another
+    world = accelerator.num_processes
+    share = -(-len(rows) // world)
+    mine = [(accelerator.process_index + world * k) % len(rows) for k in range(share)]
     scored: list[tuple[int, float, float]] = []
     was_training = model.training
     model.eval()
