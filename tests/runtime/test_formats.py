@@ -96,4 +96,30 @@ def test_bad_records_name_the_field(record, format, message):
 def test_unknown_format():
     with pytest.raises(ValueError, match="unknown format 'chatml'"):
         to_example({}, "chatml")
-    assert set(FORMATS) == {"text", "messages", "sharegpt", "alpaca", "prompt_completion"}
+    assert set(FORMATS) == {"text", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "unpaired_preference"}
+
+
+def test_preference_records_become_two_prompt_completion_sides():
+    record = {"prompt": "Q?", "chosen": " yes", "rejected": " no"}
+    assert to_example(record, "preference") == {
+        "chosen": {"prompt": "Q?", "completion": " yes"},
+        "rejected": {"prompt": "Q?", "completion": " no"},
+    }
+    conv = {
+        "q": [{"role": "user", "content": "Hi?"}],
+        "good": [{"role": "assistant", "content": "Hello."}],
+        "bad": [{"role": "assistant", "content": "Bye."}],
+    }
+    ex = to_example(conv, "preference", {"prompt": "q", "chosen": "good", "rejected": "bad"})
+    assert ex["chosen"]["messages"][-1]["content"] == "Hello." and ex["chosen"]["completion_from"] == 1
+    assert ex["rejected"]["messages"][0] == {"role": "user", "content": "Hi?"}
+
+
+def test_preference_records_that_do_not_fit():
+    with pytest.raises(RecordError, match="the record has no `rejected`"):
+        to_example({"prompt": "Q?", "chosen": " yes"}, "preference")
+    with pytest.raises(RecordError, match="`rejected` is a string and the other side a list of messages"):
+        to_example({"prompt": [{"role": "user", "content": "Q?"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}, "preference")
+    with pytest.raises(RecordError, match=r"`label` is 1 \(int\), not a boolean"):
+        to_example({"prompt": "Q?", "completion": " yes", "label": 1}, "unpaired_preference")
+    assert to_example({"prompt": "Q?", "completion": " yes", "label": False}, "unpaired_preference")["label"] is False
