@@ -49,6 +49,15 @@ MINIMAL: dict[str, Any] = {
 """The minimal valid recipe: resolves with no error and no warning."""
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n auto --dist loadgroup`) the slow tests run one after another in
+    one worker: they start training processes that listen on accelerate's default port and
+    use every core, while the other workers take the fast tests."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.xdist_group("slow"))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-golden",
