@@ -165,9 +165,18 @@ def make_lock(
     }
 
 
+OPTIMIZER_PACKAGES = {
+    "lion": "lion-pytorch",
+    "schedule_free_adamw": "schedulefree",
+    "adamw_8bit": "bitsandbytes",
+    "paged_adamw_8bit": "bitsandbytes",
+}
+"""optim.name -> the package outside torch its implementation comes from."""
+
+
 def required_packages(plan: Plan) -> list[str]:
     """The packages a build's train.py imports: TRAINING_PACKAGES, then what the recipe's
-    options add (its trackers, QLoRA's bitsandbytes, DeepSpeed, flash attention)."""
+    options add (its trackers, QLoRA's bitsandbytes, DeepSpeed, flash attention, the optimizer's package)."""
     recipe = plan.recipe
     names = list(TRAINING_PACKAGES)
     names += [_requirement_name(trackers.INSTALL[t]) for t in recipe.output.trackers]
@@ -175,6 +184,8 @@ def required_packages(plan: Plan) -> list[str]:
         names.append("bitsandbytes")
     if recipe.launch.strategy == "deepspeed":
         names.append("deepspeed")
+    if recipe.optim.name in OPTIMIZER_PACKAGES and OPTIMIZER_PACKAGES[recipe.optim.name] not in names:
+        names.append(OPTIMIZER_PACKAGES[recipe.optim.name])
     if recipe.model.attention in FLASH_ATTENTION:
         names.append(FLASH_ATTENTION[recipe.model.attention])
     return names

@@ -260,6 +260,10 @@ def adapter_parameters(shape: ModelShape, peft: dict[str, Any]) -> int:
     return count
 
 
+OPTIMIZER_STATE = {"adamw": 2.0, "muon": 1.0, "adafactor": 0.0, "lion": 1.0, "sgd": 1.0, "schedule_free_adamw": 2.0}
+"""Optimizer state per trainable parameter, in units of the parameter's bytes (8-bit AdamW: 2 bytes flat)."""
+
+
 def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     """The peak memory per device of the recipe's training step on a model of this shape.
 
@@ -303,6 +307,24 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         precision += f", decoder linears quantized {quantize}"
     grads_b = float(trainable * g_bytes)
     optim_b = float(trainable * o_bytes)
+    opt = recipe.optim
+    optim_what = f"AdamW, {trainable:,} trainable x {o_bytes} B"
+    if not ds_stage:
+        per = OPTIMIZER_STATE.get(opt.name)
+        if opt.name == "sgd" and opt.momentum == 0:
+            per = 0.0
+        if opt.name == "muon" and peft is None:  # momentum on the hidden matrices, AdamW's two moments on the rest
+            hidden = shape.num_hidden_layers * shape.layer_linear_params()
+            optim_b = float(hidden * p_bytes + (trainable - hidden) * 2 * p_bytes)
+            optim_what = f"Muon momentum on {hidden:,} hidden-matrix weights x {p_bytes} B + AdamW on {trainable - hidden:,} x {2 * p_bytes} B"
+        elif opt.name in ("adamw_8bit", "paged_adamw_8bit"):
+            optim_b = float(trainable * 2)
+            optim_what = f"{opt.name}, {trainable:,} trainable x 2 B (two 8-bit moments)" + (", pageable to the CPU" if opt.name.startswith("paged") else "")
+        elif per is not None and opt.name != "adamw":
+            optim_b = float(trainable * per * p_bytes)
+            optim_what = f"{opt.name}, {trainable:,} trainable x {per:g} x {p_bytes} B"
+            if opt.name == "adafactor":
+                optim_what += " (factored second moments: rows + columns per matrix, not counted)"
     # one FSDP unit / ZeRO-3 layer gathered whole, its quantized linears at their storage size
     gathered = shape.layer_params() * w_bytes - shape.layer_linear_params() * saved
     shard, grads_how, optim_how = "", "", ""
@@ -392,7 +414,7 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     notes += [
         f"params: {n_params:,} parameters{f' + {adapter:,} adapter' if peft else ''} ({precision}){shard}",
         f"grads: {trainable:,} trainable ({what}) x {g_bytes} B{grads_how}",
-        f"optimizer: AdamW, {trainable:,} trainable x {o_bytes} B{optim_how}",
+        f"optimizer: {optim_what}{optim_how}",
         f"activations: {act_formula}",
         f"logits: b {b} * s {s} * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (float32 cross-entropy)",
     ]

@@ -55,7 +55,7 @@ def _table(
             return
         seen[tuple(refs)] = header
         for ref in refs:
-            tag = next(t for t in ("method", "type", "objective") if t in defs[ref]["properties"])
+            tag = next(t for t in ("method", "type", "objective", "name") if t in defs[ref]["properties"])
             value = defs[ref]["properties"][tag]["const"]
             _one_table(out, path, f'## `{header}` {tag} = "{value}"', defs[ref], prop, defs, seen)
         return

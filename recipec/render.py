@@ -30,6 +30,7 @@ import tomli_w
 from .resolve import PLAIN_PATH, Plan
 from .runtime import schedule as runtime_schedule
 from .runtime import stage_request
+from .schema.optim import own_options
 from .schema.schedule import DECAY_KEYS, SHORTHAND_KEYS
 
 LINE_WIDTH = 100
@@ -313,6 +314,8 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "peft_quantize": plan.get("peft_quantize"),
         "examples": plan["examples"],
         "preference": plan.recipe.preference is not None,
+        "schedule_free": plan.recipe.optim.name == "schedule_free_adamw",
+        "optimizer_options": own_options(plan.recipe.optim),
         "reference": plan.get("reference"),
         "reference_model": plan.get("reference_model"),
         **dataclasses.asdict(plan.launch),

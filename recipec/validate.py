@@ -200,7 +200,7 @@ def _model_at(path: KeyPath, loc: tuple[Any, ...] = ()) -> type[BaseModel] | Non
     return model
 
 
-_TAG_FIELDS = ("method", "type", "objective")  # the fields that pick a table's model: [peft] method, filter type
+_TAG_FIELDS = ("method", "type", "objective", "name")  # the fields that pick a table's model: [peft] method, filter type
 
 
 def _tag_field(model: type[BaseModel]) -> str | None:

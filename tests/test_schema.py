@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from recipec import schema as schema_package
 from recipec.reference import json_schema, json_schema_text, reference_markdown
-from recipec.schema import FILTER_TABLES, METHOD_TABLES, OBJECTIVE_TABLES, RENAMED, Recipe, Table
+from recipec.schema import FILTER_TABLES, METHOD_TABLES, OBJECTIVE_TABLES, OPTIMIZER_TABLES, RENAMED, Recipe, Table
 
 REPO = Path(__file__).resolve().parent.parent
 REGENERATE = "run `recipec schema` from the repository root to regenerate it, and commit the result"
@@ -67,7 +67,7 @@ def test_model_walk_finds_every_table():
         "TokenizerTrain",
         "DataTable",
         "Source",
-        "OptimTable",
+        *(t.__name__ for t in OPTIMIZER_TABLES),
         "LrScaling",
         "ContinualTable",
         "EmaTable",
@@ -200,6 +200,7 @@ NEEDS_A_CHOICE = {
     **{t.__name__: {"method": t.model_fields["method"].annotation.__args__[0]} for t in METHOD_TABLES},
     **{t.__name__: {"type": t.model_fields["type"].annotation.__args__[0]} for t in FILTER_TABLES},
     **{t.__name__: {"objective": t.model_fields["objective"].annotation.__args__[0]} for t in OBJECTIVE_TABLES},
+    **{t.__name__: {"name": t.model_fields["name"].annotation.__args__[0]} for t in OPTIMIZER_TABLES},
     "LengthFilter": {"type": "length", "min": 1},
     "RegexFilter": {"type": "regex", "exclude": ["spam"]},
     "ScoreFilter": {"type": "score", "field": "q", "min": 0.5},

@@ -70,6 +70,13 @@ def continual_settings(b: PlanBuilder) -> None:
             "optimizer state is kept in checkpoints only; the parent's final model has none",
             'point continual.from at a checkpoint: "<run>/checkpoints/step_..."',
         )
+    if c.optimizer and pr.optim.name != recipe.optim.name:
+        b.error(
+            ("continual", "optimizer"),
+            f"the parent trained with optim.name {pr.optim.name!r} and this run with {recipe.optim.name!r}: "
+            "one optimizer's state does not load into the other",
+            "set continual.optimizer = false, or use the parent's optimizer",
+        )
     if pr.data.seq_len != recipe.data.seq_len and (c.replay or c.eval_parent):
         b.warn(
             ("data", "seq_len"),

@@ -94,12 +94,13 @@ def fast_path_settings(b: PlanBuilder) -> None:
                 "torch.compile is not supported with strategy \"fsdp\" on CPU (torch's own fully_shard over gloo)",
                 "turn compile off for the CPU run",
             )
-    b.add(
-        "adamw_implementation",
-        ADAMW_IMPLEMENTATION[r.optim.implementation],
-        f"optim.implementation \"{r.optim.implementation}\"",
-        b.origin(("optim", "implementation")),
-    )
+    if r.optim.name == "adamw":
+        b.add(
+            "adamw_implementation",
+            ADAMW_IMPLEMENTATION[r.optim.implementation],
+            f"optim.implementation \"{r.optim.implementation}\"",
+            b.origin(("optim", "implementation")),
+        )
     if launch.cpu and launch.tf32:
         b.warn(("launch", "tf32"), "launch.tf32 has no effect on CPU: TF32 is a mode of NVIDIA tensor cores")
     if launch.cpu and r.data.pin_memory:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from ..schema import LaunchTable
+from ..schema.optim import own_options
 from ..schema.train import MAX_STEPS
 from .builder import PlanBuilder
 from .model import max_positions
@@ -27,17 +28,34 @@ def sequence_settings(b: PlanBuilder) -> None:
 
 
 def optim_settings(b: PlanBuilder) -> None:
-    """AdamW's settings; the peak LR as written or scaled with the batch (`optim.scaling`)."""
+    """The optimizer and its options; the peak LR as written or scaled with the batch (`optim.scaling`)."""
     b.section("optim")
-    lr, lr_note = peak_lr(b.recipe)
+    r = b.recipe
+    o = r.optim
+    lr, lr_note = peak_lr(r)
     if lr_note is None:
         b.key("lr", ("optim", "lr"))
     else:
         b.derived("lr", lr, lr_note)
         if lr > 1:
             b.error(("optim", "scaling"), f"batch-size scaling gives a peak LR of {lr:g}, above 1", "check the reference")
-    for k in ("betas", "eps", "weight_decay", "grad_clip"):
+    b.key("optimizer", ("optim", "name"))
+    for k in ("weight_decay", "grad_clip", *own_options(o)):
         b.key(k, ("optim", k))
+    if o.name in ("adamw_8bit", "paged_adamw_8bit") and r.launch.cpu:
+        b.error(("optim", "name"), f"{o.name} is bitsandbytes' CUDA optimizer, and launch.cpu is set", 'use name = "adamw" on CPU')
+    if o.name == "muon" and r.launch.strategy in ("fsdp", "deepspeed"):
+        b.error(("optim", "name"), f"Muon orthogonalises whole matrices, which launch.strategy {r.launch.strategy!r} splits over processes", 'use strategy = "ddp" with Muon')
+    if o.name != "adamw" and r.launch.strategy == "deepspeed":
+        b.error(("optim", "name"), f"under DeepSpeed recipec runs AdamW only so far (its optimizer offload needs DeepSpeed's own Adam), and optim.name is {o.name!r}", 'use strategy = "ddp" or "fsdp"')
+    if o.name == "schedule_free_adamw":
+        s = r.schedule
+        if s.phases is not None:
+            b.error(("schedule", "phases"), "schedule-free AdamW replaces the decay: its schedule warms up and then stays constant", "remove the phases; keep schedule.warmup")
+        elif s.decay != "constant":
+            b.error(("schedule", "decay"), f'schedule-free AdamW replaces the decay, and schedule.decay is "{s.decay}"', 'set decay = "constant" (the warmup stays)')
+    if r.peft is not None and getattr(r.peft, "loraplus_lr_ratio", None) is not None and o.name != "adamw":
+        b.error(("peft", "loraplus_lr_ratio"), f"LoRA+ builds its parameter groups for AdamW, and optim.name is {o.name!r}", 'use name = "adamw", or remove loraplus_lr_ratio')
 
 
 def train_settings(b: PlanBuilder) -> None:

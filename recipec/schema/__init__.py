@@ -30,7 +30,7 @@ from .filters import (
 )
 from .launch import DeepspeedTable, FsdpTable, LaunchTable
 from .model import ModelConfig, ModelTable
-from .optim import LrScaling, OptimTable
+from .optim import OPTIMIZER_TABLES, AdafactorTable, Adamw8bitTable, AdamwTable, LionTable, LrScaling, MuonTable, OptimTable, PagedAdamw8bitTable, ScheduleFreeAdamwTable, SgdTable
 from .output import OutputTable
 from .peft import (
     METHOD_TABLES,
@@ -70,8 +70,8 @@ class Recipe(Table):
     data: DataTable
     """`[data]`: sources, sequence length, packing, held-out split."""
 
-    optim: OptimTable = Field(default_factory=OptimTable)
-    """`[optim]`: AdamW settings."""
+    optim: OptimTable = Field(default_factory=AdamwTable)
+    """`[optim]`: the optimizer (`name`: adamw, muon, adafactor, lion, sgd, schedule_free_adamw, adamw_8bit, paged_adamw_8bit) and its settings."""
 
     schedule: ScheduleTable = Field(default_factory=ScheduleTable)
     """`[schedule]`: LR warmup and decay."""
@@ -166,6 +166,8 @@ __all__ = [
     "ModelTable",
     "OftTable",
     "OptimTable",
+    "OPTIMIZER_TABLES",
+    *(t.__name__ for t in OPTIMIZER_TABLES),
     "OutputTable",
     "PeftTable",
     "Phase",

@@ -1,0 +1,175 @@
+"""The optimizers of `[optim] name`, built by the script's code path (recipec_runtime/optimizers.py),
+against their implementations called directly: the same steps bit for bit, a state that
+saves and loads into the same continuation, Muon's split, schedule-free's two modes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from recipec.runtime import optimizers as O  # noqa: E402
+
+SPECS = {
+    "adamw": {"betas": [0.9, 0.95], "eps": 1e-8},
+    "muon": {"momentum": 0.95, "nesterov": True, "ns_steps": 5, "adjust_lr": None, "adamw_lr": 3e-4, "adamw_betas": [0.9, 0.95], "adamw_eps": 1e-8},
+    "adafactor": {"beta2_decay": -0.8, "eps": 1e-3, "d": 1.0},
+    "lion": {"betas": [0.9, 0.99]},
+    "sgd": {"momentum": 0.9, "nesterov": True},
+    "schedule_free_adamw": {"betas": [0.9, 0.999], "eps": 1e-8, "weight_lr_power": 2.0},
+}
+LR = {"adamw": 1e-3, "muon": 0.02, "adafactor": 1e-2, "lion": 1e-4, "sgd": 0.1, "schedule_free_adamw": 2.5e-3}
+
+
+def spec(name: str) -> dict:
+    return {"name": name, "lr": LR[name], "weight_decay": 0.1, **SPECS[name]}
+
+
+def tiny_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
+    return LlamaForCausalLM(config)
+
+
+def reference(name: str, model) -> torch.optim.Optimizer:
+    """The implementation called directly, with the groups the script builds (decay on 2-D and up only)."""
+    params = [(n, p) for n, p in model.named_parameters()]
+    decay = [p for _, p in params if p.ndim >= 2]
+    rest = [p for _, p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
+    s = spec(name)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=s["lr"], betas=(0.9, 0.95), eps=1e-8)
+    if name == "adafactor":
+        return torch.optim.Adafactor(groups, lr=s["lr"], beta2_decay=-0.8, eps=(None, 1e-3), d=1.0)
+    if name == "lion":
+        from lion_pytorch import Lion
+
+        return Lion(groups, lr=s["lr"], betas=(0.9, 0.99))
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=s["lr"], momentum=0.9, nesterov=True)
+    if name == "schedule_free_adamw":
+        from schedulefree import AdamWScheduleFree
+
+        return AdamWScheduleFree(groups, lr=s["lr"], betas=(0.9, 0.999), eps=1e-8, weight_lr_power=2.0)
+    raise AssertionError(name)
+
+
+def grads_step(model, opt, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 64, (2, 12), generator=g)
+    model(input_ids=x, labels=x).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def same_weights(a, b) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "lion", "sgd", "schedule_free_adamw"])
+def test_the_scripts_optimizer_steps_like_the_implementation(name: str) -> None:
+    pytest.importorskip({"lion": "lion_pytorch", "schedule_free_adamw": "schedulefree"}.get(name, "torch"))
+    ours, theirs = tiny_model(), tiny_model()
+    opt_ours = O.build(ours.named_parameters(), spec(name))
+    opt_theirs = reference(name, theirs)
+    for o in (opt_ours, opt_theirs):
+        if hasattr(o, "train"):
+            o.train()
+    for seed in range(3):
+        grads_step(ours, opt_ours, seed)
+        grads_step(theirs, opt_theirs, seed)
+    assert not same_weights(ours, tiny_model())  # it moved
+    assert same_weights(ours, theirs)
+
+
+def test_muon_takes_the_steps_of_torch_muon_and_adamw_side_by_side() -> None:
+    ours, theirs = tiny_model(), tiny_model()
+    opt = O.build(ours.named_parameters(), spec("muon"))
+    named = list(theirs.named_parameters())
+    hidden = [p for n, p in named if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
+    rest = [(n, p) for n, p in named if not (p.ndim == 2 and "embed" not in n and "lm_head" not in n)]
+    muon = torch.optim.Muon(hidden, lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True, ns_steps=5)
+    adamw = torch.optim.AdamW(
+        [{"params": [p for _, p in rest if p.ndim >= 2], "weight_decay": 0.1}, {"params": [p for _, p in rest if p.ndim < 2], "weight_decay": 0.0}],
+        lr=3e-4, betas=(0.9, 0.95), eps=1e-8,
+    )
+    for seed in range(3):
+        grads_step(ours, opt, seed)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randint(0, 64, (2, 12), generator=g)
+        theirs(input_ids=x, labels=x).loss.backward()
+        muon.step()
+        adamw.step()
+        muon.zero_grad(set_to_none=True)
+        adamw.zero_grad(set_to_none=True)
+    assert same_weights(ours, theirs)
+    assert "model.embed_tokens.weight" in opt.split["adamw"] and "lm_head.weight" in opt.split["adamw"]
+    assert "model.layers.0.self_attn.q_proj.weight" in opt.split["muon"]
+    assert all("norm" not in n for n in opt.split["muon"])
+
+
+def test_a_schedule_scales_both_sides_of_muon_from_their_own_lr() -> None:
+    opt = O.build(tiny_model().named_parameters(), spec("muon"))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    assert sorted({g["lr"] for g in opt.param_groups}) == [1.5e-4, 0.01]
+    sched.step()
+    assert {g["lr"] for g in opt.muon.param_groups} == {0.01}
+    assert {g["lr"] for g in opt.adamw.param_groups} == {1.5e-4}
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon", "adafactor", "lion", "sgd", "schedule_free_adamw"])
+def test_a_saved_and_loaded_state_continues_bitwise(name: str) -> None:
+    """Two steps, state_dict, a fresh model and optimizer loading both, two more steps: the uninterrupted weights."""
+    pytest.importorskip({"lion": "lion_pytorch", "schedule_free_adamw": "schedulefree"}.get(name, "torch"))
+    straight = tiny_model()
+    opt = O.build(straight.named_parameters(), spec(name))
+    if hasattr(opt, "train"):
+        opt.train()
+    for seed in range(4):
+        grads_step(straight, opt, seed)
+
+    first = tiny_model()
+    opt1 = O.build(first.named_parameters(), spec(name))
+    if hasattr(opt1, "train"):
+        opt1.train()
+    for seed in range(2):
+        grads_step(first, opt1, seed)
+    weights, state = copy.deepcopy(first.state_dict()), copy.deepcopy(opt1.state_dict())
+    resumed = tiny_model()
+    resumed.load_state_dict(weights)
+    opt2 = O.build(resumed.named_parameters(), spec(name))
+    opt2.load_state_dict(state)
+    if hasattr(opt2, "train"):
+        opt2.train()
+    for seed in range(2, 4):
+        grads_step(resumed, opt2, seed)
+    assert same_weights(straight, resumed)
+
+
+def test_schedule_free_evaluates_the_average_and_trains_the_point() -> None:
+    pytest.importorskip("schedulefree")
+    model = tiny_model()
+    opt = O.build(model.named_parameters(), spec("schedule_free_adamw"))
+    opt.train()
+    for seed in range(3):
+        grads_step(model, opt, seed)
+    train_point = [p.detach().clone() for p in model.parameters()]
+    opt.eval()
+    average = [p.detach().clone() for p in model.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(train_point, average))  # two different points
+    opt.train()
+    assert all(torch.allclose(a, p, atol=1e-6) for a, p in zip(train_point, model.parameters()))
+
+
+def test_a_missing_module_is_named() -> None:
+    O.MODULES["lion"], saved = "no_such_module_for_lion", O.MODULES["lion"]
+    try:
+        assert O.missing_module("lion") == "no_such_module_for_lion"
+        assert O.missing_module("adamw") is None
+    finally:
+        O.MODULES["lion"] = saved
