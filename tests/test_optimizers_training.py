@@ -1,0 +1,103 @@
+"""Optimizers through the generated script (slow): Muon under two DDP processes equals one
+process; Muon and schedule-free AdamW killed after a checkpoint resume to the same weights
+bit for bit; schedule-free evaluates (and saves) its averaged weights."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_training import TINY, _assert_same_weights, _build, _env, _kill, _metrics, _project, _train
+
+pytestmark = pytest.mark.slow
+
+OPTIM = {
+    "muon": '[optim]\nname = "muon"\nlr = 0.02\nadamw_lr = 1e-2\n',
+    "schedule_free_adamw": '[optim]\nname = "schedule_free_adamw"\nlr = 1e-2\n',
+}
+
+
+def recipe(name: str) -> str:
+    text = TINY.replace("[optim]\nlr = 1e-2\n", OPTIM[name])
+    if name == "schedule_free_adamw":
+        text = text.replace("[schedule]\nwarmup = 2\n", '[schedule]\nwarmup = 2\ndecay = "constant"\n')
+    return text.replace("attention_dropout = 0.1", "attention_dropout = 0.0")
+
+
+def test_muon_on_two_processes_matches_one(tmp_path: Path) -> None:
+    one = _project(tmp_path / "one", recipe("muon"))
+    two = _project(tmp_path / "two", recipe("muon"))
+    settings = ["train.max_steps=3", "train.save_every=0", "train.eval_every=0"]
+    proc = _train(_build(one, *settings))
+    assert re.search(r"muon: 14 hidden matrices; adamw: \d+ embedding, output, norm and bias tensors", proc.stdout + proc.stderr)
+    build_two = _build(two, *settings, "launch.num_processes=2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(build_two / "accelerate_config.yaml"), str(build_two / "train.py")],
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    a = [m["loss"] for m in _metrics(one / "runs" / "tiny") if "loss" in m]
+    b = [m["loss"] for m in _metrics(two / "runs" / "tiny") if "loss" in m]
+    assert len(a) == len(b) == 3
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["muon", "schedule_free_adamw"])
+def test_killed_after_a_checkpoint_resumes_bitwise(tmp_path: Path, name: str) -> None:
+    straight = _project(tmp_path / "straight", recipe(name))
+    _train(_build(straight))
+    killed = _project(tmp_path / "killed", recipe(name))
+    build_dir = _build(killed)
+    _kill(tmp_path, build_dir, 4, "after-commit")
+    proc = _train(build_dir)
+    assert "resumed from" in proc.stdout + proc.stderr
+    _assert_same_weights(straight / "runs" / "tiny", killed / "runs" / "tiny")
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in ms]  # noqa: E731
+    assert strip(_metrics(killed / "runs" / "tiny")) == strip(_metrics(straight / "runs" / "tiny"))
+
+
+def test_schedule_free_evaluates_and_saves_its_averaged_weights(tmp_path: Path) -> None:
+    """The step-4 eval_loss is the loss of the step-4 checkpoint's weights, and those are the average x: the
+    point y the optimizer steps (rebuilt from x and the saved z, y = lerp(x, z, 1 - beta1)) gives another loss.
+    The final eval_loss is the saved model's loss."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    project = _project(tmp_path / "sf", recipe("schedule_free_adamw"))
+    build_dir = _build(project)
+    _train(build_dir)
+    run = project / "runs" / "tiny"
+    evals = {m["step"]: m["eval_loss"] for m in _metrics(run) if "eval_loss" in m}
+    sys.path.insert(0, str(build_dir))
+    try:
+        from recipec_runtime import data, stage
+    finally:
+        sys.path.remove(str(build_dir))
+    entry = json.loads((run / "run.json").read_text())["data"]["cache_entry"]
+    eval_ds = stage.load_sequences(project / ".recipec" / "data" / entry / "eval.arrow")
+    batches = [data.collate([eval_ds[j] for j in range(i, min(i + 4, len(eval_ds)))]) for i in range(0, min(len(eval_ds), 8), 4)]
+
+    def loss_of(model) -> float:
+        with torch.no_grad():
+            return sum(model(**b, use_cache=False).loss.item() for b in batches) / len(batches)
+
+    final = AutoModelForCausalLM.from_pretrained(run / "model").eval()
+    assert loss_of(final) == pytest.approx(evals[8], abs=1e-5)
+
+    checkpoint = run / "checkpoints" / "step_00000004"
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=False)
+    assert loss_of(model) == pytest.approx(evals[4], abs=1e-5)
+    state = torch.load(checkpoint / "optimizer.bin", weights_only=True)
+    beta1 = state["param_groups"][0]["betas"][0]
+    params = [p for p in model.parameters() if p.ndim >= 2] + [p for p in model.parameters() if p.ndim < 2]
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.lerp_(state["state"][i]["z"], 1 - beta1)
+    assert abs(loss_of(model) - evals[4]) > 1e-4
