@@ -39,7 +39,7 @@ def optim_settings(b: PlanBuilder) -> None:
         b.derived("lr", lr, lr_note)
         if lr > 1:
             b.error(("optim", "scaling"), f"batch-size scaling gives a peak LR of {lr:g}, above 1", "check the reference")
-    b.key("optimizer", ("optim", "name"))
+    b.key("optimizer_name", ("optim", "name"))
     for k in ("weight_decay", "grad_clip", *own_options(o)):
         b.key(k, ("optim", k))
     if o.name in ("adamw_8bit", "paged_adamw_8bit") and r.launch.cpu:

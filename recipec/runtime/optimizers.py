@@ -77,7 +77,9 @@ def build(named: Iterable[tuple[str, Any]], spec: dict[str, Any]) -> Any:
     if name == "schedule_free_adamw":
         from schedulefree import AdamWScheduleFree
 
-        return AdamWScheduleFree(groups, lr=lr, betas=tuple(spec["betas"]), eps=spec["eps"], weight_lr_power=spec["weight_lr_power"])
+        optimizer = AdamWScheduleFree(groups, lr=lr, betas=tuple(spec["betas"]), eps=spec["eps"], weight_lr_power=spec["weight_lr_power"])
+        optimizer.train()  # it starts in evaluation mode, where it refuses to step
+        return optimizer
     if name in ("adamw_8bit", "paged_adamw_8bit"):
         import bitsandbytes.optim as bnb
 

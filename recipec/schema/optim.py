@@ -23,6 +23,9 @@ class LrScaling(Table):
 
 
 class _Optimizer(Table):
+    name: str
+    """The optimizer (each subclass narrows it to its own name)."""
+
     lr: float = Field(3e-4, gt=0, le=1)
     """Peak learning rate; `[schedule]` scales it step by step. Derived instead when `scaling` is set."""
 

@@ -93,10 +93,11 @@ pin_memory = None               # data.pin_memory
 
 # optim
 lr = 0.003                      # optim.lr
-betas = [0.9, 0.95]             # optim.betas
-eps = 1e-08                     # optim.eps
+optimizer_name = 'adamw'        # optim.name
 weight_decay = 0.1              # optim.weight_decay
 grad_clip = 1.0                 # optim.grad_clip
+betas = [0.9, 0.95]             # optim.betas
+eps = 1e-08                     # optim.eps
 
 # train
 micro_batch_size = 16           # train.micro_batch_size
