@@ -604,10 +604,9 @@ def make_optimizer(model, spec: dict, *, lr, betas, eps, weight_decay, implement
             optimizer.add_param_group(group)
         return optimizer
 
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps, **implementation)
+    from .optimizers import decay_groups
+
+    return torch.optim.AdamW(decay_groups(model.named_parameters(), weight_decay), lr=lr, betas=betas, eps=eps, **implementation)
 
 
 def after_optimizer_step(model, spec: dict, step: int) -> None:

@@ -42,7 +42,6 @@ UNDESIRABLE = 4
 
 OBJECTIVES = ("dpo", "ipo", "hinge", "simpo", "orpo", "kto")
 REFERENCE_FREE = ("simpo", "orpo")
-IGNORE = -100
 
 
 def pair_row(chosen: tuple[Sequence[int], Sequence[int]], rejected: tuple[Sequence[int], Sequence[int]]) -> dict[str, list[int]]:
@@ -51,11 +50,7 @@ def pair_row(chosen: tuple[Sequence[int], Sequence[int]], rejected: tuple[Sequen
     mask = [SUPERVISED * bool(m) for m in c_mask] + [REJECTED | (SUPERVISED * bool(m)) for m in r_mask]
     mask[0] &= ~SUPERVISED  # a segment's first token has no prediction
     mask[len(c_ids)] &= ~SUPERVISED
-    return {
-        "input_ids": list(c_ids) + list(r_ids),
-        "mask": mask,
-        "position_ids": list(range(len(c_ids))) + list(range(len(r_ids))),
-    }
+    return {"input_ids": list(c_ids) + list(r_ids), "mask": mask, "position_ids": segment_positions(mask)}
 
 
 def segment_positions(mask: Sequence[int]) -> list[int]:
@@ -69,7 +64,7 @@ def unpaired_row(ids: Sequence[int], mask: Sequence[int], desirable: bool) -> di
     label = 0 if desirable else UNDESIRABLE
     bits = [label | (SUPERVISED * bool(m)) for m in mask]
     bits[0] &= ~SUPERVISED
-    return {"input_ids": list(ids), "mask": bits, "position_ids": list(range(len(ids)))}
+    return {"input_ids": list(ids), "mask": bits, "position_ids": segment_positions(bits)}
 
 
 def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, unpaired: bool = False) -> dict[str, Any]:

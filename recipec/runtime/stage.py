@@ -38,6 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import formats
+from .preference import REJECTED, SUPERVISED
 from .readers import DataError
 from .stage_analyse import read_and_analyse, tokenize, tokenize_examples
 from .stage_cache import StageOutput, cache_key, cache_root, commit, load_entry, load_sequences, tokenizer_id
@@ -264,9 +265,9 @@ class _Builder:
             for i in range(1, len(ids) + 1):
                 if i == len(ids) or mask[i] != mask[start]:
                     text = self.tokenizer.decode([int(t) for t in ids[start:i]])
-                    if mask[start] & 2 and (start == 0 or not mask[start - 1] & 2):  # a pair's rejected side
+                    if mask[start] & REJECTED and (start == 0 or not mask[start - 1] & REJECTED):  # a pair's rejected side
                         parts.append("\n<<< rejected >>>\n")
-                    parts.append(f"[[{text}]]" if mask[start] & 1 else text)
+                    parts.append(f"[[{text}]]" if mask[start] & SUPERVISED else text)
                     start = i
             out.append({"locator": corpus.locator(doc), "text": "".join(parts)})
         return out

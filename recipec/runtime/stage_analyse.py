@@ -89,35 +89,24 @@ def _tokenize_examples(sources: list[int], examples: list[str]) -> list[tuple[An
     out: list[tuple[Any, Any, str | None]] = []
     for source, text in zip(sources, examples):
         example = json.loads(text)
-        if "chosen" in example or "label" in example:  # preference data: one row per pair (or KTO example)
-            try:
+        try:
+            if "chosen" in example or "label" in example:  # preference data: one row per pair (or KTO example)
                 ids, mask, reason = chat.tokenize_preference(
                     _WORKER["tokenizer"], example, max_length=settings["max_length"], overflow=settings["overflow"]
                 )
-            except (chat.TemplateError, ValueError) as e:
-                out.append((None, None, f"error: {e}"))
-                continue
-            if ids:
-                out.append((np.asarray(ids, dtype=np.uint32), np.asarray(mask, dtype=np.uint8), reason))
             else:
-                out.append((None, None, reason))
-            continue
-        try:
-            ids, mask = chat.tokenize_example(
-                _WORKER["tokenizer"], example, train_on=settings["train_on"][source]
-            )
+                ids, mask = chat.tokenize_example(_WORKER["tokenizer"], example, train_on=settings["train_on"][source])
+                cut = len(ids) > settings["max_length"]
+                ids, mask, reason = chat.fit_length(ids, mask, settings["max_length"], settings["overflow"])
+                if reason is None and cut:
+                    reason = "truncated"  # kept, shortened
         except (chat.TemplateError, ValueError) as e:
             out.append((None, None, f"error: {e}"))
             continue
-        cut = len(ids) > settings["max_length"]
-        ids, mask, reason = chat.fit_length(ids, mask, settings["max_length"], settings["overflow"])
-        if reason is None and cut:
-            reason = "truncated"  # kept, shortened
+        if ids:  # kept (perhaps truncated); else dropped, with its reason
             out.append((np.asarray(ids, dtype=np.uint32), np.asarray(mask, dtype=np.uint8), reason))
-        elif reason is not None:
-            out.append((None, None, reason))
         else:
-            out.append((np.asarray(ids, dtype=np.uint32), np.asarray(mask, dtype=np.uint8), None))
+            out.append((None, None, reason))
     return out
 
 

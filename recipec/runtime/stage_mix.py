@@ -194,7 +194,7 @@ def write_examples(corpus: Corpus, spec: dict, path: pathlib.Path, docs: np.ndar
     import pyarrow as pa
 
     from .packing import efficiency, packed_rows
-    from .preference import segment_positions
+    from .preference import SUPERVISED, segment_positions
 
     seq_len = int(spec["seq_len"])
     schema = pa.schema(
@@ -235,7 +235,7 @@ def write_examples(corpus: Corpus, spec: dict, path: pathlib.Path, docs: np.ndar
                 if name != "position_ids":
                     digest.update(flat.astype("<i4").tobytes())
                 if name == "mask":
-                    supervised += int((flat & 1).sum())  # bit 0: the loss sees the token
+                    supervised += int((flat & SUPERVISED).sum())  # the tokens the loss sees
             writer.write_batch(pa.record_batch(columns, schema=schema))
     total = int(source_tokens.sum())
     return {
