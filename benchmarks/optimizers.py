@@ -50,7 +50,7 @@ def measured_state_bytes(name: str, overrides: list[str]) -> tuple[float, float]
     model = AutoModelForCausalLM.from_config(config)
     spec = {"name": name, "lr": plan["lr"], "weight_decay": plan["weight_decay"]}
     spec.update({k: plan[k] for k in own_options(plan.recipe.optim)})
-    opt = optimizers.build(model.named_parameters(), spec)
+    opt = optimizers.build(model, spec)
     x = torch.randint(0, config.vocab_size, (2, 16))
     model(input_ids=x, labels=x).loss.backward()
     opt.step()

@@ -23,6 +23,7 @@ from .resolve import Plan
 from .schema.model import LOCAL_PREFIXES
 from .source import KeyPath, SourceMap
 
+_GROUP_HELP = "patterns are fnmatch globs on the names model.named_parameters() gives (e.g. \"*.mlp.*\"), or embeddings, output, norms, biases"
 _MODEL_HELP = "a local model is a directory that save_pretrained wrote (config.json and the weights); a hub id has no leading ./, ../, / or ~"
 
 
@@ -36,6 +37,8 @@ class CheckReport:
     problems: list[str] = field(default_factory=list)
     all_params: int | None = None
     trainable_params: int | None = None
+    groups: list[str] = field(default_factory=list)
+    """The optimizer's parameter groups, one line each, as the script logs them."""
 
     def lines(self) -> list[str]:
         if not self.checked:
@@ -46,6 +49,7 @@ class CheckReport:
         if self.trainable_params is not None and self.all_params:
             share = 100 * self.trainable_params / self.all_params
             out.append(f"trainable: {self.trainable_params:,} ({share:.3f}%)")
+        out += self.groups
         return out
 
 
@@ -90,7 +94,35 @@ def check(plan: Plan, project: Path = Path("."), source: SourceMap | None = None
                 spec = {**spec, "init": "default"}
             model = adapters.apply(model, spec, total_steps=plan.get("max_steps"))
             report.trainable_params, report.all_params = adapters.trainable_parameters(model)
+    if not report.problems:
+        report.groups = _groups(plan, model, source)
     return report
+
+
+def _groups(plan: Plan, model: Any, source: SourceMap | None) -> list[str]:
+    """The optimizer's parameter groups on the meta model, in the script's words; a pattern
+    of optim.decay or [[optim.groups]] that matches no trainable parameter is an error at it."""
+    from .runtime import optimizers
+
+    decay, groups = plan.get("param_decay", "matrices"), plan.get("param_groups") or []
+    unmatched = optimizers.unmatched(model, decay, groups)
+    if unmatched:
+        raise RecipeError(
+            [
+                Diagnostic("error", message, source.locate(key) if source is not None else None, _GROUP_HELP)
+                for key, message in unmatched
+            ]
+        )
+    lines = [f"param group {line}" for line in optimizers.describe(optimizers.param_groups(model, plan["weight_decay"], decay, groups))]
+    if plan["optimizer_name"] == "muon":
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        hidden = [p for n, p in trainable if optimizers.is_hidden_matrix(n, p)]
+        rest = [p for n, p in trainable if not optimizers.is_hidden_matrix(n, p)]
+        lines.append(
+            f"muon: {len(hidden)} hidden matrices ({sum(p.numel() for p in hidden):,} parameters); "
+            f"adamw: {len(rest)} embedding, output, norm and bias tensors ({sum(p.numel() for p in rest):,})"
+        )
+    return lines
 
 
 def _local_model(plan: Plan, project: Path, source: SourceMap | None) -> Path | None:

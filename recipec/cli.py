@@ -221,6 +221,7 @@ def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as
     except RecipeError as exc:
         report.fail(exc)
     report.diagnostics(plan.warnings)
+    notes = _override_notes(recipe, overrides, build_dir, plan)
     if lr_csv is not None:
         csv = schedule_csv(plan)
         if csv is None:
@@ -245,9 +246,13 @@ def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as
         }
         if plan.memory is None:
             payload["memory_unknown"] = plan.memory_unknown
+        payload["notes"] = notes
         click.echo(json.dumps(payload, indent=2))
         return
-    click.echo(visible_text(_explain_text(plan)))  # phase names and derived notes carry recipe text
+    text = _explain_text(plan)
+    if notes:
+        text += "\n\n[notes]\n" + "\n".join(f"  {note}" for note in notes)
+    click.echo(visible_text(text))  # phase names and derived notes carry recipe text
 
 
 def _explain_text(plan: Any) -> str:
@@ -296,11 +301,51 @@ def _explain_text(plan: Any) -> str:
         lines.append(f"  schedule         {describe(plan['schedule_phases'])}")
     else:
         lines.append("  optimizer steps  derived by train.py from the data (train.epochs)")
+    lines += _optimizer_summary(plan)
     lines += _data_summary(plan)
     lines.append(f"  launch           {plan.launch_command}")
     if plan["num_machines"] > 1:
         lines.append(f"  on SLURM         sbatch {plan.build_dir.rstrip('/')}/slurm.sbatch  (from this directory)")
     return "\n".join(lines + _memory_lines(plan))
+
+
+def _override_notes(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, plan: Any) -> list[str]:
+    """Review notes on what the --set overrides change: total tokens moved at the same peak
+    LR (`recipec.diff.token_horizon`). None without overrides, or when the recipe as written
+    does not plan."""
+    if not overrides:
+        return []
+    from .compiler import plan_recipe
+    from .diff import token_horizon
+
+    try:
+        written, _ = plan_recipe(recipe, (), build_dir)
+    except RecipeError:
+        return []
+    horizon = token_horizon(written, plan)
+    return [] if horizon is None else [f"--set against the recipe as written: {horizon}"]
+
+
+def _optimizer_summary(plan: Any) -> list[str]:
+    """The optimizer's split of the parameters: Muon's two sides, and the parameter groups
+    (their counts need the model: `recipec check` prints them, as the script logs them)."""
+    lines = []
+    if plan["optimizer_name"] == "muon":
+        lines.append(
+            f"  optimizer        Muon (lr {plan['lr']:g}) on the 2-D matrices of the hidden layers; AdamW "
+            f"(adamw_lr {plan['adamw_lr']:g}) on the embeddings, the output layer, norms and biases"
+        )
+    decay = plan.get("param_decay", "matrices")
+    rule = {"matrices": "matrices and embeddings (2-D and up)", "all": "every parameter"}.get(decay) if isinstance(decay, str) else (
+        f"names matching {', '.join(decay['include'])}" + (f" but not {', '.join(decay['exclude'])}" if decay.get("exclude") else "")
+    )
+    lines.append(f"  weight decay     {plan['weight_decay']:g} on {rule}")
+    for i, group in enumerate(plan.get("param_groups") or []):
+        wd = "" if group["weight_decay"] is None else f", weight decay {group['weight_decay']:g}"
+        lines.append(f"  param group {i}    {', '.join(group['params'])}: lr x{group['lr_scale']:g}{wd}")
+    if plan.get("param_groups") or plan["optimizer_name"] == "muon":
+        lines.append("  (parameter counts per group: recipec check, as train.py logs them)")
+    return lines
 
 
 def _memory_lines(plan: Any) -> list[str]:

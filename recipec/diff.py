@@ -12,8 +12,9 @@ setting, so a reviewer sees every value the training script will use differently
 * the LR schedule, summarised: peak, final, area under the curve (the sum of the LR over
   the steps) and the largest pointwise difference over the steps both runs have;
 * "attention" flags for the changes a review must not miss: a higher LR or a longer run on
-  a pretrained model, a new seed (it sets the data order and the held-out split), a
-  removed filter, and data sources that were changed, removed or added.
+  a pretrained model, total tokens changed by 10 % or more at the same peak LR (the best
+  LR depends on the token horizon), a new seed (it sets the data order and the held-out
+  split), a removed filter, and data sources that were changed, removed or added.
 
 A side is a recipe file, a build directory (its ``resolved.toml``, itself a recipe) or a git
 revision ``REV:path`` of either. A revision is read with ``git show`` into a temporary file
@@ -425,6 +426,29 @@ def _pretrained(plan: Any) -> bool:
     return plan.get("model_path") is not None or recipe.continual is not None or recipe.peft is not None
 
 
+HORIZON_CHANGE = 1.1
+"""A change of total tokens by at least this factor (either way), with the same peak LR, is flagged."""
+
+
+def token_horizon(a: Any, b: Any) -> str | None:
+    """What to say when plan ``b`` trains on a different number of tokens than plan ``a``
+    at the same peak LR: the optimal peak LR falls as the token horizon grows ("Scaling
+    Optimal LR Across Token Horizons"). None when the totals are unknown (train.epochs),
+    within HORIZON_CHANGE of each other, or the peak LR changed too."""
+    totals = []
+    for plan in (a, b):
+        steps = plan.get("max_steps")
+        totals.append(None if steps is None else steps * plan["tokens_per_step"])
+    ta, tb = totals
+    if ta is None or tb is None or a["lr"] != b["lr"] or max(ta, tb) < HORIZON_CHANGE * min(ta, tb):
+        return None
+    want = "a lower" if tb > ta else "a higher"
+    return (
+        f"total tokens {ta:,} -> {tb:,} ({tb / ta:.3g}x) at the same peak LR {b['lr']:g}: the best peak LR falls as "
+        f"training gets longer, so this run likely wants {want} one (\"Scaling Optimal LR Across Token Horizons\")"
+    )
+
+
 def _flags(a: Side, b: Side, changed: dict[str, Change]) -> list[dict[str, str]]:
     """The changes a review must not miss, as ``{"kind": ..., "message": ...}``."""
     flags: list[dict[str, str]] = []
@@ -444,6 +468,9 @@ def _flags(a: Side, b: Side, changed: dict[str, Change]) -> list[dict[str, str]]
             c = changed.get(name)
             if c and c.kind == "changed" and isinstance(c.old, (int, float)) and c.new > c.old:
                 flag("longer_run", f"more {what}: {c.old:,} -> {c.new:,} {why}")
+    horizon = token_horizon(pa, pb)
+    if horizon is not None:
+        flag("token_horizon", horizon)
     c = changed.get("seed")
     if c is not None:
         flag("seed", f"recipe.seed changed {c.old!r} -> {c.new!r}: it sets the data order and the held-out split")

@@ -316,6 +316,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "preference": plan.recipe.preference is not None,
         "schedule_free": plan.recipe.optim.name == "schedule_free_adamw",
         "optimizer_options": own_options(plan.recipe.optim),
+        "grouped": plan.get("param_groups") is not None,
         "reference": plan.get("reference"),
         "reference_model": plan.get("reference_model"),
         **dataclasses.asdict(plan.launch),

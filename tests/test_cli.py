@@ -641,3 +641,25 @@ def test_help_runs_as_a_program():
     out = subprocess.run([sys.executable, "-m", "recipec", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     assert "recipec init" in out.stdout
+
+
+def test_check_prints_the_parameter_groups_and_locates_a_pattern_that_matches_nothing(cli, write_recipe, tmp_path: Path):
+    pytest.importorskip("transformers")
+    recipe = write_recipe(text='[[optim.groups]]\nparams = ["embeddings"]\nlr_scale = 0.1\n\n[[optim.groups]]\nparams = ["*.mlp.*", "*.mpl.*"]\n')
+    result = cli("check", "recipe.toml")
+    no_traceback(result)
+    assert result.exit_code == 2, result.stderr
+    line = next(i for i, text in enumerate(recipe.read_text().splitlines(), 1) if "*.mpl.*" in text)
+    assert result.stderr.startswith("error: '*.mpl.*' matches no trainable parameter\n"), result.stderr
+    assert f" --> recipe.toml:{line}:" in result.stderr
+    recipe.write_text(recipe.read_text().replace(', "*.mpl.*"', ""))
+    result = cli("check", "recipe.toml")
+    assert result.exit_code == 0, result.stderr
+    groups = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("param group ")]
+    assert [g.split(":")[0] for g in groups] == [
+        "param group default, decayed",
+        "param group default, not decayed",
+        "param group groups[0] (embeddings), decayed",
+        "param group groups[1] (*.mlp.*), decayed",
+    ]
+    assert "lr x0.1, weight decay" in groups[2]

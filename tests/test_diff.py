@@ -239,3 +239,37 @@ def test_an_edited_chat_template_file_is_a_change_of_the_build(project, write_re
     result = run_diff("build/tiny", str(recipe))
     assert result.exit_code == 1, result.output
     assert "~ chat_template:" in result.stdout and "1 value changed" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "b_steps, b_lr, wanted",
+    [(300, 3e-4, "likely wants a lower one"), (50, 3e-4, "likely wants a higher one"), (105, 3e-4, None), (300, 1e-4, None)],
+    ids=["longer", "shorter", "within-10%", "lr-changed-too"],
+)
+def test_a_token_horizon_change_at_the_same_peak_lr_is_flagged(project, write_recipe, b_steps, b_lr, wanted):
+    write_recipe(filename="a.toml")
+    write_recipe({"train.max_steps": b_steps, "optim.lr": b_lr}, filename="b.toml")
+    result = run_diff("a.toml", "b.toml", "--json")
+    assert result.exit_code == 1, result.output
+    flags = [f for f in json.loads(result.stdout)["flags"] if f["kind"] == "token_horizon"]
+    if wanted is None:
+        assert flags == []
+    else:
+        (flag,) = flags
+        assert flag["message"].startswith(f"total tokens 25,600 -> {b_steps * 256:,} ({b_steps / 100:.3g}x) at the same peak LR 0.0003")
+        assert wanted in flag["message"] and "Scaling Optimal LR Across Token Horizons" in flag["message"]
+        assert "attention: total tokens 25,600 ->" in run_diff("a.toml", "b.toml").stdout
+
+
+def test_explain_notes_a_token_horizon_changed_by_set(project, write_recipe):
+    from recipec.cli import main
+
+    def cli(*args: str):
+        return CliRunner().invoke(main, ["--no-color", *args])
+
+    write_recipe(filename="recipe.toml")
+    result = cli("explain", "recipe.toml", "--set", "train.max_steps=400")
+    assert result.exit_code == 0, result.stderr
+    assert "[notes]\n  --set against the recipe as written: total tokens 25,600 -> 102,400 (4x) at the same peak LR 0.0003" in result.stdout
+    assert "[notes]" not in cli("explain", "recipe.toml", "--set", "train.max_steps=400", "--set", "optim.lr=1e-4").stdout
+    assert "[notes]" not in cli("explain", "recipe.toml").stdout

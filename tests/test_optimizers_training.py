@@ -101,3 +101,37 @@ def test_schedule_free_evaluates_and_saves_its_averaged_weights(tmp_path: Path) 
         for i, p in enumerate(params):
             p.lerp_(state["state"][i]["z"], 1 - beta1)
     assert abs(loss_of(model) - evals[4]) > 1e-4
+
+
+def test_parameter_groups_count_as_check_says_and_resume_bitwise(tmp_path: Path) -> None:
+    """`recipec check` prints each group's parameter count on the meta model; the script logs
+    the same lines for the real one. A run with groups killed after a checkpoint resumes to
+    the same weights, and its logged LR is the optimizer's, not a group's multiple."""
+    groups = (
+        'optim.decay={include=["*"], exclude=["norms", "biases"]}',
+        'optim.groups=[{params=["embeddings"], lr_scale=0.1}, {params=["output", "*.mlp.*"], lr_scale=2.0, weight_decay=0.0}]',
+    )
+    straight = _project(tmp_path / "straight", TINY.replace("attention_dropout = 0.1", "attention_dropout = 0.0"))
+    sets = [x for g in groups for x in ("--set", g)]
+    check = subprocess.run(
+        [sys.executable, "-m", "recipec", "check", "recipes/tiny.toml", *sets], cwd=straight, env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert check.returncode == 0, check.stderr
+    checked = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("param group ")]
+    assert [line.split(":")[0] for line in checked] == [
+        "param group default, decayed",
+        "param group default, not decayed",
+        "param group groups[0] (embeddings), decayed",
+        "param group groups[1] (output, *.mlp.*)",
+    ]
+    proc = _train(_build(straight, *groups))
+    logged = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("param group ")]
+    assert logged == checked
+    lrs = [m["lr"] for m in _metrics(straight / "runs" / "tiny") if "lr" in m]
+    assert max(lrs) == pytest.approx(1e-2)
+
+    killed = _project(tmp_path / "killed", straight.joinpath("recipes", "tiny.toml").read_text())
+    build_dir = _build(killed, *groups)
+    _kill(tmp_path, build_dir, 4, "after-commit")
+    assert "resumed from" in (lambda p: p.stdout + p.stderr)(_train(build_dir))
+    _assert_same_weights(straight / "runs" / "tiny", killed / "runs" / "tiny")

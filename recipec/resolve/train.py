@@ -42,6 +42,14 @@ def optim_settings(b: PlanBuilder) -> None:
     b.key("optimizer_name", ("optim", "name"))
     for k in ("weight_decay", "grad_clip", *own_options(o)):
         b.key(k, ("optim", k))
+    if o.decay != "matrices" or o.groups:
+        decay = o.decay if isinstance(o.decay, str) else o.decay.model_dump()
+        b.add("param_decay", decay, "optim.decay", b.origin(("optim", "decay")))
+        groups = [g.model_dump() for g in o.groups]
+        b.add("param_groups", groups, "[[optim.groups]]; `recipec check` counts their parameters", b.origin(("optim", "groups")))
+        if r.peft is not None and getattr(r.peft, "loraplus_lr_ratio", None) is not None:
+            key = ("optim", "groups") if o.groups else ("optim", "decay")
+            b.error(key, "LoRA+ builds its own parameter groups (peft.loraplus_lr_ratio)", "remove loraplus_lr_ratio, or give the LoRA B matrices their LR with a group: params = [\"*.lora_B.*\"]")
     if o.name in ("adamw_8bit", "paged_adamw_8bit") and r.launch.cpu:
         b.error(("optim", "name"), f"{o.name} is bitsandbytes' CUDA optimizer, and launch.cpu is set", 'use name = "adamw" on CPU')
     if o.name == "muon" and r.launch.strategy in ("fsdp", "deepspeed"):

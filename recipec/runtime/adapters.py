@@ -561,7 +561,7 @@ def trainable_parameters(model) -> tuple[int, int]:
 # --------------------------------------------------------------------------- training
 
 
-def make_optimizer(model, spec: dict, *, lr, betas, eps, weight_decay, implementation=None):
+def make_optimizer(model, spec: dict, *, lr, betas, eps, weight_decay, implementation=None, decay="matrices", groups=()):
     """AdamW over the trainable parameters of ``model``.
 
     Weight decay applies to trainable parameters with two or more dimensions;
@@ -572,6 +572,8 @@ def make_optimizer(model, spec: dict, *, lr, betas, eps, weight_decay, implement
     ``loraplus_lr_embedding`` default (1e-6), everything else at ``lr``;
     one-dimensional parameters are moved to groups without weight decay.
     ``implementation`` is AdamW's ``foreach``/``fused`` keywords (optim.implementation).
+    Without LoRA+, ``decay`` and ``groups`` (optim.decay, ``[[optim.groups]]``) shape the
+    groups as ``optimizers.param_groups`` does for the other optimizers.
     """
     import torch
 
@@ -604,9 +606,10 @@ def make_optimizer(model, spec: dict, *, lr, betas, eps, weight_decay, implement
             optimizer.add_param_group(group)
         return optimizer
 
-    from .optimizers import decay_groups
+    from .optimizers import param_groups, with_lr
 
-    return torch.optim.AdamW(decay_groups(model.named_parameters(), weight_decay), lr=lr, betas=betas, eps=eps, **implementation)
+    groups = with_lr(param_groups(model, weight_decay, decay, groups), lr)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **implementation)
 
 
 def after_optimizer_step(model, spec: dict, step: int) -> None:

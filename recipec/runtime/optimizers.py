@@ -1,10 +1,12 @@
 """The optimizers a recipe can name, built from well-kept implementations.
 
-``build(named_parameters, spec)`` returns one ``torch.optim.Optimizer`` for the trainable
-parameters; ``spec`` is the recipe's ``[optim]`` table as the plan holds it (``name``, ``lr``,
-``weight_decay`` and the optimizer's own options; ``grad_clip`` and ``scaling`` are read
-elsewhere). Every optimizer decays the parameters with two or more dimensions (matrices and
-embeddings) and never the one-dimensional ones (biases, norm weights).
+``build(model, spec)`` returns one ``torch.optim.Optimizer`` for the trainable parameters of
+``model``; ``spec`` is the recipe's ``[optim]`` table as the plan holds it (``name``, ``lr``,
+``weight_decay``, ``decay``, ``groups`` and the optimizer's own options; ``grad_clip`` and
+``scaling`` are read elsewhere). The parameter groups come from :func:`param_groups`: by
+default weight decay on the parameters with two or more dimensions (matrices and embeddings)
+and never on the one-dimensional ones (biases, norm weights); ``decay`` and ``groups``
+(``[[optim.groups]]``) change which are decayed and give named sets their own LR multiplier.
 
 * ``adamw``: ``torch.optim.AdamW`` (``implementation``: foreach, fused or for-loop).
 * ``muon``: ``torch.optim.Muon`` on the 2-D matrices of the hidden layers, and
@@ -22,9 +24,13 @@ embeddings) and never the one-dimensional ones (biases, norm weights).
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any, Iterable
 
 import torch
+
+NAMED = ("embeddings", "output", "norms", "biases")
+"""The parameter sets a pattern can name by word (any other pattern is an fnmatch glob on the name)."""
 
 MODULES = {"lion": "lion_pytorch", "schedule_free_adamw": "schedulefree", "adamw_8bit": "bitsandbytes", "paged_adamw_8bit": "bitsandbytes"}
 """The module each optimizer outside torch imports."""
@@ -46,24 +52,142 @@ def is_hidden_matrix(name: str, param: Any) -> bool:
     return param.ndim == 2 and not any(part in lowered for part in ("embed", "lm_head", "wte", "wpe", "output"))
 
 
-def decay_groups(named: Iterable[tuple[str, Any]], weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups of the trainable parameters: decayed (2-D and up) and not (1-D); empty groups left out."""
-    params = [(n, p) for n, p in named if p.requires_grad]
-    groups = [
-        {"params": [p for _, p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0},
+def named_sets(model: Any) -> dict[str, set[int]]:
+    """``id`` of the parameters of each named set: embeddings (every ``nn.Embedding``), output
+    (the output layer, unless tied to the input embedding), norms (modules whose class name
+    holds "norm": LayerNorm, RMSNorm and the models' own), biases (parameters named ``bias``)."""
+    sets: dict[str, set[int]] = {k: set() for k in NAMED}
+    try:
+        output = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        output = None
+    for module in model.modules():
+        own = {id(p) for p in module.parameters(recurse=False)}
+        if isinstance(module, torch.nn.Embedding):
+            sets["embeddings"] |= own
+        if output is not None and module is output:
+            sets["output"] |= own
+        if "norm" in type(module).__name__.lower():
+            sets["norms"] |= own
+        sets["biases"] |= {id(p) for n, p in module.named_parameters(recurse=False) if n == "bias"}
+    sets["output"] -= sets["embeddings"]  # tied: the one matrix is the embedding
+    return sets
+
+
+def _matches(pattern: str, name: str, param: Any, sets: dict[str, set[int]]) -> bool:
+    if pattern in sets:
+        return id(param) in sets[pattern]
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def dotted(key: tuple[Any, ...]) -> str:
+    """("optim", "groups", 0, "params") -> optim.groups[0].params"""
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in key).lstrip(".")
+
+
+def unmatched(model: Any, decay: Any = "matrices", groups: Iterable[dict[str, Any]] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    """The patterns of ``decay`` and ``groups`` that match no trainable parameter, and groups
+    left empty because earlier groups took all they match: (recipe key, message) each.
+
+    A named set in ``decay`` may be empty (a model without biases has none to exclude);
+    in a group it may not, as a glob may not anywhere: it would be a typo or a wrong model.
+    """
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    sets = named_sets(model)
+    found: list[tuple[tuple[Any, ...], str]] = []
+
+    def check(key: tuple[Any, ...], patterns: list[str]) -> None:
+        for pattern in patterns:
+            if key[1] == "decay" and pattern in sets:
+                continue
+            if not any(_matches(pattern, n, p, sets) for n, p in trainable):
+                found.append((key, f"{pattern!r} matches no trainable parameter"))
+
+    if isinstance(decay, dict):
+        check(("optim", "decay", "include"), decay["include"])
+        check(("optim", "decay", "exclude"), decay.get("exclude", []))
+    taken: set[int] = set()
+    for i, group in enumerate(groups):
+        key = ("optim", "groups", i, "params")
+        before = len(found)
+        check(key, group["params"])
+        mine = {id(p) for n, p in trainable if id(p) not in taken and any(_matches(q, n, p, sets) for q in group["params"])}
+        if len(found) == before and not mine:
+            found.append((key, "every parameter it matches belongs to an earlier group"))
+        taken |= mine
+    return found
+
+
+def param_groups(model: Any, weight_decay: float, decay: Any = "matrices", groups: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The torch parameter groups of ``model``'s trainable parameters.
+
+    The parameters no ``[[optim.groups]]`` entry takes come first (decayed, then not), then
+    each entry's in order (decayed, then not; one group when it sets its own weight decay).
+    Each group carries ``lr_scale`` (the LR multiplier: :func:`build` sets ``lr`` from it) and
+    ``label``; empty groups are left out. ``decay`` is "matrices" (two or more dimensions),
+    "all", or ``{"include": [...], "exclude": [...]}``.
+
+    Raises:
+        ValueError: a pattern that matches no trainable parameter (:func:`unmatched`).
+    """
+    groups = list(groups)
+    problems = unmatched(model, decay, groups)
+    if problems:
+        raise ValueError("; ".join(f"{dotted(key)}: {message}" for key, message in problems))
+    sets = named_sets(model)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def decayed(name: str, param: Any) -> bool:
+        if decay == "matrices":
+            return param.ndim >= 2
+        if decay == "all":
+            return True
+        return any(_matches(q, name, param, sets) for q in decay["include"]) and not any(
+            _matches(q, name, param, sets) for q in decay.get("exclude", [])
+        )
+
+    owner = {}
+    for name, param in trainable:
+        owner[id(param)] = next(
+            (i for i, g in enumerate(groups) if any(_matches(q, name, param, sets) for q in g["params"])), None
+        )
+    out = []
+    for index, group in [(None, {}), *enumerate(groups)]:
+        members = [(n, p) for n, p in trainable if owner[id(p)] == index]
+        label = "default" if index is None else f"groups[{index}] ({', '.join(group['params'])})"
+        scale = float(group.get("lr_scale", 1.0))
+        if group.get("weight_decay") is not None:
+            parts = [(label, [p for _, p in members], float(group["weight_decay"]))]
+        else:
+            parts = [
+                (f"{label}, decayed", [p for n, p in members if decayed(n, p)], weight_decay),
+                (f"{label}, not decayed", [p for n, p in members if not decayed(n, p)], 0.0),
+            ]
+        out += [{"params": ps, "weight_decay": wd, "lr_scale": scale, "label": lab} for lab, ps, wd in parts if ps]
+    return out
+
+
+def describe(groups: Iterable[dict[str, Any]]) -> list[str]:
+    """One line per parameter group: label, tensors, parameters, LR multiplier, weight decay."""
+    return [
+        f"{g['label']}: {len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} parameters, "
+        f"lr x{g['lr_scale']:g}, weight decay {g['weight_decay']:g}"
+        for g in groups
     ]
-    return [g for g in groups if g["params"]]
 
 
-def build(named: Iterable[tuple[str, Any]], spec: dict[str, Any]) -> Any:
-    """The optimizer of ``spec`` over the trainable parameters of ``named`` (``model.named_parameters()``)."""
+def with_lr(groups: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+    """The groups with ``lr`` set to ``lr`` times each one's ``lr_scale``."""
+    return [{**g, "lr": lr * g["lr_scale"]} for g in groups]
+
+
+def build(model: Any, spec: dict[str, Any]) -> Any:
+    """The optimizer of ``spec`` over the trainable parameters of ``model``."""
     name = spec["name"]
-    named = list(named)
     lr, wd = float(spec["lr"]), float(spec["weight_decay"])
     if name == "muon":
-        return MuonWithAdamW(named, spec)
-    groups = decay_groups(named, wd)
+        return MuonWithAdamW(model, spec)
+    groups = with_lr(param_groups(model, wd, spec.get("decay", "matrices"), spec.get("groups", ())), lr)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(spec["betas"]), eps=spec["eps"], **spec.get("implementation_kwargs", {}))
     if name == "adafactor":
@@ -96,18 +220,23 @@ class MuonWithAdamW(torch.optim.Optimizer):
     parameters of each side.
     """
 
-    def __init__(self, named: list[tuple[str, Any]], spec: dict[str, Any]) -> None:
-        trainable = [(n, p) for n, p in named if p.requires_grad]
-        hidden = [(n, p) for n, p in trainable if is_hidden_matrix(n, p)]
-        rest = [(n, p) for n, p in trainable if not is_hidden_matrix(n, p)]
-        self.split = {"muon": [n for n, _ in hidden], "adamw": [n for n, _ in rest]}
+    def __init__(self, model: Any, spec: dict[str, Any]) -> None:
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        hidden_ids = {id(p) for n, p in trainable if is_hidden_matrix(n, p)}
+        self.split = {"muon": [n for n, p in trainable if id(p) in hidden_ids], "adamw": [n for n, p in trainable if id(p) not in hidden_ids]}
+        groups = param_groups(model, float(spec["weight_decay"]), spec.get("decay", "matrices"), spec.get("groups", ()))
+
+        def side(hidden: bool, lr: float) -> list[dict[str, Any]]:
+            kept = [{**g, "params": [p for p in g["params"] if (id(p) in hidden_ids) == hidden]} for g in groups]
+            return with_lr([g for g in kept if g["params"]], lr)
+
         kwargs = {"adjust_lr_fn": spec["adjust_lr"]} if spec.get("adjust_lr") else {}
         self.muon = torch.optim.Muon(
-            [p for _, p in hidden], lr=float(spec["lr"]), weight_decay=float(spec["weight_decay"]),
+            side(True, float(spec["lr"])), lr=float(spec["lr"]), weight_decay=float(spec["weight_decay"]),
             momentum=spec["momentum"], nesterov=spec["nesterov"], ns_steps=spec["ns_steps"], **kwargs,
         )
         self.adamw = torch.optim.AdamW(
-            decay_groups(rest, float(spec["weight_decay"])), lr=float(spec["adamw_lr"]),
+            side(False, float(spec["adamw_lr"])), lr=float(spec["adamw_lr"]),
             betas=tuple(spec["adamw_betas"]), eps=spec["adamw_eps"],
         )
         super().__init__([{"params": [p for _, p in trainable]}], {"lr": float(spec["lr"])})

@@ -22,6 +22,50 @@ class LrScaling(Table):
     """How the LR follows the batch: linear (lr grows with B/B0, the SGD rule), sqrt (with sqrt(B/B0), the Adam-family rule) or none."""
 
 
+NAMED_PARAMS = ("embeddings", "output", "norms", "biases")
+"""The parameter sets a pattern list can name by word instead of by glob."""
+
+
+def _check_patterns(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        if not pattern.strip():
+            raise ValueError("holds an empty pattern")
+    return patterns
+
+
+class DecayPatterns(Table):
+    """`decay = {include = [...], exclude = [...]}`: weight decay by parameter name."""
+
+    include: list[str] = Field(["*"], min_length=1)
+    """Decay the parameters that match any of these: fnmatch globs on the names `model.named_parameters()` gives (`*.q_proj.weight`), or embeddings, output, norms, biases."""
+
+    exclude: list[str] = []
+    """Of those, leave out the ones that match any of these (same forms as `include`)."""
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def check_patterns(cls, patterns: list[str]) -> list[str]:
+        return _check_patterns(patterns)
+
+
+class ParamGroup(Table):
+    """`[[optim.groups]]`: parameters with their own LR multiplier or weight decay."""
+
+    params: list[str] = Field(min_length=1)
+    """Which parameters: fnmatch globs on the names `model.named_parameters()` gives (`*.mlp.*`), or embeddings (every nn.Embedding), output (the output layer, when not tied to the embeddings), norms (every module whose class is a norm), biases. A parameter belongs to the first group it matches; every pattern must match a trainable parameter (`recipec check` and the script check)."""
+
+    lr_scale: float = Field(1.0, gt=0)
+    """The group's LR is the optimizer's LR times this, at every step (the schedule scales both). Under Muon it scales each side's own LR."""
+
+    weight_decay: float | None = Field(None, ge=0)
+    """The group's weight decay, on every parameter of the group (1-D ones too); unset: the optimizer's, on the parameters `decay` picks."""
+
+    @field_validator("params")
+    @classmethod
+    def check_patterns(cls, patterns: list[str]) -> list[str]:
+        return _check_patterns(patterns)
+
+
 class _Optimizer(Table):
     name: str
     """The optimizer (each subclass narrows it to its own name)."""
@@ -33,10 +77,16 @@ class _Optimizer(Table):
     """Batch-size scaling, e.g. `scaling = {reference_batch = 256, reference_lr = 3e-4, rule = "sqrt"}`: the peak LR for `train.batch_size` is derived from the reference, and the derivation shows in `explain` and the lock."""
 
     weight_decay: float = Field(0.1, ge=0)
-    """Decoupled weight decay. Applied to matrices and embeddings, never to biases and norm weights (every 1-D parameter)."""
+    """Decoupled weight decay, on the parameters `decay` picks (by default matrices and embeddings, never biases and norm weights)."""
 
     grad_clip: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this value before each step; 0 turns clipping off."""
+
+    decay: Literal["matrices", "all"] | DecayPatterns = "matrices"
+    """Which parameters `weight_decay` applies to: matrices (every parameter with two or more dimensions: matrices and embeddings, never biases and norm weights), all, or by name: `{include = ["*"], exclude = ["biases", "norms", "embeddings"]}`."""
+
+    groups: list[ParamGroup] = []
+    """`[[optim.groups]]`: parameter groups with their own LR multiplier or weight decay, e.g. `params = ["embeddings"]` with `lr_scale = 0.1`. The rest form the default group. `recipec check` prints each group's parameter count, as the script logs it."""
 
     @model_validator(mode="after")
     def check_lr_or_scaling(self) -> _Optimizer:
@@ -113,7 +163,7 @@ class AdafactorTable(_Optimizer):
     """Peak learning rate (Adafactor scales its update by the parameter's RMS as well)."""
 
     weight_decay: float = Field(0.0, ge=0)
-    """Decoupled weight decay on matrices and embeddings."""
+    """Decoupled weight decay, on the parameters `decay` picks."""
 
     beta2_decay: float = Field(-0.8, lt=0)
     """The second moment's decay exponent: beta2 at step t is 1 - t ** beta2_decay."""
@@ -148,7 +198,7 @@ class SgdTable(_Optimizer):
     """Peak learning rate."""
 
     weight_decay: float = Field(0.0, ge=0)
-    """L2 weight decay (added to the gradient) on matrices and embeddings."""
+    """L2 weight decay (added to the gradient), on the parameters `decay` picks."""
 
     momentum: float = Field(0.9, ge=0, lt=1)
     """Momentum (0: none)."""
@@ -205,7 +255,7 @@ OPTIMIZER_TABLES = (
 )
 
 
-COMMON = ("name", "lr", "scaling", "weight_decay", "grad_clip")
+COMMON = ("name", "lr", "scaling", "weight_decay", "grad_clip", "decay", "groups")
 """The keys every optimizer has; the rest of a table are its own options."""
 
 

@@ -75,7 +75,7 @@ def same_weights(a, b) -> bool:
 def test_the_scripts_optimizer_steps_like_the_implementation(name: str) -> None:
     pytest.importorskip({"lion": "lion_pytorch", "schedule_free_adamw": "schedulefree"}.get(name, "torch"))
     ours, theirs = tiny_model(), tiny_model()
-    opt_ours = O.build(ours.named_parameters(), spec(name))
+    opt_ours = O.build(ours, spec(name))
     opt_theirs = reference(name, theirs)
     if hasattr(opt_theirs, "train"):  # schedule-free starts in evaluation mode; the script's starts training
         opt_theirs.train()
@@ -88,7 +88,7 @@ def test_the_scripts_optimizer_steps_like_the_implementation(name: str) -> None:
 
 def test_muon_takes_the_steps_of_torch_muon_and_adamw_side_by_side() -> None:
     ours, theirs = tiny_model(), tiny_model()
-    opt = O.build(ours.named_parameters(), spec("muon"))
+    opt = O.build(ours, spec("muon"))
     named = list(theirs.named_parameters())
     hidden = [p for n, p in named if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
     rest = [(n, p) for n, p in named if not (p.ndim == 2 and "embed" not in n and "lm_head" not in n)]
@@ -113,7 +113,7 @@ def test_muon_takes_the_steps_of_torch_muon_and_adamw_side_by_side() -> None:
 
 
 def test_a_schedule_scales_both_sides_of_muon_from_their_own_lr() -> None:
-    opt = O.build(tiny_model().named_parameters(), spec("muon"))
+    opt = O.build(tiny_model(), spec("muon"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
     assert sorted({g["lr"] for g in opt.param_groups}) == [1.5e-4, 0.01]
     sched.step()
@@ -126,14 +126,14 @@ def test_a_saved_and_loaded_state_continues_bitwise(name: str) -> None:
     """Two steps, state_dict, a fresh model and optimizer loading both, two more steps: the uninterrupted weights."""
     pytest.importorskip({"lion": "lion_pytorch", "schedule_free_adamw": "schedulefree"}.get(name, "torch"))
     straight = tiny_model()
-    opt = O.build(straight.named_parameters(), spec(name))
+    opt = O.build(straight, spec(name))
     if hasattr(opt, "train"):
         opt.train()
     for seed in range(4):
         grads_step(straight, opt, seed)
 
     first = tiny_model()
-    opt1 = O.build(first.named_parameters(), spec(name))
+    opt1 = O.build(first, spec(name))
     if hasattr(opt1, "train"):
         opt1.train()
     for seed in range(2):
@@ -141,7 +141,7 @@ def test_a_saved_and_loaded_state_continues_bitwise(name: str) -> None:
     weights, state = copy.deepcopy(first.state_dict()), copy.deepcopy(opt1.state_dict())
     resumed = tiny_model()
     resumed.load_state_dict(weights)
-    opt2 = O.build(resumed.named_parameters(), spec(name))
+    opt2 = O.build(resumed, spec(name))
     opt2.load_state_dict(state)
     if hasattr(opt2, "train"):
         opt2.train()
@@ -153,7 +153,7 @@ def test_a_saved_and_loaded_state_continues_bitwise(name: str) -> None:
 def test_schedule_free_evaluates_the_average_and_trains_the_point() -> None:
     pytest.importorskip("schedulefree")
     model = tiny_model()
-    opt = O.build(model.named_parameters(), spec("schedule_free_adamw"))
+    opt = O.build(model, spec("schedule_free_adamw"))
     opt.train()
     for seed in range(3):
         grads_step(model, opt, seed)
@@ -172,3 +172,108 @@ def test_a_missing_module_is_named() -> None:
         assert O.missing_module("adamw") is None
     finally:
         O.MODULES["lion"] = saved
+
+
+# --------------------------------------------------------------------------- parameter groups
+
+
+def gpt2_model():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+
+
+def test_named_sets_follow_the_modules_not_the_names() -> None:
+    model = tiny_model()
+    names = {id(p): n for n, p in model.named_parameters()}
+    sets = {k: sorted(names[i] for i in ids) for k, ids in O.named_sets(model).items()}
+    assert sets["embeddings"] == ["model.embed_tokens.weight"]
+    assert sets["output"] == ["lm_head.weight"]
+    assert len(sets["norms"]) == 2 * 2 + 1 and all("norm" in n for n in sets["norms"])
+    assert sets["biases"] == []
+    gpt2 = gpt2_model()  # tied output layer; LayerNorm modules named ln_*; Conv1D biases
+    names = {id(p): n for n, p in gpt2.named_parameters()}
+    sets = {k: sorted(names[i] for i in ids) for k, ids in O.named_sets(gpt2).items()}
+    assert sets["embeddings"] == ["transformer.wpe.weight", "transformer.wte.weight"]
+    assert sets["output"] == []  # tied to wte
+    assert "transformer.ln_f.weight" in sets["norms"] and "transformer.h.0.ln_1.bias" in sets["norms"]
+    assert "transformer.h.0.attn.c_attn.bias" in sets["biases"]
+
+
+def test_the_default_groups_are_matrices_decayed_and_the_rest_not() -> None:
+    model = tiny_model()
+    groups = O.param_groups(model, 0.1)
+    assert [g["label"] for g in groups] == ["default, decayed", "default, not decayed"]
+    assert all(p.ndim >= 2 for p in groups[0]["params"]) and all(p.ndim < 2 for p in groups[1]["params"])
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_groups_take_their_parameters_in_order_with_their_lr_and_decay() -> None:
+    model = tiny_model()
+    groups = O.param_groups(
+        model, 0.1, decay="all",
+        groups=[{"params": ["embeddings"], "lr_scale": 0.1}, {"params": ["*.mlp.*", "norms"], "lr_scale": 2.0, "weight_decay": 0.0}],
+    )
+    by_label = {g["label"]: g for g in groups}
+    assert list(by_label) == ["default, decayed", "groups[0] (embeddings), decayed", "groups[1] (*.mlp.*, norms)"]
+    assert len(by_label["groups[0] (embeddings), decayed"]["params"]) == 1
+    assert len(by_label["groups[1] (*.mlp.*, norms)"]["params"]) == 2 * 3 + 2 * 2 + 1
+    assert by_label["groups[1] (*.mlp.*, norms)"]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    opt = O.build(model, {**spec("adamw"), "decay": "all", "groups": [{"params": ["embeddings"], "lr_scale": 0.1}]})
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([1e-4, 1e-3])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)  # the schedule scales each group from its own LR
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([5e-5, 5e-4])
+    del sched
+
+
+def test_decay_by_patterns() -> None:
+    model = tiny_model()
+    groups = O.param_groups(model, 0.1, decay={"include": ["*"], "exclude": ["biases", "norms", "embeddings"]})
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = sorted(names[id(p)] for p in groups[0]["params"])
+    assert "model.embed_tokens.weight" not in decayed and "lm_head.weight" in decayed
+    assert all("norm" not in n for n in decayed)
+
+
+def test_a_group_steps_like_the_implementation_given_the_same_groups() -> None:
+    ours, theirs = tiny_model(), tiny_model()
+    opt = O.build(ours, {**spec("adamw"), "groups": [{"params": ["embeddings", "output"], "lr_scale": 0.5, "weight_decay": 0.0}]})
+    named = list(theirs.named_parameters())
+    io = {"model.embed_tokens.weight", "lm_head.weight"}
+    rest = [(n, p) for n, p in named if n not in io]
+    ref = torch.optim.AdamW(
+        [
+            {"params": [p for _, p in rest if p.ndim >= 2], "weight_decay": 0.1},
+            {"params": [p for _, p in rest if p.ndim < 2], "weight_decay": 0.0},
+            {"params": [p for n, p in named if n in io], "weight_decay": 0.0, "lr": 5e-4},
+        ],
+        lr=1e-3, betas=(0.9, 0.95), eps=1e-8,
+    )
+    for seed in range(3):
+        grads_step(ours, opt, seed)
+        grads_step(theirs, ref, seed)
+    assert same_weights(ours, theirs)
+
+
+def test_muon_sides_keep_the_groups() -> None:
+    model = tiny_model()
+    opt = O.build(model, {**spec("muon"), "groups": [{"params": ["*.self_attn.*", "embeddings"], "lr_scale": 0.5}]})
+    muon_lrs = sorted(g["lr"] for g in opt.muon.param_groups)
+    adamw_lrs = sorted({g["lr"] for g in opt.adamw.param_groups})
+    assert muon_lrs == pytest.approx([0.01, 0.02])  # attention matrices at half Muon's LR, the MLPs at Muon's
+    assert adamw_lrs == pytest.approx([1.5e-4, 3e-4])  # the embedding at half AdamW's LR
+
+
+def test_a_pattern_that_matches_nothing_is_named_with_its_key() -> None:
+    model = tiny_model()
+    found = O.unmatched(model, {"include": ["*.qproj.*"]}, [{"params": ["*.mlp.*"]}, {"params": ["*.mlp.up_proj.*"]}, {"params": ["biases"]}])
+    assert found == [
+        (("optim", "decay", "include"), "'*.qproj.*' matches no trainable parameter"),
+        (("optim", "groups", 1, "params"), "every parameter it matches belongs to an earlier group"),
+        (("optim", "groups", 2, "params"), "'biases' matches no trainable parameter"),
+    ]
+    with pytest.raises(ValueError, match=r"optim\.groups\[0\]\.params: 'biases' matches no trainable parameter"):
+        O.param_groups(model, 0.1, groups=[{"params": ["biases"]}])
