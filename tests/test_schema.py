@@ -69,6 +69,8 @@ def test_model_walk_finds_every_table():
         "Source",
         *(t.__name__ for t in OPTIMIZER_TABLES),
         "LrScaling",
+        "DecayPatterns",
+        "ParamGroup",
         "ContinualTable",
         "EmaTable",
         "MergeTable",
@@ -157,7 +159,7 @@ def test_reference_lists_every_key():
                 kind = table.model_fields["type"].annotation.__args__[0]
                 sections.append((f'## `[[{path}]]` type = "{kind}"', table))
             continue
-        header = f"## `[[{path}]]`" if path in ("data.sources", "schedule.phases") else f"## `[{path}]`"
+        header = f"## `[[{path}]]`" if path in ("data.sources", "schedule.phases", "optim.groups") else f"## `[{path}]`"
         sections.append((header, model))
     for header, model in sections:
         assert header in text, header
@@ -194,6 +196,7 @@ NEEDS_A_CHOICE = {
     "DataTable": {"sources": [{"builtin": "python-docs"}]},
     "RecipeTable": {"name": "x"},
     "LrScaling": {"reference_batch": 8, "reference_lr": 1e-3},
+    "ParamGroup": {"params": ["embeddings"]},
     "Phase": {"name": "p", "shape": "constant"},
     "ContinualTable": {"from": "runs/parent"},
     "EmaTable": {"decay": 0.999},

@@ -30,7 +30,7 @@ from .filters import (
 )
 from .launch import DeepspeedTable, FsdpTable, LaunchTable
 from .model import ModelConfig, ModelTable
-from .optim import OPTIMIZER_TABLES, AdafactorTable, Adamw8bitTable, AdamwTable, LionTable, LrScaling, MuonTable, OptimTable, PagedAdamw8bitTable, ScheduleFreeAdamwTable, SgdTable
+from .optim import OPTIMIZER_TABLES, AdafactorTable, Adamw8bitTable, AdamwTable, DecayPatterns, LionTable, LrScaling, ParamGroup, MuonTable, OptimTable, PagedAdamw8bitTable, ScheduleFreeAdamwTable, SgdTable
 from .output import OutputTable
 from .peft import (
     METHOD_TABLES,
@@ -159,6 +159,8 @@ __all__ = [
     "LokrTable",
     "LoraTable",
     "LrScaling",
+    "DecayPatterns",
+    "ParamGroup",
     "METHOD_TABLES",
     "MergeTable",
     "MissTable",

@@ -277,3 +277,23 @@ def test_a_pattern_that_matches_nothing_is_named_with_its_key() -> None:
     ]
     with pytest.raises(ValueError, match=r"optim\.groups\[0\]\.params: 'biases' matches no trainable parameter"):
         O.param_groups(model, 0.1, groups=[{"params": ["biases"]}])
+
+
+def test_peft_adamw_takes_the_groups_over_the_adapter() -> None:
+    """The PEFT AdamW (adapters.make_optimizer) builds the same groups over the trainable adapter parameters."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+
+    from recipec.runtime import adapters
+
+    model = get_peft_model(tiny_model(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    opt = adapters.make_optimizer(
+        model, {"method": "lora"}, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+        groups=[{"params": ["*.lora_B.*"], "lr_scale": 16.0}],
+    )
+    by_label = {g["label"]: g for g in opt.param_groups}
+    assert list(by_label) == ["default, decayed", "groups[0] (*.lora_B.*), decayed"]
+    assert by_label["groups[0] (*.lora_B.*), decayed"]["lr"] == pytest.approx(1.6e-2)
+    assert len(by_label["groups[0] (*.lora_B.*), decayed"]["params"]) == 2 * 2  # two layers, q and v
+    with pytest.raises(ValueError, match="matches no trainable parameter"):  # the base weights are frozen
+        adapters.make_optimizer(model, {"method": "lora"}, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, groups=[{"params": ["*.mlp.*"]}])
