@@ -64,8 +64,13 @@ def config_keys(model_type: str) -> set[str]:
 
 
 def canonical(model_type: str, key: str) -> str:
-    """The name the config stores a key under (`n_embd` for gpt2's `hidden_size`)."""
-    return model_types()[model_type]["aliases"].get(key, key)
+    """The name the config stores a key under (`n_embd` for gpt2's `hidden_size`).
+
+    A key that is a field of the config is its own name even where `attribute_map` maps it
+    (qwen3_moe has a `num_experts` field and maps `num_experts` too).
+    """
+    entry = model_types()[model_type]
+    return key if key in entry["keys"] else entry["aliases"].get(key, key)
 
 
 def _jsonable(value: Any) -> Any:

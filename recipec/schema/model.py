@@ -204,7 +204,7 @@ def check_config_keys(init: str, config: ModelConfig) -> None:
     defaults = model_types.model_types()[init]["keys"]
     seen: dict[str, str] = {}
     extra = config.model_extra or {}
-    for key in [*config.model_fields_set, *extra]:
+    for key in [k for k in config.model_dump() if k in config.model_fields_set]:  # extras are in the set too
         if key in model_types.TOKENIZER_KEYS:
             raise key_error(
                 ("config", key),
