@@ -15,7 +15,10 @@ LOCAL_PREFIXES = ("./", "../", "/", "~")
 
 def _init_choices(schema: dict[str, Any]) -> None:
     """The JSON Schema of `model.init`: every causal-LM model type (read when the schema is generated)."""
-    schema["enum"] = sorted(model_types.model_types())
+    choices = sorted(model_types.model_types())
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "string":
+            option["enum"] = choices
 
 
 class ModelConfig(Table):
