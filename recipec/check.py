@@ -147,7 +147,10 @@ def _config(plan: Plan, project: Path, auto_config: Any, directory: Path | None,
         vocab = train["vocab_size"] if train else _local_vocab(plan["tokenizer_path"], project)
         if vocab is None:
             return None
-        return auto_config.for_model(plan["model_init"], vocab_size=vocab, **plan["model_config"])
+        # the script takes the special token ids from the tokenizer; a model type's own (phi3's
+        # pad_token_id 32000) may lie outside this vocabulary, so none are assumed here
+        tokens = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+        return auto_config.for_model(plan["model_init"], vocab_size=vocab, **tokens, **plan["model_config"])
     if directory is None:
         return None
     try:

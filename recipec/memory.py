@@ -49,10 +49,20 @@ FSDP's hybrid_shard): ZeRO-1 the optimizer state, ZeRO-2 and FSDP shard_grad_op 
 gradients, ZeRO-3 and FSDP full_shard also the parameters, plus one decoder layer gathered
 whole at a time. Offloading to the CPU removes what it offloads from the device.
 
+The counts cover Llama-like decoders: llama, mistral, qwen2, phi3 (whose fused qkv_proj
+and gate_up_proj hold the same weights), qwen3 and olmo2 (which add RMSNorms over the
+queries and keys: parameters counted exactly, their activations not), and the
+mixture-of-experts mixtral and qwen3_moe. An MoE layer holds `experts` copies of the SwiGLU
+MLP (each of `intermediate_size`, qwen3_moe's `moe_intermediate_size`) and a router (h x
+experts); each token passes through `experts_per_token` of them, so the layer keeps
+experts_per_token * (4 * intermediate + h) activation elements per token for the MLP (the
+gathered input too), where a dense layer keeps 4 * intermediate. PEFT on phi3 and on the MoE
+types is not counted (their module names and expert tensors differ from Llama's).
+
 Not counted: the CUDA context and the kernels' workspaces (hundreds of MiB on a GPU), the
 allocator's fragmentation and caching, optimizer-step temporaries, eval, EMA/merge copies
-(kept in CPU memory), and architectures other than Llama-like decoders (llama, mistral,
-qwen2): for those there is no estimate.
+(kept in CPU memory), and every other architecture (gpt2, gemma3_text, ...): for those there
+is no estimate, and explain says so.
 """
 
 from __future__ import annotations
@@ -60,13 +70,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import model_types
 from .schema import Recipe
 
 GIB = 1024**3
 MIB = 1024**2
 
-ARCHITECTURES = ("llama", "mistral", "qwen2")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe")
 """`model_type`s whose layers the parameter and activation counts describe."""
+
+PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2")
+"""The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 QUANTIZED_BYTES = {"4bit": 0.5 + 4 / 64, "8bit": 1 + 4 / 4096}
@@ -93,48 +107,75 @@ class ModelShape:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: int = 0
+    """Parameters of one layer's RMSNorms over the queries and keys (qwen3, olmo2)."""
+    experts: int = 0
+    """MLP experts per layer (0: a dense MLP); intermediate_size is then one expert's."""
+    experts_per_token: int = 0
+    model_type: str = "llama"
 
     @classmethod
     def from_config(cls, config: dict[str, Any], model_type: str, vocab_size: int | None = None) -> ModelShape:
         """The shape of a transformers config dict (config.json, or `[model.config]`).
 
         Raises:
-            ValueError: the architecture is not a Llama-like decoder, or a size is missing.
+            ValueError: the architecture is not one the estimate counts, or a size is missing.
         """
         if model_type not in ARCHITECTURES:
-            raise ValueError(f"model_type {model_type!r} is not one of {', '.join(ARCHITECTURES)}")
+            raise ValueError(
+                f"the estimate does not cover model type {model_type!r}; it counts {', '.join(ARCHITECTURES)}"
+            )
         try:
             h = int(config["hidden_size"])
             heads = int(config["num_attention_heads"])
             vocab = int(vocab_size if vocab_size is not None else config["vocab_size"])
+            kv_heads = int(config.get("num_key_value_heads") or heads)
+            head_dim = int(config.get("head_dim") or h // heads)
+            intermediate, experts, per_token = int(config["intermediate_size"]), 0, 0
+            if model_type == "mixtral":
+                experts, per_token = int(config["num_local_experts"]), int(config["num_experts_per_tok"])
+            elif model_type == "qwen3_moe":
+                if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step", 1)) != 1:
+                    raise ValueError("the estimate does not cover qwen3_moe with dense layers (mlp_only_layers, decoder_sparse_step)")
+                experts, per_token = int(config["num_experts"]), int(config["num_experts_per_tok"])
+                intermediate = int(config["moe_intermediate_size"])
+            qk_norm = {"qwen3": 2 * head_dim, "qwen3_moe": 2 * head_dim, "olmo2": (heads + kv_heads) * head_dim}
             return cls(
                 hidden_size=h,
-                intermediate_size=int(config["intermediate_size"]),
+                intermediate_size=intermediate,
                 num_hidden_layers=int(config["num_hidden_layers"]),
                 num_attention_heads=heads,
-                num_key_value_heads=int(config.get("num_key_value_heads") or heads),
-                head_dim=int(config.get("head_dim") or h // heads),
+                num_key_value_heads=kv_heads,
+                head_dim=head_dim,
                 vocab_size=vocab,
                 tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
                 qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
                 o_bias=model_type != "qwen2" and bool(config.get("attention_bias", False)),
                 mlp_bias=bool(config.get("mlp_bias", False)),
+                qk_norm=qk_norm.get(model_type, 0),
+                experts=experts,
+                experts_per_token=per_token,
+                model_type=model_type,
             )
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        except (KeyError, TypeError, ZeroDivisionError) as exc:
             raise ValueError(f"the model's config.json has no usable {exc}") from None
 
     def linears(self) -> dict[str, tuple[int, int, bool]]:
         """One decoder layer's linear layers: name -> (in_features, out_features, has bias)."""
         h, d = self.hidden_size, self.head_dim
         q, kv, i = self.num_attention_heads * d, self.num_key_value_heads * d, self.intermediate_size
+        # an MoE layer's experts, counted as one wide MLP (experts x intermediate), and its router
+        wide = i * max(self.experts, 1)
+        router = {"router": (h, self.experts, False)} if self.experts else {}
         return {
             "q_proj": (h, q, self.qkv_bias),
             "k_proj": (h, kv, self.qkv_bias),
             "v_proj": (h, kv, self.qkv_bias),
             "o_proj": (q, h, self.o_bias),
-            "gate_proj": (h, i, self.mlp_bias),
-            "up_proj": (h, i, self.mlp_bias),
-            "down_proj": (i, h, self.mlp_bias),
+            "gate_proj": (h, wide, self.mlp_bias),
+            "up_proj": (h, wide, self.mlp_bias),
+            "down_proj": (wide, h, self.mlp_bias),
+            **router,
         }
 
     def layer_linear_params(self) -> int:
@@ -142,8 +183,8 @@ class ModelShape:
         return sum(n_in * n_out + (n_out if bias else 0) for n_in, n_out, bias in self.linears().values())
 
     def layer_params(self) -> int:
-        """Parameters of one decoder layer: its linears and its two RMSNorm weights."""
-        return self.layer_linear_params() + 2 * self.hidden_size
+        """Parameters of one decoder layer: its linears, its two RMSNorm weights and any query/key norms."""
+        return self.layer_linear_params() + 2 * self.hidden_size + self.qk_norm
 
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
@@ -177,6 +218,8 @@ class ModelShape:
         i = self.intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         attention, mlp = 3 * q + 2 * kv, 4 * i
+        if self.experts:  # each token through experts_per_token experts, its input gathered for each
+            mlp = self.experts_per_token * (4 * i + self.hidden_size)
         if adapted is not None:
             attention -= 0 if "o_proj" in adapted else q
             mlp -= 0 if "down_proj" in adapted else i
@@ -285,6 +328,8 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
 
     n_params = shape.parameters()
     peft = recipe.peft.model_dump(exclude_none=True) if recipe.peft is not None else None
+    if peft is not None and shape.model_type not in PEFT_ARCHITECTURES:
+        raise ValueError(f"the estimate does not cover PEFT on model type {shape.model_type!r}")
     adapter = adapter_parameters(shape, peft) if peft is not None else 0
     trainable = adapter if peft is not None else n_params
     quantize = getattr(recipe.peft, "quantize", None)
@@ -440,11 +485,17 @@ def model_shape(recipe: Recipe, model_config: dict[str, Any] | None) -> ModelSha
     Raises:
         ValueError: with why there is no estimate (unknown config, vocabulary or architecture).
     """
-    if recipe.model.init is not None:
+    init = recipe.model.init
+    if init is not None:
         train = recipe.tokenizer.train
+        if init not in ARCHITECTURES:  # before the vocabulary: say first that the architecture is not counted
+            return ModelShape.from_config({}, init)
         if train is None:
             raise ValueError("the vocabulary size is the tokenizer's, and tokenizer.path is read only when training")
-        return ModelShape.from_config(recipe.model.config.model_dump(), recipe.model.init, train.vocab_size)
+        # the config transformers builds: its defaults, under what [model.config] and recipec set
+        config = {**model_types.model_types()[init]["keys"]}
+        config.update({model_types.canonical(init, k): v for k, v in recipe.model.init_config().items()})
+        return ModelShape.from_config(config, init, train.vocab_size)
     if model_config is None:
         raise ValueError("the model's config.json is read only for a local model (model.path starting with ./, ../, / or ~)")
     return ModelShape.from_config(model_config, str(model_config.get("model_type")))

@@ -129,6 +129,8 @@ def _type(field: dict[str, Any], defs: dict[str, Any]) -> str:
     if "anyOf" in field:
         parts = [_type(o, defs) for o in field["anyOf"] if o.get("type") != "null"]
         return " or ".join(dict.fromkeys(parts))
+    if "enum" in field and len(field["enum"]) > 12:  # model.init: every causal-LM model type
+        return f"string, one of {len(field['enum'])} (the JSON Schema lists them)"
     if "enum" in field:
         return " \\| ".join(json.dumps(v) for v in field["enum"])
     if "const" in field:

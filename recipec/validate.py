@@ -70,7 +70,8 @@ def diagnostics_from(exc: ValidationError, data: dict[str, Any], source: SourceM
     for err in exc.errors(include_url=False):
         path = _data_path(err["loc"], data, err["type"])
         if err["type"] == "recipe":
-            path = path + (err["ctx"]["key"],)
+            key = err["ctx"]["key"]
+            path = path + (tuple(key) if isinstance(key, tuple | list) else (key,))
         key = path if err["type"] != "extra_forbidden" else path + ("<extra>",)
         if key in merged:
             merged[key]["alternatives"].append(err)

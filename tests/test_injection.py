@@ -177,7 +177,11 @@ def string_fields(model: type[BaseModel] = Recipe, table: tuple[str | int, ...] 
             yield from string_fields(sub, table + ((key, 0) if is_array else (key,)))
 
 
-FIELDS = list(string_fields())
+CLOSED = {"model.init"}
+"""String fields whose value must be one of a fixed set of names (model.init: a model type of
+recipec/model_types.json, checked like a Literal), so no payload reaches the build."""
+
+FIELDS = [f for f in string_fields() if f.id not in CLOSED]
 
 # -----------------------------------------------------------------------------
 # a recipe with a value in one field

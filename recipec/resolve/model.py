@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import model_types
 from ..schema import Recipe
 from ..schema.model import LOCAL_PREFIXES
 from ..source import KeyPath
@@ -21,7 +22,11 @@ def max_positions(b: PlanBuilder) -> tuple[int | None, KeyPath]:
     """The model's positions (None when unknown), and the recipe key that sets them."""
     r = b.recipe
     if r.model.init is not None:
-        return r.model.config.max_position_embeddings, ("model", "config", "max_position_embeddings")
+        config = r.model.init_config()
+        for key, value in config.items():
+            if model_types.canonical(r.model.init, key) == model_types.canonical(r.model.init, "max_position_embeddings"):
+                return value, ("model", "config", key)
+        return None, ("model", "config")
     mc = b.model_config or {}
     key: KeyPath = ("model", "path") if r.continual is None else ("continual", "from")
     return mc.get("max_position_embeddings", mc.get("n_positions")), key
@@ -54,8 +59,7 @@ def model_settings(b: PlanBuilder) -> None:
         b.key("model_path", ("model", "path"))
     b.key("model_revision", ("model", "revision"))
     if r.model.init is not None:
-        config = r.model.config.model_dump(exclude_none=True)
-        b.add("model_config", config, "model.config", b.origin(("model", "config")))
+        b.add("model_config", r.model.init_config(), "model.config", b.origin(("model", "config")))
     b.key("model_dtype", ("model", "dtype"))
     b.key("gradient_checkpointing", ("model", "gradient_checkpointing"))
     b.key("trust_remote_code", ("model", "trust_remote_code"))

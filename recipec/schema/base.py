@@ -69,14 +69,15 @@ class Table(BaseModel):
     )
 
 
-def key_error(key: str, message: str, help: str | None = None) -> PydanticCustomError:
+def key_error(key: str | tuple[str, ...], message: str, help: str | None = None) -> PydanticCustomError:
     """Build the error a table validator raises about one of its own keys.
 
     The validation layer appends ``key`` to the table's location, so the message points
     at the offending line rather than at the table header.
 
     Args:
-        key: the field name inside the table the validator belongs to.
+        key: the field name inside the table the validator belongs to, or the path to a key
+            of a table under it (`("config", "n_embd")` from `[model]`).
         message: what is wrong, as a sentence fragment without trailing period.
         help: what to do about it.
     """

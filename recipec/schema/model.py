@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from .. import model_types
+from ..diagnostics import did_you_mean
 from .base import Table, key_error
 
-ARCHITECTURES = ("llama", "mistral", "qwen2")
 LOCAL_PREFIXES = ("./", "../", "/", "~")
 
 
-class ModelConfig(Table):
-    """`[model.config]`: sizes of a model initialised from scratch (`model.init`).
+def _init_choices(schema: dict[str, Any]) -> None:
+    """The JSON Schema of `model.init`: every causal-LM model type (read when the schema is generated)."""
+    choices = sorted(model_types.model_types())
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "string":
+            option["enum"] = choices
 
-    The vocabulary size is not set here: it is the tokenizer's.
+
+class ModelConfig(Table):
+    """`[model.config]`: the config of a model initialised from scratch (`model.init`).
+
+    The keys below are typed, with defaults for a small Llama-style model. Any other key of
+    the model type's config class is allowed too (`n_inner` for gpt2, `num_experts` for
+    qwen3_moe) and passed on as written; a key the model type's config does not know is an
+    error. A typed key that the model type spells differently goes under its own name
+    (gpt2 takes `hidden_size` for `n_embd`); one the model type lacks altogether is left out
+    unless set. The vocabulary size and the special token ids are not set here: they are
+    the tokenizer's.
     """
+
+    model_config = ConfigDict(**{**Table.model_config, "extra": "allow"})
 
     hidden_size: int = Field(256, ge=8)
     """Width of the residual stream."""
@@ -53,7 +70,8 @@ class ModelConfig(Table):
 
     @model_validator(mode="after")
     def check_heads_divide(self) -> ModelConfig:
-        if self.hidden_size % self.num_attention_heads:
+        # with an explicit head_dim the heads need not divide the width (qwen3, gemma3_text)
+        if self.hidden_size % self.num_attention_heads and (self.model_extra or {}).get("head_dim") is None:
             raise key_error(
                 "num_attention_heads",
                 f"num_attention_heads {self.num_attention_heads} does not divide hidden_size {self.hidden_size}",
@@ -74,8 +92,8 @@ class ModelTable(Table):
     path: str | None = None
     """A pretrained model: a hub id (`org/name`) or a local directory. A local directory must start with `./`, `../`, `/` or `~`, and a relative one is relative to the directory `recipec` runs in. Exactly one of `path` and `init`."""
 
-    init: Literal["llama", "mistral", "qwen2"] | None = None
-    """Initialise a new model of this architecture from `[model.config]` instead of loading weights. Exactly one of `path` and `init`."""
+    init: str | None = Field(None, json_schema_extra=_init_choices)
+    """Initialise a new model of this architecture from `[model.config]` instead of loading weights: any model type that transformers builds a causal LM for (llama, mistral, qwen2, qwen3, gemma3_text, olmo2, phi3, gpt2, mixtral, qwen3_moe, ...; the list is `recipec/model_types.json`). Exactly one of `path` and `init`."""
 
     config: ModelConfig = Field(default_factory=ModelConfig)
     """Sizes of the from-scratch model (only with `init`)."""
@@ -114,6 +132,9 @@ class ModelTable(Table):
             raise key_error("revision", "`revision` applies only to a pretrained `path`")
         if "compile_mode" in self.model_fields_set and not self.compile:
             raise key_error("compile_mode", "`compile_mode` applies only with compile = true")
+        if self.init is not None:
+            check_model_type(self.init)
+            check_config_keys(self.init, self.config)
         if self.path is not None and "config" in self.model_fields_set:
             raise key_error(
                 "config",
@@ -122,7 +143,99 @@ class ModelTable(Table):
             )
         return self
 
+    def init_config(self) -> dict[str, Any]:
+        """The keyword arguments `AutoConfig.for_model(init, ...)` gets, besides the tokenizer's.
+
+        Every key set in `[model.config]` as written; the typed keys' defaults where the
+        model type has the key; and where the model type's own default would not fit the
+        widths set here, the value those widths mean: `num_key_value_heads` (unset means
+        plain multi-head attention) and `head_dim` (`hidden_size / num_attention_heads`).
+        """
+        assert self.init is not None
+        keys = model_types.config_keys(self.init)
+        defaults = model_types.model_types()[self.init]["keys"]
+        c = self.config
+        given = {model_types.canonical(self.init, k) for k in c.model_fields_set | set(c.model_extra or {})}
+        out = {
+            k: v
+            for k, v in c.model_dump(exclude_none=True).items()
+            if k in keys and (k in c.model_fields_set or k in (c.model_extra or {}) or model_types.canonical(self.init, k) not in given)
+        }
+        if "num_key_value_heads" not in out and defaults.get("num_key_value_heads") is not None:
+            out["num_key_value_heads"] = c.num_attention_heads
+        if "head_dim" not in out and defaults.get("head_dim") is not None:
+            out["head_dim"] = c.hidden_size // c.num_attention_heads
+        return out
+
     @property
     def is_local(self) -> bool:
         """Whether `path` names a local directory rather than a hub id."""
         return self.path is not None and self.path.startswith(LOCAL_PREFIXES)
+
+
+def check_model_type(init: str) -> None:
+    """`model.init` names a model type transformers builds a causal LM for, text only."""
+    table = model_types.table()
+    known = table["model_types"]
+    version = table["transformers"]
+    if init not in known:
+        if init in table["other_model_types"]:
+            raise key_error(
+                "init",
+                f'"{init}" is a model type of transformers {version} with no causal-LM class: AutoModelForCausalLM does not build it',
+                did_you_mean(init, known) or "recipec/model_types.json lists the causal-LM model types",
+            )
+        raise key_error(
+            "init",
+            f'"{init}" is not a causal-LM model type of transformers {version}',
+            did_you_mean(init, known) or "recipec/model_types.json lists the causal-LM model types",
+        )
+    entry = known[init]
+    if "text_config" in entry["sub_configs"]:
+        text = f"{init}_text"
+        raise key_error(
+            "init",
+            f'"{init}" is {entry["class"]}, a model of several parts (text_config, {", ".join(s for s in entry["sub_configs"] if s != "text_config")}); '
+            "recipec builds a text-only model from [model.config]",
+            f'use init = "{text}", its text-only causal LM' if text in known else None,
+        )
+
+
+def check_config_keys(init: str, config: ModelConfig) -> None:
+    """Every key set in `[model.config]` is a key of the model type's config, said once."""
+    keys = model_types.config_keys(init)
+    defaults = model_types.model_types()[init]["keys"]
+    seen: dict[str, str] = {}
+    extra = config.model_extra or {}
+    for key in [k for k in config.model_dump() if k in config.model_fields_set]:  # extras are in the set too
+        if key in model_types.TOKENIZER_KEYS:
+            raise key_error(
+                ("config", key),
+                f"`model.config.{key}` is the tokenizer's: the script sets it from the tokenizer",
+                "remove it; the tokenizer's vocabulary and special tokens decide it",
+            )
+        if key not in keys:
+            raise key_error(
+                ("config", key),
+                f"unknown key `model.config.{key}` (not a key of the {init} config)",
+                did_you_mean(key, sorted(keys)),
+            )
+        name = model_types.canonical(init, key)
+        if name in seen:
+            raise key_error(("config", key), f"`{key}` and `{seen[name]}` are one key of the {init} config: set one")
+        seen[name] = key
+        value, default = extra.get(key), defaults.get(name)
+        if key in extra and not _same_kind(value, default):
+            raise key_error(("config", key), f"`model.config.{key}` must be {_KINDS[type(default)]}, like its default {default!r}")
+
+
+_KINDS = {bool: "true or false", int: "a number", float: "a number", str: "a string"}
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether a `[model.config]` value has the type of the config's default (any, when the default is unset or not a scalar)."""
+    if type(default) not in _KINDS:
+        return True
+    if type(default) in (int, float):  # integer or float alike: dropout 0 and 0.1 are both numbers
+        return type(value) in (int, float)
+    return type(value) is type(default)
