@@ -15,7 +15,7 @@ class LossTable(Table):
     cross_entropy: Literal["plain", "chunked"] = "plain"
     """How the cross-entropy is computed. `plain`: the model's own loss over its full logits (batch * seq_len * vocab float32 values, three copies alive at the peak). `chunked`: the model returns its last hidden state and no logits, and the output projection and cross-entropy run over `chunk_size` tokens at a time, each chunk's logits recomputed in the backward pass; the same loss and gradients with only one chunk's logits in memory, at the cost of a second output projection in the backward pass. Needs launch.strategy "ddp"."""
 
-    chunk_size: int = Field(4096, ge=1)
+    chunk_size: int = Field(1024, ge=1)
     """Supervised tokens per chunk of the `chunked` cross-entropy: the logits held at once are chunk_size * vocab float32 values."""
 
     router_aux_loss_coef: float | None = Field(None, ge=0)

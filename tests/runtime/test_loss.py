@@ -151,3 +151,22 @@ def test_router_aux_loss_coef_adds_coef_times_aux_loss_as_transformers_does(mode
 
 def test_router_aux_loss_coef_on_a_dense_model_is_a_problem() -> None:
     assert "not a mixture of experts" in xent.set_router_aux_loss_coef(_model("llama"), 0.01)
+
+
+def test_chunked_under_gradient_checkpointing_and_bf16_autocast() -> None:
+    model, batch = _model("llama"), _batch()
+    model.gradient_checkpointing_enable()
+    plain, plain_grads = _plain(model, batch)
+    loss, *_ = _chunked(model, batch, 8)
+    loss.backward()
+    torch.testing.assert_close(loss, plain.loss, rtol=1e-5, atol=1e-5)
+    _assert_close(_grads(model), plain_grads)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the head runs in bf16, the loss in float32, as in transformers
+        plain, plain_grads = _plain(model, batch)
+        loss, *_ = _chunked(model, batch, 8)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, plain.loss, rtol=1e-5, atol=1e-5)
+    grads = _grads(model)
+    for name in grads:  # bf16 matmuls recomputed chunk by chunk: equal to bf16 precision
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=2e-2, atol=2e-3, msg=name)
