@@ -94,8 +94,11 @@ def test_chunked_memory_estimate_counts_one_chunk_of_logits(plan_of):
     plain = plan_of().memory
     chunked = plan_of(text='[loss]\ncross_entropy = "chunked"\nchunk_size = 16\n').memory
     assert plain.logits == 128 * 512 * 4 * 3
-    assert chunked.logits == 16 * 512 * 4 * 3
+    head_grad = 512 * 64 * 4  # the output projection's gradient of one chunk
+    assert chunked.logits == 16 * 512 * 4 * 3 + head_grad
     assert chunked.activations == plain.activations and chunked.params == plain.params
     assert "min(loss.chunk_size 16, b 4 * s 32) * vocab 512" in chunked.notes[-1]
     large = plan_of(text='[loss]\ncross_entropy = "chunked"\n').memory  # a chunk larger than the batch
-    assert large.logits == plain.logits
+    assert large.logits == plain.logits + head_grad
+    lora = plan_of(text='[loss]\ncross_entropy = "chunked"\nchunk_size = 16\n[peft]\nmethod = "lora"\n').memory
+    assert lora.logits == 16 * 512 * 4 * 3  # a frozen head has no gradient
