@@ -78,6 +78,7 @@ def test_model_walk_finds_every_table():
         "ScheduleTable",
         "Phase",
         "TrainTable",
+        "LossTable",
         "LaunchTable",
         "FsdpTable",
         "DeepspeedTable",
