@@ -39,7 +39,11 @@ The estimate is the sum of five parts, each in bytes on one device (one process)
   so it adds only what it exceeds them by.
 * logits: b * s * vocab float32 values, three times: the cross-entropy keeps the log
   probabilities, and the start of the backward pass holds the gradient with respect to them
-  and the one with respect to the logits. For small models this part dominates.
+  and the one with respect to the logits. For small models this part dominates. With
+  `loss.cross_entropy = "chunked"` only one chunk's logits are alive at a time, in the
+  forward and the backward pass alike: min(loss.chunk_size, b * s) * vocab float32 values,
+  three times, plus one chunk's gradient of the output projection's weight (vocab * h),
+  computed before it is added to the gradient accumulated so far.
 
 The peak is taken as the plain sum: at the start of the backward pass the activations and
 the logits are all alive, and with gradient accumulation the gradients of the earlier
@@ -425,7 +429,13 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         scores_b = b * shape.num_attention_heads * s * s * (4 + (a_bytes if a_bytes < 4 else 0))
     # the final norm; under PEFT lm_head is frozen and keeps no input, and the norm no normalised value
     final = 4 * h if peft is not None else shape.norm_activations(p_bytes, a_bytes)
-    logits_b = tokens * shape.vocab_size * 4 * LOGIT_COPIES
+    chunk = recipe.loss.chunk_size if recipe.loss is not None and recipe.loss.cross_entropy == "chunked" else None
+    logit_tokens = tokens if chunk is None else min(chunk, tokens)
+    logits_b = logit_tokens * shape.vocab_size * 4 * LOGIT_COPIES
+    # each chunk's backward computes the output projection's weight gradient before adding it
+    # to the one accumulated so far: one more vocab x h gradient (none for a frozen head)
+    head_grad_b = shape.vocab_size * h * p_bytes if chunk is not None and peft is None else 0
+    logits_b += head_grad_b
     if checkpointing:
         # the first layer is recomputed only after the loss's float32 buffers are freed, so the
         # peak holds the recomputed layer's set or the logits, whichever is larger
@@ -461,7 +471,12 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         f"grads: {trainable:,} trainable ({what}) x {g_bytes} B{grads_how}",
         f"optimizer: {optim_what}{optim_how}",
         f"activations: {act_formula}",
-        f"logits: b {b} * s {s} * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (float32 cross-entropy)",
+        (
+            f"logits: min(loss.chunk_size {chunk}, b {b} * s {s}) * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (chunked float32 cross-entropy: one chunk at a time)"
+            + (f" + a chunk's output-projection gradient vocab {shape.vocab_size} * h {h} * {p_bytes} B" if head_grad_b else "")
+            if chunk is not None
+            else f"logits: b {b} * s {s} * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (float32 cross-entropy)"
+        ),
     ]
     return MemoryEstimate(
         params=parts[0],

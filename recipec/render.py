@@ -319,6 +319,8 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "grouped": plan.get("param_groups") is not None,
         "reference": plan.get("reference"),
         "reference_model": plan.get("reference_model"),
+        "cross_entropy": plan.get("cross_entropy"),  # None: no [loss], the model's own loss
+        "router_aux": plan.get("router_aux_loss_coef") is not None,
         **dataclasses.asdict(plan.launch),
     }
     files: dict[str, str | bytes] = {

@@ -80,6 +80,7 @@ def test_model_walk_finds_every_table():
         "ScheduleTable",
         "Phase",
         "TrainTable",
+        "LossTable",
         "LaunchTable",
         "FsdpTable",
         "DeepspeedTable",

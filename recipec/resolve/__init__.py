@@ -28,6 +28,7 @@ from .builder import PlanBuilder
 from .continual import continual_settings
 from .data import data_settings
 from .launch import launch_settings
+from .loss import loss_settings
 from .memory import memory_estimate
 from .model import ADAMW_IMPLEMENTATION, fast_path_settings, hub_ids, model_settings
 from .peft import peft_settings
@@ -51,6 +52,7 @@ STEPS: tuple[Callable[[PlanBuilder], None], ...] = (
     sequence_settings,  # loading the sequences; seq_len within the model's positions
     optim_settings,  # [optim]: the peak LR, as written or scaled with the batch
     train_settings,  # [train]: the batch, grad_accum_steps, the run's length
+    loss_settings,  # [loss]: the chunked cross-entropy, the router's aux-loss coefficient
     schedule_settings,  # [schedule]: phases over the run's steps, the floor, the warmup
     segment_settings,  # the data mixture over the schedule's phases
     continual_settings,  # [continual]: the parent's identity and data

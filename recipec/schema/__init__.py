@@ -29,6 +29,7 @@ from .filters import (
     ScoreSampleFilter,
 )
 from .launch import DeepspeedTable, FsdpTable, LaunchTable
+from .loss import LossTable
 from .model import ModelConfig, ModelTable
 from .optim import OPTIMIZER_TABLES, AdafactorTable, Adamw8bitTable, AdamwTable, DecayPatterns, LionTable, LrScaling, ParamGroup, MuonTable, OptimTable, PagedAdamw8bitTable, ScheduleFreeAdamwTable, SgdTable
 from .output import OutputTable
@@ -78,6 +79,9 @@ class Recipe(Table):
 
     train: TrainTable
     """`[train]`: batch, length, cadence."""
+
+    loss: LossTable | None = None
+    """`[loss]`: chunked cross-entropy; a mixture of experts' router loss."""
 
     launch: LaunchTable = Field(default_factory=LaunchTable)
     """`[launch]`: processes, machines, strategy (ddp, fsdp, deepspeed), precision, device."""
@@ -155,6 +159,7 @@ __all__ = [
     "Ia3Table",
     "LaunchTable",
     "LnTuningTable",
+    "LossTable",
     "LohaTable",
     "LokrTable",
     "LoraTable",

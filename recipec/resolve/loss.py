@@ -1,0 +1,52 @@
+"""Resolve `[loss]`: the chunked cross-entropy and a mixture of experts' router loss, and what rules them out."""
+
+from __future__ import annotations
+
+from .builder import PlanBuilder
+
+DENSE_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt2")
+"""`model.init` types known to have no router: `router_aux_loss_coef` is an error for them. Any other type is checked by the script."""
+
+
+def loss_settings(b: PlanBuilder) -> None:
+    """How the cross-entropy is computed and the router's coefficient, where the recipe allows them.
+
+    Whether a pretrained model is a mixture of experts is known here only when its config
+    is (a local path); otherwise the script checks it when the model is loaded.
+    """
+    r = b.recipe
+    loss = r.loss
+    if loss is None:
+        return
+    if r.preference is not None:
+        b.error(
+            ("loss",),
+            "[loss] applies to causal-LM and supervised fine-tuning runs; a [preference] objective computes its own loss",
+            "remove [loss]",
+        )
+        return
+    b.section("loss")
+    b.key("cross_entropy", ("loss", "cross_entropy"))
+    if loss.cross_entropy == "chunked":
+        b.key("chunk_size", ("loss", "chunk_size"))
+        if r.launch.strategy != "ddp":
+            # sharded parameters are gathered only inside the model's forward, and the chunks
+            # apply the output projection after it
+            b.error(
+                ("loss", "cross_entropy"),
+                f'cross_entropy = "chunked" runs with launch.strategy "ddp" only, not "{r.launch.strategy}"',
+                'use cross_entropy = "plain" with a sharded strategy',
+            )
+    if loss.router_aux_loss_coef is not None:
+        b.key("router_aux_loss_coef", ("loss", "router_aux_loss_coef"))
+        dense = None
+        if r.model.init in DENSE_ARCHITECTURES:
+            dense = f'model.init "{r.model.init}"'
+        elif r.model.init is None and b.model_config is not None and "router_aux_loss_coef" not in b.model_config:
+            dense = f"the model ({b.model_config.get('model_type', 'its config.json')})"
+        if dense is not None:
+            b.error(
+                ("loss", "router_aux_loss_coef"),
+                f"router_aux_loss_coef applies to a mixture-of-experts model, and {dense} has no router",
+                "remove router_aux_loss_coef",
+            )

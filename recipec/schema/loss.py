@@ -1,0 +1,28 @@
+"""`[loss]`: how the causal-LM loss is computed, and a mixture of experts' router term."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import Table, key_error
+
+
+class LossTable(Table):
+    """`[loss]`: the loss of causal-LM and supervised fine-tuning runs (not `[preference]`, whose objectives have their own)."""
+
+    cross_entropy: Literal["plain", "chunked"] = "plain"
+    """How the cross-entropy is computed. `plain`: the model's own loss over its full logits (batch * seq_len * vocab float32 values, three copies alive at the peak). `chunked`: the model returns its last hidden state and no logits, and the output projection and cross-entropy run over `chunk_size` tokens at a time, each chunk's logits recomputed in the backward pass; the same loss and gradients with only one chunk's logits in memory, at the cost of a second output projection in the backward pass. Needs launch.strategy "ddp"."""
+
+    chunk_size: int = Field(1024, ge=1)
+    """Supervised tokens per chunk of the `chunked` cross-entropy: the logits held at once are chunk_size * vocab float32 values."""
+
+    router_aux_loss_coef: float | None = Field(None, ge=0)
+    """Mixture-of-experts models only: add this times the router's load-balancing loss (transformers' `aux_loss`) to the training loss, and log `aux_loss`. Sets the model config's `router_aux_loss_coef` and `output_router_logits`. Unset: the model's own config decides (transformers' MoE configs leave the router loss off). The evaluation loss is the cross-entropy alone."""
+
+    @model_validator(mode="after")
+    def check_chunk_size_with_chunked(self) -> LossTable:
+        if "chunk_size" in self.model_fields_set and self.cross_entropy != "chunked":
+            raise key_error("chunk_size", '`chunk_size` applies only with cross_entropy = "chunked"')
+        return self

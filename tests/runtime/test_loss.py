@@ -1,0 +1,172 @@
+"""recipec.runtime.loss: the chunked cross-entropy equals transformers' loss, value and gradients."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from recipec.runtime import loss as xent  # noqa: E402
+
+VOCAB = 97
+SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+def _model(model_type: str, **extra):
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(model_type, vocab_size=VOCAB, max_position_embeddings=64, **SIZES, **extra)
+    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").train()
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (3, 20), generator=g)
+    labels = ids.clone()
+    labels[0, :7] = -100  # a prompt
+    labels[1, 15:] = -100  # padding
+    labels[2, ::3] = -100
+    return {"input_ids": ids, "labels": labels}
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _plain(model, batch, **kwargs):
+    model.zero_grad(set_to_none=True)
+    out = model(**batch, use_cache=False, **kwargs)
+    out.loss.backward()
+    return out, _grads(model)
+
+
+def _chunked(model, batch, chunk_size, **kwargs):
+    model.zero_grad(set_to_none=True)
+    head, softcap, problem = xent.output_head(model)
+    assert problem is None
+    hidden, out = xent.last_hidden_state(model, batch, use_cache=False, **kwargs)
+    assert out.logits.numel() == 0  # the model computed no logits
+    loss = xent.chunked_cross_entropy(hidden, batch["labels"], head, chunk_size, softcap)
+    return loss, out, head, softcap
+
+
+def _assert_close(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    "model_type,extra",
+    [
+        ("llama", {}),
+        ("llama", {"tie_word_embeddings": True}),
+        ("gemma2", {"final_logit_softcapping": 0.5, "head_dim": 8}),  # a cap this low bites on tiny logits
+    ],
+    ids=["llama", "llama-tied", "gemma2-softcap"],
+)
+@pytest.mark.parametrize("chunk_size", [7, 16, 4096])
+def test_chunked_loss_and_gradients_equal_transformers(model_type: str, extra: dict, chunk_size: int) -> None:
+    model, batch = _model(model_type, **extra), _batch()
+    plain, plain_grads = _plain(model, batch)
+    loss, _, _, softcap = _chunked(model, batch, chunk_size)
+    assert (softcap is not None) == (model_type == "gemma2")
+    loss.backward()
+    torch.testing.assert_close(loss, plain.loss, rtol=1e-5, atol=1e-5)
+    _assert_close(_grads(model), plain_grads)
+
+
+def test_a_chunk_of_one_token_and_no_supervised_token() -> None:
+    model, batch = _model("llama"), _batch()
+    plain, plain_grads = _plain(model, batch)
+    loss, *_ = _chunked(model, batch, 1)
+    loss.backward()
+    torch.testing.assert_close(loss, plain.loss, rtol=1e-5, atol=1e-5)
+    _assert_close(_grads(model), plain_grads)
+    nothing = {"input_ids": batch["input_ids"], "labels": torch.full_like(batch["labels"], -100)}
+    empty, *_ = _chunked(model, nothing, 8)
+    assert torch.isnan(empty) and torch.isnan(model(**nothing).loss)  # as transformers: a mean over no tokens
+
+
+def test_the_chunked_loss_keeps_no_more_than_a_chunk_of_logits() -> None:
+    """No tensor with a vocabulary-sized dimension is saved for the backward pass but the weights."""
+    model, batch = _model("llama"), _batch()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = []
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights:
+            saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _chunked(model, batch, 4)
+    assert saved and not [s for s in saved if VOCAB in s], saved
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**batch)
+    assert [s for s in saved if VOCAB in s]  # the plain loss does keep its logits
+
+
+def test_an_unsupported_logit_scale_is_a_problem() -> None:
+    model = _model("llama")
+    model.config.logit_scale = 0.5
+    assert "logit_scale" in xent.output_head(model)[2]
+
+
+def test_peft_lora_on_the_output_projection_trains_through_the_chunks() -> None:
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(_model("llama"), peft.LoraConfig(r=4, target_modules=["q_proj", "lm_head"], init_lora_weights=False))
+    batch = _batch()
+    plain, plain_grads = _plain(model, batch)
+    loss, *_ = _chunked(model, batch, 8)
+    loss.backward()
+    torch.testing.assert_close(loss, plain.loss, rtol=1e-5, atol=1e-5)
+    grads = _grads(model)
+    assert any("lm_head" in n for n in grads)
+    _assert_close(grads, plain_grads)
+
+
+MOE = dict(num_local_experts=4, num_experts_per_tok=2)
+
+
+@pytest.mark.parametrize("model_type,extra", [("mixtral", MOE), ("qwen3_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32))])
+def test_router_aux_loss_coef_adds_coef_times_aux_loss_as_transformers_does(model_type: str, extra: dict) -> None:
+    model, batch = _model(model_type, **extra), _batch()
+    assert model.config.output_router_logits is False  # unset: no router loss at all
+    assert xent.set_router_aux_loss_coef(model, 0.25) is None
+    out = model(**batch, use_cache=False)
+    ce = model(**batch, use_cache=False, output_router_logits=False).loss
+    assert out.aux_loss is not None and out.aux_loss > 0
+    torch.testing.assert_close(out.loss, ce + 0.25 * out.aux_loss)
+    # the chunked path gets the same aux_loss from the same forward, and adds the same term
+    plain, plain_grads = _plain(model, batch)
+    loss, outputs, *_ = _chunked(model, batch, 8)
+    total = loss + 0.25 * outputs.aux_loss
+    total.backward()
+    torch.testing.assert_close(outputs.aux_loss, plain.aux_loss)
+    torch.testing.assert_close(total, plain.loss, rtol=1e-5, atol=1e-5)
+    _assert_close(_grads(model), plain_grads)
+
+
+def test_router_aux_loss_coef_on_a_dense_model_is_a_problem() -> None:
+    assert "not a mixture of experts" in xent.set_router_aux_loss_coef(_model("llama"), 0.01)
+
+
+def test_chunked_under_gradient_checkpointing_and_bf16_autocast() -> None:
+    model, batch = _model("llama"), _batch()
+    model.gradient_checkpointing_enable()
+    plain, plain_grads = _plain(model, batch)
+    loss, *_ = _chunked(model, batch, 8)
+    loss.backward()
+    torch.testing.assert_close(loss, plain.loss, rtol=1e-5, atol=1e-5)
+    _assert_close(_grads(model), plain_grads)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the head runs in bf16, the loss in float32, as in transformers
+        plain, plain_grads = _plain(model, batch)
+        loss, *_ = _chunked(model, batch, 8)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, plain.loss, rtol=1e-5, atol=1e-5)
+    grads = _grads(model)
+    for name in grads:  # bf16 matmuls recomputed chunk by chunk: equal to bf16 precision
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=2e-2, atol=2e-3, msg=name)

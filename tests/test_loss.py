@@ -1,0 +1,104 @@
+"""`[loss]`: what the recipe allows, what the plan and the script get, and the memory estimate."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from recipec.diagnostics import RecipeError
+from recipec.render import render
+
+
+def _errors(plan_of, *args, **kwargs) -> str:
+    with pytest.raises(RecipeError) as info:
+        plan_of(*args, **kwargs)
+    return str(info.value)
+
+
+def test_no_loss_table_leaves_the_models_own_loss(plan_of):
+    plan = plan_of()
+    assert plan.get("cross_entropy") is None
+    text = render(plan)["train.py"]
+    assert "lm_loss" not in text and "model(**batch, use_cache=False).loss" in text
+
+
+def test_chunked_settings_and_script(plan_of):
+    plan = plan_of(text='[loss]\ncross_entropy = "chunked"\nchunk_size = 64\n')
+    assert (plan["cross_entropy"], plan["chunk_size"]) == ("chunked", 64)
+    assert plan.get("router_aux_loss_coef") is None
+    text = render(plan)["train.py"]
+    ast.parse(text)
+    assert "lm_loss.chunked_cross_entropy(hidden, batch[\"labels\"], output_head, chunk_size, logit_softcap)" in text
+    assert "model(**batch, use_cache=False).loss" not in text  # training and evaluation both go through it
+    assert "aux_loss" not in text
+
+
+def test_chunk_size_without_chunked_is_an_error(plan_of):
+    assert "`chunk_size` applies only with cross_entropy" in _errors(plan_of, text="[loss]\nchunk_size = 64\n")
+
+
+def test_chunked_needs_ddp(plan_of):
+    message = _errors(plan_of, {"launch.strategy": "fsdp", "launch.num_processes": 2}, text='[loss]\ncross_entropy = "chunked"\n')
+    assert 'runs with launch.strategy "ddp" only' in message
+
+
+def test_loss_with_preference_is_an_error(plan_of):
+    from recipec.schema import Recipe
+
+    assert "loss" in Recipe.model_fields  # the table exists; resolve rules it out under [preference]
+    from recipec.resolve.loss import loss_settings
+
+    class Builder:  # the one branch that needs [preference]: checked without a preference data set
+        def __init__(self, recipe):
+            self.recipe, self.errors = recipe, []
+
+        def error(self, path, message, help=None):
+            self.errors.append((path, message))
+
+    plan = plan_of(text='[loss]\ncross_entropy = "chunked"\n')
+    recipe = plan.recipe.model_copy(update={"preference": object()})
+    b = Builder(recipe)
+    loss_settings(b)
+    assert b.errors and b.errors[0][0] == ("loss",) and "[preference]" in b.errors[0][1]
+
+
+def test_router_aux_loss_coef_on_a_known_dense_model_is_an_error(plan_of):
+    message = _errors(plan_of, text="[loss]\nrouter_aux_loss_coef = 0.01\n")
+    assert 'router_aux_loss_coef applies to a mixture-of-experts model, and model.init "llama" has no router' in message
+
+
+def test_router_aux_loss_coef_on_a_local_dense_model_is_an_error():
+    from recipec.resolve import resolve
+    from recipec.source import parse_recipe
+    from recipec.validate import validate
+
+    from conftest import _recipe_text
+
+    text = _recipe_text(model={"path": "./m", "init": None, "config": None}, text="[loss]\nrouter_aux_loss_coef = 0.01\n")
+    data, source = parse_recipe(text, "recipes/tiny.toml", ())
+    recipe = validate(data, source)
+    with pytest.raises(RecipeError, match="the model \\(llama\\) has no router"):
+        resolve(recipe, source, recipe_file="recipes/tiny.toml", model_config={"model_type": "llama", "vocab_size": 512})
+    moe = {"model_type": "mixtral", "vocab_size": 512, "router_aux_loss_coef": 0.001}
+    plan = resolve(recipe, source, recipe_file="recipes/tiny.toml", model_config=moe)
+    assert plan["router_aux_loss_coef"] == 0.01 and plan["cross_entropy"] == "plain"
+    script = render(plan)["train.py"]
+    ast.parse(script)
+    assert "lm_loss.set_router_aux_loss_coef(model, router_aux_loss_coef)" in script
+    assert 'record["aux_loss"]' in script and "output_router_logits=training" in script
+
+
+def test_chunked_memory_estimate_counts_one_chunk_of_logits(plan_of):
+    # minimal recipe: micro-batch 4 x seq_len 32 = 128 tokens, vocab 512
+    plain = plan_of().memory
+    chunked = plan_of(text='[loss]\ncross_entropy = "chunked"\nchunk_size = 16\n').memory
+    assert plain.logits == 128 * 512 * 4 * 3
+    head_grad = 512 * 64 * 4  # the output projection's gradient of one chunk
+    assert chunked.logits == 16 * 512 * 4 * 3 + head_grad
+    assert chunked.activations == plain.activations and chunked.params == plain.params
+    assert "min(loss.chunk_size 16, b 4 * s 32) * vocab 512" in chunked.notes[-1]
+    large = plan_of(text='[loss]\ncross_entropy = "chunked"\n').memory  # a chunk larger than the batch
+    assert large.logits == plain.logits + head_grad
+    lora = plan_of(text='[loss]\ncross_entropy = "chunked"\nchunk_size = 16\n[peft]\nmethod = "lora"\n').memory
+    assert lora.logits == 16 * 512 * 4 * 3  # a frozen head has no gradient

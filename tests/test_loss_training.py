@@ -1,0 +1,107 @@
+"""`[loss]` through the generated script (slow): the chunked cross-entropy trains like the plain
+one, on one process and under DDP, pre-training and fine-tuning on packed examples; a
+mixture of experts trains with its router loss and logs `aux_loss`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import test_sft as sft
+from test_training import TINY, _build, _env, _metrics, _project, _train
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = ["train.max_steps=4", "train.save_every=0", "train.eval_every=2"]
+CHUNKED = '\n[loss]\ncross_entropy = "chunked"\nchunk_size = 24\n'  # not a divisor of the batch's tokens
+
+
+def _launch(build_dir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(build_dir / "accelerate_config.yaml"), str(build_dir / "train.py")],
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-6000:]
+
+
+def _losses(metrics: list[dict], key: str) -> list[float]:
+    return [m[key] for m in metrics if key in m]
+
+
+def test_chunked_pretraining_logs_the_plain_losses_on_one_process_and_two(tmp_path: Path) -> None:
+    recipe = TINY.replace("attention_dropout = 0.1", "attention_dropout = 0.0")
+    plain = _project(tmp_path / "plain", recipe)
+    one = _project(tmp_path / "one", recipe + CHUNKED)
+    two = _project(tmp_path / "two", recipe + CHUNKED)
+    _train(_build(plain, *SETTINGS))
+    _train(_build(one, *SETTINGS))
+    _launch(_build(two, *SETTINGS, "launch.num_processes=2"))
+    runs = {p.name: _metrics(p / "runs" / "tiny") for p in (plain, one, two)}
+    for key in ("loss", "eval_loss", "grad_norm"):
+        want = _losses(runs["plain"], key)
+        assert len(want) >= 2
+        # two processes evaluate other batches (each a shard of eval_batches), so their eval_loss differs anyway
+        for name in ("one", "two") if key != "eval_loss" else ("one",):
+            assert _losses(runs[name], key) == pytest.approx(want, rel=1e-5, abs=1e-5), (key, name)
+
+
+def test_chunked_fine_tuning_on_packed_examples_under_ddp(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    sft._model(model)
+    runs = {}
+    for name, extra in (("plain", ""), ("chunked", CHUNKED)):
+        project = tmp_path / name
+        project.mkdir()
+        shutil.copytree(model, project / "model")
+        sft._project(project, "./model", packing=True, micro=4, processes=2)
+        (project / "recipes" / "chat.toml").write_text((project / "recipes" / "chat.toml").read_text() + extra)
+        runs[name] = sft._train(project, processes=2)
+    for key in ("loss", "grad_norm"):
+        assert _losses(runs["chunked"], key) == pytest.approx(_losses(runs["plain"], key), rel=1e-5, abs=1e-5), key
+    assert _losses(runs["chunked"], "eval_loss") == pytest.approx(_losses(runs["plain"], "eval_loss"), rel=1e-5, abs=1e-5)
+
+
+def _mixtral(directory: Path) -> None:
+    """A tiny Mixtral with the ChatML tokenizer of test_sft, as save_pretrained writes them."""
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from runtime.chat_fixtures import CHATML_MARKED, chat_tokenizer
+
+    tok = chat_tokenizer(CHATML_MARKED)
+    torch.manual_seed(0)
+    config = MixtralConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    MixtralForCausalLM(config).save_pretrained(directory)
+    tok.save_pretrained(directory)
+
+
+def test_a_mixture_of_experts_trains_with_its_router_loss_and_logs_it(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    _mixtral(model)
+    runs = {}
+    for name, extra in (
+        ("none", ""),
+        ("plain", "\n[loss]\nrouter_aux_loss_coef = 0.5\n"),
+        ("chunked", CHUNKED + "router_aux_loss_coef = 0.5\n"),
+    ):
+        project = tmp_path / name
+        project.mkdir()
+        shutil.copytree(model, project / "model")
+        sft._project(project, "./model", packing=True, micro=4, processes=1)
+        (project / "recipes" / "chat.toml").write_text((project / "recipes" / "chat.toml").read_text() + extra)
+        runs[name] = sft._train(project)
+    assert not _losses(runs["none"], "aux_loss")
+    aux = _losses(runs["plain"], "aux_loss")
+    assert len(aux) == 3 and all(a > 0 for a in aux)
+    # step 1 is the same model on the same batch: the loss adds 0.5 * aux_loss to the cross-entropy
+    assert runs["plain"][1]["loss"] == pytest.approx(runs["none"][1]["loss"] + 0.5 * aux[0], rel=1e-5)
+    for key in ("loss", "aux_loss", "grad_norm", "eval_loss"):
+        assert _losses(runs["chunked"], key) == pytest.approx(_losses(runs["plain"], key), rel=1e-5, abs=1e-5), key
