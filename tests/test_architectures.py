@@ -158,12 +158,14 @@ def test_the_table_loads_without_torch_or_transformers():
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type", list(ARCHITECTURES))
 def test_each_architecture_trains_a_few_steps_on_cpu(model_type, tmp_path, recipe_text):
+    moe = "router_aux_loss_coef" in model_types.config_keys(model_type)
     recipe = recipe_text(
         {"model.init": model_type, "model.config": _config(model_type), "data.seq_len": 32},
         tokenizer={"train": {"kind": "bpe", "vocab_size": 300}},
         data={"sources": [{"builtin": "python-docs", "max_documents": 8}], "eval_fraction": 0.25},
         train={"max_steps": 3, "log_every": 1, "eval_every": 3, "eval_batches": 1, "save_every": 0},
-        text="[launch]\ncpu = true",
+        # a mixture of experts trains with its router loss, through the chunked cross-entropy
+        text="[launch]\ncpu = true" + ('\n\n[loss]\ncross_entropy = "chunked"\nchunk_size = 16\nrouter_aux_loss_coef = 0.01' if moe else ""),
     )
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "tiny.toml").write_text(recipe, encoding="utf-8")
@@ -177,6 +179,23 @@ def test_each_architecture_trains_a_few_steps_on_cpu(model_type, tmp_path, recip
     metrics = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert moe == (model_type in ("mixtral", "qwen3_moe"))
+    if moe:
+        assert all(math.isfinite(m["aux_loss"]) and m["aux_loss"] > 0 for m in metrics if "loss" in m)
     assert any(math.isfinite(m["eval_loss"]) for m in metrics if "eval_loss" in m)
     saved = json.loads((tmp_path / "runs" / "tiny" / "model" / "config.json").read_text())
     assert saved["model_type"] == model_type
+
+
+def test_the_router_loss_has_one_home_and_a_dense_model_has_none(plan_of):
+    (message,) = _errors(plan_of, "mixtral", {**_config("mixtral"), "router_aux_loss_coef": 0.01})
+    assert message.startswith("`model.config.router_aux_loss_coef` is set by `loss.router_aux_loss_coef`")
+    (message,) = _errors(plan_of, "qwen3_moe", {**_config("qwen3_moe"), "output_router_logits": True})
+    assert message.startswith("`model.config.output_router_logits` is set by `loss.router_aux_loss_coef`")
+    with pytest.raises(RecipeError) as info:
+        plan_of({"model.init": "qwen3", "model.config": _config("qwen3"), "loss.router_aux_loss_coef": 0.01})
+    assert [d.message for d in info.value.diagnostics] == [
+        'router_aux_loss_coef applies to a mixture-of-experts model, and model.init "qwen3" has no router'
+    ]
+    plan = plan_of({"model.init": "mixtral", "model.config": _config("mixtral"), "loss.router_aux_loss_coef": 0.01})
+    assert plan["router_aux_loss_coef"] == 0.01

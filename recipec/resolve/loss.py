@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+from .. import model_types
 from .builder import PlanBuilder
-
-DENSE_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt2")
-"""`model.init` types known to have no router: `router_aux_loss_coef` is an error for them. Any other type is checked by the script."""
 
 
 def loss_settings(b: PlanBuilder) -> None:
@@ -40,7 +38,7 @@ def loss_settings(b: PlanBuilder) -> None:
     if loss.router_aux_loss_coef is not None:
         b.key("router_aux_loss_coef", ("loss", "router_aux_loss_coef"))
         dense = None
-        if r.model.init in DENSE_ARCHITECTURES:
+        if r.model.init is not None and "router_aux_loss_coef" not in model_types.config_keys(r.model.init):
             dense = f'model.init "{r.model.init}"'
         elif r.model.init is None and b.model_config is not None and "router_aux_loss_coef" not in b.model_config:
             dense = f"the model ({b.model_config.get('model_type', 'its config.json')})"

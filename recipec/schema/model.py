@@ -214,6 +214,12 @@ def check_config_keys(init: str, config: ModelConfig) -> None:
                 f"`model.config.{key}` is the tokenizer's: the script sets it from the tokenizer",
                 "remove it; the tokenizer's vocabulary and special tokens decide it",
             )
+        if key in ROUTER_KEYS:
+            raise key_error(
+                ("config", key),
+                f"`model.config.{key}` is set by `loss.router_aux_loss_coef`, for a from-scratch and a pretrained model alike",
+                "set router_aux_loss_coef under [loss]: the script then returns the router logits and adds the term",
+            )
         if key not in keys:
             raise key_error(
                 ("config", key),
@@ -228,6 +234,9 @@ def check_config_keys(init: str, config: ModelConfig) -> None:
         if key in extra and not _same_kind(value, default):
             raise key_error(("config", key), f"`model.config.{key}` must be {_KINDS[type(default)]}, like its default {default!r}")
 
+
+ROUTER_KEYS = ("router_aux_loss_coef", "output_router_logits")
+"""Config keys of a mixture of experts' router loss, whose home is `loss.router_aux_loss_coef`."""
 
 _KINDS = {bool: "true or false", int: "a number", float: "a number", str: "a string"}
 
