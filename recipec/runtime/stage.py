@@ -8,7 +8,9 @@ training and evaluation sequences:
    needs.
 2. **Filter** (:mod:`.stage_filter`, main process, in chain order): each source's own
    filters, then the filters of every source (:mod:`.filters`, one registry of them).
-3. **Hold out** ``eval_fraction`` of the kept documents (seeded, by document).
+3. **Hold out** ``eval_fraction`` of the kept documents of the training sources (seeded,
+   by document), and every document of each ``split = "eval"`` source: each such source is
+   an evaluation set of its own, written apart from the others.
 4. **Tokenize** the kept documents (parallel), after training the tokenizer on the kept
    training documents when the recipe trains one (:mod:`.tokenizer`).
 5. **Mix and pack** (:mod:`.stage_mix`), once per data segment (a stretch of schedule
@@ -147,7 +149,7 @@ class _Builder:
         if not alive.any():
             raise DataError("the filters dropped every document:\n" + filter_table(stats))
 
-        train_docs, eval_docs = self.split(corpus, alive)
+        train_docs, eval_docs, eval_sets = self.split(corpus, alive)
         if self.tokenizer is None:
             self.train_tokenizer(corpus, train_docs)
         t0 = time.perf_counter()
@@ -158,8 +160,9 @@ class _Builder:
             identical = sum(1 for r in corpus.dropped.values() if r == "identical_sides")
             if identical:
                 self.log(f"warning: data: {identical} preference pairs have the same chosen and rejected completion; dropped")
-            train_docs = np.array([d for d in train_docs if int(d) not in corpus.dropped], dtype=np.int64)
-            eval_docs = np.array([d for d in eval_docs if int(d) not in corpus.dropped], dtype=np.int64)
+            kept = lambda docs: np.array([d for d in docs if int(d) not in corpus.dropped], dtype=np.int64)  # noqa: E731
+            train_docs, eval_docs = kept(train_docs), kept(eval_docs)
+            eval_sets = {name: kept(docs) for name, docs in eval_sets.items()}
             if len(train_docs) == 0:
                 dropped = self.examples_report(corpus)["dropped"]
                 raise DataError(
@@ -186,8 +189,13 @@ class _Builder:
             written = write(self.work / f"train-{index}.arrow", order)
             segments.append({**info, **written})
         evaluation = write(self.work / "eval.arrow", eval_docs)
+        sets = {}
+        for name, docs in eval_sets.items():
+            sets[name] = {"file": f"eval-{name}.arrow", **write(self.work / f"eval-{name}.arrow", docs)}
+            if sets[name]["sequences"] == 0:
+                raise DataError(self.empty_eval_set(name, docs, alive, corpus))
         self.timings["pack_s"] = round(time.perf_counter() - t0, 3)
-        examples = self.examples_report(corpus, segments, evaluation) if examples_mode else None
+        examples = self.examples_report(corpus, segments, [evaluation, *sets.values()]) if examples_mode else None
         corpus.tokens.close()
         corpus.masks.close()
 
@@ -215,7 +223,7 @@ class _Builder:
                 "kept": int(alive.sum()),
                 "dropped": int(corpus.n_docs - alive.sum()),
                 "train": int(len(train_docs)),
-                "eval": int(len(eval_docs)),
+                "eval": int(len(eval_docs) + sum(len(docs) for docs in eval_sets.values())),
             },
             "bytes": int(sum(st.bytes for st in corpus.stats)),
             "chars": {"read": int(corpus.chars.sum()), "kept": int(corpus.chars[alive].sum())},
@@ -223,6 +231,7 @@ class _Builder:
             "filters": [filter_report(st, corpus, with_tokens) for st in stats],
             "segments": segments,
             "eval": evaluation,
+            "eval_sets": sets,
             "seq_len": spec["seq_len"],
             "packing": spec["packing"],
             "tokenizer": {
@@ -234,7 +243,7 @@ class _Builder:
             **({"examples": examples} if examples else {}),
         }
 
-    def examples_report(self, corpus: Any, segments: list | None = None, evaluation: dict | None = None) -> dict:
+    def examples_report(self, corpus: Any, segments: list | None = None, evaluation: list[dict] | None = None) -> dict:
         """Examples kept and dropped by reason when fitted to max_length, supervised tokens, packing efficiency, three rendered."""
         reasons: dict[str, int] = {}
         for reason in corpus.dropped.values():
@@ -247,7 +256,7 @@ class _Builder:
         if segments is not None:
             out["supervised_tokens"] = sum(s["supervised_tokens"] for s in segments)
             out["packing_efficiency"] = [s["packing_efficiency"] for s in segments]
-            out["eval_supervised_tokens"] = evaluation["supervised_tokens"] if evaluation else 0
+            out["eval_supervised_tokens"] = sum(e["supervised_tokens"] for e in evaluation or ())  # every held-out file
             out["rendered"] = self.rendered_examples(corpus)
         return out
 
@@ -272,14 +281,44 @@ class _Builder:
             out.append({"locator": corpus.locator(doc), "text": "".join(parts)})
         return out
 
-    def split(self, corpus: Any, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The kept documents as ``(train, held out)``: those of ``split = "eval"`` sources, and ``eval_fraction`` of the others, seeded, by document."""
-        named = [i for i, s in enumerate(self.spec["sources"]) if s.get("split", "train") == "eval"]
-        if named:
-            evaluation = np.isin(corpus.source_of, named)
-            train, held = self.split_fraction(alive & ~evaluation)
-            return train, np.sort(np.concatenate([held, np.flatnonzero(alive & evaluation)]))
-        return self.split_fraction(alive)
+    def split(self, corpus: Any, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """The kept documents as ``(train, held out, evaluation sets)``.
+
+        ``held out`` is ``eval_fraction`` of the training sources' documents (seeded, by
+        document); ``evaluation sets`` maps the name of each ``split = "eval"`` source, in
+        source order, to all its kept documents.
+
+        Raises:
+            DataError: a ``split = "eval"`` source has no name (its file and its loss are named after it).
+        """
+        sets: dict[str, np.ndarray] = {}
+        evaluation = np.zeros(corpus.n_docs, dtype=bool)
+        for i, source in enumerate(self.spec["sources"]):
+            if source.get("split", "train") != "eval":
+                continue
+            if not source.get("name"):
+                raise DataError(f'{corpus.labels[i]} has split = "eval" and no name; name it: its loss is logged as eval_loss_<name>')
+            of_source = corpus.source_of == i
+            sets[source["name"]] = np.flatnonzero(alive & of_source)
+            evaluation |= of_source
+        train, held = self.split_fraction(alive & ~evaluation)
+        return train, held, sets
+
+    def empty_eval_set(self, name: str, docs: np.ndarray, alive: np.ndarray, corpus: Any) -> str:
+        """Why the evaluation set ``name`` has no sequence, for the error."""
+        i = next(i for i, s in enumerate(self.spec["sources"]) if s.get("name") == name)
+        read = int(corpus.source_end[i] - corpus.source_start[i])
+        kept = int(alive[corpus.source_start[i] : corpus.source_end[i]].sum())
+        tokens = int(corpus.tokens.length[docs].sum()) if len(docs) else 0
+        why = (
+            f"{read} documents read, {kept} kept by the filters"
+            + (f", {len(docs)} fitted to max_length" if formats.has_examples(self.spec["sources"]) else "")
+            + f", {tokens} tokens"
+        )
+        hint = "" if formats.has_examples(self.spec["sources"]) or not self.spec["packing"] else (
+            f"; packing cuts whole blocks of seq_len {self.spec['seq_len']} tokens: add documents or lower seq_len"
+        )
+        return f'evaluation source {name!r} (split = "eval") gives no sequence to evaluate: {why}{hint}'
 
     def split_fraction(self, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``eval_fraction`` of the documents ``alive`` held out, seeded, by document."""
@@ -356,8 +395,18 @@ def format_report(report: dict) -> str:
                 f"{seg['realised'].get(label, 0.0):>9.3f} {seg['source_tokens'].get(label, 0):>12} {seg['repeats'][label]:>8.2f}"
             )
     e = report["eval"]
+    sets = report.get("eval_sets") or {}
     lines.append("")
-    lines.append(f"held out: {e['sequences']} sequences ({e['tokens']} tokens) from {e['documents']} documents")
+    if sets:  # the eval_fraction documents and each split = "eval" source, evaluated apart (eval_loss_<name>)
+        lines.append(f"held out: {len(sets)} evaluation source(s) beside the eval_fraction documents")
+        supervised = "supervised_tokens" in e  # examples: what the loss sees
+        head = f"  {'evaluation set':<24} {'sequences':>10} {'tokens':>12} {'documents':>10}"
+        lines.append(head + (f" {'supervised':>11}" if supervised else ""))
+        for name, s in [("(eval_fraction)", e), *sets.items()]:
+            row = f"  {name:<24} {s['sequences']:>10} {s['tokens']:>12} {s['documents']:>10}"
+            lines.append(row + (f" {s['supervised_tokens']:>11}" if supervised else ""))
+    else:
+        lines.append(f"held out: {e['sequences']} sequences ({e['tokens']} tokens) from {e['documents']} documents")
     x = report.get("examples")
     if x:
         dropped = ", ".join(f"{k}: {v}" for k, v in x["dropped"].items()) or "none"

@@ -1,7 +1,8 @@
 """The data stage's cache entry: what its key hashes, what it holds, how it is put in place.
 
 An entry lives under ``cache_dir/<key[:32]>/``: ``train-<segment>.arrow``, ``eval.arrow``
-(Arrow streams of ``input_ids``, plus ``attention_mask`` without packing),
+(the held-out ``eval_fraction`` documents), ``eval-<name>.arrow`` for each ``split = "eval"``
+source (Arrow streams of ``input_ids``, plus ``attention_mask`` without packing),
 ``data_report.json``, ``manifest.json`` and, for a trained tokenizer, ``tokenizer/``. The
 key hashes the spec (every setting that decides the output), the content of every source
 and of every file a filter reads, and the tokenizer: change any byte of data or any
@@ -31,8 +32,10 @@ SCRATCH_FILES = ("docs.arrow", "tokens.bin", "masks.bin")
 
 
 def _source_for_key(source: dict) -> dict:
-    """What of a source decides the documents and their filtering (not its name or schedule)."""
-    return {k: v for k, v in source.items() if k not in ("name", "phases", "weight", "phase_weights", "path")}
+    """What of a source decides the documents and their filtering (not its schedule; not its name, unless
+    it is an evaluation source, whose name names its file ``eval-<name>.arrow``)."""
+    ignored = ("phases", "weight", "phase_weights", "path") + (("name",) if source.get("split", "train") != "eval" else ())
+    return {k: v for k, v in source.items() if k not in ignored}
 
 
 def tokenizer_id(request: dict, tokenizer: Any) -> str:
@@ -107,7 +110,13 @@ class StageOutput:
 
     @property
     def eval_file(self) -> pathlib.Path:
+        """The held-out ``eval_fraction`` of the training sources' documents."""
         return self.dir / "eval.arrow"
+
+    @property
+    def eval_set_files(self) -> dict[str, pathlib.Path]:
+        """Each ``split = "eval"`` source's sequences, by the source's name, in source order."""
+        return {name: self.dir / s["file"] for name, s in self.report.get("eval_sets", {}).items()}
 
     @property
     def tokenizer_dir(self) -> pathlib.Path | None:
@@ -125,7 +134,7 @@ def load_entry(entry: pathlib.Path) -> StageOutput | None:
 
 
 def load_sequences(path: str | os.PathLike) -> Any:
-    """A ``train-*.arrow`` or ``eval.arrow`` file as a memory-mapped ``datasets.Dataset`` (torch format)."""
+    """A ``train-*.arrow`` or ``eval*.arrow`` file as a memory-mapped ``datasets.Dataset`` (torch format)."""
     import datasets
 
     return datasets.Dataset.from_file(str(path)).with_format("torch")

@@ -40,7 +40,7 @@ class Source(Table):
     """`[[data.sources]]`: one source of documents. Exactly one of `builtin` and `path`."""
 
     name: str | None = Field(None, pattern=NAME_PATTERN)
-    """A short name for the report and messages (letters, digits, `_`, `.`, `-`). Unset: `sources[i]`."""
+    """A short name for the report and messages (letters, digits, `_`, `.`, `-`). Unset: `sources[i]`. Required with `split = "eval"`: the source's loss is logged as `eval_loss_<name>`."""
 
     builtin: Literal["python-docs", "python-stdlib"] | None = None
     """A corpus that ships with Python: `python-docs` (the prose of Python's documentation, `pydoc_data.topics`) or `python-stdlib` (the standard library's source, one document per file)."""
@@ -73,7 +73,7 @@ class Source(Table):
     """A malformed record (a jsonl line that is not a JSON object, a missing or non-text field, a text file that is not UTF-8): stop with its file and line, or skip it and count it in the report."""
 
     split: Literal["train", "eval"] = "train"
-    """`eval`: a named evaluation source, held out whole (beside `data.eval_fraction` of the training sources) and never trained on; its loss is `eval_loss` with the rest of the held-out data."""
+    """`eval`: a named evaluation source, held out whole (beside `data.eval_fraction` of the training sources) and never trained on. Its loss is logged on its own as `eval_loss_<name>`, and `eval_loss` is the loss over every held-out token together (the `eval_fraction` documents and every evaluation source). Needs `name`."""
 
     weight: float | None = Field(None, gt=0)
     """Share of this source in the training tokens, relative to the other sources' weights (normalised to sum to 1 over the sources of a phase). A source with more tokens than its share is subsampled, one with fewer is repeated (see `data.on_exhausted`). Unset on every source: each source's documents are used once (their natural share)."""
@@ -127,6 +127,18 @@ class Source(Table):
                 "choose one of " + ", ".join(f'"{t}"' for t in TRAIN_ON[self.records]),
             )
         if self.split == "eval":
+            if self.name is None:
+                raise key_error(
+                    "split",
+                    'a split = "eval" source needs a `name`: its loss is logged as eval_loss_<name>',
+                    'e.g. name = "code" (letters, digits, `_`, `.`, `-`)',
+                )
+            if self.name == "parent":
+                raise key_error(
+                    "name",
+                    "an evaluation source may not be named `parent`: eval_loss_parent is the loss on a continual run's parent's held-out data",
+                    "choose another name",
+                )
             for key in ("weight", "phase_weights", "phases"):
                 if getattr(self, key) is not None:
                     raise key_error(key, f"`{key}` shapes the training mixture, and this source is for evaluation only (split = \"eval\")")
