@@ -313,6 +313,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "stage_fields": stage_request.FIELDS,
         "peft_quantize": plan.get("peft_quantize"),
         "examples": plan["examples"],
+        "eval_sets": any(src.split == "eval" for src in plan.recipe.data.sources),  # evaluated and logged apart
         "preference": plan.recipe.preference is not None,
         "schedule_free": plan.recipe.optim.name == "schedule_free_adamw",
         "optimizer_options": own_options(plan.recipe.optim),

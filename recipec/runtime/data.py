@@ -115,6 +115,16 @@ def collate(batch: list[dict]) -> dict[str, "torch.Tensor"]:
     return out
 
 
+def loss_tokens(labels: "torch.Tensor") -> "torch.Tensor":
+    """How many tokens of a batch a causal LM's loss averages over: the labels past each row's first that are not -100.
+
+    The model shifts the labels by one, so a row's first label is never predicted; the
+    evaluation weights each micro-batch's mean loss by this count, which makes the mean
+    over several micro-batches (or several held-out sets) the mean over all their tokens.
+    """
+    return (labels[:, 1:] != -100).sum()
+
+
 def mix_replay(main: "datasets.Dataset", replay: "datasets.Dataset", fraction: float, seed: int) -> "datasets.Dataset":
     """Add replayed sequences so that ``fraction`` of the training sequences are replay.
 

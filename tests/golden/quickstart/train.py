@@ -264,7 +264,7 @@ if stage.tokenizer_fingerprint(tokenizer) != stage.tokenizer_fingerprint(AutoTok
 if tokenizer.pad_token is None:
     tokenizer.pad_token = tokenizer.eos_token
 
-eval_ds = stage.load_sequences(data_out.eval_file)
+eval_ds = stage.load_sequences(data_out.eval_file)  # the held-out eval_fraction of the training sources' documents
 # training sequences for each data segment: consecutive schedule phases with one mixture
 # (one segment unless a source's phases or phase_weights change it)
 train_sets = []
@@ -340,23 +340,38 @@ if master:  # a disk too small for one checkpoint stops the run now, not at its 
 
 model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 train_loaders = [accelerator.prepare(loader) for loader in train_loaders]
-eval_loaders = {}  # metrics.jsonl key -> held-out loader
+# each held-out set with the metrics.jsonl keys it counts towards (see evaluate)
+eval_loaders = []  # (keys, loader)
 if len(eval_ds):
-    eval_loaders["eval_loss"] = accelerator.prepare(eval_loader)
+    eval_loaders.append((["eval_loss"], accelerator.prepare(eval_loader)))
 
 
 def evaluate():
-    """Mean loss over `eval_batches` micro-batches (all if 0) of each held-out split, on every process."""
+    """Mean loss of each metrics.jsonl key over `eval_batches` micro-batches (all if 0) of its held-out sets.
+
+    The mean is over every token the loss sees (the tokens past each sequence's first, padding
+    left out) of all the key's sets together: each micro-batch's mean times its count, summed over
+    the micro-batches and the processes, over the summed count. A key over several sets is
+    thus exactly their token-weighted mean.
+    """
     model.eval()
-    results = {}
+    totals, counts = {}, {}
     with torch.no_grad():
-        for key, loader in eval_loaders.items():
-            losses = []
+        for keys, loader in eval_loaders:
+            total = torch.zeros((), device=accelerator.device)
+            count = torch.zeros((), device=accelerator.device, dtype=torch.long)
             for i, batch in enumerate(loader):
                 if eval_batches and i >= eval_batches:
                     break
-                losses.append(accelerator.gather(model(**batch, use_cache=False).loss.detach().float().reshape(1)))
-            results[key] = torch.cat(losses).mean().item()
+                n = data.loss_tokens(batch["labels"])
+                total += model(**batch, use_cache=False).loss.detach().float() * n  # the batch's mean times its count
+                count += n
+            for key in keys:
+                totals[key] = totals.get(key, 0) + total
+                counts[key] = counts.get(key, 0) + count
+    results = {}
+    for key in totals:
+        results[key] = (accelerator.reduce(totals[key], reduction="sum") / accelerator.reduce(counts[key], reduction="sum")).item()
     model.train()
     return results
 
