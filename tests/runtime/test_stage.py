@@ -243,6 +243,72 @@ def test_split_packing_and_padding(tmp_path, tokenizer_dir):
     assert 0 in short["attention_mask"] and len(short["input_ids"]) == 12
 
 
+def _texts(path, tokenizer):
+    """The documents in an unpacked sequence file, decoded (each row's tokens less its EOS)."""
+    rows = stage.load_sequences(path).with_format(None)
+    return sorted(tokenizer.decode(ids[: sum(mask) - 1]) for ids, mask in zip(rows["input_ids"], rows["attention_mask"]))
+
+
+def eval_sources(tmp_path):
+    """A training source and two evaluation sources of 3 and 5 documents, in distinct files."""
+    jsonl(tmp_path / "train.jsonl", [{"text": prose(i, 8)} for i in range(20)])
+    jsonl(tmp_path / "code.jsonl", [{"text": prose(100 + i, 8)} for i in range(3)])
+    jsonl(tmp_path / "mmlu.jsonl", [{"text": prose(200 + i, 8)} for i in range(5)])
+    return [
+        {"path": "train.jsonl"},
+        {"path": "code.jsonl", "name": "code", "split": "eval"},
+        {"path": "mmlu.jsonl", "name": "mmlu_style", "split": "eval"},
+    ]
+
+
+def test_each_eval_source_is_a_file_of_its_own(tmp_path, tokenizer_dir):
+    """eval.arrow holds the held-out fraction of the training source only; eval-<name>.arrow each evaluation source, whole."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    sources = eval_sources(tmp_path)
+    req = request(tmp_path, tokenizer_dir, sources, segments=[{"sources": [0], "weights": None}], eval_fraction=0.1, packing=False, seq_len=64)
+    out = run(req)
+    report = out.report
+    assert report["documents"]["train"] == 18 and report["documents"]["eval"] == 2 + 3 + 5
+    assert list(out.eval_set_files) == ["code", "mmlu_style"]  # source order
+    assert out.eval_set_files["code"] == out.dir / "eval-code.arrow"
+    assert sorted(p.name for p in out.dir.glob("eval*.arrow")) == ["eval-code.arrow", "eval-mmlu_style.arrow", "eval.arrow"]
+    assert _texts(out.eval_set_files["code"], tok) == sorted(prose(100 + i, 8) for i in range(3))
+    assert _texts(out.eval_set_files["mmlu_style"], tok) == sorted(prose(200 + i, 8) for i in range(5))
+    held = _texts(out.eval_file, tok)
+    assert len(held) == 2 and set(held) <= {prose(i, 8) for i in range(20)}  # training-source documents only
+    for name, n in (("code", 3), ("mmlu_style", 5)):
+        counts = report["eval_sets"][name]
+        assert (counts["documents"], counts["sequences"]) == (n, n)
+        assert counts["tokens"] == sum(sum(m) for m in stage.load_sequences(out.eval_set_files[name]).with_format(None)["attention_mask"])
+    assert report["eval"]["documents"] == 2 and report["segments"][0]["documents"] == 18
+
+    table = stage.format_report(report)
+    assert "held out: 2 evaluation source(s) beside the eval_fraction documents" in table
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines() if line.startswith("  ") and len(line.split()) == 4}
+    assert rows["code"] == ["3", str(report["eval_sets"]["code"]["tokens"]), "3"]
+    assert rows["mmlu_style"][0] == "5" and rows["(eval_fraction)"][2] == "2"
+
+    # with eval_fraction 0 the training source keeps every document and eval.arrow is empty
+    none_held = run(dict(req, spec=dict(req["spec"], eval_fraction=0.0)))
+    assert none_held.report["documents"]["train"] == 20 and none_held.report["eval"]["sequences"] == 0
+    assert none_held.report["eval_sets"]["code"]["sequences"] == 3
+    # an eval source's name names its file, so it is part of the cache key (a training source's is not)
+    renamed = [dict(src, name="python") if src.get("name") == "code" else src for src in sources]
+    assert stage.lookup(dict(req, spec=dict(req["spec"], sources=renamed))) is None
+
+
+def test_an_eval_source_without_a_name_or_a_sequence_is_an_error(tmp_path, tokenizer_dir):
+    sources = eval_sources(tmp_path)
+    unnamed = [sources[0], {"path": "code.jsonl", "split": "eval"}]
+    with pytest.raises(DataError, match=r'sources\[1\] has split = "eval" and no name'):
+        run(request(tmp_path, tokenizer_dir, unnamed, segments=[{"sources": [0], "weights": None}]))
+    # packed into blocks of 256 tokens, three short documents fill none
+    with pytest.raises(DataError, match=r"evaluation source 'code' .* gives no sequence to evaluate: 3 documents read, 3 kept by the filters, \d+ tokens; packing"):
+        run(request(tmp_path, tokenizer_dir, sources[:2], segments=[{"sources": [0], "weights": None}], seq_len=256))
+
+
 def test_cache_is_reused_and_keyed_on_content_and_settings(tmp_path, tokenizer_dir):
     jsonl(tmp_path / "a.jsonl", [{"text": prose(i)} for i in range(10)])
     req = request(tmp_path, tokenizer_dir, [{"path": "a.jsonl"}])
