@@ -164,3 +164,41 @@ def test_each_eval_source_is_logged_and_eval_loss_is_their_token_weighted_mean(
     assert record["final"]["eval_loss_code"] == final["eval_loss_code"]
     assert record["best"]["eval_loss_mmlu_style_step"] in (0, 2)
     assert set(record["data"]["eval_sets_sequences_sha256"]) == {"code", "mmlu_style"}
+
+
+def test_a_preference_eval_source_is_logged_with_its_rewards(tmp_path: Path, model_dir: Path) -> None:
+    """DPO, reference log-probabilities precomputed: eval_loss_exam is the mean DPO loss over the exam's pairs, and
+    eval_loss over every held-out pair (each pair scored alone here); the rewards get the eval_exam_ prefix."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from recipec.runtime import preference, stage
+    from test_preference_training import _metrics, _pairs, _project as preference_project, _run
+
+    extra = '\n[[data.sources]]\nname = "exam"\npath = "data/exam.jsonl"\nrecords = "preference"\nsplit = "eval"\n'
+    recipe = preference_project(tmp_path / "dpo", model_dir, options='reference = "precomputed"', micro=4, steps=2, extra=extra)
+    _pairs(recipe.parent.parent / "data" / "exam.jsonl", n=10)
+    _run(recipe)
+    final = [m for m in _metrics(recipe) if "eval_loss" in m][-1]
+    assert {"eval_loss_exam", "eval_exam_reward_accuracy", "eval_exam_reward_margin", "eval_reward_margin"} <= set(final)
+
+    project = recipe.parent.parent
+    run = project / "runs" / "pref"
+    entry = project / ".recipec" / "data" / json.loads((run / "run.json").read_text())["data"]["cache_entry"]
+    policy_model = AutoModelForCausalLM.from_pretrained(run / "model").eval()
+    reference_model = AutoModelForCausalLM.from_pretrained(project / "model").eval()  # the model as the run started
+
+    def losses(path: Path) -> list[float]:
+        out = []
+        for row in stage.load_sequences(path).with_format(None):
+            batch = preference.collate([row], pad_id=0)
+            with torch.no_grad():
+                policy = preference.sequence_logps(policy_model, batch)
+                reference = preference.sequence_logps(reference_model, batch)
+            out.append(preference.objective_loss("dpo", {"beta": 0.1, "label_smoothing": 0.0}, policy, reference)[0].item())
+        return out
+
+    exam, held = losses(entry / "eval-exam.arrow"), losses(entry / "eval.arrow")
+    assert len(exam) == 10 and len(held) > 0  # exam: micro-batches of 4, 4 and 2 pairs
+    assert final["eval_loss_exam"] == pytest.approx(sum(exam) / len(exam), abs=1e-5)
+    assert final["eval_loss"] == pytest.approx(sum(exam + held) / len(exam + held), abs=1e-5)
