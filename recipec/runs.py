@@ -69,6 +69,8 @@ PANELS = (
     ("lr", "learning rate", "learning rate"),
 )
 PARENT_KEY = "eval_loss_parent"
+SOURCE_STYLES = (":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+"""Line styles of the evaluation sources' losses (eval_loss_<name>) in the eval panel, in order of appearance."""
 NUMBER_KEYS = ("loss", "eval_loss", PARENT_KEY, "lr", "tokens")
 
 
@@ -203,7 +205,8 @@ def loss_figure(runs: Sequence[Run], x: str = "both") -> Any:
 
     One column per quantity; one row per x axis: optimizer steps, tokens, or both (steps
     above, tokens below). Each run has one colour, named in the legend below the panels;
-    ``eval_loss_parent`` (continual runs) is drawn dashed in the eval panel. The training
+    ``eval_loss_parent`` (continual runs) is drawn dashed in the eval panel, and each
+    evaluation source's ``eval_loss_<name>`` in a line style of its own. The training
     and eval loss panels of a row share their limits, on a logarithmic axis when the
     losses span a factor of :data:`LOG_SCALE_RATIO` or more. A panel with no data for
     any run says so instead of staying blank.
@@ -231,6 +234,8 @@ def loss_figure(runs: Sequence[Run], x: str = "both") -> Any:
     rows = ["steps", "tokens"] if x == "both" else [x]
     labels = _legend_labels(runs)
     has_parent = any(PARENT_KEY in m for run in runs for m in run.metrics)
+    sources = list(dict.fromkeys(k for run in runs for m in run.metrics for k in m if k.startswith("eval_loss_") and k != PARENT_KEY))
+    styles = {PARENT_KEY: "--", **{k: SOURCE_STYLES[i % len(SOURCE_STYLES)] for i, k in enumerate(sources)}}
 
     with _style():
         fig = Figure(
@@ -245,7 +250,7 @@ def loss_figure(runs: Sequence[Run], x: str = "both") -> Any:
             values: dict[str, list[float]] = {}
             for c, (key, _title, _ylabel) in enumerate(PANELS):
                 ax = axes[r][c]
-                keys = (key, PARENT_KEY) if key == "eval_loss" else (key,)
+                keys = (key, PARENT_KEY, *sources) if key == "eval_loss" else (key,)
                 drawn: list[float] = []
                 for i, run in enumerate(runs):
                     colour = RUN_COLOURS[i % len(RUN_COLOURS)]
@@ -259,7 +264,7 @@ def loss_figure(runs: Sequence[Run], x: str = "both") -> Any:
                             ys,
                             color=colour,
                             linewidth=1.5,
-                            linestyle="--" if k == PARENT_KEY else "-",
+                            linestyle=styles.get(k, "-"),
                             marker="o" if sparse else None,
                             markersize=3.0,
                             label=f"{labels[i]} {k}",
@@ -283,6 +288,7 @@ def loss_figure(runs: Sequence[Run], x: str = "both") -> Any:
         ]
         if has_parent:
             handles.append(Line2D([], [], color="#555555", linestyle="--", label="dashed: eval on parent's split"))
+        handles += [Line2D([], [], color="#555555", linestyle=styles[k], label=k) for k in sources]
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
         names = ", ".join(labels)
         fig.suptitle(_ellipsize(f"{names}: loss, eval loss and learning rate", MAX_TITLE_CHARS))

@@ -165,6 +165,21 @@ def test_figure_lines_hold_the_data(two_runs: tuple[Path, Path]) -> None:
     assert axes[0].get_xlabel() == "optimizer step" and axes[3].get_xlabel() == "tokens"
 
 
+def test_each_evaluation_source_is_a_line_of_its_own_style_in_the_eval_panel(tmp_path: Path) -> None:
+    run_dir = tmp_path / "sources"
+    run_dir.mkdir()
+    lines = [{"step": s, "loss": 3.0 - 0.1 * s, "lr": 1e-4, "tokens": 10 * s} for s in range(1, 5)]
+    lines += [{"step": s, "eval_loss": 3.0, "eval_loss_code": 2.0 + s, "eval_loss_mmlu": 4.0, "tokens": 10 * s} for s in (0, 4)]
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in lines))
+    fig = loss_figure([load_run(run_dir)], "steps")
+    drawn = {line.get_gid(): line for line in fig.get_axes()[1].get_lines()}
+    assert set(drawn) == {"sources|eval_loss|steps", "sources|eval_loss_code|steps", "sources|eval_loss_mmlu|steps"}
+    assert list(drawn["sources|eval_loss_code|steps"].get_ydata()) == [2.0, 6.0]
+    styles = {gid: line.get_linestyle() for gid, line in drawn.items()}
+    assert len(set(styles.values())) == 3  # the total solid, each source its own style
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["sources", "eval_loss_code", "eval_loss_mmlu"]
+
+
 def test_flat_losses_stay_linear_and_missing_evals_say_so(tmp_path: Path) -> None:
     run_dir = tmp_path / "flat"
     run_dir.mkdir()
