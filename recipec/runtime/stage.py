@@ -47,6 +47,7 @@ from .stage_mix import mixture, write_examples, write_sequences
 from .stage_request import STAGE_VERSION, local_path, request_from_settings
 from .tokenizer import fingerprint as tokenizer_fingerprint
 from .tokenizer import load_for_stage, prepare_chat, train_bpe
+from .token_sources import check_tokenizers
 
 __all__ = [
     "DataError",
@@ -134,6 +135,7 @@ class _Builder:
         examples_mode = formats.has_examples(spec["sources"])
         t0 = time.perf_counter()
         prepare(self.chains, self.project_dir)
+        check_tokenizers(self.request, self.tokenizer)  # before any file is read
         corpus = read_and_analyse(spec, self.chains, self.project_dir, self.work, self.tokenizer, self.num_proc)
         self.timings["read_and_analyse_s"] = round(time.perf_counter() - t0, 3)
         self.log(
