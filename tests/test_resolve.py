@@ -520,3 +520,28 @@ def test_compile_imports_no_training_library(minimal_recipe: Path, tmp_path: Pat
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert json.loads(out.stdout) == [[], []]
     assert (tmp_path / "out" / "train.py").is_file()
+
+
+# -- token sources --------------------------------------------------------------------
+
+
+TOKEN_SOURCE = {
+    "path": "tokens/*.bin",
+    "records": "tokens",
+    "tokenizer": "gpt2",
+    "token_dtype": "uint16",
+    "eos_token_id": 50256,
+}
+
+
+def test_a_token_source_reaches_the_stage_and_the_filters_of_every_source_warn_that_they_pass_over_it(plan_of):
+    plan = plan_of(
+        tokenizer={"path": "gpt2", "train": None},
+        data={"sources": [{"builtin": "python-docs"}, TOKEN_SOURCE]},
+        text='[[data.filters]]\ntype = "exact_dedup"\n',
+    )
+    assert setting(plan, "sources").value[1] == {**TOKEN_SOURCE, "text_field": "text", "on_error": "error", "split": "train", "filters": []}
+    assert setting(plan, "examples").value is False  # ids are documents, not examples
+    (warning,) = plan.warnings
+    assert warning.message == "the [[data.filters]] read text and pass over sources[1], which hold token ids"
+    assert warning.location.source_line == "[[data.filters]]"

@@ -7,6 +7,7 @@ in the first second (globs that match nothing: `recipec.local_files`).
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from ..runtime import stage_request
@@ -89,7 +90,7 @@ def token_sources(b: PlanBuilder) -> None:
             ("data", "sources", i, "tokenizer"),
             f"sources[{i}] holds ids of the tokenizer {d.sources[i].tokenizer!r}, and [tokenizer.train] trains a new "
             "tokenizer whose ids mean other tokens",
-            f"load that tokenizer with [tokenizer] path = {d.sources[i].tokenizer!r} instead of training one",
+            f"load that tokenizer with [tokenizer] path = {json.dumps(d.sources[i].tokenizer)} instead of training one",
         )
     if d.filters:
         which = ", ".join(f"sources[{i}]" for i in tokens)

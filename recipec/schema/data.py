@@ -63,7 +63,7 @@ class Source(Table):
     """The field (column) holding the document text, for jsonl and parquet, with `records = "text"`."""
 
     records: Literal["text", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "unpaired_preference", "tokens"] = "text"
-    """What each record holds: `text` (a document, trained on every token), `tokens` (a document already tokenized: token ids made with `tokenizer`, in `.bin` files or an `input_ids` column of parquet, Arrow or `datasets` files; trained on every token like text, and never filtered), `messages` (OpenAI-style `[{role, content}, ...]`), `sharegpt` (`conversations` of `{from, value}`), `alpaca` (`instruction`, optional `input`, `output`, optional `system`) `prompt_completion` (`prompt` and `completion`, strings or message lists), `preference` (`prompt`, `chosen`, `rejected`: strings or message lists, for `[preference]`) or `unpaired_preference` (`prompt`, `completion` and a boolean `label`, for KTO). Any but `text` makes every source's documents examples: rendered with the chat template, masked by `train_on`, fitted to `data.max_length` and packed whole."""
+    """What each record holds: `text` (a document, trained on every token), `tokens` (a document already tokenized: token ids made with `tokenizer`, in `.bin` files or an `input_ids` column of parquet, Arrow or `datasets` files; trained on every token like text, and never filtered), `messages` (OpenAI-style `[{role, content}, ...]`), `sharegpt` (`conversations` of `{from, value}`), `alpaca` (`instruction`, optional `input`, `output`, optional `system`) `prompt_completion` (`prompt` and `completion`, strings or message lists), `preference` (`prompt`, `chosen`, `rejected`: strings or message lists, for `[preference]`) or `unpaired_preference` (`prompt`, `completion` and a boolean `label`, for KTO). Any but `text` and `tokens` makes every source's documents examples: rendered with the chat template, masked by `train_on`, fitted to `data.max_length` and packed whole."""
 
     fields: dict[str, str] | None = None
     """Renamed fields of the records, e.g. `{messages = "dialog", role = "speaker", content = "text"}`. The names: messages, role, content (messages, sharegpt); instruction, input, output, system (alpaca); prompt, completion, role, content (prompt_completion); input_ids (tokens, the column of ids in parquet and Arrow files)."""
@@ -193,7 +193,11 @@ class Source(Table):
                 if getattr(self, key) is None:
                     raise key_error("records", f"a .bin token source needs `{key}`", f"e.g. {example}")
             if self.eos_token_id >= TOKEN_DTYPES[self.token_dtype]:
-                raise key_error("eos_token_id", f"{self.eos_token_id} does not fit in a {self.token_dtype} id", 'set token_dtype = "uint32"')
+                raise key_error(
+                    "eos_token_id",
+                    f"eos_token_id {self.eos_token_id} does not fit in a {self.token_dtype} id (at most {TOKEN_DTYPES[self.token_dtype] - 1})",
+                    'set token_dtype = "uint32"',
+                )
         else:
             for key in ("token_dtype", "eos_token_id"):
                 if getattr(self, key) is not None:
@@ -229,7 +233,7 @@ class DataTable(Table):
     """The sources, as `[[data.sources]]` tables, read in this order (document order decides which copy dedup keeps: the first)."""
 
     filters: list[Filter] = Field(default_factory=list)
-    """Filters over every source, as `[[data.filters]]` tables, applied in order after each source's own `filters`. Dedup compares documents across sources."""
+    """Filters over every source, as `[[data.filters]]` tables, applied in order after each source's own `filters`. Dedup compares documents across sources. They read text: the documents of token sources (`records = "tokens"`) pass them unread."""
 
     temperature: float | None = Field(None, gt=0)
     """Temperature sampling of the mixture: each source's share is proportional to its token count to the power 1/temperature (1: natural shares; higher flattens toward uniform). Not with `weight`."""
