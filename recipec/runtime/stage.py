@@ -5,7 +5,8 @@ training and evaluation sequences:
 
 1. **Read and analyse** (:mod:`.stage_analyse`, parallel, streaming): every source is
    read in batches, and worker processes compute what each document's filter chain
-   needs.
+   needs. A token source's documents are ids already (:mod:`.token_sources`): checked
+   against the tokenizer, stored as they are, and passed over by the filters.
 2. **Filter** (:mod:`.stage_filter`, main process, in chain order): each source's own
    filters, then the filters of every source (:mod:`.filters`, one registry of them).
 3. **Hold out** ``eval_fraction`` of the kept documents (seeded, by document).
