@@ -1,9 +1,10 @@
-"""A recipe whose data is token ids already trains: build it and run train.py on CPU (slow)."""
+"""A recipe whose data is token ids already trains, and a continual run replays them: train.py on CPU (slow)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,8 +67,54 @@ save_every = 0
 cpu = true
 """
 
+CHILD = """
+[recipe]
+name = "tiny-tokens-cpt"
+seed = 7
 
-def test_a_bin_token_source_mixed_with_text_trains(tmp_path: Path) -> None:
+[continual]
+from = "runs/tiny-tokens"
+replay = 0.5
+
+[data]
+seq_len = 32
+eval_fraction = 0.1
+
+[[data.sources]]
+path = "text.jsonl"
+
+[optim]
+lr = 1e-2
+
+[train]
+micro_batch_size = 4
+batch_size = 8
+max_steps = 2
+log_every = 1
+eval_every = 2
+eval_batches = 1
+save_every = 0
+
+[launch]
+cpu = true
+"""
+
+
+def _train(project: Path, recipe: str) -> subprocess.CompletedProcess[str]:
+    written, _ = build(project / "recipes" / recipe, (), project / "build" / Path(recipe).stem, project=project)
+    proc = subprocess.run(
+        [sys.executable, str(written.dir / "train.py")],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def test_a_bin_token_source_mixed_with_text_trains_and_a_continual_run_replays_it(tmp_path: Path) -> None:
     import numpy as np
 
     from recipec.runtime.tokenizer import train_bpe
@@ -82,16 +129,7 @@ def test_a_bin_token_source_mixed_with_text_trains(tmp_path: Path) -> None:
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "tiny.toml").write_text(RECIPE)
 
-    written, _ = build(tmp_path / "recipes" / "tiny.toml", (), tmp_path / "build", project=tmp_path)
-    proc = subprocess.run(
-        [sys.executable, str(written.dir / "train.py")],
-        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _train(tmp_path, "tiny.toml")
     run_dir = tmp_path / "runs" / "tiny-tokens"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]
@@ -104,3 +142,14 @@ def test_a_bin_token_source_mixed_with_text_trains(tmp_path: Path) -> None:
     segment = report["segments"][0]
     assert segment["asked"] == {"ids": 0.6, "text": 0.4}
     assert abs(segment["realised"]["ids"] - 0.6) < 0.05
+
+    # a continual run on the text alone replays the parent's data, token source included,
+    # through the parent's split and its own tokenizer (the parent's, saved with its model)
+    (tmp_path / "recipes" / "child.toml").write_text(CHILD)
+    proc = _train(tmp_path, "child.toml")
+    assert "replay: " in proc.stdout + proc.stderr
+    child = [json.loads(line) for line in (tmp_path / "runs" / "tiny-tokens-cpt" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(m["eval_loss_parent"]) for m in child if "eval_loss" in m)
+    parent_data = [json.loads(p.read_text()) for p in (tmp_path / ".recipec" / "data").glob("*/data_report.json")]
+    replayed = [r for r in parent_data if [s["label"] for s in r["sources"]] == ["ids", "text"] and r["segments"][0]["asked"] is None]
+    assert replayed and replayed[0]["sources"][0]["documents"] == 80
