@@ -545,3 +545,26 @@ def test_a_token_source_reaches_the_stage_and_the_filters_of_every_source_warn_t
     (warning,) = plan.warnings
     assert warning.message == "the [[data.filters]] read text and pass over sources[1], which hold token ids"
     assert warning.location.source_line == "[[data.filters]]"
+
+
+@pytest.mark.parametrize(
+    "change, key, message",
+    [
+        ({"tokenizer": None}, "records", "token ids need the tokenizer that made them"),
+        ({"token_dtype": None}, "records", "a .bin token source needs `token_dtype`"),
+        ({"eos_token_id": None}, "records", "a .bin token source needs `eos_token_id`"),
+        ({"path": "t/*.parquet"}, "token_dtype", "`token_dtype` applies to .bin token files"),
+        ({"path": "t/*.parquet", "token_dtype": None}, "eos_token_id", "`eos_token_id` applies to .bin token files"),
+        ({"format": "jsonl"}, "format", "token ids are read from .bin, parquet, Arrow and datasets files, not jsonl"),
+        ({"records": "text", "token_dtype": None, "eos_token_id": None}, "tokenizer", '`tokenizer` applies to token sources'),
+        ({"roles": {"bot": "assistant"}}, "roles", "token ids have no roles"),
+        ({"train_on": "assistant"}, "train_on", 'train_on = "assistant" does not apply to tokens records'),
+        ({"fields": {"text": "body"}}, "fields", "tokens records have no field 'text'"),
+    ],
+)
+def test_a_token_source_is_checked_at_its_keys(plan_of, change, key, message):
+    source = {k: v for k, v in {**TOKEN_SOURCE, **change}.items() if v is not None}
+    (error,) = errors_of(plan_of, tokenizer={"path": "gpt2", "train": None}, data={"sources": [source]})
+    assert error.message.startswith(message), error.message
+    where = error.location
+    assert key in where.source_line[where.col - 1 : where.col - 1 + where.length], where
