@@ -6,9 +6,9 @@ verdicts of the per-document filters, dedup keys and signatures. A worker skips 
 features of a document that an earlier per-document filter of the chain already dropped.
 The texts go to a scratch Arrow file and token ids to a flat file, so memory stays flat
 as the corpus grows (apart from dedup signatures and a few numbers per document). The
-documents of a token source (:mod:`.token_sources`) go to the flat file as read, with empty
-texts and no filter work. The
-result is a :class:`Corpus`: every document by its index, in source order then file order.
+documents of a token source (:mod:`.token_sources`) go to the flat file as they are read,
+with empty texts and no work for the workers. The result is a :class:`Corpus`: every
+document by its index, in source order then file order.
 """
 
 from __future__ import annotations
