@@ -132,6 +132,13 @@ def check_tokenizers(request: dict, tokenizer: Any) -> None:
                 f"tokenizer {recipe_name}: {difference}; tokenize the data with the recipe's tokenizer, or train with "
                 f"[tokenizer] path = {name}"
             )
+        dtype = DTYPES.get(source.get("token_dtype") or "")
+        if dtype is not None and len(tokenizer) > 1 << (8 * dtype.itemsize):
+            raise DataError(
+                f"{label}: token_dtype {source['token_dtype']} holds ids below {1 << (8 * dtype.itemsize):,}, and the "
+                f"tokenizer has {len(tokenizer):,} tokens: the larger ids were cut when the files were written; "
+                'write them as uint32 and set token_dtype = "uint32"'
+            )
         eos = source.get("eos_token_id")
         if eos is not None and eos != tokenizer.eos_token_id:
             token = tokenizer.convert_ids_to_tokens(int(eos)) if eos < len(tokenizer) else None

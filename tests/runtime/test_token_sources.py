@@ -283,3 +283,21 @@ def test_a_text_and_a_token_source_mix_by_weight_and_the_filters_pass_over_the_i
     avail = seg["available_tokens"]
     expected = avail["ids"] ** 0.5 / (avail["ids"] ** 0.5 + avail["text"] ** 0.5)
     assert seg["asked"]["ids"] == pytest.approx(expected)
+
+
+def test_uint16_ids_of_a_vocabulary_wider_than_uint16_are_an_error(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"t{i}": i for i in range(70_000)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="t1"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="t0").save_pretrained(tmp_path / "wide")
+    np.array([5, 6, 0], dtype="<u2").tofile(tmp_path / "a.bin")
+    wide = str(tmp_path / "wide")
+    with pytest.raises(DataError, match=r"^sources\[0\]: token_dtype uint16 holds ids below 65,536, and the tokenizer has 70,000 tokens"):
+        run(request(tmp_path, wide, [bin_source("a.bin", wide, 0)]))
+    (tmp_path / "a.bin").unlink()
+    np.array([5, 69_999, 0], dtype="<u4").tofile(tmp_path / "a.bin")
+    out = run(request(tmp_path, wide, [bin_source("a.bin", wide, 0, token_dtype="uint32")], seq_len=8))
+    assert out.report["tokens"]["kept"] == 2
