@@ -53,20 +53,23 @@ def check_local_files(recipe: Recipe, source: SourceMap, project: Path) -> list[
     for i, src in enumerate(d.sources):
         if src.path is not None:
             _check_globs(error, ("data", "sources", i, "path"), src.path, root, directory=src.format == "datasets")
+        if src.tokenizer is not None and src.tokenizer.startswith(LOCAL_PREFIXES):
+            _check_directory(error, ("data", "sources", i, "tokenizer"), src.tokenizer, root)
     return errors
 
 
 def _check_directory(error: Report, key: KeyPath, path: str, root: Path) -> None:
     """A local model or tokenizer: a directory, as save_pretrained writes it."""
-    table = key[0]
+    table = "tokenizer" if key[-1] == "tokenizer" else key[0]  # a token source's tokenizer, or [model] / [tokenizer] path
+    name = "`tokenizer`" if key[-1] == "tokenizer" else f"`{table}.path`"
     try:
         full = root / Path(path).expanduser()
         exists, is_dir = full.exists(), full.is_dir()
     except RuntimeError:  # ~user for a user that does not exist
-        error(key, f"`{table}.path` starts with {path.split('/')[0]!r}, a user that does not exist")
+        error(key, f"{name} starts with {path.split('/')[0]!r}, a user that does not exist")
         return
     except OSError as exc:  # a name too long for the file system, and the like
-        error(key, f"`{table}.path` is not a usable path: {exc.strerror or exc}")
+        error(key, f"{name} is not a usable path: {exc.strerror or exc}")
         return
     hub = "a hub id has no leading ./, ../, / or ~"
     if not exists:

@@ -295,6 +295,12 @@ def _files_for(project: Path, field: StringField, value: str, data: dict[str, An
         source.pop("text_field", None)
         source.update(fields={"messages": value}) if fid.endswith("fields") else source.update(roles={value: "assistant"})
         data.setdefault("tokenizer", {})["chat_template"] = CHATML
+    elif fid == "data.sources.tokenizer":
+        # a token source names the tokenizer that made its ids; the recipe loads one (a trained one cannot match)
+        data["tokenizer"] = {"path": "org/tokenizer"}
+        source.pop("text_field", None)
+        source.update(path="data/ids.bin", records="tokens", tokenizer=value, token_dtype="uint16", eos_token_id=0)
+        _try_create(project / "data" / "ids.bin", "\x01\x00\x00\x00")
     elif fid == "data.sources.phases":
         _same_phase(data, value)
         source["phases"] = [value]
@@ -329,6 +335,7 @@ SPECIAL = {
     "data.sources.path",
     "data.sources.filters.decontaminate.path",
     "data.filters.decontaminate.path",
+    "data.sources.tokenizer",
     "data.sources.phases",
     "data.sources.phase_weights",
     "schedule.phases.name",

@@ -520,3 +520,51 @@ def test_compile_imports_no_training_library(minimal_recipe: Path, tmp_path: Pat
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert json.loads(out.stdout) == [[], []]
     assert (tmp_path / "out" / "train.py").is_file()
+
+
+# -- token sources --------------------------------------------------------------------
+
+
+TOKEN_SOURCE = {
+    "path": "tokens/*.bin",
+    "records": "tokens",
+    "tokenizer": "gpt2",
+    "token_dtype": "uint16",
+    "eos_token_id": 50256,
+}
+
+
+def test_a_token_source_reaches_the_stage_and_the_filters_of_every_source_warn_that_they_pass_over_it(plan_of):
+    plan = plan_of(
+        tokenizer={"path": "gpt2", "train": None},
+        data={"sources": [{"builtin": "python-docs"}, TOKEN_SOURCE]},
+        text='[[data.filters]]\ntype = "exact_dedup"\n',
+    )
+    assert setting(plan, "sources").value[1] == {**TOKEN_SOURCE, "text_field": "text", "on_error": "error", "split": "train", "filters": []}
+    assert setting(plan, "examples").value is False  # ids are documents, not examples
+    (warning,) = plan.warnings
+    assert warning.message == "the [[data.filters]] read text and pass over sources[1], which hold token ids"
+    assert warning.location.source_line == "[[data.filters]]"
+
+
+@pytest.mark.parametrize(
+    "change, key, message",
+    [
+        ({"tokenizer": None}, "records", "token ids need the tokenizer that made them"),
+        ({"token_dtype": None}, "records", "a .bin token source needs `token_dtype`"),
+        ({"eos_token_id": None}, "records", "a .bin token source needs `eos_token_id`"),
+        ({"path": "t/*.parquet"}, "token_dtype", "`token_dtype` applies to .bin token files"),
+        ({"path": "t/*.parquet", "token_dtype": None}, "eos_token_id", "`eos_token_id` applies to .bin token files"),
+        ({"format": "jsonl"}, "format", "token ids are read from .bin, parquet, Arrow and datasets files, not jsonl"),
+        ({"records": "text", "token_dtype": None, "eos_token_id": None}, "tokenizer", '`tokenizer` applies to token sources'),
+        ({"roles": {"bot": "assistant"}}, "roles", "token ids have no roles"),
+        ({"train_on": "assistant"}, "train_on", 'train_on = "assistant" does not apply to tokens records'),
+        ({"fields": {"text": "body"}}, "fields", "tokens records have no field 'text'"),
+    ],
+)
+def test_a_token_source_is_checked_at_its_keys(plan_of, change, key, message):
+    source = {k: v for k, v in {**TOKEN_SOURCE, **change}.items() if v is not None}
+    (error,) = errors_of(plan_of, tokenizer={"path": "gpt2", "train": None}, data={"sources": [source]})
+    assert error.message.startswith(message), error.message
+    where = error.location
+    assert key in where.source_line[where.col - 1 : where.col - 1 + where.length], where

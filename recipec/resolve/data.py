@@ -7,9 +7,11 @@ in the first second (globs that match nothing: `recipec.local_files`).
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from ..runtime import stage_request
+from ..schema.data import DOCUMENT_RECORDS
 from ..schema.filters import LengthFilter, ScoreFilter, ScoreSampleFilter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +44,7 @@ def data_settings(b: PlanBuilder) -> None:
     b.add("filters", filter_dicts(recipe), "data.filters (after each source's own)", b.origin(("data", "filters")))
     for name in stage_request.DATA_FIELDS:
         b.key(name, ("data", name))
-    examples = any(src.records != "text" for src in d.sources)
+    examples = any(src.records not in DOCUMENT_RECORDS for src in d.sources)
     b.derived("examples", examples, "derived: a source's records are not text, so every document is an example")
     if examples and recipe.launch.strategy == "deepspeed":
         b.error(
@@ -53,6 +55,7 @@ def data_settings(b: PlanBuilder) -> None:
         )
 
     trained = recipe.tokenizer.train is not None
+    token_sources(b)
     chains: list[tuple[tuple[Any, ...], list[Any]]] = [(("data", "filters"), list(d.filters))]
     chains += [(("data", "sources", i, "filters"), list(src.filters)) for i, src in enumerate(d.sources)]
     for path, chain in chains:
@@ -73,3 +76,26 @@ def data_settings(b: PlanBuilder) -> None:
                             "put the filter in the scored source's own [[data.sources.filters]]",
                         )
 
+
+
+def token_sources(b: PlanBuilder) -> None:
+    """Token sources (`records = "tokens"`): ids of a named tokenizer, which [tokenizer.train] cannot match; the filters pass over them."""
+    d = b.recipe.data
+    tokens = [i for i, src in enumerate(d.sources) if src.records == "tokens"]
+    if not tokens:
+        return
+    if b.recipe.tokenizer.train is not None:
+        i = tokens[0]
+        b.error(
+            ("data", "sources", i, "tokenizer"),
+            f"sources[{i}] holds ids of the tokenizer {d.sources[i].tokenizer!r}, and [tokenizer.train] trains a new "
+            "tokenizer whose ids mean other tokens",
+            f"load that tokenizer with [tokenizer] path = {json.dumps(d.sources[i].tokenizer)} instead of training one",
+        )
+    if d.filters:
+        which = ", ".join(f"sources[{i}]" for i in tokens)
+        b.warn(
+            ("data", "filters"),
+            f"the [[data.filters]] read text and pass over {which}, which hold token ids",
+            "filter a token source's text before it is tokenized",
+        )

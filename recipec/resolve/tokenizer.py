@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..chat_templates import probe, sha256
+from ..schema.data import DOCUMENT_RECORDS
 from .builder import PlanBuilder
 
 NEEDS_TEMPLATE = ("messages", "sharegpt", "alpaca")
@@ -76,7 +77,7 @@ def chat_settings(b: PlanBuilder) -> None:
                 'set tokenizer.chat_template to a .jinja file or a template string (and tokenizer.special_tokens to its markers)',
             )
         return
-    if not any(s.records != "text" for s in r.data.sources):
+    if not any(s.records not in DOCUMENT_RECORDS for s in r.data.sources):
         return
     problem = probe(template, {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"})
     if problem is not None:

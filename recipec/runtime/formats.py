@@ -209,8 +209,8 @@ def preference_kind(sources: list[dict[str, Any]]) -> str | None:
 
 
 def has_examples(sources: list[dict[str, Any]]) -> bool:
-    """Whether a stage's sources make every document an example: some source's records are not text."""
-    return any((s.get("records") or "text") != "text" for s in sources)
+    """Whether a stage's sources make every document an example: some source's records are neither text nor token ids."""
+    return any((s.get("records") or "text") not in ("text", "tokens") for s in sources)
 
 
 def text_view(example: dict[str, Any]) -> str:

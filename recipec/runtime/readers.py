@@ -25,6 +25,7 @@ it), and ``datasets`` only inside the function that reads a ``datasets`` directo
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import hashlib
@@ -44,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 from . import formats
 from .data import BUILTINS, _stdlib_files
 
-FORMATS = ("jsonl", "parquet", "text", "datasets")
+FORMATS = ("jsonl", "parquet", "text", "datasets", "arrow", "bin")
 
 ON_ERROR = ("error", "skip")
 
@@ -62,6 +63,8 @@ _SUFFIX_FORMATS = (
     (".txt", "text"),
     (".md", "text"),
     (".text", "text"),
+    (".arrow", "arrow"),
+    (".bin", "bin"),
 )
 
 # files that `datasets.Dataset.save_to_disk` writes beside the Arrow data
@@ -163,7 +166,8 @@ def infer_format(path: str) -> str:
     Returns:
         ``"jsonl"`` for .jsonl/.json (also gzip- or zstd-compressed: .gz, .zst),
         ``"parquet"`` for .parquet, ``"text"`` for .txt/.md/.text (read as plain
-        files), ``"datasets"`` for a directory holding ``state.json`` and
+        files), ``"arrow"`` for .arrow (an Arrow IPC file or stream), ``"bin"`` for
+        .bin (flat token ids, :mod:`.token_sources`), ``"datasets"`` for a directory holding ``state.json`` and
         ``dataset_info.json``.
 
     Raises:
@@ -685,6 +689,21 @@ class _Reader:
             except (pa.ArrowException, OSError) as e:
                 raise DataError(f"{self.label}: {shown}: truncated or corrupt parquet file ({e})") from None
 
+    def arrow(self, path: str) -> Iterator[tuple[Any, str, tuple]]:
+        import pyarrow as pa
+
+        shown = self.paths.shown(path)
+        with open_ipc(path, self.label, shown) as (schema, batches):
+            self.stats.files += 1
+            columns = self.columns(schema, shown)
+            try:
+                yield from self.rows((batch.select(columns) for batch in batches), shown)
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(f"{self.label}: {shown}: truncated or corrupt Arrow file ({e})") from None
+
+    def bin(self, path: str) -> Iterator[tuple[Any, str, tuple]]:
+        raise DataError(f'{self.label}: {self.paths.shown(path)}: a .bin file holds token ids; set records = "tokens"')
+
     def datasets(self, path: str) -> Iterator[tuple[Any, str, tuple]]:
         import datasets
         import pyarrow as pa
@@ -701,6 +720,33 @@ class _Reader:
         columns = self.columns(ds.data.schema, shown)
         tables = ds.select_columns(columns).with_format("arrow").iter(batch_size=self.batch_size)
         yield from self.rows(tables, shown)
+
+
+@contextlib.contextmanager
+def open_ipc(path: str, label: str, shown: str) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
+    """``(schema, record batches)`` of an Arrow IPC file or stream, read batch by batch (not mapped: flat memory).
+
+    Raises:
+        DataError: the file is neither, naming it.
+    """
+    import pyarrow as pa
+
+    try:
+        f = pa.OSFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{label}: {shown}: cannot read ({e})") from None
+    with f:
+        try:
+            reader = pa.ipc.open_file(f)
+            batches: Iterator[pa.RecordBatch] = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        except (pa.ArrowException, OSError):
+            f.seek(0)
+            try:
+                reader = pa.ipc.open_stream(f)
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(f"{label}: {shown}: not an Arrow IPC file or stream ({e})") from None
+            batches = iter(reader)
+        yield reader.schema, batches
 
 
 def _builtin_documents(name: str, label: str) -> Iterator[tuple[Any, str, tuple]]:
@@ -753,6 +799,8 @@ def iter_batches(
     * text: one document per file, UTF-8.
     * datasets: a ``save_to_disk`` directory (one ``Dataset``, not a
       ``DatasetDict``), by batch over the needed columns; nulls as for parquet.
+    * arrow: an Arrow IPC file or stream, by record batch; nulls as for parquet.
+    * bin: token ids, read by :mod:`.token_sources` (here an error).
     * builtin: :func:`.data.builtin_texts`' documents, in its order.
 
     A malformed record raises :class:`DataError`, or with ``on_error = "skip"``
@@ -788,7 +836,14 @@ def iter_batches(
         documents = _builtin_documents(source["builtin"], label)
     elif source.get("path") is not None:
         reader = _Reader(source, _Paths(project_dir), label, fields, batch_size, stats)
-        read = {"jsonl": reader.jsonl, "parquet": reader.parquet, "text": reader.text, "datasets": reader.datasets}
+        read = {
+            "jsonl": reader.jsonl,
+            "parquet": reader.parquet,
+            "text": reader.text,
+            "datasets": reader.datasets,
+            "arrow": reader.arrow,
+            "bin": reader.bin,
+        }
         units = _units(source, reader.paths, label)
         documents = (document for path, fmt in units for document in read[fmt](path))
     else:
@@ -868,6 +923,8 @@ def fingerprint_source(
     }
     if (source.get("records") or "text") != "text":  # text sources keep the keys they always had
         settings.update(records=source["records"], record_fields=source.get("fields"), roles=source.get("roles"))
+    if source.get("records") == "tokens":  # what splits and reads the ids
+        settings.update(token_dtype=source.get("token_dtype"), eos_token_id=source.get("eos_token_id"))
     digest = hashlib.sha256(b"recipec-source-v1\0")
     digest.update(json.dumps(settings, sort_keys=True).encode("utf-8") + b"\0")
 

@@ -5,7 +5,8 @@ training and evaluation sequences:
 
 1. **Read and analyse** (:mod:`.stage_analyse`, parallel, streaming): every source is
    read in batches, and worker processes compute what each document's filter chain
-   needs.
+   needs. A token source's documents are ids already (:mod:`.token_sources`): checked
+   against the tokenizer, stored as they are, and passed over by the filters.
 2. **Filter** (:mod:`.stage_filter`, main process, in chain order): each source's own
    filters, then the filters of every source (:mod:`.filters`, one registry of them).
 3. **Hold out** ``eval_fraction`` of the kept documents of the training sources (seeded,
@@ -49,6 +50,7 @@ from .stage_mix import mixture, write_examples, write_sequences
 from .stage_request import STAGE_VERSION, local_path, request_from_settings
 from .tokenizer import fingerprint as tokenizer_fingerprint
 from .tokenizer import load_for_stage, prepare_chat, train_bpe
+from .token_sources import check_tokenizers
 
 __all__ = [
     "DataError",
@@ -136,6 +138,7 @@ class _Builder:
         examples_mode = formats.has_examples(spec["sources"])
         t0 = time.perf_counter()
         prepare(self.chains, self.project_dir)
+        check_tokenizers(self.request, self.tokenizer)  # before any file is read
         corpus = read_and_analyse(spec, self.chains, self.project_dir, self.work, self.tokenizer, self.num_proc)
         self.timings["read_and_analyse_s"] = round(time.perf_counter() - t0, 3)
         self.log(

@@ -6,7 +6,9 @@ verdicts of the per-document filters, dedup keys and signatures. A worker skips 
 features of a document that an earlier per-document filter of the chain already dropped.
 The texts go to a scratch Arrow file and token ids to a flat file, so memory stays flat
 as the corpus grows (apart from dedup signatures and a few numbers per document). The
-result is a :class:`Corpus`: every document by its index, in source order then file order.
+documents of a token source (:mod:`.token_sources`) go to the flat file as they are read,
+with empty texts and no work for the workers. The result is a :class:`Corpus`: every
+document by its index, in source order then file order.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from . import chat, formats
 from . import filters as F
-from . import readers
+from . import readers, token_sources
 from .readers import DataError
 from .stage_filter import Link, score_fields
 from .stage_filter import labels as source_labels
@@ -224,6 +226,8 @@ class Corpus:
         # per source and chain position: the per-batch features the workers left
         self.features: list[list[list[Any]]] = [[[] for _ in range(n)] for n in n_chains]
         self.scores: list[dict[str, list[np.ndarray]]] = [collections.defaultdict(list) for _ in labels]
+        # sources of token ids (records = "tokens"): read as ids, with empty texts that no filter reads
+        self.token_sources: list[int] = []
 
     @property
     def docs_file(self) -> pathlib.Path:
@@ -297,16 +301,24 @@ def read_and_analyse(
     examples_mode = formats.has_examples(spec["sources"])
     corpus = Corpus(work, labels, [len(chain) for chain in by_source])
     tokenize_all = bool(spec["count_dropped_tokens"]) and tokenizer is not None
-    pool = _Pool(num_proc, ([[link.filter for link in chain] for chain in by_source], tokenizer))
+    corpus.token_sources = token_sources.token_source_indices(spec)
+    worker_chains = [[] if i in corpus.token_sources else [link.filter for link in chain] for i, chain in enumerate(by_source)]
+    pool = _Pool(num_proc, (worker_chains, tokenizer))
     source_of: list[np.ndarray] = []
     chars: list[np.ndarray] = []
 
     def items() -> Iterator[tuple]:
         for i, source in enumerate(spec["sources"]):
-            for batch in readers.iter_batches(
-                source, project_dir, index=i, fields=score_fields(by_source[i]), batch_size=BATCH_SIZE, stats=corpus.stats[i]
-            ):
-                yield (batch, i, batch.texts, batch.fields, tokenize_all)
+            if i in corpus.token_sources:
+                batches = token_sources.iter_batches(
+                    source, project_dir, vocab_size=len(tokenizer), index=i, batch_size=BATCH_SIZE, stats=corpus.stats[i]
+                )
+            else:
+                batches = readers.iter_batches(
+                    source, project_dir, index=i, fields=score_fields(by_source[i]), batch_size=BATCH_SIZE, stats=corpus.stats[i]
+                )
+            for batch in batches:
+                yield (batch, i, batch.texts, batch.fields, tokenize_all and i not in corpus.token_sources)
 
     # the example column holds each document as an example (JSON): a text record as {"text": ...}
     schema = pa.schema([("text", pa.string()), ("id", pa.string()), ("example", pa.string())])
@@ -337,6 +349,8 @@ def read_and_analyse(
                 for j, ids in enumerate(result["tokens"]):
                     if ids is not None:
                         corpus.tokens.add(n + j, ids)
+                for j, ids in enumerate(getattr(batch, "tokens", ())):  # a token source's documents
+                    corpus.tokens.add(n + j, ids)
                 n += size
                 corpus.source_end[i] = n
     finally:

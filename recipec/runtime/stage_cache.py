@@ -5,7 +5,8 @@ An entry lives under ``cache_dir/<key[:32]>/``: ``train-<segment>.arrow``, ``eva
 source (Arrow streams of ``input_ids``, plus ``attention_mask`` without packing),
 ``data_report.json``, ``manifest.json`` and, for a trained tokenizer, ``tokenizer/``. The
 key hashes the spec (every setting that decides the output), the content of every source
-and of every file a filter reads, and the tokenizer: change any byte of data or any
+and of every file a filter reads, the tokenizer, and the tokenizers that made the ids of
+token sources: change any byte of data or any
 setting and a new entry is built; change nothing and the entry is reused. An entry is
 written in a scratch directory beside it and renamed into place, so an interrupted or
 concurrent stage never leaves a half-written one.
@@ -22,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import readers
+from . import readers, token_sources
 from .stage_filter import chains, score_fields
 from .stage_request import STAGE_VERSION
 from .tokenizer import fingerprint as tokenizer_fingerprint
@@ -85,8 +86,12 @@ def cache_key(spec: dict, project_dir: str | os.PathLike, tokenizer_id: str) -> 
         "decontaminate": decontam,
         "tokenizer": tokenizer_id,
     }
+    fingerprints = {"sources": sources, "decontaminate": decontam, "tokenizer": tokenizer_id}
+    named = token_sources.tokenizer_ids(spec, project_dir)  # the tokenizers that made the token sources' ids
+    if named:
+        material["source_tokenizers"] = fingerprints["source_tokenizers"] = named
     key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-    return key, {"sources": sources, "decontaminate": decontam, "tokenizer": tokenizer_id}
+    return key, fingerprints
 
 
 def cache_root(request: dict) -> pathlib.Path:

@@ -1,6 +1,7 @@
 """The data stage's filter chain: which filters see which documents, applied in chain order.
 
-Each source's chain is its own filters, then the filters of every source. The worker
+Each source's chain is its own filters, then the filters of every source (which pass over
+the documents of token sources: ids, no text). The worker
 processes leave, per source and chain position, what the filter's role needs (see
 :mod:`.filters.base`): per-document reason codes, dedup keys, nothing for a selection.
 The main process then applies the chain in order (:func:`apply_chain`): each source's own
@@ -117,9 +118,14 @@ def apply_chain(corpus: Corpus, spec: dict, by_source: list[list[Link]]) -> tupl
     for j in range(len(spec["filters"])):
         st = FilterStats(by_source[0][n_own[0] + j], corpus.labels)
         positions = {s: n_own[s] + j for s in range(len(by_source))}
-        _apply(corpus, st, np.flatnonzero(alive), positions, -1, alive, seed)
+        _apply(corpus, st, np.flatnonzero(alive & text_documents(corpus)), positions, -1, alive, seed)
         stats.append(st)
     return alive, stats
+
+
+def text_documents(corpus: Corpus) -> np.ndarray:
+    """The documents the filters of every source see: all but those of token sources (ids, no text)."""
+    return ~np.isin(corpus.source_of, corpus.token_sources)
 
 
 def _apply(
@@ -194,7 +200,7 @@ def count_tokens(stats: list[FilterStats], corpus: Corpus) -> None:
     for st in stats:
         dropped = np.concatenate(st.dropped_docs) if st.dropped_docs else np.zeros(0, dtype=np.int64)
         if st.label.startswith("filters["):
-            seen = alive
+            seen = alive & text_documents(corpus)
         else:  # a source's own filter sees that source's documents only
             source = int(corpus.source_of[dropped[0]]) if len(dropped) else corpus.labels.index(st.label.rsplit(".filters[", 1)[0])
             seen = alive & (corpus.source_of == source)

@@ -18,6 +18,7 @@ RECORD_FIELDS = {
     "prompt_completion": ("prompt", "completion", "role", "content"),
     "preference": ("prompt", "chosen", "rejected", "role", "content"),
     "unpaired_preference": ("prompt", "completion", "label", "role", "content"),
+    "tokens": ("input_ids",),
 }
 """The fields each record format reads, by the name `fields` renames them with (recipec_runtime/formats.py has their defaults)."""
 
@@ -29,8 +30,15 @@ TRAIN_ON = {
     "prompt_completion": ("completion", "assistant", "last_assistant", "all"),
     "preference": ("completion",),
     "unpaired_preference": ("completion",),
+    "tokens": ("all",),
 }
 """What the loss may see of each record format."""
+
+DOCUMENT_RECORDS = ("text", "tokens")
+"""Records that are documents (each followed by EOS, concatenated and cut into sequences); any other makes examples."""
+
+TOKEN_DTYPES = {"uint16": 1 << 16, "uint32": 1 << 32}
+"""The id widths of `.bin` token files, and the ids each can hold."""
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -48,17 +56,26 @@ class Source(Table):
     path: str | list[str] | None = None
     """A glob or list of globs of local files, relative to the directory `recipec` runs in. `**` matches across directories. With `format = "datasets"`, a directory written by `datasets.Dataset.save_to_disk`."""
 
-    format: Literal["jsonl", "parquet", "text", "datasets"] | None = None
-    """File format. Unset: inferred from the extension (.jsonl/.json, also .gz and .zst compressed; .parquet; .txt/.md/.text). A text file is one document; a jsonl line is one document."""
+    format: Literal["jsonl", "parquet", "text", "datasets", "arrow", "bin"] | None = None
+    """File format. Unset: inferred from the extension (.jsonl/.json, also .gz and .zst compressed; .parquet; .txt/.md/.text; .arrow, an Arrow IPC file or stream; .bin, flat token ids). A text file is one document; a jsonl line, a parquet or Arrow row is one document; a `.bin` file holds many, separated by `eos_token_id`."""
 
     text_field: str = "text"
     """The field (column) holding the document text, for jsonl and parquet, with `records = "text"`."""
 
-    records: Literal["text", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "unpaired_preference"] = "text"
-    """What each record holds: `text` (a document, trained on every token), `messages` (OpenAI-style `[{role, content}, ...]`), `sharegpt` (`conversations` of `{from, value}`), `alpaca` (`instruction`, optional `input`, `output`, optional `system`) `prompt_completion` (`prompt` and `completion`, strings or message lists), `preference` (`prompt`, `chosen`, `rejected`: strings or message lists, for `[preference]`) or `unpaired_preference` (`prompt`, `completion` and a boolean `label`, for KTO). Any but `text` makes every source's documents examples: rendered with the chat template, masked by `train_on`, fitted to `data.max_length` and packed whole."""
+    records: Literal["text", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "unpaired_preference", "tokens"] = "text"
+    """What each record holds: `text` (a document, trained on every token), `tokens` (a document already tokenized: token ids made with `tokenizer`, in `.bin` files or an `input_ids` column of parquet, Arrow or `datasets` files; trained on every token like text, and never filtered), `messages` (OpenAI-style `[{role, content}, ...]`), `sharegpt` (`conversations` of `{from, value}`), `alpaca` (`instruction`, optional `input`, `output`, optional `system`) `prompt_completion` (`prompt` and `completion`, strings or message lists), `preference` (`prompt`, `chosen`, `rejected`: strings or message lists, for `[preference]`) or `unpaired_preference` (`prompt`, `completion` and a boolean `label`, for KTO). Any but `text` and `tokens` makes every source's documents examples: rendered with the chat template, masked by `train_on`, fitted to `data.max_length` and packed whole."""
 
     fields: dict[str, str] | None = None
-    """Renamed fields of the records, e.g. `{messages = "dialog", role = "speaker", content = "text"}`. The names: messages, role, content (messages, sharegpt); instruction, input, output, system (alpaca); prompt, completion, role, content (prompt_completion)."""
+    """Renamed fields of the records, e.g. `{messages = "dialog", role = "speaker", content = "text"}`. The names: messages, role, content (messages, sharegpt); instruction, input, output, system (alpaca); prompt, completion, role, content (prompt_completion); input_ids (tokens, the column of ids in parquet and Arrow files)."""
+
+    tokenizer: str | None = None
+    """With `records = "tokens"`: the tokenizer that made the ids, a hub id (loaded from the local cache) or a local directory (same rules as `[tokenizer] path`). Its vocabulary must equal the vocabulary of the tokenizer the recipe trains with (`[tokenizer] path` or the model's own), and every id must be below its size: the data stage checks both before it packs a sequence."""
+
+    token_dtype: Literal["uint16", "uint32"] | None = None
+    """`.bin` token files only: the width of each id, little-endian: `uint16` (nanoGPT's, for vocabularies of at most 65,536 tokens) or `uint32`."""
+
+    eos_token_id: int | None = Field(None, ge=0)
+    """`.bin` token files only: the id that ends each document (nanoGPT writes the end-of-text id after every document). The files are split into documents at it; it must be the end-of-text id of the recipe's tokenizer, which follows each document in the packed sequences as it follows every text document."""
 
     roles: dict[str, str] | None = None
     """Role names of the records mapped to system, user, assistant or tool, e.g. `{human = "user", bot = "assistant"}` (sharegpt maps human, gpt and system by default)."""
@@ -82,7 +99,7 @@ class Source(Table):
     """Weights for some schedule phases by name, overriding `weight` there, e.g. `{cooldown = 0.5}` to upweight a source in the anneal. Needs `weight`."""
 
     filters: list[Filter] = Field(default_factory=list)
-    """Filters for this source only, as `[[data.sources.filters]]` tables, applied in order before the `[[data.filters]]` of every source."""
+    """Filters for this source only, as `[[data.sources.filters]]` tables, applied in order before the `[[data.filters]]` of every source. Filters read text: a token source (`records = "tokens"`) has none, and the `[[data.filters]]` pass over it."""
 
     phases: list[str] | None = Field(None, min_length=1)
     """Train on this source only in these schedule phases, by name: e.g. `["cooldown"]` adds a high-quality source to the anneal of a warmup-stable-decay run (shorthand phases are named warmup, decay, stable, cooldown, constant, cyclic, restarts). Unset: every phase. Its held-out documents are evaluated throughout."""
@@ -156,6 +173,49 @@ class Source(Table):
                     raise key_error("filters", f"a builtin source has no score field for a {f.type!r} filter")
         return self
 
+    @model_validator(mode="after")
+    def check_token_source(self) -> Source:
+        globs = [self.path] if isinstance(self.path, str) else self.path or []
+        bin_files = self.format == "bin" or (self.format is None and any(g.lower().endswith(".bin") for g in globs))
+        if self.records != "tokens":
+            for key in ("tokenizer", "token_dtype", "eos_token_id"):
+                if getattr(self, key) is not None:
+                    raise key_error(key, f'`{key}` applies to token sources (records = "tokens"), and `records` is "{self.records}"')
+            if bin_files:
+                raise key_error(
+                    "format" if self.format == "bin" else "path",
+                    "a .bin file holds token ids, not text",
+                    'set records = "tokens", with tokenizer, token_dtype and eos_token_id',
+                )
+            return self
+        if self.tokenizer is None:
+            raise key_error("records", "token ids need the tokenizer that made them", 'set `tokenizer` to its hub id or local directory, e.g. tokenizer = "gpt2"')
+        if self.filters:
+            raise key_error(
+                "filters",
+                "filters read text, and this source holds token ids",
+                "filter the text before tokenizing it; the [[data.filters]] of every source pass over token sources",
+            )
+        if self.roles is not None:
+            raise key_error("roles", "token ids have no roles")
+        if self.format in ("jsonl", "text"):
+            raise key_error("format", f'token ids are read from .bin, parquet, Arrow and datasets files, not {self.format}')
+        if bin_files:
+            for key, example in (("token_dtype", 'token_dtype = "uint16"'), ("eos_token_id", "eos_token_id = 50256")):
+                if getattr(self, key) is None:
+                    raise key_error("records", f"a .bin token source needs `{key}`", f"e.g. {example}")
+            if self.eos_token_id >= TOKEN_DTYPES[self.token_dtype]:
+                raise key_error(
+                    "eos_token_id",
+                    f"eos_token_id {self.eos_token_id} does not fit in a {self.token_dtype} id (at most {TOKEN_DTYPES[self.token_dtype] - 1})",
+                    'set token_dtype = "uint32"',
+                )
+        else:
+            for key in ("token_dtype", "eos_token_id"):
+                if getattr(self, key) is not None:
+                    raise key_error(key, f"`{key}` applies to .bin token files; in parquet and Arrow files each row of `input_ids` is one document of typed ids")
+        return self
+
 
 class DataTable(Table):
     """`[data]`"""
@@ -185,7 +245,7 @@ class DataTable(Table):
     """The sources, as `[[data.sources]]` tables, read in this order (document order decides which copy dedup keeps: the first)."""
 
     filters: list[Filter] = Field(default_factory=list)
-    """Filters over every source, as `[[data.filters]]` tables, applied in order after each source's own `filters`. Dedup compares documents across sources."""
+    """Filters over every source, as `[[data.filters]]` tables, applied in order after each source's own `filters`. Dedup compares documents across sources. They read text: the documents of token sources (`records = "tokens"`) pass them unread."""
 
     temperature: float | None = Field(None, gt=0)
     """Temperature sampling of the mixture: each source's share is proportional to its token count to the power 1/temperature (1: natural shares; higher flattens toward uniform). Not with `weight`."""
@@ -217,7 +277,16 @@ class DataTable(Table):
             )
         if weighted and self.temperature is not None:
             raise key_error("temperature", "`temperature` derives the weights from the sources' sizes; the sources also set `weight`")
-        examples = any(src.records != "text" for src in self.sources)
+        examples = any(src.records not in DOCUMENT_RECORDS for src in self.sources)
+        tokens = [i for i, src in enumerate(self.sources) if src.records == "tokens"]
+        if examples and tokens:
+            j = next(i for i, src in enumerate(self.sources) if src.records not in DOCUMENT_RECORDS)
+            raise key_error(
+                ("sources", tokens[0], "records"),
+                f"sources[{tokens[0]}] holds token ids (documents) and sources[{j}] holds {self.sources[j].records} records (examples, "
+                "rendered with the chat template and masked): one run trains on one or the other",
+                "train the examples in a run of their own, e.g. continuing from this one with [continual]",
+            )
         for key in ("max_length", "overflow"):  # resolved.toml spells out the defaults: those are fine
             if getattr(self, key) != type(self).model_fields[key].default and not examples:
                 raise key_error(key, f"`{key}` applies to examples, and every source's records are text", 'set records = "messages" (or another format) on a source')

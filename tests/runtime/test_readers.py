@@ -131,6 +131,19 @@ def test_parquet_known_answer(tmp_path):
     assert (stats.files, stats.documents, stats.empty) == (1, 3, 2)
 
 
+@pytest.mark.parametrize("kind", ["file", "stream"])
+def test_arrow_ipc_known_answer(tmp_path, kind):
+    table = pa.table({"text": ["a0", None, " ", "a3"], "quality": [1.0, 2.0, 3.0, 4.0]})
+    new = pa.ipc.new_file if kind == "file" else pa.ipc.new_stream
+    with pa.OSFile(str(tmp_path / "part.arrow"), "wb") as sink, new(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=2)
+    texts, ids, fields, stats = _read({"path": "*.arrow", "on_error": "skip"}, tmp_path, fields=["quality"])
+    assert texts == ["a0", "a3"] and ids == ["part.arrow#0", "part.arrow#3"] and fields == {"quality": [1.0, 4.0]}
+    assert (stats.files, stats.skipped, stats.empty) == (1, 1, 1)
+    (tmp_path / "bad.arrow").write_bytes(b"not arrow at all")
+    assert _error({"path": "bad.arrow"}, tmp_path).startswith("sources[0]: bad.arrow: not an Arrow IPC file or stream")
+
+
 def test_text_glob_known_answer(tmp_path):
     _write(tmp_path / "docs" / "b.txt", b"bee\n")
     _write(tmp_path / "docs" / "a.md", b"# a\n")
