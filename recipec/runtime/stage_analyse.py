@@ -304,7 +304,8 @@ def read_and_analyse(
     def items() -> Iterator[tuple]:
         for i, source in enumerate(spec["sources"]):
             for batch in readers.iter_batches(
-                source, project_dir, index=i, fields=score_fields(by_source[i]), batch_size=BATCH_SIZE, stats=corpus.stats[i]
+                source, project_dir, index=i, fields=score_fields(by_source[i]), batch_size=BATCH_SIZE, stats=corpus.stats[i],
+                tokenizer=tokenizer,
             ):
                 yield (batch, i, batch.texts, batch.fields, tokenize_all)
 
