@@ -202,19 +202,18 @@ def _resolve_snapshot(hub: dict, label: str, commit: str) -> Resolved:
 def _builder(path: str, hub: dict, label: str, revision: str | None = None) -> Any:
     """datasets' builder of the source's subset (``path``: a repository id, or a snapshot directory)."""
     import datasets
-    from datasets.exceptions import DataFilesNotFoundError, DatasetNotFoundError, EmptyDatasetError
 
     repo, subset = hub["repo"], hub.get("subset")
     try:
         return datasets.load_dataset_builder(path, name=subset, revision=revision, data_files=hub.get("data_files"))
-    except (DataFilesNotFoundError, EmptyDatasetError, DatasetNotFoundError, FileNotFoundError) as e:
+    except FileNotFoundError as e:  # datasets' DataFilesNotFoundError, EmptyDatasetError and DatasetNotFoundError among them
         which = "matching `data_files`" if hub.get("data_files") else f"of {shown(hub)}"
         where = "in the hub cache" if revision is None else "on the hub"
         hint = f"; {_fetch_hint(hub)}" if revision is None else ""
         raise DataError(f"{label}: no data files {which} {where} ({_reason(e)}){hint}") from None
     except ValueError as e:  # an unknown subset, or several and none chosen
         subsets = _subsets(path, revision)
-        if subset is not None and subset not in subsets:
+        if subset is not None and subsets and subset not in subsets:
             raise DataError(f"{label}: the dataset {repo} has no subset {subset!r}; its subsets: {', '.join(subsets)}") from None
         if subset is None and len(subsets) > 1:
             raise DataError(
