@@ -136,25 +136,31 @@ def resolve(source: dict, label: str) -> Resolved:
     """
     hub = source["hub"]
     if not _offline():
-        import httpx
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
         try:
             return _resolve_online(hub, label)
-        except (ConnectionError, TimeoutError, LocalEntryNotFoundError, httpx.TransportError):
-            pass  # the hub cannot be reached: read the cache, as offline
+        except Exception as e:
+            if not _unreachable(e):
+                raise
+            # the hub cannot be reached: read the cache, as offline
     return _resolve_cached(hub, label)
 
 
+def _unreachable(e: BaseException) -> bool:
+    """Whether ``e`` says that the hub could not be reached (rather than what it answered)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(e, (ConnectionError, TimeoutError, LocalEntryNotFoundError)):
+        return True
+    return any(kind.__name__ == "TransportError" for kind in type(e).__mro__)  # httpx's, whichever fork
+
+
 def _resolve_online(hub: dict, label: str) -> Resolved:
-    from huggingface_hub import HfFileSystem, hf_hub_download
+    from huggingface_hub import HfApi, HfFileSystem, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     repo, revision, cache = hub["repo"], _revision(hub), hub_cache_dir()
-    try:  # pins the revision in refs/, as datasets' own first request does
-        hf_hub_download(repo, "README.md", repo_type="dataset", revision=revision, cache_dir=cache)
-    except EntryNotFoundError:
-        pass  # no dataset card: the revision is recorded all the same
+    try:
+        commit = HfApi().dataset_info(repo, revision=revision).sha
     except GatedRepoError:
         raise DataError(
             f"{label}: the dataset {repo} is gated: ask for access at https://huggingface.co/datasets/{repo} "
@@ -164,9 +170,10 @@ def _resolve_online(hub: dict, label: str) -> Resolved:
         raise DataError(f"{label}: the dataset {repo} does not exist on the hub, or cannot be accessed (`hf auth login`)") from None
     except RevisionNotFoundError:
         raise DataError(f"{label}: the dataset {repo} has no revision {revision!r}") from None
-    commit = cached_revision(repo, revision) or (revision if _COMMIT.fullmatch(revision) else None)
-    if commit is None:
-        raise DataError(f"{label}: the hub did not say which commit revision {revision!r} of {repo} is at")
+    try:  # records the revision's commit in refs/, for the offline runs that follow
+        hf_hub_download(repo, "README.md", repo_type="dataset", revision=revision, cache_dir=cache)
+    except EntryNotFoundError:
+        pass  # no dataset card: the revision is recorded all the same
     files = _split_files(_builder(repo, hub, label, revision=commit), hub, label, cached=False)
     fs = HfFileSystem()
     in_repo = [fs.resolve_path(url).path_in_repo for url in files]

@@ -317,3 +317,35 @@ def test_build_stays_hermetic_and_locks_the_cached_commit(cache, tmp_path, write
     lock = json.loads(next((tmp_path / "build").glob("*/recipe.lock.json")).read_text())
     assert lock["data"][0]["commit"] == COMMIT_1 and lock["data"][0]["source"] == "sources[0]"
     assert "not in the hub cache" in lock["data"][1]["error"]
+
+
+def test_an_unreachable_hub_reads_the_cache(cache, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    publish(cache, "org/name", COMMIT_1, {"data.jsonl": jsonl({"text": f"doc {i}"} for i in range(3))})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    assert read({"hub": {"repo": "org/name"}}, tmp_path)[0] == ["doc 0", "doc 1", "doc 2"]
+
+
+def test_recipec_data_runs_a_hub_source_as_it_runs_the_same_files_on_disk(cache, tmp_path, write_recipe, monkeypatch):
+    from click.testing import CliRunner
+
+    from recipec.cli import main
+
+    data = jsonl({"text": sentence(i)} for i in range(60))
+    publish(cache, "org/name", COMMIT_1, {"data/train-0.jsonl": data})
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "train.jsonl").write_bytes(data)
+    monkeypatch.chdir(tmp_path)
+    reports = []
+    for source in ({"hub": {"repo": "org/name"}}, {"path": "corpus/*.jsonl"}):
+        write_recipe(data={"sources": [source], "seq_len": 16})
+        result = CliRunner().invoke(main, ["--no-color", "data", "recipe.toml", "--json"])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(result.stdout))
+    hub_report, path_report = reports
+    assert hub_report["documents"] == path_report["documents"] and hub_report["documents"]["read"] == 60
+    assert hub_report["segments"] == path_report["segments"]
+    assert hub_report["key"] != path_report["key"]
