@@ -175,19 +175,13 @@ def _resolve_online(hub: dict, label: str) -> Resolved:
     except EntryNotFoundError:
         pass  # no dataset card: the revision is recorded all the same
     files = _split_files(_builder(repo, hub, label, revision=commit), hub, label, cached=False)
-    fs = HfFileSystem()
-    in_repo = [fs.resolve_path(url).path_in_repo for url in files]
-    if hub.get("streaming"):
-        snapshot = os.path.join(repo_folder(repo), "snapshots", commit)
-        return Resolved(commit, None, [(path, _local(snapshot, path)) for path in in_repo])
+    prefix = f"hf://datasets/{repo}@{commit}/"  # how datasets names the files of a commit
+    in_repo = [url[len(prefix) :] if url.startswith(prefix) else HfFileSystem().resolve_path(url).path_in_repo for url in files]
+    if hub.get("streaming"):  # nothing downloaded: the commit fixes the files' content
+        return Resolved(commit, None, [(path, None) for path in in_repo])
     for path in in_repo:
         hf_hub_download(repo, path, repo_type="dataset", revision=commit, cache_dir=cache)
     return _resolve_snapshot(hub, label, commit)
-
-
-def _local(snapshot: str, path: str) -> str | None:
-    local = os.path.join(snapshot, *path.split("/"))
-    return local if os.path.isfile(local) else None
 
 
 def _resolve_cached(hub: dict, label: str) -> Resolved:

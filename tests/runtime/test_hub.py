@@ -349,3 +349,59 @@ def test_recipec_data_runs_a_hub_source_as_it_runs_the_same_files_on_disk(cache,
     assert hub_report["documents"] == path_report["documents"] and hub_report["documents"]["read"] == 60
     assert hub_report["segments"] == path_report["segments"]
     assert hub_report["key"] != path_report["key"]
+
+
+ONLINE = """
+import json, os, sys
+from fake_hub import FakeHub
+
+card = b"---\\nconfigs:\\n- config_name: default\\n  data_files:\\n  - split: train_sft\\n    path: data/train_sft-*.jsonl\\n---\\n"
+rows = "".join(json.dumps({"text": f"doc {i}"}) + "\\n" for i in range(5)).encode()
+hub = FakeHub("org/chats", "c" * 40, {"README.md": card, "data/train_sft-0.jsonl": rows, "data/unused.jsonl": rows})
+os.environ["HF_ENDPOINT"] = hub.url  # read when huggingface_hub and datasets are imported, below
+from recipec.runtime import readers
+import datasets, huggingface_hub.constants
+
+def read(source):
+    try:
+        texts = [t for batch in readers.iter_batches(source, ".") for t in batch.texts]
+        return {"texts": texts, "key": readers.fingerprint_source(source, ".")}
+    except readers.DataError as e:
+        return {"error": str(e)}
+
+plain = {"hub": {"repo": "org/chats", "split": "train_sft"}}
+streamed = {"hub": {"repo": "org/chats", "split": "train_sft", "streaming": True}, "max_documents": 3}
+out = {"streamed": read(streamed)}
+snapshot = os.path.join(os.environ["HF_HUB_CACHE"], "datasets--org--chats", "snapshots", "c" * 40)
+out["cached_while_streaming"] = os.path.exists(os.path.join(snapshot, "data", "train_sft-0.jsonl"))
+out["online"] = read(plain)
+out["missing_repo"] = read({"hub": {"repo": "org/nothing"}})
+out["missing_revision"] = read({"hub": {"repo": "org/chats", "revision": "v9"}})
+out["fetched"] = sorted({p.rsplit("/", 1)[-1] for m, p in hub.log if m == "GET" and "/resolve/" in p})
+hub.close()
+huggingface_hub.constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+out["offline"] = read(plain)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # a fresh Python that imports datasets and streams through the stand-in hub: 5-10 s
+def test_online_the_split_is_downloaded_into_the_hub_cache_and_then_read_offline_alike(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT")}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests" / "runtime")]),
+        HF_HUB_CACHE=str(tmp_path / "hub"),
+        HF_DATASETS_CACHE=str(tmp_path / "datasets"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
+    done = subprocess.run([sys.executable, "-c", ONLINE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    docs = [f"doc {i}" for i in range(5)]
+    assert out["streamed"]["texts"] == docs[:3] and not out["cached_while_streaming"]
+    assert out["online"]["texts"] == docs
+    assert out["fetched"] == ["README.md", "train_sft-0.jsonl"]  # the split's files, not the whole repository
+    assert out["offline"] == out["online"]  # the same documents and the same key, from the cache alone
+    assert (tmp_path / "hub" / "datasets--org--chats" / "refs" / "main").read_text() == "c" * 40
+    assert out["missing_repo"]["error"].startswith("sources[0]: the dataset org/nothing does not exist on the hub")
+    assert out["missing_revision"]["error"] == "sources[0]: the dataset org/chats has no revision 'v9'"
