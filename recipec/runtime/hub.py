@@ -24,7 +24,7 @@ parquet file (``text_field``, ``records``, ``fields``, ``on_error``), with locat
 for each data file of the split, its path in the repository, size and content hash (only
 the path for a file streamed from the hub: the commit fixes its content).
 
-Imports: the standard library at the top (the compiler calls :func:`lock_entry` for a
+Imports: the standard library and :mod:`.readers` at the top (the compiler calls :func:`lock_entry` for a
 build's lock without importing ``datasets``); ``datasets`` and ``huggingface_hub`` inside
 the functions that resolve and read.
 """

@@ -869,8 +869,9 @@ def fingerprint_source(
     and the locators and texts of its documents (up to ``max_documents``).
     For a hub source: its settings, the commit and its data files
     (:func:`.hub.fingerprint`). All add ``format``, ``text_field``,
-    ``max_documents``, ``on_error`` and ``fields`` (and ``max_tokens`` when set). Files are streamed in 1 MiB chunks; a source's name and globs
-    do not count, only what they select.
+    ``max_documents``, ``on_error`` and ``fields`` (and ``max_tokens`` when
+    set). Files are streamed in 1 MiB chunks; a source's name and globs do not
+    count, only what they select.
 
     Args:
         source: The source dict.

@@ -190,6 +190,9 @@ def test_a_revision_is_a_branch_a_tag_or_a_commit(cache, tmp_path):
         for rev in ("main", "v1.0", COMMIT_1)
     }
     assert keys["main"] != keys["v1.0"]
+    # main moves to a new commit with the same files: the key follows the commit
+    publish(cache, "org/name", "3" * 40, {"data.jsonl": jsonl({"text": f"new {i}"} for i in range(4))}, refs=("main",))
+    assert readers.fingerprint_source({"hub": {"repo": "org/name", "revision": "main"}}, tmp_path) != keys["main"]
     assert hub.fingerprint({"hub": {"repo": "org/name", "revision": "v1.0"}}, "s")["commit"] == COMMIT_1
 
 
@@ -232,6 +235,8 @@ def test_streaming_takes_max_documents_or_stops_before_max_tokens(cache, tmp_pat
     assert len(texts) == 5  # the tighter bound wins
     with pytest.raises(DataError, match="max_tokens counts tokens with the recipe's tokenizer"):
         read(source, tmp_path)
+    (tmp_path / "local.jsonl").write_bytes(jsonl({"text": sentence(i)} for i in range(50)))
+    assert read({"path": "local.jsonl", "max_tokens": bound}, tmp_path, tokenizer=tok)[0] == [sentence(i) for i in range(12)]
 
     # the stage counts with the recipe's tokenizer, and keys the entry on the bound
     out = stage.run(request(tmp_path, tok_path, [source]), log=lambda m: None)
