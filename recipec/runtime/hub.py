@@ -18,7 +18,8 @@ there, through ``refs/<revision>`` (a branch or tag) or a ``snapshots/<commit>``
 
 The records go through :class:`.readers._Reader`'s handling of Arrow batches, as those of a
 parquet file (``text_field``, ``records``, ``fields``, ``on_error``), with locators
-``org/name[subset]:split#ROW`` (``org/name:split#ROW`` without a subset).
+``org/name[subset]:split#ROW`` (``org/name:split#ROW`` without a subset). A file that
+``datasets`` cannot parse (a line that is not JSON) is an error naming it either way.
 
 :func:`fingerprint` gives what the data stage's cache key holds of a source: the commit and,
 for each data file of the split, its path in the repository, size and content hash (only
@@ -252,6 +253,9 @@ def _split_files(builder: Any, hub: dict, label: str, *, cached: bool) -> list[s
 
 
 def _reason(e: BaseException) -> str:
+    """The first line of what went wrong, from the innermost cause (datasets wraps a parse error in its own)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
@@ -283,7 +287,8 @@ def documents(source: dict, reader: _Reader) -> Iterator[tuple[Any, str, tuple]]
         else:
             ds = datasets.load_dataset(hub["repo"], revision=resolved.commit, streaming=True, **args)
     except failures as e:
-        raise DataError(f"{label}: {where}: cannot load the dataset ({_reason(e)})") from None
+        files = ", ".join(path for path, _ in resolved.files[:3]) + (" ..." if len(resolved.files) > 3 else "")
+        raise DataError(f"{label}: {where}: cannot load the dataset from {files} ({_reason(e)})") from None
     reader.stats.files += len(resolved.files)
     try:
         if not streaming:

@@ -302,6 +302,9 @@ def test_a_missing_text_column_names_the_split_and_the_columns(cache, tmp_path):
     publish(cache, "org/name", COMMIT_1, {"data.jsonl": jsonl([{"body": "x", "n": 1}])})
     with pytest.raises(DataError, match=r"^sources\[0\]: org/name:train: no column 'text' \(text_field\); available columns: body, n$"):
         read({"hub": {"repo": "org/name"}}, tmp_path)
+    publish(cache, "org/broken", COMMIT_1, {"data/part-0.jsonl": b'{"text": "a"}\n{"text": broken\n'})
+    with pytest.raises(DataError, match=r"^sources\[0\]: org/broken:train: cannot load the dataset from data/part-0.jsonl \(JSON parse error"):
+        read({"hub": {"repo": "org/broken"}, "on_error": "skip"}, tmp_path)  # datasets parses the file: an error either way
 
 
 # --------------------------------------------------------------------------- the compiler
