@@ -95,7 +95,7 @@ class Source(Table):
     """A glob or list of globs of local files, relative to the directory `recipec` runs in. `**` matches across directories. With `format = "datasets"`, a directory written by `datasets.Dataset.save_to_disk`."""
 
     hub: HubDataset | None = None
-    """A dataset on the Hugging Face hub, as a `[data.sources.hub]` table, e.g. `hub = {repo = "org/name", split = "train"}`: read with `datasets.load_dataset` from the hub cache (`HF_HUB_CACHE`), downloading into it first when the hub is online. Offline (`HF_HUB_OFFLINE=1`, the training script's default) the dataset must be in that cache: `hf download --repo-type dataset org/name` puts it there. Records are read as those of a parquet file, with locators `org/name[subset]:split#ROW`."""
+    """A dataset on the Hugging Face hub, as a `[data.sources.hub]` table, e.g. `hub = {repo = "org/name", split = "train"}`: read with `datasets.load_dataset` from the hub cache (`HF_HUB_CACHE`), downloading the split's files into it first when the hub is online (a streamed source is streamed from the hub instead). Offline (`HF_HUB_OFFLINE=1`, the training script's default) the dataset must be in that cache: `hf download --repo-type dataset org/name` puts it there. Records are read as those of a parquet file, with locators `org/name[subset]:split#ROW`."""
 
     format: Literal["jsonl", "parquet", "text", "datasets"] | None = None
     """File format. Unset: inferred from the extension (.jsonl/.json, also .gz and .zst compressed; .parquet; .txt/.md/.text). A text file is one document; a jsonl line is one document."""
