@@ -267,13 +267,19 @@ def data_fingerprints(plan: Plan, project: str | os.PathLike[str]) -> list[dict[
 
     Each entry is ``{"source": label, "sha256": digest}``, or ``{"source": label, "error":
     message}`` when the source cannot be read now: a build does not need its data, so an
-    unreadable source is recorded, not fatal (train.py reports it when it runs).
+    unreadable source is recorded, not fatal (train.py reports it when it runs). A hub
+    source's digest is of its settings and the commit its revision is at in the hub cache,
+    which the entry names too (``"commit"``).
     """
-    from .runtime import readers  # pyarrow and zstandard: only when a lock is made
+    from .runtime import hub, readers  # pyarrow and zstandard: only when a lock is made
 
     entries = []
     for index, src in enumerate(plan["sources"]):
         entry = {"source": readers.source_label(src, index)}
+        if src.get("hub") is not None:  # its commit in the hub cache: the build reads no dataset and no network
+            entry.update(hub.lock_entry(src))
+            entries.append(entry)
+            continue
         try:
             entry["sha256"] = readers.fingerprint_source(src, project, index=index)
         except (readers.DataError, OSError, ValueError) as exc:

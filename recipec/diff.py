@@ -495,14 +495,14 @@ def _removed_filters(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]
 def _source_label(src: dict[str, Any], index: int) -> str:
     if src.get("name"):
         return f"`{src['name']}`"
-    what = src.get("builtin") or src.get("path")
+    what = src.get("builtin") or src.get("path") or (src.get("hub") or {}).get("repo")
     return f"sources[{index}] ({what})" if what is not None else f"sources[{index}]"
 
 
 def _identity(src: dict[str, Any]) -> Any:
     if src.get("name"):
         return ("name", src["name"])
-    return ("what", json.dumps([src.get("builtin"), src.get("path")], sort_keys=True))
+    return ("what", json.dumps([src.get("builtin"), src.get("path"), src.get("hub")], sort_keys=True))
 
 
 def _source_flags(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
@@ -526,7 +526,7 @@ def _source_flags(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) 
         sa, sb = old[i], new[j]
         diffs = [
             f"{key} {sa.get(key)!r} -> {sb.get(key)!r}"
-            for key in ("builtin", "path", "weight")
+            for key in ("builtin", "path", "hub", "weight")
             if not _equal(sa.get(key), sb.get(key))
         ]
         label = _source_label(sa, i)

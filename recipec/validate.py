@@ -277,6 +277,10 @@ def _unknown_key_help(path: KeyPath, loc: tuple[Any, ...] = ()) -> str | None:
         ]
         if owners:
             return f"`{key}` is an option of {field} = " + " or ".join(f'"{o}"' for o in owners)
+    for name, sub in parent.model_fields.items():  # a key of a table inside this one: `revision` of data.sources.hub
+        model = _find_model(sub.annotation)
+        if model is not None and typing.get_origin(sub.annotation) is not list and key in model.model_fields:
+            return f"`{key}` is a key of the `{name}` table here, e.g. {name} = {{{key} = ...}}"
     return did_you_mean(key, parent.model_fields)
 
 

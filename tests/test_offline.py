@@ -84,6 +84,8 @@ CASES = {
         {**LOCAL_MODEL, "tokenizer.path": "org/tokenizer", "tokenizer.train": None, "launch.hub_offline": False},
         False,
     ),
+    "hub dataset, hub_offline default": ({"data.sources": [{"hub": {"repo": "org/data"}}]}, True),
+    "hub dataset, hub_offline false": ({"data.sources": [{"hub": {"repo": "org/data"}}], "launch.hub_offline": False}, False),
 }
 
 

@@ -56,6 +56,13 @@ def data_settings(b: PlanBuilder) -> None:
 
     trained = recipe.tokenizer.train is not None
     token_sources(b)
+    for i, src in enumerate(d.sources):
+        if src.max_tokens is not None and trained:
+            b.error(
+                ("data", "sources", i, "max_tokens"),
+                "max_tokens counts tokens with the recipe's tokenizer, but [tokenizer.train] trains it on the data that is read",
+                "bound the source with max_documents, or load a tokenizer with [tokenizer] path",
+            )
     chains: list[tuple[tuple[Any, ...], list[Any]]] = [(("data", "filters"), list(d.filters))]
     chains += [(("data", "sources", i, "filters"), list(src.filters)) for i, src in enumerate(d.sources)]
     for path, chain in chains:

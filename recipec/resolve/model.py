@@ -13,9 +13,10 @@ ADAMW_IMPLEMENTATION = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fus
 
 
 def hub_ids(recipe: Recipe) -> list[str]:
-    """The hub ids the recipe loads from (model.path, tokenizer.path that are not local paths)."""
+    """The hub ids the recipe loads from (model.path, tokenizer.path that are not local paths, data.sources' hub repos)."""
     paths = (recipe.model.path, recipe.tokenizer.path)
-    return [p for p in paths if p is not None and not p.startswith(LOCAL_PREFIXES)]
+    datasets = [src.hub.repo for src in recipe.data.sources if src.hub is not None]
+    return [p for p in paths if p is not None and not p.startswith(LOCAL_PREFIXES)] + datasets
 
 
 def max_positions(b: PlanBuilder) -> tuple[int | None, KeyPath]:

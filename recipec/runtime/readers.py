@@ -323,7 +323,9 @@ def expand_files(source: dict, project_dir: str | os.PathLike, *, index: int = 0
         index: Position of the source in the recipe, for messages.
 
     Returns:
-        Absolute, normalized file paths; ``[]`` for a builtin source.
+        Absolute, normalized file paths; ``[]`` for a builtin source. For a hub
+        source, the files of its split in the hub cache (:func:`.hub.resolve`;
+        none when it is streamed from the hub).
 
     Raises:
         DataError: If a glob matches no file (naming the glob and directory), a
@@ -333,6 +335,10 @@ def expand_files(source: dict, project_dir: str | os.PathLike, *, index: int = 0
     if source.get("builtin") is not None:
         return []
     label = source_label(source, index)
+    if source.get("hub") is not None:
+        from . import hub
+
+        return [local for _, local in hub.resolve(source, label).files if local is not None]
     paths = _Paths(project_dir)
     files: list[str] = []
     for path, fmt in _units(source, paths, label):
@@ -780,6 +786,7 @@ def iter_batches(
     fields: Sequence[str] = (),
     batch_size: int = 1000,
     stats: ReadStats | None = None,
+    tokenizer: Any = None,
 ) -> Iterator[Batch]:
     """Stream the documents of one source in batches.
 
@@ -788,7 +795,9 @@ def iter_batches(
     every batch holds ``batch_size`` documents except the last. Texts are
     yielded exactly as stored; empty and whitespace-only ones are dropped and
     counted. With ``max_documents`` set, reading stops once that many
-    documents have been yielded.
+    documents have been yielded; with ``max_tokens``, before the first document
+    whose tokens (``tokenizer``, no special tokens, of the text as yielded) would
+    bring the source's total past it.
 
     * jsonl: one JSON object per line, plain, ``.gz`` or ``.zst``; blank lines
       are ignored. A record that is not valid UTF-8 or JSON, not an object,
@@ -802,6 +811,8 @@ def iter_batches(
     * arrow: an Arrow IPC file or stream, by record batch; nulls as for parquet.
     * bin: token ids, read by :mod:`.token_sources` (here an error).
     * builtin: :func:`.data.builtin_texts`' documents, in its order.
+    * hub: a dataset's split, read with ``datasets`` from the hub cache
+      (:mod:`.hub`); records as for parquet.
 
     A malformed record raises :class:`DataError`, or with ``on_error = "skip"``
     is counted in ``stats`` and skipped. A missing column, a corrupt or
@@ -814,6 +825,7 @@ def iter_batches(
         fields: Extra numeric fields (columns) to return with each document.
         batch_size: Documents per batch (>= 1).
         stats: Counters to add to; pass one to see what was dropped.
+        tokenizer: Counts the tokens of a source with ``max_tokens``.
 
     Yields:
         Batches of ``batch_size`` documents, the last one possibly smaller.
@@ -846,8 +858,17 @@ def iter_batches(
         }
         units = _units(source, reader.paths, label)
         documents = (document for path, fmt in units for document in read[fmt](path))
+    elif source.get("hub") is not None:
+        from . import hub
+
+        documents = hub.documents(source, _Reader(source, _Paths(project_dir), label, fields, batch_size, stats))
     else:
-        raise DataError(f"{label}: a data source needs `builtin` or `path`")
+        raise DataError(f"{label}: a data source needs `builtin`, `path` or `hub`")
+    max_tokens = source.get("max_tokens")
+    if max_tokens is not None and tokenizer is None:
+        documents.close()
+        raise DataError(f"{label}: max_tokens counts tokens with the recipe's tokenizer, and there is none yet (it is trained on the data)")
+    tokens = 0
 
     texts: list[str] = []
     ids: list[str] = []
@@ -865,6 +886,10 @@ def iter_batches(
             if not text or text.isspace():
                 stats.empty += 1
                 continue
+            if max_tokens is not None:
+                tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                if tokens > max_tokens:
+                    break
             if examples is not None:
                 examples.append(json.dumps(example, ensure_ascii=False))
             texts.append(text)
@@ -897,9 +922,11 @@ def fingerprint_source(
     For a path source: each data file's path (relative to ``project_dir`` when
     inside it), size and content, in reading order. For a builtin: its name
     and the locators and texts of its documents (up to ``max_documents``).
-    Both add ``format``, ``text_field``, ``max_documents``, ``on_error`` and
-    ``fields``. Files are streamed in 1 MiB chunks; a source's name and globs
-    do not count, only what they select.
+    For a hub source: its settings, the commit and its data files
+    (:func:`.hub.fingerprint`). All add ``format``, ``text_field``,
+    ``max_documents``, ``on_error`` and ``fields`` (and ``max_tokens`` when
+    set). Files are streamed in 1 MiB chunks; a source's name and globs do not
+    count, only what they select.
 
     Args:
         source: The source dict.
@@ -925,6 +952,9 @@ def fingerprint_source(
         settings.update(records=source["records"], record_fields=source.get("fields"), roles=source.get("roles"))
     if source.get("records") == "tokens":  # what splits and reads the ids
         settings.update(token_dtype=source.get("token_dtype"), eos_token_id=source.get("eos_token_id"))
+    for key in ("hub", "max_tokens"):  # only when set: the other sources keep the keys they always had
+        if source.get(key) is not None:
+            settings[key] = source[key]
     digest = hashlib.sha256(b"recipec-source-v1\0")
     digest.update(json.dumps(settings, sort_keys=True).encode("utf-8") + b"\0")
 
@@ -932,8 +962,14 @@ def fingerprint_source(
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
 
-    if source.get("builtin") is not None:
-        for batch in iter_batches(source, project_dir, index=index):
+    if source.get("hub") is not None:
+        from . import hub
+
+        add(json.dumps(hub.fingerprint(source, source_label(source, index)), sort_keys=True).encode("utf-8"))
+        return digest.hexdigest()
+
+    if source.get("builtin") is not None:  # every document up to max_documents; max_tokens is a setting above
+        for batch in iter_batches({**source, "max_tokens": None}, project_dir, index=index):
             for locator, text in zip(batch.ids, batch.texts):
                 add(locator.encode("utf-8"))
                 add(text.encode("utf-8"))

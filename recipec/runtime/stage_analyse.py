@@ -315,7 +315,8 @@ def read_and_analyse(
                 )
             else:
                 batches = readers.iter_batches(
-                    source, project_dir, index=i, fields=score_fields(by_source[i]), batch_size=BATCH_SIZE, stats=corpus.stats[i]
+                    source, project_dir, index=i, fields=score_fields(by_source[i]), batch_size=BATCH_SIZE, stats=corpus.stats[i],
+                    tokenizer=tokenizer,
                 )
             for batch in batches:
                 yield (batch, i, batch.texts, batch.fields, tokenize_all and i not in corpus.token_sources)

@@ -379,7 +379,7 @@ def iter_batches(
     """Stream the documents of a token source in batches, in :func:`.readers.expand_files` order.
 
     Empty documents (two end-of-text ids in a row, an empty list) are counted in
-    ``stats.empty`` and dropped; ``max_documents`` stops the reading as for text.
+    ``stats.empty`` and dropped; ``max_documents`` and ``max_tokens`` stop the reading as for text.
     ``stats.bytes`` counts the ids' bytes as stored.
 
     Args:
@@ -398,6 +398,8 @@ def iter_batches(
     paths = readers._Paths(project_dir)
     reader = _TokenReader(source, paths, label, stats, vocab_size)
     max_documents = source.get("max_documents")
+    max_tokens = source.get("max_tokens")  # as for text: stop before the document that would pass it
+    taken = 0
     documents = (doc for path, fmt in readers._units(source, paths, label) for doc in reader.read(path, fmt))
     tokens: list[np.ndarray] = []
     ids: list[str] = []
@@ -407,6 +409,10 @@ def iter_batches(
             if len(token_ids) == 0:
                 stats.empty += 1
                 continue
+            if max_tokens is not None:
+                taken += len(token_ids)
+                if taken > max_tokens:
+                    break
             tokens.append(np.ascontiguousarray(token_ids, dtype=np.uint32))
             ids.append(locator)
             yielded += 1

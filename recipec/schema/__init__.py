@@ -13,7 +13,7 @@ from pydantic import Field
 from .averaging import EmaTable, MergeTable
 from .base import Table
 from .continual import ContinualTable
-from .data import DataTable, Source
+from .data import DataTable, HubDataset, Source
 from .filters import (
     FILTER_TABLES,
     DecontaminateFilter,
@@ -153,6 +153,7 @@ __all__ = [
     "BoftTable",
     "ContinualTable",
     "DataTable",
+    "HubDataset",
     "DeepspeedTable",
     "EmaTable",
     "FsdpTable",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -43,9 +44,54 @@ TOKEN_DTYPES = {"uint16": 1 << 16, "uint32": 1 << 32}
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
+REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$"
+"""A hub repository id: `name` or `org/name` (never a local path: no leading ./, ../, / or ~)."""
+
+SPLIT_PATTERN = r"^\w+(\.\w+)*$"
+"""A split name as `datasets` allows them (letters, digits, `_`, and `.` between them)."""
+
+
+class HubDataset(Table):
+    """`[data.sources.hub]`: a dataset repository on the Hugging Face hub, read with `datasets.load_dataset`.
+
+    Its keys are `load_dataset`'s arguments. They sit in a table of their own because
+    `split` here is the dataset's split, while a source's own `split` says whether the
+    source is trained on or held out for evaluation.
+    """
+
+    repo: str
+    """The dataset repository id, e.g. `"HuggingFaceH4/ultrachat_200k"` (`load_dataset`'s `path`)."""
+
+    subset: str | None = Field(None, min_length=1)
+    """The subset (configuration) to read, as the hub's dataset viewer names it, e.g. `"en"` (`load_dataset`'s `name`). Unset: the repository's default one; an error naming them when it has several and no default."""
+
+    split: str = "train"
+    """The dataset's split to read, e.g. `"train_sft"`. Not the source's own `split`, which says whether the documents are trained on or held out for evaluation."""
+
+    revision: str = Field("main", min_length=1)
+    """A branch, tag or commit sha of the repository. The commit it resolves to is part of the data stage's cache key."""
+
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    """Globs of the repository's files to read instead of the subset's own, as `load_dataset`'s `data_files`: a glob or a list of globs (they make the `train` split), or a table of split name -> globs, e.g. `{train = "data/train-*.parquet"}`."""
+
+    streaming: bool = False
+    """Stream the records (`load_dataset(..., streaming=True)`) instead of downloading and preparing the whole split first; the source then needs `max_documents` or `max_tokens` to bound what is taken. Offline, the streamed files must be in the hub cache."""
+
+    @model_validator(mode="after")
+    def check_names(self) -> HubDataset:
+        if not re.fullmatch(REPO_PATTERN, self.repo):
+            raise key_error(
+                "repo",
+                f"{self.repo!r} is not a hub dataset id such as \"org/name\"",
+                'a dataset on this machine is a `path` source: path = "data/*.jsonl", or format = "datasets" for a save_to_disk directory',
+            )
+        if not re.fullmatch(SPLIT_PATTERN, self.split):
+            raise key_error("split", f"{self.split!r} is not a split name (letters, digits and `_`, joined by `.`)", 'e.g. split = "train"')
+        return self
+
 
 class Source(Table):
-    """`[[data.sources]]`: one source of documents. Exactly one of `builtin` and `path`."""
+    """`[[data.sources]]`: one source of documents. Exactly one of `builtin`, `path` and `hub`."""
 
     name: str | None = Field(None, pattern=NAME_PATTERN)
     """A short name for the report and messages (letters, digits, `_`, `.`, `-`). Unset: `sources[i]`. Required with `split = "eval"`: the source's loss is logged as `eval_loss_<name>`."""
@@ -55,6 +101,9 @@ class Source(Table):
 
     path: str | list[str] | None = None
     """A glob or list of globs of local files, relative to the directory `recipec` runs in. `**` matches across directories. With `format = "datasets"`, a directory written by `datasets.Dataset.save_to_disk`."""
+
+    hub: HubDataset | None = None
+    """A dataset on the Hugging Face hub, as a `[data.sources.hub]` table, e.g. `hub = {repo = "org/name", split = "train"}`: read with `datasets.load_dataset` from the hub cache (`HF_HUB_CACHE`), downloading the split's files into it first when the hub is online (a streamed source is streamed from the hub instead). Offline (`HF_HUB_OFFLINE=1`, the training script's default) the dataset must be in that cache: `hf download --repo-type dataset org/name` puts it there. Records are read as those of a parquet file, with locators `org/name[subset]:split#ROW`."""
 
     format: Literal["jsonl", "parquet", "text", "datasets", "arrow", "bin"] | None = None
     """File format. Unset: inferred from the extension (.jsonl/.json, also .gz and .zst compressed; .parquet; .txt/.md/.text; .arrow, an Arrow IPC file or stream; .bin, flat token ids). A text file is one document; a jsonl line, a parquet or Arrow row is one document; a `.bin` file holds many, separated by `eos_token_id`."""
@@ -86,6 +135,9 @@ class Source(Table):
     max_documents: int | None = Field(None, ge=1)
     """Read at most this many (non-empty) documents of this source, in file order, before any filter. Unset: all."""
 
+    max_tokens: int | None = Field(None, ge=1)
+    """Read documents, in file order and before any filter, while their tokens add up to at most this many: the first document that would go past it ends the source. Tokens are counted with the recipe's tokenizer, without special tokens, over each document's text (for conversations, the text of their turns, as the filters see them). Unset: no bound. Not with `[tokenizer.train]`, which trains the tokenizer on the read documents."""
+
     on_error: Literal["error", "skip"] = "error"
     """A malformed record (a jsonl line that is not a JSON object, a missing or non-text field, a text file that is not UTF-8): stop with its file and line, or skip it and count it in the report."""
 
@@ -106,12 +158,13 @@ class Source(Table):
 
     @model_validator(mode="after")
     def check_builtin_or_path(self) -> Source:
-        if (self.builtin is None) == (self.path is None):
-            which = "both" if self.builtin is not None else "neither"
+        given = [key for key in ("builtin", "path", "hub") if getattr(self, key) is not None]
+        if len(given) != 1:
+            which = " and ".join(f"`{key}`" for key in given) if given else "neither"
             raise key_error(
-                "path" if self.builtin is not None else "builtin",
-                f"a data source needs exactly one of `builtin` and `path`, got {which}",
-                'e.g. builtin = "python-docs", or path = "data/*.jsonl"',
+                given[1] if given else "builtin",
+                f"a data source needs exactly one of `builtin`, `path` and `hub`, got {which}",
+                'e.g. builtin = "python-docs", path = "data/*.jsonl", or hub = {repo = "org/name"}',
             )
         if self.builtin is not None:
             for key in ("format", "text_field"):
@@ -188,6 +241,8 @@ class Source(Table):
                     'set records = "tokens", with tokenizer, token_dtype and eos_token_id',
                 )
             return self
+        if self.hub is not None:
+            raise key_error("records", "token ids are read from local files (.bin, parquet, Arrow, datasets directories)", "download the dataset's files and point `path` at them")
         if self.tokenizer is None:
             raise key_error("records", "token ids need the tokenizer that made them", 'set `tokenizer` to its hub id or local directory, e.g. tokenizer = "gpt2"')
         if self.filters:
@@ -214,6 +269,19 @@ class Source(Table):
             for key in ("token_dtype", "eos_token_id"):
                 if getattr(self, key) is not None:
                     raise key_error(key, f"`{key}` applies to .bin token files; in parquet and Arrow files each row of `input_ids` is one document of typed ids")
+        return self
+
+    @model_validator(mode="after")
+    def check_hub(self) -> Source:
+        if self.hub is not None:
+            if self.format is not None:
+                raise key_error("format", "`format` applies to a `path` source; `datasets` tells a hub dataset's format from its files")
+            if self.hub.streaming and self.max_documents is None and self.max_tokens is None:
+                raise key_error(
+                    ("hub", "streaming"),
+                    "a streamed source needs a bound on what is taken from the stream",
+                    "set `max_documents` or `max_tokens` on the source, or streaming = false to read the whole split",
+                )
         return self
 
 

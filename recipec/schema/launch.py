@@ -177,7 +177,7 @@ class LaunchTable(Table):
     """Let float32 matmuls and convolutions use TF32 tensor cores (NVIDIA Ampere and later): much faster, about 3 decimal digits of precision in the products. No effect on CPU."""
 
     hub_offline: bool = True
-    """Set HF_HUB_OFFLINE=1 so that nothing is downloaded during training; models and tokenizers must be local or already cached. false allows downloads only when the recipe names a hub model or tokenizer: a recipe with nothing on the hub always runs offline."""
+    """Set HF_HUB_OFFLINE=1 so that nothing is downloaded during training; models, tokenizers and hub datasets must be local or already cached. false allows downloads only when the recipe names a hub model, tokenizer or dataset (`data.sources.hub`): a recipe with nothing on the hub always runs offline."""
 
     device_memory_gib: float | None = Field(None, gt=0)
     """Memory of one device (GPU, or the CPU's share per process) in GiB. When set, `recipec explain`, `validate` and `build` warn if the estimated peak memory per device (parameters, gradients, optimizer state, activations, logits; see `recipec explain`) is above it. The estimate is approximate: no CUDA context, no fragmentation."""
