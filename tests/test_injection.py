@@ -301,6 +301,13 @@ def _files_for(project: Path, field: StringField, value: str, data: dict[str, An
         source.pop("text_field", None)
         source.update(path="data/ids.bin", records="tokens", tokenizer=value, token_dtype="uint16", eos_token_id=0)
         _try_create(project / "data" / "ids.bin", "\x01\x00\x00\x00")
+    elif fid.startswith("data.sources.hub."):
+        # a hub source in place of the local file: the build reads no dataset, only its settings
+        source.pop("path", None)
+        hub = {"repo": "org/name"}
+        key = field.key
+        hub[key] = {"str": value, "list": [value], "dict_key": {value: "*.jsonl"}, "dict_str": {value: value}}[field.shape]
+        source["hub"] = hub
     elif fid == "data.sources.phases":
         _same_phase(data, value)
         source["phases"] = [value]
