@@ -1,0 +1,183 @@
+"""The data stage on Ray (recipec/runtime/stage_ray.py): the same entry as the local executor, bit for bit."""
+
+import copy
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+ray = pytest.importorskip("ray")
+
+from recipec.runtime import stage, stage_ray  # noqa: E402
+from recipec.runtime.readers import DataError  # noqa: E402
+
+from .test_stage import jsonl, prose, request, tokenizer_dir  # noqa: E402,F401
+
+# each test starts Ray or runs the stage twice: seconds each, so all run in the slow tests' worker
+pytestmark = pytest.mark.slow
+
+EXACT = {"type": "exact_dedup", "normalize": True}
+NEAR = {"type": "minhash_dedup", "shingle_size": 5, "num_perm": 64, "bands": 16, "threshold": 0.7, "seed": 1}
+LENGTH = {"type": "length", "unit": "words", "min": 30, "max": None}
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray of two CPUs (two workers) for the module."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def near(i: int, n: int = 120) -> str:
+    """A variant of prose(i, n) with every 40th word changed: a near duplicate of it."""
+    return " ".join(w if k % 40 else "CHANGED" for k, w in enumerate(prose(i, n).split()))
+
+
+def corpus(tmp_path: pathlib.Path) -> list[dict]:
+    """Two sources over several files, with planted exact duplicates (within and across files and sources),
+    near duplicates, and short documents the length filter drops before dedup sees them."""
+    for f in range(4):
+        rows = []
+        for i in range(f * 30, f * 30 + 30):
+            rows.append({"text": prose(i, 120)})
+            if i % 7 == 0 and i > 0:
+                rows.append({"text": prose(i - 1, 120).upper()})  # exact once normalised, of the previous one
+            if i % 11 == 5:
+                rows.append({"text": near(i - 3)})  # near, of an earlier one
+            if i % 13 == 0:
+                rows.append({"text": "too short to keep"})
+        jsonl(tmp_path / "a" / f"part-{f}.jsonl", rows)
+    jsonl(tmp_path / "b" / "one.jsonl", [{"text": prose(i, 120)} for i in (3, 200, 202, 45)] + [{"text": near(202)}])
+    return [
+        {"path": "a/*.jsonl", "name": "a", "filters": [LENGTH]},
+        {"path": "b/*.jsonl", "name": "b", "filters": [EXACT]},
+    ]
+
+
+def entry_files(out) -> dict[str, str]:
+    """sha256 of every sequence file of an entry."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.dir.glob("*.arrow"))}
+
+
+def comparable(report: dict) -> dict:
+    """The report without what depends on the executor and the clock."""
+    r = copy.deepcopy(report)
+    for key in ("timings", "num_proc", "executor", "ray"):
+        r.pop(key, None)
+    return r
+
+
+def both(tmp_path, tokenizer_dir, sources, filters, **spec):
+    """The entry of a local run and of a Ray run of the same request, in two cache directories."""
+    local = request(tmp_path, tokenizer_dir, sources, filters, **spec)
+    local["cache_dir"] = "cache-local"
+    on_ray = dict(local, cache_dir="cache-ray", executor="ray", ray_address=None)
+    return stage.run(local, log=lambda m: None), stage.run(on_ray, log=lambda m: None)
+
+
+def test_ray_gives_the_local_entry_byte_for_byte(cluster, tmp_path, tokenizer_dir, monkeypatch):
+    monkeypatch.setattr(stage_ray, "SHARD_BYTES", 8000)  # several shards per file set
+    sources = corpus(tmp_path)
+    local, on_ray = both(tmp_path, tokenizer_dir, sources, [EXACT, NEAR], eval_fraction=0.1, count_dropped_tokens=True)
+    assert on_ray.dir.name == local.dir.name  # the same cache key
+    assert entry_files(on_ray) == entry_files(local)
+    assert comparable(on_ray.report) == comparable(local.report)
+    r = on_ray.report
+    assert r["executor"] == "ray" and r["ray"]["shards"] >= 4 and r["ray"]["partitions"] >= 2
+    dropped = {f["label"]: f["docs_dropped"] for f in r["filters"]}
+    # the planted ones: 10 short; in b, none of its own (its copies are of a); across sources,
+    # 17 upper-cased copies and b's copies of a's documents 3 and 45; near: 11 variants and b's of 202
+    assert dropped == {"a.filters[0]": 10, "b.filters[0]": 0, "filters[0]": 17 + 2, "filters[1]": 11 + 1}
+    reasons = [e["reason"] for f in r["filters"] for e in f["examples"] if e["reason"].startswith("duplicate")]
+    assert reasons and all("a/part-" in x or "b/one.jsonl" in x for x in reasons)
+
+
+def test_a_worker_killed_mid_stage_is_retried_and_the_output_is_unchanged(cluster, tmp_path, tokenizer_dir, monkeypatch):
+    monkeypatch.setattr(stage_ray, "SHARD_BYTES", 8000)
+    marker = tmp_path / "killed"
+    sources = corpus(tmp_path)
+    local = request(tmp_path, tokenizer_dir, sources, [EXACT, NEAR])
+    local["cache_dir"] = "cache-local"
+    want = stage.run(local, log=lambda m: None)
+    monkeypatch.setenv(stage_ray.KILL_ONCE, str(marker))
+    got = stage.run(dict(local, cache_dir="cache-ray", executor="ray"), log=lambda m: None)
+    assert marker.exists()  # a task died
+    assert entry_files(got) == entry_files(want)
+    assert comparable(got.report) == comparable(want.report)
+    assert got.report["documents"] == want.report["documents"]
+
+
+def test_bad_data_in_a_shard_is_the_located_error_of_the_local_executor(cluster, tmp_path, tokenizer_dir):
+    jsonl(tmp_path / "x" / "1.jsonl", [{"text": prose(1)}])
+    (tmp_path / "x" / "2.jsonl").write_text(json.dumps({"text": prose(2)}) + "\n{not json\n")
+    req = dict(request(tmp_path, tokenizer_dir, [{"path": "x/*.jsonl"}]), executor="ray")
+    with pytest.raises(DataError, match=r"x/2\.jsonl:2"):
+        stage.run(req, log=lambda m: None)
+
+
+def _run_stage(tmp_path: pathlib.Path, req: dict, env: dict) -> subprocess.CompletedProcess:
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(req))
+    env = dict(os.environ, PYTHONPATH=str(REPO), **env)
+    return subprocess.run(
+        [sys.executable, "-m", "recipec.runtime.stage", str(path)], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_an_unreachable_cluster_is_a_clear_error(tmp_path, tokenizer_dir):
+    jsonl(tmp_path / "a.jsonl", [{"text": prose(1)}])
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    req = dict(request(tmp_path, tokenizer_dir, [{"path": "a.jsonl"}]), executor="ray", ray_address=f"127.0.0.1:{port}")
+    done = _run_stage(tmp_path, req, {"RAY_ADDRESS": ""})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"error: data.executor = \"ray\": cannot start or reach the Ray cluster at 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_the_loopback_address_share_the_work(tmp_path, tokenizer_dir):
+    ray_bin = pathlib.Path(sys.executable).parent / "ray"
+    port = _free_port()
+    temp = pathlib.Path("/tmp") / f"rayt-{os.getpid()}"  # short: the sockets' paths have a length limit
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_ADDRESS="")
+    common = ["--num-cpus", "1", "--disable-usage-stats", "--include-dashboard=false"]
+    try:
+        subprocess.run(
+            [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), f"--temp-dir={temp}", *common],
+            env=env, check=True, capture_output=True, timeout=120,
+        )
+        subprocess.run(
+            [str(ray_bin), "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", *common],
+            env=env, check=True, capture_output=True, timeout=120,
+        )
+        sources = corpus(tmp_path)
+        req = request(tmp_path, tokenizer_dir, sources, [EXACT, NEAR])
+        want = stage.run(dict(req, cache_dir="cache-local"), log=lambda m: None)
+        on_ray = dict(req, cache_dir="cache-ray", executor="ray", ray_address=f"127.0.0.1:{port}")
+        done = _run_stage(tmp_path, on_ray, {})
+        assert done.returncode == 0, done.stderr[-3000:]
+        got = stage.load_entry(pathlib.Path(done.stdout.strip().splitlines()[-1]))
+        assert got.report["ray"]["nodes"] == 2  # tasks ran on both nodes
+        assert entry_files(got) == entry_files(want)
+        assert comparable(got.report) == comparable(want.report)
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
