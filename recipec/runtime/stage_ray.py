@@ -390,6 +390,8 @@ class RayExecutor:
         if not ray.is_initialized():
             address = address or os.environ.get("RAY_ADDRESS") or None
             options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+            if address:
+                _check_reachable(address)
             try:
                 if address:
                     ray.init(address=address, runtime_env={"py_modules": [_package_dir()]}, **options)
@@ -637,6 +639,24 @@ class RayExecutor:
     def tokenize_examples(self, corpus: ShardedCorpus, docs: np.ndarray, tokenizer: Any, settings: dict) -> Iterator[tuple[np.ndarray, list]]:
         """``(documents, (ids, mask, reason) each)``, as :func:`.stage_analyse.tokenize_examples` consumes them."""
         yield from self._tokenize(corpus, docs, tokenizer, settings)
+
+
+def _check_reachable(address: str) -> None:
+    """A ``host:port`` address must accept a connection: Ray itself retries an unreachable one for minutes."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    hint = "check data.ray_address (or RAY_ADDRESS): the head node's address and GCS port, e.g. 10.0.0.5:6379"
+    if not host or not port.isdigit():
+        raise DataError(f'data.executor = "ray": the Ray cluster address {address!r} is not host:port\n{hint}')
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise DataError(
+            f'data.executor = "ray": cannot start or reach the Ray cluster at {address}: {e.strerror or e}\n{hint}'
+        ) from None
 
 
 def _size(path: str, fmt: str) -> int:

@@ -6,9 +6,12 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+import uuid
 
 import numpy as np
 import pytest
@@ -126,12 +129,12 @@ def test_bad_data_in_a_shard_is_the_located_error_of_the_local_executor(cluster,
         stage.run(req, log=lambda m: None)
 
 
-def _run_stage(tmp_path: pathlib.Path, req: dict, env: dict) -> subprocess.CompletedProcess:
+def _run_stage(tmp_path: pathlib.Path, req: dict, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
     path = tmp_path / "request.json"
     path.write_text(json.dumps(req))
     env = dict(os.environ, PYTHONPATH=str(REPO), **env)
     return subprocess.run(
-        [sys.executable, "-m", "recipec.runtime.stage", str(path)], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "recipec.runtime.stage", str(path)], env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -141,7 +144,7 @@ def test_an_unreachable_cluster_is_a_clear_error(tmp_path, tokenizer_dir):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     req = dict(request(tmp_path, tokenizer_dir, [{"path": "a.jsonl"}]), executor="ray", ray_address=f"127.0.0.1:{port}")
-    done = _run_stage(tmp_path, req, {"RAY_ADDRESS": ""})
+    done = _run_stage(tmp_path, req, {"RAY_ADDRESS": ""}, timeout=60)
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"error: data.executor = \"ray\": cannot start or reach the Ray cluster at 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
@@ -153,31 +156,57 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop_nodes(marker: str) -> None:
+    """Stop the processes of the nodes this test started, found by the marker in their environment.
+
+    ``ray stop`` would stop every Ray process of the machine, other clusters' too.
+    """
+    mine = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in environ.split(b"\0"):
+            mine.append(int(pid))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in mine:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if sig == signal.SIGTERM:
+            time.sleep(2)
+
+
 def test_two_nodes_on_the_loopback_address_share_the_work(tmp_path, tokenizer_dir):
     ray_bin = pathlib.Path(sys.executable).parent / "ray"
     port = _free_port()
     temp = pathlib.Path("/tmp") / f"rayt-{os.getpid()}"  # short: the sockets' paths have a length limit
-    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_ADDRESS="")
-    common = ["--num-cpus", "1", "--disable-usage-stats", "--include-dashboard=false"]
+    marker = f"RECIPEC_TEST_RAY_NODES={uuid.uuid4().hex}"
+    # the nodes and the stage on them without Ray's token authentication: a loopback cluster of one test
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_ADDRESS="", RAY_AUTH_MODE="disabled")
+    env.update([marker.split("=", 1)])
+    common = ["--num-cpus", "1", "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
     try:
         subprocess.run(
-            [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), f"--temp-dir={temp}", *common],
+            [str(ray_bin), "start", "--head", "--port", str(port), f"--temp-dir={temp}", "--include-dashboard=false", *common],
             env=env, check=True, capture_output=True, timeout=120,
         )
         subprocess.run(
-            [str(ray_bin), "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", *common],
+            [str(ray_bin), "start", "--address", f"127.0.0.1:{port}", *common],
             env=env, check=True, capture_output=True, timeout=120,
         )
         sources = corpus(tmp_path)
         req = request(tmp_path, tokenizer_dir, sources, [EXACT, NEAR])
         want = stage.run(dict(req, cache_dir="cache-local"), log=lambda m: None)
         on_ray = dict(req, cache_dir="cache-ray", executor="ray", ray_address=f"127.0.0.1:{port}")
-        done = _run_stage(tmp_path, on_ray, {})
+        done = _run_stage(tmp_path, on_ray, {"RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"})
         assert done.returncode == 0, done.stderr[-3000:]
         got = stage.load_entry(pathlib.Path(done.stdout.strip().splitlines()[-1]))
         assert got.report["ray"]["nodes"] == 2  # tasks ran on both nodes
         assert entry_files(got) == entry_files(want)
         assert comparable(got.report) == comparable(want.report)
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_nodes(marker)
         shutil.rmtree(temp, ignore_errors=True)
