@@ -24,8 +24,6 @@ from recipec.runtime.readers import DataError  # noqa: E402
 
 from .test_stage import jsonl, prose, request, tokenizer_dir  # noqa: E402,F401
 
-# each test starts Ray or runs the stage twice: seconds each, so all run in the slow tests' worker
-pytestmark = pytest.mark.slow
 
 EXACT = {"type": "exact_dedup", "normalize": True}
 NEAR = {"type": "minhash_dedup", "shingle_size": 5, "num_perm": 64, "bands": 16, "threshold": 0.7, "seed": 1}
@@ -47,11 +45,21 @@ def near(i: int, n: int = 120) -> str:
     return " ".join(w if k % 40 else "CHANGED" for k, w in enumerate(prose(i, n).split()))
 
 
+def change(text: str, positions: list[int], word: str) -> str:
+    words = text.split()
+    for k in positions:
+        words[k] = word
+    return " ".join(words)
+
+
 def corpus(tmp_path: pathlib.Path) -> list[dict]:
     """Two sources over several files, with planted exact duplicates (within and across files and sources),
     near duplicates, and short documents the length filter drops before dedup sees them."""
+    first = prose(400, 120)
+    second = change(first, [10, 50, 90], "CHANGED")  # near the first (0.78 of the signature agrees)
+    third = change(second, [30, 70, 110], "ALTERED")  # near the second (0.75), not the first (0.55): kept
     for f in range(4):
-        rows = []
+        rows = [{"text": t} for t in (first, second, third)] if f == 3 else []
         for i in range(f * 30, f * 30 + 30):
             rows.append({"text": prose(i, 120)})
             if i % 7 == 0 and i > 0:
@@ -89,6 +97,7 @@ def both(tmp_path, tokenizer_dir, sources, filters, **spec):
     return stage.run(local, log=lambda m: None), stage.run(on_ray, log=lambda m: None)
 
 
+@pytest.mark.slow  # starts Ray or runs the stage twice: seconds
 def test_ray_gives_the_local_entry_byte_for_byte(cluster, tmp_path, tokenizer_dir, monkeypatch):
     monkeypatch.setattr(stage_ray, "SHARD_BYTES", 8000)  # several shards per file set
     sources = corpus(tmp_path)
@@ -100,12 +109,14 @@ def test_ray_gives_the_local_entry_byte_for_byte(cluster, tmp_path, tokenizer_di
     assert r["executor"] == "ray" and r["ray"]["shards"] >= 4 and r["ray"]["partitions"] >= 2
     dropped = {f["label"]: f["docs_dropped"] for f in r["filters"]}
     # the planted ones: 10 short; in b, none of its own (its copies are of a); across sources,
-    # 17 upper-cased copies and b's copies of a's documents 3 and 45; near: 11 variants and b's of 202
-    assert dropped == {"a.filters[0]": 10, "b.filters[0]": 0, "filters[0]": 17 + 2, "filters[1]": 11 + 1}
+    # 17 upper-cased copies and b's copies of a's documents 3 and 45; near: 11 variants, the second
+    # of the chain (the third is near only the dropped second: kept) and b's of 202
+    assert dropped == {"a.filters[0]": 10, "b.filters[0]": 0, "filters[0]": 17 + 2, "filters[1]": 11 + 1 + 1}
     reasons = [e["reason"] for f in r["filters"] for e in f["examples"] if e["reason"].startswith("duplicate")]
     assert reasons and all("a/part-" in x or "b/one.jsonl" in x for x in reasons)
 
 
+@pytest.mark.slow  # starts Ray or runs the stage twice: seconds
 def test_a_worker_killed_mid_stage_is_retried_and_the_output_is_unchanged(cluster, tmp_path, tokenizer_dir, monkeypatch):
     monkeypatch.setattr(stage_ray, "SHARD_BYTES", 8000)
     marker = tmp_path / "killed"
@@ -121,11 +132,20 @@ def test_a_worker_killed_mid_stage_is_retried_and_the_output_is_unchanged(cluste
     assert got.report["documents"] == want.report["documents"]
 
 
+@pytest.mark.slow  # starts Ray or runs the stage twice: seconds
 def test_bad_data_in_a_shard_is_the_located_error_of_the_local_executor(cluster, tmp_path, tokenizer_dir):
     jsonl(tmp_path / "x" / "1.jsonl", [{"text": prose(1)}])
     (tmp_path / "x" / "2.jsonl").write_text(json.dumps({"text": prose(2)}) + "\n{not json\n")
     req = dict(request(tmp_path, tokenizer_dir, [{"path": "x/*.jsonl"}]), executor="ray")
     with pytest.raises(DataError, match=r"x/2\.jsonl:2"):
+        stage.run(req, log=lambda m: None)
+
+
+def test_without_ray_installed_the_stage_says_how_to_install_it(tmp_path, tokenizer_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
+    jsonl(tmp_path / "a.jsonl", [{"text": prose(1)}])
+    req = dict(request(tmp_path, tokenizer_dir, [{"path": "a.jsonl"}]), executor="ray")
+    with pytest.raises(DataError, match=r"pip install 'recipec\[ray\]'"):
         stage.run(req, log=lambda m: None)
 
 
@@ -138,6 +158,7 @@ def _run_stage(tmp_path: pathlib.Path, req: dict, env: dict, timeout: int = 300)
     )
 
 
+@pytest.mark.slow  # starts Ray or runs the stage twice: seconds
 def test_an_unreachable_cluster_is_a_clear_error(tmp_path, tokenizer_dir):
     jsonl(tmp_path / "a.jsonl", [{"text": prose(1)}])
     with socket.socket() as s:  # a port nothing listens on
@@ -179,6 +200,7 @@ def _stop_nodes(marker: str) -> None:
             time.sleep(2)
 
 
+@pytest.mark.slow  # starts Ray or runs the stage twice: seconds
 def test_two_nodes_on_the_loopback_address_share_the_work(tmp_path, tokenizer_dir):
     ray_bin = pathlib.Path(sys.executable).parent / "ray"
     port = _free_port()
