@@ -519,8 +519,7 @@ class RayExecutor:
         try:
             corpus = self._gather(spec, by_source, work, labels, shards, summaries)
         except BaseException:
-            for ref in summaries + reduces:
-                ray.cancel(ref, force=True)
+            _cancel(ray, summaries + reduces)
             raise
         del context, maps, summaries
         self._candidates(corpus, instances, reduces)
@@ -627,8 +626,7 @@ class RayExecutor:
             for mine, ref in refs:
                 yield mine, self._get(ref)
         except BaseException:
-            for _, ref in refs:
-                ray.cancel(ref, force=True)
+            _cancel(ray, [ref for _, ref in refs])
             raise
 
     def tokenize(self, corpus: ShardedCorpus, docs: np.ndarray, tokenizer: Any) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
@@ -639,6 +637,15 @@ class RayExecutor:
     def tokenize_examples(self, corpus: ShardedCorpus, docs: np.ndarray, tokenizer: Any, settings: dict) -> Iterator[tuple[np.ndarray, list]]:
         """``(documents, (ids, mask, reason) each)``, as :func:`.stage_analyse.tokenize_examples` consumes them."""
         yield from self._tokenize(corpus, docs, tokenizer, settings)
+
+
+def _cancel(ray: Any, refs: list) -> None:
+    """Stop the tasks still running for a stage that failed (best effort: a finished one is left alone)."""
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def _check_reachable(address: str) -> None:

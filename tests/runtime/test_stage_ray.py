@@ -13,7 +13,6 @@ import sys
 import time
 import uuid
 
-import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
@@ -22,7 +21,11 @@ ray = pytest.importorskip("ray")
 from recipec.runtime import stage, stage_ray  # noqa: E402
 from recipec.runtime.readers import DataError  # noqa: E402
 
-from .test_stage import jsonl, prose, request, tokenizer_dir  # noqa: E402,F401
+from .chat_fixtures import CHATML, chat_tokenizer  # noqa: E402
+from .test_stage import jsonl, prose, request  # noqa: E402
+from .test_stage import tokenizer_dir as tokenizer_dir  # noqa: E402,F401  (the module's fixture)
+from .test_stage_examples import messages_rows  # noqa: E402
+from .test_stage_examples import request as examples_request  # noqa: E402
 
 
 EXACT = {"type": "exact_dedup", "normalize": True}
@@ -130,6 +133,31 @@ def test_a_worker_killed_mid_stage_is_retried_and_the_output_is_unchanged(cluste
     assert entry_files(got) == entry_files(want)
     assert comparable(got.report) == comparable(want.report)
     assert got.report["documents"] == want.report["documents"]
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("chat-tok")
+    chat_tokenizer(CHATML).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.slow  # starts Ray or runs the stage twice: seconds
+def test_examples_on_ray_give_the_local_entry(cluster, tmp_path, chat_dir, monkeypatch):
+    monkeypatch.setattr(stage_ray, "SHARD_BYTES", 2000)
+    rows = messages_rows()
+    jsonl(tmp_path / "m" / "1.jsonl", rows[:20] + rows[:3])  # three copies
+    jsonl(tmp_path / "m" / "2.jsonl", rows[20:])
+    source = {"path": "m/*.jsonl", "records": "messages", "filters": []}
+    local = examples_request(tmp_path, chat_dir, [source], seq_len=64, max_length=40, overflow="drop", eval_fraction=0.1)
+    local["spec"]["filters"] = [EXACT]
+    want = stage.run(dict(local, cache_dir="cache-local"), log=lambda m: None)
+    got = stage.run(dict(local, cache_dir="cache-ray", executor="ray"), log=lambda m: None)
+    assert got.report["ray"]["shards"] >= 2
+    assert entry_files(got) == entry_files(want)
+    assert comparable(got.report) == comparable(want.report)
+    assert got.report["filters"][0]["docs_dropped"] == 3
+    assert got.report["examples"]["dropped"]  # some too long for max_length: dropped in the tokenize tasks
 
 
 @pytest.mark.slow  # starts Ray or runs the stage twice: seconds
