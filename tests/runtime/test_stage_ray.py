@@ -149,7 +149,7 @@ def test_examples_on_ray_give_the_local_entry(cluster, tmp_path, chat_dir, monke
     jsonl(tmp_path / "m" / "1.jsonl", rows[:20] + rows[:3])  # three copies
     jsonl(tmp_path / "m" / "2.jsonl", rows[20:])
     source = {"path": "m/*.jsonl", "records": "messages", "filters": []}
-    local = examples_request(tmp_path, chat_dir, [source], seq_len=64, max_length=40, overflow="drop", eval_fraction=0.1)
+    local = examples_request(tmp_path, chat_dir, [source], seq_len=128, max_length=60, overflow="drop", eval_fraction=0.1)
     local["spec"]["filters"] = [EXACT]
     want = stage.run(dict(local, cache_dir="cache-local"), log=lambda m: None)
     got = stage.run(dict(local, cache_dir="cache-ray", executor="ray"), log=lambda m: None)
