@@ -248,13 +248,16 @@ def test_two_nodes_on_the_loopback_address_share_the_work(tmp_path, tokenizer_di
             env=env, check=True, capture_output=True, timeout=120,
         )
         sources = corpus(tmp_path)
-        req = request(tmp_path, tokenizer_dir, sources, [EXACT, NEAR])
+        req = request(tmp_path, tokenizer_dir, sources, [EXACT, NEAR], eval_fraction=0.1)
+        # a tokenizer trained by the stage (on the driver, from the shard files), then shipped to the tasks
+        req["tokenizer"] = {"train": {"kind": "bpe", "vocab_size": 300, "min_frequency": 2, "max_documents": None}}
         want = stage.run(dict(req, cache_dir="cache-local"), log=lambda m: None)
         on_ray = dict(req, cache_dir="cache-ray", executor="ray", ray_address=f"127.0.0.1:{port}")
         done = _run_stage(tmp_path, on_ray, {"RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"})
         assert done.returncode == 0, done.stderr[-3000:]
         got = stage.load_entry(pathlib.Path(done.stdout.strip().splitlines()[-1]))
         assert got.report["ray"]["nodes"] == 2  # tasks ran on both nodes
+        assert got.report["tokenizer"]["trained"] and got.tokenizer_dir is not None
         assert entry_files(got) == entry_files(want)
         assert comparable(got.report) == comparable(want.report)
     finally:
