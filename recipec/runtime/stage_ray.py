@@ -25,8 +25,9 @@ leaves only per-document numbers and the candidate duplicates on the driver:
    local executor applies to the candidates: in stream order a document is dropped when
    an earlier document that is still alive at that filter and was kept by it is one of
    its candidates. The results are thus equal to the local executor's.
-4. **Tokenize** (one task per shard holding documents to tokenize) reads the texts back
-   from its shard file; the driver appends the ids to the token store in document order.
+4. **Tokenize** (one task per run of about ``TOKENIZE_CHARS`` characters of one shard's
+   documents to tokenize) reads the texts back from the shard file; the driver appends
+   the ids to the token store in document order.
 5. **Mix and pack** run on the driver (:mod:`.stage_mix`), and the cache entry is the
    one a local run writes: the executor is not part of the key.
 
@@ -71,8 +72,11 @@ from .stage_filter import labels as source_labels
 KILL_ONCE = "RECIPEC_STAGE_TEST_KILL_ONCE"
 """Test hook: the environment variable naming the marker file of the one task that dies."""
 
-SHARD_BYTES = 64 << 20
-"""Largest shard of consecutive small files (a bigger file is a shard of its own)."""
+SHARD_BYTES = 16 << 20
+"""Largest shard of consecutive small files (a bigger file is a shard of its own): what bounds a map task's memory."""
+
+TOKENIZE_CHARS = 4 << 20
+"""Characters of text per tokenize task (whole documents of one shard): what bounds its memory."""
 
 PARTITION_BYTES = 1 << 30
 """Input bytes per reduce partition, beyond one partition per CPU of the cluster."""
@@ -617,8 +621,12 @@ class RayExecutor:
         bounds = np.searchsorted(shard, np.arange(len(corpus.shard_files) + 1))
         refs = []
         for k in range(len(corpus.shard_files)):
-            mine = docs[bounds[k] : bounds[k + 1]]
-            if len(mine):
+            docs_k = docs[bounds[k] : bounds[k + 1]]
+            # runs of whole documents of about TOKENIZE_CHARS characters each
+            cuts = np.searchsorted(np.cumsum(corpus.chars[docs_k]), np.arange(TOKENIZE_CHARS, int(corpus.chars[docs_k].sum()), TOKENIZE_CHARS))
+            for mine in np.split(docs_k, np.unique(cuts)) if len(docs_k) else []:
+                if not len(mine):
+                    continue
                 base = int(corpus.shard_start[k])
                 source = None if examples is None else int(corpus.source_of[mine[0]])
                 refs.append((mine, task.remote(corpus.shard_files[k], mine - base, context, source)))

@@ -103,6 +103,7 @@ def both(tmp_path, tokenizer_dir, sources, filters, **spec):
 @pytest.mark.slow  # starts Ray or runs the stage twice: seconds
 def test_ray_gives_the_local_entry_byte_for_byte(cluster, tmp_path, tokenizer_dir, monkeypatch):
     monkeypatch.setattr(stage_ray, "SHARD_BYTES", 8000)  # several shards per file set
+    monkeypatch.setattr(stage_ray, "TOKENIZE_CHARS", 10000)  # and several tokenize tasks per shard
     sources = corpus(tmp_path)
     local, on_ray = both(tmp_path, tokenizer_dir, sources, [EXACT, NEAR], eval_fraction=0.1, count_dropped_tokens=True)
     assert on_ray.dir.name == local.dir.name  # the same cache key
