@@ -612,8 +612,8 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ tokenize
 
-    def _tokenize(self, corpus: ShardedCorpus, docs: np.ndarray, tokenizer: Any, examples: dict | None) -> Iterator[tuple[int, Any]]:
-        """``(first document, result)`` of one tokenize task per shard holding some of ``docs``, in order."""
+    def _tokenize(self, corpus: ShardedCorpus, docs: np.ndarray, tokenizer: Any, examples: dict | None) -> Iterator[tuple[np.ndarray, Any]]:
+        """``(its documents, result)`` of each tokenize task over ``docs``, in document order."""
         ray = self.ray
         context = ray.put({"tokenizer": tokenizer, "examples": examples})
         task = ray.remote(_tokenize_shard).options(**self.task_options)
