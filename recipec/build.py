@@ -176,7 +176,8 @@ OPTIMIZER_PACKAGES = {
 
 def required_packages(plan: Plan) -> list[str]:
     """The packages a build's train.py imports: TRAINING_PACKAGES, then what the recipe's
-    options add (its trackers, QLoRA's bitsandbytes, DeepSpeed, flash attention, the optimizer's package)."""
+    options add (its trackers, QLoRA's bitsandbytes, DeepSpeed, flash attention, the optimizer's package,
+    Ray for the data stage's executor)."""
     recipe = plan.recipe
     names = list(TRAINING_PACKAGES)
     names += [_requirement_name(trackers.INSTALL[t]) for t in recipe.output.trackers]
@@ -188,6 +189,8 @@ def required_packages(plan: Plan) -> list[str]:
         names.append(OPTIMIZER_PACKAGES[recipe.optim.name])
     if recipe.model.attention in FLASH_ATTENTION:
         names.append(FLASH_ATTENTION[recipe.model.attention])
+    if recipe.data.executor == "ray":  # the data stage's tasks
+        names.append("ray")
     return names
 
 

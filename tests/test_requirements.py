@@ -64,13 +64,13 @@ def test_requirements_pin_the_locks_versions(tmp_path: Path):
 def test_every_package_the_build_imports_is_required(tmp_path: Path):
     """What train.py and recipec_runtime/ import is in requirements.txt, except what only an
     option imports (bitsandbytes for QLoRA and 8-bit AdamW, lion-pytorch and schedulefree for
-    their optimizers): then requirements.txt names it (below)."""
+    their optimizers, ray for the data stage's Ray executor): then requirements.txt names it (below)."""
     built = _quickstart(tmp_path)
     required = {line.split("==")[0] for line in _requirement_lines((built / REQUIREMENTS).read_text())}
     imported = _imported_distributions(built)
     assert {"zstandard", "xxhash", "tqdm", "torch", "accelerate"} <= set(imported.values())
     missing = {module: dist for module, dist in imported.items() if dist not in required}
-    assert missing == {"bitsandbytes": None, "lion_pytorch": "lion-pytorch", "schedulefree": "schedulefree"}
+    assert missing == {"bitsandbytes": None, "lion_pytorch": "lion-pytorch", "schedulefree": "schedulefree", "ray": "ray"}
 
 
 @pytest.mark.parametrize(("name", "package"), [("lion", "lion-pytorch"), ("schedule_free_adamw", "schedulefree"), ("muon", None)])
@@ -79,6 +79,10 @@ def test_an_optimizer_adds_its_package(plan_of, name, package):
     plan = plan_of(overrides)
     extra = [package] if package else []
     assert required_packages(plan) == [*TRAINING_PACKAGES, *extra]
+
+
+def test_the_ray_executor_adds_ray(plan_of):
+    assert required_packages(plan_of({"data.executor": "ray"})) == [*TRAINING_PACKAGES, "ray"]
 
 
 def test_recipe_options_add_their_packages(plan_of):

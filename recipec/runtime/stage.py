@@ -7,6 +7,8 @@ training and evaluation sequences:
    read in batches, and worker processes compute what each document's filter chain
    needs. A token source's documents are ids already (:mod:`.token_sources`): checked
    against the tokenizer, stored as they are, and passed over by the filters.
+   With ``executor = "ray"`` (:mod:`.stage_ray`) this pass and tokenizing run as
+   Ray tasks over file shards, dedup by a shuffle, and the output is the same.
 2. **Filter** (:mod:`.stage_filter`, main process, in chain order): each source's own
    filters, then the filters of every source (:mod:`.filters`, one registry of them).
 3. **Hold out** ``eval_fraction`` of the kept documents of the training sources (seeded,
@@ -131,15 +133,34 @@ class _Builder:
         n = int(request["num_proc"] or 0)
         self.num_proc = n if n > 0 else len(os.sched_getaffinity(0))
         self.timings: dict[str, float] = {}
+        self.executor_name = request.get("executor") or "local"
+        self.executor: Any = None  # the Ray side (.stage_ray), for executor "ray"
 
     def build(self) -> dict:
         """Every pass, in order; the report (``data_report.json``) without key and fingerprints."""
+        if self.executor_name == "ray":
+            from .stage_ray import RayExecutor
+
+            self.executor = RayExecutor(self.request.get("ray_address"), self.num_proc, self.log)
+            try:
+                report = self.passes()
+            finally:
+                self.executor.close()
+            return report
+        return self.passes()
+
+    def passes(self) -> dict:
+        """The passes of :meth:`build`, on the executor of the request."""
         spec = self.spec
         examples_mode = formats.has_examples(spec["sources"])
         t0 = time.perf_counter()
         prepare(self.chains, self.project_dir)
         check_tokenizers(self.request, self.tokenizer)  # before any file is read
-        corpus = read_and_analyse(spec, self.chains, self.project_dir, self.work, self.tokenizer, self.num_proc)
+        if self.executor is not None:
+            corpus = self.executor.read_and_analyse(spec, self.chains, self.project_dir, self.work, self.tokenizer)
+            self.num_proc = self.executor.cpus
+        else:
+            corpus = read_and_analyse(spec, self.chains, self.project_dir, self.work, self.tokenizer, self.num_proc)
         self.timings["read_and_analyse_s"] = round(time.perf_counter() - t0, 3)
         self.log(
             f"data: read {corpus.n_docs} documents ({corpus.chars.sum() / 1e6:.1f} M characters) "
@@ -147,7 +168,7 @@ class _Builder:
         )
 
         t0 = time.perf_counter()
-        alive, stats = apply_chain(corpus, spec, self.chains)
+        alive, stats = apply_chain(corpus, spec, self.chains, getattr(corpus, "candidates", None))
         self.timings["filter_s"] = round(time.perf_counter() - t0, 3)
         if not alive.any():
             raise DataError("the filters dropped every document:\n" + filter_table(stats))
@@ -158,8 +179,8 @@ class _Builder:
         t0 = time.perf_counter()
         to_tokenize = np.arange(corpus.n_docs) if spec["count_dropped_tokens"] else np.flatnonzero(alive)
         if examples_mode:  # the kept ones as examples with their masks; the dropped ones, counted, as text
-            tokenized = tokenize_examples(corpus, spec, np.flatnonzero(alive), self.tokenizer, self.num_proc)
-            tokenized += tokenize(corpus, to_tokenize[~alive[to_tokenize]], self.tokenizer, self.num_proc)
+            tokenized = tokenize_examples(corpus, spec, np.flatnonzero(alive), self.tokenizer, self.num_proc, self.executor)
+            tokenized += tokenize(corpus, to_tokenize[~alive[to_tokenize]], self.tokenizer, self.num_proc, self.executor)
             identical = sum(1 for r in corpus.dropped.values() if r == "identical_sides")
             if identical:
                 self.log(f"warning: data: {identical} preference pairs have the same chosen and rejected completion; dropped")
@@ -173,7 +194,7 @@ class _Builder:
                     f"dropped {dropped}; raise data.max_length"
                 )
         else:
-            tokenized = tokenize(corpus, to_tokenize, self.tokenizer, self.num_proc)
+            tokenized = tokenize(corpus, to_tokenize, self.tokenizer, self.num_proc, self.executor)
         self.timings["tokenize_s"] = round(time.perf_counter() - t0, 3)
         self.log(f"data: tokenized {tokenized} documents in {self.timings['tokenize_s']:.1f} s")
         with_tokens = bool((corpus.tokens.length >= 0).all())
@@ -207,6 +228,8 @@ class _Builder:
         return {
             "stage_version": STAGE_VERSION,
             "num_proc": self.num_proc,
+            "executor": self.executor_name,
+            **({"ray": self.executor.report(corpus)} if self.executor is not None else {}),
             "sources": [
                 {
                     "label": labels[i],

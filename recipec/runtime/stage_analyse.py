@@ -371,7 +371,7 @@ def read_and_analyse(
     return corpus
 
 
-def tokenize_examples(corpus: Corpus, spec: dict, docs: np.ndarray, tokenizer: Any, num_proc: int) -> int:
+def tokenize_examples(corpus: Corpus, spec: dict, docs: np.ndarray, tokenizer: Any, num_proc: int, executor: Any = None) -> int:
     """Tokenize ``docs`` as examples with their supervision masks (in parallel); return how many.
 
     Each source's examples are masked by its ``train_on`` (unset: ``assistant`` for
@@ -379,15 +379,23 @@ def tokenize_examples(corpus: Corpus, spec: dict, docs: np.ndarray, tokenizer: A
     ``max_length`` by ``overflow``; an example dropped there is left with no tokens and
     its reason in ``corpus.dropped``.
 
+    ``executor`` (:class:`.stage_ray.RayExecutor`) tokenizes on a Ray cluster instead of
+    ``num_proc`` local processes.
+
     Raises:
         DataError: the chat template fails on an example, naming the source and the record.
     """
     train_on = [s.get("train_on") or default_train_on(s.get("records") or "text") for s in spec["sources"]]
     settings = {"train_on": train_on, "max_length": int(spec["max_length"] or spec["seq_len"]), "overflow": spec["overflow"]}
-    pool = _Pool(num_proc, ([], tokenizer, settings))
+    pool = _Pool(num_proc if executor is None else 1, ([], tokenizer, settings))
     try:
         items = ((ids, [int(corpus.source_of[d]) for d in ids], texts) for ids, texts in corpus.texts(docs, 2))
-        for (ids, *_), results in pool.imap(_tokenize_examples, items):
+        found = (
+            pool.imap(_tokenize_examples, items)
+            if executor is None
+            else (((ids,), results) for ids, results in executor.tokenize_examples(corpus, docs, tokenizer, settings))
+        )
+        for (ids, *_), results in found:
             for doc, (token_ids, mask, reason) in zip(ids, results):
                 doc = int(doc)
                 if reason is not None and reason.startswith("error: "):
@@ -411,10 +419,18 @@ def default_train_on(records: str) -> str:
     return {"text": "all", "prompt_completion": "completion"}.get(records, "assistant")
 
 
-def tokenize(corpus: Corpus, docs: np.ndarray, tokenizer: Any, num_proc: int) -> int:
-    """Tokenize the documents of ``docs`` that are not yet (in parallel); return how many were."""
+def tokenize(corpus: Corpus, docs: np.ndarray, tokenizer: Any, num_proc: int, executor: Any = None) -> int:
+    """Tokenize the documents of ``docs`` that are not yet (in parallel); return how many were.
+
+    ``executor`` (:class:`.stage_ray.RayExecutor`) tokenizes on a Ray cluster instead of
+    ``num_proc`` local processes.
+    """
     need = docs[corpus.tokens.length[docs] < 0]
-    if len(need):
+    if len(need) and executor is not None:
+        for ids, encoded in executor.tokenize(corpus, need, tokenizer):
+            for doc, token_ids in zip(ids, encoded):
+                corpus.tokens.add(int(doc), token_ids)
+    elif len(need):
         pool = _Pool(num_proc, ([], tokenizer))
         try:
             for (ids, _), encoded in pool.imap(_tokenize_batch, corpus.texts(need)):

@@ -31,6 +31,9 @@ from .tokenizer import fingerprint as tokenizer_fingerprint
 SCRATCH_FILES = ("docs.arrow", "tokens.bin", "masks.bin")
 """What a stage run leaves in its scratch directory besides the entry's files."""
 
+SCRATCH_DIRS = ("shards",)
+"""The scratch directory's directories that are not part of the entry (the Ray executor's shard files)."""
+
 
 def _source_for_key(source: dict) -> dict:
     """What of a source decides the documents and their filtering (not its schedule; not its name, unless
@@ -161,6 +164,8 @@ def commit(work: pathlib.Path, entry: pathlib.Path, report: dict, manifest: dict
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     for scratch in SCRATCH_FILES:
         (work / scratch).unlink(missing_ok=True)
+    for scratch in SCRATCH_DIRS:
+        shutil.rmtree(work / scratch, ignore_errors=True)
     if replace and entry.exists():
         trash = entry.parent / f".old-{uuid.uuid4().hex}"
         os.rename(entry, trash)

@@ -42,6 +42,21 @@ class Link:
     filter: F.Filter
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """A dedup filter's candidate duplicates, found before the chain runs (by :mod:`.stage_ray`'s shuffle).
+
+    :func:`apply_chain` applies the same greedy rule to them as to the index of a
+    filter's features: in stream order a document is dropped when an earlier document
+    that is alive at the filter and kept by it is one of its candidates.
+    """
+
+    group: np.ndarray | None = None
+    """Exact dedup: each document's key group (documents sharing a key), -1 for a key held once."""
+    pairs: np.ndarray | None = None
+    """MinHash: ``(earlier, later)`` documents sharing a band key and reaching the threshold, shape ``(n, 2)``, sorted."""
+
+
 def labels(spec: dict) -> list[str]:
     """The sources' labels: their names, or ``sources[i]``."""
     return [readers.source_label(s, i) for i, s in enumerate(spec["sources"])]
@@ -98,8 +113,14 @@ class FilterStats:
         return self.link.label
 
 
-def apply_chain(corpus: Corpus, spec: dict, by_source: list[list[Link]]) -> tuple[np.ndarray, list[FilterStats]]:
+def apply_chain(
+    corpus: Corpus, spec: dict, by_source: list[list[Link]], candidates: dict[tuple[int, int], Candidates] | None = None
+) -> tuple[np.ndarray, list[FilterStats]]:
     """Run every filter in chain order over the corpus.
+
+    ``candidates`` holds the dedup filters' candidates where they were found beforehand,
+    by ``(source, position)`` for a source's own filter and ``(-1, j)`` for
+    ``filters[j]``; a dedup filter without them uses the workers' keys.
 
     Returns:
         ``(alive, stats)``: which documents every filter kept, and one :class:`FilterStats`
@@ -113,12 +134,13 @@ def apply_chain(corpus: Corpus, spec: dict, by_source: list[list[Link]]) -> tupl
         docs_range = np.arange(corpus.source_start[s], corpus.source_end[s])
         for position in range(n_own[s]):
             st = FilterStats(chain[position], corpus.labels)
-            _apply(corpus, st, docs_range[alive[docs_range]], {s: position}, s, alive, seed)
+            found = (candidates or {}).get((s, position))
+            _apply(corpus, st, docs_range[alive[docs_range]], {s: position}, s, alive, seed, found)
             stats.append(st)
     for j in range(len(spec["filters"])):
         st = FilterStats(by_source[0][n_own[0] + j], corpus.labels)
         positions = {s: n_own[s] + j for s in range(len(by_source))}
-        _apply(corpus, st, np.flatnonzero(alive & text_documents(corpus)), positions, -1, alive, seed)
+        _apply(corpus, st, np.flatnonzero(alive & text_documents(corpus)), positions, -1, alive, seed, (candidates or {}).get((-1, j)))
         stats.append(st)
     return alive, stats
 
@@ -129,20 +151,30 @@ def text_documents(corpus: Corpus) -> np.ndarray:
 
 
 def _apply(
-    corpus: Corpus, st: FilterStats, docs: np.ndarray, positions: dict[int, int], scope: int, alive: np.ndarray, seed: int
+    corpus: Corpus,
+    st: FilterStats,
+    docs: np.ndarray,
+    positions: dict[int, int],
+    scope: int,
+    alive: np.ndarray,
+    seed: int,
+    candidates: Candidates | None = None,
 ) -> None:
     """Run one filter over ``docs`` (alive, ascending) and clear the dropped ones in ``alive``.
 
     ``positions`` maps each source the filter covers to the filter's position in that
     source's chain (where the workers left its features); ``scope`` is the source for a
-    source's own filter, -1 for a filter of every source.
+    source's own filter, -1 for a filter of every source; ``candidates``, a dedup
+    filter's candidates found beforehand (else its features are walked with its index).
     """
     f = st.link.filter
     drop = np.zeros(len(docs), dtype=bool)
     reason = np.zeros(len(docs), dtype=np.int16)
     dup_of: dict[int, int] = {}
     seed_key = [seed, scope + 1, min(positions.values()) if positions else 0]
-    if f.role == F.DEDUP:
+    if f.role == F.DEDUP and candidates is not None:
+        _apply_candidates(candidates, docs, drop, dup_of, corpus.n_docs)
+    elif f.role == F.DEDUP:
         parts = [corpus.feature(s, p) for s, p in positions.items()]
         parts = [x for x in parts if x is not None and len(x[0])]
         if parts:
@@ -191,6 +223,35 @@ def _apply(
         if doc in dup_of:
             why = f"duplicate of {corpus.locator(dup_of[doc])}"
         st.examples.append((doc, why))
+
+
+def _apply_candidates(c: Candidates, docs: np.ndarray, drop: np.ndarray, dup_of: dict[int, int], n_docs: int) -> None:
+    """The greedy rule of the dedup indexes over candidates: mark in ``drop`` the documents of ``docs`` an earlier kept one duplicates."""
+    if c.group is not None:  # exact: the first document of a key group alive here is kept, the others dropped
+        first: dict[int, int] = {}
+        for j, (doc, g) in enumerate(zip(docs.tolist(), c.group[docs].tolist())):
+            if g < 0:
+                continue
+            if g in first:
+                drop[j] = True
+                dup_of[doc] = first[g]
+            else:
+                first[g] = doc
+        return
+    pairs = c.pairs if c.pairs is not None else np.zeros((0, 2), dtype=np.int64)
+    order = np.lexsort((pairs[:, 0], pairs[:, 1]))
+    earlier, later = pairs[order, 0], pairs[order, 1]
+    kept = np.zeros(n_docs, dtype=bool)
+    at = np.searchsorted(later, docs, side="left")
+    end = np.searchsorted(later, docs, side="right")
+    for j, (doc, a, b) in enumerate(zip(docs.tolist(), at.tolist(), end.tolist())):
+        if a < b:
+            hit = earlier[a:b][kept[earlier[a:b]]]
+            if len(hit):  # the earliest kept one, as the index finds it
+                drop[j] = True
+                dup_of[doc] = int(hit[0])
+                continue
+        kept[doc] = True
 
 
 def count_tokens(stats: list[FilterStats], corpus: Corpus) -> None:

@@ -33,6 +33,8 @@ DATA_FIELDS = (
     "temperature",
     "on_exhausted",
     "num_proc",
+    "executor",
+    "ray_address",
     "cache_dir",
     "count_dropped_tokens",
     "seq_len",
@@ -56,8 +58,8 @@ FIELDS = ("seed", "sources", "filters", *DATA_FIELDS, "segments", *TOKENIZER_FIE
 with one mixture.
 """
 
-RUN_FIELDS = ("cache_dir", "num_proc")
-"""Where the stage keeps its output and how many processes it uses: not part of the spec."""
+RUN_FIELDS = ("cache_dir", "num_proc", "executor", "ray_address")
+"""Where the stage keeps its output and what it runs on (processes, a Ray cluster): not part of the spec."""
 
 SPEC_FIELDS = tuple(name for name in FIELDS if name not in RUN_FIELDS and name not in TOKENIZER_FIELDS)
 """What decides the stage's output (with the tokenizer and the data's content): the spec."""
@@ -99,7 +101,7 @@ def request_from_settings(settings: Mapping[str, Any], project_dir: str | os.Pat
     """A stage request from a recipe's resolved settings (every name of :data:`FIELDS`).
 
     Returns:
-        ``{"spec", "project_dir", "cache_dir", "tokenizer", "num_proc"}``; ``tokenizer``
+        ``{"spec", "project_dir", "cache_dir", "tokenizer", "num_proc", "executor", "ray_address"}``; ``tokenizer``
         is ``{"path", "revision", "trust_remote_code"}`` or ``{"train": {...}}``.
 
     Raises:
@@ -121,6 +123,8 @@ def request_from_settings(settings: Mapping[str, Any], project_dir: str | os.Pat
         "cache_dir": settings["cache_dir"],
         "tokenizer": tokenizer,
         "num_proc": int(settings["num_proc"]),
+        "executor": settings["executor"],
+        "ray_address": settings["ray_address"],
     }
 
 

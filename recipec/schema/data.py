@@ -322,13 +322,33 @@ class DataTable(Table):
     """When a source has fewer tokens than its share of the mixture: `repeat` its documents (more epochs of it), `stop` by shrinking the whole mixture so that no source repeats, or `error`. The mixture's size is the sum of the phase's sources' tokens."""
 
     num_proc: int = Field(0, ge=0)
-    """Processes for the data stage (reading, filters, tokenizing). 0: every core."""
+    """Processes for the data stage (reading, filters, tokenizing). 0: every core. With `executor = "ray"` and no cluster address: the CPUs of the local Ray started for the stage."""
+
+    executor: Literal["local", "ray"] = "local"
+    """Where the data stage runs: `local` processes on this machine, or `ray` tasks on a Ray cluster (`pip install 'recipec[ray]'`): reading, filters and tokenizing over file shards, dedup by a shuffle of keys, packing on the driver. The output and its cache entry are the same either way."""
+
+    ray_address: str | None = None
+    """The Ray cluster of `executor = "ray"`, e.g. `"10.0.0.5:6379"` or `"auto"`. Unset: the `RAY_ADDRESS` environment variable, else a local Ray started for the stage. The sources, the project directory and `cache_dir` must be at the same paths on every node (shared storage)."""
 
     cache_dir: str = ".recipec/data"
     """Where the data stage keeps its output, relative to the directory `recipec` runs in. Entries are keyed on the sources' content, the filter settings, the tokenizer and seq_len: any change makes a new entry."""
 
     count_dropped_tokens: bool = False
     """Tokenize the documents the filters drop as well, so the report gives tokens (not only characters) in, kept and dropped for every filter. Off: only the kept documents are tokenized (the tokenizer is the stage's costliest step)."""
+
+    @model_validator(mode="after")
+    def check_ray_address(self) -> DataTable:
+        if self.ray_address is not None and self.executor != "ray":
+            raise key_error("ray_address", '`ray_address` names the cluster of executor = "ray", and executor is "local"', 'set data.executor = "ray"')
+        if self.executor == "ray":
+            for i, src in enumerate(self.sources):
+                if src.records == "tokens":
+                    raise key_error(
+                        "executor",
+                        f'executor = "ray" reads text sources, and sources[{i}] holds token ids',
+                        'use executor = "local": token ids need none of the filtering and tokenizing that Ray spreads over a cluster',
+                    )
+        return self
 
     @model_validator(mode="after")
     def check_mixture(self) -> DataTable:
