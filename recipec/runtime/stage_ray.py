@@ -375,6 +375,10 @@ class ShardedCorpus(Corpus):
         return np.searchsorted(self.shard_start, docs, side="right") - 1
 
 
+HUB_ENV = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT")
+"""The driver's Hugging Face settings that its tasks get: a hub source is read from the same cache (on shared storage)."""
+
+
 class RayExecutor:
     """The stage's passes as Ray tasks; see the module docstring.
 
@@ -411,8 +415,9 @@ class RayExecutor:
             self.started = True
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         env = {"TOKENIZERS_PARALLELISM": "false"}
-        if os.environ.get(KILL_ONCE):
-            env[KILL_ONCE] = os.environ[KILL_ONCE]
+        for name in (KILL_ONCE, *HUB_ENV):  # where the driver finds the hub cache, the tasks find it too
+            if os.environ.get(name):
+                env[name] = os.environ[name]
         self.task_options = {"max_retries": MAX_RETRIES, "runtime_env": {"env_vars": env}}
         self.shards = 0
         self.partitions = 0

@@ -24,6 +24,8 @@ from recipec.runtime.readers import DataError  # noqa: E402
 from .chat_fixtures import CHATML, chat_tokenizer  # noqa: E402
 from .test_stage import jsonl, prose, request  # noqa: E402
 from .test_stage import tokenizer_dir as tokenizer_dir  # noqa: E402,F401  (the module's fixture)
+from .test_hub import COMMIT_1, SUBSETS_CARD, publish, two_parquet_files  # noqa: E402
+from .test_hub import cache as cache  # noqa: E402,F401  (an offline hub cache under tmp_path)
 from .test_stage_examples import messages_rows  # noqa: E402
 from .test_stage_examples import request as examples_request  # noqa: E402
 
@@ -264,3 +266,19 @@ def test_two_nodes_on_the_loopback_address_share_the_work(tmp_path, tokenizer_di
     finally:
         _stop_nodes(marker)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow  # runs the stage twice
+def test_a_hub_source_and_a_token_bound_read_on_ray_as_locally(cluster, cache, tmp_path, tokenizer_dir, monkeypatch):
+    # the tasks find the hub cache where the driver does: its settings reach them
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    publish(cache, "org/name", COMMIT_1, {**two_parquet_files(tmp_path), "README.md": SUBSETS_CARD.encode()})
+    jsonl(tmp_path / "b" / "one.jsonl", [{"text": prose(i, 120)} for i in range(40)])
+    jsonl(tmp_path / "b" / "two.jsonl", [{"text": prose(i, 120)} for i in range(40, 60)])
+    sources = [{"hub": {"repo": "org/name", "subset": "en"}, "name": "hub"}, {"path": "b/*.jsonl", "name": "b", "max_tokens": 3000}]
+    local, on_ray = both(tmp_path, tokenizer_dir, sources, [EXACT])
+    assert entry_files(on_ray) == entry_files(local)
+    assert comparable(on_ray.report) == comparable(local.report)
+    documents = {s["label"]: s["documents"] for s in local.report["sources"]}
+    assert documents["hub"] == 40 and 0 < documents["b"] < 40  # the bound stops b inside its first file
