@@ -485,6 +485,12 @@ def test_resolve_reads_no_files(plan_of, monkeypatch: pytest.MonkeyPatch):
     def touched(*args, **kwargs):
         raise AssertionError("resolve touched the file system")
 
+    # pydantic finds its plugins (importlib.metadata, on disk) when it first completes a model
+    # class; which test completes one first depends on the order, so load them before patching
+    from pydantic.plugin._loader import get_plugins
+
+    list(get_plugins())
+
     for owner, name in ((glob, "glob"), (glob, "iglob"), (os, "stat"), (os, "listdir"), (os, "scandir")):
         monkeypatch.setattr(owner, name, touched)
     for name in ("exists", "is_file", "is_dir", "open", "read_text", "read_bytes", "glob", "rglob"):
