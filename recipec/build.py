@@ -177,7 +177,7 @@ OPTIMIZER_PACKAGES = {
 def required_packages(plan: Plan) -> list[str]:
     """The packages a build's train.py imports: TRAINING_PACKAGES, then what the recipe's
     options add (its trackers, QLoRA's bitsandbytes, DeepSpeed, flash attention, the optimizer's package,
-    Ray for the data stage's executor)."""
+    Ray for the data stage's executor, huggingface_hub for a hub source)."""
     recipe = plan.recipe
     names = list(TRAINING_PACKAGES)
     names += [_requirement_name(trackers.INSTALL[t]) for t in recipe.output.trackers]
@@ -191,6 +191,8 @@ def required_packages(plan: Plan) -> list[str]:
         names.append(FLASH_ATTENTION[recipe.model.attention])
     if recipe.data.executor == "ray":  # the data stage's tasks
         names.append("ray")
+    if any(src.hub is not None for src in recipe.data.sources):  # the hub reader resolves the revision with it
+        names.append("huggingface_hub")
     return names
 
 

@@ -320,6 +320,8 @@ def _files_for(project: Path, field: StringField, value: str, data: dict[str, An
         data["output"] = {"dir": f"runs/{value}"}
     elif fid == "launch.deepspeed.nvme_path":
         data["launch"]["deepspeed"]["nvme_path"] = f"/nvme/{value}"
+    elif fid == "data.ray_address":
+        data["data"].update(executor="ray", ray_address=value)  # an address names the cluster of the Ray executor
     elif fid == "data.cache_dir":
         data["data"]["cache_dir"] = f".cache/{value}"
     elif fid == "continual.from":
@@ -348,6 +350,7 @@ SPECIAL = {
     "schedule.phases.name",
     "output.dir",
     "data.cache_dir",
+    "data.ray_address",
     "launch.deepspeed.nvme_path",
     "continual.from",
 }

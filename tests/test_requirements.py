@@ -64,13 +64,19 @@ def test_requirements_pin_the_locks_versions(tmp_path: Path):
 def test_every_package_the_build_imports_is_required(tmp_path: Path):
     """What train.py and recipec_runtime/ import is in requirements.txt, except what only an
     option imports (bitsandbytes for QLoRA and 8-bit AdamW, lion-pytorch and schedulefree for
-    their optimizers, ray for the data stage's Ray executor): then requirements.txt names it (below)."""
+    their optimizers, ray for the data stage's Ray executor, huggingface_hub for a hub source): then requirements.txt names it (below)."""
     built = _quickstart(tmp_path)
     required = {line.split("==")[0] for line in _requirement_lines((built / REQUIREMENTS).read_text())}
     imported = _imported_distributions(built)
     assert {"zstandard", "xxhash", "tqdm", "torch", "accelerate"} <= set(imported.values())
     missing = {module: dist for module, dist in imported.items() if dist not in required}
-    assert missing == {"bitsandbytes": None, "lion_pytorch": "lion-pytorch", "schedulefree": "schedulefree", "ray": "ray"}
+    assert missing == {
+        "bitsandbytes": None,
+        "lion_pytorch": "lion-pytorch",
+        "schedulefree": "schedulefree",
+        "ray": "ray",
+        "huggingface_hub": "huggingface_hub",
+    }
 
 
 @pytest.mark.parametrize(("name", "package"), [("lion", "lion-pytorch"), ("schedule_free_adamw", "schedulefree"), ("muon", None)])
@@ -83,6 +89,11 @@ def test_an_optimizer_adds_its_package(plan_of, name, package):
 
 def test_the_ray_executor_adds_ray(plan_of):
     assert required_packages(plan_of({"data.executor": "ray"})) == [*TRAINING_PACKAGES, "ray"]
+
+
+def test_a_hub_source_adds_huggingface_hub(plan_of):
+    plan = plan_of({}, data={"sources": [{"hub": {"repo": "org/name"}}]})
+    assert required_packages(plan) == [*TRAINING_PACKAGES, "huggingface_hub"]
 
 
 def test_recipe_options_add_their_packages(plan_of):
