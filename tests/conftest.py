@@ -52,9 +52,10 @@ MINIMAL: dict[str, Any] = {
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`-n auto --dist loadgroup`) the slow tests run one after another in
     one worker: they start training processes that listen on accelerate's default port and
-    use every core, while the other workers take the fast tests."""
+    use every core, while the other workers take the fast tests. A slow test that names its
+    own group (one that opens no port and is bound by installing packages) runs beside them."""
     for item in items:
-        if item.get_closest_marker("slow") is not None:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group("slow"))
 
 
