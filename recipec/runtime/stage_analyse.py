@@ -229,6 +229,22 @@ class Corpus:
         # sources of token ids (records = "tokens"): read as ids, with empty texts that no filter reads
         self.token_sources: list[int] = []
 
+
+    def finish(self, n: int, source_of: list[np.ndarray], chars: list[np.ndarray]) -> None:
+        """Close the first pass: ``n`` documents read, the per-batch source indices and character counts joined.
+
+        Raises:
+            DataError: a source without documents.
+        """
+        self.n_docs = n
+        self.tokens.grow(n)
+        if source_of:
+            self.source_of = np.concatenate(source_of)
+            self.chars = np.concatenate(chars)
+        for i, label in enumerate(self.labels):
+            if self.source_end[i] == self.source_start[i]:
+                raise DataError(f"{label}: no documents (every record was empty or skipped)")
+
     @property
     def docs_file(self) -> pathlib.Path:
         return self.work / "docs.arrow"
@@ -360,14 +376,7 @@ def read_and_analyse(
         corpus.source_start[s] = corpus.source_end[s] = n
     for s in range(len(labels)):
         corpus.source_end[s] = max(corpus.source_end[s], corpus.source_start[s])
-    corpus.n_docs = n
-    corpus.tokens.grow(n)
-    if source_of:
-        corpus.source_of = np.concatenate(source_of)
-        corpus.chars = np.concatenate(chars)
-    for i, label in enumerate(labels):
-        if corpus.source_end[i] == corpus.source_start[i]:
-            raise DataError(f"{label}: no documents (every record was empty or skipped)")
+    corpus.finish(n, source_of, chars)
     return corpus
 
 

@@ -580,15 +580,8 @@ class RayExecutor:
         for i in range(len(labels)):
             if first[i]:
                 corpus.source_start[i] = corpus.source_end[i] = n
-        corpus.n_docs = n
-        corpus.tokens.grow(n)
         corpus.shard_start = np.asarray(starts, dtype=np.int64)
-        if source_of:
-            corpus.source_of = np.concatenate(source_of)
-            corpus.chars = np.concatenate(chars)
-        for i, label in enumerate(labels):
-            if corpus.source_end[i] == corpus.source_start[i]:
-                raise DataError(f"{label}: no documents (every record was empty or skipped)")
+        corpus.finish(n, source_of, chars)
         return corpus
 
     def _candidates(self, corpus: ShardedCorpus, instances: dict[str, dict], reduces: list) -> None:
