@@ -1,0 +1,571 @@
+"""What every importer shares: the source config with its lines, the ledger of its keys, the
+recipe being drafted, and the writer of the commented recipe.
+
+An importer reads one config of another tool and fills a :class:`Draft`:
+
+- every leaf key of the config (``datasets[0].path``, ``optimizer.lr``) ends in exactly one
+  state: mapped exactly, mapped approximately (with what differs), or not imported (with
+  the reason: recipec has no such setting, recipec lacks the feature, or the source tool
+  itself ignores the key);
+- the source tool's defaults for what the file leaves out are written too, marked with the
+  tool version whose defaults they are, because the run depended on them;
+- every recipe line remembers the source keys it came from, and the writer prints them
+  in a trailing comment;
+- contradictions inside the config are warnings, printed and written into the header.
+
+Keys the source tool does not know are an error before anything is written: the tool
+itself would have refused them (or, worse, silently ignored a typo).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+
+from ..diagnostics import Diagnostic, Location, RecipeError, did_you_mean
+
+How = Literal["exact", "approx", "dropped"]
+"""A source key's state: mapped exactly, mapped approximately, or not imported."""
+
+Reason = Literal["no-equivalent", "missing-feature", "ignored-by-tool", "not-for-training"]
+"""Why a key is not imported."""
+
+REASONS: dict[str, str] = {
+    "no-equivalent": "recipec has no such setting",
+    "missing-feature": "a feature recipec lacks",
+    "ignored-by-tool": "ignored by the source tool itself",
+    "not-for-training": "does not change what is trained (hub upload, logging, inference)",
+}
+
+
+class ImportError_(RecipeError):
+    """A config that cannot be imported: not YAML/JSON, another tool's, unknown keys."""
+
+
+# -- the source config -------------------------------------------------------------------
+
+
+class _Loader(__import__("yaml").SafeLoader):  # type: ignore[misc,name-defined]
+    """YAML with YAML 1.2's floats: `2e-5` is a number (PyYAML's 1.1 rules read it as a
+    string; OmegaConf and pydantic, which the tools use, read a number)."""
+
+
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _scrub_resolvers() -> None:
+    # the float resolver added above must win over int for "1e5": put it first for digits
+    for ch in "-+0123456789.":
+        resolvers = _Loader.yaml_implicit_resolvers.get(ch, [])
+        floats = [r for r in resolvers if r[0] == "tag:yaml.org,2002:float"]
+        rest = [r for r in resolvers if r[0] != "tag:yaml.org,2002:float"]
+        _Loader.yaml_implicit_resolvers[ch] = floats[-1:] + rest
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in _Loader.yaml_implicit_resolvers.items()}
+_scrub_resolvers()
+
+
+def key_name(path: Sequence[str | int]) -> str:
+    """``("datasets", 0, "path")`` -> ``datasets[0].path``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+@dataclass
+class Config:
+    """A parsed config file: its leaf keys with their values and lines."""
+
+    path: str
+    text: str
+    data: dict[str, Any]
+    lines: dict[str, int]
+    """Line (1-based) of every key, leaves and tables, by key name."""
+
+    def leaves(self) -> dict[str, Any]:
+        """Every leaf key by name: scalars, lists of scalars, and empty tables."""
+        out: dict[str, Any] = {}
+
+        def walk(value: Any, path: tuple[str | int, ...]) -> None:
+            if isinstance(value, Mapping) and value:
+                for k, v in value.items():
+                    walk(v, (*path, str(k)))
+            elif isinstance(value, list) and any(isinstance(v, Mapping) for v in value):
+                for i, v in enumerate(value):
+                    walk(v, (*path, i))
+            else:
+                out[key_name(path)] = value
+
+        walk(self.data, ())
+        return out
+
+    def location(self, key: str) -> Location:
+        line = self.lines.get(key, 0)
+        text = self.text.splitlines()[line - 1] if 0 < line <= len(self.text.splitlines()) else ""
+        leaf = key.rsplit(".", 1)[-1].split("[", 1)[0]
+        col = text.find(leaf) + 1 if leaf and leaf in text else 1
+        return Location(self.path, line, max(col, 1), max(len(leaf), 1), text)
+
+
+def _lines_of(node: Any, path: tuple[str | int, ...], out: dict[str, int]) -> None:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            sub = (*path, str(k.value))
+            out.setdefault(key_name(sub), k.start_mark.line + 1)
+            _lines_of(v, sub, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            sub = (*path, i)
+            out.setdefault(key_name(sub), v.start_mark.line + 1)
+            _lines_of(v, sub, out)
+
+
+def read_config(path: str | Path) -> Config:
+    """Read a YAML or JSON config; a clear error when it is neither or not a table."""
+    import yaml
+
+    shown = Path(path).as_posix()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _file_error(shown, f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise _file_error(shown, f"{shown} is a directory, not a config file") from None
+    except UnicodeDecodeError:
+        raise _file_error(shown, f"{shown} is not a text file (not UTF-8), so neither YAML nor JSON") from None
+    except OSError as exc:
+        raise _file_error(shown, f"cannot read {shown}: {exc.strerror}") from None
+    lines: dict[str, int] = {}
+    if Path(path).suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecipeError(
+                [Diagnostic("error", f"{shown} is not valid JSON: {exc.msg}", _loc(shown, text, exc.lineno, exc.colno))]
+            ) from None
+    else:
+        try:
+            data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 1)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise RecipeError(
+                [Diagnostic("error", f"{shown} is not valid YAML or JSON: {problem}", _loc(shown, text, line, col))]
+            ) from None
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise _file_error(shown, f"{shown} is {kind}, not a table of settings (YAML mapping or JSON object)")
+    try:
+        _lines_of(yaml.compose(text, Loader=_Loader), (), lines)
+    except yaml.YAMLError:
+        pass  # JSON that YAML 1.1 does not read: no lines, still imported
+    return Config(shown, text, data, lines)
+
+
+def _loc(file: str, text: str, line: int, col: int) -> Location:
+    rows = text.splitlines()
+    src = rows[line - 1] if 0 < line <= len(rows) else ""
+    return Location(file, line, max(col, 1), 1, src)
+
+
+def _file_error(file: str, message: str, help: str | None = None) -> RecipeError:
+    return RecipeError([Diagnostic("error", message, Location(file, 0, 1, 1, ""), help=help)])
+
+
+# -- the recipe being drafted ------------------------------------------------------------
+
+
+@dataclass
+class Line:
+    """One `key = value` line of the recipe and where it came from."""
+
+    value: Any
+    keys: tuple[str, ...]
+    """The source keys the value came from (empty for a value recipec chooses)."""
+    how: Literal["exact", "approx", "default", "derived"]
+    note: str = ""
+
+
+@dataclass
+class Entry:
+    """A source key's state in the ledger."""
+
+    how: How
+    why: str = ""
+    reason: Reason | None = None
+
+
+@dataclass
+class Draft:
+    """The recipe an importer drafts, the ledger of the source keys, warnings and notes.
+
+    Importers call :meth:`set` (a recipe key from source keys), :meth:`default` (a recipe
+    key from the source tool's default for a key the file leaves out), :meth:`drop` (a
+    source key not imported, with the reason) and :meth:`warn`.
+    """
+
+    config: Config
+    tool: str
+    """The tool as `--from` names it."""
+    version: str
+    """The tool version whose defaults are applied, e.g. "axolotl 0.12.2"."""
+    known: Sequence[str] = ()
+    """Patterns of the keys the tool knows (fnmatch, `[*]` for any list index)."""
+    tables: dict[str, dict[str, Line]] = field(default_factory=dict)
+    sources: list[dict[str, Line]] = field(default_factory=list)
+    ledger: dict[str, Entry] = field(default_factory=dict)
+    warnings: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    defaults: list[tuple[str, str]] = field(default_factory=list)
+    """(source key, what its default means) for every default applied."""
+
+    def __post_init__(self) -> None:
+        self.values = self.config.leaves()
+
+    # reading the source
+    def has(self, key: str) -> bool:
+        return key in self.values or any(k.startswith(key + ".") or k.startswith(key + "[") for k in self.values)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of a leaf key, or of a table (as the file has it)."""
+        if key in self.values:
+            return self.values[key]
+        node: Any = self.config.data
+        for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
+            if part.startswith("["):
+                idx = int(part[1:-1])
+                if not isinstance(node, list) or idx >= len(node):
+                    return default
+                node = node[idx]
+            else:
+                if not isinstance(node, Mapping) or part not in node:
+                    return default
+                node = node[part]
+        return node
+
+    def keys_under(self, prefix: str) -> list[str]:
+        """The leaf keys at or under `prefix` (a table or list key)."""
+        return [k for k in self.values if k == prefix or k.startswith(prefix + ".") or k.startswith(prefix + "[")]
+
+    def pending(self) -> list[str]:
+        """Leaf keys not yet in the ledger."""
+        return [k for k in self.values if k not in self.ledger]
+
+    # the ledger
+    def _mark(self, keys: Iterable[str], how: How, why: str = "", reason: Reason | None = None) -> None:
+        rank = {"exact": 0, "approx": 1, "dropped": 2}
+        for key in keys:
+            for leaf in self.keys_under(key) or [key]:
+                if leaf not in self.values:
+                    continue
+                old = self.ledger.get(leaf)
+                if old is None or rank[how] > rank[old.how]:
+                    self.ledger[leaf] = Entry(how, why, reason)
+                elif old.how == how == "approx" and why and why not in old.why:
+                    old.why = f"{old.why}; {why}" if old.why else why
+
+    def exact(self, *keys: str) -> None:
+        """Mark keys as mapped exactly without writing a line (their meaning is already in
+        another line, or is recipec's behaviour too)."""
+        self._mark(keys, "exact")
+
+    def approx(self, why: str, *keys: str) -> None:
+        """Mark keys as mapped approximately without writing a line."""
+        self._mark(keys, "approx", why)
+
+    def drop(self, key: str, reason: Reason, why: str) -> None:
+        """Not imported: `reason` is the kind, `why` the sentence shown in the header."""
+        self._mark([key], "dropped", why, reason)
+
+    def _table(self, target: str) -> tuple[dict[str, Line], str]:
+        table, _, name = target.rpartition(".")
+        m = re.fullmatch(r"data\.sources\[(\d+)\](?:\.(.+))?", table)
+        if m:
+            idx = int(m.group(1))
+            while len(self.sources) <= idx:
+                self.sources.append({})
+            if m.group(2):  # a sub-table of a source (hub), kept as an inline table
+                src = self.sources[idx]
+                sub = m.group(2)
+                line = src.get(sub)
+                if line is None:
+                    line = src[sub] = Line({}, (), "exact")
+                return line.value, name
+            return self.sources[idx], name
+        return self.tables.setdefault(table, {}), name
+
+    def set(self, target: str, value: Any, *keys: str, approx: str | None = None, note: str = "") -> None:
+        """Write `target = value` from the source `keys`; exact unless `approx` says what differs."""
+        table, name = self._table(target)
+        how: Literal["exact", "approx", "default", "derived"] = "approx" if approx else ("exact" if keys else "derived")
+        table[name] = Line(value, tuple(keys), how, approx or note)
+        if keys:
+            self._mark(keys, "approx" if approx else "exact", approx or "")
+
+    def default(self, target: str, value: Any, key: str, meaning: str = "") -> None:
+        """Write `target = value` because the file leaves `key` out and the tool's default
+        for it is what the run used."""
+        table, name = self._table(target)
+        table[name] = Line(value, (key,), "default", meaning)
+        self.defaults.append((key, meaning or f"{target} = {_toml(value)}"))
+
+    def unset(self, target: str) -> None:
+        table, name = self._table(target)
+        table.pop(name, None)
+
+    def value(self, target: str, default: Any = None) -> Any:
+        table, name = self._table(target)
+        line = table.get(name)
+        return default if line is None else line.value
+
+    def warn(self, message: str, *keys: str) -> None:
+        self.warnings.append((message, tuple(keys)))
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    # checks
+    def unknown_keys(self) -> list[str]:
+        """Leaf keys that match none of the tool's known key patterns."""
+        if not self.known:
+            return []
+        pats = [_pattern(p) for p in self.known]
+        out = []
+        for key in self.values:
+            generic = re.sub(r"\[\d+\]", "[*]", key)
+            if not any(fnmatchcase(generic, p) or fnmatchcase(key, p) for p in pats):
+                out.append(key)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        c = {"exact": 0, "approx": 0, "dropped": 0}
+        for e in self.ledger.values():
+            c[e.how] += 1
+        return c
+
+
+def _pattern(p: str) -> str:
+    # fnmatch treats [ ] as a character class: escape the list index form
+    return p.replace("[*]", "[[]*[]]")
+
+
+def num(value: Any) -> Any:
+    """A number written as a string (`"2e-5"`, as YAML 1.1 reads it) as a number."""
+    if isinstance(value, str):
+        try:
+            f = float(value)
+        except ValueError:
+            return value
+        return int(f) if re.fullmatch(r"[-+]?\d+", value.strip()) else f
+    return value
+
+
+# -- writing the recipe ------------------------------------------------------------------
+
+TABLE_ORDER = [
+    "recipe",
+    "model",
+    "model.config",
+    "tokenizer",
+    "data",
+    "data.sources",
+    "optim",
+    "optim.decay",
+    "schedule",
+    "train",
+    "loss",
+    "launch",
+    "launch.fsdp",
+    "launch.deepspeed",
+    "output",
+    "continual",
+    "peft",
+    "preference",
+    "ema",
+    "merge",
+]
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        text = repr(value)
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _comment(line: Line, version: str) -> str:
+    src = ", ".join(line.keys)
+    if line.how == "default":
+        text = f"default of {version} for `{src}`, which the file leaves out"
+    elif line.how == "approx":
+        text = f"~ {src}: {line.note}" if src else f"~ {line.note}"
+    elif line.how == "derived":
+        text = line.note or "chosen by recipec import"
+    else:
+        text = src + (f" ({line.note})" if line.note else "")
+    return text.replace("\n", " ")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Line):
+        return _plain(value.value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _wrap(prefix: str, text: str, width: int = 96) -> list[str]:
+    words = text.split()
+    out: list[str] = []
+    cur = prefix
+    indent = " " * len(prefix)
+    for w in words:
+        if len(cur) + len(w) + 1 > width and cur.strip() not in ("", prefix.strip()):
+            out.append(cur.rstrip())
+            cur = indent
+        cur += ("" if cur.endswith(" ") or not cur.strip() else " ") + w
+    out.append(cur.rstrip())
+    return ["# " + o if o else "#" for o in out]
+
+
+def header(draft: Draft) -> list[str]:
+    c = draft.counts()
+    out = [
+        f"# Imported by `recipec import --from {draft.tool}` from {draft.config.path}.",
+        f"# Defaults for keys the file leaves out are those of {draft.version}.",
+        "# Each line's comment names the source key(s) it came from; `~` marks an approximate mapping.",
+        "#",
+        f"# Keys mapped exactly: {c['exact']}; approximately: {c['approx']}; not imported: {c['dropped']}.",
+    ]
+    if draft.warnings:
+        out.append("#")
+        out.append("# Warnings (contradictions in the source config):")
+        for msg, _ in draft.warnings:
+            out += _wrap("  - ", msg)
+    dropped = [(k, e) for k, e in draft.ledger.items() if e.how == "dropped"]
+    if dropped:
+        out.append("#")
+        out.append("# Not imported:")
+        for key, e in dropped:
+            shown = _short(draft.values.get(key))
+            out += _wrap("  - ", f"`{key}: {shown}`: {REASONS[e.reason or 'no-equivalent']}. {e.why}")
+    approx = [(k, e) for k, e in draft.ledger.items() if e.how == "approx"]
+    if approx:
+        out.append("#")
+        out.append("# Mapped approximately:")
+        for key, e in approx:
+            out += _wrap("  - ", f"`{key}`: {e.why}")
+    if draft.defaults:
+        out.append("#")
+        out.append(f"# Defaults of {draft.version} applied (the file leaves these keys out; the run used them):")
+        for key, meaning in draft.defaults:
+            out += _wrap("  - ", f"`{key}`: {meaning}")
+    if draft.notes:
+        out.append("#")
+        out.append("# Notes:")
+        for n in draft.notes:
+            out += _wrap("  - ", n)
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def write_recipe(draft: Draft) -> str:
+    """The recipe text: the header block, then each table with a comment on each line."""
+    lines = header(draft)
+    tables = dict(draft.tables)
+    order = [t for t in TABLE_ORDER if t in tables or (t == "data.sources" and draft.sources)]
+    order += sorted(t for t in tables if t not in TABLE_ORDER)
+    for table in order:
+        if table == "data.sources":
+            for src in draft.sources:
+                lines += ["", "[[data.sources]]"]
+                lines += _table_lines(src, draft.version)
+            continue
+        rows = tables[table]
+        if not rows:
+            continue
+        lines += ["", f"[{table}]"]
+        lines += _table_lines(rows, draft.version)
+    return "\n".join(lines) + "\n"
+
+
+def _table_lines(rows: Mapping[str, Line], version: str) -> list[str]:
+    body = []
+    for key, line in rows.items():
+        if isinstance(line.value, dict) and line.keys == () and all(isinstance(v, Line) for v in line.value.values()):
+            value = _plain(line.value)
+            keys = tuple(dict.fromkeys(k for v in line.value.values() for k in v.keys))
+            approx = [v.note for v in line.value.values() if v.how == "approx"]
+            line = Line(value, keys, "approx" if approx else "exact", "; ".join(approx))
+        body.append((f"{_toml_key(key)} = {_toml(_plain(line.value))}", _comment(line, version)))
+    width = min(max((len(b) for b, _ in body), default=0), 56)
+    return [f"{b:<{width}}  # {c}" if c else b for b, c in body]
+
+
+# -- checks on the parsed config ---------------------------------------------------------
+
+
+def unknown_key_error(draft: Draft, keys: Sequence[str]) -> RecipeError:
+    names = sorted({re.sub(r"\[\d+\]", "[*]", p) for p in draft.known if "*" not in p.replace("[*]", "")})
+    diags = []
+    for key in keys:
+        generic = re.sub(r"\[\d+\]", "[*]", key)
+        hint = did_you_mean(generic, names)
+        diags.append(
+            Diagnostic(
+                "error",
+                f"unknown key `{key}`: {draft.version.split(' ')[0]} has no such setting",
+                draft.config.location(key),
+                help=hint or f"a typo, or a key of another tool or version; is `--from {draft.tool}` right?",
+            )
+        )
+    return RecipeError(diags)
+
+
+def iter_known(groups: Mapping[str, Iterable[str]]) -> Iterator[str]:
+    for names in groups.values():
+        yield from names
