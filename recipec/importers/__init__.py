@@ -15,6 +15,7 @@ every key of the file. The compiler side: nothing here imports torch or transfor
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ class Options:
     """recipe.name."""
     num_processes: int = 1
     """Processes the source run used (its global batch counts them)."""
+    model: str | None = None
+    """The model, for configs that do not name one (a `TrainingArguments`)."""
+    data: str | None = None
+    """The data, for configs that do not name it: a hub dataset id or a local file."""
 
 
 @dataclass
@@ -61,6 +66,8 @@ def detect(config: Config) -> dict[str, list[str]]:
     leaves = config.leaves()
     top = set(config.data)
     for tool in TOOLS:
+        if importlib.util.find_spec(f"{__name__}.{TOOLS[tool]}") is None:
+            continue
         markers = getattr(tool_module(tool), "MARKERS", ())
         hits = [m for m in markers if m in top or m in leaves or any(_under(k, m) for k in leaves)]
         if hits:

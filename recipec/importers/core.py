@@ -329,7 +329,9 @@ class Draft:
         for it is what the run used."""
         table, name = self._table(target)
         table[name] = Line(value, (key,), "default", meaning)
-        self.defaults.append((key, meaning or f"{target} = {_toml(value)}"))
+        entry = (key, meaning or f"{target} = {_toml(value)}")
+        if entry not in self.defaults:
+            self.defaults.append(entry)
 
     def unset(self, target: str) -> None:
         table, name = self._table(target)
@@ -540,7 +542,9 @@ def _table_lines(rows: Mapping[str, Line], version: str) -> list[str]:
             value = _plain(line.value)
             keys = tuple(dict.fromkeys(k for v in line.value.values() for k in v.keys))
             approx = [v.note for v in line.value.values() if v.how == "approx"]
-            line = Line(value, keys, "approx" if approx else "exact", "; ".join(approx))
+            notes = [v.note for v in line.value.values() if v.how != "approx" and v.note]
+            how = "approx" if approx else ("exact" if keys else "derived")
+            line = Line(value, keys, how, "; ".join(approx or notes))
         body.append((f"{_toml_key(key)} = {_toml(_plain(line.value))}", _comment(line, version)))
     width = min(max((len(b) for b, _ in body), default=0), 56)
     return [f"{b:<{width}}  # {c}" if c else b for b, c in body]

@@ -1,0 +1,44 @@
+"""A transformers `TrainingArguments` saved as JSON (`args.to_json_string()`, or the
+`training_args.json` of a run): every training setting of a Trainer run.
+
+The arguments name neither the model nor the data: `recipec import --model ID --data
+PATH_OR_HUB_ID` supplies them (a hub dataset `org/name` or a local file of `{"text": ...}`
+records).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import hf
+from .core import Draft
+
+VERSION = hf.VERSION
+KNOWN = hf.TRAINING_ARGUMENTS
+MARKERS = ("per_device_train_batch_size", "lr_scheduler_type", "adam_epsilon", "logging_strategy", "save_strategy")
+
+
+def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycle)
+    hf.training_args(d, options.num_processes)
+    model_and_data(d, options)
+
+
+def model_and_data(d: Draft, options) -> None:  # noqa: ANN001
+    """The model and data the command line names (the arguments have neither)."""
+    if options.model:
+        d.set("model.path", options.model, note="--model")
+    else:
+        d.note("The config names no model: pass `--model ID` (written as model.path).")
+    if options.data:
+        if Path(options.data).exists() or not _hub_id(options.data):
+            d.set("data.sources[0].path", options.data, note="--data")
+        else:
+            d.set("data.sources[0].hub.repo", options.data, note="--data")
+    else:
+        d.note("The config names no data: pass `--data PATH_OR_HUB_ID` (written as a data source).")
+
+
+def _hub_id(text: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None
