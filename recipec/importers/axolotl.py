@@ -1,0 +1,1246 @@
+"""An axolotl config (the YAML `axolotl train` reads): model, adapter, data, and the
+`TrainingArguments` axolotl builds from it.
+
+The training settings go through :func:`recipec.importers.hf.training_args` under axolotl's
+spellings (`micro_batch_size`, `num_epochs`, `optimizer`, `lr_scheduler`, ...) with axolotl's
+own defaults. What axolotl decides by itself before it builds the arguments is mapped here:
+
+* the warmup (`_configure_warmup_and_logging`): `warmup_steps`, else `int(warmup_ratio *
+  total steps)` (rounded down), else `min(int(0.03 * total steps), 100)`; one step becomes two;
+* its own schedulers (`SchedulerMixin.create_scheduler`): cosine with `cosine_min_lr_ratio`
+  (the same cosine, to that floor), with `cosine_constant_lr_ratio` too (the floor held from
+  that share of the run on), `lr_quadratic_warmup`, `one_cycle` and `rex`;
+* precision (`bf16: auto`, `tf32: auto`: on where the GPU has them; the weights are loaded in
+  the training dtype), saving (every epoch, 4 kept, unless told otherwise), evaluation
+  (`evals_per_epoch` and `saves_per_epoch` become shares of the run), trackers;
+* the datasets: `type: chat_template`, `completion`, `alpaca`, the DPO types, a
+  `pretraining_dataset`, `test_datasets`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from . import hf
+from .core import Draft, num
+
+VERSION = "axolotl 0.18.0"
+"""The release whose schema (src/axolotl/utils/schemas) and defaults are applied; it builds
+its TrainingArguments with transformers 5.14."""
+
+_TOP = """
+base_model base_model_config cls_model_config tokenizer_config tokenizer_use_fast
+tokenizer_legacy tokenizer_use_mistral_common tokenizer_type processor_type processor_kwargs
+tokenizer_save_jinja_files trust_remote_code experimental_skip_move_to_device use_kernels
+model_quantization_config model_quantization_config_kwargs use_onebitllms output_dir
+hub_model_id hub_strategy hub_revision save_safetensors load_in_8bit load_in_4bit adapter
+lora_model_dir lora_r lora_alpha lora_fan_in_fan_out lora_target_modules lora_target_parameters
+lora_target_linear lora_modules_to_save lora_rank_pattern lora_alpha_pattern lora_dropout
+peft_layers_to_transform peft_layers_pattern peft peft_use_dora peft_use_rslora
+peft_layer_replication peft_init_lora_weights peft_trainable_token_indices
+peft_ensure_weight_tying peft_autocast_adapter_dtype qlora_sharded_model_loading lora_on_cpu
+gptq bnb_config_kwargs loraplus_lr_ratio loraplus_lr_embedding merge_lora merge_method relora
+relora_prune_ratio relora_prune_method relora_cpu_offload jagged_restart_steps
+jagged_restart_warmup_steps jagged_restart_anneal_steps gradient_accumulation_steps
+micro_batch_size batch_size eval_batch_size auto_find_batch_size train_on_inputs group_by_length
+learning_rate embedding_lr embedding_lr_scale weight_decay optimizer optim_args
+optim_target_modules torchdistx_path lr_scheduler lr_scheduler_kwargs lr_quadratic_warmup
+cosine_min_lr_ratio cosine_constant_lr_ratio lr_div_factor lr_groups adam_epsilon adam_epsilon2
+adam_beta1 adam_beta2 adam_beta3 dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of
+qgalore_rank qgalore_update_proj_gap qgalore_scale qgalore_proj_type qgalore_proj_quant
+qgalore_proj_bits qgalore_proj_group_size qgalore_cos_threshold qgalore_gamma_proj
+qgalore_queue_size max_grad_norm num_epochs use_wandb wandb_name wandb_run_id wandb_mode
+wandb_project wandb_entity wandb_watch wandb_log_model use_mlflow mlflow_tracking_uri
+mlflow_experiment_name mlflow_run_name hf_mlflow_log_artifacts use_comet comet_api_key
+comet_workspace comet_project_name comet_experiment_key comet_mode comet_online
+comet_experiment_config use_trackio trackio_project_name trackio_run_name trackio_space_id
+use_otel_metrics otel_metrics_host otel_metrics_port lisa_n_layers lisa_step_interval
+lisa_layers_attribute gradio_title gradio_share gradio_server_name gradio_server_port
+gradio_max_new_tokens gradio_temperature use_ray ray_run_name ray_num_workers
+resources_per_worker image_size image_resize_algorithm role_boundaries overrides_of_model_config
+model_config overrides_of_model_kwargs model_kwargs type_of_model model_type revision_of_model
+model_revision max_packed_sequence_len rope_scaling noisy_embedding_alpha dpo_beta
+evaluation_strategy eval_table_size eval_max_new_tokens dpo_use_logits_to_keep
+dpo_generate_during_eval dpo_norm_loss rpo_alpha s2_attention flash_attn_rms_norm strict
+resume_from_checkpoint auto_resume_from_checkpoints resize_token_embeddings_to_32x
+mean_resizing_embeddings shrink_embeddings embeddings_skip_upcast reinit_weights trainer_cls rl
+trl vllm ebft qat quantization reward_model dynamic_checkpoint process_reward_model
+center_rewards_coefficient num_labels dpo_use_weighting dpo_label_smoothing
+precompute_ref_log_probs dpo_use_liger_kernel dpo_padding_free dpo_loss_type dpo_loss_weights
+datasets test_datasets shuffle_merged_datasets shuffle_before_merging_datasets
+dataset_prepared_path dataset_shard_num dataset_shard_idx skip_prepare_dataset
+num_dataset_shards_to_save pretraining_dataset dataset_processes dataset_num_proc
+dataset_exact_deduplication dataset_keep_in_memory dataloader_pin_memory dataloader_num_workers
+dataloader_prefetch_factor dataloader_drop_last accelerator_config remove_unused_columns
+push_dataset_to_hub hf_use_auth_token device device_map world_size local_rank ddp seed
+ddp_timeout ddp_bucket_cap_mb ddp_broadcast_buffers ddp_find_unused_parameters do_causal_lm_eval
+eval_causal_lm_metrics do_bench_eval bench_dataset bench_split metric_for_best_model
+greater_is_better loss_watchdog_threshold loss_watchdog_patience gc_steps
+torch_empty_cache_steps gc_collect_steps bf16 fp16 fp8 fp8_enable_fsdp_float8_all_gather
+bfloat16 float16 tf32 float32 gradient_checkpointing gradient_checkpointing_kwargs
+selective_checkpointing activation_offloading layer_offloading freeze_mm_modules
+unfrozen_parameters sequence_len excess_length_strategy eval_sequence_len min_sample_len
+max_prompt_len sample_packing sample_packing_group_size sample_packing_bin_size
+sample_packing_sequentially sample_packing_mp_start_method eval_sample_packing
+pad_to_sequence_len pad_to_multiple_of curriculum_sampling multipack_real_batches
+batch_flattening use_pose pose_split_on_token_ids pose_max_context_len pose_num_chunks
+pretrain_multipack_buffer_size pretrain_multipack_attn pretraining_sample_concatenation
+streaming streaming_multipack_buffer_size xformers_attention sdp_attention flex_attention
+flex_attn_compile_kwargs flash_attention flash_attn_cross_entropy flash_attn_fuse_mlp
+flash_optimum sage_attention eager_attention attn_implementation gemma4_hybrid_attn_impl
+large_head_attention flash_attn_d512 sdpa_varlen fused_attn_kernel experts_implementation
+quantize_moe_experts scaling_softmax scaling_softmax_factor scaling_softmax_bias lora_mlp_kernel
+lora_qkv_kernel lora_o_kernel lora_embedding_kernel chunked_cross_entropy
+chunked_cross_entropy_num_chunks use_eaft eaft_alpha eaft_k tiled_mlp tiled_mlp_num_shards
+tiled_mlp_use_original_mlp llama4_linearized_experts deepspeed deepcompile fsdp fsdp_config
+fsdp_version fp32_norms fp32_norm_classes fsdp_final_state_dict_type val_set_size dp_shard_size
+dp_replicate_size sequence_parallel_degree context_parallel_size heads_k_stride ring_attn_func
+tensor_parallel_size special_tokens tokens added_tokens_overrides torch_compile
+torch_compile_backend torch_compile_mode torch_compile_options max_steps warmup_steps
+warmup_ratio eval_steps evals_per_epoch eval_strategy save_steps saves_per_epoch save_strategy
+save_total_limit save_first_step logging_steps early_stopping_patience load_best_model_at_end
+save_only_model use_tensorboard profiler_steps profiler_steps_start include_tokens_per_second
+include_tkps neftune_noise_alpha orpo_alpha simpo_gamma cpo_alpha kto_desirable_weight
+kto_undesirable_weight rl_beta max_memory gpu_memory_limit low_cpu_mem_usage chat_template
+chat_template_jinja chat_template_kwargs eot_tokens default_system_message fix_untrained_tokens
+is_preprocess preprocess_iterable total_num_tokens total_supervised_tokens
+sample_packing_eff_est axolotl_config_path is_falcon_derived_model is_llama_derived_model
+is_mistral_derived_model is_qwen_derived_model plugins generate_samples num_generation_samples
+generation_max_new_tokens generation_temperature generation_top_p generation_top_k
+generation_prompt_ratio generation_do_sample
+"""
+"""The fields of `AxolotlInputConfig` and the models it inherits (schemas/config.py, model.py,
+peft.py, training.py, integrations.py, multimodal.py, deprecated.py), aliases included."""
+
+_FREE = """
+processor_kwargs model_quantization_config_kwargs lora_rank_pattern lora_alpha_pattern
+peft_trainable_token_indices bnb_config_kwargs optim_args lr_scheduler_kwargs
+comet_experiment_config resources_per_worker overrides_of_model_config model_config
+overrides_of_model_kwargs model_kwargs rope_scaling trl vllm ebft qat quantization
+dynamic_checkpoint accelerator_config device device_map gradient_checkpointing_kwargs
+selective_checkpointing flex_attn_compile_kwargs deepspeed added_tokens_overrides
+torch_compile_options max_memory chat_template_kwargs
+"""
+"""Fields that are tables (dicts, or nested models read as a whole)."""
+
+_PLUGINS = """
+diffusion mora hatchery lm_eval_tasks lm_eval_batch_size lm_eval_post_train lm_eval_model
+nemo_gym_enabled nemo_gym_dir nemo_gym_auto_clone nemo_gym_config_paths nemo_gym_head_port
+nemo_gym_server_timeout nemo_gym_verify_timeout nemo_gym_run_timeout nemo_gym_datasets
+nemo_gym_auto_start nemo_gym_model_name nemo_gym_multi_turn nemo_gym_max_turns use_swanlab
+swanlab_project swanlab_experiment_name swanlab_description swanlab_mode swanlab_workspace
+swanlab_api_key swanlab_log_model swanlab_web_host swanlab_api_host swanlab_lark_webhook_url
+swanlab_lark_secret swanlab_log_completions swanlab_completion_log_interval
+swanlab_completion_max_buffer expert_backend nonexpert_quantization moe_grouped_backend
+moe_dequant_chunk_size moe_bnb_fast use_scattermoe use_sonicmoe use_dsv4_kernels
+use_glm_dsa_kernels dsv4_fp8_nonexpert_mode dsv4_fp8_lora_kernel dsv4_shared_mlp_lora_kernel
+dsv4_bf16_all dsv4_fp4_grouped_mode gemma4_fp8_nonexpert gemma4_nf4_nonexpert nvfp4_merge_aware
+nvfp4_merge_aware_start_step kd_trainer kd_ce_alpha kd_alpha kd_temperature kd_beta
+kd_normalize_topk kd_online_server_base_url kd_online_topk kd_online_server kd_online_timeout
+kd_temperature_min dense_mixer expert_parallel_size expert_parallel_backend
+expert_parallel_num_nvl_bytes expert_parallel_num_rdma_bytes expert_parallel_token_capacity
+expert_parallel_fallback_on_unsupported spectrum_top_fraction spectrum_model_name llmcompressor
+liger_rope liger_rms_norm liger_rms_norm_gated liger_layer_norm liger_swiglu
+liger_glu_activation liger_cross_entropy liger_fused_linear_cross_entropy
+liger_use_token_scaling grokfast_alpha grokfast_lamb cut_cross_entropy
+"""
+"""The arguments of the plugins axolotl ships (src/axolotl/integrations/*/args.py), accepted
+when `plugins` names them."""
+
+_DATASET = """
+path split type input_transform shards shards_idx preprocess_shards conversation chat_template
+chat_template_jinja data_files input_format name ds_type field field_human field_model
+field_messages field_tools field_thinking template_thinking_key message_field_role
+message_field_content message_property_mappings message_field_training
+message_field_training_detail split_thinking logprobs_field temperature roles_to_train
+train_on_eos train_on_eot roles drop_system_message trust_remote_code revision field_chosen
+field_rejected step_separator max_completion_length train_on_last_step_only length
+sequence_length min_input_id max_input_id seed
+"""
+"""The fields of a `datasets` entry: SFTDataset, DPODataset, KTODataset,
+StepwiseSupervisedDataset and SyntheticDataset (schemas/datasets.py)."""
+
+_PRETRAINING = "name path split text_column type trust_remote_code data_files skip"
+"""PretrainingDataset's fields (a `pretraining_dataset` entry may also be an SFTDataset)."""
+
+_FSDP = """
+fsdp_version version activation_checkpointing offload_params sync_module_states
+cpu_ram_efficient_loading cpu_offload_pin_memory use_orig_params state_dict_type
+final_state_dict_type auto_wrap_policy transformer_layer_cls_to_wrap min_num_params
+reshard_after_forward mixed_precision_policy
+"""
+
+_SPECIAL_TOKENS = "bos_token eos_token pad_token unk_token additional_special_tokens"
+
+
+def _known() -> tuple[str, ...]:
+    out = _TOP.split() + _PLUGINS.split()
+    out += [f"{k}.*" for k in _FREE.split()]
+    out += ["diffusion.*", "mora.*", "hatchery.*", "nemo_gym_datasets[*].*", "llmcompressor.*"]
+    out += ["lr_groups[*].*", "role_boundaries[*].*", "peft.loftq_config.loftq_bits"]
+    out += [f"special_tokens.{k}" for k in _SPECIAL_TOKENS.split()]
+    for k in _FSDP.split():
+        out += [f"fsdp_config.{k}", f"fsdp_config.fsdp_{k}"]
+    for table in ("datasets", "test_datasets"):
+        out += [f"{table}[*].{k}" for k in _DATASET.split()]
+        out += [f"{table}[*].{k}.*" for k in ("type", "message_property_mappings", "roles")]
+    out += [f"pretraining_dataset[*].{k}" for k in dict.fromkeys(_PRETRAINING.split() + _DATASET.split())]
+    out += [f"pretraining_dataset[*].{k}.*" for k in ("type", "message_property_mappings", "roles")]
+    return tuple(dict.fromkeys(out))
+
+
+KNOWN = _known()
+MARKERS = (
+    "base_model",
+    "micro_batch_size",
+    "num_epochs",
+    "sequence_len",
+    "sample_packing",
+    "lora_target_linear",
+    "val_set_size",
+    "adapter",
+    "lr_scheduler",
+    "pretraining_dataset",
+)
+
+_S = "axolotl:"
+"""Prefix of the names under which hf.training_args looks for the keys mapped here instead:
+no config key has it, so the shared code sees them as absent."""
+
+RENAME: dict[str, str] = {
+    # TrainingArguments' name -> axolotl's key
+    "num_train_epochs": "num_epochs",
+    "per_device_train_batch_size": "micro_batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "optim": "optimizer",
+    "lr_scheduler_type": "lr_scheduler",
+    "lr_scheduler_kwargs": "lr_scheduler_kwargs",
+    # decided by axolotl before the arguments are built: mapped here
+    **{k: _S + k for k in (
+        "warmup_steps", "warmup_ratio", "bf16", "fp16", "tf32", "logging_steps", "eval_strategy",
+        "evaluation_strategy", "eval_steps", "save_steps", "save_strategy", "save_total_limit",
+        "fsdp", "fsdp_config", "report_to", "gradient_checkpointing_kwargs",
+    )},
+}
+
+DEFAULTS: dict[str, Any] = {
+    **{k: v for k, v in hf.DEFAULTS.items() if k not in ("logging_steps", "save_steps")},
+    # schemas/training.py
+    "lr_scheduler_type": "cosine",
+    "optim": "adamw_torch_fused",
+    "weight_decay": 0.0,
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+}
+"""transformers' defaults, updated with axolotl's (schemas/training.py): cosine, fused AdamW,
+no weight decay, 1 epoch, micro batch 1. `max_grad_norm`, the betas, eps and the seed are
+left to transformers (axolotl passes them only when set)."""
+
+DPO_TYPES: dict[str, tuple[str, dict[str, str]]] = {
+    # type's function -> (the template it writes, recipec's fields)
+    "intel": ("chatml", {"prompt": "question"}),
+    "prompt_pairs": ("chatml", {}),
+    "icr": ("chatml", {"prompt": "input"}),
+    "argilla": ("chatml", {"prompt": "instruction", "chosen": "chosen_response", "rejected": "rejected_response"}),
+}
+
+TEMPLATES: dict[str, str] = {
+    # axolotl's own templates (src/axolotl/utils/chat_templates/templates/<name>.jinja)
+    "chatml": (
+        "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "llama3": (
+        "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+        "{% set loop_messages = messages %}{% for message in loop_messages %}{% if message['content'] is string %}"
+        "{% set message_text = message['content'] | trim %}{% else %}{% set message_text = message['content'] | "
+        "selectattr('text', 'defined') | map(attribute='text') | join('') | trim %}{% endif %}"
+        "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message_text + '<|eot_id|>' %}"
+        "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    "alpaca": (
+        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' and loop.first %}"
+        "{{ message['content'] }}{% elif message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] }}"
+        "{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] + eos_token }}{% endif %}"
+        "{% if not loop.last %}{{ '\n\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '\n\n### Response:\n' }}{% endif %}"
+    ),
+}
+"""The named templates written out as text (recipec takes the template itself); other names
+keep the tokenizer's own template, approximately."""
+
+MARKER_TOKENS = {"chatml": ["<|im_start|>", "<|im_end|>"]}
+
+
+def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycle)
+    _training_args(d, options.num_processes)
+    _clean_placeholders(d)
+    total = num(d.get("max_steps")) if num(d.get("max_steps") or 0) > 0 else None
+    _model(d)
+    _precision(d)
+    _attention(d)
+    _peft(d)
+    _data(d, total)
+    _schedule(d, total)
+    _save_eval_log(d, total)
+    _parallel(d)
+    _trackers(d)
+    _preference(d)
+    _rest(d)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _training_args(d: Draft, num_processes: int) -> None:
+    # hf._save reads a module-level `defaults` that hf.py does not define (a NameError when
+    # the config has no save_steps): give it axolotl's for the length of the call
+    patched = not hasattr(hf, "defaults")
+    if patched:
+        hf.defaults = DEFAULTS  # type: ignore[attr-defined]
+    try:
+        hf.training_args(d, num_processes, rename=RENAME, defaults=DEFAULTS)
+    finally:
+        if patched:
+            del hf.defaults  # type: ignore[attr-defined]
+
+
+def _clean_placeholders(d: Draft) -> None:
+    """Drop what hf.training_args wrote for the keys this module maps itself."""
+    d.defaults[:] = [e for e in d.defaults if not e[0].startswith(_S)]
+    for table in list(d.tables.values()):
+        for name, line in list(table.items()):
+            if any(k.startswith(_S) for k in line.keys):
+                del table[name]
+
+
+def _given(d: Draft, key: str) -> bool:
+    """The file sets the key to something (an empty key is axolotl's default)."""
+    return d.has(key) and d.get(key) not in (None, "", [], {})
+
+
+def _empty(d: Draft, *keys: str) -> None:
+    for k in keys:
+        if d.has(k) and not _given(d, k):
+            d.exact(k)
+
+
+def _hub_id(text: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None and not Path(text).exists()
+
+
+def _local(text: str) -> str:
+    return text if text.startswith(("./", "../", "/", "~")) else "./" + text
+
+
+# -- model -------------------------------------------------------------------------------
+
+
+def _model(d: Draft) -> None:
+    base = str(d.get("base_model"))
+    d.set("model.path", base if _hub_id(base) else _local(base), "base_model")
+    for k in ("base_model_config", "tokenizer_config"):
+        if not _given(d, k):
+            _empty(d, k)
+        elif str(d.get(k)) == base:
+            d.exact(k)
+        elif k == "tokenizer_config":
+            v = str(d.get(k))
+            d.set("tokenizer.path", v if _hub_id(v) else _local(v), k)
+        else:
+            d.drop(k, "no-equivalent", "recipec reads the model's config from `model.path`.")
+    for k in ("model_type", "type_of_model"):
+        if _given(d, k):
+            v = str(d.get(k))
+            if v.startswith("Auto") or v.endswith("ForCausalLM"):
+                d.exact(k)
+            else:
+                d.approx(f"recipec loads AutoModelForCausalLM, not {v}", k)
+    if _given(d, "tokenizer_type"):
+        v = str(d.get("tokenizer_type"))
+        if v in ("AutoTokenizer", "PreTrainedTokenizerFast") or v.endswith("TokenizerFast"):
+            d.exact("tokenizer_type")
+        else:
+            d.approx(f"recipec loads AutoTokenizer (the fast tokenizer), not {v}", "tokenizer_type")
+    for k, target in (("trust_remote_code", "model.trust_remote_code"), ("model_revision", "model.revision"), ("revision_of_model", "model.revision")):
+        if _given(d, k):
+            d.set(target, d.get(k), k)
+    _empty(d, "trust_remote_code", "model_type", "tokenizer_type", "model_revision")
+    if _given(d, "tokenizer_use_fast"):
+        if d.get("tokenizer_use_fast"):
+            d.exact("tokenizer_use_fast")
+        else:
+            d.approx("recipec loads the fast tokenizer", "tokenizer_use_fast")
+    if d.get("reinit_weights"):
+        d.drop("reinit_weights", "missing-feature", "recipec initialises a new model only from `model.init` and [model.config], not from a pretrained model's config.")
+    for k in ("model_config", "overrides_of_model_config"):
+        if d.has(k) and _given(d, k):
+            d.drop(k, "missing-feature", "recipec has no overrides of a pretrained model's config.")
+
+
+def _precision(d: Draft) -> None:
+    raw = d.get("bf16")
+    bf16 = "auto" if raw is None else raw
+    fp16 = d.get("fp16") or d.get("float16")
+    if d.get("bfloat16"):
+        bf16 = True
+    keys = [k for k in ("bf16", "fp16", "bfloat16", "float16") if _given(d, k)]
+    why = None
+    if fp16 and bf16 is not True:
+        mode, dtype = "fp16", "float16"
+    elif bf16 == "auto":
+        mode, dtype = "bf16", "bfloat16"
+        why = "bf16 \"auto\": bf16 where the GPU supports it (Ampere and later), else fp16"
+    elif bf16:
+        mode, dtype = "bf16", "bfloat16"
+    else:
+        mode, dtype = "no", "float32"
+    if raw is None and not fp16 and not d.get("bfloat16"):
+        meaning = "bf16 \"auto\": bf16 where the GPU supports it (Ampere and later)"
+        d.default("launch.mixed_precision", mode, "bf16", meaning)
+        d.default("model.dtype", dtype, "bf16", "the weights loaded in the training dtype (axolotl's torch_dtype)")
+        _empty(d, "bf16", "fp16", "bfloat16", "float16")
+    else:
+        d.set("launch.mixed_precision", mode, *keys, approx=why)
+        if mode != "no":
+            d.set("model.dtype", dtype, *keys, approx=why, note="axolotl loads the weights in the training dtype")
+    if d.get("float32"):
+        d.exact("float32")
+    _empty(d, "float32", "fp16", "bfloat16", "float16")
+    tf32 = d.get("tf32", "auto") if d.get("tf32") is not None else "auto"
+    if tf32 == "auto":
+        if d.has("tf32") and d.get("tf32") is not None:
+            d.set("launch.tf32", True, "tf32", approx="tf32 \"auto\": on where the GPU has TF32 (Ampere and later)")
+        else:
+            d.default("launch.tf32", True, "tf32", "tf32 \"auto\": on where the GPU has TF32 (Ampere and later)")
+            _empty(d, "tf32")
+    else:
+        d.set("launch.tf32", bool(tf32), "tf32")
+    gc = d.get("gradient_checkpointing")
+    if isinstance(gc, str):
+        d.set("model.gradient_checkpointing", True, "gradient_checkpointing", approx=f"{gc!r}: the checkpoints are offloaded to the CPU or disk; recipec keeps them on the device")
+    if d.has("gradient_checkpointing_kwargs"):
+        ur = (d.get("gradient_checkpointing_kwargs") or {}).get("use_reentrant") if isinstance(d.get("gradient_checkpointing_kwargs"), dict) else None
+        if ur is False and set(d.get("gradient_checkpointing_kwargs")) == {"use_reentrant"}:
+            d.exact("gradient_checkpointing_kwargs")  # axolotl's default too; the same gradients either way
+        else:
+            d.approx("recipec's gradient checkpointing uses its own checkpoint options", "gradient_checkpointing_kwargs")
+
+
+def _attention(d: Draft) -> None:
+    impl = d.get("attn_implementation")
+    flags = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager", "flex_attention": "flex_attention", "xformers_attention": "xformers", "sage_attention": "sage"}
+    keys = [k for k in ("attn_implementation", *flags) if d.has(k)]
+    if impl is None:
+        impl = next((v for k, v in flags.items() if d.get(k)), None)
+    ours = {"flash_attention_2", "flash_attention_3", "sdpa", "eager", "flex_attention"}
+    if impl is None:
+        _empty(d, *keys)
+        for k in keys:
+            if d.get(k) is False:
+                d.exact(k)
+        return
+    if impl in ours:
+        d.set("model.attention", impl, *[k for k in keys if d.get(k)])
+    elif "flash-attn3" in str(impl) or "flash_attn3" in str(impl):
+        d.set("model.attention", "flash_attention_3", *[k for k in keys if d.get(k)], approx=f"the hub kernel {impl!r} becomes transformers' flash_attention_3")
+    elif "flash" in str(impl):
+        d.set("model.attention", "flash_attention_2", *[k for k in keys if d.get(k)], approx=f"the kernel {impl!r} becomes flash_attention_2")
+    else:
+        d.set("model.attention", "sdpa", *[k for k in keys if d.get(k)], approx=f"recipec has no {impl!r} attention; sdpa is written")
+    for k in keys:
+        if not d.get(k):
+            d.exact(k)
+
+
+# -- adapter -----------------------------------------------------------------------------
+
+
+def _peft(d: Draft) -> None:
+    adapter = d.get("adapter")
+    q4, q8 = d.get("load_in_4bit"), d.get("load_in_8bit")
+    if not adapter:
+        _empty(d, "adapter", "lora_model_dir")
+        for k in ("load_in_4bit", "load_in_8bit"):
+            if d.has(k) and not d.get(k):
+                d.exact(k)
+        lora = [k for k in d.values if k.startswith(("lora_", "peft_")) and _given(d, k)]
+        for k in lora:
+            d.drop(k, "ignored-by-tool", "no `adapter`: a full fine-tune.")
+        if lora:
+            d.warn(f"{', '.join(f'`{k}`' for k in lora)} set without an `adapter`: axolotl trains the whole model and ignores them", *lora)
+        return
+    if adapter not in ("lora", "qlora"):
+        d.drop("adapter", "missing-feature", f"recipec has no {adapter!r} adapter; a full fine-tune is written.")
+        return
+    d.set("peft.method", "lora", "adapter")
+    if q4:
+        d.set("peft.quantize", "4bit", "load_in_4bit", *(["adapter"] if adapter == "qlora" else []))
+    elif q8:
+        d.set("peft.quantize", "8bit", "load_in_8bit")
+    for k in ("load_in_4bit", "load_in_8bit"):
+        if d.has(k) and not d.get(k):
+            d.exact(k)
+    for k, target, default in (("lora_r", "peft.r", None), ("lora_alpha", "peft.alpha", None), ("lora_dropout", "peft.dropout", 0.0)):
+        if _given(d, k):
+            v = num(d.get(k))
+            d.set(target, float(v) if k == "lora_dropout" else v, k)
+        elif default is not None:
+            d.default(target, default, k, f"{k} {default}")
+        else:
+            d.warn(f"`{k}` is not set: axolotl passes None to peft's LoraConfig, which fails", k)
+    mods = d.get("lora_target_modules")
+    if d.get("lora_target_linear"):
+        d.set("peft.target_modules", "all-linear", "lora_target_linear", *(["lora_target_modules"] if d.has("lora_target_modules") else []))
+    elif mods:
+        d.set("peft.target_modules", [mods] if isinstance(mods, str) else list(mods), "lora_target_modules")
+    else:
+        d.warn("no `lora_target_modules` and no `lora_target_linear`: axolotl gives peft an empty list of modules", "lora_target_modules")
+    _empty(d, "lora_target_linear", "lora_target_modules", "lora_model_dir")
+    if d.has("lora_target_linear") and d.get("lora_target_linear") is False:
+        d.exact("lora_target_linear")
+    if _given(d, "lora_modules_to_save"):
+        d.set("peft.modules_to_save", list(d.get("lora_modules_to_save")), "lora_modules_to_save")
+    for k, target in (("peft_use_rslora", "peft.rslora"), ("peft_use_dora", "peft.dora")):
+        if d.has(k) and d.get(k) is not None:
+            d.set(target, bool(d.get(k)), k)
+    if _given(d, "loraplus_lr_ratio"):
+        d.set("peft.loraplus_lr_ratio", float(num(d.get("loraplus_lr_ratio"))), "loraplus_lr_ratio")
+        if d.has("loraplus_lr_embedding"):
+            d.approx("LoRA+'s LR of the embedding adapters is peft's default", "loraplus_lr_embedding")
+    elif d.has("loraplus_lr_embedding"):
+        d.drop("loraplus_lr_embedding", "ignored-by-tool", "read only with loraplus_lr_ratio.")
+    if d.get("merge_lora"):
+        d.set("peft.save_merged", True, "merge_lora", approx="axolotl merges in a separate `axolotl merge-lora` step; recipec saves the merged model after training")
+    if _given(d, "lora_model_dir"):
+        d.drop("lora_model_dir", "missing-feature", "recipec starts a new adapter; it does not continue a saved one.")
+    if _given(d, "peft_init_lora_weights"):
+        init = d.get("peft_init_lora_weights")
+        if init in ("gaussian", "pissa", "olora"):
+            d.set("peft.init", init, "peft_init_lora_weights")
+        elif init is True:
+            d.exact("peft_init_lora_weights")
+        else:
+            d.drop("peft_init_lora_weights", "missing-feature", f"recipec has no {init!r} LoRA initialisation.")
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+def _data(d: Draft, total: int | None) -> None:
+    seq = int(num(d.get("sequence_len", 512)))
+    if d.has("sequence_len"):
+        d.set("data.seq_len", seq, "sequence_len")
+    else:
+        d.default("data.seq_len", seq, "sequence_len", "sequence_len 512")
+    pack = bool(d.get("sample_packing"))
+    if d.has("sample_packing") and d.get("sample_packing") is not None:
+        d.set("data.packing", pack, "sample_packing")
+    else:
+        d.default("data.packing", False, "sample_packing", "no sample packing")
+        _empty(d, "sample_packing")
+    if d.has("eval_sample_packing"):
+        d.approx("recipec's held-out examples are packed as the training ones are", "eval_sample_packing")
+    if d.has("pad_to_sequence_len"):
+        if d.get("pad_to_sequence_len") and not pack:
+            d.approx("recipec pads each micro-batch to its longest example, not to sequence_len (the same loss)", "pad_to_sequence_len")
+        else:
+            d.exact("pad_to_sequence_len")  # packed sequences are full already
+    strategy = d.get("excess_length_strategy") or "drop"
+    overflow = {"drop": "drop", "truncate": "truncate"}.get(strategy)
+    d.tables.setdefault("data", {})
+    sources: list[tuple[str, dict[str, Any]]] = []
+    for table in ("datasets", "test_datasets"):
+        for i, ds in enumerate(d.get(table) or []):
+            if isinstance(ds, dict):
+                sources.append((f"{table}[{i}]", ds))
+    for i, ds in enumerate(d.get("pretraining_dataset") or []):
+        if isinstance(ds, dict):
+            sources.append((f"pretraining_dataset[{i}]", ds))
+    examples = False
+    templates: set[str] = set()
+    for idx, (key, ds) in enumerate(sources):
+        kind = _source(d, idx, key, ds, total, seq)
+        examples |= kind not in ("text",)
+        if kind.startswith("template:"):
+            templates.add(kind.split(":", 1)[1])
+    if examples:
+        if d.has("excess_length_strategy"):
+            if overflow:
+                d.set("data.overflow", overflow, "excess_length_strategy")
+            else:
+                d.set("data.overflow", "drop", "excess_length_strategy", approx="\"raise\" stops on a long example; recipec drops it and counts it")
+        else:
+            d.default("data.overflow", "drop", "excess_length_strategy", "examples longer than sequence_len are dropped")
+    elif d.has("excess_length_strategy"):
+        d.drop("excess_length_strategy", "ignored-by-tool", "only examples are fitted to sequence_len; text is cut into blocks.")
+    _eval_split(d)
+    _chat_template(d, templates)
+    _special_tokens(d)
+    if _given(d, "train_on_inputs") and not examples:
+        d.exact("train_on_inputs")  # text is trained on every token anyway
+    _empty(d, "train_on_inputs")
+    if d.has("train_on_inputs") and d.get("train_on_inputs") is False:
+        d.exact("train_on_inputs")
+
+
+def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, seq: int) -> str:
+    """One `[[data.sources]]` from a `datasets` / `test_datasets` / `pretraining_dataset` entry;
+    returns its kind: "text", "examples" or "template:<name>" (examples that name a template)."""
+    src = f"data.sources[{i}]"
+    path = str(ds.get("path") or "")
+    pre = key.startswith("pretraining_dataset")
+    hub = _hub_id(path) and not ds.get("ds_type")
+    if hub:
+        d.set(f"{src}.hub.repo", path, f"{key}.path")
+        for k, target in (("name", "subset"), ("split", "split"), ("revision", "revision"), ("data_files", "data_files")):
+            if ds.get(k) is None:
+                continue
+            m = re.fullmatch(r"(\w+)\[(.*)\]", str(ds[k])) if k == "split" else None
+            if m:
+                d.set(f"{src}.hub.split", m.group(1), f"{key}.split", approx=f"the slice [{m.group(2)}] of the split; recipec reads the split whole (max_documents takes its first records)")
+            else:
+                d.set(f"{src}.hub.{target}", ds[k], f"{key}.{k}")
+        if pre:
+            d.set(f"{src}.hub.streaming", True, f"{key}.path", note="axolotl streams a pretraining_dataset")
+    else:
+        target = ds.get("data_files") or path
+        d.set(f"{src}.path", _local(str(target)) if isinstance(target, str) else [_local(str(t)) for t in target], f"{key}.path", *([f"{key}.data_files"] if ds.get("data_files") else []))
+        for k in ("name", "split", "revision"):
+            if ds.get(k) is not None:
+                d.approx("a local file is read whole", f"{key}.{k}")
+        if ds.get("ds_type"):
+            fmt = {"json": "jsonl", "parquet": "parquet", "arrow": "arrow", "text": "text"}.get(str(ds["ds_type"]))
+            if fmt:
+                d.set(f"{src}.format", fmt, f"{key}.ds_type")
+    for k in ("trust_remote_code",):
+        if k in ds:
+            if ds[k]:
+                d.drop(f"{key}.{k}", "missing-feature", "recipec reads hub datasets' data files; it runs no dataset script.")
+            else:
+                d.exact(f"{key}.{k}")
+    for k in ("shards", "shards_idx", "preprocess_shards", "skip"):
+        if ds.get(k) is not None:
+            d.drop(f"{key}.{k}", "missing-feature", "recipec reads the whole split; take part of it with max_documents.")
+    if key.startswith("test_datasets"):
+        d.set(f"{src}.split", "eval", f"{key}.path", note="test_datasets: evaluated, never trained on")
+        d.set(f"{src}.name", f"test{i}", note="an evaluation source needs a name")
+    kind = "text"
+    typ = ds.get("type")
+    if pre:
+        text = ds.get("text_column") or ds.get("field") or "text"
+        if text != "text":
+            d.set(f"{src}.text_field", text, *[f"{key}.{k}" for k in ("text_column", "field") if k in ds])
+        else:
+            for k in ("text_column", "field"):
+                if k in ds:
+                    d.exact(f"{key}.{k}")
+        if typ in (None, "pretrain"):
+            if typ is not None:
+                d.exact(f"{key}.type")
+        else:
+            d.approx(f"the type {typ!r} is read as plain text", f"{key}.type")
+        if total:
+            d.set(f"{src}.max_tokens", total * int(d.value("train.batch_size") or 1) * seq, "max_steps", approx="a streamed source needs a bound: the tokens the run trains on (max_steps * batch * sequence_len)")
+        return "text"
+    if isinstance(typ, dict):
+        d.drop(f"{key}.type", "missing-feature", "a user-defined prompt format (Python format strings); recipec renders records with the chat template.")
+        return "examples"
+    typ = str(typ or "")
+    base, _, fn = typ.partition(".")
+    rl = d.get("rl")
+    if rl in ("dpo", "ipo", "orpo", "simpo") and base in ("chatml", "llama3") and fn in DPO_TYPES:
+        template, fields = DPO_TYPES[fn]
+        template = "llama3" if base == "llama3" else template
+        d.set(f"{src}.records", "preference", f"{key}.type", note=f"{typ}: prompt, chosen and rejected strings rendered in {template}")
+        if fields:
+            d.set(f"{src}.fields", fields, f"{key}.type")
+        d.approx("the record's optional `system` is not read", f"{key}.type")
+        return "template:" + template
+    if rl in ("dpo", "ipo", "orpo", "simpo") and base == "chat_template":
+        fields = {"prompt": ds.get("field_messages") or "messages", "chosen": ds.get("field_chosen") or "chosen", "rejected": ds.get("field_rejected") or "rejected"}
+        mapping = ds.get("message_property_mappings") or {}
+        fields.update({k: v for k, v in mapping.items() if k in ("role", "content")})
+        d.set(f"{src}.records", "preference", f"{key}.type", approx="the conversation is the prompt and the last message of chosen/rejected the answer; recipec reads chosen/rejected as strings or message lists")
+        d.set(f"{src}.fields", fields, *[f"{key}.{k}" for k in ("field_messages", "field_chosen", "field_rejected") if k in ds], *([f"{key}.message_property_mappings"] if mapping else []))
+        _roles(d, src, key, ds)
+        return "template:" + str(ds["chat_template"]) if ds.get("chat_template") else "examples"
+    if base == "chat_template":
+        d.set(f"{src}.records", "messages", f"{key}.type")
+        fields: dict[str, str] = {}
+        if ds.get("field_messages") not in (None, "messages"):
+            fields["messages"] = ds["field_messages"]
+        mapping = dict(ds.get("message_property_mappings") or {})
+        for legacy, name in (("message_field_role", "role"), ("message_field_content", "content")):
+            if ds.get(legacy):
+                mapping[name] = ds[legacy]
+        for name in ("role", "content"):
+            if mapping.get(name, name) != name:
+                fields[name] = mapping[name]
+        extra = [k for k in mapping if k not in ("role", "content")]
+        used = [f"{key}.{k}" for k in ("field_messages", "message_field_role", "message_field_content") if k in ds]
+        if "message_property_mappings" in ds:
+            used.append(f"{key}.message_property_mappings")
+        if fields:
+            d.set(f"{src}.fields", fields, *used)
+        else:
+            d.exact(*used)
+        for k in extra:
+            d.drop(f"{key}.message_property_mappings.{k}", "missing-feature", "recipec's messages carry a role and a content only.")
+        _roles(d, src, key, ds)
+        _train_on(d, src, key, ds)
+        if ds.get("drop_system_message"):
+            d.drop(f"{key}.drop_system_message", "missing-feature", "recipec keeps the system message of a conversation.")
+        elif "drop_system_message" in ds:
+            d.exact(f"{key}.drop_system_message")
+        for k in ("field_thinking", "template_thinking_key", "split_thinking", "field_tools", "message_field_training", "message_field_training_detail"):
+            if ds.get(k) is not None:
+                d.drop(f"{key}.{k}", "missing-feature", "recipec's messages carry a role and a content: no reasoning, tools or per-turn training flags.")
+        return "template:" + str(ds["chat_template"]) if ds.get("chat_template") else "examples"
+    if base == "completion":
+        field = ds.get("field") or "text"
+        d.set(f"{src}.records", "text", f"{key}.type")
+        if field != "text":
+            d.set(f"{src}.text_field", field, f"{key}.field")
+        elif "field" in ds:
+            d.exact(f"{key}.field")
+        return "text"
+    if base in ("alpaca", "alpaca_chat", "alpaca_w_system"):
+        d.set(f"{src}.records", "alpaca", f"{key}.type", approx="axolotl writes its alpaca prompt ('Below is an instruction...', ### Instruction / ### Input / ### Response); recipec renders the records with axolotl's `alpaca` chat template (### Instruction / ### Response, the input after the instruction, no preamble)")
+        if ds.get("field") is not None:
+            d.drop(f"{key}.field", "ignored-by-tool", "read by the completion type only.")
+        return "template:alpaca"
+    d.set(f"{src}.records", "messages", f"{key}.type", approx=f"axolotl's prompt format {typ!r} has no recipec equivalent; the records are read as conversations")
+    return "examples"
+
+
+def _roles(d: Draft, src: str, key: str, ds: dict[str, Any]) -> None:
+    roles = ds.get("roles")
+    if roles:
+        mapping = {s: t for t, sources in roles.items() for s in (sources or []) if s != t}
+        if mapping:
+            d.set(f"{src}.roles", mapping, f"{key}.roles")
+        else:
+            d.exact(f"{key}.roles")
+    else:
+        d.default(f"{src}.roles", {"human": "user", "gpt": "assistant"}, f"{key}.roles", "role names human and gpt are read as user and assistant")
+
+
+def _train_on(d: Draft, src: str, key: str, ds: dict[str, Any]) -> None:
+    roles = ds.get("roles_to_train", ["assistant"])
+    eos = ds.get("train_on_eos") or "turn"
+    keys = [f"{key}.{k}" for k in ("roles_to_train", "train_on_eos", "train_on_eot") if k in ds]
+    if d.get("train_on_inputs"):
+        d.set(f"{src}.train_on", "all", "train_on_inputs", *keys, approx="train_on_inputs: every turn is trained on, the template's own tokens too")
+        return
+    why = []
+    if roles != ["assistant"]:
+        why.append(f"roles_to_train {roles}: recipec trains the assistant's turns")
+    if eos != "turn":
+        why.append(f"train_on_eos {eos!r}: recipec supervises the token that closes each trained turn")
+    if ds.get("train_on_eot") not in (None, eos):
+        why.append("train_on_eot: recipec supervises the token that closes each trained turn")
+    if keys:
+        d.set(f"{src}.train_on", "assistant", *keys, approx="; ".join(why) or None)
+    else:
+        d.default(f"{src}.train_on", "assistant", f"{key}.roles_to_train", "roles_to_train [\"assistant\"], train_on_eos \"turn\": the assistant's turns and their end token")
+
+
+def _eval_split(d: Draft) -> None:
+    v = num(d.get("val_set_size"))
+    if v is None:
+        d.default("data.eval_fraction", 0.0, "val_set_size", "val_set_size 0: no held-out split")
+        _empty(d, "val_set_size")
+    elif 0 <= v < 1:
+        d.set("data.eval_fraction", float(v), "val_set_size")
+    else:
+        d.set("data.eval_fraction", 0.05, "val_set_size", approx=f"{v} held-out rows; recipec holds out a fraction (0.05 written)")
+
+
+def _chat_template(d: Draft, from_data: set[str]) -> None:
+    top = d.get("chat_template")
+    jinja = d.get("chat_template_jinja")
+    named = [t for t in from_data if t not in ("tokenizer_default",)]
+    keys = [k for k in ("chat_template", "chat_template_jinja") if _given(d, k)]
+    ds_keys = [k for k in d.values if re.fullmatch(r"(datasets|test_datasets)\[\d+\]\.chat_template(_jinja)?", k)]
+    name = None
+    if top == "jinja" and jinja:
+        d.set("tokenizer.chat_template", str(jinja), *keys)
+        return
+    if top and top != "tokenizer_default":
+        name = str(top)
+    elif named:
+        name = sorted(named)[0]
+    if name is None:
+        d.exact(*keys, *ds_keys)
+        return
+    text = TEMPLATES.get(name)
+    src = keys + ds_keys
+    data_only = name in ("alpaca", "chatml", "llama3") and not src
+    if text is not None:
+        if data_only:
+            d.set("tokenizer.chat_template", text, note=f"axolotl's {name} template, which the dataset type renders")
+        else:
+            d.set("tokenizer.chat_template", text, *src, note=f"axolotl's {name} template")
+        for tok in MARKER_TOKENS.get(name, []):
+            d.tables.setdefault("tokenizer", {})
+        if name in MARKER_TOKENS:
+            d.set("tokenizer.special_tokens", MARKER_TOKENS[name], *src, note="the template's markers, added as axolotl adds them")
+    else:
+        d.approx(f"axolotl's named template {name!r} is not written out; the tokenizer's own template is used", *src)
+    if len(set(named) | ({name} if top else set())) > 1:
+        d.approx("datasets with different chat templates: recipec renders every source with one template", *ds_keys)
+
+
+def _special_tokens(d: Draft) -> None:
+    add = []
+    for k in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        key = f"special_tokens.{k}"
+        if _given(d, key):
+            d.approx(f"recipec keeps the tokenizer's own {k}; it adds new tokens only as whole special tokens", key)
+    extra = d.get("special_tokens.additional_special_tokens") or []
+    add += list(extra)
+    if extra:
+        d.exact("special_tokens.additional_special_tokens")
+    toks = d.get("tokens") or []
+    add += list(toks)
+    if toks:
+        d.exact("tokens")
+    if add:
+        old = d.value("tokenizer.special_tokens") or []
+        keys = [k for k in ("special_tokens.additional_special_tokens", "tokens") if _given(d, k)]
+        d.set("tokenizer.special_tokens", list(dict.fromkeys([*old, *add])), *keys)
+    _empty(d, "special_tokens", "tokens", "eot_tokens")
+    if _given(d, "eot_tokens"):
+        d.approx("recipec supervises the token that closes each turn as the template writes it", "eot_tokens")
+
+
+# -- schedule ----------------------------------------------------------------------------
+
+
+def warmup_steps(d: Draft, total: int) -> int:
+    """axolotl's warmup for a run of `total` steps (core/builders/base.py)."""
+    steps, ratio = num(d.get("warmup_steps")), num(d.get("warmup_ratio"))
+    if steps is not None:
+        w = int(steps)
+    elif ratio is not None:
+        w = max(int(ratio * total), 0)
+    else:
+        w = min(int(0.03 * total), 100)
+    return 2 if w == 1 else w
+
+
+def _schedule(d: Draft, total: int | None) -> None:
+    name = d.get("lr_scheduler") or "cosine"
+    min_ratio = num(d.get("cosine_min_lr_ratio"))
+    const_ratio = num(d.get("cosine_constant_lr_ratio"))
+    quadratic = d.get("lr_quadratic_warmup") is True
+    for k in ("cosine_min_lr_ratio", "cosine_constant_lr_ratio", "lr_quadratic_warmup"):
+        if d.has(k) and d.get(k) is None:
+            d.exact(k)
+    if d.has("lr_div_factor"):
+        d.drop("lr_div_factor", "ignored-by-tool", "axolotl reads it nowhere (one_cycle takes div_factor from lr_scheduler_kwargs).")
+        if d.get("lr_div_factor") is not None:
+            d.warn("`lr_div_factor` is ignored: axolotl never reads it; one_cycle takes `div_factor` from lr_scheduler_kwargs", "lr_div_factor")
+    if name in ("one_cycle", "rex"):
+        _alternate(d, name, total)
+        return
+    if name == "constant":
+        for k in ("warmup_steps", "warmup_ratio"):
+            if _given(d, k) and num(d.get(k)):
+                d.drop(k, "ignored-by-tool", "transformers' constant schedule has no warmup; use constant_with_warmup.")
+                d.warn(f"`{k}: {d.get(k)}` is ignored: lr_scheduler 'constant' has no warmup", k, "lr_scheduler")
+            elif d.has(k):
+                d.exact(k)
+    else:
+        _warmup(d, total)
+    if name != "cosine":
+        for k in ("cosine_min_lr_ratio", "cosine_constant_lr_ratio", "lr_quadratic_warmup"):
+            if _given(d, k):
+                d.drop(k, "ignored-by-tool", f"read only with lr_scheduler cosine, not {name!r}.")
+                d.warn(f"`{k}` is ignored: axolotl reads it only with lr_scheduler cosine", k, "lr_scheduler")
+        return
+    if quadratic:
+        d.set("schedule.decay", "cosine", "lr_quadratic_warmup", *(["lr_scheduler"] if d.has("lr_scheduler") else []))
+        d.set("schedule.min_lr_ratio", 0.0, "lr_quadratic_warmup")
+        d.approx("a quadratic warmup ((s / W) ** 2); recipec's warmup is linear", "lr_quadratic_warmup")
+        for k in ("cosine_min_lr_ratio", "cosine_constant_lr_ratio"):
+            if _given(d, k):
+                d.drop(k, "ignored-by-tool", "lr_quadratic_warmup wins: its cosine decays to 0.")
+                d.warn(f"`{k}` is ignored: lr_quadratic_warmup's cosine decays to 0", k, "lr_quadratic_warmup")
+        return
+    if min_ratio and const_ratio:
+        _cosine_constant(d, float(min_ratio), float(const_ratio), total)
+        return
+    if min_ratio:
+        # get_cosine_schedule_with_min_lr: (1 - m) * cosine + m, the same as recipec's cosine to m
+        d.set("schedule.min_lr_ratio", float(min_ratio), "cosine_min_lr_ratio")
+        if min_ratio >= 1:
+            d.warn(f"`cosine_min_lr_ratio: {min_ratio}` is a floor at the peak: the LR never decays", "cosine_min_lr_ratio")
+        if d.has("lr_scheduler_kwargs"):
+            d.drop("lr_scheduler_kwargs", "ignored-by-tool", "axolotl's cosine with cosine_min_lr_ratio takes no kwargs.")
+    elif d.has("cosine_min_lr_ratio"):
+        d.exact("cosine_min_lr_ratio")
+    if const_ratio and not min_ratio:
+        d.drop("cosine_constant_lr_ratio", "ignored-by-tool", "read only with cosine_min_lr_ratio.")
+        d.warn("`cosine_constant_lr_ratio` is ignored without `cosine_min_lr_ratio`", "cosine_constant_lr_ratio")
+
+
+def _warmup(d: Draft, total: int | None) -> None:
+    ks, kr = "warmup_steps", "warmup_ratio"
+    steps, ratio = num(d.get(ks)), num(d.get(kr))
+    if steps is not None:
+        w = 2 if int(steps) == 1 else int(steps)
+        d.set("schedule.warmup", w, ks, note="axolotl makes one warmup step two" if w != steps else "")
+        if _given(d, kr):
+            d.drop(kr, "ignored-by-tool", "warmup_steps wins over warmup_ratio.")
+            d.warn(f"`{kr}: {ratio}` is ignored: `{ks}: {steps}` is set and wins", kr, ks)
+        _empty(d, kr)
+    elif ratio is not None:
+        _empty(d, ks)
+        if total is not None:
+            d.set("schedule.warmup", warmup_steps(d, total), kr, "max_steps", note=f"int({ratio} * {total} steps)")
+        elif ratio == 0:
+            d.set("schedule.warmup", 0, kr)
+        else:
+            d.set("schedule.warmup", float(ratio), kr, approx="axolotl rounds ratio * steps down (one step becomes two), recipec up: one step more when it is not whole")
+    else:
+        _empty(d, ks, kr)
+        if total is not None:
+            d.default("schedule.warmup", warmup_steps(d, total), ks, f"min(int(0.03 * {total} steps), 100)")
+        else:
+            d.default("schedule.warmup", 0.03, ks, "axolotl's warmup min(int(0.03 * steps), 100): 3% of the run up to 3,333 steps (recipec rounds up, axolotl down; longer runs warm up for 100 steps)")
+
+
+def _phase_len(d: Draft, steps: int | None, fraction: float) -> dict[str, Any]:
+    return {"steps": steps} if steps is not None else {"fraction": fraction}
+
+
+def _cosine_constant(d: Draft, m: float, c: float, total: int | None) -> None:
+    """get_cosine_schedule_with_warmup_decay_constant: warmup, cosine to m until
+    int(total * c), then m: explicit phases."""
+    w = d.value("schedule.warmup")
+    phases: list[dict[str, Any]] = []
+    if w:
+        phases.append({"name": "warmup", "shape": "linear", "start": 0.0, "end": 1.0, **({"steps": w} if isinstance(w, int) else {"fraction": w})})
+    if total is not None:
+        phases.append({"name": "decay", "shape": "cosine", "end": m, "steps": int(total * c) - (w if isinstance(w, int) else 0)})
+        phases.append({"name": "constant", "shape": "constant", "start": m, "steps": total - int(total * c)})
+        approx = None
+    else:
+        phases.append({"name": "decay", "shape": "cosine", "end": m})
+        phases.append({"name": "constant", "shape": "constant", "start": m, "fraction": round(1 - c, 12)})
+        approx = "the constant part starts at int(steps * cosine_constant_lr_ratio) (rounded down); recipec rounds the fraction to the nearest step"
+    d.unset("schedule.warmup")
+    d.unset("schedule.decay")
+    d.unset("schedule.min_lr_ratio")
+    d.set("schedule.min_lr_ratio", m, "cosine_min_lr_ratio")
+    d.set("schedule.phases", phases, "cosine_constant_lr_ratio", "cosine_min_lr_ratio", *[k for k in ("warmup_steps", "warmup_ratio", "lr_scheduler") if _given(d, k)], approx=approx)
+
+
+def _alternate(d: Draft, name: str, total: int | None) -> None:
+    kw = d.get("lr_scheduler_kwargs") or {}
+    _warmup(d, total)
+    if name == "one_cycle":
+        div = float(num(kw.get("div_factor", 25.0)))
+        final = float(num(kw.get("final_div_factor", 1e4)))
+        w = d.value("schedule.warmup") or 0
+        d.unset("schedule.warmup")
+        d.unset("schedule.decay")
+        d.unset("schedule.min_lr_ratio")
+        up = {"steps": w} if isinstance(w, int) else {"fraction": w}
+        phases = [
+            {"name": "warmup", "shape": "cosine", "start": 1.0 / div, "end": 1.0, **up},
+            {"name": "anneal", "shape": "cosine", "end": 1.0 / (div * final)},
+        ]
+        d.set("schedule.min_lr_ratio", 1.0 / (div * final), "lr_scheduler")
+        d.set("schedule.phases", phases, "lr_scheduler", approx="torch's OneCycleLR (cosine up from lr / div_factor, cosine down to lr / (div_factor * final_div_factor)); its phases end one step early")
+    else:
+        d.set("schedule.decay", "linear", "lr_scheduler", approx="the REX decay (1 - p) / (0.1 + 0.9 (1 - p)) is written as a linear decay")
+        m = num(d.get("cosine_min_lr_ratio")) or 0.0
+        d.set("schedule.min_lr_ratio", float(m), *(["cosine_min_lr_ratio"] if d.has("cosine_min_lr_ratio") else ["lr_scheduler"]))
+    if d.has("lr_scheduler_kwargs"):
+        d.exact("lr_scheduler_kwargs")
+
+
+# -- saving, evaluation, logging -------------------------------------------------------------
+
+
+def _epochs(d: Draft) -> float:
+    return float(num(d.get("num_epochs")) or 1.0)
+
+
+def _save_eval_log(d: Draft, total: int | None) -> None:
+    epochs = _epochs(d)
+    # saving (core/builders/base.py _configure_save_and_eval_strategy)
+    save_steps = num(d.get("save_steps"))
+    spe = num(d.get("saves_per_epoch"))
+    if spe and not save_steps:
+        frac = 1.0 / (spe * epochs)
+        if frac < 1:
+            save_steps = frac
+    if save_steps:
+        keys = [k for k in ("save_steps", "saves_per_epoch") if _given(d, k)]
+        if save_steps >= 1:
+            d.set("train.save_every", int(save_steps), *keys)
+            if _given(d, "saves_per_epoch") and _given(d, "save_steps"):
+                d.drop("saves_per_epoch", "ignored-by-tool", "save_steps wins.")
+        elif total is not None:
+            d.set("train.save_every", math.ceil(total * save_steps), *keys, note=f"ceil({save_steps:g} * {total} steps)")
+        else:
+            d.set("train.save_every", 0, *keys, approx=f"a checkpoint every {save_steps:g} of the run ({spe} per epoch); recipec saves every so many steps, written as only the final model")
+        if d.has("save_strategy"):
+            d.drop("save_strategy", "ignored-by-tool", "save_steps wins.")
+    else:
+        strategy = d.get("save_strategy") or "epoch"
+        keys = [k for k in ("save_strategy", "saves_per_epoch") if d.has(k)]
+        if strategy == "no":
+            d.set("train.save_every", 0, *keys)
+        elif keys:
+            d.set("train.save_every", 0, *keys, approx=f"a checkpoint each epoch; recipec saves every so many steps, written as only the final model")
+        else:
+            d.default("train.save_every", 0, "save_strategy", "save_strategy \"epoch\": a checkpoint each epoch (written as only the final model)")
+        _empty(d, "save_steps")
+    limit = d.get("save_total_limit")
+    if limit:
+        d.set("train.keep_last", int(limit), "save_total_limit")
+    else:
+        d.default("train.keep_last", 4, "save_total_limit", "the 4 newest checkpoints kept")
+        _empty(d, "save_total_limit")
+    # evaluation
+    has_eval = bool(num(d.get("val_set_size")) or d.get("test_datasets"))
+    epe = num(d.get("evals_per_epoch"))
+    eval_steps = num(d.get("eval_steps"))
+    eval_keys = [k for k in ("eval_steps", "evals_per_epoch", "eval_strategy", "evaluation_strategy") if d.has(k)]
+    if not has_eval:
+        given = [k for k in eval_keys if _given(d, k)]
+        for k in given:
+            d.drop(k, "ignored-by-tool", "no held-out data (val_set_size 0, no test_datasets): nothing is evaluated.")
+        if given and any(num(d.get(k)) not in (0, "no") for k in given):
+            d.warn("evaluation is configured but there is no held-out data (val_set_size 0, no test_datasets): axolotl never evaluates", *given)
+        _empty(d, *eval_keys)
+        d.set("train.eval_every", 0, *[k for k in ("val_set_size",) if d.has(k)], note="no held-out data")
+        return
+    if epe and not eval_steps:
+        frac = 1.0 / (epe * epochs)
+        if frac < 1:
+            eval_steps = frac
+    strategy = d.get("eval_strategy") or d.get("evaluation_strategy")
+    if eval_steps:
+        keys = [k for k in ("eval_steps", "evals_per_epoch") if _given(d, k)]
+        if eval_steps >= 1:
+            d.set("train.eval_every", int(eval_steps), *keys)
+        elif total is not None:
+            d.set("train.eval_every", math.ceil(total * eval_steps), *keys, note=f"ceil({eval_steps:g} * {total} steps)")
+        else:
+            d.set("train.eval_every", 0, *keys, approx=f"an evaluation every {eval_steps:g} of the run; recipec evaluates every so many steps, written as only at the end")
+        if _given(d, "evals_per_epoch") and _given(d, "eval_steps"):
+            d.drop("evals_per_epoch", "ignored-by-tool", "eval_steps wins.")
+        for k in ("eval_strategy", "evaluation_strategy"):
+            if d.has(k):
+                d.drop(k, "ignored-by-tool", "eval_steps wins.")
+    elif strategy and strategy != "no":
+        keys = [k for k in ("eval_strategy", "evaluation_strategy", "evals_per_epoch") if d.has(k)]
+        d.set("train.eval_every", 0, *keys, approx=f"eval_strategy {strategy!r}; recipec evaluates every so many steps, written as only at the end")
+    else:
+        keys = [k for k in ("eval_strategy", "evaluation_strategy", "evals_per_epoch") if d.has(k)]
+        if keys:
+            d.set("train.eval_every", 0, *keys, approx="transformers' eval_strategy \"no\": no evaluation; recipec still evaluates once at the end")
+        else:
+            d.default("train.eval_every", 0, "eval_steps", "eval_strategy \"no\": no evaluation during training")
+    _empty(d, *eval_keys)
+    if d.has("eval_batch_size"):
+        pass  # per_device_eval_batch_size: not for training (hf)
+    # logging
+    if _given(d, "logging_steps"):
+        d.set("train.log_every", int(num(d.get("logging_steps"))), "logging_steps")
+    else:
+        every = max(min(int(0.005 * total), 10), 1) if total is not None else 10
+        d.default("train.log_every", every, "logging_steps", "max(min(int(0.005 * steps), 10), 1): every 10 steps from 2,000 steps on")
+        _empty(d, "logging_steps")
+
+
+# -- launch, trackers ----------------------------------------------------------------------
+
+
+def _parallel(d: Draft) -> None:
+    fsdp, cfg = d.get("fsdp"), d.get("fsdp_config")
+    if not fsdp and not cfg:
+        _empty(d, "fsdp", "fsdp_config", "fsdp_version")
+        return
+    if d.value("launch.strategy") == "deepspeed":
+        d.drop("fsdp_config" if cfg else "fsdp", "ignored-by-tool", "deepspeed is set too.")
+        return
+    keys = [k for k in ("fsdp", "fsdp_config") if _given(d, k)]
+    d.set("launch.strategy", "fsdp", *keys)
+    cfg = cfg if isinstance(cfg, dict) else {}
+    get = lambda k: cfg.get(k, cfg.get("fsdp_" + k))  # noqa: E731
+    version = get("version") if get("version") is not None else d.get("fsdp_version")
+    for k in ("fsdp_config.fsdp_version", "fsdp_config.version", "fsdp_version"):
+        if d.has(k):
+            d.set("launch.fsdp.version", int(num(d.get(k))), k)
+    if version is None:
+        d.set("launch.fsdp.version", 1, *keys, note="FSDP version 1 unless fsdp_version says 2")
+    words = fsdp if isinstance(fsdp, list) else str(fsdp or "").split()
+    for w in words:
+        if w in ("full_shard", "shard_grad_op", "hybrid_shard", "no_shard"):
+            d.set("launch.fsdp.sharding_strategy", w, "fsdp")
+        elif w == "offload":
+            d.set("launch.fsdp.cpu_offload", True, "fsdp")
+    for k, v in cfg.items():
+        name = k[5:] if k.startswith("fsdp_") and k != "fsdp_version" else k
+        key = f"fsdp_config.{k}"
+        if name in ("fsdp_version", "version"):
+            continue
+        if name == "offload_params":
+            d.set("launch.fsdp.cpu_offload", bool(v), key)
+        elif name == "state_dict_type" or name == "final_state_dict_type":
+            d.set("launch.fsdp.state_dict_type", "sharded" if v == "SHARDED_STATE_DICT" else "full", key, approx=None if v != "LOCAL_STATE_DICT" else "a local state dict is written as a sharded one")
+        elif name == "auto_wrap_policy":
+            d.set("launch.fsdp.auto_wrap_policy", "size" if v == "SIZE_BASED_WRAP" else "transformer_layer", key)
+        elif name == "transformer_layer_cls_to_wrap":
+            d.set("launch.fsdp.transformer_layer_cls", [v] if isinstance(v, str) else list(v), key)
+        elif name == "min_num_params":
+            d.set("launch.fsdp.min_num_params", int(v), key)
+        elif name == "activation_checkpointing":
+            d.set("launch.fsdp.activation_checkpointing", bool(v), key)
+        elif name == "reshard_after_forward":
+            if v is False:
+                d.approx("parameters stay gathered after the forward pass (ZeRO-2 style); recipec reshards", key)
+            else:
+                d.exact(key)
+        elif name in ("cpu_ram_efficient_loading", "sync_module_states", "use_orig_params", "cpu_offload_pin_memory"):
+            d.exact(key)  # loading and bookkeeping: the same training
+        else:
+            d.approx("recipec's FSDP uses its own setting", key)
+
+
+def _trackers(d: Draft) -> None:
+    trackers = []
+    on = {
+        "wandb": bool(d.get("wandb_project")) or d.get("use_wandb") is True,
+        "mlflow": bool(d.get("mlflow_experiment_name")) or d.get("use_mlflow") is True,
+        "tensorboard": d.get("use_tensorboard") is True,
+    }
+    for name, yes in on.items():
+        if yes:
+            trackers.append(name)
+    keys = [k for k in d.values if re.match(r"(use_)?(wandb|mlflow|tensorboard)", k) and _given(d, k)]
+    if trackers:
+        d.set("output.trackers", trackers, *[k for k in keys if k in ("wandb_project", "use_wandb", "mlflow_experiment_name", "use_mlflow", "use_tensorboard")], note="written offline under the run directory")
+    for k in d.values:
+        if re.match(r"(use_)?(wandb|mlflow|comet|trackio|swanlab|otel|hf_mlflow)", k) and k not in d.ledger:
+            if _given(d, k):
+                d.drop(k, "not-for-training", "")
+            else:
+                d.exact(k)
+
+
+# -- preference ---------------------------------------------------------------------------
+
+
+def _preference(d: Draft) -> None:
+    rl = d.get("rl")
+    if not rl:
+        _empty(d, "rl")
+        for k in ("rl_beta", "dpo_beta", "orpo_alpha", "simpo_gamma", "kto_desirable_weight", "kto_undesirable_weight"):
+            if _given(d, k):
+                d.drop(k, "ignored-by-tool", "no `rl`: supervised training.")
+                d.warn(f"`{k}` is set but `rl` is not: axolotl trains with the supervised loss", k)
+            _empty(d, k)
+        return
+    if rl not in ("dpo", "ipo", "orpo", "simpo", "kto"):
+        d.drop("rl", "missing-feature", f"recipec has no {rl!r} trainer; the supervised loss is written.")
+        return
+    d.set("preference.objective", rl, "rl")
+    beta_key = next((k for k in ("rl_beta", "dpo_beta", "orpo_alpha") if _given(d, k)), None)
+    if rl == "simpo":
+        beta = num(d.get(beta_key)) if beta_key in ("rl_beta", "dpo_beta") else 0.1
+        if beta_key in ("rl_beta", "dpo_beta"):
+            d.set("preference.beta", float(beta), beta_key)
+        else:
+            d.default("preference.beta", 0.1, "rl_beta", "TRL's CPOConfig beta 0.1")
+        gamma = num(d.get("simpo_gamma"))
+        if gamma is not None:
+            d.set("preference.gamma", float(gamma), "simpo_gamma")
+        else:
+            d.default("preference.gamma", 0.5, "simpo_gamma", "TRL's simpo_gamma 0.5")
+        if _given(d, "cpo_alpha") and num(d.get("cpo_alpha")):
+            d.drop("cpo_alpha", "missing-feature", "recipec's SimPO has no behaviour-cloning (NLL) term.")
+    elif beta_key:
+        d.set("preference.beta", float(num(d.get(beta_key))), beta_key)
+    else:
+        d.default("preference.beta", 0.1, "rl_beta", "TRL's beta 0.1")
+    for k in ("rl_beta", "dpo_beta", "orpo_alpha"):
+        if _given(d, k) and k != beta_key and k not in d.ledger:
+            d.drop(k, "ignored-by-tool", f"`{beta_key}` wins.")
+    if rl == "kto":
+        for k, target in (("kto_desirable_weight", "preference.desirable_weight"), ("kto_undesirable_weight", "preference.undesirable_weight")):
+            if _given(d, k):
+                d.set(target, float(num(d.get(k))), k)
+    if rl == "dpo" and _given(d, "dpo_label_smoothing"):
+        d.set("preference.label_smoothing", float(num(d.get("dpo_label_smoothing"))), "dpo_label_smoothing")
+    if d.get("precompute_ref_log_probs"):
+        d.set("preference.reference", "precomputed", "precompute_ref_log_probs")
+    if _given(d, "dpo_loss_type") and d.get("dpo_loss_type") not in (["sigmoid"],):
+        d.drop("dpo_loss_type", "missing-feature", "recipec's DPO is the sigmoid loss (or IPO, hinge through `objective`).")
+    if rl in ("dpo", "ipo") and d.get("sample_packing"):
+        d.warn("`sample_packing` with `rl`: axolotl's preference trainers do not pack", "sample_packing", "rl")
+
+
+# -- the rest -----------------------------------------------------------------------------
+
+_NOT_FOR_TRAINING = (
+    "hub_model_id hub_strategy hub_revision save_safetensors dataset_prepared_path push_dataset_to_hub "
+    "hf_use_auth_token strict loss_watchdog_threshold loss_watchdog_patience gc_steps gc_collect_steps "
+    "dataset_processes dataset_num_proc dataset_keep_in_memory is_preprocess preprocess_iterable "
+    "axolotl_config_path profiler_steps profiler_steps_start include_tkps save_first_step "
+    "gradio_title gradio_share gradio_server_name gradio_server_port gradio_max_new_tokens gradio_temperature "
+    "do_causal_lm_eval eval_causal_lm_metrics do_bench_eval bench_dataset bench_split eval_table_size "
+    "eval_max_new_tokens generate_samples num_generation_samples generation_max_new_tokens "
+    "generation_temperature generation_top_p generation_top_k generation_prompt_ratio generation_do_sample "
+    "tokenizer_save_jinja_files experimental_skip_move_to_device low_cpu_mem_usage device device_map "
+    "max_memory gpu_memory_limit world_size ddp merge_method lora_on_cpu qlora_sharded_model_loading "
+    "num_dataset_shards_to_save sample_packing_mp_start_method sample_packing_group_size "
+    "sample_packing_bin_size skip_prepare_dataset eval_sequence_len dataset_exact_deduplication"
+).split()
+
+
+def _rest(d: Draft) -> None:
+    for k in _NOT_FOR_TRAINING:
+        if d.has(k) and not all(x in d.ledger for x in d.keys_under(k)):
+            if _given(d, k):
+                d.drop(k, "not-for-training", "")
+            else:
+                d.exact(k)
+    if d.get("dataset_exact_deduplication"):
+        pass
+    if _given(d, "early_stopping_patience"):
+        d.drop("early_stopping_patience", "missing-feature", "recipec runs to the end; it does not stop on the eval loss.")
+    if _given(d, "plugins"):
+        d.drop("plugins", "missing-feature", "axolotl's plugins (Liger, Cut Cross Entropy, ...) change kernels recipec does not have.")
+    for k in ("cut_cross_entropy", "chunked_cross_entropy"):
+        if _given(d, k) and d.get(k):
+            d.set("loss.cross_entropy", "chunked", k, approx="a fused or chunked cross-entropy: recipec's chunked cross-entropy gives the same loss with the logits in chunks")
+    liger = [k for k in d.values if k.startswith("liger_") and k not in d.ledger]
+    for k in liger:
+        if d.get(k):
+            d.drop(k, "missing-feature", "recipec has no Liger kernels; the model's own modules compute the same values.")
+        else:
+            d.exact(k)
+    for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel", "use_kernels", "flash_attn_cross_entropy", "flash_attn_rms_norm", "flash_attn_fuse_mlp"):
+        if d.has(k) and k not in d.ledger:
+            if d.get(k):
+                d.drop(k, "missing-feature", "a fused kernel; recipec runs the model's own modules (the same values).")
+            else:
+                d.exact(k)
+    if d.get("activation_offloading"):
+        d.approx("activations are offloaded to the CPU or disk; recipec keeps them on the device", "activation_offloading")
+    for k in d.values:
+        if k not in d.ledger and not _given(d, k):
+            d.exact(k)  # an empty key: axolotl's default, which the recipe has
