@@ -406,9 +406,11 @@ def _precision(d: Draft) -> None:
         d.default("model.dtype", dtype, "bf16", "the weights loaded in the training dtype (axolotl's torch_dtype)")
         _empty(d, "bf16", "fp16", "bfloat16", "float16")
     else:
-        d.set("launch.mixed_precision", mode, *keys, approx=why)
+        d.set("launch.mixed_precision", mode, *keys)
         if mode != "no":
-            d.set("model.dtype", dtype, *keys, approx=why, note="axolotl loads the weights in the training dtype")
+            d.set("model.dtype", dtype, *keys, note="axolotl loads the weights in the training dtype")
+        if why:
+            d.approx(why, "bf16")
     if d.get("float32"):
         d.exact("float32")
     _empty(d, "float32", "fp16", "bfloat16", "float16")
@@ -646,7 +648,7 @@ def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, s
         else:
             d.approx(f"the type {typ!r} is read as plain text", f"{key}.type")
         if total:
-            d.set(f"{src}.max_tokens", total * int(d.value("train.batch_size") or 1) * seq, "max_steps", approx="a streamed source needs a bound: the tokens the run trains on (max_steps * batch * sequence_len)")
+            d.set(f"{src}.max_tokens", total * int(d.value("train.batch_size") or 1) * seq, note="a streamed source needs a bound: the tokens the run trains on (max_steps * batch * sequence_len)")
         return "text"
     if isinstance(typ, dict):
         d.drop(f"{key}.type", "missing-feature", "a user-defined prompt format (Python format strings); recipec renders records with the chat template.")
@@ -799,7 +801,9 @@ def _chat_template(d: Draft, from_data: set[str]) -> None:
 
 def _special_tokens(d: Draft) -> None:
     add = []
-    for k in ("bos_token", "eos_token", "pad_token", "unk_token"):
+    if _given(d, "special_tokens.pad_token"):
+        d.exact("special_tokens.pad_token")  # padding never reaches the loss; recipec pads as it needs
+    for k in ("bos_token", "eos_token", "unk_token"):
         key = f"special_tokens.{k}"
         if _given(d, key):
             d.approx(f"recipec keeps the tokenizer's own {k}; it adds new tokens only as whole special tokens", key)
@@ -977,6 +981,13 @@ def _epochs(d: Draft) -> float:
 
 def _save_eval_log(d: Draft, total: int | None) -> None:
     epochs = _epochs(d)
+    # logging
+    if _given(d, "logging_steps"):
+        d.set("train.log_every", int(num(d.get("logging_steps"))), "logging_steps")
+    else:
+        every = max(min(int(0.005 * total), 10), 1) if total is not None else 10
+        d.default("train.log_every", every, "logging_steps", "max(min(int(0.005 * steps), 10), 1): every 10 steps from 2,000 steps on")
+        _empty(d, "logging_steps")
     # saving (core/builders/base.py _configure_save_and_eval_strategy)
     save_steps = num(d.get("save_steps"))
     spe = num(d.get("saves_per_epoch"))
@@ -1056,19 +1067,13 @@ def _save_eval_log(d: Draft, total: int | None) -> None:
     _empty(d, *eval_keys)
     if d.has("eval_batch_size"):
         pass  # per_device_eval_batch_size: not for training (hf)
-    # logging
-    if _given(d, "logging_steps"):
-        d.set("train.log_every", int(num(d.get("logging_steps"))), "logging_steps")
-    else:
-        every = max(min(int(0.005 * total), 10), 1) if total is not None else 10
-        d.default("train.log_every", every, "logging_steps", "max(min(int(0.005 * steps), 10), 1): every 10 steps from 2,000 steps on")
-        _empty(d, "logging_steps")
 
 
 # -- launch, trackers ----------------------------------------------------------------------
 
 
 def _parallel(d: Draft) -> None:
+    _deepspeed(d)
     fsdp, cfg = d.get("fsdp"), d.get("fsdp_config")
     if not fsdp and not cfg:
         _empty(d, "fsdp", "fsdp_config", "fsdp_version")
@@ -1118,6 +1123,22 @@ def _parallel(d: Draft) -> None:
             d.exact(key)  # loading and bookkeeping: the same training
         else:
             d.approx("recipec's FSDP uses its own setting", key)
+
+
+def _deepspeed(d: Draft) -> None:
+    """recipec's DeepSpeed runs AdamW on text only: otherwise the ZeRO stage becomes FSDP's
+    matching sharding."""
+    if d.value("launch.strategy") != "deepspeed":
+        return
+    examples = any(s.get("records") is not None and s["records"].value != "text" for s in d.sources)
+    optim = d.value("optim.name")
+    if not examples and optim == "adamw":
+        return
+    stage = d.value("launch.deepspeed.zero_stage") or 2
+    d.tables.pop("launch.deepspeed", None)
+    why = "examples (their loss is averaged over each step's supervised tokens)" if examples else f"the optimizer {optim!r}"
+    d.set("launch.strategy", "fsdp", "deepspeed", approx=f"DeepSpeed ZeRO-{stage} becomes FSDP: recipec's DeepSpeed does not train {why}")
+    d.set("launch.fsdp.sharding_strategy", "full_shard" if stage == 3 else "shard_grad_op", "deepspeed", approx=f"ZeRO-{stage}'s sharding")
 
 
 def _trackers(d: Draft) -> None:
