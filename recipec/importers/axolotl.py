@@ -274,9 +274,6 @@ TEMPLATES: dict[str, str] = {
 """The named templates written out as text (recipec takes the template itself); other names
 keep the tokenizer's own template, approximately."""
 
-MARKER_TOKENS = {"chatml": ["<|im_start|>", "<|im_end|>"]}
-
-
 def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycle)
     _training_args(d, options.num_processes)
     _clean_placeholders(d)
@@ -547,7 +544,10 @@ def _data(d: Draft, total: int | None) -> None:
         d.default("data.packing", False, "sample_packing", "no sample packing")
         _empty(d, "sample_packing")
     if d.has("eval_sample_packing"):
-        d.approx("recipec's held-out examples are packed as the training ones are", "eval_sample_packing")
+        if d.get("eval_sample_packing") is None or bool(d.get("eval_sample_packing")) == pack:
+            d.exact("eval_sample_packing")
+        else:
+            d.approx("recipec packs the held-out examples as it packs the training ones", "eval_sample_packing")
     if d.has("pad_to_sequence_len"):
         if d.get("pad_to_sequence_len") and not pack:
             d.approx("recipec pads each micro-batch to its longest example, not to sequence_len (the same loss)", "pad_to_sequence_len")
@@ -571,6 +571,8 @@ def _data(d: Draft, total: int | None) -> None:
         examples |= kind not in ("text",)
         if kind.startswith("template:"):
             templates.add(kind.split(":", 1)[1])
+    if pack and not examples and sources:
+        d.approx("axolotl packs whole documents (each cut at sequence_len) into sequences, attention kept within each; recipec concatenates the documents and cuts the stream into full blocks", "sample_packing")
     if examples:
         if d.has("excess_length_strategy"):
             if overflow:
@@ -789,10 +791,6 @@ def _chat_template(d: Draft, from_data: set[str]) -> None:
             d.set("tokenizer.chat_template", text, note=f"axolotl's {name} template, which the dataset type renders")
         else:
             d.set("tokenizer.chat_template", text, *src, note=f"axolotl's {name} template")
-        for tok in MARKER_TOKENS.get(name, []):
-            d.tables.setdefault("tokenizer", {})
-        if name in MARKER_TOKENS:
-            d.set("tokenizer.special_tokens", MARKER_TOKENS[name], *src, note="the template's markers, added as axolotl adds them")
     else:
         d.approx(f"axolotl's named template {name!r} is not written out; the tokenizer's own template is used", *src)
     if len(set(named) | ({name} if top else set())) > 1:
@@ -1029,10 +1027,13 @@ def _save_eval_log(d: Draft, total: int | None) -> None:
     eval_steps = num(d.get("eval_steps"))
     eval_keys = [k for k in ("eval_steps", "evals_per_epoch", "eval_strategy", "evaluation_strategy") if d.has(k)]
     if not has_eval:
-        given = [k for k in eval_keys if _given(d, k)]
+        given = [k for k in eval_keys if _given(d, k) and d.get(k) not in (0, "no")]
         for k in given:
             d.drop(k, "ignored-by-tool", "no held-out data (val_set_size 0, no test_datasets): nothing is evaluated.")
-        if given and any(num(d.get(k)) not in (0, "no") for k in given):
+        for k in eval_keys:
+            if k not in given:
+                d.exact(k)
+        if given:
             d.warn("evaluation is configured but there is no held-out data (val_set_size 0, no test_datasets): axolotl never evaluates", *given)
         _empty(d, *eval_keys)
         d.set("train.eval_every", 0, *[k for k in ("val_set_size",) if d.has(k)], note="no held-out data")

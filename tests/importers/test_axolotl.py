@@ -1,0 +1,398 @@
+"""`recipec import --from axolotl`: each fixture (mirroring axolotl's shipped examples) imports
+to a recipe that validates, with the keys that map only approximately and the keys that are
+not imported spelt out; the schedules match transformers' (and axolotl's own) step for step."""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from recipec.compiler import plan_recipe
+from recipec.diagnostics import RecipeError
+from recipec.importers import import_config
+from recipec.runtime import schedule as runtime
+
+CONFIGS = Path(__file__).resolve().parent / "configs" / "axolotl"
+
+NFT = "not-for-training"
+
+EXPECTED: dict[str, dict] = {
+    # approx: keys whose meaning differs; dropped: key -> reason. Every other key is exact.
+    "lora-1b.yaml": {
+        "approx": {
+            "bf16",  # "auto": bf16 only where the GPU has it
+            "datasets[0].type",  # alpaca's own prompt text vs axolotl's alpaca chat template
+            "warmup_ratio",  # rounded down by axolotl, up by recipec
+            "evals_per_epoch",  # a share of the run; recipec counts steps
+            "saves_per_epoch",
+        },
+        "dropped": {"loss_watchdog_threshold": NFT, "loss_watchdog_patience": NFT},
+    },
+    "qlora-1b.yaml": {
+        "approx": {"bf16", "datasets[0].type", "warmup_ratio", "evals_per_epoch", "saves_per_epoch"},
+        "dropped": {"dataset_prepared_path": NFT, "loss_watchdog_threshold": NFT, "loss_watchdog_patience": NFT},
+    },
+    "mistral-lora.yaml": {
+        "approx": {"bf16", "tokenizer_type", "datasets[0].type", "warmup_ratio", "evals_per_epoch", "saves_per_epoch"},
+        "dropped": {"dataset_prepared_path": NFT, "loss_watchdog_threshold": NFT, "loss_watchdog_patience": NFT},
+    },
+    "fft-8b-zero3.yaml": {
+        "approx": {
+            "bf16",
+            "datasets[0].split",  # a slice of the split
+            "deepspeed",  # ZeRO-3 with examples becomes FSDP full_shard
+            "warmup_ratio",
+            "evals_per_epoch",
+            "saves_per_epoch",
+        },
+        "dropped": {"dataset_prepared_path": NFT},
+    },
+    "dpo-chatml-intel.yaml": {
+        "approx": {
+            "bf16",
+            "tokenizer_type",
+            "datasets[0].type",  # the record's `system` is not read
+            "special_tokens.bos_token",
+            "warmup_ratio",
+            "evals_per_epoch",
+            "saves_per_epoch",
+        },
+        "dropped": {},
+    },
+    "pretrain-qwen2.yaml": {
+        "approx": {"bf16", "sample_packing", "saves_per_epoch"},
+        "dropped": {"wandb_name": NFT, "strict": NFT},
+    },
+    "gemma2-linear-warmup.yaml": {
+        "approx": {
+            "bf16",
+            "chat_template",  # axolotl's gemma template is not written out
+            "eot_tokens",
+            "eval_sample_packing",  # false while sample_packing is true
+            "warmup_ratio",
+            "saves_per_epoch",
+        },
+        "dropped": {"datasets[0].drop_system_message": "missing-feature"},
+    },
+    "cpt-cosine-min-lr.yaml": {
+        "approx": {"sample_packing"},  # text: recipec packs a stream of documents
+        "dropped": {"dataset_prepared_path": NFT},
+    },
+    "rewarm-cosine-constant.yaml": {
+        "approx": {"sample_packing"},
+        "dropped": {},
+    },
+}
+
+
+def test_every_fixture_is_listed():
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_imports_and_validates(imported, name):
+    got = imported("axolotl", name)
+    assert got.approx == EXPECTED[name]["approx"]
+    assert got.dropped == EXPECTED[name]["dropped"]
+    assert got.result.draft.pending() == []
+    assert got.result.draft.warnings == []
+    counts = got.result.draft.counts()
+    assert counts["approx"] == len(EXPECTED[name]["approx"])
+    assert f"Keys mapped exactly: {counts['exact']};" in got.result.text
+
+
+def test_lora_1b_values(imported):
+    r = imported("axolotl", "lora-1b.yaml").recipe
+    assert r["model"] == {
+        "gradient_checkpointing": True,
+        "path": "NousResearch/Llama-3.2-1B",
+        "dtype": "bfloat16",
+        "attention": "flash_attention_2",
+    }
+    assert r["peft"] == {
+        "method": "lora",
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.05,
+        "target_modules": ["gate_proj", "down_proj", "up_proj", "q_proj", "v_proj", "k_proj", "o_proj"],
+    }
+    (src,) = r["data"].pop("sources")
+    assert r["data"] == {"seq_len": 2048, "packing": True, "overflow": "drop", "eval_fraction": 0.1}
+    assert src == {"hub": {"repo": "teknium/GPT4-LLM-Cleaned"}, "records": "alpaca"}
+    assert "### Instruction:" in r["tokenizer"]["chat_template"]
+    assert r["optim"] == {"name": "adamw_8bit", "lr": 0.0002, "weight_decay": 0.0, "grad_clip": 1.0, "betas": [0.9, 0.999], "eps": 1e-08}
+    assert r["schedule"] == {"decay": "cosine", "min_lr_ratio": 0.0, "warmup": 0.1}
+    assert r["train"] == {
+        "epochs": 1,
+        "micro_batch_size": 2,
+        "batch_size": 4,
+        "save_every": 0,
+        "keep_last": 4,
+        "eval_every": 0,
+        "log_every": 1,
+    }
+    assert r["launch"] == {"mixed_precision": "bf16", "tf32": False}
+    assert r["recipe"]["seed"] == 42
+
+
+def test_num_processes_makes_the_global_batch(imported):
+    r = imported("axolotl", "qlora-1b.yaml", num_processes=4).recipe
+    assert r["train"]["batch_size"] == 2 * 4 * 4
+    assert r["launch"]["num_processes"] == 4
+    assert r["peft"]["quantize"] == "4bit"
+    assert r["peft"]["r"] == 32 and r["peft"]["alpha"] == 16
+
+
+def test_mistral_lora_8bit_all_linear(imported):
+    r = imported("axolotl", "mistral-lora.yaml").recipe
+    assert r["peft"]["quantize"] == "8bit"
+    assert r["peft"]["target_modules"] == "all-linear"  # lora_target_linear wins over the list
+    assert r["data"]["packing"] is True and r["data"]["seq_len"] == 8192
+
+
+def test_fft_zero3_chat_template(imported):
+    r = imported("axolotl", "fft-8b-zero3.yaml").recipe
+    assert "peft" not in r
+    (src,) = r["data"]["sources"]
+    assert src["hub"] == {"repo": "mlabonne/FineTome-100k", "split": "train"}
+    assert src["records"] == "messages"
+    assert src["fields"] == {"messages": "conversations", "role": "from", "content": "value"}
+    assert src["roles"] == {"human": "user", "gpt": "assistant"}
+    assert src["train_on"] == "assistant"
+    assert r["tokenizer"]["chat_template"].startswith("{% if not add_generation_prompt is defined %}")
+    assert "<|start_header_id|>" in r["tokenizer"]["chat_template"]
+    assert r["launch"]["strategy"] == "fsdp"
+    assert r["launch"]["fsdp"] == {"sharding_strategy": "full_shard"}
+    assert r["optim"]["name"] == "paged_adamw_8bit"
+
+
+def test_dpo_chatml_intel(imported):
+    r = imported("axolotl", "dpo-chatml-intel.yaml").recipe
+    assert r["preference"] == {"objective": "dpo", "beta": 0.1}
+    (src,) = r["data"]["sources"]
+    assert src == {"hub": {"repo": "Intel/orca_dpo_pairs", "split": "train"}, "records": "preference", "fields": {"prompt": "question"}}
+    assert "<|im_start|>" in r["tokenizer"]["chat_template"]
+    assert r["peft"]["modules_to_save"] == ["embed_tokens", "lm_head"]
+    assert r["output"]["trackers"] == ["wandb"]
+
+
+def test_pretraining_dataset_streams(imported):
+    r = imported("axolotl", "pretrain-qwen2.yaml").recipe
+    (src,) = r["data"]["sources"]
+    assert src["hub"] == {"repo": "allenai/c4", "subset": "en", "split": "train", "streaming": True}
+    assert src["max_tokens"] == 305 * 4 * 2048
+    assert r["train"]["max_steps"] == 305 and "epochs" not in r["train"]
+    assert r["schedule"]["warmup"] == 10
+    assert r["launch"]["strategy"] == "fsdp"
+    assert r["launch"]["fsdp"] == {
+        "version": 2,
+        "cpu_offload": False,
+        "state_dict_type": "full",
+        "transformer_layer_cls": ["Qwen2DecoderLayer"],
+        "auto_wrap_policy": "transformer_layer",
+    }
+    assert r["data"]["eval_fraction"] == 0.0 and r["train"]["eval_every"] == 0
+    assert r["optim"]["implementation"] == "fused"
+
+
+def test_cosine_min_lr_and_completion(imported):
+    r = imported("axolotl", "cpt-cosine-min-lr.yaml").recipe
+    assert r["schedule"] == {"decay": "cosine", "min_lr_ratio": 0.1, "warmup": 100}
+    (src,) = r["data"]["sources"]
+    assert src == {"hub": {"repo": "wikimedia/wikipedia", "subset": "20231101.simple"}, "records": "text"}
+    assert r["optim"]["betas"] == [0.9, 0.95]
+    assert r["train"]["eval_every"] == 500 and r["train"]["save_every"] == 1000 and r["train"]["keep_last"] == 2
+
+
+def test_cosine_constant_phases(imported):
+    r = imported("axolotl", "rewarm-cosine-constant.yaml").recipe
+    assert r["schedule"]["phases"] == [
+        {"name": "warmup", "shape": "linear", "start": 0.0, "end": 1.0, "steps": 50},
+        {"name": "decay", "shape": "cosine", "end": 0.1, "steps": 1550},
+        {"name": "constant", "shape": "constant", "start": 0.1, "steps": 400},
+    ]
+
+
+# -- the LR at every step ---------------------------------------------------------------
+
+
+def _recipe_lrs(path: Path, steps: int) -> list[float]:
+    """The imported recipe's LR multipliers over a run of `steps` optimizer steps."""
+    text = path.read_text(encoding="utf-8")
+    text = re.sub(r"^(epochs|max_steps) = .*$", f"max_steps = {steps}", text, count=1, flags=re.M)
+    out = path.with_name(f"{path.stem}-{steps}.toml")
+    out.write_text(text, encoding="utf-8")
+    plan, _ = plan_recipe(out, ())
+    return runtime.values(plan["schedule_phases"], steps)
+
+
+def _axolotl_warmup(cfg: dict, total: int) -> int:
+    # core/builders/base.py _configure_warmup_and_logging
+    if cfg.get("warmup_steps") is not None:
+        w = cfg["warmup_steps"]
+    elif cfg.get("warmup_ratio") is not None:
+        w = max(int(cfg["warmup_ratio"] * total), 0)
+    else:
+        w = min(int(0.03 * total), 100)
+    return 2 if w == 1 else w
+
+
+def _transformers_lrs(name: str, warmup: int, total: int, kwargs: dict) -> list[float]:
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = transformers.get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total, scheduler_specific_kwargs=kwargs)
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+TRANSFORMERS_SCHEDULES = ["lora-1b.yaml", "qlora-1b.yaml", "mistral-lora.yaml", "fft-8b-zero3.yaml", "dpo-chatml-intel.yaml", "pretrain-qwen2.yaml", "gemma2-linear-warmup.yaml"]
+
+
+@pytest.mark.parametrize("total", [200, 1000])
+@pytest.mark.parametrize("name", TRANSFORMERS_SCHEDULES)
+def test_schedule_matches_transformers(imported, name, total):
+    import yaml
+
+    cfg = yaml.safe_load((CONFIGS / name).read_text(encoding="utf-8"))
+    got = imported("axolotl", name)
+    ours = _recipe_lrs(got.path, total)
+    expected = _transformers_lrs(cfg.get("lr_scheduler") or "cosine", _axolotl_warmup(cfg, total), total, cfg.get("lr_scheduler_kwargs") or {})
+    assert ours == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+def _cosine_min_lr(step: int, warmup: int, total: int, m: float) -> float:
+    # axolotl/utils/schedulers.py _get_cosine_schedule_with_min_lr_lambda
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return (1 - m) * 0.5 * (1.0 + math.cos(math.pi * progress)) + m
+
+
+def _cosine_constant(step: int, warmup: int, total: int, m: float, c: float) -> float:
+    # axolotl/utils/schedulers.py _get_cosine_schedule_with_warmup_decay_constant_lr_lambda
+    if step < warmup:
+        return step / max(1, warmup)
+    constant = int(total * c)
+    step = min(step, constant)
+    progress = (step - warmup) / max(1, constant - warmup)
+    return max(0, (1 - m) * 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress))) + m
+
+
+@pytest.mark.parametrize("total", [200, 1000])
+def test_cosine_min_lr_ratio_matches_axolotl(imported, total):
+    got = imported("axolotl", "cpt-cosine-min-lr.yaml")
+    ours = _recipe_lrs(got.path, total)
+    assert ours == pytest.approx([_cosine_min_lr(s, 100, total, 0.1) for s in range(total)], rel=1e-9, abs=1e-15)
+
+
+def test_cosine_constant_lr_ratio_matches_axolotl(imported):
+    got = imported("axolotl", "rewarm-cosine-constant.yaml")
+    plan, _ = plan_recipe(got.path, ())
+    ours = runtime.values(plan["schedule_phases"], 2000)
+    assert ours == pytest.approx([_cosine_constant(s, 50, 2000, 0.1, 0.8) for s in range(2000)], rel=1e-9, abs=1e-15)
+
+
+# -- errors, detection, warnings --------------------------------------------------------
+
+
+def _write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+BASE = """base_model: NousResearch/Llama-3.2-1B
+datasets:
+  - path: teknium/GPT4-LLM-Cleaned
+    type: alpaca
+sequence_len: 1024
+micro_batch_size: 2
+num_epochs: 1
+learning_rate: 0.0002
+"""
+
+
+def test_unknown_key_names_file_and_line(tmp_path):
+    path = _write(tmp_path, BASE + "lora_alpah: 16\n")
+    with pytest.raises(RecipeError) as info:
+        import_config(path, "axolotl")
+    (diag,) = info.value.diagnostics
+    assert "unknown key `lora_alpah`" in diag.message
+    assert diag.location.file == path.as_posix() and diag.location.line == 9
+    assert "lora_alpha" in (diag.help or "")
+
+
+def test_unknown_dataset_key(tmp_path):
+    path = _write(tmp_path, BASE.replace("    type: alpaca\n", "    type: alpaca\n    feild: text\n"))
+    with pytest.raises(RecipeError) as info:
+        import_config(path, "axolotl")
+    (diag,) = info.value.diagnostics
+    assert "unknown key `datasets[0].feild`" in diag.message and diag.location.line == 5
+
+
+def test_an_axolotl_config_is_told_apart(tmp_path):
+    with pytest.raises(RecipeError) as info:
+        import_config(CONFIGS / "lora-1b.yaml", "transformers")
+    assert "looks like a axolotl config" in info.value.diagnostics[0].message
+
+
+def test_a_transformers_config_is_not_axolotl(tmp_path):
+    path = _write(tmp_path, '{"per_device_train_batch_size": 8, "lr_scheduler_type": "cosine", "adam_epsilon": 1e-8}', "args.json")
+    with pytest.raises(RecipeError) as info:
+        import_config(path, "axolotl")
+    assert "looks like a transformers config" in info.value.diagnostics[0].message
+
+
+WARNINGS = [
+    ("lora_r: 16\n", "set without an `adapter`", {"lora_r": "ignored-by-tool"}),
+    ("lr_div_factor: 10\n", "`lr_div_factor` is ignored", {"lr_div_factor": "ignored-by-tool"}),
+    ("lr_scheduler: constant\nwarmup_steps: 20\n", "`warmup_steps: 20` is ignored", {"warmup_steps": "ignored-by-tool"}),
+    ("cosine_min_lr_ratio: 1.0\n", "a floor at the peak", {}),
+    ("lr_scheduler: linear\ncosine_min_lr_ratio: 0.1\n", "`cosine_min_lr_ratio` is ignored", {"cosine_min_lr_ratio": "ignored-by-tool"}),
+    ("lr_quadratic_warmup: true\ncosine_min_lr_ratio: 0.1\n", "lr_quadratic_warmup's cosine decays to 0", {"cosine_min_lr_ratio": "ignored-by-tool"}),
+    ("cosine_constant_lr_ratio: 0.8\n", "without `cosine_min_lr_ratio`", {"cosine_constant_lr_ratio": "ignored-by-tool"}),
+    ("rl_beta: 0.2\n", "`rl` is not", {"rl_beta": "ignored-by-tool"}),
+    ("eval_steps: 50\n", "no held-out data", {"eval_steps": "ignored-by-tool"}),
+    ("adapter: lora\nlora_alpha: 16\nlora_target_linear: true\n", "`lora_r` is not set", {}),
+    ("adapter: lora\nlora_r: 8\nlora_alpha: 16\n", "no `lora_target_modules`", {}),
+    ("warmup_steps: 10\nwarmup_ratio: 0.1\n", "`warmup_ratio: 0.1` is ignored", {"warmup_ratio": "ignored-by-tool"}),
+    ("max_steps: 100\n", "`num_epochs: 1` is ignored", {"num_epochs": "ignored-by-tool"}),
+]
+
+
+@pytest.mark.parametrize(("extra", "message", "dropped"), WARNINGS)
+def test_warnings(tmp_path, extra, message, dropped):
+    path = _write(tmp_path, BASE + extra)
+    result = import_config(path, "axolotl")
+    assert any(message in w for w, _ in result.draft.warnings), result.draft.warnings
+    assert "# Warnings (contradictions in the source config):" in result.text
+    got = {k: e.reason for k, e in result.draft.ledger.items() if e.how == "dropped"}
+    assert dropped.items() <= got.items()
+
+
+def test_dpo_sample_packing_warns(tmp_path):
+    text = (CONFIGS / "dpo-chatml-intel.yaml").read_text(encoding="utf-8").replace("sample_packing: false", "sample_packing: true")
+    result = import_config(_write(tmp_path, text), "axolotl")
+    assert any("preference trainers do not pack" in w for w, _ in result.draft.warnings)
+
+
+def test_warmup_from_ratio_is_whole_steps_with_max_steps(tmp_path):
+    text = BASE + "max_steps: 333\nwarmup_ratio: 0.1\n"
+    result = import_config(_write(tmp_path, text.replace("num_epochs: 1\n", "")), "axolotl")
+    recipe = tomllib.loads(result.text)
+    assert recipe["schedule"]["warmup"] == 33  # int(0.1 * 333), as axolotl rounds
+    assert "warmup_ratio" not in {k for k, e in result.draft.ledger.items() if e.how == "approx"}
+
+
+def test_default_warmup_with_max_steps(tmp_path):
+    result = import_config(_write(tmp_path, (BASE + "max_steps: 5000\n").replace("num_epochs: 1\n", "")), "axolotl")
+    assert tomllib.loads(result.text)["schedule"]["warmup"] == 100  # min(int(0.03 * 5000), 100)
