@@ -350,15 +350,26 @@ class Draft:
 
     # checks
     def unknown_keys(self) -> list[str]:
-        """Leaf keys that match none of the tool's known key patterns."""
+        """Keys that match none of the tool's known key patterns: for a table the tool does
+        not know at all, the table's key once, not each of its leaves."""
         if not self.known:
             return []
         pats = [_pattern(p) for p in self.known]
-        out = []
+        prefixes = [[_pattern(q) for q in _parts(p)] for p in self.known]
+        out: list[str] = []
         for key in self.values:
             generic = re.sub(r"\[\d+\]", "[*]", key)
-            if not any(fnmatchcase(generic, p) or fnmatchcase(key, p) for p in pats):
-                out.append(key)
+            if any(fnmatchcase(generic, p) or fnmatchcase(key, p) for p in pats):
+                continue
+            parts = _parts(key)
+            shown = key
+            for n in range(1, len(parts)):  # the shortest prefix no known key starts with
+                head = [re.sub(r"^\[\d+\]$", "[*]", x) for x in parts[:n]]
+                if not any(len(p) >= n and all(fnmatchcase(h, q) for h, q in zip(head, p)) for p in prefixes):
+                    shown = _join(parts[:n])
+                    break
+            if shown not in out:
+                out.append(shown)
         return out
 
     def counts(self) -> dict[str, int]:
@@ -366,6 +377,17 @@ class Draft:
         for e in self.ledger.values():
             c[e.how] += 1
         return c
+
+
+def _parts(key: str) -> list[str]:
+    return re.findall(r"\[[^\]]*\]|[^.\[]+", key)
+
+
+def _join(parts: Sequence[str]) -> str:
+    out = ""
+    for p in parts:
+        out += p if p.startswith("[") or not out else "." + p
+    return out
 
 
 def _pattern(p: str) -> str:

@@ -76,6 +76,15 @@ TRAINING_ARGUMENTS: tuple[str, ...] = (
 )
 """Every key a `TrainingArguments` (and `Seq2SeqTrainingArguments`) accepts, then or now."""
 
+TRAINING_ARGUMENTS += tuple(
+    f"{k}.*"
+    for k in (
+        "lr_scheduler_kwargs", "fsdp_config", "accelerator_config", "gradient_checkpointing_kwargs",
+        "activation_checkpointing_kwargs", "deepspeed", "liger_kernel_config", "parallelism_config",
+        "generation_config", "optim_args", "torch_compile_options", "debug",
+    )
+) + ("report_to[*]", "fsdp[*]", "label_names[*]", "optim_target_modules[*]", "include_for_metrics[*]")
+
 DEFAULTS: dict[str, Any] = {
     "learning_rate": 5e-5,
     "lr_scheduler_type": "linear",
@@ -482,7 +491,7 @@ def training_args(
         else:
             d.set("train.log_every", int(steps), k("logging_steps"))
     _eval(d, k)
-    _save(d, k)
+    _save(d, k, defaults)
     if d.has(k("output_dir")):
         d.set("output.dir", str(d.get(k("output_dir"))), k("output_dir"))
     if d.has(k("report_to")):
@@ -570,7 +579,7 @@ def _eval(d: Draft, k: Any) -> None:
             d.warn(f"`{k('eval_steps')}` is set but eval_strategy is {strategy!r}: the trainer never evaluates", k("eval_steps"))
 
 
-def _save(d: Draft, k: Any) -> None:
+def _save(d: Draft, k: Any, defaults: Mapping[str, Any]) -> None:
     strategy = d.get(k("save_strategy"), "steps")
     if strategy == "steps" and not d.has(k("save_steps")) and "save_steps" in defaults:
         d.default("train.save_every", defaults["save_steps"], k("save_steps"), f"a checkpoint every {defaults['save_steps']} steps")
