@@ -296,8 +296,16 @@ class Draft:
         self._mark(keys, "approx", why)
 
     def drop(self, key: str, reason: Reason, why: str) -> None:
-        """Not imported: `reason` is the kind, `why` the sentence shown in the header."""
-        self._mark([key], "dropped", why, reason)
+        """Not imported: `reason` is the kind, `why` the sentence shown in the header.
+
+        A setting the file turns off (null, false, empty, "no", "none") for something recipec
+        does not do either is mapped exactly: the run and the recipe agree. A key the source
+        tool ignores stays not imported whatever its value."""
+        for leaf in self.keys_under(key) or [key]:
+            if reason != "ignored-by-tool" and _off(self.values.get(leaf)):
+                self._mark([leaf], "exact")
+            else:
+                self._mark([leaf], "dropped", why, reason)
 
     def _table(self, target: str) -> tuple[dict[str, Line], str]:
         table, _, name = target.rpartition(".")
@@ -377,6 +385,10 @@ class Draft:
         for e in self.ledger.values():
             c[e.how] += 1
         return c
+
+
+def _off(value: Any) -> bool:
+    return value is None or value is False or value in ("", "no", "none", "None") or value == [] or value == {}
 
 
 def _parts(key: str) -> list[str]:

@@ -231,7 +231,10 @@ def schedule(
         else:
             d.default("schedule.decay", value, kn, f"lr_scheduler_type {name!r}: schedule.decay = {value!r}")
         for k, v in more.items():
-            d.set(f"schedule.{k}", v, *([kk] if d.has(kk) else src))
+            if explicit:
+                d.set(f"schedule.{k}", v, *src)
+            else:
+                d.default(f"schedule.{k}", v, kn, f"lr_scheduler_type {name!r}: schedule.decay = {value!r}")
 
     if name in ("constant",):
         w_keys = [k for k in (key(rename, "warmup_steps"), key(rename, "warmup_ratio")) if d.has(k)]
@@ -266,7 +269,11 @@ def schedule(
         if num(kw.get("num_cycles", 0.5)) != 0.5:
             d.approx("num_cycles other than 0.5; recipec's cosine is a half cycle", kk)
     elif name == "polynomial":
-        decay("polynomial", power=float(num(kw.get("power", 1.0))))
+        decay("polynomial")
+        if "power" in kw:
+            d.set("schedule.power", float(num(kw["power"])), kk)
+        else:
+            d.default("schedule.power", 1.0, f"{kk}.power", "a linear polynomial decay (power 1.0)")
         lr_end = num(kw.get("lr_end", 1e-7))
         if "lr_end" in kw:
             d.set("schedule.min_lr", lr_end, kk)
@@ -474,8 +481,10 @@ def training_args(
     for hf, target in (("gradient_checkpointing", "model.gradient_checkpointing"), ("torch_compile", "model.compile")):
         if d.has(k(hf)):
             d.set(target, bool(d.get(k(hf))), k(hf))
-    if d.has(k("gradient_checkpointing_kwargs")):
+    if d.get(k("gradient_checkpointing_kwargs")):
         d.approx("recipec's gradient checkpointing uses transformers' defaults (use_reentrant)", k("gradient_checkpointing_kwargs"))
+    elif d.has(k("gradient_checkpointing_kwargs")):
+        d.exact(k("gradient_checkpointing_kwargs"))
     if d.has(k("torch_compile_mode")) and d.get(k("torch_compile_mode")):
         d.set("model.compile_mode", d.get(k("torch_compile_mode")), k("torch_compile_mode"))
     elif d.has(k("torch_compile_mode")):
@@ -503,8 +512,10 @@ def training_args(
         for x in (k("use_cpu"), k("no_cuda")):
             if d.has(x):
                 d.set("launch.cpu", bool(d.get(x)), x)
-    if d.has(k("dataloader_drop_last")):
-        d.approx("recipec drops a last partial batch of the epoch always", k("dataloader_drop_last"))
+    if d.get(k("dataloader_drop_last")):
+        d.exact(k("dataloader_drop_last"))
+    elif d.has(k("dataloader_drop_last")):
+        d.approx("the Trainer keeps an epoch's last partial batch; recipec's loader drops it", k("dataloader_drop_last"))
     _parallel(d, k)
     for hf in ("label_smoothing_factor",):
         if d.has(k(hf)):
@@ -534,7 +545,7 @@ def training_args(
         ("save_strategy", ""),
         ("activation_checkpointing", ""),
         ("activation_checkpointing_kwargs", ""),
-        ("accelerator_config", "accelerate's own options; recipec sets them."),
+        ("accelerator_config", "accelerate's options (split_batches, even_batches, seedable sampler); recipec sets them itself."),
         ("parallelism_config", "tensor/context parallelism; recipec's launch shape has data parallelism and sharding."),
         ("tp_size", "tensor parallelism; recipec's launch shape has data parallelism and sharding."),
         ("dataloader_in_order", "recipec's data loader keeps its order."),
@@ -649,7 +660,7 @@ def _parallel(d: Draft, k: Any) -> None:
             d.approx("FSDP settings beyond the sharding strategy and offload are recipec's defaults", k("fsdp_config"))
     elif d.has(k("fsdp")):
         d.exact(k("fsdp"))
-        if d.has(k("fsdp_config")):
+        if d.get(k("fsdp_config")):
             d.drop(k("fsdp_config"), "ignored-by-tool", "fsdp is off.")
     for x in ("fsdp_min_num_params", "fsdp_transformer_layer_cls_to_wrap"):
         if d.has(k(x)):
