@@ -102,3 +102,26 @@ def test_missing_file_and_unknown_tool(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "nope.yaml: no such file" in result.stderr
     result = run("nope.yaml", "--from", "axolotol")
     assert result.exit_code == 2 and "axolotol" in result.stderr
+
+
+def test_import_loads_neither_torch_nor_transformers(tmp_path):
+    """Like every compile-side command, import reads configs without the training libraries."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from recipec.cli import main
+        try:
+            main(["import", {str(ALPACA)!r}, "--from", "transformers", "--model", "a/b", "--data", "c/d", "-o", "r.toml"])
+        except SystemExit as exc:
+            assert exc.code == 1, exc.code
+        print(json.dumps(sorted(m.split(".")[0] for m in sys.modules)))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    assert not {"torch", "transformers", "accelerate", "datasets", "peft"} & loaded
+    assert (tmp_path / "r.toml").exists()
