@@ -249,6 +249,23 @@ def schedule(
         decay("constant")
         return
     w_value, w_steps = warmup(d, rename, defaults, total)
+    _schedule_shape(d, name, kw, kn, kk, src, explicit, decay, w_value, total, w_steps)
+    _check_floor(d, kn, kk, rename, defaults)
+
+
+def _check_floor(d: Draft, kn: str, kk: str, rename: Mapping[str, str], defaults: Mapping[str, Any]) -> None:
+    """A decay whose floor is the peak is a constant LR: say so (the config's author rarely means it)."""
+    if d.value("schedule.decay") in (None, "constant"):
+        return
+    peak = num(d.get(key(rename, "learning_rate"), defaults.get("learning_rate")))
+    ratio = d.value("schedule.min_lr_ratio")
+    floor = d.value("schedule.min_lr")
+    if (ratio is not None and ratio >= 1) or (floor is not None and peak and floor >= peak):
+        what = f"min_lr_ratio {ratio}" if ratio is not None and ratio >= 1 else f"min_lr {floor} against learning_rate {peak}"
+        d.warn(f"the {d.get(kn, d.value('schedule.decay'))} schedule's floor equals its peak ({what}): the LR never decays", kk, kn)
+
+
+def _schedule_shape(d: Draft, name: Any, kw: dict, kn: str, kk: str, src: list, explicit: bool, decay: Any, w_value: Any, total: Any, w_steps: Any) -> None:
     if name == "linear":
         decay("linear", min_lr_ratio=0.0)
     elif name == "cosine":

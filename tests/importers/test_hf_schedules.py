@@ -160,3 +160,15 @@ def test_restarts_that_divide_the_decay_are_exact(tmp_path, monkeypatch):
     restarts = {10 + 50 * j for j in range(4)}
     bad = [s for s, (a, b) in enumerate(zip(ours, ref)) if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-18)]
     assert set(bad) <= restarts, bad
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"min_lr_rate": 1.0}, {"min_lr": LR}], ids=["rate", "absolute"]
+)
+def test_a_floor_equal_to_the_peak_is_a_warning(tmp_path, monkeypatch, kwargs):
+    args = {"lr_scheduler_type": "cosine_with_min_lr", "warmup_steps": 10, "lr_scheduler_kwargs": kwargs}
+    ours, result = _recipe_lrs(tmp_path, monkeypatch, args, 200, False)
+    assert any("floor equals its peak" in msg for msg, _ in result.draft.warnings)
+    assert ours[10:] == pytest.approx([LR] * 190, rel=1e-12)  # and the recipe is that constant LR too
+    _, plain = _recipe_lrs(tmp_path, monkeypatch, CASES["cosine"], 200, False)
+    assert not plain.draft.warnings
