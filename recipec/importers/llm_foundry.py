@@ -101,6 +101,9 @@ def _known() -> tuple[str, ...]:
     out += ["variables.*", "code_paths", "metadata.*", "loggers.*", "callbacks.*", "algorithms.*"]
     out += ["profiler.*", "compile_config.*", "tp_config.*", "icl_tasks.*", "icl_tasks[*].*", "eval_gauntlet.*"]
     out += ["load_ignore_keys", "save_ignore_keys"]
+    # free-form tables may be empty (`config_overrides: {}`, `lr_monitor: {}`)
+    out += ["model.config_overrides", "model.peft_config", "model.attn_config", "model.ffn_config", "model.init_config"]
+    out += ["tokenizer.kwargs", "fsdp_config", "algorithms", "callbacks", "loggers", "metadata", "optimizer", "scheduler"]
     out += [f"model.{k}" for k in (*_HF_MODEL, *_MPT_MODEL)]
     out += ["model.config_overrides.*", "model.peft_config.*", "model.attn_config.*", "model.ffn_config.*"]
     out += ["model.init_config.*", "model.block_overrides.*", "model.fc_type.*", "model.additional_train_metrics"]
@@ -298,7 +301,10 @@ class _Conv:
             if self.has("model.pretrained"):
                 self.d.exact("model.pretrained")
             for key in self.under("model.config_overrides"):
-                self.d.drop(key, "missing-feature", "recipec cannot override a pretrained model's config.")
+                if self.d.values.get(key) == {}:
+                    self.d.exact(key)  # no overrides
+                else:
+                    self.d.drop(key, "missing-feature", "recipec cannot override a pretrained model's config.")
         else:
             from ..model_types import config_keys, model_types
 
@@ -552,9 +558,7 @@ class _Conv:
                 else:
                     self.d.drop(ds + "shuffle", "missing-feature", "recipec always shuffles the training sequences.")
         else:
-            self.drop(ds + "packing_ratio", "ignored-by-tool", "evaluation reads the eval split as it is.") if self.get(ds + "packing_ratio") is None else self.drop(
-                ds + "packing_ratio", "no-equivalent", "recipec evaluates with the training packing."
-            )
+            self.drop(ds + "packing_ratio", "no-equivalent", "recipec packs the evaluation examples as it packs the training ones.")
             if self.get(ds + "shuffle") is False:
                 self.d.exact(ds + "shuffle")
             if self.has(ds + "max_seq_len"):
@@ -622,7 +626,7 @@ class _Conv:
         wd_default = {"decoupled_adamw": 1e-5, "adamw": 1e-2, "decoupled_lionw": 0.0}[name]
         wd = num(self.get(o + "weight_decay", wd_default))
         decoupled = name.startswith("decoupled")
-        value = float(wd) / float(lr) if decoupled and wd else float(wd)
+        value = float(f"{float(wd) / float(lr):.12g}") if decoupled and wd else float(wd)
         note = f"{name} decays by lr/peak * {wd} per step: torch's weight decay {wd} / {lr}" if decoupled and wd else ""
         if self.has(o + "weight_decay"):
             self.set("optim.weight_decay", value, o + "weight_decay", note=note)
@@ -854,6 +858,11 @@ class _Conv:
                 self.set("train.keep_last", max(int(keep), 0), "save_num_checkpoints_to_keep")
             else:
                 self.d.default("train.keep_last", 0, "save_num_checkpoints_to_keep", "keep every checkpoint (-1)")
+        if not self.get("load_path"):
+            for key in ("load_weights_only", "load_strict_model_weights", "load_ignore_keys"):
+                if self.has(key):
+                    self.drop(key, "ignored-by-tool", "without load_path nothing is loaded.")
+                    self.d.warn(f"`{key}` without load_path: llm-foundry loads no checkpoint, so it has no effect.", key)
         for key in ("load_path", "load_weights_only", "load_strict_model_weights", "load_ignore_keys"):
             self.drop(key, "missing-feature", "recipec continues from a recipec run (continual.from), not from a Composer checkpoint.")
         for key in ("save_latest_filename", "save_overwrite", "save_weights_only", "save_filename", "save_ignore_keys", "only_hf_checkpoint", "only_composer_checkpoint", "autoresume"):
