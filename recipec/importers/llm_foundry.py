@@ -96,6 +96,17 @@ _FSDP = (
 )  # fmt: skip
 
 
+_OPTIMIZER = (
+    "name", "lr", "betas", "eps", "weight_decay", "amsgrad", "outlier_threshold", "timeout",
+    "lr_penalty", "min_scale",
+)  # fmt: skip
+
+_SCHEDULER = (
+    "name", "t_warmup", "t_max", "alpha_f", "alpha_i", "alpha", "scale_warmup", "t_scale",
+    "t_cooldown", "alpha_f_decay", "alpha_f_cooldown",
+)  # fmt: skip
+
+
 def _known() -> tuple[str, ...]:
     out = [*_TOP]
     out += ["variables.*", "code_paths", "metadata.*", "loggers.*", "callbacks.*", "algorithms.*"]
@@ -112,7 +123,10 @@ def _known() -> tuple[str, ...]:
         out += [f"{loader}.{k}" for k in _LOADER]
         out += [f"{loader}.dataset.{k}" for k in (*_STREAMING, *_FINETUNING)]
         out += [f"{loader}.dataset.hf_kwargs.*", f"{loader}.dataset.streams.*", f"{loader}.dataset.stream_config.*"]
-    out += ["optimizer.*", "scheduler.*"]
+    # the optimizers LLM Foundry registers (decoupled_adamw, decoupled_lionw, adalr_lion,
+    # clip_lion, no_op) and build_optimizer's own keys; Composer's schedulers and inv_sqrt
+    out += [f"optimizer.{k}" for k in _OPTIMIZER] + ["optimizer.param_groups[*].*", "optimizer.disable_grad"]
+    out += [f"scheduler.{k}" for k in _SCHEDULER]
     out += [f"fsdp_config.{k}" for k in _FSDP] + ["fsdp_config.auto_wrap", "fsdp_config.mixed_precision.*"]
     return tuple(out)
 
@@ -471,7 +485,9 @@ class _Conv:
             if self.has(f"{loader}.pin_memory"):
                 self.set("data.pin_memory", bool(self.get(f"{loader}.pin_memory")), f"{loader}.pin_memory")
             if self.get(f"{loader}.drop_last") is True:
-                self.d.approx("recipec packs the data into whole batches of sequences; a last partial batch is not trained on either", f"{loader}.drop_last")
+                self.d.exact(f"{loader}.drop_last")  # recipec's loader drops the last partial batch too
+            elif self.has(f"{loader}.drop_last"):
+                self.d.approx("recipec drops the last partial batch of an epoch; llm-foundry trains on it", f"{loader}.drop_last")
         else:
             for key in ("num_workers", "pin_memory", "drop_last"):
                 self.drop(f"{loader}.{key}", "no-equivalent", "recipec's evaluation uses the training loader's settings.")
@@ -634,6 +650,8 @@ class _Conv:
             self.d.default("optim.weight_decay", value, o + "weight_decay", f"{name}'s weight_decay = {wd_default}" + (f", as torch's {value:g}" if note else ""))
         if value:
             self.set("optim.decay.include", ["*"], note="llm-foundry decays every parameter, biases and norms too")
+        self.drop(o + "param_groups", "missing-feature", "llm-foundry's parameter groups by name match; write [[optim.groups]] by hand.")
+        self.drop(o + "disable_grad", "missing-feature", "freezing parameters by name match.")
         if self.get(o + "amsgrad"):
             self.d.drop(o + "amsgrad", "missing-feature", "recipec's AdamW has no AMSGrad.")
         elif self.has(o + "amsgrad"):

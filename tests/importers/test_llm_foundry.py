@@ -51,7 +51,7 @@ FSDP_APPROX = {"fsdp_config.mixed_precision"}
 
 EXPECTED = {
     "mpt-125m.yaml": {
-        "approx": MPT_APPROX | FSDP_APPROX | {"train_loader.drop_last"},
+        "approx": MPT_APPROX | FSDP_APPROX,
         "dropped": {
             "model.attn_config.attn_impl": NOEQ,
             "model.init_device": NOEQ,
@@ -73,7 +73,6 @@ EXPECTED = {
             "model.pretrained_model_name_or_path",
             "variables.model_name",
             "device_train_microbatch_size",
-            "train_loader.drop_last",
         },
         "dropped": {
             "model.init_device": NOEQ,
@@ -91,7 +90,7 @@ EXPECTED = {
         },
     },
     "mpt-7b_dolly_sft.yaml": {
-        "approx": FSDP_APPROX | {"train_loader.dataset.hf_name", "eval_loader.dataset.hf_name", "train_loader.drop_last", "eval_interval"},
+        "approx": FSDP_APPROX | {"train_loader.dataset.hf_name", "eval_loader.dataset.hf_name", "eval_interval"},
         "dropped": {
             "model.config_overrides.max_seq_len": MDS,
             "model.config_overrides.attn_config.attn_impl": MDS,
@@ -113,8 +112,7 @@ EXPECTED = {
     "1b_local_data_sft.yaml": {
         "approx": MPT_APPROX
         | FSDP_APPROX
-        | {f"{loader}.dataset.{k}" for loader in ("train_loader", "eval_loader") for k in ("hf_name", "hf_kwargs.data_dir", "split")}
-        | {"train_loader.drop_last"},
+        | {f"{loader}.dataset.{k}" for loader in ("train_loader", "eval_loader") for k in ("hf_name", "hf_kwargs.data_dir", "split")},
         "dropped": {
             "model.attn_config.attn_impl": NOEQ,
             "model.attn_config.attn_uses_sequence_id": MDS,
@@ -138,7 +136,6 @@ EXPECTED = {
             "train_loader.dataset.hf_name",
             "eval_loader.dataset.hf_name",
             "train_loader.dataset.packing_ratio",
-            "train_loader.drop_last",
             "scheduler.t_warmup",  # 0.02dur of an epoch-long run
             "eval_interval",
         },
@@ -165,7 +162,7 @@ EXPECTED = {
         },
     },
     "llama-3-8b_domain_adapt.yaml": {
-        "approx": FSDP_APPROX | {"train_loader.drop_last"},
+        "approx": FSDP_APPROX,
         "dropped": {
             "model.config_overrides.max_seq_len": MDS,
             "model.config_overrides.attn_config.attn_impl": MDS,
@@ -428,6 +425,18 @@ def test_unknown_key_names_file_line_and_key(tmp_path):
     (diag,) = info.value.diagnostics
     assert "unknown key `dataset.hf_name`" in diag.message
     assert diag.location.line == 4 and diag.location.file.endswith("shipped.yaml")
+
+
+def test_unknown_optimizer_key_is_an_error(tmp_path):
+    text = (CONFIGS / "mpt-125m.yaml").read_text().replace("  weight_decay: 0.0", "  weight_decya: 0.0")
+    path = tmp_path / "typo.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as info:
+        import_config(path, TOOL)
+    (diag,) = info.value.diagnostics
+    assert "unknown key `optimizer.weight_decya`" in diag.message
+    assert diag.help and "optimizer.weight_decay" in diag.help
+    assert diag.location.line == text.splitlines().index("  weight_decya: 0.0") + 1
 
 
 def test_markers_detect_an_llm_foundry_config():
