@@ -430,10 +430,17 @@ class _Conv:
         tl = "train_loader"
         kind = self.get(f"{tl}.name")
         self.d.exact(f"{tl}.name")
-        seq = self.get(f"{tl}.dataset.max_seq_len", self.get("max_seq_len"))
+        seq = self.get(f"{tl}.dataset.max_seq_len")
         if seq is not None:
             self.seq_len = int(num(seq))
-            self.set("data.seq_len", self.seq_len, *(k for k in (f"{tl}.dataset.max_seq_len",) if self.has(k)) or ("max_seq_len",))
+            self.set("data.seq_len", self.seq_len, f"{tl}.dataset.max_seq_len")
+        elif kind == "finetuning":
+            self.seq_len = 2048
+            self.d.default("data.seq_len", 2048, f"{tl}.dataset.max_seq_len", "the finetuning dataset's max_seq_len = 2048")
+        elif self.get("max_seq_len") is not None:
+            seq = self.get("max_seq_len")
+            self.seq_len = int(num(seq))
+            self.set("data.seq_len", self.seq_len, "max_seq_len", approx="the loader's max_seq_len is left out; the top-level one is taken")
         if self.has("max_seq_len") and "max_seq_len" not in self.d.ledger:
             if self.seq_len is not None and int(num(self.get("max_seq_len"))) == self.seq_len:
                 self.d.exact("max_seq_len")
@@ -831,10 +838,15 @@ class _Conv:
             self.d.warn("fsdp_config on one process: llm-foundry ignores it (FSDP needs more than one device).", "fsdp_config")
             return
         ss = self.get(f + "sharding_strategy", "FULL_SHARD")
-        self.set("launch.strategy", "fsdp", *(k for k in (f + "sharding_strategy",) if self.has(k)) or ("fsdp_config",))
+        self.set("launch.strategy", "fsdp", note="fsdp_config")
         self.set("launch.fsdp.version", 1, note="Composer's FSDP wraps FlatParameters (version 1)")
         if str(ss).upper() in _SHARDING:
-            self.set("launch.fsdp.sharding_strategy", _SHARDING[str(ss).upper()], *(k for k in (f + "sharding_strategy",) if self.has(k)) or ("fsdp_config",))
+            if self.has(f + "sharding_strategy"):
+                self.set("launch.fsdp.sharding_strategy", _SHARDING[str(ss).upper()], f + "sharding_strategy")
+            else:
+                self.d.default("launch.fsdp.sharding_strategy", "full_shard", f + "sharding_strategy", "FULL_SHARD")
+        elif self.has(f + "sharding_strategy"):
+            self.d.drop(f + "sharding_strategy", "missing-feature", f"FSDP sharding `{ss}`.")
         if self.has(f + "activation_checkpointing"):
             self.set("launch.fsdp.activation_checkpointing", bool(self.get(f + "activation_checkpointing")), f + "activation_checkpointing")
         if self.has(f + "cpu_offload"):
@@ -885,6 +897,15 @@ class _Conv:
             self.drop(key, "missing-feature", "recipec continues from a recipec run (continual.from), not from a Composer checkpoint.")
         for key in ("save_latest_filename", "save_overwrite", "save_weights_only", "save_filename", "save_ignore_keys", "only_hf_checkpoint", "only_composer_checkpoint", "autoresume"):
             self.drop(key, "not-for-training", "how checkpoints are named, saved or resumed.")
+        trackers = [n for n in ("tensorboard", "wandb", "mlflow", "aim") if self.has(f"loggers.{n}")]
+        if trackers:
+            keys = [k for n in trackers for k in self.under(f"loggers.{n}")]
+            self.set(
+                "output.trackers",
+                trackers,
+                *keys,
+                approx="recipec's trackers write locally under the run directory (wandb offline); the logger's own options are not used",
+            )
         for key in ("loggers", "callbacks"):
             for leaf in self.under(key):
                 cb = leaf.split(".")[1] if "." in leaf else ""

@@ -427,6 +427,16 @@ def test_unknown_key_names_file_line_and_key(tmp_path):
     assert diag.location.line == 4 and diag.location.file.endswith("shipped.yaml")
 
 
+def test_loggers_become_trackers(tmp_path, imported):
+    text = (CONFIGS / "mpt-125m.yaml").read_text() + "loggers:\n  wandb:\n    project: mpt\n  inmemory: {}\n"
+    path = tmp_path / "loggers.yaml"
+    path.write_text(text)
+    got = imported(TOOL, path, num_processes=8)
+    assert got.recipe["output"]["trackers"] == ["wandb"]
+    assert "loggers.wandb.project" in got.approx
+    assert got.dropped["loggers.inmemory"] == "not-for-training"
+
+
 def test_unknown_optimizer_key_is_an_error(tmp_path):
     text = (CONFIGS / "mpt-125m.yaml").read_text().replace("  weight_decay: 0.0", "  weight_decya: 0.0")
     path = tmp_path / "typo.yaml"
