@@ -717,8 +717,32 @@ class _Conv:
                 self.d.exact(s + "t_max")
             else:
                 self.d.approx("recipec decays over the whole run (t_max = 1dur)", s + "t_max")
+        self._warmup_past_the_end(s)
         self.drop(s + "scale_warmup", "ignored-by-tool", "only changes warmup under Composer's scale_schedule, which llm-foundry does not use.")
         self.rest("scheduler", "no-equivalent", f"an option of {name} recipec does not have.")
+
+    def _warmup_past_the_end(self, s: str) -> None:
+        """A warmup as long as the run or longer: Composer's LR is t / t_warmup at every step
+        and never decays. recipec's shorthand refuses it; one linear phase says it exactly."""
+        total = _time(self.get("max_duration"))
+        warmup = self.d.value("schedule.warmup")
+        if not (total and total[1] == "ba" and isinstance(warmup, int) and warmup >= total[0] > 0):
+            return
+        steps = int(total[0])
+        for key in ("decay", "warmup_shape", "warmup_start_ratio", "warmup", "min_lr_ratio"):
+            self.d.unset(f"schedule.{key}")
+        phase = {"name": "warmup", "shape": "linear", "start": 0.0, "end": steps / warmup, "steps": steps}
+        self.set("schedule.phases", [phase], s + "t_warmup", "max_duration", note=f"Composer's warmup t / {warmup}, cut off at step {steps}")
+        self.d.warn(
+            f"scheduler.t_warmup ({self.get(s + 't_warmup')}) is not shorter than max_duration ({self.get('max_duration')}): "
+            f"the LR only warms up, to lr * {steps / warmup:g} at the end, and the decay never starts.",
+            s + "t_warmup",
+            "max_duration",
+        )
+        for key in (s + "alpha_f", s + "name"):
+            if self.has(key):
+                self.d.ledger.pop(key, None)
+                self.d.drop(key, "ignored-by-tool", "the run ends inside the warmup, before the decay starts.")
 
     # -- train ------------------------------------------------------------------------------
     def train(self) -> None:

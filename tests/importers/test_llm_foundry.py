@@ -348,6 +348,23 @@ def test_linear_decay_matches_composer(tmp_path, imported):
     assert ours == pytest.approx([composer_linear_with_warmup(t, 50, 1000, 0.0) for t in range(1000)], rel=1e-12, abs=1e-15)
 
 
+def test_warmup_longer_than_the_run(tmp_path, imported):
+    """The shipped pretrain/hf-llama-3.1-8B.yaml runs 50ba with t_warmup 100ba: Composer's LR
+    rises as t / 100 for the whole run. recipec's shorthand refuses a warmup that long; one
+    linear phase gives the same LR at every step."""
+    text = (CONFIGS / "llama-scratch.yaml").read_text()
+    text = text.replace("max_duration: 20000ba", "max_duration: 50ba").replace("t_warmup: 0.01dur", "t_warmup: 100ba")
+    path = tmp_path / "short.yaml"
+    path.write_text(text)
+    got = imported(TOOL, path, num_processes=8)
+    assert got.recipe["schedule"] == {"phases": [{"name": "warmup", "shape": "linear", "start": 0.0, "end": 0.5, "steps": 50}]}
+    plan, _ = plan_recipe(got.path, ())
+    ours = runtime.values(plan["schedule_phases"], 50)
+    assert ours == pytest.approx([composer_cosine_with_warmup(t, 100, 50, 0.1) for t in range(50)], rel=1e-12, abs=1e-15)
+    assert got.dropped["scheduler.alpha_f"] == "ignored-by-tool"
+    assert any("not shorter than max_duration" in m for m, _ in got.result.draft.warnings)
+
+
 def test_mapping_breaks_the_oracle_when_wrong(imported, monkeypatch):
     """The step-by-step check fails when the warmup is mapped one step off."""
     import recipec.importers.llm_foundry as lf
