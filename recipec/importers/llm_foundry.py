@@ -552,13 +552,17 @@ class _Conv:
         self.set(f"{s}.fields", {"completion": "response"}, note="llm-foundry's prompt/response columns")
         if fn is not None:
             self.d.drop(ds + "preprocessing_fn", "missing-feature", f"recipec cannot run the Python function {fn}; the records must already be prompt/response.")
-        tp, tr = self.get(ds + "target_prompts", "none"), self.get(ds + "target_responses", "last")
-        if str(tp).lower() == "none" and str(tr).lower() in ("last", "all"):
-            self.set(f"{s}.train_on", "completion", *(k for k in (ds + "target_prompts", ds + "target_responses") if self.has(k)), note="loss on the response only")
-            if not self.has(ds + "target_prompts") and not self.has(ds + "target_responses"):
-                self.d.default(f"{s}.train_on", "completion", ds + "target_responses", "loss on the response tokens only (target_prompts none, target_responses last)")
+        tp = str(self.get(ds + "target_prompts", "none")).lower()
+        given = [k for k in (ds + "target_prompts", ds + "target_responses") if self.has(k)]
+        # one prompt and one response per record: target_responses "last" and "all" agree
+        if not given:
+            self.d.default(f"{s}.train_on", "completion", ds + "target_responses", "loss on the response tokens only (target_prompts none, target_responses last)")
+        elif tp == "none":
+            self.set(f"{s}.train_on", "completion", *given, note="loss on the response only")
+        elif tp == "all":
+            self.set(f"{s}.train_on", "all", *given, note="loss on the prompt and the response")
         else:
-            self.set(f"{s}.train_on", "all", ds + "target_prompts", ds + "target_responses", approx="recipec supervises either the completion or every token")
+            self.set(f"{s}.train_on", "all", *given, approx=f"recipec supervises the completion or every token, not prompts by `{tp}`")
         if not train:
             self.set(f"{s}.split", "eval", loader + ".name")
             self.set(f"{s}.name", "eval", note="the eval_loader")
