@@ -328,6 +328,7 @@ class _Conv:
             if guess is None:
                 self.drop("model.pretrained_model_name_or_path", "missing-feature", f"the architecture of {path} is not in its name; set model.init by hand.")
                 self.set("model.init", "llama", approx="a placeholder: the file's architecture could not be told from its name")
+                self.d.note(f"model.init = \"llama\" is a placeholder: set the architecture of {path} and its sizes in [model.config].")
             else:
                 self.set(
                     "model.init",
