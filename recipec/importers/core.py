@@ -298,7 +298,7 @@ class Draft:
     def drop(self, key: str, reason: Reason, why: str) -> None:
         """Not imported: `reason` is the kind, `why` the sentence shown in the header.
 
-        A setting the file turns off (null, false, empty, "no", "none") for something recipec
+        A setting the file turns off (null, false, an empty list, "no", "none") for something recipec
         does not do either is mapped exactly: the run and the recipe agree. A key the source
         tool ignores stays not imported whatever its value."""
         for leaf in self.keys_under(key) or [key]:
@@ -388,7 +388,8 @@ class Draft:
 
 
 def _off(value: Any) -> bool:
-    return value is None or value is False or value in ("", "no", "none", "None") or value == [] or value == {}
+    # not an empty table: `callbacks: {lr_monitor: {}}` turns a callback on with its defaults
+    return value is None or value is False or value in ("", "no", "none", "None") or value == []
 
 
 def _parts(key: str) -> list[str]:
