@@ -559,9 +559,16 @@ def _source(draft: Draft, i: int, prefix: str, dpo: bool) -> bool:
     comp = str(draft.get(f"{prefix}._component_") or "")
     name = _short(comp)
     src = f"data.sources[{i}]"
-    k = lambda key: f"{prefix}.{key}"  # noqa: E731
-    has = lambda key: draft.has(k(key))  # noqa: E731
-    get = lambda key, default=None: _v(draft, k(key), default)  # noqa: E731
+
+    def k(key: str) -> str:
+        return f"{prefix}.{key}"
+
+    def has(key: str) -> bool:
+        return draft.has(k(key))
+
+    def get(key: str, default: Any = None) -> Any:
+        return _v(draft, k(key), default)
+
     draft.exact(k("_component_"))
 
     defaults = {
@@ -683,7 +690,10 @@ def _source(draft: Draft, i: int, prefix: str, dpo: bool) -> bool:
             fields["prompt"] = cmap.get("input", "input")
         if cmap.get("output", "output") != "completion":
             fields["completion"] = cmap.get("output", "output")
-        draft.set(f"{src}.fields", fields, *([k("column_map")] if cmap else [k("_component_")]))
+        if fields:
+            draft.set(f"{src}.fields", fields, *([k("column_map")] if cmap else [k("_component_")]))
+        elif cmap:
+            draft.exact(k("column_map"))
         _train_on(draft, src, "all" if train_on_input else "completion", toi, name, False)
     elif name == "text_completion_dataset":
         column = get("column", "text")
@@ -778,7 +788,10 @@ def _optimizer(draft: Draft, recipe: str, reads: set[str]) -> None:
         draft.set("optim.name", name, "optimizer._component_", approx=note)
     else:
         draft.set("optim.name", name, "optimizer._component_")
-    k = lambda key: f"optimizer.{key}"  # noqa: E731
+
+    def k(key: str) -> str:
+        return f"optimizer.{key}"
+
     if draft.has(k("lr")):
         draft.set("optim.lr", float(num(draft.get(k("lr")))), k("lr"))
     else:

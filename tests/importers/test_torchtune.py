@@ -525,3 +525,31 @@ def test_local_checkpoint_dir_is_kept(tmp_path: Path, monkeypatch: pytest.Monkey
     assert result.draft.ledger["checkpointer.checkpoint_dir"].how == "exact"
     assert 'path = "./ckpt/my-run"' in result.text
     assert result.draft.ledger["tokenizer.path"].how == "dropped"  # a tokenizer file outside the checkpoint
+
+
+def test_instruct_dataset(imported, tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "llama3_2-1B-lora-single-device.yaml",
+        {"dataset": {"_component_": "torchtune.datasets.instruct_dataset", "source": "org/qa", "column_map": {"input": "question", "output": "answer"}}},
+        name="instruct.yaml",
+    )
+    got = imported("torchtune", path)
+    src = got.recipe["data"]["sources"][0]
+    assert src["records"] == "prompt_completion"
+    assert src["fields"] == {"prompt": "question", "completion": "answer"}
+    assert src["train_on"] == "completion"  # instruct_dataset's train_on_input=False
+    assert got.result.draft.ledger["dataset.column_map.input"].how == "exact"
+
+
+def test_rso_loss_is_hinge_and_dpo_ignores_clipping(imported, tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "llama3_1-8B-lora-dpo.yaml",
+        {"loss": {"_component_": "torchtune.rlhf.loss.RSOLoss", "gamma": 0.2}, "clip_grad_norm": 1.0},
+        name="rso.yaml",
+    )
+    got = imported("torchtune", path, num_processes=2)
+    assert got.recipe["preference"] == {"objective": "hinge", "beta": 0.2, "reference": "live"}
+    assert got.recipe["optim"]["grad_clip"] == 0.0
+    assert got.dropped["clip_grad_norm"] == "ignored-by-tool"
