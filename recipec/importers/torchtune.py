@@ -1017,7 +1017,7 @@ def _launch(draft: Draft, options: Options, recipe: str, distributed: bool) -> N
         if target == "float16":
             draft.set("model.dtype", target, "dtype", approx="torchtune refuses full fp16 training in most recipes; recipec trains fp16 weights without a loss scaler")
         elif target:
-            draft.set("model.dtype", target, "dtype", note="the weights, gradients and optimizer states in this dtype, as torchtune trains")
+            draft.set("model.dtype", target, "dtype", note="the weights and gradients in this dtype, no float32 copy, as torchtune trains")
         else:
             draft.drop("dtype", "no-equivalent", f"the dtype {dtype!r}.")
     else:
