@@ -77,7 +77,7 @@ _MODEL = (
     "quantize_base",
     "tie_word_embeddings",
 )
-_TOKENIZER = ("_component_", "path", "special_tokens_path", "max_seq_len", "prompt_template")
+_TOKENIZER = ("_component_", "path", "merges_file", "special_tokens_path", "max_seq_len", "prompt_template")
 _CHECKPOINTER = (
     "_component_",
     "checkpoint_dir",
@@ -497,6 +497,12 @@ def _tokenizer(draft: Draft) -> None:
             )
         else:
             draft.drop("tokenizer.path", "missing-feature", "recipec loads a Hugging Face tokenizer directory, not a tokenizer model file outside the checkpoint.")
+    merges = str(_v(draft, "tokenizer.merges_file") or "")
+    if merges:  # Qwen's BPE merges, beside vocab.json in the checkpoint
+        if directory and normpath(merges).startswith(normpath(directory) + "/"):
+            draft.exact("tokenizer.merges_file")
+        else:
+            draft.drop("tokenizer.merges_file", "missing-feature", "recipec loads a Hugging Face tokenizer directory, not tokenizer files outside the checkpoint.")
     for key in ("tokenizer.special_tokens_path", "tokenizer.prompt_template"):
         if draft.has(key):
             if draft.get(key) is None:
