@@ -125,6 +125,7 @@ def main(color: bool | None) -> None:
 
     \b
       recipec init recipes/my-run.toml       write a commented starter recipe
+      recipec import x.yml --from axolotl    another tool's config as a recipe, key by key
       recipec validate recipes/my-run.toml   every error at once, with file:line:col
       recipec explain recipes/my-run.toml    every value, where it came from, derived numbers
       recipec build recipes/my-run.toml      write build/<name>/: train.py, accelerate config, lock
@@ -566,6 +567,98 @@ def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, allow_
     status = "finished" if code == 0 else f"failed (exit {code})"
     report.info(f"training {status}; script: {written.train_py.as_posix()}")
     sys.exit(code)
+
+
+@main.command("import", short_help="Turn an axolotl, LLaMA-Factory, torchtune, LitGPT or llm-foundry config into a recipe.")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option(
+    "--from",
+    "tool",
+    required=True,
+    type=click.Choice(["axolotl", "llama-factory", "torchtune", "litgpt", "llm-foundry", "transformers"]),
+    help="The tool the config is for (transformers: a TrainingArguments saved as JSON).",
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Recipe to write (default recipes/<config name>.toml; - prints it).")
+@click.option("--name", help="recipe.name (default: the config's file name without its extension).")
+@click.option(
+    "--num-processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes (GPUs) the source run used: its global batch is micro batch * accumulation * processes.",
+)
+@click.option("--model", help="The model, for a config that names none (TrainingArguments): a hub id or local directory.")
+@click.option("--data", help="The data, for a config that names none (TrainingArguments): a hub dataset id or local file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing recipe.")
+def import_(
+    config: Path,
+    tool: str,
+    output: Path | None,
+    name: str | None,
+    num_processes: int,
+    model: str | None,
+    data: str | None,
+    force: bool,
+) -> None:
+    """Write a recipe from another tool's CONFIG, key by key.
+
+    Every key of the config is mapped exactly, mapped approximately, or listed in the
+    recipe's header as not imported, with the reason. The tool's defaults for what the
+    config leaves out are written and marked, each recipe line names the config keys it
+    came from, and contradictions in the config are warnings. Then the recipe is validated.
+
+    Exit status: 0 every key mapped and the recipe valid; 1 some keys not imported, or the
+    recipe does not validate here (a local data file missing); 2 a config that cannot be
+    imported (not YAML or JSON, another tool's, a key the tool does not know).
+    """
+    from .diagnostics import Diagnostic
+    from .importers import Options, import_config, recipe_name
+
+    name = name or recipe_name(config)
+    try:
+        from .schema import RecipeTable
+
+        RecipeTable(name=name)
+    except Exception:
+        raise click.BadParameter(f"{name!r} is not a valid recipe.name: use letters, digits, '.', '_' and '-'", param_hint="--name") from None
+    out = output if output is not None else Path("recipes") / f"{name}.toml"
+    if str(out) != "-" and out.exists() and not force:
+        raise click.ClickException(f"{out.as_posix()} exists; pass --force to overwrite it")
+    try:
+        result = import_config(config, tool, Options(name=name, num_processes=num_processes, model=model, data=data))
+    except RecipeError as exc:
+        report.fail(exc)
+    draft = result.draft
+    report.diagnostics(
+        [Diagnostic("warning", msg, draft.config.location(keys[0]) if keys else None) for msg, keys in draft.warnings]
+    )
+    c = draft.counts()
+    total = sum(c.values())
+    if str(out) == "-":
+        click.echo(result.text, nl=False)
+        report.info(f"{total} keys of {draft.config.path} ({tool}): {c['exact']} mapped exactly, {c['approx']} approximately, {c['dropped']} not imported")
+        sys.exit(report.EXIT_OK if c["dropped"] == 0 else report.EXIT_FAILED)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(result.text, encoding="utf-8")
+    report.info(
+        f"{total} keys of {draft.config.path} ({tool}): {c['exact']} mapped exactly, {c['approx']} approximately, "
+        f"{c['dropped']} not imported" + (f" (listed in the header of {out.as_posix()})" if c["dropped"] else "")
+    )
+    for n in draft.notes:
+        report.info(f"note: {n}")
+    from .compiler import plan_recipe
+
+    valid = True
+    try:
+        plan, _ = plan_recipe(out, ())
+    except RecipeError as exc:
+        report.diagnostics(exc.diagnostics)
+        report.info(f"{out.as_posix()} does not validate here; fix what is listed above")
+        valid = False
+    click.echo(f"wrote {out.as_posix()}")
+    if valid:
+        click.echo(f"next: recipec explain {out.as_posix()}")
+    sys.exit(report.EXIT_OK if valid and c["dropped"] == 0 else report.EXIT_FAILED)
 
 
 @main.command(short_help="Write the JSON Schema and the key reference.")

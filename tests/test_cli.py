@@ -51,6 +51,7 @@ PURPOSE = {
     "plot": "PNG",
     "runs": "lock hash",
     "verify": "lock",
+    "import": "key by key",
 }
 
 

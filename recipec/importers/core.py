@@ -296,8 +296,16 @@ class Draft:
         self._mark(keys, "approx", why)
 
     def drop(self, key: str, reason: Reason, why: str) -> None:
-        """Not imported: `reason` is the kind, `why` the sentence shown in the header."""
-        self._mark([key], "dropped", why, reason)
+        """Not imported: `reason` is the kind, `why` the sentence shown in the header.
+
+        A setting the file turns off (null, false, an empty list, "no", "none") for something recipec
+        does not do either is mapped exactly: the run and the recipe agree. A key the source
+        tool ignores stays not imported whatever its value."""
+        for leaf in self.keys_under(key) or [key]:
+            if reason != "ignored-by-tool" and _off(self.values.get(leaf)):
+                self._mark([leaf], "exact")
+            else:
+                self._mark([leaf], "dropped", why, reason)
 
     def _table(self, target: str) -> tuple[dict[str, Line], str]:
         table, _, name = target.rpartition(".")
@@ -350,15 +358,26 @@ class Draft:
 
     # checks
     def unknown_keys(self) -> list[str]:
-        """Leaf keys that match none of the tool's known key patterns."""
+        """Keys that match none of the tool's known key patterns: for a table the tool does
+        not know at all, the table's key once, not each of its leaves."""
         if not self.known:
             return []
         pats = [_pattern(p) for p in self.known]
-        out = []
+        prefixes = [[_pattern(q) for q in _parts(p)] for p in self.known]
+        out: list[str] = []
         for key in self.values:
             generic = re.sub(r"\[\d+\]", "[*]", key)
-            if not any(fnmatchcase(generic, p) or fnmatchcase(key, p) for p in pats):
-                out.append(key)
+            if any(fnmatchcase(generic, p) or fnmatchcase(key, p) for p in pats):
+                continue
+            parts = _parts(key)
+            shown = key
+            for n in range(1, len(parts)):  # the shortest prefix no known key starts with
+                head = [re.sub(r"^\[\d+\]$", "[*]", x) for x in parts[:n]]
+                if not any(len(p) >= n and all(fnmatchcase(h, q) for h, q in zip(head, p)) for p in prefixes):
+                    shown = _join(parts[:n])
+                    break
+            if shown not in out:
+                out.append(shown)
         return out
 
     def counts(self) -> dict[str, int]:
@@ -366,6 +385,22 @@ class Draft:
         for e in self.ledger.values():
             c[e.how] += 1
         return c
+
+
+def _off(value: Any) -> bool:
+    # not an empty table: `callbacks: {lr_monitor: {}}` turns a callback on with its defaults
+    return value is None or value is False or value in ("", "no", "none", "None") or value == []
+
+
+def _parts(key: str) -> list[str]:
+    return re.findall(r"\[[^\]]*\]|[^.\[]+", key)
+
+
+def _join(parts: Sequence[str]) -> str:
+    out = ""
+    for p in parts:
+        out += p if p.startswith("[") or not out else "." + p
+    return out
 
 
 def _pattern(p: str) -> str:

@@ -76,6 +76,15 @@ TRAINING_ARGUMENTS: tuple[str, ...] = (
 )
 """Every key a `TrainingArguments` (and `Seq2SeqTrainingArguments`) accepts, then or now."""
 
+TRAINING_ARGUMENTS += tuple(
+    f"{k}.*"
+    for k in (
+        "lr_scheduler_kwargs", "fsdp_config", "accelerator_config", "gradient_checkpointing_kwargs",
+        "activation_checkpointing_kwargs", "deepspeed", "liger_kernel_config", "parallelism_config",
+        "generation_config", "optim_args", "torch_compile_options", "debug",
+    )
+) + ("report_to[*]", "fsdp[*]", "label_names[*]", "optim_target_modules[*]", "include_for_metrics[*]")
+
 DEFAULTS: dict[str, Any] = {
     "learning_rate": 5e-5,
     "lr_scheduler_type": "linear",
@@ -222,7 +231,10 @@ def schedule(
         else:
             d.default("schedule.decay", value, kn, f"lr_scheduler_type {name!r}: schedule.decay = {value!r}")
         for k, v in more.items():
-            d.set(f"schedule.{k}", v, *([kk] if d.has(kk) else src))
+            if explicit:
+                d.set(f"schedule.{k}", v, *src)
+            else:
+                d.default(f"schedule.{k}", v, kn, f"lr_scheduler_type {name!r}: schedule.decay = {value!r}")
 
     if name in ("constant",):
         w_keys = [k for k in (key(rename, "warmup_steps"), key(rename, "warmup_ratio")) if d.has(k)]
@@ -237,6 +249,23 @@ def schedule(
         decay("constant")
         return
     w_value, w_steps = warmup(d, rename, defaults, total)
+    _schedule_shape(d, name, kw, kn, kk, src, explicit, decay, w_value, total, w_steps)
+    _check_floor(d, kn, kk, rename, defaults)
+
+
+def _check_floor(d: Draft, kn: str, kk: str, rename: Mapping[str, str], defaults: Mapping[str, Any]) -> None:
+    """A decay whose floor is the peak is a constant LR: say so (the config's author rarely means it)."""
+    if d.value("schedule.decay") in (None, "constant"):
+        return
+    peak = num(d.get(key(rename, "learning_rate"), defaults.get("learning_rate")))
+    ratio = d.value("schedule.min_lr_ratio")
+    floor = d.value("schedule.min_lr")
+    if (ratio is not None and ratio >= 1) or (floor is not None and peak and floor >= peak):
+        what = f"min_lr_ratio {ratio}" if ratio is not None and ratio >= 1 else f"min_lr {floor} against learning_rate {peak}"
+        d.warn(f"the {d.get(kn, d.value('schedule.decay'))} schedule's floor equals its peak ({what}): the LR never decays", kk, kn)
+
+
+def _schedule_shape(d: Draft, name: Any, kw: dict, kn: str, kk: str, src: list, explicit: bool, decay: Any, w_value: Any, total: Any, w_steps: Any) -> None:
     if name == "linear":
         decay("linear", min_lr_ratio=0.0)
     elif name == "cosine":
@@ -257,7 +286,11 @@ def schedule(
         if num(kw.get("num_cycles", 0.5)) != 0.5:
             d.approx("num_cycles other than 0.5; recipec's cosine is a half cycle", kk)
     elif name == "polynomial":
-        decay("polynomial", power=float(num(kw.get("power", 1.0))))
+        decay("polynomial")
+        if "power" in kw:
+            d.set("schedule.power", float(num(kw["power"])), kk)
+        else:
+            d.default("schedule.power", 1.0, f"{kk}.power", "a linear polynomial decay (power 1.0)")
         lr_end = num(kw.get("lr_end", 1e-7))
         if "lr_end" in kw:
             d.set("schedule.min_lr", lr_end, kk)
@@ -465,8 +498,10 @@ def training_args(
     for hf, target in (("gradient_checkpointing", "model.gradient_checkpointing"), ("torch_compile", "model.compile")):
         if d.has(k(hf)):
             d.set(target, bool(d.get(k(hf))), k(hf))
-    if d.has(k("gradient_checkpointing_kwargs")):
+    if d.get(k("gradient_checkpointing_kwargs")):
         d.approx("recipec's gradient checkpointing uses transformers' defaults (use_reentrant)", k("gradient_checkpointing_kwargs"))
+    elif d.has(k("gradient_checkpointing_kwargs")):
+        d.exact(k("gradient_checkpointing_kwargs"))
     if d.has(k("torch_compile_mode")) and d.get(k("torch_compile_mode")):
         d.set("model.compile_mode", d.get(k("torch_compile_mode")), k("torch_compile_mode"))
     elif d.has(k("torch_compile_mode")):
@@ -482,7 +517,7 @@ def training_args(
         else:
             d.set("train.log_every", int(steps), k("logging_steps"))
     _eval(d, k)
-    _save(d, k)
+    _save(d, k, defaults)
     if d.has(k("output_dir")):
         d.set("output.dir", str(d.get(k("output_dir"))), k("output_dir"))
     if d.has(k("report_to")):
@@ -494,8 +529,10 @@ def training_args(
         for x in (k("use_cpu"), k("no_cuda")):
             if d.has(x):
                 d.set("launch.cpu", bool(d.get(x)), x)
-    if d.has(k("dataloader_drop_last")):
-        d.approx("recipec drops a last partial batch of the epoch always", k("dataloader_drop_last"))
+    if d.get(k("dataloader_drop_last")):
+        d.exact(k("dataloader_drop_last"))
+    elif d.has(k("dataloader_drop_last")):
+        d.approx("the Trainer keeps an epoch's last partial batch; recipec's loader drops it", k("dataloader_drop_last"))
     _parallel(d, k)
     for hf in ("label_smoothing_factor",):
         if d.has(k(hf)):
@@ -525,7 +562,7 @@ def training_args(
         ("save_strategy", ""),
         ("activation_checkpointing", ""),
         ("activation_checkpointing_kwargs", ""),
-        ("accelerator_config", "accelerate's own options; recipec sets them."),
+        ("accelerator_config", "accelerate's options (split_batches, even_batches, seedable sampler); recipec sets them itself."),
         ("parallelism_config", "tensor/context parallelism; recipec's launch shape has data parallelism and sharding."),
         ("tp_size", "tensor parallelism; recipec's launch shape has data parallelism and sharding."),
         ("dataloader_in_order", "recipec's data loader keeps its order."),
@@ -570,7 +607,7 @@ def _eval(d: Draft, k: Any) -> None:
             d.warn(f"`{k('eval_steps')}` is set but eval_strategy is {strategy!r}: the trainer never evaluates", k("eval_steps"))
 
 
-def _save(d: Draft, k: Any) -> None:
+def _save(d: Draft, k: Any, defaults: Mapping[str, Any]) -> None:
     strategy = d.get(k("save_strategy"), "steps")
     if strategy == "steps" and not d.has(k("save_steps")) and "save_steps" in defaults:
         d.default("train.save_every", defaults["save_steps"], k("save_steps"), f"a checkpoint every {defaults['save_steps']} steps")
@@ -640,7 +677,7 @@ def _parallel(d: Draft, k: Any) -> None:
             d.approx("FSDP settings beyond the sharding strategy and offload are recipec's defaults", k("fsdp_config"))
     elif d.has(k("fsdp")):
         d.exact(k("fsdp"))
-        if d.has(k("fsdp_config")):
+        if d.get(k("fsdp_config")):
             d.drop(k("fsdp_config"), "ignored-by-tool", "fsdp is off.")
     for x in ("fsdp_min_num_params", "fsdp_transformer_layer_cls_to_wrap"):
         if d.has(k(x)):

@@ -36,9 +36,16 @@ def model_and_data(d: Draft, options) -> None:  # noqa: ANN001
             d.set("data.sources[0].hub.repo", options.data, note="--data")
     else:
         d.note("The config names no data: pass `--data PATH_OR_HUB_ID` (written as a data source).")
+    d.set("data.eval_fraction", 0.0, note="the Trainer trains on the whole train dataset; its eval dataset is another")
+    every = d.value("train.eval_every")
+    if every:
+        keys = [k for k in ("eval_strategy", "evaluation_strategy", "eval_steps") if d.has(k)]
+        d.approx("the eval dataset is not in the arguments: add a source with split = \"eval\" to evaluate", *keys)
+        d.warn("evaluation is requested but the arguments name no eval data; the recipe evaluates nothing until a source with split = \"eval\" is added", *keys)
 
 
 def _hub_id(text: str) -> bool:
     import re
 
-    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None
+    files = r".*\.(jsonl|json|parquet|txt|arrow|bin|csv|gz|zst)"
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None and re.fullmatch(files, text) is None

@@ -45,7 +45,15 @@ def imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., I
     check: the plan resolves with no error). Local data files the recipe names must be
     created in tmp_path first (pass `files=["data/x.jsonl"]` to create empty ones)."""
 
-    def run(tool: str, config: str | Path, *, num_processes: int = 1, files: tuple[str, ...] | list[str] = ()) -> Imported:
+    def run(
+        tool: str,
+        config: str | Path,
+        *,
+        num_processes: int = 1,
+        files: tuple[str, ...] | list[str] = (),
+        model: str | None = None,
+        data: str | None = None,
+    ) -> Imported:
         path = Path(config)
         if not path.is_absolute():
             path = CONFIGS / tool / path
@@ -53,7 +61,7 @@ def imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., I
         for f in files:
             (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / f).write_text('{"text": "x"}\n', encoding="utf-8")
-        result = import_config(path, tool, Options(name=recipe_name(path), num_processes=num_processes))
+        result = import_config(path, tool, Options(name=recipe_name(path), num_processes=num_processes, model=model, data=data))
         out = tmp_path / f"{path.stem}.toml"
         out.write_text(result.text, encoding="utf-8")
         plan_recipe(out, ())  # raises RecipeError when the recipe does not validate

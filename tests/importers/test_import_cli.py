@@ -1,0 +1,127 @@
+"""`recipec import` on the command line: what it writes, prints and exits with, and bad input."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from recipec.cli import main
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+ALPACA = CONFIGS / "transformers" / "stanford-alpaca.json"
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, ["--no-color", "import", *args])
+
+
+def test_writes_a_valid_recipe_and_prints_the_summary(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run(str(ALPACA), "--from", "transformers", "--model", "org/model", "--data", "org/data", "--num-processes", "4")
+    assert result.exit_code == 1, result.output  # three keys not imported
+    assert "23 keys of" in result.stderr and "18 mapped exactly, 2 approximately, 3 not imported" in result.stderr
+    assert "wrote recipes/stanford-alpaca.toml" in result.stdout
+    recipe = tomllib.loads((tmp_path / "recipes" / "stanford-alpaca.toml").read_text(encoding="utf-8"))
+    assert recipe["recipe"]["name"] == "stanford-alpaca" and recipe["train"]["batch_size"] == 128
+    assert "next: recipec explain recipes/stanford-alpaca.toml" in result.stdout
+    validate = CliRunner().invoke(main, ["--no-color", "validate", "recipes/stanford-alpaca.toml"])
+    assert validate.exit_code == 0, validate.output
+
+
+def test_exit_0_when_every_key_is_mapped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = {"output_dir": "out", "learning_rate": 1e-4, "num_train_epochs": 2, "lr_scheduler_type": "cosine", "warmup_steps": 50}
+    (tmp_path / "args.json").write_text(json.dumps(args), encoding="utf-8")
+    result = run("args.json", "--from", "transformers", "--model", "org/model", "--data", "org/data", "-o", "r.toml")
+    assert result.exit_code == 0, result.output
+    assert "5 keys of args.json (transformers): 5 mapped exactly, 0 approximately, 0 not imported" in result.stderr
+
+
+def test_refuses_to_overwrite_without_force_and_prints_with_dash(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.toml").write_text("keep", encoding="utf-8")
+    result = run(str(ALPACA), "--from", "transformers", "-o", "r.toml")
+    assert result.exit_code == 1 and "r.toml exists; pass --force" in result.stderr
+    assert (tmp_path / "r.toml").read_text(encoding="utf-8") == "keep"
+    result = run(str(ALPACA), "--from", "transformers", "-o", "-", "--model", "a/b", "--data", "c/d")
+    assert result.stdout.startswith("# Imported by `recipec import --from transformers`")
+    assert tomllib.loads(result.stdout)["optim"]["lr"] == 2e-5
+
+
+def test_a_missing_local_data_file_is_reported_and_the_recipe_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = {"output_dir": "out", "num_train_epochs": 1}
+    (tmp_path / "args.json").write_text(json.dumps(args), encoding="utf-8")
+    result = run("args.json", "--from", "transformers", "--model", "org/model", "--data", "data/train.jsonl", "-o", "r.toml")
+    assert result.exit_code == 1
+    assert "'data/train.jsonl' matches no file" in result.stderr and "r.toml does not validate here" in result.stderr
+    assert (tmp_path / "r.toml").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.yaml", "learning_rate: [1e-4\n", "bad.yaml is not valid YAML or JSON"),
+        ("bad.json", '{"learning_rate": 1e-4,}\n', "bad.json is not valid JSON"),
+        ("list.yaml", "- learning_rate: 1e-4\n", "list.yaml is a list, not a table of settings"),
+        ("empty.yaml", "", "empty.yaml is empty, not a table of settings"),
+        ("binary.yaml", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "binary.yaml is not a text file"),
+        ("args.json", '{"learning_rate": 1e-4, "lr_sheduler_type": "cosine"}', "unknown key `lr_sheduler_type`"),
+    ],
+)
+def test_bad_input_is_a_clear_error_never_a_traceback(tmp_path, monkeypatch, name, text, message):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    result = run(name, "--from", "transformers", "-o", "r.toml")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "r.toml").exists()
+
+
+def test_unknown_key_points_at_its_line_with_a_suggestion(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "args.yaml").write_text("output_dir: out\nlearning_rate: 1e-4\nlr_sheduler_type: cosine\n", encoding="utf-8")
+    result = run("args.yaml", "--from", "transformers")
+    assert result.exit_code == 2
+    assert "error: unknown key `lr_sheduler_type`: transformers has no such setting" in result.stderr
+    assert "--> args.yaml:3:1" in result.stderr and "did you mean `lr_scheduler_type`?" in result.stderr
+
+
+def test_missing_file_and_unknown_tool(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("nope.yaml", "--from", "transformers")
+    assert result.exit_code == 2 and "nope.yaml: no such file" in result.stderr
+    result = run("nope.yaml", "--from", "axolotol")
+    assert result.exit_code == 2 and "axolotol" in result.stderr
+
+
+def test_import_loads_neither_torch_nor_transformers(tmp_path):
+    """Like every compile-side command, import reads configs without the training libraries."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from recipec.cli import main
+        try:
+            main(["import", {str(ALPACA)!r}, "--from", "transformers", "--model", "a/b", "--data", "c/d", "-o", "r.toml"])
+        except SystemExit as exc:
+            assert exc.code == 1, exc.code
+        print(json.dumps(sorted(m.split(".")[0] for m in sys.modules)))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    assert not {"torch", "transformers", "accelerate", "datasets", "peft"} & loaded
+    assert (tmp_path / "r.toml").exists()

@@ -1,0 +1,473 @@
+"""`recipec import --from llm-foundry`: each fixture mirrors a YAML shipped in
+mosaicml/llm-foundry scripts/train/yamls (v0.21.0); the expected ledgers say what llm-foundry
+does with each key and what recipec can and cannot express."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import recipec.importers as importers
+from recipec.compiler import plan_recipe
+from recipec.diagnostics import RecipeError
+from recipec.importers import Options, detect, import_config
+from recipec.importers.core import read_config
+from recipec.runtime import schedule as runtime
+
+CONFIGS = Path(__file__).resolve().parent / "configs" / "llm-foundry"
+TOOL = "llm-foundry"
+
+
+@pytest.fixture(autouse=True)
+def _present_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detection asks every tool's module for its markers: only the importers present."""
+    present = {t: m for t, m in importers.TOOLS.items() if importlib.util.find_spec(f"recipec.importers.{m}")}
+    monkeypatch.setattr(importers, "TOOLS", present)
+
+
+MDS = "missing-feature"
+LOG = "not-for-training"
+NOEQ = "no-equivalent"
+MONITORS = {
+    "callbacks.speed_monitor.window_size": LOG,
+    "callbacks.lr_monitor": LOG,
+    "callbacks.memory_monitor": LOG,
+    "callbacks.runtime_estimator": LOG,
+    "log_to_console": LOG,
+}
+# progress_bar: false and run_name: null are settings turned off: mapped (recipec draws no bar)
+TEXT_LOADER = {f"{loader}.dataset.{k}": MDS for loader in ("train_loader",) for k in ("local", "remote", "split", "shuffle_seed")}
+EVAL_TEXT_LOADER = {f"eval_loader.dataset.{k}": MDS for k in ("local", "remote", "split", "shuffle_seed")}
+LOADER_PERF = {"train_loader.prefetch_factor": NOEQ, "train_loader.persistent_workers": NOEQ}
+EVAL_LOADER = {"eval_loader.num_workers": NOEQ}  # drop_last: false, as recipec's eval loader
+EVAL_LOADER_FULL = {**EVAL_LOADER, "eval_loader.drop_last": NOEQ, "eval_loader.prefetch_factor": NOEQ, "eval_loader.persistent_workers": NOEQ}
+MPT_APPROX = {"model.name", "model.vocab_size"}
+FSDP_APPROX = {"fsdp_config.mixed_precision"}
+
+EXPECTED = {
+    "mpt-125m.yaml": {
+        "approx": MPT_APPROX | FSDP_APPROX,
+        "dropped": {
+            "model.attn_config.attn_impl": NOEQ,
+            "model.init_device": NOEQ,
+            **TEXT_LOADER,
+            **EVAL_TEXT_LOADER,
+            **EVAL_LOADER,
+            "fsdp_config.limit_all_gathers": NOEQ,
+            # only referenced by the MDS loaders and run_name
+            "variables.data_local": MDS,
+            "run_name": LOG,
+            **MONITORS,
+        },
+    },
+    "llama-scratch.yaml": {
+        "approx": FSDP_APPROX
+        | {
+            "model.pretrained",
+            "model.pretrained_model_name_or_path",
+            "variables.model_name",
+            "device_train_microbatch_size",
+        },
+        "dropped": {
+            "model.init_device": NOEQ,
+            "model.use_auth_token": LOG,
+            **TEXT_LOADER,
+            **LOADER_PERF,
+            "fsdp_config.limit_all_gathers": NOEQ,
+            "fsdp_config.backward_prefetch": NOEQ,
+            "dist_timeout": NOEQ,
+            "expandable_segments": NOEQ,
+            "variables.data_local": MDS,
+            "run_name": LOG,
+            **MONITORS,
+        },
+    },
+    "mpt-7b_dolly_sft.yaml": {
+        "approx": FSDP_APPROX | {"train_loader.dataset.hf_name", "eval_loader.dataset.hf_name", "eval_interval"},
+        "dropped": {
+            "model.config_overrides.max_seq_len": MDS,
+            "model.config_overrides.attn_config.attn_impl": MDS,
+            **LOADER_PERF,
+            "train_loader.timeout": NOEQ,
+            **EVAL_LOADER_FULL,
+            "eval_loader.timeout": NOEQ,
+            "device_eval_batch_size": NOEQ,  # 8, the training micro-batch is 48 / 8 = 6
+            "eval_first": MDS,
+            "fsdp_config.limit_all_gathers": NOEQ,
+            "run_name": LOG,
+            **MONITORS,
+        },
+    },
+    "1b_local_data_sft.yaml": {
+        "approx": MPT_APPROX
+        | FSDP_APPROX
+        | {f"{loader}.dataset.{k}" for loader in ("train_loader", "eval_loader") for k in ("hf_name", "hf_kwargs.data_dir", "split")},
+        "dropped": {
+            "model.attn_config.attn_impl": NOEQ,
+            "model.init_device": NOEQ,
+            "train_loader.dataset.preprocessing_fn": MDS,
+            "eval_loader.dataset.preprocessing_fn": MDS,
+            **LOADER_PERF,
+            "train_loader.timeout": NOEQ,
+            **EVAL_LOADER_FULL,
+            "eval_loader.timeout": NOEQ,
+            "fsdp_config.limit_all_gathers": NOEQ,
+            "load_path": MDS,
+            "load_weights_only": MDS,
+            **MONITORS,
+        },
+    },
+    "lora-llama-3-8b_dolly.yaml": {
+        "approx": FSDP_APPROX
+        | {
+            "train_loader.dataset.hf_name",
+            "eval_loader.dataset.hf_name",
+            "train_loader.dataset.packing_ratio",
+            "scheduler.t_warmup",  # 0.02dur of an epoch-long run
+            "eval_interval",
+        },
+        "dropped": {
+            "model.init_device": NOEQ,
+            "model.use_auth_token": LOG,
+            "train_loader.dataset.eos_token_id": NOEQ,
+            **LOADER_PERF,
+            **EVAL_LOADER_FULL,
+            "eval_loader.pin_memory": NOEQ,
+            "fsdp_config.limit_all_gathers": NOEQ,
+            "dist_timeout": NOEQ,
+            "expandable_segments": NOEQ,
+            "icl_seq_len": LOG,
+            "variables.icl_seq_len": LOG,
+            "run_name": LOG,
+            "callbacks.hf_checkpointer.overwrite": LOG,
+            "callbacks.hf_checkpointer.precision": LOG,
+            "callbacks.hf_checkpointer.save_folder": LOG,
+            "callbacks.hf_checkpointer.save_interval": LOG,
+            **{k: v for k, v in MONITORS.items()},
+        },
+    },
+    "llama-3-8b_domain_adapt.yaml": {
+        "approx": FSDP_APPROX,
+        "dropped": {
+            "model.config_overrides.max_seq_len": MDS,
+            "model.config_overrides.attn_config.attn_impl": MDS,
+            "model.use_auth_token": LOG,
+            **TEXT_LOADER,
+            **EVAL_TEXT_LOADER,
+            **EVAL_LOADER,
+            "fsdp_config.limit_all_gathers": NOEQ,
+            "save_folder": NOEQ,
+            "load_weights_only": "ignored-by-tool",
+            "variables.data_local": MDS,
+            **MONITORS,
+        },
+    },
+}
+
+FILES = {"1b_local_data_sft.yaml": ["data/train.jsonl", "data/validation.jsonl"]}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_imports_and_validates(imported, name):
+    got = imported(TOOL, CONFIGS / name, num_processes=8, files=FILES.get(name, []))
+    assert got.approx == EXPECTED[name]["approx"]
+    assert got.dropped == EXPECTED[name]["dropped"]
+    assert not got.result.draft.pending()
+    assert "recipec import does not map this key" not in got.result.text
+
+
+def test_mpt_125m_values(imported):
+    r = imported(TOOL, CONFIGS / "mpt-125m.yaml", num_processes=8).recipe
+    assert r["model"]["init"] == "mpt"
+    assert r["model"]["config"] == {
+        "d_model": 768, "n_heads": 12, "n_layers": 12, "expansion_ratio": 4, "max_seq_len": 2048,
+        "no_bias": False, "tie_word_embeddings": True,
+    }  # fmt: skip
+    assert r["data"]["seq_len"] == 2048  # ${variables.max_seq_len}
+    assert r["recipe"]["seed"] == 17  # ${variables.global_seed}
+    assert r["optim"] == {"name": "adamw", "lr": 6e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0, "grad_clip": 1.0}
+    assert r["schedule"] == {"decay": "cosine", "warmup_shape": "linear", "warmup_start_ratio": 0.0, "warmup": 100, "min_lr_ratio": 0.1}
+    assert r["train"]["max_steps"] == 4800 and r["train"]["batch_size"] == 256 and r["train"]["micro_batch_size"] == 16
+    assert r["launch"] == {
+        "num_processes": 8, "mixed_precision": "bf16", "strategy": "fsdp",
+        "fsdp": {"version": 1, "sharding_strategy": "full_shard", "activation_checkpointing": False},
+    }  # fmt: skip
+    assert r["data"]["sources"] == [{"builtin": "python-docs"}]  # the MDS placeholder, said in a note
+    assert any("MDS" in n for n in imported(TOOL, CONFIGS / "mpt-125m.yaml").result.draft.notes)
+
+
+def test_decoupled_weight_decay_is_divided_by_the_peak_lr(imported):
+    r = imported(TOOL, CONFIGS / "llama-scratch.yaml", num_processes=8).recipe
+    # Composer: p *= 1 - (lr_t / lr) * 6e-5; torch AdamW: p *= 1 - lr_t * wd  =>  wd = 6e-5 / 6e-4
+    assert r["optim"]["weight_decay"] == pytest.approx(0.1, rel=1e-12)
+    assert r["optim"]["decay"] == {"include": ["*"]}
+    assert r["schedule"]["warmup"] == 200  # int(0.01 * 20000ba)
+    assert r["model"]["init"] == "llama"
+    assert r["model"]["config"]["num_key_value_heads"] == 4
+    assert r["model"]["config"]["max_position_embeddings"] == 2048  # ${variables.max_seq_len}
+    assert r["model"]["attention"] == "flash_attention_2"
+    assert r["train"]["micro_batch_size"] == 64  # auto: the per-device batch 512 / 8
+    assert r["train"]["save_every"] == 0  # save_folder: null
+
+
+def test_finetuning_values(imported):
+    r = imported(TOOL, CONFIGS / "mpt-7b_dolly_sft.yaml", num_processes=8).recipe
+    train, ev = r["data"]["sources"]
+    assert train["hub"] == {"repo": "mosaicml/dolly_hhrlhf", "split": "train"}
+    assert train["records"] == "prompt_completion" and train["fields"] == {"completion": "response"}
+    assert ev["hub"]["split"] == "test" and ev["split"] == "eval"
+    assert r["data"]["packing"] is False and r["data"]["eval_fraction"] == 0.0
+    assert r["model"] == {"path": "mosaicml/mpt-7b", "trust_remote_code": True}
+    assert r["train"]["epochs"] == 2 and r["train"]["micro_batch_size"] == 6  # lowered to 48 / 8
+    assert r["schedule"]["decay"] == "linear" and r["schedule"]["min_lr_ratio"] == 0 and r["schedule"]["warmup"] == 50
+    assert r["optim"]["betas"] == [0.9, 0.999]
+    assert r["launch"]["fsdp"]["activation_checkpointing"] is True
+
+
+def test_local_jsonl_through_yaml_anchors(imported):
+    got = imported(TOOL, CONFIGS / "1b_local_data_sft.yaml", num_processes=8, files=FILES["1b_local_data_sft.yaml"])
+    train, ev = got.recipe["data"]["sources"]
+    assert train["path"] == "./data/train*.jsonl"
+    assert ev["path"] == "./data/validation*.jsonl" and ev["split"] == "eval"
+    # the anchored table under `variables` is used where it is merged
+    assert {"variables.dataset.hf_name", "variables.dataset.hf_kwargs.data_dir"} <= got.exact
+    assert got.recipe["train"]["epochs"] == 1 and got.recipe["schedule"]["warmup"] == 0
+
+
+def test_lora_values(imported):
+    r = imported(TOOL, CONFIGS / "lora-llama-3-8b_dolly.yaml", num_processes=8).recipe
+    assert r["peft"] == {"method": "lora", "r": 64, "alpha": 128, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    assert r["optim"]["name"] == "lion"
+    assert r["optim"]["weight_decay"] == pytest.approx(1e-6 / 1e-4, rel=1e-12)
+    assert r["data"]["packing"] is True
+    assert r["schedule"]["warmup"] == 0.02
+    assert r["launch"]["fsdp"]["state_dict_type"] == "sharded"
+
+
+def test_continued_pretraining_values(imported):
+    got = imported(TOOL, CONFIGS / "llama-3-8b_domain_adapt.yaml", num_processes=8)
+    r = got.recipe
+    assert r["model"]["path"] == "meta-llama/Meta-Llama-3-8B" and "init" not in r["model"]
+    assert r["data"]["seq_len"] == 4096
+    assert r["train"]["save_every"] == 1000 and r["train"]["keep_last"] == 1
+    assert r["optim"]["lr"] == 5e-5
+    (msg,) = [m for m, _ in got.result.draft.warnings]
+    assert "load_weights_only" in msg and "load_path" in msg
+
+
+def test_lora_defaults_of_peft(tmp_path, imported):
+    text = (CONFIGS / "lora-llama-3-8b_dolly.yaml").read_text()
+    text = text.replace("    lora_alpha: 128\n", "").replace("    lora_dropout: 0.05\n", "")
+    path = tmp_path / "lora-defaults.yaml"
+    path.write_text(text)
+    got = imported(TOOL, path, num_processes=8)
+    assert got.recipe["peft"]["alpha"] == 8 and got.recipe["peft"]["dropout"] == 0.0
+    assert ("model.peft_config.lora_alpha", "LoraConfig's lora_alpha = 8") in got.result.draft.defaults
+
+
+def test_defaults_for_left_out_keys(tmp_path, imported):
+    path = tmp_path / "bare.yaml"
+    path.write_text(
+        "model:\n  name: hf_causal_lm\n  pretrained_model_name_or_path: gpt2\ntokenizer:\n  name: gpt2\n"
+        "optimizer:\n  name: decoupled_adamw\nscheduler:\n  name: cosine_with_warmup\n  t_warmup: 10ba\n"
+        "train_loader:\n  name: finetuning\n  dataset:\n    hf_name: mosaicml/dolly_hhrlhf\n    split: train\n"
+        "    max_seq_len: 512\n  num_workers: 0\nmax_duration: 100ba\nmax_seq_len: 512\nglobal_train_batch_size: 8\n"
+    )
+    got = imported(TOOL, path)
+    r = got.recipe
+    assert r["optim"]["lr"] == 1e-3 and r["optim"]["betas"] == [0.9, 0.95] and r["optim"]["eps"] == 1e-8
+    assert r["optim"]["weight_decay"] == pytest.approx(1e-5 / 1e-3)  # DecoupledAdamW's 1e-5, as torch's
+    assert r["optim"]["grad_clip"] == 0.0  # no gradient_clipping algorithm
+    assert r["schedule"]["min_lr_ratio"] == 0.0  # alpha_f = 0.0
+    assert r["recipe"]["seed"] == 17
+    assert r["launch"]["mixed_precision"] == "bf16"
+    assert r["train"]["micro_batch_size"] == 8  # auto: the whole per-device batch
+    assert "launch" in r and "strategy" not in r["launch"]
+
+
+def composer_cosine_with_warmup(t: int, t_warmup: int, t_max: int, alpha_f: float) -> float:
+    """composer.optim.scheduler.CosineAnnealingWithWarmupScheduler.__call__ at batch t (Composer 0.31)."""
+    if t < t_warmup:  # LinearScheduler(alpha_i=0.0, alpha_f=1.0, t_max=t_warmup)
+        return 0.0 + min(1.0, t / t_warmup) * (1.0 - 0.0)
+    frac = (t - t_warmup) / (t_max - t_warmup) if t_max > t_warmup else 0.0
+    frac = min(1.0, frac)
+    return alpha_f + (1.0 - alpha_f) * (1 + math.cos(frac * math.pi)) / 2  # _cosine_anneal
+
+
+def composer_linear_with_warmup(t: int, t_warmup: int, t_max: int, alpha_f: float) -> float:
+    """LinearWithWarmupScheduler (alpha_i = 1.0) at batch t."""
+    if t < t_warmup:
+        return min(1.0, t / t_warmup)
+    frac = min(1.0, (t - t_warmup) / (t_max - t_warmup)) if t_max > t_warmup else 0.0
+    return 1.0 + frac * (alpha_f - 1.0)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "oracle", "steps", "warmup", "alpha_f"),
+    [
+        ("mpt-125m.yaml", composer_cosine_with_warmup, 4800, 100, 0.1),
+        ("llama-scratch.yaml", composer_cosine_with_warmup, 20000, 200, 0.1),  # t_warmup 0.01dur
+        ("llama-3-8b_domain_adapt.yaml", composer_cosine_with_warmup, 3195, 100, 0.1),
+    ],
+)
+def test_lr_matches_composer_at_every_step(imported, fixture, oracle, steps, warmup, alpha_f):
+    """Composer steps its LambdaLR after every batch: the update at batch t uses lr * f(t),
+    with f(0) = 0 (the warmup starts at 0), as recipec's multiplier at step t."""
+    got = imported(TOOL, CONFIGS / fixture, num_processes=8)
+    plan, _ = plan_recipe(got.path, ())
+    ours = runtime.values(plan["schedule_phases"], steps)
+    expected = [oracle(t, warmup, steps, alpha_f) for t in range(steps)]
+    assert ours[0] == 0.0
+    assert ours == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_linear_decay_matches_composer(tmp_path, imported):
+    text = (CONFIGS / "mpt-7b_dolly_sft.yaml").read_text().replace("max_duration: 2ep", "max_duration: 1000ba")
+    path = tmp_path / "dolly-steps.yaml"
+    path.write_text(text)
+    got = imported(TOOL, path, num_processes=8)
+    plan, _ = plan_recipe(got.path, ())
+    ours = runtime.values(plan["schedule_phases"], 1000)
+    assert ours == pytest.approx([composer_linear_with_warmup(t, 50, 1000, 0.0) for t in range(1000)], rel=1e-12, abs=1e-15)
+
+
+def test_warmup_longer_than_the_run(tmp_path, imported):
+    """The shipped pretrain/hf-llama-3.1-8B.yaml runs 50ba with t_warmup 100ba: Composer's LR
+    rises as t / 100 for the whole run. recipec's shorthand refuses a warmup that long; one
+    linear phase gives the same LR at every step."""
+    text = (CONFIGS / "llama-scratch.yaml").read_text()
+    text = text.replace("max_duration: 20000ba", "max_duration: 50ba").replace("t_warmup: 0.01dur", "t_warmup: 100ba")
+    path = tmp_path / "short.yaml"
+    path.write_text(text)
+    got = imported(TOOL, path, num_processes=8)
+    assert got.recipe["schedule"] == {"phases": [{"name": "warmup", "shape": "linear", "start": 0.0, "end": 0.5, "steps": 50}]}
+    plan, _ = plan_recipe(got.path, ())
+    ours = runtime.values(plan["schedule_phases"], 50)
+    assert ours == pytest.approx([composer_cosine_with_warmup(t, 100, 50, 0.1) for t in range(50)], rel=1e-12, abs=1e-15)
+    assert got.dropped["scheduler.alpha_f"] == "ignored-by-tool"
+    assert any("not shorter than max_duration" in m for m, _ in got.result.draft.warnings)
+
+
+def test_mapping_breaks_the_oracle_when_wrong(imported, monkeypatch):
+    """The step-by-step check fails when the warmup is mapped one step off."""
+    import recipec.importers.llm_foundry as lf
+
+    got = imported(TOOL, CONFIGS / "mpt-125m.yaml", num_processes=8)
+    text = got.path.read_text().replace("warmup = 100 ", "warmup = 101 ")
+    got.path.write_text(text)
+    plan, _ = plan_recipe(got.path, ())
+    ours = runtime.values(plan["schedule_phases"], 4800)
+    assert ours != pytest.approx([composer_cosine_with_warmup(t, 100, 4800, 0.1) for t in range(4800)], rel=1e-9)
+    assert lf.VERSION == "llm-foundry 0.21.0"
+
+
+def test_interpolations_resolve_and_variables_follow_their_users():
+    from recipec.importers.core import Draft
+    from recipec.importers.llm_foundry import _Resolver
+
+    res = _Resolver({"variables": {"a": 3, "b": "${variables.a}"}, "x": "${variables.b}", "y": "n${variables.a}k", "z": "${oc.env:HOME}"})
+    assert res.resolve("x", "${variables.b}") == 3
+    assert res.refs["x"] == {"variables.b", "variables.a"}
+    assert res.resolve("y", "n${variables.a}k") == "n3k"
+    assert res.resolve("z", "${oc.env:HOME}") == "${oc.env:HOME}"
+    assert Draft  # imported for the type only
+
+
+def test_unreferenced_variable_is_warned(tmp_path, imported):
+    text = (CONFIGS / "mpt-125m.yaml").read_text().replace("  global_seed: 17\n", "  global_seed: 17\n  unused_lr: 0.1\n")
+    path = tmp_path / "unused.yaml"
+    path.write_text(text)
+    got = imported(TOOL, path, num_processes=8)
+    assert got.dropped["variables.unused_lr"] == "ignored-by-tool"
+    assert any("variables.unused_lr" in m for m, _ in got.result.draft.warnings)
+
+
+def test_fsdp_on_one_process_is_ignored_and_warned(imported):
+    got = imported(TOOL, CONFIGS / "mpt-125m.yaml")  # num_processes 1
+    assert got.dropped["fsdp_config.sharding_strategy"] == "ignored-by-tool"
+    assert "strategy" not in got.recipe["launch"]
+    assert any("fsdp_config" in m for m, _ in got.result.draft.warnings)
+
+
+def test_max_seq_len_contradiction_is_warned(tmp_path, imported):
+    text = (CONFIGS / "mpt-7b_dolly_sft.yaml").read_text().replace("max_seq_len: ${variables.max_seq_len}\nrun_name", "max_seq_len: 1024\nrun_name")
+    path = tmp_path / "seq.yaml"
+    path.write_text(text)
+    got = imported(TOOL, path, num_processes=8)
+    assert got.dropped["max_seq_len"] == "ignored-by-tool"
+    assert any("max_seq_len (1024)" in m for m, _ in got.result.draft.warnings)
+    assert got.recipe["data"]["seq_len"] == 2048
+
+
+def test_computed_batch_keys_are_warned(tmp_path, imported):
+    text = (CONFIGS / "mpt-125m.yaml").read_text() + "device_train_batch_size: 4\n"
+    path = tmp_path / "dtbs.yaml"
+    path.write_text(text)
+    got = imported(TOOL, path, num_processes=8)
+    assert got.dropped["device_train_batch_size"] == "ignored-by-tool"
+    assert any("device_train_batch_size" in m for m, _ in got.result.draft.warnings)
+
+
+def test_indivisible_global_batch_is_warned(tmp_path, imported):
+    got = imported(TOOL, CONFIGS / "mpt-7b_dolly_sft.yaml", num_processes=1)
+    assert not any("divisible" in m for m, _ in got.result.draft.warnings)
+    got = import_config(CONFIGS / "mpt-7b_dolly_sft.yaml", TOOL, Options(name="x", num_processes=5))
+    assert any("not divisible by the 5 processes" in m for m, _ in got.draft.warnings)
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    """The shipped 1b_local_data_sft.yaml keeps a `dataset` table at the top level, which
+    TrainConfig refuses ("Unused parameters ['dataset'] found in cfg")."""
+    path = tmp_path / "shipped.yaml"
+    path.write_text("variables:\n  max_seq_len: 2048\ndataset:\n  hf_name: json\nmax_duration: 1ep\nglobal_train_batch_size: 8\n")
+    with pytest.raises(RecipeError) as info:
+        import_config(path, TOOL)
+    (diag,) = info.value.diagnostics
+    assert "unknown key `dataset`" in diag.message  # the table once, not each of its keys
+    assert diag.location.line == 3 and diag.location.file.endswith("shipped.yaml")
+
+
+def test_loggers_become_trackers(tmp_path, imported):
+    text = (CONFIGS / "mpt-125m.yaml").read_text() + "loggers:\n  wandb:\n    project: mpt\n  inmemory: {}\n"
+    path = tmp_path / "loggers.yaml"
+    path.write_text(text)
+    got = imported(TOOL, path, num_processes=8)
+    assert got.recipe["output"]["trackers"] == ["wandb"]
+    assert "loggers.wandb.project" in got.approx
+    assert got.dropped["loggers.inmemory"] == "not-for-training"
+
+
+def test_unknown_optimizer_key_is_an_error(tmp_path):
+    text = (CONFIGS / "mpt-125m.yaml").read_text().replace("  weight_decay: 0.0", "  weight_decya: 0.0")
+    path = tmp_path / "typo.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as info:
+        import_config(path, TOOL)
+    (diag,) = info.value.diagnostics
+    assert "unknown key `optimizer.weight_decya`" in diag.message
+    assert diag.help and "optimizer.weight_decay" in diag.help
+    assert diag.location.line == text.splitlines().index("  weight_decya: 0.0") + 1
+
+
+def test_markers_detect_an_llm_foundry_config():
+    config = read_config(CONFIGS / "mpt-125m.yaml")
+    hits = detect(config).get(TOOL, [])
+    assert len(hits) >= 2 and {"max_duration", "global_train_batch_size", "train_loader"} <= set(hits)
+
+
+@pytest.mark.parametrize("other", ["axolotl", "llama-factory", "torchtune", "litgpt", "transformers"])
+def test_another_tool_is_told_it_is_an_llm_foundry_config(other):
+    if other not in importers.TOOLS:
+        pytest.skip(f"the {other} importer is not here")
+    with pytest.raises(RecipeError) as info:
+        import_config(CONFIGS / "mpt-125m.yaml", other)
+    assert "looks like a llm-foundry config" in info.value.diagnostics[0].message
+
+
+def test_written_text_parses():
+    got = import_config(CONFIGS / "mpt-125m.yaml", TOOL, Options(name="mpt-125m", num_processes=8))
+    assert tomllib.loads(got.text)["recipe"]["name"] == "mpt-125m"

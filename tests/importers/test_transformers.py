@@ -1,0 +1,123 @@
+"""`recipec import --from transformers`: TrainingArguments saved as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recipec.diagnostics import RecipeError
+from recipec.importers import Options, import_config
+from recipec.importers.core import read_config
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+NFT = "not-for-training"
+
+EXPECTED = {
+    # a full `to_json_string()` dump of transformers 5.24 for the run_clm.py README command
+    "run-clm-wikitext.json": {
+        "approx": {
+            "dataloader_drop_last",
+            "eval_strategy",
+            "eval_steps",
+        },
+        "dropped": {
+            "train_sampling_strategy": "no-equivalent",
+            "average_tokens_across_devices": "no-equivalent",
+            "accelerator_config.even_batches": "no-equivalent",
+            "accelerator_config.use_seedable_sampler": "no-equivalent",
+            "dataloader_in_order": "no-equivalent",
+            "hub_token": NFT,
+            "ddp_timeout": NFT,
+            "logging_nan_inf_filter": NFT,
+            "length_column_name": NFT,
+            "log_level": NFT,
+            "logging_strategy": NFT,
+            "log_level_replica": NFT,
+            "do_train": NFT,
+            "hub_strategy": NFT,
+            "eval_do_concat_batches": NFT,
+            "log_on_each_node": NFT,
+            "project": NFT,
+            "remove_unused_columns": NFT,
+            "do_eval": NFT,
+            "per_device_eval_batch_size": NFT,
+            "skip_memory_metrics": NFT,
+            "local_rank": NFT,
+        },
+    },
+    # stanford_alpaca's README command (torchrun on 4 GPUs, FSDP), as a 4.x args file
+    "stanford-alpaca.json": {
+        "approx": {"evaluation_strategy", "fsdp_transformer_layer_cls_to_wrap"},
+        "dropped": {"logging_dir": NFT, "do_train": NFT, "per_device_eval_batch_size": NFT},
+    },
+    # a SmolLM-style pretraining run with transformers' warmup_stable_decay
+    "smollm-wsd-pretrain.json": {
+        "approx": {"eval_strategy", "eval_steps"},
+        "dropped": {"num_train_epochs": "ignored-by-tool", "hub_model_id": NFT, "run_name": NFT, "push_to_hub": NFT},
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_imports_with_the_expected_ledger(imported, name):
+    got = _import(imported, name)
+    want = EXPECTED[name]
+    assert got.approx == want["approx"]
+    assert got.dropped == want["dropped"]
+    everything = set(read_config(CONFIGS / "transformers" / name).leaves())
+    assert got.exact == everything - want["approx"] - set(want["dropped"])
+
+
+def _import(imported, name):
+    return imported("transformers", name, model="org/model", data="org/data", num_processes=4 if "alpaca" in name else 1)
+
+
+def test_alpaca_values(imported):
+    r = _import(imported, "stanford-alpaca.json").recipe
+    assert r["train"] == {"epochs": 3, "micro_batch_size": 4, "batch_size": 128, "log_every": 1, "eval_every": 0, "save_every": 2000, "keep_last": 1}
+    assert r["schedule"] == {"warmup": 0.03, "decay": "cosine", "min_lr_ratio": 0.0}
+    assert r["optim"] == {"name": "adamw", "implementation": "auto", "lr": 2e-5, "weight_decay": 0.0, "grad_clip": 1.0, "betas": [0.9, 0.999], "eps": 1e-8}
+    assert r["launch"] == {"mixed_precision": "bf16", "tf32": True, "strategy": "fsdp", "num_processes": 4, "fsdp": {"sharding_strategy": "full_shard"}}
+    assert r["recipe"]["seed"] == 42  # transformers' default, written
+    assert r["data"]["eval_fraction"] == 0.0  # the Trainer trains on all of its train dataset
+
+
+def test_wsd_values_and_the_ignored_epochs(imported):
+    got = _import(imported, "smollm-wsd-pretrain.json")
+    r = got.recipe
+    assert r["schedule"] == {"warmup": 2000, "decay": "wsd", "min_lr_ratio": 0.0, "cooldown": 4000, "cooldown_shape": "1-sqrt"}
+    assert r["train"]["max_steps"] == 20000 and "epochs" not in r["train"]
+    assert r["optim"]["betas"] == [0.9, 0.95] and r["optim"]["implementation"] == "fused"
+    assert any("num_train_epochs" in msg for msg, _ in got.result.draft.warnings)
+    assert "# ~ eval_strategy" not in got.result.text  # the comment of a mapped line names its keys
+    assert "max_steps = 20000" in got.result.text and "# max_steps" in got.result.text
+
+
+def test_header_lists_what_was_not_imported_and_the_defaults(imported):
+    text = _import(imported, "stanford-alpaca.json").result.text
+    header = text.split("\n\n[recipe]")[0]
+    assert "# Keys mapped exactly: 18; approximately: 2; not imported: 3." in header
+    assert "`logging_dir: output/alpaca-7b/runs`" in header
+    assert "# Defaults of transformers 5.24.0 applied" in header
+    assert "`max_grad_norm`" in header and "`seed`" in header
+
+
+def test_a_subclass_field_is_an_unknown_key(tmp_path):
+    """stanford_alpaca's TrainingArguments subclass adds model_max_length: not transformers'."""
+    data = json.loads((CONFIGS / "transformers" / "stanford-alpaca.json").read_text())
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({**data, "model_max_length": 512}, indent=2), encoding="utf-8")
+    with pytest.raises(RecipeError) as info:
+        import_config(path, "transformers", Options(name="args"))
+    (d,) = info.value.diagnostics
+    assert d.message == "unknown key `model_max_length`: transformers has no such setting"
+    line = path.read_text(encoding="utf-8").splitlines().index('  "model_max_length": 512') + 1
+    assert d.location.file == path.as_posix() and d.location.line == line
+
+
+def test_without_model_and_data_the_notes_say_what_to_pass(tmp_path):
+    result = import_config(CONFIGS / "transformers" / "smollm-wsd-pretrain.json", "transformers", Options(name="x"))
+    assert any("--model" in n for n in result.draft.notes) and any("--data" in n for n in result.draft.notes)
