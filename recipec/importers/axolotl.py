@@ -275,7 +275,7 @@ TEMPLATES: dict[str, str] = {
 keep the tokenizer's own template, approximately."""
 
 def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycle)
-    _training_args(d, options.num_processes)
+    hf.training_args(d, options.num_processes, rename=RENAME, defaults=DEFAULTS)
     _clean_placeholders(d)
     total = num(d.get("max_steps")) if num(d.get("max_steps") or 0) > 0 else None
     _model(d)
@@ -292,19 +292,6 @@ def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycl
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def _training_args(d: Draft, num_processes: int) -> None:
-    # hf._save reads a module-level `defaults` that hf.py does not define (a NameError when
-    # the config has no save_steps): give it axolotl's for the length of the call
-    patched = not hasattr(hf, "defaults")
-    if patched:
-        hf.defaults = DEFAULTS  # type: ignore[attr-defined]
-    try:
-        hf.training_args(d, num_processes, rename=RENAME, defaults=DEFAULTS)
-    finally:
-        if patched:
-            del hf.defaults  # type: ignore[attr-defined]
 
 
 def _clean_placeholders(d: Draft) -> None:

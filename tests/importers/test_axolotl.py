@@ -65,7 +65,7 @@ EXPECTED: dict[str, dict] = {
     },
     "pretrain-qwen2.yaml": {
         "approx": {"bf16", "sample_packing", "saves_per_epoch"},
-        "dropped": {"wandb_name": NFT, "strict": NFT},
+        "dropped": {"wandb_name": NFT},
     },
     "gemma2-linear-warmup.yaml": {
         "approx": {
