@@ -573,8 +573,13 @@ def _data(d: Draft, total: int | None) -> None:
     _eval_split(d)
     _chat_template(d, templates)
     _special_tokens(d)
-    if _given(d, "train_on_inputs") and not examples:
+    if d.get("train_on_inputs") and not examples:
         d.exact("train_on_inputs")  # text is trained on every token anyway
+    elif d.get("train_on_inputs"):
+        for i, src in enumerate(d.sources):
+            records = src.get("records")
+            if records is not None and records.value in ("alpaca", "messages") and "train_on" not in src:
+                d.set(f"data.sources[{i}].train_on", "all", "train_on_inputs", approx="train_on_inputs: the prompt is trained on too, the template's own tokens as well")
     _empty(d, "train_on_inputs")
     if d.has("train_on_inputs") and d.get("train_on_inputs") is False:
         d.exact("train_on_inputs")
@@ -620,7 +625,7 @@ def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, s
             d.drop(f"{key}.{k}", "missing-feature", "recipec reads the whole split; take part of it with max_documents.")
     if key.startswith("test_datasets"):
         d.set(f"{src}.split", "eval", f"{key}.path", note="test_datasets: evaluated, never trained on")
-        d.set(f"{src}.name", f"test{i}", note="an evaluation source needs a name")
+        d.set(f"{src}.name", "test" + key[len("test_datasets["):-1], note="an evaluation source needs a name")
     kind = "text"
     typ = ds.get("type")
     if pre:

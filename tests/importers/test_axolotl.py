@@ -396,3 +396,18 @@ def test_warmup_from_ratio_is_whole_steps_with_max_steps(tmp_path):
 def test_default_warmup_with_max_steps(tmp_path):
     result = import_config(_write(tmp_path, (BASE + "max_steps: 5000\n").replace("num_epochs: 1\n", "")), "axolotl")
     assert tomllib.loads(result.text)["schedule"]["warmup"] == 100  # min(int(0.03 * 5000), 100)
+
+
+def test_local_data_test_datasets_and_train_on_inputs(imported, tmp_path):
+    config = _write(
+        tmp_path,
+        BASE.replace("  - path: teknium/GPT4-LLM-Cleaned\n", "  - path: data/train.jsonl\n    ds_type: json\n")
+        + "train_on_inputs: true\ntest_datasets:\n  - path: data/eval.jsonl\n    ds_type: json\n    type: alpaca\neval_steps: 20\n",
+    )
+    got = imported("axolotl", config, files=["data/train.jsonl", "data/eval.jsonl"])
+    train, held_out = got.recipe["data"]["sources"]
+    assert train == {"path": "./data/train.jsonl", "format": "jsonl", "records": "alpaca", "train_on": "all"}
+    assert held_out["split"] == "eval" and held_out["name"] == "test0" and held_out["path"] == "./data/eval.jsonl"
+    assert got.recipe["train"]["eval_every"] == 20
+    assert got.recipe["data"]["eval_fraction"] == 0.0
+    assert "train_on_inputs" in got.approx
