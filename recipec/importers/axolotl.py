@@ -173,6 +173,9 @@ final_state_dict_type auto_wrap_policy transformer_layer_cls_to_wrap min_num_par
 reshard_after_forward mixed_precision_policy
 """
 
+_FSDP_IGNORED = "sharding_strategy limit_all_gathers backward_prefetch forward_prefetch"
+"""FSDP-1 keys of older configs: FSDPConfig has no such field and drops them."""
+
 _SPECIAL_TOKENS = "bos_token eos_token pad_token unk_token additional_special_tokens"
 
 
@@ -182,7 +185,7 @@ def _known() -> tuple[str, ...]:
     out += ["diffusion.*", "mora.*", "hatchery.*", "nemo_gym_datasets[*].*", "llmcompressor.*"]
     out += ["lr_groups[*].*", "role_boundaries[*].*", "peft.loftq_config.loftq_bits"]
     out += [f"special_tokens.{k}" for k in _SPECIAL_TOKENS.split()]
-    for k in _FSDP.split():
+    for k in _FSDP.split() + _FSDP_IGNORED.split():
         out += [f"fsdp_config.{k}", f"fsdp_config.fsdp_{k}"]
     for table in ("datasets", "test_datasets"):
         out += [f"{table}[*].{k}" for k in _DATASET.split()]
@@ -277,6 +280,7 @@ keep the tokenizer's own template, approximately."""
 def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycle)
     hf.training_args(d, options.num_processes, rename=RENAME, defaults=DEFAULTS)
     _clean_placeholders(d)
+    _fill_nulls(d)
     total = num(d.get("max_steps")) if num(d.get("max_steps") or 0) > 0 else None
     _model(d)
     _precision(d)
@@ -301,6 +305,23 @@ def _clean_placeholders(d: Draft) -> None:
         for name, line in list(table.items()):
             if any(k.startswith(_S) for k in line.keys):
                 del table[name]
+
+
+def _fill_nulls(d: Draft) -> None:
+    """A key left empty (`weight_decay:`) is None, which axolotl does not pass on: the
+    Trainer's default applies."""
+    back = {v: k for k, v in RENAME.items()}
+    for table in list(d.tables):
+        for name, line in list(d.tables[table].items()):
+            if line.value is not None or not line.keys:
+                continue
+            key = line.keys[0]
+            hf_name = back.get(key, key)
+            del d.tables[table][name]
+            if hf_name in hf.DEFAULTS:
+                value = hf.DEFAULTS[hf_name]
+                d.default(f"{table}.{name}", float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and table == "optim" else value, key, f"empty: the Trainer's {hf_name} {value}")
+            d.exact(*line.keys)
 
 
 def _given(d: Draft, key: str) -> bool:
@@ -711,7 +732,12 @@ def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, s
         if ds.get("field") is not None:
             d.drop(f"{key}.field", "ignored-by-tool", "read by the completion type only.")
         return "template:alpaca"
-    d.set(f"{src}.records", "messages", f"{key}.type", approx=f"axolotl's prompt format {typ!r} has no recipec equivalent; the records are read as conversations")
+    if rl in ("dpo", "ipo", "orpo", "simpo"):
+        d.set(f"{src}.records", "preference", f"{key}.type", approx=f"axolotl's {typ!r} reshapes the records; recipec reads prompt, chosen and rejected")
+    elif rl == "kto":
+        d.set(f"{src}.records", "unpaired_preference", f"{key}.type", approx=f"axolotl's {typ!r} reshapes the records; recipec reads prompt, completion and label")
+    else:
+        d.set(f"{src}.records", "messages", f"{key}.type", approx=f"axolotl's prompt format {typ!r} has no recipec equivalent; the records are read as conversations")
     return "examples"
 
 
@@ -880,6 +906,8 @@ def _schedule(d: Draft, total: int | None) -> None:
             d.drop("lr_scheduler_kwargs", "ignored-by-tool", "axolotl's cosine with cosine_min_lr_ratio takes no kwargs.")
     elif d.has("cosine_min_lr_ratio"):
         d.exact("cosine_min_lr_ratio")
+    if d.has("cosine_constant_lr_ratio") and not const_ratio:
+        d.exact("cosine_constant_lr_ratio")  # 0: no constant part
     if const_ratio and not min_ratio:
         d.drop("cosine_constant_lr_ratio", "ignored-by-tool", "read only with cosine_min_lr_ratio.")
         d.warn("`cosine_constant_lr_ratio` is ignored without `cosine_min_lr_ratio`", "cosine_constant_lr_ratio")
@@ -1102,16 +1130,21 @@ def _parallel(d: Draft) -> None:
         elif name == "auto_wrap_policy":
             d.set("launch.fsdp.auto_wrap_policy", "size" if v == "SIZE_BASED_WRAP" else "transformer_layer", key)
         elif name == "transformer_layer_cls_to_wrap":
-            d.set("launch.fsdp.transformer_layer_cls", [v] if isinstance(v, str) else list(v), key)
+            d.set("launch.fsdp.transformer_layer_cls", [c.strip() for c in v.split(",")] if isinstance(v, str) else list(v), key)
         elif name == "min_num_params":
             d.set("launch.fsdp.min_num_params", int(v), key)
         elif name == "activation_checkpointing":
             d.set("launch.fsdp.activation_checkpointing", bool(v), key)
+            if v and d.value("model.gradient_checkpointing"):
+                d.set("model.gradient_checkpointing", False, "gradient_checkpointing", approx="FSDP's activation checkpointing recomputes the layers already; recipec does it once")
         elif name == "reshard_after_forward":
             if v is False:
                 d.approx("parameters stay gathered after the forward pass (ZeRO-2 style); recipec reshards", key)
             else:
                 d.exact(key)
+        elif name in _FSDP_IGNORED.split():
+            d.drop(key, "ignored-by-tool", "axolotl's FSDPConfig has no such field and drops it.")
+            d.warn(f"`{key}` is ignored: axolotl's fsdp_config has no `{name}`", key)
         elif name in ("cpu_ram_efficient_loading", "sync_module_states", "use_orig_params", "cpu_offload_pin_memory"):
             d.exact(key)  # loading and bookkeeping: the same training
         else:
@@ -1225,7 +1258,37 @@ _NOT_FOR_TRAINING = (
 ).split()
 
 
+_LACKS: dict[str, tuple[str, str]] = {
+    # key prefix -> (reason, why)
+    **dict.fromkeys(("trl", "vllm", "ebft", "diffusion", "hatchery", "nemo_gym"), ("missing-feature", "online RL (GRPO), EBFT and diffusion training: recipec has no such trainer.")),
+    **dict.fromkeys(("processor_type", "processor_kwargs", "image_size", "image_resize_algorithm", "role_boundaries", "freeze_mm_modules"), ("missing-feature", "recipec trains text-only causal language models.")),
+    **dict.fromkeys(("quantize_moe_experts", "use_scattermoe", "use_sonicmoe", "experts_implementation", "expert_parallel", "llama4_linearized_experts", "moe_", "dsv4_", "use_dsv4_kernels", "use_glm_dsa_kernels", "gemma4_", "nvfp4_", "fused_attn_kernel", "tiled_mlp", "use_onebitllms", "expert_backend", "nonexpert_quantization", "dense_mixer", "scaling_softmax", "large_head_attention", "flash_attn_d512", "sdpa_varlen", "use_eaft", "eaft_"), ("missing-feature", "a kernel or expert layout of axolotl's; recipec runs the model's own modules.")),
+    **dict.fromkeys(("context_parallel_size", "tensor_parallel_size", "dp_shard_size", "dp_replicate_size", "sequence_parallel_degree", "heads_k_stride", "ring_attn_func"), ("missing-feature", "context, tensor and hybrid parallelism; recipec has data parallelism and sharding.")),
+    **dict.fromkeys(("qat", "quantization", "model_quantization_config", "gptq"), ("missing-feature", "quantization-aware training and pre-quantized models; recipec quantizes only under [peft].")),
+    **dict.fromkeys(("reward_model", "process_reward_model", "num_labels", "center_rewards_coefficient"), ("missing-feature", "reward-model training.")),
+    **dict.fromkeys(("lora_target_parameters", "lora_rank_pattern", "lora_alpha_pattern", "peft_layers_to_transform", "peft_layers_pattern", "peft_layer_replication", "peft_trainable_token_indices", "lora_fan_in_fan_out", "peft"), ("missing-feature", "a LoRA layout recipec's [peft] does not have.")),
+    **dict.fromkeys(("unfrozen_parameters", "relora", "lisa_", "jagged_restart", "lr_groups", "embedding_lr"), ("missing-feature", "training some parameters only, or at their own LR, by axolotl's rules.")),
+    **dict.fromkeys(("tokenizer_use_mistral_common",), ("missing-feature", "recipec loads the transformers tokenizer.")),
+    **dict.fromkeys(("resize_token_embeddings_to_32x", "mean_resizing_embeddings", "shrink_embeddings", "embeddings_skip_upcast", "fix_untrained_tokens"), ("no-equivalent", "recipec sizes and initialises the embeddings itself.")),
+    **dict.fromkeys(("min_sample_len", "streaming_multipack_buffer_size", "pretrain_multipack_buffer_size", "multipack_real_batches", "curriculum_sampling", "batch_flattening", "pad_to_multiple_of", "sample_packing_sequentially"), ("no-equivalent", "recipec prepares and orders its batches its own way.")),
+    **dict.fromkeys(("flex_attn_compile_kwargs", "pretrain_multipack_attn", "streaming", "use_ray", "ray_", "resources_per_worker"), ("no-equivalent", "how axolotl runs its data or attention stage; recipec's own stage does the same work.")),
+    **dict.fromkeys(("fp8",), ("missing-feature", "recipec trains in bf16, fp16 or fp32.")),
+    **dict.fromkeys(("bnb_config_kwargs",), ("no-equivalent", "recipec's bitsandbytes settings are its own (nf4, double quantization).")),
+}
+
+
 def _rest(d: Draft) -> None:
+    for k in list(d.values):
+        if k in d.ledger:
+            continue
+        hit = next((v for p, v in _LACKS.items() if k == p or k.startswith(p) and (p.endswith("_") or k[len(p)] in ".[_")), None)
+        if hit:
+            d.drop(k, hit[0], hit[1])
+    if _given(d, "shuffle_merged_datasets"):
+        if d.get("shuffle_merged_datasets"):
+            d.exact("shuffle_merged_datasets")
+        else:
+            d.approx("recipec shuffles the training examples", "shuffle_merged_datasets")
     for k in _NOT_FOR_TRAINING:
         if d.has(k) and not all(x in d.ledger for x in d.keys_under(k)):
             if _given(d, k):
