@@ -647,7 +647,6 @@ def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, s
     if key.startswith("test_datasets"):
         d.set(f"{src}.split", "eval", f"{key}.path", note="test_datasets: evaluated, never trained on")
         d.set(f"{src}.name", "test" + key[len("test_datasets["):-1], note="an evaluation source needs a name")
-    kind = "text"
     typ = ds.get("type")
     if pre:
         text = ds.get("text_column") or ds.get("field") or "text"
@@ -939,10 +938,6 @@ def _warmup(d: Draft, total: int | None) -> None:
             d.default("schedule.warmup", 0.03, ks, "axolotl's warmup min(int(0.03 * steps), 100): 3% of the run up to 3,333 steps (recipec rounds up, axolotl down; longer runs warm up for 100 steps)")
 
 
-def _phase_len(d: Draft, steps: int | None, fraction: float) -> dict[str, Any]:
-    return {"steps": steps} if steps is not None else {"fraction": fraction}
-
-
 def _cosine_constant(d: Draft, m: float, c: float, total: int | None) -> None:
     """get_cosine_schedule_with_warmup_decay_constant: warmup, cosine to m until
     int(total * c), then m: explicit phases."""
@@ -1031,7 +1026,7 @@ def _save_eval_log(d: Draft, total: int | None) -> None:
         if strategy == "no":
             d.set("train.save_every", 0, *keys)
         elif keys:
-            d.set("train.save_every", 0, *keys, approx=f"a checkpoint each epoch; recipec saves every so many steps, written as only the final model")
+            d.set("train.save_every", 0, *keys, approx="a checkpoint each epoch; recipec saves every so many steps, written as only the final model")
         else:
             d.default("train.save_every", 0, "save_strategy", "save_strategy \"epoch\": a checkpoint each epoch (written as only the final model)")
         _empty(d, "save_steps")
@@ -1086,8 +1081,6 @@ def _save_eval_log(d: Draft, total: int | None) -> None:
         else:
             d.default("train.eval_every", 0, "eval_steps", "eval_strategy \"no\": no evaluation during training")
     _empty(d, *eval_keys)
-    if d.has("eval_batch_size"):
-        pass  # per_device_eval_batch_size: not for training (hf)
 
 
 # -- launch, trackers ----------------------------------------------------------------------
@@ -1295,8 +1288,6 @@ def _rest(d: Draft) -> None:
                 d.drop(k, "not-for-training", "")
             else:
                 d.exact(k)
-    if d.get("dataset_exact_deduplication"):
-        pass
     if _given(d, "early_stopping_patience"):
         d.drop("early_stopping_patience", "missing-feature", "recipec runs to the end; it does not stop on the eval loss.")
     if _given(d, "plugins"):
