@@ -552,7 +552,8 @@ def _data(d: Draft, total: int | None) -> None:
         d.default("data.packing", False, "sample_packing", "no sample packing")
         _empty(d, "sample_packing")
     if d.has("eval_sample_packing"):
-        if d.get("eval_sample_packing") is None or bool(d.get("eval_sample_packing")) == pack:
+        held_out = num(d.get("val_set_size")) or d.get("test_datasets")
+        if d.get("eval_sample_packing") is None or bool(d.get("eval_sample_packing")) == pack or not held_out:
             d.exact("eval_sample_packing")
         else:
             d.approx("recipec packs the held-out examples as it packs the training ones", "eval_sample_packing")
@@ -1247,7 +1248,7 @@ _NOT_FOR_TRAINING = (
     "tokenizer_save_jinja_files experimental_skip_move_to_device low_cpu_mem_usage device device_map "
     "max_memory gpu_memory_limit world_size ddp merge_method lora_on_cpu qlora_sharded_model_loading "
     "num_dataset_shards_to_save sample_packing_mp_start_method sample_packing_group_size "
-    "sample_packing_bin_size skip_prepare_dataset eval_sequence_len dataset_exact_deduplication"
+    "sample_packing_bin_size skip_prepare_dataset eval_sequence_len"
 ).split()
 
 
@@ -1271,6 +1272,8 @@ _LACKS: dict[str, tuple[str, str]] = {
 
 
 def _rest(d: Draft) -> None:
+    if d.get("dataset_exact_deduplication"):
+        d.set("data.filters", [{"type": "exact_dedup", "normalize": False}], "dataset_exact_deduplication", approx="axolotl drops repeated rows of the tokenized datasets (train and eval); recipec drops repeated documents by their text")
     for k in list(d.values):
         if k in d.ledger:
             continue

@@ -72,7 +72,6 @@ EXPECTED: dict[str, dict] = {
             "bf16",
             "chat_template",  # axolotl's gemma template is not written out
             "eot_tokens",
-            "eval_sample_packing",  # false while sample_packing is true
             "warmup_ratio",
             "saves_per_epoch",
         },
@@ -81,6 +80,18 @@ EXPECTED: dict[str, dict] = {
     "cpt-cosine-min-lr.yaml": {
         "approx": {"sample_packing"},  # text: recipec packs a stream of documents
         "dropped": {"dataset_prepared_path": NFT},
+    },
+    "lora-1b-deduplicate-sft.yaml": {
+        "approx": {
+            "bf16",
+            "datasets[0].type",
+            "datasets[1].type",
+            "dataset_exact_deduplication",  # tokenized rows vs the documents' text
+            "warmup_ratio",
+            "saves_per_epoch",
+        },
+        "dropped": {"evals_per_epoch": "ignored-by-tool"},  # val_set_size 0: never evaluated
+        "warnings": ["evaluation is configured but there is no held-out data"],
     },
     "rewarm-cosine-constant.yaml": {
         "approx": {"sample_packing"},
@@ -99,7 +110,9 @@ def test_fixture_imports_and_validates(imported, name):
     assert got.approx == EXPECTED[name]["approx"]
     assert got.dropped == EXPECTED[name]["dropped"]
     assert got.result.draft.pending() == []
-    assert got.result.draft.warnings == []
+    warnings = [w for w, _ in got.result.draft.warnings]
+    expected = EXPECTED[name].get("warnings", [])
+    assert len(warnings) == len(expected) and all(e in w for e, w in zip(expected, warnings)), warnings
     counts = got.result.draft.counts()
     assert counts["approx"] == len(EXPECTED[name]["approx"])
     assert f"Keys mapped exactly: {counts['exact']};" in got.result.text
@@ -208,6 +221,13 @@ def test_cosine_min_lr_and_completion(imported):
     assert r["train"]["eval_every"] == 500 and r["train"]["save_every"] == 1000 and r["train"]["keep_last"] == 2
 
 
+def test_exact_deduplication(imported):
+    r = imported("axolotl", "lora-1b-deduplicate-sft.yaml").recipe
+    assert r["data"]["filters"] == [{"type": "exact_dedup", "normalize": False}]
+    assert len(r["data"]["sources"]) == 2
+    assert r["peft"]["quantize"] == "8bit"
+
+
 def test_cosine_constant_phases(imported):
     r = imported("axolotl", "rewarm-cosine-constant.yaml").recipe
     assert r["schedule"]["phases"] == [
@@ -254,7 +274,7 @@ def _transformers_lrs(name: str, warmup: int, total: int, kwargs: dict) -> list[
     return out
 
 
-TRANSFORMERS_SCHEDULES = ["lora-1b.yaml", "qlora-1b.yaml", "mistral-lora.yaml", "fft-8b-zero3.yaml", "dpo-chatml-intel.yaml", "pretrain-qwen2.yaml", "gemma2-linear-warmup.yaml"]
+TRANSFORMERS_SCHEDULES = ["lora-1b.yaml", "lora-1b-deduplicate-sft.yaml", "qlora-1b.yaml", "mistral-lora.yaml", "fft-8b-zero3.yaml", "dpo-chatml-intel.yaml", "pretrain-qwen2.yaml", "gemma2-linear-warmup.yaml"]
 
 
 @pytest.mark.parametrize("total", [200, 1000])
