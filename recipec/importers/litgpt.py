@@ -959,7 +959,7 @@ def _length_and_schedule(draft: Draft, src: _Src, kind: str, ga: int, world: int
                 draft.default("train.epochs", epochs, "train.epochs", f"{epochs} epochs")
             if src.present("train.max_steps"):
                 draft.exact("train.max_steps")
-        else:
+        if epochs is None:
             draft.warn("LitGPT's fine-tuning scripts require train.epochs (validate_args raises without it).", "train.epochs")
         # -- the schedule: LambdaLR(step / W) for W steps, then CosineAnnealingLR to 0
         if warm:
