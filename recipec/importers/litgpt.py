@@ -350,11 +350,16 @@ def convert(draft: Draft, options: Any) -> None:
             if src.present(key):  # pragma: no cover - a lora key makes the kind lora
                 draft.drop(key, "ignored-by-tool", "Only LitGPT's LoRA script reads it.")
     if kind == "adapter":
-        draft.drop(
-            "quantize" if src.present("quantize") else "checkpoint_dir",
-            "missing-feature",
-            "recipec has no LLaMA-Adapter; with quantize the run trains the adapter on a quantized base.",
-        )
+        if draft.get("quantize") is None:
+            draft.exact("quantize")
+        else:
+            draft.drop(
+                "quantize",
+                "missing-feature",
+                "recipec has no LLaMA-Adapter, and quantizes only under LoRA.",
+            )
+    if kind != "pretrain" and draft.get("checkpoint_dir") is None:
+        draft.warn("The config has no checkpoint_dir, which LitGPT's fine-tuning scripts require: set model.path.", "checkpoint_dir")
     _data(draft, src, kind)
     _length_and_schedule(draft, src, kind, ga, world)
     _optimizer(draft, src, kind)

@@ -193,7 +193,7 @@ def test_finetune_lr_matches_litgpt_at_every_step(imported, steps_per_epoch):
     theirs = _litgpt_finetune_lrs(torch, warmup=10, max_steps=total, lr=2e-4)
     assert theirs[0] == 0.0 and ours[0] == 0.0
     # CosineAnnealingLR's recursive form against the closed form: float rounding only
-    assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-15)
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) <= 1e-15 * 2e-4
     assert min(theirs[10:]) > 0  # the run ends above 0, never at min_lr
 
 
@@ -255,6 +255,7 @@ FT_HEAD = "checkpoint_dir: checkpoints/meta-llama/Llama-2-7b-hf\nout_dir: out/x\
         (FT_HEAD + "train:\n  epochs: 1\n  max_tokens: 1000\n", ("train.max_tokens",), "refuse it"),
         (FT_HEAD + "train:\n  epochs: 1\n  lr_warmup_steps: 0\n", ("train.lr_warmup_steps",), "divides by it"),
         (FT_HEAD + "train:\n  epochs:\n  max_steps: 10\n", ("train.epochs",), "require train.epochs"),
+        ("out_dir: out/x\nlora_r: 8\nlora_query: true\n", ("checkpoint_dir",), "no checkpoint_dir"),
         (FT_HEAD + "quantize: bnb.nf4\ndevices: 2\ntrain:\n  epochs: 1\n", ("quantize", "devices"), "refuses quantize"),
         (
             "checkpoint_dir: checkpoints/meta-llama/Llama-2-7b-hf\nout_dir: out/x\nquantize: bnb.nf4\ntrain:\n  epochs: 1\n",
