@@ -830,12 +830,10 @@ def _sft_data(draft: Draft, src: _Src, cls: str, args: dict[str, Any], keys: lis
             if multi:
                 draft.exact(arg("include_multiturn_conversations"))
             else:
-                draft.set(
-                    "data.sources[0].train_on",
-                    "last_assistant",
-                    *([arg("include_multiturn_conversations")] if "include_multiturn_conversations" in args else keys),
-                    approx="LitGPT keeps only the first user/assistant turn of each conversation",
-                )
+                first = "LitGPT keeps only the first user/assistant turn of each conversation"
+                draft.approx(first, *([arg("include_multiturn_conversations")] if "include_multiturn_conversations" in args else keys))
+                if not keys:
+                    draft.note(f"Deita: {first}; recipec trains on whole conversations.")
             draft.note("Deita: LitGPT evaluates on the test_sft split; recipec holds out a share of train_sft.")
     elif cls == "JSON":
         path = args.get("json_path")

@@ -364,3 +364,25 @@ def test_defaults_of_the_script_are_written(tmp_path):
     ):
         assert line in text, line
     assert "default of litgpt 0.5.13" in text
+
+
+def test_fused_qkv_is_approximate_and_adapter_is_full(imported, tmp_path):
+    falcon = _write(
+        tmp_path,
+        "checkpoint_dir: checkpoints/tiiuae/falcon-7b\nlora_query: true\nlora_key: false\nlora_value: true\n"
+        "data: Deita\ntrain:\n  epochs: 1\n",
+        "falcon.yaml",
+    )
+    got = imported("litgpt", falcon)
+    assert got.recipe["peft"]["target_modules"] == ["query_key_value"]
+    assert {"lora_query", "lora_key", "lora_value"} <= got.approx
+    assert got.recipe["data"]["sources"][0]["hub"] == {"repo": "HuggingFaceH4/deita-10k-v0-sft", "split": "train_sft"}
+    adapter = _write(
+        tmp_path,
+        "checkpoint_dir: checkpoints/meta-llama/Llama-2-7b-hf\nout_dir: out/adapter\nquantize: bnb.nf4\ntrain:\n  epochs: 1\n",
+        "adapter.yaml",
+    )
+    got = imported("litgpt", adapter)
+    assert "peft" not in got.recipe
+    assert got.dropped == {"quantize": "missing-feature"}
+    assert got.recipe["data"]["sources"][0]["hub"]["repo"] == "yahma/alpaca-cleaned"  # the default Alpaca
