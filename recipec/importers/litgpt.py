@@ -956,8 +956,16 @@ def _length_and_schedule(draft: Draft, src: _Src, kind: str, ga: int, world: int
             if src.present("train.epochs"):
                 draft.exact("train.epochs")
         elif epochs is not None:
+            micro = int(src("train.micro_batch_size"))
+            rounding = (
+                None
+                if micro == 1 and ga == 1
+                else f"LitGPT's epoch is ceil(examples / {micro}) micro-batches, and it runs floor(epochs * micro-batches / {ga}) "
+                f"steps while its cosine spans epochs * (micro-batches // {ga}); recipec runs and spans "
+                f"epochs * (examples // batch_size): up to a few steps fewer"
+            )
             if src.present("train.epochs"):
-                draft.set("train.epochs", epochs, "train.epochs")
+                draft.set("train.epochs", epochs, "train.epochs", approx=rounding)
             else:
                 draft.default("train.epochs", epochs, "train.epochs", f"{epochs} epochs")
             if src.present("train.max_steps"):

@@ -35,26 +35,41 @@ def _other_tools(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.setitem(sys.modules, name, stub)
 
 
+# In every fine-tuning config: the prompt text, the data seed, the steps of an epoch (LitGPT
+# keeps the last short micro-batch and runs a few steps past its cosine), and log_interval,
+# which LitGPT counts in micro-batches.
 FINETUNE_DROPPED = {"train.min_lr": "ignored-by-tool", "eval.max_new_tokens": "not-for-training"}
 
 EXPECTED = {
     "llama-2-7b-lora.yaml": {
-        "approx": {"data.init_args.prompt_style", "data.init_args.seed", "train.log_interval"},
+        "approx": {"data.init_args.prompt_style", "data.init_args.seed", "train.epochs", "train.log_interval"},
         "dropped": FINETUNE_DROPPED,
         "files": [],
     },
     "llama-3-8b-qlora.yaml": {
-        "approx": {"data.init_args.prompt_style", "data.init_args.seed", "data.init_args.val_split_fraction", "train.log_interval"},
+        "approx": {
+            "data.init_args.prompt_style",
+            "data.init_args.seed",
+            "data.init_args.val_split_fraction",
+            "train.epochs",
+            "train.log_interval",
+        },
         "dropped": {**FINETUNE_DROPPED, "data.init_args.download_dir": "not-for-training"},
         "files": [],
     },
     "llama-2-7b-full.yaml": {
-        "approx": {"data.init_args.prompt_style", "data.init_args.seed", "train.log_interval"},
+        "approx": {"data.init_args.prompt_style", "data.init_args.seed", "train.epochs", "train.log_interval"},
         "dropped": FINETUNE_DROPPED,
         "files": [],
     },
     "phi-2-lora.yaml": {
-        "approx": {"data.init_args.prompt_style", "data.init_args.seed", "data.init_args.val_split_fraction", "train.log_interval"},
+        "approx": {
+            "data.init_args.prompt_style",
+            "data.init_args.seed",
+            "data.init_args.val_split_fraction",
+            "train.epochs",
+            "train.log_interval",
+        },
         "dropped": FINETUNE_DROPPED,
         "files": [],
     },
