@@ -1190,6 +1190,11 @@ def _eval_and_saving(draft: Draft, src: _Src, kind: str, ga: int) -> None:
     if src.present("eval.final_validation"):
         if draft.get("eval.final_validation") is False:
             draft.drop("eval.final_validation", "no-equivalent", "recipec always evaluates at the end.")
+        elif kind != "pretrain":
+            draft.approx(
+                "LitGPT's fine-tuning scripts validate on the whole validation set at the end; recipec reads eval_batches",
+                "eval.final_validation",
+            )
         else:
             draft.exact("eval.final_validation")
     for key in ("eval.max_new_tokens", "eval.evaluate_example"):

@@ -36,13 +36,13 @@ def _other_tools(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # In every fine-tuning config: the prompt text, the data seed, the steps of an epoch (LitGPT
-# keeps the last short micro-batch and runs a few steps past its cosine), and log_interval,
-# which LitGPT counts in micro-batches.
+# keeps the last short micro-batch and runs a few steps past its cosine), log_interval, which
+# LitGPT counts in micro-batches, and the final validation (the whole validation set).
 FINETUNE_DROPPED = {"train.min_lr": "ignored-by-tool", "eval.max_new_tokens": "not-for-training"}
 
 EXPECTED = {
     "llama-2-7b-lora.yaml": {
-        "approx": {"data.init_args.prompt_style", "data.init_args.seed", "train.epochs", "train.log_interval"},
+        "approx": {"data.init_args.prompt_style", "data.init_args.seed", "train.epochs", "train.log_interval", "eval.final_validation"},
         "dropped": FINETUNE_DROPPED,
         "files": [],
     },
@@ -53,12 +53,13 @@ EXPECTED = {
             "data.init_args.val_split_fraction",
             "train.epochs",
             "train.log_interval",
+            "eval.final_validation",
         },
         "dropped": {**FINETUNE_DROPPED, "data.init_args.download_dir": "not-for-training"},
         "files": [],
     },
     "llama-2-7b-full.yaml": {
-        "approx": {"data.init_args.prompt_style", "data.init_args.seed", "train.epochs", "train.log_interval"},
+        "approx": {"data.init_args.prompt_style", "data.init_args.seed", "train.epochs", "train.log_interval", "eval.final_validation"},
         "dropped": FINETUNE_DROPPED,
         "files": [],
     },
@@ -69,6 +70,7 @@ EXPECTED = {
             "data.init_args.val_split_fraction",
             "train.epochs",
             "train.log_interval",
+            "eval.final_validation",
         },
         "dropped": FINETUNE_DROPPED,
         "files": [],
@@ -81,6 +83,7 @@ EXPECTED = {
             "data.init_args.val_split_fraction",
             "train.epochs",
             "train.max_steps",
+            "eval.final_validation",
         },
         "dropped": {**FINETUNE_DROPPED, "log.project": "not-for-training"},
         "files": ["data/my_data.json"],
