@@ -973,16 +973,32 @@ def _length_and_schedule(draft: Draft, src: _Src, kind: str, ga: int, world: int
         if epochs is None:
             draft.warn("LitGPT's fine-tuning scripts require train.epochs (validate_args raises without it).", "train.epochs")
         # -- the schedule: LambdaLR(step / W) for W steps, then CosineAnnealingLR to 0
-        if warm:
+        if warm and max_steps is not None and int(warm) >= int(max_steps):
+            # the milestone is never reached: the whole run is the warmup's ramp, k / W
+            draft.set(
+                "schedule.phases",
+                [{"name": "warmup", "shape": "linear", "start": 0.0, "end": int(max_steps) / int(warm)}],
+                "train.lr_warmup_steps",
+                "train.max_steps",
+                note=f"the run ends inside LitGPT's warmup: step k gets k / {int(warm)} of the peak, never decaying",
+            )
+            draft.warn(
+                f"train.lr_warmup_steps ({warm}) is not below train.max_steps ({max_steps}): the LR only warms up, "
+                f"to {int(max_steps) / int(warm):g} of the peak (LitGPT warns about it too).",
+                "train.lr_warmup_steps",
+                "train.max_steps",
+            )
+        elif warm:
             draft.set("schedule.warmup", int(warm), "train.lr_warmup_steps") if src.present("train.lr_warmup_steps") else draft.default(
                 "schedule.warmup", int(warm), "train.lr_warmup_steps", f"{warm} steps"
             )
         else:
             draft.set("schedule.warmup", 0, "train.lr_warmup_steps", approx="LitGPT's LambdaLR divides by the warmup steps: 0 or null fails")
             draft.warn("train.lr_warmup_steps is 0 or null: LitGPT's fine-tuning LR scheduler divides by it and fails.", "train.lr_warmup_steps")
-        draft.set("schedule.warmup_start_ratio", 0.0, note="LitGPT's warmup multiplier step / warmup_steps starts at 0")
-        draft.set("schedule.decay", "cosine", note="LitGPT's fine-tuning scripts: CosineAnnealingLR after the warmup")
-        draft.set("schedule.min_lr_ratio", 0.0, note="CosineAnnealingLR's eta_min is 0; LitGPT's fine-tuning ignores train.min_lr")
+        if draft.value("schedule.phases") is None:
+            draft.set("schedule.warmup_start_ratio", 0.0, note="LitGPT's warmup multiplier step / warmup_steps starts at 0")
+            draft.set("schedule.decay", "cosine", note="LitGPT's fine-tuning scripts: CosineAnnealingLR after the warmup")
+            draft.set("schedule.min_lr_ratio", 0.0, note="CosineAnnealingLR's eta_min is 0; LitGPT's fine-tuning ignores train.min_lr")
         if src.present("train.min_lr"):
             draft.drop(
                 "train.min_lr",
@@ -991,8 +1007,8 @@ def _length_and_schedule(draft: Draft, src: _Src, kind: str, ga: int, world: int
             )
             if min_lr:
                 draft.warn(
-                    f"train.min_lr = {min_lr} is ignored by LitGPT's fine-tuning scripts: the cosine decays to 0, "
-                    "as the recipe does.",
+                    f"train.min_lr = {min_lr} is ignored by LitGPT's fine-tuning scripts: they never read it, and "
+                    "their cosine decays to 0, as the recipe's does.",
                     "train.min_lr",
                 )
         # -- refused by validate_args
@@ -1048,6 +1064,12 @@ def _length_and_schedule(draft: Draft, src: _Src, kind: str, ga: int, world: int
                 )
         else:
             draft.default("train.tokens", int(max_tokens), "train.max_tokens", "3e12 tokens")
+        if -(-int(max_tokens) // per_step) > 10_000_000:
+            draft.warn(
+                f"train.max_tokens {int(max_tokens):,} makes more than 10,000,000 steps of {per_step:,} tokens, "
+                "more than a recipec run takes: lower train.tokens or raise train.batch_size.",
+                "train.max_tokens",
+            )
     else:
         draft.warn("pretrain.py requires train.max_tokens (validate_args raises without it).", "train.max_tokens")
     for key, why in (

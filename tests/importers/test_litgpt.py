@@ -404,3 +404,24 @@ def test_fused_qkv_is_approximate_and_adapter_is_full(imported, tmp_path):
     assert "peft" not in got.recipe
     assert got.dropped == {"quantize": "missing-feature"}
     assert got.recipe["data"]["sources"][0]["hub"]["repo"] == "yahma/alpaca-cleaned"  # the default Alpaca
+
+
+def test_a_run_that_ends_inside_the_warmup(imported, tmp_path):
+    """config_hub's phi-2/full.yaml: lr_warmup_steps 200, max_steps 100. LitGPT's SequentialLR
+    never reaches its milestone: the LR ramps k / 200 for the whole run."""
+    torch = pytest.importorskip("torch")
+    from recipec.compiler import plan_recipe
+
+    cfg = _write(
+        tmp_path,
+        FT_HEAD.replace("lora_r: 8\n", "") + "train:\n  lr_warmup_steps: 200\n  epochs: 1\n  max_steps: 100\n  min_lr: 6.0e-05\n",
+        "short.yaml",
+    )
+    got = imported("litgpt", cfg)
+    assert got.dropped == {"train.min_lr": "ignored-by-tool"}
+    warned = [m for m, _ in got.result.draft.warnings]
+    assert any("only warms up" in m for m in warned) and any("min_lr" in m for m in warned)
+    plan, _ = plan_recipe(got.path, ())
+    ours = runtime.values(plan["schedule_phases"], 100)
+    theirs = _litgpt_finetune_lrs(torch, warmup=200, max_steps=100, lr=1.0)
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) <= 1e-15
