@@ -307,6 +307,22 @@ FT_HEAD = "checkpoint_dir: checkpoints/meta-llama/Llama-2-7b-hf\nout_dir: out/x\
             "pretrain.py refuses it",
         ),
         (
+            "model_name: tiny-llama-1.1b\nout_dir: out/p\ntrain:\n  global_batch_size: 1\n  micro_batch_size: 1\n",
+            ("train.max_tokens",),
+            "more than 10,000,000 steps",
+        ),
+        (
+            "model_name: tiny-llama-1.1b\nout_dir: out/p\ntrain:\n  max_tokens: 100000\n  max_norm:\n",
+            ("train.max_norm",),
+            "requires train.max_norm",
+        ),
+        (
+            "model_name: tiny-llama-1.1b\nout_dir: out/p\ndata:\n  class_path: litgpt.data.LitData\n"
+            "  init_args:\n    data_path: s3://bucket/chunks\ntrain:\n  max_tokens: 100000\n",
+            ("data.class_path",),
+            "LitData",
+        ),
+        (
             "model_name: tiny-llama-1.1b\nout_dir: out/p\ntrain:\n  max_tokens:\n",
             ("train.max_tokens",),
             "requires train.max_tokens",
