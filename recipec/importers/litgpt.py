@@ -533,9 +533,8 @@ def _model(draft: Draft, src: _Src, kind: str) -> None:
                 approx=f"LitGPT's `{name}` config is not in recipec import's table: fill [model.config] from litgpt/config.py",
             )
             draft.warn(f"model_name `{name}`: its sizes are not imported; set [model.config] by hand.", "model_name")
-    for key in ("model_config",):
-        if src.present(key) and draft.get(key) is None:
-            draft.exact(key)
+    if src.present("model_config") and not draft.get("model_config"):
+        draft.exact("model_config")  # null or an empty table: model_name decides
     if draft.get("initial_checkpoint_dir") is None and src.present("initial_checkpoint_dir"):
         draft.exact("initial_checkpoint_dir")
     tok = draft.get("tokenizer_dir")
@@ -890,8 +889,8 @@ def _sft_data(draft: Draft, src: _Src, cls: str, args: dict[str, Any], keys: lis
             draft.set("data.sources[0].train_on", on, arg("mask_prompt"), note="LitGPT trains on the prompt too" if not mask else "")
         else:
             draft.default("data.sources[0].train_on", on, "data.init_args.mask_prompt", "false: the loss sees the prompt too")
-    else:
-        draft.exact(arg("mask_prompt")) if "mask_prompt" in args else None
+    elif "mask_prompt" in args:
+        draft.exact(arg("mask_prompt"))
     done.add("mask_prompt")
     style = args.get("prompt_style", "flan" if cls == "FLAN" else "longform" if cls == "LongForm" else "alpaca")
     why = (
@@ -1226,6 +1225,10 @@ def _eval_and_saving(draft: Draft, src: _Src, kind: str, ga: int) -> None:
                 draft.warn(f"{key} is set, but pretrain.py refuses it: the run would not start.", key)
             elif draft.get(key) is None:
                 draft.exact(key)
+                if kind != "pretrain" and key == "eval.max_new_tokens":
+                    draft.warn(
+                        "LitGPT's fine-tuning scripts require eval.max_new_tokens (validate_args raises without it).", key
+                    )
             else:
                 draft.drop(key, "not-for-training", "A sample generation printed at each evaluation.")
     save = src("train.save_interval")

@@ -274,6 +274,7 @@ FT_HEAD = "checkpoint_dir: checkpoints/meta-llama/Llama-2-7b-hf\nout_dir: out/x\
         (FT_HEAD + "train:\n  epochs: 1\n  lr_warmup_steps: 0\n", ("train.lr_warmup_steps",), "divides by it"),
         (FT_HEAD + "train:\n  epochs:\n  max_steps: 10\n", ("train.epochs",), "require train.epochs"),
         ("out_dir: out/x\nlora_r: 8\nlora_query: true\n", ("checkpoint_dir",), "no checkpoint_dir"),
+        (FT_HEAD + "train:\n  epochs: 1\neval:\n  max_new_tokens:\n", ("eval.max_new_tokens",), "require eval.max_new_tokens"),
         (FT_HEAD + "quantize: bnb.nf4\ndevices: 2\ntrain:\n  epochs: 1\n", ("quantize", "devices"), "refuses quantize"),
         (
             "checkpoint_dir: checkpoints/meta-llama/Llama-2-7b-hf\nout_dir: out/x\nquantize: bnb.nf4\ntrain:\n  epochs: 1\n",
