@@ -345,10 +345,6 @@ def convert(draft: Draft, options: Any) -> None:
     _precision(draft, src, kind)
     if kind == "lora":
         _lora(draft, src)
-    else:
-        for key in LORA_KEYS:
-            if src.present(key):  # pragma: no cover - a lora key makes the kind lora
-                draft.drop(key, "ignored-by-tool", "Only LitGPT's LoRA script reads it.")
     if kind == "adapter":
         if draft.get("quantize") is None:
             draft.exact("quantize")
