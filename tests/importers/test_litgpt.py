@@ -364,7 +364,7 @@ def test_unknown_key_is_an_error_with_its_line(tmp_path):
 def test_a_litgpt_config_named_as_another_tool_is_detected():
     path = CONFIGS / "llama-2-7b-lora.yaml"
     with pytest.raises(RecipeError) as info:
-        import_config(path, "axolotl")
+        import_config(path, "torchtune")
     (d,) = info.value.diagnostics
     assert "looks like a litgpt config" in d.message
     assert "--from litgpt" in (d.help or "")
