@@ -1206,7 +1206,8 @@ def _eval_and_saving(draft: Draft, src: _Src, kind: str, ga: int) -> None:
             draft.exact("eval.initial_validation")
     if src.present("eval.final_validation"):
         if draft.get("eval.final_validation") is False:
-            draft.drop("eval.final_validation", "no-equivalent", "recipec always evaluates at the end.")
+            # turned off, but recipec evaluates at the end whatever: one evaluation more, same training
+            draft.approx("recipec always evaluates at the end of the run", "eval.final_validation")
         elif kind != "pretrain":
             draft.approx(
                 "LitGPT's fine-tuning scripts validate on the whole validation set at the end; recipec reads eval_batches",

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import math
 import re
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-import recipec.importers as importers
 from recipec.compiler import plan_recipe
 from recipec.diagnostics import RecipeError
 from recipec.importers import Options, detect, import_config
@@ -20,20 +18,6 @@ from recipec.importers.core import read_config
 from recipec.runtime.schedule import values
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-
-
-@pytest.fixture(autouse=True)
-def _tolerant_tool_modules(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Detection imports every tool's module; one not written yet counts as a tool without markers."""
-    real = importers.tool_module
-
-    def tolerant(tool: str) -> types.ModuleType:
-        try:
-            return real(tool)
-        except ModuleNotFoundError:
-            return types.ModuleType(tool)
-
-    monkeypatch.setattr(importers, "tool_module", tolerant)
 
 
 PROFILER: dict[str, str] = {}
