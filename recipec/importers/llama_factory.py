@@ -256,6 +256,11 @@ def _dataset_info(d: Draft, dataset_dir: str) -> tuple[dict[str, Any], str | Non
     return DATASETS, None
 
 
+if not hasattr(hf, "defaults"):
+    # hf._save reads a module-level `defaults` when the config leaves save_steps out
+    hf.defaults = hf.DEFAULTS  # type: ignore[attr-defined]
+
+
 def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycle)
     stage = str(d.get("stage", "sft"))
     _model(d)
@@ -386,12 +391,16 @@ def _stage(d: Draft, stage: str) -> str:
         return "kto"
     # rm, ppo: no such training in recipec
     what = {"rm": "reward-model training (a value head scored on pairs)", "ppo": "PPO (rollouts scored by a reward model)"}
-    d.drop("stage", "missing-feature", f"recipec has no {what.get(stage, stage)}; the recipe trains on the same data with the supervised loss.")
-    d.warn(f"stage {stage!r} cannot be imported: the recipe is supervised fine-tuning on the same data", "stage")
+    instead = "DPO on the same pairs" if stage == "rm" else "supervised fine-tuning on the same data"
+    d.drop("stage", "missing-feature", f"recipec has no {what.get(stage, stage)}; the recipe is {instead}.")
+    d.warn(f"stage {stage!r} cannot be imported: the recipe is {instead}", "stage")
     for key in ("reward_model", "reward_model_adapters", "reward_model_quantization_bit", "reward_model_type",
                 "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target", "ppo_whiten_rewards"):
         if d.has(key):
             d.drop(key, "missing-feature", "recipec has no PPO or reward-model training.")
+    if stage == "rm":
+        d.set("preference.objective", "dpo", note="stage rm: a reward model cannot be trained; DPO on its pairs")
+        return "preference"
     return "examples"
 
 
@@ -604,8 +613,8 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
         d.set(f"{src}.path", f"{dataset_dir}/{name}.json", *keys)
         differs.append(f"{name!r} is not in dataset_info.json here: written as {dataset_dir}/{name}.json; set the source by hand")
         d.warn(f"the dataset {name!r} is not a known name and no {dataset_dir}/dataset_info.json was found: check its source", key)
-        return differs
-    if entry.get("hf_hub_url"):
+        entry = {}
+    elif entry.get("hf_hub_url"):
         d.set(f"{src}.hub.repo", entry["hf_hub_url"], *keys)
         if entry.get("subset"):
             d.set(f"{src}.hub.subset", entry["subset"], *keys)
@@ -624,7 +633,7 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
             differs.append(f"{file} is one JSON array in LLaMA-Factory's data; recipec reads .json as JSON lines (convert it: jq -c '.[]')")
         elif file.endswith(".txt"):
             differs.append(f"LLaMA-Factory reads each line of {file} as a document; recipec reads a text file as one")
-    else:
+    elif entry:
         where = entry.get("ms_hub_url") or entry.get("om_hub_url") or entry.get("script_url") or entry.get("cloud_file_name")
         d.set(f"{src}.path", f"{dataset_dir}/{name}.json", *keys)
         differs.append(f"{name!r} is {where!r}, a source recipec cannot read; written as {dataset_dir}/{name}.json")
@@ -756,7 +765,7 @@ def _length(d: Draft, records: str) -> None:
         return
     trunc = "LLaMA-Factory truncates the prompt and the answer in proportion to their lengths; recipec cuts the example's end"
     if d.has("cutoff_len") or explicit:
-        d.set("data.seq_len", seq, *keys, approx=trunc if not packing else None, note=note)
+        d.set("data.seq_len", seq, *(["cutoff_len"] if d.has("cutoff_len") else keys), approx=f"{note}; {trunc}" if note else trunc)
     else:
         d.default("data.seq_len", seq, "cutoff_len", f"{seq} tokens")
     if packing and records in ("preference", "kto"):
@@ -769,8 +778,6 @@ def _length(d: Draft, records: str) -> None:
             d.set("data.packing", True, *keys, approx="LLaMA-Factory's packing lets attention cross from one example to the next (neat_packing stops it); recipec's never does")
         else:
             d.set("data.packing", packing, *keys)
-        if packing:
-            d.approx(trunc, "cutoff_len") if d.has("cutoff_len") else None
     else:
         d.default("data.packing", False, "packing", "one example per sequence (packing is off but for stage pt)")
 
@@ -800,6 +807,8 @@ def _train_on(d: Draft, n: int, records: str) -> None:
     keys = [k for k in ("train_on_prompt", "mask_history") if d.has(k)]
     for i in range(n):
         kind = d.value(f"data.sources[{i}].records")
+        if kind in ("preference", "unpaired_preference", None):
+            continue
         if prompt:
             value = "all"
         elif history and kind != "alpaca":
