@@ -133,23 +133,57 @@ DATASETS: dict[str, dict[str, Any]] = {
 """The dataset names LLaMA-Factory ships (data/dataset_info.json), for configs whose
 `dataset_dir` is not at hand."""
 
-CHATML = (
-    "{%- for message in messages -%}\n"
-    "{%- if message['role'] == 'assistant' -%}\n"
-    "{{- '<|im_start|>assistant\\n' -}}\n"
-    "{%- generation -%}\n"
-    "{{- message['content'] + '<|im_end|>\\n' -}}\n"
-    "{%- endgeneration -%}\n"
-    "{%- else -%}\n"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}\n"
-    "{%- endif -%}\n"
-    "{%- endfor -%}\n"
-    "{%- if add_generation_prompt -%}\n"
-    "{{- '<|im_start|>assistant\\n' -}}\n"
-    "{%- endif -%}"
-)
-"""LLaMA-Factory's `chatml` template as jinja, with the assistant's text and <|im_end|> marked
-for the loss (what LLaMA-Factory's masking supervises)."""
+def _literal(text: str) -> str:
+    """A jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def _jinja(begin: str, middle: str, end: str, default_system: str | None, tool_role: str = "tool") -> str:
+    """A chat template in LLaMA-Factory's layout: each turn is begin + role + middle +
+    content + end; the assistant's content and end are what the loss sees ({% generation %})."""
+    lines = []
+    if default_system:
+        lines += [
+            "{%- if not messages or messages[0]['role'] != 'system' -%}",
+            "{{- " + _literal(begin + "system" + middle + default_system + end) + " -}}",
+            "{%- endif -%}",
+        ]
+    lines += [
+        "{%- for message in messages -%}",
+        "{%- if message['role'] == 'assistant' -%}",
+        "{{- " + _literal(begin + "assistant" + middle) + " -}}",
+        "{%- generation -%}",
+        "{{- message['content'] + " + _literal(end) + " -}}",
+        "{%- endgeneration -%}",
+        "{%- else -%}",
+        "{%- set role = " + _literal(tool_role) + " if message['role'] == 'tool' else message['role'] -%}",
+        "{{- " + _literal(begin) + " + role + " + _literal(middle) + " + message['content'] + " + _literal(end) + " -}}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+        "{%- if add_generation_prompt -%}",
+        "{{- " + _literal(begin + "assistant" + middle) + " -}}",
+        "{%- endif -%}",
+    ]
+    return "\n".join(lines)
+
+
+TEMPLATES: dict[str, dict[str, Any]] = {
+    # LLaMA-Factory's templates (src/llamafactory/data/template.py) that recipec writes out
+    "chatml": {"begin": "<|im_start|>", "middle": "\n", "end": "<|im_end|>\n", "system": None,
+               "special_tokens": ["<|im_start|>", "<|im_end|>"]},
+    "qwen": {"begin": "<|im_start|>", "middle": "\n", "end": "<|im_end|>\n",
+             "system": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+             "special_tokens": ["<|im_start|>", "<|im_end|>"]},
+    "llama3": {"begin": "<|start_header_id|>", "middle": "<|end_header_id|>\n\n", "end": "<|eot_id|>", "system": None,
+               "tool_role": "ipython", "special_tokens": []},
+}
+"""Turn layout, default system prompt and markers of the templates written out as jinja."""
+
+
+def chat_template(name: str, default_system: str | None = None) -> str:
+    t = TEMPLATES[name]
+    return _jinja(t["begin"], t["middle"], t["end"], default_system or t["system"], t.get("tool_role", "tool"))
+
 
 OBJECTIVES = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "hinge", "orpo": "orpo", "simpo": "simpo"}
 """pref_loss -> recipec's preference objective."""
@@ -828,9 +862,12 @@ def _template(d: Draft, records: str) -> None:
     if records == "text":
         _ignored(d, "template", "stage pt reads plain text, with no chat template")
         return
-    if name == "chatml":
-        d.set("tokenizer.chat_template", CHATML, "template", note="LLaMA-Factory's chatml template as jinja")
-        d.set("tokenizer.special_tokens", ["<|im_start|>", "<|im_end|>"], "template", note="ChatML's markers")
+    system = d.get("default_system")
+    if name in TEMPLATES:
+        keys = ["template"] + (["default_system"] if d.has("default_system") else [])
+        d.set("tokenizer.chat_template", chat_template(name, system), *keys, note=f"LLaMA-Factory's {name} template as jinja")
+        if TEMPLATES[name]["special_tokens"]:
+            d.set("tokenizer.special_tokens", TEMPLATES[name]["special_tokens"], "template", note="the template's markers")
     else:
         d.approx(f"LLaMA-Factory's {name!r} template is not written out; recipec renders with the tokenizer's own chat template", "template")
         d.note(f"The chat template is the tokenizer's own: check that it renders as LLaMA-Factory's {name!r} template does.")

@@ -24,7 +24,7 @@ DEMO = ("data/identity.json", "data/alpaca_en_demo.json")
 EXPECTED = {
     "llama3_lora_sft.yaml": {
         "files": DEMO,
-        "approx": {"dataset", "cutoff_len", "template"},
+        "approx": {"dataset", "cutoff_len"},
         "dropped": {**HOUSEKEEPING, "save_only_model": NFT},
     },
     "llama3_lora_pretrain.yaml": {
@@ -34,27 +34,27 @@ EXPECTED = {
     },
     "llama3_lora_dpo.yaml": {
         "files": ("data/dpo_en_demo.json",),
-        "approx": {"dataset", "cutoff_len", "template"},
+        "approx": {"dataset", "cutoff_len"},
         "dropped": {**HOUSEKEEPING, "save_only_model": NFT},
     },
     "llama3_lora_kto.yaml": {
         "files": ("data/kto_en_demo.json",),
-        "approx": {"dataset", "cutoff_len", "template", "per_device_train_batch_size"},
+        "approx": {"dataset", "cutoff_len", "per_device_train_batch_size"},
         "dropped": dict(HOUSEKEEPING),
     },
     "llama3_lora_sft_otfq.yaml": {
         "files": DEMO,
-        "approx": {"dataset", "cutoff_len", "template", "quantization_bit"},
+        "approx": {"dataset", "cutoff_len", "quantization_bit"},
         "dropped": {**HOUSEKEEPING, "save_only_model": NFT},
     },
     "llama3_full_sft.yaml": {
         "files": DEMO,
-        "approx": {"dataset", "cutoff_len", "template", "deepspeed"},
+        "approx": {"dataset", "cutoff_len", "deepspeed"},
         "dropped": {**HOUSEKEEPING, "save_only_model": NFT},
     },
     "qwen2_5_lora_sft_packing.yaml": {
         "files": ("data/alpaca_en_demo.json",),
-        "approx": {"dataset", "cutoff_len", "template", "interleave_probs", "mix_strategy"},
+        "approx": {"dataset", "cutoff_len", "interleave_probs", "mix_strategy"},
         "dropped": {**HOUSEKEEPING, "save_only_model": NFT, "per_device_eval_batch_size": NFT},
     },
     "llama3_lora_sft_trainer_args.yaml": {
@@ -88,7 +88,38 @@ def test_sft(imported):
     assert r["train"]["eval_every"] == 0 and r["train"]["save_every"] == 500
     assert r["launch"]["mixed_precision"] == "bf16"
     assert r["recipe"]["seed"] == 42
-    assert "chat_template" not in r.get("tokenizer", {})
+    assert r["tokenizer"]["chat_template"] == llama_factory.chat_template("llama3")
+
+
+CONVERSATION = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "Bye"},
+    {"role": "assistant", "content": "Bye!"},
+]
+RENDERED = {
+    # LLaMA-Factory's slots (data/template.py): format_system, format_user, format_assistant
+    "llama3": "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    "Hello.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nBye!<|eot_id|>",
+    "qwen": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\nBye!<|im_end|>\n",
+    "chatml": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\nBye!<|im_end|>\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RENDERED))
+def test_templates_render_as_llama_factory(name):
+    import jinja2
+
+    text = llama_factory.chat_template(name)
+    plain = re.sub(r"\{%-? *(end)?generation *-?%\}", "", text)
+    env = jinja2.Environment()
+    assert env.from_string(plain).render(messages=CONVERSATION) == RENDERED[name]
+    system = [{"role": "system", "content": "Be brief."}, *CONVERSATION]
+    assert env.from_string(plain).render(messages=system).count("Be brief.") == 1
+    assert "You are Qwen" not in env.from_string(plain).render(messages=system)
+    custom = llama_factory.chat_template(name, "Answer in French.")
+    assert "Answer in French." in env.from_string(re.sub(r"\{%-? *(end)?generation *-?%\}", "", custom)).render(messages=CONVERSATION)
 
 
 def test_global_batch_counts_processes(tmp_path, monkeypatch):
