@@ -523,7 +523,7 @@ def _peft(d: Draft, stage: str) -> None:
         d.exact("pissa_iter")
     if d.has("pissa_convert"):
         if d.get("pissa_convert"):
-            d.drop("pissa_convert", "no-equivalent", "recipec saves the PiSSA adapter as trained, not converted to a LoRA one.")
+            d.drop("pissa_convert", "not-for-training", "the saved PiSSA adapter converted to a LoRA one; recipec saves it as trained.")
         else:
             d.exact("pissa_convert")
     if d.has("loraplus_lr_ratio") and d.get("loraplus_lr_ratio") is not None:

@@ -57,6 +57,16 @@ EXPECTED = {
         "approx": {"dataset", "cutoff_len", "interleave_probs", "mix_strategy"},
         "dropped": {**HOUSEKEEPING, "save_only_model": NFT, "per_device_eval_batch_size": NFT},
     },
+    "llama3_pissa_sft.yaml": {
+        "files": DEMO,
+        "approx": {"dataset", "cutoff_len", "pissa_init", "pissa_iter"},
+        "dropped": {**HOUSEKEEPING, "save_only_model": NFT, "pissa_convert": NFT},
+    },
+    "llama3_lora_reward.yaml": {
+        "files": ("data/dpo_en_demo.json",),
+        "approx": {"dataset", "cutoff_len"},
+        "dropped": {**HOUSEKEEPING, "save_only_model": NFT, "stage": "missing-feature"},
+    },
     "llama3_lora_sft_trainer_args.yaml": {
         "files": ("data/identity.json", "data/glaive_toolcall_en_demo.json", "data/alpaca_en_demo.json"),
         "approx": {"dataset", "eval_dataset", "cutoff_len", "report_to"},
@@ -153,6 +163,26 @@ def test_kto(imported):
     assert r["data"]["sources"][0]["records"] == "unpaired_preference"
     assert r["train"]["micro_batch_size"] == 2 and r["train"]["batch_size"] == 8
     assert any("KL term" in w for w, _ in got.result.draft.warnings)
+
+
+def test_pissa(imported):
+    r = imported(TOOL, "llama3_pissa_sft.yaml", files=DEMO).recipe
+    assert r["peft"]["init"] == "pissa"
+
+
+def test_reward_stage_is_dpo_on_its_pairs(imported):
+    got = imported(TOOL, "llama3_lora_reward.yaml", files=("data/dpo_en_demo.json",))
+    assert got.recipe["preference"] == {"objective": "dpo"}
+    assert got.recipe["data"]["sources"][0]["records"] == "preference"
+    assert any("stage 'rm' cannot be imported" in w for w, _ in got.result.draft.warnings)
+
+
+def test_default_system(tmp_path, monkeypatch):
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: alpaca_en\ntemplate: qwen\ndefault_system: Answer in French.\n")
+    assert draft.ledger["default_system"].how == "exact"
+    assert draft.value("tokenizer.chat_template") == llama_factory.chat_template("qwen", "Answer in French.")
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: alpaca_en\ntemplate: mistral\ndefault_system: Hi.\n")
+    assert draft.ledger["template"].how == "approx" and draft.ledger["default_system"].how == "dropped"
 
 
 def test_qlora(imported):
