@@ -262,6 +262,7 @@ _DEFAULTS = {
     "kto_chosen_weight": 1.0, "kto_rejected_weight": 1.0, "simpo_gamma": 0.5, "dpo_label_smoothing": 0.0,
     "pref_ftx": 0.0, "pref_bco_weight": 0.0, "buffer_size": 16384, "mix_strategy": "concat",
     "dataset_dir": "data", "flash_attn": "auto", "fp8_backend": "auto", "media_dir": None,
+    "pref_beta": 0.1, "pref_loss": "sigmoid",
 }
 
 
@@ -747,8 +748,6 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
         d.set(f"{src}.fields", fields, *keys)
     if "history" in columns:
         differs.append(f"{name!r}: the history column (earlier turns) is not read")
-    if columns.get("query") is None and "prompt" in columns and "response" not in columns:
-        pass
     return differs
 
 
@@ -828,7 +827,7 @@ def _split_eval(d: Draft, has_eval_dataset: bool) -> None:
         d.default("data.eval_fraction", 0.0, "val_size", "nothing held out" + (" (eval_dataset is the evaluation data)" if has_eval_dataset else ""))
     eval_on = d.get("eval_strategy", d.get("evaluation_strategy", "no"))
     if eval_on not in (None, "no") and not size and not has_eval_dataset:
-        d.warn(f"eval_strategy {eval_on!r} but neither val_size nor eval_dataset: there is nothing to evaluate on", "eval_strategy")
+        d.warn(f"eval_strategy {eval_on!r} but neither val_size nor eval_dataset: there is nothing to evaluate on (LLaMA-Factory refuses this)", "eval_strategy")
 
 
 def _train_on(d: Draft, n: int, records: str) -> None:
