@@ -645,8 +645,8 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
     keys = [key] + (["dataset_dir"] if d.has("dataset_dir") else [])
     differs: list[str] = []
     if entry is None:
-        d.set(f"{src}.path", f"{dataset_dir}/{name}.json", *keys)
         differs.append(f"{name!r} is not in dataset_info.json here: written as {dataset_dir}/{name}.json; set the source by hand")
+        d.set(f"{src}.path", f"{dataset_dir}/{name}.json", *keys, approx=differs[-1])
         d.warn(f"the dataset {name!r} is not a known name and no {dataset_dir}/dataset_info.json was found: check its source", key)
         entry = {}
     elif entry.get("hf_hub_url"):
@@ -663,15 +663,15 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
             d.set(f"{src}.hub.streaming", True, "streaming")
     elif entry.get("file_name"):
         file = f"{dataset_dir}/{entry['file_name']}"
-        d.set(f"{src}.path", file, *keys)
         if file.endswith(".json"):
             differs.append(f"{file} is one JSON array in LLaMA-Factory's data; recipec reads .json as JSON lines (convert it: jq -c '.[]')")
         elif file.endswith(".txt"):
             differs.append(f"LLaMA-Factory reads each line of {file} as a document; recipec reads a text file as one")
+        d.set(f"{src}.path", file, *keys, approx=differs[-1] if differs else None)
     elif entry:
         where = entry.get("ms_hub_url") or entry.get("om_hub_url") or entry.get("script_url") or entry.get("cloud_file_name")
-        d.set(f"{src}.path", f"{dataset_dir}/{name}.json", *keys)
         differs.append(f"{name!r} is {where!r}, a source recipec cannot read; written as {dataset_dir}/{name}.json")
+        d.set(f"{src}.path", f"{dataset_dir}/{name}.json", *keys, approx=differs[-1])
     columns = dict(entry.get("columns") or {})
     tags = dict(entry.get("tags") or {})
     formatting = entry.get("formatting", "alpaca")
@@ -688,8 +688,8 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
         fields = {"prompt": msgs, "label": columns.get("kto_tag", "label")}
         if not messages_style:
             fields |= {"role": tags.get("role_tag", "from"), "content": tags.get("content_tag", "value")}
-        d.set(f"{src}.fields", fields, *keys)
         differs.append(f"{name!r}: LLaMA-Factory's KTO records hold the prompt and the completion in one message list (the last message is the completion); recipec reads `prompt` and `completion` apart: split the records")
+        d.set(f"{src}.fields", fields, *keys, approx=differs[-1])
         return differs
     if records == "preference" or ranking:
         d.set(f"{src}.records", "preference", *keys)
@@ -700,8 +700,8 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
                 fields |= {"role": tags.get("role_tag", "from"), "content": tags.get("content_tag", "value")}
                 d.set(f"{src}.roles", {tags.get("user_tag", "human"): "user", tags.get("assistant_tag", "gpt"): "assistant",
                                        tags.get("system_tag", "system"): "system"}, *keys)
-            d.set(f"{src}.fields", fields, *keys)
             differs.append(f"{name!r}: LLaMA-Factory's chosen and rejected answers are single messages; recipec reads lists of messages")
+            d.set(f"{src}.fields", fields, *keys, approx=differs[-1])
         else:
             fields = {"prompt": columns.get("prompt", "instruction"), "chosen": columns.get("chosen", "chosen"),
                       "rejected": columns.get("rejected", "rejected")}
