@@ -174,6 +174,8 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "qwen": {"begin": "<|im_start|>", "middle": "\n", "end": "<|im_end|>\n",
              "system": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
              "special_tokens": ["<|im_start|>", "<|im_end|>"]},
+    "qwen3_nothink": {"begin": "<|im_start|>", "middle": "\n", "end": "<|im_end|>\n", "system": None,
+                      "special_tokens": ["<|im_start|>", "<|im_end|>"]},
     "llama3": {"begin": "<|start_header_id|>", "middle": "<|end_header_id|>\n\n", "end": "<|eot_id|>", "system": None,
                "tool_role": "ipython", "special_tokens": []},
 }
@@ -252,6 +254,7 @@ _MISSING = {
     "default_system": "recipec's chat template decides the system prompt; put it into `tokenizer.chat_template`.",
     "tool_format": "recipec's chat template renders tool calls.",
     "preserve_thinking": "",
+    "use_v1_kernels": "LLaMA-Factory's own fused kernels; recipec runs transformers' modules.",
 }
 _DEFAULTS = {
     # LLaMA-Factory's defaults of the keys above, where not false/None
@@ -483,7 +486,12 @@ def _peft(d: Draft, stage: str) -> None:
         if d.has("module_dropout"):
             d.set("peft.module_dropout", float(num(d.get("module_dropout"))), "module_dropout")
         _targets(d, "oft_target")
-        _quantize(d)
+        if d.get("quantization_bit") is None:
+            _quantize(d)
+            return
+        for key in ("quantization_bit", "quantization_method", "quantization_type", "double_quantization"):
+            if d.has(key):
+                d.drop(key, "missing-feature", "recipec quantizes the base model under LoRA only.")
         return
     if d.has("finetuning_type"):
         d.set("peft.method", "lora", "finetuning_type")
@@ -644,7 +652,14 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
     src = f"data.sources[{i}]"
     keys = [key] + (["dataset_dir"] if d.has("dataset_dir") else [])
     differs: list[str] = []
-    if entry is None:
+    remote = dataset_dir[len("REMOTE:"):] if dataset_dir.startswith("REMOTE:") else None
+    if dataset_dir == "ONLINE":  # the names are hub ids
+        entry = {"hf_hub_url": name}
+    if remote and entry is not None and entry.get("file_name"):
+        d.set(f"{src}.hub.repo", remote, *keys)
+        d.set(f"{src}.hub.data_files", entry["file_name"], *keys)
+        differs.append(f"{name!r} looked up in the names LLaMA-Factory ships, not in {remote}'s own dataset_info.json")
+    elif entry is None:
         differs.append(f"{name!r} is not in dataset_info.json here: written as {dataset_dir}/{name}.json; set the source by hand")
         d.set(f"{src}.path", f"{dataset_dir}/{name}.json", *keys, approx=differs[-1])
         d.warn(f"the dataset {name!r} is not a known name and no {dataset_dir}/dataset_info.json was found: check its source", key)
@@ -872,7 +887,30 @@ def _template(d: Draft, records: str) -> None:
         d.note(f"The chat template is the tokenizer's own: check that it renders as LLaMA-Factory's {name!r} template does.")
 
 
+_PARENTS = {
+    # settings read only when another one is on
+    **{k: "use_galore" for k in ("galore_target", "galore_rank", "galore_update_interval", "galore_scale", "galore_proj_type", "galore_layerwise")},
+    **{k: "use_apollo" for k in ("apollo_target", "apollo_rank", "apollo_update_interval", "apollo_scale", "apollo_proj",
+                                 "apollo_proj_type", "apollo_scale_type", "apollo_layerwise", "apollo_scale_front")},
+    **{k: "use_badam" for k in ("badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval",
+                                "badam_update_ratio", "badam_mask_mode")},
+    **{k: "use_kt" for k in ("kt_weight_path", "kt_expert_checkpoint_path", "kt_use_lora_experts", "kt_lora_expert_num",
+                             "kt_lora_expert_intermediate_size")},
+    "fp8_backend": "fp8", "fp8_enable_fsdp_float8_all_gather": "fp8", "asft_alpha": "use_asft_loss",
+    "eaft_alpha": "use_eaft_loss", "hyper_parallel_args": "use_hyper_parallel", "buffer_size": "streaming",
+}
+
+
 def _rest(d: Draft) -> None:
+    for key, parent in _PARENTS.items():
+        if not d.has(key) or all(k in d.ledger for k in d.keys_under(key)):
+            continue
+        if d.get(parent):
+            d.drop(key, "missing-feature", f"a setting of `{parent}`, which recipec lacks.")
+        elif _is_default(d, key):
+            d.exact(key)
+        else:
+            _ignored(d, key, f"it is read only with `{parent}` on")
     for key in _NOT_FOR_TRAINING:
         if d.has(key) and key not in d.ledger:
             d.drop(key, "not-for-training", "")

@@ -334,6 +334,7 @@ HUB = "dataset: alpaca_en\n"
         ("stage: kto\ndataset: kto_mix_en\nper_device_train_batch_size: 1\ngradient_accumulation_steps: 4\n", "KL term", {}),
         ("stage: sft\ndataset: my_data\n", "not a known name", {}),
         ("stage: sft\n" + HUB + "quantization_method: hqq\n", "quantization_bit is not set", {"quantization_method": "ignored-by-tool"}),
+        ("stage: sft\nfinetuning_type: full\n" + HUB + "galore_rank: 64\n", "read only with `use_galore` on", {"galore_rank": "ignored-by-tool"}),
     ],
 )
 def test_warnings(tmp_path, monkeypatch, body, needle, dropped):
@@ -361,3 +362,21 @@ def test_dataset_info_of_dataset_dir(tmp_path, monkeypatch):
     assert draft.value("data.sources[0].path") == "mydata/chats.jsonl"
     assert draft.value("data.sources[0].records") == "sharegpt"
     assert draft.value("data.sources[0].fields") == {"messages": "dialog"}
+
+
+def test_online_and_remote_dataset_dir(tmp_path, monkeypatch):
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: org/my-alpaca\ndataset_dir: ONLINE\n")
+    assert {k: v.value for k, v in draft.value("data.sources[0].hub").items()} == {"repo": "org/my-alpaca"}
+    assert draft.value("data.sources[0].records") == "alpaca" and draft.ledger["dataset"].how == "exact"
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: identity\ndataset_dir: REMOTE:llamafactory/demo_data\n")
+    hub = {k: v.value for k, v in draft.value("data.sources[0].hub").items()}
+    assert hub == {"repo": "llamafactory/demo_data", "data_files": "identity.json"}
+    assert draft.ledger["dataset"].how == "approx"
+
+
+def test_feature_flags_are_missing_features(tmp_path, monkeypatch):
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\nfinetuning_type: full\n" + HUB + "use_galore: true\ngalore_rank: 64\nenable_liger_kernel: true\nuse_unsloth: false\n")
+    assert {k: draft.ledger[k].reason for k in ("use_galore", "galore_rank", "enable_liger_kernel")} == dict.fromkeys(
+        ("use_galore", "galore_rank", "enable_liger_kernel"), "missing-feature"
+    )
+    assert draft.ledger["use_unsloth"].how == "exact"
