@@ -301,7 +301,7 @@ if not hasattr(hf, "defaults"):
 
 def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycle)
     stage = str(d.get("stage", "sft"))
-    _model(d)
+    _model(d, options)
     hf.training_args(d, options.num_processes, defaults=hf.DEFAULTS)
     _gradient_checkpointing(d)
     if not d.has("eval_strategy") and not d.has("evaluation_strategy"):
@@ -342,9 +342,11 @@ def _kto_batch(d: Draft, records: str, num_processes: int) -> None:
         d.warn(f"{key} {micro} leaves KTO's KL term a single example per device batch (TRL refuses it); the recipe uses micro batches of 2 and the same global batch", key)
 
 
-def _model(d: Draft) -> None:
+def _model(d: Draft, options) -> None:  # noqa: ANN001
     if d.has("model_name_or_path"):
         d.set("model.path", str(d.get("model_name_or_path")), "model_name_or_path")
+    elif getattr(options, "model", None):
+        d.set("model.path", options.model, note="--model")
     else:
         d.note("The config names no model (`model_name_or_path`): set model.path.")
     if d.has("trust_remote_code"):
