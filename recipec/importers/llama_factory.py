@@ -294,18 +294,11 @@ def _dataset_info(d: Draft, dataset_dir: str) -> tuple[dict[str, Any], str | Non
     return DATASETS, None
 
 
-if not hasattr(hf, "defaults"):
-    # hf._save reads a module-level `defaults` when the config leaves save_steps out
-    hf.defaults = hf.DEFAULTS  # type: ignore[attr-defined]
-
-
 def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycle)
     stage = str(d.get("stage", "sft"))
     _model(d, options)
     hf.training_args(d, options.num_processes, defaults=hf.DEFAULTS)
     _gradient_checkpointing(d)
-    if not d.has("eval_strategy") and not d.has("evaluation_strategy"):
-        d.default("train.eval_every", 0, "eval_strategy", "eval_strategy \"no\": no evaluation while training")
     records = _stage(d, stage)
     _peft(d, stage)
     _data(d, stage, records)

@@ -25,17 +25,17 @@ EXPECTED = {
     "llama3_lora_sft.yaml": {
         "files": DEMO,
         "approx": {"dataset", "cutoff_len"},
-        "dropped": {**HOUSEKEEPING, "save_only_model": NFT},
+        "dropped": {**HOUSEKEEPING},
     },
     "llama3_lora_pretrain.yaml": {
         "files": ("data/c4_demo.jsonl",),
         "approx": set(),
-        "dropped": {**HOUSEKEEPING, "save_only_model": NFT},
+        "dropped": {**HOUSEKEEPING},
     },
     "llama3_lora_dpo.yaml": {
         "files": ("data/dpo_en_demo.json",),
         "approx": {"dataset", "cutoff_len"},
-        "dropped": {**HOUSEKEEPING, "save_only_model": NFT},
+        "dropped": {**HOUSEKEEPING},
     },
     "llama3_lora_kto.yaml": {
         "files": ("data/kto_en_demo.json",),
@@ -45,27 +45,27 @@ EXPECTED = {
     "llama3_lora_sft_otfq.yaml": {
         "files": DEMO,
         "approx": {"dataset", "cutoff_len", "quantization_bit"},
-        "dropped": {**HOUSEKEEPING, "save_only_model": NFT},
+        "dropped": {**HOUSEKEEPING},
     },
     "llama3_full_sft.yaml": {
         "files": DEMO,
         "approx": {"dataset", "cutoff_len", "deepspeed"},
-        "dropped": {**HOUSEKEEPING, "save_only_model": NFT},
+        "dropped": {**HOUSEKEEPING},
     },
     "qwen2_5_lora_sft_packing.yaml": {
         "files": ("data/alpaca_en_demo.json",),
         "approx": {"dataset", "cutoff_len", "interleave_probs", "mix_strategy"},
-        "dropped": {**HOUSEKEEPING, "save_only_model": NFT, "per_device_eval_batch_size": NFT},
+        "dropped": {**HOUSEKEEPING, "per_device_eval_batch_size": NFT},
     },
     "llama3_pissa_sft.yaml": {
         "files": DEMO,
         "approx": {"dataset", "cutoff_len", "pissa_init", "pissa_iter"},
-        "dropped": {**HOUSEKEEPING, "save_only_model": NFT, "pissa_convert": NFT},
+        "dropped": {**HOUSEKEEPING, "pissa_convert": NFT},
     },
     "llama3_lora_reward.yaml": {
         "files": ("data/dpo_en_demo.json",),
         "approx": {"dataset", "cutoff_len"},
-        "dropped": {**HOUSEKEEPING, "save_only_model": NFT, "stage": "missing-feature"},
+        "dropped": {**HOUSEKEEPING, "stage": "missing-feature"},
     },
     "llama3_lora_sft_trainer_args.yaml": {
         "files": ("data/identity.json", "data/glaive_toolcall_en_demo.json", "data/alpaca_en_demo.json"),
