@@ -812,7 +812,7 @@ def _length(d: Draft, records: str) -> None:
     else:
         d.default("data.seq_len", seq, "cutoff_len", f"{seq} tokens")
     if packing and records in ("preference", "kto"):
-        _ignored(d, "packing" if d.has("packing") else "neat_packing", f"LLaMA-Factory packs only stage sft and pt")
+        _ignored(d, "packing" if d.has("packing") else "neat_packing", "LLaMA-Factory packs only stage sft and pt")
         d.set("data.packing", False, note="LLaMA-Factory does not pack preference data")
         return
     if d.has("packing") or d.has("neat_packing"):
