@@ -475,7 +475,8 @@ def _comment(line: Line, version: str) -> str:
     if line.how == "default":
         text = f"default of {version} for `{src}`, which the file leaves out"
     elif line.how == "approx":
-        text = f"~ {src}: {line.note}" if src else f"~ {line.note}"
+        note = line.note if len(line.note) <= 60 or not src else "see \"Mapped approximately\" above"
+        text = f"~ {src}: {note}" if src else f"~ {note}"
     elif line.how == "derived":
         text = line.note or "chosen by recipec import"
     else:

@@ -602,6 +602,8 @@ def _eval(d: Draft, k: Any) -> None:
     else:
         if strategy_key:
             d.set("train.eval_every", 0, strategy_key, approx="no evaluation; recipec still evaluates once at the end")
+        else:
+            d.default("train.eval_every", 0, k("eval_strategy"), "eval_strategy \"no\": no evaluation while training")
         if d.has(k("eval_steps")):
             d.drop(k("eval_steps"), "ignored-by-tool", "eval_strategy is \"no\": nothing is evaluated.")
             d.warn(f"`{k('eval_steps')}` is set but eval_strategy is {strategy!r}: the trainer never evaluates", k("eval_steps"))

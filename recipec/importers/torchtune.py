@@ -1100,5 +1100,8 @@ def _logging(draft: Draft, reads: set[str]) -> None:
             continue
         draft.drop(key, "not-for-training", "where the metrics are logged; recipec writes metrics.jsonl in the run directory.")
     if "profiler" in reads:
-        for key in draft.keys_under("profiler"):
-            draft.drop(key, "not-for-training", "the torch profiler.")
+        if draft.has("profiler.enabled") and not draft.get("profiler.enabled"):
+            draft.exact("profiler")  # a profiler turned off: none runs, as in recipec
+        else:
+            for key in draft.keys_under("profiler"):
+                draft.drop(key, "not-for-training", "the torch profiler.")

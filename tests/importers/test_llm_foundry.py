@@ -4,7 +4,6 @@ does with each key and what recipec can and cannot express."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import tomllib
 from pathlib import Path
@@ -20,13 +19,6 @@ from recipec.runtime import schedule as runtime
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "llm-foundry"
 TOOL = "llm-foundry"
-
-
-@pytest.fixture(autouse=True)
-def _present_tools(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Detection asks every tool's module for its markers: only the importers present."""
-    present = {t: m for t, m in importers.TOOLS.items() if importlib.util.find_spec(f"recipec.importers.{m}")}
-    monkeypatch.setattr(importers, "TOOLS", present)
 
 
 MDS = "missing-feature"

@@ -1,0 +1,382 @@
+"""recipec import --from llama-factory: the fixtures mirror LLaMA-Factory's own examples."""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from recipec.compiler import plan_recipe
+from recipec.diagnostics import RecipeError
+from recipec.importers import Options, import_config, llama_factory
+
+TOOL = "llama-factory"
+NFT = "not-for-training"
+
+# What every fixture of LLaMA-Factory's example layout leaves out of the training: the
+# output and logging housekeeping of its examples.
+HOUSEKEEPING = {"ddp_timeout": NFT, "do_train": NFT, "overwrite_output_dir": NFT, "overwrite_cache": NFT, "plot_loss": NFT}
+DEMO = ("data/identity.json", "data/alpaca_en_demo.json")
+
+EXPECTED = {
+    "llama3_lora_sft.yaml": {
+        "files": DEMO,
+        "approx": {"dataset", "cutoff_len"},
+        "dropped": {**HOUSEKEEPING},
+    },
+    "llama3_lora_pretrain.yaml": {
+        "files": ("data/c4_demo.jsonl",),
+        "approx": set(),
+        "dropped": {**HOUSEKEEPING},
+    },
+    "llama3_lora_dpo.yaml": {
+        "files": ("data/dpo_en_demo.json",),
+        "approx": {"dataset", "cutoff_len"},
+        "dropped": {**HOUSEKEEPING},
+    },
+    "llama3_lora_kto.yaml": {
+        "files": ("data/kto_en_demo.json",),
+        "approx": {"dataset", "cutoff_len", "per_device_train_batch_size"},
+        "dropped": dict(HOUSEKEEPING),
+    },
+    "llama3_lora_sft_otfq.yaml": {
+        "files": DEMO,
+        "approx": {"dataset", "cutoff_len", "quantization_bit"},
+        "dropped": {**HOUSEKEEPING},
+    },
+    "llama3_full_sft.yaml": {
+        "files": DEMO,
+        "approx": {"dataset", "cutoff_len", "deepspeed"},
+        "dropped": {**HOUSEKEEPING},
+    },
+    "qwen2_5_lora_sft_packing.yaml": {
+        "files": ("data/alpaca_en_demo.json",),
+        "approx": {"dataset", "cutoff_len", "interleave_probs", "mix_strategy"},
+        "dropped": {**HOUSEKEEPING, "per_device_eval_batch_size": NFT},
+    },
+    "llama3_pissa_sft.yaml": {
+        "files": DEMO,
+        "approx": {"dataset", "cutoff_len", "pissa_init", "pissa_iter"},
+        "dropped": {**HOUSEKEEPING, "pissa_convert": NFT},
+    },
+    "llama3_lora_reward.yaml": {
+        "files": ("data/dpo_en_demo.json",),
+        "approx": {"dataset", "cutoff_len"},
+        "dropped": {**HOUSEKEEPING, "stage": "missing-feature"},
+    },
+    "llama3_lora_sft_trainer_args.yaml": {
+        "files": ("data/identity.json", "data/glaive_toolcall_en_demo.json", "data/alpaca_en_demo.json"),
+        "approx": {"dataset", "eval_dataset", "cutoff_len", "report_to"},
+        "dropped": {**HOUSEKEEPING, "per_device_eval_batch_size": NFT},
+    },
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(EXPECTED))
+def test_fixture(imported, fixture):
+    spec = EXPECTED[fixture]
+    got = imported(TOOL, fixture, files=spec["files"])
+    assert got.approx == spec["approx"]
+    assert got.dropped == spec["dropped"]
+    assert not got.result.draft.pending()
+
+
+def test_sft(imported):
+    r = imported(TOOL, "llama3_lora_sft.yaml", files=DEMO).recipe
+    assert r["model"] == {"path": "meta-llama/Meta-Llama-3-8B-Instruct", "trust_remote_code": True, "gradient_checkpointing": True}
+    assert [s["path"] for s in r["data"]["sources"]] == list(DEMO)
+    assert all(s["records"] == "alpaca" and s["max_documents"] == 1000 and s["train_on"] == "assistant" for s in r["data"]["sources"])
+    assert r["data"]["seq_len"] == 2048 and r["data"]["packing"] is False and r["data"]["eval_fraction"] == 0.0
+    assert r["data"]["num_proc"] == 16 and r["data"]["num_workers"] == 4
+    assert r["peft"] == {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+    assert r["optim"]["lr"] == 1e-4 and r["optim"]["weight_decay"] == 0.0 and r["optim"]["betas"] == [0.9, 0.999]
+    assert r["schedule"] == {"warmup": 0.1, "decay": "cosine", "min_lr_ratio": 0.0}
+    assert r["train"]["epochs"] == 3 and r["train"]["micro_batch_size"] == 1 and r["train"]["batch_size"] == 8
+    assert r["train"]["eval_every"] == 0 and r["train"]["save_every"] == 500
+    assert r["launch"]["mixed_precision"] == "bf16"
+    assert r["recipe"]["seed"] == 42
+    assert r["tokenizer"]["chat_template"] == llama_factory.chat_template("llama3")
+
+
+CONVERSATION = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "Bye"},
+    {"role": "assistant", "content": "Bye!"},
+]
+RENDERED = {
+    # LLaMA-Factory's slots (data/template.py): format_system, format_user, format_assistant
+    "llama3": "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    "Hello.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nBye!<|eot_id|>",
+    "qwen": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\nBye!<|im_end|>\n",
+    "chatml": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\nBye!<|im_end|>\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RENDERED))
+def test_templates_render_as_llama_factory(name):
+    import jinja2
+
+    text = llama_factory.chat_template(name)
+    plain = re.sub(r"\{%-? *(end)?generation *-?%\}", "", text)
+    env = jinja2.Environment()
+    assert env.from_string(plain).render(messages=CONVERSATION) == RENDERED[name]
+    system = [{"role": "system", "content": "Be brief."}, *CONVERSATION]
+    assert env.from_string(plain).render(messages=system).count("Be brief.") == 1
+    assert "You are Qwen" not in env.from_string(plain).render(messages=system)
+    custom = llama_factory.chat_template(name, "Answer in French.")
+    assert "Answer in French." in env.from_string(re.sub(r"\{%-? *(end)?generation *-?%\}", "", custom)).render(messages=CONVERSATION)
+
+
+def test_global_batch_counts_processes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = Path(__file__).parent / "configs" / TOOL / "llama3_lora_sft.yaml"
+    r = tomllib.loads(import_config(path, TOOL, Options(name="x", num_processes=4)).text)
+    assert r["train"]["batch_size"] == 32 and r["launch"]["num_processes"] == 4
+
+
+def test_pretrain(imported):
+    r = imported(TOOL, "llama3_lora_pretrain.yaml", files=("data/c4_demo.jsonl",)).recipe
+    (src,) = r["data"]["sources"]
+    assert src == {"path": "data/c4_demo.jsonl", "max_documents": 1000}  # records "text", the text column
+    assert r["data"]["packing"] is True and r["data"]["seq_len"] == 2048
+
+
+def test_dpo(imported):
+    r = imported(TOOL, "llama3_lora_dpo.yaml", files=("data/dpo_en_demo.json",)).recipe
+    assert r["preference"] == {"objective": "dpo", "beta": 0.1}
+    (src,) = r["data"]["sources"]
+    assert src["records"] == "preference"
+    assert src["fields"] == {"prompt": "conversations", "chosen": "chosen", "rejected": "rejected", "role": "from", "content": "value"}
+    assert src["roles"] == {"human": "user", "gpt": "assistant", "system": "system"}
+    assert r["optim"]["lr"] == 5e-6
+
+
+def test_kto(imported):
+    got = imported(TOOL, "llama3_lora_kto.yaml", files=("data/kto_en_demo.json",))
+    r = got.recipe
+    assert r["preference"] == {"objective": "kto", "beta": 0.1}
+    assert r["data"]["sources"][0]["records"] == "unpaired_preference"
+    assert r["train"]["micro_batch_size"] == 2 and r["train"]["batch_size"] == 8
+    assert any("KL term" in w for w, _ in got.result.draft.warnings)
+
+
+def test_pissa(imported):
+    r = imported(TOOL, "llama3_pissa_sft.yaml", files=DEMO).recipe
+    assert r["peft"]["init"] == "pissa"
+
+
+def test_reward_stage_is_dpo_on_its_pairs(imported):
+    got = imported(TOOL, "llama3_lora_reward.yaml", files=("data/dpo_en_demo.json",))
+    assert got.recipe["preference"] == {"objective": "dpo"}
+    assert got.recipe["data"]["sources"][0]["records"] == "preference"
+    assert any("stage 'rm' cannot be imported" in w for w, _ in got.result.draft.warnings)
+
+
+def test_default_system(tmp_path, monkeypatch):
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: alpaca_en\ntemplate: qwen\ndefault_system: Answer in French.\n")
+    assert draft.ledger["default_system"].how == "exact"
+    assert draft.value("tokenizer.chat_template") == llama_factory.chat_template("qwen", "Answer in French.")
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: alpaca_en\ntemplate: mistral\ndefault_system: Hi.\n")
+    assert draft.ledger["template"].how == "approx" and draft.ledger["default_system"].how == "dropped"
+
+
+def test_qlora(imported):
+    r = imported(TOOL, "llama3_lora_sft_otfq.yaml", files=DEMO).recipe
+    assert r["peft"]["quantize"] == "4bit"
+
+
+def test_full_deepspeed_z3(imported):
+    r = imported(TOOL, "llama3_full_sft.yaml", files=DEMO).recipe
+    assert "peft" not in r
+    assert r["launch"]["strategy"] == "fsdp" and r["launch"]["fsdp"] == {"sharding_strategy": "full_shard"}
+    assert r["optim"]["lr"] == 1e-5 and r["train"]["batch_size"] == 2
+
+
+def test_packing(imported):
+    r = imported(TOOL, "qwen2_5_lora_sft_packing.yaml", files=("data/alpaca_en_demo.json",)).recipe
+    assert r["data"]["packing"] is True and r["data"]["seq_len"] == 4095  # DataArguments: cutoff_len - 1
+    hub, demo = r["data"]["sources"]
+    assert hub["hub"] == {"repo": "HuggingFaceH4/ultrachat_200k", "split": "train_sft"} and hub["records"] == "messages"
+    assert (hub["weight"], demo["weight"]) == (0.8, 0.2) and r["data"]["on_exhausted"] == "stop"
+    assert r["data"]["eval_fraction"] == 0.02 and r["train"]["eval_every"] == 200
+    assert r["model"]["attention"] == "flash_attention_2"
+    assert r["peft"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert r["output"]["trackers"] == ["wandb"]
+
+
+def test_trainer_args(imported):
+    spec = EXPECTED["llama3_lora_sft_trainer_args.yaml"]
+    r = imported(TOOL, "llama3_lora_sft_trainer_args.yaml", files=spec["files"]).recipe
+    assert r["optim"] == {"name": "adamw", "implementation": "auto", "lr": 3e-5, "weight_decay": 0.01, "grad_clip": 0.5, "betas": [0.9, 0.95], "eps": 1e-6}
+    assert r["schedule"] == {"warmup": 50, "decay": "cosine", "min_lr_ratio": 0.1}
+    assert r["train"]["max_steps"] == 1200 and r["train"]["keep_last"] == 3 and r["recipe"]["seed"] == 7
+    assert r["model"]["gradient_checkpointing"] is False and r["model"]["attention"] == "sdpa"
+    assert r["peft"]["rslora"] is True and r["peft"]["loraplus_lr_ratio"] == 16.0 and r["peft"]["alpha"] == 16
+    assert "<|im_start|>" in r["tokenizer"]["chat_template"]
+    train, tools, ev = r["data"]["sources"]
+    assert train["train_on"] == "assistant" and tools["train_on"] == "last_assistant"  # mask_history
+    assert tools["records"] == "sharegpt" and ev["split"] == "eval" and ev["name"] == "alpaca_en_demo"
+
+
+# -- the LR of every step, against transformers' own scheduler ---------------------------
+
+
+def _hf_lrs(config: dict, total: int) -> list[float]:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    lr = float(config.get("learning_rate", 5e-5))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    steps = int(config.get("warmup_steps", 0) or 0)
+    warmup = steps if steps >= 1 else math.ceil(float(config.get("warmup_ratio", 0.0) or 0.0) * total)
+    sched = transformers.get_scheduler(
+        config.get("lr_scheduler_type", "linear"), opt, num_warmup_steps=warmup, num_training_steps=total,
+        scheduler_specific_kwargs=dict(config.get("lr_scheduler_kwargs") or {}),
+    )
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("total", [200, 1000])
+@pytest.mark.parametrize("fixture", sorted(EXPECTED))
+def test_lr_matches_transformers(imported, fixture, total):
+    import yaml
+
+    from recipec.runtime import schedule
+
+    path = Path(__file__).parent / "configs" / TOOL / fixture
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    config = {k: (float(v) if k in ("learning_rate", "warmup_ratio") else v) for k, v in config.items()}
+    expected = _hf_lrs(config, total)
+    got = imported(TOOL, fixture, files=EXPECTED[fixture]["files"])
+    text = re.sub(r"(?m)^(epochs|max_steps) = .*$", "", got.path.read_text(encoding="utf-8"))
+    got.path.write_text(text, encoding="utf-8")
+    plan, _ = plan_recipe(got.path, [f"train.max_steps={total}"])
+    peak = got.recipe["optim"]["lr"]
+    ours = [peak * m for m in schedule.values(plan["schedule_phases"], total)]
+    assert ours == pytest.approx(expected, rel=1e-9, abs=1e-18)
+
+
+# -- errors, detection, warnings ----------------------------------------------------------
+
+
+def test_unknown_key(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("model_name_or_path: a/b\nstage: sft\nlora_rnak: 8\n", encoding="utf-8")
+    with pytest.raises(RecipeError) as err:
+        import_config(path, TOOL)
+    text = str(err.value)
+    assert "lora_rnak" in text and "x.yaml:3" in text and "lora_rank" in text
+    assert "Traceback" not in text
+
+
+def test_known_keys_come_from_the_dataclasses():
+    for key in ("neat_packing", "pref_loss", "pissa_init", "quantization_bit", "enable_liger_kernel", "ray_num_workers", "learning_rate", "deepspeed"):
+        assert key in llama_factory.KNOWN
+    assert "compute_dtype" not in llama_factory.KNOWN  # init=False: not settable
+
+
+def test_llama_factory_config_named_as_another_tool(tmp_path):
+    path = Path(__file__).parent / "configs" / TOOL / "llama3_lora_sft.yaml"
+    from recipec.importers import detect
+    from recipec.importers.core import read_config
+
+    hits = detect(read_config(path))[TOOL]
+    assert {"model_name_or_path", "stage", "finetuning_type", "template", "cutoff_len", "lora_target"} <= set(hits)
+
+
+def test_another_tool_detected(tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text('{"per_device_train_batch_size": 8, "lr_scheduler_type": "linear", "adam_epsilon": 1e-8, "logging_strategy": "steps"}', encoding="utf-8")
+    with pytest.raises(RecipeError, match="looks like a transformers config"):
+        import_config(path, TOOL)
+
+
+def _warnings(tmp_path, monkeypatch, body: str, files=()):
+    monkeypatch.chdir(tmp_path)
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text('{"text": "x"}\n', encoding="utf-8")
+    path = tmp_path / "c.yaml"
+    path.write_text("model_name_or_path: meta-llama/Meta-Llama-3-8B\n" + body, encoding="utf-8")
+    result = import_config(path, TOOL)
+    out = tmp_path / "c.toml"
+    out.write_text(result.text, encoding="utf-8")
+    plan_recipe(out, ())
+    return result.draft
+
+
+HUB = "dataset: alpaca_en\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "needle", "dropped"),
+    [
+        ("stage: sft\nfinetuning_type: full\nlora_rank: 16\n" + HUB, "finetuning_type is \"full\"", {"lora_rank": "ignored-by-tool"}),
+        ("stage: rm\ndataset: ultrafeedback\n", "stage 'rm' cannot be imported", {"stage": "missing-feature"}),
+        ("stage: sft\nfinetuning_type: freeze\n" + HUB, "\"freeze\" cannot be imported", {"finetuning_type": "missing-feature"}),
+        ("stage: sft\n" + HUB + "pref_beta: 0.2\n", "not a preference stage", {"pref_beta": "ignored-by-tool"}),
+        ("stage: pt\ndataset: fineweb\ntemplate: llama3\n", "no chat template", {"template": "ignored-by-tool"}),
+        ("stage: dpo\ndataset: ultrafeedback\ntrain_on_prompt: true\n", "does not mask by turns", {"train_on_prompt": "ignored-by-tool"}),
+        ("stage: sft\ndataset: alpaca_en,lima\nmix_strategy: interleave_over\ninterleave_probs: 0.5,0.6\n", "do not sum to 1", {}),
+        ("stage: sft\n" + HUB + "interleave_probs: 0.5\n", "mix_strategy is \"concat\"", {"interleave_probs": "ignored-by-tool"}),
+        ("stage: sft\n" + HUB + "eval_strategy: steps\neval_steps: 10\n", "nothing to evaluate on", {}),
+        ("stage: sft\n" + HUB + "gradient_checkpointing: false\n", "LLaMA-Factory checkpoints", {"gradient_checkpointing": "ignored-by-tool"}),
+        ("stage: sft\n" + HUB + "lr_scheduler_type: cosine\nwarmup_steps: 10\nwarmup_ratio: 0.1\n", "warmup_ratio", {"warmup_ratio": "ignored-by-tool"}),
+        ("stage: kto\ndataset: kto_mix_en\nper_device_train_batch_size: 1\ngradient_accumulation_steps: 4\n", "KL term", {}),
+        ("stage: sft\ndataset: my_data\n", "not a known name", {}),
+        ("stage: sft\n" + HUB + "quantization_method: hqq\n", "quantization_bit is not set", {"quantization_method": "ignored-by-tool"}),
+        ("stage: sft\nfinetuning_type: full\n" + HUB + "galore_rank: 64\n", "read only with `use_galore` on", {"galore_rank": "ignored-by-tool"}),
+    ],
+)
+def test_warnings(tmp_path, monkeypatch, body, needle, dropped):
+    files = ("data/my_data.json",) if "my_data" in body else ()
+    draft = _warnings(tmp_path, monkeypatch, body, files)
+    assert any(needle in w for w, _ in draft.warnings), draft.warnings
+    for key, reason in dropped.items():
+        assert draft.ledger[key].how == "dropped" and draft.ledger[key].reason == reason
+
+
+def test_preference_objectives(tmp_path, monkeypatch):
+    for loss, objective in llama_factory.OBJECTIVES.items():
+        draft = _warnings(tmp_path, monkeypatch, f"stage: dpo\ndataset: dpo_mix_en\npref_loss: {loss}\npref_beta: 0.2\n")
+        assert draft.value("preference.objective") == objective and draft.value("preference.beta") == 0.2
+    draft = _warnings(tmp_path, monkeypatch, "stage: dpo\ndataset: dpo_mix_en\npref_loss: simpo\n")
+    assert draft.value("preference.gamma") == 0.5 and draft.value("preference.beta") == 0.1
+
+
+def test_dataset_info_of_dataset_dir(tmp_path, monkeypatch):
+    (tmp_path / "mydata").mkdir()
+    (tmp_path / "mydata" / "dataset_info.json").write_text(
+        '{"chats": {"file_name": "chats.jsonl", "formatting": "sharegpt", "columns": {"messages": "dialog"}}}', encoding="utf-8"
+    )
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: chats\ndataset_dir: mydata\n", files=("mydata/chats.jsonl",))
+    assert draft.value("data.sources[0].path") == "mydata/chats.jsonl"
+    assert draft.value("data.sources[0].records") == "sharegpt"
+    assert draft.value("data.sources[0].fields") == {"messages": "dialog"}
+
+
+def test_online_and_remote_dataset_dir(tmp_path, monkeypatch):
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: org/my-alpaca\ndataset_dir: ONLINE\n")
+    assert {k: v.value for k, v in draft.value("data.sources[0].hub").items()} == {"repo": "org/my-alpaca"}
+    assert draft.value("data.sources[0].records") == "alpaca" and draft.ledger["dataset"].how == "exact"
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: identity\ndataset_dir: REMOTE:llamafactory/demo_data\n")
+    hub = {k: v.value for k, v in draft.value("data.sources[0].hub").items()}
+    assert hub == {"repo": "llamafactory/demo_data", "data_files": "identity.json"}
+    assert draft.ledger["dataset"].how == "approx"
+
+
+def test_feature_flags_are_missing_features(tmp_path, monkeypatch):
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\nfinetuning_type: full\n" + HUB + "use_galore: true\ngalore_rank: 64\nenable_liger_kernel: true\nuse_unsloth: false\n")
+    assert {k: draft.ledger[k].reason for k in ("use_galore", "galore_rank", "enable_liger_kernel")} == dict.fromkeys(
+        ("use_galore", "galore_rank", "enable_liger_kernel"), "missing-feature"
+    )
+    assert draft.ledger["use_unsloth"].how == "exact"
