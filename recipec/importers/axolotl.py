@@ -205,7 +205,6 @@ MARKERS = (
     "lora_target_linear",
     "val_set_size",
     "adapter",
-    "lr_scheduler",
     "pretraining_dataset",
 )
 
