@@ -411,7 +411,9 @@ def optimizer(d: Draft, rename: Mapping[str, str] = {}, defaults: Mapping[str, A
 
 def _plain(d: Draft, target: str, hf: str, rename: Mapping[str, str], defaults: Mapping[str, Any]) -> None:
     k = key(rename, hf)
-    if d.has(k):
+    if d.has(k) and d.get(k) is None and hf in defaults:  # written but left empty: the default
+        d.set(target, _float(defaults[hf]), k, note=f"empty: transformers' default {defaults[hf]}")
+    elif d.has(k):
         d.set(target, _float(d.get(k)), k)
     elif hf in defaults:
         d.default(target, _float(defaults[hf]), k, f"{hf} {defaults[hf]}")
