@@ -608,7 +608,7 @@ class _Conv:
                 "python-docs",
                 note="PLACEHOLDER: replace with the documents the MDS shards were made from",
             )
-            self.d.note(
+            self.d.warn(
                 f"train_loader reads MDS shards ({where}), which recipec cannot read: the recipe's source is a "
                 "placeholder (builtin python-docs); replace it with the documents the shards were made from "
                 "(the jsonl/parquet files or hub dataset convert_dataset_hf.py read)."

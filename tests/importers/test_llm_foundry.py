@@ -188,8 +188,8 @@ def test_mpt_125m_values(imported):
         "num_processes": 8, "mixed_precision": "bf16", "strategy": "fsdp",
         "fsdp": {"version": 1, "sharding_strategy": "full_shard", "activation_checkpointing": False},
     }  # fmt: skip
-    assert r["data"]["sources"] == [{"builtin": "python-docs"}]  # the MDS placeholder, said in a note
-    assert any("MDS" in n for n in imported(TOOL, CONFIGS / "mpt-125m.yaml").result.draft.notes)
+    assert r["data"]["sources"] == [{"builtin": "python-docs"}]  # the MDS placeholder, said in a warning
+    assert any("MDS" in msg for msg, _ in imported(TOOL, CONFIGS / "mpt-125m.yaml").result.draft.warnings)
 
 
 def test_decoupled_weight_decay_is_divided_by_the_peak_lr(imported):
@@ -247,7 +247,8 @@ def test_continued_pretraining_values(imported):
     assert r["data"]["seq_len"] == 4096
     assert r["train"]["save_every"] == 1000 and r["train"]["keep_last"] == 1
     assert r["optim"]["lr"] == 5e-5
-    (msg,) = [m for m, _ in got.result.draft.warnings]
+    mds, msg = [m for m, _ in got.result.draft.warnings]
+    assert "MDS shards" in mds
     assert "load_weights_only" in msg and "load_path" in msg
 
 
