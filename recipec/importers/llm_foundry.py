@@ -678,6 +678,14 @@ class _Conv:
         if name not in shapes:
             if self.has("scheduler"):
                 self.drop("scheduler", "missing-feature", f"Composer's `{name}` has no recipec shape.")
+                self.d.warn(
+                    f"the scheduler `{name}` cannot be imported: the recipe has recipec's default schedule "
+                    "(a 3 % warmup, then a cosine to 10 % of the peak) until [schedule] is set",
+                    s + "name",
+                )
+            else:  # no scheduler: Composer keeps the optimizer's LR
+                self.d.default("schedule.warmup", 0, "scheduler", "no scheduler: a constant LR")
+                self.d.default("schedule.decay", "constant", "scheduler", "no scheduler: a constant LR")
             return
         self.set("schedule.decay", shapes[name], s + "name")
         self.set("schedule.warmup_shape", "linear", note="Composer's warmup is linear from 0")

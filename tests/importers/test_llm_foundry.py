@@ -464,3 +464,19 @@ def test_another_tool_is_told_it_is_an_llm_foundry_config(other):
 def test_written_text_parses():
     got = import_config(CONFIGS / "mpt-125m.yaml", TOOL, Options(name="mpt-125m", num_processes=8))
     assert tomllib.loads(got.text)["recipe"]["name"] == "mpt-125m"
+
+
+def test_a_scheduler_that_cannot_be_imported_is_warned_and_none_is_constant(tmp_path, imported):
+    text = (CONFIGS / "mpt-125m.yaml").read_text(encoding="utf-8")
+    assert "name: cosine_with_warmup" in text
+    (tmp_path / "inv.yaml").write_text(text.replace("name: cosine_with_warmup", "name: inv_sqrt_with_warmup"), encoding="utf-8")
+    got = imported(TOOL, tmp_path / "inv.yaml", num_processes=8)
+    assert any("inv_sqrt_with_warmup" in msg and "cannot be imported" in msg for msg, _ in got.result.draft.warnings)
+    assert got.dropped["scheduler.name"] == "missing-feature"
+    import yaml
+
+    data = yaml.safe_load(text)
+    del data["scheduler"]
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    got = imported(TOOL, tmp_path / "none.yaml", num_processes=8)
+    assert got.recipe["schedule"]["decay"] == "constant" and got.recipe["schedule"]["warmup"] == 0
