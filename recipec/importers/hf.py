@@ -58,21 +58,14 @@ TRAINING_ARGUMENTS: tuple[str, ...] = (
     "local_rank",
     # fields of transformers 4.x, removed or renamed since: saved configs still carry them
     "warmup_ratio", "evaluation_strategy", "overwrite_output_dir", "logging_dir", "save_safetensors",
-    "no_cuda", "use_mps_device", "jit_mode_eval", "use_ipex", "bf16_full_eval", "half_precision_backend",
-    "fp16_opt_level", "fp16_backend", "tpu_num_cores", "tpu_metrics_debug", "past_index", "group_by_length",
-    "length_column_name", "mp_parameters", "dataloader_prefetch_factor", "push_to_hub_model_id",
-    "push_to_hub_organization", "push_to_hub_token", "hub_private_repo", "gradient_checkpointing_kwargs",
-    "include_inputs_for_metrics", "include_tokens_per_second", "ray_scope", "split_batches",
-    "dispatch_batches", "fsdp_min_num_params", "fsdp_transformer_layer_cls_to_wrap", "torchdynamo",
-    "xpu_backend", "sharded_ddp", "optim_target_modules", "eval_delay", "save_on_each_node",
+    "no_cuda", "use_mps_device", "jit_mode_eval", "use_ipex", "half_precision_backend", "fp16_opt_level",
+    "fp16_backend", "tpu_num_cores", "tpu_metrics_debug", "past_index", "group_by_length", "mp_parameters",
+    "push_to_hub_model_id", "push_to_hub_organization", "push_to_hub_token", "include_inputs_for_metrics",
+    "include_tokens_per_second", "ray_scope", "split_batches", "dispatch_batches", "fsdp_min_num_params",
+    "fsdp_transformer_layer_cls_to_wrap", "torchdynamo", "xpu_backend", "sharded_ddp",
     "use_legacy_prediction_loop", "per_gpu_train_batch_size", "per_gpu_eval_batch_size", "adafactor",
-    "save_strategy", "torch_compile", "accelerator_config", "neftune_noise_alpha", "use_liger_kernel",
-    "eval_on_start", "lr_scheduler_kwargs", "tp_size", "average_tokens_across_devices",
-    "restore_callback_states_from_checkpoint", "batch_eval_metrics", "eval_use_gather_object",
-    "dataloader_persistent_workers", "hub_always_push", "ddp_broadcast_buffers", "torch_empty_cache_steps",
-    "include_num_input_tokens_seen", "use_cpu", "save_only_model", "log_on_each_node", "fsdp_config",
-    "predict_with_generate", "generation_max_length", "generation_num_beams", "generation_config",
-    "sortish_sampler",
+    "tp_size", "predict_with_generate", "generation_max_length", "generation_num_beams",
+    "generation_config", "sortish_sampler",
 )
 """Every key a `TrainingArguments` (and `Seq2SeqTrainingArguments`) accepts, then or now."""
 

@@ -121,3 +121,14 @@ def test_a_subclass_field_is_an_unknown_key(tmp_path):
 def test_without_model_and_data_the_notes_say_what_to_pass(tmp_path):
     result = import_config(CONFIGS / "transformers" / "smollm-wsd-pretrain.json", "transformers", Options(name="x"))
     assert any("--model" in n for n in result.draft.notes) and any("--data" in n for n in result.draft.notes)
+
+
+def test_every_field_of_the_installed_training_arguments_is_known():
+    """A newer transformers with a new field fails here, not on a user's config."""
+    transformers = pytest.importorskip("transformers")
+    import dataclasses
+
+    from recipec.importers import hf
+
+    fields = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+    assert fields - set(hf.TRAINING_ARGUMENTS) == set()
