@@ -87,6 +87,7 @@ LABELS = {"a": "a recipec train.py", "b": "b bare accelerate loop", "c": "c tran
 def _recipe(cfg: dict) -> str:
     model = "\n".join(f"{k} = {v}" for k, v in cfg["model_config"].items())
     cuda = cfg["device"] == "cuda"
+    seq_len = cfg["seq_len"]
     return f"""\
 [recipe]
 name = "{NAME}"
@@ -98,13 +99,13 @@ dtype = "float32"
 
 [model.config]
 {model}
-max_position_embeddings = {SEQ_LEN}
+max_position_embeddings = {seq_len}
 
 [tokenizer]
 train = {{ kind = "bpe", vocab_size = {VOCAB} }}
 
 [data]
-seq_len = {SEQ_LEN}
+seq_len = {seq_len}
 packing = true
 eval_fraction = 0.02
 cache_dir = "cache"
@@ -147,7 +148,10 @@ cpu = {"false" if cuda else "true"}
 
 
 def _install_clock(cfg: dict, times_file: Path) -> None:
-    """Record the wall clock and the process's CPU time after every optimizer step; written to `times_file` at exit."""
+    """Record the wall clock and the process's CPU time after every optimizer step; written to `times_file` at exit.
+
+    On CUDA the file also has the peak of torch's allocated and reserved memory over the run.
+    """
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -164,8 +168,14 @@ def _install_clock(cfg: dict, times_file: Path) -> None:
         wall.append(time.perf_counter())
         cpu.append(time.process_time())  # all threads of this process
 
+    def write() -> None:
+        times: dict = {"wall": wall, "cpu": cpu}
+        if sync:
+            times.update(max_allocated=torch.cuda.max_memory_allocated(), max_reserved=torch.cuda.max_memory_reserved())
+        times_file.write_text(json.dumps(times))
+
     register_optimizer_step_post_hook(after_step)
-    atexit.register(lambda: times_file.write_text(json.dumps({"wall": wall, "cpu": cpu})))
+    atexit.register(write)
 
 
 def _shared_setup(cfg: dict):
@@ -187,7 +197,7 @@ def _shared_setup(cfg: dict):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        max_position_embeddings=SEQ_LEN,
+        max_position_embeddings=cfg["seq_len"],
         **cfg["model_config"],
     )
     model = AutoModelForCausalLM.from_config(config)
@@ -220,7 +230,11 @@ def _run_b(cfg: dict) -> None:
         cpu=cfg["device"] == "cpu", mixed_precision="bf16" if cfg["bf16"] else "no", gradient_accumulation_steps=accum
     )
     train_set, collate, model = _shared_setup(cfg)
-    optimizer = torch.optim.AdamW(_param_groups(model), lr=LR, betas=(0.9, 0.95))
+    if cfg.get("compile"):
+        model = torch.compile(model)
+    # fused: one kernel per device for the whole update (the recipe's optim.implementation "fused")
+    fused = {"fused": True} if cfg.get("fused") else {}
+    optimizer = torch.optim.AdamW(_param_groups(model), lr=LR, betas=(0.9, 0.95), **fused)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, cfg["lr_warmup"], cfg["steps"], min_lr_rate=0.1)
     loader = DataLoader(
         train_set,
@@ -283,7 +297,16 @@ def _worker(runner: str, config_file: Path, times_file: Path) -> None:
     cfg = json.loads(config_file.read_text())
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     _install_clock(cfg, times_file)
-    {"a": _run_a, "b": _run_b, "c": _run_c}[runner](cfg)
+    run = {"a": _run_a, "b": _run_b, "c": _run_c}[runner]
+    if cfg.get("sdpa_backend") == "flash":
+        # only the flash kernel may run: an attention call it cannot serve raises instead of
+        # falling back to another backend, so a run that finishes used flash throughout
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            run(cfg)
+    else:
+        run(cfg)
 
 
 # --------------------------------------------------------------------------- the driver
@@ -291,14 +314,19 @@ def _worker(runner: str, config_file: Path, times_file: Path) -> None:
 
 def _prepare(cfg: dict, workdir: Path) -> None:
     """Write the recipe, build it and run its data stage (once; every runner reads the entry)."""
+    (workdir / "recipe.toml").write_text(_recipe(cfg))
+    prepare(cfg, workdir / "recipe.toml", (), workdir)
+
+
+def prepare(cfg: dict, recipe: Path, overrides: tuple[str, ...] | list[str], workdir: Path):
+    """Build `recipe` with `overrides` into `workdir` and run its data stage; sets cfg's build_dir and entry; returns the plan."""
     sys.path.insert(0, str(REPO))
     from recipec.compiler import build
 
-    (workdir / "recipe.toml").write_text(_recipe(cfg))
-    written, plan = build(workdir / "recipe.toml", (), None, project=workdir, force=True)
+    written, plan = build(recipe, tuple(overrides), None, project=workdir, force=True)
     cfg["build_dir"] = str((workdir / plan.build_dir).resolve())
     out = subprocess.run(
-        [sys.executable, "-m", "recipec", "data", "recipe.toml"],
+        [sys.executable, "-m", "recipec", "data", str(recipe), *(a for o in overrides for a in ("--set", o))],
         cwd=workdir,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         check=True,
@@ -307,6 +335,7 @@ def _prepare(cfg: dict, workdir: Path) -> None:
     )
     report = next(line for line in out.stdout.splitlines() if line.startswith("report: "))
     cfg["entry"] = str((workdir / report.removeprefix("report: ")).parent.resolve())
+    return plan
 
 
 def _n_params(cfg: dict) -> tuple[int, int]:
@@ -328,14 +357,15 @@ def _one_run(runner: str, cfg: dict, workdir: Path, index: int) -> tuple[float, 
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker", runner, "--config", str(workdir / "bench.json")]
     argv += ["--times", str(times_file)]
     with open(log_file, "w") as log:
-        result = subprocess.run(argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        # a timeout (cfg "timeout", seconds) raises subprocess.TimeoutExpired after killing the runner
+        result = subprocess.run(argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, timeout=cfg.get("timeout"))
     if result.returncode != 0:
         sys.exit(f"runner {runner} failed (exit {result.returncode}); see {log_file}:\n{log_file.read_text()[-3000:]}")
     times = json.loads(times_file.read_text())
     if len(times["wall"]) != cfg["steps"]:
         sys.exit(f"runner {runner} made {len(times['wall'])} optimizer steps, expected {cfg['steps']}; see {log_file}")
     w, n = cfg["warmup"], cfg["steps"]
-    tokens = (n - w) * cfg["batch"] * SEQ_LEN
+    tokens = (n - w) * cfg["batch"] * cfg["seq_len"]
     steps = [b - a for a, b in zip(times["wall"][w - 1 : n - 1], times["wall"][w:n])]
     return (
         tokens / (times["wall"][n - 1] - times["wall"][w - 1]),
@@ -385,6 +415,7 @@ def main() -> None:
         "bf16": args.bf16,
         "threads": args.threads if args.threads is not None else (1 if args.device == "cpu" else 0),
         "model_config": SIZES[size],
+        "seq_len": SEQ_LEN,
     }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = (args.workdir or Path(tmp)).resolve()
