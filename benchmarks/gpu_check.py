@@ -17,7 +17,10 @@ clock: tokens/s is over the steps after `warmup`, start-up, data and the final s
                      assistant turns) by the generated train.py, data.packing true (whole examples
                      in rows of seq_len, position_ids restarting at each: transformers keeps them
                      apart) against false (a micro-batch padded to its longest example), the same
-                     rows per micro-batch; supervised tokens/s
+                     rows per micro-batch; supervised tokens/s. With sdpa, packed rows attend
+                     through a block-diagonal mask (no flash kernel for such masks); a third row
+                     trains packed with model.attention = "flash_attention_2", the variable-length
+                     flash path, when the flash-attn package is installed (skipped otherwise)
 
 Columns: tokens/s (supervised tokens for SFT: optimizer steps/s x rows per step x the mean
 supervised tokens per training row of the data stage's output); MFU = tokens/s x FLOPs per
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import math
 import os
@@ -138,7 +142,7 @@ def install_wheels(wheels: Path) -> None:
 # --------------------------------------------------------------------------- recipes
 
 
-def sft_recipe(cfg: dict, packing: bool) -> str:
+def sft_recipe(cfg: dict, packing: bool, attention: str = "sdpa") -> str:
     """The SFT recipe: the LM rows' Llama from scratch, a BPE tokenizer trained on the dialogs, ChatML, loss on the answers."""
     model = "\n".join(f"{k} = {v}" for k, v in cfg["model_config"].items())
     return f"""\
@@ -148,6 +152,7 @@ seed = {tt.SEED}
 
 [model]
 init = "llama"
+attention = "{attention}"
 
 [model.config]
 {model}
@@ -269,8 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         "seq_len": 256 if tiny else 2048,
         "micro_batch": 4 if tiny else 8,
         "batch": 4 if tiny else 8,
-        "steps": (8 if tiny else 30) // half,
-        "warmup": (3 if tiny else 10) // half,
+        "steps": (6 if tiny else 30) // half,
+        "warmup": (2 if tiny else 10) // half,
         "log_every": 2 if tiny else 10,
         "eval_every": 0,
         "save_every": 0,
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
             row = Row("quickstart bf16", "recipes/quickstart.toml, mixed_precision bf16")
             work = root / "quickstart"
             work.mkdir(exist_ok=True)
-            steps = (12 if tiny else 40) // half
+            steps = (8 if tiny else 40) // half
             overrides = [
                 'launch.mixed_precision="bf16"',
                 f"launch.cpu={'false' if cuda else 'true'}",
@@ -323,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
                 v, n = tt._n_params({**cfg, "model_config": m})
                 row.mfu = mfu(row.tokens_per_s, flops_per_token(n, v, m["hidden_size"], m["num_hidden_layers"], 128), peak)
             rows.append(row)
+            print(" | ".join(row.cells()), flush=True)
 
         # the Llama: train.py against the bare loop, compile, flash, fused AdamW
         lm = root / "lm"
@@ -372,12 +378,19 @@ def main(argv: list[str] | None = None) -> None:
         # SFT: packed against padded, supervised tokens/s
         if wanted("SFT"):
             sft_cfg = {**base, "seq_len": 256 if tiny else 512, "micro_batch": 4 if tiny else 16, "batch": 4 if tiny else 16}
-            for packing in (True, False):
-                row = Row("SFT packed vs padded", f"{'packed' if packing else 'padded'}, {sft_cfg['micro_batch']} rows a micro-batch, seq_len {sft_cfg['seq_len']}")
-                work = root / ("sft-packed" if packing else "sft-padded")
+            shape = f"{sft_cfg['micro_batch']} rows a micro-batch, seq_len {sft_cfg['seq_len']}"
+            for packing, attention in ((True, "sdpa"), (False, "sdpa"), (True, "flash_attention_2")):
+                row = Row("SFT packed vs padded", f"{'packed' if packing else 'padded'}, {attention}, {shape}")
+                if attention != "sdpa" and not cuda:
+                    skip(row, "needs CUDA")
+                    continue
+                if attention != "sdpa" and importlib.util.find_spec("flash_attn") is None:
+                    skip(row, "the flash-attn package is not installed")
+                    continue
+                work = root / f"sft-{'packed' if packing else 'padded'}-{attention}"
                 work.mkdir(exist_ok=True)
                 recipe = work / "recipe.toml"
-                recipe.write_text(sft_recipe(sft_cfg, packing))
+                recipe.write_text(sft_recipe(sft_cfg, packing, attention))
                 run_cfg = dict(sft_cfg)
                 try:
                     tt.prepare(run_cfg, recipe, [], work)
