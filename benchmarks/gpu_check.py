@@ -12,7 +12,8 @@ clock: tokens/s is over the steps after `warmup`, start-up, data and the final s
   sdpa flash         (a) with torch.nn.attention.sdpa_kernel(FLASH_ATTENTION) around the run: only
                      the flash kernel may serve an attention call, so a run that finishes used it
   model.compile      (a) with model.compile = true, (b) with torch.compile
-  fused AdamW        (a) with optim.implementation = "fused"; the other (a) rows use "foreach"
+  fused AdamW        (a) with optim.implementation = "fused"; the other (a) rows use "foreach",
+                     (b) torch's default (foreach on CUDA)
   SFT packed/padded  the same Llama fine-tuned on recipes/data/dialogs.jsonl (ChatML, loss on the
                      assistant turns) by the generated train.py, data.packing true (whole examples
                      in rows of seq_len, position_ids restarting at each: transformers keeps them
@@ -30,7 +31,8 @@ reserved CUDA memory over the run (the worker's max_memory_allocated / max_memor
 against the estimate of `recipec explain --json` for the same recipe and overrides; status
 ok, failed with the last line of the error, or skipped with why.
 
-GPU machines without `datasets`, `zstandard`, `pydantic`, `click` or `tomli-w` take them from
+GPU machines without `datasets`, `zstandard`, `pydantic`, `click` or `tomli-w` take them (and
+their own requirements the machine lacks) from
 a folder of wheels (--wheels, default benchmarks/wheels when it exists; see docs/gpu_check.md
 for the `pip download` that fills it). recipec runs from this checkout (PYTHONPATH), not
 installed.
@@ -124,8 +126,9 @@ class Row:
 
 def table(rows: list[Row]) -> str:
     """A markdown table of the rows (pasted into the README as it is)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---" if i < 2 else "---:" for i in range(len(COLUMNS) - 1)) + " | --- |"]
-    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
+    rule = ["---", "---", *["---:"] * (len(COLUMNS) - 3), "---"]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in r.cells()) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -244,9 +247,9 @@ def run_row(row: Row, runner: str, cfg: dict, workdir: Path, index: str, rate_sc
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="a 2-layer model of width 64, seq_len 256: the whole script in a minute or two on CPU")
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer model of width 64, seq_len 256 (implied on CPU)")
     parser.add_argument("--quick", action="store_true", help="half the steps of every row")
-    parser.add_argument("--wheels", type=Path, help="install the missing packages from this folder (default benchmarks/wheels when it exists)")
+    parser.add_argument("--wheels", type=Path, help="install the missing packages from here (default benchmarks/wheels if it exists)")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak dense bf16 TFLOP/s, for a device not in the table")
     parser.add_argument("--only", action="append", help="run only the rows whose check starts with this (repeatable)")
     parser.add_argument("--workdir", type=Path, help="keep recipes, builds, data and logs here")
@@ -344,21 +347,24 @@ def main(argv: list[str] | None = None) -> None:
             ("model.compile", "a: train.py, model.compile = true", "a", ["model.compile=true"], {}),
             ("model.compile", "b: bare loop, torch.compile, sdpa flash", "b", [], {"compile": True, "sdpa_backend": "flash"}),
             ("fused AdamW", 'a: train.py, optim.implementation = "fused"', "a", ['optim.implementation="fused"'], {}),
-            ("fused AdamW", "b: bare loop, AdamW(fused=True), sdpa flash", "b", [], {"fused": True, "sdpa_backend": "flash"}),
         ]
         vocab = n = None
         for i, (check, setting, runner, overrides, extra) in enumerate(lm_rows):
             if not wanted(check):
                 continue
             row = Row(check, setting)
-            if not cuda and (extra.get("sdpa_backend") == "flash" and runner == "a" or extra.get("compile") or "model.compile=true" in overrides):
+            compiled = extra.get("compile") or "model.compile=true" in overrides
+            if not cuda and (compiled or runner == "a" and extra.get("sdpa_backend") == "flash"):
                 skip(row, "needs CUDA")
                 continue
             if not cuda:
                 extra = {k: v for k, v in extra.items() if k != "sdpa_backend"}  # the flash kernel needs CUDA
                 row.setting = setting.replace(", sdpa flash", ", sdpa")
-            overrides = ['optim.implementation="foreach"', *overrides] if not any("implementation" in o for o in overrides) else overrides
+            if not any("implementation" in o for o in overrides):
+                overrides = ['optim.implementation="foreach"', *overrides]
             run_cfg = {**cfg, **extra}
+            if cuda and compiled:
+                run_cfg["timeout"] = 300  # inductor compiles the model in the first steps, minutes when its cache is cold
             try:
                 tt.prepare(run_cfg, recipe, overrides, lm)
                 if runner == "a":
@@ -371,7 +377,8 @@ def main(argv: list[str] | None = None) -> None:
                 row.status = "failed: " + ((e.stderr or "").strip().splitlines() or ["exit"])[-1]
             m = cfg["model_config"]
             if row.tokens_per_s and peak:
-                row.mfu = mfu(row.tokens_per_s, flops_per_token(n, vocab, m["hidden_size"], m["num_hidden_layers"], cfg["seq_len"]), peak)
+                flops = flops_per_token(n, vocab, m["hidden_size"], m["num_hidden_layers"], cfg["seq_len"])
+                row.mfu = mfu(row.tokens_per_s, flops, peak)
             rows.append(row)
             print(" | ".join(row.cells()), flush=True)
 
@@ -404,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print()
     print(table(rows))
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s; tokens/s over steps after the warmup; SFT rows: supervised tokens/s; MFU: {'-' if not peak else f'of {peak:g} TFLOP/s'}")
+    of = f"of {peak:g} TFLOP/s" if peak else "- (no peak for this device: --peak-tflops)"
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s; tokens/s over the steps after the warmup, supervised ones in the SFT rows; MFU {of}")
 
 
 if __name__ == "__main__":

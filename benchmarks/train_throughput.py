@@ -48,6 +48,11 @@ cores, too slow for a few-minute run; on a GPU use e.g. --device cuda --bf16 --b
 --micro-batch 16 --steps 100 --warmup 20 (pydoc_data.topics packs into 205 training
 sequences, so such a run goes through many short epochs, the same in all three).
 
+benchmarks/gpu_check.py runs these runners on other recipes and shapes through the same
+config file: `seq_len`, `compile` (b: torch.compile), `sdpa_backend` "flash" (the whole run
+inside torch.nn.attention.sdpa_kernel(FLASH_ATTENTION)) and `timeout` (seconds a run may
+take); on CUDA the times file also gets the peak allocated and reserved memory.
+
 --threads defaults to 1 on CPU: on a small machine shared with other work, two OpenMP
 threads per process wait on each other at every barrier while the other is descheduled,
 which made steps 3-10x slower and erratic here; one thread per runner measures the loop,
@@ -232,9 +237,7 @@ def _run_b(cfg: dict) -> None:
     train_set, collate, model = _shared_setup(cfg)
     if cfg.get("compile"):
         model = torch.compile(model)
-    # fused: one kernel per device for the whole update (the recipe's optim.implementation "fused")
-    fused = {"fused": True} if cfg.get("fused") else {}
-    optimizer = torch.optim.AdamW(_param_groups(model), lr=LR, betas=(0.9, 0.95), **fused)
+    optimizer = torch.optim.AdamW(_param_groups(model), lr=LR, betas=(0.9, 0.95))
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, cfg["lr_warmup"], cfg["steps"], min_lr_rate=0.1)
     loader = DataLoader(
         train_set,
@@ -319,7 +322,7 @@ def _prepare(cfg: dict, workdir: Path) -> None:
 
 
 def prepare(cfg: dict, recipe: Path, overrides: tuple[str, ...] | list[str], workdir: Path):
-    """Build `recipe` with `overrides` into `workdir` and run its data stage; sets cfg's build_dir and entry; returns the plan."""
+    """Build `recipe` with `overrides` into `workdir` and run its data stage; sets cfg's build_dir and entry."""
     sys.path.insert(0, str(REPO))
     from recipec.compiler import build
 
@@ -335,7 +338,6 @@ def prepare(cfg: dict, recipe: Path, overrides: tuple[str, ...] | list[str], wor
     )
     report = next(line for line in out.stdout.splitlines() if line.startswith("report: "))
     cfg["entry"] = str((workdir / report.removeprefix("report: ")).parent.resolve())
-    return plan
 
 
 def _n_params(cfg: dict) -> tuple[int, int]:
