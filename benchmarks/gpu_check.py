@@ -92,6 +92,8 @@ def peak_tflops(device_name: str) -> float | None:
 
 @dataclass
 class Row:
+    """One line of the table: a check, its setting, what was measured (None: not measured) and how it ended."""
+
     check: str
     setting: str
     tokens_per_s: float | None = None
