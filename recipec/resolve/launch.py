@@ -10,14 +10,57 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..schema import DeepspeedTable, FsdpTable
+from .. import model_types, tp_plans
+from ..schema import DeepspeedTable, FsdpTable, LaunchTable, ParallelismTable
 from ..schema.launch import FROM_ENV
+from ..source import KeyPath
 from .builder import PlanBuilder
 from .model import hub_ids
 from .plan import Launch
 
 FSDP_MIN_NUM_PARAMS = 100_000_000
 """Parameters above which auto_wrap_policy "size" wraps a module when the recipe leaves it unset (accelerate's)."""
+
+
+MESH_DIMS = ("dp_replicate_size", "dp_shard_size", "cp_size", "sp_size", "tp_size")
+"""The mesh's dimensions in accelerate's order, outermost first: tensor-parallel ranks are neighbours (one machine)."""
+
+
+def mesh_sizes(launch: LaunchTable) -> dict[str, int]:
+    """The device mesh, by accelerate's names: {dp_replicate_size, dp_shard_size, cp_size, sp_size, tp_size}.
+
+    The processes that `[launch.parallelism]` leaves over are data-parallel ranks: they
+    shard the model (dp_shard_size) under FSDP and DeepSpeed, and are replicas
+    (dp_replicate_size) under DDP. FSDP's hybrid_shard replicates across machines. The
+    schema has checked that the sizes divide num_processes.
+    """
+    mesh = launch.parallelism or ParallelismTable()
+    replicate = mesh.dp_replicate_size
+    if launch.strategy == "fsdp" and launch.fsdp is not None and launch.fsdp.sharding_strategy == "hybrid_shard":
+        replicate = launch.num_machines
+    rest = launch.num_processes // (replicate * mesh.model_parallel_size())
+    if launch.strategy == "ddp":
+        replicate, rest = replicate * rest, 1
+    return {
+        "dp_replicate_size": replicate,
+        "dp_shard_size": rest,
+        "cp_size": mesh.cp_size,
+        "sp_size": mesh.sp_size,
+        "tp_size": mesh.tp_size,
+    }
+
+
+def data_parallel_size(launch: LaunchTable) -> int:
+    """Data-parallel ranks: processes that see different samples (the ranks of one tensor, context or sequence group see the same)."""
+    sizes = mesh_sizes(launch)
+    return sizes["dp_replicate_size"] * sizes["dp_shard_size"]
+
+
+def mesh_note(launch: LaunchTable) -> str:
+    """How the data-parallel ranks follow from the processes: `num_processes 16 / (tp_size 8)`."""
+    mesh = launch.parallelism
+    split = [f"{k} {getattr(mesh, k)}" for k in ("tp_size", "cp_size", "sp_size") if mesh is not None and getattr(mesh, k) > 1]
+    return f"num_processes {launch.num_processes} / ({' x '.join(split)})" if split else f"num_processes {launch.num_processes}"
 
 
 def launch_settings(b: PlanBuilder) -> None:
@@ -44,6 +87,8 @@ def launch_settings(b: PlanBuilder) -> None:
                     "the two do not work together yet",
                     "drop the table, or use launch.deepspeed.zero_stage = 2",
                 )
+    if launch.parallelism is not None:
+        _mesh_settings(b, launch.parallelism)
     for k in ("mixed_precision", "cpu", "tf32"):
         b.key(k, ("launch", k))
     if launch.hub_offline or hub_ids(recipe):
@@ -51,6 +96,115 @@ def launch_settings(b: PlanBuilder) -> None:
     else:  # nothing to download, so nothing may be: a local recipe never reaches the network
         b.derived("hub_offline", True, "derived: launch.hub_offline is false, but the recipe names nothing on the hub")
     b.launch = accelerate_launch(b)
+
+
+def _model_type(b: PlanBuilder) -> tuple[str | None, KeyPath]:
+    """The model's type (None for a hub model, whose config is not read at compile time) and the key that names it."""
+    r = b.recipe
+    if r.model.init is not None:
+        return r.model.init, ("model", "init")
+    key: KeyPath = ("model", "path") if r.continual is None else ("continual", "from")
+    return (b.model_config or {}).get("model_type"), key
+
+
+def _config_value(b: PlanBuilder, name: str) -> tuple[Any, KeyPath]:
+    """A key of the model's config ([model.config], the model type's default, or a local model's config.json) and where it comes from."""
+    r = b.recipe
+    if r.model.init is not None and r.model.init in model_types.model_types():
+        stored = model_types.canonical(r.model.init, name)
+        config = r.model.init_config()
+        for key, value in config.items():
+            if model_types.canonical(r.model.init, key) == stored:
+                return value, ("model", "config", key)
+        return model_types.model_types()[r.model.init]["keys"].get(stored), ("model", "init")
+    _, key = _model_type(b)
+    return (b.model_config or {}).get(name), key
+
+
+def _mesh_settings(b: PlanBuilder, mesh: ParallelismTable) -> None:
+    """`[launch.parallelism]` as settings, and its checks against the model, the data and the attention."""
+    r = b.recipe
+    sizes = mesh_sizes(r.launch)
+    for k in MESH_DIMS:
+        if k == "dp_shard_size" or (k == "dp_replicate_size" and mesh.dp_replicate_size == 1):
+            b.derived(
+                k,
+                sizes[k],
+                f"derived: {mesh_note(r.launch)}"
+                + (f" / dp_replicate_size {sizes['dp_replicate_size']}" if k == "dp_shard_size" and sizes["dp_replicate_size"] > 1 else "")
+                + (" (ddp: every data-parallel rank is a replica)" if r.launch.strategy == "ddp" and k == "dp_replicate_size" else ""),
+            )
+        else:
+            b.key(k, ("launch", "parallelism", k))
+
+    tp = mesh.tp_size
+    if tp > 1:
+        model_type, where = _model_type(b)
+        if model_type is not None and not tp_plans.has_plan(model_type):
+            b.error(
+                where,
+                f"tensor parallelism (launch.parallelism.tp_size {tp}) splits the layers by the model's tensor-parallel "
+                f'plan, and transformers has none for model type "{model_type}"',
+                "use a model type with a plan (llama, qwen2, mistral, gemma, ...), or shard with strategy = \"fsdp\" and tp_size = 1",
+            )
+        for name in ("num_attention_heads", "num_key_value_heads"):
+            heads, key = _config_value(b, name)
+            if name == "num_key_value_heads" and heads is None:
+                continue  # unset: as many as the attention heads
+            if isinstance(heads, int) and heads % tp:
+                b.error(
+                    key if key[-1] != "init" else ("launch", "parallelism", "tp_size"),
+                    f"the model's {name} {heads} is not divisible by launch.parallelism.tp_size {tp}: "
+                    f"every tensor-parallel rank holds {name} / tp_size whole heads",
+                    f"use a tp_size that divides {heads}",
+                )
+    cp = mesh.cp_size
+    if cp > 1:
+        seq_len = r.data.seq_len
+        if seq_len % (2 * cp):
+            lower = max(2 * cp, seq_len // (2 * cp) * (2 * cp))
+            b.error(
+                ("data", "seq_len"),
+                f"data.seq_len {seq_len} is not a multiple of 2 x launch.parallelism.cp_size {cp} = {2 * cp}: "
+                "context parallelism cuts every sequence into 2 x cp_size chunks, two per rank (one early, one late, "
+                "to balance the causal attention's work)",
+                f"use seq_len = {lower} or {lower + 2 * cp}",
+            )
+        if b.get("examples") and r.data.packing:
+            b.error(
+                ("data", "packing"),
+                "packed examples are kept apart by attention masks and position ids, which context parallelism's "
+                "ring attention cannot honour: it attends causally over the whole sequence",
+                "set data.packing = false (one example per sequence), or cp_size = 1",
+            )
+        if r.model.attention != "sdpa":
+            b.error(
+                ("model", "attention"),
+                f'context parallelism replaces torch\'s scaled_dot_product_attention with ring attention, and model.attention is "{r.model.attention}"',
+                'use attention = "sdpa"',
+            )
+    if mesh.sp_size > 1 and r.model.attention not in ("sdpa", "flash_attention_2", "flash_attention_3"):
+        b.error(
+            ("model", "attention"),
+            f'sequence parallelism (DeepSpeed Ulysses) wraps sdpa or flash attention, and model.attention is "{r.model.attention}"',
+            'use attention = "sdpa"',
+        )
+    if mesh.sp_size > 1 and r.data.seq_len % mesh.sp_size:
+        b.error(
+            ("data", "seq_len"),
+            f"data.seq_len {r.data.seq_len} is not a multiple of launch.parallelism.sp_size {mesh.sp_size}: "
+            "every sequence-parallel rank holds seq_len / sp_size tokens",
+        )
+    for table in ("ema", "merge"):
+        if getattr(r, table) is not None and mesh.model_parallel_size() > 1:
+            b.error(
+                (table,),
+                f"[{table}] keeps a full copy of the weights, which tensor, context and sequence parallelism split "
+                "across processes; the two do not work together yet",
+                "drop the table, or remove [launch.parallelism]",
+            )
+    if r.peft is not None and tp > 1:
+        b.error(("peft",), "PEFT adapters with tensor parallelism are not supported", "remove [peft], or tp_size = 1")
 
 
 def _fsdp_settings(b: PlanBuilder, fsdp: FsdpTable) -> None:
@@ -232,17 +386,30 @@ def fsdp_config(b: PlanBuilder) -> list[tuple[str, Any]]:
 
 
 def parallelism_config(b: PlanBuilder) -> list[tuple[str, Any]]:
-    """accelerate's `parallelism_config` entries: FSDP 2's hybrid sharding (replicate across
-    machines, shard within each); empty otherwise."""
-    if b["strategy"] != "fsdp" or b["fsdp_version"] != 2 or b["fsdp_sharding_strategy"] != "hybrid_shard":
+    """accelerate's `parallelism_config` entries (its own key names, sorted): the device mesh
+    of `[launch.parallelism]` and FSDP 2's hybrid sharding; empty for data parallelism alone.
+
+    accelerate's launcher turns them into PARALLELISM_CONFIG_* variables, from which the
+    training processes' Accelerator builds its `ParallelismConfig` and device mesh. DeepSpeed
+    builds its own sequence-parallel groups: `sp_size` and its options only.
+    """
+    launch = b.recipe.launch
+    hybrid = b["strategy"] == "fsdp" and b["fsdp_version"] == 2 and b["fsdp_sharding_strategy"] == "hybrid_shard"
+    mesh = launch.parallelism
+    if not hybrid and (mesh is None or (mesh.model_parallel_size() == 1 and mesh.dp_replicate_size == 1)):
         return []
-    machines = b["num_machines"]
-    return [
-        ("parallelism_config_cp_size", 1),
-        ("parallelism_config_dp_replicate_size", machines),
-        ("parallelism_config_dp_shard_size", b["num_processes"] // machines),
-        ("parallelism_config_tp_size", 1),
-    ]
+    sizes = mesh_sizes(launch)
+    entries: dict[str, Any] = {f"parallelism_config_{k}": v for k, v in sizes.items() if k != "sp_size"}
+    if sizes["sp_size"] > 1:
+        entries.update(
+            {
+                "parallelism_config_sp_size": sizes["sp_size"],
+                "parallelism_config_sp_backend": "deepspeed",
+                "parallelism_config_sp_seq_length_is_variable": True,
+                "parallelism_config_sp_attn_implementation": b["attention"],
+            }
+        )
+    return sorted(entries.items())
 
 
 def deepspeed_config(b: PlanBuilder) -> list[tuple[str, Any]]:
