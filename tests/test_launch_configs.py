@@ -121,6 +121,40 @@ CASES: dict[str, dict[str, Any]] = {
         },
         "train": {"batch_size": 64},
     },
+    # [launch.parallelism]: the device mesh (tensor, context and sequence parallelism)
+    "mesh-tp8-fsdp-2-machines": {
+        "launch": {
+            "num_processes": 16,
+            "num_machines": 2,
+            "machine_rank": "env",
+            "main_process_ip": "env",
+            "strategy": "fsdp",
+            "mixed_precision": "bf16",
+            "parallelism": {"tp_size": 8},
+        },
+        "model": {"config": {"num_attention_heads": 8}},
+        "train": {"batch_size": 16},
+    },
+    "mesh-cp8-full-shard": {
+        "launch": {"num_processes": 8, "strategy": "fsdp", "mixed_precision": "bf16", "parallelism": {"cp_size": 8}},
+        "train": {"micro_batch_size": 2, "batch_size": 8},
+    },
+    "mesh-sp8-zero3": {
+        "launch": {
+            "num_processes": 16,
+            "num_machines": 2,
+            "machine_rank": "env",
+            "main_process_ip": "env",
+            "strategy": "deepspeed",
+            "mixed_precision": "bf16",
+            "deepspeed": {"zero_stage": 3},
+            "parallelism": {"sp_size": 8},
+        },
+        "train": {"micro_batch_size": 2, "batch_size": 8},
+    },
+    "mesh-tp2": {
+        "launch": {"num_processes": 2, "mixed_precision": "bf16", "parallelism": {"tp_size": 2}},
+    },
 }
 
 # What accelerate must read back from each config: (distributed_type, num_processes, num_machines, use_cpu)
@@ -138,6 +172,10 @@ SHAPES = {
     "multinode-env": ("MULTI_GPU", 16, 2, False),
     "multinode-fsdp-hybrid": ("FSDP", 8, 2, False),
     "multinode-deepspeed": ("DEEPSPEED", 8, 2, False),
+    "mesh-tp8-fsdp-2-machines": ("FSDP", 16, 2, False),
+    "mesh-cp8-full-shard": ("FSDP", 8, 1, False),
+    "mesh-sp8-zero3": ("DEEPSPEED", 16, 2, False),
+    "mesh-tp2": ("MULTI_GPU", 2, 1, False),
 }
 
 # launch.sh's environment in each case: what SLURM (or the user) provides on the machine of rank 1
@@ -145,6 +183,8 @@ LAUNCH_ENV = {
     "multinode-env": {"SLURM_NODEID": "1", "MASTER_ADDR": "node-0"},
     "multinode-fsdp-hybrid": {"MACHINE_RANK": "1", "MASTER_ADDR": "node-0"},
     "multinode-deepspeed": {"SLURM_NODEID": "1"},
+    "mesh-tp8-fsdp-2-machines": {"SLURM_NODEID": "1", "MASTER_ADDR": "node-0"},
+    "mesh-sp8-zero3": {"MACHINE_RANK": "1", "MASTER_ADDR": "node-0"},
 }
 
 STUBS = {

@@ -63,6 +63,56 @@ def mesh_note(launch: LaunchTable) -> str:
     return f"num_processes {launch.num_processes} / ({' x '.join(split)})" if split else f"num_processes {launch.num_processes}"
 
 
+MESH_ROLES = {
+    "dp_replicate_size": "replicate the sharded model; each replica its own samples",
+    "dp_shard_size": "shard parameters, gradients and optimizer state; each its own samples",
+    "cp_size": "split every sequence (ring attention); the same samples",
+    "sp_size": "split every sequence, exchange heads (Ulysses); the same samples",
+    "tp_size": "split every layer's heads and MLP columns; the same samples",
+}
+
+
+def _ranks(group: list[int]) -> str:
+    """`0-7`, `0,8` or `0,4,..,28`: a group of ranks, short."""
+    step = group[1] - group[0]
+    if step == 1:
+        return f"{group[0]}-{group[-1]}"
+    if len(group) <= 3:
+        return ",".join(map(str, group))
+    return f"{group[0]},{group[1]},..,{group[-1]}"
+
+
+def draw_mesh(launch: LaunchTable) -> list[str]:
+    """The device mesh in a few lines: its shape, then per dimension of more than one rank
+    the first groups of ranks that run along it, and what they do.
+
+    The ranks are laid out as accelerate lays out its mesh (dp_replicate, dp_shard, cp, sp,
+    tp; tp innermost), so a tensor-parallel group is consecutive ranks, on one machine when
+    tp_size divides the processes per machine.
+    """
+    sizes = mesh_sizes(launch)
+    dims = [(k, sizes[k]) for k in MESH_DIMS if sizes[k] > 1]
+    names = " x ".join(f"{k.removesuffix('_size')} {n}" for k, n in dims) or "1"
+    lines = [f"{launch.num_processes} processes = {names}"]
+    width = max((len(k) - 5 for k, _ in dims), default=0) + 4
+    for i, (k, n) in enumerate(dims):
+        stride = 1
+        for _, inner in dims[i + 1 :]:
+            stride *= inner
+        groups = launch.num_processes // n
+        # the g-th group: the ranks whose coordinates off this dimension are the g-th combination
+        starts = [(g // stride) * stride * n + g % stride for g in range(min(groups, 2))]
+        first = [[start + j * stride for j in range(n)] for start in starts]
+        shown = "  ".join(_ranks(g) for g in first) + ("  .." if groups > 2 else "")
+        role = MESH_ROLES[k]
+        if k == "dp_replicate_size" and sizes["dp_shard_size"] == 1:
+            role = "replicas of the whole model (DDP); each its own samples"
+        if k == "dp_shard_size" and launch.strategy == "deepspeed":
+            role = "ZeRO's data-parallel ranks; each its own samples"
+        lines.append(f"  {k.removesuffix('_size'):<{width}}{groups} group{'s' if groups > 1 else ''} of {n}: {shown}  ({role})")
+    return lines
+
+
 def launch_settings(b: PlanBuilder) -> None:
     """The launch shape and the chosen strategy's options, the checks that span tables, and `Launch`."""
     recipe = b.recipe
@@ -170,12 +220,28 @@ def _mesh_settings(b: PlanBuilder, mesh: ParallelismTable) -> None:
                 "to balance the causal attention's work)",
                 f"use seq_len = {lower} or {lower + 2 * cp}",
             )
-        if b.get("examples") and r.data.packing:
+        # ring attention attends causally over the whole sequence: no mask, no position ids, no padding
+        if b.get("examples") or r.preference is not None:
             b.error(
                 ("data", "packing"),
-                "packed examples are kept apart by attention masks and position ids, which context parallelism's "
-                "ring attention cannot honour: it attends causally over the whole sequence",
-                "set data.packing = false (one example per sequence), or cp_size = 1",
+                "context parallelism (launch.parallelism.cp_size "
+                f"{cp}) attends causally over whole sequences, and examples are kept apart by attention masks and "
+                "position ids (packed) or padded with masks (unpacked), which its ring attention cannot honour",
+                "train on text records (full seq_len blocks), or set cp_size = 1",
+            )
+        elif not r.data.packing:
+            b.error(
+                ("data", "packing"),
+                f"context parallelism (launch.parallelism.cp_size {cp}) needs full seq_len blocks, and data.packing "
+                "false pads each document with an attention mask, which its ring attention cannot honour",
+                "set data.packing = true",
+            )
+        if b.get("cross_entropy") is not None:
+            b.error(
+                ("loss",),
+                f"[loss]'s chunked cross-entropy shifts the labels itself, across the chunks context parallelism "
+                f"(launch.parallelism.cp_size {cp}) cuts the sequence into",
+                "remove [loss] (the model's own loss takes the labels shifted before the cut), or set cp_size = 1",
             )
         if r.model.attention != "sdpa":
             b.error(
@@ -466,6 +532,9 @@ def accelerate_launch(b: PlanBuilder) -> Launch:
         deepspeed_config=tuple(deepspeed_config(b)) if b["strategy"] == "deepspeed" else (),
         parallelism_config=tuple(parallelism_config(b)),
         nvme_environment=tuple(nvme_environment(b)),
+        mesh=tuple(draw_mesh(b.recipe.launch)) if b.recipe.launch.parallelism is not None else (),
+        tensor_parallel=b.get("tp_size", 1) > 1,
+        context_parallel=b.get("cp_size", 1) > 1,
         num_machines=machines,
         last_machine_rank=machines - 1,
         gpus_per_machine=None if b["cpu"] else b["num_processes"] // machines,
