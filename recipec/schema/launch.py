@@ -363,7 +363,7 @@ class LaunchTable(Table):
         if self.cpu and mesh.model_parallel_size() > 1:
             raise key_error(
                 "parallelism",
-                "tensor and context parallelism run on GPUs here (accelerate builds the mesh on the accelerator), "
-                "and launch.cpu is true",
+                "accelerate takes a device mesh (tensor, context or sequence parallelism) on GPUs only: on the CPU "
+                "its Accelerator rejects a ParallelismConfig (DistributedType MULTI_CPU), and launch.cpu is true",
                 "remove [launch.parallelism] for the CPU run",
             )
