@@ -309,7 +309,7 @@ class LaunchTable(Table):
             lower = max(fixed, n // fixed * fixed)
             raise key_error(
                 "parallelism",
-                f"launch.num_processes {n} is not a multiple of launch.parallelism's {sizes} = {fixed}: "
+                f"launch.num_processes {n} is not a multiple of launch.parallelism's {sizes}{'' if sizes.endswith(f' {fixed}') else f' = {fixed}'}: "
                 "the processes left over shard the model (dp_shard_size = num_processes / "
                 "(dp_replicate_size x tp_size x cp_size x sp_size))",
                 f"use num_processes = {lower} or {lower + fixed}, or change the sizes",
