@@ -220,7 +220,8 @@ def test_a_hub_models_heads_are_checked_when_the_script_starts(plan_of):
     from recipec.render import render
 
     script = render(plan)["train.py"]
-    assert "is not divisible by launch.parallelism.tp_size" in script and 'tp_plan="auto"' in script
+    assert "is not divisible by launch.parallelism.tp_size" in script
+    assert 'model = apply_tensor_parallelism(model, accelerator.torch_device_mesh["tp"], model._expand_parallel_plan(model.tp_plan))' in script
 
 
 # -- the table of tensor-parallel plans ---------------------------------------------------
@@ -247,21 +248,21 @@ def test_the_tp_plans_name_the_common_models():
 
 
 def _train_steps(rank: int, world: int, model_dir: str, init_file: str, out_dir: str, steps: int) -> None:
-    """A few AdamW steps of the tiny model, split over `world` tensor-parallel ranks on gloo (or whole, for 1).
-
-    The model is loaded as the generated script loads it with launch.parallelism.tp_size:
-    `from_pretrained(..., tp_plan="auto", tp_size=...)`, transformers' own plan for the model type.
-    """
+    """A few AdamW steps of the tiny model, whole (world 1) or split by tensor parallelism of 2 on the tp
+    dimension of a (dp_shard, tp) device mesh over gloo, as the generated script splits it with
+    launch.parallelism.tp_size: transformers' `apply_tensor_parallelism` with the model's own plan.
+    Every rank trains on the same batches (no FSDP here), so every rank's losses are the whole model's."""
     import torch
     import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     from transformers import AutoModelForCausalLM
+    from transformers.distributed.tensor_parallel import apply_tensor_parallelism
 
-    torch.manual_seed(0)
-    tp = {}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-        tp = {"tp_plan": "auto", "tp_size": world}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa", **tp)
+        mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("dp_shard", "tp"))
+        model = apply_tensor_parallelism(model, mesh["tp"], model._expand_parallel_plan(model.tp_plan))
     sharded = type(model.model.layers[0].self_attn.q_proj.weight).__name__
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     ids = torch.randint(0, 64, (steps, 2, 16), generator=torch.Generator().manual_seed(1))
@@ -279,9 +280,10 @@ def _train_steps(rank: int, world: int, model_dir: str, init_file: str, out_dir:
 
 @pytest.mark.slow
 def test_tensor_parallelism_over_two_cpu_processes_matches_one(tmp_path: Path):
-    """TP 2 over gloo (torch's DTensor on the CPU) trains a tiny Llama (4 heads, 2 KV heads) as one process does,
-    within 1e-4 per step. accelerate itself takes no ParallelismConfig on the CPU (see the schema's error), so
-    the model is split by transformers as the generated script loads it, without an Accelerator."""
+    """TP 2 over gloo (torch's DTensor on the CPU), in a mesh of 4 processes (dp_shard 2 x tp 2), trains a tiny
+    Llama (4 heads, 2 KV heads) as one process does, within 1e-4 per step. accelerate itself takes no
+    ParallelismConfig on the CPU (see the schema's error), so the mesh is torch's own, laid out as
+    accelerate lays it out, and the model is split as the generated script splits it."""
     pytest.importorskip("transformers")
     script = textwrap.dedent(
         f"""\
@@ -298,7 +300,7 @@ def test_tensor_parallelism_over_two_cpu_processes_matches_one(tmp_path: Path):
                                  num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
             LlamaForCausalLM(config).save_pretrained(root + "/model")
             _train_steps(0, 1, root + "/model", "", root + "/one", 5)
-            mp.spawn(_train_steps, args=(2, root + "/model", root + "/init", root + "/two", 5), nprocs=2)
+            mp.spawn(_train_steps, args=(4, root + "/model", root + "/init", root + "/two", 5), nprocs=4)
         """
     )
     for d in ("one", "two"):
@@ -307,7 +309,7 @@ def test_tensor_parallelism_over_two_cpu_processes_matches_one(tmp_path: Path):
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     one = json.loads((tmp_path / "one" / "0.json").read_text())
-    two = [json.loads((tmp_path / "two" / f"{r}.json").read_text()) for r in range(2)]
+    two = [json.loads((tmp_path / "two" / f"{r}.json").read_text()) for r in range(4)]
     assert one["weight"] == "Parameter" and all(t["weight"] == "DTensor" for t in two)  # really split
     for t in two:
         assert t["losses"] == pytest.approx(one["losses"], abs=1e-4)
