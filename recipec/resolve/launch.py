@@ -176,13 +176,15 @@ def _mesh_settings(b: PlanBuilder, mesh: ParallelismTable) -> None:
     r = b.recipe
     sizes = mesh_sizes(r.launch)
     for k in MESH_DIMS:
-        if k == "dp_shard_size" or (k == "dp_replicate_size" and mesh.dp_replicate_size == 1):
+        hybrid = r.launch.strategy == "fsdp" and r.launch.fsdp is not None and r.launch.fsdp.sharding_strategy == "hybrid_shard"
+        if k == "dp_shard_size" or (k == "dp_replicate_size" and (r.launch.strategy == "ddp" or hybrid)):
             b.derived(
                 k,
                 sizes[k],
                 f"derived: {mesh_note(r.launch)}"
                 + (f" / dp_replicate_size {sizes['dp_replicate_size']}" if k == "dp_shard_size" and sizes["dp_replicate_size"] > 1 else "")
-                + (" (ddp: every data-parallel rank is a replica)" if r.launch.strategy == "ddp" and k == "dp_replicate_size" else ""),
+                + (" (ddp: every data-parallel rank is a replica)" if r.launch.strategy == "ddp" and k == "dp_replicate_size" else "")
+                + (" (launch.fsdp.sharding_strategy hybrid_shard: one replica per machine)" if hybrid and k == "dp_replicate_size" else ""),
             )
         else:
             b.key(k, ("launch", "parallelism", k))
