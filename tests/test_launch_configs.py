@@ -873,3 +873,18 @@ def test_every_process_builds_the_device_mesh_over_gloo(case: str, accepted, lau
             assert len(g["cp"]) == sizes["cp"] and g["dp_shard_cp"] == g["cp"]  # FSDP shards over dp_shard x cp
         if sizes["dp_shard"] > 1:  # one rank of each tensor-parallel group: the data-parallel ranks
             assert g["dp"] == list(range(rank % sizes["tp"], world, sizes["tp"]))
+
+
+@pytest.mark.parametrize("case", sorted(c for c in CASES if c.startswith("mesh-")))
+def test_the_scripts_of_a_mesh_pass_it_to_the_accelerator(case: str, built: dict[str, Path]):
+    import ast
+
+    text = (built[case] / "train.py").read_text()
+    ast.parse(text)
+    assert "parallelism_config=ParallelismConfig(" in text
+    parallelism = CASES[case]["launch"]["parallelism"]
+    for key, value in parallelism.items():
+        assert f"\n{key} = {value} " in text
+    tp = parallelism.get("tp_size", 1) > 1
+    assert ('model = apply_tensor_parallelism(model, accelerator.torch_device_mesh["tp"]' in text) == tp
+    assert ("accelerator.maybe_context_parallel(" in text) == (parallelism.get("cp_size", 1) > 1)
