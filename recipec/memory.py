@@ -474,7 +474,8 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     if tp * seq_split > 1:
         act_b = round(act_b / (tp * seq_split))
         logits_b = round(logits_b / seq_split)
-        act_formula = f"({act_formula}) / (tp_size {tp} x cp_size x sp_size {seq_split})"
+        split = [f"tp_size {tp}"] * (tp > 1) + [f"cp_size x sp_size {seq_split}"] * (seq_split > 1)
+        act_formula = f"({act_formula}) / ({' x '.join(split)})"
     if mixed and p_bytes == 4 and launch.strategy == "ddp":
         # autocast casts each float32 weight to 16 bits for its matmul, and the backward keeps the
         # copy; a quantized weight is dequantized inside its matmul instead

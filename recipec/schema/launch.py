@@ -147,7 +147,7 @@ class ParallelismTable(Table):
     """`[launch.parallelism]`: the device mesh beyond data parallelism, in the terms of accelerate's `ParallelismConfig`. The processes left over, num_processes / (dp_replicate_size x tp_size x cp_size x sp_size), shard the model (dp_shard_size, derived)."""
 
     tp_size: int = Field(1, ge=1)
-    """Tensor parallelism: processes that split every attention and MLP layer between them (heads and hidden columns), with the model's own tensor-parallel plan (transformers' `tp_plan="auto"`). They see the same samples."""
+    """Tensor parallelism: processes that split every attention and MLP layer between them (heads and hidden columns), by the model's own tensor-parallel plan (its transformers config class's `base_model_tp_plan`; model types without one are an error). They see the same samples; the attention heads and KV heads must divide by tp_size."""
 
     cp_size: int = Field(1, ge=1)
     """Context parallelism (torch's ring attention, with strategy "fsdp" version 2): processes that split every sequence between them. They see the same samples; data.seq_len must be a multiple of 2 x cp_size."""
