@@ -166,6 +166,7 @@ def test_the_memory_estimate_divides_what_each_dimension_divides(plan_of):
         ({"num_processes": 4, "strategy": "deepspeed", "parallelism": {"cp_size": 2}}, "context parallelism (cp_size 2) is torch's, which accelerate runs with FSDP 2 only"),
         ({"num_processes": 4, "strategy": "fsdp", "fsdp": {"version": 1}, "parallelism": {"cp_size": 2}}, 'and launch.strategy is "fsdp" version 1'),
         ({"num_processes": 4, "strategy": "deepspeed", "parallelism": {"tp_size": 2}}, "tensor parallelism (tp_size 2) with DeepSpeed is not supported"),
+        ({"num_processes": 4, "strategy": "fsdp", "fsdp": {"version": 1}, "parallelism": {"tp_size": 2}}, "and launch.fsdp.version is 1"),
         ({"num_processes": 4, "parallelism": {"dp_replicate_size": 2}}, "dp_replicate_size 2 replicates a sharded model (HSDP)"),
         ({"num_processes": 4, "parallelism": {"tp_size": 2}}, "accelerate does not compose DDP with tensor parallelism"),
         ({"num_processes": 2, "cpu": True, "parallelism": {"tp_size": 2}}, "on the CPU its Accelerator rejects a ParallelismConfig"),
@@ -314,3 +315,17 @@ def test_tensor_parallelism_over_two_cpu_processes_matches_one(tmp_path: Path):
     for t in two:
         assert t["losses"] == pytest.approx(one["losses"], abs=1e-4)
     assert one["losses"][-1] < one["losses"][0]  # it trains
+
+
+def test_a_local_models_heads_are_read_from_its_config(cli, write_recipe, tmp_path: Path):
+    model = tmp_path / "model"
+    model.mkdir()
+    config = {"model_type": "llama", "num_attention_heads": 32, "num_key_value_heads": 6, "max_position_embeddings": 4096}
+    (model / "config.json").write_text(json.dumps(config))
+    write_recipe(
+        {"model.init": None, "model.config": None, "model.path": "./model", "tokenizer": None},
+        launch={"num_processes": 8, "strategy": "fsdp", "parallelism": {"tp_size": 4}},
+    )
+    result = cli("validate", "recipe.toml")
+    assert result.exit_code == 2, result.output
+    assert "the model's num_key_value_heads 6 is not divisible by launch.parallelism.tp_size 4" in result.output

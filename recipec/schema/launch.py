@@ -336,6 +336,13 @@ class LaunchTable(Table):
                 'use strategy = "fsdp" (tensor parallel inside, sharded across) or "ddp"',
             ),
             (
+                "tp_size",
+                mesh.tp_size > 1 and self.strategy == "fsdp" and not fsdp2,
+                f"tensor parallelism (tp_size {mesh.tp_size}) composes with FSDP 2 (accelerate's device mesh), "
+                "and launch.fsdp.version is 1",
+                "set launch.fsdp.version = 2",
+            ),
+            (
                 "dp_replicate_size",
                 mesh.dp_replicate_size > 1 and not fsdp2,
                 f"dp_replicate_size {mesh.dp_replicate_size} replicates a sharded model (HSDP), which is FSDP 2's, "
