@@ -139,19 +139,6 @@ CASES: dict[str, dict[str, Any]] = {
         "launch": {"num_processes": 8, "strategy": "fsdp", "mixed_precision": "bf16", "parallelism": {"cp_size": 8}},
         "train": {"micro_batch_size": 2, "batch_size": 8},
     },
-    "mesh-sp8-zero3": {
-        "launch": {
-            "num_processes": 16,
-            "num_machines": 2,
-            "machine_rank": "env",
-            "main_process_ip": "env",
-            "strategy": "deepspeed",
-            "mixed_precision": "bf16",
-            "deepspeed": {"zero_stage": 3},
-            "parallelism": {"sp_size": 8},
-        },
-        "train": {"micro_batch_size": 2, "batch_size": 8},
-    },
     "mesh-tp2": {
         "launch": {"num_processes": 2, "mixed_precision": "bf16", "parallelism": {"tp_size": 2}},
     },
@@ -174,7 +161,6 @@ SHAPES = {
     "multinode-deepspeed": ("DEEPSPEED", 8, 2, False),
     "mesh-tp8-fsdp-2-machines": ("FSDP", 16, 2, False),
     "mesh-cp8-full-shard": ("FSDP", 8, 1, False),
-    "mesh-sp8-zero3": ("DEEPSPEED", 16, 2, False),
     "mesh-tp2": ("MULTI_GPU", 2, 1, False),
 }
 
@@ -184,7 +170,6 @@ LAUNCH_ENV = {
     "multinode-fsdp-hybrid": {"MACHINE_RANK": "1", "MASTER_ADDR": "node-0"},
     "multinode-deepspeed": {"SLURM_NODEID": "1"},
     "mesh-tp8-fsdp-2-machines": {"SLURM_NODEID": "1", "MASTER_ADDR": "node-0"},
-    "mesh-sp8-zero3": {"MACHINE_RANK": "1", "MASTER_ADDR": "node-0"},
 }
 
 STUBS = {
@@ -788,7 +773,6 @@ def _free_port() -> int:
 MESHES = {
     "mesh-tp8-fsdp-2-machines": ([1, 2, 1, 1, 8], ["dp_shard", "tp"], [2, 8], 2),
     "mesh-cp8-full-shard": ([1, 1, 8, 1, 1], ["cp"], [8], 1),
-    "mesh-sp8-zero3": ([1, 2, 1, 8, 1], ["dp_shard", "sp"], [2, 8], 2),
     "mesh-tp2": ([1, 1, 1, 1, 2], ["tp"], [2], 1),
     "multinode-fsdp-hybrid": ([2, 4, 1, 1, 1], ["dp_replicate", "dp_shard"], [2, 4], 8),
 }
@@ -804,13 +788,6 @@ def test_accelerate_builds_the_recipes_parallelism_config_from_the_launch(case: 
     tables = {table: dict(values) for table, values in CASES[case].items()}
     plan = plan_of(**tables)
     assert plan.get("data_parallel_size", plan["num_processes"]) == dp
-
-
-def test_sequence_parallelism_is_deepspeeds(accepted, launched):
-    for call in launched["mesh-sp8-zero3"]:
-        mesh = accepted[("mesh-sp8-zero3", call)]["mesh"]
-        assert mesh["sp_backend"] == "deepspeed" and mesh["handlers"] == ["DeepSpeedSequenceParallelConfig"]
-        assert mesh["env"]["PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION"] == "sdpa"
 
 
 def _build_mesh(rank: int, world: int, env: dict[str, str], init_file: str, out_dir: str) -> None:
@@ -836,7 +813,7 @@ def _build_mesh(rank: int, world: int, env: dict[str, str], init_file: str, out_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["mesh-tp2", "mesh-cp8-full-shard", "mesh-tp8-fsdp-2-machines", "mesh-sp8-zero3"])
+@pytest.mark.parametrize("case", ["mesh-tp2", "mesh-cp8-full-shard", "mesh-tp8-fsdp-2-machines"])
 def test_every_process_builds_the_device_mesh_over_gloo(case: str, accepted, launched, tmp_path: Path):
     """As many processes as the mesh has ranks, on the CPU: each builds the mesh from the environment
     `accelerate launch` gives it (PARALLELISM_CONFIG_*), as the Accelerator of a training process does."""
@@ -860,9 +837,6 @@ def test_every_process_builds_the_device_mesh_over_gloo(case: str, accepted, lau
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(world)]
-    if case == "mesh-sp8-zero3":  # DeepSpeed builds its own sequence-parallel groups: accelerate builds no mesh
-        assert not any(r["built"] for r in ranks)
-        return
     groups = [r["groups"] for r in ranks]
     sizes = dict(zip(("dp_replicate", "dp_shard", "cp", "sp", "tp"), MESHES[case][0]))
     for rank, g in enumerate(groups):

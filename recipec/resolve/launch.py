@@ -251,17 +251,16 @@ def _mesh_settings(b: PlanBuilder, mesh: ParallelismTable) -> None:
                 f'context parallelism replaces torch\'s scaled_dot_product_attention with ring attention, and model.attention is "{r.model.attention}"',
                 'use attention = "sdpa"',
             )
-    if mesh.sp_size > 1 and r.model.attention not in ("sdpa", "flash_attention_2", "flash_attention_3"):
+    if mesh.sp_size > 1:
+        # accelerate replaces the attention with Ulysses' once the mesh has sp > 1; fed whole sequences, the
+        # training would be wrong without an error, so the script refuses until its loop runs Ulysses' way
         b.error(
-            ("model", "attention"),
-            f'sequence parallelism (DeepSpeed Ulysses) wraps sdpa or flash attention, and model.attention is "{r.model.attention}"',
-            'use attention = "sdpa"',
-        )
-    if mesh.sp_size > 1 and r.data.seq_len % mesh.sp_size:
-        b.error(
-            ("data", "seq_len"),
-            f"data.seq_len {r.data.seq_len} is not a multiple of launch.parallelism.sp_size {mesh.sp_size}: "
-            "every sequence-parallel rank holds seq_len / sp_size tokens",
+            ("launch", "parallelism", "sp_size"),
+            f"the generated train.py does not run DeepSpeed's sequence parallelism (sp_size {mesh.sp_size}) yet: "
+            "its loaders would need DeepSpeed's Ulysses adapter (which serves sp_size shards of each rank's "
+            "micro-batches in turn, without set_epoch or skipping for an exact resume), position_ids in every "
+            "batch, and the loss summed over the sp group by token",
+            'split the sequence with cp_size and strategy = "fsdp", or remove sp_size',
         )
     for table in ("ema", "merge"):
         if getattr(r, table) is not None and mesh.model_parallel_size() > 1:
