@@ -112,6 +112,9 @@ def test_without_a_mesh_the_script_and_the_plan_are_unchanged(plan_of):
     plan = plan_of(launch={"num_processes": 2})
     assert plan.get("tp_size") is None and plan.get("data_parallel_size") is None
     assert plan.launch.mesh == () and not plan.launch.tensor_parallel
+    # an empty table (every size 1) is data parallelism too: no mesh for accelerate
+    empty = plan_of(launch={"num_processes": 2, "parallelism": {"tp_size": 1}})
+    assert empty.launch.mesh == () and empty.launch.parallelism_config == () and empty["grad_accum_steps"] == plan["grad_accum_steps"]
 
 
 def test_the_mesh_drawing_names_the_groups_of_ranks():

@@ -462,8 +462,7 @@ def parallelism_config(b: PlanBuilder) -> list[tuple[str, Any]]:
     """
     launch = b.recipe.launch
     hybrid = b["strategy"] == "fsdp" and b["fsdp_version"] == 2 and b["fsdp_sharding_strategy"] == "hybrid_shard"
-    mesh = launch.parallelism
-    if not hybrid and (mesh is None or (mesh.model_parallel_size() == 1 and mesh.dp_replicate_size == 1)):
+    if not hybrid and not _has_mesh(launch):
         return []
     sizes = mesh_sizes(launch)
     entries: dict[str, Any] = {f"parallelism_config_{k}": v for k, v in sizes.items() if k != "sp_size"}
@@ -521,6 +520,12 @@ def nvme_environment(b: PlanBuilder) -> list[tuple[str, str]]:
     return [(var, b["deepspeed_nvme_path"]) for key, var in names.items() if b[key] == "nvme"]
 
 
+def _has_mesh(launch: LaunchTable) -> bool:
+    """Whether `[launch.parallelism]` asks for more than data parallelism (an empty table does not)."""
+    mesh = launch.parallelism
+    return mesh is not None and (mesh.model_parallel_size() > 1 or mesh.dp_replicate_size > 1)
+
+
 def accelerate_launch(b: PlanBuilder) -> Launch:
     """What accelerate_config.yaml, launch.sh, slurm.sbatch and the script need beyond the settings."""
     machines = b["num_machines"]
@@ -533,7 +538,7 @@ def accelerate_launch(b: PlanBuilder) -> Launch:
         deepspeed_config=tuple(deepspeed_config(b)) if b["strategy"] == "deepspeed" else (),
         parallelism_config=tuple(parallelism_config(b)),
         nvme_environment=tuple(nvme_environment(b)),
-        mesh=tuple(draw_mesh(b.recipe.launch)) if b.recipe.launch.parallelism is not None else (),
+        mesh=tuple(draw_mesh(b.recipe.launch)) if _has_mesh(b.recipe.launch) else (),
         tensor_parallel=b.get("tp_size", 1) > 1,
         context_parallel=b.get("cp_size", 1) > 1,
         num_machines=machines,
