@@ -175,8 +175,8 @@ def _mesh_settings(b: PlanBuilder, mesh: ParallelismTable) -> None:
     """`[launch.parallelism]` as settings, and its checks against the model, the data and the attention."""
     r = b.recipe
     sizes = mesh_sizes(r.launch)
+    hybrid = r.launch.strategy == "fsdp" and r.launch.fsdp is not None and r.launch.fsdp.sharding_strategy == "hybrid_shard"
     for k in MESH_DIMS:
-        hybrid = r.launch.strategy == "fsdp" and r.launch.fsdp is not None and r.launch.fsdp.sharding_strategy == "hybrid_shard"
         if k == "dp_shard_size" or (k == "dp_replicate_size" and (r.launch.strategy == "ddp" or hybrid)):
             b.derived(
                 k,
