@@ -332,3 +332,65 @@ def test_a_local_models_heads_are_read_from_its_config(cli, write_recipe, tmp_pa
     result = cli("validate", "recipe.toml")
     assert result.exit_code == 2, result.output
     assert "the model's num_key_value_heads 6 is not divisible by launch.parallelism.tp_size 4" in result.output
+
+
+# -- context parallelism on the CPU: where it stops ----------------------------------------
+
+
+def _context_parallel_forward(rank: int, world: int, model_dir: str, init_file: str, out_dir: str) -> None:
+    """One forward of the tiny model inside torch's context_parallel over a cp mesh on gloo, as the
+    generated script runs each micro-batch (labels shifted while the sequence is whole)."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.experimental import context_parallel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    shift = torch.nn.functional.pad(ids[:, 1:], (0, 1), value=-100)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("cp",))
+        with context_parallel(mesh["cp"], buffers=[ids, shift], buffer_seq_dims=[1, 1], no_restore_buffers={ids, shift}):
+            loss = model(input_ids=ids, labels=shift, shift_labels=shift).loss
+        Path(out_dir, f"{rank}.json").write_text(json.dumps({"loss": loss.item()}))
+    except NotImplementedError as exc:
+        Path(out_dir, f"{rank}.json").write_text(json.dumps({"error": str(exc)}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_context_parallelism_needs_the_gpus_attention_kernels(tmp_path: Path):
+    """torch's context parallelism shards the CUDA kernels of scaled_dot_product_attention (flash,
+    efficient, cuDNN) into ring attention; the CPU kernel has no sharding strategy, so CP cannot be
+    checked numerically on the CPU. This test pins where it stops (torch 2.13): the mesh is built, the
+    buffers are cut, the forward reaches the attention. When torch adds the CPU kernel, it fails: then
+    compare the loss with one process's here, as the tensor-parallel test does."""
+    pytest.importorskip("transformers")
+    script = textwrap.dedent(
+        f"""\
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import torch
+        import torch.multiprocessing as mp
+        from transformers import LlamaConfig, LlamaForCausalLM
+        from test_mesh import _context_parallel_forward
+        if __name__ == "__main__":
+            root = sys.argv[1]
+            torch.manual_seed(0)
+            config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
+            LlamaForCausalLM(config).save_pretrained(root + "/model")
+            mp.spawn(_context_parallel_forward, args=(2, root + "/model", root + "/init", root), nprocs=2)
+        """
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for rank in range(2):
+        got = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert got.get("error", "").startswith(
+            "Operator aten._scaled_dot_product_flash_attention_for_cpu.default does not have a sharding strategy registered"
+        ), got
