@@ -283,18 +283,37 @@ def _explain_text(plan: Any) -> str:
     steps = plan.get("max_steps")
     per_step = plan["tokens_per_step"]
     accum = plan["grad_accum_steps"]
-    lines.append(
-        f"  effective batch  {plan['batch_size']} sequences = {per_step:,} tokens per optimizer step "
-        f"(micro_batch_size {plan['micro_batch_size']} x grad_accum_steps {accum} x {plan['num_processes']} process"
-        f"{'es' if plan['num_processes'] > 1 else ''})"
-    )
     per_rank = plan["micro_batch_size"] * accum * plan["seq_len"]
-    ranks = plan["num_processes"]
-    lines.append(
-        f"  tokens per step  {per_step:,} in total = {per_rank:,} per rank x {ranks} rank{'s' if ranks > 1 else ''} "
-        f"(per rank: micro_batch_size {plan['micro_batch_size']} x grad_accum_steps {accum} x seq_len {plan['seq_len']})"
-    )
+    if plan.launch.mesh:  # the ranks of one tp/cp/sp group see the same samples
+        dp = plan.get("data_parallel_size", plan["num_processes"])
+        split = plan["cp_size"] * plan["sp_size"]
+        lines.append(
+            f"  effective batch  {plan['batch_size']} sequences = {per_step:,} tokens per optimizer step "
+            f"(micro_batch_size {plan['micro_batch_size']} x grad_accum_steps {accum} x {dp} data-parallel rank"
+            f"{'s' if dp > 1 else ''} of {plan['num_processes']} processes)"
+        )
+        per_process = f"{per_rank // split:,} per process (seq_len {plan['seq_len']} / {split} along the sequence)" if split > 1 else ""
+        lines.append(
+            f"  tokens per step  {per_step:,} in total = {per_rank:,} per data-parallel rank x {dp} "
+            f"(micro_batch_size {plan['micro_batch_size']} x grad_accum_steps {accum} x seq_len {plan['seq_len']})"
+            + (f"; {per_process}" if per_process else "")
+        )
+    else:
+        lines.append(
+            f"  effective batch  {plan['batch_size']} sequences = {per_step:,} tokens per optimizer step "
+            f"(micro_batch_size {plan['micro_batch_size']} x grad_accum_steps {accum} x {plan['num_processes']} process"
+            f"{'es' if plan['num_processes'] > 1 else ''})"
+        )
+        ranks = plan["num_processes"]
+        lines.append(
+            f"  tokens per step  {per_step:,} in total = {per_rank:,} per rank x {ranks} rank{'s' if ranks > 1 else ''} "
+            f"(per rank: micro_batch_size {plan['micro_batch_size']} x grad_accum_steps {accum} x seq_len {plan['seq_len']})"
+        )
     lines.append(f"  launch shape     {_launch_shape(plan)}")
+    if plan.launch.mesh:
+        first, *dims = plan.launch.mesh
+        lines.append(f"  device mesh      {first}")
+        lines += [f"                 {line}" for line in dims]
     if steps is not None:
         lines.append(f"  optimizer steps  {steps:,}")
         lines.append(f"  total tokens     {steps * per_step:,}")

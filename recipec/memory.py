@@ -53,6 +53,15 @@ FSDP's hybrid_shard): ZeRO-1 the optimizer state, ZeRO-2 and FSDP shard_grad_op 
 gradients, ZeRO-3 and FSDP full_shard also the parameters, plus one decoder layer gathered
 whole at a time. Offloading to the CPU removes what it offloads from the device.
 
+`[launch.parallelism]` divides what each dimension of the device mesh divides: FSDP shards
+over its data-parallel and context-parallel ranks (accelerate's `dp_shard_cp`), ZeRO over
+its data-parallel ranks (num_processes / sp_size); tensor parallelism then divides the
+parameters, gradients and optimizer state (and the gathered layer) by tp_size, and the
+activations by tp_size (an approximation: the residual stream and the norms are not split);
+context and sequence parallelism divide the activations and the logits by cp_size x sp_size
+(each rank holds its part of the sequence). The logits are not divided by tp_size: the
+output projection gathers them whole.
+
 The counts cover Llama-like decoders: llama, mistral, qwen2, phi3 (whose fused qkv_proj
 and gate_up_proj hold the same weights), qwen3 and olmo2 (which add RMSNorms over the
 queries and keys: parameters counted exactly, their activations not), and the
@@ -325,6 +334,9 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     if pref is not None and pref.objective != "kto":
         s *= 2  # a preference pair is one row holding both sides, each of up to seq_len tokens
     world = launch.num_processes
+    mesh = launch.parallelism
+    tp, seq_split = (mesh.tp_size, mesh.cp_size * mesh.sp_size) if mesh is not None else (1, 1)
+    replicate = mesh.dp_replicate_size if mesh is not None else 1
     p_bytes = DTYPE_BYTES[recipe.model.dtype]
     mixed = launch.mixed_precision != "no"
     a_bytes = 2 if mixed or p_bytes == 2 else 4
@@ -384,7 +396,8 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     elif launch.strategy == "fsdp":
         fsdp = launch.fsdp
         how = fsdp.sharding_strategy if fsdp is not None else "full_shard"
-        over = world // launch.num_machines if how == "hybrid_shard" else world
+        # accelerate's FSDP 2 shards over dp_shard x cp: the processes of one replica, less its tp ranks
+        over = world // ((launch.num_machines if how == "hybrid_shard" else replicate) * tp)
         if how != "no_shard":
             grads_b, optim_b = grads_b / over, optim_b / over
             grads_how = optim_how = f" / {over} ({how})"
@@ -399,6 +412,7 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
             shard = f"; fsdp {how} over {over} processes{gathered_note}"
     elif ds_stage:
         ds = launch.deepspeed
+        world //= seq_split  # ZeRO's data-parallel ranks: a sequence-parallel group shares its samples
         optim_b /= world
         optim_how = f" / {world} (ZeRO-{ds_stage})"
         if ds_stage >= 2:
@@ -415,6 +429,13 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
             params_b = float(gathered)
             shard += f", parameters offloaded to {ds.offload_params}"
 
+    if ds_stage:
+        world = launch.num_processes
+    if tp > 1:
+        params_b, grads_b, optim_b = params_b / tp, grads_b / tp, optim_b / tp
+        grads_how += f" / tp_size {tp}"
+        optim_how += f" / tp_size {tp}"
+        shard += f"; split over tp_size {tp} (heads and MLP columns)"
     checkpointing = recipe.model.gradient_checkpointing or bool(
         launch.strategy == "fsdp" and launch.fsdp is not None and launch.fsdp.activation_checkpointing
     )
@@ -450,6 +471,11 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B + final norm {final} B)"
     if scores_b:
         act_formula += f" + eager attention's probabilities: layers {layers} * b {b} * heads {shape.num_attention_heads} * s {s}^2 * {scores_b // (b * shape.num_attention_heads * s * s)} B"
+    if tp * seq_split > 1:
+        act_b = round(act_b / (tp * seq_split))
+        logits_b = round(logits_b / seq_split)
+        split = [f"tp_size {tp}"] * (tp > 1) + [f"cp_size x sp_size {seq_split}"] * (seq_split > 1)
+        act_formula = f"({act_formula}) / ({' x '.join(split)})"
     if mixed and p_bytes == 4 and launch.strategy == "ddp":
         # autocast casts each float32 weight to 16 bits for its matmul, and the backward keeps the
         # copy; a quantized weight is dequantized inside its matmul instead
@@ -476,7 +502,8 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
             + (f" + a chunk's output-projection gradient vocab {shape.vocab_size} * h {h} * {p_bytes} B" if head_grad_b else "")
             if chunk is not None
             else f"logits: b {b} * s {s} * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (float32 cross-entropy)"
-        ),
+        )
+        + (f" / (cp_size x sp_size {seq_split})" if seq_split > 1 else ""),
     ]
     return MemoryEstimate(
         params=parts[0],

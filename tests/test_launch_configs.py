@@ -121,6 +121,27 @@ CASES: dict[str, dict[str, Any]] = {
         },
         "train": {"batch_size": 64},
     },
+    # [launch.parallelism]: the device mesh (tensor, context and sequence parallelism)
+    "mesh-tp8-fsdp-2-machines": {
+        "launch": {
+            "num_processes": 16,
+            "num_machines": 2,
+            "machine_rank": "env",
+            "main_process_ip": "env",
+            "strategy": "fsdp",
+            "mixed_precision": "bf16",
+            "parallelism": {"tp_size": 8},
+        },
+        "model": {"config": {"num_attention_heads": 8}},
+        "train": {"batch_size": 16},
+    },
+    "mesh-cp8-full-shard": {
+        "launch": {"num_processes": 8, "strategy": "fsdp", "mixed_precision": "bf16", "parallelism": {"cp_size": 8}},
+        "train": {"micro_batch_size": 2, "batch_size": 8},
+    },
+    "mesh-tp2": {
+        "launch": {"num_processes": 2, "mixed_precision": "bf16", "parallelism": {"tp_size": 2}},
+    },
 }
 
 # What accelerate must read back from each config: (distributed_type, num_processes, num_machines, use_cpu)
@@ -138,6 +159,9 @@ SHAPES = {
     "multinode-env": ("MULTI_GPU", 16, 2, False),
     "multinode-fsdp-hybrid": ("FSDP", 8, 2, False),
     "multinode-deepspeed": ("DEEPSPEED", 8, 2, False),
+    "mesh-tp8-fsdp-2-machines": ("FSDP", 16, 2, False),
+    "mesh-cp8-full-shard": ("FSDP", 8, 1, False),
+    "mesh-tp2": ("MULTI_GPU", 2, 1, False),
 }
 
 # launch.sh's environment in each case: what SLURM (or the user) provides on the machine of rank 1
@@ -145,6 +169,7 @@ LAUNCH_ENV = {
     "multinode-env": {"SLURM_NODEID": "1", "MASTER_ADDR": "node-0"},
     "multinode-fsdp-hybrid": {"MACHINE_RANK": "1", "MASTER_ADDR": "node-0"},
     "multinode-deepspeed": {"SLURM_NODEID": "1"},
+    "mesh-tp8-fsdp-2-machines": {"SLURM_NODEID": "1", "MASTER_ADDR": "node-0"},
 }
 
 STUBS = {
@@ -391,6 +416,18 @@ def probe(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if os.environ.get("ACCELERATE_USE_PARALLELISM_CONFIG") == "true":
                 pc = ParallelismConfig()
                 out["parallelism"] = {"dp_replicate_size": pc.dp_replicate_size, "dp_shard_size": pc.dp_shard_size, "total_size": pc.total_size}
+                names, shape = pc._get_mesh() or ((), ())  # what build_device_mesh hands init_device_mesh
+                out["mesh"] = {
+                    "sizes": [pc.dp_replicate_size, pc.dp_shard_size, pc.cp_size, pc.sp_size, pc.tp_size],
+                    "dim_names": list(names),
+                    "shape": list(shape),
+                    "dp_dim_names": pc.dp_dim_names,
+                    "non_dp_dim_names": pc.non_dp_dim_names,
+                    "data_parallel_size": pc.data_parallel_size,
+                    "sp_backend": pc.sp_backend,
+                    "handlers": [type(h).__name__ for h in (pc.tp_handler, pc.cp_handler, pc.sp_handler) if h is not None],
+                    "env": {k: v for k, v in os.environ.items() if k.startswith("PARALLELISM_CONFIG_")},
+                }
             if args.use_deepspeed:
                 plugin = DeepSpeedPlugin()
                 plugin.set_mixed_precision(mp)  # what AcceleratorState does with the plugin
@@ -728,3 +765,100 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- the device mesh: accelerate's ParallelismConfig from the launcher's environment ----------
+
+# (dp_replicate, dp_shard, cp, sp, tp) from the environment, the mesh's dimensions, the data-parallel size
+MESHES = {
+    "mesh-tp8-fsdp-2-machines": ([1, 2, 1, 1, 8], ["dp_shard", "tp"], [2, 8], 2),
+    "mesh-cp8-full-shard": ([1, 1, 8, 1, 1], ["cp"], [8], 1),
+    "mesh-tp2": ([1, 1, 1, 1, 2], ["tp"], [2], 1),
+    "multinode-fsdp-hybrid": ([2, 4, 1, 1, 1], ["dp_replicate", "dp_shard"], [2, 4], 8),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MESHES))
+def test_accelerate_builds_the_recipes_parallelism_config_from_the_launch(case: str, accepted, launched, plan_of):
+    sizes, names, shape, dp = MESHES[case]
+    for call in launched[case]:
+        mesh = accepted[(case, call)]["mesh"]
+        assert mesh["sizes"] == sizes and mesh["dim_names"] == names and mesh["shape"] == shape, (call, mesh)
+        assert mesh["data_parallel_size"] == dp
+    tables = {table: dict(values) for table, values in CASES[case].items()}
+    plan = plan_of(**tables)
+    assert plan.get("data_parallel_size", plan["num_processes"]) == dp
+
+
+def _build_mesh(rank: int, world: int, env: dict[str, str], init_file: str, out_dir: str) -> None:
+    """One training process: ParallelismConfig from the launcher's environment, and its device mesh on gloo."""
+    import torch.distributed as dist
+    from accelerate.parallelism_config import ParallelismConfig
+
+    os.environ.update(env)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        pc = ParallelismConfig()
+        mesh = pc.build_device_mesh("cpu")
+        groups = {}
+        if mesh is not None:
+            for name in [*pc.active_mesh_dims, "dp", "dp_shard_cp", "dp_cp"]:
+                try:
+                    groups[name] = mesh[name].mesh.flatten().tolist()
+                except (KeyError, RuntimeError):
+                    continue
+        Path(out_dir, f"{rank}.json").write_text(json.dumps({"built": mesh is not None, "groups": groups}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["mesh-tp2", "mesh-cp8-full-shard", "mesh-tp8-fsdp-2-machines"])
+def test_every_process_builds_the_device_mesh_over_gloo(case: str, accepted, launched, tmp_path: Path):
+    """As many processes as the mesh has ranks, on the CPU: each builds the mesh from the environment
+    `accelerate launch` gives it (PARALLELISM_CONFIG_*), as the Accelerator of a training process does."""
+    call = next(iter(launched[case]))
+    env = accepted[(case, call)]["mesh"]["env"]
+    world = CASES[case]["launch"]["num_processes"]
+    script = textwrap.dedent(
+        f"""\
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import torch.multiprocessing as mp
+        from test_launch_configs import _build_mesh
+        if __name__ == "__main__":
+            mp.spawn(_build_mesh, args=({world}, json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]), nprocs={world})
+        """
+    )
+    full = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(env), str(tmp_path / "init"), str(tmp_path)],
+        capture_output=True, text=True, env=full, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(world)]
+    groups = [r["groups"] for r in ranks]
+    sizes = dict(zip(("dp_replicate", "dp_shard", "cp", "sp", "tp"), MESHES[case][0]))
+    for rank, g in enumerate(groups):
+        if sizes["tp"] > 1:  # a tensor-parallel group is consecutive ranks (one machine)
+            start = rank // sizes["tp"] * sizes["tp"]
+            assert g["tp"] == list(range(start, start + sizes["tp"]))
+        if sizes["cp"] > 1:
+            assert len(g["cp"]) == sizes["cp"] and g["dp_shard_cp"] == g["cp"]  # FSDP shards over dp_shard x cp
+        if sizes["dp_shard"] > 1:  # one rank of each tensor-parallel group: the data-parallel ranks
+            assert g["dp"] == list(range(rank % sizes["tp"], world, sizes["tp"]))
+
+
+@pytest.mark.parametrize("case", sorted(c for c in CASES if c.startswith("mesh-")))
+def test_the_scripts_of_a_mesh_pass_it_to_the_accelerator(case: str, built: dict[str, Path]):
+    import ast
+
+    text = (built[case] / "train.py").read_text()
+    ast.parse(text)
+    assert "parallelism_config=ParallelismConfig(" in text
+    parallelism = CASES[case]["launch"]["parallelism"]
+    for key, value in parallelism.items():
+        assert f"\n{key} = {value} " in text
+    tp = parallelism.get("tp_size", 1) > 1
+    assert ('model = apply_tensor_parallelism(model, accelerator.torch_device_mesh["tp"]' in text) == tp
+    assert ("accelerator.maybe_context_parallel(" in text) == (parallelism.get("cp_size", 1) > 1)

@@ -85,6 +85,7 @@ def test_model_walk_finds_every_table():
         "LaunchTable",
         "FsdpTable",
         "DeepspeedTable",
+        "ParallelismTable",
         "OutputTable",
     }
     exported = {name for name in schema_package.__all__ if isinstance(getattr(schema_package, name), type)}

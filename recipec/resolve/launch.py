@@ -10,14 +10,107 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..schema import DeepspeedTable, FsdpTable
+from .. import model_types, tp_plans
+from ..schema import DeepspeedTable, FsdpTable, LaunchTable, ParallelismTable
 from ..schema.launch import FROM_ENV
+from ..source import KeyPath
 from .builder import PlanBuilder
 from .model import hub_ids
 from .plan import Launch
 
 FSDP_MIN_NUM_PARAMS = 100_000_000
 """Parameters above which auto_wrap_policy "size" wraps a module when the recipe leaves it unset (accelerate's)."""
+
+
+MESH_DIMS = ("dp_replicate_size", "dp_shard_size", "cp_size", "sp_size", "tp_size")
+"""The mesh's dimensions in accelerate's order, outermost first: tensor-parallel ranks are neighbours (one machine)."""
+
+
+def mesh_sizes(launch: LaunchTable) -> dict[str, int]:
+    """The device mesh, by accelerate's names: {dp_replicate_size, dp_shard_size, cp_size, sp_size, tp_size}.
+
+    The processes that `[launch.parallelism]` leaves over are data-parallel ranks: they
+    shard the model (dp_shard_size) under FSDP and DeepSpeed, and are replicas
+    (dp_replicate_size) under DDP. FSDP's hybrid_shard replicates across machines. The
+    schema has checked that the sizes divide num_processes.
+    """
+    mesh = launch.parallelism or ParallelismTable()
+    replicate = mesh.dp_replicate_size
+    if launch.strategy == "fsdp" and launch.fsdp is not None and launch.fsdp.sharding_strategy == "hybrid_shard":
+        replicate = launch.num_machines
+    rest = launch.num_processes // (replicate * mesh.model_parallel_size())
+    if launch.strategy == "ddp":
+        replicate, rest = replicate * rest, 1
+    return {
+        "dp_replicate_size": replicate,
+        "dp_shard_size": rest,
+        "cp_size": mesh.cp_size,
+        "sp_size": mesh.sp_size,
+        "tp_size": mesh.tp_size,
+    }
+
+
+def data_parallel_size(launch: LaunchTable) -> int:
+    """Data-parallel ranks: processes that see different samples (the ranks of one tensor, context or sequence group see the same)."""
+    sizes = mesh_sizes(launch)
+    return sizes["dp_replicate_size"] * sizes["dp_shard_size"]
+
+
+def mesh_note(launch: LaunchTable) -> str:
+    """How the data-parallel ranks follow from the processes: `num_processes 16 / (tp_size 8)`."""
+    mesh = launch.parallelism
+    split = [f"{k} {getattr(mesh, k)}" for k in ("tp_size", "cp_size", "sp_size") if mesh is not None and getattr(mesh, k) > 1]
+    return f"num_processes {launch.num_processes} / ({' x '.join(split)})" if split else f"num_processes {launch.num_processes}"
+
+
+MESH_ROLES = {
+    "dp_replicate_size": "replicate the sharded model; each replica its own samples",
+    "dp_shard_size": "shard parameters, gradients and optimizer state; each its own samples",
+    "cp_size": "split every sequence (ring attention); the same samples",
+    "sp_size": "split every sequence, exchange heads (Ulysses); the same samples",
+    "tp_size": "split every layer's heads and MLP columns; the same samples",
+}
+
+
+def _ranks(group: list[int]) -> str:
+    """`0-7`, `0,8` or `0,4,..,28`: a group of ranks, short."""
+    step = group[1] - group[0]
+    if step == 1:
+        return f"{group[0]}-{group[-1]}"
+    if len(group) <= 3:
+        return ",".join(map(str, group))
+    return f"{group[0]},{group[1]},..,{group[-1]}"
+
+
+def draw_mesh(launch: LaunchTable) -> list[str]:
+    """The device mesh in a few lines: its shape, then per dimension of more than one rank
+    the first groups of ranks that run along it, and what they do.
+
+    The ranks are laid out as accelerate lays out its mesh (dp_replicate, dp_shard, cp, sp,
+    tp; tp innermost), so a tensor-parallel group is consecutive ranks, on one machine when
+    tp_size divides the processes per machine.
+    """
+    sizes = mesh_sizes(launch)
+    dims = [(k, sizes[k]) for k in MESH_DIMS if sizes[k] > 1]
+    names = " x ".join(f"{k.removesuffix('_size')} {n}" for k, n in dims) or "1"
+    lines = [f"{launch.num_processes} processes = {names}"]
+    width = max((len(k) - 5 for k, _ in dims), default=0) + 4
+    for i, (k, n) in enumerate(dims):
+        stride = 1
+        for _, inner in dims[i + 1 :]:
+            stride *= inner
+        groups = launch.num_processes // n
+        # the g-th group: the ranks whose coordinates off this dimension are the g-th combination
+        starts = [(g // stride) * stride * n + g % stride for g in range(min(groups, 2))]
+        first = [[start + j * stride for j in range(n)] for start in starts]
+        shown = "  ".join(_ranks(g) for g in first) + ("  .." if groups > 2 else "")
+        role = MESH_ROLES[k]
+        if k == "dp_replicate_size" and sizes["dp_shard_size"] == 1:
+            role = "replicas of the whole model (DDP); each its own samples"
+        if k == "dp_shard_size" and launch.strategy == "deepspeed":
+            role = "ZeRO's data-parallel ranks; each its own samples"
+        lines.append(f"  {k.removesuffix('_size'):<{width}}{groups} group{'s' if groups > 1 else ''} of {n}: {shown}  ({role})")
+    return lines
 
 
 def launch_settings(b: PlanBuilder) -> None:
@@ -44,6 +137,8 @@ def launch_settings(b: PlanBuilder) -> None:
                     "the two do not work together yet",
                     "drop the table, or use launch.deepspeed.zero_stage = 2",
                 )
+    if launch.parallelism is not None:
+        _mesh_settings(b, launch.parallelism)
     for k in ("mixed_precision", "cpu", "tf32"):
         b.key(k, ("launch", k))
     if launch.hub_offline or hub_ids(recipe):
@@ -51,6 +146,132 @@ def launch_settings(b: PlanBuilder) -> None:
     else:  # nothing to download, so nothing may be: a local recipe never reaches the network
         b.derived("hub_offline", True, "derived: launch.hub_offline is false, but the recipe names nothing on the hub")
     b.launch = accelerate_launch(b)
+
+
+def _model_type(b: PlanBuilder) -> tuple[str | None, KeyPath]:
+    """The model's type (None for a hub model, whose config is not read at compile time) and the key that names it."""
+    r = b.recipe
+    if r.model.init is not None:
+        return r.model.init, ("model", "init")
+    key: KeyPath = ("model", "path") if r.continual is None else ("continual", "from")
+    return (b.model_config or {}).get("model_type"), key
+
+
+def _config_value(b: PlanBuilder, name: str) -> tuple[Any, KeyPath]:
+    """A key of the model's config ([model.config], the model type's default, or a local model's config.json) and where it comes from."""
+    r = b.recipe
+    if r.model.init is not None and r.model.init in model_types.model_types():
+        stored = model_types.canonical(r.model.init, name)
+        config = r.model.init_config()
+        for key, value in config.items():
+            if model_types.canonical(r.model.init, key) == stored:
+                return value, ("model", "config", key)
+        return model_types.model_types()[r.model.init]["keys"].get(stored), ("model", "init")
+    _, key = _model_type(b)
+    return (b.model_config or {}).get(name), key
+
+
+def _mesh_settings(b: PlanBuilder, mesh: ParallelismTable) -> None:
+    """`[launch.parallelism]` as settings, and its checks against the model, the data and the attention."""
+    r = b.recipe
+    sizes = mesh_sizes(r.launch)
+    hybrid = r.launch.strategy == "fsdp" and r.launch.fsdp is not None and r.launch.fsdp.sharding_strategy == "hybrid_shard"
+    for k in MESH_DIMS:
+        if k == "dp_shard_size" or (k == "dp_replicate_size" and (r.launch.strategy == "ddp" or hybrid)):
+            b.derived(
+                k,
+                sizes[k],
+                f"derived: {mesh_note(r.launch)}"
+                + (f" / dp_replicate_size {sizes['dp_replicate_size']}" if k == "dp_shard_size" and sizes["dp_replicate_size"] > 1 else "")
+                + (" (ddp: every data-parallel rank is a replica)" if r.launch.strategy == "ddp" and k == "dp_replicate_size" else "")
+                + (" (launch.fsdp.sharding_strategy hybrid_shard: one replica per machine)" if hybrid and k == "dp_replicate_size" else ""),
+            )
+        else:
+            b.key(k, ("launch", "parallelism", k))
+
+    tp = mesh.tp_size
+    if tp > 1:
+        model_type, where = _model_type(b)
+        if model_type is not None and not tp_plans.has_plan(model_type):
+            b.error(
+                where,
+                f"tensor parallelism (launch.parallelism.tp_size {tp}) splits the layers by the model's tensor-parallel "
+                f'plan, and transformers has none for model type "{model_type}"',
+                "use a model type with a plan (llama, qwen2, mistral, gemma, ...), or shard with strategy = \"fsdp\" and tp_size = 1",
+            )
+        for name in ("num_attention_heads", "num_key_value_heads"):
+            heads, key = _config_value(b, name)
+            if name == "num_key_value_heads" and heads is None:
+                continue  # unset: as many as the attention heads
+            if isinstance(heads, int) and heads % tp:
+                b.error(
+                    key if key[-1] != "init" else ("launch", "parallelism", "tp_size"),
+                    f"the model's {name} {heads} is not divisible by launch.parallelism.tp_size {tp}: "
+                    f"every tensor-parallel rank holds {name} / tp_size whole heads",
+                    f"use a tp_size that divides {heads}",
+                )
+    cp = mesh.cp_size
+    if cp > 1:
+        seq_len = r.data.seq_len
+        if seq_len % (2 * cp):
+            lower = max(2 * cp, seq_len // (2 * cp) * (2 * cp))
+            b.error(
+                ("data", "seq_len"),
+                f"data.seq_len {seq_len} is not a multiple of 2 x launch.parallelism.cp_size {cp} = {2 * cp}: "
+                "context parallelism cuts every sequence into 2 x cp_size chunks, two per rank (one early, one late, "
+                "to balance the causal attention's work)",
+                f"use seq_len = {lower} or {lower + 2 * cp}",
+            )
+        # ring attention attends causally over the whole sequence: no mask, no position ids, no padding
+        if b.get("examples") or r.preference is not None:
+            b.error(
+                ("data", "packing"),
+                "context parallelism (launch.parallelism.cp_size "
+                f"{cp}) attends causally over whole sequences, and examples are kept apart by attention masks and "
+                "position ids (packed) or padded with masks (unpacked), which its ring attention cannot honour",
+                "train on text records (full seq_len blocks), or set cp_size = 1",
+            )
+        elif not r.data.packing:
+            b.error(
+                ("data", "packing"),
+                f"context parallelism (launch.parallelism.cp_size {cp}) needs full seq_len blocks, and data.packing "
+                "false pads each document with an attention mask, which its ring attention cannot honour",
+                "set data.packing = true",
+            )
+        if b.get("cross_entropy") is not None:
+            b.error(
+                ("loss",),
+                f"[loss]'s chunked cross-entropy shifts the labels itself, across the chunks context parallelism "
+                f"(launch.parallelism.cp_size {cp}) cuts the sequence into",
+                "remove [loss] (the model's own loss takes the labels shifted before the cut), or set cp_size = 1",
+            )
+        if r.model.attention != "sdpa":
+            b.error(
+                ("model", "attention"),
+                f'context parallelism replaces torch\'s scaled_dot_product_attention with ring attention, and model.attention is "{r.model.attention}"',
+                'use attention = "sdpa"',
+            )
+    if mesh.sp_size > 1:
+        # accelerate replaces the attention with Ulysses' once the mesh has sp > 1; fed whole sequences, the
+        # training would be wrong without an error, so the script refuses until its loop runs Ulysses' way
+        b.error(
+            ("launch", "parallelism", "sp_size"),
+            f"the generated train.py does not run DeepSpeed's sequence parallelism (sp_size {mesh.sp_size}) yet: "
+            "its loaders would need DeepSpeed's Ulysses adapter (which serves sp_size shards of each rank's "
+            "micro-batches in turn, without set_epoch or skipping for an exact resume), position_ids in every "
+            "batch, and the loss summed over the sp group by token",
+            'split the sequence with cp_size and strategy = "fsdp", or remove sp_size',
+        )
+    for table in ("ema", "merge"):
+        if getattr(r, table) is not None and mesh.model_parallel_size() > 1:
+            b.error(
+                (table,),
+                f"[{table}] keeps a full copy of the weights, which tensor, context and sequence parallelism split "
+                "across processes; the two do not work together yet",
+                "drop the table, or remove [launch.parallelism]",
+            )
+    if r.peft is not None and tp > 1:
+        b.error(("peft",), "PEFT adapters with tensor parallelism are not supported", "remove [peft], or tp_size = 1")
 
 
 def _fsdp_settings(b: PlanBuilder, fsdp: FsdpTable) -> None:
@@ -232,17 +453,29 @@ def fsdp_config(b: PlanBuilder) -> list[tuple[str, Any]]:
 
 
 def parallelism_config(b: PlanBuilder) -> list[tuple[str, Any]]:
-    """accelerate's `parallelism_config` entries: FSDP 2's hybrid sharding (replicate across
-    machines, shard within each); empty otherwise."""
-    if b["strategy"] != "fsdp" or b["fsdp_version"] != 2 or b["fsdp_sharding_strategy"] != "hybrid_shard":
+    """accelerate's `parallelism_config` entries (its own key names, sorted): the device mesh
+    of `[launch.parallelism]` and FSDP 2's hybrid sharding; empty for data parallelism alone.
+
+    accelerate's launcher turns them into PARALLELISM_CONFIG_* variables, from which the
+    training processes' Accelerator builds its `ParallelismConfig` and device mesh. DeepSpeed
+    builds its own sequence-parallel groups: `sp_size` and its options only.
+    """
+    launch = b.recipe.launch
+    hybrid = b["strategy"] == "fsdp" and b["fsdp_version"] == 2 and b["fsdp_sharding_strategy"] == "hybrid_shard"
+    if not hybrid and not _has_mesh(launch):
         return []
-    machines = b["num_machines"]
-    return [
-        ("parallelism_config_cp_size", 1),
-        ("parallelism_config_dp_replicate_size", machines),
-        ("parallelism_config_dp_shard_size", b["num_processes"] // machines),
-        ("parallelism_config_tp_size", 1),
-    ]
+    sizes = mesh_sizes(launch)
+    entries: dict[str, Any] = {f"parallelism_config_{k}": v for k, v in sizes.items() if k != "sp_size"}
+    if sizes["sp_size"] > 1:
+        entries.update(
+            {
+                "parallelism_config_sp_size": sizes["sp_size"],
+                "parallelism_config_sp_backend": "deepspeed",
+                "parallelism_config_sp_seq_length_is_variable": True,
+                "parallelism_config_sp_attn_implementation": b["attention"],
+            }
+        )
+    return sorted(entries.items())
 
 
 def deepspeed_config(b: PlanBuilder) -> list[tuple[str, Any]]:
@@ -287,6 +520,12 @@ def nvme_environment(b: PlanBuilder) -> list[tuple[str, str]]:
     return [(var, b["deepspeed_nvme_path"]) for key, var in names.items() if b[key] == "nvme"]
 
 
+def _has_mesh(launch: LaunchTable) -> bool:
+    """Whether `[launch.parallelism]` asks for more than data parallelism (an empty table does not)."""
+    mesh = launch.parallelism
+    return mesh is not None and (mesh.model_parallel_size() > 1 or mesh.dp_replicate_size > 1)
+
+
 def accelerate_launch(b: PlanBuilder) -> Launch:
     """What accelerate_config.yaml, launch.sh, slurm.sbatch and the script need beyond the settings."""
     machines = b["num_machines"]
@@ -299,6 +538,9 @@ def accelerate_launch(b: PlanBuilder) -> Launch:
         deepspeed_config=tuple(deepspeed_config(b)) if b["strategy"] == "deepspeed" else (),
         parallelism_config=tuple(parallelism_config(b)),
         nvme_environment=tuple(nvme_environment(b)),
+        mesh=tuple(draw_mesh(b.recipe.launch)) if _has_mesh(b.recipe.launch) else (),
+        tensor_parallel=b.get("tp_size", 1) > 1,
+        context_parallel=b.get("cp_size", 1) > 1,
         num_machines=machines,
         last_machine_rank=machines - 1,
         gpus_per_machine=None if b["cpu"] else b["num_processes"] // machines,

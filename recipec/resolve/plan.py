@@ -59,6 +59,12 @@ class Launch:
     """accelerate's `parallelism_config` entries (FSDP 2's hybrid sharding); empty otherwise."""
     nvme_environment: tuple[tuple[str, str], ...]
     """Environment variables for DeepSpeed's NVMe offload paths, set by launch.sh and slurm.sbatch."""
+    mesh: tuple[str, ...]
+    """`[launch.parallelism]`'s device mesh drawn in a few lines (which ranks shard, replicate, split heads or the sequence); empty without one."""
+    tensor_parallel: bool
+    """tp_size > 1: the script loads the model split by its tensor-parallel plan."""
+    context_parallel: bool
+    """cp_size > 1: the script runs each forward and backward inside accelerate's context-parallel context."""
     num_machines: int
     last_machine_rank: int
     gpus_per_machine: int | None

@@ -8,6 +8,7 @@ from ..schema import LaunchTable
 from ..schema.optim import own_options
 from ..schema.train import MAX_STEPS
 from .builder import PlanBuilder
+from .launch import data_parallel_size, mesh_note
 from .model import max_positions
 from .schedule import peak_lr
 
@@ -76,25 +77,34 @@ def train_settings(b: PlanBuilder) -> None:
     b.section("train")
     b.key("micro_batch_size", ("train", "micro_batch_size"))
     b.key("batch_size", ("train", "batch_size"))
-    # batch_size = micro_batch_size x grad_accum_steps x world size (launch.num_processes, all machines)
-    per_step = t.micro_batch_size * launch.num_processes
+    # batch_size = micro_batch_size x grad_accum_steps x data-parallel ranks (launch.num_processes, all
+    # machines, over the ranks of one tensor/context/sequence group, which see the same samples)
+    dp = data_parallel_size(launch)
+    per_step = t.micro_batch_size * dp
     world = f"launch.num_processes {launch.num_processes}{machines_note(launch)}"
+    ranks = "num_processes"
+    if dp != launch.num_processes:
+        world = f"data-parallel ranks {dp} (launch.{mesh_note(launch)}{machines_note(launch)})"
+        ranks = "data-parallel ranks"
+        b.derived("data_parallel_size", dp, f"derived: {mesh_note(launch)}: the ranks of one group see the same samples")
     if t.batch_size % per_step:
         lower = max(per_step, t.batch_size // per_step * per_step)
         b.error(
             ("train", "batch_size"),
             f"train.batch_size {t.batch_size} is not a multiple of micro_batch_size {t.micro_batch_size} * {world} = {per_step}",
-            f"batch_size = micro_batch_size x grad_accum_steps x num_processes: use batch_size = {lower} "
+            f"batch_size = micro_batch_size x grad_accum_steps x {ranks}: use batch_size = {lower} "
             f"(grad_accum_steps {lower // per_step}) or {lower + per_step} (grad_accum_steps {lower // per_step + 1}), "
             "or change micro_batch_size",
         )
     grad_accum = max(1, t.batch_size // per_step)
-    b.derived(
-        "grad_accum_steps",
-        grad_accum,
-        f"derived: batch_size {t.batch_size} / (micro_batch_size {t.micro_batch_size} * num_processes "
-        f"{launch.num_processes}{machines_note(launch)})",
-    )
+    if dp != launch.num_processes:
+        note = f"derived: batch_size {t.batch_size} / (micro_batch_size {t.micro_batch_size} * data_parallel_size {dp})"
+    else:
+        note = (
+            f"derived: batch_size {t.batch_size} / (micro_batch_size {t.micro_batch_size} * num_processes "
+            f"{launch.num_processes}{machines_note(launch)})"
+        )
+    b.derived("grad_accum_steps", grad_accum, note)
     tokens_per_step = t.batch_size * d.seq_len
     b.derived("tokens_per_step", tokens_per_step, f"derived: batch_size {t.batch_size} * seq_len {d.seq_len}")
 

@@ -28,7 +28,7 @@ from .filters import (
     ScoreFilter,
     ScoreSampleFilter,
 )
-from .launch import DeepspeedTable, FsdpTable, LaunchTable
+from .launch import DeepspeedTable, FsdpTable, LaunchTable, ParallelismTable
 from .loss import LossTable
 from .model import ModelConfig, ModelTable
 from .optim import OPTIMIZER_TABLES, AdafactorTable, Adamw8bitTable, AdamwTable, DecayPatterns, LionTable, LrScaling, ParamGroup, MuonTable, OptimTable, PagedAdamw8bitTable, ScheduleFreeAdamwTable, SgdTable
@@ -159,6 +159,7 @@ __all__ = [
     "FsdpTable",
     "Ia3Table",
     "LaunchTable",
+    "ParallelismTable",
     "LnTuningTable",
     "LossTable",
     "LohaTable",

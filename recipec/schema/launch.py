@@ -3,7 +3,10 @@
 `num_processes` is the total over all machines (accelerate's meaning), so it is the world
 size every batch derivation uses. `strategy` picks plain data parallelism (ddp), FSDP or
 DeepSpeed ZeRO; the options of the last two live in their own sub-tables, `[launch.fsdp]`
-and `[launch.deepspeed]`, each allowed only with its strategy. The values that differ per
+and `[launch.deepspeed]`, each allowed only with its strategy. `[launch.parallelism]`
+lays the processes out as a device mesh beyond data parallelism (tensor, context and
+sequence parallelism, and replicated shard groups), in accelerate's `ParallelismConfig`
+terms; the data-parallel sharding size is what is left of the world. The values that differ per
 machine (`machine_rank`, `main_process_ip`) can be "env": the launch script then reads
 them from the scheduler's environment (SLURM_NODEID or MACHINE_RANK, and MASTER_ADDR).
 """
@@ -140,6 +143,36 @@ class DeepspeedTable(Table):
         return self
 
 
+class ParallelismTable(Table):
+    """`[launch.parallelism]`: the device mesh beyond data parallelism, in the terms of accelerate's `ParallelismConfig`. The processes left over, num_processes / (dp_replicate_size x tp_size x cp_size x sp_size), shard the model (dp_shard_size, derived)."""
+
+    tp_size: int = Field(1, ge=1)
+    """Tensor parallelism: processes that split every attention and MLP layer between them (heads and hidden columns), by the model's own tensor-parallel plan (its transformers config class's `base_model_tp_plan`; model types without one are an error). They see the same samples; the attention heads and KV heads must divide by tp_size."""
+
+    cp_size: int = Field(1, ge=1)
+    """Context parallelism (torch's ring attention, with strategy "fsdp" version 2): processes that split every sequence between them. They see the same samples; data.seq_len must be a multiple of 2 x cp_size."""
+
+    sp_size: int = Field(1, ge=1)
+    """Sequence parallelism (DeepSpeed's Ulysses/ALST, with strategy "deepspeed"): processes that split every sequence between them and exchange attention heads. They see the same samples. Checked and sized here; the generated train.py does not run it yet (an error at build)."""
+
+    dp_replicate_size: int = Field(1, ge=1)
+    """Replicas of the sharded model (hybrid sharding, HSDP, with strategy "fsdp" version 2): each replica is sharded over dp_shard_size processes and sees its own samples."""
+
+    @model_validator(mode="after")
+    def check_sequence_splits_are_exclusive(self) -> ParallelismTable:
+        if self.cp_size > 1 and self.sp_size > 1:
+            raise key_error(
+                "sp_size",
+                f"cp_size {self.cp_size} and sp_size {self.sp_size} both split the sequence; accelerate takes one of them",
+                'keep cp_size with strategy = "fsdp", or sp_size with strategy = "deepspeed"',
+            )
+        return self
+
+    def model_parallel_size(self) -> int:
+        """Processes that see the same samples: tp_size x cp_size x sp_size."""
+        return self.tp_size * self.cp_size * self.sp_size
+
+
 class LaunchTable(Table):
     """`[launch]`"""
 
@@ -166,6 +199,9 @@ class LaunchTable(Table):
 
     deepspeed: DeepspeedTable | None = None
     """`[launch.deepspeed]`: options of strategy "deepspeed"; unset: their defaults."""
+
+    parallelism: ParallelismTable | None = None
+    """`[launch.parallelism]`: tensor, context and sequence parallelism and replicated shard groups; unset: data parallelism only (every process is a data-parallel rank)."""
 
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision of the forward pass. bf16 needs a GPU (or CPU) that supports it; checked when the script starts."""
@@ -250,6 +286,7 @@ class LaunchTable(Table):
                     f'[launch.{table}] holds the options of strategy "{table}", and launch.strategy is "{self.strategy}"',
                     f'set strategy = "{table}", or remove [launch.{table}]',
                 )
+        self._check_the_mesh()
         if self.cpu and self.strategy == "deepspeed":
             raise key_error(
                 "strategy",
@@ -257,3 +294,83 @@ class LaunchTable(Table):
                 'use strategy = "ddp" on CPU',
             )
         return self
+
+    def _check_the_mesh(self) -> None:
+        """`[launch.parallelism]` against the world size and the strategy."""
+        mesh = self.parallelism
+        if mesh is None:
+            return
+        n = self.num_processes
+        fixed = mesh.dp_replicate_size * mesh.model_parallel_size()
+        if n % fixed:
+            sizes = " x ".join(
+                f"{k} {getattr(mesh, k)}" for k in ("dp_replicate_size", "tp_size", "cp_size", "sp_size") if getattr(mesh, k) > 1
+            )
+            lower = max(fixed, n // fixed * fixed)
+            raise key_error(
+                "parallelism",
+                f"launch.num_processes {n} is not a multiple of launch.parallelism's {sizes}{'' if sizes.endswith(f' {fixed}') else f' = {fixed}'}: "
+                "the processes left over shard the model (dp_shard_size = num_processes / "
+                "(dp_replicate_size x tp_size x cp_size x sp_size))",
+                f"use num_processes = {lower} or {lower + fixed}, or change the sizes",
+            )
+        fsdp2 = self.strategy == "fsdp" and (self.fsdp is None or self.fsdp.version == 2)
+        rules = [
+            (
+                "sp_size",
+                mesh.sp_size > 1 and self.strategy != "deepspeed",
+                f'sequence parallelism (sp_size {mesh.sp_size}) is DeepSpeed\'s (Ulysses/ALST), and launch.strategy is "{self.strategy}"',
+                'set strategy = "deepspeed", or split the sequence with cp_size and strategy = "fsdp"',
+            ),
+            (
+                "cp_size",
+                mesh.cp_size > 1 and not fsdp2,
+                f"context parallelism (cp_size {mesh.cp_size}) is torch's, which accelerate runs with FSDP 2 only, "
+                f'and launch.strategy is "{self.strategy}"' + (" version 1" if self.strategy == "fsdp" else ""),
+                'set strategy = "fsdp" (version 2), or with DeepSpeed split the sequence with sp_size',
+            ),
+            (
+                "tp_size",
+                mesh.tp_size > 1 and self.strategy == "deepspeed",
+                f"tensor parallelism (tp_size {mesh.tp_size}) with DeepSpeed is not supported by accelerate",
+                'use strategy = "fsdp" (tensor parallel inside, sharded across) or "ddp"',
+            ),
+            (
+                "tp_size",
+                mesh.tp_size > 1 and self.strategy == "fsdp" and not fsdp2,
+                f"tensor parallelism (tp_size {mesh.tp_size}) composes with FSDP 2 (accelerate's device mesh), "
+                "and launch.fsdp.version is 1",
+                "set launch.fsdp.version = 2",
+            ),
+            (
+                "dp_replicate_size",
+                mesh.dp_replicate_size > 1 and not fsdp2,
+                f"dp_replicate_size {mesh.dp_replicate_size} replicates a sharded model (HSDP), which is FSDP 2's, "
+                f'and launch.strategy is "{self.strategy}"',
+                'set strategy = "fsdp", or remove dp_replicate_size: with "ddp" every data-parallel rank is a replica',
+            ),
+            (
+                "dp_replicate_size",
+                mesh.dp_replicate_size > 1 and self.fsdp is not None and self.fsdp.sharding_strategy == "hybrid_shard",
+                "launch.fsdp.sharding_strategy hybrid_shard replicates across machines already "
+                "(dp_replicate_size = num_machines)",
+                "remove dp_replicate_size, or use sharding_strategy = \"full_shard\" with it",
+            ),
+        ]
+        for key, bad, message, help in rules:
+            if bad:
+                raise key_error(("parallelism", key), message, help)
+        if self.strategy == "ddp" and mesh.tp_size > 1 and n > mesh.tp_size:
+            raise key_error(
+                ("parallelism", "tp_size"),
+                f"tp_size {mesh.tp_size} over {n} processes leaves {n // mesh.tp_size} data-parallel replicas, and "
+                "accelerate does not compose DDP with tensor parallelism",
+                f'set strategy = "fsdp" to shard across the tensor-parallel groups, or tp_size = {n}',
+            )
+        if self.cpu and mesh.model_parallel_size() > 1:
+            raise key_error(
+                "parallelism",
+                "accelerate takes a device mesh (tensor, context or sequence parallelism) on GPUs only: on the CPU "
+                "its Accelerator rejects a ParallelismConfig (DistributedType MULTI_CPU), and launch.cpu is true",
+                "remove [launch.parallelism] for the CPU run",
+            )
