@@ -37,12 +37,18 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A local Ray of two CPUs (two workers) for the module."""
+def _ray_of_the_module():
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def cluster(_ray_of_the_module):
+    """A local Ray of two CPUs (two workers), shared by the module's tests until one stops it."""
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
-    ray.shutdown()
 
 
 def near(i: int, n: int = 120) -> str:
@@ -131,7 +137,10 @@ def test_a_worker_killed_mid_stage_is_retried_and_the_output_is_unchanged(cluste
     local["cache_dir"] = "cache-local"
     want = stage.run(local, log=lambda m: None)
     monkeypatch.setenv(stage_ray.KILL_ONCE, str(marker))
-    got = stage.run(dict(local, cache_dir="cache-ray", executor="ray"), log=lambda m: None)
+    try:
+        got = stage.run(dict(local, cache_dir="cache-ray", executor="ray"), log=lambda m: None)
+    finally:
+        ray.shutdown()  # the next test starts a Ray whose workers were never killed
     assert marker.exists()  # a task died
     assert entry_files(got) == entry_files(want)
     assert comparable(got.report) == comparable(want.report)
