@@ -142,6 +142,18 @@ CASES: dict[str, dict[str, Any]] = {
     "mesh-tp2": {
         "launch": {"num_processes": 2, "mixed_precision": "bf16", "parallelism": {"tp_size": 2}},
     },
+    # the sequence split over ZeRO-3 is DeepSpeed's (Ulysses); accelerate's context parallelism is FSDP 2's
+    "mesh-sp8-zero3": {
+        "launch": {
+            "num_processes": 8,
+            "strategy": "deepspeed",
+            "deepspeed": {"zero_stage": 3},
+            "mixed_precision": "bf16",
+            "parallelism": {"sp_size": 8},
+        },
+        "model": {"config": {"num_attention_heads": 8}},
+        "train": {"micro_batch_size": 1, "batch_size": 1},
+    },
 }
 
 # What accelerate must read back from each config: (distributed_type, num_processes, num_machines, use_cpu)
@@ -162,6 +174,7 @@ SHAPES = {
     "mesh-tp8-fsdp-2-machines": ("FSDP", 16, 2, False),
     "mesh-cp8-full-shard": ("FSDP", 8, 1, False),
     "mesh-tp2": ("MULTI_GPU", 2, 1, False),
+    "mesh-sp8-zero3": ("DEEPSPEED", 8, 1, False),
 }
 
 # launch.sh's environment in each case: what SLURM (or the user) provides on the machine of rank 1
@@ -426,6 +439,7 @@ def probe(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "data_parallel_size": pc.data_parallel_size,
                     "sp_backend": pc.sp_backend,
                     "handlers": [type(h).__name__ for h in (pc.tp_handler, pc.cp_handler, pc.sp_handler) if h is not None],
+                    "sp_handler": None if pc.sp_handler is None else {k: v for k, v in vars(pc.sp_handler).items() if not k.startswith("_")},
                     "env": {k: v for k, v in os.environ.items() if k.startswith("PARALLELISM_CONFIG_")},
                 }
             if args.use_deepspeed:
@@ -778,6 +792,23 @@ MESHES = {
 }
 
 
+def test_deepspeed_takes_the_sequence_split_with_its_own_groups(accepted, launched, plan_of):
+    """sp_size over ZeRO-3: accelerate hands the sequence split to DeepSpeed (Ulysses), which builds its
+    own sequence-parallel groups, so the ParallelismConfig carries sp and its options and no torch mesh."""
+    case = "mesh-sp8-zero3"
+    for call in launched[case]:
+        got = accepted[(case, call)]
+        mesh = got["mesh"]
+        assert mesh["sizes"] == [1, 1, 1, 8, 1] and mesh["sp_backend"] == "deepspeed"
+        assert mesh["handlers"] == ["DeepSpeedSequenceParallelConfig"]
+        handler = mesh["sp_handler"]  # as the training processes' Accelerator reads it
+        assert handler["sp_attn_implementation"] == "sdpa"  # the model's attention, wrapped by Ulysses
+        assert handler["sp_seq_length_is_variable"] is True and handler["sp_disable_in_eval"] is True
+        assert got["deepspeed_plugin"]["config"]["zero_optimization"]["stage"] == 3
+    plan = plan_of(**{table: dict(values) for table, values in CASES[case].items()})
+    assert plan["sp_size"] == 8 and plan.get("data_parallel_size") == 1 and plan.launch.sequence_parallel
+
+
 @pytest.mark.parametrize("case", sorted(MESHES))
 def test_accelerate_builds_the_recipes_parallelism_config_from_the_launch(case: str, accepted, launched, plan_of):
     sizes, names, shape, dp = MESHES[case]
@@ -862,3 +893,6 @@ def test_the_scripts_of_a_mesh_pass_it_to_the_accelerator(case: str, built: dict
     tp = parallelism.get("tp_size", 1) > 1
     assert ('model = apply_tensor_parallelism(model, accelerator.torch_device_mesh["tp"]' in text) == tp
     assert ("accelerator.maybe_context_parallel(" in text) == (parallelism.get("cp_size", 1) > 1)
+    sp = parallelism.get("sp_size", 1) > 1
+    assert ("sequence_parallel.micro_batches(accelerator, train_loader, model, skip)" in text) == sp
+    assert ("loss, outputs = sequence_parallel.causal_lm_loss(model, batch)" in text) == sp

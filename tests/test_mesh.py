@@ -165,7 +165,7 @@ def test_the_memory_estimate_divides_what_each_dimension_divides(plan_of):
         ({"num_processes": 12, "strategy": "fsdp", "parallelism": {"tp_size": 2, "cp_size": 4}}, "launch.parallelism's tp_size 2 x cp_size 4 = 8"),
         ({"num_processes": 4, "strategy": "fsdp", "parallelism": {"cp_size": 2, "sp_size": 2}}, "cp_size 2 and sp_size 2 both split the sequence"),
         ({"num_processes": 4, "strategy": "fsdp", "parallelism": {"sp_size": 2}}, "sequence parallelism (sp_size 2) is DeepSpeed's"),
-        ({"num_processes": 16, "strategy": "deepspeed", "parallelism": {"sp_size": 8}}, "the generated train.py does not run DeepSpeed's sequence parallelism (sp_size 8) yet"),
+        ({"num_processes": 16, "strategy": "deepspeed", "parallelism": {"sp_size": 8}}, "num_attention_heads 4 is not divisible by launch.parallelism.sp_size 8"),
         ({"num_processes": 4, "strategy": "deepspeed", "parallelism": {"cp_size": 2}}, "context parallelism (cp_size 2) is torch's, which accelerate runs with FSDP 2 only"),
         ({"num_processes": 4, "strategy": "fsdp", "fsdp": {"version": 1}, "parallelism": {"cp_size": 2}}, 'and launch.strategy is "fsdp" version 1'),
         ({"num_processes": 4, "strategy": "deepspeed", "parallelism": {"tp_size": 2}}, "tensor parallelism (tp_size 2) with DeepSpeed is not supported"),
@@ -212,6 +212,35 @@ def test_the_model_must_split_over_the_tensor_parallel_ranks(plan_of, changes, e
 def test_context_parallelism_needs_whole_unmasked_sequences(plan_of, changes, expected):
     messages = _errors(plan_of, launch={"num_processes": 4, "strategy": "fsdp", "parallelism": {"cp_size": 4}}, **changes)
     assert any(expected in m for m in messages), messages
+
+
+SP2 = {"num_processes": 4, "strategy": "deepspeed", "deepspeed": {"zero_stage": 3}, "parallelism": {"sp_size": 2}}
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"data": {"seq_len": 33}}, "data.seq_len 33 is not a multiple of launch.parallelism.sp_size 2"),
+        ({"data": {"packing": False}}, "data.packing false pads each document with an attention mask, which Ulysses' attention drops"),
+        ({"model": {"attention": "eager"}}, 'takes sdpa or flash attention, and model.attention is "eager"'),
+        ({"loss": {"cross_entropy": "chunked"}}, "hands each rank its slice of the labels shifted before the cut"),
+        ({"model": {"config": {"hidden_size": 96, "num_attention_heads": 3, "num_key_value_heads": 3}}}, "num_attention_heads 3 is not divisible by launch.parallelism.sp_size 2"),
+        ({"ema": {"decay": 0.999}}, "[ema] keeps a full copy of the weights"),
+    ],
+)
+def test_sequence_parallelism_needs_whole_unmasked_sequences(plan_of, changes, expected):
+    messages = _errors(plan_of, launch=SP2, **changes)
+    assert any(expected in m for m in messages), messages
+
+
+def test_sequence_parallelism_copies_kv_heads_that_do_not_split(plan_of):
+    """Ulysses gives each rank num_key_value_heads / sp_size KV heads, or copies each KV head to sp_size /
+    num_key_value_heads ranks: 2 KV heads over sp 4 is fine, 3 over sp 2 is not."""
+    launch = {**SP2, "parallelism": {"sp_size": 4}}
+    plan = plan_of(launch=launch, model={"config": {"num_attention_heads": 4, "num_key_value_heads": 2}}, train={"batch_size": 8})
+    assert plan["sp_size"] == 4 and plan.launch.sequence_parallel
+    messages = _errors(plan_of, launch=SP2, model={"config": {"hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 3}})
+    assert any("num_key_value_heads 3 and launch.parallelism.sp_size 2 do not divide one another" in m for m in messages), messages
 
 
 def test_a_hub_models_heads_are_checked_when_the_script_starts(plan_of):

@@ -251,17 +251,66 @@ def _mesh_settings(b: PlanBuilder, mesh: ParallelismTable) -> None:
                 f'context parallelism replaces torch\'s scaled_dot_product_attention with ring attention, and model.attention is "{r.model.attention}"',
                 'use attention = "sdpa"',
             )
-    if mesh.sp_size > 1:
-        # accelerate replaces the attention with Ulysses' once the mesh has sp > 1; fed whole sequences, the
-        # training would be wrong without an error, so the script refuses until its loop runs Ulysses' way
-        b.error(
-            ("launch", "parallelism", "sp_size"),
-            f"the generated train.py does not run DeepSpeed's sequence parallelism (sp_size {mesh.sp_size}) yet: "
-            "its loaders would need DeepSpeed's Ulysses adapter (which serves sp_size shards of each rank's "
-            "micro-batches in turn, without set_epoch or skipping for an exact resume), position_ids in every "
-            "batch, and the loss summed over the sp group by token",
-            'split the sequence with cp_size and strategy = "fsdp", or remove sp_size',
-        )
+    sp = mesh.sp_size
+    if sp > 1:
+        # DeepSpeed's Ulysses: each rank holds seq_len / sp_size tokens and, inside the attention, the whole
+        # sequence for num_attention_heads / sp_size heads
+        seq_len = r.data.seq_len
+        if seq_len % sp:
+            lower = max(sp, seq_len // sp * sp)
+            b.error(
+                ("data", "seq_len"),
+                f"data.seq_len {seq_len} is not a multiple of launch.parallelism.sp_size {sp}: sequence parallelism "
+                "cuts every sequence into sp_size equal slices, one per rank",
+                f"use seq_len = {lower} or {lower + sp}",
+            )
+        heads, key = _config_value(b, "num_attention_heads")
+        if isinstance(heads, int) and heads % sp:
+            b.error(
+                key if key[-1] != "init" else ("launch", "parallelism", "sp_size"),
+                f"the model's num_attention_heads {heads} is not divisible by launch.parallelism.sp_size {sp}: "
+                "inside the attention every sequence-parallel rank holds num_attention_heads / sp_size whole heads",
+                f"use an sp_size that divides {heads}",
+            )
+        kv, key = _config_value(b, "num_key_value_heads")
+        if isinstance(kv, int) and kv % sp and sp % kv:
+            b.error(
+                key if key[-1] != "init" else ("launch", "parallelism", "sp_size"),
+                f"the model's num_key_value_heads {kv} and launch.parallelism.sp_size {sp} do not divide one another: "
+                "Ulysses gives each rank num_key_value_heads / sp_size KV heads, or copies each KV head to "
+                "sp_size / num_key_value_heads ranks",
+                f"use an sp_size that divides {kv} or a multiple of it",
+            )
+        # Ulysses drops the attention mask and attends causally by position: whole blocks of text only
+        if b.get("examples") or r.preference is not None:
+            b.error(
+                ("data", "packing"),
+                f"sequence parallelism (launch.parallelism.sp_size {sp}) attends causally over whole sequences by "
+                "position, and examples are kept apart by attention masks and position ids (packed) or padded "
+                "with masks (unpacked), which Ulysses' attention drops",
+                "train on text records (full seq_len blocks), or set sp_size = 1",
+            )
+        elif not r.data.packing:
+            b.error(
+                ("data", "packing"),
+                f"sequence parallelism (launch.parallelism.sp_size {sp}) needs full seq_len blocks, and data.packing "
+                "false pads each document with an attention mask, which Ulysses' attention drops",
+                "set data.packing = true",
+            )
+        if b.get("cross_entropy") is not None:
+            b.error(
+                ("loss",),
+                f"[loss]'s chunked cross-entropy shifts the labels itself, and sequence parallelism (launch.parallelism."
+                f"sp_size {sp}) hands each rank its slice of the labels shifted before the cut",
+                "remove [loss] (the script sums the loss over the sp group itself), or set sp_size = 1",
+            )
+        if r.model.attention not in ("sdpa", "flash_attention_2", "flash_attention_3"):
+            b.error(
+                ("model", "attention"),
+                "sequence parallelism wraps the model's attention in Ulysses' exchange, which takes sdpa or flash "
+                f'attention, and model.attention is "{r.model.attention}"',
+                'use attention = "sdpa"',
+            )
     for table in ("ema", "merge"):
         if getattr(r, table) is not None and mesh.model_parallel_size() > 1:
             b.error(
@@ -541,6 +590,7 @@ def accelerate_launch(b: PlanBuilder) -> Launch:
         mesh=tuple(draw_mesh(b.recipe.launch)) if _has_mesh(b.recipe.launch) else (),
         tensor_parallel=b.get("tp_size", 1) > 1,
         context_parallel=b.get("cp_size", 1) > 1,
+        sequence_parallel=b.get("sp_size", 1) > 1,
         num_machines=machines,
         last_machine_rank=machines - 1,
         gpus_per_machine=None if b["cpu"] else b["num_processes"] // machines,

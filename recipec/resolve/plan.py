@@ -65,6 +65,8 @@ class Launch:
     """tp_size > 1: the script loads the model split by its tensor-parallel plan."""
     context_parallel: bool
     """cp_size > 1: the script runs each forward and backward inside accelerate's context-parallel context."""
+    sequence_parallel: bool
+    """sp_size > 1: the script feeds DeepSpeed's Ulysses attention through its loader adapter and sums the loss over the sp group."""
     num_machines: int
     last_machine_rank: int
     gpus_per_machine: int | None

@@ -46,10 +46,15 @@ def missing_module(name: str) -> str | None:
     return None
 
 
+def ndim(param: Any) -> int:
+    """A parameter's number of dimensions; one that ZeRO-3 partitioned at creation is empty, its own shape in ``ds_shape``."""
+    return len(getattr(param, "ds_shape", param.shape))
+
+
 def is_hidden_matrix(name: str, param: Any) -> bool:
     """Muon's side: a 2-D weight of a hidden layer (not an embedding or the output layer)."""
     lowered = name.lower()
-    return param.ndim == 2 and not any(part in lowered for part in ("embed", "lm_head", "wte", "wpe", "output"))
+    return ndim(param) == 2 and not any(part in lowered for part in ("embed", "lm_head", "wte", "wpe", "output"))
 
 
 def named_sets(model: Any) -> dict[str, set[int]]:
@@ -139,7 +144,7 @@ def param_groups(model: Any, weight_decay: float, decay: Any = "matrices", group
 
     def decayed(name: str, param: Any) -> bool:
         if decay == "matrices":
-            return param.ndim >= 2
+            return ndim(param) >= 2
         if decay == "all":
             return True
         return any(_matches(q, name, param, sets) for q in decay["include"]) and not any(

@@ -325,10 +325,15 @@ accelerator.print(f"model: {n_params / 1e6:.2f}M parameters")
 # optimizer and schedule
 
 # weight decay on matrices and embeddings only: biases and norm weights are the 1-D parameters
-decay_params = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-no_decay_params = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+# (a parameter ZeRO-3 has partitioned at creation is empty here, its own shape in ds_shape)
+decay_params = [p for p in model.parameters() if p.requires_grad and len(getattr(p, "ds_shape", p.shape)) >= 2]
+no_decay_params = [p for p in model.parameters() if p.requires_grad and len(getattr(p, "ds_shape", p.shape)) < 2]
 optimizer = torch.optim.AdamW(
-    [{"params": decay_params, "weight_decay": weight_decay}, {"params": no_decay_params, "weight_decay": 0.0}],
+    [  # no empty group: DeepSpeed drops those, and the schedule must see the groups the optimizer steps
+        group
+        for group in ({"params": decay_params, "weight_decay": weight_decay}, {"params": no_decay_params, "weight_decay": 0.0})
+        if group["params"]
+    ],
     lr=lr,
     betas=tuple(betas),
     eps=eps,

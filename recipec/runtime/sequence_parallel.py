@@ -1,0 +1,88 @@
+"""DeepSpeed's Ulysses sequence parallelism (`launch.parallelism.sp_size`) in the training loop.
+
+With sp_size > 1 accelerate hands the model to DeepSpeed with Ulysses' attention
+(``UlyssesSPAttentionHF``): the sp_size ranks of a group each hold seq_len / sp_size tokens
+of the same sequences, and every attention layer exchanges tokens for heads (all-to-all) so
+that each rank attends over the whole sequence for 1 / sp_size of the heads, then exchanges
+back. The other layers are per token and run on each rank's slice alone.
+
+DeepSpeed's ``UlyssesSPDataLoaderAdapter`` feeds it. Each rank's loader still yields its own
+micro-batches (the loaders are split over all processes, as for data parallelism); the
+adapter takes one from every rank of the group and serves them in turn, each cut along the
+sequence, so one loader batch becomes sp_size micro-batches of the group and an epoch is
+sp_size times as many micro-batches. The labels are shifted while the sequence is whole
+(``shift_labels``: the last token of one rank's slice predicts the first of the next) and
+every batch carries ``position_ids``, which order the tokens after the exchange.
+
+The loss of a micro-batch is the mean over the group's whole sequences: every rank sums the
+cross-entropy over its slice, and the sums and token counts are gathered across the group
+(differentiably, so each rank's backward reaches its own slice's tokens).
+
+torch is imported by the functions that need it, like the other runtime modules.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+IGNORE = -100
+
+
+def with_position_ids(collate: Any) -> Any:
+    """`collate` plus each row's ``position_ids`` (0 to seq_len - 1): Ulysses orders the gathered tokens by them."""
+
+    def collate_with_positions(rows: list[dict]) -> dict[str, Any]:
+        import torch
+
+        batch = collate(rows)
+        ids = batch["input_ids"]
+        batch["position_ids"] = torch.arange(ids.shape[1], dtype=torch.long).expand_as(ids).clone()
+        return batch
+
+    return collate_with_positions
+
+
+def micro_batches(accelerator: Any, loader: Any, model: Any, skip: int) -> Iterable[dict]:
+    """One epoch of the group's micro-batches from a prepared loader, past the first `skip` of them.
+
+    The adapter serves sp_size micro-batches per loader batch, so whole loader batches are
+    skipped before it (without reading them) and the remainder after it. Call the loader's
+    ``set_epoch`` first: the adapter starts iterating the loader when it is made.
+    """
+    import itertools
+
+    sp_size = accelerator.parallelism_config.sp_size
+    whole, part = divmod(skip, sp_size)
+    base = accelerator.skip_first_batches(loader, whole) if whole else loader
+    adapted = accelerator.deepspeed_ulysses_dl_adapter(base, model)
+    return itertools.islice(adapted, part, None)
+
+
+def group() -> Any:
+    """This rank's sequence-parallel process group (DeepSpeed's)."""
+    from deepspeed.utils import groups
+
+    return groups._get_sequence_parallel_group()
+
+
+def causal_lm_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """The mean cross-entropy over the supervised tokens of the group's whole sequences, and the model's outputs.
+
+    ``batch`` is one slice from the adapter: ``input_ids``, ``position_ids`` and the
+    pre-shifted ``shift_labels`` of this rank's part of the sequence.
+    """
+    import torch
+    import torch.distributed.nn.functional as dist_nn
+
+    labels = batch["shift_labels"]
+    inputs = {k: v for k, v in batch.items() if k not in ("shift_labels", "labels")}
+    outputs = model(**inputs, use_cache=False)
+    logits = outputs.logits.float()
+    summed = torch.nn.functional.cross_entropy(
+        logits.view(-1, logits.size(-1)), labels.reshape(-1).to(logits.device), ignore_index=IGNORE, reduction="sum"
+    )
+    count = (labels != IGNORE).sum().to(summed.device)
+    sp_group = group()
+    total = torch.stack(dist_nn.all_gather(summed, group=sp_group)).sum()
+    tokens = torch.stack(dist_nn.all_gather(count, group=sp_group)).sum()
+    return total / tokens.clamp(min=1), outputs
