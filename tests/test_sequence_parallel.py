@@ -27,8 +27,10 @@ pytestmark = pytest.mark.slow
 
 RECIPE = TINY.replace("attention_dropout = 0.1", "attention_dropout = 0.0")
 # micro-batch 4, batch 12: three micro-batches per step on one process, and on the single data-parallel
-# rank of an sp group of 2 (an odd count, so that a resume starts inside a loader batch's pair)
-STEPS = ["train.batch_size=12", "train.max_steps=12", "train.eval_every=4", "train.eval_batches=0", "train.log_every=1", "train.save_every=5", "train.keep_last=3"]
+# rank of an sp group of 2 (an odd count, so that a resume starts inside a loader batch's pair). 8 steps
+# stay inside the first epoch: its last loader batch is whole on one process and, over two, filled up
+# from the start (accelerate's even_batches), as with data parallelism
+STEPS = ["train.batch_size=12", "train.max_steps=8", "train.eval_every=4", "train.eval_batches=0", "train.log_every=1", "train.save_every=5", "train.keep_last=3"]
 SP = ["launch.num_processes=2", 'launch.strategy="deepspeed"', "launch.deepspeed.zero_stage=3", "launch.parallelism.sp_size=2", "launch.cpu=false"]
 
 
@@ -68,7 +70,7 @@ def test_sp_2_over_zero_3_matches_one_process(one: Path, sp: tuple[Path, str]) -
     run_dir, output = sp
     loss_1, lr_1 = _losses_and_lrs(one)
     loss_2, lr_2 = _losses_and_lrs(run_dir)
-    assert len(loss_1) == len(loss_2) == 12
+    assert len(loss_1) == len(loss_2) == 8
     assert loss_2 == pytest.approx(loss_1, abs=1e-4)
     assert lr_2 == pytest.approx(lr_1, rel=1e-12)
     assert loss_1[-1] < loss_1[0]  # it trains
@@ -77,7 +79,7 @@ def test_sp_2_over_zero_3_matches_one_process(one: Path, sp: tuple[Path, str]) -
     # which keeps ZeRO-3's gathers in step), so the means differ slightly, as with data parallelism
     evals_1 = [m["eval_loss"] for m in _metrics(one) if "eval_loss" in m]
     evals_2 = [m["eval_loss"] for m in _metrics(run_dir) if "eval_loss" in m]
-    assert len(evals_1) == len(evals_2) == 4 and evals_2 == pytest.approx(evals_1, abs=2e-3)
+    assert len(evals_1) == len(evals_2) == 3 and evals_2 == pytest.approx(evals_1, abs=2e-3)
     # ZeRO-3 gathers the partitioned weights into the final model
     wa, wb = _weights(one), _weights(run_dir)
     assert wa.keys() == wb.keys()
