@@ -192,7 +192,7 @@ class LaunchTable(Table):
     """Port of the rendezvous on the machine of rank 0."""
 
     strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
-    """How the model is spread over the processes: ddp (a full replica on every process), fsdp (sharded, options in [launch.fsdp]; on CPU, torch's fully_shard over gloo) or deepspeed (ZeRO, options in [launch.deepspeed]; needs CUDA)."""
+    """How the model is spread over the processes: ddp (a full replica on every process), fsdp (sharded, options in [launch.fsdp]; on CPU, torch's fully_shard over gloo) or deepspeed (ZeRO, options in [launch.deepspeed]; `pip install recipec[deepspeed]`; on a machine without a GPU DeepSpeed's CPU accelerator over gloo, with launch.cpu false)."""
 
     fsdp: FsdpTable | None = None
     """`[launch.fsdp]`: options of strategy "fsdp"; unset: their defaults."""
@@ -290,8 +290,9 @@ class LaunchTable(Table):
         if self.cpu and self.strategy == "deepspeed":
             raise key_error(
                 "strategy",
-                "DeepSpeed needs CUDA GPUs, and launch.cpu is true",
-                'use strategy = "ddp" on CPU',
+                "DeepSpeed runs in processes that accelerate starts for it, and launch.cpu = true starts plain CPU "
+                "processes instead (without a GPU DeepSpeed takes the CPU itself, over gloo)",
+                'remove launch.cpu to run DeepSpeed on a machine without a GPU, or use strategy = "ddp"',
             )
         return self
 

@@ -1,11 +1,13 @@
-"""Sequence parallelism (launch.parallelism.sp_size): the generated script under DeepSpeed ZeRO-3 with
-Ulysses over 2 CPU processes trains as one process does.
+"""launch.strategy "deepspeed": the generated script under DeepSpeed ZeRO 2 and 3, and with sequence
+parallelism (launch.parallelism.sp_size, Ulysses), over 2 CPU processes trains as one process does.
 
 DeepSpeed runs here on its CPU accelerator over gloo, so the path the script takes on GPUs is the one
-tested: accelerate's DeepSpeed plugin, its ParallelismConfig from the launcher's environment, DeepSpeed's
-Ulysses attention and loader adapter, the loss summed over the sp group, ZeRO-3's partitioned
-parameters, and a resume from a DeepSpeed checkpoint. Both runs start from the same saved model (a
-model initialised under ZeRO-3 draws other random weights than one built whole).
+tested: accelerate's DeepSpeed plugin from the generated config, ZeRO's partitioned parameters and
+optimizer, DeepSpeed's gradient clipping and norm, the final gather of the weights, a resume from a
+DeepSpeed checkpoint and, with sp_size, accelerate's ParallelismConfig from the launcher's environment,
+DeepSpeed's Ulysses attention and loader adapter, and the loss summed over the sp group. Every run
+starts from the same saved model (a model initialised under ZeRO-3 draws other random weights than
+one built whole).
 """
 
 from __future__ import annotations
@@ -64,6 +66,34 @@ def sp(base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
     build_dir = _build(project, *STEPS, *SP)
     proc = _launch(build_dir)
     return project / "runs" / "tiny", proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def one_8(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One process, batch 8 in two micro-batches: the reference of data parallelism over 2 processes."""
+    project = _from(base, tmp_path_factory.mktemp("one8"))
+    build_dir = _build(project, *STEPS, "train.batch_size=8")
+    subprocess.run([sys.executable, str(build_dir / "train.py")], env=_env(), check=True, capture_output=True, timeout=600)
+    return project / "runs" / "tiny"
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_over_two_processes_matches_one_process(stage: int, base: Path, one_8: Path, tmp_path: Path) -> None:
+    """ZeRO over 2 data-parallel processes, micro-batch 4 each: the same losses, learning rates, gradient
+    norms and final weights as one process with two micro-batches of 4 per step."""
+    project = _from(base, tmp_path)
+    build_dir = _build(project, *STEPS, "train.batch_size=8", "launch.num_processes=2", 'launch.strategy="deepspeed"', f"launch.deepspeed.zero_stage={stage}", "launch.cpu=false")
+    _launch(build_dir)
+    run_dir = project / "runs" / "tiny"
+    loss_1, lr_1 = _losses_and_lrs(one_8)
+    loss_2, lr_2 = _losses_and_lrs(run_dir)
+    assert len(loss_2) == 8 and loss_2 == pytest.approx(loss_1, abs=1e-4) and lr_2 == pytest.approx(lr_1, rel=1e-12)
+    norms = [m["grad_norm"] for m in _metrics(run_dir) if "loss" in m]
+    assert norms == pytest.approx([m["grad_norm"] for m in _metrics(one_8) if "loss" in m], rel=1e-3)
+    wa, wb = _weights(one_8), _weights(run_dir)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() < 1e-4, k
 
 
 def test_sp_2_over_zero_3_matches_one_process(one: Path, sp: tuple[Path, str]) -> None:
