@@ -304,6 +304,7 @@ def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycl
     _data(d, stage, records)
     _launch(d, records)
     _kto_batch(d, records, options.num_processes)
+    hf.mesh(d, options.num_processes, defaults=hf.DEFAULTS)
     _rest(d)
 
 
