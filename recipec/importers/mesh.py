@@ -59,7 +59,7 @@ def _sources_records(d: Draft) -> list[str]:
     return [s["records"].value for s in d.sources if s.get("records") is not None]
 
 
-def blocker(d: Draft, dim: str, size: int, kept: dict[str, int]) -> str | None:
+def blocker(d: Draft, dim: str, size: int, kept: dict[str, int], given: int = 1) -> str | None:
     """Why the drafted recipe cannot run `dim` = `size` (recipec validate's checks), or None."""
     strategy = d.value("launch.strategy", "ddp")
     fsdp2 = strategy == "fsdp" and d.value("launch.fsdp.version", 2) == 2
@@ -70,6 +70,8 @@ def blocker(d: Draft, dim: str, size: int, kept: dict[str, int]) -> str | None:
             return "recipec's tensor parallelism composes with FSDP 2, and the run shards with FSDP 1"
         if d.tables.get("peft"):
             return "recipec does not train PEFT adapters under tensor parallelism"
+        if strategy == "ddp" and given > size:
+            return f"the run replicates the model (DDP) over {given} processes, and accelerate does not compose DDP replicas with tensor parallelism"
     if dim == "dp_replicate_size":
         if not fsdp2:
             return f"replicated shard groups (HSDP) are FSDP 2's in recipec, and the run's strategy is {strategy}" + (" (FSDP 1)" if strategy == "fsdp" else "")
@@ -114,7 +116,7 @@ def place(d: Draft, given: int, mesh: Mesh, rebatch: Callable[[int, str], None])
         if src.size <= 1:
             d.exact(*src.keys, *src.also)
             continue
-        why = blocker(d, dim, src.size, kept)
+        why = blocker(d, dim, src.size, kept, given)
         if why is not None:
             for k in src.keys:
                 d.drop(k, "missing-feature", f"{why}; the recipe runs without the split, on the processes of the rest of the mesh.")
