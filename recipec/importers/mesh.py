@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import tp_plans
 from .core import Draft
 
 SPLITS = ("tp_size", "cp_size", "sp_size")
@@ -64,6 +65,12 @@ def blocker(d: Draft, dim: str, size: int, kept: dict[str, int], given: int = 1)
     strategy = d.value("launch.strategy", "ddp")
     fsdp2 = strategy == "fsdp" and d.value("launch.fsdp.version", 2) == 2
     if dim == "tp_size":
+        init = d.value("model.init")
+        if init and not tp_plans.has_plan(init):
+            return f"recipec splits the layers by transformers' tensor-parallel plan, and the model type {init} has none"
+        for name, line in d.tables.get("model.config", {}).items():
+            if name in ("num_attention_heads", "num_key_value_heads", "n_heads") and isinstance(line.value, int) and line.value % size:
+                return f"the model's {name} {line.value} does not divide by {size}"
         if strategy == "deepspeed":
             return "recipec's tensor parallelism composes with FSDP 2 or DDP; accelerate does not run it with DeepSpeed"
         if strategy == "fsdp" and not fsdp2:
