@@ -104,6 +104,18 @@ def blocker(d: Draft, dim: str, size: int, kept: dict[str, int], given: int = 1)
             return f"recipec's sequence parallelism is DeepSpeed's (Ulysses), and the run's strategy is {strategy}"
         if not SEQUENCE_PARALLEL_RUNS:
             return "recipec sizes sp_size, but its generated train.py does not run DeepSpeed's sequence parallelism yet"
+        records = _sources_records(d)
+        if d.tables.get("preference") or any(r != "text" for r in records) or not d.value("data.packing", False):
+            return "recipec's sequence parallelism splits full seq_len blocks of packed text records"
+        seq_len = d.value("data.seq_len")
+        if isinstance(seq_len, int) and seq_len % size:
+            return f"recipec's sequence parallelism cuts each sequence into sp_size pieces, and seq_len {seq_len} is not a multiple of {size}"
+        for name, line in d.tables.get("model.config", {}).items():
+            if name in ("num_attention_heads", "num_key_value_heads", "n_heads") and isinstance(line.value, int) and line.value % size:
+                return f"Ulysses gives every rank num_heads / sp_size heads, and the model's {name} {line.value} does not divide by {size}"
+        attention = d.value("model.attention", "sdpa")
+        if attention not in ("sdpa", "flash_attention_2", "flash_attention_3"):
+            return f"DeepSpeed's Ulysses runs sdpa or flash attention, and the run's attention is {attention}"
     if dim == "sp_size" and kept.get("cp_size", 1) > 1:
         return "cp_size and sp_size both split the sequence"
     return None
