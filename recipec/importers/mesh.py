@@ -159,10 +159,10 @@ def place(d: Draft, given: int, mesh: Mesh, rebatch: Callable[[int, str], None])
     split = kept.get("tp_size", 1) * kept.get("cp_size", 1) * kept.get("sp_size", 1)
     shard = mesh.shard
     need = fixed * (shard.size if shard is not None and shard.size > 0 else 1)
-    if given >= need and given % fixed == 0 and (shard is None or shard.size <= 0 or given % need == 0):
-        world = given
+    if not kept or given % need == 0:
+        world = given  # no split to size the world by, or the given one holds the mesh
     else:
-        world = need
+        world = need * -(-given // need)  # the smallest multiple of the mesh with at least the processes given
     if shard is not None:
         derived = world // fixed
         if shard.size <= 0 or shard.size == derived:
@@ -178,7 +178,7 @@ def place(d: Draft, given: int, mesh: Mesh, rebatch: Callable[[int, str], None])
         d.warn(
             f"launch.num_processes is {world}, not the {given} given to recipec import: the mesh ({_sizes(kept)}"
             + (f", {shard.keys[0]} {shard.size}" if shard is not None and shard.size > 1 else "")
-            + f") needs {world} processes",
+            + f") needs a multiple of {need} processes",
             *[k for s in mesh.asked().values() for k in s.keys],
         )
     rebatch(world // split, f"{world // split} data-parallel rank{'s' if world // split > 1 else ''} ({world} processes / {split})" if split > 1 else f"{world} processes")

@@ -578,3 +578,10 @@ def test_the_lora_recipe_never_reads_tensor_parallel_dim(imported, tmp_path: Pat
     got = imported("torchtune", path, num_processes=16)
     assert "parallelism" not in got.recipe["launch"]  # lora_finetune_distributed (0.6.1) has no tensor parallelism
     assert got.dropped["tensor_parallel_dim"] == "ignored-by-tool"
+
+
+def test_processes_not_a_multiple_of_the_mesh_are_rounded_up(imported) -> None:
+    got = imported("torchtune", "llama3_3-70B-full-tp8.yaml", num_processes=12)
+    assert got.recipe["launch"]["num_processes"] == 16
+    assert got.recipe["train"]["batch_size"] == 4
+    assert any("launch.num_processes is 16, not the 12" in w for w, _ in got.result.draft.warnings)
