@@ -732,7 +732,10 @@ def mesh(
                     d.approx(f"recipec's launch writes accelerate's default {name.split('.')[-1]} ({default})", leaf)
         for leaf in d.keys_under(f"{pc}.sp_handler"):
             if leaf.endswith(".sp_attn_implementation"):
-                d.approx("recipec passes the recipe's model.attention to DeepSpeed's sequence parallelism", leaf)
+                if d.get(leaf) in (None, d.value("model.attention", "sdpa")):
+                    d.exact(leaf)
+                else:
+                    d.approx("recipec passes the recipe's model.attention to DeepSpeed's sequence parallelism", leaf)
         for leaf in d.keys_under(pc):
             if leaf not in d.ledger and d.get(leaf) is None:
                 d.exact(leaf)  # unset: accelerate's default

@@ -20,11 +20,6 @@ from .core import Draft
 SPLITS = ("tp_size", "cp_size", "sp_size")
 DIMS = ("dp_replicate_size", *SPLITS)
 
-SEQUENCE_PARALLEL_RUNS = False
-"""Whether recipec's generated train.py runs DeepSpeed's sequence parallelism (sp_size > 1).
-Until it does, `recipec validate` refuses sp_size > 1, and a source's Ulysses/ring sequence
-split under DeepSpeed is not imported."""
-
 
 @dataclass
 class Dim:
@@ -92,7 +87,7 @@ def blocker(d: Draft, dim: str, size: int, kept: dict[str, int], given: int = 1)
         records = _sources_records(d)
         if d.tables.get("preference") or any(r != "text" for r in records):
             return "recipec's ring attention attends causally over whole sequences, and the data are examples kept apart by masks (it needs text records)"
-        if not d.value("data.packing", False):
+        if not d.value("data.packing", True):
             return "recipec's ring attention needs full seq_len blocks (data.packing), and the run pads each document"
         seq_len = d.value("data.seq_len")
         if isinstance(seq_len, int) and seq_len % (2 * size):
@@ -102,17 +97,19 @@ def blocker(d: Draft, dim: str, size: int, kept: dict[str, int], given: int = 1)
     if dim == "sp_size":
         if strategy != "deepspeed":
             return f"recipec's sequence parallelism is DeepSpeed's (Ulysses), and the run's strategy is {strategy}"
-        if not SEQUENCE_PARALLEL_RUNS:
-            return "recipec sizes sp_size, but its generated train.py does not run DeepSpeed's sequence parallelism yet"
         records = _sources_records(d)
-        if d.tables.get("preference") or any(r != "text" for r in records) or not d.value("data.packing", False):
+        if d.tables.get("preference") or any(r != "text" for r in records) or not d.value("data.packing", True):
             return "recipec's sequence parallelism splits full seq_len blocks of packed text records"
         seq_len = d.value("data.seq_len")
         if isinstance(seq_len, int) and seq_len % size:
             return f"recipec's sequence parallelism cuts each sequence into sp_size pieces, and seq_len {seq_len} is not a multiple of {size}"
         for name, line in d.tables.get("model.config", {}).items():
-            if name in ("num_attention_heads", "num_key_value_heads", "n_heads") and isinstance(line.value, int) and line.value % size:
-                return f"Ulysses gives every rank num_heads / sp_size heads, and the model's {name} {line.value} does not divide by {size}"
+            if name in ("num_attention_heads", "n_heads") and isinstance(line.value, int) and line.value % size:
+                return f"Ulysses gives every rank num_attention_heads / sp_size heads, and the model's {name} {line.value} does not divide by {size}"
+            if name == "num_key_value_heads" and isinstance(line.value, int) and line.value % size and size % line.value:
+                return f"Ulysses splits or copies the KV heads, and the model's num_key_value_heads {line.value} and {size} do not divide one another"
+        if d.value("loss.cross_entropy") is not None:
+            return "recipec's chunked cross-entropy ([loss]) shifts the labels itself, and sequence parallelism hands each rank its slice of the labels shifted before the cut"
         attention = d.value("model.attention", "sdpa")
         if attention not in ("sdpa", "flash_attention_2", "flash_attention_3"):
             return f"DeepSpeed's Ulysses runs sdpa or flash attention, and the run's attention is {attention}"

@@ -13,7 +13,7 @@ import pytest
 
 from recipec.compiler import plan_recipe
 from recipec.diagnostics import RecipeError
-from recipec.importers import import_config, mesh
+from recipec.importers import import_config
 from recipec.runtime import schedule as runtime
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "axolotl"
@@ -502,15 +502,18 @@ def test_alst_deepspeed_sequence_parallel(tmp_path, imported):
     got = imported("axolotl", _write(tmp_path, text), num_processes=16)
     r = got.recipe
     assert r["launch"]["strategy"] == "deepspeed" and r["launch"]["deepspeed"]["zero_stage"] == 3
-    if mesh.SEQUENCE_PARALLEL_RUNS:
-        assert r["launch"]["parallelism"] == {"sp_size": 8}
-        assert "context_parallel_size" in got.approx  # a ring becomes Ulysses' all-to-all
-        assert r["train"]["batch_size"] == 2
-    else:
-        assert "parallelism" not in r["launch"]
-        assert got.dropped["context_parallel_size"] == "missing-feature"
-        assert any("`context_parallel_size: 8` is not imported" in w for w, _ in got.result.draft.warnings)
-        assert r["train"]["batch_size"] == 16 and r["launch"]["num_processes"] == 16
+    assert r["launch"]["parallelism"] == {"sp_size": 8}
+    assert "context_parallel_size" in got.approx  # a ring becomes Ulysses' all-to-all
+    assert r["model"]["attention"] == "flash_attention_2"  # Ulysses wraps flash attention as it is
+    assert r["train"]["batch_size"] == 2 and r["launch"]["num_processes"] == 16
+
+
+def test_sequence_parallel_with_chunked_cross_entropy_is_not_imported(tmp_path):
+    text = (CONFIGS / "alst-deepspeed-cp8.yaml").read_text(encoding="utf-8").replace("adamw_torch_8bit", "adamw_torch")
+    result = import_config(_write(tmp_path, text + "chunked_cross_entropy: true\n"), "axolotl")
+    assert result.draft.ledger["context_parallel_size"].reason == "missing-feature"
+    assert "chunked cross-entropy" in result.draft.ledger["context_parallel_size"].why
+    assert "parallelism" not in tomllib.loads(result.text)["launch"]
 
 
 def test_hsdp_tensor_parallel(imported):

@@ -184,3 +184,18 @@ def test_tp_size_of_older_transformers(imported, tmp_path):
     got = imported("transformers", path, model="org/model", data="org/data", num_processes=4)
     assert got.dropped["tp_size"] == "missing-feature"  # DDP replicas with tensor parallelism
     assert got.recipe["train"]["batch_size"] == 32
+
+
+def test_parallelism_config_sequence_parallel_under_deepspeed(imported, tmp_path):
+    pc = {**PC, "tp_size": 1, "dp_shard_size": None, "sp_size": 4, "sp_handler": {"sp_seq_length": None, "sp_seq_length_is_variable": True, "sp_attn_implementation": "sdpa"}}
+    path = _with(tmp_path, "run-clm-wikitext.json", parallelism_config=pc, deepspeed="ds_config_zero3.json")
+    got = imported("transformers", path, model="org/model", data="org/data", num_processes=8)
+    launch = got.recipe["launch"]
+    assert launch["strategy"] == "deepspeed" and launch["parallelism"] == {"sp_size": 4}
+    assert got.recipe["train"]["batch_size"] == 8 * 2  # micro x (8 processes / sp 4)
+    assert {
+        "parallelism_config.sp_size",
+        "parallelism_config.sp_backend",
+        "parallelism_config.sp_handler.sp_seq_length_is_variable",
+        "parallelism_config.sp_handler.sp_attn_implementation",  # sdpa, the recipe's attention
+    } <= got.exact
