@@ -292,6 +292,7 @@ def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycl
     _trackers(d)
     _preference(d)
     _rest(d)
+    _mesh(d, options.num_processes)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -1086,6 +1087,51 @@ def _save_eval_log(d: Draft, total: int | None) -> None:
 # -- launch, trackers ----------------------------------------------------------------------
 
 
+RING = "axolotl splits the sequence with ring-flash-attn (a ring of flash-attention kernels, its own sequence split)"
+
+
+def _mesh(d: Draft, given: int) -> None:
+    """axolotl's device mesh (utils/distributed.py, build_parallelism_config): tensor_parallel_size,
+    context_parallel_size (its old name sequence_parallel_degree), dp_replicate_size and dp_shard_size.
+    axolotl splits the sequence with ring-flash-attn under FSDP and DeepSpeed alike: under FSDP 2
+    that is recipec's context parallelism (torch's ring attention), under DeepSpeed its sequence
+    parallelism (Ulysses); the global batch counts the data-parallel ranks, as axolotl's
+    (world_size / context_parallel_size / tensor_parallel_size)."""
+    from .mesh import Dim, Mesh, place
+
+    m = Mesh()
+    cp_key = next((k for k in ("context_parallel_size", "sequence_parallel_degree") if _given(d, k)), None)
+    if cp_key == "context_parallel_size" and _given(d, "sequence_parallel_degree"):
+        d.drop("sequence_parallel_degree", "ignored-by-tool", "context_parallel_size is set; sequence_parallel_degree is its old name, read only without it.")
+    cp = int(num(d.get(cp_key))) if cp_key else 1
+    if cp_key:
+        if d.value("launch.strategy") == "deepspeed":
+            m.sp_size = Dim(cp, (cp_key,), approx=f"{RING}; recipec's sp_size is DeepSpeed's Ulysses, which exchanges attention heads all-to-all: the same attention, other communication, and the heads must divide by sp_size")
+        else:
+            m.cp_size = Dim(cp, (cp_key,), approx=f"{RING}; recipec's cp_size runs torch's ring attention over sdpa: the same attention, other kernels")
+    if _given(d, "tensor_parallel_size"):
+        m.tp_size = Dim(int(num(d.get("tensor_parallel_size"))), ("tensor_parallel_size",))
+    if _given(d, "dp_replicate_size"):
+        m.dp_replicate_size = Dim(int(num(d.get("dp_replicate_size"))), ("dp_replicate_size",))
+    if _given(d, "dp_shard_size"):
+        m.shard = Dim(int(num(d.get("dp_shard_size"))), ("dp_shard_size",))
+    if m.asked() or m.shard is not None:
+        place(d, given, m, lambda dp, note: hf.batch(d, dp, RENAME, DEFAULTS, ranks=note))
+    split = m.kept.get("cp_size", 1) > 1 or m.kept.get("sp_size", 1) > 1
+    for k, default in (("heads_k_stride", 1), ("ring_attn_func", None)):
+        if not _given(d, k):
+            continue
+        v = d.get(k)
+        if cp <= 1:
+            d.drop(k, "ignored-by-tool", "read only with context_parallel_size above 1.")
+        elif not split:
+            d.drop(k, "no-equivalent", f"tunes the ring attention of `{cp_key}`, which is not imported.")
+        elif v == default or (k == "ring_attn_func" and v == ("varlen_llama3" if d.value("data.packing") else "batch_ring")):
+            d.exact(k)  # axolotl's default, and a setting of ring-flash-attn's kernels only
+        else:
+            d.drop(k, "no-equivalent", "a setting of ring-flash-attn's kernels (how the K/V heads or the sequence are exchanged); recipec's split runs its own.")
+
+
 def _parallel(d: Draft) -> None:
     _deepspeed(d)
     fsdp, cfg = d.get("fsdp"), d.get("fsdp_config")
@@ -1256,7 +1302,6 @@ _LACKS: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("trl", "vllm", "ebft", "diffusion", "hatchery", "nemo_gym"), ("missing-feature", "online RL (GRPO), EBFT and diffusion training: recipec has no such trainer.")),
     **dict.fromkeys(("processor_type", "processor_kwargs", "image_size", "image_resize_algorithm", "role_boundaries", "freeze_mm_modules"), ("missing-feature", "recipec trains text-only causal language models.")),
     **dict.fromkeys(("quantize_moe_experts", "use_scattermoe", "use_sonicmoe", "experts_implementation", "expert_parallel", "llama4_linearized_experts", "moe_", "dsv4_", "use_dsv4_kernels", "use_glm_dsa_kernels", "gemma4_", "nvfp4_", "fused_attn_kernel", "tiled_mlp", "use_onebitllms", "expert_backend", "nonexpert_quantization", "dense_mixer", "scaling_softmax", "large_head_attention", "flash_attn_d512", "sdpa_varlen", "use_eaft", "eaft_"), ("missing-feature", "a kernel or expert layout of axolotl's; recipec runs the model's own modules.")),
-    **dict.fromkeys(("context_parallel_size", "tensor_parallel_size", "dp_shard_size", "dp_replicate_size", "sequence_parallel_degree", "heads_k_stride", "ring_attn_func"), ("missing-feature", "context, tensor and hybrid parallelism; recipec has data parallelism and sharding.")),
     **dict.fromkeys(("qat", "quantization", "model_quantization_config", "gptq"), ("missing-feature", "quantization-aware training and pre-quantized models; recipec quantizes only under [peft].")),
     **dict.fromkeys(("reward_model", "process_reward_model", "num_labels", "center_rewards_coefficient"), ("missing-feature", "reward-model training.")),
     **dict.fromkeys(("lora_target_parameters", "lora_rank_pattern", "lora_alpha_pattern", "peft_layers_to_transform", "peft_layers_pattern", "peft_layer_replication", "peft_trainable_token_indices", "lora_fan_in_fan_out", "peft"), ("missing-feature", "a LoRA layout recipec's [peft] does not have.")),

@@ -436,6 +436,7 @@ TABLE_ORDER = [
     "launch",
     "launch.fsdp",
     "launch.deepspeed",
+    "launch.parallelism",
     "output",
     "continual",
     "peft",

@@ -440,8 +440,9 @@ def length(d: Draft, rename: Mapping[str, str] = {}, defaults: Mapping[str, Any]
     return None
 
 
-def batch(d: Draft, num_processes: int, rename: Mapping[str, str] = {}, defaults: Mapping[str, Any] = DEFAULTS) -> None:
-    """micro_batch_size and the global batch = micro * accumulation * processes."""
+def batch(d: Draft, num_processes: int, rename: Mapping[str, str] = {}, defaults: Mapping[str, Any] = DEFAULTS, ranks: str | None = None) -> None:
+    """micro_batch_size and the global batch = micro * accumulation * processes (`ranks`: the
+    data-parallel ranks of a device mesh, which then sets launch.num_processes itself)."""
     km, ka = key(rename, "per_device_train_batch_size"), key(rename, "gradient_accumulation_steps")
     micro = int(num(d.get(km, defaults["per_device_train_batch_size"])))
     accum = int(num(d.get(ka, defaults["gradient_accumulation_steps"])))
@@ -449,13 +450,14 @@ def batch(d: Draft, num_processes: int, rename: Mapping[str, str] = {}, defaults
         d.set("train.micro_batch_size", micro, km)
     else:
         d.default("train.micro_batch_size", micro, km, f"{micro} per device")
-    note = f"{micro} * {accum} accumulation * {num_processes} process{'es' if num_processes > 1 else ''}"
+    note = f"{micro} * {accum} accumulation * " + (ranks or f"{num_processes} process{'es' if num_processes > 1 else ''}")
     keys = [k for k in (km, ka) if d.has(k)]
     if keys:
         d.set("train.batch_size", micro * accum * num_processes, *keys, note=note)
     else:
+        d.defaults[:] = [e for e in d.defaults if e[0] != ka]
         d.default("train.batch_size", micro * accum * num_processes, ka, note)
-    if num_processes > 1:
+    if num_processes > 1 and ranks is None:
         d.set("launch.num_processes", num_processes, note="recipec import --num-processes")
 
 
@@ -558,8 +560,6 @@ def training_args(
         ("activation_checkpointing", ""),
         ("activation_checkpointing_kwargs", ""),
         ("accelerator_config", "accelerate's options (split_batches, even_batches, seedable sampler); recipec sets them itself."),
-        ("parallelism_config", "tensor/context parallelism; recipec's launch shape has data parallelism and sharding."),
-        ("tp_size", "tensor parallelism; recipec's launch shape has data parallelism and sharding."),
         ("dataloader_in_order", "recipec's data loader keeps its order."),
         ("split_batches", "recipec's batch_size is global already."),
         ("dispatch_batches", "recipec's data loader runs on every process."),
@@ -679,3 +679,79 @@ def _parallel(d: Draft, k: Any) -> None:
     for x in ("fsdp_min_num_params", "fsdp_transformer_layer_cls_to_wrap"):
         if d.has(k(x)):
             d.approx("read only with fsdp on; recipec wraps each transformer layer", k(x))
+
+
+_HANDLER_DEFAULTS = {
+    "cp_handler.cp_comm_strategy": "allgather",
+    "sp_handler.sp_seq_length_is_variable": True,
+    "sp_handler.sp_seq_length": None,
+    "sp_handler.sp_allow_recurrent_layers": False,
+    "sp_handler.sp_disable_in_eval": True,
+}
+"""accelerate's defaults for the context and sequence parallel handlers (what recipec's launch writes)."""
+
+
+def mesh(
+    d: Draft,
+    num_processes: int,
+    rename: Mapping[str, str] = {},
+    defaults: Mapping[str, Any] = DEFAULTS,
+) -> None:
+    """`parallelism_config` (accelerate's ParallelismConfig, saved as a table) and the old
+    `tp_size` as `[launch.parallelism]`; call it once the strategy, data and attention are drafted."""
+    from .mesh import Dim, Mesh, place
+
+    k = lambda hf: key(rename, hf)  # noqa: E731
+    pc, tp_old = k("parallelism_config"), k("tp_size")
+    m = Mesh()
+    cfg = d.get(pc)
+    if isinstance(cfg, Mapping) and cfg:
+
+        def size(name: str) -> int:
+            v = num(cfg.get(name))
+            return int(v) if isinstance(v, (int, float)) and v else 1
+
+        for name in ("tp_size", "cp_size", "sp_size", "dp_replicate_size"):
+            if d.has(f"{pc}.{name}"):
+                also: tuple[str, ...] = ()
+                if name == "cp_size":
+                    also = tuple(x for x in (f"{pc}.cp_backend",) if d.has(x))
+                if name == "sp_size":
+                    also = tuple(x for x in (f"{pc}.sp_backend",) if d.has(x))
+                setattr(m, name, Dim(size(name), (f"{pc}.{name}",), also=also))
+        if d.has(f"{pc}.dp_shard_size") and cfg.get("dp_shard_size") is not None:
+            m.shard = Dim(size("dp_shard_size"), (f"{pc}.dp_shard_size",))
+        elif d.has(f"{pc}.dp_shard_size"):
+            d.exact(f"{pc}.dp_shard_size")
+        for name, default in _HANDLER_DEFAULTS.items():
+            leaf = f"{pc}.{name}"
+            if d.has(leaf):
+                if d.get(leaf) == default:
+                    d.exact(leaf)
+                else:
+                    d.approx(f"recipec's launch writes accelerate's default {name.split('.')[-1]} ({default})", leaf)
+        for leaf in d.keys_under(f"{pc}.sp_handler"):
+            if leaf.endswith(".sp_attn_implementation"):
+                if d.get(leaf) in (None, d.value("model.attention", "sdpa")):
+                    d.exact(leaf)
+                else:
+                    d.approx("recipec passes the recipe's model.attention to DeepSpeed's sequence parallelism", leaf)
+        for leaf in d.keys_under(pc):
+            if leaf not in d.ledger and d.get(leaf) is None:
+                d.exact(leaf)  # unset: accelerate's default
+    elif d.has(pc):
+        d.exact(pc)
+    if d.has(tp_old):
+        v = int(num(d.get(tp_old)) or 0)
+        if v > 1 and m.tp_size is None:
+            m.tp_size = Dim(v, (tp_old,))
+        elif v <= 1:
+            d.exact(tp_old)
+        else:
+            d.drop(tp_old, "ignored-by-tool", "parallelism_config's tp_size wins.")
+    if not m.asked() and m.shard is None:
+        return
+    def rebatch(dp: int, note: str) -> None:
+        batch(d, dp, rename, defaults, ranks=note)
+
+    place(d, num_processes, m, rebatch)

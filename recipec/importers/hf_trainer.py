@@ -21,6 +21,7 @@ MARKERS = ("per_device_train_batch_size", "lr_scheduler_type", "adam_epsilon", "
 def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycle)
     hf.training_args(d, options.num_processes)
     model_and_data(d, options)
+    hf.mesh(d, options.num_processes)
 
 
 def model_and_data(d: Draft, options) -> None:  # noqa: ANN001

@@ -235,7 +235,7 @@ _MISSING = {
     "use_adam_mini": "recipec has no Adam-mini optimizer.",
     "use_llama_pro": "recipec has no LLaMA Pro block expansion.",
     "use_mca": "recipec has no Megatron-Core backend.",
-    "use_hyper_parallel": "recipec's launch shape has data parallelism and sharding.",
+    "use_hyper_parallel": "the external HyperParallel backend, whose FSDP/TP layout is in the JSON file hyper_parallel_args names (not read); recipec's mesh is [launch.parallelism].",
     "use_muon": "LLaMA-Factory's Muon (with AdamW for the rest) has its own settings; set `optim.name = \"muon\"`.",
     "use_dft_loss": "recipec has no dynamic fine-tuning loss.",
     "use_asft_loss": "recipec has no ASFT loss.",
@@ -304,6 +304,7 @@ def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycl
     _data(d, stage, records)
     _launch(d, records)
     _kto_batch(d, records, options.num_processes)
+    hf.mesh(d, options.num_processes, defaults=hf.DEFAULTS)
     _rest(d)
 
 

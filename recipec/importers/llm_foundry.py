@@ -853,6 +853,7 @@ class _Conv:
         else:
             self.drop("precision", "missing-feature", f"precision `{prec}`.")
         self.fsdp(np_)
+        self.mesh(np_)
         algos = "algorithms."
         ctype = self.get(algos + "gradient_clipping.clipping_type")
         thr = self.get(algos + "gradient_clipping.clipping_threshold")
@@ -898,7 +899,74 @@ class _Conv:
         for key in ("activation_checkpointing_reentrant", "activation_cpu_offload"):
             if self.get(f + key) is False:
                 self.d.exact(f + key)
+        self.mesh(np_)
         self.rest("fsdp_config", "no-equivalent", "an FSDP performance setting recipec does not expose.")
+
+    def mesh(self, np_: int) -> None:
+        """tp_config (Composer's TPConfig: tensor_parallel_degree ranks split the layers its
+        `strategy` names) and the FSDP config's data-parallel degrees (Composer's device mesh:
+        data_parallel_replicate_degree replicas of data_parallel_shard_degree shards) as
+        `[launch.parallelism]`."""
+        from .mesh import Dim, Mesh, blocker, place
+
+        if getattr(self, "_meshed", False):
+            return
+        self._meshed = True
+        m = Mesh()
+        t, f = "tp_config.", "fsdp_config."
+        tp = self.get(t + "tensor_parallel_degree")
+        if self.has("tp_config") and tp is not None and int(tp) > 1:
+            strategy = self.get(t + "strategy")
+            why = (
+                f"Composer splits the layers its `{strategy}` strategy names (llm-foundry's ffn: the MLP's up and down projections); "
+                "recipec splits the attention and MLP projections by transformers' own plan for the model type"
+            )
+            m.tp_size = Dim(int(tp), (t + "tensor_parallel_degree",), approx=why, also=tuple(x for x in (t + "strategy",) if self.has(x)), also_approx=why)
+        elif self.has("tp_config"):
+            self.d.exact(*self.under("tp_config"))  # a degree of 1: no split
+        fsdp_on = self.d.value("launch.strategy") == "fsdp"
+        rep = self.get(f + "data_parallel_replicate_degree")
+        if fsdp_on and rep is not None and int(rep) > 1:
+            m.dp_replicate_size = Dim(int(rep), (f + "data_parallel_replicate_degree",))
+        elif fsdp_on and self.has(f + "data_parallel_replicate_degree"):
+            self.d.exact(f + "data_parallel_replicate_degree")
+        shard = self.get(f + "data_parallel_shard_degree")
+        if fsdp_on and shard is not None:
+            m.shard = Dim(int(shard), (f + "data_parallel_shard_degree",))  # -1: the rest of the world
+        if not m.asked() and m.shard is None:
+            self.rest("tp_config", "no-equivalent", "a setting of Composer's tensor parallelism recipec does not expose.")
+            return
+        if fsdp_on and self.d.value("launch.fsdp.version") == 1 and (m.tp_size or m.dp_replicate_size):
+            # Composer's FSDP wraps FlatParameters (version 1); recipec's mesh composes with FSDP 2
+            version = self.d.tables["launch.fsdp"]["version"]
+            version.value = 2
+            if any(getattr(m, k) and not blocker(self.d, k, getattr(m, k).size, {}, np_) for k in ("tp_size", "dp_replicate_size")):
+                self.set("launch.fsdp.version", 2, approx="Composer's FSDP (FlatParameters) under a device mesh: recipec's mesh composes with FSDP 2 (per-parameter sharding), the same sharding")
+            else:
+                version.value = 1
+        gb = self.get("global_train_batch_size")
+
+        def rebatch(dp: int, note: str) -> None:
+            split = m.kept.get("tp_size", 1)
+            world = dp * split
+            if gb is None:
+                return
+            line = self.d.tables["train"]["batch_size"]
+            line.value = int(gb) // split
+            if split > 1:
+                why = (
+                    f"Composer's global_train_batch_size counts every process's device batch, the tensor-parallel ranks' too "
+                    f"(which read the same samples: the dataset's `replication`); recipec counts the {note}: {gb} / {split}"
+                )
+                line.how, line.note = "approx", why
+                self.d.approx(why, "global_train_batch_size")
+            micro = self.d.tables["train"].get("micro_batch_size")
+            if micro is not None and micro.value > max(int(gb) // world, 1):
+                micro.value = max(int(gb) // world, 1)
+                micro.note = f"llm-foundry lowers it to the per-device batch {micro.value}"
+
+        place(self.d, np_, m, rebatch)
+        self.rest("tp_config", "no-equivalent", "a setting of Composer's tensor parallelism recipec does not expose.")
 
     # -- output and the rest ------------------------------------------------------------------
     def output(self) -> None:
@@ -960,7 +1028,6 @@ class _Conv:
             self.drop(key, "not-for-training", "in-context-learning evaluation; recipec evaluates the loss only.")
         self.drop("code_paths", "missing-feature", "recipec does not import user code.")
         self.drop("compile_config", "no-equivalent", "Composer's torch.compile options; recipec has model.compile.")
-        self.drop("tp_config", "missing-feature", "recipec has no tensor parallelism.")
 
     def variables(self) -> None:
         """A `variables` key is mapped through the keys that reference it (the best state wins)."""

@@ -62,6 +62,7 @@ _TOP = (
     "ac_option",
     "tensor_parallel_dim",
     "tensor_parallel_plan",
+    "tensor_parallel_plan._component_",
     "enable_async_checkpointing",
 )
 
@@ -330,6 +331,7 @@ def convert(draft: Draft, options: Options) -> None:
     _train(draft, options, recipe)
     _loss(draft, recipe, distributed, lora)
     _launch(draft, options, recipe, distributed)
+    _mesh(draft, options, recipe)
     _logging(draft, reads)
 
 
@@ -1077,13 +1079,47 @@ def _launch(draft: Draft, options: Options, recipe: str, distributed: bool) -> N
                 draft.exact(key)
             else:
                 draft.drop(key, "missing-feature", "selective activation checkpointing.")
-    if draft.has("tensor_parallel_dim"):
-        if num(draft.get("tensor_parallel_dim")) == 1:
-            draft.exact("tensor_parallel_dim")
-        else:
-            draft.drop("tensor_parallel_dim", "missing-feature", "tensor parallelism.")
+
+
+TP_PLAN = (
+    "recipec splits the model by transformers' own plan for its model type (base_model_tp_plan: the attention "
+    "and MLP projections by columns and rows, as {plan}); torchtune's plan also splits the token embeddings and "
+    "the output layer, which transformers keeps whole or gathers: the same math, other memory"
+)
+
+
+def _mesh(draft: Draft, options: Options, recipe: str) -> None:
+    """full_finetune_distributed's 2-D mesh (torchtune 0.6.1): tensor_parallel_dim ranks split each
+    layer by tensor_parallel_plan, the world / tensor_parallel_dim others shard it with FSDP2 and
+    each reads its own samples (the DistributedSampler counts the data-parallel ranks)."""
+    from .mesh import Dim, Mesh, place
+
+    if not draft.has("tensor_parallel_dim") and not draft.has("tensor_parallel_plan"):
+        return
+    if all(k in draft.ledger for k in draft.keys_under("tensor_parallel_dim") + draft.keys_under("tensor_parallel_plan")):
+        return  # a recipe that never reads them
+    tp = int(num(draft.get("tensor_parallel_dim", 1)) or 1)
+    plan = _short(draft.get("tensor_parallel_plan._component_"))
+    if tp <= 1:
+        draft.exact("tensor_parallel_dim")
+        if draft.has("tensor_parallel_plan"):
+            draft.drop("tensor_parallel_plan", "ignored-by-tool", "read only with tensor_parallel_dim above 1.")
+        return
+    m = Mesh(tp_size=Dim(tp, ("tensor_parallel_dim",)))
+    micro = int(num(draft.get("batch_size", 1)))
+    accum = int(num(draft.get("gradient_accumulation_steps", 1)))
+
+    def rebatch(dp: int, note: str) -> None:
+        line = draft.tables["train"]["batch_size"]
+        line.value = micro * accum * dp
+        line.note = f"batch_size * gradient_accumulation_steps * {note}"
+
+    place(draft, options.num_processes, m, rebatch)
     if draft.has("tensor_parallel_plan"):
-        draft.drop("tensor_parallel_plan", "missing-feature", "tensor parallelism.")
+        if m.kept.get("tp_size"):
+            draft.approx(TP_PLAN.format(plan=plan or "torchtune's"), "tensor_parallel_plan")
+        else:
+            draft.drop("tensor_parallel_plan", "no-equivalent", "the plan of a tensor parallelism that is not imported.")
 
 
 def _logging(draft: Draft, reads: set[str]) -> None:

@@ -97,6 +97,48 @@ EXPECTED: dict[str, dict] = {
         "approx": {"sample_packing"},
         "dropped": {},
     },
+    "alst-fsdp2-cp8.yaml": {
+        "approx": {
+            "context_parallel_size",  # ring-flash-attn becomes torch's ring attention (cp_size)
+            "attn_implementation",  # flash_attention_2 becomes sdpa, which the ring attention replaces
+            "optimizer",
+            "bf16",
+            "sample_packing",
+            "saves_per_epoch",
+            "activation_offloading",
+        },
+        "dropped": {
+            "evals_per_epoch": "ignored-by-tool",
+            "min_sample_len": "no-equivalent",
+            "tiled_mlp": "missing-feature",
+            "dataset_prepared_path": NFT,
+            "plugins": "missing-feature",
+        },
+        "warnings": ["evaluation is configured but there is no held-out data", "launch.num_processes is 8, not the 1"],
+    },
+    "alst-deepspeed-cp8.yaml": {
+        # the 8-bit optimizer takes the run to FSDP (recipec's DeepSpeed trains AdamW), where the split is cp_size
+        "approx": {"context_parallel_size", "attn_implementation", "deepspeed", "optimizer", "bf16", "sample_packing", "saves_per_epoch", "activation_offloading"},
+        "dropped": {
+            "evals_per_epoch": "ignored-by-tool",
+            "min_sample_len": "no-equivalent",
+            "tiled_mlp": "missing-feature",
+            "dataset_prepared_path": NFT,
+            "plugins": "missing-feature",
+        },
+        "warnings": ["evaluation is configured but there is no held-out data", "launch.num_processes is 8, not the 1"],
+    },
+    "hsdp-tp-llama.yaml": {
+        "approx": {"datasets[0].type", "warmup_ratio", "saves_per_epoch"},
+        "dropped": {"dataset_prepared_path": NFT, "plugins": "missing-feature"},
+        "warnings": ["launch.num_processes is 16, not the 1"],
+    },
+    "fsdp-tp-cp-qwen3.yaml": {
+        "approx": {"datasets[0].type", "warmup_ratio", "saves_per_epoch"},
+        # alpaca examples: recipec's ring attention needs text records
+        "dropped": {"dataset_prepared_path": NFT, "plugins": "missing-feature", "context_parallel_size": "missing-feature"},
+        "warnings": ["`context_parallel_size: 2` is not imported", "launch.num_processes is 4, not the 1"],
+    },
 }
 
 
@@ -431,3 +473,92 @@ def test_local_data_test_datasets_and_train_on_inputs(imported, tmp_path):
     assert got.recipe["train"]["eval_every"] == 20
     assert got.recipe["data"]["eval_fraction"] == 0.0
     assert "train_on_inputs" in got.approx
+
+
+# -- the device mesh ---------------------------------------------------------------------
+
+
+def test_alst_fsdp2_context_parallel(imported):
+    r = imported("axolotl", "alst-fsdp2-cp8.yaml").recipe
+    assert r["launch"]["parallelism"] == {"cp_size": 8}
+    assert r["launch"]["num_processes"] == 8  # raised from 1: the sequence split needs 8
+    assert r["launch"]["strategy"] == "fsdp" and r["launch"]["fsdp"]["version"] == 2
+    assert r["model"]["attention"] == "sdpa"
+    assert r["train"]["batch_size"] == 1  # 8 processes / cp 8 = one data-parallel rank, as axolotl counts
+    r = imported("axolotl", "alst-fsdp2-cp8.yaml", num_processes=32).recipe
+    assert r["launch"]["num_processes"] == 32 and r["launch"]["parallelism"] == {"cp_size": 8}
+    assert r["train"]["batch_size"] == 4
+
+
+def test_alst_deepspeed_runs_the_split_under_fsdp(imported):
+    got = imported("axolotl", "alst-deepspeed-cp8.yaml")
+    r = got.recipe
+    assert r["launch"]["strategy"] == "fsdp"  # adamw_torch_8bit: recipec's DeepSpeed trains AdamW
+    assert r["launch"]["parallelism"] == {"cp_size": 8} and r["launch"]["num_processes"] == 8
+
+
+def test_alst_deepspeed_sequence_parallel(tmp_path, imported):
+    text = (CONFIGS / "alst-deepspeed-cp8.yaml").read_text(encoding="utf-8").replace("adamw_torch_8bit", "adamw_torch")
+    got = imported("axolotl", _write(tmp_path, text), num_processes=16)
+    r = got.recipe
+    assert r["launch"]["strategy"] == "deepspeed" and r["launch"]["deepspeed"]["zero_stage"] == 3
+    assert r["launch"]["parallelism"] == {"sp_size": 8}
+    assert "context_parallel_size" in got.approx  # a ring becomes Ulysses' all-to-all
+    assert r["model"]["attention"] == "flash_attention_2"  # Ulysses wraps flash attention as it is
+    assert r["train"]["batch_size"] == 2 and r["launch"]["num_processes"] == 16
+
+
+def test_sequence_parallel_with_chunked_cross_entropy_is_not_imported(tmp_path):
+    text = (CONFIGS / "alst-deepspeed-cp8.yaml").read_text(encoding="utf-8").replace("adamw_torch_8bit", "adamw_torch")
+    result = import_config(_write(tmp_path, text + "chunked_cross_entropy: true\n"), "axolotl")
+    assert result.draft.ledger["context_parallel_size"].reason == "missing-feature"
+    assert "chunked cross-entropy" in result.draft.ledger["context_parallel_size"].why
+    assert "parallelism" not in tomllib.loads(result.text)["launch"]
+
+
+def test_hsdp_tensor_parallel(imported):
+    got = imported("axolotl", "hsdp-tp-llama.yaml")
+    r = got.recipe
+    assert r["launch"]["parallelism"] == {"dp_replicate_size": 2, "tp_size": 2}
+    assert r["launch"]["num_processes"] == 16  # replicate 2 x shard 4 x tp 2
+    assert r["train"]["batch_size"] == 8  # 16 processes / tp 2
+    assert "dp_shard_size" not in got.approx  # 16 / (2 x 2) = 4, the file's
+    got = imported("axolotl", "hsdp-tp-llama.yaml", num_processes=32)
+    assert got.recipe["launch"]["num_processes"] == 32 and got.recipe["train"]["batch_size"] == 16
+    assert "dp_shard_size" in got.approx  # recipec derives 8
+    assert any("`dp_shard_size: 4` differs" in w for w, _ in got.result.draft.warnings)
+
+
+def test_tensor_parallel_with_context_parallel_on_examples(imported):
+    got = imported("axolotl", "fsdp-tp-cp-qwen3.yaml")
+    r = got.recipe
+    assert r["launch"]["parallelism"] == {"tp_size": 2}
+    assert r["launch"]["num_processes"] == 4 and r["train"]["batch_size"] == 2
+    assert r["model"]["attention"] == "flash_attention_2"  # no context parallelism: the attention stays
+
+
+@pytest.mark.parametrize(
+    ("extra", "state"),
+    [
+        ("heads_k_stride: 1\nring_attn_func: varlen_llama3\n", {"heads_k_stride": "exact", "ring_attn_func": "exact"}),
+        ("heads_k_stride: 4\nring_attn_func: batch_zigzag\n", {"heads_k_stride": "no-equivalent", "ring_attn_func": "no-equivalent"}),
+    ],
+)
+def test_ring_attention_settings(tmp_path, extra, state):
+    text = (CONFIGS / "alst-fsdp2-cp8.yaml").read_text(encoding="utf-8") + extra
+    draft = import_config(_write(tmp_path, text), "axolotl").draft
+    got = {k: draft.ledger[k].reason or draft.ledger[k].how for k in state}
+    assert got == state
+
+
+def test_ring_attention_settings_without_the_split(tmp_path):
+    draft = import_config(_write(tmp_path, BASE + "heads_k_stride: 2\n"), "axolotl").draft
+    assert draft.ledger["heads_k_stride"].reason == "ignored-by-tool"
+
+
+def test_tensor_parallel_under_deepspeed_is_not_imported(tmp_path):
+    text = (CONFIGS / "alst-deepspeed-cp8.yaml").read_text(encoding="utf-8").replace("adamw_torch_8bit", "adamw_torch")
+    text = text.replace("context_parallel_size: 8", "tensor_parallel_size: 2")
+    result = import_config(_write(tmp_path, text), "axolotl")
+    assert result.draft.ledger["tensor_parallel_size"].reason == "missing-feature"
+    assert "parallelism" not in tomllib.loads(result.text)["launch"]

@@ -380,3 +380,15 @@ def test_feature_flags_are_missing_features(tmp_path, monkeypatch):
         ("use_galore", "galore_rank", "enable_liger_kernel"), "missing-feature"
     )
     assert draft.ledger["use_unsloth"].how == "exact"
+
+
+def test_parallelism_config(tmp_path, imported):
+    text = (Path(__file__).parent / "configs" / TOOL / "llama3_full_sft.yaml").read_text(encoding="utf-8") + "parallelism_config:\n  tp_size: 2\n  dp_shard_size: 4\n"
+    path = tmp_path / "llama3_full_sft_tp.yaml"
+    path.write_text(text, encoding="utf-8")
+    got = imported(TOOL, path, num_processes=8, files=EXPECTED["llama3_full_sft.yaml"]["files"])
+    launch = got.recipe["launch"]
+    assert launch["parallelism"] == {"tp_size": 2} and launch["num_processes"] == 8
+    assert launch["strategy"] == "fsdp"  # ZeRO-3 with examples becomes FSDP full_shard
+    assert got.recipe["train"]["batch_size"] == 1 * 2 * 4  # micro x accumulation x (8 processes / tp 2)
+    assert {"parallelism_config.tp_size", "parallelism_config.dp_shard_size"} <= got.exact

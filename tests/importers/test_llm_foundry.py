@@ -480,3 +480,54 @@ def test_a_scheduler_that_cannot_be_imported_is_warned_and_none_is_constant(tmp_
     (tmp_path / "none.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     got = imported(TOOL, tmp_path / "none.yaml", num_processes=8)
     assert got.recipe["schedule"]["decay"] == "constant" and got.recipe["schedule"]["warmup"] == 0
+
+
+# -- the device mesh: tp_config and the FSDP config's data-parallel degrees ---------------------
+
+ADAPT = CONFIGS / "llama-3-8b_domain_adapt.yaml"
+
+
+def _adapt(tmp_path: Path, extra: str, fsdp_extra: str = "") -> Path:
+    text = ADAPT.read_text(encoding="utf-8")
+    text = text.replace("  limit_all_gathers: true\n", "  limit_all_gathers: true\n" + fsdp_extra) + extra
+    path = tmp_path / "adapt-tp.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_tp_config(tmp_path, imported):
+    path = _adapt(tmp_path, "tp_config:\n  strategy: ffn\n  tensor_parallel_degree: 2\n")
+    got = imported("llm-foundry", path, num_processes=16, files=["my-adaptation-data/index.json"])
+    launch = got.recipe["launch"]
+    assert launch["parallelism"] == {"tp_size": 2}
+    assert launch["num_processes"] == 16 and launch["strategy"] == "fsdp" and launch["fsdp"]["version"] == 2
+    assert got.recipe["train"]["batch_size"] == 512  # 1024 device samples, tensor-parallel pairs share theirs
+    assert got.recipe["train"]["micro_batch_size"] == 8
+    assert {"tp_config.tensor_parallel_degree", "tp_config.strategy", "global_train_batch_size"} <= got.approx
+
+
+def test_tp_config_raises_the_processes(tmp_path, imported):
+    path = _adapt(tmp_path, "tp_config:\n  strategy: ffn\n  tensor_parallel_degree: 4\n")
+    got = imported("llm-foundry", path, num_processes=2, files=["my-adaptation-data/index.json"])
+    assert got.recipe["launch"]["num_processes"] == 4
+    assert got.recipe["train"]["batch_size"] == 256
+    assert any("launch.num_processes is 4, not the 2" in w for w, _ in got.result.draft.warnings)
+
+
+def test_fsdp_data_parallel_degrees(tmp_path, imported):
+    path = _adapt(tmp_path, "", "  data_parallel_shard_degree: 8\n  data_parallel_replicate_degree: 2\n")
+    got = imported("llm-foundry", path, num_processes=16, files=["my-adaptation-data/index.json"])
+    launch = got.recipe["launch"]
+    assert launch["parallelism"] == {"dp_replicate_size": 2} and launch["num_processes"] == 16
+    assert launch["fsdp"]["version"] == 2
+    assert got.recipe["train"]["batch_size"] == 1024  # every rank is data-parallel
+    assert {"fsdp_config.data_parallel_shard_degree", "fsdp_config.data_parallel_replicate_degree"} <= got.exact
+
+
+def test_tp_config_of_an_mpt_model_is_not_imported(tmp_path, imported):
+    text = (CONFIGS / "mpt-125m.yaml").read_text(encoding="utf-8") + "tp_config:\n  strategy: ffn\n  tensor_parallel_degree: 2\n"
+    path = tmp_path / "mpt-tp.yaml"
+    path.write_text(text, encoding="utf-8")
+    result = import_config(path, "llm-foundry", Options(name="mpt-tp", num_processes=8))
+    assert result.draft.ledger["tp_config.tensor_parallel_degree"].reason == "missing-feature"
+    assert "parallelism" not in tomllib.loads(result.text)["launch"]

@@ -102,6 +102,21 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "train.batch_size": 16,
         },
     },
+    "llama3_3-70B-full-tp8.yaml": {
+        "num_processes": 16,  # 2 nodes x 8 GPUs
+        # the plan: transformers' own for the model type, which keeps the embeddings whole
+        "approx": {HUB_DIR, CHAT_TOKENIZER, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED, "tensor_parallel_plan._component_"},
+        "dropped": {**PROFILER, **DISK_LOGGER, "custom_sharded_layers": "no-equivalent"},
+        "values": {
+            "launch.num_processes": 16,
+            "launch.strategy": "fsdp",
+            "launch.fsdp.version": 2,
+            "launch.parallelism": {"tp_size": 8},
+            "train.micro_batch_size": 2,
+            "train.batch_size": 4,  # 2 * 1 * (16 processes / tp 8)
+            "model.path": "meta-llama/Llama-3.3-70B-Instruct",
+        },
+    },
     "llama3_1-8B-full.yaml": {
         "num_processes": 4,
         "approx": {HUB_DIR, CHAT_TOKENIZER, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED},
@@ -532,3 +547,41 @@ def test_rso_loss_is_hinge_and_dpo_ignores_clipping(imported, tmp_path: Path) ->
     assert got.recipe["preference"] == {"objective": "hinge", "beta": 0.2, "reference": "live"}
     assert got.recipe["optim"]["grad_clip"] == 0.0
     assert got.dropped["clip_grad_norm"] == "ignored-by-tool"
+
+
+# -- the device mesh ---------------------------------------------------------------------------
+
+
+def test_tensor_parallel_raises_the_processes(imported) -> None:
+    got = imported("torchtune", "llama3_3-70B-full-tp8.yaml")  # --num-processes 1
+    assert got.recipe["launch"]["num_processes"] == 8
+    assert got.recipe["launch"]["parallelism"] == {"tp_size": 8}
+    assert got.recipe["train"]["batch_size"] == 2  # one data-parallel rank
+    (warning,) = [w for w, _ in got.result.draft.warnings]
+    assert "launch.num_processes is 8, not the 1" in warning
+
+
+def test_tensor_parallel_dim_one_is_no_mesh(imported, tmp_path: Path) -> None:
+    path = _variant(tmp_path, "llama3_3-70B-full-tp8.yaml", {"tensor_parallel_dim": 1})
+    got = imported("torchtune", path, num_processes=8)
+    assert "parallelism" not in got.recipe["launch"]
+    assert got.recipe["train"]["batch_size"] == 16  # 2 * 1 * 8 processes
+    assert got.dropped["tensor_parallel_plan._component_"] == "ignored-by-tool"
+
+
+def test_the_lora_recipe_never_reads_tensor_parallel_dim(imported, tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "llama3_3-70B-full-tp8.yaml",
+        {"model._component_": "torchtune.models.llama3_3.lora_llama3_3_70b", "model.lora_attn_modules": ["q_proj", "v_proj"], "model.lora_rank": 8, "model.lora_alpha": 16},
+    )
+    got = imported("torchtune", path, num_processes=16)
+    assert "parallelism" not in got.recipe["launch"]  # lora_finetune_distributed (0.6.1) has no tensor parallelism
+    assert got.dropped["tensor_parallel_dim"] == "ignored-by-tool"
+
+
+def test_processes_not_a_multiple_of_the_mesh_are_rounded_up(imported) -> None:
+    got = imported("torchtune", "llama3_3-70B-full-tp8.yaml", num_processes=12)
+    assert got.recipe["launch"]["num_processes"] == 16
+    assert got.recipe["train"]["batch_size"] == 4
+    assert any("launch.num_processes is 16, not the 12" in w for w, _ in got.result.draft.warnings)

@@ -132,3 +132,70 @@ def test_every_field_of_the_installed_training_arguments_is_known():
 
     fields = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
     assert fields - set(hf.TRAINING_ARGUMENTS) == set()
+
+
+# -- the device mesh: parallelism_config (accelerate's ParallelismConfig, as to_json writes it) --
+
+
+def _with(tmp_path, name, **changes):
+    data = json.loads((CONFIGS / "transformers" / name).read_text(encoding="utf-8"))
+    data.update(changes)
+    path = tmp_path / name
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    return path
+
+
+PC = {"dp_replicate_size": 1, "dp_shard_size": 2, "tp_size": 2, "cp_size": 1, "cp_backend": "torch", "sp_size": 1, "sp_backend": "deepspeed", "cp_handler": None, "sp_handler": None}
+
+
+def test_parallelism_config_tensor_parallel(imported, tmp_path):
+    path = _with(tmp_path, "stanford-alpaca.json", parallelism_config=PC)
+    got = imported("transformers", path, model="org/model", data="org/data", num_processes=4)
+    assert got.recipe["launch"]["parallelism"] == {"tp_size": 2}
+    assert got.recipe["launch"]["num_processes"] == 4
+    assert got.recipe["train"]["batch_size"] == 4 * 8 * 2  # micro x accumulation x (4 processes / tp 2)
+    assert {k for k in got.exact if k.startswith("parallelism_config.")} == {f"parallelism_config.{k}" for k in PC}
+    assert not got.result.draft.warnings
+
+
+def test_parallelism_config_shard_size_fills_the_world(imported, tmp_path):
+    path = _with(tmp_path, "stanford-alpaca.json", parallelism_config={**PC, "dp_shard_size": 4})
+    got = imported("transformers", path, model="org/model", data="org/data", num_processes=4)
+    assert got.recipe["launch"]["num_processes"] == 8  # dp_shard 4 x tp 2
+    assert got.recipe["train"]["batch_size"] == 4 * 8 * 4
+    assert any("launch.num_processes is 8, not the 4" in w for w, _ in got.result.draft.warnings)
+
+
+def test_parallelism_config_context_parallel_under_ddp_is_not_imported(imported, tmp_path):
+    path = _with(tmp_path, "run-clm-wikitext.json", parallelism_config={**PC, "tp_size": 1, "dp_shard_size": None, "cp_size": 2})
+    got = imported("transformers", path, model="org/model", data="org/data")
+    assert got.dropped["parallelism_config.cp_size"] == "missing-feature"
+    assert "parallelism" not in got.recipe["launch"]
+    assert got.recipe["train"]["batch_size"] == 8  # one process, as given
+    assert any("`parallelism_config.cp_size: 2` is not imported" in w for w, _ in got.result.draft.warnings)
+
+
+def test_tp_size_of_older_transformers(imported, tmp_path):
+    path = _with(tmp_path, "run-clm-wikitext.json", tp_size=2)
+    got = imported("transformers", path, model="org/model", data="org/data")
+    assert got.recipe["launch"]["parallelism"] == {"tp_size": 2}
+    assert got.recipe["launch"]["num_processes"] == 2 and got.recipe["train"]["batch_size"] == 8
+    path = _with(tmp_path, "run-clm-wikitext.json", tp_size=2)
+    got = imported("transformers", path, model="org/model", data="org/data", num_processes=4)
+    assert got.dropped["tp_size"] == "missing-feature"  # DDP replicas with tensor parallelism
+    assert got.recipe["train"]["batch_size"] == 32
+
+
+def test_parallelism_config_sequence_parallel_under_deepspeed(imported, tmp_path):
+    pc = {**PC, "tp_size": 1, "dp_shard_size": None, "sp_size": 4, "sp_handler": {"sp_seq_length": None, "sp_seq_length_is_variable": True, "sp_attn_implementation": "sdpa"}}
+    path = _with(tmp_path, "run-clm-wikitext.json", parallelism_config=pc, deepspeed="ds_config_zero3.json")
+    got = imported("transformers", path, model="org/model", data="org/data", num_processes=8)
+    launch = got.recipe["launch"]
+    assert launch["strategy"] == "deepspeed" and launch["parallelism"] == {"sp_size": 4}
+    assert got.recipe["train"]["batch_size"] == 8 * 2  # micro x (8 processes / sp 4)
+    assert {
+        "parallelism_config.sp_size",
+        "parallelism_config.sp_backend",
+        "parallelism_config.sp_handler.sp_seq_length_is_variable",
+        "parallelism_config.sp_handler.sp_attn_implementation",  # sdpa, the recipe's attention
+    } <= got.exact
