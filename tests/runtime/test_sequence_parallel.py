@@ -3,7 +3,6 @@ micro-batches, and the position ids Ulysses needs (tests/test_sequence_parallel.
 
 from __future__ import annotations
 
-import itertools
 from types import SimpleNamespace
 
 import pytest
