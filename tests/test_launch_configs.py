@@ -789,6 +789,7 @@ MESHES = {
     "mesh-cp8-full-shard": ([1, 1, 8, 1, 1], ["cp"], [8], 1),
     "mesh-tp2": ([1, 1, 1, 1, 2], ["tp"], [2], 1),
     "multinode-fsdp-hybrid": ([2, 4, 1, 1, 1], ["dp_replicate", "dp_shard"], [2, 4], 8),
+    "mesh-sp8-zero3": ([1, 1, 1, 8, 1], ["sp"], [8], 1),  # DeepSpeed builds these groups; accelerate no torch mesh
 }
 
 
@@ -838,16 +839,26 @@ def _build_mesh(rank: int, world: int, env: dict[str, str], init_file: str, out_
                     groups[name] = mesh[name].mesh.flatten().tolist()
                 except (KeyError, RuntimeError):
                     continue
+        if pc.sp_backend == "deepspeed" and pc.sp_size > 1:  # DeepSpeed builds the sequence-parallel groups itself
+            import deepspeed.comm
+            import deepspeed.runtime.sequence_parallel.parallel_state_sp as mpu
+
+            deepspeed.comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)  # over torch's group
+            mpu.initialize_sequence_parallel(sequence_parallel_size=pc.sp_size)
+            groups["sp"] = dist.get_process_group_ranks(mpu.get_sequence_parallel_group())
+            groups["sp_dp"] = dist.get_process_group_ranks(mpu.get_sequence_data_parallel_group())
         Path(out_dir, f"{rank}.json").write_text(json.dumps({"built": mesh is not None, "groups": groups}))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["mesh-tp2", "mesh-cp8-full-shard", "mesh-tp8-fsdp-2-machines"])
+@pytest.mark.parametrize("case", ["mesh-tp2", "mesh-cp8-full-shard", "mesh-tp8-fsdp-2-machines", "mesh-sp8-zero3"])
 def test_every_process_builds_the_device_mesh_over_gloo(case: str, accepted, launched, tmp_path: Path):
     """As many processes as the mesh has ranks, on the CPU: each builds the mesh from the environment
-    `accelerate launch` gives it (PARALLELISM_CONFIG_*), as the Accelerator of a training process does."""
+    `accelerate launch` gives it (PARALLELISM_CONFIG_*), as the Accelerator of a training process does.
+    DeepSpeed's sequence parallelism has no torch mesh: DeepSpeed builds its groups from sp_size, as
+    accelerate's prepare has it do."""
     call = next(iter(launched[case]))
     env = accepted[(case, call)]["mesh"]["env"]
     world = CASES[case]["launch"]["num_processes"]
@@ -870,7 +881,11 @@ def test_every_process_builds_the_device_mesh_over_gloo(case: str, accepted, lau
     ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(world)]
     groups = [r["groups"] for r in ranks]
     sizes = dict(zip(("dp_replicate", "dp_shard", "cp", "sp", "tp"), MESHES[case][0]))
+    assert all(r["built"] == (sizes["sp"] == 1) for r in ranks)
     for rank, g in enumerate(groups):
+        if sizes["sp"] > 1:  # consecutive ranks split the sequence; the sp groups' counterparts are data-parallel
+            start = rank // sizes["sp"] * sizes["sp"]
+            assert g["sp"] == list(range(start, start + sizes["sp"])) and g["sp_dp"] == list(range(world))
         if sizes["tp"] > 1:  # a tensor-parallel group is consecutive ranks (one machine)
             start = rank // sizes["tp"] * sizes["tp"]
             assert g["tp"] == list(range(start, start + sizes["tp"]))
