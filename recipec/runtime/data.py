@@ -115,6 +115,48 @@ def collate(batch: list[dict]) -> dict[str, "torch.Tensor"]:
     return out
 
 
+FILLER = "_filler"
+"""The key that marks a row :class:`FilledUp` added: the loss does not see it (labels -100)."""
+
+
+class FilledUp:
+    """A held-out set filled up to a multiple of ``multiple`` rows with copies of its first row, marked
+    :data:`FILLER` so that :func:`unseen_fillers` hides them from the loss.
+
+    accelerate splits a held-out set over the processes in whole micro-batches and, where the
+    last ones do not go round, repeats the set's first rows (``even_batches``: every process
+    must run as many forwards, which sharded models gather their weights for). The repeated
+    rows would count twice in the mean loss; filled up here, every process gets whole
+    micro-batches and the rows that fill them count for nothing, so the mean over any number
+    of processes is the mean over the set, as one process computes it.
+    """
+
+    def __init__(self, rows, multiple: int) -> None:
+        self.rows, self.n = rows, len(rows)
+        self.total = -(-self.n // multiple) * multiple if self.n else 0
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, i: int) -> dict:
+        if i < self.n:
+            return self.rows[i]
+        return {**self.rows[0], FILLER: True}
+
+
+def unseen_fillers(collate):
+    """``collate`` for a :class:`FilledUp` set: the filler rows' labels are all -100."""
+
+    def collate_filled(rows: list[dict]) -> dict:
+        fillers = [bool(row.get(FILLER)) for row in rows]
+        batch = collate([{k: v for k, v in row.items() if k != FILLER} for row in rows] if any(fillers) else rows)
+        if any(fillers):
+            batch["labels"][fillers] = -100
+        return batch
+
+    return collate_filled
+
+
 def loss_tokens(labels: "torch.Tensor") -> "torch.Tensor":
     """How many tokens of a batch a causal LM's loss averages over: the labels past each row's first that are not -100.
 

@@ -101,3 +101,22 @@ def test_mix_replay_adds_the_stated_share_of_replay_sequences():
         data.mix_replay(main, replay, 1.0, seed=1)
     with pytest.raises(ValueError):
         data.mix_replay(main, replay.select([]), 0.5, seed=1)
+
+
+def test_a_held_out_set_is_filled_up_with_rows_the_loss_does_not_see():
+    """5 rows over 2 processes of micro-batch 2: filled up to 8, the 3 fillers copies of the first row whose
+    labels are all -100, so that the loss tokens are those of the 5 rows, as one process counts them."""
+    import torch
+
+    rows = [{"input_ids": [i, i + 1, i + 2]} for i in range(5)]
+    filled = data.FilledUp(rows, 4)
+    assert len(filled) == 8 and len(data.FilledUp(rows[:4], 4)) == 4 and len(data.FilledUp([], 4)) == 0
+    assert [filled[i] for i in range(5)] == rows and filled[7] == {"input_ids": [0, 1, 2], data.FILLER: True}
+    collate = data.unseen_fillers(data.collate)
+    batch = collate([filled[i] for i in (4, 5, 6, 7)])
+    assert set(batch) == {"input_ids", "labels"}
+    assert batch["labels"].tolist() == [[4, 5, 6]] + [[-100] * 3] * 3
+    whole = data.collate(rows)
+    pieces = [collate([filled[i] for i in range(j, j + 2)]) for j in range(0, 8, 2)]
+    assert sum(int(data.loss_tokens(b["labels"])) for b in pieces) == int(data.loss_tokens(whole["labels"]))
+    assert torch.equal(collate(rows[:2])["labels"], data.collate(rows[:2])["labels"])  # no fillers: unchanged

@@ -297,8 +297,12 @@ train_loaders = [
     )
     for train_set in train_sets
 ]
+# held-out sets are split over the processes in whole micro-batches; filled up with rows the loss
+# does not see rather than repeated sequences, so that the mean loss is the one of one process
+eval_collate = data.unseen_fillers(collate)
+held_out = lambda ds: data.FilledUp(ds, micro_batch_size * num_processes)  # noqa: E731
 eval_loader = DataLoader(
-    eval_ds, batch_size=micro_batch_size, collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory
+    held_out(eval_ds), batch_size=micro_batch_size, collate_fn=eval_collate, num_workers=num_workers, pin_memory=pin_memory
 )
 
 # -----------------------------------------------------------------------------
@@ -373,7 +377,9 @@ def evaluate():
                 if eval_batches and i >= eval_batches:
                     break
                 n = data.loss_tokens(batch["labels"])
-                total += model(**batch, use_cache=False).loss.detach().float() * n  # the batch's mean times its count
+                loss = model(**batch, use_cache=False).loss.detach().float()
+                if n:  # a micro-batch of filler rows alone has no mean (every process still runs its forward)
+                    total += loss * n  # the batch's mean times its count
                 count += n
             for key in keys:
                 totals[key] = totals.get(key, 0) + total
