@@ -61,6 +61,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group("slow"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _torch_extensions_of_this_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """DeepSpeed on the CPU compiles its shared-memory collective (torch's JIT extensions) the first
+    time a process starts it, behind a lock file: a compile killed by a timeout leaves the lock behind
+    and every later DeepSpeed process waits on it for ever. One directory per run (shared by its
+    xdist workers), so no run waits on another's lock."""
+    root = tmp_path_factory.getbasetemp()
+    if root.name.startswith("popen-gw"):
+        root = root.parent
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(root / "torch_extensions"))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-golden",

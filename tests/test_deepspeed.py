@@ -139,3 +139,34 @@ def test_sp_killed_after_a_checkpoint_resumes_where_it_stopped(base: Path, sp: t
     loss_b, lr_b = _losses_and_lrs(run_dir)
     assert lr_b == lr_a
     assert loss_b == pytest.approx(loss_a, abs=1e-6)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_examples_under_zero_take_the_mean_over_each_steps_supervised_tokens(stage: int, tmp_path: Path) -> None:
+    """Supervised fine-tuning on conversations of very uneven lengths: the loss of a step is the mean over
+    its supervised tokens, whatever micro-batches and processes they fall into. DeepSpeed accumulates and
+    steps inside its engine, so the script counts each step's tokens ahead (a second loader over the same
+    order) and weights every micro-batch's summed loss by them: 2 processes x 2 micro-batches of 2 under
+    ZeRO give the losses and weights of 1 process with 4 micro-batches of 2."""
+    from test_sft import _model, _project as _sft_project, _train as _sft_train
+
+    model = tmp_path / "model"
+    _model(model)
+    runs = {}
+    for name, processes in (("one", 1), ("zero", 2)):
+        project = tmp_path / name
+        project.mkdir()
+        shutil.copytree(model, project / "model")
+        _sft_project(project, "./model", micro=2, processes=processes)
+        if processes > 1:
+            recipe = project / "recipes" / "chat.toml"
+            recipe.write_text(
+                recipe.read_text().replace("cpu = true", f'strategy = "deepspeed"\ndeepspeed = {{zero_stage = {stage}}}')
+            )
+        runs[name] = (_sft_train(project, processes), project / "runs" / "chat")
+    one = [m["loss"] for m in runs["one"][0] if "loss" in m]
+    zero = [m["loss"] for m in runs["zero"][0] if "loss" in m]
+    assert len(one) == 3 and zero == pytest.approx(one, abs=1e-5, rel=0)
+    wa, wb = _weights(runs["one"][1]), _weights(runs["zero"][1])
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() < 1e-4, k

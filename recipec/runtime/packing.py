@@ -20,7 +20,7 @@ nothing before it in the example predicts it.
 from __future__ import annotations
 
 import bisect
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -119,3 +119,24 @@ def collate(rows: Sequence[dict[str, Sequence[int]]], pad_id: int, pad_to: int |
 def supervised_tokens(labels: "torch.Tensor") -> "torch.Tensor":
     """How many tokens of a batch the loss sees: labels past the first position that are not -100."""
     return (labels[:, 1:] != IGNORE).sum()
+
+
+def token_count(collate: Any) -> Any:
+    """A loader's ``collate_fn`` that gives a micro-batch's supervised tokens (an int) instead of its tensors."""
+
+    def count(rows: Sequence[dict]) -> int:
+        return int(supervised_tokens(collate(rows)["labels"]))
+
+    return count
+
+
+def token_counts(accelerator: Any, loader: Any, epoch: int, skip: int) -> Iterator[int]:
+    """The supervised tokens of each micro-batch a prepared loader yields from micro-batch ``skip``
+    of ``epoch`` on, epoch after epoch, as the training loop reads the same order from its own loader
+    (same dataset, batch size, seed and seedable sampler). Under DeepSpeed the loop reads a step's
+    counts before the step's first backward."""
+    while True:
+        loader.set_epoch(epoch)
+        yield from (accelerator.skip_first_batches(loader, skip) if skip else loader)
+        epoch, skip = epoch + 1, 0
+
