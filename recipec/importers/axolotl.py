@@ -1191,17 +1191,17 @@ def _parallel(d: Draft) -> None:
 
 
 def _deepspeed(d: Draft) -> None:
-    """recipec's DeepSpeed runs AdamW on text only: otherwise the ZeRO stage becomes FSDP's
-    matching sharding."""
+    """recipec's DeepSpeed runs AdamW, and no preference training: otherwise the ZeRO stage
+    becomes FSDP's matching sharding."""
     if d.value("launch.strategy") != "deepspeed":
         return
-    examples = any(s.get("records") is not None and s["records"].value != "text" for s in d.sources)
+    preference = any(s.get("records") is not None and s["records"].value in ("preference", "unpaired_preference") for s in d.sources)
     optim = d.value("optim.name")
-    if not examples and optim == "adamw":
+    if not preference and optim == "adamw":
         return
     stage = d.value("launch.deepspeed.zero_stage") or 2
     d.tables.pop("launch.deepspeed", None)
-    why = "examples (their loss is averaged over each step's supervised tokens)" if examples else f"the optimizer {optim!r}"
+    why = "preference pairs (the reference model is not prepared for ZeRO)" if preference else f"the optimizer {optim!r}"
     d.set("launch.strategy", "fsdp", "deepspeed", approx=f"DeepSpeed ZeRO-{stage} becomes FSDP: recipec's DeepSpeed does not train {why}")
     d.set("launch.fsdp.sharding_strategy", "full_shard" if stage == 3 else "shard_grad_op", "deepspeed", approx=f"ZeRO-{stage}'s sharding")
 

@@ -309,16 +309,16 @@ def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycl
 
 
 def _launch(d: Draft, records: str) -> None:
-    """recipec trains examples on the mean loss over each step's supervised tokens, which
-    DeepSpeed's own accumulation does not give: ZeRO becomes FSDP's matching sharding."""
-    if records == "text" or d.value("launch.strategy") != "deepspeed":
+    """recipec does not train preference pairs under DeepSpeed (their reference model is not
+    prepared for ZeRO): there ZeRO becomes FSDP's matching sharding."""
+    if records not in ("preference", "unpaired_preference") or d.value("launch.strategy") != "deepspeed":
         return
     stage = d.value("launch.deepspeed.zero_stage", 2)
     d.unset("launch.deepspeed.zero_stage")
     d.tables.pop("launch.deepspeed", None)
     sharding = "full_shard" if stage == 3 else "shard_grad_op"
-    why = (f"DeepSpeed ZeRO-{stage} becomes FSDP {sharding} (the same sharding): recipec trains examples with FSDP or DDP, "
-           "as DeepSpeed's gradient accumulation does not average over the step's supervised tokens")
+    why = (f"DeepSpeed ZeRO-{stage} becomes FSDP {sharding} (the same sharding): recipec trains preference pairs with FSDP or DDP, "
+           "as its reference model is not prepared for ZeRO")
     d.set("launch.strategy", "fsdp", "deepspeed", approx=why)
     d.set("launch.fsdp.sharding_strategy", sharding, "deepspeed", approx=why)
 

@@ -44,7 +44,7 @@ EXPECTED: dict[str, dict] = {
         "approx": {
             "bf16",
             "datasets[0].split",  # a slice of the split
-            "deepspeed",  # ZeRO-3 with examples becomes FSDP full_shard
+            "deepspeed",  # ZeRO-3 with paged_adamw_8bit becomes FSDP full_shard (recipec's DeepSpeed runs AdamW)
             "warmup_ratio",
             "evals_per_epoch",
             "saves_per_epoch",

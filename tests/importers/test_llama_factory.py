@@ -193,8 +193,18 @@ def test_qlora(imported):
 def test_full_deepspeed_z3(imported):
     r = imported(TOOL, "llama3_full_sft.yaml", files=DEMO).recipe
     assert "peft" not in r
-    assert r["launch"]["strategy"] == "fsdp" and r["launch"]["fsdp"] == {"sharding_strategy": "full_shard"}
+    assert r["launch"]["strategy"] == "deepspeed" and r["launch"]["deepspeed"] == {"zero_stage": 3}  # from the file's name
     assert r["optim"]["lr"] == 1e-5 and r["train"]["batch_size"] == 2
+
+
+def test_preference_under_deepspeed_becomes_fsdp(imported, tmp_path):
+    """recipec trains no preference pairs under DeepSpeed: ZeRO-3 becomes FSDP's full_shard, said so."""
+    text = (Path(__file__).parent / "configs" / TOOL / "llama3_lora_dpo.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "llama3_lora_dpo_z3.yaml"
+    path.write_text(text + "deepspeed: examples/deepspeed/ds_z3_config.json\n", encoding="utf-8")
+    got = imported(TOOL, path, files=("data/dpo_en_demo.json",))
+    assert got.recipe["launch"]["strategy"] == "fsdp" and got.recipe["launch"]["fsdp"] == {"sharding_strategy": "full_shard"}
+    assert "reference model is not prepared for ZeRO" in got.result.draft.ledger["deepspeed"].why
 
 
 def test_packing(imported):
@@ -388,7 +398,7 @@ def test_parallelism_config(tmp_path, imported):
     path.write_text(text, encoding="utf-8")
     got = imported(TOOL, path, num_processes=8, files=EXPECTED["llama3_full_sft.yaml"]["files"])
     launch = got.recipe["launch"]
-    assert launch["parallelism"] == {"tp_size": 2} and launch["num_processes"] == 8
-    assert launch["strategy"] == "fsdp"  # ZeRO-3 with examples becomes FSDP full_shard
-    assert got.recipe["train"]["batch_size"] == 1 * 2 * 4  # micro x accumulation x (8 processes / tp 2)
-    assert {"parallelism_config.tp_size", "parallelism_config.dp_shard_size"} <= got.exact
+    # accelerate runs no tensor parallelism under DeepSpeed: the size is not imported, and the batch counts every process
+    assert "parallelism" not in launch and launch["num_processes"] == 8 and launch["strategy"] == "deepspeed"
+    assert got.result.draft.ledger["parallelism_config.tp_size"].how == "dropped"
+    assert got.recipe["train"]["batch_size"] == 1 * 2 * 8
