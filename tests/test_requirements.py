@@ -64,7 +64,8 @@ def test_requirements_pin_the_locks_versions(tmp_path: Path):
 def test_every_package_the_build_imports_is_required(tmp_path: Path):
     """What train.py and recipec_runtime/ import is in requirements.txt, except what only an
     option imports (bitsandbytes for QLoRA and 8-bit AdamW, lion-pytorch and schedulefree for
-    their optimizers, ray for the data stage's Ray executor, huggingface_hub for a hub source): then requirements.txt names it (below)."""
+    their optimizers, ray for the data stage's Ray executor, huggingface_hub for a hub source,
+    deepspeed for sequence parallelism, which needs strategy "deepspeed"): then requirements.txt names it (below)."""
     built = _quickstart(tmp_path)
     required = {line.split("==")[0] for line in _requirement_lines((built / REQUIREMENTS).read_text())}
     imported = _imported_distributions(built)
@@ -76,6 +77,7 @@ def test_every_package_the_build_imports_is_required(tmp_path: Path):
         "schedulefree": "schedulefree",
         "ray": "ray",
         "huggingface_hub": "huggingface_hub",
+        "deepspeed": "deepspeed",
     }
 
 
