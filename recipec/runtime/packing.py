@@ -139,4 +139,3 @@ def token_counts(accelerator: Any, loader: Any, epoch: int, skip: int) -> Iterat
         loader.set_epoch(epoch)
         yield from (accelerator.skip_first_batches(loader, skip) if skip else loader)
         epoch, skip = epoch + 1, 0
-
