@@ -28,10 +28,10 @@ from typing import Any
 
 from .core import Draft, num
 
-VERSION = "transformers 5.24.0"
+VERSION = "transformers 5.25.0"
 
 TRAINING_ARGUMENTS: tuple[str, ...] = (
-    # transformers 5.24's fields
+    # transformers 5.25's fields
     "output_dir", "per_device_train_batch_size", "num_train_epochs", "max_steps", "learning_rate",
     "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim", "optim_args", "weight_decay",
     "adam_beta1", "adam_beta2", "adam_epsilon", "optim_target_modules", "gradient_accumulation_steps",
@@ -95,7 +95,7 @@ DEFAULTS: dict[str, Any] = {
     "logging_steps": 500,
     "save_steps": 500,
 }
-"""transformers' defaults of the keys that change the run (5.24; `optim` is
+"""transformers' defaults of the keys that change the run (5.25; `optim` is
 `adamw_torch_fused` where fused AdamW is available, as on CUDA)."""
 
 NOT_FOR_TRAINING: frozenset[str] = frozenset(

@@ -16,7 +16,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 NFT = "not-for-training"
 
 EXPECTED = {
-    # a full `to_json_string()` dump of transformers 5.24 for the run_clm.py README command
+    # a full `to_json_string()` dump of transformers 5.25 for the run_clm.py README command
     "run-clm-wikitext.json": {
         "approx": {
             "dataloader_drop_last",
@@ -101,7 +101,7 @@ def test_header_lists_what_was_not_imported_and_the_defaults(imported):
     header = text.split("\n\n[recipe]")[0]
     assert "# Keys mapped exactly: 18; approximately: 2; not imported: 3." in header
     assert "`logging_dir: output/alpaca-7b/runs`" in header
-    assert "# Defaults of transformers 5.24.0 applied" in header
+    assert "# Defaults of transformers 5.25.0 applied" in header
     assert "`max_grad_norm`" in header and "`seed`" in header
 
 
