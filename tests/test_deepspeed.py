@@ -170,3 +170,54 @@ def test_examples_under_zero_take_the_mean_over_each_steps_supervised_tokens(sta
     wa, wb = _weights(runs["one"][1]), _weights(runs["zero"][1])
     for k in wa:
         assert (wa[k] - wb[k]).abs().max().item() < 1e-4, k
+
+
+LORA = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\n'
+
+
+@pytest.mark.parametrize(
+    ("launch", "options", "peft"),
+    [
+        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 2}', "", ""),  # a live frozen copy beside ZeRO-2's whole weights
+        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', 'reference = "precomputed"', ""),  # scored by the partitioned model
+        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', "", LORA),  # live: the partitioned base model, adapter disabled
+        ('cpu = true\nstrategy = "fsdp"', 'reference = "precomputed"', ""),  # scored by the sharded model (torch's fully_shard)
+    ],
+    ids=["zero2-copy", "zero3-precomputed", "zero3-lora", "fsdp-precomputed"],
+)
+def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, peft: str, tmp_path: Path) -> None:
+    """DPO with each kind of reference under DeepSpeed (and FSDP): 2 processes x micro-batch 4 give the losses,
+    rewards and weights of 1 process with micro-batch 8, and evaluation the same held-out rewards. A precomputed
+    reference is keyed by the whole model's weights, gathered from the shards: the key of one process."""
+    from safetensors.torch import load_file
+
+    from test_preference_training import _metrics as _pref_metrics, _project as _pref_project, _run as _pref_run
+    from test_sft import _model
+
+    model = tmp_path / "model"
+    _model(model)
+    runs = {}
+    for name, micro, processes in (("one", 8, 1), ("two", 4, 2)):
+        recipe = _pref_project(tmp_path / name, model, options=options, micro=micro, processes=processes, extra=peft)
+        recipe.write_text(recipe.read_text().replace("eval_every = 0", "eval_every = 3"))
+        if processes > 1:
+            recipe.write_text(recipe.read_text().replace("cpu = true", launch))
+        _pref_run(recipe, processes)
+        project = recipe.parent.parent
+        keys = {p.name.split("-")[1] for p in (project / ".recipec" / "data").glob("*/reference-*.pt")}
+        runs[name] = (_pref_metrics(recipe), project / "runs" / "pref" / "model", keys)
+    (one, one_dir, one_keys), (two, two_dir, two_keys) = runs["one"], runs["two"]
+    assert two_keys == one_keys and len(one_keys) == (1 if options else 0)
+    steps = [m for m in one if "loss" in m]
+    assert len(steps) == 3 and steps[-1]["reward_margin"] != 0  # it trained: the policy left the reference
+    for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen", "lr"):
+        assert [m[key] for m in two if "loss" in m] == pytest.approx([m[key] for m in steps], abs=1e-5, rel=0), key
+    evals = lambda ms: [m for m in ms if "eval_loss" in m]  # noqa: E731
+    assert len(evals(one)) == 2
+    for key in ("eval_loss", "eval_reward_margin", "eval_reward_accuracy"):
+        assert [m[key] for m in evals(two)] == pytest.approx([m[key] for m in evals(one)], abs=1e-5, rel=0), key
+    name = "adapter_model.safetensors" if peft else "model.safetensors"
+    wa, wb = load_file(str(one_dir / name)), load_file(str(two_dir / name))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() < 1e-4, k

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from recipec.compiler import build, plan_recipe
+from recipec.diagnostics import RecipeError
 from recipec.diff import diff
 
 PAIRS = [
@@ -88,6 +89,34 @@ def test_peft_disables_the_adapter_and_precomputed_needs_no_copy(project: Path) 
     written, plan = build(recipe(project, "d", 'objective = "simpo"'), (), project / "build" / "d", project=project)
     script = (written.dir / "train.py").read_text()
     assert plan["reference"] is None and "ref_logps = None  # reference-free" in script
+
+
+@pytest.mark.parametrize(
+    ("launch", "sharded"),
+    [
+        (['launch.strategy="fsdp"'], "FSDP"),
+        (['launch.strategy="deepspeed"', "launch.deepspeed.zero_stage=3"], "ZeRO-3"),
+    ],
+)
+def test_a_live_copy_is_refused_where_the_weights_are_sharded(project: Path, launch: list[str], sharded: str) -> None:
+    overrides = ("launch.cpu=false", "launch.num_processes=2", *launch)
+    with pytest.raises(RecipeError) as caught:
+        plan_recipe(recipe(project, "s", 'objective = "dpo"'), overrides)
+    [error] = [d for d in caught.value.diagnostics if d.severity == "error"]
+    assert error.message == f"a live reference without [peft] is a whole frozen copy of the model on every process, which {sharded} does not shard"
+    assert 'reference = "precomputed"' in error.help
+    for ok in ('objective = "dpo"\nreference = "precomputed"', 'objective = "simpo"'):
+        plan_recipe(recipe(project, "s", ok), overrides)
+    plan_recipe(recipe(project, "s", 'objective = "dpo"', '[peft]\nmethod = "lora"\n'), overrides)
+
+
+def test_deepspeed_below_stage_3_keeps_a_live_copy(project: Path) -> None:
+    overrides = ("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="deepspeed"', "launch.deepspeed.zero_stage=2")
+    written, plan = build(recipe(project, "z2", 'objective = "dpo"'), overrides, project / "build" / "z2", project=project)
+    assert plan["reference_model"] == "copy"
+    script = (written.dir / "train.py").read_text()
+    ast.parse(script)
+    assert "ref_model = copy.deepcopy(model)" in script
 
 
 def test_the_memory_estimate_counts_both_sides_and_the_frozen_copy(project: Path) -> None:

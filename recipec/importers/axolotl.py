@@ -291,6 +291,7 @@ def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycl
     _parallel(d)
     _trackers(d)
     _preference(d)
+    hf.zero3_reference(d)
     _rest(d)
     _mesh(d, options.num_processes)
 
@@ -1191,18 +1192,16 @@ def _parallel(d: Draft) -> None:
 
 
 def _deepspeed(d: Draft) -> None:
-    """recipec's DeepSpeed runs AdamW, and no preference training: otherwise the ZeRO stage
-    becomes FSDP's matching sharding."""
+    """recipec's DeepSpeed runs AdamW: with another optimizer the ZeRO stage becomes FSDP's matching
+    sharding."""
     if d.value("launch.strategy") != "deepspeed":
         return
-    preference = any(s.get("records") is not None and s["records"].value in ("preference", "unpaired_preference") for s in d.sources)
     optim = d.value("optim.name")
-    if not preference and optim == "adamw":
+    if optim == "adamw":
         return
     stage = d.value("launch.deepspeed.zero_stage") or 2
     d.tables.pop("launch.deepspeed", None)
-    why = "preference pairs (the reference model is not prepared for ZeRO)" if preference else f"the optimizer {optim!r}"
-    d.set("launch.strategy", "fsdp", "deepspeed", approx=f"DeepSpeed ZeRO-{stage} becomes FSDP: recipec's DeepSpeed does not train {why}")
+    d.set("launch.strategy", "fsdp", "deepspeed", approx=f"DeepSpeed ZeRO-{stage} becomes FSDP: recipec's DeepSpeed does not train with the optimizer {optim!r}")
     d.set("launch.fsdp.sharding_strategy", "full_shard" if stage == 3 else "shard_grad_op", "deepspeed", approx=f"ZeRO-{stage}'s sharding")
 
 

@@ -302,25 +302,10 @@ def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycl
     records = _stage(d, stage)
     _peft(d, stage)
     _data(d, stage, records)
-    _launch(d, records)
+    hf.zero3_reference(d)
     _kto_batch(d, records, options.num_processes)
     hf.mesh(d, options.num_processes, defaults=hf.DEFAULTS)
     _rest(d)
-
-
-def _launch(d: Draft, records: str) -> None:
-    """recipec does not train preference pairs under DeepSpeed (their reference model is not
-    prepared for ZeRO): there ZeRO becomes FSDP's matching sharding."""
-    if records not in ("preference", "unpaired_preference") or d.value("launch.strategy") != "deepspeed":
-        return
-    stage = d.value("launch.deepspeed.zero_stage", 2)
-    d.unset("launch.deepspeed.zero_stage")
-    d.tables.pop("launch.deepspeed", None)
-    sharding = "full_shard" if stage == 3 else "shard_grad_op"
-    why = (f"DeepSpeed ZeRO-{stage} becomes FSDP {sharding} (the same sharding): recipec trains preference pairs with FSDP or DDP, "
-           "as its reference model is not prepared for ZeRO")
-    d.set("launch.strategy", "fsdp", "deepspeed", approx=why)
-    d.set("launch.fsdp.sharding_strategy", sharding, "deepspeed", approx=why)
 
 
 def _kto_batch(d: Draft, records: str, num_processes: int) -> None:

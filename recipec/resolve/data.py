@@ -46,13 +46,6 @@ def data_settings(b: PlanBuilder) -> None:
         b.key(name, ("data", name))
     examples = any(src.records not in DOCUMENT_RECORDS for src in d.sources)
     b.derived("examples", examples, "derived: a source's records are not text, so every document is an example")
-    if recipe.preference is not None and recipe.launch.strategy == "deepspeed":
-        b.error(
-            ("launch", "strategy"),
-            "preference training under DeepSpeed is not supported yet: its reference model (a copy of the "
-            "policy, or the policy with its adapter off) is not prepared for ZeRO's partitioned weights",
-            'use strategy = "ddp" or "fsdp"',
-        )
 
     trained = recipe.tokenizer.train is not None
     token_sources(b)

@@ -354,11 +354,26 @@ def weights_sha256(model: Any) -> str:
     import torch
 
     h = hashlib.sha256(b"recipec-weights-v1\0")
+    params = dict(model.named_parameters(remove_duplicate=False))
     for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
+        t = _whole(params.get(name), tensor).to("cpu").contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def _whole(param: Any, tensor: Any) -> Any:
+    """A state-dict tensor as the whole model holds it, on every process: a parameter that DeepSpeed's
+    ZeRO-3 partitioned is gathered (its state-dict entry is empty), an FSDP shard (a DTensor) too.
+    Collective in both cases, so every process hashes the same entries in the same order."""
+    if param is not None and hasattr(param, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param]):
+            return param.detach().clone()
+    if hasattr(tensor, "full_tensor"):
+        return tensor.full_tensor().detach()
+    return tensor.detach()
 
 
 def precompute_reference(

@@ -235,6 +235,23 @@ def test_dpo_chatml_intel(imported):
     assert r["output"]["trackers"] == ["wandb"]
 
 
+def test_dpo_under_deepspeed_stays_deepspeed(tmp_path, imported):
+    """DPO with axolotl's ZeRO-3 config stays DeepSpeed: with QLoRA's adapter the live reference is the base
+    model (adapter disabled); fully fine-tuned, the reference is precomputed, as a live copy would not be sharded."""
+    text = (CONFIGS / "dpo-chatml-intel.yaml").read_text(encoding="utf-8").replace("adamw_bnb_8bit", "adamw_torch")
+    text += "deepspeed: deepspeed_configs/zero3_bf16.json\n"
+    path = tmp_path / "dpo-z3.yaml"
+    path.write_text(text.replace("load_in_4bit: true", "load_in_4bit: false").replace("adapter: qlora", "adapter: lora"), encoding="utf-8")
+    r = imported("axolotl", path).recipe
+    assert r["launch"]["strategy"] == "deepspeed" and r["launch"]["deepspeed"]["zero_stage"] == 3
+    assert r["peft"]["method"] == "lora" and r["preference"] == {"objective": "dpo", "beta": 0.1}
+    full = "\n".join(line for line in text.splitlines() if not line.startswith(("adapter:", "lora_", " - ", "load_in_4bit")))
+    path.write_text(full + "\n", encoding="utf-8")
+    r = imported("axolotl", path).recipe
+    assert r["launch"]["strategy"] == "deepspeed" and "peft" not in r
+    assert r["preference"] == {"objective": "dpo", "beta": 0.1, "reference": "precomputed"}
+
+
 def test_pretraining_dataset_streams(imported):
     r = imported("axolotl", "pretrain-qwen2.yaml").recipe
     (src,) = r["data"]["sources"]

@@ -197,14 +197,26 @@ def test_full_deepspeed_z3(imported):
     assert r["optim"]["lr"] == 1e-5 and r["train"]["batch_size"] == 2
 
 
-def test_preference_under_deepspeed_becomes_fsdp(imported, tmp_path):
-    """recipec trains no preference pairs under DeepSpeed: ZeRO-3 becomes FSDP's full_shard, said so."""
+def test_preference_under_deepspeed_stays_deepspeed(imported, tmp_path):
+    """DPO under ZeRO-3 stays DeepSpeed: with LoRA the live reference is the partitioned base model with its
+    adapter disabled; fully fine-tuned, the reference is precomputed (a live copy would not be sharded)."""
     text = (Path(__file__).parent / "configs" / TOOL / "llama3_lora_dpo.yaml").read_text(encoding="utf-8")
+    text += "deepspeed: examples/deepspeed/ds_z3_config.json\n"
     path = tmp_path / "llama3_lora_dpo_z3.yaml"
-    path.write_text(text + "deepspeed: examples/deepspeed/ds_z3_config.json\n", encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     got = imported(TOOL, path, files=("data/dpo_en_demo.json",))
-    assert got.recipe["launch"]["strategy"] == "fsdp" and got.recipe["launch"]["fsdp"] == {"sharding_strategy": "full_shard"}
-    assert "reference model is not prepared for ZeRO" in got.result.draft.ledger["deepspeed"].why
+    assert got.recipe["launch"]["strategy"] == "deepspeed" and got.recipe["launch"]["deepspeed"] == {"zero_stage": 3}
+    assert got.recipe["peft"]["method"] == "lora" and "reference" not in got.recipe["preference"]
+    path = tmp_path / "llama3_full_dpo_z3.yaml"
+    path.write_text(text.replace("finetuning_type: lora", "finetuning_type: full"), encoding="utf-8")
+    got = imported(TOOL, path, files=("data/dpo_en_demo.json",))
+    assert got.recipe["launch"]["strategy"] == "deepspeed" and "peft" not in got.recipe
+    assert got.recipe["preference"]["reference"] == "precomputed"
+    for stage in ("ds_z2_config", "ds_z3_config"):  # ZeRO-2 keeps whole weights on every process: a live copy
+        path.write_text(text.replace("finetuning_type: lora", "finetuning_type: full").replace("ds_z3_config", stage), encoding="utf-8")
+        assert imported(TOOL, path, files=("data/dpo_en_demo.json",)).recipe["preference"].get("reference") == (
+            "precomputed" if stage == "ds_z3_config" else None
+        )
 
 
 def test_packing(imported):
