@@ -62,20 +62,40 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 (each rank holds its part of the sequence). The logits are not divided by tp_size: the
 output projection gathers them whole.
 
-The counts cover Llama-like decoders: llama, mistral, qwen2, phi3 (whose fused qkv_proj
+The counts cover Llama-like decoders, gemma3_text and gpt2: llama, mistral, qwen2, phi3 (whose fused qkv_proj
 and gate_up_proj hold the same weights), qwen3 and olmo2 (which add RMSNorms over the
 queries and keys: parameters counted exactly, their activations not), and the
 mixture-of-experts mixtral and qwen3_moe. An MoE layer holds `experts` copies of the SwiGLU
 MLP (each of `intermediate_size`, qwen3_moe's `moe_intermediate_size`) and a router (h x
 experts); each token passes through `experts_per_token` of them, so the layer keeps
 experts_per_token * (4 * intermediate + h) activation elements per token for the MLP (the
-gathered input too), where a dense layer keeps 4 * intermediate. PEFT on phi3 and on the MoE
-types is not counted (their module names and expert tensors differ from Llama's).
+gathered input too), where a dense layer keeps 4 * intermediate. PEFT on phi3, on the MoE
+types and on gpt2 is not counted (their module names and expert tensors differ from Llama's).
+
+gemma3_text (the tensors read off transformers' Gemma3 modules): four RMSNorms a layer and
+RMSNorms over the queries and keys, each computing in float32 and keeping its float32 input
+and, for a trainable weight, its float32 normalised value; GeGLU keeps what SwiGLU keeps.
+A sliding-window layer whose window is shorter than the sequence attends through a mask
+(b x s x s in `model.dtype`, one for all such layers), and with a mask transformers repeats k
+and v to every query head before sdpa. Tied embeddings and head_dim are the config's; the
+logit soft-capping of gemma2 (final_logit_softcapping, attn_logit_softcapping) is refused.
+
+gpt2: learned position embeddings, LayerNorms with biases (each keeps its input, the
+Conv1D after it that output), c_attn's output holds q, k and v, and gelu_new, written in
+tensor ops, keeps its input, 0.5 x, tanh(...) and 1 + tanh(...) besides its output. Its
+dropouts (0.1 by default) keep a mask per element: one byte on a GPU, the activation's
+dtype on the CPU (torch's CPU dropout multiplies by a noise tensor). With attention dropout
+on the CPU (`launch.cpu`) sdpa has no fused kernel and runs its math path in float32: q, k
+and v, and three b * heads * s * s tensors (the probabilities, the noise, the dropped-out
+probabilities); eager attention keeps the probabilities in the activation dtype, and with
+dropout the noise and the dropped-out copy. For both, the attention output is the output
+projection's input too: the fused kernels lay it out as b x s x heads x head_dim, so
+transformers' transpose and `contiguous()` copy nothing (the Llama count above keeps a copy).
 
 Not counted: the CUDA context and the kernels' workspaces (hundreds of MiB on a GPU), the
 allocator's fragmentation and caching, optimizer-step temporaries, eval, EMA/merge copies
-(kept in CPU memory), and every other architecture (gpt2, gemma3_text, ...): for those there
-is no estimate, and explain says so.
+(kept in CPU memory), the Llama-likes' attention dropout, and every other architecture
+(gemma2, gpt_neox, ...): for those there is no estimate, and explain says so.
 """
 
 from __future__ import annotations
