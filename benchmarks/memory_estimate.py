@@ -1,8 +1,9 @@
 """How close `recipec explain`'s peak-memory estimate is to the measured peak of a training step.
 
 For each case (a CPU example recipe, and variants of it through --set: micro-batch,
-seq_len, gradient checkpointing, LoRA, bfloat16), the recipe is planned as `recipec explain`
-plans it, and the same model (the recipe's model.config and vocabulary, model.dtype,
+seq_len, gradient checkpointing, LoRA, bfloat16, the gpt2 and gemma3_text architectures),
+the recipe is planned as `recipec explain` plans it, and the same model (the model config
+the generated script passes to transformers and the vocabulary, model.dtype,
 gradient checkpointing, the [peft] adapter through recipec_runtime's adapters.apply, AdamW
 over the trainable parameters, autocast for mixed precision) runs a few optimizer steps of
 grad_accum_steps micro-batches of random tokens in a fresh process, which reports its peak.
@@ -46,6 +47,19 @@ WIDE = [
     "train.batch_size=16",
 ]
 
+# the quickstart's sizes in gpt2 (no intermediate_size: n_inner is 4 * n_embd) and in
+# gemma3_text (grouped-query attention, every layer a sliding-window layer of 64 tokens)
+GPT2 = [
+    'model.init="gpt2"',
+    "model.config={hidden_size=192, num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=512}",
+]
+NO_DROPOUT = ["model.config.resid_pdrop=0.0", "model.config.embd_pdrop=0.0", "model.config.attn_pdrop=0.0"]
+GEMMA3 = [
+    'model.init="gemma3_text"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512, sliding_window=64}",
+]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -66,6 +80,21 @@ CASES: dict[str, tuple[str, list[str]]] = {
         "recipes/quickstart.toml",
         [*WIDE, "model.gradient_checkpointing=true"],
     ),
+    "gpt2": ("recipes/quickstart.toml", GPT2),
+    "gpt2 no dropout": ("recipes/quickstart.toml", [*GPT2, *NO_DROPOUT]),
+    "gpt2 no dropout, tied": ("recipes/quickstart.toml", [*GPT2, *NO_DROPOUT, "model.config.tie_word_embeddings=true"]),
+    "gpt2 ckpt": ("recipes/quickstart.toml", [*GPT2, "model.gradient_checkpointing=true"]),
+    "gpt2 eager": ("recipes/quickstart.toml", [*GPT2, 'model.attention="eager"']),
+    "gpt2 bf16 weights": ("recipes/quickstart.toml", [*GPT2, 'model.dtype="bfloat16"']),
+    "gpt2 bf16 autocast": ("recipes/quickstart.toml", [*GPT2, *NO_DROPOUT, 'launch.mixed_precision="bf16"']),
+    "gemma3": ("recipes/quickstart.toml", GEMMA3),
+    "gemma3 tied": ("recipes/quickstart.toml", [*GEMMA3, "model.config.tie_word_embeddings=true"]),
+    "gemma3 ckpt": ("recipes/quickstart.toml", [*GEMMA3, "model.gradient_checkpointing=true"]),
+    "gemma3 eager": ("recipes/quickstart.toml", [*GEMMA3, 'model.attention="eager"']),
+    "gemma3 bf16 weights": ("recipes/quickstart.toml", [*GEMMA3, 'model.dtype="bfloat16"']),
+    "gemma3 bf16 autocast": ("recipes/quickstart.toml", [*GEMMA3, 'launch.mixed_precision="bf16"']),
+    "gemma3 lora r16": ("recipes/quickstart.toml", [*GEMMA3, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "gemma3 lora q,v": ("recipes/quickstart.toml", [*GEMMA3, 'peft={method="lora", r=8}']),
 }
 
 
@@ -106,7 +135,7 @@ def _worker(spec: dict) -> None:
             for _ in range(accum):
                 x = torch.randint(0, spec["vocab_size"], (b, s), device=device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed == "bf16"):
-                    loss = model(input_ids=x, labels=x).loss / accum
+                    loss = model(input_ids=x, labels=x, use_cache=False).loss / accum  # as train.py
                 loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -139,7 +168,7 @@ def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[o
     r = plan.recipe
     spec = {
         "init": r.model.init,
-        "config": r.model.config.model_dump(exclude_none=True),
+        "config": plan["model_config"],
         "vocab_size": r.tokenizer.train.vocab_size,
         "dtype": r.model.dtype,
         "mixed_precision": r.launch.mixed_precision,
@@ -171,7 +200,7 @@ def main() -> None:
 
     mib = 1024**2
     print(f"{args.steps} optimizer steps per case on {args.device}; MiB; error = (estimate - measured) / measured")
-    head = f"{'case':<24} {'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'logits':>7} {'estimate':>9} {'measured':>9} {'error':>7}"
+    head = f"{'case':<28} {'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'logits':>7} {'estimate':>9} {'measured':>9} {'error':>7}"
     print(head)
     print("-" * len(head))
     errors = []
@@ -182,7 +211,7 @@ def main() -> None:
         errors.append(abs(error))
         parts = " ".join(f"{getattr(m, k) / mib:7.1f}" for k in ("params", "grads", "optimizer", "activations", "logits"))
         print(
-            f"{name:<24} {parts} {m.per_device / mib:9.1f} {measured['peak'] / mib:9.1f} {error:+7.1%}",
+            f"{name:<28} {parts} {m.per_device / mib:9.1f} {measured['peak'] / mib:9.1f} {error:+7.1%}",
             flush=True,
         )
     print(f"\nmean |error| {sum(errors) / len(errors):.1%}, max |error| {max(errors):.1%}")

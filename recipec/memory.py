@@ -62,20 +62,40 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 (each rank holds its part of the sequence). The logits are not divided by tp_size: the
 output projection gathers them whole.
 
-The counts cover Llama-like decoders: llama, mistral, qwen2, phi3 (whose fused qkv_proj
+The counts cover Llama-like decoders, gemma3_text and gpt2: llama, mistral, qwen2, phi3 (whose fused qkv_proj
 and gate_up_proj hold the same weights), qwen3 and olmo2 (which add RMSNorms over the
 queries and keys: parameters counted exactly, their activations not), and the
 mixture-of-experts mixtral and qwen3_moe. An MoE layer holds `experts` copies of the SwiGLU
 MLP (each of `intermediate_size`, qwen3_moe's `moe_intermediate_size`) and a router (h x
 experts); each token passes through `experts_per_token` of them, so the layer keeps
 experts_per_token * (4 * intermediate + h) activation elements per token for the MLP (the
-gathered input too), where a dense layer keeps 4 * intermediate. PEFT on phi3 and on the MoE
-types is not counted (their module names and expert tensors differ from Llama's).
+gathered input too), where a dense layer keeps 4 * intermediate. PEFT on phi3, on the MoE
+types and on gpt2 is not counted (their module names and expert tensors differ from Llama's).
+
+gemma3_text (the tensors read off transformers' Gemma3 modules): four RMSNorms a layer and
+RMSNorms over the queries and keys, each computing in float32 and keeping its float32 input
+and, for a trainable weight, its float32 normalised value; GeGLU keeps what SwiGLU keeps.
+A sliding-window layer whose window is shorter than the sequence attends through a mask
+(b x s x s in `model.dtype`, one for all such layers), and with a mask transformers repeats k
+and v to every query head before sdpa. Tied embeddings and head_dim are the config's; the
+logit soft-capping of gemma2 (final_logit_softcapping, attn_logit_softcapping) is refused.
+
+gpt2: learned position embeddings, LayerNorms with biases (each keeps its input, the
+Conv1D after it that output), c_attn's output holds q, k and v, and gelu_new, written in
+tensor ops, keeps its input, 0.5 x, tanh(...) and 1 + tanh(...) besides its output. Its
+dropouts (0.1 by default) keep a mask per element: one byte on a GPU, the activation's
+dtype on the CPU (torch's CPU dropout multiplies by a noise tensor). With attention dropout
+on the CPU (`launch.cpu`) sdpa has no fused kernel and runs its math path in float32: q, k
+and v, and three b * heads * s * s tensors (the probabilities, the noise, the dropped-out
+probabilities); eager attention keeps the probabilities in the activation dtype, and with
+dropout the noise and the dropped-out copy. For both, the attention output is the output
+projection's input too: the fused kernels lay it out as b x s x heads x head_dim, so
+transformers' transpose and `contiguous()` copy nothing (the Llama count above keeps a copy).
 
 Not counted: the CUDA context and the kernels' workspaces (hundreds of MiB on a GPU), the
 allocator's fragmentation and caching, optimizer-step temporaries, eval, EMA/merge copies
-(kept in CPU memory), and every other architecture (gpt2, gemma3_text, ...): for those there
-is no estimate, and explain says so.
+(kept in CPU memory), the Llama-likes' attention dropout, and every other architecture
+(gemma2, gpt_neox, ...): for those there is no estimate, and explain says so.
 """
 
 from __future__ import annotations
@@ -89,11 +109,16 @@ from .schema import Recipe
 GIB = 1024**3
 MIB = 1024**2
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2")
 """`model_type`s whose layers the parameter and activation counts describe."""
 
-PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2")
+PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text")
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
+
+ACTIVATION_KEPT = {"silu": 1, "gelu": 1, "gelu_pytorch_tanh": 1, "gelu_new": 4}
+"""Tensors of the MLP's width an activation keeps for the backward pass, besides its output:
+a fused kernel its input; transformers' gelu_new, written in tensor ops, its input, 0.5 x,
+tanh(...) and 1 + tanh(...)."""
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 QUANTIZED_BYTES = {"4bit": 0.5 + 4 / 64, "8bit": 1 + 4 / 4096}
@@ -125,6 +150,18 @@ class ModelShape:
     experts: int = 0
     """MLP experts per layer (0: a dense MLP); intermediate_size is then one expert's."""
     experts_per_token: int = 0
+    positions: int = 0
+    """Learned position embeddings (gpt2's n_positions; 0: rotary, none to learn)."""
+    activation: str = "silu"
+    residual_dropout: float = 0.0
+    """gpt2's dropout after each c_proj (resid_pdrop)."""
+    embedding_dropout: float = 0.0
+    """gpt2's dropout on the summed embeddings (embd_pdrop)."""
+    attention_dropout: float = 0.0
+    """gpt2's dropout on the attention probabilities (attn_pdrop)."""
+    sliding_window: int = 0
+    sliding_layers: int = 0
+    """gemma3_text's layers that attend over the last `sliding_window` tokens only."""
     model_type: str = "llama"
 
     @classmethod
@@ -138,7 +175,11 @@ class ModelShape:
             raise ValueError(
                 f"the estimate does not cover model type {model_type!r}; it counts {', '.join(ARCHITECTURES)}"
             )
+        if model_type in ("gpt2", "gemma3_text"):  # their config.json leaves keys at the config class's defaults
+            config = {**model_types.model_types()[model_type]["keys"], **config}
         try:
+            if model_type == "gpt2":
+                return cls._gpt2(config, vocab_size)
             h = int(config["hidden_size"])
             heads = int(config["num_attention_heads"])
             vocab = int(vocab_size if vocab_size is not None else config["vocab_size"])
@@ -152,7 +193,23 @@ class ModelShape:
                     raise ValueError("the estimate does not cover qwen3_moe with dense layers (mlp_only_layers, decoder_sparse_step)")
                 experts, per_token = int(config["num_experts"]), int(config["num_experts_per_tok"])
                 intermediate = int(config["moe_intermediate_size"])
-            qk_norm = {"qwen3": 2 * head_dim, "qwen3_moe": 2 * head_dim, "olmo2": (heads + kv_heads) * head_dim}
+            activation = "silu"  # the Llama-likes' SwiGLU; gemma3_text's GeGLU keeps as much
+            if model_type == "gemma3_text":
+                capped = [k for k in ("final_logit_softcapping", "attn_logit_softcapping") if config.get(k) is not None]
+                if capped:
+                    raise ValueError(f"the estimate does not cover gemma3_text with {' or '.join(capped)}")
+                activation = str(config["hidden_activation"])
+                if activation not in ACTIVATION_KEPT:
+                    raise ValueError(f"the estimate does not cover the activation {activation!r}")
+                layers = int(config["num_hidden_layers"])
+                types = config.get("layer_types") or [(n + 1) % 6 != 0 for n in range(layers)]  # transformers' default
+                sliding, window = sum(t is True or t == "sliding_attention" for t in types), int(config["sliding_window"])
+            qk_norm = {
+                "qwen3": 2 * head_dim,
+                "qwen3_moe": 2 * head_dim,
+                "olmo2": (heads + kv_heads) * head_dim,
+                "gemma3_text": 2 * head_dim,
+            }
             return cls(
                 hidden_size=h,
                 intermediate_size=intermediate,
@@ -168,15 +225,49 @@ class ModelShape:
                 qk_norm=qk_norm.get(model_type, 0),
                 experts=experts,
                 experts_per_token=per_token,
+                activation=activation,
+                sliding_window=window if model_type == "gemma3_text" else 0,
+                sliding_layers=sliding if model_type == "gemma3_text" else 0,
                 model_type=model_type,
             )
         except (KeyError, TypeError, ZeroDivisionError) as exc:
             raise ValueError(f"the model's config.json has no usable {exc}") from None
 
+    @classmethod
+    def _gpt2(cls, config: dict[str, Any], vocab_size: int | None) -> ModelShape:
+        """The shape of a gpt2 config: its own key names, fused qkv (c_attn), biases everywhere."""
+        if config.get("add_cross_attention"):
+            raise ValueError("the estimate does not cover gpt2 with add_cross_attention")
+        activation = str(config["activation_function"])
+        if activation not in ACTIVATION_KEPT:
+            raise ValueError(f"the estimate does not cover the activation {activation!r}")
+        h, heads = int(config["n_embd"]), int(config["n_head"])
+        return cls(
+            hidden_size=h,
+            intermediate_size=int(config.get("n_inner") or 4 * h),
+            num_hidden_layers=int(config["n_layer"]),
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            head_dim=h // heads,
+            vocab_size=int(vocab_size if vocab_size is not None else config["vocab_size"]),
+            tie_word_embeddings=bool(config["tie_word_embeddings"]),
+            qkv_bias=True,
+            o_bias=True,
+            mlp_bias=True,
+            positions=int(config["n_positions"]),
+            activation=activation,
+            residual_dropout=float(config["resid_pdrop"]),
+            embedding_dropout=float(config["embd_pdrop"]),
+            attention_dropout=float(config["attn_pdrop"]),
+            model_type="gpt2",
+        )
+
     def linears(self) -> dict[str, tuple[int, int, bool]]:
         """One decoder layer's linear layers: name -> (in_features, out_features, has bias)."""
         h, d = self.hidden_size, self.head_dim
         q, kv, i = self.num_attention_heads * d, self.num_key_value_heads * d, self.intermediate_size
+        if self.model_type == "gpt2":  # Conv1D layers, (in, out) like a linear's
+            return {"attn.c_attn": (h, 3 * h, True), "attn.c_proj": (h, h, True), "mlp.c_fc": (h, i, True), "mlp.c_proj": (i, h, True)}
         # an MoE layer's experts, counted as one wide MLP (experts x intermediate), and its router
         wide = i * max(self.experts, 1)
         router = {"router": (h, self.experts, False)} if self.experts else {}
@@ -195,17 +286,24 @@ class ModelShape:
         """Parameters of one layer's linears (the part QLoRA quantizes)."""
         return sum(n_in * n_out + (n_out if bias else 0) for n_in, n_out, bias in self.linears().values())
 
+    def norm_params(self) -> int:
+        """Parameters of one norm over the residual stream: an RMSNorm's weight, or a LayerNorm's weight and bias (gpt2)."""
+        return 2 * self.hidden_size if self.model_type == "gpt2" else self.hidden_size
+
     def layer_params(self) -> int:
-        """Parameters of one decoder layer: its linears, its two RMSNorm weights and any query/key norms."""
-        return self.layer_linear_params() + 2 * self.hidden_size + self.qk_norm
+        """Parameters of one decoder layer: its linears, its norms (gemma3_text has four, the
+        others two) and any query/key norms."""
+        norms = 4 if self.model_type == "gemma3_text" else 2
+        return self.layer_linear_params() + norms * self.norm_params() + self.qk_norm
 
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
 
     def parameters(self) -> int:
-        """Every parameter: embeddings, layers, the final norm, and lm_head unless tied."""
+        """Every parameter: embeddings (and gpt2's learned positions), layers, the final norm, and lm_head unless tied."""
         untied = 0 if self.tie_word_embeddings else self.embedding_params()
-        return self.embedding_params() + self.num_hidden_layers * self.layer_params() + self.hidden_size + untied
+        embeddings = self.embedding_params() + self.positions * self.hidden_size
+        return embeddings + self.num_hidden_layers * self.layer_params() + self.norm_params() + untied
 
     def norm_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False) -> int:
         """Bytes per token an RMSNorm and the linear after it keep for the backward pass.
@@ -217,7 +315,9 @@ class ModelShape:
         h = self.hidden_size
         return 4 * h + (0 if frozen else residual_bytes * h) + act_bytes * h
 
-    def layer_activations(self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None = None) -> int:
+    def layer_activations(
+        self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None = None, mask_bytes: int = 1
+    ) -> int:
         """Bytes one decoder layer keeps for the backward pass, per token (module docstring).
 
         Args:
@@ -227,16 +327,59 @@ class ModelShape:
                 is frozen, and a frozen weight needs no saved input: the norms keep no
                 normalised value, and o_proj's and down_proj's inputs are kept only where
                 they carry an adapter.
+            mask_bytes: bytes of a dropout mask's element (gpt2): 1 on a GPU (a bool mask), the
+                activation's on the CPU (torch's CPU dropout multiplies by a noise tensor).
         """
-        i = self.intermediate_size
+        h, i = self.hidden_size, self.intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        attention, mlp = 3 * q + 2 * kv, 4 * i
+        kept = ACTIVATION_KEPT[self.activation]
+        attention, mlp = 3 * q + 2 * kv, (kept + 3) * i
+        if self.model_type == "gpt2":
+            # ln_1 and ln_2 keep their input and c_attn and c_fc their input; q, k and v are views of
+            # c_attn's output, and the attention output is c_proj's input too (the fused kernels lay
+            # it out as b x s x heads x head_dim: transformers' transpose and contiguous copy nothing);
+            # c_fc's output, what the activation keeps and its output; a dropout mask after each c_proj
+            masks = 2 * h * mask_bytes if self.residual_dropout else 0
+            return 2 * (residual_bytes + act_bytes) * h + (4 * h + (kept + 1) * i) * act_bytes + masks
         if self.experts:  # each token through experts_per_token experts, its input gathered for each
             mlp = self.experts_per_token * (4 * i + self.hidden_size)
         if adapted is not None:
             attention -= 0 if "o_proj" in adapted else q
             mlp -= 0 if "down_proj" in adapted else i
+        if self.model_type == "gemma3_text":
+            # four norms and the query and key norms, each keeping its float32 input and (a trainable
+            # weight's) float32 normalised value; q/k/v and gate/up keep the output of the two before
+            # them; the attention output is o_proj's input too (no copy, as for gpt2 above)
+            norm = 4 if adapted is not None else 8
+            attention -= q if adapted is None or "o_proj" in adapted else 0
+            return norm * (4 * h + q + kv) + 2 * act_bytes * h + (attention + mlp) * act_bytes
         return 2 * self.norm_activations(residual_bytes, act_bytes, adapted is not None) + (attention + mlp) * act_bytes
+
+    def final_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False, mask_bytes: int = 1) -> int:
+        """Bytes per token the final norm and lm_head's input keep (and gpt2's embedding dropout mask).
+
+        Under PEFT (`frozen`) lm_head keeps no input and the norm no normalised value.
+        """
+        h = self.hidden_size
+        if self.model_type == "gpt2":
+            return (residual_bytes + act_bytes) * h + (h * mask_bytes if self.embedding_dropout else 0)
+        if frozen:
+            return 4 * h
+        if self.model_type == "gemma3_text":
+            return 8 * h + act_bytes * h
+        return self.norm_activations(residual_bytes, act_bytes)
+
+    def scores_bytes(self, act_bytes: int, mask_bytes: int = 1) -> int:
+        """Bytes per attention probability (per head, per query and key) the backward pass keeps
+        where they are materialised (eager attention).
+
+        Llama and Gemma: the float32 softmax output and its copy in a 16-bit activation dtype;
+        gpt2: the softmax output in the activation dtype and, with attention dropout, its mask
+        and the dropped-out probabilities.
+        """
+        if self.model_type == "gpt2":
+            return act_bytes + (mask_bytes + act_bytes if self.attention_dropout else 0)
+        return 4 + (act_bytes if act_bytes < 4 else 0)
 
     def linear_weights(self) -> int:
         """Weights that go through a matmul: every layer's linears and lm_head (tied or not)."""
@@ -268,7 +411,7 @@ class MemoryEstimate:
 def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
     """The modules a PEFT spec adapts (one layer's linears by full name, and lm_head)."""
     targets = peft.get("target_modules")
-    if targets is None:  # peft's defaults for llama, mistral and qwen2
+    if targets is None:  # peft's defaults for llama, mistral and qwen2 (its LoRA defaults for gemma3_text too)
         targets = ["k_proj", "v_proj", "down_proj"] if peft["method"] == "ia3" else ["q_proj", "v_proj"]
     mlp = ("gate_proj", "up_proj", "down_proj")
     modules = {f"model.layers.0.{'mlp' if n in mlp else 'self_attn'}.{n}": v for n, v in shape.linears().items()}
@@ -442,14 +585,26 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     tokens = b * s
     h, layers = shape.hidden_size, shape.num_hidden_layers
     adapted = None if peft is None else frozenset(name.rsplit(".", 1)[-1] for name in _targets(shape, peft))
-    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted)
-    # eager attention keeps its s x s probabilities for the backward pass: softmax runs in
-    # float32 and keeps that output, and under 16-bit activations the matmul keeps its copy
+    mask_bytes = a_bytes if launch.cpu else 1  # a dropout mask: the CPU's noise tensor, a GPU's bool mask
+    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes)
+    # eager attention keeps its s x s probabilities for the backward pass, and so does sdpa on
+    # the CPU with dropout: torch has no fused CPU kernel with dropout and runs its math path
     scores_b = 0
+    cpu_dropout = recipe.model.attention == "sdpa" and launch.cpu and shape.attention_dropout > 0
+    upcast = 0
     if recipe.model.attention == "eager":
-        scores_b = b * shape.num_attention_heads * s * s * (4 + (a_bytes if a_bytes < 4 else 0))
-    # the final norm; under PEFT lm_head is frozen and keeps no input, and the norm no normalised value
-    final = 4 * h if peft is not None else shape.norm_activations(p_bytes, a_bytes)
+        scores_b = b * shape.num_attention_heads * s * s * shape.scores_bytes(a_bytes, mask_bytes)
+    elif cpu_dropout:  # in float32: the softmax output, the dropout's noise tensor and the dropped-out copy, and q, k and v
+        scores_b, upcast = b * shape.num_attention_heads * s * s * 3 * 4, 3 * h * (4 - a_bytes)
+    per_layer += upcast
+    final = shape.final_activations(p_bytes, a_bytes, peft is not None, mask_bytes)
+    # a sliding-window layer shorter than the sequence attends through a mask (b x s x s, in
+    # model.dtype, one for all such layers), and with a mask transformers repeats k and v to every
+    # query head before sdpa: those layers keep 2 (heads - kv_heads) * head_dim more elements a token
+    mask_b = repeated = 0
+    if shape.sliding_layers and s > shape.sliding_window:
+        q, kv = shape.num_attention_heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
+        mask_b, repeated = b * s * s * p_bytes, 2 * (q - kv) * a_bytes
     chunk = recipe.loss.chunk_size if recipe.loss is not None and recipe.loss.cross_entropy == "chunked" else None
     logit_tokens = tokens if chunk is None else min(chunk, tokens)
     logits_b = logit_tokens * shape.vocab_size * 4 * LOGIT_COPIES
@@ -460,17 +615,23 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     if checkpointing:
         # the first layer is recomputed only after the loss's float32 buffers are freed, so the
         # peak holds the recomputed layer's set or the logits, whichever is larger
-        layer_b = tokens * per_layer + scores_b
-        act_b = tokens * (layers * h * p_bytes + final) + max(0, layer_b - logits_b)
+        layer_b = tokens * (per_layer + repeated) + scores_b
+        act_b = tokens * (layers * h * p_bytes + final) + mask_b + max(0, layer_b - logits_b)
         act_formula = (
             f"b {b} * s {s} * (layers {layers} * h {h} * {p_bytes} B + final norm {final} B) (checkpointed) "
             f"+ max(0, one layer b * s * {per_layer} B - logits)"
         )
     else:
-        act_b = tokens * (layers * per_layer + final) + layers * scores_b
+        act_b = tokens * (layers * per_layer + final + shape.sliding_layers * repeated) + layers * scores_b + mask_b
         act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B + final norm {final} B)"
+    if mask_b:
+        act_formula += (
+            f" + the sliding-window mask b {b} * s {s}^2 * {p_bytes} B"
+            f" + k and v repeated per query head in {shape.sliding_layers} sliding layers: b * s * {repeated} B each"
+        )
     if scores_b:
-        act_formula += f" + eager attention's probabilities: layers {layers} * b {b} * heads {shape.num_attention_heads} * s {s}^2 * {scores_b // (b * shape.num_attention_heads * s * s)} B"
+        kept_by = "the probabilities of sdpa's math path (attention dropout on the CPU)" if cpu_dropout else "eager attention's probabilities"
+        act_formula += f" + {kept_by}: layers {layers} * b {b} * heads {shape.num_attention_heads} * s {s}^2 * {scores_b // (b * shape.num_attention_heads * s * s)} B"
     if tp * seq_split > 1:
         act_b = round(act_b / (tp * seq_split))
         logits_b = round(logits_b / seq_split)

@@ -25,6 +25,8 @@ def shape_and_model(model_type: str, **config):
 
 
 SMALL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 8, "vocab_size": 301}
+GPT2 = {"n_embd": 64, "n_layer": 2, "n_head": 8, "n_positions": 128, "vocab_size": 301}
+GEMMA3 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16}
 
 
 @pytest.mark.parametrize(
@@ -36,12 +38,16 @@ SMALL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "nu
         ("mistral", {**SMALL, "num_key_value_heads": 2, "head_dim": 16}),  # head_dim * heads != hidden_size
         ("qwen2", {**SMALL, "num_key_value_heads": 2}),  # q/k/v biases
         ("qwen2", {**SMALL, "num_key_value_heads": 1, "tie_word_embeddings": True}),
+        ("gpt2", GPT2),  # tied by default, n_inner unset: 4 * n_embd
+        ("gpt2", {**GPT2, "n_inner": 96, "tie_word_embeddings": False}),
+        ("gemma3_text", GEMMA3),  # tied by default; head_dim * heads != hidden_size
+        ("gemma3_text", {**GEMMA3, "tie_word_embeddings": False, "attention_bias": True}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
     shape, model = shape_and_model(model_type, **config)
     assert shape.parameters() == sum(p.numel() for p in model.parameters())
-    layer = model.model.layers[0]
+    layer = model.transformer.h[0] if model_type == "gpt2" else model.model.layers[0]
     assert shape.layer_params() == sum(p.numel() for p in layer.parameters())
 
 
@@ -56,8 +62,9 @@ def test_parameter_count_is_exact(model_type, config):
         {"method": "ia3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
     ],
 )
-def test_adapter_parameters_match_peft(spec):
-    shape, model = shape_and_model("llama", **{**SMALL, "num_key_value_heads": 2})
+@pytest.mark.parametrize(("model_type", "config"), [("llama", {**SMALL, "num_key_value_heads": 2}), ("gemma3_text", GEMMA3)])
+def test_adapter_parameters_match_peft(spec, model_type, config):
+    shape, model = shape_and_model(model_type, **config)
     from recipec.runtime import adapters
 
     model = adapters.apply(model, dict(spec))
@@ -282,16 +289,45 @@ def test_a_local_pretrained_model_is_estimated_from_its_config_json(write_recipe
     assert plan.memory.logits == 4 * 32 * 301 * 4 * 3
 
 
+def test_gpt2_and_gemma3_config_json_keys_left_out_take_the_config_class_defaults():
+    # gpt2's config.json on the hub sets no tie_word_embeddings: transformers ties, and so does the count
+    gpt2 = ModelShape.from_config({"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128}, "gpt2")
+    assert gpt2.tie_word_embeddings and gpt2.intermediate_size == 256 and gpt2.vocab_size == 50257
+    gemma = ModelShape.from_config({**SMALL, "model_type": "gemma3_text", "num_key_value_heads": 2}, "gemma3_text")
+    assert gemma.tie_word_embeddings and gemma.head_dim == 256  # Gemma3TextConfig's own head_dim
+    assert gemma.sliding_layers == 2 and gemma.sliding_window == 4096  # every sixth layer attends to all
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        ModelShape.from_config({**SMALL, "final_logit_softcapping": 30.0}, "gemma3_text")
+
+
+GPT2_INIT = {"model.init": "gpt2", "model.config": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}}
+
+
+def test_gpt2_by_hand(plan_of):
+    # n_embd 64, n_inner 256, 1 layer, 4 heads, vocab 512, n_positions 2048, untied; b 4 x s 32 on the CPU,
+    # float32, resid/embd/attn dropout 0.1 (gpt2's defaults)
+    m = plan_of({**GPT2_INIT, "launch.cpu": True}).memory
+    layer = 64 * 192 + 192 + 64 * 64 + 64 + 64 * 256 + 256 + 256 * 64 + 64 + 4 * 64
+    assert m.parameters == 512 * 64 + 2048 * 64 + layer + 2 * 64 + 512 * 64
+    # ln_1, ln_2: input and output; q k v and the attention output; gelu_new: 5 x 256; two dropout
+    # masks; sdpa on the CPU with dropout: q, k, v in float32 (no extra for float32) and 3 float32 s x s
+    per_token = 2 * 2 * 64 * 4 + 4 * 64 * 4 + 5 * 256 * 4 + 2 * 64 * 4
+    final = 2 * 64 * 4 + 64 * 4  # ln_f input and output, the embedding dropout's mask
+    assert m.activations == 4 * 32 * (per_token + final) + 4 * 4 * 32 * 32 * 12
+    gpu = plan_of({**GPT2_INIT, "launch.cpu": False}).memory  # fused attention, 1-byte masks
+    assert gpu.activations == 4 * 32 * (per_token - 2 * 64 * 3 + final - 64 * 3)
+
+
 def test_no_estimate_for_a_hub_model_or_another_architecture(plan_of, write_recipe, tmp_path: Path):
     plan = plan_of({"model.init": None, "model.config": None, "model.path": "org/name"}, tokenizer=None)
     assert plan.memory is None and "local model" in plan.memory_unknown
-    (tmp_path / "gpt").mkdir()
-    (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
-    path = write_recipe({"model.init": None, "model.config": None, "model.path": "./gpt"}, tokenizer=None)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text(json.dumps({"model_type": "gemma2", "hidden_size": 64}))
+    path = write_recipe({"model.init": None, "model.config": None, "model.path": "./base"}, tokenizer=None)
     plan, _ = plan_recipe(path, project=tmp_path)
-    assert plan.memory is None and "gpt2" in plan.memory_unknown
+    assert plan.memory is None and "does not cover model type 'gemma2'" in plan.memory_unknown
     for broken in ({"model_type": "llama", "hidden_size": 64}, {**SMALL, "model_type": "llama", "num_attention_heads": 0}):
-        (tmp_path / "gpt" / "config.json").write_text(json.dumps(broken))
+        (tmp_path / "base" / "config.json").write_text(json.dumps(broken))
         plan, _ = plan_recipe(path, project=tmp_path)
         assert plan.memory is None and plan.memory_unknown.startswith("the model's config.json has no usable")
 
