@@ -154,9 +154,18 @@ def _config(plan: Plan, project: Path, auto_config: Any, directory: Path | None,
     if directory is None:
         return None
     try:
-        return auto_config.from_pretrained(str(directory), trust_remote_code=plan["trust_remote_code"])
+        config = auto_config.from_pretrained(str(directory), trust_remote_code=plan["trust_remote_code"])
     except Exception as exc:  # noqa: BLE001 -- transformers raises anything from a bad config; name it, not a traceback
         raise _model_error(plan, source, f"cannot read the model's config in `{plan['model_path']}`: {_reason(exc)}") from None
+    overrides = plan.get("model_overrides")
+    if overrides:  # [model.config] over the pretrained model, as the script replaces its keys
+        from .runtime import model_config
+
+        problem = model_config.override(config, overrides)
+        if problem:
+            location = source.locate(("model", "config")) if source is not None else None
+            raise RecipeError([Diagnostic("error", problem, location)])
+    return config
 
 
 def _model_error(plan: Plan, source: SourceMap | None, message: str) -> RecipeError:

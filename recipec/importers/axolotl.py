@@ -384,9 +384,43 @@ def _model(d: Draft) -> None:
             d.approx("recipec loads the fast tokenizer", "tokenizer_use_fast")
     if d.get("reinit_weights"):
         d.drop("reinit_weights", "missing-feature", "recipec initialises a new model only from `model.init` and [model.config], not from a pretrained model's config.")
+    _config_overrides(d)
+
+
+def _config_overrides(d: Draft) -> None:
+    """`overrides_of_model_config` (or its older name `model_config`) -> [model.config]: both set keys of the
+    loaded config before the weights load. axolotl sets each value whole where recipec replaces a table's
+    keys one by one; RoPE's legacy keys, which transformers 5 reads only from `rope_parameters` once the
+    config is built, go there; keys that size the weights, or are the tokenizer's, are not imported."""
+    from ..model_types import TOKENIZER_KEYS
+    from ..runtime.model_config import SHAPE_KEYS
+
+    rope: dict[str, Any] = {}
+    rope_keys: list[str] = []
     for k in ("model_config", "overrides_of_model_config"):
-        if d.has(k) and _given(d, k):
-            d.drop(k, "missing-feature", "recipec has no overrides of a pretrained model's config.")
+        if not (d.has(k) and _given(d, k)):
+            continue
+        value = d.get(k)
+        if not isinstance(value, dict):
+            d.drop(k, "no-equivalent", "not a table of config keys.")
+            continue
+        for top, v in value.items():
+            leaves = d.keys_under(f"{k}.{top}")
+            if top in SHAPE_KEYS or top in TOKENIZER_KEYS:
+                for leaf in leaves:
+                    d.drop(leaf, "no-equivalent", f"`{top}` sizes the weights: the checkpoint's own value is the one that loads.")
+            elif top == "rope_theta":
+                rope["rope_theta"] = float(num(v))
+                rope_keys += leaves
+            elif top == "rope_scaling" and isinstance(v, dict):
+                rope.update({("rope_type" if sub == "type" else sub): x for sub, x in v.items()})
+                rope_keys += leaves
+            else:
+                approx = "recipec replaces the table's keys one by one, axolotl the whole value" if isinstance(v, dict) else None
+                d.set(f"model.config.{top}", v, *leaves, approx=approx)
+    if rope:
+        d.set("model.config.rope_parameters", rope, *rope_keys,
+              approx="transformers 5 reads RoPE's settings from rope_parameters once the config is built: the legacy key set on the loaded config would change nothing")
 
 
 def _precision(d: Draft) -> None:

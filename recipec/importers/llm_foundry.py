@@ -314,11 +314,7 @@ class _Conv:
             self.set("model.path", path, "model.pretrained_model_name_or_path")
             if self.has("model.pretrained"):
                 self.d.exact("model.pretrained")
-            for key in self.under("model.config_overrides"):
-                if self.d.values.get(key) == {}:
-                    self.d.exact(key)  # no overrides
-                else:
-                    self.d.drop(key, "missing-feature", "recipec cannot override a pretrained model's config.")
+            self._pretrained_overrides(str(path))
         else:
             from ..model_types import config_keys, model_types
 
@@ -356,6 +352,36 @@ class _Conv:
         self._attention()
         if self.has("model.allow_embedding_resizing"):
             self.d.approx("recipec grows the embeddings only for `tokenizer.special_tokens`", "model.allow_embedding_resizing")
+
+    def _pretrained_overrides(self, path: str) -> None:
+        """config_overrides over a pretrained hf_causal_lm -> [model.config]: both set each key on the loaded
+        config before the weights load, a table's keys one by one. A key the model type's config lacks (the
+        type told from the hub name, when it can be) fails in llm-foundry as in recipec, and one that sizes
+        the weights fails as the checkpoint loads: neither is imported."""
+        from ..model_types import canonical, config_keys, model_types
+        from ..runtime.model_config import SHAPE_KEYS
+
+        prefix = "model.config_overrides"
+        low = path.lower().replace("-", "_")
+        guess = max((t for t in model_types() if t in low), key=len, default=None)
+        tops: dict[str, list[str]] = {}
+        for key in self.under(prefix):
+            if self.d.values.get(key) == {}:
+                self.d.exact(key)  # no overrides
+            else:
+                tops.setdefault(key[len(prefix) + 1 :].split(".")[0], []).append(key)
+        for top, leaves in tops.items():
+            stored = canonical(guess, top) if guess else top
+            if stored in SHAPE_KEYS or top in SHAPE_KEYS:
+                for leaf in leaves:
+                    self.d.drop(leaf, "no-equivalent", f"`{top}` sizes the weights: the checkpoint's own value is the one that loads.")
+            elif guess is not None and top not in config_keys(guess):
+                for leaf in leaves:
+                    self.d.drop(leaf, "no-equivalent", f"`{top}` is not a key of transformers' {guess} config ({path}); hf_causal_lm raises on it too.")
+                self.d.warn(f"config_overrides.{top} is not a key of transformers' {guess} config: llm-foundry's hf_causal_lm refuses it", *leaves)
+            else:
+                value = self.get(f"{prefix}.{top}") if leaves == [f"{prefix}.{top}"] else _nested({k[len(prefix) + len(top) + 2 :]: self.get(k) for k in leaves})
+                self.set(f"model.config.{top}", value, *leaves)
 
     def mpt_model(self) -> None:
         why = (
@@ -1069,3 +1095,15 @@ class _Conv:
 
 def convert(draft: Draft, options: Any) -> None:
     _Conv(draft, options).run()
+
+
+def _nested(leaves: dict[str, Any]) -> dict[str, Any]:
+    """{"a.b": 1, "c": 2} -> {"a": {"b": 1}, "c": 2}."""
+    out: dict[str, Any] = {}
+    for dotted, value in leaves.items():
+        *parents, last = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .. import model_types
+from ..diagnostics import did_you_mean
+from ..runtime import model_config
 from ..schema import Recipe
 from ..schema.model import LOCAL_PREFIXES
 from ..source import KeyPath
@@ -30,6 +32,9 @@ def max_positions(b: PlanBuilder) -> tuple[int | None, KeyPath]:
         return None, ("model", "config")
     mc = b.model_config or {}
     key: KeyPath = ("model", "path") if r.continual is None else ("continual", "from")
+    for name in ("max_position_embeddings", "n_positions"):
+        if name in r.model.overrides():
+            key = ("model", "config", name)
     return mc.get("max_position_embeddings", mc.get("n_positions")), key
 
 
@@ -61,11 +66,40 @@ def model_settings(b: PlanBuilder) -> None:
     b.key("model_revision", ("model", "revision"))
     if r.model.init is not None:
         b.add("model_config", r.model.init_config(), "model.config", b.origin(("model", "config")))
+    else:
+        pretrained_overrides(b)
     b.key("model_dtype", ("model", "dtype"))
     b.key("gradient_checkpointing", ("model", "gradient_checkpointing"))
     b.key("trust_remote_code", ("model", "trust_remote_code"))
     if r.model.trust_remote_code:
         b.warn(("model", "trust_remote_code"), "trust_remote_code runs Python code that comes with the model")
+
+
+def pretrained_overrides(b: PlanBuilder) -> None:
+    """`[model.config]` over a pretrained model: checked against its config.json's model type when that is
+    local and known; the plan's view of the model's config (b.model_config) then carries the new values."""
+    overrides = b.recipe.model.overrides()
+    if not overrides:
+        return
+    b.add("model_overrides", overrides, "model.config (replaces these keys of the pretrained config)", b.origin(("model", "config")))
+    mc = b.model_config
+    model_type = None if mc is None else mc.get("model_type")
+    if model_type not in model_types.model_types():
+        what = "the model's config.json is not local" if mc is None else f"its model type {model_type!r} is not in recipec/model_types.json"
+        b.warn(("model", "config"), f"[model.config] is checked when the script loads the model's config: {what}")
+        return
+    keys = model_types.config_keys(model_type)
+    rope = "rope_parameters" in model_types.model_types()[model_type]["keys"]
+    merged = dict(mc)
+    for key, value in overrides.items():
+        stored = model_types.canonical(model_type, key)
+        why = model_config.problem(model_type, key, stored, key in keys, rope)
+        if why:
+            b.error(("model", "config", key), why, did_you_mean(key, sorted(keys)) if key not in keys else None)
+            continue
+        current = merged.get(stored)
+        merged[stored] = {**current, **value} if isinstance(current, dict) and isinstance(value, dict) else value
+    b.model_config = merged
 
 
 def fast_path_settings(b: PlanBuilder) -> None:

@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from .. import model_types
 from ..diagnostics import did_you_mean
+from ..runtime.model_config import SHAPE_KEYS
 from .base import Table, key_error
 
 LOCAL_PREFIXES = ("./", "../", "/", "~")
@@ -22,15 +23,24 @@ def _init_choices(schema: dict[str, Any]) -> None:
 
 
 class ModelConfig(Table):
-    """`[model.config]`: the config of a model initialised from scratch (`model.init`).
+    """`[model.config]`: the config of a model initialised from scratch (`model.init`), or keys
+    of a pretrained model's config replaced before its weights load (`model.path`, `[continual]`).
 
-    The keys below are typed, with defaults for a small Llama-style model. Any other key of
-    the model type's config class is allowed too (`n_inner` for gpt2, `num_experts` for
-    qwen3_moe) and passed on as written; a key the model type's config does not know is an
-    error. A typed key that the model type spells differently goes under its own name
-    (gpt2 takes `hidden_size` for `n_embd`); one the model type lacks altogether is left out
-    unless set. The vocabulary size and the special token ids are not set here: they are
-    the tokenizer's.
+    From scratch: the keys below are typed, with defaults for a small Llama-style model. Any
+    other key of the model type's config class is allowed too (`n_inner` for gpt2,
+    `num_experts` for qwen3_moe) and passed on as written; a key the model type's config does
+    not know is an error. A typed key that the model type spells differently goes under its
+    own name (gpt2 takes `hidden_size` for `n_embd`); one the model type lacks altogether is
+    left out unless set. The vocabulary size and the special token ids are not set here: they
+    are the tokenizer's.
+
+    Over a pretrained model only the keys written apply, each replacing the checkpoint's value
+    (a table over a table-valued key such as `rope_parameters` replaces its keys one by one):
+    RoPE's parameters and `max_position_embeddings` for a longer context, dropout, a sliding
+    window. Keys that size the weights (widths, layers, heads, experts, tied embeddings) are
+    the checkpoint's and an error here; with a local model the keys are checked against its
+    config.json's model type when the recipe is compiled, and always when the script loads
+    the config.
     """
 
     model_config = ConfigDict(**{**Table.model_config, "extra": "allow"})
@@ -96,7 +106,7 @@ class ModelTable(Table):
     """Initialise a new model of this architecture from `[model.config]` instead of loading weights: any model type that transformers builds a causal LM for (llama, mistral, qwen2, qwen3, gemma3_text, olmo2, phi3, gpt2, mixtral, qwen3_moe, ...; the list is `recipec/model_types.json`). Exactly one of `path` and `init`."""
 
     config: ModelConfig = Field(default_factory=ModelConfig)
-    """Sizes of the from-scratch model (only with `init`)."""
+    """Sizes of the from-scratch model (with `init`), or keys of a pretrained model's config replaced before it loads."""
 
     revision: str | None = None
     """Hub revision (branch, tag or commit) of `path`. Pin a commit for reproducible runs."""
@@ -135,13 +145,32 @@ class ModelTable(Table):
         if self.init is not None:
             check_model_type(self.init)
             check_config_keys(self.init, self.config)
-        if self.path is not None and "config" in self.model_fields_set:
-            raise key_error(
-                "config",
-                "[model.config] applies only to a from-scratch model (`init`)",
-                "a pretrained model brings its own config; remove [model.config]",
-            )
+        if self.init is None:
+            for key in self.overrides():
+                if key in model_types.TOKENIZER_KEYS:
+                    raise key_error(
+                        ("config", key),
+                        f"`model.config.{key}` is the tokenizer's: the script sets it from the tokenizer",
+                        "remove it; the tokenizer's vocabulary and special tokens decide it",
+                    )
+                if key in ROUTER_KEYS:
+                    raise key_error(
+                        ("config", key),
+                        f"`model.config.{key}` is set by `loss.router_aux_loss_coef`, for a from-scratch and a pretrained model alike",
+                        "set router_aux_loss_coef under [loss]: the script then returns the router logits and adds the term",
+                    )
+                if key in SHAPE_KEYS:
+                    raise key_error(
+                        ("config", key),
+                        f"`model.config.{key}` sizes the weights, and a pretrained model's are the checkpoint's",
+                        "remove it; to change the architecture, start from scratch with model.init",
+                    )
         return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The keys `[model.config]` sets over a pretrained model's config: those written, as written."""
+        c = self.config
+        return {k: v for k, v in c.model_dump().items() if k in c.model_fields_set}
 
     def init_config(self) -> dict[str, Any]:
         """The keyword arguments `AutoConfig.for_model(init, ...)` gets, besides the tokenizer's.

@@ -252,6 +252,26 @@ def test_dpo_under_deepspeed_stays_deepspeed(tmp_path, imported):
     assert r["preference"] == {"objective": "dpo", "beta": 0.1, "reference": "precomputed"}
 
 
+def test_overrides_of_model_config(tmp_path, imported):
+    """overrides_of_model_config -> [model.config]; RoPE's legacy keys into rope_parameters (transformers 5
+    reads them only from there once a config is built); a key that sizes the weights is not imported."""
+    text = (CONFIGS / "lora-1b.yaml").read_text(encoding="utf-8") + (
+        "overrides_of_model_config:\n  rope_theta: 500000\n  rope_scaling:\n    type: linear\n    factor: 2.0\n"
+        "  attention_dropout: 0.1\n  hidden_size: 12\n"
+    )
+    path = tmp_path / "overrides.yaml"
+    path.write_text(text, encoding="utf-8")
+    got = imported("axolotl", path)
+    assert got.recipe["model"]["config"] == {
+        "attention_dropout": 0.1,
+        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "linear", "factor": 2.0},
+    }
+    ledger = got.result.draft.ledger
+    assert ledger["overrides_of_model_config.attention_dropout"].how == "exact"
+    assert ledger["overrides_of_model_config.rope_theta"].how == "approx"
+    assert ledger["overrides_of_model_config.hidden_size"].how == "dropped"
+
+
 def test_pretraining_dataset_streams(imported):
     r = imported("axolotl", "pretrain-qwen2.yaml").recipe
     (src,) = r["data"]["sources"]

@@ -81,8 +81,6 @@ EXPECTED = {
     "mpt-7b_dolly_sft.yaml": {
         "approx": FSDP_APPROX | {"train_loader.dataset.hf_name", "eval_loader.dataset.hf_name", "eval_interval"},
         "dropped": {
-            "model.config_overrides.max_seq_len": MDS,
-            "model.config_overrides.attn_config.attn_impl": MDS,
             **LOADER_PERF,
             "train_loader.timeout": NOEQ,
             **EVAL_LOADER_FULL,
@@ -145,8 +143,9 @@ EXPECTED = {
     "llama-3-8b_domain_adapt.yaml": {
         "approx": FSDP_APPROX,
         "dropped": {
-            "model.config_overrides.max_seq_len": MDS,
-            "model.config_overrides.attn_config.attn_impl": MDS,
+            # MPT's keys on a Llama: LlamaConfig has neither, and hf_causal_lm raises on them
+            "model.config_overrides.max_seq_len": NOEQ,
+            "model.config_overrides.attn_config.attn_impl": NOEQ,
             "model.use_auth_token": LOG,
             **TEXT_LOADER,
             **EVAL_TEXT_LOADER,
@@ -213,7 +212,9 @@ def test_finetuning_values(imported):
     assert train["records"] == "prompt_completion" and train["fields"] == {"completion": "response"}
     assert ev["hub"]["split"] == "test" and ev["split"] == "eval"
     assert r["data"]["packing"] is False and r["data"]["eval_fraction"] == 0.0
-    assert r["model"] == {"path": "mosaicml/mpt-7b", "trust_remote_code": True}
+    # config_overrides -> [model.config]: set on the loaded config before the weights, as hf_causal_lm sets them
+    config = {"max_seq_len": 2048, "attn_config": {"attn_impl": "flash", "attn_uses_sequence_id": False}}
+    assert r["model"] == {"path": "mosaicml/mpt-7b", "trust_remote_code": True, "config": config}
     assert r["train"]["epochs"] == 2 and r["train"]["micro_batch_size"] == 6  # lowered to 48 / 8
     assert r["schedule"]["decay"] == "linear" and r["schedule"]["min_lr_ratio"] == 0 and r["schedule"]["warmup"] == 50
     assert r["optim"]["betas"] == [0.9, 0.999]
@@ -247,9 +248,15 @@ def test_continued_pretraining_values(imported):
     assert r["data"]["seq_len"] == 4096
     assert r["train"]["save_every"] == 1000 and r["train"]["keep_last"] == 1
     assert r["optim"]["lr"] == 5e-5
-    mds, msg = [m for m, _ in got.result.draft.warnings]
+    warnings = [m for m, _ in got.result.draft.warnings]
+    max_seq_len, attn_config, mds, msg = warnings
     assert "MDS shards" in mds
     assert "load_weights_only" in msg and "load_path" in msg
+    # MPT's config_overrides on a Llama: LlamaConfig has neither key (told from the name), and hf_causal_lm
+    # refuses them too
+    assert "config" not in r["model"]
+    assert max_seq_len == "config_overrides.max_seq_len is not a key of transformers' llama config: llm-foundry's hf_causal_lm refuses it"
+    assert attn_config.startswith("config_overrides.attn_config is not a key")
 
 
 def test_lora_defaults_of_peft(tmp_path, imported):
