@@ -81,7 +81,7 @@ def plan_recipe(
             build_dir=rel_build,
             project_dir=_relative(project, project / rel_build),
             overrides=tuple(overrides),
-            model_config=_local_model_config(recipe, project, parent.model_dir if parent else None),
+            model_config=_local_model_config(recipe, project, (parent.base_model or parent.model_dir) if parent else None),
             parent=parent,
             chat=chat,
         )
@@ -144,7 +144,7 @@ def _local_tokenizer(recipe: Recipe, parent_model: str | None) -> str | None:
 def _local_model_config(recipe: Recipe, project: Path, parent_model: str | None) -> dict[str, Any] | None:
     """config.json of a local pretrained model, so resolve can check seq_len against it."""
     path = parent_model or (recipe.model.path if recipe.model.is_local else None)
-    if path is None:
+    if path is None or not path.startswith(LOCAL_PREFIXES):  # a PEFT parent's base model may be a hub id
         return None
     try:
         config = json.loads((project / Path(path).expanduser() / "config.json").read_text())

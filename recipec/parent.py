@@ -42,6 +42,10 @@ class ParentRun:
     recipe: Recipe
     """The parent's resolved recipe (its resolved.toml)."""
     source: SourceMap
+    base_model: str | None = None
+    """A PEFT parent that saved no merged model: the model its adapter (`model_dir`) was trained on, which
+    the script loads and merges the adapter into (project-relative, or a hub id); None otherwise."""
+    base_revision: str | None = None
 
 
 def read_parent(recipe: Recipe, source: SourceMap, project: Path) -> ParentRun | None:
@@ -72,14 +76,10 @@ def read_parent(recipe: Recipe, source: SourceMap, project: Path) -> ParentRun |
     elif is_run:
         kind, model_dir, run_dir = "run", path / "model", path
         record = _json(path / "run.json")
-        if (model_dir / "adapter_config.json").is_file():  # a PEFT run: its merged model is the model to continue from
-            if not (path / "model_full" / "config.json").is_file():
-                raise fail(
-                    f"the parent run {continual.from_} trained a PEFT adapter and saved no merged model (model_full/)",
-                    "set peft.save_merged = true in the parent recipe and train it again",
-                )
-            model_dir = path / "model_full"
-        if record.get("status") != "completed" or not (model_dir / "config.json").is_file():
+        adapter = (model_dir / "adapter_config.json").is_file()
+        if adapter and (path / "model_full" / "config.json").is_file():  # a PEFT run's merged model
+            model_dir, adapter = path / "model_full", False
+        if record.get("status") != "completed" or not (model_dir / ("adapter_config.json" if adapter else "config.json")).is_file():
             raise fail(
                 f"the parent run {continual.from_} has not finished: it has no final model",
                 "continue from one of its checkpoints instead: from = \"" + continual.from_.rstrip("/") + '/checkpoints/step_..."',
@@ -90,6 +90,7 @@ def read_parent(recipe: Recipe, source: SourceMap, project: Path) -> ParentRun |
             f"{continual.from_} is neither a recipec run directory (with run.json) nor one of its checkpoints",
             "train the parent recipe first (recipec run ...), then point `from` at its output directory",
         )
+    adapter = kind == "run" and (model_dir / "adapter_config.json").is_file()
     if not isinstance(step, int):
         raise fail(f"cannot tell how many steps the parent had done at {continual.from_}")
     if kind == "checkpoint" and not (model_dir / "config.json").is_file():
@@ -110,6 +111,22 @@ def read_parent(recipe: Recipe, source: SourceMap, project: Path) -> ParentRun |
         parent_recipe = validate(data, parent_source)
     except RecipeError as exc:
         raise fail(f"the parent's resolved.toml does not validate: {exc.diagnostics[0].message}") from None
+    base_model, base_revision = None, None
+    if adapter:  # a PEFT run that saved no merged model: its adapter is merged into its base model by the script
+        base_model, base_revision = parent_recipe.model.path, parent_recipe.model.revision
+        if parent_recipe.continual is not None:  # the base is what that run continued from, as its run.json names it
+            base_model, base_revision = (_json(run_dir / "run.json").get("parent") or {}).get("model"), None
+            if base_model is None or (project / base_model / "adapter_config.json").is_file() or not (project / base_model / "config.json").is_file():
+                raise fail(
+                    f"the parent run {continual.from_} trained a PEFT adapter on another run's model, which is not a "
+                    "saved full model here (an adapter itself, or moved)",
+                    "set peft.save_merged = true in the parent recipe and train it again; continue from its model_full/",
+                )
+        if base_model is None:
+            raise fail(
+                f"the parent run {continual.from_} trained a PEFT adapter on a model it built from scratch, and saved no merged model",
+                "set peft.save_merged = true in the parent recipe and train it again; continue from its model_full/",
+            )
     return ParentRun(
         run_dir=_relative(run_dir, project),
         model_dir=_relative(model_dir, project),
@@ -119,6 +136,8 @@ def read_parent(recipe: Recipe, source: SourceMap, project: Path) -> ParentRun |
         lr=lrs[min(step, len(lrs) - 1)],
         recipe=parent_recipe,
         source=parent_source,
+        base_model=base_model,
+        base_revision=base_revision,
     )
 
 

@@ -324,6 +324,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "router_aux": plan.get("router_aux_loss_coef") is not None,
         "zero3": plan.get("deepspeed_zero_stage") == 3,  # the model is built partitioned (zero.Init)
         "pretrained_overrides": plan.get("model_overrides") is not None,  # [model.config] over a pretrained model
+        "parent_adapter": plan.get("parent_adapter") is not None,  # continual.from a PEFT run without its merged model
         **dataclasses.asdict(plan.launch),
     }
     files: dict[str, str | bytes] = {

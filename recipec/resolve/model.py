@@ -58,12 +58,17 @@ def model_settings(b: PlanBuilder) -> None:
             'load a model with path = "org/name" or "./dir", or start from scratch with init = "llama"',
         )
     b.key("model_init", ("model", "init"))
-    if c is not None and parent is not None:
-        what = "the final model" if parent.kind == "run" else "the checkpoint"
-        b.derived("model_path", parent.model_dir, f"derived: continual.from ({what} of the parent, step {parent.step})")
+    if c is not None and parent is not None and parent.base_model is not None:
+        b.derived("model_path", parent.base_model, "derived: continual.from (the model the parent's PEFT adapter trained on)")
+        b.derived("parent_adapter", parent.model_dir, f"derived: continual.from (the parent's adapter, step {parent.step}: merged into the model as it loads)")
+        b.derived("model_revision", parent.base_revision, "derived: the parent's model.revision")
     else:
-        b.key("model_path", ("model", "path"))
-    b.key("model_revision", ("model", "revision"))
+        if c is not None and parent is not None:
+            what = "the final model" if parent.kind == "run" else "the checkpoint"
+            b.derived("model_path", parent.model_dir, f"derived: continual.from ({what} of the parent, step {parent.step})")
+        else:
+            b.key("model_path", ("model", "path"))
+        b.key("model_revision", ("model", "revision"))
     if r.model.init is not None:
         b.add("model_config", r.model.init_config(), "model.config", b.origin(("model", "config")))
     else:
