@@ -645,7 +645,10 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         precision += f", + 16-bit copies of the {copied:,} matmul weights (autocast)"
 
     reference_copy = pref is not None and getattr(pref, "reference", None) == "live" and peft is None
-    if reference_copy:  # the frozen reference model, whole on every process
+    if reference_copy and ds_stage == 3:  # the frozen reference model, partitioned as the parameters are
+        params_b += n_params * p_bytes / world
+        precision += f", + the frozen reference copy ({n_params:,} x {p_bytes} B / {world}, ZeRO-3)"
+    elif reference_copy:  # the frozen reference model, whole on every process
         params_b += n_params * p_bytes
         precision += f", + the frozen reference copy ({n_params:,} x {p_bytes} B)"
     parts = [int(round(x)) for x in (params_b, grads_b, optim_b)]

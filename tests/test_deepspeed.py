@@ -180,10 +180,11 @@ LORA = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\
     [
         ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 2}', "", ""),  # a live frozen copy beside ZeRO-2's whole weights
         ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', 'reference = "precomputed"', ""),  # scored by the partitioned model
+        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', "", ""),  # a live copy, partitioned by an engine of its own
         ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', "", LORA),  # live: the partitioned base model, adapter disabled
         ('cpu = true\nstrategy = "fsdp"', 'reference = "precomputed"', ""),  # scored by the sharded model (torch's fully_shard)
     ],
-    ids=["zero2-copy", "zero3-precomputed", "zero3-lora", "fsdp-precomputed"],
+    ids=["zero2-copy", "zero3-precomputed", "zero3-copy", "zero3-lora", "fsdp-precomputed"],
 )
 def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, peft: str, tmp_path: Path) -> None:
     """DPO with each kind of reference under DeepSpeed (and FSDP): 2 processes x micro-batch 4 give the losses,

@@ -91,23 +91,32 @@ def test_peft_disables_the_adapter_and_precomputed_needs_no_copy(project: Path) 
     assert plan["reference"] is None and "ref_logps = None  # reference-free" in script
 
 
-@pytest.mark.parametrize(
-    ("launch", "sharded"),
-    [
-        (['launch.strategy="fsdp"'], "FSDP"),
-        (['launch.strategy="deepspeed"', "launch.deepspeed.zero_stage=3"], "ZeRO-3"),
-    ],
-)
-def test_a_live_copy_is_refused_where_the_weights_are_sharded(project: Path, launch: list[str], sharded: str) -> None:
-    overrides = ("launch.cpu=false", "launch.num_processes=2", *launch)
+def test_a_live_copy_is_refused_under_fsdp(project: Path) -> None:
+    overrides = ("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="fsdp"')
     with pytest.raises(RecipeError) as caught:
         plan_recipe(recipe(project, "s", 'objective = "dpo"'), overrides)
     [error] = [d for d in caught.value.diagnostics if d.severity == "error"]
-    assert error.message == f"a live reference without [peft] is a whole frozen copy of the model on every process, which {sharded} does not shard"
+    assert error.message == "a live reference without [peft] is a whole frozen copy of the model on every process, which FSDP does not shard"
     assert 'reference = "precomputed"' in error.help
     for ok in ('objective = "dpo"\nreference = "precomputed"', 'objective = "simpo"'):
         plan_recipe(recipe(project, "s", ok), overrides)
     plan_recipe(recipe(project, "s", 'objective = "dpo"', '[peft]\nmethod = "lora"\n'), overrides)
+
+
+def test_zero3_partitions_its_live_copy(project: Path) -> None:
+    overrides = ("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="deepspeed"', "launch.deepspeed.zero_stage=3")
+    written, plan = build(recipe(project, "z3", 'objective = "kto"'), overrides, project / "build" / "z3", project=project)
+    assert plan["reference_model"] == "copy"
+    script = (written.dir / "train.py").read_text()
+    ast.parse(script)
+    assert "ref_model = preference.zero3_reference(accelerator, model)" in script and "deepcopy" not in script
+    # after prepare, before a checkpoint is loaded: the model as it starts
+    assert script.index("accelerator.prepare(model, optimizer, scheduler)") < script.index("zero3_reference(") < script.index("accelerator.load_state")
+    live, _ = plan_recipe(recipe(project, "z3", 'objective = "dpo"'), overrides)
+    pre, _ = plan_recipe(recipe(project, "z3", 'objective = "dpo"\nreference = "precomputed"'), overrides)
+    n_params = next(int(n.split()[1].replace(",", "")) for n in pre.memory.notes if n.startswith("params: "))
+    assert live.memory.params - pre.memory.params == n_params * 4 // 2  # the copy, partitioned over 2 processes
+    assert any("the frozen reference copy" in n and "/ 2, ZeRO-3" in n for n in live.memory.notes)
 
 
 def test_deepspeed_below_stage_3_keeps_a_live_copy(project: Path) -> None:

@@ -291,7 +291,6 @@ def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycl
     _parallel(d)
     _trackers(d)
     _preference(d)
-    hf.zero3_reference(d)
     _rest(d)
     _mesh(d, options.num_processes)
 

@@ -691,19 +691,6 @@ _HANDLER_DEFAULTS = {
 """accelerate's defaults for the context and sequence parallel handlers (what recipec's launch writes)."""
 
 
-def zero3_reference(d: Draft) -> None:
-    """A preference run with a reference model under ZeRO-3 and no adapter: TRL partitions its reference
-    model like the policy, and recipec's live reference is a whole copy on every process (refused under
-    ZeRO-3), so the reference log-probabilities are computed before the first step, by the partitioned
-    model: the same values, as the reference is frozen and scored in evaluation mode."""
-    if d.value("launch.strategy") != "deepspeed" or d.value("launch.deepspeed.zero_stage") != 3:
-        return
-    if d.value("peft.method") is not None or d.value("preference.objective") not in ("dpo", "ipo", "hinge"):
-        return  # the adapter-disabled reference is partitioned with the policy; reference-free; KTO's cannot be precomputed
-    if d.value("preference.reference", "live") == "live":
-        d.set("preference.reference", "precomputed", note="ZeRO-3 without an adapter: the reference is scored before the first step (the same log-probabilities)")
-
-
 def mesh(
     d: Draft,
     num_processes: int,

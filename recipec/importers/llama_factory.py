@@ -302,7 +302,6 @@ def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycl
     records = _stage(d, stage)
     _peft(d, stage)
     _data(d, stage, records)
-    hf.zero3_reference(d)
     _kto_batch(d, records, options.num_processes)
     hf.mesh(d, options.num_processes, defaults=hf.DEFAULTS)
     _rest(d)

@@ -54,6 +54,5 @@ def preference_settings(b: PlanBuilder) -> None:
             b.error(("continual", "replay"), "replay mixes the parent's training data into this run's, and it is not preference pairs", "set replay = 0")
     if r.train.eval_generations:
         b.error(("train", "eval_generations"), "generations are written for supervised fine-tuning; preference training logs rewards and margins on held-out pairs instead")
-    sharded = "FSDP" if r.launch.strategy == "fsdp" else "ZeRO-3" if r.launch.strategy == "deepspeed" and r.launch.deepspeed is not None and r.launch.deepspeed.zero_stage == 3 else None
-    if reference == "live" and r.peft is None and sharded:
-        b.error(("preference", "reference"), f"a live reference without [peft] is a whole frozen copy of the model on every process, which {sharded} does not shard", 'use reference = "precomputed" (the same log-probabilities, computed before the first step), or [peft]')
+    if reference == "live" and r.peft is None and r.launch.strategy == "fsdp":
+        b.error(("preference", "reference"), "a live reference without [peft] is a whole frozen copy of the model on every process, which FSDP does not shard", 'use reference = "precomputed" (the same log-probabilities, computed before the first step), or [peft]')

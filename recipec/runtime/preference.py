@@ -347,6 +347,45 @@ class WithReference:
         return {**self.rows[i], "reference": self.values[i]}
 
 
+def zero3_reference(accelerator: Any, model: Any) -> Any:
+    """A frozen copy of the policy as it is now, for a live reference under DeepSpeed ZeRO-3.
+
+    The policy's parameters are partitioned across the processes, so no process can copy the
+    model whole. As TRL prepares its reference model under ZeRO-3, the copy is a model of the
+    policy's config built partitioned (transformers builds it inside ``zero.Init`` while
+    accelerate's DeepSpeed config is active) and wrapped in a DeepSpeed engine of the run's
+    config with no optimizer (stage 3, so its weights stay partitioned; small buckets, as it
+    only runs forward passes). Each parameter is then gathered with the policy's and copied
+    (all processes take part). Its forward passes are collective: every process must score
+    every micro-batch, as the training loop does.
+    """
+    import copy
+
+    import deepspeed
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    policy = accelerator.unwrap_model(model)
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    zero = config.setdefault("zero_optimization", {})
+    zero.pop("offload_optimizer", None)
+    hidden = getattr(policy.config.get_text_config(), "hidden_size", None)
+    if hidden:  # TRL's settings for a model that runs forward only
+        zero.update(reduce_bucket_size=hidden * hidden, stage3_param_persistence_threshold=10 * hidden, stage3_prefetch_bucket_size=0)
+    reference = AutoModelForCausalLM.from_config(policy.config, dtype=policy.dtype)
+    engine, *_ = deepspeed.initialize(model=reference, config=config)
+    own = dict(policy.named_parameters())
+    with torch.no_grad():
+        for name, param in engine.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([param, own[name]], modifier_rank=0):
+                if accelerator.is_main_process:
+                    param.data.copy_(own[name].data)
+    engine.module.eval().requires_grad_(False)
+    return engine
+
+
 def weights_sha256(model: Any) -> str:
     """SHA-256 of a model's parameters and buffers (names, dtypes, shapes, bytes): what a precomputed reference is keyed by."""
     import hashlib

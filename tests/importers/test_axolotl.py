@@ -236,8 +236,8 @@ def test_dpo_chatml_intel(imported):
 
 
 def test_dpo_under_deepspeed_stays_deepspeed(tmp_path, imported):
-    """DPO with axolotl's ZeRO-3 config stays DeepSpeed: with QLoRA's adapter the live reference is the base
-    model (adapter disabled); fully fine-tuned, the reference is precomputed, as a live copy would not be sharded."""
+    """DPO with axolotl's ZeRO-3 config stays DeepSpeed with its live reference: with an adapter the base model
+    (adapter disabled); fully fine-tuned, a frozen copy partitioned as the policy is."""
     text = (CONFIGS / "dpo-chatml-intel.yaml").read_text(encoding="utf-8").replace("adamw_bnb_8bit", "adamw_torch")
     text += "deepspeed: deepspeed_configs/zero3_bf16.json\n"
     path = tmp_path / "dpo-z3.yaml"
@@ -249,7 +249,7 @@ def test_dpo_under_deepspeed_stays_deepspeed(tmp_path, imported):
     path.write_text(full + "\n", encoding="utf-8")
     r = imported("axolotl", path).recipe
     assert r["launch"]["strategy"] == "deepspeed" and "peft" not in r
-    assert r["preference"] == {"objective": "dpo", "beta": 0.1, "reference": "precomputed"}
+    assert r["preference"] == {"objective": "dpo", "beta": 0.1}
 
 
 def test_overrides_of_model_config(tmp_path, imported):
