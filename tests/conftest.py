@@ -51,14 +51,27 @@ MINIMAL: dict[str, Any] = {
 """The minimal valid recipe: resolves with no error and no warning."""
 
 
+ONE_PROCESS = frozenset(
+    {
+        "test_architectures.py", "test_build_safety.py", "test_crash.py", "test_eval_sets.py", "test_fast_paths.py",
+        "test_hub.py", "test_parent.py", "test_pretrained_config.py", "test_stage_ray.py", "test_token_sources_training.py",
+        "test_trackers.py",
+    }
+)
+"""Files whose slow tests train in one process (or run Ray's own cluster): they open no accelerate port."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`-n auto --dist loadgroup`) the slow tests run one after another in
-    one worker: they start training processes that listen on accelerate's default port and
-    use every core, while the other workers take the fast tests. A slow test that names its
-    own group (one that opens no port and is bound by installing packages) runs beside them."""
+    """Under pytest-xdist (`-n auto --dist loadgroup`) the slow tests that launch several
+    processes run one after another in one worker: they listen on accelerate's default port
+    and use every core, while the other workers take the fast tests. The slow tests of the
+    files in ONE_PROCESS run one after another in a group of their own, beside them, and so does
+    a slow test that names its own group (one that opens no port and is bound by installing
+    packages)."""
     for item in items:
         if item.get_closest_marker("slow") is not None and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group("slow"))
+            group = "slow-one-process" if item.path.name in ONE_PROCESS else "slow"
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session", autouse=True)
