@@ -103,29 +103,33 @@ def test_a_live_copy_is_refused_under_fsdp(project: Path) -> None:
     plan_recipe(recipe(project, "s", 'objective = "dpo"', '[peft]\nmethod = "lora"\n'), overrides)
 
 
-def test_zero3_partitions_its_live_copy(project: Path) -> None:
-    overrides = ("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="deepspeed"', "launch.deepspeed.zero_stage=3")
-    written, plan = build(recipe(project, "z3", 'objective = "kto"'), overrides, project / "build" / "z3", project=project)
+def _deepspeed(stage: int) -> tuple[str, ...]:
+    return ("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="deepspeed"', f"launch.deepspeed.zero_stage={stage}")
+
+
+@pytest.mark.parametrize(
+    ("stage", "made"),
+    [
+        (2, "ref_model = copy.deepcopy(model).eval().requires_grad_(False)"),  # beside ZeRO-2's whole weights
+        (3, "ref_model = preference.zero3_reference(accelerator, model)"),  # partitioned as the policy is
+    ],
+)
+def test_deepspeed_keeps_a_live_copy(project: Path, stage: int, made: str) -> None:
+    written, plan = build(recipe(project, f"z{stage}", 'objective = "kto"'), _deepspeed(stage), project / "build" / "z", project=project)
     assert plan["reference_model"] == "copy"
     script = (written.dir / "train.py").read_text()
     ast.parse(script)
-    assert "ref_model = preference.zero3_reference(accelerator, model)" in script and "deepcopy" not in script
-    # after prepare, before a checkpoint is loaded: the model as it starts
-    assert script.index("accelerator.prepare(model, optimizer, scheduler)") < script.index("zero3_reference(") < script.index("accelerator.load_state")
-    live, _ = plan_recipe(recipe(project, "z3", 'objective = "dpo"'), overrides)
-    pre, _ = plan_recipe(recipe(project, "z3", 'objective = "dpo"\nreference = "precomputed"'), overrides)
+    assert made in script and ("deepcopy" in script) == (stage == 2)
+    # the model as it starts: made before a checkpoint is loaded
+    assert script.index(made) < script.index("accelerator.load_state")
+
+
+def test_zero3_partitions_the_memory_of_its_live_copy(project: Path) -> None:
+    live, _ = plan_recipe(recipe(project, "z3", 'objective = "dpo"'), _deepspeed(3))
+    pre, _ = plan_recipe(recipe(project, "z3", 'objective = "dpo"\nreference = "precomputed"'), _deepspeed(3))
     n_params = next(int(n.split()[1].replace(",", "")) for n in pre.memory.notes if n.startswith("params: "))
     assert live.memory.params - pre.memory.params == n_params * 4 // 2  # the copy, partitioned over 2 processes
     assert any("the frozen reference copy" in n and "/ 2, ZeRO-3" in n for n in live.memory.notes)
-
-
-def test_deepspeed_below_stage_3_keeps_a_live_copy(project: Path) -> None:
-    overrides = ("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="deepspeed"', "launch.deepspeed.zero_stage=2")
-    written, plan = build(recipe(project, "z2", 'objective = "dpo"'), overrides, project / "build" / "z2", project=project)
-    assert plan["reference_model"] == "copy"
-    script = (written.dir / "train.py").read_text()
-    ast.parse(script)
-    assert "ref_model = copy.deepcopy(model)" in script
 
 
 def test_the_memory_estimate_counts_both_sides_and_the_frozen_copy(project: Path) -> None:

@@ -147,18 +147,7 @@ class ModelTable(Table):
             check_config_keys(self.init, self.config)
         if self.init is None:
             for key in self.overrides():
-                if key in model_types.TOKENIZER_KEYS:
-                    raise key_error(
-                        ("config", key),
-                        f"`model.config.{key}` is the tokenizer's: the script sets it from the tokenizer",
-                        "remove it; the tokenizer's vocabulary and special tokens decide it",
-                    )
-                if key in ROUTER_KEYS:
-                    raise key_error(
-                        ("config", key),
-                        f"`model.config.{key}` is set by `loss.router_aux_loss_coef`, for a from-scratch and a pretrained model alike",
-                        "set router_aux_loss_coef under [loss]: the script then returns the router logits and adds the term",
-                    )
+                check_not_elsewhere(key)
                 if key in SHAPE_KEYS:
                     raise key_error(
                         ("config", key),
@@ -230,6 +219,22 @@ def check_model_type(init: str) -> None:
         )
 
 
+def check_not_elsewhere(key: str) -> None:
+    """A `[model.config]` key whose home is elsewhere (the tokenizer's, the router loss's) is an error that says where."""
+    if key in model_types.TOKENIZER_KEYS:
+        raise key_error(
+            ("config", key),
+            f"`model.config.{key}` is the tokenizer's: the script sets it from the tokenizer",
+            "remove it; the tokenizer's vocabulary and special tokens decide it",
+        )
+    if key in ROUTER_KEYS:
+        raise key_error(
+            ("config", key),
+            f"`model.config.{key}` is set by `loss.router_aux_loss_coef`, for a from-scratch and a pretrained model alike",
+            "set router_aux_loss_coef under [loss]: the script then returns the router logits and adds the term",
+        )
+
+
 def check_config_keys(init: str, config: ModelConfig) -> None:
     """Every key set in `[model.config]` is a key of the model type's config, said once."""
     keys = model_types.config_keys(init)
@@ -237,18 +242,7 @@ def check_config_keys(init: str, config: ModelConfig) -> None:
     seen: dict[str, str] = {}
     extra = config.model_extra or {}
     for key in [k for k in config.model_dump() if k in config.model_fields_set]:  # extras are in the set too
-        if key in model_types.TOKENIZER_KEYS:
-            raise key_error(
-                ("config", key),
-                f"`model.config.{key}` is the tokenizer's: the script sets it from the tokenizer",
-                "remove it; the tokenizer's vocabulary and special tokens decide it",
-            )
-        if key in ROUTER_KEYS:
-            raise key_error(
-                ("config", key),
-                f"`model.config.{key}` is set by `loss.router_aux_loss_coef`, for a from-scratch and a pretrained model alike",
-                "set router_aux_loss_coef under [loss]: the script then returns the router logits and adds the term",
-            )
+        check_not_elsewhere(key)
         if key not in keys:
             raise key_error(
                 ("config", key),
