@@ -223,21 +223,7 @@ def _mesh_settings(b: PlanBuilder, mesh: ParallelismTable) -> None:
                 f"use seq_len = {lower} or {lower + 2 * cp}",
             )
         # ring attention attends causally over the whole sequence: no mask, no position ids, no padding
-        if b.get("examples") or r.preference is not None:
-            b.error(
-                ("data", "packing"),
-                "context parallelism (launch.parallelism.cp_size "
-                f"{cp}) attends causally over whole sequences, and examples are kept apart by attention masks and "
-                "position ids (packed) or padded with masks (unpacked), which its ring attention cannot honour",
-                "train on text records (full seq_len blocks), or set cp_size = 1",
-            )
-        elif not r.data.packing:
-            b.error(
-                ("data", "packing"),
-                f"context parallelism (launch.parallelism.cp_size {cp}) needs full seq_len blocks, and data.packing "
-                "false pads each document with an attention mask, which its ring attention cannot honour",
-                "set data.packing = true",
-            )
+        _whole_blocks(b, "context parallelism", "cp_size", cp, "which its ring attention cannot honour")
         if b.get("cross_entropy") is not None:
             b.error(
                 ("loss",),
@@ -282,21 +268,7 @@ def _mesh_settings(b: PlanBuilder, mesh: ParallelismTable) -> None:
                 f"use an sp_size that divides {kv} or a multiple of it",
             )
         # Ulysses drops the attention mask and attends causally by position: whole blocks of text only
-        if b.get("examples") or r.preference is not None:
-            b.error(
-                ("data", "packing"),
-                f"sequence parallelism (launch.parallelism.sp_size {sp}) attends causally over whole sequences by "
-                "position, and examples are kept apart by attention masks and position ids (packed) or padded "
-                "with masks (unpacked), which Ulysses' attention drops",
-                "train on text records (full seq_len blocks), or set sp_size = 1",
-            )
-        elif not r.data.packing:
-            b.error(
-                ("data", "packing"),
-                f"sequence parallelism (launch.parallelism.sp_size {sp}) needs full seq_len blocks, and data.packing "
-                "false pads each document with an attention mask, which Ulysses' attention drops",
-                "set data.packing = true",
-            )
+        _whole_blocks(b, "sequence parallelism", "sp_size", sp, "which Ulysses' attention drops")
         if b.get("cross_entropy") is not None:
             b.error(
                 ("loss",),
@@ -436,6 +408,24 @@ def _deepspeed_settings(b: PlanBuilder, ds: DeepspeedTable) -> None:
         note = "launch.deepspeed.zero3_save_16bit_model (unset: true with stage 3)" if unset else None
         add("zero3_save_16bit_model", True if unset else ds.zero3_save_16bit_model, note)
 
+
+def _whole_blocks(b: PlanBuilder, name: str, key: str, size: int, lost: str) -> None:
+    """Context and sequence parallelism attend causally over whole sequences, with no mask: text in full
+    seq_len blocks only. `lost` says what becomes of a mask under the split."""
+    if b.get("examples") or b.recipe.preference is not None:
+        b.error(
+            ("data", "packing"),
+            f"{name} (launch.parallelism.{key} {size}) attends causally over whole sequences, and examples are kept "
+            f"apart by attention masks and position ids (packed) or padded with masks (unpacked), {lost}",
+            f"train on text records (full seq_len blocks), or set {key} = 1",
+        )
+    elif not b.recipe.data.packing:
+        b.error(
+            ("data", "packing"),
+            f"{name} (launch.parallelism.{key} {size}) needs full seq_len blocks, and data.packing false pads each "
+            f"document with an attention mask, {lost}",
+            "set data.packing = true",
+        )
 
 FSDP_SHARDING = {
     "full_shard": "FULL_SHARD",
