@@ -76,6 +76,16 @@ def test_num_processes_change_moves_derived_grad_accum(project, write_recipe):
     assert "~ num_processes: 1 -> 2\n    launch.num_processes" in result.stdout
 
 
+def test_eval_at_start_change_is_named(project, write_recipe):
+    write_recipe(filename="a.toml")
+    b = write_recipe({"train.eval_at_start": False}, filename="b.toml")
+    result = run_diff("a.toml", "b.toml")
+    assert result.exit_code == 1, result.output
+    line = next(i for i, text in enumerate(b.read_text().splitlines(), 1) if text.startswith("eval_at_start ="))
+    assert "~ eval_at_start: True -> False" in result.stdout
+    assert f"train.eval_at_start  (default -> b.toml:{line})" in result.stdout
+
+
 def test_seed_change_and_removed_filter_are_flagged(project, write_recipe):
     length = {"type": "length", "min": 10}
     write_recipe(filename="a.toml", data={"filters": [length]})

@@ -263,6 +263,37 @@ def test_train_py_has_one_assignment_per_setting(plan_of):
             assert ast.literal_eval(assigned[s.name]) == s.value
 
 
+def _step_0_evaluations(tree: ast.Module) -> list[ast.If]:
+    """The top-level `if`s that call evaluate(): the loop's own evaluations sit inside its `for`."""
+    return [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "evaluate" for n in ast.walk(node))
+    ]
+
+
+@pytest.mark.parametrize("schedule_free", [False, True])
+@pytest.mark.parametrize("at_start", [True, False])
+def test_eval_at_start_decides_the_evaluation_before_the_first_step(plan_of, at_start, schedule_free):
+    dotted = {"train.eval_at_start": at_start}
+    if schedule_free:
+        dotted |= {"optim.name": "schedule_free_adamw", "schedule.decay": "constant"}
+    files = render(plan_of(dotted))
+    train_py = files["train.py"]
+    tree = ast.parse(train_py)
+    assert _top_level_literals(tree)["eval_at_start"] is at_start
+    assert f"eval_at_start = {at_start}" in train_py and "# train.eval_at_start" in train_py
+    assert tomllib.loads(files["resolved.toml"])["train"]["eval_at_start"] is at_start
+    step_0 = _step_0_evaluations(tree)
+    assert len(step_0) == (1 if at_start else 0)
+    assert ('log({"step": 0, **evaluate(), "tokens": 0})' in train_py) is at_start
+    if at_start:
+        assert ast.unparse(step_0[0].test) == "eval_at_start and step == 0 and eval_loaders"
+    # the evaluations every eval_every steps and at the end stay either way
+    assert "if eval_every and step % eval_every == 0 and step < max_steps and eval_loaders:" in train_py
+    assert "final_eval = evaluate() if eval_loaders else {}" in train_py
+
+
 def test_epochs_formulas_are_in_train_py(plan_of):
     plan = plan_of({"train.max_steps": None, "train.epochs": 2, "schedule.warmup": 0.1})
     train_py = render(plan)["train.py"]

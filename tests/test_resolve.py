@@ -452,6 +452,8 @@ def test_save_every_beyond_the_run_warns(plan_of):
 
 def test_eval_every_beyond_the_run_warns(plan_of):
     plan = plan_of({"train.eval_every": 101})
+    assert warning_messages(plan) == ["eval_every 101 is longer than the run: evaluation runs before the first step and at the end only"]
+    plan = plan_of({"train.eval_every": 101, "train.eval_at_start": False})
     assert warning_messages(plan) == ["eval_every 101 is longer than the run: evaluation runs at the end only"]
 
 

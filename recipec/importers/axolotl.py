@@ -1112,9 +1112,14 @@ def _save_eval_log(d: Draft, total: int | None) -> None:
     else:
         keys = [k for k in ("eval_strategy", "evaluation_strategy", "evals_per_epoch") if d.has(k)]
         if keys:
-            d.set("train.eval_every", 0, *keys, approx="transformers' eval_strategy \"no\": no evaluation; recipec still evaluates once at the end")
+            d.set("train.eval_every", 0, *keys, approx="transformers' eval_strategy \"no\": axolotl evaluates before the first step only; recipec at the end too")
         else:
             d.default("train.eval_every", 0, "eval_steps", "eval_strategy \"no\": no evaluation during training")
+    # core/builders/base.py turns on transformers' eval_on_start with eval_steps or eval_strategy
+    if eval_steps or strategy:
+        d.set("train.eval_at_start", True, note="axolotl sets eval_on_start with eval_steps or eval_strategy")
+    else:
+        d.default("train.eval_at_start", False, "eval_steps", "no evaluation before the first step (eval_on_start stays off)")
     _empty(d, *eval_keys)
 
 

@@ -555,7 +555,6 @@ def training_args(
         ("full_determinism", "recipec seeds everything; torch's deterministic algorithms are not switched on."),
         ("resume_from_checkpoint", "recipec resumes from the run directory's newest checkpoint by itself."),
         ("eval_delay", "recipec evaluates every `eval_every` steps from the start."),
-        ("eval_on_start", "recipec evaluates every `eval_every` steps and at the end."),
         ("save_strategy", ""),
         ("activation_checkpointing", ""),
         ("activation_checkpointing_kwargs", ""),
@@ -596,12 +595,19 @@ def _eval(d: Draft, k: Any) -> None:
             d.drop(k("eval_steps"), "ignored-by-tool", "eval_strategy is not \"steps\".")
     else:
         if strategy_key:
-            d.set("train.eval_every", 0, strategy_key, approx="no evaluation; recipec still evaluates once at the end")
+            # eval_on_start absent: recipec's default, before the first step too
+            also = "" if d.has(k("eval_on_start")) else "before the first step and "
+            d.set("train.eval_every", 0, strategy_key, approx=f"no evaluation while training; recipec still evaluates {also}at the end")
         else:
             d.default("train.eval_every", 0, k("eval_strategy"), "eval_strategy \"no\": no evaluation while training")
         if d.has(k("eval_steps")):
             d.drop(k("eval_steps"), "ignored-by-tool", "eval_strategy is \"no\": nothing is evaluated.")
             d.warn(f"`{k('eval_steps')}` is set but eval_strategy is {strategy!r}: the trainer never evaluates", k("eval_steps"))
+    if d.has(k("eval_on_start")):
+        # the Trainer evaluates before the first step whatever eval_strategy says
+        d.set("train.eval_at_start", bool(d.get(k("eval_on_start"))), k("eval_on_start"))
+    elif strategy in ("steps", "epoch"):
+        d.default("train.eval_at_start", False, k("eval_on_start"), "no evaluation before the first step")
 
 
 def _save(d: Draft, k: Any, defaults: Mapping[str, Any]) -> None:

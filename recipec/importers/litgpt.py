@@ -158,6 +158,7 @@ FINETUNE = {
     "train.max_seq_length": None,
     "eval.interval": 100,
     "eval.max_iters": 100,
+    "eval.initial_validation": False,
     "seed": 1337,
     "devices": 1,
     "lora_r": 8,
@@ -183,6 +184,7 @@ PRETRAIN = {
     "train.max_seq_length": None,
     "eval.interval": 1000,
     "eval.max_iters": 100,
+    "eval.initial_validation": False,
     "seed": 42,
     "devices": "auto",
 }
@@ -1200,10 +1202,17 @@ def _eval_and_saving(draft: Draft, src: _Src, kind: str, ga: int) -> None:
         else:
             draft.default(target, src(key), key, f"{target} = {src(key)}")
     if src.present("eval.initial_validation"):
-        if draft.get("eval.initial_validation"):
-            draft.drop("eval.initial_validation", "no-equivalent", "recipec does not evaluate before the first step.")
+        if draft.get("eval.initial_validation") and kind != "pretrain":
+            draft.set(
+                "train.eval_at_start",
+                True,
+                "eval.initial_validation",
+                approx="LitGPT's fine-tuning scripts validate on the whole validation set before the first step; recipec reads eval_batches",
+            )
         else:
-            draft.exact("eval.initial_validation")
+            draft.set("train.eval_at_start", bool(draft.get("eval.initial_validation")), "eval.initial_validation")
+    else:
+        draft.default("train.eval_at_start", src("eval.initial_validation"), "eval.initial_validation", "no validation before the first step")
     if src.present("eval.final_validation"):
         if draft.get("eval.final_validation") is False:
             # turned off, but recipec evaluates at the end whatever: one evaluation more, same training

@@ -844,10 +844,9 @@ class _Conv:
             else:
                 self.set("train.eval_batches", int(es), "eval_subset_num_batches", approx="recipec counts micro-batches of train.micro_batch_size")
         if self.has("eval_first"):
-            if self.get("eval_first"):
-                self.d.drop("eval_first", "missing-feature", "recipec does not evaluate before the first step.")
-            else:
-                self.d.exact("eval_first")
+            self.set("train.eval_at_start", bool(self.get("eval_first")), "eval_first")
+        elif self.has("eval_loader") or self.has("eval_loaders"):
+            self.d.default("train.eval_at_start", False, "eval_first", "no evaluation before the first batch")
         ci = _time(self.get("console_log_interval"))
         if ci is not None and ci[1] == "ba":
             self.set("train.log_every", int(ci[0]), "console_log_interval")

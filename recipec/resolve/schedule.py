@@ -289,7 +289,8 @@ def _check_lengths(b: PlanBuilder, max_steps: int, warmup_steps: int) -> None:
             f"save_every {t.save_every} is longer than the run ({steps_text(max_steps)}): only the final model is saved",
         )
     if t.eval_every > max_steps:
-        b.warn(("train", "eval_every"), f"eval_every {t.eval_every} is longer than the run: evaluation runs at the end only")
+        when = "before the first step and at the end" if t.eval_at_start else "at the end"
+        b.warn(("train", "eval_every"), f"eval_every {t.eval_every} is longer than the run: evaluation runs {when} only")
 
 
 def percent(share: float) -> str:

@@ -124,7 +124,7 @@ def train_settings(b: PlanBuilder) -> None:
         b.key("epochs", ("train", "epochs"))
         b.formula("steps_per_epoch", "len(train_sets[0]) // batch_size", "derived: training sequences // batch_size")
         b.formula("max_steps", "math.ceil(epochs * steps_per_epoch)", "derived: ceil(train.epochs * steps_per_epoch)")
-    for k in ("log_every", "eval_every", "eval_batches", "eval_generations", "max_new_tokens", "save_every", "keep_last"):
+    for k in ("log_every", "eval_every", "eval_at_start", "eval_batches", "eval_generations", "max_new_tokens", "save_every", "keep_last"):
         b.key(k, ("train", k))
     if t.eval_generations and not b.get("examples"):
         b.error(("train", "eval_generations"), "generations come from held-out examples, and every source's records are text")

@@ -34,7 +34,10 @@ class TrainTable(Table):
     """Write a line to metrics.jsonl every this many optimizer steps."""
 
     eval_every: int = Field(100, ge=0)
-    """Evaluate on the held-out split every this many steps, and at the end; 0: only at the end."""
+    """Evaluate on the held-out split every this many steps and at the end; 0: only at the end. With `eval_at_start`, before the first step too."""
+
+    eval_at_start: bool = True
+    """Evaluate on the held-out split before the first step, as step 0: the first eval line in metrics.jsonl is then the baseline, the model as it starts. A resumed run never evaluates step 0 again. false: the first evaluation is at step `eval_every` (or at the end)."""
 
     eval_batches: int = Field(50, ge=0)
     """Micro-batches per evaluation; 0: the whole held-out split."""

@@ -188,6 +188,7 @@ def test_lora_1b_values(imported):
         "save_every": 0,
         "keep_last": 4,
         "eval_every": 0,
+        "eval_at_start": True,  # axolotl turns on eval_on_start with evals_per_epoch
         "log_every": 1,
     }
     assert r["launch"] == {"mixed_precision": "bf16", "tf32": False}
@@ -418,6 +419,25 @@ micro_batch_size: 2
 num_epochs: 1
 learning_rate: 0.0002
 """
+
+
+@pytest.mark.parametrize(
+    ("extra", "at_start"),
+    [
+        ("val_set_size: 0.05\neval_steps: 20\n", True),
+        ("val_set_size: 0.05\nevals_per_epoch: 4\n", True),
+        ("val_set_size: 0.05\neval_strategy: epoch\n", True),
+        ("val_set_size: 0.05\neval_strategy: \"no\"\n", True),  # axolotl passes eval_on_start with it
+        ("val_set_size: 0.05\n", False),  # no eval_steps nor eval_strategy: eval_on_start stays off
+        ("eval_steps: 20\n", None),  # no held-out data: axolotl never evaluates
+    ],
+)
+def test_eval_at_start_follows_axolotl_eval_on_start(tmp_path, extra, at_start):
+    text = import_config(_write(tmp_path, BASE + extra), "axolotl").text
+    train = tomllib.loads(text)["train"]
+    assert train.get("eval_at_start") is at_start
+    if at_start is False:
+        assert "eval_at_start = false  # default of axolotl 0.18.0 for `eval_steps`" in text
 
 
 def test_unknown_key_names_file_and_line(tmp_path):

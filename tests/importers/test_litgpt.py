@@ -386,6 +386,29 @@ def test_defaults_of_the_script_are_written(tmp_path):
     assert "default of litgpt 0.5.13" in text
 
 
+@pytest.mark.parametrize(
+    ("name", "initial", "how"),
+    [
+        ("tinyllama-pretrain.yaml", True, "exact"),
+        ("tinyllama-pretrain.yaml", False, "exact"),
+        ("llama-2-7b-lora.yaml", True, "approx"),  # fine-tuning validates on the whole set first
+        ("llama-2-7b-lora.yaml", False, "exact"),
+        ("llama-2-7b-lora.yaml", None, "default"),
+    ],
+)
+def test_initial_validation_is_eval_at_start(imported, tmp_path, name, initial, how):
+    text = (CONFIGS / name).read_text(encoding="utf-8")
+    assert "  initial_validation: false\n" in text
+    written = "" if initial is None else f"  initial_validation: {str(initial).lower()}\n"
+    got = imported("litgpt", _write(tmp_path, text.replace("  initial_validation: false\n", written), name))
+    assert got.recipe["train"]["eval_at_start"] is bool(initial)  # left out: EvalArgs' False
+    if how == "default":
+        assert ("eval.initial_validation", "no validation before the first step") in got.result.draft.defaults
+    else:
+        assert "eval.initial_validation" in (got.approx if how == "approx" else got.exact)
+        assert "eval.initial_validation" not in got.dropped
+
+
 def test_fused_qkv_is_approximate_and_adapter_is_full(imported, tmp_path):
     falcon = _write(
         tmp_path,

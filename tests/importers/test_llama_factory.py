@@ -222,6 +222,22 @@ def test_packing(imported):
     assert r["output"]["trackers"] == ["wandb"]
 
 
+@pytest.mark.parametrize("on_start", [True, False, None])
+def test_eval_on_start_is_eval_at_start(imported, tmp_path, on_start):
+    text = (Path(__file__).parent / "configs" / TOOL / "qwen2_5_lora_sft_packing.yaml").read_text(encoding="utf-8")
+    assert "eval_strategy: steps\n" in text and "eval_on_start" not in text
+    if on_start is not None:
+        text += f"eval_on_start: {str(on_start).lower()}\n"
+    path = tmp_path / "packing_eval.yaml"
+    path.write_text(text, encoding="utf-8")
+    got = imported(TOOL, path, files=("data/alpaca_en_demo.json",))
+    assert got.recipe["train"]["eval_at_start"] is bool(on_start)  # left out: transformers' False
+    if on_start is None:
+        assert ("eval_on_start", "no evaluation before the first step") in got.result.draft.defaults
+    else:
+        assert "eval_on_start" in got.exact
+
+
 def test_trainer_args(imported):
     spec = EXPECTED["llama3_lora_sft_trainer_args.yaml"]
     r = imported(TOOL, "llama3_lora_sft_trainer_args.yaml", files=spec["files"]).recipe

@@ -86,7 +86,6 @@ EXPECTED = {
             **EVAL_LOADER_FULL,
             "eval_loader.timeout": NOEQ,
             "device_eval_batch_size": NOEQ,  # 8, the training micro-batch is 48 / 8 = 6
-            "eval_first": MDS,
             "fsdp_config.limit_all_gathers": NOEQ,
             "run_name": LOG,
             **MONITORS,
@@ -257,6 +256,33 @@ def test_continued_pretraining_values(imported):
     assert "config" not in r["model"]
     assert max_seq_len == "config_overrides.max_seq_len is not a key of transformers' llama config: llm-foundry's hf_causal_lm refuses it"
     assert attn_config.startswith("config_overrides.attn_config is not a key")
+
+
+@pytest.mark.parametrize("first", [True, False, None])
+def test_eval_first_is_eval_at_start(tmp_path, imported, first):
+    text = (CONFIGS / "mpt-7b_dolly_sft.yaml").read_text(encoding="utf-8")
+    assert "\neval_first: true\n" in text and "\neval_loader:\n" in text
+    written = "" if first is None else f"eval_first: {str(first).lower()}\n"
+    path = tmp_path / "first.yaml"
+    path.write_text(text.replace("eval_first: true\n", written), encoding="utf-8")
+    got = imported(TOOL, path, num_processes=8)
+    assert got.recipe["train"]["eval_at_start"] is bool(first)  # left out: TrainConfig's eval_first = False
+    if first is None:
+        assert ("eval_first", "no evaluation before the first batch") in got.result.draft.defaults
+        assert "eval_at_start = false  # default of llm-foundry 0.21.0 for `eval_first`" in got.result.text
+    else:
+        assert "eval_first" in got.exact
+        assert f"eval_at_start = {str(first).lower()}  # eval_first\n" in got.result.text
+
+
+def test_eval_first_left_out_without_an_eval_loader_writes_nothing(tmp_path, imported):
+    text = (CONFIGS / "llama-scratch.yaml").read_text(encoding="utf-8")
+    assert "\neval_first: false\n" in text and "eval_loader" not in text
+    path = tmp_path / "scratch.yaml"
+    path.write_text(text.replace("eval_first: false\n", ""), encoding="utf-8")
+    got = imported(TOOL, path, num_processes=8)
+    assert "eval_at_start" not in got.recipe["train"]
+    assert not any(key == "eval_first" for key, _ in got.result.draft.defaults)
 
 
 def test_lora_defaults_of_peft(tmp_path, imported):

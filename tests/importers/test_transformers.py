@@ -105,6 +105,24 @@ def test_header_lists_what_was_not_imported_and_the_defaults(imported):
     assert "`max_grad_norm`" in header and "`seed`" in header
 
 
+@pytest.mark.parametrize("on_start", [True, False])
+def test_eval_on_start_is_eval_at_start(imported, tmp_path, on_start):
+    path = _with(tmp_path, "run-clm-wikitext.json", eval_on_start=on_start)
+    got = imported("transformers", path, model="org/model", data="org/data")
+    assert got.recipe["train"]["eval_at_start"] is on_start
+    assert "eval_on_start" in got.exact
+    assert f"eval_at_start = {str(on_start).lower()}  # eval_on_start\n" in got.result.text
+
+
+def test_eval_on_start_left_out_is_transformers_default_when_the_arguments_evaluate(imported, tmp_path):
+    got = _import(imported, "smollm-wsd-pretrain.json")  # eval_strategy "steps", no eval_on_start
+    assert got.recipe["train"]["eval_at_start"] is False
+    assert ("eval_on_start", "no evaluation before the first step") in got.result.draft.defaults
+    assert "eval_at_start = false  # default of transformers 5.25.0 for `eval_on_start`" in got.result.text
+    # evaluation_strategy "no": the arguments never evaluate, so no line for it
+    assert "eval_at_start" not in _import(imported, "stanford-alpaca.json").recipe["train"]
+
+
 def test_a_subclass_field_is_an_unknown_key(tmp_path):
     """stanford_alpaca's TrainingArguments subclass adds model_max_length: not transformers'."""
     data = json.loads((CONFIGS / "transformers" / "stanford-alpaca.json").read_text())

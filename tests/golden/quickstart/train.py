@@ -109,6 +109,7 @@ tokens_per_step = 4096          # derived: batch_size 32 * seq_len 128
 max_steps = 300                 # train.max_steps
 log_every = 10                  # train.log_every
 eval_every = 100                # train.eval_every
+eval_at_start = True            # train.eval_at_start
 eval_batches = 50               # train.eval_batches
 eval_generations = 0            # train.eval_generations
 max_new_tokens = 64             # train.max_new_tokens
@@ -442,7 +443,7 @@ if master:
 # training loop
 
 tokens = step * tokens_per_step
-if step == 0 and eval_loaders:
+if eval_at_start and step == 0 and eval_loaders:  # the baseline; a resumed run has it already
     log({"step": 0, **evaluate(), "tokens": 0})
 progress = tqdm(total=max_steps, initial=step, disable=not master, desc=name, unit="step", dynamic_ncols=True)
 loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
