@@ -191,12 +191,24 @@ def test_uninterrupted_run_writes_model_metrics_checkpoints_and_record(uninterru
     assert model.config.vocab_size == len(tokenizer) == 400
 
 
-@pytest.mark.parametrize("mode,resumes_from", [("after-commit", 4), ("before-commit", 2)])
+WORKERS = ("data.num_workers=2", "data.persistent_workers=true", "data.prefetch_factor=4")
+"""Batches loaded by two worker processes kept across epochs and evaluations: the same batches, in the same order."""
+
+
+@pytest.mark.parametrize(
+    "mode,resumes_from,overrides",
+    [("after-commit", 4, ()), ("before-commit", 2, ()), ("after-commit", 4, WORKERS)],
+    ids=["after-commit", "before-commit", "workers"],
+)
 def test_kill_and_resume_gives_bitwise_identical_weights(
-    tmp_path: Path, uninterrupted: Path, mode: str, resumes_from: int
+    tmp_path: Path, uninterrupted: Path, mode: str, resumes_from: int, overrides: tuple[str, ...]
 ) -> None:
-    project = _project(tmp_path, TINY)
-    build_dir = _build(project)
+    if overrides:  # the uninterrupted run of the same build
+        straight = _project(tmp_path / "straight", TINY)
+        _train(_build(straight, *overrides))
+        uninterrupted = straight / "runs" / "tiny"
+    project = _project(tmp_path / "killed", TINY)
+    build_dir = _build(project, *overrides)
     _kill(tmp_path, build_dir, 4, mode)
     run_dir = project / "runs" / "tiny"
     assert not (run_dir / "model").exists()

@@ -112,8 +112,8 @@ NOT_FOR_TRAINING: frozenset[str] = frozenset(
         "generation_max_length", "generation_num_beams", "generation_config", "ray_scope", "tpu_metrics_debug",
         "use_legacy_prediction_loop", "logging_strategy", "bf16_full_eval", "fp16_full_eval", "jit_mode_eval",
         "torch_empty_cache_steps", "ddp_timeout", "ddp_backend", "ddp_find_unused_parameters",
-        "ddp_bucket_cap_mb", "ddp_broadcast_buffers", "ddp_static_graph", "dataloader_persistent_workers",
-        "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "remove_unused_columns",
+        "ddp_bucket_cap_mb", "ddp_broadcast_buffers", "ddp_static_graph", "dataloader_multiprocessing_context",
+        "remove_unused_columns",
         "label_names", "metric_for_best_model", "greater_is_better", "load_best_model_at_end", "use_cache",
         "enable_jit_checkpoint", "restore_callback_states_from_checkpoint", "ignore_data_skip",
         "length_column_name", "per_device_eval_batch_size", "per_gpu_eval_batch_size", "tpu_num_cores",
@@ -522,6 +522,16 @@ def training_args(
     for hf, target in (("dataloader_num_workers", "data.num_workers"), ("dataloader_pin_memory", "data.pin_memory")):
         if d.has(k(hf)):
             d.set(target, d.get(k(hf)), k(hf))
+    workers = num(d.get(k("dataloader_num_workers")) or 0)
+    for hf, target in (("dataloader_persistent_workers", "data.persistent_workers"), ("dataloader_prefetch_factor", "data.prefetch_factor")):
+        value = d.get(k(hf))
+        if not d.has(k(hf)) or value in (None, False):
+            continue  # the default: as recipec's
+        if workers > 0:
+            d.set(target, value, k(hf))
+        else:
+            d.drop(k(hf), "ignored-by-tool", "a setting of DataLoader workers, and dataloader_num_workers is 0.")
+            d.warn(f"`{k(hf)}` is set but dataloader_num_workers is 0: torch's DataLoader refuses it", k(hf))
     if d.has(k("use_cpu")) or d.has(k("no_cuda")):
         for x in (k("use_cpu"), k("no_cuda")):
             if d.has(x):

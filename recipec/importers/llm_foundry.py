@@ -522,11 +522,23 @@ class _Conv:
                 self.d.exact(f"{loader}.drop_last")  # recipec's loader drops the last partial batch too
             elif self.has(f"{loader}.drop_last"):
                 self.d.approx("recipec drops the last partial batch of an epoch; llm-foundry trains on it", f"{loader}.drop_last")
+            workers = int(self.get(f"{loader}.num_workers") or 0)
+            for key in ("prefetch_factor", "persistent_workers"):
+                value = self.get(f"{loader}.{key}")
+                if value in (None, False) and self.has(f"{loader}.{key}"):
+                    self.d.exact(f"{loader}.{key}")  # torch's default, as recipec's
+                elif self.has(f"{loader}.{key}") and workers > 0:
+                    self.set(f"data.{key}", value, f"{loader}.{key}")
+                elif self.has(f"{loader}.{key}"):
+                    self.drop(f"{loader}.{key}", "ignored-by-tool", "a setting of DataLoader workers, and num_workers is 0.")
         else:
-            for key in ("num_workers", "pin_memory", "drop_last"):
-                self.drop(f"{loader}.{key}", "no-equivalent", "recipec's evaluation uses the training loader's settings.")
-        for key in ("prefetch_factor", "persistent_workers", "timeout"):
-            self.drop(f"{loader}.{key}", "no-equivalent", "a DataLoader performance setting recipec does not expose.")
+            for key in ("num_workers", "pin_memory", "drop_last", "prefetch_factor", "persistent_workers"):
+                same = key != "drop_last" and self.get(f"{loader}.{key}") == self.get(f"train_loader.{key}")
+                if self.has(f"{loader}.{key}") and same:
+                    self.d.exact(f"{loader}.{key}")  # recipec's evaluation uses the training loader's settings
+                else:
+                    self.drop(f"{loader}.{key}", "no-equivalent", "recipec's evaluation uses the training loader's settings.")
+        self.drop(f"{loader}.timeout", "no-equivalent", "a DataLoader performance setting recipec does not expose.")
         self.drop(f"{loader}.drop_last", "no-equivalent", "recipec decides how a last partial batch is handled.")
 
     def finetuning(self, loader: str, i: int, train: bool) -> None:

@@ -18,6 +18,8 @@ def sequence_settings(b: PlanBuilder) -> None:
     d = b.recipe.data
     b.key("num_workers", ("data", "num_workers"))
     b.key("pin_memory", ("data", "pin_memory"))
+    b.key("persistent_workers", ("data", "persistent_workers"))
+    b.key("prefetch_factor", ("data", "prefetch_factor"))
     positions, positions_key = max_positions(b)
     if positions is not None and d.seq_len > positions:
         b.error(

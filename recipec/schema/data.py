@@ -309,6 +309,12 @@ class DataTable(Table):
     pin_memory: bool | None = None
     """Put batches in page-locked host memory so that copies to the GPU run while it computes. Unset: on when the script runs on a GPU; no effect on CPU."""
 
+    persistent_workers: bool = False
+    """Keep the DataLoader's worker processes from one epoch (and one evaluation) to the next instead of starting them again. Only with `num_workers` above 0."""
+
+    prefetch_factor: int | None = Field(None, ge=1)
+    """Batches each DataLoader worker loads ahead. Unset: torch's default (2). Only with `num_workers` above 0."""
+
     sources: list[Source] = Field(min_length=1)
     """The sources, as `[[data.sources]]` tables, read in this order (document order decides which copy dedup keeps: the first)."""
 
@@ -335,6 +341,18 @@ class DataTable(Table):
 
     count_dropped_tokens: bool = False
     """Tokenize the documents the filters drop as well, so the report gives tokens (not only characters) in, kept and dropped for every filter. Off: only the kept documents are tokenized (the tokenizer is the stage's costliest step)."""
+
+    @model_validator(mode="after")
+    def check_workers(self) -> DataTable:
+        if self.num_workers == 0:
+            for key in ("persistent_workers", "prefetch_factor"):
+                if getattr(self, key) not in (None, False):
+                    raise key_error(
+                        key,
+                        f"`{key}` is a setting of the DataLoader's worker processes, and num_workers is 0 (batches are loaded in the training process)",
+                        "set data.num_workers above 0, or remove it",
+                    )
+        return self
 
     @model_validator(mode="after")
     def check_ray_address(self) -> DataTable:

@@ -34,9 +34,12 @@ MONITORS = {
 # progress_bar: false and run_name: null are settings turned off: mapped (recipec draws no bar)
 TEXT_LOADER = {f"{loader}.dataset.{k}": MDS for loader in ("train_loader",) for k in ("local", "remote", "split", "shuffle_seed")}
 EVAL_TEXT_LOADER = {f"eval_loader.dataset.{k}": MDS for k in ("local", "remote", "split", "shuffle_seed")}
-LOADER_PERF = {"train_loader.prefetch_factor": NOEQ, "train_loader.persistent_workers": NOEQ}
-EVAL_LOADER = {"eval_loader.num_workers": NOEQ}  # drop_last: false, as recipec's eval loader
-EVAL_LOADER_FULL = {**EVAL_LOADER, "eval_loader.drop_last": NOEQ, "eval_loader.prefetch_factor": NOEQ, "eval_loader.persistent_workers": NOEQ}
+# prefetch_factor and persistent_workers -> [data] (num_workers above 0); the eval loader's worker settings equal
+# the train loader's, which recipec's evaluation takes: mapped exactly; its drop_last: true, recipec's evaluation
+# reads every held-out row
+LOADER_PERF: dict[str, str] = {}
+EVAL_LOADER: dict[str, str] = {}
+EVAL_LOADER_FULL = {"eval_loader.drop_last": NOEQ}
 MPT_APPROX = {"model.name", "model.vocab_size"}
 FSDP_APPROX = {"fsdp_config.mixed_precision"}
 
@@ -125,7 +128,6 @@ EXPECTED = {
             "train_loader.dataset.eos_token_id": NOEQ,
             **LOADER_PERF,
             **EVAL_LOADER_FULL,
-            "eval_loader.pin_memory": NOEQ,
             "fsdp_config.limit_all_gathers": NOEQ,
             "dist_timeout": NOEQ,
             "expandable_segments": NOEQ,
@@ -218,6 +220,13 @@ def test_finetuning_values(imported):
     assert r["schedule"]["decay"] == "linear" and r["schedule"]["min_lr_ratio"] == 0 and r["schedule"]["warmup"] == 50
     assert r["optim"]["betas"] == [0.9, 0.999]
     assert r["launch"]["fsdp"]["activation_checkpointing"] is True
+
+
+def test_loader_worker_settings(imported):
+    r = imported(TOOL, CONFIGS / "lora-llama-3-8b_dolly.yaml", num_processes=8).recipe
+    assert {k: r["data"][k] for k in ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor")} == {
+        "num_workers": 8, "pin_memory": True, "persistent_workers": True, "prefetch_factor": 2,
+    }
 
 
 def test_local_jsonl_through_yaml_anchors(imported):

@@ -123,6 +123,20 @@ def test_eval_on_start_left_out_is_transformers_default_when_the_arguments_evalu
     assert "eval_at_start" not in _import(imported, "stanford-alpaca.json").recipe["train"]
 
 
+def test_dataloader_worker_settings(imported, tmp_path):
+    """dataloader_persistent_workers and dataloader_prefetch_factor -> [data], with workers; without, torch's
+    DataLoader refuses them: not imported, with a warning."""
+    workers = {"dataloader_num_workers": 4, "dataloader_persistent_workers": True, "dataloader_prefetch_factor": 8}
+    got = imported("transformers", _with(tmp_path, "run-clm-wikitext.json", **workers), model="org/model", data="org/data")
+    data = got.recipe["data"]
+    assert (data["num_workers"], data["persistent_workers"], data["prefetch_factor"]) == (4, True, 8)
+    assert {"dataloader_persistent_workers", "dataloader_prefetch_factor"} <= set(got.exact)
+    got = imported("transformers", _with(tmp_path, "run-clm-wikitext.json", **{**workers, "dataloader_num_workers": 0}), model="org/model", data="org/data")
+    assert "persistent_workers" not in got.recipe["data"] and "prefetch_factor" not in got.recipe["data"]
+    assert got.result.draft.ledger["dataloader_prefetch_factor"].how == "dropped"
+    assert any("dataloader_num_workers is 0" in m for m, _ in got.result.draft.warnings)
+
+
 def test_a_subclass_field_is_an_unknown_key(tmp_path):
     """stanford_alpaca's TrainingArguments subclass adds model_max_length: not transformers'."""
     data = json.loads((CONFIGS / "transformers" / "stanford-alpaca.json").read_text())

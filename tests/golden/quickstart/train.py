@@ -92,6 +92,8 @@ overflow = 'truncate'           # data.overflow
 examples = False                # derived: a source's records are not text, so every document is an example
 num_workers = 0                 # data.num_workers
 pin_memory = None               # data.pin_memory
+persistent_workers = False      # data.persistent_workers
+prefetch_factor = None          # data.prefetch_factor
 
 # optim
 lr = 0.003                      # optim.lr
@@ -294,6 +296,8 @@ train_loaders = [
         collate_fn=collate,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        persistent_workers=persistent_workers,
+        prefetch_factor=prefetch_factor,
         generator=torch.Generator().manual_seed(seed),
     )
     for train_set in train_sets
@@ -302,9 +306,9 @@ train_loaders = [
 # does not see rather than repeated sequences, so that the mean loss is the one of one process
 eval_collate = data.unseen_fillers(collate)
 held_out = lambda ds: data.FilledUp(ds, micro_batch_size * num_processes)  # noqa: E731
-eval_loader = DataLoader(
-    held_out(eval_ds), batch_size=micro_batch_size, collate_fn=eval_collate, num_workers=num_workers, pin_memory=pin_memory
-)
+# the held-out loaders take the training loader's worker settings (data.num_workers, pin_memory, persistent_workers, prefetch_factor)
+workers = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
+eval_loader = DataLoader(held_out(eval_ds), batch_size=micro_batch_size, collate_fn=eval_collate, **workers)
 
 # -----------------------------------------------------------------------------
 # model
