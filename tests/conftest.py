@@ -54,11 +54,11 @@ MINIMAL: dict[str, Any] = {
 ONE_PROCESS = frozenset(
     {
         "test_architectures.py", "test_build_safety.py", "test_crash.py", "test_eval_sets.py", "test_fast_paths.py",
-        "test_hub.py", "test_parent.py", "test_pretrained_config.py", "test_stage_ray.py", "test_token_sources_training.py",
-        "test_trackers.py",
+        "test_hub.py", "test_parent.py", "test_pretrained_config.py", "test_token_sources_training.py", "test_trackers.py",
     }
 )
-"""Files whose slow tests train in one process (or run Ray's own cluster): they open no accelerate port."""
+"""Files whose slow tests train in one process: they open no accelerate port. (Ray's tests start a cluster of
+their own, which took its pytest worker down once beside other training processes: they stay in "slow".)"""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -373,7 +373,11 @@ def zero3_reference(accelerator: Any, model: Any) -> Any:
     zero.pop("offload_optimizer", None)
     hidden = getattr(policy.config.get_text_config(), "hidden_size", None)
     if hidden:  # TRL's settings for a model that runs forward only
-        zero.update(reduce_bucket_size=hidden * hidden, stage3_param_persistence_threshold=10 * hidden, stage3_prefetch_bucket_size=0)
+        zero.update(
+            reduce_bucket_size=hidden * hidden,
+            stage3_param_persistence_threshold=10 * hidden,
+            stage3_prefetch_bucket_size=int(0.9 * hidden * hidden),
+        )
     reference = AutoModelForCausalLM.from_config(policy.config, dtype=policy.dtype)
     engine, *_ = deepspeed.initialize(model=reference, config=config)
     own = dict(policy.named_parameters())
