@@ -49,6 +49,17 @@ def test_a_peft_parent_without_a_merged_model_continues_from_its_adapter(project
     assert "model.requires_grad_(True)" in script
 
 
+def test_an_adapter_is_not_merged_into_a_model_zero3_partitions(project: Path) -> None:
+    shutil.rmtree(project / "runs" / "sft-chat" / "model_full")
+    record = json.loads((project / "runs" / "sft-chat" / "run.json").read_text())
+    record["parent"] = {"dir": "./runs/pretrain-prose", "model": "./runs/pretrain-prose/model"}
+    (project / "runs" / "sft-chat" / "run.json").write_text(json.dumps(record))
+    zero3 = ["--set", 'launch.strategy="deepspeed"', "--set", "launch.deepspeed.zero_stage=3", "--set", "launch.cpu=false"]
+    result = CliRunner().invoke(main, ["--no-color", "validate", "recipes/dpo-chat.toml", *zero3])
+    assert result.exit_code == 2
+    assert "the script merges it into the model as it loads, which ZeRO-3 builds partitioned" in result.output
+
+
 def test_a_peft_parent_whose_base_is_gone_is_an_error(project: Path) -> None:
     shutil.rmtree(project / "runs" / "sft-chat" / "model_full")  # and its run.json names no parent model
     result = CliRunner().invoke(main, ["--no-color", "validate", "recipes/dpo-chat.toml"])

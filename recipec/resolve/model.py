@@ -62,6 +62,14 @@ def model_settings(b: PlanBuilder) -> None:
         b.derived("model_path", parent.base_model, "derived: continual.from (the model the parent's PEFT adapter trained on)")
         b.derived("parent_adapter", parent.model_dir, f"derived: continual.from (the parent's adapter, step {parent.step}: merged into the model as it loads)")
         b.derived("model_revision", parent.base_revision, "derived: the parent's model.revision")
+        ds = r.launch.deepspeed
+        if r.launch.strategy == "deepspeed" and ds is not None and ds.zero_stage == 3:
+            b.error(
+                ("continual", "from"),
+                f"the parent run {c.from_} saved a PEFT adapter and no merged model, and the script merges it into the "
+                "model as it loads, which ZeRO-3 builds partitioned",
+                "set peft.save_merged = true in the parent recipe and train it again, or use launch.deepspeed.zero_stage = 2",
+            )
     else:
         if c is not None and parent is not None:
             what = "the final model" if parent.kind == "run" else "the checkpoint"
