@@ -316,11 +316,9 @@ class _Conv:
                 self.d.exact("model.pretrained")
             self._pretrained_overrides(str(path))
         else:
-            from ..model_types import config_keys, model_types
+            from ..model_types import config_keys
 
-            types = model_types()
-            low = str(path).lower().replace("-", "_")
-            guess = max((t for t in types if t in low), key=len, default=None)
+            guess = _model_type_in_name(str(path))
             if guess is None:
                 self.drop("model.pretrained_model_name_or_path", "missing-feature", f"the architecture of {path} is not in its name; set model.init by hand.")
                 self.set("model.init", "llama", approx="a placeholder: the file's architecture could not be told from its name")
@@ -358,12 +356,11 @@ class _Conv:
         config before the weights load, a table's keys one by one. A key the model type's config lacks (the
         type told from the hub name, when it can be) fails in llm-foundry as in recipec, and one that sizes
         the weights fails as the checkpoint loads: neither is imported."""
-        from ..model_types import canonical, config_keys, model_types
+        from ..model_types import canonical, config_keys
         from ..runtime.model_config import SHAPE_KEYS
 
         prefix = "model.config_overrides"
-        low = path.lower().replace("-", "_")
-        guess = max((t for t in model_types() if t in low), key=len, default=None)
+        guess = _model_type_in_name(path)
         tops: dict[str, list[str]] = {}
         for key in self.under(prefix):
             if self.d.values.get(key) == {}:
@@ -1118,3 +1115,11 @@ def _nested(leaves: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[last] = value
     return out
+
+
+def _model_type_in_name(path: str) -> str | None:
+    """The longest causal-LM model type named in a hub path (`llama` in `meta-llama/...`), or None."""
+    from ..model_types import model_types
+
+    low = path.lower().replace("-", "_")
+    return max((t for t in model_types() if t in low), key=len, default=None)
