@@ -195,7 +195,10 @@ def test_keys_are_checked_against_the_local_model_type(tmp_path: Path) -> None:
         ("`model.config.rope_theta`", None, 10),
     ]
     assert "set model.config.rope_parameters" in errors[1][0]
-    recipe.write_text(recipe.read_text().replace("sliding_windw", "sliding_window").replace("rope_theta = 500000.0", ""))
+    recipe.write_text(recipe.read_text().replace("sliding_windw = 8", 'sliding_window = "8"').replace("rope_theta = 500000.0", ""))
+    [(message, _, line)] = _errors(recipe)  # the kind of the model type's default
+    assert (message, line) == ("`model.config.sliding_window` must be a number, like the mistral config's default 4096", 9)
+    recipe.write_text(recipe.read_text().replace('sliding_window = "8"', "sliding_window = 8"))
     plan, _ = plan_recipe(recipe, (), project=tmp_path)
     assert plan["model_overrides"] == {"sliding_window": 8}
 

@@ -6,7 +6,9 @@ from .. import model_types
 from ..diagnostics import did_you_mean
 from ..runtime import model_config
 from ..schema import Recipe
+from ..schema.model import _KINDS as KINDS
 from ..schema.model import LOCAL_PREFIXES
+from ..schema.model import _same_kind as same_kind
 from ..source import KeyPath
 from .builder import PlanBuilder
 
@@ -109,6 +111,10 @@ def pretrained_overrides(b: PlanBuilder) -> None:
         why = model_config.problem(model_type, key, stored, key in keys, rope)
         if why:
             b.error(("model", "config", key), why, did_you_mean(key, sorted(keys)) if key not in keys else None)
+            continue
+        default = model_types.model_types()[model_type]["keys"].get(stored)
+        if not same_kind(value, default):
+            b.error(("model", "config", key), f"`model.config.{key}` must be {KINDS[type(default)]}, like the {model_type} config's default {default!r}")
             continue
         current = merged.get(stored)
         merged[stored] = {**current, **value} if isinstance(current, dict) and isinstance(value, dict) else value
