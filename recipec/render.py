@@ -323,6 +323,9 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "cross_entropy": plan.get("cross_entropy"),  # None: no [loss], the model's own loss
         "router_aux": plan.get("router_aux_loss_coef") is not None,
         "zero3": plan.get("deepspeed_zero_stage") == 3,  # the model is built partitioned (zero.Init)
+        # every forward needs every process (ZeRO-3, FSDP, tensor parallelism): all of them generate
+        "sharded_model": plan["num_processes"] > 1
+        and (plan.get("deepspeed_zero_stage") == 3 or plan["strategy"] == "fsdp" or plan.launch.tensor_parallel),
         "pretrained_overrides": plan.get("model_overrides") is not None,  # [model.config] over a pretrained model
         "parent_adapter": plan.get("parent_adapter") is not None,  # continual.from a PEFT run without its merged model
         **dataclasses.asdict(plan.launch),

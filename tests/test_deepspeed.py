@@ -12,6 +12,7 @@ one built whole).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -147,7 +148,7 @@ def test_examples_under_zero_take_the_mean_over_each_steps_supervised_tokens(sta
     its supervised tokens, whatever micro-batches and processes they fall into. DeepSpeed accumulates and
     steps inside its engine, so the script counts each step's tokens ahead (a second loader over the same
     order) and weights every micro-batch's summed loss by them: 2 processes x 2 micro-batches of 2 under
-    ZeRO give the losses and weights of 1 process with 4 micro-batches of 2."""
+    ZeRO give the losses, weights and held-out generations of 1 process with 4 micro-batches of 2."""
     from test_sft import _model, _project as _sft_project, _train as _sft_train
 
     model = tmp_path / "model"
@@ -158,8 +159,9 @@ def test_examples_under_zero_take_the_mean_over_each_steps_supervised_tokens(sta
         project.mkdir()
         shutil.copytree(model, project / "model")
         _sft_project(project, "./model", micro=2, processes=processes)
+        recipe = project / "recipes" / "chat.toml"
+        recipe.write_text(recipe.read_text().replace("eval_batches = 0", "eval_batches = 0\neval_generations = 3\nmax_new_tokens = 6"))
         if processes > 1:
-            recipe = project / "recipes" / "chat.toml"
             recipe.write_text(
                 recipe.read_text().replace("cpu = true", f'strategy = "deepspeed"\ndeepspeed = {{zero_stage = {stage}}}')
             )
@@ -170,6 +172,10 @@ def test_examples_under_zero_take_the_mean_over_each_steps_supervised_tokens(sta
     wa, wb = _weights(runs["one"][1]), _weights(runs["zero"][1])
     for k in wa:
         assert (wa[k] - wb[k]).abs().max().item() < 1e-4, k
+    # greedy answers to held-out prompts at the start and the end: under ZeRO-3 every process generates
+    # (each forward gathers the partitioned weights), and the main process writes what one process would
+    generations = [(run_dir / "generations.jsonl").read_text().splitlines() for _, run_dir in runs.values()]
+    assert len(generations[0]) == 6 and generations[1] == generations[0]
 
 
 LORA = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\n'
@@ -222,3 +228,46 @@ def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, pef
     assert wa.keys() == wb.keys()
     for k in wa:
         assert (wa[k] - wb[k]).abs().max().item() < 1e-4, k
+
+
+def test_generations_from_partitioned_weights_are_those_of_one_process(tmp_path: Path) -> None:
+    """Greedy generations at each evaluation under ZeRO-3, from weights DeepSpeed really partitions.
+
+    DeepSpeed keeps a parameter of fewer than 100,000 elements whole on every process once it has been
+    gathered (stage3_param_persistence_threshold), so the tiny models of the other tests never gather
+    again after their first forward. Here every attention and MLP matrix is larger (hidden size 320):
+    each forward gathers them from both processes, so both must generate, in step; the main process
+    writes what one process would."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import torch
+
+    from runtime.chat_fixtures import CHATML_MARKED, chat_tokenizer
+    from test_sft import _project as _sft_project, _train as _sft_train
+
+    model = tmp_path / "model"
+    tok = chat_tokenizer(CHATML_MARKED)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=320, intermediate_size=640, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(model)
+    tok.save_pretrained(model)
+    assert min(p.numel() for n, p in LlamaForCausalLM(config).named_parameters() if n.endswith("proj.weight")) > 100_000
+    generations = {}
+    for name, processes in (("one", 1), ("zero3", 2)):
+        project = tmp_path / name
+        project.mkdir()
+        shutil.copytree(model, project / "model")
+        _sft_project(project, "./model", micro=2, processes=processes)
+        recipe = project / "recipes" / "chat.toml"
+        text = recipe.read_text().replace("max_steps = 3", "max_steps = 2").replace("lr = 1e-2", "lr = 1e-3")
+        text = text.replace("eval_batches = 0", "eval_batches = 1\neval_generations = 3\nmax_new_tokens = 6")
+        if processes > 1:
+            text = text.replace("cpu = true", 'strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}')
+        recipe.write_text(text)
+        _sft_train(project, processes)
+        generations[name] = (project / "runs" / "chat" / "generations.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in generations["one"]] == [0, 0, 0, 2, 2, 2]
+    assert generations["zero3"] == generations["one"]

@@ -151,3 +151,43 @@ def test_diff_names_a_changed_objective_beta_and_reference(project: Path) -> Non
     assert "~ reference: 'live' -> 'precomputed'" in out
     out = CliRunner().invoke(group, ["diff", "a.toml", "c.toml"]).stdout
     assert "~ objective: 'dpo' -> 'hinge'" in out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "synced"),
+    [
+        ((), False),  # one process: the main process generates
+        (("launch.cpu=false", "launch.num_processes=2"), False),  # DDP: whole weights on the main process
+        (_deepspeed(2), False),
+        (_deepspeed(3), True),  # partitioned: every process generates, in step
+        (("launch.num_processes=2", 'launch.strategy="fsdp"'), True),  # torch's fully_shard on the CPU
+        (("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="fsdp"'), True),  # accelerate's FSDP 2
+    ],
+    ids=["one", "ddp", "zero2", "zero3", "fsdp-cpu", "fsdp"],
+)
+def test_generations_from_held_out_prompts(project: Path, overrides: tuple[str, ...], synced: bool) -> None:
+    path = recipe(project, "g", 'objective = "dpo"\nreference = "precomputed"')
+    path.write_text(path.read_text().replace("save_every = 0", "save_every = 0\neval_generations = 4\nmax_new_tokens = 16"))
+    written, plan = build(path, overrides, project / "build" / "g", project=project)
+    assert (plan["eval_generations"], plan["max_new_tokens"]) == (4, 16)
+    script = (written.dir / "train.py").read_text()
+    ast.parse(script)
+    assert "generation_prompts = preference.held_out_prompts([eval_ds], eval_generations)" in script
+    body = script[script.index("def write_generations():") : script.index("def log(record):")]
+    assert ("synced=True" in body) == synced
+    # unsharded, the other processes return before generating; sharded, after (they generate too)
+    assert body.index("if not master:") < body.index("chat.generate(") if not synced else body.index("if not master:") > body.index("chat.generate(")
+    assert 'record.update({k: v if isinstance(v, bool) else tokenizer.decode(v) for k, v in completions.items()})' in body
+    evaluate = script[script.index("def evaluate():") : script.index("def write_generations():")]
+    assert "write_generations()" in evaluate
+
+
+def test_generations_need_fsdp_version_2(project: Path) -> None:
+    path = recipe(project, "g", 'objective = "dpo"\nreference = "precomputed"')
+    path.write_text(path.read_text().replace("save_every = 0", "save_every = 0\neval_generations = 4"))
+    overrides = ("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="fsdp"', "launch.fsdp.version=1")
+    with pytest.raises(RecipeError) as caught:
+        plan_recipe(path, overrides)
+    [error] = [d for d in caught.value.diagnostics if d.severity == "error"]
+    assert error.message == "generating from FSDP version 1's flattened shards is not supported"
+    assert error.location is not None and error.location.source_line == "eval_generations = 4"

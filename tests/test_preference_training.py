@@ -100,6 +100,17 @@ def _project(root: Path, model_dir: Path, *, objective: str = "dpo", options: st
     return recipe
 
 
+def _with_generations(recipe: Path, n: int = 3) -> Path:
+    """Greedy generations from n held-out prompts at each evaluation (at the start and the end here)."""
+    recipe.write_text(recipe.read_text().replace("eval_every = 0", f"eval_every = 0\neval_generations = {n}\nmax_new_tokens = 6"))
+    return recipe
+
+
+def _generations(recipe: Path) -> list[dict]:
+    lines = (recipe.parent.parent / "runs" / "pref" / "generations.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
 def _run(recipe: Path, processes: int = 1) -> subprocess.CompletedProcess:
     project = recipe.parent.parent
     written, _ = build(recipe, (), project / "build" / "pref", project=project)
@@ -120,17 +131,31 @@ def _metrics(recipe: Path) -> list[dict]:
 def test_a_dpo_step_does_not_depend_on_how_it_is_split(tmp_path: Path, model_dir: Path) -> None:
     """Micro-batch 8 x 1, 4 x 2 accumulated, and 2 processes x 4 (DDP): the same loss and rewards at every step;
     also with the reference log-probabilities precomputed by the two processes (each scores a share)."""
-    runs = {}
+    runs, generations = {}, {}
     configs = (("8x1", 8, 1, ""), ("4x2", 4, 1, ""), ("2-processes", 4, 2, ""), ("2-processes-precomputed", 4, 2, 'reference = "precomputed"'))
     for name, micro, processes, options in configs:
-        recipe = _project(tmp_path / name, model_dir, micro=micro, processes=processes, options=options)
+        recipe = _with_generations(_project(tmp_path / name, model_dir, micro=micro, processes=processes, options=options))
         _run(recipe, processes)
         runs[name] = [m for m in _metrics(recipe) if "loss" in m]
+        generations[name] = _generations(recipe)
     assert len(runs["8x1"]) == 3
     assert runs["8x1"][-1]["reward_margin"] != 0  # it trained: the policy left the reference
     for name in ("4x2", "2-processes", "2-processes-precomputed"):
         for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy", "logps_chosen"):
             assert [m[key] for m in runs[name]] == pytest.approx([m[key] for m in runs["8x1"]], abs=1e-5, rel=0), (name, key)
+        assert generations[name] == generations["8x1"], name  # written once, by the main process
+    lines = generations["8x1"]
+    assert [g["step"] for g in lines] == [0, 0, 0, 3, 3, 3]  # 3 held-out prompts at the start and at the end
+    assert lines[0]["generated"] != lines[3]["generated"]  # the policy moved
+    held_out = [json.loads(x) for x in (tmp_path / "8x1" / "data" / "pairs.jsonl").read_text().splitlines()]
+    for g in lines:  # each line's prompt, chosen and rejected completions come from one held-out pair
+        sides = {
+            (p["chosen"][0]["content"] + "<|im_end|>\n", p["rejected"][0]["content"] + "<|im_end|>\n")
+            for p in held_out
+            if g["prompt"] == f"<|im_start|>user\n{p['prompt'][0]['content']}<|im_end|>\n<|im_start|>assistant\n"
+        }
+        assert (g["chosen"], g["rejected"]) in sides and isinstance(g["ended"], bool)
+    assert len({g["prompt"] for g in lines}) == 3  # distinct prompts
 
 
 def test_lora_with_precomputed_reference_resumes_bitwise(tmp_path: Path, model_dir: Path) -> None:
@@ -146,6 +171,7 @@ def test_lora_with_precomputed_reference_resumes_bitwise(tmp_path: Path, model_d
     runs = {}
     for name in ("straight", "killed"):
         recipe = _project(tmp_path / name, model_dir, options='reference = "precomputed"', micro=4, steps=4, save_every=2, extra=peft)
+        _with_generations(recipe, 2)
         project = recipe.parent.parent
         written, _ = build(recipe, (), project / "build" / "pref", project=project)
         if name == "killed":
@@ -162,6 +188,8 @@ def test_lora_with_precomputed_reference_resumes_bitwise(tmp_path: Path, model_d
     strip = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in ms]  # noqa: E731
     metrics = {k: strip([json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()]) for k, v in runs.items()}
     assert metrics["killed"] == metrics["straight"]
+    generations = {k: (v / "generations.jsonl").read_text() for k, v in runs.items()}
+    assert generations["killed"] == generations["straight"]  # step 0 before the kill, step 4 after the resume
     assert metrics["straight"][0]["eval_reward_margin"] == 0  # step 0: the policy is the reference
     a = load_file(str(runs["straight"] / "model" / "adapter_model.safetensors"))
     b = load_file(str(runs["killed"] / "model" / "adapter_model.safetensors"))
@@ -170,8 +198,18 @@ def test_lora_with_precomputed_reference_resumes_bitwise(tmp_path: Path, model_d
 
 def test_kto_trains_on_labelled_completions(tmp_path: Path, model_dir: Path) -> None:
     recipe = _project(tmp_path / "kto", model_dir, objective="kto", options="undesirable_weight = 2.0", micro=4, steps=4)
-    _run(recipe)
+    _run(_with_generations(recipe, 4))
     steps = [m for m in _metrics(recipe) if "loss" in m]
     assert len(steps) == 4
     assert all("kl" in m and m["kl"] >= 0 for m in steps)
     assert steps[-1]["rewards_chosen"] != 0 and "reward_accuracy" not in steps[-1]
+    held_out = [json.loads(x) for x in (recipe.parent.parent / "data" / "pairs.jsonl").read_text().splitlines()]
+    lines = _generations(recipe)
+    assert [g["step"] for g in lines] == [0] * 4 + [4] * 4
+    for g in lines:  # the example's completion and its label beside the generated answer
+        rows = {
+            (r["completion"][0]["content"] + "<|im_end|>\n", r["label"])
+            for r in held_out
+            if g["prompt"] == f"<|im_start|>user\n{r['prompt'][0]['content']}<|im_end|>\n<|im_start|>assistant\n"
+        }
+        assert (g["completion"], g["desirable"]) in rows and "chosen" not in g

@@ -304,6 +304,8 @@ def test_fine_tune_a_local_pretrained_model_with_its_own_tokenizer_unpacked(tmp_
         batch_size = 4
         max_steps = 3
         log_every = 1
+        eval_every = 2
+        eval_at_start = false
         save_every = 0
 
         [launch]
@@ -319,6 +321,7 @@ def test_fine_tune_a_local_pretrained_model_with_its_own_tokenizer_unpacked(tmp_
     _train(build_dir)
     run_dir = project / "runs" / "tiny"
     assert [m["step"] for m in _metrics(run_dir) if "loss" in m] == [1, 2, 3]
+    assert [m["step"] for m in _metrics(run_dir) if "eval_loss" in m] == [2, 3]  # eval_at_start = false: no step 0
     before, after = _weights(uninterrupted), _weights(run_dir)
     assert before.keys() == after.keys()
     import torch

@@ -52,7 +52,5 @@ def preference_settings(b: PlanBuilder) -> None:
             b.error(("continual", "eval_parent"), "the parent's held-out data is not preference pairs, so this run cannot score it", "set eval_parent = false")
         if r.continual.replay:
             b.error(("continual", "replay"), "replay mixes the parent's training data into this run's, and it is not preference pairs", "set replay = 0")
-    if r.train.eval_generations:
-        b.error(("train", "eval_generations"), "generations are written for supervised fine-tuning; preference training logs rewards and margins on held-out pairs instead")
     if reference == "live" and r.peft is None and r.launch.strategy == "fsdp":
         b.error(("preference", "reference"), "a live reference without [peft] is a whole frozen copy of the model on every process, which FSDP does not shard", 'use reference = "precomputed" (the same log-probabilities, computed before the first step), or [peft]')

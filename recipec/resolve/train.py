@@ -130,8 +130,12 @@ def train_settings(b: PlanBuilder) -> None:
         b.key(k, ("train", k))
     if t.eval_generations and not b.get("examples"):
         b.error(("train", "eval_generations"), "generations come from held-out examples, and every source's records are text")
-    if t.eval_generations and r.launch.strategy == "fsdp":
-        b.error(("train", "eval_generations"), "generating from a sharded model (FSDP) is not supported", "set eval_generations = 0")
+    if t.eval_generations and r.launch.strategy == "fsdp" and r.launch.fsdp is not None and r.launch.fsdp.version == 1:
+        b.error(
+            ("train", "eval_generations"),
+            "generating from FSDP version 1's flattened shards is not supported",
+            "use launch.fsdp.version = 2 (each process then generates from the shards), or set eval_generations = 0",
+        )
     if d.eval_fraction == 0 and t.eval_every > 0 and not any(src.split == "eval" for src in d.sources):
         b.warn(("train", "eval_every"), "data.eval_fraction is 0: there is no held-out split, so no evaluation runs")
 

@@ -33,7 +33,7 @@ its own.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Sequence
 
 TRAIN_ON = ("assistant", "last_assistant", "completion", "all")
 OVERFLOW = ("truncate", "drop")
@@ -320,3 +320,40 @@ def held_out_prompts(rows: Any, n: int) -> list[list[int]]:
         if len(prompts) >= n:
             break
     return prompts
+
+
+def generate(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    pad_id: int | None,
+    device: Any,
+    synced: bool = False,
+) -> list[tuple[list[int], bool]]:
+    """Greedy continuations of each prompt, one prompt at a time: ``(new ids, ended)`` per prompt.
+
+    ``ended`` tells whether the last new token is one of ``stop_ids`` (the model closed its
+    turn within ``max_new_tokens``). ``synced``: the model is sharded over the processes
+    (ZeRO-3, FSDP, tensor parallelism), so every process must run the same generation, each
+    forward gathering what it needs from the others, and the processes step together until
+    the last of them has stopped (transformers' ``synced_gpus``; a process that has stopped
+    runs forwards without adding tokens). Unsharded, the caller runs it on one process.
+    """
+    import torch
+
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)
+        new = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=list(stop_ids),
+            pad_token_id=pad_id,
+            synced_gpus=synced,
+        )[0, len(prompt) :].tolist()
+        out.append((new, bool(new) and new[-1] in stop_ids))
+    return out

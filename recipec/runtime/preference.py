@@ -67,6 +67,38 @@ def unpaired_row(ids: Sequence[int], mask: Sequence[int], desirable: bool) -> di
     return {"input_ids": list(ids), "mask": bits, "position_ids": segment_positions(bits)}
 
 
+def held_out_prompts(sets: Sequence[Any], n: int) -> list[tuple[list[int], dict[str, Any]]]:
+    """The first ``n`` distinct prompts of held-out rows, each with the completions its row holds.
+
+    Args:
+        sets: held-out row sets in order (a :class:`WithReference` is read through to its rows).
+        n: how many prompts; a prompt met again (another pair of the same prompt) is skipped.
+
+    Returns:
+        ``(prompt ids, completions)`` per prompt: a pair's ``chosen`` and ``rejected`` ids, or a
+        KTO example's ``completion`` ids and ``desirable``.
+    """
+    out: list[tuple[list[int], dict[str, Any]]] = []
+    seen: set[tuple[int, ...]] = set()
+    for rows in sets:
+        for row in getattr(rows, "rows", rows):
+            if len(out) >= n:
+                return out
+            ids, bits = list(map(int, row["input_ids"])), list(map(int, row["mask"]))
+            cut = next((i for i, b in enumerate(bits) if b & REJECTED), len(bits))
+            first = [next((i for i in range(a, b) if bits[i] & SUPERVISED), b) for a, b in ((0, cut), (cut, len(bits)))]
+            prompt = ids[: first[0]]
+            if not prompt or tuple(prompt) in seen:
+                continue
+            seen.add(tuple(prompt))
+            if cut < len(bits):
+                completions = {"chosen": ids[first[0] : cut], "rejected": ids[first[1] :]}
+            else:
+                completions = {"completion": ids[first[0] :], "desirable": not bits[0] & UNDESIRABLE}
+            out.append((prompt, completions))
+    return out
+
+
 def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, unpaired: bool = False) -> dict[str, Any]:
     """Pad rows to the longest; the model's inputs plus what the objectives read.
 

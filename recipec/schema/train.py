@@ -43,7 +43,7 @@ class TrainTable(Table):
     """Micro-batches per evaluation; 0: the whole held-out split."""
 
     eval_generations: int = Field(0, ge=0, le=1000)
-    """Examples only: at each evaluation, greedy generations from this many held-out prompts (each held-out example cut before its first supervised token), appended to `generations.jsonl` in the run directory with the step and whether each ended with an end-of-turn token. 0: none."""
+    """Examples and preference pairs only: at each evaluation, greedy generations from this many held-out prompts (each held-out example cut before its first supervised token; with [preference], each distinct prompt of the held-out pairs once), appended to `generations.jsonl` in the run directory with the step and whether each ended with an end-of-turn token (with [preference], also the row's chosen and rejected completions; KTO: its completion and label). On a sharded model (ZeRO-3, FSDP version 2, tensor parallelism) every process generates, in step. 0: none."""
 
     max_new_tokens: int = Field(64, ge=1)
     """The most tokens each of the `eval_generations` may generate."""

@@ -291,3 +291,22 @@ def test_unknown_objective_is_refused():
     zeros = {k: torch.zeros(1) for k in ("chosen", "rejected", "chosen_tokens", "rejected_tokens")}
     with pytest.raises(ValueError, match="unknown objective"):
         P.objective_loss("ppo", {"beta": 0.1}, zeros, zeros)
+
+
+def test_held_out_prompts_are_distinct_and_carry_their_completions():
+    pairs = [
+        P.pair_row(([1, 2, 7], [0, 0, 1]), ([1, 2, 8, 9], [0, 0, 1, 1])),
+        P.pair_row(([1, 2, 5], [0, 0, 1]), ([1, 2, 6], [0, 0, 1])),  # the same prompt again: skipped
+        P.pair_row(([3, 4], [0, 1]), ([3, 5, 5], [0, 1, 1])),
+    ]
+    wrapped = P.WithReference(pairs[2:])  # read through to its rows, before any reference is computed
+    assert P.held_out_prompts([pairs[:2], wrapped], 5) == [
+        ([1, 2], {"chosen": [7], "rejected": [8, 9]}),
+        ([3], {"chosen": [4], "rejected": [5, 5]}),
+    ]
+    assert P.held_out_prompts([pairs], 1) == [([1, 2], {"chosen": [7], "rejected": [8, 9]})]
+    kto = [P.unpaired_row([1, 10, 11], [0, 1, 1], True), P.unpaired_row([2, 2, 20], [0, 0, 1], False)]
+    assert P.held_out_prompts([kto], 5) == [
+        ([1], {"completion": [10, 11], "desirable": True}),
+        ([2, 2], {"completion": [20], "desirable": False}),
+    ]
