@@ -614,8 +614,11 @@ def _eval(d: Draft, k: Any) -> None:
             d.drop(k("eval_steps"), "ignored-by-tool", "eval_strategy is \"no\": nothing is evaluated.")
             d.warn(f"`{k('eval_steps')}` is set but eval_strategy is {strategy!r}: the trainer never evaluates", k("eval_steps"))
     if d.has(k("eval_on_start")):
-        # the Trainer evaluates before the first step whatever eval_strategy says
-        d.set("train.eval_at_start", bool(d.get(k("eval_on_start"))), k("eval_on_start"))
+        # the Trainer evaluates before the first step whatever eval_strategy says, and again at the
+        # start of every resumed train() (Trainer._inner_training_loop); recipec at step 0 only
+        on_start = bool(d.get(k("eval_on_start")))
+        again = "transformers evaluates again each time a run resumes; recipec only before the first step"
+        d.set("train.eval_at_start", on_start, k("eval_on_start"), approx=again if on_start else None)
     elif strategy in ("steps", "epoch"):
         d.default("train.eval_at_start", False, k("eval_on_start"), "no evaluation before the first step")
 
