@@ -51,7 +51,11 @@ micro-batches and the optimizer state are too. Sharding divides what it shards b
 world size it shards over (launch.num_processes, or the processes of one machine for
 FSDP's hybrid_shard): ZeRO-1 the optimizer state, ZeRO-2 and FSDP shard_grad_op also the
 gradients, ZeRO-3 and FSDP full_shard also the parameters, plus one decoder layer gathered
-whole at a time. Offloading to the CPU removes what it offloads from the device.
+whole at a time. Offloading to the CPU removes what it offloads from the device. The frozen
+copy of a live preference reference (without `[peft]`) is whole on every process under DDP
+and ZeRO 1 and 2, and divided as the parameters are under ZeRO-3 and under FSDP (by the
+processes it shards over, under shard_grad_op too: the copy runs no backward pass, so its
+layers are freed after their forward).
 
 `[launch.parallelism]` divides what each dimension of the device mesh divides: FSDP shards
 over its data-parallel and context-parallel ranks (accelerate's `dp_shard_cp`), ZeRO over
@@ -648,6 +652,15 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     if reference_copy and ds_stage == 3:  # the frozen reference model, partitioned as the parameters are
         params_b += n_params * p_bytes / world
         precision += f", + the frozen reference copy ({n_params:,} x {p_bytes} B / {world}, ZeRO-3)"
+    elif reference_copy and launch.strategy == "fsdp":  # the frozen reference model, sharded as the parameters are
+        # (fsdp, how and over as the strategy's branch above set them); its layers are freed after their forward
+        # whatever the strategy, as it runs no backward pass, and offloaded with the model's
+        if fsdp is not None and fsdp.cpu_offload:
+            precision += ", + the frozen reference copy (offloaded to the CPU)"
+        else:
+            shards = 1 if how == "no_shard" else over
+            params_b += n_params * p_bytes / shards
+            precision += f", + the frozen reference copy ({n_params:,} x {p_bytes} B / {shards}, fsdp {how})"
     elif reference_copy:  # the frozen reference model, whole on every process
         params_b += n_params * p_bytes
         precision += f", + the frozen reference copy ({n_params:,} x {p_bytes} B)"

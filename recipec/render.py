@@ -320,6 +320,8 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "grouped": plan.get("param_groups") is not None,
         "reference": plan.get("reference"),
         "reference_model": plan.get("reference_model"),
+        # the frozen copy of a live reference under FSDP: sharded as the model is (preference.fsdp_reference)
+        "fsdp_reference": plan.get("reference_model") == "copy" and plan["strategy"] == "fsdp",
         "cross_entropy": plan.get("cross_entropy"),  # None: no [loss], the model's own loss
         "router_aux": plan.get("router_aux_loss_coef") is not None,
         "zero3": plan.get("deepspeed_zero_stage") == 3,  # the model is built partitioned (zero.Init)

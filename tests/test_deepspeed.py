@@ -189,13 +189,15 @@ LORA = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\
         ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', "", ""),  # a live copy, partitioned by an engine of its own
         ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', "", LORA),  # live: the partitioned base model, adapter disabled
         ('cpu = true\nstrategy = "fsdp"', 'reference = "precomputed"', ""),  # scored by the sharded model (torch's fully_shard)
+        ('cpu = true\nstrategy = "fsdp"', "", ""),  # a live copy, sharded as the model is
     ],
-    ids=["zero2-copy", "zero3-precomputed", "zero3-copy", "zero3-lora", "fsdp-precomputed"],
+    ids=["zero2-copy", "zero3-precomputed", "zero3-copy", "zero3-lora", "fsdp-precomputed", "fsdp-copy"],
 )
 def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, peft: str, tmp_path: Path) -> None:
     """DPO with each kind of reference under DeepSpeed (and FSDP): 2 processes x micro-batch 4 give the losses,
     rewards and weights of 1 process with micro-batch 8, and evaluation the same held-out rewards. A precomputed
-    reference is keyed by the whole model's weights, gathered from the shards: the key of one process."""
+    reference is keyed by the whole model's weights, gathered from the shards: the key of one process. FSDP's
+    live copy is sharded: each process holds about half of it."""
     from safetensors.torch import load_file
 
     from test_preference_training import _metrics as _pref_metrics, _project as _pref_project, _run as _pref_run
@@ -209,7 +211,10 @@ def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, pef
         recipe.write_text(recipe.read_text().replace("eval_every = 0", "eval_every = 3"))
         if processes > 1:
             recipe.write_text(recipe.read_text().replace("cpu = true", launch))
-        _pref_run(recipe, processes)
+        proc = _pref_run(recipe, processes)
+        if processes > 1 and "fsdp" in launch and not options:
+            held, total = (int(n.replace(",", "")) for n in re.findall(r"reference: a frozen copy sharded over 2 processes, ([\d,]+) of its ([\d,]+)", proc.stdout + proc.stderr)[0])
+            assert total / 2 <= held < 0.55 * total  # rank 0: half of every parameter's rows, rounded up
         project = recipe.parent.parent
         keys = {p.name.split("-")[1] for p in (project / ".recipec" / "data").glob("*/reference-*.pt")}
         runs[name] = (_pref_metrics(recipe), project / "runs" / "pref" / "model", keys)
@@ -271,3 +276,39 @@ def test_generations_from_partitioned_weights_are_those_of_one_process(tmp_path:
         generations[name] = (project / "runs" / "chat" / "generations.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in generations["one"]] == [0, 0, 0, 2, 2, 2]
     assert generations["zero3"] == generations["one"]
+
+
+def test_dpo_under_fsdp_keeps_its_live_reference_across_a_resume(tmp_path: Path) -> None:
+    """DPO under FSDP with a live copy, killed after its step-2 checkpoint and resumed: the copy is made from the
+    model as it starts, before the checkpoint is loaded, so the resumed run logs the rewards and ends with the
+    weights of the run that was not stopped (a copy of the resumed weights would put every reward back to 0)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from recipec.compiler import build
+    from test_preference_training import _project as _pref_project
+    from test_sft import _model
+
+    model = tmp_path / "model"
+    _model(model)
+    runs = {}
+    for name in ("straight", "killed"):
+        recipe = _pref_project(tmp_path / name, model, micro=4, processes=2, steps=4, save_every=2)
+        recipe.write_text(recipe.read_text().replace("cpu = true", 'cpu = true\nstrategy = "fsdp"'))
+        project = recipe.parent.parent
+        written, _ = build(recipe, (), project / "build" / "pref", project=project)
+        if name == "killed":
+            (project / "killer.py").write_text(KILL_RANK0)
+            killed = _launch(written.dir, script=[str(project / "killer.py"), str(written.dir), "2"], expect=None)
+            assert killed.returncode != 0 and not (project / "runs" / "pref" / "model").exists()
+        proc = _launch(written.dir)
+        if name == "killed":
+            assert "at step 2" in proc.stdout + proc.stderr
+        runs[name] = project / "runs" / "pref"
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in ms]  # noqa: E731
+    metrics = {k: strip([json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()]) for k, v in runs.items()}
+    steps = [m for m in metrics["straight"] if "loss" in m]
+    assert len(steps) == 4 and abs(steps[-1]["reward_margin"]) > 1e-3  # the policy left the reference
+    assert metrics["killed"] == metrics["straight"]
+    wa, wb = (load_file(str(v / "model" / "model.safetensors")) for v in runs.values())
+    assert wa.keys() == wb.keys() and [k for k in wa if not torch.equal(wa[k], wb[k])] == []

@@ -2,7 +2,9 @@
 
 There is no GPU here, so the distributed logic is proven with gloo on CPU: accelerate
 starts real DDP processes from the generated config (MULTI_GPU with use_cpu), and two
-`accelerate launch` calls on 127.0.0.1 stand in for two machines.
+`accelerate launch` calls on 127.0.0.1 stand in for two machines. The live preference
+reference of accelerate's FSDP 2 plugin path is copied from a policy that accelerate's own
+fsdp2_prepare_model sharded.
 """
 
 from __future__ import annotations
@@ -238,6 +240,100 @@ def test_fsdp_killed_after_a_checkpoint_resumes_bitwise(tmp_path: Path) -> None:
     wa, wb = _weights(straight / "runs" / "tiny"), _weights(run_dir)
     assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
     assert _losses_and_lrs(run_dir) == _losses_and_lrs(straight / "runs" / "tiny")
+
+
+def _plugin_reference(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """The live reference copy of accelerate's FSDP 2 plugin path, on the CPU over gloo: accelerate's own
+    fsdp2_prepare_model shards the policy, as prepare does on GPUs (with the plugin's units, embedding and output
+    groups, mixed precision), and recipec_runtime's fsdp_plugin_shard and fsdp_reference make the copy.
+    accelerate's Accelerator takes no FSDP plugin without CUDA, so a stand-in carries what both read."""
+    import types
+
+    import torch
+    import torch.distributed as dist
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from recipec.runtime import preference
+
+    from accelerate import PartialState
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    PartialState(cpu=True)  # accelerate's logging, which fsdp2_prepare_model uses, needs its state
+    results = {}
+    for tied, mixed in ((False, "no"), (True, "no"), (False, "bf16")):
+        torch.manual_seed(0)
+        dtype = torch.bfloat16 if mixed == "bf16" else torch.float32
+        config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             tie_word_embeddings=tied, attn_implementation="sdpa")
+        policy = LlamaForCausalLM(config).to(dtype)
+        ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
+        total = sum(p.numel() for p in policy.parameters())
+        plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=2,
+            reshard_after_forward=False,  # shard_grad_op: the copy frees its gathered layers all the same
+            auto_wrap_policy="transformer_based_wrap",
+            cpu_ram_efficient_loading=False,
+            mixed_precision_policy={"param_dtype": torch.bfloat16, "reduce_dtype": torch.float32} if mixed == "bf16" else None,
+        )
+        accelerator = types.SimpleNamespace(
+            state=types.SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=None, parallelism_config=None,
+            is_main_process=rank == 0, mixed_precision=mixed, device=torch.device("cpu"),
+        )
+        policy = fsdp2_prepare_model(accelerator, policy)  # mixed precision: float32 master weights
+        policy_dtype = str(next(policy.parameters()).dtype)
+        reference = preference.fsdp_reference(policy, preference.fsdp_plugin_shard(accelerator), device="cpu", dtype=dtype)
+        held = sum(p.to_local().numel() for p in reference.parameters())
+        with torch.no_grad():
+            want = policy(input_ids=ids).logits.float()
+            got = reference(input_ids=ids).logits.float()
+            resharded = all(type(p).__name__ == "DTensor" for p in reference.parameters())
+            for p in policy.parameters():  # training the policy leaves the copy as it was
+                p.add_(0.5)
+            after = reference(input_ids=ids).logits.float()
+        results[f"tied={tied},mixed={mixed}"] = {
+            "diff": (got - want).abs().max().item(),
+            "moved": (after - got).abs().max().item(),
+            "resharded": resharded,
+            "frozen": not any(p.requires_grad for p in reference.parameters()) and not reference.training,
+            "held": held,
+            "total": total,
+            "dtype": str(next(reference.parameters()).dtype),
+            "policy_dtype": policy_dtype,
+        }
+    Path(out_dir, f"{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def test_the_fsdp_plugins_live_reference_is_a_sharded_copy_of_the_policy(tmp_path: Path) -> None:
+    """The GPU path's copy, run where it can be: its weights are the policy's as accelerate sharded them (the same
+    logits, also with tied embeddings and under bf16 mixed precision, where the policy keeps float32 master weights
+    and the copy the model's bfloat16), half of it on each of 2 processes, frozen, its layers freed after the forward
+    under shard_grad_op too, and untouched when the policy changes."""
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""\
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import torch.multiprocessing as mp
+        from test_distributed import _plugin_reference
+        if __name__ == "__main__":
+            mp.spawn(_plugin_reference, args=(2, sys.argv[1] + "/init", sys.argv[1]), nprocs=2)
+        """
+    )
+    env = dict(_env(), OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for rank in range(2):
+        for case, r in json.loads((tmp_path / f"{rank}.json").read_text()).items():
+            assert r["diff"] == 0 and r["moved"] == 0, (rank, case, r)
+            assert r["resharded"] and r["frozen"], (rank, case)
+            assert r["total"] / 2 <= r["held"] < 0.55 * r["total"], (rank, case, r)
+            mixed = case.endswith("bf16")
+            assert r["dtype"] == ("torch.bfloat16" if mixed else "torch.float32"), case
+            assert r["policy_dtype"] == "torch.float32", case
 
 
 def test_a_world_size_other_than_the_built_one_stops_before_training(tmp_path: Path) -> None:

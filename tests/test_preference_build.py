@@ -91,16 +91,55 @@ def test_peft_disables_the_adapter_and_precomputed_needs_no_copy(project: Path) 
     assert plan["reference"] is None and "ref_logps = None  # reference-free" in script
 
 
-def test_a_live_copy_is_refused_under_fsdp(project: Path) -> None:
-    overrides = ("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="fsdp"')
+@pytest.mark.parametrize(
+    ("overrides", "made"),
+    [
+        (("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="fsdp"'), "preference.fsdp_plugin_shard(accelerator),"),
+        (("launch.num_processes=2", 'launch.strategy="fsdp"'), "lambda m: sharding.shard(m, fsdp_transformer_layer_cls),"),
+    ],
+    ids=["plugin", "fully_shard"],
+)
+def test_fsdp_shards_a_live_copy_as_the_model(project: Path, overrides: tuple[str, ...], made: str) -> None:
+    """Under FSDP the live reference is a frozen copy sharded as the model is (accelerate's plugin on GPUs, torch's
+    fully_shard on CPU), made from the model as it starts: before a checkpoint is loaded."""
+    written, plan = build(recipe(project, "s", 'objective = "dpo"'), overrides, project / "build" / "s", project=project)
+    assert plan["reference_model"] == "copy"
+    assert next(setting.note for setting in plan.settings if setting.name == "reference_model").endswith("sharded as the model is (FSDP)")
+    script = (written.dir / "train.py").read_text()
+    ast.parse(script)
+    assert "ref_model = preference.fsdp_reference(" in script and made in script
+    assert "deepcopy" not in script and "ref_model.to(" not in script
+    assert script.index(made) < script.index("accelerator.load_state")
+
+
+def test_fsdp_shards_the_memory_of_its_live_copy(project: Path) -> None:
+    fsdp = ("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="fsdp"')
+    live, _ = plan_recipe(recipe(project, "f", 'objective = "dpo"'), fsdp)
+    pre, _ = plan_recipe(recipe(project, "f", 'objective = "dpo"\nreference = "precomputed"'), fsdp)
+    n_params = next(int(n.split()[1].replace(",", "")) for n in pre.memory.notes if n.startswith("params: "))
+    assert live.memory.params - pre.memory.params == n_params * 4 // 2  # the copy, sharded over 2 processes
+    assert any("the frozen reference copy" in n and "/ 2, fsdp full_shard" in n for n in live.memory.notes)
+    # shard_grad_op keeps the model's gathered layers until the backward; the copy runs none and is still halved
+    grad_op = ("launch.fsdp.sharding_strategy=\"shard_grad_op\"",)
+    live, _ = plan_recipe(recipe(project, "f", 'objective = "dpo"'), fsdp + grad_op)
+    pre, _ = plan_recipe(recipe(project, "f", 'objective = "dpo"\nreference = "precomputed"'), fsdp + grad_op)
+    assert live.memory.params - pre.memory.params == n_params * 4 // 2
+    offload = ("launch.fsdp.cpu_offload=true",)
+    live, _ = plan_recipe(recipe(project, "f", 'objective = "dpo"'), fsdp + offload)
+    pre, _ = plan_recipe(recipe(project, "f", 'objective = "dpo"\nreference = "precomputed"'), fsdp + offload)
+    assert live.memory.params == pre.memory.params  # offloaded with the model's shards
+    assert any("the frozen reference copy (offloaded to the CPU)" in n for n in live.memory.notes)
+
+
+def test_a_live_copy_under_fsdp_with_tensor_parallelism_is_refused(project: Path) -> None:
+    overrides = ("launch.cpu=false", "launch.num_processes=4", 'launch.strategy="fsdp"', "launch.parallelism.tp_size=2")
     with pytest.raises(RecipeError) as caught:
-        plan_recipe(recipe(project, "s", 'objective = "dpo"'), overrides)
+        plan_recipe(recipe(project, "t", 'objective = "dpo"'), overrides)
     [error] = [d for d in caught.value.diagnostics if d.severity == "error"]
-    assert error.message == "a live reference without [peft] is a whole frozen copy of the model on every process, which FSDP does not shard"
+    assert "launch.parallelism.tp_size 2 also splits the model's layers" in error.message
     assert 'reference = "precomputed"' in error.help
     for ok in ('objective = "dpo"\nreference = "precomputed"', 'objective = "simpo"'):
-        plan_recipe(recipe(project, "s", ok), overrides)
-    plan_recipe(recipe(project, "s", 'objective = "dpo"', '[peft]\nmethod = "lora"\n'), overrides)
+        plan_recipe(recipe(project, "t", ok), overrides)
 
 
 def _deepspeed(stage: int) -> tuple[str, ...]:

@@ -38,6 +38,8 @@ def preference_settings(b: PlanBuilder) -> None:
     else:
         b.key("reference", ("preference", "reference"))
         how = "the base model with the adapter disabled" if r.peft is not None else "a frozen copy of the starting model"
+        if r.peft is None and r.launch.strategy == "fsdp":
+            how += ", sharded as the model is (FSDP)"
         if reference == "live":
             b.derived("reference_model", "adapter_disabled" if r.peft is not None else "copy", f"derived: preference.reference live under {'[peft]' if r.peft else 'full fine-tuning'}: {how}")
     if r.model.init is not None and r.continual is None:
@@ -52,5 +54,11 @@ def preference_settings(b: PlanBuilder) -> None:
             b.error(("continual", "eval_parent"), "the parent's held-out data is not preference pairs, so this run cannot score it", "set eval_parent = false")
         if r.continual.replay:
             b.error(("continual", "replay"), "replay mixes the parent's training data into this run's, and it is not preference pairs", "set replay = 0")
-    if reference == "live" and r.peft is None and r.launch.strategy == "fsdp":
-        b.error(("preference", "reference"), "a live reference without [peft] is a whole frozen copy of the model on every process, which FSDP does not shard", 'use reference = "precomputed" (the same log-probabilities, computed before the first step), or [peft]')
+    mesh = r.launch.parallelism
+    if reference == "live" and r.peft is None and r.launch.strategy == "fsdp" and mesh is not None and mesh.tp_size > 1:
+        b.error(
+            ("preference", "reference"),
+            f"a live reference without [peft] under FSDP is a frozen copy sharded over the data-parallel ranks as the model is, "
+            f"and launch.parallelism.tp_size {mesh.tp_size} also splits the model's layers, which the copy does not follow",
+            'use reference = "precomputed" (the same log-probabilities, computed before the first step), or tp_size = 1',
+        )

@@ -422,6 +422,121 @@ def zero3_reference(accelerator: Any, model: Any) -> Any:
     return engine
 
 
+def fsdp_reference(policy: Any, shard: Callable[[Any], Any], *, device: Any, dtype: Any, trust_remote_code: bool = False) -> Any:
+    """A frozen copy of the policy as it is now, for a live reference under FSDP.
+
+    The policy is sharded across the processes, so no process holds it whole, and a whole copy on
+    every process is what sharding avoids. As TRL prepares its reference model under FSDP
+    (``prepare_fsdp``), the copy is sharded as the policy is: a model of the policy's config is
+    built on the meta device (no memory), frozen (evaluation mode, no gradient) and handed to
+    ``shard``; each process then allocates its own shards only and copies the policy's shards into
+    them from the policy's sharded state dict (no parameter is gathered), and the buffers, which
+    FSDP does not shard, from the policy's. Its forward passes are collective, as the policy's are:
+    every process must score every micro-batch, as the training loop does.
+
+    Args:
+        policy: the sharded model that trains (as accelerate prepared it: FSDP 1's wrapper
+            included), before any step or checkpoint changed it.
+        shard: applies FSDP to a model built on the meta device, with the policy's units:
+            ``sharding.shard`` (torch's fully_shard, FSDP 2, in place) or
+            :func:`fsdp_plugin_shard` (accelerate's FSDP plugin; FSDP 1 returns a wrapper, which
+            is then the reference).
+        device: where FSDP 2 keeps the shards (the process's device; the CPU under CPU offload).
+        dtype: the copy's weights (the model's dtype as it was loaded; FSDP's mixed precision
+            keeps float32 master weights of what trains, which a frozen copy does not need).
+        trust_remote_code: model.trust_remote_code, for a model class that comes with the model.
+    """
+    import torch
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        reference = AutoModelForCausalLM.from_config(policy.config, dtype=dtype, trust_remote_code=trust_remote_code)
+    reference.eval().requires_grad_(False)
+    wrapped = shard(reference)
+    if isinstance(wrapped, torch.nn.Module):
+        reference = wrapped
+    if any(p.is_meta for p in reference.parameters()):  # FSDP 2 shards on the meta device: allocate the shards
+        reference.to_empty(device=device)
+    set_model_state_dict(reference, get_model_state_dict(policy))  # shard by shard, every parameter
+    own = {_plain_name(name): b for name, b in policy.named_buffers()}
+    for name, _ in list(reference.named_buffers()):
+        parent, _, leaf = name.rpartition(".")
+        setattr(reference.get_submodule(parent), leaf, own[_plain_name(name)].detach().clone())  # on the policy's device
+    return reference
+
+
+def fsdp_plugin_shard(accelerator: Any) -> Callable[[Any], Any]:
+    """Shards a model built on the meta device as accelerate's FSDP plugin sharded the policy, for
+    :func:`fsdp_reference`: TRL's ``prepare_fsdp`` (FSDP 1: the ``FullyShardedDataParallel``
+    wrapper with the plugin's settings; FSDP 2: ``fully_shard`` with its mixed precision, offload
+    and device mesh), with the plugin's units (each transformer layer, or each module above its
+    size) as accelerate wraps the policy.
+
+    Unlike TRL, every unit frees its gathered parameters after its forward, whatever the sharding
+    strategy says: a model that runs no backward pass would otherwise keep them gathered for good.
+    """
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.fsdp_version == 1:
+        from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+
+        def shard_v1(model: Any) -> Any:
+            # FSDP 1 shards a whole model (it moves each unit to the device, then keeps its shard):
+            # the copy's memory on the CPU, its values filled in by fsdp_reference
+            model.to_empty(device="cpu")
+            model.tie_weights()
+            plugin.set_auto_wrap_policy(model)
+            strategy = plugin.sharding_strategy or plugin.reshard_after_forward
+            strategy = {
+                ShardingStrategy.SHARD_GRAD_OP: ShardingStrategy.FULL_SHARD,
+                ShardingStrategy._HYBRID_SHARD_ZERO2: ShardingStrategy.HYBRID_SHARD,
+            }.get(strategy, strategy)
+            return FullyShardedDataParallel(
+                model,
+                sharding_strategy=strategy,
+                cpu_offload=plugin.cpu_offload,
+                auto_wrap_policy=plugin.auto_wrap_policy,
+                mixed_precision=plugin.mixed_precision_policy,
+                sync_module_states=False,  # every process copies its shards from the policy's
+                backward_prefetch=plugin.backward_prefetch,
+                forward_prefetch=plugin.forward_prefetch,
+                use_orig_params=plugin.use_orig_params,
+                limit_all_gathers=plugin.limit_all_gathers,
+                device_id=accelerator.device,
+            )
+
+        return shard_v1
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"FSDP version {plugin.fsdp_version} is not supported")
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = getattr(accelerator, "torch_device_mesh", None)
+    options = {
+        "reshard_after_forward": True,
+        "offload_policy": plugin.cpu_offload,
+        "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy(),
+        "mesh": mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)] if mesh is not None else None,
+    }
+
+    def shard_v2(model: Any) -> Any:
+        wrap = fsdp2_prepare_auto_wrap_policy(plugin, model)
+        if wrap is not None:
+            for module in [m for m in model.modules() if m is not model and wrap(m)]:
+                fully_shard(module, **options)
+        fully_shard(model, **options)
+        return model
+
+    return shard_v2
+
+
+def _plain_name(name: str) -> str:
+    """A buffer's name without the wrappers' parts (FSDP 1, activation checkpointing, torch.compile)."""
+    for part in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
+        name = name.replace(part, "")
+    return name
+
+
 def weights_sha256(model: Any) -> str:
     """SHA-256 of a model's parameters and buffers (names, dtypes, shapes, bytes): what a precomputed reference is keyed by."""
     import hashlib
