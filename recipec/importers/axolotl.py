@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -250,31 +251,57 @@ DPO_TYPES: dict[str, tuple[str, dict[str, str]]] = {
     "argilla": ("chatml", {"prompt": "instruction", "chosen": "chosen_response", "rejected": "rejected_response"}),
 }
 
-TEMPLATES: dict[str, str] = {
-    # axolotl's own templates (src/axolotl/utils/chat_templates/templates/<name>.jinja)
-    "chatml": (
-        "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
-        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+TEMPLATE_SOURCE = "axolotl v0.18.0 (commit 2f5cb9da62a0fe763a1ddeb7798fc9acb2f4a417)"
+"""Where the template files under templates/axolotl/ come from, byte for byte:
+src/axolotl/utils/chat_templates/templates/<name>.jinja of that commit (Apache-2.0)."""
+
+WRITTEN = (
+    "alpaca", "aya", "chatml", "cohere", "deepseek_v2", "deepseek_v3", "exaone", "falcon_h1", "gemma3", "gemma3n",
+    "jamba", "llama3", "llama3_2_vision", "llama4", "mistral_v1", "mistral_v7_tekken", "nemotron_h", "phi_3",
+    "phi_35", "phi_4", "qwen2_vl", "qwen_25",
+)
+"""axolotl's named templates that recipec writes out (recipec takes the template itself): every
+one of its templates that passes recipec's checks of a chat template (it renders the probe
+conversation, turn by turn as prefixes of the whole or with {% generation %} markers, and
+closes each answer with a special token)."""
+
+NOT_WRITTEN: dict[str, str] = {
+    # axolotl's other named templates, and why recipec cannot take them
+    "gemma": "it refuses a system message, and recipec checks every chat template on a conversation that has one",
+    **dict.fromkeys(
+        ("mistral_v2v3", "mistral_v3_tekken", "pixtral"),
+        "it writes the system message into the last user turn, so a turn renders differently once later turns "
+        "follow, and recipec cannot find the assistant tokens turn by turn",
     ),
-    "llama3": (
-        "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
-        "{% set loop_messages = messages %}{% for message in loop_messages %}{% if message['content'] is string %}"
-        "{% set message_text = message['content'] | trim %}{% else %}{% set message_text = message['content'] | "
-        "selectattr('text', 'defined') | map(attribute='text') | join('') | trim %}{% endif %}"
-        "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message_text + '<|eot_id|>' %}"
-        "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    **dict.fromkeys(
+        ("qwen3", "qwen3_5"),
+        "it writes an empty <think> block only into answers after the last user turn, so a turn renders "
+        "differently once later turns follow, and recipec cannot find the assistant tokens turn by turn",
     ),
-    "alpaca": (
-        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' and loop.first %}"
-        "{{ message['content'] }}{% elif message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] }}"
-        "{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] + eos_token }}{% endif %}"
-        "{% if not loop.last %}{{ '\n\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '\n\n### Response:\n' }}{% endif %}"
+    **dict.fromkeys(
+        ("command_a", "command_a_rag", "command_a_tool_use"),
+        "it renders the last answer of a conversation differently from the earlier ones, and recipec cannot "
+        "find the assistant tokens turn by turn",
     ),
+    **dict.fromkeys(
+        ("gemma4", "gemma4_unified"),
+        "its generation prompt opens an empty thought channel that an answered turn does not have, and recipec "
+        "cannot find the assistant tokens turn by turn",
+    ),
+    "metharme": "it writes EOS once, at the end of the conversation, so recipec cannot find the assistant tokens turn by turn",
+    "llava": "it ends an answer with a space, no end-of-turn or EOS token, and recipec supervises an answer's closing token",
+    "exaone4": "it uses jinja's loop controls (`continue`), which recipec's check of a chat template does not enable",
 }
-"""The named templates written out as text (recipec takes the template itself); other names
-keep the tokenizer's own template, approximately."""
+"""axolotl's named templates that are not written out (the tokenizer's own template is used,
+approximately), with the reason."""
+
+
+def _read_template(name: str) -> str:
+    return (resources.files(__package__) / "templates" / "axolotl" / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+TEMPLATES: dict[str, str] = {name: _read_template(name) for name in WRITTEN}
+"""The text of each template in :data:`WRITTEN`."""
 
 def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycle)
     hf.training_args(d, options.num_processes, rename=RENAME, defaults=DEFAULTS)
@@ -819,6 +846,12 @@ def _eval_split(d: Draft) -> None:
 
 
 def _chat_template(d: Draft, from_data: set[str]) -> None:
+    """`tokenizer.chat_template` from `chat_template` (or the template a dataset names).
+
+    A template's markers are not added to `tokenizer.special_tokens`: axolotl adds to the
+    tokenizer only what the config lists (`special_tokens`, `tokens`; see `_special_tokens`),
+    so a marker the tokenizer lacks is text in axolotl's run too.
+    """
     top = d.get("chat_template")
     jinja = d.get("chat_template_jinja")
     named = [t for t in from_data if t not in ("tokenizer_default",)]
@@ -843,6 +876,10 @@ def _chat_template(d: Draft, from_data: set[str]) -> None:
             d.set("tokenizer.chat_template", text, note=f"axolotl's {name} template, which the dataset type renders")
         else:
             d.set("tokenizer.chat_template", text, *src, note=f"axolotl's {name} template")
+    elif name in NOT_WRITTEN:
+        d.approx(f"axolotl's {name} template is not written out: {NOT_WRITTEN[name]}; the tokenizer's own template is used", *src)
+    elif name.startswith("tokenizer_default_fallback_"):
+        d.approx(f"axolotl uses the tokenizer's own template, or its {name[len('tokenizer_default_fallback_'):]} template when the tokenizer has none; recipec uses the tokenizer's own", *src)
     else:
         d.approx(f"axolotl's named template {name!r} is not written out; the tokenizer's own template is used", *src)
     if len(set(named) | ({name} if top else set())) > 1:

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import hf
 from .core import Draft, num
+from .llama_factory_templates import NOT_WRITTEN, SENTENCEPIECE, TEMPLATES, chat_template
 
 VERSION = "LLaMA-Factory 0.9.5"
 
@@ -132,60 +133,6 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 """The dataset names LLaMA-Factory ships (data/dataset_info.json), for configs whose
 `dataset_dir` is not at hand."""
-
-def _literal(text: str) -> str:
-    """A jinja string literal."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
-
-
-def _jinja(begin: str, middle: str, end: str, default_system: str | None, tool_role: str = "tool") -> str:
-    """A chat template in LLaMA-Factory's layout: each turn is begin + role + middle +
-    content + end; the assistant's content and end are what the loss sees ({% generation %})."""
-    lines = []
-    if default_system:
-        lines += [
-            "{%- if not messages or messages[0]['role'] != 'system' -%}",
-            "{{- " + _literal(begin + "system" + middle + default_system + end) + " -}}",
-            "{%- endif -%}",
-        ]
-    lines += [
-        "{%- for message in messages -%}",
-        "{%- if message['role'] == 'assistant' -%}",
-        "{{- " + _literal(begin + "assistant" + middle) + " -}}",
-        "{%- generation -%}",
-        "{{- message['content'] + " + _literal(end) + " -}}",
-        "{%- endgeneration -%}",
-        "{%- else -%}",
-        "{%- set role = " + _literal(tool_role) + " if message['role'] == 'tool' else message['role'] -%}",
-        "{{- " + _literal(begin) + " + role + " + _literal(middle) + " + message['content'] + " + _literal(end) + " -}}",
-        "{%- endif -%}",
-        "{%- endfor -%}",
-        "{%- if add_generation_prompt -%}",
-        "{{- " + _literal(begin + "assistant" + middle) + " -}}",
-        "{%- endif -%}",
-    ]
-    return "\n".join(lines)
-
-
-TEMPLATES: dict[str, dict[str, Any]] = {
-    # LLaMA-Factory's templates (src/llamafactory/data/template.py) that recipec writes out
-    "chatml": {"begin": "<|im_start|>", "middle": "\n", "end": "<|im_end|>\n", "system": None,
-               "special_tokens": ["<|im_start|>", "<|im_end|>"]},
-    "qwen": {"begin": "<|im_start|>", "middle": "\n", "end": "<|im_end|>\n",
-             "system": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
-             "special_tokens": ["<|im_start|>", "<|im_end|>"]},
-    "qwen3_nothink": {"begin": "<|im_start|>", "middle": "\n", "end": "<|im_end|>\n", "system": None,
-                      "special_tokens": ["<|im_start|>", "<|im_end|>"]},
-    "llama3": {"begin": "<|start_header_id|>", "middle": "<|end_header_id|>\n\n", "end": "<|eot_id|>", "system": None,
-               "tool_role": "ipython", "special_tokens": []},
-}
-"""Turn layout, default system prompt and markers of the templates written out as jinja."""
-
-
-def chat_template(name: str, default_system: str | None = None) -> str:
-    t = TEMPLATES[name]
-    return _jinja(t["begin"], t["middle"], t["end"], default_system or t["system"], t.get("tool_role", "tool"))
-
 
 OBJECTIVES = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "hinge", "orpo": "orpo", "simpo": "simpo"}
 """pref_loss -> recipec's preference objective."""
@@ -856,15 +803,37 @@ def _template(d: Draft, records: str) -> None:
     if records == "text":
         _ignored(d, "template", "stage pt reads plain text, with no chat template")
         return
-    system = d.get("default_system")
-    if name in TEMPLATES:
-        keys = ["template"] + (["default_system"] if d.has("default_system") else [])
-        d.set("tokenizer.chat_template", chat_template(name, system), *keys, note=f"LLaMA-Factory's {name} template as jinja")
-        if TEMPLATES[name]["special_tokens"]:
-            d.set("tokenizer.special_tokens", TEMPLATES[name]["special_tokens"], "template", note="the template's markers")
-    else:
-        d.approx(f"LLaMA-Factory's {name!r} template is not written out; recipec renders with the tokenizer's own chat template", "template")
+    if name not in TEMPLATES:
+        why = f": {NOT_WRITTEN[name]}" if name in NOT_WRITTEN else ""
+        d.approx(f"LLaMA-Factory's {name!r} template is not written out{why}; recipec renders with the tokenizer's own chat template", "template")
         d.note(f"The chat template is the tokenizer's own: check that it renders as LLaMA-Factory's {name!r} template does.")
+        return
+    t = TEMPLATES[name]
+    keys = ["template"] + (["default_system"] if d.has("default_system") else [])
+    differs = [t["tokens"]] if t.get("tokens") else []
+    model = str(d.get("model_name_or_path") or "")
+    if not differs and SENTENCEPIECE.search(model):
+        differs.append(f"LLaMA-Factory tokenizes each turn's slots on their own, and {model}'s SentencePiece tokenizer then "
+                       "starts each answer with a word-start token; recipec tokenizes the rendered text, the same text")
+    thinking = True
+    if t.get("template_class") == "ReasoningTemplate":
+        thinking = d.get("enable_thinking", True) is True
+        if d.has("enable_thinking"):
+            keys.append("enable_thinking")
+        if not thinking:
+            differs.append("enable_thinking off: LLaMA-Factory removes the thoughts from the answers; recipec's template "
+                           "keeps an answer's thought, and puts the empty one in front of the others, unsupervised, as LLaMA-Factory does")
+        if d.get("mask_history"):
+            differs.append("mask_history: LLaMA-Factory removes the thoughts of the earlier answers and puts an empty one "
+                           "in front of the last only")
+        if records in ("preference", "kto"):
+            differs.append("in a prompt with earlier answers LLaMA-Factory removes their thoughts and puts no empty one "
+                           "in front of them; recipec's template renders them as in supervised fine-tuning")
+    text = chat_template(name, d.get("default_system"), thinking)
+    d.set("tokenizer.chat_template", text, *keys, approx="; ".join(differs) or None,
+          note=f"LLaMA-Factory's {name} template as jinja")
+    if t.get("special_tokens"):
+        d.set("tokenizer.special_tokens", t["special_tokens"], "template", note="the template's markers")
 
 
 _PARENTS = {

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 from posixpath import basename, normpath
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .core import Draft, num
@@ -477,18 +478,122 @@ def _whole_model(files: Any) -> bool:
     return False
 
 
+_CHATML_TAGS = {
+    "system": ("<|im_start|>system\n", "<|im_end|>\n"),
+    "user": ("<|im_start|>user\n", "<|im_end|>\n"),
+    "assistant": ("<|im_start|>assistant\n", "<|im_end|>\n"),
+}
+
+PROMPT_TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
+    # torchtune 0.6.1's prompt templates (torchtune/data/_prompt_templates.py): role -> (tag
+    # before the message, tag after it)
+    "torchtune.data.GrammarErrorCorrectionTemplate": {"user": ("Correct this to standard English: ", "\n---\nCorrected: ")},
+    "torchtune.data.SummarizeTemplate": {"user": ("Summarize this dialogue:\n", "\n---\nSummary:\n")},
+    "torchtune.data.QuestionAnswerTemplate": {"user": ("Question: ", "\n\nAnswer: ")},
+    "torchtune.data.ChatMLTemplate": _CHATML_TAGS,  # as text, around the tokenizer's own markers
+}
+"""The prompt templates written into the chat template (as their tags)."""
+
+CHAT_FORMATS = ("llama3_tokenizer", "qwen2_tokenizer", "qwen2_5_tokenizer")
+"""The model tokenizers whose own formatting of the turns (`tokenize_messages`) is written out
+as the chat template: torchtune/models/llama3/_tokenizer.py, qwen2/_tokenizer.py and
+qwen2_5/_tokenizer.py of torchtune 0.6.1."""
+
+
+def _lit(text: str) -> str:
+    """A jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def chat_format(tokenizer: str, tags: dict[str, tuple[str, str]] | None = None) -> str:
+    """A torchtune model tokenizer's formatting of the turns as a jinja chat template.
+
+    What the loss sees is inside `{% generation %}`: the whole assistant message, its header
+    and end tokens included, as torchtune masks by message. The final end-of-text token
+    (llama3: `<|end_of_text|>`, masked; qwen: `<|im_end|>`, with the last message's mask)
+    closes the conversation.
+
+    Args:
+        tokenizer: one of :data:`CHAT_FORMATS`.
+        tags: a prompt template's tags, role -> (before, after); llama3's tokenizer strips each
+            piece of text (tag or message) of its surrounding white space, qwen's does not.
+    """
+    llama = tokenizer == "llama3_tokenizer"
+    strip = " | trim" if llama else ""
+    tags = {("ipython" if role == "tool" else role): tuple(t) for role, t in (tags or {}).items()}
+
+    def text(role: str) -> str:
+        before, after = tags.get(role, ("", ""))
+        pieces = [_lit(before.strip() if llama else before)] if before else []
+        pieces.append("message['content']" + strip)
+        pieces += [_lit(after.strip() if llama else after)] if after else []
+        return " + ".join(pieces)
+
+    lines = ["{{- '<|begin_of_text|>' -}}"] if llama else []
+    lines.append("{%- for message in messages -%}")
+    if llama:
+        lines += [
+            "{%- if message['role'] == 'assistant' -%}",
+            "{%- generation -%}",
+            "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' + " + text("assistant") + " + '<|eot_id|>' -}}",
+            "{%- endgeneration -%}",
+        ]
+        for role in ("system", "user", "tool"):
+            name = "ipython" if role == "tool" else role
+            lines += [
+                "{%- elif message['role'] == " + _lit(role) + " -%}",
+                "{{- '<|start_header_id|>" + name + "<|end_header_id|>\\n\\n' + " + text(name) + " + '<|eot_id|>' -}}",
+            ]
+        lines += ["{%- else -%}", "{{- raise_exception('torchtune has no turn of role ' + message['role']) -}}", "{%- endif -%}",
+                  "{%- endfor -%}", "{{- '<|end_of_text|>' -}}"]
+        return "\n".join(lines)
+    lines += [
+        "{%- if message['role'] == 'assistant' -%}",
+        "{%- generation -%}",
+        "{{- '<|im_start|>assistant\\n' + " + text("assistant") + " + '<|im_end|>' -}}",
+        "{%- if not loop.last -%}{{- '\\n' -}}{%- endif -%}",
+        "{%- endgeneration -%}",
+        "{%- elif message['role'] in ('system', 'user') -%}",
+    ]
+    if tags.get("system") or tags.get("user"):
+        lines.append("{%- set body = message['content'] -%}")
+        for role in ("system", "user"):
+            if tags.get(role):
+                lines.append("{%- if message['role'] == " + _lit(role) + " -%}{%- set body = " + text(role) + " -%}{%- endif -%}")
+        lines.append("{{- '<|im_start|>' + message['role'] + '\\n' + body + '<|im_end|>\\n' -}}")
+    else:
+        lines.append("{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}")
+    lines.append("{%- elif message['role'] == 'tool' -%}")
+    if tokenizer == "qwen2_5_tokenizer":  # tool results inside a user turn, one <tool_response> each
+        lines += [
+            "{%- if loop.first or loop.previtem['role'] != 'tool' -%}{{- '<|im_start|>user\\n<tool_response>\\n' -}}",
+            "{%- else -%}{{- '\\n<tool_response>\\n' -}}{%- endif -%}",
+            "{{- " + text("ipython") + " + '\\n</tool_response>' -}}",
+            "{%- if loop.last or loop.nextitem['role'] != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}",
+        ]
+    else:  # qwen2: the result alone
+        lines.append("{{- " + text("ipython") + " -}}")
+    lines += [
+        "{%- else -%}", "{{- raise_exception('torchtune has no turn of role ' + message['role']) -}}", "{%- endif -%}",
+        "{%- endfor -%}",
+        "{%- if not messages or messages[-1]['role'] != 'assistant' -%}{{- '<|im_end|>' -}}{%- endif -%}",
+    ]
+    return "\n".join(lines)
+
+
 def _tokenizer(draft: Draft) -> None:
     comp = draft.get("tokenizer._component_")
     directory = str(_v(draft, "checkpointer.checkpoint_dir") or "")
     path = str(_v(draft, "tokenizer.path") or "")
     if comp:
         draft.exact("tokenizer._component_")
+    text_only = all(
+        _short(draft.get(f"{p}._component_")) == "text_completion_dataset"
+        for p in ([f"dataset[{i}]" for i in range(len(draft.get("dataset")))] if isinstance(draft.get("dataset"), list) else ["dataset"])
+    )
+    formats = _short(comp) in CHAT_FORMATS and not text_only
     if path:
-        text_only = all(
-            _short(draft.get(f"{p}._component_")) == "text_completion_dataset"
-            for p in ([f"dataset[{i}]" for i in range(len(draft.get("dataset")))] if isinstance(draft.get("dataset"), list) else ["dataset"])
-        )
-        if directory and normpath(path).startswith(normpath(directory) + "/") and text_only:
+        if directory and normpath(path).startswith(normpath(directory) + "/") and (text_only or formats):
             draft.exact("tokenizer.path")  # the same vocabulary, from the Hugging Face files of model.path
         elif directory and normpath(path).startswith(normpath(directory) + "/"):
             draft.approx(
@@ -505,12 +610,39 @@ def _tokenizer(draft: Draft) -> None:
             draft.exact("tokenizer.merges_file")
         else:
             draft.drop("tokenizer.merges_file", "missing-feature", "recipec loads a Hugging Face tokenizer directory, not tokenizer files outside the checkpoint.")
+    tags = None
+    if formats:
+        tags = _prompt_tags(draft, _short(comp))
+        keys = ["tokenizer._component_"] + (["tokenizer.prompt_template"] if tags else [])
+        approx = None
+        if tags:
+            approx = (
+                "torchtune tokenizes the prompt template's tags apart from the message text"
+                + (", each stripped of its white space" if _short(comp) == "llama3_tokenizer" else "")
+                + "; recipec tokenizes the rendered text, the same text, whose tokens can differ where a tag meets the message"
+            )
+        draft.set("tokenizer.chat_template", chat_format(_short(comp), tags), *keys, approx=approx,
+                  note=f"torchtune's {_short(comp)} formatting of the turns")
     for key in ("tokenizer.special_tokens_path", "tokenizer.prompt_template"):
-        if draft.has(key):
+        if draft.has(key) and not (key == "tokenizer.prompt_template" and tags):
             if draft.get(key) is None:
                 draft.exact(key)
             else:
                 draft.drop(key, "missing-feature", "torchtune's own prompt formatting; recipec renders turns with a chat template (tokenizer.chat_template).")
+
+
+def _prompt_tags(draft: Draft, tokenizer: str) -> dict[str, tuple[str, str]] | None:
+    """The tags of the tokenizer's `prompt_template`, when it is one recipec can write."""
+    template = _v(draft, "tokenizer.prompt_template")
+    if isinstance(template, str):
+        if tokenizer != "llama3_tokenizer" and _short(template) == "ChatMLTemplate":
+            return None  # torchtune's Qwen tokenizers refuse it
+        return PROMPT_TEMPLATES.get(template) or PROMPT_TEMPLATES.get("torchtune.data." + _short(template))
+    if isinstance(template, Mapping) and template and all(
+        isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, str) for x in v) for v in template.values()
+    ):
+        return {str(role): (v[0], v[1]) for role, v in template.items()}
+    return None
 
 
 def _data(draft: Draft, dpo: bool) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from recipec.compiler import plan_recipe
 from recipec.diagnostics import RecipeError
-from recipec.importers import import_config
+from recipec.importers import axolotl, import_config
 from recipec.runtime import schedule as runtime
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "axolotl"
@@ -70,12 +70,16 @@ EXPECTED: dict[str, dict] = {
     "gemma2-linear-warmup.yaml": {
         "approx": {
             "bf16",
-            "chat_template",  # axolotl's gemma template is not written out
+            "chat_template",  # axolotl's gemma template refuses a system message: not written out
             "eot_tokens",
             "warmup_ratio",
             "saves_per_epoch",
         },
         "dropped": {"datasets[0].drop_system_message": "missing-feature"},
+    },
+    "gemma3-1b-qlora.yaml": {
+        "approx": {"bf16", "eot_tokens", "warmup_ratio", "saves_per_epoch"},  # chat_template gemma3: written out
+        "dropped": {"ddp_find_unused_parameters": NFT, "unfrozen_parameters": "missing-feature"},
     },
     "cpt-cosine-min-lr.yaml": {
         "approx": {"sample_packing"},  # text: recipec packs a stream of documents
@@ -224,6 +228,12 @@ def test_fft_zero3_chat_template(imported):
     assert r["launch"]["strategy"] == "fsdp"
     assert r["launch"]["fsdp"] == {"sharding_strategy": "full_shard"}
     assert r["optim"]["name"] == "paged_adamw_8bit"
+
+
+def test_gemma3_chat_template(imported):
+    r = imported("axolotl", "gemma3-1b-qlora.yaml").recipe
+    assert r["tokenizer"]["chat_template"] == axolotl.TEMPLATES["gemma3"]
+    assert r["data"]["sources"][0]["train_on"] == "assistant"
 
 
 def test_dpo_chatml_intel(imported):

@@ -67,6 +67,11 @@ EXPECTED = {
         "approx": {"dataset", "cutoff_len"},
         "dropped": {**HOUSEKEEPING, "stage": "missing-feature"},
     },
+    "qwen3_full_sft.yaml": {
+        "files": ("data/alpaca_en_demo.json",),
+        "approx": {"dataset", "cutoff_len"},  # template qwen3: exact, with the empty thought before each answer
+        "dropped": {**HOUSEKEEPING, "use_v1_kernels": "missing-feature"},
+    },
     "llama3_lora_sft_trainer_args.yaml": {
         "files": ("data/identity.json", "data/glaive_toolcall_en_demo.json", "data/alpaca_en_demo.json"),
         "approx": {"dataset", "eval_dataset", "cutoff_len", "report_to"},
@@ -101,35 +106,49 @@ def test_sft(imported):
     assert r["tokenizer"]["chat_template"] == llama_factory.chat_template("llama3")
 
 
-CONVERSATION = [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello."},
-    {"role": "user", "content": "Bye"},
-    {"role": "assistant", "content": "Bye!"},
-]
-RENDERED = {
-    # LLaMA-Factory's slots (data/template.py): format_system, format_user, format_assistant
-    "llama3": "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
-    "Hello.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nBye!<|eot_id|>",
-    "qwen": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-    "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\nBye!<|im_end|>\n",
-    "chatml": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\nBye!<|im_end|>\n",
-}
+def test_qwen3_reasoning_template(imported):
+    got = imported(TOOL, "qwen3_full_sft.yaml", files=("data/alpaca_en_demo.json",))
+    template = got.recipe["tokenizer"]["chat_template"]
+    assert template == llama_factory.chat_template("qwen3") and "<think>" in template
+    assert "special_tokens" not in got.recipe["tokenizer"]  # Qwen3's tokenizer has its markers
 
 
-@pytest.mark.parametrize("name", sorted(RENDERED))
-def test_templates_render_as_llama_factory(name):
-    import jinja2
+@pytest.mark.parametrize(
+    ("body", "how", "why"),
+    [
+        ("template: gemma3\n", "exact", ""),
+        ("template: phi4\n", "exact", ""),
+        ("template: mistral_small\n", "exact", ""),
+        ("template: mistral\n", "approx", "SentencePiece"),
+        ("template: llama2\n", "approx", "SentencePiece"),
+        ("template: deepseek\n", "approx", "Assistant:"),
+        ("template: qwen3\nenable_thinking: false\n", "approx", "enable_thinking off"),
+        ("template: qwen3\nmask_history: true\n", "approx", "mask_history"),
+        ("template: gemma2\n", "approx", "efficient_eos"),
+        ("template: qwen2_vl\n", "approx", "not written out"),
+    ],
+)
+def test_template_mapping(tmp_path, monkeypatch, body, how, why):
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: alpaca_en\n" + body)
+    assert draft.ledger["template"].how == how and why in draft.ledger["template"].why
+    assert (draft.value("tokenizer.chat_template") is not None) == ("not written" not in why and "efficient" not in why)
 
-    text = llama_factory.chat_template(name)
-    plain = re.sub(r"\{%-? *(end)?generation *-?%\}", "", text)
-    env = jinja2.Environment()
-    assert env.from_string(plain).render(messages=CONVERSATION) == RENDERED[name]
-    system = [{"role": "system", "content": "Be brief."}, *CONVERSATION]
-    assert env.from_string(plain).render(messages=system).count("Be brief.") == 1
-    assert "You are Qwen" not in env.from_string(plain).render(messages=system)
-    custom = llama_factory.chat_template(name, "Answer in French.")
-    assert "Answer in French." in env.from_string(re.sub(r"\{%-? *(end)?generation *-?%\}", "", custom)).render(messages=CONVERSATION)
+
+def test_template_on_a_sentencepiece_model_is_approximate(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text("model_name_or_path: meta-llama/Llama-2-7b-hf\nstage: sft\ndataset: alpaca_en\ntemplate: chatml\n", encoding="utf-8")
+    draft = import_config(path, TOOL).draft
+    assert draft.ledger["template"].how == "approx" and "Llama-2-7b-hf's SentencePiece tokenizer" in draft.ledger["template"].why
+    assert draft.value("tokenizer.special_tokens") == ["<|im_start|>", "<|im_end|>"]  # LLaMA-Factory adds them when missing
+
+
+def test_enable_thinking_is_read_by_a_reasoning_template_only(tmp_path, monkeypatch):
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: alpaca_en\ntemplate: qwen3\nenable_thinking: false\n")
+    assert draft.ledger["enable_thinking"].how == "approx"
+    assert draft.value("tokenizer.chat_template") == llama_factory.chat_template("qwen3", thinking=False)
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: alpaca_en\ntemplate: qwen3_nothink\nenable_thinking: false\n")
+    assert draft.ledger["enable_thinking"].how == "dropped" and draft.ledger["template"].how == "exact"
 
 
 def test_global_batch_counts_processes(tmp_path, monkeypatch):
@@ -181,8 +200,9 @@ def test_default_system(tmp_path, monkeypatch):
     draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: alpaca_en\ntemplate: qwen\ndefault_system: Answer in French.\n")
     assert draft.ledger["default_system"].how == "exact"
     assert draft.value("tokenizer.chat_template") == llama_factory.chat_template("qwen", "Answer in French.")
-    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: alpaca_en\ntemplate: mistral\ndefault_system: Hi.\n")
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: alpaca_en\ntemplate: gemma2\ndefault_system: Hi.\n")
     assert draft.ledger["template"].how == "approx" and draft.ledger["default_system"].how == "dropped"
+    assert "efficient_eos" in draft.ledger["template"].why
 
 
 def test_qlora(imported):

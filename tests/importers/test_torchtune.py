@@ -31,7 +31,6 @@ DISK_LOGGER = {
 }
 
 HUB_DIR = "checkpointer.checkpoint_dir"  # /tmp/<name>/ of `tune download`: loaded by its hub id (approx)
-CHAT_TOKENIZER = "tokenizer.path"  # the HF tokenizer and chat template instead of torchtune's own formatting
 ALPACA = "dataset._component_"  # the Alpaca prompt template torchtune adds
 NULL_SEQ = "tokenizer.max_seq_len"  # null: bounded by the model's context
 NULL_SEED = "seed"  # null: a random seed in torchtune
@@ -39,7 +38,7 @@ CHUNKED = "loss._component_"  # CEWithChunkedOutputLoss: chunks of the sequence 
 
 EXPECTED: dict[str, dict[str, Any]] = {
     "llama3_2-1B-full-single-device.yaml": {
-        "approx": {HUB_DIR, CHAT_TOKENIZER, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED},
+        "approx": {HUB_DIR, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED},
         "dropped": {**PROFILER, **DISK_LOGGER, "optimizer_in_bwd": "missing-feature"},
         "values": {
             "model.path": "meta-llama/Llama-3.2-1B-Instruct",
@@ -66,7 +65,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "absent": ["peft", "launch"],
     },
     "llama3_2-1B-lora-single-device.yaml": {
-        "approx": {HUB_DIR, CHAT_TOKENIZER, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED},
+        "approx": {HUB_DIR, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED},
         "dropped": {**PROFILER, **DISK_LOGGER},
         "values": {
             "peft.method": "lora",
@@ -91,7 +90,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "absent": ["peft.quantize", "launch"],
     },
     "llama3_1-8B-qlora-single-device.yaml": {
-        "approx": {HUB_DIR, CHAT_TOKENIZER, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED, "model._component_"},
+        "approx": {HUB_DIR, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED, "model._component_"},
         "dropped": {**PROFILER, **DISK_LOGGER},  # low_cpu_ram: False, turned off
         "values": {
             "model.path": "meta-llama/Meta-Llama-3.1-8B-Instruct",
@@ -105,7 +104,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "llama3_3-70B-full-tp8.yaml": {
         "num_processes": 16,  # 2 nodes x 8 GPUs
         # the plan: transformers' own for the model type, which keeps the embeddings whole
-        "approx": {HUB_DIR, CHAT_TOKENIZER, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED, "tensor_parallel_plan._component_"},
+        "approx": {HUB_DIR, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED, "tensor_parallel_plan._component_"},
         "dropped": {**PROFILER, **DISK_LOGGER, "custom_sharded_layers": "no-equivalent"},
         "values": {
             "launch.num_processes": 16,
@@ -119,7 +118,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     "llama3_1-8B-full.yaml": {
         "num_processes": 4,
-        "approx": {HUB_DIR, CHAT_TOKENIZER, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED},
+        "approx": {HUB_DIR, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED},
         "dropped": {**PROFILER, **DISK_LOGGER, "custom_sharded_layers": "no-equivalent"},
         "values": {
             "launch.num_processes": 4,
@@ -136,7 +135,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     "llama3_1-8B-lora-dpo.yaml": {
         "num_processes": 2,
-        "approx": {HUB_DIR, CHAT_TOKENIZER, "dataset._component_", NULL_SEED, "epochs", "max_steps_per_epoch"},
+        "approx": {HUB_DIR, "dataset._component_", NULL_SEED, "epochs", "max_steps_per_epoch"},
         "dropped": {**DISK_LOGGER, "compile": "ignored-by-tool"},  # lora_dpo_distributed never reads compile
         "warnings": 1,
         "values": {
@@ -159,7 +158,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "absent": ["train.epochs", "model.compile"],
     },
     "llama3_2-1B-chat-sft.yaml": {
-        "approx": {HUB_DIR, CHAT_TOKENIZER, CHUNKED, "dataset.packed", "metric_logger._component_", "seed"},  # seed: data order
+        "approx": {HUB_DIR, CHUNKED, "dataset.packed", "metric_logger._component_", "seed"},  # seed: data order
         "dropped": {"metric_logger.project": "not-for-training"},  # log_peak_memory_stats: False
         "values": {
             "recipe.seed": 42,
