@@ -256,7 +256,7 @@ TEMPLATE_SOURCE = "axolotl v0.18.0 (commit 2f5cb9da62a0fe763a1ddeb7798fc9acb2f4a
 src/axolotl/utils/chat_templates/templates/<name>.jinja of that commit (Apache-2.0)."""
 
 WRITTEN = (
-    "alpaca", "aya", "chatml", "cohere", "deepseek_v2", "deepseek_v3", "exaone", "falcon_h1", "gemma3", "gemma3n",
+    "alpaca", "aya", "chatml", "cohere", "deepseek_v2", "deepseek_v3", "exaone", "exaone4", "falcon_h1", "gemma3", "gemma3n",
     "jamba", "llama3", "llama3_2_vision", "llama4", "mistral_v1", "mistral_v7_tekken", "nemotron_h", "phi_3",
     "phi_35", "phi_4", "qwen2_vl", "qwen_25",
 )
@@ -290,7 +290,6 @@ NOT_WRITTEN: dict[str, str] = {
     ),
     "metharme": "it writes EOS once, at the end of the conversation, so recipec cannot find the assistant tokens turn by turn",
     "llava": "it ends an answer with a space, no end-of-turn or EOS token, and recipec supervises an answer's closing token",
-    "exaone4": "it uses jinja's loop controls (`continue`), which recipec's check of a chat template does not enable",
 }
 """axolotl's named templates that are not written out (the tokenizer's own template is used,
 approximately), with the reason."""

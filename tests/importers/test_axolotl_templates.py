@@ -24,6 +24,7 @@ BLOBS = {
     "deepseek_v2": "59fde8f2cb85c84779eaf3b8aa6197199384c9ae",
     "deepseek_v3": "748d8d3b87bdbefd272c78db19c606cd83d3461c",
     "exaone": "8783ad2ec2b97e5be264fa015046f192de760d99",
+    "exaone4": "1eabe2f2d94465ad446a5cd95cec5ae0cb57f150",
     "falcon_h1": "2bc3204b860487b905c21add4e33c8b1dca692bf",
     "gemma3": "52e86c7d2c324f89a47845e10d76bc1032fb0d6b",
     "gemma3n": "f1d176a692e41744097637c0a36efab40baf0444",
