@@ -376,10 +376,13 @@ def _memory_lines(plan: Any) -> list[str]:
     if m is None:
         return ["", "[peak memory per device]", f"  not estimated: {plan.memory_unknown}"]
     lines = ["", "[peak memory per device, estimated (recipec/memory.py)]"]
-    for part, note in zip(("params", "grads", "optimizer", "activations", "logits"), m.notes):
-        lines.append(f"  {part.ljust(12)} {human(getattr(m, part)).rjust(11)}  {note.split(': ', 1)[1]}")
+    parts = ("params", "grads", "optimizer", "activations", "logits")
+    by_part = {note.split(": ", 1)[0]: note.split(": ", 1)[1] for note in m.notes if note.split(": ", 1)[0] in parts}
+    for part in parts:
+        lines.append(f"  {part.ljust(12)} {human(getattr(m, part)).rjust(11)}  {by_part.get(part, '')}".rstrip())
     devices = f", {human(m.total)} over {m.devices} devices" if m.devices > 1 else ""
     lines.append(f"  {'peak'.ljust(12)} {human(m.per_device).rjust(11)}  per device{devices}")
+    lines += [f"  note: {note}" for note in m.notes if note.split(": ", 1)[0] not in parts]  # e.g. preference pairs' length
     return lines
 
 

@@ -230,3 +230,17 @@ def test_generations_need_fsdp_version_2(project: Path) -> None:
     [error] = [d for d in caught.value.diagnostics if d.severity == "error"]
     assert error.message == "generating from FSDP version 1's flattened shards is not supported"
     assert error.location is not None and error.location.source_line == "eval_generations = 4"
+
+
+def test_explain_puts_each_memory_note_beside_its_part(project: Path) -> None:
+    """A preference estimate has one note more (the pair's length) than the parts: each part keeps its own."""
+    from recipec.cli import main
+
+    recipe(project, "e", 'objective = "dpo"')
+    out = CliRunner().invoke(main, ["explain", "e.toml"]).stdout
+    memory = out[out.index("[peak memory per device"):].splitlines()
+    rows = {line.split()[0]: line for line in memory[1:] if line.strip()}
+    assert "parameters" in rows["params"] and "frozen reference copy" in rows["params"]
+    assert "trainable" in rows["grads"] and "AdamW" in rows["optimizer"]
+    assert "layers" in rows["activations"] and "vocab" in rows["logits"]
+    assert "note: preference pairs: s = 2 x data.seq_len 64 (chosen and rejected in one row)" in rows["note:"]
