@@ -197,7 +197,7 @@ def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, pef
     """DPO with each kind of reference under DeepSpeed (and FSDP): 2 processes x micro-batch 4 give the losses,
     rewards and weights of 1 process with micro-batch 8, and evaluation the same held-out rewards. A precomputed
     reference is keyed by the whole model's weights, gathered from the shards: the key of one process. FSDP's
-    live copy is sharded: each process holds about half of it."""
+    live copy is sharded: each process holds about half of it. Both write the held-out generations of one process."""
     from safetensors.torch import load_file
 
     from test_preference_training import _metrics as _pref_metrics, _project as _pref_project, _run as _pref_run
@@ -205,10 +205,10 @@ def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, pef
 
     model = tmp_path / "model"
     _model(model)
-    runs = {}
+    runs, generations = {}, {}
     for name, micro, processes in (("one", 8, 1), ("two", 4, 2)):
         recipe = _pref_project(tmp_path / name, model, options=options, micro=micro, processes=processes, extra=peft)
-        recipe.write_text(recipe.read_text().replace("eval_every = 0", "eval_every = 3"))
+        recipe.write_text(recipe.read_text().replace("eval_every = 0", "eval_every = 3\neval_generations = 2\nmax_new_tokens = 4"))
         if processes > 1:
             recipe.write_text(recipe.read_text().replace("cpu = true", launch))
         proc = _pref_run(recipe, processes)
@@ -218,6 +218,9 @@ def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, pef
         project = recipe.parent.parent
         keys = {p.name.split("-")[1] for p in (project / ".recipec" / "data").glob("*/reference-*.pt")}
         runs[name] = (_pref_metrics(recipe), project / "runs" / "pref" / "model", keys)
+        generations[name] = (project / "runs" / "pref" / "generations.jsonl").read_text().splitlines()
+    # greedy answers at each evaluation: under ZeRO-3 and FSDP every process generates, in step; the main process writes
+    assert len(generations["one"]) == 4 and generations["two"] == generations["one"]
     (one, one_dir, one_keys), (two, two_dir, two_keys) = runs["one"], runs["two"]
     assert two_keys == one_keys and len(one_keys) == (1 if options else 0)
     steps = [m for m in one if "loss" in m]
@@ -312,3 +315,85 @@ def test_dpo_under_fsdp_keeps_its_live_reference_across_a_resume(tmp_path: Path)
     assert metrics["killed"] == metrics["straight"]
     wa, wb = (load_file(str(v / "model" / "model.safetensors")) for v in runs.values())
     assert wa.keys() == wb.keys() and [k for k in wa if not torch.equal(wa[k], wb[k])] == []
+
+
+SP_LAUNCH = 'cpu = false\nstrategy = "deepspeed"\ndeepspeed = {zero_stage = 3}\nparallelism = {sp_size = 2}'
+
+
+def _sp_chat(root: Path, model: Path, processes: int, *, batch: int = 8, steps: int = 3, save_every: int = 0) -> Path:
+    """The chat fine-tuning project of tests/test_sft.py, unpacked examples, micro-batch 2; over more than one
+    process, sequence parallelism of 2 under ZeRO-3 (4 processes: 2 data-parallel ranks x sp 2)."""
+    from test_sft import _project as _sft_project
+
+    root.mkdir()
+    shutil.copytree(model, root / "model")
+    _sft_project(root, "./model", micro=2, processes=processes)
+    recipe = root / "recipes" / "chat.toml"
+    text = recipe.read_text().replace("batch_size = 8", f"batch_size = {batch}").replace("max_steps = 3", f"max_steps = {steps}")
+    text = text.replace("save_every = 0", f"save_every = {save_every}")
+    text = text.replace("eval_batches = 0", "eval_batches = 0\neval_generations = 2\nmax_new_tokens = 4")
+    if processes > 1:
+        text = text.replace("cpu = true", SP_LAUNCH)
+    recipe.write_text(text)
+    return recipe
+
+
+def test_examples_under_sequence_parallelism_train_as_one_process(tmp_path: Path) -> None:
+    """Supervised fine-tuning of conversations of very uneven lengths with Ulysses: every micro-batch padded to
+    seq_len, each rank of an sp group holding half of every sequence. Over 2 processes (one sp group) and 4 (2
+    data-parallel ranks x sp 2) the step losses, DeepSpeed's gradient norms, the held-out losses, the generations
+    and the final weights are those of one process: each step's loss is the mean over its supervised tokens,
+    counted ahead over the group's micro-batches in the order the adapter serves them."""
+    from test_sft import _model, _train as _sft_train
+
+    model = tmp_path / "model"
+    _model(model)
+    runs = {}
+    for name, processes in (("one", 1), ("sp2", 2), ("dp2-sp2", 4)):
+        recipe = _sp_chat(tmp_path / name, model, processes)
+        runs[name] = (_sft_train(recipe.parent.parent, processes), recipe.parent.parent / "runs" / "chat")
+    one, one_dir = runs["one"]
+    steps = [m for m in one if "loss" in m]
+    assert len(steps) == 3 and steps[-1]["loss"] < steps[0]["loss"]
+    for name in ("sp2", "dp2-sp2"):
+        metrics, run_dir = runs[name]
+        assert [m["loss"] for m in metrics if "loss" in m] == pytest.approx([m["loss"] for m in steps], abs=1e-5, rel=0), name
+        assert [m["grad_norm"] for m in metrics if "loss" in m] == pytest.approx([m["grad_norm"] for m in steps], rel=1e-4), name
+        evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
+        assert evals == pytest.approx([m["eval_loss"] for m in one if "eval_loss" in m], abs=1e-5, rel=0), name
+        assert (run_dir / "generations.jsonl").read_text() == (one_dir / "generations.jsonl").read_text(), name
+        wa, wb = _weights(one_dir), _weights(run_dir)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert (wa[k] - wb[k]).abs().max().item() < 1e-4, (name, k)
+
+
+def test_examples_under_sequence_parallelism_resume_where_they_stopped(tmp_path: Path) -> None:
+    """Killed after the checkpoint of step 1 (3 micro-batches of the group: one loader batch of each rank and
+    the first of the next round) and resumed: the losses and weights of the run that was not stopped. The
+    look-ahead count of supervised tokens restarts at the same place in the adapter's order as the batches."""
+    from recipec.compiler import build
+    from test_sft import _model
+
+    model = tmp_path / "model"
+    _model(model)
+    runs = {}
+    for name in ("straight", "killed"):
+        recipe = _sp_chat(tmp_path / name, model, 2, batch=6, steps=4, save_every=1)
+        project = recipe.parent.parent
+        written, _ = build(recipe, (), project / "build" / "chat", project=project)
+        if name == "killed":
+            (project / "killer.py").write_text(KILL_RANK0)
+            killed = _launch(written.dir, script=[str(project / "killer.py"), str(written.dir), "1"], expect=None)
+            assert killed.returncode != 0 and not (project / "runs" / "chat" / "model").exists()
+        proc = _launch(written.dir)
+        if name == "killed":
+            assert "resum" in (proc.stdout + proc.stderr).lower()
+        runs[name] = project / "runs" / "chat"
+    loss_a, lr_a = _losses_and_lrs(runs["straight"])
+    loss_b, lr_b = _losses_and_lrs(runs["killed"])
+    assert len(loss_a) == 4 and lr_b == lr_a
+    assert loss_b == pytest.approx(loss_a, abs=1e-6, rel=0)
+    wa, wb = _weights(runs["straight"]), _weights(runs["killed"])
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() < 1e-6, k

@@ -233,6 +233,51 @@ def test_sequence_parallelism_needs_whole_unmasked_sequences(plan_of, changes, e
     assert any(expected in m for m in messages), messages
 
 
+def _examples_recipe(tmp_path: Path, data: str, extra: str = "", records: str = "prompt_completion") -> Path:
+    """A pretrained model (its config.json) fine-tuned on prompt/completion examples, sp 2 under ZeRO-3."""
+    model = tmp_path / "model"
+    model.mkdir()
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 1000, "max_position_embeddings": 512}
+    (model / "config.json").write_text(json.dumps(config))
+    rows = [{"prompt": f"Q{i}?", "completion": f" A{i}", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(8)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "sp.toml"
+    path.write_text(
+        f'[recipe]\nname = "sp"\n\n[model]\npath = "./model"\n{extra}\n[data]\nseq_len = 64\n{data}\n\n'
+        f'[[data.sources]]\npath = "rows.jsonl"\nrecords = "{records}"\n\n'
+        "[train]\nmicro_batch_size = 2\nbatch_size = 8\nmax_steps = 10\nsave_every = 0\n\n"
+        '[launch]\nnum_processes = 4\nstrategy = "deepspeed"\ndeepspeed = {zero_stage = 3}\nparallelism = {sp_size = 2}\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("data", "extra", "records", "expected"),
+    [
+        ("packing = false", "", "prompt_completion", None),  # padded after each example's tokens: causal attention ignores it
+        ("packing = true", 'attention = "flash_attention_2"\ndtype = "bfloat16"\n', "prompt_completion", None),  # varlen by position ids
+        ("packing = true", "", "prompt_completion", "Ulysses keeps them apart by their position ids only with flash attention"),
+        ("packing = false\nmax_length = 128", "", "prompt_completion", "pads every micro-batch of examples to data.seq_len 64"),
+        ("packing = false", '\n[preference]\nobjective = "dpo"\n', "preference", "is not supported for preference training"),
+    ],
+    ids=["unpacked", "packed-flash", "packed-sdpa", "longer-than-seq-len", "preference"],
+)
+def test_sequence_parallelism_takes_examples_it_can_keep_apart(tmp_path: Path, monkeypatch, data, extra, records, expected):
+    from recipec.compiler import plan_recipe
+
+    monkeypatch.chdir(tmp_path)
+    path = _examples_recipe(tmp_path, data, extra, records)
+    if expected is None:
+        plan, _ = plan_recipe(path, ())
+        assert plan["examples"] and plan.launch.sequence_parallel
+        return
+    with pytest.raises(RecipeError) as caught:
+        plan_recipe(path, ())
+    messages = [d.message for d in caught.value.diagnostics if d.severity == "error"]
+    assert any(expected in m for m in messages), messages
+
+
 def test_sequence_parallelism_copies_kv_heads_that_do_not_split(plan_of):
     """Ulysses gives each rank num_key_value_heads / sp_size KV heads, or copies each KV head to sp_size /
     num_key_value_heads ranks: 2 KV heads over sp 4 is fine, 3 over sp 2 is not."""

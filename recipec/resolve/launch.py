@@ -267,8 +267,7 @@ def _mesh_settings(b: PlanBuilder, mesh: ParallelismTable) -> None:
                 "sp_size / num_key_value_heads ranks",
                 f"use an sp_size that divides {kv} or a multiple of it",
             )
-        # Ulysses drops the attention mask and attends causally by position: whole blocks of text only
-        _whole_blocks(b, "sequence parallelism", "sp_size", sp, "which Ulysses' attention drops")
+        _sequence_parallel_data(b, sp)
         if b.get("cross_entropy") is not None:
             b.error(
                 ("loss",),
@@ -407,6 +406,45 @@ def _deepspeed_settings(b: PlanBuilder, ds: DeepspeedTable) -> None:
         unset = ds.zero3_save_16bit_model is None
         note = "launch.deepspeed.zero3_save_16bit_model (unset: true with stage 3)" if unset else None
         add("zero3_save_16bit_model", True if unset else ds.zero3_save_16bit_model, note)
+
+
+def _sequence_parallel_data(b: PlanBuilder, sp: int) -> None:
+    """What Ulysses can split. Its attention drops the attention mask and attends causally over the
+    gathered sequence (with flash attention, within the segments its position ids mark): text in
+    full seq_len blocks, and examples padded after their tokens; packed examples only with flash
+    attention; not preference pairs (the script scores their two segments with its own loss)."""
+    r = b.recipe
+    if r.preference is not None:
+        b.error(
+            ("launch", "parallelism", "sp_size"),
+            f"sequence parallelism (launch.parallelism.sp_size {sp}) is not supported for preference training: "
+            "its loss reads the log-probabilities of each pair's two segments, which Ulysses hands out in slices",
+            "set sp_size = 1 (shard the model with ZeRO-3 instead)",
+        )
+    elif b.get("examples"):
+        longest = r.data.max_length or r.data.seq_len
+        if not r.data.packing and longest > r.data.seq_len:
+            b.error(
+                ("data", "max_length"),
+                f"sequence parallelism (launch.parallelism.sp_size {sp}) pads every micro-batch of examples to data.seq_len "
+                f"{r.data.seq_len} (the ranks of an sp group hand Ulysses one shape), and max_length {longest} is longer",
+                f"set max_length = {r.data.seq_len} or less, or raise seq_len",
+            )
+        if r.data.packing and r.model.attention not in ("flash_attention_2", "flash_attention_3"):
+            b.error(
+                ("data", "packing"),
+                f"sequence parallelism (launch.parallelism.sp_size {sp}) with packed examples: Ulysses keeps them apart by "
+                f'their position ids only with flash attention, and model.attention is "{r.model.attention}", which would '
+                "attend across the examples of a row",
+                'set data.packing = false (each example padded after its tokens), or model.attention = "flash_attention_2"',
+            )
+    elif not r.data.packing:
+        b.error(
+            ("data", "packing"),
+            f"sequence parallelism (launch.parallelism.sp_size {sp}) needs full seq_len blocks, and data.packing false pads "
+            "each document with an attention mask, which Ulysses' attention drops",
+            "set data.packing = true",
+        )
 
 
 def _whole_blocks(b: PlanBuilder, name: str, key: str, size: int, lost: str) -> None:

@@ -15,7 +15,7 @@ sp_size times as many micro-batches. The labels are shifted while the sequence i
 every batch carries ``position_ids``, which order the tokens after the exchange.
 
 The loss of a micro-batch is the mean over the group's whole sequences: every rank sums the
-cross-entropy over its slice, and the sums and token counts are gathered across the group
+cross-entropy over its slice, and the sums and token counts are summed across the group
 (differentiably, so each rank's backward reaches its own slice's tokens).
 
 torch is imported by the functions that need it, like the other runtime modules.
@@ -65,11 +65,39 @@ def group() -> Any:
     return groups._get_sequence_parallel_group()
 
 
-def causal_lm_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+def token_counts(accelerator: Any, loader: Any, epoch: int, skip: int) -> Iterable[int]:
+    """The supervised tokens of each of the group's micro-batches from micro-batch ``skip`` of ``epoch`` on,
+    in the order DeepSpeed's adapter serves them, epoch after epoch.
+
+    ``loader`` is a prepared loader over the training set whose ``collate_fn`` gives a micro-batch's
+    count (``packing.token_count``), in the training loader's order. The adapter serves each round
+    of loader batches as the sp group's ranks' batches in rank order, so each rank's counts are
+    gathered over the group, round by round: every rank of a group reads the same sequence. Call
+    it on every rank of the group in step (the gather is a collective).
+    """
+    import torch
+    import torch.distributed as dist
+
+    sp_size = accelerator.parallelism_config.sp_size
+    sp_group = group()
+    whole, part = divmod(skip, sp_size)
+    while True:
+        loader.set_epoch(epoch)
+        for count in accelerator.skip_first_batches(loader, whole) if whole else loader:
+            gathered = [torch.zeros(1, dtype=torch.long, device=accelerator.device) for _ in range(sp_size)]
+            dist.all_gather(gathered, torch.tensor([int(count)], dtype=torch.long, device=accelerator.device), group=sp_group)
+            yield from (int(c) for c in gathered[part:])
+            part = 0
+        epoch, whole = epoch + 1, 0
+
+
+def causal_lm_loss(model: Any, batch: dict[str, Any], *, as_sum: bool = False) -> tuple[Any, Any]:
     """The mean cross-entropy over the supervised tokens of the group's whole sequences, and the model's outputs.
 
     ``batch`` is one slice from the adapter: ``input_ids``, ``position_ids`` and the
-    pre-shifted ``shift_labels`` of this rank's part of the sequence.
+    pre-shifted ``shift_labels`` of this rank's part of the sequence. ``as_sum``: the
+    cross-entropy summed over the group's supervised tokens and their count instead, as
+    ``((total, tokens), outputs)``, for examples, whose step mean is over the whole step's tokens.
     """
     import torch
     import torch.distributed.nn.functional as dist_nn
@@ -83,6 +111,12 @@ def causal_lm_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     )
     count = (labels != IGNORE).sum().to(summed.device)
     sp_group = group()
-    total = torch.stack(dist_nn.all_gather(summed, group=sp_group)).sum()
-    tokens = torch.stack(dist_nn.all_gather(count, group=sp_group)).sum()
+    # the group's sum, differentiably: the backward sums the upstream gradients over the group too, as an
+    # all-gather's would (torch's differentiable all-gather scatters by global rank on gloo, which breaks
+    # for every sp group but the one holding rank 0)
+    total = dist_nn.all_reduce(summed, group=sp_group)
+    tokens = count.clone()
+    torch.distributed.all_reduce(tokens, group=sp_group)
+    if as_sum:
+        return (total, tokens), outputs
     return total / tokens.clamp(min=1), outputs
