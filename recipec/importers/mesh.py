@@ -98,7 +98,17 @@ def blocker(d: Draft, dim: str, size: int, kept: dict[str, int], given: int = 1)
         if strategy != "deepspeed":
             return f"recipec's sequence parallelism is DeepSpeed's (Ulysses), and the run's strategy is {strategy}"
         records = _sources_records(d)
-        if d.tables.get("preference") or any(r != "text" for r in records) or not d.value("data.packing", True):
+        packing = d.value("data.packing", True)
+        attention = d.value("model.attention", "sdpa")
+        if d.tables.get("preference"):
+            return "recipec's sequence parallelism does not split preference pairs"
+        if any(r != "text" for r in records):
+            if packing and attention not in ("flash_attention_2", "flash_attention_3"):
+                return f"recipec's sequence parallelism keeps packed examples apart with flash attention only, and the run's attention is {attention}"
+            longest, seq = d.value("data.max_length"), d.value("data.seq_len")
+            if not packing and isinstance(longest, int) and isinstance(seq, int) and longest > seq:
+                return f"recipec's sequence parallelism pads unpacked examples to seq_len {seq}, and max_length is {longest}"
+        elif not packing:
             return "recipec's sequence parallelism splits full seq_len blocks of packed text records"
         seq_len = d.value("data.seq_len")
         if isinstance(seq_len, int) and seq_len % size:
@@ -110,7 +120,6 @@ def blocker(d: Draft, dim: str, size: int, kept: dict[str, int], given: int = 1)
                 return f"Ulysses splits or copies the KV heads, and the model's num_key_value_heads {line.value} and {size} do not divide one another"
         if d.value("loss.cross_entropy") is not None:
             return "recipec's chunked cross-entropy ([loss]) shifts the labels itself, and sequence parallelism hands each rank its slice of the labels shifted before the cut"
-        attention = d.value("model.attention", "sdpa")
         if attention not in ("sdpa", "flash_attention_2", "flash_attention_3"):
             return f"DeepSpeed's Ulysses runs sdpa or flash attention, and the run's attention is {attention}"
     if dim == "sp_size" and kept.get("cp_size", 1) > 1:

@@ -13,7 +13,7 @@ import pytest
 
 from recipec.compiler import plan_recipe
 from recipec.diagnostics import RecipeError
-from recipec.importers import axolotl, import_config
+from recipec.importers import Options, axolotl, import_config
 from recipec.runtime import schedule as runtime
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "axolotl"
@@ -573,6 +573,28 @@ def test_alst_deepspeed_sequence_parallel(tmp_path, imported):
     assert "context_parallel_size" in got.approx  # a ring becomes Ulysses' all-to-all
     assert r["model"]["attention"] == "flash_attention_2"  # Ulysses wraps flash attention as it is
     assert r["train"]["batch_size"] == 2 and r["launch"]["num_processes"] == 16
+
+
+@pytest.mark.parametrize(
+    ("attention", "packing", "kept"),
+    [
+        ("flash_attention_2", "true", True),  # packed examples, kept apart by flash attention's position ids
+        ("sdpa", "false", True),  # each example padded after its tokens
+        ("sdpa", "true", False),  # sdpa under Ulysses would attend across a packed row's examples
+    ],
+)
+def test_sequence_parallel_fine_tuning_on_examples(tmp_path, attention, packing, kept):
+    text = (CONFIGS / "lora-1b.yaml").read_text(encoding="utf-8").replace("optimizer: adamw_8bit", "optimizer: adamw_torch")
+    text = text.replace("attn_implementation: flash_attention_2", f"attn_implementation: {attention}")
+    text = text.replace("sample_packing: true", f"sample_packing: {packing}")
+    text += "deepspeed: deepspeed_configs/zero3_bf16.json\ncontext_parallel_size: 2\n"
+    result = import_config(_write(tmp_path, text), "axolotl", Options(name="sp", num_processes=4))
+    launch = tomllib.loads(result.text)["launch"]
+    if kept:
+        assert launch["strategy"] == "deepspeed" and launch["parallelism"] == {"sp_size": 2}
+    else:
+        assert "parallelism" not in launch
+        assert "keeps packed examples apart with flash attention only" in result.draft.ledger["context_parallel_size"].why
 
 
 def test_sequence_parallel_with_chunked_cross_entropy_is_not_imported(tmp_path):
