@@ -181,6 +181,42 @@ def test_examples_under_zero_take_the_mean_over_each_steps_supervised_tokens(sta
 LORA = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\n'
 
 
+def _dpo_run(root: Path, model: Path, options: str, peft: str, micro: int, processes: int, launch: str = "") -> dict:
+    """The DPO project of tests/test_preference_training.py (3 steps, evaluated at 0 and 3 with 2 generations each)."""
+    from test_preference_training import _metrics as _pref_metrics, _project as _pref_project, _run as _pref_run
+
+    recipe = _pref_project(root, model, options=options, micro=micro, processes=processes, extra=peft)
+    recipe.write_text(recipe.read_text().replace("eval_every = 0", "eval_every = 3\neval_generations = 2\nmax_new_tokens = 4"))
+    if processes > 1:
+        recipe.write_text(recipe.read_text().replace("cpu = true", launch))
+    proc = _pref_run(recipe, processes)
+    project = recipe.parent.parent
+    return {
+        "metrics": _pref_metrics(recipe),
+        "model": project / "runs" / "pref" / "model",
+        "keys": {p.name.split("-")[1] for p in (project / ".recipec" / "data").glob("*/reference-*.pt")},
+        "generations": (project / "runs" / "pref" / "generations.jsonl").read_text().splitlines(),
+        "output": proc.stdout + proc.stderr,
+    }
+
+
+@pytest.fixture(scope="module")
+def dpo_one(tmp_path_factory: pytest.TempPathFactory):
+    """The model, and one process x micro-batch 8 of it for a reference setting: run once per setting, shared by the cases."""
+    from test_sft import _model
+
+    model = tmp_path_factory.mktemp("dpo-model") / "model"
+    _model(model)
+    done: dict[tuple[str, str], dict] = {}
+
+    def one(options: str, peft: str) -> tuple[Path, dict]:
+        if (options, peft) not in done:
+            done[(options, peft)] = _dpo_run(tmp_path_factory.mktemp("dpo-one") / "one", model, options, peft, 8, 1)
+        return model, done[(options, peft)]
+
+    return one
+
+
 @pytest.mark.parametrize(
     ("launch", "options", "peft"),
     [
@@ -193,36 +229,22 @@ LORA = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\
     ],
     ids=["zero2-copy", "zero3-precomputed", "zero3-copy", "zero3-lora", "fsdp-precomputed", "fsdp-copy"],
 )
-def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, peft: str, tmp_path: Path) -> None:
+def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, peft: str, dpo_one, tmp_path: Path) -> None:
     """DPO with each kind of reference under DeepSpeed (and FSDP): 2 processes x micro-batch 4 give the losses,
     rewards and weights of 1 process with micro-batch 8, and evaluation the same held-out rewards. A precomputed
     reference is keyed by the whole model's weights, gathered from the shards: the key of one process. FSDP's
     live copy is sharded: each process holds about half of it. Both write the held-out generations of one process."""
     from safetensors.torch import load_file
 
-    from test_preference_training import _metrics as _pref_metrics, _project as _pref_project, _run as _pref_run
-    from test_sft import _model
-
-    model = tmp_path / "model"
-    _model(model)
-    runs, generations = {}, {}
-    for name, micro, processes in (("one", 8, 1), ("two", 4, 2)):
-        recipe = _pref_project(tmp_path / name, model, options=options, micro=micro, processes=processes, extra=peft)
-        recipe.write_text(recipe.read_text().replace("eval_every = 0", "eval_every = 3\neval_generations = 2\nmax_new_tokens = 4"))
-        if processes > 1:
-            recipe.write_text(recipe.read_text().replace("cpu = true", launch))
-        proc = _pref_run(recipe, processes)
-        if processes > 1 and "fsdp" in launch and not options:
-            held, total = (int(n.replace(",", "")) for n in re.findall(r"reference: a frozen copy sharded over 2 processes, ([\d,]+) of its ([\d,]+)", proc.stdout + proc.stderr)[0])
-            assert total / 2 <= held < 0.55 * total  # rank 0: half of every parameter's rows, rounded up
-        project = recipe.parent.parent
-        keys = {p.name.split("-")[1] for p in (project / ".recipec" / "data").glob("*/reference-*.pt")}
-        runs[name] = (_pref_metrics(recipe), project / "runs" / "pref" / "model", keys)
-        generations[name] = (project / "runs" / "pref" / "generations.jsonl").read_text().splitlines()
+    model, one_run = dpo_one(options, peft)
+    two_run = _dpo_run(tmp_path / "two", model, options, peft, 4, 2, launch)
+    if "fsdp" in launch and not options:
+        held, total = (int(n.replace(",", "")) for n in re.findall(r"reference: a frozen copy sharded over 2 processes, ([\d,]+) of its ([\d,]+)", two_run["output"])[0])
+        assert total / 2 <= held < 0.55 * total  # rank 0: half of every parameter's rows, rounded up
     # greedy answers at each evaluation: under ZeRO-3 and FSDP every process generates, in step; the main process writes
-    assert len(generations["one"]) == 4 and generations["two"] == generations["one"]
-    (one, one_dir, one_keys), (two, two_dir, two_keys) = runs["one"], runs["two"]
-    assert two_keys == one_keys and len(one_keys) == (1 if options else 0)
+    assert len(one_run["generations"]) == 4 and two_run["generations"] == one_run["generations"]
+    one, two = one_run["metrics"], two_run["metrics"]
+    assert two_run["keys"] == one_run["keys"] and len(one_run["keys"]) == (1 if options else 0)
     steps = [m for m in one if "loss" in m]
     assert len(steps) == 3 and steps[-1]["reward_margin"] != 0  # it trained: the policy left the reference
     for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen", "lr"):
@@ -232,7 +254,7 @@ def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, pef
     for key in ("eval_loss", "eval_reward_margin", "eval_reward_accuracy"):
         assert [m[key] for m in evals(two)] == pytest.approx([m[key] for m in evals(one)], abs=1e-5, rel=0), key
     name = "adapter_model.safetensors" if peft else "model.safetensors"
-    wa, wb = load_file(str(one_dir / name)), load_file(str(two_dir / name))
+    wa, wb = load_file(str(one_run["model"] / name)), load_file(str(two_run["model"] / name))
     assert wa.keys() == wb.keys()
     for k in wa:
         assert (wa[k] - wb[k]).abs().max().item() < 1e-4, k
