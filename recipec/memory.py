@@ -59,7 +59,8 @@ layers are freed after their forward).
 
 `[launch.parallelism]` divides what each dimension of the device mesh divides: FSDP shards
 over its data-parallel and context-parallel ranks (accelerate's `dp_shard_cp`), ZeRO over
-its data-parallel ranks (num_processes / sp_size); tensor parallelism then divides the
+every process (with sequence parallelism DeepSpeed partitions over the data-parallel and
+sequence-parallel ranks together); tensor parallelism then divides the
 parameters, gradients and optimizer state (and the gathered layer) by tp_size, and the
 activations by tp_size (an approximation: the residual stream and the norms are not split);
 context and sequence parallelism divide the activations and the logits by cp_size x sp_size
@@ -559,7 +560,8 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
             shard = f"; fsdp {how} over {over} processes{gathered_note}"
     elif ds_stage:
         ds = launch.deepspeed
-        world //= seq_split  # ZeRO's data-parallel ranks: a sequence-parallel group shares its samples
+        # ZeRO partitions over every process: with sequence parallelism DeepSpeed shards and reduces over the
+        # data-parallel and sequence-parallel ranks together (its seq_data_parallel_group)
         optim_b /= world
         optim_how = f" / {world} (ZeRO-{ds_stage})"
         if ds_stage >= 2:

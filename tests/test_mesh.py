@@ -155,6 +155,17 @@ def test_the_memory_estimate_divides_what_each_dimension_divides(plan_of):
     assert cp.logits == base.logits // 2 and cp.activations == pytest.approx(base.activations / 2, abs=1)
 
 
+def test_zero_partitions_over_the_sequence_parallel_ranks_too(plan_of):
+    """DeepSpeed shards ZeRO's state over the data-parallel and sequence-parallel ranks together (its
+    seq_data_parallel_group; a run of 2 processes at sp 2 holds half of every matrix on each): 4 processes at
+    sp 2 divide the optimizer state, gradients and parameters by 4, as 4 data-parallel ranks do."""
+    zero3 = {"strategy": "deepspeed", "deepspeed": {"zero_stage": 3}}
+    dp = plan_of(launch={"num_processes": 4, **zero3}, train={"batch_size": 16}).memory
+    sp = plan_of(launch={"num_processes": 4, **zero3, "parallelism": {"sp_size": 2}}, train={"batch_size": 16}).memory
+    assert sp.optimizer == dp.optimizer and sp.grads == dp.grads and sp.params == dp.params
+    assert "ZeRO stage 3 over 4 processes" in next(n for n in sp.notes if n.startswith("params: "))
+
+
 # -- what cannot be built ----------------------------------------------------------------
 
 
