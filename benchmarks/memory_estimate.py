@@ -1,7 +1,7 @@
 """How close `recipec explain`'s peak-memory estimate is to the measured peak of a training step.
 
 For each case (a CPU example recipe, and variants of it through --set: micro-batch,
-seq_len, gradient checkpointing, LoRA, bfloat16, the gpt2 and gemma3_text architectures),
+seq_len, gradient checkpointing, LoRA, bfloat16, and the other architectures the estimate counts),
 the recipe is planned as `recipec explain` plans it, and the same model (the model config
 the generated script passes to transformers and the vocabulary, model.dtype,
 gradient checkpointing, the [peft] adapter through recipec_runtime's adapters.apply, AdamW
@@ -60,6 +60,15 @@ GEMMA3 = [
     "num_key_value_heads=2, max_position_embeddings=512, sliding_window=64}",
 ]
 
+# gemma2 at the same sizes, with its default soft-capping (attention 50, logits 30) and
+# alternating sliding-window (64) and full layers; transformers builds it without sdpa
+GEMMA2 = [
+    'model.init="gemma2"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512, sliding_window=64}",
+    'model.attention="eager"',
+]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -95,6 +104,13 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "gemma3 bf16 autocast": ("recipes/quickstart.toml", [*GEMMA3, 'launch.mixed_precision="bf16"']),
     "gemma3 lora r16": ("recipes/quickstart.toml", [*GEMMA3, 'peft={method="lora", r=16, target_modules="all-linear"}']),
     "gemma3 lora q,v": ("recipes/quickstart.toml", [*GEMMA3, 'peft={method="lora", r=8}']),
+    "gemma2": ("recipes/quickstart.toml", GEMMA2),
+    "gemma2 tied": ("recipes/quickstart.toml", [*GEMMA2, "model.config.tie_word_embeddings=true"]),
+    "gemma2 ckpt": ("recipes/quickstart.toml", [*GEMMA2, "model.gradient_checkpointing=true"]),
+    "gemma2 bf16 weights": ("recipes/quickstart.toml", [*GEMMA2, 'model.dtype="bfloat16"']),
+    "gemma2 bf16 autocast": ("recipes/quickstart.toml", [*GEMMA2, 'launch.mixed_precision="bf16"']),
+    "gemma2 lora r16": ("recipes/quickstart.toml", [*GEMMA2, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "gemma2 lora q,v": ("recipes/quickstart.toml", [*GEMMA2, 'peft={method="lora", r=8}']),
 }
 
 

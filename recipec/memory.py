@@ -62,7 +62,7 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 (each rank holds its part of the sequence). The logits are not divided by tp_size: the
 output projection gathers them whole.
 
-The counts cover Llama-like decoders, gemma3_text and gpt2: llama, mistral, qwen2, phi3 (whose fused qkv_proj
+The counts cover Llama-like decoders, gemma2, gemma3_text and gpt2: llama, mistral, qwen2, phi3 (whose fused qkv_proj
 and gate_up_proj hold the same weights), qwen3 and olmo2 (which add RMSNorms over the
 queries and keys: parameters counted exactly, their activations not), and the
 mixture-of-experts mixtral and qwen3_moe. An MoE layer holds `experts` copies of the SwiGLU
@@ -72,13 +72,26 @@ experts_per_token * (4 * intermediate + h) activation elements per token for the
 gathered input too), where a dense layer keeps 4 * intermediate. PEFT on phi3, on the MoE
 types and on gpt2 is not counted (their module names and expert tensors differ from Llama's).
 
-gemma3_text (the tensors read off transformers' Gemma3 modules): four RMSNorms a layer and
-RMSNorms over the queries and keys, each computing in float32 and keeping its float32 input
-and, for a trainable weight, its float32 normalised value; GeGLU keeps what SwiGLU keeps.
-A sliding-window layer whose window is shorter than the sequence attends through a mask
-(b x s x s in `model.dtype`, one for all such layers), and with a mask transformers repeats k
-and v to every query head before sdpa. Tied embeddings and head_dim are the config's; the
-logit soft-capping of gemma2 (final_logit_softcapping, attn_logit_softcapping) is refused.
+gemma2 and gemma3_text (the tensors read off transformers' Gemma2 and Gemma3 modules): four
+RMSNorms a layer (before and after the attention and the MLP) and, in gemma3_text, RMSNorms
+over the queries and keys, each computing in float32 and keeping its float32 input and, for a
+trainable weight, its float32 normalised value; GeGLU keeps what SwiGLU keeps. The linears
+after a norm keep its output, once, or under autocast once per linear (q, k and v; gate and
+up): autocast casts the float32 output for each matmul, and the casts are not shared. With
+PEFT only the linears with an adapter keep it. A fused kernel keeps q, k, v and its output,
+which is o_proj's input too. Eager attention keeps q, k and v repeated to every query head,
+o_proj's contiguous input, and the probabilities (above); its masks are added to the scores
+and not kept, except for a checkpointed layer, which is called again with them (b x s x s
+in `model.dtype`, one per kind of layer). Under sdpa a sliding-window layer whose window is
+shorter than the sequence attends through a mask (b x s x s in `model.dtype`, one for all such
+layers, kept by sdpa), and with a mask transformers repeats k and v to every query head.
+gemma2's soft-capping: with attn_logit_softcapping the eager attention keeps the tanh of the
+scaled scores (b * heads * s * s in the activation dtype, a layer), with
+final_logit_softcapping the loss keeps the tanh of the logits (b * s * vocab in the activation
+dtype) besides its three float32 copies. transformers builds gemma2 without sdpa (eager, flash
+or flex attention), so `model.attention = "sdpa"` gets no estimate; its sliding layers change
+nothing kept under eager or a flash kernel. Tied embeddings and head_dim are the config's;
+gemma3_text's soft-capping is refused.
 
 gpt2: learned position embeddings, LayerNorms with biases (each keeps its input, the
 Conv1D after it that output), c_attn's output holds q, k and v, and gelu_new, written in
@@ -95,7 +108,7 @@ transformers' transpose and `contiguous()` copy nothing (the Llama count above k
 Not counted: the CUDA context and the kernels' workspaces (hundreds of MiB on a GPU), the
 allocator's fragmentation and caching, optimizer-step temporaries, eval, EMA/merge copies
 (kept in CPU memory), the Llama-likes' attention dropout, and every other architecture
-(gemma2, gpt_neox, ...): for those there is no estimate, and explain says so.
+(gpt_neox, falcon, ...): for those there is no estimate, and explain says so.
 """
 
 from __future__ import annotations
@@ -109,11 +122,23 @@ from .schema import Recipe
 GIB = 1024**3
 MIB = 1024**2
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2")
 """`model_type`s whose layers the parameter and activation counts describe."""
 
-PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text")
+PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2")
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
+
+CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2")
+"""Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
+
+GEMMA = ("gemma2", "gemma3_text")
+"""Gemma's layers: RMSNorms that compute and keep their values in float32, GeGLU."""
+
+SANDWICH = ("gemma2", "gemma3_text")
+"""Four norms a layer: one before and one after the attention and the MLP."""
+
+FUSED_ONLY = ("gemma2",)
+"""Types transformers builds without sdpa (gemma2: `_supports_sdpa = False`, for its soft-capping)."""
 
 ACTIVATION_KEPT = {"silu": 1, "gelu": 1, "gelu_pytorch_tanh": 1, "gelu_new": 4}
 """Tensors of the MLP's width an activation keeps for the backward pass, besides its output:
@@ -128,6 +153,17 @@ LOGIT_COPIES = 3
 """float32 b x s x vocab tensors alive at the start of the backward pass (see the module docstring)."""
 
 LAYER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _inputs_kept(readers: tuple[str, ...], adapted: frozenset[str] | None, act_bytes: int, residual_bytes: int) -> int:
+    """Bytes per element of a norm's output that the linears reading it keep for their weights'
+    gradients (or their adapters'): one copy in the activation dtype, or one per linear where
+    autocast casts a float32 norm output for each matmul (the casts are not shared); none when
+    every reader is frozen."""
+    training = sum(adapted is None or name in adapted for name in readers)
+    if not training:
+        return 0
+    return act_bytes * (training if act_bytes < residual_bytes else 1)
 
 
 @dataclass(frozen=True)
@@ -162,6 +198,10 @@ class ModelShape:
     sliding_window: int = 0
     sliding_layers: int = 0
     """gemma3_text's layers that attend over the last `sliding_window` tokens only."""
+    attention_softcap: bool = False
+    """gemma2's attention logits soft-capped (attn_logit_softcapping): eager attention keeps the tanh output too."""
+    logit_softcap: bool = False
+    """gemma2's output logits soft-capped (final_logit_softcapping): the loss keeps the tanh output too."""
     model_type: str = "llama"
 
     @classmethod
@@ -175,7 +215,7 @@ class ModelShape:
             raise ValueError(
                 f"the estimate does not cover model type {model_type!r}; it counts {', '.join(ARCHITECTURES)}"
             )
-        if model_type in ("gpt2", "gemma3_text"):  # their config.json leaves keys at the config class's defaults
+        if model_type in CLASS_DEFAULTS:  # their config.json leaves keys at the config class's defaults
             config = {**model_types.model_types()[model_type]["keys"], **config}
         try:
             if model_type == "gpt2":
@@ -193,17 +233,19 @@ class ModelShape:
                     raise ValueError("the estimate does not cover qwen3_moe with dense layers (mlp_only_layers, decoder_sparse_step)")
                 experts, per_token = int(config["num_experts"]), int(config["num_experts_per_tok"])
                 intermediate = int(config["moe_intermediate_size"])
-            activation = "silu"  # the Llama-likes' SwiGLU; gemma3_text's GeGLU keeps as much
-            if model_type == "gemma3_text":
-                capped = [k for k in ("final_logit_softcapping", "attn_logit_softcapping") if config.get(k) is not None]
-                if capped:
-                    raise ValueError(f"the estimate does not cover gemma3_text with {' or '.join(capped)}")
+            activation = "silu"  # the Llama-likes' SwiGLU; Gemma's GeGLU keeps as much
+            window = sliding = 0
+            softcaps = {k: config.get(k) is not None for k in ("final_logit_softcapping", "attn_logit_softcapping")}
+            if model_type == "gemma3_text" and any(softcaps.values()):
+                raise ValueError(f"the estimate does not cover gemma3_text with {' or '.join(k for k, v in softcaps.items() if v)}")
+            if model_type in ("gemma2", "gemma3_text"):
                 activation = str(config["hidden_activation"])
-                if activation not in ACTIVATION_KEPT:
-                    raise ValueError(f"the estimate does not cover the activation {activation!r}")
                 layers = int(config["num_hidden_layers"])
-                types = config.get("layer_types") or [(n + 1) % 6 != 0 for n in range(layers)]  # transformers' default
+                every = 2 if model_type == "gemma2" else 6  # transformers' default: every second (sixth) layer attends to all
+                types = config.get("layer_types") or [(n + 1) % every != 0 for n in range(layers)]
                 sliding, window = sum(t is True or t == "sliding_attention" for t in types), int(config["sliding_window"])
+            if activation not in ACTIVATION_KEPT:
+                raise ValueError(f"the estimate does not cover the activation {activation!r}")
             qk_norm = {
                 "qwen3": 2 * head_dim,
                 "qwen3_moe": 2 * head_dim,
@@ -226,8 +268,10 @@ class ModelShape:
                 experts=experts,
                 experts_per_token=per_token,
                 activation=activation,
-                sliding_window=window if model_type == "gemma3_text" else 0,
-                sliding_layers=sliding if model_type == "gemma3_text" else 0,
+                sliding_window=window,
+                sliding_layers=sliding,
+                attention_softcap=model_type == "gemma2" and softcaps["attn_logit_softcapping"],
+                logit_softcap=model_type == "gemma2" and softcaps["final_logit_softcapping"],
                 model_type=model_type,
             )
         except (KeyError, TypeError, ZeroDivisionError) as exc:
@@ -291,9 +335,9 @@ class ModelShape:
         return 2 * self.hidden_size if self.model_type == "gpt2" else self.hidden_size
 
     def layer_params(self) -> int:
-        """Parameters of one decoder layer: its linears, its norms (gemma3_text has four, the
-        others two) and any query/key norms."""
-        norms = 4 if self.model_type == "gemma3_text" else 2
+        """Parameters of one decoder layer: its linears, its norms (gemma2 and gemma3_text have
+        four, the others two) and any query/key norms."""
+        norms = 4 if self.model_type in SANDWICH else 2
         return self.layer_linear_params() + norms * self.norm_params() + self.qk_norm
 
     def embedding_params(self) -> int:
@@ -316,7 +360,12 @@ class ModelShape:
         return 4 * h + (0 if frozen else residual_bytes * h) + act_bytes * h
 
     def layer_activations(
-        self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None = None, mask_bytes: int = 1
+        self,
+        residual_bytes: int,
+        act_bytes: int,
+        adapted: frozenset[str] | None = None,
+        mask_bytes: int = 1,
+        eager: bool = False,
     ) -> int:
         """Bytes one decoder layer keeps for the backward pass, per token (module docstring).
 
@@ -329,6 +378,9 @@ class ModelShape:
                 they carry an adapter.
             mask_bytes: bytes of a dropout mask's element (gpt2): 1 on a GPU (a bool mask), the
                 activation's on the CPU (torch's CPU dropout multiplies by a noise tensor).
+            eager: eager attention (`model.attention = "eager"`): for the Gemma types, q, k and v
+                repeated to every query head and o_proj's contiguous input instead of a fused
+                kernel's q, k, v and output (the probabilities are counted by `scores_bytes`).
         """
         h, i = self.hidden_size, self.intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
@@ -346,13 +398,21 @@ class ModelShape:
         if adapted is not None:
             attention -= 0 if "o_proj" in adapted else q
             mlp -= 0 if "down_proj" in adapted else i
-        if self.model_type == "gemma3_text":
-            # four norms and the query and key norms, each keeping its float32 input and (a trainable
+        if self.model_type in GEMMA:
+            # the norms (four with gemma2's and gemma3_text's after the attention and the MLP) and
+            # gemma3_text's query and key norms, each keeping its float32 input and (a trainable
             # weight's) float32 normalised value; q/k/v and gate/up keep the output of the two before
-            # them; the attention output is o_proj's input too (no copy, as for gpt2 above)
+            # them. A fused kernel keeps q, k, v and its output, which is o_proj's input too (no copy,
+            # as for gpt2 above); eager attention keeps q, k and v repeated to every query head, and
+            # o_proj's contiguous input where o_proj trains
+            norms = 4 if self.model_type in SANDWICH else 2
+            qk = q + kv if self.qk_norm else 0
             norm = 4 if adapted is not None else 8
-            attention -= q if adapted is None or "o_proj" in adapted else 0
-            return norm * (4 * h + q + kv) + 2 * act_bytes * h + (attention + mlp) * act_bytes
+            o_kept = adapted is None or "o_proj" in adapted
+            attention = 3 * q + (q if o_kept else 0) if eager else 2 * q + 2 * kv
+            inputs = _inputs_kept(("q_proj", "k_proj", "v_proj"), adapted, act_bytes, residual_bytes)
+            inputs += _inputs_kept(("gate_proj", "up_proj"), adapted, act_bytes, residual_bytes)
+            return norm * (norms * h + qk) + inputs * h + (attention + mlp) * act_bytes
         return 2 * self.norm_activations(residual_bytes, act_bytes, adapted is not None) + (attention + mlp) * act_bytes
 
     def final_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False, mask_bytes: int = 1) -> int:
@@ -365,7 +425,7 @@ class ModelShape:
             return (residual_bytes + act_bytes) * h + (h * mask_bytes if self.embedding_dropout else 0)
         if frozen:
             return 4 * h
-        if self.model_type == "gemma3_text":
+        if self.model_type in GEMMA:
             return 8 * h + act_bytes * h
         return self.norm_activations(residual_bytes, act_bytes)
 
@@ -373,13 +433,14 @@ class ModelShape:
         """Bytes per attention probability (per head, per query and key) the backward pass keeps
         where they are materialised (eager attention).
 
-        Llama and Gemma: the float32 softmax output and its copy in a 16-bit activation dtype;
+        Llama and Gemma: the float32 softmax output and its copy in a 16-bit activation dtype,
+        and with gemma2's soft-capping the tanh of the scaled scores (in the activation dtype);
         gpt2: the softmax output in the activation dtype and, with attention dropout, its mask
         and the dropped-out probabilities.
         """
         if self.model_type == "gpt2":
             return act_bytes + (mask_bytes + act_bytes if self.attention_dropout else 0)
-        return 4 + (act_bytes if act_bytes < 4 else 0)
+        return 4 + (act_bytes if act_bytes < 4 else 0) + (act_bytes if self.attention_softcap else 0)
 
     def linear_weights(self) -> int:
         """Weights that go through a matmul: every layer's linears and lm_head (tied or not)."""
@@ -485,6 +546,11 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     a_bytes = 2 if mixed or p_bytes == 2 else 4
     notes: list[str] = []
 
+    if shape.model_type in FUSED_ONLY and recipe.model.attention == "sdpa":
+        raise ValueError(
+            f"the estimate does not cover {shape.model_type} with model.attention \"sdpa\": transformers builds it "
+            "with eager, flash or flex attention only"
+        )
     n_params = shape.parameters()
     peft = recipe.peft.model_dump(exclude_none=True) if recipe.peft is not None else None
     if peft is not None and shape.model_type not in PEFT_ARCHITECTURES:
@@ -586,13 +652,14 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     h, layers = shape.hidden_size, shape.num_hidden_layers
     adapted = None if peft is None else frozenset(name.rsplit(".", 1)[-1] for name in _targets(shape, peft))
     mask_bytes = a_bytes if launch.cpu else 1  # a dropout mask: the CPU's noise tensor, a GPU's bool mask
-    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes)
+    eager = recipe.model.attention == "eager"
+    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager and shape.model_type in GEMMA)
     # eager attention keeps its s x s probabilities for the backward pass, and so does sdpa on
     # the CPU with dropout: torch has no fused CPU kernel with dropout and runs its math path
     scores_b = 0
     cpu_dropout = recipe.model.attention == "sdpa" and launch.cpu and shape.attention_dropout > 0
     upcast = 0
-    if recipe.model.attention == "eager":
+    if eager:
         scores_b = b * shape.num_attention_heads * s * s * shape.scores_bytes(a_bytes, mask_bytes)
     elif cpu_dropout:  # in float32: the softmax output, the dropout's noise tensor and the dropped-out copy, and q, k and v
         scores_b, upcast = b * shape.num_attention_heads * s * s * 3 * 4, 3 * h * (4 - a_bytes)
@@ -600,14 +667,22 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     final = shape.final_activations(p_bytes, a_bytes, peft is not None, mask_bytes)
     # a sliding-window layer shorter than the sequence attends through a mask (b x s x s, in
     # model.dtype, one for all such layers), and with a mask transformers repeats k and v to every
-    # query head before sdpa: those layers keep 2 (heads - kv_heads) * head_dim more elements a token
+    # query head before sdpa: those layers keep 2 (heads - kv_heads) * head_dim more elements a token.
+    # Eager attention adds its masks to the scores and keeps none of them, but a checkpointed layer
+    # is called again with them: one per kind of layer (full, sliding) stays alive until the backward
     mask_b = repeated = 0
-    if shape.sliding_layers and s > shape.sliding_window:
+    sliding_mask = bool(shape.sliding_layers) and s > shape.sliding_window
+    if sliding_mask and recipe.model.attention == "sdpa" and shape.model_type not in FUSED_ONLY:
         q, kv = shape.num_attention_heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
         mask_b, repeated = b * s * s * p_bytes, 2 * (q - kv) * a_bytes
+    elif eager and checkpointing and shape.model_type in GEMMA:
+        kinds = (shape.sliding_layers > 0) + (shape.sliding_layers < layers)
+        mask_b = kinds * b * s * s * p_bytes
     chunk = recipe.loss.chunk_size if recipe.loss is not None and recipe.loss.cross_entropy == "chunked" else None
     logit_tokens = tokens if chunk is None else min(chunk, tokens)
-    logits_b = logit_tokens * shape.vocab_size * 4 * LOGIT_COPIES
+    # gemma2's soft-capped logits: tanh keeps its output (in the activation dtype) besides the loss's three
+    capped_b = a_bytes if shape.logit_softcap else 0
+    logits_b = logit_tokens * shape.vocab_size * (4 * LOGIT_COPIES + capped_b)
     # each chunk's backward computes the output projection's weight gradient before adding it
     # to the one accumulated so far: one more vocab x h gradient (none for a frozen head)
     head_grad_b = shape.vocab_size * h * p_bytes if chunk is not None and peft is None else 0
@@ -624,7 +699,9 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     else:
         act_b = tokens * (layers * per_layer + final + shape.sliding_layers * repeated) + layers * scores_b + mask_b
         act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B + final norm {final} B)"
-    if mask_b:
+    if mask_b and not repeated and eager:
+        act_formula += f" + eager attention's masks, kept for the recomputed layers: {mask_b // (b * s * s * p_bytes)} * b {b} * s {s}^2 * {p_bytes} B"
+    elif mask_b:
         act_formula += (
             f" + the sliding-window mask b {b} * s {s}^2 * {p_bytes} B"
             f" + k and v repeated per query head in {shape.sliding_layers} sliding layers: b * s * {repeated} B each"
@@ -656,6 +733,7 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     what = "adapter" if peft is not None else "all"
     if pref is not None and pref.objective != "kto":
         notes.append(f"preference pairs: s = 2 x data.seq_len {recipe.data.seq_len} (chosen and rejected in one row)")
+    capped = f" + the soft-cap's tanh output, {capped_b} B a logit" if capped_b else ""
     notes += [
         f"params: {n_params:,} parameters{f' + {adapter:,} adapter' if peft else ''} ({precision}){shard}",
         f"grads: {trainable:,} trainable ({what}) x {g_bytes} B{grads_how}",
@@ -667,6 +745,7 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
             if chunk is not None
             else f"logits: b {b} * s {s} * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (float32 cross-entropy)"
         )
+        + capped
         + (f" / (cp_size x sp_size {seq_split})" if seq_split > 1 else ""),
     ]
     return MemoryEstimate(

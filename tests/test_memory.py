@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from recipec.cli import main
 from recipec.compiler import plan_recipe
-from recipec.memory import GIB, ModelShape, adapter_parameters
+from recipec.memory import ARCHITECTURES, GIB, ModelShape, adapter_parameters
 
 
 def shape_and_model(model_type: str, **config):
@@ -27,6 +27,7 @@ def shape_and_model(model_type: str, **config):
 SMALL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 8, "vocab_size": 301}
 GPT2 = {"n_embd": 64, "n_layer": 2, "n_head": 8, "n_positions": 128, "vocab_size": 301}
 GEMMA3 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16}
+GEMMA2 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16}
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,8 @@ GEMMA3 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 1
         ("gpt2", {**GPT2, "n_inner": 96, "tie_word_embeddings": False}),
         ("gemma3_text", GEMMA3),  # tied by default; head_dim * heads != hidden_size
         ("gemma3_text", {**GEMMA3, "tie_word_embeddings": False, "attention_bias": True}),
+        ("gemma2", GEMMA2),  # tied by default; four norms a layer
+        ("gemma2", {**GEMMA2, "tie_word_embeddings": False, "attention_bias": True, "num_key_value_heads": 8}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
@@ -62,7 +65,10 @@ def test_parameter_count_is_exact(model_type, config):
         {"method": "ia3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
     ],
 )
-@pytest.mark.parametrize(("model_type", "config"), [("llama", {**SMALL, "num_key_value_heads": 2}), ("gemma3_text", GEMMA3)])
+@pytest.mark.parametrize(
+    ("model_type", "config"),
+    [("llama", {**SMALL, "num_key_value_heads": 2}), ("gemma3_text", GEMMA3), ("gemma2", GEMMA2)],
+)
 def test_adapter_parameters_match_peft(spec, model_type, config):
     shape, model = shape_and_model(model_type, **config)
     from recipec.runtime import adapters
@@ -318,14 +324,56 @@ def test_gpt2_by_hand(plan_of):
     assert gpu.activations == 4 * 32 * (per_token - 2 * 64 * 3 + final - 64 * 3)
 
 
+GEMMA2_INIT = {
+    "model.init": "gemma2",
+    "model.attention": "eager",
+    "model.config": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "sliding_window": 16,
+    },
+}
+
+
+def test_gemma2_by_hand(plan_of):
+    # h 64, i 128, 2 layers (sliding, full), 4 heads of 16 / 2 kv heads, vocab 512, untied, b 4 x s 32,
+    # float32, eager attention soft-capped at 50 and logits at 30 (gemma2's defaults)
+    m = plan_of(GEMMA2_INIT).memory
+    layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128 + 4 * 64  # q k v o, gate up down, four norms
+    assert m.parameters == 512 * 64 + 2 * layer + 64 + 512 * 64
+    # four norms keep their float32 input and normalised value; q/k/v's and gate/up's input; q, k and v
+    # repeated to the 4 query heads and o_proj's input; gate, its gelu, up and their product
+    per_token = 4 * 8 * 64 + 2 * 4 * 64 + 4 * 64 * 4 + 4 * 128 * 4
+    final = 8 * 64 + 4 * 64
+    scores = 4 * 4 * 32 * 32 * (4 + 4)  # the tanh of the capped scores and the softmax, float32
+    assert m.activations == 4 * 32 * (2 * per_token + final) + 2 * scores
+    assert m.logits == 4 * 32 * 512 * (4 * 3 + 4)  # + the capped logits' tanh
+    ckpt = plan_of({**GEMMA2_INIT, "model.gradient_checkpointing": True}).memory
+    masks = 2 * 4 * 32 * 32 * 4  # the full and the sliding-window mask, kept for the recomputed layers
+    assert ckpt.activations == 4 * 32 * (2 * 64 * 4 + final) + masks  # the recomputed layer is below the logits
+    sdpa = plan_of({**GEMMA2_INIT, "model.attention": "sdpa"})
+    assert sdpa.memory is None and 'gemma2 with model.attention "sdpa"' in sdpa.memory_unknown
+
+
+def test_gemma2_config_json_reads_its_soft_caps_and_alternating_layers():
+    gemma2 = ModelShape.from_config({**SMALL, "model_type": "gemma2", "num_key_value_heads": 2}, "gemma2")
+    assert gemma2.tie_word_embeddings and gemma2.head_dim == 256  # Gemma2Config's defaults
+    assert gemma2.attention_softcap and gemma2.logit_softcap
+    assert gemma2.sliding_layers == 1 and gemma2.sliding_window == 4096  # every second layer attends to all
+
+
 def test_no_estimate_for_a_hub_model_or_another_architecture(plan_of, write_recipe, tmp_path: Path):
     plan = plan_of({"model.init": None, "model.config": None, "model.path": "org/name"}, tokenizer=None)
     assert plan.memory is None and "local model" in plan.memory_unknown
     (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "config.json").write_text(json.dumps({"model_type": "gemma2", "hidden_size": 64}))
+    (tmp_path / "base" / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "hidden_size": 64}))
     path = write_recipe({"model.init": None, "model.config": None, "model.path": "./base"}, tokenizer=None)
     plan, _ = plan_recipe(path, project=tmp_path)
-    assert plan.memory is None and "does not cover model type 'gemma2'" in plan.memory_unknown
+    assert plan.memory is None and "does not cover model type 'gpt_neox'" in plan.memory_unknown
+    assert f"it counts {', '.join(ARCHITECTURES)}" in plan.memory_unknown
     for broken in ({"model_type": "llama", "hidden_size": 64}, {**SMALL, "model_type": "llama", "num_attention_heads": 0}):
         (tmp_path / "base" / "config.json").write_text(json.dumps(broken))
         plan, _ = plan_recipe(path, project=tmp_path)
