@@ -69,6 +69,13 @@ GEMMA2 = [
     'model.attention="eager"',
 ]
 
+# gemma (v1) at the same sizes: two norms a layer, no sliding window or soft-capping, sdpa
+GEMMA = [
+    'model.init="gemma"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512}",
+]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -111,6 +118,14 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "gemma2 bf16 autocast": ("recipes/quickstart.toml", [*GEMMA2, 'launch.mixed_precision="bf16"']),
     "gemma2 lora r16": ("recipes/quickstart.toml", [*GEMMA2, 'peft={method="lora", r=16, target_modules="all-linear"}']),
     "gemma2 lora q,v": ("recipes/quickstart.toml", [*GEMMA2, 'peft={method="lora", r=8}']),
+    "gemma": ("recipes/quickstart.toml", GEMMA),
+    "gemma tied": ("recipes/quickstart.toml", [*GEMMA, "model.config.tie_word_embeddings=true"]),
+    "gemma ckpt": ("recipes/quickstart.toml", [*GEMMA, "model.gradient_checkpointing=true"]),
+    "gemma eager": ("recipes/quickstart.toml", [*GEMMA, 'model.attention="eager"']),
+    "gemma bf16 weights": ("recipes/quickstart.toml", [*GEMMA, 'model.dtype="bfloat16"']),
+    "gemma bf16 autocast": ("recipes/quickstart.toml", [*GEMMA, 'launch.mixed_precision="bf16"']),
+    "gemma lora r16": ("recipes/quickstart.toml", [*GEMMA, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "gemma lora q,v": ("recipes/quickstart.toml", [*GEMMA, 'peft={method="lora", r=8}']),
 }
 
 

@@ -62,7 +62,7 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 (each rank holds its part of the sequence). The logits are not divided by tp_size: the
 output projection gathers them whole.
 
-The counts cover Llama-like decoders, gemma2, gemma3_text and gpt2: llama, mistral, qwen2, phi3 (whose fused qkv_proj
+The counts cover Llama-like decoders, gemma, gemma2, gemma3_text and gpt2: llama, mistral, qwen2, phi3 (whose fused qkv_proj
 and gate_up_proj hold the same weights), qwen3 and olmo2 (which add RMSNorms over the
 queries and keys: parameters counted exactly, their activations not), and the
 mixture-of-experts mixtral and qwen3_moe. An MoE layer holds `experts` copies of the SwiGLU
@@ -72,8 +72,9 @@ experts_per_token * (4 * intermediate + h) activation elements per token for the
 gathered input too), where a dense layer keeps 4 * intermediate. PEFT on phi3, on the MoE
 types and on gpt2 is not counted (their module names and expert tensors differ from Llama's).
 
-gemma2 and gemma3_text (the tensors read off transformers' Gemma2 and Gemma3 modules): four
-RMSNorms a layer (before and after the attention and the MLP) and, in gemma3_text, RMSNorms
+gemma, gemma2 and gemma3_text (the tensors read off transformers' Gemma modules): two RMSNorms
+a layer in gemma, four in gemma2 and gemma3_text (before and after the attention and the
+MLP) and, in gemma3_text, RMSNorms
 over the queries and keys, each computing in float32 and keeping its float32 input and, for a
 trainable weight, its float32 normalised value; GeGLU keeps what SwiGLU keeps. The linears
 after a norm keep its output, once, or under autocast once per linear (q, k and v; gate and
@@ -122,16 +123,18 @@ from .schema import Recipe
 GIB = 1024**3
 MIB = 1024**2
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2")
+ARCHITECTURES = (
+    "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
+)
 """`model_type`s whose layers the parameter and activation counts describe."""
 
-PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2")
+PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma")
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
 
-CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2")
+CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma")
 """Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
 
-GEMMA = ("gemma2", "gemma3_text")
+GEMMA = ("gemma", "gemma2", "gemma3_text")
 """Gemma's layers: RMSNorms that compute and keep their values in float32, GeGLU."""
 
 SANDWICH = ("gemma2", "gemma3_text")
@@ -244,6 +247,8 @@ class ModelShape:
                 every = 2 if model_type == "gemma2" else 6  # transformers' default: every second (sixth) layer attends to all
                 types = config.get("layer_types") or [(n + 1) % every != 0 for n in range(layers)]
                 sliding, window = sum(t is True or t == "sliding_attention" for t in types), int(config["sliding_window"])
+            if model_type == "gemma":  # GemmaConfig reads a legacy "gelu" as the tanh approximation
+                activation = "gelu_pytorch_tanh" if config["hidden_act"] == "gelu" else str(config["hidden_act"])
             if activation not in ACTIVATION_KEPT:
                 raise ValueError(f"the estimate does not cover the activation {activation!r}")
             qk_norm = {

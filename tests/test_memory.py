@@ -28,6 +28,7 @@ SMALL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "nu
 GPT2 = {"n_embd": 64, "n_layer": 2, "n_head": 8, "n_positions": 128, "vocab_size": 301}
 GEMMA3 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16}
 GEMMA2 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16}
+GEMMA = {**SMALL, "num_key_value_heads": 2, "head_dim": 16}
 
 
 @pytest.mark.parametrize(
@@ -45,6 +46,8 @@ GEMMA2 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 1
         ("gemma3_text", {**GEMMA3, "tie_word_embeddings": False, "attention_bias": True}),
         ("gemma2", GEMMA2),  # tied by default; four norms a layer
         ("gemma2", {**GEMMA2, "tie_word_embeddings": False, "attention_bias": True, "num_key_value_heads": 8}),
+        ("gemma", GEMMA),  # tied by default, two norms a layer
+        ("gemma", {**GEMMA, "tie_word_embeddings": False, "attention_bias": True, "num_key_value_heads": 8}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
@@ -67,7 +70,7 @@ def test_parameter_count_is_exact(model_type, config):
 )
 @pytest.mark.parametrize(
     ("model_type", "config"),
-    [("llama", {**SMALL, "num_key_value_heads": 2}), ("gemma3_text", GEMMA3), ("gemma2", GEMMA2)],
+    [("llama", {**SMALL, "num_key_value_heads": 2}), ("gemma3_text", GEMMA3), ("gemma2", GEMMA2), ("gemma", GEMMA)],
 )
 def test_adapter_parameters_match_peft(spec, model_type, config):
     shape, model = shape_and_model(model_type, **config)
@@ -356,6 +359,22 @@ def test_gemma2_by_hand(plan_of):
     assert ckpt.activations == 4 * 32 * (2 * 64 * 4 + final) + masks  # the recomputed layer is below the logits
     sdpa = plan_of({**GEMMA2_INIT, "model.attention": "sdpa"})
     assert sdpa.memory is None and 'gemma2 with model.attention "sdpa"' in sdpa.memory_unknown
+
+
+def test_gemma_by_hand(plan_of):
+    # gemma (v1): two norms a layer, sdpa; h 64, i 128, 2 layers, 4 heads of 16 / 2 kv heads, b 4 x s 32
+    config = {key: value for key, value in GEMMA2_INIT["model.config"].items() if key != "sliding_window"}
+    m = plan_of({"model.init": "gemma", "model.config": config}).memory
+    q, kv = 64, 32
+    # the norms' float32 input and normalised value, q/k/v's and gate/up's input, sdpa's q, k, v and
+    # output (o_proj's input too), the MLP's four tensors
+    per_token = 2 * 8 * 64 + 2 * 4 * 64 + (2 * q + 2 * kv) * 4 + 4 * 128 * 4
+    assert m.activations == 4 * 32 * (2 * per_token + 8 * 64 + 4 * 64)
+    assert m.logits == 4 * 32 * 512 * 4 * 3
+    # under autocast each of q, k and v (and gate and up) casts the float32 norm output for itself
+    mixed = plan_of({"model.init": "gemma", "model.config": config, "launch.mixed_precision": "bf16"}).memory
+    per_token = 2 * 8 * 64 + (3 + 2) * 2 * 64 + (2 * q + 2 * kv) * 2 + 4 * 128 * 2
+    assert mixed.activations == 4 * 32 * (2 * per_token + 8 * 64 + 2 * 64)
 
 
 def test_gemma2_config_json_reads_its_soft_caps_and_alternating_layers():
