@@ -17,22 +17,32 @@ The estimate is the sum of five parts, each in bytes on one device (one process)
   2 + 2 + 12 bytes per parameter (the ZeRO paper's accounting).
 * activations: the tensors the backward pass keeps, counted op by op for a Llama decoder
   layer, per token. RMSNorm computes in float32: it keeps that copy of its input (4h bytes)
-  and the normalised value in the residual stream's dtype (`model.dtype`), and the linear
-  after it keeps its output in the activation dtype (twice per layer, and once for the
-  final norm). Attention keeps the rotated q and k, v, the attention output and o_proj's
-  contiguous input (3 * heads * head_dim + 2 * kv_heads * head_dim elements); the SwiGLU
-  MLP keeps gate, silu(gate), up and their product (4 * intermediate). Activation elements
-  are 2 bytes under mixed precision or a 16-bit `model.dtype`, else 4; so a float32 layer
-  keeps (6h + 3 a d + 2 g d + 4i) * 4 bytes per token. With PEFT the norms and the linears
-  without an adapter are frozen, and a frozen weight needs no saved input: a norm keeps no
-  normalised value, the final norm's output is not kept (lm_head is frozen), and o_proj's
-  and down_proj's inputs are kept only where they carry an adapter.
+  and the normalised value in the residual stream's dtype (`model.dtype`), and the linears
+  after it keep its output in the activation dtype (twice per layer, and once for the final
+  norm). Under autocast over float32 weights each linear casts the float32 norm output for
+  its own matmul and keeps that cast (the casts are not shared): q, k and v keep three, gate
+  and up two. Attention keeps the rotated q and k, v and the attention output, which is
+  o_proj's input too: the fused kernels lay it out as b x s x heads x head_dim, so
+  transformers' transpose and `contiguous()` copy nothing (2 * heads * head_dim + 2 *
+  kv_heads * head_dim elements; phi3's q, k and v are slices of one qkv_proj output, which v
+  keeps whole, and its output is copied for o_proj: 4 * heads * head_dim + 3 * kv_heads *
+  head_dim). The SwiGLU MLP keeps gate, silu(gate), up and their product (4 *
+  intermediate). Activation elements are 2 bytes under mixed precision or a 16-bit
+  `model.dtype`, else 4; so a float32 layer keeps (6h + 2 a d + 2 g d + 4i) * 4 bytes per
+  token. With PEFT the norms and the linears without an adapter are frozen, and a frozen
+  weight needs no saved input: a norm keeps no normalised value, its output is kept only
+  where a linear that reads it carries an adapter, the final norm's output is not kept
+  (lm_head is frozen), and down_proj's input only where it carries an adapter.
   This is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
   Models", sec. 4.1), whose GPT count sbh(34 + 5as/h) bytes assumes 16-bit values, dropout
   masks and an s x s attention matrix, redone for a Llama layer: no dropout, and a fused
   attention kernel (sdpa, flash) that keeps no s x s matrix; with `model.attention =
   "eager"` each layer also keeps its float32 softmax output, b * heads * s * s values (and
-  its 16-bit copy under 16-bit activations). With gradient checkpointing
+  its 16-bit copy under 16-bit activations), and instead of the fused kernel's tensors q, k
+  and v repeated to every query head and o_proj's contiguous input (4 * heads * head_dim
+  elements; o_proj's input only where o_proj trains). Its masks (b x s x s in `model.dtype`)
+  are added to the scores and not kept, except with checkpointing: a checkpointed layer is
+  called again with them, one per kind of layer (full, sliding). With gradient checkpointing
   (or FSDP's activation checkpointing) each layer keeps only its input, sbh values of the
   residual stream (Korthikanti's "full recomputation"), and one layer's full set is rebuilt
   at a time in the backward pass: that happens after the loss's buffers below are freed,
@@ -74,18 +84,12 @@ types and on gpt2 is not counted (their module names and expert tensors differ f
 
 gemma, gemma2 and gemma3_text (the tensors read off transformers' Gemma modules): two RMSNorms
 a layer in gemma, four in gemma2 and gemma3_text (before and after the attention and the
-MLP) and, in gemma3_text, RMSNorms
-over the queries and keys, each computing in float32 and keeping its float32 input and, for a
-trainable weight, its float32 normalised value; GeGLU keeps what SwiGLU keeps. The linears
-after a norm keep its output, once, or under autocast once per linear (q, k and v; gate and
-up): autocast casts the float32 output for each matmul, and the casts are not shared. With
-PEFT only the linears with an adapter keep it. A fused kernel keeps q, k, v and its output,
-which is o_proj's input too. Eager attention keeps q, k and v repeated to every query head,
-o_proj's contiguous input, and the probabilities (above); its masks are added to the scores
-and not kept, except for a checkpointed layer, which is called again with them (b x s x s
-in `model.dtype`, one per kind of layer). Under sdpa a sliding-window layer whose window is
-shorter than the sequence attends through a mask (b x s x s in `model.dtype`, one for all such
-layers, kept by sdpa), and with a mask transformers repeats k and v to every query head.
+MLP) and, in gemma3_text, RMSNorms over the queries and keys, each computing in float32 and
+keeping its float32 input and, for a trainable weight, its float32 normalised value; GeGLU
+keeps what SwiGLU keeps; the linears after a norm and the attention keep what a Llama
+layer's keep. Under sdpa a sliding-window layer whose window is shorter than the sequence
+attends through a mask (b x s x s in `model.dtype`, one for all such layers, kept by sdpa),
+and with a mask transformers repeats k and v to every query head.
 gemma2's soft-capping: with attn_logit_softcapping the eager attention keeps the tanh of the
 scaled scores (b * heads * s * s in the activation dtype, a layer), with
 final_logit_softcapping the loss keeps the tanh of the logits (b * s * vocab in the activation
@@ -103,8 +107,7 @@ on the CPU (`launch.cpu`) sdpa has no fused kernel and runs its math path in flo
 and v, and three b * heads * s * s tensors (the probabilities, the noise, the dropped-out
 probabilities); eager attention keeps the probabilities in the activation dtype, and with
 dropout the noise and the dropped-out copy. For both, the attention output is the output
-projection's input too: the fused kernels lay it out as b x s x heads x head_dim, so
-transformers' transpose and `contiguous()` copy nothing (the Llama count above keeps a copy).
+projection's input too, as for Llama.
 
 Not counted: the CUDA context and the kernels' workspaces (hundreds of MiB on a GPU), the
 allocator's fragmentation and caching, optimizer-step temporaries, eval, EMA/merge copies
@@ -379,13 +382,13 @@ class ModelShape:
             act_bytes: bytes of a matmul output (2 under mixed precision).
             adapted: with PEFT, the layer's linears that carry an adapter. The rest of the layer
                 is frozen, and a frozen weight needs no saved input: the norms keep no
-                normalised value, and o_proj's and down_proj's inputs are kept only where
-                they carry an adapter.
+                normalised value, a norm's output is kept only where a linear that reads it
+                carries an adapter, and so are o_proj's copied input (eager) and down_proj's.
             mask_bytes: bytes of a dropout mask's element (gpt2): 1 on a GPU (a bool mask), the
                 activation's on the CPU (torch's CPU dropout multiplies by a noise tensor).
-            eager: eager attention (`model.attention = "eager"`): for the Gemma types, q, k and v
-                repeated to every query head and o_proj's contiguous input instead of a fused
-                kernel's q, k, v and output (the probabilities are counted by `scores_bytes`).
+            eager: eager attention (`model.attention = "eager"`): q, k and v repeated to every
+                query head and o_proj's contiguous input instead of a fused kernel's q, k, v and
+                output (the probabilities are counted by `scores_bytes`).
         """
         h, i = self.hidden_size, self.intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
@@ -401,24 +404,38 @@ class ModelShape:
         if self.experts:  # each token through experts_per_token experts, its input gathered for each
             mlp = self.experts_per_token * (4 * i + self.hidden_size)
         if adapted is not None:
-            attention -= 0 if "o_proj" in adapted else q
             mlp -= 0 if "down_proj" in adapted else i
+        # a fused kernel keeps q, k, v and its output, which is o_proj's input too (laid out as b x s
+        # x heads x head_dim: the transpose and contiguous() copy nothing); eager attention keeps q,
+        # k and v repeated to every query head, and o_proj's contiguous input where o_proj trains
+        o_kept = adapted is None or "o_proj" in adapted
+        attention = 3 * q + (q if o_kept else 0) if eager else 2 * q + 2 * kv
+        if self.model_type == "phi3" and not eager:
+            # q, k and v are slices of qkv_proj's output: v (a view) keeps all of it alive, and the
+            # rotated q, a copy of a slice, is laid out heads-first, so the fused kernel's output is
+            # copied for o_proj (eager attention's matmuls copy v like the rest)
+            attention = 4 * q + 3 * kv
         if self.model_type in GEMMA:
             # the norms (four with gemma2's and gemma3_text's after the attention and the MLP) and
             # gemma3_text's query and key norms, each keeping its float32 input and (a trainable
             # weight's) float32 normalised value; q/k/v and gate/up keep the output of the two before
-            # them. A fused kernel keeps q, k, v and its output, which is o_proj's input too (no copy,
-            # as for gpt2 above); eager attention keeps q, k and v repeated to every query head, and
-            # o_proj's contiguous input where o_proj trains
+            # them
             norms = 4 if self.model_type in SANDWICH else 2
             qk = q + kv if self.qk_norm else 0
             norm = 4 if adapted is not None else 8
-            o_kept = adapted is None or "o_proj" in adapted
-            attention = 3 * q + (q if o_kept else 0) if eager else 2 * q + 2 * kv
             inputs = _inputs_kept(("q_proj", "k_proj", "v_proj"), adapted, act_bytes, residual_bytes)
             inputs += _inputs_kept(("gate_proj", "up_proj"), adapted, act_bytes, residual_bytes)
             return norm * (norms * h + qk) + inputs * h + (attention + mlp) * act_bytes
-        return 2 * self.norm_activations(residual_bytes, act_bytes, adapted is not None) + (attention + mlp) * act_bytes
+        # two RMSNorms, each keeping its float32 input and (a trainable weight's) normalised value in
+        # the residual stream's dtype; the linears after them keep their output (phi3's fused
+        # qkv_proj and gate_up_proj are one linear each; an MoE layer's router reads the second)
+        norm = 4 * h + (0 if adapted is not None else residual_bytes * h)
+        if self.model_type == "phi3":
+            readers: tuple[tuple[str, ...], ...] = (("qkv_proj",), ("gate_up_proj",))
+        else:
+            readers = (("q_proj", "k_proj", "v_proj"), ("router",) if self.experts else ("gate_proj", "up_proj"))
+        inputs = sum(_inputs_kept(names, adapted, act_bytes, residual_bytes) for names in readers)
+        return 2 * norm + inputs * h + (attention + mlp) * act_bytes
 
     def final_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False, mask_bytes: int = 1) -> int:
         """Bytes per token the final norm and lm_head's input keep (and gpt2's embedding dropout mask).
@@ -658,7 +675,7 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     adapted = None if peft is None else frozenset(name.rsplit(".", 1)[-1] for name in _targets(shape, peft))
     mask_bytes = a_bytes if launch.cpu else 1  # a dropout mask: the CPU's noise tensor, a GPU's bool mask
     eager = recipe.model.attention == "eager"
-    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager and shape.model_type in GEMMA)
+    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager)
     # eager attention keeps its s x s probabilities for the backward pass, and so does sdpa on
     # the CPU with dropout: torch has no fused CPU kernel with dropout and runs its math path
     scores_b = 0
@@ -680,7 +697,7 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     if sliding_mask and recipe.model.attention == "sdpa" and shape.model_type not in FUSED_ONLY:
         q, kv = shape.num_attention_heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
         mask_b, repeated = b * s * s * p_bytes, 2 * (q - kv) * a_bytes
-    elif eager and checkpointing and shape.model_type in GEMMA:
+    elif eager and checkpointing:
         kinds = (shape.sliding_layers > 0) + (shape.sliding_layers < layers)
         mask_b = kinds * b * s * s * p_bytes
     chunk = recipe.loss.chunk_size if recipe.loss is not None and recipe.loss.cross_entropy == "chunked" else None

@@ -90,7 +90,9 @@ def test_minimal_recipe_by_hand(plan_of):
     params = 512 * 64 * 2 + (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
     assert m.parameters == m.trainable_parameters == params
     assert (m.params, m.grads, m.optimizer) == (4 * params, 4 * params, 8 * params)
-    per_token = (6 * 64 + 3 * 64 + 2 * 64 + 4 * 128) + 3 * 64
+    # two norms (float32 input, normalised value, the linears' input), q k v and sdpa's output (o_proj's
+    # input too), the MLP's four; the final norm's three
+    per_token = (6 * 64 + 2 * 64 + 2 * 64 + 4 * 128) + 3 * 64
     assert m.activations == 4 * 32 * per_token * 4
     assert m.logits == 4 * 32 * 512 * 4 * 3
     assert m.per_device == m.params + m.grads + m.optimizer + m.activations + m.logits
@@ -135,8 +137,9 @@ def test_lora_trains_only_the_adapter(plan_of):
 def test_lora_on_attention_only_drops_the_frozen_inputs(plan_of):
     full = plan_of().memory
     lora = plan_of(peft={"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]}).memory
-    # also o_proj's input (heads * head_dim = 64) and down_proj's (intermediate 128): no adapter there
-    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 2 * 64 + 64 + 128) * 4
+    # also down_proj's input (intermediate 128) and the MLP norm's output (64): no adapter reads them
+    # (o_proj's input is sdpa's output, kept either way)
+    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 2 * 64 + 128 + 64) * 4
 
 
 def test_qlora_stores_the_base_linears_in_fewer_bytes(plan_of):
@@ -255,7 +258,7 @@ def test_checkpointing_keeps_only_the_layer_inputs(plan_of, checkpointing):
     plain = plan_of({**deep, **{k: v for k, v in checkpointing.items() if "checkpointing" not in k}}).memory
     ckpt = plan_of({**deep, **checkpointing}).memory
     tokens, h = 4 * 32, 64
-    per_layer = 6 * 64 + 3 * 64 + 2 * 64 + 4 * 128
+    per_layer = 6 * 64 + 2 * 64 + 2 * 64 + 4 * 128
     assert plain.activations == tokens * (8 * per_layer + 3 * h) * 4
     # the recomputed layer (tokens * per_layer * 4 B) is smaller than the logits' buffers: nothing added
     assert tokens * per_layer * 4 < ckpt.logits
@@ -267,7 +270,7 @@ def test_a_recomputed_layer_larger_than_the_logits_adds_the_difference(plan_of):
     wide = {"model.config.hidden_size": 512, "model.config.intermediate_size": 2048, "model.gradient_checkpointing": True}
     m = plan_of(wide).memory
     tokens, h = 4 * 32, 512
-    layer = tokens * (6 * h + 3 * h + 2 * h + 4 * 2048) * 4
+    layer = tokens * (6 * h + 2 * h + 2 * h + 4 * 2048) * 4
     assert layer > m.logits
     assert m.activations == tokens * (h + 3 * h) * 4 + layer - m.logits
 
@@ -276,11 +279,12 @@ def test_16_bit_weights_and_mixed_precision(plan_of):
     fp32 = plan_of().memory
     bf16 = plan_of({"model.dtype": "bfloat16"}).memory
     mixed = plan_of({"launch.mixed_precision": "bf16"}).memory
-    tokens, h, rest = 4 * 32, 64, 3 * 64 + 2 * 64 + 4 * 128  # rest: attention and MLP elements per token
+    tokens, h, rest = 4 * 32, 64, 2 * 64 + 2 * 64 + 4 * 128  # rest: attention and MLP elements per token
     # a norm keeps its input in float32 (4h), the normalised value in model.dtype, the linear's input
     assert fp32.activations == tokens * (2 * (4 + 4 + 4) * h + rest * 4 + (4 + 4 + 4) * h)
     assert bf16.activations == tokens * (2 * (4 + 2 + 2) * h + rest * 2 + (4 + 2 + 2) * h)
-    assert mixed.activations == tokens * (2 * (4 + 4 + 2) * h + rest * 2 + (4 + 4 + 2) * h)
+    # under autocast q, k and v (and gate and up) each cast the float32 norm output for their matmul
+    assert mixed.activations == tokens * (2 * (4 + 4) * h + (3 + 2) * 2 * h + rest * 2 + (4 + 4 + 2) * h)
     assert (bf16.params, bf16.grads, bf16.optimizer) == (fp32.params // 2, fp32.grads // 2, fp32.optimizer // 2)
     # autocast's 16-bit copies of the layer's linears and lm_head, kept for the backward pass
     assert mixed.params == fp32.params + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 512 * 64)
