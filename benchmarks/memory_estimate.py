@@ -76,6 +76,20 @@ GEMMA = [
     "num_key_value_heads=2, max_position_embeddings=512}",
 ]
 
+# the mixtures of experts at the same sizes: 8 experts of 128, 2 a token (qwen2_moe: and a
+# shared expert of 512)
+MOE = "hidden_size=192, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512"
+QWEN2_MOE = [
+    'model.init="qwen2_moe"',
+    f"model.config={{{MOE}, intermediate_size=512, moe_intermediate_size=128, shared_expert_intermediate_size=512, "
+    "num_experts=8, num_experts_per_tok=2}",
+]
+QWEN3_MOE = [
+    'model.init="qwen3_moe"',
+    f"model.config={{{MOE}, intermediate_size=512, moe_intermediate_size=128, num_experts=8, num_experts_per_tok=2}}",
+]
+MIXTRAL = ['model.init="mixtral"', f"model.config={{{MOE}, intermediate_size=128, num_local_experts=8, num_experts_per_tok=2}}"]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -126,6 +140,13 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "gemma bf16 autocast": ("recipes/quickstart.toml", [*GEMMA, 'launch.mixed_precision="bf16"']),
     "gemma lora r16": ("recipes/quickstart.toml", [*GEMMA, 'peft={method="lora", r=16, target_modules="all-linear"}']),
     "gemma lora q,v": ("recipes/quickstart.toml", [*GEMMA, 'peft={method="lora", r=8}']),
+    "qwen2_moe": ("recipes/quickstart.toml", QWEN2_MOE),
+    "qwen2_moe ckpt": ("recipes/quickstart.toml", [*QWEN2_MOE, "model.gradient_checkpointing=true"]),
+    "qwen2_moe eager": ("recipes/quickstart.toml", [*QWEN2_MOE, 'model.attention="eager"']),
+    "qwen2_moe bf16 weights": ("recipes/quickstart.toml", [*QWEN2_MOE, 'model.dtype="bfloat16"']),
+    "qwen2_moe bf16 autocast": ("recipes/quickstart.toml", [*QWEN2_MOE, 'launch.mixed_precision="bf16"']),
+    "qwen3_moe": ("recipes/quickstart.toml", QWEN3_MOE),
+    "mixtral": ("recipes/quickstart.toml", MIXTRAL),
 }
 
 

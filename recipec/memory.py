@@ -72,15 +72,24 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 (each rank holds its part of the sequence). The logits are not divided by tp_size: the
 output projection gathers them whole.
 
-The counts cover Llama-like decoders, gemma, gemma2, gemma3_text and gpt2: llama, mistral, qwen2, phi3 (whose fused qkv_proj
-and gate_up_proj hold the same weights), qwen3 and olmo2 (which add RMSNorms over the
-queries and keys: parameters counted exactly, their activations not), and the
-mixture-of-experts mixtral and qwen3_moe. An MoE layer holds `experts` copies of the SwiGLU
-MLP (each of `intermediate_size`, qwen3_moe's `moe_intermediate_size`) and a router (h x
-experts); each token passes through `experts_per_token` of them, so the layer keeps
-experts_per_token * (4 * intermediate + h) activation elements per token for the MLP (the
-gathered input too), where a dense layer keeps 4 * intermediate. PEFT on phi3, on the MoE
-types and on gpt2 is not counted (their module names and expert tensors differ from Llama's).
+The counts cover Llama-like decoders, gemma, gemma2, gemma3_text and gpt2: llama, mistral,
+qwen2, phi3 (whose fused qkv_proj and gate_up_proj hold the same weights), qwen3 (whose
+RMSNorms over each head's queries and keys keep their float32 input and normalised value),
+olmo2 (whose norms after the attention and the MLP and over the whole queries and keys are
+counted as a Llama layer's two: parameters exact, activations not), and the
+mixture-of-experts mixtral, qwen3_moe and qwen2_moe. An MoE layer holds `experts` copies of
+the SwiGLU MLP (each of `intermediate_size`, `moe_intermediate_size` in qwen3_moe and
+qwen2_moe) and a router (h x experts); each token passes through `experts_per_token` of
+them. transformers runs the experts through grouped_mm, which autocast does not touch: they
+compute in the weights' dtype and have no 16-bit weight copies. Per token and chosen expert
+they keep the gathered input, the gate and up output, the activation's output, their product
+and the expert's output (kept to weight it), experts_per_token * (4 * intermediate + 2h)
+values where a dense layer keeps 4 * intermediate; the router keeps its float32
+probabilities (experts values), each choice's weight and four int64 index tensors
+(experts_per_token values each). qwen2_moe adds a shared expert that every token passes
+through: a SwiGLU MLP of `shared_expert_intermediate_size`, and its output, kept for its
+sigmoid gate (a h x 1 linear). PEFT on phi3, on the MoE types and on gpt2 is not counted
+(their module names and expert tensors differ from Llama's).
 
 gemma, gemma2 and gemma3_text (the tensors read off transformers' Gemma modules): two RMSNorms
 a layer in gemma, four in gemma2 and gemma3_text (before and after the attention and the
@@ -128,13 +137,14 @@ MIB = 1024**2
 
 ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
+    "qwen2_moe",
 )
 """`model_type`s whose layers the parameter and activation counts describe."""
 
 PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma")
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
 
-CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma")
+CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe")
 """Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
 
 GEMMA = ("gemma", "gemma2", "gemma3_text")
@@ -192,6 +202,8 @@ class ModelShape:
     experts: int = 0
     """MLP experts per layer (0: a dense MLP); intermediate_size is then one expert's."""
     experts_per_token: int = 0
+    shared_expert_size: int = 0
+    """qwen2_moe's shared expert: a SwiGLU MLP of this width beside the routed experts (0: none)."""
     positions: int = 0
     """Learned position embeddings (gpt2's n_positions; 0: rotary, none to learn)."""
     activation: str = "silu"
@@ -234,10 +246,14 @@ class ModelShape:
             intermediate, experts, per_token = int(config["intermediate_size"]), 0, 0
             if model_type == "mixtral":
                 experts, per_token = int(config["num_local_experts"]), int(config["num_experts_per_tok"])
-            elif model_type == "qwen3_moe":
-                if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step", 1)) != 1:
-                    raise ValueError("the estimate does not cover qwen3_moe with dense layers (mlp_only_layers, decoder_sparse_step)")
-                experts, per_token = int(config["num_experts"]), int(config["num_experts_per_tok"])
+            elif model_type in ("qwen3_moe", "qwen2_moe"):
+                # transformers 5 writes qwen3_moe's num_experts as num_local_experts (its attribute_map)
+                experts = int(config["num_experts"] if "num_experts" in config else config["num_local_experts"])
+                if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step", 1)) != 1 or not experts:
+                    raise ValueError(
+                        f"the estimate does not cover {model_type} with dense layers (mlp_only_layers, decoder_sparse_step, num_experts 0)"
+                    )
+                per_token = int(config["num_experts_per_tok"])
                 intermediate = int(config["moe_intermediate_size"])
             activation = "silu"  # the Llama-likes' SwiGLU; Gemma's GeGLU keeps as much
             window = sliding = 0
@@ -249,6 +265,11 @@ class ModelShape:
                 layers = int(config["num_hidden_layers"])
                 every = 2 if model_type == "gemma2" else 6  # transformers' default: every second (sixth) layer attends to all
                 types = config.get("layer_types") or [(n + 1) % every != 0 for n in range(layers)]
+                sliding, window = sum(t is True or t == "sliding_attention" for t in types), int(config["sliding_window"])
+            if model_type == "qwen2_moe" and config.get("use_sliding_window"):
+                layers = int(config["num_hidden_layers"])
+                every = [n % 2 == 0 and n < int(config["max_window_layers"]) for n in range(layers)]  # transformers' default
+                types = config.get("layer_types") or every
                 sliding, window = sum(t is True or t == "sliding_attention" for t in types), int(config["sliding_window"])
             if model_type == "gemma":  # GemmaConfig reads a legacy "gelu" as the tanh approximation
                 activation = "gelu_pytorch_tanh" if config["hidden_act"] == "gelu" else str(config["hidden_act"])
@@ -269,12 +290,13 @@ class ModelShape:
                 head_dim=head_dim,
                 vocab_size=vocab,
                 tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-                qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
+                qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", config.get("qkv_bias", False))),
                 o_bias=model_type != "qwen2" and bool(config.get("attention_bias", False)),
                 mlp_bias=bool(config.get("mlp_bias", False)),
                 qk_norm=qk_norm.get(model_type, 0),
                 experts=experts,
                 experts_per_token=per_token,
+                shared_expert_size=int(config["shared_expert_intermediate_size"]) if model_type == "qwen2_moe" else 0,
                 activation=activation,
                 sliding_window=window,
                 sliding_layers=sliding,
@@ -323,6 +345,11 @@ class ModelShape:
         # an MoE layer's experts, counted as one wide MLP (experts x intermediate), and its router
         wide = i * max(self.experts, 1)
         router = {"router": (h, self.experts, False)} if self.experts else {}
+        si = self.shared_expert_size
+        if si:
+            router["shared_expert.gate_proj"] = router["shared_expert.up_proj"] = (h, si, False)
+            router["shared_expert.down_proj"] = (si, h, False)
+            router["shared_expert_gate"] = (h, 1, False)
         return {
             "q_proj": (h, q, self.qkv_bias),
             "k_proj": (h, kv, self.qkv_bias),
@@ -401,8 +428,17 @@ class ModelShape:
             # c_fc's output, what the activation keeps and its output; a dropout mask after each c_proj
             masks = 2 * h * mask_bytes if self.residual_dropout else 0
             return 2 * (residual_bytes + act_bytes) * h + (4 * h + (kept + 1) * i) * act_bytes + masks
-        if self.experts:  # each token through experts_per_token experts, its input gathered for each
-            mlp = self.experts_per_token * (4 * i + self.hidden_size)
+        moe = 0
+        if self.experts:
+            # each token through experts_per_token experts: its gathered input, the gate and up
+            # projections (one output), the activation's output, their product and the expert's
+            # output (kept to weight it), in the weights' dtype (transformers' grouped_mm is not
+            # autocast); the router's float32 probabilities, each choice's weight and four int64
+            # index tensors; qwen2_moe's shared expert keeps what a SwiGLU MLP keeps, its output
+            # (kept to gate it) and its sigmoid gate
+            k, si = self.experts_per_token, self.shared_expert_size
+            moe = k * (4 * i + 2 * h) * residual_bytes + 4 * self.experts + k * (act_bytes + 32)
+            mlp = 4 * si + h + 1 if si else 0
         if adapted is not None:
             mlp -= 0 if "down_proj" in adapted else i
         # a fused kernel keeps q, k, v and its output, which is o_proj's input too (laid out as b x s
@@ -430,12 +466,16 @@ class ModelShape:
         # the residual stream's dtype; the linears after them keep their output (phi3's fused
         # qkv_proj and gate_up_proj are one linear each; an MoE layer's router reads the second)
         norm = 4 * h + (0 if adapted is not None else residual_bytes * h)
+        shared = ("shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert_gate") if self.shared_expert_size else ()
         if self.model_type == "phi3":
             readers: tuple[tuple[str, ...], ...] = (("qkv_proj",), ("gate_up_proj",))
         else:
-            readers = (("q_proj", "k_proj", "v_proj"), ("router",) if self.experts else ("gate_proj", "up_proj"))
+            readers = (("q_proj", "k_proj", "v_proj"), ("router", *shared) if self.experts else ("gate_proj", "up_proj"))
         inputs = sum(_inputs_kept(names, adapted, act_bytes, residual_bytes) for names in readers)
-        return 2 * norm + inputs * h + (attention + mlp) * act_bytes
+        # qwen3's RMSNorms over each head's q and k: their float32 input and normalised value, in the
+        # dtype of q_proj's output (olmo2's norms over the whole projections are not counted)
+        qk = (4 + (0 if adapted is not None else act_bytes)) * (q + kv) if self.model_type in ("qwen3", "qwen3_moe") else 0
+        return 2 * norm + inputs * h + (attention + mlp) * act_bytes + moe + qk
 
     def final_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False, mask_bytes: int = 1) -> int:
         """Bytes per token the final norm and lm_head's input keep (and gpt2's embedding dropout mask).
@@ -465,8 +505,11 @@ class ModelShape:
         return 4 + (act_bytes if act_bytes < 4 else 0) + (act_bytes if self.attention_softcap else 0)
 
     def linear_weights(self) -> int:
-        """Weights that go through a matmul: every layer's linears and lm_head (tied or not)."""
-        return self.num_hidden_layers * self.layer_linear_params() + self.embedding_params()
+        """Weights that go through an autocast matmul: every layer's linears and lm_head (tied or
+        not), less the experts of an MoE layer (transformers' grouped_mm is not autocast: the
+        experts compute in their weights' dtype, with no 16-bit copies)."""
+        experts = 3 * self.intermediate_size * self.experts * self.hidden_size
+        return self.num_hidden_layers * (self.layer_linear_params() - experts) + self.embedding_params()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ GPT2 = {"n_embd": 64, "n_layer": 2, "n_head": 8, "n_positions": 128, "vocab_size
 GEMMA3 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16}
 GEMMA2 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16}
 GEMMA = {**SMALL, "num_key_value_heads": 2, "head_dim": 16}
+MOE = {**SMALL, "num_key_value_heads": 2, "num_experts_per_tok": 2}
+QWEN2_MOE = {**MOE, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 80, "num_experts": 4}
 
 
 @pytest.mark.parametrize(
@@ -48,6 +50,10 @@ GEMMA = {**SMALL, "num_key_value_heads": 2, "head_dim": 16}
         ("gemma2", {**GEMMA2, "tie_word_embeddings": False, "attention_bias": True, "num_key_value_heads": 8}),
         ("gemma", GEMMA),  # tied by default, two norms a layer
         ("gemma", {**GEMMA, "tie_word_embeddings": False, "attention_bias": True, "num_key_value_heads": 8}),
+        ("qwen2_moe", QWEN2_MOE),  # q/k/v biases (qkv_bias), experts, a shared expert and its gate
+        ("qwen2_moe", {**QWEN2_MOE, "qkv_bias": False, "tie_word_embeddings": True}),
+        ("qwen3_moe", {**MOE, "moe_intermediate_size": 32, "num_experts": 4, "head_dim": 16}),
+        ("mixtral", {**MOE, "num_local_experts": 4}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
@@ -386,6 +392,33 @@ def test_gemma2_config_json_reads_its_soft_caps_and_alternating_layers():
     assert gemma2.tie_word_embeddings and gemma2.head_dim == 256  # Gemma2Config's defaults
     assert gemma2.attention_softcap and gemma2.logit_softcap
     assert gemma2.sliding_layers == 1 and gemma2.sliding_window == 4096  # every second layer attends to all
+
+
+def test_moe_layers_keep_each_chosen_experts_tensors_in_the_weights_dtype(plan_of):
+    # qwen2_moe: h 64, 2 layers, 4 heads / 2 kv heads, 4 experts of 32, 2 a token, a shared expert of 80
+    config = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    config |= {"intermediate_size": 128, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 80}
+    config |= {"num_experts": 4, "num_experts_per_tok": 2}
+    m = plan_of({"model.init": "qwen2_moe", "model.config": config}).memory
+    q, kv = 64, 32
+    experts = 2 * (4 * 32 + 2 * 64) * 4 + 4 * 4 + 2 * (4 + 32)  # the chosen experts' tensors; the router's
+    shared = (4 * 80 + 64 + 1) * 4  # the shared expert, its output and its sigmoid gate
+    per_token = 2 * 8 * 64 + 2 * 4 * 64 + (2 * q + 2 * kv) * 4 + experts + shared
+    assert m.activations == 4 * 32 * (2 * per_token + 3 * 4 * 64)
+    # under autocast the experts stay float32 (grouped_mm is not autocast) and get no 16-bit weight copies;
+    # the router and the shared expert's three linears each cast the norm output
+    mixed = plan_of({"model.init": "qwen2_moe", "model.config": config, "launch.mixed_precision": "bf16"}).memory
+    experts = 2 * (4 * 32 + 2 * 64) * 4 + 4 * 4 + 2 * (2 + 32)
+    per_token = 2 * 8 * 64 + (3 + 4) * 2 * 64 + (2 * q + 2 * kv) * 2 + experts + (4 * 80 + 64 + 1) * 2
+    assert mixed.activations == 4 * 32 * (2 * per_token + (4 + 4 + 2) * 64)
+    expert_weights, norms = 2 * 4 * 3 * 32 * 64, 2 * 2 * 64 + 64
+    assert mixed.params - m.params == 2 * (m.parameters - 512 * 64 - norms - expert_weights)  # less the input embedding
+
+
+def test_qwen3_moe_config_json_takes_num_local_experts():
+    # transformers 5 writes qwen3_moe's num_experts under its attribute_map's name
+    config = {**SMALL, "num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+    assert ModelShape.from_config(config, "qwen3_moe").experts == 4
 
 
 def test_no_estimate_for_a_hub_model_or_another_architecture(plan_of, write_recipe, tmp_path: Path):
