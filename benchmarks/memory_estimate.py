@@ -90,6 +90,14 @@ QWEN3_MOE = [
 ]
 MIXTRAL = ['model.init="mixtral"', f"model.config={{{MOE}, intermediate_size=128, num_local_experts=8, num_experts_per_tok=2}}"]
 
+# granite at the quickstart's sizes, its multipliers set as IBM's granite-3 models set them
+GRANITE = [
+    'model.init="granite"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512, embedding_multiplier=12.0, residual_multiplier=0.22, "
+    "attention_multiplier=0.015625, logits_scaling=8.0}",
+]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -147,6 +155,9 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "qwen2_moe bf16 autocast": ("recipes/quickstart.toml", [*QWEN2_MOE, 'launch.mixed_precision="bf16"']),
     "qwen3_moe": ("recipes/quickstart.toml", QWEN3_MOE),
     "mixtral": ("recipes/quickstart.toml", MIXTRAL),
+    "granite": ("recipes/quickstart.toml", GRANITE),
+    "granite bf16 autocast": ("recipes/quickstart.toml", [*GRANITE, 'launch.mixed_precision="bf16"']),
+    "granite lora r16": ("recipes/quickstart.toml", [*GRANITE, 'peft={method="lora", r=16, target_modules="all-linear"}']),
 }
 
 

@@ -76,8 +76,10 @@ The counts cover Llama-like decoders, gemma, gemma2, gemma3_text and gpt2: llama
 qwen2, phi3 (whose fused qkv_proj and gate_up_proj hold the same weights), qwen3 (whose
 RMSNorms over each head's queries and keys keep their float32 input and normalised value),
 olmo2 (whose norms after the attention and the MLP and over the whole queries and keys are
-counted as a Llama layer's two: parameters exact, activations not), and the
-mixture-of-experts mixtral, qwen3_moe and qwen2_moe. An MoE layer holds `experts` copies of
+counted as a Llama layer's two: parameters exact, activations not), granite (whose
+embedding, residual, attention and logit multipliers multiply by a number, which keeps
+nothing: a Llama layer's tensors, checked one by one), and the mixture-of-experts mixtral,
+qwen3_moe and qwen2_moe. An MoE layer holds `experts` copies of
 the SwiGLU MLP (each of `intermediate_size`, `moe_intermediate_size` in qwen3_moe and
 qwen2_moe) and a router (h x experts); each token passes through `experts_per_token` of
 them. transformers runs the experts through grouped_mm, which autocast does not touch: they
@@ -137,14 +139,21 @@ MIB = 1024**2
 
 ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
-    "qwen2_moe",
+    "qwen2_moe", "granite",
 )
 """`model_type`s whose layers the parameter and activation counts describe."""
 
-PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma")
+PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma", "granite")
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
 
-CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe")
+PEFT_DEFAULT_TARGETS = {
+    **{t: ["q_proj", "v_proj"] for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
+}
+"""peft's default `target_modules` by model type (its LoRA table, which LoHa, LoKr, OFT and BOFT
+copy); a type without one, and IA3 (whose defaults peft's tuner does not expose), need
+`peft.target_modules`, as recipec's adapters require."""
+
+CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite")
 """Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
 
 GEMMA = ("gemma", "gemma2", "gemma3_text")
@@ -537,8 +546,10 @@ class MemoryEstimate:
 def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
     """The modules a PEFT spec adapts (one layer's linears by full name, and lm_head)."""
     targets = peft.get("target_modules")
-    if targets is None:  # peft's defaults for llama, mistral and qwen2 (its LoRA defaults for gemma3_text too)
-        targets = ["k_proj", "v_proj", "down_proj"] if peft["method"] == "ia3" else ["q_proj", "v_proj"]
+    if targets is None:
+        targets = PEFT_DEFAULT_TARGETS.get(shape.model_type) if peft["method"] != "ia3" else None
+        if targets is None:
+            raise ValueError(f"peft has no default target modules for {peft['method']} on model type {shape.model_type!r}; set peft.target_modules")
     mlp = ("gate_proj", "up_proj", "down_proj")
     modules = {f"model.layers.0.{'mlp' if n in mlp else 'self_attn'}.{n}": v for n, v in shape.linears().items()}
     if targets == "all-linear":

@@ -31,6 +31,8 @@ GEMMA2 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 1
 GEMMA = {**SMALL, "num_key_value_heads": 2, "head_dim": 16}
 MOE = {**SMALL, "num_key_value_heads": 2, "num_experts_per_tok": 2}
 QWEN2_MOE = {**MOE, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 80, "num_experts": 4}
+# granite's multipliers scale values, not shapes: set away from 1 to show they change no count
+GRANITE = {**SMALL, "num_key_value_heads": 2, "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "logits_scaling": 8.0}
 
 
 @pytest.mark.parametrize(
@@ -54,6 +56,8 @@ QWEN2_MOE = {**MOE, "moe_intermediate_size": 32, "shared_expert_intermediate_siz
         ("qwen2_moe", {**QWEN2_MOE, "qkv_bias": False, "tie_word_embeddings": True}),
         ("qwen3_moe", {**MOE, "moe_intermediate_size": 32, "num_experts": 4, "head_dim": 16}),
         ("mixtral", {**MOE, "num_local_experts": 4}),
+        ("granite", GRANITE),
+        ("granite", {**GRANITE, "attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
@@ -76,12 +80,24 @@ def test_parameter_count_is_exact(model_type, config):
 )
 @pytest.mark.parametrize(
     ("model_type", "config"),
-    [("llama", {**SMALL, "num_key_value_heads": 2}), ("gemma3_text", GEMMA3), ("gemma2", GEMMA2), ("gemma", GEMMA)],
+    [
+        ("llama", {**SMALL, "num_key_value_heads": 2}),
+        ("gemma3_text", GEMMA3),
+        ("gemma2", GEMMA2),
+        ("gemma", GEMMA),
+        ("granite", GRANITE),
+    ],
 )
 def test_adapter_parameters_match_peft(spec, model_type, config):
     shape, model = shape_and_model(model_type, **config)
     from recipec.runtime import adapters
 
+    if "target_modules" not in spec and model_type == "granite":  # peft has no default targets for it
+        with pytest.raises(ValueError, match="no default target modules"):
+            adapter_parameters(shape, spec)
+        with pytest.raises(ValueError, match="no default target modules"):
+            adapters.apply(model, dict(spec))
+        return
     model = adapters.apply(model, dict(spec))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert adapter_parameters(shape, spec) == trainable
