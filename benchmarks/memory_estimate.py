@@ -98,6 +98,15 @@ GRANITE = [
     "attention_multiplier=0.015625, logits_scaling=8.0}",
 ]
 
+# starcoder2 at the quickstart's sizes (use_bias, gelu_pytorch_tanh); its released configs set
+# dropouts of 0.1, whose attention dropout sends sdpa down its math path on the CPU
+STARCODER2 = [
+    'model.init="starcoder2"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512}",
+]
+DROPOUTS = ["model.config.residual_dropout=0.1", "model.config.embedding_dropout=0.1", "model.config.attention_dropout=0.1"]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -158,6 +167,14 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "granite": ("recipes/quickstart.toml", GRANITE),
     "granite bf16 autocast": ("recipes/quickstart.toml", [*GRANITE, 'launch.mixed_precision="bf16"']),
     "granite lora r16": ("recipes/quickstart.toml", [*GRANITE, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "starcoder2": ("recipes/quickstart.toml", STARCODER2),
+    "starcoder2 dropout": ("recipes/quickstart.toml", [*STARCODER2, *DROPOUTS]),
+    "starcoder2 sliding": ("recipes/quickstart.toml", [*STARCODER2, "model.config.sliding_window=64"]),
+    "starcoder2 ckpt": ("recipes/quickstart.toml", [*STARCODER2, "model.gradient_checkpointing=true"]),
+    "starcoder2 bf16 weights": ("recipes/quickstart.toml", [*STARCODER2, 'model.dtype="bfloat16"']),
+    "starcoder2 bf16 autocast": ("recipes/quickstart.toml", [*STARCODER2, 'launch.mixed_precision="bf16"']),
+    "starcoder2 lora r16": ("recipes/quickstart.toml", [*STARCODER2, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "starcoder2 lora q,v": ("recipes/quickstart.toml", [*STARCODER2, 'peft={method="lora", r=8, target_modules=["q_proj", "v_proj"]}']),
 }
 
 

@@ -72,7 +72,7 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 (each rank holds its part of the sequence). The logits are not divided by tp_size: the
 output projection gathers them whole.
 
-The counts cover Llama-like decoders, gemma, gemma2, gemma3_text and gpt2: llama, mistral,
+The counts cover Llama-like decoders, gemma, gemma2, gemma3_text, starcoder2 and gpt2: llama, mistral,
 qwen2, phi3 (whose fused qkv_proj and gate_up_proj hold the same weights), qwen3 (whose
 RMSNorms over each head's queries and keys keep their float32 input and normalised value),
 olmo2 (whose norms after the attention and the MLP and over the whole queries and keys are
@@ -99,8 +99,10 @@ MLP) and, in gemma3_text, RMSNorms over the queries and keys, each computing in 
 keeping its float32 input and, for a trainable weight, its float32 normalised value; GeGLU
 keeps what SwiGLU keeps; the linears after a norm and the attention keep what a Llama
 layer's keep. Under sdpa a sliding-window layer whose window is shorter than the sequence
-attends through a mask (b x s x s in `model.dtype`, one for all such layers, kept by sdpa),
-and with a mask transformers repeats k and v to every query head.
+attends through a mask: transformers' b x s x s booleans (one for all such layers; a
+checkpointed layer is called again with it, so it stays), which sdpa copies into the
+activation dtype and keeps, in every such layer; and with a mask transformers repeats k
+and v to every query head.
 gemma2's soft-capping: with attn_logit_softcapping the eager attention keeps the tanh of the
 scaled scores (b * heads * s * s in the activation dtype, a layer), with
 final_logit_softcapping the loss keeps the tanh of the logits (b * s * vocab in the activation
@@ -108,6 +110,18 @@ dtype) besides its three float32 copies. transformers builds gemma2 without sdpa
 or flex attention), so `model.attention = "sdpa"` gets no estimate; its sliding layers change
 nothing kept under eager or a flash kernel. Tied embeddings and head_dim are the config's;
 gemma3_text's soft-capping is refused.
+
+starcoder2: a Llama-like attention with biases (use_bias), two LayerNorms a layer and a
+final one (each keeps its input, and the linears after it its output), a gelu MLP without a
+gate (c_fc's output, kept by the activation, and the activation's output, c_proj's input),
+every layer in the sliding window when `sliding_window` is set (the sdpa mask as for Gemma),
+and gpt2's dropouts: a mask after o_proj and after c_proj (residual_dropout) and on the
+embeddings (embedding_dropout, in the residual stream's dtype on the CPU). Its attention
+dropout on the CPU sends sdpa down its math path: q scaled, k and v repeated to every query
+head, all in float32, o_proj's copied input and three float32 b * heads * s * s tensors (the
+probabilities, the noise, the dropped-out probabilities), and no mask kept; eager
+attention keeps the noise and the dropped-out probabilities instead of the probabilities'
+16-bit copy. The released configs set all three dropouts to 0.1.
 
 gpt2: learned position embeddings, LayerNorms with biases (each keeps its input, the
 Conv1D after it that output), c_attn's output holds q, k and v, and gelu_new, written in
@@ -139,11 +153,11 @@ MIB = 1024**2
 
 ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
-    "qwen2_moe", "granite",
+    "qwen2_moe", "granite", "starcoder2",
 )
 """`model_type`s whose layers the parameter and activation counts describe."""
 
-PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma", "granite")
+PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma", "granite", "starcoder2")
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
 
 PEFT_DEFAULT_TARGETS = {
@@ -153,7 +167,7 @@ PEFT_DEFAULT_TARGETS = {
 copy); a type without one, and IA3 (whose defaults peft's tuner does not expose), need
 `peft.target_modules`, as recipec's adapters require."""
 
-CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite")
+CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2")
 """Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
 
 GEMMA = ("gemma", "gemma2", "gemma3_text")
@@ -164,6 +178,13 @@ SANDWICH = ("gemma2", "gemma3_text")
 
 FUSED_ONLY = ("gemma2",)
 """Types transformers builds without sdpa (gemma2: `_supports_sdpa = False`, for its soft-capping)."""
+
+LAYER_NORM = ("gpt2", "starcoder2")
+"""Types whose norms are torch's LayerNorm (a weight and a bias; it keeps its input, and the
+linears after it its output)."""
+
+MLP_LINEARS = ("gate_proj", "up_proj", "down_proj", "c_fc", "c_proj")
+"""A decoder layer's MLP linears (module path `mlp.`); the rest are the attention's (`self_attn.`)."""
 
 ACTIVATION_KEPT = {"silu": 1, "gelu": 1, "gelu_pytorch_tanh": 1, "gelu_new": 4}
 """Tensors of the MLP's width an activation keeps for the backward pass, besides its output:
@@ -247,6 +268,8 @@ class ModelShape:
         try:
             if model_type == "gpt2":
                 return cls._gpt2(config, vocab_size)
+            if model_type == "starcoder2":
+                return cls._starcoder2(config, vocab_size)
             h = int(config["hidden_size"])
             heads = int(config["num_attention_heads"])
             vocab = int(vocab_size if vocab_size is not None else config["vocab_size"])
@@ -345,12 +368,45 @@ class ModelShape:
             model_type="gpt2",
         )
 
+    @classmethod
+    def _starcoder2(cls, config: dict[str, Any], vocab_size: int | None) -> ModelShape:
+        """The shape of a starcoder2 config: LayerNorms, biases on every linear (use_bias), a gelu
+        MLP without a gate (c_fc, c_proj), dropouts, and every layer in a sliding window when
+        `sliding_window` is set."""
+        h, heads, layers = int(config["hidden_size"]), int(config["num_attention_heads"]), int(config["num_hidden_layers"])
+        activation, window = str(config["hidden_act"]), int(config.get("sliding_window") or 0)
+        if activation not in ACTIVATION_KEPT:
+            raise ValueError(f"the estimate does not cover the activation {activation!r}")
+        return cls(
+            hidden_size=h,
+            intermediate_size=int(config["intermediate_size"]),
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or h // heads),
+            vocab_size=int(vocab_size if vocab_size is not None else config["vocab_size"]),
+            tie_word_embeddings=bool(config["tie_word_embeddings"]),
+            qkv_bias=bool(config["use_bias"]),
+            o_bias=bool(config["use_bias"]),
+            mlp_bias=bool(config["use_bias"]),
+            activation=activation,
+            residual_dropout=float(config["residual_dropout"]),
+            embedding_dropout=float(config["embedding_dropout"]),
+            attention_dropout=float(config["attention_dropout"]),
+            sliding_window=window,
+            sliding_layers=layers if window else 0,
+            model_type="starcoder2",
+        )
+
     def linears(self) -> dict[str, tuple[int, int, bool]]:
         """One decoder layer's linear layers: name -> (in_features, out_features, has bias)."""
         h, d = self.hidden_size, self.head_dim
         q, kv, i = self.num_attention_heads * d, self.num_key_value_heads * d, self.intermediate_size
         if self.model_type == "gpt2":  # Conv1D layers, (in, out) like a linear's
             return {"attn.c_attn": (h, 3 * h, True), "attn.c_proj": (h, h, True), "mlp.c_fc": (h, i, True), "mlp.c_proj": (i, h, True)}
+        if self.model_type == "starcoder2":
+            attention = {"q_proj": (h, q, self.qkv_bias), "k_proj": (h, kv, self.qkv_bias), "v_proj": (h, kv, self.qkv_bias)}
+            return {**attention, "o_proj": (q, h, self.o_bias), "c_fc": (h, i, self.mlp_bias), "c_proj": (i, h, self.mlp_bias)}
         # an MoE layer's experts, counted as one wide MLP (experts x intermediate), and its router
         wide = i * max(self.experts, 1)
         router = {"router": (h, self.experts, False)} if self.experts else {}
@@ -375,8 +431,8 @@ class ModelShape:
         return sum(n_in * n_out + (n_out if bias else 0) for n_in, n_out, bias in self.linears().values())
 
     def norm_params(self) -> int:
-        """Parameters of one norm over the residual stream: an RMSNorm's weight, or a LayerNorm's weight and bias (gpt2)."""
-        return 2 * self.hidden_size if self.model_type == "gpt2" else self.hidden_size
+        """Parameters of one norm over the residual stream: an RMSNorm's weight, or a LayerNorm's weight and bias."""
+        return 2 * self.hidden_size if self.model_type in LAYER_NORM else self.hidden_size
 
     def layer_params(self) -> int:
         """Parameters of one decoder layer: its linears, its norms (gemma2 and gemma3_text have
@@ -410,6 +466,7 @@ class ModelShape:
         adapted: frozenset[str] | None = None,
         mask_bytes: int = 1,
         eager: bool = False,
+        math: bool = False,
     ) -> int:
         """Bytes one decoder layer keeps for the backward pass, per token (module docstring).
 
@@ -420,16 +477,19 @@ class ModelShape:
                 is frozen, and a frozen weight needs no saved input: the norms keep no
                 normalised value, a norm's output is kept only where a linear that reads it
                 carries an adapter, and so are o_proj's copied input (eager) and down_proj's.
-            mask_bytes: bytes of a dropout mask's element (gpt2): 1 on a GPU (a bool mask), the
+            mask_bytes: bytes of a dropout mask's element: 1 on a GPU (a bool mask), the
                 activation's on the CPU (torch's CPU dropout multiplies by a noise tensor).
             eager: eager attention (`model.attention = "eager"`): q, k and v repeated to every
                 query head and o_proj's contiguous input instead of a fused kernel's q, k, v and
                 output (the probabilities are counted by `scores_bytes`).
+            math: sdpa's math path (attention dropout on the CPU, not gpt2's, which counts its
+                own): q scaled, k and v repeated to every query head, in float32, and o_proj's
+                contiguous input (the probabilities are counted by the estimate).
         """
         h, i = self.hidden_size, self.intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         kept = ACTIVATION_KEPT[self.activation]
-        attention, mlp = 3 * q + 2 * kv, (kept + 3) * i
+        mlp = (kept + 3) * i
         if self.model_type == "gpt2":
             # ln_1 and ln_2 keep their input and c_attn and c_fc their input; q, k and v are views of
             # c_attn's output, and the attention output is c_proj's input too (the fused kernels lay
@@ -454,12 +514,23 @@ class ModelShape:
         # x heads x head_dim: the transpose and contiguous() copy nothing); eager attention keeps q,
         # k and v repeated to every query head, and o_proj's contiguous input where o_proj trains
         o_kept = adapted is None or "o_proj" in adapted
-        attention = 3 * q + (q if o_kept else 0) if eager else 2 * q + 2 * kv
-        if self.model_type == "phi3" and not eager:
+        attention = (3 * q + (q if o_kept else 0) if eager else 2 * q + 2 * kv) * act_bytes
+        if math:
+            attention = 3 * q * 4 + (q * act_bytes if o_kept else 0)
+        elif self.model_type == "phi3" and not eager:
             # q, k and v are slices of qkv_proj's output: v (a view) keeps all of it alive, and the
             # rotated q, a copy of a slice, is laid out heads-first, so the fused kernel's output is
             # copied for o_proj (eager attention's matmuls copy v like the rest)
-            attention = 4 * q + 3 * kv
+            attention = (4 * q + 3 * kv) * act_bytes
+        if self.model_type == "starcoder2":
+            # two LayerNorms keep their input, and the linears after them their output; c_fc's output
+            # and what the activation keeps, its output where c_proj trains; a dropout mask after
+            # o_proj and after c_proj
+            inputs = _inputs_kept(("q_proj", "k_proj", "v_proj"), adapted, act_bytes, residual_bytes)
+            inputs += _inputs_kept(("c_fc",), adapted, act_bytes, residual_bytes)
+            mlp = kept * i + (i if adapted is None or "c_proj" in adapted else 0)
+            masks = 2 * h * mask_bytes if self.residual_dropout else 0
+            return 2 * residual_bytes * h + inputs * h + attention + mlp * act_bytes + masks
         if self.model_type in GEMMA:
             # the norms (four with gemma2's and gemma3_text's after the attention and the MLP) and
             # gemma3_text's query and key norms, each keeping its float32 input and (a trainable
@@ -470,7 +541,7 @@ class ModelShape:
             norm = 4 if adapted is not None else 8
             inputs = _inputs_kept(("q_proj", "k_proj", "v_proj"), adapted, act_bytes, residual_bytes)
             inputs += _inputs_kept(("gate_proj", "up_proj"), adapted, act_bytes, residual_bytes)
-            return norm * (norms * h + qk) + inputs * h + (attention + mlp) * act_bytes
+            return norm * (norms * h + qk) + inputs * h + attention + mlp * act_bytes
         # two RMSNorms, each keeping its float32 input and (a trainable weight's) normalised value in
         # the residual stream's dtype; the linears after them keep their output (phi3's fused
         # qkv_proj and gate_up_proj are one linear each; an MoE layer's router reads the second)
@@ -484,7 +555,7 @@ class ModelShape:
         # qwen3's RMSNorms over each head's q and k: their float32 input and normalised value, in the
         # dtype of q_proj's output (olmo2's norms over the whole projections are not counted)
         qk = (4 + (0 if adapted is not None else act_bytes)) * (q + kv) if self.model_type in ("qwen3", "qwen3_moe") else 0
-        return 2 * norm + inputs * h + (attention + mlp) * act_bytes + moe + qk
+        return 2 * norm + inputs * h + attention + mlp * act_bytes + moe + qk
 
     def final_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False, mask_bytes: int = 1) -> int:
         """Bytes per token the final norm and lm_head's input keep (and gpt2's embedding dropout mask).
@@ -492,8 +563,12 @@ class ModelShape:
         Under PEFT (`frozen`) lm_head keeps no input and the norm no normalised value.
         """
         h = self.hidden_size
+        # the embeddings' dropout mask: on the CPU a noise tensor in the residual stream's dtype
+        dropout = h * (residual_bytes if mask_bytes > 1 else 1) if self.embedding_dropout else 0
         if self.model_type == "gpt2":
-            return (residual_bytes + act_bytes) * h + (h * mask_bytes if self.embedding_dropout else 0)
+            return (residual_bytes + act_bytes) * h + dropout
+        if self.model_type == "starcoder2":  # a LayerNorm keeps its input, a frozen lm_head no output
+            return residual_bytes * h + (0 if frozen else act_bytes * h) + dropout
         if frozen:
             return 4 * h
         if self.model_type in GEMMA:
@@ -504,14 +579,19 @@ class ModelShape:
         """Bytes per attention probability (per head, per query and key) the backward pass keeps
         where they are materialised (eager attention).
 
-        Llama and Gemma: the float32 softmax output and its copy in a 16-bit activation dtype,
-        and with gemma2's soft-capping the tanh of the scaled scores (in the activation dtype);
+        Llama and Gemma: the float32 softmax output and its copy in a 16-bit activation dtype
+        (with attention dropout, starcoder2's, the dropout's mask and the dropped-out
+        probabilities instead of the copy), and with gemma2's soft-capping the tanh of the
+        scaled scores (in the activation dtype);
         gpt2: the softmax output in the activation dtype and, with attention dropout, its mask
         and the dropped-out probabilities.
         """
         if self.model_type == "gpt2":
             return act_bytes + (mask_bytes + act_bytes if self.attention_dropout else 0)
-        return 4 + (act_bytes if act_bytes < 4 else 0) + (act_bytes if self.attention_softcap else 0)
+        # with dropout the 16-bit copy of the probabilities is not kept (dropout keeps its mask), the
+        # dropped-out probabilities are
+        copy = mask_bytes + act_bytes if self.attention_dropout else (act_bytes if act_bytes < 4 else 0)
+        return 4 + copy + (act_bytes if self.attention_softcap else 0)
 
     def linear_weights(self) -> int:
         """Weights that go through an autocast matmul: every layer's linears and lm_head (tied or
@@ -550,8 +630,7 @@ def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, in
         targets = PEFT_DEFAULT_TARGETS.get(shape.model_type) if peft["method"] != "ia3" else None
         if targets is None:
             raise ValueError(f"peft has no default target modules for {peft['method']} on model type {shape.model_type!r}; set peft.target_modules")
-    mlp = ("gate_proj", "up_proj", "down_proj")
-    modules = {f"model.layers.0.{'mlp' if n in mlp else 'self_attn'}.{n}": v for n, v in shape.linears().items()}
+    modules = {f"model.layers.0.{'mlp' if n in MLP_LINEARS else 'self_attn'}.{n}": v for n, v in shape.linears().items()}
     if targets == "all-linear":
         return modules
     heads = {"lm_head": (shape.hidden_size, shape.vocab_size, False)}
@@ -729,28 +808,32 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     adapted = None if peft is None else frozenset(name.rsplit(".", 1)[-1] for name in _targets(shape, peft))
     mask_bytes = a_bytes if launch.cpu else 1  # a dropout mask: the CPU's noise tensor, a GPU's bool mask
     eager = recipe.model.attention == "eager"
-    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager)
     # eager attention keeps its s x s probabilities for the backward pass, and so does sdpa on
     # the CPU with dropout: torch has no fused CPU kernel with dropout and runs its math path
     scores_b = 0
     cpu_dropout = recipe.model.attention == "sdpa" and launch.cpu and shape.attention_dropout > 0
+    math = cpu_dropout and shape.model_type != "gpt2"
+    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math)
     upcast = 0
     if eager:
         scores_b = b * shape.num_attention_heads * s * s * shape.scores_bytes(a_bytes, mask_bytes)
     elif cpu_dropout:  # in float32: the softmax output, the dropout's noise tensor and the dropped-out copy, and q, k and v
-        scores_b, upcast = b * shape.num_attention_heads * s * s * 3 * 4, 3 * h * (4 - a_bytes)
+        scores_b, upcast = b * shape.num_attention_heads * s * s * 3 * 4, 0 if math else 3 * h * (4 - a_bytes)
     per_layer += upcast
     final = shape.final_activations(p_bytes, a_bytes, peft is not None, mask_bytes)
-    # a sliding-window layer shorter than the sequence attends through a mask (b x s x s, in
-    # model.dtype, one for all such layers), and with a mask transformers repeats k and v to every
-    # query head before sdpa: those layers keep 2 (heads - kv_heads) * head_dim more elements a token.
-    # Eager attention adds its masks to the scores and keeps none of them, but a checkpointed layer
-    # is called again with them: one per kind of layer (full, sliding) stays alive until the backward
+    # a sliding-window layer shorter than the sequence attends through a mask (transformers'
+    # b x s x s booleans, one for all such layers), which sdpa turns into a float copy in the
+    # activation dtype and keeps, in each layer; with a mask transformers repeats k and v to every
+    # query head before sdpa: those layers keep s + 2 (heads - kv_heads) * head_dim more values a
+    # token. A checkpointed layer is called again with the boolean mask, kept until the backward.
+    # Eager attention adds its float masks (in model.dtype) to the scores and keeps none of them,
+    # but a checkpointed layer is called again with them: one per kind of layer (full, sliding);
+    # so does sdpa's math path (attention dropout on the CPU), whose q, k and v are counted already
     mask_b = repeated = 0
     sliding_mask = bool(shape.sliding_layers) and s > shape.sliding_window
-    if sliding_mask and recipe.model.attention == "sdpa" and shape.model_type not in FUSED_ONLY:
+    if sliding_mask and recipe.model.attention == "sdpa" and shape.model_type not in FUSED_ONLY and not cpu_dropout:
         q, kv = shape.num_attention_heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
-        mask_b, repeated = b * s * s * p_bytes, 2 * (q - kv) * a_bytes
+        mask_b, repeated = b * s * s if checkpointing else 0, (s + 2 * (q - kv)) * a_bytes
     elif eager and checkpointing:
         kinds = (shape.sliding_layers > 0) + (shape.sliding_layers < layers)
         mask_b = kinds * b * s * s * p_bytes
@@ -777,11 +860,11 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B + final norm {final} B)"
     if mask_b and not repeated and eager:
         act_formula += f" + eager attention's masks, kept for the recomputed layers: {mask_b // (b * s * s * p_bytes)} * b {b} * s {s}^2 * {p_bytes} B"
-    elif mask_b:
+    elif repeated:
         act_formula += (
-            f" + the sliding-window mask b {b} * s {s}^2 * {p_bytes} B"
-            f" + k and v repeated per query head in {shape.sliding_layers} sliding layers: b * s * {repeated} B each"
-        )
+            f" + the sliding-window mask's float copy and k and v repeated per query head in {shape.sliding_layers}"
+            f" sliding layers: b * s * {repeated} B each"
+        ) + (f" + the boolean mask kept for the recomputed layers: b {b} * s {s}^2 * 1 B" if mask_b else "")
     if scores_b:
         kept_by = "the probabilities of sdpa's math path (attention dropout on the CPU)" if cpu_dropout else "eager attention's probabilities"
         act_formula += f" + {kept_by}: layers {layers} * b {b} * heads {shape.num_attention_heads} * s {s}^2 * {scores_b // (b * shape.num_attention_heads * s * s)} B"

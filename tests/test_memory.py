@@ -33,6 +33,7 @@ MOE = {**SMALL, "num_key_value_heads": 2, "num_experts_per_tok": 2}
 QWEN2_MOE = {**MOE, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 80, "num_experts": 4}
 # granite's multipliers scale values, not shapes: set away from 1 to show they change no count
 GRANITE = {**SMALL, "num_key_value_heads": 2, "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "logits_scaling": 8.0}
+STARCODER2 = {**SMALL, "num_key_value_heads": 2}
 
 
 @pytest.mark.parametrize(
@@ -58,6 +59,8 @@ GRANITE = {**SMALL, "num_key_value_heads": 2, "embedding_multiplier": 12.0, "res
         ("mixtral", {**MOE, "num_local_experts": 4}),
         ("granite", GRANITE),
         ("granite", {**GRANITE, "attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}),
+        ("starcoder2", STARCODER2),  # LayerNorms, biases everywhere (use_bias), tied by default
+        ("starcoder2", {**STARCODER2, "use_bias": False, "tie_word_embeddings": False}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
@@ -101,6 +104,25 @@ def test_adapter_parameters_match_peft(spec, model_type, config):
     model = adapters.apply(model, dict(spec))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert adapter_parameters(shape, spec) == trainable
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"method": "lora", "r": 4, "target_modules": "all-linear"},
+        {"method": "lora", "r": 4, "target_modules": ["q_proj", "c_fc"], "dora": True},
+        {"method": "lora", "r": 2, "target_modules": ["o_proj", "mlp.c_proj"], "modules_to_save": ["lm_head"]},
+        {"method": "loha", "r": 4, "target_modules": ["v_proj", "c_fc"]},
+        {"method": "ia3", "target_modules": ["k_proj", "v_proj", "c_proj"], "feedforward_modules": ["c_proj"]},
+    ],
+)
+def test_adapter_parameters_match_peft_on_starcoder2(spec):
+    # its MLP's linears are c_fc and c_proj (under mlp.), and peft has no default targets for it
+    shape, model = shape_and_model("starcoder2", **STARCODER2)
+    from recipec.runtime import adapters
+
+    model = adapters.apply(model, dict(spec))
+    assert adapter_parameters(shape, spec) == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # -- the estimate of a recipe ------------------------------------------------------------
@@ -435,6 +457,39 @@ def test_qwen3_moe_config_json_takes_num_local_experts():
     # transformers 5 writes qwen3_moe's num_experts under its attribute_map's name
     config = {**SMALL, "num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
     assert ModelShape.from_config(config, "qwen3_moe").experts == 4
+
+
+STARCODER2_INIT = {
+    "model.init": "starcoder2",
+    "launch.cpu": True,
+    "model.config": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "sliding_window": 16,
+    },
+}
+
+
+def test_starcoder2_by_hand(plan_of):
+    # h 64, i 128, 2 layers in a 16-token window, 4 heads / 2 kv heads, vocab 512, b 4 x s 32, float32
+    m = plan_of(STARCODER2_INIT).memory
+    layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 2 * 64 * 128 + (64 + 2 * 32 + 64 + 128 + 64) + 2 * 2 * 64
+    assert m.parameters == 512 * 64 + 2 * layer + 2 * 64 + 512 * 64  # untied, as recipec inits it
+    # two LayerNorms keep their input and output; sdpa's q, k, v and output; c_fc's output and gelu's
+    q, kv = 64, 32
+    per_token = 2 * 2 * 64 * 4 + (2 * q + 2 * kv) * 4 + 2 * 128 * 4
+    sliding = (32 + 2 * (q - kv)) * 4  # sdpa's float copy of the mask, k and v repeated for it
+    assert m.activations == 4 * 32 * (2 * (per_token + sliding) + 2 * 64 * 4)
+    # the released configs' dropouts of 0.1: a noise tensor after o_proj, after c_proj and on the
+    # embeddings; sdpa's math path on the CPU (q, k and v repeated, o_proj's copied input, and three
+    # float32 b x heads x s x s tensors), which keeps no mask
+    dropout = {f"model.config.{k}_dropout": 0.1 for k in ("residual", "embedding", "attention")}
+    d = plan_of({**STARCODER2_INIT, **dropout}).memory
+    per_token = 2 * 2 * 64 * 4 + 4 * q * 4 + 2 * 128 * 4 + 2 * 64 * 4
+    assert d.activations == 4 * 32 * (2 * per_token + 2 * 64 * 4 + 64 * 4) + 2 * 4 * 4 * 32 * 32 * 3 * 4
 
 
 def test_no_estimate_for_a_hub_model_or_another_architecture(plan_of, write_recipe, tmp_path: Path):
