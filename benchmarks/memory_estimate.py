@@ -107,6 +107,14 @@ STARCODER2 = [
 ]
 DROPOUTS = ["model.config.residual_dropout=0.1", "model.config.embedding_dropout=0.1", "model.config.attention_dropout=0.1"]
 
+# phi at the quickstart's sizes (gelu_new, half the head rotated, 4 heads without grouping);
+# phi-2's config sets resid_pdrop 0.1
+PHI = [
+    'model.init="phi"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "max_position_embeddings=512}",
+]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -175,6 +183,14 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "starcoder2 bf16 autocast": ("recipes/quickstart.toml", [*STARCODER2, 'launch.mixed_precision="bf16"']),
     "starcoder2 lora r16": ("recipes/quickstart.toml", [*STARCODER2, 'peft={method="lora", r=16, target_modules="all-linear"}']),
     "starcoder2 lora q,v": ("recipes/quickstart.toml", [*STARCODER2, 'peft={method="lora", r=8, target_modules=["q_proj", "v_proj"]}']),
+    "phi": ("recipes/quickstart.toml", PHI),
+    "phi resid dropout": ("recipes/quickstart.toml", [*PHI, "model.config.resid_pdrop=0.1"]),
+    "phi ckpt": ("recipes/quickstart.toml", [*PHI, "model.gradient_checkpointing=true"]),
+    "phi eager": ("recipes/quickstart.toml", [*PHI, 'model.attention="eager"']),
+    "phi bf16 weights": ("recipes/quickstart.toml", [*PHI, 'model.dtype="bfloat16"']),
+    "phi bf16 autocast": ("recipes/quickstart.toml", [*PHI, 'launch.mixed_precision="bf16"']),
+    "phi lora r16": ("recipes/quickstart.toml", [*PHI, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "phi lora default": ("recipes/quickstart.toml", [*PHI, 'peft={method="lora", r=8}']),
 }
 
 

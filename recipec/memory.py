@@ -72,7 +72,7 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 (each rank holds its part of the sequence). The logits are not divided by tp_size: the
 output projection gathers them whole.
 
-The counts cover Llama-like decoders, gemma, gemma2, gemma3_text, starcoder2 and gpt2: llama, mistral,
+The counts cover Llama-like decoders, gemma, gemma2, gemma3_text, starcoder2, phi and gpt2: llama, mistral,
 qwen2, phi3 (whose fused qkv_proj and gate_up_proj hold the same weights), qwen3 (whose
 RMSNorms over each head's queries and keys keep their float32 input and normalised value),
 olmo2 (whose norms after the attention and the MLP and over the whole queries and keys are
@@ -123,6 +123,15 @@ probabilities, the noise, the dropped-out probabilities), and no mask kept; eage
 attention keeps the noise and the dropped-out probabilities instead of the probabilities'
 16-bit copy. The released configs set all three dropouts to 0.1.
 
+phi (phi-1, phi-1.5, phi-2): one LayerNorm a layer, whose output q, k, v and fc1 read side
+by side (the attention and the gelu MLP run in parallel), biases on every linear and on
+lm_head, and gpt2's dropout names (resid_pdrop after the attention and after the MLP,
+embd_pdrop, attention_dropout, counted as starcoder2's). Only part of each head is rotated,
+and the rotated q is a concatenation laid out heads-first, so sdpa's output is laid out so
+too and copied for `dense` (3 * heads * head_dim + 2 * kv_heads * head_dim); fc1's output,
+what gelu_new keeps and its output. qk_layernorm's LayerNorms keep their input and a
+float32 mean and 1/std per head.
+
 gpt2: learned position embeddings, LayerNorms with biases (each keeps its input, the
 Conv1D after it that output), c_attn's output holds q, k and v, and gelu_new, written in
 tensor ops, keeps its input, 0.5 x, tanh(...) and 1 + tanh(...) besides its output. Its
@@ -153,21 +162,24 @@ MIB = 1024**2
 
 ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
-    "qwen2_moe", "granite", "starcoder2",
+    "qwen2_moe", "granite", "starcoder2", "phi",
 )
 """`model_type`s whose layers the parameter and activation counts describe."""
 
-PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma", "granite", "starcoder2")
+PEFT_ARCHITECTURES = (
+    "llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma", "granite", "starcoder2", "phi",
+)
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
 
 PEFT_DEFAULT_TARGETS = {
     **{t: ["q_proj", "v_proj"] for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
+    "phi": ["q_proj", "v_proj", "fc1", "fc2"],
 }
 """peft's default `target_modules` by model type (its LoRA table, which LoHa, LoKr, OFT and BOFT
 copy); a type without one, and IA3 (whose defaults peft's tuner does not expose), need
 `peft.target_modules`, as recipec's adapters require."""
 
-CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2")
+CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi")
 """Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
 
 GEMMA = ("gemma", "gemma2", "gemma3_text")
@@ -179,11 +191,14 @@ SANDWICH = ("gemma2", "gemma3_text")
 FUSED_ONLY = ("gemma2",)
 """Types transformers builds without sdpa (gemma2: `_supports_sdpa = False`, for its soft-capping)."""
 
-LAYER_NORM = ("gpt2", "starcoder2")
+LAYER_NORM = ("gpt2", "starcoder2", "phi")
 """Types whose norms are torch's LayerNorm (a weight and a bias; it keeps its input, and the
 linears after it its output)."""
 
-MLP_LINEARS = ("gate_proj", "up_proj", "down_proj", "c_fc", "c_proj")
+MLP_LINEARS = ("gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "fc1", "fc2")
+
+PARALLEL = ("phi",)
+"""Types whose attention and MLP read the same norm's output, side by side: one norm a layer."""
 """A decoder layer's MLP linears (module path `mlp.`); the rest are the attention's (`self_attn.`)."""
 
 ACTIVATION_KEPT = {"silu": 1, "gelu": 1, "gelu_pytorch_tanh": 1, "gelu_new": 4}
@@ -246,6 +261,8 @@ class ModelShape:
     sliding_window: int = 0
     sliding_layers: int = 0
     """gemma3_text's layers that attend over the last `sliding_window` tokens only."""
+    head_bias: bool = False
+    """phi's lm_head has a bias (vocab_size values)."""
     attention_softcap: bool = False
     """gemma2's attention logits soft-capped (attn_logit_softcapping): eager attention keeps the tanh output too."""
     logit_softcap: bool = False
@@ -270,6 +287,8 @@ class ModelShape:
                 return cls._gpt2(config, vocab_size)
             if model_type == "starcoder2":
                 return cls._starcoder2(config, vocab_size)
+            if model_type == "phi":
+                return cls._phi(config, vocab_size)
             h = int(config["hidden_size"])
             heads = int(config["num_attention_heads"])
             vocab = int(vocab_size if vocab_size is not None else config["vocab_size"])
@@ -398,14 +417,45 @@ class ModelShape:
             model_type="starcoder2",
         )
 
+    @classmethod
+    def _phi(cls, config: dict[str, Any], vocab_size: int | None) -> ModelShape:
+        """The shape of a phi config (phi-1, phi-1.5, phi-2): attention and a gelu MLP in parallel
+        after one LayerNorm, biases on every linear and on lm_head, gpt2's dropout names."""
+        h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        activation = str(config["hidden_act"])
+        if activation not in ACTIVATION_KEPT:
+            raise ValueError(f"the estimate does not cover the activation {activation!r}")
+        return cls(
+            hidden_size=h,
+            intermediate_size=int(config["intermediate_size"]),
+            num_hidden_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or h // heads),
+            vocab_size=int(vocab_size if vocab_size is not None else config["vocab_size"]),
+            tie_word_embeddings=bool(config["tie_word_embeddings"]),
+            qkv_bias=True,
+            o_bias=True,
+            mlp_bias=True,
+            qk_norm=4 * (h // heads) if config.get("qk_layernorm") else 0,  # LayerNorms over h // heads, weight and bias
+            head_bias=True,
+            activation=activation,
+            residual_dropout=float(config["resid_pdrop"]),
+            embedding_dropout=float(config["embd_pdrop"]),
+            attention_dropout=float(config["attention_dropout"]),
+            model_type="phi",
+        )
+
     def linears(self) -> dict[str, tuple[int, int, bool]]:
         """One decoder layer's linear layers: name -> (in_features, out_features, has bias)."""
         h, d = self.hidden_size, self.head_dim
         q, kv, i = self.num_attention_heads * d, self.num_key_value_heads * d, self.intermediate_size
         if self.model_type == "gpt2":  # Conv1D layers, (in, out) like a linear's
             return {"attn.c_attn": (h, 3 * h, True), "attn.c_proj": (h, h, True), "mlp.c_fc": (h, i, True), "mlp.c_proj": (i, h, True)}
-        if self.model_type == "starcoder2":
+        if self.model_type in ("starcoder2", "phi"):
             attention = {"q_proj": (h, q, self.qkv_bias), "k_proj": (h, kv, self.qkv_bias), "v_proj": (h, kv, self.qkv_bias)}
+            if self.model_type == "phi":
+                return {**attention, "dense": (q, h, True), "fc1": (h, i, True), "fc2": (i, h, True)}
             return {**attention, "o_proj": (q, h, self.o_bias), "c_fc": (h, i, self.mlp_bias), "c_proj": (i, h, self.mlp_bias)}
         # an MoE layer's experts, counted as one wide MLP (experts x intermediate), and its router
         wide = i * max(self.experts, 1)
@@ -436,16 +486,17 @@ class ModelShape:
 
     def layer_params(self) -> int:
         """Parameters of one decoder layer: its linears, its norms (gemma2 and gemma3_text have
-        four, the others two) and any query/key norms."""
-        norms = 4 if self.model_type in SANDWICH else 2
+        four, phi one, the others two) and any query/key norms."""
+        norms = 4 if self.model_type in SANDWICH else 1 if self.model_type in PARALLEL else 2
         return self.layer_linear_params() + norms * self.norm_params() + self.qk_norm
 
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
 
     def parameters(self) -> int:
-        """Every parameter: embeddings (and gpt2's learned positions), layers, the final norm, and lm_head unless tied."""
-        untied = 0 if self.tie_word_embeddings else self.embedding_params()
+        """Every parameter: embeddings (and gpt2's learned positions), layers, the final norm, and
+        lm_head unless tied (its bias, phi's, either way)."""
+        untied = (0 if self.tie_word_embeddings else self.embedding_params()) + (self.vocab_size if self.head_bias else 0)
         embeddings = self.embedding_params() + self.positions * self.hidden_size
         return embeddings + self.num_hidden_layers * self.layer_params() + self.norm_params() + untied
 
@@ -513,10 +564,13 @@ class ModelShape:
         # a fused kernel keeps q, k, v and its output, which is o_proj's input too (laid out as b x s
         # x heads x head_dim: the transpose and contiguous() copy nothing); eager attention keeps q,
         # k and v repeated to every query head, and o_proj's contiguous input where o_proj trains
-        o_kept = adapted is None or "o_proj" in adapted
+        o_kept = adapted is None or ("dense" if self.model_type == "phi" else "o_proj") in adapted
         attention = (3 * q + (q if o_kept else 0) if eager else 2 * q + 2 * kv) * act_bytes
         if math:
             attention = 3 * q * 4 + (q * act_bytes if o_kept else 0)
+        elif self.model_type == "phi" and not eager:
+            # the rotated q is a concatenation, laid out heads-first, so sdpa's output is copied for dense
+            attention = (2 * q + 2 * kv + (q if o_kept else 0)) * act_bytes
         elif self.model_type == "phi3" and not eager:
             # q, k and v are slices of qkv_proj's output: v (a view) keeps all of it alive, and the
             # rotated q, a copy of a slice, is laid out heads-first, so the fused kernel's output is
@@ -531,6 +585,16 @@ class ModelShape:
             mlp = kept * i + (i if adapted is None or "c_proj" in adapted else 0)
             masks = 2 * h * mask_bytes if self.residual_dropout else 0
             return 2 * residual_bytes * h + inputs * h + attention + mlp * act_bytes + masks
+        if self.model_type == "phi":
+            # one LayerNorm keeps its input, and q, k, v and fc1 (side by side) its output; fc1's
+            # output and what gelu_new keeps, its output where fc2 trains; qk_layernorm's norms
+            # keep their input (q_proj's and k_proj's output) and a float32 mean and 1/std per
+            # head; a dropout mask after the attention and after the MLP
+            inputs = _inputs_kept(("q_proj", "k_proj", "v_proj", "fc1"), adapted, act_bytes, residual_bytes)
+            mlp = kept * i + (i if adapted is None or "fc2" in adapted else 0)
+            qk = act_bytes * (q + kv) + 8 * (self.num_attention_heads + self.num_key_value_heads) if self.qk_norm else 0
+            masks = 2 * h * mask_bytes if self.residual_dropout else 0
+            return residual_bytes * h + inputs * h + attention + mlp * act_bytes + qk + masks
         if self.model_type in GEMMA:
             # the norms (four with gemma2's and gemma3_text's after the attention and the MLP) and
             # gemma3_text's query and key norms, each keeping its float32 input and (a trainable
@@ -567,7 +631,7 @@ class ModelShape:
         dropout = h * (residual_bytes if mask_bytes > 1 else 1) if self.embedding_dropout else 0
         if self.model_type == "gpt2":
             return (residual_bytes + act_bytes) * h + dropout
-        if self.model_type == "starcoder2":  # a LayerNorm keeps its input, a frozen lm_head no output
+        if self.model_type in ("starcoder2", "phi"):  # a LayerNorm keeps its input, a frozen lm_head no output
             return residual_bytes * h + (0 if frozen else act_bytes * h) + dropout
         if frozen:
             return 4 * h
@@ -668,7 +732,7 @@ def adapter_parameters(shape: ModelShape, peft: dict[str, Any]) -> int:
         count += times * each
     for name in peft.get("modules_to_save") or []:
         if name in ("lm_head", "embed_tokens"):
-            count += shape.embedding_params()
+            count += shape.embedding_params() + (shape.vocab_size if name == "lm_head" and shape.head_bias else 0)
         elif name in linears:
             n_in, n_out, bias = linears[name]
             count += shape.num_hidden_layers * (n_in * n_out + (n_out if bias else 0))

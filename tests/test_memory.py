@@ -34,6 +34,7 @@ QWEN2_MOE = {**MOE, "moe_intermediate_size": 32, "shared_expert_intermediate_siz
 # granite's multipliers scale values, not shapes: set away from 1 to show they change no count
 GRANITE = {**SMALL, "num_key_value_heads": 2, "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "logits_scaling": 8.0}
 STARCODER2 = {**SMALL, "num_key_value_heads": 2}
+PHI = {**SMALL, "pad_token_id": 0}
 
 
 @pytest.mark.parametrize(
@@ -61,6 +62,8 @@ STARCODER2 = {**SMALL, "num_key_value_heads": 2}
         ("granite", {**GRANITE, "attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}),
         ("starcoder2", STARCODER2),  # LayerNorms, biases everywhere (use_bias), tied by default
         ("starcoder2", {**STARCODER2, "use_bias": False, "tie_word_embeddings": False}),
+        ("phi", PHI),  # one LayerNorm a layer, biases everywhere, lm_head's too; untied
+        ("phi", {**PHI, "qk_layernorm": True, "tie_word_embeddings": True, "num_key_value_heads": 2}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
@@ -119,6 +122,26 @@ def test_adapter_parameters_match_peft(spec, model_type, config):
 def test_adapter_parameters_match_peft_on_starcoder2(spec):
     # its MLP's linears are c_fc and c_proj (under mlp.), and peft has no default targets for it
     shape, model = shape_and_model("starcoder2", **STARCODER2)
+    from recipec.runtime import adapters
+
+    model = adapters.apply(model, dict(spec))
+    assert adapter_parameters(shape, spec) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"method": "lora", "r": 4, "target_modules": "all-linear"},
+        {"method": "lora", "r": 8},  # peft's defaults for phi: q_proj, v_proj, fc1, fc2
+        {"method": "lora", "r": 4, "target_modules": ["dense", "mlp.fc2"], "dora": True},
+        {"method": "lora", "r": 2, "target_modules": ["k_proj"], "modules_to_save": ["lm_head"]},
+        {"method": "loha", "r": 4, "target_modules": ["q_proj", "fc1"]},
+        {"method": "ia3", "target_modules": ["k_proj", "v_proj", "fc2"], "feedforward_modules": ["fc2"]},
+    ],
+)
+def test_adapter_parameters_match_peft_on_phi(spec):
+    # phi's attention output is `dense`, its MLP fc1 and fc2
+    shape, model = shape_and_model("phi", **PHI)
     from recipec.runtime import adapters
 
     model = adapters.apply(model, dict(spec))
