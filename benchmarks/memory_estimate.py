@@ -115,6 +115,13 @@ PHI = [
     "max_position_embeddings=512}",
 ]
 
+# cohere at the quickstart's sizes (one float32 LayerNorm a layer, attention and SwiGLU side by side)
+COHERE = [
+    'model.init="cohere"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512}",
+]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -191,6 +198,14 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "phi bf16 autocast": ("recipes/quickstart.toml", [*PHI, 'launch.mixed_precision="bf16"']),
     "phi lora r16": ("recipes/quickstart.toml", [*PHI, 'peft={method="lora", r=16, target_modules="all-linear"}']),
     "phi lora default": ("recipes/quickstart.toml", [*PHI, 'peft={method="lora", r=8}']),
+    "cohere": ("recipes/quickstart.toml", COHERE),
+    "cohere qk norm": ("recipes/quickstart.toml", [*COHERE, "model.config.use_qk_norm=true"]),
+    "cohere ckpt": ("recipes/quickstart.toml", [*COHERE, "model.gradient_checkpointing=true"]),
+    "cohere eager": ("recipes/quickstart.toml", [*COHERE, 'model.attention="eager"']),
+    "cohere bf16 weights": ("recipes/quickstart.toml", [*COHERE, 'model.dtype="bfloat16"']),
+    "cohere bf16 autocast": ("recipes/quickstart.toml", [*COHERE, 'launch.mixed_precision="bf16"']),
+    "cohere lora r16": ("recipes/quickstart.toml", [*COHERE, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "cohere lora q,v": ("recipes/quickstart.toml", [*COHERE, 'peft={method="lora", r=8, target_modules=["q_proj", "v_proj"]}']),
 }
 
 

@@ -32,7 +32,13 @@ The estimate is the sum of five parts, each in bytes on one device (one process)
   token. With PEFT the norms and the linears without an adapter are frozen, and a frozen
   weight needs no saved input: a norm keeps no normalised value, its output is kept only
   where a linear that reads it carries an adapter, the final norm's output is not kept
-  (lm_head is frozen), and down_proj's input only where it carries an adapter.
+  (lm_head is frozen), and down_proj's input only where it carries an adapter. A LoRA
+  adapter keeps lora_A's output, r values a token, for lora_B. The frozen embeddings need no
+  gradient, so the first layer keeps nothing before its first adapter: its input norm keeps
+  nothing of its own (in phi's and cohere's parallel blocks, an MLP without an adapter
+  keeps nothing either). Not counted: DoRA's per-token terms (its magnitude rescaling), the
+  first layer's frozen linears whose input needs no gradient (they keep no autocast weight
+  copy), and eager attention's first layer where only some of q, k and v carry adapters.
   This is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
   Models", sec. 4.1), whose GPT count sbh(34 + 5as/h) bytes assumes 16-bit values, dropout
   masks and an s x s attention matrix, redone for a Llama layer: no dropout, and a fused
@@ -72,26 +78,26 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 (each rank holds its part of the sequence). The logits are not divided by tp_size: the
 output projection gathers them whole.
 
-The counts cover Llama-like decoders, gemma, gemma2, gemma3_text, starcoder2, phi and gpt2: llama, mistral,
-qwen2, phi3 (whose fused qkv_proj and gate_up_proj hold the same weights), qwen3 (whose
-RMSNorms over each head's queries and keys keep their float32 input and normalised value),
-olmo2 (whose norms after the attention and the MLP and over the whole queries and keys are
-counted as a Llama layer's two: parameters exact, activations not), granite (whose
-embedding, residual, attention and logit multipliers multiply by a number, which keeps
-nothing: a Llama layer's tensors, checked one by one), and the mixture-of-experts mixtral,
-qwen3_moe and qwen2_moe. An MoE layer holds `experts` copies of
-the SwiGLU MLP (each of `intermediate_size`, `moe_intermediate_size` in qwen3_moe and
-qwen2_moe) and a router (h x experts); each token passes through `experts_per_token` of
-them. transformers runs the experts through grouped_mm, which autocast does not touch: they
-compute in the weights' dtype and have no 16-bit weight copies. Per token and chosen expert
-they keep the gathered input, the gate and up output, the activation's output, their product
-and the expert's output (kept to weight it), experts_per_token * (4 * intermediate + 2h)
-values where a dense layer keeps 4 * intermediate; the router keeps its float32
-probabilities (experts values), each choice's weight and four int64 index tensors
-(experts_per_token values each). qwen2_moe adds a shared expert that every token passes
-through: a SwiGLU MLP of `shared_expert_intermediate_size`, and its output, kept for its
-sigmoid gate (a h x 1 linear). PEFT on phi3, on the MoE types and on gpt2 is not counted
-(their module names and expert tensors differ from Llama's).
+The counts cover Llama-like decoders, gemma, gemma2, gemma3_text, starcoder2, phi, cohere
+and gpt2: llama, mistral, qwen2, phi3 (whose fused qkv_proj and gate_up_proj hold the same
+weights), qwen3 (whose RMSNorms over each head's queries and keys keep their float32 input
+and normalised value), olmo2 (whose norms after the attention and the MLP and over the whole
+queries and keys are counted as a Llama layer's two: parameters exact, activations not),
+granite (whose embedding, residual, attention and logit multipliers multiply by a number,
+which keeps nothing: a Llama layer's tensors, checked one by one), and the mixture-of-
+experts mixtral, qwen3_moe and qwen2_moe. An MoE layer holds `experts` copies of the SwiGLU
+MLP (each of `intermediate_size`, `moe_intermediate_size` in qwen3_moe and qwen2_moe) and a
+router (h x experts); each token passes through `experts_per_token` of them. transformers
+runs the experts through grouped_mm, which autocast does not touch: they compute in the
+weights' dtype and have no 16-bit weight copies. Per token and chosen expert they keep the
+gathered input, the gate and up output, the activation's output, their product and the
+expert's output (kept to weight it), experts_per_token * (4 * intermediate + 2h) values
+where a dense layer keeps 4 * intermediate; the router keeps its float32 probabilities
+(experts values), each choice's weight and four int64 index tensors (experts_per_token
+values each). qwen2_moe adds a shared expert that every token passes through: a SwiGLU MLP
+of `shared_expert_intermediate_size`, and its output, kept for its sigmoid gate (a h x 1
+linear). PEFT on phi3, on the MoE types and on gpt2 is not counted (their module names and
+expert tensors differ from Llama's).
 
 gemma, gemma2 and gemma3_text (the tensors read off transformers' Gemma modules): two RMSNorms
 a layer in gemma, four in gemma2 and gemma3_text (before and after the attention and the
@@ -132,6 +138,13 @@ too and copied for `dense` (3 * heads * head_dim + 2 * kv_heads * head_dim); fc1
 what gelu_new keeps and its output. qk_layernorm's LayerNorms keep their input and a
 float32 mean and 1/std per head.
 
+cohere (Command R): one LayerNorm a layer without a bias, computed in float32 by hand: it
+keeps x - mean twice (for the variance and for the normalisation) and, for a trainable
+weight, the normalised value (12h bytes; 8h frozen), and q, k, v, gate and up read its
+output side by side; use_qk_norm's norms over each head keep as much, and a float32 1/std
+per head. The rotary embedding computes in float32 and casts back; the logits are scaled by
+logit_scale (a number: nothing kept). Tied embeddings by default.
+
 gpt2: learned position embeddings, LayerNorms with biases (each keeps its input, the
 Conv1D after it that output), c_attn's output holds q, k and v, and gelu_new, written in
 tensor ops, keeps its input, 0.5 x, tanh(...) and 1 + tanh(...) besides its output. Its
@@ -162,12 +175,12 @@ MIB = 1024**2
 
 ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
-    "qwen2_moe", "granite", "starcoder2", "phi",
+    "qwen2_moe", "granite", "starcoder2", "phi", "cohere",
 )
 """`model_type`s whose layers the parameter and activation counts describe."""
 
 PEFT_ARCHITECTURES = (
-    "llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma", "granite", "starcoder2", "phi",
+    "llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma", "granite", "starcoder2", "phi", "cohere",
 )
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
 
@@ -179,7 +192,7 @@ PEFT_DEFAULT_TARGETS = {
 copy); a type without one, and IA3 (whose defaults peft's tuner does not expose), need
 `peft.target_modules`, as recipec's adapters require."""
 
-CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi")
+CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi", "cohere")
 """Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
 
 GEMMA = ("gemma", "gemma2", "gemma3_text")
@@ -197,7 +210,7 @@ linears after it its output)."""
 
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "fc1", "fc2")
 
-PARALLEL = ("phi",)
+PARALLEL = ("phi", "cohere")
 """Types whose attention and MLP read the same norm's output, side by side: one norm a layer."""
 """A decoder layer's MLP linears (module path `mlp.`); the rest are the attention's (`self_attn.`)."""
 
@@ -301,16 +314,16 @@ class ModelShape:
                 # transformers 5 writes qwen3_moe's num_experts as num_local_experts (its attribute_map)
                 experts = int(config["num_experts"] if "num_experts" in config else config["num_local_experts"])
                 if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step", 1)) != 1 or not experts:
-                    raise ValueError(
-                        f"the estimate does not cover {model_type} with dense layers (mlp_only_layers, decoder_sparse_step, num_experts 0)"
-                    )
+                    dense = "mlp_only_layers, decoder_sparse_step, num_experts 0"
+                    raise ValueError(f"the estimate does not cover {model_type} with dense layers ({dense})")
                 per_token = int(config["num_experts_per_tok"])
                 intermediate = int(config["moe_intermediate_size"])
             activation = "silu"  # the Llama-likes' SwiGLU; Gemma's GeGLU keeps as much
             window = sliding = 0
             softcaps = {k: config.get(k) is not None for k in ("final_logit_softcapping", "attn_logit_softcapping")}
             if model_type == "gemma3_text" and any(softcaps.values()):
-                raise ValueError(f"the estimate does not cover gemma3_text with {' or '.join(k for k, v in softcaps.items() if v)}")
+                capped = " or ".join(k for k, v in softcaps.items() if v)
+                raise ValueError(f"the estimate does not cover gemma3_text with {capped}")
             if model_type in ("gemma2", "gemma3_text"):
                 activation = str(config["hidden_activation"])
                 layers = int(config["num_hidden_layers"])
@@ -331,6 +344,7 @@ class ModelShape:
                 "qwen3_moe": 2 * head_dim,
                 "olmo2": (heads + kv_heads) * head_dim,
                 "gemma3_text": 2 * head_dim,
+                "cohere": (heads + kv_heads) * head_dim if config.get("use_qk_norm") else 0,
             }
             return cls(
                 hidden_size=h,
@@ -486,7 +500,7 @@ class ModelShape:
 
     def layer_params(self) -> int:
         """Parameters of one decoder layer: its linears, its norms (gemma2 and gemma3_text have
-        four, phi one, the others two) and any query/key norms."""
+        four, phi and cohere one, the others two) and any query/key norms."""
         norms = 4 if self.model_type in SANDWICH else 1 if self.model_type in PARALLEL else 2
         return self.layer_linear_params() + norms * self.norm_params() + self.qk_norm
 
@@ -518,6 +532,7 @@ class ModelShape:
         mask_bytes: int = 1,
         eager: bool = False,
         math: bool = False,
+        rank: int = 0,
     ) -> int:
         """Bytes one decoder layer keeps for the backward pass, per token (module docstring).
 
@@ -536,7 +551,14 @@ class ModelShape:
             math: sdpa's math path (attention dropout on the CPU, not gpt2's, which counts its
                 own): q scaled, k and v repeated to every query head, in float32, and o_proj's
                 contiguous input (the probabilities are counted by the estimate).
+            rank: LoRA's r: each adapted linear's lora_A output (r values a token) is lora_B's input.
         """
+        lora = rank * act_bytes * len(adapted & set(self.linears())) if adapted is not None else 0
+        return self._layer_activations(residual_bytes, act_bytes, adapted, mask_bytes, eager, math) + lora
+
+    def _layer_activations(
+        self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None, mask_bytes: int, eager: bool, math: bool
+    ) -> int:
         h, i = self.hidden_size, self.intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         kept = ACTIVATION_KEPT[self.activation]
@@ -595,6 +617,16 @@ class ModelShape:
             qk = act_bytes * (q + kv) + 8 * (self.num_attention_heads + self.num_key_value_heads) if self.qk_norm else 0
             masks = 2 * h * mask_bytes if self.residual_dropout else 0
             return residual_bytes * h + inputs * h + attention + mlp * act_bytes + qk + masks
+        if self.model_type == "cohere":
+            # one LayerNorm, computed in float32 by hand: x - mean twice (for the variance and the
+            # normalisation) and, for a trainable weight, the normalised value; q, k, v, gate and
+            # up read its output side by side. use_qk_norm's norms over each head keep as much, and
+            # a float32 1/std per head
+            norm = (8 if adapted is not None else 12) * h
+            inputs = _inputs_kept(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"), adapted, act_bytes, residual_bytes)
+            heads = self.num_attention_heads + self.num_key_value_heads
+            qk = ((8 if adapted is not None else 12) * (q + kv) + 4 * heads) if self.qk_norm else 0
+            return norm + inputs * h + attention + mlp * act_bytes + qk
         if self.model_type in GEMMA:
             # the norms (four with gemma2's and gemma3_text's after the attention and the MLP) and
             # gemma3_text's query and key norms, each keeping its float32 input and (a trainable
@@ -621,6 +653,22 @@ class ModelShape:
         qk = (4 + (0 if adapted is not None else act_bytes)) * (q + kv) if self.model_type in ("qwen3", "qwen3_moe") else 0
         return 2 * norm + inputs * h + attention + mlp * act_bytes + moe + qk
 
+    def first_layer_unkept(self, residual_bytes: int, act_bytes: int, adapted: frozenset[str], mask_bytes: int = 1) -> int:
+        """Bytes per token that `layer_activations` counts for the first layer but PEFT does not
+        keep: the embeddings are frozen, so nothing before the first adapter needs a gradient. The
+        first norm keeps nothing of its own (its output is counted where an adapter reads it),
+        and in phi's and cohere's parallel blocks an MLP without an adapter keeps nothing at all.
+        """
+        h, i = self.hidden_size, self.intermediate_size
+        unkept = {"starcoder2": residual_bytes, "phi": residual_bytes, "cohere": 8}.get(self.model_type, 4) * h
+        mlp = ("fc1", "fc2") if self.model_type == "phi" else ("gate_proj", "up_proj", "down_proj")
+        if self.model_type in PARALLEL and not adapted & set(mlp):
+            if self.model_type == "phi":  # fc1's output, what gelu_new keeps, the dropout's mask
+                unkept += ACTIVATION_KEPT[self.activation] * i * act_bytes + (h * mask_bytes if self.residual_dropout else 0)
+            else:  # gate, its activation and up
+                unkept += 3 * i * act_bytes
+        return unkept
+
     def final_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False, mask_bytes: int = 1) -> int:
         """Bytes per token the final norm and lm_head's input keep (and gpt2's embedding dropout mask).
 
@@ -633,10 +681,12 @@ class ModelShape:
             return (residual_bytes + act_bytes) * h + dropout
         if self.model_type in ("starcoder2", "phi"):  # a LayerNorm keeps its input, a frozen lm_head no output
             return residual_bytes * h + (0 if frozen else act_bytes * h) + dropout
-        if frozen:
-            return 4 * h
+        if frozen:  # the norm's float32 input (cohere's: x - mean, twice)
+            return 8 * h if self.model_type == "cohere" else 4 * h
         if self.model_type in GEMMA:
             return 8 * h + act_bytes * h
+        if self.model_type == "cohere":
+            return 12 * h + act_bytes * h
         return self.norm_activations(residual_bytes, act_bytes)
 
     def scores_bytes(self, act_bytes: int, mask_bytes: int = 1) -> int:
@@ -693,7 +743,8 @@ def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, in
     if targets is None:
         targets = PEFT_DEFAULT_TARGETS.get(shape.model_type) if peft["method"] != "ia3" else None
         if targets is None:
-            raise ValueError(f"peft has no default target modules for {peft['method']} on model type {shape.model_type!r}; set peft.target_modules")
+            method, model_type = peft["method"], shape.model_type
+            raise ValueError(f"peft has no default target modules for {method} on model type {model_type!r}; set peft.target_modules")
     modules = {f"model.layers.0.{'mlp' if n in MLP_LINEARS else 'self_attn'}.{n}": v for n, v in shape.linears().items()}
     if targets == "all-linear":
         return modules
@@ -877,7 +928,13 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     scores_b = 0
     cpu_dropout = recipe.model.attention == "sdpa" and launch.cpu and shape.attention_dropout > 0
     math = cpu_dropout and shape.model_type != "gpt2"
-    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math)
+    rank = int(peft.get("r") or 8) if peft is not None and peft["method"] == "lora" else 0
+    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math, rank)
+    # under PEFT the frozen embeddings need no gradient: the first layer keeps less (unless they train)
+    trained_embeddings = peft is not None and "embed_tokens" in (peft.get("modules_to_save") or [])
+    first = 0
+    if adapted is not None and not trained_embeddings:
+        first = shape.first_layer_unkept(p_bytes, a_bytes, adapted, mask_bytes)
     upcast = 0
     if eager:
         scores_b = b * shape.num_attention_heads * s * s * shape.scores_bytes(a_bytes, mask_bytes)
@@ -920,8 +977,10 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
             f"+ max(0, one layer b * s * {per_layer} B - logits)"
         )
     else:
-        act_b = tokens * (layers * per_layer + final + shape.sliding_layers * repeated) + layers * scores_b + mask_b
+        act_b = tokens * (layers * per_layer + final + shape.sliding_layers * repeated - first) + layers * scores_b + mask_b
         act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B + final norm {final} B)"
+        if first:
+            act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B - {first} B not kept by the first layer + final norm {final} B)"
     if mask_b and not repeated and eager:
         act_formula += f" + eager attention's masks, kept for the recomputed layers: {mask_b // (b * s * s * p_bytes)} * b {b} * s {s}^2 * {p_bytes} B"
     elif repeated:

@@ -35,6 +35,7 @@ QWEN2_MOE = {**MOE, "moe_intermediate_size": 32, "shared_expert_intermediate_siz
 GRANITE = {**SMALL, "num_key_value_heads": 2, "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "logits_scaling": 8.0}
 STARCODER2 = {**SMALL, "num_key_value_heads": 2}
 PHI = {**SMALL, "pad_token_id": 0}
+COHERE = {**SMALL, "num_key_value_heads": 2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 
 
 @pytest.mark.parametrize(
@@ -64,6 +65,8 @@ PHI = {**SMALL, "pad_token_id": 0}
         ("starcoder2", {**STARCODER2, "use_bias": False, "tie_word_embeddings": False}),
         ("phi", PHI),  # one LayerNorm a layer, biases everywhere, lm_head's too; untied
         ("phi", {**PHI, "qk_layernorm": True, "tie_word_embeddings": True, "num_key_value_heads": 2}),
+        ("cohere", COHERE),  # one LayerNorm without a bias a layer, tied by default
+        ("cohere", {**COHERE, "use_qk_norm": True, "attention_bias": True, "tie_word_embeddings": False}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
@@ -92,13 +95,14 @@ def test_parameter_count_is_exact(model_type, config):
         ("gemma2", GEMMA2),
         ("gemma", GEMMA),
         ("granite", GRANITE),
+        ("cohere", COHERE),
     ],
 )
 def test_adapter_parameters_match_peft(spec, model_type, config):
     shape, model = shape_and_model(model_type, **config)
     from recipec.runtime import adapters
 
-    if "target_modules" not in spec and model_type == "granite":  # peft has no default targets for it
+    if "target_modules" not in spec and model_type in ("granite", "cohere"):  # peft has no default targets for them
         with pytest.raises(ValueError, match="no default target modules"):
             adapter_parameters(shape, spec)
         with pytest.raises(ValueError, match="no default target modules"):
@@ -197,16 +201,18 @@ def test_lora_trains_only_the_adapter(plan_of):
     assert (lora.grads, lora.optimizer) == (4 * adapter, 8 * adapter)
     assert lora.grads < full.grads / 10
     # frozen norm weights keep no normalised value (h floats less per norm, two per layer), and
-    # the final norm's output is not kept by a frozen lm_head (h floats less again)
-    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 2 * 64) * 4
+    # the final norm's output is not kept by a frozen lm_head (h floats less again); the first
+    # norm's input needs no gradient (the embeddings are frozen); each of the 7 adapted linears
+    # keeps lora_A's output, r values a token
+    assert full.activations - lora.activations == 4 * 32 * ((2 * 64 + 2 * 64) * 4 + 4 * 64 - 7 * 4 * 4)
 
 
 def test_lora_on_attention_only_drops_the_frozen_inputs(plan_of):
     full = plan_of().memory
     lora = plan_of(peft={"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]}).memory
     # also down_proj's input (intermediate 128) and the MLP norm's output (64): no adapter reads them
-    # (o_proj's input is sdpa's output, kept either way)
-    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 2 * 64 + 128 + 64) * 4
+    # (o_proj's input is sdpa's output, kept either way); two lora_A outputs of r 4 values
+    assert full.activations - lora.activations == 4 * 32 * ((2 * 64 + 2 * 64 + 128 + 64) * 4 + 4 * 64 - 2 * 4 * 4)
 
 
 def test_qlora_stores_the_base_linears_in_fewer_bytes(plan_of):
