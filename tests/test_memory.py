@@ -521,6 +521,37 @@ def test_starcoder2_by_hand(plan_of):
     assert d.activations == 4 * 32 * (2 * per_token + 2 * 64 * 4 + 64 * 4) + 2 * 4 * 4 * 32 * 32 * 3 * 4
 
 
+SIDE_BY_SIDE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+def test_cohere_and_phi_by_hand(plan_of):
+    # attention and MLP side by side after one norm; h 64, i 128, 2 layers, 4 heads, b 4 x s 32, float32
+    cohere = plan_of({"model.init": "cohere", "model.config": {**SIDE_BY_SIDE, "num_key_value_heads": 2}}).memory
+    q, kv = 64, 32
+    # the hand-written float32 LayerNorm keeps x - mean twice and the normalised value; one output
+    # for q, k, v, gate and up; sdpa's q, k, v and output; the SwiGLU's four
+    per_token = 12 * 64 + 4 * 64 + (2 * q + 2 * kv) * 4 + 4 * 128 * 4
+    assert cohere.activations == 4 * 32 * (2 * per_token + 12 * 64 + 4 * 64)
+    # LoRA on q_proj and v_proj: the norms keep x - mean twice, down_proj's input is not kept, each
+    # adapter keeps lora_A's 4 values; the first layer's norm and MLP are off the gradient's path
+    lora = plan_of(
+        {"model.init": "cohere", "model.config": {**SIDE_BY_SIDE, "num_key_value_heads": 2}},
+        peft={"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
+    ).memory
+    per_token = 8 * 64 + 4 * 64 + (2 * q + 2 * kv) * 4 + 3 * 128 * 4 + 2 * 4 * 4
+    first = 8 * 64 + 3 * 128 * 4
+    assert lora.activations == 4 * 32 * (2 * per_token - first + 8 * 64)
+
+    # phi on the CPU with resid_pdrop 0.1: the LayerNorm's input and output, sdpa's q, k, v and output
+    # and dense's copy of it (the rotated q is laid out heads-first), fc1's output and gelu_new's four
+    # tensors, two dropout noise tensors
+    config = {**SIDE_BY_SIDE, "resid_pdrop": 0.1}
+    phi = plan_of({"model.init": "phi", "model.config": config, "launch.cpu": True}).memory
+    per_token = 64 * 4 + 64 * 4 + (3 * 64 + 2 * 64) * 4 + 5 * 128 * 4 + 2 * 64 * 4
+    assert phi.activations == 4 * 32 * (2 * per_token + 2 * 64 * 4)
+    assert phi.parameters == 2 * 512 * 64 + 512 + 2 * (4 * (64 * 64 + 64) + 2 * 64 * 128 + 128 + 64 + 2 * 64) + 2 * 64
+
+
 def test_no_estimate_for_a_hub_model_or_another_architecture(plan_of, write_recipe, tmp_path: Path):
     plan = plan_of({"model.init": None, "model.config": None, "model.path": "org/name"}, tokenizer=None)
     assert plan.memory is None and "local model" in plan.memory_unknown
