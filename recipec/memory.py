@@ -99,23 +99,22 @@ of `shared_expert_intermediate_size`, and its output, kept for its sigmoid gate 
 linear). PEFT on phi3, on the MoE types and on gpt2 is not counted (their module names and
 expert tensors differ from Llama's).
 
-gemma, gemma2 and gemma3_text (the tensors read off transformers' Gemma modules): two RMSNorms
-a layer in gemma, four in gemma2 and gemma3_text (before and after the attention and the
-MLP) and, in gemma3_text, RMSNorms over the queries and keys, each computing in float32 and
-keeping its float32 input and, for a trainable weight, its float32 normalised value; GeGLU
-keeps what SwiGLU keeps; the linears after a norm and the attention keep what a Llama
-layer's keep. Under sdpa a sliding-window layer whose window is shorter than the sequence
-attends through a mask: transformers' b x s x s booleans (one for all such layers; a
-checkpointed layer is called again with it, so it stays), which sdpa copies into the
-activation dtype and keeps, in every such layer; and with a mask transformers repeats k
-and v to every query head.
-gemma2's soft-capping: with attn_logit_softcapping the eager attention keeps the tanh of the
-scaled scores (b * heads * s * s in the activation dtype, a layer), with
-final_logit_softcapping the loss keeps the tanh of the logits (b * s * vocab in the activation
-dtype) besides its three float32 copies. transformers builds gemma2 without sdpa (eager, flash
-or flex attention), so `model.attention = "sdpa"` gets no estimate; its sliding layers change
-nothing kept under eager or a flash kernel. Tied embeddings and head_dim are the config's;
-gemma3_text's soft-capping is refused.
+gemma, gemma2 and gemma3_text (the tensors read off transformers' Gemma modules): two
+RMSNorms a layer in gemma, four in gemma2 and gemma3_text (before and after the attention
+and the MLP) and, in gemma3_text, RMSNorms over the queries and keys, each computing in
+float32 and keeping its float32 input and, for a trainable weight, its float32 normalised
+value; GeGLU keeps what SwiGLU keeps; the linears after a norm and the attention keep what a
+Llama layer's keep. Under sdpa a sliding-window layer whose window is shorter than the
+sequence attends through a mask: transformers' b x s x s booleans (one for all such layers;
+a checkpointed layer is called again with it, so it stays), which sdpa copies into the
+activation dtype and keeps, in every such layer; and with a mask transformers repeats k and
+v to every query head. gemma2's soft-capping: with attn_logit_softcapping the eager
+attention keeps the tanh of the scaled scores (b * heads * s * s in the activation dtype, a
+layer), with final_logit_softcapping the loss keeps the tanh of the logits (b * s * vocab in
+the activation dtype) besides its three float32 copies. transformers builds gemma2 without
+sdpa (eager, flash or flex attention), so `model.attention = "sdpa"` gets no estimate; its
+sliding layers change nothing kept under eager or a flash kernel. Tied embeddings and
+head_dim are the config's; gemma3_text's soft-capping is refused.
 
 starcoder2: a Llama-like attention with biases (use_bias), two LayerNorms a layer and a
 final one (each keeps its input, and the linears after it its output), a gelu MLP without a
@@ -209,10 +208,10 @@ LAYER_NORM = ("gpt2", "starcoder2", "phi")
 linears after it its output)."""
 
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "fc1", "fc2")
+"""A decoder layer's MLP linears (module path `mlp.`); the rest are the attention's (`self_attn.`)."""
 
 PARALLEL = ("phi", "cohere")
 """Types whose attention and MLP read the same norm's output, side by side: one norm a layer."""
-"""A decoder layer's MLP linears (module path `mlp.`); the rest are the attention's (`self_attn.`)."""
 
 ACTIVATION_KEPT = {"silu": 1, "gelu": 1, "gelu_pytorch_tanh": 1, "gelu_new": 4}
 """Tensors of the MLP's width an activation keeps for the backward pass, besides its output:
@@ -242,7 +241,7 @@ def _inputs_kept(readers: tuple[str, ...], adapted: frozenset[str] | None, act_b
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The sizes of a Llama-like decoder that memory depends on."""
+    """The sizes of a decoder that memory depends on, and what its layers are made of."""
 
     hidden_size: int
     intermediate_size: int
@@ -266,14 +265,17 @@ class ModelShape:
     """Learned position embeddings (gpt2's n_positions; 0: rotary, none to learn)."""
     activation: str = "silu"
     residual_dropout: float = 0.0
-    """gpt2's dropout after each c_proj (resid_pdrop)."""
+    """The dropout after the attention's and the MLP's output projections (gpt2's and phi's
+    resid_pdrop, starcoder2's residual_dropout)."""
     embedding_dropout: float = 0.0
-    """gpt2's dropout on the summed embeddings (embd_pdrop)."""
+    """The dropout on the embeddings (gpt2's and phi's embd_pdrop, starcoder2's embedding_dropout)."""
     attention_dropout: float = 0.0
-    """gpt2's dropout on the attention probabilities (attn_pdrop)."""
+    """The dropout on the attention probabilities (gpt2's attn_pdrop; starcoder2's and phi's
+    attention_dropout; the Llama-likes' is not read)."""
     sliding_window: int = 0
     sliding_layers: int = 0
-    """gemma3_text's layers that attend over the last `sliding_window` tokens only."""
+    """The layers that attend over the last `sliding_window` tokens only (gemma2, gemma3_text,
+    starcoder2, qwen2_moe)."""
     head_bias: bool = False
     """phi's lm_head has a bias (vocab_size values)."""
     attention_softcap: bool = False
@@ -948,8 +950,9 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     # query head before sdpa: those layers keep s + 2 (heads - kv_heads) * head_dim more values a
     # token. A checkpointed layer is called again with the boolean mask, kept until the backward.
     # Eager attention adds its float masks (in model.dtype) to the scores and keeps none of them,
-    # but a checkpointed layer is called again with them: one per kind of layer (full, sliding);
-    # so does sdpa's math path (attention dropout on the CPU), whose q, k and v are counted already
+    # but a checkpointed layer is called again with them: one per kind of layer (full, sliding).
+    # sdpa's math path (attention dropout on the CPU) keeps no mask either, and its q, k and v are
+    # counted already
     mask_b = repeated = 0
     sliding_mask = bool(shape.sliding_layers) and s > shape.sliding_window
     if sliding_mask and recipe.model.attention == "sdpa" and shape.model_type not in FUSED_ONLY and not cpu_dropout:
