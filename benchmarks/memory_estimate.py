@@ -1,7 +1,7 @@
 """How close `recipec explain`'s peak-memory estimate is to the measured peak of a training step.
 
 For each case (a CPU example recipe, and variants of it through --set: micro-batch,
-seq_len, gradient checkpointing, LoRA, bfloat16, the gpt2 and gemma3_text architectures),
+seq_len, gradient checkpointing, LoRA, bfloat16, and the other architectures the estimate counts),
 the recipe is planned as `recipec explain` plans it, and the same model (the model config
 the generated script passes to transformers and the vocabulary, model.dtype,
 gradient checkpointing, the [peft] adapter through recipec_runtime's adapters.apply, AdamW
@@ -60,6 +60,68 @@ GEMMA3 = [
     "num_key_value_heads=2, max_position_embeddings=512, sliding_window=64}",
 ]
 
+# gemma2 at the same sizes, with its default soft-capping (attention 50, logits 30) and
+# alternating sliding-window (64) and full layers; transformers builds it without sdpa
+GEMMA2 = [
+    'model.init="gemma2"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512, sliding_window=64}",
+    'model.attention="eager"',
+]
+
+# gemma (v1) at the same sizes: two norms a layer, no sliding window or soft-capping, sdpa
+GEMMA = [
+    'model.init="gemma"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512}",
+]
+
+# the mixtures of experts at the same sizes: 8 experts of 128, 2 a token (qwen2_moe: and a
+# shared expert of 512)
+MOE = "hidden_size=192, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512"
+QWEN2_MOE = [
+    'model.init="qwen2_moe"',
+    f"model.config={{{MOE}, intermediate_size=512, moe_intermediate_size=128, shared_expert_intermediate_size=512, "
+    "num_experts=8, num_experts_per_tok=2}",
+]
+QWEN3_MOE = [
+    'model.init="qwen3_moe"',
+    f"model.config={{{MOE}, intermediate_size=512, moe_intermediate_size=128, num_experts=8, num_experts_per_tok=2}}",
+]
+MIXTRAL = ['model.init="mixtral"', f"model.config={{{MOE}, intermediate_size=128, num_local_experts=8, num_experts_per_tok=2}}"]
+
+# granite at the quickstart's sizes, its multipliers set as IBM's granite-3 models set them
+GRANITE = [
+    'model.init="granite"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512, embedding_multiplier=12.0, residual_multiplier=0.22, "
+    "attention_multiplier=0.015625, logits_scaling=8.0}",
+]
+
+# starcoder2 at the quickstart's sizes (use_bias, gelu_pytorch_tanh); its released configs set
+# dropouts of 0.1, whose attention dropout sends sdpa down its math path on the CPU
+STARCODER2 = [
+    'model.init="starcoder2"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512}",
+]
+DROPOUTS = ["model.config.residual_dropout=0.1", "model.config.embedding_dropout=0.1", "model.config.attention_dropout=0.1"]
+
+# phi at the quickstart's sizes (gelu_new, half the head rotated, 4 heads without grouping);
+# phi-2's config sets resid_pdrop 0.1
+PHI = [
+    'model.init="phi"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "max_position_embeddings=512}",
+]
+
+# cohere at the quickstart's sizes (one float32 LayerNorm a layer, attention and SwiGLU side by side)
+COHERE = [
+    'model.init="cohere"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512}",
+]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -95,6 +157,55 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "gemma3 bf16 autocast": ("recipes/quickstart.toml", [*GEMMA3, 'launch.mixed_precision="bf16"']),
     "gemma3 lora r16": ("recipes/quickstart.toml", [*GEMMA3, 'peft={method="lora", r=16, target_modules="all-linear"}']),
     "gemma3 lora q,v": ("recipes/quickstart.toml", [*GEMMA3, 'peft={method="lora", r=8}']),
+    "gemma2": ("recipes/quickstart.toml", GEMMA2),
+    "gemma2 tied": ("recipes/quickstart.toml", [*GEMMA2, "model.config.tie_word_embeddings=true"]),
+    "gemma2 ckpt": ("recipes/quickstart.toml", [*GEMMA2, "model.gradient_checkpointing=true"]),
+    "gemma2 bf16 weights": ("recipes/quickstart.toml", [*GEMMA2, 'model.dtype="bfloat16"']),
+    "gemma2 bf16 autocast": ("recipes/quickstart.toml", [*GEMMA2, 'launch.mixed_precision="bf16"']),
+    "gemma2 lora r16": ("recipes/quickstart.toml", [*GEMMA2, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "gemma2 lora q,v": ("recipes/quickstart.toml", [*GEMMA2, 'peft={method="lora", r=8}']),
+    "gemma": ("recipes/quickstart.toml", GEMMA),
+    "gemma tied": ("recipes/quickstart.toml", [*GEMMA, "model.config.tie_word_embeddings=true"]),
+    "gemma ckpt": ("recipes/quickstart.toml", [*GEMMA, "model.gradient_checkpointing=true"]),
+    "gemma eager": ("recipes/quickstart.toml", [*GEMMA, 'model.attention="eager"']),
+    "gemma bf16 weights": ("recipes/quickstart.toml", [*GEMMA, 'model.dtype="bfloat16"']),
+    "gemma bf16 autocast": ("recipes/quickstart.toml", [*GEMMA, 'launch.mixed_precision="bf16"']),
+    "gemma lora r16": ("recipes/quickstart.toml", [*GEMMA, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "gemma lora q,v": ("recipes/quickstart.toml", [*GEMMA, 'peft={method="lora", r=8}']),
+    "qwen2_moe": ("recipes/quickstart.toml", QWEN2_MOE),
+    "qwen2_moe ckpt": ("recipes/quickstart.toml", [*QWEN2_MOE, "model.gradient_checkpointing=true"]),
+    "qwen2_moe eager": ("recipes/quickstart.toml", [*QWEN2_MOE, 'model.attention="eager"']),
+    "qwen2_moe bf16 weights": ("recipes/quickstart.toml", [*QWEN2_MOE, 'model.dtype="bfloat16"']),
+    "qwen2_moe bf16 autocast": ("recipes/quickstart.toml", [*QWEN2_MOE, 'launch.mixed_precision="bf16"']),
+    "qwen3_moe": ("recipes/quickstart.toml", QWEN3_MOE),
+    "mixtral": ("recipes/quickstart.toml", MIXTRAL),
+    "granite": ("recipes/quickstart.toml", GRANITE),
+    "granite bf16 autocast": ("recipes/quickstart.toml", [*GRANITE, 'launch.mixed_precision="bf16"']),
+    "granite lora r16": ("recipes/quickstart.toml", [*GRANITE, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "starcoder2": ("recipes/quickstart.toml", STARCODER2),
+    "starcoder2 dropout": ("recipes/quickstart.toml", [*STARCODER2, *DROPOUTS]),
+    "starcoder2 sliding": ("recipes/quickstart.toml", [*STARCODER2, "model.config.sliding_window=64"]),
+    "starcoder2 ckpt": ("recipes/quickstart.toml", [*STARCODER2, "model.gradient_checkpointing=true"]),
+    "starcoder2 bf16 weights": ("recipes/quickstart.toml", [*STARCODER2, 'model.dtype="bfloat16"']),
+    "starcoder2 bf16 autocast": ("recipes/quickstart.toml", [*STARCODER2, 'launch.mixed_precision="bf16"']),
+    "starcoder2 lora r16": ("recipes/quickstart.toml", [*STARCODER2, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "starcoder2 lora q,v": ("recipes/quickstart.toml", [*STARCODER2, 'peft={method="lora", r=8, target_modules=["q_proj", "v_proj"]}']),
+    "phi": ("recipes/quickstart.toml", PHI),
+    "phi resid dropout": ("recipes/quickstart.toml", [*PHI, "model.config.resid_pdrop=0.1"]),
+    "phi ckpt": ("recipes/quickstart.toml", [*PHI, "model.gradient_checkpointing=true"]),
+    "phi eager": ("recipes/quickstart.toml", [*PHI, 'model.attention="eager"']),
+    "phi bf16 weights": ("recipes/quickstart.toml", [*PHI, 'model.dtype="bfloat16"']),
+    "phi bf16 autocast": ("recipes/quickstart.toml", [*PHI, 'launch.mixed_precision="bf16"']),
+    "phi lora r16": ("recipes/quickstart.toml", [*PHI, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "phi lora default": ("recipes/quickstart.toml", [*PHI, 'peft={method="lora", r=8}']),
+    "cohere": ("recipes/quickstart.toml", COHERE),
+    "cohere qk norm": ("recipes/quickstart.toml", [*COHERE, "model.config.use_qk_norm=true"]),
+    "cohere ckpt": ("recipes/quickstart.toml", [*COHERE, "model.gradient_checkpointing=true"]),
+    "cohere eager": ("recipes/quickstart.toml", [*COHERE, 'model.attention="eager"']),
+    "cohere bf16 weights": ("recipes/quickstart.toml", [*COHERE, 'model.dtype="bfloat16"']),
+    "cohere bf16 autocast": ("recipes/quickstart.toml", [*COHERE, 'launch.mixed_precision="bf16"']),
+    "cohere lora r16": ("recipes/quickstart.toml", [*COHERE, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "cohere lora q,v": ("recipes/quickstart.toml", [*COHERE, 'peft={method="lora", r=8, target_modules=["q_proj", "v_proj"]}']),
 }
 
 

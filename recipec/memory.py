@@ -17,22 +17,38 @@ The estimate is the sum of five parts, each in bytes on one device (one process)
   2 + 2 + 12 bytes per parameter (the ZeRO paper's accounting).
 * activations: the tensors the backward pass keeps, counted op by op for a Llama decoder
   layer, per token. RMSNorm computes in float32: it keeps that copy of its input (4h bytes)
-  and the normalised value in the residual stream's dtype (`model.dtype`), and the linear
-  after it keeps its output in the activation dtype (twice per layer, and once for the
-  final norm). Attention keeps the rotated q and k, v, the attention output and o_proj's
-  contiguous input (3 * heads * head_dim + 2 * kv_heads * head_dim elements); the SwiGLU
-  MLP keeps gate, silu(gate), up and their product (4 * intermediate). Activation elements
-  are 2 bytes under mixed precision or a 16-bit `model.dtype`, else 4; so a float32 layer
-  keeps (6h + 3 a d + 2 g d + 4i) * 4 bytes per token. With PEFT the norms and the linears
-  without an adapter are frozen, and a frozen weight needs no saved input: a norm keeps no
-  normalised value, the final norm's output is not kept (lm_head is frozen), and o_proj's
-  and down_proj's inputs are kept only where they carry an adapter.
+  and the normalised value in the residual stream's dtype (`model.dtype`), and the linears
+  after it keep its output in the activation dtype (twice per layer, and once for the final
+  norm). Under autocast over float32 weights each linear casts the float32 norm output for
+  its own matmul and keeps that cast (the casts are not shared): q, k and v keep three, gate
+  and up two. Attention keeps the rotated q and k, v and the attention output, which is
+  o_proj's input too: the fused kernels lay it out as b x s x heads x head_dim, so
+  transformers' transpose and `contiguous()` copy nothing (2 * heads * head_dim + 2 *
+  kv_heads * head_dim elements; phi3's q, k and v are slices of one qkv_proj output, which v
+  keeps whole, and its output is copied for o_proj: 4 * heads * head_dim + 3 * kv_heads *
+  head_dim). The SwiGLU MLP keeps gate, silu(gate), up and their product (4 *
+  intermediate). Activation elements are 2 bytes under mixed precision or a 16-bit
+  `model.dtype`, else 4; so a float32 layer keeps (6h + 2 a d + 2 g d + 4i) * 4 bytes per
+  token. With PEFT the norms and the linears without an adapter are frozen, and a frozen
+  weight needs no saved input: a norm keeps no normalised value, its output is kept only
+  where a linear that reads it carries an adapter, the final norm's output is not kept
+  (lm_head is frozen), and down_proj's input only where it carries an adapter. A LoRA
+  adapter keeps lora_A's output, r values a token, for lora_B. The frozen embeddings need no
+  gradient, so the first layer keeps nothing before its first adapter: its input norm keeps
+  nothing of its own (in phi's and cohere's parallel blocks, an MLP without an adapter
+  keeps nothing either). Not counted: DoRA's per-token terms (its magnitude rescaling), the
+  first layer's frozen linears whose input needs no gradient (they keep no autocast weight
+  copy), and eager attention's first layer where only some of q, k and v carry adapters.
   This is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
   Models", sec. 4.1), whose GPT count sbh(34 + 5as/h) bytes assumes 16-bit values, dropout
   masks and an s x s attention matrix, redone for a Llama layer: no dropout, and a fused
   attention kernel (sdpa, flash) that keeps no s x s matrix; with `model.attention =
   "eager"` each layer also keeps its float32 softmax output, b * heads * s * s values (and
-  its 16-bit copy under 16-bit activations). With gradient checkpointing
+  its 16-bit copy under 16-bit activations), and instead of the fused kernel's tensors q, k
+  and v repeated to every query head and o_proj's contiguous input (4 * heads * head_dim
+  elements; o_proj's input only where o_proj trains). Its masks (b x s x s in `model.dtype`)
+  are added to the scores and not kept, except with checkpointing: a checkpointed layer is
+  called again with them, one per kind of layer (full, sliding). With gradient checkpointing
   (or FSDP's activation checkpointing) each layer keeps only its input, sbh values of the
   residual stream (Korthikanti's "full recomputation"), and one layer's full set is rebuilt
   at a time in the backward pass: that happens after the loss's buffers below are freed,
@@ -67,23 +83,71 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 (each rank holds its part of the sequence). The logits are not divided by tp_size: the
 output projection gathers them whole.
 
-The counts cover Llama-like decoders, gemma3_text and gpt2: llama, mistral, qwen2, phi3 (whose fused qkv_proj
-and gate_up_proj hold the same weights), qwen3 and olmo2 (which add RMSNorms over the
-queries and keys: parameters counted exactly, their activations not), and the
-mixture-of-experts mixtral and qwen3_moe. An MoE layer holds `experts` copies of the SwiGLU
-MLP (each of `intermediate_size`, qwen3_moe's `moe_intermediate_size`) and a router (h x
-experts); each token passes through `experts_per_token` of them, so the layer keeps
-experts_per_token * (4 * intermediate + h) activation elements per token for the MLP (the
-gathered input too), where a dense layer keeps 4 * intermediate. PEFT on phi3, on the MoE
-types and on gpt2 is not counted (their module names and expert tensors differ from Llama's).
+The counts cover Llama-like decoders, gemma, gemma2, gemma3_text, starcoder2, phi, cohere
+and gpt2: llama, mistral, qwen2, phi3 (whose fused qkv_proj and gate_up_proj hold the same
+weights), qwen3 (whose RMSNorms over each head's queries and keys keep their float32 input
+and normalised value), olmo2 (whose norms after the attention and the MLP and over the whole
+queries and keys are counted as a Llama layer's two: parameters exact, activations not),
+granite (whose embedding, residual, attention and logit multipliers multiply by a number,
+which keeps nothing: a Llama layer's tensors, checked one by one), and the mixture-of-
+experts mixtral, qwen3_moe and qwen2_moe. An MoE layer holds `experts` copies of the SwiGLU
+MLP (each of `intermediate_size`, `moe_intermediate_size` in qwen3_moe and qwen2_moe) and a
+router (h x experts); each token passes through `experts_per_token` of them. transformers
+runs the experts through grouped_mm, which autocast does not touch: they compute in the
+weights' dtype and have no 16-bit weight copies. Per token and chosen expert they keep the
+gathered input, the gate and up output, the activation's output, their product and the
+expert's output (kept to weight it), experts_per_token * (4 * intermediate + 2h) values
+where a dense layer keeps 4 * intermediate; the router keeps its float32 probabilities
+(experts values), each choice's weight and four int64 index tensors (experts_per_token
+values each). qwen2_moe adds a shared expert that every token passes through: a SwiGLU MLP
+of `shared_expert_intermediate_size`, and its output, kept for its sigmoid gate (a h x 1
+linear). PEFT on phi3, on the MoE types and on gpt2 is not counted (their module names and
+expert tensors differ from Llama's).
 
-gemma3_text (the tensors read off transformers' Gemma3 modules): four RMSNorms a layer and
-RMSNorms over the queries and keys, each computing in float32 and keeping its float32 input
-and, for a trainable weight, its float32 normalised value; GeGLU keeps what SwiGLU keeps.
-A sliding-window layer whose window is shorter than the sequence attends through a mask
-(b x s x s in `model.dtype`, one for all such layers), and with a mask transformers repeats k
-and v to every query head before sdpa. Tied embeddings and head_dim are the config's; the
-logit soft-capping of gemma2 (final_logit_softcapping, attn_logit_softcapping) is refused.
+gemma, gemma2 and gemma3_text (the tensors read off transformers' Gemma modules): two
+RMSNorms a layer in gemma, four in gemma2 and gemma3_text (before and after the attention
+and the MLP) and, in gemma3_text, RMSNorms over the queries and keys, each computing in
+float32 and keeping its float32 input and, for a trainable weight, its float32 normalised
+value; GeGLU keeps what SwiGLU keeps; the linears after a norm and the attention keep what a
+Llama layer's keep. Under sdpa a sliding-window layer whose window is shorter than the
+sequence attends through a mask: transformers' b x s x s booleans (one for all such layers;
+a checkpointed layer is called again with it, so it stays), which sdpa copies into the
+activation dtype and keeps, in every such layer; and with a mask transformers repeats k and
+v to every query head. gemma2's soft-capping: with attn_logit_softcapping the eager
+attention keeps the tanh of the scaled scores (b * heads * s * s in the activation dtype, a
+layer), with final_logit_softcapping the loss keeps the tanh of the logits (b * s * vocab in
+the activation dtype) besides its three float32 copies. transformers builds gemma2 without
+sdpa (eager, flash or flex attention), so `model.attention = "sdpa"` gets no estimate; its
+sliding layers change nothing kept under eager or a flash kernel. Tied embeddings and
+head_dim are the config's; gemma3_text's soft-capping is refused.
+
+starcoder2: a Llama-like attention with biases (use_bias), two LayerNorms a layer and a
+final one (each keeps its input, and the linears after it its output), a gelu MLP without a
+gate (c_fc's output, kept by the activation, and the activation's output, c_proj's input),
+every layer in the sliding window when `sliding_window` is set (the sdpa mask as for Gemma),
+and gpt2's dropouts: a mask after o_proj and after c_proj (residual_dropout) and on the
+embeddings (embedding_dropout, in the residual stream's dtype on the CPU). Its attention
+dropout on the CPU sends sdpa down its math path: q scaled, k and v repeated to every query
+head, all in float32, o_proj's copied input and three float32 b * heads * s * s tensors (the
+probabilities, the noise, the dropped-out probabilities), and no mask kept; eager
+attention keeps the noise and the dropped-out probabilities instead of the probabilities'
+16-bit copy. The released configs set all three dropouts to 0.1.
+
+phi (phi-1, phi-1.5, phi-2): one LayerNorm a layer, whose output q, k, v and fc1 read side
+by side (the attention and the gelu MLP run in parallel), biases on every linear and on
+lm_head, and gpt2's dropout names (resid_pdrop after the attention and after the MLP,
+embd_pdrop, attention_dropout, counted as starcoder2's). Only part of each head is rotated,
+and the rotated q is a concatenation laid out heads-first, so sdpa's output is laid out so
+too and copied for `dense` (3 * heads * head_dim + 2 * kv_heads * head_dim); fc1's output,
+what gelu_new keeps and its output. qk_layernorm's LayerNorms keep their input and a
+float32 mean and 1/std per head.
+
+cohere (Command R): one LayerNorm a layer without a bias, computed in float32 by hand: it
+keeps x - mean twice (for the variance and for the normalisation) and, for a trainable
+weight, the normalised value (12h bytes; 8h frozen), and q, k, v, gate and up read its
+output side by side; use_qk_norm's norms over each head keep as much, and a float32 1/std
+per head. The rotary embedding computes in float32 and casts back; the logits are scaled by
+logit_scale (a number: nothing kept). Tied embeddings by default.
 
 gpt2: learned position embeddings, LayerNorms with biases (each keeps its input, the
 Conv1D after it that output), c_attn's output holds q, k and v, and gelu_new, written in
@@ -94,13 +158,12 @@ on the CPU (`launch.cpu`) sdpa has no fused kernel and runs its math path in flo
 and v, and three b * heads * s * s tensors (the probabilities, the noise, the dropped-out
 probabilities); eager attention keeps the probabilities in the activation dtype, and with
 dropout the noise and the dropped-out copy. For both, the attention output is the output
-projection's input too: the fused kernels lay it out as b x s x heads x head_dim, so
-transformers' transpose and `contiguous()` copy nothing (the Llama count above keeps a copy).
+projection's input too, as for Llama.
 
 Not counted: the CUDA context and the kernels' workspaces (hundreds of MiB on a GPU), the
 allocator's fragmentation and caching, optimizer-step temporaries, eval, EMA/merge copies
 (kept in CPU memory), the Llama-likes' attention dropout, and every other architecture
-(gemma2, gpt_neox, ...): for those there is no estimate, and explain says so.
+(gpt_neox, falcon, ...): for those there is no estimate, and explain says so.
 """
 
 from __future__ import annotations
@@ -114,11 +177,46 @@ from .schema import Recipe
 GIB = 1024**3
 MIB = 1024**2
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2")
+ARCHITECTURES = (
+    "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
+    "qwen2_moe", "granite", "starcoder2", "phi", "cohere",
+)
 """`model_type`s whose layers the parameter and activation counts describe."""
 
-PEFT_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text")
+PEFT_ARCHITECTURES = (
+    "llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma", "granite", "starcoder2", "phi", "cohere",
+)
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
+
+PEFT_DEFAULT_TARGETS = {
+    **{t: ["q_proj", "v_proj"] for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
+    "phi": ["q_proj", "v_proj", "fc1", "fc2"],
+}
+"""peft's default `target_modules` by model type (its LoRA table, which LoHa, LoKr, OFT and BOFT
+copy); a type without one, and IA3 (whose defaults peft's tuner does not expose), need
+`peft.target_modules`, as recipec's adapters require."""
+
+CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi", "cohere")
+"""Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
+
+GEMMA = ("gemma", "gemma2", "gemma3_text")
+"""Gemma's layers: RMSNorms that compute and keep their values in float32, GeGLU."""
+
+SANDWICH = ("gemma2", "gemma3_text")
+"""Four norms a layer: one before and one after the attention and the MLP."""
+
+FUSED_ONLY = ("gemma2",)
+"""Types transformers builds without sdpa (gemma2: `_supports_sdpa = False`, for its soft-capping)."""
+
+LAYER_NORM = ("gpt2", "starcoder2", "phi")
+"""Types whose norms are torch's LayerNorm (a weight and a bias; it keeps its input, and the
+linears after it its output)."""
+
+MLP_LINEARS = ("gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "fc1", "fc2")
+"""A decoder layer's MLP linears (module path `mlp.`); the rest are the attention's (`self_attn.`)."""
+
+PARALLEL = ("phi", "cohere")
+"""Types whose attention and MLP read the same norm's output, side by side: one norm a layer."""
 
 ACTIVATION_KEPT = {"silu": 1, "gelu": 1, "gelu_pytorch_tanh": 1, "gelu_new": 4}
 """Tensors of the MLP's width an activation keeps for the backward pass, besides its output:
@@ -135,9 +233,20 @@ LOGIT_COPIES = 3
 LAYER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def _inputs_kept(readers: tuple[str, ...], adapted: frozenset[str] | None, act_bytes: int, residual_bytes: int) -> int:
+    """Bytes per element of a norm's output that the linears reading it keep for their weights'
+    gradients (or their adapters'): one copy in the activation dtype, or one per linear where
+    autocast casts a float32 norm output for each matmul (the casts are not shared); none when
+    every reader is frozen."""
+    training = sum(adapted is None or name in adapted for name in readers)
+    if not training:
+        return 0
+    return act_bytes * (training if act_bytes < residual_bytes else 1)
+
+
 @dataclass(frozen=True)
 class ModelShape:
-    """The sizes of a Llama-like decoder that memory depends on."""
+    """The sizes of a decoder that memory depends on, and what its layers are made of."""
 
     hidden_size: int
     intermediate_size: int
@@ -155,18 +264,29 @@ class ModelShape:
     experts: int = 0
     """MLP experts per layer (0: a dense MLP); intermediate_size is then one expert's."""
     experts_per_token: int = 0
+    shared_expert_size: int = 0
+    """qwen2_moe's shared expert: a SwiGLU MLP of this width beside the routed experts (0: none)."""
     positions: int = 0
     """Learned position embeddings (gpt2's n_positions; 0: rotary, none to learn)."""
     activation: str = "silu"
     residual_dropout: float = 0.0
-    """gpt2's dropout after each c_proj (resid_pdrop)."""
+    """The dropout after the attention's and the MLP's output projections (gpt2's and phi's
+    resid_pdrop, starcoder2's residual_dropout)."""
     embedding_dropout: float = 0.0
-    """gpt2's dropout on the summed embeddings (embd_pdrop)."""
+    """The dropout on the embeddings (gpt2's and phi's embd_pdrop, starcoder2's embedding_dropout)."""
     attention_dropout: float = 0.0
-    """gpt2's dropout on the attention probabilities (attn_pdrop)."""
+    """The dropout on the attention probabilities (gpt2's attn_pdrop; starcoder2's and phi's
+    attention_dropout; the Llama-likes' is not read)."""
     sliding_window: int = 0
     sliding_layers: int = 0
-    """gemma3_text's layers that attend over the last `sliding_window` tokens only."""
+    """The layers that attend over the last `sliding_window` tokens only (gemma2, gemma3_text,
+    starcoder2, qwen2_moe)."""
+    head_bias: bool = False
+    """phi's lm_head has a bias (vocab_size values)."""
+    attention_softcap: bool = False
+    """gemma2's attention logits soft-capped (attn_logit_softcapping): eager attention keeps the tanh output too."""
+    logit_softcap: bool = False
+    """gemma2's output logits soft-capped (final_logit_softcapping): the loss keeps the tanh output too."""
     model_type: str = "llama"
 
     @classmethod
@@ -180,11 +300,15 @@ class ModelShape:
             raise ValueError(
                 f"the estimate does not cover model type {model_type!r}; it counts {', '.join(ARCHITECTURES)}"
             )
-        if model_type in ("gpt2", "gemma3_text"):  # their config.json leaves keys at the config class's defaults
+        if model_type in CLASS_DEFAULTS:  # their config.json leaves keys at the config class's defaults
             config = {**model_types.model_types()[model_type]["keys"], **config}
         try:
             if model_type == "gpt2":
                 return cls._gpt2(config, vocab_size)
+            if model_type == "starcoder2":
+                return cls._starcoder2(config, vocab_size)
+            if model_type == "phi":
+                return cls._phi(config, vocab_size)
             h = int(config["hidden_size"])
             heads = int(config["num_attention_heads"])
             vocab = int(vocab_size if vocab_size is not None else config["vocab_size"])
@@ -193,27 +317,41 @@ class ModelShape:
             intermediate, experts, per_token = int(config["intermediate_size"]), 0, 0
             if model_type == "mixtral":
                 experts, per_token = int(config["num_local_experts"]), int(config["num_experts_per_tok"])
-            elif model_type == "qwen3_moe":
-                if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step", 1)) != 1:
-                    raise ValueError("the estimate does not cover qwen3_moe with dense layers (mlp_only_layers, decoder_sparse_step)")
-                experts, per_token = int(config["num_experts"]), int(config["num_experts_per_tok"])
+            elif model_type in ("qwen3_moe", "qwen2_moe"):
+                # transformers 5 writes qwen3_moe's num_experts as num_local_experts (its attribute_map)
+                experts = int(config["num_experts"] if "num_experts" in config else config["num_local_experts"])
+                if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step", 1)) != 1 or not experts:
+                    dense = "mlp_only_layers, decoder_sparse_step, num_experts 0"
+                    raise ValueError(f"the estimate does not cover {model_type} with dense layers ({dense})")
+                per_token = int(config["num_experts_per_tok"])
                 intermediate = int(config["moe_intermediate_size"])
-            activation = "silu"  # the Llama-likes' SwiGLU; gemma3_text's GeGLU keeps as much
-            if model_type == "gemma3_text":
-                capped = [k for k in ("final_logit_softcapping", "attn_logit_softcapping") if config.get(k) is not None]
-                if capped:
-                    raise ValueError(f"the estimate does not cover gemma3_text with {' or '.join(capped)}")
+            activation = "silu"  # the Llama-likes' SwiGLU; Gemma's GeGLU keeps as much
+            window = sliding = 0
+            softcaps = {k: config.get(k) is not None for k in ("final_logit_softcapping", "attn_logit_softcapping")}
+            if model_type == "gemma3_text" and any(softcaps.values()):
+                capped = " or ".join(k for k, v in softcaps.items() if v)
+                raise ValueError(f"the estimate does not cover gemma3_text with {capped}")
+            if model_type in ("gemma2", "gemma3_text"):
                 activation = str(config["hidden_activation"])
-                if activation not in ACTIVATION_KEPT:
-                    raise ValueError(f"the estimate does not cover the activation {activation!r}")
                 layers = int(config["num_hidden_layers"])
-                types = config.get("layer_types") or [(n + 1) % 6 != 0 for n in range(layers)]  # transformers' default
+                every = 2 if model_type == "gemma2" else 6  # transformers' default: every second (sixth) layer attends to all
+                types = config.get("layer_types") or [(n + 1) % every != 0 for n in range(layers)]
                 sliding, window = sum(t is True or t == "sliding_attention" for t in types), int(config["sliding_window"])
+            if model_type == "qwen2_moe" and config.get("use_sliding_window"):
+                layers = int(config["num_hidden_layers"])
+                every = [n % 2 == 0 and n < int(config["max_window_layers"]) for n in range(layers)]  # transformers' default
+                types = config.get("layer_types") or every
+                sliding, window = sum(t is True or t == "sliding_attention" for t in types), int(config["sliding_window"])
+            if model_type == "gemma":  # GemmaConfig reads a legacy "gelu" as the tanh approximation
+                activation = "gelu_pytorch_tanh" if config["hidden_act"] == "gelu" else str(config["hidden_act"])
+            if activation not in ACTIVATION_KEPT:
+                raise ValueError(f"the estimate does not cover the activation {activation!r}")
             qk_norm = {
                 "qwen3": 2 * head_dim,
                 "qwen3_moe": 2 * head_dim,
                 "olmo2": (heads + kv_heads) * head_dim,
                 "gemma3_text": 2 * head_dim,
+                "cohere": (heads + kv_heads) * head_dim if config.get("use_qk_norm") else 0,
             }
             return cls(
                 hidden_size=h,
@@ -224,15 +362,18 @@ class ModelShape:
                 head_dim=head_dim,
                 vocab_size=vocab,
                 tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-                qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
+                qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", config.get("qkv_bias", False))),
                 o_bias=model_type != "qwen2" and bool(config.get("attention_bias", False)),
                 mlp_bias=bool(config.get("mlp_bias", False)),
                 qk_norm=qk_norm.get(model_type, 0),
                 experts=experts,
                 experts_per_token=per_token,
+                shared_expert_size=int(config["shared_expert_intermediate_size"]) if model_type == "qwen2_moe" else 0,
                 activation=activation,
-                sliding_window=window if model_type == "gemma3_text" else 0,
-                sliding_layers=sliding if model_type == "gemma3_text" else 0,
+                sliding_window=window,
+                sliding_layers=sliding,
+                attention_softcap=model_type == "gemma2" and softcaps["attn_logit_softcapping"],
+                logit_softcap=model_type == "gemma2" and softcaps["final_logit_softcapping"],
                 model_type=model_type,
             )
         except (KeyError, TypeError, ZeroDivisionError) as exc:
@@ -267,15 +408,84 @@ class ModelShape:
             model_type="gpt2",
         )
 
+    @classmethod
+    def _starcoder2(cls, config: dict[str, Any], vocab_size: int | None) -> ModelShape:
+        """The shape of a starcoder2 config: LayerNorms, biases on every linear (use_bias), a gelu
+        MLP without a gate (c_fc, c_proj), dropouts, and every layer in a sliding window when
+        `sliding_window` is set."""
+        h, heads, layers = int(config["hidden_size"]), int(config["num_attention_heads"]), int(config["num_hidden_layers"])
+        activation, window = str(config["hidden_act"]), int(config.get("sliding_window") or 0)
+        if activation not in ACTIVATION_KEPT:
+            raise ValueError(f"the estimate does not cover the activation {activation!r}")
+        return cls(
+            hidden_size=h,
+            intermediate_size=int(config["intermediate_size"]),
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or h // heads),
+            vocab_size=int(vocab_size if vocab_size is not None else config["vocab_size"]),
+            tie_word_embeddings=bool(config["tie_word_embeddings"]),
+            qkv_bias=bool(config["use_bias"]),
+            o_bias=bool(config["use_bias"]),
+            mlp_bias=bool(config["use_bias"]),
+            activation=activation,
+            residual_dropout=float(config["residual_dropout"]),
+            embedding_dropout=float(config["embedding_dropout"]),
+            attention_dropout=float(config["attention_dropout"]),
+            sliding_window=window,
+            sliding_layers=layers if window else 0,
+            model_type="starcoder2",
+        )
+
+    @classmethod
+    def _phi(cls, config: dict[str, Any], vocab_size: int | None) -> ModelShape:
+        """The shape of a phi config (phi-1, phi-1.5, phi-2): attention and a gelu MLP in parallel
+        after one LayerNorm, biases on every linear and on lm_head, gpt2's dropout names."""
+        h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        activation = str(config["hidden_act"])
+        if activation not in ACTIVATION_KEPT:
+            raise ValueError(f"the estimate does not cover the activation {activation!r}")
+        return cls(
+            hidden_size=h,
+            intermediate_size=int(config["intermediate_size"]),
+            num_hidden_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or h // heads),
+            vocab_size=int(vocab_size if vocab_size is not None else config["vocab_size"]),
+            tie_word_embeddings=bool(config["tie_word_embeddings"]),
+            qkv_bias=True,
+            o_bias=True,
+            mlp_bias=True,
+            qk_norm=4 * (h // heads) if config.get("qk_layernorm") else 0,  # LayerNorms over h // heads, weight and bias
+            head_bias=True,
+            activation=activation,
+            residual_dropout=float(config["resid_pdrop"]),
+            embedding_dropout=float(config["embd_pdrop"]),
+            attention_dropout=float(config["attention_dropout"]),
+            model_type="phi",
+        )
+
     def linears(self) -> dict[str, tuple[int, int, bool]]:
         """One decoder layer's linear layers: name -> (in_features, out_features, has bias)."""
         h, d = self.hidden_size, self.head_dim
         q, kv, i = self.num_attention_heads * d, self.num_key_value_heads * d, self.intermediate_size
         if self.model_type == "gpt2":  # Conv1D layers, (in, out) like a linear's
             return {"attn.c_attn": (h, 3 * h, True), "attn.c_proj": (h, h, True), "mlp.c_fc": (h, i, True), "mlp.c_proj": (i, h, True)}
+        if self.model_type in ("starcoder2", "phi"):
+            attention = {"q_proj": (h, q, self.qkv_bias), "k_proj": (h, kv, self.qkv_bias), "v_proj": (h, kv, self.qkv_bias)}
+            if self.model_type == "phi":
+                return {**attention, "dense": (q, h, True), "fc1": (h, i, True), "fc2": (i, h, True)}
+            return {**attention, "o_proj": (q, h, self.o_bias), "c_fc": (h, i, self.mlp_bias), "c_proj": (i, h, self.mlp_bias)}
         # an MoE layer's experts, counted as one wide MLP (experts x intermediate), and its router
         wide = i * max(self.experts, 1)
         router = {"router": (h, self.experts, False)} if self.experts else {}
+        si = self.shared_expert_size
+        if si:
+            router["shared_expert.gate_proj"] = router["shared_expert.up_proj"] = (h, si, False)
+            router["shared_expert.down_proj"] = (si, h, False)
+            router["shared_expert_gate"] = (h, 1, False)
         return {
             "q_proj": (h, q, self.qkv_bias),
             "k_proj": (h, kv, self.qkv_bias),
@@ -292,21 +502,22 @@ class ModelShape:
         return sum(n_in * n_out + (n_out if bias else 0) for n_in, n_out, bias in self.linears().values())
 
     def norm_params(self) -> int:
-        """Parameters of one norm over the residual stream: an RMSNorm's weight, or a LayerNorm's weight and bias (gpt2)."""
-        return 2 * self.hidden_size if self.model_type == "gpt2" else self.hidden_size
+        """Parameters of one norm over the residual stream: an RMSNorm's weight, or a LayerNorm's weight and bias."""
+        return 2 * self.hidden_size if self.model_type in LAYER_NORM else self.hidden_size
 
     def layer_params(self) -> int:
-        """Parameters of one decoder layer: its linears, its norms (gemma3_text has four, the
-        others two) and any query/key norms."""
-        norms = 4 if self.model_type == "gemma3_text" else 2
+        """Parameters of one decoder layer: its linears, its norms (gemma2 and gemma3_text have
+        four, phi and cohere one, the others two) and any query/key norms."""
+        norms = 4 if self.model_type in SANDWICH else 1 if self.model_type in PARALLEL else 2
         return self.layer_linear_params() + norms * self.norm_params() + self.qk_norm
 
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
 
     def parameters(self) -> int:
-        """Every parameter: embeddings (and gpt2's learned positions), layers, the final norm, and lm_head unless tied."""
-        untied = 0 if self.tie_word_embeddings else self.embedding_params()
+        """Every parameter: embeddings (and gpt2's learned positions), layers, the final norm, and
+        lm_head unless tied (its bias, phi's, either way)."""
+        untied = (0 if self.tie_word_embeddings else self.embedding_params()) + (self.vocab_size if self.head_bias else 0)
         embeddings = self.embedding_params() + self.positions * self.hidden_size
         return embeddings + self.num_hidden_layers * self.layer_params() + self.norm_params() + untied
 
@@ -321,7 +532,14 @@ class ModelShape:
         return 4 * h + (0 if frozen else residual_bytes * h) + act_bytes * h
 
     def layer_activations(
-        self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None = None, mask_bytes: int = 1
+        self,
+        residual_bytes: int,
+        act_bytes: int,
+        adapted: frozenset[str] | None = None,
+        mask_bytes: int = 1,
+        eager: bool = False,
+        math: bool = False,
+        rank: int = 0,
     ) -> int:
         """Bytes one decoder layer keeps for the backward pass, per token (module docstring).
 
@@ -330,15 +548,28 @@ class ModelShape:
             act_bytes: bytes of a matmul output (2 under mixed precision).
             adapted: with PEFT, the layer's linears that carry an adapter. The rest of the layer
                 is frozen, and a frozen weight needs no saved input: the norms keep no
-                normalised value, and o_proj's and down_proj's inputs are kept only where
-                they carry an adapter.
-            mask_bytes: bytes of a dropout mask's element (gpt2): 1 on a GPU (a bool mask), the
+                normalised value, a norm's output is kept only where a linear that reads it
+                carries an adapter, and so are o_proj's copied input (eager) and down_proj's.
+            mask_bytes: bytes of a dropout mask's element: 1 on a GPU (a bool mask), the
                 activation's on the CPU (torch's CPU dropout multiplies by a noise tensor).
+            eager: eager attention (`model.attention = "eager"`): q, k and v repeated to every
+                query head and o_proj's contiguous input instead of a fused kernel's q, k, v and
+                output (the probabilities are counted by `scores_bytes`).
+            math: sdpa's math path (attention dropout on the CPU, not gpt2's, which counts its
+                own): q scaled, k and v repeated to every query head, in float32, and o_proj's
+                contiguous input (the probabilities are counted by the estimate).
+            rank: LoRA's r: each adapted linear's lora_A output (r values a token) is lora_B's input.
         """
+        lora = rank * act_bytes * len(adapted & set(self.linears())) if adapted is not None else 0
+        return self._layer_activations(residual_bytes, act_bytes, adapted, mask_bytes, eager, math) + lora
+
+    def _layer_activations(
+        self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None, mask_bytes: int, eager: bool, math: bool
+    ) -> int:
         h, i = self.hidden_size, self.intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         kept = ACTIVATION_KEPT[self.activation]
-        attention, mlp = 3 * q + 2 * kv, (kept + 3) * i
+        mlp = (kept + 3) * i
         if self.model_type == "gpt2":
             # ln_1 and ln_2 keep their input and c_attn and c_fc their input; q, k and v are views of
             # c_attn's output, and the attention output is c_proj's input too (the fused kernels lay
@@ -346,19 +577,104 @@ class ModelShape:
             # c_fc's output, what the activation keeps and its output; a dropout mask after each c_proj
             masks = 2 * h * mask_bytes if self.residual_dropout else 0
             return 2 * (residual_bytes + act_bytes) * h + (4 * h + (kept + 1) * i) * act_bytes + masks
-        if self.experts:  # each token through experts_per_token experts, its input gathered for each
-            mlp = self.experts_per_token * (4 * i + self.hidden_size)
+        moe = 0
+        if self.experts:
+            # each token through experts_per_token experts: its gathered input, the gate and up
+            # projections (one output), the activation's output, their product and the expert's
+            # output (kept to weight it), in the weights' dtype (transformers' grouped_mm is not
+            # autocast); the router's float32 probabilities, each choice's weight and four int64
+            # index tensors; qwen2_moe's shared expert keeps what a SwiGLU MLP keeps, its output
+            # (kept to gate it) and its sigmoid gate
+            k, si = self.experts_per_token, self.shared_expert_size
+            moe = k * (4 * i + 2 * h) * residual_bytes + 4 * self.experts + k * (act_bytes + 32)
+            mlp = 4 * si + h + 1 if si else 0
         if adapted is not None:
-            attention -= 0 if "o_proj" in adapted else q
             mlp -= 0 if "down_proj" in adapted else i
-        if self.model_type == "gemma3_text":
-            # four norms and the query and key norms, each keeping its float32 input and (a trainable
+        # a fused kernel keeps q, k, v and its output, which is o_proj's input too (laid out as b x s
+        # x heads x head_dim: the transpose and contiguous() copy nothing); eager attention keeps q,
+        # k and v repeated to every query head, and o_proj's contiguous input where o_proj trains
+        o_kept = adapted is None or ("dense" if self.model_type == "phi" else "o_proj") in adapted
+        attention = (3 * q + (q if o_kept else 0) if eager else 2 * q + 2 * kv) * act_bytes
+        if math:
+            attention = 3 * q * 4 + (q * act_bytes if o_kept else 0)
+        elif self.model_type == "phi" and not eager:
+            # the rotated q is a concatenation, laid out heads-first, so sdpa's output is copied for dense
+            attention = (2 * q + 2 * kv + (q if o_kept else 0)) * act_bytes
+        elif self.model_type == "phi3" and not eager:
+            # q, k and v are slices of qkv_proj's output: v (a view) keeps all of it alive, and the
+            # rotated q, a copy of a slice, is laid out heads-first, so the fused kernel's output is
+            # copied for o_proj (eager attention's matmuls copy v like the rest)
+            attention = (4 * q + 3 * kv) * act_bytes
+        if self.model_type == "starcoder2":
+            # two LayerNorms keep their input, and the linears after them their output; c_fc's output
+            # and what the activation keeps, its output where c_proj trains; a dropout mask after
+            # o_proj and after c_proj
+            inputs = _inputs_kept(("q_proj", "k_proj", "v_proj"), adapted, act_bytes, residual_bytes)
+            inputs += _inputs_kept(("c_fc",), adapted, act_bytes, residual_bytes)
+            mlp = kept * i + (i if adapted is None or "c_proj" in adapted else 0)
+            masks = 2 * h * mask_bytes if self.residual_dropout else 0
+            return 2 * residual_bytes * h + inputs * h + attention + mlp * act_bytes + masks
+        if self.model_type == "phi":
+            # one LayerNorm keeps its input, and q, k, v and fc1 (side by side) its output; fc1's
+            # output and what gelu_new keeps, its output where fc2 trains; qk_layernorm's norms
+            # keep their input (q_proj's and k_proj's output) and a float32 mean and 1/std per
+            # head; a dropout mask after the attention and after the MLP
+            inputs = _inputs_kept(("q_proj", "k_proj", "v_proj", "fc1"), adapted, act_bytes, residual_bytes)
+            mlp = kept * i + (i if adapted is None or "fc2" in adapted else 0)
+            qk = act_bytes * (q + kv) + 8 * (self.num_attention_heads + self.num_key_value_heads) if self.qk_norm else 0
+            masks = 2 * h * mask_bytes if self.residual_dropout else 0
+            return residual_bytes * h + inputs * h + attention + mlp * act_bytes + qk + masks
+        if self.model_type == "cohere":
+            # one LayerNorm, computed in float32 by hand: x - mean twice (for the variance and the
+            # normalisation) and, for a trainable weight, the normalised value; q, k, v, gate and
+            # up read its output side by side. use_qk_norm's norms over each head keep as much, and
+            # a float32 1/std per head
+            norm = (8 if adapted is not None else 12) * h
+            inputs = _inputs_kept(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"), adapted, act_bytes, residual_bytes)
+            heads = self.num_attention_heads + self.num_key_value_heads
+            qk = ((8 if adapted is not None else 12) * (q + kv) + 4 * heads) if self.qk_norm else 0
+            return norm + inputs * h + attention + mlp * act_bytes + qk
+        if self.model_type in GEMMA:
+            # the norms (four with gemma2's and gemma3_text's after the attention and the MLP) and
+            # gemma3_text's query and key norms, each keeping its float32 input and (a trainable
             # weight's) float32 normalised value; q/k/v and gate/up keep the output of the two before
-            # them; the attention output is o_proj's input too (no copy, as for gpt2 above)
+            # them
+            norms = 4 if self.model_type in SANDWICH else 2
+            qk = q + kv if self.qk_norm else 0
             norm = 4 if adapted is not None else 8
-            attention -= q if adapted is None or "o_proj" in adapted else 0
-            return norm * (4 * h + q + kv) + 2 * act_bytes * h + (attention + mlp) * act_bytes
-        return 2 * self.norm_activations(residual_bytes, act_bytes, adapted is not None) + (attention + mlp) * act_bytes
+            inputs = _inputs_kept(("q_proj", "k_proj", "v_proj"), adapted, act_bytes, residual_bytes)
+            inputs += _inputs_kept(("gate_proj", "up_proj"), adapted, act_bytes, residual_bytes)
+            return norm * (norms * h + qk) + inputs * h + attention + mlp * act_bytes
+        # two RMSNorms, each keeping its float32 input and (a trainable weight's) normalised value in
+        # the residual stream's dtype; the linears after them keep their output (phi3's fused
+        # qkv_proj and gate_up_proj are one linear each; an MoE layer's router reads the second)
+        norm = 4 * h + (0 if adapted is not None else residual_bytes * h)
+        shared = ("shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert_gate") if self.shared_expert_size else ()
+        if self.model_type == "phi3":
+            readers: tuple[tuple[str, ...], ...] = (("qkv_proj",), ("gate_up_proj",))
+        else:
+            readers = (("q_proj", "k_proj", "v_proj"), ("router", *shared) if self.experts else ("gate_proj", "up_proj"))
+        inputs = sum(_inputs_kept(names, adapted, act_bytes, residual_bytes) for names in readers)
+        # qwen3's RMSNorms over each head's q and k: their float32 input and normalised value, in the
+        # dtype of q_proj's output (olmo2's norms over the whole projections are not counted)
+        qk = (4 + (0 if adapted is not None else act_bytes)) * (q + kv) if self.model_type in ("qwen3", "qwen3_moe") else 0
+        return 2 * norm + inputs * h + attention + mlp * act_bytes + moe + qk
+
+    def first_layer_unkept(self, residual_bytes: int, act_bytes: int, adapted: frozenset[str], mask_bytes: int = 1) -> int:
+        """Bytes per token that `layer_activations` counts for the first layer but PEFT does not
+        keep: the embeddings are frozen, so nothing before the first adapter needs a gradient. The
+        first norm keeps nothing of its own (its output is counted where an adapter reads it),
+        and in phi's and cohere's parallel blocks an MLP without an adapter keeps nothing at all.
+        """
+        h, i = self.hidden_size, self.intermediate_size
+        unkept = {"starcoder2": residual_bytes, "phi": residual_bytes, "cohere": 8}.get(self.model_type, 4) * h
+        mlp = ("fc1", "fc2") if self.model_type == "phi" else ("gate_proj", "up_proj", "down_proj")
+        if self.model_type in PARALLEL and not adapted & set(mlp):
+            if self.model_type == "phi":  # fc1's output, what gelu_new keeps, the dropout's mask
+                unkept += ACTIVATION_KEPT[self.activation] * i * act_bytes + (h * mask_bytes if self.residual_dropout else 0)
+            else:  # gate, its activation and up
+                unkept += 3 * i * act_bytes
+        return unkept
 
     def final_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False, mask_bytes: int = 1) -> int:
         """Bytes per token the final norm and lm_head's input keep (and gpt2's embedding dropout mask).
@@ -366,29 +682,44 @@ class ModelShape:
         Under PEFT (`frozen`) lm_head keeps no input and the norm no normalised value.
         """
         h = self.hidden_size
+        # the embeddings' dropout mask: on the CPU a noise tensor in the residual stream's dtype
+        dropout = h * (residual_bytes if mask_bytes > 1 else 1) if self.embedding_dropout else 0
         if self.model_type == "gpt2":
-            return (residual_bytes + act_bytes) * h + (h * mask_bytes if self.embedding_dropout else 0)
-        if frozen:
-            return 4 * h
-        if self.model_type == "gemma3_text":
+            return (residual_bytes + act_bytes) * h + dropout
+        if self.model_type in ("starcoder2", "phi"):  # a LayerNorm keeps its input, a frozen lm_head no output
+            return residual_bytes * h + (0 if frozen else act_bytes * h) + dropout
+        if frozen:  # the norm's float32 input (cohere's: x - mean, twice)
+            return 8 * h if self.model_type == "cohere" else 4 * h
+        if self.model_type in GEMMA:
             return 8 * h + act_bytes * h
+        if self.model_type == "cohere":
+            return 12 * h + act_bytes * h
         return self.norm_activations(residual_bytes, act_bytes)
 
     def scores_bytes(self, act_bytes: int, mask_bytes: int = 1) -> int:
         """Bytes per attention probability (per head, per query and key) the backward pass keeps
         where they are materialised (eager attention).
 
-        Llama and Gemma: the float32 softmax output and its copy in a 16-bit activation dtype;
+        Llama and Gemma: the float32 softmax output and its copy in a 16-bit activation dtype
+        (with attention dropout, starcoder2's, the dropout's mask and the dropped-out
+        probabilities instead of the copy), and with gemma2's soft-capping the tanh of the
+        scaled scores (in the activation dtype);
         gpt2: the softmax output in the activation dtype and, with attention dropout, its mask
         and the dropped-out probabilities.
         """
         if self.model_type == "gpt2":
             return act_bytes + (mask_bytes + act_bytes if self.attention_dropout else 0)
-        return 4 + (act_bytes if act_bytes < 4 else 0)
+        # with dropout the 16-bit copy of the probabilities is not kept (dropout keeps its mask), the
+        # dropped-out probabilities are
+        copy = mask_bytes + act_bytes if self.attention_dropout else (act_bytes if act_bytes < 4 else 0)
+        return 4 + copy + (act_bytes if self.attention_softcap else 0)
 
     def linear_weights(self) -> int:
-        """Weights that go through a matmul: every layer's linears and lm_head (tied or not)."""
-        return self.num_hidden_layers * self.layer_linear_params() + self.embedding_params()
+        """Weights that go through an autocast matmul: every layer's linears and lm_head (tied or
+        not), less the experts of an MoE layer (transformers' grouped_mm is not autocast: the
+        experts compute in their weights' dtype, with no 16-bit copies)."""
+        experts = 3 * self.intermediate_size * self.experts * self.hidden_size
+        return self.num_hidden_layers * (self.layer_linear_params() - experts) + self.embedding_params()
 
 
 @dataclass(frozen=True)
@@ -416,10 +747,12 @@ class MemoryEstimate:
 def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
     """The modules a PEFT spec adapts (one layer's linears by full name, and lm_head)."""
     targets = peft.get("target_modules")
-    if targets is None:  # peft's defaults for llama, mistral and qwen2 (its LoRA defaults for gemma3_text too)
-        targets = ["k_proj", "v_proj", "down_proj"] if peft["method"] == "ia3" else ["q_proj", "v_proj"]
-    mlp = ("gate_proj", "up_proj", "down_proj")
-    modules = {f"model.layers.0.{'mlp' if n in mlp else 'self_attn'}.{n}": v for n, v in shape.linears().items()}
+    if targets is None:
+        targets = PEFT_DEFAULT_TARGETS.get(shape.model_type) if peft["method"] != "ia3" else None
+        if targets is None:
+            method, model_type = peft["method"], shape.model_type
+            raise ValueError(f"peft has no default target modules for {method} on model type {model_type!r}; set peft.target_modules")
+    modules = {f"model.layers.0.{'mlp' if n in MLP_LINEARS else 'self_attn'}.{n}": v for n, v in shape.linears().items()}
     if targets == "all-linear":
         return modules
     heads = {"lm_head": (shape.hidden_size, shape.vocab_size, False)}
@@ -457,7 +790,7 @@ def adapter_parameters(shape: ModelShape, peft: dict[str, Any]) -> int:
         count += times * each
     for name in peft.get("modules_to_save") or []:
         if name in ("lm_head", "embed_tokens"):
-            count += shape.embedding_params()
+            count += shape.embedding_params() + (shape.vocab_size if name == "lm_head" and shape.head_bias else 0)
         elif name in linears:
             n_in, n_out, bias = linears[name]
             count += shape.num_hidden_layers * (n_in * n_out + (n_out if bias else 0))
@@ -490,6 +823,11 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     a_bytes = 2 if mixed or p_bytes == 2 else 4
     notes: list[str] = []
 
+    if shape.model_type in FUSED_ONLY and recipe.model.attention == "sdpa":
+        raise ValueError(
+            f"the estimate does not cover {shape.model_type} with model.attention \"sdpa\": transformers builds it "
+            "with eager, flash or flex attention only"
+        )
     n_params = shape.parameters()
     peft = recipe.peft.model_dump(exclude_none=True) if recipe.peft is not None else None
     if peft is not None and shape.model_type not in PEFT_ARCHITECTURES:
@@ -592,28 +930,48 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     h, layers = shape.hidden_size, shape.num_hidden_layers
     adapted = None if peft is None else frozenset(name.rsplit(".", 1)[-1] for name in _targets(shape, peft))
     mask_bytes = a_bytes if launch.cpu else 1  # a dropout mask: the CPU's noise tensor, a GPU's bool mask
-    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes)
+    eager = recipe.model.attention == "eager"
     # eager attention keeps its s x s probabilities for the backward pass, and so does sdpa on
     # the CPU with dropout: torch has no fused CPU kernel with dropout and runs its math path
     scores_b = 0
     cpu_dropout = recipe.model.attention == "sdpa" and launch.cpu and shape.attention_dropout > 0
+    math = cpu_dropout and shape.model_type != "gpt2"
+    rank = int(peft.get("r") or 8) if peft is not None and peft["method"] == "lora" else 0
+    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math, rank)
+    # under PEFT the frozen embeddings need no gradient: the first layer keeps less (unless they train)
+    trained_embeddings = peft is not None and "embed_tokens" in (peft.get("modules_to_save") or [])
+    first = 0
+    if adapted is not None and not trained_embeddings:
+        first = shape.first_layer_unkept(p_bytes, a_bytes, adapted, mask_bytes)
     upcast = 0
-    if recipe.model.attention == "eager":
+    if eager:
         scores_b = b * shape.num_attention_heads * s * s * shape.scores_bytes(a_bytes, mask_bytes)
     elif cpu_dropout:  # in float32: the softmax output, the dropout's noise tensor and the dropped-out copy, and q, k and v
-        scores_b, upcast = b * shape.num_attention_heads * s * s * 3 * 4, 3 * h * (4 - a_bytes)
+        scores_b, upcast = b * shape.num_attention_heads * s * s * 3 * 4, 0 if math else 3 * h * (4 - a_bytes)
     per_layer += upcast
     final = shape.final_activations(p_bytes, a_bytes, peft is not None, mask_bytes)
-    # a sliding-window layer shorter than the sequence attends through a mask (b x s x s, in
-    # model.dtype, one for all such layers), and with a mask transformers repeats k and v to every
-    # query head before sdpa: those layers keep 2 (heads - kv_heads) * head_dim more elements a token
+    # a sliding-window layer shorter than the sequence attends through a mask (transformers'
+    # b x s x s booleans, one for all such layers), which sdpa turns into a float copy in the
+    # activation dtype and keeps, in each layer; with a mask transformers repeats k and v to every
+    # query head before sdpa: those layers keep s + 2 (heads - kv_heads) * head_dim more values a
+    # token. A checkpointed layer is called again with the boolean mask, kept until the backward.
+    # Eager attention adds its float masks (in model.dtype) to the scores and keeps none of them,
+    # but a checkpointed layer is called again with them: one per kind of layer (full, sliding).
+    # sdpa's math path (attention dropout on the CPU) keeps no mask either, and its q, k and v are
+    # counted already
     mask_b = repeated = 0
-    if shape.sliding_layers and s > shape.sliding_window:
+    sliding_mask = bool(shape.sliding_layers) and s > shape.sliding_window
+    if sliding_mask and recipe.model.attention == "sdpa" and shape.model_type not in FUSED_ONLY and not cpu_dropout:
         q, kv = shape.num_attention_heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
-        mask_b, repeated = b * s * s * p_bytes, 2 * (q - kv) * a_bytes
+        mask_b, repeated = b * s * s if checkpointing else 0, (s + 2 * (q - kv)) * a_bytes
+    elif eager and checkpointing:
+        kinds = (shape.sliding_layers > 0) + (shape.sliding_layers < layers)
+        mask_b = kinds * b * s * s * p_bytes
     chunk = recipe.loss.chunk_size if recipe.loss is not None and recipe.loss.cross_entropy == "chunked" else None
     logit_tokens = tokens if chunk is None else min(chunk, tokens)
-    logits_b = logit_tokens * shape.vocab_size * 4 * LOGIT_COPIES
+    # gemma2's soft-capped logits: tanh keeps its output (in the activation dtype) besides the loss's three
+    capped_b = a_bytes if shape.logit_softcap else 0
+    logits_b = logit_tokens * shape.vocab_size * (4 * LOGIT_COPIES + capped_b)
     # each chunk's backward computes the output projection's weight gradient before adding it
     # to the one accumulated so far: one more vocab x h gradient (none for a frozen head)
     head_grad_b = shape.vocab_size * h * p_bytes if chunk is not None and peft is None else 0
@@ -628,13 +986,17 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
             f"+ max(0, one layer b * s * {per_layer} B - logits)"
         )
     else:
-        act_b = tokens * (layers * per_layer + final + shape.sliding_layers * repeated) + layers * scores_b + mask_b
+        act_b = tokens * (layers * per_layer + final + shape.sliding_layers * repeated - first) + layers * scores_b + mask_b
         act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B + final norm {final} B)"
-    if mask_b:
+        if first:
+            act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B - {first} B not kept by the first layer + final norm {final} B)"
+    if mask_b and not repeated and eager:
+        act_formula += f" + eager attention's masks, kept for the recomputed layers: {mask_b // (b * s * s * p_bytes)} * b {b} * s {s}^2 * {p_bytes} B"
+    elif repeated:
         act_formula += (
-            f" + the sliding-window mask b {b} * s {s}^2 * {p_bytes} B"
-            f" + k and v repeated per query head in {shape.sliding_layers} sliding layers: b * s * {repeated} B each"
-        )
+            f" + the sliding-window mask's float copy and k and v repeated per query head in {shape.sliding_layers}"
+            f" sliding layers: b * s * {repeated} B each"
+        ) + (f" + the boolean mask kept for the recomputed layers: b {b} * s {s}^2 * 1 B" if mask_b else "")
     if scores_b:
         kept_by = "the probabilities of sdpa's math path (attention dropout on the CPU)" if cpu_dropout else "eager attention's probabilities"
         act_formula += f" + {kept_by}: layers {layers} * b {b} * heads {shape.num_attention_heads} * s {s}^2 * {scores_b // (b * shape.num_attention_heads * s * s)} B"
@@ -671,6 +1033,7 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     what = "adapter" if peft is not None else "all"
     if pref is not None and pref.objective != "kto":
         notes.append(f"preference pairs: s = 2 x data.seq_len {recipe.data.seq_len} (chosen and rejected in one row)")
+    capped = f" + the soft-cap's tanh output, {capped_b} B a logit" if capped_b else ""
     notes += [
         f"params: {n_params:,} parameters{f' + {adapter:,} adapter' if peft else ''} ({precision}){shard}",
         f"grads: {trainable:,} trainable ({what}) x {g_bytes} B{grads_how}",
@@ -682,6 +1045,7 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
             if chunk is not None
             else f"logits: b {b} * s {s} * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (float32 cross-entropy)"
         )
+        + capped
         + (f" / (cp_size x sp_size {seq_split})" if seq_split > 1 else ""),
     ]
     return MemoryEstimate(

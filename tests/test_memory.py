@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from recipec.cli import main
 from recipec.compiler import plan_recipe
-from recipec.memory import GIB, ModelShape, adapter_parameters
+from recipec.memory import ARCHITECTURES, GIB, ModelShape, adapter_parameters
 
 
 def shape_and_model(model_type: str, **config):
@@ -27,6 +27,15 @@ def shape_and_model(model_type: str, **config):
 SMALL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 8, "vocab_size": 301}
 GPT2 = {"n_embd": 64, "n_layer": 2, "n_head": 8, "n_positions": 128, "vocab_size": 301}
 GEMMA3 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16}
+GEMMA2 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16}
+GEMMA = {**SMALL, "num_key_value_heads": 2, "head_dim": 16}
+MOE = {**SMALL, "num_key_value_heads": 2, "num_experts_per_tok": 2}
+QWEN2_MOE = {**MOE, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 80, "num_experts": 4}
+# granite's multipliers scale values, not shapes: set away from 1 to show they change no count
+GRANITE = {**SMALL, "num_key_value_heads": 2, "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "logits_scaling": 8.0}
+STARCODER2 = {**SMALL, "num_key_value_heads": 2}
+PHI = {**SMALL, "pad_token_id": 0}
+COHERE = {**SMALL, "num_key_value_heads": 2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 
 
 @pytest.mark.parametrize(
@@ -42,6 +51,22 @@ GEMMA3 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 1
         ("gpt2", {**GPT2, "n_inner": 96, "tie_word_embeddings": False}),
         ("gemma3_text", GEMMA3),  # tied by default; head_dim * heads != hidden_size
         ("gemma3_text", {**GEMMA3, "tie_word_embeddings": False, "attention_bias": True}),
+        ("gemma2", GEMMA2),  # tied by default; four norms a layer
+        ("gemma2", {**GEMMA2, "tie_word_embeddings": False, "attention_bias": True, "num_key_value_heads": 8}),
+        ("gemma", GEMMA),  # tied by default, two norms a layer
+        ("gemma", {**GEMMA, "tie_word_embeddings": False, "attention_bias": True, "num_key_value_heads": 8}),
+        ("qwen2_moe", QWEN2_MOE),  # q/k/v biases (qkv_bias), experts, a shared expert and its gate
+        ("qwen2_moe", {**QWEN2_MOE, "qkv_bias": False, "tie_word_embeddings": True}),
+        ("qwen3_moe", {**MOE, "moe_intermediate_size": 32, "num_experts": 4, "head_dim": 16}),
+        ("mixtral", {**MOE, "num_local_experts": 4}),
+        ("granite", GRANITE),
+        ("granite", {**GRANITE, "attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}),
+        ("starcoder2", STARCODER2),  # LayerNorms, biases everywhere (use_bias), tied by default
+        ("starcoder2", {**STARCODER2, "use_bias": False, "tie_word_embeddings": False}),
+        ("phi", PHI),  # one LayerNorm a layer, biases everywhere, lm_head's too; untied
+        ("phi", {**PHI, "qk_layernorm": True, "tie_word_embeddings": True, "num_key_value_heads": 2}),
+        ("cohere", COHERE),  # one LayerNorm without a bias a layer, tied by default
+        ("cohere", {**COHERE, "use_qk_norm": True, "attention_bias": True, "tie_word_embeddings": False}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
@@ -62,14 +87,69 @@ def test_parameter_count_is_exact(model_type, config):
         {"method": "ia3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
     ],
 )
-@pytest.mark.parametrize(("model_type", "config"), [("llama", {**SMALL, "num_key_value_heads": 2}), ("gemma3_text", GEMMA3)])
+@pytest.mark.parametrize(
+    ("model_type", "config"),
+    [
+        ("llama", {**SMALL, "num_key_value_heads": 2}),
+        ("gemma3_text", GEMMA3),
+        ("gemma2", GEMMA2),
+        ("gemma", GEMMA),
+        ("granite", GRANITE),
+        ("cohere", COHERE),
+    ],
+)
 def test_adapter_parameters_match_peft(spec, model_type, config):
     shape, model = shape_and_model(model_type, **config)
     from recipec.runtime import adapters
 
+    if "target_modules" not in spec and model_type in ("granite", "cohere"):  # peft has no default targets for them
+        with pytest.raises(ValueError, match="no default target modules"):
+            adapter_parameters(shape, spec)
+        with pytest.raises(ValueError, match="no default target modules"):
+            adapters.apply(model, dict(spec))
+        return
     model = adapters.apply(model, dict(spec))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert adapter_parameters(shape, spec) == trainable
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"method": "lora", "r": 4, "target_modules": "all-linear"},
+        {"method": "lora", "r": 4, "target_modules": ["q_proj", "c_fc"], "dora": True},
+        {"method": "lora", "r": 2, "target_modules": ["o_proj", "mlp.c_proj"], "modules_to_save": ["lm_head"]},
+        {"method": "loha", "r": 4, "target_modules": ["v_proj", "c_fc"]},
+        {"method": "ia3", "target_modules": ["k_proj", "v_proj", "c_proj"], "feedforward_modules": ["c_proj"]},
+    ],
+)
+def test_adapter_parameters_match_peft_on_starcoder2(spec):
+    # its MLP's linears are c_fc and c_proj (under mlp.), and peft has no default targets for it
+    shape, model = shape_and_model("starcoder2", **STARCODER2)
+    from recipec.runtime import adapters
+
+    model = adapters.apply(model, dict(spec))
+    assert adapter_parameters(shape, spec) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"method": "lora", "r": 4, "target_modules": "all-linear"},
+        {"method": "lora", "r": 8},  # peft's defaults for phi: q_proj, v_proj, fc1, fc2
+        {"method": "lora", "r": 4, "target_modules": ["dense", "mlp.fc2"], "dora": True},
+        {"method": "lora", "r": 2, "target_modules": ["k_proj"], "modules_to_save": ["lm_head"]},
+        {"method": "loha", "r": 4, "target_modules": ["q_proj", "fc1"]},
+        {"method": "ia3", "target_modules": ["k_proj", "v_proj", "fc2"], "feedforward_modules": ["fc2"]},
+    ],
+)
+def test_adapter_parameters_match_peft_on_phi(spec):
+    # phi's attention output is `dense`, its MLP fc1 and fc2
+    shape, model = shape_and_model("phi", **PHI)
+    from recipec.runtime import adapters
+
+    model = adapters.apply(model, dict(spec))
+    assert adapter_parameters(shape, spec) == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # -- the estimate of a recipe ------------------------------------------------------------
@@ -81,7 +161,9 @@ def test_minimal_recipe_by_hand(plan_of):
     params = 512 * 64 * 2 + (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
     assert m.parameters == m.trainable_parameters == params
     assert (m.params, m.grads, m.optimizer) == (4 * params, 4 * params, 8 * params)
-    per_token = (6 * 64 + 3 * 64 + 2 * 64 + 4 * 128) + 3 * 64
+    # two norms (float32 input, normalised value, the linears' input), q k v and sdpa's output (o_proj's
+    # input too), the MLP's four; the final norm's three
+    per_token = (6 * 64 + 2 * 64 + 2 * 64 + 4 * 128) + 3 * 64
     assert m.activations == 4 * 32 * per_token * 4
     assert m.logits == 4 * 32 * 512 * 4 * 3
     assert m.per_device == m.params + m.grads + m.optimizer + m.activations + m.logits
@@ -119,15 +201,18 @@ def test_lora_trains_only_the_adapter(plan_of):
     assert (lora.grads, lora.optimizer) == (4 * adapter, 8 * adapter)
     assert lora.grads < full.grads / 10
     # frozen norm weights keep no normalised value (h floats less per norm, two per layer), and
-    # the final norm's output is not kept by a frozen lm_head (h floats less again)
-    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 2 * 64) * 4
+    # the final norm's output is not kept by a frozen lm_head (h floats less again); the first
+    # norm's input needs no gradient (the embeddings are frozen); each of the 7 adapted linears
+    # keeps lora_A's output, r values a token
+    assert full.activations - lora.activations == 4 * 32 * ((2 * 64 + 2 * 64) * 4 + 4 * 64 - 7 * 4 * 4)
 
 
 def test_lora_on_attention_only_drops_the_frozen_inputs(plan_of):
     full = plan_of().memory
     lora = plan_of(peft={"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]}).memory
-    # also o_proj's input (heads * head_dim = 64) and down_proj's (intermediate 128): no adapter there
-    assert full.activations - lora.activations == 4 * 32 * (2 * 64 + 2 * 64 + 64 + 128) * 4
+    # also down_proj's input (intermediate 128) and the MLP norm's output (64): no adapter reads them
+    # (o_proj's input is sdpa's output, kept either way); two lora_A outputs of r 4 values
+    assert full.activations - lora.activations == 4 * 32 * ((2 * 64 + 2 * 64 + 128 + 64) * 4 + 4 * 64 - 2 * 4 * 4)
 
 
 def test_qlora_stores_the_base_linears_in_fewer_bytes(plan_of):
@@ -246,7 +331,7 @@ def test_checkpointing_keeps_only_the_layer_inputs(plan_of, checkpointing):
     plain = plan_of({**deep, **{k: v for k, v in checkpointing.items() if "checkpointing" not in k}}).memory
     ckpt = plan_of({**deep, **checkpointing}).memory
     tokens, h = 4 * 32, 64
-    per_layer = 6 * 64 + 3 * 64 + 2 * 64 + 4 * 128
+    per_layer = 6 * 64 + 2 * 64 + 2 * 64 + 4 * 128
     assert plain.activations == tokens * (8 * per_layer + 3 * h) * 4
     # the recomputed layer (tokens * per_layer * 4 B) is smaller than the logits' buffers: nothing added
     assert tokens * per_layer * 4 < ckpt.logits
@@ -258,7 +343,7 @@ def test_a_recomputed_layer_larger_than_the_logits_adds_the_difference(plan_of):
     wide = {"model.config.hidden_size": 512, "model.config.intermediate_size": 2048, "model.gradient_checkpointing": True}
     m = plan_of(wide).memory
     tokens, h = 4 * 32, 512
-    layer = tokens * (6 * h + 3 * h + 2 * h + 4 * 2048) * 4
+    layer = tokens * (6 * h + 2 * h + 2 * h + 4 * 2048) * 4
     assert layer > m.logits
     assert m.activations == tokens * (h + 3 * h) * 4 + layer - m.logits
 
@@ -267,11 +352,12 @@ def test_16_bit_weights_and_mixed_precision(plan_of):
     fp32 = plan_of().memory
     bf16 = plan_of({"model.dtype": "bfloat16"}).memory
     mixed = plan_of({"launch.mixed_precision": "bf16"}).memory
-    tokens, h, rest = 4 * 32, 64, 3 * 64 + 2 * 64 + 4 * 128  # rest: attention and MLP elements per token
+    tokens, h, rest = 4 * 32, 64, 2 * 64 + 2 * 64 + 4 * 128  # rest: attention and MLP elements per token
     # a norm keeps its input in float32 (4h), the normalised value in model.dtype, the linear's input
     assert fp32.activations == tokens * (2 * (4 + 4 + 4) * h + rest * 4 + (4 + 4 + 4) * h)
     assert bf16.activations == tokens * (2 * (4 + 2 + 2) * h + rest * 2 + (4 + 2 + 2) * h)
-    assert mixed.activations == tokens * (2 * (4 + 4 + 2) * h + rest * 2 + (4 + 4 + 2) * h)
+    # under autocast q, k and v (and gate and up) each cast the float32 norm output for their matmul
+    assert mixed.activations == tokens * (2 * (4 + 4) * h + (3 + 2) * 2 * h + rest * 2 + (4 + 4 + 2) * h)
     assert (bf16.params, bf16.grads, bf16.optimizer) == (fp32.params // 2, fp32.grads // 2, fp32.optimizer // 2)
     # autocast's 16-bit copies of the layer's linears and lm_head, kept for the backward pass
     assert mixed.params == fp32.params + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 512 * 64)
@@ -318,14 +404,163 @@ def test_gpt2_by_hand(plan_of):
     assert gpu.activations == 4 * 32 * (per_token - 2 * 64 * 3 + final - 64 * 3)
 
 
+GEMMA2_INIT = {
+    "model.init": "gemma2",
+    "model.attention": "eager",
+    "model.config": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "sliding_window": 16,
+    },
+}
+
+
+def test_gemma2_by_hand(plan_of):
+    # h 64, i 128, 2 layers (sliding, full), 4 heads of 16 / 2 kv heads, vocab 512, untied, b 4 x s 32,
+    # float32, eager attention soft-capped at 50 and logits at 30 (gemma2's defaults)
+    m = plan_of(GEMMA2_INIT).memory
+    layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128 + 4 * 64  # q k v o, gate up down, four norms
+    assert m.parameters == 512 * 64 + 2 * layer + 64 + 512 * 64
+    # four norms keep their float32 input and normalised value; q/k/v's and gate/up's input; q, k and v
+    # repeated to the 4 query heads and o_proj's input; gate, its gelu, up and their product
+    per_token = 4 * 8 * 64 + 2 * 4 * 64 + 4 * 64 * 4 + 4 * 128 * 4
+    final = 8 * 64 + 4 * 64
+    scores = 4 * 4 * 32 * 32 * (4 + 4)  # the tanh of the capped scores and the softmax, float32
+    assert m.activations == 4 * 32 * (2 * per_token + final) + 2 * scores
+    assert m.logits == 4 * 32 * 512 * (4 * 3 + 4)  # + the capped logits' tanh
+    ckpt = plan_of({**GEMMA2_INIT, "model.gradient_checkpointing": True}).memory
+    masks = 2 * 4 * 32 * 32 * 4  # the full and the sliding-window mask, kept for the recomputed layers
+    assert ckpt.activations == 4 * 32 * (2 * 64 * 4 + final) + masks  # the recomputed layer is below the logits
+    sdpa = plan_of({**GEMMA2_INIT, "model.attention": "sdpa"})
+    assert sdpa.memory is None and 'gemma2 with model.attention "sdpa"' in sdpa.memory_unknown
+
+
+def test_gemma_by_hand(plan_of):
+    # gemma (v1): two norms a layer, sdpa; h 64, i 128, 2 layers, 4 heads of 16 / 2 kv heads, b 4 x s 32
+    config = {key: value for key, value in GEMMA2_INIT["model.config"].items() if key != "sliding_window"}
+    m = plan_of({"model.init": "gemma", "model.config": config}).memory
+    q, kv = 64, 32
+    # the norms' float32 input and normalised value, q/k/v's and gate/up's input, sdpa's q, k, v and
+    # output (o_proj's input too), the MLP's four tensors
+    per_token = 2 * 8 * 64 + 2 * 4 * 64 + (2 * q + 2 * kv) * 4 + 4 * 128 * 4
+    assert m.activations == 4 * 32 * (2 * per_token + 8 * 64 + 4 * 64)
+    assert m.logits == 4 * 32 * 512 * 4 * 3
+    # under autocast each of q, k and v (and gate and up) casts the float32 norm output for itself
+    mixed = plan_of({"model.init": "gemma", "model.config": config, "launch.mixed_precision": "bf16"}).memory
+    per_token = 2 * 8 * 64 + (3 + 2) * 2 * 64 + (2 * q + 2 * kv) * 2 + 4 * 128 * 2
+    assert mixed.activations == 4 * 32 * (2 * per_token + 8 * 64 + 2 * 64)
+
+
+def test_gemma2_config_json_reads_its_soft_caps_and_alternating_layers():
+    gemma2 = ModelShape.from_config({**SMALL, "model_type": "gemma2", "num_key_value_heads": 2}, "gemma2")
+    assert gemma2.tie_word_embeddings and gemma2.head_dim == 256  # Gemma2Config's defaults
+    assert gemma2.attention_softcap and gemma2.logit_softcap
+    assert gemma2.sliding_layers == 1 and gemma2.sliding_window == 4096  # every second layer attends to all
+
+
+def test_moe_layers_keep_each_chosen_experts_tensors_in_the_weights_dtype(plan_of):
+    # qwen2_moe: h 64, 2 layers, 4 heads / 2 kv heads, 4 experts of 32, 2 a token, a shared expert of 80
+    config = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    config |= {"intermediate_size": 128, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 80}
+    config |= {"num_experts": 4, "num_experts_per_tok": 2}
+    m = plan_of({"model.init": "qwen2_moe", "model.config": config}).memory
+    q, kv = 64, 32
+    experts = 2 * (4 * 32 + 2 * 64) * 4 + 4 * 4 + 2 * (4 + 32)  # the chosen experts' tensors; the router's
+    shared = (4 * 80 + 64 + 1) * 4  # the shared expert, its output and its sigmoid gate
+    per_token = 2 * 8 * 64 + 2 * 4 * 64 + (2 * q + 2 * kv) * 4 + experts + shared
+    assert m.activations == 4 * 32 * (2 * per_token + 3 * 4 * 64)
+    # under autocast the experts stay float32 (grouped_mm is not autocast) and get no 16-bit weight copies;
+    # the router and the shared expert's three linears each cast the norm output
+    mixed = plan_of({"model.init": "qwen2_moe", "model.config": config, "launch.mixed_precision": "bf16"}).memory
+    experts = 2 * (4 * 32 + 2 * 64) * 4 + 4 * 4 + 2 * (2 + 32)
+    per_token = 2 * 8 * 64 + (3 + 4) * 2 * 64 + (2 * q + 2 * kv) * 2 + experts + (4 * 80 + 64 + 1) * 2
+    assert mixed.activations == 4 * 32 * (2 * per_token + (4 + 4 + 2) * 64)
+    expert_weights, norms = 2 * 4 * 3 * 32 * 64, 2 * 2 * 64 + 64
+    assert mixed.params - m.params == 2 * (m.parameters - 512 * 64 - norms - expert_weights)  # less the input embedding
+
+
+def test_qwen3_moe_config_json_takes_num_local_experts():
+    # transformers 5 writes qwen3_moe's num_experts under its attribute_map's name
+    config = {**SMALL, "num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+    assert ModelShape.from_config(config, "qwen3_moe").experts == 4
+
+
+STARCODER2_INIT = {
+    "model.init": "starcoder2",
+    "launch.cpu": True,
+    "model.config": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "sliding_window": 16,
+    },
+}
+
+
+def test_starcoder2_by_hand(plan_of):
+    # h 64, i 128, 2 layers in a 16-token window, 4 heads / 2 kv heads, vocab 512, b 4 x s 32, float32
+    m = plan_of(STARCODER2_INIT).memory
+    layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 2 * 64 * 128 + (64 + 2 * 32 + 64 + 128 + 64) + 2 * 2 * 64
+    assert m.parameters == 512 * 64 + 2 * layer + 2 * 64 + 512 * 64  # untied, as recipec inits it
+    # two LayerNorms keep their input and output; sdpa's q, k, v and output; c_fc's output and gelu's
+    q, kv = 64, 32
+    per_token = 2 * 2 * 64 * 4 + (2 * q + 2 * kv) * 4 + 2 * 128 * 4
+    sliding = (32 + 2 * (q - kv)) * 4  # sdpa's float copy of the mask, k and v repeated for it
+    assert m.activations == 4 * 32 * (2 * (per_token + sliding) + 2 * 64 * 4)
+    # the released configs' dropouts of 0.1: a noise tensor after o_proj, after c_proj and on the
+    # embeddings; sdpa's math path on the CPU (q, k and v repeated, o_proj's copied input, and three
+    # float32 b x heads x s x s tensors), which keeps no mask
+    dropout = {f"model.config.{k}_dropout": 0.1 for k in ("residual", "embedding", "attention")}
+    d = plan_of({**STARCODER2_INIT, **dropout}).memory
+    per_token = 2 * 2 * 64 * 4 + 4 * q * 4 + 2 * 128 * 4 + 2 * 64 * 4
+    assert d.activations == 4 * 32 * (2 * per_token + 2 * 64 * 4 + 64 * 4) + 2 * 4 * 4 * 32 * 32 * 3 * 4
+
+
+SIDE_BY_SIDE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+def test_cohere_and_phi_by_hand(plan_of):
+    # attention and MLP side by side after one norm; h 64, i 128, 2 layers, 4 heads, b 4 x s 32, float32
+    cohere = plan_of({"model.init": "cohere", "model.config": {**SIDE_BY_SIDE, "num_key_value_heads": 2}}).memory
+    q, kv = 64, 32
+    # the hand-written float32 LayerNorm keeps x - mean twice and the normalised value; one output
+    # for q, k, v, gate and up; sdpa's q, k, v and output; the SwiGLU's four
+    per_token = 12 * 64 + 4 * 64 + (2 * q + 2 * kv) * 4 + 4 * 128 * 4
+    assert cohere.activations == 4 * 32 * (2 * per_token + 12 * 64 + 4 * 64)
+    # LoRA on q_proj and v_proj: the norms keep x - mean twice, down_proj's input is not kept, each
+    # adapter keeps lora_A's 4 values; the first layer's norm and MLP are off the gradient's path
+    lora = plan_of(
+        {"model.init": "cohere", "model.config": {**SIDE_BY_SIDE, "num_key_value_heads": 2}},
+        peft={"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
+    ).memory
+    per_token = 8 * 64 + 4 * 64 + (2 * q + 2 * kv) * 4 + 3 * 128 * 4 + 2 * 4 * 4
+    first = 8 * 64 + 3 * 128 * 4
+    assert lora.activations == 4 * 32 * (2 * per_token - first + 8 * 64)
+
+    # phi on the CPU with resid_pdrop 0.1: the LayerNorm's input and output, sdpa's q, k, v and output
+    # and dense's copy of it (the rotated q is laid out heads-first), fc1's output and gelu_new's four
+    # tensors, two dropout noise tensors
+    config = {**SIDE_BY_SIDE, "resid_pdrop": 0.1}
+    phi = plan_of({"model.init": "phi", "model.config": config, "launch.cpu": True}).memory
+    per_token = 64 * 4 + 64 * 4 + (3 * 64 + 2 * 64) * 4 + 5 * 128 * 4 + 2 * 64 * 4
+    assert phi.activations == 4 * 32 * (2 * per_token + 2 * 64 * 4)
+    assert phi.parameters == 2 * 512 * 64 + 512 + 2 * (4 * (64 * 64 + 64) + 2 * 64 * 128 + 128 + 64 + 2 * 64) + 2 * 64
+
+
 def test_no_estimate_for_a_hub_model_or_another_architecture(plan_of, write_recipe, tmp_path: Path):
     plan = plan_of({"model.init": None, "model.config": None, "model.path": "org/name"}, tokenizer=None)
     assert plan.memory is None and "local model" in plan.memory_unknown
     (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "config.json").write_text(json.dumps({"model_type": "gemma2", "hidden_size": 64}))
+    (tmp_path / "base" / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "hidden_size": 64}))
     path = write_recipe({"model.init": None, "model.config": None, "model.path": "./base"}, tokenizer=None)
     plan, _ = plan_recipe(path, project=tmp_path)
-    assert plan.memory is None and "does not cover model type 'gemma2'" in plan.memory_unknown
+    assert plan.memory is None and "does not cover model type 'gpt_neox'" in plan.memory_unknown
+    assert f"it counts {', '.join(ARCHITECTURES)}" in plan.memory_unknown
     for broken in ({"model_type": "llama", "hidden_size": 64}, {**SMALL, "model_type": "llama", "num_attention_heads": 0}):
         (tmp_path / "base" / "config.json").write_text(json.dumps(broken))
         plan, _ = plan_recipe(path, project=tmp_path)
