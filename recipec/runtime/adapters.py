@@ -514,9 +514,11 @@ def apply(model, spec: dict, *, total_steps: int | None = None):
         if why:
             raise ValueError(f"cannot apply this adapter to a meta-device model: {why}")
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        model = peft.prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=bool(getattr(model, "is_gradient_checkpointing", False))
-        )
+        # is_gradient_checkpointing is a deprecated alias of it in transformers 5, removed in v6
+        checkpointing = getattr(model, "is_activation_checkpointing", None)
+        if checkpointing is None:
+            checkpointing = getattr(model, "is_gradient_checkpointing", False)
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(checkpointing))
     peft_model = peft.get_peft_model(model, config)
     if on_meta and spec["method"] == "adalora":
         # peft moves the ranknum constants to the base layer's device by re-assigning them to their

@@ -625,3 +625,22 @@ def test_import_is_stdlib_only():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "12"
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_a_quantized_model_is_prepared_with_its_checkpointing(monkeypatch, checkpointing):
+    """peft's prepare_model_for_kbit_training is told whether the model checkpoints its activations, read
+    from is_activation_checkpointing: is_gradient_checkpointing is a deprecated alias that transformers v6
+    removes, as here."""
+    import peft
+    from transformers import PreTrainedModel
+
+    monkeypatch.delattr(PreTrainedModel, "is_gradient_checkpointing")
+    model = _base()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    model.is_loaded_in_4bit = True  # what bitsandbytes' loading sets; the weights stay float here
+    seen = []
+    monkeypatch.setattr(peft, "prepare_model_for_kbit_training", lambda m, use_gradient_checkpointing: seen.append(use_gradient_checkpointing) or m)
+    adapters.apply(model, SPECS["lora"])
+    assert seen == [checkpointing]
