@@ -1,0 +1,249 @@
+"""Configs written for older releases of the tools: each old key is treated as the tool treats
+it today. An old name the tool still reads gives the recipe its new name gives, with a
+warning that names both; a removed key the tool refuses is refused, with the release that
+removed it and what replaced it; a removed key the tool drops unread is not imported."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from recipec.diagnostics import RecipeError
+from recipec.importers import Options, import_config
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+LEGACY = CONFIGS / "legacy"
+
+
+def _import(tmp_path: Path, tool: str, text: str, name: str = "cfg.yaml", **options):
+    folder = tmp_path / f"c{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return import_config(path, tool, Options(name="legacy", **options))
+
+
+def _same(tmp_path: Path, tool: str, old_text: str, new_text: str, old: str, new: str, name: str = "cfg.yaml", **options):
+    """Import both spellings; the recipes are equal and the old key ends as the new one does."""
+    got = _import(tmp_path, tool, old_text, name, **options)
+    want = _import(tmp_path, tool, new_text, name, **options)
+    assert tomllib.loads(got.text) == tomllib.loads(want.text)
+    o, n = got.draft.ledger[old], want.draft.ledger[new]
+    assert (o.how, o.reason) == (n.how, n.reason)
+    assert not [k for k in got.draft.values if k not in got.draft.ledger]
+    return got, want
+
+
+def _refused(tmp_path: Path, tool: str, text: str, name: str = "cfg.yaml", **options):
+    with pytest.raises(RecipeError) as info:
+        _import(tmp_path, tool, text, name, **options)
+    return info.value.diagnostics
+
+
+def _named(result, old: str, new: str) -> None:
+    """The recipe, past its warnings, names both keys: on the line the old key wrote, or where
+    the header lists it as approximate or not imported."""
+    text = result.text
+    if "# Warnings" in text:
+        head, rest = text.split("# Warnings", 1)
+        text = head + rest.split("\n#\n", 1)[1]
+    assert f"`{old}" in text and "is the old" in text and f"`{new}" in text, text
+
+
+def _warned(result, *parts: str) -> str:
+    hits = [w for w, _ in result.draft.warnings if all(p in w for p in parts)]
+    assert hits, result.draft.warnings
+    return hits[0]
+
+
+# -- axolotl ------------------------------------------------------------------------------
+
+AXOLOTL = """base_model: NousResearch/Llama-3.2-1B
+datasets:
+  - path: teknium/GPT4-LLM-Cleaned
+    type: alpaca
+sequence_len: 1024
+micro_batch_size: 2
+num_epochs: 1
+learning_rate: 0.0002
+"""
+
+CHAT = """base_model: NousResearch/Llama-3.2-1B
+datasets:
+  - path: org/conversations
+    type: chat_template
+    field_messages: conversations
+{fields}sequence_len: 1024
+micro_batch_size: 2
+num_epochs: 1
+"""
+
+AXOLOTL_RENAMED = [
+    # (old lines, new lines, old key, new key, the warning's release)
+    ("val_set_size: 0.05\nevaluation_strategy: epoch\n", "val_set_size: 0.05\neval_strategy: epoch\n", "evaluation_strategy", "eval_strategy", "axolotl 0.5.1"),
+    ("noisy_embedding_alpha: 5\n", "neftune_noise_alpha: 5\n", "noisy_embedding_alpha", "neftune_noise_alpha", "axolotl 0.5.0"),
+    ("pretrain_multipack_buffer_size: 5000\n", "streaming_multipack_buffer_size: 5000\n", "pretrain_multipack_buffer_size", "streaming_multipack_buffer_size", "axolotl 0.13.0"),
+    ("dataset_processes: 4\n", "dataset_num_proc: 4\n", "dataset_processes", "dataset_num_proc", "axolotl 0.13.0"),
+    ("flash_attention: true\n", "attn_implementation: flash_attention_2\n", "flash_attention", "attn_implementation", "axolotl 0.17.0"),
+    ("sdp_attention: true\n", "attn_implementation: sdpa\n", "sdp_attention", "attn_implementation", "axolotl 0.17.0"),
+    ("eager_attention: true\n", "attn_implementation: eager\n", "eager_attention", "attn_implementation", "axolotl 0.17.0"),
+]
+
+
+@pytest.mark.parametrize(("old_text", "new_text", "old", "new", "since"), AXOLOTL_RENAMED, ids=[r[2] for r in AXOLOTL_RENAMED])
+def test_axolotl_old_name_maps_as_the_new_one(tmp_path, old_text, new_text, old, new, since):
+    got, _ = _same(tmp_path, "axolotl", AXOLOTL + old_text, AXOLOTL + new_text, old, new)
+    warning = _warned(got, f"`{old}", "is the old", f"`{new}", f"renamed in {since}", "axolotl 0.18.0 still reads it so")
+    assert got.draft.warnings[[w for w, _ in got.draft.warnings].index(warning)][1] == (old,)
+    _named(got, old, new)
+
+
+def test_axolotl_dpo_beta_is_rl_beta(tmp_path):
+    text = (CONFIGS / "axolotl" / "dpo-chatml-intel.yaml").read_text(encoding="utf-8")
+    got, _ = _same(tmp_path, "axolotl", text.replace("rl_beta: 0.1", "dpo_beta: 0.2"), text.replace("rl_beta: 0.1", "rl_beta: 0.2"), "dpo_beta", "rl_beta")
+    assert tomllib.loads(got.text)["preference"]["beta"] == 0.2
+    assert "beta = 0.2" in got.text and "# dpo_beta (`dpo_beta` is the old name of `rl_beta`)" in got.text
+    _warned(got, "`dpo_beta` is the old name of `rl_beta` (renamed in axolotl 0.5.0)")
+
+
+def test_axolotl_sequence_parallel_degree_is_context_parallel_size(tmp_path):
+    text = (CONFIGS / "axolotl" / "alst-fsdp2-cp8.yaml").read_text(encoding="utf-8")
+    old = text.replace("context_parallel_size:", "sequence_parallel_degree:")
+    got, _ = _same(tmp_path, "axolotl", old, text, "sequence_parallel_degree", "context_parallel_size", num_processes=8)
+    assert tomllib.loads(got.text)["launch"]["parallelism"]["cp_size"] == 8
+    _warned(got, "`sequence_parallel_degree` is the old name of `context_parallel_size` (renamed in axolotl 0.12.0)")
+
+
+def test_axolotl_message_fields_are_property_mappings(tmp_path):
+    old = CHAT.format(fields="    message_field_role: from\n    message_field_content: value\n")
+    new = CHAT.format(fields="    message_property_mappings:\n      role: from\n      content: value\n")
+    got, _ = _same(tmp_path, "axolotl", old, new, "datasets[0].message_field_role", "datasets[0].message_property_mappings.role")
+    assert tomllib.loads(got.text)["data"]["sources"][0]["fields"] == {"messages": "conversations", "role": "from", "content": "value"}
+    _warned(got, "`datasets[0].message_field_content` is the old name of `datasets[0].message_property_mappings.content`")
+
+
+def test_axolotl_both_names_the_new_one_wins(tmp_path):
+    got = _import(tmp_path, "axolotl", AXOLOTL + "val_set_size: 0.05\neval_strategy: epoch\nevaluation_strategy: steps\n")
+    want = _import(tmp_path, "axolotl", AXOLOTL + "val_set_size: 0.05\neval_strategy: epoch\n")
+    assert tomllib.loads(got.text) == tomllib.loads(want.text)
+    entry = got.draft.ledger["evaluation_strategy"]
+    assert (entry.how, entry.reason) == ("dropped", "ignored-by-tool")
+    _warned(got, "both are set and axolotl reads `eval_strategy`: `evaluation_strategy` is ignored")
+
+
+def test_axolotl_both_names_with_one_value_say_it_once(tmp_path):
+    got = _import(tmp_path, "axolotl", AXOLOTL + "val_set_size: 0.05\neval_strategy: epoch\nevaluation_strategy: epoch\n")
+    assert got.draft.ledger["evaluation_strategy"].how == "exact"
+    assert not got.draft.warnings
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("noisy_embedding_alpha: 5\nneftune_noise_alpha: 5\n", "`noisy_embedding_alpha` is the old name of `neftune_noise_alpha` (axolotl 0.5.0), and `neftune_noise_alpha` is set too"),
+        ("flash_attention: true\nattn_implementation: flash_attention_2\n", "`flash_attention: true` is the old spelling of `attn_implementation: flash_attention_2` (axolotl 0.17.0)"),
+    ],
+)
+def test_axolotl_refuses_both_names_where_axolotl_does(tmp_path, extra, message):
+    (diag,) = _refused(tmp_path, "axolotl", AXOLOTL + extra)
+    assert message in diag.message and "axolotl 0.18.0 refuses the config" in diag.message
+    assert diag.location.line == 9
+
+
+def test_axolotl_conflicting_message_fields_are_refused(tmp_path):
+    text = CHAT.format(fields="    message_field_role: from\n    message_property_mappings:\n      role: speaker\n")
+    (diag,) = _refused(tmp_path, "axolotl", text)
+    assert "`datasets[0].message_field_role` is the old name of `datasets[0].message_property_mappings.role`" in diag.message
+    assert diag.location.line == 6
+
+
+def test_axolotl_off_attention_flags_say_nothing(tmp_path):
+    got = _import(tmp_path, "axolotl", AXOLOTL + "xformers_attention:\nflash_attention: false\nattn_implementation: sdpa\n")
+    assert tomllib.loads(got.text)["model"]["attention"] == "sdpa"
+    assert got.draft.ledger["flash_attention"].how == "exact" and got.draft.ledger["xformers_attention"].how == "exact"
+    assert not got.draft.warnings
+
+
+AXOLOTL_REFUSED = [
+    # (line, the error's words, its help)
+    ("max_packed_sequence_len: 2048", "`max_packed_sequence_len` was removed in axolotl 0.4.0, replaced by `sample_packing: true`", "write `sample_packing: true` instead"),
+    ("rope_scaling:\n  type: linear\n  factor: 2.0", "`rope_scaling` was removed in axolotl 0.5.0, replaced by `overrides_of_model_config.rope_scaling`", "overrides_of_model_config.rope_scaling"),
+    ("dpo_use_logits_to_keep: false", "`dpo_use_logits_to_keep` was removed in axolotl 0.15.0 (TRL 0.29)", "delete `dpo_use_logits_to_keep`"),
+    ("dpo_generate_during_eval: true", "`dpo_generate_during_eval` was removed in axolotl 0.15.0 (TRL 0.29)", "delete"),
+    ("dpo_norm_loss: true", "`dpo_norm_loss` was removed in axolotl 0.15.0 (TRL 0.29)", "delete"),
+    ("rpo_alpha: 0.5", "`rpo_alpha` was removed in axolotl 0.16.0 (TRL 0.29)", "delete"),
+    ("s2_attention: true", "`s2_attention` was removed in axolotl 0.17.0", "delete"),
+    ("flash_attn_rms_norm: true", "`flash_attn_rms_norm` was removed in axolotl 0.17.0", "delete"),
+    ("unsloth_lora_mlp: true", "`unsloth_lora_mlp` was removed in axolotl 0.17.0, replaced by `lora_mlp_kernel`, `lora_qkv_kernel` and `lora_o_kernel`", "lora_mlp_kernel"),
+    ("unsloth_cross_entropy_loss: true", "`unsloth_cross_entropy_loss` was removed in axolotl 0.17.0", "lora_qkv_kernel"),
+]
+
+
+@pytest.mark.parametrize(("line", "message", "help"), AXOLOTL_REFUSED, ids=[r[0].split(":")[0] for r in AXOLOTL_REFUSED])
+def test_axolotl_refuses_removed_keys_it_refuses(tmp_path, line, message, help):
+    (diag,) = _refused(tmp_path, "axolotl", AXOLOTL + line + "\n")
+    assert message in diag.message and diag.message.endswith("axolotl 0.18.0 refuses it")
+    assert help in diag.help and diag.location.line == 9
+
+
+def test_axolotl_refuses_sharegpt_datasets(tmp_path):
+    (diag,) = _refused(tmp_path, "axolotl", AXOLOTL.replace("type: alpaca", "type: sharegpt:chat"))
+    assert "`datasets[0].type` was removed in axolotl 0.5.0, replaced by `type: chat_template`" in diag.message
+    assert diag.location.line == 4
+
+
+def test_axolotl_every_refusal_at_once_with_the_unknown_keys(tmp_path):
+    diags = _refused(tmp_path, "axolotl", AXOLOTL + "rpo_alpha: 0.5\nlora_alpah: 16\ns2_attention: true\n")
+    assert [d.location.line for d in diags] == [9, 10, 11]
+    assert "unknown key `lora_alpah`" in diags[1].message
+
+
+@pytest.mark.parametrize("line", ["max_packed_sequence_len:", "s2_attention: false", "unsloth_rope: false", "rope_scaling:", "dpo_norm_loss:"])
+def test_axolotl_accepts_removed_keys_that_are_off(tmp_path, line):
+    got = _import(tmp_path, "axolotl", AXOLOTL + line + "\n")
+    key = line.split(":")[0]
+    assert got.draft.ledger[key].how == "exact"
+    assert tomllib.loads(got.text) == tomllib.loads(_import(tmp_path, "axolotl", AXOLOTL).text)
+    _warned(got, f"`{key}` was removed in axolotl", "here it is off, so nothing is lost")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("relora_steps: 150", "`relora_steps` was removed in axolotl 0.12.0, replaced by `jagged_restart_steps` with `relora: true`"),
+        ("relora_warmup_steps: 10", "`relora_warmup_steps` was removed in axolotl 0.12.0, replaced by `jagged_restart_warmup_steps`"),
+        ("relora_anneal_steps: 10", "replaced by `jagged_restart_anneal_steps`"),
+        ("eval_table_max_new_tokens: 128", "`eval_table_max_new_tokens` was removed in axolotl 0.5.0, replaced by `eval_max_new_tokens`"),
+        ("flash_attn_fuse_qkv: true", "`flash_attn_fuse_qkv` was removed in axolotl 0.12.0"),
+        ("gptq_groupsize: 128", "`gptq_groupsize` was removed in axolotl 0.3.0, replaced by `gptq: true`"),
+        ("gptq_model_v1: true", "`gptq_model_v1` was removed in axolotl 0.3.0"),
+        ("gptq_disable_exllama: true", "`gptq_disable_exllama` was removed in axolotl 0.5.0"),
+        ("base_model_ignore_patterns: pytorch*", "`base_model_ignore_patterns` was removed in axolotl 0.3.0"),
+        ("landmark_attention: true", "`landmark_attention` was removed in axolotl 0.4.0"),
+        ("xpos_rope: true", "`xpos_rope` was removed in axolotl 0.4.0"),
+        ("sample_packing_seq_len_multiplier: 2", "`sample_packing_seq_len_multiplier` was removed in axolotl 0.5.0"),
+        ("debug: true", "`debug` was removed in axolotl 0.5.0, replaced by the `--debug` option of `axolotl preprocess`"),
+    ],
+)
+def test_axolotl_removed_keys_it_drops_unread_are_not_imported(tmp_path, line, message):
+    got = _import(tmp_path, "axolotl", AXOLOTL + line + "\n")
+    key = line.split(":")[0]
+    entry = got.draft.ledger[key]
+    assert (entry.how, entry.reason) == ("dropped", "ignored-by-tool")
+    assert tomllib.loads(got.text) == tomllib.loads(_import(tmp_path, "axolotl", AXOLOTL).text)
+    _warned(got, message, "axolotl 0.18.0 ignores it, so the recipe does not have it either")
+
+
+def test_axolotl_0_4_example(imported):
+    got = imported("axolotl", LEGACY / "axolotl-0.4.0-llama-2-lora.yml")
+    ledger = got.result.draft.ledger
+    assert got.recipe["model"]["attention"] == "flash_attention_2"
+    assert ledger["flash_attention"].how == "exact" and ledger["xformers_attention"].how == "exact"
+    assert ledger["s2_attention"].how == "exact" and ledger["debug"].how == "exact"
+    assert (ledger["eval_table_max_new_tokens"].how, ledger["eval_table_max_new_tokens"].reason) == ("dropped", "ignored-by-tool")
+    warnings = [w for w, _ in got.result.draft.warnings]
+    assert [w.split(" ", 1)[0] for w in warnings] == ["`flash_attention:", "`s2_attention`", "`eval_table_max_new_tokens`", "`debug`"]
+    assert 'attention = "flash_attention_2"' in got.result.text
+    assert "# flash_attention (`flash_attention: true` is the old spelling of `attn_implementation: flash_attention_2`)" in got.result.text
