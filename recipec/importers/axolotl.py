@@ -290,7 +290,7 @@ RENAME: dict[str, str] = {
     # decided by axolotl before the arguments are built: mapped here
     **{k: _S + k for k in (
         "warmup_steps", "warmup_ratio", "bf16", "fp16", "tf32", "logging_steps", "eval_strategy",
-        "evaluation_strategy", "eval_steps", "save_steps", "save_strategy", "save_total_limit",
+        "eval_steps", "save_steps", "save_strategy", "save_total_limit",
         "fsdp", "fsdp_config", "report_to", "gradient_checkpointing_kwargs",
     )},
 }

@@ -762,7 +762,7 @@ def migrate(draft: Draft, legacy: Mapping[str, Legacy]) -> list[Diagnostic]:
         new = _with_index(entry.new, key)
         mapped = entry.value(value) if entry.value is not None else value
         shown, shown_new, name = _names(key, new, entry, value)
-        reads = entry.reads or f"{draft.version} still reads it"
+        reads = entry.reads or f"{draft.version} still reads it as the new one"
         if mapped is None:
             draft.exact(key)  # unset: the tool reads nothing from it
             continue
@@ -792,9 +792,9 @@ def migrate(draft: Draft, legacy: Mapping[str, Legacy]) -> list[Diagnostic]:
                 draft.warn(f"{shown} is the old {name} of {shown_new} ({entry.since}); both are set and {tool} reads `{new}`: `{key}` is ignored", key, new)
                 continue
             displaced.append(new)
-            draft.warn(f"{shown} is the old {name} of {shown_new} ({entry.since}); both are set and {reads} over `{new}`: `{new}` is ignored", key, new)
+            draft.warn(f"{shown} is the old {name} of {shown_new} ({entry.since}); both are set and the old one wins ({reads}): `{new}` is ignored", key, new)
         else:
-            draft.warn(f"{shown} is the old {name} of {shown_new} (renamed in {entry.since}); {reads} so, and so does this import", key)
+            draft.warn(f"{shown} is the old {name} of {shown_new} (renamed in {entry.since}); {reads}, and so does this import", key)
         if present:
             _pop(data, new)
         _pop(data, key)

@@ -30,10 +30,14 @@ def _same(tmp_path: Path, tool: str, old_text: str, new_text: str, old: str, new
     got = _import(tmp_path, tool, old_text, name, **options)
     want = _import(tmp_path, tool, new_text, name, **options)
     assert tomllib.loads(got.text) == tomllib.loads(want.text)
-    o, n = got.draft.ledger[old], want.draft.ledger[new]
-    assert (o.how, o.reason) == (n.how, n.reason)
+    assert _state(got, old) == _state(want, new)
     assert not [k for k in got.draft.values if k not in got.draft.ledger]
     return got, want
+
+
+def _state(result, key: str) -> list[tuple[str, str | None]]:
+    """How the key (or each key of the table) ended in the ledger."""
+    return sorted((e.how, e.reason) for k, e in result.draft.ledger.items() if k == key or k.startswith(key + "."))
 
 
 def _refused(tmp_path: Path, tool: str, text: str, name: str = "cfg.yaml", **options):
@@ -95,7 +99,7 @@ AXOLOTL_RENAMED = [
 @pytest.mark.parametrize(("old_text", "new_text", "old", "new", "since"), AXOLOTL_RENAMED, ids=[r[2] for r in AXOLOTL_RENAMED])
 def test_axolotl_old_name_maps_as_the_new_one(tmp_path, old_text, new_text, old, new, since):
     got, _ = _same(tmp_path, "axolotl", AXOLOTL + old_text, AXOLOTL + new_text, old, new)
-    warning = _warned(got, f"`{old}", "is the old", f"`{new}", f"renamed in {since}", "axolotl 0.18.0 still reads it so")
+    warning = _warned(got, f"`{old}", "is the old", f"`{new}", f"renamed in {since}", "axolotl 0.18.0 still reads it as the new one, and so does this import")
     assert got.draft.warnings[[w for w, _ in got.draft.warnings].index(warning)][1] == (old,)
     _named(got, old, new)
 
@@ -247,3 +251,80 @@ def test_axolotl_0_4_example(imported):
     assert [w.split(" ", 1)[0] for w in warnings] == ["`flash_attention:", "`s2_attention`", "`eval_table_max_new_tokens`", "`debug`"]
     assert 'attention = "flash_attention_2"' in got.result.text
     assert "# flash_attention (`flash_attention: true` is the old spelling of `attn_implementation: flash_attention_2`)" in got.result.text
+
+
+# -- transformers' TrainingArguments ------------------------------------------------------
+
+ARGS = {"output_dir": "out", "learning_rate": 2e-5, "lr_scheduler_type": "cosine", "num_train_epochs": 1, "save_strategy": "no"}
+
+TRANSFORMERS_RENAMED = [
+    # (old, new, the release that renamed it); each alone, as a 4.x release wrote it
+    ({"evaluation_strategy": "steps", "eval_steps": 100}, {"eval_strategy": "steps", "eval_steps": 100}, "transformers 4.41"),
+    ({"no_cuda": True}, {"use_cpu": True}, "transformers 4.32"),
+    ({"per_gpu_train_batch_size": 16}, {"per_device_train_batch_size": 16}, "transformers 3 (2020)"),
+    ({"per_gpu_eval_batch_size": 16}, {"per_device_eval_batch_size": 16}, "transformers 3 (2020)"),
+    ({"fp16_backend": "apex"}, {"half_precision_backend": "apex"}, "transformers 4 (2021)"),
+    ({"push_to_hub_token": "hf_x"}, {"hub_token": "hf_x"}, "transformers 4 (2021)"),
+    ({"include_inputs_for_metrics": True}, {"include_for_metrics": ["inputs"]}, "transformers 4.46"),
+    ({"adafactor": True}, {"optim": "adafactor"}, "transformers 4 (2021)"),
+    ({"gradient_checkpointing": True}, {"activation_checkpointing": True}, "transformers 5.23"),
+    ({"gradient_checkpointing_kwargs": {"use_reentrant": False}}, {"activation_checkpointing_kwargs": {"use_reentrant": False}}, "transformers 5.23"),
+]
+
+
+def _args(**more) -> str:
+    import json
+
+    return json.dumps({**ARGS, **more}, indent=1)
+
+
+def _hf(tmp_path, text):
+    return _import(tmp_path, "transformers", text, "args.json", model="org/model", data="org/data")
+
+
+@pytest.mark.parametrize(("old", "new", "since"), TRANSFORMERS_RENAMED, ids=[next(iter(r[0])) for r in TRANSFORMERS_RENAMED])
+def test_transformers_old_name_maps_as_the_new_one(tmp_path, old, new, since):
+    o, n = next(iter(old)), next(iter(new))
+    got, _ = _same(tmp_path, "transformers", _args(**old), _args(**new), o, n, "args.json", model="org/model", data="org/data")
+    _warned(got, f"`{o}", "is the old", f"`{n}", f"renamed in {since}", "and so does this import")
+    _named(got, o, n)
+
+
+def test_transformers_4x_per_gpu_batch_wins_over_per_device(tmp_path):
+    """A 4.x file has both: per_gpu_train_batch_size set wins (TrainingArguments.train_batch_size)."""
+    got = _hf(tmp_path, _args(per_gpu_train_batch_size=16, per_device_train_batch_size=8))
+    want = _hf(tmp_path, _args(per_device_train_batch_size=16))
+    assert tomllib.loads(got.text) == tomllib.loads(want.text)
+    assert tomllib.loads(got.text)["train"]["micro_batch_size"] == 16
+    assert got.draft.ledger["per_gpu_train_batch_size"].how == "exact"
+    entry = got.draft.ledger["per_device_train_batch_size"]
+    assert (entry.how, entry.reason) == ("dropped", "ignored-by-tool")
+    _warned(got, "both are set and the old one wins", "`per_device_train_batch_size` is ignored")
+
+
+def test_transformers_4x_file_with_both_names_and_one_value(tmp_path):
+    """4.41 to 4.50 write both names, with one value: nothing to warn about."""
+    got = _hf(tmp_path, _args(evaluation_strategy="steps", eval_strategy="steps", eval_steps=100, no_cuda=False, use_cpu=False, per_gpu_train_batch_size=None, per_device_train_batch_size=8, fp16_backend="auto", half_precision_backend="auto", adafactor=False, optim="adamw_torch"))
+    assert not [w for w, _ in got.draft.warnings if "old" in w]
+    for key in ("evaluation_strategy", "no_cuda", "per_gpu_train_batch_size", "fp16_backend", "adafactor"):
+        assert got.draft.ledger[key].how == "exact", key
+
+
+def test_transformers_5_25_mirrors_gradient_checkpointing(tmp_path):
+    got = _hf(tmp_path, _args(activation_checkpointing=True, gradient_checkpointing=True))
+    assert tomllib.loads(got.text)["model"]["gradient_checkpointing"] is True
+    assert got.draft.ledger["gradient_checkpointing"].how == "exact" and got.draft.ledger["activation_checkpointing"].how == "exact"
+    assert not got.draft.warnings
+    # set apart, 5.25 reads the new name
+    got = _hf(tmp_path, _args(activation_checkpointing=False, gradient_checkpointing=True))
+    assert tomllib.loads(got.text)["model"]["gradient_checkpointing"] is False
+    assert got.draft.ledger["gradient_checkpointing"].reason == "ignored-by-tool"
+    _warned(got, "both are set and transformers reads `activation_checkpointing`")
+
+
+def test_transformers_adafactor_flag_overrides_optim(tmp_path):
+    got = _hf(tmp_path, _args(adafactor=True, optim="adamw_torch"))
+    assert tomllib.loads(got.text)["optim"]["name"] == "adafactor"
+    assert got.draft.ledger["optim"].reason == "ignored-by-tool"
+    assert "~ adafactor: " in got.text and "`adafactor: true` is the old spelling of `optim: adafactor`" in got.text
+
