@@ -328,3 +328,85 @@ def test_transformers_adafactor_flag_overrides_optim(tmp_path):
     assert got.draft.ledger["optim"].reason == "ignored-by-tool"
     assert "~ adafactor: " in got.text and "`adafactor: true` is the old spelling of `optim: adafactor`" in got.text
 
+
+# -- LLaMA-Factory ------------------------------------------------------------------------
+
+LF = """model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_target: all
+dataset: alpaca_en_demo
+template: llama3
+cutoff_len: 1024
+output_dir: saves/out
+per_device_train_batch_size: 1
+gradient_accumulation_steps: 8
+learning_rate: 1.0e-4
+num_train_epochs: 1.0
+"""
+
+LF_REFUSED = [
+    # (old line, the release that removed it, the replacement the error names)
+    ("dpo_beta: 0.1", "LLaMA-Factory 0.8.0", "`pref_beta`"),
+    ("dpo_loss: sigmoid", "LLaMA-Factory 0.8.0", "`pref_loss`"),
+    ("dpo_ftx: 1.0", "LLaMA-Factory 0.8.0", "`pref_ftx`"),
+    ("orpo_beta: 0.1", "LLaMA-Factory 0.8.0", "`pref_beta` with `pref_loss: orpo`"),
+    ("name_module_trainable: mlp", "LLaMA-Factory 0.7.1", "`freeze_trainable_modules`"),
+    ("num_layer_trainable: 2", "LLaMA-Factory 0.7.1", "`freeze_trainable_layers`"),
+    ("badam_switch_block_every: 50", "LLaMA-Factory 0.7.1", "`badam_switch_interval`"),
+    ("sft_packing: true", "LLaMA-Factory 0.6.0", "`packing`"),
+    ("lora_bf16_mode: true", "LLaMA-Factory 0.6.0", "`pure_bf16`"),
+    ("disable_version_checking: true", "LLaMA-Factory 0.6.0", "DISABLE_VERSION_CHECK"),
+    ("ppo_logger: wandb", "LLaMA-Factory 0.6.1", "`report_to`"),
+    ("cache_path: cache", "LLaMA-Factory 0.6.2", "`tokenized_path`"),
+    ("reserved_label_len: 1", "LLaMA-Factory 0.8.3", ""),
+    ("split: train", "LLaMA-Factory 0.8.3", ""),
+    ("visual_inputs: true", "LLaMA-Factory 0.9.0", ""),
+    ("image_resolution: 512", "LLaMA-Factory 0.9.2", "`image_max_pixels`"),
+    ("video_resolution: 128", "LLaMA-Factory 0.9.2", "`video_max_pixels`"),
+    ("image_dir: data", "LLaMA-Factory 0.9.2", "`media_dir`"),
+    ("train_mm_proj_only: true", "LLaMA-Factory 0.9.2", "`freeze_language_model` with `freeze_vision_tower`"),
+    ("new_special_tokens: <a>", "LLaMA-Factory 0.9.3", "`add_special_tokens`"),
+    ("vllm_dtype: auto", "LLaMA-Factory 0.8.2", "`infer_dtype`"),
+    ("checkpoint_dir: saves/x", "LLaMA-Factory 0.4.0", "`adapter_name_or_path`"),
+    ("resume_lora_training: false", "LLaMA-Factory 0.4.0", "`create_new_adapter`"),
+    ("ref_model_checkpoint: saves/x", "LLaMA-Factory 0.4.0", "`ref_model_adapters`"),
+    ("reward_model_checkpoint: saves/x", "LLaMA-Factory 0.4.0", "`reward_model_adapters`"),
+    ("neft_alpha: 5", "LLaMA-Factory 0.4.0", "`neftune_noise_alpha`"),
+    ("system_prompt: hi", "LLaMA-Factory 0.4.0", "a `system` column"),
+    ("use_auth_token: true", "LLaMA-Factory 0.2.1", "`hf_hub_token`"),
+    ("hf_auth_token: x", "LLaMA-Factory 0.2.1", "`hf_hub_token`"),
+    ("evaluation_strategy: steps", "transformers 4.51", "`eval_strategy`"),
+    ("dispatch_batches: false", "transformers 4.51", "`accelerator_config: {dispatch_batches: ...}`"),
+    ("split_batches: true", "transformers 4.51", "`accelerator_config: {split_batches: ...}`"),
+]
+
+
+@pytest.mark.parametrize(("line", "since", "by"), LF_REFUSED, ids=[r[0].split(":")[0] for r in LF_REFUSED])
+def test_llama_factory_refuses_removed_keys_naming_the_release_and_the_replacement(tmp_path, line, since, by):
+    (diag,) = _refused(tmp_path, "llama-factory", LF + line + "\n")
+    key = line.split(":")[0]
+    assert diag.message.startswith(f"`{key}` was removed in {since}")
+    assert diag.message.endswith("LLaMA-Factory 0.9.5 refuses it")
+    assert by in diag.message and (by in diag.help if by else diag.help == f"delete `{key}`")
+    assert diag.location.line == 14
+
+
+@pytest.mark.parametrize(("old", "new"), [("no_cuda: true", "use_cpu: true"), ("per_gpu_train_batch_size: 4", "per_device_train_batch_size: 4"), ("adafactor: true", "optim: adafactor")])
+def test_llama_factory_reads_transformers_4_names_as_transformers_4_57_does(tmp_path, old, new):
+    base = LF.replace("per_device_train_batch_size: 1\n", "") if "per_" in old else LF
+    got, _ = _same(tmp_path, "llama-factory", base + old + "\n", base + new + "\n", old.split(":")[0], new.split(":")[0])
+    _warned(got, "LLaMA-Factory 0.9.5 on transformers 4.55 to 4.57 reads it as the new one (on transformers 5 it refuses it)")
+
+
+def test_llama_factory_0_7_1_example(tmp_path, imported):
+    path = LEGACY / "llama-factory-0.7.1-llama3_lora_dpo.yaml"
+    with pytest.raises(RecipeError) as info:
+        import_config(path, "llama-factory")
+    assert [(d.location.line, d.message.split(" ", 1)[0]) for d in info.value.diagnostics] == [(12, "`dpo_ftx`"), (41, "`evaluation_strategy`")]
+    # with the two keys LLaMA-Factory renamed since, the config imports
+    fixed = path.read_text(encoding="utf-8").replace("dpo_ftx:", "pref_ftx:").replace("evaluation_strategy:", "eval_strategy:")
+    (tmp_path / "fixed.yaml").write_text(fixed, encoding="utf-8")
+    got = imported("llama-factory", tmp_path / "fixed.yaml", files=["data/orca_rlhf.json"])
+    assert got.recipe["preference"]["objective"] == "dpo"
