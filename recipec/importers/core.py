@@ -662,16 +662,24 @@ class Removed:
     set (not null, false or empty); None: never, the tool drops it unread."""
     applies: Callable[[Any], bool] | None = None
     """Only the values for which this holds are the old key's (a dataset `type` that names a
-    format the tool removed)."""
+    format the tool removed, a component path that moved); the messages then show the value."""
 
 
 Legacy = Renamed | Removed
 """What the tool does today with a key of its older releases."""
 
+Legacies = Mapping[str, Legacy | tuple[Legacy, ...]]
+"""An importer's table: key (`[*]` for any list index) -> what the tool does with it, or several
+entries for the old values of one key (the first whose `applies` holds is taken)."""
 
-def legacy_key(legacy: Mapping[str, Legacy], key: str) -> Legacy | None:
-    """The entry of `key` (`datasets[0].x` finds `datasets[*].x`)."""
-    return legacy.get(key) or legacy.get(re.sub(r"\[\d+\]", "[*]", key))
+
+def legacy_key(legacy: Legacies, key: str, value: Any = None) -> Legacy | None:
+    """The entry of `key` with this value (`datasets[0].x` finds `datasets[*].x`)."""
+    found = legacy.get(key) or legacy.get(re.sub(r"\[\d+\]", "[*]", key))
+    for entry in found if isinstance(found, tuple) else (found,) if found else ():
+        if not isinstance(entry, Removed) or entry.applies is None or entry.applies(value):
+            return entry
+    return None
 
 
 def _all_keys(node: Any, path: tuple[str | int, ...] = ()) -> Iterator[str]:
@@ -731,7 +739,7 @@ def _under(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".") or key.startswith(prefix + "[")
 
 
-def migrate(draft: Draft, legacy: Mapping[str, Legacy]) -> list[Diagnostic]:
+def migrate(draft: Draft, legacy: Legacies) -> list[Diagnostic]:
     """Treat the keys of the tool's older releases as the tool does today, before converting.
 
     An old name the tool still reads (:class:`Renamed`) is renamed in the config being
@@ -750,11 +758,9 @@ def migrate(draft: Draft, legacy: Mapping[str, Legacy]) -> list[Diagnostic]:
     created: dict[str, str] = {}  # new key -> the old key renamed into it
     displaced: list[str] = []  # new keys of the file that an old one overrides
     for key in list(_all_keys(draft.config.data)):
-        entry = legacy_key(legacy, key)
-        if entry is None or any(_under(key, old) for old in created.values()):
-            continue
         value = draft.get(key)
-        if isinstance(entry, Removed) and entry.applies is not None and not entry.applies(value):
+        entry = legacy_key(legacy, key, value)
+        if entry is None or any(_under(key, old) for old in created.values()):
             continue
         if isinstance(entry, Removed):
             errors += _removed(draft, key, value, entry)
@@ -830,7 +836,8 @@ def _names(old: str, new: str, entry: Renamed, value: Any) -> tuple[str, str, st
 
 def _removed(draft: Draft, key: str, value: Any, entry: Removed) -> list[Diagnostic]:
     instead = f", replaced by {entry.by}" if entry.by else ""
-    what = f"`{key}` was removed in {entry.since}{instead}"
+    shown = f"`{key}`" if entry.applies is None else f"`{key}: {value}`"
+    what = f"{shown} was removed in {entry.since}{instead}"
     off = _off(value) or value == {}
     refused = (
         entry.refused == "always"
@@ -850,18 +857,19 @@ def _removed(draft: Draft, key: str, value: Any, entry: Removed) -> list[Diagnos
     return []
 
 
-def restore_names(draft: Draft, legacy: Mapping[str, Legacy]) -> None:
+def restore_names(draft: Draft, legacy: Legacies) -> None:
     """Once converted, put back the file's old names that :func:`migrate` renamed: in the
     ledger, on the recipe's lines (whose notes then name both) and on the warnings."""
     if draft.original is None:
         return
     pairs = list(draft.renamed.items())
 
+    written = draft.original.leaves()
     both: dict[str, str] = {}
     for new, old in pairs:
-        entry = legacy_key(legacy, old)
+        entry = legacy_key(legacy, old, written.get(old))
         if isinstance(entry, Renamed):
-            a, b, name = _names(old, new, entry, draft.original.leaves().get(old, draft.get(new)))
+            a, b, name = _names(old, new, entry, written.get(old, draft.get(new)))
             both[new] = f"{a} is the old {name} of {b}"
 
     def back(key: str) -> tuple[str, str | None]:
@@ -899,7 +907,7 @@ def restore_names(draft: Draft, legacy: Mapping[str, Legacy]) -> None:
     for new in draft.displaced:
         draft.drop(new, "ignored-by-tool", f"`{draft.renamed[new]}`, its old name, is set too and wins.")
     for new, old in pairs:
-        entry = legacy_key(legacy, old)
+        entry = legacy_key(legacy, old, written.get(old))
         if isinstance(entry, Renamed) and entry.approx:
             draft.approx(entry.approx, old)
             for table in (*draft.tables.values(), *draft.sources):

@@ -194,7 +194,7 @@ def test_axolotl_refuses_removed_keys_it_refuses(tmp_path, line, message, help):
 
 def test_axolotl_refuses_sharegpt_datasets(tmp_path):
     (diag,) = _refused(tmp_path, "axolotl", AXOLOTL.replace("type: alpaca", "type: sharegpt:chat"))
-    assert "`datasets[0].type` was removed in axolotl 0.5.0, replaced by `type: chat_template`" in diag.message
+    assert diag.message == "`datasets[0].type: sharegpt:chat` was removed in axolotl 0.5.0, replaced by `type: chat_template`: axolotl 0.18.0 refuses it"
     assert diag.location.line == 4
 
 
@@ -410,3 +410,96 @@ def test_llama_factory_0_7_1_example(tmp_path, imported):
     (tmp_path / "fixed.yaml").write_text(fixed, encoding="utf-8")
     got = imported("llama-factory", tmp_path / "fixed.yaml", files=["data/orca_rlhf.json"])
     assert got.recipe["preference"]["objective"] == "dpo"
+
+
+# -- torchtune ----------------------------------------------------------------------------
+
+TORCHTUNE = CONFIGS / "torchtune"
+
+
+def _tt(name: str, **changes) -> str:
+    """A corpus config of torchtune 0.6.1 with `table.key` values changed (None deletes)."""
+    import yaml
+
+    data = yaml.safe_load((TORCHTUNE / name).read_text(encoding="utf-8"))
+    for dotted, value in changes.items():
+        *head, last = dotted.split("__")
+        node = data
+        for p in head:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+@pytest.mark.parametrize(
+    ("config", "table", "old", "since", "new"),
+    [
+        ("llama3_2-1B-lora-single-device.yaml", "checkpointer", "torchtune.utils.FullModelHFCheckpointer", "0.3.0", "torchtune.training.FullModelHFCheckpointer"),
+        ("llama3_2-1B-lora-single-device.yaml", "checkpointer", "torchtune.utils.FullModelMetaCheckpointer", "0.3.0", "torchtune.training.FullModelMetaCheckpointer"),
+        ("llama3_2-1B-lora-single-device.yaml", "metric_logger", "torchtune.utils.metric_logging.DiskLogger", "0.3.0", "torchtune.training.metric_logging.DiskLogger"),
+        ("llama3_2-1B-lora-single-device.yaml", "metric_logger", "torchtune.utils.metric_logging.WandBLogger", "0.3.0", "torchtune.training.metric_logging.WandBLogger"),
+        ("llama3_2-1B-lora-single-device.yaml", "lr_scheduler", "torchtune.modules.get_cosine_schedule_with_warmup", "0.5.0", "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup"),
+        ("llama3_2-1B-lora-single-device.yaml", "dataset", "torchtune.datasets.stack_exchanged_paired_dataset", "0.3.0", "torchtune.datasets.stack_exchange_paired_dataset"),
+        ("llama3_1-8B-lora-dpo.yaml", "loss", "torchtune.modules.loss.DPOLoss", "0.3.0", "torchtune.rlhf.loss.DPOLoss"),
+        ("llama3_1-8B-lora-dpo.yaml", "loss", "torchtune.modules.rlhf.loss.DPOLoss", "0.3.1", "torchtune.rlhf.loss.DPOLoss"),
+        ("llama3_1-8B-lora-dpo.yaml", "loss", "torchtune.modules.rlhf.loss.RSOLoss", "0.3.1", "torchtune.rlhf.loss.RSOLoss"),
+    ],
+)
+def test_torchtune_refuses_a_component_that_moved(tmp_path, config, table, old, since, new):
+    (diag,) = _refused(tmp_path, "torchtune", _tt(config, **{f"{table}___component_": old}))
+    assert diag.message == f"`{table}._component_: {old}` was removed in torchtune {since}, replaced by `{new}`: torchtune 0.6.1 refuses it"
+    assert diag.help == f"write `{new}` instead"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dataset__max_seq_len": 1024}, "`dataset.max_seq_len` was removed in torchtune 0.3.0, replaced by `tokenizer.max_seq_len`"),
+        ({"loss__loss_type": "sigmoid"}, "`loss.loss_type` was removed in torchtune 0.3.0, replaced by a loss class of its own"),
+    ],
+)
+def test_torchtune_refuses_removed_keys(tmp_path, change, message):
+    config = "llama3_1-8B-lora-dpo.yaml" if "loss__loss_type" in change else "llama3_2-1B-lora-single-device.yaml"
+    (diag,) = _refused(tmp_path, "torchtune", _tt(config, **change))
+    assert diag.message.startswith(message) and diag.message.endswith("torchtune 0.6.1 refuses it")
+
+
+def test_torchtune_memory_efficient_fsdp_wrap_is_not_read(tmp_path):
+    base = _tt("llama3_1-8B-full.yaml")
+    got = _import(tmp_path, "torchtune", base + "memory_efficient_fsdp_wrap: true\n", num_processes=4)
+    entry = got.draft.ledger["memory_efficient_fsdp_wrap"]
+    assert (entry.how, entry.reason) == ("dropped", "ignored-by-tool")
+    assert tomllib.loads(got.text) == tomllib.loads(_import(tmp_path, "torchtune", base, num_processes=4).text)
+    _warned(got, "`memory_efficient_fsdp_wrap` was removed in torchtune 0.3.0, replaced by FSDP2's per-layer sharding: torchtune 0.6.1 ignores it")
+    got = _import(tmp_path, "torchtune", base + "memory_efficient_fsdp_wrap: false\n", num_processes=4)
+    assert got.draft.ledger["memory_efficient_fsdp_wrap"].how == "exact"
+
+
+def test_torchtune_null_log_every_n_steps_is_every_step(tmp_path):
+    """torchtune 0.1 read null as every step; 0.2.0 and later fail on it: approximate, warned."""
+    text = _tt("llama3_2-1B-lora-single-device.yaml", log_every_n_steps=1).replace("log_every_n_steps: 1", "log_every_n_steps: null")
+    got = _import(tmp_path, "torchtune", text)
+    assert tomllib.loads(got.text)["train"]["log_every"] == 1
+    assert got.draft.ledger["log_every_n_steps"].how == "approx"
+    _warned(got, "`log_every_n_steps: null` meant every step in torchtune 0.1")
+
+
+def test_torchtune_0_2_1_example(tmp_path):
+    path = LEGACY / "torchtune-0.2.1-llama2-7B_lora_dpo_single_device.yaml"
+    with pytest.raises(RecipeError) as info:
+        import_config(path, "torchtune")
+    got = [(d.location.line, d.message.split(" was removed in ")[1].split(",")[0]) for d in info.value.diagnostics]
+    assert got == [(36, "torchtune 0.3.0"), (50, "torchtune 0.3.0"), (51, "torchtune 0.3.0"), (62, "torchtune 0.5.0"), (66, "torchtune 0.3.0"), (69, "torchtune 0.3.0"), (79, "torchtune 0.3.0")]
+    # with every error's help applied, the config imports as a DPO recipe
+    text = path.read_text(encoding="utf-8")
+    for d in info.value.diagnostics:
+        if "_component_" in d.message:
+            old = d.message.split(": ", 1)[1].split("`", 1)[0]
+            text = text.replace(old, d.help.split("`")[1])
+    text = text.replace("  max_seq_len: 1024\n", "").replace("  loss_type: sigmoid\n", "")
+    text = text.replace("  path: /tmp/Llama-2-7b-hf/tokenizer.model\n", "  path: /tmp/Llama-2-7b-hf/tokenizer.model\n  max_seq_len: 1024\n")
+    recipe = tomllib.loads(_import(tmp_path, "torchtune", text).text)
+    assert recipe["preference"]["objective"] == "dpo" and recipe["data"]["seq_len"] == 1024
