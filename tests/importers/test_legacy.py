@@ -503,3 +503,39 @@ def test_torchtune_0_2_1_example(tmp_path):
     text = text.replace("  path: /tmp/Llama-2-7b-hf/tokenizer.model\n", "  path: /tmp/Llama-2-7b-hf/tokenizer.model\n  max_seq_len: 1024\n")
     recipe = tomllib.loads(_import(tmp_path, "torchtune", text).text)
     assert recipe["preference"]["objective"] == "dpo" and recipe["data"]["seq_len"] == 1024
+
+
+# -- LitGPT -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "by"),
+    [
+        ("learning_rate", "optimizer.init_args.lr"),
+        ("weight_decay", "optimizer.init_args.weight_decay"),
+        ("beta1", "optimizer.init_args.betas"),
+        ("beta2", "optimizer.init_args.betas"),
+    ],
+)
+def test_litgpt_refuses_the_optimizer_fields_of_train_args(tmp_path, key, by):
+    text = (CONFIGS / "litgpt" / "phi-2-lora.yaml").read_text(encoding="utf-8").replace("\ntrain:\n", f"\ntrain:\n  {key}: 0.1\n", 1)
+    (diag,) = _refused(tmp_path, "litgpt", text)
+    assert diag.message == f"`train.{key}` was removed in litgpt 0.4.0, replaced by `{by}`: litgpt 0.5.13 refuses it"
+    assert diag.help == f"write `{by}` instead"
+
+
+def test_litgpt_0_3_1_example(tmp_path, imported):
+    path = LEGACY / "litgpt-0.3.1-llama-2-7b-lora.yaml"
+    with pytest.raises(RecipeError) as info:
+        import_config(path, "litgpt")
+    assert [(d.location.line, d.message.split("`")[1]) for d in info.value.diagnostics] == [
+        (90, "train.learning_rate"), (93, "train.weight_decay"), (96, "train.beta1"), (99, "train.beta2"),
+    ]
+    # moved into `optimizer`, as 0.4.0 wants them, the config imports
+    text = path.read_text(encoding="utf-8")
+    for line in ("  learning_rate: 0.0002\n", "  weight_decay: 0.0\n", "  beta1: 0.9\n", "  beta2: 0.95\n"):
+        text = text.replace(line, "")
+    text += "optimizer:\n  class_path: torch.optim.AdamW\n  init_args:\n    lr: 0.0002\n    weight_decay: 0.0\n    betas: [0.9, 0.95]\n"
+    (tmp_path / "fixed.yaml").write_text(text, encoding="utf-8")
+    recipe = imported("litgpt", tmp_path / "fixed.yaml").recipe
+    assert recipe["optim"]["lr"] == 0.0002 and recipe["optim"]["betas"] == [0.9, 0.95]
