@@ -539,3 +539,33 @@ def test_litgpt_0_3_1_example(tmp_path, imported):
     (tmp_path / "fixed.yaml").write_text(text, encoding="utf-8")
     recipe = imported("litgpt", tmp_path / "fixed.yaml").recipe
     assert recipe["optim"]["lr"] == 0.0002 and recipe["optim"]["betas"] == [0.9, 0.95]
+
+
+# -- llm-foundry --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["global_seed", "data_local", "data_remote", "tokenizer_name", "model_name", "icl_max_seq_len"])
+def test_llm_foundry_refuses_top_level_variables(tmp_path, name):
+    text = (CONFIGS / "llm-foundry" / "mpt-125m.yaml").read_text(encoding="utf-8")
+    (diag,) = _refused(tmp_path, "llm-foundry", f"{name}: x\n" + text, num_processes=8)
+    assert diag.message == (
+        f"`{name}` was removed in llm-foundry 0.10.0, replaced by `variables.{name}` (referred to as "
+        f"`${{variables.{name}}}`): llm-foundry 0.21.0 refuses it"
+    )
+    assert diag.location.line == 1
+
+
+def test_llm_foundry_0_8_0_example(tmp_path):
+    path = LEGACY / "llm-foundry-0.8.0-mpt-125m.yaml"
+    with pytest.raises(RecipeError) as info:
+        import_config(path, "llm-foundry", Options(name="legacy", num_processes=8))
+    assert [(d.location.line, d.message.split("`")[1]) for d in info.value.diagnostics] == [(3, "data_local"), (4, "data_remote"), (6, "global_seed")]
+    # under `variables`, as 0.10.0 wants them, the config imports like 0.21.0's own
+    text = path.read_text(encoding="utf-8")
+    head = "variables:\n  data_local: ./my-copy-c4\n  data_remote:\n  global_seed: 17\n"
+    for line in ("data_local: ./my-copy-c4\n", "data_remote:  # If blank, files must be present in data_local\n", "global_seed: 17\n"):
+        text = text.replace(line, "")
+    for name in ("data_local", "data_remote", "global_seed"):
+        text = text.replace("${" + name + "}", "${variables." + name + "}")
+    recipe = tomllib.loads(_import(tmp_path, "llm-foundry", head + text, num_processes=8).text)
+    assert recipe["recipe"]["seed"] == 17
