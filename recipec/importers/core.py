@@ -645,8 +645,6 @@ class Renamed:
     (None: the old value says nothing, as the tool reads it)."""
     reads: str = ""
     """Who reads the old name so, when not the release whose defaults are applied."""
-    approx: str = ""
-    """What differs, when the new key does not mean quite what the old one did."""
 
 
 @dataclass(frozen=True)
@@ -757,7 +755,11 @@ def migrate(draft: Draft, legacy: Legacies) -> list[Diagnostic]:
     errors: list[Diagnostic] = []
     created: dict[str, str] = {}  # new key -> the old key renamed into it
     displaced: list[str] = []  # new keys of the file that an old one overrides
-    for key in list(_all_keys(draft.config.data)):
+    # in the table's order, then the file's: of several old names of one key, the one the tool
+    # prefers is read (axolotl's attention flags)
+    rank = {pattern: i for i, pattern in enumerate(legacy)}
+    keys = sorted(_all_keys(draft.config.data), key=lambda k: rank.get(k, rank.get(re.sub(r"\[\d+\]", "[*]", k), -1)))
+    for key in keys:
         value = draft.get(key)
         entry = legacy_key(legacy, key, value)
         if entry is None or any(_under(key, old) for old in created.values()):
@@ -806,6 +808,7 @@ def migrate(draft: Draft, legacy: Legacies) -> list[Diagnostic]:
         _pop(data, key)
         _put(data, new, mapped)
         created[new] = key
+    draft.warnings.sort(key=lambda w: draft.config.lines.get(w[1][0], 0) if w[1] else 0)  # the file's order
     if created:
         lines = {}
         for k, line in draft.config.lines.items():
@@ -906,12 +909,3 @@ def restore_names(draft: Draft, legacy: Legacies) -> None:
     draft.defaults = [(back(k)[0], m) for k, m in draft.defaults]
     for new in draft.displaced:
         draft.drop(new, "ignored-by-tool", f"`{draft.renamed[new]}`, its old name, is set too and wins.")
-    for new, old in pairs:
-        entry = legacy_key(legacy, old, written.get(old))
-        if isinstance(entry, Renamed) and entry.approx:
-            draft.approx(entry.approx, old)
-            for table in (*draft.tables.values(), *draft.sources):
-                for line in table.values():
-                    if any(_under(k, old) for k in line.keys) and line.how == "exact":
-                        line.how = "approx"
-                        line.note = entry.approx

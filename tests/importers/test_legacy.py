@@ -569,3 +569,13 @@ def test_llm_foundry_0_8_0_example(tmp_path):
         text = text.replace("${" + name + "}", "${variables." + name + "}")
     recipe = tomllib.loads(_import(tmp_path, "llm-foundry", head + text, num_processes=8).text)
     assert recipe["recipe"]["seed"] == 17
+
+
+def test_axolotl_of_two_attention_flags_the_one_axolotl_prefers_is_read(tmp_path):
+    """axolotl takes the first flag set in LEGACY_ATTN_FLAG_TO_IMPL's order (flash before sdp),
+    whatever the file's order."""
+    got = _import(tmp_path, "axolotl", AXOLOTL + "sdp_attention: true\nflash_attention: true\n")
+    assert tomllib.loads(got.text)["model"]["attention"] == "flash_attention_2"
+    entry = got.draft.ledger["sdp_attention"]
+    assert (entry.how, entry.reason) == ("dropped", "ignored-by-tool")
+    _warned(got, "`sdp_attention: true` is an old spelling of `attn_implementation: sdpa`, which `flash_attention` sets already")
