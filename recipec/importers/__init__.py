@@ -6,6 +6,8 @@ One module per tool. Each has:
 - ``KNOWN``: patterns (fnmatch, ``[*]`` for any list index) of every key the tool accepts;
   a key matching none is an error, as the tool would refuse it or drop a typo;
 - ``MARKERS``: keys that only this tool's configs have, to tell a config of another tool;
+- ``LEGACY`` (optional): keys of the tool's older releases and what the tool does with them
+  today (:class:`~recipec.importers.core.Renamed`, :class:`~recipec.importers.core.Removed`);
 - ``convert(draft, options)``: fills the :class:`~recipec.importers.core.Draft`.
 
 :func:`import_config` runs one: read, detect, check the keys, convert, and account for
@@ -21,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from ..diagnostics import Diagnostic, Location, RecipeError
-from .core import Config, Draft, read_config, unknown_key_error, write_recipe
+from ..diagnostics import Diagnostic, Location, RecipeError, sort_diagnostics
+from .core import Config, Draft, migrate, read_config, restore_names, unknown_key_error, write_recipe
 
 TOOLS: dict[str, str] = {
     "axolotl": "axolotl",
@@ -111,12 +113,17 @@ def import_config(path: str | Path, tool: str, options: Options | None = None) -
             )
     module = tool_module(tool)
     draft = Draft(config, tool, module.VERSION, tuple(module.KNOWN))
+    legacy = getattr(module, "LEGACY", {})
+    errors = migrate(draft, legacy)
     unknown = draft.unknown_keys()
     if unknown:
-        raise unknown_key_error(draft, unknown)
+        errors += unknown_key_error(draft, unknown).diagnostics
+    if errors:
+        raise RecipeError(sort_diagnostics(errors))
     draft.set("recipe.name", options.name)
     draft.tables["recipe"]["name"].note = f"from the file name {Path(path).name}"
     module.convert(draft, options)
     for key in draft.pending():
         draft.drop(key, "no-equivalent", "recipec import does not map this key.")
+    restore_names(draft, legacy)
     return Result(draft, write_recipe(draft))

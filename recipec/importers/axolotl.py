@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hf
-from .core import Draft, num
+from .core import Draft, Legacy, Removed, Renamed, num
 
 VERSION = "axolotl 0.18.0"
 """The release whose schema (src/axolotl/utils/schemas) and defaults are applied; it builds
@@ -209,6 +209,72 @@ MARKERS = (
     "pretraining_dataset",
 )
 
+LEGACY_ATTENTION = {
+    "xformers_attention": "xformers",
+    "sage_attention": "sage",
+    "flex_attention": "flex_attention",
+    "flash_attention": "flash_attention_2",
+    "sdp_attention": "sdpa",
+    "eager_attention": "eager",
+}
+"""The boolean attention flags axolotl 0.17.0 folded into `attn_implementation`, in the order
+it picks one when several are set (schemas/enums.py LEGACY_ATTN_FLAG_TO_IMPL)."""
+
+_TRL_029 = "axolotl 0.15.0 (TRL 0.29)"
+
+LEGACY: dict[str, Legacy] = {
+    # old names axolotl 0.18.0 still reads as the new ones (schemas/validation.py, config.py,
+    # utils.py: the model validators that rename them)
+    "evaluation_strategy": Renamed("eval_strategy", "axolotl 0.5.1"),
+    "noisy_embedding_alpha": Renamed("neftune_noise_alpha", "axolotl 0.5.0", wins="error"),
+    "dpo_beta": Renamed("rl_beta", "axolotl 0.5.0"),
+    "sequence_parallel_degree": Renamed("context_parallel_size", "axolotl 0.12.0"),
+    "pretrain_multipack_buffer_size": Renamed("streaming_multipack_buffer_size", "axolotl 0.13.0", wins="error"),
+    "dataset_processes": Renamed("dataset_num_proc", "axolotl 0.13.0"),
+    **{
+        f"{table}[*].message_field_{name}": Renamed(f"{table}[*].message_property_mappings.{name}", "axolotl 0.7.0", wins="differ")
+        for table in ("datasets", "test_datasets", "pretraining_dataset")
+        for name in ("role", "content")
+    },
+    **{
+        flag: Renamed("attn_implementation", "axolotl 0.17.0", wins="error", value=lambda v, impl=impl: impl if v else None)
+        for flag, impl in LEGACY_ATTENTION.items()
+    },
+    # removed keys axolotl 0.18.0 refuses (a field validator that raises)
+    "max_packed_sequence_len": Removed("axolotl 0.4.0", "`sample_packing: true`", refused="set"),
+    "rope_scaling": Removed("axolotl 0.5.0", "`overrides_of_model_config.rope_scaling`", refused="set"),
+    "dpo_use_logits_to_keep": Removed(_TRL_029, refused="not-null"),
+    "dpo_generate_during_eval": Removed(_TRL_029, refused="not-null"),
+    "dpo_norm_loss": Removed(_TRL_029, refused="not-null"),
+    "rpo_alpha": Removed("axolotl 0.16.0 (TRL 0.29)", refused="not-null"),
+    "s2_attention": Removed("axolotl 0.17.0", refused="set"),
+    "flash_attn_rms_norm": Removed("axolotl 0.17.0", refused="set"),
+    **{
+        f"unsloth_{name}": Removed("axolotl 0.17.0", "`lora_mlp_kernel`, `lora_qkv_kernel` and `lora_o_kernel`", refused="set")
+        for name in ("cross_entropy_loss", "lora_mlp", "lora_qkv", "lora_o", "rms_norm", "rope")
+    },
+    **{
+        f"{table}[*].type": Removed("axolotl 0.5.0", "`type: chat_template`", applies=lambda v: str(v).startswith("sharegpt"))
+        for table in ("datasets", "test_datasets")
+    },
+    # removed keys that are no field of axolotl 0.18.0's schema: it drops them unread
+    "debug": Removed("axolotl 0.5.0", "the `--debug` option of `axolotl preprocess`", refused=None),
+    "gptq_groupsize": Removed("axolotl 0.3.0", "`gptq: true` (the quantization settings come from the model)", refused=None),
+    "gptq_model_v1": Removed("axolotl 0.3.0", "`gptq: true` (the quantization settings come from the model)", refused=None),
+    "gptq_disable_exllama": Removed("axolotl 0.5.0", refused=None),
+    "base_model_ignore_patterns": Removed("axolotl 0.3.0", refused=None),
+    "landmark_attention": Removed("axolotl 0.4.0", refused=None),
+    "xpos_rope": Removed("axolotl 0.4.0", refused=None),
+    "sample_packing_seq_len_multiplier": Removed("axolotl 0.5.0", refused=None),
+    "eval_table_max_new_tokens": Removed("axolotl 0.5.0", "`eval_max_new_tokens`", refused=None),
+    "flash_attn_fuse_qkv": Removed("axolotl 0.12.0", refused=None),
+    "relora_steps": Removed("axolotl 0.12.0", "`jagged_restart_steps` with `relora: true`", refused=None),
+    "relora_warmup_steps": Removed("axolotl 0.12.0", "`jagged_restart_warmup_steps`", refused=None),
+    "relora_anneal_steps": Removed("axolotl 0.12.0", "`jagged_restart_anneal_steps`", refused=None),
+}
+"""Keys of axolotl's older releases and what 0.18.0 does with them. The version is the first
+release with the change (the first tag holding the commit that made it)."""
+
 _S = "axolotl:"
 """Prefix of the names under which hf.training_args looks for the keys mapped here instead:
 no config key has it, so the shared code sees them as absent."""
@@ -224,7 +290,7 @@ RENAME: dict[str, str] = {
     # decided by axolotl before the arguments are built: mapped here
     **{k: _S + k for k in (
         "warmup_steps", "warmup_ratio", "bf16", "fp16", "tf32", "logging_steps", "eval_strategy",
-        "evaluation_strategy", "eval_steps", "save_steps", "save_strategy", "save_total_limit",
+        "eval_steps", "save_steps", "save_strategy", "save_total_limit",
         "fsdp", "fsdp_config", "report_to", "gradient_checkpointing_kwargs",
     )},
 }
@@ -501,10 +567,7 @@ def _precision(d: Draft) -> None:
 
 def _attention(d: Draft) -> None:
     impl = d.get("attn_implementation")
-    flags = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager", "flex_attention": "flex_attention", "xformers_attention": "xformers", "sage_attention": "sage"}
-    keys = [k for k in ("attn_implementation", *flags) if d.has(k)]
-    if impl is None:
-        impl = next((v for k, v in flags.items() if d.get(k)), None)
+    keys = [k for k in ("attn_implementation",) if d.has(k)]
     ours = {"flash_attention_2", "flash_attention_3", "sdpa", "eager", "flex_attention"}
     if impl is None:
         _empty(d, *keys)
@@ -753,14 +816,11 @@ def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, s
         if ds.get("field_messages") not in (None, "messages"):
             fields["messages"] = ds["field_messages"]
         mapping = dict(ds.get("message_property_mappings") or {})
-        for legacy, name in (("message_field_role", "role"), ("message_field_content", "content")):
-            if ds.get(legacy):
-                mapping[name] = ds[legacy]
         for name in ("role", "content"):
             if mapping.get(name, name) != name:
                 fields[name] = mapping[name]
         extra = [k for k in mapping if k not in ("role", "content")]
-        used = [f"{key}.{k}" for k in ("field_messages", "message_field_role", "message_field_content") if k in ds]
+        used = [f"{key}.{k}" for k in ("field_messages",) if k in ds]
         if "message_property_mappings" in ds:
             used.append(f"{key}.message_property_mappings")
         if fields:
@@ -1111,7 +1171,7 @@ def _save_eval_log(d: Draft, total: int | None) -> None:
     has_eval = bool(num(d.get("val_set_size")) or d.get("test_datasets"))
     epe = num(d.get("evals_per_epoch"))
     eval_steps = num(d.get("eval_steps"))
-    eval_keys = [k for k in ("eval_steps", "evals_per_epoch", "eval_strategy", "evaluation_strategy") if d.has(k)]
+    eval_keys = [k for k in ("eval_steps", "evals_per_epoch", "eval_strategy") if d.has(k)]
     if not has_eval:
         given = [k for k in eval_keys if _given(d, k) and d.get(k) not in (0, "no")]
         for k in given:
@@ -1128,7 +1188,7 @@ def _save_eval_log(d: Draft, total: int | None) -> None:
         frac = 1.0 / (epe * epochs)
         if frac < 1:
             eval_steps = frac
-    strategy = d.get("eval_strategy") or d.get("evaluation_strategy")
+    strategy = d.get("eval_strategy")
     if eval_steps:
         keys = [k for k in ("eval_steps", "evals_per_epoch") if _given(d, k)]
         if eval_steps >= 1:
@@ -1139,14 +1199,13 @@ def _save_eval_log(d: Draft, total: int | None) -> None:
             d.set("train.eval_every", 0, *keys, approx=f"an evaluation every {eval_steps:g} of the run; recipec evaluates every so many steps, written as only at the end")
         if _given(d, "evals_per_epoch") and _given(d, "eval_steps"):
             d.drop("evals_per_epoch", "ignored-by-tool", "eval_steps wins.")
-        for k in ("eval_strategy", "evaluation_strategy"):
-            if d.has(k):
-                d.drop(k, "ignored-by-tool", "eval_steps wins.")
+        if d.has("eval_strategy"):
+            d.drop("eval_strategy", "ignored-by-tool", "eval_steps wins.")
     elif strategy and strategy != "no":
-        keys = [k for k in ("eval_strategy", "evaluation_strategy", "evals_per_epoch") if d.has(k)]
+        keys = [k for k in ("eval_strategy", "evals_per_epoch") if d.has(k)]
         d.set("train.eval_every", 0, *keys, approx=f"eval_strategy {strategy!r}; recipec evaluates every so many steps, written as only at the end")
     else:
-        keys = [k for k in ("eval_strategy", "evaluation_strategy", "evals_per_epoch") if d.has(k)]
+        keys = [k for k in ("eval_strategy", "evals_per_epoch") if d.has(k)]
         if keys:
             d.set("train.eval_every", 0, *keys, approx="transformers' eval_strategy \"no\": axolotl evaluates before the first step only; recipec at the end too")
         else:
@@ -1167,7 +1226,7 @@ RING = "axolotl splits the sequence with ring-flash-attn (a ring of flash-attent
 
 def _mesh(d: Draft, given: int) -> None:
     """axolotl's device mesh (utils/distributed.py, build_parallelism_config): tensor_parallel_size,
-    context_parallel_size (its old name sequence_parallel_degree), dp_replicate_size and dp_shard_size.
+    context_parallel_size, dp_replicate_size and dp_shard_size.
     axolotl splits the sequence with ring-flash-attn under FSDP and DeepSpeed alike: under FSDP 2
     that is recipec's context parallelism (torch's ring attention), under DeepSpeed its sequence
     parallelism (Ulysses); the global batch counts the data-parallel ranks, as axolotl's
@@ -1175,9 +1234,7 @@ def _mesh(d: Draft, given: int) -> None:
     from .mesh import Dim, Mesh, place
 
     m = Mesh()
-    cp_key = next((k for k in ("context_parallel_size", "sequence_parallel_degree") if _given(d, k)), None)
-    if cp_key == "context_parallel_size" and _given(d, "sequence_parallel_degree"):
-        d.drop("sequence_parallel_degree", "ignored-by-tool", "context_parallel_size is set; sequence_parallel_degree is its old name, read only without it.")
+    cp_key = "context_parallel_size" if _given(d, "context_parallel_size") else None
     cp = int(num(d.get(cp_key))) if cp_key else 1
     if cp_key:
         if d.value("launch.strategy") == "deepspeed":
@@ -1307,7 +1364,7 @@ def _preference(d: Draft) -> None:
     rl = d.get("rl")
     if not rl:
         _empty(d, "rl")
-        for k in ("rl_beta", "dpo_beta", "orpo_alpha", "simpo_gamma", "kto_desirable_weight", "kto_undesirable_weight"):
+        for k in ("rl_beta", "orpo_alpha", "simpo_gamma", "kto_desirable_weight", "kto_undesirable_weight"):
             if _given(d, k):
                 d.drop(k, "ignored-by-tool", "no `rl`: supervised training.")
                 d.warn(f"`{k}` is set but `rl` is not: axolotl trains with the supervised loss", k)
@@ -1317,10 +1374,10 @@ def _preference(d: Draft) -> None:
         d.drop("rl", "missing-feature", f"recipec has no {rl!r} trainer; the supervised loss is written.")
         return
     d.set("preference.objective", rl, "rl")
-    beta_key = next((k for k in ("rl_beta", "dpo_beta", "orpo_alpha") if _given(d, k)), None)
+    beta_key = next((k for k in ("rl_beta", "orpo_alpha") if _given(d, k)), None)
     if rl == "simpo":
-        beta = num(d.get(beta_key)) if beta_key in ("rl_beta", "dpo_beta") else 0.1
-        if beta_key in ("rl_beta", "dpo_beta"):
+        beta = num(d.get(beta_key)) if beta_key == "rl_beta" else 0.1
+        if beta_key == "rl_beta":
             d.set("preference.beta", float(beta), beta_key)
         else:
             d.default("preference.beta", 0.1, "rl_beta", "TRL's CPOConfig beta 0.1")
@@ -1335,7 +1392,7 @@ def _preference(d: Draft) -> None:
         d.set("preference.beta", float(num(d.get(beta_key))), beta_key)
     else:
         d.default("preference.beta", 0.1, "rl_beta", "TRL's beta 0.1")
-    for k in ("rl_beta", "dpo_beta", "orpo_alpha"):
+    for k in ("rl_beta", "orpo_alpha"):
         if _given(d, k) and k != beta_key and k not in d.ledger:
             d.drop(k, "ignored-by-tool", f"`{beta_key}` wins.")
     if rl == "kto":

@@ -14,16 +14,20 @@ An importer reads one config of another tool and fills a :class:`Draft`:
 - contradictions inside the config are warnings, printed and written into the header.
 
 Keys the source tool does not know are an error before anything is written: the tool
-itself would have refused them (or, worse, silently ignored a typo).
+itself would have refused them (or, worse, silently ignored a typo). Keys of the tool's older
+versions are treated as the tool treats them today (:func:`migrate`): an old name it still
+reads is read as the new name, with a warning; a removed key it refuses is refused, saying
+which release removed it and what replaced it; a removed key it drops unread is not imported.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
@@ -241,6 +245,13 @@ class Draft:
     defaults: list[tuple[str, str]] = field(default_factory=list)
     """(source key, what its default means) for every default applied."""
 
+    renamed: dict[str, str] = field(default_factory=dict)
+    """Old keys read under their new names while converting: new key -> the file's old key."""
+    original: Config | None = None
+    """The file as written, while the config being converted has old keys renamed."""
+    displaced: list[str] = field(default_factory=list)
+    """New keys of the file that an old name set beside them overrides."""
+
     def __post_init__(self) -> None:
         self.values = self.config.leaves()
 
@@ -366,6 +377,8 @@ class Draft:
         prefixes = [[_pattern(q) for q in _parts(p)] for p in self.known]
         out: list[str] = []
         for key in self.values:
+            if key in self.ledger:  # an old key of the tool's, settled by migrate()
+                continue
             generic = re.sub(r"\[\d+\]", "[*]", key)
             if any(fnmatchcase(generic, p) or fnmatchcase(key, p) for p in pats):
                 continue
@@ -518,7 +531,7 @@ def header(draft: Draft) -> list[str]:
     ]
     if draft.warnings:
         out.append("#")
-        out.append("# Warnings (contradictions in the source config):")
+        out.append("# Warnings (contradictions and old keys in the source config):")
         for msg, _ in draft.warnings:
             out += _wrap("  - ", msg)
     dropped = [(k, e) for k, e in draft.ledger.items() if e.how == "dropped"]
@@ -610,3 +623,289 @@ def unknown_key_error(draft: Draft, keys: Sequence[str]) -> RecipeError:
 def iter_known(groups: Mapping[str, Iterable[str]]) -> Iterator[str]:
     for names in groups.values():
         yield from names
+
+
+# -- keys of the tool's older releases --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Renamed:
+    """An old name the tool still reads: the importer reads it as the new name, as the tool
+    does, and warns that it is an old name."""
+
+    new: str
+    """The key it is read as (a `[*]` takes the old key's list index)."""
+    since: str
+    """The release that renamed it ("axolotl 0.5.1")."""
+    wins: Literal["new", "old", "differ", "error"] = "new"
+    """Both names set: the tool reads the new one (`new`), the old one when it is set
+    (`old`), refuses the config when they differ (`differ`) or whatever they say (`error`)."""
+    value: Callable[[Any], Any] | None = None
+    """The old key's value as the new key's, when the spelling of the value changed too
+    (None: the old value says nothing, as the tool reads it)."""
+    reads: str = ""
+    """Who reads the old name so, when not the release whose defaults are applied."""
+
+
+@dataclass(frozen=True)
+class Removed:
+    """A key of the tool's older releases that it no longer reads."""
+
+    since: str
+    """The first release without it ("LLaMA-Factory 0.8.0")."""
+    by: str = ""
+    """What replaced it ("`pref_beta`"); empty when nothing did."""
+    refused: Literal["always", "not-null", "set"] | None = "always"
+    """When the tool refuses the key: whatever its value, unless it is null, or only when it is
+    set (not null, false or empty); None: never, the tool drops it unread."""
+    applies: Callable[[Any], bool] | None = None
+    """Only the values for which this holds are the old key's (a dataset `type` that names a
+    format the tool removed, a component path that moved); the messages then show the value."""
+
+
+Legacy = Renamed | Removed
+"""What the tool does today with a key of its older releases."""
+
+Legacies = Mapping[str, Legacy | tuple[Legacy, ...]]
+"""An importer's table: key (`[*]` for any list index) -> what the tool does with it, or several
+entries for the old values of one key (the first whose `applies` holds is taken)."""
+
+
+def legacy_key(legacy: Legacies, key: str, value: Any = None) -> Legacy | None:
+    """The entry of `key` with this value (`datasets[0].x` finds `datasets[*].x`)."""
+    found = legacy.get(key) or legacy.get(re.sub(r"\[\d+\]", "[*]", key))
+    for entry in found if isinstance(found, tuple) else (found,) if found else ():
+        if not isinstance(entry, Removed) or entry.applies is None or entry.applies(value):
+            return entry
+    return None
+
+
+def _all_keys(node: Any, path: tuple[str | int, ...] = ()) -> Iterator[str]:
+    """Every key of a config, tables before the keys under them, in file order."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            sub = (*path, str(k))
+            yield key_name(sub)
+            yield from _all_keys(v, sub)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if isinstance(v, (Mapping, list)):
+                yield from _all_keys(v, (*path, i))
+
+
+def _path(key: str) -> list[str | int]:
+    return [int(p[1:-1]) if p.startswith("[") else p for p in _parts(key)]
+
+
+def _pop(data: Any, key: str) -> Any:
+    *head, last = _path(key)
+    node = data
+    for p in head:
+        node = node[p]
+    return node.pop(last)
+
+
+def _put(data: Any, key: str, value: Any) -> None:
+    *head, last = _path(key)
+    node = data
+    for p in head:
+        if isinstance(p, str) and node.get(p) is None:
+            node[p] = {}
+        node = node[p]
+    node[last] = value
+
+
+def _lookup(data: Any, key: str) -> tuple[bool, Any]:
+    node = data
+    for p in _path(key):
+        if isinstance(p, int) and isinstance(node, list) and p < len(node):
+            node = node[p]
+        elif isinstance(p, str) and isinstance(node, Mapping) and p in node:
+            node = node[p]
+        else:
+            return False, None
+    return True, node
+
+
+def _with_index(pattern: str, key: str) -> str:
+    """`pattern`'s `[*]`s filled with `key`'s list indices, in order."""
+    indices = iter(re.findall(r"\[\d+\]", key))
+    return re.sub(r"\[\*\]", lambda _: next(indices, "[0]"), pattern)
+
+
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".") or key.startswith(prefix + "[")
+
+
+def migrate(draft: Draft, legacy: Legacies) -> list[Diagnostic]:
+    """Treat the keys of the tool's older releases as the tool does today, before converting.
+
+    An old name the tool still reads (:class:`Renamed`) is renamed in the config being
+    converted, and :func:`restore_names` puts the file's name back once it is converted; a
+    removed key (:class:`Removed`) is refused when the tool refuses it (the errors are
+    returned), else not imported, or mapped exactly when it is off (nothing is lost).
+
+    Returns:
+        The errors of the keys the tool refuses, each at its line.
+    """
+    if not legacy:
+        return []
+    tool = draft.version.split(" ")[0]
+    data = copy.deepcopy(draft.config.data)
+    errors: list[Diagnostic] = []
+    created: dict[str, str] = {}  # new key -> the old key renamed into it
+    displaced: list[str] = []  # new keys of the file that an old one overrides
+    # in the table's order, then the file's: of several old names of one key, the one the tool
+    # prefers is read (axolotl's attention flags)
+    rank = {pattern: i for i, pattern in enumerate(legacy)}
+    keys = sorted(_all_keys(draft.config.data), key=lambda k: rank.get(k, rank.get(re.sub(r"\[\d+\]", "[*]", k), -1)))
+    for key in keys:
+        value = draft.get(key)
+        entry = legacy_key(legacy, key, value)
+        if entry is None or any(_under(key, old) for old in created.values()):
+            continue
+        if isinstance(entry, Removed):
+            errors += _removed(draft, key, value, entry)
+            continue
+        new = _with_index(entry.new, key)
+        mapped = entry.value(value) if entry.value is not None else value
+        shown, shown_new, name = _names(key, new, entry, value)
+        reads = entry.reads or f"{draft.version} still reads it as the new one"
+        if mapped is None:
+            draft.exact(key)  # unset: the tool reads nothing from it
+            continue
+        present, current = _lookup(data, new)
+        if new in created:
+            draft.drop(key, "ignored-by-tool", f"the old name of `{new}`, which `{created[new]}` sets already.")
+            draft.warn(f"{shown} is an old {name} of {shown_new}, which `{created[new]}` sets already: it is ignored", key)
+            continue
+        if present and current is not None:
+            same = current == mapped or (entry.wins == "old" and _off(mapped))
+            if entry.wins == "error" or (entry.wins == "differ" and not same):
+                draft._mark([key], "dropped", "refused", "no-equivalent")
+                errors.append(
+                    Diagnostic(
+                        "error",
+                        f"{shown} is the old {name} of {shown_new} ({entry.since}), and `{new}` is set too: {draft.version} refuses the config",
+                        draft.config.location(key),
+                        help=f"delete `{key}`",
+                    )
+                )
+                continue
+            if same:
+                draft.exact(key)  # the same value under both names: the new one says it all
+                continue
+            if entry.wins == "new":
+                draft.drop(key, "ignored-by-tool", f"the old name of `{new}`, which is set too and wins.")
+                draft.warn(f"{shown} is the old {name} of {shown_new} ({entry.since}); both are set and {tool} reads `{new}`: `{key}` is ignored", key, new)
+                continue
+            displaced.append(new)
+            draft.warn(f"{shown} is the old {name} of {shown_new} ({entry.since}); both are set and the old one wins ({reads}): `{new}` is ignored", key, new)
+        else:
+            draft.warn(f"{shown} is the old {name} of {shown_new} (renamed in {entry.since}); {reads}, and so does this import", key)
+        if present:
+            _pop(data, new)
+        _pop(data, key)
+        _put(data, new, mapped)
+        created[new] = key
+    draft.warnings.sort(key=lambda w: draft.config.lines.get(w[1][0], 0) if w[1] else 0)  # the file's order
+    if created:
+        lines = {}
+        for k, line in draft.config.lines.items():
+            for new, old in created.items():
+                if _under(k, old):
+                    k = new + k[len(old):]
+                    break
+            lines.setdefault(k, line)
+        draft.original = draft.config
+        draft.renamed = dict(created)
+        draft.config = replace(draft.config, data=data, lines=lines)
+        draft.values = draft.config.leaves()
+        draft.displaced = displaced
+    return errors
+
+
+def _names(old: str, new: str, entry: Renamed, value: Any) -> tuple[str, str, str]:
+    """The two keys as a message shows them (with their values when the spelling of the
+    value changed too), and "name" or "spelling"."""
+    if entry.value is None:
+        return f"`{old}`", f"`{new}`", "name"
+
+    def plain(v: Any) -> str:
+        return v if isinstance(v, str) else json.dumps(v)
+
+    return f"`{old}: {plain(value)}`", f"`{new}: {plain(entry.value(value))}`", "spelling"
+
+
+def _removed(draft: Draft, key: str, value: Any, entry: Removed) -> list[Diagnostic]:
+    instead = f", replaced by {entry.by}" if entry.by else ""
+    shown = f"`{key}`" if entry.applies is None else f"`{key}: {value}`"
+    what = f"{shown} was removed in {entry.since}{instead}"
+    off = _off(value) or value == {}
+    refused = (
+        entry.refused == "always"
+        or (entry.refused == "not-null" and value is not None)
+        or (entry.refused == "set" and not off)
+    )
+    if refused:
+        draft._mark([key], "dropped", "refused", "no-equivalent")
+        help = f"write {entry.by} instead" if entry.by else f"delete `{key}`"
+        return [Diagnostic("error", f"{what}: {draft.version} refuses it", draft.config.location(key), help=help)]
+    if off:
+        draft.exact(key)
+        draft.warn(f"{what}: {draft.version} ignores it, and here it is off, so nothing is lost", key)
+    else:
+        draft.drop(key, "ignored-by-tool", f"removed in {entry.since}{instead}; {draft.version} ignores it.")
+        draft.warn(f"{what}: {draft.version} ignores it, so the recipe does not have it either", key)
+    return []
+
+
+def restore_names(draft: Draft, legacy: Legacies) -> None:
+    """Once converted, put back the file's old names that :func:`migrate` renamed: in the
+    ledger, on the recipe's lines (whose notes then name both) and on the warnings."""
+    if draft.original is None:
+        return
+    pairs = list(draft.renamed.items())
+
+    written = draft.original.leaves()
+    both: dict[str, str] = {}
+    for new, old in pairs:
+        entry = legacy_key(legacy, old, written.get(old))
+        if isinstance(entry, Renamed):
+            a, b, name = _names(old, new, entry, written.get(old, draft.get(new)))
+            both[new] = f"{a} is the old {name} of {b}"
+
+    def back(key: str) -> tuple[str, str | None]:
+        """The file's name of `key`, and the sentence naming both when it was renamed."""
+        for new, old in pairs:
+            if _under(key, new):
+                return old + key[len(new):], both.get(new)
+        return key, None
+
+    draft.config = draft.original
+    draft.values = draft.config.leaves()
+    ledger: dict[str, Entry] = {}
+    for key, entry in draft.ledger.items():
+        old, said = back(key)
+        if said and entry.how != "exact":
+            entry = Entry(entry.how, f"{entry.why} ({said})" if entry.why else said, entry.reason)
+        ledger[old] = entry
+    draft.ledger = ledger
+
+    def fix(line: Line) -> None:
+        if isinstance(line.value, dict) and all(isinstance(v, Line) for v in line.value.values()):
+            for v in line.value.values():
+                fix(v)
+        named = [back(k) for k in line.keys]
+        said = "; ".join(dict.fromkeys(s for _, s in named if s))
+        if said:
+            line.keys = tuple(k for k, _ in named)
+            line.note = f"{line.note}; {said}" if line.note else said
+
+    for table in (*draft.tables.values(), *draft.sources):
+        for line in table.values():
+            fix(line)
+    draft.warnings = [(msg, tuple(back(k)[0] for k in keys)) for msg, keys in draft.warnings]
+    draft.defaults = [(back(k)[0], m) for k, m in draft.defaults]
+    for new in draft.displaced:
+        draft.drop(new, "ignored-by-tool", f"`{draft.renamed[new]}`, its old name, is set too and wins.")

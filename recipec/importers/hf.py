@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .core import Draft, num
+from .core import Draft, Renamed, num
 
 VERSION = "transformers 5.25.0"
 
@@ -77,6 +77,25 @@ TRAINING_ARGUMENTS += tuple(
         "generation_config", "optim_args", "torch_compile_options", "debug",
     )
 ) + ("report_to[*]", "fsdp[*]", "label_names[*]", "optim_target_modules[*]", "include_for_metrics[*]")
+
+def renamed_4x(reads: str) -> dict[str, Renamed]:
+    """TrainingArguments' old names that transformers 4.x read as the new ones (its
+    `__post_init__`, `train_batch_size`): the old value wins when it is set. transformers 5.0
+    removed them all (its MIGRATION_GUIDE_V5.md). `reads`: who reads them so."""
+
+    def old(new: str, since: str, **kw: Any) -> Renamed:
+        return Renamed(new, since, wins="old", reads=reads, **kw)
+
+    return {
+        "no_cuda": old("use_cpu", "transformers 4.32"),
+        "per_gpu_train_batch_size": old("per_device_train_batch_size", "transformers 3 (2020)"),
+        "per_gpu_eval_batch_size": old("per_device_eval_batch_size", "transformers 3 (2020)"),
+        "fp16_backend": old("half_precision_backend", "transformers 4 (2021)", value=lambda v: None if v in (None, "auto") else v),
+        "push_to_hub_token": old("hub_token", "transformers 4 (2021)"),
+        "include_inputs_for_metrics": old("include_for_metrics", "transformers 4.46", value=lambda v: ["inputs"] if v else None),
+        "adafactor": old("optim", "transformers 4 (2021)", value=lambda v: "adafactor" if v else None),
+    }
+
 
 DEFAULTS: dict[str, Any] = {
     "learning_rate": 5e-5,
@@ -492,13 +511,16 @@ def training_args(
             d.exact(k("tf32"))
         else:
             d.set("launch.tf32", bool(d.get(k("tf32"))), k("tf32"))
-    for hf, target in (("gradient_checkpointing", "model.gradient_checkpointing"), ("torch_compile", "model.compile")):
-        if d.has(k(hf)):
-            d.set(target, bool(d.get(k(hf))), k(hf))
-    if d.get(k("gradient_checkpointing_kwargs")):
-        d.approx("recipec's gradient checkpointing uses transformers' defaults (use_reentrant)", k("gradient_checkpointing_kwargs"))
-    elif d.has(k("gradient_checkpointing_kwargs")):
-        d.exact(k("gradient_checkpointing_kwargs"))
+    # transformers 5.23's names, else the older ones (axolotl's and LLaMA-Factory's keys)
+    ac = next((x for x in (k("activation_checkpointing"), k("gradient_checkpointing")) if d.has(x)), None)
+    ak = next((x for x in (k("activation_checkpointing_kwargs"), k("gradient_checkpointing_kwargs")) if d.has(x)), None)
+    for key_, target in ((ac, "model.gradient_checkpointing"), (k("torch_compile"), "model.compile")):
+        if key_ and d.has(key_):
+            d.set(target, bool(d.get(key_)), key_)
+    if ak and d.get(ak):
+        d.approx("recipec's gradient checkpointing uses transformers' defaults (use_reentrant)", ak)
+    elif ak:
+        d.exact(ak)
     if d.has(k("torch_compile_mode")) and d.get(k("torch_compile_mode")):
         d.set("model.compile_mode", d.get(k("torch_compile_mode")), k("torch_compile_mode"))
     elif d.has(k("torch_compile_mode")):
@@ -532,10 +554,8 @@ def training_args(
         else:
             d.drop(k(hf), "ignored-by-tool", "a setting of DataLoader workers, and dataloader_num_workers is 0.")
             d.warn(f"`{k(hf)}` is set but dataloader_num_workers is 0: torch's DataLoader refuses it", k(hf))
-    if d.has(k("use_cpu")) or d.has(k("no_cuda")):
-        for x in (k("use_cpu"), k("no_cuda")):
-            if d.has(x):
-                d.set("launch.cpu", bool(d.get(x)), x)
+    if d.has(k("use_cpu")):
+        d.set("launch.cpu", bool(d.get(k("use_cpu"))), k("use_cpu"))
     if d.get(k("dataloader_drop_last")):
         d.exact(k("dataloader_drop_last"))
     elif d.has(k("dataloader_drop_last")):
@@ -566,13 +586,10 @@ def training_args(
         ("resume_from_checkpoint", "recipec resumes from the run directory's newest checkpoint by itself."),
         ("eval_delay", "recipec evaluates every `eval_every` steps from the start."),
         ("save_strategy", ""),
-        ("activation_checkpointing", ""),
-        ("activation_checkpointing_kwargs", ""),
         ("accelerator_config", "accelerate's options (split_batches, even_batches, seedable sampler); recipec sets them itself."),
         ("dataloader_in_order", "recipec's data loader keeps its order."),
         ("split_batches", "recipec's batch_size is global already."),
         ("dispatch_batches", "recipec's data loader runs on every process."),
-        ("adafactor", "the old flag for optim adafactor."),
         ("torchdynamo", "the old flag for torch_compile_backend."),
         ("use_ipex", "Intel extension; recipec has none."),
         ("use_mps_device", "recipec does not target Apple's MPS."),
@@ -592,7 +609,7 @@ def training_args(
 
 
 def _eval(d: Draft, k: Any) -> None:
-    strategy_key = next((x for x in (k("eval_strategy"), k("evaluation_strategy")) if d.has(x)), None)
+    strategy_key = k("eval_strategy") if d.has(k("eval_strategy")) else None
     strategy = d.get(strategy_key) if strategy_key else "no"
     steps = num(d.get(k("eval_steps")))
     if strategy == "steps":

@@ -30,7 +30,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
-from .core import Draft, num
+from .core import Draft, Legacy, Removed, num
 
 VERSION = "litgpt 0.5.13"
 
@@ -144,6 +144,16 @@ MARKERS = (
     "initial_checkpoint_dir",
     "tokenizer_dir",
 )
+
+LEGACY: dict[str, Legacy] = {
+    # TrainArgs' optimizer fields of 0.3, moved into `optimizer` (litgpt/args.py, OptimizerArgs,
+    # commit 141c8bfb); jsonargparse refuses a key of no field
+    "train.learning_rate": Removed("litgpt 0.4.0", "`optimizer.init_args.lr`"),
+    "train.weight_decay": Removed("litgpt 0.4.0", "`optimizer.init_args.weight_decay`"),
+    "train.beta1": Removed("litgpt 0.4.0", "`optimizer.init_args.betas`"),
+    "train.beta2": Removed("litgpt 0.4.0", "`optimizer.init_args.betas`"),
+}
+"""Keys of litgpt's older releases and what 0.5.13 does with them."""
 
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_query", "lora_key", "lora_value", "lora_projection", "lora_mlp", "lora_head")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hf
-from .core import Draft, num
+from .core import Draft, Legacy, Removed, num
 from .llama_factory_templates import NOT_WRITTEN, SENTENCEPIECE, TEMPLATES, chat_template
 
 VERSION = "LLaMA-Factory 0.9.5"
@@ -92,6 +92,55 @@ KNOWN: tuple[str, ...] = (
                                "accelerator_config.*", "report_to")
 )
 MARKERS = ("model_name_or_path", "stage", "finetuning_type", "template", "cutoff_len", "lora_target", "quantization_bit", "pref_beta")
+
+
+def _lf(since: str, by: str = "") -> Removed:
+    return Removed(f"LLaMA-Factory {since}", by)
+
+
+LEGACY: dict[str, Legacy] = {
+    # LLaMA-Factory's arguments of older releases: HfArgumentParser refuses a key of no
+    # dataclass ("Some specified arguments are not used by the HfArgumentParser"), and 0.9.5
+    # renames none of them (hparams/parser.py)
+    "use_auth_token": _lf("0.2.1", "`hf_hub_token`"),
+    "hf_auth_token": _lf("0.2.1", "`hf_hub_token`"),
+    "checkpoint_dir": _lf("0.4.0", "`adapter_name_or_path`"),
+    "resume_lora_training": _lf("0.4.0", "`create_new_adapter` (true for a new adapter)"),
+    "ref_model_checkpoint": _lf("0.4.0", "`ref_model_adapters`"),
+    "reward_model_checkpoint": _lf("0.4.0", "`reward_model_adapters`"),
+    "neft_alpha": _lf("0.4.0", "`neftune_noise_alpha`"),
+    "system_prompt": _lf("0.4.0", "a `system` column of the dataset"),
+    "sft_packing": _lf("0.6.0", "`packing`"),
+    "lora_bf16_mode": _lf("0.6.0", "`pure_bf16`"),
+    "disable_version_checking": _lf("0.6.0", "the environment variable DISABLE_VERSION_CHECK=1"),
+    "ppo_logger": _lf("0.6.1", "`report_to`"),
+    "cache_path": _lf("0.6.2", "`tokenized_path`"),
+    "name_module_trainable": _lf("0.7.1", "`freeze_trainable_modules`"),
+    "num_layer_trainable": _lf("0.7.1", "`freeze_trainable_layers`"),
+    "badam_switch_block_every": _lf("0.7.1", "`badam_switch_interval`"),
+    "dpo_beta": _lf("0.8.0", "`pref_beta`"),
+    "dpo_loss": _lf("0.8.0", "`pref_loss`"),
+    "dpo_ftx": _lf("0.8.0", "`pref_ftx`"),
+    "orpo_beta": _lf("0.8.0", "`pref_beta` with `pref_loss: orpo`"),
+    "vllm_dtype": _lf("0.8.2", "`infer_dtype`"),
+    "reserved_label_len": _lf("0.8.3"),
+    "split": _lf("0.8.3"),
+    "visual_inputs": _lf("0.9.0"),
+    "image_resolution": _lf("0.9.2", "`image_max_pixels`"),
+    "video_resolution": _lf("0.9.2", "`video_max_pixels`"),
+    "image_dir": _lf("0.9.2", "`media_dir`"),
+    "train_mm_proj_only": _lf("0.9.2", "`freeze_language_model` with `freeze_vision_tower`"),
+    "new_special_tokens": _lf("0.9.3", "`add_special_tokens`"),
+    # TrainingArguments: 0.9.5 runs on transformers 4.55 to 5.6; what transformers 4.51 removed
+    # every one of them refuses, what 5.0 removed 4.55 to 4.57 still read as the new names
+    "evaluation_strategy": Removed("transformers 4.51", "`eval_strategy`"),
+    "dispatch_batches": Removed("transformers 4.51", "`accelerator_config: {dispatch_batches: ...}`"),
+    "split_batches": Removed("transformers 4.51", "`accelerator_config: {split_batches: ...}`"),
+    **hf.renamed_4x("LLaMA-Factory 0.9.5 on transformers 4.55 to 4.57 reads it as the new one (on transformers 5 it refuses it)"),
+}
+"""Keys of LLaMA-Factory's older releases (src/llamafactory/hparams/*.py, formerly
+src/llmtuner/hparams/*.py) and of older transformers, with the release that removed each (the
+first tag holding the commit that removed it) and what replaced it."""
 
 DATASETS: dict[str, dict[str, Any]] = {
     # entries of LLaMA-Factory 0.9.5's data/dataset_info.json (the hub mirrors on ModelScope
@@ -767,7 +816,7 @@ def _split_eval(d: Draft, has_eval_dataset: bool) -> None:
             d.set("data.eval_fraction", 0.05, note="recipec's default: val_size is a count (see the header)")
     else:
         d.default("data.eval_fraction", 0.0, "val_size", "nothing held out" + (" (eval_dataset is the evaluation data)" if has_eval_dataset else ""))
-    eval_on = d.get("eval_strategy", d.get("evaluation_strategy", "no"))
+    eval_on = d.get("eval_strategy", "no")
     if eval_on not in (None, "no") and not size and not has_eval_dataset:
         d.warn(f"eval_strategy {eval_on!r} but neither val_size nor eval_dataset: there is nothing to evaluate on (LLaMA-Factory refuses this)", "eval_strategy")
 

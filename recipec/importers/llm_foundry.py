@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .core import Draft, num
+from .core import Draft, Legacy, Removed, num
 
 VERSION = "llm-foundry 0.21.0"
 """The release whose defaults are applied (TrainConfig of llmfoundry/utils/config_utils.py,
@@ -144,6 +144,16 @@ MARKERS = (
     "eval_first",
 )
 """Composer/LLM Foundry keys: no other importer's tool names a key like these."""
+
+LEGACY: dict[str, Legacy] = {
+    # top-level variables of the example yamls before TrainConfig (llmfoundry/utils/config_utils.py):
+    # 0.9.0 warned and moved them under `variables`, 0.10.0 refuses them ("Unused parameter ...
+    # Please place any variables under the `variables` key")
+    name: Removed("llm-foundry 0.10.0", f"`variables.{name}` (referred to as `${{variables.{name}}}`)")
+    for name in ("global_seed", "data_local", "data_remote", "tokenizer_name", "model_name", "icl_max_seq_len")
+}
+"""Keys of llm-foundry's older releases and what 0.21.0 does with them."""
+
 
 # -- interpolations ----------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from posixpath import basename, normpath
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .core import Draft, num
+from .core import Draft, Legacy, Removed, num
 
 if TYPE_CHECKING:
     from . import Options
@@ -175,6 +175,48 @@ MARKERS = (
     "log_peak_memory_stats",
     "lr_scheduler._component_",
 )
+
+# -- keys and components of older torchtune releases -----------------------------------------
+
+MOVED: dict[str, tuple[str, str]] = {
+    # a component path of an older release -> (the first release without it, today's path)
+    **{
+        f"torchtune.utils.{name}": ("0.3.0", f"torchtune.training.{name}")
+        for name in ("FullModelHFCheckpointer", "FullModelMetaCheckpointer", "FullModelTorchTuneCheckpointer")
+    },
+    **{
+        f"torchtune.utils.metric_logging.{name}": ("0.3.0", f"torchtune.training.metric_logging.{name}")
+        for name in ("DiskLogger", "StdoutLogger", "WandBLogger", "TensorBoardLogger")
+    },
+    "torchtune.modules.loss.DPOLoss": ("0.3.0", "torchtune.rlhf.loss.DPOLoss"),
+    "torchtune.modules.rlhf.loss.DPOLoss": ("0.3.1", "torchtune.rlhf.loss.DPOLoss"),
+    "torchtune.modules.rlhf.loss.RSOLoss": ("0.3.1", "torchtune.rlhf.loss.RSOLoss"),
+    "torchtune.datasets.stack_exchanged_paired_dataset": ("0.3.0", "torchtune.datasets.stack_exchange_paired_dataset"),
+    "torchtune.modules.get_cosine_schedule_with_warmup": ("0.5.0", "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup"),
+}
+"""Components that moved: torchtune 0.6.1's `config.instantiate` cannot import the old path
+(torchtune/utils, torchtune/modules of 0.6.1 have none of them), so it refuses the config."""
+
+
+def _moved(old: str, since: str, new: str) -> Removed:
+    return Removed(f"torchtune {since}", f"`{new}`", applies=lambda v, old=old: v == old)
+
+
+_COMPONENTS = ("checkpointer", "ref_checkpointer", "metric_logger", "loss", "lr_scheduler", "dataset", "dataset[*]")
+
+LEGACY: dict[str, Legacy | tuple[Legacy, ...]] = {
+    # the builders lost max_seq_len when the tokenizer took it (0.3.0): 0.6.1's pass an unknown
+    # keyword on to datasets.load_dataset, which refuses it
+    "dataset.max_seq_len": Removed("torchtune 0.3.0", "`tokenizer.max_seq_len`"),
+    "dataset[*].max_seq_len": Removed("torchtune 0.3.0", "`tokenizer.max_seq_len`"),
+    # DPOLoss(loss_type=...) of 0.1 and 0.2: 0.3.0 made each loss a class (RSOLoss for "hinge")
+    "loss.loss_type": Removed("torchtune 0.3.0", "a loss class of its own (`torchtune.rlhf.loss.RSOLoss` for hinge)"),
+    # read by full_finetune_distributed 0.2 only (FSDP1 wrapping); 0.6.1's recipes never read it
+    "memory_efficient_fsdp_wrap": Removed("torchtune 0.3.0", "FSDP2's per-layer sharding", refused=None),
+    **{f"{c}._component_": tuple(_moved(old, *moved) for old, moved in MOVED.items()) for c in _COMPONENTS},
+}
+"""Keys and component paths of torchtune's older releases (recipes/ and torchtune/ of each
+tag) and what 0.6.1 does with them."""
 
 # -- what each recipe reads ----------------------------------------------------------------
 
@@ -1255,7 +1297,12 @@ def _mesh(draft: Draft, options: Options, recipe: str) -> None:
 
 
 def _logging(draft: Draft, reads: set[str]) -> None:
-    if draft.has("log_every_n_steps"):
+    if draft.has("log_every_n_steps") and draft.get("log_every_n_steps") is None:
+        # torchtune 0.1 logged every step for null; from 0.2.0 `cfg.get(key, 1)` returns the null
+        # and the recipe's `step % None` fails
+        draft.set("train.log_every", 1, "log_every_n_steps", approx="null: torchtune 0.1 logged every step, 0.2.0 and later fail on it")
+        draft.warn("`log_every_n_steps: null` meant every step in torchtune 0.1; torchtune 0.2.0 and later fail on it (written as 1)", "log_every_n_steps")
+    elif draft.has("log_every_n_steps"):
         draft.set("train.log_every", int(num(draft.get("log_every_n_steps"))), "log_every_n_steps")
     if draft.has("log_peak_memory_stats"):
         draft.drop("log_peak_memory_stats", "not-for-training", "logging.")

@@ -100,6 +100,7 @@ EXPECTED: dict[str, dict] = {
     "rewarm-cosine-constant.yaml": {
         "approx": {"sample_packing"},
         "dropped": {},
+        "warnings": ["`flash_attention: true` is the old spelling of `attn_implementation: flash_attention_2`"],
     },
     "alst-fsdp2-cp8.yaml": {
         "approx": {
@@ -503,7 +504,7 @@ def test_warnings(tmp_path, extra, message, dropped):
     path = _write(tmp_path, BASE + extra)
     result = import_config(path, "axolotl")
     assert any(message in w for w, _ in result.draft.warnings), result.draft.warnings
-    assert "# Warnings (contradictions in the source config):" in result.text
+    assert "# Warnings (contradictions and old keys in the source config):" in result.text
     got = {k: e.reason for k, e in result.draft.ledger.items() if e.how == "dropped"}
     assert dropped.items() <= got.items()
 

@@ -446,7 +446,7 @@ def test_warning(tmp_path: Path, base: str, change: dict[str, Any], remove: tupl
     result = import_config(path, "torchtune", Options(name="v", num_processes=nproc))
     messages = [m for m, _ in result.draft.warnings]
     assert any(message in m for m in messages), messages
-    assert "# Warnings (contradictions in the source config):" in result.text
+    assert "# Warnings (contradictions and old keys in the source config):" in result.text
     if dropped:
         key, reason = dropped
         entry = result.draft.ledger[key]
