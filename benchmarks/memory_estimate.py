@@ -228,7 +228,7 @@ def _worker(spec: dict) -> None:
             config, dtype=getattr(torch, spec["dtype"]), attn_implementation=spec["attention"]
         ).to(device)
         if spec["gradient_checkpointing"]:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
             model.config.use_cache = False
         model.train()
         if spec["peft"] is not None:

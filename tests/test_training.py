@@ -290,6 +290,7 @@ def test_fine_tune_a_local_pretrained_model_with_its_own_tokenizer_unpacked(tmp_
         f"""
         [model]
         path = "{uninterrupted / 'model'}"
+        gradient_checkpointing = true
 
         [data]
         seq_len = 32
@@ -318,7 +319,9 @@ def test_fine_tune_a_local_pretrained_model_with_its_own_tokenizer_unpacked(tmp_
     (project / "data" / "code.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     build_dir = _build(project)
     assert "AutoConfig" not in (build_dir / "train.py").read_text()  # the from-scratch branch is not emitted
-    _train(build_dir)
+    proc = _train(build_dir)
+    # model.gradient_checkpointing through transformers' current name, not its deprecated alias
+    assert "gradient_checkpointing_enable` is deprecated" not in proc.stderr
     run_dir = project / "runs" / "tiny"
     assert [m["step"] for m in _metrics(run_dir) if "loss" in m] == [1, 2, 3]
     assert [m["step"] for m in _metrics(run_dir) if "eval_loss" in m] == [2, 3]  # eval_at_start = false: no step 0

@@ -638,7 +638,7 @@ def test_a_quantized_model_is_prepared_with_its_checkpointing(monkeypatch, check
     monkeypatch.delattr(PreTrainedModel, "is_gradient_checkpointing")
     model = _base()
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     model.is_loaded_in_4bit = True  # what bitsandbytes' loading sets; the weights stay float here
     seen = []
     monkeypatch.setattr(peft, "prepare_model_for_kbit_training", lambda m, use_gradient_checkpointing: seen.append(use_gradient_checkpointing) or m)

@@ -155,7 +155,7 @@ def test_router_aux_loss_coef_on_a_dense_model_is_a_problem() -> None:
 
 def test_chunked_under_gradient_checkpointing_and_bf16_autocast() -> None:
     model, batch = _model("llama"), _batch()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     plain, plain_grads = _plain(model, batch)
     loss, *_ = _chunked(model, batch, 8)
     loss.backward()

@@ -324,7 +324,10 @@ config = AutoConfig.for_model(
 )
 model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)  # initialised from `seed`
 if gradient_checkpointing:
-    model.gradient_checkpointing_enable()
+    # transformers 5 names it activation_checkpointing_enable (gradient_checkpointing_enable is a deprecated
+    # alias that v6 removes); a release without the new name has the old one only
+    enable_checkpointing = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable_checkpointing()
     model.config.use_cache = False
 model.train()  # from_pretrained returns a model in eval mode
 n_params = sum(p.numel() for p in model.parameters())
