@@ -212,7 +212,16 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write `step,lr` for every optimizer step to this file (step 0 is the first update).",
 )
-def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as_json: bool, lr_csv: Path | None) -> None:
+@click.option(
+    "--data",
+    "with_data",
+    is_flag=True,
+    help="Also run the data stage (or read its cache entry, as train.py would) and show what follows from the data: "
+    "rows, how full the micro-batches are, supervised tokens, and with train.epochs the steps and the schedule.",
+)
+def explain(
+    recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as_json: bool, lr_csv: Path | None, with_data: bool
+) -> None:
     """Show the resolved plan: every value, where it came from, and the derived numbers."""
     from .compiler import plan_recipe
     from .render import schedule_csv
@@ -223,11 +232,18 @@ def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as
         report.fail(exc)
     report.diagnostics(plan.warnings)
     notes = _override_notes(recipe, overrides, build_dir, plan)
+    data = _data_figures(plan) if with_data else None
     if lr_csv is not None:
-        csv = schedule_csv(plan)
+        if data is not None:
+            from .data_figures import lr_csv as data_lr_csv
+
+            csv = data_lr_csv(plan, data["computed"])
+        else:
+            csv = schedule_csv(plan)
         if csv is None:
             raise click.ClickException(
-                "the run's length depends on the data (train.epochs): the LR per step is known only when train.py runs"
+                "the run's length depends on the data (train.epochs): add --data to run the data stage (or read its "
+                "cache entry) and lay the schedule out as train.py will"
             )
         lr_csv.parent.mkdir(parents=True, exist_ok=True)
         lr_csv.write_text(csv, encoding="utf-8")
@@ -247,13 +263,31 @@ def explain(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, as
         }
         if plan.memory is None:
             payload["memory_unknown"] = plan.memory_unknown
+        if data is not None:
+            payload["data"] = data
         payload["notes"] = notes
         click.echo(json.dumps(payload, indent=2))
         return
     text = _explain_text(plan)
+    if data is not None:
+        from .data_figures import text as data_text
+
+        text += "\n" + "\n".join(data_text(plan, data))
     if notes:
         text += "\n\n[notes]\n" + "\n".join(f"  {note}" for note in notes)
     click.echo(visible_text(text))  # phase names and derived notes carry recipe text
+
+
+def _data_figures(plan: Any, num_proc: int | None = None) -> dict:
+    """`recipec.data_figures.figures` of the plan's data stage entry (run if absent), reporting bad data (exit 1)."""
+    from .data_figures import figures, run_stage
+    from .runtime.readers import DataError
+
+    try:
+        out = run_stage(plan, log=report.info, num_proc=num_proc)
+    except DataError as exc:
+        report.fail(str(exc), report.EXIT_FAILED)
+    return figures(plan, out)
 
 
 def _explain_text(plan: Any) -> str:
@@ -320,7 +354,7 @@ def _explain_text(plan: Any) -> str:
         lines.append(f"  peak LR          {plan['lr']:g}")
         lines.append(f"  schedule         {describe(plan['schedule_phases'])}")
     else:
-        lines.append("  optimizer steps  derived by train.py from the data (train.epochs)")
+        lines.append("  optimizer steps  derived by train.py from the data (train.epochs); --data computes them")
     lines += _optimizer_summary(plan)
     lines += _data_summary(plan)
     lines.append(f"  launch           {plan.launch_command}")
@@ -522,25 +556,18 @@ def data(recipe: Path, overrides: tuple[str, ...], num_proc: int | None, force: 
     seq_len; an existing entry is reused (the training script then starts at once).
     Exit status: 0 success, 2 a mistake in the recipe, 1 bad data."""
     from .compiler import plan_recipe
-    from .resolve import hub_ids
 
     try:
         plan, _ = plan_recipe(recipe, overrides)
     except RecipeError as exc:
         report.fail(exc)
     report.diagnostics(plan.warnings)
-    if not hub_ids(plan.recipe):  # before the stage imports datasets and transformers, which read these once
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from .runtime import stage, stage_request
+    from .data_figures import run_stage
+    from .runtime import stage
     from .runtime.readers import DataError
 
-    settings = {name: plan.get(name) for name in stage_request.FIELDS}
-    request = stage_request.request_from_settings(settings, Path.cwd())
-    if num_proc is not None:
-        request["num_proc"] = num_proc
     try:
-        out = stage.run(request, force=force, log=report.info)
+        out = run_stage(plan, log=report.info, num_proc=num_proc, force=force)
     except DataError as exc:
         report.fail(str(exc), report.EXIT_FAILED)
     if as_json:

@@ -250,3 +250,31 @@ def test_lora_on_examples_with_new_tokens_resumes_bitwise(tmp_path: Path, model_
     b = load_file(str(runs["killed"] / "model" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and any("embed_tokens" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_explain_data_computes_the_steps_and_schedule_that_train_py_runs(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With train.epochs the run's length waits for the data: `explain --data` lays out the schedule
+    train.py then writes (schedule.csv), from the cache entry train.py then reuses."""
+    from click.testing import CliRunner
+
+    from recipec.cli import main
+
+    shutil.copytree(model_dir, tmp_path / "model")
+    _project(tmp_path, "./model", micro=4)
+    recipe = tmp_path / "recipes" / "chat.toml"
+    recipe.write_text(recipe.read_text().replace("max_steps = 3", "epochs = 2"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["--no-color", "explain", str(recipe), "--data", "--json", "--lr-csv", "lr.csv"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{") :])["data"]
+    [segment] = data["segments"]
+    assert data["padding"] == "longest" and 0 < segment["slot_share"] < 1
+    assert segment["supervised_tokens"] > 0 and data["computed"]["steps_per_epoch"] == segment["rows"] // 8
+    metrics = _train(tmp_path)
+    steps = [m["step"] for m in metrics if "loss" in m]
+    assert steps[-1] == data["computed"]["max_steps"] == 2 * data["computed"]["steps_per_epoch"]
+    assert (tmp_path / "lr.csv").read_text() == (tmp_path / "runs" / "chat" / "schedule.csv").read_text()
+    record = json.loads((tmp_path / "runs" / "chat" / "run.json").read_text())
+    assert record["data"]["cache_entry"] == Path(data["entry"]).name == data["key"][:32]  # the entry train.py read

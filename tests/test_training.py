@@ -377,7 +377,7 @@ def _cpt_project(tmp_path: Path, parent: Path, continual: str, schedule: str = "
 
 
 def test_continual_from_a_finished_run_rewarms_replays_and_records_its_parent(
-    tmp_path: Path, uninterrupted: Path
+    tmp_path: Path, uninterrupted: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import hashlib
 
@@ -388,8 +388,18 @@ def test_continual_from_a_finished_run_rewarms_replays_and_records_its_parent(
     # the rewarm starts at the LR of the parent's last update, as a fraction of the new peak
     parent_last_lr = float((uninterrupted / "schedule.csv").read_text().splitlines()[-1].split(",")[1])
     assert plan["schedule_phases"][0]["start"] == pytest.approx(parent_last_lr / 2e-2)
+    # explain --data counts the replayed sequences as the script appends them
+    from click.testing import CliRunner
+
+    from recipec.cli import main
+
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(main, ["--no-color", "explain", "recipes/tiny.toml", "--data", "--json"])
+    assert result.exit_code == 0, result.output
+    [segment] = json.loads(result.output[result.output.index("{") :])["data"]["segments"]
     proc = _train(written.dir)
-    assert "replay: " in proc.stdout + proc.stderr
+    replayed = segment["replayed"]
+    assert replayed > 0 and f"replay: {replayed} of {segment['rows'] + replayed} training sequences" in proc.stdout + proc.stderr
     run_dir = project / "runs" / "tiny-cpt"
     metrics = _metrics(run_dir)
     evals = [m for m in metrics if "eval_loss" in m]

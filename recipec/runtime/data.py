@@ -167,6 +167,17 @@ def loss_tokens(labels: "torch.Tensor") -> "torch.Tensor":
     return (labels[:, 1:] != -100).sum()
 
 
+def replay_count(n: int, fraction: float) -> int:
+    """The replayed sequences :func:`mix_replay` adds to ``n`` new ones: ``round(n * fraction / (1 - fraction))``.
+
+    Raises:
+        ValueError: If ``fraction`` is outside [0, 1).
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"replay fraction must be in [0, 1), got {fraction!r}")
+    return round(n * fraction / (1 - fraction))
+
+
 def mix_replay(main: "datasets.Dataset", replay: "datasets.Dataset", fraction: float, seed: int) -> "datasets.Dataset":
     """Add replayed sequences so that ``fraction`` of the training sequences are replay.
 
@@ -192,9 +203,7 @@ def mix_replay(main: "datasets.Dataset", replay: "datasets.Dataset", fraction: f
     import datasets
     import random
 
-    if not 0 <= fraction < 1:
-        raise ValueError(f"replay fraction must be in [0, 1), got {fraction!r}")
-    wanted = round(len(main) * fraction / (1 - fraction))
+    wanted = replay_count(len(main), fraction)
     if wanted == 0:
         return main
     if len(replay) == 0:

@@ -1,0 +1,99 @@
+"""`recipec explain --data`: the figures that follow from the data stage's output.
+
+The share of a micro-batch's token slots that hold tokens rests on the expected longest of
+``micro_batch_size`` rows drawn at random, checked here against every possible draw; the
+padding it assumes is the script's (the template's collate for each kind of data). The
+numbers train.py computes from the data are checked against a real run in tests/test_sft.py
+(the schedule, the steps) and tests/test_training.py (replay).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from recipec.cli import main
+from recipec.data_figures import expected_longest, padding
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 9])
+def test_expected_longest_is_the_mean_over_every_draw(n: int) -> None:
+    rng = random.Random(n)
+    lengths = [rng.randint(1, 50) for _ in range(n)]
+    lengths[0] = lengths[-1]  # ties count once per row
+    for k in range(1, n + 1):
+        draws = list(itertools.combinations(lengths, k))
+        exact = sum(max(d) for d in draws) / len(draws)
+        assert expected_longest(lengths, k) == pytest.approx(exact, rel=1e-12)
+
+
+def test_expected_longest_of_many_rows_stays_finite() -> None:
+    """Logarithms: C(100000, 8) overflows a float, the expectation does not."""
+    lengths = list(range(1, 100_001))
+    got = expected_longest(lengths, 8)
+    # the longest of k uniform draws from 1..n: k (n + 1) / (k + 1)
+    assert got == pytest.approx(8 * 100_001 / 9, rel=1e-9)
+    assert expected_longest(lengths, 1) == pytest.approx(50_000.5)
+
+
+def test_expected_longest_refuses_a_draw_larger_than_the_rows() -> None:
+    with pytest.raises(ValueError, match="cannot draw 3 rows from 2"):
+        expected_longest([1, 2], 3)
+
+
+def test_padding_is_the_scripts(plan_of, write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text in packed blocks, unpacked text padded with a mask, examples padded to their micro-batch's longest."""
+    from recipec.compiler import plan_recipe
+
+    assert padding(plan_of()) == "blocks"
+    assert padding(plan_of({"data.packing": False})) == "masked"
+    (tmp_path / "chat.jinja").write_text(
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    (tmp_path / "d.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}))
+    recipe = write_recipe(
+        {"tokenizer.chat_template": "chat.jinja", "tokenizer.special_tokens": ["<|im_start|>", "<|im_end|>"]},
+        data={"sources": [{"path": "d.jsonl", "records": "messages"}]},
+    )
+    monkeypatch.chdir(tmp_path)
+    for packed in (False, True):
+        plan, _ = plan_recipe(recipe, (f"data.packing={str(packed).lower()}",))
+        assert plan["examples"] and padding(plan) == "longest"
+
+
+def test_the_templates_collate_pads_as_the_figures_assume() -> None:
+    """The figures' padding names the template's collate: a change to one without the other fails here."""
+    template = (Path(__file__).parents[1] / "templates" / "train.py.j2").read_text()
+    assert "return example_packing.collate(rows, tokenizer.pad_token_id, pad_to=seq_len)" in template  # sp: seq_len
+    assert "return example_packing.collate(rows, tokenizer.pad_token_id)\n" in template  # examples: longest
+    assert 'return preference.collate(rows, tokenizer.pad_token_id, unpaired=objective == "kto")' in template
+
+
+def test_explain_without_data_says_how_to_get_the_steps(write_recipe) -> None:
+    path = write_recipe({"train.max_steps": None}, train={"epochs": 2})
+    result = CliRunner().invoke(main, ["--no-color", "explain", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "derived by train.py from the data (train.epochs); --data computes them" in result.output
+    csv = CliRunner().invoke(main, ["--no-color", "explain", str(path), "--lr-csv", str(path.parent / "lr.csv")])
+    assert csv.exit_code != 0 and "add --data" in csv.output
+
+
+def test_explain_data_on_text(write_recipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packed text: full blocks; the steps of an epoch are the rows over the batch, as train.py divides them."""
+    path = write_recipe({"train.max_steps": None, "data.sources": [{"builtin": "python-docs", "max_documents": 20}]}, train={"epochs": 2})
+    monkeypatch.chdir(path.parent)
+    result = CliRunner().invoke(main, ["--no-color", "explain", str(path), "--data", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{") :])["data"]
+    rows = data["segments"][0]["rows"]
+    assert data["padding"] == "blocks" and data["segments"][0]["slot_share"] == 1.0
+    computed = data["computed"]
+    assert computed["steps_per_epoch"] == rows // 8  # the minimal recipe's batch_size
+    assert computed["max_steps"] == 2 * computed["steps_per_epoch"]
+    assert sum(p["steps"] for p in computed["schedule_phases"]) == computed["max_steps"]
