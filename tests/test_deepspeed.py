@@ -169,6 +169,8 @@ def test_examples_under_zero_take_the_mean_over_each_steps_supervised_tokens(sta
     one = [m["loss"] for m in runs["one"][0] if "loss" in m]
     zero = [m["loss"] for m in runs["zero"][0] if "loss" in m]
     assert len(one) == 3 and zero == pytest.approx(one, abs=1e-5, rel=0)
+    seen = {name: [m["supervised_tokens"] for m in metrics if "loss" in m] for name, (metrics, _) in runs.items()}
+    assert seen["zero"] == seen["one"] and seen["one"][0] > 0
     wa, wb = _weights(runs["one"][1]), _weights(runs["zero"][1])
     for k in wa:
         assert (wa[k] - wb[k]).abs().max().item() < 1e-4, k
@@ -330,7 +332,7 @@ def test_dpo_under_fsdp_keeps_its_live_reference_across_a_resume(tmp_path: Path)
         if name == "killed":
             assert "at step 2" in proc.stdout + proc.stderr
         runs[name] = project / "runs" / "pref"
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in ms]  # noqa: E731
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_per_s")} for m in ms]  # noqa: E731 (timings differ)
     metrics = {k: strip([json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()]) for k, v in runs.items()}
     steps = [m for m in metrics["straight"] if "loss" in m]
     assert len(steps) == 4 and abs(steps[-1]["reward_margin"]) > 1e-3  # the policy left the reference
@@ -381,6 +383,8 @@ def test_examples_under_sequence_parallelism_train_as_one_process(tmp_path: Path
         metrics, run_dir = runs[name]
         assert [m["loss"] for m in metrics if "loss" in m] == pytest.approx([m["loss"] for m in steps], abs=1e-5, rel=0), name
         assert [m["grad_norm"] for m in metrics if "loss" in m] == pytest.approx([m["grad_norm"] for m in steps], rel=1e-4), name
+        # every rank of an sp group counts the group's tokens: counted once
+        assert [m["supervised_tokens"] for m in metrics if "loss" in m] == [m["supervised_tokens"] for m in steps], name
         evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
         assert evals == pytest.approx([m["eval_loss"] for m in one if "eval_loss" in m], abs=1e-5, rel=0), name
         assert (run_dir / "generations.jsonl").read_text() == (one_dir / "generations.jsonl").read_text(), name

@@ -57,7 +57,7 @@ def test_killed_after_a_checkpoint_resumes_bitwise(tmp_path: Path, name: str) ->
     proc = _train(build_dir)
     assert "resumed from" in proc.stdout + proc.stderr
     _assert_same_weights(straight / "runs" / "tiny", killed / "runs" / "tiny")
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in ms]  # noqa: E731
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_per_s")} for m in ms]  # noqa: E731 (timings differ)
     assert strip(_metrics(killed / "runs" / "tiny")) == strip(_metrics(straight / "runs" / "tiny"))
 
 

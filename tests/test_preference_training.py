@@ -185,7 +185,7 @@ def test_lora_with_precomputed_reference_resumes_bitwise(tmp_path: Path, model_d
         if name == "killed":
             assert "at step 2" in proc.stdout + proc.stderr
         runs[name] = project / "runs" / "pref"
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in ms]  # noqa: E731
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_per_s")} for m in ms]  # noqa: E731 (timings differ)
     metrics = {k: strip([json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()]) for k, v in runs.items()}
     assert metrics["killed"] == metrics["straight"]
     generations = {k: (v / "generations.jsonl").read_text() for k, v in runs.items()}

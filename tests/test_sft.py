@@ -138,16 +138,20 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_loss_does_not_depend_on_how_a_step_is_split(tmp_path: Path, model_dir: Path) -> None:
     """Micro-batch 8 x 1, micro-batch 4 x 2 accumulated, and 2 processes x 4: the same loss at every step."""
-    runs = {}
+    runs, seen = {}, {}
     for name, micro, processes in (("8x1", 8, 1), ("4x2", 4, 1), ("2 processes", 4, 2)):
         project = tmp_path / name.replace(" ", "-")
         project.mkdir()
         shutil.copytree(model_dir, project / "model")
         _project(project, "./model", micro=micro, processes=processes)
-        runs[name] = [m["loss"] for m in _train(project, processes) if "loss" in m]
+        steps = [m for m in _train(project, processes) if "loss" in m]
+        runs[name] = [m["loss"] for m in steps]
+        seen[name] = [m["supervised_tokens"] for m in steps]
     assert len(runs["8x1"]) == 3
     assert runs["4x2"] == pytest.approx(runs["8x1"], abs=1e-5, rel=0)
     assert runs["2 processes"] == pytest.approx(runs["8x1"], abs=1e-5, rel=0)
+    # the supervised tokens trained on so far: the same count whoever counted them
+    assert seen["4x2"] == seen["2 processes"] == seen["8x1"] and 0 < seen["8x1"][0] < seen["8x1"][1] < seen["8x1"][2]
 
 
 def test_packed_and_unpacked_start_from_the_same_loss(tmp_path: Path, model_dir: Path) -> None:
@@ -239,7 +243,7 @@ def test_lora_on_examples_with_new_tokens_resumes_bitwise(tmp_path: Path, model_
             assert "at step 2" in proc.stdout + proc.stderr
         assert "1 new tokens, so embed_tokens, lm_head train too" in proc.stdout + proc.stderr
         runs[name] = project / "runs" / "chat"
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in ms]  # noqa: E731
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_per_s")} for m in ms]  # noqa: E731 (timings differ)
     metrics = {k: strip([json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()]) for k, v in runs.items()}
     assert metrics["killed"] == metrics["straight"]
     from safetensors.torch import load_file
@@ -262,19 +266,23 @@ def test_explain_data_computes_the_steps_and_schedule_that_train_py_runs(
     from recipec.cli import main
 
     shutil.copytree(model_dir, tmp_path / "model")
-    _project(tmp_path, "./model", micro=4)
+    _project(tmp_path, "./model", micro=3)
     recipe = tmp_path / "recipes" / "chat.toml"
-    recipe.write_text(recipe.read_text().replace("max_steps = 3", "epochs = 2"))
+    # 42 training examples in steps of 6: every epoch trains on each once
+    recipe.write_text(recipe.read_text().replace("max_steps = 3", "epochs = 2").replace("batch_size = 8", "batch_size = 6"))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["--no-color", "explain", str(recipe), "--data", "--json", "--lr-csv", "lr.csv"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output[result.output.index("{") :])["data"]
     [segment] = data["segments"]
     assert data["padding"] == "longest" and 0 < segment["slot_share"] < 1
-    assert segment["supervised_tokens"] > 0 and data["computed"]["steps_per_epoch"] == segment["rows"] // 8
+    assert segment["rows"] == 42 and data["computed"]["steps_per_epoch"] == 7
     metrics = _train(tmp_path)
-    steps = [m["step"] for m in metrics if "loss" in m]
-    assert steps[-1] == data["computed"]["max_steps"] == 2 * data["computed"]["steps_per_epoch"]
+    steps = [m for m in metrics if "loss" in m]
+    assert steps[-1]["step"] == data["computed"]["max_steps"] == 14
+    # the tokens the loss saw, counted by the training loop from the labels, are the data stage's masks' count
+    assert steps[-1]["supervised_tokens"] == 2 * segment["supervised_tokens"] > 0
+    assert all(m["supervised_tokens_per_s"] > 0 for m in steps)
     assert (tmp_path / "lr.csv").read_text() == (tmp_path / "runs" / "chat" / "schedule.csv").read_text()
     record = json.loads((tmp_path / "runs" / "chat" / "run.json").read_text())
     assert record["data"]["cache_entry"] == Path(data["entry"]).name == data["key"][:32]  # the entry train.py read

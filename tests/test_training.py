@@ -216,7 +216,7 @@ def test_kill_and_resume_gives_bitwise_identical_weights(
     assert f"at step {resumes_from}" in resumed.stdout + resumed.stderr
     _assert_same_weights(uninterrupted, run_dir)
     # the log of the resumed run is the log of the uninterrupted one, step for step
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in ms]  # noqa: E731
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_per_s")} for m in ms]  # noqa: E731 (timings differ)
     assert strip(_metrics(run_dir)) == strip(_metrics(uninterrupted))
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))
 

@@ -425,7 +425,8 @@ if latest is not None:
     if changed:
         accelerator.print(f"warning: resuming under a changed build (--allow-changed):\n{changed}")
     accelerator.load_state(str(latest))
-    step = checkpoint.read_state(latest)["step"]
+    resumed = checkpoint.read_state(latest)
+    step = resumed["step"]
     accelerator.print(f"resumed from {latest} at step {step}")
 if master:
     checkpoint.truncate_metrics(output_dir / "metrics.jsonl", step)  # drop lines after the checkpoint
