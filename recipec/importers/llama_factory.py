@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hf
-from .core import Draft, Legacy, Removed, num
+from .core import Draft, Legacy, OldValue, Removed, num
 from .llama_factory_templates import NOT_WRITTEN, SENTENCEPIECE, TEMPLATES, chat_template
 
 VERSION = "LLaMA-Factory 0.9.5"
@@ -141,6 +141,22 @@ LEGACY: dict[str, Legacy] = {
 """Keys of LLaMA-Factory's older releases (src/llamafactory/hparams/*.py, formerly
 src/llmtuner/hparams/*.py) and of older transformers, with the release that removed each (the
 first tag holding the commit that removed it) and what replaced it."""
+
+LEGACY_VALUES: dict[str, tuple[OldValue, ...]] = {
+    # 0.9.5 runs only the stages it knows (train/tuner.py: "Unknown task"); ORPO became a loss of
+    # the dpo stage (commit b0d99666, "support SimPO")
+    "stage": (OldValue("orpo", "LLaMA-Factory 0.8.0", by="`stage: dpo` with `pref_loss: orpo`"),),
+    # a boolean until 0.6.3 (true: FlashAttention-2, false: eager); "off" until 0.8.2, which YAML
+    # reads as false (commit 16e95045); 0.9.5's configure_attn_implementation raises on any value
+    # that is no AttentionFunction ("Unknown attention type")
+    "flash_attn": (
+        OldValue(True, "LLaMA-Factory 0.7.0", by="`flash_attn: fa2`"),
+        OldValue(False, "LLaMA-Factory 0.7.0", by="`flash_attn: disabled`", shown="`flash_attn: false` (or `off`, which YAML reads as false)"),
+        OldValue("off", "LLaMA-Factory 0.8.3", by="`flash_attn: disabled`"),
+    ),
+}
+"""Values of LLaMA-Factory's older releases that 0.9.5 refuses, with the first release holding
+the change."""
 
 DATASETS: dict[str, dict[str, Any]] = {
     # entries of LLaMA-Factory 0.9.5's data/dataset_info.json (the hub mirrors on ModelScope
