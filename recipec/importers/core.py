@@ -745,19 +745,18 @@ def _old_values(draft: Draft, values: OldValues, data: dict[str, Any]) -> tuple[
             )
             continue
         new = {_with_index(k, key): v for k, v in entry.new.items()}
+        said = f"{shown} is the old spelling of " + " with ".join(f"`{k}: {_plain_value(v)}`" for k, v in new.items())
+        respelled[key] = (new, said)
+        reads = entry.reads or f"{draft.version} still reads it as the new one"
+        draft.warn(f"{said} (changed in {entry.since}); {reads}, and so does this import", key)
         for k, v in new.items():
             present, current = _lookup(data, k)
             if k != key and present and current is not None and current != v:
                 draft.overridden[k] = f"{shown}, an old spelling, sets it to {_plain_value(v)}, and {tool} reads that."
                 draft.warn(f"{shown} sets `{k}: {_plain_value(v)}` as {tool} reads it: the file's `{k}` is ignored", key, k)
-        if key in new or _lookup(data, key)[0]:
-            _pop(data, key)
+        _pop(data, key)
         for k, v in new.items():
             _put(data, k, v)
-        said = f"{shown} is the old spelling of " + " with ".join(f"`{k}: {_plain_value(v)}`" for k, v in new.items())
-        respelled[key] = (new, said)
-        reads = entry.reads or f"{draft.version} still reads it as the new one"
-        draft.warn(f"{said} (changed in {entry.since}); {reads}, and so does this import", key)
     return errors, respelled
 
 
@@ -958,7 +957,7 @@ def restore_names(draft: Draft, legacy: Legacies) -> None:
     # the keys an old value set: itself, and those of the file's keys it did not override
     values: list[tuple[str, str, str]] = []  # (key set, the file's key, the sentence)
     for old, (new, said) in draft.respelled.items():
-        values += [(k, old, said) for k in new if k == old or k not in draft.overridden]
+        values += [(k, old, said) for k in new]  # a key of the file it overrode is dropped below
 
     def back(key: str) -> tuple[str, str | None]:
         """The file's name of `key`, and the sentence naming both when it was renamed."""

@@ -579,3 +579,96 @@ def test_axolotl_of_two_attention_flags_the_one_axolotl_prefers_is_read(tmp_path
     entry = got.draft.ledger["sdp_attention"]
     assert (entry.how, entry.reason) == ("dropped", "ignored-by-tool")
     _warned(got, "`sdp_attention: true` is an old spelling of `attn_implementation: sdpa`, which `flash_attention` sets already")
+
+
+# -- old values ---------------------------------------------------------------------------
+# A key that kept its name but whose value changed: read as the tool reads it today (with a
+# warning naming both spellings), or refused where the tool refuses it.
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("gradient_checkpointing: offload\n", "gradient_checkpointing: true\nactivation_offloading: true\n"),
+        ("gradient_checkpointing: offload_disk\n", "gradient_checkpointing: true\nactivation_offloading: disk\n"),
+    ],
+    ids=["offload", "offload_disk"],
+)
+def test_axolotl_offloaded_gradient_checkpointing_is_activation_offloading(tmp_path, old, new):
+    got, want = _same(tmp_path, "axolotl", AXOLOTL + old, AXOLOTL + new, "gradient_checkpointing", "activation_offloading")
+    assert tomllib.loads(got.text)["model"]["gradient_checkpointing"] is True
+    value = old.split(": ")[1].strip()
+    said = f"`gradient_checkpointing: {value}` is the old spelling of `gradient_checkpointing: true` with `activation_offloading: {new.split(': ')[-1].strip()}`"
+    _warned(got, said, "(changed in axolotl 0.12.0); axolotl 0.18.0 still reads it as the new one, and so does this import")
+    assert f"# gradient_checkpointing ({said})" in got.text
+    assert said in got.draft.ledger["gradient_checkpointing"].why  # offloading is approximate, as the new spelling's is
+
+
+def test_axolotl_offload_overrides_the_files_activation_offloading(tmp_path):
+    """axolotl's check_gradient_checkpointing_w_offload sets activation_offloading whatever the file says."""
+    got = _import(tmp_path, "axolotl", AXOLOTL + "gradient_checkpointing: offload_disk\nactivation_offloading: legacy\n")
+    want = _import(tmp_path, "axolotl", AXOLOTL + "gradient_checkpointing: true\nactivation_offloading: disk\n")
+    assert tomllib.loads(got.text) == tomllib.loads(want.text)
+    entry = got.draft.ledger["activation_offloading"]
+    assert (entry.how, entry.reason) == ("dropped", "ignored-by-tool")
+    _warned(got, "`gradient_checkpointing: offload_disk` sets `activation_offloading: disk` as axolotl reads it: the file's `activation_offloading` is ignored")
+
+
+def test_axolotl_refuses_tokens_as_a_table(tmp_path):
+    (diag,) = _refused(tmp_path, "axolotl", AXOLOTL + "tokens:\n  pad_token: <pad>\n")
+    assert diag.message == "`tokens` as a table was removed in axolotl 0.1.0, replaced by `special_tokens`: axolotl 0.18.0 refuses it"
+    assert diag.help == "write `special_tokens` instead" and diag.location.line == 9
+    # the list it is today imports
+    got = _import(tmp_path, "axolotl", AXOLOTL + "tokens:\n  - <pad>\n")
+    assert not got.draft.warnings
+
+
+def test_axolotl_0_11_example(tmp_path, imported):
+    path = LEGACY / "axolotl-0.11.0-qwen3-32b-qlora.yaml"
+    got = imported("axolotl", path)
+    text = path.read_text(encoding="utf-8")
+    new = text.replace("gradient_checkpointing: offload\n", "gradient_checkpointing: true\nactivation_offloading: true\n")
+    new = new.replace("flash_attention: true\n", "attn_implementation: flash_attention_2\n")
+    (tmp_path / "new.yaml").write_text(new, encoding="utf-8")
+    want = imported("axolotl", tmp_path / "new.yaml")
+    assert got.recipe == {**want.recipe, "recipe": {**want.recipe["recipe"], "name": got.recipe["recipe"]["name"]}}
+    assert got.recipe["model"]["gradient_checkpointing"] is True and got.recipe["model"]["attention"] == "flash_attention_2"
+    warnings = [w for w, _ in got.result.draft.warnings]
+    assert warnings[0].startswith("`gradient_checkpointing: offload` is the old spelling") and warnings[1].startswith("`flash_attention: true` is the old spelling")
+    assert not [k for k in got.result.draft.values if k not in got.result.draft.ledger]
+
+
+LF_OLD_VALUES = [
+    # (line, the error's words, its help)
+    ("stage: orpo", "`stage: orpo` was removed in LLaMA-Factory 0.8.0, replaced by `stage: dpo` with `pref_loss: orpo`", "write `stage: dpo` with `pref_loss: orpo` instead"),
+    ("flash_attn: true", "`flash_attn: true` was removed in LLaMA-Factory 0.7.0, replaced by `flash_attn: fa2`", "write `flash_attn: fa2` instead"),
+    ("flash_attn: false", "`flash_attn: false` (or `off`, which YAML reads as false) was removed in LLaMA-Factory 0.7.0, replaced by `flash_attn: disabled`", "write `flash_attn: disabled` instead"),
+    ("flash_attn: off", "`flash_attn: false` (or `off`, which YAML reads as false) was removed in LLaMA-Factory 0.7.0", "write `flash_attn: disabled` instead"),
+    ("flash_attn: 'off'", "`flash_attn: off` was removed in LLaMA-Factory 0.8.3, replaced by `flash_attn: disabled`", "write `flash_attn: disabled` instead"),
+]
+
+
+@pytest.mark.parametrize(("line", "message", "help"), LF_OLD_VALUES, ids=[r[0] for r in LF_OLD_VALUES])
+def test_llama_factory_refuses_old_values(tmp_path, line, message, help):
+    base = LF.replace("stage: sft\n", "") if line.startswith("stage") else LF
+    (diag,) = _refused(tmp_path, "llama-factory", base + line + "\n")
+    assert diag.message.startswith(message) and diag.message.endswith("LLaMA-Factory 0.9.5 refuses it")
+    assert diag.help == help and diag.location.line == base.count("\n") + 1
+
+
+@pytest.mark.parametrize("value", ["fa2", "disabled", "sdpa", "auto"])
+def test_llama_factory_flash_attn_of_today_is_no_old_value(tmp_path, value):
+    got = _import(tmp_path, "llama-factory", LF + f"flash_attn: {value}\n")
+    assert got.draft.ledger["flash_attn"].how == "exact" and not got.draft.warnings
+
+
+def test_llama_factory_0_7_1_orpo_example(tmp_path, imported):
+    path = LEGACY / "llama-factory-0.7.1-llama3_lora_orpo.yaml"
+    with pytest.raises(RecipeError) as info:
+        import_config(path, "llama-factory")
+    assert [(d.location.line, d.message.split(" was removed")[0]) for d in info.value.diagnostics] == [(8, "`stage: orpo`"), (40, "`evaluation_strategy`")]
+    # as 0.8.0 and transformers 4.51 want them, the config imports as ORPO
+    fixed = path.read_text(encoding="utf-8").replace("stage: orpo\n", "stage: dpo\npref_loss: orpo\n").replace("evaluation_strategy:", "eval_strategy:")
+    (tmp_path / "fixed.yaml").write_text(fixed, encoding="utf-8")
+    got = imported("llama-factory", tmp_path / "fixed.yaml", files=["data/orca_rlhf.json"])
+    assert got.recipe["preference"]["objective"] == "orpo"
