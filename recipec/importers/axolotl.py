@@ -277,6 +277,8 @@ LEGACY_VALUES: dict[str, tuple[OldValue, ...]] = {
         OldValue("offload", "axolotl 0.12.0", new={"gradient_checkpointing": True, "activation_offloading": True}),
         OldValue("offload_disk", "axolotl 0.12.0", new={"gradient_checkpointing": True, "activation_offloading": "disk"}),
     ),
+    # refused: RLType (schemas/enums.py) has no kto_pair since TRL dropped the loss (commit a159724e)
+    "rl": (OldValue("kto_pair", "axolotl 0.5.0", by="`rl: kto` (TRL's KTO, on unpaired examples)"),),
     # refused: deprecate_sharegpt_datasets raises (schemas/validation.py)
     **{
         f"{table}[*].type": (OldValue(lambda v: str(v).startswith("sharegpt"), "axolotl 0.5.0", by="`type: chat_template`"),)

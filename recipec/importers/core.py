@@ -740,7 +740,7 @@ def _old_values(draft: Draft, values: OldValues, data: dict[str, Any]) -> tuple[
                     "error",
                     f"{shown} was removed in {entry.since}{instead}: {draft.version} refuses it",
                     draft.config.location(key),
-                    help=f"write {entry.by} instead" if entry.by else f"delete `{key}`",
+                    help=f"write {entry.by} instead" if entry.by else f"delete `{key}`, or give it a value {draft.version} has",
                 )
             )
             continue

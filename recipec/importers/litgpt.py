@@ -30,7 +30,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
-from .core import Draft, Legacy, Removed, num
+from .core import Draft, Legacy, OldValue, Removed, num
 
 VERSION = "litgpt 0.5.13"
 
@@ -154,6 +154,14 @@ LEGACY: dict[str, Legacy] = {
     "train.beta2": Removed("litgpt 0.4.0", "`optimizer.init_args.betas`"),
 }
 """Keys of litgpt's older releases and what 0.5.13 does with them."""
+
+LEGACY_VALUES: dict[str, tuple[OldValue, ...]] = {
+    # the Dolly data module, gone in 0.5.4 with the Dolly models (commit 33eab00d): 0.5.13's
+    # jsonargparse cannot import the class and refuses the config
+    key: (OldValue(lambda v: isinstance(v, str) and v.rsplit(".", 1)[-1] == "Dolly", "litgpt 0.5.4", by="`litgpt.data.JSON` (Dolly's records with `context` as `input`, `response` as `output`)"),)
+    for key in ("data", "data.class_path")
+}
+"""Values of LitGPT's older releases that 0.5.13 refuses, with the first release without them."""
 
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_query", "lora_key", "lora_value", "lora_projection", "lora_mlp", "lora_head")
 

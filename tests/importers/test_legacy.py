@@ -672,3 +672,81 @@ def test_llama_factory_0_7_1_orpo_example(tmp_path, imported):
     (tmp_path / "fixed.yaml").write_text(fixed, encoding="utf-8")
     got = imported("llama-factory", tmp_path / "fixed.yaml", files=["data/orca_rlhf.json"])
     assert got.recipe["preference"]["objective"] == "orpo"
+
+
+def test_axolotl_refuses_rl_kto_pair(tmp_path):
+    text = (CONFIGS / "axolotl" / "dpo-chatml-intel.yaml").read_text(encoding="utf-8")
+    assert "rl: dpo\n" in text
+    (diag,) = _refused(tmp_path, "axolotl", text.replace("rl: dpo\n", "rl: kto_pair\n"))
+    assert diag.message == "`rl: kto_pair` was removed in axolotl 0.5.0, replaced by `rl: kto` (TRL's KTO, on unpaired examples): axolotl 0.18.0 refuses it"
+    assert diag.location.line == text.splitlines().index("rl: dpo") + 1
+
+
+LF_OLD_TEMPLATES = [
+    # (template, the release that removed it, the replacement the error names)
+    ("baichuan2", "LLaMA-Factory 0.9.5 (obsolete models)", ""),
+    ("chatglm2", "LLaMA-Factory 0.9.5 (obsolete models)", ""),
+    ("intern", "LLaMA-Factory 0.9.5 (obsolete models)", ""),
+    ("chatglm3_system", "LLaMA-Factory 0.8.3", "`template: chatglm3`"),
+    ("vanilla", "LLaMA-Factory 0.6.3", "`template: empty` or `template: fewshot`"),
+    ("chatglm3_raw", "LLaMA-Factory 0.5.0", "`template: chatglm3` (tool calls)"),
+    ("linly", "LLaMA-Factory 0.2.1", ""),
+]
+
+
+@pytest.mark.parametrize(("name", "since", "by"), LF_OLD_TEMPLATES, ids=[r[0] for r in LF_OLD_TEMPLATES])
+def test_llama_factory_refuses_templates_it_no_longer_has(tmp_path, name, since, by):
+    (diag,) = _refused(tmp_path, "llama-factory", LF.replace("template: llama3", f"template: {name}"))
+    instead = f", replaced by {by}" if by else ""
+    assert diag.message == f"`template: {name}` was removed in {since}{instead}: LLaMA-Factory 0.9.5 refuses it"
+    assert diag.help == (f"write {by} instead" if by else "delete `template`, or give it a value LLaMA-Factory 0.9.5 has")
+    assert diag.location.line == 7
+
+
+def test_llama_factory_old_templates_are_none_of_0_9_5s():
+    """The templates refused as old are exactly those 0.9.5's template.py lacks; the ones recipec
+    knows of 0.9.5 (written out, or not for a reason) are none of them."""
+    from recipec.importers.llama_factory import LEGACY_VALUES
+    from recipec.importers.llama_factory_templates import NOT_WRITTEN, TEMPLATES
+
+    old = [e.old for e in LEGACY_VALUES["template"]]
+    assert len(old) == len(set(old)) == 24
+    assert not set(old) & (set(TEMPLATES) | set(NOT_WRITTEN))
+
+
+def test_llama_factory_refuses_finetuning_type_none(tmp_path):
+    (diag,) = _refused(tmp_path, "llama-factory", LF.replace("finetuning_type: lora", "finetuning_type: none"))
+    assert diag.message == "`finetuning_type: none` was removed in LLaMA-Factory 0.2.1: LLaMA-Factory 0.9.5 refuses it"
+    assert diag.location.line == 4
+
+
+LLM_FOUNDRY_OLD_VALUES = [
+    # (old text, new text, the error's words)
+    ("    attn_impl: flash\n", "    attn_impl: triton\n", "`model.attn_config.attn_impl: triton` was removed in llm-foundry 0.7.0, replaced by `attn_impl: flash` (or `torch`)"),
+    ("  name: decoupled_adamw\n", "  name: decoupled_lionw_8b\n", "`optimizer.name: decoupled_lionw_8b` was removed in llm-foundry 0.6.0"),
+    ("  name: mpt_causal_lm\n", "  name: hf_prefix_lm\n", "`model.name: hf_prefix_lm` was removed in llm-foundry 0.7.0"),
+    ("train_loader:\n  name: text\n", "train_loader:\n  name: text_denoising\n", "`train_loader.name: text_denoising` was removed in llm-foundry 0.7.0"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "message"), LLM_FOUNDRY_OLD_VALUES, ids=[r[1].split(": ")[-1].strip() for r in LLM_FOUNDRY_OLD_VALUES])
+def test_llm_foundry_refuses_old_values(tmp_path, old, new, message):
+    text = (CONFIGS / "llm-foundry" / "mpt-125m.yaml").read_text(encoding="utf-8")
+    assert text.count(old) == 1
+    (diag,) = _refused(tmp_path, "llm-foundry", text.replace(old, new), num_processes=8)
+    assert diag.message.startswith(message) and diag.message.endswith("llm-foundry 0.21.0 refuses it")
+    line = text[: text.index(old) + len(old)].count("\n")
+    assert diag.location.line == line
+
+
+@pytest.mark.parametrize("value", ["litgpt.data.Dolly", "Dolly"])
+def test_litgpt_refuses_the_dolly_data_module(tmp_path, value):
+    text = (CONFIGS / "litgpt" / "phi-2-lora.yaml").read_text(encoding="utf-8")
+    import yaml
+
+    data = yaml.safe_load(text)
+    data["data"] = {"class_path": value} if "." in value else value
+    (diag,) = _refused(tmp_path, "litgpt", yaml.safe_dump(data, sort_keys=False))
+    key = "data.class_path" if "." in value else "data"
+    assert diag.message.startswith(f"`{key}: {value}` was removed in litgpt 0.5.4, replaced by `litgpt.data.JSON`")
+    assert diag.message.endswith("litgpt 0.5.13 refuses it")
