@@ -277,6 +277,10 @@ LEGACY_VALUES: dict[str, tuple[OldValue, ...]] = {
         OldValue("offload", "axolotl 0.12.0", new={"gradient_checkpointing": True, "activation_offloading": True}),
         OldValue("offload_disk", "axolotl 0.12.0", new={"gradient_checkpointing": True, "activation_offloading": "disk"}),
     ),
+    # refused: `bf16: Literal["auto"] | bool` (schemas/config.py) since the pydantic config (commit
+    # cc3cebfa); until 0.4.0 "full" loaded the weights in bfloat16 and evaluated in bfloat16
+    # (bf16_full_eval) without mixed precision
+    "bf16": (OldValue("full", "axolotl 0.5.0"),),
     # refused: RLType (schemas/enums.py) has no kto_pair since TRL dropped the loss (commit a159724e)
     "rl": (OldValue("kto_pair", "axolotl 0.5.0", by="`rl: kto` (TRL's KTO, on unpaired examples)"),),
     # refused: deprecate_sharegpt_datasets raises (schemas/validation.py)

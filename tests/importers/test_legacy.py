@@ -750,3 +750,9 @@ def test_litgpt_refuses_the_dolly_data_module(tmp_path, value):
     key = "data.class_path" if "." in value else "data"
     assert diag.message.startswith(f"`{key}: {value}` was removed in litgpt 0.5.4, replaced by `litgpt.data.JSON`")
     assert diag.message.endswith("litgpt 0.5.13 refuses it")
+
+
+def test_axolotl_refuses_bf16_full(tmp_path):
+    (diag,) = _refused(tmp_path, "axolotl", AXOLOTL + "bf16: full\n")
+    assert diag.message == "`bf16: full` was removed in axolotl 0.5.0: axolotl 0.18.0 refuses it"
+    assert diag.help == "delete `bf16`, or give it a value axolotl 0.18.0 has" and diag.location.line == 9
