@@ -954,13 +954,14 @@ def restore_names(draft: Draft, legacy: Legacies) -> None:
         if isinstance(entry, Renamed):
             a, b, name = _names(old, new, entry, written.get(old, draft.get(new)))
             both[new] = f"{a} is the old {name} of {b}"
-    # the keys an old value set: itself, and those of the file's keys it did not override
+    # the keys an old value set (itself among them) are accounted to it; a key of the file that
+    # it overrode is not imported (below)
     values: list[tuple[str, str, str]] = []  # (key set, the file's key, the sentence)
     for old, (new, said) in draft.respelled.items():
-        values += [(k, old, said) for k in new]  # a key of the file it overrode is dropped below
+        values += [(k, old, said) for k in new]
 
     def back(key: str) -> tuple[str, str | None]:
-        """The file's name of `key`, and the sentence naming both when it was renamed."""
+        """The file's name of `key`, and the sentence naming both when it was renamed or respelled."""
         for new, old in pairs:
             if _under(key, new):
                 return old + key[len(new):], both.get(new)
@@ -980,11 +981,6 @@ def restore_names(draft: Draft, legacy: Legacies) -> None:
         have = ledger.get(old)
         if have is None or rank[entry.how] > rank[have.how]:
             ledger[old] = entry
-    for old in draft.respelled:  # a table written where a list is read: its leaves end as the key does
-        if old in ledger and old not in draft.values:
-            entry = ledger.pop(old)
-            for leaf in draft.keys_under(old):
-                ledger[leaf] = entry
     draft.ledger = ledger
 
     def fix(line: Line) -> None:
