@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,13 @@ LEGACY: dict[str, Legacy] = {
 """Keys of axolotl's older releases and what 0.18.0 does with them. The version is the first
 release with the change (the first tag holding the commit that made it)."""
 
+
+def _dpo_loader(config: Mapping[str, Any]) -> bool:
+    """Whether axolotl loads the preference datasets with its DPO strategies (utils/data/rl.py:
+    every `rl` but orpo, kto and ebft)."""
+    return config.get("rl") not in (None, False, "orpo", "kto", "ebft")
+
+
 LEGACY_VALUES: dict[str, tuple[OldValue, ...]] = {
     # read as the new spelling: 0.18.0's check_gradient_checkpointing_w_offload (schemas/validation.py)
     "gradient_checkpointing": (
@@ -283,9 +291,18 @@ LEGACY_VALUES: dict[str, tuple[OldValue, ...]] = {
     "bf16": (OldValue("full", "axolotl 0.5.0"),),
     # refused: RLType (schemas/enums.py) has no kto_pair since TRL dropped the loss (commit a159724e)
     "rl": (OldValue("kto_pair", "axolotl 0.5.0", by="`rl: kto` (TRL's KTO, on unpaired examples)"),),
-    # refused: deprecate_sharegpt_datasets raises (schemas/validation.py)
     **{
-        f"{table}[*].type": (OldValue(lambda v: str(v).startswith("sharegpt"), "axolotl 0.5.0", by="`type: chat_template`"),)
+        f"{table}[*].type": (
+            # refused: deprecate_sharegpt_datasets raises (schemas/validation.py)
+            OldValue(lambda v: str(v).startswith("sharegpt"), "axolotl 0.5.0", by="`type: chat_template`"),
+            # refused: the DPO loader's chatml and llama3 modules renamed `argilla` to `default`
+            # (commit 78ce2688), and utils/data/rl.py fails on a type it cannot load; KTO's
+            # modules keep `argilla`, ORPO's and SFT's never had it
+            *(
+                OldValue(f"{base}.argilla", "axolotl 0.7.0", by=f"`type: {base}.default`", only=_dpo_loader)
+                for base in ("chatml", "llama3")
+            ),
+        )
         for table in ("datasets", "test_datasets")
     },
     # refused: `tokens: list[str] | None` (schemas/config.py) takes no table; the table of special

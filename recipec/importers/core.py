@@ -699,8 +699,13 @@ class OldValue:
     """How messages name an old value that is no single value ("`tokens` as a table")."""
     reads: str = ""
     """Who reads the old value so, when not the release whose defaults are applied."""
+    only: Callable[[Mapping[str, Any]], bool] | None = None
+    """The configs in which the value is an old one (a dataset type that one trainer lost and
+    another keeps); None: every config."""
 
-    def matches(self, value: Any) -> bool:
+    def matches(self, value: Any, config: Mapping[str, Any]) -> bool:
+        if self.only is not None and not self.only(config):
+            return False
         if callable(self.old):
             return bool(self.old(value))
         return type(value) is type(self.old) and value == self.old
@@ -710,10 +715,10 @@ OldValues = Mapping[str, tuple[OldValue, ...]]
 """An importer's table of old values: key (`[*]` for any list index) -> its old values."""
 
 
-def old_value(values: OldValues, key: str, value: Any) -> OldValue | None:
-    """The entry of `key` that `value` is an old value of (the first that matches)."""
+def old_value(values: OldValues, key: str, value: Any, config: Mapping[str, Any]) -> OldValue | None:
+    """The entry of `key` that `value` is an old value of in `config` (the first that matches)."""
     found = values.get(key) or values.get(re.sub(r"\[\d+\]", "[*]", key)) or ()
-    return next((entry for entry in found if entry.matches(value)), None)
+    return next((entry for entry in found if entry.matches(value, config)), None)
 
 
 def _plain_value(value: Any) -> str:
@@ -728,7 +733,7 @@ def _old_values(draft: Draft, values: OldValues, data: dict[str, Any]) -> tuple[
     tool = draft.version.split(" ")[0]
     for key in _all_keys(draft.config.data):
         value = draft.get(key)
-        entry = old_value(values, key, value) if values else None
+        entry = old_value(values, key, value, draft.config.data) if values else None
         if entry is None:
             continue
         shown = entry.shown or f"`{key}: {_plain_value(value)}`"

@@ -756,3 +756,18 @@ def test_axolotl_refuses_bf16_full(tmp_path):
     (diag,) = _refused(tmp_path, "axolotl", AXOLOTL + "bf16: full\n")
     assert diag.message == "`bf16: full` was removed in axolotl 0.5.0: axolotl 0.18.0 refuses it"
     assert diag.help == "delete `bf16`, or give it a value axolotl 0.18.0 has" and diag.location.line == 9
+
+
+@pytest.mark.parametrize("base", ["chatml", "llama3"])
+def test_axolotl_refuses_the_dpo_argilla_type_but_not_ktos(tmp_path, base):
+    """axolotl 0.7.0 renamed the DPO strategies' `argilla` to `default`; KTO's kept theirs."""
+    text = (CONFIGS / "axolotl" / "dpo-chatml-intel.yaml").read_text(encoding="utf-8")
+    assert text.count("type: chatml.intel\n") == 1
+    old = text.replace("type: chatml.intel\n", f"type: {base}.argilla\n")
+    (diag,) = _refused(tmp_path, "axolotl", old)
+    assert diag.message == f"`datasets[0].type: {base}.argilla` was removed in axolotl 0.7.0, replaced by `type: {base}.default`: axolotl 0.18.0 refuses it"
+    assert diag.location.line == text.splitlines().index("    type: chatml.intel") + 1
+    # with the help applied it imports; under rl: kto the old name is today's
+    _import(tmp_path, "axolotl", old.replace(f"{base}.argilla", f"{base}.default"))
+    kto = _import(tmp_path, "axolotl", old.replace("rl: dpo\n", "rl: kto\n"))
+    assert not [w for w, _ in kto.draft.warnings if "argilla" in w]
