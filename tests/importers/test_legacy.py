@@ -771,3 +771,22 @@ def test_axolotl_refuses_the_dpo_argilla_type_but_not_ktos(tmp_path, base):
     _import(tmp_path, "axolotl", old.replace(f"{base}.argilla", f"{base}.default"))
     kto = _import(tmp_path, "axolotl", old.replace("rl: dpo\n", "rl: kto\n"))
     assert not [w for w, _ in kto.draft.warnings if "argilla" in w]
+
+
+@pytest.mark.parametrize("name", ["vicuna-7b-v1.5", "lmsys/vicuna-7b-v1.5", "RedPajama-INCITE-Chat-3B-v1", "h2oai/h2o-danube2-1.8b-chat", "dolly-v2-3b"])
+def test_litgpt_refuses_the_models_0_5_4_dropped(tmp_path, name):
+    text = (CONFIGS / "litgpt" / "tinyllama-pretrain.yaml").read_text(encoding="utf-8")
+    assert text.count("model_name: tiny-llama-1.1b\n") == 1
+    (diag,) = _refused(tmp_path, "litgpt", text.replace("model_name: tiny-llama-1.1b\n", f"model_name: {name}\n"))
+    assert diag.message == f"`model_name: {name}` was removed in litgpt 0.5.4: litgpt 0.5.13 refuses it"
+    assert diag.location.line == text.splitlines().index("model_name: tiny-llama-1.1b") + 1
+
+
+def test_litgpt_a_dropped_model_name_beside_a_model_config_is_not_read(tmp_path):
+    """pretrain reads model_config instead of the name: nothing to refuse."""
+    text = (CONFIGS / "litgpt" / "tinyllama-pretrain.yaml").read_text(encoding="utf-8")
+    assert text.count("\nmodel_config:\n") == 1
+    text = text.replace("model_name: tiny-llama-1.1b\n", "model_name: vicuna-7b-v1.5\n")
+    text = text.replace("\nmodel_config:\n", "\nmodel_config:\n  n_layer: 2\n  n_embd: 64\n  n_head: 4\n")
+    got = _import(tmp_path, "litgpt", text)
+    assert got.draft.ledger["model_name"].how == "exact"
