@@ -214,10 +214,16 @@ LEGACY: dict[str, Legacy] = {
 with them."""
 
 LEGACY_VALUES: dict[str, tuple[OldValue, ...]] = {
-    f"{c}._component_": tuple(OldValue(old, f"torchtune {since}", by=f"`{new}`") for old, (since, new) in MOVED.items())
-    for c in _COMPONENTS
+    **{
+        f"{c}._component_": tuple(OldValue(old, f"torchtune {since}", by=f"`{new}`") for old, (since, new) in MOVED.items())
+        for c in _COMPONENTS
+    },
+    # ModelType.MISTRAL_REWARD became REWARD (commit 5a921351, "Generalizing reward models"); 0.6.1's
+    # checkpointers look the name up (`ModelType[model_type]`) and fail on it
+    **{f"{c}.model_type": (OldValue("MISTRAL_REWARD", "torchtune 0.3.0", by="`model_type: REWARD`"),) for c in ("checkpointer", "ref_checkpointer")},
 }
-"""Component paths of torchtune's older releases: 0.6.1 refuses them (see MOVED)."""
+"""Component paths and checkpointer model types of torchtune's older releases: 0.6.1 refuses
+them."""
 
 # -- what each recipe reads ----------------------------------------------------------------
 

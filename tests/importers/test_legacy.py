@@ -790,3 +790,9 @@ def test_litgpt_a_dropped_model_name_beside_a_model_config_is_not_read(tmp_path)
     text = text.replace("\nmodel_config:\n", "\nmodel_config:\n  n_layer: 2\n  n_embd: 64\n  n_head: 4\n")
     got = _import(tmp_path, "litgpt", text)
     assert got.draft.ledger["model_name"].how == "exact"
+
+
+def test_torchtune_refuses_the_mistral_reward_model_type(tmp_path):
+    (diag,) = _refused(tmp_path, "torchtune", _tt("llama3_2-1B-lora-single-device.yaml", checkpointer__model_type="MISTRAL_REWARD"))
+    assert diag.message == "`checkpointer.model_type: MISTRAL_REWARD` was removed in torchtune 0.3.0, replaced by `model_type: REWARD`: torchtune 0.6.1 refuses it"
+    assert diag.help == "write `model_type: REWARD` instead"
