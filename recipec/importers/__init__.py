@@ -8,6 +8,9 @@ One module per tool. Each has:
 - ``MARKERS``: keys that only this tool's configs have, to tell a config of another tool;
 - ``LEGACY`` (optional): keys of the tool's older releases and what the tool does with them
   today (:class:`~recipec.importers.core.Renamed`, :class:`~recipec.importers.core.Removed`);
+- ``LEGACY_VALUES`` (optional): values of the tool's older releases for keys that kept their
+  names, and how the tool reads each today or that it refuses it
+  (:class:`~recipec.importers.core.OldValue`);
 - ``convert(draft, options)``: fills the :class:`~recipec.importers.core.Draft`.
 
 :func:`import_config` runs one: read, detect, check the keys, convert, and account for
@@ -114,7 +117,7 @@ def import_config(path: str | Path, tool: str, options: Options | None = None) -
     module = tool_module(tool)
     draft = Draft(config, tool, module.VERSION, tuple(module.KNOWN))
     legacy = getattr(module, "LEGACY", {})
-    errors = migrate(draft, legacy)
+    errors = migrate(draft, legacy, getattr(module, "LEGACY_VALUES", {}))
     unknown = draft.unknown_keys()
     if unknown:
         errors += unknown_key_error(draft, unknown).diagnostics

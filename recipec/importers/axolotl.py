@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import hf
-from .core import Draft, Legacy, Removed, Renamed, num
+from .core import Draft, Legacy, OldValue, Removed, Renamed, num
 
 VERSION = "axolotl 0.18.0"
 """The release whose schema (src/axolotl/utils/schemas) and defaults are applied; it builds
@@ -253,10 +254,6 @@ LEGACY: dict[str, Legacy] = {
         f"unsloth_{name}": Removed("axolotl 0.17.0", "`lora_mlp_kernel`, `lora_qkv_kernel` and `lora_o_kernel`", refused="set")
         for name in ("cross_entropy_loss", "lora_mlp", "lora_qkv", "lora_o", "rms_norm", "rope")
     },
-    **{
-        f"{table}[*].type": Removed("axolotl 0.5.0", "`type: chat_template`", applies=lambda v: str(v).startswith("sharegpt"))
-        for table in ("datasets", "test_datasets")
-    },
     # removed keys that are no field of axolotl 0.18.0's schema: it drops them unread
     "debug": Removed("axolotl 0.5.0", "the `--debug` option of `axolotl preprocess`", refused=None),
     "gptq_groupsize": Removed("axolotl 0.3.0", "`gptq: true` (the quantization settings come from the model)", refused=None),
@@ -274,6 +271,46 @@ LEGACY: dict[str, Legacy] = {
 }
 """Keys of axolotl's older releases and what 0.18.0 does with them. The version is the first
 release with the change (the first tag holding the commit that made it)."""
+
+
+def _dpo_loader(config: Mapping[str, Any]) -> bool:
+    """Whether axolotl loads the preference datasets with its DPO strategies (utils/data/rl.py:
+    every `rl` but orpo, kto and ebft)."""
+    return config.get("rl") not in (None, False, "orpo", "kto", "ebft")
+
+
+LEGACY_VALUES: dict[str, tuple[OldValue, ...]] = {
+    # read as the new spelling: 0.18.0's check_gradient_checkpointing_w_offload (schemas/validation.py)
+    "gradient_checkpointing": (
+        OldValue("offload", "axolotl 0.12.0", new={"gradient_checkpointing": True, "activation_offloading": True}),
+        OldValue("offload_disk", "axolotl 0.12.0", new={"gradient_checkpointing": True, "activation_offloading": "disk"}),
+    ),
+    # refused: `bf16: Literal["auto"] | bool` (schemas/config.py) since the pydantic config (commit
+    # cc3cebfa); until 0.4.0 "full" loaded the weights in bfloat16 and evaluated in bfloat16
+    # (bf16_full_eval) without mixed precision
+    "bf16": (OldValue("full", "axolotl 0.5.0"),),
+    # refused: RLType (schemas/enums.py) has no kto_pair since TRL dropped the loss (commit a159724e)
+    "rl": (OldValue("kto_pair", "axolotl 0.5.0", by="`rl: kto` (TRL's KTO, on unpaired examples)"),),
+    **{
+        f"{table}[*].type": (
+            # refused: deprecate_sharegpt_datasets raises (schemas/validation.py)
+            OldValue(lambda v: str(v).startswith("sharegpt"), "axolotl 0.5.0", by="`type: chat_template`"),
+            # refused: the DPO loader's chatml and llama3 modules renamed `argilla` to `default`
+            # (commit 78ce2688), and utils/data/rl.py fails on a type it cannot load; KTO's
+            # modules keep `argilla`, ORPO's and SFT's never had it
+            *(
+                OldValue(f"{base}.argilla", "axolotl 0.7.0", by=f"`type: {base}.default`", only=_dpo_loader)
+                for base in ("chatml", "llama3")
+            ),
+        )
+        for table in ("datasets", "test_datasets")
+    },
+    # refused: `tokens: list[str] | None` (schemas/config.py) takes no table; the table of special
+    # tokens it was until May 2023 (models.py, commit bdbca8fa) is `special_tokens`
+    "tokens": (OldValue(lambda v: isinstance(v, dict), "axolotl 0.1.0", by="`special_tokens`", shown="`tokens` as a table"),),
+}
+"""Values of axolotl's older releases that 0.18.0 reads otherwise or refuses, with the first
+release holding the change."""
 
 _S = "axolotl:"
 """Prefix of the names under which hf.training_args looks for the keys mapped here instead:
@@ -554,9 +591,6 @@ def _precision(d: Draft) -> None:
             _empty(d, "tf32")
     else:
         d.set("launch.tf32", bool(tf32), "tf32")
-    gc = d.get("gradient_checkpointing")
-    if isinstance(gc, str):
-        d.set("model.gradient_checkpointing", True, "gradient_checkpointing", approx=f"{gc!r}: the checkpoints are offloaded to the CPU or disk; recipec keeps them on the device")
     if d.has("gradient_checkpointing_kwargs"):
         ur = (d.get("gradient_checkpointing_kwargs") or {}).get("use_reentrant") if isinstance(d.get("gradient_checkpointing_kwargs"), dict) else None
         if ur is False and set(d.get("gradient_checkpointing_kwargs")) == {"use_reentrant"}:

@@ -251,6 +251,11 @@ class Draft:
     """The file as written, while the config being converted has old keys renamed."""
     displaced: list[str] = field(default_factory=list)
     """New keys of the file that an old name set beside them overrides."""
+    respelled: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)
+    """Old values read as the tool reads them while converting: the key -> the keys and values
+    it became, and the sentence naming both spellings."""
+    overridden: dict[str, str] = field(default_factory=dict)
+    """Keys of the file that an old value sets otherwise, and why they are ignored."""
 
     def __post_init__(self) -> None:
         self.values = self.config.leaves()
@@ -658,26 +663,106 @@ class Removed:
     refused: Literal["always", "not-null", "set"] | None = "always"
     """When the tool refuses the key: whatever its value, unless it is null, or only when it is
     set (not null, false or empty); None: never, the tool drops it unread."""
-    applies: Callable[[Any], bool] | None = None
-    """Only the values for which this holds are the old key's (a dataset `type` that names a
-    format the tool removed, a component path that moved); the messages then show the value."""
 
 
 Legacy = Renamed | Removed
 """What the tool does today with a key of its older releases."""
 
-Legacies = Mapping[str, Legacy | tuple[Legacy, ...]]
-"""An importer's table: key (`[*]` for any list index) -> what the tool does with it, or several
-entries for the old values of one key (the first whose `applies` holds is taken)."""
+Legacies = Mapping[str, Legacy]
+"""An importer's table of old keys: key (`[*]` for any list index) -> what the tool does with it."""
 
 
-def legacy_key(legacy: Legacies, key: str, value: Any = None) -> Legacy | None:
-    """The entry of `key` with this value (`datasets[0].x` finds `datasets[*].x`)."""
-    found = legacy.get(key) or legacy.get(re.sub(r"\[\d+\]", "[*]", key))
-    for entry in found if isinstance(found, tuple) else (found,) if found else ():
-        if not isinstance(entry, Removed) or entry.applies is None or entry.applies(value):
-            return entry
-    return None
+def legacy_key(legacy: Legacies, key: str) -> Legacy | None:
+    """The entry of `key` (`datasets[0].x` finds `datasets[*].x`)."""
+    return legacy.get(key) or legacy.get(re.sub(r"\[\d+\]", "[*]", key))
+
+
+# -- values of the tool's older releases -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OldValue:
+    """A value that a key of the tool's older releases took, and that its current release reads
+    otherwise or refuses (the key kept its name)."""
+
+    old: Any
+    """The old value (`True` matches only a boolean, `1` only a number), or a test of the value
+    (a table where a list is wanted, a prefix)."""
+    since: str
+    """The first release with the change ("LLaMA-Factory 0.7.0")."""
+    new: Mapping[str, Any] | None = None
+    """What the tool reads it as today: the keys it sets and their values (the key itself among
+    them; `[*]` takes the key's list index); None: the tool refuses it."""
+    by: str = ""
+    """For a refused value: what replaced it ("`flash_attn: fa2`"); empty when nothing did."""
+    shown: str = ""
+    """How messages name an old value that is no single value ("`tokens` as a table")."""
+    reads: str = ""
+    """Who reads the old value so, when not the release whose defaults are applied."""
+    only: Callable[[Mapping[str, Any]], bool] | None = None
+    """The configs in which the value is an old one (a dataset type that one trainer lost and
+    another keeps); None: every config."""
+
+    def matches(self, value: Any, config: Mapping[str, Any]) -> bool:
+        if self.only is not None and not self.only(config):
+            return False
+        if callable(self.old):
+            return bool(self.old(value))
+        return type(value) is type(self.old) and value == self.old
+
+
+OldValues = Mapping[str, tuple[OldValue, ...]]
+"""An importer's table of old values: key (`[*]` for any list index) -> its old values."""
+
+
+def old_value(values: OldValues, key: str, value: Any, config: Mapping[str, Any]) -> OldValue | None:
+    """The entry of `key` that `value` is an old value of in `config` (the first that matches)."""
+    found = values.get(key) or values.get(re.sub(r"\[\d+\]", "[*]", key)) or ()
+    return next((entry for entry in found if entry.matches(value, config)), None)
+
+
+def _plain_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _old_values(draft: Draft, values: OldValues, data: dict[str, Any]) -> tuple[list[Diagnostic], dict[str, tuple[dict[str, Any], str]]]:
+    """Old values of the file: refused (the errors), or rewritten in `data` as the tool reads
+    them (key -> the keys and values it became, and the sentence naming both spellings)."""
+    errors: list[Diagnostic] = []
+    respelled: dict[str, tuple[dict[str, Any], str]] = {}
+    tool = draft.version.split(" ")[0]
+    for key in _all_keys(draft.config.data):
+        value = draft.get(key)
+        entry = old_value(values, key, value, draft.config.data) if values else None
+        if entry is None:
+            continue
+        shown = entry.shown or f"`{key}: {_plain_value(value)}`"
+        if entry.new is None:
+            instead = f", replaced by {entry.by}" if entry.by else ""
+            draft._mark([key], "dropped", "refused", "no-equivalent")
+            errors.append(
+                Diagnostic(
+                    "error",
+                    f"{shown} was removed in {entry.since}{instead}: {draft.version} refuses it",
+                    draft.config.location(key),
+                    help=f"write {entry.by} instead" if entry.by else f"delete `{key}`, or give it a value {draft.version} has",
+                )
+            )
+            continue
+        new = {_with_index(k, key): v for k, v in entry.new.items()}
+        said = f"{shown} is the old spelling of " + " with ".join(f"`{k}: {_plain_value(v)}`" for k, v in new.items())
+        respelled[key] = (new, said)
+        reads = entry.reads or f"{draft.version} still reads it as the new one"
+        draft.warn(f"{said} (changed in {entry.since}); {reads}, and so does this import", key)
+        for k, v in new.items():
+            present, current = _lookup(data, k)
+            if k != key and present and current is not None and current != v:
+                draft.overridden[k] = f"{shown}, an old spelling, sets it to {_plain_value(v)}, and {tool} reads that."
+                draft.warn(f"{shown} sets `{k}: {_plain_value(v)}` as {tool} reads it: the file's `{k}` is ignored", key, k)
+        _pop(data, key)
+        for k, v in new.items():
+            _put(data, k, v)
+    return errors, respelled
 
 
 def _all_keys(node: Any, path: tuple[str | int, ...] = ()) -> Iterator[str]:
@@ -737,22 +822,24 @@ def _under(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".") or key.startswith(prefix + "[")
 
 
-def migrate(draft: Draft, legacy: Legacies) -> list[Diagnostic]:
-    """Treat the keys of the tool's older releases as the tool does today, before converting.
+def migrate(draft: Draft, legacy: Legacies, values: OldValues | None = None) -> list[Diagnostic]:
+    """Treat the keys and values of the tool's older releases as the tool does today, before
+    converting.
 
-    An old name the tool still reads (:class:`Renamed`) is renamed in the config being
-    converted, and :func:`restore_names` puts the file's name back once it is converted; a
-    removed key (:class:`Removed`) is refused when the tool refuses it (the errors are
-    returned), else not imported, or mapped exactly when it is off (nothing is lost).
+    An old value (:class:`OldValue`) the tool still reads is rewritten as it reads it, and one
+    it refuses is refused. An old name the tool still reads (:class:`Renamed`) is renamed in
+    the config being converted; :func:`restore_names` puts the file's names and values back
+    once it is converted. A removed key (:class:`Removed`) is refused when the tool refuses it,
+    else not imported, or mapped exactly when it is off (nothing is lost).
 
     Returns:
-        The errors of the keys the tool refuses, each at its line.
+        The errors of the keys and values the tool refuses, each at its line.
     """
-    if not legacy:
+    if not legacy and not values:
         return []
     tool = draft.version.split(" ")[0]
     data = copy.deepcopy(draft.config.data)
-    errors: list[Diagnostic] = []
+    errors, respelled = _old_values(draft, values or {}, data)
     created: dict[str, str] = {}  # new key -> the old key renamed into it
     displaced: list[str] = []  # new keys of the file that an old one overrides
     # in the table's order, then the file's: of several old names of one key, the one the tool
@@ -761,8 +848,8 @@ def migrate(draft: Draft, legacy: Legacies) -> list[Diagnostic]:
     keys = sorted(_all_keys(draft.config.data), key=lambda k: rank.get(k, rank.get(re.sub(r"\[\d+\]", "[*]", k), -1)))
     for key in keys:
         value = draft.get(key)
-        entry = legacy_key(legacy, key, value)
-        if entry is None or any(_under(key, old) for old in created.values()):
+        entry = legacy_key(legacy, key)
+        if entry is None or key in respelled or any(_under(key, old) for old in created.values()):
             continue
         if isinstance(entry, Removed):
             errors += _removed(draft, key, value, entry)
@@ -809,7 +896,7 @@ def migrate(draft: Draft, legacy: Legacies) -> list[Diagnostic]:
         _put(data, new, mapped)
         created[new] = key
     draft.warnings.sort(key=lambda w: draft.config.lines.get(w[1][0], 0) if w[1] else 0)  # the file's order
-    if created:
+    if created or respelled:
         lines = {}
         for k, line in draft.config.lines.items():
             for new, old in created.items():
@@ -817,8 +904,12 @@ def migrate(draft: Draft, legacy: Legacies) -> list[Diagnostic]:
                     k = new + k[len(old):]
                     break
             lines.setdefault(k, line)
+        for old, (new, _) in respelled.items():  # the keys an old value sets are at its line
+            for k in new:
+                lines.setdefault(k, draft.config.lines.get(old, 0))
         draft.original = draft.config
         draft.renamed = dict(created)
+        draft.respelled = respelled
         draft.config = replace(draft.config, data=data, lines=lines)
         draft.values = draft.config.leaves()
         draft.displaced = displaced
@@ -830,17 +921,12 @@ def _names(old: str, new: str, entry: Renamed, value: Any) -> tuple[str, str, st
     value changed too), and "name" or "spelling"."""
     if entry.value is None:
         return f"`{old}`", f"`{new}`", "name"
-
-    def plain(v: Any) -> str:
-        return v if isinstance(v, str) else json.dumps(v)
-
-    return f"`{old}: {plain(value)}`", f"`{new}: {plain(entry.value(value))}`", "spelling"
+    return f"`{old}: {_plain_value(value)}`", f"`{new}: {_plain_value(entry.value(value))}`", "spelling"
 
 
 def _removed(draft: Draft, key: str, value: Any, entry: Removed) -> list[Diagnostic]:
     instead = f", replaced by {entry.by}" if entry.by else ""
-    shown = f"`{key}`" if entry.applies is None else f"`{key}: {value}`"
-    what = f"{shown} was removed in {entry.since}{instead}"
+    what = f"`{key}` was removed in {entry.since}{instead}"
     off = _off(value) or value == {}
     refused = (
         entry.refused == "always"
@@ -861,35 +947,45 @@ def _removed(draft: Draft, key: str, value: Any, entry: Removed) -> list[Diagnos
 
 
 def restore_names(draft: Draft, legacy: Legacies) -> None:
-    """Once converted, put back the file's old names that :func:`migrate` renamed: in the
-    ledger, on the recipe's lines (whose notes then name both) and on the warnings."""
+    """Once converted, put back the file's old names and values that :func:`migrate` rewrote:
+    in the ledger, on the recipe's lines (whose notes then name both) and on the warnings."""
     if draft.original is None:
         return
     pairs = list(draft.renamed.items())
-
     written = draft.original.leaves()
     both: dict[str, str] = {}
     for new, old in pairs:
-        entry = legacy_key(legacy, old, written.get(old))
+        entry = legacy_key(legacy, old)
         if isinstance(entry, Renamed):
             a, b, name = _names(old, new, entry, written.get(old, draft.get(new)))
             both[new] = f"{a} is the old {name} of {b}"
+    # the keys an old value set (itself among them) are accounted to it; a key of the file that
+    # it overrode is not imported (below)
+    values: list[tuple[str, str, str]] = []  # (key set, the file's key, the sentence)
+    for old, (new, said) in draft.respelled.items():
+        values += [(k, old, said) for k in new]
 
     def back(key: str) -> tuple[str, str | None]:
-        """The file's name of `key`, and the sentence naming both when it was renamed."""
+        """The file's name of `key`, and the sentence naming both when it was renamed or respelled."""
         for new, old in pairs:
             if _under(key, new):
                 return old + key[len(new):], both.get(new)
+        for new, old, said in values:
+            if _under(key, new):
+                return old, said
         return key, None
 
     draft.config = draft.original
     draft.values = draft.config.leaves()
+    rank = {"exact": 0, "approx": 1, "dropped": 2}
     ledger: dict[str, Entry] = {}
     for key, entry in draft.ledger.items():
         old, said = back(key)
         if said and entry.how != "exact":
             entry = Entry(entry.how, f"{entry.why} ({said})" if entry.why else said, entry.reason)
-        ledger[old] = entry
+        have = ledger.get(old)
+        if have is None or rank[entry.how] > rank[have.how]:
+            ledger[old] = entry
     draft.ledger = ledger
 
     def fix(line: Line) -> None:
@@ -899,13 +995,15 @@ def restore_names(draft: Draft, legacy: Legacies) -> None:
         named = [back(k) for k in line.keys]
         said = "; ".join(dict.fromkeys(s for _, s in named if s))
         if said:
-            line.keys = tuple(k for k, _ in named)
+            line.keys = tuple(dict.fromkeys(k for k, _ in named))
             line.note = f"{line.note}; {said}" if line.note else said
 
     for table in (*draft.tables.values(), *draft.sources):
         for line in table.values():
             fix(line)
-    draft.warnings = [(msg, tuple(back(k)[0] for k in keys)) for msg, keys in draft.warnings]
+    draft.warnings = [(msg, tuple(dict.fromkeys(back(k)[0] for k in keys))) for msg, keys in draft.warnings]
     draft.defaults = [(back(k)[0], m) for k, m in draft.defaults]
     for new in draft.displaced:
         draft.drop(new, "ignored-by-tool", f"`{draft.renamed[new]}`, its old name, is set too and wins.")
+    for key, why in draft.overridden.items():
+        draft.drop(key, "ignored-by-tool", why)

@@ -30,7 +30,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
-from .core import Draft, Legacy, Removed, num
+from .core import Draft, Legacy, OldValue, Removed, num
 
 VERSION = "litgpt 0.5.13"
 
@@ -154,6 +154,41 @@ LEGACY: dict[str, Legacy] = {
     "train.beta2": Removed("litgpt 0.4.0", "`optimizer.init_args.betas`"),
 }
 """Keys of litgpt's older releases and what 0.5.13 does with them."""
+
+DROPPED_MODELS = frozenset(
+    {"dolly-v2-3b", "dolly-v2-7b", "dolly-v2-12b"}
+    | {n.format(kind) for n in ("RedPajama-INCITE-{}-3B-v1", "RedPajama-INCITE-7B-{}", "RedPajama-INCITE-{}-7B-v0.1") for kind in ("Base", "Chat", "Instruct")}
+    | {f"vicuna-{size}" for size in ("7b-v1.3", "13b-v1.3", "33b-v1.3", "7b-v1.5", "7b-v1.5-16k", "13b-v1.5", "13b-v1.5-16k")}
+    | {"longchat-7b-16k", "longchat-13b-16k", "Nous-Hermes-llama-2-7b", "Nous-Hermes-13b", "Nous-Hermes-Llama2-13b"}
+    | {"Danube2-1.8b-chat", "h2o-danube2-1.8b-chat"}
+)
+"""The model configs LitGPT 0.5.4 removed (litgpt/config.py, commit 33eab00d), by their names and
+hub names (the hub name differs only for Danube)."""
+
+LEGACY_VALUES: dict[str, tuple[OldValue, ...]] = {
+    # the Dolly data module, gone in 0.5.4 with the Dolly models (commit 33eab00d): 0.5.13's
+    # jsonargparse cannot import the class and refuses the config
+    **{
+        key: (
+            OldValue(
+                lambda v: isinstance(v, str) and v.rsplit(".", 1)[-1] == "Dolly",
+                "litgpt 0.5.4",
+                by="`litgpt.data.JSON` (Dolly's records with `context` as `input`, `response` as `output`)",
+            ),
+        )
+        for key in ("data", "data.class_path")
+    },
+    # the configs of the same commit's models: 0.5.13's pretrain finds no config by that name (nor
+    # by the hub name) and quits ("Model name ... is not supported"); a model_config overrides it
+    "model_name": (
+        OldValue(
+            lambda v: isinstance(v, str) and v.rsplit("/", 1)[-1] in DROPPED_MODELS,
+            "litgpt 0.5.4",
+            only=lambda config: not config.get("model_config"),
+        ),
+    ),
+}
+"""Values of LitGPT's older releases that 0.5.13 refuses, with the first release without them."""
 
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_query", "lora_key", "lora_value", "lora_projection", "lora_mlp", "lora_head")
 

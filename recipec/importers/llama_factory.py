@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hf
-from .core import Draft, Legacy, Removed, num
+from .core import Draft, Legacy, OldValue, Removed, num
 from .llama_factory_templates import NOT_WRITTEN, SENTENCEPIECE, TEMPLATES, chat_template
 
 VERSION = "LLaMA-Factory 0.9.5"
@@ -141,6 +141,39 @@ LEGACY: dict[str, Legacy] = {
 """Keys of LLaMA-Factory's older releases (src/llamafactory/hparams/*.py, formerly
 src/llmtuner/hparams/*.py) and of older transformers, with the release that removed each (the
 first tag holding the commit that removed it) and what replaced it."""
+
+LEGACY_VALUES: dict[str, tuple[OldValue, ...]] = {
+    # 0.9.5 runs only the stages it knows (train/tuner.py: "Unknown task"); ORPO became a loss of
+    # the dpo stage (commit b0d99666, "support SimPO")
+    "stage": (OldValue("orpo", "LLaMA-Factory 0.8.0", by="`stage: dpo` with `pref_loss: orpo`"),),
+    # a boolean until 0.6.3 (true: FlashAttention-2, false: eager); "off" until 0.8.2, which YAML
+    # reads as false (commit 16e95045); 0.9.5's configure_attn_implementation raises on any value
+    # that is no AttentionFunction ("Unknown attention type")
+    "flash_attn": (
+        OldValue(True, "LLaMA-Factory 0.7.0", by="`flash_attn: fa2`"),
+        OldValue(False, "LLaMA-Factory 0.7.0", by="`flash_attn: disabled`", shown="`flash_attn: false` (or `off`, which YAML reads as false)"),
+        OldValue("off", "LLaMA-Factory 0.8.3", by="`flash_attn: disabled`"),
+    ),
+    # "none" evaluated the base model (training with it was refused); 0.9.5's FinetuningArguments
+    # asserts one of lora, oft, freeze, full (commit f5ba2190)
+    "finetuning_type": (OldValue("none", "LLaMA-Factory 0.2.1"),),
+    # templates 0.9.5 has not: get_template_and_fix_tokenizer raises "Template ... does not exist."
+    "template": (
+        *(OldValue(name, "LLaMA-Factory 0.2.1") for name in ("linly", "billa")),  # commit d602f068
+        OldValue("chatglm3_raw", "LLaMA-Factory 0.5.0", by="`template: chatglm3` (tool calls)"),  # commit a423274f
+        OldValue("vanilla", "LLaMA-Factory 0.6.3", by="`template: empty` or `template: fewshot`"),  # commit f8e219dc
+        OldValue("chatglm3_system", "LLaMA-Factory 0.8.3", by="`template: chatglm3`"),  # commit 4513a2cc, a duplicate
+        *(
+            OldValue(name, "LLaMA-Factory 0.9.5 (obsolete models)")  # commit 5cccaeec
+            for name in (
+                "aquila", "atom", "baichuan", "baichuan2", "belle", "bluelm", "chatglm2", "codegeex2", "codegeex4",
+                "cpm", "cpm3", "intern", "marco", "orion", "skywork_o1", "telechat", "xverse", "yayi", "ziya",
+            )
+        ),
+    ),
+}
+"""Values of LLaMA-Factory's older releases that 0.9.5 refuses, with the first release holding
+the change."""
 
 DATASETS: dict[str, dict[str, Any]] = {
     # entries of LLaMA-Factory 0.9.5's data/dataset_info.json (the hub mirrors on ModelScope

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .core import Draft, Legacy, Removed, num
+from .core import Draft, Legacy, OldValue, Removed, num
 
 VERSION = "llm-foundry 0.21.0"
 """The release whose defaults are applied (TrainConfig of llmfoundry/utils/config_utils.py,
@@ -153,6 +153,21 @@ LEGACY: dict[str, Legacy] = {
     for name in ("global_seed", "data_local", "data_remote", "tokenizer_name", "model_name", "icl_max_seq_len")
 }
 """Keys of llm-foundry's older releases and what 0.21.0 does with them."""
+
+LEGACY_VALUES: dict[str, tuple[OldValue, ...]] = {
+    # MPT's triton attention, deprecated in 0.6.0 and removed in 0.7.0 (commit 7f0fdae6): 0.21.0's
+    # MPTConfig raises "Unknown attn_impl=triton"
+    "model.attn_config.attn_impl": (OldValue("triton", "llm-foundry 0.7.0", by="`attn_impl: flash` (or `torch`)"),),
+    # names no registry of 0.21.0 holds: construct_from_registry refuses them
+    "optimizer.name": (OldValue("decoupled_lionw_8b", "llm-foundry 0.6.0"),),  # commit e0756e10
+    "model.name": (OldValue("hf_prefix_lm", "llm-foundry 0.7.0"),),  # commit 2d65fc20
+    **{
+        key: (OldValue("text_denoising", "llm-foundry 0.7.0"),)  # commit 32e14a67
+        for key in ("train_loader.name", "eval_loader.name", "eval_loader[*].name")
+    },
+}
+"""Values of llm-foundry's older releases that 0.21.0 refuses, with the first release without
+them."""
 
 
 # -- interpolations ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from posixpath import basename, normpath
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .core import Draft, Legacy, Removed, num
+from .core import Draft, Legacy, OldValue, Removed, num
 
 if TYPE_CHECKING:
     from . import Options
@@ -198,13 +198,9 @@ MOVED: dict[str, tuple[str, str]] = {
 (torchtune/utils, torchtune/modules of 0.6.1 have none of them), so it refuses the config."""
 
 
-def _moved(old: str, since: str, new: str) -> Removed:
-    return Removed(f"torchtune {since}", f"`{new}`", applies=lambda v, old=old: v == old)
-
-
 _COMPONENTS = ("checkpointer", "ref_checkpointer", "metric_logger", "loss", "lr_scheduler", "dataset", "dataset[*]")
 
-LEGACY: dict[str, Legacy | tuple[Legacy, ...]] = {
+LEGACY: dict[str, Legacy] = {
     # the builders lost max_seq_len when the tokenizer took it (0.3.0): 0.6.1's pass an unknown
     # keyword on to datasets.load_dataset, which refuses it
     "dataset.max_seq_len": Removed("torchtune 0.3.0", "`tokenizer.max_seq_len`"),
@@ -213,10 +209,21 @@ LEGACY: dict[str, Legacy | tuple[Legacy, ...]] = {
     "loss.loss_type": Removed("torchtune 0.3.0", "a loss class of its own (`torchtune.rlhf.loss.RSOLoss` for hinge)"),
     # read by full_finetune_distributed 0.2 only (FSDP1 wrapping); 0.6.1's recipes never read it
     "memory_efficient_fsdp_wrap": Removed("torchtune 0.3.0", "FSDP2's per-layer sharding", refused=None),
-    **{f"{c}._component_": tuple(_moved(old, *moved) for old, moved in MOVED.items()) for c in _COMPONENTS},
 }
-"""Keys and component paths of torchtune's older releases (recipes/ and torchtune/ of each
-tag) and what 0.6.1 does with them."""
+"""Keys of torchtune's older releases (recipes/ and torchtune/ of each tag) and what 0.6.1 does
+with them."""
+
+LEGACY_VALUES: dict[str, tuple[OldValue, ...]] = {
+    **{
+        f"{c}._component_": tuple(OldValue(old, f"torchtune {since}", by=f"`{new}`") for old, (since, new) in MOVED.items())
+        for c in _COMPONENTS
+    },
+    # ModelType.MISTRAL_REWARD became REWARD (commit 5a921351, "Generalizing reward models"); 0.6.1's
+    # checkpointers look the name up (`ModelType[model_type]`) and fail on it
+    **{f"{c}.model_type": (OldValue("MISTRAL_REWARD", "torchtune 0.3.0", by="`model_type: REWARD`"),) for c in ("checkpointer", "ref_checkpointer")},
+}
+"""Component paths and checkpointer model types of torchtune's older releases: 0.6.1 refuses
+them."""
 
 # -- what each recipe reads ----------------------------------------------------------------
 

@@ -579,3 +579,220 @@ def test_axolotl_of_two_attention_flags_the_one_axolotl_prefers_is_read(tmp_path
     entry = got.draft.ledger["sdp_attention"]
     assert (entry.how, entry.reason) == ("dropped", "ignored-by-tool")
     _warned(got, "`sdp_attention: true` is an old spelling of `attn_implementation: sdpa`, which `flash_attention` sets already")
+
+
+# -- old values ---------------------------------------------------------------------------
+# A key that kept its name but whose value changed: read as the tool reads it today (with a
+# warning naming both spellings), or refused where the tool refuses it.
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("gradient_checkpointing: offload\n", "gradient_checkpointing: true\nactivation_offloading: true\n"),
+        ("gradient_checkpointing: offload_disk\n", "gradient_checkpointing: true\nactivation_offloading: disk\n"),
+    ],
+    ids=["offload", "offload_disk"],
+)
+def test_axolotl_offloaded_gradient_checkpointing_is_activation_offloading(tmp_path, old, new):
+    got, want = _same(tmp_path, "axolotl", AXOLOTL + old, AXOLOTL + new, "gradient_checkpointing", "activation_offloading")
+    assert tomllib.loads(got.text)["model"]["gradient_checkpointing"] is True
+    value = old.split(": ")[1].strip()
+    said = f"`gradient_checkpointing: {value}` is the old spelling of `gradient_checkpointing: true` with `activation_offloading: {new.split(': ')[-1].strip()}`"
+    _warned(got, said, "(changed in axolotl 0.12.0); axolotl 0.18.0 still reads it as the new one, and so does this import")
+    assert f"# gradient_checkpointing ({said})" in got.text
+    assert said in got.draft.ledger["gradient_checkpointing"].why  # offloading is approximate, as the new spelling's is
+
+
+def test_axolotl_offload_overrides_the_files_activation_offloading(tmp_path):
+    """axolotl's check_gradient_checkpointing_w_offload sets activation_offloading whatever the file says."""
+    got = _import(tmp_path, "axolotl", AXOLOTL + "gradient_checkpointing: offload_disk\nactivation_offloading: legacy\n")
+    want = _import(tmp_path, "axolotl", AXOLOTL + "gradient_checkpointing: true\nactivation_offloading: disk\n")
+    assert tomllib.loads(got.text) == tomllib.loads(want.text)
+    entry = got.draft.ledger["activation_offloading"]
+    assert (entry.how, entry.reason) == ("dropped", "ignored-by-tool")
+    _warned(got, "`gradient_checkpointing: offload_disk` sets `activation_offloading: disk` as axolotl reads it: the file's `activation_offloading` is ignored")
+
+
+def test_axolotl_refuses_tokens_as_a_table(tmp_path):
+    (diag,) = _refused(tmp_path, "axolotl", AXOLOTL + "tokens:\n  pad_token: <pad>\n")
+    assert diag.message == "`tokens` as a table was removed in axolotl 0.1.0, replaced by `special_tokens`: axolotl 0.18.0 refuses it"
+    assert diag.help == "write `special_tokens` instead" and diag.location.line == 9
+    # the list it is today imports
+    got = _import(tmp_path, "axolotl", AXOLOTL + "tokens:\n  - <pad>\n")
+    assert not got.draft.warnings
+
+
+def test_axolotl_0_11_example(tmp_path, imported):
+    path = LEGACY / "axolotl-0.11.0-qwen3-32b-qlora.yaml"
+    got = imported("axolotl", path)
+    text = path.read_text(encoding="utf-8")
+    new = text.replace("gradient_checkpointing: offload\n", "gradient_checkpointing: true\nactivation_offloading: true\n")
+    new = new.replace("flash_attention: true\n", "attn_implementation: flash_attention_2\n")
+    (tmp_path / "new.yaml").write_text(new, encoding="utf-8")
+    want = imported("axolotl", tmp_path / "new.yaml")
+    assert got.recipe == {**want.recipe, "recipe": {**want.recipe["recipe"], "name": got.recipe["recipe"]["name"]}}
+    assert got.recipe["model"]["gradient_checkpointing"] is True and got.recipe["model"]["attention"] == "flash_attention_2"
+    warnings = [w for w, _ in got.result.draft.warnings]
+    assert warnings[0].startswith("`gradient_checkpointing: offload` is the old spelling") and warnings[1].startswith("`flash_attention: true` is the old spelling")
+    assert not [k for k in got.result.draft.values if k not in got.result.draft.ledger]
+
+
+LF_OLD_VALUES = [
+    # (line, the error's words, its help)
+    ("stage: orpo", "`stage: orpo` was removed in LLaMA-Factory 0.8.0, replaced by `stage: dpo` with `pref_loss: orpo`", "write `stage: dpo` with `pref_loss: orpo` instead"),
+    ("flash_attn: true", "`flash_attn: true` was removed in LLaMA-Factory 0.7.0, replaced by `flash_attn: fa2`", "write `flash_attn: fa2` instead"),
+    ("flash_attn: false", "`flash_attn: false` (or `off`, which YAML reads as false) was removed in LLaMA-Factory 0.7.0, replaced by `flash_attn: disabled`", "write `flash_attn: disabled` instead"),
+    ("flash_attn: off", "`flash_attn: false` (or `off`, which YAML reads as false) was removed in LLaMA-Factory 0.7.0", "write `flash_attn: disabled` instead"),
+    ("flash_attn: 'off'", "`flash_attn: off` was removed in LLaMA-Factory 0.8.3, replaced by `flash_attn: disabled`", "write `flash_attn: disabled` instead"),
+]
+
+
+@pytest.mark.parametrize(("line", "message", "help"), LF_OLD_VALUES, ids=[r[0] for r in LF_OLD_VALUES])
+def test_llama_factory_refuses_old_values(tmp_path, line, message, help):
+    base = LF.replace("stage: sft\n", "") if line.startswith("stage") else LF
+    (diag,) = _refused(tmp_path, "llama-factory", base + line + "\n")
+    assert diag.message.startswith(message) and diag.message.endswith("LLaMA-Factory 0.9.5 refuses it")
+    assert diag.help == help and diag.location.line == base.count("\n") + 1
+
+
+@pytest.mark.parametrize("value", ["fa2", "disabled", "sdpa", "auto"])
+def test_llama_factory_flash_attn_of_today_is_no_old_value(tmp_path, value):
+    got = _import(tmp_path, "llama-factory", LF + f"flash_attn: {value}\n")
+    assert got.draft.ledger["flash_attn"].how == "exact" and not got.draft.warnings
+
+
+def test_llama_factory_0_7_1_orpo_example(tmp_path, imported):
+    path = LEGACY / "llama-factory-0.7.1-llama3_lora_orpo.yaml"
+    with pytest.raises(RecipeError) as info:
+        import_config(path, "llama-factory")
+    assert [(d.location.line, d.message.split(" was removed")[0]) for d in info.value.diagnostics] == [(8, "`stage: orpo`"), (40, "`evaluation_strategy`")]
+    # as 0.8.0 and transformers 4.51 want them, the config imports as ORPO
+    fixed = path.read_text(encoding="utf-8").replace("stage: orpo\n", "stage: dpo\npref_loss: orpo\n").replace("evaluation_strategy:", "eval_strategy:")
+    (tmp_path / "fixed.yaml").write_text(fixed, encoding="utf-8")
+    got = imported("llama-factory", tmp_path / "fixed.yaml", files=["data/orca_rlhf.json"])
+    assert got.recipe["preference"]["objective"] == "orpo"
+
+
+def test_axolotl_refuses_rl_kto_pair(tmp_path):
+    text = (CONFIGS / "axolotl" / "dpo-chatml-intel.yaml").read_text(encoding="utf-8")
+    assert "rl: dpo\n" in text
+    (diag,) = _refused(tmp_path, "axolotl", text.replace("rl: dpo\n", "rl: kto_pair\n"))
+    assert diag.message == "`rl: kto_pair` was removed in axolotl 0.5.0, replaced by `rl: kto` (TRL's KTO, on unpaired examples): axolotl 0.18.0 refuses it"
+    assert diag.location.line == text.splitlines().index("rl: dpo") + 1
+
+
+LF_OLD_TEMPLATES = [
+    # (template, the release that removed it, the replacement the error names)
+    ("baichuan2", "LLaMA-Factory 0.9.5 (obsolete models)", ""),
+    ("chatglm2", "LLaMA-Factory 0.9.5 (obsolete models)", ""),
+    ("intern", "LLaMA-Factory 0.9.5 (obsolete models)", ""),
+    ("chatglm3_system", "LLaMA-Factory 0.8.3", "`template: chatglm3`"),
+    ("vanilla", "LLaMA-Factory 0.6.3", "`template: empty` or `template: fewshot`"),
+    ("chatglm3_raw", "LLaMA-Factory 0.5.0", "`template: chatglm3` (tool calls)"),
+    ("linly", "LLaMA-Factory 0.2.1", ""),
+]
+
+
+@pytest.mark.parametrize(("name", "since", "by"), LF_OLD_TEMPLATES, ids=[r[0] for r in LF_OLD_TEMPLATES])
+def test_llama_factory_refuses_templates_it_no_longer_has(tmp_path, name, since, by):
+    (diag,) = _refused(tmp_path, "llama-factory", LF.replace("template: llama3", f"template: {name}"))
+    instead = f", replaced by {by}" if by else ""
+    assert diag.message == f"`template: {name}` was removed in {since}{instead}: LLaMA-Factory 0.9.5 refuses it"
+    assert diag.help == (f"write {by} instead" if by else "delete `template`, or give it a value LLaMA-Factory 0.9.5 has")
+    assert diag.location.line == 7
+
+
+def test_llama_factory_old_templates_are_none_of_0_9_5s():
+    """The templates refused as old are exactly those 0.9.5's template.py lacks; the ones recipec
+    knows of 0.9.5 (written out, or not for a reason) are none of them."""
+    from recipec.importers.llama_factory import LEGACY_VALUES
+    from recipec.importers.llama_factory_templates import NOT_WRITTEN, TEMPLATES
+
+    old = [e.old for e in LEGACY_VALUES["template"]]
+    assert len(old) == len(set(old)) == 24
+    assert not set(old) & (set(TEMPLATES) | set(NOT_WRITTEN))
+
+
+def test_llama_factory_refuses_finetuning_type_none(tmp_path):
+    (diag,) = _refused(tmp_path, "llama-factory", LF.replace("finetuning_type: lora", "finetuning_type: none"))
+    assert diag.message == "`finetuning_type: none` was removed in LLaMA-Factory 0.2.1: LLaMA-Factory 0.9.5 refuses it"
+    assert diag.location.line == 4
+
+
+LLM_FOUNDRY_OLD_VALUES = [
+    # (old text, new text, the error's words)
+    ("    attn_impl: flash\n", "    attn_impl: triton\n", "`model.attn_config.attn_impl: triton` was removed in llm-foundry 0.7.0, replaced by `attn_impl: flash` (or `torch`)"),
+    ("  name: decoupled_adamw\n", "  name: decoupled_lionw_8b\n", "`optimizer.name: decoupled_lionw_8b` was removed in llm-foundry 0.6.0"),
+    ("  name: mpt_causal_lm\n", "  name: hf_prefix_lm\n", "`model.name: hf_prefix_lm` was removed in llm-foundry 0.7.0"),
+    ("train_loader:\n  name: text\n", "train_loader:\n  name: text_denoising\n", "`train_loader.name: text_denoising` was removed in llm-foundry 0.7.0"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "message"), LLM_FOUNDRY_OLD_VALUES, ids=[r[1].split(": ")[-1].strip() for r in LLM_FOUNDRY_OLD_VALUES])
+def test_llm_foundry_refuses_old_values(tmp_path, old, new, message):
+    text = (CONFIGS / "llm-foundry" / "mpt-125m.yaml").read_text(encoding="utf-8")
+    assert text.count(old) == 1
+    (diag,) = _refused(tmp_path, "llm-foundry", text.replace(old, new), num_processes=8)
+    assert diag.message.startswith(message) and diag.message.endswith("llm-foundry 0.21.0 refuses it")
+    line = text[: text.index(old) + len(old)].count("\n")
+    assert diag.location.line == line
+
+
+@pytest.mark.parametrize("value", ["litgpt.data.Dolly", "Dolly"])
+def test_litgpt_refuses_the_dolly_data_module(tmp_path, value):
+    text = (CONFIGS / "litgpt" / "phi-2-lora.yaml").read_text(encoding="utf-8")
+    import yaml
+
+    data = yaml.safe_load(text)
+    data["data"] = {"class_path": value} if "." in value else value
+    (diag,) = _refused(tmp_path, "litgpt", yaml.safe_dump(data, sort_keys=False))
+    key = "data.class_path" if "." in value else "data"
+    assert diag.message.startswith(f"`{key}: {value}` was removed in litgpt 0.5.4, replaced by `litgpt.data.JSON`")
+    assert diag.message.endswith("litgpt 0.5.13 refuses it")
+
+
+def test_axolotl_refuses_bf16_full(tmp_path):
+    (diag,) = _refused(tmp_path, "axolotl", AXOLOTL + "bf16: full\n")
+    assert diag.message == "`bf16: full` was removed in axolotl 0.5.0: axolotl 0.18.0 refuses it"
+    assert diag.help == "delete `bf16`, or give it a value axolotl 0.18.0 has" and diag.location.line == 9
+
+
+@pytest.mark.parametrize("base", ["chatml", "llama3"])
+def test_axolotl_refuses_the_dpo_argilla_type_but_not_ktos(tmp_path, base):
+    """axolotl 0.7.0 renamed the DPO strategies' `argilla` to `default`; KTO's kept theirs."""
+    text = (CONFIGS / "axolotl" / "dpo-chatml-intel.yaml").read_text(encoding="utf-8")
+    assert text.count("type: chatml.intel\n") == 1
+    old = text.replace("type: chatml.intel\n", f"type: {base}.argilla\n")
+    (diag,) = _refused(tmp_path, "axolotl", old)
+    assert diag.message == f"`datasets[0].type: {base}.argilla` was removed in axolotl 0.7.0, replaced by `type: {base}.default`: axolotl 0.18.0 refuses it"
+    assert diag.location.line == text.splitlines().index("    type: chatml.intel") + 1
+    # with the help applied it imports; under rl: kto the old name is today's
+    _import(tmp_path, "axolotl", old.replace(f"{base}.argilla", f"{base}.default"))
+    kto = _import(tmp_path, "axolotl", old.replace("rl: dpo\n", "rl: kto\n"))
+    assert not [w for w, _ in kto.draft.warnings if "argilla" in w]
+
+
+@pytest.mark.parametrize("name", ["vicuna-7b-v1.5", "lmsys/vicuna-7b-v1.5", "RedPajama-INCITE-Chat-3B-v1", "h2oai/h2o-danube2-1.8b-chat", "dolly-v2-3b"])
+def test_litgpt_refuses_the_models_0_5_4_dropped(tmp_path, name):
+    text = (CONFIGS / "litgpt" / "tinyllama-pretrain.yaml").read_text(encoding="utf-8")
+    assert text.count("model_name: tiny-llama-1.1b\n") == 1
+    (diag,) = _refused(tmp_path, "litgpt", text.replace("model_name: tiny-llama-1.1b\n", f"model_name: {name}\n"))
+    assert diag.message == f"`model_name: {name}` was removed in litgpt 0.5.4: litgpt 0.5.13 refuses it"
+    assert diag.location.line == text.splitlines().index("model_name: tiny-llama-1.1b") + 1
+
+
+def test_litgpt_a_dropped_model_name_beside_a_model_config_is_not_read(tmp_path):
+    """pretrain reads model_config instead of the name: nothing to refuse."""
+    text = (CONFIGS / "litgpt" / "tinyllama-pretrain.yaml").read_text(encoding="utf-8")
+    assert text.count("\nmodel_config:\n") == 1
+    text = text.replace("model_name: tiny-llama-1.1b\n", "model_name: vicuna-7b-v1.5\n")
+    text = text.replace("\nmodel_config:\n", "\nmodel_config:\n  n_layer: 2\n  n_embd: 64\n  n_head: 4\n")
+    got = _import(tmp_path, "litgpt", text)
+    assert got.draft.ledger["model_name"].how == "exact"
+
+
+def test_torchtune_refuses_the_mistral_reward_model_type(tmp_path):
+    (diag,) = _refused(tmp_path, "torchtune", _tt("llama3_2-1B-lora-single-device.yaml", checkpointer__model_type="MISTRAL_REWARD"))
+    assert diag.message == "`checkpointer.model_type: MISTRAL_REWARD` was removed in torchtune 0.3.0, replaced by `model_type: REWARD`: torchtune 0.6.1 refuses it"
+    assert diag.help == "write `model_type: REWARD` instead"
