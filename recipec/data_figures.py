@@ -176,7 +176,17 @@ def figures(plan: Any, out: Any) -> dict:
         "truncated": x.get("truncated"),
         "computed": derived,
         "kto": bool(plan.recipe.preference is not None and plan.recipe.preference.objective == "kto"),
+        "rows_are": _rows_are(plan),
     }
+
+
+def _rows_are(plan: Any) -> str:
+    """What one training row holds, in words."""
+    if plan.recipe.preference is not None:
+        return "examples" if plan.recipe.preference.objective == "kto" else "pairs (chosen and rejected side by side)"
+    if plan.get("examples"):
+        return "packed rows" if plan["packing"] else "examples"
+    return "sequences"
 
 
 def _computed(plan: Any, rows: list[int]) -> dict:
@@ -218,7 +228,7 @@ def text(plan: Any, fig: dict) -> list[str]:
     many = len(fig["segments"]) > 1
     for s in fig["segments"]:
         label = f"segment {s['segment']}" if many else "training rows"
-        parts = [f"{s['rows']:,}"]
+        parts = [f"{s['rows']:,} {fig['rows_are']}"]
         if "examples" in s and s["examples"] != s["rows"]:
             parts.append(f"from {s['examples']:,} examples")
         if s["replayed"]:
