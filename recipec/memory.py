@@ -179,7 +179,7 @@ MIB = 1024**2
 
 ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
-    "qwen2_moe", "granite", "starcoder2", "phi", "cohere",
+    "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe",
 )
 """`model_type`s whose layers the parameter and activation counts describe."""
 
@@ -196,7 +196,9 @@ PEFT_DEFAULT_TARGETS = {
 copy); a type without one, and IA3 (whose defaults peft's tuner does not expose), need
 `peft.target_modules`, as recipec's adapters require."""
 
-CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi", "cohere")
+CLASS_DEFAULTS = (
+    "gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe",
+)
 """Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
 
 GEMMA = ("gemma", "gemma2", "gemma3_text")
@@ -208,12 +210,17 @@ SANDWICH = ("gemma2", "gemma3_text")
 FUSED_ONLY = ("gemma2",)
 """Types transformers builds without sdpa (gemma2: `_supports_sdpa = False`, for its soft-capping)."""
 
-LAYER_NORM = ("gpt2", "starcoder2", "phi")
+LAYER_NORM = ("gpt2", "starcoder2", "phi", "gpt_neox", "falcon")
 """Types whose norms are torch's LayerNorm (a weight and a bias; it keeps its input, and the
 linears after it its output)."""
 
-MLP_LINEARS = ("gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "fc1", "fc2")
+MLP_LINEARS = ("gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "fc1", "fc2", "dense_h_to_4h", "dense_4h_to_h")
 """A decoder layer's MLP linears (module path `mlp.`); the rest are the attention's (`self_attn.`)."""
+
+FUSED_QKV = ("gpt_neox", "falcon")
+"""Types whose q, k and v come from one linear (query_key_value), followed by `dense`, and whose
+gelu MLP is dense_h_to_4h and dense_4h_to_h; LayerNorms, and the attention and the MLP side by
+side or one after the other as the config says."""
 
 PARALLEL = ("phi", "cohere")
 """Types whose attention and MLP read the same norm's output, side by side: one norm a layer."""
@@ -287,6 +294,12 @@ class ModelShape:
     """gemma2's attention logits soft-capped (attn_logit_softcapping): eager attention keeps the tanh output too."""
     logit_softcap: bool = False
     """gemma2's output logits soft-capped (final_logit_softcapping): the loss keeps the tanh output too."""
+    parallel: bool = False
+    """gpt_neox's and falcon's attention and MLP read the same residual stream side by side
+    (use_parallel_residual; parallel_attn or new_decoder_architecture)."""
+    norms: int = 2
+    """LayerNorms a layer in gpt_neox and falcon: two (input_layernorm and post_attention_layernorm,
+    or falcon's ln_attn and ln_mlp), or falcon's one input_layernorm that both halves read."""
     model_type: str = "llama"
 
     @classmethod
@@ -309,6 +322,10 @@ class ModelShape:
                 return cls._starcoder2(config, vocab_size)
             if model_type == "phi":
                 return cls._phi(config, vocab_size)
+            if model_type == "gpt_neox":
+                return cls._gpt_neox(config, vocab_size)
+            if model_type == "falcon":
+                return cls._falcon(config, vocab_size)
             h = int(config["hidden_size"])
             heads = int(config["num_attention_heads"])
             vocab = int(vocab_size if vocab_size is not None else config["vocab_size"])
@@ -317,6 +334,12 @@ class ModelShape:
             intermediate, experts, per_token = int(config["intermediate_size"]), 0, 0
             if model_type == "mixtral":
                 experts, per_token = int(config["num_local_experts"]), int(config["num_experts_per_tok"])
+            elif model_type == "olmoe":
+                # its config class reads num_local_experts as num_experts (its attribute_map)
+                experts = int(config["num_experts"] if "num_experts" in config else config["num_local_experts"])
+                per_token = int(config["num_experts_per_tok"])
+                if config.get("clip_qkv") is not None:
+                    raise ValueError("the estimate does not cover olmoe with clip_qkv")
             elif model_type in ("qwen3_moe", "qwen2_moe"):
                 # transformers 5 writes qwen3_moe's num_experts as num_local_experts (its attribute_map)
                 experts = int(config["num_experts"] if "num_experts" in config else config["num_local_experts"])
@@ -350,6 +373,7 @@ class ModelShape:
                 "qwen3": 2 * head_dim,
                 "qwen3_moe": 2 * head_dim,
                 "olmo2": (heads + kv_heads) * head_dim,
+                "olmoe": h + h // heads * kv_heads,  # RMSNorms over the whole q (hidden_size) and k projections
                 "gemma3_text": 2 * head_dim,
                 "cohere": (heads + kv_heads) * head_dim if config.get("use_qk_norm") else 0,
             }
@@ -467,12 +491,92 @@ class ModelShape:
             model_type="phi",
         )
 
+    @staticmethod
+    def _refuse_dropout(config: dict[str, Any], model_type: str) -> None:
+        """gpt_neox's and falcon's dropouts are not counted: refuse a config that sets one (their
+        released configs set none)."""
+        set_ = [k for k in ("hidden_dropout", "attention_dropout") if float(config.get(k) or 0.0) > 0]
+        if set_:
+            raise ValueError(f"the estimate does not cover {model_type} with {' or '.join(set_)}")
+
+    @classmethod
+    def _gpt_neox(cls, config: dict[str, Any], vocab_size: int | None) -> ModelShape:
+        """The shape of a gpt_neox config (Pythia, GPT-NeoX-20B): a fused query_key_value, two
+        LayerNorms a layer (side by side with use_parallel_residual), a gelu MLP with biases,
+        attention_bias on query_key_value and dense, an untied embed_out by default."""
+        cls._refuse_dropout(config, "gpt_neox")
+        h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        activation = str(config["hidden_act"])
+        if activation not in ACTIVATION_KEPT:
+            raise ValueError(f"the estimate does not cover the activation {activation!r}")
+        return cls(
+            hidden_size=h,
+            intermediate_size=int(config["intermediate_size"]),
+            num_hidden_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            head_dim=h // heads,
+            vocab_size=int(vocab_size if vocab_size is not None else config["vocab_size"]),
+            tie_word_embeddings=bool(config["tie_word_embeddings"]),
+            qkv_bias=bool(config["attention_bias"]),
+            o_bias=bool(config["attention_bias"]),
+            mlp_bias=True,
+            activation=activation,
+            parallel=bool(config["use_parallel_residual"]),
+            norms=2,
+            model_type="gpt_neox",
+        )
+
+    @classmethod
+    def _falcon(cls, config: dict[str, Any], vocab_size: int | None) -> ModelShape:
+        """The shape of a falcon config: a fused query_key_value whose keys and values are one head
+        (multi_query), num_kv_heads (new_decoder_architecture) or a head per query head, rotary
+        positions (alibi is refused), one LayerNorm a layer with parallel_attn, two otherwise or
+        with new_decoder_architecture (ln_attn and ln_mlp, unless num_ln_in_parallel_attn is 1),
+        `bias` on every linear, tied embeddings by default."""
+        cls._refuse_dropout(config, "falcon")
+        if config.get("alibi"):
+            raise ValueError("the estimate does not cover falcon with alibi")
+        new, parallel = bool(config["new_decoder_architecture"]), bool(config["parallel_attn"])
+        if new and not parallel:  # FalconDecoderLayer has no forward for it
+            raise ValueError("the estimate does not cover falcon with new_decoder_architecture and not parallel_attn")
+        h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_kv_heads") or heads) if new or not config["multi_query"] else 1
+        activation = str(config["activation"])
+        if activation not in ACTIVATION_KEPT:
+            raise ValueError(f"the estimate does not cover the activation {activation!r}")
+        norms = 2 if not parallel or (new and config.get("num_ln_in_parallel_attn") in (None, 2)) else 1
+        return cls(
+            hidden_size=h,
+            intermediate_size=int(config.get("ffn_hidden_size") or 4 * h),
+            num_hidden_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            head_dim=h // heads,
+            vocab_size=int(vocab_size if vocab_size is not None else config["vocab_size"]),
+            tie_word_embeddings=bool(config["tie_word_embeddings"]),
+            qkv_bias=bool(config["bias"]),
+            o_bias=bool(config["bias"]),
+            mlp_bias=bool(config["bias"]),
+            activation=activation,
+            parallel=parallel,
+            norms=norms,
+            model_type="falcon",
+        )
+
     def linears(self) -> dict[str, tuple[int, int, bool]]:
         """One decoder layer's linear layers: name -> (in_features, out_features, has bias)."""
         h, d = self.hidden_size, self.head_dim
         q, kv, i = self.num_attention_heads * d, self.num_key_value_heads * d, self.intermediate_size
         if self.model_type == "gpt2":  # Conv1D layers, (in, out) like a linear's
             return {"attn.c_attn": (h, 3 * h, True), "attn.c_proj": (h, h, True), "mlp.c_fc": (h, i, True), "mlp.c_proj": (i, h, True)}
+        if self.model_type in FUSED_QKV:
+            return {
+                "query_key_value": (h, q + 2 * kv, self.qkv_bias),
+                "dense": (q, h, self.o_bias),
+                "dense_h_to_4h": (h, i, self.mlp_bias),
+                "dense_4h_to_h": (i, h, self.mlp_bias),
+            }
         if self.model_type in ("starcoder2", "phi"):
             attention = {"q_proj": (h, q, self.qkv_bias), "k_proj": (h, kv, self.qkv_bias), "v_proj": (h, kv, self.qkv_bias)}
             if self.model_type == "phi":
@@ -508,7 +612,7 @@ class ModelShape:
     def layer_params(self) -> int:
         """Parameters of one decoder layer: its linears, its norms (gemma2 and gemma3_text have
         four, phi and cohere one, the others two) and any query/key norms."""
-        norms = 4 if self.model_type in SANDWICH else 1 if self.model_type in PARALLEL else 2
+        norms = 4 if self.model_type in SANDWICH else 1 if self.model_type in PARALLEL else self.norms
         return self.layer_linear_params() + norms * self.norm_params() + self.qk_norm
 
     def embedding_params(self) -> int:
@@ -593,7 +697,7 @@ class ModelShape:
         # a fused kernel keeps q, k, v and its output, which is o_proj's input too (laid out as b x s
         # x heads x head_dim: the transpose and contiguous() copy nothing); eager attention keeps q,
         # k and v repeated to every query head, and o_proj's contiguous input where o_proj trains
-        o_kept = adapted is None or ("dense" if self.model_type == "phi" else "o_proj") in adapted
+        o_kept = adapted is None or ("dense" if self.model_type in ("phi", *FUSED_QKV) else "o_proj") in adapted
         attention = (3 * q + (q if o_kept else 0) if eager else 2 * q + 2 * kv) * act_bytes
         if math:
             attention = 3 * q * 4 + (q * act_bytes if o_kept else 0)
@@ -605,6 +709,8 @@ class ModelShape:
             # rotated q, a copy of a slice, is laid out heads-first, so the fused kernel's output is
             # copied for o_proj (eager attention's matmuls copy v like the rest)
             attention = (4 * q + 3 * kv) * act_bytes
+        if self.model_type in FUSED_QKV:
+            return self._fused_qkv_activations(residual_bytes, act_bytes, adapted, eager, o_kept)
         if self.model_type == "starcoder2":
             # two LayerNorms keep their input, and the linears after them their output; c_fc's output
             # and what the activation keeps, its output where c_proj trains; a dropout mask after
@@ -655,10 +761,48 @@ class ModelShape:
         else:
             readers = (("q_proj", "k_proj", "v_proj"), ("router", *shared) if self.experts else ("gate_proj", "up_proj"))
         inputs = sum(_inputs_kept(names, adapted, act_bytes, residual_bytes) for names in readers)
-        # qwen3's RMSNorms over each head's q and k: their float32 input and normalised value, in the
-        # dtype of q_proj's output (olmo2's norms over the whole projections are not counted)
-        qk = (4 + (0 if adapted is not None else act_bytes)) * (q + kv) if self.model_type in ("qwen3", "qwen3_moe") else 0
+        # qwen3's RMSNorms over each head's q and k, and olmoe's over the whole projections: their
+        # float32 input and normalised value, in the dtype of q_proj's output (olmo2's are not counted)
+        qk_normed = ("qwen3", "qwen3_moe", "olmoe")
+        qk = (4 + (0 if adapted is not None else act_bytes)) * (q + kv) if self.model_type in qk_normed else 0
         return 2 * norm + inputs * h + attention + mlp * act_bytes + moe + qk
+
+    def _fused_qkv_activations(
+        self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None, eager: bool, o_kept: bool
+    ) -> int:
+        """gpt_neox's and falcon's layer: LayerNorms, one query_key_value, a gelu MLP (no dropout).
+
+        Each LayerNorm keeps its input (one tensor where both read the residual stream side by
+        side), and the linears after it its output (q/k/v with the MLP's first linear when one
+        norm feeds both). Under sdpa: the rotated q and k (new tensors), v, a view of
+        query_key_value's output that keeps all of it alive, and sdpa's output. gpt_neox
+        concatenates the rotated part of each head with the rest, laid out heads-first, so the
+        output is too and is copied for `dense`; falcon's rotated q keeps the b x s x heads layout
+        and `dense` reads the output itself. falcon always materialises its causal mask, so
+        transformers repeats k and v to every query head (copies, unless there is one key/value
+        head: then views, and autocast's cast of the repeated k is the copy); its float copy
+        of the mask is counted by the estimate. Eager attention keeps what a Llama layer's does.
+        """
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        inputs = residual_bytes * h * (1 if self.parallel else 2)
+        if self.norms == 1:
+            inputs += _inputs_kept(("query_key_value", "dense_h_to_4h"), adapted, act_bytes, residual_bytes) * h
+        else:
+            inputs += _inputs_kept(("query_key_value",), adapted, act_bytes, residual_bytes) * h
+            inputs += _inputs_kept(("dense_h_to_4h",), adapted, act_bytes, residual_bytes) * h
+        fused = q + 2 * kv
+        if eager:
+            attention = 3 * q + (q if o_kept else 0)
+        elif self.model_type == "gpt_neox":
+            attention = q + kv + fused + q + (q if o_kept else 0)
+        elif self.num_key_value_heads not in (1, self.num_attention_heads):  # k and v repeated: copies
+            attention = 4 * q
+        else:  # k (repeated by a view, materialised by autocast's cast), and v's view of the fused output
+            k = q if self.num_key_value_heads == 1 and act_bytes < residual_bytes else kv
+            attention = q + k + fused + q
+        mlp = ACTIVATION_KEPT[self.activation] * i + (i if adapted is None or "dense_4h_to_h" in adapted else 0)
+        return inputs + (attention + mlp) * act_bytes
 
     def first_layer_unkept(self, residual_bytes: int, act_bytes: int, adapted: frozenset[str], mask_bytes: int = 1) -> int:
         """Bytes per token that `layer_activations` counts for the first layer but PEFT does not
@@ -686,7 +830,7 @@ class ModelShape:
         dropout = h * (residual_bytes if mask_bytes > 1 else 1) if self.embedding_dropout else 0
         if self.model_type == "gpt2":
             return (residual_bytes + act_bytes) * h + dropout
-        if self.model_type in ("starcoder2", "phi"):  # a LayerNorm keeps its input, a frozen lm_head no output
+        if self.model_type in ("starcoder2", "phi", *FUSED_QKV):  # a LayerNorm keeps its input, a frozen lm_head no output
             return residual_bytes * h + (0 if frozen else act_bytes * h) + dropout
         if frozen:  # the norm's float32 input (cohere's: x - mean, twice)
             return 8 * h if self.model_type == "cohere" else 4 * h
@@ -960,10 +1104,15 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     # sdpa's math path (attention dropout on the CPU) keeps no mask either, and its q, k and v are
     # counted already
     mask_b = repeated = 0
+    masked_layers = shape.sliding_layers
     sliding_mask = bool(shape.sliding_layers) and s > shape.sliding_window
     if sliding_mask and recipe.model.attention == "sdpa" and shape.model_type not in FUSED_ONLY and not cpu_dropout:
         q, kv = shape.num_attention_heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
         mask_b, repeated = b * s * s if checkpointing else 0, (s + 2 * (q - kv)) * a_bytes
+    elif shape.model_type == "falcon" and recipe.model.attention == "sdpa":
+        # falcon materialises its causal mask whatever the attention (to add alibi to it): sdpa keeps
+        # a float copy in every layer (k and v repeated for it are counted in the layer)
+        mask_b, repeated, masked_layers = b * s * s if checkpointing else 0, s * a_bytes, layers
     elif eager and checkpointing:
         kinds = (shape.sliding_layers > 0) + (shape.sliding_layers < layers)
         mask_b = kinds * b * s * s * p_bytes
@@ -986,12 +1135,16 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
             f"+ max(0, one layer b * s * {per_layer} B - logits)"
         )
     else:
-        act_b = tokens * (layers * per_layer + final + shape.sliding_layers * repeated - first) + layers * scores_b + mask_b
+        act_b = tokens * (layers * per_layer + final + masked_layers * repeated - first) + layers * scores_b + mask_b
         act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B + final norm {final} B)"
         if first:
             act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B - {first} B not kept by the first layer + final norm {final} B)"
     if mask_b and not repeated and eager:
         act_formula += f" + eager attention's masks, kept for the recomputed layers: {mask_b // (b * s * s * p_bytes)} * b {b} * s {s}^2 * {p_bytes} B"
+    elif repeated and shape.model_type == "falcon":
+        act_formula += f" + the causal mask's float copy in {layers} layers: b * s * {repeated} B each" + (
+            f" + the boolean mask kept for the recomputed layers: b {b} * s {s}^2 * 1 B" if mask_b else ""
+        )
     elif repeated:
         act_formula += (
             f" + the sliding-window mask's float copy and k and v repeated per query head in {shape.sliding_layers}"

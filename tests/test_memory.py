@@ -36,6 +36,9 @@ GRANITE = {**SMALL, "num_key_value_heads": 2, "embedding_multiplier": 12.0, "res
 STARCODER2 = {**SMALL, "num_key_value_heads": 2}
 PHI = {**SMALL, "pad_token_id": 0}
 COHERE = {**SMALL, "num_key_value_heads": 2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+GPT_NEOX = {**SMALL, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+FALCON = {key: value for key, value in SMALL.items() if key != "intermediate_size"} | {"bos_token_id": 1, "eos_token_id": 2}
+OLMOE = {**MOE, "num_experts": 4, "pad_token_id": 0, "eos_token_id": 2}
 
 
 @pytest.mark.parametrize(
@@ -67,12 +70,21 @@ COHERE = {**SMALL, "num_key_value_heads": 2, "pad_token_id": 0, "bos_token_id": 
         ("phi", {**PHI, "qk_layernorm": True, "tie_word_embeddings": True, "num_key_value_heads": 2}),
         ("cohere", COHERE),  # one LayerNorm without a bias a layer, tied by default
         ("cohere", {**COHERE, "use_qk_norm": True, "attention_bias": True, "tie_word_embeddings": False}),
+        ("gpt_neox", GPT_NEOX),  # fused query_key_value, two LayerNorms, biases (attention_bias), untied embed_out
+        ("gpt_neox", {**GPT_NEOX, "attention_bias": False, "use_parallel_residual": False, "tie_word_embeddings": True}),
+        ("falcon", FALCON),  # multi_query (one key/value head), parallel_attn with one LayerNorm, no biases, tied
+        ("falcon", {**FALCON, "multi_query": False, "parallel_attn": False, "bias": True, "tie_word_embeddings": False}),
+        ("falcon", {**FALCON, "new_decoder_architecture": True, "num_kv_heads": 2, "ffn_hidden_size": 96}),  # ln_attn, ln_mlp
+        ("falcon", {**FALCON, "new_decoder_architecture": True, "num_kv_heads": 4, "num_ln_in_parallel_attn": 1}),
+        ("olmoe", OLMOE),  # RMSNorms over the whole q and k projections, experts of intermediate_size
+        ("olmoe", {**OLMOE, "num_key_value_heads": 8, "attention_bias": True, "tie_word_embeddings": True}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
     shape, model = shape_and_model(model_type, **config)
     assert shape.parameters() == sum(p.numel() for p in model.parameters())
-    layer = model.transformer.h[0] if model_type == "gpt2" else model.model.layers[0]
+    layers = {"gpt2": lambda: model.transformer.h, "falcon": lambda: model.transformer.h, "gpt_neox": lambda: model.gpt_neox.layers}
+    layer = layers.get(model_type, lambda: model.model.layers)()[0]
     assert shape.layer_params() == sum(p.numel() for p in layer.parameters())
 
 
@@ -556,10 +568,10 @@ def test_no_estimate_for_a_hub_model_or_another_architecture(plan_of, write_reci
     plan = plan_of({"model.init": None, "model.config": None, "model.path": "org/name"}, tokenizer=None)
     assert plan.memory is None and "local model" in plan.memory_unknown
     (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "hidden_size": 64}))
+    (tmp_path / "base" / "config.json").write_text(json.dumps({"model_type": "bloom", "hidden_size": 64}))
     path = write_recipe({"model.init": None, "model.config": None, "model.path": "./base"}, tokenizer=None)
     plan, _ = plan_recipe(path, project=tmp_path)
-    assert plan.memory is None and "does not cover model type 'gpt_neox'" in plan.memory_unknown
+    assert plan.memory is None and "does not cover model type 'bloom'" in plan.memory_unknown
     assert f"it counts {', '.join(ARCHITECTURES)}" in plan.memory_unknown
     for broken in ({"model_type": "llama", "hidden_size": 64}, {**SMALL, "model_type": "llama", "num_attention_heads": 0}):
         (tmp_path / "base" / "config.json").write_text(json.dumps(broken))
