@@ -564,6 +564,89 @@ def test_cohere_and_phi_by_hand(plan_of):
     assert phi.parameters == 2 * 512 * 64 + 512 + 2 * (4 * (64 * 64 + 64) + 2 * 64 * 128 + 128 + 64 + 2 * 64) + 2 * 64
 
 
+FUSED = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+def test_gpt_neox_by_hand(plan_of):
+    # h 64, i 128, 2 layers, 4 heads, vocab 512, untied, b 4 x s 32, float32; attention and MLP side by side
+    m = plan_of({"model.init": "gpt_neox", "model.config": {**FUSED, "intermediate_size": 128}}).memory
+    layer = 64 * 192 + 192 + 64 * 64 + 64 + 64 * 128 + 128 + 128 * 64 + 64 + 2 * 2 * 64
+    assert m.parameters == 2 * 512 * 64 + 2 * layer + 2 * 64
+    # the residual stream both LayerNorms read (one tensor), their two outputs; the rotated q and k,
+    # query_key_value's whole output (v is a view of it), sdpa's output and dense's copy of it (the
+    # rotated q is a concatenation laid out heads-first); gelu's input and output
+    per_token = 64 * 4 + 2 * 64 * 4 + (64 + 64 + 3 * 64 + 64 + 64) * 4 + 2 * 128 * 4
+    final = 2 * 64 * 4
+    assert m.activations == 4 * 32 * (2 * per_token + final)
+    sequential = {"model.init": "gpt_neox", "model.config": {**FUSED, "intermediate_size": 128, "use_parallel_residual": False}}
+    # the second LayerNorm reads the residual stream after the attention: another input kept
+    assert plan_of(sequential).memory.activations == 4 * 32 * (2 * (per_token + 64 * 4) + final)
+    eager = plan_of({"model.init": "gpt_neox", "model.config": {**FUSED, "intermediate_size": 128}, "model.attention": "eager"})
+    # q, k, v copied for the matmul and dense's input; the float32 probabilities
+    per_token = 64 * 4 + 2 * 64 * 4 + 4 * 64 * 4 + 2 * 128 * 4
+    assert eager.memory.activations == 4 * 32 * (2 * per_token + final) + 2 * 4 * 4 * 32 * 32 * 4
+
+
+def test_falcon_by_hand(plan_of):
+    # h 64, ffn 128, 2 layers, 4 heads of 16 and one key/value head (multi_query), one LayerNorm a layer
+    # (parallel_attn), no biases, vocab 512, untied, b 4 x s 32, float32
+    config = {**FUSED, "ffn_hidden_size": 128}
+    m = plan_of({"model.init": "falcon", "model.config": config}).memory
+    layer = 64 * (64 + 2 * 16) + 64 * 64 + 2 * 64 * 128 + 2 * 64
+    assert m.parameters == 2 * 512 * 64 + 2 * layer + 2 * 64
+    # the LayerNorm's input and output; the rotated q and k, query_key_value's whole output (v is a
+    # view of it), sdpa's output (dense's input as it is); the float copy of the causal mask falcon
+    # always materialises (s values a token); gelu's input and output
+    q, kv = 64, 16
+    per_token = 2 * 64 * 4 + (q + kv + (q + 2 * kv) + q) * 4 + 32 * 4 + 2 * 128 * 4
+    final = 2 * 64 * 4
+    assert m.activations == 4 * 32 * (2 * per_token + final)
+    # under autocast the LayerNorm's float32 output is cast for each linear, and so is the rotated k,
+    # repeated to every query head by a view: the cast is a copy of q's size
+    mixed = plan_of({"model.init": "falcon", "model.config": config, "launch.mixed_precision": "bf16"}).memory
+    per_token = 64 * 4 + 2 * 64 * 2 + (q + q + (q + 2 * kv) + q) * 2 + 32 * 2 + 2 * 128 * 2
+    assert mixed.activations == 4 * 32 * (2 * per_token + 64 * 4 + 64 * 2)
+    # new_decoder_architecture with 2 key/value heads: ln_attn and ln_mlp read the same input; k and v
+    # repeated to every query head (copies)
+    new = plan_of({"model.init": "falcon", "model.config": {**config, "new_decoder_architecture": True, "num_kv_heads": 2}}).memory
+    per_token = 64 * 4 + 2 * 64 * 4 + 4 * q * 4 + 32 * 4 + 2 * 128 * 4
+    assert new.activations == 4 * 32 * (2 * per_token + final)
+    assert new.parameters == 2 * 512 * 64 + 2 * (64 * (64 + 2 * 32) + 64 * 64 + 2 * 64 * 128 + 2 * 2 * 64) + 2 * 64
+    # checkpointed: the layers' inputs, the final norm's, and the boolean mask the layers are called again with
+    ckpt = plan_of({"model.init": "falcon", "model.config": config, "model.gradient_checkpointing": True}).memory
+    assert ckpt.activations == 4 * 32 * (2 * 64 * 4 + final) + 4 * 32 * 32
+
+
+def test_olmoe_by_hand(plan_of):
+    # h 64, 2 layers, 4 heads / 2 kv heads, 4 experts of 32, 2 a token, vocab 512, b 4 x s 32, float32
+    config = {**FUSED, "num_key_value_heads": 2, "intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2}
+    m = plan_of({"model.init": "olmoe", "model.config": config}).memory
+    q, kv = 64, 32
+    layer = 2 * 64 * q + 2 * 64 * kv + 4 * 3 * 32 * 64 + 4 * 64 + 2 * 64 + q + kv  # q k v o, experts, router, norms
+    assert m.parameters == 2 * 512 * 64 + 2 * layer + 64
+    # two RMSNorms (float32 input, normalised value), q/k/v's and the router's input; the RMSNorms over
+    # the whole q and k projections (their float32 input and normalised value); sdpa's q, k, v and
+    # output; the chosen experts' tensors and the router's
+    experts = 2 * (4 * 32 + 2 * 64) * 4 + 4 * 4 + 2 * (4 + 32)
+    per_token = 2 * 8 * 64 + 2 * 4 * 64 + 8 * (q + kv) + (2 * q + 2 * kv) * 4 + experts
+    assert m.activations == 4 * 32 * (2 * per_token + 3 * 4 * 64)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "config", "why"),
+    [
+        ("falcon", {"alibi": True}, "falcon with alibi"),
+        ("falcon", {"hidden_dropout": 0.1}, "falcon with hidden_dropout"),
+        ("falcon", {"new_decoder_architecture": True, "parallel_attn": False}, "new_decoder_architecture and not parallel_attn"),
+        ("gpt_neox", {"attention_dropout": 0.1}, "gpt_neox with attention_dropout"),
+        ("olmoe", {"clip_qkv": 8.0}, "olmoe with clip_qkv"),
+    ],
+)
+def test_what_the_fused_types_and_olmoe_leave_out_is_refused(model_type, config, why):
+    with pytest.raises(ValueError, match=why):
+        ModelShape.from_config({**SMALL, **config}, model_type)
+
+
 def test_no_estimate_for_a_hub_model_or_another_architecture(plan_of, write_recipe, tmp_path: Path):
     plan = plan_of({"model.init": None, "model.config": None, "model.path": "org/name"}, tokenizer=None)
     assert plan.memory is None and "local model" in plan.memory_unknown
