@@ -236,6 +236,12 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "gpt_neox eager": ("recipes/quickstart.toml", [*GPT_NEOX, 'model.attention="eager"']),
     "gpt_neox bf16 weights": ("recipes/quickstart.toml", [*GPT_NEOX, 'model.dtype="bfloat16"']),
     "gpt_neox bf16 autocast": ("recipes/quickstart.toml", [*GPT_NEOX, 'launch.mixed_precision="bf16"']),
+    "gpt_neox lora r16": ("recipes/quickstart.toml", [*GPT_NEOX, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "gpt_neox lora default": ("recipes/quickstart.toml", [*GPT_NEOX, 'peft={method="lora", r=8}']),
+    "gpt_neox sequential lora": (
+        "recipes/quickstart.toml",
+        [*GPT_NEOX, "model.config.use_parallel_residual=false", 'peft={method="lora", r=8}'],
+    ),
     "falcon": ("recipes/quickstart.toml", FALCON),
     "falcon new": ("recipes/quickstart.toml", [*FALCON, *FALCON_NEW]),
     "falcon sequential": ("recipes/quickstart.toml", [*FALCON, *FALCON_SEQUENTIAL]),
@@ -244,8 +250,13 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "falcon bf16 weights": ("recipes/quickstart.toml", [*FALCON, 'model.dtype="bfloat16"']),
     "falcon bf16 autocast": ("recipes/quickstart.toml", [*FALCON, 'launch.mixed_precision="bf16"']),
     "falcon new bf16 autocast": ("recipes/quickstart.toml", [*FALCON, *FALCON_NEW, 'launch.mixed_precision="bf16"']),
+    "falcon lora r16": ("recipes/quickstart.toml", [*FALCON, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "falcon lora default": ("recipes/quickstart.toml", [*FALCON, 'peft={method="lora", r=8}']),
+    "falcon new lora default": ("recipes/quickstart.toml", [*FALCON, *FALCON_NEW, 'peft={method="lora", r=8}']),
     "olmoe": ("recipes/quickstart.toml", OLMOE),
     "olmoe ckpt": ("recipes/quickstart.toml", [*OLMOE, "model.gradient_checkpointing=true"]),
+    "olmoe eager": ("recipes/quickstart.toml", [*OLMOE, 'model.attention="eager"']),
+    "olmoe bf16 weights": ("recipes/quickstart.toml", [*OLMOE, 'model.dtype="bfloat16"']),
     "olmoe bf16 autocast": ("recipes/quickstart.toml", [*OLMOE, 'launch.mixed_precision="bf16"']),
 }
 

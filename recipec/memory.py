@@ -185,16 +185,30 @@ ARCHITECTURES = (
 
 PEFT_ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma", "granite", "starcoder2", "phi", "cohere",
+    "gpt_neox", "falcon",
 )
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
 
 PEFT_DEFAULT_TARGETS = {
     **{t: ["q_proj", "v_proj"] for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
     "phi": ["q_proj", "v_proj", "fc1", "fc2"],
+    "gpt_neox": ["query_key_value"],
+    "falcon": ["query_key_value"],
 }
 """peft's default `target_modules` by model type (its LoRA table, which LoHa, LoKr, OFT and BOFT
 copy); a type without one, and IA3 (whose defaults peft's tuner does not expose), need
 `peft.target_modules`, as recipec's adapters require."""
+
+MODULE_NAMES = {
+    "gpt_neox": ("gpt_neox.layers.0", "attention", "embed_in", "lm_head"),
+    "falcon": ("transformer.h.0", "self_attention", "word_embeddings", "lm_head"),
+}
+"""Module paths PEFT matches its names against, where they are not a Llama's ("model.layers.0",
+"self_attn", "embed_tokens", "lm_head"): the first layer, its attention, the input embeddings and
+the output projection."""
+
+IA3_FEEDFORWARD = {"gpt_neox": ["dense_4h_to_h"], "falcon": ["dense_4h_to_h"]}
+"""peft's IA3 feedforward modules by model type, where they are not a Llama's down_proj."""
 
 CLASS_DEFAULTS = (
     "gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe",
@@ -812,6 +826,11 @@ class ModelShape:
         """
         h, i = self.hidden_size, self.intermediate_size
         unkept = {"starcoder2": residual_bytes, "phi": residual_bytes, "cohere": 8}.get(self.model_type, 4) * h
+        if self.model_type in FUSED_QKV:  # the LayerNorm's input (one tensor where two read it side by side)
+            unkept = residual_bytes * h
+            if self.parallel and not adapted & {"dense_h_to_4h", "dense_4h_to_h"}:  # gelu's input
+                unkept += ACTIVATION_KEPT[self.activation] * i * act_bytes
+            return unkept
         mlp = ("fc1", "fc2") if self.model_type == "phi" else ("gate_proj", "up_proj", "down_proj")
         if self.model_type in PARALLEL and not adapted & set(mlp):
             if self.model_type == "phi":  # fc1's output, what gelu_new keeps, the dropout's mask
@@ -896,11 +915,17 @@ def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, in
         if targets is None:
             method, model_type = peft["method"], shape.model_type
             raise ValueError(f"peft has no default target modules for {method} on model type {model_type!r}; set peft.target_modules")
-    modules = {f"model.layers.0.{'mlp' if n in MLP_LINEARS else 'self_attn'}.{n}": v for n, v in shape.linears().items()}
+    layer, attention, _, head = _module_names(shape)
+    modules = {f"{layer}.{'mlp' if n in MLP_LINEARS else attention}.{n}": v for n, v in shape.linears().items()}
     if targets == "all-linear":
         return modules
-    heads = {"lm_head": (shape.hidden_size, shape.vocab_size, False)}
+    heads = {head: (shape.hidden_size, shape.vocab_size, False)}
     return {n: v for n, v in {**modules, **heads}.items() if _matches(n, targets)}
+
+
+def _module_names(shape: ModelShape) -> tuple[str, str, str, str]:
+    """The first layer's path, its attention's name, the input embeddings' and the output projection's."""
+    return MODULE_NAMES.get(shape.model_type, ("model.layers.0", "self_attn", "embed_tokens", "lm_head"))
 
 
 def _matches(name: str, wanted: list[str]) -> bool:
@@ -921,10 +946,11 @@ def adapter_parameters(shape: ModelShape, peft: dict[str, Any]) -> int:
     linears = shape.linears()
     chosen = _targets(shape, peft)
     rank = peft.get("r") or 8
-    feedforward = peft.get("feedforward_modules") or (["down_proj"] if method == "ia3" else [])
+    feedforward = peft.get("feedforward_modules") or (IA3_FEEDFORWARD.get(shape.model_type, ["down_proj"]) if method == "ia3" else [])
+    _, _, embeddings, head = _module_names(shape)
     count = 0
     for name, (n_in, n_out, _) in chosen.items():
-        times = 1 if name == "lm_head" else shape.num_hidden_layers
+        times = 1 if name == head else shape.num_hidden_layers
         if method == "ia3":
             each = n_in if _matches(name, feedforward) else n_out
         elif method == "loha":
@@ -933,8 +959,8 @@ def adapter_parameters(shape: ModelShape, peft: dict[str, Any]) -> int:
             each = rank * (n_in + n_out) + (n_out if peft.get("dora") else 0)
         count += times * each
     for name in peft.get("modules_to_save") or []:
-        if name in ("lm_head", "embed_tokens"):
-            count += shape.embedding_params() + (shape.vocab_size if name == "lm_head" and shape.head_bias else 0)
+        if name in (head, embeddings):
+            count += shape.embedding_params() + (shape.vocab_size if name == head and shape.head_bias else 0)
         elif name in linears:
             n_in, n_out, bias = linears[name]
             count += shape.num_hidden_layers * (n_in * n_out + (n_out if bias else 0))
@@ -1083,7 +1109,7 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     rank = int(peft.get("r") or 8) if peft is not None and peft["method"] == "lora" else 0
     per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math, rank)
     # under PEFT the frozen embeddings need no gradient: the first layer keeps less (unless they train)
-    trained_embeddings = peft is not None and "embed_tokens" in (peft.get("modules_to_save") or [])
+    trained_embeddings = peft is not None and _module_names(shape)[2] in (peft.get("modules_to_save") or [])
     first = 0
     if adapted is not None and not trained_embeddings:
         first = shape.first_layer_unkept(p_bytes, a_bytes, adapted, mask_bytes)

@@ -164,6 +164,35 @@ def test_adapter_parameters_match_peft_on_phi(spec):
     assert adapter_parameters(shape, spec) == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"method": "lora", "r": 4, "target_modules": "all-linear"},
+        {"method": "lora", "r": 8},  # peft's default for both: query_key_value
+        {"method": "lora", "r": 4, "target_modules": ["dense", "mlp.dense_4h_to_h"], "dora": True},
+        {"method": "lora", "r": 2, "target_modules": ["dense_h_to_4h"], "modules_to_save": ["lm_head"]},
+        {"method": "loha", "r": 4, "target_modules": ["query_key_value", "dense_h_to_4h"]},
+        {"method": "ia3", "target_modules": ["query_key_value", "dense_4h_to_h"]},  # peft's feedforward default
+    ],
+)
+@pytest.mark.parametrize(
+    ("model_type", "config"),
+    [
+        ("gpt_neox", GPT_NEOX),
+        ("falcon", {**FALCON, "new_decoder_architecture": True, "num_kv_heads": 2, "tie_word_embeddings": False}),
+        ("falcon", {**FALCON, "bias": True, "tie_word_embeddings": False}),
+    ],
+)
+def test_adapter_parameters_match_peft_on_the_fused_types(spec, model_type, config):
+    # query_key_value, dense, dense_h_to_4h and dense_4h_to_h (gpt_neox's attention is `attention`, falcon's
+    # `self_attention`); transformers 5 names gpt_neox's output projection lm_head (embed_out before)
+    shape, model = shape_and_model(model_type, **config)
+    from recipec.runtime import adapters
+
+    model = adapters.apply(model, dict(spec))
+    assert adapter_parameters(shape, spec) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 # -- the estimate of a recipe ------------------------------------------------------------
 
 
@@ -585,6 +614,13 @@ def test_gpt_neox_by_hand(plan_of):
     # q, k, v copied for the matmul and dense's input; the float32 probabilities
     per_token = 64 * 4 + 2 * 64 * 4 + 4 * 64 * 4 + 2 * 128 * 4
     assert eager.memory.activations == 4 * 32 * (2 * per_token + final) + 2 * 4 * 4 * 32 * 32 * 4
+    # LoRA r 4 on peft's default, query_key_value: the second LayerNorm's output (read by the frozen MLP)
+    # and dense's copy of sdpa's output are not kept, nor gelu's output; lora_A's output is. The first
+    # layer keeps neither its input (the embeddings are frozen) nor gelu's input (its MLP is off the
+    # gradient's path, beside the attention); a frozen lm_head keeps no input
+    lora = plan_of({"model.init": "gpt_neox", "model.config": {**FUSED, "intermediate_size": 128}}, peft={"method": "lora", "r": 4})
+    per_token = 64 * 4 + 64 * 4 + (64 + 64 + 3 * 64 + 64) * 4 + 128 * 4 + 4 * 4
+    assert lora.memory.activations == 4 * 32 * (2 * per_token - (64 * 4 + 128 * 4) + 64 * 4)
 
 
 def test_falcon_by_hand(plan_of):
