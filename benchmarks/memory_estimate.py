@@ -146,6 +146,22 @@ OLMOE = [
     f"model.config={{{MOE}, intermediate_size=128, num_experts=8, num_experts_per_tok=2}}",
 ]
 
+# olmo (v1) at the quickstart's sizes: LayerNorms without parameters; OLMo-7B-0424 clips q, k and v at 8
+OLMO = [
+    'model.init="olmo"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512}",
+]
+
+# stablelm at the quickstart's sizes (stablelm-2's layout: two LayerNorms a layer, a quarter of each
+# head rotated, q/k/v biases), and side by side with per-head q/k LayerNorms (stablelm-2-12b's)
+STABLELM = [
+    'model.init="stablelm"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512, use_qkv_bias=true}",
+]
+STABLELM_PARALLEL = ["model.config.use_parallel_residual=true", "model.config.qk_layernorm=true"]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -258,6 +274,21 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "olmoe eager": ("recipes/quickstart.toml", [*OLMOE, 'model.attention="eager"']),
     "olmoe bf16 weights": ("recipes/quickstart.toml", [*OLMOE, 'model.dtype="bfloat16"']),
     "olmoe bf16 autocast": ("recipes/quickstart.toml", [*OLMOE, 'launch.mixed_precision="bf16"']),
+    "olmo": ("recipes/quickstart.toml", OLMO),
+    "olmo clip_qkv": ("recipes/quickstart.toml", [*OLMO, "model.config.clip_qkv=8.0"]),
+    "olmo ckpt": ("recipes/quickstart.toml", [*OLMO, "model.gradient_checkpointing=true"]),
+    "olmo bf16 weights": ("recipes/quickstart.toml", [*OLMO, 'model.dtype="bfloat16"']),
+    "olmo bf16 autocast": ("recipes/quickstart.toml", [*OLMO, 'launch.mixed_precision="bf16"']),
+    "olmo lora r16": ("recipes/quickstart.toml", [*OLMO, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "stablelm": ("recipes/quickstart.toml", STABLELM),
+    "stablelm parallel": ("recipes/quickstart.toml", [*STABLELM, *STABLELM_PARALLEL]),
+    "stablelm ckpt": ("recipes/quickstart.toml", [*STABLELM, "model.gradient_checkpointing=true"]),
+    "stablelm eager": ("recipes/quickstart.toml", [*STABLELM, 'model.attention="eager"']),
+    "stablelm bf16 weights": ("recipes/quickstart.toml", [*STABLELM, 'model.dtype="bfloat16"']),
+    "stablelm bf16 autocast": ("recipes/quickstart.toml", [*STABLELM, 'launch.mixed_precision="bf16"']),
+    "stablelm lora r16": ("recipes/quickstart.toml", [*STABLELM, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "stablelm lora default": ("recipes/quickstart.toml", [*STABLELM, 'peft={method="lora", r=8}']),
+    "stablelm parallel lora": ("recipes/quickstart.toml", [*STABLELM, *STABLELM_PARALLEL, 'peft={method="lora", r=8}']),
 }
 
 

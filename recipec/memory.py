@@ -179,13 +179,13 @@ MIB = 1024**2
 
 ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
-    "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe",
+    "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe", "olmo", "stablelm",
 )
 """`model_type`s whose layers the parameter and activation counts describe."""
 
 PEFT_ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma", "granite", "starcoder2", "phi", "cohere",
-    "gpt_neox", "falcon",
+    "gpt_neox", "falcon", "olmo", "stablelm",
 )
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
 
@@ -194,6 +194,7 @@ PEFT_DEFAULT_TARGETS = {
     "phi": ["q_proj", "v_proj", "fc1", "fc2"],
     "gpt_neox": ["query_key_value"],
     "falcon": ["query_key_value"],
+    "stablelm": ["q_proj", "v_proj"],
 }
 """peft's default `target_modules` by model type (its LoRA table, which LoHa, LoKr, OFT and BOFT
 copy); a type without one, and IA3 (whose defaults peft's tuner does not expose), need
@@ -212,6 +213,7 @@ IA3_FEEDFORWARD = {"gpt_neox": ["dense_4h_to_h"], "falcon": ["dense_4h_to_h"]}
 
 CLASS_DEFAULTS = (
     "gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe",
+    "olmo", "stablelm",
 )
 """Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
 
@@ -224,7 +226,7 @@ SANDWICH = ("gemma2", "gemma3_text")
 FUSED_ONLY = ("gemma2",)
 """Types transformers builds without sdpa (gemma2: `_supports_sdpa = False`, for its soft-capping)."""
 
-LAYER_NORM = ("gpt2", "starcoder2", "phi", "gpt_neox", "falcon")
+LAYER_NORM = ("gpt2", "starcoder2", "phi", "gpt_neox", "falcon", "stablelm")
 """Types whose norms are torch's LayerNorm (a weight and a bias; it keeps its input, and the
 linears after it its output)."""
 
@@ -311,8 +313,11 @@ class ModelShape:
     parallel: bool = False
     """gpt_neox's and falcon's attention and MLP read the same residual stream side by side
     (use_parallel_residual; parallel_attn or new_decoder_architecture)."""
+    clip_qkv: bool = False
+    """olmo's clip_qkv: q, k and v clamped in place, which keeps a copy of each for the backward pass."""
     norms: int = 2
-    """LayerNorms a layer in gpt_neox and falcon: two (input_layernorm and post_attention_layernorm,
+    """LayerNorms a layer in gpt_neox, falcon and stablelm (one where stablelm's attention and MLP read
+    it side by side); in gpt_neox and falcon: two (input_layernorm and post_attention_layernorm,
     or falcon's ln_attn and ln_mlp), or falcon's one input_layernorm that both halves read."""
     model_type: str = "llama"
 
@@ -340,6 +345,8 @@ class ModelShape:
                 return cls._gpt_neox(config, vocab_size)
             if model_type == "falcon":
                 return cls._falcon(config, vocab_size)
+            if model_type == "stablelm":
+                return cls._stablelm(config, vocab_size)
             h = int(config["hidden_size"])
             heads = int(config["num_attention_heads"])
             vocab = int(vocab_size if vocab_size is not None else config["vocab_size"])
@@ -404,6 +411,7 @@ class ModelShape:
                 o_bias=model_type != "qwen2" and bool(config.get("attention_bias", False)),
                 mlp_bias=bool(config.get("mlp_bias", False)),
                 qk_norm=qk_norm.get(model_type, 0),
+                clip_qkv=model_type == "olmo" and config.get("clip_qkv") is not None,
                 experts=experts,
                 experts_per_token=per_token,
                 shared_expert_size=int(config["shared_expert_intermediate_size"]) if model_type == "qwen2_moe" else 0,
@@ -505,10 +513,39 @@ class ModelShape:
             model_type="phi",
         )
 
+    @classmethod
+    def _stablelm(cls, config: dict[str, Any], vocab_size: int | None) -> ModelShape:
+        """The shape of a stablelm config: LayerNorms with biases (one a layer, read side by side by
+        the attention and the SwiGLU MLP, with use_parallel_residual), part of each head rotated,
+        q/k/v biases with use_qkv_bias, qk_layernorm's LayerNorms per head (weights only)."""
+        cls._refuse_dropout(config, "stablelm")
+        h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        activation = str(config["hidden_act"])
+        if activation not in ACTIVATION_KEPT:
+            raise ValueError(f"the estimate does not cover the activation {activation!r}")
+        parallel = bool(config["use_parallel_residual"])
+        return cls(
+            hidden_size=h,
+            intermediate_size=int(config["intermediate_size"]),
+            num_hidden_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            head_dim=h // heads,
+            vocab_size=int(vocab_size if vocab_size is not None else config["vocab_size"]),
+            tie_word_embeddings=bool(config["tie_word_embeddings"]),
+            qkv_bias=bool(config["use_qkv_bias"]),
+            qk_norm=(heads + kv_heads) * (h // heads) if config.get("qk_layernorm") else 0,
+            activation=activation,
+            parallel=parallel,
+            norms=1 if parallel else 2,
+            model_type="stablelm",
+        )
+
     @staticmethod
     def _refuse_dropout(config: dict[str, Any], model_type: str) -> None:
-        """gpt_neox's and falcon's dropouts are not counted: refuse a config that sets one (their
-        released configs set none)."""
+        """gpt_neox's, falcon's and stablelm's dropouts are not counted: refuse a config that sets one
+        (their released configs set none)."""
         set_ = [k for k in ("hidden_dropout", "attention_dropout") if float(config.get(k) or 0.0) > 0]
         if set_:
             raise ValueError(f"the estimate does not cover {model_type} with {' or '.join(set_)}")
@@ -621,6 +658,8 @@ class ModelShape:
 
     def norm_params(self) -> int:
         """Parameters of one norm over the residual stream: an RMSNorm's weight, or a LayerNorm's weight and bias."""
+        if self.model_type == "olmo":  # a LayerNorm without a weight or a bias
+            return 0
         return 2 * self.hidden_size if self.model_type in LAYER_NORM else self.hidden_size
 
     def layer_params(self) -> int:
@@ -725,6 +764,21 @@ class ModelShape:
             attention = (4 * q + 3 * kv) * act_bytes
         if self.model_type in FUSED_QKV:
             return self._fused_qkv_activations(residual_bytes, act_bytes, adapted, eager, o_kept)
+        if self.model_type == "stablelm":
+            # LayerNorms keep their input, and the linears after them their output (q, k, v, gate and
+            # up side by side after one with use_parallel_residual); the rotated part of each head is
+            # concatenated with the rest, laid out heads-first, so sdpa's output is copied for o_proj
+            # (as phi's); qk_layernorm's LayerNorms per head keep their input (q_proj's and k_proj's
+            # output) and a float32 mean and 1/std per head; the SwiGLU MLP's four
+            if not eager:
+                attention = (2 * q + 2 * kv + (q if o_kept else 0)) * act_bytes
+            if self.parallel:
+                inputs = _inputs_kept(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"), adapted, act_bytes, residual_bytes)
+            else:
+                inputs = _inputs_kept(("q_proj", "k_proj", "v_proj"), adapted, act_bytes, residual_bytes)
+                inputs += _inputs_kept(("gate_proj", "up_proj"), adapted, act_bytes, residual_bytes)
+            qk = act_bytes * (q + kv) + 8 * (self.num_attention_heads + self.num_key_value_heads) if self.qk_norm else 0
+            return self.norms * residual_bytes * h + inputs * h + attention + mlp * act_bytes + qk
         if self.model_type == "starcoder2":
             # two LayerNorms keep their input, and the linears after them their output; c_fc's output
             # and what the activation keeps, its output where c_proj trains; a dropout mask after
@@ -768,7 +822,9 @@ class ModelShape:
         # two RMSNorms, each keeping its float32 input and (a trainable weight's) normalised value in
         # the residual stream's dtype; the linears after them keep their output (phi3's fused
         # qkv_proj and gate_up_proj are one linear each; an MoE layer's router reads the second)
-        norm = 4 * h + (0 if adapted is not None else residual_bytes * h)
+        norm = 4 * h + (0 if adapted is not None or self.model_type == "olmo" else residual_bytes * h)
+        # olmo's clip_qkv clamps q, k and v in place: autograd keeps a copy of each from before
+        clipped = (q + 2 * kv) * act_bytes if self.clip_qkv else 0
         shared = ("shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert_gate") if self.shared_expert_size else ()
         if self.model_type == "phi3":
             readers: tuple[tuple[str, ...], ...] = (("qkv_proj",), ("gate_up_proj",))
@@ -779,7 +835,7 @@ class ModelShape:
         # float32 input and normalised value, in the dtype of q_proj's output (olmo2's are not counted)
         qk_normed = ("qwen3", "qwen3_moe", "olmoe")
         qk = (4 + (0 if adapted is not None else act_bytes)) * (q + kv) if self.model_type in qk_normed else 0
-        return 2 * norm + inputs * h + attention + mlp * act_bytes + moe + qk
+        return 2 * norm + inputs * h + attention + mlp * act_bytes + moe + qk + clipped
 
     def _fused_qkv_activations(
         self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None, eager: bool, o_kept: bool
@@ -825,18 +881,22 @@ class ModelShape:
         and in phi's and cohere's parallel blocks an MLP without an adapter keeps nothing at all.
         """
         h, i = self.hidden_size, self.intermediate_size
-        unkept = {"starcoder2": residual_bytes, "phi": residual_bytes, "cohere": 8}.get(self.model_type, 4) * h
+        unkept = {"starcoder2": residual_bytes, "phi": residual_bytes, "stablelm": residual_bytes, "cohere": 8}.get(self.model_type, 4) * h
         if self.model_type in FUSED_QKV:  # the LayerNorm's input (one tensor where two read it side by side)
             unkept = residual_bytes * h
             if self.parallel and not adapted & {"dense_h_to_4h", "dense_4h_to_h"}:  # gelu's input
                 unkept += ACTIVATION_KEPT[self.activation] * i * act_bytes
             return unkept
         mlp = ("fc1", "fc2") if self.model_type == "phi" else ("gate_proj", "up_proj", "down_proj")
-        if self.model_type in PARALLEL and not adapted & set(mlp):
+        if (self.model_type in PARALLEL or self.model_type == "stablelm" and self.parallel) and not adapted & set(mlp):
             if self.model_type == "phi":  # fc1's output, what gelu_new keeps, the dropout's mask
                 unkept += ACTIVATION_KEPT[self.activation] * i * act_bytes + (h * mask_bytes if self.residual_dropout else 0)
             else:  # gate, its activation and up
                 unkept += 3 * i * act_bytes
+        if self.model_type == "stablelm" and self.qk_norm:  # qk_layernorm over a frozen projection's output
+            d = self.head_dim
+            for name, heads in (("q_proj", self.num_attention_heads), ("k_proj", self.num_key_value_heads)):
+                unkept += 0 if name in adapted else heads * (d * act_bytes + 8)
         return unkept
 
     def final_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False, mask_bytes: int = 1) -> int:
@@ -849,7 +909,7 @@ class ModelShape:
         dropout = h * (residual_bytes if mask_bytes > 1 else 1) if self.embedding_dropout else 0
         if self.model_type == "gpt2":
             return (residual_bytes + act_bytes) * h + dropout
-        if self.model_type in ("starcoder2", "phi", *FUSED_QKV):  # a LayerNorm keeps its input, a frozen lm_head no output
+        if self.model_type in ("starcoder2", "phi", "stablelm", *FUSED_QKV):  # a LayerNorm keeps its input, a frozen lm_head no output
             return residual_bytes * h + (0 if frozen else act_bytes * h) + dropout
         if frozen:  # the norm's float32 input (cohere's: x - mean, twice)
             return 8 * h if self.model_type == "cohere" else 4 * h
@@ -857,6 +917,8 @@ class ModelShape:
             return 8 * h + act_bytes * h
         if self.model_type == "cohere":
             return 12 * h + act_bytes * h
+        if self.model_type == "olmo":  # no weight: no normalised value kept
+            return 4 * h + act_bytes * h
         return self.norm_activations(residual_bytes, act_bytes)
 
     def scores_bytes(self, act_bytes: int, mask_bytes: int = 1) -> int:

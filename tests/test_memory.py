@@ -39,6 +39,8 @@ COHERE = {**SMALL, "num_key_value_heads": 2, "pad_token_id": 0, "bos_token_id": 
 GPT_NEOX = {**SMALL, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 FALCON = {key: value for key, value in SMALL.items() if key != "intermediate_size"} | {"bos_token_id": 1, "eos_token_id": 2}
 OLMOE = {**MOE, "num_experts": 4, "pad_token_id": 0, "eos_token_id": 2}
+OLMO = {**SMALL, "num_key_value_heads": 2, "pad_token_id": 0, "eos_token_id": 2}
+STABLELM = {**SMALL, "num_key_value_heads": 2}
 
 
 @pytest.mark.parametrize(
@@ -78,6 +80,10 @@ OLMOE = {**MOE, "num_experts": 4, "pad_token_id": 0, "eos_token_id": 2}
         ("falcon", {**FALCON, "new_decoder_architecture": True, "num_kv_heads": 4, "num_ln_in_parallel_attn": 1}),
         ("olmoe", OLMOE),  # RMSNorms over the whole q and k projections, experts of intermediate_size
         ("olmoe", {**OLMOE, "num_key_value_heads": 8, "attention_bias": True, "tie_word_embeddings": True}),
+        ("olmo", OLMO),  # LayerNorms without parameters
+        ("olmo", {**OLMO, "attention_bias": True, "tie_word_embeddings": True}),
+        ("stablelm", STABLELM),  # two LayerNorms with biases a layer, untied
+        ("stablelm", {**STABLELM, "use_parallel_residual": True, "qk_layernorm": True, "use_qkv_bias": True}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
@@ -108,13 +114,16 @@ def test_parameter_count_is_exact(model_type, config):
         ("gemma", GEMMA),
         ("granite", GRANITE),
         ("cohere", COHERE),
+        ("olmo", OLMO),
+        ("stablelm", STABLELM),
+        ("stablelm", {**STABLELM, "use_parallel_residual": True, "qk_layernorm": True, "use_qkv_bias": True}),
     ],
 )
 def test_adapter_parameters_match_peft(spec, model_type, config):
     shape, model = shape_and_model(model_type, **config)
     from recipec.runtime import adapters
 
-    if "target_modules" not in spec and model_type in ("granite", "cohere"):  # peft has no default targets for them
+    if "target_modules" not in spec and model_type in ("granite", "cohere", "olmo"):  # peft has no default targets for them
         with pytest.raises(ValueError, match="no default target modules"):
             adapter_parameters(shape, spec)
         with pytest.raises(ValueError, match="no default target modules"):
@@ -668,6 +677,43 @@ def test_olmoe_by_hand(plan_of):
     assert m.activations == 4 * 32 * (2 * per_token + 3 * 4 * 64)
 
 
+def test_olmo_by_hand(plan_of):
+    # h 64, i 128, 2 layers, 4 heads / 2 kv heads, vocab 512, untied, b 4 x s 32, float32
+    config = {**FUSED, "num_key_value_heads": 2, "intermediate_size": 128}
+    m = plan_of({"model.init": "olmo", "model.config": config}).memory
+    q, kv = 64, 32
+    assert m.parameters == 2 * 512 * 64 + 2 * (2 * 64 * q + 2 * 64 * kv + 3 * 64 * 128)  # no norm parameters
+    # two LayerNorms without a weight keep their float32 input only, the linears after them their output;
+    # sdpa's q, k, v and output; the SwiGLU's four; the final norm's input and output
+    per_token = 2 * 64 * 4 + 2 * 64 * 4 + (2 * q + 2 * kv) * 4 + 4 * 128 * 4
+    assert m.activations == 4 * 32 * (2 * per_token + 2 * 64 * 4)
+    # clip_qkv clamps q, k and v in place: autograd keeps a copy of each from before
+    clipped = plan_of({"model.init": "olmo", "model.config": {**config, "clip_qkv": 8.0}}).memory
+    assert clipped.activations == 4 * 32 * (2 * (per_token + (q + 2 * kv) * 4) + 2 * 64 * 4)
+
+
+def test_stablelm_by_hand(plan_of):
+    # h 64, i 128, 2 layers, 4 heads / 2 kv heads, vocab 512, untied, b 4 x s 32, float32
+    config = {**FUSED, "num_key_value_heads": 2, "intermediate_size": 128}
+    m = plan_of({"model.init": "stablelm", "model.config": config}).memory
+    q, kv = 64, 32
+    layer = 2 * 64 * q + 2 * 64 * kv + 3 * 64 * 128 + 2 * 2 * 64
+    assert m.parameters == 2 * 512 * 64 + 2 * layer + 2 * 64
+    # two LayerNorms keep their input and the linears after them their output; the rotated q and k
+    # (concatenations laid out heads-first), v, sdpa's output and o_proj's copy of it; the SwiGLU's four
+    per_token = 4 * 64 * 4 + (2 * q + 2 * kv + q) * 4 + 4 * 128 * 4
+    assert m.activations == 4 * 32 * (2 * per_token + 2 * 64 * 4)
+    # side by side with qk_layernorm, LoRA r 4 on peft's default q_proj and v_proj: one LayerNorm's input
+    # and output; no copy for the frozen o_proj nor down_proj's input; the per-head LayerNorms' input and
+    # float32 mean and 1/std; lora_A's outputs. The first layer keeps neither its input, nor its MLP's
+    # tensors (off the gradient's path), nor k's LayerNorms' (k_proj is frozen)
+    parallel = {**config, "use_parallel_residual": True, "qk_layernorm": True}
+    lora = plan_of({"model.init": "stablelm", "model.config": parallel}, peft={"method": "lora", "r": 4}).memory
+    per_token = 2 * 64 * 4 + (2 * q + 2 * kv) * 4 + 3 * 128 * 4 + (q + kv) * 4 + 8 * (4 + 2) + 2 * 4 * 4
+    first = 64 * 4 + 3 * 128 * 4 + 2 * (16 * 4 + 8)
+    assert lora.activations == 4 * 32 * (2 * per_token - first + 64 * 4)
+
+
 @pytest.mark.parametrize(
     ("model_type", "config", "why"),
     [
@@ -676,9 +722,10 @@ def test_olmoe_by_hand(plan_of):
         ("falcon", {"new_decoder_architecture": True, "parallel_attn": False}, "new_decoder_architecture and not parallel_attn"),
         ("gpt_neox", {"attention_dropout": 0.1}, "gpt_neox with attention_dropout"),
         ("olmoe", {"clip_qkv": 8.0}, "olmoe with clip_qkv"),
+        ("stablelm", {"hidden_dropout": 0.1}, "stablelm with hidden_dropout"),
     ],
 )
-def test_what_the_fused_types_and_olmoe_leave_out_is_refused(model_type, config, why):
+def test_what_the_new_types_leave_out_is_refused(model_type, config, why):
     with pytest.raises(ValueError, match=why):
         ModelShape.from_config({**SMALL, **config}, model_type)
 
