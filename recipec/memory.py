@@ -83,15 +83,19 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 (each rank holds its part of the sequence). The logits are not divided by tp_size: the
 output projection gathers them whole.
 
-The counts cover Llama-like decoders, gemma, gemma2, gemma3_text, starcoder2, phi, cohere
-and gpt2: llama, mistral, qwen2, phi3 (whose fused qkv_proj and gate_up_proj hold the same
-weights), qwen3 (whose RMSNorms over each head's queries and keys keep their float32 input
-and normalised value), olmo2 (whose norms after the attention and the MLP and over the whole
-queries and keys are counted as a Llama layer's two: parameters exact, activations not),
-granite (whose embedding, residual, attention and logit multipliers multiply by a number,
-which keeps nothing: a Llama layer's tensors, checked one by one), and the mixture-of-
-experts mixtral, qwen3_moe and qwen2_moe. An MoE layer holds `experts` copies of the SwiGLU
-MLP (each of `intermediate_size`, `moe_intermediate_size` in qwen3_moe and qwen2_moe) and a
+The counts cover Llama-like decoders, gemma, gemma2, gemma3_text, starcoder2, phi, cohere,
+gpt2, gpt_neox, falcon and stablelm: llama, mistral, qwen2, phi3 (whose fused qkv_proj and
+gate_up_proj hold the same weights), qwen3 (whose RMSNorms over each head's queries and keys
+keep their float32 input and normalised value), olmo2 (whose norms after the attention and
+the MLP and over the whole queries and keys are counted as a Llama layer's two: parameters
+exact, activations not), olmo (whose LayerNorms have no weight or bias: each keeps its
+float32 input and nothing more; with clip_qkv, q, k and v are clamped in place and autograd
+keeps a copy of each from before), granite (whose embedding, residual, attention and logit
+multipliers multiply by a number, which keeps nothing: a Llama layer's tensors, checked one
+by one), and the mixture-of-experts mixtral, qwen3_moe, qwen2_moe and olmoe (whose RMSNorms
+over the whole q and k projections keep what qwen3's per-head ones keep). An MoE layer
+holds `experts` copies of the SwiGLU MLP (each of `intermediate_size`,
+`moe_intermediate_size` in qwen3_moe and qwen2_moe) and a
 router (h x experts); each token passes through `experts_per_token` of them. transformers
 runs the experts through grouped_mm, which autocast does not touch: they compute in the
 weights' dtype and have no 16-bit weight copies. Per token and chosen expert they keep the
@@ -102,7 +106,7 @@ where a dense layer keeps 4 * intermediate; the router keeps its float32 probabi
 values each). qwen2_moe adds a shared expert that every token passes through: a SwiGLU MLP
 of `shared_expert_intermediate_size`, and its output, kept for its sigmoid gate (a h x 1
 linear). PEFT on phi3, on the MoE types and on gpt2 is not counted (their module names and
-expert tensors differ from Llama's).
+expert tensors differ from Llama's). olmoe's clip_qkv is refused.
 
 gemma, gemma2 and gemma3_text (the tensors read off transformers' Gemma modules): two
 RMSNorms a layer in gemma, four in gemma2 and gemma3_text (before and after the attention
@@ -160,10 +164,41 @@ probabilities); eager attention keeps the probabilities in the activation dtype,
 dropout the noise and the dropped-out copy. For both, the attention output is the output
 projection's input too, as for Llama.
 
+gpt_neox (Pythia, GPT-NeoX-20B) and falcon: q, k and v come out of one query_key_value
+linear (gpt_neox: 3h wide, with attention_bias; falcon: heads + 2 key/value heads of
+head_dim, where the key/value heads are one with multi_query, num_kv_heads with
+new_decoder_architecture, and one per query head otherwise; `bias` on every linear), then
+`dense`, and a gelu MLP (dense_h_to_4h, dense_4h_to_h; gpt_neox's with biases). Their
+LayerNorms keep their input (one tensor where two read the residual stream side by side:
+gpt_neox's use_parallel_residual, falcon's new_decoder_architecture with ln_attn and ln_mlp),
+and the linears after them their output (q/k/v and the MLP side by side after falcon's one
+input_layernorm with parallel_attn). Under sdpa the rotated q and k are new tensors and v is
+a view of query_key_value's output that keeps all of it alive; gpt_neox concatenates each
+head's rotated part with the rest, laid out heads-first, so sdpa's output is too and is
+copied for `dense` (as phi's: 4 q + 3 kv values with q = kv); falcon's rotated q keeps
+the b x s x heads layout and `dense` reads sdpa's output as it is. falcon materialises its
+causal mask whatever the attention (to add alibi to it): sdpa keeps a float copy of it in
+every layer (s values a token, in the activation dtype), a checkpointed layer is called
+again with the boolean mask, and with it transformers repeats k and v to every query head
+(copies with several key/value heads; views with one, where autocast's cast of the
+repeated k is the copy). Eager attention keeps what a Llama layer's does. Their dropouts
+(hidden_dropout, attention_dropout) and falcon's alibi are refused; so is
+new_decoder_architecture without parallel_attn, for which transformers' layer has no
+forward pass. In transformers 5 gpt_neox's output projection is named lm_head (embed_out
+before).
+
+stablelm: LayerNorms with biases (two a layer, or one that the attention and the SwiGLU MLP
+read side by side with use_parallel_residual), each keeping its input and the linears after
+it its output; part of each head is rotated and concatenated with the rest, so sdpa's
+output is copied for o_proj (as phi's); qk_layernorm's LayerNorms per head (a weight each)
+keep their input, q_proj's and k_proj's output, and a float32 mean and 1/std per head.
+Its dropouts are refused.
+
 Not counted: the CUDA context and the kernels' workspaces (hundreds of MiB on a GPU), the
 allocator's fragmentation and caching, optimizer-step temporaries, eval, EMA/merge copies
-(kept in CPU memory), the Llama-likes' attention dropout, and every other architecture
-(gpt_neox, falcon, ...): for those there is no estimate, and explain says so.
+(kept in CPU memory), the Llama-likes' attention dropout, the float32 mean and 1/std of the
+norms over the residual stream and sdpa's log-sum-exp (a few values a token and head), and
+every other architecture (bloom, mpt, ...): for those there is no estimate, and explain says so.
 """
 
 from __future__ import annotations
@@ -544,8 +579,7 @@ class ModelShape:
 
     @staticmethod
     def _refuse_dropout(config: dict[str, Any], model_type: str) -> None:
-        """gpt_neox's, falcon's and stablelm's dropouts are not counted: refuse a config that sets one
-        (their released configs set none)."""
+        """gpt_neox's, falcon's and stablelm's dropouts are not counted: refuse a config that sets one."""
         set_ = [k for k in ("hidden_dropout", "attention_dropout") if float(config.get(k) or 0.0) > 0]
         if set_:
             raise ValueError(f"the estimate does not cover {model_type} with {' or '.join(set_)}")
@@ -664,7 +698,8 @@ class ModelShape:
 
     def layer_params(self) -> int:
         """Parameters of one decoder layer: its linears, its norms (gemma2 and gemma3_text have
-        four, phi and cohere one, the others two) and any query/key norms."""
+        four, phi and cohere one, gpt_neox, falcon and stablelm `norms`, the others two; olmo's
+        have no parameters) and any query/key norms."""
         norms = 4 if self.model_type in SANDWICH else 1 if self.model_type in PARALLEL else self.norms
         return self.layer_linear_params() + norms * self.norm_params() + self.qk_norm
 
