@@ -1265,7 +1265,8 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     if mask_b and not repeated and eager:
         act_formula += f" + eager attention's masks, kept for the recomputed layers: {mask_b // (b * s * s * p_bytes)} * b {b} * s {s}^2 * {p_bytes} B"
     elif repeated and shape.model_type == "falcon":
-        act_formula += f" + the causal mask's float copy in {layers} layers: b * s * {repeated} B each" + (
+        where = "the recomputed layer (in its set)" if checkpointing else f"{layers} layers"
+        act_formula += f" + the causal mask's float copy in {where}: b * s * {repeated} B each" + (
             f" + the boolean mask kept for the recomputed layers: b {b} * s {s}^2 * 1 B" if mask_b else ""
         )
     elif repeated:
