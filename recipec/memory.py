@@ -732,6 +732,7 @@ class ModelShape:
         eager: bool = False,
         math: bool = False,
         rank: int = 0,
+        masked: bool = False,
     ) -> int:
         """Bytes one decoder layer keeps for the backward pass, per token (module docstring).
 
@@ -751,12 +752,21 @@ class ModelShape:
                 own): q scaled, k and v repeated to every query head, in float32, and o_proj's
                 contiguous input (the probabilities are counted by the estimate).
             rank: LoRA's r: each adapted linear's lora_A output (r values a token) is lora_B's input.
+            masked: sdpa over falcon's materialised causal mask, for which transformers repeats k
+                and v to every query head (flash and flex attention take them as they are).
         """
         lora = rank * act_bytes * len(adapted & set(self.linears())) if adapted is not None else 0
-        return self._layer_activations(residual_bytes, act_bytes, adapted, mask_bytes, eager, math) + lora
+        return self._layer_activations(residual_bytes, act_bytes, adapted, mask_bytes, eager, math, masked) + lora
 
     def _layer_activations(
-        self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None, mask_bytes: int, eager: bool, math: bool
+        self,
+        residual_bytes: int,
+        act_bytes: int,
+        adapted: frozenset[str] | None,
+        mask_bytes: int,
+        eager: bool,
+        math: bool,
+        masked: bool = False,
     ) -> int:
         h, i = self.hidden_size, self.intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
@@ -798,7 +808,7 @@ class ModelShape:
             # copied for o_proj (eager attention's matmuls copy v like the rest)
             attention = (4 * q + 3 * kv) * act_bytes
         if self.model_type in FUSED_QKV:
-            return self._fused_qkv_activations(residual_bytes, act_bytes, adapted, eager, o_kept)
+            return self._fused_qkv_activations(residual_bytes, act_bytes, adapted, eager, o_kept, masked)
         if self.model_type == "stablelm":
             # LayerNorms keep their input, and the linears after them their output (q, k, v, gate and
             # up side by side after one with use_parallel_residual); the rotated part of each head is
@@ -873,7 +883,7 @@ class ModelShape:
         return 2 * norm + inputs * h + attention + mlp * act_bytes + moe + qk + clipped
 
     def _fused_qkv_activations(
-        self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None, eager: bool, o_kept: bool
+        self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None, eager: bool, o_kept: bool, masked: bool
     ) -> int:
         """gpt_neox's and falcon's layer: LayerNorms, one query_key_value, a gelu MLP (no dropout).
 
@@ -883,10 +893,11 @@ class ModelShape:
         query_key_value's output that keeps all of it alive, and sdpa's output. gpt_neox
         concatenates the rotated part of each head with the rest, laid out heads-first, so the
         output is too and is copied for `dense`; falcon's rotated q keeps the b x s x heads layout
-        and `dense` reads the output itself. falcon always materialises its causal mask, so
-        transformers repeats k and v to every query head (copies, unless there is one key/value
-        head: then views, and autocast's cast of the repeated k is the copy); its float copy
-        of the mask is counted by the estimate. Eager attention keeps what a Llama layer's does.
+        and `dense` reads the output itself. falcon always materialises its causal mask, so under
+        sdpa (`masked`) transformers repeats k and v to every query head (copies, unless there is
+        one key/value head: then views, and autocast's cast of the repeated k is the copy); its
+        float copy of the mask is counted by the estimate. Eager attention keeps what a Llama
+        layer's does.
         """
         h, i = self.hidden_size, self.intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
@@ -901,10 +912,10 @@ class ModelShape:
             attention = 3 * q + (q if o_kept else 0)
         elif self.model_type == "gpt_neox":
             attention = q + kv + fused + q + (q if o_kept else 0)
-        elif self.num_key_value_heads not in (1, self.num_attention_heads):  # k and v repeated: copies
+        elif masked and self.num_key_value_heads not in (1, self.num_attention_heads):  # k and v repeated: copies
             attention = 4 * q
         else:  # k (repeated by a view, materialised by autocast's cast), and v's view of the fused output
-            k = q if self.num_key_value_heads == 1 and act_bytes < residual_bytes else kv
+            k = q if masked and self.num_key_value_heads == 1 and act_bytes < residual_bytes else kv
             attention = q + k + fused + q
         mlp = ACTIVATION_KEPT[self.activation] * i + (i if adapted is None or "dense_4h_to_h" in adapted else 0)
         return inputs + (attention + mlp) * act_bytes
@@ -1204,7 +1215,8 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     cpu_dropout = recipe.model.attention == "sdpa" and launch.cpu and shape.attention_dropout > 0
     math = cpu_dropout and shape.model_type != "gpt2"
     rank = int(peft.get("r") or 8) if peft is not None and peft["method"] == "lora" else 0
-    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math, rank)
+    masked = shape.model_type == "falcon" and recipe.model.attention == "sdpa"  # its materialised causal mask
+    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math, rank, masked)
     # under PEFT the frozen embeddings need no gradient: the first layer keeps less (unless they train)
     trained_embeddings = peft is not None and _module_names(shape)[2] in (peft.get("modules_to_save") or [])
     first = 0
