@@ -122,6 +122,46 @@ COHERE = [
     "num_key_value_heads=2, max_position_embeddings=512}",
 ]
 
+# gpt_neox at the quickstart's sizes (Pythia's layout: a fused query_key_value, a quarter of each
+# head rotated, attention and MLP side by side after two LayerNorms, biases, untied embed_out)
+GPT_NEOX = [
+    'model.init="gpt_neox"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "max_position_embeddings=512}",
+]
+
+# falcon at the quickstart's sizes: falcon-7b's layout (multi_query: one key/value head;
+# parallel_attn with one LayerNorm; no biases; tied), and falcon-40b's (new_decoder_architecture)
+FALCON = [
+    'model.init="falcon"',
+    "model.config={hidden_size=192, ffn_hidden_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "max_position_embeddings=512}",
+]
+FALCON_NEW = ["model.config.new_decoder_architecture=true", "model.config.num_kv_heads=2"]
+FALCON_SEQUENTIAL = ["model.config.multi_query=false", "model.config.parallel_attn=false", "model.config.bias=true"]
+
+# olmoe at the same sizes as the other mixtures of experts: 8 experts of 128, 2 a token
+OLMOE = [
+    'model.init="olmoe"',
+    f"model.config={{{MOE}, intermediate_size=128, num_experts=8, num_experts_per_tok=2}}",
+]
+
+# olmo (v1) at the quickstart's sizes: LayerNorms without parameters; OLMo-7B-0424 clips q, k and v at 8
+OLMO = [
+    'model.init="olmo"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512}",
+]
+
+# stablelm at the quickstart's sizes (stablelm-2's layout: two LayerNorms a layer, a quarter of each
+# head rotated, q/k/v biases), and side by side with per-head q/k LayerNorms (stablelm-2-12b's)
+STABLELM = [
+    'model.init="stablelm"',
+    "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
+    "num_key_value_heads=2, max_position_embeddings=512, use_qkv_bias=true}",
+]
+STABLELM_PARALLEL = ["model.config.use_parallel_residual=true", "model.config.qk_layernorm=true"]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -206,6 +246,49 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "cohere bf16 autocast": ("recipes/quickstart.toml", [*COHERE, 'launch.mixed_precision="bf16"']),
     "cohere lora r16": ("recipes/quickstart.toml", [*COHERE, 'peft={method="lora", r=16, target_modules="all-linear"}']),
     "cohere lora q,v": ("recipes/quickstart.toml", [*COHERE, 'peft={method="lora", r=8, target_modules=["q_proj", "v_proj"]}']),
+    "gpt_neox": ("recipes/quickstart.toml", GPT_NEOX),
+    "gpt_neox sequential": ("recipes/quickstart.toml", [*GPT_NEOX, "model.config.use_parallel_residual=false"]),
+    "gpt_neox ckpt": ("recipes/quickstart.toml", [*GPT_NEOX, "model.gradient_checkpointing=true"]),
+    "gpt_neox eager": ("recipes/quickstart.toml", [*GPT_NEOX, 'model.attention="eager"']),
+    "gpt_neox bf16 weights": ("recipes/quickstart.toml", [*GPT_NEOX, 'model.dtype="bfloat16"']),
+    "gpt_neox bf16 autocast": ("recipes/quickstart.toml", [*GPT_NEOX, 'launch.mixed_precision="bf16"']),
+    "gpt_neox lora r16": ("recipes/quickstart.toml", [*GPT_NEOX, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "gpt_neox lora default": ("recipes/quickstart.toml", [*GPT_NEOX, 'peft={method="lora", r=8}']),
+    "gpt_neox sequential lora": (
+        "recipes/quickstart.toml",
+        [*GPT_NEOX, "model.config.use_parallel_residual=false", 'peft={method="lora", r=8}'],
+    ),
+    "falcon": ("recipes/quickstart.toml", FALCON),
+    "falcon new": ("recipes/quickstart.toml", [*FALCON, *FALCON_NEW]),
+    "falcon sequential": ("recipes/quickstart.toml", [*FALCON, *FALCON_SEQUENTIAL]),
+    "falcon ckpt": ("recipes/quickstart.toml", [*FALCON, "model.gradient_checkpointing=true"]),
+    "falcon eager": ("recipes/quickstart.toml", [*FALCON, 'model.attention="eager"']),
+    "falcon bf16 weights": ("recipes/quickstart.toml", [*FALCON, 'model.dtype="bfloat16"']),
+    "falcon bf16 autocast": ("recipes/quickstart.toml", [*FALCON, 'launch.mixed_precision="bf16"']),
+    "falcon new bf16 autocast": ("recipes/quickstart.toml", [*FALCON, *FALCON_NEW, 'launch.mixed_precision="bf16"']),
+    "falcon lora r16": ("recipes/quickstart.toml", [*FALCON, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "falcon lora default": ("recipes/quickstart.toml", [*FALCON, 'peft={method="lora", r=8}']),
+    "falcon new lora default": ("recipes/quickstart.toml", [*FALCON, *FALCON_NEW, 'peft={method="lora", r=8}']),
+    "olmoe": ("recipes/quickstart.toml", OLMOE),
+    "olmoe ckpt": ("recipes/quickstart.toml", [*OLMOE, "model.gradient_checkpointing=true"]),
+    "olmoe eager": ("recipes/quickstart.toml", [*OLMOE, 'model.attention="eager"']),
+    "olmoe bf16 weights": ("recipes/quickstart.toml", [*OLMOE, 'model.dtype="bfloat16"']),
+    "olmoe bf16 autocast": ("recipes/quickstart.toml", [*OLMOE, 'launch.mixed_precision="bf16"']),
+    "olmo": ("recipes/quickstart.toml", OLMO),
+    "olmo clip_qkv": ("recipes/quickstart.toml", [*OLMO, "model.config.clip_qkv=8.0"]),
+    "olmo ckpt": ("recipes/quickstart.toml", [*OLMO, "model.gradient_checkpointing=true"]),
+    "olmo bf16 weights": ("recipes/quickstart.toml", [*OLMO, 'model.dtype="bfloat16"']),
+    "olmo bf16 autocast": ("recipes/quickstart.toml", [*OLMO, 'launch.mixed_precision="bf16"']),
+    "olmo lora r16": ("recipes/quickstart.toml", [*OLMO, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "stablelm": ("recipes/quickstart.toml", STABLELM),
+    "stablelm parallel": ("recipes/quickstart.toml", [*STABLELM, *STABLELM_PARALLEL]),
+    "stablelm ckpt": ("recipes/quickstart.toml", [*STABLELM, "model.gradient_checkpointing=true"]),
+    "stablelm eager": ("recipes/quickstart.toml", [*STABLELM, 'model.attention="eager"']),
+    "stablelm bf16 weights": ("recipes/quickstart.toml", [*STABLELM, 'model.dtype="bfloat16"']),
+    "stablelm bf16 autocast": ("recipes/quickstart.toml", [*STABLELM, 'launch.mixed_precision="bf16"']),
+    "stablelm lora r16": ("recipes/quickstart.toml", [*STABLELM, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "stablelm lora default": ("recipes/quickstart.toml", [*STABLELM, 'peft={method="lora", r=8}']),
+    "stablelm parallel lora": ("recipes/quickstart.toml", [*STABLELM, *STABLELM_PARALLEL, 'peft={method="lora", r=8}']),
 }
 
 

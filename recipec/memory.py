@@ -83,15 +83,19 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 (each rank holds its part of the sequence). The logits are not divided by tp_size: the
 output projection gathers them whole.
 
-The counts cover Llama-like decoders, gemma, gemma2, gemma3_text, starcoder2, phi, cohere
-and gpt2: llama, mistral, qwen2, phi3 (whose fused qkv_proj and gate_up_proj hold the same
-weights), qwen3 (whose RMSNorms over each head's queries and keys keep their float32 input
-and normalised value), olmo2 (whose norms after the attention and the MLP and over the whole
-queries and keys are counted as a Llama layer's two: parameters exact, activations not),
-granite (whose embedding, residual, attention and logit multipliers multiply by a number,
-which keeps nothing: a Llama layer's tensors, checked one by one), and the mixture-of-
-experts mixtral, qwen3_moe and qwen2_moe. An MoE layer holds `experts` copies of the SwiGLU
-MLP (each of `intermediate_size`, `moe_intermediate_size` in qwen3_moe and qwen2_moe) and a
+The counts cover Llama-like decoders, gemma, gemma2, gemma3_text, starcoder2, phi, cohere,
+gpt2, gpt_neox, falcon and stablelm: llama, mistral, qwen2, phi3 (whose fused qkv_proj and
+gate_up_proj hold the same weights), qwen3 (whose RMSNorms over each head's queries and keys
+keep their float32 input and normalised value), olmo2 (whose norms after the attention and
+the MLP and over the whole queries and keys are counted as a Llama layer's two: parameters
+exact, activations not), olmo (whose LayerNorms have no weight or bias: each keeps its
+float32 input and nothing more; with clip_qkv, q, k and v are clamped in place and autograd
+keeps a copy of each from before), granite (whose embedding, residual, attention and logit
+multipliers multiply by a number, which keeps nothing: a Llama layer's tensors, checked one
+by one), and the mixture-of-experts mixtral, qwen3_moe, qwen2_moe and olmoe (whose RMSNorms
+over the whole q and k projections keep what qwen3's per-head ones keep). An MoE layer
+holds `experts` copies of the SwiGLU MLP (each of `intermediate_size`,
+`moe_intermediate_size` in qwen3_moe and qwen2_moe) and a
 router (h x experts); each token passes through `experts_per_token` of them. transformers
 runs the experts through grouped_mm, which autocast does not touch: they compute in the
 weights' dtype and have no 16-bit weight copies. Per token and chosen expert they keep the
@@ -102,7 +106,7 @@ where a dense layer keeps 4 * intermediate; the router keeps its float32 probabi
 values each). qwen2_moe adds a shared expert that every token passes through: a SwiGLU MLP
 of `shared_expert_intermediate_size`, and its output, kept for its sigmoid gate (a h x 1
 linear). PEFT on phi3, on the MoE types and on gpt2 is not counted (their module names and
-expert tensors differ from Llama's).
+expert tensors differ from Llama's). olmoe's clip_qkv is refused.
 
 gemma, gemma2 and gemma3_text (the tensors read off transformers' Gemma modules): two
 RMSNorms a layer in gemma, four in gemma2 and gemma3_text (before and after the attention
@@ -160,10 +164,41 @@ probabilities); eager attention keeps the probabilities in the activation dtype,
 dropout the noise and the dropped-out copy. For both, the attention output is the output
 projection's input too, as for Llama.
 
+gpt_neox (Pythia, GPT-NeoX-20B) and falcon: q, k and v come out of one query_key_value
+linear (gpt_neox: 3h wide, with attention_bias; falcon: heads + 2 key/value heads of
+head_dim, where the key/value heads are one with multi_query, num_kv_heads with
+new_decoder_architecture, and one per query head otherwise; `bias` on every linear), then
+`dense`, and a gelu MLP (dense_h_to_4h, dense_4h_to_h; gpt_neox's with biases). Their
+LayerNorms keep their input (one tensor where two read the residual stream side by side:
+gpt_neox's use_parallel_residual, falcon's new_decoder_architecture with ln_attn and ln_mlp),
+and the linears after them their output (q/k/v and the MLP side by side after falcon's one
+input_layernorm with parallel_attn). Under sdpa the rotated q and k are new tensors and v is
+a view of query_key_value's output that keeps all of it alive; gpt_neox concatenates each
+head's rotated part with the rest, laid out heads-first, so sdpa's output is too and is
+copied for `dense` (as phi's: 4 q + 3 kv values with q = kv); falcon's rotated q keeps
+the b x s x heads layout and `dense` reads sdpa's output as it is. falcon materialises its
+causal mask whatever the attention (to add alibi to it): sdpa keeps a float copy of it in
+every layer (s values a token, in the activation dtype), a checkpointed layer is called
+again with the boolean mask, and with it transformers repeats k and v to every query head
+(copies with several key/value heads; views with one, where autocast's cast of the
+repeated k is the copy). Eager attention keeps what a Llama layer's does. Their dropouts
+(hidden_dropout, attention_dropout) and falcon's alibi are refused; so is
+new_decoder_architecture without parallel_attn, for which transformers' layer has no
+forward pass. In transformers 5 gpt_neox's output projection is named lm_head (embed_out
+before).
+
+stablelm: LayerNorms with biases (two a layer, or one that the attention and the SwiGLU MLP
+read side by side with use_parallel_residual), each keeping its input and the linears after
+it its output; part of each head is rotated and concatenated with the rest, so sdpa's
+output is copied for o_proj (as phi's); qk_layernorm's LayerNorms per head (a weight each)
+keep their input, q_proj's and k_proj's output, and a float32 mean and 1/std per head.
+Its dropouts are refused.
+
 Not counted: the CUDA context and the kernels' workspaces (hundreds of MiB on a GPU), the
 allocator's fragmentation and caching, optimizer-step temporaries, eval, EMA/merge copies
-(kept in CPU memory), the Llama-likes' attention dropout, and every other architecture
-(gpt_neox, falcon, ...): for those there is no estimate, and explain says so.
+(kept in CPU memory), the Llama-likes' attention dropout, the float32 mean and 1/std of the
+norms over the residual stream and sdpa's log-sum-exp (a few values a token and head), and
+every other architecture (bloom, mpt, ...): for those there is no estimate, and explain says so.
 """
 
 from __future__ import annotations
@@ -179,24 +214,42 @@ MIB = 1024**2
 
 ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
-    "qwen2_moe", "granite", "starcoder2", "phi", "cohere",
+    "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe", "olmo", "stablelm",
 )
 """`model_type`s whose layers the parameter and activation counts describe."""
 
 PEFT_ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma", "granite", "starcoder2", "phi", "cohere",
+    "gpt_neox", "falcon", "olmo", "stablelm",
 )
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
 
 PEFT_DEFAULT_TARGETS = {
     **{t: ["q_proj", "v_proj"] for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
     "phi": ["q_proj", "v_proj", "fc1", "fc2"],
+    "gpt_neox": ["query_key_value"],
+    "falcon": ["query_key_value"],
+    "stablelm": ["q_proj", "v_proj"],
 }
 """peft's default `target_modules` by model type (its LoRA table, which LoHa, LoKr, OFT and BOFT
 copy); a type without one, and IA3 (whose defaults peft's tuner does not expose), need
 `peft.target_modules`, as recipec's adapters require."""
 
-CLASS_DEFAULTS = ("gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi", "cohere")
+MODULE_NAMES = {
+    "gpt_neox": ("gpt_neox.layers.0", "attention", "embed_in", "lm_head"),
+    "falcon": ("transformer.h.0", "self_attention", "word_embeddings", "lm_head"),
+}
+"""Module paths PEFT matches its names against, where they are not a Llama's ("model.layers.0",
+"self_attn", "embed_tokens", "lm_head"): the first layer, its attention, the input embeddings and
+the output projection."""
+
+IA3_FEEDFORWARD = {"gpt_neox": ["dense_4h_to_h"], "falcon": ["dense_4h_to_h"]}
+"""peft's IA3 feedforward modules by model type, where they are not a Llama's down_proj."""
+
+CLASS_DEFAULTS = (
+    "gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe",
+    "olmo", "stablelm",
+)
 """Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
 
 GEMMA = ("gemma", "gemma2", "gemma3_text")
@@ -208,12 +261,17 @@ SANDWICH = ("gemma2", "gemma3_text")
 FUSED_ONLY = ("gemma2",)
 """Types transformers builds without sdpa (gemma2: `_supports_sdpa = False`, for its soft-capping)."""
 
-LAYER_NORM = ("gpt2", "starcoder2", "phi")
+LAYER_NORM = ("gpt2", "starcoder2", "phi", "gpt_neox", "falcon", "stablelm")
 """Types whose norms are torch's LayerNorm (a weight and a bias; it keeps its input, and the
 linears after it its output)."""
 
-MLP_LINEARS = ("gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "fc1", "fc2")
+MLP_LINEARS = ("gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "fc1", "fc2", "dense_h_to_4h", "dense_4h_to_h")
 """A decoder layer's MLP linears (module path `mlp.`); the rest are the attention's (`self_attn.`)."""
+
+FUSED_QKV = ("gpt_neox", "falcon")
+"""Types whose q, k and v come from one linear (query_key_value), followed by `dense`, and whose
+gelu MLP is dense_h_to_4h and dense_4h_to_h; LayerNorms, and the attention and the MLP side by
+side or one after the other as the config says."""
 
 PARALLEL = ("phi", "cohere")
 """Types whose attention and MLP read the same norm's output, side by side: one norm a layer."""
@@ -287,6 +345,15 @@ class ModelShape:
     """gemma2's attention logits soft-capped (attn_logit_softcapping): eager attention keeps the tanh output too."""
     logit_softcap: bool = False
     """gemma2's output logits soft-capped (final_logit_softcapping): the loss keeps the tanh output too."""
+    parallel: bool = False
+    """gpt_neox's and falcon's attention and MLP read the same residual stream side by side
+    (use_parallel_residual; parallel_attn or new_decoder_architecture)."""
+    clip_qkv: bool = False
+    """olmo's clip_qkv: q, k and v clamped in place, which keeps a copy of each for the backward pass."""
+    norms: int = 2
+    """LayerNorms a layer in gpt_neox, falcon and stablelm (one where stablelm's attention and MLP read
+    it side by side); in gpt_neox and falcon: two (input_layernorm and post_attention_layernorm,
+    or falcon's ln_attn and ln_mlp), or falcon's one input_layernorm that both halves read."""
     model_type: str = "llama"
 
     @classmethod
@@ -309,6 +376,12 @@ class ModelShape:
                 return cls._starcoder2(config, vocab_size)
             if model_type == "phi":
                 return cls._phi(config, vocab_size)
+            if model_type == "gpt_neox":
+                return cls._gpt_neox(config, vocab_size)
+            if model_type == "falcon":
+                return cls._falcon(config, vocab_size)
+            if model_type == "stablelm":
+                return cls._stablelm(config, vocab_size)
             h = int(config["hidden_size"])
             heads = int(config["num_attention_heads"])
             vocab = int(vocab_size if vocab_size is not None else config["vocab_size"])
@@ -317,6 +390,12 @@ class ModelShape:
             intermediate, experts, per_token = int(config["intermediate_size"]), 0, 0
             if model_type == "mixtral":
                 experts, per_token = int(config["num_local_experts"]), int(config["num_experts_per_tok"])
+            elif model_type == "olmoe":
+                # its config class reads num_local_experts as num_experts (its attribute_map)
+                experts = int(config["num_experts"] if "num_experts" in config else config["num_local_experts"])
+                per_token = int(config["num_experts_per_tok"])
+                if config.get("clip_qkv") is not None:
+                    raise ValueError("the estimate does not cover olmoe with clip_qkv")
             elif model_type in ("qwen3_moe", "qwen2_moe"):
                 # transformers 5 writes qwen3_moe's num_experts as num_local_experts (its attribute_map)
                 experts = int(config["num_experts"] if "num_experts" in config else config["num_local_experts"])
@@ -350,6 +429,7 @@ class ModelShape:
                 "qwen3": 2 * head_dim,
                 "qwen3_moe": 2 * head_dim,
                 "olmo2": (heads + kv_heads) * head_dim,
+                "olmoe": h + h // heads * kv_heads,  # RMSNorms over the whole q (hidden_size) and k projections
                 "gemma3_text": 2 * head_dim,
                 "cohere": (heads + kv_heads) * head_dim if config.get("use_qk_norm") else 0,
             }
@@ -366,6 +446,7 @@ class ModelShape:
                 o_bias=model_type != "qwen2" and bool(config.get("attention_bias", False)),
                 mlp_bias=bool(config.get("mlp_bias", False)),
                 qk_norm=qk_norm.get(model_type, 0),
+                clip_qkv=model_type == "olmo" and config.get("clip_qkv") is not None,
                 experts=experts,
                 experts_per_token=per_token,
                 shared_expert_size=int(config["shared_expert_intermediate_size"]) if model_type == "qwen2_moe" else 0,
@@ -467,12 +548,120 @@ class ModelShape:
             model_type="phi",
         )
 
+    @classmethod
+    def _stablelm(cls, config: dict[str, Any], vocab_size: int | None) -> ModelShape:
+        """The shape of a stablelm config: LayerNorms with biases (one a layer, read side by side by
+        the attention and the SwiGLU MLP, with use_parallel_residual), part of each head rotated,
+        q/k/v biases with use_qkv_bias, qk_layernorm's LayerNorms per head (weights only)."""
+        cls._refuse_dropout(config, "stablelm")
+        h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        activation = str(config["hidden_act"])
+        if activation not in ACTIVATION_KEPT:
+            raise ValueError(f"the estimate does not cover the activation {activation!r}")
+        parallel = bool(config["use_parallel_residual"])
+        return cls(
+            hidden_size=h,
+            intermediate_size=int(config["intermediate_size"]),
+            num_hidden_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            head_dim=h // heads,
+            vocab_size=int(vocab_size if vocab_size is not None else config["vocab_size"]),
+            tie_word_embeddings=bool(config["tie_word_embeddings"]),
+            qkv_bias=bool(config["use_qkv_bias"]),
+            qk_norm=(heads + kv_heads) * (h // heads) if config.get("qk_layernorm") else 0,
+            activation=activation,
+            parallel=parallel,
+            norms=1 if parallel else 2,
+            model_type="stablelm",
+        )
+
+    @staticmethod
+    def _refuse_dropout(config: dict[str, Any], model_type: str) -> None:
+        """gpt_neox's, falcon's and stablelm's dropouts are not counted: refuse a config that sets one."""
+        set_ = [k for k in ("hidden_dropout", "attention_dropout") if float(config.get(k) or 0.0) > 0]
+        if set_:
+            raise ValueError(f"the estimate does not cover {model_type} with {' or '.join(set_)}")
+
+    @classmethod
+    def _gpt_neox(cls, config: dict[str, Any], vocab_size: int | None) -> ModelShape:
+        """The shape of a gpt_neox config (Pythia, GPT-NeoX-20B): a fused query_key_value, two
+        LayerNorms a layer (side by side with use_parallel_residual), a gelu MLP with biases,
+        attention_bias on query_key_value and dense, an untied embed_out by default."""
+        cls._refuse_dropout(config, "gpt_neox")
+        h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        activation = str(config["hidden_act"])
+        if activation not in ACTIVATION_KEPT:
+            raise ValueError(f"the estimate does not cover the activation {activation!r}")
+        return cls(
+            hidden_size=h,
+            intermediate_size=int(config["intermediate_size"]),
+            num_hidden_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            head_dim=h // heads,
+            vocab_size=int(vocab_size if vocab_size is not None else config["vocab_size"]),
+            tie_word_embeddings=bool(config["tie_word_embeddings"]),
+            qkv_bias=bool(config["attention_bias"]),
+            o_bias=bool(config["attention_bias"]),
+            mlp_bias=True,
+            activation=activation,
+            parallel=bool(config["use_parallel_residual"]),
+            norms=2,
+            model_type="gpt_neox",
+        )
+
+    @classmethod
+    def _falcon(cls, config: dict[str, Any], vocab_size: int | None) -> ModelShape:
+        """The shape of a falcon config: a fused query_key_value whose keys and values are one head
+        (multi_query), num_kv_heads (new_decoder_architecture) or a head per query head, rotary
+        positions (alibi is refused), one LayerNorm a layer with parallel_attn, two otherwise or
+        with new_decoder_architecture (ln_attn and ln_mlp, unless num_ln_in_parallel_attn is 1),
+        `bias` on every linear, tied embeddings by default."""
+        cls._refuse_dropout(config, "falcon")
+        if config.get("alibi"):
+            raise ValueError("the estimate does not cover falcon with alibi")
+        new, parallel = bool(config["new_decoder_architecture"]), bool(config["parallel_attn"])
+        if new and not parallel:  # FalconDecoderLayer has no forward for it
+            raise ValueError("the estimate does not cover falcon with new_decoder_architecture and not parallel_attn")
+        h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_kv_heads") or heads) if new or not config["multi_query"] else 1
+        activation = str(config["activation"])
+        if activation not in ACTIVATION_KEPT:
+            raise ValueError(f"the estimate does not cover the activation {activation!r}")
+        norms = 2 if not parallel or (new and config.get("num_ln_in_parallel_attn") in (None, 2)) else 1
+        return cls(
+            hidden_size=h,
+            intermediate_size=int(config.get("ffn_hidden_size") or 4 * h),
+            num_hidden_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            head_dim=h // heads,
+            vocab_size=int(vocab_size if vocab_size is not None else config["vocab_size"]),
+            tie_word_embeddings=bool(config["tie_word_embeddings"]),
+            qkv_bias=bool(config["bias"]),
+            o_bias=bool(config["bias"]),
+            mlp_bias=bool(config["bias"]),
+            activation=activation,
+            parallel=parallel,
+            norms=norms,
+            model_type="falcon",
+        )
+
     def linears(self) -> dict[str, tuple[int, int, bool]]:
         """One decoder layer's linear layers: name -> (in_features, out_features, has bias)."""
         h, d = self.hidden_size, self.head_dim
         q, kv, i = self.num_attention_heads * d, self.num_key_value_heads * d, self.intermediate_size
         if self.model_type == "gpt2":  # Conv1D layers, (in, out) like a linear's
             return {"attn.c_attn": (h, 3 * h, True), "attn.c_proj": (h, h, True), "mlp.c_fc": (h, i, True), "mlp.c_proj": (i, h, True)}
+        if self.model_type in FUSED_QKV:
+            return {
+                "query_key_value": (h, q + 2 * kv, self.qkv_bias),
+                "dense": (q, h, self.o_bias),
+                "dense_h_to_4h": (h, i, self.mlp_bias),
+                "dense_4h_to_h": (i, h, self.mlp_bias),
+            }
         if self.model_type in ("starcoder2", "phi"):
             attention = {"q_proj": (h, q, self.qkv_bias), "k_proj": (h, kv, self.qkv_bias), "v_proj": (h, kv, self.qkv_bias)}
             if self.model_type == "phi":
@@ -503,12 +692,15 @@ class ModelShape:
 
     def norm_params(self) -> int:
         """Parameters of one norm over the residual stream: an RMSNorm's weight, or a LayerNorm's weight and bias."""
+        if self.model_type == "olmo":  # a LayerNorm without a weight or a bias
+            return 0
         return 2 * self.hidden_size if self.model_type in LAYER_NORM else self.hidden_size
 
     def layer_params(self) -> int:
         """Parameters of one decoder layer: its linears, its norms (gemma2 and gemma3_text have
-        four, phi and cohere one, the others two) and any query/key norms."""
-        norms = 4 if self.model_type in SANDWICH else 1 if self.model_type in PARALLEL else 2
+        four, phi and cohere one, gpt_neox, falcon and stablelm `norms`, the others two; olmo's
+        have no parameters) and any query/key norms."""
+        norms = 4 if self.model_type in SANDWICH else 1 if self.model_type in PARALLEL else self.norms
         return self.layer_linear_params() + norms * self.norm_params() + self.qk_norm
 
     def embedding_params(self) -> int:
@@ -540,6 +732,7 @@ class ModelShape:
         eager: bool = False,
         math: bool = False,
         rank: int = 0,
+        masked: bool = False,
     ) -> int:
         """Bytes one decoder layer keeps for the backward pass, per token (module docstring).
 
@@ -559,12 +752,21 @@ class ModelShape:
                 own): q scaled, k and v repeated to every query head, in float32, and o_proj's
                 contiguous input (the probabilities are counted by the estimate).
             rank: LoRA's r: each adapted linear's lora_A output (r values a token) is lora_B's input.
+            masked: sdpa over falcon's materialised causal mask, for which transformers repeats k
+                and v to every query head (flash and flex attention take them as they are).
         """
         lora = rank * act_bytes * len(adapted & set(self.linears())) if adapted is not None else 0
-        return self._layer_activations(residual_bytes, act_bytes, adapted, mask_bytes, eager, math) + lora
+        return self._layer_activations(residual_bytes, act_bytes, adapted, mask_bytes, eager, math, masked) + lora
 
     def _layer_activations(
-        self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None, mask_bytes: int, eager: bool, math: bool
+        self,
+        residual_bytes: int,
+        act_bytes: int,
+        adapted: frozenset[str] | None,
+        mask_bytes: int,
+        eager: bool,
+        math: bool,
+        masked: bool = False,
     ) -> int:
         h, i = self.hidden_size, self.intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
@@ -593,7 +795,7 @@ class ModelShape:
         # a fused kernel keeps q, k, v and its output, which is o_proj's input too (laid out as b x s
         # x heads x head_dim: the transpose and contiguous() copy nothing); eager attention keeps q,
         # k and v repeated to every query head, and o_proj's contiguous input where o_proj trains
-        o_kept = adapted is None or ("dense" if self.model_type == "phi" else "o_proj") in adapted
+        o_kept = adapted is None or ("dense" if self.model_type in ("phi", *FUSED_QKV) else "o_proj") in adapted
         attention = (3 * q + (q if o_kept else 0) if eager else 2 * q + 2 * kv) * act_bytes
         if math:
             attention = 3 * q * 4 + (q * act_bytes if o_kept else 0)
@@ -605,6 +807,23 @@ class ModelShape:
             # rotated q, a copy of a slice, is laid out heads-first, so the fused kernel's output is
             # copied for o_proj (eager attention's matmuls copy v like the rest)
             attention = (4 * q + 3 * kv) * act_bytes
+        if self.model_type in FUSED_QKV:
+            return self._fused_qkv_activations(residual_bytes, act_bytes, adapted, eager, o_kept, masked)
+        if self.model_type == "stablelm":
+            # LayerNorms keep their input, and the linears after them their output (q, k, v, gate and
+            # up side by side after one with use_parallel_residual); the rotated part of each head is
+            # concatenated with the rest, laid out heads-first, so sdpa's output is copied for o_proj
+            # (as phi's); qk_layernorm's LayerNorms per head keep their input (q_proj's and k_proj's
+            # output) and a float32 mean and 1/std per head; the SwiGLU MLP's four
+            if not eager:
+                attention = (2 * q + 2 * kv + (q if o_kept else 0)) * act_bytes
+            if self.parallel:
+                inputs = _inputs_kept(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"), adapted, act_bytes, residual_bytes)
+            else:
+                inputs = _inputs_kept(("q_proj", "k_proj", "v_proj"), adapted, act_bytes, residual_bytes)
+                inputs += _inputs_kept(("gate_proj", "up_proj"), adapted, act_bytes, residual_bytes)
+            qk = act_bytes * (q + kv) + 8 * (self.num_attention_heads + self.num_key_value_heads) if self.qk_norm else 0
+            return self.norms * residual_bytes * h + inputs * h + attention + mlp * act_bytes + qk
         if self.model_type == "starcoder2":
             # two LayerNorms keep their input, and the linears after them their output; c_fc's output
             # and what the activation keeps, its output where c_proj trains; a dropout mask after
@@ -648,17 +867,58 @@ class ModelShape:
         # two RMSNorms, each keeping its float32 input and (a trainable weight's) normalised value in
         # the residual stream's dtype; the linears after them keep their output (phi3's fused
         # qkv_proj and gate_up_proj are one linear each; an MoE layer's router reads the second)
-        norm = 4 * h + (0 if adapted is not None else residual_bytes * h)
+        norm = 4 * h + (0 if adapted is not None or self.model_type == "olmo" else residual_bytes * h)
+        # olmo's clip_qkv clamps q, k and v in place: autograd keeps a copy of each from before
+        clipped = (q + 2 * kv) * act_bytes if self.clip_qkv else 0
         shared = ("shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert_gate") if self.shared_expert_size else ()
         if self.model_type == "phi3":
             readers: tuple[tuple[str, ...], ...] = (("qkv_proj",), ("gate_up_proj",))
         else:
             readers = (("q_proj", "k_proj", "v_proj"), ("router", *shared) if self.experts else ("gate_proj", "up_proj"))
         inputs = sum(_inputs_kept(names, adapted, act_bytes, residual_bytes) for names in readers)
-        # qwen3's RMSNorms over each head's q and k: their float32 input and normalised value, in the
-        # dtype of q_proj's output (olmo2's norms over the whole projections are not counted)
-        qk = (4 + (0 if adapted is not None else act_bytes)) * (q + kv) if self.model_type in ("qwen3", "qwen3_moe") else 0
-        return 2 * norm + inputs * h + attention + mlp * act_bytes + moe + qk
+        # qwen3's RMSNorms over each head's q and k, and olmoe's over the whole projections: their
+        # float32 input and normalised value, in the dtype of q_proj's output (olmo2's are not counted)
+        qk_normed = ("qwen3", "qwen3_moe", "olmoe")
+        qk = (4 + (0 if adapted is not None else act_bytes)) * (q + kv) if self.model_type in qk_normed else 0
+        return 2 * norm + inputs * h + attention + mlp * act_bytes + moe + qk + clipped
+
+    def _fused_qkv_activations(
+        self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None, eager: bool, o_kept: bool, masked: bool
+    ) -> int:
+        """gpt_neox's and falcon's layer: LayerNorms, one query_key_value, a gelu MLP (no dropout).
+
+        Each LayerNorm keeps its input (one tensor where both read the residual stream side by
+        side), and the linears after it its output (q/k/v with the MLP's first linear when one
+        norm feeds both). Under sdpa: the rotated q and k (new tensors), v, a view of
+        query_key_value's output that keeps all of it alive, and sdpa's output. gpt_neox
+        concatenates the rotated part of each head with the rest, laid out heads-first, so the
+        output is too and is copied for `dense`; falcon's rotated q keeps the b x s x heads layout
+        and `dense` reads the output itself. falcon always materialises its causal mask, so under
+        sdpa (`masked`) transformers repeats k and v to every query head (copies, unless there is
+        one key/value head: then views, and autocast's cast of the repeated k is the copy); its
+        float copy of the mask is counted by the estimate. Eager attention keeps what a Llama
+        layer's does.
+        """
+        h, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        inputs = residual_bytes * h * (1 if self.parallel else 2)
+        if self.norms == 1:
+            inputs += _inputs_kept(("query_key_value", "dense_h_to_4h"), adapted, act_bytes, residual_bytes) * h
+        else:
+            inputs += _inputs_kept(("query_key_value",), adapted, act_bytes, residual_bytes) * h
+            inputs += _inputs_kept(("dense_h_to_4h",), adapted, act_bytes, residual_bytes) * h
+        fused = q + 2 * kv
+        if eager:
+            attention = 3 * q + (q if o_kept else 0)
+        elif self.model_type == "gpt_neox":
+            attention = q + kv + fused + q + (q if o_kept else 0)
+        elif masked and self.num_key_value_heads not in (1, self.num_attention_heads):  # k and v repeated: copies
+            attention = 4 * q
+        else:  # k (repeated by a view, materialised by autocast's cast), and v's view of the fused output
+            k = q if masked and self.num_key_value_heads == 1 and act_bytes < residual_bytes else kv
+            attention = q + k + fused + q
+        mlp = ACTIVATION_KEPT[self.activation] * i + (i if adapted is None or "dense_4h_to_h" in adapted else 0)
+        return inputs + (attention + mlp) * act_bytes
 
     def first_layer_unkept(self, residual_bytes: int, act_bytes: int, adapted: frozenset[str], mask_bytes: int = 1) -> int:
         """Bytes per token that `layer_activations` counts for the first layer but PEFT does not
@@ -667,13 +927,22 @@ class ModelShape:
         and in phi's and cohere's parallel blocks an MLP without an adapter keeps nothing at all.
         """
         h, i = self.hidden_size, self.intermediate_size
-        unkept = {"starcoder2": residual_bytes, "phi": residual_bytes, "cohere": 8}.get(self.model_type, 4) * h
+        unkept = {"starcoder2": residual_bytes, "phi": residual_bytes, "stablelm": residual_bytes, "cohere": 8}.get(self.model_type, 4) * h
+        if self.model_type in FUSED_QKV:  # the LayerNorm's input (one tensor where two read it side by side)
+            unkept = residual_bytes * h
+            if self.parallel and not adapted & {"dense_h_to_4h", "dense_4h_to_h"}:  # gelu's input
+                unkept += ACTIVATION_KEPT[self.activation] * i * act_bytes
+            return unkept
         mlp = ("fc1", "fc2") if self.model_type == "phi" else ("gate_proj", "up_proj", "down_proj")
-        if self.model_type in PARALLEL and not adapted & set(mlp):
+        if (self.model_type in PARALLEL or self.model_type == "stablelm" and self.parallel) and not adapted & set(mlp):
             if self.model_type == "phi":  # fc1's output, what gelu_new keeps, the dropout's mask
                 unkept += ACTIVATION_KEPT[self.activation] * i * act_bytes + (h * mask_bytes if self.residual_dropout else 0)
             else:  # gate, its activation and up
                 unkept += 3 * i * act_bytes
+        if self.model_type == "stablelm" and self.qk_norm:  # qk_layernorm over a frozen projection's output
+            d = self.head_dim
+            for name, heads in (("q_proj", self.num_attention_heads), ("k_proj", self.num_key_value_heads)):
+                unkept += 0 if name in adapted else heads * (d * act_bytes + 8)
         return unkept
 
     def final_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False, mask_bytes: int = 1) -> int:
@@ -686,7 +955,7 @@ class ModelShape:
         dropout = h * (residual_bytes if mask_bytes > 1 else 1) if self.embedding_dropout else 0
         if self.model_type == "gpt2":
             return (residual_bytes + act_bytes) * h + dropout
-        if self.model_type in ("starcoder2", "phi"):  # a LayerNorm keeps its input, a frozen lm_head no output
+        if self.model_type in ("starcoder2", "phi", "stablelm", *FUSED_QKV):  # a LayerNorm keeps its input, a frozen lm_head no output
             return residual_bytes * h + (0 if frozen else act_bytes * h) + dropout
         if frozen:  # the norm's float32 input (cohere's: x - mean, twice)
             return 8 * h if self.model_type == "cohere" else 4 * h
@@ -694,6 +963,8 @@ class ModelShape:
             return 8 * h + act_bytes * h
         if self.model_type == "cohere":
             return 12 * h + act_bytes * h
+        if self.model_type == "olmo":  # no weight: no normalised value kept
+            return 4 * h + act_bytes * h
         return self.norm_activations(residual_bytes, act_bytes)
 
     def scores_bytes(self, act_bytes: int, mask_bytes: int = 1) -> int:
@@ -752,11 +1023,17 @@ def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, in
         if targets is None:
             method, model_type = peft["method"], shape.model_type
             raise ValueError(f"peft has no default target modules for {method} on model type {model_type!r}; set peft.target_modules")
-    modules = {f"model.layers.0.{'mlp' if n in MLP_LINEARS else 'self_attn'}.{n}": v for n, v in shape.linears().items()}
+    layer, attention, _, head = _module_names(shape)
+    modules = {f"{layer}.{'mlp' if n in MLP_LINEARS else attention}.{n}": v for n, v in shape.linears().items()}
     if targets == "all-linear":
         return modules
-    heads = {"lm_head": (shape.hidden_size, shape.vocab_size, False)}
+    heads = {head: (shape.hidden_size, shape.vocab_size, False)}
     return {n: v for n, v in {**modules, **heads}.items() if _matches(n, targets)}
+
+
+def _module_names(shape: ModelShape) -> tuple[str, str, str, str]:
+    """The first layer's path, its attention's name, the input embeddings' and the output projection's."""
+    return MODULE_NAMES.get(shape.model_type, ("model.layers.0", "self_attn", "embed_tokens", "lm_head"))
 
 
 def _matches(name: str, wanted: list[str]) -> bool:
@@ -777,10 +1054,11 @@ def adapter_parameters(shape: ModelShape, peft: dict[str, Any]) -> int:
     linears = shape.linears()
     chosen = _targets(shape, peft)
     rank = peft.get("r") or 8
-    feedforward = peft.get("feedforward_modules") or (["down_proj"] if method == "ia3" else [])
+    feedforward = peft.get("feedforward_modules") or (IA3_FEEDFORWARD.get(shape.model_type, ["down_proj"]) if method == "ia3" else [])
+    _, _, embeddings, head = _module_names(shape)
     count = 0
     for name, (n_in, n_out, _) in chosen.items():
-        times = 1 if name == "lm_head" else shape.num_hidden_layers
+        times = 1 if name == head else shape.num_hidden_layers
         if method == "ia3":
             each = n_in if _matches(name, feedforward) else n_out
         elif method == "loha":
@@ -789,8 +1067,8 @@ def adapter_parameters(shape: ModelShape, peft: dict[str, Any]) -> int:
             each = rank * (n_in + n_out) + (n_out if peft.get("dora") else 0)
         count += times * each
     for name in peft.get("modules_to_save") or []:
-        if name in ("lm_head", "embed_tokens"):
-            count += shape.embedding_params() + (shape.vocab_size if name == "lm_head" and shape.head_bias else 0)
+        if name in (head, embeddings):
+            count += shape.embedding_params() + (shape.vocab_size if name == head and shape.head_bias else 0)
         elif name in linears:
             n_in, n_out, bias = linears[name]
             count += shape.num_hidden_layers * (n_in * n_out + (n_out if bias else 0))
@@ -937,9 +1215,10 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     cpu_dropout = recipe.model.attention == "sdpa" and launch.cpu and shape.attention_dropout > 0
     math = cpu_dropout and shape.model_type != "gpt2"
     rank = int(peft.get("r") or 8) if peft is not None and peft["method"] == "lora" else 0
-    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math, rank)
+    masked = shape.model_type == "falcon" and recipe.model.attention == "sdpa"  # its materialised causal mask
+    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math, rank, masked)
     # under PEFT the frozen embeddings need no gradient: the first layer keeps less (unless they train)
-    trained_embeddings = peft is not None and "embed_tokens" in (peft.get("modules_to_save") or [])
+    trained_embeddings = peft is not None and _module_names(shape)[2] in (peft.get("modules_to_save") or [])
     first = 0
     if adapted is not None and not trained_embeddings:
         first = shape.first_layer_unkept(p_bytes, a_bytes, adapted, mask_bytes)
@@ -960,10 +1239,15 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     # sdpa's math path (attention dropout on the CPU) keeps no mask either, and its q, k and v are
     # counted already
     mask_b = repeated = 0
+    masked_layers = shape.sliding_layers
     sliding_mask = bool(shape.sliding_layers) and s > shape.sliding_window
     if sliding_mask and recipe.model.attention == "sdpa" and shape.model_type not in FUSED_ONLY and not cpu_dropout:
         q, kv = shape.num_attention_heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
         mask_b, repeated = b * s * s if checkpointing else 0, (s + 2 * (q - kv)) * a_bytes
+    elif shape.model_type == "falcon" and recipe.model.attention == "sdpa":
+        # falcon materialises its causal mask whatever the attention (to add alibi to it): sdpa keeps
+        # a float copy in every layer (k and v repeated for it are counted in the layer)
+        mask_b, repeated, masked_layers = b * s * s if checkpointing else 0, s * a_bytes, layers
     elif eager and checkpointing:
         kinds = (shape.sliding_layers > 0) + (shape.sliding_layers < layers)
         mask_b = kinds * b * s * s * p_bytes
@@ -986,12 +1270,17 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
             f"+ max(0, one layer b * s * {per_layer} B - logits)"
         )
     else:
-        act_b = tokens * (layers * per_layer + final + shape.sliding_layers * repeated - first) + layers * scores_b + mask_b
+        act_b = tokens * (layers * per_layer + final + masked_layers * repeated - first) + layers * scores_b + mask_b
         act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B + final norm {final} B)"
         if first:
             act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B - {first} B not kept by the first layer + final norm {final} B)"
     if mask_b and not repeated and eager:
         act_formula += f" + eager attention's masks, kept for the recomputed layers: {mask_b // (b * s * s * p_bytes)} * b {b} * s {s}^2 * {p_bytes} B"
+    elif repeated and shape.model_type == "falcon":
+        where = "the recomputed layer (in its set)" if checkpointing else f"{layers} layers"
+        act_formula += f" + the causal mask's float copy in {where}: b * s * {repeated} B each" + (
+            f" + the boolean mask kept for the recomputed layers: b {b} * s {s}^2 * 1 B" if mask_b else ""
+        )
     elif repeated:
         act_formula += (
             f" + the sliding-window mask's float copy and k and v repeated per query head in {shape.sliding_layers}"

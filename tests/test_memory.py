@@ -36,6 +36,11 @@ GRANITE = {**SMALL, "num_key_value_heads": 2, "embedding_multiplier": 12.0, "res
 STARCODER2 = {**SMALL, "num_key_value_heads": 2}
 PHI = {**SMALL, "pad_token_id": 0}
 COHERE = {**SMALL, "num_key_value_heads": 2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+GPT_NEOX = {**SMALL, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+FALCON = {key: value for key, value in SMALL.items() if key != "intermediate_size"} | {"bos_token_id": 1, "eos_token_id": 2}
+OLMOE = {**MOE, "num_experts": 4, "pad_token_id": 0, "eos_token_id": 2}
+OLMO = {**SMALL, "num_key_value_heads": 2, "pad_token_id": 0, "eos_token_id": 2}
+STABLELM = {**SMALL, "num_key_value_heads": 2}
 
 
 @pytest.mark.parametrize(
@@ -67,12 +72,25 @@ COHERE = {**SMALL, "num_key_value_heads": 2, "pad_token_id": 0, "bos_token_id": 
         ("phi", {**PHI, "qk_layernorm": True, "tie_word_embeddings": True, "num_key_value_heads": 2}),
         ("cohere", COHERE),  # one LayerNorm without a bias a layer, tied by default
         ("cohere", {**COHERE, "use_qk_norm": True, "attention_bias": True, "tie_word_embeddings": False}),
+        ("gpt_neox", GPT_NEOX),  # fused query_key_value, two LayerNorms, biases (attention_bias), untied embed_out
+        ("gpt_neox", {**GPT_NEOX, "attention_bias": False, "use_parallel_residual": False, "tie_word_embeddings": True}),
+        ("falcon", FALCON),  # multi_query (one key/value head), parallel_attn with one LayerNorm, no biases, tied
+        ("falcon", {**FALCON, "multi_query": False, "parallel_attn": False, "bias": True, "tie_word_embeddings": False}),
+        ("falcon", {**FALCON, "new_decoder_architecture": True, "num_kv_heads": 2, "ffn_hidden_size": 96}),  # ln_attn, ln_mlp
+        ("falcon", {**FALCON, "new_decoder_architecture": True, "num_kv_heads": 4, "num_ln_in_parallel_attn": 1}),
+        ("olmoe", OLMOE),  # RMSNorms over the whole q and k projections, experts of intermediate_size
+        ("olmoe", {**OLMOE, "num_key_value_heads": 8, "attention_bias": True, "tie_word_embeddings": True}),
+        ("olmo", OLMO),  # LayerNorms without parameters
+        ("olmo", {**OLMO, "attention_bias": True, "tie_word_embeddings": True}),
+        ("stablelm", STABLELM),  # two LayerNorms with biases a layer, untied
+        ("stablelm", {**STABLELM, "use_parallel_residual": True, "qk_layernorm": True, "use_qkv_bias": True}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
     shape, model = shape_and_model(model_type, **config)
     assert shape.parameters() == sum(p.numel() for p in model.parameters())
-    layer = model.transformer.h[0] if model_type == "gpt2" else model.model.layers[0]
+    layers = {"gpt2": lambda: model.transformer.h, "falcon": lambda: model.transformer.h, "gpt_neox": lambda: model.gpt_neox.layers}
+    layer = layers.get(model_type, lambda: model.model.layers)()[0]
     assert shape.layer_params() == sum(p.numel() for p in layer.parameters())
 
 
@@ -96,13 +114,16 @@ def test_parameter_count_is_exact(model_type, config):
         ("gemma", GEMMA),
         ("granite", GRANITE),
         ("cohere", COHERE),
+        ("olmo", OLMO),
+        ("stablelm", STABLELM),
+        ("stablelm", {**STABLELM, "use_parallel_residual": True, "qk_layernorm": True, "use_qkv_bias": True}),
     ],
 )
 def test_adapter_parameters_match_peft(spec, model_type, config):
     shape, model = shape_and_model(model_type, **config)
     from recipec.runtime import adapters
 
-    if "target_modules" not in spec and model_type in ("granite", "cohere"):  # peft has no default targets for them
+    if "target_modules" not in spec and model_type in ("granite", "cohere", "olmo"):  # peft has no default targets for them
         with pytest.raises(ValueError, match="no default target modules"):
             adapter_parameters(shape, spec)
         with pytest.raises(ValueError, match="no default target modules"):
@@ -146,6 +167,35 @@ def test_adapter_parameters_match_peft_on_starcoder2(spec):
 def test_adapter_parameters_match_peft_on_phi(spec):
     # phi's attention output is `dense`, its MLP fc1 and fc2
     shape, model = shape_and_model("phi", **PHI)
+    from recipec.runtime import adapters
+
+    model = adapters.apply(model, dict(spec))
+    assert adapter_parameters(shape, spec) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"method": "lora", "r": 4, "target_modules": "all-linear"},
+        {"method": "lora", "r": 8},  # peft's default for both: query_key_value
+        {"method": "lora", "r": 4, "target_modules": ["dense", "mlp.dense_4h_to_h"], "dora": True},
+        {"method": "lora", "r": 2, "target_modules": ["dense_h_to_4h"], "modules_to_save": ["lm_head"]},
+        {"method": "loha", "r": 4, "target_modules": ["query_key_value", "dense_h_to_4h"]},
+        {"method": "ia3", "target_modules": ["query_key_value", "dense_4h_to_h"]},  # peft's feedforward default
+    ],
+)
+@pytest.mark.parametrize(
+    ("model_type", "config"),
+    [
+        ("gpt_neox", GPT_NEOX),
+        ("falcon", {**FALCON, "new_decoder_architecture": True, "num_kv_heads": 2, "tie_word_embeddings": False}),
+        ("falcon", {**FALCON, "bias": True, "tie_word_embeddings": False}),
+    ],
+)
+def test_adapter_parameters_match_peft_on_the_fused_types(spec, model_type, config):
+    # query_key_value, dense, dense_h_to_4h and dense_4h_to_h (gpt_neox's attention is `attention`, falcon's
+    # `self_attention`); transformers 5 names gpt_neox's output projection lm_head (embed_out before)
+    shape, model = shape_and_model(model_type, **config)
     from recipec.runtime import adapters
 
     model = adapters.apply(model, dict(spec))
@@ -552,14 +602,142 @@ def test_cohere_and_phi_by_hand(plan_of):
     assert phi.parameters == 2 * 512 * 64 + 512 + 2 * (4 * (64 * 64 + 64) + 2 * 64 * 128 + 128 + 64 + 2 * 64) + 2 * 64
 
 
+FUSED = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+def test_gpt_neox_by_hand(plan_of):
+    # h 64, i 128, 2 layers, 4 heads, vocab 512, untied, b 4 x s 32, float32; attention and MLP side by side
+    m = plan_of({"model.init": "gpt_neox", "model.config": {**FUSED, "intermediate_size": 128}}).memory
+    layer = 64 * 192 + 192 + 64 * 64 + 64 + 64 * 128 + 128 + 128 * 64 + 64 + 2 * 2 * 64
+    assert m.parameters == 2 * 512 * 64 + 2 * layer + 2 * 64
+    # the residual stream both LayerNorms read (one tensor), their two outputs; the rotated q and k,
+    # query_key_value's whole output (v is a view of it), sdpa's output and dense's copy of it (the
+    # rotated q is a concatenation laid out heads-first); gelu's input and output
+    per_token = 64 * 4 + 2 * 64 * 4 + (64 + 64 + 3 * 64 + 64 + 64) * 4 + 2 * 128 * 4
+    final = 2 * 64 * 4
+    assert m.activations == 4 * 32 * (2 * per_token + final)
+    sequential = {"model.init": "gpt_neox", "model.config": {**FUSED, "intermediate_size": 128, "use_parallel_residual": False}}
+    # the second LayerNorm reads the residual stream after the attention: another input kept
+    assert plan_of(sequential).memory.activations == 4 * 32 * (2 * (per_token + 64 * 4) + final)
+    eager = plan_of({"model.init": "gpt_neox", "model.config": {**FUSED, "intermediate_size": 128}, "model.attention": "eager"})
+    # q, k, v copied for the matmul and dense's input; the float32 probabilities
+    per_token = 64 * 4 + 2 * 64 * 4 + 4 * 64 * 4 + 2 * 128 * 4
+    assert eager.memory.activations == 4 * 32 * (2 * per_token + final) + 2 * 4 * 4 * 32 * 32 * 4
+    # LoRA r 4 on peft's default, query_key_value: the second LayerNorm's output (read by the frozen MLP)
+    # and dense's copy of sdpa's output are not kept, nor gelu's output; lora_A's output is. The first
+    # layer keeps neither its input (the embeddings are frozen) nor gelu's input (its MLP is off the
+    # gradient's path, beside the attention); a frozen lm_head keeps no input
+    lora = plan_of({"model.init": "gpt_neox", "model.config": {**FUSED, "intermediate_size": 128}}, peft={"method": "lora", "r": 4})
+    per_token = 64 * 4 + 64 * 4 + (64 + 64 + 3 * 64 + 64) * 4 + 128 * 4 + 4 * 4
+    assert lora.memory.activations == 4 * 32 * (2 * per_token - (64 * 4 + 128 * 4) + 64 * 4)
+
+
+def test_falcon_by_hand(plan_of):
+    # h 64, ffn 128, 2 layers, 4 heads of 16 and one key/value head (multi_query), one LayerNorm a layer
+    # (parallel_attn), no biases, vocab 512, untied, b 4 x s 32, float32
+    config = {**FUSED, "ffn_hidden_size": 128}
+    m = plan_of({"model.init": "falcon", "model.config": config}).memory
+    layer = 64 * (64 + 2 * 16) + 64 * 64 + 2 * 64 * 128 + 2 * 64
+    assert m.parameters == 2 * 512 * 64 + 2 * layer + 2 * 64
+    # the LayerNorm's input and output; the rotated q and k, query_key_value's whole output (v is a
+    # view of it), sdpa's output (dense's input as it is); the float copy of the causal mask falcon
+    # always materialises (s values a token); gelu's input and output
+    q, kv = 64, 16
+    per_token = 2 * 64 * 4 + (q + kv + (q + 2 * kv) + q) * 4 + 32 * 4 + 2 * 128 * 4
+    final = 2 * 64 * 4
+    assert m.activations == 4 * 32 * (2 * per_token + final)
+    # under autocast the LayerNorm's float32 output is cast for each linear, and so is the rotated k,
+    # repeated to every query head by a view: the cast is a copy of q's size
+    mixed = plan_of({"model.init": "falcon", "model.config": config, "launch.mixed_precision": "bf16"}).memory
+    per_token = 64 * 4 + 2 * 64 * 2 + (q + q + (q + 2 * kv) + q) * 2 + 32 * 2 + 2 * 128 * 2
+    assert mixed.activations == 4 * 32 * (2 * per_token + 64 * 4 + 64 * 2)
+    # new_decoder_architecture with 2 key/value heads: ln_attn and ln_mlp read the same input; k and v
+    # repeated to every query head (copies)
+    new = plan_of({"model.init": "falcon", "model.config": {**config, "new_decoder_architecture": True, "num_kv_heads": 2}}).memory
+    per_token = 64 * 4 + 2 * 64 * 4 + 4 * q * 4 + 32 * 4 + 2 * 128 * 4
+    assert new.activations == 4 * 32 * (2 * per_token + final)
+    assert new.parameters == 2 * 512 * 64 + 2 * (64 * (64 + 2 * 32) + 64 * 64 + 2 * 64 * 128 + 2 * 2 * 64) + 2 * 64
+    # checkpointed: the layers' inputs, the final norm's, and the boolean mask the layers are called again with
+    ckpt = plan_of({"model.init": "falcon", "model.config": config, "model.gradient_checkpointing": True}).memory
+    assert ckpt.activations == 4 * 32 * (2 * 64 * 4 + final) + 4 * 32 * 32
+
+
+def test_olmoe_by_hand(plan_of):
+    # h 64, 2 layers, 4 heads / 2 kv heads, 4 experts of 32, 2 a token, vocab 512, b 4 x s 32, float32
+    config = {**FUSED, "num_key_value_heads": 2, "intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2}
+    m = plan_of({"model.init": "olmoe", "model.config": config}).memory
+    q, kv = 64, 32
+    layer = 2 * 64 * q + 2 * 64 * kv + 4 * 3 * 32 * 64 + 4 * 64 + 2 * 64 + q + kv  # q k v o, experts, router, norms
+    assert m.parameters == 2 * 512 * 64 + 2 * layer + 64
+    # two RMSNorms (float32 input, normalised value), q/k/v's and the router's input; the RMSNorms over
+    # the whole q and k projections (their float32 input and normalised value); sdpa's q, k, v and
+    # output; the chosen experts' tensors and the router's
+    experts = 2 * (4 * 32 + 2 * 64) * 4 + 4 * 4 + 2 * (4 + 32)
+    per_token = 2 * 8 * 64 + 2 * 4 * 64 + 8 * (q + kv) + (2 * q + 2 * kv) * 4 + experts
+    assert m.activations == 4 * 32 * (2 * per_token + 3 * 4 * 64)
+
+
+def test_olmo_by_hand(plan_of):
+    # h 64, i 128, 2 layers, 4 heads / 2 kv heads, vocab 512, untied, b 4 x s 32, float32
+    config = {**FUSED, "num_key_value_heads": 2, "intermediate_size": 128}
+    m = plan_of({"model.init": "olmo", "model.config": config}).memory
+    q, kv = 64, 32
+    assert m.parameters == 2 * 512 * 64 + 2 * (2 * 64 * q + 2 * 64 * kv + 3 * 64 * 128)  # no norm parameters
+    # two LayerNorms without a weight keep their float32 input only, the linears after them their output;
+    # sdpa's q, k, v and output; the SwiGLU's four; the final norm's input and output
+    per_token = 2 * 64 * 4 + 2 * 64 * 4 + (2 * q + 2 * kv) * 4 + 4 * 128 * 4
+    assert m.activations == 4 * 32 * (2 * per_token + 2 * 64 * 4)
+    # clip_qkv clamps q, k and v in place: autograd keeps a copy of each from before
+    clipped = plan_of({"model.init": "olmo", "model.config": {**config, "clip_qkv": 8.0}}).memory
+    assert clipped.activations == 4 * 32 * (2 * (per_token + (q + 2 * kv) * 4) + 2 * 64 * 4)
+
+
+def test_stablelm_by_hand(plan_of):
+    # h 64, i 128, 2 layers, 4 heads / 2 kv heads, vocab 512, untied, b 4 x s 32, float32
+    config = {**FUSED, "num_key_value_heads": 2, "intermediate_size": 128}
+    m = plan_of({"model.init": "stablelm", "model.config": config}).memory
+    q, kv = 64, 32
+    layer = 2 * 64 * q + 2 * 64 * kv + 3 * 64 * 128 + 2 * 2 * 64
+    assert m.parameters == 2 * 512 * 64 + 2 * layer + 2 * 64
+    # two LayerNorms keep their input and the linears after them their output; the rotated q and k
+    # (concatenations laid out heads-first), v, sdpa's output and o_proj's copy of it; the SwiGLU's four
+    per_token = 4 * 64 * 4 + (2 * q + 2 * kv + q) * 4 + 4 * 128 * 4
+    assert m.activations == 4 * 32 * (2 * per_token + 2 * 64 * 4)
+    # side by side with qk_layernorm, LoRA r 4 on peft's default q_proj and v_proj: one LayerNorm's input
+    # and output; no copy for the frozen o_proj nor down_proj's input; the per-head LayerNorms' input and
+    # float32 mean and 1/std; lora_A's outputs. The first layer keeps neither its input, nor its MLP's
+    # tensors (off the gradient's path), nor k's LayerNorms' (k_proj is frozen)
+    parallel = {**config, "use_parallel_residual": True, "qk_layernorm": True}
+    lora = plan_of({"model.init": "stablelm", "model.config": parallel}, peft={"method": "lora", "r": 4}).memory
+    per_token = 2 * 64 * 4 + (2 * q + 2 * kv) * 4 + 3 * 128 * 4 + (q + kv) * 4 + 8 * (4 + 2) + 2 * 4 * 4
+    first = 64 * 4 + 3 * 128 * 4 + 2 * (16 * 4 + 8)
+    assert lora.activations == 4 * 32 * (2 * per_token - first + 64 * 4)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "config", "why"),
+    [
+        ("falcon", {"alibi": True}, "falcon with alibi"),
+        ("falcon", {"hidden_dropout": 0.1}, "falcon with hidden_dropout"),
+        ("falcon", {"new_decoder_architecture": True, "parallel_attn": False}, "new_decoder_architecture and not parallel_attn"),
+        ("gpt_neox", {"attention_dropout": 0.1}, "gpt_neox with attention_dropout"),
+        ("olmoe", {"clip_qkv": 8.0}, "olmoe with clip_qkv"),
+        ("stablelm", {"hidden_dropout": 0.1}, "stablelm with hidden_dropout"),
+    ],
+)
+def test_what_the_new_types_leave_out_is_refused(model_type, config, why):
+    with pytest.raises(ValueError, match=why):
+        ModelShape.from_config({**SMALL, **config}, model_type)
+
+
 def test_no_estimate_for_a_hub_model_or_another_architecture(plan_of, write_recipe, tmp_path: Path):
     plan = plan_of({"model.init": None, "model.config": None, "model.path": "org/name"}, tokenizer=None)
     assert plan.memory is None and "local model" in plan.memory_unknown
     (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "hidden_size": 64}))
+    (tmp_path / "base" / "config.json").write_text(json.dumps({"model_type": "bloom", "hidden_size": 64}))
     path = write_recipe({"model.init": None, "model.config": None, "model.path": "./base"}, tokenizer=None)
     plan, _ = plan_recipe(path, project=tmp_path)
-    assert plan.memory is None and "does not cover model type 'gpt_neox'" in plan.memory_unknown
+    assert plan.memory is None and "does not cover model type 'bloom'" in plan.memory_unknown
     assert f"it counts {', '.join(ARCHITECTURES)}" in plan.memory_unknown
     for broken in ({"model_type": "llama", "hidden_size": 64}, {**SMALL, "model_type": "llama", "num_attention_heads": 0}):
         (tmp_path / "base" / "config.json").write_text(json.dumps(broken))
