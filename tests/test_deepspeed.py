@@ -181,11 +181,11 @@ def test_examples_under_zero_take_the_mean_over_each_steps_supervised_tokens(sta
 LORA = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\n'
 
 
-def _dpo_run(root: Path, model: Path, options: str, peft: str, micro: int, processes: int, launch: str = "") -> dict:
-    """The DPO project of tests/test_preference_training.py (3 steps, evaluated at 0 and 3 with 2 generations each)."""
+def _dpo_run(root: Path, model: Path, options: str, peft: str, micro: int, processes: int, launch: str = "", objective: str = "dpo") -> dict:
+    """The DPO (or other objective's) project of tests/test_preference_training.py (3 steps, evaluated at 0 and 3 with 2 generations each)."""
     from test_preference_training import _metrics as _pref_metrics, _project as _pref_project, _run as _pref_run
 
-    recipe = _pref_project(root, model, options=options, micro=micro, processes=processes, extra=peft)
+    recipe = _pref_project(root, model, objective=objective, options=options, micro=micro, processes=processes, extra=peft)
     recipe.write_text(recipe.read_text().replace("eval_every = 0", "eval_every = 3\neval_generations = 2\nmax_new_tokens = 4"))
     if processes > 1:
         recipe.write_text(recipe.read_text().replace("cpu = true", launch))
@@ -202,42 +202,57 @@ def _dpo_run(root: Path, model: Path, options: str, peft: str, micro: int, proce
 
 @pytest.fixture(scope="module")
 def dpo_one(tmp_path_factory: pytest.TempPathFactory):
-    """The model, and one process x micro-batch 8 of it for a reference setting: run once per setting, shared by the cases."""
+    """The model, and one process x micro-batch 8 of it for a reference setting: run once per setting, shared by the cases.
+
+    KTO's KL estimate is the mean over the micro-batch of every process of its mismatched pairs (each prompt with
+    the previous row's completion, within a micro-batch), as TRL takes it: it depends on how a step is split into
+    micro-batches and processes by design. Its reference is thus 2 processes x micro-batch 4 without sharding (DDP
+    on the CPU): the same micro-batches and KL estimates as the sharded run."""
     from test_sft import _model
 
     model = tmp_path_factory.mktemp("dpo-model") / "model"
     _model(model)
-    done: dict[tuple[str, str], dict] = {}
+    done: dict[tuple[str, str, str], dict] = {}
 
-    def one(options: str, peft: str) -> tuple[Path, dict]:
-        if (options, peft) not in done:
-            done[(options, peft)] = _dpo_run(tmp_path_factory.mktemp("dpo-one") / "one", model, options, peft, 8, 1)
-        return model, done[(options, peft)]
+    def one(options: str, peft: str, objective: str = "dpo") -> tuple[Path, dict]:
+        if (options, peft, objective) not in done:
+            root = tmp_path_factory.mktemp("dpo-one") / "one"
+            if objective == "kto":
+                done[(options, peft, objective)] = _dpo_run(root, model, options, peft, 4, 2, "cpu = true", objective=objective)
+            else:
+                done[(options, peft, objective)] = _dpo_run(root, model, options, peft, 8, 1, objective=objective)
+        return model, done[(options, peft, objective)]
 
     return one
 
 
+ZERO3 = 'strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}'
+
+
 @pytest.mark.parametrize(
-    ("launch", "options", "peft"),
+    ("launch", "options", "peft", "objective"),
     [
-        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 2}', "", ""),  # a live frozen copy beside ZeRO-2's whole weights
-        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', 'reference = "precomputed"', ""),  # scored by the partitioned model
-        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', "", ""),  # a live copy, partitioned by an engine of its own
-        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', "", LORA),  # live: the partitioned base model, adapter disabled
-        ('cpu = true\nstrategy = "fsdp"', 'reference = "precomputed"', ""),  # scored by the sharded model (torch's fully_shard)
-        ('cpu = true\nstrategy = "fsdp"', "", ""),  # a live copy, sharded as the model is
+        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 2}', "", "", "dpo"),  # a live frozen copy beside ZeRO-2's whole weights
+        (ZERO3, 'reference = "precomputed"', "", "dpo"),  # scored by the partitioned model
+        (ZERO3, "", "", "dpo"),  # a live copy, partitioned by an engine of its own
+        (ZERO3, "", LORA, "dpo"),  # live: the partitioned base model, adapter disabled
+        (ZERO3, "", "", "kto"),  # the live partitioned copy also scores the mismatched pairs of KTO's KL estimate
+        ('cpu = true\nstrategy = "fsdp"', 'reference = "precomputed"', "", "dpo"),  # scored by the sharded model (torch's fully_shard)
+        ('cpu = true\nstrategy = "fsdp"', "", "", "dpo"),  # a live copy, sharded as the model is
     ],
-    ids=["zero2-copy", "zero3-precomputed", "zero3-copy", "zero3-lora", "fsdp-precomputed", "fsdp-copy"],
+    ids=["zero2-copy", "zero3-precomputed", "zero3-copy", "zero3-lora", "zero3-kto", "fsdp-precomputed", "fsdp-copy"],
 )
-def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, peft: str, dpo_one, tmp_path: Path) -> None:
+def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, peft: str, objective: str, dpo_one, tmp_path: Path) -> None:
     """DPO with each kind of reference under DeepSpeed (and FSDP): 2 processes x micro-batch 4 give the losses,
     rewards and weights of 1 process with micro-batch 8, and evaluation the same held-out rewards. A precomputed
     reference is keyed by the whole model's weights, gathered from the shards: the key of one process. FSDP's
-    live copy is sharded: each process holds about half of it. Both write the held-out generations of one process."""
+    live copy is sharded: each process holds about half of it. Both write the held-out generations of one process.
+    KTO under ZeRO-3 with its live copy (which also scores the KL estimate's mismatched pairs) gives the losses, KL
+    estimates, rewards and weights of the same 2 processes without sharding (see dpo_one)."""
     from safetensors.torch import load_file
 
-    model, one_run = dpo_one(options, peft)
-    two_run = _dpo_run(tmp_path / "two", model, options, peft, 4, 2, launch)
+    model, one_run = dpo_one(options, peft, objective)
+    two_run = _dpo_run(tmp_path / "two", model, options, peft, 4, 2, launch, objective)
     if "fsdp" in launch and not options:
         held, total = (int(n.replace(",", "")) for n in re.findall(r"reference: a frozen copy sharded over 2 processes, ([\d,]+) of its ([\d,]+)", two_run["output"])[0])
         assert total / 2 <= held < 0.55 * total  # rank 0: half of every parameter's rows, rounded up
@@ -247,11 +262,12 @@ def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, pef
     assert two_run["keys"] == one_run["keys"] and len(one_run["keys"]) == (1 if options else 0)
     steps = [m for m in one if "loss" in m]
     assert len(steps) == 3 and steps[-1]["reward_margin"] != 0  # it trained: the policy left the reference
-    for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen", "lr"):
+    paired = objective != "kto"  # KTO: unpaired rewards (no accuracy), and its KL estimate
+    for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen", "lr", *(() if paired else ("kl",))):
         assert [m[key] for m in two if "loss" in m] == pytest.approx([m[key] for m in steps], abs=1e-5, rel=0), key
     evals = lambda ms: [m for m in ms if "eval_loss" in m]  # noqa: E731
     assert len(evals(one)) == 2
-    for key in ("eval_loss", "eval_reward_margin", "eval_reward_accuracy"):
+    for key in ("eval_loss", "eval_reward_margin", *(("eval_reward_accuracy",) if paired else ("eval_kl",))):
         assert [m[key] for m in evals(two)] == pytest.approx([m[key] for m in evals(one)], abs=1e-5, rel=0), key
     name = "adapter_model.safetensors" if peft else "model.safetensors"
     wa, wb = load_file(str(one_run["model"] / name)), load_file(str(two_run["model"] / name))
