@@ -181,12 +181,17 @@ def test_examples_under_zero_take_the_mean_over_each_steps_supervised_tokens(sta
 LORA = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\n'
 
 
-def _dpo_run(root: Path, model: Path, options: str, peft: str, micro: int, processes: int, launch: str = "", objective: str = "dpo") -> dict:
-    """The DPO (or other objective's) project of tests/test_preference_training.py (3 steps, evaluated at 0 and 3 with 2 generations each)."""
+def _dpo_run(
+    root: Path, model: Path, options: str, peft: str, micro: int, processes: int, launch: str = "", objective: str = "dpo", data: str = ""
+) -> dict:
+    """The DPO (or other objective's) project of tests/test_preference_training.py (3 steps, evaluated at 0 and 3 with 2
+    generations each); `data`: more keys of its [data] table."""
     from test_preference_training import _metrics as _pref_metrics, _project as _pref_project, _run as _pref_run
 
     recipe = _pref_project(root, model, objective=objective, options=options, micro=micro, processes=processes, extra=peft)
     recipe.write_text(recipe.read_text().replace("eval_every = 0", "eval_every = 3\neval_generations = 2\nmax_new_tokens = 4"))
+    if data:
+        recipe.write_text(recipe.read_text().replace("[data]\n", f"[data]\n{data}\n", 1))
     if processes > 1:
         recipe.write_text(recipe.read_text().replace("cpu = true", launch))
     proc = _pref_run(recipe, processes)
@@ -435,3 +440,54 @@ def test_examples_under_sequence_parallelism_resume_where_they_stopped(tmp_path:
     wa, wb = _weights(runs["straight"]), _weights(runs["killed"])
     for k in wa:
         assert (wa[k] - wb[k]).abs().max().item() < 1e-6, k
+
+
+SP_PREF_CASES = {
+    # name: (objective, options, peft, micro-batch, processes); the reference is one process (see below)
+    "dpo-copy-sp2": ("dpo", "", "", 4, 2),  # a live copy, partitioned by an engine of its own, scoring the slices
+    "dpo-copy-dp2-sp2": ("dpo", "", "", 2, 4),  # 2 data-parallel ranks x sp 2
+    "ipo-precomputed-sp2": ("ipo", 'reference = "precomputed"', "", 4, 2),  # averages over each side's tokens
+    "orpo-sp2": ("orpo", "", "", 4, 2),  # reference-free; averages, and the chosen side's cross-entropy
+    "dpo-lora-sp2": ("dpo", "", LORA, 4, 2),  # live: the partitioned base model, adapter disabled
+    "kto-copy-sp2": ("kto", "", "", 4, 2),  # and the KL estimate's mismatched pairs, sliced too
+}
+
+
+@pytest.mark.parametrize("case", list(SP_PREF_CASES))
+def test_preference_pairs_under_sequence_parallelism_train_as_one_process(case: str, dpo_one, tmp_path: Path) -> None:
+    """Preference training with Ulysses over ZeRO-3: each side of a pair a row of its own, padded to seq_len, each rank
+    of an sp group holding half of every row. The per-row sums of log-probabilities (and token counts) are summed
+    across the group before the objective, so the losses, rewards, log-probabilities and learning rates of every step,
+    the held-out metrics (whole rows on every rank), the generations and the final weights are those of one process
+    with the same rows per step. KTO's KL estimate is the mean over a step's micro-batches of each data-parallel rank
+    (see dpo_one): its reference is one process with micro-batch 4, the micro-batches the sp group takes in turn."""
+    from safetensors.torch import load_file
+
+    objective, options, peft, micro, processes = SP_PREF_CASES[case]
+    model, _ = dpo_one("", "")
+    data = "max_length = 64" if objective == "kto" else ""  # KTO's KL pairs (a prompt and another's completion) fit seq_len 128
+    sp = 'cpu = false\nstrategy = "deepspeed"\ndeepspeed = {zero_stage = 3}\nparallelism = {sp_size = 2}'
+    runs = {}
+    for name, m, p, launch in (("one", 4, 1, ""), ("sp", micro, processes, sp)):
+        runs[name] = _dpo_run(tmp_path / name, model, options, peft, m, p, launch, objective, data=data)
+    one, two = runs["one"]["metrics"], runs["sp"]["metrics"]
+    steps = [m for m in one if "loss" in m]
+    assert len(steps) == 3 and steps[-1]["reward_margin"] != 0  # it trained
+    keys = ["loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen", "logps_rejected", "lr"]
+    keys += ["kl"] if objective == "kto" else ["reward_accuracy"]
+    worst = {}
+    for key in keys:
+        got, want = [m[key] for m in two if "loss" in m], [m[key] for m in steps]
+        worst[key] = max(abs(a - b) for a, b in zip(got, want))
+        assert got == pytest.approx(want, abs=1e-5, rel=0), key
+    evals = lambda ms: [m for m in ms if "eval_loss" in m]  # noqa: E731
+    assert len(evals(one)) == 2
+    for key in ("eval_loss", "eval_reward_margin", "eval_kl" if objective == "kto" else "eval_reward_accuracy"):
+        assert [m[key] for m in evals(two)] == pytest.approx([m[key] for m in evals(one)], abs=1e-5, rel=0), key
+    print(case, "max |difference| per step:", worst)
+    assert runs["sp"]["generations"] == runs["one"]["generations"]
+    name = "adapter_model.safetensors" if peft else "model.safetensors"
+    wa, wb = load_file(str(runs["one"]["model"] / name)), load_file(str(runs["sp"]["model"] / name))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() < 1e-4, k
