@@ -5,9 +5,9 @@ DeepSpeed runs here on its CPU accelerator over gloo, so the path the script tak
 tested: accelerate's DeepSpeed plugin from the generated config, ZeRO's partitioned parameters and
 optimizer, DeepSpeed's gradient clipping and norm, the final gather of the weights, a resume from a
 DeepSpeed checkpoint and, with sp_size, accelerate's ParallelismConfig from the launcher's environment,
-DeepSpeed's Ulysses attention and loader adapter, and the loss summed over the sp group. Every run
-starts from the same saved model (a model initialised under ZeRO-3 draws other random weights than
-one built whole).
+DeepSpeed's Ulysses attention and loader adapter, and the loss summed over the sp group (for preference
+pairs, the log-probabilities of every row). Every run starts from the same saved model (a model
+initialised under ZeRO-3 draws other random weights than one built whole).
 """
 
 from __future__ import annotations
@@ -489,6 +489,9 @@ def test_preference_pairs_under_sequence_parallelism_train_as_one_process(case: 
         got, want = [m[key] for m in two if "loss" in m], [m[key] for m in steps]
         worst[key] = max(abs(a - b) for a, b in zip(got, want))
         assert got == pytest.approx(want, abs=1e-5, rel=0), key
+    # the gradient: DeepSpeed's norm of each step's (it clips), against the one process's
+    norms = [m["grad_norm"] for m in two if "loss" in m]
+    assert norms == pytest.approx([m["grad_norm"] for m in steps], rel=1e-4)
     evals = lambda ms: [m for m in ms if "eval_loss" in m]  # noqa: E731
     assert len(evals(one)) == 2
     # evaluation splits the held-out rows over all processes (whole rows on each), as without an sp group: KTO's held-out
@@ -506,3 +509,43 @@ def test_preference_pairs_under_sequence_parallelism_train_as_one_process(case: 
     assert wa.keys() == wb.keys()
     for k in wa:
         assert (wa[k] - wb[k]).abs().max().item() < 1e-4, k
+
+
+def test_preference_pairs_under_sequence_parallelism_resume_where_they_stopped(tmp_path: Path) -> None:
+    """DPO with a live copy under sp 2, micro-batch 4, batch 12 (3 micro-batches of the group a step: a round of the
+    adapter and half of the next), killed after the checkpoint of step 1 and resumed: the losses, rewards and weights
+    of the run that was not stopped. The copy is made from the model as it starts, before the checkpoint is loaded."""
+    from safetensors.torch import load_file
+
+    from recipec.compiler import build
+    from test_preference_training import _project as _pref_project
+    from test_sft import _model
+
+    model = tmp_path / "model"
+    _model(model)
+    sp = 'cpu = false\nstrategy = "deepspeed"\ndeepspeed = {zero_stage = 3}\nparallelism = {sp_size = 2}'
+    runs = {}
+    for name in ("straight", "killed"):
+        recipe = _pref_project(tmp_path / name, model, micro=4, processes=2, steps=4, save_every=1)
+        recipe.write_text(recipe.read_text().replace("cpu = true", sp).replace("batch_size = 8", "batch_size = 12"))
+        project = recipe.parent.parent
+        written, _ = build(recipe, (), project / "build" / "pref", project=project)
+        if name == "killed":
+            (project / "killer.py").write_text(KILL_RANK0)
+            killed = _launch(written.dir, script=[str(project / "killer.py"), str(written.dir), "1"], expect=None)
+            assert killed.returncode != 0 and not (project / "runs" / "pref" / "model").exists()
+        proc = _launch(written.dir)
+        if name == "killed":
+            assert "resum" in (proc.stdout + proc.stderr).lower()
+        runs[name] = project / "runs" / "pref"
+    keys = ("loss", "lr", "rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected")
+    metrics = {k: [m for m in (json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()) if "loss" in m] for k, v in runs.items()}
+    straight, resumed = metrics["straight"], metrics["killed"]
+    assert len(straight) == 4 and abs(straight[-1]["reward_margin"]) > 1e-3  # the policy left the reference
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    for key in keys:
+        assert [m[key] for m in resumed] == pytest.approx([m[key] for m in straight], abs=1e-6, rel=0), key
+    wa, wb = (load_file(str(v / "model" / "model.safetensors")) for v in runs.values())
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() < 1e-6, k
