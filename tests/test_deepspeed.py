@@ -5,9 +5,9 @@ DeepSpeed runs here on its CPU accelerator over gloo, so the path the script tak
 tested: accelerate's DeepSpeed plugin from the generated config, ZeRO's partitioned parameters and
 optimizer, DeepSpeed's gradient clipping and norm, the final gather of the weights, a resume from a
 DeepSpeed checkpoint and, with sp_size, accelerate's ParallelismConfig from the launcher's environment,
-DeepSpeed's Ulysses attention and loader adapter, and the loss summed over the sp group. Every run
-starts from the same saved model (a model initialised under ZeRO-3 draws other random weights than
-one built whole).
+DeepSpeed's Ulysses attention and loader adapter, and the loss summed over the sp group (for preference
+pairs, the log-probabilities of every row). Every run starts from the same saved model (a model
+initialised under ZeRO-3 draws other random weights than one built whole).
 """
 
 from __future__ import annotations
@@ -183,12 +183,19 @@ def test_examples_under_zero_take_the_mean_over_each_steps_supervised_tokens(sta
 LORA = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\n'
 
 
-def _dpo_run(root: Path, model: Path, options: str, peft: str, micro: int, processes: int, launch: str = "") -> dict:
-    """The DPO project of tests/test_preference_training.py (3 steps, evaluated at 0 and 3 with 2 generations each)."""
+def _dpo_run(
+    root: Path, model: Path, options: str, peft: str, micro: int, processes: int, launch: str = "", objective: str = "dpo",
+    data: dict[str, str] | None = None,
+) -> dict:
+    """The DPO (or other objective's) project of tests/test_preference_training.py (3 steps, evaluated at 0 and 3 with 2
+    generations each); `data`: keys of its [data] table set to other values."""
     from test_preference_training import _metrics as _pref_metrics, _project as _pref_project, _run as _pref_run
 
-    recipe = _pref_project(root, model, options=options, micro=micro, processes=processes, extra=peft)
+    recipe = _pref_project(root, model, objective=objective, options=options, micro=micro, processes=processes, extra=peft)
     recipe.write_text(recipe.read_text().replace("eval_every = 0", "eval_every = 3\neval_generations = 2\nmax_new_tokens = 4"))
+    for key, value in (data or {}).items():
+        text = re.sub(rf"^{key} = .*\n", "", recipe.read_text(), flags=re.M)
+        recipe.write_text(text.replace("[data]\n", f"[data]\n{key} = {value}\n", 1))
     if processes > 1:
         recipe.write_text(recipe.read_text().replace("cpu = true", launch))
     proc = _pref_run(recipe, processes)
@@ -204,42 +211,57 @@ def _dpo_run(root: Path, model: Path, options: str, peft: str, micro: int, proce
 
 @pytest.fixture(scope="module")
 def dpo_one(tmp_path_factory: pytest.TempPathFactory):
-    """The model, and one process x micro-batch 8 of it for a reference setting: run once per setting, shared by the cases."""
+    """The model, and one process x micro-batch 8 of it for a reference setting: run once per setting, shared by the cases.
+
+    KTO's KL estimate is the mean over the micro-batch of every process of its mismatched pairs (each prompt with
+    the previous row's completion, within a micro-batch), as TRL takes it: it depends on how a step is split into
+    micro-batches and processes by design. Its reference is thus 2 processes x micro-batch 4 without sharding (DDP
+    on the CPU): the same micro-batches and KL estimates as the sharded run."""
     from test_sft import _model
 
     model = tmp_path_factory.mktemp("dpo-model") / "model"
     _model(model)
-    done: dict[tuple[str, str], dict] = {}
+    done: dict[tuple[str, str, str], dict] = {}
 
-    def one(options: str, peft: str) -> tuple[Path, dict]:
-        if (options, peft) not in done:
-            done[(options, peft)] = _dpo_run(tmp_path_factory.mktemp("dpo-one") / "one", model, options, peft, 8, 1)
-        return model, done[(options, peft)]
+    def one(options: str, peft: str, objective: str = "dpo") -> tuple[Path, dict]:
+        if (options, peft, objective) not in done:
+            root = tmp_path_factory.mktemp("dpo-one") / "one"
+            if objective == "kto":
+                done[(options, peft, objective)] = _dpo_run(root, model, options, peft, 4, 2, "cpu = true", objective=objective)
+            else:
+                done[(options, peft, objective)] = _dpo_run(root, model, options, peft, 8, 1, objective=objective)
+        return model, done[(options, peft, objective)]
 
     return one
 
 
+ZERO3 = 'strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}'
+
+
 @pytest.mark.parametrize(
-    ("launch", "options", "peft"),
+    ("launch", "options", "peft", "objective"),
     [
-        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 2}', "", ""),  # a live frozen copy beside ZeRO-2's whole weights
-        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', 'reference = "precomputed"', ""),  # scored by the partitioned model
-        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', "", ""),  # a live copy, partitioned by an engine of its own
-        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}', "", LORA),  # live: the partitioned base model, adapter disabled
-        ('cpu = true\nstrategy = "fsdp"', 'reference = "precomputed"', ""),  # scored by the sharded model (torch's fully_shard)
-        ('cpu = true\nstrategy = "fsdp"', "", ""),  # a live copy, sharded as the model is
+        ('strategy = "deepspeed"\ndeepspeed = {zero_stage = 2}', "", "", "dpo"),  # a live frozen copy beside ZeRO-2's whole weights
+        (ZERO3, 'reference = "precomputed"', "", "dpo"),  # scored by the partitioned model
+        (ZERO3, "", "", "dpo"),  # a live copy, partitioned by an engine of its own
+        (ZERO3, "", LORA, "dpo"),  # live: the partitioned base model, adapter disabled
+        (ZERO3, "", "", "kto"),  # the live partitioned copy also scores the mismatched pairs of KTO's KL estimate
+        ('cpu = true\nstrategy = "fsdp"', 'reference = "precomputed"', "", "dpo"),  # scored by the sharded model (torch's fully_shard)
+        ('cpu = true\nstrategy = "fsdp"', "", "", "dpo"),  # a live copy, sharded as the model is
     ],
-    ids=["zero2-copy", "zero3-precomputed", "zero3-copy", "zero3-lora", "fsdp-precomputed", "fsdp-copy"],
+    ids=["zero2-copy", "zero3-precomputed", "zero3-copy", "zero3-lora", "zero3-kto", "fsdp-precomputed", "fsdp-copy"],
 )
-def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, peft: str, dpo_one, tmp_path: Path) -> None:
+def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, peft: str, objective: str, dpo_one, tmp_path: Path) -> None:
     """DPO with each kind of reference under DeepSpeed (and FSDP): 2 processes x micro-batch 4 give the losses,
     rewards and weights of 1 process with micro-batch 8, and evaluation the same held-out rewards. A precomputed
     reference is keyed by the whole model's weights, gathered from the shards: the key of one process. FSDP's
-    live copy is sharded: each process holds about half of it. Both write the held-out generations of one process."""
+    live copy is sharded: each process holds about half of it. Both write the held-out generations of one process.
+    KTO under ZeRO-3 with its live copy (which also scores the KL estimate's mismatched pairs) gives the losses, KL
+    estimates, rewards and weights of the same 2 processes without sharding (see dpo_one)."""
     from safetensors.torch import load_file
 
-    model, one_run = dpo_one(options, peft)
-    two_run = _dpo_run(tmp_path / "two", model, options, peft, 4, 2, launch)
+    model, one_run = dpo_one(options, peft, objective)
+    two_run = _dpo_run(tmp_path / "two", model, options, peft, 4, 2, launch, objective)
     if "fsdp" in launch and not options:
         held, total = (int(n.replace(",", "")) for n in re.findall(r"reference: a frozen copy sharded over 2 processes, ([\d,]+) of its ([\d,]+)", two_run["output"])[0])
         assert total / 2 <= held < 0.55 * total  # rank 0: half of every parameter's rows, rounded up
@@ -249,11 +271,12 @@ def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, pef
     assert two_run["keys"] == one_run["keys"] and len(one_run["keys"]) == (1 if options else 0)
     steps = [m for m in one if "loss" in m]
     assert len(steps) == 3 and steps[-1]["reward_margin"] != 0  # it trained: the policy left the reference
-    for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen", "lr"):
+    paired = objective != "kto"  # KTO: unpaired rewards (no accuracy), and its KL estimate
+    for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen", "lr", *(() if paired else ("kl",))):
         assert [m[key] for m in two if "loss" in m] == pytest.approx([m[key] for m in steps], abs=1e-5, rel=0), key
     evals = lambda ms: [m for m in ms if "eval_loss" in m]  # noqa: E731
     assert len(evals(one)) == 2
-    for key in ("eval_loss", "eval_reward_margin", "eval_reward_accuracy"):
+    for key in ("eval_loss", "eval_reward_margin", *(("eval_reward_accuracy",) if paired else ("eval_kl",))):
         assert [m[key] for m in evals(two)] == pytest.approx([m[key] for m in evals(one)], abs=1e-5, rel=0), key
     name = "adapter_model.safetensors" if peft else "model.safetensors"
     wa, wb = load_file(str(one_run["model"] / name)), load_file(str(two_run["model"] / name))
@@ -421,5 +444,112 @@ def test_examples_under_sequence_parallelism_resume_where_they_stopped(tmp_path:
     assert len(loss_a) == 4 and lr_b == lr_a
     assert loss_b == pytest.approx(loss_a, abs=1e-6, rel=0)
     wa, wb = _weights(runs["straight"]), _weights(runs["killed"])
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() < 1e-6, k
+
+
+SP_PREF_CASES = {
+    # name: (objective, options, peft, micro-batch, processes, sp_size); the reference is one process (see below)
+    "dpo-copy-sp2": ("dpo", "", "", 4, 2, 2),  # a live copy, partitioned by an engine of its own, scoring the slices
+    "dpo-copy-dp2-sp2": ("dpo", "", "", 2, 4, 2),  # 2 data-parallel ranks x sp 2
+    "dpo-copy-sp4": ("dpo", "", "", 4, 4, 4),  # every row in 4 slices
+    "ipo-precomputed-sp2": ("ipo", 'reference = "precomputed"', "", 4, 2, 2),  # averages over each side's tokens
+    "orpo-sp2": ("orpo", "", "", 4, 2, 2),  # reference-free; averages, and the chosen side's cross-entropy
+    "dpo-lora-sp2": ("dpo", "", LORA, 4, 2, 2),  # live: the partitioned base model, adapter disabled
+    "kto-copy-sp2": ("kto", "", "", 4, 2, 2),  # and the KL estimate's mismatched pairs, sliced too
+}
+
+
+@pytest.mark.parametrize("case", list(SP_PREF_CASES))
+def test_preference_pairs_under_sequence_parallelism_train_as_one_process(case: str, dpo_one, tmp_path: Path) -> None:
+    """Preference training with Ulysses over ZeRO-3: each side of a pair a row of its own, padded to seq_len, each rank
+    of an sp group holding a slice of every row (half, or a quarter with sp 4). The per-row sums of log-probabilities (and token counts) are summed
+    across the group before the objective, so the losses, rewards, log-probabilities and learning rates of every step,
+    the held-out metrics (whole rows on every rank), the generations and the final weights are those of one process
+    with the same rows per step. KTO's KL estimate is the mean over a step's micro-batches of each data-parallel rank
+    (see dpo_one): its reference is one process with micro-batch 4, the micro-batches the sp group takes in turn."""
+    from safetensors.torch import load_file
+
+    objective, options, peft, micro, processes, sp_size = SP_PREF_CASES[case]
+    model, _ = dpo_one("", "")
+    data = {}
+    if objective == "kto":
+        # its KL pairs (a prompt and another example's completion) fit seq_len 128; 8 held-out examples, which 2 processes
+        # split evenly (with 9, accelerate's even_batches repeats one on the second process, which one process does not)
+        data = {"max_length": "64", "eval_fraction": "0.112"}
+    sp = f'cpu = false\nstrategy = "deepspeed"\ndeepspeed = {{zero_stage = 3}}\nparallelism = {{sp_size = {sp_size}}}'
+    runs = {}
+    for name, m, p, launch in (("one", 4, 1, ""), ("sp", micro, processes, sp)):
+        runs[name] = _dpo_run(tmp_path / name, model, options, peft, m, p, launch, objective, data=data)
+    one, two = runs["one"]["metrics"], runs["sp"]["metrics"]
+    steps = [m for m in one if "loss" in m]
+    assert len(steps) == 3 and steps[-1]["reward_margin"] != 0  # it trained
+    # (not reward_accuracy per step: while the policy is still the reference its margins are 0 up to 1e-7 of rounding,
+    # whose sign differs between slices summed and whole rows)
+    keys = ["loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen", "logps_rejected", "lr"]
+    keys += ["kl"] if objective == "kto" else []
+    worst = {}
+    for key in keys:
+        got, want = [m[key] for m in two if "loss" in m], [m[key] for m in steps]
+        worst[key] = max(abs(a - b) for a, b in zip(got, want))
+        assert got == pytest.approx(want, abs=1e-5, rel=0), key
+    # the gradient: DeepSpeed's norm of each step's (it clips), against the one process's
+    norms = [m["grad_norm"] for m in two if "loss" in m]
+    assert norms == pytest.approx([m["grad_norm"] for m in steps], rel=1e-4)
+    evals = lambda ms: [m for m in ms if "eval_loss" in m]  # noqa: E731
+    assert len(evals(one)) == 2
+    # evaluation splits the held-out rows over all processes (whole rows on each), as without an sp group: KTO's held-out
+    # loss and KL estimate are then those of 2 processes (see dpo_one); its per-row rewards and log-probabilities are not
+    held_out = ["eval_rewards_chosen", "eval_rewards_rejected", "eval_logps_chosen"]
+    held_out += ["eval_reward_margin"] + ([] if objective == "kto" else ["eval_loss", "eval_reward_accuracy"])
+    for key in held_out:
+        got, want = [m[key] for m in evals(two)], [m[key] for m in evals(one)]
+        worst[key] = max(abs(a - b) for a, b in zip(got, want))
+        assert got == pytest.approx(want, abs=1e-5, rel=0), key
+    print(case, "max |difference| per step:", {k: f"{v:.1e}" for k, v in worst.items()})
+    assert runs["sp"]["generations"] == runs["one"]["generations"]
+    name = "adapter_model.safetensors" if peft else "model.safetensors"
+    wa, wb = load_file(str(runs["one"]["model"] / name)), load_file(str(runs["sp"]["model"] / name))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() < 1e-4, k
+
+
+def test_preference_pairs_under_sequence_parallelism_resume_where_they_stopped(tmp_path: Path) -> None:
+    """DPO with a live copy under sp 2, micro-batch 4, batch 12 (3 micro-batches of the group a step: a round of the
+    adapter and half of the next), killed after the checkpoint of step 1 and resumed: the losses, rewards and weights
+    of the run that was not stopped. The copy is made from the model as it starts, before the checkpoint is loaded."""
+    from safetensors.torch import load_file
+
+    from recipec.compiler import build
+    from test_preference_training import _project as _pref_project
+    from test_sft import _model
+
+    model = tmp_path / "model"
+    _model(model)
+    sp = 'cpu = false\nstrategy = "deepspeed"\ndeepspeed = {zero_stage = 3}\nparallelism = {sp_size = 2}'
+    runs = {}
+    for name in ("straight", "killed"):
+        recipe = _pref_project(tmp_path / name, model, micro=4, processes=2, steps=4, save_every=1)
+        recipe.write_text(recipe.read_text().replace("cpu = true", sp).replace("batch_size = 8", "batch_size = 12"))
+        project = recipe.parent.parent
+        written, _ = build(recipe, (), project / "build" / "pref", project=project)
+        if name == "killed":
+            (project / "killer.py").write_text(KILL_RANK0)
+            killed = _launch(written.dir, script=[str(project / "killer.py"), str(written.dir), "1"], expect=None)
+            assert killed.returncode != 0 and not (project / "runs" / "pref" / "model").exists()
+        proc = _launch(written.dir)
+        if name == "killed":
+            assert "resum" in (proc.stdout + proc.stderr).lower()
+        runs[name] = project / "runs" / "pref"
+    keys = ("loss", "lr", "rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected")
+    metrics = {k: [m for m in (json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()) if "loss" in m] for k, v in runs.items()}
+    straight, resumed = metrics["straight"], metrics["killed"]
+    assert len(straight) == 4 and abs(straight[-1]["reward_margin"]) > 1e-3  # the policy left the reference
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    for key in keys:
+        assert [m[key] for m in resumed] == pytest.approx([m[key] for m in straight], abs=1e-6, rel=0), key
+    wa, wb = (load_file(str(v / "model" / "model.safetensors")) for v in runs.values())
+    assert wa.keys() == wb.keys()
     for k in wa:
         assert (wa[k] - wb[k]).abs().max().item() < 1e-6, k

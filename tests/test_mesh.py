@@ -251,7 +251,7 @@ def _examples_recipe(tmp_path: Path, data: str, extra: str = "", records: str = 
     config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 1000, "max_position_embeddings": 512}
     (model / "config.json").write_text(json.dumps(config))
-    rows = [{"prompt": f"Q{i}?", "completion": f" A{i}", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(8)]
+    rows = [{"prompt": f"Q{i}?", "completion": f" A{i}", "chosen": f" yes {i}", "rejected": f" no {i}", "label": i % 2 == 0} for i in range(8)]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = tmp_path / "sp.toml"
     path.write_text(
@@ -270,9 +270,12 @@ def _examples_recipe(tmp_path: Path, data: str, extra: str = "", records: str = 
         ("packing = true", 'attention = "flash_attention_2"\ndtype = "bfloat16"\n', "prompt_completion", None),  # varlen by position ids
         ("packing = true", "", "prompt_completion", "Ulysses keeps them apart by their position ids only with flash attention"),
         ("packing = false\nmax_length = 128", "", "prompt_completion", "pads every micro-batch of examples to data.seq_len 64"),
-        ("packing = false", '\n[preference]\nobjective = "dpo"\n', "preference", "is not supported for preference training"),
+        ("packing = false", '\n[preference]\nobjective = "dpo"\n', "preference", None),  # each side a row padded to seq_len
+        ("packing = false\nmax_length = 128", '\n[preference]\nobjective = "dpo"\n', "preference", "pads each side of a pair to data.seq_len 64"),
+        ("max_length = 32", '\n[preference]\nobjective = "kto"\n', "unpaired_preference", None),  # a KL pair: up to 2 x 32 tokens
+        ("", '\n[preference]\nobjective = "kto"\n', "unpaired_preference", "KTO's KL estimate scores each prompt with another example's completion, up to twice max_length 64"),
     ],
-    ids=["unpacked", "packed-flash", "packed-sdpa", "longer-than-seq-len", "preference"],
+    ids=["unpacked", "packed-flash", "packed-sdpa", "longer-than-seq-len", "preference", "preference-longer-than-seq-len", "kto", "kto-kl-pairs-longer-than-seq-len"],
 )
 def test_sequence_parallelism_takes_examples_it_can_keep_apart(tmp_path: Path, monkeypatch, data, extra, records, expected):
     from recipec.compiler import plan_recipe

@@ -101,8 +101,12 @@ def blocker(d: Draft, dim: str, size: int, kept: dict[str, int], given: int = 1)
         packing = d.value("data.packing", True)
         attention = d.value("model.attention", "sdpa")
         if d.tables.get("preference"):
-            return "recipec's sequence parallelism does not split preference pairs"
-        if any(r != "text" for r in records):
+            longest, seq = d.value("data.max_length"), d.value("data.seq_len")
+            kto = d.value("preference.objective") == "kto"
+            if isinstance(seq, int) and (longest if isinstance(longest, int) else seq) > (seq // 2 if kto else seq):
+                what = "KTO's KL pairs (a prompt with another example's completion) to" if kto else "each side of a pair to"
+                return f"recipec's sequence parallelism pads {what} seq_len {seq}, and max_length is {longest or seq}"
+        elif any(r != "text" for r in records):
             if packing and attention not in ("flash_attention_2", "flash_attention_3"):
                 return f"recipec's sequence parallelism keeps packed examples apart with flash attention only, and the run's attention is {attention}"
             longest, seq = d.value("data.max_length"), d.value("data.seq_len")

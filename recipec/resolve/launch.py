@@ -412,15 +412,26 @@ def _sequence_parallel_data(b: PlanBuilder, sp: int) -> None:
     """What Ulysses can split. Its attention drops the attention mask and attends causally over the
     gathered sequence (with flash attention, within the segments its position ids mark): text in
     full seq_len blocks, and examples padded after their tokens; packed examples only with flash
-    attention; not preference pairs (the script scores their two segments with its own loss)."""
+    attention; preference pairs with each side a row of its own, padded to seq_len (KTO: each
+    example, and each prompt with another example's completion)."""
     r = b.recipe
     if r.preference is not None:
-        b.error(
-            ("launch", "parallelism", "sp_size"),
-            f"sequence parallelism (launch.parallelism.sp_size {sp}) is not supported for preference training: "
-            "its loss reads the log-probabilities of each pair's two segments, which Ulysses hands out in slices",
-            "set sp_size = 1 (shard the model with ZeRO-3 instead)",
-        )
+        longest = r.data.max_length or r.data.seq_len
+        if r.preference.objective == "kto" and 2 * longest > r.data.seq_len:
+            b.error(
+                ("data", "max_length"),
+                f"sequence parallelism (launch.parallelism.sp_size {sp}) pads every row to data.seq_len {r.data.seq_len}, and "
+                "KTO's KL estimate scores each prompt with another example's completion, up to twice max_length "
+                f"{longest} tokens",
+                f"set max_length = {r.data.seq_len // 2} or less, or raise seq_len",
+            )
+        elif longest > r.data.seq_len:
+            b.error(
+                ("data", "max_length"),
+                f"sequence parallelism (launch.parallelism.sp_size {sp}) pads each side of a pair to data.seq_len "
+                f"{r.data.seq_len} (the ranks of an sp group hand Ulysses one shape), and max_length {longest} is longer",
+                f"set max_length = {r.data.seq_len} or less, or raise seq_len",
+            )
     elif b.get("examples"):
         longest = r.data.max_length or r.data.seq_len
         if not r.data.packing and longest > r.data.seq_len:

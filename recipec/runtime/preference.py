@@ -12,6 +12,17 @@ to the other. A row's ``mask`` holds bits per token:
 KTO examples are single segments (prompt and completion); its KL estimate pairs each prompt
 of a micro-batch with the previous example's completion (the last with the first), as TRL does.
 
+Under sequence parallelism (``collate(..., pad_to=seq_len)``) a micro-batch is laid out in
+sides instead: each side of a pair is a row of its own (the chosen sides, then the rejected
+ones), each KTO example and KL pair too, every row padded to ``seq_len`` after its tokens.
+Ulysses' attention drops the mask and attends causally over a whole row, so a row may hold
+one segment only; and DeepSpeed's adapter cuts every ``[rows, seq_len]`` tensor along the
+sequence and shifts ``labels`` alone while it is whole, so the rest that scores a token by
+its successor comes pre-shifted (``shift_completion``, ``kl_shift_labels``). Per-row values
+(``desirable``, a precomputed ``reference``) are plain lists, which the adapter hands whole
+to every rank. Each rank sums the log-probabilities of its slice of every row; the sums and
+token counts are summed across the sp group (differentiably) before any objective reads them.
+
 Every objective is a function of the sequence log-probabilities (summed over the
 completion's tokens) of the policy and, where it has one, of the reference model:
 
@@ -39,6 +50,7 @@ from typing import Any, Callable, Sequence
 SUPERVISED = 1
 REJECTED = 2
 UNDESIRABLE = 4
+IGNORE = -100  # a label the log-probabilities leave out
 
 OBJECTIVES = ("dpo", "ipo", "hinge", "simpo", "orpo", "kto")
 REFERENCE_FREE = ("simpo", "orpo")
@@ -99,7 +111,7 @@ def held_out_prompts(sets: Sequence[Any], n: int) -> list[tuple[list[int], dict[
     return out
 
 
-def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, unpaired: bool = False) -> dict[str, Any]:
+def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, unpaired: bool = False, pad_to: int | None = None) -> dict[str, Any]:
     """Pad rows to the longest; the model's inputs plus what the objectives read.
 
     Returns ``input_ids`` and ``position_ids`` (the model's inputs, padding a segment of its
@@ -108,11 +120,15 @@ def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, unpaired: bool = Fal
     ``kl_rejected``/``kl_real``: each prompt followed by the previous row's completion.
     ``reference`` (float per row and side) is passed through when rows carry precomputed
     reference log-probabilities.
+
+    ``pad_to``: the sides layout of sequence parallelism instead (see :func:`collate_sides`).
     """
     import torch
 
     if not rows:
         raise ValueError("cannot collate an empty batch")
+    if pad_to is not None:
+        return collate_sides(rows, pad_id, pad_to, unpaired=unpaired)
     ids = [torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows]
     bits = [torch.as_tensor(r["mask"], dtype=torch.long) for r in rows]
     positions = [torch.as_tensor(r["position_ids"], dtype=torch.long) for r in rows]
@@ -131,6 +147,67 @@ def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, unpaired: bool = Fal
     if "reference" in rows[0]:
         batch["reference"] = torch.stack([torch.as_tensor(r["reference"], dtype=torch.float32) for r in rows])
     return batch
+
+
+def collate_sides(rows: Sequence[dict[str, Any]], pad_id: int, pad_to: int, *, unpaired: bool = False) -> dict[str, Any]:
+    """The sides layout of a micro-batch, for sequence parallelism: one segment per row, every row ``pad_to`` wide.
+
+    Returns ``[rows, pad_to]`` tensors: ``input_ids``, ``position_ids`` (0 to pad_to - 1),
+    ``labels`` (each token predicted within its row, from the second on; -100 elsewhere) and
+    ``shift_completion`` (1 where the next token is a completion's); the rows are a pair's
+    chosen sides, then their rejected sides in the same order. KTO: each example a row, and
+    ``kl_input_ids``/``kl_position_ids``/``kl_shift_labels`` (the next token where it is a
+    completion's) of each prompt followed by the previous example's completion; ``desirable``
+    a list. ``reference``: a list of ``[chosen, rejected]`` per pair, when rows carry it.
+
+    Raises:
+        ValueError: a row is longer than ``pad_to``.
+    """
+    import torch
+
+    main: list[tuple[list[int], list[int]]] = []
+    kl: list[tuple[list[int], list[int]]] = []
+    for r in rows:
+        ids, bits = [int(t) for t in r["input_ids"]], [int(b) for b in r["mask"]]
+        cut = next((i for i, b in enumerate(bits) if b & REJECTED), len(bits))
+        main.append((ids[:cut], bits[:cut]))
+        if not unpaired:
+            main.append((ids[cut:], bits[cut:]))
+    if unpaired:
+        parts = [_split(torch.as_tensor(ids), torch.as_tensor(bits)) for ids, bits in main]
+        shifted = [c for _, c in parts][-1:] + [c for _, c in parts][:-1]
+        kl = [(p_ids.tolist() + c_ids.tolist(), p_bits.tolist() + c_bits.tolist()) for (p_ids, p_bits), (c_ids, c_bits) in zip((p for p, _ in parts), shifted)]
+    else:
+        main = main[0::2] + main[1::2]  # the chosen sides, then the rejected ones
+    for what, sides in (("side", main), ("KL pair (a prompt with another example's completion)", kl)):
+        longest = max((len(ids) for ids, _ in sides), default=0)
+        if longest > pad_to:
+            raise ValueError(f"a {what} of {longest} tokens is longer than the {pad_to} that sequence parallelism pads every row to")
+    n = len(main)
+    out: dict[str, Any] = {
+        "input_ids": torch.full((n, pad_to), pad_id, dtype=torch.long),
+        "position_ids": torch.arange(pad_to, dtype=torch.long).repeat(n, 1),
+        "labels": torch.full((n, pad_to), IGNORE, dtype=torch.long),
+        "shift_completion": torch.zeros((n, pad_to), dtype=torch.long),
+    }
+    for i, (ids, bits) in enumerate(main):
+        k = len(ids)
+        out["input_ids"][i, :k] = torch.as_tensor(ids)
+        out["labels"][i, 1:k] = torch.as_tensor(ids[1:], dtype=torch.long)
+        out["shift_completion"][i, : k - 1] = torch.as_tensor([b & SUPERVISED for b in bits[1:]], dtype=torch.long)
+    if unpaired:
+        out["kl_input_ids"] = torch.full((n, pad_to), pad_id, dtype=torch.long)
+        out["kl_position_ids"] = out["position_ids"].clone()
+        out["kl_shift_labels"] = torch.full((n, pad_to), IGNORE, dtype=torch.long)
+        for i, (ids, bits) in enumerate(kl):
+            out["kl_input_ids"][i, : len(ids)] = torch.as_tensor(ids)
+            for t in range(1, len(ids)):
+                if bits[t] & SUPERVISED:
+                    out["kl_shift_labels"][i, t - 1] = ids[t]
+        out["desirable"] = [not int(r["mask"][0]) & UNDESIRABLE for r in rows]
+    if "reference" in rows[0]:
+        out["reference"] = [[float(v) for v in r["reference"]] for r in rows]
+    return out
 
 
 def _pad(ids: list, bits: list, positions: list, pad_id: int) -> dict[str, Any]:
@@ -180,7 +257,7 @@ def token_logps(model: Any, input_ids: Any, position_ids: Any) -> Any:
     return torch.stack(rows)
 
 
-def sequence_logps(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+def sequence_logps(model: Any, batch: dict[str, Any], *, group: Any = None) -> dict[str, Any]:
     """Summed log-probabilities and token counts of each side of each row (the policy's or the reference's).
 
     Returns ``chosen``/``rejected`` (sums over each side's completion tokens, ``[B]``),
@@ -188,9 +265,15 @@ def sequence_logps(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
     predicted token of the chosen side, prompt included: ORPO's cross-entropy); for KTO
     (rows all ``chosen``, labels in ``batch["desirable"]``) also ``kl``, the mismatched pairs'
     sums, computed without gradient.
+
+    A batch in the sides layout (:func:`collate_sides`) is scored side by side: whole rows, or
+    with ``group`` (the sequence-parallel process group) this rank's slice of every row from
+    DeepSpeed's adapter, whose sums and counts are then summed across the group.
     """
     import torch
 
+    if "shift_completion" in batch:
+        return _side_logps(model, batch, group)
     logps = token_logps(model, batch["input_ids"], batch["position_ids"])
     out = _sums(logps, batch, "")
     if "kl_input_ids" in batch:
@@ -198,6 +281,88 @@ def sequence_logps(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
             kl = token_logps(model, batch["kl_input_ids"], batch["kl_position_ids"])
         out["kl"] = _sums(kl, batch, "kl_")["chosen"]
     return out
+
+
+def _side_logps(model: Any, batch: dict[str, Any], group: Any) -> dict[str, Any]:
+    """:func:`sequence_logps` of a batch in the sides layout: a pair's two sides are rows ``i`` and ``B + i``.
+
+    The chosen and the rejected sides are two forward passes of B rows each: Ulysses' attention
+    takes micro-batches of micro_batch_size rows only.
+    """
+    import torch
+
+    labels = batch["shift_labels"] if "shift_labels" in batch else _shift(batch["labels"])  # the adapter shifts them
+    rows = len(labels)
+    halves = [slice(0, rows)] if "kl_input_ids" in batch else [slice(0, rows // 2), slice(rows // 2, rows)]
+    scored = [
+        side_sums(model, batch["input_ids"][h], batch["position_ids"][h], labels[h], batch["shift_completion"][h], group) for h in halves
+    ]
+    (completion, every), (n_completion, n_every) = (torch.cat([s[i] for s in scored], dim=1) for i in range(2))
+    if "kl_input_ids" in batch:  # KTO: every row an example
+        with torch.no_grad():
+            kl_labels = batch["kl_shift_labels"]
+            (kl, _), _ = side_sums(model, batch["kl_input_ids"], batch["kl_position_ids"], kl_labels, kl_labels != IGNORE, group)
+        none = torch.zeros_like(n_completion)
+        return {
+            "chosen": completion, "rejected": torch.zeros_like(completion), "chosen_tokens": n_completion, "rejected_tokens": none,
+            "chosen_all": every, "chosen_all_tokens": n_every, "kl": kl,
+        }
+    n = completion.shape[0] // 2
+    return {
+        "chosen": completion[:n], "rejected": completion[n:], "chosen_tokens": n_completion[:n], "rejected_tokens": n_completion[n:],
+        "chosen_all": every[:n], "chosen_all_tokens": n_every[:n],
+    }
+
+
+def side_sums(model: Any, input_ids: Any, position_ids: Any, shift_labels: Any, shift_completion: Any, group: Any = None) -> tuple[Any, Any]:
+    """Per row, the log-probabilities of the completion's tokens and of every predicted token, summed, and their counts.
+
+    ``shift_labels`` holds at t the token that entry t predicts (-100: not counted), and
+    ``shift_completion`` whether it is a completion's: entry t of a slice scores the first
+    token of the next rank's slice. With ``group``, each rank holds a slice of every row: the
+    sums are summed across the group differentiably (the backward sums the upstream gradients
+    over the group too, as sequence_parallel.causal_lm_loss does), the counts plainly.
+
+    Returns:
+        ``(sums [2, rows], counts [2, rows])``: completion first, every predicted token second.
+    """
+    import torch
+
+    device = getattr(model, "device", None) or input_ids.device
+    input_ids, position_ids = input_ids.to(device), position_ids.to(device)
+    shift_labels, shift_completion = shift_labels.to(device), shift_completion.to(device)
+    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+    targets = shift_labels.clamp(min=0)
+    rows = []
+    for i in range(logits.shape[0]):  # one row at a time: the [rows, T, V] float32 log-softmax is never held whole
+        row = logits[i].float()
+        rows.append(row.gather(-1, targets[i].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row, dim=-1))
+    logps = torch.stack(rows)
+    predicted = shift_labels != IGNORE
+    completion = predicted & (shift_completion != 0)
+    zero = logps.new_zeros(())
+    sums = torch.stack([logps.where(completion, zero).sum(-1), logps.where(predicted, zero).sum(-1)])
+    counts = torch.stack([completion.sum(-1), predicted.sum(-1)])
+    if group is not None:
+        import torch.distributed as dist
+        import torch.distributed.nn.functional as dist_nn
+
+        sums = dist_nn.all_reduce(sums, group=group)
+        dist.all_reduce(counts, group=group)
+    return sums, counts
+
+
+def _shift(labels: Any) -> Any:
+    """What each entry of whole rows predicts: the labels shifted left, as DeepSpeed's adapter shifts them."""
+    import torch
+
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
+
+
+def row_count(batch: dict[str, Any]) -> int:
+    """The rows (pairs, or KTO examples) of a collated micro-batch; in the sides layout a pair is two of its rows."""
+    n = len(batch["input_ids"])
+    return n // 2 if "shift_completion" in batch and "kl_input_ids" not in batch else n
 
 
 def _sums(logps: Any, batch: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -289,6 +454,7 @@ def _kto(options: dict[str, Any], policy: dict, reference: dict, desirable: Any,
 
     beta = float(options["beta"])
     kl = (policy["kl"] - reference["kl"]).mean().detach()
+    desirable = torch.as_tensor(desirable, dtype=torch.bool, device=policy["chosen"].device)  # a list in the sides layout
     if mean_across_processes is not None:
         kl = mean_across_processes(kl)
     kl = kl.clamp(min=0)
@@ -411,7 +577,9 @@ def zero3_reference(accelerator: Any, model: Any) -> Any:
             stage3_prefetch_bucket_size=int(0.9 * hidden * hidden),
         )
     reference = AutoModelForCausalLM.from_config(policy.config, dtype=policy.dtype)
-    engine, *_ = deepspeed.initialize(model=reference, config=config)
+    # under sequence parallelism the policy's engine has accelerate's process groups (its data-parallel size is
+    # num_processes / sp_size): the copy takes the same, so its batch sizes agree and it is partitioned alike
+    engine, *_ = deepspeed.initialize(model=reference, config=config, mpu=getattr(model, "mpu", None))
     own = dict(policy.named_parameters())
     with torch.no_grad():
         for name, param in engine.module.named_parameters():

@@ -16,14 +16,21 @@ every batch carries ``position_ids``, which order the tokens after the exchange.
 
 The loss of a micro-batch is the mean over the group's whole sequences: every rank sums the
 cross-entropy over its slice, and the sums and token counts are summed across the group
-(differentiably, so each rank's backward reaches its own slice's tokens).
+(differentiably, so each rank's backward reaches its own slice's tokens). Preference pairs
+likewise: each side of a pair is a row of its own, and the per-row sums of log-probabilities
+are summed across the group before the objective reads them (``preference.side_sums``).
+
+A model in evaluation mode skips the exchange (accelerate's default ``sp_disable_in_eval``:
+evaluation runs every rank on whole sequences), so a frozen reference model that scores the
+training loop's slices runs inside :func:`exchange_in_eval`.
 
 torch is imported by the functions that need it, like the other runtime modules.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import contextlib
+from typing import Any, Iterable, Iterator
 
 IGNORE = -100
 
@@ -120,3 +127,35 @@ def causal_lm_loss(model: Any, batch: dict[str, Any], *, as_sum: bool = False) -
     if as_sum:
         return (total, tokens), outputs
     return total / tokens.clamp(min=1), outputs
+
+
+@contextlib.contextmanager
+def exchange_in_eval(on: bool = True) -> Iterator[None]:
+    """Ulysses' exchange also for models in evaluation mode, inside the block (``on``; else nothing changes).
+
+    DeepSpeed registers one Ulysses attention for the run in transformers' attention functions,
+    which skips the exchange for a module in evaluation mode when ``disable_in_eval`` is set. A
+    frozen reference model (evaluation mode: no dropout) that scores this rank's slice of the
+    group's rows needs the exchange, as the policy has it in training mode.
+    """
+    if not on:
+        yield
+        return
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    found = []
+    for name in ALL_ATTENTION_FUNCTIONS:
+        for cell in getattr(ALL_ATTENTION_FUNCTIONS[name], "__closure__", None) or ():
+            if isinstance(cell.cell_contents, UlyssesSPAttentionHF) and cell.cell_contents not in found:
+                found.append(cell.cell_contents)
+    if not found:
+        raise RuntimeError("no Ulysses attention is registered with transformers: is sequence parallelism (sp_size > 1) on?")
+    before = [u.disable_in_eval for u in found]
+    for u in found:
+        u.disable_in_eval = False
+    try:
+        yield
+    finally:
+        for u, value in zip(found, before):
+            u.disable_in_eval = value

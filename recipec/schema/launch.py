@@ -153,7 +153,7 @@ class ParallelismTable(Table):
     """Context parallelism (torch's ring attention, with strategy "fsdp" version 2): processes that split every sequence between them. They see the same samples; data.seq_len must be a multiple of 2 x cp_size."""
 
     sp_size: int = Field(1, ge=1)
-    """Sequence parallelism (DeepSpeed's Ulysses/ALST, with strategy "deepspeed"): processes that split every sequence between them and exchange attention heads. They see the same samples. Takes text records in full seq_len blocks (data.packing), or examples: unpacked (every micro-batch padded to seq_len after the examples' tokens) or, with flash attention, packed; not preference pairs. seq_len must be a multiple of sp_size, and the attention heads divisible by sp_size."""
+    """Sequence parallelism (DeepSpeed's Ulysses/ALST, with strategy "deepspeed"): processes that split every sequence between them and exchange attention heads. They see the same samples. Takes text records in full seq_len blocks (data.packing), or examples: unpacked (every micro-batch padded to seq_len after the examples' tokens) or, with flash attention, packed; or preference pairs (each side a row of its own, padded to seq_len). seq_len must be a multiple of sp_size, and the attention heads divisible by sp_size."""
 
     dp_replicate_size: int = Field(1, ge=1)
     """Replicas of the sharded model (hybrid sharding, HSDP, with strategy "fsdp" version 2): each replica is sharded over dp_shard_size processes and sees its own samples."""

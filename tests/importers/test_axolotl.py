@@ -652,3 +652,16 @@ def test_tensor_parallel_under_deepspeed_is_not_imported(tmp_path):
     result = import_config(_write(tmp_path, text), "axolotl")
     assert result.draft.ledger["tensor_parallel_size"].reason == "missing-feature"
     assert "parallelism" not in tomllib.loads(result.text)["launch"]
+
+
+def test_sequence_parallel_preference_pairs(tmp_path):
+    """DPO under DeepSpeed with a sequence split: recipec's Ulysses takes preference pairs (each side a row of its
+    own, padded to seq_len), so the split is kept as sp_size."""
+    text = (CONFIGS / "dpo-chatml-intel.yaml").read_text(encoding="utf-8")
+    text = text.replace("load_in_4bit: true", "load_in_4bit: false").replace("adapter: qlora", "adapter: lora")
+    text = text.replace("optimizer: adamw_bnb_8bit", "optimizer: adamw_torch")
+    text += "deepspeed: deepspeed_configs/zero3_bf16.json\ncontext_parallel_size: 2\n"
+    result = import_config(_write(tmp_path, text), "axolotl", Options(name="sp", num_processes=4))
+    recipe = tomllib.loads(result.text)
+    assert recipe["preference"]["objective"] == "dpo"
+    assert recipe["launch"]["strategy"] == "deepspeed" and recipe["launch"]["parallelism"] == {"sp_size": 2}

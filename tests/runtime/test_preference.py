@@ -310,3 +310,72 @@ def test_held_out_prompts_are_distinct_and_carry_their_completions():
         ([1], {"completion": [10, 11], "desirable": True}),
         ([2, 2], {"completion": [20], "desirable": False}),
     ]
+
+
+# --------------------------------------------------------------------------- the sides layout (sequence parallelism)
+
+
+def _random_rows(unpaired: bool, n: int = 4, vocab: int = 40):
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for i in range(n):
+        sides = []
+        for _ in range(1 if unpaired else 2):
+            prompt, completion = (int(torch.randint(2, 6, (), generator=g)) for _ in range(2))
+            ids = torch.randint(1, vocab, (prompt + completion,), generator=g).tolist()
+            sides.append((ids, [0] * prompt + [1] * completion))
+        rows.append(P.unpaired_row(*sides[0], i % 3 != 0) if unpaired else P.pair_row(*sides))
+    return rows
+
+
+@pytest.mark.parametrize("unpaired", [False, True], ids=["pairs", "kto"])
+def test_sides_layout_scores_as_the_pair_rows(models, unpaired):
+    """Each side a row of its own, padded to pad_to: the sums and counts of the packed pair rows (KTO: and its KL pairs)."""
+    policy, _ = models
+    rows = _random_rows(unpaired)
+    packed = P.sequence_logps(policy, P.collate(rows, 0, unpaired=unpaired))
+    sides = P.collate(rows, 0, unpaired=unpaired, pad_to=32)
+    assert sides["input_ids"].shape == ((4 if unpaired else 8), 32) and P.row_count(sides) == 4
+    split = P.sequence_logps(policy, sides)
+    assert packed.keys() == split.keys()
+    for key in packed:
+        assert split[key].tolist() == pytest.approx(packed[key].tolist(), abs=TOL), key
+    assert split["chosen_tokens"].sum() > 0 and (unpaired or split["rejected_tokens"].sum() > 0)
+
+
+class _PerToken(torch.nn.Module):
+    """A model whose logits at each position depend on that token alone: its slices score as the whole row."""
+
+    def __init__(self, vocab: int = 40):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(vocab, vocab)
+
+    def forward(self, input_ids, position_ids, use_cache):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.embed(input_ids))
+
+
+@pytest.mark.parametrize("unpaired", [False, True], ids=["pairs", "kto"])
+def test_sides_cut_as_deepspeeds_adapter_cuts_them_sum_to_the_whole_rows(unpaired):
+    """DeepSpeed's adapter shifts the labels while a row is whole and cuts every tensor into sp_size slices; what
+    else scores a token by its successor is shifted before the cut, so the slices' sums add up to the whole rows'."""
+    model = _PerToken()
+    batch = P.collate(_random_rows(unpaired), 0, unpaired=unpaired, pad_to=32)
+    whole = P.sequence_logps(model, batch)
+    cut = dict(batch, shift_labels=torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100))
+    del cut["labels"]
+    totals: dict = {}
+    for r in range(4):  # sp_size 4: each slice 8 tokens, its last scoring the next slice's first
+        part = {k: v[:, 8 * r : 8 * (r + 1)] if torch.is_tensor(v) else v for k, v in cut.items()}
+        for key, value in P.sequence_logps(model, part).items():
+            totals[key] = totals.get(key, 0) + value
+    for key in whole:
+        assert totals[key].tolist() == pytest.approx(whole[key].tolist(), abs=TOL), key
+
+
+def test_a_side_longer_than_pad_to_is_refused():
+    rows = [P.pair_row(([1, 2, 3, 4, 5], [0, 0, 1, 1, 1]), ([1, 2, 3], [0, 0, 1]))]
+    with pytest.raises(ValueError, match="a side of 5 tokens is longer than the 4"):
+        P.collate(rows, 0, pad_to=4)
