@@ -104,12 +104,16 @@ def _masked_tokens(path: Path) -> int:
 
 
 def padding(plan: Any) -> str:
-    """How the script fills the token slots of a micro-batch: ``blocks``, ``masked``, ``longest`` or ``seq_len``."""
+    """How the script fills the token slots of a micro-batch: ``blocks``, ``masked``, ``longest``, ``seq_len`` or
+    ``sides`` (each side of a preference pair a row padded to seq_len)."""
     examples = bool(plan.get("examples"))
+    split = plan.get("sp_size", 1) > 1  # sequence parallelism: every row padded to seq_len
     if plan.recipe.preference is not None:
-        return "longest"
+        if not split:
+            return "longest"
+        return "seq_len" if plan.recipe.preference.objective == "kto" else "sides"
     if examples:
-        return "seq_len" if plan.get("sp_size", 1) > 1 else "longest"
+        return "seq_len" if split else "longest"
     return "blocks" if plan["packing"] else "masked"
 
 
@@ -140,8 +144,8 @@ def figures(plan: Any, out: Any) -> dict:
             lengths = row_lengths(path)
             tokens = int(lengths.sum())
             row.update(mean_length=float(lengths.mean()) if len(lengths) else 0.0, longest=int(lengths.max(initial=0)))
-            if how == "seq_len":
-                slots = row["rows"] * seq_len
+            if how in ("seq_len", "sides"):
+                slots = row["rows"] * seq_len * (2 if how == "sides" else 1)
             elif micro <= len(lengths):
                 slots = round(expected_longest(lengths, micro) * row["rows"])  # per row: the expected longest of its micro-batch
             else:
@@ -217,6 +221,7 @@ HOW = {
     "masked": "each document padded to seq_len",
     "longest": "each micro-batch padded to its longest row",
     "seq_len": "each micro-batch padded to seq_len (sequence parallelism)",
+    "sides": "each side of a pair a row padded to seq_len (sequence parallelism)",
 }
 
 

@@ -73,6 +73,8 @@ def test_the_templates_collate_pads_as_the_figures_assume() -> None:
     assert "return example_packing.collate(rows, tokenizer.pad_token_id, pad_to=seq_len)" in template  # sp: seq_len
     assert "return example_packing.collate(rows, tokenizer.pad_token_id)\n" in template  # examples: longest
     assert 'return preference.collate(rows, tokenizer.pad_token_id, unpaired=objective == "kto")' in template
+    # sp: each side of a pair (each KTO example) a row of seq_len
+    assert 'return preference.collate(rows, tokenizer.pad_token_id, unpaired=objective == "kto", pad_to=seq_len)' in template
 
 
 def test_explain_without_data_says_how_to_get_the_steps(write_recipe) -> None:
