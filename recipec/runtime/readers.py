@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 from . import formats
 from .data import BUILTINS, _stdlib_files
 
-FORMATS = ("jsonl", "parquet", "text", "datasets", "arrow", "bin")
+FORMATS = ("jsonl", "parquet", "text", "datasets", "arrow", "bin", "mds")
 
 ON_ERROR = ("error", "skip")
 
@@ -149,6 +149,12 @@ def _is_dataset_dir(path: str) -> bool:
     return all(os.path.isfile(os.path.join(path, name)) for name in _DATASET_FILES)
 
 
+def _is_mds_dir(path: str) -> bool:
+    from .mds import is_mds_dir
+
+    return is_mds_dir(path)
+
+
 def _suffix_format(path: str) -> str | None:
     name = os.path.basename(path).lower()
     for suffix, fmt in _SUFFIX_FORMATS:
@@ -168,7 +174,8 @@ def infer_format(path: str) -> str:
         ``"parquet"`` for .parquet, ``"text"`` for .txt/.md/.text (read as plain
         files), ``"arrow"`` for .arrow (an Arrow IPC file or stream), ``"bin"`` for
         .bin (flat token ids, :mod:`.token_sources`), ``"datasets"`` for a directory holding ``state.json`` and
-        ``dataset_info.json``.
+        ``dataset_info.json``, ``"mds"`` for a directory holding an MDS
+        ``index.json`` (:mod:`.mds`).
 
     Raises:
         DataError: If the name says nothing known; the message asks for ``format``.
@@ -177,8 +184,10 @@ def infer_format(path: str) -> str:
     if os.path.isdir(path):
         if _is_dataset_dir(path):
             return "datasets"
+        if _is_mds_dir(path):
+            return "mds"
         raise DataError(
-            f"{path} is a directory but not one written by datasets' save_to_disk; "
+            f"{path} is a directory but not one written by datasets' save_to_disk or an MDS dataset; "
             "use a glob of its files, or set `format`"
         )
     fmt = _suffix_format(path)
@@ -230,6 +239,14 @@ def _units(source: dict, paths: _Paths, label: str) -> list[tuple[str, str]]:
         for match in matches:
             path = os.path.normpath(os.path.abspath(match))
             if os.path.isdir(path):
+                if fmt == "mds" or (fmt is None and _is_mds_dir(path)):
+                    if not _is_mds_dir(path):
+                        raise DataError(
+                            f"{label}: {paths.shown(path)} is not an MDS dataset directory (it has no index.json); "
+                            "point `path` at the directory of index.json, the split's directory when there are splits"
+                        )
+                    kept.append(path)
+                    continue
                 if fmt in (None, "datasets") and os.path.isfile(os.path.join(path, _DATASET_DICT_FILE)):
                     _raise_dataset_dict(label, path, paths)
                 if fmt == "datasets" and not _is_dataset_dir(path):
@@ -239,6 +256,11 @@ def _units(source: dict, paths: _Paths, label: str) -> list[tuple[str, str]]:
                     )
                 if fmt not in (None, "datasets") or not _is_dataset_dir(path):
                     continue
+            elif fmt == "mds":
+                raise DataError(
+                    f"{label}: {paths.shown(path)} is a file; format mds reads a directory holding an MDS index.json "
+                    "and its shards"
+                )
             elif fmt == "datasets":
                 raise DataError(
                     f"{label}: {paths.shown(path)} is a file; format datasets reads a directory "
@@ -262,7 +284,7 @@ def _units(source: dict, paths: _Paths, label: str) -> list[tuple[str, str]]:
 
     by_format: dict[str, list[str]] = {}
     for path in found:
-        guessed = "datasets" if os.path.isdir(path) else _suffix_format(path)
+        guessed = ("mds" if _is_mds_dir(path) else "datasets") if os.path.isdir(path) else _suffix_format(path)
         by_format.setdefault(guessed or "unknown", []).append(path)
     if "unknown" in by_format:
         unknown = by_format["unknown"]
@@ -315,7 +337,10 @@ def expand_files(source: dict, project_dir: str | os.PathLike, *, index: int = 0
     directories are ignored. With ``format = "datasets"`` (or a match that is
     such a directory) the path names a directory written by
     ``datasets.Dataset.save_to_disk``, and its data files are the ``*.arrow``
-    files listed in its ``state.json``, sorted.
+    files listed in its ``state.json``, sorted. With ``format = "mds"`` (or a
+    match that is a directory holding ``index.json``) the path names an MDS
+    dataset (mosaicml-streaming's shards), and its data files are
+    ``index.json`` and the file each listed shard is read from (:mod:`.mds`).
 
     Args:
         source: The source dict.
@@ -342,7 +367,14 @@ def expand_files(source: dict, project_dir: str | os.PathLike, *, index: int = 0
     paths = _Paths(project_dir)
     files: list[str] = []
     for path, fmt in _units(source, paths, label):
-        files.extend(_dataset_files(path, label, paths) if fmt == "datasets" else [path])
+        if fmt == "datasets":
+            files.extend(_dataset_files(path, label, paths))
+        elif fmt == "mds":
+            from . import mds
+
+            files.extend(mds.files(path, label, paths.shown))
+        else:
+            files.append(path)
     return files
 
 
@@ -710,6 +742,55 @@ class _Reader:
     def bin(self, path: str) -> Iterator[tuple[Any, str, tuple]]:
         raise DataError(f'{self.label}: {self.paths.shown(path)}: a .bin file holds token ids; set records = "tokens"')
 
+    def mds(self, path: str) -> Iterator[tuple[Any, str, tuple]]:
+        """An MDS dataset (:mod:`.mds`): ``str`` columns as text, number columns as fields, ``shard#ROW`` locators."""
+        from . import mds
+
+        def choose(columns: dict[str, str], shown: str) -> list[str]:
+            self.stats.files += 1
+            available = ", ".join(f"{name} ({encoding})" for name, encoding in columns.items()) or "none"
+            if self.records != "text":
+                needed = formats.fields_needed(self.records, self.record_fields)
+                wanted = [name for name in needed if name in columns]
+                if not wanted:
+                    raise DataError(
+                        f"{self.label}: {shown}: no column of a {self.records} record ({', '.join(needed)}); "
+                        f"columns: {available}"
+                    )
+            else:
+                if self.text_field not in columns:
+                    raise DataError(f"{self.label}: {shown}: no column {self.text_field!r} (text_field); columns: {available}")
+                if not mds.is_text(columns[self.text_field]):
+                    raise DataError(
+                        f"{self.label}: {shown}: text_field {self.text_field!r} has encoding "
+                        f"{columns[self.text_field]}, not str (text)"
+                        + ('; token ids are read with records = "tokens"' if mds.is_token_ids(columns[self.text_field]) else "")
+                    )
+                wanted = [self.text_field]
+            for name in self.fields:
+                if name not in columns:
+                    raise DataError(f"{self.label}: {shown}: no column {name!r} (field); columns: {available}")
+                if not mds.is_number(columns[name]):
+                    raise DataError(f"{self.label}: {shown}: field {name!r} has encoding {columns[name]}, not a number")
+            return list(dict.fromkeys((*wanted, *self.fields)))
+
+        for sample, where in mds.iter_samples(path, choose, self.label, self.paths.shown):
+            record = {}
+            for name, (encoding, data) in sample.items():
+                try:
+                    record[name] = mds.decode(encoding, data)
+                except (ValueError, UnicodeDecodeError) as e:
+                    self.bad(where, f"column {name!r} ({encoding}) does not decode: {e}")
+                    break
+            else:
+                if self.records != "text":
+                    example = self.example(record, where)
+                    values = None if example is None else self.numbers(record, where)
+                    if values is not None:
+                        yield example, where, values
+                else:
+                    yield record[self.text_field], where, tuple(record[name] for name in self.fields)
+
     def datasets(self, path: str) -> Iterator[tuple[Any, str, tuple]]:
         import datasets
         import pyarrow as pa
@@ -810,6 +891,9 @@ def iter_batches(
       ``DatasetDict``), by batch over the needed columns; nulls as for parquet.
     * arrow: an Arrow IPC file or stream, by record batch; nulls as for parquet.
     * bin: token ids, read by :mod:`.token_sources` (here an error).
+    * mds: an MDS dataset directory (:mod:`.mds`), shard by shard and sample by
+      sample, decoding only the needed columns; the text column's encoding is
+      ``str``, a field's a number; a value that does not decode is malformed.
     * builtin: :func:`.data.builtin_texts`' documents, in its order.
     * hub: a dataset's split, read with ``datasets`` from the hub cache
       (:mod:`.hub`); records as for parquet.
@@ -855,6 +939,7 @@ def iter_batches(
             "datasets": reader.datasets,
             "arrow": reader.arrow,
             "bin": reader.bin,
+            "mds": reader.mds,
         }
         units = _units(source, reader.paths, label)
         documents = (document for path, fmt in units for document in read[fmt](path))

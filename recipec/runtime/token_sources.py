@@ -11,6 +11,9 @@ made:
 * parquet, Arrow IPC files or streams, ``datasets.save_to_disk`` directories: a column
   ``input_ids`` (renamed with ``fields = {input_ids = "..."}``) of lists of integers, one
   row one document, read by record batch.
+* MDS datasets (``format = "mds"``, :mod:`.mds`): a column ``input_ids`` or ``tokens``
+  (llm-foundry's) encoded ``ndarray`` or ``bytes`` (raw ids of ``token_dtype``, ``int64``
+  unless set), one sample one document.
 
 The data stage (:mod:`.stage_analyse`) stores these documents beside the text documents it
 tokenizes, with empty texts: the filters, which read text, pass over them. They are held
@@ -46,6 +49,12 @@ COLUMN = "input_ids"
 """The column of ids in parquet and Arrow files, unless ``fields`` renames it."""
 
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+
+MDS_COLUMN = "tokens"
+"""The column of ids llm-foundry's converters write to MDS shards (``ndarray:int32``, or ``bytes`` in older ones)."""
+
+MDS_BYTES_DTYPES = {"uint16": "<u2", "uint32": "<u4", "int32": "<i4", "int64": "<i8"}
+"""``token_dtype`` -> the ids of an MDS ``bytes`` column of token ids."""
 
 
 def is_tokens(source: dict) -> bool:
@@ -192,10 +201,10 @@ class _TokenReader:
         """``(ids, locator, bytes)`` of each document of one file."""
         if fmt == "bin":
             return self.bin(path)
-        if fmt in ("parquet", "arrow", "datasets"):
+        if fmt in ("parquet", "arrow", "datasets", "mds"):
             return getattr(self, fmt)(path)
         raise DataError(
-            f"{self.label}: {self.paths.shown(path)}: token ids are read from .bin, parquet, Arrow and datasets files, not {fmt}"
+            f"{self.label}: {self.paths.shown(path)}: token ids are read from .bin, parquet, Arrow, datasets and MDS files, not {fmt}"
         )
 
     # ----------------------------------------------------------------- .bin
@@ -365,6 +374,66 @@ class _TokenReader:
         width = self.check_column(ds.data.schema, shown)
         tables = ds.select_columns([self.column]).with_format("arrow").iter(batch_size=4096)
         yield from self.rows(tables, shown, width)
+
+
+    # ----------------------------------------------------------------- MDS shards
+
+    def mds(self, path: str) -> Iterator[tuple[np.ndarray, str, int]]:
+        """An MDS dataset (:mod:`.mds`): one sample one document, its ids an ``ndarray`` or ``bytes`` column.
+
+        The column is ``fields.input_ids`` when set, else ``input_ids``, else ``tokens``
+        (llm-foundry's name). An ``ndarray`` holds its dtype; a ``bytes`` column holds raw ids
+        of ``token_dtype``, ``int64`` unless set (llm-foundry's ``token_encoding_type`` default).
+        """
+        from . import mds
+
+        renamed = COLUMN in (self.source.get("fields") or {})
+        bytes_dtype = np.dtype(MDS_BYTES_DTYPES[self.source.get("token_dtype") or "int64"])
+        chosen: dict[str, str] = {}
+
+        def choose(columns: dict[str, str], shown: str) -> list[str]:
+            self.stats.files += 1
+            candidates = [self.column] if renamed else [COLUMN, MDS_COLUMN]
+            name = next((c for c in candidates if c in columns), None)
+            available = ", ".join(f"{n} ({e})" for n, e in columns.items()) or "none"
+            if name is None:
+                raise DataError(f"{self.label}: {shown}: no column {' or '.join(map(repr, candidates))} of token ids; columns: {available}")
+            if not mds.is_token_ids(columns[name]):
+                raise DataError(
+                    f"{self.label}: {shown}: column {name!r} has encoding {columns[name]}, not token ids (ndarray or bytes)"
+                    + ("; text is read with records = \"text\"" if mds.is_text(columns[name]) else "")
+                )
+            chosen["name"] = name
+            return [name]
+
+        for sample, where in mds.iter_samples(path, choose, self.label, self.paths.shown):
+            encoding, data = sample[chosen["name"]]
+            if encoding == "bytes":
+                if len(data) % bytes_dtype.itemsize:
+                    self.bad(where, f"{len(data)} bytes of {chosen['name']} are not a whole number of {bytes_dtype.name} ids; is token_dtype right?")
+                    continue
+                values = np.frombuffer(data, bytes_dtype)
+            else:
+                try:
+                    values = mds.decode(encoding, data).reshape(-1)
+                except ValueError as e:
+                    self.bad(where, f"column {chosen['name']!r} ({encoding}) does not decode: {e}")
+                    continue
+            if values.dtype.kind == "f":
+                if not np.all(np.isfinite(values) & (values == np.floor(values))):
+                    self.bad(where, f"{chosen['name']} holds ids that are not integers")
+                    continue
+            elif values.dtype.kind not in "iu":
+                self.bad(where, f"{chosen['name']} holds {values.dtype}, not integer ids")
+                continue
+            if values.dtype.kind != "u" and len(values) and values.min() < 0:
+                position = int(np.flatnonzero(values < 0)[0])
+                self.bad(where, f"id {values[position].item()!r} at position {position} of {chosen['name']} is negative")
+                continue
+            over = np.flatnonzero(values >= self.vocab_size)
+            if len(over):
+                raise self.out_of_range(f"{where}: position {int(over[0])}", int(values[over[0]]))
+            yield values.astype(np.uint32), where, len(data)
 
 
 def iter_batches(

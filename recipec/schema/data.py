@@ -105,23 +105,23 @@ class Source(Table):
     hub: HubDataset | None = None
     """A dataset on the Hugging Face hub, as a `[data.sources.hub]` table, e.g. `hub = {repo = "org/name", split = "train"}`: read with `datasets.load_dataset` from the hub cache (`HF_HUB_CACHE`), downloading the split's files into it first when the hub is online (a streamed source is streamed from the hub instead). Offline (`HF_HUB_OFFLINE=1`, the training script's default) the dataset must be in that cache: `hf download --repo-type dataset org/name` puts it there. Records are read as those of a parquet file, with locators `org/name[subset]:split#ROW`."""
 
-    format: Literal["jsonl", "parquet", "text", "datasets", "arrow", "bin"] | None = None
-    """File format. Unset: inferred from the extension (.jsonl/.json, also .gz and .zst compressed; .parquet; .txt/.md/.text; .arrow, an Arrow IPC file or stream; .bin, flat token ids). A text file is one document; a jsonl line, a parquet or Arrow row is one document; a `.bin` file holds many, separated by `eos_token_id`."""
+    format: Literal["jsonl", "parquet", "text", "datasets", "arrow", "bin", "mds"] | None = None
+    """File format. Unset: inferred from the extension (.jsonl/.json, also .gz and .zst compressed; .parquet; .txt/.md/.text; .arrow, an Arrow IPC file or stream; .bin, flat token ids), or for a directory from what it holds (`datasets`: a `save_to_disk` directory; `mds`: an `index.json` and the MDS shards it lists, as mosaicml-streaming and llm-foundry write them; point `path` at the split's directory). A text file is one document; a jsonl line, a parquet or Arrow row, an MDS sample is one document; a `.bin` file holds many, separated by `eos_token_id`."""
 
     text_field: str = "text"
     """The field (column) holding the document text, for jsonl and parquet, with `records = "text"`."""
 
     records: Literal["text", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "unpaired_preference", "tokens"] = "text"
-    """What each record holds: `text` (a document, trained on every token), `tokens` (a document already tokenized: token ids made with `tokenizer`, in `.bin` files or an `input_ids` column of parquet, Arrow or `datasets` files; trained on every token like text, and never filtered), `messages` (OpenAI-style `[{role, content}, ...]`), `sharegpt` (`conversations` of `{from, value}`), `alpaca` (`instruction`, optional `input`, `output`, optional `system`) `prompt_completion` (`prompt` and `completion`, strings or message lists), `preference` (`prompt`, `chosen`, `rejected`: strings or message lists, for `[preference]`) or `unpaired_preference` (`prompt`, `completion` and a boolean `label`, for KTO). Any but `text` and `tokens` makes every source's documents examples: rendered with the chat template, masked by `train_on`, fitted to `data.max_length` and packed whole."""
+    """What each record holds: `text` (a document, trained on every token), `tokens` (a document already tokenized: token ids made with `tokenizer`, in `.bin` files, an `input_ids` column of parquet, Arrow or `datasets` files, or an `input_ids` or `tokens` column of MDS shards; trained on every token like text, and never filtered), `messages` (OpenAI-style `[{role, content}, ...]`), `sharegpt` (`conversations` of `{from, value}`), `alpaca` (`instruction`, optional `input`, `output`, optional `system`) `prompt_completion` (`prompt` and `completion`, strings or message lists), `preference` (`prompt`, `chosen`, `rejected`: strings or message lists, for `[preference]`) or `unpaired_preference` (`prompt`, `completion` and a boolean `label`, for KTO). Any but `text` and `tokens` makes every source's documents examples: rendered with the chat template, masked by `train_on`, fitted to `data.max_length` and packed whole."""
 
     fields: dict[str, str] | None = None
-    """Renamed fields of the records, e.g. `{messages = "dialog", role = "speaker", content = "text"}`. The names: messages, role, content (messages, sharegpt); instruction, input, output, system (alpaca); prompt, completion, role, content (prompt_completion); input_ids (tokens, the column of ids in parquet and Arrow files)."""
+    """Renamed fields of the records, e.g. `{messages = "dialog", role = "speaker", content = "text"}`. The names: messages, role, content (messages, sharegpt); instruction, input, output, system (alpaca); prompt, completion, role, content (prompt_completion); input_ids (tokens, the column of ids in parquet, Arrow and MDS files). llm-foundry's prompt/response MDS shards are `prompt_completion` records with `{completion = "response"}`."""
 
     tokenizer: str | None = None
     """With `records = "tokens"`: the tokenizer that made the ids, a hub id (loaded from the local cache) or a local directory (same rules as `[tokenizer] path`). Its vocabulary must equal the vocabulary of the tokenizer the recipe trains with (`[tokenizer] path` or the model's own), and every id must be below its size: the data stage checks both before it packs a sequence."""
 
-    token_dtype: Literal["uint16", "uint32"] | None = None
-    """`.bin` token files only: the width of each id, little-endian: `uint16` (nanoGPT's, for vocabularies of at most 65,536 tokens) or `uint32`."""
+    token_dtype: Literal["uint16", "uint32", "int32", "int64"] | None = None
+    """`.bin` token files: the width of each id, little-endian: `uint16` (nanoGPT's, for vocabularies of at most 65,536 tokens) or `uint32`. MDS token sources: the ids of a `bytes` column (older llm-foundry shards), `int64` unless set (llm-foundry's `token_encoding_type` default); an `ndarray` column holds its own dtype."""
 
     eos_token_id: int | None = Field(None, ge=0)
     """`.bin` token files only: the id that ends each document (nanoGPT writes the end-of-text id after every document). The files are split into documents at it; it must be the end-of-text id of the recipe's tokenizer, which follows each document in the packed sequences as it follows every text document."""
@@ -254,11 +254,13 @@ class Source(Table):
         if self.roles is not None:
             raise key_error("roles", "token ids have no roles")
         if self.format in ("jsonl", "text"):
-            raise key_error("format", f'token ids are read from .bin, parquet, Arrow and datasets files, not {self.format}')
+            raise key_error("format", f'token ids are read from .bin, parquet, Arrow, datasets and MDS files, not {self.format}')
         if bin_files:
             for key, example in (("token_dtype", 'token_dtype = "uint16"'), ("eos_token_id", "eos_token_id = 50256")):
                 if getattr(self, key) is None:
                     raise key_error("records", f"a .bin token source needs `{key}`", f"e.g. {example}")
+            if self.token_dtype not in TOKEN_DTYPES:
+                raise key_error("token_dtype", f'a .bin file holds uint16 or uint32 ids, not {self.token_dtype}', 'set token_dtype = "uint16" or "uint32"')
             if self.eos_token_id >= TOKEN_DTYPES[self.token_dtype]:
                 raise key_error(
                     "eos_token_id",
@@ -266,7 +268,7 @@ class Source(Table):
                     'set token_dtype = "uint32"',
                 )
         else:
-            for key in ("token_dtype", "eos_token_id"):
+            for key in ("eos_token_id",) if self.format == "mds" else ("token_dtype", "eos_token_id"):
                 if getattr(self, key) is not None:
                     raise key_error(key, f"`{key}` applies to .bin token files; in parquet and Arrow files each row of `input_ids` is one document of typed ids")
         return self
