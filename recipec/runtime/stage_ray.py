@@ -674,7 +674,7 @@ def _check_reachable(address: str) -> None:
 
 
 def _size(path: str, fmt: str) -> int:
-    if fmt == "datasets" and os.path.isdir(path):
+    if fmt in ("datasets", "mds") and os.path.isdir(path):
         return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)))
     try:
         return os.path.getsize(path)
