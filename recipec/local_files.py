@@ -2,7 +2,8 @@
 
 Paths in a recipe are relative to the project directory (the one `recipec` runs in). A
 local model or tokenizer (`./`, `../`, `/`, `~`) must be a directory, a data source's
-glob must match a file (a `datasets` source a directory), and so must a decontamination
+glob must match a file (a `datasets` source a directory, an `mds` source a directory holding
+an MDS index.json), and so must a decontamination
 filter's. Checked when the recipe is read, beside `recipec.parent`, so that a typo fails
 in the first second and not after the data stage; resolve itself reads no files.
 """
@@ -52,7 +53,7 @@ def check_local_files(recipe: Recipe, source: SourceMap, project: Path) -> list[
                 _check_globs(error, key + (j, "path"), f.path, root)
     for i, src in enumerate(d.sources):
         if src.path is not None:
-            _check_globs(error, ("data", "sources", i, "path"), src.path, root, directory=src.format == "datasets")
+            _check_globs(error, ("data", "sources", i, "path"), src.path, root, directory=src.format == "datasets", mds=src.format in (None, "mds"), only_mds=src.format == "mds")
         if src.tokenizer is not None and src.tokenizer.startswith(LOCAL_PREFIXES):
             _check_directory(error, ("data", "sources", i, "tokenizer"), src.tokenizer, root)
     return errors
@@ -82,13 +83,29 @@ def _check_directory(error: Report, key: KeyPath, path: str, root: Path) -> None
         error(key, f"{path!r} is a file; a local {table} is a directory that save_pretrained wrote", hub)
 
 
-def _check_globs(error: Report, key: KeyPath, patterns: str | list[str], root: Path, directory: bool = False) -> None:
+def _is_mds_dir(path: str) -> bool:
+    """A directory of MDS shards: it holds their index.json (recipec/runtime/mds.py)."""
+    return os.path.isfile(os.path.join(path, "index.json"))
+
+
+def _check_globs(
+    error: Report, key: KeyPath, patterns: str | list[str], root: Path, directory: bool = False, mds: bool = False, only_mds: bool = False
+) -> None:
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
         # the same expansion as the readers' (recipec/runtime/readers.py, _Paths.full), without
         # importing them: the compiler stays free of the runtime's libraries
         full = pattern if os.path.isabs(pattern) else os.path.join(glob.escape(str(root)), pattern)
         matches = glob.glob(full, recursive=True)
-        if directory:
+        if only_mds:
+            if not any(_is_mds_dir(m) for m in matches):
+                error(
+                    key,
+                    f"{pattern!r} is not a directory holding an MDS index.json (paths are relative to the directory recipec runs in)",
+                    "an `mds` source names the directory of index.json and its shards: the split's directory when there are splits",
+                )
+        elif mds and any(_is_mds_dir(m) for m in matches):
+            continue
+        elif directory:
             if not any(os.path.isdir(m) for m in matches):
                 error(
                     key,

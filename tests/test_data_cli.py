@@ -113,3 +113,23 @@ def test_the_script_passes_the_stage_every_setting_under_its_one_name(write_reci
     for name in stage_request.DATA_FIELDS:  # a [data] key reaches the stage under its own name
         assert settings[name].note == f"data.{name}"
     assert (plan["temperature"], plan["num_proc"], plan["cache_dir"], plan["filters"][0]["type"]) == (2.0, 3, "cache", "exact_dedup")
+
+
+def test_an_mds_dataset_is_read_and_its_shards_are_in_the_cache_key(write_recipe, tmp_path, monkeypatch):
+    import shutil
+
+    fixture = Path(__file__).resolve().parent / "data" / "mds" / "text_zstd"
+    shutil.copytree(fixture, tmp_path / "mds" / "train")
+    kept = sum(1 for s in json.loads((fixture / "expected.json").read_text(encoding="utf-8")) if s["text"].strip())
+    write_recipe(data={"sources": [{"path": "mds/train", "format": "mds"}], "seq_len": 16, "eval_fraction": 0.1})
+    first = _invoke(tmp_path, monkeypatch, "recipe.toml", "--json")
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.stdout)
+    assert report["sources"][0]["documents"] == kept and report["sources"][0]["files"] == 9
+
+    shard = tmp_path / "mds" / "train" / "shard.00004.mds.zstd"
+    shard.write_bytes(shard.read_bytes()[:-3])
+    damaged = _invoke(tmp_path, monkeypatch, "recipe.toml")
+    assert damaged.exit_code == 1
+    assert "mds/train/shard.00004.mds.zstd" in damaged.stderr and "index.json says" in damaged.stderr
+    assert "Traceback" not in damaged.output

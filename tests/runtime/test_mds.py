@@ -270,3 +270,29 @@ def test_the_schema_accepts_mds_sources_and_token_dtype_for_their_bytes():
         Source(path="a.bin", records="tokens", tokenizer="gpt2", token_dtype="int64", eos_token_id=0)
     with pytest.raises(ValidationError, match="`eos_token_id` applies to .bin token files"):
         Source(path="data/train", format="mds", records="tokens", tokenizer="gpt2", eos_token_id=0)
+
+
+# --------------------------------------------------------------------------- through the data stage
+
+
+def test_mds_token_shards_pack_as_the_same_ids_in_parquet(tmp_path):
+    pytest.importorskip("transformers")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recipec.runtime.tokenizer import train_bpe
+
+    from .test_stage import prose, request, run
+
+    tok_dir = tmp_path / "tok"
+    train_bpe([prose(i) for i in range(200)], 400).save_pretrained(tok_dir)
+    copy("tokens", tmp_path)
+    docs = [ids_of(s["tokens"]) for s in expected("tokens")]
+    pq.write_table(pa.table({"input_ids": pa.array(docs, pa.list_(pa.int64()))}), tmp_path / "ids.parquet")
+    settings = dict(eval_fraction=0.1, packing=True, seq_len=24)
+    source = {"records": "tokens", "tokenizer": str(tok_dir)}
+    parquet = run(request(tmp_path, str(tok_dir), [{"path": "ids.parquet", **source}], **settings))
+    shards = run(request(tmp_path, str(tok_dir), [{"path": "tokens", **source}], **settings))
+    assert shards.report["documents"] == parquet.report["documents"]
+    assert shards.report["segments"][0]["sequences_sha256"] == parquet.report["segments"][0]["sequences_sha256"]
+    assert shards.report["eval"]["sequences_sha256"] == parquet.report["eval"]["sequences_sha256"]
