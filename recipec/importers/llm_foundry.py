@@ -20,7 +20,9 @@ Composer's conventions mapped here:
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from .core import Draft, Legacy, OldValue, Removed, num
@@ -600,8 +602,10 @@ class _Conv:
                     self.set(f"{s}.hub.revision", self.get(key), key)
                 elif sub in ("data_files",):
                     self.set(f"{s}.hub.data_files", self.get(key), key)
+        elif self.mds_source(loader, s):
+            self.streaming_rest(loader)
         else:
-            self.drop(loader + ".dataset", "missing-feature", "a streaming (MDS) finetuning dataset; recipec cannot read MDS shards.")
+            self.drop(loader + ".dataset", "missing-feature", self.no_local_copy(loader))
             return
         self.rest(ds + "hf_kwargs", "no-equivalent", "a keyword of datasets.load_dataset recipec does not pass.")
         fn = self.get(ds + "preprocessing_fn")
@@ -658,21 +662,29 @@ class _Conv:
 
     def text(self, loader: str, i: int, train: bool) -> None:
         ds = f"{loader}.dataset."
-        where = self.get(ds + "local") or self.get(ds + "remote")
-        why = "an MDS (mosaicml-streaming) dataset: recipec cannot read MDS shards."
-        for key in ("local", "remote", "split", "streams", "shuffle_seed", "shuffle_algo", "epoch_size", "predownload", "cache_limit", "num_canonical_nodes", "keep_zip", "download_retry", "download_timeout", "token_encoding_type"):
-            self.drop(ds + key, "missing-feature", why)
+        s = f"data.sources[{i}]"
+        if self.mds_source(loader, s):
+            self.mds_records(loader, s)
+            if not train:
+                self.set(f"{s}.split", "eval", loader + ".name")
+                self.set(f"{s}.name", "eval", note="the eval_loader")
+            self.streaming_rest(loader)
+        else:
+            why = self.no_local_copy(loader)
+            for key in ("local", "remote", "split", "streams", "shuffle_seed", "shuffle_algo", "epoch_size", "predownload", "cache_limit", "num_canonical_nodes", "keep_zip", "download_retry", "download_timeout", "token_encoding_type"):
+                self.drop(ds + key, "missing-feature", why)
+            if train:
+                self.set(
+                    f"{s}.builtin",
+                    "python-docs",
+                    note="PLACEHOLDER: replace with the directory of the MDS shards",
+                )
+                self.d.warn(
+                    f"train_loader reads MDS shards with no local copy ({self.get(ds + 'remote') or 'streams'}): the recipe's "
+                    "source is a placeholder (builtin python-docs); download the shards and point the source's path at "
+                    'their directory, with format = "mds".'
+                )
         if train:
-            self.set(
-                f"data.sources[{i}].builtin",
-                "python-docs",
-                note="PLACEHOLDER: replace with the documents the MDS shards were made from",
-            )
-            self.d.warn(
-                f"train_loader reads MDS shards ({where}), which recipec cannot read: the recipe's source is a "
-                "placeholder (builtin python-docs); replace it with the documents the shards were made from "
-                "(the jsonl/parquet files or hub dataset convert_dataset_hf.py read)."
-            )
             if self.get(ds + "shuffle") is False:
                 self.d.drop(ds + "shuffle", "missing-feature", "recipec always shuffles the training sequences.")
             else:
@@ -683,7 +695,75 @@ class _Conv:
                 self.d.exact(ds + "shuffle")
             if self.seq_len is not None and self.has(ds + "max_seq_len") and int(num(self.get(ds + "max_seq_len"))) == self.seq_len:
                 self.d.exact(ds + "max_seq_len")
-        self.rest(loader + ".dataset", "missing-feature", why)
+        self.rest(loader + ".dataset", "no-equivalent", "a setting of mosaicml-streaming's StreamingDataset recipec does not have.")
+
+    def no_local_copy(self, loader: str) -> str:
+        """Why a streaming dataset is not imported: it has no `local` directory to read (only `remote`, or `streams`)."""
+        ds = f"{loader}.dataset."
+        if self.has(ds + "streams"):
+            return "several MDS streams; import each stream's local directory by hand as a `format = \"mds\"` source."
+        return (
+            f"an MDS dataset with no local copy (remote {self.get(ds + 'remote')!r}, no `local`): recipec reads shards from a "
+            "local directory and downloads nothing; download them and point a `format = \"mds\"` source at their directory."
+        )
+
+    def mds_source(self, loader: str, s: str) -> bool:
+        """A streaming dataset's `local` (+ `split`) directory as an MDS source; False when it has none to read."""
+        ds = f"{loader}.dataset."
+        local, remote, split = self.get(ds + "local"), self.get(ds + "remote"), self.get(ds + "split")
+        if self.has(ds + "streams") or local in (None, ""):
+            return False
+        path = f"{str(local).rstrip('/')}/{split}" if split else str(local)
+        # StreamingDataset reads `local`/`split`/index.json and the shards it lists (streaming/base/stream.py)
+        self.set(f"{s}.path", path, ds + "local", ds + "split", note="the directory of the MDS shards' index.json")
+        self.set(f"{s}.format", "mds", ds + "local", note="mosaicml-streaming's shards")
+        if remote not in (None, ""):
+            self.drop(
+                ds + "remote",
+                "missing-feature",
+                f"recipec reads the shards in `local` ({path}) and downloads nothing: copy them there from {remote} first.",
+            )
+        else:
+            self.d.exact(ds + "remote")  # none: the shards are in `local`, where recipec reads them
+        if self.get(ds + "shuffle") is False or (not self.has(ds + "shuffle") and loader == "eval_loader"):
+            self.drop(ds + "shuffle_seed", "ignored-by-tool", "streaming does not shuffle this dataset (shuffle is false).")
+        elif self.has(ds + "shuffle_seed"):
+            self.d.approx(
+                "streaming shuffles the samples by its shuffle_algo (py1e) seeded with shuffle_seed and the epoch; recipec "
+                "shuffles documents and packed sequences with recipe.seed by its own algorithm: another order",
+                ds + "shuffle_seed",
+            )
+        return True
+
+    def mds_records(self, loader: str, s: str) -> None:
+        """Text shards (`text`) are text records; shards of `tokens` (concat_tokens), when the local index says so, token records."""
+        ds = f"{loader}.dataset."
+        path = Path(str(self.d.value(f"{s}.path")))
+        try:
+            shard = json.loads((path / "index.json").read_text(encoding="utf-8"))["shards"][0]
+            columns = dict(zip(shard["column_names"], shard["column_encodings"]))
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            columns = {}
+        if "tokens" in columns and "text" not in columns:
+            self.set(f"{s}.records", "tokens", note=f"the shards in {path} hold token ids (`tokens`, {columns['tokens']})")
+            self.set(f"{s}.tokenizer", self.get("tokenizer.name"), "tokenizer.name", note="the tokenizer that made the ids")
+            if columns["tokens"] == "bytes" and self.has(ds + "token_encoding_type"):
+                self.set(f"{s}.token_dtype", str(self.get(ds + "token_encoding_type")), ds + "token_encoding_type", note="the ids of the shards' bytes column")
+            elif columns["tokens"] == "bytes":
+                self.d.default(f"{s}.token_dtype", "int64", ds + "token_encoding_type", "the shards' bytes column holds int64 ids")
+        else:
+            self.d.note(
+                f"{s}: the MDS shards are read as text (their `text` column); shards of token ids (`tokens`, written with "
+                f'concat_tokens) need records = "tokens" and tokenizer = {self.get("tokenizer.name")!r}'
+            )
+        if self.get(ds + "token_encoding_type") is not None and self.d.value(f"{s}.token_dtype") is None:
+            self.drop(ds + "token_encoding_type", "no-equivalent", "the shards hold no bytes column of token ids (an ndarray column carries its dtype).")
+
+    def streaming_rest(self, loader: str) -> None:
+        """The download and cache settings of a streaming dataset read from its local copy."""
+        ds = f"{loader}.dataset."
+        for key in ("predownload", "cache_limit", "keep_zip", "download_retry", "download_timeout", "validate_hash"):
+            self.drop(ds + key, "no-equivalent", "a setting of how streaming downloads and caches shards; recipec reads the local copy.")
 
     # -- optimizer --------------------------------------------------------------------------
     def optimizer(self) -> None:

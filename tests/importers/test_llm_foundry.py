@@ -32,8 +32,10 @@ MONITORS = {
     "log_to_console": LOG,
 }
 # progress_bar: false and run_name: null are settings turned off: mapped (recipec draws no bar)
-TEXT_LOADER = {f"{loader}.dataset.{k}": MDS for loader in ("train_loader",) for k in ("local", "remote", "split", "shuffle_seed")}
-EVAL_TEXT_LOADER = {f"eval_loader.dataset.{k}": MDS for k in ("local", "remote", "split", "shuffle_seed")}
+# local + split -> an MDS source (remote: null, the shards are local); streaming shuffles with shuffle_seed by its
+# own algorithm (approx), and not at all with shuffle: false (the eval loader's seed is ignored)
+TEXT_LOADER_APPROX = {"train_loader.dataset.shuffle_seed"}
+EVAL_TEXT_LOADER = {"eval_loader.dataset.shuffle_seed": "ignored-by-tool"}
 # prefetch_factor and persistent_workers -> [data] (num_workers above 0); the eval loader's worker settings equal
 # the train loader's, which recipec's evaluation takes: mapped exactly; its drop_last: true, recipec's evaluation
 # reads every held-out row
@@ -45,22 +47,20 @@ FSDP_APPROX = {"fsdp_config.mixed_precision"}
 
 EXPECTED = {
     "mpt-125m.yaml": {
-        "approx": MPT_APPROX | FSDP_APPROX,
+        "approx": MPT_APPROX | FSDP_APPROX | TEXT_LOADER_APPROX,
         "dropped": {
             "model.attn_config.attn_impl": NOEQ,
             "model.init_device": NOEQ,
-            **TEXT_LOADER,
             **EVAL_TEXT_LOADER,
             **EVAL_LOADER,
             "fsdp_config.limit_all_gathers": NOEQ,
-            # only referenced by the MDS loaders and run_name
-            "variables.data_local": MDS,
             "run_name": LOG,
             **MONITORS,
         },
     },
     "llama-scratch.yaml": {
         "approx": FSDP_APPROX
+        | TEXT_LOADER_APPROX
         | {
             "model.pretrained",
             "model.pretrained_model_name_or_path",
@@ -70,13 +70,11 @@ EXPECTED = {
         "dropped": {
             "model.init_device": NOEQ,
             "model.use_auth_token": LOG,
-            **TEXT_LOADER,
             **LOADER_PERF,
             "fsdp_config.limit_all_gathers": NOEQ,
             "fsdp_config.backward_prefetch": NOEQ,
             "dist_timeout": NOEQ,
             "expandable_segments": NOEQ,
-            "variables.data_local": MDS,
             "run_name": LOG,
             **MONITORS,
         },
@@ -142,25 +140,35 @@ EXPECTED = {
         },
     },
     "llama-3-8b_domain_adapt.yaml": {
-        "approx": FSDP_APPROX,
+        "approx": FSDP_APPROX | TEXT_LOADER_APPROX,
         "dropped": {
             # MPT's keys on a Llama: LlamaConfig has neither, and hf_causal_lm raises on them
             "model.config_overrides.max_seq_len": NOEQ,
             "model.config_overrides.attn_config.attn_impl": NOEQ,
             "model.use_auth_token": LOG,
-            **TEXT_LOADER,
             **EVAL_TEXT_LOADER,
             **EVAL_LOADER,
             "fsdp_config.limit_all_gathers": NOEQ,
             "save_folder": NOEQ,
             "load_weights_only": "ignored-by-tool",
-            "variables.data_local": MDS,
             **MONITORS,
         },
     },
 }
 
 FILES = {"1b_local_data_sft.yaml": ["data/train.jsonl", "data/validation.jsonl"]}
+
+MDS_DIRS = ["my-copy-c4/train", "my-copy-c4/val", "my-copy-c4/train_small", "my-adaptation-data/train_small", "my-adaptation-data/val_small"]
+"""The local/split directories of the fixtures' MDS loaders."""
+
+
+@pytest.fixture(autouse=True)
+def mds_copies(tmp_path):
+    """An index.json in each loader's local/split directory, where the imported recipe's path check looks
+    (the `imported` fixture imports and validates in tmp_path)."""
+    for d in MDS_DIRS:
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+        (tmp_path / d / "index.json").write_text('{"version": 2, "shards": []}', encoding="utf-8")
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -188,8 +196,10 @@ def test_mpt_125m_values(imported):
         "num_processes": 8, "mixed_precision": "bf16", "strategy": "fsdp",
         "fsdp": {"version": 1, "sharding_strategy": "full_shard", "activation_checkpointing": False},
     }  # fmt: skip
-    assert r["data"]["sources"] == [{"builtin": "python-docs"}]  # the MDS placeholder, said in a warning
-    assert any("MDS" in msg for msg, _ in imported(TOOL, CONFIGS / "mpt-125m.yaml").result.draft.warnings)
+    assert r["data"]["sources"] == [
+        {"path": "./my-copy-c4/train", "format": "mds"},  # local/split
+        {"path": "./my-copy-c4/val", "format": "mds", "split": "eval", "name": "eval"},
+    ]
 
 
 def test_decoupled_weight_decay_is_divided_by_the_peak_lr(imported):
@@ -257,8 +267,8 @@ def test_continued_pretraining_values(imported):
     assert r["train"]["save_every"] == 1000 and r["train"]["keep_last"] == 1
     assert r["optim"]["lr"] == 5e-5
     warnings = [m for m, _ in got.result.draft.warnings]
-    max_seq_len, attn_config, mds, msg = warnings
-    assert "MDS shards" in mds
+    max_seq_len, attn_config, msg = warnings
+    assert r["data"]["sources"][0] == {"path": "./my-adaptation-data/train_small", "format": "mds"}
     assert "load_weights_only" in msg and "load_path" in msg
     # MPT's config_overrides on a Llama: LlamaConfig has neither key (told from the name), and hf_causal_lm
     # refuses them too
@@ -573,3 +583,69 @@ def test_tp_config_of_an_mpt_model_is_not_imported(tmp_path, imported):
     result = import_config(path, "llm-foundry", Options(name="mpt-tp", num_processes=8))
     assert result.draft.ledger["tp_config.tensor_parallel_degree"].reason == "missing-feature"
     assert "parallelism" not in tomllib.loads(result.text)["launch"]
+
+
+# -- MDS (mosaicml-streaming) datasets -----------------------------------------------------
+
+MDS_FIXTURES = Path(__file__).resolve().parent.parent / "data" / "mds"
+
+
+def _mpt(tmp_path, old: str = "", new: str = "", name: str = "mds.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text((CONFIGS / "mpt-125m.yaml").read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("fixture", "dtype"), [("tokens", None), ("tokens_bytes", "int64")])
+def test_shards_of_token_ids_are_a_token_source_of_the_tokenizer(tmp_path, imported, fixture, dtype):
+    import shutil
+
+    shutil.rmtree(tmp_path / "my-copy-c4" / "train")
+    shutil.copytree(MDS_FIXTURES / fixture, tmp_path / "my-copy-c4" / "train")
+    got = imported(TOOL, CONFIGS / "mpt-125m.yaml", num_processes=8)
+    source = got.recipe["data"]["sources"][0]
+    want = {"path": "./my-copy-c4/train", "format": "mds", "records": "tokens", "tokenizer": "EleutherAI/gpt-neox-20b"}
+    assert source == (want if dtype is None else {**want, "token_dtype": dtype})
+
+
+def test_a_local_copy_of_a_remote_dataset_is_read_and_the_remote_is_not(tmp_path, imported):
+    path = _mpt(tmp_path, "  data_remote:  # If blank", "  data_remote: s3://bucket/c4  # If blank")
+    got = imported(TOOL, path, num_processes=8)
+    assert got.recipe["data"]["sources"][0] == {"path": "./my-copy-c4/train", "format": "mds"}
+    assert got.dropped["train_loader.dataset.remote"] == MDS
+    assert "copy them there from s3://bucket/c4 first" in got.result.draft.ledger["train_loader.dataset.remote"].why
+
+
+def test_a_remote_dataset_without_a_local_copy_is_not_imported(tmp_path, imported):
+    path = _mpt(tmp_path, "  data_local: ./my-copy-c4\n  data_remote:  # If blank", "  data_local:\n  data_remote: s3://bucket/c4  # If blank")
+    got = imported(TOOL, path, num_processes=8)
+    assert got.recipe["data"]["sources"] == [{"builtin": "python-docs"}]  # a placeholder, said in a warning
+    for key in ("local", "remote", "split", "shuffle_seed"):
+        assert got.dropped[f"train_loader.dataset.{key}"] == MDS
+    assert "no local copy" in got.result.draft.ledger["train_loader.dataset.remote"].why
+    assert any("MDS shards with no local copy (s3://bucket/c4)" in m for m, _ in got.result.draft.warnings)
+
+
+def test_shuffle_seed_is_streaming_s_own_shuffle_approximately(imported):
+    got = imported(TOOL, CONFIGS / "mpt-125m.yaml", num_processes=8)
+    assert "train_loader.dataset.shuffle_seed" in got.approx
+    assert "py1e" in got.result.draft.ledger["train_loader.dataset.shuffle_seed"].why
+    assert got.dropped["eval_loader.dataset.shuffle_seed"] == "ignored-by-tool"  # shuffle: false
+
+
+def test_a_streaming_finetuning_dataset_is_prompt_completion_mds(tmp_path, imported):
+    import shutil
+
+    text = (CONFIGS / "mpt-7b_dolly_sft.yaml").read_text(encoding="utf-8")
+    start = text.index("train_loader:\n")
+    block = text[start : text.index("\n\n", start)]
+    dataset = block[block.index("    hf_name:") : block.index("    max_seq_len:")]
+    path = tmp_path / "ft.yaml"
+    path.write_text(text.replace(block, block.replace(dataset, "    local: ./ft\n    split: train\n")), encoding="utf-8")
+    shutil.copytree(MDS_FIXTURES / "finetuning", tmp_path / "ft")
+    got = imported(TOOL, path, num_processes=8)
+    source = got.recipe["data"]["sources"][0]
+    assert {k: source[k] for k in ("path", "format", "records", "fields")} == {
+        "path": "./ft/train", "format": "mds", "records": "prompt_completion", "fields": {"completion": "response"},
+    }  # fmt: skip
+    assert "train_loader.dataset.local" not in got.dropped and "train_loader.dataset.split" not in got.dropped
