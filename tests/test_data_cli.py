@@ -121,7 +121,7 @@ def test_an_mds_dataset_is_read_and_its_shards_are_in_the_cache_key(write_recipe
     fixture = Path(__file__).resolve().parent / "data" / "mds" / "text_zstd"
     shutil.copytree(fixture, tmp_path / "mds" / "train")
     kept = sum(1 for s in json.loads((fixture / "expected.json").read_text(encoding="utf-8")) if s["text"].strip())
-    write_recipe(data={"sources": [{"path": "mds/train", "format": "mds"}], "seq_len": 16, "eval_fraction": 0.1})
+    write_recipe(data={"sources": [{"path": "mds/train"}], "seq_len": 16, "eval_fraction": 0.1})  # format told from index.json
     first = _invoke(tmp_path, monkeypatch, "recipe.toml", "--json")
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)
