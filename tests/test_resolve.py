@@ -563,7 +563,7 @@ def test_a_token_source_reaches_the_stage_and_the_filters_of_every_source_warn_t
         ({"eos_token_id": None}, "records", "a .bin token source needs `eos_token_id`"),
         ({"path": "t/*.parquet"}, "token_dtype", "`token_dtype` applies to .bin token files"),
         ({"path": "t/*.parquet", "token_dtype": None}, "eos_token_id", "`eos_token_id` applies to .bin token files"),
-        ({"format": "jsonl"}, "format", "token ids are read from .bin, parquet, Arrow and datasets files, not jsonl"),
+        ({"format": "jsonl"}, "format", "token ids are read from .bin, parquet, Arrow, datasets and MDS files, not jsonl"),
         ({"records": "text", "token_dtype": None, "eos_token_id": None}, "tokenizer", '`tokenizer` applies to token sources'),
         ({"roles": {"bot": "assistant"}}, "roles", "token ids have no roles"),
         ({"train_on": "assistant"}, "train_on", 'train_on = "assistant" does not apply to tokens records'),

@@ -270,7 +270,8 @@ class Source(Table):
         else:
             for key in ("eos_token_id",) if self.format == "mds" else ("token_dtype", "eos_token_id"):
                 if getattr(self, key) is not None:
-                    raise key_error(key, f"`{key}` applies to .bin token files; in parquet and Arrow files each row of `input_ids` is one document of typed ids")
+                    where = ' and to the bytes columns of MDS shards (format = "mds")' if key == "token_dtype" else ""
+                    raise key_error(key, f"`{key}` applies to .bin token files{where}; in parquet and Arrow files each row of `input_ids` is one document of typed ids")
         return self
 
     @model_validator(mode="after")
