@@ -647,10 +647,22 @@ class RayExecutor:
 
 
 def _cancel(ray: Any, refs: list) -> None:
-    """Stop the tasks still running for a stage that failed (best effort: a finished one is left alone)."""
-    for ref in refs:
+    """Stop the tasks still pending for a stage that failed (best effort).
+
+    Only the tasks not finished yet are cancelled, and without ``force``: force-cancelling a task
+    whose failure the driver is completing at the same moment (the task that raised the stage's
+    error) aborts the driver process in Ray 2.60 ("Check failed: Tried to complete task that was
+    not pending"), and the driver is the process that runs the stage.
+    """
+    if not refs:
+        return
+    try:
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+    except Exception:  # noqa: BLE001
+        return
+    for ref in pending:
         try:
-            ray.cancel(ref, force=True)
+            ray.cancel(ref, force=False)
         except Exception:  # noqa: BLE001
             pass
 
