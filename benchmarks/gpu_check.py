@@ -67,6 +67,15 @@ WHEELS = ("datasets", "zstandard", "pydantic", "click", "tomli-w")  # what the G
 PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0))
 LLAMA = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16, "num_attention_heads": 16}
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+LM_ROWS = [
+    # check, setting, runner, recipe overrides (a), cfg for the runner
+    ("train.py vs bare loop", "a: generated train.py, sdpa (torch picks the kernel)", "a", [], {}),
+    ("train.py vs bare loop", "b: bare accelerate loop, sdpa flash", "b", [], {"sdpa_backend": "flash"}),
+    ("sdpa flash", "a: train.py, only the flash kernel allowed", "a", [], {"sdpa_backend": "flash"}),
+    ("model.compile", "a: train.py, model.compile = true", "a", ["model.compile=true"], {}),
+    ("model.compile", "b: bare loop, torch.compile, sdpa flash", "b", [], {"compile": True, "sdpa_backend": "flash"}),
+    ("fused AdamW", 'a: train.py, optim.implementation = "fused"', "a", ['optim.implementation="fused"'], {}),
+]
 COLUMNS = ("check", "setting", "tokens/s", "MFU", "alloc GiB", "reserved GiB", "estimate GiB", "est/alloc", "s", "status")
 
 
@@ -141,6 +150,13 @@ def install_wheels(wheels: Path) -> None:
     """pip-install what the machine lacks from a folder of wheels, with no index (the GPU machine is offline)."""
     argv = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels), *WHEELS]
     print("$ " + " ".join(argv), flush=True)
+    if subprocess.run(argv).returncode == 0:
+        return
+    # pip's resolver found a conflict with what the machine has (an older pyarrow, say): install
+    # the folder as it is, each wheel without its requirements, and let the rows show what breaks
+    files = sorted(str(w) for w in wheels.glob("*.whl"))
+    argv = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", *files]
+    print("resolving failed; installing every wheel without its requirements:\n$ " + " ".join(argv), flush=True)
     subprocess.run(argv, check=True)
 
 
@@ -339,26 +355,24 @@ def main(argv: list[str] | None = None) -> None:
         lm = root / "lm"
         lm.mkdir(exist_ok=True)
         cfg = dict(base)
-        recipe = lm / "recipe.toml"
-        recipe.write_text(tt._recipe(cfg))
-        lm_rows = [
-            # check, setting, runner, recipe overrides (a), cfg for the runner
-            ("train.py vs bare loop", "a: generated train.py, sdpa (torch picks the kernel)", "a", [], {}),
-            ("train.py vs bare loop", "b: bare accelerate loop, sdpa flash", "b", [], {"sdpa_backend": "flash"}),
-            ("sdpa flash", "a: train.py, only the flash kernel allowed", "a", [], {"sdpa_backend": "flash"}),
-            ("model.compile", "a: train.py, model.compile = true", "a", ["model.compile=true"], {}),
-            ("model.compile", "b: bare loop, torch.compile, sdpa flash", "b", [], {"compile": True, "sdpa_backend": "flash"}),
-            ("fused AdamW", 'a: train.py, optim.implementation = "fused"', "a", ['optim.implementation="fused"'], {}),
-        ]
+        lm_recipe = lm / "recipe.toml"
+        lm_recipe.write_text(tt._recipe(cfg))
         vocab = n = None
-        for i, (check, setting, runner, overrides, extra) in enumerate(lm_rows):
+        # the compile rows last: inductor compiling cold can take minutes, and a slow compile
+        # should cost the compile rows, not the others
+        order = sorted(enumerate(LM_ROWS), key=lambda r: r[1][0] == "model.compile")
+        first = [r for r in order if r[1][0] != "model.compile"]
+        last = [r for r in order if r[1][0] == "model.compile"]
+
+        def lm_row(i: int, check: str, setting: str, runner: str, overrides: list[str], extra: dict) -> None:
+            nonlocal vocab, n
             if not wanted(check):
-                continue
+                return
             row = Row(check, setting)
             compiled = extra.get("compile") or "model.compile=true" in overrides
             if not cuda and (compiled or runner == "a" and extra.get("sdpa_backend") == "flash"):
                 skip(row, "needs CUDA")
-                continue
+                return
             if not cuda:
                 extra = {k: v for k, v in extra.items() if k != "sdpa_backend"}  # the flash kernel needs CUDA
                 row.setting = setting.replace(", sdpa flash", ", sdpa")
@@ -368,9 +382,9 @@ def main(argv: list[str] | None = None) -> None:
             if cuda and compiled:
                 run_cfg["timeout"] = 300  # inductor compiles the model in the first steps, minutes when its cache is cold
             try:
-                tt.prepare(run_cfg, recipe, overrides, lm)
+                tt.prepare(run_cfg, lm_recipe, overrides, lm)
                 if runner == "a":
-                    row.estimate = estimate(recipe, overrides, lm)
+                    row.estimate = estimate(lm_recipe, overrides, lm)
                 if vocab is None:
                     vocab, n = tt._n_params(run_cfg)
                     print(f"llama: {n / 1e6:.1f}M parameters, vocab {vocab}, seq_len {cfg['seq_len']}", flush=True)
@@ -383,6 +397,9 @@ def main(argv: list[str] | None = None) -> None:
                 row.mfu = mfu(row.tokens_per_s, flops, peak)
             rows.append(row)
             print(" | ".join(row.cells()), flush=True)
+
+        for i, spec in first:
+            lm_row(i, *spec)
 
         # SFT: packed against padded, supervised tokens/s
         if wanted("SFT"):
@@ -411,8 +428,12 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
                 print(" | ".join(row.cells()), flush=True)
 
+        for i, spec in last:
+            lm_row(i, *spec)
+
     print()
-    print(table(rows))
+    checks = ["quickstart bf16", *dict.fromkeys(spec[0] for spec in LM_ROWS), "SFT packed vs padded"]
+    print(table(sorted(rows, key=lambda r: checks.index(r.check))))
     of = f"of {peak:g} TFLOP/s" if peak else "- (no peak for this device: --peak-tflops)"
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; tokens/s over the steps after the warmup, supervised ones in the SFT rows; MFU {of}")
 
