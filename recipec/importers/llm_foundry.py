@@ -571,6 +571,7 @@ class _Conv:
         split = self.get(ds + "split")
         s = f"data.sources[{i}]"
         builders = ("json", "jsonl", "csv", "parquet", "text")
+        columns = self.mds_columns(loader) if name is None else {}  # streaming shards: what their index says they hold
         if name in builders:
             files = self.get(ds + "hf_kwargs.data_files")
             ddir = self.get(ds + "hf_kwargs.data_dir")
@@ -602,23 +603,59 @@ class _Conv:
                     self.set(f"{s}.hub.revision", self.get(key), key)
                 elif sub in ("data_files",):
                     self.set(f"{s}.hub.data_files", self.get(key), key)
+        elif "turns" in columns and "messages" not in columns:
+            self.drop(
+                loader + ".dataset",
+                "missing-feature",
+                "the MDS shards hold tokenized turns (`turns`, written by convert_finetuning_dataset with a tokenizer); "
+                "recipec reads examples as text and tokenizes them itself: convert the data without tokenizing "
+                "(prompt/response or messages columns) and point a `format = \"mds\"` source at it.",
+            )
+            if train:
+                self.placeholder(s, "train_loader's MDS shards hold tokenized turns, which recipec does not read")
+            return
         elif self.mds_source(loader, s):
             self.streaming_rest(loader)
         else:
             self.drop(loader + ".dataset", "missing-feature", self.no_local_copy(loader))
+            if train:
+                self.placeholder(s, f"train_loader reads MDS shards with no local copy ({self.get(ds + 'remote') or 'streams'})")
             return
         self.rest(ds + "hf_kwargs", "no-equivalent", "a keyword of datasets.load_dataset recipec does not pass.")
         fn = self.get(ds + "preprocessing_fn")
+        if fn is not None:
+            self.d.drop(ds + "preprocessing_fn", "missing-feature", f"recipec cannot run the Python function {fn}; the records must already be prompt/response.")
+        tp = str(self.get(ds + "target_prompts", "none")).lower()
+        given = [k for k in (ds + "target_prompts", ds + "target_responses") if self.has(k)]
+        if "messages" in columns:
+            self.chat_records(ds, s, tp, given)
+        else:
+            self.prompt_response_records(ds, s, tp, given)
+        self.loader_rest(loader, ds, s, train)
+
+    def chat_records(self, ds: str, s: str, tp: str, given: list[str]) -> None:
+        """Chat samples (`messages`): llm-foundry masks the prompt turns (target_prompts none) and trains the last or every response."""
+        self.set(f"{s}.records", "messages", ds + "local", note="the shards' `messages` column: chat samples, rendered with the chat template")
+        tr = str(self.get(ds + "target_responses", "last")).lower()
+        if tp == "none":
+            value = "last_assistant" if tr == "last" else "assistant"
+            if given:
+                self.set(f"{s}.train_on", value, *given, note=f"loss on the {'last response' if tr == 'last' else 'responses'} only")
+            else:
+                self.d.default(f"{s}.train_on", value, ds + "target_responses", "loss on the last response only (target_prompts none, target_responses last)")
+        elif tp == "all" and tr == "all":
+            self.set(f"{s}.train_on", "all", *given, note="loss on every turn")
+        else:
+            self.set(f"{s}.train_on", "all", *given, approx=f"recipec supervises the responses or every token, not prompts by `{tp}` with `{tr}` responses")
+
+    def prompt_response_records(self, ds: str, s: str, tp: str, given: list[str]) -> None:
+        """prompt/response samples as prompt_completion examples, supervised as target_prompts says."""
         why = (
             "records read as prompt/response pairs, rendered with the tokenizer's chat template; llm-foundry "
             "tokenizes the prompt and the response as they are, one after the other"
         )
         self.set(f"{s}.records", "prompt_completion", ds + "hf_name", approx=why)
         self.set(f"{s}.fields", {"completion": "response"}, note="llm-foundry's prompt/response columns")
-        if fn is not None:
-            self.d.drop(ds + "preprocessing_fn", "missing-feature", f"recipec cannot run the Python function {fn}; the records must already be prompt/response.")
-        tp = str(self.get(ds + "target_prompts", "none")).lower()
-        given = [k for k in (ds + "target_prompts", ds + "target_responses") if self.has(k)]
         # one prompt and one response per record: target_responses "last" and "all" agree
         if not given:
             self.d.default(f"{s}.train_on", "completion", ds + "target_responses", "loss on the response tokens only (target_prompts none, target_responses last)")
@@ -628,6 +665,9 @@ class _Conv:
             self.set(f"{s}.train_on", "all", *given, note="loss on the prompt and the response")
         else:
             self.set(f"{s}.train_on", "all", *given, approx=f"recipec supervises the completion or every token, not prompts by `{tp}`")
+
+    def loader_rest(self, loader: str, ds: str, s: str, train: bool) -> None:
+        """The split, packing, shuffling and length settings of a finetuning loader."""
         if not train:
             self.set(f"{s}.split", "eval", loader + ".name")
             self.set(f"{s}.name", "eval", note="the eval_loader")
@@ -674,16 +714,7 @@ class _Conv:
             for key in ("local", "remote", "split", "streams", "shuffle_seed", "shuffle_algo", "epoch_size", "predownload", "cache_limit", "num_canonical_nodes", "keep_zip", "download_retry", "download_timeout", "token_encoding_type"):
                 self.drop(ds + key, "missing-feature", why)
             if train:
-                self.set(
-                    f"{s}.builtin",
-                    "python-docs",
-                    note="PLACEHOLDER: replace with the directory of the MDS shards",
-                )
-                self.d.warn(
-                    f"train_loader reads MDS shards with no local copy ({self.get(ds + 'remote') or 'streams'}): the recipe's "
-                    "source is a placeholder (builtin python-docs); download the shards and point the source's path at "
-                    'their directory, with format = "mds".'
-                )
+                self.placeholder(s, f"train_loader reads MDS shards with no local copy ({self.get(ds + 'remote') or 'streams'})")
         if train:
             if self.get(ds + "shuffle") is False:
                 self.d.drop(ds + "shuffle", "missing-feature", "recipec always shuffles the training sequences.")
@@ -697,6 +728,14 @@ class _Conv:
                 self.d.exact(ds + "max_seq_len")
         self.rest(loader + ".dataset", "no-equivalent", "a setting of mosaicml-streaming's StreamingDataset recipec does not have.")
 
+    def placeholder(self, s: str, why: str) -> None:
+        """A training source that cannot be imported: builtin python-docs in its place, so the draft validates, and a warning."""
+        self.set(f"{s}.builtin", "python-docs", note="PLACEHOLDER: replace with the directory of the MDS shards")
+        self.d.warn(
+            f"{why}: the recipe's source is a placeholder (builtin python-docs); download or convert the shards and "
+            'point the source\'s path at their directory, with format = "mds".'
+        )
+
     def no_local_copy(self, loader: str) -> str:
         """Why a streaming dataset is not imported: it has no `local` directory to read (only `remote`, or `streams`)."""
         ds = f"{loader}.dataset."
@@ -706,6 +745,19 @@ class _Conv:
             f"an MDS dataset with no local copy (remote {self.get(ds + 'remote')!r}, no `local`): recipec reads shards from a "
             "local directory and downloads nothing; download them and point a `format = \"mds\"` source at their directory."
         )
+
+    def mds_columns(self, loader: str) -> dict[str, str]:
+        """The columns and encodings of a streaming dataset's local MDS shards; {} when its index.json cannot be read here."""
+        ds = f"{loader}.dataset."
+        local, split = self.get(ds + "local"), self.get(ds + "split")
+        if self.has(ds + "streams") or local in (None, ""):
+            return {}
+        path = Path(f"{str(local).rstrip('/')}/{split}" if split else str(local))
+        try:
+            shard = json.loads((path / "index.json").read_text(encoding="utf-8"))["shards"][0]
+            return dict(zip(shard["column_names"], shard["column_encodings"]))
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return {}
 
     def mds_source(self, loader: str, s: str) -> bool:
         """A streaming dataset's `local` (+ `split`) directory as an MDS source; False when it has none to read."""
@@ -739,11 +791,7 @@ class _Conv:
         """Text shards (`text`) are text records; shards of `tokens` (concat_tokens), when the local index says so, token records."""
         ds = f"{loader}.dataset."
         path = Path(str(self.d.value(f"{s}.path")))
-        try:
-            shard = json.loads((path / "index.json").read_text(encoding="utf-8"))["shards"][0]
-            columns = dict(zip(shard["column_names"], shard["column_encodings"]))
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
-            columns = {}
+        columns = self.mds_columns(loader)
         if "tokens" in columns and "text" not in columns:
             self.set(f"{s}.records", "tokens", note=f"the shards in {path} hold token ids (`tokens`, {columns['tokens']})")
             self.set(f"{s}.tokenizer", self.get("tokenizer.name"), "tokenizer.name", note="the tokenizer that made the ids")

@@ -649,3 +649,52 @@ def test_a_streaming_finetuning_dataset_is_prompt_completion_mds(tmp_path, impor
         "path": "./ft/train", "format": "mds", "records": "prompt_completion", "fields": {"completion": "response"},
     }  # fmt: skip
     assert "train_loader.dataset.local" not in got.dropped and "train_loader.dataset.split" not in got.dropped
+
+
+def _finetuning_mds(tmp_path, fixture: str, targets: str = "") -> Path:
+    """mpt-7b_dolly_sft.yaml with its train_loader reading the local MDS copy ./ft/train (the fixture `fixture`)."""
+    import shutil
+
+    text = (CONFIGS / "mpt-7b_dolly_sft.yaml").read_text(encoding="utf-8")
+    start = text.index("train_loader:\n")
+    block = text[start : text.index("\n\n", start)]
+    dataset = block[block.index("    hf_name:") : block.index("    max_seq_len:")]
+    path = tmp_path / "ft.yaml"
+    path.write_text(text.replace(block, block.replace(dataset, "    local: ./ft\n    split: train\n" + targets)), encoding="utf-8")
+    shutil.copytree(MDS_FIXTURES / fixture, tmp_path / "ft")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("targets", "train_on"),
+    [
+        ("", "last_assistant"),  # llm-foundry's defaults: target_prompts none, target_responses last
+        ("    target_responses: all\n", "assistant"),
+        ("    target_prompts: all\n    target_responses: all\n", "all"),
+    ],
+)
+def test_chat_shards_are_messages_examples_supervised_as_the_targets_say(tmp_path, imported, targets, train_on):
+    got = imported(TOOL, _finetuning_mds(tmp_path, "chat", targets), num_processes=8)
+    source = got.recipe["data"]["sources"][0]
+    assert {k: source.get(k) for k in ("path", "format", "records", "fields", "train_on")} == {
+        "path": "./ft/train", "format": "mds", "records": "messages", "fields": None, "train_on": train_on,
+    }  # fmt: skip
+    for key in ("target_prompts", "target_responses"):
+        assert f"train_loader.dataset.{key}" not in got.approx and f"train_loader.dataset.{key}" not in got.dropped
+
+
+def test_chat_shards_with_prompts_by_length_are_approximate(tmp_path, imported):
+    got = imported(TOOL, _finetuning_mds(tmp_path, "chat", "    target_prompts: length\n"), num_processes=8)
+    assert got.recipe["data"]["sources"][0]["train_on"] == "all"
+    assert "train_loader.dataset.target_prompts" in got.approx
+
+
+def test_shards_of_tokenized_turns_are_not_imported(tmp_path, imported):
+    path = _finetuning_mds(tmp_path, "chat")
+    index = tmp_path / "ft" / "train" / "index.json"
+    index.write_text(index.read_text(encoding="utf-8").replace('"messages"', '"turns"'), encoding="utf-8")
+    got = imported(TOOL, path, num_processes=8)
+    assert got.recipe["data"]["sources"][0] == {"builtin": "python-docs"}  # a placeholder, said in a warning
+    assert got.dropped["train_loader.dataset.local"] == MDS
+    assert "tokenized turns" in got.result.draft.ledger["train_loader.dataset.local"].why
+    assert any("hold tokenized turns, which recipec does not read" in m for m, _ in got.result.draft.warnings)

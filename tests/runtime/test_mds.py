@@ -103,6 +103,16 @@ def test_prompt_response_shards_in_a_split_are_prompt_completion_examples():
     assert batches[0].ids[0] == "finetuning/train/shard.00000.mds.bz2#0"
 
 
+def test_chat_shards_are_messages_examples():
+    """A `messages` json column (llm-foundry's chat finetuning samples) reads as messages records, turn for turn."""
+    want = expected("chat/train")
+    batches = read({"path": "chat/train", "records": "messages"}, FIXTURES)
+    examples = [json.loads(e) for b in batches for e in b.examples]
+    assert [e["messages"] for e in examples] == [s["messages"] for s in want]
+    assert [len(e["messages"]) for e in examples] == [3, 4, 2, 5, 2, 4, 3, 4]
+    assert [i for b in batches for i in b.ids] == locators(FIXTURES / "chat/train", "chat/train")
+
+
 # --------------------------------------------------------------------------- paths, format, fingerprint
 
 

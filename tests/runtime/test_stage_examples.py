@@ -2,6 +2,7 @@
 packing that keeps examples whole, and the report a reviewer reads."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -159,6 +160,22 @@ def test_every_reader_reads_conversations(tmp_path, tokenizer_dir, kind):
     got = rows_of(run(request(tmp_path, tokenizer_dir, [{**src, "records": "messages"}])))
     want = rows_of(run(request(jsonl_dir, tokenizer_dir, [{"path": "d.jsonl", "records": "messages"}])))
     assert got == want
+
+
+def test_mds_chat_shards_are_the_examples_of_the_same_conversations_in_jsonl(tmp_path, tokenizer_dir):
+    """llm-foundry's chat samples in MDS shards (a `messages` json column) train as the same rows as jsonl."""
+    import shutil
+
+    fixture = Path(__file__).resolve().parent.parent / "data" / "mds" / "chat" / "train"
+    shutil.copytree(fixture, tmp_path / "chat")
+    rows = [{"messages": s["messages"]} for s in json.loads((fixture / "expected.json").read_text(encoding="utf-8"))]
+    jsonl_dir = tmp_path / "ref"
+    jsonl_dir.mkdir()
+    write_jsonl(jsonl_dir / "d.jsonl", rows)
+    got = run(request(tmp_path, tokenizer_dir, [{"path": "chat", "records": "messages"}], seq_len=128))
+    want = run(request(jsonl_dir, tokenizer_dir, [{"path": "d.jsonl", "records": "messages"}], seq_len=128))
+    assert rows_of(got) == rows_of(want) and rows_of(got)
+    assert got.report["examples"]["supervised_tokens"] == want.report["examples"]["supervised_tokens"] > 0
 
 
 def test_bad_records_name_file_line_and_field_or_are_skipped(tmp_path, tokenizer_dir):

@@ -128,6 +128,23 @@ def main(wheel: str, deps: str) -> None:
                 [{"prompt": f"Question {i}: what is {i} + {i}?", "response": f"It is {2 * i}."} for i in range(9)],
                 {"compression": "bz2", "size_limit": 300},
             ),
+            # chat-format finetuning data (llm-foundry's StreamingFinetuningDataset reads a sample's
+            # `messages`, a list of {role, content}): a json column, in a `train` split
+            "chat/train": (
+                {"messages": "json"},
+                [
+                    {
+                        "messages": [
+                            *([{"role": "system", "content": "Answer briefly."}] if i % 3 == 0 else []),
+                            {"role": "user", "content": f"What is {i} + {i}?"},
+                            {"role": "assistant", "content": f"It is {2 * i}."},
+                            *([{"role": "user", "content": "And doubled?"}, {"role": "assistant", "content": f"{4 * i}."}] if i % 2 else []),
+                        ]
+                    }
+                    for i in range(8)
+                ],
+                {"compression": "zstd", "size_limit": 500},
+            ),
             # other encodings a text source's fields and records read
             "columns": (
                 {"text": "str", "score": "int", "quality": "float32", "rank": "uint16", "meta": "json", "digits": "str_int"},
