@@ -810,8 +810,11 @@ class _Conv:
     def streaming_rest(self, loader: str) -> None:
         """The download and cache settings of a streaming dataset read from its local copy."""
         ds = f"{loader}.dataset."
-        for key in ("predownload", "cache_limit", "keep_zip", "download_retry", "download_timeout", "validate_hash"):
+        for key in ("predownload", "cache_limit", "keep_zip", "download_retry", "download_timeout"):
             self.drop(ds + key, "no-equivalent", "a setting of how streaming downloads and caches shards; recipec reads the local copy.")
+        if self.has(ds + "validate_hash"):
+            # streaming checks the one algorithm named, as it downloads; recipec checks every hash index.json lists
+            self.d.exact(ds + "validate_hash")
 
     # -- optimizer --------------------------------------------------------------------------
     def optimizer(self) -> None:

@@ -23,26 +23,31 @@ depending on it:
   encodings are refused. Only the columns a source reads are decoded.
 
 A shard is read into memory whole (the writer's ``size_limit`` is 64 MiB by default), and
-checked before any sample is taken from it: its size against the index, its header's count
+checked before any sample is taken from it: its size against the index, every hash the
+index lists for the file read (the writer's ``hashes``: hashlib's algorithms and xxhash's,
+computed over the file's bytes as the library computes them; streaming checks one, its
+``validate_hash``, and only when it downloads), its header's count
 and offsets against its size, each sample's column sizes against the sample. Damage is a
 :class:`.readers.DataError` naming the file; a value that does not decode (text that is not
 UTF-8, JSON that does not parse) is the caller's malformed record, :class:`ValueError`.
 
-Imports: stdlib, numpy and zstandard.
+Imports: stdlib, numpy, xxhash and zstandard.
 """
 
 from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import json
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import xxhash
 import zstandard
 
 from .readers import DataError
@@ -129,6 +134,7 @@ class Shard:
         raw_bytes: Size of the raw shard.
         file_bytes: Size ``path`` must have.
         columns: Column name -> (encoding, fixed size or None), in the shard's order.
+        hashes: Algorithm -> hex digest of ``path``'s bytes, as the index lists them (often none).
     """
 
     path: str
@@ -137,6 +143,7 @@ class Shard:
     raw_bytes: int
     file_bytes: int
     columns: dict[str, tuple[str, int | None]]
+    hashes: dict[str, str] = field(default_factory=dict)
 
 
 def _basename(value: Any, where: str) -> str:
@@ -152,6 +159,23 @@ def _file_bytes(info: Any, where: str) -> tuple[str, int]:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ValueError(f"{where}.bytes is {size!r}, not a size")
     return _basename(info.get("basename"), f"{where}.basename"), size
+
+
+def _hashes(info: dict, where: str) -> dict[str, str]:
+    """The ``hashes`` of a file's index entry (algorithm -> hex digest); none when it lists none."""
+    hashes = info.get("hashes") or {}
+    if not isinstance(hashes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()):
+        raise ValueError(f"{where}.hashes is {hashes!r}, not an object of algorithm names and hex digests")
+    return hashes
+
+
+def _hash(algorithm: str, data: bytes) -> str | None:
+    """The hex digest of ``data`` by the library's algorithm of that name (hashlib's or xxhash's); None for one it does not know."""
+    if algorithm in xxhash.algorithms_available:
+        return getattr(xxhash, algorithm)(data).hexdigest()
+    if algorithm in hashlib.algorithms_available and hasattr(hashlib, algorithm) and not algorithm.startswith("shake_"):
+        return getattr(hashlib, algorithm)(data).hexdigest()
+    return None
 
 
 def _shard(directory: str, entry: Any, i: int) -> Shard:
@@ -180,11 +204,12 @@ def _shard(directory: str, entry: Any, i: int) -> Shard:
     compression = entry.get("compression")
     columns = {name: (encoding, size) for name, encoding, size in zip(names, encodings, sizes)}
     if os.path.isfile(raw_path) or zip_info is None:
-        return Shard(raw_path, None, samples, raw_bytes, raw_bytes, columns)
+        return Shard(raw_path, None, samples, raw_bytes, raw_bytes, columns, _hashes(entry["raw_data"], f"{where}.raw_data"))
     zip_name, zip_bytes = _file_bytes(zip_info, f"{where}.zip_data")
     if not isinstance(compression, str):
         raise ValueError(f"{where} has zip_data {zip_name} and compression {compression!r}")
-    return Shard(os.path.join(directory, zip_name), compression, samples, raw_bytes, zip_bytes, columns)
+    hashes = _hashes(zip_info, f"{where}.zip_data")
+    return Shard(os.path.join(directory, zip_name), compression, samples, raw_bytes, zip_bytes, columns, hashes)
 
 
 def read_index(directory: str, label: str, shown: Callable[[str], str]) -> list[Shard]:
@@ -244,6 +269,13 @@ def _load(shard: Shard, label: str, shown: str) -> bytes:
             f"{label}: {shown}: {len(data)} bytes, and index.json says {shard.file_bytes}; the shard is truncated or "
             "is not the one the index lists"
         )
+    for algorithm, digest in shard.hashes.items():
+        got = _hash(algorithm, data)
+        if got is not None and got != digest.lower():
+            raise DataError(
+                f"{label}: {shown}: its {algorithm} is {got}, and index.json says {digest}; the shard is damaged or is "
+                "not the one the index lists"
+            )
     if shard.compression is not None:
         family = _family(shard.compression)
         decompress = _DECOMPRESS.get(family)

@@ -698,3 +698,9 @@ def test_shards_of_tokenized_turns_are_not_imported(tmp_path, imported):
     assert got.dropped["train_loader.dataset.local"] == MDS
     assert "tokenized turns" in got.result.draft.ledger["train_loader.dataset.local"].why
     assert any("hold tokenized turns, which recipec does not read" in m for m, _ in got.result.draft.warnings)
+
+
+def test_validate_hash_is_what_recipec_always_does(tmp_path, imported):
+    """recipec checks every hash index.json lists as it reads a shard: streaming's validate_hash picks one of them."""
+    got = imported(TOOL, _finetuning_mds(tmp_path, "chat", "    validate_hash: xxh64\n"), num_processes=8)
+    assert "train_loader.dataset.validate_hash" in got.exact

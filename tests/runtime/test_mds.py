@@ -154,6 +154,41 @@ def test_the_raw_shard_is_read_when_it_is_there(tmp_path):
 # --------------------------------------------------------------------------- damage and refusals
 
 
+def test_a_shard_whose_bytes_differ_from_its_listed_hashes_is_damage(tmp_path):
+    """chat/train's index lists sha1 and xxh64 of every file: a changed byte that keeps the size and decodes is caught."""
+    import zstandard
+
+    out = copy("chat/train", tmp_path)
+    first = index(out)["shards"][0]
+    assert set(first["raw_data"]["hashes"]) == set(first["zip_data"]["hashes"]) == {"sha1", "xxh64"}
+    raw = zstandard.ZstdDecompressor().decompress((out / first["zip_data"]["basename"]).read_bytes())
+    (out / first["raw_data"]["basename"]).write_bytes(raw)  # the raw file is read when it is there: its own hashes apply
+    source = {"path": "chat/train", "records": "messages"}
+    assert len([e for b in read(source, tmp_path) for e in b.examples]) == len(expected("chat/train"))
+    assert raw.count(b"Answer briefly.") == 1
+    (out / first["raw_data"]["basename"]).write_bytes(raw.replace(b"Answer briefly.", b"Answer at length"[:15]))
+    with pytest.raises(DataError, match=r"chat/train/shard\.00000\.mds: its (sha1|xxh64) is [0-9a-f]+, and index\.json says [0-9a-f]+"):
+        read(source, tmp_path)
+    # the compressed file's own hashes: a re-compressed shard decodes the same but is not the file the index lists
+    (out / first["raw_data"]["basename"]).unlink()
+    (out / first["zip_data"]["basename"]).write_bytes(zstandard.ZstdCompressor(level=19).compress(raw))
+    with pytest.raises(DataError, match=r"shard\.00000\.mds\.zstd: (\d+ bytes, and index\.json says|its (sha1|xxh64) is)"):
+        read(source, tmp_path)
+
+
+def test_hashes_of_algorithms_it_does_not_know_are_not_checked_and_bad_ones_are_refused(tmp_path):
+    out = copy("chat/train", tmp_path)
+    data = index(out)
+    data["shards"][0]["zip_data"]["hashes"] = {"whirlpool-2": "00", "xxh64": data["shards"][0]["zip_data"]["hashes"]["xxh64"]}
+    (out / "index.json").write_text(json.dumps(data))
+    source = {"path": "chat/train", "records": "messages"}
+    assert len([e for b in read(source, tmp_path) for e in b.examples]) == len(expected("chat/train"))
+    data["shards"][0]["zip_data"]["hashes"] = ["sha1"]
+    (out / "index.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"shards\[0\]\.zip_data\.hashes is \['sha1'\], not an object"):
+        read(source, tmp_path)
+
+
 def test_a_truncated_shard_names_the_file_and_both_sizes(tmp_path):
     out = copy("text_zstd", tmp_path)
     shard = out / "shard.00002.mds.zstd"

@@ -143,7 +143,8 @@ def main(wheel: str, deps: str) -> None:
                     }
                     for i in range(8)
                 ],
-                {"compression": "zstd", "size_limit": 500},
+                # hashes of every file in index.json, which recipec checks as it reads a shard
+                {"compression": "zstd", "size_limit": 500, "hashes": ["sha1", "xxh64"]},
             ),
             # other encodings a text source's fields and records read
             "columns": (
