@@ -44,7 +44,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import xxhash
@@ -313,11 +313,16 @@ def _offsets(data: bytes, shard: Shard, label: str, shown: str) -> np.ndarray:
     return offsets
 
 
+SHARDS = "mds_shards"
+"""A source key set by the Ray executor alone: ``[first, stop)`` of the dataset's shards one task reads."""
+
+
 def iter_samples(
     directory: str,
     choose: Callable[[dict[str, str], str], list[str]],
     label: str,
     shown: Callable[[str], str],
+    shards: Sequence[int] | None = None,
 ) -> Iterator[tuple[dict[str, tuple[str, bytes]], str]]:
     """The samples of an MDS dataset, in shard order: the chosen columns' ``(encoding, bytes)``, undecoded.
 
@@ -328,6 +333,8 @@ def iter_samples(
             unfit one. Each chosen encoding is checked with :func:`check_encoding`.
         label: The source, for messages.
         shown: How messages show a path.
+        shards: ``[first, stop)`` of the shards to read (all when None): a Ray task reads some
+            of a dataset's shards, and the tasks' samples, in order, are the dataset's.
 
     Yields:
         ``(columns, locator)``; the locator is ``shard-file#ROW``, the row within the shard.
@@ -335,7 +342,8 @@ def iter_samples(
     Raises:
         DataError: an unreadable encoding or a damaged shard, naming the file.
     """
-    for shard in read_index(directory, label, shown):
+    listed = read_index(directory, label, shown)
+    for shard in listed if shards is None else listed[shards[0] : shards[1]]:
         where = shown(shard.path)
         columns = choose({name: encoding for name, (encoding, _) in shard.columns.items()}, where)
         for name in columns:

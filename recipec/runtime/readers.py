@@ -520,6 +520,7 @@ class _Reader:
         self.records = source.get("records") or "text"
         self.record_fields = source.get("fields") or {}
         self.roles = source.get("roles") or {}
+        self.mds_shards = source.get("mds_shards")  # some of an MDS dataset's shards (the Ray executor's tasks)
         if self.records not in formats.FORMATS:
             raise DataError(f"{label}: unknown records {self.records!r}; expected one of {', '.join(formats.FORMATS)}")
         if self.on_error not in ON_ERROR:
@@ -774,7 +775,7 @@ class _Reader:
                     raise DataError(f"{self.label}: {shown}: field {name!r} has encoding {columns[name]}, not a number")
             return list(dict.fromkeys((*wanted, *self.fields)))
 
-        for sample, where in mds.iter_samples(path, choose, self.label, self.paths.shown):
+        for sample, where in mds.iter_samples(path, choose, self.label, self.paths.shown, self.mds_shards):
             record = {}
             for name, (encoding, data) in sample.items():
                 try:

@@ -63,7 +63,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import filters as F
-from . import formats, readers
+from . import formats, mds, readers
 from .readers import DataError
 from .stage_analyse import BATCH_SIZE, Corpus, _analyse, _init_worker, _tokenize_batch, _tokenize_examples
 from .stage_filter import Candidates, Link, score_fields
@@ -444,35 +444,61 @@ class RayExecutor:
 
     def plan_shards(self, spec: dict, project_dir: pathlib.Path, out: pathlib.Path) -> list[dict]:
         """Every source's shards, in reading order."""
-        units: list[tuple[int, list[tuple[str, str]], int]] = []
+        units: list[tuple[int, list[tuple[str, str]], int, dict]] = []
         for i, source in enumerate(spec["sources"]):
             if source.get("builtin") is not None or source.get("hub") is not None:  # read by one task, in order
-                units.append((i, [], 0))
+                units.append((i, [], 0, {}))
                 continue
             label = readers.source_label(source, i)
-            found = readers._units(source, readers._Paths(project_dir), label)
+            paths = readers._Paths(project_dir)
+            found = readers._units(source, paths, label)
             sizes = [_size(path, fmt) for path, fmt in found]
             if source.get("max_documents") is not None or source.get("max_tokens") is not None:  # the limit counts across the files: read them in one task
-                units.append((i, found, sum(sizes)))
+                units.append((i, found, sum(sizes), {}))
                 continue
             group: list[tuple[str, str]] = []
             group_bytes = 0
             for unit, size in zip(found, sizes):
+                if unit[1] == "mds":  # a dataset of many shard files: runs of its shards, each a task
+                    if group:
+                        units.append((i, group, group_bytes, {}))
+                        group, group_bytes = [], 0
+                    units += [(i, [unit], n, {mds.SHARDS: run}) for run, n in self._mds_runs(unit[0], label, paths.shown)]
+                    continue
                 group.append(unit)
                 group_bytes += size
                 if group_bytes >= self._shard_bytes:
-                    units.append((i, group, group_bytes))
+                    units.append((i, group, group_bytes, {}))
                     group, group_bytes = [], 0
             if group:
-                units.append((i, group, group_bytes))
+                units.append((i, group, group_bytes, {}))
         shards = []
-        for k, (i, group, size) in enumerate(units):
+        for k, (i, group, size, extra) in enumerate(units):
             source = dict(spec["sources"][i])
             if group:
                 source["path"] = [glob.escape(path) for path, _ in group]
                 source["format"] = group[0][1]
+            source.update(extra)
             shards.append({"index": k, "source_index": i, "source": source, "bytes": size, "out": str(out / f"docs-{k:05d}.arrow")})
         return shards
+
+    def _mds_runs(self, directory: str, label: str, shown: Any) -> list[tuple[list[int] | None, int]]:
+        """An MDS dataset's shards in runs of about the shard size: ``([first, stop), bytes)`` each, in order.
+
+        An index that cannot be read is one run of every shard (None): its task then raises the
+        error the local executor raises, in reading order.
+        """
+        try:
+            sizes = [shard.file_bytes for shard in mds.read_index(directory, label, shown)]
+        except DataError:
+            return [(None, _size(directory, "mds"))]
+        runs, first, n = [], 0, 0
+        for k, size in enumerate(sizes):
+            n += size
+            if n >= self._shard_bytes or k == len(sizes) - 1:
+                runs.append(([first, k + 1], n))
+                first, n = k + 1, 0
+        return runs or [(None, _size(directory, "mds"))]
 
     def read_and_analyse(
         self, spec: dict, by_source: list[list[Link]], project_dir: pathlib.Path, work: pathlib.Path, tokenizer: Any

@@ -173,6 +173,30 @@ def test_examples_on_ray_give_the_local_entry(cluster, tmp_path, chat_dir, monke
 
 
 @pytest.mark.slow  # starts Ray or runs the stage twice: seconds
+def test_mds_shards_on_ray_give_the_local_entry(cluster, tmp_path, chat_dir, monkeypatch):
+    """MDS text shards and chat shards (tests/data/mds, written by mosaicml-streaming) read on Ray as locally."""
+    import shutil
+
+    monkeypatch.setattr(stage_ray, "SHARD_BYTES", 500)
+    fixtures = REPO / "tests" / "data" / "mds"
+    shutil.copytree(fixtures / "text_zstd", tmp_path / "text")
+    shutil.copytree(fixtures / "chat" / "train", tmp_path / "chat")
+    for name in ("text", "chat"):
+        (tmp_path / name / "expected.json").unlink()
+    for source, spec in (
+        ({"path": "text", "filters": []}, dict(seq_len=16, eval_fraction=0.1)),
+        ({"path": "chat", "records": "messages", "filters": []}, dict(seq_len=128, eval_fraction=0.0)),
+    ):
+        local = examples_request(tmp_path, chat_dir, [source], **spec)
+        want = stage.run(dict(local, cache_dir=f"cache-local-{source['path']}"), log=lambda m: None)
+        got = stage.run(dict(local, cache_dir=f"cache-ray-{source['path']}", executor="ray"), log=lambda m: None)
+        assert got.report["ray"]["shards"] >= 2, source
+        assert entry_files(got) == entry_files(want), source
+        assert comparable(got.report) == comparable(want.report), source
+        assert got.report["documents"] == want.report["documents"]
+
+
+@pytest.mark.slow  # starts Ray or runs the stage twice: seconds
 def test_bad_data_in_a_shard_is_the_located_error_of_the_local_executor(cluster, tmp_path, tokenizer_dir):
     jsonl(tmp_path / "x" / "1.jsonl", [{"text": prose(1)}])
     (tmp_path / "x" / "2.jsonl").write_text(json.dumps({"text": prose(2)}) + "\n{not json\n")
