@@ -11,11 +11,12 @@ as ``recipec data`` and train.py do: the same request, so the same entry) and co
   expressions the script runs, over the same row counts, so they cannot disagree with it;
 * the share of the token slots that hold tokens: what a micro-batch costs in compute
   against what it carries. The script pads each micro-batch of examples, pairs or packed
-  rows to its longest row (to ``seq_len`` under sequence parallelism), text in ``seq_len``
-  blocks is full, and unpacked text is padded to ``seq_len`` with a mask. A micro-batch is
+  rows to its longest row, rounded up to a multiple of ``data.pad_to_multiple_of`` when it
+  is set (to ``seq_len`` under sequence parallelism), text in ``seq_len`` blocks is full,
+  and unpacked text is padded to ``seq_len`` with a mask. A micro-batch is
   ``micro_batch_size`` rows drawn at random from the segment (the loaders shuffle), so the
-  expected share is the mean row length over the expected longest of that many rows, which
-  :func:`expected_longest` computes exactly from the row lengths;
+  expected share is the mean row length over the expected width of that many rows (their
+  longest, rounded up), which :func:`expected_width` computes exactly from the row lengths;
 * the data stage's own packing efficiency (the share of ``seq_len`` slots filled by
   best-fit-decreasing), beside it.
 """
@@ -67,17 +68,36 @@ def expected_longest(lengths: Sequence[int], k: int) -> float:
     Raises:
         ValueError: ``k`` is not between 1 and ``len(lengths)``.
     """
+    return expected_width(lengths, k, None, None)
+
+
+def expected_width(lengths: Sequence[int], k: int, pad_to_multiple_of: int | None, seq_len: int | None) -> float:
+    """The expected width of a micro-batch of ``k`` rows drawn at random, without replacement, from ``lengths``:
+    its longest row rounded up as the script's collate rounds it (``data.pad_to_multiple_of``, see
+    ``recipec_runtime.packing.padded_width``; None: the longest itself).
+
+    The width is a nondecreasing function of the longest row, so each sorted row weighs what it
+    weighs in :func:`expected_longest` (the chance that it is the longest of the draw).
+
+    Raises:
+        ValueError: ``k`` is not between 1 and ``len(lengths)``.
+    """
     import numpy as np
+
+    from .runtime.packing import padded_width
 
     n = len(lengths)
     if not 1 <= k <= n:
         raise ValueError(f"cannot draw {k} rows from {n}")
-    ordered = np.sort(np.asarray(lengths, dtype=np.float64))
+    ordered = np.sort(np.asarray(lengths, dtype=np.int64))
     # log C(i-1, k-1) for i = k..n: 0 at i = k, then each step multiplies by (i-1) / (i-k)
     i = np.arange(k + 1, n + 1, dtype=np.float64)
     log_ways = np.concatenate([[0.0], np.cumsum(np.log(i - 1) - np.log(i - k))])
     log_total = math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-    return float(np.dot(np.exp(log_ways - log_total), ordered[k - 1 :]))
+    widths = ordered[k - 1 :]
+    if pad_to_multiple_of is not None:
+        widths = np.array([padded_width(int(w), pad_to_multiple_of, seq_len) for w in widths], dtype=np.int64)
+    return float(np.dot(np.exp(log_ways - log_total), widths.astype(np.float64)))
 
 
 def _rows(path: Path) -> Any:
@@ -130,6 +150,7 @@ def figures(plan: Any, out: Any) -> dict:
     seq_len = int(plan["seq_len"])
     micro = int(plan["micro_batch_size"])
     how = padding(plan)
+    multiple = plan.get("pad_to_multiple_of") if how == "longest" else None
     replay = float(plan.get("replay") or 0.0) if plan.recipe.continual is not None else 0.0
     segments = []
     for i, (seg, path) in enumerate(zip(report["segments"], out.train_files)):
@@ -147,7 +168,8 @@ def figures(plan: Any, out: Any) -> dict:
             if how in ("seq_len", "sides"):
                 slots = row["rows"] * seq_len * (2 if how == "sides" else 1)
             elif micro <= len(lengths):
-                slots = round(expected_longest(lengths, micro) * row["rows"])  # per row: the expected longest of its micro-batch
+                # per row: the expected width of its micro-batch (its longest row, rounded up with pad_to_multiple_of)
+                slots = round(expected_width(lengths, micro, multiple, seq_len) * row["rows"])
             else:
                 slots = 0
         row["tokens"] = tokens
@@ -171,6 +193,7 @@ def figures(plan: Any, out: Any) -> dict:
         "entry": out.dir.as_posix(),
         "key": report.get("key"),
         "padding": how,
+        "pad_to_multiple_of": multiple,
         "micro_batch_size": micro,
         "seq_len": seq_len,
         "segments": segments,
@@ -241,7 +264,8 @@ def text(plan: Any, fig: dict) -> list[str]:
         lines.append(f"  {label:<17}{' '.join(parts)}; mean length {s['mean_length']:.1f} tokens, longest {s['longest']:,}")
         share = "-" if s["slot_share"] is None else f"{s['slot_share']:.3f}"
         expect = ", expected over the loaders' random order" if fig["padding"] == "longest" and fig["micro_batch_size"] > 1 else ""
-        where = f"micro_batch_size {fig['micro_batch_size']}, {HOW[fig['padding']]}{expect}"
+        rounded = f" rounded up to a multiple of {fig['pad_to_multiple_of']}" if fig.get("pad_to_multiple_of") else ""
+        where = f"micro_batch_size {fig['micro_batch_size']}, {HOW[fig['padding']]}{rounded}{expect}"
         lines.append(f"  {'token slots':<17}{share} hold tokens ({where})")
         if s.get("packing_efficiency") is not None:
             lines.append(f"  {'packing':<17}{s['packing_efficiency']:.3f} of the seq_len slots filled by best-fit-decreasing")

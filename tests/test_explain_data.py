@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from recipec.cli import main
-from recipec.data_figures import expected_longest, padding
+from recipec.data_figures import expected_longest, expected_width, figures, padding
+from recipec.runtime.packing import padded_width
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 9])
@@ -30,6 +31,21 @@ def test_expected_longest_is_the_mean_over_every_draw(n: int) -> None:
         draws = list(itertools.combinations(lengths, k))
         exact = sum(max(d) for d in draws) / len(draws)
         assert expected_longest(lengths, k) == pytest.approx(exact, rel=1e-12)
+
+
+@pytest.mark.parametrize(("multiple", "seq_len"), [(8, 64), (16, 40), (40, 40), (16, 20)])
+def test_expected_width_is_the_mean_over_every_draw(multiple: int, seq_len: int) -> None:
+    """pad_to_multiple_of: the mean over every draw of its longest row rounded up as the collate rounds it
+    (seq_len 20: rows past it, as a preference pair's can be, stop at the next multiple of seq_len)."""
+    rng = random.Random(multiple + seq_len)
+    lengths = [rng.randint(1, 50) for _ in range(9)]
+    lengths[0] = lengths[-1]
+    for k in range(1, len(lengths) + 1):
+        draws = list(itertools.combinations(lengths, k))
+        exact = sum(padded_width(max(d), multiple, seq_len) for d in draws) / len(draws)
+        assert expected_width(lengths, k, multiple, seq_len) == pytest.approx(exact, rel=1e-12)
+        assert expected_width(lengths, k, None, None) == pytest.approx(expected_longest(lengths, k), rel=1e-12)
+    assert expected_width([1, 2, 3], 2, 3, 3) == pytest.approx(3.0, rel=1e-12)  # pad_to_multiple_of = seq_len: every micro-batch seq_len wide
 
 
 def test_expected_longest_of_many_rows_stays_finite() -> None:
@@ -67,12 +83,44 @@ def test_padding_is_the_scripts(plan_of, write_recipe, tmp_path: Path, monkeypat
         assert plan["examples"] and padding(plan) == "longest"
 
 
+@pytest.mark.parametrize("multiple", [None, 8, 32])
+def test_the_slot_share_counts_the_rounded_up_width(plan_of, tmp_path: Path, multiple) -> None:
+    """Unpacked examples: tokens over the expected width of each row's micro-batch, brute force over every draw of
+    micro_batch_size 4 rows of 8."""
+    import types
+
+    import pyarrow as pa
+
+    lengths = [3, 9, 9, 14, 17, 20, 26, 31]
+    path = tmp_path / "train.arrow"
+    table = pa.table({"input_ids": [list(range(n)) for n in lengths]})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    chat = {"tokenizer.chat_template": "chat.jinja", "tokenizer.special_tokens": ["<|im_start|>", "<|im_end|>"]}
+    data = {"seq_len": 32, "packing": False, "sources": [{"path": "d.jsonl", "records": "messages"}]}
+    if multiple is not None:
+        data["pad_to_multiple_of"] = multiple
+    plan = plan_of(chat, data=data, train={"micro_batch_size": 4, "batch_size": 8, "max_steps": 10})
+    report = {"segments": [{"sequences": len(lengths)}], "eval": {"sequences": 0}}
+    fig = figures(plan, types.SimpleNamespace(report=report, train_files=[path], dir=tmp_path))
+    draws = list(itertools.combinations(lengths, 4))
+    width = sum(padded_width(max(d), multiple, 32) for d in draws) / len(draws)
+    assert fig["pad_to_multiple_of"] == multiple
+    assert fig["segments"][0]["slot_share"] == round(sum(lengths) / round(width * len(lengths)), 6)
+    unrounded = sum(max(d) for d in draws) / len(draws)
+    assert (fig["segments"][0]["slot_share"] < round(sum(lengths) / round(unrounded * len(lengths)), 6)) == (multiple is not None)
+
+
 def test_the_templates_collate_pads_as_the_figures_assume() -> None:
     """The figures' padding names the template's collate: a change to one without the other fails here."""
     template = (Path(__file__).parents[1] / "templates" / "train.py.j2").read_text()
     assert "return example_packing.collate(rows, tokenizer.pad_token_id, pad_to=seq_len)" in template  # sp: seq_len
-    assert "return example_packing.collate(rows, tokenizer.pad_token_id)\n" in template  # examples: longest
-    assert 'return preference.collate(rows, tokenizer.pad_token_id, unpaired=objective == "kto")' in template
+    # examples and pairs: the longest, rounded up with pad_to_multiple_of
+    assert "return example_packing.collate(rows, tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of, seq_len=seq_len)\n" in template
+    assert (
+        'rows, tokenizer.pad_token_id, unpaired=objective == "kto", pad_to_multiple_of=pad_to_multiple_of, seq_len=seq_len\n'
+        in template
+    )
     # sp: each side of a pair (each KTO example) a row of seq_len
     assert 'return preference.collate(rows, tokenizer.pad_token_id, unpaired=objective == "kto", pad_to=seq_len)' in template
 

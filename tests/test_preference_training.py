@@ -132,15 +132,18 @@ def test_a_dpo_step_does_not_depend_on_how_it_is_split(tmp_path: Path, model_dir
     """Micro-batch 8 x 1, 4 x 2 accumulated, and 2 processes x 4 (DDP): the same loss and rewards at every step;
     also with the reference log-probabilities precomputed by the two processes (each scores a share)."""
     runs, generations = {}, {}
-    configs = (("8x1", 8, 1, ""), ("4x2", 4, 1, ""), ("2-processes", 4, 2, ""), ("2-processes-precomputed", 4, 2, 'reference = "precomputed"'))
+    configs = (("8x1", 8, 1, ""), ("4x2", 4, 1, ""), ("2-processes", 4, 2, ""), ("2-processes-precomputed", 4, 2, 'reference = "precomputed"'),
+               ("4x2-padded-to-seq_len", 4, 1, ""))
     for name, micro, processes, options in configs:
         recipe = _with_generations(_project(tmp_path / name, model_dir, micro=micro, processes=processes, options=options))
+        if name.endswith("padded-to-seq_len"):  # data.pad_to_multiple_of = seq_len: every micro-batch of pairs 128 or 256 wide
+            recipe.write_text(recipe.read_text().replace("seq_len = 128\n", "seq_len = 128\npad_to_multiple_of = 128\n"))
         _run(recipe, processes)
         runs[name] = [m for m in _metrics(recipe) if "loss" in m]
         generations[name] = _generations(recipe)
     assert len(runs["8x1"]) == 3
     assert runs["8x1"][-1]["reward_margin"] != 0  # it trained: the policy left the reference
-    for name in ("4x2", "2-processes", "2-processes-precomputed"):
+    for name in ("4x2", "2-processes", "2-processes-precomputed", "4x2-padded-to-seq_len"):
         for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy", "logps_chosen"):
             assert [m[key] for m in runs[name]] == pytest.approx([m[key] for m in runs["8x1"]], abs=1e-5, rel=0), (name, key)
         assert generations[name] == generations["8x1"], name  # written once, by the main process

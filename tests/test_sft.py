@@ -136,22 +136,36 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_the_loss_does_not_depend_on_how_a_step_is_split(tmp_path: Path, model_dir: Path) -> None:
-    """Micro-batch 8 x 1, micro-batch 4 x 2 accumulated, and 2 processes x 4: the same loss at every step."""
+@pytest.mark.parametrize(
+    "variants",
+    [
+        (("4x2", 4, 1, None), ("2 processes", 4, 2, None)),
+        (("8x1 padded to 64s", 8, 1, 64), ("4x2 padded to seq_len", 4, 1, 256)),
+    ],
+    ids=["split", "pad_to_multiple_of"],
+)
+def test_the_loss_does_not_depend_on_how_a_step_is_split(tmp_path: Path, model_dir: Path, variants) -> None:
+    """Micro-batch 8 x 1, micro-batch 4 x 2 accumulated, and 2 processes x 4; micro-batches padded to a multiple of
+    64 (data.pad_to_multiple_of) or to seq_len: the same loss at every step."""
     runs, seen = {}, {}
-    for name, micro, processes in (("8x1", 8, 1), ("4x2", 4, 1), ("2 processes", 4, 2)):
+    for name, micro, processes, multiple in (("8x1", 8, 1, None), *variants):
         project = tmp_path / name.replace(" ", "-")
         project.mkdir()
         shutil.copytree(model_dir, project / "model")
         _project(project, "./model", micro=micro, processes=processes)
+        if multiple is not None:
+            recipe = project / "recipes" / "chat.toml"
+            recipe.write_text(recipe.read_text().replace("seq_len = 256\n", f"seq_len = 256\npad_to_multiple_of = {multiple}\n"))
         steps = [m for m in _train(project, processes) if "loss" in m]
         runs[name] = [m["loss"] for m in steps]
         seen[name] = [m["supervised_tokens"] for m in steps]
+        script = (project / "build" / "chat" / "train.py").read_text()
+        assert f"\npad_to_multiple_of = {multiple} " in script  # the collate reads it (tests/test_explain_data.py)
     assert len(runs["8x1"]) == 3
-    assert runs["4x2"] == pytest.approx(runs["8x1"], abs=1e-5, rel=0)
-    assert runs["2 processes"] == pytest.approx(runs["8x1"], abs=1e-5, rel=0)
-    # the supervised tokens trained on so far: the same count whoever counted them
-    assert seen["4x2"] == seen["2 processes"] == seen["8x1"] and 0 < seen["8x1"][0] < seen["8x1"][1] < seen["8x1"][2]
+    for name, *_ in variants:
+        assert runs[name] == pytest.approx(runs["8x1"], abs=1e-5, rel=0), name
+        # the supervised tokens trained on so far: the same count whoever counted them
+        assert seen[name] == seen["8x1"] and 0 < seen["8x1"][0] < seen["8x1"][1] < seen["8x1"][2]
 
 
 def test_packed_and_unpacked_start_from_the_same_loss(tmp_path: Path, model_dir: Path) -> None:

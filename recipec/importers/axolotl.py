@@ -714,11 +714,6 @@ def _data(d: Draft, total: int | None) -> None:
             d.exact("eval_sample_packing")
         else:
             d.approx("recipec packs the held-out examples as it packs the training ones", "eval_sample_packing")
-    if d.has("pad_to_sequence_len"):
-        if d.get("pad_to_sequence_len") and not pack:
-            d.approx("recipec pads each micro-batch to its longest example, not to sequence_len (the same loss)", "pad_to_sequence_len")
-        else:
-            d.exact("pad_to_sequence_len")  # packed sequences are full already
     strategy = d.get("excess_length_strategy") or "drop"
     overflow = {"drop": "drop", "truncate": "truncate"}.get(strategy)
     d.tables.setdefault("data", {})
@@ -749,6 +744,7 @@ def _data(d: Draft, total: int | None) -> None:
             d.default("data.overflow", "drop", "excess_length_strategy", "examples longer than sequence_len are dropped")
     elif d.has("excess_length_strategy"):
         d.drop("excess_length_strategy", "ignored-by-tool", "only examples are fitted to sequence_len; text is cut into blocks.")
+    _padding(d, examples, seq)
     _eval_split(d)
     _chat_template(d, templates)
     _special_tokens(d)
@@ -762,6 +758,32 @@ def _data(d: Draft, total: int | None) -> None:
     _empty(d, "train_on_inputs")
     if d.has("train_on_inputs") and d.get("train_on_inputs") is False:
         d.exact("train_on_inputs")
+
+
+def _padding(d: Draft, examples: bool, seq: int) -> None:
+    """`pad_to_sequence_len` and `pad_to_multiple_of` -> data.pad_to_multiple_of: axolotl's collator pads a
+    micro-batch of examples to a multiple of 64 * ceil(sequence_len / 64) with pad_to_sequence_len, which is
+    sequence_len itself when sequence_len is a multiple of 64."""
+    keys = [k for k in ("pad_to_sequence_len", "pad_to_multiple_of") if d.has(k)]
+    if not examples:
+        d.exact(*keys)  # text rows are full sequence_len blocks already
+        return
+    multiple, key = (seq, "pad_to_sequence_len") if d.get("pad_to_sequence_len") else (d.get("pad_to_multiple_of"), "pad_to_multiple_of")
+    if multiple is None:
+        d.exact(*keys)  # pad_to_sequence_len: false, pad_to_multiple_of unset: each micro-batch to its longest
+        return
+    multiple = int(num(multiple))
+    if int(num(d.get("context_parallel_size") or 1)) > 1:
+        d.approx("under context or sequence parallelism recipec pads every row of examples to sequence_len", *keys)
+        return
+    if key == "pad_to_sequence_len":
+        d.exact("pad_to_multiple_of")  # pad_to_sequence_len decides
+        why = None if seq % 64 == 0 else f"axolotl pads to 64 * ceil(sequence_len / 64) = {-(-seq // 64) * 64}; recipec never pads past sequence_len"
+        d.set("data.pad_to_multiple_of", seq, key, approx=why)
+    elif multiple > seq:
+        d.set("data.pad_to_multiple_of", seq, key, approx=f"{multiple} is past sequence_len {seq}, which recipec never pads past")
+    else:
+        d.set("data.pad_to_multiple_of", multiple, key)
 
 
 def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, seq: int) -> str:
@@ -1472,7 +1494,7 @@ _LACKS: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("unfrozen_parameters", "relora", "lisa_", "jagged_restart", "lr_groups", "embedding_lr"), ("missing-feature", "training some parameters only, or at their own LR, by axolotl's rules.")),
     **dict.fromkeys(("tokenizer_use_mistral_common",), ("missing-feature", "recipec loads the transformers tokenizer.")),
     **dict.fromkeys(("resize_token_embeddings_to_32x", "mean_resizing_embeddings", "shrink_embeddings", "embeddings_skip_upcast", "fix_untrained_tokens"), ("no-equivalent", "recipec sizes and initialises the embeddings itself.")),
-    **dict.fromkeys(("min_sample_len", "streaming_multipack_buffer_size", "pretrain_multipack_buffer_size", "multipack_real_batches", "curriculum_sampling", "batch_flattening", "pad_to_multiple_of", "sample_packing_sequentially"), ("no-equivalent", "recipec prepares and orders its batches its own way.")),
+    **dict.fromkeys(("min_sample_len", "streaming_multipack_buffer_size", "pretrain_multipack_buffer_size", "multipack_real_batches", "curriculum_sampling", "batch_flattening", "sample_packing_sequentially"), ("no-equivalent", "recipec prepares and orders its batches its own way.")),
     **dict.fromkeys(("flex_attn_compile_kwargs", "pretrain_multipack_attn", "streaming", "use_ray", "ray_", "resources_per_worker"), ("no-equivalent", "how axolotl runs its data or attention stage; recipec's own stage does the same work.")),
     **dict.fromkeys(("fp8",), ("missing-feature", "recipec trains in bf16, fp16 or fp32.")),
     **dict.fromkeys(("bnb_config_kwargs",), ("no-equivalent", "recipec's bitsandbytes settings are its own (nf4, double quantization).")),

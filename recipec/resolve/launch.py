@@ -415,6 +415,14 @@ def _sequence_parallel_data(b: PlanBuilder, sp: int) -> None:
     attention; preference pairs with each side a row of its own, padded to seq_len (KTO: each
     example, and each prompt with another example's completion)."""
     r = b.recipe
+    multiple = r.data.pad_to_multiple_of
+    if multiple is not None and multiple != r.data.seq_len:
+        b.error(
+            ("data", "pad_to_multiple_of"),
+            f"sequence parallelism (launch.parallelism.sp_size {sp}) pads every row to data.seq_len {r.data.seq_len} (the ranks "
+            f"of an sp group hand Ulysses one shape), so pad_to_multiple_of {multiple} would change nothing",
+            f"remove pad_to_multiple_of, or set it to seq_len ({r.data.seq_len})",
+        )
     if r.preference is not None:
         longest = r.data.max_length or r.data.seq_len
         if r.preference.objective == "kto" and 2 * longest > r.data.seq_len:

@@ -20,6 +20,9 @@ def sequence_settings(b: PlanBuilder) -> None:
     b.key("pin_memory", ("data", "pin_memory"))
     b.key("persistent_workers", ("data", "persistent_workers"))
     b.key("prefetch_factor", ("data", "prefetch_factor"))
+    if b.get("examples"):
+        path = ("data", "pad_to_multiple_of")
+        b.add("pad_to_multiple_of", d.pad_to_multiple_of, "data.pad_to_multiple_of (unset: each micro-batch padded to its longest row)", b.origin(path))
     positions, positions_key = max_positions(b)
     if positions is not None and d.seq_len > positions:
         b.error(

@@ -10,7 +10,8 @@ an example boundary. The tail of a bin is padding: its own segment, never superv
 
 ``collate`` turns a list of examples or packed sequences into tensors: ``input_ids``,
 ``labels`` (-100 where the loss does not look) and ``position_ids``, padded to the longest
-row of the batch, not to ``seq_len``.
+row of the batch, not to ``seq_len``; with ``data.pad_to_multiple_of``, to the longest
+rounded up to that multiple (``padded_width``), so that the micro-batches take few shapes.
 
 Labels are the inputs themselves (transformers shifts them inside the loss): a token is
 supervised where its mask is 1, and never at a position that starts an example, since
@@ -84,20 +85,50 @@ def efficiency(lengths: Sequence[int], rows: int, seq_len: int) -> float:
     return sum(lengths) / (rows * seq_len) if rows else 0.0
 
 
-def collate(rows: Sequence[dict[str, Sequence[int]]], pad_id: int, pad_to: int | None = None) -> dict[str, "torch.Tensor"]:
+def padded_width(longest: int, pad_to_multiple_of: int | None, seq_len: int | None) -> int:
+    """The width a micro-batch whose longest row has ``longest`` tokens is padded to (``data.pad_to_multiple_of``).
+
+    ``longest`` rounded up to a multiple of ``pad_to_multiple_of``, but never past the next
+    multiple of ``seq_len``: a micro-batch whose rows fit in ``seq_len`` is at most
+    ``seq_len`` wide (``pad_to_multiple_of = seq_len`` pads every one to ``seq_len``), and
+    one with a longer row (a preference pair's two sides, unpacked examples with
+    ``max_length`` above ``seq_len``) at most the next multiple of ``seq_len``. Either way
+    the widths are few. ``pad_to_multiple_of`` None: ``longest``.
+
+    Raises:
+        ValueError: ``pad_to_multiple_of`` without ``seq_len``.
+    """
+    if pad_to_multiple_of is None:
+        return longest
+    if seq_len is None:
+        raise ValueError("pad_to_multiple_of needs seq_len, which caps the padding")
+    return min(-(-longest // pad_to_multiple_of) * pad_to_multiple_of, -(-longest // seq_len) * seq_len)
+
+
+def collate(
+    rows: Sequence[dict[str, Sequence[int]]],
+    pad_id: int,
+    pad_to: int | None = None,
+    *,
+    pad_to_multiple_of: int | None = None,
+    seq_len: int | None = None,
+) -> dict[str, "torch.Tensor"]:
     """Pad rows to the longest (or to ``pad_to``) and make the training tensors.
 
     Rows hold ``input_ids`` and ``mask`` (lists or tensors) and, when packed,
     ``position_ids``. A row without ``position_ids`` is one example (positions 0..n-1,
     its first token unsupervised). Padding gets ``pad_id``, label -100 and positions 0, 1,
     ... of its own, so it forms a segment that attends to nothing real.
+
+    ``pad_to_multiple_of`` (with ``seq_len``): pad to the longest rounded up, as
+    :func:`padded_width` says.
     """
     import torch
 
     if not rows:
         raise ValueError("cannot collate an empty batch")
     ids = [torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows]
-    width = max(len(t) for t in ids) if pad_to is None else pad_to
+    width = padded_width(max(len(t) for t in ids), pad_to_multiple_of, seq_len) if pad_to is None else pad_to
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     positions = torch.arange(width, dtype=torch.long).repeat(len(rows), 1)

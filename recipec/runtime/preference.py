@@ -47,6 +47,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from .packing import padded_width
+
 SUPERVISED = 1
 REJECTED = 2
 UNDESIRABLE = 4
@@ -111,7 +113,15 @@ def held_out_prompts(sets: Sequence[Any], n: int) -> list[tuple[list[int], dict[
     return out
 
 
-def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, unpaired: bool = False, pad_to: int | None = None) -> dict[str, Any]:
+def collate(
+    rows: Sequence[dict[str, Any]],
+    pad_id: int,
+    *,
+    unpaired: bool = False,
+    pad_to: int | None = None,
+    pad_to_multiple_of: int | None = None,
+    seq_len: int | None = None,
+) -> dict[str, Any]:
     """Pad rows to the longest; the model's inputs plus what the objectives read.
 
     Returns ``input_ids`` and ``position_ids`` (the model's inputs, padding a segment of its
@@ -120,6 +130,9 @@ def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, unpaired: bool = Fal
     ``kl_rejected``/``kl_real``: each prompt followed by the previous row's completion.
     ``reference`` (float per row and side) is passed through when rows carry precomputed
     reference log-probabilities.
+
+    ``pad_to_multiple_of`` (with ``seq_len``): pad to the longest rounded up, as
+    ``packing.padded_width`` says (the KL pairs to theirs).
 
     ``pad_to``: the sides layout of sequence parallelism instead (see :func:`collate_sides`).
     """
@@ -132,7 +145,7 @@ def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, unpaired: bool = Fal
     ids = [torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows]
     bits = [torch.as_tensor(r["mask"], dtype=torch.long) for r in rows]
     positions = [torch.as_tensor(r["position_ids"], dtype=torch.long) for r in rows]
-    batch = _pad(ids, bits, positions, pad_id)
+    batch = _pad(ids, bits, positions, pad_id, padded_width(max(len(t) for t in ids), pad_to_multiple_of, seq_len))
     if unpaired:
         batch["desirable"] = torch.tensor([not bool(int(b[0]) & UNDESIRABLE) for b in bits])
         # the KL estimate's mismatched pairs: prompt i with completion i - 1
@@ -142,7 +155,8 @@ def collate(rows: Sequence[dict[str, Any]], pad_id: int, *, unpaired: bool = Fal
         for (p_ids, p_bits), (c_ids, c_bits) in zip(prompts, shifted):
             kl_ids.append(torch.cat([p_ids, c_ids]))
             kl_bits.append(torch.cat([p_bits, c_bits]))
-        kl = _pad(kl_ids, kl_bits, [torch.arange(len(t)) for t in kl_ids], pad_id)
+        kl_width = padded_width(max(len(t) for t in kl_ids), pad_to_multiple_of, seq_len)
+        kl = _pad(kl_ids, kl_bits, [torch.arange(len(t)) for t in kl_ids], pad_id, kl_width)
         batch.update({"kl_" + k: v for k, v in kl.items()})
     if "reference" in rows[0]:
         batch["reference"] = torch.stack([torch.as_tensor(r["reference"], dtype=torch.float32) for r in rows])
@@ -210,10 +224,9 @@ def collate_sides(rows: Sequence[dict[str, Any]], pad_id: int, pad_to: int, *, u
     return out
 
 
-def _pad(ids: list, bits: list, positions: list, pad_id: int) -> dict[str, Any]:
+def _pad(ids: list, bits: list, positions: list, pad_id: int, width: int) -> dict[str, Any]:
     import torch
 
-    width = max(len(t) for t in ids)
     n = len(ids)
     out = {
         "input_ids": torch.full((n, width), pad_id, dtype=torch.long),

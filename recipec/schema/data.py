@@ -295,13 +295,16 @@ class DataTable(Table):
     """Tokens per training sequence."""
 
     packing: bool = True
-    """Concatenate documents (each followed by the end-of-text token) and cut the stream into full `seq_len` blocks. Off: one padded, truncated sequence per document. With examples (a source whose `records` are not text): pack whole examples into sequences of at most `seq_len` tokens by best-fit-decreasing, attention never crossing from one to the next; off, one example per sequence, each micro-batch padded to its longest."""
+    """Concatenate documents (each followed by the end-of-text token) and cut the stream into full `seq_len` blocks. Off: one padded, truncated sequence per document. With examples (a source whose `records` are not text): pack whole examples into sequences of at most `seq_len` tokens by best-fit-decreasing, attention never crossing from one to the next; off, one example per sequence, each micro-batch padded to its longest (see `pad_to_multiple_of`)."""
 
     max_length: int | None = Field(None, ge=2)
     """Examples only: the most tokens one example may have. Unset: `seq_len`. At most `seq_len` with packing."""
 
     overflow: Literal["truncate", "drop"] = "truncate"
     """Examples only: a longer example is cut to `max_length`, or dropped. Either way an example left with no supervised token is dropped and counted in the report, never trained on."""
+
+    pad_to_multiple_of: int | None = Field(None, ge=1)
+    """Examples only: pad each micro-batch to its longest row rounded up to a multiple of this, never past `seq_len` (past it only where a row is longer, as a preference pair's two sides can be: then never past the next multiple of `seq_len`). Fewer micro-batch shapes mean fewer new kernels, allocator blocks and, under `model.compile`, recompiles; `pad_to_multiple_of = <seq_len>` pads every micro-batch to `seq_len` (axolotl's `pad_to_sequence_len`). Padding is never trained on: the loss is the same. Unset: each micro-batch padded to its longest row. At most `seq_len`; under sequence parallelism, which pads every row to `seq_len` already, only `seq_len`."""
 
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     """Fraction of the documents held out for evaluation, chosen with `recipe.seed`. The split is by document, before tokenization, so no text is in both."""
@@ -399,6 +402,20 @@ class DataTable(Table):
         for key in ("max_length", "overflow"):  # resolved.toml spells out the defaults: those are fine
             if getattr(self, key) != type(self).model_fields[key].default and not examples:
                 raise key_error(key, f"`{key}` applies to examples, and every source's records are text", 'set records = "messages" (or another format) on a source')
+        if self.pad_to_multiple_of is not None:
+            if not examples:
+                raise key_error(
+                    "pad_to_multiple_of",
+                    "`pad_to_multiple_of` rounds up the padding of micro-batches of examples, and every source's records are text, "
+                    "whose rows are all seq_len long already (full blocks packed, padded to seq_len with a mask unpacked)",
+                    'remove it, or set records = "messages" (or another format) on a source',
+                )
+            if self.pad_to_multiple_of > self.seq_len:
+                raise key_error(
+                    "pad_to_multiple_of",
+                    f"pad_to_multiple_of {self.pad_to_multiple_of} is larger than seq_len {self.seq_len}, and a micro-batch is never padded past seq_len",
+                    f"set pad_to_multiple_of = {self.seq_len} to pad every micro-batch to seq_len",
+                )
         if self.max_length is not None and self.packing and self.max_length > self.seq_len:
             raise key_error("max_length", f"max_length {self.max_length} is longer than seq_len {self.seq_len}, the packed sequence", "raise seq_len or lower max_length")
         names = [src.name for src in self.sources if src.name is not None]

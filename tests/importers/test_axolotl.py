@@ -665,3 +665,34 @@ def test_sequence_parallel_preference_pairs(tmp_path):
     recipe = tomllib.loads(result.text)
     assert recipe["preference"]["objective"] == "dpo"
     assert recipe["launch"]["strategy"] == "deepspeed" and recipe["launch"]["parallelism"] == {"sp_size": 2}
+
+
+@pytest.mark.parametrize(
+    ("extra", "multiple", "how"),
+    [
+        ("pad_to_sequence_len: true\n", 1024, "exact"),  # 64 * ceil(1024 / 64): sequence_len itself
+        ("pad_to_sequence_len: true\nsample_packing: true\n", 1024, "exact"),  # packed rows padded to sequence_len too
+        ("pad_to_sequence_len: true\nsequence_len: 1000\n", 1000, "approx"),  # axolotl: 1024, past sequence_len
+        ("pad_to_multiple_of: 64\n", 64, "exact"),
+        ("pad_to_multiple_of: 4096\n", 1024, "approx"),  # past sequence_len
+        ("pad_to_sequence_len: false\n", None, "exact"),
+        ("", None, None),
+    ],
+)
+def test_padding_to_sequence_len_or_a_multiple(tmp_path, extra, multiple, how):
+    """axolotl's pad_to_sequence_len pads every micro-batch to sequence_len: data.pad_to_multiple_of = sequence_len."""
+    text = BASE.replace("sequence_len: 1024\n", "") if "sequence_len: 1000" in extra else BASE
+    result = import_config(_write(tmp_path, text + extra), "axolotl")
+    data = tomllib.loads(result.text)["data"]
+    assert data.get("pad_to_multiple_of") == multiple
+    key = next(iter(k for k in ("pad_to_sequence_len", "pad_to_multiple_of") if k in extra), None)
+    if key is not None:
+        assert result.draft.ledger[key].how == how
+    assert result.draft.pending() == []
+
+
+def test_padding_of_text_is_full_blocks_already(tmp_path):
+    text = BASE.replace("    type: alpaca\n", "    type: completion\n") + "pad_to_sequence_len: true\npad_to_multiple_of: 64\n"
+    result = import_config(_write(tmp_path, text), "axolotl")
+    assert "pad_to_multiple_of" not in tomllib.loads(result.text)["data"]
+    assert result.draft.ledger["pad_to_sequence_len"].how == result.draft.ledger["pad_to_multiple_of"].how == "exact"

@@ -379,3 +379,29 @@ def test_a_side_longer_than_pad_to_is_refused():
     rows = [P.pair_row(([1, 2, 3, 4, 5], [0, 0, 1, 1, 1]), ([1, 2, 3], [0, 0, 1]))]
     with pytest.raises(ValueError, match="a side of 5 tokens is longer than the 4"):
         P.collate(rows, 0, pad_to=4)
+
+
+@pytest.mark.parametrize("unpaired", [False, True], ids=["pairs", "kto"])
+def test_collate_pads_to_a_multiple_and_scores_the_same(models, unpaired):
+    """pad_to_multiple_of: the rows (and KTO's KL pairs) padded to the longest rounded up, never past seq_len, with
+    the padding unreal and unsupervised, and every sequence log-probability and token count the same."""
+    policy, _ = models
+    rows = _random_rows(unpaired)
+    plain = P.collate(rows, 0, unpaired=unpaired)
+    scores = P.sequence_logps(policy, plain)
+    widened = set()
+    for multiple, seq_len in ((8, 64), (16, 64), (16, 12)):  # 12: rows past seq_len (pairs) stop at 24
+        batch = P.collate(rows, 0, unpaired=unpaired, pad_to_multiple_of=multiple, seq_len=seq_len)
+        for prefix in ("", "kl_") if unpaired else ("",):
+            n = plain[prefix + "input_ids"].shape[1]
+            width = batch[prefix + "input_ids"].shape[1]
+            assert width == min(-(-n // multiple) * multiple, -(-n // seq_len) * seq_len), (prefix, multiple, seq_len)
+            if width > n:
+                widened.add(prefix)
+            for key in ("input_ids", "position_ids", "supervised", "rejected", "real"):
+                assert torch.equal(batch[prefix + key][:, :n], plain[prefix + key]), key
+            assert not batch[prefix + "real"][:, n:].any() and not batch[prefix + "supervised"][:, n:].any()
+        got = P.sequence_logps(policy, batch)
+        for key in scores:
+            assert got[key].tolist() == pytest.approx(scores[key].tolist(), abs=TOL), key
+    assert widened == ({"", "kl_"} if unpaired else {""})
