@@ -633,6 +633,31 @@ class _Conv:
             self.prompt_response_records(ds, s, tp, given)
         self.loader_rest(loader, ds, s, train)
 
+    def padding(self, loader: str, ds: str, train: bool) -> None:
+        """How wide the collator pads a batch (finetuning/collator.py): max_seq_len, unless pad_to_longest or allow_pad_trimming."""
+        keys = [ds + k for k in ("allow_pad_trimming", "pad_to_longest") if self.has(ds + k)]
+        if not train:  # recipec's evaluation uses the training loader's collate
+            for key in keys:
+                if self.get(key) == self.get("train_loader.dataset." + key.rsplit(".", 1)[1], False):
+                    self.d.exact(key)
+                else:
+                    self.drop(key, "no-equivalent", "recipec's evaluation pads as the training loader does.")
+            return
+        if self.get(ds + "pad_to_longest") is True:
+            for key in keys:  # the longest row, which trimming to a multiple of 8 leaves as it is
+                self.d.exact(key)
+        elif self.get(ds + "allow_pad_trimming") is True:
+            self.set(
+                "data.pad_to_multiple_of",
+                min(8, self.seq_len),
+                *keys,
+                approx="llm-foundry pads its first batch to max_seq_len and trims every later one to its longest row rounded up to a multiple of 8",
+            )
+        elif keys:
+            self.set("data.pad_to_multiple_of", self.seq_len, *keys, note="llm-foundry pads every batch to max_seq_len")
+        else:
+            self.d.default("data.pad_to_multiple_of", self.seq_len, ds + "allow_pad_trimming", "every batch padded to max_seq_len (allow_pad_trimming false)")
+
     def chat_records(self, ds: str, s: str, tp: str, given: list[str]) -> None:
         """Chat samples (`messages`): llm-foundry masks the prompt turns (target_prompts none) and trains the last or every response."""
         self.set(f"{s}.records", "messages", ds + "local", note="the shards' `messages` column: chat samples, rendered with the chat template")
@@ -696,7 +721,7 @@ class _Conv:
             if self.has(ds + "max_seq_len"):
                 if self.seq_len is not None and int(num(self.get(ds + "max_seq_len"))) == self.seq_len:
                     self.d.exact(ds + "max_seq_len")
-        self.drop(ds + "allow_pad_trimming", "no-equivalent", "padding is masked either way; recipec pads a micro-batch to its longest example.")
+        self.padding(loader, ds, train)
         self.drop(ds + "eos_token_id", "no-equivalent", "recipec ends each example with the tokenizer's own end token.")
         self.rest(loader + ".dataset", "no-equivalent", "a finetuning dataset option recipec does not have.")
 

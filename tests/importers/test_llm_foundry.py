@@ -704,3 +704,29 @@ def test_validate_hash_is_what_recipec_always_does(tmp_path, imported):
     """recipec checks every hash index.json lists as it reads a shard: streaming's validate_hash picks one of them."""
     got = imported(TOOL, _finetuning_mds(tmp_path, "chat", "    validate_hash: xxh64\n"), num_processes=8)
     assert "train_loader.dataset.validate_hash" in got.exact
+
+
+@pytest.mark.parametrize(
+    ("setting", "width", "how"),
+    [
+        ("    allow_pad_trimming: false\n", 2048, "exact"),  # every batch padded to max_seq_len
+        ("", 2048, "default"),  # the collator's default: allow_pad_trimming false
+        ("    allow_pad_trimming: true\n", 8, "approx"),  # the first batch max_seq_len, then trimmed to a multiple of 8
+        ("    allow_pad_trimming: true\n    pad_to_longest: true\n", None, "exact"),  # the longest row: recipec's own default
+    ],
+)
+def test_the_collator_s_padding_is_pad_to_multiple_of(tmp_path, imported, setting, width, how):
+    text = (CONFIGS / "mpt-7b_dolly_sft.yaml").read_text(encoding="utf-8")
+    start = text.index("train_loader:\n")
+    block = text[start : text.index("\n\n", start)]
+    path = tmp_path / "pad.yaml"
+    path.write_text(text.replace(block, block.replace("    allow_pad_trimming: false\n", setting)), encoding="utf-8")
+    got = imported(TOOL, path, num_processes=8)
+    assert got.recipe["data"].get("pad_to_multiple_of") == width
+    key = "train_loader.dataset.allow_pad_trimming"
+    if how == "approx":
+        assert key in got.approx and "trims every later one" in got.result.draft.ledger[key].why
+    elif how == "exact":
+        assert key in got.exact
+    else:
+        assert any(k == key for k, _ in got.result.draft.defaults)
