@@ -506,7 +506,9 @@ def test_preference_pairs_under_sequence_parallelism_train_as_one_process(case: 
     for key in held_out:
         got, want = [m[key] for m in evals(two)], [m[key] for m in evals(one)]
         worst[key] = max(abs(a - b) for a, b in zip(got, want))
-        assert got == pytest.approx(want, abs=1e-5, rel=0), key
+        # the KL estimate after training (about 8, a difference of sums over whole rows) inherits the rounding of the
+        # trained weights (within 1e-4 of one process's): 1.7e-5 seen, within 1e-5 of its size
+        assert got == pytest.approx(want, abs=1e-5, rel=1e-5 if key == "eval_kl" else 0), key
     print(case, "max |difference| per step:", {k: f"{v:.1e}" for k, v in worst.items()})
     assert runs["sp"]["generations"] == runs["one"]["generations"]
     name = "adapter_model.safetensors" if peft else "model.safetensors"

@@ -9,6 +9,7 @@ The model is the tiny Llama and ChatML tokenizer of tests/test_sft.py; training 
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -140,13 +141,14 @@ def _with_exam(recipe: Path, *, unpaired: bool = False, n: int = 7) -> Path:
 
 
 def _held_out_differences(runs: dict[str, list[dict]], reference: str) -> dict[str, dict[str, float]]:
-    """Each run's largest |difference| from the reference run's, per held-out metric (every eval_ key but timings)."""
+    """Each run's largest |difference| from the reference run's, per held-out metric (every eval_ key but timings); NaN
+    where either is NaN."""
     evals = {name: [m for m in ms if "eval_loss" in m] for name, ms in runs.items()}
     keys = sorted(k for k in evals[reference][0] if k.startswith("eval_") and not k.endswith("_per_s"))
     out = {}
     for name, ms in evals.items():
         assert len(ms) == 2 and all(set(keys) <= set(m) for m in ms), name  # at step 0 and at the end
-        out[name] = {k: max(abs(a[k] - b[k]) for a, b in zip(ms, evals[reference])) for k in keys}
+        out[name] = {k: max((abs(a[k] - b[k]) for a, b in zip(ms, evals[reference])), key=lambda d: math.inf if math.isnan(d) else d) for k in keys}
     return out
 
 
@@ -173,7 +175,7 @@ def test_a_dpo_step_does_not_depend_on_how_it_is_split(tmp_path: Path, model_dir
         for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy", "logps_chosen"):
             assert [m[key] for m in steps[name]] == pytest.approx([m[key] for m in steps["8x1"]], abs=1e-5, rel=0), (name, key)
         assert generations[name] == generations["8x1"], name  # written once, by the main process
-        assert {k: d for k, d in held_out[name].items() if d > 1e-5} == {}, name
+        assert {k: d for k, d in held_out[name].items() if not d <= 1e-5} == {}, name  # NaN included
     lines = generations["8x1"]
     assert [g["step"] for g in lines] == [0, 0, 0, 3, 3, 3]  # 3 held-out prompts at the start and at the end
     assert lines[0]["generated"] != lines[3]["generated"]  # the policy moved
@@ -204,7 +206,7 @@ def test_held_out_metrics_over_two_processes_are_those_of_one(objective: str, tm
     print(objective, "max |difference| per held-out metric:", {k: f"{v:.1e}" for k, v in held_out["two"].items()})
     wanted = {"eval_loss", "eval_loss_exam", "eval_reward_margin", "eval_exam_rewards_chosen", "eval_logps_rejected"}
     assert wanted | ({"eval_kl", "eval_exam_kl"} if objective == "kto" else {"eval_reward_accuracy"}) <= set(held_out["two"])
-    assert {k: d for k, d in held_out["two"].items() if d > 1e-5} == {}
+    assert {k: d for k, d in held_out["two"].items() if not d <= 1e-5} == {}  # NaN included
     if objective == "kto":
         assert all(m["eval_kl"] > 0 for m in runs["one"] if "eval_kl" in m and m["step"] > 0)  # the KL term takes part
     else:
