@@ -467,16 +467,17 @@ def test_preference_pairs_under_sequence_parallelism_train_as_one_process(case: 
     across the group before the objective, so the losses, rewards, log-probabilities and learning rates of every step,
     the held-out metrics (whole rows on every rank), the generations and the final weights are those of one process
     with the same rows per step. KTO's KL estimate is the mean over a step's micro-batches of each data-parallel rank
-    (see dpo_one): its reference is one process with micro-batch 4, the micro-batches the sp group takes in turn."""
+    (see dpo_one): its reference is one process with micro-batch 4, the micro-batches the sp group takes in turn. The
+    held-out rows (9 KTO examples) do not split into whole micro-batches of every process."""
     from safetensors.torch import load_file
 
     objective, options, peft, micro, processes, sp_size = SP_PREF_CASES[case]
     model, _ = dpo_one("", "")
     data = {}
     if objective == "kto":
-        # its KL pairs (a prompt and another example's completion) fit seq_len 128; 8 held-out examples, which 2 processes
-        # split evenly (with 9, accelerate's even_batches repeats one on the second process, which one process does not)
-        data = {"max_length": "64", "eval_fraction": "0.112"}
+        # its KL pairs (a prompt and another example's completion) fit seq_len 128; 9 held-out examples, which 2
+        # processes do not split into whole micro-batches: filled up with rows that count for nothing
+        data = {"max_length": "64"}
     sp = f'cpu = false\nstrategy = "deepspeed"\ndeepspeed = {{zero_stage = 3}}\nparallelism = {{sp_size = {sp_size}}}'
     runs = {}
     for name, m, p, launch in (("one", 4, 1, ""), ("sp", micro, processes, sp)):
@@ -498,14 +499,16 @@ def test_preference_pairs_under_sequence_parallelism_train_as_one_process(case: 
     assert norms == pytest.approx([m["grad_norm"] for m in steps], rel=1e-4)
     evals = lambda ms: [m for m in ms if "eval_loss" in m]  # noqa: E731
     assert len(evals(one)) == 2
-    # evaluation splits the held-out rows over all processes (whole rows on each), as without an sp group: KTO's held-out
-    # loss and KL estimate are then those of 2 processes (see dpo_one); its per-row rewards and log-probabilities are not
-    held_out = ["eval_rewards_chosen", "eval_rewards_rejected", "eval_logps_chosen"]
-    held_out += ["eval_reward_margin"] + ([] if objective == "kto" else ["eval_loss", "eval_reward_accuracy"])
+    # evaluation splits the held-out rows over all processes (whole rows on each), as without an sp group, filled up
+    # with rows that count for nothing; KTO's held-out KL estimate is each micro-batch's own, as one process takes it
+    held_out = ["eval_loss", "eval_rewards_chosen", "eval_rewards_rejected", "eval_logps_chosen", "eval_reward_margin"]
+    held_out += ["eval_kl"] if objective == "kto" else ["eval_reward_accuracy"]
     for key in held_out:
         got, want = [m[key] for m in evals(two)], [m[key] for m in evals(one)]
         worst[key] = max(abs(a - b) for a, b in zip(got, want))
-        assert got == pytest.approx(want, abs=1e-5, rel=0), key
+        # the KL estimate after training (about 8, a difference of sums over whole rows) inherits the rounding of the
+        # trained weights (within 1e-4 of one process's): 1.7e-5 seen, within 1e-5 of its size
+        assert got == pytest.approx(want, abs=1e-5, rel=1e-5 if key == "eval_kl" else 0), key
     print(case, "max |difference| per step:", {k: f"{v:.1e}" for k, v in worst.items()})
     assert runs["sp"]["generations"] == runs["one"]["generations"]
     name = "adapter_model.safetensors" if peft else "model.safetensors"

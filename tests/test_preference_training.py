@@ -9,6 +9,7 @@ The model is the tiny Llama and ChatML tokenizer of tests/test_sft.py; training 
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -128,25 +129,56 @@ def _metrics(recipe: Path) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
+EXAM = '\n[[data.sources]]\nname = "exam"\npath = "data/exam.jsonl"\nrecords = "{records}"\nsplit = "eval"\n'
+
+
+def _with_exam(recipe: Path, *, unpaired: bool = False, n: int = 7) -> Path:
+    """An evaluation source of n pairs (KTO: examples) beside the 9 held-out rows of eval_fraction: neither splits
+    into whole micro-batches of 4 over 2 processes."""
+    recipe.write_text(recipe.read_text() + EXAM.format(records="unpaired_preference" if unpaired else "preference"))
+    _pairs(recipe.parent.parent / "data" / "exam.jsonl", unpaired=unpaired, n=n)
+    return recipe
+
+
+def _held_out_differences(runs: dict[str, list[dict]], reference: str) -> dict[str, dict[str, float]]:
+    """Each run's largest |difference| from the reference run's, per held-out metric (every eval_ key but timings); NaN
+    where either is NaN."""
+    evals = {name: [m for m in ms if "eval_loss" in m] for name, ms in runs.items()}
+    keys = sorted(k for k in evals[reference][0] if k.startswith("eval_") and not k.endswith("_per_s"))
+    out = {}
+    for name, ms in evals.items():
+        assert len(ms) == 2 and all(set(keys) <= set(m) for m in ms), name  # at step 0 and at the end
+        out[name] = {k: max((abs(a[k] - b[k]) for a, b in zip(ms, evals[reference])), key=lambda d: math.inf if math.isnan(d) else d) for k in keys}
+    return out
+
+
 def test_a_dpo_step_does_not_depend_on_how_it_is_split(tmp_path: Path, model_dir: Path) -> None:
     """Micro-batch 8 x 1, 4 x 2 accumulated, and 2 processes x 4 (DDP): the same loss and rewards at every step;
-    also with the reference log-probabilities precomputed by the two processes (each scores a share)."""
+    also with the reference log-probabilities precomputed by the two processes (each scores a share). The held-out
+    pairs (9, and an evaluation source of 7) do not split into whole micro-batches of 4 over 2 processes: filled up
+    with pairs that count for nothing, every held-out metric is the one of one process."""
     runs, generations = {}, {}
     configs = (("8x1", 8, 1, ""), ("4x2", 4, 1, ""), ("2-processes", 4, 2, ""), ("2-processes-precomputed", 4, 2, 'reference = "precomputed"'),
                ("4x2-padded-to-seq_len", 4, 1, ""))
     for name, micro, processes, options in configs:
-        recipe = _with_generations(_project(tmp_path / name, model_dir, micro=micro, processes=processes, options=options))
+        recipe = _with_generations(_with_exam(_project(tmp_path / name, model_dir, micro=micro, processes=processes, options=options)))
         if name.endswith("padded-to-seq_len"):  # data.pad_to_multiple_of = seq_len: every micro-batch of pairs 128 or 256 wide
             recipe.write_text(recipe.read_text().replace("seq_len = 128\n", "seq_len = 128\npad_to_multiple_of = 128\n"))
-        _run(recipe, processes)
-        runs[name] = [m for m in _metrics(recipe) if "loss" in m]
+        proc = _run(recipe, processes)
+        assert "9 held out" in proc.stdout + proc.stderr and "exam 7 sequences" in proc.stdout + proc.stderr
+        runs[name] = _metrics(recipe)
         generations[name] = _generations(recipe)
-    assert len(runs["8x1"]) == 3
-    assert runs["8x1"][-1]["reward_margin"] != 0  # it trained: the policy left the reference
+    steps = {name: [m for m in ms if "loss" in m] for name, ms in runs.items()}
+    assert len(steps["8x1"]) == 3
+    assert steps["8x1"][-1]["reward_margin"] != 0  # it trained: the policy left the reference
+    held_out = _held_out_differences(runs, "8x1")
+    print("max |difference| from 8x1 per held-out metric:", {n: max(d.values()) for n, d in held_out.items()})
+    assert {"eval_loss_exam", "eval_exam_reward_margin", "eval_reward_accuracy", "eval_logps_rejected"} <= set(held_out["8x1"])
     for name in ("4x2", "2-processes", "2-processes-precomputed", "4x2-padded-to-seq_len"):
         for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy", "logps_chosen"):
-            assert [m[key] for m in runs[name]] == pytest.approx([m[key] for m in runs["8x1"]], abs=1e-5, rel=0), (name, key)
+            assert [m[key] for m in steps[name]] == pytest.approx([m[key] for m in steps["8x1"]], abs=1e-5, rel=0), (name, key)
         assert generations[name] == generations["8x1"], name  # written once, by the main process
+        assert {k: d for k, d in held_out[name].items() if not d <= 1e-5} == {}, name  # NaN included
     lines = generations["8x1"]
     assert [g["step"] for g in lines] == [0, 0, 0, 3, 3, 3]  # 3 held-out prompts at the start and at the end
     assert lines[0]["generated"] != lines[3]["generated"]  # the policy moved
@@ -159,6 +191,31 @@ def test_a_dpo_step_does_not_depend_on_how_it_is_split(tmp_path: Path, model_dir
         }
         assert (g["chosen"], g["rejected"]) in sides and isinstance(g["ended"], bool)
     assert len({g["prompt"] for g in lines}) == 3  # distinct prompts
+
+
+@pytest.mark.parametrize("objective", ["kto", "orpo"])
+def test_held_out_metrics_over_two_processes_are_those_of_one(objective: str, tmp_path: Path, model_dir: Path) -> None:
+    """KTO and ORPO over 2 processes x micro-batch 4 (DDP) and 1 process x 4: the 9 held-out rows and the 7 of an
+    evaluation source do not split into whole micro-batches of both processes; filled up with rows that count for
+    nothing, every held-out metric is the one of one process. KTO's KL estimate pairs each prompt with another row's
+    completion within a micro-batch: a held-out micro-batch's own, its filler rows apart. ORPO trains as one process
+    does; KTO's training KL estimate is the mean over the micro-batch of every process (see tests/test_deepspeed.py)."""
+    runs = {}
+    for name, processes in (("one", 1), ("two", 2)):
+        recipe = _with_exam(_project(tmp_path / name, model_dir, objective=objective, micro=4, processes=processes, steps=2), unpaired=objective == "kto")
+        _run(recipe, processes)
+        runs[name] = _metrics(recipe)
+    held_out = _held_out_differences(runs, "one")
+    print(objective, "max |difference| per held-out metric:", {k: f"{v:.1e}" for k, v in held_out["two"].items()})
+    wanted = {"eval_loss", "eval_loss_exam", "eval_reward_margin", "eval_exam_rewards_chosen", "eval_logps_rejected"}
+    assert wanted | ({"eval_kl", "eval_exam_kl"} if objective == "kto" else {"eval_reward_accuracy"}) <= set(held_out["two"])
+    assert {k: d for k, d in held_out["two"].items() if not d <= 1e-5} == {}  # NaN included
+    if objective == "kto":
+        assert all(m["eval_kl"] > 0 for m in runs["one"] if "eval_kl" in m and m["step"] > 0)  # the KL term takes part
+    else:
+        steps = {name: [m for m in ms if "loss" in m] for name, ms in runs.items()}
+        for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen"):
+            assert [m[key] for m in steps["two"]] == pytest.approx([m[key] for m in steps["one"]], abs=1e-5, rel=0), key
 
 
 def test_lora_with_precomputed_reference_resumes_bitwise(tmp_path: Path, model_dir: Path) -> None:

@@ -12,6 +12,12 @@ to the other. A row's ``mask`` holds bits per token:
 KTO examples are single segments (prompt and completion); its KL estimate pairs each prompt
 of a micro-batch with the previous example's completion (the last with the first), as TRL does.
 
+A held-out set is filled up to whole micro-batches of every process (``data.FilledUp``): its
+filler rows (marked ``data.FILLER``) are scored, since every process runs as many forward
+passes, but count for nothing: a micro-batch that holds some has ``counted`` (per row), the
+objective reads the other rows alone, and KTO's KL pairs cycle over them alone, so a filled-up
+micro-batch gives what its counted rows give by themselves.
+
 Under sequence parallelism (``collate(..., pad_to=seq_len)``) a micro-batch is laid out in
 sides instead: each side of a pair is a row of its own (the chosen sides, then the rejected
 ones), each KTO example and KL pair too, every row padded to ``seq_len`` after its tokens.
@@ -47,6 +53,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from .data import FILLER
 from .packing import padded_width
 
 SUPERVISED = 1
@@ -129,7 +136,9 @@ def collate(
     also ``desirable`` (per row) and ``kl_input_ids``/``kl_position_ids``/``kl_supervised``/
     ``kl_rejected``/``kl_real``: each prompt followed by the previous row's completion.
     ``reference`` (float per row and side) is passed through when rows carry precomputed
-    reference log-probabilities.
+    reference log-probabilities. When some rows are fillers (``data.FILLER``),
+    ``counted`` (bool per row) is False for them; KTO's KL pairs then cycle over the counted rows
+    alone (and over the fillers apart).
 
     ``pad_to_multiple_of`` (with ``seq_len``): pad to the longest rounded up, as
     ``packing.padded_width`` says (the KL pairs to theirs).
@@ -150,7 +159,7 @@ def collate(
         batch["desirable"] = torch.tensor([not bool(int(b[0]) & UNDESIRABLE) for b in bits])
         # the KL estimate's mismatched pairs: prompt i with completion i - 1
         prompts, completions = zip(*(_split(i, b) for i, b in zip(ids, bits)))
-        shifted = completions[-1:] + completions[:-1]
+        shifted = [completions[j] for j in _previous(rows)]
         kl_ids, kl_bits = [], []
         for (p_ids, p_bits), (c_ids, c_bits) in zip(prompts, shifted):
             kl_ids.append(torch.cat([p_ids, c_ids]))
@@ -160,6 +169,8 @@ def collate(
         batch.update({"kl_" + k: v for k, v in kl.items()})
     if "reference" in rows[0]:
         batch["reference"] = torch.stack([torch.as_tensor(r["reference"], dtype=torch.float32) for r in rows])
+    if any(r.get(FILLER) for r in rows):
+        batch["counted"] = torch.tensor([not r.get(FILLER) for r in rows])
     return batch
 
 
@@ -172,7 +183,8 @@ def collate_sides(rows: Sequence[dict[str, Any]], pad_id: int, pad_to: int, *, u
     chosen sides, then their rejected sides in the same order. KTO: each example a row, and
     ``kl_input_ids``/``kl_position_ids``/``kl_shift_labels`` (the next token where it is a
     completion's) of each prompt followed by the previous example's completion; ``desirable``
-    a list. ``reference``: a list of ``[chosen, rejected]`` per pair, when rows carry it.
+    a list. ``reference``: a list of ``[chosen, rejected]`` per pair, when rows carry it; ``counted``
+    a list per pair (KTO: example), when some rows are fillers.
 
     Raises:
         ValueError: a row is longer than ``pad_to``.
@@ -189,7 +201,7 @@ def collate_sides(rows: Sequence[dict[str, Any]], pad_id: int, pad_to: int, *, u
             main.append((ids[cut:], bits[cut:]))
     if unpaired:
         parts = [_split(torch.as_tensor(ids), torch.as_tensor(bits)) for ids, bits in main]
-        shifted = [c for _, c in parts][-1:] + [c for _, c in parts][:-1]
+        shifted = [parts[j][1] for j in _previous(rows)]
         kl = [(p_ids.tolist() + c_ids.tolist(), p_bits.tolist() + c_bits.tolist()) for (p_ids, p_bits), (c_ids, c_bits) in zip((p for p, _ in parts), shifted)]
     else:
         main = main[0::2] + main[1::2]  # the chosen sides, then the rejected ones
@@ -221,7 +233,20 @@ def collate_sides(rows: Sequence[dict[str, Any]], pad_id: int, pad_to: int, *, u
         out["desirable"] = [not int(r["mask"][0]) & UNDESIRABLE for r in rows]
     if "reference" in rows[0]:
         out["reference"] = [[float(v) for v in r["reference"]] for r in rows]
+    if any(r.get(FILLER) for r in rows):
+        out["counted"] = [not r.get(FILLER) for r in rows]
     return out
+
+
+def _previous(rows: Sequence[dict[str, Any]]) -> list[int]:
+    """For KTO's KL pairs: the row whose completion each row's prompt takes, the previous one (the first takes the
+    last's), among the rows that count; filler rows take one another's, so no counted row's pair holds a filler."""
+    previous = list(range(len(rows)))
+    for fillers in (False, True):
+        group = [i for i, r in enumerate(rows) if bool(r.get(FILLER)) == fillers]
+        for j, i in enumerate(group):
+            previous[i] = group[j - 1]
+    return previous
 
 
 def _pad(ids: list, bits: list, positions: list, pad_id: int, width: int) -> dict[str, Any]:
@@ -373,7 +398,10 @@ def _shift(labels: Any) -> Any:
 
 
 def row_count(batch: dict[str, Any]) -> int:
-    """The rows (pairs, or KTO examples) of a collated micro-batch; in the sides layout a pair is two of its rows."""
+    """The rows (pairs, or KTO examples) of a collated micro-batch that count (fillers do not); in the sides layout a
+    pair is two of its rows."""
+    if "counted" in batch:
+        return int(sum(bool(c) for c in batch["counted"]))
     n = len(batch["input_ids"])
     return n // 2 if "shift_completion" in batch and "kl_input_ids" not in batch else n
 
@@ -404,6 +432,7 @@ def objective_loss(
     reference: dict[str, Any] | None,
     *,
     desirable: Any = None,
+    counted: Any = None,
     mean_across_processes: Callable[[Any], Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The micro-batch's loss and the per-row statistics behind it.
@@ -415,6 +444,9 @@ def objective_loss(
         reference: the same of the reference model (``chosen``/``rejected``/``kl``), None
             for the reference-free objectives.
         desirable: KTO: each row's label.
+        counted: a filled-up held-out micro-batch's ``counted`` (see :func:`collate`): the loss,
+            the statistics and KTO's KL estimate are those of these rows alone (all of them if
+            None); with none, the loss is NaN and the statistics empty.
         mean_across_processes: KTO: the mean of a scalar over the processes (its KL
             estimate is the mean over every process's micro-batch, as TRL takes it).
 
@@ -426,6 +458,11 @@ def objective_loss(
     import torch
     import torch.nn.functional as F
 
+    if counted is not None:  # every entry of policy and reference is per row
+        keep = torch.as_tensor(counted, dtype=torch.bool, device=policy["chosen"].device)
+        policy = {k: v[keep] for k, v in policy.items()}
+        reference = None if reference is None else {k: v[keep] for k, v in reference.items()}
+        desirable = None if desirable is None else torch.as_tensor(desirable, dtype=torch.bool, device=keep.device)[keep]
     beta = float(options["beta"])
     c, r = policy["chosen"], policy["rejected"]
     n_c, n_r = policy["chosen_tokens"].clamp(min=1), policy["rejected_tokens"].clamp(min=1)

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 trl = pytest.importorskip("trl")
 
 from recipec.runtime import preference as P  # noqa: E402
+from recipec.runtime.data import FILLER  # noqa: E402
 
 from .chat_fixtures import IM_END, chat_tokenizer  # noqa: E402
 
@@ -285,6 +286,12 @@ def test_kl_pairs_each_prompt_with_the_previous_completion():
     assert b["desirable"].tolist() == [True, False, True]
     kl = [[t for t, r in zip(ids, real) if r] for ids, real in zip(b["kl_input_ids"].tolist(), b["kl_real"].tolist())]
     assert kl == [[1, 30], [2, 10, 11], [3, 3, 20]]
+    # a held-out micro-batch filled up: the counted rows pair among themselves, the fillers apart
+    filled = P.collate([*rows[:2], {**rows[2], FILLER: True}, {**rows[0], FILLER: True}], pad_id=0, unpaired=True)
+    kl = [[t for t, r in zip(ids, real) if r] for ids, real in zip(filled["kl_input_ids"].tolist(), filled["kl_real"].tolist())]
+    assert kl == [[1, 20], [2, 10, 11], [3, 3, 10, 11], [1, 30]]
+    assert filled["counted"].tolist() == [True, True, False, False] and P.row_count(filled) == 2
+    assert "counted" not in b and P.row_count(b) == 3
 
 
 def test_unknown_objective_is_refused():
@@ -373,6 +380,44 @@ def test_sides_cut_as_deepspeeds_adapter_cuts_them_sum_to_the_whole_rows(unpaire
             totals[key] = totals.get(key, 0) + value
     for key in whole:
         assert totals[key].tolist() == pytest.approx(whole[key].tolist(), abs=TOL), key
+
+
+OPTIONS = {
+    "dpo": {"beta": BETA, "label_smoothing": 0.1}, "ipo": {"beta": BETA}, "hinge": {"beta": BETA},
+    "simpo": {"beta": BETA, "gamma": 0.5}, "orpo": {"beta": BETA}, "kto": {"beta": BETA, "desirable_weight": 1.0, "undesirable_weight": 1.5},
+}
+
+
+@pytest.mark.parametrize("pad_to", [None, 32], ids=["rows", "sides"])
+@pytest.mark.parametrize("objective", P.OBJECTIVES)
+def test_filler_rows_count_for_nothing(models, objective, pad_to):
+    """A held-out micro-batch filled up with copies of a row marked as fillers (data.FilledUp): its loss and every
+    statistic (KTO: the KL estimate too, whose pairs must not take a filler's completion) are those of its counted rows
+    alone; a micro-batch of fillers alone has none."""
+    reference, policy = models  # this way round KTO's KL estimate is positive, so it takes part
+    unpaired = objective == "kto"
+    rows = _random_rows(unpaired, n=3)
+    fillers = [{**rows[0], FILLER: True}] * 2
+
+    def scored(rows):
+        batch = P.collate(rows, 0, unpaired=unpaired, pad_to=pad_to)
+        with torch.no_grad():
+            logps = P.sequence_logps(policy, batch)
+            ref = None if objective in P.REFERENCE_FREE else P.sequence_logps(reference, batch)
+            return P.objective_loss(objective, OPTIONS[objective], logps, ref, desirable=batch.get("desirable"), counted=batch.get("counted"))
+
+    loss, stats = scored(rows)
+    filled_loss, filled_stats = scored([rows[0], rows[1], *fillers, rows[2]])  # fillers anywhere, here in the middle
+    alone, _ = scored([rows[2], *fillers])
+    assert filled_loss.item() == pytest.approx(loss.item(), abs=TOL)
+    assert filled_stats.keys() == stats.keys()
+    for key in stats:
+        assert filled_stats[key].tolist() == pytest.approx(stats[key].tolist(), abs=TOL), key
+    assert alone.item() == pytest.approx(scored([rows[2]])[0].item(), abs=TOL)
+    if unpaired:
+        assert stats["kl"].item() > 0.01
+    _, none = scored(fillers)
+    assert all(none[k].numel() == 0 for k in none if k != "kl")
 
 
 def test_a_side_longer_than_pad_to_is_refused():
