@@ -139,15 +139,16 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     "variants",
     [
-        (("4x2", 4, 1, None), ("2 processes", 4, 2, None)),
+        (("4x2", 4, 1, None), ("2 processes", 4, 2, None), ("2 processes, eval micro-batches of 3", 4, 2, None)),
         (("8x1 padded to 64s", 8, 1, 64), ("4x2 padded to seq_len", 4, 1, 256)),
     ],
     ids=["split", "pad_to_multiple_of"],
 )
 def test_the_loss_does_not_depend_on_how_a_step_is_split(tmp_path: Path, model_dir: Path, variants) -> None:
     """Micro-batch 8 x 1, micro-batch 4 x 2 accumulated, and 2 processes x 4; micro-batches padded to a multiple of
-    64 (data.pad_to_multiple_of) or to seq_len: the same loss at every step."""
-    runs, seen = {}, {}
+    64 (data.pad_to_multiple_of) or to seq_len: the same loss at every step. The held-out loss is the same too,
+    also in evaluation micro-batches of 3 (train.eval_micro_batch_size)."""
+    runs, seen, evals = {}, {}, {}
     for name, micro, processes, multiple in (("8x1", 8, 1, None), *variants):
         project = tmp_path / name.replace(" ", "-")
         project.mkdir()
@@ -156,14 +157,22 @@ def test_the_loss_does_not_depend_on_how_a_step_is_split(tmp_path: Path, model_d
         if multiple is not None:
             recipe = project / "recipes" / "chat.toml"
             recipe.write_text(recipe.read_text().replace("seq_len = 256\n", f"seq_len = 256\npad_to_multiple_of = {multiple}\n"))
-        steps = [m for m in _train(project, processes) if "loss" in m]
+        if "eval micro-batches" in name:
+            recipe = project / "recipes" / "chat.toml"
+            recipe.write_text(recipe.read_text().replace("[train]\n", "[train]\neval_micro_batch_size = 3\n"))
+        metrics = _train(project, processes)
+        steps = [m for m in metrics if "loss" in m]
         runs[name] = [m["loss"] for m in steps]
+        evals[name] = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
         seen[name] = [m["supervised_tokens"] for m in steps]
         script = (project / "build" / "chat" / "train.py").read_text()
         assert f"\npad_to_multiple_of = {multiple} " in script  # the collate reads it (tests/test_explain_data.py)
-    assert len(runs["8x1"]) == 3
+        assert f"\neval_micro_batch_size = {3 if 'eval micro-batches' in name else micro} " in script
+    assert len(runs["8x1"]) == 3 and len(evals["8x1"]) == 2
     for name, *_ in variants:
         assert runs[name] == pytest.approx(runs["8x1"], abs=1e-5, rel=0), name
+        assert [s for s, _ in evals[name]] == [s for s, _ in evals["8x1"]], name
+        assert [e for _, e in evals[name]] == pytest.approx([e for _, e in evals["8x1"]], abs=1e-5, rel=0), name
         # the supervised tokens trained on so far: the same count whoever counted them
         assert seen[name] == seen["8x1"] and 0 < seen["8x1"][0] < seen["8x1"][1] < seen["8x1"][2]
 

@@ -469,6 +469,9 @@ def batch(d: Draft, num_processes: int, rename: Mapping[str, str] = {}, defaults
         d.set("train.micro_batch_size", micro, km)
     else:
         d.default("train.micro_batch_size", micro, km, f"{micro} per device")
+    ke = key(rename, "per_device_eval_batch_size")
+    if d.has(ke) and d.get(ke) is not None:
+        d.set("train.eval_micro_batch_size", int(num(d.get(ke))), ke)
     note = f"{micro} * {accum} accumulation * " + (ranks or f"{num_processes} process{'es' if num_processes > 1 else ''}")
     keys = [k for k in (km, ka) if d.has(k)]
     if keys:

@@ -1011,10 +1011,7 @@ class _Conv:
                 self.set("train.micro_batch_size", micro, "device_train_microbatch_size")
         eb = self.get("device_eval_batch_size")
         if eb is not None:
-            if int(num(eb)) == self.d.value("train.micro_batch_size"):
-                self.d.exact("device_eval_batch_size")
-            else:
-                self.d.drop("device_eval_batch_size", "no-equivalent", "recipec evaluates with train.micro_batch_size.")
+            self.set("train.eval_micro_batch_size", int(num(eb)), "device_eval_batch_size")
         for key in ("device_train_batch_size", "n_gpus", "device_train_grad_accum"):
             self.drop(key, "ignored-by-tool", "llm-foundry computes it from global_train_batch_size and the world size.")
             if self.has(key):

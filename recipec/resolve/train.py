@@ -131,6 +131,10 @@ def train_settings(b: PlanBuilder) -> None:
         b.formula("max_steps", "math.ceil(epochs * steps_per_epoch)", "derived: ceil(train.epochs * steps_per_epoch)")
     for k in ("log_every", "eval_every", "eval_at_start", "eval_batches", "eval_generations", "max_new_tokens", "save_every", "keep_last"):
         b.key(k, ("train", k))
+    if t.eval_micro_batch_size is None:
+        b.derived("eval_micro_batch_size", t.micro_batch_size, "derived: train.micro_batch_size (train.eval_micro_batch_size unset)")
+    else:
+        b.key("eval_micro_batch_size", ("train", "eval_micro_batch_size"))
     if t.eval_generations and not b.get("examples"):
         b.error(("train", "eval_generations"), "generations come from held-out examples, and every source's records are text")
     if t.eval_generations and r.launch.strategy == "fsdp" and r.launch.fsdp is not None and r.launch.fsdp.version == 1:

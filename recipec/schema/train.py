@@ -40,7 +40,10 @@ class TrainTable(Table):
     """Evaluate on the held-out split before the first step, as step 0: the first eval line in metrics.jsonl is then the baseline, the model as it starts. A resumed run never evaluates step 0 again. false: the first evaluation is at step `eval_every` (or at the end)."""
 
     eval_batches: int = Field(50, ge=0)
-    """Micro-batches per evaluation; 0: the whole held-out split."""
+    """Micro-batches (of `eval_micro_batch_size` rows) per evaluation; 0: the whole held-out split."""
+
+    eval_micro_batch_size: int | None = Field(None, ge=1)
+    """Sequences (preference pairs, KTO examples) per process per forward pass in evaluation; unset: `micro_batch_size`. An evaluation forward keeps no activations for a backward pass, so it can often take more rows; the held-out losses do not depend on it (each is the mean over the tokens the loss sees). `eval_batches` counts micro-batches of this size. The memory estimate is of a training step: an evaluation micro-batch holds its own logits (rows x seq_len x vocab x 4 bytes, about three times over for the float32 cross-entropy) beside the weights and the optimizer state."""
 
     eval_generations: int = Field(0, ge=0, le=1000)
     """Examples and preference pairs only: at each evaluation, greedy generations from this many held-out prompts (each held-out example cut before its first supervised token; with [preference], each distinct prompt of the held-out pairs once), appended to `generations.jsonl` in the run directory with the step and whether each ended with an end-of-turn token (with [preference], also the row's chosen and rejected completions; KTO: its completion and label). On a sharded model (ZeRO-3, FSDP version 2, tensor parallelism) every process generates, in step. 0: none."""

@@ -22,11 +22,12 @@ def run(*args: str):
 def test_writes_a_valid_recipe_and_prints_the_summary(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run(str(ALPACA), "--from", "transformers", "--model", "org/model", "--data", "org/data", "--num-processes", "4")
-    assert result.exit_code == 1, result.output  # three keys not imported
-    assert "23 keys of" in result.stderr and "18 mapped exactly, 2 approximately, 3 not imported" in result.stderr
+    assert result.exit_code == 1, result.output  # two keys not imported
+    assert "23 keys of" in result.stderr and "19 mapped exactly, 2 approximately, 2 not imported" in result.stderr
     assert "wrote recipes/stanford-alpaca.toml" in result.stdout
     recipe = tomllib.loads((tmp_path / "recipes" / "stanford-alpaca.toml").read_text(encoding="utf-8"))
     assert recipe["recipe"]["name"] == "stanford-alpaca" and recipe["train"]["batch_size"] == 128
+    assert recipe["train"]["eval_micro_batch_size"] == 4  # per_device_eval_batch_size
     assert "next: recipec explain recipes/stanford-alpaca.toml" in result.stdout
     validate = CliRunner().invoke(main, ["--no-color", "validate", "recipes/stanford-alpaca.toml"])
     assert validate.exit_code == 0, validate.output

@@ -55,7 +55,7 @@ EXPECTED = {
     "qwen2_5_lora_sft_packing.yaml": {
         "files": ("data/alpaca_en_demo.json",),
         "approx": {"dataset", "cutoff_len", "interleave_probs", "mix_strategy"},
-        "dropped": {**HOUSEKEEPING, "per_device_eval_batch_size": NFT},
+        "dropped": {**HOUSEKEEPING},
     },
     "llama3_pissa_sft.yaml": {
         "files": DEMO,
@@ -75,7 +75,7 @@ EXPECTED = {
     "llama3_lora_sft_trainer_args.yaml": {
         "files": ("data/identity.json", "data/glaive_toolcall_en_demo.json", "data/alpaca_en_demo.json"),
         "approx": {"dataset", "eval_dataset", "cutoff_len", "report_to"},
-        "dropped": {**HOUSEKEEPING, "per_device_eval_batch_size": NFT},
+        "dropped": {**HOUSEKEEPING},
     },
 }
 

@@ -117,6 +117,7 @@ eval_generations = 0            # train.eval_generations
 max_new_tokens = 64             # train.max_new_tokens
 save_every = 100                # train.save_every
 keep_last = 2                   # train.keep_last
+eval_micro_batch_size = 16      # derived: train.micro_batch_size (train.eval_micro_batch_size unset)
 
 # schedule
 # derived: schedule.warmup 0.05, decay 'cosine' (see schedule.png)
@@ -305,10 +306,10 @@ train_loaders = [
 # held-out sets are split over the processes in whole micro-batches; filled up with rows the loss
 # does not see rather than repeated sequences, so that the mean loss is the one of one process
 eval_collate = data.unseen_fillers(collate)
-held_out = lambda ds: data.FilledUp(ds, micro_batch_size * num_processes)  # noqa: E731
+held_out = lambda ds: data.FilledUp(ds, eval_micro_batch_size * num_processes)  # noqa: E731
 # the held-out loaders take the training loader's worker settings (data.num_workers, pin_memory, persistent_workers, prefetch_factor)
 workers = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
-eval_loader = DataLoader(held_out(eval_ds), batch_size=micro_batch_size, collate_fn=eval_collate, **workers)
+eval_loader = DataLoader(held_out(eval_ds), batch_size=eval_micro_batch_size, collate_fn=eval_collate, **workers)
 
 # -----------------------------------------------------------------------------
 # model
