@@ -696,3 +696,9 @@ def test_padding_of_text_is_full_blocks_already(tmp_path):
     result = import_config(_write(tmp_path, text), "axolotl")
     assert "pad_to_multiple_of" not in tomllib.loads(result.text)["data"]
     assert result.draft.ledger["pad_to_sequence_len"].how == result.draft.ledger["pad_to_multiple_of"].how == "exact"
+
+
+def test_eval_batch_size_is_eval_micro_batch_size(tmp_path):
+    draft = import_config(_write(tmp_path, BASE + "eval_batch_size: 3\n"), "axolotl")
+    assert tomllib.loads(draft.text)["train"]["eval_micro_batch_size"] == 3
+    assert draft.draft.ledger["eval_batch_size"].how == "exact"
