@@ -116,7 +116,8 @@ def collate(batch: list[dict]) -> dict[str, "torch.Tensor"]:
 
 
 FILLER = "_filler"
-"""The key that marks a row :class:`FilledUp` added: the loss does not see it (labels -100)."""
+"""The key that marks a row :class:`FilledUp` added: the loss does not see it (labels -100; a preference pair
+or KTO example is left out of the objective and every statistic by its collate's ``counted`` list)."""
 
 
 class FilledUp:
