@@ -1013,6 +1013,9 @@ class MemoryEstimate:
     trainable_parameters: int
     notes: tuple[str, ...]
     """One line per part: the formula with the recipe's numbers."""
+    evaluation: int | None = None
+    """With `train.eval_micro_batch_size` above `micro_batch_size`: the peak of an evaluation forward, the
+    weights and the optimizer state (the gradients are freed, set to None) and the logits of its micro-batch."""
 
 
 def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
@@ -1337,6 +1340,17 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         + capped
         + (f" / (cp_size x sp_size {seq_split})" if seq_split > 1 else ""),
     ]
+    evaluation = None
+    eval_b = recipe.train.eval_micro_batch_size
+    if eval_b is not None and eval_b > b:
+        eval_tokens = eval_b * s if chunk is None else min(chunk, eval_b * s)
+        eval_logits = round(eval_tokens * shape.vocab_size * (4 * LOGIT_COPIES + capped_b) / seq_split)
+        evaluation = parts[0] + parts[2] + eval_logits
+        notes.append(
+            f"evaluation: train.eval_micro_batch_size {eval_b} rows a forward, no backward: params {human(parts[0])} + optimizer "
+            f"{human(parts[2])} + its logits {human(eval_logits)} (the gradients are freed) = {human(evaluation)}"
+            + (", above the training step's peak" if evaluation > per_device else "")
+        )
     return MemoryEstimate(
         params=parts[0],
         grads=parts[1],
@@ -1349,6 +1363,7 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         parameters=n_params + adapter,
         trainable_parameters=trainable,
         notes=tuple(notes),
+        evaluation=evaluation,
     )
 
 
@@ -1382,6 +1397,11 @@ def human(n: float) -> str:
 
 def check_ceiling(estimate_: MemoryEstimate, gib: float) -> str | None:
     """The warning text when the estimate exceeds `gib` GiB per device, else None."""
+    if estimate_.evaluation is not None and estimate_.evaluation > max(estimate_.per_device, gib * GIB):
+        return (
+            f"estimated peak memory of an evaluation forward, {human(estimate_.evaluation)} per device, is above "
+            f"launch.device_memory_gib {gib:g} (train.eval_micro_batch_size rows of logits beside the weights and the optimizer state)"
+        )
     if estimate_.per_device <= gib * GIB:
         return None
     return (

@@ -816,3 +816,34 @@ def test_explain_json_says_why_there_is_no_estimate(write_recipe, tmp_path: Path
     write_recipe({"model.init": None, "model.config": None, "model.path": "org/name"}, tokenizer=None)
     payload = json.loads(CliRunner().invoke(main, ["explain", "recipe.toml", "--json"]).stdout)
     assert payload["memory"] is None and "local model" in payload["memory_unknown"]
+
+
+def test_an_evaluation_micro_batch_holds_its_logits_beside_the_weights_and_the_optimizer_state(plan_of):
+    """train.eval_micro_batch_size above micro_batch_size: the evaluation forward's peak is params + optimizer +
+    the logits of its rows (no gradients, no activations kept for a backward pass)."""
+    base = plan_of().memory  # micro-batch 4 x seq_len 32, vocab 512, float32
+    assert base.evaluation is None and plan_of({"train.eval_micro_batch_size": 4}).memory.evaluation is None
+    m = plan_of({"train.eval_micro_batch_size": 64}).memory
+    assert (m.per_device, m.logits) == (base.per_device, base.logits)  # the training step is unchanged
+    assert m.evaluation == m.params + m.optimizer + 64 * 32 * 512 * 4 * 3
+    assert m.evaluation > m.per_device  # 16 times the logits: the evaluation is the peak here
+    note = next(n for n in m.notes if n.startswith("evaluation: "))
+    assert "eval_micro_batch_size 64 rows" in note and note.endswith("above the training step's peak")
+    # the ceiling warns about the evaluation even where the training step fits
+    ceiling = (m.per_device + m.evaluation) / 2 / GIB
+    [warning] = memory_warnings(plan_of({"train.eval_micro_batch_size": 64, "launch.device_memory_gib": ceiling}))
+    assert warning.message.startswith("estimated peak memory of an evaluation forward")
+    assert memory_warnings(plan_of({"train.eval_micro_batch_size": 64, "launch.device_memory_gib": m.evaluation / GIB * 1.01})) == []
+    # chunked cross-entropy holds one chunk of logits at a time in evaluation too
+    chunked = plan_of({"train.eval_micro_batch_size": 64, "loss.cross_entropy": "chunked", "loss.chunk_size": 256}).memory
+    assert chunked.evaluation == chunked.params + chunked.optimizer + 256 * 512 * 4 * 3
+
+
+def test_explain_shows_the_evaluation_peak(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    write_recipe({"train.eval_micro_batch_size": 64})
+    memory = json.loads(CliRunner().invoke(main, ["--no-color", "explain", "recipe.toml", "--json"]).stdout)["memory"]
+    assert memory["evaluation"] > memory["per_device"]
+    text = CliRunner().invoke(main, ["--no-color", "explain", "recipe.toml"]).stdout
+    assert f"\n  {'evaluation'.ljust(12)} " in text and "train.eval_micro_batch_size 64 rows a forward" in text
+    assert "note: evaluation" not in text
