@@ -771,15 +771,21 @@ class _Conv:
             "local directory and downloads nothing; download them and point a `format = \"mds\"` source at their directory."
         )
 
-    def mds_columns(self, loader: str) -> dict[str, str]:
-        """The columns and encodings of a streaming dataset's local MDS shards; {} when its index.json cannot be read here."""
+    def mds_path(self, loader: str) -> str | None:
+        """A streaming dataset's `local` directory joined with `split`; None with `streams` or no `local`."""
         ds = f"{loader}.dataset."
         local, split = self.get(ds + "local"), self.get(ds + "split")
         if self.has(ds + "streams") or local in (None, ""):
+            return None
+        return f"{str(local).rstrip('/')}/{split}" if split else str(local)
+
+    def mds_columns(self, loader: str) -> dict[str, str]:
+        """The columns and encodings of a streaming dataset's local MDS shards; {} when its index.json cannot be read here."""
+        path = self.mds_path(loader)
+        if path is None:
             return {}
-        path = Path(f"{str(local).rstrip('/')}/{split}" if split else str(local))
         try:
-            shard = json.loads((path / "index.json").read_text(encoding="utf-8"))["shards"][0]
+            shard = json.loads((Path(path) / "index.json").read_text(encoding="utf-8"))["shards"][0]
             return dict(zip(shard["column_names"], shard["column_encodings"]))
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             return {}
@@ -787,10 +793,9 @@ class _Conv:
     def mds_source(self, loader: str, s: str) -> bool:
         """A streaming dataset's `local` (+ `split`) directory as an MDS source; False when it has none to read."""
         ds = f"{loader}.dataset."
-        local, remote, split = self.get(ds + "local"), self.get(ds + "remote"), self.get(ds + "split")
-        if self.has(ds + "streams") or local in (None, ""):
+        path, remote = self.mds_path(loader), self.get(ds + "remote")
+        if path is None:
             return False
-        path = f"{str(local).rstrip('/')}/{split}" if split else str(local)
         # StreamingDataset reads `local`/`split`/index.json and the shards it lists (streaming/base/stream.py)
         self.set(f"{s}.path", path, ds + "local", ds + "split", note="the directory of the MDS shards' index.json")
         self.set(f"{s}.format", "mds", ds + "local", note="mosaicml-streaming's shards")
