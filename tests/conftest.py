@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
+import sys
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -61,10 +63,30 @@ ONE_PROCESS = frozenset(
 their own, which took its pytest worker down once beside other training processes: they stay in "slow".)"""
 
 
+def free_port() -> int:
+    """A TCP port no process of this machine listens on now (the kernel's pick for port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(config_file: Path, *args: str) -> list[str]:
+    """The argv of `accelerate launch --config_file config_file *args` on a free rendezvous port.
+
+    A build's accelerate config names launch.main_process_port (29500 by default); a process of an
+    earlier test, or of anything else on the machine, still listening there fails the launch with
+    EADDRINUSE. Each launch gets a port of its own; a `--main_process_port` in args still wins (the
+    last one given is the one argparse keeps)."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+        "--main_process_port", str(free_port()), *args,
+    ]  # fmt: skip
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`-n auto --dist loadgroup`) the slow tests that launch several
-    processes run one after another in one worker: they listen on accelerate's default port
-    and use every core, while the other workers take the fast tests. The slow tests of the
+    processes run one after another in one worker: they use every core (and each listens on a
+    port of its own, see accelerate_launch), while the other workers take the fast tests. The slow tests of the
     files in ONE_PROCESS run one after another in a group of their own, beside them, and so does
     a slow test that names its own group (one that opens no port and is bound by installing
     packages)."""

@@ -9,10 +9,7 @@ fsdp2_prepare_model sharded.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +18,7 @@ import pytest
 
 pytest.importorskip("accelerate")
 
+from conftest import accelerate_launch, free_port  # noqa: E402
 from test_training import TINY, _build, _env, _metrics, _project, _weights  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -74,14 +72,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(build_dir: Path, *args: str, script: list[str] | None = None, expect: int | None = 0) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(build_dir / "accelerate_config.yaml"), *args]
+    cmd = accelerate_launch(build_dir / "accelerate_config.yaml", *args)
     cmd += script or [str(build_dir / "train.py")]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     if expect is not None:
@@ -164,12 +156,12 @@ def test_two_machines_on_loopback_train_together_like_one_process(single: Path, 
     """Two `accelerate launch` calls, machine ranks 0 and 1 on 127.0.0.1, one process each."""
     project = _project(tmp_path, RECIPE)
     build_dir = _build(project, *STEPS, "launch.num_processes=2")
-    port = str(_free_port())
+    port = str(free_port())
     common = ["--num_machines", "2", "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", port]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(build_dir / "accelerate_config.yaml"),
-             *common, "--machine_rank", str(rank), str(build_dir / "train.py")],
+            accelerate_launch(build_dir / "accelerate_config.yaml", *common, "--machine_rank", str(rank),
+                              str(build_dir / "train.py")),
             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         for rank in (0, 1)

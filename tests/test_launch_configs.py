@@ -31,7 +31,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import _recipe_text
+from conftest import _recipe_text, free_port
 from recipec.cli import main
 from recipec.compiler import build
 from recipec.diagnostics import RecipeError
@@ -743,7 +743,7 @@ def test_slurm_sbatch_trains_on_two_emulated_nodes_over_gloo(tmp_path: Path):
     project = tmp_path / "project"
     (project / "recipes").mkdir(parents=True)
     (project / "recipes" / "tiny.toml").write_text(TINY)
-    port = _free_port()
+    port = free_port()
     sets = [
         "launch.num_processes=2", "launch.num_machines=2", 'launch.machine_rank="env"', 'launch.main_process_ip="env"',
         f"launch.main_process_port={port}", "train.max_steps=4", "train.save_every=0", "train.eval_every=0",
@@ -771,14 +771,6 @@ def test_slurm_sbatch_trains_on_two_emulated_nodes_over_gloo(tmp_path: Path):
     record = json.loads((project / "runs" / "tiny" / "run.json").read_text())
     assert record["status"] == "completed" and record["hardware"]["num_processes"] == 2
     assert [m["step"] for m in _metrics(project / "runs" / "tiny") if "loss" in m] == [1, 2, 3, 4]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the device mesh: accelerate's ParallelismConfig from the launcher's environment ----------

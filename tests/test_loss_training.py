@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import test_sft as sft
+from conftest import accelerate_launch
 from test_training import TINY, _build, _env, _metrics, _project, _train
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ CHUNKED = '\n[loss]\ncross_entropy = "chunked"\nchunk_size = 24\n'  # not a divi
 
 def _launch(build_dir: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(build_dir / "accelerate_config.yaml"), str(build_dir / "train.py")],
+        accelerate_launch(build_dir / "accelerate_config.yaml", str(build_dir / "train.py")),
         env=_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-6000:]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import accelerate_launch
 from recipec.compiler import build
 
 from test_sft import WORDS, _env, _model
@@ -118,7 +119,7 @@ def _run(recipe: Path, processes: int = 1) -> subprocess.CompletedProcess:
     script = str(written.dir / "train.py")
     cmd = [sys.executable, script]
     if processes > 1:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(written.dir / "accelerate_config.yaml"), script]
+        cmd = accelerate_launch(written.dir / "accelerate_config.yaml", script)
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc

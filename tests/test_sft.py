@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import accelerate_launch
 from recipec.compiler import build
 
 from runtime.chat_fixtures import CHATML_MARKED, chat_tokenizer
@@ -120,7 +121,7 @@ def _train(project: Path, processes: int = 1, **env: str) -> list[dict]:
     written, _ = build(project / "recipes" / "chat.toml", (), project / "build" / "chat", project=project)
     script = str(written.dir / "train.py")
     if processes > 1:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(written.dir / "accelerate_config.yaml"), script]
+        cmd = accelerate_launch(written.dir / "accelerate_config.yaml", script)
     else:
         cmd = [sys.executable, script]
     proc = subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=900)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import accelerate_launch
 from recipec.compiler import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,8 +275,7 @@ def test_two_processes_on_cpu_match_one_process_with_the_same_global_batch(tmp_p
     _train(_build(one, *settings))
     build_two = _build(two, *settings, "launch.num_processes=2")
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(build_two / "accelerate_config.yaml"),
-         str(build_two / "train.py")],
+        accelerate_launch(build_two / "accelerate_config.yaml", str(build_two / "train.py")),
         env=_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-6000:]
