@@ -21,6 +21,12 @@ What is measured:
     peak reset before the model is created: again torch's live tensors, without the CUDA
     context or the caching allocator's reserve.
 
+With `train.eval_micro_batch_size` above `micro_batch_size` (the "eval" cases), the worker then
+runs one evaluation forward of that many rows as train.py's evaluate() does (eval mode, no_grad,
+the gradients freed, the optimizer state kept) and reports its peak apart: on CPU the highest
+running sum after the forward starts (a profiler range marks it), on CUDA the peak after a reset.
+It is compared with the estimate's `evaluation`.
+
 The random tokens stand in for the data: memory depends on the shapes, not the values.
 
 Usage: python benchmarks/memory_estimate.py [--steps N] [--device cpu|cuda] [--case NAME ...]
@@ -177,7 +183,12 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ['peft={method="lora", r=16, target_modules="all-linear"}'],
     ),
     "quickstart lora q,v": ("recipes/quickstart.toml", ['peft={method="lora", r=8}']),
+    "quickstart eval b64": ("recipes/quickstart.toml", ["train.eval_micro_batch_size=64"]),
+    "quickstart eval b64 bf16": ("recipes/quickstart.toml", ["train.eval_micro_batch_size=64", 'launch.mixed_precision="bf16"']),
+    "quickstart eval b64 bf16 weights": ("recipes/quickstart.toml", ["train.eval_micro_batch_size=64", 'model.dtype="bfloat16"']),
+    "quickstart eval b64 lora": ("recipes/quickstart.toml", ["train.eval_micro_batch_size=64", 'peft={method="lora", r=8}']),
     "wide 6L b8": ("recipes/quickstart.toml", WIDE),
+    "wide 6L b8 eval b32": ("recipes/quickstart.toml", [*WIDE, "train.eval_micro_batch_size=32"]),
     "wide 6L b8 ckpt": (
         "recipes/quickstart.toml",
         [*WIDE, "model.gradient_checkpointing=true"],
@@ -189,6 +200,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "gpt2 eager": ("recipes/quickstart.toml", [*GPT2, 'model.attention="eager"']),
     "gpt2 bf16 weights": ("recipes/quickstart.toml", [*GPT2, 'model.dtype="bfloat16"']),
     "gpt2 bf16 autocast": ("recipes/quickstart.toml", [*GPT2, *NO_DROPOUT, 'launch.mixed_precision="bf16"']),
+    "gpt2 eval b64": ("recipes/quickstart.toml", [*GPT2, "train.eval_micro_batch_size=64"]),
     "gemma3": ("recipes/quickstart.toml", GEMMA3),
     "gemma3 tied": ("recipes/quickstart.toml", [*GEMMA3, "model.config.tie_word_embeddings=true"]),
     "gemma3 ckpt": ("recipes/quickstart.toml", [*GEMMA3, "model.gradient_checkpointing=true"]),
@@ -197,6 +209,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "gemma3 bf16 autocast": ("recipes/quickstart.toml", [*GEMMA3, 'launch.mixed_precision="bf16"']),
     "gemma3 lora r16": ("recipes/quickstart.toml", [*GEMMA3, 'peft={method="lora", r=16, target_modules="all-linear"}']),
     "gemma3 lora q,v": ("recipes/quickstart.toml", [*GEMMA3, 'peft={method="lora", r=8}']),
+    "gemma3 eval b64": ("recipes/quickstart.toml", [*GEMMA3, "train.eval_micro_batch_size=64"]),
     "gemma2": ("recipes/quickstart.toml", GEMMA2),
     "gemma2 tied": ("recipes/quickstart.toml", [*GEMMA2, "model.config.tie_word_embeddings=true"]),
     "gemma2 ckpt": ("recipes/quickstart.toml", [*GEMMA2, "model.gradient_checkpointing=true"]),
@@ -204,6 +217,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "gemma2 bf16 autocast": ("recipes/quickstart.toml", [*GEMMA2, 'launch.mixed_precision="bf16"']),
     "gemma2 lora r16": ("recipes/quickstart.toml", [*GEMMA2, 'peft={method="lora", r=16, target_modules="all-linear"}']),
     "gemma2 lora q,v": ("recipes/quickstart.toml", [*GEMMA2, 'peft={method="lora", r=8}']),
+    "gemma2 eval b64": ("recipes/quickstart.toml", [*GEMMA2, "train.eval_micro_batch_size=64"]),
     "gemma": ("recipes/quickstart.toml", GEMMA),
     "gemma tied": ("recipes/quickstart.toml", [*GEMMA, "model.config.tie_word_embeddings=true"]),
     "gemma ckpt": ("recipes/quickstart.toml", [*GEMMA, "model.gradient_checkpointing=true"]),
@@ -305,7 +319,7 @@ def _worker(spec: dict) -> None:
     cuda = spec["device"] == "cuda"
     device = torch.device(spec["device"])
 
-    def train() -> None:
+    def train():
         config = AutoConfig.for_model(spec["init"], **spec["config"], vocab_size=spec["vocab_size"])
         model = AutoModelForCausalLM.from_config(
             config, dtype=getattr(torch, spec["dtype"]), attn_implementation=spec["attention"]
@@ -333,25 +347,51 @@ def _worker(spec: dict) -> None:
                 loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        return model, optimizer  # the optimizer's state stays alive through the evaluation, as in train.py
 
+    def evaluate(model) -> None:
+        # as train.py's evaluate(): after an optimizer step (the gradients freed, the optimizer's
+        # state kept), one forward of eval_micro_batch_size rows under no_grad, and its loss
+        model.eval()
+        x = torch.randint(0, spec["vocab_size"], (spec["eval_micro_batch_size"], spec["seq_len"]), device=device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["mixed_precision"] == "bf16"):
+            model(input_ids=x, labels=x, use_cache=False).loss.float().item()
+
+    result = {}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        train()
-        peak = torch.cuda.max_memory_allocated() - base
+        model, optimizer = train()
+        result["peak"] = torch.cuda.max_memory_allocated() - base
+        if spec["eval_micro_batch_size"]:
+            torch.cuda.reset_peak_memory_stats()
+            evaluate(model)
+            result["evaluation"] = torch.cuda.max_memory_allocated() - base
     else:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            train()
-        events = sorted(
+            model, optimizer = train()
+            if spec["eval_micro_batch_size"]:
+                with torch.profiler.record_function("recipec-evaluation"):
+                    evaluate(model)
+        events = list(prof.profiler.kineto_results.events())
+        marks = [e for e in events if e.name() == "recipec-evaluation"]
+        start = marks[0].start_ns() if marks else None  # the evaluation's allocations are the ones after its start
+        memory = sorted(
             (e.start_ns(), e.nbytes())
-            for e in prof.profiler.kineto_results.events()
+            for e in events
             if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
         )
-        live = peak = 0
-        for _, nbytes in events:
+        live = peak = evaluation = 0
+        for at, nbytes in memory:
             live += nbytes
-            peak = max(peak, live)
-    print(json.dumps({"peak": peak}))
+            if start is not None and at >= start:
+                evaluation = max(evaluation, live)
+            else:
+                peak = max(peak, live)
+        result["peak"] = peak
+        if start is not None:
+            result["evaluation"] = evaluation
+    print(json.dumps(result))
 
 
 def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[object, dict]:
@@ -372,6 +412,7 @@ def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[o
         "micro_batch_size": r.train.micro_batch_size,
         "seq_len": r.data.seq_len,
         "grad_accum_steps": plan["grad_accum_steps"],
+        "eval_micro_batch_size": r.train.eval_micro_batch_size if plan.memory.evaluation is not None else None,
         "steps": steps,
         "device": device,
     }
@@ -394,10 +435,11 @@ def main() -> None:
 
     mib = 1024**2
     print(f"{args.steps} optimizer steps per case on {args.device}; MiB; error = (estimate - measured) / measured")
-    head = f"{'case':<28} {'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'logits':>7} {'estimate':>9} {'measured':>9} {'error':>7}"
+    head = f"{'case':<34} {'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'logits':>7} {'estimate':>9} {'measured':>9} {'error':>7}"
     print(head)
     print("-" * len(head))
     errors = []
+    evaluations = []
     for name in args.case or CASES:
         recipe, overrides = CASES[name]
         m, measured = _case(recipe, overrides, args.steps, args.device)
@@ -405,10 +447,21 @@ def main() -> None:
         errors.append(abs(error))
         parts = " ".join(f"{getattr(m, k) / mib:7.1f}" for k in ("params", "grads", "optimizer", "activations", "logits"))
         print(
-            f"{name:<28} {parts} {m.per_device / mib:9.1f} {measured['peak'] / mib:9.1f} {error:+7.1%}",
+            f"{name:<34} {parts} {m.per_device / mib:9.1f} {measured['peak'] / mib:9.1f} {error:+7.1%}",
             flush=True,
         )
+        if "evaluation" in measured:
+            evaluations.append((name, m.evaluation, measured["evaluation"]))
     print(f"\nmean |error| {sum(errors) / len(errors):.1%}, max |error| {max(errors):.1%}")
+    if evaluations:
+        # train.eval_micro_batch_size above micro_batch_size: the peak of one evaluation forward
+        # (weights, optimizer state, its logits; no gradients), estimated and measured after the steps
+        print("\nevaluation forwards (train.eval_micro_batch_size > micro_batch_size)")
+        head = f"{'case':<34} {'estimate':>9} {'measured':>9} {'error':>7}"
+        print(head)
+        print("-" * len(head))
+        for name, estimate, measured in evaluations:
+            print(f"{name:<34} {estimate / mib:9.1f} {measured / mib:9.1f} {(estimate - measured) / measured:+7.1%}")
 
 
 if __name__ == "__main__":

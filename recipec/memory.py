@@ -1015,7 +1015,9 @@ class MemoryEstimate:
     """One line per part: the formula with the recipe's numbers."""
     evaluation: int | None = None
     """With `train.eval_micro_batch_size` above `micro_batch_size`: the peak of an evaluation forward, the
-    weights and the optimizer state (the gradients are freed, set to None) and the logits of its micro-batch."""
+    weights and the optimizer state (the gradients are freed, set to None), the logits of its micro-batch
+    (in the activation dtype, a float32 copy and the float32 log-probabilities of the cross-entropy: 8 bytes
+    a logit in float32, 10 in 16 bits) and the final norm's output that lm_head reads."""
 
 
 def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
@@ -1343,12 +1345,21 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     evaluation = None
     eval_b = recipe.train.eval_micro_batch_size
     if eval_b is not None and eval_b > b:
+        # no backward pass: the logits in the activation dtype, their float32 copy (none when they are
+        # float32 already) and the cross-entropy's float32 log-probabilities; beside them the final
+        # norm's output that lm_head reads (and its 16-bit cast under autocast over float32 weights).
+        # A soft-cap adds nothing here: each of its steps frees the tensor before (nothing is kept for a backward)
         eval_tokens = eval_b * s if chunk is None else min(chunk, eval_b * s)
-        eval_logits = round(eval_tokens * shape.vocab_size * (4 * LOGIT_COPIES + capped_b) / seq_split)
-        evaluation = parts[0] + parts[2] + eval_logits
+        per_logit = a_bytes + (4 if a_bytes != 4 else 0) + 4
+        eval_logits = round(eval_tokens * shape.vocab_size * per_logit / seq_split)
+        hidden_bytes = p_bytes + (2 if mixed and p_bytes == 4 else 0)
+        eval_hidden = round(eval_b * s * h * hidden_bytes / seq_split)
+        evaluation = parts[0] + parts[2] + eval_logits + eval_hidden
+        logit_formula = f"{'min(loss.chunk_size ' + str(chunk) + ', ' if chunk is not None else ''}b {eval_b} * s {s}{')' if chunk is not None else ''} * vocab {shape.vocab_size} * {per_logit} B"
         notes.append(
             f"evaluation: train.eval_micro_batch_size {eval_b} rows a forward, no backward: params {human(parts[0])} + optimizer "
-            f"{human(parts[2])} + its logits {human(eval_logits)} (the gradients are freed) = {human(evaluation)}"
+            f"{human(parts[2])} + its logits {human(eval_logits)} ({logit_formula}) + the final hidden states "
+            f"{human(eval_hidden)} (b {eval_b} * s {s} * h {h} * {hidden_bytes} B); the gradients are freed: {human(evaluation)}"
             + (", above the training step's peak" if evaluation > per_device else "")
         )
     return MemoryEstimate(

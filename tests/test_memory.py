@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import REPO
 from recipec.cli import main
 from recipec.compiler import plan_recipe
 from recipec.memory import ARCHITECTURES, GIB, ModelShape, adapter_parameters
@@ -820,12 +821,17 @@ def test_explain_json_says_why_there_is_no_estimate(write_recipe, tmp_path: Path
 
 def test_an_evaluation_micro_batch_holds_its_logits_beside_the_weights_and_the_optimizer_state(plan_of):
     """train.eval_micro_batch_size above micro_batch_size: the evaluation forward's peak is params + optimizer +
-    the logits of its rows (no gradients, no activations kept for a backward pass)."""
-    base = plan_of().memory  # micro-batch 4 x seq_len 32, vocab 512, float32
+    the logits of its rows and the final hidden states (no gradients, no activations kept for a backward pass)."""
+    base = plan_of().memory  # micro-batch 4 x seq_len 32, vocab 512, hidden 64, float32
     assert base.evaluation is None and plan_of({"train.eval_micro_batch_size": 4}).memory.evaluation is None
     m = plan_of({"train.eval_micro_batch_size": 64}).memory
     assert (m.per_device, m.logits) == (base.per_device, base.logits)  # the training step is unchanged
-    assert m.evaluation == m.params + m.optimizer + 64 * 32 * 512 * 4 * 3
+    # float32: the logits and the cross-entropy's log-probabilities, 8 B a logit; the final norm's output
+    assert m.evaluation == m.params + m.optimizer + 64 * 32 * 512 * 8 + 64 * 32 * 64 * 4
+    # 16 bits (autocast over float32 weights): 16-bit logits, their float32 copy and the log-probabilities,
+    # 10 B a logit; the final norm's float32 output and its 16-bit cast for lm_head
+    bf16 = plan_of({"train.eval_micro_batch_size": 64, "launch.mixed_precision": "bf16", "launch.cpu": False}).memory
+    assert bf16.evaluation == bf16.params + bf16.optimizer + 64 * 32 * 512 * 10 + 64 * 32 * 64 * 6
     assert m.evaluation > m.per_device  # 16 times the logits: the evaluation is the peak here
     note = next(n for n in m.notes if n.startswith("evaluation: "))
     assert "eval_micro_batch_size 64 rows" in note and note.endswith("above the training step's peak")
@@ -836,7 +842,29 @@ def test_an_evaluation_micro_batch_holds_its_logits_beside_the_weights_and_the_o
     assert memory_warnings(plan_of({"train.eval_micro_batch_size": 64, "launch.device_memory_gib": m.evaluation / GIB * 1.01})) == []
     # chunked cross-entropy holds one chunk of logits at a time in evaluation too
     chunked = plan_of({"train.eval_micro_batch_size": 64, "loss.cross_entropy": "chunked", "loss.chunk_size": 256}).memory
-    assert chunked.evaluation == chunked.params + chunked.optimizer + 256 * 512 * 4 * 3
+    assert chunked.evaluation == chunked.params + chunked.optimizer + 256 * 512 * 8 + 64 * 32 * 64 * 4
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("slow-one-process")  # one process, no port
+@pytest.mark.parametrize(
+    "case", ["quickstart eval b64", "quickstart eval b64 bf16", "quickstart eval b64 lora", "gemma2 eval b64"]
+)
+def test_the_evaluation_estimate_is_the_measured_peak_of_an_evaluation_forward(case: str):
+    """benchmarks/memory_estimate.py trains the case's model two steps, then runs one evaluation forward of
+    eval_micro_batch_size rows as train.py does, under torch's profiler: the estimate is within 2 % of the peak
+    of the live allocations, in float32, under bf16 autocast, with LoRA (an adapter's optimizer state) and
+    with gemma2's soft-capped logits."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("memory_estimate", REPO / "benchmarks" / "memory_estimate.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    recipe, overrides = bench.CASES[case]
+    estimate, measured = bench._case(recipe, overrides, 2, "cpu")  # the second step holds the optimizer state
+    assert estimate.evaluation is not None and "evaluation" in measured
+    assert abs(estimate.evaluation - measured["evaluation"]) / measured["evaluation"] < 0.02, (estimate.evaluation, measured)
+    assert abs(estimate.per_device - measured["peak"]) / measured["peak"] < 0.02, (estimate.per_device, measured)
 
 
 def test_explain_shows_the_evaluation_peak(write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
