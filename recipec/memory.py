@@ -1355,7 +1355,8 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         hidden_bytes = p_bytes + (2 if mixed and p_bytes == 4 else 0)
         eval_hidden = round(eval_b * s * h * hidden_bytes / seq_split)
         evaluation = parts[0] + parts[2] + eval_logits + eval_hidden
-        logit_formula = f"{'min(loss.chunk_size ' + str(chunk) + ', ' if chunk is not None else ''}b {eval_b} * s {s}{')' if chunk is not None else ''} * vocab {shape.vocab_size} * {per_logit} B"
+        tokens_formula = f"b {eval_b} * s {s}" if chunk is None else f"min(loss.chunk_size {chunk}, b {eval_b} * s {s})"
+        logit_formula = f"{tokens_formula} * vocab {shape.vocab_size} * {per_logit} B"
         notes.append(
             f"evaluation: train.eval_micro_batch_size {eval_b} rows a forward, no backward: params {human(parts[0])} + optimizer "
             f"{human(parts[2])} + its logits {human(eval_logits)} ({logit_formula}) + the final hidden states "
