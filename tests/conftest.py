@@ -73,10 +73,11 @@ def free_port() -> int:
 def accelerate_launch(config_file: Path, *args: str) -> list[str]:
     """The argv of `accelerate launch --config_file config_file *args` on a free rendezvous port.
 
-    A build's accelerate config names launch.main_process_port (29500 by default); a process of an
-    earlier test, or of anything else on the machine, still listening there fails the launch with
-    EADDRINUSE. Each launch gets a port of its own; a `--main_process_port` in args still wins (the
-    last one given is the one argparse keeps)."""
+    A build's accelerate config names launch.main_process_port (29500 by default). accelerate moves
+    to a free port when that one is held as it checks, but a process that binds it between the check
+    and torchrun's own bind (another launch on the machine, say) fails the launch with EADDRINUSE.
+    Each launch gets a port of its own; a `--main_process_port` in args still wins (the last one
+    given is the one argparse keeps)."""
     return [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
         "--main_process_port", str(free_port()), *args,
