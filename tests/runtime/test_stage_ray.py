@@ -7,7 +7,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 pytest.importorskip("transformers")
 ray = pytest.importorskip("ray")
 
+from conftest import free_port  # noqa: E402
 from recipec.runtime import stage, stage_ray  # noqa: E402
 from recipec.runtime.readers import DataError  # noqa: E402
 
@@ -225,20 +225,12 @@ def _run_stage(tmp_path: pathlib.Path, req: dict, env: dict, timeout: int = 300)
 @pytest.mark.slow  # starts Ray or runs the stage twice: seconds
 def test_an_unreachable_cluster_is_a_clear_error(tmp_path, tokenizer_dir):
     jsonl(tmp_path / "a.jsonl", [{"text": prose(1)}])
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     req = dict(request(tmp_path, tokenizer_dir, [{"path": "a.jsonl"}]), executor="ray", ray_address=f"127.0.0.1:{port}")
     done = _run_stage(tmp_path, req, {"RAY_ADDRESS": ""}, timeout=60)
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"error: data.executor = \"ray\": cannot start or reach the Ray cluster at 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop_nodes(marker: str) -> None:
@@ -267,7 +259,7 @@ def _stop_nodes(marker: str) -> None:
 @pytest.mark.slow  # starts Ray or runs the stage twice: seconds
 def test_two_nodes_on_the_loopback_address_share_the_work(tmp_path, tokenizer_dir):
     ray_bin = pathlib.Path(sys.executable).parent / "ray"
-    port = _free_port()
+    port = free_port()
     temp = pathlib.Path("/tmp") / f"rayt-{os.getpid()}"  # short: the sockets' paths have a length limit
     marker = f"RECIPEC_TEST_RAY_NODES={uuid.uuid4().hex}"
     # the nodes and the stage on them without Ray's token authentication: a loopback cluster of one test
