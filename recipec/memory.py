@@ -1350,7 +1350,7 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         # norm's output that lm_head reads (and its 16-bit cast under autocast over float32 weights).
         # A soft-cap adds nothing here: each of its steps frees the tensor before (nothing is kept for a backward)
         eval_tokens = eval_b * s if chunk is None else min(chunk, eval_b * s)
-        per_logit = a_bytes + (4 if a_bytes != 4 else 0) + 4
+        per_logit = 8 if a_bytes == 4 else a_bytes + 8
         eval_logits = round(eval_tokens * shape.vocab_size * per_logit / seq_split)
         hidden_bytes = p_bytes + (2 if mixed and p_bytes == 4 else 0)
         eval_hidden = round(eval_b * s * h * hidden_bytes / seq_split)
