@@ -53,14 +53,8 @@ MINIMAL: dict[str, Any] = {
 """The minimal valid recipe: resolves with no error and no warning."""
 
 
-ONE_PROCESS = frozenset(
-    {
-        "test_architectures.py", "test_build_safety.py", "test_crash.py", "test_eval_sets.py", "test_fast_paths.py",
-        "test_hub.py", "test_parent.py", "test_pretrained_config.py", "test_token_sources_training.py", "test_trackers.py",
-    }
-)
-"""Files whose slow tests train in one process: they open no accelerate port. (Ray's tests start a cluster of
-their own, which took its pytest worker down once beside other training processes: they stay in "slow".)"""
+SPLIT_GROUPS = {"test_deepspeed.py": ("sequence_parallelism", "test_sp_")}
+"""Files whose slow tests make two xdist groups: those whose name holds one of these words, and the others."""
 
 
 def free_port() -> int:
@@ -85,15 +79,17 @@ def accelerate_launch(config_file: Path, *args: str) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`-n auto --dist loadgroup`) the slow tests that launch several
-    processes run one after another in one worker: they use every core (and each listens on a
-    port of its own, see accelerate_launch), while the other workers take the fast tests. The slow tests of the
-    files in ONE_PROCESS run one after another in a group of their own, beside them, and so does
-    a slow test that names its own group (one that opens no port and is bound by installing
-    packages)."""
+    """Under pytest-xdist (`-n auto --dist loadgroup`) the slow tests of one file run one after
+    another in one worker (an xdist group per file, two for the files in SPLIT_GROUPS), and the
+    workers take whole groups and the fast tests as they come free. A slow test that names its
+    own group keeps it. Two groups may run at once: each launch listens on a port of its own (see
+    accelerate_launch), and a multi-process launch gives each process one thread (torchrun's
+    OMP_NUM_THREADS), so a one-process run beside it fills the core it leaves."""
     for item in items:
         if item.get_closest_marker("slow") is not None and item.get_closest_marker("xdist_group") is None:
-            group = "slow-one-process" if item.path.name in ONE_PROCESS else "slow"
+            group = f"slow-{item.path.stem}"
+            if any(word in item.name for word in SPLIT_GROUPS.get(item.path.name, ())):
+                group += "-split"
             item.add_marker(pytest.mark.xdist_group(group))
 
 

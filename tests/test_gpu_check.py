@@ -53,7 +53,6 @@ def test_a_row_in_the_table() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slow-gpucheck")  # single-process runs that open no port: beside the other slow tests
 def test_every_row_on_cpu_with_a_tiny_model(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--device", "cpu", "--tiny", "--workdir", str(tmp_path)],

@@ -846,7 +846,6 @@ def test_an_evaluation_micro_batch_holds_its_logits_beside_the_weights_and_the_o
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slow-one-process")  # one process, no port
 @pytest.mark.parametrize(
     "case", ["quickstart eval b64", "quickstart eval b64 bf16", "quickstart eval b64 lora", "gemma2 eval b64"]
 )

@@ -148,7 +148,6 @@ def test_an_upgraded_package_makes_verify_report_the_requirements_too(tmp_path: 
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slow-install")  # mostly pip; trains one process that opens no port: beside the other slow tests
 def test_the_quickstart_trains_in_a_venv_made_from_its_requirements_alone(tmp_path: Path):
     """`pip install -r requirements.txt` into an empty virtualenv, then train.py for a few
     steps: the build needs nothing else, recipec least of all. Installs from the package
