@@ -211,17 +211,24 @@ def _dpo_run(
 
 
 @pytest.fixture(scope="module")
-def dpo_one(tmp_path_factory: pytest.TempPathFactory):
+def dpo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny chat model every preference run of the module starts from."""
+    from test_sft import _model
+
+    model = tmp_path_factory.mktemp("dpo-model") / "model"
+    _model(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def dpo_one(dpo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     """The model, and one process x micro-batch 8 of it for a reference setting: run once per setting, shared by the cases.
 
     KTO's KL estimate is the mean over the micro-batch of every process of its mismatched pairs (each prompt with
     the previous row's completion, within a micro-batch), as TRL takes it: it depends on how a step is split into
     micro-batches and processes by design. Its reference is thus 2 processes x micro-batch 4 without sharding (DDP
     on the CPU): the same micro-batches and KL estimates as the sharded run."""
-    from test_sft import _model
-
-    model = tmp_path_factory.mktemp("dpo-model") / "model"
-    _model(model)
+    model = dpo_model
     done: dict[tuple[str, str, str], dict] = {}
 
     def one(options: str, peft: str, objective: str = "dpo") -> tuple[Path, dict]:
@@ -461,8 +468,23 @@ SP_PREF_CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def sp_one(dpo_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One process x micro-batch 4 of a setting of SP_PREF_CASES (objective, options, peft, data): the reference of
+    the sp cases, run once per setting (the three "dpo-copy" cases share theirs)."""
+    done: dict[tuple, dict] = {}
+
+    def one(objective: str, options: str, peft: str, data: dict[str, str]) -> dict:
+        key = (objective, options, peft, tuple(sorted(data.items())))
+        if key not in done:
+            done[key] = _dpo_run(tmp_path_factory.mktemp("sp-one") / "one", dpo_model, options, peft, 4, 1, "", objective, data=data)
+        return done[key]
+
+    return one
+
+
 @pytest.mark.parametrize("case", list(SP_PREF_CASES))
-def test_preference_pairs_under_sequence_parallelism_train_as_one_process(case: str, dpo_one, tmp_path: Path) -> None:
+def test_preference_pairs_under_sequence_parallelism_train_as_one_process(case: str, dpo_model: Path, sp_one, tmp_path: Path) -> None:
     """Preference training with Ulysses over ZeRO-3: each side of a pair a row of its own, padded to seq_len, each rank
     of an sp group holding a slice of every row (half, or a quarter with sp 4). The per-row sums of log-probabilities (and token counts) are summed
     across the group before the objective, so the losses, rewards, log-probabilities and learning rates of every step,
@@ -473,16 +495,13 @@ def test_preference_pairs_under_sequence_parallelism_train_as_one_process(case: 
     from safetensors.torch import load_file
 
     objective, options, peft, micro, processes, sp_size = SP_PREF_CASES[case]
-    model, _ = dpo_one("", "")
     data = {}
     if objective == "kto":
         # its KL pairs (a prompt and another example's completion) fit seq_len 128; 9 held-out examples, which 2
         # processes do not split into whole micro-batches: filled up with rows that count for nothing
         data = {"max_length": "64"}
     sp = f'cpu = false\nstrategy = "deepspeed"\ndeepspeed = {{zero_stage = 3}}\nparallelism = {{sp_size = {sp_size}}}'
-    runs = {}
-    for name, m, p, launch in (("one", 4, 1, ""), ("sp", micro, processes, sp)):
-        runs[name] = _dpo_run(tmp_path / name, model, options, peft, m, p, launch, objective, data=data)
+    runs = {"one": sp_one(objective, options, peft, data), "sp": _dpo_run(tmp_path / "sp", dpo_model, options, peft, micro, processes, sp, objective, data=data)}
     one, two = runs["one"]["metrics"], runs["sp"]["metrics"]
     steps = [m for m in one if "loss" in m]
     assert len(steps) == 3 and steps[-1]["reward_margin"] != 0  # it trained
