@@ -68,6 +68,7 @@ GEMMA3 = [
 
 # gemma2 at the same sizes, with its default soft-capping (attention 50, logits 30) and
 # alternating sliding-window (64) and full layers; transformers builds it without sdpa
+CHUNKED_256 = 'loss={cross_entropy="chunked", chunk_size=256}'
 GEMMA2 = [
     'model.init="gemma2"',
     "model.config={hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, "
@@ -218,6 +219,14 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "gemma2 lora r16": ("recipes/quickstart.toml", [*GEMMA2, 'peft={method="lora", r=16, target_modules="all-linear"}']),
     "gemma2 lora q,v": ("recipes/quickstart.toml", [*GEMMA2, 'peft={method="lora", r=8}']),
     "gemma2 eval b64": ("recipes/quickstart.toml", [*GEMMA2, "train.eval_micro_batch_size=64"]),
+    # [loss] cross_entropy = "chunked": in training and in an evaluation forward
+    "quickstart chunked 256": ("recipes/quickstart.toml", [CHUNKED_256]),
+    "quickstart eval b64 chunked 256": ("recipes/quickstart.toml", [CHUNKED_256, "train.eval_micro_batch_size=64"]),
+    "quickstart eval b64 chunked 1024 bf16": (
+        "recipes/quickstart.toml",
+        ['loss={cross_entropy="chunked", chunk_size=1024}', "train.eval_micro_batch_size=64", 'launch.mixed_precision="bf16"'],
+    ),
+    "gemma2 eval b64 chunked 256": ("recipes/quickstart.toml", [*GEMMA2, CHUNKED_256, "train.eval_micro_batch_size=64"]),
     "gemma": ("recipes/quickstart.toml", GEMMA),
     "gemma tied": ("recipes/quickstart.toml", [*GEMMA, "model.config.tie_word_embeddings=true"]),
     "gemma ckpt": ("recipes/quickstart.toml", [*GEMMA, "model.gradient_checkpointing=true"]),
@@ -312,12 +321,21 @@ def _worker(spec: dict) -> None:
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from recipec.runtime import adapters
+    from recipec.runtime import adapters, loss as lm_loss
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
     cuda = spec["device"] == "cuda"
     device = torch.device(spec["device"])
+
+    def causal_lm_loss(model, x):
+        # as train.py's causal_lm_loss: the model's own loss, or with [loss] cross_entropy = "chunked"
+        # its last hidden state and the cross-entropy chunk_size supervised tokens at a time
+        if spec["chunk_size"] is None:
+            return model(input_ids=x, labels=x, use_cache=False).loss
+        head, softcap, _ = lm_loss.output_head(model)
+        hidden, _ = lm_loss.last_hidden_state(model, {"input_ids": x, "labels": x}, use_cache=False)
+        return lm_loss.chunked_cross_entropy(hidden, x, head, spec["chunk_size"], softcap)
 
     def train():
         config = AutoConfig.for_model(spec["init"], **spec["config"], vocab_size=spec["vocab_size"])
@@ -343,7 +361,7 @@ def _worker(spec: dict) -> None:
             for _ in range(accum):
                 x = torch.randint(0, spec["vocab_size"], (b, s), device=device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed == "bf16"):
-                    loss = model(input_ids=x, labels=x, use_cache=False).loss / accum  # as train.py
+                    loss = causal_lm_loss(model, x) / accum  # as train.py
                 loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -355,7 +373,7 @@ def _worker(spec: dict) -> None:
         model.eval()
         x = torch.randint(0, spec["vocab_size"], (spec["eval_micro_batch_size"], spec["seq_len"]), device=device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["mixed_precision"] == "bf16"):
-            model(input_ids=x, labels=x, use_cache=False).loss.float().item()
+            causal_lm_loss(model, x).float().item()
 
     result = {}
     if cuda:
@@ -412,7 +430,8 @@ def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[o
         "micro_batch_size": r.train.micro_batch_size,
         "seq_len": r.data.seq_len,
         "grad_accum_steps": plan["grad_accum_steps"],
-        "eval_micro_batch_size": r.train.eval_micro_batch_size if plan.memory.evaluation is not None else None,
+        "eval_micro_batch_size": r.train.eval_micro_batch_size if r.train.eval_micro_batch_size and r.train.eval_micro_batch_size > r.train.micro_batch_size else None,
+        "chunk_size": plan.get("chunk_size"),
         "steps": steps,
         "device": device,
     }
@@ -461,7 +480,10 @@ def main() -> None:
         print(head)
         print("-" * len(head))
         for name, estimate, measured in evaluations:
-            print(f"{name:<34} {estimate / mib:9.1f} {measured / mib:9.1f} {(estimate - measured) / measured:+7.1%}")
+            if estimate is None:  # the chunked cross-entropy's evaluation is not estimated
+                print(f"{name:<34} {'-':>9} {measured / mib:9.1f} {'-':>7}")
+            else:
+                print(f"{name:<34} {estimate / mib:9.1f} {measured / mib:9.1f} {(estimate - measured) / measured:+7.1%}")
 
 
 if __name__ == "__main__":

@@ -416,9 +416,10 @@ def _memory_lines(plan: Any) -> list[str]:
         lines.append(f"  {part.ljust(12)} {human(getattr(m, part)).rjust(11)}  {by_part.get(part, '')}".rstrip())
     devices = f", {human(m.total)} over {m.devices} devices" if m.devices > 1 else ""
     lines.append(f"  {'peak'.ljust(12)} {human(m.per_device).rjust(11)}  per device{devices}")
-    if m.evaluation is not None:
-        by_eval = next(note.split(": ", 1)[1] for note in m.notes if note.startswith("evaluation: "))
-        lines.append(f"  {'evaluation'.ljust(12)} {human(m.evaluation).rjust(11)}  {by_eval}")
+    by_eval = next((note.split(": ", 1)[1] for note in m.notes if note.startswith("evaluation: ")), None)
+    if by_eval is not None:
+        peak = human(m.evaluation) if m.evaluation is not None else "-"
+        lines.append(f"  {'evaluation'.ljust(12)} {peak.rjust(11)}  {by_eval}")
     lines += [f"  note: {note}" for note in m.notes if note.split(": ", 1)[0] not in (*parts, "evaluation")]  # e.g. preference pairs' length
     return lines
 

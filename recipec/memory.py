@@ -1017,7 +1017,8 @@ class MemoryEstimate:
     """With `train.eval_micro_batch_size` above `micro_batch_size`: the peak of an evaluation forward, the
     weights and the optimizer state (the gradients are freed, set to None), the logits of its micro-batch
     (in the activation dtype, a float32 copy and the float32 log-probabilities of the cross-entropy: 8 bytes
-    a logit in float32, 10 in 16 bits) and the final norm's output that lm_head reads."""
+    a logit in float32, 10 in 16 bits) and the final norm's output that lm_head reads. None with the chunked
+    cross-entropy, whose evaluation forward peaks inside the last layer (a note says so)."""
 
 
 def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
@@ -1344,7 +1345,16 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     ]
     evaluation = None
     eval_b = recipe.train.eval_micro_batch_size
-    if eval_b is not None and eval_b > b:
+    if eval_b is not None and eval_b > b and chunk is not None:
+        # the chunked loss asks the model for output_hidden_states: an evaluation forward keeps every layer's
+        # hidden state and peaks inside the last layer (its MLP's intermediates), which is not modelled
+        notes.append(
+            f"evaluation: train.eval_micro_batch_size {eval_b} rows a forward, not estimated with loss.cross_entropy "
+            '"chunked": the forward keeps every layer\'s hidden state and peaks inside the last layer, which the '
+            "estimate does not count (params, optimizer state and one chunk of logits were 42 % of the measured "
+            "peak for the quickstart, benchmarks/memory_estimate.py)"
+        )
+    elif eval_b is not None and eval_b > b:
         # no backward pass: the logits in the activation dtype, their float32 copy (none when they are
         # float32 already) and the cross-entropy's float32 log-probabilities; beside them the final
         # norm's output that lm_head reads (and its 16-bit cast under autocast over float32 weights).
