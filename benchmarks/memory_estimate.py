@@ -418,6 +418,7 @@ def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[o
 
     plan, _ = plan_recipe(REPO / recipe, overrides, project=REPO)
     r = plan.recipe
+    eval_b = r.train.eval_micro_batch_size  # an evaluation forward where the estimate has one (or says why not)
     spec = {
         "init": r.model.init,
         "config": plan["model_config"],
@@ -430,7 +431,7 @@ def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[o
         "micro_batch_size": r.train.micro_batch_size,
         "seq_len": r.data.seq_len,
         "grad_accum_steps": plan["grad_accum_steps"],
-        "eval_micro_batch_size": r.train.eval_micro_batch_size if r.train.eval_micro_batch_size and r.train.eval_micro_batch_size > r.train.micro_batch_size else None,
+        "eval_micro_batch_size": eval_b if eval_b is not None and eval_b > r.train.micro_batch_size else None,
         "chunk_size": plan.get("chunk_size"),
         "steps": steps,
         "device": device,

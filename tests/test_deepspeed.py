@@ -228,17 +228,16 @@ def dpo_one(dpo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     the previous row's completion, within a micro-batch), as TRL takes it: it depends on how a step is split into
     micro-batches and processes by design. Its reference is thus 2 processes x micro-batch 4 without sharding (DDP
     on the CPU): the same micro-batches and KL estimates as the sharded run."""
-    model = dpo_model
     done: dict[tuple[str, str, str], dict] = {}
 
     def one(options: str, peft: str, objective: str = "dpo") -> tuple[Path, dict]:
         if (options, peft, objective) not in done:
             root = tmp_path_factory.mktemp("dpo-one") / "one"
             if objective == "kto":
-                done[(options, peft, objective)] = _dpo_run(root, model, options, peft, 4, 2, "cpu = true", objective=objective)
+                done[(options, peft, objective)] = _dpo_run(root, dpo_model, options, peft, 4, 2, "cpu = true", objective=objective)
             else:
-                done[(options, peft, objective)] = _dpo_run(root, model, options, peft, 8, 1, objective=objective)
-        return model, done[(options, peft, objective)]
+                done[(options, peft, objective)] = _dpo_run(root, dpo_model, options, peft, 8, 1, objective=objective)
+        return dpo_model, done[(options, peft, objective)]
 
     return one
 
