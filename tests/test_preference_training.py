@@ -182,8 +182,12 @@ def test_a_dpo_step_does_not_depend_on_how_it_is_split(tmp_path: Path, model_dir
     print("max |difference| from 8x1 per held-out metric:", {n: max(d.values()) for n, d in held_out.items()})
     assert {"eval_loss_exam", "eval_exam_reward_margin", "eval_reward_accuracy", "eval_logps_rejected"} <= set(held_out["8x1"])
     for name in ("4x2", "2-processes", "2-processes-precomputed", "4x2-padded-to-seq_len"):
-        for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy", "logps_chosen"):
+        for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen"):
             assert [m[key] for m in steps[name]] == pytest.approx([m[key] for m in steps["8x1"]], abs=1e-5, rel=ROUNDING), (name, key)
+        # at step 1 the policy is the reference: every margin is 0 up to rounding (a precomputed reference scored
+        # the rows in other micro-batches, padded otherwise), and the accuracy would count the sign of that
+        # rounding; from step 2 the margins are the policy's
+        assert [m["reward_accuracy"] for m in steps[name][1:]] == [m["reward_accuracy"] for m in steps["8x1"][1:]], name
         assert generations[name] == generations["8x1"], name  # written once, by the main process
         assert {k: d for k, d in held_out[name].items() if not d <= 1e-5} == {}, name  # NaN included
     lines = generations["8x1"]
