@@ -310,9 +310,11 @@ def test_the_fsdp_plugins_live_reference_is_a_sharded_copy_of_the_policy(tmp_pat
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import torch.multiprocessing as mp
+        import accelerate.utils.fsdp_utils, transformers, recipec.runtime.preference
+        from transformers import LlamaForCausalLM
         from test_distributed import _plugin_reference
-        if __name__ == "__main__":
-            mp.spawn(_plugin_reference, args=(2, sys.argv[1] + "/init", sys.argv[1]), nprocs=2)
+        if __name__ == "__main__":  # forked: the processes share the imports made once here
+            mp.start_processes(_plugin_reference, args=(2, sys.argv[1] + "/init", sys.argv[1]), nprocs=2, start_method="fork")
         """
     )
     env = dict(_env(), OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")

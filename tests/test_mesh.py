@@ -382,7 +382,9 @@ def test_tensor_parallelism_over_two_cpu_processes_matches_one(tmp_path: Path):
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import torch
+        import torch.distributed.device_mesh
         import torch.multiprocessing as mp
+        import transformers.distributed.tensor_parallel
         from transformers import LlamaConfig, LlamaForCausalLM
         from test_mesh import _train_steps
         if __name__ == "__main__":
@@ -391,8 +393,10 @@ def test_tensor_parallelism_over_two_cpu_processes_matches_one(tmp_path: Path):
             config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
             LlamaForCausalLM(config).save_pretrained(root + "/model")
+            # forked before this process trains (a fork after autograd has run is unsafe): the processes
+            # share the imports made once here instead of making them again each
+            mp.start_processes(_train_steps, args=(4, root + "/model", root + "/init", root + "/two", 5), nprocs=4, start_method="fork")
             _train_steps(0, 1, root + "/model", "", root + "/one", 5)
-            mp.spawn(_train_steps, args=(4, root + "/model", root + "/init", root + "/two", 5), nprocs=4)
         """
     )
     for d in ("one", "two"):
@@ -462,6 +466,8 @@ def test_context_parallelism_needs_the_gpus_attention_kernels(tmp_path: Path):
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import torch
+        import torch.distributed.device_mesh
+        import torch.distributed.tensor.experimental
         import torch.multiprocessing as mp
         from transformers import LlamaConfig, LlamaForCausalLM
         from test_mesh import _context_parallel_forward
@@ -471,7 +477,8 @@ def test_context_parallelism_needs_the_gpus_attention_kernels(tmp_path: Path):
             config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
             LlamaForCausalLM(config).save_pretrained(root + "/model")
-            mp.spawn(_context_parallel_forward, args=(2, root + "/model", root + "/init", root), nprocs=2)
+            # forked: the processes share the imports made once here instead of making them again each
+            mp.start_processes(_context_parallel_forward, args=(2, root + "/model", root + "/init", root), nprocs=2, start_method="fork")
         """
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
