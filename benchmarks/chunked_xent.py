@@ -6,7 +6,7 @@ recipe's model.config and vocabulary, float32, AdamW) runs optimizer steps of
 grad_accum_steps micro-batches of random tokens in a fresh process per variant, which
 reports its peak. The plain variant takes the model's own loss (`model(..., labels=).loss`,
 as the generated script does); the chunked one calls recipec_runtime.loss as the generated
-script does (`last_hidden_state`, then `chunked_cross_entropy`). Both print the loss of the
+script does (`LastHiddenState`, then `chunked_cross_entropy`). Both print the loss of the
 first micro-batch, which must agree.
 
 The peak is measured as in benchmarks/memory_estimate.py: on CPU the maximum of the running
@@ -53,6 +53,7 @@ def _worker(spec: dict) -> None:
         no_decay = [p for p in model.parameters() if p.ndim < 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3)
         head, softcap, _ = lm_loss.output_head(model)
+        last_hidden = lm_loss.LastHiddenState(model) if spec["chunk_size"] is not None else None
         b, s, accum = spec["micro_batch_size"], spec["seq_len"], spec["grad_accum_steps"]
         g = torch.Generator().manual_seed(1)
         for _ in range(spec["steps"]):
@@ -62,7 +63,7 @@ def _worker(spec: dict) -> None:
                 if spec["chunk_size"] is None:
                     loss = model(**batch, use_cache=False).loss
                 else:
-                    hidden, _ = lm_loss.last_hidden_state(model, batch, use_cache=False)
+                    hidden, _ = last_hidden(model, batch, use_cache=False)
                     loss = lm_loss.chunked_cross_entropy(hidden, x, head, spec["chunk_size"], softcap)
                 first.append(loss.item())
                 (loss / accum).backward()

@@ -227,6 +227,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ['loss={cross_entropy="chunked", chunk_size=1024}', "train.eval_micro_batch_size=64", 'launch.mixed_precision="bf16"'],
     ),
     "gemma2 eval b64 chunked 256": ("recipes/quickstart.toml", [*GEMMA2, CHUNKED_256, "train.eval_micro_batch_size=64"]),
+    "wide 6L b8 eval b32 chunked 256": ("recipes/quickstart.toml", [*WIDE, CHUNKED_256, "train.eval_micro_batch_size=32"]),
     "gemma": ("recipes/quickstart.toml", GEMMA),
     "gemma tied": ("recipes/quickstart.toml", [*GEMMA, "model.config.tie_word_embeddings=true"]),
     "gemma ckpt": ("recipes/quickstart.toml", [*GEMMA, "model.gradient_checkpointing=true"]),
@@ -328,13 +329,17 @@ def _worker(spec: dict) -> None:
     cuda = spec["device"] == "cuda"
     device = torch.device(spec["device"])
 
+    hooked = {}  # model -> its LastHiddenState, made once as train.py makes it
+
     def causal_lm_loss(model, x):
         # as train.py's causal_lm_loss: the model's own loss, or with [loss] cross_entropy = "chunked"
         # its last hidden state and the cross-entropy chunk_size supervised tokens at a time
         if spec["chunk_size"] is None:
             return model(input_ids=x, labels=x, use_cache=False).loss
         head, softcap, _ = lm_loss.output_head(model)
-        hidden, _ = lm_loss.last_hidden_state(model, {"input_ids": x, "labels": x}, use_cache=False)
+        if id(model) not in hooked:
+            hooked[id(model)] = lm_loss.LastHiddenState(model)
+        hidden, _ = hooked[id(model)](model, {"input_ids": x, "labels": x}, use_cache=False)
         return lm_loss.chunked_cross_entropy(hidden, x, head, spec["chunk_size"], softcap)
 
     def train():

@@ -1018,7 +1018,7 @@ class MemoryEstimate:
     weights and the optimizer state (the gradients are freed, set to None), the logits of its micro-batch
     (in the activation dtype, a float32 copy and the float32 log-probabilities of the cross-entropy: 8 bytes
     a logit in float32, 10 in 16 bits) and the final norm's output that lm_head reads. None with the chunked
-    cross-entropy, whose evaluation forward peaks inside the last layer (a note says so)."""
+    cross-entropy, whose evaluation forward peaks inside a layer (a note says so)."""
 
 
 def _targets(shape: ModelShape, peft: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
@@ -1346,13 +1346,13 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     evaluation = None
     eval_b = recipe.train.eval_micro_batch_size
     if eval_b is not None and eval_b > b and chunk is not None:
-        # the chunked loss asks the model for output_hidden_states: an evaluation forward keeps every layer's
-        # hidden state and peaks inside the last layer (its MLP's intermediates), which is not modelled
+        # without the logits, an evaluation forward peaks inside a layer (the attention's or the MLP's
+        # intermediates of eval_b rows, which depend on the attention kernel): not modelled
         notes.append(
             f"evaluation: train.eval_micro_batch_size {eval_b} rows a forward, not estimated with loss.cross_entropy "
-            '"chunked": the forward keeps every layer\'s hidden state and peaks inside the last layer, which the '
-            "estimate does not count (params, optimizer state and one chunk of logits were 42 % of the measured "
-            "peak for the quickstart, benchmarks/memory_estimate.py)"
+            '"chunked": without the logits the forward peaks inside a layer (its attention\'s or MLP\'s '
+            "intermediates), which the estimate does not model (params, optimizer state and one chunk of logits "
+            "were 45 % of the measured peak for the quickstart, benchmarks/memory_estimate.py)"
         )
     elif eval_b is not None and eval_b > b:
         # no backward pass: the logits in the activation dtype, their float32 copy (none when they are

@@ -8,10 +8,10 @@ recomputes each chunk's logits in the backward pass (``torch.utils.checkpoint``)
 neither pass ever holds more than one chunk's logits.
 
 The model is still called through its (DDP-wrapped, compiled, PEFT-wrapped) forward, so
-that the wrappers see every call: ``last_hidden_state`` asks it for its last hidden state
-and for the logits of no position (``logits_to_keep`` an empty tensor). The output
-projection is then applied to each chunk here, as the module itself (an adapter on it, or
-PEFT's trained copy, applies).
+that the wrappers see every call: ``LastHiddenState`` asks it for the logits of no position
+(``logits_to_keep`` an empty tensor) and keeps its decoder's output, the last hidden state,
+by a forward hook. The output projection is then applied to each chunk here, as the module
+itself (an adapter on it, or PEFT's trained copy, applies).
 
 The loss is transformers' ``ForCausalLMLoss``: labels shifted left by one, -100 ignored,
 the mean over the supervised tokens, logits upcast to float32 after the model's own
@@ -28,7 +28,11 @@ IGNORE = -100
 
 # config attributes that change the logits after the output projection and that the chunked
 # path does not reproduce: a model with one of them must use the plain loss
-UNSUPPORTED_SCALING = ("logit_scale", "logits_scaling", "output_multiplier_scale", "lm_head_multiplier")
+UNSUPPORTED_SCALING = (
+    "logit_scale", "logits_scaling", "output_multiplier_scale", "lm_head_multiplier", "logits_mup_width_multiplier",
+)  # fmt: skip
+# config attributes that name a soft-cap of the logits (tanh(logits / cap) * cap), which the chunked path applies
+SOFTCAPS = ("final_logit_softcapping", "logits_soft_cap")
 
 
 def output_head(model: Any) -> tuple[Any, float | None, str | None]:
@@ -46,32 +50,91 @@ def output_head(model: Any) -> tuple[Any, float | None, str | None]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps the model
     if "logits_to_keep" not in inspect.signature(base.forward).parameters:
         return None, None, f"{type(base).__name__}.forward takes no `logits_to_keep`, so it cannot skip its logits"
+    if not any(child is head for child in base.children()):
+        # BERT-like heads (a dense layer and a norm before the projection) and XLM's wrap it in a module of their own
+        path = next((name for name, module in base.named_modules() if module is head), "?")
+        return None, None, f"{type(base).__name__} applies more than its output projection `{path}` to the last hidden state"
+    decoder = _decoder(model)
+    if decoder is None:
+        return None, None, f"{type(base).__name__} has no decoder module apart from itself (get_decoder()), whose output the loss would read"
+    others = [
+        n for n, c in base.named_children()
+        if c is not head and not any(m is decoder for m in c.modules()) and next(c.parameters(), None) is not None
+    ]  # fmt: skip
+    if others:  # ELECTRA's generator_predictions, say, between the decoder and the projection
+        return None, None, f"{type(base).__name__} has modules beside its decoder and output projection ({', '.join(others)})"
     scaled = [a for a in UNSUPPORTED_SCALING if getattr(config, a, None) not in (None, 1, 1.0)]
+    if getattr(config, "unpadded_vocab_size", None) is not None:
+        scaled.append("unpadded_vocab_size")  # its logits are cut to the unpadded vocabulary
     if scaled:
         return None, None, f"{config.model_type} scales its logits ({', '.join(scaled)}), which the chunked loss does not reproduce"
-    return head, getattr(config, "final_logit_softcapping", None), None
+    return head, next((getattr(config, a) for a in SOFTCAPS if getattr(config, a, None) is not None), None), None
 
 
-def last_hidden_state(model: Any, batch: dict[str, Any], **kwargs: Any) -> tuple[Any, Any]:
-    """Call the model on a batch for its last hidden state (after the final norm) and no logits.
+class LastHiddenState:
+    """Calls a causal LM for its last hidden state (after the final norm) and no logits.
+
+    A forward hook on the model's decoder (``get_decoder()``, the module whose output
+    ``lm_head`` projects) keeps that module's output. ``output_hidden_states`` would give the
+    same tensor, but with every layer's hidden state beside it: an evaluation forward, which
+    keeps nothing for a backward pass, would hold all of them until it returns.
 
     Args:
-        model: the model as training calls it (wrapped by DDP, torch.compile or PEFT, or not).
-        batch: ``input_ids``, ``labels`` and whatever else the model takes (``position_ids``).
-        **kwargs: passed on to the forward (``use_cache``, ``output_router_logits``).
-
-    Returns:
-        (hidden, outputs): hidden is (batch, seq, hidden) aligned with ``batch["labels"]``
-        (prompt tuning's virtual tokens, prepended by PEFT, are cut off); outputs is the
-        model's output (``aux_loss`` for a mixture of experts).
+        model: the causal LM unwrapped (PEFT-wrapped or not), before accelerate, FSDP or
+            DeepSpeed wrap it: the wrappers keep its modules, and the hook with them.
     """
+
+    def __init__(self, model: Any) -> None:
+        decoder = _decoder(model)
+        if decoder is None:
+            raise ValueError(f"{type(model).__name__} has no decoder module apart from itself (get_decoder())")
+        self._hidden: Any = None
+        self._handle = decoder.register_forward_hook(self._keep)
+
+    def _keep(self, module: Any, args: Any, output: Any) -> None:
+        self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    def __call__(self, model: Any, batch: dict[str, Any], **kwargs: Any) -> tuple[Any, Any]:
+        """The forward of ``model`` on ``batch``, without its logits.
+
+        Args:
+            model: the model as training calls it (wrapped by DDP, torch.compile or PEFT, or not).
+            batch: ``input_ids``, ``labels`` and whatever else the model takes (``position_ids``).
+            **kwargs: passed on to the forward (``use_cache``, ``output_router_logits``).
+
+        Returns:
+            (hidden, outputs): hidden is (batch, seq, hidden) aligned with ``batch["labels"]``
+            (prompt tuning's virtual tokens, prepended by PEFT, are cut off); outputs is the
+            model's output (``aux_loss`` for a mixture of experts).
+        """
+        import torch
+
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        nothing = torch.zeros(0, dtype=torch.long, device=labels.device)  # the logits of no position
+        outputs = model(**inputs, logits_to_keep=nothing, **kwargs)
+        hidden, self._hidden = self._hidden, None  # held no longer than the caller holds it
+        if hidden is None:
+            raise RuntimeError("the forward did not run the decoder the hook is on (was the model replaced?)")
+        return hidden[:, -labels.shape[1] :], outputs
+
+    def remove(self) -> None:
+        """Take the hook off the decoder."""
+        self._handle.remove()
+
+
+def _decoder(model: Any) -> Any:
+    """The decoder of a causal LM (PEFT-wrapped or not), or None when it has none apart from itself.
+
+    transformers' ``get_decoder()``, or the ``model`` attribute where that returns the causal LM itself
+    (Llama 4's text model names a base-model prefix it does not have)."""
     import torch
 
-    labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    nothing = torch.zeros(0, dtype=torch.long, device=labels.device)  # the logits of no position
-    outputs = model(**inputs, output_hidden_states=True, logits_to_keep=nothing, **kwargs)
-    return outputs.hidden_states[-1][:, -labels.shape[1] :], outputs
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    if decoder is None or decoder is base:
+        decoder = getattr(base, "model", None)
+    return decoder if isinstance(decoder, torch.nn.Module) and decoder is not base else None
 
 
 def _chunk_loss(head: Any, hidden: Any, labels: Any, softcap: float | None) -> Any:

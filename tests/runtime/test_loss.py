@@ -44,8 +44,13 @@ def _chunked(model, batch, chunk_size, **kwargs):
     model.zero_grad(set_to_none=True)
     head, softcap, problem = xent.output_head(model)
     assert problem is None
-    hidden, out = xent.last_hidden_state(model, batch, use_cache=False, **kwargs)
+    kept = xent.LastHiddenState(model)
+    try:
+        hidden, out = kept(model, batch, use_cache=False, **kwargs)
+    finally:
+        kept.remove()
     assert out.logits.numel() == 0  # the model computed no logits
+    assert out.hidden_states is None  # nor kept the other layers' hidden states
     loss = xent.chunked_cross_entropy(hidden, batch["labels"], head, chunk_size, softcap)
     return loss, out, head, softcap
 
@@ -170,3 +175,74 @@ def test_chunked_under_gradient_checkpointing_and_bf16_autocast() -> None:
     grads = _grads(model)
     for name in grads:  # bf16 matmuls recomputed chunk by chunk: equal to bf16 precision
         torch.testing.assert_close(grads[name], plain_grads[name], rtol=2e-2, atol=2e-3, msg=name)
+
+
+def test_the_last_hidden_state_is_the_one_output_hidden_states_ends_with_also_compiled() -> None:
+    """The decoder's output, kept by the hook, through a compiled model too (the hook runs inside the graph)."""
+    model, batch = _model("llama"), _batch()
+    with torch.no_grad():
+        want = model(input_ids=batch["input_ids"], output_hidden_states=True).hidden_states[-1]
+    kept = xent.LastHiddenState(model)
+    with torch.no_grad():
+        hidden, _ = kept(model, batch, use_cache=False)
+    torch.testing.assert_close(hidden, want, rtol=0, atol=0)
+    plain, plain_grads = _plain(model, batch)
+    model.compile(backend="aot_eager")
+    head, softcap, _ = xent.output_head(model)
+    model.zero_grad(set_to_none=True)
+    hidden, _ = kept(model, batch, use_cache=False)
+    loss = xent.chunked_cross_entropy(hidden, batch["labels"], head, 8, softcap)
+    loss.backward()
+    torch.testing.assert_close(loss, plain.loss, rtol=1e-5, atol=1e-5)
+    _assert_close(_grads(model), plain_grads)
+    kept.remove()
+    with pytest.raises(RuntimeError, match="did not run the decoder"):
+        kept(model, batch, use_cache=False)
+
+
+@pytest.mark.slow
+def test_every_causal_lm_type_gets_the_next_token_loss_or_a_problem() -> None:
+    """Each causal-LM model type of transformers that builds at a tiny size: either output_head names why the chunked
+    loss cannot run, or the chunked loss on the kept hidden state is the next-token cross-entropy of the model's own
+    logits (labels shifted left by one). Not the model's own .loss: BartForCausalLM and a few others do not shift."""
+    import warnings
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from recipec.model_types import model_types
+
+    transformers.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore")
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "labels": ids}
+    checked, problems, wrong = [], {}, {}
+    # composite configs (a text and a vision or audio config) keep their sub-configs' full sizes: gigabytes
+    types = sorted(t for t, entry in model_types().items() if t in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not entry["sub_configs"])
+    for model_type in types:
+        try:  # many configs do not take these sizes (MLA ranks, hybrid layouts, vision towers): not this test's concern
+            torch.manual_seed(0)
+            config = transformers.AutoConfig.for_model(model_type, vocab_size=VOCAB, max_position_embeddings=64, **SIZES)
+            model = transformers.AutoModelForCausalLM.from_config(config).eval()
+            with torch.no_grad():
+                logits = model(input_ids=ids, use_cache=False).logits.float()
+        except Exception:  # noqa: BLE001
+            continue
+        head, softcap, problem = xent.output_head(model)
+        if problem:
+            problems[model_type] = problem
+            continue
+        want = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        checked.append(model_type)
+        try:
+            with torch.no_grad():
+                hidden, _ = xent.LastHiddenState(model)(model, batch, use_cache=False)
+                got = xent.chunked_cross_entropy(hidden, ids, head, 5, softcap)
+        except Exception as e:  # noqa: BLE001
+            wrong[model_type] = repr(e)
+            continue
+        if not torch.allclose(got, want, rtol=1e-5, atol=1e-5):
+            wrong[model_type] = (got.item(), want.item())
+    print(f"{len(checked)} model types checked; a problem named for {len(problems)}: {sorted(problems)}")
+    assert wrong == {}
+    assert len(checked) >= 80 and {"llama", "gemma2", "recurrent_gemma", "mixtral", "gpt2", "llama4_text"} <= set(checked)
+    assert {"bert", "roberta", "inkling_text", "cohere"} <= set(problems)
