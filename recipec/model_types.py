@@ -37,6 +37,14 @@ TOKENIZER_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 ROPE_KEYS = ("rope_theta", "rope_scaling", "partial_rotary_factor")
 """Legacy keys a config with `rope_parameters` takes and folds into it."""
 
+UNSHIFTED_LOSS = frozenset(
+    {"bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "cpmant", "mbart", "mvp", "pegasus", "trocr", "whisper", "xlm"}
+)
+"""Model types whose causal-LM class computes its own loss against the labels as given, not shifted
+left by one: each position is scored against its own token, so training on that loss teaches the model
+to copy its input. Found by comparing each tiny-buildable type's loss with the next-token cross-entropy
+of its logits (`tests/runtime/test_loss.py`, which fails when transformers changes the set)."""
+
 
 @cache
 def table() -> dict[str, Any]:

@@ -102,3 +102,17 @@ def test_chunked_memory_estimate_counts_one_chunk_of_logits(plan_of):
     assert large.logits == plain.logits + head_grad
     lora = plan_of(text='[loss]\ncross_entropy = "chunked"\nchunk_size = 16\n[peft]\nmethod = "lora"\n').memory
     assert lora.logits == 16 * 512 * 4 * 3  # a frozen head has no gradient
+
+
+def test_a_model_type_whose_own_loss_is_unshifted_needs_the_chunked_loss(plan_of):
+    """BartForCausalLM (and the types of UNSHIFTED_LOSS) score each token against itself: a recipe on its own loss
+    is an error at model.init; the chunked cross-entropy, which shifts the labels, is the way to train it."""
+    bart = {"model.init": "bart", "model.config": {"d_model": 64, "decoder_layers": 2, "decoder_attention_heads": 4, "decoder_ffn_dim": 128}}
+    with pytest.raises(RecipeError) as info:
+        plan_of(bart)
+    [error] = [e for e in info.value.diagnostics if "without shifting" in e.message]
+    assert error.location.source_line.startswith("init = ") and 'model type "bart"' in error.message
+    assert 'cross_entropy = "chunked"' in error.help
+    assert "without shifting" in _errors(plan_of, bart, text='[loss]\ncross_entropy = "plain"\n')
+    plan = plan_of(bart, text='[loss]\ncross_entropy = "chunked"\n')
+    assert plan["cross_entropy"] == "chunked"

@@ -14,6 +14,15 @@ def loss_settings(b: PlanBuilder) -> None:
     """
     r = b.recipe
     loss = r.loss
+    model_type = r.model.init if r.model.init is not None else (b.model_config or {}).get("model_type")
+    if r.preference is None and model_type in model_types.UNSHIFTED_LOSS and (loss is None or loss.cross_entropy == "plain"):
+        # the model's own loss scores each token against itself; the chunked cross-entropy shifts the labels
+        b.error(
+            ("model", "init") if r.model.init is not None else ("model", "path"),
+            f'the causal-LM class of model type "{model_type}" computes its own loss without shifting the labels '
+            "(each token is scored against itself), so training on it would teach the model to copy its input",
+            'set [loss] cross_entropy = "chunked", which computes the next-token loss itself',
+        )
     if loss is None:
         return
     if r.preference is not None:
