@@ -117,7 +117,6 @@ def test_two_processes_match_one_process_with_the_double_micro_batch(single: Pat
     assert lr_2 == lr_1
     w1, w2 = _weights(single), _weights(run_dir)
     assert w1.keys() == w2.keys()
-    import torch
 
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert worst < 1e-4, f"final weights differ by up to {worst}"
