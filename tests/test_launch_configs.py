@@ -854,20 +854,14 @@ def test_every_process_builds_the_device_mesh_over_gloo(case: str, accepted, lau
     call = next(iter(launched[case]))
     env = accepted[(case, call)]["mesh"]["env"]
     world = CASES[case]["launch"]["num_processes"]
-    sizes_sp = MESHES[case][0][3]
-    # forked, not spawned: the processes share the imports of torch, accelerate (and DeepSpeed) made once
-    # before the fork instead of making them again each (8 processes on 2 cores took 50 s spawned)
     script = textwrap.dedent(
         f"""\
         import json, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import torch.distributed, torch.multiprocessing as mp
-        import accelerate.parallelism_config
-        if {sizes_sp} > 1:
-            import deepspeed.comm, deepspeed.runtime.sequence_parallel.parallel_state_sp
+        import torch.multiprocessing as mp
         from test_launch_configs import _build_mesh
         if __name__ == "__main__":
-            mp.start_processes(_build_mesh, args=({world}, json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]), nprocs={world}, start_method="fork")
+            mp.spawn(_build_mesh, args=({world}, json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]), nprocs={world})
         """
     )
     full = dict(os.environ, OMP_NUM_THREADS="1")

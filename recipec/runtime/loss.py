@@ -64,7 +64,7 @@ def output_head(model: Any) -> tuple[Any, float | None, str | None]:
     if others:  # ELECTRA's generator_predictions, say, between the decoder and the projection
         return None, None, f"{type(base).__name__} has modules beside its decoder and output projection ({', '.join(others)})"
     scaled = [a for a in UNSUPPORTED_SCALING if getattr(config, a, None) not in (None, 1, 1.0)]
-    if getattr(config, "unpadded_vocab_size", None) is not None:
+    if getattr(config, "unpadded_vocab_size", None) is not None and config.unpadded_vocab_size < config.vocab_size:
         scaled.append("unpadded_vocab_size")  # its logits are cut to the unpadded vocabulary
     if scaled:
         return None, None, f"{config.model_type} scales its logits ({', '.join(scaled)}), which the chunked loss does not reproduce"
