@@ -112,6 +112,7 @@ class LastHiddenState:
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         nothing = torch.zeros(0, dtype=torch.long, device=labels.device)  # the logits of no position
+        self._hidden = None  # not a state a forward outside this call left (a generation step's)
         outputs = model(**inputs, logits_to_keep=nothing, **kwargs)
         hidden, self._hidden = self._hidden, None  # held no longer than the caller holds it
         if hidden is None:
