@@ -383,9 +383,10 @@ def side_sums(model: Any, input_ids: Any, position_ids: Any, shift_labels: Any, 
     counts = torch.stack([completion.sum(-1), predicted.sum(-1)])
     if group is not None:
         import torch.distributed as dist
-        import torch.distributed.nn.functional as dist_nn
 
-        sums = dist_nn.all_reduce(sums, group=group)
+        from .sequence_parallel import summed_over
+
+        sums = summed_over(sums, group)
         dist.all_reduce(counts, group=group)
     return sums, counts
 

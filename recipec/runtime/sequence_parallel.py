@@ -98,6 +98,21 @@ def token_counts(accelerator: Any, loader: Any, epoch: int, skip: int) -> Iterab
         epoch, whole = epoch + 1, 0
 
 
+def summed_over(tensor: Any, sp_group: Any) -> Any:
+    """``tensor`` summed over the group, differentiably: the backward sums the upstream gradients over the group too.
+
+    torch's functional all-reduce where it has a backward (torch 2.13 deprecates the differentiable
+    all-reduce of torch.distributed.nn, with a warning at every call); that one on earlier releases.
+    """
+    import torch.distributed._functional_collectives as functional
+
+    if hasattr(functional, "all_reduce_backward"):
+        return functional.wait_tensor(functional.all_reduce(tensor, "sum", sp_group))
+    import torch.distributed.nn.functional as dist_nn
+
+    return dist_nn.all_reduce(tensor, group=sp_group)
+
+
 def causal_lm_loss(model: Any, batch: dict[str, Any], *, as_sum: bool = False) -> tuple[Any, Any]:
     """The mean cross-entropy over the supervised tokens of the group's whole sequences, and the model's outputs.
 
@@ -107,7 +122,6 @@ def causal_lm_loss(model: Any, batch: dict[str, Any], *, as_sum: bool = False) -
     ``((total, tokens), outputs)``, for examples, whose step mean is over the whole step's tokens.
     """
     import torch
-    import torch.distributed.nn.functional as dist_nn
 
     labels = batch["shift_labels"]
     inputs = {k: v for k, v in batch.items() if k not in ("shift_labels", "labels")}
@@ -121,7 +135,7 @@ def causal_lm_loss(model: Any, batch: dict[str, Any], *, as_sum: bool = False) -
     # the group's sum, differentiably: the backward sums the upstream gradients over the group too, as an
     # all-gather's would (torch's differentiable all-gather scatters by global rank on gloo, which breaks
     # for every sp group but the one holding rank 0)
-    total = dist_nn.all_reduce(summed, group=sp_group)
+    total = summed_over(summed, sp_group)
     tokens = count.clone()
     torch.distributed.all_reduce(tokens, group=sp_group)
     if as_sum:
