@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+import forkrun
 from recipec import model_types
 from recipec.compiler import build
 from recipec.diagnostics import RecipeError
+from test_training import _env
 
 # the extra [model.config] keys each architecture needs to stay tiny (MoE: few, small experts)
 ARCHITECTURES: dict[str, dict[str, object]] = {
@@ -167,10 +169,8 @@ def test_each_architecture_trains_a_few_steps_on_cpu(model_type, tmp_path, recip
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "tiny.toml").write_text(recipe, encoding="utf-8")
     written, _ = build(tmp_path / "recipes" / "tiny.toml", (), tmp_path / "build" / "tiny", project=tmp_path)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env.pop("ACCELERATE_USE_CPU", None)
-    proc = subprocess.run(
-        [sys.executable, str(written.dir / "train.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    proc = forkrun.run(
+        [sys.executable, str(written.dir / "train.py")], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
     metrics = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import pytest
 
+import forkrun
 from recipec.compiler import build
 from recipec.runtime import checkpoint
 
@@ -367,7 +368,7 @@ class Setup:
         ref_build, _ = build(recipe, ["output.dir=runs/reference", "train.keep_last=0"], self.project / "build" / "reference", project=self.project)
         self.build, _ = build(recipe, [], self.project / "build" / "tiny", project=self.project)
         # the reference: a fresh process, never killed, every checkpoint kept
-        proc = subprocess.run([sys.executable, str(ref_build.train_py)], env=_env(), capture_output=True, text=True, timeout=300)
+        proc = forkrun.run([sys.executable, str(ref_build.train_py)], env=_env(), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-4000:]
         self.reference_run = self.project / "runs" / "reference"
         self.reference = _ckpt_dir(self.project, "reference")

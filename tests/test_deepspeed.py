@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 
 pytest.importorskip("deepspeed")
 
+import forkrun  # noqa: E402
 from test_distributed import KILL_RANK0, _launch, _losses_and_lrs  # noqa: E402
 from test_training import TINY, _build, _env, _metrics, _project, _weights  # noqa: E402
 from test_preference_training import ROUNDING  # noqa: E402
@@ -43,7 +43,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A few steps of the tiny model, saved with its tokenizer: the model both runs continue from."""
     project = _project(tmp_path_factory.mktemp("base"), RECIPE)
     build_dir = _build(project, "train.max_steps=3", "train.save_every=0", "train.eval_every=0")
-    subprocess.run([sys.executable, str(build_dir / "train.py")], env=_env(), check=True, capture_output=True, timeout=600)
+    forkrun.run([sys.executable, str(build_dir / "train.py")], env=_env(), check=True, capture_output=True, timeout=600)
     return project / "runs" / "tiny" / "model"
 
 
@@ -58,7 +58,7 @@ def _from(base: Path, tmp_path: Path) -> Path:
 def one(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = _from(base, tmp_path_factory.mktemp("one"))
     build_dir = _build(project, *STEPS)
-    subprocess.run([sys.executable, str(build_dir / "train.py")], env=_env(), check=True, capture_output=True, timeout=600)
+    forkrun.run([sys.executable, str(build_dir / "train.py")], env=_env(), check=True, capture_output=True, timeout=600)
     return project / "runs" / "tiny"
 
 
@@ -75,7 +75,7 @@ def one_8(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One process, batch 8 in two micro-batches: the reference of data parallelism over 2 processes."""
     project = _from(base, tmp_path_factory.mktemp("one8"))
     build_dir = _build(project, *STEPS, "train.batch_size=8")
-    subprocess.run([sys.executable, str(build_dir / "train.py")], env=_env(), check=True, capture_output=True, timeout=600)
+    forkrun.run([sys.executable, str(build_dir / "train.py")], env=_env(), check=True, capture_output=True, timeout=600)
     return project / "runs" / "tiny"
 
 

@@ -18,6 +18,7 @@ import pytest
 
 pytest.importorskip("accelerate")
 
+import forkrun  # noqa: E402
 from conftest import accelerate_launch, free_port  # noqa: E402
 from test_training import TINY, _build, _env, _metrics, _project, _weights  # noqa: E402
 
@@ -91,7 +92,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One process with micro-batch 8 (no accumulation): the reference run."""
     project = _project(tmp_path_factory.mktemp("single"), RECIPE)
     build_dir = _build(project, *STEPS, "train.micro_batch_size=8")
-    subprocess.run([sys.executable, str(build_dir / "train.py")], env=_env(), check=True, capture_output=True, timeout=900)
+    forkrun.run([sys.executable, str(build_dir / "train.py")], env=_env(), check=True, capture_output=True, timeout=900)
     return project / "runs" / "tiny"
 
 
@@ -333,7 +334,7 @@ def test_a_world_size_other_than_the_built_one_stops_before_training(tmp_path: P
     """Built for 2 processes, started as 1: the accumulation would be wrong, so it stops and says why."""
     project = _project(tmp_path, RECIPE)
     build_dir = _build(project, *STEPS, "launch.num_processes=2")
-    proc = subprocess.run([sys.executable, str(build_dir / "train.py")], env=_env(), capture_output=True, text=True, timeout=600)
+    proc = forkrun.run([sys.executable, str(build_dir / "train.py")], env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "1 processes were started but the recipe says launch.num_processes = 2" in proc.stderr
     assert not (project / "runs" / "tiny" / "metrics.jsonl").exists()

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+import forkrun
 from recipec.cli import main
 from recipec.compiler import build, plan_recipe
 
@@ -124,7 +124,7 @@ def test_the_merged_adapter_trains_as_the_saved_merged_model(tmp_path: Path) -> 
         if name == "adapter":
             shutil.rmtree(tmp_path / "runs" / "chat" / "model_full")
         written, plan = build(child, (f'output.dir="runs/child-{name}"',), tmp_path / "build" / name, project=tmp_path)
-        proc = subprocess.run([sys.executable, str(written.dir / "train.py")], env=_env(), capture_output=True, text=True, timeout=900)
+        proc = forkrun.run([sys.executable, str(written.dir / "train.py")], env=_env(), capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
         metrics = [json.loads(line) for line in (tmp_path / "runs" / f"child-{name}" / "metrics.jsonl").read_text().splitlines()]
         losses[name] = [(m["step"], m.get("loss"), m.get("eval_loss")) for m in metrics]

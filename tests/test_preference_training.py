@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import forkrun
 from conftest import accelerate_launch
 from recipec.compiler import build
 
@@ -120,7 +121,7 @@ def _run(recipe: Path, processes: int = 1) -> subprocess.CompletedProcess:
     cmd = [sys.executable, script]
     if processes > 1:
         cmd = accelerate_launch(written.dir / "accelerate_config.yaml", script)
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    proc = forkrun.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
@@ -248,7 +249,7 @@ def test_lora_with_precomputed_reference_resumes_bitwise(tmp_path: Path, model_d
         if name == "killed":
             killer = tmp_path / "killer.py"
             killer.write_text(KILLER)
-            proc = subprocess.run([sys.executable, str(killer), str(written.dir), "2", "after-commit"], env=_env(), capture_output=True, text=True, timeout=900)
+            proc = forkrun.run([sys.executable, str(killer), str(written.dir), "2", "after-commit"], env=_env(), capture_output=True, text=True, timeout=900)
             assert proc.returncode == -9, proc.stderr[-3000:]
             stored = sorted(p.name for p in (project / ".recipec" / "data").glob("*/reference-*.pt"))
             assert len(stored) == 2  # train and eval, written before the first step

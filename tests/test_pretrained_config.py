@@ -12,12 +12,12 @@ import ast
 import json
 import math
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import forkrun
 from recipec.compiler import build, plan_recipe
 from recipec.diagnostics import RecipeError
 from recipec.runtime import model_config
@@ -238,7 +238,7 @@ def test_the_trained_model_carries_the_replaced_keys(tmp_path: Path) -> None:
     recipe = _project(tmp_path, "rope_parameters = {rope_theta = 500000.0}\nmax_position_embeddings = 1024\nattention_dropout = 0.1", seq_len=64)
     recipe.write_text(recipe.read_text() + "\n[optim]\nlr = 1e-9\n")  # two steps that leave the weights as they loaded
     written, _ = build(recipe, (), tmp_path / "build", project=tmp_path)
-    proc = subprocess.run([sys.executable, str(written.dir / "train.py")], env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = forkrun.run([sys.executable, str(written.dir / "train.py")], env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.loads((tmp_path / "runs" / "over" / "model" / "config.json").read_text())
     assert saved["rope_parameters"]["rope_theta"] == 500000.0 and saved["rope_parameters"]["rope_type"] == "default"

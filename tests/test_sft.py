@@ -12,12 +12,12 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import forkrun
 from conftest import accelerate_launch
 from recipec.compiler import build
 
@@ -124,7 +124,7 @@ def _train(project: Path, processes: int = 1, **env: str) -> list[dict]:
         cmd = accelerate_launch(written.dir / "accelerate_config.yaml", script)
     else:
         cmd = [sys.executable, script]
-    proc = subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=900)
+    proc = forkrun.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     lines = (project / "runs" / "chat" / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
@@ -257,11 +257,11 @@ def test_lora_on_examples_with_new_tokens_resumes_bitwise(tmp_path: Path, model_
         if name == "killed":
             killer = tmp_path / "killer.py"
             killer.write_text(KILLER)
-            proc = subprocess.run(
+            proc = forkrun.run(
                 [sys.executable, str(killer), str(written.dir), "2", "after-commit"], env=_env(), capture_output=True, text=True, timeout=900
             )
             assert proc.returncode == -9, proc.stderr[-3000:]
-        proc = subprocess.run([sys.executable, str(written.dir / "train.py")], env=_env(), capture_output=True, text=True, timeout=900)
+        proc = forkrun.run([sys.executable, str(written.dir / "train.py")], env=_env(), capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-6000:]
         if name == "killed":
             assert "at step 2" in proc.stdout + proc.stderr

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import forkrun
 from recipec.compiler import build
+from test_training import _env
 
 pytestmark = pytest.mark.slow
 
@@ -102,9 +103,9 @@ cpu = true
 
 def _train(project: Path, recipe: str) -> subprocess.CompletedProcess[str]:
     written, _ = build(project / "recipes" / recipe, (), project / "build" / Path(recipe).stem, project=project)
-    proc = subprocess.run(
+    proc = forkrun.run(
         [sys.executable, str(written.dir / "train.py")],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        env=_env(),
         cwd=project,
         capture_output=True,
         text=True,

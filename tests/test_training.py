@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import forkrun
 from conftest import accelerate_launch
 from recipec.compiler import build
 
@@ -116,7 +117,7 @@ def _build(project: Path, *overrides: str, build_dir: str = "build/tiny") -> Pat
 
 def _train(build_dir: Path, *wrapper: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, *wrapper] if wrapper else [sys.executable, str(build_dir / "train.py")]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = forkrun.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == expect, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
@@ -125,7 +126,7 @@ def _kill(tmp_path: Path, build_dir: Path, step: int, mode: str) -> None:
     """Run the build and SIGKILL it at the checkpoint of `step` (before or after its commit)."""
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
-    proc = subprocess.run(
+    proc = forkrun.run(
         [sys.executable, str(killer), str(build_dir), str(step), mode], env=_env(), capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == -9, proc.stderr[-3000:]
@@ -636,7 +637,7 @@ def test_resuming_under_a_changed_build_stops_with_the_diff_unless_allowed(tmp_p
     assert "resuming would continue the run with these changes" in stopped.stderr
     assert "-lr = 0.01" in stopped.stderr and "+lr = 0.005" in stopped.stderr
     assert "--allow-changed" in stopped.stderr
-    allowed = subprocess.run(
+    allowed = forkrun.run(
         [sys.executable, str(changed / "train.py"), "--allow-changed"], env=_env(), capture_output=True, text=True, timeout=600
     )
     assert allowed.returncode == 0, allowed.stderr[-4000:]
