@@ -1,23 +1,25 @@
 """`python script.py ...` in a fork of a process that has already imported the script's libraries.
 
-A one-process training run of the tiny test models takes about 8 s, and most of that is not
-training: importing torch, transformers, accelerate, datasets, peft and deepspeed (about 4 s of CPU)
-and tearing the interpreter down at exit (about 1.4 s). The suite runs a few hundred such scripts.
-`run` takes the argv and keyword arguments of `subprocess.run`; for a Python script run with
-captured output under the environment the server started with, it asks a server (one per test
-process, started on first use) to fork itself and run the script in the child as `python script.py`
-would: a new process with its own pid, `__main__` the script, `sys.argv` and `sys.path[0]` set as
-the interpreter sets them, stdin from /dev/null, stdout and stderr captured, the exit code of
-`sys.exit` or 1 after an uncaught exception's traceback, non-daemon threads joined and atexit
-handlers run, -N when killed by signal N. Only the module teardown is skipped.
+A one-process training run of the tiny test models takes about 7 s, and most of that is not
+training: importing torch, transformers, accelerate, datasets, peft and deepspeed (about 5 s) and
+tearing the interpreter down at exit (about 1 s). The suite runs a few hundred such scripts. `run`
+takes the argv and keyword arguments of `subprocess.run`; for a Python script run with captured
+output and an explicit environment, it asks a server to fork itself and run the script in the child
+as `python script.py` would: a new process with its own pid, `__main__` the script, `sys.argv` and
+`sys.path[0]` set as the interpreter sets them, the working directory and environment given, stdin
+from /dev/null, stdout and stderr captured, the exit code of `sys.exit` or 1 after an uncaught
+exception's traceback, non-daemon threads joined and atexit handlers run, -N when killed by signal
+N, `TimeoutExpired` past the timeout. Only the module teardown is skipped.
 
-The server imports what every generated train.py imports, with the environment train.py sets before
-it imports them (telemetry off, progress bars of datasets off), and never runs a tensor operation,
-so no thread pool exists when it forks: before each fork it checks that it runs no Python thread and
-no native thread beyond those its imports started (as a DataLoader forks its workers after them). Anything
-else (another environment, no captured output, other argv) runs as a plain subprocess, and so does
-everything when RECIPEC_TEST_FORK=0 (`.ci/latest` sets it, so the newest releases are tested on plain
-processes). Multi-process launches (`accelerate launch`) always start their own processes.
+A server is started with the environment it serves (pytest's PYTEST_CURRENT_TEST aside), on the
+second run under that environment; a test process keeps the two used last. It imports what every
+generated train.py imports, with the environment train.py sets before it imports them (telemetry
+off, progress bars of datasets off), and never runs a tensor operation, so no thread pool exists
+when it forks: before each fork it checks that it runs no Python thread and no native thread beyond
+those its imports started (as a DataLoader forks its workers after them), and refuses otherwise.
+Anything else (a refused fork, no captured output, other argv) runs as a plain subprocess, and so
+does everything when RECIPEC_TEST_FORK=0 (`.ci/latest` sets it, so the newest releases are tested
+on plain processes). Multi-process launches (`accelerate launch`) always start their own processes.
 """
 
 from __future__ import annotations
