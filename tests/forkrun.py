@@ -143,16 +143,18 @@ for line in requests:
 
 
 def enabled() -> bool:
-    return os.environ.get("RECIPEC_TEST_FORK", "1") != "0"
+    value = os.environ.get("RECIPEC_TEST_FORK", "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"RECIPEC_TEST_FORK={value!r}: 1 forks one-process training scripts (the default), 0 runs them as plain processes")
+    return value == "1"
 
 
 class _Server:
     def __init__(self, env: dict[str, str]) -> None:
-        self.env = dict(env)
         self.lock = threading.Lock()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVER, json.dumps(TRAIN_PY_DEFAULTS)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
         )  # fmt: skip
 
     def run(self, argv: list[str], env: dict[str, str], cwd: str, timeout: float | None, out: Path, err: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ and falls back to a plain process where it cannot fork."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,8 +53,6 @@ def _run(script: Path, mode: str, cwd: Path, **kwargs):
 
 
 def test_a_forked_script_behaves_as_a_process_of_its_own(script: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
-
     monkeypatch.setenv("RECIPEC_TEST_FORK", "1")
     first = _run(script, "ok", tmp_path)  # the environment's first use: a plain process
     assert not json.loads(first.stdout.splitlines()[0])["torch_preloaded"]
@@ -78,8 +77,6 @@ def test_a_forked_script_behaves_as_a_process_of_its_own(script: Path, tmp_path:
 
 
 def test_without_forking_every_run_is_a_plain_process(script: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
-
     monkeypatch.setenv("RECIPEC_TEST_FORK", "0")
     for _ in range(2):
         proc = _run(script, "ok", tmp_path)
