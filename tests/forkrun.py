@@ -1,25 +1,39 @@
-"""`python script.py ...` in a fork of a process that has already imported the script's libraries.
+"""`python script.py ...` and `accelerate launch` in forks of a process that has already imported their libraries.
 
 A one-process training run of the tiny test models takes about 7 s, and most of that is not
 training: importing torch, transformers, accelerate, datasets, peft and deepspeed (about 5 s) and
-tearing the interpreter down at exit (about 1 s). The suite runs a few hundred such scripts. `run`
-takes the argv and keyword arguments of `subprocess.run`; for a Python script run with captured
-output and an explicit environment, it asks a server to fork itself and run the script in the child
-as `python script.py` would: a new process with its own pid, `__main__` the script, `sys.argv` and
-`sys.path[0]` set as the interpreter sets them, the working directory and environment given, stdin
-from /dev/null, stdout and stderr captured, the exit code of `sys.exit` or 1 after an uncaught
-exception's traceback, non-daemon threads joined and atexit handlers run, -N when killed by signal
-N, `TimeoutExpired` past the timeout. Only the module teardown is skipped.
+tearing the interpreter down at exit (about 1 s). A two-process launch pays the imports three times
+(the launcher and each worker). The suite runs a few hundred such scripts and about a hundred launches.
+`run` takes the argv and keyword arguments of `subprocess.run`; with captured output and an explicit
+environment, it asks a server to fork itself and run the command in the child:
+
+- `python script.py ...` as the interpreter would run it: a new process with its own pid and process
+  group, `__main__` the script, `sys.argv` and `sys.path[0]` set as the interpreter sets them, the
+  working directory and environment given, stdin from /dev/null, stdout and stderr captured, the
+  exit code of `sys.exit` or 1 after an uncaught exception's traceback, non-daemon threads joined and
+  atexit handlers run, -N when killed by signal N, `TimeoutExpired` past the timeout (the child's
+  process group killed). Only the module teardown is skipped.
+- `python -m accelerate.commands.launch ...` (conftest.accelerate_launch): accelerate's own launcher
+  runs in the child (its arguments, config file and the environment it prepares for DeepSpeed, FSDP
+  or DDP), and only torchrun's part is replaced: on one machine with the static rendezvous, the
+  child forks the workers itself, each with the environment torchrun's agent gives it (RANK,
+  LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT, TORCHELASTIC_*, OMP_NUM_THREADS=1 applied as a fresh
+  process's OpenMP runtime applies it) and runs the script in each as above. Rank 0 holds the
+  rendezvous store (env://) instead of the agent. A failed worker takes the others down (SIGTERM,
+  SIGKILL after 30 s, as the agent does) and the launch fails with torch's ChildFailedError report,
+  exit code 1. Several machines, another rendezvous or a module instead of a script: the child
+  execs a plain `accelerate launch`.
 
 A server is started with the environment it serves (pytest's PYTEST_CURRENT_TEST aside), on the
 second run under that environment; a test process keeps the two used last. It imports what every
-generated train.py imports, with the environment train.py sets before it imports them (telemetry
-off, progress bars of datasets off), and never runs a tensor operation, so no thread pool exists
-when it forks: before each fork it checks that it runs no Python thread and no native thread beyond
-those its imports started (as a DataLoader forks its workers after them), and refuses otherwise.
-Anything else (a refused fork, no captured output, other argv) runs as a plain subprocess, and so
-does everything when RECIPEC_TEST_FORK=0 (`.ci/latest` sets it, so the newest releases are tested
-on plain processes). Multi-process launches (`accelerate launch`) always start their own processes.
+generated train.py imports and accelerate's launcher, with the environment train.py sets before it
+imports them (telemetry off, progress bars of datasets off), and never runs a tensor operation, so no
+thread pool exists when it forks: before each fork (the server's, and the launcher's of its workers)
+it checks that it runs no Python thread and no native thread beyond those its imports started (as a
+DataLoader forks its workers after them), and refuses otherwise. Anything else (a refused fork, no
+captured output, other argv) runs as a plain subprocess, and so does everything when
+RECIPEC_TEST_FORK=0 (`.ci/latest` sets it, so the newest releases are tested on plain processes,
+launched by torchrun's own agent).
 """
 
 from __future__ import annotations
@@ -44,28 +58,158 @@ TRAIN_PY_DEFAULTS = {
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
 }
 
-SERVER = r"""
-import atexit, json, os, runpy, signal, sys, threading, time, traceback
+PRELOADED = (
+    "torch", "torch.utils.data", "torch.distributed.run", "safetensors.torch", "tqdm.auto", "accelerate", "accelerate.utils",
+    "accelerate.commands.launch", "datasets", "transformers", "peft",
+)  # fmt: skip
+"""What every generated train.py imports (and accelerate's launcher), imported by the server before it forks."""
 
-replies = os.fdopen(os.dup(1), "w")  # the replies' own channel: what the imports print goes to stderr
-os.dup2(2, 1)
-defaults = json.loads(sys.argv[1])
-for key, value in defaults.items():
-    os.environ.setdefault(key, value)
-import torch, torch.utils.data, safetensors.torch, tqdm.auto
-import accelerate, accelerate.utils, datasets, transformers, peft
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
-try:
-    import deepspeed  # accelerate's unwrap_model imports it at the final save wherever it is installed
-except ImportError:
-    pass
-requests = sys.stdin
-imported_threads = len(os.listdir("/proc/self/task"))  # native ones of the imports (torch's, pyarrow's jemalloc)
+LAUNCH = ("-m", "accelerate.commands.launch")
+"""`python -m accelerate.commands.launch ...`: the launcher tests/conftest.py's accelerate_launch builds."""
+
+SHUTDOWN_S = 30.0
+"""How long the workers of a failed launch get after SIGTERM before SIGKILL, as torchrun's agent gives them."""
 
 
-def child(request):
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _script(argv: list[str]) -> int:
+    """Run argv[0] as `python argv...` runs it, in this process: its exit code."""
+    import runpy
+
+    sys.argv = list(argv)
+    sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+    code = 0
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as stop:
+        if stop.code is None:
+            code = 0
+        elif isinstance(stop.code, int):
+            code = stop.code
+        else:
+            print(stop.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    return code
+
+
+def _exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code & 0xFF)
+
+
+def _workers(args: Any, argv: list[str], env: dict[str, str], imported_threads: int) -> None:
+    """torch.distributed.run.run in the launcher: one machine's workers forked from it, each with the environment
+    torchrun's agent gives it (LocalElasticAgent._start_workers). The rendezvous store is rank 0's (env://), not
+    the agent's. A worker that fails takes the others down (SIGTERM, then SIGKILL after SHUTDOWN_S) and raises
+    torch's ChildFailedError, which accelerate's launcher reports as torchrun's. Several machines, another
+    rendezvous backend or anything but a Python script: accelerate's launcher as a plain process instead."""
+    import signal
+    import time
+
+    import torch
+    import torch.distributed.run as distrib_run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    config, cmd, cmd_args = distrib_run.config_from_args(args)
+    plain = config.max_nodes > 1 or config.rdzv_backend != "static" or cmd != sys.executable
+    plain = plain or cmd_args[:1] != ["-u"] or cmd_args[1:2] == ["-m"] or not str(cmd_args[1]).endswith(".py")
+    if plain or _threads() > imported_threads or threading.active_count() != 1:
+        os.execve(sys.executable, [sys.executable, *LAUNCH, *argv], env)
+    script_argv = [str(a) for a in cmd_args[1:]]
+    addr, port = config.rdzv_endpoint.rsplit(":", 1)
+    n = config.nproc_per_node
+    common = {
+        "GROUP_RANK": "0", "ROLE_NAME": config.role, "LOCAL_WORLD_SIZE": str(n), "WORLD_SIZE": str(n),
+        "GROUP_WORLD_SIZE": "1", "ROLE_WORLD_SIZE": str(n), "MASTER_ADDR": addr, "MASTER_PORT": port,
+        "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": str(config.max_restarts),
+        "TORCHELASTIC_RUN_ID": config.run_id, "TORCHELASTIC_USE_AGENT_STORE": "False",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.getenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
+        "TORCHELASTIC_SIGNALS_TO_HANDLE": config.signals_to_handle,
+    }  # fmt: skip
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pids = {}
+    for rank in range(n):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.environ.update(common, RANK=str(rank), ROLE_RANK=str(rank), LOCAL_RANK=str(rank))
+                if "OMP_NUM_THREADS" in os.environ:  # what the OpenMP runtime of a fresh process reads at its start
+                    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+                code = _script(script_argv)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            finally:
+                _exit(code)
+        pids[pid] = rank
+    failure = None
+    deadline = None
+    while pids:
+        if deadline is None:
+            pid, status = os.waitpid(-1, 0)
+        else:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                if time.monotonic() > deadline:
+                    for other in pids:
+                        os.kill(other, signal.SIGKILL)
+                    deadline = float("inf")
+                time.sleep(0.02)
+                continue
+        rank = pids.pop(pid, None)
+        if rank is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 and failure is None:
+            failure = ProcessFailure(local_rank=rank, pid=pid, exitcode=code, error_file="")
+            for other in pids:
+                os.kill(other, signal.SIGTERM)
+            deadline = time.monotonic() + SHUTDOWN_S
+    if failure is not None:
+        raise ChildFailedError(name=script_argv[0], failures={failure.local_rank: failure})
+
+
+def _launch(argv: list[str], env: dict[str, str], imported_threads: int) -> int:
+    """`python -m accelerate.commands.launch argv...` in this process: accelerate's own launcher (its arguments,
+    config file and the environment it prepares), with torchrun's part done by _workers."""
+    import torch.distributed.run as distrib_run
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    distrib_run.run = lambda args: _workers(args, argv, env, imported_threads)
+    sys.argv = [LAUNCH[1], *argv]
+    code = 0
+    try:
+        launch_command(launch_command_parser().parse_args(argv))
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    return code
+
+
+def _child(request: dict[str, Any], replies: Any, imported_threads: int) -> None:
+    import signal
+
     code = 1
     try:
+        os.setpgid(0, 0)  # its own process group, which a timeout kills whole (a launch's workers with it)
         replies.close()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -80,66 +224,68 @@ def child(request):
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
-        script = request["argv"][0]
-        sys.argv = list(request["argv"])
-        sys.path[0] = os.path.dirname(os.path.abspath(script))
-        code = 0
-        try:
-            runpy.run_path(script, run_name="__main__")
-        except SystemExit as stop:
-            if stop.code is None:
-                code = 0
-            elif isinstance(stop.code, int):
-                code = stop.code
-            else:
-                print(stop.code, file=sys.stderr)
-                code = 1
-        except BaseException:
-            sys.excepthook(*sys.exc_info())
-            code = 1
-        threading._shutdown()
-        atexit._run_exitfuncs()
+        if request["launch"]:
+            code = _launch(request["argv"], request["env"], imported_threads)
+        else:
+            code = _script(request["argv"])
     except BaseException:
+        import traceback
+
         traceback.print_exc()
         code = 1
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        os._exit(code & 0xFF)
+        _exit(code)
 
 
-for line in requests:
-    request = json.loads(line)
-    threads = len(os.listdir("/proc/self/task"))
-    if threads > imported_threads or threading.active_count() != 1:
-        replies.write(json.dumps({"refused": f"{threads} threads"}) + "\n")
+def _serve(defaults: dict[str, str]) -> None:
+    """The server: `python forkrun.py DEFAULTS-JSON`, requests on stdin, a reply line each on stdout."""
+    import signal
+    import time
+
+    replies = os.fdopen(os.dup(1), "w")  # the replies' own channel: what the imports print goes to stderr
+    os.dup2(2, 1)
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    import importlib
+
+    for module in PRELOADED:
+        importlib.import_module(module)
+    transformers = sys.modules["transformers"]
+    for name in ("AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "LlamaForCausalLM", "PreTrainedTokenizerFast"):
+        getattr(transformers, name)  # the lazy modules behind them
+    try:
+        importlib.import_module("deepspeed")  # accelerate's unwrap_model imports it at the final save wherever it is installed
+    except ImportError:
+        pass
+    imported_threads = _threads()  # native ones of the imports (torch's, pyarrow's jemalloc)
+    for line in sys.stdin:
+        request = json.loads(line)
+        threads = _threads()
+        if threads > imported_threads or threading.active_count() != 1:
+            replies.write(json.dumps({"refused": f"{threads} threads"}) + "\n")
+            replies.flush()
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(request, replies, imported_threads)
+        deadline = None if request["timeout"] is None else time.monotonic() + request["timeout"]
+        timed_out = False
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                timed_out = True
+                status = None
+                break
+            time.sleep(0.02)
+        rc = None if timed_out else os.waitstatus_to_exitcode(status)
+        replies.write(json.dumps({"rc": rc, "timed_out": timed_out}) + "\n")
         replies.flush()
-        continue
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        child(request)
-    deadline = None if request["timeout"] is None else time.monotonic() + request["timeout"]
-    timed_out = False
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            timed_out = True
-            status = None
-            break
-        time.sleep(0.02)
-    rc = None if timed_out else os.waitstatus_to_exitcode(status)
-    replies.write(json.dumps({"rc": rc, "timed_out": timed_out}) + "\n")
-    replies.flush()
-"""
 
 
 def enabled() -> bool:
@@ -153,12 +299,12 @@ class _Server:
     def __init__(self, env: dict[str, str]) -> None:
         self.lock = threading.Lock()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER, json.dumps(TRAIN_PY_DEFAULTS)],
+            [sys.executable, __file__, json.dumps(TRAIN_PY_DEFAULTS)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
         )  # fmt: skip
 
-    def run(self, argv: list[str], env: dict[str, str], cwd: str, timeout: float | None, out: Path, err: Path) -> dict[str, Any]:
-        request = {"argv": argv, "env": env, "cwd": cwd, "timeout": timeout, "stdout": str(out), "stderr": str(err)}
+    def run(self, launch: bool, argv: list[str], env: dict[str, str], cwd: str, timeout: float | None, out: Path, err: Path) -> dict[str, Any]:
+        request = {"launch": launch, "argv": argv, "env": env, "cwd": cwd, "timeout": timeout, "stdout": str(out), "stderr": str(err)}
         with self.lock:
             assert self.proc.stdin is not None and self.proc.stdout is not None
             self.proc.stdin.write(json.dumps(request) + "\n")
@@ -203,27 +349,35 @@ def _close() -> None:
         server.close()
 
 
-def _forkable(cmd: Any, kwargs: dict[str, Any]) -> bool:
-    if not enabled() or not isinstance(cmd, (list, tuple)) or len(cmd) < 2:
-        return False
-    if cmd[0] != sys.executable or not str(cmd[1]).endswith(".py") or not Path(cmd[1]).is_file():
-        return False
+def _forkable(cmd: Any, kwargs: dict[str, Any]) -> str | None:
+    """"script" for `python script.py ...`, "launch" for `python -m accelerate.commands.launch ...`, with captured
+    output and an environment given; None for anything else."""
     allowed = {"env", "capture_output", "text", "timeout", "check", "cwd"}
-    return set(kwargs) <= allowed and bool(kwargs.get("capture_output")) and kwargs.get("env") is not None
+    if not enabled() or not isinstance(cmd, (list, tuple)) or len(cmd) < 2 or cmd[0] != sys.executable:
+        return None
+    if not set(kwargs) <= allowed or not kwargs.get("capture_output") or kwargs.get("env") is None:
+        return None
+    if tuple(cmd[1:3]) == LAUNCH:
+        return "launch"
+    if str(cmd[1]).endswith(".py") and Path(cmd[1]).is_file():
+        return "script"
+    return None
 
 
 def run(cmd: Any, **kwargs: Any) -> subprocess.CompletedProcess:
     """`subprocess.run(cmd, **kwargs)`, a forked child of the server where it can be (see above)."""
-    if not _forkable(cmd, kwargs):
+    kind = _forkable(cmd, kwargs)
+    if kind is None:
         return subprocess.run(cmd, **kwargs)
     argv = [str(c) for c in cmd]
     timeout = kwargs.get("timeout")
     server = _server(kwargs["env"])
     if server is None:
         return subprocess.run(cmd, **kwargs)
+    args = argv[3:] if kind == "launch" else argv[1:]
     with tempfile.TemporaryDirectory(prefix="forkrun-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        reply = server.run(argv[1:], kwargs["env"], str(kwargs.get("cwd") or os.getcwd()), timeout, out, err)
+        reply = server.run(kind == "launch", args, kwargs["env"], str(kwargs.get("cwd") or os.getcwd()), timeout, out, err)
         if "refused" in reply:  # the server cannot fork safely: a plain process instead
             return subprocess.run(cmd, **kwargs)
         stdout, stderr = out.read_bytes(), err.read_bytes()
@@ -235,3 +389,7 @@ def run(cmd: Any, **kwargs: Any) -> subprocess.CompletedProcess:
     if kwargs.get("check"):
         proc.check_returncode()
     return proc
+
+
+if __name__ == "__main__":
+    _serve(json.loads(sys.argv[1]))

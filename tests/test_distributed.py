@@ -76,7 +76,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def _launch(build_dir: Path, *args: str, script: list[str] | None = None, expect: int | None = 0) -> subprocess.CompletedProcess[str]:
     cmd = accelerate_launch(build_dir / "accelerate_config.yaml", *args)
     cmd += script or [str(build_dir / "train.py")]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    proc = forkrun.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     if expect is not None:
         assert proc.returncode == expect, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc

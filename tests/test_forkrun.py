@@ -1,11 +1,13 @@
 """tests/forkrun.py: a script run in a fork of the pre-imported server behaves as `python script.py` does,
 in what the training tests read of it (exit codes, captured output, argv, paths, environment, atexit),
-and falls back to a plain process where it cannot fork."""
+and falls back to a plain process where it cannot fork; the workers of a forked `accelerate launch` get
+the environment torchrun gives them, and a failed worker takes the others down as torchrun does."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import forkrun
+from conftest import accelerate_launch
 
 pytestmark = pytest.mark.slow
 
@@ -82,3 +85,100 @@ def test_without_forking_every_run_is_a_plain_process(script: Path, tmp_path: Pa
         proc = _run(script, "ok", tmp_path)
         seen = json.loads(proc.stdout.splitlines()[0])
         assert not seen["torch_preloaded"] and seen["ppid"] == os.getpid()
+
+
+LAUNCHED = """
+import json, os, sys
+preloaded = "transformers" in sys.modules  # before this script imports anything
+import torch, torch.distributed as dist
+out, mode = sys.argv[1], sys.argv[2]
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+total = torch.tensor([rank + 1.0])
+dist.all_reduce(total)
+seen = {
+    "rank": rank, "sum": total.item(), "threads": torch.get_num_threads(), "argv": sys.argv, "path0": sys.path[0],
+    "preloaded": preloaded, "pid": os.getpid(), "env": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
+}
+with open(os.path.join(out, f"{mode}-{rank}.json"), "w") as f:
+    json.dump(seen, f)
+print(f"rank {rank} done", flush=True)
+if mode == "die" and rank == 0:
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+if mode in ("die", "hang"):
+    import time
+    time.sleep(600)  # rank 1 waits until the launcher takes it down
+dist.destroy_process_group()
+"""
+
+DDP_2_CPU = """compute_environment: LOCAL_MACHINE
+distributed_type: MULTI_GPU
+machine_rank: 0
+main_process_port: 29500
+mixed_precision: "no"
+num_machines: 1
+num_processes: 2
+rdzv_backend: static
+use_cpu: true
+"""
+
+NOT_TORCHRUNS = {"MASTER_PORT", "TORCHELASTIC_ERROR_FILE", "TORCHELASTIC_USE_AGENT_STORE"}
+"""What the forked workers' environment may hold otherwise than torchrun's: the port (one per launch), the file of
+torch's @record (no worker writes one), and whose rendezvous store it is (the agent's under torchrun, rank 0's)."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_forked_launch_gives_its_workers_what_torchrun_gives_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "scripts").mkdir()
+    script, config = tmp_path / "scripts" / "launched.py", tmp_path / "accelerate_config.yaml"
+    script.write_text(LAUNCHED)
+    config.write_text(DDP_2_CPU)
+    env = dict(os.environ)
+    env.pop("ACCELERATE_USE_CPU", None)
+
+    def launch(fork: str, mode: str, **kwargs):
+        out = tmp_path / f"out-{fork}"
+        out.mkdir(exist_ok=True)
+        monkeypatch.setenv("RECIPEC_TEST_FORK", fork)
+        start = time.monotonic()
+        proc = forkrun.run(accelerate_launch(config, str(script), str(out), mode), env=env, capture_output=True, text=True, timeout=kwargs.get("timeout", 300))
+        seen = [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in (0, 1)]
+        return proc, seen, time.monotonic() - start
+
+    plain, torchrun, _ = launch("0", "ok")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    launch("1", "first")  # the environment's first use: a plain launch
+    forked, workers, _ = launch("1", "ok")
+    assert forked.returncode == 0, forked.stderr[-3000:]
+    assert sorted(forked.stdout.splitlines()) == ["rank 0 done", "rank 1 done"]
+    for want, got in zip(torchrun, workers):
+        assert not want["preloaded"] and got["preloaded"], "not forked from the server"
+        assert got["sum"] == want["sum"] == 3.0 and got["threads"] == want["threads"] == 1
+        assert got["argv"] == [str(script), str(tmp_path / "out-1"), "ok"] and want["argv"] == [str(script), str(tmp_path / "out-0"), "ok"]
+        assert got["path0"] == want["path0"] == str(script.parent)
+        keys = set(want["env"]) | set(got["env"])
+        differ = {k for k in keys if want["env"].get(k) != got["env"].get(k)} - NOT_TORCHRUNS - {"RECIPEC_TEST_FORK"}
+        assert not differ, {k: (want["env"].get(k), got["env"].get(k)) for k in differ}
+        assert want["env"]["RANK"] == got["env"]["RANK"] == str(want["rank"])
+    # rank 0 killed: the launcher takes rank 1 down at once and fails as torchrun's does
+    died, _, took = launch("1", "die")
+    assert died.returncode == 1 and took < forkrun.SHUTDOWN_S
+    assert "ChildFailedError" in died.stderr and "exitcode  : -9" in died.stderr
+    # past the timeout: the launcher and its workers are gone, and the server serves the next launch
+    with pytest.raises(subprocess.TimeoutExpired):
+        launch("1", "hang", timeout=10)
+    hung = [json.loads((tmp_path / "out-1" / f"hang-{rank}.json").read_text())["pid"] for rank in (0, 1)]
+    deadline = time.monotonic() + 10  # SIGKILL to the launcher's process group; the kernel ends them soon after
+    while any(_alive(pid) for pid in hung) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in hung)
+    again, workers, _ = launch("1", "ok")
+    assert again.returncode == 0 and all(w["preloaded"] for w in workers)

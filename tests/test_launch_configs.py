@@ -858,10 +858,11 @@ def test_every_process_builds_the_device_mesh_over_gloo(case: str, accepted, lau
         f"""\
         import json, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import torch.multiprocessing as mp
+        import accelerate.parallelism_config, deepspeed.comm, torch.distributed, torch.multiprocessing as mp
         from test_launch_configs import _build_mesh
-        if __name__ == "__main__":
-            mp.spawn(_build_mesh, args=({world}, json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]), nprocs={world})
+        if __name__ == "__main__":  # forked after the imports: {world} processes need not import torch {world} times
+            args = ({world}, json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])
+            mp.start_processes(_build_mesh, args=args, nprocs={world}, start_method="fork")
         """
     )
     full = dict(os.environ, OMP_NUM_THREADS="1")

@@ -5,11 +5,11 @@ mixture of experts trains with its router loss and logs `aux_loss`."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+import forkrun
 import test_sft as sft
 from conftest import accelerate_launch
 from test_training import TINY, _build, _env, _metrics, _project, _train
@@ -21,7 +21,7 @@ CHUNKED = '\n[loss]\ncross_entropy = "chunked"\nchunk_size = 24\n'  # not a divi
 
 
 def _launch(build_dir: Path) -> None:
-    proc = subprocess.run(
+    proc = forkrun.run(
         accelerate_launch(build_dir / "accelerate_config.yaml", str(build_dir / "train.py")),
         env=_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import accelerate_launch
+import forkrun  # noqa: E402
 from test_training import TINY, _assert_same_weights, _build, _env, _kill, _metrics, _project, _train
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def test_muon_on_two_processes_matches_one(tmp_path: Path) -> None:
     proc = _train(_build(one, *settings))
     assert re.search(r"muon: 14 hidden matrices; adamw: \d+ embedding, output, norm and bias tensors", proc.stdout + proc.stderr)
     build_two = _build(two, *settings, "launch.num_processes=2")
-    proc = subprocess.run(
+    proc = forkrun.run(
         accelerate_launch(build_two / "accelerate_config.yaml", str(build_two / "train.py")),
         env=_env(), capture_output=True, text=True, timeout=600,
     )

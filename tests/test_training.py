@@ -275,7 +275,7 @@ def test_two_processes_on_cpu_match_one_process_with_the_same_global_batch(tmp_p
     settings = ["train.max_steps=3", "train.save_every=0", "train.eval_every=0"]
     _train(_build(one, *settings))
     build_two = _build(two, *settings, "launch.num_processes=2")
-    proc = subprocess.run(
+    proc = forkrun.run(
         accelerate_launch(build_two / "accelerate_config.yaml", str(build_two / "train.py")),
         env=_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
