@@ -144,12 +144,13 @@ def test_a_forked_launch_gives_its_workers_what_torchrun_gives_them(tmp_path: Pa
     env = dict(os.environ)
     env.pop("ACCELERATE_USE_CPU", None)
 
-    def launch(fork: str, mode: str, **kwargs):
+    def launch(fork: str, mode: str, *options: str, **kwargs):
         out = tmp_path / f"out-{fork}"
         out.mkdir(exist_ok=True)
         monkeypatch.setenv("RECIPEC_TEST_FORK", fork)
         start = time.monotonic()
-        proc = forkrun.run(accelerate_launch(config, str(script), str(out), mode), env=env, capture_output=True, text=True, timeout=kwargs.get("timeout", 300))
+        cmd = accelerate_launch(config, *options, str(script), str(out), mode)
+        proc = forkrun.run(cmd, env=env, capture_output=True, text=True, timeout=kwargs.get("timeout", 300))
         seen = [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in (0, 1)]
         return proc, seen, time.monotonic() - start
 
@@ -182,3 +183,7 @@ def test_a_forked_launch_gives_its_workers_what_torchrun_gives_them(tmp_path: Pa
     assert not any(_alive(pid) for pid in hung)
     again, workers, _ = launch("1", "ok")
     assert again.returncode == 0 and all(w["preloaded"] for w in workers)
+    # a rendezvous other than the static one: accelerate's launcher execs itself, torchrun starts the workers
+    c10d, workers, _ = launch("1", "c10d", "--rdzv_backend", "c10d")
+    assert c10d.returncode == 0, c10d.stderr[-3000:]
+    assert not any(w["preloaded"] for w in workers) and [w["env"]["TORCHELASTIC_USE_AGENT_STORE"] for w in workers] == ["True"] * 2

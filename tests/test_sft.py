@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import sys
@@ -22,16 +21,11 @@ from conftest import accelerate_launch
 from recipec.compiler import build
 
 from runtime.chat_fixtures import CHATML_MARKED, chat_tokenizer
+from test_training import _env
 
 pytestmark = pytest.mark.slow
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven small birds sing in the old oak tree".split()
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONHASHSEED="0", **extra)
-    env.pop("ACCELERATE_USE_CPU", None)
-    return env
 
 
 def _model(directory: Path) -> None:

@@ -98,8 +98,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONHASHSEED="0")
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a training run: offline, a fixed hash seed, no ACCELERATE_USE_CPU; `extra` added."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONHASHSEED="0", **extra)
     env.pop("ACCELERATE_USE_CPU", None)
     return env
 
