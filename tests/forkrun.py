@@ -75,6 +75,16 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def _exit_code(stop: SystemExit) -> int:
+    """The exit status the interpreter gives a SystemExit: its int, 0 for None, else 1 with the message on stderr."""
+    if stop.code is None:
+        return 0
+    if isinstance(stop.code, int):
+        return stop.code
+    print(stop.code, file=sys.stderr)
+    return 1
+
+
 def _script(argv: list[str]) -> int:
     """Run argv[0] as `python argv...` runs it, in this process: its exit code."""
     import runpy
@@ -85,13 +95,7 @@ def _script(argv: list[str]) -> int:
     try:
         runpy.run_path(argv[0], run_name="__main__")
     except SystemExit as stop:
-        if stop.code is None:
-            code = 0
-        elif isinstance(stop.code, int):
-            code = stop.code
-        else:
-            print(stop.code, file=sys.stderr)
-            code = 1
+        code = _exit_code(stop)
     except BaseException:
         sys.excepthook(*sys.exc_info())
         code = 1
@@ -197,7 +201,7 @@ def _launch(argv: list[str], env: dict[str, str], imported_threads: int) -> int:
     try:
         launch_command(launch_command_parser().parse_args(argv))
     except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        code = _exit_code(stop)
     except BaseException:
         sys.excepthook(*sys.exc_info())
         code = 1
