@@ -274,6 +274,10 @@ def _serve(defaults: dict[str, str]) -> None:
         pid = os.fork()
         if pid == 0:
             _child(request, replies, imported_threads)
+        try:
+            os.setpgid(pid, pid)  # as the child does itself: the group exists whichever of the two runs first
+        except OSError:  # the child has already made it, or has exec'd (a plain launch) or ended
+            pass
         deadline = None if request["timeout"] is None else time.monotonic() + request["timeout"]
         timed_out = False
         while True:
@@ -281,7 +285,10 @@ def _serve(defaults: dict[str, str]) -> None:
             if done:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                os.killpg(pid, signal.SIGKILL)
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:  # every process of the group ended just now
+                    pass
                 os.waitpid(pid, 0)
                 timed_out = True
                 status = None
@@ -295,7 +302,7 @@ def _serve(defaults: dict[str, str]) -> None:
 def enabled() -> bool:
     value = os.environ.get("RECIPEC_TEST_FORK", "1")
     if value not in ("0", "1"):
-        raise ValueError(f"RECIPEC_TEST_FORK={value!r}: 1 forks one-process training scripts (the default), 0 runs them as plain processes")
+        raise ValueError(f"RECIPEC_TEST_FORK={value!r}: 1 forks one-process training scripts and one-machine launches (the default), 0 runs them as plain processes")
     return value == "1"
 
 
