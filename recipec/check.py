@@ -23,7 +23,10 @@ from .resolve import Plan
 from .schema.model import LOCAL_PREFIXES
 from .source import KeyPath, SourceMap
 
-_GROUP_HELP = "patterns are fnmatch globs on the names model.named_parameters() gives (e.g. \"*.mlp.*\"), or embeddings, output, norms, biases"
+_GROUP_HELP = (
+    "patterns are fnmatch globs on the names model.named_parameters() gives (e.g. \"*.mlp.*\"), embeddings, output, norms, "
+    "biases, or decoder layers by index (layers[-2:], layers[:4].mlp.*)"
+)
 _MODEL_HELP = "a local model is a directory that save_pretrained wrote (config.json and the weights); a hub id has no leading ./, ../, / or ~"
 
 
@@ -94,9 +97,26 @@ def check(plan: Plan, project: Path = Path("."), source: SourceMap | None = None
                 spec = {**spec, "init": "default"}
             model = adapters.apply(model, spec, total_steps=plan.get("max_steps"))
             report.trainable_params, report.all_params = adapters.trainable_parameters(model)
+    trainable = plan.get("trainable")
+    if trainable is not None:
+        from .runtime import optimizers
+
+        _raise_at(optimizers.trainable_problems(model, trainable), source)
+        report.trainable_params, report.all_params = optimizers.freeze(model, trainable)
     if not report.problems:
         report.groups = _groups(plan, model, source)
     return report
+
+
+def _raise_at(problems: list[tuple[KeyPath, str]], source: SourceMap | None) -> None:
+    """A RecipeError at each (recipe key, message) of ``problems``; nothing when there are none."""
+    if problems:
+        raise RecipeError(
+            [
+                Diagnostic("error", message, source.locate(key) if source is not None else None, _GROUP_HELP)
+                for key, message in problems
+            ]
+        )
 
 
 def _groups(plan: Plan, model: Any, source: SourceMap | None) -> list[str]:
@@ -105,14 +125,7 @@ def _groups(plan: Plan, model: Any, source: SourceMap | None) -> list[str]:
     from .runtime import optimizers
 
     decay, groups = plan.get("param_decay", "matrices"), plan.get("param_groups") or []
-    unmatched = optimizers.unmatched(model, decay, groups)
-    if unmatched:
-        raise RecipeError(
-            [
-                Diagnostic("error", message, source.locate(key) if source is not None else None, _GROUP_HELP)
-                for key, message in unmatched
-            ]
-        )
+    _raise_at(optimizers.unmatched(model, decay, groups), source)
     lines = [f"param group {line}" for line in optimizers.describe(optimizers.param_groups(model, plan["weight_decay"], decay, groups))]
     if plan["optimizer_name"] == "muon":
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -1085,8 +1085,11 @@ OPTIMIZER_STATE = {"adamw": 2.0, "muon": 1.0, "adafactor": 0.0, "lion": 1.0, "sg
 """Optimizer state per trainable parameter, in units of the parameter's bytes (8-bit AdamW: 2 bytes flat)."""
 
 
-def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
+def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None = None) -> MemoryEstimate:
     """The peak memory per device of the recipe's training step on a model of this shape.
+
+    ``picked``: with `optim.trainable`, the parameters it picks and, of those, the hidden
+    matrices (Muon's side), counted on the model (:func:`trainable_counts`).
 
     Reads the launch shape (`train.micro_batch_size`, `data.seq_len`), the precision
     (`model.dtype`, `launch.mixed_precision`), `[peft]`, the strategy and its sharding
@@ -1118,6 +1121,11 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         raise ValueError(f"the estimate does not cover PEFT on model type {shape.model_type!r}")
     adapter = adapter_parameters(shape, peft) if peft is not None else 0
     trainable = adapter if peft is not None else n_params
+    partial = recipe.optim.trainable != "all" and peft is None
+    if partial:
+        if picked is None:
+            raise ValueError("optim.trainable: the parameters it picks are counted on the model, which was not built")
+        trainable = picked[0]
     quantize = getattr(recipe.peft, "quantize", None)
 
     # bytes per parameter: the stored weights, a trainable one's gradient and its optimizer state
@@ -1145,7 +1153,7 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         if opt.name == "sgd" and opt.momentum == 0:
             per = 0.0
         if opt.name == "muon" and peft is None:  # momentum on the hidden matrices, AdamW's two moments on the rest
-            hidden = shape.num_hidden_layers * shape.layer_linear_params()
+            hidden = picked[1] if partial and picked is not None else shape.num_hidden_layers * shape.layer_linear_params()
             optim_b = float(hidden * p_bytes + (trainable - hidden) * 2 * p_bytes)
             optim_what = f"Muon momentum on {hidden:,} hidden-matrix weights x {p_bytes} B + AdamW on {trainable - hidden:,} x {2 * p_bytes} B"
         elif opt.name in ("adamw_8bit", "paged_adamw_8bit"):
@@ -1325,7 +1333,9 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
         precision += f", + the frozen reference copy ({n_params:,} x {p_bytes} B)"
     parts = [int(round(x)) for x in (params_b, grads_b, optim_b)]
     per_device = sum(parts) + act_b + logits_b
-    what = "adapter" if peft is not None else "all"
+    what = "adapter" if peft is not None else "optim.trainable" if partial else "all"
+    if partial:
+        notes.append("optim.trainable: activations counted as if every layer trained (frozen early layers keep less: an upper bound)")
     if pref is not None and pref.objective != "kto":
         notes.append(f"preference pairs: s = 2 x data.seq_len {recipe.data.seq_len} (chosen and rejected in one row)")
     capped = f" + the soft-cap's tanh output, {capped_b} B a logit" if capped_b else ""
@@ -1389,6 +1399,24 @@ def estimate(shape: ModelShape, recipe: Recipe) -> MemoryEstimate:
     )
 
 
+def _shape_config(recipe: Recipe, model_config: dict[str, Any] | None) -> tuple[dict[str, Any], str, int | None]:
+    """The recipe's model config as (config, model type, vocabulary size for `model.init`, else None)."""
+    init = recipe.model.init
+    if init is not None:
+        train = recipe.tokenizer.train
+        if init not in ARCHITECTURES:  # before the vocabulary: say first that the architecture is not counted
+            return {}, init, None
+        if train is None:
+            raise ValueError("the vocabulary size is the tokenizer's, and tokenizer.path is read only when training")
+        # the config transformers builds: its defaults, under what [model.config] and recipec set
+        config = {**model_types.model_types()[init]["keys"]}
+        config.update({model_types.canonical(init, k): v for k, v in recipe.model.init_config().items()})
+        return config, init, train.vocab_size
+    if model_config is None:
+        raise ValueError("the model's config.json is read only for a local model (model.path starting with ./, ../, / or ~)")
+    return model_config, str(model_config.get("model_type")), None
+
+
 def model_shape(recipe: Recipe, model_config: dict[str, Any] | None) -> ModelShape:
     """The shape of the recipe's model: `[model.config]` and the tokenizer for `model.init`,
     the pretrained model's config.json otherwise.
@@ -1396,20 +1424,37 @@ def model_shape(recipe: Recipe, model_config: dict[str, Any] | None) -> ModelSha
     Raises:
         ValueError: with why there is no estimate (unknown config, vocabulary or architecture).
     """
-    init = recipe.model.init
-    if init is not None:
-        train = recipe.tokenizer.train
-        if init not in ARCHITECTURES:  # before the vocabulary: say first that the architecture is not counted
-            return ModelShape.from_config({}, init)
-        if train is None:
-            raise ValueError("the vocabulary size is the tokenizer's, and tokenizer.path is read only when training")
-        # the config transformers builds: its defaults, under what [model.config] and recipec set
-        config = {**model_types.model_types()[init]["keys"]}
-        config.update({model_types.canonical(init, k): v for k, v in recipe.model.init_config().items()})
-        return ModelShape.from_config(config, init, train.vocab_size)
-    if model_config is None:
-        raise ValueError("the model's config.json is read only for a local model (model.path starting with ./, ../, / or ~)")
-    return ModelShape.from_config(model_config, str(model_config.get("model_type")))
+    return ModelShape.from_config(*_shape_config(recipe, model_config))
+
+
+def trainable_counts(recipe: Recipe, model_config: dict[str, Any] | None) -> tuple[int, int]:
+    """The parameters `optim.trainable` picks and, of those, the hidden matrices (Muon's side),
+    counted on the model built on the meta device from its config (no weights; this imports
+    torch and transformers, which the rest of the estimate does not).
+
+    Raises:
+        ValueError: no config to build from, a config transformers cannot build, or patterns the
+            model does not match (the script and `recipec check` refuse those too).
+    """
+    config, model_type, vocab_size = _shape_config(recipe, model_config)
+    if not config:
+        raise ValueError(f"the estimate does not cover model type {model_type!r}")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .runtime import optimizers
+
+    keys = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")}
+    if vocab_size is not None:
+        keys["vocab_size"] = vocab_size
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **keys))
+    except (ValueError, KeyError, TypeError, ImportError, OSError) as exc:
+        raise ValueError(f"optim.trainable: cannot build the model on the meta device to count what it picks: {exc}") from None
+    picked, _ = optimizers.freeze(model, recipe.optim.trainable.model_dump())
+    hidden = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and optimizers.is_hidden_matrix(n, p))
+    return picked, hidden
 
 
 def human(n: float) -> str:

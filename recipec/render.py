@@ -318,6 +318,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "schedule_free": plan.recipe.optim.name == "schedule_free_adamw",
         "optimizer_options": own_options(plan.recipe.optim),
         "grouped": plan.get("param_groups") is not None,
+        "freezes": plan.get("trainable") is not None,  # optim.trainable: some parameters are frozen
         "reference": plan.get("reference"),
         "reference_model": plan.get("reference_model"),
         # the frozen copy of a live reference under FSDP: sharded as the model is (preference.fsdp_reference)

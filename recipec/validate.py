@@ -78,6 +78,13 @@ def diagnostics_from(exc: ValidationError, data: dict[str, Any], source: SourceM
             continue
         merged[key] = {"path": path, "err": err, "alternatives": [err]}
         order.append(key)
+    # a table given for a union of words and a table (`decay = {include = [...]}`): the words' branch
+    # says only that it is not a word; the table's own errors, at keys inside it, are the ones to tell
+    inside = {k[:i] for k in order for i in range(len(k))}
+    order = [
+        k for k in order
+        if not (k in inside and all(e["type"] == "literal_error" for e in merged[k]["alternatives"]))
+    ]
     return [_diagnostic(merged[k]["path"], merged[k]["alternatives"], source) for k in order]
 
 

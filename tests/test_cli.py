@@ -664,3 +664,24 @@ def test_check_prints_the_parameter_groups_and_locates_a_pattern_that_matches_no
         "param group groups[1] (*.mlp.*), decayed",
     ]
     assert "lr x0.1, weight decay" in groups[2]
+
+
+def test_check_counts_what_optim_trainable_picks_and_locates_a_pattern_that_matches_nothing(cli, write_recipe):
+    """`recipec check` freezes the meta model as the script does: the count it prints is what the
+    memory estimate counts (`explain`), and a layer index past the model's layers is an error at its line."""
+    pytest.importorskip("transformers")
+    recipe = write_recipe(text='[optim]\ntrainable = {include = ["layers[-1]", "layers[9]"], exclude = ["biases"]}\n')
+    result = cli("check", "recipe.toml")
+    no_traceback(result)
+    assert result.exit_code == 2, result.stderr
+    line = next(i for i, text in enumerate(recipe.read_text().splitlines(), 1) if "layers[9]" in text)
+    assert result.stderr.startswith("error: 'layers[9]' matches no parameter (the model has 1 decoder layer)\n"), result.stderr
+    assert f" --> recipe.toml:{line}:" in result.stderr
+    recipe.write_text(recipe.read_text().replace(', "layers[9]"', ""))
+    result = cli("check", "recipe.toml")
+    assert result.exit_code == 0, result.stderr
+    counted = re.search(r"^trainable: ([\d,]+) \(", result.stdout + result.stderr, re.M)
+    assert counted, result.stdout + result.stderr
+    explained = cli("explain", "recipe.toml")
+    assert explained.exit_code == 0, explained.stderr
+    assert f"{counted[1]} trainable (optim.trainable)" in explained.stdout

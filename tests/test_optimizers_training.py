@@ -1,6 +1,7 @@
 """Optimizers through the generated script (slow): Muon under two DDP processes equals one
 process; Muon and schedule-free AdamW killed after a checkpoint resume to the same weights
-bit for bit; schedule-free evaluates (and saves) its averaged weights."""
+bit for bit; schedule-free evaluates (and saves) its averaged weights; `optim.trainable`
+trains what it picks and nothing else, on one process and two."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from conftest import accelerate_launch
 import forkrun  # noqa: E402
-from test_training import TINY, _assert_same_weights, _build, _env, _kill, _metrics, _project, _train
+from test_training import TINY, _assert_same_weights, _build, _env, _kill, _metrics, _project, _train, _weights, uninterrupted  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -134,6 +135,73 @@ def test_parameter_groups_count_as_check_says_and_resume_bitwise(tmp_path: Path)
 
     killed = _project(tmp_path / "killed", straight.joinpath("recipes", "tiny.toml").read_text())
     build_dir = _build(killed, *groups)
+    _kill(tmp_path, build_dir, 4, "after-commit")
+    assert "resumed from" in (lambda p: p.stdout + p.stderr)(_train(build_dir))
+    _assert_same_weights(straight / "runs" / "tiny", killed / "runs" / "tiny")
+
+
+FROZEN = """
+[model]
+path = "{parent}"
+gradient_checkpointing = true
+
+[model.config]
+attention_dropout = 0.0  # the parent trained with dropout, whose masks differ between one process and two
+
+[optim]
+lr = 1e-2
+trainable = {{include = ["layers[-1]", "norms"], exclude = ["layers[-1].mlp.*"]}}
+
+[[optim.groups]]
+params = ["layers[-1].self_attn.*"]
+lr_scale = 0.5
+"""
+
+
+def test_trainable_trains_what_it_picks_counts_as_check_says_and_runs_on_two_processes(tmp_path: Path, uninterrupted: Path) -> None:
+    """A pretrained model fine-tuned with `optim.trainable` (and a group among what trains, and
+    activation checkpointing, whose frozen embedding gives the first layer no input gradient): the
+    frozen parameters are saved as they were loaded, every picked one moved; `recipec check` counts
+    what the script counts; two processes under DDP and under FSDP give the losses of one; a run
+    killed after a checkpoint resumes to the same weights. A layer past the model's stops the
+    script before it reads the data."""
+    text = TINY.replace("attention_dropout = 0.1", "attention_dropout = 0.0")
+    head, rest = text.split("[model]")
+    text = head + FROZEN.format(parent=uninterrupted / "model") + "\n[data]" + rest.split("[data]")[1].replace("[optim]\nlr = 1e-2\n", "")
+    text = text.replace("[tokenizer]\ntrain = {kind = \"bpe\", vocab_size = 400}\n", "")
+    one = _project(tmp_path / "one", text)
+    bad = _train(_build(one, 'optim.trainable={include=["layers[-1]", "layers[2]"]}', build_dir="build/bad"), expect=1)
+    assert "error: optim.trainable.include[1]: 'layers[2]' matches no parameter (the model has 2 decoder layers)" in bad.stderr
+    assert "documents:" not in bad.stdout  # stopped on the meta model, before the data was read
+    check = subprocess.run([sys.executable, "-m", "recipec", "check", "recipes/tiny.toml"], cwd=one, env=_env(), capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr
+    counted = re.search(r"^trainable: ([\d,]+) \(", check.stdout + check.stderr, re.M)
+    assert counted, check.stdout + check.stderr
+    proc = _train(_build(one, "train.save_every=0"))
+    out = proc.stdout + proc.stderr
+    logged = re.search(r"^trainable: ([\d,]+) of ([\d,]+) parameters train", out, re.M)
+    assert logged and logged[1] == counted[1], out[-3000:]
+    assert "param group groups[0] (layers[-1].self_attn.*), decayed" in out
+    before, after = _weights(uninterrupted), _weights(one / "runs" / "tiny")
+    picked = {k for k in before if (k.startswith("model.layers.1.") and ".mlp." not in k) or "norm" in k}
+    moved = {k for k in before if not __import__("torch").equal(before[k], after[k])}
+    assert moved == picked
+    assert sum(before[k].numel() for k in picked) == int(logged[1].replace(",", ""))
+
+    for strategy in ("ddp", "fsdp"):  # FSDP2 renames the blocks' classes, which layers[...] reads
+        two = _project(tmp_path / strategy, text)
+        build_two = _build(two, "train.save_every=0", "launch.num_processes=2", f"launch.strategy={strategy}")
+        proc = forkrun.run(
+            accelerate_launch(build_two / "accelerate_config.yaml", str(build_two / "train.py")),
+            env=_env(), capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-6000:]
+        losses = [[m["loss"] for m in _metrics(p / "runs" / "tiny") if "loss" in m] for p in (one, two)]
+        assert len(losses[0]) == 8 and losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6), strategy
+
+    straight, killed = _project(tmp_path / "straight", text), _project(tmp_path / "killed", text)
+    _train(_build(straight))
+    build_dir = _build(killed)
     _kill(tmp_path, build_dir, 4, "after-commit")
     assert "resumed from" in (lambda p: p.stdout + p.stderr)(_train(build_dir))
     _assert_same_weights(straight / "runs" / "tiny", killed / "runs" / "tiny")

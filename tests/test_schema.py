@@ -70,6 +70,7 @@ def test_model_walk_finds_every_table():
         "HubDataset",
         *(t.__name__ for t in OPTIMIZER_TABLES),
         "LrScaling",
+        "TrainablePatterns",
         "DecayPatterns",
         "ParamGroup",
         "ContinualTable",

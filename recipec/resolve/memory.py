@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..memory import check_ceiling, estimate, model_shape
+from ..memory import check_ceiling, estimate, model_shape, trainable_counts
 from .builder import PlanBuilder
 
 
@@ -11,7 +11,9 @@ def memory_estimate(b: PlanBuilder) -> None:
     recipe = b.recipe
     ceiling = recipe.launch.device_memory_gib
     try:
-        b.memory = estimate(model_shape(recipe, b.model_config), recipe)
+        shape = model_shape(recipe, b.model_config)
+        partial = recipe.optim.trainable != "all" and recipe.peft is None
+        b.memory = estimate(shape, recipe, trainable_counts(recipe, b.model_config) if partial else None)
     except ValueError as exc:
         b.memory_unknown = str(exc)
         if ceiling is not None:

@@ -48,6 +48,14 @@ def optim_settings(b: PlanBuilder) -> None:
     b.key("optimizer_name", ("optim", "name"))
     for k in ("weight_decay", "grad_clip", *own_options(o)):
         b.key(k, ("optim", k))
+    if o.trainable != "all":
+        b.add("trainable", o.trainable.model_dump(), "optim.trainable; `recipec check` counts what trains", b.origin(("optim", "trainable")))
+        if r.peft is not None:
+            b.error(
+                ("optim", "trainable"),
+                f"[peft] trains the adapter ({r.peft.method}) and freezes the model, so optim.trainable has nothing to choose from",
+                "remove optim.trainable, or [peft] to train the parameters it picks in full (peft.modules_to_save trains whole modules beside the adapter)",
+            )
     if o.decay != "matrices" or o.groups:
         decay = o.decay if isinstance(o.decay, str) else o.decay.model_dump()
         b.add("param_decay", decay, "optim.decay", b.origin(("optim", "decay")))

@@ -29,8 +29,7 @@ from typing import Any, Iterable
 
 import torch
 
-NAMED = ("embeddings", "output", "norms", "biases")
-"""The parameter sets a pattern can name by word (any other pattern is an fnmatch glob on the name)."""
+from .param_patterns import NAMED, layer_pattern
 
 MODULES = {"lion": "lion_pytorch", "schedule_free_adamw": "schedulefree", "adamw_8bit": "bitsandbytes", "paged_adamw_8bit": "bitsandbytes"}
 """The module each optimizer outside torch imports."""
@@ -57,15 +56,27 @@ def is_hidden_matrix(name: str, param: Any) -> bool:
     return ndim(param) == 2 and not any(part in lowered for part in ("embed", "lm_head", "wte", "wpe", "output"))
 
 
-def named_sets(model: Any) -> dict[str, set[int]]:
-    """``id`` of the parameters of each named set: embeddings (every ``nn.Embedding``), output
-    (the output layer, unless tied to the input embedding), norms (modules whose class name
-    holds "norm": LayerNorm, RMSNorm and the models' own), biases (parameters named ``bias``)."""
-    sets: dict[str, set[int]] = {k: set() for k in NAMED}
+class ParamSets(dict):
+    """``id`` of the parameters of each named set (the keys), and ``layers``: per decoder layer, in
+    the order the model runs them, its parameters' ``id`` -> name within the layer."""
+
+    layers: list[dict[int, str]]
+
+
+def named_sets(model: Any) -> ParamSets:
+    """The named sets of ``model``: embeddings (every ``nn.Embedding``), output (the output layer,
+    unless tied to the input embedding), norms (modules whose class name holds "norm":
+    LayerNorm, RMSNorm and the models' own), biases (parameters named ``bias``); and its decoder
+    layers (the modules whose class, or a base of it, is one of its ``_no_split_modules``, outermost
+    first)."""
+    sets = ParamSets({k: set() for k in NAMED})
     try:
         output = model.get_output_embeddings()
     except (AttributeError, NotImplementedError):
         output = None
+    blocks = set(getattr(model, "_no_split_modules", None) or [])
+    sets.layers = []
+    inside: set[int] = set()
     for module in model.modules():
         own = {id(p) for p in module.parameters(recurse=False)}
         if isinstance(module, torch.nn.Embedding):
@@ -75,13 +86,21 @@ def named_sets(model: Any) -> dict[str, set[int]]:
         if "norm" in type(module).__name__.lower():
             sets["norms"] |= own
         sets["biases"] |= {id(p) for n, p in module.named_parameters(recurse=False) if n == "bias"}
+        # by the class or a base: FSDP2's fully_shard swaps a block's class for a subclass (FSDPLlamaDecoderLayer)
+        if id(module) not in inside and any(c.__name__ in blocks for c in type(module).__mro__):
+            sets.layers.append({id(p): n for n, p in module.named_parameters()})
+            inside |= {id(m) for m in module.modules()}
     sets["output"] -= sets["embeddings"]  # tied: the one matrix is the embedding
     return sets
 
 
-def _matches(pattern: str, name: str, param: Any, sets: dict[str, set[int]]) -> bool:
+def _matches(pattern: str, name: str, param: Any, sets: ParamSets) -> bool:
     if pattern in sets:
         return id(param) in sets[pattern]
+    layers = layer_pattern(pattern)
+    if layers is not None:
+        chosen, glob = layers
+        return any(id(param) in layer and fnmatch.fnmatchcase(layer[id(param)], glob) for layer in sets.layers[chosen])
     return fnmatch.fnmatchcase(name, pattern)
 
 
@@ -123,6 +142,61 @@ def unmatched(model: Any, decay: Any = "matrices", groups: Iterable[dict[str, An
     return found
 
 
+def picks(patterns: dict[str, Any], name: str, param: Any, sets: ParamSets) -> bool:
+    """Whether ``{"include": [...], "exclude": [...]}`` picks this parameter."""
+    return any(_matches(q, name, param, sets) for q in patterns["include"]) and not any(
+        _matches(q, name, param, sets) for q in patterns.get("exclude", [])
+    )
+
+
+def trainable_problems(model: Any, trainable: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """What is wrong with ``optim.trainable`` on ``model`` (before anything is frozen): a pattern
+    that matches no parameter (a named set in ``exclude`` may be empty), or a choice that
+    leaves nothing to train. (recipe key, message) each."""
+    params = list(model.named_parameters())
+    sets = named_sets(model)
+    found: list[tuple[tuple[Any, ...], str]] = []
+    for side in ("include", "exclude"):
+        for i, pattern in enumerate(trainable.get(side, [])):
+            if side == "exclude" and pattern in sets:
+                continue
+            if not any(_matches(pattern, n, p, sets) for n, p in params):
+                count = len(sets.layers)
+                layers = f" (the model has {count} decoder layer{'s' * (count != 1)})" if layer_pattern(pattern) is not None else ""
+                found.append((("optim", "trainable", side, i), f"{pattern!r} matches no parameter{layers}"))
+    if not found and not any(picks(trainable, n, p, sets) for n, p in params):
+        found.append((("optim", "trainable", "exclude"), "excludes every parameter that include picks: nothing would train"))
+    return found
+
+
+def freeze(model: Any, trainable: dict[str, Any]) -> tuple[int, int]:
+    """Train only the parameters ``optim.trainable`` picks (``{"include": [...], "exclude":
+    [...]}``): the others get ``requires_grad = False``, so they have no gradient and no
+    optimizer state, and keep their starting values. Returns (trainable parameters, all
+    parameters).
+
+    Raises:
+        ValueError: a pattern that matches no parameter, or nothing left to train
+            (:func:`trainable_problems`).
+    """
+    problems = trainable_problems(model, trainable)
+    if problems:
+        raise ValueError("; ".join(f"{dotted(key)}: {message}" for key, message in problems))
+    sets = named_sets(model)
+    for name, param in model.named_parameters():
+        param.requires_grad_(picks(trainable, name, param, sets))
+    return count_trainable(model)
+
+
+def count_trainable(model: Any) -> tuple[int, int]:
+    """(trainable parameters, all parameters) of ``model``; a parameter ZeRO-3 partitioned counts whole."""
+    def size(p: Any) -> int:
+        return int(getattr(p, "ds_numel", p.numel()))
+
+    params = list(model.parameters())
+    return sum(size(p) for p in params if p.requires_grad), sum(size(p) for p in params)
+
+
 def param_groups(model: Any, weight_decay: float, decay: Any = "matrices", groups: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """The torch parameter groups of ``model``'s trainable parameters.
 
@@ -147,9 +221,7 @@ def param_groups(model: Any, weight_decay: float, decay: Any = "matrices", group
             return ndim(param) >= 2
         if decay == "all":
             return True
-        return any(_matches(q, name, param, sets) for q in decay["include"]) and not any(
-            _matches(q, name, param, sets) for q in decay.get("exclude", [])
-        )
+        return picks(decay, name, param, sets)
 
     owner = {}
     for name, param in trainable:

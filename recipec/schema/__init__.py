@@ -31,7 +31,7 @@ from .filters import (
 from .launch import DeepspeedTable, FsdpTable, LaunchTable, ParallelismTable
 from .loss import LossTable
 from .model import ModelConfig, ModelTable
-from .optim import OPTIMIZER_TABLES, AdafactorTable, Adamw8bitTable, AdamwTable, DecayPatterns, LionTable, LrScaling, ParamGroup, MuonTable, OptimTable, PagedAdamw8bitTable, ScheduleFreeAdamwTable, SgdTable
+from .optim import OPTIMIZER_TABLES, AdafactorTable, Adamw8bitTable, AdamwTable, DecayPatterns, LionTable, LrScaling, ParamGroup, MuonTable, OptimTable, PagedAdamw8bitTable, ScheduleFreeAdamwTable, SgdTable, TrainablePatterns
 from .output import OutputTable
 from .peft import (
     METHOD_TABLES,
@@ -168,6 +168,7 @@ __all__ = [
     "LrScaling",
     "DecayPatterns",
     "ParamGroup",
+    "TrainablePatterns",
     "METHOD_TABLES",
     "MergeTable",
     "MissTable",

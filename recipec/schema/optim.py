@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from ..runtime import param_patterns
 from .base import Table, key_error
 
 
@@ -22,22 +23,36 @@ class LrScaling(Table):
     """How the LR follows the batch: linear (lr grows with B/B0, the SGD rule), sqrt (with sqrt(B/B0), the Adam-family rule) or none."""
 
 
-NAMED_PARAMS = ("embeddings", "output", "norms", "biases")
+NAMED_PARAMS = param_patterns.NAMED
 """The parameter sets a pattern list can name by word instead of by glob."""
 
 
 def _check_patterns(patterns: list[str]) -> list[str]:
     for pattern in patterns:
-        if not pattern.strip():
-            raise ValueError("holds an empty pattern")
+        param_patterns.check(pattern)
     return patterns
+
+
+class TrainablePatterns(Table):
+    """`trainable = {include = [...], exclude = [...]}`: which parameters train; the others keep their starting values."""
+
+    include: list[str] = Field(["*"], min_length=1)
+    """Train the parameters that match any of these: fnmatch globs on the names `model.named_parameters()` gives (`*.mlp.*`), embeddings, output, norms, biases, or decoder layers by index: `layers[-2:]` (the last two), `layers[0]`, `layers[:4].mlp.*` (a glob on the name within each layer). Every pattern must match a parameter."""
+
+    exclude: list[str] = []
+    """Of those, freeze the ones that match any of these (same forms as `include`)."""
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def check_patterns(cls, patterns: list[str]) -> list[str]:
+        return _check_patterns(patterns)
 
 
 class DecayPatterns(Table):
     """`decay = {include = [...], exclude = [...]}`: weight decay by parameter name."""
 
     include: list[str] = Field(["*"], min_length=1)
-    """Decay the parameters that match any of these: fnmatch globs on the names `model.named_parameters()` gives (`*.q_proj.weight`), or embeddings, output, norms, biases."""
+    """Decay the parameters that match any of these: fnmatch globs on the names `model.named_parameters()` gives (`*.q_proj.weight`), embeddings, output, norms, biases, or decoder layers by index (`layers[-2:]`, `layers[:4].mlp.*`)."""
 
     exclude: list[str] = []
     """Of those, leave out the ones that match any of these (same forms as `include`)."""
@@ -52,7 +67,7 @@ class ParamGroup(Table):
     """`[[optim.groups]]`: parameters with their own LR multiplier or weight decay."""
 
     params: list[str] = Field(min_length=1)
-    """Which parameters: fnmatch globs on the names `model.named_parameters()` gives (`*.mlp.*`), or embeddings (every nn.Embedding), output (the output layer, when not tied to the embeddings), norms (every module whose class is a norm), biases. A parameter belongs to the first group it matches; every pattern must match a trainable parameter (`recipec check` and the script check)."""
+    """Which parameters: fnmatch globs on the names `model.named_parameters()` gives (`*.mlp.*`), embeddings (every nn.Embedding), output (the output layer, when not tied to the embeddings), norms (every module whose class is a norm), biases, or decoder layers by index (`layers[-2:]`: the last two; `layers[:4].mlp.*`: a glob on the name within each layer). A parameter belongs to the first group it matches; every pattern must match a trainable parameter (`recipec check` and the script check)."""
 
     lr_scale: float = Field(1.0, gt=0)
     """The group's LR is the optimizer's LR times this, at every step (the schedule scales both). Under Muon it scales each side's own LR."""
@@ -84,6 +99,9 @@ class _Optimizer(Table):
 
     decay: Literal["matrices", "all"] | DecayPatterns = "matrices"
     """Which parameters `weight_decay` applies to: matrices (every parameter with two or more dimensions: matrices and embeddings, never biases and norm weights), all, or by name: `{include = ["*"], exclude = ["biases", "norms", "embeddings"]}`."""
+
+    trainable: Literal["all"] | TrainablePatterns = "all"
+    """Which parameters train (without `[peft]`): all, or by name, e.g. `{include = ["layers[-4:]", "norms"]}` (the last four decoder layers and every norm) or `{exclude = ["embeddings"]}`. The others are frozen: no gradient, no optimizer state, their starting values saved. `recipec check` and the script count what trains."""
 
     groups: list[ParamGroup] = []
     """`[[optim.groups]]`: parameter groups with their own LR multiplier or weight decay, e.g. `params = ["embeddings"]` with `lr_scale = 0.1`. The rest form the default group. `recipec check` prints each group's parameter count, as the script logs it."""
@@ -255,7 +273,7 @@ OPTIMIZER_TABLES = (
 )
 
 
-COMMON = ("name", "lr", "scaling", "weight_decay", "grad_clip", "decay", "groups")
+COMMON = ("name", "lr", "scaling", "weight_decay", "grad_clip", "decay", "trainable", "groups")
 """The keys every optimizer has; the rest of a table are its own options."""
 
 

@@ -297,3 +297,88 @@ def test_peft_adamw_takes_the_groups_over_the_adapter() -> None:
     assert len(by_label["groups[0] (*.lora_B.*), decayed"]["params"]) == 2 * 2  # two layers, q and v
     with pytest.raises(ValueError, match="matches no trainable parameter"):  # the base weights are frozen
         adapters.make_optimizer(model, {"method": "lora"}, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, groups=[{"params": ["*.mlp.*"]}])
+
+
+def _names(model, ids) -> list[str]:
+    return sorted(n for n, p in model.named_parameters() if id(p) in ids)
+
+
+def test_layer_patterns_pick_decoder_layers_by_index() -> None:
+    """`layers[...]` reads the model's transformer blocks (its _no_split_modules) in order, with
+    Python's indexing, and an optional glob on the name within the layer."""
+    from recipec.runtime.param_patterns import layer_pattern
+
+    assert layer_pattern("layers[-2:]") == (slice(-2, None), "*")
+    assert layer_pattern("layers[0]") == (slice(0, 1), "*")
+    assert layer_pattern("layers[-1]") == (slice(-1, None), "*")
+    assert layer_pattern("layers[1:3].mlp.*") == (slice(1, 3), "mlp.*")
+    assert layer_pattern("*.layers.0.*") is None
+    for bad in ("layers[]", "layers[a]", "layers[1:2:3]", "layers[0", "layers[0]mlp"):
+        with pytest.raises(ValueError, match="layers\\["):
+            layer_pattern(bad)
+    model = tiny_model()
+    sets = O.named_sets(model)
+
+    def picked(pattern: str) -> list[str]:
+        return sorted(n for n, p in model.named_parameters() if O._matches(pattern, n, p, sets))
+
+    assert len(sets.layers) == 2
+    assert picked("layers[-1]") == sorted(n for n, _ in model.named_parameters() if n.startswith("model.layers.1."))
+    assert picked("layers[:1].mlp.*") == ["model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"]
+    assert picked("layers[5:]") == [] and picked("layers[0:0]") == []
+    gpt2 = gpt2_model()  # blocks named transformer.h.N
+    sets = O.named_sets(gpt2)
+    assert [n for n, p in gpt2.named_parameters() if O._matches("layers[-1].attn.c_attn.*", n, p, sets)] == [
+        f"transformer.h.{len(sets.layers) - 1}.attn.c_attn.weight", f"transformer.h.{len(sets.layers) - 1}.attn.c_attn.bias"
+    ]
+
+
+def test_freezing_trains_the_picked_parameters_like_the_implementation() -> None:
+    """`optim.trainable` through the script's path (freeze, then build) takes the steps torch's AdamW
+    takes over the same parameters with the rest frozen by hand; the frozen ones keep their values."""
+    ours, theirs = tiny_model(), tiny_model()
+    before = copy.deepcopy(ours.state_dict())
+    trainable = {"include": ["layers[-1]", "norms", "lm_head.*"], "exclude": ["layers[-1].self_attn.q_proj.*"]}
+    assert O.freeze(ours, trainable) == (
+        sum(p.numel() for n, p in ours.named_parameters() if p.requires_grad),
+        sum(p.numel() for p in ours.parameters()),
+    )
+    picked = sorted(n for n, p in ours.named_parameters() if p.requires_grad)
+    by_hand = sorted(
+        n for n, _ in theirs.named_parameters()
+        if (n.startswith("model.layers.1.") or "norm" in n or n == "lm_head.weight") and n != "model.layers.1.self_attn.q_proj.weight"
+    )
+    assert picked == by_hand
+    for n, p in theirs.named_parameters():
+        p.requires_grad_(n in by_hand)
+    opt = O.build(ours, spec("adamw"))
+    kept = [(n, p) for n, p in theirs.named_parameters() if p.requires_grad]
+    ref = torch.optim.AdamW(
+        [{"params": [p for _, p in kept if p.ndim >= 2], "weight_decay": 0.1}, {"params": [p for _, p in kept if p.ndim < 2], "weight_decay": 0.0}],
+        lr=1e-3, betas=(0.9, 0.95), eps=1e-8,
+    )
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(kept)
+    for seed in range(3):
+        grads_step(ours, opt, seed)
+        grads_step(theirs, ref, seed)
+    assert same_weights(ours, theirs)
+    after = ours.state_dict()
+    for name in before:
+        assert torch.equal(before[name], after[name]) == (name not in by_hand), name
+
+
+def test_trainable_patterns_that_pick_nothing_are_named_with_their_key() -> None:
+    model = tiny_model()
+    assert O.trainable_problems(model, {"include": ["*.mlp.*", "layers[7]"], "exclude": ["*.qproj.*", "biases"]}) == [
+        (("optim", "trainable", "include", 1), "'layers[7]' matches no parameter (the model has 2 decoder layers)"),
+        (("optim", "trainable", "exclude", 0), "'*.qproj.*' matches no parameter"),
+    ]
+    assert O.trainable_problems(model, {"include": ["layers[0]"], "exclude": ["layers[:1]"]}) == [
+        (("optim", "trainable", "exclude"), "excludes every parameter that include picks: nothing would train")
+    ]
+    with pytest.raises(ValueError, match=r"optim\.trainable\.include\[0\]: 'layers\[7\]' matches no parameter"):
+        O.freeze(model, {"include": ["layers[7]"]})
+    assert all(p.requires_grad for p in model.parameters())  # nothing frozen by a refused choice
+    O.freeze(model, {"include": ["layers[0]"]})
+    with pytest.raises(ValueError, match=r"optim\.groups\[0\]\.params: '\*\.layers\.1\.\*' matches no trainable parameter"):
+        O.param_groups(model, 0.1, groups=[{"params": ["*.layers.1.*"]}])  # groups choose among what trains
