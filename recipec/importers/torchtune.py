@@ -786,12 +786,8 @@ def _source(draft: Draft, i: int, prefix: str, dpo: bool) -> bool:
             draft.set(f"{src}.path", local[0] if len(local) == 1 else local, *keys)
             fmt = _LOCAL_BUILDERS[source]
             if fmt == "jsonl" and any(str(f).endswith(".json") for f in local):
-                draft.set(
-                    f"{src}.format",
-                    "jsonl",
-                    k("source"),
-                    approx="recipec reads JSON Lines (one record a line); load_dataset('json') also reads a file holding one JSON array",
-                )
+                # JSON Lines, or one JSON array of records, as load_dataset('json') reads a .json file
+                draft.set(f"{src}.format", "jsonl", k("source"))
             elif fmt != "jsonl" or not all(str(f).endswith(".jsonl") for f in local):
                 draft.set(f"{src}.format", fmt, k("source"))
         if has("split"):

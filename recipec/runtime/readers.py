@@ -92,7 +92,7 @@ class Batch:
         texts: The document texts, exactly as stored.
         ids: One locator per document: ``"path:LINE"`` (jsonl, 1-based line),
             ``"path#ROW"`` (parquet and ``datasets``, 0-based row of the file or
-            dataset), ``"path"`` (text), ``"python-stdlib:relative/module.py"``
+            dataset; a .json file holding one JSON array, 0-based element), ``"path"`` (text), ``"python-stdlib:relative/module.py"``
             or ``"python-docs:topic"`` (builtins). Paths are relative to the
             project directory when inside it, else absolute.
         fields: The extra fields asked for, one value per document.
@@ -547,6 +547,8 @@ class _Reader:
             raise DataError(f"{self.label}: {shown}: cannot read ({e.strerror or e})") from None
         self.stats.files += 1
         number = 0
+        # a record line has been read, or the name says JSON Lines: the file is one record a line
+        started = os.path.basename(path).lower().removesuffix(".gz").removesuffix(".zst").endswith(".jsonl")
         with f:
             lines = iter(f)
             while True:
@@ -562,11 +564,44 @@ class _Reader:
                 if line is None:
                     return
                 number += 1
-                if not line.strip():
+                bare = line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line  # a byte-order mark opens the file
+                if not bare.strip():
                     continue
+                if not started and bare.lstrip().startswith(b"["):
+                    # the file's first value opens an array: one JSON array of records (as
+                    # LLaMA-Factory's and Alpaca's .json files are), not one record a line
+                    try:
+                        rest = f.read()
+                    except _CORRUPT as e:
+                        raise DataError(f"{self.label}: {shown}: truncated or corrupt {compression} file ({e})") from None
+                    yield from self.json_array(line + rest, number, shown)
+                    return
+                started = True
                 document = self.json_record(line, number, shown)
                 if document is not None:
                     yield document
+
+    def json_array(self, data: bytes, first_line: int, shown: str) -> Iterator[tuple[Any, str, tuple]]:
+        """The records of a file holding one JSON array (read whole: it is one value), each
+        located as ``path#INDEX`` (0-based, as a parquet row is)."""
+        try:
+            text = data.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{self.label}: {shown}: a JSON array that is not valid UTF-8 (byte {e.start + 1})") from None
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            reason = e.msg.removesuffix(" at")
+            raise DataError(
+                f"{self.label}: {shown}:{first_line - 1 + e.lineno}: not valid JSON ({reason} at column {e.colno}); "
+                "a file whose first value opens an array is read as one JSON array of records"
+            ) from None
+        if not isinstance(records, list):  # "[1] 2": json.loads has refused it already; kept for safety
+            raise DataError(f"{self.label}: {shown}: expected one JSON array of records")
+        for index, record in enumerate(records):
+            document = self.json_object(record, f"{shown}#{index}", "an element of the array")
+            if document is not None:
+                yield document
 
     def json_record(self, line: bytes, number: int, shown: str) -> tuple[Any, str, tuple] | None:
         where = f"{shown}:{number}"
@@ -582,9 +617,13 @@ class _Reader:
         except json.JSONDecodeError:
             self.bad(where, f"not valid JSON ({_json_fault(text_line)})")
             return None
+        return self.json_object(record, where, "one per line")
+
+    def json_object(self, record: Any, where: str, what: str) -> tuple[Any, str, tuple] | None:
+        """The document of one parsed JSON record (a line's, or an array's element), or None after reporting why not."""
         if not isinstance(record, dict):
             kind = "null" if record is None else _JSON_TYPES.get(type(record), type(record).__name__)
-            self.bad(where, f"expected a JSON object (one per line), got {kind}")
+            self.bad(where, f"expected a JSON object ({what}), got {kind}")
             return None
         if self.records != "text":
             example = self.example(record, where)
@@ -882,7 +921,9 @@ def iter_batches(
     bring the source's total past it.
 
     * jsonl: one JSON object per line, plain, ``.gz`` or ``.zst``; blank lines
-      are ignored. A record that is not valid UTF-8 or JSON, not an object,
+      are ignored. A file not named ``.jsonl`` whose first value opens an array
+      (``[``) holds one JSON array of objects instead, read whole (as
+      ``datasets``' json loader reads it). A record that is not valid UTF-8 or JSON, not an object,
       lacks ``text_field`` or an asked-for field, holds a null or non-string
       text or a non-number field value is malformed.
     * parquet: by record batch, reading only the needed columns; a null text

@@ -578,3 +578,51 @@ def _open_for_reading(path):
     if path.suffix == ".zst":
         return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
     return open(path, "rb")
+
+
+# --------------------------------------------------------------------------- one JSON array
+
+
+def test_a_json_file_holding_one_array_reads_as_datasets_json_loader_reads_it(tmp_path):
+    """A .json file whose first value opens an array (LLaMA-Factory's and Alpaca's data files) is one
+    JSON array of records: the same records, in order, as `datasets.load_dataset("json")` gives,
+    each located by its 0-based index; plain, gzip and zstd; a BOM and leading blank lines allowed."""
+    datasets = pytest.importorskip("datasets")
+    rows = ROWS + [{"text": "delta four\nwith a line", "score": 7}]
+    text = "\n" + json.dumps(rows, indent=2) + "\n"
+    _write(tmp_path / "a.json", "\ufeff".encode() + text.encode())
+    _write(tmp_path / "b.json.gz", gzip.compress(text.encode()))
+    _write(tmp_path / "c.json.zst", zstandard.ZstdCompressor().compress(text.encode()))
+    _write(tmp_path / "oracle.json", text.encode())
+    theirs = datasets.load_dataset("json", data_files=str(tmp_path / "oracle.json"), split="train", cache_dir=str(tmp_path / "cache"))
+    for name in ("a.json", "b.json.gz", "c.json.zst"):
+        texts, ids, fields, stats = _read({"path": name, "name": "web"}, tmp_path, fields=["score"])
+        assert texts == theirs["text"] and fields == {"score": theirs["score"]}, name
+        assert ids == [f"{name}#{i}" for i in range(4)]
+        assert stats.files == 1 and stats.documents == 4
+
+
+def test_an_array_of_alpaca_records_reads_as_examples(tmp_path):
+    rows = [{"instruction": "Add one.", "input": "2", "output": "3"}, {"instruction": "Say hi.", "input": "", "output": "hi"}]
+    _write(tmp_path / "alpaca_en_demo.json", json.dumps(rows, indent=2).encode())
+    lines = tmp_path / "lines.jsonl"
+    _write(lines, _lines(rows))
+    a = list(iter_batches({"path": "alpaca_en_demo.json", "records": "alpaca"}, tmp_path))
+    b = list(iter_batches({"path": "lines.jsonl", "records": "alpaca"}, tmp_path))
+    assert a[0].examples == b[0].examples and a[0].texts == b[0].texts
+    assert a[0].ids == ["alpaca_en_demo.json#0", "alpaca_en_demo.json#1"]
+
+
+def test_a_bad_json_array_names_its_line_and_a_bad_element_its_index(tmp_path):
+    _write(tmp_path / "a.json", b'[\n  {"text": "ok"},\n  {"text": "x",}\n]\n')
+    assert _error({"path": "a.json", "name": "web"}, tmp_path) == (
+        "web: a.json:3: not valid JSON (Expecting property name enclosed in double quotes at column 16); "
+        "a file whose first value opens an array is read as one JSON array of records"
+    )
+    _write(tmp_path / "b.json", b'[{"text": "ok"}, ["not", "an", "object"], {"text": "last"}, null]')
+    assert _error({"path": "b.json", "name": "web"}, tmp_path) == "web: b.json#1: expected a JSON object (an element of the array), got an array"
+    texts, ids, _, stats = _read({"path": "b.json", "name": "web", "on_error": "skip"}, tmp_path)
+    assert texts == ["ok", "last"] and ids == ["b.json#0", "b.json#2"] and stats.skipped == 2
+    # JSON lines whose first line is a record stay JSON lines: a later line holding an array is a bad record
+    _write(tmp_path / "c.jsonl", b'{"text": "ok"}\n[1, 2]\n')
+    assert _error({"path": "c.jsonl", "name": "web"}, tmp_path) == "web: c.jsonl:2: expected a JSON object (one per line), got an array"
