@@ -437,6 +437,11 @@ def test_continual_from_a_checkpoint_with_optimizer_state_checks_lr_continuity(
     with pytest.raises(RecipeError) as info:
         build(recipe, (), project / "build" / "cpt", project=project)
     assert "claims to continue the parent's schedule" in info.value.diagnostics[0].message
+    # an optimizer state over other parameters (the parent trained them all) is refused too
+    recipe.write_text(recipe.read_text().replace("start = 1.0", "start = 0.1625"))
+    with pytest.raises(RecipeError) as info:
+        build(recipe, ('optim.trainable={include=["norms"]}',), project / "build" / "cpt", project=project)
+    assert "the parent's optim.trainable, optim.decay or [[optim.groups]] differ from this run's" in info.value.diagnostics[0].message
 
 
 AVERAGING = "\n[ema]\ndecay = 0.9\nreference_batch = 4\n\n[merge]\nwindow = 6\nevery = 1\n"

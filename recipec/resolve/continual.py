@@ -77,11 +77,11 @@ def continual_settings(b: PlanBuilder) -> None:
             "one optimizer's state does not load into the other",
             "set continual.optimizer = false, or use the parent's optimizer",
         )
-    elif c.optimizer and (pr.optim.decay, pr.optim.groups) != (recipe.optim.decay, recipe.optim.groups):
+    elif c.optimizer and (pr.optim.trainable, pr.optim.decay, pr.optim.groups) != (recipe.optim.trainable, recipe.optim.decay, recipe.optim.groups):
         b.error(
             ("continual", "optimizer"),
-            "the parent's optim.decay and [[optim.groups]] differ from this run's: its optimizer state holds other parameter groups",
-            "set continual.optimizer = false, or use the parent's decay and groups",
+            "the parent's optim.trainable, optim.decay or [[optim.groups]] differ from this run's: its optimizer state holds other parameter groups",
+            "set continual.optimizer = false, or use the parent's trainable, decay and groups",
         )
     if pr.data.seq_len != recipe.data.seq_len and (c.replay or c.eval_parent):
         b.warn(
