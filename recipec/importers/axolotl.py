@@ -28,6 +28,7 @@ from typing import Any
 
 from . import hf
 from .core import Draft, Legacy, OldValue, Removed, Renamed, num
+from .regex_globs import NoGlob, regex_globs
 
 VERSION = "axolotl 0.18.0"
 """The release whose schema (src/axolotl/utils/schemas) and defaults are applied; it builds
@@ -420,8 +421,86 @@ def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycl
     _parallel(d)
     _trackers(d)
     _preference(d)
+    _unfrozen(d)
     _rest(d)
     _mesh(d, options.num_processes)
+
+
+# -- unfrozen_parameters -------------------------------------------------------------------
+
+_RANGE = re.compile(r"^(.+)\[([0-9]*)(?::([0-9]*))?\]$")
+"""axolotl's row range after a pattern (`LayerNamePattern._parse_pattern`): `[:32000]`, `[5]`."""
+
+
+def _unfrozen(d: Draft) -> None:
+    """`unfrozen_parameters` -> `optim.trainable.include`.
+
+    axolotl (train.py `setup_model_and_tokenizer`, utils/freeze.py `freeze_layers_except`)
+    freezes every parameter of the loaded model but those a pattern matches: each pattern is
+    `re.match`ed (anchored at the start of the name, not at its end) after every `.` not
+    followed by `+` is made a literal dot (`.*` is "any number of dots"; `.+` stays "one or
+    more of anything"), and a trailing `[start:end]` row range is no regex: it zeroes the
+    gradient of the other rows. It runs on the model `ModelLoader.load` returns: with an
+    adapter, the PEFT model (names `base_model.model.…`), except under DPO/IPO/KTO, whose
+    adapter TRL adds afterwards.
+    """
+    key = "unfrozen_parameters"
+    value = d.get(key)
+    if not value:
+        if d.has(key):
+            d.exact(key)  # none: axolotl freezes nothing
+        return
+    patterns = [value] if isinstance(value, str) else [str(p) for p in value]
+    adapter = d.get("adapter")
+    if adapter:
+        if d.get("rl") in ("dpo", "ipo", "kto") and not d.get("merge_lora"):
+            why = (
+                f"with `adapter: {adapter}` under `rl: {d.get('rl')}` axolotl freezes the base model before TRL adds the "
+                "adapter, and peft then freezes every base weight again: only the adapter trains."
+            )
+            d.drop(key, "ignored-by-tool", why)
+            d.warn(f"`{key}` is ignored: {why}", key)
+            return
+        why = (
+            f"with `adapter: {adapter}` axolotl applies the patterns to the adapter-wrapped model (names `base_model.model.…`, "
+            "matched from their start) and freezes everything else, the LoRA weights included; recipec's [peft] trains the "
+            "adapter and cannot also choose `optim.trainable`."
+        )
+        if not any(p.startswith(("base_model", ".+")) for p in patterns):
+            why += " No pattern here starts `base_model`: axolotl matched nothing and froze every parameter."
+        d.drop(key, "no-equivalent", why)
+        d.warn(f"`{key}` with an adapter is not imported: {why}", key)
+        return
+    globs: list[str] = []
+    caveats: list[str] = []
+    for pattern in patterns:
+        name, rows = pattern, None
+        m = _RANGE.match(pattern)
+        if m:
+            name, rows = m[1], f"[{m[2]}{'' if m[3] is None else ':' + m[3]}]"
+        regex = re.sub(r"\.(?!\+)", "\\.", name)
+        try:
+            found, caveat = regex_globs(regex, search=False)
+        except NoGlob as err:
+            why = f"the pattern `{pattern}` has {err}, which no glob matches the same names as; write `optim.trainable.include` by hand."
+            d.drop(key, "no-equivalent", why)
+            d.warn(f"`{key}` is not imported: {why}", key)
+            return
+        if "\\" in name:
+            caveats.append(f"`{pattern}` matches no name in axolotl (it escapes each `.` itself, so `\\.` becomes a backslash and any character); left out")
+            continue
+        if caveat:
+            caveats.append(caveat)
+        if rows:
+            caveats.append(f"`{pattern}`: axolotl trains rows {rows} only (it zeroes the other rows' gradient; weight decay still moves them); recipec trains the whole parameter")
+        globs += [g for g in found if g not in globs]
+    if not globs:
+        why = "no pattern matches a parameter name in axolotl: it froze the whole model."
+        d.drop(key, "no-equivalent", why)
+        d.warn(f"`{key}` is not imported: {why}", key)
+        return
+    note = "axolotl's regexes (re.match: from the start of the name) as globs"
+    d.set("optim.trainable", {"include": globs}, key, approx="; ".join(caveats) or None, note=note)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -1491,7 +1570,7 @@ _LACKS: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("qat", "quantization", "model_quantization_config", "gptq"), ("missing-feature", "quantization-aware training and pre-quantized models; recipec quantizes only under [peft].")),
     **dict.fromkeys(("reward_model", "process_reward_model", "num_labels", "center_rewards_coefficient"), ("missing-feature", "reward-model training.")),
     **dict.fromkeys(("lora_target_parameters", "lora_rank_pattern", "lora_alpha_pattern", "peft_layers_to_transform", "peft_layers_pattern", "peft_layer_replication", "peft_trainable_token_indices", "lora_fan_in_fan_out", "peft"), ("missing-feature", "a LoRA layout recipec's [peft] does not have.")),
-    **dict.fromkeys(("unfrozen_parameters", "relora", "lisa_", "jagged_restart", "lr_groups", "embedding_lr"), ("missing-feature", "training some parameters only, or at their own LR, by axolotl's rules.")),
+    **dict.fromkeys(("relora", "lisa_", "jagged_restart", "lr_groups", "embedding_lr"), ("missing-feature", "training some parameters only, or at their own LR, by axolotl's rules.")),
     **dict.fromkeys(("tokenizer_use_mistral_common",), ("missing-feature", "recipec loads the transformers tokenizer.")),
     **dict.fromkeys(("resize_token_embeddings_to_32x", "mean_resizing_embeddings", "shrink_embeddings", "embeddings_skip_upcast", "fix_untrained_tokens"), ("no-equivalent", "recipec sizes and initialises the embeddings itself.")),
     **dict.fromkeys(("min_sample_len", "streaming_multipack_buffer_size", "pretrain_multipack_buffer_size", "multipack_real_batches", "curriculum_sampling", "batch_flattening", "sample_packing_sequentially"), ("no-equivalent", "recipec prepares and orders its batches its own way.")),

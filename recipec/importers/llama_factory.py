@@ -463,6 +463,85 @@ def _ignored(d: Draft, key: str, why: str) -> None:
     d.warn(f"`{key}: {d.get(key)}` is ignored: {why}", key)
 
 
+_MOE = re.compile(r"(?i)moe|mixtral|dbrx|jamba|deepseek-v[23]|gpt-oss|-a\d+(\.\d+)?b\b")
+"""Model names of mixture-of-experts models: numbered experts inside each layer."""
+
+
+def _layer_count(d: Draft) -> int | None:
+    """The decoder layers of a local model_name_or_path (its config.json), as LLaMA-Factory
+    counts them (`_setup_freeze_tuning`); None when the config is not on this machine."""
+    path = Path(str(d.get("model_name_or_path", ""))) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    config = config.get("text_config") or config
+    count = config.get("num_hidden_layers") or config.get("num_layers") or config.get("n_layer")
+    return int(count) if isinstance(count, int) and count > 0 else None
+
+
+def _freeze(d: Draft) -> None:
+    """finetuning_type "freeze" -> `optim.trainable.include`.
+
+    LLaMA-Factory (model/adapter.py `_setup_freeze_tuning`) trains a parameter when its name
+    holds `.{i}.{module}` for a trainable layer index i (the last `freeze_trainable_layers`,
+    or the first -n; every stride-th with `use_llama_pro`) and module of
+    `freeze_trainable_modules` (`all`: `.{i}.`), or holds one of `freeze_extra_modules` (a
+    substring anywhere in the name); the rest gets requires_grad=False.
+    """
+    keys = [k for k in ("finetuning_type", "freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules") if d.has(k)]
+    n = int(num(d.get("freeze_trainable_layers", 2)))
+    modules = _split(d.get("freeze_trainable_modules", "all"))
+    extras = [e for e in _split(d.get("freeze_extra_modules")) if e]
+    caveats: list[str] = []
+    if d.get("use_llama_pro"):
+        count = _layer_count(d)
+        if count is None or n <= 0 or count % n:
+            why = (
+                "with `use_llama_pro` LLaMA-Factory trains every (layers / freeze_trainable_layers)-th layer, the blocks its "
+                "llama_pro.py added, which needs the model's layer count: its config.json is not on this machine"
+                if count is None else f"LLaMA-Factory refuses `use_llama_pro` when freeze_trainable_layers {n} does not divide the {count} layers"
+            )
+            d.drop("finetuning_type", "missing-feature", why[0].upper() + why[1:] + "; the recipe trains every parameter.")
+            d.warn(f"finetuning_type \"freeze\" is not imported: {why}", "finetuning_type", "use_llama_pro")
+            for key in ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "use_llama_pro"):
+                if d.has(key):
+                    d.drop(key, "missing-feature", "the trainable layers of `use_llama_pro` need the model's layer count.")
+            return
+        stride = count // n
+        slices = [f"layers[{i}]" for i in range(stride - 1, count + stride - 1, stride)]
+        keys.append("use_llama_pro")
+        caveat_note = f"use_llama_pro: every {stride}th of the {count} layers (config.json of model_name_or_path)"
+    else:
+        slices = [f"layers[-{n}:]"] if n > 0 else [f"layers[:{-n}]"] if n < 0 else []
+        caveat_note = ""
+    include = [s if m == "all" else f"{s}.{m}*" for m in modules for s in slices]
+    include += [f"*{e}*" for e in extras if f"*{e}*" not in include]
+    if not include:
+        why = "freeze_trainable_layers 0 and no freeze_extra_modules: LLaMA-Factory leaves no parameter to train."
+        d.drop("finetuning_type", "no-equivalent", why)
+        d.warn(f"finetuning_type \"freeze\" is not imported: {why}", "finetuning_type")
+        for key in ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules"):
+            if d.has(key):
+                d.drop(key, "no-equivalent", why)
+        return
+    if slices and "all" in modules and _MOE.search(str(d.get("model_name_or_path", ""))):
+        caveats.append(
+            "LLaMA-Factory picks a layer by `.{i}.` anywhere in the name, so on this mixture-of-experts model it also trains "
+            "expert i of every layer; recipec trains the layers only"
+        )
+    for key, meaning in (("freeze_trainable_layers", "the last 2 decoder layers"), ("freeze_trainable_modules", "all of each trainable layer")):
+        if not d.has(key):
+            d.defaults.append((key, meaning))
+    notes = [
+        "LLaMA-Factory's layer and substring rule",
+        "trainable weights in float32 as it upcasts them (the frozen ones too: memory only)",
+    ]
+    if d.get("pure_bf16"):
+        notes[1] = "pure_bf16: every weight in bfloat16, as LLaMA-Factory keeps them"
+    d.set("optim.trainable", {"include": include}, *keys, approx="; ".join(caveats) or None, note="; ".join(([caveat_note] if caveat_note else []) + notes))
+
+
 def _peft(d: Draft, stage: str) -> None:
     kind = str(d.get("finetuning_type", "lora"))
     if kind == "full":
@@ -474,11 +553,7 @@ def _peft(d: Draft, stage: str) -> None:
                 d.exact(key)
         return
     if kind == "freeze":
-        d.drop("finetuning_type", "missing-feature", "recipec trains every parameter or an adapter; it cannot freeze all but some layers.")
-        d.warn("finetuning_type \"freeze\" cannot be imported: the recipe trains every parameter", "finetuning_type")
-        for key in ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules"):
-            if d.has(key):
-                d.drop(key, "missing-feature", "recipec cannot freeze layers.")
+        _freeze(d)
         return
     if kind == "oft":
         d.set("peft.method", "oft", "finetuning_type")
@@ -687,9 +762,7 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
             d.set(f"{src}.hub.streaming", True, "streaming")
     elif entry.get("file_name"):
         file = f"{dataset_dir}/{entry['file_name']}"
-        if file.endswith(".json"):
-            differs.append(f"{file} is one JSON array in LLaMA-Factory's data; recipec reads .json as JSON lines (convert it: jq -c '.[]')")
-        elif file.endswith(".txt"):
+        if file.endswith(".txt"):  # a .json file, one JSON array or JSON lines, reads as datasets reads it
             differs.append(f"LLaMA-Factory reads each line of {file} as a document; recipec reads a text file as one")
         d.set(f"{src}.path", file, *keys, approx=differs[-1] if differs else None)
     elif entry:

@@ -883,13 +883,137 @@ class _Conv:
             self.d.default("optim.weight_decay", value, o + "weight_decay", f"{name}'s weight_decay = {wd_default}" + (f", as torch's {value:g}" if note else ""))
         if value:
             self.set("optim.decay.include", ["*"], note="llm-foundry decays every parameter, biases and norms too")
-        self.drop(o + "param_groups", "missing-feature", "llm-foundry's parameter groups by name match; write [[optim.groups]] by hand.")
-        self.drop(o + "disable_grad", "missing-feature", "freezing parameters by name match.")
+        self.frozen(o)
+        self.groups(o, name, float(lr), float(wd), value)
         if self.get(o + "amsgrad"):
             self.d.drop(o + "amsgrad", "missing-feature", "recipec's AdamW has no AMSGrad.")
         elif self.has(o + "amsgrad"):
             self.d.exact(o + "amsgrad")
         self.rest("optimizer", "no-equivalent", f"an option of {name} recipec does not expose.")
+
+    def frozen(self, o: str) -> None:
+        """`optimizer.disable_grad` -> `optim.trainable.exclude`.
+
+        llm-foundry (utils/builders.py `_extract_param_groups`) sets requires_grad=False on
+        every parameter whose name `re.search`es one of the regexes; the names are the
+        ComposerModel's, `model.` + the transformers model's (`model.model.layers.0…`)."""
+        key = o + "disable_grad"
+        value = self.get(key)
+        if value in (None, "", []):
+            if self.has(key):
+                self.d.exact(key)
+            return
+        if self.d.value("peft.method") is not None:
+            why = (
+                "under peft_config llm-foundry matches the adapter-wrapped model's names (`model.base_model.model.…`) and can "
+                "freeze LoRA weights too; recipec's [peft] decides what trains and `optim.trainable` cannot go with it."
+            )
+            self.drop(key, "no-equivalent", why)
+            self.d.warn(f"`{key}` with peft_config is not imported: {why}", key)
+            return
+        patterns = [value] if isinstance(value, str) else [str(v) for v in value]
+        got = self._globs(key, patterns)
+        if got is None:
+            return
+        globs, caveats = got
+        if "*" in globs:
+            why = "a regex matches `model.`, which every llm-foundry parameter name starts with: it freezes the whole model."
+            self.drop(key, "no-equivalent", why)
+            self.d.warn(f"`{key}` is not imported: {why}", key)
+            return
+        if not globs:
+            self.d.exact(key)  # no regex can match a name llm-foundry gives: it freezes nothing
+            self.d.warn(f"`{key}` matches no parameter name (llm-foundry's start with `model.`): it freezes nothing", key)
+            return
+        self.set("optim.trainable", {"exclude": globs}, key, approx="; ".join(caveats) or None, note="llm-foundry's regexes (re.search on `model.` + the name) as globs")
+
+    def _globs(self, key: str, patterns: list[str]) -> tuple[list[str], list[str]] | None:
+        """The globs of llm-foundry's regexes and what differs; None (the key dropped) when one has no glob."""
+        from .regex_globs import NoGlob, regex_globs
+
+        globs: list[str] = []
+        caveats: list[str] = []
+        if self.get("model.name") == "mpt_causal_lm":
+            caveats.append("names of llm-foundry's MPT, matched on transformers' MptForCausalLM (the same names but `transformer.wpe`)")
+        for pattern in patterns:
+            try:
+                found, caveat = regex_globs(pattern, search=True, prefix="model.")
+            except NoGlob as err:
+                why = f"the regex `{pattern}` has {err}, which no glob matches the same names as; write the globs by hand."
+                self.drop(key, "no-equivalent", why)
+                self.d.warn(f"`{key}` is not imported: {why}", key)
+                return None
+            globs += [g for g in found if g not in globs]
+            if caveat:
+                caveats.append(caveat)
+        return globs, caveats
+
+    def groups(self, o: str, name: str, lr: float, wd: float, torch_wd: float) -> None:
+        """`optimizer.param_groups` -> `[[optim.groups]]`.
+
+        Each group takes the parameters whose name `re.search`es `param_str_match` and no
+        earlier group took (recipec's groups: the first group a parameter matches); its other
+        keys override the optimizer's arguments for it. Composer's schedulers scale every
+        group's own LR by the same factor, so `lr` is recipec's `lr_scale`; the decoupled
+        optimizers decay by `group lr / its initial lr * weight_decay`, torch's weight decay
+        `weight_decay / group lr`."""
+        key = o + "param_groups"
+        value: list[dict[str, Any]] = []
+        for leaf in self.under(key):  # the resolved leaves, optimizer.param_groups[i].name
+            m = re.fullmatch(re.escape(key) + r"\[(\d+)\]\.([^.\[]+)", leaf)
+            if m is None:
+                continue
+            while len(value) <= int(m[1]):
+                value.append({})
+            value[int(m[1])][m[2]] = self.get(leaf)
+        if not value:
+            if self.has(key):
+                self.d.exact(key)
+            return
+        if self.d.value("peft.method") is not None:
+            why = "under peft_config llm-foundry matches the adapter-wrapped model's names (`model.base_model.model.…`): write [[optim.groups]] by hand."
+            self.drop(key, "no-equivalent", why)
+            return
+        decoupled = name.startswith("decoupled")
+        groups: list[dict[str, Any]] = []
+        caveats: list[str] = []
+        keys: list[str] = []
+        for i, group in enumerate(value):
+            g = f"{key}[{i}]."
+            if not isinstance(group, dict) or "param_str_match" not in group:
+                self.drop(key, "no-equivalent", f"group {i} has no `param_str_match`; llm-foundry refuses it.")
+                return
+            got = self._globs(key, [str(group["param_str_match"])])
+            if got is None:
+                return
+            globs, found = got
+            if "*" in globs:
+                self.drop(key, "no-equivalent", f"group {i}'s regex matches `model.`, which starts every name: it takes every parameter.")
+                return
+            caveats += [c for c in found if c not in caveats]
+            group_lr = float(num(group.get("lr", lr)))
+            if group_lr <= 0:
+                self.drop(key, "no-equivalent", f"group {i} has lr {group_lr}: freeze its parameters with `optim.trainable` instead.")
+                return
+            raw = float(num(group.get("weight_decay", wd)))
+            mine = float(f"{raw / group_lr:.12g}") if decoupled and raw else raw
+            entry: dict[str, Any] = {"params": globs}
+            if group_lr != lr:
+                entry["lr_scale"] = float(f"{group_lr / lr:.12g}")
+            if "weight_decay" in group or mine != torch_wd:
+                entry["weight_decay"] = mine
+            for extra in group:
+                if extra not in ("param_str_match", "lr", "weight_decay"):
+                    self.drop(g + extra, "missing-feature", f"recipec's [[optim.groups]] set an LR multiplier and weight decay only; the group uses the optimizer's {extra}.")
+            keys += [g + k for k in ("param_str_match", "lr", "weight_decay") if k in group]
+            if not globs:
+                continue  # no name llm-foundry gives matches: the group is empty
+            groups.append(entry)
+        if not groups:
+            self.d.exact(*keys)
+            return
+        note = "llm-foundry's groups: regexes as globs, lr as a multiplier" + (", weight_decay as torch's (/ the group's lr)" if decoupled else "")
+        self.set("optim.groups", groups, *keys, approx="; ".join(caveats) or None, note=note)
 
     # -- schedule ---------------------------------------------------------------------------
     def schedule(self) -> None:

@@ -24,7 +24,7 @@ DEMO = ("data/identity.json", "data/alpaca_en_demo.json")
 EXPECTED = {
     "llama3_lora_sft.yaml": {
         "files": DEMO,
-        "approx": {"dataset", "cutoff_len"},
+        "approx": {"cutoff_len"},
         "dropped": {**HOUSEKEEPING},
     },
     "llama3_lora_pretrain.yaml": {
@@ -44,22 +44,22 @@ EXPECTED = {
     },
     "llama3_lora_sft_otfq.yaml": {
         "files": DEMO,
-        "approx": {"dataset", "cutoff_len", "quantization_bit"},
+        "approx": {"cutoff_len", "quantization_bit"},
         "dropped": {**HOUSEKEEPING},
     },
     "llama3_full_sft.yaml": {
         "files": DEMO,
-        "approx": {"dataset", "cutoff_len", "deepspeed"},
+        "approx": {"cutoff_len", "deepspeed"},
         "dropped": {**HOUSEKEEPING},
     },
     "qwen2_5_lora_sft_packing.yaml": {
         "files": ("data/alpaca_en_demo.json",),
-        "approx": {"dataset", "cutoff_len", "interleave_probs", "mix_strategy"},
+        "approx": {"cutoff_len", "interleave_probs", "mix_strategy"},
         "dropped": {**HOUSEKEEPING},
     },
     "llama3_pissa_sft.yaml": {
         "files": DEMO,
-        "approx": {"dataset", "cutoff_len", "pissa_init", "pissa_iter"},
+        "approx": {"cutoff_len", "pissa_init", "pissa_iter"},
         "dropped": {**HOUSEKEEPING, "pissa_convert": NFT},
     },
     "llama3_lora_reward.yaml": {
@@ -69,12 +69,18 @@ EXPECTED = {
     },
     "qwen3_full_sft.yaml": {
         "files": ("data/alpaca_en_demo.json",),
-        "approx": {"dataset", "cutoff_len"},  # template qwen3: exact, with the empty thought before each answer
+        "approx": {"cutoff_len"},  # template qwen3: exact, with the empty thought before each answer
         "dropped": {**HOUSEKEEPING, "use_v1_kernels": "missing-feature"},
+    },
+    "llama3_freeze_sft.yaml": {
+        "files": DEMO,
+        "approx": {"cutoff_len"},
+        # use_llama_pro: the trainable layers are every n-th of the expanded model, whose config.json is not here
+        "dropped": {**HOUSEKEEPING, **dict.fromkeys(("finetuning_type", "freeze_trainable_layers", "freeze_trainable_modules", "use_llama_pro"), "missing-feature")},
     },
     "llama3_lora_sft_trainer_args.yaml": {
         "files": ("data/identity.json", "data/glaive_toolcall_en_demo.json", "data/alpaca_en_demo.json"),
-        "approx": {"dataset", "eval_dataset", "cutoff_len", "report_to"},
+        "approx": {"dataset", "cutoff_len", "report_to"},
         "dropped": {**HOUSEKEEPING},
     },
 }
@@ -373,7 +379,7 @@ HUB = "dataset: alpaca_en\n"
     [
         ("stage: sft\nfinetuning_type: full\nlora_rank: 16\n" + HUB, "finetuning_type is \"full\"", {"lora_rank": "ignored-by-tool"}),
         ("stage: rm\ndataset: ultrafeedback\n", "stage 'rm' cannot be imported", {"stage": "missing-feature"}),
-        ("stage: sft\nfinetuning_type: freeze\n" + HUB, "\"freeze\" cannot be imported", {"finetuning_type": "missing-feature"}),
+        ("stage: sft\nfinetuning_type: freeze\nfreeze_trainable_layers: 0\n" + HUB, "leaves no parameter to train", {"finetuning_type": "no-equivalent"}),
         ("stage: sft\n" + HUB + "pref_beta: 0.2\n", "not a preference stage", {"pref_beta": "ignored-by-tool"}),
         ("stage: pt\ndataset: fineweb\ntemplate: llama3\n", "no chat template", {"template": "ignored-by-tool"}),
         ("stage: dpo\ndataset: ultrafeedback\ntrain_on_prompt: true\n", "does not mask by turns", {"train_on_prompt": "ignored-by-tool"}),
