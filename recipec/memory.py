@@ -1450,8 +1450,9 @@ def trainable_counts(recipe: Recipe, model_config: dict[str, Any] | None) -> tup
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **keys))
-    except (ValueError, KeyError, TypeError, ImportError, OSError) as exc:
-        raise ValueError(f"optim.trainable: cannot build the model on the meta device to count what it picks: {exc}") from None
+    except (ValueError, KeyError, TypeError, ImportError, OSError, RuntimeError, OverflowError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # not torch's C++ frames
+        raise ValueError(f"optim.trainable: cannot build the model on the meta device to count what it picks: {reason}") from None
     picked, _ = optimizers.freeze(model, recipe.optim.trainable.model_dump())
     hidden = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and optimizers.is_hidden_matrix(n, p))
     return picked, hidden

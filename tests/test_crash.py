@@ -35,7 +35,6 @@ ordinary fresh process, so the fork cannot hide a difference.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -49,6 +48,7 @@ import pytest
 import forkrun
 from recipec.compiler import build
 from recipec.runtime import checkpoint
+from test_training import _env as training_env
 
 pytestmark = pytest.mark.slow
 
@@ -269,9 +269,7 @@ for line in sys.stdin:
 def _env() -> dict[str, str]:
     # one thread: the reference and the killed runs must sum in the same order, and a tiny
     # model on a shared two-core machine runs no faster with more
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONHASHSEED="0", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.pop("ACCELERATE_USE_CPU", None)
-    return env
+    return training_env(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
 
 class Zygote:

@@ -295,6 +295,12 @@ def _files_for(project: Path, field: StringField, value: str, data: dict[str, An
         source.pop("text_field", None)
         source.update(fields={"messages": value}) if fid.endswith("fields") else source.update(roles={value: "assistant"})
         data.setdefault("tokenizer", {})["chat_template"] = CHATML
+    elif fid.startswith("data.sources.system."):
+        # a system message for conversation records: the recipe's template renders it
+        source.update(records="messages")
+        source.pop("text_field", None)
+        source["system"] = {field.key: value}
+        data.setdefault("tokenizer", {})["chat_template"] = CHATML
     elif fid == "data.sources.tokenizer":
         # a token source names the tokenizer that made its ids; the recipe loads one (a trained one cannot match)
         data["tokenizer"] = {"path": "org/tokenizer"}
@@ -345,6 +351,8 @@ SPECIAL = {
     "data.sources.filters.decontaminate.path",
     "data.filters.decontaminate.path",
     "data.sources.tokenizer",
+    "data.sources.system.default",
+    "data.sources.system.replace",
     "data.sources.phases",
     "data.sources.phase_weights",
     "schedule.phases.name",

@@ -854,12 +854,13 @@ def test_every_process_builds_the_device_mesh_over_gloo(case: str, accepted, lau
     call = next(iter(launched[case]))
     env = accepted[(case, call)]["mesh"]["env"]
     world = CASES[case]["launch"]["num_processes"]
+    sizes = dict(zip(("dp_replicate", "dp_shard", "cp", "sp", "tp"), MESHES[case][0]))
     script = textwrap.dedent(
         f"""\
         import json, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import accelerate.parallelism_config, torch.distributed, torch.multiprocessing as mp
-        {"import deepspeed.comm" if MESHES[case][0][3] > 1 else ""}
+        {"import deepspeed.comm" if sizes["sp"] > 1 else ""}
         from test_launch_configs import _build_mesh
         if __name__ == "__main__":  # forked after the imports: {world} processes need not import torch {world} times
             args = ({world}, json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])
@@ -874,7 +875,6 @@ def test_every_process_builds_the_device_mesh_over_gloo(case: str, accepted, lau
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(world)]
     groups = [r["groups"] for r in ranks]
-    sizes = dict(zip(("dp_replicate", "dp_shard", "cp", "sp", "tp"), MESHES[case][0]))
     assert all(r["built"] == (sizes["sp"] == 1) for r in ranks)
     for rank, g in enumerate(groups):
         if sizes["sp"] > 1:  # consecutive ranks split the sequence; the sp groups' counterparts are data-parallel

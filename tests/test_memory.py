@@ -883,3 +883,20 @@ def test_explain_shows_the_evaluation_peak(write_recipe, tmp_path: Path, monkeyp
     text = CliRunner().invoke(main, ["--no-color", "explain", "recipe.toml"]).stdout
     assert f"\n  {'evaluation'.ljust(12)} {'-'.rjust(11)}  train.eval_micro_batch_size 64 rows a forward, not estimated" in text
     assert "note: evaluation" not in text
+
+
+def test_sizes_past_a_floats_range_leave_the_estimate_out_not_the_build(plan_of):
+    plan = plan_of({"model.config.intermediate_size": 10**400})
+    assert plan.memory is None and "a size of the model is past what the estimate can count" in plan.memory_unknown
+
+
+def test_the_estimate_counts_what_optim_trainable_picks(plan_of):
+    """Gradients and optimizer state for the picked parameters only, counted on the meta model
+    (the script's and `recipec check`'s count); AdamW's 8 bytes each in float32."""
+    whole = plan_of({})
+    part = plan_of({"optim.trainable": {"include": ["layers[-1]", "norms"]}})
+    assert part.memory.parameters == whole.memory.parameters
+    assert 0 < part.memory.trainable_parameters < whole.memory.trainable_parameters
+    assert part.memory.optimizer == part.memory.trainable_parameters * 8 and part.memory.grads == part.memory.trainable_parameters * 4
+    assert part.memory.activations == whole.memory.activations  # an upper bound: every layer's, as if all trained
+    assert any("optim.trainable: activations counted as if every layer trained" in n for n in part.memory.notes)

@@ -967,7 +967,13 @@ def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, s
         _roles(d, src, key, ds)
         _train_on(d, src, key, ds)
         if ds.get("drop_system_message"):
-            d.drop(f"{key}.drop_system_message", "missing-feature", "recipec keeps the system message of a conversation.")
+            d.set(
+                f"{src}.system",
+                "drop",
+                f"{key}.drop_system_message",
+                approx="axolotl drops a conversation's leading system message, recipec every system message: "
+                "the same for records with no system message after the first turn",
+            )
         elif "drop_system_message" in ds:
             d.exact(f"{key}.drop_system_message")
         for k in ("field_thinking", "template_thinking_key", "split_thinking", "field_tools", "message_field_training", "message_field_training_detail"):

@@ -834,10 +834,16 @@ def _source(draft: Draft, i: int, prefix: str, dpo: bool) -> bool:
         else:
             draft.drop(k("filter_fn"), "missing-feature", "a Python filter callable; recipec's filters are declared in [[data.sources.filters]].")
     if has("new_system_prompt"):
-        if get("new_system_prompt") is None:
+        prompt = get("new_system_prompt")
+        if prompt is None:
             draft.exact(k("new_system_prompt"))
+        elif name == "chat_dataset":  # OpenAIToMessages / ShareGPTToMessages: the records' own are skipped, this one first
+            masked = "" if not get("train_on_input", False) else (
+                "torchtune never trains on this system message, and with train_on_input recipec trains on every token"
+            )
+            draft.set(f"{src}.system", {"replace": str(prompt)}, k("new_system_prompt"), approx=masked or None)
         else:
-            draft.drop(k("new_system_prompt"), "missing-feature", "a system prompt prepended to every example.")
+            draft.drop(k("new_system_prompt"), "missing-feature", "a system message for prompt/completion strings; recipec's `system` applies to message lists.")
 
     # what each record holds
     cmap = get("column_map") or {}

@@ -24,7 +24,9 @@ def source_dicts(sources: list[Source]) -> list[dict[str, Any]]:
     """Sources as the data stage reads them: what is set, filters with every default spelled out."""
     out = []
     for src in sources:
-        d = src.model_dump(exclude_none=True, exclude={"text_field", "records"} if src.builtin else None)
+        # a default the sources always had is left out: the stage's cache keys of older recipes stay as they were
+        skip = ({"text_field", "records"} if src.builtin else set()) | ({"system"} if src.system == "keep" else set())
+        d = src.model_dump(exclude_none=True, exclude=skip or None)
         d["filters"] = [f.model_dump() for f in src.filters]
         out.append(d)
     return out

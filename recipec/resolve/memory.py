@@ -14,7 +14,9 @@ def memory_estimate(b: PlanBuilder) -> None:
         shape = model_shape(recipe, b.model_config)
         partial = recipe.optim.trainable != "all" and recipe.peft is None
         b.memory = estimate(shape, recipe, trainable_counts(recipe, b.model_config) if partial else None)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: sizes past a float's range (intermediate_size = 10**400)
+        if isinstance(exc, OverflowError):
+            exc = ValueError(f"a size of the model is past what the estimate can count ({exc})")
         b.memory_unknown = str(exc)
         if ceiling is not None:
             b.warn(("launch", "device_memory_gib"), f"no memory estimate to compare with: {exc}")

@@ -25,6 +25,8 @@ Formats:
 
 Field names are the recipe's (``fields``, merged over :data:`DEFAULT_FIELDS`); role names are
 mapped by ``roles`` (merged over :data:`DEFAULT_ROLES`, for ``messages`` and ``sharegpt``).
+A source's ``system`` then keeps, drops, defaults or replaces the conversations' system
+messages (:func:`with_system`).
 A record that does not fit raises :class:`RecordError`, whose message names the field; the
 reader adds the file and line.
 """
@@ -69,6 +71,7 @@ def to_example(
     format: str,
     fields: dict[str, str] | None = None,
     roles: dict[str, str] | None = None,
+    system: str | dict[str, str] = "keep",
 ) -> dict[str, Any]:
     """Turn one record into an example (see the module docstring).
 
@@ -77,17 +80,50 @@ def to_example(
         format: one of :data:`FORMATS`.
         fields: renamed fields, merged over the format's defaults.
         roles: renamed roles, merged over the format's defaults.
+        system: the source's ``system``: "keep" the records' system messages, "drop" them,
+            ``{"default": text}`` (the system message of a conversation that has none) or
+            ``{"replace": text}`` (every conversation's only system message); see :func:`with_system`.
 
     Raises:
         RecordError: the record lacks a field, has a wrong type, an unknown role or no
-            assistant turn.
+            assistant turn; a ``system`` other than "keep" on a record whose sides are strings.
         ValueError: an unknown format.
     """
     if format not in _READERS:
         raise ValueError(f"unknown format {format!r}; the formats are {', '.join(FORMATS)}")
     f = {**DEFAULT_FIELDS[format], **(fields or {})}
     r = {**DEFAULT_ROLES.get(format, {}), **(roles or {})}
-    return _READERS[format](record, f, r)
+    example = _READERS[format](record, f, r)
+    if system == "keep" or format == "text":
+        return example
+    if "chosen" in example:
+        return {side: with_system(example[side], system, f["prompt"]) for side in ("chosen", "rejected")}
+    return with_system(example, system, f.get("prompt", f.get("messages", "")))
+
+
+def with_system(example: dict[str, Any], system: str | dict[str, str], where: str) -> dict[str, Any]:
+    """The conversation of ``example`` with its system messages dropped (``"drop"``), given one
+    when it has none (``{"default": text}``: a system message first), or replaced by one
+    (``{"replace": text}``: every system message removed, that one first). ``completion_from``
+    (where the completion starts) moves with the messages before it.
+
+    Raises:
+        RecordError: an example without a conversation (a prompt and a completion that are strings).
+    """
+    if "messages" not in example:
+        raise RecordError(f"`{where}` is a string, and the source's `system` applies to lists of messages")
+    messages, start = example["messages"], example.get("completion_from")
+    kept = [m for m in messages if m["role"] != "system"]
+    before = start if start is None else start - sum(m["role"] == "system" for m in messages[:start])
+    if system == "drop":
+        out, start = kept, before
+    elif "replace" in system:
+        out, start = [{"role": "system", "content": system["replace"]}, *kept], None if before is None else before + 1
+    elif any(m["role"] == "system" for m in messages):
+        out = messages
+    else:
+        out, start = [{"role": "system", "content": system["default"]}, *messages], None if start is None else start + 1
+    return {**example, "messages": out, "completion_from": start}
 
 
 def _text(record: dict[str, Any], f: dict[str, str], r: dict[str, str]) -> dict[str, Any]:

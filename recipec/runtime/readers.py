@@ -520,6 +520,7 @@ class _Reader:
         self.records = source.get("records") or "text"
         self.record_fields = source.get("fields") or {}
         self.roles = source.get("roles") or {}
+        self.system = source.get("system") or "keep"
         self.mds_shards = source.get("mds_shards")  # some of an MDS dataset's shards (the Ray executor's tasks)
         if self.records not in formats.FORMATS:
             raise DataError(f"{label}: unknown records {self.records!r}; expected one of {', '.join(formats.FORMATS)}")
@@ -661,7 +662,7 @@ class _Reader:
     def example(self, record: dict, where: str) -> dict | None:
         """The record as an example of the source's ``records`` format, or None after reporting why not."""
         try:
-            return formats.to_example(record, self.records, self.record_fields, self.roles)
+            return formats.to_example(record, self.records, self.record_fields, self.roles, self.system)
         except formats.RecordError as e:
             self.bad(where, f"{self.records} record: {e}")
             return None
@@ -1082,6 +1083,8 @@ def fingerprint_source(
     for key in ("hub", "max_tokens"):  # only when set: the other sources keep the keys they always had
         if source.get(key) is not None:
             settings[key] = source[key]
+    if source.get("system", "keep") != "keep":
+        settings["system"] = source["system"]
     digest = hashlib.sha256(b"recipec-source-v1\0")
     digest.update(json.dumps(settings, sort_keys=True).encode("utf-8") + b"\0")
 

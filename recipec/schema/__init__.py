@@ -13,7 +13,7 @@ from pydantic import Field
 from .averaging import EmaTable, MergeTable
 from .base import Table
 from .continual import ContinualTable
-from .data import DataTable, HubDataset, Source
+from .data import DataTable, HubDataset, Source, SystemMessage
 from .filters import (
     FILTER_TABLES,
     DecontaminateFilter,
@@ -154,6 +154,7 @@ __all__ = [
     "ContinualTable",
     "DataTable",
     "HubDataset",
+    "SystemMessage",
     "DeepspeedTable",
     "EmaTable",
     "FsdpTable",

@@ -90,6 +90,23 @@ class HubDataset(Table):
         return self
 
 
+class SystemMessage(Table):
+    """`system = {default = "..."}` or `system = {replace = "..."}`: a system message for the conversations."""
+
+    default: str | None = None
+    """The system message of each conversation that has none (its own is kept)."""
+
+    replace: str | None = None
+    """Every conversation's only system message: the records' own are removed."""
+
+    @model_validator(mode="after")
+    def check_one(self) -> SystemMessage:
+        given = [k for k in ("default", "replace") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise key_error(given[1] if given else "default", "set one of `default` and `replace`", 'e.g. system = {replace = "You are a helpful assistant."}')
+        return self
+
+
 class Source(Table):
     """`[[data.sources]]`: one source of documents. Exactly one of `builtin`, `path` and `hub`."""
 
@@ -128,6 +145,9 @@ class Source(Table):
 
     roles: dict[str, str] | None = None
     """Role names of the records mapped to system, user, assistant or tool, e.g. `{human = "user", bot = "assistant"}` (sharegpt maps human, gpt and system by default)."""
+
+    system: Literal["keep", "drop"] | SystemMessage = "keep"
+    """The conversations' system messages: `keep` them as the records have them, `drop` them all (the chat template's own default applies, if it has one), `{default = "..."}` for each conversation that has none, or `{replace = "..."}` as every conversation's only one. For conversation and instruction records (message lists; an alpaca record's `system` field is its system message)."""
 
     train_on: Literal["assistant", "last_assistant", "completion", "all"] | None = None
     """What the loss sees: `assistant` turns (the default for conversations), the `last_assistant` turn, the `completion` (the default for prompt_completion), or `all` tokens (the only choice for text). The token that closes each supervised turn is supervised too."""
@@ -172,6 +192,8 @@ class Source(Table):
                     raise key_error(key, f"`{key}` applies only to a `path` source")
             if self.records != "text":
                 raise key_error("records", "a builtin corpus holds text records")
+        if self.records in ("text", "tokens") and self.system != "keep":
+            raise key_error("system", f"`system` applies to conversation and instruction records, and `records` is \"{self.records}\"")
         if self.records == "text":
             for key in ("fields", "roles"):
                 if getattr(self, key) is not None:

@@ -74,8 +74,9 @@ EXPECTED: dict[str, dict] = {
             "eot_tokens",
             "warmup_ratio",
             "saves_per_epoch",
+            "datasets[0].drop_system_message",  # axolotl drops a leading system message only, recipec every one
         },
-        "dropped": {"datasets[0].drop_system_message": "missing-feature"},
+        "dropped": {},
     },
     "gemma3-1b-qlora.yaml": {
         "approx": {"bf16", "eot_tokens", "warmup_ratio", "saves_per_epoch"},  # chat_template gemma3: written out

@@ -584,3 +584,24 @@ def test_processes_not_a_multiple_of_the_mesh_are_rounded_up(imported) -> None:
     assert got.recipe["launch"]["num_processes"] == 16
     assert got.recipe["train"]["batch_size"] == 4
     assert any("launch.num_processes is 16, not the 12" in w for w, _ in got.result.draft.warnings)
+
+
+def test_new_system_prompt_replaces_the_records_own(imported, tmp_path: Path) -> None:
+    """torchtune's OpenAIToMessages / ShareGPTToMessages skip the records' system messages and put
+    `new_system_prompt` first, never trained on: `system = {replace = ...}`, exact unless
+    train_on_input trains on every other turn; an instruct dataset's strings have no conversation."""
+    changes = {"dataset.source": "json", "dataset.data_files": "data/chat.jsonl", "dataset.conversation_style": "openai", "dataset.new_system_prompt": "Be terse."}
+    got = imported("torchtune", _variant(tmp_path, "llama3_2-1B-chat-sft.yaml", changes, name="sys.yaml"), files=["data/chat.jsonl"])
+    assert got.recipe["data"]["sources"][0]["system"] == {"replace": "Be terse."}
+    assert "dataset.new_system_prompt" in got.exact
+    changes["dataset.train_on_input"] = True
+    got = imported("torchtune", _variant(tmp_path, "llama3_2-1B-chat-sft.yaml", changes, name="sys-all.yaml"), files=["data/chat.jsonl"])
+    assert "dataset.new_system_prompt" in got.approx
+    path = _variant(
+        tmp_path,
+        "llama3_2-1B-lora-single-device.yaml",
+        {"dataset": {"_component_": "torchtune.datasets.instruct_dataset", "source": "org/qa", "new_system_prompt": "Be terse."}},
+        name="instruct-sys.yaml",
+    )
+    got = imported("torchtune", path)
+    assert got.dropped["dataset.new_system_prompt"] == "missing-feature" and "system" not in got.recipe["data"]["sources"][0]

@@ -123,3 +123,34 @@ def test_preference_records_that_do_not_fit():
     with pytest.raises(RecordError, match=r"`label` is 1 \(int\), not a boolean"):
         to_example({"prompt": "Q?", "completion": " yes", "label": 1}, "unpaired_preference")
     assert to_example({"prompt": "Q?", "completion": " yes", "label": False}, "unpaired_preference")["label"] is False
+
+
+def test_system_messages_are_kept_dropped_defaulted_or_replaced():
+    """A source's `system`: the conversation's system messages go, come first when missing, or are
+    replaced; where the completion starts moves with the messages before it."""
+    chat = {"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    bare = {"messages": chat["messages"][1:]}
+    own, new = {"role": "system", "content": "own"}, {"role": "system", "content": "new"}
+    user, assistant = chat["messages"][1:]
+    assert to_example(chat, "messages")["messages"] == [own, user, assistant]
+    assert to_example(chat, "messages", system="drop")["messages"] == [user, assistant]
+    assert to_example(chat, "messages", system={"default": "new"})["messages"] == [own, user, assistant]
+    assert to_example(bare, "messages", system={"default": "new"})["messages"] == [new, user, assistant]
+    assert to_example(chat, "messages", system={"replace": "new"})["messages"] == [new, user, assistant]
+    assert to_example(bare, "messages", system={"replace": "new"})["messages"] == [new, user, assistant]
+    sharegpt = {"conversations": [{"from": "system", "value": "own"}, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}
+    assert to_example(sharegpt, "sharegpt", system="drop")["messages"] == [user, assistant]
+    alpaca = {"instruction": "hi", "output": "yo", "system": "own"}
+    assert to_example(alpaca, "alpaca", system={"replace": "new"})["messages"] == [new, user, assistant]
+    assert to_example({"instruction": "hi", "output": "yo"}, "alpaca", system={"default": "new"})["messages"] == [new, user, assistant]
+
+    pc = {"prompt": [own, user], "completion": [assistant]}
+    assert to_example(pc, "prompt_completion")["completion_from"] == 2
+    dropped = to_example(pc, "prompt_completion", system="drop")
+    assert dropped["messages"] == [user, assistant] and dropped["completion_from"] == 1
+    replaced = to_example({"prompt": [user], "completion": [assistant]}, "prompt_completion", system={"replace": "new"})
+    assert replaced["messages"] == [new, user, assistant] and replaced["completion_from"] == 2
+    pair = to_example({"prompt": [own, user], "chosen": [assistant], "rejected": [{"role": "assistant", "content": "no"}]}, "preference", system="drop")
+    assert [side["messages"][0] for side in pair.values()] == [user, user] and {side["completion_from"] for side in pair.values()} == {1}
+    with pytest.raises(RecordError, match="`prompt` is a string, and the source's `system` applies to lists of messages"):
+        to_example({"prompt": "hi", "completion": "yo"}, "prompt_completion", system={"replace": "new"})

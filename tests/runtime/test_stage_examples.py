@@ -221,3 +221,29 @@ def test_alpaca_and_prompt_completion_with_text_beside_them(tmp_path, tokenizer_
     assert full["3 + 1 = 4" + tok.eos_token] == " 4" + tok.eos_token
     # a text document is trained on every token but the first (nothing predicts it)
     assert full["plain document 2" + tok.eos_token] == tok.decode(tok("plain document 2" + tok.eos_token, add_special_tokens=False)["input_ids"][1:])
+
+
+def test_a_sources_system_message_is_rendered_as_the_template_renders_it(tmp_path, tokenizer_dir):
+    """`system = {replace = ...}` and `"drop"` through the stage: each example's tokens are the chat
+    template's (transformers' apply_chat_template) on the conversation with its system message
+    replaced or dropped, the system prompt never supervised; the stage's cache entry differs."""
+    rows = [{"messages": [{"role": "system", "content": "Be terse."}, *m["messages"]]} for m in messages_rows()[:6]]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    tok = chat_tokenizer(CHATML)
+    outs = {}
+    for system in ("keep", "drop", {"replace": "You answer sums."}):
+        src = {"path": "d.jsonl", "records": "messages", **({} if system == "keep" else {"system": system})}
+        out = run(request(tmp_path, tokenizer_dir, [src], packing=False, seq_len=256))
+        outs[str(system)] = out
+        expected = []
+        for record in rows:
+            messages = record["messages"][1:] if system == "drop" else record["messages"]
+            if isinstance(system, dict):
+                messages = [{"role": "system", "content": system["replace"]}, *record["messages"][1:]]
+            expected.append(tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+        got = rows_of(out)  # in the stage's shuffled order
+        assert sorted(r["input_ids"] for r in got) == sorted(expected)
+        for row in got:
+            supervised = tok.decode([t for t, m in zip(row["input_ids"], row["mask"]) if m])
+            assert "terse" not in supervised and "sums" not in supervised and "It is" in supervised
+    assert len({str(o.dir) for o in outs.values()}) == 3
