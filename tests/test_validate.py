@@ -378,3 +378,19 @@ def test_a_wrong_value_nested_deep_is_described_briefly():
         value = [value]
     assert _describe(value) == "[[[a list]]]"
     assert _describe([[1, "a"], 2.5]) == '[[1, the string "a"], 2.5]'
+
+
+def test_alpaca_records_in_the_alpaca_prompt_style_need_no_chat_template(write_recipe, tmp_path: Path):
+    """A trained tokenizer has no chat template: alpaca records rendered as a conversation need one,
+    in the Alpaca prompt style (prompt/completion text) they do not."""
+    from recipec.compiler import plan_recipe
+    from recipec.diagnostics import RecipeError
+
+    (tmp_path / "a.jsonl").write_text('{"instruction": "Add.", "output": "5"}\n')
+    source = {"path": "a.jsonl", "records": "alpaca"}
+    with pytest.raises(RecipeError, match="holds alpaca records, which are rendered with a chat template"):
+        plan_recipe(write_recipe(data={"seq_len": 64, "sources": [source]}), project=tmp_path)
+    plan, _ = plan_recipe(write_recipe(data={"seq_len": 64, "sources": [{**source, "prompt_style": "alpaca"}]}), project=tmp_path)
+    assert plan["sources"][0]["prompt_style"] == "alpaca"
+    with pytest.raises(RecipeError, match="prompt_style = \"alpaca\" renders no conversation"):
+        plan_recipe(write_recipe(data={"seq_len": 64, "sources": [{**source, "prompt_style": "alpaca", "system": "drop"}]}), project=tmp_path)

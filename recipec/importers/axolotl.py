@@ -833,7 +833,9 @@ def _data(d: Draft, total: int | None) -> None:
         for i, src in enumerate(d.sources):
             records = src.get("records")
             if records is not None and records.value in ("alpaca", "messages") and "train_on" not in src:
-                d.set(f"data.sources[{i}].train_on", "all", "train_on_inputs", approx="train_on_inputs: the prompt is trained on too, the template's own tokens as well")
+                style = src.get("prompt_style")
+                text = style is not None and style.value == "alpaca"  # prompt and output as text: every token, as axolotl
+                d.set(f"data.sources[{i}].train_on", "all", "train_on_inputs", approx=None if text else "train_on_inputs: the prompt is trained on too, the template's own tokens as well")
     _empty(d, "train_on_inputs")
     if d.has("train_on_inputs") and d.get("train_on_inputs") is False:
         d.exact("train_on_inputs")
@@ -988,7 +990,13 @@ def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, s
         elif "field" in ds:
             d.exact(f"{key}.field")
         return "text"
-    if base in ("alpaca", "alpaca_chat", "alpaca_w_system"):
+    if base == "alpaca":  # AlpacaPrompter, prompt style "instruct": Stanford Alpaca's prompt, then the output and EOS
+        d.set(f"{src}.records", "alpaca", f"{key}.type")
+        d.set(f"{src}.prompt_style", "alpaca", f"{key}.type")
+        if ds.get("field") is not None:
+            d.drop(f"{key}.field", "ignored-by-tool", "read by the completion type only.")
+        return "examples"
+    if base in ("alpaca_chat", "alpaca_w_system"):
         d.set(f"{src}.records", "alpaca", f"{key}.type", approx="axolotl writes its alpaca prompt ('Below is an instruction...', ### Instruction / ### Input / ### Response); recipec renders the records with axolotl's `alpaca` chat template (### Instruction / ### Response, the input after the instruction, no preamble)")
         if ds.get("field") is not None:
             d.drop(f"{key}.field", "ignored-by-tool", "read by the completion type only.")

@@ -936,15 +936,22 @@ def _sft_data(draft: Draft, src: _Src, cls: str, args: dict[str, Any], keys: lis
         draft.exact(arg("mask_prompt"))
     done.add("mask_prompt")
     style = args.get("prompt_style", "flan" if cls == "FLAN" else "longform" if cls == "LongForm" else "alpaca")
-    why = (
-        f"LitGPT wraps each example in its `{style}` prompt text (\"Below is an instruction...### Response:\"); "
-        "recipec renders it with the tokenizer's chat template: set [tokenizer] chat_template to reproduce the prompt"
-    )
-    if "prompt_style" in args:
-        draft.approx(why, arg("prompt_style"))
+    if style == "alpaca" and records == "alpaca":
+        # prompts.Alpaca: Stanford Alpaca's prompt text, the response and EOS after it (SFTDataset)
+        for i in range(len(draft.sources)):  # the training source, and a JSON directory's val.json
+            if draft.value(f"data.sources[{i}].records") == "alpaca":
+                draft.set(f"data.sources[{i}].prompt_style", "alpaca", *([arg("prompt_style")] if "prompt_style" in args else []))
         done.add("prompt_style")
     else:
-        draft.note(why + ".")
+        why = (
+            f"LitGPT wraps each example in its `{style}` prompt text (\"Below is an instruction...### Response:\"); "
+            "recipec renders it with the tokenizer's chat template: set [tokenizer] chat_template to reproduce the prompt"
+        )
+        if "prompt_style" in args:
+            draft.approx(why, arg("prompt_style"))
+            done.add("prompt_style")
+        else:
+            draft.note(why + ".")
     if "ignore_index" in args:
         if num(args["ignore_index"]) == -100:
             draft.exact(arg("ignore_index"))

@@ -851,13 +851,9 @@ def _source(draft: Draft, i: int, prefix: str, dpo: bool) -> bool:
     toi = [k("train_on_input")] if has("train_on_input") else []
     packed = bool(get("packed", False))
     if name in ("alpaca_dataset", "alpaca_cleaned_dataset"):
-        draft.set(
-            f"{src}.records",
-            "alpaca",
-            k("_component_"),
-            approx="torchtune puts the instruction and input into the Alpaca prompt template ('Below is an instruction "
-            "that describes a task...'); recipec's user turn is the instruction, then the input after a blank line",
-        )
+        # AlpacaToMessages: Stanford Alpaca's prompt text is the user turn, the output the assistant's
+        draft.set(f"{src}.records", "alpaca", k("_component_"))
+        draft.set(f"{src}.prompt_style", "alpaca_chat", k("_component_"))
         _fields(draft, src, prefix, cmap, ("instruction", "input", "output"))
         _train_on(draft, src, "all" if train_on_input else "assistant", toi, name, train_on_default)
     elif name == "chat_dataset":

@@ -68,7 +68,8 @@ def chat_settings(b: PlanBuilder) -> None:
             "derived: [peft] with tokenizer.special_tokens: if the tokenizer lacks them, the embedding and "
             "output layers train in full beside the adapter",
         )
-    conversational = [(i, s) for i, s in enumerate(r.data.sources) if s.records in NEEDS_TEMPLATE]
+    # prompt_style "alpaca" renders alpaca records as prompt/completion text, with no template
+    conversational = [(i, s) for i, s in enumerate(r.data.sources) if s.records in NEEDS_TEMPLATE and s.prompt_style != "alpaca"]
     template = chat.effective
     if template is None:
         if conversational and chat.tokenizer_known:

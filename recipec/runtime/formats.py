@@ -15,7 +15,8 @@ Formats:
 * ``sharegpt``: ``{"conversations": [{"from": "human", "value": "..."}, ...]}``, the role names
   mapped by ``roles`` (``human`` -> user, ``gpt`` -> assistant, ``system`` -> system by default).
 * ``alpaca``: ``{"instruction", "input", "output", "system"}``; ``input`` and ``system`` are
-  optional. The user turn is the instruction, then a blank line and the input when there is one.
+  optional. The user turn is the instruction, then a blank line and the input when there is one;
+  or, by the source's ``prompt_style`` (:data:`PROMPT_STYLES`), Stanford Alpaca's prompt text.
 * ``prompt_completion``: ``{"prompt", "completion"}``, each a string or a list of messages.
   With string sides and no chat template the two are concatenated as they are.
 * ``preference``: ``{"prompt", "chosen", "rejected"}``, all strings or all lists of messages;
@@ -62,6 +63,32 @@ DEFAULT_ROLES: dict[str, dict[str, str]] = {
 """Each format's role names: the record's role -> recipec's; a role not listed passes as it is."""
 
 
+PROMPT_STYLES = ("chat", "alpaca", "alpaca_chat")
+"""How alpaca records are rendered: ``chat`` (a conversation the chat template renders: the
+instruction, then the input after a blank line, is the user turn), ``alpaca`` (Stanford
+Alpaca's prompt text, then the output: prompt/completion strings, no chat template, as
+axolotl's ``type: alpaca`` and LitGPT's ``prompt_style: alpaca`` render them) or
+``alpaca_chat`` (that prompt text as the user turn of the chat template, as torchtune's
+``alpaca_dataset`` puts it)."""
+
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.",
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+)
+"""Stanford Alpaca's preamble with an input, and without one."""
+
+
+def alpaca_prompt(instruction: str, input: str = "", system: str = "") -> str:
+    """Stanford Alpaca's prompt (its train.py ``PROMPT_DICT``, word for word as axolotl's
+    ``AlpacaPrompter``, LitGPT's ``Alpaca`` and torchtune's ``AlpacaToMessages`` write it): the
+    preamble (``system`` in its place when given), the instruction, the input when there is
+    one, and the ``### Response:`` header the output follows."""
+    if input:
+        return f"{system or ALPACA_PREAMBLE[0]}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+    return f"{system or ALPACA_PREAMBLE[1]}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+
+
 class RecordError(ValueError):
     """A record that does not fit its format; the message names the field."""
 
@@ -72,6 +99,7 @@ def to_example(
     fields: dict[str, str] | None = None,
     roles: dict[str, str] | None = None,
     system: str | dict[str, str] = "keep",
+    prompt_style: str = "chat",
 ) -> dict[str, Any]:
     """Turn one record into an example (see the module docstring).
 
@@ -83,6 +111,7 @@ def to_example(
         system: the source's ``system``: "keep" the records' system messages, "drop" them,
             ``{"default": text}`` (the system message of a conversation that has none) or
             ``{"replace": text}`` (every conversation's only system message); see :func:`with_system`.
+        prompt_style: for alpaca records, one of :data:`PROMPT_STYLES`.
 
     Raises:
         RecordError: the record lacks a field, has a wrong type, an unknown role or no
@@ -93,7 +122,19 @@ def to_example(
         raise ValueError(f"unknown format {format!r}; the formats are {', '.join(FORMATS)}")
     f = {**DEFAULT_FIELDS[format], **(fields or {})}
     r = {**DEFAULT_ROLES.get(format, {}), **(roles or {})}
-    example = _READERS[format](record, f, r)
+    if format == "alpaca" and prompt_style != "chat":
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"unknown prompt_style {prompt_style!r}; the styles are {', '.join(PROMPT_STYLES)}")
+        instruction, extra = _string(record, f["instruction"]), _optional_string(record, f["input"])
+        own_system, output = _optional_string(record, f["system"]), _string(record, f["output"])
+        if prompt_style == "alpaca":  # the record's system in the preamble's place
+            if not output:
+                raise RecordError(f"`{f['output']}` is empty")
+            return {"prompt": alpaca_prompt(instruction, extra, own_system), "completion": output}
+        head = [{"role": "system", "content": own_system}] if own_system else []
+        example = {"messages": [*head, {"role": "user", "content": alpaca_prompt(instruction, extra)}, {"role": "assistant", "content": output}], "completion_from": None}
+    else:
+        example = _READERS[format](record, f, r)
     if system == "keep" or format == "text":
         return example
     if "chosen" in example:

@@ -521,6 +521,7 @@ class _Reader:
         self.record_fields = source.get("fields") or {}
         self.roles = source.get("roles") or {}
         self.system = source.get("system") or "keep"
+        self.prompt_style = source.get("prompt_style") or "chat"
         self.mds_shards = source.get("mds_shards")  # some of an MDS dataset's shards (the Ray executor's tasks)
         if self.records not in formats.FORMATS:
             raise DataError(f"{label}: unknown records {self.records!r}; expected one of {', '.join(formats.FORMATS)}")
@@ -662,7 +663,7 @@ class _Reader:
     def example(self, record: dict, where: str) -> dict | None:
         """The record as an example of the source's ``records`` format, or None after reporting why not."""
         try:
-            return formats.to_example(record, self.records, self.record_fields, self.roles, self.system)
+            return formats.to_example(record, self.records, self.record_fields, self.roles, self.system, self.prompt_style)
         except formats.RecordError as e:
             self.bad(where, f"{self.records} record: {e}")
             return None
@@ -1085,6 +1086,8 @@ def fingerprint_source(
             settings[key] = source[key]
     if source.get("system", "keep") != "keep":
         settings["system"] = source["system"]
+    if source.get("prompt_style", "chat") != "chat":
+        settings["prompt_style"] = source["prompt_style"]
     digest = hashlib.sha256(b"recipec-source-v1\0")
     digest.update(json.dumps(settings, sort_keys=True).encode("utf-8") + b"\0")
 

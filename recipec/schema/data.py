@@ -146,6 +146,9 @@ class Source(Table):
     roles: dict[str, str] | None = None
     """Role names of the records mapped to system, user, assistant or tool, e.g. `{human = "user", bot = "assistant"}` (sharegpt maps human, gpt and system by default)."""
 
+    prompt_style: Literal["chat", "alpaca", "alpaca_chat"] = "chat"
+    """How `alpaca` records are rendered: `chat` (the chat template renders a conversation whose user turn is the instruction, then the input after a blank line), `alpaca` (Stanford Alpaca's prompt text, "Below is an instruction that describes a task... ### Instruction: ... ### Response:", then the output and EOS, with no chat template, as axolotl's `type: alpaca` and LitGPT's `prompt_style: alpaca`; a record's `system` takes the preamble's place) or `alpaca_chat` (that prompt text as the user turn of the chat template, as torchtune's `alpaca_dataset`)."""
+
     system: Literal["keep", "drop"] | SystemMessage = "keep"
     """The conversations' system messages: `keep` them as the records have them, `drop` them all (the chat template's own default applies, if it has one), `{default = "..."}` for each conversation that has none, or `{replace = "..."}` as every conversation's only one. For conversation and instruction records (message lists; an alpaca record's `system` field is its system message)."""
 
@@ -192,6 +195,10 @@ class Source(Table):
                     raise key_error(key, f"`{key}` applies only to a `path` source")
             if self.records != "text":
                 raise key_error("records", "a builtin corpus holds text records")
+        if self.prompt_style != "chat" and self.records != "alpaca":
+            raise key_error("prompt_style", f'`prompt_style` renders alpaca records, and `records` is "{self.records}"')
+        if self.prompt_style == "alpaca" and self.system != "keep":
+            raise key_error("system", 'prompt_style = "alpaca" renders no conversation: a record\'s `system` field takes the place of the Alpaca preamble', 'use prompt_style = "alpaca_chat" for a system message in the chat template')
         if self.records in ("text", "tokens") and self.system != "keep":
             raise key_error("system", f"`system` applies to conversation and instruction records, and `records` is \"{self.records}\"")
         if self.records == "text":

@@ -25,7 +25,6 @@ EXPECTED: dict[str, dict] = {
     "lora-1b.yaml": {
         "approx": {
             "bf16",  # "auto": bf16 only where the GPU has it
-            "datasets[0].type",  # alpaca's own prompt text vs axolotl's alpaca chat template
             "warmup_ratio",  # rounded down by axolotl, up by recipec
             "evals_per_epoch",  # a share of the run; recipec counts steps
             "saves_per_epoch",
@@ -33,11 +32,11 @@ EXPECTED: dict[str, dict] = {
         "dropped": {"loss_watchdog_threshold": NFT, "loss_watchdog_patience": NFT},
     },
     "qlora-1b.yaml": {
-        "approx": {"bf16", "datasets[0].type", "warmup_ratio", "evals_per_epoch", "saves_per_epoch"},
+        "approx": {"bf16", "warmup_ratio", "evals_per_epoch", "saves_per_epoch"},
         "dropped": {"dataset_prepared_path": NFT, "loss_watchdog_threshold": NFT, "loss_watchdog_patience": NFT},
     },
     "mistral-lora.yaml": {
-        "approx": {"bf16", "tokenizer_type", "datasets[0].type", "warmup_ratio", "evals_per_epoch", "saves_per_epoch"},
+        "approx": {"bf16", "tokenizer_type", "warmup_ratio", "evals_per_epoch", "saves_per_epoch"},
         "dropped": {"dataset_prepared_path": NFT, "loss_watchdog_threshold": NFT, "loss_watchdog_patience": NFT},
     },
     "fft-8b-zero3.yaml": {
@@ -91,8 +90,6 @@ EXPECTED: dict[str, dict] = {
     "lora-1b-deduplicate-sft.yaml": {
         "approx": {
             "bf16",
-            "datasets[0].type",
-            "datasets[1].type",
             "dataset_exact_deduplication",  # tokenized rows vs the documents' text
             "warmup_ratio",
             "saves_per_epoch",
@@ -137,12 +134,12 @@ EXPECTED: dict[str, dict] = {
         "warnings": ["evaluation is configured but there is no held-out data", "launch.num_processes is 8, not the 1"],
     },
     "hsdp-tp-llama.yaml": {
-        "approx": {"datasets[0].type", "warmup_ratio", "saves_per_epoch"},
+        "approx": {"warmup_ratio", "saves_per_epoch"},
         "dropped": {"dataset_prepared_path": NFT, "plugins": "missing-feature"},
         "warnings": ["launch.num_processes is 16, not the 1"],
     },
     "fsdp-tp-cp-qwen3.yaml": {
-        "approx": {"datasets[0].type", "warmup_ratio", "saves_per_epoch"},
+        "approx": {"warmup_ratio", "saves_per_epoch"},
         # alpaca examples: recipec's ring attention needs text records
         "dropped": {"dataset_prepared_path": NFT, "plugins": "missing-feature", "context_parallel_size": "missing-feature"},
         "warnings": ["`context_parallel_size: 2` is not imported", "launch.num_processes is 4, not the 1"],
@@ -185,8 +182,9 @@ def test_lora_1b_values(imported):
     }
     (src,) = r["data"].pop("sources")
     assert r["data"] == {"seq_len": 2048, "packing": True, "overflow": "drop", "eval_fraction": 0.1}
-    assert src == {"hub": {"repo": "teknium/GPT4-LLM-Cleaned"}, "records": "alpaca"}
-    assert "### Instruction:" in r["tokenizer"]["chat_template"]
+    # type: alpaca: Stanford Alpaca's prompt text then the output, as axolotl's AlpacaPrompter writes it; no chat template
+    assert src == {"hub": {"repo": "teknium/GPT4-LLM-Cleaned"}, "records": "alpaca", "prompt_style": "alpaca"}
+    assert "chat_template" not in r.get("tokenizer", {})
     assert r["optim"] == {"name": "adamw_8bit", "lr": 0.0002, "weight_decay": 0.0, "grad_clip": 1.0, "betas": [0.9, 0.999], "eps": 1e-08}
     assert r["schedule"] == {"decay": "cosine", "min_lr_ratio": 0.0, "warmup": 0.1}
     assert r["train"] == {
@@ -539,11 +537,11 @@ def test_local_data_test_datasets_and_train_on_inputs(imported, tmp_path):
     )
     got = imported("axolotl", config, files=["data/train.jsonl", "data/eval.jsonl"])
     train, held_out = got.recipe["data"]["sources"]
-    assert train == {"path": "./data/train.jsonl", "format": "jsonl", "records": "alpaca", "train_on": "all"}
+    assert train == {"path": "./data/train.jsonl", "format": "jsonl", "records": "alpaca", "prompt_style": "alpaca", "train_on": "all"}
     assert held_out["split"] == "eval" and held_out["name"] == "test0" and held_out["path"] == "./data/eval.jsonl"
     assert got.recipe["train"]["eval_every"] == 20
     assert got.recipe["data"]["eval_fraction"] == 0.0
-    assert "train_on_inputs" in got.approx
+    assert "train_on_inputs" in got.exact  # the prompt text and the output, every token, as axolotl
 
 
 # -- the device mesh ---------------------------------------------------------------------

@@ -26,13 +26,12 @@ FINETUNE_DROPPED = {"train.min_lr": "ignored-by-tool", "eval.max_new_tokens": "n
 
 EXPECTED = {
     "llama-2-7b-lora.yaml": {
-        "approx": {"data.init_args.prompt_style", "data.init_args.seed", "train.epochs", "train.log_interval", "eval.final_validation"},
+        "approx": {"data.init_args.seed", "train.epochs", "train.log_interval", "eval.final_validation"},
         "dropped": FINETUNE_DROPPED,
         "files": [],
     },
     "llama-3-8b-qlora.yaml": {
         "approx": {
-            "data.init_args.prompt_style",
             "data.init_args.seed",
             "data.init_args.val_split_fraction",
             "train.epochs",
@@ -43,13 +42,12 @@ EXPECTED = {
         "files": [],
     },
     "llama-2-7b-full.yaml": {
-        "approx": {"data.init_args.prompt_style", "data.init_args.seed", "train.epochs", "train.log_interval", "eval.final_validation"},
+        "approx": {"data.init_args.seed", "train.epochs", "train.log_interval", "eval.final_validation"},
         "dropped": FINETUNE_DROPPED,
         "files": [],
     },
     "phi-2-lora.yaml": {
         "approx": {
-            "data.init_args.prompt_style",
             "data.init_args.seed",
             "data.init_args.val_split_fraction",
             "train.epochs",
@@ -62,7 +60,6 @@ EXPECTED = {
     "mistral-7b-lora-json.yaml": {
         # both lengths: LitGPT stops at whichever comes first
         "approx": {
-            "data.init_args.prompt_style",
             "data.init_args.seed",
             "data.init_args.val_split_fraction",
             "train.epochs",
@@ -103,7 +100,7 @@ def test_lora_values(imported):
     assert r["model"] == {"path": "meta-llama/Llama-2-7b-hf", "dtype": "bfloat16"}
     assert r["launch"]["mixed_precision"] == "no"
     assert r["peft"] == {"method": "lora", "r": 32, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
-    assert r["data"]["sources"] == [{"hub": {"repo": "mhenrichsen/alpaca_2k_test"}, "records": "alpaca", "train_on": "all"}]
+    assert r["data"]["sources"] == [{"hub": {"repo": "mhenrichsen/alpaca_2k_test"}, "records": "alpaca", "train_on": "all", "prompt_style": "alpaca"}]
     assert r["data"]["packing"] is False and r["data"]["seq_len"] == 512
     assert r["train"]["batch_size"] == 8 and r["train"]["micro_batch_size"] == 2 and r["train"]["epochs"] == 4
     assert r["optim"]["grad_clip"] == 0.0  # the fine-tuning scripts do not clip
@@ -129,7 +126,7 @@ def test_qlora_phi_and_full_values(imported):
 def test_mistral_json_values(imported):
     got = imported("litgpt", "mistral-7b-lora-json.yaml", files=["data/my_data.json"])
     r = got.recipe
-    assert r["data"]["sources"] == [{"path": "data/my_data.json", "records": "alpaca", "train_on": "assistant"}]
+    assert r["data"]["sources"] == [{"path": "data/my_data.json", "records": "alpaca", "train_on": "assistant", "prompt_style": "alpaca"}]
     assert r["peft"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert r["train"]["max_steps"] == 400 and "epochs" not in r["train"]
     assert r["launch"]["num_processes"] == 2

@@ -31,18 +31,18 @@ DISK_LOGGER = {
 }
 
 HUB_DIR = "checkpointer.checkpoint_dir"  # /tmp/<name>/ of `tune download`: loaded by its hub id (approx)
-ALPACA = "dataset._component_"  # the Alpaca prompt template torchtune adds
 NULL_SEQ = "tokenizer.max_seq_len"  # null: bounded by the model's context
 NULL_SEED = "seed"  # null: a random seed in torchtune
 CHUNKED = "loss._component_"  # CEWithChunkedOutputLoss: chunks of the sequence vs chunk_size tokens
 
 EXPECTED: dict[str, dict[str, Any]] = {
     "llama3_2-1B-full-single-device.yaml": {
-        "approx": {HUB_DIR, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED},
+        "approx": {HUB_DIR, NULL_SEQ, NULL_SEED, CHUNKED},
         "dropped": {**PROFILER, **DISK_LOGGER, "optimizer_in_bwd": "missing-feature"},
         "values": {
             "model.path": "meta-llama/Llama-3.2-1B-Instruct",
             "model.dtype": "bfloat16",
+            "data.sources[0].prompt_style": "alpaca_chat",  # alpaca_dataset: the Alpaca prompt text as the user turn
             "optim.name": "paged_adamw_8bit",
             "optim.lr": 2e-5,
             "optim.weight_decay": 0.01,  # bitsandbytes' default
@@ -65,7 +65,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "absent": ["peft", "launch"],
     },
     "llama3_2-1B-lora-single-device.yaml": {
-        "approx": {HUB_DIR, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED},
+        "approx": {HUB_DIR, NULL_SEQ, NULL_SEED, CHUNKED},
         "dropped": {**PROFILER, **DISK_LOGGER},
         "values": {
             "peft.method": "lora",
@@ -90,7 +90,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "absent": ["peft.quantize", "launch"],
     },
     "llama3_1-8B-qlora-single-device.yaml": {
-        "approx": {HUB_DIR, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED, "model._component_"},
+        "approx": {HUB_DIR, NULL_SEQ, NULL_SEED, CHUNKED, "model._component_"},
         "dropped": {**PROFILER, **DISK_LOGGER},  # low_cpu_ram: False, turned off
         "values": {
             "model.path": "meta-llama/Meta-Llama-3.1-8B-Instruct",
@@ -104,7 +104,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "llama3_3-70B-full-tp8.yaml": {
         "num_processes": 16,  # 2 nodes x 8 GPUs
         # the plan: transformers' own for the model type, which keeps the embeddings whole
-        "approx": {HUB_DIR, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED, "tensor_parallel_plan._component_"},
+        "approx": {HUB_DIR, NULL_SEQ, NULL_SEED, CHUNKED, "tensor_parallel_plan._component_"},
         "dropped": {**PROFILER, **DISK_LOGGER, "custom_sharded_layers": "no-equivalent"},
         "values": {
             "launch.num_processes": 16,
@@ -118,7 +118,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     "llama3_1-8B-full.yaml": {
         "num_processes": 4,
-        "approx": {HUB_DIR, ALPACA, NULL_SEQ, NULL_SEED, CHUNKED},
+        "approx": {HUB_DIR, NULL_SEQ, NULL_SEED, CHUNKED},
         "dropped": {**PROFILER, **DISK_LOGGER, "custom_sharded_layers": "no-equivalent"},
         "values": {
             "launch.num_processes": 4,

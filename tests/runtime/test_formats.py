@@ -154,3 +154,62 @@ def test_system_messages_are_kept_dropped_defaulted_or_replaced():
     assert [side["messages"][0] for side in pair.values()] == [user, user] and {side["completion_from"] for side in pair.values()} == {1}
     with pytest.raises(RecordError, match="`prompt` is a string, and the source's `system` applies to lists of messages"):
         to_example({"prompt": "hi", "completion": "yo"}, "prompt_completion", system={"replace": "new"})
+
+
+def _axolotl_alpaca(instruction, input, output):
+    """axolotl's AlpacaPrompter, prompt_style "instruct" (src/axolotl/prompters.py, _build_result), as it is written there."""
+    system_prompt = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request."
+    system_no_input_prompt = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    turn_format = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+    turn_no_input_format = "### Instruction:\n{instruction}\n\n### Response:\n"
+    system_format = "{system}\n\n"
+    if input:
+        return system_format.format(system=system_prompt) + turn_format.format(instruction=instruction, input=input)
+    return system_format.format(system=system_no_input_prompt) + turn_no_input_format.format(instruction=instruction)
+
+
+def _litgpt_alpaca(prompt, **kwargs):
+    """LitGPT's prompts.Alpaca.apply (litgpt/prompts.py), as it is written there."""
+    if kwargs.get("input"):
+        return (
+            "Below is an instruction that describes a task, paired with an input that provides further context. "
+            "Write a response that appropriately completes the request.\n\n"
+            f"### Instruction:\n{prompt}\n\n### Input:\n{kwargs['input']}\n\n### Response:\n"
+        )
+    return (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\n\n"
+        f"### Instruction:\n{prompt}\n\n### Response:\n"
+    )
+
+
+TORCHTUNE_ALPACA = {  # torchtune's AlpacaToMessages.template (torchtune/datasets/_alpaca.py)
+    "prompt_input": (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+    ),
+    "prompt_no_input": (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{instruction}\n\n### Response:\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("extra", ["", "2 and 3", None])
+def test_alpaca_prompt_styles_write_the_tools_own_prompt(extra):
+    """prompt_style "alpaca" is the prompt axolotl's `type: alpaca` and LitGPT's `prompt_style: alpaca`
+    write, then the output as the completion; "alpaca_chat" the same text as the user turn, as
+    torchtune's alpaca_dataset puts it."""
+    record = {"instruction": "Add the numbers.", "output": "5"} | ({} if extra is None else {"input": extra})
+    want = _axolotl_alpaca("Add the numbers.", extra, "5")
+    assert want == _litgpt_alpaca("Add the numbers.", input=extra)
+    assert want == TORCHTUNE_ALPACA["prompt_input" if extra else "prompt_no_input"].format(instruction="Add the numbers.", input=extra)
+    assert to_example(record, "alpaca", prompt_style="alpaca") == {"prompt": want, "completion": "5"}
+    chat = to_example(record, "alpaca", prompt_style="alpaca_chat")
+    assert chat["messages"] == [{"role": "user", "content": want}, {"role": "assistant", "content": "5"}]
+    own = to_example({**record, "system": "You add."}, "alpaca", prompt_style="alpaca")["prompt"]
+    assert own == "You add.\n\n" + want.split("\n\n", 1)[1]  # the record's system in the preamble's place
+    with pytest.raises(RecordError, match="`output` is empty"):
+        to_example({**record, "output": ""}, "alpaca", prompt_style="alpaca")

@@ -247,3 +247,20 @@ def test_a_sources_system_message_is_rendered_as_the_template_renders_it(tmp_pat
             supervised = tok.decode([t for t, m in zip(row["input_ids"], row["mask"]) if m])
             assert "terse" not in supervised and "sums" not in supervised and "It is" in supervised
     assert len({str(o.dir) for o in outs.values()}) == 3
+
+
+def test_alpaca_records_in_the_alpaca_prompt_style_are_prompt_and_completion_text(tmp_path, tokenizer_dir):
+    """prompt_style "alpaca": axolotl's and LitGPT's tokens, the prompt text tokenized on its own,
+    then the output's tokens and EOS, only those supervised; no chat template involved."""
+    from recipec.runtime.formats import alpaca_prompt
+
+    rows = [{"instruction": f"Add {i} and {i}.", "input": "" if i % 2 else "numbers", "output": f"It is {2 * i}."} for i in range(8)]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    out = run(request(tmp_path, tokenizer_dir, [{"path": "a.jsonl", "records": "alpaca", "prompt_style": "alpaca"}], packing=False, seq_len=256))
+    tok = chat_tokenizer(CHATML)
+    want = set()
+    for r in rows:
+        prompt = tok(alpaca_prompt(r["instruction"], r["input"]), add_special_tokens=False)["input_ids"]
+        answer = tok(r["output"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        want.add((tuple(prompt + answer), tuple([0] * len(prompt) + [1] * len(answer))))
+    assert {(tuple(r["input_ids"]), tuple(r["mask"])) for r in rows_of(out)} == want
