@@ -575,3 +575,25 @@ def test_preference_pairs_under_sequence_parallelism_resume_where_they_stopped(t
     assert wa.keys() == wb.keys()
     for k in wa:
         assert (wa[k] - wb[k]).abs().max().item() < 1e-6, k
+
+
+def test_trainable_under_zero_3_trains_what_one_process_trains(base: Path, tmp_path: Path) -> None:
+    """optim.trainable on a model ZeRO-3 partitions as it builds it: the count is the whole model's,
+    the losses and final weights those of one process, and the frozen parameters are saved as loaded."""
+    import torch
+    from safetensors.torch import load_file
+
+    steps = ["train.batch_size=8", "train.max_steps=4", "train.eval_every=0", "train.save_every=0",
+             'optim.trainable={include=["layers[-1]", "norms"], exclude=["layers[-1].mlp.*"]}']  # fmt: skip
+    one, two = _from(base, tmp_path / "one"), _from(base, tmp_path / "two")
+    proc = forkrun.run([sys.executable, str(_build(one, *steps) / "train.py")], env=_env(), check=True, capture_output=True, text=True, timeout=600)
+    counted = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("trainable:")]
+    proc = _launch(_build(two, *steps, "launch.num_processes=2", 'launch.strategy="deepspeed"', "launch.deepspeed.zero_stage=3", "launch.cpu=false"))
+    assert len(counted) == 1 and [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("trainable:")] == counted
+    loss_1, _ = _losses_and_lrs(one / "runs" / "tiny")
+    loss_2, _ = _losses_and_lrs(two / "runs" / "tiny")
+    assert len(loss_2) == 4 and loss_2 == pytest.approx(loss_1, abs=1e-5)
+    start, wa, wb = load_file(str(base / "model.safetensors")), _weights(one / "runs" / "tiny"), _weights(two / "runs" / "tiny")
+    picked = {k for k in start if (k.startswith("model.layers.1.") and ".mlp." not in k) or "norm" in k}
+    assert {k for k in start if not torch.equal(start[k], wb[k])} == picked
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
