@@ -33,7 +33,19 @@ def _check_patterns(patterns: list[str]) -> list[str]:
     return patterns
 
 
-class TrainablePatterns(Table):
+class _Patterns(Table):
+    """`{include = [...], exclude = [...]}`: parameters by name (each subclass says what for)."""
+
+    include: list[str] = Field(["*"], min_length=1)
+    exclude: list[str] = []
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def check_patterns(cls, patterns: list[str]) -> list[str]:
+        return _check_patterns(patterns)
+
+
+class TrainablePatterns(_Patterns):
     """`trainable = {include = [...], exclude = [...]}`: which parameters train; the others keep their starting values."""
 
     include: list[str] = Field(["*"], min_length=1)
@@ -42,13 +54,8 @@ class TrainablePatterns(Table):
     exclude: list[str] = []
     """Of those, freeze the ones that match any of these (same forms as `include`)."""
 
-    @field_validator("include", "exclude")
-    @classmethod
-    def check_patterns(cls, patterns: list[str]) -> list[str]:
-        return _check_patterns(patterns)
 
-
-class DecayPatterns(Table):
+class DecayPatterns(_Patterns):
     """`decay = {include = [...], exclude = [...]}`: weight decay by parameter name."""
 
     include: list[str] = Field(["*"], min_length=1)
@@ -56,11 +63,6 @@ class DecayPatterns(Table):
 
     exclude: list[str] = []
     """Of those, leave out the ones that match any of these (same forms as `include`)."""
-
-    @field_validator("include", "exclude")
-    @classmethod
-    def check_patterns(cls, patterns: list[str]) -> list[str]:
-        return _check_patterns(patterns)
 
 
 class ParamGroup(Table):
