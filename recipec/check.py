@@ -70,15 +70,18 @@ def check(plan: Plan, project: Path = Path("."), source: SourceMap | None = None
     """
     directory = _local_model(plan, project, source)  # before torch is imported: a wrong path is told at once
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     config = _config(plan, project, AutoConfig, directory, source)
     label = plan["model_init"] or plan["model_path"]
     if config is None:
         return CheckReport(label, checked=False)
+    reward = plan.get("objective") == "reward"  # a reward model: a one-label sequence classifier
+    if reward:
+        config.num_labels = 1
     try:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            model = (AutoModelForSequenceClassification if reward else AutoModelForCausalLM).from_config(config)
     except (ValueError, KeyError, TypeError, ImportError, OSError) as exc:  # a config of no causal LM (BERT), or one that does not build
         if plan["model_init"] is not None:
             what = f"cannot build a {plan['model_init']} model from `model.config`"
@@ -95,7 +98,7 @@ def check(plan: Plan, project: Path = Path("."), source: SourceMap | None = None
         if not report.problems:
             if spec.get("init") in ("pissa", "olora"):  # computed from real weights; the count is the default init's
                 spec = {**spec, "init": "default"}
-            model = adapters.apply(model, spec, total_steps=plan.get("max_steps"))
+            model = adapters.apply(model, spec, total_steps=plan.get("max_steps"), task_type="SEQ_CLS" if reward else "CAUSAL_LM")
             report.trainable_params, report.all_params = adapters.trainable_parameters(model)
     trainable = plan.get("trainable")
     if trainable is not None:

@@ -1116,10 +1116,18 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
             "with eager, flash or flex attention only"
         )
     n_params = shape.parameters()
+    # a reward model (AutoModelForSequenceClassification, one label): a score head of h weights in place of
+    # lm_head, and one logit per token in place of the vocabulary's
+    reward = pref is not None and pref.objective == "reward"
+    vocab = 1 if reward else shape.vocab_size
+    if reward:
+        n_params += shape.hidden_size - (0 if shape.tie_word_embeddings else shape.embedding_params()) - (shape.vocab_size if shape.head_bias else 0)
     peft = recipe.peft.model_dump(exclude_none=True) if recipe.peft is not None else None
     if peft is not None and shape.model_type not in PEFT_ARCHITECTURES:
         raise ValueError(f"the estimate does not cover PEFT on model type {shape.model_type!r}")
     adapter = adapter_parameters(shape, peft) if peft is not None else 0
+    if reward and peft is not None:
+        adapter += shape.hidden_size  # peft trains a copy of the score head (a module to save)
     trainable = adapter if peft is not None else n_params
     partial = recipe.optim.trainable != "all" and peft is None
     if partial:
@@ -1269,7 +1277,7 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
     logit_tokens = tokens if chunk is None else min(chunk, tokens)
     # gemma2's soft-capped logits: tanh keeps its output (in the activation dtype) besides the loss's three
     capped_b = a_bytes if shape.logit_softcap else 0
-    logits_b = logit_tokens * shape.vocab_size * (4 * LOGIT_COPIES + capped_b)
+    logits_b = logit_tokens * vocab * (4 * LOGIT_COPIES + capped_b)
     # each chunk's backward computes the output projection's weight gradient before adding it
     # to the one accumulated so far: one more vocab x h gradient (none for a frozen head)
     head_grad_b = shape.vocab_size * h * p_bytes if chunk is not None and peft is None else 0
@@ -1311,7 +1319,7 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
     if mixed and p_bytes == 4 and launch.strategy == "ddp":
         # autocast casts each float32 weight to 16 bits for its matmul, and the backward keeps the
         # copy; a quantized weight is dequantized inside its matmul instead
-        copied = shape.linear_weights() - quantized
+        copied = shape.linear_weights() - quantized - (shape.embedding_params() - shape.hidden_size if reward else 0)
         params_b += 2 * copied
         precision += f", + 16-bit copies of the {copied:,} matmul weights (autocast)"
 
@@ -1336,7 +1344,12 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
     what = "adapter" if peft is not None else "optim.trainable" if partial else "all"
     if partial:
         notes.append("optim.trainable: activations counted as if every layer trained (frozen early layers keep less: an upper bound)")
-    if pref is not None and pref.objective != "kto":
+    if reward:
+        notes.append(
+            f"reward model: s = 2 x data.seq_len {recipe.data.seq_len} (each side a row of its own, as many tokens as "
+            f"one row of both); a score head of h {shape.hidden_size} weights in place of lm_head"
+        )
+    elif pref is not None and pref.objective != "kto":
         notes.append(f"preference pairs: s = 2 x data.seq_len {recipe.data.seq_len} (chosen and rejected in one row)")
     capped = f" + the soft-cap's tanh output, {capped_b} B a logit" if capped_b else ""
     notes += [
@@ -1348,6 +1361,8 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
             f"logits: min(loss.chunk_size {chunk}, b {b} * s {s}) * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (chunked float32 cross-entropy: one chunk at a time)"
             + (f" + a chunk's output-projection gradient vocab {shape.vocab_size} * h {h} * {p_bytes} B" if head_grad_b else "")
             if chunk is not None
+            else f"logits: b {b} * s {s} * 1 score * 4 B * {LOGIT_COPIES} (a reward model's score head, one value a token)"
+            if reward
             else f"logits: b {b} * s {s} * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (float32 cross-entropy)"
         )
         + capped
@@ -1371,12 +1386,12 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
         # A soft-cap adds nothing here: each of its steps frees the tensor before (nothing is kept for a backward)
         eval_tokens = eval_b * s if chunk is None else min(chunk, eval_b * s)
         per_logit = 8 if a_bytes == 4 else a_bytes + 8
-        eval_logits = round(eval_tokens * shape.vocab_size * per_logit / seq_split)
+        eval_logits = round(eval_tokens * vocab * per_logit / seq_split)
         hidden_bytes = p_bytes + (2 if mixed and p_bytes == 4 else 0)
         eval_hidden = round(eval_b * s * h * hidden_bytes / seq_split)
         evaluation = parts[0] + parts[2] + eval_logits + eval_hidden
         tokens_formula = f"b {eval_b} * s {s}" if chunk is None else f"min(loss.chunk_size {chunk}, b {eval_b} * s {s})"
-        logit_formula = f"{tokens_formula} * vocab {shape.vocab_size} * {per_logit} B"
+        logit_formula = f"{tokens_formula} * {'1 score' if reward else f'vocab {shape.vocab_size}'} * {per_logit} B"
         notes.append(
             f"evaluation: train.eval_micro_batch_size {eval_b} rows a forward, no backward: params {human(parts[0])} + optimizer "
             f"{human(parts[2])} + its logits {human(eval_logits)} ({logit_formula}) + the final hidden states "
@@ -1440,16 +1455,19 @@ def trainable_counts(recipe: Recipe, model_config: dict[str, Any] | None) -> tup
     if not config:
         raise ValueError(f"the estimate does not cover model type {model_type!r}")
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from .runtime import optimizers
 
     keys = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")}
     if vocab_size is not None:
         keys["vocab_size"] = vocab_size
+    reward = recipe.preference is not None and recipe.preference.objective == "reward"
+    if reward:
+        keys["num_labels"] = 1
     try:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **keys))
+            model = (AutoModelForSequenceClassification if reward else AutoModelForCausalLM).from_config(AutoConfig.for_model(model_type, **keys))
     except (ValueError, KeyError, TypeError, ImportError, OSError, RuntimeError, OverflowError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # not torch's C++ frames
         raise ValueError(f"optim.trainable: cannot build the model on the meta device to count what it picks: {reason}") from None

@@ -315,6 +315,8 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "examples": plan["examples"],
         "eval_sets": any(src.split == "eval" for src in plan.recipe.data.sources),  # evaluated and logged apart
         "preference": plan.recipe.preference is not None,
+        "reward": plan.get("objective") == "reward",  # a reward model: a one-label sequence classifier
+        "auto_model": "AutoModelForSequenceClassification" if plan.get("objective") == "reward" else "AutoModelForCausalLM",
         "schedule_free": plan.recipe.optim.name == "schedule_free_adamw",
         "optimizer_options": own_options(plan.recipe.optim),
         "grouped": plan.get("param_groups") is not None,

@@ -50,6 +50,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "dpo": ({**HUB, **PAIRS, "preference": {"objective": "dpo"}}, {"tokenizer": None}),
     "dpo-fsdp": ({**HUB, **PAIRS, **FSDP, "preference": {"objective": "dpo"}}, {"tokenizer": None}),
     "simpo-trainable": ({**HUB, **PAIRS, **TRAINABLE, "preference": {"objective": "simpo"}}, {"tokenizer": None}),
+    "reward": ({**HUB, **PAIRS, "preference": {"objective": "reward"}}, {"tokenizer": None}),
+    "reward-lora-override": ({**HUB, **PAIRS, "model.config": {"attention_dropout": 0.0}, "peft": {"method": "lora"}, "preference": {"objective": "reward"}}, {"tokenizer": None}),
+    "reward-trainable-zero3": ({**HUB, **PAIRS, **ZERO3, **TRAINABLE, "preference": {"objective": "reward", "center_rewards_coefficient": 0.01}}, {"tokenizer": None}),
 }
 
 

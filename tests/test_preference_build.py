@@ -244,3 +244,52 @@ def test_explain_puts_each_memory_note_beside_its_part(project: Path) -> None:
     assert "trainable" in rows["grads"] and "AdamW" in rows["optimizer"]
     assert "layers" in rows["activations"] and "vocab" in rows["logits"]
     assert "note: preference pairs: s = 2 x data.seq_len 64 (chosen and rejected in one row)" in rows["note:"]
+
+
+def test_a_reward_model_is_a_sequence_classifier_with_no_reference(project: Path) -> None:
+    written, plan = build(recipe(project, "r", 'objective = "reward"\ncenter_rewards_coefficient = 0.01'), (), project / "build" / "r", project=project)
+    assert plan["objective"] == "reward" and plan["objective_options"] == {"center_rewards_coefficient": 0.01}
+    assert plan.get("reference") is None and plan.get("reference_model") is None
+    script = (written.dir / "train.py").read_text()
+    ast.parse(script)
+    assert "from transformers import AutoModelForSequenceClassification, AutoTokenizer" in script
+    assert "AutoModelForCausalLM" not in script and "num_labels=1," in script
+    assert "model.config.get_text_config().pad_token_id = tokenizer.pad_token_id" in script
+    assert "preference.collate_reward(rows, tokenizer.pad_token_id" in script
+    assert "policy = preference.reward_scores(model, batch)" in script and "ref_logps = None" in script
+    assert "ref_model" not in script and "sequence_logps" not in script
+    written, _ = build(recipe(project, "rl", 'objective = "reward"', '[peft]\nmethod = "lora"\ntarget_modules = ["q_proj"]'), (), project / "build" / "rl", project=project)
+    assert 'model = adapters.apply(model, peft_spec, total_steps=max_steps, task_type="SEQ_CLS")' in (written.dir / "train.py").read_text()
+
+
+def test_the_memory_estimate_of_a_reward_model_has_a_score_head_and_no_vocabulary_logits(project: Path) -> None:
+    reward, _ = plan_recipe(recipe(project, "r", 'objective = "reward"'), ())
+    simpo, _ = plan_recipe(recipe(project, "s", 'objective = "simpo"'), ())
+    h, vocab = 64, 1000  # the fixture's config: untied embeddings
+    assert simpo.memory.parameters - reward.memory.parameters == vocab * h - h  # lm_head out, the score head in
+    assert reward.memory.activations == simpo.memory.activations  # both sides of every pair, as many tokens
+    assert reward.memory.logits * vocab == simpo.memory.logits  # one score a token, not the vocabulary's logits
+    assert any(n.startswith("reward model: ") for n in reward.memory.notes)
+    lora, _ = plan_recipe(recipe(project, "rl", 'objective = "reward"', '[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj"]'), ())
+    assert lora.memory.trainable_parameters == 2 * 4 * (h + h) + h  # the adapter on 2 layers' q_proj, and the score head
+
+
+@pytest.mark.parametrize(
+    ("extra", "overrides", "key", "words"),
+    [
+        ("eval_generations = 2", (), "eval_generations = 2", "a reward model scores sequences and generates none"),
+        ("", ("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="deepspeed"', "launch.parallelism.sp_size=2"), None, "pools each row's score at its last token"),
+        ("", ("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="fsdp"', "launch.parallelism.tp_size=2"), None, "a reward model has a score head instead"),
+    ],
+    ids=["generations", "sequence-parallel", "tensor-parallel"],
+)
+def test_what_a_reward_model_cannot_do_is_a_located_error(project: Path, extra: str, overrides: tuple[str, ...], key: str | None, words: str) -> None:
+    path = recipe(project, "r", 'objective = "reward"')
+    if extra:
+        path.write_text(path.read_text().replace("save_every = 0", f"save_every = 0\n{extra}"))
+    with pytest.raises(RecipeError) as caught:
+        plan_recipe(path, overrides)
+    errors = [d for d in caught.value.diagnostics if d.severity == "error" and words in d.message]
+    assert len(errors) == 1, [d.message for d in caught.value.diagnostics]
+    if key is not None:
+        assert errors[0].location is not None and errors[0].location.source_line == key

@@ -205,13 +205,13 @@ def test_a_dpo_step_does_not_depend_on_how_it_is_split(tmp_path: Path, model_dir
     assert len({g["prompt"] for g in lines}) == 3  # distinct prompts
 
 
-@pytest.mark.parametrize("objective", ["kto", "orpo"])
+@pytest.mark.parametrize("objective", ["kto", "orpo", "reward"])
 def test_held_out_metrics_over_two_processes_are_those_of_one(objective: str, tmp_path: Path, model_dir: Path) -> None:
-    """KTO and ORPO over 2 processes x micro-batch 4 (DDP) and 1 process x 4: the 9 held-out rows and the 7 of an
+    """KTO, ORPO and a reward model over 2 processes x micro-batch 4 (DDP) and 1 process x 4: the 9 held-out rows and the 7 of an
     evaluation source do not split into whole micro-batches of both processes; filled up with rows that count for
     nothing, every held-out metric is the one of one process. KTO's KL estimate pairs each prompt with another row's
-    completion within a micro-batch: a held-out micro-batch's own, its filler rows apart. ORPO trains as one process
-    does; KTO's training KL estimate is the mean over the micro-batch of every process (see tests/test_deepspeed.py)."""
+    completion within a micro-batch: a held-out micro-batch's own, its filler rows apart. ORPO and the reward model
+    train as one process does; KTO's training KL estimate is the mean over the micro-batch of every process (see tests/test_deepspeed.py)."""
     runs = {}
     for name, processes in (("one", 1), ("two", 2)):
         recipe = _with_exam(_project(tmp_path / name, model_dir, objective=objective, micro=4, processes=processes, steps=2), unpaired=objective == "kto")
@@ -219,14 +219,15 @@ def test_held_out_metrics_over_two_processes_are_those_of_one(objective: str, tm
         runs[name] = _metrics(recipe)
     held_out = _held_out_differences(runs, "one")
     print(objective, "max |difference| per held-out metric:", {k: f"{v:.1e}" for k, v in held_out["two"].items()})
-    wanted = {"eval_loss", "eval_loss_exam", "eval_reward_margin", "eval_exam_rewards_chosen", "eval_logps_rejected"}
+    wanted = {"eval_loss", "eval_loss_exam", "eval_reward_margin", "eval_exam_rewards_chosen"}
+    wanted |= set() if objective == "reward" else {"eval_logps_rejected"}  # a reward model has no log-probabilities
     assert wanted | ({"eval_kl", "eval_exam_kl"} if objective == "kto" else {"eval_reward_accuracy"}) <= set(held_out["two"])
     assert {k: d for k, d in held_out["two"].items() if not d <= 1e-5} == {}  # NaN included
     if objective == "kto":
         assert all(m["eval_kl"] > 0 for m in runs["one"] if "eval_kl" in m and m["step"] > 0)  # the KL term takes part
     else:
         steps = {name: [m for m in ms if "loss" in m] for name, ms in runs.items()}
-        for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen"):
+        for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin") + (() if objective == "reward" else ("logps_chosen",)):
             assert [m[key] for m in steps["two"]] == pytest.approx([m[key] for m in steps["one"]], abs=1e-5, rel=ROUNDING), key
 
 
@@ -285,3 +286,49 @@ def test_kto_trains_on_labelled_completions(tmp_path: Path, model_dir: Path) -> 
             if g["prompt"] == f"<|im_start|>user\n{r['prompt'][0]['content']}<|im_end|>\n<|im_start|>assistant\n"
         }
         assert (g["completion"], g["desirable"]) in rows and "chosen" not in g
+
+
+@pytest.mark.parametrize("peft", [False, True], ids=["full", "lora"])
+def test_a_reward_model_trains_and_its_saved_model_scores_as_evaluated(peft: bool, tmp_path: Path, model_dir: Path) -> None:
+    """A reward model from the causal LM: the run trains a one-label sequence classifier (its new score head too),
+    logs rewards, margin and accuracy, and saves a model that AutoModelForSequenceClassification loads (under LoRA:
+    the adapter with its score head, onto the base model), whose Bradley-Terry loss on the evaluation source's pairs,
+    rendered with the chat template, is the held-out loss the run logged at its end."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    extra = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\n' if peft else ""
+    recipe = _with_exam(_project(tmp_path / "rm", model_dir, objective="reward", options="center_rewards_coefficient = 0.01", micro=4, steps=4, extra=extra))
+    _run(recipe)
+    metrics = _metrics(recipe)
+    steps = [m for m in metrics if "loss" in m]
+    assert len(steps) == 4 and all(0 < m["loss"] < 5 for m in steps)
+    assert {"rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy"} <= set(steps[-1]) and "logps_chosen" not in steps[-1]
+    assert steps[-1]["reward_margin"] != steps[0]["reward_margin"]
+    final = [m for m in metrics if "eval_loss_exam" in m][-1]
+    run = recipe.parent.parent / "runs" / "pref"
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    if peft:
+        from peft import PeftModel
+
+        base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+        base.config.pad_token_id = tok.pad_token_id
+        model = PeftModel.from_pretrained(base, run / "model")
+        assert not torch.equal(model.base_model.model.score.modules_to_save["default"].weight, base.score.original_module.weight)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+        assert type(model).__name__ == "LlamaForSequenceClassification" and model.config.num_labels == 1
+        assert model.config.pad_token_id == tok.pad_token_id
+    model.eval()
+    exam = [json.loads(x) for x in (recipe.parent.parent / "data" / "exam.jsonl").read_text().splitlines()]
+    losses = []
+    with torch.no_grad():
+        for pair in exam:
+            scores = []
+            for side in ("chosen", "rejected"):
+                ids = tok.apply_chat_template(pair["prompt"] + pair[side], tokenize=True, return_dict=False)
+                scores.append(model(input_ids=torch.tensor([ids])).logits[0, 0])
+            c, r = scores
+            losses.append(-F.logsigmoid(c - r) + 0.01 * (c + r) ** 2)
+    assert torch.stack(losses).mean().item() == pytest.approx(final["eval_loss_exam"], abs=1e-5)

@@ -436,18 +436,26 @@ def _stage(d: Draft, stage: str) -> str:
             if d.has(key):
                 d.set(f"preference.{target}", float(num(d.get(key))), key)
         return "kto"
-    # rm, ppo: no such training in recipec
-    what = {"rm": "reward-model training (a value head scored on pairs)", "ppo": "PPO (rollouts scored by a reward model)"}
-    instead = "DPO on the same pairs" if stage == "rm" else "supervised fine-tuning on the same data"
-    d.drop("stage", "missing-feature", f"recipec has no {what.get(stage, stage)}; the recipe is {instead}.")
-    d.warn(f"stage {stage!r} cannot be imported: the recipe is {instead}", "stage")
+    if stage == "rm":
+        d.set(
+            "preference.objective",
+            "reward",
+            "stage",
+            approx="LLaMA-Factory's reward model is the causal LM with trl's value head (dropout 0.1, then a linear layer "
+            "with a bias), scored at each side's last token; recipec's is transformers' sequence classifier (a score head "
+            "without a bias or dropout, at the last token that is not padding); both train -log sigmoid(chosen - rejected)",
+        )
+        for key in ("pref_beta", "pref_loss"):
+            if d.has(key):
+                _ignored(d, key, "stage rm trains a reward model, with no beta or preference loss")
+        return "preference"
+    # ppo: no such training in recipec
+    d.drop("stage", "missing-feature", f"recipec has no {'PPO (rollouts scored by a reward model)' if stage == 'ppo' else stage}; the recipe is supervised fine-tuning on the same data.")
+    d.warn(f"stage {stage!r} cannot be imported: the recipe is supervised fine-tuning on the same data", "stage")
     for key in ("reward_model", "reward_model_adapters", "reward_model_quantization_bit", "reward_model_type",
                 "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target", "ppo_whiten_rewards"):
         if d.has(key):
-            d.drop(key, "missing-feature", "recipec has no PPO or reward-model training.")
-    if stage == "rm":
-        d.set("preference.objective", "dpo", note="stage rm: a reward model cannot be trained; DPO on its pairs")
-        return "preference"
+            d.drop(key, "missing-feature", "recipec has no PPO training.")
     return "examples"
 
 

@@ -18,13 +18,13 @@ def preference_settings(b: PlanBuilder) -> None:
             continue
         where = ("data", "sources", i, "records")
         if p is None and src.records in PREFERENCE:
-            b.error(where, f"sources[{i}] holds {src.records} records, which train with a [preference] objective", 'add [preference] objective = "dpo" (or ipo, hinge, simpo, orpo, kto)')
+            b.error(where, f"sources[{i}] holds {src.records} records, which train with a [preference] objective", 'add [preference] objective = "dpo" (or ipo, hinge, simpo, orpo, kto; reward for a reward model)')
         elif p is not None:
             b.error(
                 where,
                 f'preference.objective {p.objective!r} trains on {wanted} records, and sources[{i}] holds {src.records} records',
                 f'set records = "{wanted}" on every source'
-                + ('; paired data trains with dpo, ipo, hinge, simpo or orpo' if src.records == "preference" else ""),
+                + ('; paired data trains with dpo, ipo, hinge, simpo, orpo or reward' if src.records == "preference" else ""),
             )
     if p is None:
         return
@@ -44,6 +44,8 @@ def preference_settings(b: PlanBuilder) -> None:
             b.derived("reference_model", "adapter_disabled" if r.peft is not None else "copy", f"derived: preference.reference live under {'[peft]' if r.peft else 'full fine-tuning'}: {how}")
     if r.model.init is not None and r.continual is None:
         b.error(("preference", "objective"), "preference training tunes a trained model, and model.init builds an untrained one", "set model.path (or [continual] from a supervised run)")
+    if p.objective == "reward":
+        _reward_model(b)
     if p.objective == "kto":
         if r.train.micro_batch_size < 2:
             b.error(("train", "micro_batch_size"), "KTO estimates its KL term from the other examples of a micro-batch, so it needs at least 2", "set micro_batch_size = 2 or more")
@@ -61,4 +63,27 @@ def preference_settings(b: PlanBuilder) -> None:
             f"a live reference without [peft] under FSDP is a frozen copy sharded over the data-parallel ranks as the model is, "
             f"and launch.parallelism.tp_size {mesh.tp_size} also splits the model's layers, which the copy does not follow",
             'use reference = "precomputed" (the same log-probabilities, computed before the first step), or tp_size = 1',
+        )
+
+
+def _reward_model(b: PlanBuilder) -> None:
+    """A reward model is a one-label sequence classifier: it scores sequences and generates nothing, and its
+    score head is outside the layouts that split a causal LM's sequence or layers."""
+    r = b.recipe
+    if r.train.eval_generations:
+        b.error(("train", "eval_generations"), "a reward model scores sequences and generates none", "set eval_generations = 0")
+    mesh = r.launch.parallelism
+    if mesh is not None and mesh.sp_size > 1:
+        b.error(
+            ("launch", "parallelism", "sp_size"),
+            f"sequence parallelism (sp_size {mesh.sp_size}) splits each row's tokens over the ranks of a group, and a reward "
+            "model pools each row's score at its last token, which one rank alone holds",
+            "set sp_size = 1 (shard the model with ZeRO-3 or FSDP instead)",
+        )
+    if mesh is not None and mesh.tp_size > 1:
+        b.error(
+            ("launch", "parallelism", "tp_size"),
+            f"transformers' tensor-parallel plans split a causal LM's layers and its lm_head, and a reward model has a "
+            f"score head instead, which no plan covers (tp_size {mesh.tp_size})",
+            "set tp_size = 1 (shard the model with ZeRO-3 or FSDP instead)",
         )

@@ -282,13 +282,15 @@ def _config_kwargs(spec: dict, total_steps: int | None) -> dict[str, Any]:
     return kwargs
 
 
-def peft_config(spec: dict, *, total_steps: int | None = None):
-    """The peft config (task type CAUSAL_LM) for an adapter spec.
+def peft_config(spec: dict, *, total_steps: int | None = None, task_type: str = "CAUSAL_LM"):
+    """The peft config for an adapter spec.
 
     Args:
         spec: The adapter spec (see the module docstring and :data:`RECIPE_KEYS`).
         total_steps: The run's optimizer steps (max_steps); used for AdaLoRA's
             ``total_step`` when the spec does not set it.
+        task_type: peft's task type: ``CAUSAL_LM``, or ``SEQ_CLS`` for a reward model
+            (peft then trains its score head whole, as a module to save).
 
     Raises:
         ValueError: For an unknown method, a key the method does not have, a
@@ -301,7 +303,7 @@ def peft_config(spec: dict, *, total_steps: int | None = None):
     if method == "prompt_tuning" and "prompt_tuning_init" in kwargs:
         kwargs["prompt_tuning_init"] = peft.PromptTuningInit[_PROMPT_INIT[kwargs["prompt_tuning_init"]]]
     cls = getattr(peft, _CONFIG_CLASSES[method])
-    return cls(task_type=peft.TaskType.CAUSAL_LM, **kwargs)
+    return cls(task_type=peft.TaskType[task_type], **kwargs)
 
 
 # --------------------------------------------------------------------------- targets
@@ -484,7 +486,7 @@ def _target_problems(model, spec: dict) -> list[tuple[bool, str]]:
 # --------------------------------------------------------------------------- apply
 
 
-def apply(model, spec: dict, *, total_steps: int | None = None):
+def apply(model, spec: dict, *, total_steps: int | None = None, task_type: str = "CAUSAL_LM"):
     """Wrap ``model`` in the adapter of ``spec`` (``peft.get_peft_model``) and return the PeftModel.
 
     Only the adapter's parameters (and ``modules_to_save``) stay trainable.
@@ -504,7 +506,7 @@ def apply(model, spec: dict, *, total_steps: int | None = None):
     """
     import peft
 
-    config = peft_config(spec, total_steps=total_steps)
+    config = peft_config(spec, total_steps=total_steps, task_type=task_type)
     errors = [sentence for certain, sentence in _target_problems(model, spec) if certain]
     if errors:
         raise ValueError(" ".join(errors))

@@ -47,6 +47,13 @@ completion's tokens) of the policy and, where it has one, of the reference model
 
 Rewards are ``beta`` times the log-ratio (DPO, IPO, hinge, KTO) or the average
 log-probability (SimPO, ORPO), as TRL reports them.
+
+``reward`` trains a reward model instead: a sequence-classification model with one label
+scores each side of a pair whole (prompt and completion), and the loss is
+``-log sigmoid(r_chosen - r_rejected)`` (Bradley-Terry), plus ``center_rewards_coefficient``
+times the mean of ``(r_chosen + r_rejected)^2``, as TRL's RewardTrainer takes them. Its
+micro-batch is laid out by :func:`collate_reward`: each side a row of its own, padded after
+its tokens, since the model pools its score at a row's last token that is not padding.
 """
 
 from __future__ import annotations
@@ -61,8 +68,8 @@ REJECTED = 2
 UNDESIRABLE = 4
 IGNORE = -100  # a label the log-probabilities leave out
 
-OBJECTIVES = ("dpo", "ipo", "hinge", "simpo", "orpo", "kto")
-REFERENCE_FREE = ("simpo", "orpo")
+OBJECTIVES = ("dpo", "ipo", "hinge", "simpo", "orpo", "kto", "reward")
+REFERENCE_FREE = ("simpo", "orpo", "reward")
 
 
 def pair_row(chosen: tuple[Sequence[int], Sequence[int]], rejected: tuple[Sequence[int], Sequence[int]]) -> dict[str, list[int]]:
@@ -172,6 +179,49 @@ def collate(
     if any(r.get(FILLER) for r in rows):
         batch["counted"] = torch.tensor([not r.get(FILLER) for r in rows])
     return batch
+
+
+def collate_reward(
+    rows: Sequence[dict[str, Any]], pad_id: int, *, pad_to_multiple_of: int | None = None, seq_len: int | None = None
+) -> dict[str, Any]:
+    """A micro-batch of pairs for a reward model: each side of a pair a row of its own.
+
+    Returns ``input_ids`` ``[2B, W]`` (the chosen sides, then the rejected ones, in the rows'
+    order), each padded after its tokens with ``pad_id``, and ``attention_mask``; ``counted``
+    (bool per pair) when some rows are fillers. ``W`` is the longest side, rounded as
+    ``packing.padded_width`` says. A sequence-classification model pools its score at a row's
+    last token that is not ``pad_id``, so the padding must come after the tokens.
+    """
+    import torch
+
+    if not rows:
+        raise ValueError("cannot collate an empty batch")
+    chosen, rejected = [], []
+    for r in rows:
+        ids = torch.as_tensor(r["input_ids"], dtype=torch.long)
+        bits = torch.as_tensor(r["mask"], dtype=torch.long)
+        cut = int(((bits & REJECTED) != 0).long().argmax()) if bool(((bits & REJECTED) != 0).any()) else len(ids)
+        chosen.append(ids[:cut])
+        rejected.append(ids[cut:])
+    sides = chosen + rejected
+    width = padded_width(max(len(t) for t in sides), pad_to_multiple_of, seq_len)
+    input_ids = torch.full((len(sides), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sides), width), dtype=torch.long)
+    for i, t in enumerate(sides):
+        input_ids[i, : len(t)] = t
+        attention_mask[i, : len(t)] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if any(r.get(FILLER) for r in rows):
+        batch["counted"] = torch.tensor([not r.get(FILLER) for r in rows])
+    return batch
+
+
+def reward_scores(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """A reward model's score of each side of each pair of a :func:`collate_reward` micro-batch: ``chosen`` and
+    ``rejected``, ``[B]`` each, in float32 (the model's one logit, pooled at the last token that is not padding)."""
+    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, 0].float()
+    n = len(rewards) // 2
+    return {"chosen": rewards[:n], "rejected": rewards[n:]}
 
 
 def collate_sides(rows: Sequence[dict[str, Any]], pad_id: int, pad_to: int, *, unpaired: bool = False) -> dict[str, Any]:
@@ -399,12 +449,13 @@ def _shift(labels: Any) -> Any:
 
 
 def row_count(batch: dict[str, Any]) -> int:
-    """The rows (pairs, or KTO examples) of a collated micro-batch that count (fillers do not); in the sides layout a
-    pair is two of its rows."""
+    """The rows (pairs, or KTO examples) of a collated micro-batch that count (fillers do not); in the sides layout and
+    the reward layout (:func:`collate_reward`) a pair is two of its rows."""
     if "counted" in batch:
         return int(sum(bool(c) for c in batch["counted"]))
     n = len(batch["input_ids"])
-    return n // 2 if "shift_completion" in batch and "kl_input_ids" not in batch else n
+    sides = "attention_mask" in batch or ("shift_completion" in batch and "kl_input_ids" not in batch)
+    return n // 2 if sides else n
 
 
 def _sums(logps: Any, batch: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -441,7 +492,8 @@ def objective_loss(
     Args:
         objective: one of :data:`OBJECTIVES`.
         options: the objective's table (``beta`` and its own options).
-        policy: :func:`sequence_logps` of the model being trained.
+        policy: :func:`sequence_logps` of the model being trained (for ``reward``, its
+            :func:`reward_scores`).
         reference: the same of the reference model (``chosen``/``rejected``/``kl``), None
             for the reference-free objectives.
         desirable: KTO: each row's label.
@@ -453,7 +505,7 @@ def objective_loss(
 
     Returns:
         ``(loss, stats)``: stats hold per-row tensors ``rewards_chosen``, ``rewards_rejected``,
-        ``logps_chosen``, ``logps_rejected`` (for KTO, the desirable and undesirable rows'
+        ``logps_chosen``, ``logps_rejected`` (a reward model: the scores, and no log-probabilities) (for KTO, the desirable and undesirable rows'
         rewards and log-probabilities, possibly empty) and, for KTO, the scalar ``kl``.
     """
     import torch
@@ -464,8 +516,14 @@ def objective_loss(
         policy = {k: v[keep] for k, v in policy.items()}
         reference = None if reference is None else {k: v[keep] for k, v in reference.items()}
         desirable = None if desirable is None else torch.as_tensor(desirable, dtype=torch.bool, device=keep.device)[keep]
-    beta = float(options["beta"])
     c, r = policy["chosen"], policy["rejected"]
+    if objective == "reward":
+        loss = -F.logsigmoid(c - r).mean()
+        center = float(options.get("center_rewards_coefficient") or 0.0)
+        if center:
+            loss = loss + center * torch.mean((c + r) ** 2)
+        return loss, {"rewards_chosen": c.detach(), "rewards_rejected": r.detach()}
+    beta = float(options["beta"])
     n_c, n_r = policy["chosen_tokens"].clamp(min=1), policy["rejected_tokens"].clamp(min=1)
     if objective == "kto":
         return _kto(options, policy, reference, desirable, mean_across_processes)
@@ -556,7 +614,7 @@ class Tally:
         self.counts = torch.zeros(len(self.KEYS), device=device, dtype=torch.float64)
 
     def add(self, stats: dict[str, Any]) -> None:
-        values = {k: stats[k] for k in self.KEYS[:4]}
+        values = {k: stats[k] for k in self.KEYS[:4] if k in stats}  # a reward model has no log-probabilities
         if "kl" in stats:
             values["kl"] = stats["kl"].reshape(1)
         else:  # paired: per-pair margins and wins

@@ -1,4 +1,4 @@
-"""`[preference]`: preference training (DPO and its relatives) on preference data.
+"""`[preference]`: preference training (DPO and its relatives, and reward models) on preference data.
 
 One model per objective, chosen by `objective`, so each objective's own options are
 validated and an option of another objective is an unknown key. The defaults are TRL's
@@ -81,9 +81,19 @@ class KtoTable(_Referenced):
     """Weight of the undesirable completions' loss (raise it when undesirable examples are fewer)."""
 
 
-OBJECTIVE_TABLES = (DpoTable, IpoTable, HingeTable, SimpoTable, OrpoTable, KtoTable)
+class RewardTable(Table):
+    """`[preference] objective = "reward"`: a reward model (Bradley-Terry): -log sigmoid(r(chosen) - r(rejected)), r the model's score of the whole conversation."""
+
+    objective: Literal["reward"]
+    """The objective."""
+
+    center_rewards_coefficient: float = Field(0.0, ge=0)
+    """Weight of the mean squared sum of each pair's two rewards, which keeps the rewards centred on zero (0: off; the reward-model paper of Eisenstein et al. uses 0.01)."""
+
+
+OBJECTIVE_TABLES = (DpoTable, IpoTable, HingeTable, SimpoTable, OrpoTable, KtoTable, RewardTable)
 
 PreferenceTable = Annotated[
-    DpoTable | IpoTable | HingeTable | SimpoTable | OrpoTable | KtoTable,
+    DpoTable | IpoTable | HingeTable | SimpoTable | OrpoTable | KtoTable | RewardTable,
     Field(discriminator="objective"),
 ]

@@ -64,8 +64,8 @@ EXPECTED = {
     },
     "llama3_lora_reward.yaml": {
         "files": ("data/dpo_en_demo.json",),
-        "approx": {"dataset", "cutoff_len"},
-        "dropped": {**HOUSEKEEPING, "stage": "missing-feature"},
+        "approx": {"dataset", "cutoff_len", "stage"},  # stage rm: trl's value head against transformers' score head
+        "dropped": {**HOUSEKEEPING},
     },
     "qwen3_full_sft.yaml": {
         "files": ("data/alpaca_en_demo.json",),
@@ -195,11 +195,17 @@ def test_pissa(imported):
     assert r["peft"]["init"] == "pissa"
 
 
-def test_reward_stage_is_dpo_on_its_pairs(imported):
+def test_reward_stage_trains_a_reward_model_on_its_pairs(imported, tmp_path, monkeypatch):
     got = imported(TOOL, "llama3_lora_reward.yaml", files=("data/dpo_en_demo.json",))
-    assert got.recipe["preference"] == {"objective": "dpo"}
+    assert got.recipe["preference"] == {"objective": "reward"}
     assert got.recipe["data"]["sources"][0]["records"] == "preference"
-    assert any("stage 'rm' cannot be imported" in w for w, _ in got.result.draft.warnings)
+    assert "value head" in got.result.draft.ledger["stage"].why
+    assert not any("stage" in w for w, _ in got.result.draft.warnings)
+    draft = _warnings(tmp_path, monkeypatch, "stage: rm\ndataset: dpo_en_demo\ntemplate: llama3\npref_beta: 0.2\n", files=("data/dpo_en_demo.json",))
+    assert draft.ledger["pref_beta"].how == "dropped" and draft.ledger["pref_beta"].reason == "ignored-by-tool"
+    draft = _warnings(tmp_path, monkeypatch, "stage: ppo\ndataset: alpaca_en_demo\ntemplate: llama3\nppo_epochs: 4\n", files=("data/alpaca_en_demo.json",))
+    assert draft.ledger["stage"].reason == "missing-feature" and draft.ledger["ppo_epochs"].reason == "missing-feature"
+    assert any("stage 'ppo' cannot be imported" in w for w, _ in draft.warnings)
 
 
 def test_default_system(tmp_path, monkeypatch):
@@ -378,7 +384,7 @@ HUB = "dataset: alpaca_en\n"
     ("body", "needle", "dropped"),
     [
         ("stage: sft\nfinetuning_type: full\nlora_rank: 16\n" + HUB, "finetuning_type is \"full\"", {"lora_rank": "ignored-by-tool"}),
-        ("stage: rm\ndataset: ultrafeedback\n", "stage 'rm' cannot be imported", {"stage": "missing-feature"}),
+        ("stage: ppo\n" + HUB, "stage 'ppo' cannot be imported", {"stage": "missing-feature"}),
         ("stage: sft\nfinetuning_type: freeze\nfreeze_trainable_layers: 0\n" + HUB, "leaves no parameter to train", {"finetuning_type": "no-equivalent"}),
         ("stage: sft\n" + HUB + "pref_beta: 0.2\n", "not a preference stage", {"pref_beta": "ignored-by-tool"}),
         ("stage: pt\ndataset: fineweb\ntemplate: llama3\n", "no chat template", {"template": "ignored-by-tool"}),

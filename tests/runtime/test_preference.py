@@ -78,6 +78,20 @@ def models(tok):
     return policy, reference
 
 
+@pytest.fixture(scope="module")
+def reward_model(tok):
+    """A random tiny Llama with a one-label score head (a reward model), padding told by the tokenizer's pad token."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_labels=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    )
+    return LlamaForSequenceClassification(config)
+
+
 def _args(config_cls, tmp_path, **kw):
     return config_cls(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, **kw)
 
@@ -103,6 +117,15 @@ def _ours(policy, reference, rows, pad_id, objective, options, **kw):
     return model, loss, stats
 
 
+def _trl_step(trainer):
+    """The batch of TRL's own loader, its loss (backward run: the gradients filled) and the metrics it logged."""
+    trainer.model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    return batch, loss, {k: v[-1] for k, v in trainer._metrics["train"].items()}
+
+
 def _assert_same_gradients(theirs, ours):
     worst = 0.0
     for (name, a), (_, b) in zip(theirs.named_parameters(), ours.named_parameters()):
@@ -113,14 +136,16 @@ def _assert_same_gradients(theirs, ours):
 
 
 def _dpo_rows(batch):
-    """recipec rows from a DPOTrainer batch (chosen rows first, then rejected)."""
+    """recipec rows from a DPOTrainer batch (chosen rows first, then rejected); a RewardTrainer batch, which has no
+    completion mask, gives rows whose masks are all 0."""
     n = batch["input_ids"].shape[0] // 2
     rows = []
     for i in range(n):
         sides = []
         for j in (i, n + i):
             keep = batch["attention_mask"][j].bool()
-            sides.append((batch["input_ids"][j][keep].tolist(), batch["completion_mask"][j][keep].tolist()))
+            ids = batch["input_ids"][j][keep].tolist()
+            sides.append((ids, batch["completion_mask"][j][keep].tolist() if "completion_mask" in batch else [0] * len(ids)))
         rows.append(P.pair_row(*sides))
     return rows
 
@@ -235,11 +260,7 @@ def test_kto_equals_trl(tmp_path, tok, models):
             train_dataset=_dataset(UNPAIRED),
             processing_class=tok,
         )
-    trainer.model.train()
-    batch = next(iter(trainer.get_train_dataloader()))
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
-    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    batch, loss, metrics = _trl_step(trainer)
 
     rows = []
     for i in range(batch["input_ids"].shape[0]):
@@ -319,6 +340,67 @@ def test_held_out_prompts_are_distinct_and_carry_their_completions():
     ]
 
 
+@pytest.mark.parametrize("center", [None, 0.01], ids=["plain", "centred"])
+@pytest.mark.parametrize("pairs", [PAIRS, CONVERSATION_PAIRS], ids=["strings", "conversations"])
+def test_reward_model_equals_trl(tmp_path, tok, reward_model, pairs, center):
+    """The reward objective on TRL's RewardTrainer batch: the loss, the mean reward of each side, the accuracy, the
+    margin and the gradient of every parameter (the score head's too)."""
+    from trl import RewardConfig, RewardTrainer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = RewardTrainer(
+            model=copy.deepcopy(reward_model),
+            args=_args(RewardConfig, tmp_path, max_length=None, per_device_train_batch_size=len(pairs), center_rewards_coefficient=center),
+            train_dataset=_dataset(pairs),
+            processing_class=tok,
+        )
+    batch, loss, metrics = _trl_step(trainer)
+
+    ours = copy.deepcopy(reward_model)
+    ours.train()
+    ours_batch = P.collate_reward(_dpo_rows(batch), tok.pad_token_id)
+    assert torch.equal(ours_batch["input_ids"], batch["input_ids"]) and torch.equal(ours_batch["attention_mask"], batch["attention_mask"])
+    scores = P.reward_scores(ours, ours_batch)
+    our_loss, stats = P.objective_loss("reward", {"center_rewards_coefficient": center or 0.0}, scores, None)
+    our_loss.backward()
+    assert our_loss.item() == pytest.approx(loss.item(), abs=TOL)
+    margins = stats["rewards_chosen"] - stats["rewards_rejected"]
+    assert (margins > 0).float().mean().item() == pytest.approx(metrics["accuracy"], abs=TOL)
+    assert margins.mean().item() == pytest.approx(metrics["margin"], abs=TOL)
+    both = torch.cat([stats["rewards_chosen"], stats["rewards_rejected"]])
+    assert both.mean().item() == pytest.approx(metrics["mean_reward"], abs=TOL)
+    assert both.min().item() == pytest.approx(metrics["min_reward"], abs=TOL)
+    assert ours.score.weight.grad is not None and ours.score.weight.grad.abs().sum() > 0
+    _assert_same_gradients(trainer.model, ours)
+
+
+def test_reward_collate_puts_each_side_in_a_row_padded_after_its_tokens():
+    rows = [
+        P.pair_row(([5, 6, 7], [0, 1, 1]), ([5, 6, 8, 9, 9], [0, 1, 1, 1, 1])),
+        P.pair_row(([3, 4], [0, 1]), ([3, 2, 2], [0, 1, 1])),
+    ]
+    batch = P.collate_reward(rows, 0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 0, 0], [3, 4, 0, 0, 0], [5, 6, 8, 9, 9], [3, 2, 2, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert "counted" not in batch and P.row_count(batch) == 2
+    wide = P.collate_reward(rows, 0, pad_to_multiple_of=8, seq_len=64)
+    assert wide["input_ids"].shape == (4, 8) and torch.equal(wide["input_ids"][:, :5], batch["input_ids"])
+    filled = P.collate_reward([rows[0], {**rows[1], FILLER: True}], 0)
+    assert filled["counted"].tolist() == [True, False] and P.row_count(filled) == 1
+
+
+def test_reward_scores_do_not_depend_on_padding(reward_model, tok):
+    """The score head pools at the last token that is not padding: a side scores the same alone and beside a longer one."""
+    rows = _random_rows(False, vocab=len(tok) - 1)
+    with torch.no_grad():
+        together = P.reward_scores(reward_model.eval(), P.collate_reward(rows, tok.pad_token_id))
+        for i, row in enumerate(rows):
+            alone = P.reward_scores(reward_model, P.collate_reward([row], tok.pad_token_id))
+            assert alone["chosen"].item() == pytest.approx(together["chosen"][i].item(), abs=TOL)
+            assert alone["rejected"].item() == pytest.approx(together["rejected"][i].item(), abs=TOL)
+
+
 # --------------------------------------------------------------------------- the sides layout (sequence parallelism)
 
 
@@ -385,12 +467,13 @@ def test_sides_cut_as_deepspeeds_adapter_cuts_them_sum_to_the_whole_rows(unpaire
 OPTIONS = {
     "dpo": {"beta": BETA, "label_smoothing": 0.1}, "ipo": {"beta": BETA}, "hinge": {"beta": BETA},
     "simpo": {"beta": BETA, "gamma": 0.5}, "orpo": {"beta": BETA}, "kto": {"beta": BETA, "desirable_weight": 1.0, "undesirable_weight": 1.5},
+    "reward": {"center_rewards_coefficient": 0.01},
 }
 
 
 @pytest.mark.parametrize("pad_to", [None, 32], ids=["rows", "sides"])
 @pytest.mark.parametrize("objective", P.OBJECTIVES)
-def test_filler_rows_count_for_nothing(models, objective, pad_to):
+def test_filler_rows_count_for_nothing(models, reward_model, objective, pad_to):
     """A held-out micro-batch filled up with copies of a row marked as fillers (data.FilledUp): its loss and every
     statistic (KTO: the KL estimate too, whose pairs must not take a filler's completion) are those of its counted rows
     alone; a micro-batch of fillers alone has none."""
@@ -398,8 +481,20 @@ def test_filler_rows_count_for_nothing(models, objective, pad_to):
     unpaired = objective == "kto"
     rows = _random_rows(unpaired, n=3)
     fillers = [{**rows[0], FILLER: True}] * 2
+    if objective == "reward":  # a reward model's own layout: no sides layout (no sequence parallelism)
+        if pad_to is not None:
+            pytest.skip("a reward model has no sides layout")
 
-    def scored(rows):
+        def scored(rows):
+            batch = P.collate_reward(rows, reward_model.config.pad_token_id)
+            with torch.no_grad():
+                scores = P.reward_scores(reward_model.eval(), batch)
+            return P.objective_loss(objective, OPTIONS[objective], scores, None, counted=batch.get("counted"))
+    else:
+        def scored(rows):
+            return _scored(rows)
+
+    def _scored(rows):
         batch = P.collate(rows, 0, unpaired=unpaired, pad_to=pad_to)
         with torch.no_grad():
             logps = P.sequence_logps(policy, batch)
