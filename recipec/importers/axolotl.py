@@ -567,13 +567,16 @@ def _model(d: Draft) -> None:
             d.set("tokenizer.path", v if _hub_id(v) else _local(v), k)
         else:
             d.drop(k, "no-equivalent", "recipec reads the model's config from `model.path`.")
+    reward = bool(d.get("reward_model"))
     for k in ("model_type", "type_of_model"):
         if _given(d, k):
             v = str(d.get(k))
-            if v.startswith("Auto") or v.endswith("ForCausalLM"):
+            if reward and v.endswith("ForSequenceClassification"):
+                d.exact(k)  # preference.objective = "reward" loads AutoModelForSequenceClassification
+            elif not v.endswith("ForSequenceClassification") and (v.startswith("Auto") or v.endswith("ForCausalLM")):
                 d.exact(k)
             else:
-                d.approx(f"recipec loads AutoModelForCausalLM, not {v}", k)
+                d.approx(f"recipec loads {'AutoModelForSequenceClassification' if reward else 'AutoModelForCausalLM'}, not {v}", k)
     if _given(d, "tokenizer_type"):
         v = str(d.get("tokenizer_type"))
         if v in ("AutoTokenizer", "PreTrainedTokenizerFast") or v.endswith("TokenizerFast"):
@@ -939,6 +942,12 @@ def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, s
             d.set(f"{src}.fields", fields, f"{key}.type")
         d.approx("the record's optional `system` is not read", f"{key}.type")
         return "template:" + template
+    if d.get("reward_model") and base == "bradley_terry" and fn == "chat_template":
+        # BTChatTemplateStrategy: [system], user `input`, assistant `chosen` / `rejected`, in the config's chat template
+        d.set(f"{src}.records", "preference", f"{key}.type", note=f"{typ}: the input, chosen and rejected strings of each pair")
+        d.set(f"{src}.fields", {"prompt": "input"}, f"{key}.type")
+        d.approx("the record's optional `system` is not read", f"{key}.type")
+        return "examples"
     if rl in ("dpo", "ipo", "orpo", "simpo") and base == "chat_template":
         fields = {"prompt": ds.get("field_messages") or "messages", "chosen": ds.get("field_chosen") or "chosen", "rejected": ds.get("field_rejected") or "rejected"}
         mapping = ds.get("message_property_mappings") or {}
@@ -1511,6 +1520,20 @@ def _trackers(d: Draft) -> None:
 
 def _preference(d: Draft) -> None:
     rl = d.get("rl")
+    if d.has("reward_model") and d.get("reward_model") is False:
+        d.exact("reward_model")  # the default: no reward model
+    if d.get("reward_model") and not rl:
+        # axolotl's RewardTrainer is TRL's: a one-label sequence classifier, -log sigmoid(chosen - rejected)
+        d.set("preference.objective", "reward", "reward_model")
+        if _given(d, "num_labels"):
+            if num(d.get("num_labels")) == 1:
+                d.exact("num_labels")
+            else:
+                d.drop("num_labels", "no-equivalent", "a reward model has one label; recipec builds it with num_labels = 1.")
+        if _given(d, "center_rewards_coefficient"):
+            d.set("preference.center_rewards_coefficient", float(num(d.get("center_rewards_coefficient"))), "center_rewards_coefficient")
+        _empty(d, "rl", "num_labels", "center_rewards_coefficient")
+        return
     if not rl:
         _empty(d, "rl")
         for k in ("rl_beta", "orpo_alpha", "simpo_gamma", "kto_desirable_weight", "kto_undesirable_weight"):
@@ -1582,7 +1605,8 @@ _LACKS: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("processor_type", "processor_kwargs", "image_size", "image_resize_algorithm", "role_boundaries", "freeze_mm_modules"), ("missing-feature", "recipec trains text-only causal language models.")),
     **dict.fromkeys(("quantize_moe_experts", "use_scattermoe", "use_sonicmoe", "experts_implementation", "expert_parallel", "llama4_linearized_experts", "moe_", "dsv4_", "use_dsv4_kernels", "use_glm_dsa_kernels", "gemma4_", "nvfp4_", "fused_attn_kernel", "tiled_mlp", "use_onebitllms", "expert_backend", "nonexpert_quantization", "dense_mixer", "scaling_softmax", "large_head_attention", "flash_attn_d512", "sdpa_varlen", "use_eaft", "eaft_"), ("missing-feature", "a kernel or expert layout of axolotl's; recipec runs the model's own modules.")),
     **dict.fromkeys(("qat", "quantization", "model_quantization_config", "gptq"), ("missing-feature", "quantization-aware training and pre-quantized models; recipec quantizes only under [peft].")),
-    **dict.fromkeys(("reward_model", "process_reward_model", "num_labels", "center_rewards_coefficient"), ("missing-feature", "axolotl's reward-model datasets and options are not imported; recipec trains a reward model with [preference] objective = \"reward\" on preference records.")),
+    **dict.fromkeys(("process_reward_model",), ("missing-feature", "process reward models (a score per step of the answer): recipec trains outcome reward models only ([preference] objective = \"reward\").")),
+    **dict.fromkeys(("reward_model", "num_labels", "center_rewards_coefficient"), ("ignored-by-tool", "read only with `reward_model: true` and no `rl`.")),
     **dict.fromkeys(("lora_target_parameters", "lora_rank_pattern", "lora_alpha_pattern", "peft_layers_to_transform", "peft_layers_pattern", "peft_layer_replication", "peft_trainable_token_indices", "lora_fan_in_fan_out", "peft"), ("missing-feature", "a LoRA layout recipec's [peft] does not have.")),
     **dict.fromkeys(("relora", "lisa_", "jagged_restart", "lr_groups", "embedding_lr"), ("missing-feature", "training some parameters only, or at their own LR, by axolotl's rules.")),
     **dict.fromkeys(("tokenizer_use_mistral_common",), ("missing-feature", "recipec loads the transformers tokenizer.")),

@@ -77,6 +77,16 @@ EXPECTED: dict[str, dict] = {
         },
         "dropped": {},
     },
+    "gemma2-reward-model.yaml": {
+        "approx": {
+            "datasets[0].type",  # bradley_terry.chat_template: the record's `system` is not read
+            "chat_template",  # axolotl's gemma template refuses a system message: not written out
+            "warmup_ratio",
+            "saves_per_epoch",
+        },
+        "dropped": {"eval_max_new_tokens": NFT},
+        "warnings": ["`flash_attention: true` is the old spelling", "`debug` was removed in axolotl 0.5.0"],
+    },
     "gemma3-1b-qlora.yaml": {
         "approx": {"bf16", "eot_tokens", "warmup_ratio", "saves_per_epoch"},  # chat_template gemma3: written out
         # unfrozen_parameters with the adapter: axolotl matches the PEFT model's names (base_model.model.…), none here
@@ -703,3 +713,24 @@ def test_eval_batch_size_is_eval_micro_batch_size(tmp_path):
     draft = import_config(_write(tmp_path, BASE + "eval_batch_size: 3\n"), "axolotl")
     assert tomllib.loads(draft.text)["train"]["eval_micro_batch_size"] == 3
     assert draft.draft.ledger["eval_batch_size"].how == "exact"
+
+
+def test_a_reward_model_trains_on_its_bradley_terry_pairs(imported, tmp_path):
+    got = imported("axolotl", "gemma2-reward-model.yaml")
+    r = got.recipe
+    assert r["preference"] == {"objective": "reward"}
+    (src,) = r["data"]["sources"]
+    assert src == {"hub": {"repo": "argilla/distilabel-intel-orca-dpo-pairs"}, "records": "preference", "fields": {"prompt": "input"}}
+    ledger = got.result.draft.ledger
+    assert ledger["model_type"].how == "exact" and ledger["num_labels"].how == "exact" and ledger["reward_model"].how == "exact"
+    text = (CONFIGS / "gemma2-reward-model.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "rm.yaml"
+    path.write_text(text.replace("num_labels: 1", "num_labels: 1\ncenter_rewards_coefficient: 0.01"), encoding="utf-8")
+    assert imported("axolotl", path).recipe["preference"] == {"objective": "reward", "center_rewards_coefficient": 0.01}
+    path.write_text(text.replace("num_labels: 1", "num_labels: 2"), encoding="utf-8")
+    assert imported("axolotl", path).result.draft.ledger["num_labels"].reason == "no-equivalent"
+    # without reward_model a sequence classifier is not what recipec builds: approximate, and the pairs' type unread
+    path.write_text(text.replace("reward_model: true", "reward_model: false").replace("type: bradley_terry.chat_template", "type: chat_template"), encoding="utf-8")
+    plain = imported("axolotl", path).result.draft
+    assert plain.ledger["reward_model"].how == "exact" and plain.ledger["model_type"].how == "approx"
+    assert "AutoModelForCausalLM" in plain.ledger["model_type"].why and plain.ledger["num_labels"].reason == "ignored-by-tool"
