@@ -189,11 +189,13 @@ def _dpo_run(
     data: dict[str, str] | None = None,
 ) -> dict:
     """The DPO (or other objective's) project of tests/test_preference_training.py (3 steps, evaluated at 0 and 3 with 2
-    generations each); `data`: keys of its [data] table set to other values."""
+    generations each, but for a reward model, which generates none); `data`: keys of its [data] table set to other
+    values."""
     from test_preference_training import _metrics as _pref_metrics, _project as _pref_project, _run as _pref_run
 
     recipe = _pref_project(root, model, objective=objective, options=options, micro=micro, processes=processes, extra=peft)
-    recipe.write_text(recipe.read_text().replace("eval_every = 0", "eval_every = 3\neval_generations = 2\nmax_new_tokens = 4"))
+    generations = "" if objective == "reward" else "\neval_generations = 2\nmax_new_tokens = 4"
+    recipe.write_text(recipe.read_text().replace("eval_every = 0", "eval_every = 3" + generations))
     for key, value in (data or {}).items():
         text = re.sub(rf"^{key} = .*\n", "", recipe.read_text(), flags=re.M)
         recipe.write_text(text.replace("[data]\n", f"[data]\n{key} = {value}\n", 1))
@@ -205,7 +207,7 @@ def _dpo_run(
         "metrics": _pref_metrics(recipe),
         "model": project / "runs" / "pref" / "model",
         "keys": {p.name.split("-")[1] for p in (project / ".recipec" / "data").glob("*/reference-*.pt")},
-        "generations": (project / "runs" / "pref" / "generations.jsonl").read_text().splitlines(),
+        "generations": (project / "runs" / "pref" / "generations.jsonl").read_text().splitlines() if generations else [],
         "output": proc.stdout + proc.stderr,
     }
 
@@ -255,8 +257,12 @@ ZERO3 = 'strategy = "deepspeed"\ndeepspeed = {zero_stage = 3}'
         (ZERO3, "", "", "kto"),  # the live partitioned copy also scores the mismatched pairs of KTO's KL estimate
         ('cpu = true\nstrategy = "fsdp"', 'reference = "precomputed"', "", "dpo"),  # scored by the sharded model (torch's fully_shard)
         ('cpu = true\nstrategy = "fsdp"', "", "", "dpo"),  # a live copy, sharded as the model is
+        (ZERO3, "", "", "reward"),  # a reward model partitioned: its score head too
+        (ZERO3, "", LORA, "reward"),  # the adapter and the score head, trained whole beside it
+        ('cpu = true\nstrategy = "fsdp"', "", "", "reward"),  # sharded by torch's fully_shard
     ],
-    ids=["zero2-copy", "zero3-precomputed", "zero3-copy", "zero3-lora", "zero3-kto", "fsdp-precomputed", "fsdp-copy"],
+    ids=["zero2-copy", "zero3-precomputed", "zero3-copy", "zero3-lora", "zero3-kto", "fsdp-precomputed", "fsdp-copy",
+         "zero3-reward", "zero3-reward-lora", "fsdp-reward"],
 )
 def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, peft: str, objective: str, dpo_one, tmp_path: Path) -> None:
     """DPO with each kind of reference under DeepSpeed (and FSDP): 2 processes x micro-batch 4 give the losses,
@@ -264,22 +270,24 @@ def test_dpo_under_sharding_trains_as_one_process(launch: str, options: str, pef
     reference is keyed by the whole model's weights, gathered from the shards: the key of one process. FSDP's
     live copy is sharded: each process holds about half of it. Both write the held-out generations of one process.
     KTO under ZeRO-3 with its live copy (which also scores the KL estimate's mismatched pairs) gives the losses, KL
-    estimates, rewards and weights of the same 2 processes without sharding (see dpo_one)."""
+    estimates, rewards and weights of the same 2 processes without sharding (see dpo_one). A reward model (no
+    reference, no generations) trains and evaluates as one process under ZeRO-3, full and LoRA, and FSDP."""
     from safetensors.torch import load_file
 
     model, one_run = dpo_one(options, peft, objective)
     two_run = _dpo_run(tmp_path / "two", model, options, peft, 4, 2, launch, objective)
-    if "fsdp" in launch and not options:
+    if "fsdp" in launch and not options and objective != "reward":  # a live copy
         held, total = (int(n.replace(",", "")) for n in re.findall(r"reference: a frozen copy sharded over 2 processes, ([\d,]+) of its ([\d,]+)", two_run["output"])[0])
         assert total / 2 <= held < 0.55 * total  # rank 0: half of every parameter's rows, rounded up
     # greedy answers at each evaluation: under ZeRO-3 and FSDP every process generates, in step; the main process writes
-    assert len(one_run["generations"]) == 4 and two_run["generations"] == one_run["generations"]
+    assert len(one_run["generations"]) == (0 if objective == "reward" else 4) and two_run["generations"] == one_run["generations"]
     one, two = one_run["metrics"], two_run["metrics"]
     assert two_run["keys"] == one_run["keys"] and len(one_run["keys"]) == (1 if options else 0)
     steps = [m for m in one if "loss" in m]
     assert len(steps) == 3 and steps[-1]["reward_margin"] != 0  # it trained: the policy left the reference
     paired = objective != "kto"  # KTO: unpaired rewards (no accuracy), and its KL estimate
-    for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen", "lr", *(() if paired else ("kl",))):
+    logps = () if objective == "reward" else ("logps_chosen",)  # a reward model scores; it has no log-probabilities
+    for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", *logps, "lr", *(() if paired else ("kl",))):
         assert [m[key] for m in two if "loss" in m] == pytest.approx([m[key] for m in steps], abs=1e-5, rel=ROUNDING), key
     evals = lambda ms: [m for m in ms if "eval_loss" in m]  # noqa: E731
     assert len(evals(one)) == 2
