@@ -106,10 +106,20 @@ cpu = true
 """
 
 
+REWARD = """
+[preference]
+objective = "reward"
+"""
+
+
 @pytest.mark.slow
-def test_the_merged_adapter_trains_as_the_saved_merged_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reward", [False, True], ids=["sft", "reward"])
+def test_the_merged_adapter_trains_as_the_saved_merged_model(reward: bool, tmp_path: Path) -> None:
     """A LoRA parent that saved its merged model: the child continued from model_full/, and again with
-    model_full/ removed (the script merges the adapter into ./model itself), logs the same losses."""
+    model_full/ removed (the script merges the adapter into ./model itself), logs the same losses. Also when the
+    child is a reward model (the supervised run's model under a new score head, on preference pairs): the adapter,
+    trained for the causal LM, merges into the sequence classifier's same layers."""
+    from test_preference_training import _pairs
     from test_sft import _env, _model, _project, _train
 
     _model(tmp_path / "model")
@@ -118,7 +128,11 @@ def test_the_merged_adapter_trains_as_the_saved_merged_model(tmp_path: Path) -> 
     parent.write_text(parent.read_text() + '\n[peft]\nmethod = "lora"\nr = 4\nsave_merged = true\n')
     _train(tmp_path)
     child = tmp_path / "recipes" / "child.toml"
-    child.write_text(CHILD)
+    if reward:
+        _pairs(tmp_path / "data" / "pairs.jsonl")
+        child.write_text(CHILD.replace('path = "data/dialogs.jsonl"\nrecords = "messages"', 'path = "data/pairs.jsonl"\nrecords = "preference"') + REWARD)
+    else:
+        child.write_text(CHILD)
     losses = {}
     for name in ("model_full", "adapter"):
         if name == "adapter":
@@ -129,6 +143,7 @@ def test_the_merged_adapter_trains_as_the_saved_merged_model(tmp_path: Path) -> 
         metrics = [json.loads(line) for line in (tmp_path / "runs" / f"child-{name}" / "metrics.jsonl").read_text().splitlines()]
         losses[name] = [(m["step"], m.get("loss"), m.get("eval_loss")) for m in metrics]
     assert plan["model_path"] == "./model" and plan["parent_adapter"] == "./runs/chat/model"
+    assert plan.get("objective") == ("reward" if reward else None)
     assert len(losses["adapter"]) == 4  # the evaluations at step 0 and at the end, and two training steps
     for (step_a, loss_a, eval_a), (step_b, loss_b, eval_b) in zip(losses["adapter"], losses["model_full"], strict=True):
         assert step_a == step_b
