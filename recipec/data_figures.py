@@ -116,6 +116,18 @@ def row_lengths(path: Path) -> Any:
     return np.asarray(pc.list_value_length(_rows(path).column("input_ids")).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def longest_sides(path: Path) -> Any:
+    """The longer side's tokens of every pair row of a stage file (numpy int64): its ``position_ids`` restart at 0
+    where the rejected side starts."""
+    import numpy as np
+
+    out = []
+    for positions in _rows(path).column("position_ids").to_pylist():
+        cut = positions.index(0, 1) if 0 in positions[1:] else len(positions)
+        out.append(max(cut, len(positions) - cut))
+    return np.asarray(out, dtype=np.int64)
+
+
 def _masked_tokens(path: Path) -> int:
     """The tokens of unpacked text rows (their attention masks' ones)."""
     import pyarrow.compute as pc
@@ -124,10 +136,13 @@ def _masked_tokens(path: Path) -> int:
 
 
 def padding(plan: Any) -> str:
-    """How the script fills the token slots of a micro-batch: ``blocks``, ``masked``, ``longest``, ``seq_len`` or
-    ``sides`` (each side of a preference pair a row padded to seq_len)."""
+    """How the script fills the token slots of a micro-batch: ``blocks``, ``masked``, ``longest``, ``seq_len``,
+    ``sides`` (each side of a preference pair a row padded to seq_len) or ``reward`` (each side of a pair a row,
+    padded to the micro-batch's longest side)."""
     examples = bool(plan.get("examples"))
     split = plan.get("sp_size", 1) > 1  # sequence parallelism: every row padded to seq_len
+    if plan.get("objective") == "reward":
+        return "reward"
     if plan.recipe.preference is not None:
         if not split:
             return "longest"
@@ -150,7 +165,7 @@ def figures(plan: Any, out: Any) -> dict:
     seq_len = int(plan["seq_len"])
     micro = int(plan["micro_batch_size"])
     how = padding(plan)
-    multiple = plan.get("pad_to_multiple_of") if how == "longest" else None
+    multiple = plan.get("pad_to_multiple_of") if how in ("longest", "reward") else None
     replay = float(plan.get("replay") or 0.0) if plan.recipe.continual is not None else 0.0
     segments = []
     for i, (seg, path) in enumerate(zip(report["segments"], out.train_files)):
@@ -167,6 +182,9 @@ def figures(plan: Any, out: Any) -> dict:
             row.update(mean_length=float(lengths.mean()) if len(lengths) else 0.0, longest=int(lengths.max(initial=0)))
             if how in ("seq_len", "sides"):
                 slots = row["rows"] * seq_len * (2 if how == "sides" else 1)
+            elif how == "reward" and micro <= len(lengths):
+                # per pair: two rows as wide as the longest side of its micro-batch (rounded up with pad_to_multiple_of)
+                slots = round(2 * expected_width(longest_sides(path), micro, multiple, seq_len) * row["rows"])
             elif micro <= len(lengths):
                 # per row: the expected width of its micro-batch (its longest row, rounded up with pad_to_multiple_of)
                 slots = round(expected_width(lengths, micro, multiple, seq_len) * row["rows"])
@@ -245,6 +263,7 @@ HOW = {
     "longest": "each micro-batch padded to its longest row",
     "seq_len": "each micro-batch padded to seq_len (sequence parallelism)",
     "sides": "each side of a pair a row padded to seq_len (sequence parallelism)",
+    "reward": "each side of a pair a row, padded to the micro-batch's longest side",
 }
 
 
@@ -263,13 +282,15 @@ def text(plan: Any, fig: dict) -> list[str]:
             parts.append(f"+ {s['replayed']:,} replayed from the parent's data")
         lines.append(f"  {label:<17}{' '.join(parts)}; mean length {s['mean_length']:.1f} tokens, longest {s['longest']:,}")
         share = "-" if s["slot_share"] is None else f"{s['slot_share']:.3f}"
-        expect = ", expected over the loaders' random order" if fig["padding"] == "longest" and fig["micro_batch_size"] > 1 else ""
+        expect = ", expected over the loaders' random order" if fig["padding"] in ("longest", "reward") and fig["micro_batch_size"] > 1 else ""
         rounded = f" rounded up to a multiple of {fig['pad_to_multiple_of']}" if fig.get("pad_to_multiple_of") else ""
         where = f"micro_batch_size {fig['micro_batch_size']}, {HOW[fig['padding']]}{rounded}{expect}"
         lines.append(f"  {'token slots':<17}{share} hold tokens ({where})")
         if s.get("packing_efficiency") is not None:
             lines.append(f"  {'packing':<17}{s['packing_efficiency']:.3f} of the seq_len slots filled by best-fit-decreasing")
-        if "supervised_tokens" in s:
+        if "supervised_tokens" in s and plan.get("objective") == "reward":
+            lines.append(f"  {'completions':<17}{s['supervised_tokens']:,} tokens (a reward model scores each side whole, prompt included)")
+        elif "supervised_tokens" in s:
             lines.append(f"  {'supervised':<17}{s['supervised_tokens']:,} tokens the loss sees")
     if fig["dropped"] is not None:
         dropped = ", ".join(f"{k}: {v}" for k, v in fig["dropped"].items()) or "none"

@@ -123,6 +123,8 @@ def test_the_templates_collate_pads_as_the_figures_assume() -> None:
     )
     # sp: each side of a pair (each KTO example) a row of seq_len
     assert 'return preference.collate(rows, tokenizer.pad_token_id, unpaired=objective == "kto", pad_to=seq_len)' in template
+    # a reward model: each side a row, the micro-batch's longest side, rounded up with pad_to_multiple_of
+    assert "return preference.collate_reward(rows, tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of, seq_len=seq_len)" in template
 
 
 def test_explain_without_data_says_how_to_get_the_steps(write_recipe) -> None:
@@ -147,3 +149,36 @@ def test_explain_data_on_text(write_recipe, monkeypatch: pytest.MonkeyPatch) -> 
     assert computed["steps_per_epoch"] == rows // 8  # the minimal recipe's batch_size
     assert computed["max_steps"] == 2 * computed["steps_per_epoch"]
     assert sum(p["steps"] for p in computed["schedule_phases"]) == computed["max_steps"]
+
+
+@pytest.mark.parametrize("multiple", [None, 8])
+def test_the_slot_share_of_a_reward_model_counts_both_sides_as_wide_as_the_longest(plan_of, tmp_path: Path, multiple) -> None:
+    """A reward model's micro-batch: each side of each pair a row, as wide as the micro-batch's longest side (rounded up
+    with pad_to_multiple_of), brute force over every draw of micro_batch_size 4 pairs of 8, each draw's width the one
+    the script's collate gives it."""
+    import types
+
+    import pyarrow as pa
+
+    from recipec.runtime import preference as P
+
+    rng = random.Random(0)
+    rows = [P.pair_row(*[([5] * n, [0] * (n // 2) + [1] * (n - n // 2)) for n in (rng.randint(3, 15), rng.randint(3, 15))]) for _ in range(8)]
+    path = tmp_path / "train.arrow"
+    table = pa.table({k: [r[k] for r in rows] for k in ("input_ids", "mask", "position_ids")})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    data = {"seq_len": 32, "sources": [{"path": "pairs.jsonl", "records": "preference"}]}
+    if multiple is not None:
+        data["pad_to_multiple_of"] = multiple
+    plan = plan_of(
+        {"model.init": None, "model.config": None, "model.path": "org/name", "preference": {"objective": "reward"}},
+        data=data, train={"micro_batch_size": 4, "batch_size": 8, "max_steps": 10},
+    )
+    assert padding(plan) == "reward"
+    report = {"segments": [{"sequences": len(rows)}], "eval": {"sequences": 0}}
+    fig = figures(plan, types.SimpleNamespace(report=report, train_files=[path], dir=tmp_path))
+    draws = list(itertools.combinations(rows, 4))
+    width = sum(P.collate_reward(list(d), 0, pad_to_multiple_of=multiple, seq_len=32)["input_ids"].shape[1] for d in draws) / len(draws)
+    tokens = sum(len(r["input_ids"]) for r in rows)
+    assert fig["segments"][0]["slot_share"] == round(tokens / round(2 * width * len(rows)), 6)
