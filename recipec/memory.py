@@ -1311,6 +1311,17 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
     if scores_b:
         kept_by = "the probabilities of sdpa's math path (attention dropout on the CPU)" if cpu_dropout else "eager attention's probabilities"
         act_formula += f" + {kept_by}: layers {layers} * b {b} * heads {shape.num_attention_heads} * s {s}^2 * {scores_b // (b * shape.num_attention_heads * s * s)} B"
+    offloaded_b = 0
+    if recipe.model.activation_offloading and not launch.cpu:
+        # the saved activations wait in host memory; the device holds those of the layer the forward or the
+        # backward pass is at (with checkpointing: the recomputed layer's set, which the backward uses in place)
+        kept_b = tokens * final + mask_b + (max(0, layer_b - logits_b) if checkpointing else tokens * per_layer + scores_b)
+        offloaded_b, act_b = max(0, act_b - kept_b), min(act_b, kept_b)
+        act_formula = (
+            f"{act_formula}, of which {human(offloaded_b)} waits in host memory (model.activation_offloading): on the "
+            f"device b {b} * s {s} * final norm {final} B + "
+            + (f"max(0, the recomputed layer b * s * {per_layer} B - logits)" if checkpointing else f"one layer's b * s * {per_layer} B")
+        )
     if tp * seq_split > 1:
         act_b = round(act_b / (tp * seq_split))
         logits_b = round(logits_b / seq_split)

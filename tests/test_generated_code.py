@@ -51,6 +51,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "dpo-fsdp": ({**HUB, **PAIRS, **FSDP, "preference": {"objective": "dpo"}}, {"tokenizer": None}),
     "simpo-trainable": ({**HUB, **PAIRS, **TRAINABLE, "preference": {"objective": "simpo"}}, {"tokenizer": None}),
     "reward": ({**HUB, **PAIRS, "preference": {"objective": "reward"}}, {"tokenizer": None}),
+    "offloading-checkpointing": ({"model.activation_offloading": True, "model.gradient_checkpointing": True}, {}),
     "reward-lora-override": ({**HUB, **PAIRS, "model.config": {"attention_dropout": 0.0}, "peft": {"method": "lora"}, "preference": {"objective": "reward"}}, {"tokenizer": None}),
     "reward-trainable-zero3": ({**HUB, **PAIRS, **ZERO3, **TRAINABLE, "preference": {"objective": "reward", "center_rewards_coefficient": 0.01}}, {"tokenizer": None}),
 }

@@ -900,3 +900,29 @@ def test_the_estimate_counts_what_optim_trainable_picks(plan_of):
     assert part.memory.optimizer == part.memory.trainable_parameters * 8 and part.memory.grads == part.memory.trainable_parameters * 4
     assert part.memory.activations == whole.memory.activations  # an upper bound: every layer's, as if all trained
     assert any("optim.trainable: activations counted as if every layer trained" in n for n in part.memory.notes)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
+def test_activation_offloading_keeps_one_layer_on_the_device(write_recipe, checkpointing: bool) -> None:
+    """model.activation_offloading: the activations of every layer but the one being computed wait in host memory;
+    with checkpointing, the layers' inputs do. Nothing else changes, and on the CPU nothing moves."""
+    from recipec.compiler import plan_recipe
+
+    gpu = ("launch.cpu=false", f"model.gradient_checkpointing={str(checkpointing).lower()}", "model.config.num_hidden_layers=4")
+    base, _ = plan_recipe(write_recipe(), gpu)
+    off, _ = plan_recipe(write_recipe(), (*gpu, "model.activation_offloading=true"))
+    assert off.memory.activations < base.memory.activations
+    assert (off.memory.params, off.memory.grads, off.memory.optimizer, off.memory.logits) == (
+        base.memory.params, base.memory.grads, base.memory.optimizer, base.memory.logits
+    )
+    assert any("waits in host memory (model.activation_offloading)" in n for n in off.memory.notes)
+    if checkpointing:  # the checkpointed layers' inputs, layers x b x s x h, are what leaves
+        from recipec.memory import DTYPE_BYTES
+
+        config, r = base["model_config"], base.recipe
+        inputs = config["num_hidden_layers"] * r.train.micro_batch_size * r.data.seq_len * config["hidden_size"]
+        assert base.memory.activations - off.memory.activations == inputs * DTYPE_BYTES[r.model.dtype]
+    cpu, _ = plan_recipe(write_recipe(), ("launch.cpu=true", "model.activation_offloading=true"))
+    plain, _ = plan_recipe(write_recipe(), ("launch.cpu=true",))
+    assert cpu.memory.activations == plain.memory.activations
+    assert any(w.message.startswith("launch.cpu: the activations are in host memory already") for w in cpu.warnings)

@@ -1658,7 +1658,15 @@ def _rest(d: Draft) -> None:
             else:
                 d.exact(k)
     if d.get("activation_offloading"):
-        d.approx("activations are offloaded to the CPU or disk; recipec keeps them on the device", "activation_offloading")
+        how = d.get("activation_offloading")
+        where = "to disk" if how == "disk" else "with its own hooks"
+        d.set(
+            "model.activation_offloading",
+            True,
+            "activation_offloading",
+            approx=f"axolotl offloads activations {where}; recipec copies them to host memory on the compute stream, "
+            "parameters kept on the device (the same values; the memory and time each saves may differ)",
+        )
     for k in d.values:
         if k not in d.ledger and not _given(d, k):
             d.exact(k)  # an empty key: axolotl's default, which the recipe has

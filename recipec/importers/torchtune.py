@@ -1224,7 +1224,14 @@ def _launch(draft: Draft, options: Options, recipe: str, distributed: bool) -> N
         draft.set("model.gradient_checkpointing", bool(draft.get("enable_activation_checkpointing")), "enable_activation_checkpointing")
     if draft.has("enable_activation_offloading"):
         if draft.get("enable_activation_offloading"):
-            draft.drop("enable_activation_offloading", "missing-feature", "activations moved to CPU memory between the passes.")
+            draft.set(
+                "model.activation_offloading",
+                True,
+                "enable_activation_offloading",
+                approx="torchtune's OffloadActivations copies on a second CUDA stream, overlapped with compute, and keeps the "
+                "output projection's activations on the device; recipec copies on the compute stream (the same values, "
+                "slower steps)",
+            )
         else:
             draft.exact("enable_activation_offloading")
     if draft.has("cudnn_deterministic_mode"):

@@ -85,6 +85,14 @@ def model_settings(b: PlanBuilder) -> None:
         pretrained_overrides(b)
     b.key("model_dtype", ("model", "dtype"))
     b.key("gradient_checkpointing", ("model", "gradient_checkpointing"))
+    if b.recipe.model.activation_offloading:
+        b.key("activation_offloading", ("model", "activation_offloading"))
+    if b.recipe.model.activation_offloading and b.recipe.launch.cpu:
+        b.warn(
+            ("model", "activation_offloading"),
+            "launch.cpu: the activations are in host memory already, so model.activation_offloading moves nothing",
+            "set it for the GPU run, or remove it",
+        )
     b.key("trust_remote_code", ("model", "trust_remote_code"))
     if r.model.trust_remote_code:
         b.warn(("model", "trust_remote_code"), "trust_remote_code runs Python code that comes with the model")

@@ -117,6 +117,9 @@ class ModelTable(Table):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
 
+    activation_offloading: bool = False
+    """Keep the activations the backward pass reads in host memory (pinned) until it reads them: less GPU memory, at the cost of a copy each way. With gradient_checkpointing only each layer's input is kept, and offloaded. Parameters stay on the device. Nothing moves on the CPU."""
+
     attention: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] = "sdpa"
     """Attention kernel (transformers' `attn_implementation`): sdpa is torch's fused scaled-dot-product attention and runs everywhere; flash_attention_2/3 need a CUDA GPU, the flash-attn package and fp16/bf16; eager is the plain reference."""
 

@@ -181,13 +181,13 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     "llama3_1-8B-text-completion.yaml": {
         "files": ["odyssey.json"],
-        "approx": {HUB_DIR, "dataset.packed", "epochs", "max_steps_per_epoch", "seed", CHUNKED},
+        "approx": {HUB_DIR, "dataset.packed", "epochs", "max_steps_per_epoch", "seed", CHUNKED, "enable_activation_offloading"},
         "dropped": {
             **DISK_LOGGER,
             "optimizer_in_bwd": "missing-feature",
-            "enable_activation_offloading": "missing-feature",
         },
         "values": {
+            "model.activation_offloading": True,
             "model.path": "meta-llama/Meta-Llama-3.1-8B",
             "data.sources[0].path": "odyssey.json",
             "data.sources[0].text_field": "input",
