@@ -52,6 +52,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "simpo-trainable": ({**HUB, **PAIRS, **TRAINABLE, "preference": {"objective": "simpo"}}, {"tokenizer": None}),
     "reward": ({**HUB, **PAIRS, "preference": {"objective": "reward"}}, {"tokenizer": None}),
     "offloading-checkpointing": ({"model.activation_offloading": True, "model.gradient_checkpointing": True}, {}),
+    "neftune-sft": ({**SFT, "train.neftune_noise_alpha": 5.0}, {}),
     "reward-lora-override": ({**HUB, **PAIRS, "model.config": {"attention_dropout": 0.0}, "peft": {"method": "lora"}, "preference": {"objective": "reward"}}, {"tokenizer": None}),
     "reward-trainable-zero3": ({**HUB, **PAIRS, **ZERO3, **TRAINABLE, "preference": {"objective": "reward", "center_rewards_coefficient": 0.01}}, {"tokenizer": None}),
 }

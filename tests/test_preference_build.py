@@ -293,3 +293,13 @@ def test_what_a_reward_model_cannot_do_is_a_located_error(project: Path, extra: 
     assert len(errors) == 1, [d.message for d in caught.value.diagnostics]
     if key is not None:
         assert errors[0].location is not None and errors[0].location.source_line == key
+
+
+def test_neftune_with_a_preference_objective_is_a_located_error(project: Path) -> None:
+    path = recipe(project, "n", 'objective = "dpo"')
+    path.write_text(path.read_text().replace("save_every = 0", "save_every = 0\nneftune_noise_alpha = 5.0"))
+    with pytest.raises(RecipeError) as caught:
+        plan_recipe(path, ())
+    [error] = [d for d in caught.value.diagnostics if d.severity == "error"]
+    assert "NEFTune's noise would change the log-probabilities" in error.message
+    assert error.location is not None and error.location.source_line == "neftune_noise_alpha = 5.0"

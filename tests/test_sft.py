@@ -304,3 +304,21 @@ def test_explain_data_computes_the_steps_and_schedule_that_train_py_runs(
     assert (tmp_path / "lr.csv").read_text() == (tmp_path / "runs" / "chat" / "schedule.csv").read_text()
     record = json.loads((tmp_path / "runs" / "chat" / "run.json").read_text())
     assert record["data"]["cache_entry"] == Path(data["entry"]).name == data["key"][:32]  # the entry train.py read
+
+
+def test_neftune_adds_noise_in_training_and_none_in_evaluation(tmp_path: Path, model_dir: Path) -> None:
+    """train.neftune_noise_alpha: the held-out loss before the first step is the plain run's (no noise in evaluation),
+    and the first step's loss, on the same batch, is not (the noise took part)."""
+    runs = {}
+    for name, extra in (("plain", ""), ("neftune", "neftune_noise_alpha = 15.0\n")):
+        project = tmp_path / name
+        project.mkdir()
+        shutil.copytree(model_dir, project / "model")
+        _project(project, "./model")
+        recipe = project / "recipes" / "chat.toml"
+        recipe.write_text(recipe.read_text().replace("[train]\n", "[train]\n" + extra))
+        runs[name] = _train(project)
+    first_eval = {n: next(m["eval_loss"] for m in ms if "eval_loss" in m) for n, ms in runs.items()}
+    first_loss = {n: next(m["loss"] for m in ms if "loss" in m) for n, ms in runs.items()}
+    assert first_eval["neftune"] == first_eval["plain"]
+    assert first_loss["neftune"] != pytest.approx(first_loss["plain"], abs=1e-4)

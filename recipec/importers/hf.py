@@ -570,12 +570,11 @@ def training_args(
                 d.drop(k(hf), "missing-feature", "recipec's cross-entropy has no label smoothing.")
             else:
                 d.exact(k(hf))
-    for hf in ("neftune_noise_alpha",):
-        if d.has(k(hf)):
-            if d.get(k(hf)):
-                d.drop(k(hf), "missing-feature", "recipec has no NEFTune embedding noise.")
-            else:
-                d.exact(k(hf))
+    if d.has(k("neftune_noise_alpha")):
+        if d.get(k("neftune_noise_alpha")):  # the Trainer registers transformers' hook, as recipec does
+            d.set("train.neftune_noise_alpha", float(num(d.get(k("neftune_noise_alpha")))), k("neftune_noise_alpha"))
+        else:
+            d.exact(k("neftune_noise_alpha"))
     for hf, why in (
         ("use_liger_kernel", "recipec has no Liger kernels; its `loss.cross_entropy = \"chunked\"` saves the logits' memory."),
         ("liger_kernel_config", "recipec has no Liger kernels."),

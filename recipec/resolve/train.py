@@ -151,6 +151,15 @@ def train_settings(b: PlanBuilder) -> None:
             "generating from FSDP version 1's flattened shards is not supported",
             "use launch.fsdp.version = 2 (each process then generates from the shards), or set eval_generations = 0",
         )
+    if t.neftune_noise_alpha is not None:
+        b.key("neftune_noise_alpha", ("train", "neftune_noise_alpha"))
+        if r.preference is not None:
+            b.error(
+                ("train", "neftune_noise_alpha"),
+                "NEFTune's noise would change the log-probabilities a [preference] objective compares (and, under [peft], "
+                "the reference's, which the same embeddings compute)",
+                "remove neftune_noise_alpha (it is for supervised fine-tuning)",
+            )
     if d.eval_fraction == 0 and t.eval_every > 0 and not any(src.split == "eval" for src in d.sources):
         b.warn(("train", "eval_every"), "data.eval_fraction is 0: there is no held-out split, so no evaluation runs")
 

@@ -51,6 +51,9 @@ class TrainTable(Table):
     max_new_tokens: int = Field(64, ge=1)
     """The most tokens each of the `eval_generations` may generate."""
 
+    neftune_noise_alpha: float | None = Field(None, gt=0)
+    """NEFTune: in training, add uniform noise in [-m, m], m = alpha / sqrt(seq_len * hidden_size), to the input embeddings (transformers' hook, as the Trainer's `neftune_noise_alpha`); evaluation sees none. The paper uses 5 to 15. Unset: no noise. Not with [preference]."""
+
     save_every: int = Field(500, ge=0)
     """Save a resumable checkpoint every this many steps; 0: none (the final model is always saved)."""
 

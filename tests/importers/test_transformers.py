@@ -237,3 +237,11 @@ def test_parallelism_config_sequence_parallel_under_deepspeed(imported, tmp_path
         "parallelism_config.sp_handler.sp_seq_length_is_variable",
         "parallelism_config.sp_handler.sp_attn_implementation",  # sdpa, the recipe's attention
     } <= got.exact
+
+
+def test_neftune_noise_alpha(imported, tmp_path):
+    """The Trainer's NEFTune -> train.neftune_noise_alpha (the same hook of transformers'); null: exact, no noise."""
+    got = imported("transformers", _with(tmp_path, "run-clm-wikitext.json", neftune_noise_alpha=5), model="org/model", data="org/data")
+    assert got.recipe["train"]["neftune_noise_alpha"] == 5.0 and "neftune_noise_alpha" in got.exact
+    got = _import(imported, "run-clm-wikitext.json")
+    assert "neftune_noise_alpha" not in got.recipe["train"] and "neftune_noise_alpha" in got.exact
