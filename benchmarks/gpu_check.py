@@ -81,6 +81,10 @@ LM_ROWS = [
     # dynamo of torch 2.11 stops at transformers' scaled_dot_product_attention call (docs/gpu_check.md)
     ("model.compile", "b: bare loop, torch.compile, sdpa (torch picks the kernel)", "b", [], {"compile": True}),
     ("fused AdamW", 'a: train.py, optim.implementation = "fused"', "a", ['optim.implementation="fused"'], {}),
+    # the layers' inputs kept by checkpointing, in device memory or in pinned host memory: the peak and the copies' cost
+    ("activation offloading", "a: train.py, model.gradient_checkpointing", "a", ["model.gradient_checkpointing=true"], {}),
+    ("activation offloading", "a: train.py, + model.activation_offloading", "a",
+     ["model.gradient_checkpointing=true", "model.activation_offloading=true"], {}),
 ]
 COLUMNS = ("check", "setting", "tokens/s", "MFU", "alloc GiB", "reserved GiB", "estimate GiB", "est/alloc", "s", "status")
 

@@ -72,6 +72,8 @@ def test_every_row_on_cpu_with_a_tiny_model(tmp_path: Path) -> None:
         ("model.compile", "a"),
         ("model.compile", "b"),
         ("fused AdamW", "a"),
+        ("activation offloading", "a"),
+        ("activation offloading", "a"),
         ("SFT packed vs padded", "packed"),
         ("SFT packed vs padded", "padded"),
         ("SFT packed vs padded", "packed"),
@@ -90,6 +92,6 @@ def test_every_row_on_cpu_with_a_tiny_model(tmp_path: Path) -> None:
         if not r[1].startswith("b"):
             assert float(r[6]) > 0  # the estimate of every generated train.py
         assert r[3] == "-" and r[4] == "-"  # no MFU without a peak; no CUDA memory on CPU
-    assert len(by_status["ok"]) == 6 and len(by_status["skipped"]) == 4
+    assert len(by_status["ok"]) == 8 and len(by_status["skipped"]) == 4
     assert re.fullmatch(r"ok: loss \d+\.\d+ -> \d+\.\d+", rows[0][-1])
     assert re.search(r"^total \d+ s", out.stdout, re.MULTILINE)
