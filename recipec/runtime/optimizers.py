@@ -65,7 +65,7 @@ class ParamSets(dict):
 
 def named_sets(model: Any) -> ParamSets:
     """The named sets of ``model``: embeddings (every ``nn.Embedding``), output (the output layer,
-    unless tied to the input embedding), norms (modules whose class name holds "norm":
+    lm_head or a sequence classifier's score head, unless tied to the input embedding), norms (modules whose class name holds "norm":
     LayerNorm, RMSNorm and the models' own), biases (parameters named ``bias``); and its decoder
     layers (the modules whose class, or a base of it, is one of its ``_no_split_modules``, outermost
     first)."""
@@ -74,6 +74,8 @@ def named_sets(model: Any) -> ParamSets:
         output = model.get_output_embeddings()
     except (AttributeError, NotImplementedError):
         output = None
+    if output is None:  # a sequence classifier (a reward model): its score head is the output layer
+        output = getattr(model, "score", None)
     blocks = set(getattr(model, "_no_split_modules", None) or [])
     sets.layers = []
     inside: set[int] = set()

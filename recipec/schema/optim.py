@@ -69,7 +69,7 @@ class ParamGroup(Table):
     """`[[optim.groups]]`: parameters with their own LR multiplier or weight decay."""
 
     params: list[str] = Field(min_length=1)
-    """Which parameters: fnmatch globs on the names `model.named_parameters()` gives (`*.mlp.*`), embeddings (every nn.Embedding), output (the output layer, when not tied to the embeddings), norms (every module whose class is a norm), biases, or decoder layers by index (`layers[-2:]`: the last two; `layers[:4].mlp.*`: a glob on the name within each layer). A parameter belongs to the first group it matches; every pattern must match a trainable parameter (`recipec check` and the script check)."""
+    """Which parameters: fnmatch globs on the names `model.named_parameters()` gives (`*.mlp.*`), embeddings (every nn.Embedding), output (the output layer, lm_head or a reward model's score head, when not tied to the embeddings), norms (every module whose class is a norm), biases, or decoder layers by index (`layers[-2:]`: the last two; `layers[:4].mlp.*`: a glob on the name within each layer). A parameter belongs to the first group it matches; every pattern must match a trainable parameter (`recipec check` and the script check)."""
 
     lr_scale: float = Field(1.0, gt=0)
     """The group's LR is the optimizer's LR times this, at every step (the schedule scales both). Under Muon it scales each side's own LR."""

@@ -199,6 +199,12 @@ def test_named_sets_follow_the_modules_not_the_names() -> None:
     assert sets["output"] == []  # tied to wte
     assert "transformer.ln_f.weight" in sets["norms"] and "transformer.h.0.ln_1.bias" in sets["norms"]
     assert "transformer.h.0.attn.c_attn.bias" in sets["biases"]
+    from transformers import LlamaConfig, LlamaForSequenceClassification  # a reward model: its score head is the output
+
+    reward = LlamaForSequenceClassification(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                         num_attention_heads=4, num_labels=1))
+    names = {id(p): n for n, p in reward.named_parameters()}
+    assert sorted(names[i] for i in O.named_sets(reward)["output"]) == ["score.weight"]
 
 
 def test_the_default_groups_are_matrices_decayed_and_the_rest_not() -> None:
