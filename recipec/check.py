@@ -70,7 +70,10 @@ def check(plan: Plan, project: Path = Path("."), source: SourceMap | None = None
     """
     directory = _local_model(plan, project, source)  # before torch is imported: a wrong path is told at once
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    import transformers
+    from transformers import AutoConfig
+
+    from .runtime.preference import auto_model
 
     config = _config(plan, project, AutoConfig, directory, source)
     label = plan["model_init"] or plan["model_path"]
@@ -81,7 +84,7 @@ def check(plan: Plan, project: Path = Path("."), source: SourceMap | None = None
         config.num_labels = 1
     try:
         with torch.device("meta"):
-            model = (AutoModelForSequenceClassification if reward else AutoModelForCausalLM).from_config(config)
+            model = getattr(transformers, auto_model(plan.get("objective"))).from_config(config)
     except (ValueError, KeyError, TypeError, ImportError, OSError) as exc:  # a config of no causal LM (BERT), or one that does not build
         if plan["model_init"] is not None:
             what = f"cannot build a {plan['model_init']} model from `model.config`"

@@ -1466,19 +1466,21 @@ def trainable_counts(recipe: Recipe, model_config: dict[str, Any] | None) -> tup
     if not config:
         raise ValueError(f"the estimate does not cover model type {model_type!r}")
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    import transformers
+    from transformers import AutoConfig
 
     from .runtime import optimizers
+    from .runtime.preference import auto_model
 
     keys = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")}
     if vocab_size is not None:
         keys["vocab_size"] = vocab_size
-    reward = recipe.preference is not None and recipe.preference.objective == "reward"
-    if reward:
+    objective = recipe.preference.objective if recipe.preference is not None else None
+    if objective == "reward":
         keys["num_labels"] = 1
     try:
         with torch.device("meta"):
-            model = (AutoModelForSequenceClassification if reward else AutoModelForCausalLM).from_config(AutoConfig.for_model(model_type, **keys))
+            model = getattr(transformers, auto_model(objective)).from_config(AutoConfig.for_model(model_type, **keys))
     except (ValueError, KeyError, TypeError, ImportError, OSError, RuntimeError, OverflowError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # not torch's C++ frames
         raise ValueError(f"optim.trainable: cannot build the model on the meta device to count what it picks: {reason}") from None

@@ -28,6 +28,7 @@ import jinja2
 import tomli_w
 
 from .resolve import PLAIN_PATH, Plan
+from .runtime import preference as runtime_preference
 from .runtime import schedule as runtime_schedule
 from .runtime import stage_request
 from .schema.optim import own_options
@@ -316,7 +317,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "eval_sets": any(src.split == "eval" for src in plan.recipe.data.sources),  # evaluated and logged apart
         "preference": plan.recipe.preference is not None,
         "reward": plan.get("objective") == "reward",  # a reward model: a one-label sequence classifier
-        "auto_model": "AutoModelForSequenceClassification" if plan.get("objective") == "reward" else "AutoModelForCausalLM",
+        "auto_model": runtime_preference.auto_model(plan.get("objective")),
         "schedule_free": plan.recipe.optim.name == "schedule_free_adamw",
         "optimizer_options": own_options(plan.recipe.optim),
         "grouped": plan.get("param_groups") is not None,

@@ -65,10 +65,10 @@ class ParamSets(dict):
 
 def named_sets(model: Any) -> ParamSets:
     """The named sets of ``model``: embeddings (every ``nn.Embedding``), output (the output layer,
-    lm_head or a sequence classifier's score head, unless tied to the input embedding), norms (modules whose class name holds "norm":
-    LayerNorm, RMSNorm and the models' own), biases (parameters named ``bias``); and its decoder
-    layers (the modules whose class, or a base of it, is one of its ``_no_split_modules``, outermost
-    first)."""
+    lm_head or a sequence classifier's score head, unless tied to the input embedding), norms
+    (modules whose class name holds "norm": LayerNorm, RMSNorm and the models' own), biases
+    (parameters named ``bias``); and its decoder layers (the modules whose class, or a base of it,
+    is one of its ``_no_split_modules``, outermost first)."""
     sets = ParamSets({k: set() for k in NAMED})
     try:
         output = model.get_output_embeddings()

@@ -72,6 +72,12 @@ OBJECTIVES = ("dpo", "ipo", "hinge", "simpo", "orpo", "kto", "reward")
 REFERENCE_FREE = ("simpo", "orpo", "reward")
 
 
+def auto_model(objective: str | None) -> str:
+    """The name of transformers' Auto class that builds the model ``objective`` trains (None: no [preference]): a
+    sequence classifier for ``reward`` (built with ``num_labels = 1``), a causal LM for every other."""
+    return "AutoModelForSequenceClassification" if objective == "reward" else "AutoModelForCausalLM"
+
+
 def pair_row(chosen: tuple[Sequence[int], Sequence[int]], rejected: tuple[Sequence[int], Sequence[int]]) -> dict[str, list[int]]:
     """One stored row of a pair: ``(ids, supervised mask)`` of each side, chosen first."""
     (c_ids, c_mask), (r_ids, r_mask) = chosen, rejected
