@@ -38,9 +38,34 @@ def test_chunk_size_without_chunked_is_an_error(plan_of):
     assert "`chunk_size` applies only with cross_entropy" in _errors(plan_of, text="[loss]\nchunk_size = 64\n")
 
 
-def test_chunked_needs_ddp(plan_of):
-    message = _errors(plan_of, {"launch.strategy": "fsdp", "launch.num_processes": 2}, text='[loss]\ncross_entropy = "chunked"\n')
-    assert 'runs with launch.strategy "ddp" only' in message
+@pytest.mark.parametrize(
+    "settings, gathered",
+    [
+        ({"launch.strategy": "fsdp", "launch.num_processes": 2}, True),  # torch's fully_shard on the CPU
+        ({"launch.strategy": "fsdp", "launch.num_processes": 2, "launch.cpu": False}, True),  # accelerate's FSDP 2 plugin
+        ({"launch.strategy": "deepspeed", "launch.num_processes": 2, "launch.cpu": False, "launch.deepspeed.zero_stage": 3}, False),
+        ({"launch.num_processes": 2}, False),
+    ],
+)
+def test_chunked_under_each_strategy(plan_of, settings, gathered):
+    """FSDP 2 keeps its root unit (the output projection's) gathered for the chunks; DDP and ZeRO need nothing."""
+    text = render(plan_of(settings, text='[loss]\ncross_entropy = "chunked"\n'))["train.py"]
+    ast.parse(text)
+    assert ("lm_loss.keep_head_gathered(model, output_head)" in text) == gathered
+    if gathered:  # after the model is sharded, before the first forward
+        assert text.index("keep_head_gathered(model") > max(text.find("sharding.shard(model"), text.find("accelerator.prepare(model"))
+        assert text.index("keep_head_gathered(model") < text.index("def causal_lm_loss")
+
+
+def test_chunked_is_an_error_under_fsdp_1_and_tensor_parallelism(plan_of):
+    text = '[loss]\ncross_entropy = "chunked"\n'
+    v1 = {"launch.strategy": "fsdp", "launch.num_processes": 2, "launch.cpu": False, "launch.fsdp.version": 1}
+    assert "not version 1" in _errors(plan_of, v1, text=text)
+    assert plan_of({**v1, "launch.fsdp.version": 2}, text=text)["cross_entropy"] == "chunked"
+    tp = {"launch.strategy": "fsdp", "launch.num_processes": 2, "launch.cpu": False, "launch.parallelism.tp_size": 2}
+    message = _errors(plan_of, tp, text=text)
+    assert "tensor parallelism (launch.parallelism.tp_size 2) splits it" in message
+    assert "tensor parallelism" not in _errors(plan_of, tp, text='[loss]\ncross_entropy = "plain"\nchunk_size = 4\n')
 
 
 def test_loss_with_preference_is_an_error(plan_of):

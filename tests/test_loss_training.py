@@ -65,6 +65,47 @@ def test_chunked_fine_tuning_on_packed_examples_under_ddp(tmp_path: Path) -> Non
     assert _losses(runs["chunked"], "eval_loss") == pytest.approx(_losses(runs["plain"], "eval_loss"), rel=1e-5, abs=1e-5)
 
 
+SHARDED = {
+    "fsdp": ["launch.num_processes=2", 'launch.strategy="fsdp"'],  # torch's fully_shard over gloo
+    "zero3": ["launch.num_processes=2", 'launch.strategy="deepspeed"', "launch.deepspeed.zero_stage=3", "launch.cpu=false"],
+}
+
+
+@pytest.mark.parametrize("strategy", list(SHARDED))
+def test_chunked_under_sharding_logs_the_plain_losses_and_resumes(strategy: str, tmp_path: Path) -> None:
+    """FSDP 2 and ZeRO-3 over 2 processes: the chunked cross-entropy logs the plain loss's training and held-out
+    losses and gradient norms and saves its weights (an evaluation, which leaves FSDP's root gathered, then a
+    checkpoint at steps 2 and 4); killed after the step-2 checkpoint, it resumes to the same losses and weights."""
+    from test_distributed import KILL_RANK0, _launch as _launch_with
+    from test_training import _weights
+
+    recipe = TINY.replace("attention_dropout = 0.1", "attention_dropout = 0.0")
+    settings = ["train.max_steps=4", "train.save_every=2", "train.eval_every=2", "train.eval_batches=0", "train.log_every=1", *SHARDED[strategy]]
+    runs = {}
+    for name, extra in (("plain", ""), ("chunked", CHUNKED)):
+        project = _project(tmp_path / name, recipe + extra)
+        _launch(_build(project, *settings))
+        runs[name] = project / "runs" / "tiny"
+    metrics = {name: _metrics(run_dir) for name, run_dir in runs.items()}
+    for key in ("loss", "eval_loss", "grad_norm"):
+        want = _losses(metrics["plain"], key)
+        assert len(want) >= 3
+        assert _losses(metrics["chunked"], key) == pytest.approx(want, rel=1e-5, abs=1e-5), key
+    wa, wb = _weights(runs["plain"]), _weights(runs["chunked"])
+    assert wa.keys() == wb.keys()
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+    killed = _project(tmp_path / "killed", recipe + CHUNKED)
+    build_dir = _build(killed, *settings)
+    (killed / "killer.py").write_text(KILL_RANK0)
+    assert _launch_with(build_dir, script=[str(killed / "killer.py"), str(build_dir), "2"], expect=None).returncode != 0
+    _launch(build_dir)
+    resumed = _metrics(killed / "runs" / "tiny")
+    assert _losses(resumed, "loss")[-2:] == _losses(metrics["chunked"], "loss")[-2:]
+    wc = _weights(killed / "runs" / "tiny")
+    assert all(bool((wb[k] == wc[k]).all()) for k in wb)
+
+
 def _mixtral(directory: Path) -> None:
     """A tiny Mixtral with the ChatML tokenizer of test_sft, as save_pretrained writes them."""
     import torch

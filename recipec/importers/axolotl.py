@@ -1422,6 +1422,37 @@ def _mesh(d: Draft, given: int) -> None:
             d.drop(k, "no-equivalent", "a setting of ring-flash-attn's kernels (how the K/V heads or the sequence are exchanged); recipec's split runs its own.")
 
 
+def _plugins(d: Draft) -> None:
+    """`plugins`: Cut Cross Entropy -> `loss.cross_entropy = "chunked"`; any other plugin is not imported.
+
+    axolotl's CutCrossEntropyPlugin turns `cut_cross_entropy` on unless the config sets it to
+    false (CutCrossEntropyArgs, default true): a Triton kernel computes the loss without the
+    logits. recipec's chunked cross-entropy computes the same loss with one chunk of logits at
+    a time, with tensor and context parallelism neither does (the mesh is kept instead).
+    """
+    plugins = d.get("plugins")
+    names = [str(p) for p in plugins] if isinstance(plugins, list) else [str(plugins)]
+    others = [n.rsplit(".", 1)[-1] for n in names if not n.endswith("CutCrossEntropyPlugin")]
+    if others:
+        d.drop("plugins", "missing-feature", f"axolotl's plugins {', '.join(others)} change kernels recipec does not have.")
+        return
+    if d.get("cut_cross_entropy") is False:
+        d.exact("plugins")  # loaded, and turned off
+        return
+    split = [k for k in ("tensor_parallel_size", "context_parallel_size") if int(num(d.get(k) or 1)) > 1]
+    if split:
+        d.drop("plugins", "missing-feature", f"recipec's chunked cross-entropy, its stand-in for Cut Cross Entropy, does not run with {' and '.join(split)} above 1.")
+        return
+    if d.value("launch.strategy") == "fsdp" and d.value("launch.fsdp.version") == 1:
+        d.drop("plugins", "missing-feature", "recipec's chunked cross-entropy, its stand-in for Cut Cross Entropy, runs under FSDP 2, and this config uses FSDP 1.")
+        return
+    d.set(
+        "loss.cross_entropy", "chunked", "plugins",
+        approx="Cut Cross Entropy computes the loss in a kernel that never holds the logits; recipec's chunked cross-entropy computes "
+        "the same loss and gradients with loss.chunk_size tokens of logits at a time",
+    )
+
+
 def _parallel(d: Draft) -> None:
     _deepspeed(d)
     fsdp, cfg = d.get("fsdp"), d.get("fsdp_config")
@@ -1641,7 +1672,7 @@ def _rest(d: Draft) -> None:
     if _given(d, "early_stopping_patience"):
         d.drop("early_stopping_patience", "missing-feature", "recipec runs to the end; it does not stop on the eval loss.")
     if _given(d, "plugins"):
-        d.drop("plugins", "missing-feature", "axolotl's plugins (Liger, Cut Cross Entropy, ...) change kernels recipec does not have.")
+        _plugins(d)
     for k in ("cut_cross_entropy", "chunked_cross_entropy"):
         if _given(d, k) and d.get(k):
             d.set("loss.cross_entropy", "chunked", k, approx="a fused or chunked cross-entropy: recipec's chunked cross-entropy gives the same loss with the logits in chunks")

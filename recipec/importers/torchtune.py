@@ -1175,13 +1175,14 @@ def _loss(draft: Draft, recipe: str, distributed: bool, lora: bool) -> None:
     if comp.endswith("CEWithChunkedOutputLoss"):
         chunks = num(draft.get("loss.num_output_chunks", 8))
         keys = ["loss._component_"] + (["loss.num_output_chunks"] if draft.has("loss.num_output_chunks") else [])
-        if distributed:
+        tp = int(num(draft.get("tensor_parallel_dim", 1)) or 1) if distributed else 1
+        if tp > 1:
             draft.set(
                 "loss.cross_entropy",
                 "plain",
                 *keys,
-                approx="recipec's chunked cross-entropy needs ddp and this run shards with FSDP: the same loss over the "
-                "full logits (more memory)",
+                approx=f"recipec's chunked cross-entropy applies the whole output projection, which tensor_parallel_dim "
+                f"{tp} splits: the same loss over the full logits (more memory)",
             )
         else:
             draft.set(

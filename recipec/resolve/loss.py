@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import model_types
+from ..schema import FsdpTable, ParallelismTable
 from .builder import PlanBuilder
 
 
@@ -36,13 +37,24 @@ def loss_settings(b: PlanBuilder) -> None:
     b.key("cross_entropy", ("loss", "cross_entropy"))
     if loss.cross_entropy == "chunked":
         b.key("chunk_size", ("loss", "chunk_size"))
-        if r.launch.strategy != "ddp":
-            # sharded parameters are gathered only inside the model's forward, and the chunks
-            # apply the output projection after it
+        fsdp_version = (r.launch.fsdp or FsdpTable()).version
+        if r.launch.strategy == "fsdp" and fsdp_version == 1:
+            # FSDP 1 gathers a flat parameter only inside the forward of the module that holds it, and the
+            # chunks apply the output projection after the model's forward
             b.error(
                 ("loss", "cross_entropy"),
-                f'cross_entropy = "chunked" runs with launch.strategy "ddp" only, not "{r.launch.strategy}"',
-                'use cross_entropy = "plain" with a sharded strategy',
+                'cross_entropy = "chunked" runs under launch.strategy "fsdp" with launch.fsdp.version 2 (torch\'s '
+                "fully_shard, which the script tells to keep the output projection gathered from the forward to the "
+                "backward), not version 1",
+                'set [launch.fsdp] version = 2, or use cross_entropy = "plain"',
+            )
+        tp = (r.launch.parallelism or ParallelismTable()).tp_size
+        if tp > 1:
+            b.error(
+                ("loss", "cross_entropy"),
+                f'cross_entropy = "chunked" applies the whole output projection to each chunk, and tensor parallelism '
+                f"(launch.parallelism.tp_size {tp}) splits it over the ranks",
+                'use cross_entropy = "plain" (the model\'s own loss over its gathered logits), or tp_size = 1',
             )
     if loss.router_aux_loss_coef is not None:
         b.key("router_aux_loss_coef", ("loss", "router_aux_loss_coef"))

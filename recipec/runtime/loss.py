@@ -71,6 +71,41 @@ def output_head(model: Any) -> tuple[Any, float | None, str | None]:
     return head, next((getattr(config, a) for a in SOFTCAPS if getattr(config, a, None) is not None), None), None
 
 
+def keep_head_gathered(model: Any, head: Any) -> str | None:
+    """Under FSDP 2, keep the unit that holds the output projection gathered from the forward to the backward.
+
+    The chunks apply the output projection after the model's forward returns (and again,
+    recomputed, in the backward pass), where FSDP would have freed the gathered weights of a
+    unit that reshards after its forward. The innermost unit that holds the projection is
+    told not to: ``set_reshard_after_forward(False, recurse=False)``. That is the root
+    (embeddings, final norm and projection around the blocks sharded on their own) when the
+    script shards the model itself, which torch leaves gathered by default anyway; accelerate
+    1.16's plugin puts the final norm and the projection in a unit of their own that it
+    already keeps gathered. Its gradients are reduce-scattered after the backward pass as
+    always; the blocks keep their own setting. Other models (DDP, DeepSpeed, whose ZeRO-3
+    gathers the projection on each call) are left as they are.
+
+    Args:
+        model: the model as training calls it (an ``FSDPModule`` under FSDP 2).
+        head: the output projection the chunks apply (``output_head``).
+
+    Returns:
+        None, or why the chunks cannot read the projection's weights.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP 2
+        return None
+    if not isinstance(model, FSDPModule):
+        return None
+    unit = model
+    for module in model.modules():  # parents come before their children: the last match is the innermost
+        if isinstance(module, FSDPModule) and any(m is head for m in module.modules()):
+            unit = module
+    unit.set_reshard_after_forward(False, recurse=False)
+    return None
+
+
 class LastHiddenState:
     """Calls a causal LM for its last hidden state (after the final norm) and no logits.
 

@@ -13,7 +13,7 @@ class LossTable(Table):
     """`[loss]`: the loss of causal-LM and supervised fine-tuning runs (not `[preference]`, whose objectives have their own)."""
 
     cross_entropy: Literal["plain", "chunked"] = "plain"
-    """How the cross-entropy is computed. `plain`: the model's own loss over its full logits (batch * seq_len * vocab float32 values, three copies alive at the peak). `chunked`: the model returns its last hidden state and no logits, and the output projection and cross-entropy run over `chunk_size` tokens at a time, each chunk's logits recomputed in the backward pass; the same loss and gradients with only one chunk's logits in memory, at the cost of a second output projection in the backward pass. Needs launch.strategy "ddp"."""
+    """How the cross-entropy is computed. `plain`: the model's own loss over its full logits (batch * seq_len * vocab float32 values, three copies alive at the peak). `chunked`: the model returns its last hidden state and no logits, and the output projection and cross-entropy run over `chunk_size` tokens at a time, each chunk's logits recomputed in the backward pass; the same loss and gradients with only one chunk's logits in memory, at the cost of a second output projection in the backward pass. Runs under ddp, deepspeed (ZeRO-3 gathers the projection for each chunk) and fsdp version 2 (the root unit, which holds the projection, stays gathered from the forward to the end of the backward, as torch leaves a root by default); not with tensor, context or sequence parallelism."""
 
     chunk_size: int = Field(1024, ge=1)
     """Supervised tokens per chunk of the `chunked` cross-entropy: the logits held at once are chunk_size * vocab float32 values."""

@@ -734,3 +734,34 @@ def test_a_reward_model_trains_on_its_bradley_terry_pairs(imported, tmp_path):
     plain = imported("axolotl", path).result.draft
     assert plain.ledger["reward_model"].how == "exact" and plain.ledger["model_type"].how == "approx"
     assert "AutoModelForCausalLM" in plain.ledger["model_type"].why and plain.ledger["num_labels"].reason == "ignored-by-tool"
+
+
+CCE = "plugins:\n  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin\n"
+
+
+@pytest.mark.parametrize(
+    "extra, loss, how, why",
+    [
+        ("", "chunked", "approx", "never holds the logits"),  # the plugin turns cut_cross_entropy on by default
+        ("cut_cross_entropy: false\n", None, "exact", ""),
+        ("context_parallel_size: 2\n", None, "dropped", "context_parallel_size above 1"),
+        ("plugins:\n  - axolotl.integrations.liger.LigerPlugin\n", None, "dropped", "LigerPlugin"),
+    ],
+)
+def test_the_cut_cross_entropy_plugin_is_the_chunked_cross_entropy(tmp_path, extra, loss, how, why):
+    text = (CONFIGS / "gemma2-reward-model.yaml").read_text(encoding="utf-8")
+    text = re.sub(r"^(reward_model|rl|model_type|num_labels|center_rewards_coefficient):.*\n", "", text, flags=re.M)
+    text = re.sub(r"type: bradley_terry\.chat_template", "type: chat_template", text)
+    text += ("" if extra.startswith("plugins") else CCE) + extra
+    result = import_config(_write(tmp_path, text), "axolotl", Options(name="cce", num_processes=2 if "context" in extra else 1))
+    entry = result.draft.ledger["plugins"]
+    assert entry.how == how and why in entry.why, entry
+    assert tomllib.loads(result.text).get("loss", {}).get("cross_entropy") == loss
+
+
+def test_the_long_context_configs_keep_their_mesh_over_cut_cross_entropy(imported):
+    for name in ("alst-deepspeed-cp8.yaml", "alst-fsdp2-cp8.yaml"):
+        got = imported("axolotl", name)
+        assert "loss" not in got.recipe and got.recipe["launch"].get("parallelism"), name
+        entry = got.result.draft.ledger["plugins"]
+        assert entry.how == "dropped" and "context_parallel_size above 1" in entry.why, (name, entry)

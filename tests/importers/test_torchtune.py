@@ -113,6 +113,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "launch.parallelism": {"tp_size": 8},
             "train.micro_batch_size": 2,
             "train.batch_size": 4,  # 2 * 1 * (16 processes / tp 8)
+            "loss.cross_entropy": "plain",  # the chunks would need the whole output projection
             "model.path": "meta-llama/Llama-3.3-70B-Instruct",
         },
     },
@@ -125,7 +126,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "launch.strategy": "fsdp",
             "launch.fsdp.version": 2,
             "launch.fsdp.sharding_strategy": "full_shard",
-            "loss.cross_entropy": "plain",  # chunked needs ddp
+            "loss.cross_entropy": "chunked",  # under FSDP 2 too
             "train.micro_batch_size": 2,
             "train.batch_size": 8,  # 2 * 1 * 4 processes
             "optim.weight_decay": 0.01,  # torch.optim.AdamW's default

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -253,3 +256,112 @@ def test_every_causal_lm_type_gets_the_next_token_loss_or_a_problem() -> None:
     assert {"bert", "roberta", "inkling_text", "cohere"} <= set(problems)
     # the model's own loss is the next-token loss but for the types recipec refuses it for (resolve/loss.py)
     assert unshifted == UNSHIFTED_LOSS & set(built)
+
+
+def _sharded_chunks(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """On each of `world` gloo processes: a tiny Llama sharded by FSDP 2, as the script shards it on the CPU
+    (recipec_runtime.sharding) and as accelerate's plugin shards it on GPUs (its own fsdp2_prepare_model, with a
+    stand-in for the Accelerator, which takes no FSDP plugin without CUDA). The chunked loss after
+    keep_head_gathered, one evaluation forward then one training step, against the model's own loss on the same
+    sharded model: the loss and every gathered gradient; and whether the root unit is sharded again after it."""
+    import types
+
+    import torch.distributed as dist
+    from accelerate import PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+    from torch.distributed.tensor import DTensor
+
+    from recipec.runtime import sharding
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    PartialState(cpu=True)
+    g = torch.Generator().manual_seed(10 + rank)  # each rank its own micro-batch
+    ids = torch.randint(0, VOCAB, (2, 16), generator=g)
+    labels = ids.clone()
+    labels[0, :5] = -100
+    batch = {"input_ids": ids, "labels": labels}
+
+    def build(how: str, tied: bool, mixed: bool):
+        torch.manual_seed(0)
+        config = transformers.LlamaConfig(vocab_size=VOCAB, max_position_embeddings=64, tie_word_embeddings=tied, **SIZES)
+        model = transformers.LlamaForCausalLM(config).train()
+        if how == "native":
+            sharding.shard(model)
+            return model
+        plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=2, reshard_after_forward=True, auto_wrap_policy="transformer_based_wrap", cpu_ram_efficient_loading=False,
+            mixed_precision_policy={"param_dtype": torch.bfloat16, "reduce_dtype": torch.float32} if mixed else None,
+        )
+        accelerator = types.SimpleNamespace(
+            state=types.SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=None, parallelism_config=None,
+            is_main_process=rank == 0, mixed_precision="bf16" if mixed else "no", device=torch.device("cpu"),
+        )
+        return fsdp2_prepare_model(accelerator, model)
+
+    def gathered(model):
+        return {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.grad is not None}
+
+    results = {}
+    for how, tied, mixed in (("native", False, False), ("native", True, False), ("plugin", False, False), ("plugin", True, False), ("plugin", False, True)):
+        case = f"{how},tied={tied},mixed={mixed}"
+        model = build(how, tied, mixed)
+        plain = model(**batch, use_cache=False).loss
+        plain.backward()
+        want = gathered(model)
+        for keep in (True, False) if how == "native" else (True,):  # accelerate 1.16 keeps its head unit gathered itself
+            model = build(how, tied, mixed)
+            head, softcap, problem = xent.output_head(model)
+            assert problem is None
+            kept = xent.LastHiddenState(model)
+            if keep:
+                refused = xent.keep_head_gathered(model, head)
+                assert refused is None, (case, refused)
+            try:
+                with torch.no_grad():  # evaluation first: the root stays gathered after a forward without gradients too
+                    hidden, _ = kept(model, batch, use_cache=False)
+                    held_out = xent.chunked_cross_entropy(hidden, labels, head, 5, softcap)
+                hidden, _ = kept(model, batch, use_cache=False)
+                loss = xent.chunked_cross_entropy(hidden, labels, head, 5, softcap)
+                loss.backward()
+            except RuntimeError as e:
+                results[f"{case},keep={keep}"] = {"error": str(e)[:200]}
+                continue
+            got = gathered(model)
+            results[f"{case},keep={keep}"] = {
+                "loss": [plain.item(), loss.item(), held_out.item()],
+                "names": [sorted(want), sorted(got)],
+                "diff": max((got[n] - want[n]).abs().max().item() for n in want),
+                "scale": max(want[n].abs().max().item() for n in want),
+                "resharded": all(isinstance(p, DTensor) for p in model.parameters()),
+            }
+    Path(out_dir, f"{rank}.json").write_text(json.dumps(results))
+    dist.barrier()  # neither process tears gloo down while the other still uses it
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_the_chunks_under_fsdp_2_give_the_models_own_loss_and_gradients(tmp_path) -> None:
+    """FSDP 2 over 2 gloo processes, sharded by the script's fully_shard and by accelerate's plugin (tied and untied
+    embeddings, bf16 mixed precision): with the projection's unit kept gathered, the chunked loss and every gradient
+    equal the model's own loss on the same sharded model, in evaluation and training, and every parameter is
+    sharded again after the backward pass. Without it, the script's sharding leaves the chunks the sharded
+    projection (torch refuses to mix DTensors); accelerate 1.16's plugin keeps its norm-and-projection unit gathered
+    itself."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_sharded_chunks, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in range(2):
+        results = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert len(results) == 7
+        for case, r in results.items():
+            if case.endswith("keep=False"):
+                assert "DTensor" in r.get("error", ""), (rank, case, r)
+                continue
+            assert "error" not in r, (rank, case, r)
+            plain, chunked, held_out = r["loss"]
+            tol = 2e-2 if "mixed=True" in case else 1e-5  # bf16: other rounding of the same products
+            assert chunked == pytest.approx(plain, rel=tol) and held_out == pytest.approx(plain, rel=tol), (rank, case, r)
+            assert r["names"][0] == r["names"][1], (rank, case)
+            assert r["diff"] <= tol * r["scale"], (rank, case, r)
+            assert r["resharded"], (rank, case)
