@@ -1274,14 +1274,16 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
         kinds = (shape.sliding_layers > 0) + (shape.sliding_layers < layers)
         mask_b = kinds * b * s * s * p_bytes
     chunk = recipe.loss.chunk_size if recipe.loss is not None and recipe.loss.cross_entropy == "chunked" else None
-    logit_tokens = tokens if chunk is None else min(chunk, tokens)
+    # a rank of a cp x sp group holds tokens / seq_split of them, and its chunks at most chunk_size: counted here for
+    # the whole group, as the activations are, and divided by seq_split below
+    logit_tokens = tokens if chunk is None else min(chunk * seq_split, tokens)
     # gemma2's soft-capped logits: tanh keeps its output (in the activation dtype) besides the loss's three
     capped_b = a_bytes if shape.logit_softcap else 0
     logits_b = logit_tokens * vocab * (4 * LOGIT_COPIES + capped_b)
     # each chunk's backward computes the output projection's weight gradient before adding it
     # to the one accumulated so far: one more vocab x h gradient (none for a frozen head)
     head_grad_b = shape.vocab_size * h * p_bytes if chunk is not None and peft is None else 0
-    logits_b += head_grad_b
+    logits_b += head_grad_b * seq_split  # whole on every rank of a cp x sp group: the division below leaves it whole
     if checkpointing:
         # the first layer is recomputed only after the loss's float32 buffers are freed, so the
         # peak holds the recomputed layer's set or the logits, whichever is larger
@@ -1369,7 +1371,7 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
         f"optimizer: {optim_what}{optim_how}",
         f"activations: {act_formula}",
         (
-            f"logits: min(loss.chunk_size {chunk}, b {b} * s {s}) * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (chunked float32 cross-entropy: one chunk at a time)"
+            f"logits: min(loss.chunk_size {chunk}, b {b} * s {s}{f' / (cp_size x sp_size {seq_split})' if seq_split > 1 else ''}) * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (chunked float32 cross-entropy: one chunk at a time)"
             + (f" + a chunk's output-projection gradient vocab {shape.vocab_size} * h {h} * {p_bytes} B" if head_grad_b else "")
             if chunk is not None
             else f"logits: b {b} * s {s} * 1 score * 4 B * {LOGIT_COPIES} (a reward model's score head, one value a token)"
@@ -1377,7 +1379,7 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
             else f"logits: b {b} * s {s} * vocab {shape.vocab_size} * 4 B * {LOGIT_COPIES} (float32 cross-entropy)"
         )
         + capped
-        + (f" / (cp_size x sp_size {seq_split})" if seq_split > 1 else ""),
+        + (f" / (cp_size x sp_size {seq_split})" if seq_split > 1 and chunk is None else ""),
     ]
     evaluation = None
     eval_b = recipe.train.eval_micro_batch_size

@@ -123,6 +123,25 @@ def test_sp_2_over_zero_3_matches_one_process(one: Path, sp: tuple[Path, str]) -
     assert norms == pytest.approx([m["grad_norm"] for m in _metrics(one) if "loss" in m], rel=1e-3)
 
 
+def test_sp_2_with_the_chunked_cross_entropy_logs_the_plain_losses(base: Path, one: Path, sp: tuple[Path, str], tmp_path: Path) -> None:
+    """The chunked cross-entropy under Ulysses: each rank sums its slice's pre-shifted labels chunk by chunk, and
+    the group's sum gives the plain sp run's losses, gradient norms, held-out losses and weights (within 1e-5),
+    and one process's."""
+    project = _from(base, tmp_path)
+    recipe = project / "recipes" / "tiny.toml"
+    recipe.write_text(recipe.read_text() + '\n[loss]\ncross_entropy = "chunked"\nchunk_size = 24\n')
+    build_dir = _build(project, *STEPS, *SP)
+    assert "summed_loss=chunked_sum" in (build_dir / "train.py").read_text()
+    _launch(build_dir)
+    run_dir, plain = project / "runs" / "tiny", sp[0]
+    for key in ("loss", "grad_norm", "eval_loss"):
+        want = [m[key] for m in _metrics(plain) if key in m]
+        assert len(want) >= 3 and [m[key] for m in _metrics(run_dir) if key in m] == pytest.approx(want, rel=1e-5, abs=1e-5), key
+    assert _losses_and_lrs(run_dir)[0] == pytest.approx(_losses_and_lrs(one)[0], abs=1e-4)
+    wa, wb = _weights(plain), _weights(run_dir)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
 def test_sp_killed_after_a_checkpoint_resumes_where_it_stopped(base: Path, sp: tuple[Path, str], tmp_path: Path) -> None:
     """Killed after the checkpoint of step 5, resumed from it: the same losses as the run that was not
     stopped. The 15 micro-batches done are counted in the adapter's units (sp_size per loader batch):
@@ -430,6 +449,35 @@ def test_examples_under_sequence_parallelism_train_as_one_process(tmp_path: Path
         assert wa.keys() == wb.keys()
         for k in wa:
             assert (wa[k] - wb[k]).abs().max().item() < 1e-4, (name, k)
+
+
+def test_examples_under_zero_3_with_the_chunked_cross_entropy_train_as_one_process(tmp_path: Path) -> None:
+    """Conversations of uneven lengths with the chunked cross-entropy under ZeRO-3 over 2 processes, with and
+    without Ulysses (sp 2): the step losses, gradient norms, held-out losses and weights of one process with
+    the plain loss. The processes' micro-batches (or slices) hold different numbers of supervised tokens, and
+    ZeRO-3 gathers the projection on every call: every process runs the most chunks any needs (without it,
+    the processes wait for each other's gathers for ever)."""
+    from test_sft import _model, _train as _sft_train
+
+    model = tmp_path / "model"
+    _model(model)
+    chunked = '\n[loss]\ncross_entropy = "chunked"\nchunk_size = 16\n'
+    runs = {}
+    for name, processes, launch in (("one", 1, None), ("zero3", 2, 'cpu = false\nstrategy = "deepspeed"\ndeepspeed = {zero_stage = 3}'), ("sp2", 2, SP_LAUNCH)):
+        recipe = _sp_chat(tmp_path / name, model, processes)
+        text = recipe.read_text()
+        if launch is not None:
+            text = text.replace(SP_LAUNCH, launch) + chunked
+        recipe.write_text(text)
+        runs[name] = (_sft_train(recipe.parent.parent, processes), recipe.parent.parent / "runs" / "chat")
+    one, one_dir = runs["one"]
+    for name in ("zero3", "sp2"):
+        metrics, run_dir = runs[name]
+        for key, tol in (("loss", 1e-5), ("grad_norm", 1e-4), ("eval_loss", 1e-5)):
+            want = [m[key] for m in one if key in m]
+            assert len(want) >= 2 and [m[key] for m in metrics if key in m] == pytest.approx(want, abs=tol, rel=tol), (name, key)
+        wa, wb = _weights(one_dir), _weights(run_dir)
+        assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4, name
 
 
 def test_examples_under_sequence_parallelism_resume_where_they_stopped(tmp_path: Path) -> None:

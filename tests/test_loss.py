@@ -29,7 +29,8 @@ def test_chunked_settings_and_script(plan_of):
     assert plan.get("router_aux_loss_coef") is None
     text = render(plan)["train.py"]
     ast.parse(text)
-    assert "lm_loss.chunked_cross_entropy(hidden, batch[\"labels\"], output_head, chunk_size, logit_softcap)" in text
+    assert "lm_loss.chunked_cross_entropy(hidden, batch[\"labels\"], output_head, chunk_size, logit_softcap, same_chunks_across=chunks_across)" in text
+    assert "chunks_across = None" in text  # one process: no gathers to keep in step
     assert "model(**batch, use_cache=False).loss" not in text  # training and evaluation both go through it
     assert "aux_loss" not in text
 
@@ -141,3 +142,20 @@ def test_a_model_type_whose_own_loss_is_unshifted_needs_the_chunked_loss(plan_of
     assert "without shifting" in _errors(plan_of, bart, text='[loss]\ncross_entropy = "plain"\n')
     plan = plan_of(bart, text='[loss]\ncross_entropy = "chunked"\n')
     assert plan["cross_entropy"] == "chunked"
+
+
+@pytest.mark.parametrize("dim", ["cp_size", "sp_size"])
+def test_chunked_under_context_and_sequence_parallelism_reads_the_labels_shifted_before_the_cut(plan_of, dim):
+    launch = {"num_processes": 4, "strategy": "fsdp", "parallelism": {"cp_size": 4}}
+    if dim == "sp_size":
+        launch = {"num_processes": 4, "strategy": "deepspeed", "deepspeed": {"zero_stage": 3}, "parallelism": {"sp_size": 2}, "cpu": False}
+    plan = plan_of(launch=launch, loss={"cross_entropy": "chunked", "chunk_size": 64})
+    text = render(plan)["train.py"]
+    ast.parse(text)
+    if dim == "cp_size":  # training micro-batches carry shift_labels, cut with the sequence; evaluation's are whole
+        assert 'if "shift_labels" in batch:' in text and 'batch["shift_labels"], output_head, chunk_size, logit_softcap, shifted=True, same_chunks_across=chunks_across)' in text
+        assert "keep_head_gathered" in text
+    else:  # the group's sum of each rank's chunked sum; ZeRO-3 gathers the projection on each call
+        assert "sequence_parallel.causal_lm_loss(model, batch, summed_loss=chunked_sum)" in text
+        assert "chunks_across = torch.distributed.group.WORLD if accelerator.num_processes > 1 else None" in text
+        assert "shifted=True, reduction=\"sum\"" in text

@@ -155,6 +155,25 @@ def test_the_memory_estimate_divides_what_each_dimension_divides(plan_of):
     assert cp.logits == base.logits // 2 and cp.activations == pytest.approx(base.activations / 2, abs=1)
 
 
+@pytest.mark.parametrize("chunk", [64, 4096])
+def test_a_rank_of_a_split_sequence_holds_at_most_a_chunk_of_its_own_logits(plan_of, chunk):
+    """The chunked cross-entropy under cp_size 2: a rank holds min(chunk_size, its b * s / 2 tokens) of logits at
+    a time, and the output projection's gradient whole."""
+    from recipec.memory import LOGIT_COPIES
+
+    launch = {"num_processes": 8, "strategy": "fsdp", "parallelism": {"cp_size": 2}}
+    loss = {"cross_entropy": "chunked", "chunk_size": chunk}
+    whole = plan_of(launch={"num_processes": 4, "strategy": "fsdp"}, train={"batch_size": 16}, loss=loss)
+    cp = plan_of(launch=launch, train={"batch_size": 16}, loss=loss)
+    shape = whole.memory
+    b, s = whole["micro_batch_size"], whole["seq_len"]
+    vocab = next(int(n.split("vocab ")[1].split()[0]) for n in shape.notes if n.startswith("logits: "))
+    head_grad = shape.logits - min(chunk, b * s) * vocab * 4 * LOGIT_COPIES
+    assert head_grad > 0
+    assert cp.memory.logits == min(chunk, b * s // 2) * vocab * 4 * LOGIT_COPIES + head_grad
+    assert "b {} * s {} / (cp_size x sp_size 2))".format(b, s) in next(n for n in cp.memory.notes if n.startswith("logits: "))
+
+
 def test_zero_partitions_over_the_sequence_parallel_ranks_too(plan_of):
     """DeepSpeed shards ZeRO's state over the data-parallel and sequence-parallel ranks together (its
     seq_data_parallel_group; a run of 2 processes at sp 2 holds half of every matrix on each): 4 processes at
@@ -216,7 +235,6 @@ def test_the_model_must_split_over_the_tensor_parallel_ranks(plan_of, changes, e
         ({"data": {"seq_len": 36}}, "data.seq_len 36 is not a multiple of 2 x launch.parallelism.cp_size 4 = 8"),
         ({"data": {"packing": False}}, "data.packing false pads each document with an attention mask"),
         ({"model": {"attention": "eager"}}, 'ring attention, and model.attention is "eager"'),
-        ({"loss": {"cross_entropy": "chunked"}}, "[loss]'s chunked cross-entropy shifts the labels itself"),
         ({"ema": {"decay": 0.999}}, "[ema] keeps a full copy of the weights"),
     ],
 )
@@ -234,7 +252,6 @@ SP2 = {"num_processes": 4, "strategy": "deepspeed", "deepspeed": {"zero_stage": 
         ({"data": {"seq_len": 33}}, "data.seq_len 33 is not a multiple of launch.parallelism.sp_size 2"),
         ({"data": {"packing": False}}, "data.packing false pads each document with an attention mask, which Ulysses' attention drops"),
         ({"model": {"attention": "eager"}}, 'takes sdpa or flash attention, and model.attention is "eager"'),
-        ({"loss": {"cross_entropy": "chunked"}}, "hands each rank its slice of the labels shifted before the cut"),
         ({"model": {"config": {"hidden_size": 96, "num_attention_heads": 3, "num_key_value_heads": 3}}}, "num_attention_heads 3 is not divisible by launch.parallelism.sp_size 2"),
         ({"ema": {"decay": 0.999}}, "[ema] keeps a full copy of the weights"),
     ],

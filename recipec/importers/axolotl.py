@@ -1428,7 +1428,7 @@ def _plugins(d: Draft) -> None:
     axolotl's CutCrossEntropyPlugin turns `cut_cross_entropy` on unless the config sets it to
     false (CutCrossEntropyArgs, default true): a Triton kernel computes the loss without the
     logits. recipec's chunked cross-entropy computes the same loss with one chunk of logits at
-    a time, with tensor and context parallelism neither does (the mesh is kept instead).
+    a time, but not with tensor parallelism (the mesh is kept instead).
     """
     plugins = d.get("plugins")
     names = [str(p) for p in plugins] if isinstance(plugins, list) else [str(plugins)]
@@ -1439,9 +1439,8 @@ def _plugins(d: Draft) -> None:
     if d.get("cut_cross_entropy") is False:
         d.exact("plugins")  # loaded, and turned off
         return
-    split = [k for k in ("tensor_parallel_size", "context_parallel_size") if int(num(d.get(k) or 1)) > 1]
-    if split:
-        d.drop("plugins", "missing-feature", f"recipec's chunked cross-entropy, its stand-in for Cut Cross Entropy, does not run with {' and '.join(split)} above 1.")
+    if int(num(d.get("tensor_parallel_size") or 1)) > 1:
+        d.drop("plugins", "missing-feature", "recipec's chunked cross-entropy, its stand-in for Cut Cross Entropy, does not run with tensor_parallel_size above 1.")
         return
     if d.value("launch.strategy") == "fsdp" and d.value("launch.fsdp.version") == 1:
         d.drop("plugins", "missing-feature", "recipec's chunked cross-entropy, its stand-in for Cut Cross Entropy, runs under FSDP 2, and this config uses FSDP 1.")

@@ -92,8 +92,6 @@ def blocker(d: Draft, dim: str, size: int, kept: dict[str, int], given: int = 1)
         seq_len = d.value("data.seq_len")
         if isinstance(seq_len, int) and seq_len % (2 * size):
             return f"recipec's context parallelism cuts each sequence into 2 x cp_size chunks, and seq_len {seq_len} is not a multiple of {2 * size}"
-        if d.value("loss.cross_entropy") is not None:
-            return "recipec's chunked cross-entropy ([loss]) shifts the labels across the chunks context parallelism cuts"
     if dim == "sp_size":
         if strategy != "deepspeed":
             return f"recipec's sequence parallelism is DeepSpeed's (Ulysses), and the run's strategy is {strategy}"
@@ -122,8 +120,6 @@ def blocker(d: Draft, dim: str, size: int, kept: dict[str, int], given: int = 1)
                 return f"Ulysses gives every rank num_attention_heads / sp_size heads, and the model's {name} {line.value} does not divide by {size}"
             if name == "num_key_value_heads" and isinstance(line.value, int) and line.value % size and size % line.value:
                 return f"Ulysses splits or copies the KV heads, and the model's num_key_value_heads {line.value} and {size} do not divide one another"
-        if d.value("loss.cross_entropy") is not None:
-            return "recipec's chunked cross-entropy ([loss]) shifts the labels itself, and sequence parallelism hands each rank its slice of the labels shifted before the cut"
         if attention not in ("sdpa", "flash_attention_2", "flash_attention_3"):
             return f"DeepSpeed's Ulysses runs sdpa or flash attention, and the run's attention is {attention}"
     if dim == "sp_size" and kept.get("cp_size", 1) > 1:

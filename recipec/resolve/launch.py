@@ -224,13 +224,6 @@ def _mesh_settings(b: PlanBuilder, mesh: ParallelismTable) -> None:
             )
         # ring attention attends causally over the whole sequence: no mask, no position ids, no padding
         _whole_blocks(b, "context parallelism", "cp_size", cp, "which its ring attention cannot honour")
-        if b.get("cross_entropy") is not None:
-            b.error(
-                ("loss",),
-                f"[loss]'s chunked cross-entropy shifts the labels itself, across the chunks context parallelism "
-                f"(launch.parallelism.cp_size {cp}) cuts the sequence into",
-                "remove [loss] (the model's own loss takes the labels shifted before the cut), or set cp_size = 1",
-            )
         if r.model.attention != "sdpa":
             b.error(
                 ("model", "attention"),
@@ -268,13 +261,6 @@ def _mesh_settings(b: PlanBuilder, mesh: ParallelismTable) -> None:
                 f"use an sp_size that divides {kv} or a multiple of it",
             )
         _sequence_parallel_data(b, sp)
-        if b.get("cross_entropy") is not None:
-            b.error(
-                ("loss",),
-                f"[loss]'s chunked cross-entropy shifts the labels itself, and sequence parallelism (launch.parallelism."
-                f"sp_size {sp}) hands each rank its slice of the labels shifted before the cut",
-                "remove [loss] (the script sums the loss over the sp group itself), or set sp_size = 1",
-            )
         if r.model.attention not in ("sdpa", "flash_attention_2", "flash_attention_3"):
             b.error(
                 ("model", "attention"),

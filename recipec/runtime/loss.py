@@ -134,18 +134,20 @@ class LastHiddenState:
 
         Args:
             model: the model as training calls it (wrapped by DDP, torch.compile or PEFT, or not).
-            batch: ``input_ids``, ``labels`` and whatever else the model takes (``position_ids``).
+            batch: ``input_ids``, ``labels`` (or the pre-shifted ``shift_labels`` of context and
+                sequence parallelism, which are cut with the sequence) and whatever else the model
+                takes (``position_ids``).
             **kwargs: passed on to the forward (``use_cache``, ``output_router_logits``).
 
         Returns:
-            (hidden, outputs): hidden is (batch, seq, hidden) aligned with ``batch["labels"]``
+            (hidden, outputs): hidden is (batch, seq, hidden) aligned with the labels
             (prompt tuning's virtual tokens, prepended by PEFT, are cut off); outputs is the
             model's output (``aux_loss`` for a mixture of experts).
         """
         import torch
 
-        labels = batch["labels"]
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        labels = batch["shift_labels"] if "shift_labels" in batch else batch["labels"]  # cut with the sequence
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels")}
         nothing = torch.zeros(0, dtype=torch.long, device=labels.device)  # the logits of no position
         self._hidden = None  # not a state a forward outside this call left (a generation step's)
         outputs = model(**inputs, logits_to_keep=nothing, **kwargs)
@@ -182,7 +184,17 @@ def _chunk_loss(head: Any, hidden: Any, labels: Any, softcap: float | None) -> A
     return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
 
 
-def chunked_cross_entropy(hidden: Any, labels: Any, head: Any, chunk_size: int, softcap: float | None = None) -> Any:
+def chunked_cross_entropy(
+    hidden: Any,
+    labels: Any,
+    head: Any,
+    chunk_size: int,
+    softcap: float | None = None,
+    *,
+    shifted: bool = False,
+    reduction: str = "mean",
+    same_chunks_across: Any = None,
+) -> Any:
     """Mean next-token cross-entropy over the supervised tokens, ``chunk_size`` tokens at a time.
 
     Equal to transformers' causal-LM loss on ``head(hidden)``: position i predicts label i+1,
@@ -196,21 +208,39 @@ def chunked_cross_entropy(hidden: Any, labels: Any, head: Any, chunk_size: int, 
         head: the output projection (a module).
         chunk_size: tokens per chunk.
         softcap: the model's final logit soft-cap, if any.
+        shifted: ``labels`` are already shifted (position i's label is token i+1: context and
+            sequence parallelism shift them before cutting the sequence), as transformers'
+            ``shift_labels``.
+        reduction: "mean" over the supervised tokens, or "sum".
+        same_chunks_across: a process group (``torch.distributed.group.WORLD``) whose
+            processes all apply the projection as many times, the most chunks any of them
+            needs (the others' last chunks are empty): under ZeRO-3 each call of the
+            projection gathers its weights, a collective every process must join, and the
+            processes' micro-batches hold different numbers of supervised tokens (FSDP 2,
+            which keeps the projection's unit gathered, needs none). None: each process its
+            own count.
     """
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[..., 1:].reshape(-1)
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f'reduction must be "mean" or "sum", not {reduction!r}')
+    shifted = (labels if shifted else torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[..., 1:]).reshape(-1)
     keep = shifted != IGNORE
     count = keep.sum()
     hidden = hidden.reshape(-1, hidden.shape[-1])[keep]
     shifted = shifted[keep]
     total = torch.zeros((), device=hidden.device, dtype=torch.float32)
     # at least one (possibly empty) chunk, so the output projection always takes part in the graph (DDP)
-    for start in range(0, max(len(shifted), 1), chunk_size):
-        end = start + chunk_size
+    chunks = -(-max(len(shifted), 1) // chunk_size)
+    if same_chunks_across is not None:
+        most = torch.tensor([chunks], device=hidden.device)
+        torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX, group=same_chunks_across)
+        chunks = int(most.item())
+    for i in range(chunks):
+        start, end = i * chunk_size, (i + 1) * chunk_size
         total = total + checkpoint(_chunk_loss, head, hidden[start:end], shifted[start:end], softcap, use_reentrant=False)
-    return total / count
+    return total if reduction == "sum" else total / count
 
 
 def set_router_aux_loss_coef(model: Any, coef: float) -> str | None:

@@ -113,23 +113,28 @@ def summed_over(tensor: Any, sp_group: Any) -> Any:
     return dist_nn.all_reduce(tensor, group=sp_group)
 
 
-def causal_lm_loss(model: Any, batch: dict[str, Any], *, as_sum: bool = False) -> tuple[Any, Any]:
+def causal_lm_loss(model: Any, batch: dict[str, Any], *, as_sum: bool = False, summed_loss: Any = None) -> tuple[Any, Any]:
     """The mean cross-entropy over the supervised tokens of the group's whole sequences, and the model's outputs.
 
     ``batch`` is one slice from the adapter: ``input_ids``, ``position_ids`` and the
     pre-shifted ``shift_labels`` of this rank's part of the sequence. ``as_sum``: the
     cross-entropy summed over the group's supervised tokens and their count instead, as
     ``((total, tokens), outputs)``, for examples, whose step mean is over the whole step's tokens.
+    ``summed_loss(model, batch) -> (summed, outputs)``: how this rank's slice's cross-entropy is
+    summed (loss.cross_entropy "chunked"); None: from the model's full logits.
     """
     import torch
 
     labels = batch["shift_labels"]
     inputs = {k: v for k, v in batch.items() if k not in ("shift_labels", "labels")}
-    outputs = model(**inputs, use_cache=False)
-    logits = outputs.logits.float()
-    summed = torch.nn.functional.cross_entropy(
-        logits.view(-1, logits.size(-1)), labels.reshape(-1).to(logits.device), ignore_index=IGNORE, reduction="sum"
-    )
+    if summed_loss is None:
+        outputs = model(**inputs, use_cache=False)
+        logits = outputs.logits.float()
+        summed = torch.nn.functional.cross_entropy(
+            logits.view(-1, logits.size(-1)), labels.reshape(-1).to(logits.device), ignore_index=IGNORE, reduction="sum"
+        )
+    else:
+        summed, outputs = summed_loss(model, batch)
     count = (labels != IGNORE).sum().to(summed.device)
     sp_group = group()
     # the group's sum, differentiably: the backward sums the upstream gradients over the group too, as an

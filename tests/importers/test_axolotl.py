@@ -121,25 +121,24 @@ EXPECTED: dict[str, dict] = {
             "sample_packing",
             "saves_per_epoch",
             "activation_offloading",
+            "plugins",  # Cut Cross Entropy becomes the chunked cross-entropy
         },
         "dropped": {
             "evals_per_epoch": "ignored-by-tool",
             "min_sample_len": "no-equivalent",
             "tiled_mlp": "missing-feature",
             "dataset_prepared_path": NFT,
-            "plugins": "missing-feature",
         },
         "warnings": ["evaluation is configured but there is no held-out data", "launch.num_processes is 8, not the 1"],
     },
     "alst-deepspeed-cp8.yaml": {
         # the 8-bit optimizer takes the run to FSDP (recipec's DeepSpeed trains AdamW), where the split is cp_size
-        "approx": {"context_parallel_size", "attn_implementation", "deepspeed", "optimizer", "bf16", "sample_packing", "saves_per_epoch", "activation_offloading"},
+        "approx": {"context_parallel_size", "attn_implementation", "deepspeed", "optimizer", "bf16", "sample_packing", "saves_per_epoch", "activation_offloading", "plugins"},
         "dropped": {
             "evals_per_epoch": "ignored-by-tool",
             "min_sample_len": "no-equivalent",
             "tiled_mlp": "missing-feature",
             "dataset_prepared_path": NFT,
-            "plugins": "missing-feature",
         },
         "warnings": ["evaluation is configured but there is no held-out data", "launch.num_processes is 8, not the 1"],
     },
@@ -609,12 +608,11 @@ def test_sequence_parallel_fine_tuning_on_examples(tmp_path, attention, packing,
         assert "keeps packed examples apart with flash attention only" in result.draft.ledger["context_parallel_size"].why
 
 
-def test_sequence_parallel_with_chunked_cross_entropy_is_not_imported(tmp_path):
+def test_sequence_parallel_with_chunked_cross_entropy_keeps_both(tmp_path):
     text = (CONFIGS / "alst-deepspeed-cp8.yaml").read_text(encoding="utf-8").replace("adamw_torch_8bit", "adamw_torch")
     result = import_config(_write(tmp_path, text + "chunked_cross_entropy: true\n"), "axolotl")
-    assert result.draft.ledger["context_parallel_size"].reason == "missing-feature"
-    assert "chunked cross-entropy" in result.draft.ledger["context_parallel_size"].why
-    assert "parallelism" not in tomllib.loads(result.text)["launch"]
+    recipe = tomllib.loads(result.text)
+    assert recipe["launch"]["parallelism"] == {"sp_size": 8} and recipe["loss"]["cross_entropy"] == "chunked"
 
 
 def test_hsdp_tensor_parallel(imported):
@@ -744,7 +742,7 @@ CCE = "plugins:\n  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugi
     [
         ("", "chunked", "approx", "never holds the logits"),  # the plugin turns cut_cross_entropy on by default
         ("cut_cross_entropy: false\n", None, "exact", ""),
-        ("context_parallel_size: 2\n", None, "dropped", "context_parallel_size above 1"),
+        ("tensor_parallel_size: 2\n", None, "dropped", "tensor_parallel_size above 1"),
         ("plugins:\n  - axolotl.integrations.liger.LigerPlugin\n", None, "dropped", "LigerPlugin"),
     ],
 )
@@ -753,15 +751,19 @@ def test_the_cut_cross_entropy_plugin_is_the_chunked_cross_entropy(tmp_path, ext
     text = re.sub(r"^(reward_model|rl|model_type|num_labels|center_rewards_coefficient):.*\n", "", text, flags=re.M)
     text = re.sub(r"type: bradley_terry\.chat_template", "type: chat_template", text)
     text += ("" if extra.startswith("plugins") else CCE) + extra
-    result = import_config(_write(tmp_path, text), "axolotl", Options(name="cce", num_processes=2 if "context" in extra else 1))
+    result = import_config(_write(tmp_path, text), "axolotl", Options(name="cce", num_processes=2 if "parallel" in extra else 1))
     entry = result.draft.ledger["plugins"]
     assert entry.how == how and why in entry.why, entry
     assert tomllib.loads(result.text).get("loss", {}).get("cross_entropy") == loss
 
 
-def test_the_long_context_configs_keep_their_mesh_over_cut_cross_entropy(imported):
-    for name in ("alst-deepspeed-cp8.yaml", "alst-fsdp2-cp8.yaml"):
+def test_the_long_context_configs_split_the_sequence_with_the_chunked_cross_entropy(imported):
+    """axolotl's ALST examples: context parallelism 8 (ring attention under FSDP 2, where the 8-bit optimizer takes the
+    DeepSpeed one too) and Cut Cross Entropy, both kept; tensor parallelism keeps its mesh and leaves the plugin out."""
+    for name, dim in (("alst-deepspeed-cp8.yaml", "cp_size"), ("alst-fsdp2-cp8.yaml", "cp_size")):
         got = imported("axolotl", name)
-        assert "loss" not in got.recipe and got.recipe["launch"].get("parallelism"), name
-        entry = got.result.draft.ledger["plugins"]
-        assert entry.how == "dropped" and "context_parallel_size above 1" in entry.why, (name, entry)
+        assert got.recipe["launch"]["parallelism"].get(dim) == 8 and got.recipe["loss"]["cross_entropy"] == "chunked", name
+        assert got.result.draft.ledger["plugins"].how == "approx", name
+    got = imported("axolotl", "hsdp-tp-llama.yaml")
+    assert "loss" not in got.recipe and got.recipe["launch"]["parallelism"]["tp_size"] == 2
+    assert got.result.draft.ledger["plugins"].how == "dropped"

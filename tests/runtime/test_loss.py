@@ -274,12 +274,15 @@ def _sharded_chunks(rank: int, world: int, init_file: str, out_dir: str) -> None
 
     from recipec.runtime import sharding
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    import datetime
+
+    # a collective one process skips fails after a minute instead of waiting for ever
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     PartialState(cpu=True)
     g = torch.Generator().manual_seed(10 + rank)  # each rank its own micro-batch
     ids = torch.randint(0, VOCAB, (2, 16), generator=g)
     labels = ids.clone()
-    labels[0, :5] = -100
+    labels[0, : 5 + 9 * rank] = -100  # 27 and 18 supervised tokens: 6 and 4 chunks of 5, which FSDP 2 does not mind
     batch = {"input_ids": ids, "labels": labels}
 
     def build(how: str, tied: bool, mixed: bool):
@@ -365,3 +368,72 @@ def test_the_chunks_under_fsdp_2_give_the_models_own_loss_and_gradients(tmp_path
             assert r["names"][0] == r["names"][1], (rank, case)
             assert r["diff"] <= tol * r["scale"], (rank, case, r)
             assert r["resharded"], (rank, case)
+
+
+def test_labels_shifted_before_a_cut_give_transformers_loss_on_shift_labels() -> None:
+    """Context and sequence parallelism shift the labels before they cut the sequence: on a piece of the
+    sequence (here its second half), the chunked loss over the pre-shifted labels is the model's own loss given
+    `shift_labels`, as a mean and as a sum, value and gradients; the hidden state is cut to them."""
+    model = _model("llama")
+    batch = _batch()
+    shift = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+    piece = {k: v[:, 10:].contiguous() for k, v in (("input_ids", batch["input_ids"]), ("labels", batch["labels"]), ("shift_labels", shift))}
+    out, want = _plain(model, {"input_ids": piece["input_ids"], "labels": piece["labels"], "shift_labels": piece["shift_labels"]})
+    head, softcap, _ = xent.output_head(model)
+    kept = xent.LastHiddenState(model)
+    try:
+        for reduction in ("mean", "sum"):
+            model.zero_grad(set_to_none=True)
+            hidden, _ = kept(model, piece, use_cache=False)
+            assert hidden.shape[1] == 10
+            loss = xent.chunked_cross_entropy(hidden, piece["shift_labels"], head, 7, softcap, shifted=True, reduction=reduction)
+            count = (piece["shift_labels"] != -100).sum()
+            torch.testing.assert_close(loss, out.loss * (count if reduction == "sum" else 1), rtol=1e-6, atol=1e-6)
+            (loss / (count if reduction == "sum" else 1)).backward()
+            _assert_close(_grads(model), want)
+    finally:
+        kept.remove()
+    # the same labels unshifted would score each token against the next but one: not the loss above
+    hidden, _ = xent.LastHiddenState(model)(model, {"input_ids": piece["input_ids"], "labels": piece["shift_labels"]}, use_cache=False)
+    assert not torch.allclose(xent.chunked_cross_entropy(hidden, piece["shift_labels"], head, 7, softcap), out.loss)
+    with pytest.raises(ValueError, match="reduction"):
+        xent.chunked_cross_entropy(hidden, piece["shift_labels"], head, 7, softcap, reduction="none")
+
+
+def _counted_chunks(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, VOCAB, bias=False)
+    calls = []
+    head.register_forward_hook(lambda *_: calls.append(1))
+    hidden = torch.randn(1, 30, 8, requires_grad=True)
+    labels = torch.randint(0, VOCAB, (1, 30), generator=torch.Generator().manual_seed(rank))
+    labels[0, : 6 + 12 * rank] = -100  # 23 and 11 supervised tokens: 5 and 3 chunks of 5
+    results = {}
+    for name, group in (("own", None), ("same", dist.group.WORLD)):
+        calls.clear()
+        loss = xent.chunked_cross_entropy(hidden, labels, head, 5, same_chunks_across=group)
+        forward = len(calls)
+        loss.backward()
+        results[name] = {"loss": loss.item(), "forward": forward, "backward": len(calls) - forward}
+    Path(out_dir, f"{rank}.json").write_text(json.dumps(results))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_every_process_applies_the_projection_as_often_when_asked(tmp_path) -> None:
+    """ZeRO-3 gathers the projection on each call: with same_chunks_across, processes whose micro-batches hold
+    23 and 11 supervised tokens both run 5 chunks of 5 (forward and recomputed in the backward pass), and the
+    empty ones change no loss; without it, 5 and 3."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_counted_chunks, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
+    got = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    assert [(g["own"]["forward"], g["own"]["backward"]) for g in got] == [(5, 5), (3, 3)]
+    assert [(g["same"]["forward"], g["same"]["backward"]) for g in got] == [(5, 5), (5, 5)]
+    assert all(g["same"]["loss"] == g["own"]["loss"] for g in got)
