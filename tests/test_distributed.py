@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -338,3 +339,43 @@ def test_a_world_size_other_than_the_built_one_stops_before_training(tmp_path: P
     assert proc.returncode != 0
     assert "1 processes were started but the recipe says launch.num_processes = 2" in proc.stderr
     assert not (project / "runs" / "tiny" / "metrics.jsonl").exists()
+
+
+SLOW_STAGE = """
+import runpy, sys, time
+
+build_dir, delay = sys.argv[1], float(sys.argv[2])
+sys.path.insert(0, build_dir)
+from recipec_runtime import stage
+
+lookup = stage.lookup
+
+
+def slow_lookup(request):  # called by the main process only: the others wait for its entry
+    time.sleep(delay)
+    return lookup(request)
+
+
+stage.lookup = slow_lookup
+sys.argv = [build_dir + "/train.py"]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_the_collective_timeout_is_how_long_the_others_wait_for_the_data_stage(tmp_path: Path) -> None:
+    """launch.collective_timeout_minutes reaches the processes' default group: while the main process takes 8 s
+    over the data stage's entry, the other process gives up after 0.05 minutes (3 s) and the run fails; with
+    LLaMA-Factory's ddp_timeout of 180,000,000 s (3,000,000 minutes) it waits and trains."""
+    project = _project(tmp_path, RECIPE)
+    (project / "slow.py").write_text(SLOW_STAGE)
+    settings = ["train.max_steps=3", "train.save_every=0", "train.eval_every=0", "launch.num_processes=2"]
+    short = _build(project, *settings, "launch.collective_timeout_minutes=0.05")
+    started = time.monotonic()
+    failed = _launch(short, script=[str(project / "slow.py"), str(short), "8"], expect=None)
+    assert failed.returncode != 0
+    assert "timed out" in (failed.stdout + failed.stderr).lower(), failed.stderr[-3000:]
+    assert not (project / "runs" / "tiny" / "metrics.jsonl").exists()
+    long = _build(project, *settings, "launch.collective_timeout_minutes=3000000")
+    _launch(long, script=[str(project / "slow.py"), str(long), "8"])
+    assert len([m for m in _metrics(project / "runs" / "tiny") if "loss" in m]) == 3
+    assert time.monotonic() - started > 16  # both runs waited for the main process

@@ -905,3 +905,27 @@ def test_the_scripts_of_a_mesh_pass_it_to_the_accelerator(case: str, built: dict
     sp = parallelism.get("sp_size", 1) > 1
     assert ("sequence_parallel.micro_batches(accelerator, train_loader, model, skip)" in text) == sp
     assert ("loss, outputs = sequence_parallel.causal_lm_loss(model, batch)" in text) == sp
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
+def test_the_collective_timeout_goes_to_accelerates_process_group(plan_of, strategy):
+    import datetime
+
+    from recipec.render import render
+
+    launch = {"launch.num_processes": 2, "launch.strategy": strategy, "launch.cpu": strategy == "ddp"}
+    plain = render(plan_of(launch))["train.py"]
+    assert "collective_timeout_minutes" not in plain and "timeout=" not in plain.split("accelerator = Accelerator(")[1].split("\n)\n")[0]
+    plan = plan_of({**launch, "launch.collective_timeout_minutes": 90})
+    assert plan["collective_timeout_minutes"] == 90
+    text = render(plan)["train.py"]
+    assert "collective_timeout_minutes = 90.0  # launch.collective_timeout_minutes" in text
+    block = text.split("accelerator = Accelerator(")[1].split("\n)\n")[0]
+    assert 'backend="nccl" if torch.cuda.is_available() else "gloo"' in block
+    assert "timeout=datetime.timedelta(minutes=collective_timeout_minutes)" in block
+    # what accelerate hands torch.distributed.init_process_group
+    from accelerate.utils import InitProcessGroupKwargs
+
+    for backend in ("nccl", "gloo"):
+        kwargs = InitProcessGroupKwargs(backend=backend, timeout=datetime.timedelta(minutes=90)).to_kwargs()
+        assert kwargs["timeout"] == datetime.timedelta(minutes=90)

@@ -130,7 +130,7 @@ NOT_FOR_TRAINING: frozenset[str] = frozenset(
         "save_safetensors", "save_on_each_node", "save_only_model", "predict_with_generate",
         "generation_max_length", "generation_num_beams", "generation_config", "ray_scope", "tpu_metrics_debug",
         "use_legacy_prediction_loop", "logging_strategy", "bf16_full_eval", "fp16_full_eval", "jit_mode_eval",
-        "torch_empty_cache_steps", "ddp_timeout", "ddp_backend", "ddp_find_unused_parameters",
+        "torch_empty_cache_steps", "ddp_backend", "ddp_find_unused_parameters",
         "ddp_bucket_cap_mb", "ddp_broadcast_buffers", "ddp_static_graph", "dataloader_multiprocessing_context",
         "remove_unused_columns",
         "label_names", "metric_for_best_model", "greater_is_better", "load_best_model_at_end", "use_cache",
@@ -570,6 +570,12 @@ def training_args(
                 d.drop(k(hf), "missing-feature", "recipec's cross-entropy has no label smoothing.")
             else:
                 d.exact(k(hf))
+    if d.has(k("ddp_timeout")):  # seconds, handed to init_process_group (transformers' default 1800)
+        seconds = num(d.get(k("ddp_timeout")))
+        if seconds is not None and seconds > 0:
+            d.set("launch.collective_timeout_minutes", seconds / 60, k("ddp_timeout"))
+        else:
+            d.drop(k("ddp_timeout"), "no-equivalent", "a timeout of no time.")
     if d.has(k("neftune_noise_alpha")):
         if d.get(k("neftune_noise_alpha")):  # the Trainer registers transformers' hook, as recipec does
             d.set("train.neftune_noise_alpha", float(num(d.get(k("neftune_noise_alpha")))), k("neftune_noise_alpha"))

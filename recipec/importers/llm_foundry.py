@@ -1363,6 +1363,11 @@ class _Conv:
     def misc(self) -> None:
         for key in ("progress_bar", "log_to_console", "python_log_level", "log_config", "run_name", "metadata", "flatten_metadata", "profiler"):
             self.drop(key, "not-for-training", "logging and run bookkeeping.")
+        if "dist_timeout" in self.d.values and "dist_timeout" not in self.d.ledger:
+            # seconds, given to Composer's dist.initialize_dist as the process group's timeout
+            seconds = num(self.d.get("dist_timeout"))
+            if seconds is not None and seconds > 0:
+                self.set("launch.collective_timeout_minutes", seconds / 60, "dist_timeout")
         for key in ("dist_timeout", "expandable_segments", "max_split_size_mb", "cuda_load_lazy", "spin_dataloaders"):
             self.drop(key, "no-equivalent", "a process or memory-allocator setting recipec does not expose.")
         for key in ("icl_tasks", "icl_tasks_str", "eval_gauntlet", "eval_gauntlet_str", "icl_subset_num_batches", "icl_seq_len"):

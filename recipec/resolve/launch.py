@@ -120,6 +120,8 @@ def launch_settings(b: PlanBuilder) -> None:
     b.section("launch")
     for k in ("num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port", "strategy"):
         b.key(k, ("launch", k))
+    if launch.collective_timeout_minutes is not None:
+        b.key("collective_timeout_minutes", ("launch", "collective_timeout_minutes"))
     if launch.num_machines == 1:  # a warning, so that --set can scale a multi-machine recipe down to one
         for k in ("machine_rank", "main_process_ip"):
             if getattr(launch, k) == FROM_ENV:

@@ -18,7 +18,7 @@ NFT = "not-for-training"
 
 # What every fixture of LLaMA-Factory's example layout leaves out of the training: the
 # output and logging housekeeping of its examples.
-HOUSEKEEPING = {"ddp_timeout": NFT, "do_train": NFT, "overwrite_output_dir": NFT, "overwrite_cache": NFT, "plot_loss": NFT}
+HOUSEKEEPING = {"do_train": NFT, "overwrite_output_dir": NFT, "overwrite_cache": NFT, "plot_loss": NFT}
 DEMO = ("data/identity.json", "data/alpaca_en_demo.json")
 
 EXPECTED = {
@@ -455,3 +455,12 @@ def test_parallelism_config(tmp_path, imported):
     assert "parallelism" not in launch and launch["num_processes"] == 8 and launch["strategy"] == "deepspeed"
     assert got.result.draft.ledger["parallelism_config.tp_size"].how == "dropped"
     assert got.recipe["train"]["batch_size"] == 1 * 2 * 8
+
+
+def test_ddp_timeout_is_the_collective_timeout(imported):
+    """ddp_timeout (seconds, handed to init_process_group) -> launch.collective_timeout_minutes, exactly: the examples'
+    180,000,000 s (so that the other processes wait out the main process's tokenization) and qwen3's 1,800."""
+    for name, minutes in (("llama3_lora_sft.yaml", 3_000_000), ("qwen3_full_sft.yaml", 30)):
+        got = imported(TOOL, name, files=EXPECTED[name]["files"])
+        assert got.recipe["launch"]["collective_timeout_minutes"] == minutes
+        assert got.result.draft.ledger["ddp_timeout"].how == "exact"

@@ -75,7 +75,6 @@ EXPECTED = {
             **LOADER_PERF,
             "fsdp_config.limit_all_gathers": NOEQ,
             "fsdp_config.backward_prefetch": NOEQ,
-            "dist_timeout": NOEQ,
             "expandable_segments": NOEQ,
             "run_name": LOG,
             **MONITORS,
@@ -128,7 +127,6 @@ EXPECTED = {
             **LOADER_PERF,
             **EVAL_LOADER_FULL,
             "fsdp_config.limit_all_gathers": NOEQ,
-            "dist_timeout": NOEQ,
             "expandable_segments": NOEQ,
             "icl_seq_len": LOG,
             "variables.icl_seq_len": LOG,
@@ -731,3 +729,11 @@ def test_the_collator_s_padding_is_pad_to_multiple_of(tmp_path, imported, settin
         assert key in got.exact
     else:
         assert any(k == key for k, _ in got.result.draft.defaults)
+
+
+def test_dist_timeout_is_the_collective_timeout(imported):
+    """dist_timeout (seconds, Composer's process group timeout) -> launch.collective_timeout_minutes, exactly."""
+    for name, minutes in (("llama-scratch.yaml", 100), ("lora-llama-3-8b_dolly.yaml", 60)):
+        got = imported("llm-foundry", name)
+        assert got.recipe["launch"]["collective_timeout_minutes"] == minutes
+        assert got.result.draft.ledger["dist_timeout"].how == "exact"

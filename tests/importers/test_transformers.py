@@ -32,7 +32,6 @@ EXPECTED = {
             "accelerator_config.use_seedable_sampler": "no-equivalent",
             "dataloader_in_order": "no-equivalent",
             "hub_token": NFT,
-            "ddp_timeout": NFT,
             "logging_nan_inf_filter": NFT,
             "length_column_name": NFT,
             "log_level": NFT,
