@@ -71,7 +71,7 @@ def output_head(model: Any) -> tuple[Any, float | None, str | None]:
     return head, next((getattr(config, a) for a in SOFTCAPS if getattr(config, a, None) is not None), None), None
 
 
-def keep_head_gathered(model: Any, head: Any) -> str | None:
+def keep_head_gathered(model: Any, head: Any) -> None:
     """Under FSDP 2, keep the unit that holds the output projection gathered from the forward to the backward.
 
     The chunks apply the output projection after the model's forward returns (and again,
@@ -88,22 +88,18 @@ def keep_head_gathered(model: Any, head: Any) -> str | None:
     Args:
         model: the model as training calls it (an ``FSDPModule`` under FSDP 2).
         head: the output projection the chunks apply (``output_head``).
-
-    Returns:
-        None, or why the chunks cannot read the projection's weights.
     """
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # a torch without FSDP 2
-        return None
+        return
     if not isinstance(model, FSDPModule):
-        return None
+        return
     unit = model
     for module in model.modules():  # parents come before their children: the last match is the innermost
         if isinstance(module, FSDPModule) and any(m is head for m in module.modules()):
             unit = module
     unit.set_reshard_after_forward(False, recurse=False)
-    return None
 
 
 class LastHiddenState:
@@ -225,21 +221,21 @@ def chunked_cross_entropy(
 
     if reduction not in ("mean", "sum"):
         raise ValueError(f'reduction must be "mean" or "sum", not {reduction!r}')
-    shifted = (labels if shifted else torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[..., 1:]).reshape(-1)
-    keep = shifted != IGNORE
+    targets = (labels if shifted else torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[..., 1:]).reshape(-1)
+    keep = targets != IGNORE
     count = keep.sum()
     hidden = hidden.reshape(-1, hidden.shape[-1])[keep]
-    shifted = shifted[keep]
+    targets = targets[keep]
     total = torch.zeros((), device=hidden.device, dtype=torch.float32)
     # at least one (possibly empty) chunk, so the output projection always takes part in the graph (DDP)
-    chunks = -(-max(len(shifted), 1) // chunk_size)
+    chunks = -(-max(len(targets), 1) // chunk_size)
     if same_chunks_across is not None:
         most = torch.tensor([chunks], device=hidden.device)
         torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX, group=same_chunks_across)
         chunks = int(most.item())
     for i in range(chunks):
         start, end = i * chunk_size, (i + 1) * chunk_size
-        total = total + checkpoint(_chunk_loss, head, hidden[start:end], shifted[start:end], softcap, use_reentrant=False)
+        total = total + checkpoint(_chunk_loss, head, hidden[start:end], targets[start:end], softcap, use_reentrant=False)
     return total if reduction == "sum" else total / count
 
 
