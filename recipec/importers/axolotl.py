@@ -940,13 +940,18 @@ def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, s
         d.set(f"{src}.records", "preference", f"{key}.type", note=f"{typ}: prompt, chosen and rejected strings rendered in {template}")
         if fields:
             d.set(f"{src}.fields", fields, f"{key}.type")
-        d.approx("the record's optional `system` is not read", f"{key}.type")
+        # axolotl writes the turns as text ([system], user, then the answer closed by the end-of-turn marker);
+        # recipec renders the same turns, the record's system among them, with the template
+        d.set(
+            f"{src}.as_chat", True, f"{key}.type",
+            approx=f"axolotl writes the {template} turns itself, the answer closed by its end-of-turn marker alone; recipec renders the same turns with the {template} template",
+        )
         return "template:" + template
     if d.get("reward_model") and base == "bradley_terry" and fn == "chat_template":
         # BTChatTemplateStrategy: [system], user `input`, assistant `chosen` / `rejected`, in the config's chat template
         d.set(f"{src}.records", "preference", f"{key}.type", note=f"{typ}: the input, chosen and rejected strings of each pair")
         d.set(f"{src}.fields", {"prompt": "input"}, f"{key}.type")
-        d.approx("the record's optional `system` is not read", f"{key}.type")
+        d.set(f"{src}.as_chat", True, f"{key}.type", note="[system], user `input`, assistant `chosen` / `rejected`, in the chat template")
         return "examples"
     if rl in ("dpo", "ipo", "orpo", "simpo") and base == "chat_template":
         fields = {"prompt": ds.get("field_messages") or "messages", "chosen": ds.get("field_chosen") or "chosen", "rejected": ds.get("field_rejected") or "rejected"}

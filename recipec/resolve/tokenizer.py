@@ -69,7 +69,9 @@ def chat_settings(b: PlanBuilder) -> None:
             "output layers train in full beside the adapter",
         )
     # prompt_style "alpaca" renders alpaca records as prompt/completion text, with no template
-    conversational = [(i, s) for i, s in enumerate(r.data.sources) if s.records in NEEDS_TEMPLATE and s.prompt_style != "alpaca"]
+    conversational = [
+        (i, s) for i, s in enumerate(r.data.sources) if (s.records in NEEDS_TEMPLATE and s.prompt_style != "alpaca") or s.as_chat
+    ]
     template = chat.effective
     if template is None:
         if conversational and chat.tokenizer_known:

@@ -47,9 +47,9 @@ DEFAULT_FIELDS: dict[str, dict[str, str]] = {
     "messages": {"messages": "messages", "role": "role", "content": "content"},
     "sharegpt": {"messages": "conversations", "role": "from", "content": "value"},
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output", "system": "system"},
-    "prompt_completion": {"prompt": "prompt", "completion": "completion", "role": "role", "content": "content"},
-    "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "role": "role", "content": "content"},
-    "unpaired_preference": {"prompt": "prompt", "completion": "completion", "label": "label", "role": "role", "content": "content"},
+    "prompt_completion": {"prompt": "prompt", "completion": "completion", "role": "role", "content": "content", "system": "system"},
+    "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "role": "role", "content": "content", "system": "system"},
+    "unpaired_preference": {"prompt": "prompt", "completion": "completion", "label": "label", "role": "role", "content": "content", "system": "system"},
 }
 """Each format's fields: the name recipec uses -> the record's key (a recipe may rename any)."""
 
@@ -100,6 +100,8 @@ def to_example(
     roles: dict[str, str] | None = None,
     system: str | dict[str, str] = "keep",
     prompt_style: str = "chat",
+    *,
+    as_chat: bool = False,
 ) -> dict[str, Any]:
     """Turn one record into an example (see the module docstring).
 
@@ -112,6 +114,9 @@ def to_example(
             ``{"default": text}`` (the system message of a conversation that has none) or
             ``{"replace": text}`` (every conversation's only system message); see :func:`with_system`.
         prompt_style: for alpaca records, one of :data:`PROMPT_STYLES`.
+        as_chat: string prompts and completions (prompt_completion and preference records) as a
+            conversation: the record's ``system`` field (when non-empty) as a system message, the
+            prompt as a user turn, the completion as the assistant's (see :func:`as_conversation`).
 
     Raises:
         RecordError: the record lacks a field, has a wrong type, an unknown role or no
@@ -135,11 +140,31 @@ def to_example(
         example = {"messages": [*head, {"role": "user", "content": alpaca_prompt(instruction, extra)}, {"role": "assistant", "content": output}], "completion_from": None}
     else:
         example = _READERS[format](record, f, r)
+    if as_chat and format in ("prompt_completion", "preference", "unpaired_preference"):
+        own_system = _optional_string(record, f["system"])
+        if "chosen" in example:
+            example = {side: as_conversation(example[side], own_system) for side in ("chosen", "rejected")}
+        else:
+            example = as_conversation(example, own_system)
     if system == "keep" or format == "text":
         return example
     if "chosen" in example:
         return {side: with_system(example[side], system, f["prompt"]) for side in ("chosen", "rejected")}
     return with_system(example, system, f.get("prompt", f.get("messages", "")))
+
+
+def as_conversation(example: dict[str, Any], system: str = "") -> dict[str, Any]:
+    """A prompt/completion example of two strings as a conversation (a message list is one already).
+
+    ``[{system}], {user: prompt}, {assistant: completion}``, the completion from the assistant's turn;
+    other keys (a KTO ``label``) are kept.
+    """
+    if "prompt" not in example:
+        return example
+    head = [{"role": "system", "content": system}] if system else []
+    messages = [*head, {"role": "user", "content": example["prompt"]}, {"role": "assistant", "content": example["completion"]}]
+    rest = {k: v for k, v in example.items() if k not in ("prompt", "completion")}
+    return {**rest, "messages": messages, "completion_from": len(messages) - 1}
 
 
 def with_system(example: dict[str, Any], system: str | dict[str, str], where: str) -> dict[str, Any]:

@@ -522,6 +522,7 @@ class _Reader:
         self.roles = source.get("roles") or {}
         self.system = source.get("system") or "keep"
         self.prompt_style = source.get("prompt_style") or "chat"
+        self.as_chat = bool(source.get("as_chat"))
         self.mds_shards = source.get("mds_shards")  # some of an MDS dataset's shards (the Ray executor's tasks)
         if self.records not in formats.FORMATS:
             raise DataError(f"{label}: unknown records {self.records!r}; expected one of {', '.join(formats.FORMATS)}")
@@ -663,7 +664,9 @@ class _Reader:
     def example(self, record: dict, where: str) -> dict | None:
         """The record as an example of the source's ``records`` format, or None after reporting why not."""
         try:
-            return formats.to_example(record, self.records, self.record_fields, self.roles, self.system, self.prompt_style)
+            return formats.to_example(
+                record, self.records, self.record_fields, self.roles, self.system, self.prompt_style, as_chat=self.as_chat
+            )
         except formats.RecordError as e:
             self.bad(where, f"{self.records} record: {e}")
             return None
@@ -1088,6 +1091,8 @@ def fingerprint_source(
         settings["system"] = source["system"]
     if source.get("prompt_style", "chat") != "chat":
         settings["prompt_style"] = source["prompt_style"]
+    if source.get("as_chat"):
+        settings["as_chat"] = True
     digest = hashlib.sha256(b"recipec-source-v1\0")
     digest.update(json.dumps(settings, sort_keys=True).encode("utf-8") + b"\0")
 

@@ -16,9 +16,9 @@ RECORD_FIELDS = {
     "messages": ("messages", "role", "content"),
     "sharegpt": ("messages", "role", "content"),
     "alpaca": ("instruction", "input", "output", "system"),
-    "prompt_completion": ("prompt", "completion", "role", "content"),
-    "preference": ("prompt", "chosen", "rejected", "role", "content"),
-    "unpaired_preference": ("prompt", "completion", "label", "role", "content"),
+    "prompt_completion": ("prompt", "completion", "role", "content", "system"),
+    "preference": ("prompt", "chosen", "rejected", "role", "content", "system"),
+    "unpaired_preference": ("prompt", "completion", "label", "role", "content", "system"),
     "tokens": ("input_ids",),
 }
 """The fields each record format reads, by the name `fields` renames them with (recipec_runtime/formats.py has their defaults)."""
@@ -146,6 +146,9 @@ class Source(Table):
     roles: dict[str, str] | None = None
     """Role names of the records mapped to system, user, assistant or tool, e.g. `{human = "user", bot = "assistant"}` (sharegpt maps human, gpt and system by default)."""
 
+    as_chat: bool = False
+    """`prompt_completion`, `preference` and `unpaired_preference` records whose prompt and completion are strings: render each as a conversation with the chat template, the prompt a user turn (after the record's `system` field, when it has a non-empty one, as a system message) and the completion the assistant's turn, as axolotl's Bradley-Terry reward data are. false (the default): plain text, the prompt's tokens then the completion's then EOS, as TRL reads strings. Records whose sides are message lists are conversations either way."""
+
     prompt_style: Literal["chat", "alpaca", "alpaca_chat"] = "chat"
     """How `alpaca` records are rendered: `chat` (the chat template renders a conversation whose user turn is the instruction, then the input after a blank line), `alpaca` (Stanford Alpaca's prompt text, "Below is an instruction that describes a task... ### Instruction: ... ### Response:", then the output and EOS, with no chat template, as axolotl's `type: alpaca` and LitGPT's `prompt_style: alpaca`; a record's `system` takes the preamble's place) or `alpaca_chat` (that prompt text as the user turn of the chat template, as torchtune's `alpaca_dataset`)."""
 
@@ -195,6 +198,8 @@ class Source(Table):
                     raise key_error(key, f"`{key}` applies only to a `path` source")
             if self.records != "text":
                 raise key_error("records", "a builtin corpus holds text records")
+        if self.as_chat and self.records not in ("prompt_completion", "preference", "unpaired_preference"):
+            raise key_error("as_chat", f'`as_chat` renders the string prompts and completions of prompt_completion and preference records, and `records` is "{self.records}"')
         if self.prompt_style != "chat" and self.records != "alpaca":
             raise key_error("prompt_style", f'`prompt_style` renders alpaca records, and `records` is "{self.records}"')
         if self.prompt_style == "alpaca" and self.system != "keep":

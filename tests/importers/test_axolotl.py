@@ -54,7 +54,7 @@ EXPECTED: dict[str, dict] = {
         "approx": {
             "bf16",
             "tokenizer_type",
-            "datasets[0].type",  # the record's `system` is not read
+            "datasets[0].type",  # axolotl writes the ChatML turns itself
             "special_tokens.bos_token",
             "warmup_ratio",
             "evals_per_epoch",
@@ -79,7 +79,6 @@ EXPECTED: dict[str, dict] = {
     },
     "gemma2-reward-model.yaml": {
         "approx": {
-            "datasets[0].type",  # bradley_terry.chat_template: the record's `system` is not read
             "chat_template",  # axolotl's gemma template refuses a system message: not written out
             "warmup_ratio",
             "saves_per_epoch",
@@ -251,7 +250,7 @@ def test_dpo_chatml_intel(imported):
     r = imported("axolotl", "dpo-chatml-intel.yaml").recipe
     assert r["preference"] == {"objective": "dpo", "beta": 0.1}
     (src,) = r["data"]["sources"]
-    assert src == {"hub": {"repo": "Intel/orca_dpo_pairs", "split": "train"}, "records": "preference", "fields": {"prompt": "question"}}
+    assert src == {"hub": {"repo": "Intel/orca_dpo_pairs", "split": "train"}, "records": "preference", "fields": {"prompt": "question"}, "as_chat": True}
     assert "<|im_start|>" in r["tokenizer"]["chat_template"]
     assert r["peft"]["modules_to_save"] == ["embed_tokens", "lm_head"]
     assert r["output"]["trackers"] == ["wandb"]
@@ -718,7 +717,8 @@ def test_a_reward_model_trains_on_its_bradley_terry_pairs(imported, tmp_path):
     r = got.recipe
     assert r["preference"] == {"objective": "reward"}
     (src,) = r["data"]["sources"]
-    assert src == {"hub": {"repo": "argilla/distilabel-intel-orca-dpo-pairs"}, "records": "preference", "fields": {"prompt": "input"}}
+    assert src == {"hub": {"repo": "argilla/distilabel-intel-orca-dpo-pairs"}, "records": "preference", "fields": {"prompt": "input"}, "as_chat": True}
+    assert got.result.draft.ledger["datasets[0].type"].how == "exact"  # the record's system read too
     ledger = got.result.draft.ledger
     assert ledger["model_type"].how == "exact" and ledger["num_labels"].how == "exact" and ledger["reward_model"].how == "exact"
     text = (CONFIGS / "gemma2-reward-model.yaml").read_text(encoding="utf-8")

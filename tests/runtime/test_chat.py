@@ -205,3 +205,24 @@ def test_held_out_prompts_cut_each_example_before_its_answer():
     ]
     assert held_out_prompts(rows, 5) == [[1, 2], [4, 5, 6], [8]]
     assert held_out_prompts(rows, 2) == [[1, 2], [4, 5, 6]]
+
+
+def test_a_pair_of_strings_as_chat_is_rendered_as_axolotls_bradley_terry_renders_it():
+    """axolotl's bradley_terry.chat_template renders [system], user `input`, assistant `chosen` (or `rejected`) with
+    the chat template: with as_chat each side's ids are the tokenizer's apply_chat_template of those messages, and
+    the loss sees the assistant's turn only."""
+    from recipec.runtime.chat import tokenize_preference
+    from recipec.runtime.preference import REJECTED, SUPERVISED
+
+    tok = chat_tokenizer(CHATML_MARKED)
+    record = {"input": "What is 2+2?", "chosen": "4", "rejected": "5", "system": "Answer with a number."}
+    example = to_example(record, "preference", {"prompt": "input"}, as_chat=True)
+    ids, mask, reason = tokenize_preference(tok, example, max_length=128, overflow="drop")
+    assert reason is None
+    for side, rejected in (("chosen", False), ("rejected", True)):
+        messages = [{"role": "system", "content": record["system"]}, {"role": "user", "content": record["input"]}, {"role": "assistant", "content": record[side]}]
+        want = list(tok.apply_chat_template(messages, tokenize=True, return_dict=False))
+        got = [i for i, m in zip(ids, mask) if bool(m & REJECTED) == rejected]
+        assert got == want, side
+        seen = [i for i, m in zip(ids, mask) if bool(m & REJECTED) == rejected and m & SUPERVISED]
+        assert tok.decode(seen).startswith(record[side]) and IM_START not in tok.decode(seen), (side, tok.decode(seen))

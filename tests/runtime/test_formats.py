@@ -213,3 +213,27 @@ def test_alpaca_prompt_styles_write_the_tools_own_prompt(extra):
     assert own == "You add.\n\n" + want.split("\n\n", 1)[1]  # the record's system in the preamble's place
     with pytest.raises(RecordError, match="`output` is empty"):
         to_example({**record, "output": ""}, "alpaca", prompt_style="alpaca")
+
+
+def test_as_chat_makes_string_sides_a_conversation_with_the_records_system():
+    """as_chat: a string prompt is the user's turn (after the record's non-empty `system`), the completion the
+    assistant's; message lists, KTO labels and the source's `system` setting stay as they are."""
+    record = {"input": "Q?", "chosen": "yes", "rejected": "no", "system": "Be kind."}
+    ex = to_example(record, "preference", {"prompt": "input"}, as_chat=True)
+    assert ex["chosen"] == {
+        "messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Q?"}, {"role": "assistant", "content": "yes"}],
+        "completion_from": 2,
+    }
+    assert ex["rejected"]["messages"][-1] == {"role": "assistant", "content": "no"}
+    plain = to_example({**record, "system": ""}, "preference", {"prompt": "input"}, as_chat=True)
+    assert [m["role"] for m in plain["chosen"]["messages"]] == ["user", "assistant"] and plain["chosen"]["completion_from"] == 1
+    assert to_example(record, "preference", {"prompt": "input"}) == {  # without it: text, the system unread
+        "chosen": {"prompt": "Q?", "completion": "yes"},
+        "rejected": {"prompt": "Q?", "completion": "no"},
+    }
+    kto = to_example({"prompt": "Q?", "completion": "yes", "label": True}, "unpaired_preference", as_chat=True)
+    assert kto == {"label": True, "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "yes"}], "completion_from": 1}
+    replaced = to_example(record, "preference", {"prompt": "input"}, system={"replace": "Be terse."}, as_chat=True)
+    assert replaced["chosen"]["messages"][0] == {"role": "system", "content": "Be terse."} and len(replaced["chosen"]["messages"]) == 3
+    listed = {"prompt": [{"role": "user", "content": "Hi?"}], "completion": [{"role": "assistant", "content": "Hello."}]}
+    assert to_example(listed, "prompt_completion", as_chat=True) == to_example(listed, "prompt_completion")

@@ -93,3 +93,27 @@ def test_kto_labels_and_a_label_that_is_not_boolean(tmp_path, tokenizer_dir):
     write_jsonl(tmp_path / "k.jsonl", rows)
     with pytest.raises(DataError, match=r"k.jsonl:3: unpaired_preference record: `label` is 'yes' \(str\), not a boolean"):
         run(request(tmp_path, tokenizer_dir, [{"path": "k.jsonl", "records": "unpaired_preference"}], seq_len=128))
+
+
+def test_string_pairs_as_chat_are_rendered_in_the_template_with_the_records_system(tmp_path, tokenizer_dir):
+    """A source's as_chat through the stage: the string sides become ChatML turns (the record's system first), the
+    loss on the answers; without it, the same records are plain text; the two are separate cache entries."""
+    rows = [{"input": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": "No idea.", "system": "Be exact." if i % 2 else ""} for i in range(12)]
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    source = {"path": "p.jsonl", "records": "preference", "fields": {"prompt": "input"}}
+    chat_req = request(tmp_path, tokenizer_dir, [{**source, "as_chat": True}], seq_len=128)
+    text_req = request(tmp_path, tokenizer_dir, [source], seq_len=128)
+    chat, text = run(chat_req), run(text_req)
+    assert chat.dir != text.dir
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    systems = 0
+    for row in rows_of(chat):
+        rendered = tok.decode(row["input_ids"])
+        assert rendered.count(IM_START + "user") == 2 and rendered.count(IM_START + "assistant") == 2
+        systems += rendered.count(IM_START + "system")
+        answer = tok.decode([t for t, m in zip(row["input_ids"], row["mask"]) if m == P.SUPERVISED])
+        assert answer.startswith("It is") and IM_START not in answer
+    assert systems == 2 * 6  # both sides of the six records with a system
+    assert all(IM_START not in tok.decode(row["input_ids"]) for row in rows_of(text))
