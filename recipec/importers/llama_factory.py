@@ -810,9 +810,13 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
         else:
             fields = {"prompt": columns.get("prompt", "instruction"), "chosen": columns.get("chosen", "chosen"),
                       "rejected": columns.get("rejected", "rejected")}
+            if columns.get("system", "system") != "system":
+                fields["system"] = columns["system"]
             d.set(f"{src}.fields", fields, *keys)
-            if "query" in columns or "system" in columns:
-                differs.append(f"{name!r}: the input and system columns are not read; recipec's prompt is one column")
+            # LLaMA-Factory's template renders the instruction as the user's turn and each answer as the assistant's
+            d.set(f"{src}.as_chat", True, *keys)
+            if "query" in columns:
+                differs.append(f"{name!r}: the input column is not read; recipec's prompt is one column")
         if records != "preference":
             d.warn(f"the dataset {name!r} holds preference pairs, which stage {d.get('stage', 'sft')!r} cannot train on", key)
         return differs

@@ -464,3 +464,14 @@ def test_ddp_timeout_is_the_collective_timeout(imported):
         got = imported(TOOL, name, files=EXPECTED[name]["files"])
         assert got.recipe["launch"]["collective_timeout_minutes"] == minutes
         assert got.result.draft.ledger["ddp_timeout"].how == "exact"
+
+
+def test_alpaca_style_pairs_are_rendered_in_the_template_with_their_system(tmp_path, monkeypatch):
+    """LLaMA-Factory renders an alpaca-style ranking dataset's instruction as the user's turn and each answer as the
+    assistant's, in its template, with the system column as the system message: as_chat = true with the columns."""
+    draft = _warnings(tmp_path, monkeypatch, "stage: dpo\ndataset: orca_pairs,ultrafeedback\ntemplate: llama3\n")
+    recipe = tomllib.loads((tmp_path / "c.toml").read_text(encoding="utf-8"))
+    orca, ultra = recipe["data"]["sources"]
+    assert orca["as_chat"] and orca["fields"] == {"prompt": "question", "chosen": "chosen", "rejected": "rejected"}
+    assert ultra["as_chat"] and ultra["fields"] == {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"}
+    assert not any("system" in message for message, _ in draft.warnings)
