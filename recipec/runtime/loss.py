@@ -86,13 +86,15 @@ def keep_head_gathered(model: Any, head: Any) -> None:
     gathers the projection on each call) are left as they are.
 
     Args:
-        model: the model as training calls it (an ``FSDPModule`` under FSDP 2).
+        model: the model as training calls it (an ``FSDPModule`` under FSDP 2, perhaps compiled:
+            accelerate's prepare wraps it in ``torch.compile``'s module with ``model.compile``).
         head: the output projection the chunks apply (``output_head``).
     """
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # a torch without FSDP 2
         return
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule keeps the module it compiles
     if not isinstance(model, FSDPModule):
         return
     unit = model

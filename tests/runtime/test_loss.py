@@ -317,8 +317,8 @@ def _sharded_chunks(rank: int, world: int, init_file: str, out_dir: str) -> None
             head, softcap, problem = xent.output_head(model)
             assert problem is None
             kept = xent.LastHiddenState(model)
-            if keep:
-                xent.keep_head_gathered(model, head)
+            if keep:  # as accelerate hands it back with model.compile: torch.compile's wrapper (compiled lazily, not run here)
+                xent.keep_head_gathered(torch.compile(model), head)
             try:
                 with torch.no_grad():  # evaluation first: the root stays gathered after a forward without gradients too
                     hidden, _ = kept(model, batch, use_cache=False)
