@@ -53,6 +53,9 @@ WIDE = [
     "train.batch_size=16",
 ]
 
+# optim.step_in_backward (one micro-batch a step, no clipping)
+IN_BACKWARD = ["optim.grad_clip=0", "optim.step_in_backward=true"]
+
 # the quickstart's sizes in gpt2 (no intermediate_size: n_inner is 4 * n_embd) and in
 # gemma3_text (grouped-query attention, every layer a sliding-window layer of 64 tokens)
 GPT2 = [
@@ -188,7 +191,13 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart eval b64 bf16": ("recipes/quickstart.toml", ["train.eval_micro_batch_size=64", 'launch.mixed_precision="bf16"']),
     "quickstart eval b64 bf16 weights": ("recipes/quickstart.toml", ["train.eval_micro_batch_size=64", 'model.dtype="bfloat16"']),
     "quickstart eval b64 lora": ("recipes/quickstart.toml", ["train.eval_micro_batch_size=64", 'peft={method="lora", r=8}']),
+    "quickstart in backward": ("recipes/quickstart.toml", [*IN_BACKWARD, "train.batch_size=16"]),
+    "quickstart ckpt in backward": ("recipes/quickstart.toml", [*IN_BACKWARD, "train.batch_size=16", "model.gradient_checkpointing=true"]),
     "wide 6L b8": ("recipes/quickstart.toml", WIDE),
+    "wide 6L b8 x1": ("recipes/quickstart.toml", [*WIDE, "optim.grad_clip=0", "train.batch_size=8"]),
+    "wide 6L b8 x1 ckpt": ("recipes/quickstart.toml", [*WIDE, "optim.grad_clip=0", "train.batch_size=8", "model.gradient_checkpointing=true"]),
+    "wide 6L b8 in backward": ("recipes/quickstart.toml", [*WIDE, *IN_BACKWARD, "train.batch_size=8"]),
+    "wide 6L b8 ckpt in backward": ("recipes/quickstart.toml", [*WIDE, *IN_BACKWARD, "train.batch_size=8", "model.gradient_checkpointing=true"]),
     "wide 6L b8 eval b32": ("recipes/quickstart.toml", [*WIDE, "train.eval_micro_batch_size=32"]),
     "wide 6L b8 ckpt": (
         "recipes/quickstart.toml",
@@ -322,7 +331,7 @@ def _worker(spec: dict) -> None:
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from recipec.runtime import adapters, loss as lm_loss
+    from recipec.runtime import adapters, loss as lm_loss, optimizers
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -360,6 +369,8 @@ def _worker(spec: dict) -> None:
             optimizer = torch.optim.AdamW(
                 [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3
             )
+        # optim.step_in_backward: each parameter steps (and frees its gradient) inside the backward pass
+        in_backward = optimizers.StepInBackward(optimizer) if spec["step_in_backward"] else None
         b, s, accum = spec["micro_batch_size"], spec["seq_len"], spec["grad_accum_steps"]
         mixed = spec["mixed_precision"]
         for _ in range(spec["steps"]):
@@ -368,8 +379,11 @@ def _worker(spec: dict) -> None:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed == "bf16"):
                     loss = causal_lm_loss(model, x) / accum  # as train.py
                 loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if in_backward is not None:
+                in_backward.finish()
+            else:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         return model, optimizer  # the optimizer's state stays alive through the evaluation, as in train.py
 
     def evaluate(model) -> None:
@@ -438,6 +452,7 @@ def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[o
         "grad_accum_steps": plan["grad_accum_steps"],
         "eval_micro_batch_size": eval_b if eval_b is not None and eval_b > r.train.micro_batch_size else None,
         "chunk_size": plan.get("chunk_size"),
+        "step_in_backward": bool(plan.get("step_in_backward")),
         "steps": steps,
         "device": device,
     }

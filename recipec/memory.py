@@ -1223,6 +1223,17 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
         grads_how += f" / tp_size {tp}"
         optim_how += f" / tp_size {tp}"
         shard += f"; split over tp_size {tp} (heads and MLP columns)"
+    grads_what = f"{trainable:,} trainable ({'adapter' if peft is not None else 'optim.trainable' if partial else 'all'}) x {g_bytes} B"
+    if recipe.optim.step_in_backward and peft is None and grads_b:
+        # each parameter steps and frees its gradient as soon as the backward pass finishes it (one micro-batch a
+        # step, so no gradient is kept from an earlier one): none is alive at the peak, where the backward pass
+        # starts from the logits; one tensor's later (at most the embedding matrix), once the logits are freed
+        largest = max([shape.embedding_params(), *(n_in * n_out for n_in, n_out, _ in shape.linears().values())])
+        grads_b, grads_how = 0.0, ""
+        grads_what = (
+            f"none at the peak (optim.step_in_backward: each parameter steps and frees its gradient as the backward pass "
+            f"finishes it; one tensor's at a time, at most {largest:,} x {g_bytes} B, after the logits are freed)"
+        )
     checkpointing = recipe.model.gradient_checkpointing or bool(
         launch.strategy == "fsdp" and launch.fsdp is not None and launch.fsdp.activation_checkpointing
     )
@@ -1354,7 +1365,6 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
         precision += f", + the frozen reference copy ({n_params:,} x {p_bytes} B)"
     parts = [int(round(x)) for x in (params_b, grads_b, optim_b)]
     per_device = sum(parts) + act_b + logits_b
-    what = "adapter" if peft is not None else "optim.trainable" if partial else "all"
     if partial:
         notes.append("optim.trainable: activations counted as if every layer trained (frozen early layers keep less: an upper bound)")
     if reward:
@@ -1367,7 +1377,7 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
     capped = f" + the soft-cap's tanh output, {capped_b} B a logit" if capped_b else ""
     notes += [
         f"params: {n_params:,} parameters{f' + {adapter:,} adapter' if peft else ''} ({precision}){shard}",
-        f"grads: {trainable:,} trainable ({what}) x {g_bytes} B{grads_how}",
+        f"grads: {grads_what}{grads_how}",
         f"optimizer: {optim_what}{optim_how}",
         f"activations: {act_formula}",
         (

@@ -1038,12 +1038,8 @@ def _optimizer(draft: Draft, recipe: str, reads: set[str]) -> None:
             draft.drop(k(key), "missing-feature", "a bitsandbytes setting recipec keeps at its default.")
     if "optimizer_in_bwd" in reads and draft.has("optimizer_in_bwd"):
         if draft.get("optimizer_in_bwd"):
-            draft.drop(
-                "optimizer_in_bwd",
-                "missing-feature",
-                "recipec steps the optimizer after the backward pass; the update is the same (torchtune allows it only "
-                "without accumulation and clipping), only the memory differs.",
-            )
+            # torchtune (as recipec) allows it only without accumulation and clipping, which recipec's checks name
+            draft.set("optim.step_in_backward", True, "optimizer_in_bwd")
         else:
             draft.exact("optimizer_in_bwd")
     if "clip_grad_norm" in reads:

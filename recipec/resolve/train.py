@@ -160,8 +160,64 @@ def train_settings(b: PlanBuilder) -> None:
                 "the reference's, which the same embeddings compute)",
                 "remove neftune_noise_alpha (it is for supervised fine-tuning)",
             )
+    if r.optim.step_in_backward:
+        step_in_backward_settings(b, grad_accum)
     if d.eval_fraction == 0 and t.eval_every > 0 and not any(src.split == "eval" for src in d.sources):
         b.warn(("train", "eval_every"), "data.eval_fraction is 0: there is no held-out split, so no evaluation runs")
+
+
+def step_in_backward_settings(b: PlanBuilder, grad_accum: int) -> None:
+    """`optim.step_in_backward`, and what it cannot run with.
+
+    Each parameter steps when its gradient is finished (recipec_runtime/optimizers.py
+    StepInBackward), so nothing may need the whole gradient first: clipping, accumulation over
+    micro-batches, fp16's loss scaler, AdaLoRA's rank budget. The gradient must be final when it
+    is finished: FSDP 2 reduce-scatters it before the hook, DDP and DeepSpeed average it after.
+    """
+    r = b.recipe
+    o, launch = r.optim, r.launch
+    key = ("optim", "step_in_backward")
+    b.key("step_in_backward", key)
+    why = "optim.step_in_backward steps each parameter as soon as its gradient is finished"
+    if o.grad_clip > 0:
+        b.error(
+            key,
+            f"{why}, before the global norm that optim.grad_clip {o.grad_clip:g} clips to is known",
+            "set optim.grad_clip = 0 (the script still logs the gradient norm), or remove step_in_backward",
+        )
+    if grad_accum > 1:
+        per_step = r.train.micro_batch_size * data_parallel_size(launch)
+        b.error(
+            key,
+            f"{why}, so every micro-batch would be a step, and train.batch_size {r.train.batch_size} takes "
+            f"grad_accum_steps {grad_accum} micro-batches of {per_step} sequences over the processes",
+            f"set train.batch_size = {per_step} (one micro-batch a step), or raise micro_batch_size to {r.train.batch_size // data_parallel_size(launch)}",
+        )
+    if launch.strategy == "deepspeed":
+        b.error(key, f"{why}, and DeepSpeed steps its own optimizer inside its engine", 'use strategy = "fsdp" (version 2), or remove step_in_backward')
+    elif launch.strategy == "fsdp" and (launch.fsdp is not None and launch.fsdp.version == 1):
+        b.error(key, f"{why}, and FSDP version 1 hands the gradients back as flat shards after the backward pass", "set [launch.fsdp] version = 2")
+    elif launch.strategy == "ddp" and launch.num_processes > 1:
+        b.error(
+            key,
+            f"{why}, and under DDP over {launch.num_processes} processes it would step before DDP has averaged the gradient over them",
+            'use strategy = "fsdp" (FSDP 2 steps each shard after its reduce-scatter), or one process',
+        )
+    mesh = launch.parallelism
+    if mesh is not None and launch.strategy == "fsdp":
+        split = [f"{k} {getattr(mesh, k)}" for k in ("tp_size", "cp_size", "dp_replicate_size") if getattr(mesh, k) > 1]
+        if split:
+            b.error(
+                ("launch", "parallelism"),
+                f"optim.step_in_backward measures the gradient norm over the shards of plain FSDP 2, and launch.parallelism sets {', '.join(split)}",
+                "remove step_in_backward, or set those sizes to 1",
+            )
+    if launch.mixed_precision == "fp16":
+        b.error(key, f"{why}, and fp16's loss scaler must see every gradient (to unscale it, and to skip a step on an overflow) first", 'use launch.mixed_precision = "bf16"')
+    if r.peft is not None and r.peft.method == "adalora":
+        b.error(key, f"{why} and frees it, and AdaLoRA scores its ranks from all the gradients after the step", "remove step_in_backward, or use another peft.method")
+    if o.name == "schedule_free_adamw":
+        b.error(key, f"{why}, and schedule-free AdamW counts its steps per parameter group (each parameter's step would count as one)", 'use another optim.name, e.g. "adamw"')
 
 
 def machines_note(launch: LaunchTable) -> str:

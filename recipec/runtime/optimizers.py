@@ -345,3 +345,92 @@ class MuonWithAdamW(torch.optim.Optimizer):
     @state.setter
     def state(self, value: Any) -> None:  # the base class sets an empty one; the two sides keep theirs
         pass
+
+
+class StepInBackward:
+    """Step the optimizer one parameter at a time, as the backward pass finishes each gradient
+    (`optim.step_in_backward`), and free that gradient at once: the gradients of the whole
+    model never exist together, only one tensor's at a time (torchtune's
+    ``optimizer_in_bwd``; torch's tutorial "How to save memory by fusing the optimizer step
+    into the backward pass").
+
+    It keeps the one ``optimizer`` that :func:`build` made, so its state, its ``state_dict``
+    (a checkpoint, ``continual.optimizer``) and the LR schedule over its ``param_groups`` are
+    those of the optimizer stepped after the backward pass. A post-accumulate-grad hook on
+    each of its parameters (``Tensor.register_post_accumulate_grad_hook``) hides the other
+    parameters from ``optimizer.step()``, steps, and sets the gradient to None. The update
+    is the same as the step after the backward pass for optimizers whose state is per
+    parameter (AdamW, SGD, Adafactor, Lion, Muon), not for schedule-free AdamW, which counts
+    its steps per group (the recipe checks refuse it). FSDP 2 calls the hooks on each
+    process's shard after the gradients are reduce-scattered; DDP would call them before its
+    all-reduce, and is refused.
+
+    Nothing can clip the global norm (a parameter steps before the norm is known), but
+    :meth:`finish` returns it: the norm of the gradients stepped since the last call, summed
+    over the shards of every process under FSDP 2. Use one micro-batch per optimizer step:
+    each backward pass steps.
+    """
+
+    def __init__(self, optimizer: Any) -> None:
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds it
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self._sharded = any(hasattr(p, "to_local") for p in params)  # FSDP 2's DTensor shards
+        self._layout: tuple[int, ...] = ()
+        self._home: dict[int, int] = {}
+        self._squares: Any = None
+        self._stepped: set[int] = set()
+        self._handles = [p.register_post_accumulate_grad_hook(self._step) for p in params]
+
+    def _group_of(self, param: Any) -> int:
+        """The index of the group that holds ``param`` (loading a state dict replaces the group dicts)."""
+        groups = self.optimizer.param_groups
+        layout = tuple(id(g) for g in groups)
+        if layout != self._layout:
+            self._home = {id(p): i for i, g in enumerate(groups) for p in g["params"]}
+            self._layout = layout
+        return self._home[id(param)]
+
+    def _step(self, param: Any) -> None:
+        if id(param) in self._stepped:
+            raise RuntimeError(
+                f"optim.step_in_backward: a parameter of shape {tuple(param.shape)} got its gradient twice in one "
+                "optimizer step (a second backward pass, or a parameter used in two reentrant checkpointed "
+                "regions); it was stepped already"
+            )
+        self._stepped.add(id(param))
+        grad = param.grad
+        local = grad.to_local() if hasattr(grad, "to_local") else grad  # an FSDP 2 shard: this process's part
+        square = local.detach().float().pow(2).sum()
+        self._squares = square if self._squares is None else self._squares + square
+        home = self._group_of(param)
+        groups = self.optimizer.param_groups
+        kept = [group["params"] for group in groups]
+        try:
+            for index, group in enumerate(groups):
+                group["params"] = [param] if index == home else []
+            self.optimizer.step()
+        finally:
+            for group, group_params in zip(groups, kept):
+                group["params"] = group_params
+        param.grad = None
+
+    def finish(self) -> Any:
+        """The global norm of the gradients stepped since the last call (a float32 tensor, 0 when none were),
+        and start counting the next step's."""
+        import torch
+
+        squares = self._squares
+        if squares is None:
+            device = next((p.device for g in self.optimizer.param_groups for p in g["params"]), torch.device("cpu"))
+            squares = torch.zeros((), device=device)
+        if self._sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(squares)  # each process holds the squares of its shards
+        self._squares = None
+        self._stepped.clear()
+        return squares.sqrt()
+
+    def remove(self) -> None:
+        """Take the hooks off the parameters."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

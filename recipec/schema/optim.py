@@ -105,6 +105,9 @@ class _Optimizer(Table):
     trainable: Literal["all"] | TrainablePatterns = "all"
     """Which parameters train (without `[peft]`): all, or by name, e.g. `{include = ["layers[-4:]", "norms"]}` (the last four decoder layers and every norm) or `{exclude = ["embeddings"]}`. The others are frozen: no gradient, no optimizer state, their starting values saved. `recipec check` and the script count what trains."""
 
+    step_in_backward: bool = False
+    """Step each parameter as soon as the backward pass has finished its gradient, and free that gradient at once (torchtune's optimizer_in_bwd): the whole model's gradients never exist together, only one tensor's, which saves up to a copy of the trainable weights. The update is the same; it needs grad_clip = 0 (nothing can clip a norm not yet known; the script still logs it), one micro-batch per step (grad_accum_steps 1), and one process or strategy "fsdp" version 2."""
+
     groups: list[ParamGroup] = []
     """`[[optim.groups]]`: parameter groups with their own LR multiplier or weight decay, e.g. `params = ["embeddings"]` with `lr_scale = 0.1`. The rest form the default group. `recipec check` prints each group's parameter count, as the script logs it."""
 
@@ -275,7 +278,7 @@ OPTIMIZER_TABLES = (
 )
 
 
-COMMON = ("name", "lr", "scaling", "weight_decay", "grad_clip", "decay", "trainable", "groups")
+COMMON = ("name", "lr", "scaling", "weight_decay", "grad_clip", "decay", "trainable", "step_in_backward", "groups")
 """The keys every optimizer has; the rest of a table are its own options."""
 
 

@@ -38,8 +38,9 @@ CHUNKED = "loss._component_"  # CEWithChunkedOutputLoss: chunks of the sequence 
 EXPECTED: dict[str, dict[str, Any]] = {
     "llama3_2-1B-full-single-device.yaml": {
         "approx": {HUB_DIR, NULL_SEQ, NULL_SEED, CHUNKED},
-        "dropped": {**PROFILER, **DISK_LOGGER, "optimizer_in_bwd": "missing-feature"},
+        "dropped": {**PROFILER, **DISK_LOGGER},
         "values": {
+            "optim.step_in_backward": True,  # optimizer_in_bwd
             "model.path": "meta-llama/Llama-3.2-1B-Instruct",
             "model.dtype": "bfloat16",
             "data.sources[0].prompt_style": "alpaca_chat",  # alpaca_dataset: the Alpaca prompt text as the user turn
@@ -183,11 +184,9 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "llama3_1-8B-text-completion.yaml": {
         "files": ["odyssey.json"],
         "approx": {HUB_DIR, "dataset.packed", "epochs", "max_steps_per_epoch", "seed", CHUNKED, "enable_activation_offloading"},
-        "dropped": {
-            **DISK_LOGGER,
-            "optimizer_in_bwd": "missing-feature",
-        },
+        "dropped": {**DISK_LOGGER},
         "values": {
+            "optim.step_in_backward": True,  # optimizer_in_bwd
             "model.activation_offloading": True,
             "model.path": "meta-llama/Meta-Llama-3.1-8B",
             "data.sources[0].path": "odyssey.json",
