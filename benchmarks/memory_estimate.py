@@ -53,6 +53,9 @@ WIDE = [
     "train.batch_size=16",
 ]
 
+# model.tiled_mlp in 4 tiles
+TILED = ["model.tiled_mlp=true", "model.tiled_mlp_shards=4"]
+
 # optim.step_in_backward (one micro-batch a step, no clipping)
 IN_BACKWARD = ["optim.grad_clip=0", "optim.step_in_backward=true"]
 
@@ -193,6 +196,13 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart eval b64 lora": ("recipes/quickstart.toml", ["train.eval_micro_batch_size=64", 'peft={method="lora", r=8}']),
     "quickstart in backward": ("recipes/quickstart.toml", [*IN_BACKWARD, "train.batch_size=16"]),
     "quickstart ckpt in backward": ("recipes/quickstart.toml", [*IN_BACKWARD, "train.batch_size=16", "model.gradient_checkpointing=true"]),
+    "quickstart tiled": ("recipes/quickstart.toml", TILED),
+    "quickstart tiled ckpt": ("recipes/quickstart.toml", [*TILED, "model.gradient_checkpointing=true"]),
+    "quickstart tiled bf16 autocast": ("recipes/quickstart.toml", [*TILED, 'launch.mixed_precision="bf16"']),
+    "quickstart tiled lora r16": ("recipes/quickstart.toml", [*TILED, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    "wide 6L b8 tiled": ("recipes/quickstart.toml", [*WIDE, *TILED]),
+    "gpt2 tiled": ("recipes/quickstart.toml", [*GPT2, *TILED]),
+    "gemma3 tiled": ("recipes/quickstart.toml", [*GEMMA3, *TILED]),
     "wide 6L b8": ("recipes/quickstart.toml", WIDE),
     # one micro-batch a step, stepped after the backward pass: no gradient is alive beside the activations,
     # which the estimate (it adds them) does not model: it is high here (README says by how much)
@@ -333,7 +343,7 @@ def _worker(spec: dict) -> None:
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from recipec.runtime import adapters, loss as lm_loss, optimizers
+    from recipec.runtime import adapters, loss as lm_loss, optimizers, tiled_mlp
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -361,6 +371,8 @@ def _worker(spec: dict) -> None:
         if spec["gradient_checkpointing"]:
             model.activation_checkpointing_enable()
             model.config.use_cache = False
+        if spec["tiled_mlp"]:  # model.tiled_mlp, as train.py applies it
+            tiled_mlp.apply(model, spec["tiled_mlp"])
         model.train()
         if spec["peft"] is not None:
             model = adapters.apply(model, spec["peft"], total_steps=spec["steps"])
@@ -455,6 +467,7 @@ def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[o
         "eval_micro_batch_size": eval_b if eval_b is not None and eval_b > r.train.micro_batch_size else None,
         "chunk_size": plan.get("chunk_size"),
         "step_in_backward": bool(plan.get("step_in_backward")),
+        "tiled_mlp": (plan.get("tiled_mlp_shards") or -(-r.data.seq_len // plan["model_config"]["hidden_size"])) if plan.get("tiled_mlp") else 0,
         "steps": steps,
         "device": device,
     }

@@ -733,6 +733,7 @@ class ModelShape:
         math: bool = False,
         rank: int = 0,
         masked: bool = False,
+        tiled: bool = False,
     ) -> int:
         """Bytes one decoder layer keeps for the backward pass, per token (module docstring).
 
@@ -754,9 +755,13 @@ class ModelShape:
             rank: LoRA's r: each adapted linear's lora_A output (r values a token) is lora_B's input.
             masked: sdpa over falcon's materialised causal mask, for which transformers repeats k
                 and v to every query head (flash and flex attention take them as they are).
+            tiled: `model.tiled_mlp`: the MLP keeps nothing of its inside (its input, a view of what
+                the norm before it keeps, stays counted); nor do the adapters inside it.
         """
-        lora = rank * act_bytes * len(adapted & set(self.linears())) if adapted is not None else 0
-        return self._layer_activations(residual_bytes, act_bytes, adapted, mask_bytes, eager, math, masked) + lora
+        mlp_linears = {"gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "fc1", "fc2", "dense_h_to_4h", "dense_4h_to_h"}
+        inside = {n for n in self.linears() if n.startswith("mlp.") or n in mlp_linears} if tiled else set()
+        lora = rank * act_bytes * len((adapted & set(self.linears())) - inside) if adapted is not None else 0
+        return self._layer_activations(residual_bytes, act_bytes, adapted, mask_bytes, eager, math, masked, tiled) + lora
 
     def _layer_activations(
         self,
@@ -767,6 +772,7 @@ class ModelShape:
         eager: bool,
         math: bool,
         masked: bool = False,
+        tiled: bool = False,
     ) -> int:
         h, i = self.hidden_size, self.intermediate_size
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
@@ -777,8 +783,9 @@ class ModelShape:
             # c_attn's output, and the attention output is c_proj's input too (the fused kernels lay
             # it out as b x s x heads x head_dim: transformers' transpose and contiguous copy nothing);
             # c_fc's output, what the activation keeps and its output; a dropout mask after each c_proj
-            masks = 2 * h * mask_bytes if self.residual_dropout else 0
-            return 2 * (residual_bytes + act_bytes) * h + (4 * h + (kept + 1) * i) * act_bytes + masks
+            # tiled (model.tiled_mlp): nothing of c_fc's output on, nor the mask of the MLP's own dropout
+            masks = (1 if tiled else 2) * h * mask_bytes if self.residual_dropout else 0
+            return 2 * (residual_bytes + act_bytes) * h + (4 * h + (0 if tiled else (kept + 1) * i)) * act_bytes + masks
         moe = 0
         if self.experts:
             # each token through experts_per_token experts: its gathered input, the gate and up
@@ -792,6 +799,8 @@ class ModelShape:
             mlp = 4 * si + h + 1 if si else 0
         if adapted is not None:
             mlp -= 0 if "down_proj" in adapted else i
+        if tiled:  # model.tiled_mlp: the MLP keeps nothing of its inside
+            mlp = 0
         # a fused kernel keeps q, k, v and its output, which is o_proj's input too (laid out as b x s
         # x heads x head_dim: the transpose and contiguous() copy nothing); eager attention keeps q,
         # k and v repeated to every query head, and o_proj's contiguous input where o_proj trains
@@ -808,6 +817,8 @@ class ModelShape:
             # copied for o_proj (eager attention's matmuls copy v like the rest)
             attention = (4 * q + 3 * kv) * act_bytes
         if self.model_type in FUSED_QKV:
+            if tiled:
+                raise ValueError(f"the estimate does not cover model.tiled_mlp on model type {self.model_type!r}")
             return self._fused_qkv_activations(residual_bytes, act_bytes, adapted, eager, o_kept, masked)
         if self.model_type == "stablelm":
             # LayerNorms keep their input, and the linears after them their output (q, k, v, gate and
@@ -830,8 +841,8 @@ class ModelShape:
             # o_proj and after c_proj
             inputs = _inputs_kept(("q_proj", "k_proj", "v_proj"), adapted, act_bytes, residual_bytes)
             inputs += _inputs_kept(("c_fc",), adapted, act_bytes, residual_bytes)
-            mlp = kept * i + (i if adapted is None or "c_proj" in adapted else 0)
-            masks = 2 * h * mask_bytes if self.residual_dropout else 0
+            mlp = 0 if tiled else kept * i + (i if adapted is None or "c_proj" in adapted else 0)
+            masks = (1 if tiled else 2) * h * mask_bytes if self.residual_dropout else 0  # the MLP's own dropout is inside
             return 2 * residual_bytes * h + inputs * h + attention + mlp * act_bytes + masks
         if self.model_type == "phi":
             # one LayerNorm keeps its input, and q, k, v and fc1 (side by side) its output; fc1's
@@ -839,7 +850,7 @@ class ModelShape:
             # keep their input (q_proj's and k_proj's output) and a float32 mean and 1/std per
             # head; a dropout mask after the attention and after the MLP
             inputs = _inputs_kept(("q_proj", "k_proj", "v_proj", "fc1"), adapted, act_bytes, residual_bytes)
-            mlp = kept * i + (i if adapted is None or "fc2" in adapted else 0)
+            mlp = 0 if tiled else kept * i + (i if adapted is None or "fc2" in adapted else 0)
             qk = act_bytes * (q + kv) + 8 * (self.num_attention_heads + self.num_key_value_heads) if self.qk_norm else 0
             masks = 2 * h * mask_bytes if self.residual_dropout else 0
             return residual_bytes * h + inputs * h + attention + mlp * act_bytes + qk + masks
@@ -1249,7 +1260,10 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
     math = cpu_dropout and shape.model_type != "gpt2"
     rank = int(peft.get("r") or 8) if peft is not None and peft["method"] == "lora" else 0
     masked = shape.model_type == "falcon" and recipe.model.attention == "sdpa"  # its materialised causal mask
-    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math, rank, masked)
+    tiled = recipe.model.tiled_mlp
+    if tiled and peft is not None and (shape.model_type in PARALLEL or shape.model_type == "stablelm" and shape.parallel):
+        raise ValueError(f"the estimate does not cover model.tiled_mlp with [peft] on model type {shape.model_type!r}")
+    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math, rank, masked, tiled)
     # under PEFT the frozen embeddings need no gradient: the first layer keeps less (unless they train)
     trained_embeddings = peft is not None and _module_names(shape)[2] in (peft.get("modules_to_save") or [])
     first = 0

@@ -1638,7 +1638,7 @@ _LACKS: dict[str, tuple[str, str]] = {
     # key prefix -> (reason, why)
     **dict.fromkeys(("trl", "vllm", "ebft", "diffusion", "hatchery", "nemo_gym"), ("missing-feature", "online RL (GRPO), EBFT and diffusion training: recipec has no such trainer.")),
     **dict.fromkeys(("processor_type", "processor_kwargs", "image_size", "image_resize_algorithm", "role_boundaries", "freeze_mm_modules"), ("missing-feature", "recipec trains text-only causal language models.")),
-    **dict.fromkeys(("quantize_moe_experts", "use_scattermoe", "use_sonicmoe", "experts_implementation", "expert_parallel", "llama4_linearized_experts", "moe_", "dsv4_", "use_dsv4_kernels", "use_glm_dsa_kernels", "gemma4_", "nvfp4_", "fused_attn_kernel", "tiled_mlp", "use_onebitllms", "expert_backend", "nonexpert_quantization", "dense_mixer", "scaling_softmax", "large_head_attention", "flash_attn_d512", "sdpa_varlen", "use_eaft", "eaft_"), ("missing-feature", "a kernel or expert layout of axolotl's; recipec runs the model's own modules.")),
+    **dict.fromkeys(("quantize_moe_experts", "use_scattermoe", "use_sonicmoe", "experts_implementation", "expert_parallel", "llama4_linearized_experts", "moe_", "dsv4_", "use_dsv4_kernels", "use_glm_dsa_kernels", "gemma4_", "nvfp4_", "fused_attn_kernel", "use_onebitllms", "expert_backend", "nonexpert_quantization", "dense_mixer", "scaling_softmax", "large_head_attention", "flash_attn_d512", "sdpa_varlen", "use_eaft", "eaft_"), ("missing-feature", "a kernel or expert layout of axolotl's; recipec runs the model's own modules.")),
     **dict.fromkeys(("qat", "quantization", "model_quantization_config", "gptq"), ("missing-feature", "quantization-aware training and pre-quantized models; recipec quantizes only under [peft].")),
     **dict.fromkeys(("process_reward_model",), ("missing-feature", "process reward models (a score per step of the answer): recipec trains outcome reward models only ([preference] objective = \"reward\").")),
     **dict.fromkeys(("reward_model", "num_labels", "center_rewards_coefficient"), ("ignored-by-tool", "read only with `reward_model: true` and no `rl`.")),
@@ -1692,6 +1692,24 @@ def _rest(d: Draft) -> None:
                 d.drop(k, "missing-feature", "a fused kernel; recipec runs the model's own modules (the same values).")
             else:
                 d.exact(k)
+    if d.has("tiled_mlp"):
+        if d.get("tiled_mlp"):
+            # ALST's TiledMLP: the same values, the MLP's activations recomputed a tile at a time
+            d.set("model.tiled_mlp", True, "tiled_mlp")
+            if d.get("tiled_mlp_num_shards") is not None:
+                d.set("model.tiled_mlp_shards", int(num(d.get("tiled_mlp_num_shards"))), "tiled_mlp_num_shards")
+            elif d.has("tiled_mlp_num_shards"):
+                d.exact("tiled_mlp_num_shards")  # null: ceil(seqlen / hidden_size), recipec's default too
+            if d.has("tiled_mlp_use_original_mlp"):
+                if d.get("tiled_mlp_use_original_mlp") is False:
+                    d.approx("axolotl tiles a generic Llama MLP; recipec tiles the model's own MLP (the same values for a SwiGLU MLP)", "tiled_mlp_use_original_mlp")
+                else:
+                    d.exact("tiled_mlp_use_original_mlp")
+        else:
+            d.exact("tiled_mlp")
+            for k in ("tiled_mlp_num_shards", "tiled_mlp_use_original_mlp"):
+                if d.has(k):
+                    d.drop(k, "ignored-by-tool", "read only with `tiled_mlp: true`.")
     if d.get("activation_offloading"):
         how = d.get("activation_offloading")
         where = "to disk" if how == "disk" else "with its own hooks"

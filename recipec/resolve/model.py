@@ -93,6 +93,8 @@ def model_settings(b: PlanBuilder) -> None:
             "launch.cpu: the activations are in host memory already, so model.activation_offloading moves nothing",
             "set it for the GPU run, or remove it",
         )
+    if r.model.tiled_mlp:
+        tiled_mlp_settings(b)
     b.key("trust_remote_code", ("model", "trust_remote_code"))
     if r.model.trust_remote_code:
         b.warn(("model", "trust_remote_code"), "trust_remote_code runs Python code that comes with the model")
@@ -171,3 +173,29 @@ def fast_path_settings(b: PlanBuilder) -> None:
         b.warn(("launch", "tf32"), "launch.tf32 has no effect on CPU: TF32 is a mode of NVIDIA tensor cores")
     if launch.cpu and r.data.pin_memory:
         b.warn(("data", "pin_memory"), "data.pin_memory has no effect on CPU: it speeds up copies to a GPU")
+
+
+def tiled_mlp_settings(b: PlanBuilder) -> None:
+    """`model.tiled_mlp`: the number of tiles, and no mixture of experts (its layers have no dense MLP).
+
+    Whether a pretrained model is one is known here only from a local config.json; the script
+    checks every model's layers when it applies the tiling.
+    """
+    m = b.recipe.model
+    b.key("tiled_mlp", ("model", "tiled_mlp"))
+    if m.tiled_mlp_shards is not None:
+        b.key("tiled_mlp_shards", ("model", "tiled_mlp_shards"))
+    else:
+        b.add("tiled_mlp_shards", None, "unset: the script takes ceil(seq_len / hidden_size) tiles (DeepSpeed's default)", b.origin(("model", "tiled_mlp")))
+    if m.init is not None:
+        experts = "router_aux_loss_coef" in model_types.config_keys(m.init)
+        what = f'model.init "{m.init}"'
+    else:
+        experts = b.model_config is not None and "router_aux_loss_coef" in b.model_config
+        what = f"the model ({(b.model_config or {}).get('model_type', 'its config.json')})"
+    if experts:
+        b.error(
+            ("model", "tiled_mlp"),
+            f"tiled_mlp tiles the dense MLP of each decoder layer, and {what} is a mixture of experts (its layers route tokens to experts)",
+            "remove tiled_mlp",
+        )

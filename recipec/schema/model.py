@@ -120,6 +120,12 @@ class ModelTable(Table):
     activation_offloading: bool = False
     """Keep the activations the backward pass reads in host memory (pinned) until it reads them: less GPU memory, at the cost of a copy each way. With gradient_checkpointing only each layer's input is kept, and offloaded. Parameters stay on the device. Nothing moves on the CPU."""
 
+    tiled_mlp: bool = False
+    """Run each decoder layer's MLP over the batch's tokens a tile at a time, each tile recomputed in the backward pass (Arctic Long Sequence Training's TiledMLP; axolotl's `tiled_mlp`): the MLP keeps none of its b x s x intermediate_size activations, at the cost of a second forward of the MLP. For long sequences. Dense MLPs only, not a mixture of experts."""
+
+    tiled_mlp_shards: int | None = Field(None, ge=2)
+    """How many tiles `tiled_mlp` cuts each micro-batch's tokens into; unset: ceil(data.seq_len / hidden_size), DeepSpeed's default."""
+
     attention: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] = "sdpa"
     """Attention kernel (transformers' `attn_implementation`): sdpa is torch's fused scaled-dot-product attention and runs everywhere; flash_attention_2/3 need a CUDA GPU, the flash-attn package and fp16/bf16; eager is the plain reference."""
 
@@ -145,6 +151,8 @@ class ModelTable(Table):
             raise key_error("revision", "`revision` applies only to a pretrained `path`")
         if "compile_mode" in self.model_fields_set and not self.compile:
             raise key_error("compile_mode", "`compile_mode` applies only with compile = true")
+        if self.tiled_mlp_shards is not None and not self.tiled_mlp:
+            raise key_error("tiled_mlp_shards", "`tiled_mlp_shards` applies only with tiled_mlp = true", "set tiled_mlp = true, or remove tiled_mlp_shards")
         if self.init is not None:
             check_model_type(self.init)
             check_config_keys(self.init, self.config)

@@ -125,7 +125,6 @@ EXPECTED: dict[str, dict] = {
         "dropped": {
             "evals_per_epoch": "ignored-by-tool",
             "min_sample_len": "no-equivalent",
-            "tiled_mlp": "missing-feature",
             "dataset_prepared_path": NFT,
         },
         "warnings": ["evaluation is configured but there is no held-out data", "launch.num_processes is 8, not the 1"],
@@ -136,7 +135,6 @@ EXPECTED: dict[str, dict] = {
         "dropped": {
             "evals_per_epoch": "ignored-by-tool",
             "min_sample_len": "no-equivalent",
-            "tiled_mlp": "missing-feature",
             "dataset_prepared_path": NFT,
         },
         "warnings": ["evaluation is configured but there is no held-out data", "launch.num_processes is 8, not the 1"],
@@ -767,3 +765,19 @@ def test_the_long_context_configs_split_the_sequence_with_the_chunked_cross_entr
     got = imported("axolotl", "hsdp-tp-llama.yaml")
     assert "loss" not in got.recipe and got.recipe["launch"]["parallelism"]["tp_size"] == 2
     assert got.result.draft.ledger["plugins"].how == "dropped"
+
+
+@pytest.mark.parametrize(
+    ("extra", "model", "how"),
+    [
+        ("tiled_mlp: true\n", {"tiled_mlp": True}, {"tiled_mlp": "exact"}),
+        ("tiled_mlp: true\ntiled_mlp_num_shards: 8\n", {"tiled_mlp": True, "tiled_mlp_shards": 8}, {"tiled_mlp_num_shards": "exact"}),
+        ("tiled_mlp: true\ntiled_mlp_use_original_mlp: false\n", {"tiled_mlp": True}, {"tiled_mlp_use_original_mlp": "approx"}),
+        ("tiled_mlp: false\ntiled_mlp_num_shards: 8\n", {}, {"tiled_mlp": "exact", "tiled_mlp_num_shards": "dropped"}),
+    ],
+)
+def test_tiled_mlp(tmp_path, extra, model, how):
+    result = import_config(_write(tmp_path, BASE + extra), "axolotl")
+    got = tomllib.loads(result.text)["model"]
+    assert {k: v for k, v in got.items() if k.startswith("tiled")} == model
+    assert {k: result.draft.ledger[k].how for k in how} == how
