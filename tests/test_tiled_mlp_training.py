@@ -1,6 +1,7 @@
 """`model.tiled_mlp` through the generated script (slow): tiled, a run logs the losses, gradient norms and
-held-out losses of the untiled run and saves its weights, on one process and under DDP over two (each
-weight's gradient all-reduced once), with gradient checkpointing too; a mixture of experts is a build error."""
+held-out losses of the untiled run and saves its weights, on one process, with gradient checkpointing, and
+over two processes under DDP (each weight's gradient all-reduced once), FSDP 2 and ZeRO-3 (every process
+calls the MLP's linears as often)."""
 
 from __future__ import annotations
 
@@ -22,15 +23,24 @@ def _series(metrics: list[dict], key: str) -> list[float]:
     return [m[key] for m in metrics if key in m]
 
 
+SHARDED = {
+    "fsdp": ["launch.num_processes=2", 'launch.strategy="fsdp"'],  # torch's fully_shard over gloo
+    # ZeRO-3 gathers a linear's weights on every call: both processes must call the MLP's as often
+    "zero3": ["launch.num_processes=2", 'launch.strategy="deepspeed"', "launch.deepspeed.zero_stage=3", "launch.cpu=false"],
+}
+
+
 @pytest.mark.parametrize(
-    "extra", [[], ["launch.num_processes=2"], ["model.gradient_checkpointing=true"]], ids=["one process", "ddp", "checkpointing"]
+    "extra",
+    [[], ["launch.num_processes=2"], ["model.gradient_checkpointing=true"], *SHARDED.values()],
+    ids=["one process", "ddp", "checkpointing", *SHARDED],
 )
 def test_a_tiled_run_logs_and_saves_what_the_untiled_run_does(tmp_path: Path, extra: list[str]) -> None:
     runs = {}
     for name, tiled in (("whole", []), ("tiled", ["model.tiled_mlp=true", "model.tiled_mlp_shards=5"])):
         project = _project(tmp_path / name, RECIPE)
         build_dir = _build(project, *SETTINGS, *extra, *tiled)
-        if "launch.num_processes=2" in extra:
+        if any(x.startswith("launch.num_processes=") for x in extra):
             proc = forkrun.run(
                 accelerate_launch(build_dir / "accelerate_config.yaml", str(build_dir / "train.py")),
                 env=_env(), capture_output=True, text=True, timeout=600,
