@@ -356,11 +356,12 @@ def test_the_tp_plans_name_the_common_models():
 # -- tensor parallelism on the CPU: the same steps as one process -------------------------
 
 
-def _train_steps(rank: int, world: int, model_dir: str, init_file: str, out_dir: str, steps: int) -> None:
+def _train_steps(rank: int, world: int, model_dir: str, init_file: str, out_dir: str, steps: int, tiles: int = 0) -> None:
     """A few AdamW steps of the tiny model, whole (world 1) or split by tensor parallelism of 2 on the tp
     dimension of a (dp_shard, tp) device mesh over gloo, as the generated script splits it with
     launch.parallelism.tp_size: transformers' `apply_tensor_parallelism` with the model's own plan.
-    Every rank trains on the same batches (no FSDP here), so every rank's losses are the whole model's."""
+    Every rank trains on the same batches (no FSDP here), so every rank's losses are the whole model's. With
+    `tiles`, the split model's MLPs are tiled as the script tiles them (model.tiled_mlp, after the split)."""
     import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -372,6 +373,10 @@ def _train_steps(rank: int, world: int, model_dir: str, init_file: str, out_dir:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
         mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("dp_shard", "tp"))
         model = apply_tensor_parallelism(model, mesh["tp"], model._expand_parallel_plan(model.tp_plan))
+        if tiles:
+            from recipec.runtime import tiled_mlp
+
+            tiled_mlp.apply(model, tiles)
     sharded = type(model.model.layers[0].self_attn.q_proj.weight).__name__
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     ids = torch.randint(0, 64, (steps, 2, 16), generator=torch.Generator().manual_seed(1))
@@ -388,11 +393,13 @@ def _train_steps(rank: int, world: int, model_dir: str, init_file: str, out_dir:
 
 
 @pytest.mark.slow
-def test_tensor_parallelism_over_two_cpu_processes_matches_one(tmp_path: Path):
+@pytest.mark.parametrize("tiles", [0, 3], ids=["whole MLP", "tiled MLP"])
+def test_tensor_parallelism_over_two_cpu_processes_matches_one(tmp_path: Path, tiles: int):
     """TP 2 over gloo (torch's DTensor on the CPU), in a mesh of 4 processes (dp_shard 2 x tp 2), trains a tiny
     Llama (4 heads, 2 KV heads) as one process does, within 1e-4 per step. accelerate itself takes no
     ParallelismConfig on the CPU (see the schema's error), so the mesh is torch's own, laid out as
-    accelerate lays it out, and the model is split as the generated script splits it."""
+    accelerate lays it out, and the model is split as the generated script splits it. With model.tiled_mlp the
+    split MLPs run in 3 tiles (each colwise/rowwise pair's all-reduce once a tile), against the whole model."""
     pytest.importorskip("transformers")
     script = textwrap.dedent(
         f"""\
@@ -412,7 +419,7 @@ def test_tensor_parallelism_over_two_cpu_processes_matches_one(tmp_path: Path):
             LlamaForCausalLM(config).save_pretrained(root + "/model")
             # forked before this process trains (a fork after autograd has run is unsafe): the processes
             # share the imports made once here instead of making them again each
-            mp.start_processes(_train_steps, args=(4, root + "/model", root + "/init", root + "/two", 5), nprocs=4, start_method="fork")
+            mp.start_processes(_train_steps, args=(4, root + "/model", root + "/init", root + "/two", 5, {tiles}), nprocs=4, start_method="fork")
             _train_steps(0, 1, root + "/model", "", root + "/one", 5)
         """
     )
