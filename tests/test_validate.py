@@ -394,3 +394,29 @@ def test_alpaca_records_in_the_alpaca_prompt_style_need_no_chat_template(write_r
     assert plan["sources"][0]["prompt_style"] == "alpaca"
     with pytest.raises(RecipeError, match="prompt_style = \"alpaca\" renders no conversation"):
         plan_recipe(write_recipe(data={"seq_len": 64, "sources": [{**source, "prompt_style": "alpaca", "system": "drop"}]}), project=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "message"),
+    [
+        (
+            {"launch.num_processes": 4, "launch.num_machines": 2, "launch.main_process_ip": "env", "launch.machine_rank": "env", "launch.strategy": "fsdp", "launch.fsdp": {"sharding_strategy": "hybrid_shard"}},
+            "sharding_strategy",
+            "hybrid_shard keeps a replica",
+        ),
+        ({"launch.num_processes": 4, "launch.strategy": "fsdp", "launch.cpu": False, "launch.parallelism": {"tp_size": 2}}, "parallelism", "launch.parallelism sets tp_size 2"),
+        ({"launch.num_processes": 2, "launch.strategy": "deepspeed", "launch.cpu": False}, "step_in_backward", "DeepSpeed steps its own optimizer"),
+        ({"launch.num_processes": 2, "launch.strategy": "fsdp", "launch.fsdp": {"version": 1}}, "step_in_backward", "FSDP version 1"),
+        ({"peft": {"method": "adalora"}}, "step_in_backward", "AdaLoRA scores its ranks"),
+    ],
+)
+def test_what_step_in_backward_cannot_run_with_is_an_error_at_its_key(plan_of, changes, key, message):
+    from recipec.diagnostics import RecipeError
+
+    one_micro_batch = {"optim.grad_clip": 0, "optim.step_in_backward": True, "train.micro_batch_size": 4}
+    processes = changes.get("launch.num_processes", 1)
+    with pytest.raises(RecipeError) as info:
+        plan_of({**one_micro_batch, "train.batch_size": 4 * processes, **changes})
+    found = [d for d in info.value.diagnostics if message in d.message]
+    assert found, [d.message for d in info.value.diagnostics]
+    assert key in found[0].location.source_line  # located at the key

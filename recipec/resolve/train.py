@@ -204,6 +204,12 @@ def step_in_backward_settings(b: PlanBuilder, grad_accum: int) -> None:
             'use strategy = "fsdp" (FSDP 2 steps each shard after its reduce-scatter), or one process',
         )
     mesh = launch.parallelism
+    if launch.strategy == "fsdp" and launch.fsdp is not None and launch.fsdp.sharding_strategy == "hybrid_shard":
+        b.error(
+            ("launch", "fsdp", "sharding_strategy"),
+            "optim.step_in_backward measures the gradient norm over the shards of plain FSDP 2, and hybrid_shard keeps a replica of them on each machine",
+            'use sharding_strategy = "full_shard", or remove step_in_backward',
+        )
     if mesh is not None and launch.strategy == "fsdp":
         split = [f"{k} {getattr(mesh, k)}" for k in ("tp_size", "cp_size", "dp_replicate_size") if getattr(mesh, k) > 1]
         if split:
