@@ -204,8 +204,16 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "gpt2 tiled": ("recipes/quickstart.toml", [*GPT2, *TILED]),
     "gemma3 tiled": ("recipes/quickstart.toml", [*GEMMA3, *TILED]),
     "wide 6L b8": ("recipes/quickstart.toml", WIDE),
-    # one micro-batch a step, stepped after the backward pass: no gradient is alive beside the activations,
-    # which the estimate (it adds them) does not model: it is high here (README says by how much)
+    # one micro-batch a step on one process: no gradient is alive beside the activations; the gradients
+    # peak at the end of the backward pass, with a checkpointed model's recomputed first layer or AdamW's
+    # step temporaries (for-loop, foreach or fused)
+    "quickstart x1": ("recipes/quickstart.toml", ["train.batch_size=16"]),
+    "quickstart x1 ckpt": ("recipes/quickstart.toml", ["train.batch_size=16", "model.gradient_checkpointing=true"]),
+    "quickstart b4 x1 ckpt": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=4", "model.gradient_checkpointing=true"]),
+    "wide 6L b1 x1": ("recipes/quickstart.toml", [*WIDE, "optim.grad_clip=0", "train.micro_batch_size=1", "train.batch_size=1"]),
+    "wide 6L b1 x1 ckpt": ("recipes/quickstart.toml", [*WIDE, "optim.grad_clip=0", "train.micro_batch_size=1", "train.batch_size=1", "model.gradient_checkpointing=true"]),
+    "wide 6L b1 x1 foreach": ("recipes/quickstart.toml", [*WIDE, "optim.grad_clip=0", "train.micro_batch_size=1", "train.batch_size=1", 'optim.implementation="foreach"']),
+    "wide 6L b1 x1 fused": ("recipes/quickstart.toml", [*WIDE, "optim.grad_clip=0", "train.micro_batch_size=1", "train.batch_size=1", 'optim.implementation="fused"']),
     "wide 6L b8 x1": ("recipes/quickstart.toml", [*WIDE, "optim.grad_clip=0", "train.batch_size=8"]),
     "wide 6L b8 x1 ckpt": ("recipes/quickstart.toml", [*WIDE, "optim.grad_clip=0", "train.batch_size=8", "model.gradient_checkpointing=true"]),
     "wide 6L b8 in backward": ("recipes/quickstart.toml", [*WIDE, *IN_BACKWARD, "train.batch_size=8"]),
@@ -381,7 +389,8 @@ def _worker(spec: dict) -> None:
             decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
             no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
             optimizer = torch.optim.AdamW(
-                [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3
+                [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3,
+                **spec["adamw_implementation"],  # optim.implementation, as the script passes it
             )
         # optim.step_in_backward: each parameter steps (and frees its gradient) inside the backward pass
         in_backward = optimizers.StepInBackward(optimizer) if spec["step_in_backward"] else None
@@ -467,6 +476,7 @@ def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[o
         "eval_micro_batch_size": eval_b if eval_b is not None and eval_b > r.train.micro_batch_size else None,
         "chunk_size": plan.get("chunk_size"),
         "step_in_backward": bool(plan.get("step_in_backward")),
+        "adamw_implementation": plan.get("adamw_implementation") or {},
         "tiled_mlp": (plan.get("tiled_mlp_shards") or -(-r.data.seq_len // plan["model_config"]["hidden_size"])) if plan.get("tiled_mlp") else 0,
         "steps": steps,
         "device": device,

@@ -10,7 +10,13 @@ The estimate is the sum of five parts, each in bytes on one device (one process)
   copy: bitsandbytes dequantizes it inside each matmul, and again in the backward pass.
 * grads: one gradient per *trainable* parameter, in the parameter's dtype; with PEFT only
   the adapter's parameters (and `modules_to_save`) train. DDP over more than one process
-  adds a second copy: the all-reduce buckets.
+  adds a second copy: the all-reduce buckets. On one process with one micro-batch a step,
+  the gradients exist only once the backward pass has freed the activations and the logits,
+  beside a checkpointed model's recomputed first layer or AdamW's step temporaries (for-loop:
+  twice the largest tensor; foreach: the whole group; fused: none): the part is what they add,
+  max(0, grads + max(recomputed layer, temporaries) - activations - logits). With
+  `optim.step_in_backward` each is freed as it steps: none at the peak. `model.tiled_mlp`
+  takes the MLP's inside out of the activations.
 * optimizer: AdamW's two moments per trainable parameter, in the parameter's dtype
   (torch keeps them like the parameter). DeepSpeed with mixed precision holds 16-bit
   parameters and gradients and keeps float32 master weights and moments in the optimizer:
@@ -1377,6 +1383,27 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
     elif reference_copy:  # the frozen reference model, whole on every process
         params_b += n_params * p_bytes
         precision += f", + the frozen reference copy ({n_params:,} x {p_bytes} B)"
+    if world == 1 and not ds_stage and grads_b and recipe.train.batch_size == b and not recipe.model.activation_offloading:
+        # one micro-batch a step on one process: zero_grad freed the step before's gradients, and this step's appear
+        # as the backward pass frees the activations and the logits; at its end (a checkpointed model recomputing its
+        # first layer) the gradients are whole and the rest gone. They add what they exceed the freed part by
+        recompute = layer_b if checkpointing else 0
+        # then AdamW's step, its temporaries beside them: the for-loop update (torch's choice on the CPU) makes the
+        # root of one tensor's second moment and its quotient, the foreach one (on a GPU) the roots of a whole group's
+        # at once, the fused one none. Other optimizers' temporaries are not counted
+        temps, temps_what = 0.0, ""
+        if opt.name == "adamw" and peft is None:
+            how = opt.implementation if opt.implementation != "auto" else ("for-loop" if launch.cpu else "foreach")
+            largest = max([shape.embedding_params(), *(n_in * n_out for n_in, n_out, _ in shape.linears().values())])
+            temps = {"for-loop": 2 * largest * p_bytes, "foreach": float(trainable * p_bytes), "fused": 0.0}[how]
+            temps_what = f", or AdamW's {how} step temporaries ({human(temps)})" if temps else ""
+        at_peak = max(0.0, grads_b + max(recompute, temps) - act_b - logits_b)
+        grads_what += (
+            f" = {human(grads_b)}; one micro-batch a step: at the end of the backward pass, with the activations and the "
+            f"logits freed, beside {'the recomputed first layer' if checkpointing else 'nothing'}{temps_what}, they add "
+            f"{human(at_peak)} to the peak"
+        )
+        grads_b = at_peak
     parts = [int(round(x)) for x in (params_b, grads_b, optim_b)]
     per_device = sum(parts) + act_b + logits_b
     if partial:
