@@ -196,6 +196,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart eval b64 lora": ("recipes/quickstart.toml", ["train.eval_micro_batch_size=64", 'peft={method="lora", r=8}']),
     "quickstart in backward": ("recipes/quickstart.toml", [*IN_BACKWARD, "train.batch_size=16"]),
     "quickstart ckpt in backward": ("recipes/quickstart.toml", [*IN_BACKWARD, "train.batch_size=16", "model.gradient_checkpointing=true"]),
+    "quickstart label smoothing": ("recipes/quickstart.toml", ["loss.label_smoothing=0.1"]),
+    "quickstart label smoothing bf16 autocast": ("recipes/quickstart.toml", ["loss.label_smoothing=0.1", 'launch.mixed_precision="bf16"']),
     "quickstart tiled": ("recipes/quickstart.toml", TILED),
     "quickstart tiled ckpt": ("recipes/quickstart.toml", [*TILED, "model.gradient_checkpointing=true"]),
     "quickstart tiled bf16 autocast": ("recipes/quickstart.toml", [*TILED, 'launch.mixed_precision="bf16"']),
@@ -363,13 +365,15 @@ def _worker(spec: dict) -> None:
     def causal_lm_loss(model, x):
         # as train.py's causal_lm_loss: the model's own loss, or with [loss] cross_entropy = "chunked"
         # its last hidden state and the cross-entropy chunk_size supervised tokens at a time
+        if spec["chunk_size"] is None and spec["label_smoothing"]:  # as train.py: from the model's logits
+            return lm_loss.cross_entropy(model(input_ids=x, use_cache=False).logits, x, spec["label_smoothing"])
         if spec["chunk_size"] is None:
             return model(input_ids=x, labels=x, use_cache=False).loss
         head, softcap, _ = lm_loss.output_head(model)
         if id(model) not in hooked:
             hooked[id(model)] = lm_loss.LastHiddenState(model)
         hidden, _ = hooked[id(model)](model, {"input_ids": x, "labels": x}, use_cache=False)
-        return lm_loss.chunked_cross_entropy(hidden, x, head, spec["chunk_size"], softcap)
+        return lm_loss.chunked_cross_entropy(hidden, x, head, spec["chunk_size"], softcap, label_smoothing=spec["label_smoothing"])
 
     def train():
         config = AutoConfig.for_model(spec["init"], **spec["config"], vocab_size=spec["vocab_size"])
@@ -476,6 +480,7 @@ def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[o
         "eval_micro_batch_size": eval_b if eval_b is not None and eval_b > r.train.micro_batch_size else None,
         "chunk_size": plan.get("chunk_size"),
         "step_in_backward": bool(plan.get("step_in_backward")),
+        "label_smoothing": plan.get("label_smoothing") or 0.0,
         "adamw_implementation": plan.get("adamw_implementation") or {},
         "tiled_mlp": (plan.get("tiled_mlp_shards") or -(-r.data.seq_len // plan["model_config"]["hidden_size"])) if plan.get("tiled_mlp") else 0,
         "steps": steps,

@@ -159,3 +159,32 @@ def test_chunked_under_context_and_sequence_parallelism_reads_the_labels_shifted
         assert "sequence_parallel.causal_lm_loss(model, batch, summed_loss=chunked_sum)" in text
         assert "chunks_across = torch.distributed.group.WORLD if accelerator.num_processes > 1 else None" in text
         assert "shifted=True, reduction=\"sum\"" in text
+
+
+@pytest.mark.parametrize("cross_entropy", ["plain", "chunked"])
+def test_label_smoothing_in_training_and_the_plain_loss_in_evaluation(plan_of, cross_entropy):
+    plan = plan_of(loss={"cross_entropy": cross_entropy, "label_smoothing": 0.1})
+    assert plan["label_smoothing"] == 0.1
+    text = render(plan)["train.py"]
+    ast.parse(text)
+    if cross_entropy == "plain":  # the model's logits, without its own loss
+        assert 'outputs = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)' in text
+        assert 'loss = lm_loss.cross_entropy(outputs.logits, batch["labels"], label_smoothing if training else 0.0)' in text
+    else:
+        assert "same_chunks_across=chunks_across, label_smoothing=label_smoothing if training else 0.0)" in text
+    assert "causal_lm_loss(batch, training=False)" in text  # evaluation: eps 0
+    assert "label_smoothing" not in render(plan_of(loss={"cross_entropy": cross_entropy}))["train.py"]
+
+
+@pytest.mark.parametrize(
+    "launch",
+    [
+        {"num_processes": 4, "strategy": "fsdp", "parallelism": {"cp_size": 4}},
+        {"num_processes": 4, "strategy": "deepspeed", "deepspeed": {"zero_stage": 3}, "parallelism": {"sp_size": 2}, "cpu": False},
+    ],
+    ids=["cp", "sp"],
+)
+def test_label_smoothing_under_a_sequence_split_is_an_error(plan_of, launch):
+    split = "cp_size 4" if "cp_size" in launch["parallelism"] else "sp_size 2"
+    message = _errors(plan_of, launch=launch, loss={"cross_entropy": "chunked", "label_smoothing": 0.1})
+    assert f"label_smoothing is computed over whole sequences, and launch.parallelism.{split} splits them" in message

@@ -564,12 +564,11 @@ def training_args(
     elif d.has(k("dataloader_drop_last")):
         d.approx("the Trainer keeps an epoch's last partial batch; recipec's loader drops it", k("dataloader_drop_last"))
     _parallel(d, k)
-    for hf in ("label_smoothing_factor",):
-        if d.has(k(hf)):
-            if num(d.get(k(hf))):
-                d.drop(k(hf), "missing-feature", "recipec's cross-entropy has no label smoothing.")
-            else:
-                d.exact(k(hf))
+    if d.has(k("label_smoothing_factor")):
+        if num(d.get(k("label_smoothing_factor"))):  # the Trainer's LabelSmoother, which loss.label_smoothing computes
+            d.set("loss.label_smoothing", float(num(d.get(k("label_smoothing_factor")))), k("label_smoothing_factor"))
+        else:
+            d.exact(k("label_smoothing_factor"))
     if d.has(k("ddp_timeout")):  # seconds, handed to init_process_group (transformers' default 1800)
         seconds = num(d.get(k("ddp_timeout")))
         if seconds is not None and seconds > 0:

@@ -56,6 +56,16 @@ def loss_settings(b: PlanBuilder) -> None:
                 f"(launch.parallelism.tp_size {tp}) splits it over the ranks",
                 'use cross_entropy = "plain" (the model\'s own loss over its gathered logits), or tp_size = 1',
             )
+    if loss.label_smoothing:
+        b.key("label_smoothing", ("loss", "label_smoothing"))
+        mesh = r.launch.parallelism or ParallelismTable()
+        if mesh.cp_size * mesh.sp_size > 1:
+            split = "cp_size" if mesh.cp_size > 1 else "sp_size"
+            b.error(
+                ("loss", "label_smoothing"),
+                f"label_smoothing is computed over whole sequences, and launch.parallelism.{split} {getattr(mesh, split)} splits them over the ranks",
+                f"remove label_smoothing, or set {split} = 1",
+            )
     if loss.router_aux_loss_coef is not None:
         b.key("router_aux_loss_coef", ("loss", "router_aux_loss_coef"))
         dense = None

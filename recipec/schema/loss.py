@@ -18,6 +18,9 @@ class LossTable(Table):
     chunk_size: int = Field(1024, ge=1)
     """Supervised tokens per chunk of the `chunked` cross-entropy: the logits held at once are chunk_size * vocab float32 values."""
 
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    """Label smoothing eps of the training loss (transformers' `label_smoothing_factor`): (1 - eps) x the cross-entropy of the next token + eps x the mean over the vocabulary of the negative log-probabilities, averaged over the supervised tokens, as the Trainer's `LabelSmoother` computes it. With `plain` the loss is computed from the model's logits instead of by the model. The held-out loss stays the plain cross-entropy (comparable with runs without smoothing). Not with context or sequence parallelism."""
+
     router_aux_loss_coef: float | None = Field(None, ge=0)
     """Mixture-of-experts models only: add this times the router's load-balancing loss (transformers' `aux_loss`) to the training loss, and log `aux_loss`. Sets the model config's `router_aux_loss_coef` and `output_router_logits`. Unset: the model's own config decides (transformers' MoE configs leave the router loss off). The evaluation loss is the cross-entropy alone."""
 

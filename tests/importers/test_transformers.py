@@ -244,3 +244,11 @@ def test_neftune_noise_alpha(imported, tmp_path):
     assert got.recipe["train"]["neftune_noise_alpha"] == 5.0 and "neftune_noise_alpha" in got.exact
     got = _import(imported, "run-clm-wikitext.json")
     assert "neftune_noise_alpha" not in got.recipe["train"] and "neftune_noise_alpha" in got.exact
+
+
+def test_label_smoothing_factor(imported, tmp_path):
+    """The Trainer's LabelSmoother -> loss.label_smoothing (the same loss, tests/runtime/test_loss.py); 0: exact, none."""
+    got = imported("transformers", _with(tmp_path, "run-clm-wikitext.json", label_smoothing_factor=0.1), model="org/model", data="org/data")
+    assert got.recipe["loss"]["label_smoothing"] == 0.1 and "label_smoothing_factor" in got.exact
+    got = _import(imported, "run-clm-wikitext.json")
+    assert "loss" not in got.recipe and "label_smoothing_factor" in got.exact

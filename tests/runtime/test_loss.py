@@ -436,3 +436,41 @@ def test_every_process_applies_the_projection_as_often_when_asked(tmp_path) -> N
     assert [(g["own"]["forward"], g["own"]["backward"]) for g in got] == [(5, 5), (3, 3)]
     assert [(g["same"]["forward"], g["same"]["backward"]) for g in got] == [(5, 5), (5, 5)]
     assert all(g["same"]["loss"] == g["own"]["loss"] for g in got)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_label_smoothing_is_transformers_label_smoother(eps: float) -> None:
+    """loss.label_smoothing: `cross_entropy` on the model's logits is transformers' own loss at eps 0, and the
+    Trainer's LabelSmoother (label_smoothing_factor) with shifted labels otherwise, value and gradients; the
+    chunked cross-entropy gives the same (gemma2: after its logit soft-cap)."""
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    batch = _batch()
+    for model_type, extra in (("llama", {}), ("gemma2", {"final_logit_softcapping": 0.5, "head_dim": 8})):
+        model = _model(model_type, **extra)
+        inputs = {"input_ids": batch["input_ids"]}
+        if eps == 0:
+            theirs, their_grads = _plain(model, batch)
+            theirs = theirs.loss
+        else:
+            model.zero_grad(set_to_none=True)
+            theirs = LabelSmoother(epsilon=eps)(model(**inputs, use_cache=False), batch["labels"], shift_labels=True)
+            theirs.backward()
+            their_grads = _grads(model)
+        model.zero_grad(set_to_none=True)
+        ours = xent.cross_entropy(model(**inputs, use_cache=False).logits, batch["labels"], eps)
+        ours.backward()
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+        _assert_close(_grads(model), their_grads)
+        chunked, _, _, _ = _chunked(model, batch, 7)  # the plain chunked loss, then with eps
+        head, softcap, _ = xent.output_head(model)
+        kept = xent.LastHiddenState(model)
+        model.zero_grad(set_to_none=True)
+        hidden, _ = kept(model, batch, use_cache=False)
+        kept.remove()
+        smoothed = xent.chunked_cross_entropy(hidden, batch["labels"], head, 7, softcap, label_smoothing=eps)
+        smoothed.backward()
+        torch.testing.assert_close(smoothed, theirs, rtol=1e-5, atol=1e-6)
+        _assert_close(_grads(model), their_grads)
+        if eps:
+            assert not torch.allclose(chunked, smoothed)  # it smooths
