@@ -295,6 +295,12 @@ def _files_for(project: Path, field: StringField, value: str, data: dict[str, An
         source.pop("text_field", None)
         source.update(fields={"messages": value}) if fid.endswith("fields") else source.update(roles={value: "assistant"})
         data.setdefault("tokenizer", {})["chat_template"] = CHATML
+    elif fid == "data.sources.input_separator":
+        # alpaca records: the separator joins each instruction and its input in the user turn the template renders
+        source.pop("text_field", None)
+        source.update(path="data/alpaca.jsonl", records="alpaca", input_separator=value)
+        _try_create(project / "data" / "alpaca.jsonl", json.dumps({"instruction": "Add.", "input": "2 and 3", "output": "5"}) + "\n")
+        data.setdefault("tokenizer", {})["chat_template"] = CHATML
     elif fid.startswith("data.sources.system."):
         # a system message for conversation records: the recipe's template renders it
         source.update(records="messages")
@@ -353,6 +359,7 @@ SPECIAL = {
     "data.sources.tokenizer",
     "data.sources.system.default",
     "data.sources.system.replace",
+    "data.sources.input_separator",
     "data.sources.phases",
     "data.sources.phase_weights",
     "schedule.phases.name",

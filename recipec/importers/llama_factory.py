@@ -812,11 +812,13 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
                       "rejected": columns.get("rejected", "rejected")}
             if columns.get("system", "system") != "system":
                 fields["system"] = columns["system"]
+            if "query" in columns:  # LLaMA-Factory's user turn: the prompt, then a non-empty query after a newline
+                fields["input"] = columns["query"]
             d.set(f"{src}.fields", fields, *keys)
+            if "query" in columns:
+                d.set(f"{src}.input_separator", "\n", *keys, note="LLaMA-Factory joins the prompt and the query with a newline")
             # LLaMA-Factory's template renders the instruction as the user's turn and each answer as the assistant's
             d.set(f"{src}.as_chat", True, *keys)
-            if "query" in columns:
-                differs.append(f"{name!r}: the input column is not read; recipec's prompt is one column")
         if records != "preference":
             d.warn(f"the dataset {name!r} holds preference pairs, which stage {d.get('stage', 'sft')!r} cannot train on", key)
         return differs
@@ -855,6 +857,8 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
     fields = {ours: columns[lf] for lf, ours in names.items() if lf in columns and columns[lf] != ours}
     if fields:
         d.set(f"{src}.fields", fields, *keys)
+    # LLaMA-Factory's user turn: the instruction, then a non-empty input after one newline (recipec's default: a blank line)
+    d.set(f"{src}.input_separator", "\n", *keys, note="LLaMA-Factory joins the instruction and the input with a newline")
     if "history" in columns:
         differs.append(f"{name!r}: the history column (earlier turns) is not read")
     return differs

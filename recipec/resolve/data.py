@@ -28,6 +28,7 @@ def source_dicts(sources: list[Source]) -> list[dict[str, Any]]:
         skip = ({"text_field", "records"} if src.builtin else set()) | ({"system"} if src.system == "keep" else set())
         skip |= {"prompt_style"} if src.prompt_style == "chat" else set()
         skip |= {"as_chat"} if not src.as_chat else set()
+        skip |= {"input_separator"} if src.input_separator == "\n\n" else set()
         d = src.model_dump(exclude_none=True, exclude=skip or None)
         d["filters"] = [f.model_dump() for f in src.filters]
         out.append(d)

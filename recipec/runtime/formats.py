@@ -63,6 +63,9 @@ DEFAULT_ROLES: dict[str, dict[str, str]] = {
 """Each format's role names: the record's role -> recipec's; a role not listed passes as it is."""
 
 
+INPUT_SEPARATOR = "\n\n"
+"""What joins an instruction and its input by default (a source's ``input_separator``)."""
+
 PROMPT_STYLES = ("chat", "alpaca", "alpaca_chat")
 """How alpaca records are rendered: ``chat`` (a conversation the chat template renders: the
 instruction, then the input after a blank line, is the user turn), ``alpaca`` (Stanford
@@ -102,6 +105,7 @@ def to_example(
     prompt_style: str = "chat",
     *,
     as_chat: bool = False,
+    input_separator: str = INPUT_SEPARATOR,
 ) -> dict[str, Any]:
     """Turn one record into an example (see the module docstring).
 
@@ -117,6 +121,9 @@ def to_example(
         as_chat: string prompts and completions (prompt_completion and preference records) as a
             conversation: the record's ``system`` field (when non-empty) as a system message, the
             prompt as a user turn, the completion as the assistant's (see :func:`as_conversation`).
+        input_separator: what joins an alpaca record's instruction and non-empty input (prompt_style
+            "chat"), and a preference record's string prompt and non-empty ``input`` field (read only
+            when ``fields`` names it: a second column of the prompt, as LLaMA-Factory's ``query``).
 
     Raises:
         RecordError: the record lacks a field, has a wrong type, an unknown role or no
@@ -138,7 +145,11 @@ def to_example(
             return {"prompt": alpaca_prompt(instruction, extra, own_system), "completion": output}
         head = [{"role": "system", "content": own_system}] if own_system else []
         example = {"messages": [*head, {"role": "user", "content": alpaca_prompt(instruction, extra)}, {"role": "assistant", "content": output}], "completion_from": None}
+    elif format == "alpaca":
+        example = _alpaca(record, f, r, input_separator)
     else:
+        if format in PREFERENCE and "input" in (fields or {}):
+            record = _with_input(record, f, input_separator)
         example = _READERS[format](record, f, r)
     if as_chat and format in ("prompt_completion", "preference", "unpaired_preference"):
         own_system = _optional_string(record, f["system"])
@@ -202,11 +213,23 @@ def _messages(record: dict[str, Any], f: dict[str, str], r: dict[str, str]) -> d
     return {"messages": messages, "completion_from": None}
 
 
-def _alpaca(record: dict[str, Any], f: dict[str, str], r: dict[str, str]) -> dict[str, Any]:
+def _with_input(record: dict[str, Any], f: dict[str, str], separator: str) -> dict[str, Any]:
+    """The record with its ``input`` field joined to its string prompt (when non-empty), as LLaMA-Factory joins
+    an alpaca-style pair's ``query`` to its ``prompt``."""
+    extra = _optional_string(record, f["input"])
+    if not extra:
+        return record
+    prompt = _field(record, f["prompt"])
+    if not isinstance(prompt, str):
+        raise RecordError(f"`{f['input']}` is joined to a string prompt, and `{f['prompt']}` is a list of messages")
+    return {**record, f["prompt"]: prompt + separator + extra}
+
+
+def _alpaca(record: dict[str, Any], f: dict[str, str], r: dict[str, str], separator: str = INPUT_SEPARATOR) -> dict[str, Any]:
     instruction = _string(record, f["instruction"])
     extra = _optional_string(record, f["input"])
     system = _optional_string(record, f["system"])
-    user = instruction + ("\n\n" + extra if extra else "")
+    user = instruction + (separator + extra if extra else "")
     messages = [{"role": "system", "content": system}] if system else []
     messages += [{"role": "user", "content": user}, {"role": "assistant", "content": _string(record, f["output"])}]
     return {"messages": messages, "completion_from": None}

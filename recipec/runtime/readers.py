@@ -523,6 +523,7 @@ class _Reader:
         self.system = source.get("system") or "keep"
         self.prompt_style = source.get("prompt_style") or "chat"
         self.as_chat = bool(source.get("as_chat"))
+        self.input_separator = source.get("input_separator", formats.INPUT_SEPARATOR)
         self.mds_shards = source.get("mds_shards")  # some of an MDS dataset's shards (the Ray executor's tasks)
         if self.records not in formats.FORMATS:
             raise DataError(f"{label}: unknown records {self.records!r}; expected one of {', '.join(formats.FORMATS)}")
@@ -665,7 +666,8 @@ class _Reader:
         """The record as an example of the source's ``records`` format, or None after reporting why not."""
         try:
             return formats.to_example(
-                record, self.records, self.record_fields, self.roles, self.system, self.prompt_style, as_chat=self.as_chat
+                record, self.records, self.record_fields, self.roles, self.system, self.prompt_style, as_chat=self.as_chat,
+                input_separator=self.input_separator,
             )
         except formats.RecordError as e:
             self.bad(where, f"{self.records} record: {e}")
@@ -1093,6 +1095,8 @@ def fingerprint_source(
         settings["prompt_style"] = source["prompt_style"]
     if source.get("as_chat"):
         settings["as_chat"] = True
+    if source.get("input_separator", "\n\n") != "\n\n":
+        settings["input_separator"] = source["input_separator"]
     digest = hashlib.sha256(b"recipec-source-v1\0")
     digest.update(json.dumps(settings, sort_keys=True).encode("utf-8") + b"\0")
 

@@ -17,8 +17,8 @@ RECORD_FIELDS = {
     "sharegpt": ("messages", "role", "content"),
     "alpaca": ("instruction", "input", "output", "system"),
     "prompt_completion": ("prompt", "completion", "role", "content", "system"),
-    "preference": ("prompt", "chosen", "rejected", "role", "content", "system"),
-    "unpaired_preference": ("prompt", "completion", "label", "role", "content", "system"),
+    "preference": ("prompt", "chosen", "rejected", "role", "content", "system", "input"),
+    "unpaired_preference": ("prompt", "completion", "label", "role", "content", "system", "input"),
     "tokens": ("input_ids",),
 }
 """The fields each record format reads, by the name `fields` renames them with (recipec_runtime/formats.py has their defaults)."""
@@ -132,7 +132,7 @@ class Source(Table):
     """What each record holds: `text` (a document, trained on every token), `tokens` (a document already tokenized: token ids made with `tokenizer`, in `.bin` files, an `input_ids` column of parquet, Arrow or `datasets` files, or an `input_ids` or `tokens` column of MDS shards; trained on every token like text, and never filtered), `messages` (OpenAI-style `[{role, content}, ...]`), `sharegpt` (`conversations` of `{from, value}`), `alpaca` (`instruction`, optional `input`, `output`, optional `system`) `prompt_completion` (`prompt` and `completion`, strings or message lists), `preference` (`prompt`, `chosen`, `rejected`: strings or message lists, for `[preference]`) or `unpaired_preference` (`prompt`, `completion` and a boolean `label`, for KTO). Any but `text` and `tokens` makes every source's documents examples: rendered with the chat template, masked by `train_on`, fitted to `data.max_length` and packed whole."""
 
     fields: dict[str, str] | None = None
-    """Renamed fields of the records, e.g. `{messages = "dialog", role = "speaker", content = "text"}`. The names: messages, role, content (messages, sharegpt); instruction, input, output, system (alpaca); prompt, completion, role, content (prompt_completion); input_ids (tokens, the column of ids in parquet, Arrow and MDS files). llm-foundry's prompt/response MDS shards are `prompt_completion` records with `{completion = "response"}`."""
+    """Renamed fields of the records, e.g. `{messages = "dialog", role = "speaker", content = "text"}`. The names: messages, role, content (messages, sharegpt); instruction, input, output, system (alpaca); prompt, completion, role, content (prompt_completion); prompt, chosen, rejected (or completion, label), role, content, system, and input, a second column of a string prompt joined after it with `input_separator` (preference, unpaired_preference); input_ids (tokens, the column of ids in parquet, Arrow and MDS files). llm-foundry's prompt/response MDS shards are `prompt_completion` records with `{completion = "response"}`."""
 
     tokenizer: str | None = None
     """With `records = "tokens"`: the tokenizer that made the ids, a hub id (loaded from the local cache) or a local directory (same rules as `[tokenizer] path`). Its vocabulary must equal the vocabulary of the tokenizer the recipe trains with (`[tokenizer] path` or the model's own), and every id must be below its size: the data stage checks both before it packs a sequence."""
@@ -149,8 +149,11 @@ class Source(Table):
     as_chat: bool = False
     """`prompt_completion`, `preference` and `unpaired_preference` records whose prompt and completion are strings: render each as a conversation with the chat template, the prompt a user turn (after the record's `system` field, when it has a non-empty one, as a system message) and the completion the assistant's turn, as axolotl's Bradley-Terry reward data are. false (the default): plain text, the prompt's tokens then the completion's then EOS, as TRL reads strings. Records whose sides are message lists are conversations either way."""
 
+    input_separator: str = "\n\n"
+    """What joins an instruction and its input into one user turn: for `alpaca` records (prompt_style `chat`), the instruction and a non-empty `input`; for `preference` and `unpaired_preference` records with an `input` field (`fields = {input = "..."}`: a second column of the prompt), the string prompt and a non-empty input. The default is a blank line; LLaMA-Factory joins with one newline ("\n")."""
+
     prompt_style: Literal["chat", "alpaca", "alpaca_chat"] = "chat"
-    """How `alpaca` records are rendered: `chat` (the chat template renders a conversation whose user turn is the instruction, then the input after a blank line), `alpaca` (Stanford Alpaca's prompt text, "Below is an instruction that describes a task... ### Instruction: ... ### Response:", then the output and EOS, with no chat template, as axolotl's `type: alpaca` and LitGPT's `prompt_style: alpaca`; a record's `system` takes the preamble's place) or `alpaca_chat` (that prompt text as the user turn of the chat template, as torchtune's `alpaca_dataset`)."""
+    """How `alpaca` records are rendered: `chat` (the chat template renders a conversation whose user turn is the instruction, then the input after `input_separator`, a blank line by default), `alpaca` (Stanford Alpaca's prompt text, "Below is an instruction that describes a task... ### Instruction: ... ### Response:", then the output and EOS, with no chat template, as axolotl's `type: alpaca` and LitGPT's `prompt_style: alpaca`; a record's `system` takes the preamble's place) or `alpaca_chat` (that prompt text as the user turn of the chat template, as torchtune's `alpaca_dataset`)."""
 
     system: Literal["keep", "drop"] | SystemMessage = "keep"
     """The conversations' system messages: `keep` them as the records have them, `drop` them all (the chat template's own default applies, if it has one), `{default = "..."}` for each conversation that has none, or `{replace = "..."}` as every conversation's only one. For conversation and instruction records (message lists; an alpaca record's `system` field is its system message)."""
@@ -198,6 +201,14 @@ class Source(Table):
                     raise key_error(key, f"`{key}` applies only to a `path` source")
             if self.records != "text":
                 raise key_error("records", "a builtin corpus holds text records")
+        if self.input_separator != "\n\n":  # the default, which a resolved.toml spells out, applies anywhere
+            joins_alpaca = self.records == "alpaca" and self.prompt_style == "chat"
+            joins_input = self.records in ("preference", "unpaired_preference") and "input" in (self.fields or {})
+            if not (joins_alpaca or joins_input):
+                raise key_error(
+                    "input_separator",
+                    f'`input_separator` joins an alpaca record\'s instruction and input (prompt_style "chat"), or a preference record\'s prompt and its `fields.input`, and this source has neither (records "{self.records}")',
+                )
         if self.as_chat and self.records not in ("prompt_completion", "preference", "unpaired_preference"):
             raise key_error("as_chat", f'`as_chat` renders the string prompts and completions of prompt_completion and preference records, and `records` is "{self.records}"')
         if self.prompt_style != "chat" and self.records != "alpaca":

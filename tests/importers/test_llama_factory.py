@@ -475,3 +475,20 @@ def test_alpaca_style_pairs_are_rendered_in_the_template_with_their_system(tmp_p
     assert orca["as_chat"] and orca["fields"] == {"prompt": "question", "chosen": "chosen", "rejected": "rejected"}
     assert ultra["as_chat"] and ultra["fields"] == {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"}
     assert not any("system" in message for message, _ in draft.warnings)
+
+
+def test_alpaca_records_join_the_input_with_one_newline(tmp_path, monkeypatch):
+    """LLaMA-Factory's user turn is "\\n".join([prompt, query]) (data/converter.py): the alpaca SFT sources and an
+    alpaca-style ranking dataset's query column (read as `fields.input`) take input_separator "\\n"."""
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\n" + HUB)
+    assert draft.value("data.sources[0].records") == "alpaca"
+    assert draft.value("data.sources[0].input_separator") == "\n"
+    (tmp_path / "mydata").mkdir()
+    (tmp_path / "mydata" / "dataset_info.json").write_text(
+        '{"pairs": {"file_name": "pairs.jsonl", "ranking": true, "columns": {"prompt": "instruction", "query": "input", '
+        '"chosen": "chosen", "rejected": "rejected"}}}', encoding="utf-8"
+    )
+    draft = _warnings(tmp_path, monkeypatch, "stage: dpo\ndataset: pairs\ndataset_dir: mydata\n", files=("mydata/pairs.jsonl",))
+    assert draft.value("data.sources[0].records") == "preference"
+    assert draft.value("data.sources[0].fields") == {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected", "input": "input"}
+    assert draft.value("data.sources[0].input_separator") == "\n" and draft.value("data.sources[0].as_chat") is True

@@ -237,3 +237,29 @@ def test_as_chat_makes_string_sides_a_conversation_with_the_records_system():
     assert replaced["chosen"]["messages"][0] == {"role": "system", "content": "Be terse."} and len(replaced["chosen"]["messages"]) == 3
     listed = {"prompt": [{"role": "user", "content": "Hi?"}], "completion": [{"role": "assistant", "content": "Hello."}]}
     assert to_example(listed, "prompt_completion", as_chat=True) == to_example(listed, "prompt_completion")
+
+
+def test_input_separator_joins_an_alpaca_instruction_and_its_input():
+    """LLaMA-Factory's AlpacaDatasetConverter: "\\n".join([instruction, input]) for the user turn, the input
+    only when non-empty."""
+    record = {"instruction": "Add.", "input": "2 and 3", "output": "5"}
+    assert to_example(record, "alpaca", input_separator="\n")["messages"][0] == {"role": "user", "content": "Add.\n2 and 3"}
+    assert to_example({**record, "input": ""}, "alpaca", input_separator="\n")["messages"][0]["content"] == "Add."
+
+
+def test_a_preference_records_input_field_joins_its_prompt():
+    record = {"instruction": "Add.", "query": "2 and 3", "chosen": "5", "rejected": "6"}
+    fields = {"prompt": "instruction", "input": "query"}
+    got = to_example(record, "preference", fields, input_separator="\n")
+    assert got == {"chosen": {"prompt": "Add.\n2 and 3", "completion": "5"}, "rejected": {"prompt": "Add.\n2 and 3", "completion": "6"}}
+    chat = to_example(record, "preference", fields, input_separator="\n", as_chat=True)["chosen"]["messages"]
+    assert chat[0] == {"role": "user", "content": "Add.\n2 and 3"}  # LLaMA-Factory's user turn
+    assert to_example({**record, "query": ""}, "preference", fields)["chosen"]["prompt"] == "Add."
+    # without `input` among the fields an `input` column is not read
+    plain = {"prompt": "Add.", "input": "2 and 3", "chosen": "5", "rejected": "6"}
+    assert to_example(plain, "preference")["chosen"]["prompt"] == "Add."
+    kto = to_example({"prompt": "Add.", "q": "2 and 3", "completion": "5", "label": True}, "unpaired_preference", {"input": "q"})
+    assert kto["prompt"] == "Add.\n\n2 and 3"  # the default separator
+    messages = {"prompt": [{"role": "user", "content": "Add."}], "query": "2 and 3", "chosen": [{"role": "assistant", "content": "5"}], "rejected": [{"role": "assistant", "content": "6"}]}
+    with pytest.raises(RecordError, match="`query` is joined to a string prompt, and `prompt` is a list of messages"):
+        to_example(messages, "preference", {"input": "query"})
