@@ -117,3 +117,20 @@ def test_string_pairs_as_chat_are_rendered_in_the_template_with_the_records_syst
         assert answer.startswith("It is") and IM_START not in answer
     assert systems == 2 * 6  # both sides of the six records with a system
     assert all(IM_START not in tok.decode(row["input_ids"]) for row in rows_of(text))
+
+
+def test_a_second_prompt_column_is_joined_through_the_stage(tmp_path, tokenizer_dir):
+    """fields.input and input_separator reach the stage's reader: LLaMA-Factory's alpaca-style pairs render the
+    instruction, a newline and the query as the user turn; the separator is part of the cache entry."""
+    rows = [{"instruction": f"Add {i} and {i}.", "query": "Answer in words." if i % 2 else "", "chosen": f"It is {2 * i}.", "rejected": "No idea."} for i in range(12)]
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    source = {"path": "p.jsonl", "records": "preference", "fields": {"prompt": "instruction", "input": "query"}, "as_chat": True}
+    newline, blank = run(request(tmp_path, tokenizer_dir, [{**source, "input_separator": "\n"}], seq_len=128)), run(request(tmp_path, tokenizer_dir, [source], seq_len=128))
+    assert newline.dir != blank.dir
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    joined = [tok.decode(row["input_ids"]) for row in rows_of(newline)]
+    assert sum(text.count(".\nAnswer in words.") for text in joined) == 2 * 6  # both sides of the six records with a query
+    assert all(".\n\nAnswer" not in text for text in joined)
+    assert sum(tok.decode(row["input_ids"]).count(".\n\nAnswer in words.") for row in rows_of(blank)) == 2 * 6
