@@ -6,10 +6,10 @@ An MLP treats every token alone, so its output over the whole sequence is the co
 its outputs over the tiles. Each tile runs under torch's non-reentrant activation checkpoint
 (``torch.utils.checkpoint``): the forward pass keeps only the tile's input (a view of the
 layer's normalised hidden state, which the MLP's first linears keep anyway), and the backward
-pass recomputes one tile's gate, up, activation and product at a time. The MLP's activations,
-(b x s x intermediate_size) several times per layer, shrink to one tile's (the batch's tokens in
-a row, cut into tiles), alive only during
-that tile's backward; the price is a second forward of the MLP.
+pass recomputes one tile's gate, up, activation and product at a time. The tiles cut the
+micro-batch's tokens laid in a row (batch x seq, a view of the contiguous hidden state), so each
+is contiguous. The MLP's activations, b x s x intermediate_size several times per layer, shrink
+to one tile's, alive only during that tile's backward; the price is a second forward of the MLP.
 
 DeepSpeed's ``TiledMLP`` does the same with a backward pass per tile, which adds each tile's
 weight gradient to ``.grad`` separately (DDP and FSDP would reduce it once per tile). Here the
@@ -19,7 +19,7 @@ accumulates a weight's once, so every gradient hook (DDP's all-reduce, ZeRO's, F
 
 The number of tiles is fixed for the run (``model.tiled_mlp_shards``, or ceil(seq_len /
 hidden_size) as DeepSpeed's default): ``Tensor.tensor_split`` makes that many tiles of any
-sequence length (some empty when the sequence is shorter), so under ZeRO-3, which gathers a
+number of tokens (some empty when there are fewer), so under ZeRO-3, which gathers a
 linear's weights on each call, every process calls the MLP as often. Without gradients
 (evaluation, generation) the MLP runs whole.
 """
