@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+import ab_step  # noqa: E402 (benchmarks/ab_step.py, beside this script)
+
 
 def _worker(cfg: dict) -> None:
     import torch
-    from torch.profiler import ProfilerActivity, profile
     from transformers import LlamaConfig, LlamaForCausalLM
 
     sys.path.insert(0, str(REPO))
@@ -61,35 +59,7 @@ def _worker(cfg: dict) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    times = []
-    for i in range(cfg["steps"]):
-        t = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= cfg["warmup"]:
-            times.append(time.perf_counter() - t)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            step()
-        memory = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-        live = peak = 0
-        for _, nbytes in memory:
-            live += nbytes
-            peak = max(peak, live)
-        peak += sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
-            t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t)
-        )
-    print(json.dumps({"step_s": statistics.median(times), "peak": peak}))
-
-
-def _run(cfg: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(ab_step.measure(step, model, opt, cfg["steps"], cfg["warmup"], device)))
 
 
 def main() -> None:
@@ -110,22 +80,11 @@ def main() -> None:
         return
     tiles = args.tiles or -(-args.seq_len // args.hidden)
     base = {k: getattr(args, k) for k in ("steps", "warmup", "seq_len", "hidden", "intermediate", "layers", "device")} | {"tiles": tiles}
-    mib = 1024**2
     print(
         f"llama hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers; one sequence of {args.seq_len} "
         f"tokens; {tiles} tiles; chunked cross-entropy; AdamW; {args.device}"
     )
-    print(f"{'checkpointing':<14} {'runner':<7} {'step ms (median of repeats)':>28} {'peak MiB':>9}")
-    for checkpointing in (False, True):
-        results: dict[str, list[dict]] = {"whole": [], "tiled": []}
-        for _ in range(args.repeats):
-            for runner in ("whole", "tiled"):
-                results[runner].append(_run({**base, "runner": runner, "checkpointing": checkpointing}))
-        med = {r: statistics.median(x["step_s"] for x in v) for r, v in results.items()}
-        peak = {r: v[-1]["peak"] for r, v in results.items()}
-        for runner in ("whole", "tiled"):
-            print(f"{str(checkpointing):<14} {runner:<7} {med[runner] * 1000:28.1f} {peak[runner] / mib:9.1f}")
-        print(f"{'':<14} tiled/whole: time x{med['tiled'] / med['whole']:.3f}, peak x{peak['tiled'] / peak['whole']:.3f}")
+    ab_step.compare(__file__, base, ("whole", "tiled"), args.repeats)
 
 
 if __name__ == "__main__":

@@ -1240,12 +1240,13 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
         grads_how += f" / tp_size {tp}"
         optim_how += f" / tp_size {tp}"
         shard += f"; split over tp_size {tp} (heads and MLP columns)"
+    # the largest tensor: the embedding matrix or a layer's widest linear (one gradient at a time, AdamW's for-loop step)
+    largest = max([shape.embedding_params(), *(n_in * n_out for n_in, n_out, _ in shape.linears().values())])
     grads_what = f"{trainable:,} trainable ({'adapter' if peft is not None else 'optim.trainable' if partial else 'all'}) x {g_bytes} B"
     if recipe.optim.step_in_backward and peft is None and grads_b:
         # each parameter steps and frees its gradient as soon as the backward pass finishes it (one micro-batch a
         # step, so no gradient is kept from an earlier one): none is alive at the peak, where the backward pass
         # starts from the logits; one tensor's later (at most the embedding matrix), once the logits are freed
-        largest = max([shape.embedding_params(), *(n_in * n_out for n_in, n_out, _ in shape.linears().values())])
         grads_b, grads_how = 0.0, ""
         grads_what = (
             f"none at the peak (optim.step_in_backward: each parameter steps and frees its gradient as the backward pass "
@@ -1394,7 +1395,6 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
         temps, temps_what = 0.0, ""
         if opt.name == "adamw" and peft is None:
             how = opt.implementation if opt.implementation != "auto" else ("for-loop" if launch.cpu else "foreach")
-            largest = max([shape.embedding_params(), *(n_in * n_out for n_in, n_out, _ in shape.linears().values())])
             temps = {"for-loop": 2 * largest * p_bytes, "foreach": float(trainable * p_bytes), "fused": 0.0}[how]
             temps_what = f", or AdamW's {how} step temporaries ({human(temps)})" if temps else ""
         at_peak = max(0.0, grads_b + max(recompute, temps) - act_b - logits_b)

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import accelerate_launch
 import forkrun  # noqa: E402
-from test_training import TINY, _assert_same_weights, _build, _env, _kill, _metrics, _project, _train, _weights, uninterrupted  # noqa: F401
+from test_training import TINY, _assert_killed_run_resumes_bitwise, _assert_same_weights, _build, _env, _kill, _metrics, _project, _train, _weights, uninterrupted  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -52,16 +52,7 @@ def test_muon_on_two_processes_matches_one(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["muon", "schedule_free_adamw"])
 def test_killed_after_a_checkpoint_resumes_bitwise(tmp_path: Path, name: str) -> None:
-    straight = _project(tmp_path / "straight", recipe(name))
-    _train(_build(straight))
-    killed = _project(tmp_path / "killed", recipe(name))
-    build_dir = _build(killed)
-    _kill(tmp_path, build_dir, 4, "after-commit")
-    proc = _train(build_dir)
-    assert "resumed from" in proc.stdout + proc.stderr
-    _assert_same_weights(straight / "runs" / "tiny", killed / "runs" / "tiny")
-    strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_per_s")} for m in ms]  # noqa: E731 (timings differ)
-    assert strip(_metrics(killed / "runs" / "tiny")) == strip(_metrics(straight / "runs" / "tiny"))
+    _assert_killed_run_resumes_bitwise(tmp_path, recipe(name))
 
 
 def test_schedule_free_evaluates_and_saves_its_averaged_weights(tmp_path: Path) -> None:

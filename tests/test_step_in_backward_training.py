@@ -15,7 +15,7 @@ import pytest
 import forkrun
 import test_sft as sft
 from conftest import accelerate_launch
-from test_training import TINY, _assert_same_weights, _build, _env, _kill, _metrics, _project, _train, _weights
+from test_training import TINY, _assert_killed_run_resumes_bitwise, _assert_same_weights, _build, _env, _metrics, _project, _train, _weights
 
 pytestmark = pytest.mark.slow
 
@@ -63,16 +63,7 @@ def test_pretraining_logs_and_saves_what_stepping_after_the_backward_pass_does(t
 
 
 def test_killed_after_a_checkpoint_resumes_bitwise(tmp_path: Path) -> None:
-    straight = _project(tmp_path / "straight", _recipe(IN_BACKWARD))
-    _train(_build(straight))
-    killed = _project(tmp_path / "killed", _recipe(IN_BACKWARD))
-    build_dir = _build(killed)
-    _kill(tmp_path, build_dir, 4, "after-commit")
-    proc = _train(build_dir)
-    assert "resumed from" in proc.stdout + proc.stderr
-    _assert_same_weights(straight / "runs" / "tiny", killed / "runs" / "tiny")
-    strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_per_s")} for m in ms]  # noqa: E731 (timings differ)
-    assert strip(_metrics(killed / "runs" / "tiny")) == strip(_metrics(straight / "runs" / "tiny"))
+    _assert_killed_run_resumes_bitwise(tmp_path, _recipe(IN_BACKWARD))
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["one process", "fsdp 2 over two"])

@@ -152,6 +152,21 @@ def _assert_same_weights(a: Path, b: Path) -> None:
     assert not different, f"weights differ after resume: {different[:5]}"
 
 
+def _assert_killed_run_resumes_bitwise(tmp_path: Path, recipe_text: str) -> None:
+    """The recipe trained straight, and killed after its step-4 checkpoint and run again: it resumes, to the
+    same weights and metrics bit for bit (timings aside)."""
+    straight = _project(tmp_path / "straight", recipe_text)
+    _train(_build(straight))
+    killed = _project(tmp_path / "killed", recipe_text)
+    build_dir = _build(killed)
+    _kill(tmp_path, build_dir, 4, "after-commit")
+    proc = _train(build_dir)
+    assert "resumed from" in proc.stdout + proc.stderr
+    _assert_same_weights(straight / "runs" / "tiny", killed / "runs" / "tiny")
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_per_s")} for m in ms]  # noqa: E731 (timings differ)
+    assert strip(_metrics(killed / "runs" / "tiny")) == strip(_metrics(straight / "runs" / "tiny"))
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = _project(tmp_path_factory.mktemp("straight"), TINY)

@@ -186,12 +186,13 @@ def step_in_backward_settings(b: PlanBuilder, grad_accum: int) -> None:
             "set optim.grad_clip = 0 (the script still logs the gradient norm), or remove step_in_backward",
         )
     if grad_accum > 1:
-        per_step = r.train.micro_batch_size * data_parallel_size(launch)
+        dp = data_parallel_size(launch)
+        per_step = r.train.micro_batch_size * dp
         b.error(
             key,
             f"{why}, so every micro-batch would be a step, and train.batch_size {r.train.batch_size} takes "
             f"grad_accum_steps {grad_accum} micro-batches of {per_step} sequences over the processes",
-            f"set train.batch_size = {per_step} (one micro-batch a step), or raise micro_batch_size to {r.train.batch_size // data_parallel_size(launch)}",
+            f"set train.batch_size = {per_step} (one micro-batch a step), or raise micro_batch_size to {r.train.batch_size // dp}",
         )
     if launch.strategy == "deepspeed":
         b.error(key, f"{why}, and DeepSpeed steps its own optimizer inside its engine", 'use strategy = "fsdp" (version 2), or remove step_in_backward')
