@@ -181,7 +181,11 @@ CLOSED = {"model.init"}
 """String fields whose value must be one of a fixed set of names (model.init: a model type of
 recipec/model_types.json, checked like a Literal), so no payload reaches the build."""
 
-FIELDS = [f for f in string_fields() if f.id not in CLOSED]
+PATTERNED = {"train.eval_every", "train.save_every"}
+"""Fields that take a number or a string of one pattern ("0.25 epoch"): every payload is refused
+(`test_every_payload_in_a_patterned_field_is_refused`)."""
+
+FIELDS = [f for f in string_fields() if f.id not in CLOSED | PATTERNED]
 
 # -----------------------------------------------------------------------------
 # a recipe with a value in one field
@@ -574,6 +578,25 @@ def test_no_payload_changes_the_generated_code(project: Path, field: StringField
             failures.append(f"{payload!r}: {result.kind} {result.detail}")
     if os.environ.get("RECIPEC_INJECTION_REPORT"):
         print(f"\n{field.id}: {counts}")
+    assert not failures, f"{field.id}:\n" + "\n".join(failures)
+
+
+@pytest.mark.parametrize("field", [f for f in string_fields() if f.id in PATTERNED], ids=lambda f: f.id)
+def test_every_payload_in_a_patterned_field_is_refused(project: Path, field: StringField):
+    assert len([f for f in string_fields() if f.id in PATTERNED]) == len(PATTERNED)
+    failures = []
+    for payload in [MARKER, *PAYLOADS]:
+        data = recipe_with(project, field, payload)
+        try:
+            compile_recipe(project, data)
+        except RecipeError:
+            result = check_refused(project)
+        except Exception as exc:  # noqa: BLE001 - any other exception is the finding
+            result = Outcome("traceback", f"{type(exc).__name__}: {exc}")
+        else:
+            result = Outcome("built", "")
+        if result.kind != "refused":
+            failures.append(f"{payload!r}: {result.kind} {result.detail}")
     assert not failures, f"{field.id}:\n" + "\n".join(failures)
 
 

@@ -182,6 +182,58 @@ def test_epochs_formulas_evaluate_in_order(plan_of):
     assert warmup_of(scope["schedule_phases"]) == round(0.1 * scope["max_steps"])  # phase fractions round
 
 
+# -- eval_every / save_every in epochs -------------------------------------------------
+
+
+def _computed(plan, rows):
+    import math
+
+    scope = {"math": math, "schedule": __import__("recipec.runtime.schedule").runtime.schedule, "train_sets": [range(rows)]}
+    scope.update({s.name: s.value for s in plan.settings})
+    for f in plan.formulas:
+        scope[f.name] = eval(f.expr, scope)  # noqa: S307 - built by resolve from names and literals
+    return scope
+
+
+def test_cadences_in_epochs_become_formulas_after_the_run_length(plan_of):
+    plan = plan_of({"train.max_steps": None, "train.epochs": 3, "train.eval_every": "1/3 epoch", "train.save_every": "1 epoch"})
+    names = [s.name for s in plan.settings]
+    assert "eval_every" not in names and "save_every" not in names
+    formulas = {f.name: f for f in plan.formulas}
+    assert list(formulas)[:2] == ["steps_per_epoch", "max_steps"]
+    assert formulas["eval_every"].expr == "math.ceil(steps_per_epoch * 1 / 3)"
+    assert formulas["save_every"].expr == "steps_per_epoch"
+    assert formulas["eval_every"].note == 'derived: ceil(train.eval_every "1/3 epoch" * steps_per_epoch)'
+    # 240 rows of batch 8: 30 steps an epoch; a third of it is 10 steps, not 11 by a float's rounding
+    scope = _computed(plan, 240)
+    assert (scope["steps_per_epoch"], scope["eval_every"], scope["save_every"], scope["max_steps"]) == (30, 10, 30, 90)
+    assert _computed(plan, 248)["eval_every"] == 11  # 31 steps: ceil(31 / 3)
+
+
+@pytest.mark.parametrize(("value", "rows", "steps"), [("0.25 epoch", 800, 25), ("2 epochs", 800, 200), ("0.1 epoch", 88, 2)])
+def test_cadence_in_epochs_with_a_run_length_in_steps(plan_of, value, rows, steps):
+    plan = plan_of({"train.save_every": value})
+    assert [f.name for f in plan.formulas] == ["steps_per_epoch", "save_every"]
+    assert setting(plan, "max_steps").value == 100 and setting(plan, "eval_every").value == plan.recipe.train.eval_every
+    assert _computed(plan, rows)["save_every"] == steps
+
+
+def test_cadence_in_epochs_not_shorter_than_the_run_warns(plan_of):
+    plan = plan_of({"train.max_steps": None, "train.epochs": 2, "train.save_every": "2 epochs", "train.eval_every": "1 epoch"})
+    assert warning_messages(plan) == ['save_every "2 epochs" is not shorter than the run (train.epochs 2): only the final model is saved']
+    assert plan.warnings[0].location.source_line.startswith("save_every = ")
+
+
+def test_cadence_in_epochs_with_phased_sources_is_an_error(plan_of):
+    sources = [
+        {"builtin": "python-docs", "weight": 0.5, "phase_weights": {"cooldown": 0.9}},
+        {"builtin": "python-docs", "weight": 0.5, "max_documents": 3, "phase_weights": {"cooldown": 0.1}},
+    ]
+    (err,) = errors_of(plan_of, {"data.sources": sources, "schedule.decay": "wsd", "schedule.cooldown": 0.5, "train.eval_every": "1 epoch"})
+    assert err.message.startswith("`eval_every` in epochs needs one pass over one set of training rows, and data.sources[0] changes")
+    assert err.location.source_line.startswith("eval_every = ")
+
+
 # -- origins ---------------------------------------------------------------------------
 
 

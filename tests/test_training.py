@@ -213,6 +213,28 @@ WORKERS = ("data.num_workers=2", "data.persistent_workers=true", "data.prefetch_
 """Batches loaded by two worker processes kept across epochs and evaluations: the same batches, in the same order."""
 
 
+def test_checkpoints_and_evaluations_in_epochs_fall_on_the_derived_steps(tmp_path: Path) -> None:
+    """`save_every` and `eval_every` in epochs: train.py derives the steps from the rows it loaded, the same
+    steps_per_epoch as `train.epochs`, so "1 epoch" saves at each epoch's last step."""
+    import math
+
+    recipe = TINY.replace("max_steps = 8", "epochs = 3").replace("save_every = 2", 'save_every = "1 epoch"')
+    recipe = recipe.replace("eval_every = 4", 'eval_every = "1/2 epoch"').replace("keep_last = 2", "keep_last = 0")
+    project = _project(tmp_path, recipe)
+    proc = _train(_build(project))
+    rows = int(proc.stdout.split("sequences of 32 tokens: ")[1].split(" train")[0])
+    per_epoch = rows // 8
+    assert per_epoch >= 2, f"{rows} rows: too few for the test to tell the cadences apart"
+    max_steps = 3 * per_epoch
+    run = project / "runs" / "tiny"
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == [f"step_{s:08d}" for s in (per_epoch, 2 * per_epoch)]
+    every = math.ceil(per_epoch / 2)
+    evals = [m["step"] for m in _metrics(run) if "eval_loss" in m]
+    assert evals == [0, *range(every, max_steps, every), max_steps]
+    assert max(m["step"] for m in _metrics(run)) == max_steps
+
+
 @pytest.mark.parametrize(
     "mode,resumes_from,overrides",
     [("after-commit", 4, ()), ("before-commit", 2, ()), ("after-commit", 4, WORKERS)],

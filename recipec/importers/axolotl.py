@@ -22,12 +22,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import hf
-from .core import Draft, Legacy, OldValue, Removed, Renamed, num
+from .core import Draft, Legacy, OldValue, Removed, Renamed, epochs_cadence, num
 from .regex_globs import NoGlob, regex_globs
 
 VERSION = "axolotl 0.18.0"
@@ -1286,6 +1287,26 @@ def _epochs(d: Draft) -> float:
     return float(num(d.get("num_epochs")) or 1.0)
 
 
+def _share_in_epochs(d: Draft, steps_key: str, per_epoch: Any, epochs: float) -> Fraction:
+    """A share of the run (`save_steps` or `eval_steps` below 1, or 1 / (per_epoch * num_epochs)) in epochs."""
+    if _given(d, steps_key):
+        return Fraction(str(num(d.get(steps_key)))) * Fraction(str(epochs))
+    return 1 / Fraction(str(per_epoch))
+
+
+def _epochs_rounding(epochs: float, what: str) -> str | None:
+    """Why a share of the run in epochs is approximate: None when num_epochs is whole.
+
+    transformers takes ceil(share * max_steps), max_steps = ceil(num_epochs * steps per epoch); recipec
+    ceil(share * num_epochs * steps_per_epoch): the same number when num_epochs is whole."""
+    if float(epochs).is_integer():
+        return None
+    return (
+        f"transformers places a {what} every ceil(share * ceil({epochs:g} * steps per epoch)) steps, recipec every "
+        f"ceil(share * {epochs:g} * steps_per_epoch): a step apart at most"
+    )
+
+
 def _save_eval_log(d: Draft, total: int | None) -> None:
     epochs = _epochs(d)
     # logging
@@ -1311,7 +1332,8 @@ def _save_eval_log(d: Draft, total: int | None) -> None:
         elif total is not None:
             d.set("train.save_every", math.ceil(total * save_steps), *keys, note=f"ceil({save_steps:g} * {total} steps)")
         else:
-            d.set("train.save_every", 0, *keys, approx=f"a checkpoint every {save_steps:g} of the run ({spe} per epoch); recipec saves every so many steps, written as only the final model")
+            share = _share_in_epochs(d, "save_steps", spe, epochs)
+            d.set("train.save_every", epochs_cadence(share), *keys, approx=_epochs_rounding(epochs, "checkpoint"))
         if d.has("save_strategy"):
             d.drop("save_strategy", "ignored-by-tool", "save_steps wins.")
     else:
@@ -1320,9 +1342,9 @@ def _save_eval_log(d: Draft, total: int | None) -> None:
         if strategy == "no":
             d.set("train.save_every", 0, *keys)
         elif keys:
-            d.set("train.save_every", 0, *keys, approx="a checkpoint each epoch; recipec saves every so many steps, written as only the final model")
+            d.set("train.save_every", "1 epoch", *keys)
         else:
-            d.default("train.save_every", 0, "save_strategy", "save_strategy \"epoch\": a checkpoint each epoch (written as only the final model)")
+            d.default("train.save_every", "1 epoch", "save_strategy", "save_strategy \"epoch\": a checkpoint at the end of each epoch")
         _empty(d, "save_steps")
     limit = d.get("save_total_limit")
     if limit:
@@ -1359,11 +1381,15 @@ def _save_eval_log(d: Draft, total: int | None) -> None:
         elif total is not None:
             d.set("train.eval_every", math.ceil(total * eval_steps), *keys, note=f"ceil({eval_steps:g} * {total} steps)")
         else:
-            d.set("train.eval_every", 0, *keys, approx=f"an evaluation every {eval_steps:g} of the run; recipec evaluates every so many steps, written as only at the end")
+            share = _share_in_epochs(d, "eval_steps", epe, epochs)
+            d.set("train.eval_every", epochs_cadence(share), *keys, approx=_epochs_rounding(epochs, "evaluation"))
         if _given(d, "evals_per_epoch") and _given(d, "eval_steps"):
             d.drop("evals_per_epoch", "ignored-by-tool", "eval_steps wins.")
         if d.has("eval_strategy"):
             d.drop("eval_strategy", "ignored-by-tool", "eval_steps wins.")
+    elif strategy == "epoch":
+        keys = [k for k in ("eval_strategy", "evals_per_epoch") if d.has(k)]
+        d.set("train.eval_every", "1 epoch", *keys)
     elif strategy and strategy != "no":
         keys = [k for k in ("eval_strategy", "evals_per_epoch") if d.has(k)]
         d.set("train.eval_every", 0, *keys, approx=f"eval_strategy {strategy!r}; recipec evaluates every so many steps, written as only at the end")

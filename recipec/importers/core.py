@@ -437,6 +437,19 @@ def num(value: Any) -> Any:
     return value
 
 
+def epochs_cadence(epochs: Any) -> str:
+    """`train.eval_every` / `save_every` in epochs, as the recipe writes it: "1 epoch", "1/4 epoch", "3/10 epoch".
+
+    ``epochs`` is a Fraction or a number; a float is read by its shortest decimal (0.1 is 1/10).
+    """
+    from fractions import Fraction
+
+    f = epochs if isinstance(epochs, Fraction) else Fraction(str(epochs))
+    if f.denominator == 1:
+        return f"{f.numerator} epoch{'' if f.numerator == 1 else 's'}"
+    return f"{f.numerator}/{f.denominator} epoch"
+
+
 # -- writing the recipe ------------------------------------------------------------------
 
 TABLE_ORDER = [

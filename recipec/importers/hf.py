@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any
 
-from .core import Draft, Renamed, num
+from .core import Draft, Renamed, epochs_cadence, num
 
 VERSION = "transformers 5.25.0"
 
@@ -538,8 +539,9 @@ def training_args(
             d.drop(k("logging_steps"), "no-equivalent", "a fraction of the run; recipec logs every so many steps.")
         else:
             d.set("train.log_every", int(steps), k("logging_steps"))
-    _eval(d, k)
-    _save(d, k, defaults)
+    epochs = num(d.get(key(rename, "num_train_epochs"), defaults["num_train_epochs"]))
+    _eval(d, k, total, epochs)
+    _save(d, k, defaults, total, epochs)
     if d.has(k("output_dir")):
         d.set("output.dir", str(d.get(k("output_dir"))), k("output_dir"))
     if d.has(k("report_to")):
@@ -615,16 +617,38 @@ def training_args(
             d.drop(k(hf), "not-for-training", "")
 
 
-def _eval(d: Draft, k: Any) -> None:
+def share_of_run(share: float, total: int | None, epochs: Any, what: str) -> tuple[int | str, str | None, str | None]:
+    """`save_steps` / `eval_steps` below 1, the Trainer's share of the run, as a recipe cadence.
+
+    The Trainer takes ceil(share * max_steps). With the run's steps known, that number; with epochs,
+    the share in epochs ("3/10 epoch" for 0.1 of 3), which recipec's script multiplies by its steps
+    per epoch: the same when the epochs are whole (max_steps is then epochs * steps per epoch).
+    Returns (cadence, note, approx)."""
+    if total is not None:
+        return math.ceil(total * share), f"ceil({share:g} * {total} steps)", None
+    cadence = Fraction(str(share)) * Fraction(str(epochs))
+    if float(epochs).is_integer():
+        return epochs_cadence(cadence), f"{share:g} of {epochs:g} epochs", None
+    return epochs_cadence(cadence), None, (
+        f"the Trainer places a {what} every ceil({share:g} * ceil({epochs:g} * steps per epoch)) steps, recipec every "
+        f"ceil({share:g} * {epochs:g} * steps_per_epoch): a step apart at most"
+    )
+
+
+def _eval(d: Draft, k: Any, total: int | None, epochs: Any) -> None:
     strategy_key = k("eval_strategy") if d.has(k("eval_strategy")) else None
     strategy = d.get(strategy_key) if strategy_key else "no"
     steps = num(d.get(k("eval_steps")))
     if strategy == "steps":
-        every = int(steps) if steps is not None and steps >= 1 else int(num(d.get(k("logging_steps"), 500)))
         keys = [x for x in (strategy_key, k("eval_steps")) if x and d.has(x)]
-        d.set("train.eval_every", every, *keys)
+        if steps is not None and 0 < steps < 1:
+            every, note, approx = share_of_run(steps, total, epochs, "evaluation")
+            d.set("train.eval_every", every, *keys, note=note or "", approx=approx)
+        else:
+            every = int(steps) if steps is not None and steps >= 1 else int(num(d.get(k("logging_steps"), 500)))
+            d.set("train.eval_every", every, *keys)
     elif strategy == "epoch":
-        d.set("train.eval_every", 0, strategy_key, approx="an evaluation each epoch; recipec evaluates every eval_every steps, written as only at the end")  # type: ignore[arg-type]
+        d.set("train.eval_every", "1 epoch", strategy_key)  # type: ignore[arg-type]
         if d.has(k("eval_steps")):
             d.drop(k("eval_steps"), "ignored-by-tool", "eval_strategy is not \"steps\".")
     else:
@@ -647,15 +671,16 @@ def _eval(d: Draft, k: Any) -> None:
         d.default("train.eval_at_start", False, k("eval_on_start"), "no evaluation before the first step")
 
 
-def _save(d: Draft, k: Any, defaults: Mapping[str, Any]) -> None:
+def _save(d: Draft, k: Any, defaults: Mapping[str, Any], total: int | None, epochs: Any) -> None:
     strategy = d.get(k("save_strategy"), "steps")
     if strategy == "steps" and not d.has(k("save_steps")) and "save_steps" in defaults:
         d.default("train.save_every", defaults["save_steps"], k("save_steps"), f"a checkpoint every {defaults['save_steps']} steps")
     if strategy == "steps":
         if d.has(k("save_steps")):
             steps = num(d.get(k("save_steps")))
-            if isinstance(steps, float) and steps < 1:
-                d.drop(k("save_steps"), "no-equivalent", "a fraction of the run; recipec saves every so many steps.")
+            if isinstance(steps, float) and 0 < steps < 1:
+                every, note, approx = share_of_run(steps, total, epochs, "checkpoint")
+                d.set("train.save_every", every, k("save_steps"), note=note or "", approx=approx)
             else:
                 d.set("train.save_every", int(steps), k("save_steps"))
         if d.has(k("save_strategy")):
@@ -664,6 +689,10 @@ def _save(d: Draft, k: Any, defaults: Mapping[str, Any]) -> None:
         d.set("train.save_every", 0, k("save_strategy"))
         if d.has(k("save_steps")):
             d.drop(k("save_steps"), "ignored-by-tool", "save_strategy is \"no\".")
+    elif strategy == "epoch":
+        d.set("train.save_every", "1 epoch", k("save_strategy"))
+        if d.has(k("save_steps")):
+            d.drop(k("save_steps"), "ignored-by-tool", f"save_strategy is {strategy!r}.")
     else:
         d.set("train.save_every", 0, k("save_strategy"), approx=f"save_strategy {strategy!r}; recipec saves every save_every steps, written as only the final model")
         if d.has(k("save_steps")):

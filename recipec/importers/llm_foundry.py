@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .core import Draft, Legacy, OldValue, Removed, num
+from .core import Draft, Legacy, OldValue, Removed, epochs_cadence, num
 
 VERSION = "llm-foundry 0.21.0"
 """The release whose defaults are applied (TrainConfig of llmfoundry/utils/config_utils.py,
@@ -1151,6 +1151,9 @@ class _Conv:
                 self.set("train.eval_every", int(ei[0]), "eval_interval")
             elif ei[1] == "ep" and t is not None and t[1] == "ep" and ei[0] >= t[0]:
                 self.set("train.eval_every", 0, "eval_interval", note="once, at the end of the run")
+            elif ei[1] == "ep" and ei[0].is_integer() and ei[0] >= 1:
+                # Composer evaluates at the end of every N-th epoch (its EPOCH_END events)
+                self.set("train.eval_every", epochs_cadence(int(ei[0])), "eval_interval")
             else:
                 self.set("train.eval_every", 0, "eval_interval", approx=f"every {self.get('eval_interval')}: recipec counts evaluation in steps; here only at the end")
         es = self.get("eval_subset_num_batches")
@@ -1327,8 +1330,11 @@ class _Conv:
                     self.set("train.save_every", int(si[0]), "save_interval")
                 else:
                     self.d.default("train.save_every", int(si[0]), "save_interval", "save_interval = 1000ba")
+            elif si is not None and si[1] == "ep" and si[0].is_integer() and si[0] >= 1:
+                # Composer saves at the end of every N-th epoch (EPOCH_CHECKPOINT)
+                self.set("train.save_every", epochs_cadence(int(si[0])), "save_interval")
             elif self.has("save_interval"):
-                self.drop("save_interval", "missing-feature", "recipec saves every N steps only.")
+                self.drop("save_interval", "missing-feature", "recipec saves every so many steps or epochs, not in this unit.")
             keep = self.get("save_num_checkpoints_to_keep", -1)
             if self.has("save_num_checkpoints_to_keep"):
                 self.set("train.keep_last", max(int(keep), 0), "save_num_checkpoints_to_keep")

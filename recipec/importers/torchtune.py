@@ -1106,6 +1106,11 @@ def _train(draft: Draft, options: Options, recipe: str) -> None:
         draft.set("train.epochs", epochs, "epochs")
         if draft.has("max_steps_per_epoch"):
             draft.exact("max_steps_per_epoch")
+    # the recipes save a checkpoint at the end of every epoch (save_checkpoint(epoch=...)), the last one the final model
+    if per_epoch is not None:
+        draft.set("train.save_every", int(num(per_epoch)), note="torchtune saves at the end of every epoch of max_steps_per_epoch steps")
+    else:
+        draft.set("train.save_every", "1 epoch", note="torchtune saves at the end of every epoch")
     draft.set("data.eval_fraction", 0.0, note="torchtune's recipes train on the whole dataset and hold nothing out")
     draft.set("train.eval_every", 0, note="no evaluation during the run (the recipes have none)")
     seed = draft.get("seed")

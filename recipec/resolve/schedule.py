@@ -283,12 +283,12 @@ def _check_lengths(b: PlanBuilder, max_steps: int, warmup_steps: int) -> None:
                 if short
                 else f"over {WARMUP_LONG:.0%} of the run trains below the peak LR",
             )
-    if t.save_every > max_steps:
+    if isinstance(t.save_every, int) and t.save_every > max_steps:
         b.warn(
             ("train", "save_every"),
             f"save_every {t.save_every} is longer than the run ({steps_text(max_steps)}): only the final model is saved",
         )
-    if t.eval_every > max_steps:
+    if isinstance(t.eval_every, int) and t.eval_every > max_steps:
         when = "before the first step and at the end" if t.eval_at_start else "at the end"
         b.warn(("train", "eval_every"), f"eval_every {t.eval_every} is longer than the run: evaluation runs {when} only")
 

@@ -6,7 +6,7 @@ import math
 
 from ..schema import LaunchTable
 from ..schema.optim import own_options
-from ..schema.train import MAX_STEPS
+from ..schema.train import MAX_STEPS, cadence_epochs
 from .builder import PlanBuilder
 from .launch import data_parallel_size, mesh_note
 from .model import max_positions
@@ -138,7 +138,9 @@ def train_settings(b: PlanBuilder) -> None:
         b.formula("steps_per_epoch", "len(train_sets[0]) // batch_size", "derived: training sequences // batch_size")
         b.formula("max_steps", "math.ceil(epochs * steps_per_epoch)", "derived: ceil(train.epochs * steps_per_epoch)")
     for k in ("log_every", "eval_every", "eval_at_start", "eval_batches", "eval_generations", "max_new_tokens", "save_every", "keep_last"):
-        b.key(k, ("train", k))
+        if cadence_epochs(getattr(t, k)) is None:
+            b.key(k, ("train", k))
+    epoch_cadences(b)
     if t.eval_micro_batch_size is None:
         b.derived("eval_micro_batch_size", t.micro_batch_size, "derived: train.micro_batch_size (train.eval_micro_batch_size unset)")
     else:
@@ -162,8 +164,47 @@ def train_settings(b: PlanBuilder) -> None:
             )
     if r.optim.step_in_backward:
         step_in_backward_settings(b, grad_accum)
-    if d.eval_fraction == 0 and t.eval_every > 0 and not any(src.split == "eval" for src in d.sources):
+    if d.eval_fraction == 0 and t.eval_every != 0 and not any(src.split == "eval" for src in d.sources):
         b.warn(("train", "eval_every"), "data.eval_fraction is 0: there is no held-out split, so no evaluation runs")
+
+
+def epoch_cadences(b: PlanBuilder) -> None:
+    """`eval_every` and `save_every` given in epochs: steps the script derives from the loaded data.
+
+    steps_per_epoch is the same figure `train.epochs` uses (training rows // batch_size), so
+    "1 epoch" falls on each epoch's last step. The fraction is kept as integer terms: an
+    integer over an integer rounds correctly, so "1/3 epoch" of 30 steps is 10, never 11.
+    """
+    r = b.recipe
+    t = r.train
+    given = [(k, cadence_epochs(getattr(t, k))) for k in ("eval_every", "save_every")]
+    given = [(k, e) for k, e in given if e is not None]
+    if not given:
+        return
+    phased = [i for i, src in enumerate(r.data.sources) if src.phases is not None or src.phase_weights]
+    if phased:
+        k = given[0][0]
+        b.error(
+            ("train", k),
+            f"`{k}` in epochs needs one pass over one set of training rows, and data.sources[{phased[0]}] changes the "
+            "mixture between schedule phases (each phase has its own rows)",
+            f"give {k} in steps",
+        )
+        return
+    if t.epochs is None:
+        b.formula("steps_per_epoch", "len(train_sets[0]) // batch_size", "derived: training rows // batch_size")
+    for k, epochs in given:
+        value = getattr(t, k)
+        if epochs.denominator == 1:
+            expr = "steps_per_epoch" if epochs == 1 else f"steps_per_epoch * {epochs.numerator}"
+        else:
+            expr = f"math.ceil(steps_per_epoch * {epochs.numerator} / {epochs.denominator})"
+        b.formula(k, expr, f'derived: ceil(train.{k} "{value}" * steps_per_epoch)')
+        if t.epochs is not None and epochs >= t.epochs:
+            what = "only the final model is saved" if k == "save_every" else (
+                "evaluation runs " + ("before the first step and at the end" if t.eval_at_start else "at the end") + " only"
+            )
+            b.warn(("train", k), f'{k} "{value}" is not shorter than the run (train.epochs {t.epochs:g}): {what}')
 
 
 def step_in_backward_settings(b: PlanBuilder, grad_accum: int) -> None:

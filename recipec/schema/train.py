@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+import re
+from fractions import Fraction
+
+from pydantic import Field, field_validator, model_validator
 
 from .base import Table, key_error
 
@@ -10,6 +13,22 @@ LENGTH_KEYS = ("max_steps", "tokens", "epochs")
 
 MAX_STEPS = 10_000_000
 """The most optimizer steps a run may have: a build writes the LR of every step to schedule.csv."""
+
+EPOCHS_CADENCE = re.compile(r"(?P<n>[0-9]+(?:\.[0-9]+)?|[0-9]+/[0-9]+) epochs?")
+"""A cadence in passes over the training split: "1 epoch", "0.25 epoch", "1/3 epoch", "2 epochs"."""
+
+
+def cadence_epochs(value: int | str) -> Fraction | None:
+    """The epochs of an `eval_every` or `save_every` given as a string ("1/4 epoch": 1/4); None for steps."""
+    if isinstance(value, int):
+        return None
+    match = EPOCHS_CADENCE.fullmatch(value)
+    if match is None:
+        return None
+    try:
+        return Fraction(match["n"])
+    except ZeroDivisionError:
+        return None
 
 
 class TrainTable(Table):
@@ -33,8 +52,8 @@ class TrainTable(Table):
     log_every: int = Field(10, ge=1)
     """Write a line to metrics.jsonl every this many optimizer steps."""
 
-    eval_every: int = Field(100, ge=0)
-    """Evaluate on the held-out split every this many steps and at the end; 0: only at the end. With `eval_at_start`, before the first step too."""
+    eval_every: int | str = 100
+    """Evaluate on the held-out split every this many steps and at the end; 0: only at the end. With `eval_at_start`, before the first step too. Or a string in epochs (passes over the training split): "1 epoch" evaluates at the end of each epoch, "0.25 epoch" or "1/4 epoch" four times an epoch; the script derives the steps once the data is loaded, as ceil(epochs * steps_per_epoch), steps_per_epoch = training rows // batch_size."""
 
     eval_at_start: bool = True
     """Evaluate on the held-out split before the first step, as step 0: the first eval line in metrics.jsonl is then the baseline, the model as it starts. A resumed run never evaluates step 0 again. false: the first evaluation is at step `eval_every` (or at the end)."""
@@ -54,11 +73,25 @@ class TrainTable(Table):
     neftune_noise_alpha: float | None = Field(None, gt=0)
     """NEFTune: in training, add uniform noise in [-m, m], m = alpha / sqrt(seq_len * hidden_size), to the input embeddings (transformers' hook, as the Trainer's `neftune_noise_alpha`); evaluation sees none. The paper uses 5 to 15. Unset: no noise. Not with [preference]."""
 
-    save_every: int = Field(500, ge=0)
-    """Save a resumable checkpoint every this many steps; 0: none (the final model is always saved)."""
+    save_every: int | str = 500
+    """Save a resumable checkpoint every this many steps; 0: none (the final model is always saved). Or a string in epochs, as `eval_every`: "1 epoch" saves at the end of each epoch (but the last, whose final model is saved anyway)."""
 
     keep_last: int = Field(2, ge=0)
     """Keep only the newest this many checkpoints; 0 keeps all."""
+
+    @field_validator("eval_every", "save_every")
+    @classmethod
+    def check_cadence(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("must be 0 (never) or a number of steps")
+            return value
+        epochs = cadence_epochs(value)
+        if epochs is None:
+            raise ValueError('must be a number of steps, or of epochs as a string: e.g. 500, "1 epoch", "0.25 epoch" or "1/3 epoch"')
+        if epochs == 0:
+            raise ValueError("must be more than 0 epochs (0, the number, turns it off)")
+        return value
 
     @model_validator(mode="after")
     def check_one_length(self) -> TrainTable:

@@ -26,17 +26,15 @@ EXPECTED: dict[str, dict] = {
         "approx": {
             "bf16",  # "auto": bf16 only where the GPU has it
             "warmup_ratio",  # rounded down by axolotl, up by recipec
-            "evals_per_epoch",  # a share of the run; recipec counts steps
-            "saves_per_epoch",
         },
         "dropped": {"loss_watchdog_threshold": NFT, "loss_watchdog_patience": NFT},
     },
     "qlora-1b.yaml": {
-        "approx": {"bf16", "warmup_ratio", "evals_per_epoch", "saves_per_epoch"},
+        "approx": {"bf16", "warmup_ratio"},
         "dropped": {"dataset_prepared_path": NFT, "loss_watchdog_threshold": NFT, "loss_watchdog_patience": NFT},
     },
     "mistral-lora.yaml": {
-        "approx": {"bf16", "tokenizer_type", "warmup_ratio", "evals_per_epoch", "saves_per_epoch"},
+        "approx": {"bf16", "tokenizer_type", "warmup_ratio"},
         "dropped": {"dataset_prepared_path": NFT, "loss_watchdog_threshold": NFT, "loss_watchdog_patience": NFT},
     },
     "fft-8b-zero3.yaml": {
@@ -45,8 +43,6 @@ EXPECTED: dict[str, dict] = {
             "datasets[0].split",  # a slice of the split
             "deepspeed",  # ZeRO-3 with paged_adamw_8bit becomes FSDP full_shard (recipec's DeepSpeed runs AdamW)
             "warmup_ratio",
-            "evals_per_epoch",
-            "saves_per_epoch",
         },
         "dropped": {"dataset_prepared_path": NFT},
     },
@@ -57,13 +53,11 @@ EXPECTED: dict[str, dict] = {
             "datasets[0].type",  # axolotl writes the ChatML turns itself
             "special_tokens.bos_token",
             "warmup_ratio",
-            "evals_per_epoch",
-            "saves_per_epoch",
         },
         "dropped": {},
     },
     "pretrain-qwen2.yaml": {
-        "approx": {"bf16", "sample_packing", "saves_per_epoch"},
+        "approx": {"bf16", "sample_packing"},
         "dropped": {"wandb_name": NFT},
     },
     "gemma2-linear-warmup.yaml": {
@@ -72,7 +66,6 @@ EXPECTED: dict[str, dict] = {
             "chat_template",  # axolotl's gemma template refuses a system message: not written out
             "eot_tokens",
             "warmup_ratio",
-            "saves_per_epoch",
             "datasets[0].drop_system_message",  # axolotl drops a leading system message only, recipec every one
         },
         "dropped": {},
@@ -81,13 +74,12 @@ EXPECTED: dict[str, dict] = {
         "approx": {
             "chat_template",  # axolotl's gemma template refuses a system message: not written out
             "warmup_ratio",
-            "saves_per_epoch",
         },
         "dropped": {"eval_max_new_tokens": NFT},
         "warnings": ["`flash_attention: true` is the old spelling", "`debug` was removed in axolotl 0.5.0"],
     },
     "gemma3-1b-qlora.yaml": {
-        "approx": {"bf16", "eot_tokens", "warmup_ratio", "saves_per_epoch"},  # chat_template gemma3: written out
+        "approx": {"bf16", "eot_tokens", "warmup_ratio"},  # chat_template gemma3: written out
         # unfrozen_parameters with the adapter: axolotl matches the PEFT model's names (base_model.model.…), none here
         "dropped": {"ddp_find_unused_parameters": NFT, "unfrozen_parameters": "no-equivalent"},
         "warnings": ["`unfrozen_parameters` with an adapter is not imported"],
@@ -101,7 +93,6 @@ EXPECTED: dict[str, dict] = {
             "bf16",
             "dataset_exact_deduplication",  # tokenized rows vs the documents' text
             "warmup_ratio",
-            "saves_per_epoch",
         },
         "dropped": {"evals_per_epoch": "ignored-by-tool"},  # val_set_size 0: never evaluated
         "warnings": ["evaluation is configured but there is no held-out data"],
@@ -118,7 +109,6 @@ EXPECTED: dict[str, dict] = {
             "optimizer",
             "bf16",
             "sample_packing",
-            "saves_per_epoch",
             "activation_offloading",
             "plugins",  # Cut Cross Entropy becomes the chunked cross-entropy
         },
@@ -131,7 +121,7 @@ EXPECTED: dict[str, dict] = {
     },
     "alst-deepspeed-cp8.yaml": {
         # the 8-bit optimizer takes the run to FSDP (recipec's DeepSpeed trains AdamW), where the split is cp_size
-        "approx": {"context_parallel_size", "attn_implementation", "deepspeed", "optimizer", "bf16", "sample_packing", "saves_per_epoch", "activation_offloading", "plugins"},
+        "approx": {"context_parallel_size", "attn_implementation", "deepspeed", "optimizer", "bf16", "sample_packing", "activation_offloading", "plugins"},
         "dropped": {
             "evals_per_epoch": "ignored-by-tool",
             "min_sample_len": "no-equivalent",
@@ -140,12 +130,12 @@ EXPECTED: dict[str, dict] = {
         "warnings": ["evaluation is configured but there is no held-out data", "launch.num_processes is 8, not the 1"],
     },
     "hsdp-tp-llama.yaml": {
-        "approx": {"warmup_ratio", "saves_per_epoch"},
+        "approx": {"warmup_ratio"},
         "dropped": {"dataset_prepared_path": NFT, "plugins": "missing-feature"},
         "warnings": ["launch.num_processes is 16, not the 1"],
     },
     "fsdp-tp-cp-qwen3.yaml": {
-        "approx": {"warmup_ratio", "saves_per_epoch"},
+        "approx": {"warmup_ratio"},
         # alpaca examples: recipec's ring attention needs text records
         "dropped": {"dataset_prepared_path": NFT, "plugins": "missing-feature", "context_parallel_size": "missing-feature"},
         "warnings": ["`context_parallel_size: 2` is not imported", "launch.num_processes is 4, not the 1"],
@@ -197,9 +187,9 @@ def test_lora_1b_values(imported):
         "epochs": 1,
         "micro_batch_size": 2,
         "batch_size": 4,
-        "save_every": 0,
+        "save_every": "1 epoch",  # saves_per_epoch 1 of num_epochs 1: save_strategy "epoch"
         "keep_last": 4,
-        "eval_every": 0,
+        "eval_every": "1/4 epoch",  # evals_per_epoch 4: eval_steps 1 / (4 * 1) of the run
         "eval_at_start": True,  # axolotl turns on eval_on_start with evals_per_epoch
         "log_every": 1,
     }
@@ -456,6 +446,32 @@ def test_eval_at_start_follows_axolotl_eval_on_start(tmp_path, extra, at_start):
     assert train.get("eval_at_start") is at_start
     if at_start is False:
         assert re.search(r"eval_at_start = false +# default of axolotl 0.18.0 for `eval_steps`", text)
+
+
+@pytest.mark.parametrize(
+    ("extra", "save_every", "eval_every", "approx"),
+    [
+        ("val_set_size: 0.05\nevals_per_epoch: 4\nsaves_per_epoch: 2\n", "1/2 epoch", "1/4 epoch", set()),
+        ("val_set_size: 0.05\neval_strategy: epoch\n", "1 epoch", "1 epoch", set()),  # save_strategy "epoch": the default
+        ("val_set_size: 0.05\nsave_steps: 0.1\neval_steps: 0.25\n", "1/10 epoch", "1/4 epoch", set()),
+        ("save_strategy: \"no\"\n", 0, 0, set()),
+        # a share of 3 epochs: save_steps 0.1 is 3/10 of an epoch
+        ("save_steps: 0.1\n", "3/10 epoch", 0, set()),
+        # 1.5 epochs: transformers' max_steps rounds up first
+        ("saves_per_epoch: 2\n", "1/2 epoch", 0, {"saves_per_epoch"}),
+    ],
+)
+def test_shares_of_the_run_become_cadences_in_epochs(tmp_path, extra, save_every, eval_every, approx):
+    base = BASE
+    if "save_steps: 0.1\n" == extra:
+        base = base.replace("num_epochs: 1\n", "num_epochs: 3\n")
+    if "saves_per_epoch: 2\n" == extra:
+        base = base.replace("num_epochs: 1\n", "num_epochs: 1.5\n")
+    result = import_config(_write(tmp_path, base + extra), "axolotl")
+    train = tomllib.loads(result.text)["train"]
+    assert (train["save_every"], train["eval_every"]) == (save_every, eval_every)
+    got = {k for k, e in result.draft.ledger.items() if e.how == "approx"} & {"saves_per_epoch", "evals_per_epoch", "save_steps", "eval_steps", "save_strategy", "eval_strategy"}
+    assert got == approx
 
 
 def test_unknown_key_names_file_and_line(tmp_path):

@@ -81,7 +81,7 @@ EXPECTED = {
         },
     },
     "mpt-7b_dolly_sft.yaml": {
-        "approx": FSDP_APPROX | {"train_loader.dataset.hf_name", "eval_loader.dataset.hf_name", "eval_interval"},
+        "approx": FSDP_APPROX | {"train_loader.dataset.hf_name", "eval_loader.dataset.hf_name"},
         "dropped": {
             **LOADER_PERF,
             "train_loader.timeout": NOEQ,
@@ -118,7 +118,6 @@ EXPECTED = {
             "eval_loader.dataset.hf_name",
             "train_loader.dataset.packing_ratio",
             "scheduler.t_warmup",  # 0.02dur of an epoch-long run
-            "eval_interval",
         },
         "dropped": {
             "model.init_device": NOEQ,
@@ -737,3 +736,23 @@ def test_dist_timeout_is_the_collective_timeout(imported):
         got = imported("llm-foundry", name)
         assert got.recipe["launch"]["collective_timeout_minutes"] == minutes
         assert got.result.draft.ledger["dist_timeout"].how == "exact"
+
+
+@pytest.mark.parametrize(
+    ("changes", "save_every", "eval_every"),
+    [
+        ({"eval_interval": "1ep"}, 1000, "1 epoch"),  # at each epoch's end (Composer's EPOCH_END)
+        ({"save_interval": "2ep", "max_duration": "6ep"}, "2 epochs", 500),
+        ({"save_interval": "1ep", "eval_interval": "3ep", "max_duration": "3ep"}, "1 epoch", 0),  # once, at the end
+    ],
+)
+def test_intervals_in_epochs(imported, tmp_path, changes, save_every, eval_every):
+    import yaml
+
+    data = yaml.safe_load((CONFIGS / "llama-3-8b_domain_adapt.yaml").read_text())
+    data.update(changes)
+    path = tmp_path / "adapt.yaml"
+    path.write_text(yaml.safe_dump(data))
+    got = imported(TOOL, path, num_processes=8)
+    assert (got.recipe["train"]["save_every"], got.recipe["train"]["eval_every"]) == (save_every, eval_every)
+    assert {"save_interval", "eval_interval"} & set(changes) <= set(got.exact)

@@ -252,3 +252,23 @@ def test_label_smoothing_factor(imported, tmp_path):
     assert got.recipe["loss"]["label_smoothing"] == 0.1 and "label_smoothing_factor" in got.exact
     got = _import(imported, "run-clm-wikitext.json")
     assert "loss" not in got.recipe and "label_smoothing_factor" in got.exact
+
+
+@pytest.mark.parametrize(
+    ("changes", "save_every", "eval_every", "approx"),
+    [
+        ({"save_strategy": "epoch", "evaluation_strategy": "epoch"}, "1 epoch", "1 epoch", set()),
+        # a share of the run: ceil(share * max_steps); with 3 epochs, 0.1 of the run is 3/10 of an epoch
+        ({"save_steps": 0.1, "evaluation_strategy": "steps", "eval_steps": 0.25}, "3/10 epoch", "3/4 epoch", set()),
+        ({"save_steps": 0.1, "max_steps": 1000}, 100, 0, set()),
+        # 2.5 epochs: the Trainer's max_steps is rounded up before the share is taken
+        ({"save_steps": 0.1, "num_train_epochs": 2.5}, "1/4 epoch", 0, {"save_steps"}),
+    ],
+)
+def test_save_and_eval_strategies_in_epochs_and_shares_of_the_run(imported, tmp_path, changes, save_every, eval_every, approx):
+    path = _with(tmp_path, "stanford-alpaca.json", **changes)
+    got = imported("transformers", path, model="org/model", data="org/data", num_processes=4)
+    assert (got.recipe["train"]["save_every"], got.recipe["train"]["eval_every"]) == (save_every, eval_every)
+    assert got.approx & {"save_strategy", "save_steps"} == approx
+    for k in got.approx & {"evaluation_strategy", "eval_steps"}:  # for the held-out data the arguments lack, not the cadence
+        assert "epoch" not in got.result.draft.ledger[k].why.replace("evaluation_strategy", "")
