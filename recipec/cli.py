@@ -108,6 +108,7 @@ REVIEW_COMMANDS = {
     "verify": (".verify", "verify"),
     "plot": (".runs", "plot"),
     "runs": (".runs", "runs"),
+    "predict": (".predict", "predict_command"),
 }
 """Commands that read builds and runs rather than compile, imported when called."""
 
@@ -135,6 +136,7 @@ def main(color: bool | None) -> None:
       recipec verify build/my-run            recipe, templates, files, data and packages against the lock
       recipec runs                           list runs with their lock hash and final metrics
       recipec plot runs/a runs/b             loss, eval loss and LR against steps and tokens
+      recipec predict recipes/x.toml --from runs/a   x's loss by phase, from a's curve and the schedules
       recipec run recipes/my-run.toml        build, check, then accelerate launch
 
     Exit status: 0 success; 1 differences or drift found (diff, verify, schema --check),

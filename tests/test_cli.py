@@ -52,6 +52,7 @@ PURPOSE = {
     "runs": "lock hash",
     "verify": "lock",
     "import": "key by key",
+    "predict": "scaling law with LR annealing",
 }
 
 
