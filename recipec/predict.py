@@ -141,27 +141,44 @@ def _solve(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     return coef, float(r @ r)
 
 
-def fit(steps: np.ndarray, losses: np.ndarray, lrs: Sequence[float], *, decay: float = DECAY, metric: str = "loss") -> Fit:
-    """Fit L0, A, alpha and C to the losses logged at ``steps`` of a run with these LRs."""
-    if len(steps) < MIN_POINTS:
+Curve = tuple[np.ndarray, np.ndarray, Sequence[float]]
+"""One run's (logged steps, losses at them, the LR of every update)."""
+
+
+def fit(curves: Sequence[Curve], *, decay: float = DECAY, metric: str = "loss") -> Fit:
+    """Fit L0, A, alpha and C to the losses of one or more runs of one model, each with its own schedule.
+
+    C, the annealing's gain, is kept >= 0: where the free least squares would make annealing
+    raise the loss (a noisy curve that anneals little), the fit drops the term (C = 0).
+    """
+    n = sum(len(c[0]) for c in curves)
+    if n < MIN_POINTS:
         raise PredictError(
-            f"{len(steps)} logged `{metric}` value(s) after the LR's peak: the fit needs at least {MIN_POINTS} "
+            f"{n} logged `{metric}` value(s) after the LR's peak: the fit needs at least {MIN_POINTS} "
             "(log more often, train.log_every, or evaluate more often for eval_loss)"
         )
-    s1, s2 = areas(lrs, decay)
-    x1, x2 = s1[steps - 1], s2[steps - 1]
+    x1s, x2s = [], []
+    for steps, _, lrs in curves:
+        s1, s2 = areas(lrs, decay)
+        x1s.append(s1[steps - 1])
+        x2s.append(s2[steps - 1])
+    x1, x2 = np.concatenate(x1s), np.concatenate(x2s)
+    losses = np.concatenate([c[1] for c in curves])
     if np.any(x1 <= 0):
         raise PredictError("the LR is 0 before a logged point: the forward area S1 must be positive")
     annealed = bool(np.any(x2 > 0))
 
-    def columns(alpha: float) -> np.ndarray:
+    def solve(alpha: float) -> tuple[np.ndarray, float]:
         cols = [np.ones_like(x1), np.power(x1, -alpha)]
         if annealed:
-            cols.append(-x2)
-        return np.stack(cols, axis=1)
+            coef, residual = _solve(np.stack([*cols, -x2], axis=1), losses)
+            if coef[2] >= 0:
+                return coef, residual
+        coef, residual = _solve(np.stack(cols, axis=1), losses)
+        return np.append(coef, 0.0), residual
 
     def sse(alpha: float) -> float:
-        return _solve(columns(alpha), losses)[1]
+        return solve(alpha)[1]
 
     errors = [sse(a) for a in ALPHAS]
     best = int(np.argmin(errors))
@@ -179,17 +196,17 @@ def fit(steps: np.ndarray, losses: np.ndarray, lrs: Sequence[float], *, decay: f
             b = lo + ratio * (hi - lo)
             fb = sse(b)
     alpha = (lo + hi) / 2
-    coef, residual = _solve(columns(alpha), losses)
+    coef, residual = solve(alpha)
     spread = float(np.sum((losses - losses.mean()) ** 2))
     return Fit(
         L0=float(coef[0]),
         A=float(coef[1]),
         alpha=float(alpha),
-        C=float(coef[2]) if annealed else 0.0,
+        C=float(coef[2]),
         decay=decay,
         metric=metric,
-        points=len(steps),
-        rmse=math.sqrt(residual / len(steps)),
+        points=n,
+        rmse=math.sqrt(residual / n),
         r2=1.0 - residual / spread if spread > 0 else 1.0,
         annealed=annealed,
     )
@@ -246,30 +263,38 @@ def _differences(run_dir: Path, plan: Any) -> list[str]:
 
 @click.command(short_help="Predict a recipe's loss curve from a run's, by the scaling law with LR annealing.")
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--from", "run_dir", required=True, type=click.Path(path_type=Path), help="The run to fit on (runs/<name>).")
+@click.option(
+    "--from",
+    "run_dirs",
+    required=True,
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A run to fit on (runs/<name>); repeat it to fit one law on runs of the same model with other schedules "
+    "(a constant LR and a cosine pin the power law and the annealing down apart).",
+)
 @_set_option
 @click.option(
     "--metric",
     type=click.Choice(["auto", "loss", "eval_loss"]),
     default="auto",
     show_default=True,
-    help="The logged loss to fit: the training loss, the held-out loss, or eval_loss when the run logged at least "
-    f"{MIN_POINTS} of them after the LR's peak (else loss).",
+    help="The logged loss to fit: the training loss, the held-out loss, or eval_loss when the runs logged at least "
+    f"{MIN_POINTS} of them after their LR's peak (else loss).",
 )
 @click.option("--decay", type=click.FloatRange(0, 1, max_open=True), default=DECAY, show_default=True, help="The annealing momentum's decay factor.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write `step,lr,loss` of the prediction for every step.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fit and the prediction as JSON.")
 def predict_command(
-    recipe: Path, run_dir: Path, overrides: tuple[str, ...], metric: str, decay: float, csv_path: Path | None, as_json: bool
+    recipe: Path, run_dirs: tuple[Path, ...], overrides: tuple[str, ...], metric: str, decay: float, csv_path: Path | None, as_json: bool
 ) -> None:
-    """Predict the loss of RECIPE's schedule at the end of each phase, from a run of the same model, by the
+    """Predict the loss of RECIPE's schedule at the end of each phase, from runs of the same model, by the
     scaling law with LR annealing (Tissue et al., 2024).
 
     Fits L(s) = L0 + A * S1^-alpha - C * S2 (S1: the sum of the LRs so far; S2: the momentum of
-    the LR's decreases, summed) on the losses RUN logged after its LR's peak, then lays out
-    RECIPE's schedule and evaluates the law along it. The constants hold for one model, batch
-    and data: compare schedules (a longer cooldown, a lower floor, WSD against cosine) with
-    the rest of the recipe as the run had it.
+    the LR's decreases, summed) on the losses the runs logged after their LR's peak, then lays
+    out RECIPE's schedule and evaluates the law along it. The constants hold for one model, batch
+    and data: compare schedules (a longer cooldown, a lower floor, WSD against cosine) with the
+    rest of the recipe as the runs had it.
     """
     from .compiler import plan_recipe
     from .render import lr_values
@@ -292,39 +317,45 @@ def predict_command(
             help="give the length in steps to predict, e.g. --set train.epochs=... replaced by --set train.max_steps=N "
             "(`recipec explain --data` prints the steps the data makes)",
         )
+    runs = []
+    for run_dir in run_dirs:
+        try:
+            runs.append((run_dir, read_metrics(run_dir / "metrics.jsonl"), read_schedule(run_dir / "schedule.csv")))
+        except (RunError, PredictError) as exc:
+            report.fail(str(exc))
+    chosen = metric
+    if metric == "auto":
+        evals = sum(len(points(m, "eval_loss", run_lrs)[0]) for _, m, run_lrs in runs)
+        chosen = "eval_loss" if evals >= MIN_POINTS else "loss"
+    curves = [(*points(m, chosen, run_lrs), run_lrs) for _, m, run_lrs in runs]
     try:
-        metrics = read_metrics(run_dir / "metrics.jsonl")
-        run_lrs = read_schedule(run_dir / "schedule.csv")
-        chosen = metric
-        if metric == "auto":
-            chosen = "eval_loss" if len(points(metrics, "eval_loss", run_lrs)[0]) >= MIN_POINTS else "loss"
-        steps, losses = points(metrics, chosen, run_lrs)
-        fitted = fit(steps, losses, run_lrs, decay=decay, metric=chosen)
-    except (RunError, PredictError) as exc:
-        report.fail(f"{run_dir}: {exc}" if isinstance(exc, PredictError) and not str(exc).startswith(str(run_dir)) else str(exc))
+        fitted = fit(curves, decay=decay, metric=chosen)
+    except PredictError as exc:
+        report.fail(f"{', '.join(d.as_posix() for d in run_dirs)}: {exc}")
     curve = predict(fitted, lrs)
-    own = predict(fitted, run_lrs)
     ends = phase_ends(plan["schedule_phases"])
     warnings = []
     if not fitted.annealed:
         warnings.append(
-            "the run's LR never decreased after its peak, so the annealing term is not fitted (C = 0): "
+            "no run's LR decreased after its peak, so the annealing term is not fitted (C = 0): "
             "the prediction leaves out what the recipe's decays add; fit on a run that decays"
         )
-    differ = _differences(run_dir, plan)
-    if differ:
-        warnings.append(
-            f"the recipe changes {', '.join(differ)} from the run: the law's constants belong to the run's model, "
-            "batch and data, and predict only its schedules"
-        )
+    for run_dir, *_ in runs:
+        differ = _differences(run_dir, plan)
+        if differ:
+            warnings.append(
+                f"the recipe changes {', '.join(differ)} from {run_dir.as_posix()}: the law's constants belong to the run's "
+                "model, batch and data, and predict only its schedules"
+            )
     if fitted.alpha <= ALPHAS[0] + 1e-6 or fitted.alpha >= ALPHAS[-1] - 1e-6:
         warnings.append(
             f"alpha reached the edge of its range ({ALPHAS[0]:g} to {ALPHAS[-1]:g}): the {fitted.points} points do not pin "
             "the power law down, and the prediction is unreliable away from them; fit on a longer run, or log more "
             "points (train.log_every, train.eval_every)"
         )
-    if len(lrs) > 4 * len(run_lrs):
-        warnings.append(f"the recipe is {len(lrs) / len(run_lrs):.1f}x as long as the run: far from the points fitted")
+    longest = max(len(run_lrs) for *_, run_lrs in runs)
+    if len(lrs) > 4 * longest:
+        warnings.append(f"the recipe is {len(lrs) / longest:.1f}x as long as the longest run: far from the points fitted")
     if csv_path is not None:
         lines = ["step,lr,loss"] + [f"{k + 1},{lrs[k]!r},{float(curve[k])!r}" for k in range(len(lrs))]
         try:
@@ -332,14 +363,19 @@ def predict_command(
             csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         except OSError as exc:
             report.fail(f"{csv_path}: cannot write: {exc.strerror or exc}", report.EXIT_FAILED)
-    last = int(steps[-1])
+    # each run's last point beside what the law gives there: the fit seen where it matters most
+    lasts = []
+    for (run_dir, _, run_lrs), (steps, losses, _) in zip(runs, curves):
+        if len(steps):
+            step = int(steps[-1])
+            lasts.append({"run": run_dir.as_posix(), "step": step, "logged": float(losses[-1]), "law": _finite(predict(fitted, run_lrs)[step - 1])})
     if as_json:
         click.echo(
             json.dumps(
                 {
-                    "run": run_dir.as_posix(),
+                    "runs": [d.as_posix() for d in run_dirs],
                     "fit": dataclasses.asdict(fitted),
-                    "run_last": {"step": last, "logged": float(losses[-1]), "law": float(own[last - 1])},
+                    "run_last": lasts,
                     "recipe": plan.name,
                     "steps": len(lrs),
                     "phases": [{"name": n, "step": s, "loss": _finite(curve[s - 1])} for n, s in ends if s > 0],
@@ -352,11 +388,13 @@ def predict_command(
     else:
         f = fitted
         lines = [
-            f"fitted on {run_dir.as_posix()}: {f.points} logged `{f.metric}` values after the LR's peak",
+            f"fitted on {', '.join(d.as_posix() for d in run_dirs)}: {f.points} logged `{f.metric}` values after the LR's peak",
             f"  L(s) = L0 + A * S1^-alpha - C * S2    L0 {f.L0:.4g}  A {f.A:.4g}  alpha {f.alpha:.4g}  C {f.C:.4g}  (decay {f.decay:g})",
-            f"  fit: rmse {f.rmse:.4g}, R^2 {f.r2:.4f}; at step {last} the run logged {losses[-1]:.4f}, the law gives {own[last - 1]:.4f}",
-            f"predicted `{f.metric}` of {plan.name} ({len(lrs):,} steps):",
+            f"  fit: rmse {f.rmse:.4g}, R^2 {f.r2:.4f}",
         ]
+        for last in lasts:
+            lines.append(f"  {last['run']} at step {last['step']}: logged {last['logged']:.4f}, the law gives {last['law']:.4f}")
+        lines.append(f"predicted `{f.metric}` of {plan.name} ({len(lrs):,} steps):")
         width = max(len(n) for n, _ in ends)
         for name, step in ends:
             if step > 0:
@@ -364,4 +402,3 @@ def predict_command(
         click.echo(visible_text("\n".join(lines)))  # phase names are recipe text
     for w in warnings:
         report.warning(w)
-

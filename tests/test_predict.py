@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from recipec.cli import main
-from recipec.predict import areas, fit, points, predict
+from recipec.predict import PredictError, areas, fit, points, predict
 
 
 def law_by_hand(lrs, L0, A, alpha, C, decay):
@@ -67,13 +67,13 @@ def test_fit_gives_back_the_constants_of_a_curve_the_law_draws():
     lrs = cosine(2000)
     curve = law_by_hand(lrs, **TRUE)
     steps = np.arange(60, 2001, 10)
-    f = fit(steps, np.array([curve[s - 1] for s in steps]), lrs)
+    f = fit([(steps, np.array([curve[s - 1] for s in steps]), lrs)])
     got = {"L0": f.L0, "A": f.A, "alpha": f.alpha, "C": f.C}
     assert got == pytest.approx({k: TRUE[k] for k in got}, rel=1e-6)
     assert f.r2 == pytest.approx(1.0) and f.annealed
     # with noise of 0.01 on every point, still within a few percent where it matters: the loss it predicts
     noisy = np.array([curve[s - 1] + random.Random(int(s)).gauss(0, 0.01) for s in steps])
-    f = fit(steps, noisy, lrs)
+    f = fit([(steps, noisy, lrs)])
     wsd = [3e-3 * min((i + 1) / 50, 1.0) if i < 3200 else 3e-3 * (4000 - i) / 800 for i in range(4000)]
     assert predict(f, wsd)[-1] == pytest.approx(law_by_hand(wsd, **TRUE)[-1], abs=0.02)
 
@@ -82,9 +82,34 @@ def test_a_run_that_never_decays_fits_no_annealing_term():
     lrs = [1e-3 * min((i + 1) / 20, 1.0) for i in range(500)]
     curve = law_by_hand(lrs, **{**TRUE, "C": 0.0})
     steps = np.arange(30, 501, 5)
-    f = fit(steps, np.array([curve[s - 1] for s in steps]), lrs)
+    f = fit([(steps, np.array([curve[s - 1] for s in steps]), lrs)])
     assert not f.annealed and f.C == 0.0
     assert (f.L0, f.A, f.alpha) == pytest.approx((TRUE["L0"], TRUE["A"], TRUE["alpha"]), rel=1e-6)
+
+
+def test_annealing_that_would_raise_the_loss_is_left_out():
+    """A curve whose decays add loss (C < 0 drawn) fits with C = 0, the best the law allows."""
+    lrs = cosine(1000)
+    curve = law_by_hand(lrs, **{**TRUE, "C": -0.05})
+    steps = np.arange(60, 1001, 10)
+    f = fit([(steps, np.array([curve[s - 1] for s in steps]), lrs)])
+    assert f.annealed and f.C == 0.0 and f.r2 < 1.0
+
+
+def test_two_runs_fit_one_law():
+    """A constant LR and a cosine of the same model: one set of constants, given back from both."""
+    constant = [2e-3 * min((i + 1) / 50, 1.0) for i in range(1500)]
+    cos = cosine(1000, peak=2e-3)
+    curves = []
+    for lrs in (constant, cos):
+        curve = law_by_hand(lrs, **TRUE)
+        steps = np.arange(60, len(lrs) + 1, 10)
+        curves.append((steps, np.array([curve[s - 1] for s in steps]), lrs))
+    f = fit(curves)
+    assert f.points == len(curves[0][0]) + len(curves[1][0])
+    assert (f.L0, f.A, f.alpha, f.C) == pytest.approx((TRUE["L0"], TRUE["A"], TRUE["alpha"], TRUE["C"]), rel=1e-6)
+    with pytest.raises(PredictError, match="4 logged `loss` value"):
+        fit([(curves[0][0][:2], curves[0][1][:2], constant), (curves[1][0][:2], curves[1][1][:2], cos)])
 
 
 def test_points_are_the_logged_values_after_the_peak_the_last_of_a_step_winning():
@@ -182,7 +207,8 @@ def test_predict_lays_the_fitted_law_along_another_schedule(project: Path):
     assert out["final"] == pytest.approx(expected[-1], rel=1e-9)
     assert [(p["name"], p["step"]) for p in out["phases"]] == [("warmup", 50), ("stable", 2400), ("cooldown", 3000)]
     assert out["phases"][1]["loss"] == pytest.approx(expected[2399], rel=1e-9)
-    assert out["run_last"]["law"] == pytest.approx(out["run_last"]["logged"], rel=1e-9)
+    (last,) = out["run_last"]
+    assert last["step"] == 2000 and last["law"] == pytest.approx(last["logged"], rel=1e-9)
     assert out["warnings"] == []
     # a longer cooldown anneals more: a lower final loss
     longer = json.loads(_predict("--set", 'schedule.decay="wsd"', "--set", "schedule.cooldown=0.4", "--set", "train.max_steps=3000", "--json").stdout)
@@ -207,7 +233,7 @@ def cosine_of_the_build(project: Path) -> list[float]:
 def test_predict_warns_when_the_recipe_changes_the_model_or_batch(project: Path):
     result = _predict("--set", "model.config.hidden_size=128", "--set", "train.batch_size=16")
     assert result.exit_code == 0, result.output
-    assert "warning: the recipe changes model, train.batch_size from the run" in result.stderr
+    assert "warning: the recipe changes model, train.batch_size from runs/base: the law" in result.stderr
 
 
 def test_predict_errors_name_the_file(project: Path):
@@ -219,7 +245,7 @@ def test_predict_errors_name_the_file(project: Path):
     (project / "runs" / "base" / "metrics.jsonl").write_text('{"step": 100, "loss": 5.0}\n{"step": 200, "loss": 4.0}\n')
     result = _predict()
     assert result.exit_code == 2
-    assert "2 logged `loss` value(s) after the LR's peak: the fit needs at least 5" in result.stderr
+    assert "runs/base: 2 logged `loss` value(s) after the LR's peak: the fit needs at least 5" in result.stderr
 
 
 

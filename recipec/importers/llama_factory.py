@@ -790,11 +790,13 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
     if records == "kto":
         msgs = columns.get("messages", "conversations" if formatting == "sharegpt" else "messages")
         d.set(f"{src}.records", "unpaired_preference", *keys)
-        fields = {"prompt": msgs, "label": columns.get("kto_tag", "label")}
+        # one message list, its last message the completion (LLaMA-Factory's converter splits it so)
+        fields = {"messages": msgs, "label": columns.get("kto_tag", "label")}
         if not messages_style:
             fields |= {"role": tags.get("role_tag", "from"), "content": tags.get("content_tag", "value")}
-        differs.append(f"{name!r}: LLaMA-Factory's KTO records hold the prompt and the completion in one message list (the last message is the completion); recipec reads `prompt` and `completion` apart: split the records")
-        d.set(f"{src}.fields", fields, *keys, approx=differs[-1])
+            d.set(f"{src}.roles", {tags.get("user_tag", "human"): "user", tags.get("assistant_tag", "gpt"): "assistant",
+                                   tags.get("system_tag", "system"): "system"}, *keys)
+        d.set(f"{src}.fields", fields, *keys)
         return differs
     if records == "preference" or ranking:
         d.set(f"{src}.records", "preference", *keys)
@@ -805,8 +807,7 @@ def _source(d: Draft, i: int, name: str, info: Mapping[str, Any], info_file: str
                 fields |= {"role": tags.get("role_tag", "from"), "content": tags.get("content_tag", "value")}
                 d.set(f"{src}.roles", {tags.get("user_tag", "human"): "user", tags.get("assistant_tag", "gpt"): "assistant",
                                        tags.get("system_tag", "system"): "system"}, *keys)
-            differs.append(f"{name!r}: LLaMA-Factory's chosen and rejected answers are single messages; recipec reads lists of messages")
-            d.set(f"{src}.fields", fields, *keys, approx=differs[-1])
+            d.set(f"{src}.fields", fields, *keys)  # chosen and rejected are single messages, read as such
         else:
             fields = {"prompt": columns.get("prompt", "instruction"), "chosen": columns.get("chosen", "chosen"),
                       "rejected": columns.get("rejected", "rejected")}

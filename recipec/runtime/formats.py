@@ -261,6 +261,11 @@ def _unpaired(record: dict[str, Any], f: dict[str, str], r: dict[str, str]) -> d
     label = _field(record, f["label"])
     if not isinstance(label, bool):
         raise RecordError(f"`{f['label']}` is {label!r} ({type(label).__name__}), not a boolean (true: a desirable completion)")
+    if "messages" in f:  # the whole conversation in one list, its last message the completion (LLaMA-Factory's KTO data)
+        turns = _turns(_field(record, f["messages"]), f["messages"], f, r)
+        if len(turns) < 2 or turns[-1]["role"] != "assistant":
+            raise RecordError(f"`{f['messages']}` must end with the assistant's completion, after at least one message of prompt")
+        return {"messages": turns, "completion_from": len(turns) - 1, "label": label}
     return {**_prompt_completion(record, f, r), "label": label}
 
 
@@ -298,8 +303,10 @@ def _optional_string(record: dict[str, Any], name: str) -> str:
 
 
 def _turns(value: Any, where: str, f: dict[str, str], r: dict[str, str]) -> list[dict[str, str]]:
+    if isinstance(value, dict) and f["role"] in value:  # one message: LLaMA-Factory's ranking answers
+        value = [value]
     if not isinstance(value, list) or not value:
-        raise RecordError(f"`{where}` is not a non-empty list of messages")
+        raise RecordError(f"`{where}` is not a non-empty list of messages (or one message)")
     turns = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):

@@ -18,7 +18,7 @@ RECORD_FIELDS = {
     "alpaca": ("instruction", "input", "output", "system"),
     "prompt_completion": ("prompt", "completion", "role", "content", "system"),
     "preference": ("prompt", "chosen", "rejected", "role", "content", "system", "input"),
-    "unpaired_preference": ("prompt", "completion", "label", "role", "content", "system", "input"),
+    "unpaired_preference": ("prompt", "completion", "label", "role", "content", "system", "input", "messages"),
     "tokens": ("input_ids",),
 }
 """The fields each record format reads, by the name `fields` renames them with (recipec_runtime/formats.py has their defaults)."""
@@ -132,7 +132,7 @@ class Source(Table):
     """What each record holds: `text` (a document, trained on every token), `tokens` (a document already tokenized: token ids made with `tokenizer`, in `.bin` files, an `input_ids` column of parquet, Arrow or `datasets` files, or an `input_ids` or `tokens` column of MDS shards; trained on every token like text, and never filtered), `messages` (OpenAI-style `[{role, content}, ...]`), `sharegpt` (`conversations` of `{from, value}`), `alpaca` (`instruction`, optional `input`, `output`, optional `system`) `prompt_completion` (`prompt` and `completion`, strings or message lists), `preference` (`prompt`, `chosen`, `rejected`: strings or message lists, for `[preference]`) or `unpaired_preference` (`prompt`, `completion` and a boolean `label`, for KTO). Any but `text` and `tokens` makes every source's documents examples: rendered with the chat template, masked by `train_on`, fitted to `data.max_length` and packed whole."""
 
     fields: dict[str, str] | None = None
-    """Renamed fields of the records, e.g. `{messages = "dialog", role = "speaker", content = "text"}`. The names: messages, role, content (messages, sharegpt); instruction, input, output, system (alpaca); prompt, completion, role, content (prompt_completion); prompt, chosen, rejected (or completion, label), role, content, system, and input, a second column of a string prompt joined after it with `input_separator` (preference, unpaired_preference); input_ids (tokens, the column of ids in parquet, Arrow and MDS files). llm-foundry's prompt/response MDS shards are `prompt_completion` records with `{completion = "response"}`."""
+    """Renamed fields of the records, e.g. `{messages = "dialog", role = "speaker", content = "text"}`. The names: messages, role, content (messages, sharegpt); instruction, input, output, system (alpaca); prompt, completion, role, content (prompt_completion); prompt, chosen, rejected (or completion, label), role, content, system, and input, a second column of a string prompt joined after it with `input_separator` (preference, unpaired_preference; a side may be one message in place of a list); messages, in place of prompt and completion, a whole conversation whose last message is the completion (unpaired_preference, as LLaMA-Factory's KTO data); input_ids (tokens, the column of ids in parquet, Arrow and MDS files). llm-foundry's prompt/response MDS shards are `prompt_completion` records with `{completion = "response"}`."""
 
     tokenizer: str | None = None
     """With `records = "tokens"`: the tokenizer that made the ids, a hub id (loaded from the local cache) or a local directory (same rules as `[tokenizer] path`). Its vocabulary must equal the vocabulary of the tokenizer the recipe trains with (`[tokenizer] path` or the model's own), and every id must be below its size: the data stage checks both before it packs a sequence."""

@@ -34,12 +34,12 @@ EXPECTED = {
     },
     "llama3_lora_dpo.yaml": {
         "files": ("data/dpo_en_demo.json",),
-        "approx": {"dataset", "cutoff_len"},
+        "approx": {"cutoff_len"},
         "dropped": {**HOUSEKEEPING},
     },
     "llama3_lora_kto.yaml": {
         "files": ("data/kto_en_demo.json",),
-        "approx": {"dataset", "cutoff_len", "per_device_train_batch_size"},
+        "approx": {"cutoff_len", "per_device_train_batch_size"},
         "dropped": dict(HOUSEKEEPING),
     },
     "llama3_lora_sft_otfq.yaml": {
@@ -64,7 +64,7 @@ EXPECTED = {
     },
     "llama3_lora_reward.yaml": {
         "files": ("data/dpo_en_demo.json",),
-        "approx": {"dataset", "cutoff_len", "stage"},  # stage rm: trl's value head against transformers' score head
+        "approx": {"cutoff_len", "stage"},  # stage rm: trl's value head against transformers' score head
         "dropped": {**HOUSEKEEPING},
     },
     "qwen3_full_sft.yaml": {
@@ -186,6 +186,9 @@ def test_kto(imported):
     r = got.recipe
     assert r["preference"] == {"objective": "kto", "beta": 0.1}
     assert r["data"]["sources"][0]["records"] == "unpaired_preference"
+    # LLaMA-Factory's KTO records: one message list, the last message the completion
+    assert r["data"]["sources"][0]["fields"] == {"messages": "messages", "label": "label"}
+    assert got.result.draft.ledger["dataset"].how == "exact"
     assert r["train"]["micro_batch_size"] == 2 and r["train"]["batch_size"] == 8
     assert any("KL term" in w for w, _ in got.result.draft.warnings)
 

@@ -125,6 +125,33 @@ def test_preference_records_that_do_not_fit():
     assert to_example({"prompt": "Q?", "completion": " yes", "label": False}, "unpaired_preference")["label"] is False
 
 
+def test_llama_factory_ranking_and_kto_records():
+    """LLaMA-Factory's sharegpt ranking data: the chosen and rejected answers are single messages; its KTO
+    data: one message list whose last message is the completion (`fields.messages`)."""
+    sharegpt = {"role": "from", "content": "value"}
+    roles = {"human": "user", "gpt": "assistant"}
+    pair = {
+        "conversations": [{"from": "human", "value": "Hi?"}],
+        "chosen": {"from": "gpt", "value": "Hello."},
+        "rejected": {"from": "gpt", "value": "Go away."},
+    }
+    ex = to_example(pair, "preference", {"prompt": "conversations", **sharegpt}, roles)
+    assert ex["chosen"] == {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}], "completion_from": 1}
+    assert ex["rejected"]["messages"][-1] == {"role": "assistant", "content": "Go away."}
+    as_lists = {**pair, "chosen": [pair["chosen"]], "rejected": [pair["rejected"]]}
+    assert to_example(as_lists, "preference", {"prompt": "conversations", **sharegpt}, roles) == ex
+    with pytest.raises(RecordError, match=r"`chosen` is not a non-empty list of messages \(or one message\)"):
+        to_example({**pair, "chosen": {"text": "Hello."}}, "preference", {"prompt": "conversations", **sharegpt}, roles)
+
+    kto = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}], "label": True}
+    ex = to_example(kto, "unpaired_preference", {"messages": "messages"})
+    assert ex == {"messages": kto["messages"], "completion_from": 1, "label": True}
+    split = {"prompt": kto["messages"][:1], "completion": kto["messages"][1:], "label": True}
+    assert to_example(split, "unpaired_preference") == ex  # the same example as prompt and completion apart
+    with pytest.raises(RecordError, match="`messages` must end with the assistant's completion"):
+        to_example({**kto, "messages": kto["messages"][:1]}, "unpaired_preference", {"messages": "messages"})
+
+
 def test_system_messages_are_kept_dropped_defaulted_or_replaced():
     """A source's `system`: the conversation's system messages go, come first when missing, or are
     replaced; where the completion starts moves with the messages before it."""
