@@ -244,7 +244,7 @@ def _computed(plan: Any, rows: list[int]) -> dict:
     names.update(math=math, schedule=runtime_schedule, train_sets=[range(n) for n in rows])
     out = {}
     for f in plan.formulas:
-        names[f.name] = out[f.name] = eval(f.expr, {"__builtins__": {"len": len, "round": round}}, names)  # noqa: S307
+        names[f.name] = out[f.name] = eval(f.expr, {"__builtins__": {"len": len, "round": round, "max": max}}, names)  # noqa: S307
     return out
 
 

@@ -201,16 +201,16 @@ def test_cadences_in_epochs_become_formulas_after_the_run_length(plan_of):
     assert "eval_every" not in names and "save_every" not in names
     formulas = {f.name: f for f in plan.formulas}
     assert list(formulas)[:2] == ["steps_per_epoch", "max_steps"]
-    assert formulas["eval_every"].expr == "math.ceil(steps_per_epoch * 1 / 3)"
-    assert formulas["save_every"].expr == "steps_per_epoch"
-    assert formulas["eval_every"].note == 'derived: ceil(train.eval_every "1/3 epoch" * steps_per_epoch)'
+    assert formulas["eval_every"].expr == "max(1, math.ceil(steps_per_epoch * 1 / 3))"
+    assert formulas["save_every"].expr == "max(1, steps_per_epoch)"
+    assert formulas["eval_every"].note == 'derived: ceil(train.eval_every "1/3 epoch" * steps_per_epoch), at least 1'
     # 240 rows of batch 8: 30 steps an epoch; a third of it is 10 steps, not 11 by a float's rounding
     scope = _computed(plan, 240)
     assert (scope["steps_per_epoch"], scope["eval_every"], scope["save_every"], scope["max_steps"]) == (30, 10, 30, 90)
     assert _computed(plan, 248)["eval_every"] == 11  # 31 steps: ceil(31 / 3)
 
 
-@pytest.mark.parametrize(("value", "rows", "steps"), [("0.25 epoch", 800, 25), ("2 epochs", 800, 200), ("0.1 epoch", 88, 2)])
+@pytest.mark.parametrize(("value", "rows", "steps"), [("0.25 epoch", 800, 25), ("2 epochs", 800, 200), ("0.1 epoch", 88, 2), ("1 epoch", 7, 1)])  # 7 rows: under a batch
 def test_cadence_in_epochs_with_a_run_length_in_steps(plan_of, value, rows, steps):
     plan = plan_of({"train.save_every": value})
     assert [f.name for f in plan.formulas] == ["steps_per_epoch", "save_every"]

@@ -199,7 +199,8 @@ def epoch_cadences(b: PlanBuilder) -> None:
             expr = "steps_per_epoch" if epochs == 1 else f"steps_per_epoch * {epochs.numerator}"
         else:
             expr = f"math.ceil(steps_per_epoch * {epochs.numerator} / {epochs.denominator})"
-        b.formula(k, expr, f'derived: ceil(train.{k} "{value}" * steps_per_epoch)')
+        # at least every step: fewer training rows than one batch would make 0, which turns the cadence off
+        b.formula(k, f"max(1, {expr})", f'derived: ceil(train.{k} "{value}" * steps_per_epoch), at least 1')
         if t.epochs is not None and epochs >= t.epochs:
             what = "only the final model is saved" if k == "save_every" else (
                 "evaluation runs " + ("before the first step and at the end" if t.eval_at_start else "at the end") + " only"
