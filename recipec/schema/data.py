@@ -230,6 +230,14 @@ class Source(Table):
             for name in self.fields or {}:
                 if name not in known:
                     raise key_error("fields", f"{self.records} records have no field {name!r}", "the fields: " + ", ".join(known))
+            if "messages" in (self.fields or {}):  # unpaired_preference: the conversation whole, in place of prompt and completion
+                both = [name for name in ("prompt", "completion", "input") if name in (self.fields or {})]
+                if both:
+                    raise key_error(
+                        "fields",
+                        f"`messages` holds the whole conversation (its last message the completion), in place of `{both[0]}`",
+                        "rename either messages, or prompt and completion",
+                    )
             if self.roles is not None and self.records == "alpaca":
                 raise key_error("roles", "alpaca records have no roles")
             for name, role in (self.roles or {}).items():
