@@ -134,3 +134,23 @@ def test_a_second_prompt_column_is_joined_through_the_stage(tmp_path, tokenizer_
     assert sum(text.count(".\nAnswer in words.") for text in joined) == 2 * 6  # both sides of the six records with a query
     assert all(".\n\nAnswer" not in text for text in joined)
     assert sum(tok.decode(row["input_ids"]).count(".\n\nAnswer in words.") for row in rows_of(blank)) == 2 * 6
+
+
+def test_llama_factory_shapes_store_the_same_rows(tmp_path, tokenizer_dir):
+    """Through the stage: pairs whose answers are single messages store the rows of pairs whose answers are lists,
+    and KTO records holding the conversation in one list (`fields.messages`) the rows of prompt and completion apart."""
+    lists = [dict(p) for p in PAIRS[:12]]
+    single = [{**p, "chosen": p["chosen"][0], "rejected": p["rejected"][0]} for p in lists]
+    write_jsonl(tmp_path / "lists.jsonl", lists)
+    write_jsonl(tmp_path / "single.jsonl", single)
+    a = rows_of(run(request(tmp_path, tokenizer_dir, [{"path": "lists.jsonl", "records": "preference"}], seq_len=128)))
+    b = rows_of(run(request(tmp_path, tokenizer_dir, [{"path": "single.jsonl", "records": "preference"}], seq_len=128)))
+    assert len(a) == 12 and [(r["input_ids"], r["mask"]) for r in a] == [(r["input_ids"], r["mask"]) for r in b]
+
+    split = [{"prompt": [{"role": "user", "content": f"Say {i}."}], "completion": [{"role": "assistant", "content": f"{i}."}], "label": i % 3 != 0} for i in range(12)]
+    whole = [{"messages": r["prompt"] + r["completion"], "label": r["label"]} for r in split]
+    write_jsonl(tmp_path / "split.jsonl", split)
+    write_jsonl(tmp_path / "whole.jsonl", whole)
+    a = rows_of(run(request(tmp_path, tokenizer_dir, [{"path": "split.jsonl", "records": "unpaired_preference"}], seq_len=128)))
+    b = rows_of(run(request(tmp_path, tokenizer_dir, [{"path": "whole.jsonl", "records": "unpaired_preference", "fields": {"messages": "messages"}}], seq_len=128)))
+    assert len(a) == 12 and [(r["input_ids"], r["mask"]) for r in a] == [(r["input_ids"], r["mask"]) for r in b]
