@@ -74,6 +74,16 @@ class Fit:
         return self.L0 + self.A * np.power(s1, -self.alpha) - self.C * s2
 
 
+def first_peak(lrs: Sequence[float]) -> int:
+    """The index of the update where the LR first stops rising: the end of the warmup (0 without one).
+
+    Not the largest LR: a later rewarm to a higher peak is part of the schedule the law follows."""
+    for i in range(len(lrs) - 1):
+        if lrs[i + 1] <= lrs[i]:
+            return i
+    return max(len(lrs) - 1, 0)
+
+
 def areas(lrs: Sequence[float], decay: float = DECAY) -> tuple[np.ndarray, np.ndarray]:
     """S1 and S2 after each update: element k holds the areas of updates 1..k+1.
 
@@ -81,7 +91,7 @@ def areas(lrs: Sequence[float], decay: float = DECAY) -> tuple[np.ndarray, np.nd
     """
     lr = np.asarray(lrs, dtype=np.float64)
     s1 = np.cumsum(lr)
-    peak = int(np.argmax(lr)) if len(lr) else 0
+    peak = first_peak(lrs)
     m = 0.0
     s2 = np.zeros_like(lr)
     total = 0.0
@@ -124,7 +134,7 @@ def points(metrics: Sequence[dict[str, Any]], metric: str, lrs: Sequence[float])
     A resumed run may log a step twice (its metrics.jsonl is cut back to the checkpoint, but a
     copy may hold both): the last line of a step wins.
     """
-    peak = int(np.argmax(np.asarray(lrs))) + 1  # logged steps count updates: step s follows update s
+    peak = first_peak(lrs) + 1  # logged steps count updates: step s follows update s
     by_step: dict[int, float] = {}
     for m in metrics:
         value = m.get(metric)

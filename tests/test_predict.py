@@ -26,7 +26,7 @@ from recipec.predict import PredictError, areas, fit, points, predict
 def law_by_hand(lrs, L0, A, alpha, C, decay):
     """L after each update, straight from the definition: S1 the LRs so far, S2 the summed momentum of the
     LR's decreases from the first peak on."""
-    peak = lrs.index(max(lrs))
+    peak = next((i for i in range(len(lrs) - 1) if lrs[i + 1] <= lrs[i]), len(lrs) - 1)  # where the LR first stops rising
     out, s1, s2, m = [], 0.0, 0.0, 0.0
     for i, lr in enumerate(lrs):
         s1 += lr
@@ -61,6 +61,9 @@ def test_areas_follow_the_definition():
     assert s2.tolist() == pytest.approx(expected, abs=1e-15)
     assert s2[2] == 0 and s2[4] == pytest.approx(0.2)  # nothing before the peak; the first decrease
     assert s2[7] - s2[6] < s2[6] - s2[5]  # the rewarm takes from the momentum
+    # a rewarm above the first peak: the annealing still counts from the first one
+    higher = [0.5, 1.0, 0.6, 1.2, 0.9]
+    assert areas(higher, 0.5)[1].tolist() == pytest.approx([0, 0, 0.4, 0.0, 0.1], abs=1e-15)  # m: 0.4, -0.4, 0.1
 
 
 def test_fit_gives_back_the_constants_of_a_curve_the_law_draws():
