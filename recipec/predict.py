@@ -256,7 +256,7 @@ def _differences(run_dir: Path, plan: Any) -> list[str]:
     try:
         run = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return [f"{path} cannot be read: the model, tokenizer, seq_len and batch_size are not compared"]
+        raise PredictError(f"{path} cannot be read: the recipe's model, tokenizer, seq_len and batch_size are not compared with the run's") from None
     from .render import resolved_toml
 
     ours = tomllib.loads(resolved_toml(plan))  # as the run's was written: defaults spelt out
@@ -351,7 +351,11 @@ def predict_command(
             "the prediction leaves out what the recipe's decays add; fit on a run that decays"
         )
     for run_dir, *_ in runs:
-        differ = _differences(run_dir, plan)
+        try:
+            differ = _differences(run_dir, plan)
+        except PredictError as exc:
+            warnings.append(str(exc))
+            continue
         if differ:
             warnings.append(
                 f"the recipe changes {', '.join(differ)} from {run_dir.as_posix()}: the law's constants belong to the run's "

@@ -239,6 +239,13 @@ def test_predict_warns_when_the_recipe_changes_the_model_or_batch(project: Path)
     assert "warning: the recipe changes model, train.batch_size from runs/base: the law" in result.stderr
 
 
+def test_predict_without_the_runs_resolved_toml_says_what_it_did_not_compare(project: Path):
+    (project / "runs" / "base" / "resolved.toml").unlink()
+    result = _predict()
+    assert result.exit_code == 0, result.output
+    assert "warning: runs/base/resolved.toml cannot be read: the recipe's model, tokenizer, seq_len and batch_size are not compared" in result.stderr
+
+
 def test_predict_errors_name_the_file(project: Path):
     (project / "runs" / "base" / "schedule.csv").unlink()
     result = _predict()
