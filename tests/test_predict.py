@@ -173,6 +173,11 @@ save_every = 0
 """
 
 
+def _lrs(path: Path) -> list[float]:
+    """The LR column of a `step,lr` file (a build's schedule.csv, `explain --lr-csv`)."""
+    return [float(line.split(",")[1]) for line in path.read_text().splitlines()[1:]]
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project with the recipe and a run of it: the build's schedule.csv and resolved.toml, and a
@@ -186,7 +191,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     run.mkdir(parents=True)
     for name in ("schedule.csv", "resolved.toml"):
         shutil.copyfile(tmp_path / "build" / "base" / name, run / name)
-    lrs = [float(line.split(",")[1]) for line in (run / "schedule.csv").read_text().splitlines()[1:]]
+    lrs = _lrs(run / "schedule.csv")
     curve = law_by_hand(lrs, **TRUE)
     lines = [{"step": 0, "eval_loss": 9.9}] + [{"step": s, "loss": curve[s - 1], "lr": lrs[s - 1]} for s in range(10, 2001, 10)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
@@ -205,7 +210,7 @@ def test_predict_lays_the_fitted_law_along_another_schedule(project: Path):
     assert out["fit"]["alpha"] == pytest.approx(TRUE["alpha"], rel=1e-6)
     wsd = ("--set", 'schedule.decay="wsd"', "--set", "schedule.cooldown=0.2", "--set", "train.max_steps=3000")
     assert CliRunner().invoke(main, ["explain", "recipes/base.toml", *wsd, "--lr-csv", "wsd.csv"]).exit_code == 0
-    wsd_lrs = [float(line.split(",")[1]) for line in (project / "wsd.csv").read_text().splitlines()[1:]]
+    wsd_lrs = _lrs(project / "wsd.csv")
     expected = law_by_hand(wsd_lrs, **TRUE)
     assert out["final"] == pytest.approx(expected[-1], rel=1e-9)
     assert [(p["name"], p["step"]) for p in out["phases"]] == [("warmup", 50), ("stable", 2400), ("cooldown", 3000)]
@@ -226,11 +231,7 @@ def test_predict_text_and_csv(project: Path):
     rows = (project / "out" / "pred.csv").read_text().splitlines()
     assert rows[0] == "step,lr,loss" and len(rows) == 2001
     step, lr, loss = rows[-1].split(",")
-    assert int(step) == 2000 and float(loss) == pytest.approx(law_by_hand(cosine_of_the_build(project), **TRUE)[-1], rel=1e-9)
-
-
-def cosine_of_the_build(project: Path) -> list[float]:
-    return [float(line.split(",")[1]) for line in (project / "runs" / "base" / "schedule.csv").read_text().splitlines()[1:]]
+    assert int(step) == 2000 and float(loss) == pytest.approx(law_by_hand(_lrs(project / "runs" / "base" / "schedule.csv"), **TRUE)[-1], rel=1e-9)
 
 
 def test_predict_warns_when_the_recipe_changes_the_model_or_batch(project: Path):

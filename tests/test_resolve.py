@@ -186,13 +186,10 @@ def test_epochs_formulas_evaluate_in_order(plan_of):
 
 
 def _computed(plan, rows):
-    import math
+    """The plan's formulas over one segment of ``rows`` training rows, as `explain --data` evaluates them."""
+    from recipec.data_figures import _computed as evaluate
 
-    scope = {"math": math, "schedule": __import__("recipec.runtime.schedule").runtime.schedule, "train_sets": [range(rows)]}
-    scope.update({s.name: s.value for s in plan.settings})
-    for f in plan.formulas:
-        scope[f.name] = eval(f.expr, scope)  # noqa: S307 - built by resolve from names and literals
-    return scope
+    return evaluate(plan, [rows])
 
 
 def test_cadences_in_epochs_become_formulas_after_the_run_length(plan_of):
