@@ -910,11 +910,19 @@ def _length(d: Draft, records: str) -> None:
         if d.has("neat_packing"):
             d.exact("neat_packing") if not neat else _ignored(d, "neat_packing", "neat_packing applies to stage sft")
         return
-    trunc = "LLaMA-Factory truncates the prompt and the answer in proportion to their lengths; recipec cuts the example's end"
+    # LLaMA-Factory cuts each turn's prompt and answer in proportion to their lengths (infer_seqlen): recipec's
+    # truncate_turns, whose turns are the template's answer spans: LLaMA-Factory's own where recipec writes its template
+    written = str(d.get("template")) in TEMPLATES
+    turns = None if written else (
+        "recipec cuts the turns where the tokenizer's own chat template's answers start and end, "
+        "LLaMA-Factory where its template's answer slots do"
+    )
     if d.has("cutoff_len") or explicit:
-        d.set("data.seq_len", seq, *(["cutoff_len"] if d.has("cutoff_len") else keys), approx=f"{note}; {trunc}" if note else trunc)
+        keys = ["cutoff_len"] if d.has("cutoff_len") else keys
+        d.set("data.seq_len", seq, *keys, approx=f"{note}; {turns}" if note and turns else turns, note=note)
     else:
         d.default("data.seq_len", seq, "cutoff_len", f"{seq} tokens")
+    d.set("data.overflow", "truncate_turns", note="LLaMA-Factory cuts each turn's prompt and answer in proportion to their lengths")
     if packing and records in ("preference", "kto"):
         _ignored(d, "packing" if d.has("packing") else "neat_packing", "LLaMA-Factory packs only stage sft and pt")
         d.set("data.packing", False, note="LLaMA-Factory does not pack preference data")

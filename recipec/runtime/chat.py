@@ -22,12 +22,16 @@
   completion's, then EOS; text documents are their tokens then EOS.
 
 ``fit_length`` applies a maximum length (truncate or drop) and drops what is left with no
-supervised token, giving the reason so the stage can count it.
+supervised token, giving the reason so the stage can count it. ``fit_turns`` is the third
+way to truncate (``truncate_turns``): each turn's prompt and answer are cut in proportion to
+their lengths, turn by turn, by :func:`infer_seqlen` (LLaMA-Factory's rule for its
+``cutoff_len``).
 
 ``tokenize_preference`` tokenizes a preference pair (each side a prompt/completion example,
 trained on its completion) into one row of two segments, or a KTO example into one, with
 the bits of :mod:`.preference` in the mask; each side is fitted to the maximum length on
-its own.
+its own (``truncate_turns``: the prompt cut once for both sides, and both answers to one
+length, by :func:`infer_seqlen`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import re
 from typing import Any, Sequence
 
 TRAIN_ON = ("assistant", "last_assistant", "completion", "all")
-OVERFLOW = ("truncate", "drop")
+OVERFLOW = ("truncate", "truncate_turns", "drop")
 
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
@@ -93,16 +97,31 @@ def tokenize_example(
         TemplateError: the template fails to render or to mask the conversation.
         ValueError: ``train_on`` does not fit the example (``completion`` without a completion).
     """
+    ids, mask, _ = tokenize_turns(tokenizer, example, train_on=train_on, chat_template=chat_template)
+    return ids, mask
+
+
+def tokenize_turns(
+    tokenizer: Any, example: dict[str, Any], *, train_on: str, chat_template: str | None = None
+) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """:func:`tokenize_example`'s ids and mask, and the ``(start, end)`` of every answer in them.
+
+    The answers are the assistant turns of a conversation (each with its closing token,
+    whether or not ``train_on`` supervises it), the completion of plain prompt/completion
+    text, and the whole of a text document: what :func:`fit_turns` cuts in proportion to
+    the prompt before it.
+    """
     if train_on not in TRAIN_ON:
         raise ValueError(f"unknown train_on {train_on!r}; one of {', '.join(TRAIN_ON)}")
     if "text" in example:
         ids = _encode(tokenizer, example["text"]) + _eos(tokenizer)
-        return _with_bos(tokenizer, ids, [1] * len(ids))
+        return _with_bos(tokenizer, ids, [1] * len(ids), [(0, len(ids))])
     if "prompt" in example:
         prompt = _encode(tokenizer, example["prompt"])
         completion = _encode(tokenizer, example["completion"]) + _eos(tokenizer)
         seen = 1 if train_on == "all" else 0
-        return _with_bos(tokenizer, prompt + completion, [seen] * len(prompt) + [1] * len(completion))
+        answer = [(len(prompt), len(prompt) + len(completion))]
+        return _with_bos(tokenizer, prompt + completion, [seen] * len(prompt) + [1] * len(completion), answer)
 
     messages = example["messages"]
     template = resolve_template(tokenizer, chat_template)
@@ -123,7 +142,7 @@ def tokenize_example(
         mask = [0] * len(ids)
         for start, end in chosen:
             mask[start:end] = [1] * (end - start)
-    return _with_bos(tokenizer, ids, mask)
+    return _with_bos(tokenizer, ids, mask, spans)
 
 
 def fit_length(
@@ -136,13 +155,88 @@ def fit_length(
     """
     if overflow not in OVERFLOW:
         raise ValueError(f"unknown overflow {overflow!r}; one of {', '.join(OVERFLOW)}")
-    if len(ids) > max_length:
+    if len(ids) > max_length:  # "truncate_turns" has cut the turns already (fit_turns)
         if overflow == "drop":
             return [], [], "too_long"
         ids, mask = ids[:max_length], mask[:max_length]
     if not any(mask[1:]):  # the first token has no prediction: a label needs a token before it
         return [], [], "no_supervised_token"
     return ids, mask, None
+
+
+def infer_seqlen(source: int, target: int, budget: int) -> tuple[int, int]:
+    """How many tokens of a prompt (``source``) and its answer (``target``) fit ``budget``.
+
+    LLaMA-Factory's rule (``infer_seqlen``, for its ``cutoff_len``): an answer shorter than
+    half the budget is kept whole and the prompt cut; else a prompt shorter than half is kept
+    whole and the answer cut; else both are cut in proportion to their lengths (the answer's
+    share rounded down). Returns ``(prompt tokens kept, answer tokens kept)``.
+    """
+    if target * 2 < budget:
+        most = budget
+    elif source * 2 < budget:
+        most = budget - source
+    else:
+        most = int(budget * (target / (source + target)))
+    kept_target = min(most, target)
+    return min(max(budget - kept_target, 0), source), kept_target
+
+
+def fit_turns(
+    ids: list[int], mask: list[int], answers: list[tuple[int, int]], max_length: int, *, last_first: bool = False
+) -> tuple[list[int], list[int]]:
+    """Cut an example to ``max_length`` turn by turn (overflow ``truncate_turns``).
+
+    The example is divided into (prompt, answer) pairs at ``answers`` (as
+    :func:`tokenize_turns` gives them): each answer with every token since the previous one
+    as its prompt, and the tokens after the last answer (a template's closing newline) with
+    that answer. Pairs are taken in order (``last_first``: from the last, so the last answer
+    is the one kept whole, for ``train_on = "last_assistant"``), each given what is left of
+    ``max_length``, of which :func:`infer_seqlen` keeps the start of its prompt and the start
+    of its answer; the turns after the budget is spent are dropped. An example that fits is
+    returned as it is.
+    """
+    if len(ids) <= max_length:
+        return ids, mask
+    pairs, prev = [], 0
+    for start, end in answers:
+        pairs.append([prev, start, end])
+        prev = end
+    if not pairs:
+        pairs.append([0, 0, len(ids)])
+    pairs[-1][2] = len(ids)
+    order = pairs[::-1] if last_first else pairs
+    kept: list[tuple[int, int, int, int]] = []
+    total = 0
+    for a, b, c in order:
+        if total >= max_length:
+            break
+        source, target = infer_seqlen(b - a, c - b, max_length - total)
+        kept.append((a, a + source, b, b + target))
+        total += source + target
+    if last_first:
+        kept.reverse()
+    out_ids: list[int] = []
+    out_mask: list[int] = []
+    for a, a_end, b, b_end in kept:
+        out_ids += ids[a:a_end] + ids[b:b_end]
+        out_mask += mask[a:a_end] + mask[b:b_end]
+    return out_ids, out_mask
+
+
+def fit_example(
+    tokenizer: Any, example: dict[str, Any], *, train_on: str, max_length: int, overflow: str, chat_template: str | None = None
+) -> tuple[list[int], list[int], str | None]:
+    """One example tokenized and fitted to ``max_length``: ``(ids, mask, reason)``.
+
+    ``reason`` is None, ``"truncated"`` (kept, shortened) or why :func:`fit_length` drops it.
+    """
+    ids, mask, answers = tokenize_turns(tokenizer, example, train_on=train_on, chat_template=chat_template)
+    cut = len(ids) > max_length
+    if overflow == "truncate_turns":
+        ids, mask = fit_turns(ids, mask, answers, max_length, last_first=train_on == "last_assistant")
+    ids, mask, reason = fit_length(ids, mask, max_length, overflow)
+    return ids, mask, "truncated" if reason is None and cut else reason
 
 
 def tokenize_preference(
@@ -157,11 +251,22 @@ def tokenize_preference(
     """
     from .preference import pair_row, unpaired_row
 
+    parts = ("chosen", "rejected") if "chosen" in example else (None,)
+    tokenized = [
+        tokenize_example(tokenizer, example[part] if part else example, train_on="completion", chat_template=chat_template)
+        for part in parts
+    ]
+    cut = any(len(ids) > max_length for ids, _ in tokenized)
+    if overflow == "truncate_turns" and cut:
+        # LLaMA-Factory's pairwise and KTO rule: one cut of the prompt and one length for both answers
+        starts = [mask.index(1) if 1 in mask else len(ids) for ids, mask in tokenized]
+        source, target = infer_seqlen(max(starts), max(len(ids) - p for (ids, _), p in zip(tokenized, starts)), max_length)
+        tokenized = [
+            (ids[: min(source, p)] + ids[p : p + target], mask[: min(source, p)] + mask[p : p + target])
+            for (ids, mask), p in zip(tokenized, starts)
+        ]
     sides = []
-    cut = False
-    for part in (("chosen", "rejected") if "chosen" in example else (None,)):
-        ids, mask = tokenize_example(tokenizer, example[part] if part else example, train_on="completion", chat_template=chat_template)
-        cut = cut or len(ids) > max_length
+    for ids, mask in tokenized:
         ids, mask, reason = fit_length(ids, mask, max_length, overflow)
         if reason:
             return [], [], reason
@@ -211,15 +316,19 @@ def _adds_bos(tokenizer: Any) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def _with_bos(tokenizer: Any, ids: list[int], mask: list[int]) -> tuple[list[int], list[int]]:
+def _with_bos(
+    tokenizer: Any, ids: list[int], mask: list[int], answers: list[tuple[int, int]]
+) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """Exactly one BOS where the tokenizer adds one, none where it adds none; ``answers`` moved with the ids."""
     bos = tokenizer.bos_token_id
     if bos is None or bos == tokenizer.eos_token_id:
-        return ids, mask
+        return ids, mask, answers
+    shift = 0
     while len(ids) > 1 and ids[0] == bos and ids[1] == bos:
-        ids, mask = ids[1:], mask[1:]
+        ids, mask, shift = ids[1:], mask[1:], shift - 1
     if _adds_bos(tokenizer) and (not ids or ids[0] != bos):
-        ids, mask = [bos] + ids, [0] + mask
-    return ids, mask
+        ids, mask, shift = [bos] + ids, [0] + mask, shift + 1
+    return ids, mask, [(max(0, s + shift), max(0, e + shift)) for s, e in answers]
 
 
 def _render(tokenizer: Any, template: str, messages: list[dict[str, str]], generation_prompt: bool) -> str:

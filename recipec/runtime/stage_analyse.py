@@ -97,11 +97,10 @@ def _tokenize_examples(sources: list[int], examples: list[str]) -> list[tuple[An
                     _WORKER["tokenizer"], example, max_length=settings["max_length"], overflow=settings["overflow"]
                 )
             else:
-                ids, mask = chat.tokenize_example(_WORKER["tokenizer"], example, train_on=settings["train_on"][source])
-                cut = len(ids) > settings["max_length"]
-                ids, mask, reason = chat.fit_length(ids, mask, settings["max_length"], settings["overflow"])
-                if reason is None and cut:
-                    reason = "truncated"  # kept, shortened
+                ids, mask, reason = chat.fit_example(
+                    _WORKER["tokenizer"], example, train_on=settings["train_on"][source],
+                    max_length=settings["max_length"], overflow=settings["overflow"],
+                )
         except (chat.TemplateError, ValueError) as e:
             out.append((None, None, f"error: {e}"))
             continue

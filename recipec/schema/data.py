@@ -353,8 +353,8 @@ class DataTable(Table):
     max_length: int | None = Field(None, ge=2)
     """Examples only: the most tokens one example may have. Unset: `seq_len`. At most `seq_len` with packing."""
 
-    overflow: Literal["truncate", "drop"] = "truncate"
-    """Examples only: a longer example is cut to `max_length`, or dropped. Either way an example left with no supervised token is dropped and counted in the report, never trained on."""
+    overflow: Literal["truncate", "truncate_turns", "drop"] = "truncate"
+    """Examples only: what becomes of an example longer than `max_length`. `truncate`: its end is cut. `truncate_turns`: each turn's prompt and answer are cut in proportion to their lengths (LLaMA-Factory's `cutoff_len`): the turns are taken in order (from the last with `train_on = "last_assistant"`), each given what is left of `max_length`; an answer shorter than half of that is kept whole and its prompt cut, else a prompt shorter than half is kept whole and the answer cut, else both are cut, keeping the start of each; the turns after the budget is spent are dropped. A preference pair's prompt is cut once for both sides and both answers to one length, by the same rule. `drop`: the example is dropped. Whichever, an example left with no supervised token is dropped and counted in the report, never trained on."""
 
     pad_to_multiple_of: int | None = Field(None, ge=1)
     """Examples only: pad each micro-batch to its longest row rounded up to a multiple of this, never past `seq_len` (past it only where a row is longer, as a preference pair's two sides can be: then never past the next multiple of `seq_len`). Fewer micro-batch shapes mean fewer new kernels, allocator blocks and, under `model.compile`, recompiles; `pad_to_multiple_of = <seq_len>` pads every micro-batch to `seq_len` (axolotl's `pad_to_sequence_len`). Padding is never trained on: the loss is the same. Unset: each micro-batch padded to its longest row. At most `seq_len`; under sequence parallelism, which pads every row to `seq_len` already, only `seq_len`."""

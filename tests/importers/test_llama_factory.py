@@ -24,7 +24,7 @@ DEMO = ("data/identity.json", "data/alpaca_en_demo.json")
 EXPECTED = {
     "llama3_lora_sft.yaml": {
         "files": DEMO,
-        "approx": {"cutoff_len"},
+        "approx": set(),
         "dropped": {**HOUSEKEEPING},
     },
     "llama3_lora_pretrain.yaml": {
@@ -34,53 +34,53 @@ EXPECTED = {
     },
     "llama3_lora_dpo.yaml": {
         "files": ("data/dpo_en_demo.json",),
-        "approx": {"cutoff_len"},
+        "approx": set(),
         "dropped": {**HOUSEKEEPING},
     },
     "llama3_lora_kto.yaml": {
         "files": ("data/kto_en_demo.json",),
-        "approx": {"cutoff_len", "per_device_train_batch_size"},
+        "approx": {"per_device_train_batch_size"},
         "dropped": dict(HOUSEKEEPING),
     },
     "llama3_lora_sft_otfq.yaml": {
         "files": DEMO,
-        "approx": {"cutoff_len", "quantization_bit"},
+        "approx": {"quantization_bit"},
         "dropped": {**HOUSEKEEPING},
     },
     "llama3_full_sft.yaml": {
         "files": DEMO,
-        "approx": {"cutoff_len", "deepspeed"},
+        "approx": {"deepspeed"},
         "dropped": {**HOUSEKEEPING},
     },
     "qwen2_5_lora_sft_packing.yaml": {
         "files": ("data/alpaca_en_demo.json",),
-        "approx": {"cutoff_len", "interleave_probs", "mix_strategy"},
+        "approx": {"interleave_probs", "mix_strategy"},
         "dropped": {**HOUSEKEEPING},
     },
     "llama3_pissa_sft.yaml": {
         "files": DEMO,
-        "approx": {"cutoff_len", "pissa_init", "pissa_iter"},
+        "approx": {"pissa_init", "pissa_iter"},
         "dropped": {**HOUSEKEEPING, "pissa_convert": NFT},
     },
     "llama3_lora_reward.yaml": {
         "files": ("data/dpo_en_demo.json",),
-        "approx": {"cutoff_len", "stage"},  # stage rm: trl's value head against transformers' score head
+        "approx": {"stage"},  # stage rm: trl's value head against transformers' score head
         "dropped": {**HOUSEKEEPING},
     },
     "qwen3_full_sft.yaml": {
         "files": ("data/alpaca_en_demo.json",),
-        "approx": {"cutoff_len"},  # template qwen3: exact, with the empty thought before each answer
+        "approx": set(),  # template qwen3: exact, with the empty thought before each answer
         "dropped": {**HOUSEKEEPING, "use_v1_kernels": "missing-feature"},
     },
     "llama3_freeze_sft.yaml": {
         "files": DEMO,
-        "approx": {"cutoff_len"},
+        "approx": set(),
         # use_llama_pro: the trainable layers are every n-th of the expanded model, whose config.json is not here
         "dropped": {**HOUSEKEEPING, **dict.fromkeys(("finetuning_type", "freeze_trainable_layers", "freeze_trainable_modules", "use_llama_pro"), "missing-feature")},
     },
     "llama3_lora_sft_trainer_args.yaml": {
         "files": ("data/identity.json", "data/glaive_toolcall_en_demo.json", "data/alpaca_en_demo.json"),
-        "approx": {"dataset", "cutoff_len", "report_to"},
+        "approx": {"dataset", "report_to"},
         "dropped": {**HOUSEKEEPING},
     },
 }
@@ -138,6 +138,19 @@ def test_template_mapping(tmp_path, monkeypatch, body, how, why):
     draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: alpaca_en\n" + body)
     assert draft.ledger["template"].how == how and why in draft.ledger["template"].why
     assert (draft.value("tokenizer.chat_template") is not None) == ("not written" not in why and "efficient" not in why)
+
+
+@pytest.mark.parametrize(("body", "how"), [("template: llama3\n", "exact"), ("template: qwen2_vl\n", "approx"), ("", "approx")])
+def test_cutoff_len_truncates_turns(tmp_path, monkeypatch, body, how):
+    """LLaMA-Factory's proportional cut is recipec's truncate_turns; exact where the turns are those of
+    LLaMA-Factory's own template (tests/runtime/test_truncate_turns.py runs both on the same data)."""
+    draft = _warnings(tmp_path, monkeypatch, "stage: sft\ndataset: alpaca_en\ncutoff_len: 1024\n" + body)
+    assert draft.value("data.overflow") == "truncate_turns" and draft.value("data.seq_len") == 1024
+    assert draft.ledger["cutoff_len"].how == how
+    if how == "approx":
+        assert "the tokenizer's own chat template" in draft.ledger["cutoff_len"].why
+    pt = _warnings(tmp_path, monkeypatch, "stage: pt\ndataset: c4_demo\ncutoff_len: 1024\n", files=("data/c4_demo.jsonl",))
+    assert pt.value("data.overflow") is None and pt.ledger["cutoff_len"].how == "exact"
 
 
 def test_template_on_a_sentencepiece_model_is_approximate(tmp_path, monkeypatch):
@@ -248,6 +261,7 @@ def test_preference_under_deepspeed_stays_deepspeed(imported, tmp_path):
 def test_packing(imported):
     r = imported(TOOL, "qwen2_5_lora_sft_packing.yaml", files=("data/alpaca_en_demo.json",)).recipe
     assert r["data"]["packing"] is True and r["data"]["seq_len"] == 4095  # DataArguments: cutoff_len - 1
+    assert r["data"]["overflow"] == "truncate_turns"
     hub, demo = r["data"]["sources"]
     assert hub["hub"] == {"repo": "HuggingFaceH4/ultrachat_200k", "split": "train_sft"} and hub["records"] == "messages"
     assert (hub["weight"], demo["weight"]) == (0.8, 0.2) and r["data"]["on_exhausted"] == "stop"

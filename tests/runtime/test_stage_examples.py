@@ -124,6 +124,18 @@ def test_max_length_truncates_or_drops_and_counts(tmp_path, tokenizer_dir):
     assert out.report["examples"]["truncated"] == 10
     for row in rows_of(out):
         assert max(row["position_ids"]) < 40 and sum(row["mask"]) > 0
+    # truncate_turns cuts the prompts to make room: every example keeps the start of its answers
+    out = run(request(tmp_path, tokenizer_dir, src, max_length=40, overflow="truncate_turns"))
+    assert out.report["examples"]["dropped"] == {}
+    assert out.report["examples"]["truncated"] == 40
+    tok = chat_tokenizer(CHATML)
+    answers = []
+    for row in rows_of(out):
+        starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+        for a, b in zip(starts, starts[1:]):
+            assert b - a <= 40
+            answers.append(tok.decode([t for t, m in zip(row["input_ids"][a:b], row["mask"][a:b]) if m]))
+    assert len(answers) == 40 and all(a.startswith("It is ") for a in answers), answers[:3]
     out = run(request(tmp_path, tokenizer_dir, src, max_length=60, overflow="drop"))
     long = out.report["examples"]["dropped"]["too_long"]
     assert long > 0
