@@ -314,6 +314,8 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "stage_fields": stage_request.FIELDS,
         "peft_quantize": plan.get("peft_quantize"),
         "examples": plan["examples"],
+        # data.cross_document_attention = false: position ids restart after each end-of-text token
+        "document_positions": not plan.recipe.data.cross_document_attention,
         "eval_sets": any(src.split == "eval" for src in plan.recipe.data.sources),  # evaluated and logged apart
         "preference": plan.recipe.preference is not None,
         "reward": plan.get("objective") == "reward",  # a reward model: a one-label sequence classifier

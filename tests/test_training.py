@@ -213,6 +213,32 @@ WORKERS = ("data.num_workers=2", "data.persistent_workers=true", "data.prefetch_
 """Batches loaded by two worker processes kept across epochs and evaluations: the same batches, in the same order."""
 
 
+def test_documents_kept_to_themselves_change_what_the_run_computes(tmp_path: Path) -> None:
+    """`data.cross_document_attention = false` reaches the model: on short documents, several in every
+    sequence, the same run (same seed, data and order) logs other losses from its first step on; the
+    attention itself is checked against each document run alone in tests/runtime/test_document_positions.py."""
+    import random
+
+    rng = random.Random(0)
+    words = "the a cat dog sat ran on under table mat quickly slowly red blue".split()
+    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(400)]
+    recipe = TINY.replace('builtin = "python-docs"\nmax_documents = 4', 'path = "data/short.jsonl"')
+    project = _project(tmp_path, recipe)
+    (project / "data").mkdir()
+    (project / "data" / "short.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    losses = {}
+    for name, overrides in (("stream", ()), ("documents", ("data.cross_document_attention=false",))):
+        build_dir = _build(project, *overrides, build_dir=f"build/{name}")
+        script = (build_dir / "train.py").read_text()
+        assert ("document_eos=tokenizer.eos_token_id" in script) == (name == "documents")
+        _train(build_dir)
+        run = project / "runs" / "tiny"
+        losses[name] = [m["loss"] for m in _metrics(run) if "loss" in m]
+        shutil.rmtree(run)
+    assert len(losses["stream"]) == len(losses["documents"]) == 8
+    assert all(abs(a - b) > 1e-4 for a, b in zip(losses["stream"], losses["documents"])), losses
+
+
 def test_checkpoints_and_evaluations_in_epochs_fall_on_the_derived_steps(tmp_path: Path) -> None:
     """`save_every` and `eval_every` in epochs: train.py derives the steps from the rows it loaded, the same
     steps_per_epoch as `train.epochs`, so "1 epoch" saves at each epoch's last step."""

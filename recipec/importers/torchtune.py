@@ -715,13 +715,17 @@ def _data(draft: Draft, dpo: bool) -> None:
         return
     doc = all(draft.value(f"data.sources[{i}].records", "text") == "text" for i in range(len(entries)))
     note = (
-        "torchtune packs documents in order and, with split_across_pack, cuts them across packs"
+        "torchtune packs the documents in dataset order and pads its last pack, recipec in its seeded order and drops "
+        "the remainder; a document cut across packs goes on at its own positions in torchtune, at 0 in recipec (the "
+        "same attention under RoPE)"
         if doc
         else "torchtune packs whole examples greedily in dataset order; recipec by best-fit-decreasing"
     )
     if packed_keys:
         if packed_any:
             draft.set("data.packing", True, *packed_keys, approx=note)
+            if doc:  # PackedDataset's seq_lens: a block-causal mask, each document attending to itself
+                draft.set("data.cross_document_attention", False, note="torchtune's packed documents attend within themselves")
         else:
             draft.set("data.packing", False, *packed_keys)
     else:

@@ -471,6 +471,13 @@ def _whole_blocks(b: PlanBuilder, name: str, key: str, size: int, lost: str) -> 
             f"document with an attention mask, {lost}",
             "set data.packing = true",
         )
+    elif not b.recipe.data.cross_document_attention:
+        b.error(
+            ("data", "cross_document_attention"),
+            f"{name} (launch.parallelism.{key} {size}) attends causally over whole sequences, and "
+            f"cross_document_attention = false keeps each document to itself by position ids, {lost}",
+            f"remove cross_document_attention (attention across the documents of a sequence), or set {key} = 1",
+        )
 
 FSDP_SHARDING = {
     "full_shard": "FULL_SHARD",

@@ -20,6 +20,8 @@ def sequence_settings(b: PlanBuilder) -> None:
     b.key("pin_memory", ("data", "pin_memory"))
     b.key("persistent_workers", ("data", "persistent_workers"))
     b.key("prefetch_factor", ("data", "prefetch_factor"))
+    if not d.cross_document_attention:
+        b.key("cross_document_attention", ("data", "cross_document_attention"))
     if b.get("examples"):
         path = ("data", "pad_to_multiple_of")
         b.add("pad_to_multiple_of", d.pad_to_multiple_of, "data.pad_to_multiple_of (unset: each micro-batch padded to its longest row)", b.origin(path))

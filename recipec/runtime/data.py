@@ -85,20 +85,24 @@ def builtin_texts(name: str, *, limit: int | None = None) -> list[str]:
     raise ValueError(f"unknown builtin corpus {name!r}; expected one of {', '.join(BUILTINS)}")
 
 
-def collate(batch: list[dict]) -> dict[str, "torch.Tensor"]:
+def collate(batch: list[dict], document_eos: int | None = None) -> dict[str, "torch.Tensor"]:
     """Stack data-stage sequences into a batch.
 
     Args:
         batch: Sequences with ``input_ids`` and, for unpacked data, ``attention_mask``
             (1 for tokens, 0 for padding), as tensors or lists of equal length.
+        document_eos: the end-of-text token id, for packed text whose documents keep to
+            themselves (``data.cross_document_attention = false``): the batch gets
+            :func:`document_positions`, from which transformers keeps each token's
+            attention within its document.
 
     Returns:
         int64 ``input_ids`` and ``labels`` of shape ``[len(batch), seq_len]`` (labels are
         the inputs, the model shifts them; padding is -100 so it is not learned), and
-        ``attention_mask`` when the sequences have one.
+        ``attention_mask`` when the sequences have one, ``position_ids`` with ``document_eos``.
 
     Raises:
-        ValueError: On an empty batch.
+        ValueError: On an empty batch, or ``document_eos`` with unpacked sequences.
     """
     import torch
 
@@ -107,12 +111,34 @@ def collate(batch: list[dict]) -> dict[str, "torch.Tensor"]:
     input_ids = torch.stack([torch.as_tensor(example["input_ids"], dtype=torch.long) for example in batch])
     out = {"input_ids": input_ids}
     if "attention_mask" in batch[0]:
+        if document_eos is not None:
+            raise ValueError("document positions apply to packed sequences; these are padded, one document each")
         mask = torch.stack([torch.as_tensor(example["attention_mask"], dtype=torch.long) for example in batch])
         out["attention_mask"] = mask
         out["labels"] = input_ids.masked_fill(mask == 0, -100)
     else:
         out["labels"] = input_ids.clone()
+        if document_eos is not None:
+            out["position_ids"] = document_positions(input_ids, document_eos)
     return out
+
+
+def document_positions(input_ids: "torch.Tensor", eos_id: int) -> "torch.Tensor":
+    """Position ids that restart at 0 after every ``eos_id`` (and at each row's start).
+
+    Each document of a packed text row ends with the end-of-text token, so the token after
+    one starts the next document. transformers reads a packed row from position ids that
+    do not rise by one (``find_packed_sequence_indices``) and keeps each token's attention
+    within its run, as Megatron's ``reset_position_ids`` / ``reset_attention_mask`` do from
+    the same tokens.
+    """
+    import torch
+
+    steps = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
+    starts = torch.zeros_like(input_ids, dtype=torch.bool)
+    starts[..., 1:] = input_ids[..., :-1] == eos_id
+    last_start = torch.cummax(torch.where(starts, steps, torch.zeros_like(steps)), dim=-1).values
+    return steps - last_start
 
 
 FILLER = "_filler"

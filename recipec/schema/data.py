@@ -350,6 +350,9 @@ class DataTable(Table):
     packing: bool = True
     """Concatenate documents (each followed by the end-of-text token) and cut the stream into full `seq_len` blocks. Off: one padded, truncated sequence per document. With examples (a source whose `records` are not text): pack whole examples into sequences of at most `seq_len` tokens by best-fit-decreasing, attention never crossing from one to the next; off, one example per sequence, each micro-batch padded to its longest (see `pad_to_multiple_of`)."""
 
+    cross_document_attention: bool = True
+    """Packed text: whether a token may attend to the documents before it in its sequence. `false`: attention stays within each document: the training script restarts the position ids after every end-of-text token, and transformers keeps each token's attention to the tokens of its own document from them (the document mask of Llama 3's pretraining; Megatron's `reset_position_ids` with `reset_attention_mask`). A document cut at the end of a sequence goes on at position 0 of the next. The end-of-text token still predicts the next document's first token, as in the stream, so the loss counts the same tokens. A token source's documents must be separated by the tokenizer's end-of-text token. Only with `packing` and text records; not with context or sequence parallelism."""
+
     max_length: int | None = Field(None, ge=2)
     """Examples only: the most tokens one example may have. Unset: `seq_len`. At most `seq_len` with packing."""
 
@@ -452,6 +455,20 @@ class DataTable(Table):
                 "rendered with the chat template and masked): one run trains on one or the other",
                 "train the examples in a run of their own, e.g. continuing from this one with [continual]",
             )
+        if not self.cross_document_attention:
+            if examples:
+                raise key_error(
+                    "cross_document_attention",
+                    "`cross_document_attention` applies to packed text, and examples never attend to one another: packed "
+                    "examples are kept apart by their position ids already",
+                    "remove it",
+                )
+            if not self.packing:
+                raise key_error(
+                    "cross_document_attention",
+                    "`cross_document_attention` applies to packed text, and with data.packing false every sequence holds one document",
+                    "set data.packing = true, or remove it",
+                )
         for key in ("max_length", "overflow"):  # resolved.toml spells out the defaults: those are fine
             if getattr(self, key) != type(self).model_fields[key].default and not examples:
                 raise key_error(key, f"`{key}` applies to examples, and every source's records are text", 'set records = "messages" (or another format) on a source')

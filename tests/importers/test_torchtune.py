@@ -179,7 +179,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "train.log_every": 10,
             "output.trackers": ["wandb"],
         },
-        "absent": ["data.sources[0].fields"],
+        "absent": ["data.sources[0].fields", "data.cross_document_attention"],  # packed examples: apart already
     },
     "llama3_1-8B-text-completion.yaml": {
         "files": ["odyssey.json"],
@@ -192,6 +192,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "data.sources[0].path": "odyssey.json",
             "data.sources[0].text_field": "input",
             "data.packing": True,
+            "data.cross_document_attention": False,  # PackedDataset's block-causal mask
             "data.seq_len": 8192,
             "train.max_steps": 1000,  # 2 epochs * 500
             "schedule.warmup": 20,
