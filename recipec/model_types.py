@@ -29,6 +29,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .runtime.data import CROSSES_PACKED  # noqa: F401  (model types whose class crosses packed rows; the script reads it there)
+
 TABLE = Path(__file__).with_name("model_types.json")
 
 TOKENIZER_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")

@@ -209,6 +209,49 @@ def test_a_hub_id_in_the_local_cache_trains_offline(tmp_path: Path, model_dir: P
     assert "generation" in (saved / "chat_template.jinja").read_text()
 
 
+def test_packed_examples_on_a_model_type_that_crosses_them_are_refused(tmp_path: Path) -> None:
+    """OPT builds its attention mask over the whole row, not from position ids (recipec.model_types.CROSSES_PACKED):
+    packed examples would see one another. A local model is refused by the compiler, a hub id (whose config is not
+    read at compile time) by the script, before any step; unpacked, the same model trains."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    import torch
+
+    from recipec.diagnostics import RecipeError
+
+    model = tmp_path / "opt"
+    tok = chat_tokenizer(CHATML_MARKED)
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                       word_embed_proj_dim=32, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    OPTForCausalLM(config).save_pretrained(model)
+    tok.save_pretrained(model)
+    local = tmp_path / "local"
+    local.mkdir()
+    shutil.copytree(model, local / "model")
+    _project(local, "./model", packing=True)
+    with pytest.raises(RecipeError, match='model type "opt" does not keep the sequences of a packed row apart'):
+        build(local / "recipes" / "chat.toml", (), local / "build" / "chat", project=local)
+    cache = tmp_path / "hub"
+    commit = hashlib.sha1(b"tiny-opt").hexdigest()
+    repo = cache / "models--tiny-org--tiny-opt"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(model, repo / "snapshots" / commit)
+    project = tmp_path / "project"
+    project.mkdir()
+    _project(project, "tiny-org/tiny-opt", packing=True)
+    written, _ = build(project / "recipes" / "chat.toml", (), project / "build" / "chat", project=project)
+    proc = forkrun.run([sys.executable, str(written.dir / "train.py")], env=_env(HF_HUB_CACHE=str(cache)), capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0 and 'model type "opt" does not keep the sequences of a packed row apart' in proc.stderr
+    assert not (project / "runs" / "chat" / "metrics.jsonl").exists() or "loss" not in (project / "runs" / "chat" / "metrics.jsonl").read_text()
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    _project(unpacked, "tiny-org/tiny-opt", packing=False)
+    assert [m["step"] for m in _train(unpacked, HF_HUB_CACHE=str(cache)) if "loss" in m] == [1, 2, 3]
+
+
 def test_a_named_eval_source_and_generations_at_each_evaluation(tmp_path: Path, model_dir: Path) -> None:
     """A `split = "eval"` source is held out whole; each evaluation writes greedy answers to held-out prompts."""
     project = tmp_path / "project"

@@ -816,7 +816,13 @@ def _data(d: Draft, total: int | None) -> None:
         if kind.startswith("template:"):
             templates.add(kind.split(":", 1)[1])
     if pack and not examples and sources:
-        d.approx("axolotl packs whole documents (each cut at sequence_len) into sequences, attention kept within each; recipec concatenates the documents and cuts the stream into full blocks", "sample_packing")
+        why = ("axolotl packs whole documents (each cut at sequence_len) into sequences; recipec concatenates the documents "
+               "and cuts the stream into full blocks, a document cut at a block's end going on in the next")
+        if int(num(d.get("context_parallel_size") or 1)) > 1:
+            why += "; axolotl's ring attention keeps each document to itself, recipec's split attends across them"
+        else:
+            d.set("data.cross_document_attention", False, note="axolotl's packed documents attend within themselves (their position ids)")
+        d.approx(why, "sample_packing")
     if examples:
         if d.has("excess_length_strategy"):
             if overflow:

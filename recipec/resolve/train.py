@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from .. import model_types
 from ..schema import LaunchTable
 from ..schema.optim import own_options
 from ..schema.train import MAX_STEPS, cadence_epochs
@@ -25,6 +26,7 @@ def sequence_settings(b: PlanBuilder) -> None:
     if b.get("examples"):
         path = ("data", "pad_to_multiple_of")
         b.add("pad_to_multiple_of", d.pad_to_multiple_of, "data.pad_to_multiple_of (unset: each micro-batch padded to its longest row)", b.origin(path))
+    _packed_rows(b)
     positions, positions_key = max_positions(b)
     if positions is not None and d.seq_len > positions:
         b.error(
@@ -33,6 +35,30 @@ def sequence_settings(b: PlanBuilder) -> None:
             f"lower data.seq_len to at most {positions}"
             + (", or raise model.config.max_position_embeddings" if positions_key[-1] != "path" else ""),
         )
+
+
+def _packed_rows(b: PlanBuilder) -> None:
+    """Rows holding several sequences kept apart by position ids (packed examples, preference pairs, packed text
+    under cross_document_attention = false) need a model type whose causal-LM class honours them."""
+    r = b.recipe
+    model_type = r.model.init if r.model.init is not None else (b.model_config or {}).get("model_type")
+    if model_type not in model_types.CROSSES_PACKED:
+        return
+    model_key = ("model", "init") if r.model.init is not None else ("model", "path")
+    crosses = (
+        f'model type "{model_type}" does not keep the sequences of a packed row apart by their position ids (its '
+        "attention or its recurrent state runs over the whole row)"
+    )
+    if not r.data.cross_document_attention:
+        b.error(("data", "cross_document_attention"), f"{crosses}, so the documents would still see one another", "remove cross_document_attention")
+    elif r.preference is not None and r.preference.objective != "reward" and not (r.launch.parallelism and r.launch.parallelism.sp_size > 1):
+        b.error(
+            model_key,
+            f"{crosses}, and a preference pair is one row, the rejected side after the chosen: it would see the chosen one",
+            'use a model type that honours position ids (llama, qwen3, gemma3_text, ...), or objective = "reward", which scores each side in a row of its own',
+        )
+    elif b.get("examples") and r.preference is None and r.data.packing:
+        b.error(("data", "packing"), f"{crosses}, so packed examples would attend to one another", "set data.packing = false: one example a row, padded")
 
 
 def optim_settings(b: PlanBuilder) -> None:

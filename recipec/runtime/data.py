@@ -85,6 +85,37 @@ def builtin_texts(name: str, *, limit: int | None = None) -> list[str]:
     raise ValueError(f"unknown builtin corpus {name!r}; expected one of {', '.join(BUILTINS)}")
 
 
+CROSSES_PACKED = frozenset(
+    {
+        "afmoe", "bart", "big_bird", "bigbird_pegasus", "biogpt", "blenderbot", "blenderbot-small", "bloom",
+        "camembert", "cpmant", "data2vec-text", "falcon_h1", "falcon_mamba", "gpt_oss", "inkling2_loop_text",
+        "inkling2_text", "jamba", "lara_mini", "mamba", "mbart", "megatron-bert", "minimax", "mvp",
+        "nemotron_h", "openai-gpt", "opt", "pegasus", "qwen3_5_moe_text", "qwen3_5_text", "qwen3_next",
+        "qwen4_exp_text", "recurrent_gemma", "rembert", "roberta", "roberta-prelayernorm", "roformer", "rwkv",
+        "trocr", "xglm", "xlm", "xlm-roberta", "xlm-roberta-xl", "xlstm", "zaya",
+    }
+)
+"""Model types whose causal-LM class does not keep the sequences of a packed row apart by their position
+ids: fed two sequences in one row, positions restarting at the second, the second's logits differ from its
+own run alone (the attention mask built over the whole row, or recurrent layers carrying their state
+across). Packed examples, preference pairs (two sides in one row) and `data.cross_document_attention =
+false` are refused on them: by the compiler where it reads the model's config (`model.init`, a local
+`model.path`), else by the script once the model is loaded. Found by that comparison on every causal-LM type that builds at a tiny size,
+with its default attention (sdpa where it has it, else eager) (`tests/runtime/test_document_positions.py`,
+which fails when transformers changes the set); the types that do not build so small are not checked."""
+
+
+def crosses_packed(model_type: str) -> str | None:
+    """Why rows holding several sequences kept apart by position ids cannot train a model of this type, or None."""
+    if model_type not in CROSSES_PACKED:
+        return None
+    return (
+        f'model type "{model_type}" does not keep the sequences of a packed row apart by their position ids (its attention '
+        "or its recurrent state runs over the whole row), so they would see one another: set data.packing = false for "
+        "examples, remove data.cross_document_attention, or train preference pairs on another model type"
+    )
+
+
 def collate(batch: list[dict], document_eos: int | None = None) -> dict[str, "torch.Tensor"]:
     """Stack data-stage sequences into a batch.
 

@@ -288,6 +288,7 @@ def test_pretraining_dataset_streams(imported):
     assert src["max_tokens"] == 305 * 4 * 2048
     assert r["train"]["max_steps"] == 305 and "epochs" not in r["train"]
     assert r["schedule"]["warmup"] == 10
+    assert r["data"]["packing"] is True and r["data"]["cross_document_attention"] is False  # sample_packing: attention within each
     assert r["launch"]["strategy"] == "fsdp"
     assert r["launch"]["fsdp"] == {
         "version": 2,
@@ -573,6 +574,7 @@ def test_alst_fsdp2_context_parallel(imported):
     r = imported("axolotl", "alst-fsdp2-cp8.yaml").recipe
     assert r["launch"]["parallelism"] == {"cp_size": 8}
     assert r["launch"]["num_processes"] == 8  # raised from 1: the sequence split needs 8
+    assert "cross_document_attention" not in r["data"]  # ring attention attends over whole sequences
     assert r["launch"]["strategy"] == "fsdp" and r["launch"]["fsdp"]["version"] == 2
     assert r["model"]["attention"] == "sdpa"
     assert r["train"]["batch_size"] == 1  # 8 processes / cp 8 = one data-parallel rank, as axolotl counts
