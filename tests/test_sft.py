@@ -193,13 +193,18 @@ def test_packed_and_unpacked_start_from_the_same_loss(tmp_path: Path, model_dir:
     assert evals[True] == pytest.approx(evals[False], abs=1e-5)
 
 
-def test_a_hub_id_in_the_local_cache_trains_offline(tmp_path: Path, model_dir: Path) -> None:
-    cache = tmp_path / "hub"
-    commit = hashlib.sha1(b"tiny-chat").hexdigest()
-    repo = cache / "models--tiny-org--tiny-chat"
+def _hub_cache(cache: Path, name: str, model_dir: Path) -> Path:
+    """A Hugging Face cache holding `model_dir` as the hub repo tiny-org/<name>, as a download leaves it."""
+    commit = hashlib.sha1(name.encode()).hexdigest()
+    repo = cache / f"models--tiny-org--{name}"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(model_dir, repo / "snapshots" / commit)
+    return cache
+
+
+def test_a_hub_id_in_the_local_cache_trains_offline(tmp_path: Path, model_dir: Path) -> None:
+    cache = _hub_cache(tmp_path / "hub", "tiny-chat", model_dir)
     project = tmp_path / "project"
     project.mkdir()
     _project(project, "tiny-org/tiny-chat")
@@ -233,12 +238,7 @@ def test_packed_examples_on_a_model_type_that_crosses_them_are_refused(tmp_path:
     _project(local, "./model", packing=True)
     with pytest.raises(RecipeError, match='model type "opt" does not keep the sequences of a packed row apart'):
         build(local / "recipes" / "chat.toml", (), local / "build" / "chat", project=local)
-    cache = tmp_path / "hub"
-    commit = hashlib.sha1(b"tiny-opt").hexdigest()
-    repo = cache / "models--tiny-org--tiny-opt"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    shutil.copytree(model, repo / "snapshots" / commit)
+    cache = _hub_cache(tmp_path / "hub", "tiny-opt", model)
     project = tmp_path / "project"
     project.mkdir()
     _project(project, "tiny-org/tiny-opt", packing=True)
