@@ -50,7 +50,7 @@ def stage(directory: Path) -> dict:
     from recipec.runtime import stage_request
 
     settings = dict(
-        seed=0,
+        data_seed=0,
         sources=[{"path": "data.bin", "records": "tokens", "token_dtype": "uint16", "eos_token_id": 0, "tokenizer": str(directory / "tok")}],
         filters=[],
         eval_fraction=0.01,

@@ -501,8 +501,10 @@ def training_args(
         d.set("recipe.seed", int(num(d.get(k("seed")))), k("seed"))
     else:
         d.default("recipe.seed", defaults["seed"], k("seed"), f"seed {defaults['seed']}")
-    if d.has(k("data_seed")):
-        d.drop(k("data_seed"), "no-equivalent", "recipec draws the data order from recipe.seed.")
+    if d.has(k("data_seed")) and d.get(k("data_seed")) is not None:
+        d.set("data.seed", int(num(d.get(k("data_seed")))), k("data_seed"))
+    elif d.has(k("data_seed")):
+        d.exact(k("data_seed"))  # null: the data order follows seed, as data.seed unset follows recipe.seed
     bf16, fp16 = d.get(k("bf16")), d.get(k("fp16"))
     if bf16 or fp16:
         d.set("launch.mixed_precision", "bf16" if bf16 else "fp16", *[x for x in (k("bf16"), k("fp16")) if d.has(x)])

@@ -829,8 +829,8 @@ def _data(draft: Draft, src: _Src, kind: str) -> None:
             f"recipec cannot read LitGPT's {cls} data (litdata chunks or a record format recipec lacks): give [[data.sources]] by hand.",
         )
         draft.warn(f"data `{cls}` is not imported: the recipe has no data source; add [[data.sources]] before running it.", cls_key or "data")
-    if "seed" in args:
-        draft.approx("LitGPT seeds its split and shuffle with data.init_args.seed; recipec with recipe.seed", arg("seed"))
+    if "seed" in args:  # LitGPT seeds its split and its shuffle with it, the model with the top-level seed
+        draft.set("data.seed", int(num(args["seed"])), arg("seed"))
         done.add("seed")
     for n in args:
         if n not in done:

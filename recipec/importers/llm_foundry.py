@@ -810,11 +810,14 @@ class _Conv:
         if self.get(ds + "shuffle") is False or (not self.has(ds + "shuffle") and loader == "eval_loader"):
             self.drop(ds + "shuffle_seed", "ignored-by-tool", "streaming does not shuffle this dataset (shuffle is false).")
         elif self.has(ds + "shuffle_seed"):
-            self.d.approx(
+            why = (
                 "streaming shuffles the samples by its shuffle_algo (py1e) seeded with shuffle_seed and the epoch; recipec "
-                "shuffles documents and packed sequences with recipe.seed by its own algorithm: another order",
-                ds + "shuffle_seed",
+                "shuffles documents and packed sequences with data.seed by its own algorithm: another order"
             )
+            if loader == "train_loader":
+                self.set("data.seed", int(num(self.get(ds + "shuffle_seed"))), ds + "shuffle_seed", approx=why)
+            else:
+                self.d.approx(why, ds + "shuffle_seed")
         return True
 
     def mds_records(self, loader: str, s: str) -> None:

@@ -60,7 +60,8 @@ def continual_settings(b: PlanBuilder) -> None:
     b.derived("parent_sources", source_dicts(pr.data.sources), "derived: the parent's data.sources (resolved.toml)")
     b.derived("parent_filters", filter_dicts(pr), "derived: the parent's data.filters (resolved.toml)")
     b.derived("parent_eval_fraction", pr.data.eval_fraction, "derived: the parent's data.eval_fraction")
-    b.derived("parent_seed", pr.recipe.seed, "derived: the parent's recipe.seed (its held-out split)")
+    parent_seed = pr.recipe.seed if pr.data.seed is None else pr.data.seed
+    b.derived("parent_seed", parent_seed, "derived: the parent's data seed, data.seed or recipe.seed (its held-out split)")
     b.key("replay", ("continual", "replay"))
     b.key("eval_parent", ("continual", "eval_parent"))
     b.key("load_optimizer", ("continual", "optimizer"))

@@ -47,6 +47,10 @@ def data_settings(b: PlanBuilder) -> None:
     d = recipe.data
     b.add("sources", source_dicts(d.sources), "data.sources", b.origin(("data", "sources")))
     b.add("filters", filter_dicts(recipe), "data.filters (after each source's own)", b.origin(("data", "filters")))
+    if d.seed is None:
+        b.derived("data_seed", recipe.recipe.seed, "data.seed (unset: recipe.seed): the split, the mixture, the order of the data")
+    else:
+        b.key("data_seed", ("data", "seed"))
     for name in stage_request.DATA_FIELDS:
         b.key(name, ("data", name))
     examples = any(src.records not in DOCUMENT_RECORDS for src in d.sources)

@@ -49,10 +49,10 @@ TOKENIZER_FIELDS = ("tokenizer_path", "tokenizer_train", "model_revision", "trus
 """The tokenizer the stage loads (``tokenizer_path`` at ``model_revision``) or trains (``tokenizer_train``), with
 the recipe's chat markers (``special_tokens``) and ``chat_template`` (its text) added."""
 
-FIELDS = ("seed", "sources", "filters", *DATA_FIELDS, "segments", *TOKENIZER_FIELDS)
+FIELDS = ("data_seed", "sources", "filters", *DATA_FIELDS, "segments", *TOKENIZER_FIELDS)
 """Every setting of a request, in the order of the script's config block.
 
-``seed`` is ``recipe.seed``; ``sources`` and ``filters`` are `[[data.sources]]` and
+``data_seed`` is ``data.seed``, else ``recipe.seed`` (the spec's ``seed``); ``sources`` and ``filters`` are `[[data.sources]]` and
 `[[data.filters]]` with every default spelled out; ``segments`` is one
 ``{"sources": [indices], "weights": [floats] | None, ...}`` per stretch of the schedule
 with one mixture.
@@ -76,9 +76,9 @@ def make_spec(settings: Mapping[str, Any]) -> dict[str, Any]:
     """
     _check_present(settings, SPEC_FIELDS)
     spec: dict[str, Any] = {"version": STAGE_VERSION}
-    spec.update({name: settings[name] for name in SPEC_FIELDS})
+    spec.update({("seed" if name == "data_seed" else name): settings[name] for name in SPEC_FIELDS})  # the spec's name: "seed"
     spec.update(
-        seed=int(settings["seed"]),
+        seed=int(settings["data_seed"]),
         sources=[dict(s) for s in settings["sources"]],
         filters=[dict(f) for f in settings["filters"]],
         eval_fraction=float(settings["eval_fraction"]),

@@ -347,6 +347,9 @@ class DataTable(Table):
     seq_len: int = Field(512, ge=8)
     """Tokens per training sequence."""
 
+    seed: int | None = Field(None, ge=0, lt=2**32)
+    """The data's own seed: the held-out split, the mixture's sampling (which documents a subsampled or repeated source gives), the order of the documents and examples the data stage packs, and the training loader's shuffle. Unset: `recipe.seed`. With it, two runs can differ in the model's initialisation and dropout (`recipe.seed`) over the same data in the same order, or in the data alone (transformers' `data_seed`)."""
+
     packing: bool = True
     """Concatenate documents (each followed by the end-of-text token) and cut the stream into full `seq_len` blocks. Off: one padded, truncated sequence per document. With examples (a source whose `records` are not text): pack whole examples into sequences of at most `seq_len` tokens by best-fit-decreasing, attention never crossing from one to the next; off, one example per sequence, each micro-batch padded to its longest (see `pad_to_multiple_of`)."""
 

@@ -17,4 +17,4 @@ class RecipeTable(Table):
     """Free text for reviewers; recorded in the generated script and in the run's run.json."""
 
     seed: int = Field(1234, ge=0, lt=2**32)
-    """Seed for every random number generator: python, numpy, torch, the data split, the shuffle order and the model's initialisation."""
+    """Seed for every random number generator: python, numpy, torch, the model's initialisation, dropout and, unless `data.seed` is set, the data (the held-out split, the mixture's sampling, the documents' and the loader's order)."""

@@ -26,13 +26,12 @@ FINETUNE_DROPPED = {"train.min_lr": "ignored-by-tool", "eval.max_new_tokens": "n
 
 EXPECTED = {
     "llama-2-7b-lora.yaml": {
-        "approx": {"data.init_args.seed", "train.epochs", "train.log_interval", "eval.final_validation"},
+        "approx": {"train.epochs", "train.log_interval", "eval.final_validation"},
         "dropped": FINETUNE_DROPPED,
         "files": [],
     },
     "llama-3-8b-qlora.yaml": {
         "approx": {
-            "data.init_args.seed",
             "data.init_args.val_split_fraction",
             "train.epochs",
             "train.log_interval",
@@ -42,13 +41,12 @@ EXPECTED = {
         "files": [],
     },
     "llama-2-7b-full.yaml": {
-        "approx": {"data.init_args.seed", "train.epochs", "train.log_interval", "eval.final_validation"},
+        "approx": {"train.epochs", "train.log_interval", "eval.final_validation"},
         "dropped": FINETUNE_DROPPED,
         "files": [],
     },
     "phi-2-lora.yaml": {
         "approx": {
-            "data.init_args.seed",
             "data.init_args.val_split_fraction",
             "train.epochs",
             "train.log_interval",
@@ -60,7 +58,6 @@ EXPECTED = {
     "mistral-7b-lora-json.yaml": {
         # both lengths: LitGPT stops at whichever comes first
         "approx": {
-            "data.init_args.seed",
             "data.init_args.val_split_fraction",
             "train.epochs",
             "train.max_steps",
@@ -78,7 +75,7 @@ EXPECTED = {
     },
     "pythia-160m-continued.yaml": {
         # TextFiles holds out its first file; the data seed; LR per micro-batch (4 of them)
-        "approx": {"data.class_path", "data.init_args.seed", "train.lr_warmup_steps"},
+        "approx": {"data.class_path", "train.lr_warmup_steps"},
         "dropped": {},
         "files": ["custom_pretraining_data/part-0.txt"],
     },
@@ -107,7 +104,7 @@ def test_lora_values(imported):
     assert r["optim"]["betas"] == [0.9, 0.95] and r["optim"]["weight_decay"] == 0.0
     assert r["optim"]["eps"] == 1e-8  # torch's default, written
     assert r["schedule"] == {"warmup": 10, "warmup_start_ratio": 0.0, "decay": "cosine", "min_lr_ratio": 0.0}
-    assert r["recipe"]["seed"] == 1337
+    assert r["recipe"]["seed"] == 1337 and r["data"]["seed"] == 42  # data.init_args.seed: the split and the shuffle
 
 
 def test_qlora_phi_and_full_values(imported):

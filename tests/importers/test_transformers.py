@@ -141,6 +141,13 @@ def test_dataloader_worker_settings(imported, tmp_path):
     assert any("dataloader_num_workers is 0" in m for m, _ in got.result.draft.warnings)
 
 
+def test_data_seed_is_the_data_s_own_seed(imported, tmp_path):
+    got = imported("transformers", _with(tmp_path, "run-clm-wikitext.json", seed=3, data_seed=11), model="org/model", data="org/data")
+    assert (got.recipe["recipe"]["seed"], got.recipe["data"]["seed"]) == (3, 11) and "data_seed" in got.exact
+    got = imported("transformers", _with(tmp_path, "run-clm-wikitext.json", seed=3, data_seed=None), model="org/model", data="org/data")
+    assert "seed" not in got.recipe["data"] and "data_seed" in got.exact  # null: the data follow seed, as in recipec
+
+
 def test_a_subclass_field_is_an_unknown_key(tmp_path):
     """stanford_alpaca's TrainingArguments subclass adds model_max_length: not transformers'."""
     data = json.loads((CONFIGS / "transformers" / "stanford-alpaca.json").read_text())

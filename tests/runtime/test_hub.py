@@ -112,7 +112,7 @@ def read(source: dict, project_dir, **kw) -> tuple[list[str], list[str], list[st
 
 def request(project_dir, tokenizer_path, sources):
     settings = dict(
-        seed=0, sources=sources, filters=[], eval_fraction=0.0, seq_len=16, packing=True,
+        data_seed=0, sources=sources, filters=[], eval_fraction=0.0, seq_len=16, packing=True,
         segments=[{"sources": list(range(len(sources))), "weights": None}], temperature=None,
         on_exhausted="repeat", count_dropped_tokens=False, max_length=None, overflow="truncate",
     )  # fmt: skip

@@ -40,7 +40,7 @@ def jsonl(path: pathlib.Path, rows) -> None:
 
 def request(tmp_path, tokenizer_dir, sources, filters=(), segments=None, **spec):
     settings = dict(
-        seed=0,
+        data_seed=0,
         sources=sources,
         filters=list(filters),
         eval_fraction=spec.pop("eval_fraction", 0.0),

@@ -36,7 +36,7 @@ def tokenizer_dir(tmp_path_factory):
 
 def request(tmp_path, tokenizer_dir, sources, **spec):
     settings = dict(
-        seed=0,
+        data_seed=0,
         sources=sources,
         filters=[],
         eval_fraction=spec.pop("eval_fraction", 0.0),

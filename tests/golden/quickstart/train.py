@@ -77,6 +77,7 @@ special_tokens = []             # tokenizer.special_tokens
 # data
 sources = [{'builtin': 'python-docs', 'on_error': 'error', 'split': 'train', 'filters': []}]  # data.sources
 filters = []                    # data.filters (after each source's own)
+data_seed = 1234                # data.seed (unset: recipe.seed): the split, the mixture, the order of the data
 temperature = None              # data.temperature
 on_exhausted = 'repeat'         # data.on_exhausted
 num_proc = 0                    # data.num_proc
@@ -182,8 +183,9 @@ accelerator = Accelerator(
     # so that the step count fixes the position in the data (needed for exact resume)
     gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum_steps, sync_with_dataloader=False),
     # batches are copied to the GPU without a host sync (from pinned memory, see the loaders),
-    # so the next batch is read and collated while the GPU still runs the current one
-    dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
+    # so the next batch is read and collated while the GPU still runs the current one; the seedable sampler
+    # shuffles each epoch from data_seed + epoch (data.seed, else recipe.seed), whatever else draws random numbers
+    dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True, data_seed=data_seed),
     step_scheduler_with_optimizer=False,  # stepped by hand, once per optimizer step
 )
 master = accelerator.is_main_process
@@ -213,7 +215,7 @@ set_seed(seed)  # python, numpy and torch on every device
 # the sources' content and every setting, so a second run starts at once
 
 data_settings = dict(
-    seed=seed,
+    data_seed=data_seed,
     sources=sources,
     filters=filters,
     temperature=temperature,
@@ -284,7 +286,7 @@ for segment, path in zip(segments, data_out.train_files):
 accelerator.print(f"sequences of {seq_len} tokens: {' + '.join(str(len(t)) for t in train_sets)} train, {len(eval_ds)} held out")
 
 collate = data.collate
-# each loader has its own seeded generator, so the shuffle order depends on the seed and
+# each loader has its own generator, seeded with data_seed, so the shuffle order depends on that seed and
 # the epoch only, never on how many random numbers the model or dropout have drawn
 if pin_memory is None:  # data.pin_memory unset: page-locked batches on a GPU, so the copy to it runs async
     pin_memory = accelerator.device.type == "cuda"
@@ -299,7 +301,7 @@ train_loaders = [
         pin_memory=pin_memory,
         persistent_workers=persistent_workers,
         prefetch_factor=prefetch_factor,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(data_seed),
     )
     for train_set in train_sets
 ]
@@ -464,7 +466,7 @@ for segment, train_loader in zip(segments, train_loaders):
     # the micro-batches of this segment done so far fix the epoch and the place in it
     epoch, skip = divmod((step - segment["first_step"]) * grad_accum_steps, len(train_loader))
     while step < end:
-        train_loader.set_epoch(epoch)  # the seedable sampler reshuffles from (seed, epoch)
+        train_loader.set_epoch(epoch)  # the seedable sampler reshuffles from (data_seed, epoch)
         batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
         for batch in batches:
             with accelerator.accumulate(model):
