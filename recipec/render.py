@@ -28,6 +28,7 @@ import jinja2
 import tomli_w
 
 from .resolve import PLAIN_PATH, Plan
+from .resolve.train import packed_rows
 from .runtime import preference as runtime_preference
 from .runtime import schedule as runtime_schedule
 from .runtime import stage_request
@@ -316,11 +317,8 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "examples": plan["examples"],
         # data.cross_document_attention = false: position ids restart after each end-of-text token
         "document_positions": not plan.recipe.data.cross_document_attention,
-        # rows that hold several sequences kept apart by position ids: packed examples, preference pairs (one row, both
-        # sides; a reward model and Ulysses put each side in a row of its own), packed text kept apart by documents
-        "packed_rows": (plan["examples"] and plan.recipe.preference is None and plan.recipe.data.packing)
-        or (plan.recipe.preference is not None and plan.get("objective") != "reward" and not plan.launch.sequence_parallel)
-        or not plan.recipe.data.cross_document_attention,
+        # rows that hold several sequences kept apart by position ids: the script checks the loaded model honours them
+        "packed_rows": packed_rows(plan.recipe, plan["examples"]) is not None,
         "eval_sets": any(src.split == "eval" for src in plan.recipe.data.sources),  # evaluated and logged apart
         "preference": plan.recipe.preference is not None,
         "reward": plan.get("objective") == "reward",  # a reward model: a one-label sequence classifier

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-from .. import model_types
-from ..schema import LaunchTable
+from ..runtime.data import crosses_packed
+from ..schema import LaunchTable, Recipe
 from ..schema.optim import own_options
 from ..schema.train import MAX_STEPS, cadence_epochs
 from .builder import PlanBuilder
-from .launch import data_parallel_size, mesh_note
+from .launch import _model_type, data_parallel_size, mesh_note
 from .model import max_positions
 from .schedule import peak_lr
 
@@ -37,28 +37,35 @@ def sequence_settings(b: PlanBuilder) -> None:
         )
 
 
+def packed_rows(recipe: Recipe, examples: bool) -> str | None:
+    """What puts several sequences kept apart by position ids into one row: "documents" (packed text under
+    cross_document_attention = false), "pairs" (a preference pair's two sides; a reward model and Ulysses put each
+    side in a row of its own), "examples" (packed examples), or None. The compiler and the script's guard read it."""
+    if not recipe.data.cross_document_attention:
+        return "documents"
+    if recipe.preference is not None:
+        split = recipe.launch.parallelism is not None and recipe.launch.parallelism.sp_size > 1
+        return "pairs" if recipe.preference.objective != "reward" and not split else None
+    return "examples" if examples and recipe.data.packing else None
+
+
 def _packed_rows(b: PlanBuilder) -> None:
-    """Rows holding several sequences kept apart by position ids (packed examples, preference pairs, packed text
-    under cross_document_attention = false) need a model type whose causal-LM class honours them."""
-    r = b.recipe
-    model_type = r.model.init if r.model.init is not None else (b.model_config or {}).get("model_type")
-    if model_type not in model_types.CROSSES_PACKED:
+    """Packed rows need a model type whose causal-LM class honours their position ids (runtime.data.CROSSES_PACKED)."""
+    kind = packed_rows(b.recipe, b.get("examples"))
+    model_type, model_key = _model_type(b)
+    problem = crosses_packed(model_type) if kind is not None and model_type is not None else None
+    if problem is None:
         return
-    model_key = ("model", "init") if r.model.init is not None else ("model", "path")
-    crosses = (
-        f'model type "{model_type}" does not keep the sequences of a packed row apart by their position ids (its '
-        "attention or its recurrent state runs over the whole row)"
-    )
-    if not r.data.cross_document_attention:
-        b.error(("data", "cross_document_attention"), f"{crosses}, so the documents would still see one another", "remove cross_document_attention")
-    elif r.preference is not None and r.preference.objective != "reward" and not (r.launch.parallelism and r.launch.parallelism.sp_size > 1):
+    if kind == "documents":
+        b.error(("data", "cross_document_attention"), f"{problem}, so the documents would still see one another", "remove cross_document_attention")
+    elif kind == "pairs":
         b.error(
             model_key,
-            f"{crosses}, and a preference pair is one row, the rejected side after the chosen: it would see the chosen one",
+            f"{problem}, and a preference pair is one row, the rejected side after the chosen: it would see the chosen one",
             'use a model type that honours position ids (llama, qwen3, gemma3_text, ...), or objective = "reward", which scores each side in a row of its own',
         )
-    elif b.get("examples") and r.preference is None and r.data.packing:
-        b.error(("data", "packing"), f"{crosses}, so packed examples would attend to one another", "set data.packing = false: one example a row, padded")
+    else:
+        b.error(("data", "packing"), f"{problem}, so packed examples would attend to one another", "set data.packing = false: one example a row, padded")
 
 
 def optim_settings(b: PlanBuilder) -> None:

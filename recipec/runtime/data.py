@@ -110,9 +110,8 @@ def crosses_packed(model_type: str) -> str | None:
     if model_type not in CROSSES_PACKED:
         return None
     return (
-        f'model type "{model_type}" does not keep the sequences of a packed row apart by their position ids (its attention '
-        "or its recurrent state runs over the whole row), so they would see one another: set data.packing = false for "
-        "examples, remove data.cross_document_attention, or train preference pairs on another model type"
+        f'model type "{model_type}" does not keep the sequences of a packed row apart by their position ids (its '
+        "attention or its recurrent state runs over the whole row)"
     )
 
 
