@@ -53,10 +53,6 @@ MINIMAL: dict[str, Any] = {
 """The minimal valid recipe: resolves with no error and no warning."""
 
 
-SPLIT_GROUPS = {"test_deepspeed.py": ("sequence_parallelism", "test_sp_")}
-"""Files whose slow tests make two xdist groups: those whose name holds one of these words, and the others."""
-
-
 def free_port() -> int:
     """A TCP port no process of this machine listens on now (the kernel's pick for port 0)."""
     with socket.socket() as s:
@@ -76,21 +72,6 @@ def accelerate_launch(config_file: Path, *args: str) -> list[str]:
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
         "--main_process_port", str(free_port()), *args,
     ]  # fmt: skip
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`-n auto --dist loadgroup`) the slow tests of one file run one after
-    another in one worker (an xdist group per file, two for the files in SPLIT_GROUPS), and the
-    workers take whole groups and the fast tests as they come free. A slow test that names its
-    own group keeps it. Two groups may run at once: each launch listens on a port of its own (see
-    accelerate_launch), and a multi-process launch gives each process one thread (torchrun's
-    OMP_NUM_THREADS), so a one-process run beside it fills the core it leaves."""
-    for item in items:
-        if item.get_closest_marker("slow") is not None and item.get_closest_marker("xdist_group") is None:
-            group = f"slow-{item.path.stem}"
-            if any(word in item.name for word in SPLIT_GROUPS.get(item.path.name, ())):
-                group += "-split"
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session", autouse=True)

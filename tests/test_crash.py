@@ -351,8 +351,8 @@ DETERMINISTIC = [
     ("before-commit", 14, 12),  # the last checkpoint before the end
     ("mid-prune", 14, 14),
 ]
-RANDOM_KILLS = 20
-RANDOM_SAVE_KILLS = 12
+RANDOM_KILLS = 12
+RANDOM_SAVE_KILLS = 8
 
 
 class Setup:

@@ -513,8 +513,8 @@ def test_examples_under_sequence_parallelism_resume_where_they_stopped(tmp_path:
 
 SP_PREF_CASES = {
     # name: (objective, options, peft, micro-batch, processes, sp_size); the reference is one process (see below)
-    "dpo-copy-sp2": ("dpo", "", "", 4, 2, 2),  # a live copy, partitioned by an engine of its own, scoring the slices
-    "dpo-copy-dp2-sp2": ("dpo", "", "", 2, 4, 2),  # 2 data-parallel ranks x sp 2
+    # a live copy, partitioned by an engine of its own, scoring the slices: of 2 data-parallel ranks x sp 2
+    "dpo-copy-dp2-sp2": ("dpo", "", "", 2, 4, 2),
     "dpo-copy-sp4": ("dpo", "", "", 4, 4, 4),  # every row in 4 slices
     "ipo-precomputed-sp2": ("ipo", 'reference = "precomputed"', "", 4, 2, 2),  # averages over each side's tokens
     "orpo-sp2": ("orpo", "", "", 4, 2, 2),  # reference-free; averages, and the chosen side's cross-entropy
@@ -526,7 +526,7 @@ SP_PREF_CASES = {
 @pytest.fixture(scope="module")
 def sp_one(dpo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     """One process x micro-batch 4 of a setting of SP_PREF_CASES (objective, options, peft, data): the reference of
-    the sp cases, run once per setting (the three "dpo-copy" cases share theirs)."""
+    the sp cases, run once per setting (the two "dpo-copy" cases share theirs)."""
     done: dict[tuple, dict] = {}
 
     def one(objective: str, options: str, peft: str, data: dict[str, str]) -> dict:

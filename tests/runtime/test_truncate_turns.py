@@ -28,8 +28,6 @@ from recipec.importers import llama_factory_templates as lf  # noqa: E402
 from recipec.runtime import chat  # noqa: E402
 from recipec.runtime.preference import REJECTED, SUPERVISED  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("llama_factory_oracle")
-
 LF_VERSION = "0.9.5"
 LF_SHA256 = "10776e9b259798bf65f6c5343f6298f0302e92e9cd47472abe29eef69e286c6a"
 ORACLE = Path(__file__).with_name("llama_factory_oracle.py")
