@@ -868,12 +868,17 @@ def test_every_process_builds_the_device_mesh_over_gloo(case: str, accepted, lau
         """
     )
     full = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(env), str(tmp_path / "init"), str(tmp_path)],
-        capture_output=True, text=True, env=full, timeout=300,
-    )  # fmt: skip
+    for attempt in range(2):  # gloo's rendezvous of 8 processes on 2 loaded cores can lose a connection: once more
+        out = tmp_path / f"attempt{attempt}"
+        out.mkdir()
+        result = subprocess.run(
+            [sys.executable, "-c", script, json.dumps(env), str(out / "init"), str(out)],
+            capture_output=True, text=True, env=full, timeout=300,
+        )  # fmt: skip
+        if result.returncode == 0 or "connectFullMesh" not in result.stderr:
+            break
     assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(world)]
+    ranks = [json.loads((out / f"{rank}.json").read_text()) for rank in range(world)]
     groups = [r["groups"] for r in ranks]
     assert all(r["built"] == (sizes["sp"] == 1) for r in ranks)
     for rank, g in enumerate(groups):
