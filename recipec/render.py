@@ -322,6 +322,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "eval_sets": any(src.split == "eval" for src in plan.recipe.data.sources),  # evaluated and logged apart
         "preference": plan.recipe.preference is not None,
         "reward": plan.get("objective") == "reward",  # a reward model: a one-label sequence classifier
+        "reward_margin": bool(plan.get("reward_margin")),  # its pairs carry a margin (data fields.margin)
         "auto_model": runtime_preference.auto_model(plan.get("objective")),
         "schedule_free": plan.recipe.optim.name == "schedule_free_adamw",
         "optimizer_options": own_options(plan.recipe.optim),

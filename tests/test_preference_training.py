@@ -288,18 +288,33 @@ def test_kto_trains_on_labelled_completions(tmp_path: Path, model_dir: Path) -> 
         assert (g["completion"], g["desirable"]) in rows and "chosen" not in g
 
 
-@pytest.mark.parametrize("peft", [False, True], ids=["full", "lora"])
+def _with_margins(recipe: Path) -> Path:
+    """Each pair of every source gets a `gap` column (negative, zero and positive), read as its margin."""
+    root = recipe.parent.parent
+    for path in (root / "data").glob("*.jsonl"):
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**r, "gap": (i % 5) * 0.5 - 0.5}) + "\n" for i, r in enumerate(rows)))
+    text = recipe.read_text().replace('records = "preference"\n', 'records = "preference"\nfields = {margin = "gap"}\n')
+    recipe.write_text(text)
+    return recipe
+
+
+@pytest.mark.parametrize("peft", [False, True], ids=["full-margins", "lora"])
 def test_a_reward_model_trains_and_its_saved_model_scores_as_evaluated(peft: bool, tmp_path: Path, model_dir: Path) -> None:
     """A reward model from the causal LM: the run trains a one-label sequence classifier (its new score head too),
     logs rewards, margin and accuracy, and saves a model that AutoModelForSequenceClassification loads (under LoRA:
     the adapter with its score head, onto the base model), whose Bradley-Terry loss on the evaluation source's pairs,
-    rendered with the chat template, is the held-out loss the run logged at its end."""
+    rendered with the chat template, is the held-out loss the run logged at its end. Without LoRA the pairs carry a
+    margin column (`fields.margin`), which that loss subtracts from each reward difference."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     extra = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\n' if peft else ""
     recipe = _with_exam(_project(tmp_path / "rm", model_dir, objective="reward", options="center_rewards_coefficient = 0.01", micro=4, steps=4, extra=extra))
+    if not peft:
+        _with_margins(recipe)
+        assert recipe.read_text().count("fields = {margin") == 2
     _run(recipe)
     metrics = _metrics(recipe)
     steps = [m for m in metrics if "loss" in m]
@@ -330,5 +345,5 @@ def test_a_reward_model_trains_and_its_saved_model_scores_as_evaluated(peft: boo
                 ids = tok.apply_chat_template(pair["prompt"] + pair[side], tokenize=True, return_dict=False)
                 scores.append(model(input_ids=torch.tensor([ids])).logits[0, 0])
             c, r = scores
-            losses.append(-F.logsigmoid(c - r) + 0.01 * (c + r) ** 2)
+            losses.append(-F.logsigmoid(c - r - pair.get("gap", 0.0)) + 0.01 * (c + r) ** 2)
     assert torch.stack(losses).mean().item() == pytest.approx(final["eval_loss_exam"], abs=1e-5)

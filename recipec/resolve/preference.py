@@ -44,8 +44,20 @@ def preference_settings(b: PlanBuilder) -> None:
             b.derived("reference_model", "adapter_disabled" if r.peft is not None else "copy", f"derived: preference.reference live under {'[peft]' if r.peft else 'full fine-tuning'}: {how}")
     if r.model.init is not None and r.continual is None:
         b.error(("preference", "objective"), "preference training tunes a trained model, and model.init builds an untrained one", "set model.path (or [continual] from a supervised run)")
+    with_margin = [i for i, src in enumerate(sources) if src.records == "preference" and "margin" in (src.fields or {})]
+    if with_margin and p.objective != "reward":
+        i = with_margin[0]
+        b.error(
+            ("data", "sources", i, "fields", "margin"),
+            f"sources[{i}] names a margin field, which only a reward model's loss reads, and preference.objective is {p.objective!r}",
+            'remove `margin` from fields, or set objective = "reward"',
+        )
     if p.objective == "reward":
         _reward_model(b)
+        if with_margin:
+            named = ", ".join(f"sources[{i}].fields.margin = {sources[i].fields['margin']!r}" for i in with_margin)
+            others = " (0 for the pairs of the other sources)" if len(with_margin) < len(sources) else ""
+            b.derived("reward_margin", True, f"derived: {named}: the loss is -log sigmoid(r_chosen - r_rejected - margin){others}")
     if p.objective == "kto":
         if r.train.micro_batch_size < 2:
             b.error(("train", "micro_batch_size"), "KTO estimates its KL term from the other examples of a micro-batch, so it needs at least 2", "set micro_batch_size = 2 or more")

@@ -20,7 +20,8 @@ Formats:
 * ``prompt_completion``: ``{"prompt", "completion"}``, each a string or a list of messages.
   With string sides and no chat template the two are concatenated as they are.
 * ``preference``: ``{"prompt", "chosen", "rejected"}``, all strings or all lists of messages;
-  the example is ``{"chosen", "rejected"}``, each side a prompt/completion example.
+  the example is ``{"chosen", "rejected"}``, each side a prompt/completion example, and
+  ``margin`` (a float) when ``fields`` names a margin column (a reward model's, as TRL's).
 * ``unpaired_preference`` (KTO): ``{"prompt", "completion", "label"}`` with a boolean label
   (true: a desirable completion); the example is a prompt/completion example with ``label``.
 
@@ -34,6 +35,7 @@ reader adds the file and line.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Callable
 
@@ -157,11 +159,14 @@ def to_example(
             example = {side: as_conversation(example[side], own_system) for side in ("chosen", "rejected")}
         else:
             example = as_conversation(example, own_system)
-    if system == "keep" or format == "text":
-        return example
-    if "chosen" in example:
-        return {side: with_system(example[side], system, f["prompt"]) for side in ("chosen", "rejected")}
-    return with_system(example, system, f.get("prompt", f.get("messages", "")))
+    if system != "keep" and format != "text":
+        if "chosen" in example:
+            example = {side: with_system(example[side], system, f["prompt"]) for side in ("chosen", "rejected")}
+        else:
+            example = with_system(example, system, f.get("prompt", f.get("messages", "")))
+    if format == "preference" and "margin" in (fields or {}):
+        example = {**example, "margin": _number(record, f["margin"])}
+    return example
 
 
 def as_conversation(example: dict[str, Any], system: str = "") -> dict[str, Any]:
@@ -291,6 +296,15 @@ def _string(record: dict[str, Any], name: str) -> str:
     if not isinstance(value, str):
         raise RecordError(f"`{name}` is {type(value).__name__}, not a string")
     return value
+
+
+def _number(record: dict[str, Any], name: str) -> float:
+    value = _field(record, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError(f"`{name}` is {value!r} ({type(value).__name__}), not a number")
+    if not math.isfinite(value):
+        raise RecordError(f"`{name}` is {value!r}, not a finite number")
+    return float(value)
 
 
 def _optional_string(record: dict[str, Any], name: str) -> str:

@@ -50,7 +50,8 @@ log-probability (SimPO, ORPO), as TRL reports them.
 
 ``reward`` trains a reward model instead: a sequence-classification model with one label
 scores each side of a pair whole (prompt and completion), and the loss is
-``-log sigmoid(r_chosen - r_rejected)`` (Bradley-Terry), plus ``center_rewards_coefficient``
+``-log sigmoid(r_chosen - r_rejected)`` (Bradley-Terry; ``-log sigmoid(r_chosen - r_rejected - margin)``
+when the pairs carry a margin), plus ``center_rewards_coefficient``
 times the mean of ``(r_chosen + r_rejected)^2``, as TRL's RewardTrainer takes them. Its
 micro-batch is laid out by :func:`collate_reward`: each side a row of its own, padded after
 its tokens, since the model pools its score at a row's last token that is not padding.
@@ -194,7 +195,7 @@ def collate_reward(
 
     Returns ``input_ids`` ``[2B, W]`` (the chosen sides, then the rejected ones, in the rows'
     order), each padded after its tokens with ``pad_id``, and ``attention_mask``; ``counted``
-    (bool per pair) when some rows are fillers. ``W`` is the longest side, rounded as
+    (bool per pair) when some rows are fillers; ``margin`` (float32 per pair) when the rows carry one. ``W`` is the longest side, rounded as
     ``packing.padded_width`` says. A sequence-classification model pools its score at a row's
     last token that is not ``pad_id``, so the padding must come after the tokens.
     """
@@ -217,6 +218,8 @@ def collate_reward(
         input_ids[i, : len(t)] = t
         attention_mask[i, : len(t)] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "margin" in rows[0]:
+        batch["margin"] = torch.tensor([float(r["margin"]) for r in rows], dtype=torch.float32)
     if any(r.get(FILLER) for r in rows):
         batch["counted"] = torch.tensor([not r.get(FILLER) for r in rows])
     return batch
@@ -491,6 +494,7 @@ def objective_loss(
     *,
     desirable: Any = None,
     counted: Any = None,
+    margin: Any = None,
     mean_across_processes: Callable[[Any], Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The micro-batch's loss and the per-row statistics behind it.
@@ -506,6 +510,9 @@ def objective_loss(
         counted: a filled-up held-out micro-batch's ``counted`` (see :func:`collate`): the loss,
             the statistics and KTO's KL estimate are those of these rows alone (all of them if
             None); with none, the loss is NaN and the statistics empty.
+        margin: ``reward``: each pair's margin (float per row), subtracted from the reward
+            difference, ``-log sigmoid(r_chosen - r_rejected - margin)``, as TRL's RewardTrainer
+            takes a ``margin`` column; None: no margin.
         mean_across_processes: KTO: the mean of a scalar over the processes (its KL
             estimate is the mean over every process's micro-batch, as TRL takes it).
 
@@ -522,9 +529,12 @@ def objective_loss(
         policy = {k: v[keep] for k, v in policy.items()}
         reference = None if reference is None else {k: v[keep] for k, v in reference.items()}
         desirable = None if desirable is None else torch.as_tensor(desirable, dtype=torch.bool, device=keep.device)[keep]
+        margin = None if margin is None else torch.as_tensor(margin, device=keep.device)[keep]
     c, r = policy["chosen"], policy["rejected"]
+    if margin is not None and objective != "reward":
+        raise ValueError(f"a margin applies to the reward objective, not {objective!r}")
     if objective == "reward":
-        loss = -F.logsigmoid(c - r).mean()
+        loss = -F.logsigmoid(c - r - (0.0 if margin is None else torch.as_tensor(margin, dtype=c.dtype, device=c.device))).mean()
         center = float(options.get("center_rewards_coefficient") or 0.0)
         if center:
             loss = loss + center * torch.mean((c + r) ** 2)

@@ -83,12 +83,13 @@ def _tokenize_batch(texts: list[str]) -> list[np.ndarray]:
     return encode(_WORKER["tokenizer"], texts)
 
 
-def _tokenize_examples(sources: list[int], examples: list[str]) -> list[tuple[Any, Any, str | None]]:
-    """Worker: ``(ids, mask, None)``, ``(None, None, drop reason)`` or ``(None, None, "error: ...")`` per example."""
+def _tokenize_examples(sources: list[int], examples: list[str]) -> list[tuple[Any, Any, str | None, float | None]]:
+    """Worker: ``(ids, mask, None, margin)``, ``(None, None, drop reason, None)`` or ``(None, None, "error: ...", None)``
+    per example; ``margin`` is a preference pair's (None when its source names no margin field)."""
     import json
 
     settings = _WORKER["examples"]
-    out: list[tuple[Any, Any, str | None]] = []
+    out: list[tuple[Any, Any, str | None, float | None]] = []
     for source, text in zip(sources, examples):
         example = json.loads(text)
         try:
@@ -102,12 +103,12 @@ def _tokenize_examples(sources: list[int], examples: list[str]) -> list[tuple[An
                     max_length=settings["max_length"], overflow=settings["overflow"],
                 )
         except (chat.TemplateError, ValueError) as e:
-            out.append((None, None, f"error: {e}"))
+            out.append((None, None, f"error: {e}", None))
             continue
         if ids:  # kept (perhaps truncated); else dropped, with its reason
-            out.append((np.asarray(ids, dtype=np.uint32), np.asarray(mask, dtype=np.uint8), reason))
+            out.append((np.asarray(ids, dtype=np.uint32), np.asarray(mask, dtype=np.uint8), reason, example.get("margin")))
         else:
-            out.append((None, None, reason))
+            out.append((None, None, reason, None))
     return out
 
 
@@ -222,6 +223,7 @@ class Corpus:
         self.masks = TokenStore(work / "masks.bin", dtype="<u1")
         self.dropped: dict[int, str] = {}
         self.truncated = 0
+        self.margins: dict[int, float] = {}  # preference pairs whose source names a margin field: each pair's
         # per source and chain position: the per-batch features the workers left
         self.features: list[list[list[Any]]] = [[[] for _ in range(n)] for n in n_chains]
         self.scores: list[dict[str, list[np.ndarray]]] = [collections.defaultdict(list) for _ in labels]
@@ -404,7 +406,7 @@ def tokenize_examples(corpus: Corpus, spec: dict, docs: np.ndarray, tokenizer: A
             else (((ids,), results) for ids, results in executor.tokenize_examples(corpus, docs, tokenizer, settings))
         )
         for (ids, *_), results in found:
-            for doc, (token_ids, mask, reason) in zip(ids, results):
+            for doc, (token_ids, mask, reason, margin) in zip(ids, results):
                 doc = int(doc)
                 if reason is not None and reason.startswith("error: "):
                     label = corpus.labels[int(corpus.source_of[doc])]
@@ -414,6 +416,8 @@ def tokenize_examples(corpus: Corpus, spec: dict, docs: np.ndarray, tokenizer: A
                 elif reason is not None:
                     corpus.dropped[doc] = reason
                     token_ids, mask = np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.uint8)
+                elif margin is not None:
+                    corpus.margins[doc] = margin
                 corpus.tokens.add(doc, token_ids)
                 corpus.masks.grow(corpus.n_docs)
                 corpus.masks.add(doc, mask)

@@ -189,7 +189,8 @@ def write_examples(corpus: Corpus, spec: dict, path: pathlib.Path, docs: np.ndar
     by best-fit-decreasing (:mod:`.packing`), ``position_ids`` restarting at each; without,
     one example per row. Rows are not padded: the training script pads each micro-batch
     to its longest row. Columns: ``input_ids``, ``mask`` (1 where the loss sees the token)
-    and ``position_ids``.
+    and ``position_ids``; and ``margin`` (float32, one per pair) when a source of preference
+    pairs names a margin field (a pair of a source that names none has 0, as TRL's default).
     """
     import pyarrow as pa
 
@@ -197,13 +198,15 @@ def write_examples(corpus: Corpus, spec: dict, path: pathlib.Path, docs: np.ndar
     from .preference import SUPERVISED, segment_positions
 
     seq_len = int(spec["seq_len"])
-    schema = pa.schema(
-        [("input_ids", pa.list_(pa.int32())), ("mask", pa.list_(pa.int8())), ("position_ids", pa.list_(pa.int32()))]
-    )
+    pairs = formats.preference_kind(spec["sources"]) is not None
+    margins = pairs and any("margin" in (s.get("fields") or {}) for s in spec["sources"])
+    columns_of = [("input_ids", pa.list_(pa.int32())), ("mask", pa.list_(pa.int8())), ("position_ids", pa.list_(pa.int32()))]
+    schema = pa.schema(columns_of + ([("margin", pa.float32())] if margins else []))
     digest = hashlib.sha256(b"recipec-examples-v1\0")
     order = hashlib.sha256(b"recipec-document-order-v1\0")
     source_tokens = np.zeros(len(corpus.labels), dtype=np.int64)
     examples = []
+    pair_margins: list[float] = []
     for doc in docs:
         ids = corpus.tokens.get(int(doc))
         if len(ids) == 0:
@@ -211,7 +214,8 @@ def write_examples(corpus: Corpus, spec: dict, path: pathlib.Path, docs: np.ndar
         order.update(np.int64(doc).tobytes())
         source_tokens[corpus.source_of[doc]] += len(ids)
         examples.append((ids.astype(np.int32), corpus.masks.get(int(doc)).astype(np.int8)))
-    pairs = formats.preference_kind(spec["sources"]) is not None
+        if margins:
+            pair_margins.append(corpus.margins.get(int(doc), 0.0))
     if pairs:  # one row per pair (two segments) or KTO example, never packed together
         rows = [{"input_ids": ids, "mask": mask, "position_ids": segment_positions(mask)} for ids, mask in examples]
     elif spec["packing"]:
@@ -236,6 +240,10 @@ def write_examples(corpus: Corpus, spec: dict, path: pathlib.Path, docs: np.ndar
                     digest.update(flat.astype("<i4").tobytes())
                 if name == "mask":
                     supervised += int((flat & SUPERVISED).sum())  # the tokens the loss sees
+            if margins:
+                values = np.asarray(pair_margins[start : start + 4096], dtype=np.float32)
+                columns.append(pa.array(values))
+                digest.update(values.astype("<f4").tobytes())
             writer.write_batch(pa.record_batch(columns, schema=schema))
     total = int(source_tokens.sum())
     return {

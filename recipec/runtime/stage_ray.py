@@ -668,7 +668,7 @@ class RayExecutor:
             yield mine, np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
 
     def tokenize_examples(self, corpus: ShardedCorpus, docs: np.ndarray, tokenizer: Any, settings: dict) -> Iterator[tuple[np.ndarray, list]]:
-        """``(documents, (ids, mask, reason) each)``, as :func:`.stage_analyse.tokenize_examples` consumes them."""
+        """``(documents, (ids, mask, reason, margin) each)``, as :func:`.stage_analyse.tokenize_examples` consumes them."""
         yield from self._tokenize(corpus, docs, tokenizer, settings)
 
 

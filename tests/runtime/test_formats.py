@@ -115,6 +115,18 @@ def test_preference_records_become_two_prompt_completion_sides():
     assert ex["rejected"]["messages"][0] == {"role": "user", "content": "Hi?"}
 
 
+def test_a_preference_record_carries_its_margin_when_fields_names_one():
+    record = {"prompt": [{"role": "user", "content": "Q?"}], "chosen": " yes", "rejected": " no", "gap": 2, "margin": 9.0}
+    record["chosen"], record["rejected"] = ([{"role": "assistant", "content": t}] for t in ("yes", "no"))
+    assert "margin" not in to_example(record, "preference")  # a column named margin is read only when fields names it
+    ex = to_example(record, "preference", {"margin": "gap"}, system={"default": "Be brief."})
+    assert ex["margin"] == 2.0 and isinstance(ex["margin"], float)
+    assert ex["chosen"]["messages"][0] == {"role": "system", "content": "Be brief."}  # the sides as without it
+    for bad, why in ((True, r"`gap` is True \(bool\), not a number"), ("2", r"`gap` is '2' \(str\), not a number"), (float("nan"), r"`gap` is nan, not a finite number"), (None, "the record has no `gap`")):
+        with pytest.raises(RecordError, match=why):
+            to_example({**record, "gap": bad}, "preference", {"margin": "gap"})
+
+
 def test_preference_records_that_do_not_fit():
     with pytest.raises(RecordError, match="the record has no `rejected`"):
         to_example({"prompt": "Q?", "chosen": " yes"}, "preference")

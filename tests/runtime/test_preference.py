@@ -340,13 +340,17 @@ def test_held_out_prompts_are_distinct_and_carry_their_completions():
     ]
 
 
+@pytest.mark.parametrize("margins", [None, [0.5, -1.0, 2.0]], ids=["no-margin", "margins"])
 @pytest.mark.parametrize("center", [None, 0.01], ids=["plain", "centred"])
 @pytest.mark.parametrize("pairs", [PAIRS, CONVERSATION_PAIRS], ids=["strings", "conversations"])
-def test_reward_model_equals_trl(tmp_path, tok, reward_model, pairs, center):
+def test_reward_model_equals_trl(tmp_path, tok, reward_model, pairs, center, margins):
     """The reward objective on TRL's RewardTrainer batch: the loss, the mean reward of each side, the accuracy, the
-    margin and the gradient of every parameter (the score head's too)."""
+    margin and the gradient of every parameter (the score head's too); with a `margin` column, each pair's margin
+    subtracted from its reward difference."""
     from trl import RewardConfig, RewardTrainer
 
+    if margins is not None:
+        pairs = [{**pair, "margin": margins[i % len(margins)]} for i, pair in enumerate(pairs)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = RewardTrainer(
@@ -356,13 +360,17 @@ def test_reward_model_equals_trl(tmp_path, tok, reward_model, pairs, center):
             processing_class=tok,
         )
     batch, loss, metrics = _trl_step(trainer)
+    assert ("margin" in batch) == (margins is not None)
 
     ours = copy.deepcopy(reward_model)
     ours.train()
-    ours_batch = P.collate_reward(_dpo_rows(batch), tok.pad_token_id)
+    rows = _dpo_rows(batch)
+    if margins is not None:  # the data stage's rows carry each pair's margin
+        rows = [{**row, "margin": m} for row, m in zip(rows, batch["margin"].tolist(), strict=True)]
+    ours_batch = P.collate_reward(rows, tok.pad_token_id)
     assert torch.equal(ours_batch["input_ids"], batch["input_ids"]) and torch.equal(ours_batch["attention_mask"], batch["attention_mask"])
     scores = P.reward_scores(ours, ours_batch)
-    our_loss, stats = P.objective_loss("reward", {"center_rewards_coefficient": center or 0.0}, scores, None)
+    our_loss, stats = P.objective_loss("reward", {"center_rewards_coefficient": center or 0.0}, scores, None, margin=ours_batch.get("margin"))
     our_loss.backward()
     assert our_loss.item() == pytest.approx(loss.item(), abs=TOL)
     margins = stats["rewards_chosen"] - stats["rewards_rejected"]
