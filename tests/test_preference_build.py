@@ -65,10 +65,15 @@ cpu = true
     return path
 
 
+def test_a_supervised_term_is_an_option_of_the_objective(project: Path) -> None:
+    _, plan = build(recipe(project, "rpo", 'objective = "ipo"\nsft_weight = 0.5'), (), project / "build" / "rpo", project=project)
+    assert plan["objective_options"] == {"beta": 0.1, "sft_weight": 0.5, "sft_average": "tokens"}
+
+
 def test_the_plan_and_the_script_name_the_objective_and_reference(project: Path) -> None:
     written, plan = build(recipe(project, "a", 'objective = "dpo"\nbeta = 0.2'), (), project / "build" / "a", project=project)
     assert plan["objective"] == "dpo"
-    assert plan["objective_options"] == {"beta": 0.2, "label_smoothing": 0.0}
+    assert plan["objective_options"] == {"beta": 0.2, "label_smoothing": 0.0}  # no sft_weight: no supervised term
     assert plan["reference_model"] == "copy"
     script = (written.dir / "train.py").read_text()
     ast.parse(script)

@@ -269,7 +269,7 @@ _MISSING = {
     "use_dft_loss": "recipec has no dynamic fine-tuning loss.",
     "use_asft_loss": "recipec has no ASFT loss.",
     "use_eaft_loss": "recipec has no EAFT loss.",
-    "pref_ftx": "recipec's preference losses have no added supervised loss term.",
+    "pref_ftx": "recipec adds a supervised term (preference.sft_weight) to DPO, IPO and hinge only.",
     "pref_bco_weight": "recipec has no BCO loss term.",
     "ld_alpha": "recipec has no LD-DPO length desensitisation.",
     "ref_model": "recipec's reference model is the model it starts from.",
@@ -428,6 +428,10 @@ def _stage(d: Draft, stage: str) -> str:
                 d.set("preference.label_smoothing", float(smoothing), "dpo_label_smoothing")
             else:
                 d.exact("dpo_label_smoothing")
+        ftx = num(d.get("pref_ftx", 0.0))
+        if d.has("pref_ftx") and ftx and objective in ("dpo", "ipo", "hinge"):
+            d.set("preference.sft_weight", float(ftx), "pref_ftx")
+            d.set("preference.sft_average", "sequences", note="LLaMA-Factory averages each chosen completion's log-probabilities, then the pairs")
         return "preference"
     if stage == "kto":
         d.set("preference.objective", "kto", "stage")

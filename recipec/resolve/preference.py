@@ -31,6 +31,8 @@ def preference_settings(b: PlanBuilder) -> None:
     b.section("preference")
     b.key("objective", ("preference", "objective"))
     options = p.model_dump(exclude={"objective", "reference"})
+    if not options.get("sft_weight"):  # no supervised term: its settings say nothing
+        options = {k: v for k, v in options.items() if k not in ("sft_weight", "sft_average")}
     b.add("objective_options", options, "preference (the objective's own options)", b.origin(("preference",)))
     reference = getattr(p, "reference", None)
     if reference is None:

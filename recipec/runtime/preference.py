@@ -37,6 +37,10 @@ completion's tokens) of the policy and, where it has one, of the reference model
   ``-(1 - eps) log sigmoid(beta delta) - eps log sigmoid(-beta delta)``;
 * ``ipo``: ``(delta' - 1 / (2 beta))^2`` with the log-ratios averaged over each side's tokens;
 * ``hinge``: ``relu(1 - beta * delta)``;
+* with ``sft_weight`` w (these three): ``+ w * NLL`` of the chosen completions (RPO), their
+  log-probabilities averaged over the micro-batch's chosen completion tokens (``sft_average``
+  ``tokens``, TRL's ``sft`` loss) or per completion, then over the pairs (``sequences``,
+  LLaMA-Factory's ``pref_ftx``);
 * ``simpo``: reference-free, ``-log sigmoid(beta (avg chosen - avg rejected) - gamma)`` over
   the per-token average log-probabilities;
 * ``orpo``: reference-free, the chosen side's cross-entropy less ``beta`` times
@@ -569,6 +573,13 @@ def objective_loss(
         else:
             raise ValueError(f"unknown objective {objective!r}; one of {', '.join(OBJECTIVES)}")
         loss = losses.mean()
+        sft = float(options.get("sft_weight") or 0.0)
+        if sft:  # RPO: the chosen completions' negative log-likelihood beside the objective
+            if options.get("sft_average") == "sequences":  # per completion, then over the pairs (LLaMA-Factory)
+                nll = -(c / n_c).mean()
+            else:  # over every chosen completion token of the micro-batch (TRL's sft loss)
+                nll = -c.sum() / policy["chosen_tokens"].sum().clamp(min=1)
+            loss = loss + sft * nll
         stats = {"rewards_chosen": beta * ratio_c.detach(), "rewards_rejected": beta * ratio_r.detach()}
     stats.update(logps_chosen=c.detach(), logps_rejected=r.detach())
     return loss, stats

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from .base import Table
+from .base import Table, key_error
 
 
 class _Objective(Table):
@@ -24,7 +24,21 @@ class _Referenced(_Objective):
     """The reference model's log-probabilities: `live` computes them at every step (under `[peft]` from the base model with the adapter disabled, no second copy; otherwise from a frozen copy of the starting model, counted by the memory estimate); `precomputed` computes them once before the first step, from the model as it starts, and keeps them in the data stage's cache entry, keyed by the model's weights (no copy, no second forward pass per step)."""
 
 
-class DpoTable(_Referenced):
+class _PairedWithSft(_Referenced):
+    sft_weight: float = Field(0.0, ge=0)
+    """Weight of a supervised term added to the loss: the negative log-likelihood of the chosen completions (RPO; TRL's `loss_type = ["sigmoid", "sft"]` with `loss_weights = [1, sft_weight]`, LLaMA-Factory's `pref_ftx`), which keeps DPO from lowering the chosen answers' likelihood along with the rejected ones'. 0: off."""
+
+    sft_average: Literal["tokens", "sequences"] = "tokens"
+    """How the supervised term averages the chosen completions' log-probabilities: `tokens`, over every chosen completion token of the micro-batch (TRL's `sft` loss); `sequences`, over each completion's tokens, then over the pairs (LLaMA-Factory's `pref_ftx`)."""
+
+    @model_validator(mode="after")
+    def _sft_average_needs_a_weight(self) -> "_PairedWithSft":
+        if self.sft_average != "tokens" and self.sft_weight == 0:  # (the resolved recipe writes the default with no term)
+            raise key_error("sft_average", "sft_average says how the supervised term is averaged, and sft_weight is 0 (no supervised term)", "set sft_weight, e.g. 0.5, or remove sft_average")
+        return self
+
+
+class DpoTable(_PairedWithSft):
     """`[preference] objective = "dpo"`: -log sigmoid(beta * (chosen log-ratio - rejected log-ratio))."""
 
     objective: Literal["dpo"]
@@ -34,14 +48,14 @@ class DpoTable(_Referenced):
     """Conservative DPO: the share of pairs assumed to be mislabelled (0: plain DPO)."""
 
 
-class IpoTable(_Referenced):
+class IpoTable(_PairedWithSft):
     """`[preference] objective = "ipo"`: (delta - 1 / (2 beta))^2 over the log-ratios averaged per completion token."""
 
     objective: Literal["ipo"]
     """The objective."""
 
 
-class HingeTable(_Referenced):
+class HingeTable(_PairedWithSft):
     """`[preference] objective = "hinge"`: relu(1 - beta * (chosen log-ratio - rejected log-ratio)) (SLiC)."""
 
     objective: Literal["hinge"]

@@ -410,6 +410,8 @@ def test_llama_factory_0_7_1_example(tmp_path, imported):
     (tmp_path / "fixed.yaml").write_text(fixed, encoding="utf-8")
     got = imported("llama-factory", tmp_path / "fixed.yaml", files=["data/orca_rlhf.json"])
     assert got.recipe["preference"]["objective"] == "dpo"
+    # pref_ftx 1.0: the chosen completions' NLL, averaged per completion as LLaMA-Factory takes it
+    assert got.recipe["preference"]["sft_weight"] == 1.0 and got.recipe["preference"]["sft_average"] == "sequences"
 
 
 # -- torchtune ----------------------------------------------------------------------------

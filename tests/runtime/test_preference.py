@@ -188,6 +188,33 @@ def test_dpo_family_equals_trl(tmp_path, tok, models, objective, loss_type, pair
     _assert_same_gradients(trainer.model, ours)
 
 
+@pytest.mark.parametrize(("objective", "loss_type"), [("dpo", "sigmoid"), ("ipo", "ipo"), ("hinge", "hinge")])
+def test_sft_weight_equals_trl_sft_loss(tmp_path, tok, models, objective, loss_type):
+    """sft_weight (RPO) is TRL's `loss_type = [<objective>, "sft"]` with `loss_weights = [1, w]`: the same loss and
+    gradients, over pairs of unequal completion lengths; sft_average "sequences" is LLaMA-Factory's pref_ftx, the
+    chosen log-probabilities averaged per completion, then over the pairs."""
+    policy, reference = models
+    w = 0.7
+    trainer = _dpo_trainer(
+        tmp_path, tok, policy, reference, PAIRS, loss_type=[loss_type, "sft"], loss_weights=[1.0, w],
+        per_device_train_batch_size=len(PAIRS),
+    )  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    rows = _dpo_rows(batch)
+    ours, our_loss, _ = _ours(policy, reference, rows, tok.pad_token_id, objective, {"beta": BETA, "sft_weight": w})
+    _, plain, _ = _ours(policy, reference, rows, tok.pad_token_id, objective, {"beta": BETA})
+    assert our_loss.item() == pytest.approx(loss.item(), abs=TOL) and abs(our_loss.item() - plain.item()) > 0.1
+    _assert_same_gradients(trainer.model, ours)
+
+    _, per_sequence, _ = _ours(policy, reference, rows, tok.pad_token_id, objective, {"beta": BETA, "sft_weight": w, "sft_average": "sequences"})
+    logps = P.sequence_logps(policy, P.collate(rows, tok.pad_token_id))
+    by_hand = plain.item() - w * (logps["chosen"] / logps["chosen_tokens"]).mean().item()
+    assert per_sequence.item() == pytest.approx(by_hand, abs=TOL)
+    assert len({int(n) for n in logps["chosen_tokens"]}) > 1 and abs(per_sequence.item() - our_loss.item()) > 1e-3  # the averages differ
+
+
 def test_conservative_dpo_equals_trl_label_smoothing(tmp_path, tok, models):
     """DPO's label_smoothing (conservative DPO) is TRL's `aot` loss for one pair: sorting one pair changes nothing."""
     policy, reference = models
