@@ -1638,14 +1638,50 @@ def _preference(d: Draft) -> None:
         for k, target in (("kto_desirable_weight", "preference.desirable_weight"), ("kto_undesirable_weight", "preference.undesirable_weight")):
             if _given(d, k):
                 d.set(target, float(num(d.get(k))), k)
-    if rl == "dpo" and _given(d, "dpo_label_smoothing"):
+    objective = _dpo_loss_type(d) if rl == "dpo" else rl
+    if objective in ("dpo", "robust") and _given(d, "dpo_label_smoothing"):
         d.set("preference.label_smoothing", float(num(d.get("dpo_label_smoothing"))), "dpo_label_smoothing")
+    elif rl == "dpo" and _given(d, "dpo_label_smoothing") and num(d.get("dpo_label_smoothing")):
+        d.drop("dpo_label_smoothing", "ignored-by-tool", f"TRL's {objective} loss reads no label_smoothing.")
     if d.get("precompute_ref_log_probs"):
         d.set("preference.reference", "precomputed", "precompute_ref_log_probs")
-    if _given(d, "dpo_loss_type") and d.get("dpo_loss_type") not in (["sigmoid"],):
-        d.drop("dpo_loss_type", "missing-feature", "recipec's DPO is the sigmoid loss (or IPO, hinge through `objective`).")
     if rl in ("dpo", "ipo") and d.get("sample_packing"):
         d.warn("`sample_packing` with `rl`: axolotl's preference trainers do not pack", "sample_packing", "rl")
+
+
+TRL_LOSS_TYPES = {
+    "sigmoid": "dpo", "ipo": "ipo", "hinge": "hinge", "robust": "robust", "bco_pair": "bco_pair", "nca_pair": "nca_pair",
+    "sppo_hard": "sppo_hard", "apo_zero": "apo_zero", "apo_down": "apo_down",
+}
+"""TRL's DPOTrainer loss types that are recipec objectives (its "sft" is `preference.sft_weight`)."""
+
+
+def _dpo_loss_type(d: Draft) -> str:
+    """`rl: dpo`'s `dpo_loss_type` (TRL's loss_type) and `dpo_loss_weights`: one loss of :data:`TRL_LOSS_TYPES` of
+    weight 1, and perhaps "sft" with its weight; returns the objective written."""
+    types, weights = d.get("dpo_loss_type"), d.get("dpo_loss_weights")
+    if not _given(d, "dpo_loss_type"):
+        _empty(d, "dpo_loss_type", "dpo_loss_weights")
+        return "dpo"
+    types = [str(t) for t in types] if isinstance(types, list) else [str(types)]
+    weights = [float(num(w)) for w in weights] if isinstance(weights, list) else [1.0] * len(types)
+    main = [(t, w) for t, w in zip(types, weights) if t != "sft"]
+    sft = [w for t, w in zip(types, weights) if t == "sft"]
+    keys = [k for k in ("dpo_loss_type", "dpo_loss_weights") if _given(d, k)]
+    if len(main) != 1 or main[0][0] not in TRL_LOSS_TYPES or main[0][1] != 1.0 or len(sft) > 1:
+        for k in keys:
+            d.drop(k, "missing-feature", f"recipec's objective is one of TRL's losses ({', '.join(TRL_LOSS_TYPES)}) of weight 1, with perhaps its sft loss; not {types} weighted {weights}.")
+        d.warn(f"`dpo_loss_type: {types}` cannot be imported: the recipe trains DPO's sigmoid loss", *keys)
+        return "dpo"
+    objective = TRL_LOSS_TYPES[main[0][0]]
+    if objective == "robust" and not num(d.get("dpo_label_smoothing") or 0):
+        objective = "dpo"  # robust DPO with no flipped labels is DPO, and recipec's robust needs a share
+        d.set("preference.objective", objective, "rl", *keys, note="TRL's robust loss with label_smoothing 0 is DPO's sigmoid loss")
+    else:
+        d.set("preference.objective", objective, "rl", *keys)
+    if sft and sft[0]:
+        d.set("preference.sft_weight", sft[0], *keys)
+    return objective
 
 
 # -- the rest -----------------------------------------------------------------------------

@@ -18,13 +18,13 @@ def preference_settings(b: PlanBuilder) -> None:
             continue
         where = ("data", "sources", i, "records")
         if p is None and src.records in PREFERENCE:
-            b.error(where, f"sources[{i}] holds {src.records} records, which train with a [preference] objective", 'add [preference] objective = "dpo" (or ipo, hinge, simpo, orpo, kto; reward for a reward model)')
+            b.error(where, f"sources[{i}] holds {src.records} records, which train with a [preference] objective", 'add [preference] objective = "dpo" (or ipo, hinge, robust, bco_pair, nca_pair, sppo_hard, apo_zero, apo_down, simpo, orpo, kto; reward for a reward model)')
         elif p is not None:
             b.error(
                 where,
                 f'preference.objective {p.objective!r} trains on {wanted} records, and sources[{i}] holds {src.records} records',
                 f'set records = "{wanted}" on every source'
-                + ('; paired data trains with dpo, ipo, hinge, simpo, orpo or reward' if src.records == "preference" else ""),
+                + ('; paired data trains with dpo, ipo, hinge, robust, bco_pair, nca_pair, sppo_hard, apo_zero, apo_down, simpo, orpo or reward' if src.records == "preference" else ""),
             )
     if p is None:
         return

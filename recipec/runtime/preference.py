@@ -37,7 +37,10 @@ completion's tokens) of the policy and, where it has one, of the reference model
   ``-(1 - eps) log sigmoid(beta delta) - eps log sigmoid(-beta delta)``;
 * ``ipo``: ``(delta' - 1 / (2 beta))^2`` with the log-ratios averaged over each side's tokens;
 * ``hinge``: ``relu(1 - beta * delta)``;
-* with ``sft_weight`` w (these three): ``+ w * NLL`` of the chosen completions (RPO), their
+* ``robust`` (rDPO): ``(-(1 - eps) log sigmoid(beta delta) + eps log sigmoid(-beta delta)) / (1 - 2 eps)``;
+* ``bco_pair``, ``nca_pair``, ``sppo_hard``, ``apo_zero``, ``apo_down``: TRL's loss types of
+  those names, functions of ``beta`` times each side's log-ratio;
+* with ``sft_weight`` w (every objective above): ``+ w * NLL`` of the chosen completions (RPO), their
   log-probabilities averaged over the micro-batch's chosen completion tokens (``sft_average``
   ``tokens``, TRL's ``sft`` loss) or per completion, then over the pairs (``sequences``,
   LLaMA-Factory's ``pref_ftx``);
@@ -49,7 +52,7 @@ completion's tokens) of the policy and, where it has one, of the reference model
   ratio))`` for undesirable completions, weighted, with KL the clamped batch mean of the
   mismatched pairs' log-ratios.
 
-Rewards are ``beta`` times the log-ratio (DPO, IPO, hinge, KTO) or the average
+Rewards are ``beta`` times the log-ratio (the objectives with a reference) or the average
 log-probability (SimPO, ORPO), as TRL reports them.
 
 ``reward`` trains a reward model instead: a sequence-classification model with one label
@@ -73,7 +76,7 @@ REJECTED = 2
 UNDESIRABLE = 4
 IGNORE = -100  # a label the log-probabilities leave out
 
-OBJECTIVES = ("dpo", "ipo", "hinge", "simpo", "orpo", "kto", "reward")
+OBJECTIVES = ("dpo", "ipo", "hinge", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down", "simpo", "orpo", "kto", "reward")
 REFERENCE_FREE = ("simpo", "orpo", "reward")
 
 
@@ -570,6 +573,19 @@ def objective_loss(
             losses = (delta - 1 / (2 * beta)) ** 2
         elif objective == "hinge":
             losses = torch.relu(1 - beta * (ratio_c - ratio_r))
+        elif objective == "robust":
+            eps, delta = float(options["label_smoothing"]), ratio_c - ratio_r
+            losses = (-(1 - eps) * F.logsigmoid(beta * delta) + eps * F.logsigmoid(-beta * delta)) / (1 - 2 * eps)
+        elif objective == "bco_pair":
+            losses = -F.logsigmoid(beta * ratio_c) - F.logsigmoid(-beta * ratio_r)
+        elif objective == "nca_pair":
+            losses = -F.logsigmoid(beta * ratio_c) - 0.5 * F.logsigmoid(-beta * ratio_c) - 0.5 * F.logsigmoid(-beta * ratio_r)
+        elif objective == "sppo_hard":
+            losses = (ratio_c - 0.5 / beta) ** 2 + (ratio_r + 0.5 / beta) ** 2
+        elif objective == "apo_zero":
+            losses = (1 - torch.sigmoid(beta * ratio_c)) + torch.sigmoid(beta * ratio_r)
+        elif objective == "apo_down":
+            losses = torch.sigmoid(beta * ratio_c) + (1 - torch.sigmoid(beta * (ratio_c - ratio_r)))
         else:
             raise ValueError(f"unknown objective {objective!r}; one of {', '.join(OBJECTIVES)}")
         loss = losses.mean()

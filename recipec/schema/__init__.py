@@ -49,7 +49,23 @@ from .peft import (
     VeraTable,
     PeftTable,
 )
-from .preference import OBJECTIVE_TABLES, DpoTable, HingeTable, IpoTable, KtoTable, OrpoTable, PreferenceTable, RewardTable, SimpoTable
+from .preference import (
+    OBJECTIVE_TABLES,
+    ApoDownTable,
+    ApoZeroTable,
+    BcoPairTable,
+    DpoTable,
+    HingeTable,
+    IpoTable,
+    KtoTable,
+    NcaPairTable,
+    OrpoTable,
+    PreferenceTable,
+    RewardTable,
+    RobustTable,
+    SimpoTable,
+    SppoHardTable,
+)
 from .recipe import RecipeTable
 from .schedule import Phase, ScheduleTable
 from .tokenizer import TokenizerTable, TokenizerTrain
@@ -102,7 +118,7 @@ class Recipe(Table):
     """`[peft]`: parameter-efficient training; `method` picks LoRA, LoHa, LoKr, IA3, OFT, BOFT, VeRA, AdaLoRA, MiSS, LN tuning, prefix or prompt tuning."""
 
     preference: PreferenceTable | None = None
-    """`[preference]`: preference training on preference data; `objective` picks DPO, IPO, hinge, SimPO, ORPO, KTO or a reward model."""
+    """`[preference]`: preference training on preference data; `objective` picks DPO, IPO, hinge, robust DPO, BCO, NCA, SPPO, APO, SimPO, ORPO, KTO or a reward model."""
 
 
 # (table, key) as another tool spells it -> the recipec key, or an explanation.

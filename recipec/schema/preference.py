@@ -26,7 +26,7 @@ class _Referenced(_Objective):
 
 class _PairedWithSft(_Referenced):
     sft_weight: float = Field(0.0, ge=0)
-    """Weight of a supervised term added to the loss: the negative log-likelihood of the chosen completions (RPO; TRL's `loss_type = ["sigmoid", "sft"]` with `loss_weights = [1, sft_weight]`, LLaMA-Factory's `pref_ftx`), which keeps DPO from lowering the chosen answers' likelihood along with the rejected ones'. 0: off."""
+    """Weight of a supervised term added to the loss: the negative log-likelihood of the chosen completions (RPO; TRL's `loss_type = [<objective>, "sft"]` with `loss_weights = [1, sft_weight]`, LLaMA-Factory's `pref_ftx`), which keeps DPO from lowering the chosen answers' likelihood along with the rejected ones'. 0: off."""
 
     sft_average: Literal["tokens", "sequences"] = "tokens"
     """How the supervised term averages the chosen completions' log-probabilities: `tokens`, over every chosen completion token of the micro-batch (TRL's `sft` loss); `sequences`, over each completion's tokens, then over the pairs (LLaMA-Factory's `pref_ftx`)."""
@@ -59,6 +59,51 @@ class HingeTable(_PairedWithSft):
     """`[preference] objective = "hinge"`: relu(1 - beta * (chosen log-ratio - rejected log-ratio)) (SLiC)."""
 
     objective: Literal["hinge"]
+    """The objective."""
+
+
+class RobustTable(_PairedWithSft):
+    """`[preference] objective = "robust"`: robust DPO (rDPO, Chowdhury et al. 2024): DPO's loss unbiased for pairs whose labels flip with probability `label_smoothing`, (-(1 - eps) log sigmoid(beta delta) + eps log sigmoid(-beta delta)) / (1 - 2 eps) (TRL's loss_type "robust")."""
+
+    objective: Literal["robust"]
+    """The objective."""
+
+    label_smoothing: float = Field(gt=0, lt=0.5)
+    """The share of pairs whose preference is assumed flipped (eps)."""
+
+
+class BcoPairTable(_PairedWithSft):
+    """`[preference] objective = "bco_pair"`: binary classifier optimisation on pairs, -log sigmoid(beta * chosen log-ratio) - log sigmoid(-beta * rejected log-ratio) (TRL's loss_type "bco_pair")."""
+
+    objective: Literal["bco_pair"]
+    """The objective."""
+
+
+class NcaPairTable(_PairedWithSft):
+    """`[preference] objective = "nca_pair"`: noise contrastive alignment (Chen et al. 2024), -log sigmoid(r_c) - (log sigmoid(-r_c) + log sigmoid(-r_r)) / 2 with r = beta * log-ratio (TRL's loss_type "nca_pair")."""
+
+    objective: Literal["nca_pair"]
+    """The objective."""
+
+
+class SppoHardTable(_PairedWithSft):
+    """`[preference] objective = "sppo_hard"`: self-play preference optimisation with hard labels (Wu et al. 2024), (chosen log-ratio - 1 / (2 beta))^2 + (rejected log-ratio + 1 / (2 beta))^2 (TRL's loss_type "sppo_hard")."""
+
+    objective: Literal["sppo_hard"]
+    """The objective."""
+
+
+class ApoZeroTable(_PairedWithSft):
+    """`[preference] objective = "apo_zero"`: anchored preference optimisation (D'Oosterlinck et al. 2024) when the chosen answers are better than the model's own: 1 - sigmoid(beta * chosen log-ratio) + sigmoid(beta * rejected log-ratio), raising the one and lowering the other (TRL's loss_type "apo_zero")."""
+
+    objective: Literal["apo_zero"]
+    """The objective."""
+
+
+class ApoDownTable(_PairedWithSft):
+    """`[preference] objective = "apo_down"`: anchored preference optimisation when the chosen answers are worse than the model's own: sigmoid(beta * chosen log-ratio) + 1 - sigmoid(beta * (chosen log-ratio - rejected log-ratio)), lowering both, the rejected more (TRL's loss_type "apo_down")."""
+
+    objective: Literal["apo_down"]
     """The objective."""
 
 
@@ -105,9 +150,13 @@ class RewardTable(Table):
     """Weight of the mean squared sum of each pair's two rewards, which keeps the rewards centred on zero (0: off; the reward-model paper of Eisenstein et al. uses 0.01)."""
 
 
-OBJECTIVE_TABLES = (DpoTable, IpoTable, HingeTable, SimpoTable, OrpoTable, KtoTable, RewardTable)
+OBJECTIVE_TABLES = (
+    DpoTable, IpoTable, HingeTable, RobustTable, BcoPairTable, NcaPairTable, SppoHardTable, ApoZeroTable, ApoDownTable,
+    SimpoTable, OrpoTable, KtoTable, RewardTable,
+)
 
 PreferenceTable = Annotated[
-    DpoTable | IpoTable | HingeTable | SimpoTable | OrpoTable | KtoTable | RewardTable,
+    DpoTable | IpoTable | HingeTable | RobustTable | BcoPairTable | NcaPairTable | SppoHardTable | ApoZeroTable | ApoDownTable
+    | SimpoTable | OrpoTable | KtoTable | RewardTable,
     Field(discriminator="objective"),
 ]

@@ -799,3 +799,33 @@ def test_tiled_mlp(tmp_path, extra, model, how):
     got = tomllib.loads(result.text)["model"]
     assert {k: v for k, v in got.items() if k.startswith("tiled")} == model
     assert {k: result.draft.ledger[k].how for k in how} == how
+
+
+# -- DPO's loss types ----------------------------------------------------------------------
+
+DPO_CONFIG = CONFIGS / "dpo-chatml-intel.yaml"
+
+
+@pytest.mark.parametrize(
+    ("extra", "preference", "dropped"),
+    [
+        ('dpo_loss_type: ["apo_zero"]\n', {"objective": "apo_zero"}, set()),
+        ('dpo_loss_type: ["sigmoid", "sft"]\ndpo_loss_weights: [1.0, 0.3]\n', {"objective": "dpo", "sft_weight": 0.3}, set()),
+        ('dpo_loss_type: ["robust"]\ndpo_label_smoothing: 0.1\n', {"objective": "robust", "label_smoothing": 0.1}, set()),
+        ('dpo_loss_type: ["robust"]\n', {"objective": "dpo"}, set()),  # no flipped labels: DPO itself
+        ('dpo_loss_type: ["ipo"]\ndpo_label_smoothing: 0.1\n', {"objective": "ipo"}, {"dpo_label_smoothing"}),
+        ('dpo_loss_type: ["sigmoid", "hinge"]\n', {"objective": "dpo"}, {"dpo_loss_type"}),
+        ('dpo_loss_type: ["exo_pair"]\n', {"objective": "dpo"}, {"dpo_loss_type"}),
+        ('dpo_loss_type: ["sigmoid"]\ndpo_loss_weights: [0.5]\n', {"objective": "dpo"}, {"dpo_loss_type", "dpo_loss_weights"}),
+    ],
+)
+def test_dpo_loss_type_becomes_the_objective(tmp_path, extra, preference, dropped):
+    """axolotl passes `dpo_loss_type` and `dpo_loss_weights` to TRL's DPOConfig: a loss recipec has, of weight 1, is the
+    objective, and "sft" beside it is sft_weight; any other list is not imported (with a warning)."""
+    result = import_config(_write(tmp_path, DPO_CONFIG.read_text(encoding="utf-8") + extra), "axolotl")
+    got = tomllib.loads(result.text)["preference"]
+    assert {k: got[k] for k in preference} == preference and set(got) - {"beta", "reference"} == set(preference)
+    ledger = result.draft.ledger
+    assert {k for k in ("dpo_loss_type", "dpo_loss_weights", "dpo_label_smoothing") if k in ledger and ledger[k].how == "dropped"} == dropped
+    if "dpo_loss_type" in dropped:
+        assert any("cannot be imported" in message for message, _ in result.draft.warnings)
