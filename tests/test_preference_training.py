@@ -288,6 +288,23 @@ def test_kto_trains_on_labelled_completions(tmp_path: Path, model_dir: Path) -> 
         assert (g["completion"], g["desirable"]) in rows and "chosen" not in g
 
 
+@pytest.mark.parametrize(("objective", "options", "first"), [("apo_zero", "", 1.0), ("sppo_hard", "beta = 0.25", 8.0)])
+def test_trl_loss_types_train_through_the_script(objective: str, options: str, first: float, tmp_path: Path, model_dir: Path) -> None:
+    """The objectives named after TRL's loss types run in the generated script: at the first step the policy is its
+    reference, every log-ratio 0, so the loss is the objective's own value there (APO-zero 1 - 1/2 + 1/2; SPPO
+    2 (1 / (2 beta))^2), and then the model moves; an `sft_weight` on APO-zero adds the chosen completions' NLL."""
+    recipe = _project(tmp_path / objective, model_dir, objective=objective, options=options, steps=3)
+    _run(recipe)
+    steps = [m for m in _metrics(recipe) if "loss" in m]  # step 1 warms up from lr 0: step 3 is the first that moved
+    assert steps[0]["loss"] == pytest.approx(first, abs=1e-5) and steps[2]["loss"] != pytest.approx(first, abs=1e-4)
+    assert steps[0]["reward_margin"] == pytest.approx(0, abs=1e-6) and steps[2]["reward_margin"] != 0
+    if objective == "apo_zero":  # the same first step with the supervised term: above it by w x the NLL
+        rpo = _project(tmp_path / "rpo", model_dir, objective=objective, options="sft_weight = 0.5", steps=2)
+        _run(rpo)
+        step = next(m for m in _metrics(rpo) if "loss" in m)
+        assert step["loss"] > first + 0.5  # the chosen answers' mean NLL under an untrained model is several nats
+
+
 def _with_margins(recipe: Path) -> Path:
     """Each pair of every source gets a `gap` column (negative, zero and positive), read as its margin."""
     root = recipe.parent.parent
