@@ -1625,8 +1625,14 @@ def _preference(d: Draft) -> None:
             d.set("preference.gamma", float(gamma), "simpo_gamma")
         else:
             d.default("preference.gamma", 0.5, "simpo_gamma", "TRL's simpo_gamma 0.5")
-        if _given(d, "cpo_alpha") and num(d.get("cpo_alpha")):
-            d.drop("cpo_alpha", "missing-feature", "recipec's SimPO has no behaviour-cloning (NLL) term.")
+        # CPO-SimPO: TRL's CPOTrainer adds cpo_alpha x the chosen completions' NLL, 1.0 unless the config says otherwise
+        if not _given(d, "cpo_alpha"):
+            _empty(d, "cpo_alpha")
+            d.default("preference.sft_weight", 1.0, "cpo_alpha", "TRL's CPOConfig cpo_alpha 1.0: SimPO plus the chosen completions' NLL (CPO-SimPO)")
+        elif num(d.get("cpo_alpha")):
+            d.set("preference.sft_weight", float(num(d.get("cpo_alpha"))), "cpo_alpha")
+        else:
+            d.exact("cpo_alpha")
     elif beta_key:
         d.set("preference.beta", float(num(d.get(beta_key))), beta_key)
     else:

@@ -269,7 +269,7 @@ _MISSING = {
     "use_dft_loss": "recipec has no dynamic fine-tuning loss.",
     "use_asft_loss": "recipec has no ASFT loss.",
     "use_eaft_loss": "recipec has no EAFT loss.",
-    "pref_ftx": "recipec adds a supervised term (preference.sft_weight) to DPO, IPO and hinge only.",
+    "pref_ftx": "recipec adds a supervised term (preference.sft_weight) to DPO, IPO, hinge and SimPO only.",
     "pref_bco_weight": "recipec has no BCO loss term.",
     "ld_alpha": "recipec has no LD-DPO length desensitisation.",
     "ref_model": "recipec's reference model is the model it starts from.",
@@ -429,7 +429,7 @@ def _stage(d: Draft, stage: str) -> str:
             else:
                 d.exact("dpo_label_smoothing")
         ftx = num(d.get("pref_ftx", 0.0))
-        if d.has("pref_ftx") and ftx and objective in ("dpo", "ipo", "hinge"):
+        if d.has("pref_ftx") and ftx and objective in ("dpo", "ipo", "hinge", "simpo"):
             d.set("preference.sft_weight", float(ftx), "pref_ftx")
             d.set("preference.sft_average", "sequences", note="LLaMA-Factory averages each chosen completion's log-probabilities, then the pairs")
         return "preference"

@@ -40,7 +40,7 @@ completion's tokens) of the policy and, where it has one, of the reference model
 * ``robust`` (rDPO): ``(-(1 - eps) log sigmoid(beta delta) + eps log sigmoid(-beta delta)) / (1 - 2 eps)``;
 * ``bco_pair``, ``nca_pair``, ``sppo_hard``, ``apo_zero``, ``apo_down``: TRL's loss types of
   those names, functions of ``beta`` times each side's log-ratio;
-* with ``sft_weight`` w (every objective above): ``+ w * NLL`` of the chosen completions (RPO), their
+* with ``sft_weight`` w (every objective above, and ``simpo`` below: CPO-SimPO): ``+ w * NLL`` of the chosen completions (RPO), their
   log-probabilities averaged over the micro-batch's chosen completion tokens (``sft_average``
   ``tokens``, TRL's ``sft`` loss) or per completion, then over the pairs (``sequences``,
   LLaMA-Factory's ``pref_ftx``);
@@ -589,14 +589,14 @@ def objective_loss(
         else:
             raise ValueError(f"unknown objective {objective!r}; one of {', '.join(OBJECTIVES)}")
         loss = losses.mean()
-        sft = float(options.get("sft_weight") or 0.0)
-        if sft:  # RPO: the chosen completions' negative log-likelihood beside the objective
-            if options.get("sft_average") == "sequences":  # per completion, then over the pairs (LLaMA-Factory)
-                nll = -(c / n_c).mean()
-            else:  # over every chosen completion token of the micro-batch (TRL's sft loss)
-                nll = -c.sum() / policy["chosen_tokens"].sum().clamp(min=1)
-            loss = loss + sft * nll
         stats = {"rewards_chosen": beta * ratio_c.detach(), "rewards_rejected": beta * ratio_r.detach()}
+    sft = float(options.get("sft_weight") or 0.0)
+    if sft:  # RPO (CPO-SimPO): the chosen completions' negative log-likelihood beside the objective
+        if options.get("sft_average") == "sequences":  # per completion, then over the pairs (LLaMA-Factory)
+            nll = -(c / n_c).mean()
+        else:  # over every chosen completion token of the micro-batch (TRL's sft loss, CPO's cpo_alpha term)
+            nll = -c.sum() / policy["chosen_tokens"].sum().clamp(min=1)
+        loss = loss + sft * nll
     stats.update(logps_chosen=c.detach(), logps_rejected=r.detach())
     return loss, stats
 

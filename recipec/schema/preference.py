@@ -24,18 +24,22 @@ class _Referenced(_Objective):
     """The reference model's log-probabilities: `live` computes them at every step (under `[peft]` from the base model with the adapter disabled, no second copy; otherwise from a frozen copy of the starting model, counted by the memory estimate); `precomputed` computes them once before the first step, from the model as it starts, and keeps them in the data stage's cache entry, keyed by the model's weights (no copy, no second forward pass per step)."""
 
 
-class _PairedWithSft(_Referenced):
+class _SftTerm(Table):
     sft_weight: float = Field(0.0, ge=0)
-    """Weight of a supervised term added to the loss: the negative log-likelihood of the chosen completions (RPO; TRL's `loss_type = [<objective>, "sft"]` with `loss_weights = [1, sft_weight]`, LLaMA-Factory's `pref_ftx`), which keeps DPO from lowering the chosen answers' likelihood along with the rejected ones'. 0: off."""
+    """Weight of a supervised term added to the loss: the negative log-likelihood of the chosen completions (RPO; TRL's `loss_type = [<objective>, "sft"]` with `loss_weights = [1, sft_weight]`, with SimPO TRL's `cpo_alpha` (CPO-SimPO), LLaMA-Factory's `pref_ftx`), which keeps DPO from lowering the chosen answers' likelihood along with the rejected ones'. 0: off."""
 
     sft_average: Literal["tokens", "sequences"] = "tokens"
     """How the supervised term averages the chosen completions' log-probabilities: `tokens`, over every chosen completion token of the micro-batch (TRL's `sft` loss); `sequences`, over each completion's tokens, then over the pairs (LLaMA-Factory's `pref_ftx`)."""
 
     @model_validator(mode="after")
-    def _sft_average_needs_a_weight(self) -> "_PairedWithSft":
+    def _sft_average_needs_a_weight(self) -> "_SftTerm":
         if self.sft_average != "tokens" and self.sft_weight == 0:  # (the resolved recipe writes the default with no term)
             raise key_error("sft_average", "sft_average says how the supervised term is averaged, and sft_weight is 0 (no supervised term)", "set sft_weight, e.g. 0.5, or remove sft_average")
         return self
+
+
+class _PairedWithSft(_Referenced, _SftTerm):
+    pass
 
 
 class DpoTable(_PairedWithSft):
@@ -107,7 +111,7 @@ class ApoDownTable(_PairedWithSft):
     """The objective."""
 
 
-class SimpoTable(Table):
+class SimpoTable(_SftTerm):
     """`[preference] objective = "simpo"`: reference-free, -log sigmoid(beta * (mean chosen log-prob - mean rejected log-prob) - gamma)."""
 
     objective: Literal["simpo"]

@@ -829,3 +829,12 @@ def test_dpo_loss_type_becomes_the_objective(tmp_path, extra, preference, droppe
     assert {k for k in ("dpo_loss_type", "dpo_loss_weights", "dpo_label_smoothing") if k in ledger and ledger[k].how == "dropped"} == dropped
     if "dpo_loss_type" in dropped:
         assert any("cannot be imported" in message for message, _ in result.draft.warnings)
+
+
+@pytest.mark.parametrize(("extra", "weight"), [("", 1.0), ("cpo_alpha: 0.25\n", 0.25), ("cpo_alpha: 0\n", None)])
+def test_simpo_takes_trls_cpo_alpha(tmp_path, extra, weight):
+    """axolotl's `rl: simpo` runs TRL's CPOTrainer, whose cpo_alpha (1.0 unless the config sets it) adds the chosen
+    completions' NLL: sft_weight (CPO-SimPO); cpo_alpha 0 is SimPO alone."""
+    text = DPO_CONFIG.read_text(encoding="utf-8").replace("rl: dpo\n", "rl: simpo\n") + extra
+    got = tomllib.loads(import_config(_write(tmp_path, text), "axolotl").text)["preference"]
+    assert got["objective"] == "simpo" and got.get("sft_weight") == weight

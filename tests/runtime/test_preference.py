@@ -254,18 +254,22 @@ def _paired_rows(batch):
     return rows
 
 
-@pytest.mark.parametrize("objective", ["simpo", "orpo"])
+@pytest.mark.parametrize("objective", ["simpo", "simpo-cpo", "orpo"])
 def test_reference_free_objectives_equal_trl(tmp_path, tok, models, objective):
+    """SimPO is CPOTrainer's simpo loss, and with sft_weight its cpo_alpha (CPO-SimPO: the chosen completions'
+    cross-entropy, a mean over their tokens); ORPO is ORPOTrainer's."""
     policy, _ = models
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if objective == "simpo":
+        if objective.startswith("simpo"):
             from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-            config = _args(CPOConfig, tmp_path, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=0.7, beta=2.0,
+            alpha = 0.6 if objective == "simpo-cpo" else 0.0
+            config = _args(CPOConfig, tmp_path, loss_type="simpo", cpo_alpha=alpha, simpo_gamma=0.7, beta=2.0,
                            per_device_train_batch_size=3, max_length=64)
             trainer = CPOTrainer(model=copy.deepcopy(policy), args=config, train_dataset=_dataset(PAIRS), processing_class=tok)
-            options = {"beta": 2.0, "gamma": 0.7}
+            options = {"beta": 2.0, "gamma": 0.7, "sft_weight": alpha}
+            objective = "simpo"
         else:
             from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
