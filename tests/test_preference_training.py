@@ -292,7 +292,8 @@ def test_kto_trains_on_labelled_completions(tmp_path: Path, model_dir: Path) -> 
 def test_trl_loss_types_train_through_the_script(objective: str, options: str, first: float, tmp_path: Path, model_dir: Path) -> None:
     """The objectives named after TRL's loss types run in the generated script: at the first step the policy is its
     reference, every log-ratio 0, so the loss is the objective's own value there (APO-zero 1 - 1/2 + 1/2; SPPO
-    2 (1 / (2 beta))^2), and then the model moves; an `sft_weight` on APO-zero adds the chosen completions' NLL."""
+    2 (1 / (2 beta))^2), and then the model moves; an `sft_weight` on APO-zero adds the chosen completions' NLL,
+    logged as sft_nll."""
     recipe = _project(tmp_path / objective, model_dir, objective=objective, options=options, steps=3)
     _run(recipe)
     steps = [m for m in _metrics(recipe) if "loss" in m]  # step 1 warms up from lr 0: step 3 is the first that moved
@@ -301,8 +302,9 @@ def test_trl_loss_types_train_through_the_script(objective: str, options: str, f
     if objective == "apo_zero":  # the same first step with the supervised term: above it by w x the NLL
         rpo = _project(tmp_path / "rpo", model_dir, objective=objective, options="sft_weight = 0.5", steps=2)
         _run(rpo)
-        step = next(m for m in _metrics(rpo) if "loss" in m)
-        assert step["loss"] > first + 0.5  # the chosen answers' mean NLL under an untrained model is several nats
+        step = next(m for m in _metrics(rpo) if "loss" in m)  # one micro-batch: the loss is 1 + w x its NLL
+        assert step["sft_nll"] > 1 and step["loss"] == pytest.approx(first + 0.5 * step["sft_nll"], abs=1e-5)
+        assert "sft_nll" not in steps[0]
 
 
 def _with_margins(recipe: Path) -> Path:

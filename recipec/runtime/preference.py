@@ -597,6 +597,8 @@ def objective_loss(
         else:  # over every chosen completion token of the micro-batch (TRL's sft loss, CPO's cpo_alpha term)
             nll = -c.sum() / policy["chosen_tokens"].sum().clamp(min=1)
         loss = loss + sft * nll
+        if c.numel():  # logged as sft_nll (a micro-batch of fillers alone has none)
+            stats["sft_nll"] = nll.detach().reshape(1)
     stats.update(logps_chosen=c.detach(), logps_rejected=r.detach())
     return loss, stats
 
@@ -644,11 +646,12 @@ class Tally:
 
     ``means`` gives ``rewards_chosen``, ``rewards_rejected``, ``reward_margin`` (mean chosen
     less mean rejected reward; per pair for paired data), ``reward_accuracy`` (paired: the
-    share of pairs whose chosen reward is higher), ``logps_chosen``, ``logps_rejected`` and,
-    for KTO, ``kl``.
+    share of pairs whose chosen reward is higher), ``logps_chosen``, ``logps_rejected``,
+    for KTO ``kl``, and with an ``sft_weight`` ``sft_nll`` (the supervised term's negative
+    log-likelihood, averaged over micro-batches).
     """
 
-    KEYS = ("rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected", "reward_margin", "reward_accuracy", "kl")
+    KEYS = ("rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected", "reward_margin", "reward_accuracy", "kl", "sft_nll")
 
     def __init__(self, device: Any) -> None:
         import torch
@@ -664,6 +667,8 @@ class Tally:
             margin = stats["rewards_chosen"] - stats["rewards_rejected"]
             values["reward_margin"] = margin
             values["reward_accuracy"] = (margin > 0).double()
+        if "sft_nll" in stats:  # one per micro-batch: its supervised term's negative log-likelihood
+            values["sft_nll"] = stats["sft_nll"]
         for i, key in enumerate(self.KEYS):
             if key in values:
                 self.sums[i] += values[key].double().sum()
