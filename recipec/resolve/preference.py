@@ -4,7 +4,11 @@ checks that tie it to the data (preference records), the model and the launch.""
 from __future__ import annotations
 
 from ..runtime.formats import PREFERENCE
+from ..runtime.preference import OBJECTIVES
 from .builder import PlanBuilder
+
+PAIRED = [o for o in OBJECTIVES if o != "kto"]
+"""The objectives that train on paired records (KTO trains on unpaired ones)."""
 
 
 def preference_settings(b: PlanBuilder) -> None:
@@ -18,13 +22,13 @@ def preference_settings(b: PlanBuilder) -> None:
             continue
         where = ("data", "sources", i, "records")
         if p is None and src.records in PREFERENCE:
-            b.error(where, f"sources[{i}] holds {src.records} records, which train with a [preference] objective", 'add [preference] objective = "dpo" (or ipo, hinge, robust, bco_pair, nca_pair, sppo_hard, apo_zero, apo_down, simpo, orpo, kto; reward for a reward model)')
+            b.error(where, f"sources[{i}] holds {src.records} records, which train with a [preference] objective", 'add [preference] objective = "dpo" (or ' + ", ".join(o for o in OBJECTIVES if o not in ("dpo", "reward")) + '; reward for a reward model)')
         elif p is not None:
             b.error(
                 where,
                 f'preference.objective {p.objective!r} trains on {wanted} records, and sources[{i}] holds {src.records} records',
                 f'set records = "{wanted}" on every source'
-                + ('; paired data trains with dpo, ipo, hinge, robust, bco_pair, nca_pair, sppo_hard, apo_zero, apo_down, simpo, orpo or reward' if src.records == "preference" else ""),
+                + (f'; paired data trains with {", ".join(PAIRED[:-1])} or {PAIRED[-1]}' if src.records == "preference" else ""),
             )
     if p is None:
         return
