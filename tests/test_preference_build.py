@@ -70,6 +70,20 @@ def test_a_supervised_term_is_an_option_of_the_objective(project: Path) -> None:
     assert plan["objective_options"] == {"beta": 0.1, "sft_weight": 0.5, "sft_average": "tokens"}
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ('objective = "hinge"\ndivergence = "reverse_kl"', {"beta": 0.1}),  # DPO's own divergence: nothing said
+        ('objective = "hinge"\ndivergence = "js_divergence"', {"beta": 0.1, "divergence": "js_divergence"}),
+        ('objective = "discopop"\ndivergence = "alpha_divergence"', {"beta": 0.1, "tau": 0.05, "divergence": "alpha_divergence", "divergence_alpha": 0.5}),
+        ('objective = "aot"\nlabel_smoothing = 0.1', {"beta": 0.1, "label_smoothing": 0.1}),
+    ],
+)
+def test_a_divergence_is_an_option_of_the_objective_when_not_dpos_own(project: Path, options: str, expected: dict) -> None:
+    _, plan = build(recipe(project, "f", options), (), project / "build" / "f", project=project)
+    assert plan["objective_options"] == expected
+
+
 def test_the_plan_and_the_script_name_the_objective_and_reference(project: Path) -> None:
     written, plan = build(recipe(project, "a", 'objective = "dpo"\nbeta = 0.2'), (), project / "build" / "a", project=project)
     assert plan["objective"] == "dpo"

@@ -288,12 +288,16 @@ def test_kto_trains_on_labelled_completions(tmp_path: Path, model_dir: Path) -> 
         assert (g["completion"], g["desirable"]) in rows and "chosen" not in g
 
 
-@pytest.mark.parametrize(("objective", "options", "first"), [("apo_zero", "", 1.0), ("sppo_hard", "beta = 0.25", 8.0)])
+@pytest.mark.parametrize(
+    ("objective", "options", "first"),
+    [("apo_zero", "", 1.0), ("sppo_hard", "beta = 0.25", 8.0), ("discopop", 'divergence = "forward_kl"', 0.5 * math.log(2) + 0.5)],
+)
 def test_trl_loss_types_train_through_the_script(objective: str, options: str, first: float, tmp_path: Path, model_dir: Path) -> None:
     """The objectives named after TRL's loss types run in the generated script: at the first step the policy is its
     reference, every log-ratio 0, so the loss is the objective's own value there (APO-zero 1 - 1/2 + 1/2; SPPO
-    2 (1 / (2 beta))^2), and then the model moves; an `sft_weight` on APO-zero adds the chosen completions' NLL,
-    logged as sft_nll."""
+    2 (1 / (2 beta))^2; DiscoPOP under the forward KL, whose score 1 - exp(-0) is 0 too, half log 2 and half
+    exp(0)), and then the model moves; an `sft_weight` on APO-zero adds the chosen completions' NLL, logged as
+    sft_nll."""
     recipe = _project(tmp_path / objective, model_dir, objective=objective, options=options, steps=3)
     _run(recipe)
     steps = [m for m in _metrics(recipe) if "loss" in m]  # step 1 warms up from lr 0: step 3 is the first that moved

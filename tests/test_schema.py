@@ -214,6 +214,7 @@ NEEDS_A_CHOICE = {
     **{t.__name__: {"objective": t.model_fields["objective"].annotation.__args__[0]} for t in OBJECTIVE_TABLES},
     **{t.__name__: {"name": t.model_fields["name"].annotation.__args__[0]} for t in OPTIMIZER_TABLES},
     "RobustTable": {"objective": "robust", "label_smoothing": 0.1},  # robust DPO needs its share of flipped labels
+    "ExoPairTable": {"objective": "exo_pair", "label_smoothing": 0.001},  # EXO needs its smoothing
     "LengthFilter": {"type": "length", "min": 1},
     "RegexFilter": {"type": "regex", "exclude": ["spam"]},
     "ScoreFilter": {"type": "score", "field": "q", "min": 0.5},

@@ -1645,7 +1645,7 @@ def _preference(d: Draft) -> None:
             if _given(d, k):
                 d.set(target, float(num(d.get(k))), k)
     objective = _dpo_loss_type(d) if rl == "dpo" else rl
-    if objective in ("dpo", "robust") and _given(d, "dpo_label_smoothing"):
+    if objective in SMOOTHED and _given(d, "dpo_label_smoothing"):
         d.set("preference.label_smoothing", float(num(d.get("dpo_label_smoothing"))), "dpo_label_smoothing")
     elif rl == "dpo" and _given(d, "dpo_label_smoothing") and num(d.get("dpo_label_smoothing")):
         d.drop("dpo_label_smoothing", "ignored-by-tool", f"TRL's {objective} loss reads no label_smoothing.")
@@ -1657,9 +1657,13 @@ def _preference(d: Draft) -> None:
 
 TRL_LOSS_TYPES = {
     "sigmoid": "dpo", "ipo": "ipo", "hinge": "hinge", "robust": "robust", "bco_pair": "bco_pair", "nca_pair": "nca_pair",
-    "sppo_hard": "sppo_hard", "apo_zero": "apo_zero", "apo_down": "apo_down",
+    "sppo_hard": "sppo_hard", "apo_zero": "apo_zero", "apo_down": "apo_down", "sigmoid_norm": "dpo_norm", "exo_pair": "exo_pair",
+    "aot": "aot", "aot_unpaired": "aot_unpaired", "discopop": "discopop",
 }
 """TRL's DPOTrainer loss types that are recipec objectives (its "sft" is `preference.sft_weight`)."""
+
+SMOOTHED = ("dpo", "robust", "exo_pair", "aot", "aot_unpaired")
+"""The objectives that read `label_smoothing` (axolotl's `dpo_label_smoothing`, TRL's `label_smoothing`)."""
 
 
 def _dpo_loss_type(d: Draft) -> str:
@@ -1680,6 +1684,11 @@ def _dpo_loss_type(d: Draft) -> str:
         d.warn(f"`dpo_loss_type: {types}` cannot be imported: the recipe trains DPO's sigmoid loss", *keys)
         return "dpo"
     objective = TRL_LOSS_TYPES[main[0][0]]
+    if objective == "exo_pair" and not num(d.get("dpo_label_smoothing") or 0):
+        for k in keys:
+            d.drop(k, "no-equivalent", "TRL refuses its exo_pair loss with label_smoothing 0 (set dpo_label_smoothing, e.g. 1e-3, as the EXO paper does).")
+        d.warn("`dpo_loss_type: exo_pair` cannot be imported without `dpo_label_smoothing` (TRL refuses it): the recipe trains DPO's sigmoid loss", *keys)
+        return "dpo"
     if objective == "robust" and not num(d.get("dpo_label_smoothing") or 0):
         objective = "dpo"  # robust DPO with no flipped labels is DPO, and recipec's robust needs a share
         d.set("preference.objective", objective, "rl", *keys, note="TRL's robust loss with label_smoothing 0 is DPO's sigmoid loss")

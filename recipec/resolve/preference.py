@@ -37,6 +37,10 @@ def preference_settings(b: PlanBuilder) -> None:
     options = p.model_dump(exclude={"objective", "reference"})
     if not options.get("sft_weight"):  # no supervised term: its settings say nothing
         options = {k: v for k, v in options.items() if k not in ("sft_weight", "sft_average")}
+    if options.get("divergence") == "reverse_kl":  # DPO's own divergence: nothing to say
+        options = {k: v for k, v in options.items() if k not in ("divergence", "divergence_alpha")}
+    elif "divergence" in options and options["divergence"] != "alpha_divergence":
+        options.pop("divergence_alpha")
     b.add("objective_options", options, "preference (the objective's own options)", b.origin(("preference",)))
     reference = getattr(p, "reference", None)
     if reference is None:

@@ -40,6 +40,14 @@ completion's tokens) of the policy and, where it has one, of the reference model
 * ``robust`` (rDPO): ``(-(1 - eps) log sigmoid(beta delta) + eps log sigmoid(-beta delta)) / (1 - 2 eps)``;
 * ``bco_pair``, ``nca_pair``, ``sppo_hard``, ``apo_zero``, ``apo_down``: TRL's loss types of
   those names, functions of ``beta`` times each side's log-ratio;
+* ``dpo_norm`` (TRL's ``sigmoid_norm``): DPO over the log-ratios averaged per completion token;
+* ``exo_pair`` (EXO): ``q (log q - log(1 - eps)) + (1 - q) (log(1 - q) - log eps)``, ``q = sigmoid(beta delta)``;
+* ``aot`` / ``aot_unpaired`` (AOT): conservative DPO's loss on the micro-batch's sorted policy
+  log-odds less its sorted reference log-odds (paired), or its sorted chosen log-ratios less its
+  sorted rejected ones (unpaired);
+* ``discopop``: ``(1 - m) (-log sigmoid(z)) + m exp(-z)``, ``z = beta delta``, ``m = sigmoid(z / tau)``;
+* with ``divergence`` (f-DPO; dpo, dpo_norm, ipo, hinge, robust, exo_pair, discopop), each side's
+  log-ratio u enters ``delta`` as f'(exp u) of that f-divergence (:func:`_divergence_score`);
 * with ``sft_weight`` w (every objective above, and ``simpo`` below: CPO-SimPO): ``+ w * NLL`` of the chosen completions (RPO), their
   log-probabilities averaged over the micro-batch's chosen completion tokens (``sft_average``
   ``tokens``, TRL's ``sft`` loss) or per completion, then over the pairs (``sequences``,
@@ -66,6 +74,7 @@ its tokens, since the model pools its score at a row's last token that is not pa
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 from .data import FILLER
@@ -76,7 +85,10 @@ REJECTED = 2
 UNDESIRABLE = 4
 IGNORE = -100  # a label the log-probabilities leave out
 
-OBJECTIVES = ("dpo", "ipo", "hinge", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down", "simpo", "orpo", "kto", "reward")
+OBJECTIVES = (
+    "dpo", "ipo", "hinge", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down", "dpo_norm", "exo_pair", "aot",
+    "aot_unpaired", "discopop", "simpo", "orpo", "kto", "reward",
+)  # fmt: skip
 REFERENCE_FREE = ("simpo", "orpo", "reward")
 
 
@@ -564,18 +576,33 @@ def objective_loss(
         stats = {"rewards_chosen": beta * avg_c.detach(), "rewards_rejected": beta * avg_r.detach()}
     else:
         ratio_c, ratio_r = c - reference["chosen"], r - reference["rejected"]
+        # the f-divergence's f'(pi / pi_ref) of each side (its log-ratio under the reverse KL, DPO's own)
+        score_c, score_r = _divergence_score(options, ratio_c), _divergence_score(options, ratio_r)
+        delta = score_c - score_r
+        eps = float(options.get("label_smoothing") or 0.0)
         if objective == "dpo":
-            eps = float(options.get("label_smoothing", 0.0))
-            delta = ratio_c - ratio_r
             losses = -(1 - eps) * F.logsigmoid(beta * delta) - eps * F.logsigmoid(-beta * delta)
-        elif objective == "ipo":
-            delta = ratio_c / n_c - ratio_r / n_r
-            losses = (delta - 1 / (2 * beta)) ** 2
+        elif objective in ("ipo", "dpo_norm"):  # over the scores averaged per completion token
+            delta = score_c / n_c - score_r / n_r
+            losses = (delta - 1 / (2 * beta)) ** 2 if objective == "ipo" else -F.logsigmoid(beta * delta)
         elif objective == "hinge":
-            losses = torch.relu(1 - beta * (ratio_c - ratio_r))
+            losses = torch.relu(1 - beta * delta)
         elif objective == "robust":
-            eps, delta = float(options["label_smoothing"]), ratio_c - ratio_r
             losses = (-(1 - eps) * F.logsigmoid(beta * delta) + eps * F.logsigmoid(-beta * delta)) / (1 - 2 * eps)
+        elif objective == "exo_pair":  # KL(q || p) with q = the model's preference, p = (1 - eps, eps)
+            z = beta * delta
+            losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps)) + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps))
+        elif objective in ("aot", "aot_unpaired"):  # the micro-batch's sorted values, paired by rank
+            if objective == "aot":
+                first, second = torch.sort(c - r).values, torch.sort(reference["chosen"] - reference["rejected"]).values
+            else:
+                first, second = torch.sort(ratio_c).values, torch.sort(ratio_r).values
+            z = beta * (first - second)
+            losses = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+        elif objective == "discopop":
+            z = beta * delta
+            blend = torch.sigmoid(z / float(options["tau"]))
+            losses = -F.logsigmoid(z) * (1 - blend) + torch.exp(-z) * blend
         elif objective == "bco_pair":
             losses = -F.logsigmoid(beta * ratio_c) - F.logsigmoid(-beta * ratio_r)
         elif objective == "nca_pair":
@@ -629,6 +656,30 @@ def _kto(options: dict[str, Any], policy: dict, reference: dict, desirable: Any,
         "kl": kl,
     }
     return losses.mean(), stats
+
+
+def _divergence_score(options: dict[str, Any], ratio: Any) -> Any:
+    """f'(exp u) of a log-ratio u under ``options["divergence"]`` (f-DPO; TRL's ``f_divergence_type``): u itself for the
+    reverse KL (the default), 1 - exp(-u) for the forward KL, log 2 + log sigmoid(u) for Jensen-Shannon, and
+    (exp((alpha - 1) u) - 1) / (alpha - 1) for the alpha-divergence (its exponent clamped at 80 in float32, as TRL
+    clamps it; alpha 1 is the reverse KL)."""
+    import torch
+    import torch.nn.functional as F
+
+    divergence = options.get("divergence") or "reverse_kl"
+    if divergence == "reverse_kl":
+        return ratio
+    if divergence == "forward_kl":
+        return 1 - torch.exp(-ratio)
+    if divergence == "js_divergence":
+        return math.log(2) + F.logsigmoid(ratio)
+    if divergence == "alpha_divergence":
+        alpha = float(options.get("divergence_alpha", 0.5))
+        if abs(alpha - 1.0) < 1e-6:
+            return ratio
+        t = torch.clamp(((alpha - 1.0) * ratio).float(), max={torch.float16: 11.0}.get(ratio.dtype, 80.0))
+        return (torch.exp(t) - 1.0).to(ratio.dtype) / (alpha - 1.0)
+    raise ValueError(f"unknown divergence {divergence!r}")
 
 
 def _log1mexp(x: Any) -> Any:

@@ -42,7 +42,24 @@ class _PairedWithSft(_Referenced, _SftTerm):
     pass
 
 
-class DpoTable(_PairedWithSft):
+DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
+
+class _Divergence(Table):
+    divergence: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = "reverse_kl"
+    """The f-divergence that holds the model to the reference (f-DPO, Wang et al. 2023; TRL's `f_divergence_type`): each side's log-ratio u = log(pi / pi_ref) enters the loss as f'(exp u): `reverse_kl` u itself (DPO's own), `forward_kl` 1 - exp(-u), `js_divergence` log 2 + log sigmoid(u), `alpha_divergence` (exp((alpha - 1) u) - 1) / (alpha - 1)."""
+
+    divergence_alpha: float = Field(0.5, gt=0)
+    """alpha of `divergence = "alpha_divergence"` (TRL's `f_alpha_divergence_coef`; 1 is the reverse KL)."""
+
+    @model_validator(mode="after")
+    def _alpha_needs_the_alpha_divergence(self) -> "_Divergence":
+        if self.divergence != "alpha_divergence" and self.divergence_alpha != 0.5:  # (the resolved recipe writes the default)
+            raise key_error("divergence_alpha", f'divergence_alpha is the alpha of divergence = "alpha_divergence", and divergence is {self.divergence!r}', 'set divergence = "alpha_divergence", or remove divergence_alpha')
+        return self
+
+
+class DpoTable(_PairedWithSft, _Divergence):
     """`[preference] objective = "dpo"`: -log sigmoid(beta * (chosen log-ratio - rejected log-ratio))."""
 
     objective: Literal["dpo"]
@@ -52,21 +69,21 @@ class DpoTable(_PairedWithSft):
     """Conservative DPO: the share of pairs assumed to be mislabelled (0: plain DPO)."""
 
 
-class IpoTable(_PairedWithSft):
+class IpoTable(_PairedWithSft, _Divergence):
     """`[preference] objective = "ipo"`: (delta - 1 / (2 beta))^2 over the log-ratios averaged per completion token."""
 
     objective: Literal["ipo"]
     """The objective."""
 
 
-class HingeTable(_PairedWithSft):
+class HingeTable(_PairedWithSft, _Divergence):
     """`[preference] objective = "hinge"`: relu(1 - beta * (chosen log-ratio - rejected log-ratio)) (SLiC)."""
 
     objective: Literal["hinge"]
     """The objective."""
 
 
-class RobustTable(_PairedWithSft):
+class RobustTable(_PairedWithSft, _Divergence):
     """`[preference] objective = "robust"`: robust DPO (rDPO, Chowdhury et al. 2024): DPO's loss unbiased for pairs whose labels flip with probability `label_smoothing`, (-(1 - eps) log sigmoid(beta delta) + eps log sigmoid(-beta delta)) / (1 - 2 eps) (TRL's loss_type "robust")."""
 
     objective: Literal["robust"]
@@ -109,6 +126,53 @@ class ApoDownTable(_PairedWithSft):
 
     objective: Literal["apo_down"]
     """The objective."""
+
+
+class DpoNormTable(_PairedWithSft, _Divergence):
+    """`[preference] objective = "dpo_norm"`: DPO over the log-ratios averaged per completion token, -log sigmoid(beta * (chosen log-ratio / chosen tokens - rejected log-ratio / rejected tokens)), so a pair's longer side does not weigh more (TRL's loss_type "sigmoid_norm")."""
+
+    objective: Literal["dpo_norm"]
+    """The objective."""
+
+
+class ExoPairTable(_PairedWithSft, _Divergence):
+    """`[preference] objective = "exo_pair"`: efficient exact optimisation (EXO, Ji et al. 2024) on pairs: the reverse KL from the pair's preference, smoothed by eps, to the model's, q log(q / (1 - eps)) + (1 - q) log((1 - q) / eps) with q = sigmoid(beta * delta) (TRL's loss_type "exo_pair")."""
+
+    objective: Literal["exo_pair"]
+    """The objective."""
+
+    label_smoothing: float = Field(gt=0, lt=0.5)
+    """eps, the share of the preference given to the rejected answer (the EXO paper uses 1e-3)."""
+
+
+class AotTable(_PairedWithSft):
+    """`[preference] objective = "aot"`: alignment via optimal transport (AOT, Melnyk et al. 2024), paired: DPO's loss on the micro-batch's sorted policy log-odds (chosen less rejected log-probability) less its sorted reference log-odds, which asks the first distribution to dominate the second; the sort is over a micro-batch, so `train.micro_batch_size` changes the loss (1 makes it DPO with this `label_smoothing`) (TRL's loss_type "aot")."""
+
+    objective: Literal["aot"]
+    """The objective."""
+
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """The share of pairs assumed to be mislabelled, as conservative DPO takes it (0: none)."""
+
+
+class AotUnpairedTable(_PairedWithSft):
+    """`[preference] objective = "aot_unpaired"`: AOT without the pairing: DPO's loss on the micro-batch's sorted chosen log-ratios less its sorted rejected log-ratios; the sort is over a micro-batch, so `train.micro_batch_size` changes the loss (TRL's loss_type "aot_unpaired")."""
+
+    objective: Literal["aot_unpaired"]
+    """The objective."""
+
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """The share of pairs assumed to be mislabelled, as conservative DPO takes it (0: none)."""
+
+
+class DiscopopTable(_PairedWithSft, _Divergence):
+    """`[preference] objective = "discopop"`: DiscoPOP (Chan Lu et al. 2024), the log-ratio-modulated loss: with z = beta * delta and m = sigmoid(z / tau), (1 - m) (-log sigmoid(z)) + m exp(-z) (TRL's loss_type "discopop")."""
+
+    objective: Literal["discopop"]
+    """The objective."""
+
+    tau: float = Field(0.05, gt=0)
+    """The temperature of the blend between the logistic and the exponential loss (TRL's `discopop_tau`; the paper's 0.05)."""
 
 
 class SimpoTable(_SftTerm):
@@ -156,11 +220,11 @@ class RewardTable(Table):
 
 OBJECTIVE_TABLES = (
     DpoTable, IpoTable, HingeTable, RobustTable, BcoPairTable, NcaPairTable, SppoHardTable, ApoZeroTable, ApoDownTable,
-    SimpoTable, OrpoTable, KtoTable, RewardTable,
+    DpoNormTable, ExoPairTable, AotTable, AotUnpairedTable, DiscopopTable, SimpoTable, OrpoTable, KtoTable, RewardTable,
 )
 
 PreferenceTable = Annotated[
     DpoTable | IpoTable | HingeTable | RobustTable | BcoPairTable | NcaPairTable | SppoHardTable | ApoZeroTable | ApoDownTable
-    | SimpoTable | OrpoTable | KtoTable | RewardTable,
+    | DpoNormTable | ExoPairTable | AotTable | AotUnpairedTable | DiscopopTable | SimpoTable | OrpoTable | KtoTable | RewardTable,
     Field(discriminator="objective"),
 ]

@@ -815,7 +815,13 @@ DPO_CONFIG = CONFIGS / "dpo-chatml-intel.yaml"
         ('dpo_loss_type: ["robust"]\n', {"objective": "dpo"}, set()),  # no flipped labels: DPO itself
         ('dpo_loss_type: ["ipo"]\ndpo_label_smoothing: 0.1\n', {"objective": "ipo"}, {"dpo_label_smoothing"}),
         ('dpo_loss_type: ["sigmoid", "hinge"]\n', {"objective": "dpo"}, {"dpo_loss_type"}),
-        ('dpo_loss_type: ["exo_pair"]\n', {"objective": "dpo"}, {"dpo_loss_type"}),
+        ('dpo_loss_type: ["exo_pair"]\n', {"objective": "dpo"}, {"dpo_loss_type"}),  # TRL refuses EXO without smoothing
+        ('dpo_loss_type: ["exo_pair"]\ndpo_label_smoothing: 0.001\n', {"objective": "exo_pair", "label_smoothing": 0.001}, set()),
+        ('dpo_loss_type: ["aot"]\ndpo_label_smoothing: 0.1\n', {"objective": "aot", "label_smoothing": 0.1}, set()),
+        ('dpo_loss_type: ["aot_unpaired"]\n', {"objective": "aot_unpaired"}, set()),
+        ('dpo_loss_type: ["sigmoid_norm", "sft"]\ndpo_loss_weights: [1.0, 0.2]\n', {"objective": "dpo_norm", "sft_weight": 0.2}, set()),
+        ('dpo_loss_type: ["discopop"]\n', {"objective": "discopop"}, set()),
+        ('dpo_loss_type: ["discopop"]\ndpo_label_smoothing: 0.1\n', {"objective": "discopop"}, {"dpo_label_smoothing"}),
         ('dpo_loss_type: ["sigmoid"]\ndpo_loss_weights: [0.5]\n', {"objective": "dpo"}, {"dpo_loss_type", "dpo_loss_weights"}),
     ],
 )
