@@ -323,6 +323,8 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "preference": plan.recipe.preference is not None,
         "reward": plan.get("objective") == "reward",  # a reward model: a one-label sequence classifier
         "reward_margin": bool(plan.get("reward_margin")),  # its pairs carry a margin (data fields.margin)
+        "wpo": bool((plan.get("objective_options") or {}).get("wpo")),  # preference.wpo: the aligned log-probabilities too
+        "ld": (plan.get("objective_options") or {}).get("ld_alpha") is not None,  # preference.ld_alpha: the shared sums too
         "auto_model": runtime_preference.auto_model(plan.get("objective")),
         "schedule_free": plan.recipe.optim.name == "schedule_free_adamw",
         "optimizer_options": own_options(plan.recipe.optim),

@@ -520,6 +520,7 @@ SP_PREF_CASES = {
     "orpo-sp2": ("orpo", "", "", 4, 2, 2),  # reference-free; averages, and the chosen side's cross-entropy
     "dpo-lora-sp2": ("dpo", "", LORA, 4, 2, 2),  # live: the partitioned base model, adapter disabled
     "kto-copy-sp2": ("kto", "", "", 4, 2, 2),  # and the KL estimate's mismatched pairs, sliced too
+    "dpo-wpo-sp2": ("dpo", "wpo = true", "", 4, 2, 2),  # WPO's aligned log-probabilities, summed over the slices too
 }
 
 

@@ -314,6 +314,19 @@ def test_what_a_reward_model_cannot_do_is_a_located_error(project: Path, extra: 
         assert errors[0].location is not None and errors[0].location.source_line == key
 
 
+def test_ld_dpo_under_sequence_parallelism_is_a_located_error(project: Path) -> None:
+    """LD-DPO's split at the shared completion length is counted over whole rows, which sequence parallelism slices;
+    WPO's sums add up over the slices, so it is allowed there."""
+    sp = ("launch.cpu=false", "launch.num_processes=2", 'launch.strategy="deepspeed"', "launch.parallelism.sp_size=2")
+    with pytest.raises(RecipeError) as caught:
+        plan_recipe(recipe(project, "ld", 'objective = "dpo"\nld_alpha = 0.5'), sp)
+    [error] = [d for d in caught.value.diagnostics if d.severity == "error"]
+    assert "LD-DPO splits each side at the pair's shared completion length" in error.message and "sp_size 2" in error.message
+    assert error.location is not None and error.location.source_line == "ld_alpha = 0.5"
+    plan, _ = plan_recipe(recipe(project, "w", 'objective = "dpo"\nwpo = true'), sp)
+    assert plan["objective_options"]["wpo"] is True
+
+
 def test_neftune_with_a_preference_objective_is_a_located_error(project: Path) -> None:
     path = recipe(project, "n", 'objective = "dpo"')
     path.write_text(path.read_text().replace("save_every = 0", "save_every = 0\nneftune_noise_alpha = 5.0"))

@@ -311,6 +311,34 @@ def test_trl_loss_types_train_through_the_script(objective: str, options: str, f
         assert "sft_nll" not in steps[0]
 
 
+def test_wpo_and_ld_dpo_train_through_the_script_with_every_reference(tmp_path: Path, model_dir: Path) -> None:
+    """WPO and LD-DPO (`wpo = true`, `ld_alpha = 0.5`) in the generated script, with each way of scoring the reference:
+    a frozen copy, log-probabilities precomputed before the first step (four columns, the shared parts too), and under
+    LoRA the base model with the adapter disabled. At the first step the policy is its reference in all three (LoRA's
+    B matrices start at 0), so their losses are one value: log 2 times the mean WPO weight of the micro-batch's pairs,
+    below log 2 since every weight is below 1; then the model moves."""
+    options = "wpo = true\nld_alpha = 0.5"
+    lora = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\n'
+    firsts = {}
+    for name, extra_options, extra in (("copy", "", ""), ("precomputed", '\nreference = "precomputed"', ""), ("lora", "", lora)):
+        recipe = _project(tmp_path / name, model_dir, options=options + extra_options, steps=3, extra=extra)
+        written, plan = build(recipe, (), tmp_path / name / "build" / "pref", project=tmp_path / name)
+        script = (written.dir / "train.py").read_text()
+        assert plan["objective_options"] == {"beta": 0.1, "label_smoothing": 0.0, "ld_alpha": 0.5, "wpo": True}
+        assert "wpo=True" in script and "shared=True" in script
+        _run(recipe)
+        steps = [m for m in _metrics(recipe) if "loss" in m]
+        firsts[name] = steps[0]["loss"]
+        assert steps[2]["loss"] != pytest.approx(steps[0]["loss"], abs=1e-4) and steps[2]["reward_margin"] != 0
+        if name == "precomputed":
+            (saved,) = (tmp_path / name).rglob("reference-*-shared-train-0.pt")
+            import torch
+
+            assert torch.load(saved, weights_only=True).shape[1] == 4
+    assert firsts["precomputed"] == pytest.approx(firsts["copy"], abs=1e-5) and firsts["lora"] == pytest.approx(firsts["copy"], abs=1e-5)
+    assert 0.05 < firsts["copy"] < math.log(2) - 1e-3
+
+
 def _with_margins(recipe: Path) -> Path:
     """Each pair of every source gets a `gap` column (negative, zero and positive), read as its margin."""
     root = recipe.parent.parent

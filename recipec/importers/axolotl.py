@@ -1649,6 +1649,13 @@ def _preference(d: Draft) -> None:
         d.set("preference.label_smoothing", float(num(d.get("dpo_label_smoothing"))), "dpo_label_smoothing")
     elif rl == "dpo" and _given(d, "dpo_label_smoothing") and num(d.get("dpo_label_smoothing")):
         d.drop("dpo_label_smoothing", "ignored-by-tool", f"TRL's {objective} loss reads no label_smoothing.")
+    if rl == "dpo" and _given(d, "dpo_use_weighting"):
+        if not d.get("dpo_use_weighting"):
+            d.exact("dpo_use_weighting")
+        elif objective in ("aot", "aot_unpaired"):
+            d.drop("dpo_use_weighting", "no-equivalent", "TRL refuses WPO's weights with its aot losses (they sort the pairs).")
+        else:
+            d.set("preference.wpo", True, "dpo_use_weighting")
     if d.get("precompute_ref_log_probs"):
         d.set("preference.reference", "precomputed", "precompute_ref_log_probs")
     if rl in ("dpo", "ipo") and d.get("sample_packing"):

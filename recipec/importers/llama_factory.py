@@ -271,7 +271,7 @@ _MISSING = {
     "use_eaft_loss": "recipec has no EAFT loss.",
     "pref_ftx": "recipec adds a supervised term (preference.sft_weight) to DPO, IPO, hinge and SimPO only.",
     "pref_bco_weight": "recipec has no BCO loss term.",
-    "ld_alpha": "recipec has no LD-DPO length desensitisation.",
+    "ld_alpha": "recipec's LD-DPO (preference.ld_alpha) applies to DPO, IPO and hinge.",
     "ref_model": "recipec's reference model is the model it starts from.",
     "ref_model_adapters": "recipec's reference model is the model it starts from.",
     "ref_model_quantization_bit": "recipec's reference model is the model it starts from.",
@@ -432,6 +432,11 @@ def _stage(d: Draft, stage: str) -> str:
         if d.has("pref_ftx") and ftx and objective in ("dpo", "ipo", "hinge", "simpo"):
             d.set("preference.sft_weight", float(ftx), "pref_ftx")
             d.set("preference.sft_average", "sequences", note="LLaMA-Factory averages each chosen completion's log-probabilities, then the pairs")
+        if d.get("ld_alpha") is not None and objective in ("dpo", "ipo", "hinge"):
+            d.set(
+                "preference.ld_alpha", float(num(d.get("ld_alpha"))), "ld_alpha",
+                approx="LLaMA-Factory desensitises the policy's log-probabilities only; recipec (as TRL) the reference model's too",
+            )  # fmt: skip
         return "preference"
     if stage == "kto":
         d.set("preference.objective", "kto", "stage")

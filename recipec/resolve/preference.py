@@ -37,6 +37,10 @@ def preference_settings(b: PlanBuilder) -> None:
     options = p.model_dump(exclude={"objective", "reference"})
     if not options.get("sft_weight"):  # no supervised term: its settings say nothing
         options = {k: v for k, v in options.items() if k not in ("sft_weight", "sft_average")}
+    if "wpo" in options and not options["wpo"]:
+        del options["wpo"]
+    if "ld_alpha" in options and options["ld_alpha"] is None:
+        del options["ld_alpha"]
     if options.get("divergence") == "reverse_kl":  # DPO's own divergence: nothing to say
         options = {k: v for k, v in options.items() if k not in ("divergence", "divergence_alpha")}
     elif "divergence" in options and options["divergence"] != "alpha_divergence":
@@ -68,6 +72,14 @@ def preference_settings(b: PlanBuilder) -> None:
             named = ", ".join(f"sources[{i}].fields.margin = {sources[i].fields['margin']!r}" for i in with_margin)
             others = " (0 for the pairs of the other sources)" if len(with_margin) < len(sources) else ""
             b.derived("reward_margin", True, f"derived: {named}: the loss is -log sigmoid(r_chosen - r_rejected - margin){others}")
+    mesh = r.launch.parallelism
+    if getattr(p, "ld_alpha", None) is not None and mesh is not None and mesh.sp_size > 1:
+        b.error(
+            ("preference", "ld_alpha"),
+            f"LD-DPO splits each side at the pair's shared completion length, counted over the whole row, and sequence "
+            f"parallelism (sp_size {mesh.sp_size}) scores each rank's slice of the rows apart",
+            "remove ld_alpha, or set sp_size = 1",
+        )
     if p.objective == "kto":
         if r.train.micro_batch_size < 2:
             b.error(("train", "micro_batch_size"), "KTO estimates its KL term from the other examples of a micro-batch, so it needs at least 2", "set micro_batch_size = 2 or more")
@@ -78,7 +90,6 @@ def preference_settings(b: PlanBuilder) -> None:
             b.error(("continual", "eval_parent"), "the parent's held-out data is not preference pairs, so this run cannot score it", "set eval_parent = false")
         if r.continual.replay:
             b.error(("continual", "replay"), "replay mixes the parent's training data into this run's, and it is not preference pairs", "set replay = 0")
-    mesh = r.launch.parallelism
     if reference == "live" and r.peft is None and r.launch.strategy == "fsdp" and mesh is not None and mesh.tp_size > 1:
         b.error(
             ("preference", "reference"),

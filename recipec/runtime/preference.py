@@ -356,24 +356,40 @@ def _split(ids: Any, bits: Any) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
     return (ids[:start], bits[:start]), (ids[start:], bits[start:])
 
 
-def token_logps(model: Any, input_ids: Any, position_ids: Any) -> Any:
+def token_logps(model: Any, input_ids: Any, position_ids: Any, *, aligned: bool = False) -> Any:
     """The log-probability of each next token, ``[B, T - 1]`` (entry t scores token t + 1).
 
     The logits are turned into log-probabilities one row at a time, so the ``[B, T, V]``
     float32 log-softmax is never held whole.
+
+    ``aligned``: also WPO's aligned log-probabilities, without gradient (see :func:`_aligned`);
+    returns the pair ``(log-probabilities, aligned)``.
     """
     import torch
 
     logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[:, :-1]
     targets = input_ids[:, 1:]
-    rows = []
+    rows, extra = [], []
     for i in range(logits.shape[0]):
         row = logits[i].float()
-        rows.append(row.gather(-1, targets[i].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row, dim=-1))
-    return torch.stack(rows)
+        lse = torch.logsumexp(row, dim=-1)
+        rows.append(row.gather(-1, targets[i].unsqueeze(-1)).squeeze(-1) - lse)
+        if aligned:
+            extra.append(_aligned(rows[-1], row, lse))
+    return (torch.stack(rows), torch.stack(extra)) if aligned else torch.stack(rows)
 
 
-def sequence_logps(model: Any, batch: dict[str, Any], *, group: Any = None) -> dict[str, Any]:
+def _aligned(logps: Any, logits: Any, lse: Any) -> Any:
+    """WPO's aligned log-probability of each token (Zhou et al. 2024, eq. 2, as TRL computes it): the token's
+    log-probability less log sum_v p_v^2, the log of the expected probability of a token drawn from the same
+    distribution, without gradient."""
+    import torch
+
+    with torch.no_grad():
+        return logps.detach() - (torch.logsumexp(2 * logits, dim=-1) - 2 * lse)
+
+
+def sequence_logps(model: Any, batch: dict[str, Any], *, group: Any = None, wpo: bool = False, shared: bool = False) -> dict[str, Any]:
     """Summed log-probabilities and token counts of each side of each row (the policy's or the reference's).
 
     Returns ``chosen``/``rejected`` (sums over each side's completion tokens, ``[B]``),
@@ -382,6 +398,11 @@ def sequence_logps(model: Any, batch: dict[str, Any], *, group: Any = None) -> d
     (rows all ``chosen``, labels in ``batch["desirable"]``) also ``kl``, the mismatched pairs'
     sums, computed without gradient.
 
+    ``wpo``: also ``chosen_wpo``/``rejected_wpo``, the sums of WPO's aligned log-probabilities
+    (:func:`_aligned`) over each side's completion tokens, without gradient.
+    ``shared``: also ``chosen_shared``/``rejected_shared``, the sums over each side's first
+    min(chosen tokens, rejected tokens) completion tokens (LD-DPO's shared part; the pair rows only).
+
     A batch in the sides layout (:func:`collate_sides`) is scored side by side: whole rows, or
     with ``group`` (the sequence-parallel process group) this rank's slice of every row from
     DeepSpeed's adapter, whose sums and counts are then summed across the group.
@@ -389,9 +410,14 @@ def sequence_logps(model: Any, batch: dict[str, Any], *, group: Any = None) -> d
     import torch
 
     if "shift_completion" in batch:
-        return _side_logps(model, batch, group)
-    logps = token_logps(model, batch["input_ids"], batch["position_ids"])
-    out = _sums(logps, batch, "")
+        if shared:
+            raise ValueError("LD-DPO's shared sums are computed on the pair rows, not the sides layout of sequence parallelism")
+        return _side_logps(model, batch, group, wpo)
+    if wpo:
+        logps, aligned = token_logps(model, batch["input_ids"], batch["position_ids"], aligned=True)
+    else:
+        logps, aligned = token_logps(model, batch["input_ids"], batch["position_ids"]), None
+    out = _sums(logps, batch, "", aligned=aligned, shared=shared)
     if "kl_input_ids" in batch:
         with torch.no_grad():
             kl = token_logps(model, batch["kl_input_ids"], batch["kl_position_ids"])
@@ -399,7 +425,7 @@ def sequence_logps(model: Any, batch: dict[str, Any], *, group: Any = None) -> d
     return out
 
 
-def _side_logps(model: Any, batch: dict[str, Any], group: Any) -> dict[str, Any]:
+def _side_logps(model: Any, batch: dict[str, Any], group: Any, wpo: bool = False) -> dict[str, Any]:
     """:func:`sequence_logps` of a batch in the sides layout: a pair's two sides are rows ``i`` and ``B + i``.
 
     The chosen and the rejected sides are two forward passes of B rows each: Ulysses' attention
@@ -411,9 +437,11 @@ def _side_logps(model: Any, batch: dict[str, Any], group: Any) -> dict[str, Any]
     rows = len(labels)
     halves = [slice(0, rows)] if "kl_input_ids" in batch else [slice(0, rows // 2), slice(rows // 2, rows)]
     scored = [
-        side_sums(model, batch["input_ids"][h], batch["position_ids"][h], labels[h], batch["shift_completion"][h], group) for h in halves
+        side_sums(model, batch["input_ids"][h], batch["position_ids"][h], labels[h], batch["shift_completion"][h], group, wpo=wpo)
+        for h in halves
     ]
-    (completion, every), (n_completion, n_every) = (torch.cat([s[i] for s in scored], dim=1) for i in range(2))
+    sums, (n_completion, n_every) = (torch.cat([s[i] for s in scored], dim=1) for i in range(2))
+    completion, every = sums[0], sums[1]
     if "kl_input_ids" in batch:  # KTO: every row an example
         with torch.no_grad():
             kl_labels = batch["kl_shift_labels"]
@@ -424,13 +452,18 @@ def _side_logps(model: Any, batch: dict[str, Any], group: Any) -> dict[str, Any]
             "chosen_all": every, "chosen_all_tokens": n_every, "kl": kl,
         }
     n = completion.shape[0] // 2
-    return {
+    out = {
         "chosen": completion[:n], "rejected": completion[n:], "chosen_tokens": n_completion[:n], "rejected_tokens": n_completion[n:],
         "chosen_all": every[:n], "chosen_all_tokens": n_every[:n],
     }
+    if wpo:
+        out.update(chosen_wpo=sums[2][:n], rejected_wpo=sums[2][n:])
+    return out
 
 
-def side_sums(model: Any, input_ids: Any, position_ids: Any, shift_labels: Any, shift_completion: Any, group: Any = None) -> tuple[Any, Any]:
+def side_sums(
+    model: Any, input_ids: Any, position_ids: Any, shift_labels: Any, shift_completion: Any, group: Any = None, *, wpo: bool = False
+) -> tuple[Any, Any]:
     """Per row, the log-probabilities of the completion's tokens and of every predicted token, summed, and their counts.
 
     ``shift_labels`` holds at t the token that entry t predicts (-100: not counted), and
@@ -440,7 +473,8 @@ def side_sums(model: Any, input_ids: Any, position_ids: Any, shift_labels: Any, 
     over the group too, as sequence_parallel.causal_lm_loss does), the counts plainly.
 
     Returns:
-        ``(sums [2, rows], counts [2, rows])``: completion first, every predicted token second.
+        ``(sums [2, rows], counts [2, rows])``: completion first, every predicted token second; with
+        ``wpo`` a third row of sums, the completion's aligned log-probabilities (:func:`_aligned`).
     """
     import torch
 
@@ -449,15 +483,21 @@ def side_sums(model: Any, input_ids: Any, position_ids: Any, shift_labels: Any, 
     shift_labels, shift_completion = shift_labels.to(device), shift_completion.to(device)
     logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
     targets = shift_labels.clamp(min=0)
-    rows = []
+    rows, extra = [], []
     for i in range(logits.shape[0]):  # one row at a time: the [rows, T, V] float32 log-softmax is never held whole
         row = logits[i].float()
-        rows.append(row.gather(-1, targets[i].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row, dim=-1))
+        lse = torch.logsumexp(row, dim=-1)
+        rows.append(row.gather(-1, targets[i].unsqueeze(-1)).squeeze(-1) - lse)
+        if wpo:
+            extra.append(_aligned(rows[-1], row, lse))
     logps = torch.stack(rows)
     predicted = shift_labels != IGNORE
     completion = predicted & (shift_completion != 0)
     zero = logps.new_zeros(())
-    sums = torch.stack([logps.where(completion, zero).sum(-1), logps.where(predicted, zero).sum(-1)])
+    parts = [logps.where(completion, zero).sum(-1), logps.where(predicted, zero).sum(-1)]
+    if wpo:
+        parts.append(torch.stack(extra).where(completion, zero).sum(-1))
+    sums = torch.stack(parts)
     counts = torch.stack([completion.sum(-1), predicted.sum(-1)])
     if group is not None:
         import torch.distributed as dist
@@ -486,7 +526,7 @@ def row_count(batch: dict[str, Any]) -> int:
     return n // 2 if sides else n
 
 
-def _sums(logps: Any, batch: dict[str, Any], prefix: str) -> dict[str, Any]:
+def _sums(logps: Any, batch: dict[str, Any], prefix: str, *, aligned: Any = None, shared: bool = False) -> dict[str, Any]:
     supervised = batch[prefix + "supervised"][:, 1:]
     rejected = batch[prefix + "rejected"][:, 1:]
     # a token is predicted within its segment unless it starts one (position 0)
@@ -495,7 +535,7 @@ def _sums(logps: Any, batch: dict[str, Any], prefix: str) -> dict[str, Any]:
     rejected = supervised & rejected & predicted
     chosen_all = ~batch[prefix + "rejected"][:, 1:] & predicted
     zero = logps.new_zeros(())
-    return {
+    out = {
         "chosen": logps.where(chosen, zero).sum(-1),
         "rejected": logps.where(rejected, zero).sum(-1),
         "chosen_tokens": chosen.sum(-1),
@@ -503,6 +543,13 @@ def _sums(logps: Any, batch: dict[str, Any], prefix: str) -> dict[str, Any]:
         "chosen_all": logps.where(chosen_all, zero).sum(-1),
         "chosen_all_tokens": chosen_all.sum(-1),
     }
+    if aligned is not None:
+        out.update(chosen_wpo=aligned.where(chosen, zero).sum(-1), rejected_wpo=aligned.where(rejected, zero).sum(-1))
+    if shared:  # each side's first min(n_chosen, n_rejected) completion tokens
+        common = out["chosen_tokens"].minimum(out["rejected_tokens"]).unsqueeze(-1)
+        for side, mask in (("chosen", chosen), ("rejected", rejected)):
+            out[side + "_shared"] = logps.where(mask & (mask.cumsum(-1) <= common), zero).sum(-1)
+    return out
 
 
 def objective_loss(
@@ -574,8 +621,12 @@ def objective_loss(
             nll = -policy["chosen_all"].sum() / policy["chosen_all_tokens"].sum().clamp(min=1)
             loss = nll - beta * F.logsigmoid(log_odds).mean()
         stats = {"rewards_chosen": beta * avg_c.detach(), "rewards_rejected": beta * avg_r.detach()}
+        logged = c, r
     else:
-        ratio_c, ratio_r = c - reference["chosen"], r - reference["rejected"]
+        # LD-DPO: each side's log-probability is its shared part plus ld_alpha times the rest (policy and reference)
+        (lc, lr), (ref_c, ref_r) = _desensitised(options, policy), _desensitised(options, reference)
+        logged = lc, lr
+        ratio_c, ratio_r = lc - ref_c, lr - ref_r
         # the f-divergence's f'(pi / pi_ref) of each side (its log-ratio under the reverse KL, DPO's own)
         score_c, score_r = _divergence_score(options, ratio_c), _divergence_score(options, ratio_r)
         delta = score_c - score_r
@@ -594,7 +645,7 @@ def objective_loss(
             losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps)) + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps))
         elif objective in ("aot", "aot_unpaired"):  # the micro-batch's sorted values, paired by rank
             if objective == "aot":
-                first, second = torch.sort(c - r).values, torch.sort(reference["chosen"] - reference["rejected"]).values
+                first, second = torch.sort(lc - lr).values, torch.sort(ref_c - ref_r).values
             else:
                 first, second = torch.sort(ratio_c).values, torch.sort(ratio_r).values
             z = beta * (first - second)
@@ -615,19 +666,35 @@ def objective_loss(
             losses = torch.sigmoid(beta * ratio_c) + (1 - torch.sigmoid(beta * (ratio_c - ratio_r)))
         else:
             raise ValueError(f"unknown objective {objective!r}; one of {', '.join(OBJECTIVES)}")
+        if options.get("wpo"):  # WPO: each pair weighted by the policy's (aligned, per-token mean) probability of both sides
+            weights = torch.exp(policy["chosen_wpo"] / n_c + policy["rejected_wpo"] / n_r)
+            losses = losses * weights
         loss = losses.mean()
         stats = {"rewards_chosen": beta * ratio_c.detach(), "rewards_rejected": beta * ratio_r.detach()}
     sft = float(options.get("sft_weight") or 0.0)
     if sft:  # RPO (CPO-SimPO): the chosen completions' negative log-likelihood beside the objective
+        wpo = weights if options.get("wpo") else None  # WPO weighs this term's pairs too, as TRL does
         if options.get("sft_average") == "sequences":  # per completion, then over the pairs (LLaMA-Factory)
-            nll = -(c / n_c).mean()
+            per_pair = -(c / n_c)
+            nll = per_pair.mean() if wpo is None else (per_pair * wpo).mean()
         else:  # over every chosen completion token of the micro-batch (TRL's sft loss, CPO's cpo_alpha term)
             nll = -c.sum() / policy["chosen_tokens"].sum().clamp(min=1)
+            nll = nll if wpo is None else nll * wpo.mean()
         loss = loss + sft * nll
         if c.numel():  # logged as sft_nll (a micro-batch of fillers alone has none)
             stats["sft_nll"] = nll.detach().reshape(1)
-    stats.update(logps_chosen=c.detach(), logps_rejected=r.detach())
+    stats.update(logps_chosen=logged[0].detach(), logps_rejected=logged[1].detach())
     return loss, stats
+
+
+def _desensitised(options: dict[str, Any], logps: dict[str, Any]) -> tuple[Any, Any]:
+    """The chosen and rejected log-probabilities an objective reads: the sums over the completions, or under LD-DPO
+    (``ld_alpha``; Liu et al. 2024, as TRL computes it) each side's shared part (its first min(chosen tokens,
+    rejected tokens) completion tokens) plus ``ld_alpha`` times the rest, so the longer side's extra tokens weigh less."""
+    alpha = options.get("ld_alpha")
+    if alpha is None:
+        return logps["chosen"], logps["rejected"]
+    return tuple(logps[f"{k}_shared"] + float(alpha) * (logps[k] - logps[f"{k}_shared"]) for k in ("chosen", "rejected"))
 
 
 def _kto(options: dict[str, Any], policy: dict, reference: dict, desirable: Any, mean_across_processes: Callable | None) -> tuple[Any, dict]:
@@ -943,9 +1010,10 @@ def _whole(param: Any, tensor: Any) -> Any:
 
 
 def precompute_reference(
-    model: Any, rows: Any, path: Any, *, collate: Callable, batch_size: int, accelerator: Any
+    model: Any, rows: Any, path: Any, *, collate: Callable, batch_size: int, accelerator: Any, shared: bool = False
 ) -> Any:
-    """Reference log-probabilities ``[len(rows), 2]`` (chosen, rejected sums) of every row.
+    """Reference log-probabilities ``[len(rows), 2]`` (chosen, rejected sums) of every row; with ``shared``
+    (LD-DPO) ``[len(rows), 4]``, their shared parts after them (:func:`sequence_logps`).
 
     Read from ``path`` when it exists; else every process scores its share of the rows (in
     evaluation mode, without gradient), the shares are gathered, and the main process writes
@@ -965,7 +1033,8 @@ def precompute_reference(
     world = accelerator.num_processes
     share = -(-len(rows) // world)
     mine = [(accelerator.process_index + world * k) % len(rows) for k in range(share)]
-    scored: list[tuple[int, float, float]] = []
+    scored: list[tuple] = []
+    keys = ("chosen", "rejected", "chosen_shared", "rejected_shared") if shared else ("chosen", "rejected")
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -973,12 +1042,12 @@ def precompute_reference(
             idx = mine[start : start + batch_size]
             batch = {k: v.to(accelerator.device) if hasattr(v, "to") else v for k, v in collate([rows[i] for i in idx]).items()}
             with accelerator.autocast():
-                logps = sequence_logps(model, batch)
-            scored += zip(idx, logps["chosen"].tolist(), logps["rejected"].tolist())
+                logps = sequence_logps(model, batch, shared=shared)
+            scored += zip(idx, *(logps[k].tolist() for k in keys))
     model.train(was_training)
-    values = torch.zeros(len(rows), 2, dtype=torch.float32)
-    for i, c, r in gather_object(scored) if accelerator.num_processes > 1 else scored:
-        values[i, 0], values[i, 1] = c, r
+    values = torch.zeros(len(rows), len(keys), dtype=torch.float32)
+    for i, *v in gather_object(scored) if accelerator.num_processes > 1 else scored:
+        values[i] = torch.tensor(v)
     if accelerator.is_main_process:
         tmp = f"{path}.tmp-{os.getpid()}"
         torch.save(values, tmp)

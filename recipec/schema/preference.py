@@ -39,7 +39,13 @@ class _SftTerm(Table):
 
 
 class _PairedWithSft(_Referenced, _SftTerm):
-    pass
+    ld_alpha: float | None = Field(None, ge=0, le=1)
+    """LD-DPO (Liu et al. 2024; TRL's and LLaMA-Factory's `ld_alpha`): each side's log-probability, the policy's and the reference's, is the sum over its first min(chosen, rejected) completion tokens plus ld_alpha times the sum over the rest, so the longer answer's extra tokens weigh less (1: plain sums; 0: the shared length only). Unset: off."""
+
+
+class _Weighted(_PairedWithSft):
+    wpo: bool = False
+    """WPO (Zhou et al. 2024; TRL's `use_weighting`, axolotl's `dpo_use_weighting`): each pair's loss (and its supervised term) is weighted by the policy's probability of both its sides, each the exponential of the mean over its completion tokens of log p(token) - log sum_v p(v)^2, without gradient, which makes off-policy pairs count as if sampled from the policy."""
 
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
@@ -59,7 +65,7 @@ class _Divergence(Table):
         return self
 
 
-class DpoTable(_PairedWithSft, _Divergence):
+class DpoTable(_Weighted, _Divergence):
     """`[preference] objective = "dpo"`: -log sigmoid(beta * (chosen log-ratio - rejected log-ratio))."""
 
     objective: Literal["dpo"]
@@ -69,21 +75,21 @@ class DpoTable(_PairedWithSft, _Divergence):
     """Conservative DPO: the share of pairs assumed to be mislabelled (0: plain DPO)."""
 
 
-class IpoTable(_PairedWithSft, _Divergence):
+class IpoTable(_Weighted, _Divergence):
     """`[preference] objective = "ipo"`: (delta - 1 / (2 beta))^2 over the log-ratios averaged per completion token."""
 
     objective: Literal["ipo"]
     """The objective."""
 
 
-class HingeTable(_PairedWithSft, _Divergence):
+class HingeTable(_Weighted, _Divergence):
     """`[preference] objective = "hinge"`: relu(1 - beta * (chosen log-ratio - rejected log-ratio)) (SLiC)."""
 
     objective: Literal["hinge"]
     """The objective."""
 
 
-class RobustTable(_PairedWithSft, _Divergence):
+class RobustTable(_Weighted, _Divergence):
     """`[preference] objective = "robust"`: robust DPO (rDPO, Chowdhury et al. 2024): DPO's loss unbiased for pairs whose labels flip with probability `label_smoothing`, (-(1 - eps) log sigmoid(beta delta) + eps log sigmoid(-beta delta)) / (1 - 2 eps) (TRL's loss_type "robust")."""
 
     objective: Literal["robust"]
@@ -93,49 +99,49 @@ class RobustTable(_PairedWithSft, _Divergence):
     """The share of pairs whose preference is assumed flipped (eps)."""
 
 
-class BcoPairTable(_PairedWithSft):
+class BcoPairTable(_Weighted):
     """`[preference] objective = "bco_pair"`: binary classifier optimisation on pairs, -log sigmoid(beta * chosen log-ratio) - log sigmoid(-beta * rejected log-ratio) (TRL's loss_type "bco_pair")."""
 
     objective: Literal["bco_pair"]
     """The objective."""
 
 
-class NcaPairTable(_PairedWithSft):
+class NcaPairTable(_Weighted):
     """`[preference] objective = "nca_pair"`: noise contrastive alignment (Chen et al. 2024), -log sigmoid(r_c) - (log sigmoid(-r_c) + log sigmoid(-r_r)) / 2 with r = beta * log-ratio (TRL's loss_type "nca_pair")."""
 
     objective: Literal["nca_pair"]
     """The objective."""
 
 
-class SppoHardTable(_PairedWithSft):
+class SppoHardTable(_Weighted):
     """`[preference] objective = "sppo_hard"`: self-play preference optimisation with hard labels (Wu et al. 2024), (chosen log-ratio - 1 / (2 beta))^2 + (rejected log-ratio + 1 / (2 beta))^2 (TRL's loss_type "sppo_hard")."""
 
     objective: Literal["sppo_hard"]
     """The objective."""
 
 
-class ApoZeroTable(_PairedWithSft):
+class ApoZeroTable(_Weighted):
     """`[preference] objective = "apo_zero"`: anchored preference optimisation (D'Oosterlinck et al. 2024) when the chosen answers are better than the model's own: 1 - sigmoid(beta * chosen log-ratio) + sigmoid(beta * rejected log-ratio), raising the one and lowering the other (TRL's loss_type "apo_zero")."""
 
     objective: Literal["apo_zero"]
     """The objective."""
 
 
-class ApoDownTable(_PairedWithSft):
+class ApoDownTable(_Weighted):
     """`[preference] objective = "apo_down"`: anchored preference optimisation when the chosen answers are worse than the model's own: sigmoid(beta * chosen log-ratio) + 1 - sigmoid(beta * (chosen log-ratio - rejected log-ratio)), lowering both, the rejected more (TRL's loss_type "apo_down")."""
 
     objective: Literal["apo_down"]
     """The objective."""
 
 
-class DpoNormTable(_PairedWithSft, _Divergence):
+class DpoNormTable(_Weighted, _Divergence):
     """`[preference] objective = "dpo_norm"`: DPO over the log-ratios averaged per completion token, -log sigmoid(beta * (chosen log-ratio / chosen tokens - rejected log-ratio / rejected tokens)), so a pair's longer side does not weigh more (TRL's loss_type "sigmoid_norm")."""
 
     objective: Literal["dpo_norm"]
     """The objective."""
 
 
-class ExoPairTable(_PairedWithSft, _Divergence):
+class ExoPairTable(_Weighted, _Divergence):
     """`[preference] objective = "exo_pair"`: efficient exact optimisation (EXO, Ji et al. 2024) on pairs: the reverse KL from the pair's preference, smoothed by eps, to the model's, q log(q / (1 - eps)) + (1 - q) log((1 - q) / eps) with q = sigmoid(beta * delta) (TRL's loss_type "exo_pair")."""
 
     objective: Literal["exo_pair"]
@@ -165,7 +171,7 @@ class AotUnpairedTable(_PairedWithSft):
     """The share of pairs assumed to be mislabelled, as conservative DPO takes it (0: none)."""
 
 
-class DiscopopTable(_PairedWithSft, _Divergence):
+class DiscopopTable(_Weighted, _Divergence):
     """`[preference] objective = "discopop"`: DiscoPOP (Chan Lu et al. 2024), the log-ratio-modulated loss: with z = beta * delta and m = sigmoid(z / tau), (1 - m) (-log sigmoid(z)) + m exp(-z) (TRL's loss_type "discopop")."""
 
     objective: Literal["discopop"]

@@ -822,6 +822,10 @@ DPO_CONFIG = CONFIGS / "dpo-chatml-intel.yaml"
         ('dpo_loss_type: ["sigmoid_norm", "sft"]\ndpo_loss_weights: [1.0, 0.2]\n', {"objective": "dpo_norm", "sft_weight": 0.2}, set()),
         ('dpo_loss_type: ["discopop"]\n', {"objective": "discopop"}, set()),
         ('dpo_loss_type: ["discopop"]\ndpo_label_smoothing: 0.1\n', {"objective": "discopop"}, {"dpo_label_smoothing"}),
+        ('dpo_use_weighting: true\n', {"objective": "dpo", "wpo": True}, set()),  # WPO (TRL's use_weighting)
+        ('dpo_loss_type: ["ipo"]\ndpo_use_weighting: true\n', {"objective": "ipo", "wpo": True}, set()),
+        ('dpo_use_weighting: false\n', {"objective": "dpo"}, set()),
+        ('dpo_loss_type: ["aot"]\ndpo_use_weighting: true\n', {"objective": "aot"}, {"dpo_use_weighting"}),  # TRL refuses it
         ('dpo_loss_type: ["sigmoid"]\ndpo_loss_weights: [0.5]\n', {"objective": "dpo"}, {"dpo_loss_type", "dpo_loss_weights"}),
     ],
 )
@@ -832,7 +836,7 @@ def test_dpo_loss_type_becomes_the_objective(tmp_path, extra, preference, droppe
     got = tomllib.loads(result.text)["preference"]
     assert {k: got[k] for k in preference} == preference and set(got) - {"beta", "reference"} == set(preference)
     ledger = result.draft.ledger
-    assert {k for k in ("dpo_loss_type", "dpo_loss_weights", "dpo_label_smoothing") if k in ledger and ledger[k].how == "dropped"} == dropped
+    assert {k for k in ("dpo_loss_type", "dpo_loss_weights", "dpo_label_smoothing", "dpo_use_weighting") if k in ledger and ledger[k].how == "dropped"} == dropped
     if "dpo_loss_type" in dropped:
         assert any("cannot be imported" in message for message, _ in result.draft.warnings)
 

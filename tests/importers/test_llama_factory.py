@@ -433,6 +433,18 @@ def test_preference_objectives(tmp_path, monkeypatch):
     assert draft.value("preference.gamma") == 0.5 and draft.value("preference.beta") == 0.1
 
 
+@pytest.mark.parametrize(("loss", "imported"), [("sigmoid", True), ("hinge", True), ("simpo", False)])
+def test_ld_alpha_is_ld_dpo_approximately(tmp_path, monkeypatch, loss, imported):
+    """LLaMA-Factory's ld_alpha (LD-DPO) desensitises the policy's log-probabilities only; recipec's, as TRL's, the
+    reference's too: written approximately for the objectives with a reference, not imported for SimPO."""
+    draft = _warnings(tmp_path, monkeypatch, f"stage: dpo\ndataset: dpo_mix_en\npref_loss: {loss}\nld_alpha: 0.3\n")
+    if imported:
+        assert draft.value("preference.ld_alpha") == 0.3 and draft.ledger["ld_alpha"].how == "approx"
+        assert "policy's log-probabilities only" in draft.ledger["ld_alpha"].why
+    else:
+        assert draft.ledger["ld_alpha"].how == "dropped"
+
+
 def test_dataset_info_of_dataset_dir(tmp_path, monkeypatch):
     (tmp_path / "mydata").mkdir()
     (tmp_path / "mydata" / "dataset_info.json").write_text(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -103,15 +105,17 @@ def _dataset(records):
 
 
 def _ours(policy, reference, rows, pad_id, objective, options, **kw):
-    """recipec's loss and stats on ``rows``, with a fresh copy of the policy (its gradients filled)."""
+    """recipec's loss and stats on ``rows``, with a fresh copy of the policy (its gradients filled); the sums WPO
+    and LD-DPO read are computed when the options name them, as the training script asks for them."""
     model = copy.deepcopy(policy)
     model.train()
     batch = P.collate(rows, pad_id, unpaired=objective == "kto")
-    logps = P.sequence_logps(model, batch)
+    shared = options.get("ld_alpha") is not None
+    logps = P.sequence_logps(model, batch, wpo=bool(options.get("wpo")), shared=shared)
     ref = None
     if reference is not None:
         with torch.no_grad():
-            ref = P.sequence_logps(reference, batch)
+            ref = P.sequence_logps(reference, batch, shared=shared)
     loss, stats = P.objective_loss(objective, options, logps, ref, desirable=batch.get("desirable"), **kw)
     loss.backward()
     return model, loss, stats
@@ -243,6 +247,74 @@ def test_sft_weight_equals_trl_sft_loss(tmp_path, tok, models, objective, loss_t
     by_hand = plain.item() - w * (logps["chosen"] / logps["chosen_tokens"]).mean().item()
     assert per_sequence.item() == pytest.approx(by_hand, abs=TOL)
     assert len({int(n) for n in logps["chosen_tokens"]}) > 1 and abs(per_sequence.item() - our_loss.item()) > 1e-3  # the averages differ
+
+
+WEIGHTED = [
+    ("dpo", ["sigmoid"], {"use_weighting": True}, {"wpo": True}),
+    ("ipo", ["ipo"], {"use_weighting": True}, {"wpo": True}),
+    ("dpo", ["sigmoid"], {"ld_alpha": 0.4}, {"ld_alpha": 0.4}),
+    ("aot", ["aot"], {"ld_alpha": 0.0, "label_smoothing": 0.1}, {"ld_alpha": 0.0, "label_smoothing": 0.1}),
+    ("robust", ["robust"], {"ld_alpha": 0.4, "use_weighting": True, "label_smoothing": 0.2}, {"ld_alpha": 0.4, "wpo": True, "label_smoothing": 0.2}),
+    ("dpo", ["sigmoid", "sft"], {"ld_alpha": 0.4, "loss_weights": [1.0, 0.5]}, {"ld_alpha": 0.4, "sft_weight": 0.5}),
+]  # fmt: skip
+"""recipec's objective, TRL's loss types, TRL's DPOConfig options and recipec's: WPO (TRL's use_weighting) and
+LD-DPO (ld_alpha), alone and together, and LD-DPO with the supervised term. TRL 1.16's WPO multiplies each loss
+in place, which fails on its "sft" loss (an expanded scalar; see test_wpo_weighs_the_supervised_term_too) and on its
+hinge loss (relu's output, which relu's backward reads)."""
+
+
+@pytest.mark.parametrize(("objective", "loss_type", "config", "options"), WEIGHTED, ids=["-".join([o, *sorted(opts)]) for o, _, _, opts in WEIGHTED])
+def test_wpo_and_ld_dpo_equal_trl(tmp_path, tok, models, objective, loss_type, config, options):
+    """WPO weighs each pair's loss by the policy's aligned probability of both sides, and LD-DPO sums each side's
+    tokens past the pair's shared completion length at ld_alpha's weight: TRL's loss, rewards, log-probabilities and
+    gradients, on pairs of unequal completion lengths; each option changes the loss."""
+    policy, reference = models
+    trainer = _dpo_trainer(tmp_path, tok, policy, reference, PAIRS, loss_type=loss_type, per_device_train_batch_size=len(PAIRS), **config)
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    rows = _dpo_rows(batch)
+    base = {"beta": BETA, **({"label_smoothing": options["label_smoothing"]} if "label_smoothing" in options else {})}
+    ours, our_loss, stats = _ours(policy, reference, rows, tok.pad_token_id, objective, {**base, **options})
+    assert our_loss.item() == pytest.approx(loss.item(), abs=TOL)
+    for key, theirs in (("rewards_chosen", "rewards/chosen"), ("rewards_rejected", "rewards/rejected"), ("logps_chosen", "logps/chosen"), ("logps_rejected", "logps/rejected")):
+        assert stats[key].mean().item() == pytest.approx(metrics[theirs], abs=TOL), key
+    _assert_same_gradients(trainer.model, ours)
+    for option in ("wpo", "ld_alpha"):  # each option changes the loss on these pairs
+        if option in options:
+            _, without, _ = _ours(policy, reference, rows, tok.pad_token_id, objective, {**base, **{k: v for k, v in options.items() if k != option}})
+            assert abs(without.item() - our_loss.item()) > 1e-3, option
+
+
+@pytest.mark.parametrize("average", ["tokens", "sequences"])
+def test_wpo_weighs_the_supervised_term_too(tok, models, average):
+    """With sft_weight, WPO weighs the supervised term's pairs as it weighs the objective's (TRL's intent: its "sft"
+    per-pair loss times the pair weights, then the mean): over the tokens the NLL times the mean weight; over the
+    sequences the mean of each pair's NLL times its weight. The weights are the exponential of each side's mean
+    aligned log-probability, log p(token) - log sum_v p(v)^2, computed here from the logits."""
+    policy, reference = models
+    rows = _dpo_rows(next(iter(_dpo_trainer(Path(tempfile.mkdtemp()), tok, policy, reference, PAIRS, per_device_train_batch_size=3).get_train_dataloader())))
+    options = {"beta": BETA, "sft_weight": 0.6, "sft_average": average}
+    _, weighted, _ = _ours(policy, reference, rows, tok.pad_token_id, "dpo", {**options, "wpo": True})
+    _, plain_wpo, _ = _ours(policy, reference, rows, tok.pad_token_id, "dpo", {"beta": BETA, "wpo": True})
+    batch = P.collate(rows, tok.pad_token_id)
+    with torch.no_grad():
+        # (without a cache transformers keeps a row's two segments apart by their position ids)
+        logits = policy(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[:, :-1].float()
+        logp = logits.log_softmax(-1)
+        token = logp.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+        aligned = token - torch.logsumexp(2 * logp, dim=-1)
+        logps = P.sequence_logps(policy, batch)
+    predicted = batch["real"][:, 1:] & (batch["position_ids"][:, 1:] > 0) & batch["supervised"][:, 1:]
+    sides = [predicted & ~batch["rejected"][:, 1:], predicted & batch["rejected"][:, 1:]]
+    weights = torch.exp(sum((aligned * m).sum(-1) / m.sum(-1) for m in sides))
+    if average == "tokens":
+        nll = -logps["chosen"].sum() / logps["chosen_tokens"].sum() * weights.mean()
+    else:
+        nll = (-(logps["chosen"] / logps["chosen_tokens"]) * weights).mean()
+    assert weights.min() < 0.9 * weights.max()  # the pairs' weights differ
+    assert weighted.item() == pytest.approx(plain_wpo.item() + 0.6 * nll.item(), abs=TOL)
 
 
 def test_conservative_dpo_equals_trl_label_smoothing(tmp_path, tok, models):
@@ -488,14 +560,15 @@ def _random_rows(unpaired: bool, n: int = 4, vocab: int = 40):
 
 @pytest.mark.parametrize("unpaired", [False, True], ids=["pairs", "kto"])
 def test_sides_layout_scores_as_the_pair_rows(models, unpaired):
-    """Each side a row of its own, padded to pad_to: the sums and counts of the packed pair rows (KTO: and its KL pairs)."""
+    """Each side a row of its own, padded to pad_to: the sums and counts of the packed pair rows (KTO: and its KL
+    pairs; pairs: and WPO's aligned sums)."""
     policy, _ = models
     rows = _random_rows(unpaired)
-    packed = P.sequence_logps(policy, P.collate(rows, 0, unpaired=unpaired))
+    packed = P.sequence_logps(policy, P.collate(rows, 0, unpaired=unpaired), wpo=not unpaired)
     sides = P.collate(rows, 0, unpaired=unpaired, pad_to=32)
     assert sides["input_ids"].shape == ((4 if unpaired else 8), 32) and P.row_count(sides) == 4
-    split = P.sequence_logps(policy, sides)
-    assert packed.keys() == split.keys()
+    split = P.sequence_logps(policy, sides, wpo=not unpaired)
+    assert packed.keys() == split.keys() and ("chosen_wpo" in split) != unpaired
     for key in packed:
         assert split[key].tolist() == pytest.approx(packed[key].tolist(), abs=TOL), key
     assert split["chosen_tokens"].sum() > 0 and (unpaired or split["rejected_tokens"].sum() > 0)
@@ -521,13 +594,13 @@ def test_sides_cut_as_deepspeeds_adapter_cuts_them_sum_to_the_whole_rows(unpaire
     else scores a token by its successor is shifted before the cut, so the slices' sums add up to the whole rows'."""
     model = _PerToken()
     batch = P.collate(_random_rows(unpaired), 0, unpaired=unpaired, pad_to=32)
-    whole = P.sequence_logps(model, batch)
+    whole = P.sequence_logps(model, batch, wpo=not unpaired)
     cut = dict(batch, shift_labels=torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100))
     del cut["labels"]
     totals: dict = {}
     for r in range(4):  # sp_size 4: each slice 8 tokens, its last scoring the next slice's first
         part = {k: v[:, 8 * r : 8 * (r + 1)] if torch.is_tensor(v) else v for k, v in cut.items()}
-        for key, value in P.sequence_logps(model, part).items():
+        for key, value in P.sequence_logps(model, part, wpo=not unpaired).items():
             totals[key] = totals.get(key, 0) + value
     for key in whole:
         assert totals[key].tolist() == pytest.approx(whole[key].tolist(), abs=TOL), key
