@@ -154,3 +154,33 @@ def test_llama_factory_shapes_store_the_same_rows(tmp_path, tokenizer_dir):
     a = rows_of(run(request(tmp_path, tokenizer_dir, [{"path": "split.jsonl", "records": "unpaired_preference"}], seq_len=128)))
     b = rows_of(run(request(tmp_path, tokenizer_dir, [{"path": "whole.jsonl", "records": "unpaired_preference", "fields": {"messages": "messages"}}], seq_len=128)))
     assert len(a) == 12 and [(r["input_ids"], r["mask"]) for r in a] == [(r["input_ids"], r["mask"]) for r in b]
+
+
+def test_a_margin_field_is_a_float32_column_of_each_pairs_value(tmp_path, tokenizer_dir):
+    """`fields = {margin = "gap"}`: each stored pair carries its record's margin (a float32 column), through the
+    shuffle; a source that names none gives its pairs 0; the column is hashed into the entry (another margin,
+    another sequences_sha256)."""
+    pairs = [{**p, "gap": (i % 5) * 0.5 - 0.75} for i, p in enumerate(PAIRS)]
+    write_jsonl(tmp_path / "p.jsonl", pairs)
+    write_jsonl(tmp_path / "q.jsonl", PAIRS[:10])
+    sources = [{"path": "p.jsonl", "records": "preference", "fields": {"margin": "gap"}}, {"path": "q.jsonl", "records": "preference"}]
+    out = run(request(tmp_path, tokenizer_dir, sources, seq_len=128))
+    rows = rows_of(out)
+    assert len(rows) == 40 and all(isinstance(r["margin"], float) for r in rows)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    want = {p["chosen"][0]["content"]: p["gap"] for p in pairs}
+    seen = {}
+    for row in rows:
+        chosen = tok.decode([t for t, m in zip(row["input_ids"], row["mask"]) if m == P.SUPERVISED]).split(IM_END)[0].strip()
+        seen.setdefault(chosen, []).append(row["margin"])
+    for chosen, margins in seen.items():  # each chosen answer twice (p and q) for the first 10: its margin and 0
+        expected = [want[chosen]] if len(margins) == 1 else sorted([want[chosen], 0.0])
+        assert sorted(margins) == pytest.approx(expected), chosen
+    assert {m for ms in seen.values() for m in ms} >= {-0.75, 0.25, 1.25}
+    write_jsonl(tmp_path / "p.jsonl", [{**p, "gap": p["gap"] + 1} for p in pairs])
+    other = run(request(tmp_path, tokenizer_dir, sources, seq_len=128))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "margin"} for r in rows]  # noqa: E731
+    assert strip(rows_of(other)) == strip(rows) and [r["margin"] for r in rows_of(other)] == [r["margin"] + 1 if r["margin"] else 0.0 for r in rows]  # (no margin of p is 0)
+    assert other.report["segments"][0]["sequences_sha256"] != out.report["segments"][0]["sequences_sha256"]

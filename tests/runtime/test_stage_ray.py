@@ -173,6 +173,29 @@ def test_examples_on_ray_give_the_local_entry(cluster, tmp_path, chat_dir, monke
 
 
 @pytest.mark.slow  # starts Ray or runs the stage twice: seconds
+def test_preference_pairs_with_margins_on_ray_give_the_local_entry(cluster, tmp_path, chat_dir, monkeypatch):
+    """Preference pairs whose source names a margin field: the Ray stage's entry (its float32 margin column too) is
+    the local stage's, byte for byte."""
+    from .test_stage_preference import PAIRS
+
+    monkeypatch.setattr(stage_ray, "SHARD_BYTES", 2000)
+    jsonl(tmp_path / "p" / "1.jsonl", [{**r, "gap": i * 0.25 - 1} for i, r in enumerate(PAIRS[:15])])
+    jsonl(tmp_path / "p" / "2.jsonl", [{**r, "gap": i * 0.5} for i, r in enumerate(PAIRS[15:])])
+    source = {"path": "p/*.jsonl", "records": "preference", "fields": {"margin": "gap"}}
+    local = examples_request(tmp_path, chat_dir, [source], seq_len=128, eval_fraction=0.1)
+    want = stage.run(dict(local, cache_dir="cache-local"), log=lambda m: None)
+    got = stage.run(dict(local, cache_dir="cache-ray", executor="ray"), log=lambda m: None)
+    assert got.report["ray"]["shards"] >= 2
+    assert entry_files(got) == entry_files(want)
+    assert comparable(got.report) == comparable(want.report)
+    import pyarrow as pa
+
+    with pa.OSFile(str(got.dir / "train-0.arrow")) as f:
+        margins = pa.ipc.open_stream(f).read_all().column("margin").to_pylist()
+    assert len(set(margins)) > 10 and min(margins) == -1.0
+
+
+@pytest.mark.slow  # starts Ray or runs the stage twice: seconds
 def test_mds_shards_on_ray_give_the_local_entry(cluster, tmp_path, chat_dir, monkeypatch):
     """MDS text shards and chat shards (tests/data/mds, written by mosaicml-streaming) read on Ray as locally."""
     import shutil
