@@ -336,6 +336,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "fsdp_reference": plan.get("reference_model") == "copy" and plan["strategy"] == "fsdp",
         "cross_entropy": plan.get("cross_entropy"),  # None: no [loss], the model's own loss
         "smoothed": bool(plan.get("label_smoothing")),  # loss.label_smoothing: the loss computed from the logits
+        "dft": plan.get("loss_type") == "dft",  # loss.type "dft": each token's NLL weighted by its probability (from the logits)
         "router_aux": plan.get("router_aux_loss_coef") is not None,
         "in_backward": bool(plan.get("step_in_backward")),  # optim.step_in_backward: hooks step each parameter
         "zero3": plan.get("deepspeed_zero_stage") == 3,  # the model is built partitioned (zero.Init)

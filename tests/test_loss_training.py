@@ -153,6 +153,26 @@ def test_a_mixture_of_experts_trains_with_its_router_loss_and_logs_it(tmp_path: 
         assert _losses(runs["chunked 4x2"], key) == pytest.approx(_losses(runs["plain 4x2"], key), rel=1e-5, abs=1e-5), key
 
 
+def test_dft_trains_on_the_weighted_loss_and_evaluates_the_plain_one(tmp_path: Path) -> None:
+    """loss.type "dft" through the script: the plain (from the model's logits) and the chunked paths log the same
+    training losses, held-out losses and gradient norms; before any step the held-out loss is the nll run's, while
+    the first training loss is below it (each token's NLL times its probability, well below 1 for a fresh model)."""
+    recipe = TINY.replace("attention_dropout = 0.1", "attention_dropout = 0.0")
+    runs = {}
+    for name, extra in (
+        ("none", ""),
+        ("plain", '\n[loss]\ntype = "dft"\n'),
+        ("chunked", CHUNKED + 'type = "dft"\n'),
+    ):
+        project = _project(tmp_path / name, recipe + extra)
+        _train(_build(project, *SETTINGS, "train.eval_at_start=true"))
+        runs[name] = _metrics(project / "runs" / "tiny")
+    for key in ("loss", "eval_loss", "grad_norm"):
+        assert _losses(runs["chunked"], key) == pytest.approx(_losses(runs["plain"], key), rel=1e-5, abs=1e-5), key
+    assert _losses(runs["plain"], "eval_loss")[0] == _losses(runs["none"], "eval_loss")[0]  # step 0: the same weights
+    assert _losses(runs["plain"], "loss")[0] < 0.5 * _losses(runs["none"], "loss")[0]
+
+
 def test_label_smoothing_trains_on_the_smoothed_loss_and_evaluates_the_plain_one(tmp_path: Path) -> None:
     """loss.label_smoothing 0.2 through the script: the plain (from the model's logits) and the chunked paths log
     the same training losses, held-out losses and gradient norms; before any step the held-out loss is the

@@ -266,7 +266,6 @@ _MISSING = {
     "use_mca": "recipec has no Megatron-Core backend.",
     "use_hyper_parallel": "the external HyperParallel backend, whose FSDP/TP layout is in the JSON file hyper_parallel_args names (not read); recipec's mesh is [launch.parallelism].",
     "use_muon": "LLaMA-Factory's Muon (with AdamW for the rest) has its own settings; set `optim.name = \"muon\"`.",
-    "use_dft_loss": "recipec has no dynamic fine-tuning loss.",
     "use_asft_loss": "recipec has no ASFT loss.",
     "use_eaft_loss": "recipec has no EAFT loss.",
     "pref_ftx": "recipec adds a supervised term (preference.sft_weight) to DPO, IPO, hinge and SimPO only.",
@@ -329,11 +328,28 @@ def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycl
     hf.training_args(d, options.num_processes, defaults=hf.DEFAULTS)
     _gradient_checkpointing(d)
     records = _stage(d, stage)
+    _dft(d, stage)
     _peft(d, stage)
     _data(d, stage, records)
     _kto_batch(d, records, options.num_processes)
     hf.mesh(d, options.num_processes, defaults=hf.DEFAULTS)
     _rest(d)
+
+
+def _dft(d: Draft, stage: str) -> None:
+    """`use_dft_loss`: LLaMA-Factory's supervised trainer computes Dynamic Fine-Tuning's loss (loss.type "dft"), unless
+    the Trainer's label smoother (label_smoothing_factor) computes the loss first; other stages do not read it."""
+    if not d.has("use_dft_loss"):
+        return
+    if not d.get("use_dft_loss"):
+        d.exact("use_dft_loss")
+        return
+    if stage != "sft":
+        _ignored(d, "use_dft_loss", f"stage {stage} does not read it (its trainer computes its own loss)")
+    elif d.value("loss.label_smoothing"):
+        _ignored(d, "use_dft_loss", "the Trainer's label smoother (label_smoothing_factor) computes the loss instead")
+    else:
+        d.set("loss.type", "dft", "use_dft_loss")
 
 
 def _kto_batch(d: Draft, records: str, num_processes: int) -> None:

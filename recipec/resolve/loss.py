@@ -66,6 +66,16 @@ def loss_settings(b: PlanBuilder) -> None:
                 f"label_smoothing is computed over whole sequences, and launch.parallelism.{split} {getattr(mesh, split)} splits them over the ranks",
                 f"remove label_smoothing, or set {split} = 1",
             )
+    if loss.type != "nll":
+        b.key("loss_type", ("loss", "type"))
+        mesh = r.launch.parallelism or ParallelismTable()
+        if mesh.cp_size * mesh.sp_size > 1:
+            split = "cp_size" if mesh.cp_size > 1 else "sp_size"
+            b.error(
+                ("loss", "type"),
+                f'type = "dft" is computed over whole sequences, and launch.parallelism.{split} {getattr(mesh, split)} splits them over the ranks',
+                f'use type = "nll", or set {split} = 1',
+            )
     if loss.router_aux_loss_coef is not None:
         b.key("router_aux_loss_coef", ("loss", "router_aux_loss_coef"))
         dense = None

@@ -173,28 +173,43 @@ def _decoder(model: Any) -> Any:
     return decoder if isinstance(decoder, torch.nn.Module) and decoder is not base else None
 
 
-def _chunk_loss(head: Any, hidden: Any, labels: Any, softcap: float | None, label_smoothing: float = 0.0) -> Any:
+def _chunk_loss(head: Any, hidden: Any, labels: Any, softcap: float | None, label_smoothing: float = 0.0, dft: bool = False) -> Any:
     import torch
 
     logits = head(hidden)
     if softcap is not None:  # as the model's forward does, before the loss upcasts
         logits = torch.tanh(logits / softcap) * softcap
+    if dft:
+        return _dft(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")).sum()
     return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum", label_smoothing=label_smoothing)
 
 
-def cross_entropy(logits: Any, labels: Any, label_smoothing: float = 0.0) -> Any:
+def _dft(nll: Any) -> Any:
+    """Dynamic Fine-Tuning's per-token loss (Wu et al. 2025, as TRL's SFT ``loss_type="dft"`` and LLaMA-Factory's
+    ``use_dft_loss`` compute it): each token's negative log-likelihood times its probability, exp(-nll), without
+    gradient (a token that is not supervised has nll 0, so 0)."""
+    import torch
+
+    return nll * torch.exp(-nll.detach())
+
+
+def cross_entropy(logits: Any, labels: Any, label_smoothing: float = 0.0, *, dft: bool = False) -> Any:
     """The mean next-token cross-entropy of ``logits`` (batch, seq, vocab) over the supervised tokens of
     ``labels`` (batch, seq, unshifted), with ``label_smoothing`` eps: transformers' ``ForCausalLMLoss``
     (position i predicts label i+1, -100 ignored, float32) at eps 0, and with eps the loss of
     transformers' ``LabelSmoother`` (the Trainer's ``label_smoothing_factor``): (1 - eps) x the
     negative log-likelihood + eps x the mean over the vocabulary of the negative log-probabilities,
-    both averaged over the supervised tokens (torch's ``cross_entropy(label_smoothing=eps)``)."""
+    both averaged over the supervised tokens (torch's ``cross_entropy(label_smoothing=eps)``).
+    ``dft``: instead each token's negative log-likelihood weighted by its probability (:func:`_dft`),
+    averaged over the supervised tokens."""
     import torch
 
-    targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[..., 1:]
-    return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, label_smoothing=label_smoothing
-    )
+    targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[..., 1:].reshape(-1)
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    if dft:
+        nll = torch.nn.functional.cross_entropy(flat, targets, ignore_index=IGNORE, reduction="none")
+        return _dft(nll).sum() / (targets != IGNORE).sum()
+    return torch.nn.functional.cross_entropy(flat, targets, ignore_index=IGNORE, label_smoothing=label_smoothing)
 
 
 def chunked_cross_entropy(
@@ -208,6 +223,7 @@ def chunked_cross_entropy(
     reduction: str = "mean",
     same_chunks_across: Any = None,
     label_smoothing: float = 0.0,
+    dft: bool = False,
 ) -> Any:
     """Mean next-token cross-entropy over the supervised tokens, ``chunk_size`` tokens at a time.
 
@@ -234,6 +250,7 @@ def chunked_cross_entropy(
             which keeps the projection's unit gathered, needs none). None: each process its
             own count.
         label_smoothing: eps of :func:`cross_entropy`'s label smoothing (0: none).
+        dft: each token's negative log-likelihood weighted by its probability (:func:`_dft`).
     """
     import torch
     from torch.utils.checkpoint import checkpoint
@@ -254,7 +271,7 @@ def chunked_cross_entropy(
         chunks = int(most.item())
     for i in range(chunks):
         start, end = i * chunk_size, (i + 1) * chunk_size
-        total = total + checkpoint(_chunk_loss, head, hidden[start:end], targets[start:end], softcap, label_smoothing, use_reentrant=False)
+        total = total + checkpoint(_chunk_loss, head, hidden[start:end], targets[start:end], softcap, label_smoothing, dft, use_reentrant=False)
     return total if reduction == "sum" else total / count
 
 

@@ -21,8 +21,17 @@ class LossTable(Table):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     """Label smoothing eps of the training loss (transformers' `label_smoothing_factor`): (1 - eps) x the cross-entropy of the next token + eps x the mean over the vocabulary of the negative log-probabilities, averaged over the supervised tokens, as the Trainer's `LabelSmoother` computes it. With `plain` the loss is computed from the model's logits instead of by the model. The held-out loss stays the plain cross-entropy (comparable with runs without smoothing). Not with context or sequence parallelism."""
 
+    type: Literal["nll", "dft"] = "nll"
+    """The training loss per supervised token. `nll`: its negative log-likelihood (the cross-entropy). `dft`: Dynamic Fine-Tuning (Wu et al. 2025; TRL's SFT `loss_type = "dft"`, LLaMA-Factory's `use_dft_loss`): the negative log-likelihood times the token's probability under the model, without gradient, which keeps supervised fine-tuning from pushing hard on tokens the model finds unlikely. Averaged over the supervised tokens as `nll` is; the held-out loss stays the plain cross-entropy. Not with `label_smoothing`, nor with context or sequence parallelism."""
+
     router_aux_loss_coef: float | None = Field(None, ge=0)
     """Mixture-of-experts models only: add this times the router's load-balancing loss (transformers' `aux_loss`) to the training loss, and log `aux_loss`. Sets the model config's `router_aux_loss_coef` and `output_router_logits`. Unset: the model's own config decides (transformers' MoE configs leave the router loss off). The evaluation loss is the cross-entropy alone."""
+
+    @model_validator(mode="after")
+    def check_dft_without_smoothing(self) -> LossTable:
+        if self.type == "dft" and self.label_smoothing:
+            raise key_error("label_smoothing", 'label_smoothing smooths the cross-entropy, and type = "dft" weighs each token\'s negative log-likelihood by its probability instead', 'remove label_smoothing, or set type = "nll"')
+        return self
 
     @model_validator(mode="after")
     def check_chunk_size_with_chunked(self) -> LossTable:

@@ -445,6 +445,22 @@ def test_ld_alpha_is_ld_dpo_approximately(tmp_path, monkeypatch, loss, imported)
         assert draft.ledger["ld_alpha"].how == "dropped"
 
 
+@pytest.mark.parametrize(
+    ("body", "how"),
+    [
+        ("stage: sft\nuse_dft_loss: true\n", "exact"),
+        ("stage: sft\nuse_dft_loss: false\n", "exact"),
+        ("stage: sft\nuse_dft_loss: true\nlabel_smoothing_factor: 0.1\n", "dropped"),  # the label smoother wins
+        ("stage: pt\nuse_dft_loss: true\n", "dropped"),  # only the supervised trainer reads it
+    ],
+)
+def test_use_dft_loss_is_loss_type_dft_in_supervised_fine_tuning(tmp_path, monkeypatch, body, how):
+    draft = _warnings(tmp_path, monkeypatch, body + HUB)
+    assert draft.ledger["use_dft_loss"].how == how
+    dft = how == "exact" and "true" in body
+    assert (draft.value("loss.type") == "dft") == dft
+
+
 def test_dataset_info_of_dataset_dir(tmp_path, monkeypatch):
     (tmp_path / "mydata").mkdir()
     (tmp_path / "mydata" / "dataset_info.json").write_text(

@@ -474,3 +474,59 @@ def test_label_smoothing_is_transformers_label_smoother(eps: float) -> None:
         _assert_close(_grads(model), their_grads)
         if eps:
             assert not torch.allclose(chunked, smoothed)  # it smooths
+
+
+def test_dft_is_trls_dft_loss_plain_and_chunked() -> None:
+    """loss.type "dft" (Dynamic Fine-Tuning): on the batch TRL's SFTTrainer collates from prompt-completion records
+    (its labels the completions only, padding after), `cross_entropy(..., dft=True)` on the model's logits is the
+    trainer's `loss_type="dft"` loss, value and gradients, and so is the chunked cross-entropy with dft; the
+    plain cross-entropy is not."""
+    import copy
+    import tempfile
+    import warnings
+
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from .chat_fixtures import IM_END, chat_tokenizer
+
+    tok = chat_tokenizer()
+    tok.eos_token = tok.pad_token = IM_END
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tok), max_position_embeddings=128, pad_token_id=tok.pad_token_id, **SIZES
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config)
+    records = [
+        {"prompt": "The sky is", "completion": " blue today."},
+        {"prompt": "Python is a", "completion": " programming language with many users."},
+        {"prompt": "Two plus two", "completion": " is four"},
+    ]
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as out:
+        warnings.simplefilter("ignore")
+        args = SFTConfig(output_dir=out, report_to="none", use_cpu=True, bf16=False, loss_type="dft", per_device_train_batch_size=3)
+        trainer = SFTTrainer(model=copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(records), processing_class=tok)
+        trainer.model.train()
+        batch = next(iter(trainer.get_train_dataloader()))
+        theirs = trainer.compute_loss(trainer.model, batch)
+        theirs.backward()
+    their_grads = _grads(trainer.model)
+    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).sum() > 10  # prompts and padding left out
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    ours_model = copy.deepcopy(model).train()
+    ours = xent.cross_entropy(ours_model(**inputs, use_cache=False).logits, batch["labels"], dft=True)
+    ours.backward()
+    torch.testing.assert_close(ours, theirs.detach(), rtol=1e-6, atol=1e-7)
+    _assert_close(_grads(ours_model), their_grads)
+    ours_model.zero_grad(set_to_none=True)
+    head, softcap, _ = xent.output_head(ours_model)
+    kept = xent.LastHiddenState(ours_model)
+    hidden, _ = kept(ours_model, {**inputs, "labels": batch["labels"]}, use_cache=False)
+    kept.remove()
+    chunked = xent.chunked_cross_entropy(hidden, batch["labels"], head, 7, softcap, dft=True)
+    chunked.backward()
+    torch.testing.assert_close(chunked, theirs.detach(), rtol=1e-5, atol=1e-7)
+    _assert_close(_grads(ours_model), their_grads)
+    plain = xent.cross_entropy(model(**inputs, use_cache=False).logits, batch["labels"])
+    assert plain.item() > 2 * ours.item()  # the weights (the tokens' probabilities) are well below 1
