@@ -516,11 +516,11 @@ SP_PREF_CASES = {
     # a live copy, partitioned by an engine of its own, scoring the slices: of 2 data-parallel ranks x sp 2
     "dpo-copy-dp2-sp2": ("dpo", "", "", 2, 4, 2),
     "dpo-copy-sp4": ("dpo", "", "", 4, 4, 4),  # every row in 4 slices
-    "ipo-precomputed-sp2": ("ipo", 'reference = "precomputed"', "", 4, 2, 2),  # averages over each side's tokens
+    # averages over each side's tokens; and WPO's weights, from the aligned log-probabilities summed over the slices
+    "ipo-precomputed-wpo-sp2": ("ipo", 'reference = "precomputed"\nwpo = true', "", 4, 2, 2),
     "orpo-sp2": ("orpo", "", "", 4, 2, 2),  # reference-free; averages, and the chosen side's cross-entropy
     "dpo-lora-sp2": ("dpo", "", LORA, 4, 2, 2),  # live: the partitioned base model, adapter disabled
     "kto-copy-sp2": ("kto", "", "", 4, 2, 2),  # and the KL estimate's mismatched pairs, sliced too
-    "dpo-wpo-sp2": ("dpo", "wpo = true", "", 4, 2, 2),  # WPO's aligned log-probabilities, summed over the slices too
 }
 
 
