@@ -314,6 +314,31 @@ def test_what_a_reward_model_cannot_do_is_a_located_error(project: Path, extra: 
         assert errors[0].location is not None and errors[0].location.source_line == key
 
 
+@pytest.mark.parametrize(
+    ("options", "line", "words"),
+    [
+        ('objective = "dpo"\nextra_losses = {dpo = 0.5}', "extra_losses = {dpo = 0.5}", "'dpo' is the objective itself"),
+        ('objective = "hinge"\ndivergence = "js_divergence"\nextra_losses = {bco_pair = 0.5}', "extra_losses = {bco_pair = 0.5}", "and 'bco_pair' is not one"),
+        ('objective = "ipo"\nextra_losses = {sppo_hard = -1.0}', "extra_losses = {sppo_hard = -1.0}", "is -1.0, below 0"),
+        ('objective = "ipo"\nextra_losses = {robust = 0.5}', "extra_losses = {robust = 0.5}", "robust"),
+    ],
+    ids=["itself", "divergence", "negative", "not-an-extra"],
+)
+def test_extra_losses_that_cannot_be_added_are_located_errors(project: Path, options: str, line: str, words: str) -> None:
+    with pytest.raises(RecipeError) as caught:
+        plan_recipe(recipe(project, "x", options), ())
+    [error] = [d for d in caught.value.diagnostics if d.severity == "error"]
+    assert words in error.message and error.location is not None and error.location.source_line == line
+
+
+def test_mpo_is_dpo_with_an_extra_loss_and_the_supervised_term(project: Path) -> None:
+    options = 'objective = "dpo"\nobjective_weight = 0.8\nextra_losses = {bco_pair = 0.2}\nsft_weight = 1.0'
+    plan, _ = plan_recipe(recipe(project, "mpo", options), ())
+    assert plan["objective_options"] == {
+        "beta": 0.1, "label_smoothing": 0.0, "objective_weight": 0.8, "extra_losses": {"bco_pair": 0.2}, "sft_weight": 1.0, "sft_average": "tokens",
+    }  # fmt: skip
+
+
 def test_ld_dpo_under_sequence_parallelism_is_a_located_error(project: Path) -> None:
     """LD-DPO's split at the shared completion length is counted over whole rows, which sequence parallelism slices;
     WPO's sums add up over the slices, so it is allowed there."""

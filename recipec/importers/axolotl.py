@@ -29,6 +29,7 @@ from typing import Any
 
 from . import hf
 from .core import Draft, Legacy, OldValue, Removed, Renamed, epochs_cadence, num
+from ..schema.preference import EXTRA_LOSSES
 from .regex_globs import NoGlob, regex_globs
 
 VERSION = "axolotl 0.18.0"
@@ -1674,8 +1675,9 @@ SMOOTHED = ("dpo", "robust", "exo_pair", "aot", "aot_unpaired")
 
 
 def _dpo_loss_type(d: Draft) -> str:
-    """`rl: dpo`'s `dpo_loss_type` (TRL's loss_type) and `dpo_loss_weights`: one loss of :data:`TRL_LOSS_TYPES` of
-    weight 1, and perhaps "sft" with its weight; returns the objective written."""
+    """`rl: dpo`'s `dpo_loss_type` (TRL's loss_type) and `dpo_loss_weights`: the first loss of :data:`TRL_LOSS_TYPES`
+    is the objective (its weight `objective_weight`), the others `extra_losses` with their weights, and "sft" with
+    its weight `sft_weight`; returns the objective written."""
     types, weights = d.get("dpo_loss_type"), d.get("dpo_loss_weights")
     if not _given(d, "dpo_loss_type"):
         _empty(d, "dpo_loss_type", "dpo_loss_weights")
@@ -1685,9 +1687,20 @@ def _dpo_loss_type(d: Draft) -> str:
     main = [(t, w) for t, w in zip(types, weights) if t != "sft"]
     sft = [w for t, w in zip(types, weights) if t == "sft"]
     keys = [k for k in ("dpo_loss_type", "dpo_loss_weights") if _given(d, k)]
-    if len(main) != 1 or main[0][0] not in TRL_LOSS_TYPES or main[0][1] != 1.0 or len(sft) > 1:
+    extras = [(TRL_LOSS_TYPES.get(t), w) for t, w in main[1:]]
+    summed = len(main) > 1 or (main and main[0][1] != 1.0)
+    if (
+        not main or main[0][0] not in TRL_LOSS_TYPES or len(sft) > 1
+        or any(name not in EXTRA_LOSSES for name, _ in extras)
+        or len({name for name, _ in extras} | {TRL_LOSS_TYPES[main[0][0]]}) != len(main)
+        or (summed and TRL_LOSS_TYPES[main[0][0]] in ("aot", "aot_unpaired"))
+    ):  # fmt: skip
         for k in keys:
-            d.drop(k, "missing-feature", f"recipec's objective is one of TRL's losses ({', '.join(TRL_LOSS_TYPES)}) of weight 1, with perhaps its sft loss; not {types} weighted {weights}.")
+            d.drop(
+                k, "missing-feature",
+                f"recipec's objective is one of TRL's losses ({', '.join(TRL_LOSS_TYPES)}), plus perhaps other losses of "
+                f"{', '.join(k for k, v in TRL_LOSS_TYPES.items() if v in EXTRA_LOSSES)} and its sft loss, each once; not {types} weighted {weights}.",
+            )  # fmt: skip
         d.warn(f"`dpo_loss_type: {types}` cannot be imported: the recipe trains DPO's sigmoid loss", *keys)
         return "dpo"
     objective = TRL_LOSS_TYPES[main[0][0]]
@@ -1701,6 +1714,11 @@ def _dpo_loss_type(d: Draft) -> str:
         d.set("preference.objective", objective, "rl", *keys, note="TRL's robust loss with label_smoothing 0 is DPO's sigmoid loss")
     else:
         d.set("preference.objective", objective, "rl", *keys)
+    if summed:
+        if main[0][1] != 1.0:
+            d.set("preference.objective_weight", main[0][1], *keys)
+        if extras:
+            d.set("preference.extra_losses", dict(extras), *keys)
     if sft and sft[0]:
         d.set("preference.sft_weight", sft[0], *keys)
     return objective

@@ -39,6 +39,10 @@ def preference_settings(b: PlanBuilder) -> None:
         options = {k: v for k, v in options.items() if k not in ("sft_weight", "sft_average")}
     if "wpo" in options and not options["wpo"]:
         del options["wpo"]
+    if "extra_losses" in options and not options["extra_losses"]:  # the objective's loss alone
+        del options["extra_losses"]
+        if options.get("objective_weight") == 1.0:
+            del options["objective_weight"]
     if "ld_alpha" in options and options["ld_alpha"] is None:
         del options["ld_alpha"]
     if options.get("divergence") == "reverse_kl":  # DPO's own divergence: nothing to say

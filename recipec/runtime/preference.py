@@ -75,7 +75,7 @@ its tokens, since the model pools its score at a row's last token that is not pa
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from .data import FILLER
 from .packing import padded_width
@@ -627,49 +627,19 @@ def objective_loss(
         (lc, lr), (ref_c, ref_r) = _desensitised(options, policy), _desensitised(options, reference)
         logged = lc, lr
         ratio_c, ratio_r = lc - ref_c, lr - ref_r
-        # the f-divergence's f'(pi / pi_ref) of each side (its log-ratio under the reverse KL, DPO's own)
-        score_c, score_r = _divergence_score(options, ratio_c), _divergence_score(options, ratio_r)
-        delta = score_c - score_r
-        eps = float(options.get("label_smoothing") or 0.0)
-        if objective == "dpo":
-            losses = -(1 - eps) * F.logsigmoid(beta * delta) - eps * F.logsigmoid(-beta * delta)
-        elif objective in ("ipo", "dpo_norm"):  # over the scores averaged per completion token
-            delta = score_c / n_c - score_r / n_r
-            losses = (delta - 1 / (2 * beta)) ** 2 if objective == "ipo" else -F.logsigmoid(beta * delta)
-        elif objective == "hinge":
-            losses = torch.relu(1 - beta * delta)
-        elif objective == "robust":
-            losses = (-(1 - eps) * F.logsigmoid(beta * delta) + eps * F.logsigmoid(-beta * delta)) / (1 - 2 * eps)
-        elif objective == "exo_pair":  # KL(q || p) with q = the model's preference, p = (1 - eps, eps)
-            z = beta * delta
-            losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps)) + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps))
-        elif objective in ("aot", "aot_unpaired"):  # the micro-batch's sorted values, paired by rank
-            if objective == "aot":
-                first, second = torch.sort(lc - lr).values, torch.sort(ref_c - ref_r).values
-            else:
-                first, second = torch.sort(ratio_c).values, torch.sort(ratio_r).values
-            z = beta * (first - second)
-            losses = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
-        elif objective == "discopop":
-            z = beta * delta
-            blend = torch.sigmoid(z / float(options["tau"]))
-            losses = -F.logsigmoid(z) * (1 - blend) + torch.exp(-z) * blend
-        elif objective == "bco_pair":
-            losses = -F.logsigmoid(beta * ratio_c) - F.logsigmoid(-beta * ratio_r)
-        elif objective == "nca_pair":
-            losses = -F.logsigmoid(beta * ratio_c) - 0.5 * F.logsigmoid(-beta * ratio_c) - 0.5 * F.logsigmoid(-beta * ratio_r)
-        elif objective == "sppo_hard":
-            losses = (ratio_c - 0.5 / beta) ** 2 + (ratio_r + 0.5 / beta) ** 2
-        elif objective == "apo_zero":
-            losses = (1 - torch.sigmoid(beta * ratio_c)) + torch.sigmoid(beta * ratio_r)
-        elif objective == "apo_down":
-            losses = torch.sigmoid(beta * ratio_c) + (1 - torch.sigmoid(beta * (ratio_c - ratio_r)))
+        sides = _Sides(lc, lr, ref_c, ref_r, n_c, n_r)
+        losses = _paired_losses(objective, options, sides, beta)
+        extra = options.get("extra_losses") or {}
+        if extra or "objective_weight" in options:  # a sum of TRL's losses, each weighted (MPO)
+            plain = {k: v for k, v in options.items() if k != "label_smoothing"}  # the others read no label smoothing
+            terms = [(float(options.get("objective_weight", 1.0)), losses)]
+            terms += [(float(w), _paired_losses(name, plain, sides, beta)) for name, w in extra.items()]
         else:
-            raise ValueError(f"unknown objective {objective!r}; one of {', '.join(OBJECTIVES)}")
+            terms = [(1.0, losses)]
         if options.get("wpo"):  # WPO: each pair weighted by the policy's (aligned, per-token mean) probability of both sides
             weights = torch.exp(policy["chosen_wpo"] / n_c + policy["rejected_wpo"] / n_r)
-            losses = losses * weights
-        loss = losses.mean()
+            terms = [(w, t * weights) for w, t in terms]
+        loss = sum(w * t.mean() for w, t in terms)
         stats = {"rewards_chosen": beta * ratio_c.detach(), "rewards_rejected": beta * ratio_r.detach()}
     sft = float(options.get("sft_weight") or 0.0)
     if sft:  # RPO (CPO-SimPO): the chosen completions' negative log-likelihood beside the objective
@@ -685,6 +655,67 @@ def objective_loss(
             stats["sft_nll"] = nll.detach().reshape(1)
     stats.update(logps_chosen=logged[0].detach(), logps_rejected=logged[1].detach())
     return loss, stats
+
+
+class _Sides(NamedTuple):
+    """What the paired objectives with a reference read: the policy's and the reference's chosen and rejected
+    log-probabilities (under LD-DPO desensitised) and each side's completion tokens."""
+
+    lc: Any
+    lr: Any
+    ref_c: Any
+    ref_r: Any
+    n_c: Any
+    n_r: Any
+
+
+def _paired_losses(objective: str, options: dict[str, Any], sides: _Sides, beta: float) -> Any:
+    """The per-pair losses of a paired objective with a reference (see the module's docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    lc, lr, ref_c, ref_r, n_c, n_r = sides
+    ratio_c, ratio_r = lc - ref_c, lr - ref_r
+    # the f-divergence's f'(pi / pi_ref) of each side (its log-ratio under the reverse KL, DPO's own)
+    score_c, score_r = _divergence_score(options, ratio_c), _divergence_score(options, ratio_r)
+    delta = score_c - score_r
+    eps = float(options.get("label_smoothing") or 0.0)
+    if objective == "dpo":
+        losses = -(1 - eps) * F.logsigmoid(beta * delta) - eps * F.logsigmoid(-beta * delta)
+    elif objective in ("ipo", "dpo_norm"):  # over the scores averaged per completion token
+        delta = score_c / n_c - score_r / n_r
+        losses = (delta - 1 / (2 * beta)) ** 2 if objective == "ipo" else -F.logsigmoid(beta * delta)
+    elif objective == "hinge":
+        losses = torch.relu(1 - beta * delta)
+    elif objective == "robust":
+        losses = (-(1 - eps) * F.logsigmoid(beta * delta) + eps * F.logsigmoid(-beta * delta)) / (1 - 2 * eps)
+    elif objective == "exo_pair":  # KL(q || p) with q = the model's preference, p = (1 - eps, eps)
+        z = beta * delta
+        losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps)) + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps))
+    elif objective in ("aot", "aot_unpaired"):  # the micro-batch's sorted values, paired by rank
+        if objective == "aot":
+            first, second = torch.sort(lc - lr).values, torch.sort(ref_c - ref_r).values
+        else:
+            first, second = torch.sort(ratio_c).values, torch.sort(ratio_r).values
+        z = beta * (first - second)
+        losses = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+    elif objective == "discopop":
+        z = beta * delta
+        blend = torch.sigmoid(z / float(options["tau"]))
+        losses = -F.logsigmoid(z) * (1 - blend) + torch.exp(-z) * blend
+    elif objective == "bco_pair":
+        losses = -F.logsigmoid(beta * ratio_c) - F.logsigmoid(-beta * ratio_r)
+    elif objective == "nca_pair":
+        losses = -F.logsigmoid(beta * ratio_c) - 0.5 * F.logsigmoid(-beta * ratio_c) - 0.5 * F.logsigmoid(-beta * ratio_r)
+    elif objective == "sppo_hard":
+        losses = (ratio_c - 0.5 / beta) ** 2 + (ratio_r + 0.5 / beta) ** 2
+    elif objective == "apo_zero":
+        losses = (1 - torch.sigmoid(beta * ratio_c)) + torch.sigmoid(beta * ratio_r)
+    elif objective == "apo_down":
+        losses = torch.sigmoid(beta * ratio_c) + (1 - torch.sigmoid(beta * (ratio_c - ratio_r)))
+    else:
+        raise ValueError(f"unknown objective {objective!r}; one of {', '.join(OBJECTIVES)}")
+    return losses
 
 
 def _desensitised(options: dict[str, Any], logps: dict[str, Any]) -> tuple[Any, Any]:

@@ -43,9 +43,34 @@ class _PairedWithSft(_Referenced, _SftTerm):
     """LD-DPO (Liu et al. 2024; TRL's and LLaMA-Factory's `ld_alpha`): each side's log-probability, the policy's and the reference's, is the sum over its first min(chosen, rejected) completion tokens plus ld_alpha times the sum over the rest, so the longer answer's extra tokens weigh less (1: plain sums; 0: the shared length only). Unset: off."""
 
 
+EXTRA_LOSSES = ("dpo", "ipo", "hinge", "dpo_norm", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down")
+"""The objectives `extra_losses` may add: those that take no option of their own but `beta` (DPO's without label smoothing)."""
+
+F_DIVERGENCE_LOSSES = ("dpo", "ipo", "hinge", "dpo_norm", "robust", "exo_pair", "discopop")
+"""The objectives built on the difference of the two sides' scores, which `divergence` changes (TRL's list)."""
+
+
 class _Weighted(_PairedWithSft):
     wpo: bool = False
     """WPO (Zhou et al. 2024; TRL's `use_weighting`, axolotl's `dpo_use_weighting`): each pair's loss (and its supervised term) is weighted by the policy's probability of both its sides, each the exponential of the mean over its completion tokens of log p(token) - log sum_v p(v)^2, without gradient, which makes off-policy pairs count as if sampled from the policy."""
+
+    objective_weight: float = Field(1.0, ge=0)
+    """The weight of the objective's own loss in the sum with `extra_losses` (TRL's first `loss_weights` entry)."""
+
+    extra_losses: dict[Literal["dpo", "ipo", "hinge", "dpo_norm", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down"], float] = Field(default_factory=dict)
+    """Other objectives' losses added to this one's, each times its weight, on the same log-ratios with the same beta (TRL's `loss_type` list with `loss_weights`; `dpo` here without label smoothing). MPO (mixed preference optimisation) is objective = "dpo", objective_weight = 0.8, extra_losses = {bco_pair = 0.2}, sft_weight = 1."""
+
+    @model_validator(mode="after")
+    def _extra_losses_are_others(self) -> "_Weighted":
+        objective = getattr(self, "objective", None)
+        for name, weight in self.extra_losses.items():
+            if weight < 0:
+                raise key_error(("extra_losses", name), f"the weight of extra loss {name!r} is {weight}, below 0", "set a weight of 0 or more")
+            if name == objective:
+                raise key_error(("extra_losses", name), f"{name!r} is the objective itself", "set objective_weight instead")
+            if getattr(self, "divergence", "reverse_kl") != "reverse_kl" and name not in F_DIVERGENCE_LOSSES:
+                raise key_error(("extra_losses", name), f"divergence {self.divergence!r} changes the losses built on the difference of the two sides' scores ({', '.join(F_DIVERGENCE_LOSSES)}), and {name!r} is not one", f"remove {name}, or the divergence")
+        return self
 
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")

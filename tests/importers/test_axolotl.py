@@ -814,7 +814,14 @@ DPO_CONFIG = CONFIGS / "dpo-chatml-intel.yaml"
         ('dpo_loss_type: ["robust"]\ndpo_label_smoothing: 0.1\n', {"objective": "robust", "label_smoothing": 0.1}, set()),
         ('dpo_loss_type: ["robust"]\n', {"objective": "dpo"}, set()),  # no flipped labels: DPO itself
         ('dpo_loss_type: ["ipo"]\ndpo_label_smoothing: 0.1\n', {"objective": "ipo"}, {"dpo_label_smoothing"}),
-        ('dpo_loss_type: ["sigmoid", "hinge"]\n', {"objective": "dpo"}, {"dpo_loss_type"}),
+        ('dpo_loss_type: ["sigmoid", "hinge"]\n', {"objective": "dpo", "extra_losses": {"hinge": 1.0}}, set()),
+        (  # MPO
+            'dpo_loss_type: ["sigmoid", "bco_pair", "sft"]\ndpo_loss_weights: [0.8, 0.2, 1.0]\n',
+            {"objective": "dpo", "objective_weight": 0.8, "extra_losses": {"bco_pair": 0.2}, "sft_weight": 1.0}, set(),
+        ),
+        ('dpo_loss_type: ["sigmoid", "robust"]\n', {"objective": "dpo"}, {"dpo_loss_type"}),  # robust takes options
+        ('dpo_loss_type: ["aot", "ipo"]\n', {"objective": "dpo"}, {"dpo_loss_type"}),  # aot sorts: alone
+        ('dpo_loss_type: ["ipo", "ipo"]\n', {"objective": "dpo"}, {"dpo_loss_type"}),  # twice
         ('dpo_loss_type: ["exo_pair"]\n', {"objective": "dpo"}, {"dpo_loss_type"}),  # TRL refuses EXO without smoothing
         ('dpo_loss_type: ["exo_pair"]\ndpo_label_smoothing: 0.001\n', {"objective": "exo_pair", "label_smoothing": 0.001}, set()),
         ('dpo_loss_type: ["aot"]\ndpo_label_smoothing: 0.1\n', {"objective": "aot", "label_smoothing": 0.1}, set()),
@@ -826,7 +833,7 @@ DPO_CONFIG = CONFIGS / "dpo-chatml-intel.yaml"
         ('dpo_loss_type: ["ipo"]\ndpo_use_weighting: true\n', {"objective": "ipo", "wpo": True}, set()),
         ('dpo_use_weighting: false\n', {"objective": "dpo"}, set()),
         ('dpo_loss_type: ["aot"]\ndpo_use_weighting: true\n', {"objective": "aot"}, {"dpo_use_weighting"}),  # TRL refuses it
-        ('dpo_loss_type: ["sigmoid"]\ndpo_loss_weights: [0.5]\n', {"objective": "dpo"}, {"dpo_loss_type", "dpo_loss_weights"}),
+        ('dpo_loss_type: ["sigmoid"]\ndpo_loss_weights: [0.5]\n', {"objective": "dpo", "objective_weight": 0.5}, set()),
     ],
 )
 def test_dpo_loss_type_becomes_the_objective(tmp_path, extra, preference, dropped):
