@@ -27,9 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..schema.preference import EXTRA_LOSSES
 from . import hf
 from .core import Draft, Legacy, OldValue, Removed, Renamed, epochs_cadence, num
-from ..schema.preference import EXTRA_LOSSES
 from .regex_globs import NoGlob, regex_globs
 
 VERSION = "axolotl 0.18.0"
