@@ -73,9 +73,6 @@ class _Weighted(_PairedWithSft):
         return self
 
 
-DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
-
-
 class _Divergence(Table):
     divergence: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = "reverse_kl"
     """The f-divergence that holds the model to the reference (f-DPO, Wang et al. 2023; TRL's `f_divergence_type`): each side's log-ratio u = log(pi / pi_ref) enters the loss as f'(exp u): `reverse_kl` u itself (DPO's own), `forward_kl` 1 - exp(-u), `js_divergence` log 2 + log sigmoid(u), `alpha_divergence` (exp((alpha - 1) u) - 1) / (alpha - 1)."""
