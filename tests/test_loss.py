@@ -176,6 +176,13 @@ def test_label_smoothing_in_training_and_the_plain_loss_in_evaluation(plan_of, c
     assert "label_smoothing" not in render(plan_of(loss={"cross_entropy": cross_entropy}))["train.py"]
 
 
+SEQUENCE_SPLITS = [
+    {"num_processes": 4, "strategy": "fsdp", "parallelism": {"cp_size": 4}},
+    {"num_processes": 4, "strategy": "deepspeed", "deepspeed": {"zero_stage": 3}, "parallelism": {"sp_size": 2}, "cpu": False},
+]
+"""Launches whose context or sequence parallelism splits the sequences."""
+
+
 @pytest.mark.parametrize("cross_entropy", ["plain", "chunked"])
 def test_dft_in_training_and_the_plain_loss_in_evaluation(plan_of, cross_entropy):
     plan = plan_of(loss={"cross_entropy": cross_entropy, "type": "dft"})
@@ -192,28 +199,14 @@ def test_dft_in_training_and_the_plain_loss_in_evaluation(plan_of, cross_entropy
     assert plan_of(loss={"cross_entropy": cross_entropy, "type": "nll"}).get("loss_type") is None  # the default says nothing
 
 
-@pytest.mark.parametrize(
-    "launch",
-    [
-        {"num_processes": 4, "strategy": "fsdp", "parallelism": {"cp_size": 4}},
-        {"num_processes": 4, "strategy": "deepspeed", "deepspeed": {"zero_stage": 3}, "parallelism": {"sp_size": 2}, "cpu": False},
-    ],
-    ids=["cp", "sp"],
-)
+@pytest.mark.parametrize("launch", SEQUENCE_SPLITS, ids=["cp", "sp"])
 def test_dft_under_a_sequence_split_is_an_error(plan_of, launch):
     split = "cp_size 4" if "cp_size" in launch["parallelism"] else "sp_size 2"
     message = _errors(plan_of, launch=launch, loss={"cross_entropy": "chunked", "type": "dft"})
     assert f'type = "dft" is computed over whole sequences, and launch.parallelism.{split} splits them' in message
 
 
-@pytest.mark.parametrize(
-    "launch",
-    [
-        {"num_processes": 4, "strategy": "fsdp", "parallelism": {"cp_size": 4}},
-        {"num_processes": 4, "strategy": "deepspeed", "deepspeed": {"zero_stage": 3}, "parallelism": {"sp_size": 2}, "cpu": False},
-    ],
-    ids=["cp", "sp"],
-)
+@pytest.mark.parametrize("launch", SEQUENCE_SPLITS, ids=["cp", "sp"])
 def test_label_smoothing_under_a_sequence_split_is_an_error(plan_of, launch):
     split = "cp_size 4" if "cp_size" in launch["parallelism"] else "sp_size 2"
     message = _errors(plan_of, launch=launch, loss={"cross_entropy": "chunked", "label_smoothing": 0.1})

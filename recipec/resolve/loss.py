@@ -58,24 +58,10 @@ def loss_settings(b: PlanBuilder) -> None:
             )
     if loss.label_smoothing:
         b.key("label_smoothing", ("loss", "label_smoothing"))
-        mesh = r.launch.parallelism or ParallelismTable()
-        if mesh.cp_size * mesh.sp_size > 1:
-            split = "cp_size" if mesh.cp_size > 1 else "sp_size"
-            b.error(
-                ("loss", "label_smoothing"),
-                f"label_smoothing is computed over whole sequences, and launch.parallelism.{split} {getattr(mesh, split)} splits them over the ranks",
-                f"remove label_smoothing, or set {split} = 1",
-            )
+        _whole_sequences(b, "label_smoothing", "label_smoothing is", "remove label_smoothing")
     if loss.type != "nll":
         b.key("loss_type", ("loss", "type"))
-        mesh = r.launch.parallelism or ParallelismTable()
-        if mesh.cp_size * mesh.sp_size > 1:
-            split = "cp_size" if mesh.cp_size > 1 else "sp_size"
-            b.error(
-                ("loss", "type"),
-                f'type = "dft" is computed over whole sequences, and launch.parallelism.{split} {getattr(mesh, split)} splits them over the ranks',
-                f'use type = "nll", or set {split} = 1',
-            )
+        _whole_sequences(b, "type", 'type = "dft" is', 'use type = "nll"')
     if loss.router_aux_loss_coef is not None:
         b.key("router_aux_loss_coef", ("loss", "router_aux_loss_coef"))
         dense = None
@@ -89,3 +75,15 @@ def loss_settings(b: PlanBuilder) -> None:
                 f"router_aux_loss_coef applies to a mixture-of-experts model, and {dense} has no router",
                 "remove router_aux_loss_coef",
             )
+
+
+def _whole_sequences(b: PlanBuilder, key: str, what: str, instead: str) -> None:
+    """An error at loss.<key> when context or sequence parallelism splits the sequences a loss is computed over whole."""
+    mesh = b.recipe.launch.parallelism or ParallelismTable()
+    if mesh.cp_size * mesh.sp_size > 1:
+        split = "cp_size" if mesh.cp_size > 1 else "sp_size"
+        b.error(
+            ("loss", key),
+            f"{what} computed over whole sequences, and launch.parallelism.{split} {getattr(mesh, split)} splits them over the ranks",
+            f"{instead}, or set {split} = 1",
+        )
