@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .runtime import schedule as runtime_schedule
+from .runtime.preference import UNPAIRED
 
 
 def stage_request(plan: Any, project_dir: str | os.PathLike) -> dict:
@@ -146,7 +147,7 @@ def padding(plan: Any) -> str:
     if plan.recipe.preference is not None:
         if not split:
             return "longest"
-        return "seq_len" if plan.recipe.preference.objective == "kto" else "sides"
+        return "seq_len" if plan.recipe.preference.objective in UNPAIRED else "sides"
     if examples:
         return "seq_len" if split else "longest"
     return "blocks" if plan["packing"] else "masked"
@@ -228,7 +229,7 @@ def figures(plan: Any, out: Any) -> dict:
 def _rows_are(plan: Any) -> str:
     """What one training row holds, in words."""
     if plan.recipe.preference is not None:
-        return "examples" if plan.recipe.preference.objective == "kto" else "pairs (chosen and rejected side by side)"
+        return "examples" if plan.recipe.preference.objective in UNPAIRED else "pairs (chosen and rejected side by side)"
     if plan.get("examples"):
         return "packed rows" if plan["packing"] else "examples"
     return "sequences"

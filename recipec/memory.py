@@ -213,6 +213,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import model_types
+from .runtime.preference import UNPAIRED
 from .schema import Recipe
 
 GIB = 1024**3
@@ -1116,7 +1117,7 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
     """
     launch, b, s = recipe.launch, recipe.train.micro_batch_size, recipe.data.seq_len
     pref = recipe.preference
-    if pref is not None and pref.objective != "kto":
+    if pref is not None and pref.objective not in UNPAIRED:
         s *= 2  # a preference pair is one row holding both sides, each of up to seq_len tokens
     world = launch.num_processes
     mesh = launch.parallelism
@@ -1413,7 +1414,7 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
             f"reward model: s = 2 x data.seq_len {recipe.data.seq_len} (each side a row of its own, as many tokens as "
             f"one row of both); a score head of h {shape.hidden_size} weights in place of lm_head"
         )
-    elif pref is not None and pref.objective != "kto":
+    elif pref is not None and pref.objective not in UNPAIRED:
         notes.append(f"preference pairs: s = 2 x data.seq_len {recipe.data.seq_len} (chosen and rejected in one row)")
     capped = f" + the soft-cap's tanh output, {capped_b} B a logit" if capped_b else ""
     notes += [

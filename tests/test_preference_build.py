@@ -50,7 +50,7 @@ seq_len = 64
 
 [[data.sources]]
 path = "pairs.jsonl"
-records = "{'unpaired_preference' if 'kto' in preference else 'preference'}"
+records = "{'unpaired_preference' if 'kto' in preference or 'unpaired' in preference else 'preference'}"
 
 [train]
 micro_batch_size = 4
@@ -197,6 +197,27 @@ def test_the_memory_estimate_counts_both_sides_and_the_frozen_copy(project: Path
     assert live.memory.params == 2 * pre.memory.params  # the copy: a second set of weights
     assert live.memory.activations == 2 * kto.memory.activations  # a pair row holds two sides
     assert any("frozen reference copy" in n for n in live.memory.notes)
+
+
+def test_apo_zero_unpaired_is_kto_without_its_kl_estimate(project: Path) -> None:
+    """APO-zero unpaired trains on KTO's records and rows, with KTO's weights; with no KL estimate from the other
+    examples of a micro-batch it takes one example per micro-batch and a precomputed reference, which KTO refuses."""
+    options = 'reference = "precomputed"\nundesirable_weight = 2.0'
+    written, plan = build(recipe(project, "apo", f'objective = "apo_zero_unpaired"\n{options}'), ("train.micro_batch_size=1",), project / "build" / "apo", project=project)
+    assert plan["objective"] == "apo_zero_unpaired" and plan["reference"] == "precomputed"
+    assert plan["objective_options"] == {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 2.0}
+    script = (written.dir / "train.py").read_text()
+    assert 'unpaired=objective in preference.UNPAIRED,\n        kl=objective == "kto"' in script
+    with pytest.raises(RecipeError) as e:  # KTO: neither
+        build(recipe(project, "kto", f'objective = "kto"\n{options}'), ("train.micro_batch_size=1",), project / "build" / "kto", project=project)
+    assert "micro_batch_size = 2 or more" in str(e.value) and "cannot be computed before training" in str(e.value)
+    apo, _ = plan_recipe(recipe(project, "apo", 'objective = "apo_zero_unpaired"'), ())
+    kto, _ = plan_recipe(recipe(project, "kto", 'objective = "kto"'), ())
+    assert apo.memory.activations == kto.memory.activations  # one example a row
+    path = recipe(project, "paired", 'objective = "apo_zero_unpaired"')
+    path.write_text(path.read_text().replace('records = "unpaired_preference"', 'records = "preference"'))
+    with pytest.raises(RecipeError, match="'apo_zero_unpaired' trains on unpaired_preference records, and sources\\[0\\] holds preference records"):
+        plan_recipe(path, ())
 
 
 def test_diff_names_a_changed_objective_beta_and_reference(project: Path) -> None:

@@ -92,7 +92,7 @@ def _project(root: Path, model_dir: Path, *, objective: str = "dpo", options: st
     shutil.copytree(model_dir, root / "model")
     (root / "recipes").mkdir()
     (root / "data").mkdir()
-    unpaired = objective == "kto"
+    unpaired = objective in ("kto", "apo_zero_unpaired")
     _pairs(root / "data" / "pairs.jsonl", unpaired=unpaired)
     text = RECIPE.format(
         objective=objective, options=options, records="unpaired_preference" if unpaired else "preference",
@@ -286,6 +286,24 @@ def test_kto_trains_on_labelled_completions(tmp_path: Path, model_dir: Path) -> 
             if g["prompt"] == f"<|im_start|>user\n{r['prompt'][0]['content']}<|im_end|>\n<|im_start|>assistant\n"
         }
         assert (g["completion"], g["desirable"]) in rows and "chosen" not in g
+
+
+def test_apo_zero_unpaired_trains_with_a_precomputed_reference(tmp_path: Path, model_dir: Path) -> None:
+    """APO-zero unpaired through the script on KTO's labelled completions, with the reference's log-probabilities
+    computed before the first step (which KTO's KL pairs rule out): at step 1 every log-ratio is 0, so each
+    example's loss is 1 - sigmoid(0) or sigmoid(0), one half, and the loss is half the mean weight whatever the
+    labels; then the model moves, and no KL estimate is logged."""
+    recipe = _project(tmp_path / "apo", model_dir, objective="apo_zero_unpaired", options='reference = "precomputed"', micro=4, steps=3)
+    _run(recipe)
+    steps = [m for m in _metrics(recipe) if "loss" in m]
+    assert len(steps) == 3 and not any("kl" in m for m in steps)
+    assert steps[0]["loss"] == pytest.approx(0.5, abs=1e-6) and steps[0]["rewards_chosen"] == pytest.approx(0, abs=1e-6)
+    assert steps[2]["loss"] != pytest.approx(0.5, abs=1e-4) and steps[2]["rewards_chosen"] != 0
+    assert "reward_accuracy" not in steps[-1]
+    (saved,) = (tmp_path / "apo").rglob("reference-*-train-0.pt")
+    import torch
+
+    assert torch.load(saved, weights_only=True).shape == (63, 2)  # the 72 examples less the 9 held out: completion, no rejected side
 
 
 @pytest.mark.parametrize(

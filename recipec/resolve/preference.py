@@ -4,11 +4,11 @@ checks that tie it to the data (preference records), the model and the launch.""
 from __future__ import annotations
 
 from ..runtime.formats import PREFERENCE
-from ..runtime.preference import OBJECTIVES
+from ..runtime.preference import OBJECTIVES, UNPAIRED
 from .builder import PlanBuilder
 
-PAIRED = [o for o in OBJECTIVES if o != "kto"]
-"""The objectives that train on paired records (KTO trains on unpaired ones)."""
+PAIRED = [o for o in OBJECTIVES if o not in UNPAIRED]
+"""The objectives that train on paired records (KTO and APO-zero unpaired train on unpaired ones)."""
 
 
 def preference_settings(b: PlanBuilder) -> None:
@@ -16,13 +16,17 @@ def preference_settings(b: PlanBuilder) -> None:
     r = b.recipe
     p = r.preference
     sources = r.data.sources
-    wanted = None if p is None else "unpaired_preference" if p.objective == "kto" else "preference"
+    wanted = None if p is None else "unpaired_preference" if p.objective in UNPAIRED else "preference"
     for i, src in enumerate(sources):
         if src.records == wanted:
             continue
         where = ("data", "sources", i, "records")
         if p is None and src.records in PREFERENCE:
-            b.error(where, f"sources[{i}] holds {src.records} records, which train with a [preference] objective", 'add [preference] objective = "dpo" (or ' + ", ".join(o for o in OBJECTIVES if o not in ("dpo", "reward")) + '; reward for a reward model)')
+            if src.records == "unpaired_preference":
+                hint = 'add [preference] objective = "kto" (or ' + ", ".join(o for o in UNPAIRED if o != "kto") + ")"
+            else:
+                hint = 'add [preference] objective = "dpo" (or ' + ", ".join(o for o in PAIRED if o not in ("dpo", "reward")) + "; reward for a reward model)"
+            b.error(where, f"sources[{i}] holds {src.records} records, which train with a [preference] objective", hint)
         elif p is not None:
             b.error(
                 where,

@@ -22,7 +22,7 @@ Formats:
 * ``preference``: ``{"prompt", "chosen", "rejected"}``, all strings or all lists of messages;
   the example is ``{"chosen", "rejected"}``, each side a prompt/completion example, and
   ``margin`` (a float) when ``fields`` names a margin column (a reward model's, as TRL's).
-* ``unpaired_preference`` (KTO): ``{"prompt", "completion", "label"}`` with a boolean label
+* ``unpaired_preference`` (KTO, APO-zero unpaired): ``{"prompt", "completion", "label"}`` with a boolean label
   (true: a desirable completion); the example is a prompt/completion example with ``label``.
 
 Field names are the recipe's (``fields``, merged over :data:`DEFAULT_FIELDS`); role names are

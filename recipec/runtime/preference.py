@@ -7,9 +7,9 @@ to the other. A row's ``mask`` holds bits per token:
 
 * :data:`SUPERVISED` (1): the token is part of a completion (its log-probability counts);
 * :data:`REJECTED` (2): the token belongs to the rejected side;
-* :data:`UNDESIRABLE` (4): KTO only, the example's label is false.
+* :data:`UNDESIRABLE` (4): the unpaired objectives (KTO, APO-zero unpaired) only, the example's label is false.
 
-KTO examples are single segments (prompt and completion); its KL estimate pairs each prompt
+The unpaired objectives' examples are single segments (prompt and completion); KTO's KL estimate pairs each prompt
 of a micro-batch with the previous example's completion (the last with the first), as TRL does.
 
 A held-out set is filled up to whole micro-batches of every process (``data.FilledUp``): its
@@ -58,7 +58,10 @@ completion's tokens) of the policy and, where it has one, of the reference model
   ``log sigmoid`` of the log odds ratio of the averaged log-probabilities;
 * ``kto``: ``1 - sigmoid(beta (ratio - KL))`` for desirable and ``1 - sigmoid(beta (KL -
   ratio))`` for undesirable completions, weighted, with KL the clamped batch mean of the
-  mismatched pairs' log-ratios.
+  mismatched pairs' log-ratios;
+* ``apo_zero_unpaired`` (APO-zero on unpaired examples, TRL's KTO loss type of that name):
+  ``1 - sigmoid(beta ratio)`` for desirable and ``sigmoid(beta ratio)`` for undesirable
+  completions, weighted as KTO's; no KL estimate, so no mismatched pairs are scored.
 
 Rewards are ``beta`` times the log-ratio (the objectives with a reference) or the average
 log-probability (SimPO, ORPO), as TRL reports them.
@@ -87,8 +90,10 @@ IGNORE = -100  # a label the log-probabilities leave out
 
 OBJECTIVES = (
     "dpo", "ipo", "hinge", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down", "dpo_norm", "exo_pair", "aot",
-    "aot_unpaired", "discopop", "simpo", "orpo", "kto", "reward",
+    "aot_unpaired", "discopop", "simpo", "orpo", "kto", "apo_zero_unpaired", "reward",
 )  # fmt: skip
+UNPAIRED = ("kto", "apo_zero_unpaired")
+"""The objectives that train on unpaired examples (records = "unpaired_preference"), each labelled desirable or not."""
 REFERENCE_FREE = ("simpo", "orpo", "reward")
 
 
@@ -114,7 +119,7 @@ def segment_positions(mask: Sequence[int]) -> list[int]:
 
 
 def unpaired_row(ids: Sequence[int], mask: Sequence[int], desirable: bool) -> dict[str, list[int]]:
-    """One stored row of a KTO example: its ids and supervised mask, and its label."""
+    """One stored row of an unpaired example (KTO, APO-zero unpaired): its ids and supervised mask, and its label."""
     label = 0 if desirable else UNDESIRABLE
     bits = [label | (SUPERVISED * bool(m)) for m in mask]
     bits[0] &= ~SUPERVISED
@@ -158,6 +163,7 @@ def collate(
     pad_id: int,
     *,
     unpaired: bool = False,
+    kl: bool = True,
     pad_to: int | None = None,
     pad_to_multiple_of: int | None = None,
     seq_len: int | None = None,
@@ -165,8 +171,9 @@ def collate(
     """Pad rows to the longest; the model's inputs plus what the objectives read.
 
     Returns ``input_ids`` and ``position_ids`` (the model's inputs, padding a segment of its
-    own), and per token ``supervised``, ``rejected`` and ``real`` (not padding); for KTO
-    also ``desirable`` (per row) and ``kl_input_ids``/``kl_position_ids``/``kl_supervised``/
+    own), and per token ``supervised``, ``rejected`` and ``real`` (not padding); for unpaired
+    examples (``unpaired``) also ``desirable`` (per row) and, unless ``kl`` is False (only KTO
+    estimates a KL term), ``kl_input_ids``/``kl_position_ids``/``kl_supervised``/
     ``kl_rejected``/``kl_real``: each prompt followed by the previous row's completion.
     ``reference`` (float per row and side) is passed through when rows carry precomputed
     reference log-probabilities. When some rows are fillers (``data.FILLER``),
@@ -183,13 +190,14 @@ def collate(
     if not rows:
         raise ValueError("cannot collate an empty batch")
     if pad_to is not None:
-        return collate_sides(rows, pad_id, pad_to, unpaired=unpaired)
+        return collate_sides(rows, pad_id, pad_to, unpaired=unpaired, kl=kl)
     ids = [torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows]
     bits = [torch.as_tensor(r["mask"], dtype=torch.long) for r in rows]
     positions = [torch.as_tensor(r["position_ids"], dtype=torch.long) for r in rows]
     batch = _pad(ids, bits, positions, pad_id, padded_width(max(len(t) for t in ids), pad_to_multiple_of, seq_len))
     if unpaired:
         batch["desirable"] = torch.tensor([not bool(int(b[0]) & UNDESIRABLE) for b in bits])
+    if unpaired and kl:
         # the KL estimate's mismatched pairs: prompt i with completion i - 1
         prompts, completions = zip(*(_split(i, b) for i, b in zip(ids, bits)))
         shifted = [completions[j] for j in _previous(rows)]
@@ -252,16 +260,16 @@ def reward_scores(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
     return {"chosen": rewards[:n], "rejected": rewards[n:]}
 
 
-def collate_sides(rows: Sequence[dict[str, Any]], pad_id: int, pad_to: int, *, unpaired: bool = False) -> dict[str, Any]:
+def collate_sides(rows: Sequence[dict[str, Any]], pad_id: int, pad_to: int, *, unpaired: bool = False, kl: bool = True) -> dict[str, Any]:
     """The sides layout of a micro-batch, for sequence parallelism: one segment per row, every row ``pad_to`` wide.
 
     Returns ``[rows, pad_to]`` tensors: ``input_ids``, ``position_ids`` (0 to pad_to - 1),
     ``labels`` (each token predicted within its row, from the second on; -100 elsewhere) and
     ``shift_completion`` (1 where the next token is a completion's); the rows are a pair's
-    chosen sides, then their rejected sides in the same order. KTO: each example a row, and
+    chosen sides, then their rejected sides in the same order. Unpaired examples: each example a row,
+    ``desirable`` a list, and unless ``kl`` is False (KTO's KL pairs)
     ``kl_input_ids``/``kl_position_ids``/``kl_shift_labels`` (the next token where it is a
-    completion's) of each prompt followed by the previous example's completion; ``desirable``
-    a list. ``reference``: a list of ``[chosen, rejected]`` per pair, when rows carry it; ``counted``
+    completion's) of each prompt followed by the previous example's completion. ``reference``: a list of ``[chosen, rejected]`` per pair, when rows carry it; ``counted``
     a list per pair (KTO: example), when some rows are fillers.
 
     Raises:
@@ -270,20 +278,20 @@ def collate_sides(rows: Sequence[dict[str, Any]], pad_id: int, pad_to: int, *, u
     import torch
 
     main: list[tuple[list[int], list[int]]] = []
-    kl: list[tuple[list[int], list[int]]] = []
+    pairs: list[tuple[list[int], list[int]]] = []
     for r in rows:
         ids, bits = [int(t) for t in r["input_ids"]], [int(b) for b in r["mask"]]
         cut = next((i for i, b in enumerate(bits) if b & REJECTED), len(bits))
         main.append((ids[:cut], bits[:cut]))
         if not unpaired:
             main.append((ids[cut:], bits[cut:]))
-    if unpaired:
+    if unpaired and kl:
         parts = [_split(torch.as_tensor(ids), torch.as_tensor(bits)) for ids, bits in main]
         shifted = [parts[j][1] for j in _previous(rows)]
-        kl = [(p_ids.tolist() + c_ids.tolist(), p_bits.tolist() + c_bits.tolist()) for (p_ids, p_bits), (c_ids, c_bits) in zip((p for p, _ in parts), shifted)]
-    else:
+        pairs = [(p_ids.tolist() + c_ids.tolist(), p_bits.tolist() + c_bits.tolist()) for (p_ids, p_bits), (c_ids, c_bits) in zip((p for p, _ in parts), shifted)]
+    elif not unpaired:
         main = main[0::2] + main[1::2]  # the chosen sides, then the rejected ones
-    for what, sides in (("side", main), ("KL pair (a prompt with another example's completion)", kl)):
+    for what, sides in (("side", main), ("KL pair (a prompt with another example's completion)", pairs)):
         longest = max((len(ids) for ids, _ in sides), default=0)
         if longest > pad_to:
             raise ValueError(f"a {what} of {longest} tokens is longer than the {pad_to} that sequence parallelism pads every row to")
@@ -299,15 +307,16 @@ def collate_sides(rows: Sequence[dict[str, Any]], pad_id: int, pad_to: int, *, u
         out["input_ids"][i, :k] = torch.as_tensor(ids)
         out["labels"][i, 1:k] = torch.as_tensor(ids[1:], dtype=torch.long)
         out["shift_completion"][i, : k - 1] = torch.as_tensor([b & SUPERVISED for b in bits[1:]], dtype=torch.long)
-    if unpaired:
+    if unpaired and kl:
         out["kl_input_ids"] = torch.full((n, pad_to), pad_id, dtype=torch.long)
         out["kl_position_ids"] = out["position_ids"].clone()
         out["kl_shift_labels"] = torch.full((n, pad_to), IGNORE, dtype=torch.long)
-        for i, (ids, bits) in enumerate(kl):
+        for i, (ids, bits) in enumerate(pairs):
             out["kl_input_ids"][i, : len(ids)] = torch.as_tensor(ids)
             for t in range(1, len(ids)):
                 if bits[t] & SUPERVISED:
                     out["kl_shift_labels"][i, t - 1] = ids[t]
+    if unpaired:
         out["desirable"] = [not int(r["mask"][0]) & UNDESIRABLE for r in rows]
     if "reference" in rows[0]:
         out["reference"] = [[float(v) for v in r["reference"]] for r in rows]
@@ -394,9 +403,9 @@ def sequence_logps(model: Any, batch: dict[str, Any], *, group: Any = None, wpo:
 
     Returns ``chosen``/``rejected`` (sums over each side's completion tokens, ``[B]``),
     ``chosen_tokens``/``rejected_tokens`` and ``chosen_all``/``chosen_all_tokens`` (every
-    predicted token of the chosen side, prompt included: ORPO's cross-entropy); for KTO
-    (rows all ``chosen``, labels in ``batch["desirable"]``) also ``kl``, the mismatched pairs'
-    sums, computed without gradient.
+    predicted token of the chosen side, prompt included: ORPO's cross-entropy); unpaired examples
+    are rows all ``chosen`` (labels in ``batch["desirable"]``), and for KTO (a batch with its KL
+    pairs) also ``kl``, the mismatched pairs' sums, computed without gradient.
 
     ``wpo``: also ``chosen_wpo``/``rejected_wpo``, the sums of WPO's aligned log-probabilities
     (:func:`_aligned`) over each side's completion tokens, without gradient.
@@ -435,22 +444,24 @@ def _side_logps(model: Any, batch: dict[str, Any], group: Any, wpo: bool = False
 
     labels = batch["shift_labels"] if "shift_labels" in batch else _shift(batch["labels"])  # the adapter shifts them
     rows = len(labels)
-    halves = [slice(0, rows)] if "kl_input_ids" in batch else [slice(0, rows // 2), slice(rows // 2, rows)]
+    halves = [slice(0, rows)] if "desirable" in batch else [slice(0, rows // 2), slice(rows // 2, rows)]
     scored = [
         side_sums(model, batch["input_ids"][h], batch["position_ids"][h], labels[h], batch["shift_completion"][h], group, wpo=wpo)
         for h in halves
     ]
     sums, (n_completion, n_every) = (torch.cat([s[i] for s in scored], dim=1) for i in range(2))
     completion, every = sums[0], sums[1]
-    if "kl_input_ids" in batch:  # KTO: every row an example
-        with torch.no_grad():
-            kl_labels = batch["kl_shift_labels"]
-            (kl, _), _ = side_sums(model, batch["kl_input_ids"], batch["kl_position_ids"], kl_labels, kl_labels != IGNORE, group)
+    if "desirable" in batch:  # unpaired: every row an example
         none = torch.zeros_like(n_completion)
-        return {
+        out = {
             "chosen": completion, "rejected": torch.zeros_like(completion), "chosen_tokens": n_completion, "rejected_tokens": none,
-            "chosen_all": every, "chosen_all_tokens": n_every, "kl": kl,
+            "chosen_all": every, "chosen_all_tokens": n_every,
         }
+        if "kl_input_ids" in batch:  # KTO's mismatched pairs
+            with torch.no_grad():
+                kl_labels = batch["kl_shift_labels"]
+                (out["kl"], _), _ = side_sums(model, batch["kl_input_ids"], batch["kl_position_ids"], kl_labels, kl_labels != IGNORE, group)
+        return out
     n = completion.shape[0] // 2
     out = {
         "chosen": completion[:n], "rejected": completion[n:], "chosen_tokens": n_completion[:n], "rejected_tokens": n_completion[n:],
@@ -517,12 +528,12 @@ def _shift(labels: Any) -> Any:
 
 
 def row_count(batch: dict[str, Any]) -> int:
-    """The rows (pairs, or KTO examples) of a collated micro-batch that count (fillers do not); in the sides layout and
+    """The rows (pairs, or unpaired examples) of a collated micro-batch that count (fillers do not); in the sides layout and
     the reward layout (:func:`collate_reward`) a pair is two of its rows."""
     if "counted" in batch:
         return int(sum(bool(c) for c in batch["counted"]))
     n = len(batch["input_ids"])
-    sides = "attention_mask" in batch or ("shift_completion" in batch and "kl_input_ids" not in batch)
+    sides = "attention_mask" in batch or ("shift_completion" in batch and "desirable" not in batch)
     return n // 2 if sides else n
 
 
@@ -572,7 +583,7 @@ def objective_loss(
             :func:`reward_scores`).
         reference: the same of the reference model (``chosen``/``rejected``/``kl``), None
             for the reference-free objectives.
-        desirable: KTO: each row's label.
+        desirable: the unpaired objectives (KTO, APO-zero unpaired): each row's label.
         counted: a filled-up held-out micro-batch's ``counted`` (see :func:`collate`): the loss,
             the statistics and KTO's KL estimate are those of these rows alone (all of them if
             None); with none, the loss is NaN and the statistics empty.
@@ -584,7 +595,7 @@ def objective_loss(
 
     Returns:
         ``(loss, stats)``: stats hold per-row tensors ``rewards_chosen``, ``rewards_rejected``,
-        ``logps_chosen``, ``logps_rejected`` (a reward model: the scores, and no log-probabilities) (for KTO, the desirable and undesirable rows'
+        ``logps_chosen``, ``logps_rejected`` (a reward model: the scores, and no log-probabilities) (for the unpaired objectives, the desirable and undesirable rows'
         rewards and log-probabilities, possibly empty) and, for KTO, the scalar ``kl``.
     """
     import torch
@@ -607,8 +618,8 @@ def objective_loss(
         return loss, {"rewards_chosen": c.detach(), "rewards_rejected": r.detach()}
     beta = float(options["beta"])
     n_c, n_r = policy["chosen_tokens"].clamp(min=1), policy["rejected_tokens"].clamp(min=1)
-    if objective == "kto":
-        return _kto(options, policy, reference, desirable, mean_across_processes)
+    if objective in UNPAIRED:
+        return _unpaired(objective, options, policy, reference, desirable, mean_across_processes)
     if objective in REFERENCE_FREE:
         avg_c, avg_r = c / n_c, r / n_r
         if objective == "simpo":
@@ -728,31 +739,34 @@ def _desensitised(options: dict[str, Any], logps: dict[str, Any]) -> tuple[Any, 
     return tuple(logps[f"{k}_shared"] + float(alpha) * (logps[k] - logps[f"{k}_shared"]) for k in ("chosen", "rejected"))
 
 
-def _kto(options: dict[str, Any], policy: dict, reference: dict, desirable: Any, mean_across_processes: Callable | None) -> tuple[Any, dict]:
+def _unpaired(
+    objective: str, options: dict[str, Any], policy: dict, reference: dict, desirable: Any, mean_across_processes: Callable | None
+) -> tuple[Any, dict]:
+    """KTO's or APO-zero-unpaired's loss: the mean over the micro-batch's examples, desirable ones first (as TRL's
+    KTOTrainer concatenates them); KTO's with its KL estimate (also a statistic)."""
     import torch
 
     beta = float(options["beta"])
-    kl = (policy["kl"] - reference["kl"]).mean().detach()
     desirable = torch.as_tensor(desirable, dtype=torch.bool, device=policy["chosen"].device)  # a list in the sides layout
-    if mean_across_processes is not None:
-        kl = mean_across_processes(kl)
-    kl = kl.clamp(min=0)
     ratio = policy["chosen"] - reference["chosen"]
     good, bad = ratio[desirable], ratio[~desirable]
-    losses = torch.cat(
-        [
-            float(options["desirable_weight"]) * (1 - torch.sigmoid(beta * (good - kl))),
-            float(options["undesirable_weight"]) * (1 - torch.sigmoid(beta * (kl - bad))),
-        ]
-    )
     logps = policy["chosen"].detach()
     stats = {
         "rewards_chosen": beta * good.detach(),
         "rewards_rejected": beta * bad.detach(),
         "logps_chosen": logps[desirable],
         "logps_rejected": logps[~desirable],
-        "kl": kl,
     }
+    if objective == "kto":
+        kl = (policy["kl"] - reference["kl"]).mean().detach()
+        if mean_across_processes is not None:
+            kl = mean_across_processes(kl)
+        kl = kl.clamp(min=0)
+        good_losses, bad_losses = 1 - torch.sigmoid(beta * (good - kl)), 1 - torch.sigmoid(beta * (kl - bad))
+        stats["kl"] = kl
+    else:  # apo_zero_unpaired: raise the desirable completions' likelihood, lower the undesirable ones'
+        good_losses, bad_losses = 1 - torch.sigmoid(beta * good), torch.sigmoid(beta * bad)
+    losses = torch.cat([float(options["desirable_weight"]) * good_losses, float(options["undesirable_weight"]) * bad_losses])
     return losses.mean(), stats
 
 
@@ -802,9 +816,10 @@ class Tally:
 
     KEYS = ("rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected", "reward_margin", "reward_accuracy", "kl", "sft_nll")
 
-    def __init__(self, device: Any) -> None:
+    def __init__(self, device: Any, unpaired: bool = False) -> None:
         import torch
 
+        self.unpaired = unpaired  # the statistics of KTO's or APO-zero unpaired's examples: no pairs, no per-pair margins
         self.sums = torch.zeros(len(self.KEYS), device=device, dtype=torch.float64)
         self.counts = torch.zeros(len(self.KEYS), device=device, dtype=torch.float64)
 
@@ -812,7 +827,7 @@ class Tally:
         values = {k: stats[k] for k in self.KEYS[:4] if k in stats}  # a reward model has no log-probabilities
         if "kl" in stats:
             values["kl"] = stats["kl"].reshape(1)
-        else:  # paired: per-pair margins and wins
+        if not self.unpaired and "kl" not in stats:  # paired: per-pair margins and wins
             margin = stats["rewards_chosen"] - stats["rewards_rejected"]
             values["reward_margin"] = margin
             values["reward_accuracy"] = (margin > 0).double()
@@ -831,7 +846,7 @@ class Tally:
         sums, counts = totals[: len(self.KEYS)], totals[len(self.KEYS) :]
         out = {k: (s / c).item() for k, s, c in zip(self.KEYS, sums, counts) if c > 0}
         if "reward_margin" not in out and "rewards_chosen" in out and "rewards_rejected" in out:
-            out["reward_margin"] = out["rewards_chosen"] - out["rewards_rejected"]  # KTO: unpaired
+            out["reward_margin"] = out["rewards_chosen"] - out["rewards_rejected"]  # unpaired: the difference of the means
         return out
 
 

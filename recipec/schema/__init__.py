@@ -52,6 +52,7 @@ from .peft import (
 from .preference import (
     OBJECTIVE_TABLES,
     ApoDownTable,
+    ApoZeroUnpairedTable,
     ApoZeroTable,
     AotTable,
     AotUnpairedTable,

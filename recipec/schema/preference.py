@@ -223,17 +223,26 @@ class OrpoTable(_Objective):
     """The objective."""
 
 
-class KtoTable(_Referenced):
-    """`[preference] objective = "kto"`: unpaired desirable and undesirable completions (records = "unpaired_preference")."""
-
-    objective: Literal["kto"]
-    """The objective."""
-
+class _Unpaired(_Referenced):
     desirable_weight: float = Field(1.0, gt=0)
     """Weight of the desirable completions' loss."""
 
     undesirable_weight: float = Field(1.0, gt=0)
     """Weight of the undesirable completions' loss (raise it when undesirable examples are fewer)."""
+
+
+class KtoTable(_Unpaired):
+    """`[preference] objective = "kto"`: unpaired desirable and undesirable completions (records = "unpaired_preference"), 1 - sigmoid(beta (log-ratio - KL)) for a desirable one, 1 - sigmoid(beta (KL - log-ratio)) for an undesirable one, KL estimated from each prompt paired with another example's completion in the micro-batch."""
+
+    objective: Literal["kto"]
+    """The objective."""
+
+
+class ApoZeroUnpairedTable(_Unpaired):
+    """`[preference] objective = "apo_zero_unpaired"`: APO-zero on unpaired examples (records = "unpaired_preference"; TRL's KTO `loss_type = "apo_zero_unpaired"`), 1 - sigmoid(beta log-ratio) for a desirable completion, sigmoid(beta log-ratio) for an undesirable one: KTO without its KL estimate, for when the desirable completions are better than what the model writes."""
+
+    objective: Literal["apo_zero_unpaired"]
+    """The objective."""
 
 
 class RewardTable(Table):
@@ -248,11 +257,13 @@ class RewardTable(Table):
 
 OBJECTIVE_TABLES = (
     DpoTable, IpoTable, HingeTable, RobustTable, BcoPairTable, NcaPairTable, SppoHardTable, ApoZeroTable, ApoDownTable,
-    DpoNormTable, ExoPairTable, AotTable, AotUnpairedTable, DiscopopTable, SimpoTable, OrpoTable, KtoTable, RewardTable,
+    DpoNormTable, ExoPairTable, AotTable, AotUnpairedTable, DiscopopTable, SimpoTable, OrpoTable, KtoTable, ApoZeroUnpairedTable,
+    RewardTable,
 )
 
 PreferenceTable = Annotated[
     DpoTable | IpoTable | HingeTable | RobustTable | BcoPairTable | NcaPairTable | SppoHardTable | ApoZeroTable | ApoDownTable
-    | DpoNormTable | ExoPairTable | AotTable | AotUnpairedTable | DiscopopTable | SimpoTable | OrpoTable | KtoTable | RewardTable,
+    | DpoNormTable | ExoPairTable | AotTable | AotUnpairedTable | DiscopopTable | SimpoTable | OrpoTable | KtoTable
+    | ApoZeroUnpairedTable | RewardTable,
     Field(discriminator="objective"),
 ]

@@ -109,7 +109,7 @@ def _ours(policy, reference, rows, pad_id, objective, options, **kw):
     and LD-DPO read are computed when the options name them, as the training script asks for them."""
     model = copy.deepcopy(policy)
     model.train()
-    batch = P.collate(rows, pad_id, unpaired=objective == "kto")
+    batch = P.collate(rows, pad_id, unpaired=objective in P.UNPAIRED, kl=objective == "kto")
     shared = options.get("ld_alpha") is not None
     logps = P.sequence_logps(model, batch, wpo=bool(options.get("wpo")), shared=shared)
     ref = None
@@ -388,7 +388,10 @@ def test_reference_free_objectives_equal_trl(tmp_path, tok, models, objective):
     _assert_same_gradients(trainer.model, ours)
 
 
-def test_kto_equals_trl(tmp_path, tok, models):
+@pytest.mark.parametrize("objective", ["kto", "apo_zero_unpaired"])
+def test_unpaired_objectives_equal_trl(objective, tmp_path, tok, models):
+    """KTO and APO-zero unpaired (TRL's two KTO loss types) against KTOTrainer: loss, rewards, log-probabilities and
+    every gradient; KTO with its KL estimate taking part, APO-zero unpaired with no mismatched pairs scored at all."""
     from trl import KTOConfig, KTOTrainer
 
     reference, policy = models  # this way round the KL estimate is positive, so it takes part
@@ -399,7 +402,7 @@ def test_kto_equals_trl(tmp_path, tok, models):
             model=copy.deepcopy(policy),
             ref_model=copy.deepcopy(reference),
             args=_args(KTOConfig, tmp_path, beta=BETA, desirable_weight=1.0, undesirable_weight=1.5,
-                       per_device_train_batch_size=4, max_length=None),
+                       per_device_train_batch_size=4, max_length=None, loss_type=objective),
             train_dataset=_dataset(UNPAIRED),
             processing_class=tok,
         )
@@ -409,10 +412,15 @@ def test_kto_equals_trl(tmp_path, tok, models):
     for i in range(batch["input_ids"].shape[0]):
         keep = batch["attention_mask"][i].bool()
         rows.append(P.unpaired_row(batch["input_ids"][i][keep].tolist(), batch["completion_mask"][i][keep].tolist(), bool(batch["label"][i])))
-    ours, our_loss, stats = _ours(policy, reference, rows, tok.pad_token_id, "kto", options)
+    assert {bool(b) for b in batch["label"]} == {True, False}  # both kinds of example take part
+    ours, our_loss, stats = _ours(policy, reference, rows, tok.pad_token_id, objective, options)
     assert our_loss.item() == pytest.approx(loss.item(), abs=TOL)
-    assert stats["kl"].item() > 0.01  # the KL term takes part (it is clamped at 0)
-    assert stats["kl"].item() == pytest.approx(metrics["kl"], abs=TOL)
+    if objective == "kto":
+        assert stats["kl"].item() > 0.01  # the KL term takes part (it is clamped at 0)
+        assert stats["kl"].item() == pytest.approx(metrics["kl"], abs=TOL)
+    else:
+        assert "kl" not in stats and metrics["kl"] == 0
+        assert not any(k.startswith("kl_") for k in P.collate(rows, tok.pad_token_id, unpaired=True, kl=False))
     for ours_key, theirs_key in (("rewards_chosen", "rewards/chosen"), ("rewards_rejected", "rewards/rejected"),
                                  ("logps_chosen", "logps/chosen"), ("logps_rejected", "logps/rejected")):
         assert stats[ours_key].mean().item() == pytest.approx(metrics[theirs_key], abs=TOL), ours_key
@@ -568,17 +576,21 @@ def _random_rows(unpaired: bool, n: int = 4, vocab: int = 40):
     return rows
 
 
-@pytest.mark.parametrize("unpaired", [False, True], ids=["pairs", "kto"])
-def test_sides_layout_scores_as_the_pair_rows(models, unpaired):
+SIDES = pytest.mark.parametrize(("unpaired", "kl"), [(False, True), (True, True), (True, False)], ids=["pairs", "kto", "apo_zero_unpaired"])
+
+
+@SIDES
+def test_sides_layout_scores_as_the_pair_rows(models, unpaired, kl):
     """Each side a row of its own, padded to pad_to: the sums and counts of the packed pair rows (KTO: and its KL
-    pairs; pairs: and WPO's aligned sums)."""
+    pairs, which APO-zero unpaired has none of; pairs: and WPO's aligned sums)."""
     policy, _ = models
     rows = _random_rows(unpaired)
-    packed = P.sequence_logps(policy, P.collate(rows, 0, unpaired=unpaired), wpo=not unpaired)
-    sides = P.collate(rows, 0, unpaired=unpaired, pad_to=32)
+    packed = P.sequence_logps(policy, P.collate(rows, 0, unpaired=unpaired, kl=kl), wpo=not unpaired)
+    sides = P.collate(rows, 0, unpaired=unpaired, kl=kl, pad_to=32)
     assert sides["input_ids"].shape == ((4 if unpaired else 8), 32) and P.row_count(sides) == 4
+    assert ("kl_input_ids" in sides) == (unpaired and kl) and ("desirable" in sides) == unpaired
     split = P.sequence_logps(policy, sides, wpo=not unpaired)
-    assert packed.keys() == split.keys() and ("chosen_wpo" in split) != unpaired
+    assert packed.keys() == split.keys() and ("chosen_wpo" in split) != unpaired and ("kl" in split) == (unpaired and kl)
     for key in packed:
         assert split[key].tolist() == pytest.approx(packed[key].tolist(), abs=TOL), key
     assert split["chosen_tokens"].sum() > 0 and (unpaired or split["rejected_tokens"].sum() > 0)
@@ -598,12 +610,12 @@ class _PerToken(torch.nn.Module):
         return SimpleNamespace(logits=self.embed(input_ids))
 
 
-@pytest.mark.parametrize("unpaired", [False, True], ids=["pairs", "kto"])
-def test_sides_cut_as_deepspeeds_adapter_cuts_them_sum_to_the_whole_rows(unpaired):
+@SIDES
+def test_sides_cut_as_deepspeeds_adapter_cuts_them_sum_to_the_whole_rows(unpaired, kl):
     """DeepSpeed's adapter shifts the labels while a row is whole and cuts every tensor into sp_size slices; what
     else scores a token by its successor is shifted before the cut, so the slices' sums add up to the whole rows'."""
     model = _PerToken()
-    batch = P.collate(_random_rows(unpaired), 0, unpaired=unpaired, pad_to=32)
+    batch = P.collate(_random_rows(unpaired), 0, unpaired=unpaired, kl=kl, pad_to=32)
     whole = P.sequence_logps(model, batch, wpo=not unpaired)
     cut = dict(batch, shift_labels=torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100))
     del cut["labels"]
@@ -624,6 +636,7 @@ OPTIONS = {
     "aot": {"beta": BETA, "label_smoothing": 0.1}, "aot_unpaired": {"beta": BETA},
     "discopop": {"beta": BETA, "tau": 0.05, "divergence": "alpha_divergence", "divergence_alpha": 0.3},
     "simpo": {"beta": BETA, "gamma": 0.5}, "orpo": {"beta": BETA}, "kto": {"beta": BETA, "desirable_weight": 1.0, "undesirable_weight": 1.5},
+    "apo_zero_unpaired": {"beta": BETA, "desirable_weight": 2.0, "undesirable_weight": 1.0},
     "reward": {"center_rewards_coefficient": 0.01},
 }
 
@@ -635,7 +648,7 @@ def test_filler_rows_count_for_nothing(models, reward_model, objective, pad_to):
     statistic (KTO: the KL estimate too, whose pairs must not take a filler's completion) are those of its counted rows
     alone; a micro-batch of fillers alone has none."""
     reference, policy = models  # this way round KTO's KL estimate is positive, so it takes part
-    unpaired = objective == "kto"
+    unpaired = objective in P.UNPAIRED
     rows = _random_rows(unpaired, n=3)
     fillers = [{**rows[0], FILLER: True}] * 2
     if objective == "reward":  # a reward model's own layout: no sides layout (no sequence parallelism)
@@ -652,7 +665,7 @@ def test_filler_rows_count_for_nothing(models, reward_model, objective, pad_to):
             return _scored(rows)
 
     def _scored(rows):
-        batch = P.collate(rows, 0, unpaired=unpaired, pad_to=pad_to)
+        batch = P.collate(rows, 0, unpaired=unpaired, kl=objective == "kto", pad_to=pad_to)
         with torch.no_grad():
             logps = P.sequence_logps(policy, batch)
             ref = None if objective in P.REFERENCE_FREE else P.sequence_logps(reference, batch)
@@ -666,7 +679,7 @@ def test_filler_rows_count_for_nothing(models, reward_model, objective, pad_to):
     for key in stats:
         assert filled_stats[key].tolist() == pytest.approx(stats[key].tolist(), abs=TOL), key
     assert alone.item() == pytest.approx(scored([rows[2]])[0].item(), abs=TOL)
-    if unpaired:
+    if objective == "kto":
         assert stats["kl"].item() > 0.01
     _, none = scored(fillers)
     assert all(none[k].numel() == 0 for k in none if k != "kl")
