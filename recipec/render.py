@@ -334,6 +334,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "reference_model": plan.get("reference_model"),
         # the frozen copy of a live reference under FSDP: sharded as the model is (preference.fsdp_reference)
         "fsdp_reference": plan.get("reference_model") == "copy" and plan["strategy"] == "fsdp",
+        "reference_sync": plan.get("reference_sync_every") is not None,  # TR-DPO: the copy moves toward the policy
         "cross_entropy": plan.get("cross_entropy"),  # None: no [loss], the model's own loss
         "smoothed": bool(plan.get("label_smoothing")),  # loss.label_smoothing: the loss computed from the logits
         "dft": plan.get("loss_type") == "dft",  # loss.type "dft": each token's NLL weighted by its probability (from the logits)

@@ -220,6 +220,59 @@ def test_apo_zero_unpaired_is_kto_without_its_kl_estimate(project: Path) -> None
         plan_recipe(path, ())
 
 
+def test_tr_dpo_syncs_a_live_copy_and_checkpoints_it(project: Path) -> None:
+    """reference_sync_every: plan settings of their own (not objective options), the copy registered for the
+    checkpoints and moved toward the policy after each reference_sync_every-th optimizer step; ZeRO-2 keeps a whole copy."""
+    for name, overrides in (("tr", ()), ("tr2", _deepspeed(2))):
+        written, plan = build(recipe(project, name, 'objective = "dpo"\nreference_sync_every = 4'), overrides, project / "build" / name, project=project)
+        assert plan["reference_sync_every"] == 4 and plan["reference_sync_alpha"] == 0.6
+        assert plan["objective_options"] == {"beta": 0.1, "label_smoothing": 0.0}
+        script = (written.dir / "train.py").read_text()
+        assert "reference_sync_every = 4" in script and "accelerator.register_for_checkpointing(ref_model)" in script
+        assert "if step % reference_sync_every == 0:" in script
+        assert "preference.sync_reference(accelerator.unwrap_model(model), ref_model, reference_sync_alpha)" in script
+    _, plain = build(recipe(project, "plain", 'objective = "dpo"'), (), project / "build" / "plain", project=project)
+    assert plain.get("reference_sync_every") is None and "sync_reference" not in (project / "build" / "plain" / "train.py").read_text()
+
+
+@pytest.mark.parametrize(
+    ("options", "overrides", "peft", "message"),
+    [
+        ('reference = "precomputed"\nreference_sync_every = 4', (), "", "a precomputed reference is scored once, before the first step"),
+        ("reference_sync_every = 4", (), "[peft]\nmethod = \"lora\"", "under [peft] the live reference is the base model with the adapter disabled"),
+        ("reference_sync_every = 4", ('launch.strategy="fsdp"', "launch.num_processes=2"), "", "under FSDP the reference copy is sharded"),
+        ("reference_sync_every = 4", _deepspeed(3), "", "under DeepSpeed ZeRO-3 the reference copy is sharded"),
+        ("reference_sync_alpha = 0.5", (), "", "reference_sync_every is unset (no sync)"),
+    ],
+    ids=["precomputed", "peft", "fsdp", "zero3", "alpha-alone"],
+)
+def test_tr_dpo_without_a_whole_live_copy_is_a_located_error(project: Path, options: str, overrides: tuple, peft: str, message: str) -> None:
+    with pytest.raises(RecipeError) as e:
+        plan_recipe(recipe(project, "bad", f'objective = "dpo"\n{options}', peft), overrides)
+    assert message in str(e.value) and "bad.toml:" in str(e.value)
+
+
+def test_the_reference_sync_is_trls(tmp_path: Path) -> None:
+    """sync_reference against TRL's SyncRefModelCallback on two different tiny Llamas: every parameter bit for bit."""
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    from recipec.runtime.preference import sync_reference
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
+    torch.manual_seed(0)
+    policy, reference = LlamaForCausalLM(config), LlamaForCausalLM(config)
+    theirs = copy.deepcopy(reference)
+    SyncRefModelCallback._sync_target_model(policy, theirs, 0.3)
+    sync_reference(policy, reference, 0.3)
+    pairs = list(zip(theirs.state_dict().items(), reference.state_dict().items()))
+    assert pairs and all(ka == kb and torch.equal(a, b) for (ka, a), (kb, b) in pairs)
+    assert not torch.equal(reference.lm_head.weight, policy.lm_head.weight)
+
+
 def test_diff_names_a_changed_objective_beta_and_reference(project: Path) -> None:
     recipe(project, "a", 'objective = "dpo"\nbeta = 0.1')
     recipe(project, "b", 'objective = "dpo"\nbeta = 0.3\nreference = "precomputed"')

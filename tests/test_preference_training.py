@@ -231,14 +231,22 @@ def test_held_out_metrics_over_two_processes_are_those_of_one(objective: str, tm
             assert [m[key] for m in steps["two"]] == pytest.approx([m[key] for m in steps["one"]], abs=1e-5, rel=ROUNDING), key
 
 
+def _killed_after_the_step_2_checkpoint(build_dir: Path, tmp_path: Path) -> None:
+    """Run the build's train.py and SIGKILL it once its step-2 checkpoint is committed."""
+    from test_training import KILLER
+
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    proc = forkrun.run([sys.executable, str(killer), str(build_dir), "2", "after-commit"], env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+
+
 def test_lora_with_precomputed_reference_resumes_bitwise(tmp_path: Path, model_dir: Path) -> None:
     """LoRA, reference log-probabilities precomputed (adapter disabled): killed after its step-2 checkpoint and
     resumed, the weights and log of an uninterrupted run; the resumed run reads the stored reference back."""
     from safetensors.torch import load_file
 
     import torch
-
-    from test_training import KILLER
 
     peft = '\n[peft]\nmethod = "lora"\nr = 4\ntarget_modules = ["q_proj", "v_proj"]\ndropout = 0.1\n'
     runs = {}
@@ -248,10 +256,7 @@ def test_lora_with_precomputed_reference_resumes_bitwise(tmp_path: Path, model_d
         project = recipe.parent.parent
         written, _ = build(recipe, (), project / "build" / "pref", project=project)
         if name == "killed":
-            killer = tmp_path / "killer.py"
-            killer.write_text(KILLER)
-            proc = forkrun.run([sys.executable, str(killer), str(written.dir), "2", "after-commit"], env=_env(), capture_output=True, text=True, timeout=900)
-            assert proc.returncode == -9, proc.stderr[-3000:]
+            _killed_after_the_step_2_checkpoint(written.dir, tmp_path)
             stored = sorted(p.name for p in (project / ".recipec" / "data").glob("*/reference-*.pt"))
             assert len(stored) == 2  # train and eval, written before the first step
         proc = _run(recipe)
@@ -286,6 +291,46 @@ def test_kto_trains_on_labelled_completions(tmp_path: Path, model_dir: Path) -> 
             if g["prompt"] == f"<|im_start|>user\n{r['prompt'][0]['content']}<|im_end|>\n<|im_start|>assistant\n"
         }
         assert (g["completion"], g["desirable"]) in rows and "chosen" not in g
+
+
+def test_tr_dpo_moves_the_reference_and_resumes_bitwise(tmp_path: Path, model_dir: Path) -> None:
+    """TR-DPO (reference_sync_every 2, alpha 0.25) on a live copy: the step-2 checkpoint keeps the reference, which is
+    the starting weights times 0.75 plus the policy's at step 2 times 0.25, as TRL's SyncRefModelCallback computes it;
+    the losses after the sync differ from a run without it; and killed after that checkpoint and resumed, the run
+    logs and saves what an uninterrupted one does."""
+    from safetensors.torch import load_file
+
+    import torch
+
+    sync = "reference_sync_every = 2\nreference_sync_alpha = 0.25"
+    runs = {}
+    for name, options in (("straight", sync), ("killed", sync), ("plain", "")):
+        recipe = _project(tmp_path / name, model_dir, options=options, micro=4, steps=4, save_every=2)
+        project = recipe.parent.parent
+        written, plan = build(recipe, (), project / "build" / "pref", project=project)
+        if name == "killed":
+            _killed_after_the_step_2_checkpoint(written.dir, tmp_path)
+        proc = _run(recipe)
+        if name == "killed":
+            assert "at step 2" in proc.stdout + proc.stderr
+        runs[name] = project / "runs" / "pref"
+    assert plan.get("reference_sync_every") is None  # the plain run
+    ckpt = runs["straight"] / "checkpoints" / "step_00000002"
+    (saved,) = ckpt.glob("custom_checkpoint_*.pkl")
+    reference = torch.load(saved, weights_only=True)
+    policy = load_file(str(ckpt / "model.safetensors"))
+    start = load_file(str(model_dir / "model.safetensors"))
+    assert reference.keys() >= policy.keys() and any(not torch.equal(policy[k], start[k]) for k in policy)
+    for k in policy:
+        assert torch.equal(reference[k], start[k].clone().mul_(0.75).add_(policy[k], alpha=0.25)), k
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_per_s")} for m in ms]  # noqa: E731 (timings differ)
+    metrics = {k: strip([json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()]) for k, v in runs.items()}
+    assert metrics["killed"] == metrics["straight"]
+    steps = {k: [m for m in v if "loss" in m] for k, v in metrics.items()}
+    assert [m["loss"] for m in steps["straight"][:2]] == [m["loss"] for m in steps["plain"][:2]]  # the same up to the sync
+    assert steps["straight"][2]["loss"] != pytest.approx(steps["plain"][2]["loss"], abs=1e-6)
+    a, b = (load_file(str(runs[k] / "model" / "model.safetensors")) for k in ("straight", "killed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_apo_zero_unpaired_trains_with_a_precomputed_reference(tmp_path: Path, model_dir: Path) -> None:

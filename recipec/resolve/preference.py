@@ -38,7 +38,7 @@ def preference_settings(b: PlanBuilder) -> None:
         return
     b.section("preference")
     b.key("objective", ("preference", "objective"))
-    options = p.model_dump(exclude={"objective", "reference"})
+    options = p.model_dump(exclude={"objective", "reference", "reference_sync_every", "reference_sync_alpha"})
     if not options.get("sft_weight"):  # no supervised term: its settings say nothing
         options = {k: v for k, v in options.items() if k not in ("sft_weight", "sft_average")}
     if "wpo" in options and not options["wpo"]:
@@ -64,6 +64,8 @@ def preference_settings(b: PlanBuilder) -> None:
             how += ", sharded as the model is (FSDP)"
         if reference == "live":
             b.derived("reference_model", "adapter_disabled" if r.peft is not None else "copy", f"derived: preference.reference live under {'[peft]' if r.peft else 'full fine-tuning'}: {how}")
+    if getattr(p, "reference_sync_every", None) is not None:
+        _reference_sync(b, reference)
     if r.model.init is not None and r.continual is None:
         b.error(("preference", "objective"), "preference training tunes a trained model, and model.init builds an untrained one", "set model.path (or [continual] from a supervised run)")
     with_margin = [i for i, src in enumerate(sources) if src.records == "preference" and "margin" in (src.fields or {})]
@@ -105,6 +107,22 @@ def preference_settings(b: PlanBuilder) -> None:
             f"and launch.parallelism.tp_size {mesh.tp_size} also splits the model's layers, which the copy does not follow",
             'use reference = "precomputed" (the same log-probabilities, computed before the first step), or tp_size = 1',
         )
+
+
+def _reference_sync(b: PlanBuilder, reference: str) -> None:
+    """TR-DPO: a live reference copy of its own, moved toward the policy every reference_sync_every steps."""
+    r = b.recipe
+    where = ("preference", "reference_sync_every")
+    ds = r.launch.deepspeed
+    if reference == "precomputed":
+        b.error(where, "TR-DPO moves the reference toward the policy as it trains, and a precomputed reference is scored once, before the first step", 'set reference = "live", or remove reference_sync_every')
+    elif r.peft is not None:
+        b.error(where, "under [peft] the live reference is the base model with the adapter disabled, the policy's own weights, which TR-DPO cannot move apart (as TRL refuses sync_ref_model with PEFT)", "remove reference_sync_every, or [peft]")
+    elif r.launch.strategy == "fsdp" or (r.launch.strategy == "deepspeed" and ds is not None and ds.zero_stage == 3):
+        how = "FSDP" if r.launch.strategy == "fsdp" else "DeepSpeed ZeRO-3"
+        b.error(where, f"under {how} the reference copy is sharded, and TR-DPO syncs a whole copy (one process, DDP, ZeRO-1 or 2)", "remove reference_sync_every, or use strategy = \"ddp\" or zero_stage = 2")
+    b.key("reference_sync_every", where)
+    b.key("reference_sync_alpha", ("preference", "reference_sync_alpha"))
 
 
 def _reward_model(b: PlanBuilder) -> None:

@@ -866,6 +866,16 @@ class WithReference:
         return {**self.rows[i], "reference": self.values[i]}
 
 
+def sync_reference(model: Any, reference: Any, alpha: float) -> None:
+    """TR-DPO's soft update of a live reference copy (TRL's ``SyncRefModelCallback``): each of its parameters times
+    ``1 - alpha`` plus ``alpha`` times the policy's (``model`` unwrapped; the two built alike, parameter for parameter)."""
+    import torch
+
+    with torch.no_grad():
+        for ref, param in zip(reference.parameters(), model.parameters(), strict=True):
+            ref.mul_(1.0 - alpha).add_(param.detach(), alpha=alpha)
+
+
 def zero3_reference(accelerator: Any, model: Any) -> Any:
     """A frozen copy of the policy as it is now, for a live reference under DeepSpeed ZeRO-3.
 
