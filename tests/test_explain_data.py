@@ -118,11 +118,11 @@ def test_the_templates_collate_pads_as_the_figures_assume() -> None:
     # examples and pairs: the longest, rounded up with pad_to_multiple_of
     assert "return example_packing.collate(rows, tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of, seq_len=seq_len)\n" in template
     assert (
-        '        unpaired=objective in preference.UNPAIRED,\n        kl=objective == "kto",\n'
+        '        unpaired=unpaired,\n        kl=objective == "kto",\n'
         "        pad_to_multiple_of=pad_to_multiple_of,\n        seq_len=seq_len,\n" in template
     )
     # sp: each side of a pair (each unpaired example) a row of seq_len
-    assert 'rows, tokenizer.pad_token_id, unpaired=objective in preference.UNPAIRED, kl=objective == "kto", pad_to=seq_len\n' in template
+    assert 'rows, tokenizer.pad_token_id, unpaired=unpaired, kl=objective == "kto", pad_to=seq_len\n' in template
     # a reward model: each side a row, the micro-batch's longest side, rounded up with pad_to_multiple_of
     assert "return preference.collate_reward(rows, tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of, seq_len=seq_len)" in template
 

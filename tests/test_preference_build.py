@@ -207,7 +207,7 @@ def test_apo_zero_unpaired_is_kto_without_its_kl_estimate(project: Path) -> None
     assert plan["objective"] == "apo_zero_unpaired" and plan["reference"] == "precomputed"
     assert plan["objective_options"] == {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 2.0}
     script = (written.dir / "train.py").read_text()
-    assert 'unpaired=objective in preference.UNPAIRED,\n        kl=objective == "kto"' in script
+    assert "unpaired = objective in preference.UNPAIRED" in script and 'unpaired=unpaired,\n        kl=objective == "kto"' in script
     with pytest.raises(RecipeError) as e:  # KTO: neither
         build(recipe(project, "kto", f'objective = "kto"\n{options}'), ("train.micro_batch_size=1",), project / "build" / "kto", project=project)
     assert "micro_batch_size = 2 or more" in str(e.value) and "cannot be computed before training" in str(e.value)

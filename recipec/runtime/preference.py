@@ -827,7 +827,7 @@ class Tally:
         values = {k: stats[k] for k in self.KEYS[:4] if k in stats}  # a reward model has no log-probabilities
         if "kl" in stats:
             values["kl"] = stats["kl"].reshape(1)
-        if not self.unpaired and "kl" not in stats:  # paired: per-pair margins and wins
+        if not self.unpaired:  # paired: per-pair margins and wins
             margin = stats["rewards_chosen"] - stats["rewards_rejected"]
             values["reward_margin"] = margin
             values["reward_accuracy"] = (margin > 0).double()

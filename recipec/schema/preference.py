@@ -51,7 +51,7 @@ class _PairedWithSft(_Referenced, _SftTerm):
     @model_validator(mode="after")
     def _sync_alpha_needs_a_period(self) -> "_PairedWithSft":
         # (the resolved recipe writes the default alpha with no sync)
-        if self.reference_sync_alpha != 0.6 and self.reference_sync_every is None:
+        if self.reference_sync_alpha != type(self).model_fields["reference_sync_alpha"].default and self.reference_sync_every is None:
             raise key_error("reference_sync_alpha", "reference_sync_alpha is the policy's share of the reference at each TR-DPO sync, and reference_sync_every is unset (no sync)", "set reference_sync_every, e.g. 512, or remove reference_sync_alpha")
         return self
 
