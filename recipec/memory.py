@@ -213,6 +213,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import model_types
+from .runtime.checkpoint import FLAT_STATE_BYTES, OPTIMIZER_STATE
 from .runtime.preference import UNPAIRED
 from .schema import Recipe
 
@@ -1099,10 +1100,6 @@ def adapter_parameters(shape: ModelShape, peft: dict[str, Any]) -> int:
     return count
 
 
-OPTIMIZER_STATE = {"adamw": 2.0, "muon": 1.0, "adafactor": 0.0, "lion": 1.0, "sgd": 1.0, "schedule_free_adamw": 2.0}
-"""Optimizer state per trainable parameter, in units of the parameter's bytes (8-bit AdamW: 2 bytes flat)."""
-
-
 def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None = None) -> MemoryEstimate:
     """The peak memory per device of the recipe's training step on a model of this shape.
 
@@ -1182,9 +1179,9 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
             hidden = picked[1] if partial and picked is not None else shape.num_hidden_layers * shape.layer_linear_params()
             optim_b = float(hidden * p_bytes + (trainable - hidden) * 2 * p_bytes)
             optim_what = f"Muon momentum on {hidden:,} hidden-matrix weights x {p_bytes} B + AdamW on {trainable - hidden:,} x {2 * p_bytes} B"
-        elif opt.name in ("adamw_8bit", "paged_adamw_8bit"):
-            optim_b = float(trainable * 2)
-            optim_what = f"{opt.name}, {trainable:,} trainable x 2 B (two 8-bit moments)" + (", pageable to the CPU" if opt.name.startswith("paged") else "")
+        elif opt.name in FLAT_STATE_BYTES:
+            optim_b = float(trainable * FLAT_STATE_BYTES[opt.name])
+            optim_what = f"{opt.name}, {trainable:,} trainable x {FLAT_STATE_BYTES[opt.name]} B (two 8-bit moments)" + (", pageable to the CPU" if opt.name.startswith("paged") else "")
         elif per is not None and opt.name != "adamw":
             optim_b = float(trainable * per * p_bytes)
             optim_what = f"{opt.name}, {trainable:,} trainable x {per:g} x {p_bytes} B"

@@ -39,7 +39,7 @@ import pathlib
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Mapping
 
 STATE_FILE = "trainer_state.json"
 
@@ -403,30 +403,77 @@ def check_writable(directory: PathLike) -> str | None:
     return None
 
 
-def checkpoint_bytes(parameters: Iterable, *, optimizer: bool = True) -> dict[str, int]:
+OPTIMIZER_STATE = {"adamw": 2.0, "muon": 1.0, "adafactor": 0.0, "lion": 1.0, "sgd": 1.0, "schedule_free_adamw": 2.0}
+"""Optimizer state per trainable parameter, in units of the parameter's own bytes (AdamW: two moments at its dtype;
+Muon: one momentum on the hidden matrices it steps, AdamW's two on the rest; SGD: one momentum buffer when its
+momentum is not 0; Adafactor: factored second moments, rows + columns per matrix, not counted)."""
+
+FLAT_STATE_BYTES = {"adamw_8bit": 2, "paged_adamw_8bit": 2}
+"""Optimizer state per trainable parameter in bytes, whatever its dtype (two 8-bit moments)."""
+
+OPTIMIZER_NAMES = {"adamw": "AdamW", "muon": "Muon", "adafactor": "Adafactor", "lion": "Lion", "sgd": "SGD", "schedule_free_adamw": "schedule-free AdamW", "adamw_8bit": "8-bit AdamW", "paged_adamw_8bit": "paged 8-bit AdamW"}  # fmt: skip
+
+
+def checkpoint_bytes(
+    parameters: Iterable,
+    *,
+    optimizer: str | None = "adamw",
+    hidden: Container[int] = frozenset(),
+    momentum: float | None = None,
+    copies: Mapping[str, int | None] | None = None,
+) -> dict[str, int]:
     """Estimate the size of one checkpoint from the model's parameters.
 
-    Weights at their own dtype, plus AdamW's two float32 moments per trainable
-    parameter, plus a margin for the config, tokenizer, RNG and scheduler files
-    and for serialisation overhead. Torch is not imported: anything with
-    ``numel()``, ``element_size()`` and ``requires_grad`` will do.
+    Weights at their own dtype, plus the optimizer's state per trainable parameter
+    (:data:`OPTIMIZER_STATE`, :data:`FLAT_STATE_BYTES`), plus every other copy of the
+    weights the checkpoint holds (an EMA, a WSM average, a reference model), plus a margin
+    for the config, tokenizer, RNG and scheduler files and for serialisation overhead.
+    Torch is not imported: anything with ``numel()``, ``element_size()`` and
+    ``requires_grad`` will do. A parameter ZeRO-3 has partitioned counts its whole size
+    (``ds_numel``): the checkpoint holds every rank's part.
 
     Args:
         parameters: ``model.parameters()``.
-        optimizer: Count the optimizer state (False for a run that only saves the final model).
+        optimizer: The optimizer whose state the checkpoint holds (``optim.name``), or None for
+            none (a run that only saves the final model).
+        hidden: For "muon", the ``id()`` of each parameter Muon steps (one momentum); the others
+            carry AdamW's two moments.
+        momentum: For "sgd", its momentum: 0 keeps no state.
+        copies: Each other copy of every parameter the checkpoint holds, by what it is, with its
+            bytes per parameter (None: the parameter's own, as a copy of the model at its dtype).
 
     Returns:
-        ``{"parameters", "weights", "optimizer", "margin", "total"}``, sizes in bytes.
+        ``{"parameters", "weights", "optimizer", "copies", "margin", "total"}``, sizes in bytes,
+        and ``"copy <what>"`` for each copy.
+
+    Raises:
+        ValueError: On an optimizer this module does not know.
     """
+    if optimizer is not None and optimizer not in OPTIMIZER_STATE and optimizer not in FLAT_STATE_BYTES:
+        raise ValueError(f"unknown optimizer {optimizer!r}: one of {sorted([*OPTIMIZER_STATE, *FLAT_STATE_BYTES])} or None")
+    copies = dict(copies or {})
     count = weights = states = 0
+    copied = dict.fromkeys(copies, 0)
     for p in parameters:
-        n = p.numel()
+        n, size = getattr(p, "ds_numel", None) or p.numel(), p.element_size()  # a ZeRO-3 parameter is empty here
         count += n
-        weights += n * p.element_size()
-        if optimizer and p.requires_grad:
-            states += n * 8  # exp_avg and exp_avg_sq in float32
-    margin = (weights + states) // 20 + 8 * 2**20
-    return {"parameters": count, "weights": weights, "optimizer": states, "margin": margin, "total": weights + states + margin}
+        weights += n * size
+        for what, each in copies.items():
+            copied[what] += n * (size if each is None else each)
+        if optimizer is None or not p.requires_grad or (optimizer == "sgd" and momentum == 0):
+            continue
+        if optimizer in FLAT_STATE_BYTES:
+            states += n * FLAT_STATE_BYTES[optimizer]
+        elif optimizer == "muon" and id(p) not in hidden:
+            states += int(n * size * OPTIMIZER_STATE["adamw"])
+        else:
+            states += int(n * size * OPTIMIZER_STATE[optimizer])
+    extra = sum(copied.values())
+    margin = (weights + states + extra) // 20 + 8 * 2**20
+    need = {"parameters": count, "weights": weights, "optimizer": states, "copies": extra, "margin": margin}
+    need["total"] = weights + states + extra + margin
+    need.update({f"copy {what}": size for what, size in copied.items()})
+    return need
 
 
 def _size(n: int) -> str:
@@ -437,13 +484,23 @@ def _size(n: int) -> str:
     raise AssertionError  # unreachable
 
 
-def preflight(directory: PathLike, parameters: Iterable, *, optimizer: bool = True) -> str | None:
+def preflight(
+    directory: PathLike,
+    parameters: Iterable,
+    *,
+    optimizer: str | None = "adamw",
+    hidden: Container[int] = frozenset(),
+    momentum: float | None = None,
+    copies: Mapping[str, int | None] | None = None,
+) -> str | None:
     """Check before the first step that ``directory`` can take one checkpoint.
 
     Args:
         directory: The run's output directory (checkpoints and the final model go under it).
         parameters: ``model.parameters()``, for :func:`checkpoint_bytes`.
-        optimizer: Whether checkpoints with optimizer state are saved (``save_every`` > 0).
+        optimizer: The optimizer whose state checkpoints hold, or None when the run saves no
+            checkpoint (``save_every`` 0: only the final model).
+        hidden, momentum, copies: As :func:`checkpoint_bytes` takes them.
 
     Returns:
         None when it can, else a message naming the directory, the estimate and the free space.
@@ -451,14 +508,16 @@ def preflight(directory: PathLike, parameters: Iterable, *, optimizer: bool = Tr
     problem = check_writable(directory)
     if problem:
         return problem
-    need = checkpoint_bytes(parameters, optimizer=optimizer)
+    need = checkpoint_bytes(parameters, optimizer=optimizer, hidden=hidden, momentum=momentum, copies=copies)
     free = shutil.disk_usage(directory).free
     if free >= need["total"]:
         return None
-    what = "one checkpoint of this model" if optimizer else "the final model"
+    what = "one checkpoint of this model" if optimizer is not None else "the final model"
     detail = f"{_size(need['weights'])} of weights"
-    if optimizer:
-        detail += f" + {_size(need['optimizer'])} of AdamW state"
+    if optimizer is not None:
+        detail += f" + {_size(need['optimizer'])} of {OPTIMIZER_NAMES[optimizer]} state"
+    for copy in copies or {}:
+        detail += f" + {_size(need['copy ' + copy])} of {copy}"
     return (
         f"output directory {directory} has {_size(free)} free, but {what} needs about "
         f"{_size(need['total'])} ({need['parameters']:,} parameters: {detail} + {_size(need['margin'])} margin); "

@@ -331,28 +331,128 @@ class _Param:
         return self.size
 
 
-def test_checkpoint_bytes_counts_weights_adamw_state_and_a_margin():
+def test_checkpoint_bytes_counts_weights_optimizer_state_copies_and_a_margin():
     params = [_Param(1000, 2), _Param(10, 4), _Param(500, 2, trainable=False)]
     need = checkpoint.checkpoint_bytes(params)
     assert need["parameters"] == 1510
     assert need["weights"] == 1000 * 2 + 10 * 4 + 500 * 2
-    assert need["optimizer"] == (1000 + 10) * 8  # two float32 moments per trainable parameter
+    assert need["optimizer"] == 1000 * 2 * 2 + 10 * 4 * 2  # AdamW: two moments at each trainable parameter's dtype
+    assert need["copies"] == 0
     assert need["margin"] == (need["weights"] + need["optimizer"]) // 20 + 8 * 2**20
     assert need["total"] == need["weights"] + need["optimizer"] + need["margin"]
-    assert checkpoint.checkpoint_bytes(params, optimizer=False)["optimizer"] == 0
+    assert checkpoint.checkpoint_bytes(params, optimizer=None)["optimizer"] == 0
+    # Muon: one momentum on the parameters it steps (by id), AdamW's two moments on the rest
+    assert checkpoint.checkpoint_bytes(params, optimizer="muon", hidden={id(params[0])})["optimizer"] == 1000 * 2 + 10 * 4 * 2
+    assert checkpoint.checkpoint_bytes(params, optimizer="lion")["optimizer"] == 1000 * 2 + 10 * 4
+    assert checkpoint.checkpoint_bytes(params, optimizer="sgd", momentum=0.9)["optimizer"] == 1000 * 2 + 10 * 4
+    assert checkpoint.checkpoint_bytes(params, optimizer="sgd", momentum=0.0)["optimizer"] == 0
+    assert checkpoint.checkpoint_bytes(params, optimizer="adamw_8bit")["optimizer"] == (1000 + 10) * 2  # flat, any dtype
+    # copies of every parameter: at a fixed size, or at the parameter's own (None)
+    need = checkpoint.checkpoint_bytes(params, copies={"EMA": 4, "reference": None})
+    assert need["copy EMA"] == 1510 * 4 and need["copy reference"] == need["weights"]
+    assert need["copies"] == need["copy EMA"] + need["copy reference"]
+    assert need["total"] == need["weights"] + need["optimizer"] + need["copies"] + need["margin"]
+    assert need["margin"] == (need["weights"] + need["optimizer"] + need["copies"]) // 20 + 8 * 2**20
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
+        checkpoint.checkpoint_bytes(params, optimizer="adam")
+
+
+def test_a_partitioned_parameter_counts_its_whole_size():
+    part = _Param(0, 2)  # ZeRO-3 leaves an empty tensor and the whole size in ds_numel
+    part.ds_numel = 1000
+    assert checkpoint.checkpoint_bytes([part])["weights"] == 2000
+
+
+def test_every_optimizer_of_the_schema_has_a_state_size():
+    from recipec.schema.optim import OPTIMIZER_TABLES
+
+    names = {t.model_fields["name"].annotation.__args__[0] for t in OPTIMIZER_TABLES}
+    assert names == set(checkpoint.OPTIMIZER_STATE) | set(checkpoint.FLAT_STATE_BYTES) == set(checkpoint.OPTIMIZER_NAMES)
 
 
 def test_preflight_reports_directory_estimate_and_free_space(tmp_path, monkeypatch):
-    params = [_Param(10**9, 2)]  # 1B parameters in bf16: 2 GB of weights, 8 GB of AdamW state
+    params = [_Param(10**9, 2)]  # 1B parameters in bf16: 2 GB of weights, 4 GB of AdamW state (bf16 moments)
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(100 * 2**30, 95 * 2**30, 5 * 2**30))
     message = checkpoint.preflight(tmp_path, params)
-    assert message.startswith(f"output directory {tmp_path} has 5.0 GiB free, but one checkpoint of this model needs about 9.8 GiB")
-    assert "1,000,000,000 parameters: 1.9 GiB of weights + 7.5 GiB of AdamW state" in message
+    assert message.startswith(f"output directory {tmp_path} has 5.0 GiB free, but one checkpoint of this model needs about 5.9 GiB")
+    assert "1,000,000,000 parameters: 1.9 GiB of weights + 3.7 GiB of AdamW state + 294.1 MiB margin)" in message
+    message = checkpoint.preflight(tmp_path, params, optimizer="muon", hidden={id(params[0])}, copies={"the EMA weights (float32)": 4})
+    assert "1.9 GiB of weights + 1.9 GiB of Muon state + 3.7 GiB of the EMA weights (float32) + " in message
     # without checkpoints only the final model is saved
-    assert checkpoint.preflight(tmp_path, params, optimizer=False) is None
+    assert checkpoint.preflight(tmp_path, params, optimizer=None) is None
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(100 * 2**30, 99 * 2**30, 2**30))
-    assert "but the final model needs about 2.0 GiB" in checkpoint.preflight(tmp_path, params, optimizer=False)
+    assert "but the final model needs about 2.0 GiB" in checkpoint.preflight(tmp_path, params, optimizer=None)
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert "not writable" in checkpoint.preflight(blocker, params)
+
+
+def _tiny_llama(dtype):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, vocab_size=2000)
+    return LlamaForCausalLM(config).to(dtype)
+
+
+OPTIMIZER_SPECS = {
+    "adamw": {"betas": (0.9, 0.95), "eps": 1e-8},
+    "muon": {"momentum": 0.95, "nesterov": True, "ns_steps": 5, "adjust_lr": None, "adamw_lr": 1e-3, "adamw_betas": (0.9, 0.95), "adamw_eps": 1e-8},
+    "lion": {"betas": (0.9, 0.99)},
+    "sgd": {"momentum": 0.9, "nesterov": False},
+    "schedule_free_adamw": {"betas": (0.9, 0.95), "eps": 1e-8, "weight_lr_power": 2.0},
+    "adafactor": {"beta2_decay": -0.8, "eps": 1e-3, "d": 1.0},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, dtype, copies",
+    [
+        ("adamw", "float32", {}),
+        ("adamw", "bfloat16", {"the EMA weights (float32)": 4}),
+        ("muon", "float32", {}),
+        ("lion", "float32", {}),
+        ("sgd", "float32", {}),
+        ("sgd", "float32", {"momentum": 0.0}),
+        ("schedule_free_adamw", "float32", {}),
+        ("adafactor", "float32", {}),
+        ("adamw", "float32", {"the TR-DPO reference copy": None, "the WSM average (float32)": 4}),
+    ],
+    ids=["adamw", "adamw-bf16-ema", "muon", "lion", "sgd", "sgd-no-momentum", "schedule-free", "adafactor", "adamw-reference-wsm"],
+)
+def test_the_estimate_is_what_save_state_writes(tmp_path, name, dtype, copies):
+    """A real checkpoint after one step: accelerate's save_state of the model, the optimizer of
+    recipec_runtime/optimizers.py and the registered copies, against checkpoint_bytes."""
+    import torch
+    from accelerate import Accelerator
+
+    from recipec.runtime import averaging, optimizers
+
+    copies = dict(copies)
+    momentum = copies.pop("momentum", None)
+    model = _tiny_llama(getattr(torch, dtype))
+    spec = {"name": name, "lr": 1e-3, "weight_decay": 0.1, **OPTIMIZER_SPECS[name]}
+    if momentum is not None:
+        spec["momentum"] = momentum
+    optimizer = optimizers.build(model, spec)
+    accelerator = Accelerator(cpu=True)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model(input_ids=torch.randint(0, 2000, (2, 16)), labels=torch.randint(0, 2000, (2, 16))).loss.backward()
+    optimizer.step()
+    for what in copies:  # the script's copies: weight averages in float32, the reference a copy at the model's dtype
+        if "reference" in what:
+            accelerator.register_for_checkpointing(_tiny_llama(getattr(torch, dtype)))
+        else:
+            accelerator.register_for_checkpointing(averaging.WeightAverage(model, "ema", decay=0.9))
+    accelerator.save_state(str(tmp_path / "ckpt"))
+    written = {p.name: p.stat().st_size for p in (tmp_path / "ckpt").iterdir()}
+
+    hidden = {id(p) for n, p in model.named_parameters() if n in set(optimizer.optimizer.split["muon"])} if name == "muon" else frozenset()
+    need = checkpoint.checkpoint_bytes(model.parameters(), optimizer=name, hidden=hidden, momentum=spec.get("momentum"), copies=copies)
+    assert written["model.safetensors"] == pytest.approx(need["weights"], rel=0.01)
+    assert written["optimizer.bin"] == pytest.approx(need["optimizer"], rel=0.02, abs=64 * 1024)  # pickled step counts
+    held = sum(size for file, size in written.items() if file.startswith("custom_checkpoint_"))
+    assert held == pytest.approx(need["copies"], rel=0.01, abs=16 * 1024)
+    assert sum(written.values()) <= need["total"]

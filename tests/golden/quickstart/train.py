@@ -358,7 +358,11 @@ optimizer = torch.optim.AdamW(
 # step 0 is the first update, as with transformers' schedulers
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.phase_lambda(schedule_phases))
 if master:  # a disk too small for one checkpoint stops the run now, not at its first save
-    problem = checkpoint.preflight(output_dir, model.parameters(), optimizer=bool(save_every))
+    problem = checkpoint.preflight(
+        output_dir,
+        model.parameters(),
+        optimizer='adamw' if save_every else None,  # its state is in every checkpoint
+    )
     if problem:
         sys.exit(f"error: {problem}")
 
