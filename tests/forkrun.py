@@ -24,6 +24,14 @@ environment, it asks a server to fork itself and run the command in the child:
   exit code 1. Several machines, another rendezvous or a module instead of a script: the child
   execs a plain `accelerate launch`.
 
+- `python -m MODULE ...` that such a child starts itself with `subprocess.run`, both output streams piped
+  (the training script's data stage, recipec_runtime/stage.py's run_in_subprocess): the child asks the
+  server, over a Unix socket, to fork another child for it, which runs the module as `python -m` would
+  (`__main__` the module, `sys.argv`, `sys.path[0]` the working directory, then the entries of the
+  PYTHONPATH it was given), in the asking child's process group (a timeout that kills the run kills it
+  too); anything else a child starts (another command, a timeout, stdin or a stream not piped) is a plain
+  subprocess.
+
 A server is started with the environment it serves (pytest's PYTEST_CURRENT_TEST aside), on the
 second run under that environment; a test process keeps the two used last. It imports what every
 generated train.py imports and accelerate's launcher, with the environment train.py sets before it
@@ -67,6 +75,12 @@ PRELOADED = (
 LAUNCH = ("-m", "accelerate.commands.launch")
 """`python -m accelerate.commands.launch ...`: the launcher tests/conftest.py's accelerate_launch builds."""
 
+NESTED_KWARGS = {"env", "stdout", "stderr", "capture_output", "text", "cwd", "check"}
+"""The keyword arguments of a child's `subprocess.run` that the server can serve (stdout and stderr piped)."""
+
+_plain_run = subprocess.run
+_nested_socket: str | None = None  # the server's socket for its children's `python -m` runs (set in the server)
+
 SHUTDOWN_S = 30.0
 """How long the workers of a failed launch get after SIGTERM before SIGKILL, as torchrun's agent gives them."""
 
@@ -102,6 +116,65 @@ def _script(argv: list[str]) -> int:
     threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     return code
+
+
+def _module(argv: list[str]) -> int:
+    """Run `python -m argv[0] argv[1:]...` in this process: its exit code."""
+    import runpy
+
+    sys.argv = list(argv)  # runpy puts the module's file in sys.argv[0], as `python -m` does
+    sys.path[0] = os.getcwd()
+    sys.path[1:1] = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    code = 0
+    try:
+        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+    except SystemExit as stop:
+        code = _exit_code(stop)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    return code
+
+
+def _nested_forkable(cmd: Any, kwargs: dict[str, Any]) -> bool:
+    """`python -m MODULE ...` with both output streams piped and nothing the server cannot give it."""
+    if _nested_socket is None or not isinstance(cmd, (list, tuple)) or len(cmd) < 3 or list(cmd[:2]) != [sys.executable, "-m"]:
+        return False
+    if not set(kwargs) <= NESTED_KWARGS:
+        return False
+    return bool(kwargs.get("capture_output")) or (kwargs.get("stdout") == subprocess.PIPE and kwargs.get("stderr") == subprocess.PIPE)
+
+
+def _nested_run(cmd: Any, *args: Any, **kwargs: Any) -> subprocess.CompletedProcess:
+    """`subprocess.run` in a forked child: `python -m MODULE ...` as another child of the server (see above)."""
+    import socket
+
+    if args or not _nested_forkable(cmd, kwargs):
+        return _plain_run(cmd, *args, **kwargs)
+    argv = [str(c) for c in cmd]
+    env = dict(os.environ) if kwargs.get("env") is None else dict(kwargs["env"])
+    with tempfile.TemporaryDirectory(prefix="forkrun-") as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        request = {
+            "module": True, "argv": argv[2:], "env": env, "cwd": str(kwargs.get("cwd") or os.getcwd()),
+            "stdout": str(out), "stderr": str(err), "pgid": os.getpgid(0),
+        }  # fmt: skip
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(_nested_socket)
+            conn.sendall((json.dumps(request) + "\n").encode())
+            line = conn.makefile().readline()
+        reply = json.loads(line) if line else {"refused": "no reply"}
+        if "refused" in reply:
+            return _plain_run(cmd, **kwargs)
+        stdout, stderr = out.read_bytes(), err.read_bytes()
+    if kwargs.get("text"):
+        stdout, stderr = stdout.decode(), stderr.decode()
+    proc = subprocess.CompletedProcess(argv, reply["rc"], stdout, stderr)
+    if kwargs.get("check"):
+        proc.check_returncode()
+    return proc
 
 
 def _exit(code: int) -> None:
@@ -208,13 +281,16 @@ def _launch(argv: list[str], env: dict[str, str], imported_threads: int) -> int:
     return code
 
 
-def _child(request: dict[str, Any], replies: Any, imported_threads: int) -> None:
+def _child(request: dict[str, Any], closed: list[Any], imported_threads: int) -> None:
     import signal
 
     code = 1
     try:
-        os.setpgid(0, 0)  # its own process group, which a timeout kills whole (a launch's workers with it)
-        replies.close()
+        # its own process group, which a timeout kills whole (a launch's workers with it); a `python -m` run of a
+        # child joins that child's group
+        os.setpgid(0, request.get("pgid", 0))
+        for channel in closed:  # the server's: the replies, its socket and the connections of other runs
+            channel.close()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
@@ -228,7 +304,10 @@ def _child(request: dict[str, Any], replies: Any, imported_threads: int) -> None
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
-        if request["launch"]:
+        subprocess.run = _nested_run  # what the script starts with `python -m` is forked from the server too
+        if request.get("module"):
+            code = _module(request["argv"])
+        elif request["launch"]:
             code = _launch(request["argv"], request["env"], imported_threads)
         else:
             code = _script(request["argv"])
@@ -259,34 +338,82 @@ def _serve(defaults: dict[str, str]) -> None:
         getattr(transformers, name)  # the lazy modules behind them
     try:
         importlib.import_module("deepspeed")  # accelerate's unwrap_model imports it at the final save wherever it is installed
+        # what deepspeed.initialize imports to check the optimizer: its Muon, whose module-level torch.compile imports
+        # dynamo (about 1.5 s a process)
+        importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
     except ImportError:
         pass
     imported_threads = _threads()  # native ones of the imports (torch's, pyarrow's jemalloc)
-    for line in sys.stdin:
-        request = json.loads(line)
-        threads = _threads()
-        if threads > imported_threads or threading.active_count() != 1:
-            replies.write(json.dumps({"refused": f"{threads} threads"}) + "\n")
-            replies.flush()
-            continue
+    global _nested_socket
+    import shutil
+    import socket
+
+    where = tempfile.mkdtemp(prefix="forkrun-")
+    _nested_socket = os.path.join(where, "socket")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(_nested_socket)
+    listener.listen(16)
+    listener.setblocking(False)
+    nested: dict[int, Any] = {}  # pid of a `python -m` run a child asked for -> that child's connection
+
+    def fork(request: dict[str, Any], closed: list[Any]) -> int | None:
+        """A child running the request; None when this process runs a thread its imports did not start."""
+        if _threads() > imported_threads or threading.active_count() != 1:
+            return None
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(request, replies, imported_threads)
+            _child(request, closed, imported_threads)
         try:
-            os.setpgid(pid, pid)  # as the child does itself: the group exists whichever of the two runs first
-        except OSError:  # the child has already made it, or has exec'd (a plain launch) or ended
+            os.setpgid(pid, request.get("pgid") or pid)  # as the child does itself: whichever of the two runs first
+        except OSError:  # the child has already joined it, or has exec'd (a plain launch) or ended
             pass
+        return pid
+
+    def serve_nested() -> None:
+        """Fork the `python -m` runs children ask for; answer each child whose run has ended."""
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                break
+            conn.setblocking(True)
+            with conn.makefile() as lines:
+                request = json.loads(lines.readline())
+            pid = fork(request, [replies, listener, conn, *nested.values()])
+            if pid is None:
+                conn.sendall(b'{"refused": "threads"}\n')
+                conn.close()
+            else:
+                nested[pid] = conn
+        for pid in list(nested):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                conn = nested.pop(pid)
+                try:
+                    conn.sendall((json.dumps({"rc": os.waitstatus_to_exitcode(status)}) + "\n").encode())
+                except OSError:  # the child that asked is gone (killed with its process group)
+                    pass
+                conn.close()
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = fork(request, [replies, listener])
+        if pid is None:
+            replies.write(json.dumps({"refused": f"{_threads()} threads"}) + "\n")
+            replies.flush()
+            continue
         deadline = None if request["timeout"] is None else time.monotonic() + request["timeout"]
         timed_out = False
         while True:
+            serve_nested()
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 try:
-                    os.killpg(pid, signal.SIGKILL)
+                    os.killpg(pid, signal.SIGKILL)  # the `python -m` runs it asked for with it
                 except ProcessLookupError:  # every process of the group ended just now
                     pass
                 os.waitpid(pid, 0)
@@ -294,9 +421,14 @@ def _serve(defaults: dict[str, str]) -> None:
                 status = None
                 break
             time.sleep(0.02)
+        while nested:  # what it asked for and left running (it died without waiting): let them end
+            serve_nested()
+            time.sleep(0.02)
         rc = None if timed_out else os.waitstatus_to_exitcode(status)
         replies.write(json.dumps({"rc": rc, "timed_out": timed_out}) + "\n")
         replies.flush()
+    listener.close()
+    shutil.rmtree(where, ignore_errors=True)
 
 
 def enabled() -> bool:

@@ -187,3 +187,76 @@ def test_a_forked_launch_gives_its_workers_what_torchrun_gives_them(tmp_path: Pa
     c10d, workers, _ = launch("1", "c10d", "--rdzv_backend", "c10d")
     assert c10d.returncode == 0, c10d.stderr[-3000:]
     assert not any(w["preloaded"] for w in workers) and [w["env"]["TORCHELASTIC_USE_AGENT_STORE"] for w in workers] == ["True"] * 2
+
+
+STARTS = """
+import json, os, subprocess, sys
+mode, out = sys.argv[1], sys.argv[2]
+env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "lib"))
+done = subprocess.run([sys.executable, "-m", "probe_mod", mode, out], env=env, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+print(json.dumps({"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "args": done.args, "pid": os.getpid(), "pgid": os.getpgid(0)}))
+"""
+
+PROBE_MOD = """
+import json, os, sys
+print(json.dumps({
+    "argv": sys.argv, "name": __name__, "path0": sys.path[0], "lib_first": sys.path[1] == os.environ["PYTHONPATH"],
+    "cwd": os.getcwd(), "ppid": os.getppid(), "pgid": os.getpgid(0), "torch_preloaded": "torch" in sys.modules,
+}))
+print("to stderr", file=sys.stderr)
+mode, out = sys.argv[1], sys.argv[2]
+with open(os.path.join(out, "module-pid"), "w") as f:
+    f.write(str(os.getpid()))
+if mode == "exit":
+    sys.exit(3)
+if mode == "raise":
+    raise ValueError("boom")
+if mode == "sleep":
+    import time
+    time.sleep(600)
+"""
+
+
+def test_a_forked_scripts_python_m_run_is_forked_too_and_behaves_as_a_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a forked script starts with `subprocess.run([sys.executable, "-m", ...], stdout=PIPE, stderr=PIPE)` (the
+    data stage of train.py) is another child of the server, in the script's process group, and gives the script what a
+    plain process gives it: the module as __main__, its argv, the working directory first on sys.path and then
+    PYTHONPATH, its output and exit code; a timeout that kills the script kills it too."""
+    monkeypatch.setenv("RECIPEC_TEST_FORK", "1")
+    scripts = tmp_path / "scripts"
+    (scripts / "lib").mkdir(parents=True)
+    (scripts / "starts.py").write_text(STARTS)
+    (scripts / "lib" / "probe_mod.py").write_text(PROBE_MOD)
+    env = dict(os.environ)
+
+    def run(mode: str, **kwargs):
+        out = tmp_path / f"out-{mode}"
+        out.mkdir(exist_ok=True)
+        proc = forkrun.run([sys.executable, str(scripts / "starts.py"), mode, str(out)], env=env, capture_output=True, text=True, **kwargs)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout)
+
+    plain = run("ok")  # the environment's first use: a plain process, which starts a plain one
+    runs = {mode: run(mode) for mode in ("ok", "exit", "raise")}
+    want, got = json.loads(plain["stdout"].splitlines()[0]), json.loads(runs["ok"]["stdout"].splitlines()[0])
+    assert not want["torch_preloaded"] and got["torch_preloaded"], "not forked from the server"
+    assert want["ppid"] == plain["pid"] and got["ppid"] != runs["ok"]["pid"]  # the server's child, not the script's
+    assert got["pgid"] == runs["ok"]["pgid"]
+    for key in ("name", "path0", "lib_first"):
+        assert got[key] == want[key], key
+    assert got["name"] == "__main__" and got["lib_first"] and got["path0"] == got["cwd"] == str(tmp_path / "out-ok")
+    assert got["argv"] == [str(scripts / "lib" / "probe_mod.py"), "ok", str(tmp_path / "out-ok")]
+    assert want["argv"] == [str(scripts / "lib" / "probe_mod.py"), "ok", str(tmp_path / "out-ok")]
+    assert runs["ok"]["rc"] == plain["rc"] == 0 and runs["ok"]["stderr"] == plain["stderr"] == "to stderr\n"
+    assert runs["ok"]["args"] == plain["args"]
+    assert runs["exit"]["rc"] == 3
+    assert runs["raise"]["rc"] == 1 and "ValueError: boom" in runs["raise"]["stderr"] and "Traceback" in runs["raise"]["stderr"]
+    # past the script's timeout, its process group is killed: the module's process with it
+    with pytest.raises(subprocess.TimeoutExpired):
+        run("sleep", timeout=5)
+    pid = int((tmp_path / "out-sleep" / "module-pid").read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+    assert json.loads(run("ok")["stdout"].splitlines()[0])["torch_preloaded"]  # and the server serves the next run
