@@ -55,7 +55,7 @@ def test_a_row_in_the_table() -> None:
 @pytest.mark.slow
 def test_every_row_on_cpu_with_a_tiny_model(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--device", "cpu", "--tiny", "--workdir", str(tmp_path)],
+        [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--device", "cpu", "--tiny", "--quick", "--workdir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=900,
