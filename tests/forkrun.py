@@ -99,15 +99,12 @@ def _exit_code(stop: SystemExit) -> int:
     return 1
 
 
-def _script(argv: list[str]) -> int:
-    """Run argv[0] as `python argv...` runs it, in this process: its exit code."""
-    import runpy
-
-    sys.argv = list(argv)
-    sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+def _as_main(run: Any) -> int:
+    """run() as the interpreter runs a program: the exit code of its SystemExit, or 1 after an uncaught exception's
+    traceback; then non-daemon threads joined and atexit handlers run."""
     code = 0
     try:
-        runpy.run_path(argv[0], run_name="__main__")
+        run()
     except SystemExit as stop:
         code = _exit_code(stop)
     except BaseException:
@@ -116,6 +113,15 @@ def _script(argv: list[str]) -> int:
     threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     return code
+
+
+def _script(argv: list[str]) -> int:
+    """Run argv[0] as `python argv...` runs it, in this process: its exit code."""
+    import runpy
+
+    sys.argv = list(argv)
+    sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+    return _as_main(lambda: runpy.run_path(argv[0], run_name="__main__"))
 
 
 def _module(argv: list[str]) -> int:
@@ -125,17 +131,7 @@ def _module(argv: list[str]) -> int:
     sys.argv = list(argv)  # runpy puts the module's file in sys.argv[0], as `python -m` does
     sys.path[0] = os.getcwd()
     sys.path[1:1] = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
-    code = 0
-    try:
-        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
-    except SystemExit as stop:
-        code = _exit_code(stop)
-    except BaseException:
-        sys.excepthook(*sys.exc_info())
-        code = 1
-    threading._shutdown()  # type: ignore[attr-defined]
-    atexit._run_exitfuncs()
-    return code
+    return _as_main(lambda: runpy.run_module(argv[0], run_name="__main__", alter_sys=True))
 
 
 def _nested_forkable(cmd: Any, kwargs: dict[str, Any]) -> bool:
