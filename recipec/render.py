@@ -341,6 +341,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "router_aux": plan.get("router_aux_loss_coef") is not None,
         "in_backward": bool(plan.get("step_in_backward")),  # optim.step_in_backward: hooks step each parameter
         "zero3": plan.get("deepspeed_zero_stage") == 3,  # the model is built partitioned (zero.Init)
+        "zero_stage": plan.get("deepspeed_zero_stage"),  # None: not under DeepSpeed
         # every forward needs every process (ZeRO-3, FSDP, tensor parallelism): all of them generate
         "sharded_model": plan["num_processes"] > 1
         and (plan.get("deepspeed_zero_stage") == 3 or plan["strategy"] == "fsdp" or plan.launch.tensor_parallel),

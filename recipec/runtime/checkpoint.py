@@ -421,6 +421,8 @@ def checkpoint_bytes(
     hidden: Container[int] = frozenset(),
     momentum: float | None = None,
     copies: Mapping[str, int | None] | None = None,
+    zero_stage: int | None = None,
+    half: bool = False,
 ) -> dict[str, int]:
     """Estimate the size of one checkpoint from the model's parameters.
 
@@ -441,6 +443,10 @@ def checkpoint_bytes(
         momentum: For "sgd", its momentum: 0 keeps no state.
         copies: Each other copy of every parameter the checkpoint holds, by what it is, with its
             bytes per parameter (None: the parameter's own, as a copy of the model at its dtype).
+        zero_stage: DeepSpeed's ZeRO stage (``launch.deepspeed.zero_stage``), None when the run is
+            not under DeepSpeed.
+        half: Under DeepSpeed, whether its engine holds the weights in 16 bits
+            (``launch.mixed_precision`` bf16 or fp16); the parameters passed are as loaded.
 
     Returns:
         ``{"parameters", "weights", "optimizer", "copies", "margin", "total"}``, sizes in bytes,
@@ -456,18 +462,28 @@ def checkpoint_bytes(
     copied = dict.fromkeys(copies, 0)
     for p in parameters:
         n, size = getattr(p, "ds_numel", None) or p.numel(), p.element_size()  # a ZeRO-3 parameter is empty here
+        trains = optimizer is not None and p.requires_grad
+        if zero_stage is not None:
+            size = 2 if half else size  # the engine's weights
         count += n
-        weights += n * size
+        if zero_stage != 3 or not trains:  # at ZeRO-3 a checkpoint holds what trains only as its master copy
+            weights += n * size
         for what, each in copies.items():
             copied[what] += n * (size if each is None else each)
-        if optimizer is None or not p.requires_grad or (optimizer == "sgd" and momentum == 0):
+        if not trains:
+            continue
+        state = size
+        if zero_stage is not None:  # ZeRO steps a float32 master copy, which the checkpoint holds too
+            states += n * 4
+            state = 4
+        if optimizer == "sgd" and momentum == 0:
             continue
         if optimizer in FLAT_STATE_BYTES:
             states += n * FLAT_STATE_BYTES[optimizer]
         elif optimizer == "muon" and id(p) not in hidden:
-            states += int(n * size * OPTIMIZER_STATE["adamw"])
+            states += int(n * state * OPTIMIZER_STATE["adamw"])
         else:
-            states += int(n * size * OPTIMIZER_STATE[optimizer])
+            states += int(n * state * OPTIMIZER_STATE[optimizer])
     extra = sum(copied.values())
     margin = (weights + states + extra) // 20 + 8 * 2**20
     need = {"parameters": count, "weights": weights, "optimizer": states, "copies": extra, "margin": margin}
@@ -492,6 +508,8 @@ def preflight(
     hidden: Container[int] = frozenset(),
     momentum: float | None = None,
     copies: Mapping[str, int | None] | None = None,
+    zero_stage: int | None = None,
+    half: bool = False,
 ) -> str | None:
     """Check before the first step that ``directory`` can take one checkpoint.
 
@@ -500,7 +518,7 @@ def preflight(
         parameters: ``model.parameters()``, for :func:`checkpoint_bytes`.
         optimizer: The optimizer whose state checkpoints hold, or None when the run saves no
             checkpoint (``save_every`` 0: only the final model).
-        hidden, momentum, copies: As :func:`checkpoint_bytes` takes them.
+        hidden, momentum, copies, zero_stage, half: As :func:`checkpoint_bytes` takes them.
 
     Returns:
         None when it can, else a message naming the directory, the estimate and the free space.
@@ -508,14 +526,15 @@ def preflight(
     problem = check_writable(directory)
     if problem:
         return problem
-    need = checkpoint_bytes(parameters, optimizer=optimizer, hidden=hidden, momentum=momentum, copies=copies)
+    need = checkpoint_bytes(parameters, optimizer=optimizer, hidden=hidden, momentum=momentum, copies=copies, zero_stage=zero_stage, half=half)
     free = shutil.disk_usage(directory).free
     if free >= need["total"]:
         return None
     what = "one checkpoint of this model" if optimizer is not None else "the final model"
     detail = f"{_size(need['weights'])} of weights"
     if optimizer is not None:
-        detail += f" + {_size(need['optimizer'])} of {OPTIMIZER_NAMES[optimizer]} state"
+        master = "DeepSpeed's float32 master weights and " if zero_stage is not None else ""
+        detail += f" + {_size(need['optimizer'])} of {master}{OPTIMIZER_NAMES[optimizer]} state"
     for copy in copies or {}:
         detail += f" + {_size(need['copy ' + copy])} of {copy}"
     return (

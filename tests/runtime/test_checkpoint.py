@@ -456,3 +456,84 @@ def test_the_estimate_is_what_save_state_writes(tmp_path, name, dtype, copies):
     held = sum(size for file, size in written.items() if file.startswith("custom_checkpoint_"))
     assert held == pytest.approx(need["copies"], rel=0.01, abs=16 * 1024)
     assert sum(written.values()) <= need["total"]
+
+
+# A DeepSpeed engine per case, in one process of its own (DeepSpeed starts torch.distributed, over gloo on the
+# CPU); accelerate's save_state under DeepSpeed writes the engine's save_checkpoint, whose files each case sizes.
+_DEEPSPEED_CASES = """
+import json, os, pathlib, sys
+import deepspeed, torch
+sys.path.insert(0, os.environ["CASES_DIR"])
+from case_model import tiny_llama
+out = {}
+for name, stage, half, freeze, optim in json.loads(sys.argv[1]):
+    model = tiny_llama(freeze)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3) if optim == "adamw" else torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": stage}, "bf16": {"enabled": half}, "zero_allow_untested_optimizer": True}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    loss = engine(input_ids=torch.randint(0, 2000, (2, 16)), labels=torch.randint(0, 2000, (2, 16))).loss
+    engine.backward(loss)
+    engine.step()
+    engine.save_checkpoint(str(pathlib.Path(sys.argv[2]) / name), tag="ckpt")
+    files = (pathlib.Path(sys.argv[2]) / name / "ckpt").iterdir()
+    out[name] = {p.name: p.stat().st_size for p in files}
+print("SIZES " + json.dumps(out))
+"""
+
+_CASE_MODEL = """
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def tiny_llama(freeze):
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, vocab_size=2000)
+    model = LlamaForCausalLM(config)
+    if freeze:
+        model.model.embed_tokens.requires_grad_(False)
+    return model
+"""
+
+
+@pytest.mark.slow
+def test_the_estimate_is_what_deepspeed_saves(tmp_path):
+    """Under DeepSpeed a checkpoint holds a float32 master copy of what trains beside the optimizer's state (itself
+    float32), and the weights at the engine's dtype (at ZeRO-3 only the frozen ones): each ZeRO stage, bf16 and
+    float32, with a frozen embedding, AdamW and SGD, against checkpoint_bytes of the model as loaded (float32)."""
+    pytest.importorskip("deepspeed")
+    import socket
+
+    (tmp_path / "case_model.py").write_text(_CASE_MODEL)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from case_model import tiny_llama
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("case_model", None)
+    cases = [
+        ("zero2-bf16", 2, True, False, "adamw"),
+        ("zero3-bf16-frozen", 3, True, True, "adamw"),
+        ("zero2-fp32-frozen", 2, False, True, "adamw"),
+        ("zero1-bf16-sgd", 1, True, False, "sgd"),
+    ]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", CASES_DIR=str(tmp_path))
+    env.pop("ACCELERATE_USE_CPU", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DEEPSPEED_CASES, json.dumps(cases), str(tmp_path / "ckpt")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sizes = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("SIZES "))[6:])
+    for name, stage, half, freeze, optim in cases:
+        written = sizes[name]
+        model = tiny_llama(freeze)
+        need = checkpoint.checkpoint_bytes(model.parameters(), optimizer=optim, momentum=0.9, zero_stage=stage, half=half)
+        weights = sum(size for file, size in written.items() if file.endswith("model_states.pt"))
+        states = sum(size for file, size in written.items() if file.endswith("optim_states.pt"))
+        assert weights == pytest.approx(need["weights"], rel=0.02, abs=32 * 1024), (name, written)
+        assert states == pytest.approx(need["optimizer"], rel=0.01), (name, written)
+        assert sum(written.values()) <= need["total"], name
