@@ -398,6 +398,64 @@ def test_dpo_under_fsdp_keeps_its_live_reference_across_a_resume(tmp_path: Path)
     assert wa.keys() == wb.keys() and [k for k in wa if not torch.equal(wa[k], wb[k])] == []
 
 
+TR_DPO = "reference_sync_every = 2\nreference_sync_alpha = 0.5"
+
+
+@pytest.fixture(scope="module")
+def tr_dpo_one(dpo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TR-DPO on one process, micro-batch 8, 4 steps, the reference synced after steps 2 and 4, a checkpoint at 2."""
+    from test_preference_training import _project as _pref_project, _run as _pref_run
+
+    recipe = _pref_project(tmp_path_factory.mktemp("tr-dpo-one") / "one", dpo_model, options=TR_DPO, micro=8, steps=4, save_every=2)
+    _pref_run(recipe)
+    return recipe.parent.parent / "runs" / "pref"
+
+
+@pytest.mark.parametrize(
+    "launch",
+    ["cpu = true", 'strategy = "deepspeed"\ndeepspeed = {zero_stage = 2}', 'cpu = true\nstrategy = "fsdp"', ZERO3],
+    ids=["ddp", "zero2", "fsdp", "zero3"],
+)
+def test_tr_dpo_under_sharding_syncs_and_resumes_as_one_process(launch: str, dpo_model: Path, tr_dpo_one: Path, tmp_path: Path) -> None:
+    """TR-DPO over 2 processes x micro-batch 4, killed after its step-2 checkpoint and resumed, against one process x 8:
+    the checkpoint holds the whole reference as one process synced it at step 2 (under FSDP each process moved its own
+    shards of the copy, under ZeRO-3 each parameter was gathered in turn; either way gathered whole to be saved), and
+    the resumed run, whose copy is loaded back from it (sharded again), logs the losses and rewards of one process at
+    steps 3 and 4, which score against that reference, and ends with its weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from recipec.compiler import build
+    from test_preference_training import _project as _pref_project
+
+    recipe = _pref_project(tmp_path / "two", dpo_model, options=TR_DPO, micro=4, processes=2, steps=4, save_every=2)
+    recipe.write_text(recipe.read_text().replace("cpu = true", launch))
+    project = recipe.parent.parent
+    written, _ = build(recipe, (), project / "build" / "pref", project=project)
+    (project / "killer.py").write_text(KILL_RANK0)
+    killed = _launch(written.dir, script=[str(project / "killer.py"), str(written.dir), "2"], expect=None)
+    assert killed.returncode != 0 and not (project / "runs" / "pref" / "model").exists()
+    run = project / "runs" / "pref"
+    (saved,) = (run / "checkpoints" / "step_00000002").glob("custom_checkpoint_*.pkl")
+    (one_saved,) = (tr_dpo_one / "checkpoints" / "step_00000002").glob("custom_checkpoint_*.pkl")
+    reference, one_reference = torch.load(saved, weights_only=True), torch.load(one_saved, weights_only=True)
+    start = load_file(str(dpo_model / "model.safetensors"))
+    names = set(start) & set(one_reference)
+    assert names and names <= set(reference)
+    assert any(not torch.equal(one_reference[k], start[k]) for k in names)  # the step-2 sync moved the copy
+    for k in names:
+        assert (reference[k].float() - one_reference[k].float()).abs().max().item() < 1e-5, k
+    proc = _launch(written.dir)
+    assert "at step 2" in proc.stdout + proc.stderr
+    steps = [m for m in (json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
+    one = [m for m in (json.loads(x) for x in (tr_dpo_one / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
+    assert [m["step"] for m in steps] == [m["step"] for m in one] == [1, 2, 3, 4]
+    for key in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen"):
+        assert [m[key] for m in steps] == pytest.approx([m[key] for m in one], abs=1e-5, rel=ROUNDING), key
+    wa, wb = load_file(str(tr_dpo_one / "model" / "model.safetensors")), load_file(str(run / "model" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all((wa[k] - wb[k]).abs().max().item() < 1e-4 for k in wa)
+
+
 SP_LAUNCH = 'cpu = false\nstrategy = "deepspeed"\ndeepspeed = {zero_stage = 3}\nparallelism = {sp_size = 2}'
 
 

@@ -222,15 +222,20 @@ def test_apo_zero_unpaired_is_kto_without_its_kl_estimate(project: Path) -> None
 
 def test_tr_dpo_syncs_a_live_copy_and_checkpoints_it(project: Path) -> None:
     """reference_sync_every: plan settings of their own (not objective options), the copy registered for the
-    checkpoints and moved toward the policy after each reference_sync_every-th optimizer step; ZeRO-2 keeps a whole copy."""
-    for name, overrides in (("tr", ()), ("tr2", _deepspeed(2))):
+    checkpoints (whole, whatever shards it) and moved toward the policy after each reference_sync_every-th optimizer
+    step: the unwrapped model's parameters for a whole copy (ZeRO-2) and ZeRO-3's, gathered in turn; under FSDP the
+    prepared model's shards, which the copy holds alike."""
+    fsdp = ('launch.strategy="fsdp"', "launch.num_processes=2", "launch.cpu=true")
+    unwrapped = "preference.sync_reference(accelerator.unwrap_model(model), ref_model, reference_sync_alpha)"
+    for name, overrides, call in (("tr", (), unwrapped), ("tr2", _deepspeed(2), unwrapped), ("tr3", _deepspeed(3), unwrapped),
+                                  ("trf", fsdp, "preference.sync_reference(model, ref_model, reference_sync_alpha)")):
         written, plan = build(recipe(project, name, 'objective = "dpo"\nreference_sync_every = 4'), overrides, project / "build" / name, project=project)
         assert plan["reference_sync_every"] == 4 and plan["reference_sync_alpha"] == 0.6
         assert plan["objective_options"] == {"beta": 0.1, "label_smoothing": 0.0}
         script = (written.dir / "train.py").read_text()
-        assert "reference_sync_every = 4" in script and "accelerator.register_for_checkpointing(ref_model)" in script
+        assert "reference_sync_every = 4" in script and "accelerator.register_for_checkpointing(preference.CheckpointedReference(ref_model))" in script
         assert "if step % reference_sync_every == 0:" in script
-        assert "preference.sync_reference(accelerator.unwrap_model(model), ref_model, reference_sync_alpha)" in script
+        assert call in script, name
     _, plain = build(recipe(project, "plain", 'objective = "dpo"'), (), project / "build" / "plain", project=project)
     assert plain.get("reference_sync_every") is None and "sync_reference" not in (project / "build" / "plain" / "train.py").read_text()
 
@@ -240,13 +245,11 @@ def test_tr_dpo_syncs_a_live_copy_and_checkpoints_it(project: Path) -> None:
     [
         ('reference = "precomputed"\nreference_sync_every = 4', (), "", "a precomputed reference is scored once, before the first step"),
         ("reference_sync_every = 4", (), "[peft]\nmethod = \"lora\"", "under [peft] the live reference is the base model with the adapter disabled"),
-        ("reference_sync_every = 4", ('launch.strategy="fsdp"', "launch.num_processes=2"), "", "under FSDP the reference copy is sharded"),
-        ("reference_sync_every = 4", _deepspeed(3), "", "under DeepSpeed ZeRO-3 the reference copy is sharded"),
         ("reference_sync_alpha = 0.5", (), "", "reference_sync_every is unset (no sync)"),
     ],
-    ids=["precomputed", "peft", "fsdp", "zero3", "alpha-alone"],
+    ids=["precomputed", "peft", "alpha-alone"],
 )
-def test_tr_dpo_without_a_whole_live_copy_is_a_located_error(project: Path, options: str, overrides: tuple, peft: str, message: str) -> None:
+def test_tr_dpo_without_a_live_copy_of_its_own_is_a_located_error(project: Path, options: str, overrides: tuple, peft: str, message: str) -> None:
     with pytest.raises(RecipeError) as e:
         plan_recipe(recipe(project, "bad", f'objective = "dpo"\n{options}', peft), overrides)
     assert message in str(e.value) and "bad.toml:" in str(e.value)

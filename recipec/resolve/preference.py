@@ -113,14 +113,10 @@ def _reference_sync(b: PlanBuilder, reference: str) -> None:
     """TR-DPO: a live reference copy of its own, moved toward the policy every reference_sync_every steps."""
     r = b.recipe
     where = ("preference", "reference_sync_every")
-    ds = r.launch.deepspeed
     if reference == "precomputed":
         b.error(where, "TR-DPO moves the reference toward the policy as it trains, and a precomputed reference is scored once, before the first step", 'set reference = "live", or remove reference_sync_every')
     elif r.peft is not None:
         b.error(where, "under [peft] the live reference is the base model with the adapter disabled, the policy's own weights, which TR-DPO cannot move apart (as TRL refuses sync_ref_model with PEFT)", "remove reference_sync_every, or [peft]")
-    elif r.launch.strategy == "fsdp" or (r.launch.strategy == "deepspeed" and ds is not None and ds.zero_stage == 3):
-        how = "FSDP" if r.launch.strategy == "fsdp" else "DeepSpeed ZeRO-3"
-        b.error(where, f"under {how} the reference copy is sharded, and TR-DPO syncs a whole copy (one process, DDP, ZeRO-1 or 2)", "remove reference_sync_every, or use strategy = \"ddp\" or zero_stage = 2")
     b.key("reference_sync_every", where)
     b.key("reference_sync_alpha", ("preference", "reference_sync_alpha"))
 

@@ -868,12 +868,110 @@ class WithReference:
 
 def sync_reference(model: Any, reference: Any, alpha: float) -> None:
     """TR-DPO's soft update of a live reference copy (TRL's ``SyncRefModelCallback``): each of its parameters times
-    ``1 - alpha`` plus ``alpha`` times the policy's (``model`` unwrapped; the two built alike, parameter for parameter)."""
+    ``1 - alpha`` plus ``alpha`` times the policy's. Every process calls it.
+
+    The copy is built as the policy is, parameter for parameter, and sharded as it is:
+
+    - one process, DDP, ZeRO-1 and 2: whole tensors (``model`` unwrapped);
+    - FSDP (:func:`fsdp_reference`; ``model`` as accelerate prepared it, FSDP 1's wrapper included): each process
+      updates its own shards, FSDP 2's DTensors or FSDP 1's flat parameters, which hold the same slices of both
+      models, so nothing is gathered;
+    - ZeRO-3 (:func:`zero3_reference`, a DeepSpeed engine; ``model`` unwrapped): each pair of parameters is gathered
+      in turn, updated on the main process and partitioned again, as TRL syncs under ZeRO-3 (TRL gathers the whole
+      model at once).
+    """
     import torch
 
     with torch.no_grad():
+        if _zero3(reference):
+            import deepspeed
+            import torch.distributed as dist
+
+            own = dict(model.named_parameters())
+            main = dist.get_rank() == 0
+            for name, ref in reference.module.named_parameters():
+                with deepspeed.zero.GatheredParameters([ref, own[name]], modifier_rank=0):
+                    if main:
+                        ref.data.mul_(1.0 - alpha).add_(own[name].data, alpha=alpha)
+            return
         for ref, param in zip(reference.parameters(), model.parameters(), strict=True):
+            if ref.shape != param.shape:
+                raise ValueError(f"the reference copy is not sharded as the policy is: {tuple(ref.shape)} against {tuple(param.shape)}")
             ref.mul_(1.0 - alpha).add_(param.detach(), alpha=alpha)
+
+
+def _zero3(reference: Any) -> bool:
+    """Whether the reference is a DeepSpeed engine over ZeRO-3-partitioned parameters (zero3_reference's)."""
+    return any(hasattr(p, "ds_tensor") for p in reference.parameters())
+
+
+def _sharded(reference: Any) -> bool:
+    """Whether FSDP shards the reference: FSDP 2's DTensor parameters, or FSDP 1's wrapper."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if any(type(p).__name__ == "DTensor" for p in reference.parameters()):
+        return True
+    return any(isinstance(m, FullyShardedDataParallel) for m in reference.modules())
+
+
+class CheckpointedReference:
+    """TR-DPO's live reference as checkpoints keep it (``accelerator.register_for_checkpointing``): the copy whole,
+    as its state dict, whatever shards it, so that a resumed run goes on from the reference it had.
+
+    accelerate calls ``state_dict`` on every process and writes the main process's, and calls ``load_state_dict``
+    on every process with the file's contents, so both may be collective:
+
+    - a whole copy (one process, DDP, ZeRO-1 and 2): its own state dict;
+    - FSDP: torch's ``get_model_state_dict`` and ``set_model_state_dict`` with ``full_state_dict`` (gathered
+      into the main process's CPU memory, shard by shard; on loading, each process keeps its shards of it);
+    - ZeRO-3: each parameter gathered in turn, the main process keeping a CPU copy; on loading, each is
+      gathered again, the main process copies the saved values in, and it is partitioned again. The buffers
+      are not kept: the copy's are the policy's, which never change.
+
+    Args:
+        reference: the copy as the script built it (:func:`fsdp_reference`, :func:`zero3_reference` or a frozen
+            ``deepcopy`` of the model).
+    """
+
+    def __init__(self, reference: Any) -> None:
+        self.reference = reference
+
+    def state_dict(self) -> dict[str, Any]:
+        if _zero3(self.reference):
+            import deepspeed
+            import torch.distributed as dist
+
+            kept = {}
+            for name, param in self.reference.module.named_parameters():
+                with deepspeed.zero.GatheredParameters([param]):
+                    if dist.get_rank() == 0:
+                        kept[name] = param.data.detach().to("cpu", copy=True)
+            return kept
+        if _sharded(self.reference):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.reference, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.reference.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import torch
+
+        if _zero3(self.reference):
+            import deepspeed
+            import torch.distributed as dist
+
+            with torch.no_grad():
+                for name, param in self.reference.module.named_parameters():
+                    with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                        if dist.get_rank() == 0:
+                            param.data.copy_(state[name])
+            return
+        if _sharded(self.reference):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self.reference, state, options=StateDictOptions(full_state_dict=True))
+            return
+        self.reference.load_state_dict(state)
 
 
 def zero3_reference(accelerator: Any, model: Any) -> Any:

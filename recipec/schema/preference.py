@@ -43,7 +43,7 @@ class _PairedWithSft(_Referenced, _SftTerm):
     """LD-DPO (Liu et al. 2024; TRL's and LLaMA-Factory's `ld_alpha`): each side's log-probability, the policy's and the reference's, is the sum over its first min(chosen, rejected) completion tokens plus ld_alpha times the sum over the rest, so the longer answer's extra tokens weigh less (1: plain sums; 0: the shared length only). Unset: off."""
 
     reference_sync_every: int | None = Field(None, ge=1)
-    """TR-DPO (Gorbatovski et al. 2024; TRL's `sync_ref_model` with `ref_model_sync_steps`): every this many optimizer steps the live reference moves toward the policy, reference = alpha * policy + (1 - alpha) * reference (alpha: `reference_sync_alpha`), and every checkpoint keeps the reference, so a resumed run goes on from it. A live reference that is a frozen copy of its own (full fine-tuning, not under ZeRO-3 or FSDP). Unset: the reference stays the starting model."""
+    """TR-DPO (Gorbatovski et al. 2024; TRL's `sync_ref_model` with `ref_model_sync_steps`): every this many optimizer steps the live reference moves toward the policy, reference = alpha * policy + (1 - alpha) * reference (alpha: `reference_sync_alpha`), and every checkpoint keeps the reference, so a resumed run goes on from it. A live reference that is a frozen copy of its own (full fine-tuning; under FSDP or ZeRO-3 sharded as the policy is, and synced shard by shard or gathered a parameter at a time). Unset: the reference stays the starting model."""
 
     reference_sync_alpha: float = Field(0.6, gt=0, le=1)
     """TR-DPO's alpha (TRL's `ref_model_mixup_alpha`): the policy's share of the synced reference (1: the reference becomes the policy)."""
