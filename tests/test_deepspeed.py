@@ -579,6 +579,8 @@ SP_PREF_CASES = {
     "orpo-sp2": ("orpo", "", "", 4, 2, 2),  # reference-free; averages, and the chosen side's cross-entropy
     "dpo-lora-sp2": ("dpo", "", LORA, 4, 2, 2),  # live: the partitioned base model, adapter disabled
     "kto-copy-sp2": ("kto", "", "", 4, 2, 2),  # and the KL estimate's mismatched pairs, sliced too
+    "apo-zero-unpaired-copy-sp2": ("apo_zero_unpaired", "", "", 4, 2, 2),  # labelled completions, no KL estimate
+    "tr-dpo-copy-sp2": ("dpo", TR_DPO, "", 4, 2, 2),  # the partitioned copy synced after step 2, gathered in turn
 }
 
 
@@ -636,7 +638,7 @@ def test_preference_pairs_under_sequence_parallelism_train_as_one_process(case: 
     # evaluation splits the held-out rows over all processes (whole rows on each), as without an sp group, filled up
     # with rows that count for nothing; KTO's held-out KL estimate is each micro-batch's own, as one process takes it
     held_out = ["eval_loss", "eval_rewards_chosen", "eval_rewards_rejected", "eval_logps_chosen", "eval_reward_margin"]
-    held_out += ["eval_kl"] if objective == "kto" else ["eval_reward_accuracy"]
+    held_out += {"kto": ["eval_kl"], "apo_zero_unpaired": []}.get(objective, ["eval_reward_accuracy"])
     for key in held_out:
         got, want = [m[key] for m in evals(two)], [m[key] for m in evals(one)]
         worst[key] = max(abs(a - b) for a, b in zip(got, want))
