@@ -342,6 +342,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "in_backward": bool(plan.get("step_in_backward")),  # optim.step_in_backward: hooks step each parameter
         "zero3": plan.get("deepspeed_zero_stage") == 3,  # the model is built partitioned (zero.Init)
         "zero_stage": plan.get("deepspeed_zero_stage"),  # None: not under DeepSpeed
+        "early_stopping": plan.get("early_stopping_patience") is not None,  # train.early_stopping_patience
         # every forward needs every process (ZeRO-3, FSDP, tensor parallelism): all of them generate
         "sharded_model": plan["num_processes"] > 1
         and (plan.get("deepspeed_zero_stage") == 3 or plan["strategy"] == "fsdp" or plan.launch.tensor_parallel),

@@ -418,10 +418,13 @@ def _summary(run_dir: Path, warnings: list[str]) -> dict[str, Any]:
         return recorded if recorded is not None else fallback
 
     name = info.get("name")
+    status = info.get("status") or "unknown"
+    if status == "completed" and isinstance(info.get("stopped_early"), dict):  # train.early_stopping_patience
+        status = "stopped early"
     return {
         "name": name if isinstance(name, str) and name else run_dir.resolve().name,
         "path": run_dir.as_posix(),
-        "status": info.get("status") or "unknown",
+        "status": status,
         "steps": pick(info.get("steps"), last("step")),
         "tokens": pick(info.get("tokens"), last("tokens")),
         "final_loss": pick(final.get("loss"), so_far["final"]["loss"]),

@@ -378,3 +378,20 @@ def test_importing_runs_does_not_import_matplotlib() -> None:
 
     code = "import sys, recipec.runs; sys.exit('matplotlib' in sys.modules or 'torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_run_that_stopped_early_says_so(tmp_path: Path) -> None:
+    """train.early_stopping_patience: run.json's stopped_early makes a completed run "stopped early" in the table and
+    the JSON; a run record with stopped_early null (the script writes it so when the run went to its end) stays completed."""
+    stopped = write_run(tmp_path / "runs", "stopped", 12)
+    info = json.loads((stopped / "run.json").read_text())
+    info["stopped_early"] = {"step": 12, "metric": "eval_loss", "best": 0.69, "best_step": 4, "patience": 2, "threshold": 0.0}
+    (stopped / "run.json").write_text(json.dumps(info))
+    full = write_run(tmp_path / "runs", "full", 8, started="2026-01-02T09:00:00+00:00")
+    info = json.loads((full / "run.json").read_text())
+    (full / "run.json").write_text(json.dumps({**info, "stopped_early": None}))
+    result = CliRunner().invoke(cli(), ["runs", str(tmp_path / "runs"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert {r["name"]: r["status"] for r in json.loads(result.output)} == {"stopped": "stopped early", "full": "completed"}
+    table = CliRunner().invoke(cli(), ["runs", str(tmp_path / "runs")]).output
+    assert "stopped early" in table.splitlines()[1] + table.splitlines()[2]

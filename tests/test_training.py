@@ -589,6 +589,46 @@ def test_ema_and_merged_weights_survive_kill_and_resume_bitwise(tmp_path: Path) 
     assert any(not torch.equal(final[k], ema[k]) for k in final), "the EMA is not the final model"
 
 
+# an evaluation and a checkpoint after every step; stops once the held-out loss has fallen by no more than 0.04 for 3
+# evaluations in a row (a dozen steps or so into its 24)
+EARLY = (
+    TINY.replace("max_steps = 8", "max_steps = 24").replace("eval_every = 4", "eval_every = 1").replace("save_every = 2", "save_every = 1")
+    .replace("keep_last = 2", "keep_last = 2\nearly_stopping_patience = 3\nearly_stopping_threshold = 0.04")
+)
+
+
+def test_early_stopping_stops_where_transformers_would_and_resumes_to_the_same_stop(tmp_path: Path) -> None:
+    """train.early_stopping_patience through the script: the run stops after the evaluation at which transformers'
+    EarlyStoppingCallback (fed the same held-out losses) stops the Trainer, well before max_steps, saves its final
+    model there without evaluating it again, and says so in run.json; killed after the checkpoint of the step before
+    the stop, or of the stop itself, and run again, it stops at the same step with the same metrics and weights."""
+    from runtime.test_stopping import trainer_stops
+
+    straight = _project(tmp_path / "straight", EARLY)
+    proc = _train(_build(straight))
+    run = straight / "runs" / "tiny"
+    evals = [m for m in _metrics(run) if "eval_loss" in m]
+    stop = trainer_stops([m["eval_loss"] for m in evals], 3, 0.04).index(True)
+    at = evals[stop]["step"]
+    assert 3 <= at < 24 and evals[-1]["step"] == at  # nothing evaluated after the stop, the final evaluation included
+    assert max(m["step"] for m in _metrics(run)) == at and f"stopped early at step {at}: eval_loss has not improved" in proc.stdout + proc.stderr
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "completed" and record["steps"] == at
+    lowest = min(evals, key=lambda m: m["eval_loss"])
+    assert record["stopped_early"] == {"step": at, "metric": "eval_loss", "best": lowest["eval_loss"], "best_step": lowest["step"], "patience": 3, "threshold": 0.04}
+    assert record["final"]["eval_loss"] == evals[-1]["eval_loss"]
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_per_s")} for m in ms]  # noqa: E731 (timings differ)
+    for kill_at in (at - 1, at):
+        killed = _project(tmp_path / f"killed-{kill_at}", EARLY)
+        build_dir = _build(killed)
+        _kill(tmp_path, build_dir, kill_at, "after-commit")
+        proc = _train(build_dir)
+        assert "resumed from" in proc.stdout + proc.stderr
+        assert strip(_metrics(killed / "runs" / "tiny")) == strip(_metrics(run)), kill_at
+        assert json.loads((killed / "runs" / "tiny" / "run.json").read_text())["stopped_early"] == record["stopped_early"]
+        _assert_same_weights(run, killed / "runs" / "tiny")
+
+
 ANNEAL_SOURCE = """
 [[data.sources]]
 builtin = "python-stdlib"

@@ -1782,7 +1782,7 @@ def _rest(d: Draft) -> None:
             else:
                 d.exact(k)
     if _given(d, "early_stopping_patience"):
-        d.drop("early_stopping_patience", "missing-feature", "recipec runs to the end; it does not stop on the eval loss.")
+        hf.early_stopping(d, "early_stopping_patience")
     if _given(d, "plugins"):
         _plugins(d)
     for k in ("cut_cross_entropy", "chunked_cross_entropy"):

@@ -673,6 +673,24 @@ def _eval(d: Draft, k: Any, total: int | None, epochs: Any) -> None:
         d.default("train.eval_at_start", False, k("eval_on_start"), "no evaluation before the first step")
 
 
+def early_stopping(d: Draft, key: str) -> None:
+    """The patience of the EarlyStoppingCallback axolotl (`early_stopping_patience`) and LLaMA-Factory
+    (`early_stopping_steps`) add to the Trainer: train.early_stopping_patience, the same rule on eval_loss. Called
+    after the evaluation cadence and the held-out split are drafted."""
+    metric = d.get("metric_for_best_model") if d.has("metric_for_best_model") else None
+    higher = bool(d.get("greater_is_better")) if d.has("greater_is_better") else False
+    held_out = (d.value("data.eval_fraction", 0.05) or 0) > 0 or any(
+        "split" in src and src["split"].value == "eval" for src in d.sources
+    )
+    if metric not in (None, "loss", "eval_loss") or higher:
+        better = "higher" if higher else "lower"
+        d.drop(key, "no-equivalent", f"early stopping on metric_for_best_model {metric!r} ({better} is better); recipec's watches the held-out loss.")
+    elif d.value("train.eval_every") == 0 or not held_out:
+        d.drop(key, "ignored-by-tool", "nothing is evaluated while training (no evaluation steps or no held-out split), which transformers' EarlyStoppingCallback cannot run without.")
+    else:
+        d.set("train.early_stopping_patience", int(d.get(key)), key)
+
+
 def _save(d: Draft, k: Any, defaults: Mapping[str, Any], total: int | None, epochs: Any) -> None:
     strategy = d.get(k("save_strategy"), "steps")
     if strategy == "steps" and not d.has(k("save_steps")) and "save_steps" in defaults:

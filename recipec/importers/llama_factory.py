@@ -275,7 +275,6 @@ _MISSING = {
     "ref_model_adapters": "recipec's reference model is the model it starts from.",
     "ref_model_quantization_bit": "recipec's reference model is the model it starts from.",
     "fp8": "recipec has no FP8 training.",
-    "early_stopping_steps": "recipec does not stop early on the eval loss.",
     "disable_shuffling": "recipec shuffles the training data in its seeded order.",
     "use_kt": "recipec has no KTransformers backend.",
     "streaming": "",
@@ -1068,6 +1067,11 @@ def _rest(d: Draft) -> None:
     for key in _NOT_FOR_TRAINING:
         if d.has(key) and key not in d.ledger:
             d.drop(key, "not-for-training", "")
+    if d.has("early_stopping_steps"):
+        if _is_default(d, "early_stopping_steps"):
+            d.exact("early_stopping_steps")
+        else:
+            hf.early_stopping(d, "early_stopping_steps")
     for key, why in _MISSING.items():
         if d.has(key) and key not in d.ledger:
             if _is_default(d, key):

@@ -199,8 +199,23 @@ def train_settings(b: PlanBuilder) -> None:
             )
     if r.optim.step_in_backward:
         step_in_backward_settings(b, grad_accum)
-    if d.eval_fraction == 0 and t.eval_every != 0 and not any(src.split == "eval" for src in d.sources):
+    held_out = d.eval_fraction != 0 or any(src.split == "eval" for src in d.sources)
+    if not held_out and t.eval_every != 0:
         b.warn(("train", "eval_every"), "data.eval_fraction is 0: there is no held-out split, so no evaluation runs")
+    if t.early_stopping_patience is not None:
+        _early_stopping(b, held_out)
+
+
+def _early_stopping(b: PlanBuilder, held_out: bool) -> None:
+    """train.early_stopping_patience: the evaluations during the run must exist for it to count them."""
+    t = b.recipe.train
+    where = ("train", "early_stopping_patience")
+    if not held_out:
+        b.error(where, "early stopping watches the held-out loss, and there is no held-out split (data.eval_fraction is 0 and no source has split = \"eval\")", "set data.eval_fraction, e.g. 0.05, or remove early_stopping_patience")
+    elif t.eval_every == 0:
+        b.error(where, "early stopping counts the evaluations during the run, and train.eval_every is 0 (only the end is evaluated)", "set train.eval_every, e.g. 100 or \"1 epoch\", or remove early_stopping_patience")
+    b.key("early_stopping_patience", where)
+    b.key("early_stopping_threshold", ("train", "early_stopping_threshold"))
 
 
 def epoch_cadences(b: PlanBuilder) -> None:

@@ -79,6 +79,12 @@ class TrainTable(Table):
     keep_last: int = Field(2, ge=0)
     """Keep only the newest this many checkpoints; 0 keeps all."""
 
+    early_stopping_patience: int | None = Field(None, ge=1)
+    """Stop the run once the held-out loss (`eval_loss`) has not improved on its lowest by more than `early_stopping_threshold` for this many evaluations in a row (transformers' `EarlyStoppingCallback` on `eval_loss`; axolotl's `early_stopping_patience`, LLaMA-Factory's `early_stopping_steps`). Every evaluation counts, the one before the first step (`eval_at_start`) included. The run then ends as at its last step: the final model is saved at that step (not evaluated again), and run.json says where it stopped and the lowest loss's step. The LR schedule is not changed. Checkpoints keep the count, so a resumed run stops where the uninterrupted one would. Unset: the run goes to its last step."""
+
+    early_stopping_threshold: float = Field(0.0, ge=0)
+    """How much lower than its lowest so far the held-out loss must be to count as an improvement for `early_stopping_patience` (transformers' `early_stopping_threshold`)."""
+
     @field_validator("eval_every", "save_every")
     @classmethod
     def check_cadence(cls, value: int | str) -> int | str:
@@ -92,6 +98,16 @@ class TrainTable(Table):
         if epochs == 0:
             raise ValueError("must be more than 0 epochs (0, the number, turns it off)")
         return value
+
+    @model_validator(mode="after")
+    def check_early_stopping(self) -> TrainTable:
+        if self.early_stopping_threshold != type(self).model_fields["early_stopping_threshold"].default and self.early_stopping_patience is None:
+            raise key_error(
+                "early_stopping_threshold",
+                "early_stopping_threshold is the improvement early stopping asks for, and early_stopping_patience is unset (no early stopping)",
+                "set early_stopping_patience, e.g. 3, or remove early_stopping_threshold",
+            )
+        return self
 
     @model_validator(mode="after")
     def check_one_length(self) -> TrainTable:

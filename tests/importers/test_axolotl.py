@@ -475,6 +475,29 @@ def test_shares_of_the_run_become_cadences_in_epochs(tmp_path, extra, save_every
     assert got == approx
 
 
+@pytest.mark.parametrize(
+    ("extra", "patience", "reason"),
+    [
+        ("val_set_size: 0.05\neval_steps: 20\nearly_stopping_patience: 3\n", 3, None),
+        ("val_set_size: 0.05\neval_steps: 20\nearly_stopping_patience: 3\nmetric_for_best_model: loss\n", 3, None),
+        ("val_set_size: 0.05\neval_steps: 20\nearly_stopping_patience: 3\nmetric_for_best_model: eval_accuracy\ngreater_is_better: true\n", None, "no-equivalent"),
+        ("eval_steps: 20\nearly_stopping_patience: 3\n", None, "ignored-by-tool"),  # no held-out data
+        ("val_set_size: 0.05\neval_strategy: \"no\"\nearly_stopping_patience: 3\n", None, "ignored-by-tool"),
+    ],
+    ids=["eval-loss", "metric-loss", "other-metric", "no-held-out", "no-evaluation"],
+)
+def test_early_stopping_patience_is_the_recipes_on_the_eval_loss(tmp_path, extra, patience, reason):
+    """axolotl's EarlyStoppingCallback on the eval loss is train.early_stopping_patience; on another metric, or with
+    nothing evaluated while training, it is not imported, and the recipe validates either way."""
+    result = import_config(_write(tmp_path, BASE + extra), "axolotl")
+    assert tomllib.loads(result.text)["train"].get("early_stopping_patience") == patience
+    entry = result.draft.ledger["early_stopping_patience"]
+    assert (entry.how, entry.reason if reason else None) == (("dropped", reason) if reason else ("exact", None))
+    path = tmp_path / "imported.toml"
+    path.write_text(result.text)
+    plan_recipe(path, ())
+
+
 def test_unknown_key_names_file_and_line(tmp_path):
     path = _write(tmp_path, BASE + "lora_alpah: 16\n")
     with pytest.raises(RecipeError) as info:

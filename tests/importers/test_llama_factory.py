@@ -170,6 +170,26 @@ def test_enable_thinking_is_read_by_a_reasoning_template_only(tmp_path, monkeypa
     assert draft.ledger["enable_thinking"].how == "dropped" and draft.ledger["template"].how == "exact"
 
 
+@pytest.mark.parametrize(
+    ("extra", "patience"),
+    [
+        ("val_size: 0.1\neval_strategy: steps\neval_steps: 50\nearly_stopping_steps: 4\n", 4),
+        ("val_size: 0.1\neval_strategy: steps\neval_steps: 50\nearly_stopping_steps: 4\nmetric_for_best_model: eval_loss\n", 4),
+        ("val_size: 0.1\neval_strategy: steps\neval_steps: 50\nearly_stopping_steps: 4\nmetric_for_best_model: accuracy\ngreater_is_better: true\n", None),
+        ("early_stopping_steps: 4\n", None),  # nothing evaluated while training
+    ],
+    ids=["eval-loss", "metric-eval-loss", "other-metric", "no-evaluation"],
+)
+def test_early_stopping_steps_is_the_recipes_patience_on_the_eval_loss(tmp_path, monkeypatch, extra, patience):
+    """LLaMA-Factory's early_stopping_steps (an EarlyStoppingCallback's patience, counted in evaluations)."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text("model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nstage: sft\ndataset: alpaca_en\ntemplate: llama3\n" + extra, encoding="utf-8")
+    draft = import_config(path, TOOL).draft
+    assert draft.value("train.early_stopping_patience") == patience
+    assert draft.ledger["early_stopping_steps"].how == ("exact" if patience else "dropped")
+
+
 def test_global_batch_counts_processes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = Path(__file__).parent / "configs" / TOOL / "llama3_lora_sft.yaml"

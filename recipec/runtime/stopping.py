@@ -1,0 +1,93 @@
+"""Early stopping on the held-out loss (``train.early_stopping_patience``).
+
+The rule is transformers' ``EarlyStoppingCallback`` with ``metric_for_best_model = "eval_loss"``
+(lower is better): at each evaluation but the first the loss is compared with the lowest of the
+evaluations before it; it counts as an improvement when it is lower by more than the threshold,
+which resets the count, and anything else (a smaller drop, a rise, NaN) adds one to it. The run stops
+once the count reaches the patience. The lowest value is updated whenever a loss is lower,
+however slightly, as the Trainer updates ``best_metric``. The state is three numbers, which
+checkpoints keep (``accelerator.register_for_checkpointing``), so a resumed run stops where
+the uninterrupted one would.
+
+This module is stdlib-only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+METRIC = "eval_loss"
+
+
+class EarlyStopping:
+    """Counts the evaluations since the held-out loss last improved, and says when to stop.
+
+    Args:
+        patience: evaluations in a row without an improvement that stop the run (at least 1).
+        threshold: how much lower than the lowest so far a loss must be to be an improvement.
+        metric: the key of the evaluation's metrics to watch (lower is better).
+    """
+
+    def __init__(self, patience: int, threshold: float = 0.0, metric: str = METRIC) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be at least 1, got {patience}")
+        if not threshold >= 0:
+            raise ValueError(f"threshold must be 0 or more, got {threshold}")
+        self.patience, self.threshold, self.metric = patience, threshold, metric
+        self.evaluations = 0
+        self.best: float | None = None  # the lowest loss so far (None: none yet, or only NaN)
+        self.best_step: int | None = None  # the step of its evaluation
+        self.waited = 0  # evaluations since the last improvement
+        self.stopped_at: int | None = None  # the step whose evaluation stopped the run
+
+    def update(self, step: int, metrics: dict[str, Any]) -> bool:
+        """Take one evaluation's metrics; True when the run should stop after this step.
+
+        Raises:
+            KeyError: when the metrics have no value for the watched key.
+        """
+        value = float(metrics[self.metric])
+        lowest = math.inf if self.best is None else self.best  # the Trainer's best_metric after its first evaluation
+        if self.evaluations == 0 or (value < lowest and abs(value - lowest) > self.threshold):
+            self.waited = 0
+        else:
+            self.waited += 1
+        if value < lowest:
+            self.best, self.best_step = value, step
+        self.evaluations += 1
+        if self.waited >= self.patience:
+            self.stopped_at = step
+        return self.stopped_at is not None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at is not None
+
+    def describe(self) -> str:
+        """One line on why the run stopped (or how far it is from stopping)."""
+        best = "none" if self.best is None else ("nan" if math.isnan(self.best) else f"{self.best:.6g}")
+        by = f" by more than {self.threshold:g}" if self.threshold else ""
+        where = f"stopped early at step {self.stopped_at}: " if self.stopped else ""
+        return (
+            f"{where}{self.metric} has not improved on its lowest ({best} at step {self.best_step}){by} "
+            f"for {self.waited} evaluation{'s' if self.waited != 1 else ''} (patience {self.patience})"
+        )
+
+    def record(self) -> dict[str, Any]:
+        """What run.json keeps of a run that stopped early."""
+        return {
+            "step": self.stopped_at,
+            "metric": self.metric,
+            "best": self.best,
+            "best_step": self.best_step,
+            "patience": self.patience,
+            "threshold": self.threshold,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"evaluations": self.evaluations, "best": self.best, "best_step": self.best_step, "waited": self.waited, "stopped_at": self.stopped_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.evaluations, self.best, self.best_step = state["evaluations"], state["best"], state["best_step"]
+        self.waited, self.stopped_at = state["waited"], state["stopped_at"]
