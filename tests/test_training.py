@@ -629,6 +629,26 @@ def test_early_stopping_stops_where_transformers_would_and_resumes_to_the_same_s
         _assert_same_weights(run, killed / "runs" / "tiny")
 
 
+def test_early_stopping_over_two_processes_stops_every_process_at_once(tmp_path: Path) -> None:
+    """DDP over gloo: every process takes the same all-reduced held-out loss, so all of them stop after the same
+    evaluation (the one transformers' callback picks from the logged losses) and the run ends, saved, without a
+    process left waiting in a collective."""
+    from runtime.test_stopping import trainer_stops
+
+    project = _project(tmp_path / "two", EARLY.replace("attention_dropout = 0.1", "attention_dropout = 0.0"))
+    build_dir = _build(project, "launch.num_processes=2", "train.save_every=0")
+    proc = forkrun.run(
+        accelerate_launch(build_dir / "accelerate_config.yaml", str(build_dir / "train.py")),
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    run = project / "runs" / "tiny"
+    evals = [m for m in _metrics(run) if "eval_loss" in m]
+    at = evals[trainer_stops([m["eval_loss"] for m in evals], 3, 0.04).index(True)]["step"]
+    assert at < 24 and evals[-1]["step"] == at and max(m["step"] for m in _metrics(run)) == at
+    assert json.loads((run / "run.json").read_text())["stopped_early"]["step"] == at and (run / "model" / "model.safetensors").exists()
+
+
 ANNEAL_SOURCE = """
 [[data.sources]]
 builtin = "python-stdlib"
