@@ -343,6 +343,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "zero3": plan.get("deepspeed_zero_stage") == 3,  # the model is built partitioned (zero.Init)
         "zero_stage": plan.get("deepspeed_zero_stage"),  # None: not under DeepSpeed
         "early_stopping": plan.get("early_stopping_patience") is not None,  # train.early_stopping_patience
+        "save_best": bool(plan.get("save_best")),  # output.save_best: the model of the lowest held-out loss
         # every forward needs every process (ZeRO-3, FSDP, tensor parallelism): all of them generate
         "sharded_model": plan["num_processes"] > 1
         and (plan.get("deepspeed_zero_stage") == 3 or plan["strategy"] == "fsdp" or plan.launch.tensor_parallel),

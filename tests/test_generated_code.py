@@ -56,6 +56,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "offloading-checkpointing": ({"model.activation_offloading": True, "model.gradient_checkpointing": True}, {}),
     "neftune-sft": ({**SFT, "train.neftune_noise_alpha": 5.0}, {}),
     "early-stopping": ({"train.early_stopping_patience": 3, "train.eval_at_start": False}, {}),
+    "save-best-early-stopping-fsdp": ({**FSDP, "train.early_stopping_patience": 3, "output.save_best": True}, {}),
+    "save-best-lora-zero3": ({**HUB, **ZERO3, "peft": {"method": "lora"}, "output.save_best": True}, {"tokenizer": None}),
     "early-stopping-schedule-free-dpo": ({**HUB, **PAIRS, "preference": {"objective": "dpo"}, "optim": {"name": "schedule_free_adamw"}, "schedule.decay": "constant", "train.early_stopping_patience": 2}, {"tokenizer": None}),
     "reward-lora-override": ({**HUB, **PAIRS, "model.config": {"attention_dropout": 0.0}, "peft": {"method": "lora"}, "preference": {"objective": "reward"}}, {"tokenizer": None}),
     "reward-trainable-zero3": ({**HUB, **PAIRS, **ZERO3, **TRAINABLE, "preference": {"objective": "reward", "center_rewards_coefficient": 0.01}}, {"tokenizer": None}),

@@ -649,6 +649,71 @@ def test_early_stopping_over_two_processes_stops_every_process_at_once(tmp_path:
     assert json.loads((run / "run.json").read_text())["stopped_early"]["step"] == at and (run / "model" / "model.safetensors").exists()
 
 
+# an LR high enough that the held-out loss turns up again before the end; every checkpoint kept
+BEST = (
+    TINY.replace("max_steps = 8", "max_steps = 12").replace("eval_every = 4", "eval_every = 1").replace("save_every = 2", "save_every = 1")
+    .replace("keep_last = 2", "keep_last = 0").replace("lr = 1e-2", "lr = 5e-2")
+    + "\n[output]\nsave_best = true\n"
+)
+
+
+def test_save_best_keeps_the_model_of_the_lowest_held_out_loss_across_a_resume(tmp_path: Path) -> None:
+    """output.save_best: model_best/ holds the weights the run had at the evaluation with the lowest held-out loss
+    (bitwise those of that step's checkpoint), its tokenizer and best.json, and run.json names that step, here one
+    before the end; killed after the checkpoint of the step before that best (model_best/ then holds that step's
+    model) or of the step after it (a resumed run must know its lowest loss, or it would take a later, higher one
+    for the best) and run again, it ends with the same model_best/, nothing half-written left beside it."""
+    import torch
+    from safetensors.torch import load_file
+
+    straight = _project(tmp_path / "straight", BEST)
+    _train(_build(straight))
+    runs = {"straight": straight / "runs" / "tiny"}
+    lowest = min((m for m in _metrics(runs["straight"]) if "eval_loss" in m), key=lambda m: m["eval_loss"])
+    best = lowest["step"]
+    assert 1 < best < 12  # the loss turned up again after it
+    for name, kill_at in (("killed-before", best - 1), ("killed-after", best + 1)):
+        project = _project(tmp_path / name, BEST)
+        build_dir = _build(project)
+        run = project / "runs" / "tiny"
+        _kill(tmp_path, build_dir, kill_at, "after-commit")
+        kept = json.loads((run / "model_best" / "best.json").read_text())["step"]
+        assert kept < best if kill_at < best else kept == best
+        _train(build_dir)
+        runs[name] = run
+    for run in runs.values():
+        assert json.loads((run / "model_best" / "best.json").read_text()) == {"step": best, "eval_loss": lowest["eval_loss"]}
+        assert json.loads((run / "run.json").read_text())["model_best"] == {"step": best, "eval_loss": lowest["eval_loss"]}
+        assert (run / "model_best" / "tokenizer.json").exists() and (run / "model_best" / "config.json").exists()
+        assert sorted(p.name for p in run.iterdir() if "model_best" in p.name) == ["model_best"]
+        kept = load_file(str(run / "model_best" / "model.safetensors"))
+        at_best = load_file(str(run / "checkpoints" / f"step_{best:08d}" / "model.safetensors"))
+        final = load_file(str(run / "model" / "model.safetensors"))
+        assert kept.keys() == at_best.keys() and all(torch.equal(kept[k], at_best[k]) for k in kept)
+        assert any(not torch.equal(kept[k], final[k]) for k in kept)  # not the final model
+
+
+def test_save_best_under_fsdp_gathers_the_shards_of_every_process(tmp_path: Path) -> None:
+    """output.save_best with the model sharded over 2 processes (torch's fully_shard over gloo): at each new lowest
+    loss every process gathers its shards into the main process's model_best/, which ends as the lowest evaluation's,
+    whole (every tensor of the final model, at its full shape), and the run ends without a process left waiting."""
+    from safetensors.torch import load_file
+
+    project = _project(tmp_path / "fsdp", BEST.replace("[launch]\ncpu = true", '[launch]\ncpu = true\nstrategy = "fsdp"\nnum_processes = 2'))
+    build_dir = _build(project, "train.save_every=0")
+    proc = forkrun.run(
+        accelerate_launch(build_dir / "accelerate_config.yaml", str(build_dir / "train.py")),
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    run = project / "runs" / "tiny"
+    evals = [m for m in _metrics(run) if "eval_loss" in m]
+    lowest = min(evals, key=lambda m: m["eval_loss"])
+    assert json.loads((run / "model_best" / "best.json").read_text()) == {"step": lowest["step"], "eval_loss": lowest["eval_loss"]}
+    kept, final = load_file(str(run / "model_best" / "model.safetensors")), load_file(str(run / "model" / "model.safetensors"))
+    assert kept.keys() == final.keys() and all(kept[k].shape == final[k].shape for k in kept)
+
+
 ANNEAL_SOURCE = """
 [[data.sources]]
 builtin = "python-stdlib"

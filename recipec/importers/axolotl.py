@@ -1783,6 +1783,7 @@ def _rest(d: Draft) -> None:
                 d.exact(k)
     if _given(d, "early_stopping_patience"):
         hf.early_stopping(d, "early_stopping_patience")
+    hf.best_model(d)
     if _given(d, "plugins"):
         _plugins(d)
     for k in ("cut_cross_entropy", "chunked_cross_entropy"):

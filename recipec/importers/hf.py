@@ -134,7 +134,7 @@ NOT_FOR_TRAINING: frozenset[str] = frozenset(
         "torch_empty_cache_steps", "ddp_backend", "ddp_find_unused_parameters",
         "ddp_bucket_cap_mb", "ddp_broadcast_buffers", "ddp_static_graph", "dataloader_multiprocessing_context",
         "remove_unused_columns",
-        "label_names", "metric_for_best_model", "greater_is_better", "load_best_model_at_end", "use_cache",
+        "label_names", "metric_for_best_model", "greater_is_better", "use_cache",
         "enable_jit_checkpoint", "restore_callback_states_from_checkpoint", "ignore_data_skip",
         "length_column_name", "per_device_eval_batch_size", "per_gpu_eval_batch_size", "tpu_num_cores",
         "mp_parameters", "fp16_opt_level", "fp16_backend", "half_precision_backend",
@@ -673,10 +673,9 @@ def _eval(d: Draft, k: Any, total: int | None, epochs: Any) -> None:
         d.default("train.eval_at_start", False, k("eval_on_start"), "no evaluation before the first step")
 
 
-def early_stopping(d: Draft, key: str) -> None:
-    """The patience of the EarlyStoppingCallback axolotl (`early_stopping_patience`) and LLaMA-Factory
-    (`early_stopping_steps`) add to the Trainer: train.early_stopping_patience, the same rule on eval_loss. Called
-    after the evaluation cadence and the held-out split are drafted."""
+def _on_the_eval_loss(d: Draft, key: str) -> bool:
+    """Whether the Trainer's best-model metric (`metric_for_best_model`, "loss" by default) is the eval loss, lower
+    better, and the config evaluates during training on a held-out split; else `key` is dropped, saying why."""
     metric = d.get("metric_for_best_model") if d.has("metric_for_best_model") else None
     higher = bool(d.get("greater_is_better")) if d.has("greater_is_better") else False
     held_out = (d.value("data.eval_fraction", 0.05) or 0) > 0 or any(
@@ -684,11 +683,31 @@ def early_stopping(d: Draft, key: str) -> None:
     )
     if metric not in (None, "loss", "eval_loss") or higher:
         better = "higher" if higher else "lower"
-        d.drop(key, "no-equivalent", f"early stopping on metric_for_best_model {metric!r} ({better} is better); recipec's watches the held-out loss.")
-    elif d.value("train.eval_every") == 0 or not held_out:
-        d.drop(key, "ignored-by-tool", "nothing is evaluated while training (no evaluation steps or no held-out split), which transformers' EarlyStoppingCallback cannot run without.")
-    else:
+        d.drop(key, "no-equivalent", f"on metric_for_best_model {metric!r} ({better} is better); recipec watches the held-out loss.")
+        return False
+    if d.value("train.eval_every") == 0 or not held_out:
+        d.drop(key, "ignored-by-tool", "nothing is evaluated while training (no evaluation steps, or no held-out split in the config), so the Trainer has no evaluations to watch.")
+        return False
+    return True
+
+
+def early_stopping(d: Draft, key: str) -> None:
+    """The patience of the EarlyStoppingCallback axolotl (`early_stopping_patience`) and LLaMA-Factory
+    (`early_stopping_steps`) add to the Trainer: train.early_stopping_patience, the same rule on eval_loss. Called
+    after the evaluation cadence and the held-out split are drafted."""
+    if _on_the_eval_loss(d, key):
         d.set("train.early_stopping_patience", int(d.get(key)), key)
+
+
+def best_model(d: Draft, key: str = "load_best_model_at_end") -> None:
+    """The Trainer's `load_best_model_at_end`: output.save_best (the model of the lowest eval loss, kept in
+    model_best/ beside the final one). Called after the evaluation cadence and the held-out split are drafted."""
+    if not d.has(key) or key in d.ledger:
+        return
+    if not d.get(key):
+        d.exact(key)
+    elif _on_the_eval_loss(d, key):
+        d.set("output.save_best", True, key, approx="recipec keeps the best model in model_best/ beside the final one in model/; the Trainer loads it in the final model's place (from the checkpoint of the best evaluation)")
 
 
 def _save(d: Draft, k: Any, defaults: Mapping[str, Any], total: int | None, epochs: Any) -> None:

@@ -36,6 +36,7 @@ the release that wrote them read them (see hf.TRAINING_ARGUMENTS)."""
 def convert(d: Draft, options) -> None:  # noqa: ANN001 (Options: no import cycle)
     hf.training_args(d, options.num_processes)
     model_and_data(d, options)
+    hf.best_model(d)
     hf.mesh(d, options.num_processes)
 
 

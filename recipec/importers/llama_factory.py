@@ -1072,6 +1072,7 @@ def _rest(d: Draft) -> None:
             d.exact("early_stopping_steps")
         else:
             hf.early_stopping(d, "early_stopping_steps")
+    hf.best_model(d)
     for key, why in _MISSING.items():
         if d.has(key) and key not in d.ledger:
             if _is_default(d, key):

@@ -203,19 +203,21 @@ def train_settings(b: PlanBuilder) -> None:
     if not held_out and t.eval_every != 0:
         b.warn(("train", "eval_every"), "data.eval_fraction is 0: there is no held-out split, so no evaluation runs")
     if t.early_stopping_patience is not None:
-        _early_stopping(b, held_out)
+        _needs_evaluations(b, held_out, ("train", "early_stopping_patience"), "early stopping counts")
+        b.key("early_stopping_patience", ("train", "early_stopping_patience"))
+        b.key("early_stopping_threshold", ("train", "early_stopping_threshold"))
+    if r.output.save_best:
+        _needs_evaluations(b, held_out, ("output", "save_best"), "output.save_best keeps the model of the lowest of")
+        b.key("save_best", ("output", "save_best"))
 
 
-def _early_stopping(b: PlanBuilder, held_out: bool) -> None:
-    """train.early_stopping_patience: the evaluations during the run must exist for it to count them."""
-    t = b.recipe.train
-    where = ("train", "early_stopping_patience")
+def _needs_evaluations(b: PlanBuilder, held_out: bool, where: tuple[str, ...], what: str) -> None:
+    """A setting on the held-out loss (early stopping, save_best): the evaluations during the run must exist."""
+    key = where[-1]
     if not held_out:
-        b.error(where, "early stopping watches the held-out loss, and there is no held-out split (data.eval_fraction is 0 and no source has split = \"eval\")", "set data.eval_fraction, e.g. 0.05, or remove early_stopping_patience")
-    elif t.eval_every == 0:
-        b.error(where, "early stopping counts the evaluations during the run, and train.eval_every is 0 (only the end is evaluated)", "set train.eval_every, e.g. 100 or \"1 epoch\", or remove early_stopping_patience")
-    b.key("early_stopping_patience", where)
-    b.key("early_stopping_threshold", ("train", "early_stopping_threshold"))
+        b.error(where, f"{what} the evaluations of the held-out loss, and there is no held-out split (data.eval_fraction is 0 and no source has split = \"eval\")", f"set data.eval_fraction, e.g. 0.05, or remove {key}")
+    elif b.recipe.train.eval_every == 0:
+        b.error(where, f"{what} the evaluations during the run, and train.eval_every is 0 (only the end is evaluated)", f"set train.eval_every, e.g. 100 or \"1 epoch\", or remove {key}")
 
 
 def epoch_cadences(b: PlanBuilder) -> None:

@@ -241,6 +241,28 @@ def commit(tmp: PathLike, ckpt_dir: PathLike, step: int) -> pathlib.Path:
     return final
 
 
+def replace_directory(tmp: PathLike, dest: PathLike) -> pathlib.Path:
+    """Put the fully written directory ``tmp`` in the place of ``dest`` (``output.save_best``'s model_best/).
+
+    As :func:`commit` does: the files reach the disk first, an existing ``dest`` is renamed aside
+    (``.old-<name>``), ``tmp`` renamed in, and only then the old one deleted, so ``dest`` is
+    whole, old or new, at every moment but between the two renames. An old one left aside by a
+    crash there is deleted by the next call.
+    """
+    tmp, dest = pathlib.Path(tmp), pathlib.Path(dest)
+    for rel in _files(tmp):
+        _fsync_file(tmp / rel)
+    _fsync_dir(tmp)
+    old = dest.with_name(_OLD_PREFIX + dest.name)
+    _rmtree(old)
+    if dest.exists() or dest.is_symlink():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+    _rmtree(old)
+    return dest
+
+
 def _step_dirs(ckpt_dir: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
     """The ``step_*`` directories in ``ckpt_dir`` as ``(step, path)``, oldest first, intact or not."""
     if not ckpt_dir.is_dir():

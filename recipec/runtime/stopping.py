@@ -1,4 +1,5 @@
-"""Early stopping on the held-out loss (``train.early_stopping_patience``).
+"""Early stopping on the held-out loss (``train.early_stopping_patience``), and the lowest held-out loss
+whose model ``output.save_best`` keeps.
 
 The rule is transformers' ``EarlyStoppingCallback`` with ``metric_for_best_model = "eval_loss"``
 (lower is better): at each evaluation but the first the loss is compared with the lowest of the
@@ -91,3 +92,36 @@ class EarlyStopping:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.evaluations, self.best, self.best_step = state["evaluations"], state["best"], state["best_step"]
         self.waited, self.stopped_at = state["waited"], state["stopped_at"]
+
+
+class Lowest:
+    """The lowest held-out loss so far and the step of its evaluation (``output.save_best``): an evaluation whose
+    loss is below every one before it (NaN never is) is the new best. Checkpoints keep it, so a resumed run saves
+    the best model where the uninterrupted one would.
+
+    Args:
+        metric: the key of the evaluation's metrics to watch (lower is better).
+    """
+
+    def __init__(self, metric: str = METRIC) -> None:
+        self.metric = metric
+        self.value: float | None = None
+        self.step: int | None = None
+
+    def update(self, step: int, metrics: dict[str, Any]) -> bool:
+        """Take one evaluation's metrics; True when its loss is the lowest so far."""
+        value = float(metrics[self.metric])
+        if value < (math.inf if self.value is None else self.value):
+            self.value, self.step = value, step
+            return True
+        return False
+
+    def record(self) -> dict[str, Any]:
+        """What run.json and model_best/best.json keep."""
+        return {"step": self.step, self.metric: self.value}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value, self.step = state["value"], state["step"]

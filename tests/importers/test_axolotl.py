@@ -498,6 +498,27 @@ def test_early_stopping_patience_is_the_recipes_on_the_eval_loss(tmp_path, extra
     plan_recipe(path, ())
 
 
+@pytest.mark.parametrize(
+    ("extra", "save_best", "how"),
+    [
+        ("val_set_size: 0.05\neval_steps: 20\nload_best_model_at_end: true\n", True, "approx"),
+        ("val_set_size: 0.05\neval_steps: 20\nload_best_model_at_end: false\n", None, "exact"),
+        ("val_set_size: 0.05\neval_steps: 20\nload_best_model_at_end: true\nmetric_for_best_model: eval_accuracy\n", None, "dropped"),
+        ("eval_steps: 20\nload_best_model_at_end: true\n", None, "dropped"),  # no held-out data
+    ],
+    ids=["eval-loss", "off", "other-metric", "no-held-out"],
+)
+def test_load_best_model_at_end_keeps_the_best_model_beside_the_final_one(tmp_path, extra, save_best, how):
+    """The Trainer's load_best_model_at_end on the eval loss is output.save_best, approximately: recipec keeps the best
+    model in model_best/ and the final one in model/."""
+    result = import_config(_write(tmp_path, BASE + extra), "axolotl")
+    assert tomllib.loads(result.text).get("output", {}).get("save_best") is save_best
+    assert result.draft.ledger["load_best_model_at_end"].how == how
+    path = tmp_path / "imported.toml"
+    path.write_text(result.text)
+    plan_recipe(path, ())
+
+
 def test_unknown_key_names_file_and_line(tmp_path):
     path = _write(tmp_path, BASE + "lora_alpah: 16\n")
     with pytest.raises(RecipeError) as info:

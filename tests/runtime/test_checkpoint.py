@@ -537,3 +537,18 @@ def test_the_estimate_is_what_deepspeed_saves(tmp_path):
         assert weights == pytest.approx(need["weights"], rel=0.02, abs=32 * 1024), (name, written)
         assert states == pytest.approx(need["optimizer"], rel=0.01), (name, written)
         assert sum(written.values()) <= need["total"], name
+
+
+def test_replace_directory_puts_the_new_one_in_place_and_cleans_a_crashs_leftover(tmp_path):
+    """output.save_best's model_best/: a new directory replaces the old whole; a first one needs no old; an old one a
+    crash left aside between the two renames is deleted by the next replacement."""
+    dest = tmp_path / "model_best"
+    for n in range(3):
+        tmp = tmp_path / ".tmp-model_best"
+        tmp.mkdir()
+        (tmp / "weights").write_text(str(n))
+        if n == 2:  # a crash between the renames of the last call left the one before aside
+            (tmp_path / ".old-model_best").mkdir()
+        assert checkpoint.replace_directory(tmp, dest) == dest
+        assert (dest / "weights").read_text() == str(n) and not tmp.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_best"]

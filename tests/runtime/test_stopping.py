@@ -109,3 +109,33 @@ def test_early_stopping_without_evaluations_is_a_located_error(plan_of, dotted: 
         plan_of(dotted)
     text = str(e.value)
     assert message in text and "recipes/tiny.toml:" in text and key.split(".")[-1] in text, text
+
+
+def test_the_lowest_loss_is_below_every_one_before_it() -> None:
+    """output.save_best's tracker: a new best only below every earlier loss (an equal one or NaN is not), its state
+    through a checkpoint."""
+    from recipec.runtime.stopping import Lowest
+
+    lowest = Lowest()
+    assert [lowest.update(step, {"eval_loss": v}) for step, v in enumerate([math.nan, 3.0, 3.0, 2.5, math.nan, 2.6, 2.4])] == [
+        False, True, False, True, False, False, True,
+    ]  # fmt: skip
+    assert lowest.record() == {"step": 6, "eval_loss": 2.4}
+    again = Lowest()
+    again.load_state_dict(lowest.state_dict())
+    assert not again.update(7, {"eval_loss": 2.4}) and again.update(8, {"eval_loss": 2.3})
+
+
+@pytest.mark.parametrize(
+    ("dotted", "message"),
+    [
+        ({"output.save_best": True, "train.eval_every": 0}, "train.eval_every is 0 (only the end is evaluated)"),
+        ({"output.save_best": True, "data.eval_fraction": 0}, "there is no held-out split"),
+    ],
+    ids=["no-evaluation", "no-held-out-split"],
+)
+def test_save_best_without_evaluations_is_a_located_error(plan_of, dotted: dict, message: str) -> None:
+    with pytest.raises(RecipeError) as e:
+        plan_of(dotted)
+    assert message in str(e.value) and "save_best" in str(e.value) and "recipes/tiny.toml:" in str(e.value)
+    assert plan_of({"output.save_best": True})["save_best"] is True
