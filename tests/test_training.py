@@ -123,6 +123,16 @@ def _train(build_dir: Path, *wrapper: str, expect: int = 0) -> subprocess.Comple
     return proc
 
 
+def _launched(build_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`accelerate launch` of the build with its own accelerate config (the processes it names); it must succeed."""
+    proc = forkrun.run(
+        accelerate_launch(build_dir / "accelerate_config.yaml", str(build_dir / "train.py")),
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return proc
+
+
 def _kill(tmp_path: Path, build_dir: Path, step: int, mode: str) -> None:
     """Run the build and SIGKILL it at the checkpoint of `step` (before or after its commit)."""
     killer = tmp_path / "killer.py"
@@ -339,11 +349,7 @@ def test_two_processes_on_cpu_match_one_process_with_the_same_global_batch(tmp_p
     settings = ["train.max_steps=3", "train.save_every=0", "train.eval_every=0"]
     _train(_build(one, *settings))
     build_two = _build(two, *settings, "launch.num_processes=2")
-    proc = forkrun.run(
-        accelerate_launch(build_two / "accelerate_config.yaml", str(build_two / "train.py")),
-        env=_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-6000:]
+    _launched(build_two)
     a = [m["loss"] for m in _metrics(one / "runs" / "tiny") if "loss" in m]
     b = [m["loss"] for m in _metrics(two / "runs" / "tiny") if "loss" in m]
     assert len(a) == len(b) == 3
@@ -637,11 +643,7 @@ def test_early_stopping_over_two_processes_stops_every_process_at_once(tmp_path:
 
     project = _project(tmp_path / "two", EARLY.replace("attention_dropout = 0.1", "attention_dropout = 0.0"))
     build_dir = _build(project, "launch.num_processes=2", "train.save_every=0")
-    proc = forkrun.run(
-        accelerate_launch(build_dir / "accelerate_config.yaml", str(build_dir / "train.py")),
-        env=_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-6000:]
+    _launched(build_dir)
     run = project / "runs" / "tiny"
     evals = [m for m in _metrics(run) if "eval_loss" in m]
     at = evals[trainer_stops([m["eval_loss"] for m in evals], 3, 0.04).index(True)]["step"]
@@ -701,11 +703,7 @@ def test_save_best_under_fsdp_gathers_the_shards_of_every_process(tmp_path: Path
 
     project = _project(tmp_path / "fsdp", BEST.replace("[launch]\ncpu = true", '[launch]\ncpu = true\nstrategy = "fsdp"\nnum_processes = 2'))
     build_dir = _build(project, "train.save_every=0")
-    proc = forkrun.run(
-        accelerate_launch(build_dir / "accelerate_config.yaml", str(build_dir / "train.py")),
-        env=_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-6000:]
+    _launched(build_dir)
     run = project / "runs" / "tiny"
     evals = [m for m in _metrics(run) if "eval_loss" in m]
     lowest = min(evals, key=lambda m: m["eval_loss"])
