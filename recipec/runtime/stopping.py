@@ -43,11 +43,10 @@ class EarlyStopping:
         self.stopped_at: int | None = None  # the step whose evaluation stopped the run
 
     def update(self, step: int, metrics: dict[str, Any]) -> bool:
-        """Take one evaluation's metrics; True when the run should stop after this step.
-
-        Raises:
-            KeyError: when the metrics have no value for the watched key.
-        """
+        """Take one evaluation's metrics; True when the run should stop after this step. An evaluation without
+        the watched key (no held-out rows to score) does not count."""
+        if self.metric not in metrics:
+            return self.stopped
         value = float(metrics[self.metric])
         lowest = math.inf if self.best is None else self.best  # the Trainer's best_metric after its first evaluation
         if self.evaluations == 0 or (value < lowest and abs(value - lowest) > self.threshold):
@@ -109,7 +108,9 @@ class Lowest:
         self.step: int | None = None
 
     def update(self, step: int, metrics: dict[str, Any]) -> bool:
-        """Take one evaluation's metrics; True when its loss is the lowest so far."""
+        """Take one evaluation's metrics; True when its loss is the lowest so far (never without the watched key)."""
+        if self.metric not in metrics:
+            return False
         value = float(metrics[self.metric])
         if value < (math.inf if self.value is None else self.value):
             self.value, self.step = value, step

@@ -81,6 +81,16 @@ def test_the_state_goes_through_a_checkpoint() -> None:
     assert b.update(4, {"eval_loss": 2.1}) and b.stopped_at == 4
 
 
+def test_an_evaluation_without_the_held_out_loss_does_not_count() -> None:
+    """An evaluation of only other sets (a [continual] parent's eval_loss_parent, no held-out rows) changes nothing."""
+    from recipec.runtime.stopping import Lowest
+
+    stopper, lowest = EarlyStopping(1), Lowest()
+    assert not stopper.update(0, {"eval_loss": 3.0}) and lowest.update(0, {"eval_loss": 3.0})
+    assert not stopper.update(1, {"eval_loss_parent": 9.0}) and not lowest.update(1, {"eval_loss_parent": 9.0})
+    assert stopper.state_dict() == {"evaluations": 1, "best": 3.0, "best_step": 0, "waited": 0, "stopped_at": None}
+
+
 def test_a_patience_below_one_or_a_negative_threshold_is_refused() -> None:
     with pytest.raises(ValueError, match="patience must be at least 1"):
         EarlyStopping(0)
