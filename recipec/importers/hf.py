@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
+from ..schema import DataTable
 from .core import Draft, Renamed, epochs_cadence, num
 
 VERSION = "transformers 5.25.0"
@@ -678,7 +679,8 @@ def _on_the_eval_loss(d: Draft, key: str) -> bool:
     better, and the config evaluates during training on a held-out split; else `key` is dropped, saying why."""
     metric = d.get("metric_for_best_model") if d.has("metric_for_best_model") else None
     higher = bool(d.get("greater_is_better")) if d.has("greater_is_better") else False
-    held_out = (d.value("data.eval_fraction", 0.05) or 0) > 0 or any(
+    eval_fraction = d.value("data.eval_fraction", DataTable.model_fields["eval_fraction"].default)  # recipec's default when unset
+    held_out = (eval_fraction or 0) > 0 or any(
         "split" in src and src["split"].value == "eval" for src in d.sources
     )
     if metric not in (None, "loss", "eval_loss") or higher:

@@ -224,30 +224,17 @@ def commit(tmp: PathLike, ckpt_dir: PathLike, step: int) -> pathlib.Path:
     if not (tmp / STATE_FILE).is_file():
         raise ValueError(f"{tmp} has no {STATE_FILE}; call write_state() before commit()")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    # the files reach the disk before the name that says they are complete does (power loss)
-    for rel in _files(tmp):
-        _fsync_file(tmp / rel)
-    _fsync_dir(tmp)
-    final = ckpt_dir / checkpoint_name(step)
-    old = None
-    if final.exists() or final.is_symlink():
-        old = ckpt_dir / (_OLD_PREFIX + final.name)
-        _rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(ckpt_dir)
-    if old is not None:
-        _rmtree(old)
-    return final
+    return replace_directory(tmp, ckpt_dir / checkpoint_name(step))
 
 
 def replace_directory(tmp: PathLike, dest: PathLike) -> pathlib.Path:
-    """Put the fully written directory ``tmp`` in the place of ``dest`` (``output.save_best``'s model_best/).
+    """Put the fully written directory ``tmp`` in the place of ``dest`` (a checkpoint, as :func:`commit`
+    does it; ``output.save_best``'s model_best/).
 
-    As :func:`commit` does: the files reach the disk first, an existing ``dest`` is renamed aside
-    (``.old-<name>``), ``tmp`` renamed in, and only then the old one deleted, so ``dest`` is
-    whole, old or new, at every moment but between the two renames. An old one left aside by a
-    crash there is deleted by the next call.
+    The files reach the disk before the name that says they are complete does (power loss), an
+    existing ``dest`` is renamed aside (``.old-<name>``), ``tmp`` renamed in, and only then the old
+    one deleted, so ``dest`` is whole, old or new, at every moment but between the two renames. An
+    old one left aside by a crash there is deleted by the next call.
     """
     tmp, dest = pathlib.Path(tmp), pathlib.Path(dest)
     for rel in _files(tmp):

@@ -6,7 +6,7 @@ The rule is transformers' ``EarlyStoppingCallback`` with ``metric_for_best_model
 evaluations before it; it counts as an improvement when it is lower by more than the threshold,
 which resets the count, and anything else (a smaller drop, a rise, NaN) adds one to it. The run stops
 once the count reaches the patience. The lowest value is updated whenever a loss is lower,
-however slightly, as the Trainer updates ``best_metric``. The state is three numbers, which
+however slightly, as the Trainer updates ``best_metric``. The state is a few numbers, which
 checkpoints keep (``accelerator.register_for_checkpointing``), so a resumed run stops where
 the uninterrupted one would.
 
