@@ -147,6 +147,8 @@ def make_lock(
             "step": plan["parent_step"],
             "lock_sha256": plan["parent_lock_sha256"],
         }
+    if plan.get("peft_adapter") is not None:  # lineage: the saved adapter this run goes on training
+        extra["peft_adapter"] = {"path": plan["peft_adapter"], "sha256": plan.get("peft_adapter_sha256")}
     project = Path(project)
     return {
         **extra,

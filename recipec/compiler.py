@@ -18,6 +18,7 @@ from .diagnostics import Diagnostic, RecipeError
 from .local_files import check_local_files
 from .migrate import migrate
 from .parent import read_parent
+from .saved_adapter import SavedAdapter, read_adapter
 from .resolve import Plan, default_build_dir, resolve
 from .schema.model import LOCAL_PREFIXES
 from .source import SourceMap, read_recipe
@@ -71,7 +72,8 @@ def plan_recipe(
     missing = check_local_files(recipe, source, project)
     try:
         parent = read_parent(recipe, source, project)
-        chat, unreadable = read_chat_templates(recipe, source, project, _local_tokenizer(recipe, parent.model_dir if parent else None))
+        recipe, adapter = read_adapter(recipe, source, project)
+        chat, unreadable = read_chat_templates(recipe, source, project, _local_tokenizer(recipe, parent.model_dir if parent else None, adapter))
         missing += unreadable
         rel_build = _relative(build_dir, project) if build_dir is not None else default_build_dir(recipe)
         plan = resolve(
@@ -84,6 +86,7 @@ def plan_recipe(
             model_config=_local_model_config(recipe, project, (parent.base_model or parent.model_dir) if parent else None),
             parent=parent,
             chat=chat,
+            adapter=adapter,
         )
     except RecipeError as exc:
         raise RecipeError(missing + exc.diagnostics + migrated) from None
@@ -129,13 +132,15 @@ def _relative(path: str | os.PathLike[str], start: str | os.PathLike[str]) -> st
     return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(start))).as_posix()
 
 
-def _local_tokenizer(recipe: Recipe, parent_model: str | None) -> str | None:
+def _local_tokenizer(recipe: Recipe, parent_model: str | None, adapter: SavedAdapter | None = None) -> str | None:
     """The directory of the tokenizer the run loads, when it is local: its chat template can be read."""
     t = recipe.tokenizer
     if t.train is not None:
         return None
     if t.path is not None:
         return t.path if t.path.startswith(LOCAL_PREFIXES) else None
+    if adapter is not None and adapter.tokenizer:
+        return adapter.path
     if parent_model is not None:
         return parent_model
     return recipe.model.path if recipe.model.is_local else None

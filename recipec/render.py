@@ -349,6 +349,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         and (plan.get("deepspeed_zero_stage") == 3 or plan["strategy"] == "fsdp" or plan.launch.tensor_parallel),
         "pretrained_overrides": plan.get("model_overrides") is not None,  # [model.config] over a pretrained model
         "parent_adapter": plan.get("parent_adapter") is not None,  # continual.from a PEFT run without its merged model
+        "peft_adapter": plan.get("peft_adapter") is not None,  # peft.adapter: a saved adapter goes on training
         **dataclasses.asdict(plan.launch),
     }
     files: dict[str, str | bytes] = {

@@ -8,7 +8,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -229,14 +228,20 @@ def test_many_narrow_phases():
     assert schedule_png(lrs, phases, title="mixed", peak_lr=1e-3).startswith(PNG_SIGNATURE)
 
 
-def test_200k_steps_is_fast():
+def test_200k_steps_are_drawn_from_a_few_thousand_points(monkeypatch):
+    """matplotlib's time grows with the points it draws, so a 200k-step curve is downsampled to about
+    MAX_POINTS before it is drawn (counted here rather than timed: a timing on a shared machine is noise)."""
+    import recipec.plot as plot
+
+    drawn = []
+    real = plot._downsample
+    monkeypatch.setattr(plot, "_downsample", lambda values, target: drawn.append(real(values, target)) or drawn[-1])
     lrs, phases = restarts(200_000, 4_000, 25)
-    schedule_png([1e-3], [], title="warm up matplotlib", peak_lr=1e-3)
-    start = time.perf_counter()
     data = schedule_png(lrs, phases, title="200k", peak_lr=PEAK, min_lr=MIN)
-    elapsed = time.perf_counter() - start
     assert data.startswith(PNG_SIGNATURE)
-    assert elapsed < 2.0, f"{elapsed:.2f} s"
+    (xs, ys), = drawn
+    assert len(xs) <= plot.MAX_POINTS + 2 and xs[0] == 0 and xs[-1] == 199_999
+    assert max(ys) == max(lrs) and min(ys) == min(lrs)  # every peak and trough survives
 
 
 def test_downsample_keeps_extremes_in_order():

@@ -734,29 +734,37 @@ def _peft(d: Draft) -> None:
     for k in ("load_in_4bit", "load_in_8bit"):
         if d.has(k) and not d.get(k):
             d.exact(k)
-    for k, target, default in (("lora_r", "peft.r", None), ("lora_alpha", "peft.alpha", None), ("lora_dropout", "peft.dropout", 0.0)):
-        if _given(d, k):
-            v = num(d.get(k))
-            d.set(target, float(v) if k == "lora_dropout" else v, k)
-        elif default is not None:
-            d.default(target, default, k, f"{k} {default}")
-        else:
-            d.warn(f"`{k}` is not set: axolotl passes None to peft's LoraConfig, which fails", k)
-    mods = d.get("lora_target_modules")
-    if d.get("lora_target_linear"):
-        d.set("peft.target_modules", "all-linear", "lora_target_linear", *(["lora_target_modules"] if d.has("lora_target_modules") else []))
-    elif mods:
-        d.set("peft.target_modules", [mods] if isinstance(mods, str) else list(mods), "lora_target_modules")
+    saved = _given(d, "lora_model_dir")
+    if saved:  # axolotl loads the saved adapter (PeftModel.from_pretrained, trainable) with its own config
+        where = str(d.get("lora_model_dir"))
+        d.set("peft.adapter", where if _hub_id(where) else _local(where), "lora_model_dir")
+        for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear", "lora_modules_to_save", "peft_use_rslora", "peft_use_dora", "peft_init_lora_weights"):
+            if d.has(k):
+                d.drop(k, "ignored-by-tool", "with `lora_model_dir` axolotl loads the saved adapter under its own config; so does recipec's peft.adapter.")
     else:
-        d.warn("no `lora_target_modules` and no `lora_target_linear`: axolotl gives peft an empty list of modules", "lora_target_modules")
-    _empty(d, "lora_target_linear", "lora_target_modules", "lora_model_dir")
-    if d.has("lora_target_linear") and d.get("lora_target_linear") is False:
-        d.exact("lora_target_linear")
-    if _given(d, "lora_modules_to_save"):
-        d.set("peft.modules_to_save", list(d.get("lora_modules_to_save")), "lora_modules_to_save")
-    for k, target in (("peft_use_rslora", "peft.rslora"), ("peft_use_dora", "peft.dora")):
-        if d.has(k) and d.get(k) is not None:
-            d.set(target, bool(d.get(k)), k)
+        for k, target, default in (("lora_r", "peft.r", None), ("lora_alpha", "peft.alpha", None), ("lora_dropout", "peft.dropout", 0.0)):
+            if _given(d, k):
+                v = num(d.get(k))
+                d.set(target, float(v) if k == "lora_dropout" else v, k)
+            elif default is not None:
+                d.default(target, default, k, f"{k} {default}")
+            else:
+                d.warn(f"`{k}` is not set: axolotl passes None to peft's LoraConfig, which fails", k)
+        mods = d.get("lora_target_modules")
+        if d.get("lora_target_linear"):
+            d.set("peft.target_modules", "all-linear", "lora_target_linear", *(["lora_target_modules"] if d.has("lora_target_modules") else []))
+        elif mods:
+            d.set("peft.target_modules", [mods] if isinstance(mods, str) else list(mods), "lora_target_modules")
+        else:
+            d.warn("no `lora_target_modules` and no `lora_target_linear`: axolotl gives peft an empty list of modules", "lora_target_modules")
+        _empty(d, "lora_target_linear", "lora_target_modules", "lora_model_dir")
+        if d.has("lora_target_linear") and d.get("lora_target_linear") is False:
+            d.exact("lora_target_linear")
+        if _given(d, "lora_modules_to_save"):
+            d.set("peft.modules_to_save", list(d.get("lora_modules_to_save")), "lora_modules_to_save")
+        for k, target in (("peft_use_rslora", "peft.rslora"), ("peft_use_dora", "peft.dora")):
+            if d.has(k) and d.get(k) is not None:
+                d.set(target, bool(d.get(k)), k)
     if _given(d, "loraplus_lr_ratio"):
         d.set("peft.loraplus_lr_ratio", float(num(d.get("loraplus_lr_ratio"))), "loraplus_lr_ratio")
         if d.has("loraplus_lr_embedding"):
@@ -765,9 +773,7 @@ def _peft(d: Draft) -> None:
         d.drop("loraplus_lr_embedding", "ignored-by-tool", "read only with loraplus_lr_ratio.")
     if d.get("merge_lora"):
         d.set("peft.save_merged", True, "merge_lora", approx="axolotl merges in a separate `axolotl merge-lora` step; recipec saves the merged model after training")
-    if _given(d, "lora_model_dir"):
-        d.drop("lora_model_dir", "missing-feature", "recipec starts a new adapter; it does not continue a saved one.")
-    if _given(d, "peft_init_lora_weights"):
+    if not saved and _given(d, "peft_init_lora_weights"):
         init = d.get("peft_init_lora_weights")
         if init in ("gaussian", "pissa", "olora"):
             d.set("peft.init", init, "peft_init_lora_weights")

@@ -255,9 +255,9 @@ _MISSING = {
     "split_special_tokens": "recipec tokenizes special tokens whole.",
     "moe_aux_loss_coef": "",
     "train_from_scratch": "",
-    "adapter_name_or_path": "recipec starts an adapter on the model; it does not load an existing adapter to train on.",
-    "adapter_folder": "recipec does not load existing adapters.",
-    "create_new_adapter": "recipec does not load existing adapters.",
+    "adapter_name_or_path": "recipec goes on training a saved adapter (peft.adapter) under LoRA only.",
+    "adapter_folder": "recipec loads an adapter from its directory or hub id (peft.adapter), not from a subfolder.",
+    "create_new_adapter": "a new adapter over merged ones: recipec merges only a [continual] parent's adapter.",
     "use_galore": "recipec has no GaLore optimizer.",
     "use_apollo": "recipec has no APOLLO optimizer.",
     "use_badam": "recipec has no BAdam (block-wise) optimizer.",
@@ -613,6 +613,10 @@ def _peft(d: Draft, stage: str) -> None:
         d.set("peft.method", "lora", "finetuning_type")
     else:
         d.default("peft.method", "lora", "finetuning_type", "LoRA")
+    if _resumes_adapter(d):
+        _loraplus(d)
+        _quantize(d)
+        return
     rank = int(num(d.get("lora_rank", 8)))
     if d.has("lora_rank"):
         d.set("peft.r", rank, "lora_rank")
@@ -651,6 +655,11 @@ def _peft(d: Draft, stage: str) -> None:
             d.drop("pissa_convert", "not-for-training", "the saved PiSSA adapter converted to a LoRA one; recipec saves it as trained.")
         else:
             d.exact("pissa_convert")
+    _loraplus(d)
+    _quantize(d)
+
+
+def _loraplus(d: Draft) -> None:
     if d.has("loraplus_lr_ratio") and d.get("loraplus_lr_ratio") is not None:
         d.set("peft.loraplus_lr_ratio", float(num(d.get("loraplus_lr_ratio"))), "loraplus_lr_ratio")
         if d.has("loraplus_lr_embedding"):
@@ -659,7 +668,35 @@ def _peft(d: Draft, stage: str) -> None:
         for key in ("loraplus_lr_ratio", "loraplus_lr_embedding"):
             if d.has(key):
                 d.exact(key) if key == "loraplus_lr_ratio" else _ignored(d, key, "loraplus_lr_ratio is not set")
-    _quantize(d)
+
+
+def _resumes_adapter(d: Draft) -> bool:
+    """`adapter_name_or_path`: one adapter, and no `create_new_adapter`, is LoRA training resumed from it
+    (`PeftModel.from_pretrained(..., is_trainable=True)` under the adapter's own config) -> `peft.adapter`.
+    Several, or a new adapter over them, merge adapters into the model first, which recipec does only for a
+    [continual] parent's: left to the missing features."""
+    adapters = _split(d.get("adapter_name_or_path"))
+    if len(adapters) != 1 or d.get("create_new_adapter") or d.has("adapter_folder") and d.get("adapter_folder"):
+        if adapters:
+            d.drop(
+                "adapter_name_or_path", "missing-feature",
+                "LLaMA-Factory merges these adapters into the model before training ("
+                + ("create_new_adapter" if d.get("create_new_adapter") else "every adapter but the last")
+                + "); recipec merges only a [continual] parent's adapter.",
+            )
+        return False
+    where = adapters[0]
+    d.set("peft.adapter", where if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", where) and not where.startswith(("saves/", "output")) else _local_path(where), "adapter_name_or_path")
+    if d.has("create_new_adapter"):
+        d.exact("create_new_adapter")
+    for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_rslora", "use_dora", "pissa_init", "pissa_iter", "pissa_convert"):
+        if d.has(key):
+            d.drop(key, "ignored-by-tool", "with adapter_name_or_path LLaMA-Factory resumes the saved adapter under its own config; so does recipec's peft.adapter.")
+    return True
+
+
+def _local_path(path: str) -> str:
+    return path if path.startswith(("./", "../", "/", "~")) else "./" + path
 
 
 def _targets(d: Draft, key: str) -> None:

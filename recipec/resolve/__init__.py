@@ -21,6 +21,7 @@ from typing import Any
 
 from ..chat_templates import ChatTemplates
 from ..parent import ParentRun
+from ..saved_adapter import SavedAdapter
 from ..schema import Recipe
 from ..source import SourceMap
 from .averaging import averaging_settings
@@ -74,6 +75,7 @@ def resolve(
     model_config: dict[str, Any] | None = None,
     parent: ParentRun | None = None,
     chat: ChatTemplates | None = None,
+    adapter: SavedAdapter | None = None,
 ) -> Plan:
     """Check the recipe as a whole and derive every number the script needs.
 
@@ -87,12 +89,15 @@ def resolve(
         model_config: the pretrained model's config.json, when it is local and known.
         parent: with `[continual]`, the parent run as `recipec.parent.read_parent` found it.
         chat: the chat templates as `recipec.chat_templates.read_chat_templates` read them.
+        adapter: with `peft.adapter`, the adapter as `recipec.saved_adapter.read_adapter` read it.
 
     Raises:
         RecipeError: with every cross-table error found.
     """
     if recipe.continual is not None and parent is None:
         raise ValueError("resolve needs the parent run for a [continual] recipe (see recipec.parent.read_parent)")
+    if recipe.peft is not None and recipe.peft.adapter is not None and adapter is None:
+        raise ValueError("resolve needs the saved adapter for peft.adapter (see recipec.saved_adapter.read_adapter)")
     b = PlanBuilder(
         recipe,
         source,
@@ -100,6 +105,7 @@ def resolve(
         model_config=model_config,
         parent=parent,
         chat=chat,
+        adapter=adapter,
     )
     for step in STEPS:
         step(b)

@@ -8,6 +8,7 @@ from ..chat_templates import ChatTemplates
 from ..diagnostics import Diagnostic, RecipeError
 from ..memory import MemoryEstimate
 from ..parent import ParentRun
+from ..saved_adapter import SavedAdapter
 from ..schema import Recipe
 from ..source import KeyPath, SourceMap
 from .plan import Formula, Launch, Plan, Setting, Settings
@@ -30,6 +31,7 @@ class PlanBuilder(Settings):
         model_config: dict[str, Any] | None = None,
         parent: ParentRun | None = None,
         chat: ChatTemplates | None = None,
+        adapter: SavedAdapter | None = None,
     ) -> None:
         self.recipe = recipe
         self.source = source
@@ -40,6 +42,8 @@ class PlanBuilder(Settings):
         """With `[continual]`, the parent run."""
         self.chat = chat or ChatTemplates()
         """The chat templates the read side found (`recipec.chat_templates`)."""
+        self.adapter = adapter
+        """With `peft.adapter`, the saved adapter (`recipec.saved_adapter`)."""
         self.settings: list[Setting] = []
         self.formulas: list[Formula] = []
         self.errors: list[Diagnostic] = []

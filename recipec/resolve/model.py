@@ -60,12 +60,15 @@ def model_settings(b: PlanBuilder) -> None:
             'load a model with path = "org/name" or "./dir", or start from scratch with init = "llama"',
         )
     b.key("model_init", ("model", "init"))
+    adapter = b.adapter
+    continued = adapter is not None and parent is not None and adapter.path == parent.model_dir
     if c is not None and parent is not None and parent.base_model is not None:
         b.derived("model_path", parent.base_model, "derived: continual.from (the model the parent's PEFT adapter trained on)")
-        b.derived("parent_adapter", parent.model_dir, f"derived: continual.from (the parent's adapter, step {parent.step}: merged into the model as it loads)")
+        if not continued:
+            b.derived("parent_adapter", parent.model_dir, f"derived: continual.from (the parent's adapter, step {parent.step}: merged into the model as it loads)")
         b.derived("model_revision", parent.base_revision, "derived: the parent's model.revision")
         ds = r.launch.deepspeed
-        if r.launch.strategy == "deepspeed" and ds is not None and ds.zero_stage == 3:
+        if not continued and r.launch.strategy == "deepspeed" and ds is not None and ds.zero_stage == 3:
             b.error(
                 ("continual", "from"),
                 f"the parent run {c.from_} saved a PEFT adapter and no merged model, and the script merges it into the "
@@ -73,6 +76,12 @@ def model_settings(b: PlanBuilder) -> None:
                 "set peft.save_merged = true in the parent recipe and train it again, or use launch.deepspeed.zero_stage = 2",
             )
     else:
+        if adapter is not None and parent is not None and parent.model_dir.endswith("/model_full") and adapter.path == parent.model_dir[: -len("_full")]:
+            b.error(
+                ("peft", "adapter"),
+                f"the parent run {c.from_} saved this adapter merged into its model_full/, which continual.from loads: it would apply twice",
+                "remove peft.adapter to train a new adapter on the merged model, or remove peft.save_merged from the parent to go on training its adapter",
+            )
         if c is not None and parent is not None:
             what = "the final model" if parent.kind == "run" else "the checkpoint"
             b.derived("model_path", parent.model_dir, f"derived: continual.from ({what} of the parent, step {parent.step})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..schema import Recipe
+from ..saved_adapter import recipe_spec
 from .builder import PlanBuilder
 
 QUANT_COMPUTE_DTYPE = "bfloat16"
@@ -17,8 +18,27 @@ def peft_settings(b: PlanBuilder) -> None:
     if r.peft is None:
         return
     b.section("peft")
-    spec = r.peft.model_dump(exclude_none=True, exclude={"save_merged", "quantize"})
-    b.add("peft_spec", spec, "peft", b.origin(("peft",)))
+    adapter = b.adapter
+    if adapter is None:
+        spec = r.peft.model_dump(exclude_none=True, exclude={"save_merged", "quantize", "adapter"})
+        b.add("peft_spec", spec, "peft", b.origin(("peft",)))
+    else:
+        # what the script checks the saved adapter's config against: the keys the recipe sets, and those
+        # read from a local adapter (a hub adapter not in the cache is read when the script starts)
+        spec = recipe_spec(r)
+        b.add("peft_spec", spec, "peft (the keys checked against peft.adapter's config)", b.origin(("peft",)))
+        if adapter.path == r.peft.adapter:
+            b.key("peft_adapter", ("peft", "adapter"))
+        else:  # a local adapter as found: ./x for x, a recipec run directory's model/
+            b.add("peft_adapter", adapter.path, "peft.adapter", b.origin(("peft", "adapter")))
+        if adapter.files:
+            b.derived("peft_adapter_sha256", adapter.files, "derived: sha256 of the adapter's config and weights")
+        elif adapter.config is None:
+            b.warn(
+                ("peft", "adapter"),
+                f"the hub adapter {adapter.path} is not in the local cache: the script checks the recipe's [peft] keys against "
+                "its config as it starts, and the keys the recipe leaves unset show recipec's defaults here, not the adapter's",
+            )
     b.key("peft_save_merged", ("peft", "save_merged"))
     if r.peft.method == "lora":
         b.key("peft_quantize", ("peft", "quantize"))

@@ -21,6 +21,9 @@ def tokenizer_settings(b: PlanBuilder) -> None:
     elif r.tokenizer.path is not None:
         b.key("tokenizer_path", ("tokenizer", "path"))
         b.add("tokenizer_train", None, "tokenizer.train (unset)", "default")
+    elif b.adapter is not None and b.adapter.tokenizer:  # peft.adapter: saved beside it, with any tokens its run added
+        b.derived("tokenizer_path", b.adapter.path, "derived: the tokenizer saved with peft.adapter")
+        b.add("tokenizer_train", None, "tokenizer.train (unset)", "default")
     elif b.get("parent_adapter") is not None:  # saved beside the adapter, with any tokens the parent added
         b.derived("tokenizer_path", b.get("parent_adapter"), "derived: the parent's tokenizer, saved with its adapter")
         b.add("tokenizer_train", None, "tokenizer.train (unset)", "default")

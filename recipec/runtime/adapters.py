@@ -515,12 +515,7 @@ def apply(model, spec: dict, *, total_steps: int | None = None, task_type: str =
         why = _meta_unsupported(spec)
         if why:
             raise ValueError(f"cannot apply this adapter to a meta-device model: {why}")
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        # is_gradient_checkpointing is a deprecated alias of it in transformers 5, removed in v6
-        checkpointing = getattr(model, "is_activation_checkpointing", None)
-        if checkpointing is None:
-            checkpointing = getattr(model, "is_gradient_checkpointing", False)
-        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(checkpointing))
+    model = _prepared_if_quantized(model)
     peft_model = peft.get_peft_model(model, config)
     if on_meta and spec["method"] == "adalora":
         # peft moves the ranknum constants to the base layer's device by re-assigning them to their
@@ -560,6 +555,139 @@ def trainable_parameters(model) -> tuple[int, int]:
         if param.requires_grad:
             trainable += n
     return trainable, total
+
+
+# --------------------------------------------------------------------------- a saved adapter
+
+PEFT_TYPES = {
+    "lora": "LORA",
+    "loha": "LOHA",
+    "lokr": "LOKR",
+    "ia3": "IA3",
+    "oft": "OFT",
+    "boft": "BOFT",
+    "vera": "VERA",
+    "adalora": "ADALORA",
+    "miss": "MISS",
+    "ln_tuning": "LN_TUNING",
+    "prefix_tuning": "PREFIX_TUNING",
+    "prompt_tuning": "PROMPT_TUNING",
+}
+"""recipec's method -> the ``peft_type`` a saved adapter_config.json holds."""
+
+NOT_COMPARED = ("init", "loraplus_lr_ratio", "tokenizer", "init_text", "total_step")
+"""Recipe keys a saved adapter does not pin: how a new adapter starts (a loaded one starts from its
+saved weights), the optimizer's LoRA+ ratio, and AdaLoRA's budget length."""
+
+
+def _same(ours: Any, theirs: Any) -> bool:
+    if isinstance(ours, (list, tuple, set)) and isinstance(theirs, (list, tuple, set)):
+        return sorted(map(str, ours)) == sorted(map(str, theirs))
+    if isinstance(ours, bool) or isinstance(theirs, bool):
+        return ours is theirs or ours == theirs and type(ours) is type(theirs)
+    if isinstance(ours, (int, float)) and isinstance(theirs, (int, float)):
+        return float(ours) == float(theirs)
+    return ours == theirs
+
+
+def saved_values(method: str, saved: dict) -> dict[str, Any]:
+    """The recipe's keys of ``method`` as a saved adapter config (adapter_config.json's dict) sets them.
+
+    Keys the config does not hold, and those in :data:`NOT_COMPARED`, are left out; a set of
+    target modules comes back as a sorted list.
+    """
+    values = {}
+    for key, field in RECIPE_KEYS[method].items():
+        if field is None or key in NOT_COMPARED or field not in saved:
+            continue
+        value = saved[field]
+        if isinstance(value, (list, tuple, set)):
+            value = sorted(value)
+        values[key] = value
+    return values
+
+
+def saved_config_problems(spec: dict, saved: dict, *, task_type: str = "CAUSAL_LM") -> list[tuple[str, str]]:
+    """(recipe key, sentence) for each way ``spec`` disagrees with a saved adapter's config.
+
+    ``saved`` is the adapter's adapter_config.json as a dict. The method must be the adapter's
+    (``peft_type``), and so must the task (a causal LM's adapter, or a reward model's with its
+    score head). Each other key of ``spec`` must equal the saved field it maps to, except
+    those in :data:`NOT_COMPARED`; a "all-linear" ``target_modules`` against a saved list of
+    names is left to :func:`load`, which expands it on the model. Uses no library.
+    """
+    method = _method(spec)
+    kind = saved.get("peft_type")
+    if kind != PEFT_TYPES[method]:
+        theirs = next((m for m, t in PEFT_TYPES.items() if t == kind), kind)
+        return [("method", f"the adapter is {theirs!r}, not {method!r}")]
+    problems = []
+    saved_task = saved.get("task_type")
+    if saved_task is not None and saved_task != task_type:
+        what = {"CAUSAL_LM": "a causal language model", "SEQ_CLS": "a reward model (sequence classification)"}
+        problems.append(("method", f"the adapter was trained on {what.get(saved_task, saved_task)}, and this run trains {what.get(task_type, task_type)}"))
+    values = saved_values(method, saved)
+    for key, value in spec.items():
+        if key == "method" or key in NOT_COMPARED or value is None or RECIPE_KEYS[method].get(key) is None:
+            continue
+        if key == "target_modules" and value == "all-linear" and isinstance(values.get(key), list):
+            continue
+        if key not in values:
+            if value not in (False, 0, [], "none"):
+                problems.append((key, f"the adapter's config has no {RECIPE_KEYS[method][key]}, and the recipe sets {value!r}"))
+        elif not _same(value, values[key]):
+            problems.append((key, f"the recipe sets {value!r}, and the adapter was trained with {values[key]!r}"))
+    return problems
+
+
+def load(model, directory, spec: dict, *, task_type: str = "CAUSAL_LM", revision: str | None = None):
+    """Wrap ``model`` in the saved adapter of ``directory`` (a local directory or a hub id), trainable.
+
+    The adapter goes on as it was saved (``PeftModel.from_pretrained(..., is_trainable=True)``):
+    its own config, its trained weights and its ``modules_to_save``. ``spec`` is checked
+    against that config first (:func:`saved_config_problems`; an "all-linear" target is
+    expanded on ``model`` as peft expands it). A quantized model is prepared as in
+    :func:`apply`.
+
+    Raises:
+        ValueError: the spec disagrees with the saved config (one sentence per key, each
+            naming ``peft.<key>``).
+    """
+    import peft
+
+    method = _method(spec)
+    hub = {} if revision is None else {"revision": revision}
+    config = peft.PeftConfig.from_pretrained(os.fspath(directory), **hub)
+    saved = config.to_dict()
+    problems = saved_config_problems(spec, saved, task_type=task_type)
+    if spec.get("target_modules") == "all-linear" and isinstance(saved.get("target_modules"), (list, set, tuple)):
+        from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
+
+        every = _maybe_include_all_linear_layers(peft_config({"method": method, "target_modules": "all-linear"}, total_steps=1), model)
+        listed = peft_config({"method": method, "target_modules": list(saved["target_modules"])}, total_steps=1)
+        names = [name for name, _ in model.named_modules()]
+        ours = {n for n in names if check_target_module_exists(every, n)}
+        theirs = {n for n in names if check_target_module_exists(listed, n)}
+        if ours != theirs:
+            short = sorted({n.rsplit(".", 1)[-1] for n in ours})
+            problems.append(("target_modules", f"the recipe sets 'all-linear' ({short} on this model), and the adapter was trained on {sorted(saved['target_modules'])}"))
+    if problems:
+        raise ValueError(" ".join(f"peft.{key}: {sentence}." for key, sentence in problems))
+    return peft.PeftModel.from_pretrained(_prepared_if_quantized(model), os.fspath(directory), is_trainable=True, **hub)
+
+
+def _prepared_if_quantized(model):
+    """A model loaded in 4 or 8 bits, prepared with peft's ``prepare_model_for_kbit_training``
+    (gradient checkpointing left as it is); any other model as it is."""
+    if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+        return model
+    import peft
+
+    # is_gradient_checkpointing is a deprecated alias of it in transformers 5, removed in v6
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(checkpointing))
 
 
 # --------------------------------------------------------------------------- training

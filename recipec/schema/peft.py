@@ -21,10 +21,24 @@ class _Method(Table):
     save_merged: bool = False
     """Also save the base model with the adapter merged in, as `model_full/` (the adapter itself is always saved as `model/`)."""
 
+    adapter: str | None = None
+    """Go on training a saved adapter of this method instead of starting a new one: a directory `save_pretrained` wrote (holding adapter_config.json: a recipec PEFT run's `model/` or the run directory itself, or one from another tool), or a hub id. Its config is what trains: the keys of this table the recipe leaves unset take the adapter's values, and those it sets must equal them (checked at build time for a local adapter, when the script starts for a hub id). A local adapter's tokenizer, saved beside it, is loaded unless `tokenizer.path` says otherwise."""
+
     @model_validator(mode="after")
     def check_mergeable(self) -> _Method:
         if self.save_merged and self.UNMERGEABLE:
             raise key_error("save_merged", self.UNMERGEABLE)
+        return self
+
+    @model_validator(mode="after")
+    def check_adapter_starts_from_its_weights(self) -> _Method:
+        if self.adapter is None:
+            return self
+        if self.adapter.strip() == "":
+            raise key_error("adapter", "is empty: name the saved adapter's directory or hub id, or remove the key")
+        init = getattr(self, "init", None)
+        if "init" in self.model_fields_set and init not in (None, "default", "random"):
+            raise key_error("init", f"init {init!r} starts a new adapter; with `adapter` the saved one goes on from its trained weights: remove `init`")
         return self
 
 
@@ -209,6 +223,12 @@ class AdaloraTable(_Targeted):
     def check_ranks(self) -> AdaloraTable:
         if self.target_r > self.init_r:
             raise key_error("target_r", f"target_r {self.target_r} is above init_r {self.init_r}: AdaLoRA only prunes")
+        return self
+
+    @model_validator(mode="after")
+    def check_no_saved_adapter(self) -> AdaloraTable:
+        if self.adapter is not None:
+            raise key_error("adapter", "AdaLoRA's rank budget (its importance scores and schedule) is not saved with the adapter, so a saved AdaLoRA adapter cannot go on training; train a new one, or continue from its merged model with [continual]")
         return self
 
 

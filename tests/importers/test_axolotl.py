@@ -899,3 +899,31 @@ def test_simpo_takes_trls_cpo_alpha(tmp_path, extra, weight):
     text = DPO_CONFIG.read_text(encoding="utf-8").replace("rl: dpo\n", "rl: simpo\n") + extra
     got = tomllib.loads(import_config(_write(tmp_path, text), "axolotl").text)["preference"]
     assert got["objective"] == "simpo" and got.get("sft_weight") == weight
+
+
+def _saved_lora(directory: Path, r: int) -> None:
+    """An adapter directory as peft's save_pretrained leaves it (the weights' bytes are only hashed here)."""
+    from peft import LoraConfig
+
+    LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM").save_pretrained(directory)
+    (directory / "adapter_model.safetensors").write_bytes(b"weights")
+
+
+def test_lora_model_dir_goes_on_training_the_saved_adapter_under_its_own_config(tmp_path, monkeypatch):
+    """axolotl loads lora_model_dir with PeftModel.from_pretrained(..., is_trainable=True) and ignores lora_r and the
+    rest: the recipe names the adapter (peft.adapter) and takes its config's values."""
+    monkeypatch.chdir(tmp_path)
+    _saved_lora(tmp_path / "out" / "sft", 16)  # there: a path, not a hub id
+    extra = "adapter: lora\nlora_model_dir: out/sft\nlora_r: 32\nlora_alpha: 16\nlora_dropout: 0.05\nlora_target_linear: true\n"
+    result = import_config(_write(tmp_path, BASE + extra), "axolotl")
+    peft = tomllib.loads(result.text)["peft"]
+    assert peft == {"method": "lora", "adapter": "./out/sft"}
+    ledger = result.draft.ledger
+    assert ledger["lora_model_dir"].how == "exact"
+    for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_linear"):
+        assert (ledger[key].how, ledger[key].reason) == ("dropped", "ignored-by-tool"), key
+    path = tmp_path / "imported.toml"
+    path.write_text(result.text)
+    plan, _ = plan_recipe(path, ())
+    assert plan["peft_adapter"] == "./out/sft"
+    assert (plan["peft_spec"]["r"], plan["peft_spec"]["alpha"]) == (16, 32)  # the adapter's, not lora_r's

@@ -557,3 +557,31 @@ def test_alpaca_records_join_the_input_with_one_newline(tmp_path, monkeypatch):
     assert draft.value("data.sources[0].records") == "preference"
     assert draft.value("data.sources[0].fields") == {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected", "input": "input"}
     assert draft.value("data.sources[0].input_separator") == "\n" and draft.value("data.sources[0].as_chat") is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "adapter", "how"),
+    [
+        ("adapter_name_or_path: saves/llama3-8b/lora/sft\n", "./saves/llama3-8b/lora/sft", "exact"),
+        ("adapter_name_or_path: saves/llama3-8b/lora/sft\ncreate_new_adapter: false\n", "./saves/llama3-8b/lora/sft", "exact"),
+        ("adapter_name_or_path: someone/llama3-sft-lora\n", "someone/llama3-sft-lora", "exact"),
+        ("adapter_name_or_path: saves/a,saves/b\n", None, "dropped"),  # a is merged first
+        ("adapter_name_or_path: saves/a\ncreate_new_adapter: true\n", None, "dropped"),  # merged, then a new adapter
+    ],
+    ids=["resume", "resume-explicit", "hub", "two", "new-over-merged"],
+)
+def test_adapter_name_or_path_resumes_lora_training_of_one_adapter(tmp_path, monkeypatch, extra, adapter, how):
+    """LLaMA-Factory's init_adapter: one adapter without create_new_adapter is resumed
+    (PeftModel.from_pretrained(..., is_trainable=True), under its own config: lora_rank is not read) -> peft.adapter."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "c.yaml"
+    base = "model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nstage: sft\nfinetuning_type: lora\nlora_rank: 16\ndataset: alpaca_en\ntemplate: llama3\n"
+    path.write_text(base + extra, encoding="utf-8")
+    draft = import_config(path, TOOL).draft
+    assert draft.value("peft.adapter") == adapter
+    assert draft.ledger["adapter_name_or_path"].how == how
+    if adapter is not None:
+        assert draft.value("peft.r") is None
+        assert (draft.ledger["lora_rank"].how, draft.ledger["lora_rank"].reason) == ("dropped", "ignored-by-tool")
+    else:
+        assert draft.value("peft.r") == 16 and draft.ledger["adapter_name_or_path"].reason == "missing-feature"
