@@ -301,3 +301,37 @@ def test_the_best_adapter_is_kept_and_goes_on_training(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = json.loads((tmp_path / "runs" / "again" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 0 and first["eval_loss"] == pytest.approx(lowest["eval_loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_saved_adapter_goes_on_under_zero_3_as_on_one_process(tmp_path: Path) -> None:
+    """A LoRA run's adapter, named by peft.adapter, trained on under DeepSpeed ZeRO-3 over 2 processes (the base model
+    built partitioned, the adapter loaded onto it): the step losses, gradient norms and held-out losses of one
+    process, the first evaluation that of the run that saved it."""
+    pytest.importorskip("deepspeed")
+    _model(tmp_path / "model")
+    _project(tmp_path, "./model")
+    parent = tmp_path / "recipes" / "chat.toml"
+    text = parent.read_text()
+    parent.write_text(text + PARENT_PEFT)
+    first = _train(tmp_path)
+    final_eval = [m["eval_loss"] for m in first if "eval_loss" in m][-1]
+    zero3 = 'cpu = false\nstrategy = "deepspeed"\ndeepspeed = {zero_stage = 3}\nnum_processes = 2'
+    runs = {}
+    for name, launch in (("one", None), ("zero3", zero3)):
+        project = tmp_path / name
+        project.mkdir()
+        for part in ("model", "data"):
+            shutil.copytree(tmp_path / part, project / part)
+        shutil.copytree(tmp_path / "runs" / "chat" / "model", project / "adapter")
+        (project / "recipes").mkdir()
+        again = text.replace("micro_batch_size = 8", "micro_batch_size = 4") + '\n[peft]\nmethod = "lora"\nadapter = "./adapter"\n'
+        if launch is not None:
+            again = again.replace("cpu = true\nnum_processes = 1", launch)
+        (project / "recipes" / "chat.toml").write_text(again)
+        runs[name] = _train(project, processes=1 if launch is None else 2)
+    one, sharded = runs["one"], runs["zero3"]
+    assert one[0]["step"] == 0 and one[0]["eval_loss"] == pytest.approx(final_eval, abs=1e-6)
+    for key in ("loss", "grad_norm", "eval_loss"):
+        want = [m[key] for m in one if key in m]
+        assert len(want) >= 2 and [m[key] for m in sharded if key in m] == pytest.approx(want, abs=1e-5, rel=1e-4), key
