@@ -695,6 +695,24 @@ def test_save_best_keeps_the_model_of_the_lowest_held_out_loss_across_a_resume(t
         assert any(not torch.equal(kept[k], final[k]) for k in kept)  # not the final model
 
 
+def test_save_best_keeps_the_highest_where_greater_is_better(tmp_path: Path) -> None:
+    """train.greater_is_better = true on eval_loss (the direction reaches the script): model_best/ holds the model
+    of the highest held-out loss, bitwise that step's checkpoint, and best.json says so."""
+    import torch
+    from safetensors.torch import load_file
+
+    project = _project(tmp_path / "highest", BEST)
+    _train(_build(project, "train.greater_is_better=true"))
+    run = project / "runs" / "tiny"
+    highest = max((m for m in _metrics(run) if "eval_loss" in m), key=lambda m: m["eval_loss"])
+    lowest = min((m for m in _metrics(run) if "eval_loss" in m), key=lambda m: m["eval_loss"])
+    assert 0 < highest["step"] != lowest["step"]  # the loss rose over a step before it fell
+    assert json.loads((run / "model_best" / "best.json").read_text()) == {"step": highest["step"], "eval_loss": highest["eval_loss"]}
+    kept = load_file(str(run / "model_best" / "model.safetensors"))
+    at = load_file(str(run / "checkpoints" / f"step_{highest['step']:08d}" / "model.safetensors"))
+    assert all(torch.equal(kept[k], at[k]) for k in kept)
+
+
 def test_save_best_under_fsdp_gathers_the_shards_of_every_process(tmp_path: Path) -> None:
     """output.save_best with the model sharded over 2 processes (torch's fully_shard over gloo): at each new lowest
     loss every process gathers its shards into the main process's model_best/, which ends as the lowest evaluation's,

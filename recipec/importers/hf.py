@@ -615,7 +615,7 @@ def training_args(
                 d.exact(k(hf))
             else:
                 d.drop(k(hf), "missing-feature" if "no " in why or "has no" in why else "no-equivalent", why)
-    for hf in NOT_FOR_TRAINING:
+    for hf in NOT_FOR_TRAINING - set(WATCHED):  # those two are read by early stopping and best_model, called last
         if d.has(k(hf)) and k(hf) not in d.ledger:
             d.drop(k(hf), "not-for-training", "")
 
@@ -674,22 +674,61 @@ def _eval(d: Draft, k: Any, total: int | None, epochs: Any) -> None:
         d.default("train.eval_at_start", False, k("eval_on_start"), "no evaluation before the first step")
 
 
-def _on_the_eval_loss(d: Draft, key: str) -> bool:
-    """Whether the Trainer's best-model metric (`metric_for_best_model`, "loss" by default) is the eval loss, lower
-    better, and the config evaluates during training on a held-out split; else `key` is dropped, saying why."""
-    metric = d.get("metric_for_best_model") if d.has("metric_for_best_model") else None
-    higher = bool(d.get("greater_is_better")) if d.has("greater_is_better") else False
+WATCHED = ("metric_for_best_model", "greater_is_better")
+"""The Trainer's keys of the metric its best model and early stopping watch: not for training unless one of them
+reads them (train.best_metric, train.greater_is_better)."""
+
+TRL_METRICS = {
+    "rewards/accuracies": "reward_accuracy",
+    "rewards/margins": "reward_margin",
+    "rewards/chosen": "rewards_chosen",
+    "rewards/rejected": "rewards_rejected",
+    "logps/chosen": "logps_chosen",
+    "logps/rejected": "logps_rejected",
+    "kl": "kl",
+}
+"""TRL's names of its preference trainers' evaluation statistics -> recipec's (metrics.jsonl, after `eval_`)."""
+
+
+def _on_a_logged_metric(d: Draft, key: str) -> bool:
+    """Whether the Trainer's best-model metric (`metric_for_best_model`, "loss" by default; transformers prefixes
+    "eval_") is one recipec's evaluations log (the held-out loss; TRL's reward statistics for preference pairs, its
+    RewardTrainer's "accuracy"), and the config evaluates during training on a held-out split: then the metric and
+    its direction go to train.best_metric and train.greater_is_better. Else `key` is dropped, saying why."""
+    given = d.get("metric_for_best_model") if d.has("metric_for_best_model") else None
+    metric = "loss" if given is None else str(given)
+    name = metric[len("eval_"):] if metric.startswith("eval_") else metric
+    objective = d.value("preference.objective")
+    ours = None
+    if name == "loss":
+        ours = "eval_loss"
+    elif objective is not None and name in TRL_METRICS and not (objective == "reward" and name.startswith(("logps", "kl"))):
+        ours = "eval_" + TRL_METRICS[name]
+    elif objective == "reward" and name == "accuracy":
+        ours = "eval_reward_accuracy"
+    default_higher = not metric.endswith("loss")  # transformers' greater_is_better when unset
+    higher = bool(d.get("greater_is_better")) if d.has("greater_is_better") and d.get("greater_is_better") is not None else default_higher
+    if ours is None:
+        better = "higher" if higher else "lower"
+        d.drop(key, "no-equivalent", f"on metric_for_best_model {metric!r} ({better} is better); recipec's evaluations log the held-out loss and, for preference pairs, TRL's reward statistics.")
+        return False
     eval_fraction = d.value("data.eval_fraction", DataTable.model_fields["eval_fraction"].default)  # recipec's default when unset
     held_out = (eval_fraction or 0) > 0 or any(
         "split" in src and src["split"].value == "eval" for src in d.sources
     )
-    if metric not in (None, "loss", "eval_loss") or higher:
-        better = "higher" if higher else "lower"
-        d.drop(key, "no-equivalent", f"on metric_for_best_model {metric!r} ({better} is better); recipec watches the held-out loss.")
-        return False
     if d.value("train.eval_every") == 0 or not held_out:
         d.drop(key, "ignored-by-tool", "nothing is evaluated while training (no evaluation steps, or no held-out split in the config), so the Trainer has no evaluations to watch.")
         return False
+    if given is not None and "metric_for_best_model" not in d.ledger:
+        if ours == "eval_loss":
+            d.exact("metric_for_best_model")
+        else:
+            d.set("train.best_metric", ours, "metric_for_best_model")
+    if d.has("greater_is_better") and d.get("greater_is_better") is not None and "greater_is_better" not in d.ledger:
+        if higher == (not ours.endswith("loss")):  # recipec's default for the metric
+            d.exact("greater_is_better")
+        else:
+            d.set("train.greater_is_better", higher, "greater_is_better")
     return True
 
 
@@ -697,19 +736,22 @@ def early_stopping(d: Draft, key: str) -> None:
     """The patience of the EarlyStoppingCallback axolotl (`early_stopping_patience`) and LLaMA-Factory
     (`early_stopping_steps`) add to the Trainer: train.early_stopping_patience, the same rule on eval_loss. Called
     after the evaluation cadence and the held-out split are drafted."""
-    if _on_the_eval_loss(d, key):
+    if _on_a_logged_metric(d, key):
         d.set("train.early_stopping_patience", int(d.get(key)), key)
 
 
 def best_model(d: Draft, key: str = "load_best_model_at_end") -> None:
-    """The Trainer's `load_best_model_at_end`: output.save_best (the model of the lowest eval loss, kept in
-    model_best/ beside the final one). Called after the evaluation cadence and the held-out split are drafted."""
-    if not d.has(key) or key in d.ledger:
-        return
-    if not d.get(key):
-        d.exact(key)
-    elif _on_the_eval_loss(d, key):
-        d.set("output.save_best", True, key, approx="recipec keeps the best model in model_best/ beside the final one in model/; the Trainer loads it in the final model's place (from the checkpoint of the best evaluation)")
+    """The Trainer's `load_best_model_at_end`: output.save_best (the model of the best metric, kept in model_best/
+    beside the final one). Called after the evaluation cadence, the held-out split and early stopping are drafted;
+    it accounts for `metric_for_best_model` and `greater_is_better` when nothing read them."""
+    if d.has(key) and key not in d.ledger:
+        if not d.get(key):
+            d.exact(key)
+        elif _on_a_logged_metric(d, key):
+            d.set("output.save_best", True, key, approx="recipec keeps the best model in model_best/ beside the final one in model/; the Trainer loads it in the final model's place (from the checkpoint of the best evaluation)")
+    for watched in WATCHED:  # neither early stopping nor the best model read them
+        if d.has(watched) and watched not in d.ledger:
+            d.drop(watched, "not-for-training", "")
 
 
 def _save(d: Draft, k: Any, defaults: Mapping[str, Any], total: int | None, epochs: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 
 from ..runtime.data import crosses_packed
@@ -207,8 +208,57 @@ def train_settings(b: PlanBuilder) -> None:
         b.key("early_stopping_patience", ("train", "early_stopping_patience"))
         b.key("early_stopping_threshold", ("train", "early_stopping_threshold"))
     if r.output.save_best:
-        _needs_evaluations(b, held_out, ("output", "save_best"), "output.save_best keeps the model of the lowest of")
+        _needs_evaluations(b, held_out, ("output", "save_best"), "output.save_best keeps the model of the best of")
         b.key("save_best", ("output", "save_best"))
+    best_metric_settings(b)
+
+
+def best_metric_settings(b: PlanBuilder) -> None:
+    """`train.best_metric` and `greater_is_better`: a metric the run logs at its evaluations, watched by early
+    stopping and save_best (plan keys only when one of them is on, so other builds' scripts do not change)."""
+    r = b.recipe
+    t = r.train
+    watched = t.early_stopping_patience is not None or r.output.save_best
+    # against the defaults, not the keys written: resolved.toml writes every key
+    changed = [k for k in ("best_metric", "greater_is_better") if getattr(t, k) != type(t).model_fields[k].default]
+    if not watched:
+        for k in changed:
+            b.error(("train", k), f"train.{k} is for early stopping and output.save_best, and neither is set", "set train.early_stopping_patience or output.save_best = true, or remove the key")
+        return
+    logged = evaluation_metrics(r)
+    if t.best_metric not in logged:
+        near = difflib.get_close_matches(t.best_metric, logged, n=1)
+        b.error(
+            ("train", "best_metric"),
+            f"this run's evaluations log no {t.best_metric!r}" + (f"; did you mean {near[0]!r}?" if near else ""),
+            "it logs " + ", ".join(logged),
+        )
+    b.key("best_metric", ("train", "best_metric"))
+    greater = t.greater_is_better
+    if greater is None:
+        b.derived("greater_is_better", not t.best_metric.endswith("loss"), f"derived: {t.best_metric} " + ("ends in loss: lower is better" if t.best_metric.endswith("loss") else "is no loss: higher is better"))
+    else:
+        b.key("greater_is_better", ("train", "greater_is_better"))
+
+
+def evaluation_metrics(r: Recipe) -> list[str]:
+    """The metrics.jsonl keys of this run's evaluations (during the run), in the order of the script's loaders."""
+    losses = ["eval_loss"] + [f"eval_loss_{src.name}" for src in r.data.sources if src.split == "eval" and src.name]
+    if r.continual is not None and r.continual.eval_parent and r.preference is None:
+        losses.append("eval_loss_parent")
+    p = r.preference
+    if p is None:
+        return losses
+    from .preference import UNPAIRED
+
+    if p.objective == "reward":
+        stats = ["rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy"]
+    else:
+        stats = ["rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected", "reward_margin"]
+        stats += ["kl"] if p.objective == "kto" else [] if p.objective in UNPAIRED else ["reward_accuracy"]
+    if getattr(p, "sft_weight", 0):
+        stats.append("sft_nll")
+    return losses + [key.replace("_loss", "", 1) + "_" + s for key in losses for s in stats]
 
 
 def _needs_evaluations(b: PlanBuilder, held_out: bool, where: tuple[str, ...], what: str) -> None:

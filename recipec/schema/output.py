@@ -19,7 +19,7 @@ class OutputTable(Table):
     """Experiment trackers that get every metrics.jsonl line and the resolved recipe as the run's config, all on local disk under <run dir>/trackers/: tensorboard event files, a wandb run in offline mode (`wandb sync` uploads it), an mlflow SQLite store, an aim repository. Each needs its package (`pip install 'recipec[trackers]'`). metrics.jsonl is always written."""
 
     save_best: bool = False
-    """Also keep the model of the evaluation with the lowest held-out loss (`eval_loss`) so far in model_best/ of the run directory, replaced (whole or not at all) at each new lowest, with best.json naming its step and loss; the final model stays in model/. transformers' `load_best_model_at_end` on `eval_loss`, which puts it in the final model's place instead. Every evaluation counts, the one before the first step (`train.eval_at_start`) and the final one included. Under [peft] the adapter, as model/ has it."""
+    """Also keep the model of the evaluation with the best `train.best_metric` so far (the lowest held-out loss, `eval_loss`, by default) in model_best/ of the run directory, replaced (whole or not at all) at each new best, with best.json naming its step and value; the final model stays in model/. transformers' `load_best_model_at_end` with `metric_for_best_model`, which puts it in the final model's place instead. Every evaluation counts, the one before the first step (`train.eval_at_start`) and the final one included. Under [peft] the adapter, as model/ has it."""
 
     @model_validator(mode="after")
     def check_trackers_unique(self) -> OutputTable:

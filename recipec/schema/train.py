@@ -80,10 +80,16 @@ class TrainTable(Table):
     """Keep only the newest this many checkpoints; 0 keeps all."""
 
     early_stopping_patience: int | None = Field(None, ge=1)
-    """Stop the run once the held-out loss (`eval_loss`) has not improved on its lowest by more than `early_stopping_threshold` for this many evaluations in a row (transformers' `EarlyStoppingCallback` on `eval_loss`; axolotl's `early_stopping_patience`, LLaMA-Factory's `early_stopping_steps`). Every evaluation counts, the one before the first step (`eval_at_start`) included. The run then ends as at its last step: the final model is saved at that step (not evaluated again), and run.json says where it stopped and the lowest loss's step. The LR schedule is not changed. Checkpoints keep the count, so a resumed run stops where the uninterrupted one would. Unset: the run goes to its last step."""
+    """Stop the run once `best_metric` (the held-out loss, `eval_loss`, by default) has not improved on its best by more than `early_stopping_threshold` for this many evaluations in a row (transformers' `EarlyStoppingCallback`; axolotl's `early_stopping_patience`, LLaMA-Factory's `early_stopping_steps`). Every evaluation counts, the one before the first step (`eval_at_start`) included. The run then ends as at its last step: the final model is saved at that step (not evaluated again), and run.json says where it stopped and the best value's step. The LR schedule is not changed. Checkpoints keep the count, so a resumed run stops where the uninterrupted one would. Unset: the run goes to its last step."""
 
     early_stopping_threshold: float = Field(0.0, ge=0)
-    """How much lower than its lowest so far the held-out loss must be to count as an improvement for `early_stopping_patience` (transformers' `early_stopping_threshold`)."""
+    """How much better than its best so far `best_metric` must be to count as an improvement for `early_stopping_patience` (transformers' `early_stopping_threshold`)."""
+
+    best_metric: str = Field("eval_loss", pattern=r"^eval_[A-Za-z0-9_.-]+$")
+    """The evaluation's metric that `early_stopping_patience` and `output.save_best` watch (transformers' `metric_for_best_model`): `eval_loss` (the default), `eval_loss_<name>` of a `split = "eval"` source, `eval_loss_parent` ([continual] with `eval_parent`), or under [preference] a statistic of the held-out pairs: `eval_reward_accuracy`, `eval_reward_margin`, `eval_rewards_chosen`, `eval_rewards_rejected`, `eval_logps_chosen`, `eval_logps_rejected` (not for a reward model), `eval_kl` (KTO), `eval_sft_nll` (with `sft_weight`), and each of a source (`eval_<name>_reward_accuracy`). Checked against what the run evaluates."""
+
+    greater_is_better: bool | None = None
+    """Whether a higher `best_metric` is better (transformers' `greater_is_better`). Unset: lower is better for a name ending in `loss`, higher for any other (a reward accuracy or margin)."""
 
     @field_validator("eval_every", "save_every")
     @classmethod

@@ -585,3 +585,27 @@ def test_adapter_name_or_path_resumes_lora_training_of_one_adapter(tmp_path, mon
         assert (draft.ledger["lora_rank"].how, draft.ledger["lora_rank"].reason) == ("dropped", "ignored-by-tool")
     else:
         assert draft.value("peft.r") == 16 and draft.ledger["adapter_name_or_path"].reason == "missing-feature"
+
+
+@pytest.mark.parametrize(
+    ("extra", "metric", "greater"),
+    [
+        ("metric_for_best_model: rewards/accuracies\n", "eval_reward_accuracy", None),
+        ("metric_for_best_model: eval_rewards/margins\ngreater_is_better: true\n", "eval_reward_margin", None),
+        ("metric_for_best_model: rewards/chosen\ngreater_is_better: false\n", "eval_rewards_chosen", False),
+        ("metric_for_best_model: loss\n", None, None),
+    ],
+    ids=["accuracy", "margin-explicit", "chosen-lower", "loss"],
+)
+def test_a_trl_metric_is_the_recipes_best_metric(tmp_path, monkeypatch, extra, metric, greater):
+    """TRL's preference trainers log rewards/accuracies, rewards/margins, ...: metric_for_best_model naming one of them
+    (with transformers' "eval_" prefix or without) -> train.best_metric, and greater_is_better when it departs from the
+    default (higher for a name that is no loss)."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "c.yaml"
+    base = "model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nstage: dpo\ndataset: dpo_en_demo\ntemplate: llama3\n"
+    path.write_text(base + "val_size: 0.1\neval_strategy: steps\neval_steps: 50\nearly_stopping_steps: 3\n" + extra, encoding="utf-8")
+    draft = import_config(path, TOOL).draft
+    assert draft.value("train.early_stopping_patience") == 3
+    assert draft.value("train.best_metric") == metric and draft.value("train.greater_is_better") == greater
+    assert draft.ledger["metric_for_best_model"].how == "exact"

@@ -11,30 +11,30 @@ from recipec.diagnostics import RecipeError
 from recipec.runtime.stopping import EarlyStopping
 
 
-def trainer_stops(losses: list[float], patience: int, threshold: float) -> list[bool]:
-    """Whether transformers' Trainer stops after each evaluation: EarlyStoppingCallback.on_evaluate on eval_loss (in
-    ``evaluate()``), then ``_determine_best_metric``, which moves ``state.best_metric`` to a lower value, in that order."""
+def trainer_stops(losses: list[float], patience: int, threshold: float, metric: str = "eval_loss", greater: bool = False) -> list[bool]:
+    """Whether transformers' Trainer stops after each evaluation: EarlyStoppingCallback.on_evaluate on the metric (in
+    ``evaluate()``), then ``_determine_best_metric``, which moves ``state.best_metric`` to a better value, in that order."""
     from transformers import EarlyStoppingCallback, TrainerControl, TrainerState
 
     class Args:  # the TrainingArguments fields the callback reads
-        metric_for_best_model = "eval_loss"
-        greater_is_better = False
+        metric_for_best_model = metric
+        greater_is_better = greater
 
     callback, state, control = EarlyStoppingCallback(patience, threshold), TrainerState(), TrainerControl()
     stops = []
     for loss in losses:
-        callback.on_evaluate(Args, state, control, metrics={"eval_loss": loss})
+        callback.on_evaluate(Args, state, control, metrics={metric: loss})
         stops.append(control.should_training_stop)
         if state.best_metric is None:
-            state.best_metric = math.inf
-        if loss < state.best_metric:  # Trainer._determine_best_metric (np.less)
+            state.best_metric = -math.inf if greater else math.inf
+        if (loss > state.best_metric) if greater else (loss < state.best_metric):  # _determine_best_metric (np.greater / np.less)
             state.best_metric = loss
     return stops
 
 
-def our_stops(losses: list[float], patience: int, threshold: float) -> list[bool]:
-    stopper = EarlyStopping(patience, threshold)
-    return [stopper.update(step, {"eval_loss": loss}) for step, loss in enumerate(losses)]
+def our_stops(losses: list[float], patience: int, threshold: float, metric: str = "eval_loss", greater: bool | None = None) -> list[bool]:
+    stopper = EarlyStopping(patience, threshold, metric, greater)
+    return [stopper.update(step, {metric: loss}) for step, loss in enumerate(losses)]
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -54,6 +54,11 @@ def test_the_rule_is_transformers_early_stopping_callback(seed: int) -> None:
             losses.append(loss)
     patience, threshold = rng.randint(1, 4), rng.choice([0.0, 0.01, 0.05, 0.2])
     assert our_stops(losses, patience, threshold) == trainer_stops(losses, patience, threshold), (losses, patience, threshold)
+    # a metric where higher is better (transformers' default for any name not ending in "loss"): the same values, negated
+    rising = [-v for v in losses]
+    assert our_stops(rising, patience, threshold, "eval_reward_accuracy") == trainer_stops(rising, patience, threshold, "eval_reward_accuracy", True)
+    # and a loss watched the other way round, set explicitly
+    assert our_stops(losses, patience, threshold, "eval_loss", True) == trainer_stops(losses, patience, threshold, "eval_loss", True)
 
 
 def test_an_improvement_is_a_drop_below_the_lowest_by_more_than_the_threshold() -> None:
@@ -149,3 +154,65 @@ def test_save_best_without_evaluations_is_a_located_error(plan_of, dotted: dict,
         plan_of(dotted)
     assert message in str(e.value) and "save_best" in str(e.value) and "recipes/tiny.toml:" in str(e.value)
     assert plan_of({"output.save_best": True})["save_best"] is True
+
+
+def test_the_best_is_the_highest_where_greater_is_better() -> None:
+    """train.greater_is_better (and its default for a metric that is no loss): save_best's tracker keeps the highest."""
+    from recipec.runtime.stopping import Lowest
+
+    best = Lowest("eval_reward_accuracy")
+    assert best.greater
+    assert [best.update(step, {"eval_reward_accuracy": v}) for step, v in enumerate([0.5, math.nan, 0.75, 0.6, 0.75, 0.8])] == [
+        True, False, True, False, False, True,
+    ]  # fmt: skip
+    assert best.record() == {"step": 5, "eval_reward_accuracy": 0.8}
+    highest_loss = Lowest("eval_loss", greater=True)
+    assert [highest_loss.update(s, {"eval_loss": v}) for s, v in enumerate([3.0, 2.0, 4.0])] == [True, False, True]
+    stopper = EarlyStopping(1, 0.0, "eval_reward_margin")
+    assert not stopper.update(0, {"eval_reward_margin": 0.1}) and not stopper.update(1, {"eval_reward_margin": 0.3})
+    assert stopper.update(2, {"eval_reward_margin": 0.2})
+    assert stopper.describe() == "stopped early at step 2: eval_reward_margin has not improved on its highest (0.3 at step 1) for 1 evaluation (patience 1)"
+
+
+def test_the_plan_carries_the_metric_and_its_direction(plan_of) -> None:
+    plan = plan_of({"output.save_best": True})
+    assert (plan["best_metric"], plan["greater_is_better"]) == ("eval_loss", False)
+    plan = plan_of({"train.early_stopping_patience": 2, "train.greater_is_better": True})
+    assert (plan["best_metric"], plan["greater_is_better"]) == ("eval_loss", True)
+    assert plan_of().get("best_metric") is None  # no early stopping, no save_best: the script has no such constant
+
+
+@pytest.mark.parametrize(
+    ("dotted", "key", "message"),
+    [
+        ({"train.best_metric": "eval_loss_code"}, "train.best_metric", "train.best_metric is for early stopping and output.save_best, and neither is set"),
+        ({"train.greater_is_better": True}, "train.greater_is_better", "train.greater_is_better is for early stopping and output.save_best"),
+        ({"output.save_best": True, "train.best_metric": "eval_los"}, "train.best_metric", "this run's evaluations log no 'eval_los'; did you mean 'eval_loss'?"),
+        ({"output.save_best": True, "train.best_metric": "eval_reward_accuracy"}, "train.best_metric", "this run's evaluations log no 'eval_reward_accuracy'"),
+        ({"output.save_best": True, "train.best_metric": "accuracy"}, "train.best_metric", "should match pattern"),
+    ],
+    ids=["metric-alone", "direction-alone", "typo", "no-preference", "no-eval-prefix"],
+)
+def test_a_metric_the_run_does_not_log_is_a_located_error(plan_of, dotted: dict, key: str, message: str) -> None:
+    with pytest.raises(RecipeError) as e:
+        plan_of(dotted)
+    text = str(e.value)
+    assert message in text and "recipes/tiny.toml:" in text and key.split(".")[-1] in text, text
+
+
+def test_the_metrics_an_evaluation_logs() -> None:
+    """What train.best_metric may name: the held-out losses, and the preference statistics of each (the Tally's keys
+    that the objective fills)."""
+    from recipec.resolve.train import evaluation_metrics
+    from recipec.runtime.preference import Tally
+    from recipec.schema import Recipe
+
+    base = {"recipe": {"name": "m"}, "train": {"max_steps": 10}, "model": {"path": "org/m"}, "data": {"sources": [{"path": "a.jsonl"}, {"path": "b.jsonl", "name": "code", "split": "eval"}]}}
+    assert evaluation_metrics(Recipe.model_validate(base)) == ["eval_loss", "eval_loss_code"]
+    dpo = Recipe.model_validate({**base, "preference": {"objective": "dpo", "sft_weight": 0.5}})
+    assert evaluation_metrics(dpo)[:2] == ["eval_loss", "eval_loss_code"]
+    assert set(evaluation_metrics(dpo)[2:]) == {f"eval_{s}" for s in Tally.KEYS if s != "kl"} | {f"eval_code_{s}" for s in Tally.KEYS if s != "kl"}
+    kto = evaluation_metrics(Recipe.model_validate({**base, "preference": {"objective": "kto"}}))
+    assert "eval_kl" in kto and "eval_reward_accuracy" not in kto and "eval_reward_margin" in kto
+    reward = evaluation_metrics(Recipe.model_validate({**base, "preference": {"objective": "reward"}}))
+    assert "eval_reward_accuracy" in reward and "eval_logps_chosen" not in reward
