@@ -181,9 +181,9 @@ CLOSED = {"model.init"}
 """String fields whose value must be one of a fixed set of names (model.init: a model type of
 recipec/model_types.json, checked like a Literal), so no payload reaches the build."""
 
-PATTERNED = {"train.eval_every", "train.save_every"}
-"""Fields that take a number or a string of one pattern ("0.25 epoch"): every payload is refused
-(`test_every_payload_in_a_patterned_field_is_refused`)."""
+PATTERNED = {"train.eval_every", "train.save_every", "train.best_metric"}
+"""Fields that take a number or a string of one pattern ("0.25 epoch", "eval_<name>"): every payload is
+refused (`test_every_payload_in_a_patterned_field_is_refused`)."""
 
 REFUSED = {"peft.adalora.adapter"}
 """Fields any value of which is refused: AdaLoRA cannot go on from a saved adapter
