@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .diagnostics import Diagnostic, RecipeError
+from .parent import _relative  # spelt as continual.from's parent is, so the two compare
 from .runtime.adapters import saved_config_problems, saved_values  # stdlib only
 from .schema import Recipe
 from .schema.model import LOCAL_PREFIXES
@@ -98,12 +98,12 @@ def read_adapter(recipe: Recipe, source: SourceMap, project: Path) -> tuple[Reci
             )
         weights = [w for w in WEIGHTS if (path / w).is_file()]
         if not weights:
-            raise fail(f"{_spelt(path, project)} holds {CONFIG} but no adapter weights ({' or '.join(WEIGHTS)})")
+            raise fail(f"{_relative(path, project)} holds {CONFIG} but no adapter weights ({' or '.join(WEIGHTS)})")
         config = _config(path / CONFIG, fail)
         files = {f: _sha256(path / f) for f in (CONFIG, weights[0])}
-        adapter = SavedAdapter(_spelt(path, project), True, config, files, any((path / t).is_file() for t in TOKENIZER))
+        adapter = SavedAdapter(_relative(path, project), True, config, files, any((path / t).is_file() for t in TOKENIZER))
     else:
-        cached = _cached(name, None)
+        cached = _cached(name)
         adapter = SavedAdapter(name, False, _config(Path(cached), fail) if cached else None)
     if adapter.config is None:
         return recipe, adapter
@@ -136,14 +136,14 @@ def _config(path: Path, fail) -> dict[str, Any]:
     return value
 
 
-def _cached(repo: str, revision: str | None) -> str | None:
+def _cached(repo: str) -> str | None:
     """adapter_config.json of a hub adapter in the local Hugging Face cache, or None."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
     try:
-        found = try_to_load_from_cache(repo, CONFIG, revision=revision)
+        found = try_to_load_from_cache(repo, CONFIG)
     except Exception:  # a malformed repo id: the script's own download names it
         return None
     return found if isinstance(found, str) else None
@@ -156,8 +156,3 @@ def _sha256(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-
-def _spelt(path: Path, project: Path) -> str:
-    """A project-relative path spelt as a local path (./...), so it is never taken for a hub id."""
-    rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(project))).as_posix()
-    return rel if rel.startswith("../") else "./" + rel

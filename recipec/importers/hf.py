@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
+from ..runtime.stopping import greater_is_better  # stdlib only
 from ..schema import DataTable
 from .core import Draft, Renamed, epochs_cadence, num
 
@@ -706,7 +707,7 @@ def _on_a_logged_metric(d: Draft, key: str) -> bool:
         ours = "eval_" + TRL_METRICS[name]
     elif objective == "reward" and name == "accuracy":
         ours = "eval_reward_accuracy"
-    default_higher = not metric.endswith("loss")  # transformers' greater_is_better when unset
+    default_higher = greater_is_better(metric)  # transformers' default when unset
     higher = bool(d.get("greater_is_better")) if d.has("greater_is_better") and d.get("greater_is_better") is not None else default_higher
     if ours is None:
         better = "higher" if higher else "lower"
@@ -725,7 +726,7 @@ def _on_a_logged_metric(d: Draft, key: str) -> bool:
         else:
             d.set("train.best_metric", ours, "metric_for_best_model")
     if d.has("greater_is_better") and d.get("greater_is_better") is not None and "greater_is_better" not in d.ledger:
-        if higher == (not ours.endswith("loss")):  # recipec's default for the metric
+        if higher == greater_is_better(ours):  # recipec's default for the metric
             d.exact("greater_is_better")
         else:
             d.set("train.greater_is_better", higher, "greater_is_better")

@@ -6,6 +6,7 @@ import difflib
 import math
 
 from ..runtime.data import crosses_packed
+from ..runtime.stopping import greater_is_better  # stdlib only
 from ..schema import LaunchTable, Recipe
 from ..schema.optim import own_options
 from ..schema.train import MAX_STEPS, cadence_epochs
@@ -234,9 +235,9 @@ def best_metric_settings(b: PlanBuilder) -> None:
             "it logs " + ", ".join(logged),
         )
     b.key("best_metric", ("train", "best_metric"))
-    greater = t.greater_is_better
-    if greater is None:
-        b.derived("greater_is_better", not t.best_metric.endswith("loss"), f"derived: {t.best_metric} " + ("ends in loss: lower is better" if t.best_metric.endswith("loss") else "is no loss: higher is better"))
+    if t.greater_is_better is None:
+        greater = greater_is_better(t.best_metric)
+        b.derived("greater_is_better", greater, f"derived: {t.best_metric} " + ("is no loss: higher is better" if greater else "ends in loss: lower is better"))
     else:
         b.key("greater_is_better", ("train", "greater_is_better"))
 
