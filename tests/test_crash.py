@@ -15,8 +15,8 @@ runs that are killed, resumed, killed again, and so on until one finishes:
 
 The tests after it delete each file of the newest checkpoint in turn (the run names the
 file, falls back to the checkpoint before and still ends bitwise the same), and stop a
-run before its first step for a disk too small for one checkpoint (free space reported
-by a patched shutil.disk_usage in the run's process) and for an output directory that
+run before its first step for a disk too small for one checkpoint, or for the checkpoints
+it keeps (free space reported by a patched shutil.disk_usage in the run's process) and for an output directory that
 cannot be written (a path under a regular file: tests may run as root, for whom a
 read-only mode stops nothing).
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -515,13 +516,20 @@ def test_a_checkpoint_missing_a_file_is_named_and_the_run_falls_back_to_the_one_
     print(f"\ncorrupt checkpoints: {tried}")
 
 
-def test_a_disk_too_small_for_one_checkpoint_stops_before_the_first_step(setup: Setup) -> None:
+def test_a_disk_too_small_for_one_checkpoint_or_the_kept_ones_stops_before_the_first_step(setup: Setup) -> None:
     real = sum(p.stat().st_size for p in (setup.reference / checkpoint.checkpoint_name(SAVE_EVERY)).iterdir())
     result, log = setup.zygote.run(setup.build.dir, free=real - 1)  # one byte short of a real checkpoint
     assert result["rc"] == 1 and "Traceback" not in log, log[-4000:]
     assert f"error: output directory {setup.run_dir} has " in log and "one checkpoint of this model needs about" in log
     assert "parameters:" in log and "AdamW state" in log
     assert not setup.ckpt_dir.exists() and not (setup.run_dir / "metrics.jsonl").exists()  # no step was taken
+    # room for one checkpoint but not for the three the run holds while it saves a third (keep_last 2)
+    one = float(re.search(r"one checkpoint of this model needs about ([0-9.]+) MiB", log).group(1)) * 2**20
+    result, log = setup.zygote.run(setup.build.dir, free=int(1.5 * one))
+    assert result["rc"] == 1 and "Traceback" not in log, log[-4000:]
+    assert f"error: output directory {setup.run_dir} has " in log and "but this run holds about" in log
+    assert "while a checkpoint is written: 3 checkpoints of " in log and "(train.keep_last 2, and the new one before the oldest is deleted); lower train.keep_last" in log
+    assert not setup.ckpt_dir.exists() and not (setup.run_dir / "metrics.jsonl").exists()
     result, log = setup.zygote.run(setup.build.dir, free=2 * 2**30)
     assert result["rc"] == 0, log[-4000:]
     shutil.rmtree(setup.run_dir)

@@ -772,6 +772,12 @@ def _write_initial_adapter(model, directory: str) -> None:
     save_file(state, os.path.join(directory, "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
+def saved_rank_factor(model) -> int:
+    """How many times the adapter's trainable weights :func:`save` writes: 2 for a PiSSA/OLoRA
+    adapter (converted to a LoRA adapter of the original base model, of twice the rank), else 1."""
+    return 2 if getattr(_unwrap(model), _INITIAL_ADAPTER, None) is not None else 1
+
+
 def save(model, directory, *, merged_directory=None, is_main_process=True, save_function=None, state_dict=None) -> None:
     """Save the adapter, and optionally the merged full model.
 

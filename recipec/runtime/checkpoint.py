@@ -501,6 +501,105 @@ def checkpoint_bytes(
     return need
 
 
+def model_bytes(parameters: Iterable, *, zero_stage: int | None = None, half: bool = False) -> dict[str, int]:
+    """The bytes of the weights a ``save_pretrained`` of the model writes, by which parameters it writes.
+
+    Each parameter at its own dtype (under DeepSpeed with ``half``, 16 bits: what the engine
+    gathers), its whole size where ZeRO-3 has partitioned it (``ds_numel``). A full model
+    writes ``"all"``; a PEFT adapter ``"trainable"`` (the adapter's weights and
+    ``modules_to_save``); a merged adapter about ``"frozen"`` (the base weights the adapter
+    was merged into); a weight average (``[ema]``, ``[merge]``) 4 bytes a parameter of the
+    model's (``"all float32"``) or of the adapter's (``"trainable float32"``). Torch is not
+    imported: see :func:`checkpoint_bytes`.
+
+    Args:
+        parameters: ``model.parameters()``.
+        zero_stage, half: As :func:`checkpoint_bytes` takes them.
+
+    Returns:
+        ``{"all", "trainable", "frozen", "all float32", "trainable float32"}``, in bytes.
+    """
+    sizes = dict.fromkeys(("all", "trainable", "frozen", "all float32", "trainable float32"), 0)
+    for p in parameters:
+        n = getattr(p, "ds_numel", None) or p.numel()
+        size = 2 if zero_stage is not None and half else p.element_size()
+        which = "trainable" if p.requires_grad else "frozen"
+        sizes["all"] += n * size
+        sizes[which] += n * size
+        sizes["all float32"] += n * 4
+        if p.requires_grad:
+            sizes["trainable float32"] += n * 4
+    return sizes
+
+
+def checkpoints_at_once(max_steps: int, save_every: int, keep_last: int) -> tuple[int, int]:
+    """How many checkpoints a run holds at most, while it saves one and after.
+
+    A run saves at every ``save_every``-th step before ``max_steps`` (the final model is saved
+    apart). A new checkpoint is committed before :func:`prune` deletes the oldest one, so
+    while it is written the run holds ``keep_last + 1`` of them, and ``keep_last`` after.
+
+    Args:
+        max_steps: The run's last step.
+        save_every: ``train.save_every`` in steps; 0 saves none.
+        keep_last: ``train.keep_last``; 0 keeps every one.
+
+    Returns:
+        ``(while saving, after)``.
+    """
+    saves = (max_steps - 1) // save_every if save_every > 0 and max_steps > 0 else 0
+    if keep_last <= 0:
+        return saves, saves
+    return min(saves, keep_last + 1), min(saves, keep_last)
+
+
+def _tree_bytes(path: pathlib.Path) -> int:
+    """The bytes of the files under ``path`` (0 where there is none)."""
+    if not path.is_dir():
+        return 0
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name), follow_symlinks=False).st_size
+            except OSError:  # deleted meanwhile
+                pass
+    return total
+
+
+def run_bytes(
+    one_checkpoint: int,
+    *,
+    checkpoints: tuple[int, int] = (0, 0),
+    models: Mapping[str, int] | None = None,
+    best: str | None = None,
+) -> dict[str, int]:
+    """The most disk space a run's checkpoints and saved models take at one time.
+
+    While a checkpoint is written the run holds ``checkpoints[0]`` of them (and the best
+    model); while ``best`` is replaced, two of it (the new one is written beside the old)
+    and ``checkpoints[1]`` checkpoints; at the end ``checkpoints[1]`` checkpoints, the best
+    model and every final one. Each saved model counts a margin for its config and
+    tokenizer files: a twentieth and 8 MiB.
+
+    Args:
+        one_checkpoint: The bytes of one checkpoint (:func:`checkpoint_bytes`' ``"total"``).
+        checkpoints: :func:`checkpoints_at_once`.
+        models: Each directory of saved weights (``"model"``, ``"model_best"``, ...), with the
+            bytes of its weights (:func:`model_bytes`).
+        best: The one of ``models`` replaced during the run (``"model_best"``), or None.
+
+    Returns:
+        ``{"checkpoints", "peak"}`` and each of ``models`` with its margin, in bytes.
+    """
+    sized = {name: n + n // 20 + 8 * 2**20 for name, n in (models or {}).items()}
+    kept = sized.get(best, 0) if best else 0
+    finals = sum(n for name, n in sized.items() if name != best)
+    while_saving, after = checkpoints
+    peak = max(while_saving * one_checkpoint + kept, after * one_checkpoint + 2 * kept, after * one_checkpoint + kept + finals)
+    return {"checkpoints": max(while_saving, after), "peak": peak, **sized}
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -519,15 +618,32 @@ def preflight(
     copies: Mapping[str, int | None] | None = None,
     zero_stage: int | None = None,
     half: bool = False,
+    checkpoints: tuple[int, int] | None = None,
+    keep_last: int = 0,
+    models: Mapping[str, int] | None = None,
+    best: str | None = None,
+    checkpoint_dir: PathLike | None = None,
 ) -> str | None:
-    """Check before the first step that ``directory`` can take one checkpoint.
+    """Check before the first step that ``directory`` can take one checkpoint, and the whole run.
+
+    First one checkpoint (the first save must not fail), then the most the run holds at one
+    time (:func:`run_bytes`: its newest checkpoints and its saved models) against the free
+    space plus what the run replaces (the checkpoints and model directories already there:
+    a resumed run prunes the ones and overwrites the others).
 
     Args:
         directory: The run's output directory (checkpoints and the final model go under it).
-        parameters: ``model.parameters()``, for :func:`checkpoint_bytes`.
+        parameters: ``model.parameters()``, for :func:`checkpoint_bytes`; a sequence when
+            ``models`` is given (read twice).
         optimizer: The optimizer whose state checkpoints hold, or None when the run saves no
             checkpoint (``save_every`` 0: only the final model).
         hidden, momentum, copies, zero_stage, half: As :func:`checkpoint_bytes` takes them.
+        checkpoints: :func:`checkpoints_at_once`; None: one checkpoint (0 without an optimizer).
+        keep_last: ``train.keep_last``, named in the message.
+        models: Each directory of saved weights under ``directory`` with the bytes of its
+            weights (:func:`model_bytes`); None: the whole model as ``"model"``.
+        best: The one of ``models`` replaced during the run (``"model_best"``), or None.
+        checkpoint_dir: Where the checkpoints go; None: ``directory / "checkpoints"``.
 
     Returns:
         None when it can, else a message naming the directory, the estimate and the free space.
@@ -535,21 +651,57 @@ def preflight(
     problem = check_writable(directory)
     if problem:
         return problem
+    directory = pathlib.Path(directory)
+    parameters = list(parameters)
     need = checkpoint_bytes(parameters, optimizer=optimizer, hidden=hidden, momentum=momentum, copies=copies, zero_stage=zero_stage, half=half)
     free = shutil.disk_usage(directory).free
-    if free >= need["total"]:
-        return None
-    what = "one checkpoint of this model" if optimizer is not None else "the final model"
-    detail = f"{_size(need['weights'])} of weights"
-    if optimizer is not None:
+    if optimizer is not None and free < need["total"]:
+        detail = f"{_size(need['weights'])} of weights"
         master = "DeepSpeed's float32 master weights and " if zero_stage is not None else ""
         detail += f" + {_size(need['optimizer'])} of {master}{OPTIMIZER_NAMES[optimizer]} state"
-    for copy in copies or {}:
-        detail += f" + {_size(need['copy ' + copy])} of {copy}"
+        for copy in copies or {}:
+            detail += f" + {_size(need['copy ' + copy])} of {copy}"
+        return (
+            f"output directory {directory} has {_size(free)} free, but one checkpoint of this model needs about "
+            f"{_size(need['total'])} ({need['parameters']:,} parameters: {detail} + {_size(need['margin'])} margin); "
+            "free some space or set output.dir to a larger disk"
+        )
+    if checkpoints is None:
+        checkpoints = (1, 1) if optimizer is not None else (0, 0)
+    if optimizer is None:
+        checkpoints = (0, 0)
+    if models is None:
+        models = {"model": model_bytes(parameters, zero_stage=zero_stage, half=half)["all"]}
+    whole = run_bytes(need["total"], checkpoints=checkpoints, models=models, best=best)
+    ckpt_dir = pathlib.Path(checkpoint_dir) if checkpoint_dir is not None else directory / "checkpoints"
+    present = _tree_bytes(ckpt_dir) + sum(_tree_bytes(directory / name) for name in models)
+    if free + present >= whole["peak"]:
+        return None
+    while_saving, after = checkpoints
+    kept = whole.get(best, 0) if best else 0
+    finals = [name for name in models if name != best]
+    each = f"of {_size(need['total'])}"
+    if while_saving * need["total"] + kept == whole["peak"] and while_saving:
+        when = f"while a checkpoint is written: {while_saving} checkpoints {each}"
+        if keep_last > 0 and while_saving > after:
+            when += f" (train.keep_last {keep_last}, and the new one before the oldest is deleted)"
+        parts = [best] if best else []
+    elif after * need["total"] + 2 * kept == whole["peak"]:
+        when = f"while {best}/ is replaced: {after} checkpoints {each} + {best}/ twice (the new one is written beside the old)"
+        parts = []
+    else:
+        when = f"at the end: {after} checkpoints {each}" if after else "at the end:"
+        parts = [best] if best else []
+        parts += finals
+    for name in parts:
+        when += f" + {name}/ {_size(whole[name])}" if when[-1] != ":" else f" {name}/ {_size(whole[name])}"
+    replaced = f" (and {_size(present)} in the checkpoints and models the run replaces)" if present else ""
+    hint = "free some space or set output.dir to a larger disk"
+    if after:
+        hint = ("set train.keep_last (0 keeps every checkpoint), " if keep_last <= 0 else "lower train.keep_last, ") + hint
     return (
-        f"output directory {directory} has {_size(free)} free, but {what} needs about "
-        f"{_size(need['total'])} ({need['parameters']:,} parameters: {detail} + {_size(need['margin'])} margin); "
-        "free some space or set output.dir to a larger disk"
+        f"output directory {directory} has {_size(free)} free{replaced}, but this run holds about "
+        f"{_size(whole['peak'])} there at once, {when}; {hint}"
     )
 
 

@@ -77,7 +77,7 @@ class TrainTable(Table):
     """Save a resumable checkpoint every this many steps; 0: none (the final model is always saved). Or a string in epochs, as `eval_every`: "1 epoch" saves at the end of each epoch (but the last, whose final model is saved anyway)."""
 
     keep_last: int = Field(2, ge=0)
-    """Keep only the newest this many checkpoints; 0 keeps all."""
+    """Keep only the newest this many checkpoints; 0 keeps all. A new checkpoint is written before the oldest is deleted, so a run holds one more while it saves: the script checks before its first step that the output directory has room for them and the saved models."""
 
     early_stopping_patience: int | None = Field(None, ge=1)
     """Stop the run once `best_metric` (the held-out loss, `eval_loss`, by default) has not improved on its best by more than `early_stopping_threshold` for this many evaluations in a row (transformers' `EarlyStoppingCallback`; axolotl's `early_stopping_patience`, LLaMA-Factory's `early_stopping_steps`). Every evaluation counts, the one before the first step (`eval_at_start`) included. The run then ends as at its last step: the final model is saved at that step (not evaluated again), and run.json says where it stopped and the best value's step. The LR schedule is not changed. Checkpoints keep the count, so a resumed run stops where the uninterrupted one would. Unset: the run goes to its last step."""

@@ -370,10 +370,14 @@ def test_every_optimizer_of_the_schema_has_a_state_size():
     assert names == set(checkpoint.OPTIMIZER_STATE) | set(checkpoint.FLAT_STATE_BYTES) == set(checkpoint.OPTIMIZER_NAMES)
 
 
+def _free(monkeypatch, gib):
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(100 * 2**30, 100 * 2**30 - int(gib * 2**30), int(gib * 2**30)))
+
+
 def test_preflight_reports_directory_estimate_and_free_space(tmp_path, monkeypatch):
     params = [_Param(10**9, 2)]  # 1B parameters in bf16: 2 GB of weights, 4 GB of AdamW state (bf16 moments)
-    usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(100 * 2**30, 95 * 2**30, 5 * 2**30))
+    _free(monkeypatch, 5)
     message = checkpoint.preflight(tmp_path, params)
     assert message.startswith(f"output directory {tmp_path} has 5.0 GiB free, but one checkpoint of this model needs about 5.9 GiB")
     assert "1,000,000,000 parameters: 1.9 GiB of weights + 3.7 GiB of AdamW state + 294.1 MiB margin)" in message
@@ -381,11 +385,117 @@ def test_preflight_reports_directory_estimate_and_free_space(tmp_path, monkeypat
     assert "1.9 GiB of weights + 1.9 GiB of Muon state + 3.7 GiB of the EMA weights (float32) + " in message
     # without checkpoints only the final model is saved
     assert checkpoint.preflight(tmp_path, params, optimizer=None) is None
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(100 * 2**30, 99 * 2**30, 2**30))
-    assert "but the final model needs about 2.0 GiB" in checkpoint.preflight(tmp_path, params, optimizer=None)
+    _free(monkeypatch, 1)
+    message = checkpoint.preflight(tmp_path, params, optimizer=None)
+    assert message == (
+        f"output directory {tmp_path} has 1.0 GiB free, but this run holds about 2.0 GiB there at once, at the end: "
+        "model/ 2.0 GiB; free some space or set output.dir to a larger disk"
+    )
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert "not writable" in checkpoint.preflight(blocker, params)
+
+
+def test_checkpoints_at_once_is_what_commit_and_prune_leave(tmp_path):
+    """The script's save: a temporary directory written, committed, then the old ones pruned; counted at each moment."""
+    for max_steps, save_every, keep_last in [(300, 100, 2), (1000, 100, 2), (1000, 100, 0), (1000, 100, 1), (100, 100, 2), (10, 0, 2), (7, 1, 3)]:
+        ckpt_dir = tmp_path / f"{max_steps}-{save_every}-{keep_last}"
+        while_saving = after = 0
+        for step in range(1, max_steps):
+            if save_every and step % save_every == 0:
+                tmp = checkpoint.temp_dir(ckpt_dir, step)
+                tmp.mkdir()
+                complete = len(list(ckpt_dir.glob("step_*")))
+                while_saving = max(while_saving, complete + 1)  # the new one beside them
+                (tmp / "model.safetensors").write_text("w")
+                checkpoint.write_state(tmp, {"step": step})
+                checkpoint.commit(tmp, ckpt_dir, step)
+                while_saving = max(while_saving, len(list(ckpt_dir.glob("step_*"))))  # committed, not yet pruned
+                checkpoint.prune(ckpt_dir, keep_last)
+                after = len(list(ckpt_dir.glob("step_*")))
+        assert checkpoint.checkpoints_at_once(max_steps, save_every, keep_last) == (while_saving, after), (max_steps, save_every, keep_last)
+
+
+def test_run_bytes_is_the_largest_of_saving_replacing_the_best_and_the_end():
+    margin = lambda n: n + n // 20 + 8 * 2**20  # noqa: E731
+    C, M = 10 * 2**30, 2**30
+    # two checkpoints after a save, three while one is written; model/ at the end
+    need = checkpoint.run_bytes(C, checkpoints=(3, 2), models={"model": M})
+    assert need == {"checkpoints": 3, "peak": 3 * C, "model": margin(M)}
+    # a final model larger than a checkpoint: the end holds the most
+    need = checkpoint.run_bytes(C, checkpoints=(3, 2), models={"model": M, "model_full": 12 * 2**30})
+    assert need["peak"] == 2 * C + margin(M) + margin(12 * 2**30)
+    # model_best/ is there while checkpoints are written, and twice while it is replaced
+    need = checkpoint.run_bytes(C, checkpoints=(1, 1), models={"model": 8 * 2**30, "model_best": 8 * 2**30}, best="model_best")
+    assert need["peak"] == max(C + margin(8 * 2**30), C + 2 * margin(8 * 2**30), C + 2 * margin(8 * 2**30)) == C + 2 * margin(8 * 2**30)
+    assert checkpoint.run_bytes(C, checkpoints=(0, 0), models={"model": M})["peak"] == margin(M)
+
+
+def test_preflight_counts_the_checkpoints_kept_and_the_saved_models(tmp_path, monkeypatch):
+    params = [_Param(10**9, 2)]  # one checkpoint: 5.9 GiB (above)
+    models = {"model": 2 * 10**9, "model_best": 2 * 10**9}
+    _free(monkeypatch, 16)
+    message = checkpoint.preflight(tmp_path, params, checkpoints=(3, 2), keep_last=2, models={"model": 2 * 10**9})
+    assert message == (
+        f"output directory {tmp_path} has 16.0 GiB free, but this run holds about 17.6 GiB there at once, while a "
+        "checkpoint is written: 3 checkpoints of 5.9 GiB (train.keep_last 2, and the new one before the oldest is "
+        "deleted); lower train.keep_last, free some space or set output.dir to a larger disk"
+    )
+    assert checkpoint.preflight(tmp_path, params, checkpoints=(2, 1), keep_last=1, models={"model": 2 * 10**9}) is None
+    _free(monkeypatch, 15)  # 2 checkpoints and model_best/ twice: 15.5 GiB
+    message = checkpoint.preflight(tmp_path, params, checkpoints=(2, 2), models=models, best="model_best")
+    assert message.endswith(
+        "while model_best/ is replaced: 2 checkpoints of 5.9 GiB + model_best/ twice (the new one is written beside the "
+        "old); set train.keep_last (0 keeps every checkpoint), free some space or set output.dir to a larger disk"
+    )
+    message = checkpoint.preflight(tmp_path, params, checkpoints=(2, 2), models={**models, "model_full": 4 * 10**9}, best="model_best")
+    assert "at the end: 2 checkpoints of 5.9 GiB + model_best/ 2.0 GiB + model/ 2.0 GiB + model_full/ 3.9 GiB; " in message  # with their margins
+    # a resumed run: the checkpoints and models already there are pruned or overwritten, so their bytes count as free
+    (tmp_path / "checkpoints" / "step_00000100").mkdir(parents=True)
+    with open(tmp_path / "checkpoints" / "step_00000100" / "model.safetensors", "wb") as f:
+        f.truncate(2 * 2**30)  # sparse: no disk taken, 2 GiB counted
+    message = checkpoint.preflight(tmp_path, params, checkpoints=(3, 2), keep_last=2, models={"model": 2 * 10**9})
+    assert "has 15.0 GiB free (and 2.0 GiB in the checkpoints and models the run replaces), but" in message
+    (tmp_path / "model").mkdir()
+    with open(tmp_path / "model" / "model.safetensors", "wb") as f:
+        f.truncate(2 * 2**30)
+    assert checkpoint.preflight(tmp_path, params, checkpoints=(3, 2), keep_last=2, models={"model": 2 * 10**9}) is None
+
+
+def test_model_bytes_is_what_the_saves_write(tmp_path):
+    """save_pretrained of the model, adapters.save of an adapter (PiSSA: converted to twice the rank) and of the merged
+    model, and a weight average's save_pretrained, against model_bytes."""
+    import torch
+
+    from recipec.runtime import adapters, averaging
+
+    def written(directory, name):  # the safetensors header (the tensors' names and shapes) is the rest
+        return (directory / name).stat().st_size
+
+    for dtype in ("float32", "bfloat16"):
+        model = _tiny_llama(getattr(torch, dtype))
+        model.save_pretrained(tmp_path / dtype)
+        assert written(tmp_path / dtype, "model.safetensors") == pytest.approx(checkpoint.model_bytes(model.parameters())["all"], rel=0.01, abs=16 * 1024)
+        ema = averaging.WeightAverage(model, "ema", decay=0.9)
+        ema.update(model, 1)
+        ema.save_pretrained(model, tmp_path / f"{dtype}-ema")
+        assert written(tmp_path / f"{dtype}-ema", "model.safetensors") == pytest.approx(checkpoint.model_bytes(model.parameters())["all float32"], rel=0.01, abs=16 * 1024)
+    for init in (None, "pissa"):
+        model = adapters.apply(_tiny_llama(torch.float32), {"method": "lora", "r": 8, "target_modules": "all-linear", **({"init": init} if init else {})})
+        saved = checkpoint.model_bytes(model.parameters())
+        adapters.save(model, tmp_path / f"adapter-{init}", merged_directory=tmp_path / f"merged-{init}")
+        factor = adapters.saved_rank_factor(model)
+        assert factor == (2 if init else 1)
+        assert written(tmp_path / f"adapter-{init}", "adapter_model.safetensors") == pytest.approx(saved["trainable"] * factor, rel=0.01, abs=16 * 1024)
+        assert written(tmp_path / f"merged-{init}", "model.safetensors") == pytest.approx(saved["frozen"], rel=0.01, abs=16 * 1024)
+    ema = averaging.WeightAverage(model, "ema", decay=0.9)
+    ema.update(model, 1)
+    ema.save_pretrained(model, tmp_path / "adapter-ema")
+    assert written(tmp_path / "adapter-ema", "adapter_model.safetensors") == pytest.approx(saved["trainable float32"], rel=0.01, abs=16 * 1024)
+    # ZeRO: the engine's 16-bit weights, a partitioned parameter at its whole size
+    part = _Param(0, 4)
+    part.ds_numel = 1000
+    assert checkpoint.model_bytes([part], zero_stage=3, half=True)["all"] == 2000
 
 
 def _tiny_llama(dtype):

@@ -357,11 +357,19 @@ optimizer = torch.optim.AdamW(
 # lr(step) = lr * f(step): f runs through schedule_phases (recipec_runtime/schedule.py);
 # step 0 is the first update, as with transformers' schedulers
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.phase_lambda(schedule_phases))
-if master:  # a disk too small for one checkpoint stops the run now, not at its first save
+if master:  # a disk too small for one checkpoint, or for what the run keeps, stops the run now, not at a save
+    saved = checkpoint.model_bytes(model.parameters())
     problem = checkpoint.preflight(
         output_dir,
         model.parameters(),
         optimizer='adamw' if save_every else None,  # its state is in every checkpoint
+        # the most the run holds at once: its newest checkpoints, model_best/ and the final models (sizes in bytes)
+        checkpoints=checkpoint.checkpoints_at_once(max_steps, save_every, keep_last),
+        keep_last=keep_last,
+        checkpoint_dir=ckpt_dir,
+        models={
+            "model": saved["all"],
+        },
     )
     if problem:
         sys.exit(f"error: {problem}")
