@@ -111,6 +111,14 @@ GRANITE = [
     "attention_multiplier=0.015625, logits_scaling=8.0}",
 ]
 
+# Llama's layers under other names, at the quickstart's sizes: smollm3 (4 layers: the fourth without rotary
+# positions, tied), ministral (every layer in a sliding window, of 64 here), helium, ernie4_5 (tied, 16-wide heads)
+LLAMA_SIZES = "hidden_size=192, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512"
+SMOLLM3 = ['model.init="smollm3"', f"model.config={{{LLAMA_SIZES}, num_hidden_layers=4}}"]
+MINISTRAL = ['model.init="ministral"', f"model.config={{{LLAMA_SIZES}, num_hidden_layers=3, head_dim=48, sliding_window=64}}"]
+HELIUM = ['model.init="helium"', f"model.config={{{LLAMA_SIZES}, num_hidden_layers=3, head_dim=48}}"]
+ERNIE4_5 = ['model.init="ernie4_5"', f"model.config={{{LLAMA_SIZES}, num_hidden_layers=3, head_dim=48}}"]
+
 # starcoder2 at the quickstart's sizes (use_bias, gelu_pytorch_tanh); its released configs set
 # dropouts of 0.1, whose attention dropout sends sdpa down its math path on the CPU
 STARCODER2 = [
@@ -277,6 +285,20 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "granite": ("recipes/quickstart.toml", GRANITE),
     "granite bf16 autocast": ("recipes/quickstart.toml", [*GRANITE, 'launch.mixed_precision="bf16"']),
     "granite lora r16": ("recipes/quickstart.toml", [*GRANITE, 'peft={method="lora", r=16, target_modules="all-linear"}']),
+    **{
+        f"{name}{label}": ("recipes/quickstart.toml", [*base, *extra])
+        for name, base in (("smollm3", SMOLLM3), ("ministral", MINISTRAL), ("helium", HELIUM), ("ernie4_5", ERNIE4_5))
+        for label, extra in (
+            ("", []),
+            (" ckpt", ["model.gradient_checkpointing=true"]),
+            (" eager", ['model.attention="eager"']),
+            (" bf16 weights", ['model.dtype="bfloat16"']),
+            (" bf16 autocast", ['launch.mixed_precision="bf16"']),
+            (" lora r16", ['peft={method="lora", r=16, target_modules="all-linear"}']),
+        )
+    },
+    "smollm3 sliding": ("recipes/quickstart.toml", [*SMOLLM3, "model.config.use_sliding_window=true", "model.config.sliding_window=64"]),
+    "mistral sliding": ("recipes/quickstart.toml", ['model.init="mistral"', f"model.config={{{LLAMA_SIZES}, num_hidden_layers=3, sliding_window=64}}"]),
     "starcoder2": ("recipes/quickstart.toml", STARCODER2),
     "starcoder2 dropout": ("recipes/quickstart.toml", [*STARCODER2, *DROPOUTS]),
     "starcoder2 sliding": ("recipes/quickstart.toml", [*STARCODER2, "model.config.sliding_window=64"]),
@@ -377,6 +399,8 @@ def _worker(spec: dict) -> None:
 
     def train():
         config = AutoConfig.for_model(spec["init"], **spec["config"], vocab_size=spec["vocab_size"])
+        if (config.pad_token_id or 0) >= spec["vocab_size"]:  # train.py sets it from the tokenizer (smollm3's is 128004)
+            config.pad_token_id = 0
         model = AutoModelForCausalLM.from_config(
             config, dtype=getattr(torch, spec["dtype"]), attn_implementation=spec["attention"]
         ).to(device)

@@ -96,7 +96,13 @@ keep their float32 input and normalised value), olmo2 (whose norms after the att
 the MLP and over the whole queries and keys are counted as a Llama layer's two: parameters
 exact, activations not), olmo (whose LayerNorms have no weight or bias: each keeps its
 float32 input and nothing more; with clip_qkv, q, k and v are clamped in place and autograd
-keeps a copy of each from before), granite (whose embedding, residual, attention and logit
+keeps a copy of each from before), smollm3, ministral, helium and ernie4_5 (Llama's layers
+under other names: smollm3's layers without rotary positions keep q and k as views of their
+projections, as many values as a rotated copy; helium's RMSNorms multiply by their weight in
+float32 and cast after, so the normalised value they keep is float32 in a 16-bit model;
+ernie4_5's `use_bias` puts a bias on every linear; mistral's and ministral's sliding windows are
+on every layer, or ministral's `layer_types`, and smollm3's on the layers without rotary
+positions with `use_sliding_window`: their sdpa mask counts as Gemma's), granite (whose embedding, residual, attention and logit
 multipliers multiply by a number, which keeps nothing: a Llama layer's tensors, checked one
 by one), and the mixture-of-experts mixtral, qwen3_moe, qwen2_moe and olmoe (whose RMSNorms
 over the whole q and k projections keep what qwen3's per-head ones keep). An MoE layer
@@ -223,12 +229,13 @@ MIB = 1024**2
 ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
     "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe", "olmo", "stablelm",
+    "smollm3", "ministral", "helium", "ernie4_5",
 )
 """`model_type`s whose layers the parameter and activation counts describe."""
 
 PEFT_ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma3_text", "gemma2", "gemma", "granite", "starcoder2", "phi", "cohere",
-    "gpt_neox", "falcon", "olmo", "stablelm",
+    "gpt_neox", "falcon", "olmo", "stablelm", "smollm3", "ministral", "helium", "ernie4_5",
 )
 """The ones whose PEFT targets (module names, peft's default targets) the adapter count knows."""
 
@@ -256,9 +263,13 @@ IA3_FEEDFORWARD = {"gpt_neox": ["dense_4h_to_h"], "falcon": ["dense_4h_to_h"]}
 
 CLASS_DEFAULTS = (
     "gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe",
-    "olmo", "stablelm",
+    "olmo", "stablelm", "smollm3", "ministral", "helium", "ernie4_5",
 )
 """Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
+
+FLOAT32_WEIGHTED_NORMS = ("helium",)
+"""Types whose RMSNorm multiplies the float32 normalised value by its weight in float32 and casts after
+(Llama's casts first): the value kept for the weight's gradient is float32 in any dtype."""
 
 GEMMA = ("gemma", "gemma2", "gemma3_text")
 """Gemma's layers: RMSNorms that compute and keep their values in float32, GeGLU."""
@@ -429,10 +440,21 @@ class ModelShape:
                 every = [n % 2 == 0 and n < int(config["max_window_layers"]) for n in range(layers)]  # transformers' default
                 types = config.get("layer_types") or every
                 sliding, window = sum(t is True or t == "sliding_attention" for t in types), int(config["sliding_window"])
+            if model_type in ("mistral", "ministral", "smollm3") and config.get("sliding_window") is not None:
+                layers = int(config["num_hidden_layers"])
+                if model_type == "smollm3":  # transformers' default: a window on the layers without rotary positions
+                    interval = int(config.get("no_rope_layer_interval") or 4)
+                    rope = config.get("no_rope_layers") or [int((n + 1) % interval != 0) for n in range(layers)]
+                    every = [bool(config.get("use_sliding_window")) and not rope[n] for n in range(layers)]
+                else:  # mistral's every layer; ministral's too unless its layer_types say otherwise
+                    every = [True] * layers
+                types = (config.get("layer_types") if model_type != "mistral" else None) or every
+                sliding, window = sum(t is True or t == "sliding_attention" for t in types), int(config["sliding_window"])
             if model_type == "gemma":  # GemmaConfig reads a legacy "gelu" as the tanh approximation
                 activation = "gelu_pytorch_tanh" if config["hidden_act"] == "gelu" else str(config["hidden_act"])
             if activation not in ACTIVATION_KEPT:
                 raise ValueError(f"the estimate does not cover the activation {activation!r}")
+            every_bias = model_type == "ernie4_5" and bool(config.get("use_bias"))  # every linear of its layers
             qk_norm = {
                 "qwen3": 2 * head_dim,
                 "qwen3_moe": 2 * head_dim,
@@ -450,9 +472,9 @@ class ModelShape:
                 head_dim=head_dim,
                 vocab_size=vocab,
                 tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-                qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", config.get("qkv_bias", False))),
-                o_bias=model_type != "qwen2" and bool(config.get("attention_bias", False)),
-                mlp_bias=bool(config.get("mlp_bias", False)),
+                qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", config.get("qkv_bias", False))) or every_bias,
+                o_bias=model_type not in ("qwen2", "helium") and bool(config.get("attention_bias", False)) or every_bias,
+                mlp_bias=bool(config.get("mlp_bias", False)) or every_bias,
                 qk_norm=qk_norm.get(model_type, 0),
                 clip_qkv=model_type == "olmo" and config.get("clip_qkv") is not None,
                 experts=experts,
@@ -729,7 +751,12 @@ class ModelShape:
         is frozen), and the linear after it keeps the output in the activation dtype.
         """
         h = self.hidden_size
-        return 4 * h + (0 if frozen else residual_bytes * h) + act_bytes * h
+        return 4 * h + (0 if frozen else self.normalised_bytes(residual_bytes) * h) + act_bytes * h
+
+    def normalised_bytes(self, residual_bytes: int) -> int:
+        """Bytes per element of the normalised value an RMSNorm keeps for its weight's gradient: in the residual
+        stream's dtype, or in float32 where the norm multiplies by its weight in float32 (helium)."""
+        return 4 if self.model_type in FLOAT32_WEIGHTED_NORMS else residual_bytes
 
     def layer_activations(
         self,
@@ -886,7 +913,7 @@ class ModelShape:
         # two RMSNorms, each keeping its float32 input and (a trainable weight's) normalised value in
         # the residual stream's dtype; the linears after them keep their output (phi3's fused
         # qkv_proj and gate_up_proj are one linear each; an MoE layer's router reads the second)
-        norm = 4 * h + (0 if adapted is not None or self.model_type == "olmo" else residual_bytes * h)
+        norm = 4 * h + (0 if adapted is not None or self.model_type == "olmo" else self.normalised_bytes(residual_bytes) * h)
         # olmo's clip_qkv clamps q, k and v in place: autograd keeps a copy of each from before
         clipped = (q + 2 * kv) * act_bytes if self.clip_qkv else 0
         shared = ("shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert_gate") if self.shared_expert_size else ()
