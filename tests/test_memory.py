@@ -1052,7 +1052,7 @@ def test_one_micro_batch_a_step_adds_what_the_gradients_exceed_the_freed_activat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["ministral", "smollm3 sliding", "mistral sliding", "helium bf16 weights", "ernie4_5 lora r16"])
+@pytest.mark.parametrize("case", ["ministral", "smollm3 sliding", "helium bf16 weights"])
 def test_the_llama_like_types_estimate_is_the_measured_peak(case: str):
     """benchmarks/memory_estimate.py trains the case's model two steps under torch's profiler: the estimate is within
     1 % of the peak of the live allocations (0.1 % measured) for Llama's layers under other names, and with a
