@@ -149,6 +149,8 @@ def make_lock(
         }
     if plan.get("peft_adapter") is not None:  # lineage: the saved adapter this run goes on training
         extra["peft_adapter"] = {"path": plan["peft_adapter"], "sha256": plan.get("peft_adapter_sha256")}
+        if plan.get("peft_adapter_revision") is not None:  # a hub adapter at a pinned branch, tag or commit
+            extra["peft_adapter"]["revision"] = plan["peft_adapter_revision"]
     project = Path(project)
     return {
         **extra,

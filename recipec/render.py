@@ -350,6 +350,7 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "pretrained_overrides": plan.get("model_overrides") is not None,  # [model.config] over a pretrained model
         "parent_adapter": plan.get("parent_adapter") is not None,  # continual.from a PEFT run without its merged model
         "peft_adapter": plan.get("peft_adapter") is not None,  # peft.adapter: a saved adapter goes on training
+        "peft_adapter_revision": plan.get("peft_adapter_revision") is not None,  # peft.adapter_revision: a hub adapter's revision
         **dataclasses.asdict(plan.launch),
     }
     files: dict[str, str | bytes] = {

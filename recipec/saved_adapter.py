@@ -42,6 +42,8 @@ class SavedAdapter:
     """{file name: sha256} of its config and weights (a local adapter), for the lock."""
     tokenizer: bool = False
     """A tokenizer was saved beside it (a local adapter)."""
+    revision: str | None = None
+    """A hub adapter's `peft.adapter_revision`."""
 
 
 def task_type(recipe: Recipe) -> str:
@@ -54,7 +56,7 @@ def recipe_spec(recipe: Recipe) -> dict[str, Any]:
     """The `[peft]` keys the recipe itself sets (with `method`), as the adapter spec spells them."""
     peft = recipe.peft
     assert peft is not None
-    skip = {"adapter", "save_merged", "quantize", "method"}
+    skip = {"adapter", "adapter_revision", "save_merged", "quantize", "method"}
     return {"method": peft.method, **{k: getattr(peft, k) for k in sorted(peft.model_fields_set - skip)}}
 
 
@@ -103,8 +105,8 @@ def read_adapter(recipe: Recipe, source: SourceMap, project: Path) -> tuple[Reci
         files = {f: _sha256(path / f) for f in (CONFIG, weights[0])}
         adapter = SavedAdapter(_relative(path, project), True, config, files, any((path / t).is_file() for t in TOKENIZER))
     else:
-        cached = _cached(name)
-        adapter = SavedAdapter(name, False, _config(Path(cached), fail) if cached else None)
+        cached = _cached(name, peft.adapter_revision)
+        adapter = SavedAdapter(name, False, _config(Path(cached), fail) if cached else None, revision=peft.adapter_revision)
     if adapter.config is None:
         return recipe, adapter
     problems = saved_config_problems(recipe_spec(recipe), adapter.config, task_type=task_type(recipe))
@@ -136,14 +138,16 @@ def _config(path: Path, fail) -> dict[str, Any]:
     return value
 
 
-def _cached(repo: str) -> str | None:
-    """adapter_config.json of a hub adapter in the local Hugging Face cache, or None."""
+def _cached(repo: str, revision: str | None = None) -> str | None:
+    """adapter_config.json of a hub adapter (at this revision: a branch, tag or commit) in the local Hugging Face cache, or None."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
+    from .runtime.hub import hub_cache_dir  # HF_HUB_CACHE as it is now (huggingface_hub reads it once, on import)
+
     try:
-        found = try_to_load_from_cache(repo, CONFIG)
+        found = try_to_load_from_cache(repo, CONFIG, cache_dir=hub_cache_dir(), revision=revision)
     except Exception:  # a malformed repo id: the script's own download names it
         return None
     return found if isinstance(found, str) else None

@@ -185,9 +185,9 @@ PATTERNED = {"train.eval_every", "train.save_every", "train.best_metric"}
 """Fields that take a number or a string of one pattern ("0.25 epoch", "eval_<name>"): every payload is
 refused (`test_every_payload_in_a_patterned_field_is_refused`)."""
 
-REFUSED = {"peft.adalora.adapter"}
+REFUSED = {"peft.adalora.adapter", "peft.adalora.adapter_revision"}
 """Fields any value of which is refused: AdaLoRA cannot go on from a saved adapter
-(`tests/test_saved_adapter.py`)."""
+(`tests/test_saved_adapter.py`), nor from one at a revision."""
 
 FIELDS = [f for f in string_fields() if f.id not in CLOSED | PATTERNED | REFUSED]
 
@@ -336,6 +336,9 @@ def _files_for(project: Path, field: StringField, value: str, data: dict[str, An
         source.update(weight=1.0, phase_weights={value: 2.0})
     elif fid == "schedule.phases.name":
         _same_phase(data, value)
+    elif fid.startswith("peft.") and field.key == "adapter_revision":
+        # the revision of a hub adapter (one not in the cache: the script reads it as it starts)
+        _place_table(data, field).update(adapter="org/adapter", adapter_revision=value)
     elif fid == "output.dir":
         data["output"] = {"dir": f"runs/{value}"}
     elif fid == "launch.deepspeed.nvme_path":
@@ -378,6 +381,7 @@ SPECIAL = {
     "continual.from",
 }
 """Fields placed by `_files_for` itself; every other field is set in its table as it is."""
+SPECIAL |= {f.id for f in string_fields() if f.key == "adapter_revision"} - REFUSED  # each method's hub adapter
 
 
 def recipe_with(project: Path, field: StringField, value: str) -> dict[str, Any]:

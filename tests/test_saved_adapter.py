@@ -86,6 +86,52 @@ def test_unset_keys_take_the_adapters_values_and_the_lock_names_its_files(projec
     assert "adapters.apply(" not in script
 
 
+def _hub_adapter(cache: Path, repo: str, commits: dict[str, Path], main: str) -> dict[str, str]:
+    """A Hugging Face cache holding each adapter directory as a commit of the hub repo `repo`, as downloads leave
+    them, with refs/main at the commit `main` names; {name: commit}."""
+    import hashlib
+
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    shas = {}
+    for name, directory in commits.items():
+        shas[name] = hashlib.sha1(name.encode()).hexdigest()
+        shutil.copytree(directory, folder / "snapshots" / shas[name])
+    (folder / "refs" / "main").write_text(shas[main])
+    return shas
+
+
+def test_a_hub_adapter_is_read_from_the_cache_at_its_revision(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """peft.adapter a hub id: its config read from the hub cache at peft.adapter_revision (the default branch unset),
+    the keys left unset taken from it; the lock and the script carry the revision; one not in the cache is a warning."""
+    import peft
+
+    config = peft.LoraConfig(task_type="CAUSAL_LM", **{**LORA, "r": 8, "lora_alpha": 16})
+    _save_adapter(project / "model", project / "adapters" / "b", config)
+    shas = _hub_adapter(project / "hub", "org/adapter", {"a": project / "adapters" / "a", "b": project / "adapters" / "b"}, main="b")
+    monkeypatch.setenv("HF_HUB_CACHE", str(project / "hub"))
+    _recipe(project, 'method = "lora"\nadapter = "org/adapter"\n')
+    plan, _ = plan_recipe("recipes/chat.toml", ())
+    assert plan.recipe.peft.r == 8 and plan.get("peft_adapter_revision") is None  # refs/main
+    plan, _ = plan_recipe("recipes/chat.toml", (f'peft.adapter_revision="{shas["a"]}"',))
+    assert plan.recipe.peft.r == 4 and plan.recipe.peft.alpha == 8 and plan["peft_adapter_revision"] == shas["a"]
+    assert not [w for w in plan.warnings if "not in the local cache" in w.message]
+    written, _ = build("recipes/chat.toml", (f'peft.adapter_revision="{shas["a"]}"',), project / "build" / "chat", project=project)
+    lock = json.loads((written.dir / "recipe.lock.json").read_text())
+    assert lock["peft_adapter"] == {"path": "org/adapter", "sha256": None, "revision": shas["a"]}
+    assert "model = adapters.load(model, local(peft_adapter), peft_spec, revision=peft_adapter_revision)" in (written.dir / "train.py").read_text()
+    plan, _ = plan_recipe("recipes/chat.toml", ('peft.adapter_revision="v2"',))
+    [warning] = [w for w in plan.warnings if "not in the local cache" in w.message]
+    assert "the hub adapter org/adapter (revision v2) is not in the local cache" in warning.message
+    # a revision applies to a hub id
+    code, out = _errors("--set", 'peft.adapter="./adapters/a"', "--set", 'peft.adapter_revision="main"')
+    assert code == 2 and "applies to a hub id, and `adapter` is the local directory './adapters/a'" in out
+    recipe = project / "recipes" / "chat.toml"
+    recipe.write_text(recipe.read_text().replace('adapter = "org/adapter"', 'target_modules = ["q_proj"]\nadapter_revision = "main"'))
+    code, out = _errors()
+    assert code == 2 and "is the revision of a hub adapter, and `adapter` is not set" in out
+
+
 def test_a_recipec_run_directory_names_its_model(project: Path) -> None:
     shutil.copytree(project / "adapters" / "a", project / "runs" / "old" / "model")
     _recipe(project, 'method = "lora"\nadapter = "./runs/old"\n')
@@ -227,10 +273,11 @@ PARENT_PEFT = '\n[peft]\nmethod = "lora"\nr = 4\nalpha = 8\ntarget_modules = ["q
 
 
 @pytest.mark.slow
-def test_the_saved_adapter_goes_on_training_from_its_weights(tmp_path: Path) -> None:
+def test_the_saved_adapter_goes_on_training_from_its_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A LoRA run, then runs that go on training its adapter: one naming it with peft.adapter on the same model,
     one continuing the run with [continual] (its adapter no longer merged), and the first again under DeepSpeed
-    ZeRO-3 over 2 processes (the base model built partitioned, the adapter loaded onto it). Each evaluates at step 0
+    ZeRO-3 over 2 processes (the base model built partitioned, the adapter loaded onto it), and the same adapter as a
+    hub id at a pinned commit in the local cache (read offline), which trains as the local one does. Each evaluates at step 0
     exactly as the first run evaluated at its end (the same held-out split, the same weights), trains only the
     adapter's parameters and saves an adapter of the same config that has moved on; under ZeRO-3 with the step
     losses, gradient norms and held-out losses of one process."""
@@ -253,18 +300,24 @@ def test_the_saved_adapter_goes_on_training_from_its_weights(tmp_path: Path) -> 
     (tmp_path / "recipes" / "child.toml").write_text(CHILD + '\n[peft]\nmethod = "lora"\nadapter = "./runs/chat"\n')
     zero3 = 'cpu = false\nstrategy = "deepspeed"\ndeepspeed = {zero_stage = 3}\nnum_processes = 2'
     (tmp_path / "recipes" / "zero3.toml").write_text(same.replace("micro_batch_size = 8", "micro_batch_size = 4").replace("cpu = true\nnum_processes = 1", zero3))
+    # the same adapter as a hub repo in the local cache, named by its id at a pinned commit (read offline)
+    shas = _hub_adapter(tmp_path / "hub", "org/chat-lora", {"chat": tmp_path / "runs" / "chat" / "model"}, main="chat")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub = same.replace('adapter = "./runs/chat"', f'adapter = "org/chat-lora"\nadapter_revision = "{shas["chat"]}"')
+    (tmp_path / "recipes" / "hub.toml").write_text(hub)
     runs = {}
-    for name in ("again", "child", "zero3"):
+    for name in ("again", "child", "hub", "zero3"):
         if name == "zero3" and importlib.util.find_spec("deepspeed") is None:
             continue
         written, plan = build(tmp_path / "recipes" / f"{name}.toml", (f'output.dir="runs/{name}"',), tmp_path / "build" / name, project=tmp_path)
-        assert plan["peft_adapter"] == "./runs/chat/model" and plan.get("parent_adapter") is None
+        adapter = "org/chat-lora" if name == "hub" else "./runs/chat/model"
+        assert plan["peft_adapter"] == adapter and plan.get("parent_adapter") is None
         assert plan["model_path"] == "./model"
         script = str(written.dir / "train.py")
         cmd = accelerate_launch(written.dir / "accelerate_config.yaml", script) if name == "zero3" else [sys.executable, script]
-        proc = forkrun.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+        proc = forkrun.run(cmd, env=_env(HF_HUB_CACHE=str(tmp_path / "hub")), capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "peft: the saved adapter ./runs/chat/model goes on training" in proc.stdout
+        assert f"peft: the saved adapter {adapter} goes on training" in proc.stdout
         metrics = runs[name] = [json.loads(line) for line in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
         assert metrics[0]["step"] == 0 and metrics[0]["eval_loss"] == pytest.approx(final_eval, abs=1e-6), name
         record = json.loads((tmp_path / "runs" / name / "run.json").read_text())
@@ -277,6 +330,7 @@ def test_the_saved_adapter_goes_on_training_from_its_weights(tmp_path: Path) -> 
         assert all(not torch.equal(now[k], saved[k]) for k in now if "lora_A" in k)  # trained further
     for key in ("loss", "grad_norm", "eval_loss"):
         want = [m[key] for m in runs["again"] if key in m]
+        assert [m[key] for m in runs["hub"] if key in m] == pytest.approx(want, abs=1e-6), key  # the same adapter, from the hub
         if "zero3" in runs:
             assert len(want) >= 2 and [m[key] for m in runs["zero3"] if key in m] == pytest.approx(want, abs=1e-5, rel=1e-4), key
 

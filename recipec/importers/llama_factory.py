@@ -686,7 +686,10 @@ def _resumes_adapter(d: Draft) -> bool:
             )
         return False
     where = adapters[0]
-    d.set("peft.adapter", where if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", where) and not where.startswith(("saves/", "output")) else _local_path(where), "adapter_name_or_path")
+    hub = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", where) and not where.startswith(("saves/", "output"))
+    d.set("peft.adapter", where if hub else _local_path(where), "adapter_name_or_path")
+    if hub and d.get("model_revision") not in (None, "main"):  # init_adapter passes it to PeftModel.from_pretrained too
+        d.set("peft.adapter_revision", str(d.get("model_revision")), "model_revision")
     if d.has("create_new_adapter"):
         d.exact("create_new_adapter")
     for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_rslora", "use_dora", "pissa_init", "pissa_iter", "pissa_convert"):

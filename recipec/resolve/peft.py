@@ -31,12 +31,14 @@ def peft_settings(b: PlanBuilder) -> None:
             b.key("peft_adapter", ("peft", "adapter"))
         else:  # a local adapter as found: ./x for x, a recipec run directory's model/
             b.add("peft_adapter", adapter.path, "peft.adapter", b.origin(("peft", "adapter")))
+        if adapter.revision is not None:
+            b.key("peft_adapter_revision", ("peft", "adapter_revision"))
         if adapter.files:
             b.derived("peft_adapter_sha256", adapter.files, "derived: sha256 of the adapter's config and weights")
         elif adapter.config is None:
             b.warn(
                 ("peft", "adapter"),
-                f"the hub adapter {adapter.path} is not in the local cache: the script checks the recipe's [peft] keys against "
+                f"the hub adapter {adapter.path}{'' if adapter.revision is None else ' (revision ' + adapter.revision + ')'} is not in the local cache: the script checks the recipe's [peft] keys against "
                 "its config as it starts, and the keys the recipe leaves unset show recipec's defaults here, not the adapter's",
             )
     b.key("peft_save_merged", ("peft", "save_merged"))

@@ -11,6 +11,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from .base import Table, key_error
+from .model import LOCAL_PREFIXES
 
 Targets = list[str] | Literal["all-linear"]
 
@@ -24,6 +25,9 @@ class _Method(Table):
     adapter: str | None = None
     """Go on training a saved adapter of this method instead of starting a new one: a directory `save_pretrained` wrote (holding adapter_config.json: a recipec PEFT run's `model/` or the run directory itself, or one from another tool), or a hub id. Its config is what trains: the keys of this table the recipe leaves unset take the adapter's values, and those it sets must equal them (checked at build time for a local adapter, when the script starts for a hub id). A local adapter's tokenizer, saved beside it, is loaded unless `tokenizer.path` says otherwise."""
 
+    adapter_revision: str | None = None
+    """With a hub id in `adapter`: its revision (branch, tag or commit), as `model.revision` is the model's. Pin a commit for reproducible runs. Unset: the default branch."""
+
     @model_validator(mode="after")
     def check_mergeable(self) -> _Method:
         if self.save_merged and self.UNMERGEABLE:
@@ -33,7 +37,11 @@ class _Method(Table):
     @model_validator(mode="after")
     def check_adapter_starts_from_its_weights(self) -> _Method:
         if self.adapter is None:
+            if self.adapter_revision is not None:
+                raise key_error("adapter_revision", "is the revision of a hub adapter, and `adapter` is not set")
             return self
+        if self.adapter_revision is not None and self.adapter.startswith(LOCAL_PREFIXES):
+            raise key_error("adapter_revision", f"applies to a hub id, and `adapter` is the local directory {self.adapter!r}")
         if self.adapter.strip() == "":
             raise key_error("adapter", "is empty: name the saved adapter's directory or hub id, or remove the key")
         init = getattr(self, "init", None)

@@ -587,6 +587,23 @@ def test_adapter_name_or_path_resumes_lora_training_of_one_adapter(tmp_path, mon
         assert draft.value("peft.r") == 16 and draft.ledger["adapter_name_or_path"].reason == "missing-feature"
 
 
+@pytest.mark.parametrize(("adapter", "revision"), [("someone/llama3-sft-lora", "v1.0"), ("saves/llama3-8b/lora/sft", None)])
+def test_model_revision_is_the_hub_adapters_revision_too(tmp_path, monkeypatch, adapter, revision):
+    """LLaMA-Factory's init_adapter loads the adapter with `revision=model_args.model_revision`: a hub adapter's
+    peft.adapter_revision is model_revision as well (a local one has none)."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nmodel_revision: v1.0\nstage: sft\nfinetuning_type: lora\n"
+        f"dataset: alpaca_en\ntemplate: llama3\nadapter_name_or_path: {adapter}\n",
+        encoding="utf-8",
+    )
+    draft = import_config(path, TOOL).draft
+    assert draft.value("model.revision") == "v1.0"
+    assert draft.value("peft.adapter_revision") == revision
+    assert draft.ledger["model_revision"].how == "exact"
+
+
 @pytest.mark.parametrize(
     ("extra", "metric", "greater"),
     [
