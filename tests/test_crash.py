@@ -532,6 +532,7 @@ def test_a_disk_too_small_for_one_checkpoint_or_the_kept_ones_stops_before_the_f
     assert not setup.ckpt_dir.exists() and not (setup.run_dir / "metrics.jsonl").exists()
     result, log = setup.zygote.run(setup.build.dir, free=2 * 2**30)
     assert result["rc"] == 0, log[-4000:]
+    assert "disk: this run holds at most about " in log and f" in {setup.run_dir} at once, while a checkpoint is written: 3 checkpoints of " in log
     shutil.rmtree(setup.run_dir)
 
 

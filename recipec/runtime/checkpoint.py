@@ -39,7 +39,8 @@ import pathlib
 import re
 import shutil
 import tempfile
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
+from typing import Any
 
 STATE_FILE = "trainer_state.json"
 
@@ -623,6 +624,7 @@ def preflight(
     models: Mapping[str, int] | None = None,
     best: str | None = None,
     checkpoint_dir: PathLike | None = None,
+    report: Callable[[str], Any] | None = None,
 ) -> str | None:
     """Check before the first step that ``directory`` can take one checkpoint, and the whole run.
 
@@ -644,6 +646,7 @@ def preflight(
             weights (:func:`model_bytes`); None: the whole model as ``"model"``.
         best: The one of ``models`` replaced during the run (``"model_best"``), or None.
         checkpoint_dir: Where the checkpoints go; None: ``directory / "checkpoints"``.
+        report: Called with a line saying what the run holds at once and the free space, when it fits.
 
     Returns:
         None when it can, else a message naming the directory, the estimate and the free space.
@@ -675,8 +678,6 @@ def preflight(
     whole = run_bytes(need["total"], checkpoints=checkpoints, models=models, best=best)
     ckpt_dir = pathlib.Path(checkpoint_dir) if checkpoint_dir is not None else directory / "checkpoints"
     present = _tree_bytes(ckpt_dir) + sum(_tree_bytes(directory / name) for name in models)
-    if free + present >= whole["peak"]:
-        return None
     while_saving, after = checkpoints
     kept = whole.get(best, 0) if best else 0
     finals = [name for name in models if name != best]
@@ -696,6 +697,10 @@ def preflight(
     for name in parts:
         when += f" + {name}/ {_size(whole[name])}" if when[-1] != ":" else f" {name}/ {_size(whole[name])}"
     replaced = f" (and {_size(present)} in the checkpoints and models the run replaces)" if present else ""
+    if free + present >= whole["peak"]:
+        if report is not None:
+            report(f"disk: this run holds at most about {_size(whole['peak'])} in {directory} at once, {when}; {_size(free)} free{replaced}")
+        return None
     hint = "free some space or set output.dir to a larger disk"
     if after:
         hint = ("set train.keep_last (0 keeps every checkpoint), " if keep_last <= 0 else "lower train.keep_last, ") + hint

@@ -441,7 +441,12 @@ def test_preflight_counts_the_checkpoints_kept_and_the_saved_models(tmp_path, mo
         "checkpoint is written: 3 checkpoints of 5.9 GiB (train.keep_last 2, and the new one before the oldest is "
         "deleted); lower train.keep_last, free some space or set output.dir to a larger disk"
     )
-    assert checkpoint.preflight(tmp_path, params, checkpoints=(2, 1), keep_last=1, models={"model": 2 * 10**9}) is None
+    lines = []
+    assert checkpoint.preflight(tmp_path, params, checkpoints=(2, 1), keep_last=1, models={"model": 2 * 10**9}, report=lines.append) is None
+    assert lines == [
+        f"disk: this run holds at most about 11.8 GiB in {tmp_path} at once, while a checkpoint is written: 2 checkpoints "
+        "of 5.9 GiB (train.keep_last 1, and the new one before the oldest is deleted); 16.0 GiB free"
+    ]
     _free(monkeypatch, 15)  # 2 checkpoints and model_best/ twice: 15.5 GiB
     message = checkpoint.preflight(tmp_path, params, checkpoints=(2, 2), models=models, best="model_best")
     assert message.endswith(

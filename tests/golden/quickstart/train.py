@@ -370,6 +370,7 @@ if master:  # a disk too small for one checkpoint, or for what the run keeps, st
         models={
             "model": saved["all"],
         },
+        report=accelerator.print,  # what the run holds at once, and the free space
     )
     if problem:
         sys.exit(f"error: {problem}")
