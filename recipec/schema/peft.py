@@ -23,7 +23,7 @@ class _Method(Table):
     """Also save the base model with the adapter merged in, as `model_full/` (the adapter itself is always saved as `model/`)."""
 
     adapter: str | None = None
-    """Go on training a saved adapter of this method instead of starting a new one: a directory `save_pretrained` wrote (holding adapter_config.json: a recipec PEFT run's `model/` or the run directory itself, or one from another tool), or a hub id. Its config is what trains: the keys of this table the recipe leaves unset take the adapter's values, and those it sets must equal them (checked at build time for a local adapter, when the script starts for a hub id). A local adapter's tokenizer, saved beside it, is loaded unless `tokenizer.path` says otherwise."""
+    """Go on training a saved adapter of this method instead of starting a new one: a directory `save_pretrained` wrote (holding adapter_config.json: a recipec PEFT run's `model/` or the run directory itself, or one from another tool), or a hub id. Its config is what trains: the keys of this table the recipe leaves unset take the adapter's values, and those it sets must equal them (checked at build time for a local adapter and for a hub id in the local Hugging Face cache, else when the script starts). A local adapter's tokenizer, saved beside it, is loaded unless `tokenizer.path` says otherwise."""
 
     adapter_revision: str | None = None
     """With a hub id in `adapter`: its revision (branch, tag or commit), as `model.revision` is the model's. Pin a commit for reproducible runs. Unset: the default branch."""
