@@ -356,12 +356,17 @@ def test_the_best_adapter_is_kept_and_goes_on_training(tmp_path: Path) -> None:
     metrics = _train(tmp_path)
     evals = [m for m in metrics if "eval_loss" in m]
     lowest = min(evals, key=lambda m: m["eval_loss"])
-    assert 0 < lowest["step"] < 3, [m["eval_loss"] for m in evals]  # at this LR the loss turns up again after it
     best = tmp_path / "runs" / "chat" / "model_best"
     assert json.loads((best / "best.json").read_text()) == {"step": lowest["step"], "eval_loss": lowest["eval_loss"]}
     assert (best / "adapter_config.json").exists() and (best / "tokenizer.json").exists()
     kept, final = load_file(best / "adapter_model.safetensors"), load_file(tmp_path / "runs" / "chat" / "model" / "adapter_model.safetensors")
-    assert kept.keys() == final.keys() and any(not torch.equal(kept[k], final[k]) for k in kept)
+    assert kept.keys() == final.keys()
+    # at this LR the loss turns up again at the last step on Python 3.11.7's text (lowest at step 2 of 3); on another
+    # release's text (the steps read text that ships with Python) it may fall to the end: then the best is the final
+    if lowest["step"] < evals[-1]["step"]:
+        assert any(not torch.equal(kept[k], final[k]) for k in kept)
+    else:
+        assert all(torch.equal(kept[k], final[k]) for k in kept)
 
     again = text.replace('name = "chat"', 'name = "again"').replace(BEST_PEFT, '\n[peft]\nmethod = "lora"\nadapter = "./runs/chat/model_best"\n')
     (tmp_path / "recipes" / "again.toml").write_text(again.replace("max_steps = 3", "max_steps = 2"))

@@ -702,11 +702,14 @@ def test_save_best_keeps_the_highest_where_greater_is_better(tmp_path: Path) -> 
     from safetensors.torch import load_file
 
     project = _project(tmp_path / "highest", BEST)
-    _train(_build(project, "train.greater_is_better=true"))
+    # no evaluation before the first step: the highest loss is one after a step, which has a checkpoint (the first
+    # step, at the warmup's LR 0, leaves the model as it started; the text the steps see ships with Python and
+    # differs between its releases, so whether the loss first rises or falls is not fixed)
+    _train(_build(project, "train.greater_is_better=true", "train.eval_at_start=false"))
     run = project / "runs" / "tiny"
     highest = max((m for m in _metrics(run) if "eval_loss" in m), key=lambda m: m["eval_loss"])
     lowest = min((m for m in _metrics(run) if "eval_loss" in m), key=lambda m: m["eval_loss"])
-    assert 0 < highest["step"] != lowest["step"]  # the loss rose over a step before it fell
+    assert 0 < highest["step"] < 12 and highest["step"] != lowest["step"]
     assert json.loads((run / "model_best" / "best.json").read_text()) == {"step": highest["step"], "eval_loss": highest["eval_loss"]}
     kept = load_file(str(run / "model_best" / "model.safetensors"))
     at = load_file(str(run / "checkpoints" / f"step_{highest['step']:08d}" / "model.safetensors"))
