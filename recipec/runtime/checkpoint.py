@@ -495,11 +495,16 @@ def checkpoint_bytes(
         else:
             states += int(n * state * OPTIMIZER_STATE[optimizer])
     extra = sum(copied.values())
-    margin = (weights + states + extra) // 20 + 8 * 2**20
+    margin = _margin(weights + states + extra)
     need = {"parameters": count, "weights": weights, "optimizer": states, "copies": extra, "margin": margin}
     need["total"] = weights + states + extra + margin
     need.update({f"copy {what}": size for what, size in copied.items()})
     return need
+
+
+def _margin(n: int) -> int:
+    """The bytes counted beside ``n`` bytes of tensors for the config, tokenizer and state files and for serialisation."""
+    return n // 20 + 8 * 2**20
 
 
 def model_bytes(parameters: Iterable, *, zero_stage: int | None = None, half: bool = False) -> dict[str, int]:
@@ -591,14 +596,16 @@ def run_bytes(
         best: The one of ``models`` replaced during the run (``"model_best"``), or None.
 
     Returns:
-        ``{"checkpoints", "peak"}`` and each of ``models`` with its margin, in bytes.
+        ``{"checkpoints", "peak", "moment"}`` (the moment of the peak: 0 while a checkpoint is written, 1 while
+        ``best`` is replaced, 2 at the end) and each of ``models`` with its margin, in bytes.
     """
-    sized = {name: n + n // 20 + 8 * 2**20 for name, n in (models or {}).items()}
+    sized = {name: n + _margin(n) for name, n in (models or {}).items()}
     kept = sized.get(best, 0) if best else 0
     finals = sum(n for name, n in sized.items() if name != best)
     while_saving, after = checkpoints
-    peak = max(while_saving * one_checkpoint + kept, after * one_checkpoint + 2 * kept, after * one_checkpoint + kept + finals)
-    return {"checkpoints": max(while_saving, after), "peak": peak, **sized}
+    moments = (while_saving * one_checkpoint + kept if while_saving else 0, after * one_checkpoint + 2 * kept, after * one_checkpoint + kept + finals)
+    peak = max(moments)
+    return {"checkpoints": max(while_saving, after), "peak": peak, "moment": moments.index(peak), **sized}
 
 
 def _size(n: int) -> str:
@@ -669,25 +676,24 @@ def preflight(
             f"{_size(need['total'])} ({need['parameters']:,} parameters: {detail} + {_size(need['margin'])} margin); "
             "free some space or set output.dir to a larger disk"
         )
-    if checkpoints is None:
-        checkpoints = (1, 1) if optimizer is not None else (0, 0)
-    if optimizer is None:
+    if optimizer is None:  # no checkpoint is saved
         checkpoints = (0, 0)
+    elif checkpoints is None:
+        checkpoints = (1, 1)
     if models is None:
         models = {"model": model_bytes(parameters, zero_stage=zero_stage, half=half)["all"]}
     whole = run_bytes(need["total"], checkpoints=checkpoints, models=models, best=best)
     ckpt_dir = pathlib.Path(checkpoint_dir) if checkpoint_dir is not None else directory / "checkpoints"
     present = _tree_bytes(ckpt_dir) + sum(_tree_bytes(directory / name) for name in models)
     while_saving, after = checkpoints
-    kept = whole.get(best, 0) if best else 0
     finals = [name for name in models if name != best]
     each = f"of {_size(need['total'])}"
-    if while_saving * need["total"] + kept == whole["peak"] and while_saving:
+    if whole["moment"] == 0:
         when = f"while a checkpoint is written: {while_saving} checkpoints {each}"
         if keep_last > 0 and while_saving > after:
             when += f" (train.keep_last {keep_last}, and the new one before the oldest is deleted)"
         parts = [best] if best else []
-    elif after * need["total"] + 2 * kept == whole["peak"]:
+    elif whole["moment"] == 1:
         when = f"while {best}/ is replaced: {after} checkpoints {each} + {best}/ twice (the new one is written beside the old)"
         parts = []
     else:

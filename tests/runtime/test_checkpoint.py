@@ -421,7 +421,7 @@ def test_run_bytes_is_the_largest_of_saving_replacing_the_best_and_the_end():
     C, M = 10 * 2**30, 2**30
     # two checkpoints after a save, three while one is written; model/ at the end
     need = checkpoint.run_bytes(C, checkpoints=(3, 2), models={"model": M})
-    assert need == {"checkpoints": 3, "peak": 3 * C, "model": margin(M)}
+    assert need == {"checkpoints": 3, "peak": 3 * C, "moment": 0, "model": margin(M)}
     # a final model larger than a checkpoint: the end holds the most
     need = checkpoint.run_bytes(C, checkpoints=(3, 2), models={"model": M, "model_full": 12 * 2**30})
     assert need["peak"] == 2 * C + margin(M) + margin(12 * 2**30)
