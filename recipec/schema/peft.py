@@ -38,10 +38,10 @@ class _Method(Table):
     def check_adapter_starts_from_its_weights(self) -> _Method:
         if self.adapter is None:
             if self.adapter_revision is not None:
-                raise key_error("adapter_revision", "is the revision of a hub adapter, and `adapter` is not set")
+                raise key_error("adapter_revision", "`adapter_revision` is the revision of a hub adapter, and `adapter` is not set")
             return self
         if self.adapter_revision is not None and self.adapter.startswith(LOCAL_PREFIXES):
-            raise key_error("adapter_revision", f"applies to a hub id, and `adapter` is the local directory {self.adapter!r}")
+            raise key_error("adapter_revision", f"`adapter_revision` applies to a hub id, and `adapter` is the local directory {self.adapter!r}")
         if self.adapter.strip() == "":
             raise key_error("adapter", "is empty: name the saved adapter's directory or hub id, or remove the key")
         init = getattr(self, "init", None)
