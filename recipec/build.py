@@ -42,6 +42,8 @@ from . import __version__
 from .diagnostics import Diagnostic, RecipeError
 from . import render as _render
 from .resolve import Plan
+from .saved_adapter import file_sha256
+from .schema.model import LOCAL_PREFIXES
 from .runtime import trackers
 from .source import SourceMap
 
@@ -147,11 +149,18 @@ def make_lock(
             "step": plan["parent_step"],
             "lock_sha256": plan["parent_lock_sha256"],
         }
+    project = Path(project)
     if plan.get("peft_adapter") is not None:  # lineage: the saved adapter this run goes on training
         extra["peft_adapter"] = {"path": plan["peft_adapter"], "sha256": plan.get("peft_adapter_sha256")}
         if plan.get("peft_adapter_revision") is not None:  # a hub adapter at a pinned branch, tag or commit
             extra["peft_adapter"]["revision"] = plan["peft_adapter_revision"]
-    project = Path(project)
+        if not plan["peft_adapter"].startswith(LOCAL_PREFIXES):  # the commit its revision is at in the local cache
+            extra["peft_adapter"].update(_hub_commit(plan["peft_adapter"], plan.get("peft_adapter_revision"), "adapter"))
+    if plan.get("model_path") is not None and plan.get("model_init") is None:  # the pretrained weights it starts from
+        extra["model"] = pretrained_entry(plan["model_path"], plan.get("model_revision"), project)
+    tokenizer = plan.get("tokenizer_path")
+    if tokenizer is not None and plan.recipe.tokenizer.path is not None and tokenizer != plan.get("model_path"):
+        extra["tokenizer"] = pretrained_entry(tokenizer, plan.get("model_revision"), project)
     return {
         **extra,
         "lock_version": LOCK_VERSION,
@@ -295,6 +304,40 @@ def data_fingerprints(plan: Plan, project: str | os.PathLike[str]) -> list[dict[
             entry["error"] = str(exc)
         entries.append(entry)
     return entries
+
+
+def pretrained_entry(path: str, revision: str | None, project: Path) -> dict[str, Any]:
+    """What the lock records of a pretrained model or tokenizer the run loads, without loading it.
+
+    Returns:
+        A local directory: ``{"path", "files": {name: sha256}}``, each file at its top level
+        that ``from_pretrained`` (or a continual run) may read (hidden files aside), hashed
+        whole. A hub id: ``{"path", "revision", "commit"}``, the commit its revision (None:
+        main) is at in the local Hugging Face cache, which fixes every file; or ``{"path",
+        "revision", "error"}`` when the cache does not hold it (the script downloads it, or
+        fails offline). Nothing is downloaded: a build needs no network.
+    """
+    if not path.startswith(LOCAL_PREFIXES):
+        return {"path": path, "revision": revision or "main", **_hub_commit(path, revision, "model")}
+    try:
+        directory = project / Path(path).expanduser()
+        names = sorted(p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+        return {"path": path, "files": {name: file_sha256(directory / name) for name in names}}
+    except (OSError, RuntimeError) as exc:  # gone since the recipe was read, unreadable: recorded, not fatal
+        return {"path": path, "error": f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"}
+
+
+def _hub_commit(repo: str, revision: str | None, what: str) -> dict[str, str]:
+    """``{"commit": sha}`` of a hub repository's revision in the local cache, or ``{"error": message}``."""
+    from .runtime.hub import cached_revision, hub_cache_dir
+
+    try:
+        commit = cached_revision(repo, revision or "main", "models")
+    except ValueError:
+        commit = None
+    if commit is None:
+        return {"error": f"the {what} {repo} (revision {revision or 'main'}) is not in the local hub cache ({hub_cache_dir()})"}
+    return {"commit": commit}
 
 
 def git_state(recipe_path: Path) -> dict[str, Any] | None:

@@ -3,7 +3,8 @@
 validate and build never import torch. The checks that need the model's real modules (do
 the PEFT targets exist? how many parameters will train?) run here, on a model
 instantiated on the meta device from its config: no weights are read and nothing is
-downloaded. A hub model without a local config cannot be checked here; the generated
+downloaded. A hub model is checked on the config.json of its snapshot in the local Hugging Face
+cache (at `model.revision`); one not in the cache cannot be checked here, and the generated
 script runs the same check (`recipec_runtime/adapters.py`) as its first act.
 
 A local model that cannot be loaded (no config.json, a config that transformers does not
@@ -45,7 +46,7 @@ class CheckReport:
 
     def lines(self) -> list[str]:
         if not self.checked:
-            return [f"{self.model}: no local config; the training script checks the model when it starts"]
+            return [f"{self.model}: no local config (a hub model not in the local cache); the training script checks the model when it starts"]
         out = []
         if self.all_params is not None:
             out.append(f"{self.model}: {self.all_params:,} parameters")
@@ -145,11 +146,17 @@ def _groups(plan: Plan, model: Any, source: SourceMap | None) -> list[str]:
 
 
 def _local_model(plan: Plan, project: Path, source: SourceMap | None) -> Path | None:
-    """The directory of a pretrained local model, checked to hold a config.json; None for
-    a from-scratch or a hub model."""
+    """The directory of a pretrained local model, checked to hold a config.json; a hub model's
+    snapshot in the local Hugging Face cache when it holds one; None for a from-scratch model
+    or a hub model not in the cache."""
     path = plan["model_path"]
-    if plan["model_init"] is not None or path is None or not path.startswith(LOCAL_PREFIXES):
+    if plan["model_init"] is not None or path is None:
         return None
+    if not path.startswith(LOCAL_PREFIXES):
+        from .compiler import cached_model
+
+        snapshot = cached_model(path, plan.get("model_revision"))
+        return Path(snapshot) if snapshot is not None and (Path(snapshot) / "config.json").is_file() else None
     try:
         directory = project / Path(path).expanduser()
         found = (directory / "config.json").is_file()

@@ -73,7 +73,7 @@ def plan_recipe(
     try:
         parent = read_parent(recipe, source, project)
         recipe, adapter = read_adapter(recipe, source, project)
-        chat, unreadable = read_chat_templates(recipe, source, project, _local_tokenizer(recipe, parent.model_dir if parent else None, adapter))
+        chat, unreadable = read_chat_templates(recipe, source, project, _local_tokenizer(recipe, parent.model_dir if parent else None, adapter, parent.base_revision if parent else None))
         missing += unreadable
         rel_build = _relative(build_dir, project) if build_dir is not None else default_build_dir(recipe)
         plan = resolve(
@@ -83,7 +83,9 @@ def plan_recipe(
             build_dir=rel_build,
             project_dir=_relative(project, project / rel_build),
             overrides=tuple(overrides),
-            model_config=_local_model_config(recipe, project, (parent.base_model or parent.model_dir) if parent else None),
+            model_config=_local_model_config(
+                recipe, project, (parent.base_model or parent.model_dir) if parent else None, parent.base_revision if parent else None
+            ),
             parent=parent,
             chat=chat,
             adapter=adapter,
@@ -132,24 +134,46 @@ def _relative(path: str | os.PathLike[str], start: str | os.PathLike[str]) -> st
     return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(start))).as_posix()
 
 
-def _local_tokenizer(recipe: Recipe, parent_model: str | None, adapter: SavedAdapter | None = None) -> str | None:
-    """The directory of the tokenizer the run loads, when it is local: its chat template can be read."""
+def _local_tokenizer(
+    recipe: Recipe, parent_model: str | None, adapter: SavedAdapter | None = None, parent_revision: str | None = None
+) -> str | None:
+    """The directory of the tokenizer the run loads, when it is local or a hub id in the local cache: its chat
+    template can be read."""
     t = recipe.tokenizer
     if t.train is not None:
         return None
     if t.path is not None:
-        return t.path if t.path.startswith(LOCAL_PREFIXES) else None
+        return _readable(t.path, recipe.model.revision)
     if adapter is not None and adapter.tokenizer:
         return adapter.path
     if parent_model is not None:
-        return parent_model
-    return recipe.model.path if recipe.model.is_local else None
+        return _readable(parent_model, parent_revision)
+    return _readable(recipe.model.path, recipe.model.revision)
 
 
-def _local_model_config(recipe: Recipe, project: Path, parent_model: str | None) -> dict[str, Any] | None:
-    """config.json of a local pretrained model, so resolve can check seq_len against it."""
-    path = parent_model or (recipe.model.path if recipe.model.is_local else None)
-    if path is None or not path.startswith(LOCAL_PREFIXES):  # a PEFT parent's base model may be a hub id
+def cached_model(repo: str, revision: str | None) -> str | None:
+    """A hub model's (or tokenizer's) snapshot directory at `revision` in the local Hugging Face cache, or None.
+
+    The build reads what a download left there as it reads a local directory (config.json, the
+    tokenizer's chat template), and nothing else: no network.
+    """
+    from .runtime.hub import cached_snapshot  # the standard library only
+
+    return cached_snapshot(repo, revision)
+
+
+def _readable(path: str | None, revision: str | None) -> str | None:
+    """The directory the build reads of a model or tokenizer: a local path as it is, a hub id's cached snapshot."""
+    if path is None:
+        return None
+    return path if path.startswith(LOCAL_PREFIXES) else cached_model(path, revision)
+
+
+def _local_model_config(recipe: Recipe, project: Path, parent_model: str | None, parent_revision: str | None = None) -> dict[str, Any] | None:
+    """config.json of the pretrained model (a local directory, or a hub id's snapshot in the local cache), so
+    resolve can check seq_len, the mesh and `[model.config]` against it and estimate its memory."""
+    path = _readable(parent_model, parent_revision) if parent_model is not None else _readable(recipe.model.path, recipe.model.revision)
+    if path is None:
         return None
     try:
         config = json.loads((project / Path(path).expanduser() / "config.json").read_text())

@@ -102,7 +102,7 @@ def read_adapter(recipe: Recipe, source: SourceMap, project: Path) -> tuple[Reci
         if not weights:
             raise fail(f"{_relative(path, project)} holds {CONFIG} but no adapter weights ({' or '.join(WEIGHTS)})")
         config = _config(path / CONFIG, fail)
-        files = {f: _sha256(path / f) for f in (CONFIG, weights[0])}
+        files = {f: file_sha256(path / f) for f in (CONFIG, weights[0])}
         adapter = SavedAdapter(_relative(path, project), True, config, files, any((path / t).is_file() for t in TOKENIZER))
     else:
         cached = _cached(name, peft.adapter_revision)
@@ -153,7 +153,8 @@ def _cached(repo: str, revision: str | None = None) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

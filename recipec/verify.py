@@ -4,8 +4,9 @@
 again (with the same `--set` overrides, from the current directory, which must be the
 project directory the build was made from), renders it without writing anything, and
 compares every hash: the recipe, the templates, the generated files on disk and as they
-would be rendered now, the data sources' content fingerprints, the installed training
-packages and recipec's own version. Each difference is printed on its own line as
+would be rendered now, the data sources' content fingerprints, the pretrained model,
+tokenizer and adapter (a hub id's commit in the local cache, a local directory's files),
+the installed training packages and recipec's own version. Each difference is printed on its own line as
 ``KIND: DETAIL``::
 
     recipe edited: recipes/tiny.toml
@@ -41,9 +42,10 @@ TEMPLATE_CHANGED = "template changed"
 HAND_EDITED = "generated file hand-edited"
 WOULD_CHANGE = "generated file would change"
 DATA_CHANGED = "data changed"
+MODEL_CHANGED = "model changed"
 PACKAGES_DRIFTED = "package versions drifted"
 VERSION_DIFFERS = "recipec version differs"
-KINDS = (RECIPE_EDITED, TEMPLATE_CHANGED, HAND_EDITED, WOULD_CHANGE, DATA_CHANGED, PACKAGES_DRIFTED, VERSION_DIFFERS)
+KINDS = (RECIPE_EDITED, TEMPLATE_CHANGED, HAND_EDITED, WOULD_CHANGE, DATA_CHANGED, MODEL_CHANGED, PACKAGES_DRIFTED, VERSION_DIFFERS)
 """Every kind of drift, in the order they are reported."""
 
 
@@ -91,6 +93,8 @@ def find_drift(
     drifts += _changed_entries(WOULD_CHANGE, lock["files"], now["files"])
     if "data" in lock:
         drifts += _data_drift(lock["data"], now["data"])
+    for what in PRETRAINED:
+        drifts += _pretrained_drift(what, lock.get(what), now.get(what))
     if isinstance(lock.get("packages"), dict):
         for name in sorted(set(lock["packages"]) | set(now["packages"])):
             old, new = lock["packages"].get(name), now["packages"].get(name)
@@ -190,11 +194,40 @@ def _data_drift(old: Any, new: Sequence[dict[str, str]]) -> list[Drift]:
     return drifts
 
 
+PRETRAINED = ("model", "tokenizer", "peft_adapter")
+"""The lock's entries of what the run loads pretrained (`recipec.build.pretrained_entry`, the saved adapter's)."""
+
+
+def _pretrained_drift(what: str, old: Any, new: Any) -> list[Drift]:
+    """A drift when the pretrained model, tokenizer or adapter the lock records is not what the cache or
+    directory holds now: another commit, a file edited, added or removed, or no longer readable."""
+    if old == new or not isinstance(old, dict) and new is None:
+        return []
+    old = old if isinstance(old, dict) else {}
+    new = new if isinstance(new, dict) else {}
+    label = f"{what} {new.get('path') or old.get('path')}"
+    if old.get("path") != new.get("path"):
+        detail = f"{what} {old.get('path')} -> {new.get('path')}" if old and new else f"{label} ({'not in the lock' if new else 'no longer loaded'})"
+    elif "error" in new and "error" not in old:
+        detail = f"{label} (cannot be read now: {new['error']})"
+    elif "error" in old and "error" not in new:
+        detail = f"{label} (could not be read at build time: {old['error']})"
+    elif old.get("commit") != new.get("commit") or old.get("revision") != new.get("revision"):
+        detail = f"{label} (revision {old.get('revision')} at commit {str(old.get('commit'))[:12]} -> {new.get('revision')} at {str(new.get('commit'))[:12]})"
+    elif isinstance(old.get("files", old.get("sha256")), dict) and isinstance(new.get("files", new.get("sha256")), dict):
+        before, after = old.get("files", old.get("sha256")), new.get("files", new.get("sha256"))  # a local adapter's: "sha256"
+        changed = [f"{n} (new)" if n not in before else f"{n} (gone)" if n not in after else n for n in sorted(set(before) | set(after)) if before.get(n) != after.get(n)]
+        detail = f"{label}: {', '.join(changed)}"
+    else:
+        detail = f"{label} (its lock entry differs)"
+    return [Drift(MODEL_CHANGED, detail)]
+
+
 def _version(version: Any) -> str:
     return "not installed" if version is None else str(version)
 
 
-@click.command(short_help="Check a build against its recipe, templates, data and packages.")
+@click.command(short_help="Check a build against its recipe, templates, data, model and packages.")
 @click.argument("build_dir", type=click.Path(file_okay=False, path_type=Path))
 def verify(build_dir: Path) -> None:
     """Check that BUILD_DIR still matches what its lock says produced it.
@@ -203,8 +236,9 @@ def verify(build_dir: Path) -> None:
     BUILD_DIR/recipe.lock.json is compiled again with the same --set overrides (nothing is
     written) and every hash is compared. Each drift is printed on its own line as
     `KIND: DETAIL`, KIND one of: recipe edited, template changed, generated file
-    hand-edited, generated file would change, data changed, package versions drifted,
-    recipec version differs.
+    hand-edited, generated file would change, data changed, model changed (the pretrained
+    model, tokenizer or PEFT adapter: another commit in the hub cache, a file of a local
+    directory), package versions drifted, recipec version differs.
 
     Lines starting `note:` tell what git says of the build (made from uncommitted
     changes, or the project has moved to another commit since); they are not drifts.

@@ -828,8 +828,9 @@ def test_the_warning_points_at_an_override(plan_of):
 def test_warning_when_there_is_nothing_to_compare_with(plan_of):
     plan = plan_of({"model.init": None, "model.config": None, "model.path": "org/name", "launch.device_memory_gib": 80.0}, tokenizer=None)
     assert [w.message for w in plan.warnings] == [
-        "no memory estimate to compare with: the model's config.json is read only for a local model "
-        "(model.path starting with ./, ../, / or ~)"
+        "no memory estimate to compare with: the model's config.json is read from a local model "
+        "(model.path starting with ./, ../, / or ~) or from a hub model's snapshot in the local Hugging Face cache, "
+        "and this one is not in the cache (`hf download org/name` fetches it)"
     ]
 
 

@@ -103,7 +103,8 @@ def _hub_adapter(cache: Path, repo: str, commits: dict[str, Path], main: str) ->
 
 def test_a_hub_adapter_is_read_from_the_cache_at_its_revision(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """peft.adapter a hub id: its config read from the hub cache at peft.adapter_revision (the default branch unset),
-    the keys left unset taken from it; the lock and the script carry the revision; one not in the cache is a warning."""
+    the keys left unset taken from it; the lock and the script carry the revision, the lock the commit it is at in the
+    cache; one not in the cache is a warning."""
     import peft
 
     config = peft.LoraConfig(task_type="CAUSAL_LM", **{**LORA, "r": 8, "lora_alpha": 16})
@@ -118,7 +119,9 @@ def test_a_hub_adapter_is_read_from_the_cache_at_its_revision(project: Path, mon
     assert not [w for w in plan.warnings if "not in the local cache" in w.message]
     written, _ = build("recipes/chat.toml", (f'peft.adapter_revision="{shas["a"]}"',), project / "build" / "chat", project=project)
     lock = json.loads((written.dir / "recipe.lock.json").read_text())
-    assert lock["peft_adapter"] == {"path": "org/adapter", "sha256": None, "revision": shas["a"]}
+    assert lock["peft_adapter"] == {"path": "org/adapter", "sha256": None, "revision": shas["a"], "commit": shas["a"]}
+    at_main, _ = build("recipes/chat.toml", (), project / "build" / "main", project=project)  # the commit refs/main is at
+    assert json.loads((at_main.dir / "recipe.lock.json").read_text())["peft_adapter"] == {"path": "org/adapter", "sha256": None, "commit": shas["b"]}
     assert "model = adapters.load(model, local(peft_adapter), peft_spec, revision=peft_adapter_revision)" in (written.dir / "train.py").read_text()
     plan, _ = plan_recipe("recipes/chat.toml", ('peft.adapter_revision="v2"',))
     [warning] = [w for w in plan.warnings if "not in the local cache" in w.message]

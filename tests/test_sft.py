@@ -203,12 +203,27 @@ def _hub_cache(cache: Path, name: str, model_dir: Path) -> Path:
     return cache
 
 
-def test_a_hub_id_in_the_local_cache_trains_offline(tmp_path: Path, model_dir: Path) -> None:
+def test_a_hub_id_in_the_local_cache_trains_offline(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id read from the cache, offline. The build (which reads the same cache) locks the commit refs/main is at;
+    main moves to another commit before the run: the script warns, and run.json records the commit it read."""
     cache = _hub_cache(tmp_path / "hub", "tiny-chat", model_dir)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     project = tmp_path / "project"
     project.mkdir()
     _project(project, "tiny-org/tiny-chat")
-    metrics = _train(project, HF_HUB_CACHE=str(cache))
+    written, _ = build(project / "recipes" / "chat.toml", (), project / "build" / "chat", project=project)
+    built = hashlib.sha1(b"tiny-chat").hexdigest()
+    assert json.loads((written.dir / "recipe.lock.json").read_text())["model"] == {"path": "tiny-org/tiny-chat", "revision": "main", "commit": built}
+    repo = cache / "models--tiny-org--tiny-chat"
+    moved = hashlib.sha1(b"moved").hexdigest()
+    shutil.copytree(repo / "snapshots" / built, repo / "snapshots" / moved)
+    (repo / "refs" / "main").write_text(moved)
+    proc = forkrun.run([sys.executable, str(written.dir / "train.py")], env=_env(HF_HUB_CACHE=str(cache)), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert f"warning: tiny-org/tiny-chat (revision main) is at commit {moved} now; the lock recorded {built} when the script was built" in proc.stdout
+    run = json.loads((project / "runs" / "chat" / "run.json").read_text())
+    assert run["model"] == {"path": "tiny-org/tiny-chat", "revision": "main", "commit": moved}
+    metrics = [json.loads(line) for line in (project / "runs" / "chat" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
     saved = project / "runs" / "chat" / "model"
     assert "generation" in (saved / "chat_template.jinja").read_text()

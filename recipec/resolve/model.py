@@ -119,7 +119,7 @@ def pretrained_overrides(b: PlanBuilder) -> None:
     mc = b.model_config
     model_type = None if mc is None else mc.get("model_type")
     if model_type not in model_types.model_types():
-        what = "the model's config.json is not local" if mc is None else f"its model type {model_type!r} is not in recipec/model_types.json"
+        what = "the model's config.json is neither local nor in the local hub cache" if mc is None else f"its model type {model_type!r} is not in recipec/model_types.json"
         b.warn(("model", "config"), f"[model.config] is checked when the script loads the model's config: {what}")
         return
     keys = model_types.config_keys(model_type)

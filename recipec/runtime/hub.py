@@ -60,17 +60,18 @@ def hub_cache_dir() -> str:
     return os.path.expandvars(os.path.expanduser(cache))
 
 
-def repo_folder(repo: str) -> str:
-    """A dataset repository's folder in the hub cache."""
-    return os.path.join(hub_cache_dir(), "datasets--" + repo.replace("/", "--"))
+def repo_folder(repo: str, kind: str = "datasets") -> str:
+    """A repository's folder in the hub cache: a dataset's (``kind="datasets"``), or a model's (``"models"``)."""
+    return os.path.join(hub_cache_dir(), f"{kind}--" + repo.replace("/", "--"))
 
 
-def cached_revision(repo: str, revision: str) -> str | None:
+def cached_revision(repo: str, revision: str, kind: str = "datasets") -> str | None:
     """The commit that ``revision`` (branch, tag or commit sha) is at in the hub cache, or None.
 
-    Only a commit whose snapshot directory exists counts.
+    Only a commit whose snapshot directory exists counts. ``kind``: ``"datasets"`` or ``"models"``
+    (a model or a PEFT adapter).
     """
-    folder = repo_folder(repo)
+    folder = repo_folder(repo, kind)
     if _COMMIT.fullmatch(revision) and os.path.isdir(os.path.join(folder, "snapshots", revision)):
         return revision
     try:
@@ -79,6 +80,19 @@ def cached_revision(repo: str, revision: str) -> str | None:
     except (OSError, ValueError):
         return None
     return commit if _COMMIT.fullmatch(commit) and os.path.isdir(os.path.join(folder, "snapshots", commit)) else None
+
+
+def cached_snapshot(repo: str, revision: str | None) -> str | None:
+    """The snapshot directory of a model repository at ``revision`` (None: main) in the hub cache, or None.
+
+    It holds the files downloaded so far at that commit (what ``from_pretrained`` reads offline); the
+    caller checks for the ones it needs.
+    """
+    try:
+        commit = cached_revision(repo, revision or "main", "models")
+    except ValueError:  # a repo id that is no path (a NUL byte)
+        return None
+    return None if commit is None else os.path.join(repo_folder(repo, "models"), "snapshots", commit)
 
 
 def shown(hub: dict) -> str:
