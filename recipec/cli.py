@@ -262,6 +262,7 @@ def explain(
             ],
             "formulas": [{"name": f.name, "expr": f.expr, "note": f.note} for f in plan.formulas],
             "memory": None if plan.memory is None else dataclasses.asdict(plan.memory),
+            "model_config_source": plan.model_config_source,
         }
         if plan.memory is None:
             payload["memory_unknown"] = plan.memory_unknown
@@ -412,6 +413,8 @@ def _memory_lines(plan: Any) -> list[str]:
     if m is None:
         return ["", "[peak memory per device]", f"  not estimated: {plan.memory_unknown}"]
     lines = ["", "[peak memory per device, estimated (recipec/memory.py)]"]
+    if plan.model_config_source is not None:
+        lines.append(f"  {'config'.ljust(12)} {'':>11}  {plan.model_config_source}")
     parts = ("params", "grads", "optimizer", "activations", "logits")
     by_part = {note.split(": ", 1)[0]: note.split(": ", 1)[1] for note in m.notes if note.split(": ", 1)[0] in parts}
     for part in parts:

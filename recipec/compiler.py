@@ -83,7 +83,7 @@ def plan_recipe(
             build_dir=rel_build,
             project_dir=_relative(project, project / rel_build),
             overrides=tuple(overrides),
-            model_config=_local_model_config(
+            **_local_model_config(
                 recipe, project, (parent.base_model or parent.model_dir) if parent else None, parent.base_revision if parent else None
             ),
             parent=parent,
@@ -169,14 +169,19 @@ def _readable(path: str | None, revision: str | None) -> str | None:
     return path if path.startswith(LOCAL_PREFIXES) else cached_model(path, revision)
 
 
-def _local_model_config(recipe: Recipe, project: Path, parent_model: str | None, parent_revision: str | None = None) -> dict[str, Any] | None:
+def _local_model_config(recipe: Recipe, project: Path, parent_model: str | None, parent_revision: str | None = None) -> dict[str, Any]:
     """config.json of the pretrained model (a local directory, or a hub id's snapshot in the local cache), so
-    resolve can check seq_len, the mesh and `[model.config]` against it and estimate its memory."""
-    path = _readable(parent_model, parent_revision) if parent_model is not None else _readable(recipe.model.path, recipe.model.revision)
-    if path is None:
-        return None
+    resolve can check seq_len, the mesh and `[model.config]` against it and estimate its memory: resolve's
+    `model_config` and `model_config_source` (where it was read), or {} when it was not."""
+    name, revision = (parent_model, parent_revision) if parent_model is not None else (recipe.model.path, recipe.model.revision)
+    path = _readable(name, revision)
+    if name is None or path is None:
+        return {}
     try:
         config = json.loads((project / Path(path).expanduser() / "config.json").read_text())
     except (OSError, ValueError, RuntimeError):  # RuntimeError: ~user that does not exist
-        return None
-    return config if isinstance(config, dict) else None
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    where = f"{name.rstrip('/')}/config.json" if name.startswith(LOCAL_PREFIXES) else f"{name} at commit {Path(path).name[:12]} (the local hub cache)"
+    return {"model_config": config, "model_config_source": where}

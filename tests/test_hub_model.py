@@ -137,8 +137,12 @@ def test_a_cached_hub_model_is_estimated_and_checked_as_a_local_one(project: Pat
     local, _ = plan_recipe(_recipe(project, "./model"), ())
     hub, _ = plan_recipe(_recipe(project, "org/tiny"), ())
     assert local.memory is not None and hub.memory == local.memory
+    assert local.model_config_source == "./model/config.json"
+    assert hub.model_config_source == f"org/tiny at commit {_sha('org/tiny/small')[:12]} (the local hub cache)"
     missing, _ = plan_recipe(_recipe(project, "org/absent"), ())
-    assert missing.memory is None
+    assert missing.memory is None and missing.model_config_source is None
+    explained = CliRunner().invoke(main, ["--no-color", "explain", "recipes/tiny.toml", "--set", 'model.path="org/tiny"'])
+    assert f"  config                    org/tiny at commit {_sha('org/tiny/small')[:12]} (the local hub cache)\n" in explained.output
     mesh = '\n[launch.parallelism]\ntp_size = 3\n'
     local_errors = _errors(_recipe(project, "./model", processes=3, extra=mesh))
     assert any("num_key_value_heads" in e or "num_attention_heads" in e for e in local_errors), local_errors

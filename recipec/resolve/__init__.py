@@ -73,6 +73,7 @@ def resolve(
     project_dir: str = "../..",
     overrides: tuple[str, ...] = (),
     model_config: dict[str, Any] | None = None,
+    model_config_source: str | None = None,
     parent: ParentRun | None = None,
     chat: ChatTemplates | None = None,
     adapter: SavedAdapter | None = None,
@@ -86,7 +87,8 @@ def resolve(
         build_dir: where the build goes, relative to the project directory.
         project_dir: the project directory seen from the build directory.
         overrides: the `--set` arguments, recorded in the build.
-        model_config: the pretrained model's config.json, when it is local and known.
+        model_config: the pretrained model's config.json, when it is local (or in the hub cache) and known.
+        model_config_source: where model_config was read, for explain (a file, or a hub id at a commit).
         parent: with `[continual]`, the parent run as `recipec.parent.read_parent` found it.
         chat: the chat templates as `recipec.chat_templates.read_chat_templates` read them.
         adapter: with `peft.adapter`, the adapter as `recipec.saved_adapter.read_adapter` read it.
@@ -103,6 +105,7 @@ def resolve(
         source,
         build_dir=build_dir or default_build_dir(recipe),
         model_config=model_config,
+        model_config_source=model_config_source,
         parent=parent,
         chat=chat,
         adapter=adapter,

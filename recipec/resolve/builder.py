@@ -29,6 +29,7 @@ class PlanBuilder(Settings):
         *,
         build_dir: str,
         model_config: dict[str, Any] | None = None,
+        model_config_source: str | None = None,
         parent: ParentRun | None = None,
         chat: ChatTemplates | None = None,
         adapter: SavedAdapter | None = None,
@@ -37,7 +38,9 @@ class PlanBuilder(Settings):
         self.source = source
         self.build_dir = build_dir
         self.model_config = model_config
-        """The pretrained model's config.json, when it is local and known."""
+        """The pretrained model's config.json, when it is local (or in the hub cache) and known."""
+        self.model_config_source = model_config_source
+        """Where model_config was read (a file, or a hub id at a commit of the local cache)."""
         self.parent = parent
         """With `[continual]`, the parent run."""
         self.chat = chat or ChatTemplates()
@@ -104,4 +107,5 @@ class PlanBuilder(Settings):
             warnings=tuple(self.warnings),
             memory=self.memory,
             memory_unknown=self.memory_unknown,
+            model_config_source=self.model_config_source,
         )

@@ -120,6 +120,9 @@ class Plan(Settings):
     """Estimated peak memory per device (recipec/memory.py), for `explain`; None when unknown."""
     memory_unknown: str | None = None
     """Why there is no memory estimate."""
+    model_config_source: str | None = None
+    """Where the pretrained model's config.json was read at build time: a local file, or a hub id at a
+    commit of the local cache; None when none was (a from-scratch model, a hub model not in the cache)."""
 
     @property
     def name(self) -> str:
