@@ -32,7 +32,6 @@ from .resolve.train import packed_rows
 from .runtime import preference as runtime_preference
 from .runtime import schedule as runtime_schedule
 from .runtime import stage_request
-from .schema.model import LOCAL_PREFIXES
 from .schema.optim import own_options
 from .schema.schedule import DECAY_KEYS, SHORTHAND_KEYS
 
@@ -352,8 +351,8 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "parent_adapter": plan.get("parent_adapter") is not None,  # continual.from a PEFT run without its merged model
         "peft_adapter": plan.get("peft_adapter") is not None,  # peft.adapter: a saved adapter goes on training
         "peft_adapter_revision": plan.get("peft_adapter_revision") is not None,  # peft.adapter_revision: a hub adapter's revision
-        # a pretrained model named by its hub id: run.json records the commit loaded
-        "model_hub": plan.get("model_init") is None and not str(plan.get("model_path") or "./").startswith(LOCAL_PREFIXES),
+        # a pretrained model: run.json records what was loaded (a hub model's commit)
+        "model_pretrained": plan.get("model_init") is None and plan.get("model_path") is not None,
         **dataclasses.asdict(plan.launch),
     }
     files: dict[str, str | bytes] = {

@@ -236,3 +236,15 @@ def test_check_reads_a_cached_hub_model(project: Path) -> None:
     count = next(line for line in local.splitlines() if "parameters" in line).split(": ", 1)[1]
     assert f"org/tiny): {count}" in hub.replace("(org/tiny): ", "org/tiny): ")
     assert "no local config (a hub model not in the local cache)" in check(_recipe(project, "org/absent"))
+
+
+def test_what_run_json_records_of_the_model_loaded(project: Path) -> None:
+    """recipec_runtime.hub.loaded_model: a hub id at the commit its revision is at in the cache (None when absent), a
+    local directory as its path."""
+    from recipec.runtime.hub import loaded_model
+
+    small, wide = _sha("org/tiny/small"), _sha("org/tiny/wide")
+    assert loaded_model("org/tiny", None) == {"path": "org/tiny", "revision": "main", "commit": small}
+    assert loaded_model("org/tiny", wide) == {"path": "org/tiny", "revision": wide, "commit": wide}
+    assert loaded_model("org/absent", "v1") == {"path": "org/absent", "revision": "v1", "commit": None}
+    assert loaded_model("./model", None) == {"path": "./model"}

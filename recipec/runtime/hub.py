@@ -95,6 +95,15 @@ def cached_snapshot(repo: str, revision: str | None) -> str | None:
     return None if commit is None else os.path.join(repo_folder(repo, "models"), "snapshots", commit)
 
 
+def loaded_model(path: str, revision: str | None) -> dict:
+    """What run.json records of the pretrained model a script loaded: a hub id with its revision (None: main) and
+    the commit that revision is at in the hub cache (None when it is not there), which ``from_pretrained`` has just
+    read; a local directory as its path (the lock holds the sha256 of its files)."""
+    if path.startswith(("./", "../", "/", "~")):
+        return {"path": path}
+    return {"path": path, "revision": revision or "main", "commit": cached_revision(path, revision or "main", "models")}
+
+
 def shown(hub: dict) -> str:
     """How locators and messages name a hub source's split: ``org/name[subset]:split``."""
     subset = f"[{hub['subset']}]" if hub.get("subset") else ""
