@@ -38,9 +38,9 @@ class ModelConfig(Table):
     (a table over a table-valued key such as `rope_parameters` replaces its keys one by one):
     RoPE's parameters and `max_position_embeddings` for a longer context, dropout, a sliding
     window. Keys that size the weights (widths, layers, heads, experts, tied embeddings) are
-    the checkpoint's and an error here; with a local model the keys are checked against its
-    config.json's model type when the recipe is compiled, and always when the script loads
-    the config.
+    the checkpoint's and an error here; with a local model (or a hub model in the local cache)
+    the keys are checked against its config.json's model type when the recipe is compiled, and
+    always when the script loads the config.
     """
 
     model_config = ConfigDict(**{**Table.model_config, "extra": "allow"})
@@ -100,7 +100,7 @@ class ModelTable(Table):
     """`[model]`"""
 
     path: str | None = None
-    """A pretrained model: a hub id (`org/name`) or a local directory. A local directory must start with `./`, `../`, `/` or `~`, and a relative one is relative to the directory `recipec` runs in. Exactly one of `path` and `init`."""
+    """A pretrained model: a hub id (`org/name`) or a local directory. A local directory must start with `./`, `../`, `/` or `~`, and a relative one is relative to the directory `recipec` runs in. A hub id in the local Hugging Face cache is read at build time as a local directory is (its config for the checks and the memory estimate, its tokenizer's chat template; nothing is downloaded), and the lock records the commit it is at. Exactly one of `path` and `init`."""
 
     init: str | None = Field(None, json_schema_extra=_init_choices)
     """Initialise a new model of this architecture from `[model.config]` instead of loading weights: any model type that transformers builds a causal LM for (llama, mistral, qwen2, qwen3, gemma3_text, olmo2, phi3, gpt2, mixtral, qwen3_moe, ...; the list is `recipec/model_types.json`). Exactly one of `path` and `init`."""
@@ -109,7 +109,7 @@ class ModelTable(Table):
     """Sizes of the from-scratch model (with `init`), or keys of a pretrained model's config replaced before it loads."""
 
     revision: str | None = None
-    """Hub revision (branch, tag or commit) of `path`. Pin a commit for reproducible runs."""
+    """Hub revision (branch, tag or commit) of `path`. Pin a commit for reproducible runs: a branch moves, and `recipec verify` then reports the model changed."""
 
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype the weights are loaded or initialised in. Keep float32 and use `launch.mixed_precision` for mixed-precision training."""
