@@ -30,10 +30,9 @@ path = "{model}"
 
 [data]
 seq_len = 64
-{records}
 
 [[data.sources]]
-path = "data/docs.jsonl"
+path = "{data}"
 {source}
 
 [train]
@@ -112,12 +111,12 @@ def _recipe(project: Path, model: str, *, revision: str | None = None, processes
     path.write_text(RECIPE.format(
         model=model,
         revision="" if revision is None else f'revision = "{revision}"',
-        records="",
+        data="data/chats.jsonl" if chats else "data/docs.jsonl",
         source='records = "messages"' if chats else "",
         processes=processes,
         cpu=str(processes == 1).lower(),  # a device mesh needs GPUs
         extra=extra,
-    ).replace("data/docs.jsonl", "data/chats.jsonl" if chats else "data/docs.jsonl"))
+    ))
     return path
 
 
