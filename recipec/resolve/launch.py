@@ -151,7 +151,7 @@ def launch_settings(b: PlanBuilder) -> None:
 
 
 def _model_type(b: PlanBuilder) -> tuple[str | None, KeyPath]:
-    """The model's type (None for a hub model, whose config is not read at compile time) and the key that names it."""
+    """The model's type (None for a hub model not in the local cache, whose config the build cannot read) and the key that names it."""
     r = b.recipe
     if r.model.init is not None:
         return r.model.init, ("model", "init")
