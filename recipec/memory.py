@@ -1517,10 +1517,14 @@ def _shape_config(recipe: Recipe, model_config: dict[str, Any] | None) -> tuple[
         config.update({model_types.canonical(init, k): v for k, v in recipe.model.init_config().items()})
         return config, init, train.vocab_size
     if model_config is None:
-        fetch = f" (`hf download {recipe.model.path}` fetches it)" if recipe.model.path is not None else ""
+        path = recipe.model.path
+        if path is not None and recipe.model.is_local:
+            why = f"and {path} holds no readable config.json"
+        else:
+            why = "and this one is not in the cache" + (f" (`hf download {path}` fetches it)" if path is not None else "")
         raise ValueError(
             "the model's config.json is read from a local model (model.path starting with ./, ../, / or ~) or from a hub "
-            f"model's snapshot in the local Hugging Face cache, and this one is not in the cache{fetch}"
+            f"model's snapshot in the local Hugging Face cache, {why}"
         )
     return model_config, str(model_config.get("model_type")), None
 

@@ -832,6 +832,8 @@ def test_warning_when_there_is_nothing_to_compare_with(plan_of):
         "(model.path starting with ./, ../, / or ~) or from a hub model's snapshot in the local Hugging Face cache, "
         "and this one is not in the cache (`hf download org/name` fetches it)"
     ]
+    plan = plan_of({"model.init": None, "model.config": None, "model.path": "./m", "launch.device_memory_gib": 80.0}, tokenizer=None)
+    assert [w.message for w in plan.warnings][0].endswith("Hugging Face cache, and ./m holds no readable config.json")
 
 
 def test_device_memory_gib_must_be_positive(plan_of):
