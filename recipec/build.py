@@ -331,10 +331,7 @@ def _hub_commit(repo: str, revision: str | None, what: str) -> dict[str, str]:
     """``{"commit": sha}`` of a hub repository's revision in the local cache, or ``{"error": message}``."""
     from .runtime.hub import cached_revision, hub_cache_dir
 
-    try:
-        commit = cached_revision(repo, revision or "main", "models")
-    except ValueError:
-        commit = None
+    commit = cached_revision(repo, revision or "main", "models")
     if commit is None:
         return {"error": f"the {what} {repo} (revision {revision or 'main'}) is not in the local hub cache ({hub_cache_dir()})"}
     return {"commit": commit}

@@ -153,9 +153,9 @@ def _local_model(plan: Plan, project: Path, source: SourceMap | None) -> Path | 
     if plan["model_init"] is not None or path is None:
         return None
     if not path.startswith(LOCAL_PREFIXES):
-        from .compiler import cached_model
+        from .runtime.hub import cached_snapshot
 
-        snapshot = cached_model(path, plan.get("model_revision"))
+        snapshot = cached_snapshot(path, plan.get("model_revision"))
         return Path(snapshot) if snapshot is not None and (Path(snapshot) / "config.json").is_file() else None
     try:
         directory = project / Path(path).expanduser()

@@ -151,22 +151,14 @@ def _local_tokenizer(
     return _readable(recipe.model.path, recipe.model.revision)
 
 
-def cached_model(repo: str, revision: str | None) -> str | None:
-    """A hub model's (or tokenizer's) snapshot directory at `revision` in the local Hugging Face cache, or None.
-
-    The build reads what a download left there as it reads a local directory (config.json, the
-    tokenizer's chat template), and nothing else: no network.
-    """
-    from .runtime.hub import cached_snapshot  # the standard library only
-
-    return cached_snapshot(repo, revision)
-
-
 def _readable(path: str | None, revision: str | None) -> str | None:
-    """The directory the build reads of a model or tokenizer: a local path as it is, a hub id's cached snapshot."""
-    if path is None:
-        return None
-    return path if path.startswith(LOCAL_PREFIXES) else cached_model(path, revision)
+    """The directory the build reads of a model or tokenizer: a local path as it is, a hub id's snapshot at
+    `revision` in the local Hugging Face cache (what a download left there; no network), or None."""
+    if path is None or path.startswith(LOCAL_PREFIXES):
+        return path
+    from .runtime.hub import cached_snapshot  # here: its module imports the data readers, which validate does not need
+
+    return cached_snapshot(path, revision)
 
 
 def _local_model_config(recipe: Recipe, project: Path, parent_model: str | None, parent_revision: str | None = None) -> dict[str, Any]:

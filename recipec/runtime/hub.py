@@ -88,10 +88,7 @@ def cached_snapshot(repo: str, revision: str | None) -> str | None:
     It holds the files downloaded so far at that commit (what ``from_pretrained`` reads offline); the
     caller checks for the ones it needs.
     """
-    try:
-        commit = cached_revision(repo, revision or "main", "models")
-    except ValueError:  # a repo id that is no path (a NUL byte)
-        return None
+    commit = cached_revision(repo, revision or "main", "models")
     return None if commit is None else os.path.join(repo_folder(repo, "models"), "snapshots", commit)
 
 
