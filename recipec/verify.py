@@ -216,8 +216,7 @@ def _pretrained_drift(what: str, old: Any, new: Any) -> list[Drift]:
         detail = f"{label} (revision {old.get('revision')} at commit {str(old.get('commit'))[:12]} -> {new.get('revision')} at {str(new.get('commit'))[:12]})"
     elif isinstance(old.get("files", old.get("sha256")), dict) and isinstance(new.get("files", new.get("sha256")), dict):
         before, after = old.get("files", old.get("sha256")), new.get("files", new.get("sha256"))  # a local adapter's: "sha256"
-        changed = [f"{n} (new)" if n not in before else f"{n} (gone)" if n not in after else n for n in sorted(set(before) | set(after)) if before.get(n) != after.get(n)]
-        detail = f"{label}: {', '.join(changed)}"
+        detail = f"{label}: {', '.join(d.detail for d in _changed_entries(MODEL_CHANGED, before, after))}"
     else:
         detail = f"{label} (its lock entry differs)"
     return [Drift(MODEL_CHANGED, detail)]
