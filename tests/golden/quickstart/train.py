@@ -173,8 +173,10 @@ def local(path):
 
 output_dir = project_dir / output_dir
 ckpt_dir = output_dir / "checkpoints"
-lock_sha256 = hashlib.sha256((here / "recipe.lock.json").read_bytes()).hexdigest()
-build_sha256 = checkpoint.build_sha256(json.loads((here / "recipe.lock.json").read_text()))  # the lock less git state
+lock_bytes = (here / "recipe.lock.json").read_bytes()
+lock_sha256 = hashlib.sha256(lock_bytes).hexdigest()
+lock = json.loads(lock_bytes)
+build_sha256 = checkpoint.build_sha256(lock)  # the lock less git state
 
 accelerator = Accelerator(
     cpu=cpu,
