@@ -1521,7 +1521,8 @@ def _shape_config(recipe: Recipe, model_config: dict[str, Any] | None) -> tuple[
         if path is not None and recipe.model.is_local:
             why = f"and {path} holds no readable config.json"
         else:
-            why = "and this one is not in the cache" + (f" (`hf download {path}` fetches it)" if path is not None else "")
+            flag = "" if recipe.model.revision is None else f" --revision {recipe.model.revision}"
+            why = "and this one is not in the cache" + (f" (`hf download {path}{flag}` fetches it)" if path is not None else "")
         raise ValueError(
             "the model's config.json is read from a local model (model.path starting with ./, ../, / or ~) or from a hub "
             f"model's snapshot in the local Hugging Face cache, {why}"

@@ -167,6 +167,7 @@ def test_the_revision_picks_the_snapshot(project: Path) -> None:
     assert wide.memory is not None and wide.memory.total > small.memory.total
     absent, _ = plan_recipe(_recipe(project, "org/tiny", revision="v9"), ())
     assert absent.memory is None
+    assert absent.memory_unknown.endswith("not in the cache (`hf download org/tiny --revision v9` fetches it)")
 
 
 def test_a_cached_tokenizer_without_a_chat_template_is_an_error_at_build(project: Path) -> None:
