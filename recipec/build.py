@@ -42,7 +42,7 @@ from . import __version__
 from .diagnostics import Diagnostic, RecipeError
 from . import render as _render
 from .resolve import Plan
-from .saved_adapter import file_sha256
+from .file_hashes import file_sha256
 from .schema.model import LOCAL_PREFIXES
 from .runtime import trackers
 from .source import SourceMap

@@ -11,13 +11,13 @@ script as it starts (`recipec_runtime/adapters.py`, `load`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .diagnostics import Diagnostic, RecipeError
+from .file_hashes import file_sha256
 from .parent import _relative  # spelt as continual.from's parent is, so the two compare
 from .runtime.adapters import saved_config_problems, saved_values  # stdlib only
 from .schema import Recipe
@@ -151,13 +151,3 @@ def _cached(repo: str, revision: str | None = None) -> str | None:
     except Exception:  # a malformed repo id: the script's own download names it
         return None
     return found if isinstance(found, str) else None
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's content, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-

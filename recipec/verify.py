@@ -12,7 +12,7 @@ the installed training packages and recipec's own version. Each difference is pr
     recipe edited: recipes/tiny.toml
     generated file hand-edited: train.py
     package versions drifted: torch 2.13.0 -> 2.14.0
-    3 drifts: build/tiny no longer matches its recipe, templates, data and packages
+    3 drifts: build/tiny no longer matches its recipe, generated files and packages
 
 Lines starting ``note:`` say what git records of the build (made from uncommitted
 changes, or made at another commit than the project is at now); they are not drifts and
@@ -24,6 +24,7 @@ build or its recipe is now invalid (the diagnostics are printed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ import click
 from . import report
 from .build import LOCK_FILE, build_files, hand_edited, make_lock, read_lock
 from .diagnostics import Diagnostic, RecipeError
+from .file_hashes import rehashing
 
 RECIPE_EDITED = "recipe edited"
 TEMPLATE_CHANGED = "template changed"
@@ -228,7 +230,13 @@ def _version(version: Any) -> str:
 
 @click.command(short_help="Check a build against its recipe, templates, data, model and packages.")
 @click.argument("build_dir", type=click.Path(file_okay=False, path_type=Path))
-def verify(build_dir: Path) -> None:
+@click.option(
+    "--rehash",
+    is_flag=True,
+    help="Read every large model and adapter file again, whatever the file-hash cache holds "
+    "(for damage the file system does not see; the cache otherwise skips files unchanged since they were hashed).",
+)
+def verify(build_dir: Path, rehash: bool) -> None:
     """Check that BUILD_DIR still matches what its lock says produced it.
 
     Run from the project directory the build was made from. The recipe recorded in
@@ -254,16 +262,35 @@ def verify(build_dir: Path) -> None:
         )
     notes: list[str] = []
     try:
-        drifts = find_drift(build_dir, lock, notes=notes)
+        with rehashing() if rehash else contextlib.nullcontext():
+            drifts = find_drift(build_dir, lock, notes=notes)
     except RecipeError as exc:
         report.fail(exc)
     for note in notes:
         click.echo(f"note: {note}")
     if not drifts:
-        click.echo(f"ok: {shown} matches its recipe, templates, data and packages")
+        click.echo(f"ok: {shown} matches its recipe, templates, data, model and packages")
         return
     for drift in drifts:
         click.echo(str(drift))
     plural = "s" if len(drifts) > 1 else ""
-    click.echo(f"{len(drifts)} drift{plural}: {shown} no longer matches its recipe, templates, data and packages")
+    click.echo(f"{len(drifts)} drift{plural}: {shown} no longer matches its {summary(drifts)}")
     sys.exit(report.EXIT_DIFFERENT)
+
+
+_WHAT = {
+    RECIPE_EDITED: "recipe",
+    TEMPLATE_CHANGED: "templates",
+    HAND_EDITED: "generated files",
+    WOULD_CHANGE: "generated files",
+    DATA_CHANGED: "data",
+    MODEL_CHANGED: "pretrained model",
+    PACKAGES_DRIFTED: "packages",
+    VERSION_DIFFERS: "recipec version",
+}
+
+
+def summary(drifts: Sequence[Drift]) -> str:
+    """What drifted, in the order of KINDS: ``recipe, generated files and pretrained model``."""
+    parts = list(dict.fromkeys(_WHAT[kind] for kind in KINDS if any(d.kind == kind for d in drifts)))
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from recipec import file_hashes
 from recipec.build import LOCK_FILE
 from recipec.cli import main
 from recipec.compiler import build, plan_recipe
@@ -222,6 +223,40 @@ def test_verify_reports_a_model_that_moved(project: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     (project / "model" / "notes.txt").write_text("new")
     assert verify() == ["model changed: model ./model: model.safetensors, notes.txt (new)"]
+    result = CliRunner().invoke(main, ["--no-color", "verify", "build/tiny"])
+    assert result.output.splitlines()[-1] == "1 drift: build/tiny no longer matches its pretrained model"
+
+
+def test_verify_rehash_reads_the_files_the_hash_cache_vouches_for(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock's digests of a local model come through the file-hash cache; `verify --rehash` reads every file
+    again, and finds what the cache cannot see (a file damaged behind the file system's back, simulated by a
+    cache entry that vouches for the old digest at the file's new identity)."""
+    where = tmp_path / "hashes.json"
+    monkeypatch.setenv("RECIPEC_HASH_CACHE", str(where))
+    monkeypatch.setattr(file_hashes, "CACHED_FROM", 0)
+    monkeypatch.setattr(file_hashes, "SETTLED_NS", 0)
+    written, _ = build(_recipe(project, "./model"), (), "build/tiny")
+    weights = project / "model" / "model.safetensors"
+    locked = json.loads((written.dir / LOCK_FILE).read_text())["model"]["files"]["model.safetensors"]
+    assert locked == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert json.loads(where.read_text())["files"][str(weights.resolve())]["sha256"] == locked
+
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\1\1\1\1")
+    file_hashes.file_sha256(weights)
+    data = json.loads(where.read_text())
+    data["files"][str(weights.resolve())]["sha256"] = locked
+    where.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["--no-color", "verify", "build/tiny"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["--no-color", "verify", "--rehash", "build/tiny"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "model changed: model ./model: model.safetensors",
+        "1 drift: build/tiny no longer matches its pretrained model",
+    ]
+    assert json.loads(where.read_text())["files"][str(weights.resolve())]["sha256"] != locked  # mended
 
 
 def test_check_reads_a_cached_hub_model(project: Path) -> None:

@@ -63,7 +63,7 @@ def test_fresh_build_verifies(project: Path):
     built(project)
     result = run_verify()
     assert result.exit_code == 0, result.output
-    assert result.output == f"ok: {BUILT} matches its recipe, templates, data and packages\n"
+    assert result.output == f"ok: {BUILT} matches its recipe, templates, data, model and packages\n"
 
 
 def test_edited_recipe(project: Path):
@@ -73,7 +73,7 @@ def test_edited_recipe(project: Path):
     result = run_verify()
     assert result.exit_code == 1
     assert drift_lines(result.output) == ["recipe edited: recipe.toml"]
-    assert result.output.splitlines()[-1] == f"1 drift: {BUILT} no longer matches its recipe, templates, data and packages"
+    assert result.output.splitlines()[-1] == f"1 drift: {BUILT} no longer matches its recipe"
 
 
 def test_edited_recipe_that_changes_the_plan_also_changes_files(project: Path):
@@ -302,7 +302,7 @@ def test_verify_notes_git_state_without_calling_it_drift(project: Path):
     first = git(project, "rev-parse", "HEAD").strip()
     built(project)
     result = run_verify()
-    assert result.exit_code == 0 and result.output == f"ok: {BUILT} matches its recipe, templates, data and packages\n"
+    assert result.exit_code == 0 and result.output == f"ok: {BUILT} matches its recipe, templates, data, model and packages\n"
 
     # a commit elsewhere: the build still does what it did, and verify says where git moved
     (project / "notes.txt").write_text("x\n")
