@@ -353,6 +353,11 @@ def render(plan: Plan, plot: Callable[..., bytes] | None = None) -> dict[str, st
         "peft_adapter_revision": plan.get("peft_adapter_revision") is not None,  # peft.adapter_revision: a hub adapter's revision
         # a pretrained model: run.json records what was loaded (a hub model's commit)
         "model_pretrained": plan.get("model_init") is None and plan.get("model_path") is not None,
+        # what the lock may pin at a hub commit (a pretrained model, tokenizer.path, peft.adapter): the script warns
+        # when the local cache has moved since the build
+        "hub_pinned": plan.get("model_init") is None and plan.get("model_path") is not None
+        or plan.recipe.tokenizer.path is not None
+        or plan.get("peft_adapter") is not None,
         **dataclasses.asdict(plan.launch),
     }
     files: dict[str, str | bytes] = {

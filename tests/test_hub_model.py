@@ -202,6 +202,34 @@ def test_the_lock_records_the_model(project: Path) -> None:
     assert "tokenizer" not in lock(_recipe(project, "./model"))
 
 
+def test_the_script_warns_of_each_hub_entry_that_moved_since_the_build(project: Path) -> None:
+    """What the script prints when it starts: a warning per hub model, tokenizer or adapter the lock pins whose
+    revision the cache has at another commit now (or no longer has); nothing for local or unpinned entries."""
+    from recipec.runtime.hub import moved_since_build
+
+    path = _recipe(project, "org/tiny")
+    path.write_text(path.read_text().replace("[data]", '[tokenizer]\npath = "org/plain"\n\n[data]'))
+    written, _ = build(path, (), "build/tiny")
+    lock = json.loads((written.dir / LOCK_FILE).read_text())
+    assert moved_since_build(lock, ("model", "tokenizer")) == []
+    plain, small, wide = _sha("org/plain/plain"), _sha("org/tiny/small"), _sha("org/tiny/wide")
+    (project / "hub" / "models--org--tiny" / "refs" / "main").write_text(wide)
+    shutil.rmtree(project / "hub" / "models--org--plain")
+    assert moved_since_build(lock, ("model", "tokenizer")) == [
+        f"warning: model.path org/tiny (revision main) is at commit {wide} now; the lock recorded {small} when the script was built",
+        f"warning: tokenizer.path org/plain (revision main) is not in the local hub cache now; the lock recorded {plain} when the script was built",
+    ]
+    assert moved_since_build(lock, ("peft_adapter",)) == []
+    adapter = {"peft_adapter": {"path": "org/tiny", "revision": small, "commit": small, "sha256": None}}
+    assert moved_since_build(adapter, ("peft_adapter",)) == []  # a commit as the revision never moves
+    adapter["peft_adapter"].update(revision="main")
+    assert moved_since_build(adapter, ("peft_adapter",)) == [
+        f"warning: peft.adapter org/tiny (revision main) is at commit {wide} now; the lock recorded {small} when the script was built"
+    ]
+    local = {"model": {"path": "./model", "files": {}}, "tokenizer": {"path": "org/x", "revision": "main", "error": "not cached"}}
+    assert moved_since_build(local, ("model", "tokenizer")) == []
+
+
 def test_verify_reports_a_model_that_moved(project: Path) -> None:
     """verify: refs/main moved to another commit, the commit gone from the cache, a local weight file rewritten."""
     def verify() -> list[str]:

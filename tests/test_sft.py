@@ -220,7 +220,7 @@ def test_a_hub_id_in_the_local_cache_trains_offline(tmp_path: Path, model_dir: P
     (repo / "refs" / "main").write_text(moved)
     proc = forkrun.run([sys.executable, str(written.dir / "train.py")], env=_env(HF_HUB_CACHE=str(cache)), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    assert f"warning: tiny-org/tiny-chat (revision main) is at commit {moved} now; the lock recorded {built} when the script was built" in proc.stdout
+    assert f"warning: model.path tiny-org/tiny-chat (revision main) is at commit {moved} now; the lock recorded {built} when the script was built" in proc.stdout
     run = json.loads((project / "runs" / "chat" / "run.json").read_text())
     assert run["model"] == {"path": "tiny-org/tiny-chat", "revision": "main", "commit": moved}
     metrics = [json.loads(line) for line in (project / "runs" / "chat" / "metrics.jsonl").read_text().splitlines()]

@@ -101,6 +101,30 @@ def loaded_model(path: str, revision: str | None) -> dict:
     return {"path": path, "revision": revision or "main", "commit": cached_revision(path, revision or "main", "models")}
 
 
+PINNED = {"model": "model.path", "tokenizer": "tokenizer.path", "peft_adapter": "peft.adapter"}
+"""The lock's entries of what a script loads from the hub (`recipec.build`), and the recipe key that names each."""
+
+
+def moved_since_build(lock: dict, entries: tuple[str, ...]) -> list[str]:
+    """A warning for each of the lock's `entries` (keys of PINNED) whose hub revision is at another commit in the
+    local cache than the one the lock recorded when the script was built: ``from_pretrained`` has just read the
+    other one. Entries without a commit (a local directory, one the cache lacked at build time) say nothing."""
+    warnings = []
+    for what in entries:
+        entry = lock.get(what)
+        if not isinstance(entry, dict) or not isinstance(entry.get("commit"), str) or not isinstance(entry.get("path"), str):
+            continue
+        revision = entry.get("revision") or "main"
+        now = cached_revision(entry["path"], revision, "models")
+        if now != entry["commit"]:
+            where = f"is at commit {now} now" if now else "is not in the local hub cache now"
+            warnings.append(
+                f"warning: {PINNED[what]} {entry['path']} (revision {revision}) {where}; "
+                f"the lock recorded {entry['commit']} when the script was built"
+            )
+    return warnings
+
+
 def shown(hub: dict) -> str:
     """How locators and messages name a hub source's split: ``org/name[subset]:split``."""
     subset = f"[{hub['subset']}]" if hub.get("subset") else ""
