@@ -1,5 +1,5 @@
 """How long `recipec build` takes for a recipe that starts from a large local model, with and without
-the file-hash cache (recipec/file_hashes.py).
+the file-hash cache (recipec/runtime/file_hashes.py).
 
 The lock pins every file of a local model by its sha256, so a build reads the whole model. The
 cache keeps the digest of each large file beside its device, inode, size and modification and

@@ -42,7 +42,7 @@ from . import __version__
 from .diagnostics import Diagnostic, RecipeError
 from . import render as _render
 from .resolve import Plan
-from .file_hashes import file_sha256
+from .runtime.file_hashes import directory_sha256
 from .schema.model import LOCAL_PREFIXES
 from .runtime import trackers
 from .source import SourceMap
@@ -320,9 +320,7 @@ def pretrained_entry(path: str, revision: str | None, project: Path) -> dict[str
     if not path.startswith(LOCAL_PREFIXES):
         return {"path": path, "revision": revision or "main", **_hub_commit(path, revision, "model")}
     try:
-        directory = project / Path(path).expanduser()
-        names = sorted(p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
-        return {"path": path, "files": {name: file_sha256(directory / name) for name in names}}
+        return {"path": path, "files": directory_sha256(project / Path(path).expanduser())}
     except (OSError, RuntimeError) as exc:  # gone since the recipe was read, unreadable: recorded, not fatal
         return {"path": path, "error": f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"}
 

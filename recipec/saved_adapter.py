@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .diagnostics import Diagnostic, RecipeError
-from .file_hashes import file_sha256
+from .runtime.file_hashes import file_sha256
 from .parent import _relative  # spelt as continual.from's parent is, so the two compare
 from .runtime.adapters import saved_config_problems, saved_values  # stdlib only
 from .schema import Recipe

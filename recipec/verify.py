@@ -37,7 +37,7 @@ import click
 from . import report
 from .build import LOCK_FILE, build_files, hand_edited, make_lock, read_lock
 from .diagnostics import Diagnostic, RecipeError
-from .file_hashes import rehashing
+from .runtime.file_hashes import changed_files, rehashing
 
 RECIPE_EDITED = "recipe edited"
 TEMPLATE_CHANGED = "template changed"
@@ -160,16 +160,7 @@ def _recorded_recipe(build_dir: Path, lock: dict[str, Any]) -> tuple[str, tuple[
 
 def _changed_entries(kind: str, old: Any, new: dict[str, str]) -> list[Drift]:
     """One drift per name whose hash differs, appeared or disappeared."""
-    old = old if isinstance(old, dict) else {}
-    drifts = []
-    for name in sorted(set(old) | set(new)):
-        if name not in old:
-            drifts.append(Drift(kind, f"{name} (new)"))
-        elif name not in new:
-            drifts.append(Drift(kind, f"{name} (gone)"))
-        elif old[name] != new[name]:
-            drifts.append(Drift(kind, name))
-    return drifts
+    return [Drift(kind, name) for name in changed_files(old if isinstance(old, dict) else {}, new)]
 
 
 def _data_drift(old: Any, new: Sequence[dict[str, str]]) -> list[Drift]:

@@ -88,7 +88,7 @@ def _torch_extensions_of_this_run(tmp_path_factory: pytest.TempPathFactory) -> N
     if root.name.startswith("popen-gw"):
         root = root.parent
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(root / "torch_extensions"))
-    # the digests of large files a lock pins (recipec.file_hashes): kept in the run, not in ~/.cache
+    # the digests of large files a lock pins (recipec/runtime/file_hashes.py): kept in the run, not in ~/.cache
     os.environ.setdefault("RECIPEC_HASH_CACHE", str(root / "file-sha256.json"))
 
 

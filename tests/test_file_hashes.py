@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from recipec import file_hashes
-from recipec.file_hashes import file_sha256, rehashing
+from recipec.runtime import file_hashes
+from recipec.runtime.file_hashes import file_sha256, rehashing
 
 FAKE = "f" * 64
 
@@ -125,3 +125,35 @@ def test_the_cache_keeps_the_most_recently_used(cache: Path, tmp_path: Path, mon
         path.write_bytes(path.name.encode())
         file_sha256(path)
     assert sorted(_entries(cache)) == sorted(str(p.resolve()) for p in paths[1:])
+
+
+def test_a_directorys_digests_in_a_thread_are_compared_with_the_lock(tmp_path: Path) -> None:
+    """What the script does with a local model: each top-level file's digest (hidden files and folders aside),
+    the names that differ from the lock's, one warning, and run.json's record; an unreadable directory says so."""
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(os.urandom(1024))
+    (model / ".cache").write_text("hidden")
+    (model / "sub" / "x").write_text("nested")
+    locked = file_hashes.directory_sha256(model)
+    assert locked == {name: _real(model / name) for name in ("config.json", "model.safetensors")}
+
+    warnings: list[str] = []
+    assert file_hashes.DirectoryDigests(model, locked, warnings.append).record() == {"files": locked}
+    assert warnings == []
+    (model / "config.json").write_text('{"edited": true}')
+    (model / "model.safetensors").unlink()
+    (model / "notes.txt").write_text("new")
+    assert file_hashes.changed_files(locked, file_hashes.directory_sha256(model)) == [
+        "config.json", "model.safetensors (gone)", "notes.txt (new)"
+    ]
+    digests = file_hashes.DirectoryDigests(model, locked, warnings.append)
+    assert digests.record() == {"files": file_hashes.directory_sha256(model)}
+    assert warnings == [
+        "warning: the model's files are not those the lock recorded when the script was built: config.json, "
+        "model.safetensors (gone), notes.txt (new) (run.json records the digests read now)"
+    ]
+    assert file_hashes.DirectoryDigests(model, None, warnings.append).record()["files"] and len(warnings) == 1
+    gone = file_hashes.DirectoryDigests(tmp_path / "absent", locked, warnings.append).record()
+    assert gone["error"].startswith(f"cannot read {tmp_path / 'absent'}") and warnings[-1].startswith("warning: cannot read")

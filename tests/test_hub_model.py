@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from recipec import file_hashes
+from recipec.runtime import file_hashes
 from recipec.build import LOCK_FILE
 from recipec.cli import main
 from recipec.compiler import build, plan_recipe

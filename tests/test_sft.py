@@ -229,6 +229,33 @@ def test_a_hub_id_in_the_local_cache_trains_offline(tmp_path: Path, model_dir: P
     assert "generation" in (saved / "chat_template.jinja").read_text()
 
 
+def test_a_local_model_written_after_the_build_is_named_and_its_digests_recorded(tmp_path: Path, model_dir: Path) -> None:
+    """A local model: the lock holds each file's sha256; a file rewritten and one added between build and run are
+    named by the script's warning (its main process hashes the files beside the training), and run.json records
+    the digests it read."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copytree(model_dir, project / "model")
+    _project(project, "./model")
+    written, _ = build(project / "recipes" / "chat.toml", (), project / "build" / "chat", project=project)
+    locked = json.loads((written.dir / "recipe.lock.json").read_text())["model"]["files"]
+    config = project / "model" / "config.json"
+    config.write_text(config.read_text().replace("{", '{\n  "recipec_note": "edited",', 1))
+    (project / "model" / "notes.txt").write_text("added after the build")
+    proc = forkrun.run([sys.executable, str(written.dir / "train.py")], env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert (
+        "warning: the model's files are not those the lock recorded when the script was built: config.json, "
+        "notes.txt (new) (run.json records the digests read now)"
+    ) in proc.stdout
+    run = json.loads((project / "runs" / "chat" / "run.json").read_text())
+    now = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (project / "model").iterdir() if p.is_file()}
+    assert run["model"] == {"path": "./model", "files": now}
+    assert now != locked and {k: v for k, v in now.items() if k not in ("config.json", "notes.txt")} == {
+        k: v for k, v in locked.items() if k != "config.json"
+    }
+
+
 def test_packed_examples_on_a_model_type_that_crosses_them_are_refused(tmp_path: Path) -> None:
     """OPT builds its attention mask over the whole row, not from position ids (recipec.model_types.CROSSES_PACKED):
     packed examples would see one another. A local model is refused by the compiler, a hub id (whose config is not

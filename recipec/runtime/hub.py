@@ -38,14 +38,17 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from .file_hashes import DirectoryDigests
 from .readers import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .readers import _Reader
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+_LOCAL = ("./", "../", "/", "~")  # a local path, as recipec.schema.model.LOCAL_PREFIXES
 
 _CHUNK = 1 << 20
 
@@ -96,9 +99,19 @@ def loaded_model(path: str, revision: str | None) -> dict:
     """What run.json records of the pretrained model a script loaded: a hub id with its revision (None: main) and
     the commit that revision is at in the hub cache (None when it is not there), which ``from_pretrained`` has just
     read; a local directory as its path (the lock holds the sha256 of its files)."""
-    if path.startswith(("./", "../", "/", "~")):
+    if path.startswith(_LOCAL):
         return {"path": path}
     return {"path": path, "revision": revision or "main", "commit": cached_revision(path, revision or "main", "models")}
+
+
+def local_model_digests(path: str, directory: str | os.PathLike, lock: dict, warn: Any) -> DirectoryDigests | None:
+    """A local model's files hashed in a thread beside the training and compared with the lock's (`warn` is called
+    when they differ: the directory was written after the build); None for a hub id, whose commit fixes them."""
+    if not path.startswith(_LOCAL):
+        return None
+    entry = lock.get("model")
+    locked = entry.get("files") if isinstance(entry, dict) and isinstance(entry.get("files"), dict) else None
+    return DirectoryDigests(Path(directory), locked, warn)
 
 
 PINNED = {"model": "model.path", "tokenizer": "tokenizer.path", "peft_adapter": "peft.adapter"}

@@ -1,7 +1,8 @@
 """sha256 of the files a lock pins, remembered for large files so that a rebuild does not read them again.
 
 A lock records the sha256 of every file of a local pretrained model (its weights included)
-and of a saved PEFT adapter, and `recipec verify` computes them again. For a 70B model that
+and of a saved PEFT adapter; `recipec verify` computes them again, and so does the generated
+script for a local model (`DirectoryDigests`, in a thread beside the training). For a 70B model that
 is some 140 GB, minutes of reading at each build. Like git's index, the digest of a file of
 64 MiB or more is kept beside what the file system says of it (device, inode, size,
 modification and change times, in nanoseconds): while all five are unchanged the file has
@@ -25,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +99,64 @@ def file_sha256(path: Path) -> str:
         entries[key] = {"identity": identity, "sha256": digest, "used": now}
         _store(where, entries)
     return digest
+
+
+def directory_sha256(directory: Path) -> dict[str, str]:
+    """{name: sha256} of each file at a directory's top level, hidden files aside: what the lock records of a
+    local pretrained model (config, weights, tokenizer, a continual parent's optimizer state).
+
+    Raises:
+        OSError: the directory or one of its files cannot be read.
+    """
+    directory = Path(directory)
+    names = sorted(p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    return {name: file_sha256(directory / name) for name in names}
+
+
+def changed_files(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The names whose digest differs: ``model.safetensors``, ``notes.txt (new)``, ``tokenizer.json (gone)``."""
+    return [
+        name if name in before and name in now else f"{name} ({'new' if name in now else 'gone'})"
+        for name in sorted(before.keys() | now.keys())
+        if before.get(name) != now.get(name)
+    ]
+
+
+class DirectoryDigests:
+    """`directory_sha256` of a local pretrained model, computed in a thread beside the training (hashlib
+    releases the GIL while it reads), so that a large model's files cost the run no time before its first step;
+    a file the cache knows is not read at all.
+
+    Args:
+        directory: the model's directory.
+        locked: its ``files`` in the build's lock, to compare with; None to compare with nothing.
+        warn: called once with a message when the files differ from ``locked`` or cannot be read.
+    """
+
+    def __init__(self, directory: Path, locked: dict[str, str] | None, warn: Any) -> None:
+        self.directory, self.locked, self._warn = Path(directory), locked, warn
+        self.files: dict[str, str] | None = None
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="recipec-model-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.files = directory_sha256(self.directory)
+        except OSError as exc:
+            self.error = f"cannot read {exc.filename or self.directory}: {exc.strerror or exc}"
+            self._warn(f"warning: {self.error}; run.json records no digests of the model's files")
+            return
+        if self.locked is not None and self.files != self.locked:
+            self._warn(
+                f"warning: the model's files are not those the lock recorded when the script was built: "
+                f"{', '.join(changed_files(self.locked, self.files))} (run.json records the digests read now)"
+            )
+
+    def record(self) -> dict[str, Any]:
+        """What run.json records: ``{"files": {name: sha256}}`` (waiting for the thread), or ``{"error": ...}``."""
+        self._thread.join()
+        return {"files": self.files} if self.files is not None else {"error": self.error}
 
 
 def _read_sha256(path: Path) -> str:
