@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .chat_templates import read_chat_templates
 from .diagnostics import Diagnostic, RecipeError
 from .local_files import check_local_files
+from .pretrained_files import check_pretrained_files
 from .migrate import migrate
 from .parent import read_parent
 from .saved_adapter import SavedAdapter, read_adapter
@@ -94,7 +95,8 @@ def plan_recipe(
         raise RecipeError(missing + exc.diagnostics + migrated) from None
     if missing:
         raise RecipeError(missing + list(plan.warnings) + migrated)
-    return replace(plan, warnings=(*migrated, *plan.warnings)), source
+    unfound = check_pretrained_files(recipe, source, project)
+    return replace(plan, warnings=(*migrated, *plan.warnings, *unfound)), source
 
 
 def build(

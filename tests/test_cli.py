@@ -550,6 +550,7 @@ def test_check_reports_a_corrupt_local_model_at_its_key(cli, write_recipe, tmp_p
     _pretrained(write_recipe, "./models/m")
     (tmp_path / "models" / "m").mkdir(parents=True)
     (tmp_path / "models" / "m" / "config.json").write_text(config)
+    (tmp_path / "models" / "m" / "model.safetensors").write_bytes(b"")  # weights there: only the config is wrong
     result = cli("check", "recipe.toml")
     no_traceback(result)
     assert result.exit_code == 2
