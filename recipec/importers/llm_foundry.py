@@ -77,6 +77,9 @@ _STREAMING = (
     "replication", "stream_name", "max_seq_len", "token_encoding_type",
 )  # fmt: skip
 
+MIXTURE_KEYS = ("proportion", "repeat", "choose", "samples")
+"""A stream's share of the mixture (streaming.Stream; `choose` is the older name of `samples`): at most one each."""
+
 _FINETUNING = (
     # DatasetConstructor.build_from_hf, the dataloader's _ALLOWED_DATASET_KEYS, hf_name/hf_kwargs
     "hf_name", "hf_kwargs", "split", "safe_load", "max_seq_len", "preprocessing_fn",
@@ -571,7 +574,7 @@ class _Conv:
         split = self.get(ds + "split")
         s = f"data.sources[{i}]"
         builders = ("json", "jsonl", "csv", "parquet", "text")
-        columns = self.mds_columns(loader) if name is None else {}  # streaming shards: what their index says they hold
+        columns = self.mds_columns(self.mds_path(loader)) if name is None else {}  # streaming shards: what their index says they hold
         if name in builders:
             files = self.get(ds + "hf_kwargs.data_files")
             ddir = self.get(ds + "hf_kwargs.data_dir")
@@ -728,7 +731,9 @@ class _Conv:
     def text(self, loader: str, i: int, train: bool) -> None:
         ds = f"{loader}.dataset."
         s = f"data.sources[{i}]"
-        if self.mds_source(loader, s):
+        if train and isinstance(self.d.get(ds + "streams"), dict) and self.d.get(ds + "streams"):
+            self.streams(loader, i)
+        elif self.mds_source(loader, s):
             self.mds_records(loader, s)
             if not train:
                 self.set(f"{s}.split", "eval", loader + ".name")
@@ -752,6 +757,103 @@ class _Conv:
             if self.seq_len is not None and self.has(ds + "max_seq_len") and int(num(self.get(ds + "max_seq_len"))) == self.seq_len:
                 self.d.exact(ds + "max_seq_len")
         self.rest(loader + ".dataset", "no-equivalent", "a setting of mosaicml-streaming's StreamingDataset recipec does not have.")
+
+    def streams(self, loader: str, i: int) -> None:
+        """The training loader's `streams`: each stream's local copy (`local` + its `split`, else the dataset's) an
+        MDS source from data.sources[i] on, and its share of the mixture a `weight` (streaming/base/stream.py:
+        `proportion` a share of the epoch's samples; `repeat` a multiplier of the stream's own samples; `choose` or
+        `samples` a number of samples; none of them: every sample once, recipec's natural shares)."""
+        ds = f"{loader}.dataset."
+        names = list(self.d.get(ds + "streams"))
+        mixing = {k for name in names for k in MIXTURE_KEYS if self.get(f"{ds}streams.{name}.{k}") is not None}
+        shares: dict[str, float] = {}
+        unsized = []  # streams whose share cannot be computed here
+        for name in names:
+            st = f"{ds}streams.{name}."
+            if "proportion" in mixing:
+                if self.get(st + "proportion") is None:
+                    unsized.append(f"{name} (no proportion, which streaming needs on every stream)")
+                else:
+                    shares[name] = float(num(self.get(st + "proportion")))
+            elif mixing:
+                chosen = next((self.get(st + k) for k in ("choose", "samples") if self.get(st + k) is not None), None)
+                samples = self.stream_samples(self.stream_path(loader, name)) if chosen is None else None
+                if chosen is not None:
+                    shares[name] = float(num(chosen))
+                elif samples is None:
+                    unsized.append(f"{name} (its local index.json cannot be read here to count its samples)")
+                else:
+                    shares[name] = samples * float(num(self.get(st + "repeat") if self.get(st + "repeat") is not None else 1))
+        why_unsized = (
+            "the streams' shares cannot all be computed: " + "; ".join(unsized) + ". Give each data.sources entry a `weight` by hand."
+        ) if unsized else ""
+        per_sample = (
+            "streaming mixes samples, recipec tokens: the same shares when every sample has the same length (shards of "
+            "concatenated token ids), approximately otherwise"
+        )
+        j = i
+        for name in names:
+            st = f"{ds}streams.{name}."
+            s = f"data.sources[{j}]"
+            path, remote = self.stream_path(loader, name), self.get(st + "remote")
+            if path is None:
+                self.drop(st.rstrip("."), "missing-feature", (
+                    f"stream {name} has no local copy (remote {remote!r}, no `local`): recipec reads shards from a local "
+                    "directory and downloads nothing; download them and add a `format = \"mds\"` source for them."
+                ))
+                self.d.warn(f"train_loader stream {name} has no local copy ({remote}): it is left out of the mixture", st + "remote")
+                continue
+            split_key = st + "split" if self.get(st + "split") else ds + "split"
+            self.set(f"{s}.path", path, st + "local", split_key, note=f"stream {name}: the directory of its MDS shards' index.json")
+            self.set(f"{s}.format", "mds", st + "local", note="mosaicml-streaming's shards")
+            self.mds_records(loader, s)
+            if remote not in (None, ""):
+                self.drop(st + "remote", "missing-feature", f"recipec reads the shards in `local` ({path}) and downloads nothing: copy them there from {remote} first.")
+            else:
+                self.d.exact(st + "remote")
+            keys = [st + k for k in MIXTURE_KEYS if self.get(st + k) is not None]
+            if name in shares and not unsized:
+                how = {
+                    "proportion": f"streaming's proportion {shares[name]:g} of the samples; {per_sample}",
+                    "repeat": f"{shares[name]:g} = the stream's samples in its index.json x repeat; {per_sample}",
+                }.get(next((k for k in ("proportion", "repeat") if st + k in keys), ""), f"{shares[name]:g} samples chosen; {per_sample}")
+                self.set(f"{s}.weight", shares[name], *(keys or [st + "local"]), approx=how)
+            else:
+                for key in keys:
+                    self.d.drop(key, "missing-feature", why_unsized)
+            if self.has(st + "validate_hash"):
+                self.d.exact(st + "validate_hash")  # recipec checks every hash index.json lists
+            self.rest(st.rstrip("."), "no-equivalent", "a setting of how streaming downloads and caches this stream's shards; recipec reads the local copy.")
+            j += 1
+        if why_unsized:
+            self.d.warn(f"train_loader's streams are not weighted: {why_unsized}", ds + "streams")
+        if j == i:
+            self.placeholder(f"data.sources[{i}]", "train_loader reads MDS streams of which none has a local copy")
+        if self.has(ds + "split") and ds + "split" not in self.d.ledger:
+            self.d.exact(ds + "split")  # the default split of the streams that name none
+        for key in ("local", "remote"):  # Stream.apply_default takes neither: each stream reads its own
+            self.drop(ds + key, "ignored-by-tool", "with streams, streaming reads each stream's own local and remote.")
+        self.streaming_rest(loader)
+
+    def stream_path(self, loader: str, name: str) -> str | None:
+        """A stream's `local` directory joined with its `split` (else the dataset's, as Stream.apply_default does); None without `local`."""
+        ds = f"{loader}.dataset."
+        local = self.get(f"{ds}streams.{name}.local")
+        split = self.get(f"{ds}streams.{name}.split") or self.get(ds + "split")
+        if local in (None, ""):
+            return None
+        return f"{str(local).rstrip('/')}/{split}" if split else str(local)
+
+    @staticmethod
+    def stream_samples(path: str | None) -> int | None:
+        """The samples a local MDS directory holds (the sum over its index.json's shards); None when it cannot be read."""
+        if path is None:
+            return None
+        try:
+            shards = json.loads((Path(path) / "index.json").read_text(encoding="utf-8"))["shards"]
+            return sum(int(shard["samples"]) for shard in shards)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def placeholder(self, s: str, why: str) -> None:
         """A training source that cannot be imported: builtin python-docs in its place, so the draft validates, and a warning."""
@@ -779,9 +881,8 @@ class _Conv:
             return None
         return f"{str(local).rstrip('/')}/{split}" if split else str(local)
 
-    def mds_columns(self, loader: str) -> dict[str, str]:
-        """The columns and encodings of a streaming dataset's local MDS shards; {} when its index.json cannot be read here."""
-        path = self.mds_path(loader)
+    def mds_columns(self, path: str | None) -> dict[str, str]:
+        """The columns and encodings of local MDS shards; {} when their index.json cannot be read here."""
         if path is None:
             return {}
         try:
@@ -824,7 +925,7 @@ class _Conv:
         """Text shards (`text`) are text records; shards of `tokens` (concat_tokens), when the local index says so, token records."""
         ds = f"{loader}.dataset."
         path = Path(str(self.d.value(f"{s}.path")))
-        columns = self.mds_columns(loader)
+        columns = self.mds_columns(str(path))
         if "tokens" in columns and "text" not in columns:
             self.set(f"{s}.records", "tokens", note=f"the shards in {path} hold token ids (`tokens`, {columns['tokens']})")
             self.set(f"{s}.tokenizer", self.get("tokenizer.name"), "tokenizer.name", note="the tokenizer that made the ids")

@@ -756,3 +756,90 @@ def test_intervals_in_epochs(imported, tmp_path, changes, save_every, eval_every
     got = imported(TOOL, path, num_processes=8)
     assert (got.recipe["train"]["save_every"], got.recipe["train"]["eval_every"]) == (save_every, eval_every)
     assert {"save_interval", "eval_interval"} & set(changes) <= set(got.exact)
+
+
+# -- several streams ---------------------------------------------------------------------------
+
+STREAMS = """\
+    streams:
+      web:
+        local: ./streams/web
+{web}
+      code:
+        local: ./streams/code
+        remote: s3://bucket/code
+{code}
+      books:
+        local: ./streams/books
+        split: all
+{books}
+"""
+
+
+def _streams(tmp_path, web: str = "", code: str = "", books: str = "") -> Path:
+    """mpt-125m with its train_loader reading three local streams (the token shards of tests/data/mds/tokens, 30
+    samples each); `books` has its own split, the others take the dataset's (`train`)."""
+    import shutil
+
+    for directory in ("streams/web/train", "streams/code/train", "streams/books/all"):
+        shutil.copytree(MDS_FIXTURES / "tokens", tmp_path / directory)
+    text = STREAMS.format(web=web, code=code, books=books)
+    return _mpt(tmp_path, "    local: ${variables.data_local}\n    remote: ${variables.data_remote}\n    split: train\n    shuffle: true",
+                "    split: train\n" + text.rstrip("\n") + "\n    shuffle: true", name="streams.yaml")
+
+
+def _sources(got) -> list[tuple[str, float | None]]:
+    return [(s["path"], s.get("weight")) for s in got.recipe["data"]["sources"] if s.get("split") != "eval"]
+
+
+def test_streams_without_shares_are_sources_in_their_natural_shares(tmp_path, imported):
+    got = imported(TOOL, _streams(tmp_path), num_processes=8)
+    assert _sources(got) == [("./streams/web/train", None), ("./streams/code/train", None), ("./streams/books/all", None)]
+    first = got.recipe["data"]["sources"][0]
+    assert first["format"] == "mds" and first["records"] == "tokens" and first["tokenizer"] == "EleutherAI/gpt-neox-20b"
+    assert got.dropped["train_loader.dataset.streams.code.remote"] == MDS
+    assert "train_loader.dataset.streams.web.local" not in got.dropped and "train_loader.dataset.streams.books.split" not in got.dropped
+
+
+def test_stream_proportions_are_weights(tmp_path, imported):
+    got = imported(TOOL, _streams(tmp_path, "        proportion: 0.5", "        proportion: 0.3", "        proportion: 0.2"), num_processes=8)
+    assert _sources(got) == [("./streams/web/train", 0.5), ("./streams/code/train", 0.3), ("./streams/books/all", 0.2)]
+    assert "train_loader.dataset.streams.web.proportion" in got.approx
+    assert "recipec tokens" in got.result.draft.ledger["train_loader.dataset.streams.web.proportion"].why
+
+
+def test_stream_repeats_weigh_the_samples_of_each_streams_index(tmp_path, imported):
+    """repeat multiplies a stream's samples (30 in each fixture's index.json); a stream without it repeats once;
+    choose is a number of samples."""
+    got = imported(TOOL, _streams(tmp_path, "        repeat: 2", "", "        choose: 45"), num_processes=8)
+    assert _sources(got) == [("./streams/web/train", 60.0), ("./streams/code/train", 30.0), ("./streams/books/all", 45.0)]
+
+
+def test_streams_whose_shares_cannot_be_computed_are_left_unweighted_and_said(tmp_path, imported):
+    import shutil
+
+    path = _streams(tmp_path, "        repeat: 2")
+    shutil.rmtree(tmp_path / "streams" / "code")  # not here: its samples cannot be counted (nor validated)
+    (tmp_path / "streams" / "code" / "train").mkdir(parents=True)
+    (tmp_path / "streams" / "code" / "train" / "index.json").write_text('{"version": 2}')
+    got = imported(TOOL, path, num_processes=8)
+    assert [w for _, w in _sources(got)] == [None, None, None]
+    assert got.dropped["train_loader.dataset.streams.web.repeat"] == MDS
+    assert any("code (its local index.json cannot be read here" in m for m, _ in got.result.draft.warnings)
+
+
+def test_a_stream_without_a_local_copy_is_left_out_and_said(tmp_path, imported):
+    path = _streams(tmp_path)
+    path.write_text(path.read_text().replace("        local: ./streams/code\n", ""))
+    got = imported(TOOL, path, num_processes=8)
+    assert _sources(got) == [("./streams/web/train", None), ("./streams/books/all", None)]
+    assert got.dropped["train_loader.dataset.streams.code.remote"] == MDS
+    assert any("stream code has no local copy (s3://bucket/code)" in m for m, _ in got.result.draft.warnings)
+
+
+def test_the_datasets_own_local_is_ignored_beside_streams(tmp_path, imported):
+    path = _streams(tmp_path)
+    path.write_text(path.read_text().replace("    split: train\n    streams:", "    local: ./my-copy-c4\n    split: train\n    streams:"))
+    got = imported(TOOL, path, num_processes=8)
+    assert got.dropped["train_loader.dataset.local"] == "ignored-by-tool"
+    assert "./my-copy-c4/train" not in [p for p, _ in _sources(got)]
