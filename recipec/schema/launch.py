@@ -213,7 +213,7 @@ class LaunchTable(Table):
     """Let float32 matmuls and convolutions use TF32 tensor cores (NVIDIA Ampere and later): much faster, about 3 decimal digits of precision in the products. No effect on CPU."""
 
     hub_offline: bool = True
-    """Set HF_HUB_OFFLINE=1 so that nothing is downloaded during training; models, tokenizers and hub datasets must be local or already cached. false allows downloads only when the recipe names a hub model, tokenizer or dataset (`data.sources.hub`): a recipe with nothing on the hub always runs offline."""
+    """Set HF_HUB_OFFLINE=1 so that nothing is downloaded during training; models, tokenizers and hub datasets must be local or already cached (`validate` and `build` warn of a hub model, tokenizer or adapter the local cache lacks, or holds only part of). false allows downloads only when the recipe names a hub model, tokenizer or dataset (`data.sources.hub`): a recipe with nothing on the hub always runs offline."""
 
     collective_timeout_minutes: float | None = Field(None, gt=0)
     """How long a process waits in a collective of the processes' default group (a barrier, a broadcast, an all-reduce) before it gives up and the run fails. Unset: torch's default, 10 minutes under NCCL (GPUs) and 30 under gloo (CPU). The other processes wait in one while the main process builds the data stage's cache entry (tokenizing, filtering, deduplicating): raise it for a large corpus, or run `recipec data` before launching so that the entry is there. The groups a mesh or DeepSpeed builds on top keep torch's default."""
