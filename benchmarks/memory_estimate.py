@@ -183,6 +183,23 @@ STABLELM = [
 ]
 STABLELM_PARALLEL = ["model.config.use_parallel_residual=true", "model.config.qk_layernorm=true"]
 
+# gpt_oss at the same sizes as the other mixtures of experts (8 experts of 128, 2 a token; head_dim 48), its
+# default layers: every second one (the first and the third here) in a sliding window of 64, shorter than seq_len
+# 128. transformers builds it without sdpa (its attention sinks): eager attention on the CPU
+GPT_OSS = [
+    'model.init="gpt_oss"',
+    f"model.config={{{MOE}, intermediate_size=128, head_dim=48, num_local_experts=8, num_experts_per_tok=2, sliding_window=64}}",
+    'model.attention="eager"',
+]
+
+# the dense types with norms after the attention and the MLP, at the quickstart's sizes (heads of 48): olmo3 and
+# exaone4 (no norms before; q and k norms; three layers in four in a sliding window, of 64 here, the fourth
+# without one, exaone4's without rotary positions), glm4 (four norms a layer, half of each head rotated,
+# gate_up_proj)
+OLMO3 = ['model.init="olmo3"', f"model.config={{{LLAMA_SIZES}, num_hidden_layers=3, sliding_window=64}}"]
+EXAONE4 = ['model.init="exaone4"', f"model.config={{{LLAMA_SIZES}, num_hidden_layers=3, sliding_window=64}}"]
+GLM4 = ['model.init="glm4"', f"model.config={{{LLAMA_SIZES}, num_hidden_layers=3, head_dim=48}}"]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -351,6 +368,25 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "olmoe eager": ("recipes/quickstart.toml", [*OLMOE, 'model.attention="eager"']),
     "olmoe bf16 weights": ("recipes/quickstart.toml", [*OLMOE, 'model.dtype="bfloat16"']),
     "olmoe bf16 autocast": ("recipes/quickstart.toml", [*OLMOE, 'launch.mixed_precision="bf16"']),
+    "gpt_oss": ("recipes/quickstart.toml", GPT_OSS),
+    "gpt_oss ckpt": ("recipes/quickstart.toml", [*GPT_OSS, "model.gradient_checkpointing=true"]),
+    "gpt_oss bf16 weights": ("recipes/quickstart.toml", [*GPT_OSS, 'model.dtype="bfloat16"']),
+    "gpt_oss bf16 autocast": ("recipes/quickstart.toml", [*GPT_OSS, 'launch.mixed_precision="bf16"']),
+    "gpt_oss full attention": (
+        "recipes/quickstart.toml",
+        [*GPT_OSS, 'model.config.layer_types=["full_attention", "full_attention", "full_attention"]', "model.config.num_experts_per_tok=4"],
+    ),
+    **{
+        f"{name}{suffix}": ("recipes/quickstart.toml", [*base, *extra])
+        for name, base in (("olmo3", OLMO3), ("exaone4", EXAONE4), ("glm4", GLM4))
+        for suffix, extra in (
+            ("", []),
+            (" ckpt", ["model.gradient_checkpointing=true"]),
+            (" eager", ['model.attention="eager"']),
+            (" bf16 weights", ['model.dtype="bfloat16"']),
+            (" bf16 autocast", ['launch.mixed_precision="bf16"']),
+        )
+    },
     "olmo": ("recipes/quickstart.toml", OLMO),
     "olmo clip_qkv": ("recipes/quickstart.toml", [*OLMO, "model.config.clip_qkv=8.0"]),
     "olmo ckpt": ("recipes/quickstart.toml", [*OLMO, "model.gradient_checkpointing=true"]),

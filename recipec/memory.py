@@ -90,7 +90,7 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 output projection gathers them whole.
 
 The counts cover Llama-like decoders, gemma, gemma2, gemma3_text, starcoder2, phi, cohere,
-gpt2, gpt_neox, falcon and stablelm: llama, mistral, qwen2, phi3 (whose fused qkv_proj and
+gpt2, gpt_neox, falcon, stablelm, olmo3, exaone4, glm4 and gpt_oss (described after the others): llama, mistral, qwen2, phi3 (whose fused qkv_proj and
 gate_up_proj hold the same weights), qwen3 (whose RMSNorms over each head's queries and keys
 keep their float32 input and normalised value), olmo2 (whose norms after the attention and
 the MLP and over the whole queries and keys are counted as a Llama layer's two: parameters
@@ -119,6 +119,36 @@ values each). qwen2_moe adds a shared expert that every token passes through: a 
 of `shared_expert_intermediate_size`, and its output, kept for its sigmoid gate (a h x 1
 linear). PEFT on phi3, on the MoE types and on gpt2 is not counted (their module names and
 expert tensors differ from Llama's). olmoe's clip_qkv is refused.
+
+gpt_oss: biased q/k/v/o, a sink per query head, two RMSNorms a layer that multiply by their
+weight in float32 (as helium's: the normalised value they keep is float32), and a mixture of
+experts whose router (a linear with a bias) softmaxes only its top-k logits and whose experts
+hold one fused gate_up_proj (experts x h x 2 intermediate, gate and up interleaved) and a
+down_proj, each with a bias per expert. Per token and chosen expert the grouped_mm experts keep
+the gathered input, gate_up_proj's output (which the clamps of its gate and up halves keep),
+the clamped gate, its sigmoid, up + 1, their product, down_proj's input and the expert's
+output: experts_per_token * (2h + 7 * intermediate) values in the weights' dtype; the router
+its top-k softmax and each choice's gathered weight (in its output dtype) and five int64 index
+tensors, experts_per_token values each. transformers builds it without sdpa: with eager
+attention the sinks are appended to the scores as one more column, softmaxed in model.dtype
+(the mask and the sinks are in it), after the max is subtracted (its backward keeps int64
+indices, one a head and query); under autocast over float32 weights the probabilities are
+float32 and their 16-bit copy is kept for the matmul with v. Every second layer (by default) is
+a sliding-window layer, which changes nothing kept under eager attention but the masks a
+checkpointed layer is called again with. Its attention_dropout is refused, and so is PEFT.
+
+olmo3, exaone4 and glm4: RMSNorms over the attention's and the MLP's outputs, before they join
+the residual stream (each keeps its float32 input and its normalised value, float32 in olmo3,
+whose norms multiply by their weight in float32, and in the projection's output dtype in the
+others; nothing of its output is kept); olmo3 and exaone4 have no norm before them, so q/k/v
+and gate/up read the residual stream and keep it (one cast each under autocast), and their q
+and k norms (olmo3's over the whole projections, exaone4's per head) keep their float32 input
+and normalised value. glm4 has Llama's two norms too (four a layer), q/k/v biases, one
+gate_up_proj, and rotates half of each head, concatenated with the rest heads-first, so sdpa's
+output is copied for o_proj (as phi's). olmo3's and exaone4's sliding-window layers (three in
+four by default, or `layer_types`) count the sdpa mask as Gemma's do; exaone4's full layers have
+no rotary positions (q and k come from their norms: as many values). PEFT and model.tiled_mlp
+on them are not counted.
 
 gemma, gemma2 and gemma3_text (the tensors read off transformers' Gemma modules): two
 RMSNorms a layer in gemma, four in gemma2 and gemma3_text (before and after the attention
@@ -229,7 +259,7 @@ MIB = 1024**2
 ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
     "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe", "olmo", "stablelm",
-    "smollm3", "ministral", "helium", "ernie4_5",
+    "smollm3", "ministral", "helium", "ernie4_5", "gpt_oss", "olmo3", "glm4", "exaone4",
 )
 """`model_type`s whose layers the parameter and activation counts describe."""
 
@@ -263,11 +293,11 @@ IA3_FEEDFORWARD = {"gpt_neox": ["dense_4h_to_h"], "falcon": ["dense_4h_to_h"]}
 
 CLASS_DEFAULTS = (
     "gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe",
-    "olmo", "stablelm", "smollm3", "ministral", "helium", "ernie4_5",
+    "olmo", "stablelm", "smollm3", "ministral", "helium", "ernie4_5", "gpt_oss", "olmo3", "glm4", "exaone4",
 )
 """Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
 
-FLOAT32_WEIGHTED_NORMS = ("helium",)
+FLOAT32_WEIGHTED_NORMS = ("helium", "gpt_oss", "olmo3")
 """Types whose RMSNorm multiplies the float32 normalised value by its weight in float32 and casts after
 (Llama's casts first): the value kept for the weight's gradient is float32 in any dtype."""
 
@@ -277,14 +307,20 @@ GEMMA = ("gemma", "gemma2", "gemma3_text")
 SANDWICH = ("gemma2", "gemma3_text")
 """Four norms a layer: one before and one after the attention and the MLP."""
 
-FUSED_ONLY = ("gemma2",)
-"""Types transformers builds without sdpa (gemma2: `_supports_sdpa = False`, for its soft-capping)."""
+POST_NORMS = ("olmo3", "exaone4", "glm4")
+"""Types with RMSNorms over the attention's and the MLP's outputs, before they join the residual stream: in
+place of Llama's two before them (olmo3, exaone4, whose q/k/v and gate/up read the residual stream itself), or
+besides them (glm4: four a layer)."""
+
+FUSED_ONLY = ("gemma2", "gpt_oss")
+"""Types transformers builds without sdpa (`_supports_sdpa = False`: gemma2, for its soft-capping; gpt_oss,
+for its attention sinks)."""
 
 LAYER_NORM = ("gpt2", "starcoder2", "phi", "gpt_neox", "falcon", "stablelm")
 """Types whose norms are torch's LayerNorm (a weight and a bias; it keeps its input, and the
 linears after it its output)."""
 
-MLP_LINEARS = ("gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "fc1", "fc2", "dense_h_to_4h", "dense_4h_to_h")
+MLP_LINEARS = ("gate_proj", "up_proj", "gate_up_proj", "down_proj", "c_fc", "c_proj", "fc1", "fc2", "dense_h_to_4h", "dense_4h_to_h")
 """A decoder layer's MLP linears (module path `mlp.`); the rest are the attention's (`self_attn.`)."""
 
 FUSED_QKV = ("gpt_neox", "falcon")
@@ -423,6 +459,12 @@ class ModelShape:
                     raise ValueError(f"the estimate does not cover {model_type} with dense layers ({dense})")
                 per_token = int(config["num_experts_per_tok"])
                 intermediate = int(config["moe_intermediate_size"])
+            elif model_type == "gpt_oss":
+                # its config class reads num_experts as num_local_experts (its attribute_map)
+                experts = int(config["num_experts"] if "num_experts" in config else config["num_local_experts"])
+                per_token = int(config["num_experts_per_tok"])
+                if float(config.get("attention_dropout") or 0.0) > 0:
+                    raise ValueError("the estimate does not cover gpt_oss with attention_dropout")
             activation = "silu"  # the Llama-likes' SwiGLU; Gemma's GeGLU keeps as much
             window = sliding = 0
             softcaps = {k: config.get(k) is not None for k in ("final_logit_softcapping", "attn_logit_softcapping")}
@@ -435,6 +477,19 @@ class ModelShape:
                 every = 2 if model_type == "gemma2" else 6  # transformers' default: every second (sixth) layer attends to all
                 types = config.get("layer_types") or [(n + 1) % every != 0 for n in range(layers)]
                 sliding, window = sum(t is True or t == "sliding_attention" for t in types), int(config["sliding_window"])
+            if model_type == "gpt_oss":  # transformers' default: every second layer (the first, third, ...) in the window
+                layers = int(config["num_hidden_layers"])
+                types = config.get("layer_types") or ["sliding_attention" if (n + 1) % 2 else "full_attention" for n in range(layers)]
+                sliding, window = sum(t == "sliding_attention" for t in types), int(config.get("sliding_window") or 0)
+            if model_type in ("olmo3", "exaone4"):
+                layers, window = int(config["num_hidden_layers"]), int(config.get("sliding_window") or 0)
+                if model_type == "olmo3":  # transformers' default: three layers in four in the window, the fourth not
+                    every = [(n + 1) % 4 != 0 for n in range(layers)]
+                else:  # exaone4: sliding_window_pattern - 1 layers in the window, then one not (none without a window)
+                    pattern = int(config.get("sliding_window_pattern") or 0) if window else 0
+                    every = [bool(pattern) and (n + 1) % pattern != 0 for n in range(layers)]
+                types = config.get("layer_types") or every
+                sliding = sum(t is True or t == "sliding_attention" for t in types) if window else 0
             if model_type == "qwen2_moe" and config.get("use_sliding_window"):
                 layers = int(config["num_hidden_layers"])
                 every = [n % 2 == 0 and n < int(config["max_window_layers"]) for n in range(layers)]  # transformers' default
@@ -462,6 +517,8 @@ class ModelShape:
                 "olmoe": h + h // heads * kv_heads,  # RMSNorms over the whole q (hidden_size) and k projections
                 "gemma3_text": 2 * head_dim,
                 "cohere": (heads + kv_heads) * head_dim if config.get("use_qk_norm") else 0,
+                "olmo3": (heads + kv_heads) * head_dim,  # RMSNorms over the whole q and k projections
+                "exaone4": 2 * head_dim,  # RMSNorms over each head's q and k
             }
             return cls(
                 hidden_size=h,
@@ -473,7 +530,7 @@ class ModelShape:
                 vocab_size=vocab,
                 tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
                 qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", config.get("qkv_bias", False))) or every_bias,
-                o_bias=model_type not in ("qwen2", "helium") and bool(config.get("attention_bias", False)) or every_bias,
+                o_bias=model_type not in ("qwen2", "helium", "glm4") and bool(config.get("attention_bias", False)) or every_bias,
                 mlp_bias=bool(config.get("mlp_bias", False)) or every_bias,
                 qk_norm=qk_norm.get(model_type, 0),
                 clip_qkv=model_type == "olmo" and config.get("clip_qkv") is not None,
@@ -697,6 +754,29 @@ class ModelShape:
             if self.model_type == "phi":
                 return {**attention, "dense": (q, h, True), "fc1": (h, i, True), "fc2": (i, h, True)}
             return {**attention, "o_proj": (q, h, self.o_bias), "c_fc": (h, i, self.mlp_bias), "c_proj": (i, h, self.mlp_bias)}
+        if self.model_type == "gpt_oss":
+            # biased q/k/v/o; the router (a linear with a bias); the experts' fused, interleaved gate_up_proj
+            # (one experts x h x 2 intermediate tensor, a bias of 2 intermediate each) and down_proj (its bias,
+            # experts x h, is counted by `other_params`), counted as one wide linear each
+            wide = i * self.experts
+            return {
+                "q_proj": (h, q, self.qkv_bias),
+                "k_proj": (h, kv, self.qkv_bias),
+                "v_proj": (h, kv, self.qkv_bias),
+                "o_proj": (q, h, self.o_bias),
+                "router": (h, self.experts, True),
+                "experts.gate_up_proj": (h, 2 * wide, True),
+                "experts.down_proj": (wide, h, False),
+            }
+        if self.model_type == "glm4":  # its MLP's gate and up are one linear, gate_up_proj
+            return {
+                "q_proj": (h, q, self.qkv_bias),
+                "k_proj": (h, kv, self.qkv_bias),
+                "v_proj": (h, kv, self.qkv_bias),
+                "o_proj": (q, h, self.o_bias),
+                "gate_up_proj": (h, 2 * i, self.mlp_bias),
+                "down_proj": (i, h, self.mlp_bias),
+            }
         # an MoE layer's experts, counted as one wide MLP (experts x intermediate), and its router
         wide = i * max(self.experts, 1)
         router = {"router": (h, self.experts, False)} if self.experts else {}
@@ -726,12 +806,24 @@ class ModelShape:
             return 0
         return 2 * self.hidden_size if self.model_type in LAYER_NORM else self.hidden_size
 
+    def other_params(self) -> int:
+        """Parameters of one layer that are neither a linear's nor a norm's: gpt_oss's attention sinks
+        (one a query head) and its experts' down_proj biases (h each)."""
+        if self.model_type == "gpt_oss":
+            return self.num_attention_heads + self.experts * self.hidden_size
+        return 0
+
+    def expert_params(self) -> int:
+        """Parameters of one layer's experts in `linears`: their weights (and gpt_oss's gate_up_proj biases)."""
+        weights = 3 * self.intermediate_size * self.experts * self.hidden_size
+        return weights + (2 * self.intermediate_size * self.experts if self.model_type == "gpt_oss" else 0)
+
     def layer_params(self) -> int:
         """Parameters of one decoder layer: its linears, its norms (gemma2 and gemma3_text have
         four, phi and cohere one, gpt_neox, falcon and stablelm `norms`, the others two; olmo's
-        have no parameters) and any query/key norms."""
-        norms = 4 if self.model_type in SANDWICH else 1 if self.model_type in PARALLEL else self.norms
-        return self.layer_linear_params() + norms * self.norm_params() + self.qk_norm
+        have no parameters), any query/key norms and `other_params`."""
+        norms = 4 if self.model_type in (*SANDWICH, "glm4") else 1 if self.model_type in PARALLEL else self.norms
+        return self.layer_linear_params() + norms * self.norm_params() + self.qk_norm + self.other_params()
 
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
@@ -832,6 +924,17 @@ class ModelShape:
             k, si = self.experts_per_token, self.shared_expert_size
             moe = k * (4 * i + 2 * h) * residual_bytes + 4 * self.experts + k * (act_bytes + 32)
             mlp = 4 * si + h + 1 if si else 0
+        if self.model_type == "gpt_oss":
+            # its experts (transformers' grouped_mm, in the weights' dtype) keep, per token and chosen expert,
+            # the gathered input, gate_up_proj's output (2 intermediate, which the clamps of its interleaved
+            # gate and up halves keep), the clamped gate, its sigmoid, up + 1, their product (glu) and
+            # down_proj's input, and the expert's output (kept to weight it): 2h + 7 intermediate values. The
+            # router softmaxes only its top-k logits: their softmax and each choice's gathered weight in the
+            # router's output dtype, and five int64 index tensors (top-k, and the sort's four gathers)
+            if tiled:
+                raise ValueError("the estimate does not cover model.tiled_mlp on model type 'gpt_oss'")
+            k = self.experts_per_token
+            moe = k * (2 * h + 7 * i) * residual_bytes + k * (2 * act_bytes + 40)
         if adapted is not None:
             mlp -= 0 if "down_proj" in adapted else i
         if tiled:  # model.tiled_mlp: the MLP keeps nothing of its inside
@@ -910,6 +1013,8 @@ class ModelShape:
             inputs = _inputs_kept(("q_proj", "k_proj", "v_proj"), adapted, act_bytes, residual_bytes)
             inputs += _inputs_kept(("gate_proj", "up_proj"), adapted, act_bytes, residual_bytes)
             return norm * (norms * h + qk) + inputs * h + attention + mlp * act_bytes
+        if self.model_type in POST_NORMS:
+            return self._post_norm_activations(residual_bytes, act_bytes, attention, mlp, eager, tiled)
         # two RMSNorms, each keeping its float32 input and (a trainable weight's) normalised value in
         # the residual stream's dtype; the linears after them keep their output (phi3's fused
         # qkv_proj and gate_up_proj are one linear each; an MoE layer's router reads the second)
@@ -926,7 +1031,37 @@ class ModelShape:
         # float32 input and normalised value, in the dtype of q_proj's output (olmo2's are not counted)
         qk_normed = ("qwen3", "qwen3_moe", "olmoe")
         qk = (4 + (0 if adapted is not None else act_bytes)) * (q + kv) if self.model_type in qk_normed else 0
-        return 2 * norm + inputs * h + attention + mlp * act_bytes + moe + qk + clipped
+        # gpt_oss's eager attention appends each head's sink to the scores (the probabilities' extra column, in
+        # the scores' dtype, model.dtype) and subtracts their max, whose backward keeps its int64 indices
+        sinks = self.num_attention_heads * (residual_bytes + 8) if self.model_type == "gpt_oss" and eager else 0
+        return 2 * norm + inputs * h + attention + mlp * act_bytes + moe + qk + clipped + sinks
+
+    def _post_norm_activations(self, residual_bytes: int, act_bytes: int, attention: int, mlp: int, eager: bool, tiled: bool) -> int:
+        """olmo3's, exaone4's and glm4's layer (no PEFT): RMSNorms over o_proj's and down_proj's outputs, each keeping
+        its float32 input and its normalised value, float32 in olmo3 (whose norms multiply by their weight in float32)
+        and in the projection's output dtype in the others, and nothing of its output (added to the residual stream).
+        olmo3's and exaone4's q/k/v and gate/up read the residual stream itself and keep it (one copy each under
+        autocast); glm4 has Llama's two norms before them too, and one gate_up_proj. The q and k norms (olmo3's over
+        the whole projections, float32 like its others; exaone4's over each head) keep their float32 input and
+        normalised value. glm4 rotates half of each head and concatenates it with the rest, laid out heads-first, so
+        sdpa's output is copied for o_proj (as phi's); its SwiGLU keeps what Llama's does."""
+        if tiled:
+            raise ValueError(f"the estimate does not cover model.tiled_mlp on model type {self.model_type!r}")
+        h = self.hidden_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        normalised = 4 if self.model_type in FLOAT32_WEIGHTED_NORMS else act_bytes
+        post = 2 * (4 + normalised) * h
+        if self.model_type == "glm4":
+            pre = 2 * (4 + self.normalised_bytes(residual_bytes)) * h
+            inputs = _inputs_kept(("q_proj", "k_proj", "v_proj"), None, act_bytes, residual_bytes)
+            inputs += _inputs_kept(("gate_up_proj",), None, act_bytes, residual_bytes)
+            if not eager:  # sdpa's output, laid out heads-first, copied for o_proj
+                attention += q * act_bytes
+            return pre + post + inputs * h + attention + mlp * act_bytes
+        inputs = _inputs_kept(("q_proj", "k_proj", "v_proj"), None, act_bytes, residual_bytes)
+        inputs += _inputs_kept(("gate_proj", "up_proj"), None, act_bytes, residual_bytes)
+        qk = (4 + normalised) * (q + kv)
+        return post + inputs * h + attention + mlp * act_bytes + qk
 
     def _fused_qkv_activations(
         self, residual_bytes: int, act_bytes: int, adapted: frozenset[str] | None, eager: bool, o_kept: bool, masked: bool
@@ -1013,10 +1148,13 @@ class ModelShape:
             return 4 * h + act_bytes * h
         return self.norm_activations(residual_bytes, act_bytes)
 
-    def scores_bytes(self, act_bytes: int, mask_bytes: int = 1) -> int:
+    def scores_bytes(self, act_bytes: int, mask_bytes: int = 1, residual_bytes: int = 4) -> int:
         """Bytes per attention probability (per head, per query and key) the backward pass keeps
         where they are materialised (eager attention).
 
+        gpt_oss: the softmax output in model.dtype (its scores, mask and sinks are in it), and its copy
+        in a 16-bit activation dtype under autocast over float32 weights (its sink column and the max's
+        indices are counted per token in the layer).
         Llama and Gemma: the float32 softmax output and its copy in a 16-bit activation dtype
         (with attention dropout, starcoder2's, the dropout's mask and the dropped-out
         probabilities instead of the copy), and with gemma2's soft-capping the tanh of the
@@ -1026,6 +1164,10 @@ class ModelShape:
         """
         if self.model_type == "gpt2":
             return act_bytes + (mask_bytes + act_bytes if self.attention_dropout else 0)
+        if self.model_type == "gpt_oss":
+            # the scores plus the mask (in model.dtype) and the sinks (the weights' dtype) are softmaxed in their
+            # own dtype, model.dtype; under autocast over float32 weights a 16-bit copy for the matmul with v
+            return residual_bytes + (act_bytes if act_bytes < residual_bytes else 0)
         # with dropout the 16-bit copy of the probabilities is not kept (dropout keeps its mask), the
         # dropped-out probabilities are
         copy = mask_bytes + act_bytes if self.attention_dropout else (act_bytes if act_bytes < 4 else 0)
@@ -1035,8 +1177,7 @@ class ModelShape:
         """Weights that go through an autocast matmul: every layer's linears and lm_head (tied or
         not), less the experts of an MoE layer (transformers' grouped_mm is not autocast: the
         experts compute in their weights' dtype, with no 16-bit copies)."""
-        experts = 3 * self.intermediate_size * self.experts * self.hidden_size
-        return self.num_hidden_layers * (self.layer_linear_params() - experts) + self.embedding_params()
+        return self.num_hidden_layers * (self.layer_linear_params() - self.expert_params()) + self.embedding_params()
 
 
 @dataclass(frozen=True)
@@ -1303,7 +1444,7 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
         first = shape.first_layer_unkept(p_bytes, a_bytes, adapted, mask_bytes)
     upcast = 0
     if eager:
-        scores_b = b * shape.num_attention_heads * s * s * shape.scores_bytes(a_bytes, mask_bytes)
+        scores_b = b * shape.num_attention_heads * s * s * shape.scores_bytes(a_bytes, mask_bytes, p_bytes)
     elif cpu_dropout:  # in float32: the softmax output, the dropout's noise tensor and the dropped-out copy, and q, k and v
         scores_b, upcast = b * shape.num_attention_heads * s * s * 3 * 4, 0 if math else 3 * h * (4 - a_bytes)
     per_layer += upcast

@@ -58,6 +58,14 @@ SMOLLM3 = {**SMALL, "num_hidden_layers": 4, "num_key_value_heads": 2, "pad_token
 MINISTRAL = {**SMALL, "num_key_value_heads": 2, "head_dim": 16}
 HELIUM = {**SMALL, "num_key_value_heads": 2, "head_dim": 8}  # o_proj is hidden x hidden
 ERNIE4_5 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16}
+# gpt_oss: attention sinks, biased q/k/v/o, a router with a bias, experts with a fused gate_up_proj and biases;
+# every second layer in a sliding window by default
+GPT_OSS = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 16}
+# norms after the attention and the MLP: olmo3 (q and k norms over the whole projections), exaone4 (per head),
+# glm4 (four norms a layer, q/k/v biases, gate_up_proj; its default pad_token_id is past this vocabulary)
+OLMO3 = {**SMALL, "num_key_value_heads": 2, "sliding_window": 16, "pad_token_id": 0, "eos_token_id": 2}
+EXAONE4 = {**SMALL, "num_key_value_heads": 2, "sliding_window": 16}
+GLM4 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "pad_token_id": 0, "eos_token_id": 2}
 
 
 @pytest.mark.parametrize(
@@ -109,6 +117,16 @@ ERNIE4_5 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16}
         ("helium", {**HELIUM, "attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}),
         ("ernie4_5", ERNIE4_5),  # tied by default
         ("ernie4_5", {**ERNIE4_5, "use_bias": True, "tie_word_embeddings": False}),
+        ("gpt_oss", GPT_OSS),  # a sliding and a full layer; biases everywhere, sinks, untied
+        ("gpt_oss", {**GPT_OSS, "num_local_experts": 8, "num_experts_per_tok": 4, "attention_bias": False, "tie_word_embeddings": True}),
+        ("gpt_oss", {**GPT_OSS, "layer_types": ["full_attention"] * 2, "num_key_value_heads": 8, "intermediate_size": 48}),
+        ("gpt_oss", {**GPT_OSS, "num_experts": 3, "head_dim": 8}),  # its attribute_map's name; heads * head_dim < h
+        ("olmo3", OLMO3),
+        ("olmo3", {**OLMO3, "attention_bias": True, "tie_word_embeddings": True, "layer_types": ["full_attention", "sliding_attention"]}),
+        ("exaone4", EXAONE4),
+        ("exaone4", {**EXAONE4, "tie_word_embeddings": True, "num_key_value_heads": 8, "layer_types": ["full_attention"] * 2}),
+        ("glm4", GLM4),  # q/k/v biases (attention_bias), none on o_proj
+        ("glm4", {**GLM4, "attention_bias": False, "tie_word_embeddings": True, "num_key_value_heads": 8, "head_dim": 8}),
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
@@ -465,6 +483,20 @@ def test_gpt2_and_gemma3_config_json_keys_left_out_take_the_config_class_default
         ModelShape.from_config({**SMALL, "final_logit_softcapping": 30.0}, "gemma3_text")
 
 
+def test_the_newer_types_config_json_keys_left_out_take_the_config_class_defaults():
+    # a config.json that leaves keys out: transformers builds the config class's defaults, and so does the count
+    gpt_oss = ModelShape.from_config({**SMALL, "model_type": "gpt_oss"}, "gpt_oss")
+    assert (gpt_oss.experts, gpt_oss.experts_per_token, gpt_oss.head_dim, gpt_oss.num_key_value_heads) == (128, 4, 64, 8)
+    assert ModelShape.from_config({**SMALL, "num_experts": 3}, "gpt_oss").experts == 3  # its attribute_map's name
+    assert gpt_oss.qkv_bias and gpt_oss.o_bias and gpt_oss.sliding_layers == 1 and gpt_oss.sliding_window == 128
+    olmo3 = ModelShape.from_config({**SMALL, "num_hidden_layers": 8, "model_type": "olmo3"}, "olmo3")
+    assert (olmo3.sliding_layers, olmo3.sliding_window, olmo3.num_key_value_heads) == (6, 4096, 8)
+    exaone4 = ModelShape.from_config({**SMALL, "num_hidden_layers": 8, "model_type": "exaone4"}, "exaone4")
+    assert (exaone4.sliding_layers, exaone4.sliding_window, exaone4.qk_norm) == (6, 4096, 2 * 8)
+    glm4 = ModelShape.from_config({**SMALL, "model_type": "glm4"}, "glm4")
+    assert (glm4.head_dim, glm4.num_key_value_heads, glm4.qkv_bias, glm4.o_bias) == (128, 2, True, False)
+
+
 GPT2_INIT = {"model.init": "gpt2", "model.config": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}}
 
 
@@ -743,6 +775,111 @@ def test_stablelm_by_hand(plan_of):
     assert lora.activations == 4 * 32 * (2 * per_token - first + 64 * 4)
 
 
+GPT_OSS_INIT = {
+    "model.init": "gpt_oss",
+    "model.attention": "eager",
+    "model.config": {
+        **FUSED,
+        "intermediate_size": 32,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "sliding_window": 16,
+    },
+}
+
+
+def test_gpt_oss_by_hand(plan_of):
+    # h 64, 2 layers (sliding, full), 4 heads of 16 / 2 kv heads, 4 experts of 32, 2 a token, vocab 512, untied,
+    # b 4 x s 32, float32, eager attention (transformers builds gpt_oss without sdpa)
+    m = plan_of(GPT_OSS_INIT).memory
+    q, kv = 64, 32
+    attention = 64 * q + q + 2 * (64 * kv + kv) + q * 64 + 64 + 4  # biased q k v o, a sink a head
+    moe = 4 * 64 + 4 + 4 * 64 * 2 * 32 + 4 * 2 * 32 + 4 * 32 * 64 + 4 * 64  # router, gate_up_proj, down_proj, biases
+    assert m.parameters == 2 * 512 * 64 + 2 * (attention + moe + 2 * 64) + 64
+    # two RMSNorms multiplying by their weight in float32 (their float32 input and normalised value), q/k/v's and
+    # the router's input; q, k and v repeated to every query head and o_proj's input; the sink column of each
+    # head's probabilities and the int64 indices of their max; per chosen expert the gathered input, gate_up's
+    # output, the clamped gate, its sigmoid, up + 1, glu, down_proj's input and the output; the router's top-k
+    # softmax, each choice's weight and five int64 index tensors
+    experts = 2 * (2 * 64 + 7 * 32) * 4 + 2 * (2 * 4 + 5 * 8)
+    per_token = 2 * 8 * 64 + 2 * 4 * 64 + 4 * q * 4 + 4 * (4 + 8) + experts
+    probabilities = 4 * 4 * 32 * 32 * 4  # b * heads * s * s, float32, a layer
+    assert m.activations == 4 * 32 * (2 * per_token + 3 * 4 * 64) + 2 * probabilities
+    # checkpointed: the layers' inputs, the final norm's, and the sliding and the full mask kept for the recomputed
+    # layers (the recomputed layer is below the logits)
+    ckpt = plan_of({**GPT_OSS_INIT, "model.gradient_checkpointing": True}).memory
+    assert 4 * 32 * per_token + probabilities < ckpt.logits
+    assert ckpt.activations == 4 * 32 * (2 * 64 * 4 + 3 * 4 * 64) + 2 * 4 * 32 * 32 * 4
+    # bf16 autocast: the probabilities float32 (the mask and the sinks are) and a 16-bit copy for the matmul with v;
+    # the experts stay float32 (grouped_mm is not autocast) and get no 16-bit weight copies, their biases neither
+    mixed = plan_of({**GPT_OSS_INIT, "launch.mixed_precision": "bf16"}).memory
+    experts = 2 * (2 * 64 + 7 * 32) * 4 + 2 * (2 * 2 + 5 * 8)
+    per_token = 2 * 8 * 64 + (3 + 1) * 2 * 64 + 4 * q * 2 + 4 * (4 + 8) + experts
+    assert mixed.activations == 4 * 32 * (2 * per_token + (4 + 4 + 2) * 64) + 2 * 4 * 4 * 32 * 32 * (4 + 2)
+    expert_params, norms = 4 * 3 * 32 * 64 + 4 * 2 * 32 + 4 * 64, 2 * 2 * 64 + 64
+    sinks = 2 * 4
+    assert mixed.params - m.params == 2 * (m.parameters - 512 * 64 - norms - 2 * expert_params - sinks)
+    # bfloat16 weights: the norms' normalised value stays float32 (they multiply by their weight in float32); the
+    # probabilities are bfloat16, with no copy
+    bf16 = plan_of({**GPT_OSS_INIT, "model.dtype": "bfloat16"}).memory
+    experts = 2 * (2 * 64 + 7 * 32) * 2 + 2 * (2 * 2 + 5 * 8)
+    per_token = 2 * 8 * 64 + 2 * 2 * 64 + 4 * q * 2 + 4 * (2 + 8) + experts
+    assert bf16.activations == 4 * 32 * (2 * per_token + (4 + 4 + 2) * 64) + 2 * 4 * 4 * 32 * 32 * 2
+    sdpa = plan_of({**GPT_OSS_INIT, "model.attention": "sdpa"})
+    assert sdpa.memory is None and 'gpt_oss with model.attention "sdpa"' in sdpa.memory_unknown
+    with pytest.raises(ValueError, match="model.tiled_mlp on model type 'gpt_oss'"):  # recipec refuses it first
+        ModelShape.from_config({**SMALL, **GPT_OSS_INIT["model.config"]}, "gpt_oss").layer_activations(4, 4, tiled=True)
+    lora = plan_of(GPT_OSS_INIT, peft={"method": "lora", "r": 4, "target_modules": ["q_proj"]})
+    assert lora.memory is None and "PEFT on model type 'gpt_oss'" in lora.memory_unknown
+
+
+POST_NORMS = {**FUSED, "num_key_value_heads": 2, "intermediate_size": 128}
+
+
+def test_olmo3_exaone4_and_glm4_by_hand(plan_of):
+    # h 64, i 128, 2 layers, 4 heads of 16 / 2 kv heads, vocab 512, untied, b 4 x s 32; olmo3 and exaone4 with a
+    # sliding window of 16 on both layers (the fourth in four would have none)
+    q, kv = 64, 32
+    olmo3 = {"model.init": "olmo3", "model.config": {**POST_NORMS, "sliding_window": 16}}
+    m = plan_of(olmo3).memory
+    assert m.parameters == 2 * 512 * 64 + 2 * (2 * 64 * q + 2 * 64 * kv + 3 * 64 * 128 + 2 * 64 + q + kv) + 64
+    # float32: the norms after o_proj and down_proj keep their float32 input and normalised value (8h each), the q
+    # and k norms over the whole projections as much; q/k/v and gate/up read the residual stream (kept once each);
+    # sdpa's q, k, v and output; the SwiGLU's four; each sliding layer sdpa's float copy of the mask and k and v
+    # repeated to every query head; the final norm's input, normalised value and output
+    per_token = 2 * 8 * 64 + 2 * 4 * 64 + 8 * (q + kv) + (2 * q + 2 * kv) * 4 + 4 * 128 * 4
+    sliding = (32 + 2 * (q - kv)) * 4
+    assert m.activations == 4 * 32 * (2 * (per_token + sliding) + 3 * 4 * 64)
+    exaone4 = {"model.init": "exaone4", "model.config": {**POST_NORMS, "sliding_window": 16}}
+    e = plan_of(exaone4).memory
+    assert e.parameters == 2 * 512 * 64 + 2 * (2 * 64 * q + 2 * 64 * kv + 3 * 64 * 128 + 2 * 64 + 2 * 16) + 64
+    assert e.activations == m.activations  # in float32 their norms keep as much
+    # bfloat16 weights: olmo3's norms multiply by their weight in float32 (a float32 normalised value, as
+    # helium's), exaone4's cast first (a 16-bit one)
+    m16 = plan_of({**olmo3, "model.dtype": "bfloat16"}).memory
+    e16 = plan_of({**exaone4, "model.dtype": "bfloat16"}).memory
+    rest = 2 * 2 * 64 + (2 * q + 2 * kv) * 2 + 4 * 128 * 2 + (32 + 2 * (q - kv)) * 2
+    assert m16.activations == 4 * 32 * (2 * (2 * 8 * 64 + 8 * (q + kv) + rest) + (4 + 4 + 2) * 64)
+    assert e16.activations == 4 * 32 * (2 * (2 * 6 * 64 + 6 * (q + kv) + rest) + (4 + 2 + 2) * 64)
+    # glm4 (no window): two norms before and two after (each its float32 input and normalised value), q/k/v's and
+    # gate_up_proj's input, sdpa's q, k, v and output and o_proj's copy of it (half of each head rotated and
+    # concatenated with the rest, heads-first), the SwiGLU's four
+    g = plan_of({"model.init": "glm4", "model.config": {**POST_NORMS, "head_dim": 16}}).memory
+    layer = 64 * q + q + 2 * (64 * kv + kv) + q * 64 + 64 * 256 + 128 * 64 + 4 * 64  # q/k/v biases, none on o_proj
+    assert g.parameters == 2 * 512 * 64 + 2 * layer + 64
+    per_token = 4 * 8 * 64 + 2 * 4 * 64 + (3 * q + 2 * kv) * 4 + 4 * 128 * 4
+    assert g.activations == 4 * 32 * (2 * per_token + 3 * 4 * 64)
+    # under autocast the norms after o_proj and down_proj keep a 16-bit normalised value (their input's dtype)
+    g16 = plan_of({"model.init": "glm4", "model.config": {**POST_NORMS, "head_dim": 16}, "launch.mixed_precision": "bf16"}).memory
+    per_token = 2 * 8 * 64 + 2 * 6 * 64 + (3 + 1) * 2 * 64 + (3 * q + 2 * kv) * 2 + 4 * 128 * 2
+    assert g16.activations == 4 * 32 * (2 * per_token + (4 + 4 + 2) * 64)
+    for model_type in ("olmo3", "exaone4", "glm4"):
+        peft = plan_of({"model.init": model_type, "model.config": POST_NORMS}, peft={"method": "lora", "r": 4, "target_modules": ["q_proj"]})
+        assert peft.memory is None and f"PEFT on model type {model_type!r}" in peft.memory_unknown
+
+
 def test_the_sliding_layers_of_mistral_ministral_and_smollm3_are_those_transformers_builds():
     """Each layer's attention window as transformers' modules hold it (`sliding_window` on the attention module, or
     the config's layer_types) against the shape's count: mistral's and ministral's every layer, smollm3's layers
@@ -768,6 +905,34 @@ def test_the_sliding_layers_of_mistral_ministral_and_smollm3_are_those_transform
         assert shape.sliding_window == (config["sliding_window"] or 0) if shape.sliding_layers else True
 
 
+def test_the_sliding_layers_of_gpt_oss_olmo3_and_exaone4_are_those_transformers_builds():
+    """Each layer's window as transformers' attention modules hold it (`sliding_window`, exaone4's `is_sliding`)
+    against the shape's count, from the config transformers builds (its layer_types written out) and from the
+    keys as given (a config.json without layer_types): gpt_oss's every second layer, olmo3's and exaone4's three
+    in four by default (exaone4's sliding_window_pattern), or the config's layer_types."""
+    pytest.importorskip("torch")
+    four = {"num_hidden_layers": 4}
+    cases = [
+        ("gpt_oss", {**GPT_OSS, **four}),
+        ("gpt_oss", {**GPT_OSS, **four, "layer_types": ["full_attention"] * 4}),
+        ("olmo3", {**OLMO3, **four}),
+        ("olmo3", {**OLMO3, **four, "layer_types": ["sliding_attention", "full_attention"] * 2}),
+        ("exaone4", {**EXAONE4, **four}),
+        ("exaone4", {**EXAONE4, **four, "sliding_window_pattern": 2}),
+        ("exaone4", {**EXAONE4, **four, "layer_types": ["full_attention"] * 3 + ["sliding_attention"]}),
+    ]
+    counts = []
+    for model_type, config in cases:
+        shape, model = shape_and_model(model_type, **config)
+        attentions = [layer.self_attn for layer in model.model.layers]
+        sliding = [a.is_sliding if model_type == "exaone4" else a.sliding_window is not None for a in attentions]
+        assert shape.sliding_layers == sum(sliding), (model_type, config)
+        assert ModelShape.from_config(config, model_type).sliding_layers == sum(sliding), (model_type, config)
+        assert shape.sliding_window == config["sliding_window"]
+        counts.append(shape.sliding_layers)
+    assert counts == [2, 0, 3, 2, 3, 2, 1]
+
+
 @pytest.mark.parametrize(
     ("model_type", "config", "why"),
     [
@@ -777,6 +942,7 @@ def test_the_sliding_layers_of_mistral_ministral_and_smollm3_are_those_transform
         ("gpt_neox", {"attention_dropout": 0.1}, "gpt_neox with attention_dropout"),
         ("olmoe", {"clip_qkv": 8.0}, "olmoe with clip_qkv"),
         ("stablelm", {"hidden_dropout": 0.1}, "stablelm with hidden_dropout"),
+        ("gpt_oss", {"attention_dropout": 0.1}, "gpt_oss with attention_dropout"),
     ],
 )
 def test_what_the_new_types_leave_out_is_refused(model_type, config, why):
@@ -1055,11 +1221,25 @@ def test_one_micro_batch_a_step_adds_what_the_gradients_exceed_the_freed_activat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["ministral", "smollm3 sliding", "helium bf16 weights"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "ministral",
+        "smollm3 sliding",
+        "helium bf16 weights",
+        "olmo3",
+        "exaone4 bf16 weights",
+        "glm4 bf16 autocast",
+        "gpt_oss",
+        "gpt_oss bf16 autocast",
+    ],
+)
 def test_the_llama_like_types_estimate_is_the_measured_peak(case: str):
     """benchmarks/memory_estimate.py trains the case's model two steps under torch's profiler: the estimate is within
     1 % of the peak of the live allocations (0.1 % measured) for Llama's layers under other names, and with a
-    sliding window shorter than the sequence (its mask, k and v repeated per query head: 3 % left out)."""
+    sliding window shorter than the sequence (its mask, k and v repeated per query head: 3 % left out); for the
+    types with norms after the attention and the MLP (olmo3, exaone4, glm4), and for gpt_oss (eager attention
+    with sinks, its experts under grouped_mm, float32 and under bf16 autocast)."""
     bench = _memory_benchmark()
     recipe, overrides = bench.CASES[case]
     estimate, measured = bench._case(recipe, overrides, 2, "cpu")
