@@ -627,13 +627,13 @@ def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, allow_
     sys.exit(code)
 
 
-@main.command("import", short_help="Turn an axolotl, LLaMA-Factory, torchtune, LitGPT or llm-foundry config into a recipe.")
+@main.command("import", short_help="Turn an axolotl, LLaMA-Factory, torchtune, LitGPT, llm-foundry or Ludwig config into a recipe.")
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option(
     "--from",
     "tool",
     required=True,
-    type=click.Choice(["axolotl", "llama-factory", "torchtune", "litgpt", "llm-foundry", "transformers"]),
+    type=click.Choice(["axolotl", "llama-factory", "torchtune", "litgpt", "llm-foundry", "ludwig", "transformers"]),
     help="The tool the config is for (transformers: a TrainingArguments saved as JSON).",
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Recipe to write (default recipes/<config name>.toml; - prints it).")
@@ -646,7 +646,7 @@ def run(recipe: Path, overrides: tuple[str, ...], build_dir: Path | None, allow_
     help="Processes (GPUs) the source run used: its global batch is micro batch * accumulation * processes.",
 )
 @click.option("--model", help="The model, for a config that names none (TrainingArguments): a hub id or local directory.")
-@click.option("--data", help="The data, for a config that names none (TrainingArguments): a hub dataset id or local file.")
+@click.option("--data", help="The data, for a config that names none (TrainingArguments, Ludwig): a hub dataset id or local file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing recipe.")
 def import_(
     config: Path,

@@ -35,10 +35,12 @@ TOOLS: dict[str, str] = {
     "torchtune": "torchtune",
     "litgpt": "litgpt",
     "llm-foundry": "llm_foundry",
+    "ludwig": "ludwig",
     "transformers": "hf_trainer",
 }
 """`--from` names and their modules. `transformers` is a `TrainingArguments` saved as JSON
-(`training_args.to_json_string()`, or the `args` a Trainer run writes)."""
+(`training_args.to_json_string()`, or the `args` a Trainer run writes). `ludwig` is a Ludwig
+LLM fine-tuning config (`model_type: llm`)."""
 
 
 @dataclass(frozen=True)
