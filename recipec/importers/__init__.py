@@ -123,6 +123,19 @@ def import_config(path: str | Path, tool: str, options: Options | None = None) -
     unknown = draft.unknown_keys()
     if unknown:
         errors += unknown_key_error(draft, unknown).diagnostics
+        # keys this tool lacks, and another tool's markers outnumber this one's: most likely the wrong --from
+        rivals = {t: keys for t, keys in found.items() if t != tool and len(keys) > len(found.get(tool, []))}
+        if rivals:
+            best = max(rivals, key=lambda t: len(rivals[t]))
+            keys = ", ".join(f"`{k}`" for k in rivals[best][:4])
+            errors.append(
+                Diagnostic(
+                    "error",
+                    f"{config.path} looks more like a config for {best} ({keys}) than for {tool}",
+                    Location(config.path, 0, 1, 1, ""),
+                    help=f"recipec import {config.path} --from {best}",
+                )
+            )
     if errors:
         raise RecipeError(sort_diagnostics(errors))
     draft.set("recipe.name", options.name)

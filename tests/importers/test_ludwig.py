@@ -171,3 +171,15 @@ def test_detected_as_ludwig(name, tmp_path):
         return
     with pytest.raises(RecipeError, match="looks like a ludwig config"):
         import_config(CONFIGS / name, "litgpt")
+
+
+def test_a_ludwig_config_imported_as_axolotl_says_which_tool_it_is_for():
+    """axolotl's markers match (`base_model`), so the config is read as axolotl's and its keys are unknown there;
+    Ludwig's markers outnumber axolotl's, and the errors end with the tool to name."""
+    with pytest.raises(RecipeError) as caught:
+        import_config(CONFIGS / "llama2_7b_4bit.yaml", "axolotl")
+    messages = [d.message for d in caught.value.diagnostics]
+    assert any(m.startswith("unknown key `input_features`") for m in messages)
+    [hint] = [d for d in caught.value.diagnostics if "looks more like" in d.message]
+    assert hint.message.endswith("looks more like a config for ludwig (`input_features`, `output_features`, `adapter.type`, `trainer.learning_rate_scheduler`) than for axolotl")
+    assert hint.help.endswith("--from ludwig")
