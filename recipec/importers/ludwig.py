@@ -305,11 +305,11 @@ def _adapter(d: Draft) -> None:
         d.set("peft.method", "ln_tuning", "adapter.type")
         _targets(d, note="every LayerNorm/RMSNorm (peft's default)")
     elif kind in ("loha", "lokr", "ia3", "vera", "adalora"):
-        d.set("peft.method", kind, "adapter.type", approx=f"only the method and its target modules are imported; {kind}'s other settings keep recipec's defaults")
+        d.set("peft.method", kind, "adapter.type", note=f"the method and its target modules; {kind}'s other settings are not imported")
         _targets(d)
         for key in d.keys_under("adapter"):
             if key not in d.ledger:
-                d.approx(f"not imported: recipec's {kind} default applies", key)
+                d.drop(key, "missing-feature", f"recipec's [peft] {kind} takes its own default for this setting")
     else:
         d.drop("adapter", "missing-feature", f"recipec has no `{kind}` adapter")
         return
@@ -391,6 +391,11 @@ def _quantization(d: Draft) -> None:
         return
     if d.get("quantization.backend", "bitsandbytes") != "bitsandbytes":
         d.drop("quantization", "missing-feature", "recipec quantizes with bitsandbytes only (not torchao)")
+        return
+    if d.value("peft.method") not in (None, "lora"):  # recipec quantizes the base model under LoRA only (QLoRA)
+        method = d.value("peft.method")
+        d.drop("quantization", "missing-feature", f"recipec quantizes the base model only under LoRA (QLoRA), not under {method}")
+        d.warn(f"the base model is not quantized: recipec's {method} trains over the model in its own dtype", "quantization")
         return
     d.exact("quantization.backend")
     bits = int(d.get("quantization.bits", 4))

@@ -183,3 +183,16 @@ def test_a_ludwig_config_imported_as_axolotl_says_which_tool_it_is_for():
     [hint] = [d for d in caught.value.diagnostics if "looks more like" in d.message]
     assert hint.message.endswith("looks more like a config for ludwig (`input_features`, `output_features`, `adapter.type`, `trainer.learning_rate_scheduler`) than for axolotl")
     assert hint.help.endswith("--from ludwig")
+
+
+def test_another_peft_method_takes_its_method_and_targets_and_drops_the_rest(tmp_path, imported):
+    text = (CONFIGS / "llama2_7b_4bit.yaml").read_text(encoding="utf-8")
+    text = text.replace("adapter:\n  type: lora\n", "adapter:\n  type: loha\n  r: 16\n  target_modules: [q_proj, v_proj]\n")
+    path = tmp_path / "loha.yaml"
+    path.write_text(text, encoding="utf-8")
+    got = _load(imported, path)
+    assert got.recipe["peft"]["method"] == "loha"
+    assert got.recipe["peft"]["target_modules"] == ["q_proj", "v_proj"]
+    assert got.dropped["adapter.r"] == "missing-feature"
+    assert "adapter.r" not in got.approx
+    assert got.dropped["quantization.bits"] == "missing-feature" and "peft" in got.recipe and "quantize" not in got.recipe["peft"]
