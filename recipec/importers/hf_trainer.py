@@ -46,12 +46,7 @@ def model_and_data(d: Draft, options) -> None:  # noqa: ANN001
         d.set("model.path", options.model, note="--model")
     else:
         d.note("The config names no model: pass `--model ID` (written as model.path).")
-    if options.data:
-        if Path(options.data).exists() or not _hub_id(options.data):
-            d.set("data.sources[0].path", options.data, note="--data")
-        else:
-            d.set("data.sources[0].hub.repo", options.data, note="--data")
-    else:
+    if not data_option(d, options.data):
         d.note("The config names no data: pass `--data PATH_OR_HUB_ID` (written as a data source).")
     d.set("data.eval_fraction", 0.0, note="the Trainer trains on the whole train dataset; its eval dataset is another")
     every = d.value("train.eval_every")
@@ -59,6 +54,17 @@ def model_and_data(d: Draft, options) -> None:  # noqa: ANN001
         keys = [k for k in ("eval_strategy", "eval_steps") if d.has(k)]
         d.approx("the eval dataset is not in the arguments: add a source with split = \"eval\" to evaluate", *keys)
         d.warn("evaluation is requested but the arguments name no eval data; the recipe evaluates nothing until a source with split = \"eval\" is added", *keys)
+
+
+def data_option(d: Draft, data: str | None) -> bool:
+    """`--data` as the first source: a local file, or a hub dataset `org/name`; False when it is not given."""
+    if not data:
+        return False
+    if Path(data).exists() or not _hub_id(data):
+        d.set("data.sources[0].path", data, note="--data")
+    else:
+        d.set("data.sources[0].hub.repo", data, note="--data")
+    return True
 
 
 def _hub_id(text: str) -> bool:

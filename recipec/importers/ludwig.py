@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 from ..diagnostics import Diagnostic, RecipeError
 from .core import Draft, num
-from .hf_trainer import _hub_id
+from .hf_trainer import data_option
 
 VERSION = "ludwig 0.17.8"
 
@@ -452,12 +451,7 @@ def _data(d: Draft, options, kind: str) -> None:  # noqa: ANN001
     prompt, pkeys = _feature(d, "input_features[0]")
     chosen = next(i for i in range(len(outputs)) if i not in rejected)
     completion, ckeys = _feature(d, f"output_features[{chosen}]")
-    if options.data:
-        if Path(options.data).exists() or not _hub_id(options.data):
-            d.set("data.sources[0].path", options.data, note="--data")
-        else:
-            d.set("data.sources[0].hub.repo", options.data, note="--data")
-    else:
+    if not data_option(d, options.data):
         d.note("The config names no dataset (`ludwig train --dataset` does): pass `--data PATH_OR_HUB_ID` (written as a data source).")
     join = "Ludwig tokenizes the input and output features one by one and joins their ids (no chat template), the loss on the output's; the recipe renders the prompt then the completion as plain text"
     if rejected:
