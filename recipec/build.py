@@ -161,6 +161,9 @@ def make_lock(
     tokenizer = plan.get("tokenizer_path")
     if tokenizer is not None and plan.recipe.tokenizer.path is not None and tokenizer != plan.get("model_path"):
         extra["tokenizer"] = pretrained_entry(tokenizer, plan.get("model_revision"), project)
+    scorers = scorer_entries(plan, project)
+    if scorers:  # the models the data stage's model filters score documents with
+        extra["scorers"] = scorers
     return {
         **extra,
         "lock_version": LOCK_VERSION,
@@ -303,6 +306,22 @@ def data_fingerprints(plan: Plan, project: str | os.PathLike[str]) -> list[dict[
         except (readers.DataError, OSError, ValueError) as exc:
             entry["error"] = str(exc)
         entries.append(entry)
+    return entries
+
+
+def scorer_entries(plan: Plan, project: Path) -> dict[str, dict[str, Any]]:
+    """What the lock records of each model a data filter scores with (`type = "perplexity"`, `"color_filter"`), by
+    ``<filter label>.<key>`` (``filters[0].model``, ``web.filters[1].prior_model``): a `pretrained_entry`."""
+    from .runtime.readers import source_label
+    from .schema.filters import MODEL_FILTERS
+
+    chains = [("filters", plan["filters"])]
+    chains += [(f"{source_label(src, i)}.filters", src.get("filters") or []) for i, src in enumerate(plan["sources"])]
+    entries = {}
+    for prefix, chain in chains:
+        for j, f in enumerate(chain):
+            for key, revision in MODEL_FILTERS.get(f["type"], ()):
+                entries[f"{prefix}[{j}].{key}"] = pretrained_entry(f[key], f[revision], project)
     return entries
 
 

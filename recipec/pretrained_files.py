@@ -1,4 +1,5 @@
-"""read, for the pretrained model, tokenizer and adapter a recipe loads: will the script find their files?
+"""read, for the pretrained model, tokenizer and adapter a recipe loads (and the models its data filters score
+with): will the script find their files?
 
 A script runs offline by default (`launch.hub_offline = true`): a hub id it does not find in
 the local Hugging Face cache stops it when it loads it, after the job has waited in the
@@ -66,6 +67,21 @@ def check_pretrained_files(recipe: Recipe, source: SourceMap, project: Path) -> 
                 f"{model.path} {missing}: the script's from_pretrained needs them",
                 "`recipec explain` estimates memory from config.json alone; put the weights there before the run",
             )
+    for key, path, revision in scoring_models(recipe):
+        if not path.startswith(LOCAL_PREFIXES):
+            hub_items.append((key, path, revision, "scoring model"))
+            continue
+        directory = project / Path(path).expanduser()
+        try:
+            missing = (
+                "is not a directory" if not directory.is_dir()
+                else "has no config.json" if not (directory / "config.json").is_file()
+                else missing_weights(directory)
+            )
+        except OSError as e:
+            missing = f"cannot be read ({e.strerror or e})"
+        if missing is not None:
+            warn(key, f"the scoring model {path} {missing}: the data stage loads it with from_pretrained")
     if not hub_items:
         return warnings
 
@@ -84,7 +100,7 @@ def check_pretrained_files(recipe: Recipe, source: SourceMap, project: Path) -> 
                     "read), or set launch.hub_offline = false to let the script download it",
                 )
             continue
-        if what == "model" and offline:
+        if what in ("model", "scoring model") and offline:
             missing = "has no config.json" if not os.path.isfile(os.path.join(snapshot, "config.json")) else missing_weights(Path(snapshot))
             if missing is not None:
                 warn(
@@ -95,6 +111,20 @@ def check_pretrained_files(recipe: Recipe, source: SourceMap, project: Path) -> 
                     "out), or set launch.hub_offline = false",
                 )
     return warnings
+
+
+def scoring_models(recipe: Recipe) -> list[tuple[KeyPath, str, str | None]]:
+    """``(key, path, revision)`` of each model a data filter scores documents with, in recipe order."""
+    from .schema.filters import MODEL_FILTERS
+
+    chains: list[tuple[KeyPath, list]] = [(("data", "filters"), list(recipe.data.filters))]
+    chains += [(("data", "sources", i, "filters"), list(src.filters)) for i, src in enumerate(recipe.data.sources)]
+    found = []
+    for prefix, chain in chains:
+        for j, f in enumerate(chain):
+            for key, revision in MODEL_FILTERS.get(f.type, ()):
+                found.append(((*prefix, j, key), getattr(f, key), getattr(f, revision)))
+    return found
 
 
 def missing_weights(directory: Path) -> str | None:

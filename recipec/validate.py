@@ -145,7 +145,7 @@ def _diagnostic(path: KeyPath, errs: list[dict[str, Any]], source: SourceMap) ->
             wanted = " or ".join(dict.fromkeys(_EXPECTED[e["type"]] for e in errs))
         return Diagnostic("error", f"`{name}` must be {wanted}, not {got}", source.value_location(path))
     if kind == "literal_error":
-        choices = _literal_options(path)
+        choices = _literal_options(path, err["loc"])
         options = ", ".join(json.dumps(c) for c in choices) if choices else err["ctx"]["expected"]
         value = err.get("input")
         hint = did_you_mean(value, choices) if isinstance(value, str) else None
@@ -248,11 +248,12 @@ def _find_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _literal_options(path: KeyPath) -> list[str]:
+def _literal_options(path: KeyPath, loc: tuple[Any, ...] = ()) -> list[str]:
+    """The strings a Literal field accepts; `loc` (pydantic's) picks the member of a tagged union table."""
     while path and isinstance(path[-1], int):  # an item of a list: the choices are the list field's
         path = path[:-1]
-    model = _model_at(path[:-1])
-    if model is None or not path or not isinstance(path[-1], str):
+    model = _model_at(path[:-1], loc)
+    if model is None or not path or not isinstance(path[-1], str) or path[-1] not in model.model_fields:
         return []
     options: list[str] = []
 

@@ -5,7 +5,8 @@ again (with the same `--set` overrides, from the current directory, which must b
 project directory the build was made from), renders it without writing anything, and
 compares every hash: the recipe, the templates, the generated files on disk and as they
 would be rendered now, the data sources' content fingerprints, the pretrained model,
-tokenizer and adapter (a hub id's commit in the local cache, a local directory's files),
+tokenizer and adapter and the data filters' scoring models (a hub id's commit in the local
+cache, a local directory's files),
 the installed training packages and recipec's own version. Each difference is printed on its own line as
 ``KIND: DETAIL``::
 
@@ -97,6 +98,9 @@ def find_drift(
         drifts += _data_drift(lock["data"], now["data"])
     for what in PRETRAINED:
         drifts += _pretrained_drift(what, lock.get(what), now.get(what))
+    scorers = (lock.get("scorers") or {}, now.get("scorers") or {})
+    for label in sorted(set(scorers[0]) | set(scorers[1])):  # the models a data filter scores with: they decide the data
+        drifts += _pretrained_drift(label, scorers[0].get(label), scorers[1].get(label), DATA_CHANGED)
     if isinstance(lock.get("packages"), dict):
         for name in sorted(set(lock["packages"]) | set(now["packages"])):
             old, new = lock["packages"].get(name), now["packages"].get(name)
@@ -191,9 +195,10 @@ PRETRAINED = ("model", "tokenizer", "peft_adapter")
 """The lock's entries of what the run loads pretrained (`recipec.build.pretrained_entry`, the saved adapter's)."""
 
 
-def _pretrained_drift(what: str, old: Any, new: Any) -> list[Drift]:
-    """A drift when the pretrained model, tokenizer or adapter the lock records is not what the cache or
-    directory holds now: another commit, a file edited, added or removed, or no longer readable."""
+def _pretrained_drift(what: str, old: Any, new: Any, kind: str = MODEL_CHANGED) -> list[Drift]:
+    """A drift when the pretrained model, tokenizer or adapter the lock records (or a data filter's scoring model,
+    ``kind`` DATA_CHANGED) is not what the cache or directory holds now: another commit, a file edited, added or
+    removed, or no longer readable."""
     if old == new or not isinstance(old, dict) and new is None:
         return []
     old = old if isinstance(old, dict) else {}
@@ -209,10 +214,10 @@ def _pretrained_drift(what: str, old: Any, new: Any) -> list[Drift]:
         detail = f"{label} (revision {old.get('revision')} at commit {str(old.get('commit'))[:12]} -> {new.get('revision')} at {str(new.get('commit'))[:12]})"
     elif isinstance(old.get("files", old.get("sha256")), dict) and isinstance(new.get("files", new.get("sha256")), dict):
         before, after = old.get("files", old.get("sha256")), new.get("files", new.get("sha256"))  # a local adapter's: "sha256"
-        detail = f"{label}: {', '.join(d.detail for d in _changed_entries(MODEL_CHANGED, before, after))}"
+        detail = f"{label}: {', '.join(d.detail for d in _changed_entries(kind, before, after))}"
     else:
         detail = f"{label} (its lock entry differs)"
-    return [Drift(MODEL_CHANGED, detail)]
+    return [Drift(kind, detail)]
 
 
 def _version(version: Any) -> str:

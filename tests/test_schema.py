@@ -221,6 +221,8 @@ NEEDS_A_CHOICE = {
     "ScoreSampleFilter": {"type": "score_sample", "field": "q", "rate": 0.5},
     "SampleFilter": {"type": "sample", "rate": 0.5},
     "DecontaminateFilter": {"type": "decontaminate", "path": "eval/*.jsonl"},
+    "PerplexityFilter": {"type": "perplexity", "model": "org/lm", "max": 1000.0},
+    "ColorFilter": {"type": "color_filter", "prior_model": "org/lm", "conditional_model": "org/lm-tuned", "rate": 0.25},
 }
 
 

@@ -168,7 +168,7 @@ class _Builder:
         )
 
         t0 = time.perf_counter()
-        alive, stats = apply_chain(corpus, spec, self.chains, getattr(corpus, "candidates", None))
+        alive, stats = apply_chain(corpus, spec, self.chains, getattr(corpus, "candidates", None), log=self.log, work=self.work)
         self.timings["filter_s"] = round(time.perf_counter() - t0, 3)
         if not alive.any():
             raise DataError("the filters dropped every document:\n" + filter_table(stats))
@@ -401,6 +401,12 @@ def format_report(report: dict) -> str:
             lines.append(row + (f" {f['tokens_dropped']:>15}" if tok else ""))
             if f.get("reasons"):
                 lines.append("    " + ", ".join(f"{k}: {v}" for k, v in f["reasons"].items()))
+            sc = f.get("scores")
+            if sc and sc.get("all"):  # a model filter: the spread of its scores, where they were computed
+                spread = lambda q: " ".join(f"{k} {v:.4g}" for k, v in q.items())  # noqa: E731
+                lines.append(f"    {sc['value']} of {sc['scored']} scored ({sc['device']}, {sc['dtype']}): {spread(sc['all'])}")
+                if sc.get("kept"):
+                    lines.append(f"    kept: {spread(sc['kept'])}; each document's in {sc.get('file', '-')}")
     d = report["documents"]
     lines.append("")
     lines.append(

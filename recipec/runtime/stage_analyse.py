@@ -56,7 +56,7 @@ def _analyse(source: int, texts: list[str], fields: dict[str, list], tokenize_al
 
     for f in _WORKER["chains"][source]:
         idx = np.flatnonzero(alive)
-        if f.role == F.SELECT:
+        if f.role in (F.SELECT, F.MODEL):  # decided in the main process
             features.append(None)
             continue
         sub = [texts[i] for i in idx]

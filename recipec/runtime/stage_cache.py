@@ -5,7 +5,7 @@ An entry lives under ``cache_dir/<key[:32]>/``: ``train-<segment>.arrow``, ``eva
 source (Arrow streams of ``input_ids``, plus ``attention_mask`` without packing),
 ``data_report.json``, ``manifest.json`` and, for a trained tokenizer, ``tokenizer/``. The
 key hashes the spec (every setting that decides the output), the content of every source
-and of every file a filter reads, the tokenizer, and the tokenizers that made the ids of
+and of every file a filter reads, the models a model filter scores with, the tokenizer, and the tokenizers that made the ids of
 token sources: change any byte of data or any
 setting and a new entry is built; change nothing and the entry is reused. An entry is
 written in a scratch directory beside it and renamed into place, so an interrupted or
@@ -90,11 +90,28 @@ def cache_key(spec: dict, project_dir: str | os.PathLike, tokenizer_id: str) -> 
         "tokenizer": tokenizer_id,
     }
     fingerprints = {"sources": sources, "decontaminate": decontam, "tokenizer": tokenizer_id}
+    scorers = scorer_identities(by_source, project_dir)
+    if scorers:  # the models a model filter scores with: another checkpoint scores again
+        material["scorers"] = fingerprints["scorers"] = scorers
     named = token_sources.tokenizer_ids(spec, project_dir)  # the tokenizers that made the token sources' ids
     if named:
         material["source_tokenizers"] = fingerprints["source_tokenizers"] = named
     key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
     return key, fingerprints
+
+
+def scorer_identities(by_source: list, project_dir: str | os.PathLike) -> dict[str, dict]:
+    """For each model filter of the chains (by its settings), each of its models' identity (:func:`.model_scores.model_identity`)."""
+    from .model_scores import model_identity
+
+    found: dict[str, dict] = {}
+    for chain in by_source:
+        for link in chain:
+            models = getattr(link.filter, "models", None)
+            key = json.dumps(link.settings, sort_keys=True)
+            if models is not None and key not in found:
+                found[key] = {k: model_identity(path, rev, str(project_dir)) for k, path, rev in models()}
+    return found
 
 
 def cache_root(request: dict) -> pathlib.Path:

@@ -6,7 +6,8 @@ processes leave, per source and chain position, what the filter's role needs (se
 :mod:`.filters.base`): per-document reason codes, dedup keys, nothing for a selection.
 The main process then applies the chain in order (:func:`apply_chain`): each source's own
 filters over its documents, then each filter of every source over all the documents still
-kept. Dedup keeps the first document (in source order, then file order) of each group;
+kept. A model filter (:mod:`.filters.model`) scores the documents that reach it there, with
+:mod:`.model_scores`, and leaves each document's scores in ``filter-scores-<k>.arrow``. Dedup keeps the first document (in source order, then file order) of each group;
 sampling is seeded by ``seed`` and the filter's place. Every filter is counted: documents,
 characters and (where known) tokens in, kept and dropped, with a few dropped examples.
 """
@@ -17,6 +18,7 @@ import collections
 import json
 import pathlib
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -107,6 +109,8 @@ class FilterStats:
         self.examples: list[tuple[int, str]] = []
         self.dropped_docs: list[np.ndarray] = []
         self.tokens_in = self.tokens_dropped = 0
+        self.scores: dict[str, Any] | None = None
+        """A model filter's: what the models found (:func:`.model_scores.score`) and the spread of its scores."""
 
     @property
     def label(self) -> str:
@@ -114,13 +118,20 @@ class FilterStats:
 
 
 def apply_chain(
-    corpus: Corpus, spec: dict, by_source: list[list[Link]], candidates: dict[tuple[int, int], Candidates] | None = None
+    corpus: Corpus,
+    spec: dict,
+    by_source: list[list[Link]],
+    candidates: dict[tuple[int, int], Candidates] | None = None,
+    *,
+    log: Callable[[str], None] | None = None,
+    work: pathlib.Path | None = None,
 ) -> tuple[np.ndarray, list[FilterStats]]:
     """Run every filter in chain order over the corpus.
 
     ``candidates`` holds the dedup filters' candidates where they were found beforehand,
     by ``(source, position)`` for a source's own filter and ``(-1, j)`` for
-    ``filters[j]``; a dedup filter without them uses the workers' keys.
+    ``filters[j]``; a dedup filter without them uses the workers' keys. A model filter
+    logs its progress to ``log`` and writes its scores into ``work``, when given.
 
     Returns:
         ``(alive, stats)``: which documents every filter kept, and one :class:`FilterStats`
@@ -135,14 +146,22 @@ def apply_chain(
         for position in range(n_own[s]):
             st = FilterStats(chain[position], corpus.labels)
             found = (candidates or {}).get((s, position))
-            _apply(corpus, st, docs_range[alive[docs_range]], {s: position}, s, alive, seed, found)
+            out = _scores_file(work, len(stats))
+            _apply(corpus, st, docs_range[alive[docs_range]], {s: position}, s, alive, seed, found, log, out)
             stats.append(st)
     for j in range(len(spec["filters"])):
         st = FilterStats(by_source[0][n_own[0] + j], corpus.labels)
         positions = {s: n_own[s] + j for s in range(len(by_source))}
-        _apply(corpus, st, np.flatnonzero(alive & text_documents(corpus)), positions, -1, alive, seed, (candidates or {}).get((-1, j)))
+        found = (candidates or {}).get((-1, j))
+        out = _scores_file(work, len(stats))
+        _apply(corpus, st, np.flatnonzero(alive & text_documents(corpus)), positions, -1, alive, seed, found, log, out)
         stats.append(st)
     return alive, stats
+
+
+def _scores_file(work: pathlib.Path | None, k: int) -> pathlib.Path | None:
+    """Where the ``k``-th filter of the chain leaves its scores, if it is a model filter."""
+    return None if work is None else work / f"filter-scores-{k}.arrow"
 
 
 def text_documents(corpus: Corpus) -> np.ndarray:
@@ -159,6 +178,8 @@ def _apply(
     alive: np.ndarray,
     seed: int,
     candidates: Candidates | None = None,
+    log: Callable[[str], None] | None = None,
+    scores_file: pathlib.Path | None = None,
 ) -> None:
     """Run one filter over ``docs`` (alive, ascending) and clear the dropped ones in ``alive``.
 
@@ -170,6 +191,7 @@ def _apply(
     f = st.link.filter
     drop = np.zeros(len(docs), dtype=bool)
     reason = np.zeros(len(docs), dtype=np.int16)
+    values: dict[str, np.ndarray] = {}
     dup_of: dict[int, int] = {}
     seed_key = [seed, scope + 1, min(positions.values()) if positions else 0]
     if f.role == F.DEDUP and candidates is not None:
@@ -194,6 +216,9 @@ def _apply(
                     dup_of[doc] = added[first]
     elif f.role == F.SELECT:
         drop = f.drop(docs, corpus.n_docs, seed_key, lambda name: corpus.scores_of(name, docs))
+    elif f.role == F.MODEL:
+        reason, values = _model_verdicts(corpus, st, docs, log, scores_file)
+        drop = reason > 0
     else:
         verdict = np.zeros(corpus.n_docs, dtype=np.int8)
         for s, p in positions.items():
@@ -222,7 +247,43 @@ def _apply(
         why = f.rules[int(reason[j]) - 1] if f.rules else ""
         if doc in dup_of:
             why = f"duplicate of {corpus.locator(dup_of[doc])}"
+        if f.role == F.MODEL and not np.isnan(values[f.scored[0]][j]):
+            why += f" ({f.scored[0]} {values[f.scored[0]][j]:.4g})"
         st.examples.append((doc, why))
+
+
+def _model_verdicts(
+    corpus: Corpus, st: FilterStats, docs: np.ndarray, log: Callable[[str], None] | None, scores_file: pathlib.Path | None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A model filter's reason codes for ``docs`` and the values they were decided on; the spread of those values
+    goes to ``st.scores`` and each document's to ``scores_file`` (with its locator and reason)."""
+    from . import model_scores
+
+    f = st.link.filter
+    if len(docs) == 0:  # nothing reaches it: no model is loaded
+        return np.zeros(0, dtype=np.int16), {name: np.zeros(0) for name in f.scored}
+    nll, info = model_scores.score(f, st.label, lambda: corpus.texts(docs), len(docs), log)
+    codes, values = f.decide(nll)
+    name = f.scored[0]
+    scored, kept = values[name][~np.isnan(values[name])], values[name][codes == 0]
+    quantiles = lambda v: {q: float(np.quantile(v, p)) for q, p in QUANTILES} if len(v) else None  # noqa: E731
+    st.scores = {**info, "value": name, "scored": int(len(scored)), "all": quantiles(scored), "kept": quantiles(kept)}
+    if scores_file is not None:
+        import pyarrow as pa
+
+        locators = [loc for _, batch in corpus.texts(docs, column=1) for loc in batch]
+        columns = {"document": pa.array(docs, pa.int64()), "id": pa.array(locators, pa.string())}
+        columns.update({k: pa.array(v, pa.float64()) for k, v in values.items()})
+        columns["reason"] = pa.array([f.rules[c - 1] if c else "" for c in codes.tolist()], pa.string())
+        table = pa.table(columns)
+        with pa.OSFile(str(scores_file), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        st.scores["file"] = scores_file.name
+    return codes.astype(np.int16), values
+
+
+QUANTILES = (("min", 0.0), ("p10", 0.1), ("p50", 0.5), ("p90", 0.9), ("max", 1.0))
+"""The spread of a model filter's scores that the report gives, of all the scored documents and of the kept ones."""
 
 
 def _apply_candidates(c: Candidates, docs: np.ndarray, drop: np.ndarray, dup_of: dict[int, int], n_docs: int) -> None:
@@ -290,6 +351,8 @@ def filter_report(st: FilterStats, corpus: Corpus, with_tokens: bool) -> dict[st
     out["by_source"] = {k: {"in": v[0], "dropped": v[1]} for k, v in st.by_source.items() if v[0]}
     if st.reasons:
         out["reasons"] = dict(st.reasons.most_common())
+    if st.scores is not None:
+        out["scores"] = st.scores
     examples = []
     for doc, why in st.examples:
         doc_id, text = corpus.text_of(doc)
@@ -314,6 +377,8 @@ def prepare(by_source: list[list[Link]], project_dir: pathlib.Path) -> None:
     for chain in by_source:
         for link in chain:
             f = link.filter
+            if f.role == F.MODEL:
+                f.locate(str(project_dir))
             src = f.input_source()
             if src is None or id(f) in done:
                 continue

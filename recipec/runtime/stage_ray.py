@@ -592,7 +592,7 @@ class RayExecutor:
             for position, link in enumerate(by_source[i]):
                 if position in got["verdicts"]:
                     corpus.features[i][position].append(got["verdicts"][position])
-                elif link.filter.role == F.SELECT:
+                elif link.filter.role in (F.SELECT, F.MODEL):
                     corpus.features[i][position].append(None)
             for name, values in got["scores"].items():
                 corpus.scores[i][name].append(values)

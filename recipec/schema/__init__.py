@@ -16,6 +16,7 @@ from .continual import ContinualTable
 from .data import DataTable, HubDataset, Source, SystemMessage
 from .filters import (
     FILTER_TABLES,
+    ColorFilter,
     DecontaminateFilter,
     ExactDedupFilter,
     Filter,
@@ -23,6 +24,7 @@ from .filters import (
     GopherRepetitionFilter,
     LengthFilter,
     MinhashDedupFilter,
+    PerplexityFilter,
     RegexFilter,
     SampleFilter,
     ScoreFilter,

@@ -288,6 +288,97 @@ class DecontaminateFilter(Table):
         return self
 
 
+ScorerDtype = Literal["float32", "bfloat16", "float16"]
+
+
+class _ModelScore(Table):
+    """What the filters that score documents with a pretrained causal language model share."""
+
+    max_tokens: int = Field(512, ge=2)
+    """Tokens of each document that are scored: its first ones, as the scoring model's tokenizer cuts them (with the special tokens it adds). A document of fewer than 2 tokens has no score and is dropped."""
+
+    batch_size: int = Field(8, ge=1)
+    """Documents per forward pass of the scoring model (documents of similar length are batched together)."""
+
+    dtype: ScorerDtype = "float32"
+    """Precision of the scoring model's weights (the loss is taken in float32 either way). bfloat16 halves its memory and time on a GPU; scores then differ in the third digit."""
+
+
+def _check_hub_revision(path: str, revision: str | None, key: str) -> None:
+    if revision is not None and path.startswith(("./", "../", "/", "~")):
+        raise key_error(key, f"`{key}` pins a hub repository's branch, tag or commit, and {path!r} is a local directory")
+
+
+class PerplexityFilter(_ModelScore):
+    """`type = "perplexity"`: score each document with a pretrained causal language model and keep those whose perplexity is within [min, max], or the `rate` of them with the lowest perplexity (the perplexity filters of CCNet and "Perplexed by Perplexity"). Runs in the data stage on a GPU when there is one (the main process of the training run, or `recipec data`)."""
+
+    type: Literal["perplexity"]
+    """The filter."""
+
+    model: str = Field(min_length=1)
+    """The scoring model: a local directory (starting with ./, ../, / or ~) or a hub id, loaded with `AutoModelForCausalLM` and its own tokenizer. The lock records its files or commit, and the data stage's cache key its content."""
+
+    revision: str | None = None
+    """The hub branch, tag or commit of `model` (unset: main)."""
+
+    min: float | None = Field(None, ge=1)
+    """Drop documents whose perplexity is below this (repeated or boilerplate text scores very low)."""
+
+    max: float | None = Field(None, ge=1)
+    """Drop documents whose perplexity is above this."""
+
+    rate: float | None = Field(None, gt=0, lt=1)
+    """Instead of bounds: keep this share of the scored documents reaching the filter, those of lowest perplexity."""
+
+    @model_validator(mode="after")
+    def check_selection(self) -> PerplexityFilter:
+        if self.rate is not None and (self.min is not None or self.max is not None):
+            raise key_error("rate", "a perplexity filter keeps either the documents within [min, max] or a `rate` of them, not both")
+        if self.rate is None:
+            if self.min is None and self.max is None:
+                raise key_error("max", "a perplexity filter needs `max`, `min` or both, or a `rate` to keep")
+            _check_range(self.min, self.max, "perplexity")
+        _check_hub_revision(self.model, self.revision, "revision")
+        return self
+
+
+class ColorFilter(_ModelScore):
+    """`type = "color_filter"`: CoLoR-Filter (Brandfonbrener et al., 2024): keep the `rate` of the documents on which a model fine-tuned on the target domain (`conditional_model`) lowers the loss most from the model it was tuned from (`prior_model`). The score is the prior model's mean loss per token minus the conditional model's; the documents of highest score are kept. Both models must share a tokenizer."""
+
+    type: Literal["color_filter"]
+    """The filter."""
+
+    prior_model: str = Field(min_length=1)
+    """The model before it was fine-tuned on the target domain: a local directory or a hub id."""
+
+    prior_revision: str | None = None
+    """The hub branch, tag or commit of `prior_model` (unset: main)."""
+
+    conditional_model: str = Field(min_length=1)
+    """The prior model fine-tuned on a small set of target-domain text: a local directory or a hub id."""
+
+    conditional_revision: str | None = None
+    """The hub branch, tag or commit of `conditional_model` (unset: main)."""
+
+    rate: float = Field(gt=0, lt=1)
+    """Share of the scored documents reaching the filter that is kept (the paper selects 1 in 4 to 1 in 64)."""
+
+    @model_validator(mode="after")
+    def check_models(self) -> ColorFilter:
+        if self.prior_model == self.conditional_model and self.prior_revision == self.conditional_revision:
+            raise key_error("conditional_model", "`conditional_model` is `prior_model`: every score would be 0", "name the model fine-tuned on the target domain")
+        _check_hub_revision(self.prior_model, self.prior_revision, "prior_revision")
+        _check_hub_revision(self.conditional_model, self.conditional_revision, "conditional_revision")
+        return self
+
+
+MODEL_FILTERS = {
+    "perplexity": (("model", "revision"),),
+    "color_filter": (("prior_model", "prior_revision"), ("conditional_model", "conditional_revision")),
+}
+"""The filters that load pretrained models: by `type`, the keys that name each model and its hub revision."""
+
+
 Filter = Annotated[
     LengthFilter
     | RegexFilter
@@ -298,7 +389,9 @@ Filter = Annotated[
     | ScoreFilter
     | ScoreSampleFilter
     | SampleFilter
-    | DecontaminateFilter,
+    | DecontaminateFilter
+    | PerplexityFilter
+    | ColorFilter,
     Field(discriminator="type"),
 ]
 
@@ -313,4 +406,6 @@ FILTER_TABLES = (
     ScoreSampleFilter,
     SampleFilter,
     DecontaminateFilter,
+    PerplexityFilter,
+    ColorFilter,
 )

@@ -93,6 +93,8 @@ REQUIRED = {
     "score_sample": {"field": "q", "rate": 0.5},
     "sample": {"rate": 0.5},
     "decontaminate": {"path": "eval.jsonl"},
+    "perplexity": {"model": "org/lm", "max": 1000.0},
+    "color_filter": {"prior_model": "org/lm", "conditional_model": "org/lm-tuned", "rate": 0.25},
 }
 
 
@@ -109,7 +111,7 @@ def test_every_filter_of_the_recipe_has_one_runtime_filter_with_the_same_setting
         f = filters.make_filter(settings)
         assert type(f) is filters.FILTERS[settings["type"]] and f.type == settings["type"]
         assert set(f.keys) == set(settings) - {"type"}, settings["type"]
-        assert f.role in (filters.DOCUMENT, filters.DEDUP, filters.SELECT)
+        assert f.role in (filters.DOCUMENT, filters.DEDUP, filters.SELECT, filters.MODEL)
     with pytest.raises(ValueError, match="unknown filter type 'lenght'; expected one of length, regex"):
         filters.make_filter({"type": "lenght"})
 

@@ -12,7 +12,9 @@ its role (:mod:`.base`) and never names a filter type itself.
 * dedup, keys in the workers and an index in stream order: ``exact_dedup`` and
   ``minhash_dedup`` (:mod:`.dedup`);
 * selection over all the documents that reach it, seeded: ``sample`` and
-  ``score_sample`` (:mod:`.score`).
+  ``score_sample`` (:mod:`.score`);
+* scored by pretrained language models in the main process: ``perplexity`` and
+  ``color_filter`` (:mod:`.model`; the models are run by ``..model_scores``).
 
 The statistics the filters share live in :mod:`.words` (the two word units:
 quality tokens and dedup words; lines; stop words) and :mod:`.text` (the byte
@@ -21,7 +23,8 @@ buffers and hashing that make them fast and the same in every process).
 Worker processes call the batch functions on a ``list[str]`` and send back
 small arrays (reason codes, digests, signatures); a document's results do not
 depend on the other documents of its batch. Imports: the standard library,
-numpy and xxhash only (this package is copied into every build).
+numpy and xxhash only (this package is copied into every build; torch is imported only
+where a model filter is run).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .base import DEDUP, DOCUMENT, SELECT, DedupFilter, DocumentFilter, Documents, Filter, SelectFilter
+from .base import DEDUP, DOCUMENT, MODEL, SELECT, DedupFilter, DocumentFilter, Documents, Filter, SelectFilter
 from .decontaminate import Decontaminate, contaminated, ngram_set
 from .dedup import (
     ExactDedup,
@@ -42,6 +45,7 @@ from .dedup import (
     normalize_for_dedup,
 )
 from .length import Length, length_keep
+from .model import ColorFilter, ModelFilter, Perplexity
 from .quality import GOPHER_QUALITY_PARAMS, GOPHER_QUALITY_RULES, GopherQuality, gopher_quality
 from .regex import Regex, regex_keep
 from .repetition import (
@@ -58,6 +62,7 @@ __all__ = [
     "DEDUP",
     "DOCUMENT",
     "FILTERS",
+    "MODEL",
     "GOPHER_QUALITY_PARAMS",
     "GOPHER_QUALITY_RULES",
     "GOPHER_REPETITION_PARAMS",
@@ -65,6 +70,7 @@ __all__ = [
     "NAMED_NGRAM_SIZES",
     "QUALITY_TOKEN_PATTERN",
     "SELECT",
+    "ColorFilter",
     "Decontaminate",
     "DedupFilter",
     "DocumentFilter",
@@ -76,7 +82,9 @@ __all__ = [
     "GopherRepetition",
     "Length",
     "MinhashDedup",
+    "ModelFilter",
     "NearDedupIndex",
+    "Perplexity",
     "Regex",
     "Sample",
     "Score",
@@ -111,6 +119,8 @@ FILTERS: dict[str, type[Filter]] = {
         MinhashDedup,
         Sample,
         ScoreSample,
+        Perplexity,
+        ColorFilter,
     )
 }
 """Every filter, by the `type` of its `[[data.filters]]` table."""

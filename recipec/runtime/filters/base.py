@@ -13,6 +13,8 @@ place a default lives. The stage runs a filter in one of three roles:
   then walks the documents in stream order and drops those an index has seen.
 * :class:`SelectFilter`: decided in the main process over all the documents that
   reach it (sampling), with a seeded generator.
+* ``model`` (:class:`.model.ModelFilter`): decided in the main process from what
+  pretrained language models make of the texts of the documents that reach it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-DOCUMENT, DEDUP, SELECT = "document", "dedup", "select"
+DOCUMENT, DEDUP, SELECT, MODEL = "document", "dedup", "select", "model"
 
 
 def settings_of(settings: Mapping[str, Any], kind: str, keys: Sequence[str]) -> dict[str, Any]:
