@@ -200,6 +200,17 @@ OLMO3 = ['model.init="olmo3"', f"model.config={{{LLAMA_SIZES}, num_hidden_layers
 EXAONE4 = ['model.init="exaone4"', f"model.config={{{LLAMA_SIZES}, num_hidden_layers=3, sliding_window=64}}"]
 GLM4 = ['model.init="glm4"', f"model.config={{{LLAMA_SIZES}, num_hidden_layers=3, head_dim=48}}"]
 
+# deepseek_v3 at the mixtures of experts' sizes: multi-head latent attention (q_lora_rank 96, kv_lora_rank 64, q and
+# k heads of 32 + 16 rotary, v heads of 32), its first layer dense (intermediate 512), the other two 8 routed experts
+# of 128, 2 a token from 1 of 2 groups, and a shared expert of 128. v heads narrower than q's and k's send sdpa down
+# its math path on the CPU; with v heads of 48 sdpa runs its fused kernel
+DEEPSEEK_V3 = [
+    'model.init="deepseek_v3"',
+    f"model.config={{{MOE.replace('num_key_value_heads=2', 'num_key_value_heads=4')}, intermediate_size=512, "
+    "moe_intermediate_size=128, n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1, n_shared_experts=1, "
+    "first_k_dense_replace=1, q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32}",
+]
+
 CASES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("recipes/quickstart.toml", []),
     "quickstart b4": ("recipes/quickstart.toml", ["train.micro_batch_size=4", "train.batch_size=8"]),
@@ -375,6 +386,18 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "gpt_oss full attention": (
         "recipes/quickstart.toml",
         [*GPT_OSS, 'model.config.layer_types=["full_attention", "full_attention", "full_attention"]', "model.config.num_experts_per_tok=4"],
+    ),
+    "deepseek_v3": ("recipes/quickstart.toml", DEEPSEEK_V3),
+    "deepseek_v3 ckpt": ("recipes/quickstart.toml", [*DEEPSEEK_V3, "model.gradient_checkpointing=true"]),
+    "deepseek_v3 eager": ("recipes/quickstart.toml", [*DEEPSEEK_V3, 'model.attention="eager"']),
+    "deepseek_v3 eager bf16 autocast": ("recipes/quickstart.toml", [*DEEPSEEK_V3, 'model.attention="eager"', 'launch.mixed_precision="bf16"']),
+    "deepseek_v3 bf16 weights": ("recipes/quickstart.toml", [*DEEPSEEK_V3, 'model.dtype="bfloat16"']),
+    "deepseek_v3 bf16 autocast": ("recipes/quickstart.toml", [*DEEPSEEK_V3, 'launch.mixed_precision="bf16"']),
+    "deepseek_v3 v48": ("recipes/quickstart.toml", [*DEEPSEEK_V3, "model.config.v_head_dim=48"]),
+    "deepseek_v3 v48 bf16 autocast": ("recipes/quickstart.toml", [*DEEPSEEK_V3, "model.config.v_head_dim=48", 'launch.mixed_precision="bf16"']),
+    "deepseek_v3 all moe": (
+        "recipes/quickstart.toml",
+        [*DEEPSEEK_V3, "model.config.first_k_dense_replace=0", "model.config.norm_topk_prob=false", "model.config.n_shared_experts=2"],
     ),
     **{
         f"{name}{suffix}": ("recipes/quickstart.toml", [*base, *extra])

@@ -90,7 +90,7 @@ context and sequence parallelism divide the activations and the logits by cp_siz
 output projection gathers them whole.
 
 The counts cover Llama-like decoders, gemma, gemma2, gemma3_text, starcoder2, phi, cohere,
-gpt2, gpt_neox, falcon, stablelm, olmo3, exaone4, glm4 and gpt_oss (described after the others): llama, mistral, qwen2, phi3 (whose fused qkv_proj and
+gpt2, gpt_neox, falcon, stablelm, olmo3, exaone4, glm4, gpt_oss and deepseek_v3 (described after the others): llama, mistral, qwen2, phi3 (whose fused qkv_proj and
 gate_up_proj hold the same weights), qwen3 (whose RMSNorms over each head's queries and keys
 keep their float32 input and normalised value), olmo2 (whose norms after the attention and
 the MLP and over the whole queries and keys are counted as a Llama layer's two: parameters
@@ -136,6 +136,33 @@ indices, one a head and query); under autocast over float32 weights the probabil
 float32 and their 16-bit copy is kept for the matmul with v. Every second layer (by default) is
 a sliding-window layer, which changes nothing kept under eager attention but the masks a
 checkpointed layer is called again with. Its attention_dropout is refused, and so is PEFT.
+
+deepseek_v3: multi-head latent attention and, after `first_k_dense_replace` dense layers (a SwiGLU MLP of
+intermediate_size), MoE layers. q comes from q_a_proj, an RMSNorm over its q_lora_rank values (q_a_layernorm) and
+q_b_proj (or one q_proj without q_lora_rank), k and v from kv_a_proj_with_mqa (kv_lora_rank latent values and one
+rotary key head that every head shares), an RMSNorm over the latent (kv_a_layernorm) and kv_b_proj (each head's
+unrotated key and its value); q and k heads are qk_nope_head_dim + qk_rope_head_dim wide, v heads v_head_dim.
+Each latent norm keeps its float32 input (in float32, a view that keeps kv_a_proj_with_mqa's rotary key too), its
+normalised value and its output (in the projection's output dtype). sdpa keeps q (its unrotated and rotated parts
+concatenated), k (a new tensor), v (a view of kv_b_proj's output, which it keeps whole), its output and o_proj's
+copy of it (laid out heads-first, as q is); but the CPU's fused kernel takes one head dim, so with v heads narrower
+than q's and k's (DeepSeek-V3's 128 and 192) sdpa runs its math path on the CPU: q and k scaled and v, in float32,
+o_proj's input and the float32 probabilities (b * heads * s * s a layer). Eager attention keeps q, k's and v's
+copies for its matmuls, o_proj's contiguous input and Llama's probabilities. An MoE layer holds the router (`gate`,
+an experts x h weight kept in float32 and a float32 e_score_correction_bias buffer), n_routed_experts grouped_mm
+experts of moe_intermediate_size (one gate_up_proj and one down_proj tensor) and the shared experts, one SwiGLU MLP
+of n_shared_experts x moe_intermediate_size that every token passes through. The experts keep what the other MoE
+types' keep; the router computes its sigmoid scores in float32 (under autocast its linear runs in 16 bits; a 16-bit
+model's router casts its input to float32 and keeps the copy) and keeps them, each choice's weight, with
+norm_topk_prob a copy of the weights and their sum (divided in place), and four int64 index tensors; the grouped
+top-k choice (n_group groups, the topk_group best by their two best scores plus the correction bias) keeps nothing
+past the forward pass. A checkpointed model recomputes one layer at a time: the larger kind's set is counted, and
+FSDP or ZeRO-3 gathers the larger kind of layer. Not counted: the router weights' 2 more bytes each under a 16-bit
+model.dtype (experts x h a MoE layer), the correction bias and the rotary cos and sin (s * qk_rope_head_dim values,
+shared by the layers). Its attention_dropout and num_key_value_heads other than num_attention_heads (which its
+attention cannot run) are refused, and so are PEFT and model.tiled_mlp; its multi-token prediction layers
+(num_nextn_predict_layers) are not built by transformers, and a released checkpoint's fp8 quantization_config is
+not read (the weights are counted in model.dtype). The fused kernel on a GPU is counted, not measured.
 
 olmo3, exaone4 and glm4: RMSNorms over the attention's and the MLP's outputs, before they join
 the residual stream (each keeps its float32 input and its normalised value, float32 in olmo3,
@@ -259,7 +286,7 @@ MIB = 1024**2
 ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma3_text", "gpt2", "gemma2", "gemma",
     "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe", "olmo", "stablelm",
-    "smollm3", "ministral", "helium", "ernie4_5", "gpt_oss", "olmo3", "glm4", "exaone4",
+    "smollm3", "ministral", "helium", "ernie4_5", "gpt_oss", "olmo3", "glm4", "exaone4", "deepseek_v3",
 )
 """`model_type`s whose layers the parameter and activation counts describe."""
 
@@ -293,7 +320,7 @@ IA3_FEEDFORWARD = {"gpt_neox": ["dense_4h_to_h"], "falcon": ["dense_4h_to_h"]}
 
 CLASS_DEFAULTS = (
     "gpt2", "gemma3_text", "gemma2", "gemma", "qwen2_moe", "granite", "starcoder2", "phi", "cohere", "gpt_neox", "falcon", "olmoe",
-    "olmo", "stablelm", "smollm3", "ministral", "helium", "ernie4_5", "gpt_oss", "olmo3", "glm4", "exaone4",
+    "olmo", "stablelm", "smollm3", "ministral", "helium", "ernie4_5", "gpt_oss", "olmo3", "glm4", "exaone4", "deepseek_v3",
 )
 """Types whose config.json may leave keys at the config class's defaults (recipec/model_types.json)."""
 
@@ -405,6 +432,19 @@ class ModelShape:
     (use_parallel_residual; parallel_attn or new_decoder_architecture)."""
     clip_qkv: bool = False
     """olmo's clip_qkv: q, k and v clamped in place, which keeps a copy of each for the backward pass."""
+    dense_layers: int = 0
+    """deepseek_v3's first_k_dense_replace: its first layers hold a dense SwiGLU MLP of `dense_intermediate_size`
+    in place of the experts (the rest are MoE layers)."""
+    dense_intermediate_size: int = 0
+    q_lora_rank: int = 0
+    """deepseek_v3's multi-head latent attention: q_a_proj's width (0: one q_proj), kv_a_proj_with_mqa's latent
+    width (kv_lora_rank, beside the shared rotary key), the rotary part of each q and k head and the value head dim
+    (`head_dim` is q's and k's whole head, qk_nope_head_dim + qk_rope_head_dim)."""
+    kv_lora_rank: int = 0
+    rope_head_dim: int = 0
+    v_head_dim: int = 0
+    norm_topk_prob: bool = False
+    """deepseek_v3's router divides each token's chosen weights by their sum (which keeps a copy of them and the sum)."""
     norms: int = 2
     """LayerNorms a layer in gpt_neox, falcon and stablelm (one where stablelm's attention and MLP read
     it side by side); in gpt_neox and falcon: two (input_layernorm and post_attention_layernorm,
@@ -465,6 +505,28 @@ class ModelShape:
                 per_token = int(config["num_experts_per_tok"])
                 if float(config.get("attention_dropout") or 0.0) > 0:
                     raise ValueError("the estimate does not cover gpt_oss with attention_dropout")
+            latent: dict[str, Any] = {}
+            shared = int(config["shared_expert_intermediate_size"]) if model_type == "qwen2_moe" else 0
+            if model_type == "deepseek_v3":
+                # its config class reads num_local_experts as n_routed_experts (its attribute_map)
+                experts = int(config["num_local_experts"] if "num_local_experts" in config else config["n_routed_experts"])
+                per_token, intermediate = int(config["num_experts_per_tok"]), int(config["moe_intermediate_size"])
+                shared = intermediate * int(config["n_shared_experts"])
+                if float(config.get("attention_dropout") or 0.0) > 0:
+                    raise ValueError("the estimate does not cover deepseek_v3 with attention_dropout")
+                if kv_heads != heads:  # kv_b_proj makes a key and a value head per query head, which its attention repeats again
+                    raise ValueError("the estimate does not cover deepseek_v3 with num_key_value_heads other than num_attention_heads")
+                rope = int(config["qk_rope_head_dim"])
+                head_dim = int(config["qk_nope_head_dim"]) + rope
+                latent = {
+                    "dense_layers": min(int(config["first_k_dense_replace"] or 0), int(config["num_hidden_layers"])),
+                    "dense_intermediate_size": int(config["intermediate_size"]),
+                    "q_lora_rank": int(config.get("q_lora_rank") or 0),
+                    "kv_lora_rank": int(config["kv_lora_rank"]),
+                    "rope_head_dim": rope,
+                    "v_head_dim": int(config["v_head_dim"]),
+                    "norm_topk_prob": bool(config["norm_topk_prob"]),
+                }
             activation = "silu"  # the Llama-likes' SwiGLU; Gemma's GeGLU keeps as much
             window = sliding = 0
             softcaps = {k: config.get(k) is not None for k in ("final_logit_softcapping", "attn_logit_softcapping")}
@@ -519,6 +581,7 @@ class ModelShape:
                 "cohere": (heads + kv_heads) * head_dim if config.get("use_qk_norm") else 0,
                 "olmo3": (heads + kv_heads) * head_dim,  # RMSNorms over the whole q and k projections
                 "exaone4": 2 * head_dim,  # RMSNorms over each head's q and k
+                "deepseek_v3": latent.get("q_lora_rank", 0) + latent.get("kv_lora_rank", 0),  # q_a_layernorm, kv_a_layernorm
             }
             return cls(
                 hidden_size=h,
@@ -536,13 +599,14 @@ class ModelShape:
                 clip_qkv=model_type == "olmo" and config.get("clip_qkv") is not None,
                 experts=experts,
                 experts_per_token=per_token,
-                shared_expert_size=int(config["shared_expert_intermediate_size"]) if model_type == "qwen2_moe" else 0,
+                shared_expert_size=shared,
                 activation=activation,
                 sliding_window=window,
                 sliding_layers=sliding,
                 attention_softcap=model_type == "gemma2" and softcaps["attn_logit_softcapping"],
                 logit_softcap=model_type == "gemma2" and softcaps["final_logit_softcapping"],
                 model_type=model_type,
+                **latent,
             )
         except (KeyError, TypeError, ZeroDivisionError) as exc:
             raise ValueError(f"the model's config.json has no usable {exc}") from None
@@ -736,8 +800,11 @@ class ModelShape:
             model_type="falcon",
         )
 
-    def linears(self) -> dict[str, tuple[int, int, bool]]:
-        """One decoder layer's linear layers: name -> (in_features, out_features, has bias)."""
+    def linears(self, dense: bool = False) -> dict[str, tuple[int, int, bool]]:
+        """One decoder layer's linear layers: name -> (in_features, out_features, has bias); `dense`: those of
+        deepseek_v3's first layers (a dense MLP in place of the experts)."""
+        if self.model_type == "deepseek_v3":
+            return self._latent_linears(dense)
         h, d = self.hidden_size, self.head_dim
         q, kv, i = self.num_attention_heads * d, self.num_key_value_heads * d, self.intermediate_size
         if self.model_type == "gpt2":  # Conv1D layers, (in, out) like a linear's
@@ -796,9 +863,48 @@ class ModelShape:
             **router,
         }
 
-    def layer_linear_params(self) -> int:
+    def _latent_linears(self, dense: bool) -> dict[str, tuple[int, int, bool]]:
+        """deepseek_v3's layer: q through q_a_proj and q_b_proj (or one q_proj without q_lora_rank), k and v through
+        kv_a_proj_with_mqa (the latent and one rotary key head shared by all heads) and kv_b_proj (each head's
+        unrotated key and its value), attention_bias on q_a_proj, kv_a_proj_with_mqa and o_proj; a dense SwiGLU MLP,
+        or the router (`gate`, a float32 experts x h weight), the experts' gate_up_proj and down_proj (one tensor each,
+        counted as one wide linear) and the shared experts, one SwiGLU MLP of n_shared_experts x moe_intermediate_size."""
+        h, heads, d, i = self.hidden_size, self.num_attention_heads, self.head_dim, self.intermediate_size
+        nope, rq = d - self.rope_head_dim, self.q_lora_rank
+        q = {"q_a_proj": (h, rq, self.qkv_bias), "q_b_proj": (rq, heads * d, False)} if rq else {"q_proj": (h, heads * d, False)}
+        attention = {
+            **q,
+            "kv_a_proj_with_mqa": (h, self.kv_lora_rank + self.rope_head_dim, self.qkv_bias),
+            "kv_b_proj": (self.kv_lora_rank, heads * (nope + self.v_head_dim), False),
+            "o_proj": (heads * self.v_head_dim, h, self.o_bias),
+        }
+        if dense:
+            di = self.dense_intermediate_size
+            return {**attention, "gate_proj": (h, di, False), "up_proj": (h, di, False), "down_proj": (di, h, False)}
+        si = self.shared_expert_size
+        return {
+            **attention,
+            "gate": (h, self.experts, False),
+            "experts.gate_up_proj": (h, 2 * i * self.experts, False),
+            "experts.down_proj": (i * self.experts, h, False),
+            "shared_experts.gate_proj": (h, si, False),
+            "shared_experts.up_proj": (h, si, False),
+            "shared_experts.down_proj": (si, h, False),
+        }
+
+    def decoder_layers(self) -> tuple[tuple[int, bool], ...]:
+        """The kinds of decoder layer, as (how many, dense): deepseek_v3's first_k_dense_replace dense layers and its
+        MoE layers; one kind for the other types."""
+        dense = self.dense_layers if self.model_type == "deepseek_v3" else 0
+        return tuple((n, kind) for n, kind in ((dense, True), (self.num_hidden_layers - dense, False)) if n)
+
+    def layer_linear_params(self, dense: bool = False) -> int:
         """Parameters of one layer's linears (the part QLoRA quantizes)."""
-        return sum(n_in * n_out + (n_out if bias else 0) for n_in, n_out, bias in self.linears().values())
+        return sum(n_in * n_out + (n_out if bias else 0) for n_in, n_out, bias in self.linears(dense).values())
+
+    def linear_params(self) -> int:
+        """Parameters of every layer's linears."""
+        return sum(n * self.layer_linear_params(dense) for n, dense in self.decoder_layers())
 
     def norm_params(self) -> int:
         """Parameters of one norm over the residual stream: an RMSNorm's weight, or a LayerNorm's weight and bias."""
@@ -813,17 +919,20 @@ class ModelShape:
             return self.num_attention_heads + self.experts * self.hidden_size
         return 0
 
-    def expert_params(self) -> int:
-        """Parameters of one layer's experts in `linears`: their weights (and gpt_oss's gate_up_proj biases)."""
+    def expert_params(self, dense: bool = False) -> int:
+        """Parameters of one layer's experts in `linears`: their weights (and gpt_oss's gate_up_proj biases); none in
+        deepseek_v3's dense layers."""
+        if dense:
+            return 0
         weights = 3 * self.intermediate_size * self.experts * self.hidden_size
         return weights + (2 * self.intermediate_size * self.experts if self.model_type == "gpt_oss" else 0)
 
-    def layer_params(self) -> int:
-        """Parameters of one decoder layer: its linears, its norms (gemma2 and gemma3_text have
-        four, phi and cohere one, gpt_neox, falcon and stablelm `norms`, the others two; olmo's
-        have no parameters), any query/key norms and `other_params`."""
+    def layer_params(self, dense: bool = False) -> int:
+        """Parameters of one decoder layer (`dense`: one of deepseek_v3's dense layers): its linears, its norms (gemma2
+        and gemma3_text have four, phi and cohere one, gpt_neox, falcon and stablelm `norms`, the others two; olmo's
+        have no parameters), any query/key norms (deepseek_v3's over its latents) and `other_params`."""
         norms = 4 if self.model_type in (*SANDWICH, "glm4") else 1 if self.model_type in PARALLEL else self.norms
-        return self.layer_linear_params() + norms * self.norm_params() + self.qk_norm + self.other_params()
+        return self.layer_linear_params(dense) + norms * self.norm_params() + self.qk_norm + self.other_params()
 
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
@@ -833,7 +942,8 @@ class ModelShape:
         lm_head unless tied (its bias, phi's, either way)."""
         untied = (0 if self.tie_word_embeddings else self.embedding_params()) + (self.vocab_size if self.head_bias else 0)
         embeddings = self.embedding_params() + self.positions * self.hidden_size
-        return embeddings + self.num_hidden_layers * self.layer_params() + self.norm_params() + untied
+        layers = sum(n * self.layer_params(dense) for n, dense in self.decoder_layers())
+        return embeddings + layers + self.norm_params() + untied
 
     def norm_activations(self, residual_bytes: int, act_bytes: int, frozen: bool = False) -> int:
         """Bytes per token an RMSNorm and the linear after it keep for the backward pass.
@@ -861,6 +971,7 @@ class ModelShape:
         rank: int = 0,
         masked: bool = False,
         tiled: bool = False,
+        dense: bool = False,
     ) -> int:
         """Bytes one decoder layer keeps for the backward pass, per token (module docstring).
 
@@ -884,11 +995,58 @@ class ModelShape:
                 and v to every query head (flash and flex attention take them as they are).
             tiled: `model.tiled_mlp`: the MLP keeps nothing of its inside (its input, a view of what
                 the norm before it keeps, stays counted); nor do the adapters inside it.
+            dense: one of deepseek_v3's dense layers (its MoE layers otherwise).
         """
         mlp_linears = {"gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "fc1", "fc2", "dense_h_to_4h", "dense_4h_to_h"}
         inside = {n for n in self.linears() if n.startswith("mlp.") or n in mlp_linears} if tiled else set()
         lora = rank * act_bytes * len((adapted & set(self.linears())) - inside) if adapted is not None else 0
+        if self.model_type == "deepseek_v3":
+            if tiled:
+                raise ValueError("the estimate does not cover model.tiled_mlp on model type 'deepseek_v3'")
+            return self._latent_activations(residual_bytes, act_bytes, eager, math, dense)
         return self._layer_activations(residual_bytes, act_bytes, adapted, mask_bytes, eager, math, masked, tiled) + lora
+
+    def _latent_activations(self, residual_bytes: int, act_bytes: int, eager: bool, math: bool, dense: bool) -> int:
+        """deepseek_v3's layer (no PEFT). Its two RMSNorms over the residual stream keep what a Llama layer's keep;
+        q_a_proj (q_proj without q_lora_rank) and kv_a_proj_with_mqa read the first norm's output, the router and the
+        shared experts' gate_proj and up_proj the second's (one copy, or one cast each under autocast). The RMSNorms
+        over the latents (q_a_layernorm, kv_a_layernorm) keep their float32 input (in float32, a view of
+        kv_a_proj_with_mqa's output that keeps its rotary key too), their normalised value and the output q_b_proj
+        and kv_b_proj read, in the projections' output dtype. Attention: the fused kernels keep q (the unrotated and
+        rotated parts concatenated), k (a new tensor), v, a view of kv_b_proj's output that keeps all of it alive,
+        their output and o_proj's copy of it (laid out heads-first, as q is); sdpa on the CPU with v_head_dim other
+        than q's and k's has no fused kernel and runs its math path (`math`): q and k scaled and v, in float32, and
+        o_proj's input (the float32 probabilities are counted by the estimate); eager attention keeps q, k's and v's
+        copies for the matmuls and o_proj's contiguous input. A dense layer's SwiGLU keeps Llama's four; an MoE layer's
+        grouped_mm experts keep per token and chosen expert what the other MoE types' keep (the gathered input,
+        gate_up_proj's output, the activation's output, their product and the expert's output, in the weights'
+        dtype), and the shared experts a SwiGLU MLP's four. The router computes in float32 (its weight is kept
+        float32: a 16-bit model's router casts its input to float32 and keeps the copy; under autocast its linear runs
+        in 16 bits): its sigmoid scores, each choice's gathered weight, with norm_topk_prob a copy of them and their
+        sum (divided in place), and four int64 index tensors (its gather, the experts' two gathers and the order
+        restored); the grouped choice of experts keeps nothing past the forward pass."""
+        h, heads, d = self.hidden_size, self.num_attention_heads, self.head_dim
+        v, rope, rq, rkv = self.v_head_dim, self.rope_head_dim, self.q_lora_rank, self.kv_lora_rank
+        norm = 4 * h + self.normalised_bytes(residual_bytes) * h
+        inputs = _inputs_kept(("q_a_proj" if rq else "q_proj", "kv_a_proj_with_mqa"), None, act_bytes, residual_bytes)
+        latent = (4 + 2 * act_bytes) * (rq + rkv) + (4 * rope if act_bytes == 4 else 0)
+        if eager:
+            attention = (2 * heads * d + 2 * heads * v) * act_bytes
+        elif math:
+            attention = (2 * heads * d + heads * v) * 4 + heads * v * act_bytes
+        else:
+            attention = (2 * heads * d + heads * (d - rope + v) + 2 * heads * v) * act_bytes
+        if dense:
+            inputs += _inputs_kept(("gate_proj", "up_proj"), None, act_bytes, residual_bytes)
+            mlp = 4 * self.dense_intermediate_size * act_bytes
+        else:
+            inputs += _inputs_kept(("gate", "shared_experts.gate_proj", "shared_experts.up_proj"), None, act_bytes, residual_bytes)
+            k, routed = self.experts_per_token, act_bytes if act_bytes < residual_bytes else 4
+            router = routed * (self.experts + k + (k + 1 if self.norm_topk_prob else 0)) + 4 * 8 * k
+            router += 4 * h if residual_bytes < 4 else 0
+            experts = k * (2 * h + 4 * self.intermediate_size) * residual_bytes
+            mlp = experts + router + 4 * self.shared_expert_size * act_bytes
+        return 2 * norm + inputs * h + latent + attention + mlp
 
     def _layer_activations(
         self,
@@ -1177,7 +1335,8 @@ class ModelShape:
         """Weights that go through an autocast matmul: every layer's linears and lm_head (tied or
         not), less the experts of an MoE layer (transformers' grouped_mm is not autocast: the
         experts compute in their weights' dtype, with no 16-bit copies)."""
-        return self.num_hidden_layers * (self.layer_linear_params() - self.expert_params()) + self.embedding_params()
+        layers = sum(n * (self.layer_linear_params(dense) - self.expert_params(dense)) for n, dense in self.decoder_layers())
+        return layers + self.embedding_params()
 
 
 @dataclass(frozen=True)
@@ -1330,7 +1489,7 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
 
     params_b = float(n_params * w_bytes + adapter * w_bytes)
     # QLoRA stores every layer's linears quantized, at `saved` bytes fewer per weight
-    quantized = shape.num_hidden_layers * shape.layer_linear_params() if quantize is not None else 0
+    quantized = shape.linear_params() if quantize is not None else 0
     saved = w_bytes - QUANTIZED_BYTES[quantize] if quantize is not None else 0.0
     params_b -= quantized * saved
     if quantize is not None:
@@ -1344,7 +1503,7 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
         if opt.name == "sgd" and opt.momentum == 0:
             per = 0.0
         if opt.name == "muon" and peft is None:  # momentum on the hidden matrices, AdamW's two moments on the rest
-            hidden = picked[1] if partial and picked is not None else shape.num_hidden_layers * shape.layer_linear_params()
+            hidden = picked[1] if partial and picked is not None else shape.linear_params()
             optim_b = float(hidden * p_bytes + (trainable - hidden) * 2 * p_bytes)
             optim_what = f"Muon momentum on {hidden:,} hidden-matrix weights x {p_bytes} B + AdamW on {trainable - hidden:,} x {2 * p_bytes} B"
         elif opt.name in FLAT_STATE_BYTES:
@@ -1355,8 +1514,8 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
             optim_what = f"{opt.name}, {trainable:,} trainable x {per:g} x {p_bytes} B"
             if opt.name == "adafactor":
                 optim_what += " (factored second moments: rows + columns per matrix, not counted)"
-    # one FSDP unit / ZeRO-3 layer gathered whole, its quantized linears at their storage size
-    gathered = shape.layer_params() * w_bytes - shape.layer_linear_params() * saved
+    # one FSDP unit / ZeRO-3 layer gathered whole (the largest kind), its quantized linears at their storage size
+    gathered = max(shape.layer_params(d) * w_bytes - shape.layer_linear_params(d) * saved for _, d in shape.decoder_layers())
     shard, grads_how, optim_how = "", "", ""
     if launch.strategy == "ddp" and world > 1:
         grads_b *= 2
@@ -1407,7 +1566,8 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
         optim_how += f" / tp_size {tp}"
         shard += f"; split over tp_size {tp} (heads and MLP columns)"
     # the largest tensor: the embedding matrix or a layer's widest linear (one gradient at a time, AdamW's for-loop step)
-    largest = max([shape.embedding_params(), *(n_in * n_out for n_in, n_out, _ in shape.linears().values())])
+    widest = [n_in * n_out for _, dense in shape.decoder_layers() for n_in, n_out, _ in shape.linears(dense).values()]
+    largest = max([shape.embedding_params(), *widest])
     grads_what = f"{trainable:,} trainable ({'adapter' if peft is not None else 'optim.trainable' if partial else 'all'}) x {g_bytes} B"
     if recipe.optim.step_in_backward and peft is None and grads_b:
         # each parameter steps and frees its gradient as soon as the backward pass finishes it (one micro-batch a
@@ -1430,13 +1590,19 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
     # the CPU with dropout: torch has no fused CPU kernel with dropout and runs its math path
     scores_b = 0
     cpu_dropout = recipe.model.attention == "sdpa" and launch.cpu and shape.attention_dropout > 0
-    math = cpu_dropout and shape.model_type != "gpt2"
+    # deepseek_v3's v heads narrower than its q and k heads: the CPU's fused sdpa kernel takes one head dim, so sdpa
+    # runs its math path, which keeps the float32 probabilities (a GPU's memory-efficient kernel takes both)
+    latent_math = shape.model_type == "deepseek_v3" and recipe.model.attention == "sdpa" and launch.cpu and shape.v_head_dim != shape.head_dim
+    math = cpu_dropout and shape.model_type != "gpt2" or latent_math
     rank = int(peft.get("r") or 8) if peft is not None and peft["method"] == "lora" else 0
     masked = shape.model_type == "falcon" and recipe.model.attention == "sdpa"  # its materialised causal mask
     tiled = recipe.model.tiled_mlp
     if tiled and peft is not None and (shape.model_type in PARALLEL or shape.model_type == "stablelm" and shape.parallel):
         raise ValueError(f"the estimate does not cover model.tiled_mlp with [peft] on model type {shape.model_type!r}")
-    per_layer = shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math, rank, masked, tiled)
+    per_kind = [
+        (n, shape.layer_activations(p_bytes, a_bytes, adapted, mask_bytes, eager, math, rank, masked, tiled, dense))
+        for n, dense in shape.decoder_layers()
+    ]
     # under PEFT the frozen embeddings need no gradient: the first layer keeps less (unless they train)
     trained_embeddings = peft is not None and _module_names(shape)[2] in (peft.get("modules_to_save") or [])
     first = 0
@@ -1447,7 +1613,16 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
         scores_b = b * shape.num_attention_heads * s * s * shape.scores_bytes(a_bytes, mask_bytes, p_bytes)
     elif cpu_dropout:  # in float32: the softmax output, the dropout's noise tensor and the dropped-out copy, and q, k and v
         scores_b, upcast = b * shape.num_attention_heads * s * s * 3 * 4, 0 if math else 3 * h * (4 - a_bytes)
-    per_layer += upcast
+    elif latent_math:  # the float32 softmax output, which the matmul with v reads as it is
+        scores_b = b * shape.num_attention_heads * s * s * 4
+    per_kind = [(n, kept + upcast) for n, kept in per_kind]
+    # the recomputed (or offloaded) layer is the largest kind's; deepseek_v3's dense and MoE layers keep different sets
+    per_layer, all_layers = max(kept for _, kept in per_kind), sum(n * kept for n, kept in per_kind)
+    layers_formula = (
+        " + ".join(f"{'dense' if dense else 'MoE'} layers {n} * {kept} B" for (n, kept), (_, dense) in zip(per_kind, shape.decoder_layers()))
+        if len(per_kind) > 1
+        else f"layers {layers} * {per_layer} B"
+    )
     final = shape.final_activations(p_bytes, a_bytes, peft is not None, mask_bytes)
     # a sliding-window layer shorter than the sequence attends through a mask (transformers'
     # b x s x s booleans, one for all such layers), which sdpa turns into a float copy in the
@@ -1492,10 +1667,10 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
             f"+ max(0, one layer b * s * {per_layer} B - logits)"
         )
     else:
-        act_b = tokens * (layers * per_layer + final + masked_layers * repeated - first) + layers * scores_b + mask_b
-        act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B + final norm {final} B)"
+        act_b = tokens * (all_layers + final + masked_layers * repeated - first) + layers * scores_b + mask_b
+        act_formula = f"b {b} * s {s} * ({layers_formula} + final norm {final} B)"
         if first:
-            act_formula = f"b {b} * s {s} * (layers {layers} * {per_layer} B - {first} B not kept by the first layer + final norm {final} B)"
+            act_formula = f"b {b} * s {s} * ({layers_formula} - {first} B not kept by the first layer + final norm {final} B)"
     if mask_b and not repeated and eager:
         act_formula += f" + eager attention's masks, kept for the recomputed layers: {mask_b // (b * s * s * p_bytes)} * b {b} * s {s}^2 * {p_bytes} B"
     elif repeated and shape.model_type == "falcon":
@@ -1510,6 +1685,8 @@ def estimate(shape: ModelShape, recipe: Recipe, picked: tuple[int, int] | None =
         ) + (f" + the boolean mask kept for the recomputed layers: b {b} * s {s}^2 * 1 B" if mask_b else "")
     if scores_b:
         kept_by = "the probabilities of sdpa's math path (attention dropout on the CPU)" if cpu_dropout else "eager attention's probabilities"
+        if latent_math:
+            kept_by = "the probabilities of sdpa's math path (v_head_dim other than q's and k's on the CPU)"
         act_formula += f" + {kept_by}: layers {layers} * b {b} * heads {shape.num_attention_heads} * s {s}^2 * {scores_b // (b * shape.num_attention_heads * s * s)} B"
     offloaded_b = 0
     if recipe.model.activation_offloading and not launch.cpu:

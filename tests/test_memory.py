@@ -66,6 +66,24 @@ GPT_OSS = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "num_local_experts
 OLMO3 = {**SMALL, "num_key_value_heads": 2, "sliding_window": 16, "pad_token_id": 0, "eos_token_id": 2}
 EXAONE4 = {**SMALL, "num_key_value_heads": 2, "sliding_window": 16}
 GLM4 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "pad_token_id": 0, "eos_token_id": 2}
+# deepseek_v3: multi-head latent attention (q and kv latents, q and k heads of 16 + 8 rotary, v heads of 12), its first
+# layer dense, the others 4 routed experts of 32 (2 a token, from 1 of 2 groups) and a shared expert
+DEEPSEEK_V3 = {
+    **SMALL,
+    "num_hidden_layers": 3,
+    "num_key_value_heads": 8,
+    "moe_intermediate_size": 32,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "n_group": 2,
+    "topk_group": 1,
+    "first_k_dense_replace": 1,
+    "q_lora_rank": 48,
+    "kv_lora_rank": 40,
+    "qk_nope_head_dim": 16,
+    "qk_rope_head_dim": 8,
+    "v_head_dim": 12,
+}
 
 
 @pytest.mark.parametrize(
@@ -127,14 +145,19 @@ GLM4 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "pad_token_id": 0, "e
         ("exaone4", {**EXAONE4, "tie_word_embeddings": True, "num_key_value_heads": 8, "layer_types": ["full_attention"] * 2}),
         ("glm4", GLM4),  # q/k/v biases (attention_bias), none on o_proj
         ("glm4", {**GLM4, "attention_bias": False, "tie_word_embeddings": True, "num_key_value_heads": 8, "head_dim": 8}),
+        ("deepseek_v3", DEEPSEEK_V3),  # a dense layer, then two MoE layers; untied
+        ("deepseek_v3", {**DEEPSEEK_V3, "q_lora_rank": None, "attention_bias": True, "tie_word_embeddings": True}),  # one q_proj
+        ("deepseek_v3", {**DEEPSEEK_V3, "first_k_dense_replace": 0, "n_shared_experts": 2, "attention_bias": True}),
+        ("deepseek_v3", {**DEEPSEEK_V3, "first_k_dense_replace": 5, "v_head_dim": 24}),  # every layer dense
     ],
 )
 def test_parameter_count_is_exact(model_type, config):
     shape, model = shape_and_model(model_type, **config)
     assert shape.parameters() == sum(p.numel() for p in model.parameters())
     layers = {"gpt2": lambda: model.transformer.h, "falcon": lambda: model.transformer.h, "gpt_neox": lambda: model.gpt_neox.layers}
-    layer = layers.get(model_type, lambda: model.model.layers)()[0]
-    assert shape.layer_params() == sum(p.numel() for p in layer.parameters())
+    for layer in layers.get(model_type, lambda: model.model.layers)():
+        dense = model_type == "deepseek_v3" and not hasattr(layer.mlp, "experts")  # its first_k_dense_replace layers
+        assert shape.layer_params(dense) == sum(p.numel() for p in layer.parameters())
 
 
 @pytest.mark.parametrize(
@@ -495,6 +518,12 @@ def test_the_newer_types_config_json_keys_left_out_take_the_config_class_default
     assert (exaone4.sliding_layers, exaone4.sliding_window, exaone4.qk_norm) == (6, 4096, 2 * 8)
     glm4 = ModelShape.from_config({**SMALL, "model_type": "glm4"}, "glm4")
     assert (glm4.head_dim, glm4.num_key_value_heads, glm4.qkv_bias, glm4.o_bias) == (128, 2, True, False)
+    deepseek = ModelShape.from_config({**SMALL, "num_key_value_heads": 8, "num_hidden_layers": 5}, "deepseek_v3")
+    assert (deepseek.experts, deepseek.experts_per_token, deepseek.intermediate_size, deepseek.shared_expert_size) == (256, 8, 2048, 2048)
+    assert (deepseek.q_lora_rank, deepseek.kv_lora_rank, deepseek.head_dim, deepseek.rope_head_dim, deepseek.v_head_dim) == (1536, 512, 192, 64, 128)
+    assert (deepseek.dense_layers, deepseek.dense_intermediate_size, deepseek.norm_topk_prob) == (3, 96, True)
+    alias = {k: v for k, v in DEEPSEEK_V3.items() if k != "n_routed_experts"} | {"num_local_experts": 6}
+    assert ModelShape.from_config(alias, "deepseek_v3").experts == 6  # its attribute_map's name
 
 
 GPT2_INIT = {"model.init": "gpt2", "model.config": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}}
@@ -880,6 +909,109 @@ def test_olmo3_exaone4_and_glm4_by_hand(plan_of):
         assert peft.memory is None and f"PEFT on model type {model_type!r}" in peft.memory_unknown
 
 
+DEEPSEEK_V3_INIT = {
+    "model.init": "deepseek_v3",
+    "model.config": {
+        **FUSED,
+        "num_key_value_heads": 4,
+        "intermediate_size": 128,
+        "moe_intermediate_size": 32,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "n_group": 2,
+        "topk_group": 1,
+        "first_k_dense_replace": 1,
+        "q_lora_rank": 48,
+        "kv_lora_rank": 32,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "v_head_dim": 16,
+    },
+}
+
+
+def test_deepseek_v3_by_hand(plan_of):
+    # h 64, 2 layers (the first dense, of 128; the second 4 routed experts of 32, 2 a token, and a shared expert of 32),
+    # 4 heads: q and k heads of 16 + 8 rotary, v heads of 16; q_lora_rank 48, kv_lora_rank 32; vocab 512, untied,
+    # b 4 x s 32, float32, on a GPU (sdpa's fused kernel)
+    m = plan_of(DEEPSEEK_V3_INIT).memory
+    # q_a_proj, q_a_layernorm, q_b_proj, kv_a_proj_with_mqa (the latent and the rotary key), kv_a_layernorm, kv_b_proj, o_proj
+    attention = 64 * 48 + 48 + 48 * 4 * 24 + 64 * (32 + 8) + 32 + 32 * 4 * (16 + 16) + 4 * 16 * 64
+    dense, moe = 3 * 64 * 128, 4 * 64 + 4 * 3 * 32 * 64 + 3 * 64 * 32  # the SwiGLU; the router, the experts, the shared expert
+    assert m.parameters == 2 * 512 * 64 + 2 * attention + dense + moe + 2 * 2 * 64 + 64
+    # two norms (float32 input, normalised value) and their outputs, read by q_a_proj and kv_a_proj_with_mqa, and by
+    # gate/up or the router and the shared expert; the latents' norms (float32 input, in float32 a view that keeps
+    # the rotary key too, normalised value, output); sdpa's q, k, v (kv_b_proj's whole output) and output, and
+    # o_proj's copy; the SwiGLU's four; per chosen expert its gathered input, gate_up_proj's output, the activation's
+    # output, their product and its output; the router's scores, each choice's weight, their copy divided in place
+    # and their sum, and four int64 index tensors; the shared expert's four
+    common = 2 * 8 * 64 + 2 * 4 * 64 + 12 * (48 + 32) + 4 * 8 + (2 * 4 * 24 + 4 * (16 + 16) + 2 * 4 * 16) * 4
+    dense_layer, moe_layer = common + 4 * 128 * 4, common + 4 * (4 + 2 + 3) + 4 * 8 * 2 + 2 * (2 * 64 + 4 * 32) * 4 + 4 * 32 * 4
+    assert (dense_layer, moe_layer) == (6368, 6980)
+    assert m.activations == 4 * 32 * (dense_layer + moe_layer + 3 * 4 * 64)
+    assert "dense layers 1 * 6368 B + MoE layers 1 * 6980 B" in m.notes[3]
+    # on the CPU sdpa has no fused kernel for v heads narrower than q's and k's: its math path keeps q and k scaled
+    # and v, in float32, o_proj's input and the float32 probabilities
+    cpu = plan_of({**DEEPSEEK_V3_INIT, "launch.cpu": True}).memory
+    math = (2 * 4 * 24 + 4 * 16) * 4 + 4 * 16 * 4 - (2 * 4 * 24 + 4 * (16 + 16) + 2 * 4 * 16) * 4
+    probabilities = 4 * 4 * 32 * 32 * 4
+    assert cpu.activations == m.activations + 4 * 32 * 2 * math + 2 * probabilities
+    assert "sdpa's math path (v_head_dim other than q's and k's on the CPU)" in cpu.notes[3]
+    # v heads as wide as q's and k's (24): the CPU's fused kernel, as on a GPU; 8 more values a head in kv_b_proj's
+    # output (sdpa's v), sdpa's output and o_proj's copy
+    fused = plan_of({**DEEPSEEK_V3_INIT, "launch.cpu": True, "model.config": {**DEEPSEEK_V3_INIT["model.config"], "v_head_dim": 24}}).memory
+    assert fused.parameters == m.parameters + 2 * (32 * 4 * 8 + 4 * 8 * 64)  # kv_b_proj's and o_proj's
+    assert fused.activations == m.activations + 4 * 32 * 2 * 3 * 4 * 8 * 4
+    assert "math path" not in fused.notes[3]
+    # eager attention: q, k and v's copy for the matmuls, o_proj's contiguous input; the float32 probabilities
+    eager = plan_of({**DEEPSEEK_V3_INIT, "model.attention": "eager"}).memory
+    assert eager.activations == cpu.activations
+    # bf16 autocast: the norms' outputs cast once per linear reading them (the router's too), the latent norms'
+    # normalised values and outputs in 16 bits and their input copied to float32; the experts stay float32 (grouped_mm
+    # is not autocast) and get no 16-bit weight copies; the router's values are 16-bit (its linear runs in 16 bits)
+    mixed = plan_of({**DEEPSEEK_V3_INIT, "launch.mixed_precision": "bf16"}).memory
+    common = 2 * 8 * 64 + 2 * 2 * 64 + 8 * (48 + 32) + (2 * 4 * 24 + 4 * (16 + 16) + 2 * 4 * 16) * 2
+    dense_layer = common + 2 * 2 * 64 + 4 * 128 * 2
+    moe_layer = common + 3 * 2 * 64 + 2 * (4 + 2 + 3) + 4 * 8 * 2 + 2 * (2 * 64 + 4 * 32) * 4 + 4 * 32 * 2
+    assert mixed.activations == 4 * 32 * (dense_layer + moe_layer + (4 + 4 + 2) * 64)
+    norms, latent_norms, expert_weights = 2 * 2 * 64 + 64, 2 * (48 + 32), 4 * 3 * 32 * 64
+    assert mixed.params - m.params == 2 * (m.parameters - 512 * 64 - norms - latent_norms - expert_weights)
+    # bfloat16 weights, on the CPU: the router's weight is kept float32, so it casts its input to float32 and keeps
+    # the copy, and its values are float32; sdpa's math path computes in float32
+    bf16 = plan_of({**DEEPSEEK_V3_INIT, "launch.cpu": True, "model.dtype": "bfloat16"}).memory
+    common = 2 * 6 * 64 + 2 * 2 * 64 + 8 * (48 + 32) + (2 * 4 * 24 + 4 * 16) * 4 + 4 * 16 * 2
+    dense_layer = common + 4 * 128 * 2
+    moe_layer = common + 4 * 64 + 4 * (4 + 2 + 3) + 4 * 8 * 2 + 2 * (2 * 64 + 4 * 32) * 2 + 4 * 32 * 2
+    assert bf16.activations == 4 * 32 * (dense_layer + moe_layer + (4 + 2 + 2) * 64) + 2 * probabilities
+    # checkpointed: the layers' inputs and the final norm's; the recomputed layer is the larger, the MoE layer, whose
+    # set exceeds the logits
+    ckpt = plan_of({**DEEPSEEK_V3_INIT, "model.gradient_checkpointing": True}).memory
+    assert ckpt.activations == 4 * 32 * (2 * 64 * 4 + 3 * 4 * 64) + 4 * 32 * 6980 - ckpt.logits
+    # FSDP gathers the larger layer whole (the MoE layer)
+    sharded = plan_of({**DEEPSEEK_V3_INIT, "launch.num_processes": 4, "train.batch_size": 16, "launch.strategy": "fsdp"}).memory
+    assert sharded.params == m.params // 4 + (attention + moe + 2 * 64) * 4
+    # one micro-batch a step: AdamW's for-loop step temporaries are twice the largest tensor, here the dense layer's
+    # gate_proj (64 x 1024, above the embeddings' 512 x 64 and the MoE layer's gate_up_proj)
+    one = {**DEEPSEEK_V3_INIT, "model.config": {**DEEPSEEK_V3_INIT["model.config"], "intermediate_size": 1024}}
+    one |= {"launch.cpu": True, "optim.grad_clip": 0}
+    one |= {"train.micro_batch_size": 1, "train.batch_size": 1}
+    x1, whole = plan_of(one).memory, plan_of({**one, "train.batch_size": 2}).memory
+    assert x1.grads == max(0, whole.grads + 2 * 64 * 1024 * 4 - x1.activations - x1.logits) > 0
+    # without norm_topk_prob the router keeps no copy of the weights nor their sum; two shared experts are one twice as wide
+    shape = ModelShape.from_config(DEEPSEEK_V3_INIT["model.config"], "deepseek_v3")
+    plain = ModelShape.from_config({**DEEPSEEK_V3_INIT["model.config"], "norm_topk_prob": False, "n_shared_experts": 2}, "deepseek_v3")
+    assert plain.layer_activations(4, 4) == shape.layer_activations(4, 4) - 4 * (2 + 1) + 4 * 32 * 4
+    assert plain.layer_activations(4, 4, dense=True) == shape.layer_activations(4, 4, dense=True)
+    # without q_lora_rank one q_proj reads the first norm: no q_a_layernorm
+    no_q_latent = ModelShape.from_config({**DEEPSEEK_V3_INIT["model.config"], "q_lora_rank": None}, "deepseek_v3")
+    assert no_q_latent.layer_activations(4, 4) == shape.layer_activations(4, 4) - 12 * 48
+    assert no_q_latent.layer_activations(2, 2) == shape.layer_activations(2, 2) - 8 * 48
+    with pytest.raises(ValueError, match="model.tiled_mlp on model type 'deepseek_v3'"):  # recipec refuses it first
+        shape.layer_activations(4, 4, tiled=True)
+    lora = plan_of(DEEPSEEK_V3_INIT, peft={"method": "lora", "r": 4, "target_modules": ["q_a_proj"]})
+    assert lora.memory is None and "PEFT on model type 'deepseek_v3'" in lora.memory_unknown
+
+
 def test_the_sliding_layers_of_mistral_ministral_and_smollm3_are_those_transformers_builds():
     """Each layer's attention window as transformers' modules hold it (`sliding_window` on the attention module, or
     the config's layer_types) against the shape's count: mistral's and ministral's every layer, smollm3's layers
@@ -943,6 +1075,8 @@ def test_the_sliding_layers_of_gpt_oss_olmo3_and_exaone4_are_those_transformers_
         ("olmoe", {"clip_qkv": 8.0}, "olmoe with clip_qkv"),
         ("stablelm", {"hidden_dropout": 0.1}, "stablelm with hidden_dropout"),
         ("gpt_oss", {"attention_dropout": 0.1}, "gpt_oss with attention_dropout"),
+        ("deepseek_v3", {"attention_dropout": 0.1}, "deepseek_v3 with attention_dropout"),
+        ("deepseek_v3", {"num_key_value_heads": 2}, "deepseek_v3 with num_key_value_heads other than num_attention_heads"),
     ],
 )
 def test_what_the_new_types_leave_out_is_refused(model_type, config, why):
@@ -1232,14 +1366,18 @@ def test_one_micro_batch_a_step_adds_what_the_gradients_exceed_the_freed_activat
         "glm4 bf16 autocast",
         "gpt_oss",
         "gpt_oss bf16 autocast",
+        "deepseek_v3",
+        "deepseek_v3 bf16 weights",
+        "deepseek_v3 v48 bf16 autocast",
     ],
 )
 def test_the_llama_like_types_estimate_is_the_measured_peak(case: str):
     """benchmarks/memory_estimate.py trains the case's model two steps under torch's profiler: the estimate is within
     1 % of the peak of the live allocations (0.1 % measured) for Llama's layers under other names, and with a
     sliding window shorter than the sequence (its mask, k and v repeated per query head: 3 % left out); for the
-    types with norms after the attention and the MLP (olmo3, exaone4, glm4), and for gpt_oss (eager attention
-    with sinks, its experts under grouped_mm, float32 and under bf16 autocast)."""
+    types with norms after the attention and the MLP (olmo3, exaone4, glm4), for gpt_oss (eager attention
+    with sinks, its experts under grouped_mm, float32 and under bf16 autocast), and for deepseek_v3 (latent attention
+    through sdpa's math path, and its fused kernel under bf16 autocast; a dense layer and MoE layers)."""
     bench = _memory_benchmark()
     recipe, overrides = bench.CASES[case]
     estimate, measured = bench._case(recipe, overrides, 2, "cpu")
