@@ -849,9 +849,10 @@ def _data(d: Draft, total: int | None) -> None:
     elif d.get("train_on_inputs"):
         for i, src in enumerate(d.sources):
             records = src.get("records")
-            if records is not None and records.value in ("alpaca", "messages") and "train_on" not in src:
+            if records is not None and records.value in ("alpaca", "messages", "prompt_completion") and "train_on" not in src:
                 style = src.get("prompt_style")
-                text = style is not None and style.value == "alpaca"  # prompt and output as text: every token, as axolotl
+                # prompt and output as text: every token, as axolotl
+                text = style is not None and style.value == "alpaca" or "prompt_format" in src
                 d.set(f"data.sources[{i}].train_on", "all", "train_on_inputs", approx=None if text else "train_on_inputs: the prompt is trained on too, the template's own tokens as well")
     _empty(d, "train_on_inputs")
     if d.has("train_on_inputs") and d.get("train_on_inputs") is False:
@@ -882,6 +883,47 @@ def _padding(d: Draft, examples: bool, seq: int) -> None:
         d.set("data.pad_to_multiple_of", seq, key, approx=f"{multiple} is past sequence_len {seq}, which recipec never pads past")
     else:
         d.set("data.pad_to_multiple_of", multiple, key)
+
+
+def _user_defined(d: Draft, src: str, key: str, typ: dict[str, Any]) -> None:
+    """A user-defined prompt format (`type: {format, no_input_format, field_*, system_*}`) -> `prompt_format`.
+
+    axolotl's prompt is ``system_format`` filled with the record's ``field_system`` (else ``system_prompt``)
+    when that is non-empty, then ``format`` filled with the instruction and the input when the input is
+    non-empty, else ``no_input_format`` with the instruction (`UserDefinedPrompter`); the output and EOS
+    follow, tokenized apart. recipec's formats name the record's fields, so `{instruction}` and `{input}`
+    become the fields they are read from, and the list tries the format with the system and the input first.
+    """
+    fields = {name: typ.get(f"field_{name}") or name for name in ("instruction", "input", "output", "system")}
+    rename = lambda text: text.replace("{instruction}", "{" + fields["instruction"] + "}").replace("{input}", "{" + fields["input"] + "}")  # noqa: E731
+    turn = typ.get("format")
+    if not turn:
+        d.drop(key, "missing-feature", "a user-defined prompt type without `format` has no prompt to build")
+        return
+    turns = [rename(turn), rename(typ.get("no_input_format") or turn)]
+    system_format = typ.get("system_format") if typ.get("system_format") is not None else "{system}"
+    constant = typ.get("system_prompt") or ""
+    used = [f"{key}.{k}" for k in ("format", "no_input_format", "field_instruction", "field_input", "field_output", "system_format") if k in typ]
+    if typ.get("field_system") and system_format:  # the record's system field, when it has one
+        head = system_format.replace("{system}", "{" + fields["system"] + "}")
+        formats = [head + t for t in turns] + turns
+        used.append(f"{key}.field_system")
+        if constant:
+            d.drop(f"{key}.system_prompt", "missing-feature", "axolotl puts it in the place of an empty system field; recipec leaves the system out of such a record's prompt")
+    elif constant and system_format:  # the same system text before every prompt
+        head = system_format.format(system=constant).replace("{", "{{").replace("}", "}}")
+        formats = [head + t for t in turns]
+        used.append(f"{key}.system_prompt")
+    else:
+        formats = turns
+        used += [f"{key}.{k}" for k in ("system_prompt", "field_system") if k in typ]
+    formats = list(dict.fromkeys(formats))
+    d.set(f"{src}.records", "prompt_completion", key, note="a user-defined prompt format: the prompt built from the record's fields, then the output")
+    d.set(f"{src}.prompt_format", formats[0] if len(formats) == 1 else formats, *used)
+    if fields["output"] != "completion":
+        d.set(f"{src}.fields", {"completion": fields["output"]}, *([f"{key}.field_output"] if "field_output" in typ else []))
+    if typ.get("field") is not None:
+        d.drop(f"{key}.field", "ignored-by-tool", "read by the completion type only.")
 
 
 def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, seq: int) -> str:
@@ -943,7 +985,7 @@ def _source(d: Draft, i: int, key: str, ds: dict[str, Any], total: int | None, s
             d.set(f"{src}.max_tokens", total * int(d.value("train.batch_size") or 1) * seq, note="a streamed source needs a bound: the tokens the run trains on (max_steps * batch * sequence_len)")
         return "text"
     if isinstance(typ, dict):
-        d.drop(f"{key}.type", "missing-feature", "a user-defined prompt format (Python format strings); recipec renders records with the chat template.")
+        _user_defined(d, src, f"{key}.type", typ)
         return "examples"
     typ = str(typ or "")
     base, _, fn = typ.partition(".")

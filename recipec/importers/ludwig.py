@@ -439,6 +439,56 @@ def _feature(d: Draft, key: str) -> tuple[str, list[str]]:
     return str(column), keys
 
 
+ZERO_SHOT_TEMPLATE = """SAMPLE INPUT: {__sample__}
+
+USER: Complete the following task: {__task__}
+
+ASSISTANT:
+"""
+"""Ludwig's DEFAULT_ZERO_SHOT_PROMPT_TEMPLATE (ludwig/data/prompt.py): the prompt of a config with a `prompt.task` and no template."""
+
+
+def _prompt_format(d: Draft, column: str) -> bool:
+    """`prompt.template` (or `prompt.task` alone, in Ludwig's zero-shot template) -> `prompt_format`; True when written.
+
+    Ludwig fills the template with `str.format`: each `{column}` with that column of the row, `{__task__}` with
+    `prompt.task`, `{__sample__}` with the input column through `json.dumps(..., indent=2).strip('"')`
+    (ludwig/data/prompt.py, `format_input_with_prompt`).
+    """
+    template, task = d.get("prompt.template"), d.get("prompt.task")
+    if template is None and task is None:
+        return False
+    if d.has("prompt.retrieval") and d.get("prompt.retrieval.type") is not None:
+        for key in ("prompt.template", "prompt.task"):
+            if d.has(key):
+                d.drop(key, "missing-feature", "a few-shot prompt's {__context__} is retrieved from an index; recipec retrieves no examples into the prompt")
+        return False
+    keys = [k for k in ("prompt.template", "prompt.task") if d.has(k)]
+    text = template if template is not None else ZERO_SHOT_TEMPLATE
+    import string
+
+    pieces = []
+    approx = None
+    for literal, name, spec, conversion in string.Formatter().parse(text):
+        pieces.append(literal.replace("{", "{{").replace("}", "}}"))
+        if name is None:
+            continue
+        if spec or conversion or name == "__context__" or (name == "__task__" and task is None):
+            d.drop(keys[0], "missing-feature", f"the placeholder {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}} has no recipec equivalent: fill the template into the data first")
+            for key in keys[1:]:
+                d.drop(key, "missing-feature", "read by the template, which is not imported")
+            return False
+        if name == "__task__":
+            pieces.append(str(task).replace("{", "{{").replace("}", "}}"))
+        elif name == "__sample__":
+            pieces.append("{" + column + "}")
+            approx = "Ludwig writes {__sample__} through json.dumps with the quotes stripped (newlines, quotes and non-ASCII characters escaped); recipec fills in the input column as it is"
+        else:
+            pieces.append("{" + name + "}")
+    d.set("data.sources[0].prompt_format", "".join(pieces), *keys, approx=approx)
+    return True
+
+
 def _data(d: Draft, options, kind: str) -> None:  # noqa: ANN001
     inputs = d.get("input_features") or []
     outputs = d.get("output_features") or []
@@ -462,7 +512,10 @@ def _data(d: Draft, options, kind: str) -> None:  # noqa: ANN001
         objective = "ipo" if d.get("trainer.dpo_loss_type", "sigmoid") == "ipo" else "dpo"
         other, rkeys = _feature(d, f"output_features[{rejected[0]}]")
         d.set("data.sources[0].records", "preference", "input_features[0].type", f"output_features[{chosen}].type", f"output_features[{rejected[0]}].type", approx=join)
-        d.set("data.sources[0].fields", {"prompt": prompt, "chosen": completion, "rejected": other}, *pkeys, *ckeys, *rkeys)
+        fields = {"prompt": prompt, "chosen": completion, "rejected": other}
+        if _prompt_format(d, prompt):
+            del fields["prompt"]
+        d.set("data.sources[0].fields", fields, *pkeys, *ckeys, *rkeys)
         d.set("preference.objective", objective, "trainer.type", approx="Ludwig's DPO takes no reference model (its log-ratios are the policy's log-probabilities alone); recipec's are against the reference")
         for key, dst in (("trainer.dpo_beta", "beta"), ("trainer.dpo_label_smoothing", "label_smoothing")):
             if d.has(key):
@@ -471,7 +524,10 @@ def _data(d: Draft, options, kind: str) -> None:  # noqa: ANN001
             d.exact("trainer.dpo_loss_type")
     else:
         d.set("data.sources[0].records", "prompt_completion", "input_features[0].type", f"output_features[{chosen}].type", approx=join)
-        d.set("data.sources[0].fields", {"prompt": prompt, "completion": completion}, *pkeys, *ckeys)
+        fields = {"prompt": prompt, "completion": completion}
+        if _prompt_format(d, prompt):
+            del fields["prompt"]
+        d.set("data.sources[0].fields", fields, *pkeys, *ckeys)
     if not rejected and kind != "finetune":
         d.exact("trainer.type")
         d.warn(
@@ -497,10 +553,6 @@ def _data(d: Draft, options, kind: str) -> None:  # noqa: ANN001
                 d.set("data.max_length", int(d.get(sub)), sub, approx="Ludwig truncates this feature alone; recipec cuts the whole example")
             else:
                 d.drop(sub, "no-equivalent", "a feature's own preprocessing, encoder or decoder setting")
-    if d.has("prompt.template"):
-        d.drop("prompt.template", "missing-feature", "recipec renders one prompt column as it is: fill the template into the data first (a prompt column holding the rendered text)")
-    if d.has("prompt.task"):
-        d.drop("prompt.task", "missing-feature", "recipec renders no task instruction into the prompt")
     if d.has("prompt.retrieval"):
         d.drop("prompt.retrieval", "missing-feature", "recipec retrieves no few-shot examples into the prompt")
     packing = d.get("trainer.packing", False)

@@ -6,6 +6,6 @@ uses relative imports only and depends on nothing outside the standard library
 and the training stack (torch, datasets, transformers, tokenizers).
 
 This ``__init__`` deliberately imports nothing: the compiler imports
-``schedule``, ``checkpoint``, ``stage_request`` and ``summary`` (which are stdlib-only) and must
+``schedule``, ``checkpoint``, ``stage_request``, ``formats`` and ``summary`` (which are stdlib-only) and must
 never pull in torch. Import the submodules you need explicitly.
 """

@@ -25,6 +25,11 @@ Formats:
 * ``unpaired_preference`` (KTO, APO-zero unpaired): ``{"prompt", "completion", "label"}`` with a boolean label
   (true: a desirable completion); the example is a prompt/completion example with ``label``.
 
+A source's ``prompt_format`` builds the prompt of ``prompt_completion``, ``preference`` and
+``unpaired_preference`` records from other fields (:func:`format_prompt`): ``"[INST] {instruction}
+{input} [/INST]"`` fills each ``{name}`` with the record's field of that name, as axolotl's
+user-defined prompt formats and Ludwig's ``prompt.template`` do.
+
 Field names are the recipe's (``fields``, merged over :data:`DEFAULT_FIELDS`); role names are
 mapped by ``roles`` (merged over :data:`DEFAULT_ROLES`, for ``messages`` and ``sharegpt``).
 A source's ``system`` then keeps, drops, defaults or replaces the conversations' system
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import math
 import os
+import string
 from typing import Any, Callable
 
 FORMATS = ("text", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "unpaired_preference")
@@ -98,6 +104,60 @@ class RecordError(ValueError):
     """A record that does not fit its format; the message names the field."""
 
 
+def prompt_fields(prompt_format: str | list[str]) -> list[str]:
+    """The record fields a prompt format reads (its ``{name}`` placeholders), in order of first use.
+
+    Raises:
+        ValueError: a placeholder that is not a plain name (``{a.b}``, ``{0}``, ``{}``, ``{x!r}``, ``{x:>9}``),
+            a lone brace, or a format without any placeholder.
+    """
+    names: list[str] = []
+    for text in [prompt_format] if isinstance(prompt_format, str) else prompt_format:
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as e:
+            raise ValueError(f"{text!r}: {e} (a literal brace is written twice: {{{{ or }}}})") from None
+        found = []
+        for _, name, spec, conversion in parsed:
+            if name is None:
+                continue
+            if not name.isidentifier() or spec or conversion:
+                shown = "{" + name + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
+                raise ValueError(f"{text!r}: {shown} is not a field name; a placeholder is a field name in braces, such as {{instruction}}")
+            found.append(name)
+        if not found:
+            raise ValueError(f"{text!r} has no {{field}} placeholder: the prompt would be the same text for every record")
+        names += [n for n in found if n not in names]
+    return names
+
+
+def format_prompt(record: dict[str, Any], prompt_format: str | list[str]) -> str:
+    """The prompt ``prompt_format`` makes of a record: each ``{name}`` filled with the record's field ``name``.
+
+    A list of formats takes the first whose fields are all non-empty (``["{instruction}: {input}",
+    "{instruction}"]``: the input when there is one); when none is, the last, with its empty fields.
+    Fields hold strings or numbers; null is empty, and a field the record lacks is empty too for
+    choosing among a list, but an error in the format taken.
+
+    Raises:
+        RecordError: a field of the format taken is missing, or a field holds neither a string nor a number.
+    """
+    options = [prompt_format] if isinstance(prompt_format, str) else list(prompt_format)
+    for k, text in enumerate(options):
+        values: dict[str, str | None] = {}
+        for name in prompt_fields(text):
+            value = record.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+                raise RecordError(f"`{name}` holds {type(value).__name__}, and the prompt format fills in strings or numbers")
+            values[name] = None if name not in record else "" if value is None else str(value)
+        if k == len(options) - 1 or all(values.values()):
+            missing = [name for name, v in values.items() if v is None]
+            if missing:
+                raise RecordError(f"the record has no `{missing[0]}`")
+            return text.format_map(values)
+    raise AssertionError("unreachable: the last format is always taken")  # pragma: no cover
+
+
 def to_example(
     record: dict[str, Any],
     format: str,
@@ -108,6 +168,7 @@ def to_example(
     *,
     as_chat: bool = False,
     input_separator: str = INPUT_SEPARATOR,
+    prompt_format: str | list[str] | None = None,
 ) -> dict[str, Any]:
     """Turn one record into an example (see the module docstring).
 
@@ -126,6 +187,8 @@ def to_example(
         input_separator: what joins an alpaca record's instruction and non-empty input (prompt_style
             "chat"), and a preference record's string prompt and non-empty ``input`` field (read only
             when ``fields`` names it: a second column of the prompt, as LLaMA-Factory's ``query``).
+        prompt_format: the prompt of prompt_completion and preference records, made of the record's fields
+            (:func:`format_prompt`) in place of its ``prompt`` field.
 
     Raises:
         RecordError: the record lacks a field, has a wrong type, an unknown role or no
@@ -150,6 +213,10 @@ def to_example(
     elif format == "alpaca":
         example = _alpaca(record, f, r, input_separator)
     else:
+        if prompt_format is not None:
+            if format not in ("prompt_completion", *PREFERENCE):
+                raise ValueError(f"prompt_format makes the prompt of prompt_completion and preference records, not of {format}")
+            record = {**record, f["prompt"]: format_prompt(record, prompt_format)}
         if format in PREFERENCE and "input" in (fields or {}):
             record = _with_input(record, f, input_separator)
         example = _READERS[format](record, f, r)
@@ -372,8 +439,12 @@ def text_view(example: dict[str, Any]) -> str:
     return "\n\n".join(m["content"] for m in example["messages"])
 
 
-def fields_needed(format: str, fields: dict[str, str] | None = None) -> list[str]:
-    """The record keys (columns) a format reads, after renaming: what a columnar reader must load."""
+def fields_needed(format: str, fields: dict[str, str] | None = None, prompt_format: str | list[str] | None = None) -> list[str]:
+    """The record keys (columns) a format reads, after renaming: what a columnar reader must load (with a
+    ``prompt_format``, its fields in place of the prompt's)."""
     f = {**DEFAULT_FIELDS[format], **(fields or {})}
-    skip = {"role", "content"}  # keys inside each message, not columns
-    return list(dict.fromkeys(v for k, v in f.items() if k not in skip))
+    skip = {"role", "content"} | ({"prompt"} if prompt_format is not None else set())  # keys inside each message, not columns
+    names = [v for k, v in f.items() if k not in skip]
+    if prompt_format is not None:
+        names += prompt_fields(prompt_format)
+    return list(dict.fromkeys(names))

@@ -524,6 +524,7 @@ class _Reader:
         self.prompt_style = source.get("prompt_style") or "chat"
         self.as_chat = bool(source.get("as_chat"))
         self.input_separator = source.get("input_separator", formats.INPUT_SEPARATOR)
+        self.prompt_format = source.get("prompt_format")
         self.mds_shards = source.get("mds_shards")  # some of an MDS dataset's shards (the Ray executor's tasks)
         if self.records not in formats.FORMATS:
             raise DataError(f"{label}: unknown records {self.records!r}; expected one of {', '.join(formats.FORMATS)}")
@@ -667,7 +668,7 @@ class _Reader:
         try:
             return formats.to_example(
                 record, self.records, self.record_fields, self.roles, self.system, self.prompt_style, as_chat=self.as_chat,
-                input_separator=self.input_separator,
+                input_separator=self.input_separator, prompt_format=self.prompt_format,
             )
         except formats.RecordError as e:
             self.bad(where, f"{self.records} record: {e}")
@@ -700,11 +701,11 @@ class _Reader:
         """Check that the text field and fields are columns of the right types; return the columns to read."""
         available = schema.names
         if self.records != "text":
-            wanted = [n for n in formats.fields_needed(self.records, self.record_fields) if n in available]
+            wanted = [n for n in formats.fields_needed(self.records, self.record_fields, self.prompt_format) if n in available]
             if not wanted:
                 raise DataError(
                     f"{self.label}: {shown}: no column of a {self.records} record "
-                    f"({', '.join(formats.fields_needed(self.records, self.record_fields))}); "
+                    f"({', '.join(formats.fields_needed(self.records, self.record_fields, self.prompt_format))}); "
                     f"available columns: {', '.join(available) or 'none'}"
                 )
             for name in self.fields:
@@ -797,7 +798,7 @@ class _Reader:
             self.stats.files += 1
             available = ", ".join(f"{name} ({encoding})" for name, encoding in columns.items()) or "none"
             if self.records != "text":
-                needed = formats.fields_needed(self.records, self.record_fields)
+                needed = formats.fields_needed(self.records, self.record_fields, self.prompt_format)
                 wanted = [name for name in needed if name in columns]
                 if not wanted:
                     raise DataError(
@@ -1097,6 +1098,8 @@ def fingerprint_source(
         settings["as_chat"] = True
     if source.get("input_separator", "\n\n") != "\n\n":
         settings["input_separator"] = source["input_separator"]
+    if source.get("prompt_format") is not None:
+        settings["prompt_format"] = source["prompt_format"]
     digest = hashlib.sha256(b"recipec-source-v1\0")
     digest.update(json.dumps(settings, sort_keys=True).encode("utf-8") + b"\0")
 

@@ -152,6 +152,9 @@ class Source(Table):
     input_separator: str = "\n\n"
     """What joins an instruction and its input into one user turn: for `alpaca` records (prompt_style `chat`), the instruction and a non-empty `input`; for `preference` and `unpaired_preference` records with an `input` field (`fields = {input = "..."}`: a second column of the prompt), the string prompt and a non-empty input. The default is a blank line; LLaMA-Factory joins with one newline ("\n")."""
 
+    prompt_format: str | list[str] | None = None
+    """`prompt_completion`, `preference` and `unpaired_preference` records: the prompt made of the record's fields, in place of its `prompt` field: each `{name}` is filled with the field `name` (a string or a number; `{{` and `}}` are literal braces), e.g. `"[INST] {instruction} {input} [/INST]"`. A list takes the first format whose fields are all non-empty, else the last (`["{instruction}\n\n{input}", "{instruction}"]`: the input only when there is one), as axolotl's user-defined prompt formats (`format`, `no_input_format`) and Ludwig's `prompt.template` fill them. The prompt is plain text unless `as_chat` makes it the user turn."""
+
     prompt_style: Literal["chat", "alpaca", "alpaca_chat"] = "chat"
     """How `alpaca` records are rendered: `chat` (the chat template renders a conversation whose user turn is the instruction, then the input after `input_separator`, a blank line by default), `alpaca` (Stanford Alpaca's prompt text, "Below is an instruction that describes a task... ### Instruction: ... ### Response:", then the output and EOS, with no chat template, as axolotl's `type: alpaca` and LitGPT's `prompt_style: alpaca`; a record's `system` takes the preamble's place) or `alpaca_chat` (that prompt text as the user turn of the chat template, as torchtune's `alpaca_dataset`)."""
 
@@ -211,6 +214,8 @@ class Source(Table):
                 )
         if self.as_chat and self.records not in ("prompt_completion", "preference", "unpaired_preference"):
             raise key_error("as_chat", f'`as_chat` renders the string prompts and completions of prompt_completion and preference records, and `records` is "{self.records}"')
+        if self.prompt_format is not None:
+            self.check_prompt_format()
         if self.prompt_style != "chat" and self.records != "alpaca":
             raise key_error("prompt_style", f'`prompt_style` renders alpaca records, and `records` is "{self.records}"')
         if self.prompt_style == "alpaca" and self.system != "keep":
@@ -278,6 +283,22 @@ class Source(Table):
                 if isinstance(f, (ScoreFilter, ScoreSampleFilter)):
                     raise key_error("filters", f"a builtin source has no score field for a {f.type!r} filter")
         return self
+
+    def check_prompt_format(self) -> None:
+        """`prompt_format`: records with a prompt, placeholders that are field names, no second way to fill the prompt."""
+        from ..runtime.formats import prompt_fields
+
+        if self.records not in ("prompt_completion", "preference", "unpaired_preference"):
+            raise key_error("prompt_format", f'`prompt_format` makes the prompt of prompt_completion and preference records, and `records` is "{self.records}"')
+        if isinstance(self.prompt_format, list) and not self.prompt_format:
+            raise key_error("prompt_format", "`prompt_format` is an empty list", "give one format, or several to take the first whose fields are all non-empty")
+        try:
+            prompt_fields(self.prompt_format)
+        except ValueError as e:
+            raise key_error("prompt_format", str(e)) from None
+        for key in ("prompt", "input"):
+            if key in (self.fields or {}):
+                raise key_error(("fields", key), f"`fields.{key}` names a column of the prompt, and `prompt_format` makes the prompt", "name the column in the format instead: {" + self.fields[key] + "}")
 
     @model_validator(mode="after")
     def check_token_source(self) -> Source:

@@ -927,3 +927,52 @@ def test_lora_model_dir_goes_on_training_the_saved_adapter_under_its_own_config(
     plan, _ = plan_recipe(path, ())
     assert plan["peft_adapter"] == "./out/sft"
     assert (plan["peft_spec"]["r"], plan["peft_spec"]["alpha"]) == (16, 32)  # the adapter's, not lora_r's
+
+
+def _axolotl_user_defined_prompt(typ: dict, record: dict) -> str:
+    """axolotl's UserDefinedPrompter (prompt_strategies/user_defined.py over SystemDataPrompter), as written there:
+    the system field (else system_prompt) through system_format when non-empty, then format with the input or
+    no_input_format without it."""
+    f = {k: typ.get(f"field_{k}") or k for k in ("instruction", "input", "output", "system")}
+    system = record[f["system"]] if f["system"] in record and typ.get("field_system") else (typ.get("system_prompt") or "")
+    system_format = typ.get("system_format") if typ.get("system_format") is not None else "{system}"
+    head = system_format.format(system=system) if system and system_format else ""
+    instruction, extra = record[f["instruction"]], record.get(f["input"]) or ""
+    if extra:
+        return head + typ["format"].format(instruction=instruction, input=extra)
+    return head + (typ.get("no_input_format") or typ["format"]).format(instruction=instruction)
+
+
+@pytest.mark.parametrize(
+    "typ",
+    [
+        {"field_instruction": "q", "field_input": "ctx", "field_output": "a", "format": "[INST] {instruction}\n{input} [/INST]", "no_input_format": "[INST] {instruction} [/INST]"},
+        {"system_prompt": "Be {brief}.", "system_format": "<<SYS>>{system}<</SYS>>\n", "format": "Q: {instruction} ({input})\nA: ", "no_input_format": "Q: {instruction}\nA: "},
+        {"field_system": "sys", "system_format": "### System:\n{system}\n", "format": "### User:\n{instruction}\n{input}\n", "no_input_format": "### User:\n{instruction}\n"},
+    ],
+)
+def test_a_user_defined_prompt_format_builds_axolotls_prompt(tmp_path, imported, typ):
+    """`type: {format, ...}` -> prompt_format: for records with and without an input (and a system field), the
+    prompt recipec builds is the one axolotl's prompter writes."""
+    import yaml
+
+    from recipec.runtime.formats import to_example
+
+    cfg = yaml.safe_load((CONFIGS / "lora-1b.yaml").read_text(encoding="utf-8"))
+    cfg["datasets"] = [{"path": "data/qa.jsonl", "ds_type": "json", "type": typ}]
+    path = tmp_path / "custom.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    got = imported("axolotl", path, files=["data/qa.jsonl"])
+    (src,) = got.recipe["data"]["sources"]
+    assert src["records"] == "prompt_completion" and "prompt_format" in src
+    assert got.result.draft.ledger["datasets[0].type.format"].how == "exact"
+    f = {k: typ.get(f"field_{k}") or k for k in ("instruction", "input", "output", "system")}
+    records = [
+        {f["instruction"]: "Add 2 and 3.", f["input"]: "in words", f["output"]: "five", f["system"]: "Be terse."},
+        {f["instruction"]: "Add 2 and 3.", f["input"]: "", f["output"]: "five", f["system"]: ""},
+        {f["instruction"]: "Add {x}.", f["input"]: "x=1", f["output"]: "two", f["system"]: "S"},
+        {f["instruction"]: "Why?", f["input"]: None, f["output"]: "because", f["system"]: "Be terse."},
+    ]
+    for record in records:
+        ex = to_example(record, "prompt_completion", src.get("fields"), prompt_format=src["prompt_format"])
+        assert ex == {"prompt": _axolotl_user_defined_prompt(typ, record), "completion": record[f["output"]]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from recipec.diagnostics import RecipeError
 from recipec.importers import detect, import_config
@@ -196,3 +197,60 @@ def test_another_peft_method_takes_its_method_and_targets_and_drops_the_rest(tmp
     assert got.dropped["adapter.r"] == "missing-feature"
     assert "adapter.r" not in got.approx
     assert got.dropped["quantization.bits"] == "missing-feature" and "peft" in got.recipe and "quantize" not in got.recipe["peft"]
+
+
+def _ludwig_prompt(template: str, row: dict, task: str | None, input_column: str) -> str:
+    """Ludwig's format_input_with_prompt for one row (ludwig/data/prompt.py): str.format with the row's columns,
+    __task__ and __sample__ (the input column through json.dumps, quotes stripped)."""
+    import json
+    import string
+
+    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    values = {k: str(v) for k, v in row.items() if k in fields}
+    if "__task__" in fields:
+        values["__task__"] = task
+    if "__sample__" in fields:
+        values["__sample__"] = json.dumps(row[input_column], indent=2).strip('"')
+    return template.format(**values)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "how"),
+    [
+        ({"template": "### Instruction: {instruction}\n### Input: {input}\n### Response:"}, "exact"),
+        ({"template": "Task {{{__task__}}}: {instruction}", "task": "answer {briefly}"}, "exact"),
+        ({"task": "summarize"}, "approx"),  # Ludwig's zero-shot template, its {__sample__} through json.dumps
+    ],
+)
+def test_a_prompt_template_becomes_the_prompt_format(tmp_path, imported, prompt, how):
+    from recipec.importers.ludwig import ZERO_SHOT_TEMPLATE
+    from recipec.runtime.formats import to_example
+
+    cfg = yaml.safe_load((CONFIGS / "llama2_7b_4bit.yaml").read_text(encoding="utf-8"))
+    cfg["prompt"] = prompt
+    path = tmp_path / "templated.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    got = _load(imported, path)
+    src = got.recipe["data"]["sources"][0]
+    assert "prompt" not in src["fields"]
+    assert got.result.draft.ledger["prompt." + next(iter(prompt))].how == how
+    input_column = cfg["input_features"][0].get("column", cfg["input_features"][0]["name"])
+    output_column = cfg["output_features"][0].get("column", cfg["output_features"][0]["name"])
+    rows = [
+        {"instruction": "Add 2 and 3.", "input": "in words", input_column: "What is 2+3?", output_column: "five"},
+        {"instruction": "Name {x}.", "input": "", input_column: "plain text", output_column: "ok"},
+    ]
+    for row in rows:
+        ex = to_example(row, "prompt_completion", src["fields"], prompt_format=src["prompt_format"])
+        template = prompt.get("template", ZERO_SHOT_TEMPLATE)
+        assert ex["prompt"] == _ludwig_prompt(template, row, prompt.get("task"), input_column)
+
+
+def test_a_template_with_a_format_spec_or_retrieved_context_is_not_imported(tmp_path, imported):
+    cfg = yaml.safe_load((CONFIGS / "llama2_7b_4bit.yaml").read_text(encoding="utf-8"))
+    cfg["prompt"] = {"template": "{score:.2f} {instruction}"}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    got = _load(imported, path)
+    assert "prompt_format" not in got.recipe["data"]["sources"][0]
+    assert got.result.draft.ledger["prompt.template"].how == "dropped"

@@ -302,3 +302,62 @@ def test_a_preference_records_input_field_joins_its_prompt():
     messages = {"prompt": [{"role": "user", "content": "Add."}], "query": "2 and 3", "chosen": [{"role": "assistant", "content": "5"}], "rejected": [{"role": "assistant", "content": "6"}]}
     with pytest.raises(RecordError, match="`query` is joined to a string prompt, and `prompt` is a list of messages"):
         to_example(messages, "preference", {"input": "query"})
+
+
+def test_a_prompt_format_fills_the_records_fields_into_the_prompt():
+    from recipec.runtime.formats import fields_needed, format_prompt, prompt_fields
+
+    both = ["[INST] {instruction} {input} [/INST]", "[INST] {instruction} [/INST]"]
+    rec = {"instruction": "Add 2 and 3.", "input": "use {braces}", "output": "5"}
+    ex = to_example(rec, "prompt_completion", {"completion": "output"}, prompt_format=both)
+    assert ex == {"prompt": "[INST] Add 2 and 3. use {braces} [/INST]", "completion": "5"}  # a value's braces stay
+    for empty in ("", None):  # the first format whose fields are all non-empty: here the second
+        ex = to_example({**rec, "input": empty}, "prompt_completion", {"completion": "output"}, prompt_format=both)
+        assert ex["prompt"] == "[INST] Add 2 and 3. [/INST]"
+    # one format takes empty fields as they are; numbers are written as Python writes them; {{ }} are braces
+    assert format_prompt({"q": "", "n": 3, "x": 0.5}, "{{Q}}: {q}|{n}|{x}") == "{Q}: |3|0.5"
+    # when no format has all its fields, the last one is taken
+    assert format_prompt({"a": "", "b": ""}, ["{a} {b}", "{b}!"]) == "!"
+    # a field the record lacks is empty for choosing, and an error in the format taken
+    assert format_prompt({"i": "x"}, ["{s}: {i}", "{i}"]) == "x"
+    with pytest.raises(RecordError, match="the record has no `i`"):
+        format_prompt({"s": "a"}, ["{s}: {i}", "{i}"])
+    # a preference record's prompt, and a chat rendering of it
+    pref = to_example({"q": "Which?", "chosen": "A", "rejected": "B"}, "preference", prompt_format="Q: {q}\nA:")
+    assert pref == {"chosen": {"prompt": "Q: Which?\nA:", "completion": "A"}, "rejected": {"prompt": "Q: Which?\nA:", "completion": "B"}}
+    chat = to_example({"q": "Hi", "completion": "Yo"}, "prompt_completion", prompt_format="<{q}>", as_chat=True)
+    assert chat["messages"][0] == {"role": "user", "content": "<Hi>"}
+    # the columns a columnar reader loads: the format's fields in place of the prompt's
+    assert fields_needed("prompt_completion", {"completion": "output"}, both) == ["output", "system", "instruction", "input"]
+    assert prompt_fields(both) == ["instruction", "input"]
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"output": "5"}, "the record has no `instruction`"),
+        ({"instruction": ["a", "list"], "output": "5"}, "`instruction` holds list, and the prompt format fills in strings or numbers"),
+        ({"instruction": True, "output": "5"}, "`instruction` holds bool"),
+    ],
+)
+def test_a_prompt_format_over_a_record_that_does_not_fit(record, message):
+    with pytest.raises(RecordError, match=message):
+        to_example(record, "prompt_completion", {"completion": "output"}, prompt_format="{instruction}")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "message"),
+    [
+        ("no fields here", "has no {field} placeholder"),
+        ("{a.b}", r"\{a.b\} is not a field name"),
+        ("{0}", r"\{0\} is not a field name"),
+        ("{x!r}", r"\{x!r\} is not a field name"),
+        ("{x:>9}", r"\{x:>9\} is not a field name"),
+        ("open { brace", "a literal brace is written twice"),
+    ],
+)
+def test_prompt_formats_that_are_not_plain_field_names(fmt, message):
+    from recipec.runtime.formats import prompt_fields
+
+    with pytest.raises(ValueError, match=message):
+        prompt_fields(fmt)

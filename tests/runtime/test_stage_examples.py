@@ -276,3 +276,24 @@ def test_alpaca_records_in_the_alpaca_prompt_style_are_prompt_and_completion_tex
         answer = tok(r["output"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         want.add((tuple(prompt + answer), tuple([0] * len(prompt) + [1] * len(answer))))
     assert {(tuple(r["input_ids"]), tuple(r["mask"])) for r in rows_of(out)} == want
+
+
+def test_a_prompt_format_makes_the_prompt_text_and_only_the_completion_is_supervised(tmp_path, tokenizer_dir):
+    """axolotl's user-defined prompt format: the format filled with the record's fields, tokenized on its own,
+    then the output's tokens and EOS, only those supervised; parquet loads the format's columns."""
+    rows = [{"instruction": f"Add {i} and {i}.", "input": "" if i % 2 else f"{i}+{i}", "output": f"It is {2 * i}.", "extra": i} for i in range(8)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    fmt = ["[INST] {instruction} {input} [/INST]", "[INST] {instruction} [/INST]"]
+    src = {"path": "a.parquet", "records": "prompt_completion", "fields": {"completion": "output"}, "prompt_format": fmt}
+    out = run(request(tmp_path, tokenizer_dir, [src], packing=False, seq_len=256))
+    tok = chat_tokenizer(CHATML)
+    want = set()
+    for r in rows:
+        text = f"[INST] {r['instruction']} {r['input']} [/INST]" if r["input"] else f"[INST] {r['instruction']} [/INST]"
+        prompt = tok(text, add_special_tokens=False)["input_ids"]
+        answer = tok(r["output"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        want.add((tuple(prompt + answer), tuple([0] * len(prompt) + [1] * len(answer))))
+    assert {(tuple(r["input_ids"]), tuple(r["mask"])) for r in rows_of(out)} == want
+    # another format is another cache entry
+    other = run(request(tmp_path, tokenizer_dir, [{**src, "prompt_format": "Q: {instruction}\nA:"}], packing=False, seq_len=256))
+    assert other.dir != out.dir
