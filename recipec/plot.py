@@ -25,6 +25,7 @@ import json
 import math
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,27 @@ def schedule_png(
     peak = _finite("peak_lr", peak_lr)
     low = None if min_lr is None else _finite("min_lr", min_lr)
     bands = [_phase(i, p) for i, p in enumerate(phases)]
+    # the same drawing again (verify, diff and explain render the build a second time; a process compiling
+    # many recipes draws one schedule for all that share it): the bytes of the first, as drawing gives them
+    key = hashlib.sha256(json.dumps([values, list(phases), title, peak, low], sort_keys=True, default=str).encode()).hexdigest()
+    if key in _DRAWN:
+        _DRAWN.move_to_end(key)
+        return _DRAWN[key]
+    png = _draw(values, bands, title, peak, low)
+    _DRAWN[key] = png
+    while len(_DRAWN) > DRAWN_IN_MEMORY:
+        _DRAWN.popitem(last=False)
+    return png
 
+
+DRAWN_IN_MEMORY = 16
+"""Drawings :func:`schedule_png` keeps in memory, the most recently used."""
+
+_DRAWN: OrderedDict[str, bytes] = OrderedDict()
+
+
+def _draw(values: list[float], bands: list, title: str, peak: float, low: float | None) -> bytes:
+    """:func:`schedule_png`'s drawing, of checked inputs."""
     import io
 
     import matplotlib

@@ -225,9 +225,14 @@ def _table_of(field: StringField) -> dict[str, Any]:
     variant = _discriminator(field.model)
     if variant is not None:
         table["type" if "type" in field.model.model_fields else "method"] = variant
-    required = {"field": "score", "rate": 0.5, "path": "bench/docs.jsonl"}
+    required = {
+        "field": "score", "rate": 0.5, "path": "bench/docs.jsonl",
+        "model": "org/scorer", "prior_model": "org/prior", "conditional_model": "org/conditional",
+    }  # fmt: skip
     if variant == "score":
         table["min"] = 0.0  # a score filter needs a bound
+    if variant == "perplexity":
+        table["max"] = 1000.0
     for name, info in field.model.model_fields.items():
         if info.is_required() and name not in table and name in required:
             table[name] = required[name]
@@ -303,6 +308,11 @@ def _files_for(project: Path, field: StringField, value: str, data: dict[str, An
         source.pop("text_field", None)
         source.update(fields={"messages": value}) if fid.endswith("fields") else source.update(roles={value: "assistant"})
         data.setdefault("tokenizer", {})["chat_template"] = CHATML
+    elif fid == "data.sources.prompt_format":
+        # prompt/completion records whose prompt the format makes of the instruction field
+        source.pop("text_field", None)
+        source.update(path="data/qa.jsonl", records="prompt_completion", prompt_format=value + " {instruction}", fields={"completion": "output"})
+        _try_create(project / "data" / "qa.jsonl", json.dumps({"instruction": "Add 2 and 3.", "output": "5"}) + "\n")
     elif fid == "data.sources.input_separator":
         # alpaca records: the separator joins each instruction and its input in the user turn the template renders
         source.pop("text_field", None)
