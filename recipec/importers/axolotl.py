@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..runtime.formats import prompt_fields
 from ..schema.preference import EXTRA_LOSSES
 from . import hf
 from .core import Draft, Legacy, OldValue, Removed, Renamed, epochs_cadence, num
@@ -918,6 +919,11 @@ def _user_defined(d: Draft, src: str, key: str, typ: dict[str, Any]) -> None:
         formats = turns
         used += [f"{key}.{k}" for k in ("system_prompt", "field_system") if k in typ]
     formats = list(dict.fromkeys(formats))
+    try:
+        prompt_fields(formats)
+    except ValueError as e:  # a field name str.format cannot take as a key ("a.b", "0"), a brace of axolotl's own
+        d.drop(key, "missing-feature", f"the format does not make a recipec prompt_format: {e}")
+        return
     d.set(f"{src}.records", "prompt_completion", key, note="a user-defined prompt format: the prompt built from the record's fields, then the output")
     d.set(f"{src}.prompt_format", formats[0] if len(formats) == 1 else formats, *used)
     if fields["output"] != "completion":

@@ -32,10 +32,12 @@ trainers/trainer.py, trainers/trainer_dpo.py, utils/llm_utils.py):
 from __future__ import annotations
 
 import math
+import string
 from fractions import Fraction
 from typing import Any
 
 from ..diagnostics import Diagnostic, RecipeError
+from ..runtime.formats import prompt_fields
 from .core import Draft, num
 from .hf_trainer import data_option
 
@@ -465,7 +467,6 @@ def _prompt_format(d: Draft, column: str) -> bool:
         return False
     keys = [k for k in ("prompt.template", "prompt.task") if d.has(k)]
     text = template if template is not None else ZERO_SHOT_TEMPLATE
-    import string
 
     pieces = []
     approx = None
@@ -485,6 +486,13 @@ def _prompt_format(d: Draft, column: str) -> bool:
             approx = "Ludwig writes {__sample__} through json.dumps with the quotes stripped (newlines, quotes and non-ASCII characters escaped); recipec fills in the input column as it is"
         else:
             pieces.append("{" + name + "}")
+    try:
+        prompt_fields("".join(pieces))
+    except ValueError as e:  # a column name str.format takes as an index, or no column at all
+        d.drop(keys[0], "missing-feature", f"the template does not make a recipec prompt_format: {e}")
+        for key in keys[1:]:
+            d.drop(key, "missing-feature", "read by the template, which is not imported")
+        return False
     d.set("data.sources[0].prompt_format", "".join(pieces), *keys, approx=approx)
     return True
 

@@ -108,7 +108,8 @@ def prompt_fields(prompt_format: str | list[str]) -> list[str]:
     """The record fields a prompt format reads (its ``{name}`` placeholders), in order of first use.
 
     Raises:
-        ValueError: a placeholder that is not a plain name (``{a.b}``, ``{0}``, ``{}``, ``{x!r}``, ``{x:>9}``),
+        ValueError: a placeholder that is not a field name (``{a.b}``, ``{a[0]}``, ``{0}``, ``{}``, ``{x!r}``,
+            ``{x:>9}``; a name with spaces or dashes is one),
             a lone brace, or a format without any placeholder.
     """
     names: list[str] = []
@@ -121,7 +122,7 @@ def prompt_fields(prompt_format: str | list[str]) -> list[str]:
         for _, name, spec, conversion in parsed:
             if name is None:
                 continue
-            if not name.isidentifier() or spec or conversion:
+            if not name or name.isdigit() or any(c in name for c in ".[]") or spec or conversion:  # str.format would index or convert
                 shown = "{" + name + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
                 raise ValueError(f"{text!r}: {shown} is not a field name; a placeholder is a field name in braces, such as {{instruction}}")
             found.append(name)

@@ -254,3 +254,19 @@ def test_a_template_with_a_format_spec_or_retrieved_context_is_not_imported(tmp_
     got = _load(imported, path)
     assert "prompt_format" not in got.recipe["data"]["sources"][0]
     assert got.result.draft.ledger["prompt.template"].how == "dropped"
+
+
+def test_a_column_name_with_a_dash_or_space_is_a_field_and_an_index_is_not_imported(tmp_path, imported):
+    from recipec.runtime.formats import to_example
+
+    cfg = yaml.safe_load((CONFIGS / "llama2_7b_4bit.yaml").read_text(encoding="utf-8"))
+    cfg["prompt"] = {"template": "Q ({the-topic}, {sub topic}): {instruction}"}
+    path = tmp_path / "dash.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    src = _load(imported, path).recipe["data"]["sources"][0]
+    row = {"the-topic": "math", "sub topic": "sums", "instruction": "2+3?", "output": "5"}
+    assert to_example(row, "prompt_completion", src["fields"], prompt_format=src["prompt_format"])["prompt"] == "Q (math, sums): 2+3?"
+    cfg["prompt"] = {"template": "{0}: {instruction}"}  # positional: Ludwig's str.format fails on it too
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    got = _load(imported, path)
+    assert "prompt_format" not in got.recipe["data"]["sources"][0] and got.result.draft.ledger["prompt.template"].how == "dropped"
