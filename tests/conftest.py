@@ -92,34 +92,6 @@ def _torch_extensions_of_this_run(tmp_path_factory: pytest.TempPathFactory) -> N
     os.environ.setdefault("RECIPEC_HASH_CACHE", str(root / "file-sha256.json"))
 
 
-LONGEST_FIRST = (
-    "tests/test_gpu_check.py::test_every_row_on_cpu_with_a_tiny_model",
-    "tests/test_crash.py::test_sigkill_anywhere_resumes_bitwise",
-    "tests/test_deepspeed.py::test_zero_over_two_processes_matches_one_process",
-    "tests/test_requirements.py::test_the_quickstart_trains_in_a_venv_made_from_its_requirements_alone",
-    "tests/test_forkrun.py::test_a_forked_launch_gives_its_workers_what_torchrun_gives_them",
-    "tests/runtime/test_checkpoint.py::test_the_estimate_is_what_deepspeed_saves",
-    "tests/test_memory.py::test_the_llama_like_types_estimate_is_the_measured_peak",
-    "tests/test_memory.py::test_the_evaluation_estimate_is_the_measured_peak_of_an_evaluation_forward",
-)
-"""The tests that take minutes, longest first (`--durations`): they start first."""
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The longest tests first, then the other slow ones, then the rest, each group in file order: under
-    pytest-xdist each worker starts on a long test, and the short ones fill the end instead of one worker
-    finishing a long test alone while the other waits."""
-
-    def rank(item: pytest.Item) -> tuple[int, int]:
-        name = item.nodeid.split("[", 1)[0]
-        for k, prefix in enumerate(LONGEST_FIRST):
-            if name == prefix:
-                return (0, k)
-        return (1, 0) if item.get_closest_marker("slow") else (2, 0)
-
-    items.sort(key=rank)
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-golden",
