@@ -24,15 +24,13 @@ from typing import Any
 import numpy as np
 
 from .file_hashes import directory_sha256
-from .hub import cached_revision
+from .hub import _LOCAL, cached_revision
 from .readers import DataError
 from .stage_request import local_path
 from .tokenizer import fingerprint as tokenizer_fingerprint
 
 CHUNK = 4096
 """Documents tokenized and sorted by length at a time: bounds the ids held in memory."""
-
-LOCAL = ("./", "../", "/", "~")
 
 
 def model_identity(path: str, revision: str | None, project_dir: str) -> dict[str, Any]:
@@ -42,7 +40,7 @@ def model_identity(path: str, revision: str | None, project_dir: str) -> dict[st
     Raises:
         DataError: a local directory that cannot be read.
     """
-    if not path.startswith(LOCAL):
+    if not path.startswith(_LOCAL):
         return {"path": path, "revision": revision or "main", "commit": cached_revision(path, revision or "main", "models")}
     directory = pathlib.Path(local_path(path, project_dir))
     try:
