@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import ast
 import copy
+import io
 import json
 import os
 import shutil
+import tokenize
 import tomllib
 import types
 import typing
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,6 +421,53 @@ def _tree_and_constants(source: str) -> tuple[str, list[Any]]:
     return ast.dump(tree, include_attributes=False), constants
 
 
+QUOTINGS: tuple[Callable[[str], str], ...] = (repr, json.dumps)
+"""How a generated file may write a string as a Python literal."""
+
+
+def _marker_literals(source: str) -> list[tuple[str, Callable[[str], str]]] | None:
+    """Each way `source` writes the marker as a string literal of its own (`'zq7benign'`, `"zq7benign"`), with the
+    quoting that wrote it; None where the marker is anywhere else (inside a longer string, an f-string, a comment).
+
+    Where it is not None, the source with each such literal replaced by the same quoting of a payload has the benign
+    source's tokens but those literals, so its syntax tree is the benign one with the payload for the marker: what
+    `compare` checks by parsing, found without parsing (train.py is some 2,000 lines, parsed for every payload)."""
+    if MARKER not in source:
+        return []
+    literals: dict[str, Callable[[str], str]] = {}
+    count = 0
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if MARKER not in token.string:
+            continue
+        quoting = next((q for q in QUOTINGS if q(MARKER) == token.string), None)
+        if token.type != tokenize.STRING or quoting is None:
+            return None
+        literals[token.string] = quoting
+        count += 1
+    if count != source.count(MARKER):
+        return None
+    return list(literals.items())
+
+
+def _with_payload_literals(source: str, literals: list[tuple[str, Callable[[str], str]]], payload: str) -> str | None:
+    """`source` with each marker literal written as the payload, by the same quoting; None where a quoting of the
+    payload would not read back as the payload (a literal that no longer stands for the value)."""
+    if MARKER in payload:
+        return None
+    for literal, quoting in literals:
+        quoted = quoting(payload)
+        try:
+            tokens = [t.type for t in tokenize.generate_tokens(io.StringIO(quoted).readline)]
+            if tokens[0] != tokenize.STRING or set(tokens[1:]) - {tokenize.NEWLINE, tokenize.ENDMARKER}:
+                return None  # not one string literal
+            if ast.literal_eval(quoted) != payload:
+                return None
+        except (SyntaxError, ValueError, tokenize.TokenError):
+            return None
+        source = source.replace(literal, quoted)
+    return source
+
+
 def _substitute(value: Any, payload: str) -> Any:
     """`value` with the marker replaced by the payload in every string and key."""
     if isinstance(value, str):
@@ -474,12 +523,15 @@ class Benign:
     code: dict[str, tuple[str, list[Any]]]
     config: Any
     resolved: dict[str, Any]
+    literals: dict[str, list[tuple[str, Callable[[str], str]]] | None]
+    """Per Python file, how it writes the marker (`_marker_literals`)."""
 
     @classmethod
     def of(cls, files: dict[str, str | bytes]) -> Benign:
         code = {name: _tree_and_constants(str(text)) for name, text in files.items() if name.endswith(".py")}
         config = yaml.safe_load(str(files["accelerate_config.yaml"]))
-        return cls(files, code, config, tomllib.loads(str(files["resolved.toml"])))
+        literals = {name: _marker_literals(str(files[name])) for name in code}
+        return cls(files, code, config, tomllib.loads(str(files["resolved.toml"])), literals)
 
 
 def compare(benign: Benign, hostile: dict[str, str | bytes], payload: str) -> Outcome:
@@ -487,6 +539,9 @@ def compare(benign: Benign, hostile: dict[str, str | bytes], payload: str) -> Ou
     if sorted(benign.files) != sorted(hostile):
         return Outcome("different files", f"{sorted(benign.files)} != {sorted(hostile)}")
     for name, (benign_tree, benign_constants) in benign.code.items():
+        literals = benign.literals[name]
+        if literals is not None and hostile[name] == _with_payload_literals(str(benign.files[name]), literals, payload):
+            continue  # the benign text, the payload written where (and as) the marker was: the tree compare's answer
         try:
             tree, constants = _tree_and_constants(str(hostile[name]))
         except (SyntaxError, ValueError) as exc:
