@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -437,7 +438,7 @@ def _worker(spec: dict) -> None:
     from recipec.runtime import adapters, loss as lm_loss, optimizers, tiled_mlp
 
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))  # the tests run one per process, a core each
     cuda = spec["device"] == "cuda"
     device = torch.device(spec["device"])
 
