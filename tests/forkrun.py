@@ -333,7 +333,7 @@ def _serve(defaults: dict[str, str]) -> None:
     for name in ("AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "LlamaForCausalLM", "PreTrainedTokenizerFast"):
         getattr(transformers, name)  # the lazy modules behind them
     try:
-        importlib.import_module("deepspeed")  # accelerate's unwrap_model imports it at the final save wherever it is installed
+        importlib.import_module("deepspeed")  # a DeepSpeed run's imports (the others no longer import it: recipec_runtime/unwrap.py)
         # what deepspeed.initialize imports to check the optimizer: its Muon, whose module-level torch.compile imports
         # dynamo (about 1.5 s a process)
         importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")

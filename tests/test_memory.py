@@ -48,7 +48,6 @@ def _measured(bench, case: str, *extra: str):
     return bench._case(recipe, [*overrides, *(BF16_ON_CPU if bf16 else ()), *extra], 2, "cpu")
 
 
-
 SMALL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 8, "vocab_size": 301}
 GPT2 = {"n_embd": 64, "n_layer": 2, "n_head": 8, "n_positions": 128, "vocab_size": 301}
 GEMMA3 = {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16}

@@ -175,6 +175,7 @@ def local(path):
 # accelerate's unwrap_model (before every save) imports DeepSpeed whenever it is installed, to test for its engine:
 # seconds of imports; this run builds no engine, so the test looks at the modules imported already instead
 unwrap.skip_deepspeed_import()
+
 output_dir = project_dir / output_dir
 ckpt_dir = output_dir / "checkpoints"
 lock_bytes = (here / "recipe.lock.json").read_bytes()
