@@ -167,8 +167,10 @@ def test_the_quickstart_trains_in_a_venv_made_from_its_requirements_alone(tmp_pa
     # tests run on, pip cannot reach for another one (several GB of CUDA wheels on Linux)
     torch = tmp_path / "torch.txt"
     torch.write_text(f"torch=={lock['packages']['torch']}\n")
+    # --no-compile: the same packages, without byte-compiling each of their modules at install (more than half of
+    # the install's time here; python compiles what train.py imports as it imports it)
     pip = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "-c", str(torch), "-r", REQUIREMENTS],
+        [python, "-m", "pip", "install", "--quiet", "--no-compile", "-c", str(torch), "-r", REQUIREMENTS],
         cwd=built, env=env, capture_output=True, text=True, timeout=1800,
     )
     if pip.returncode != 0 and f"No matching distribution found for torch=={lock['packages']['torch']}" in pip.stderr:
