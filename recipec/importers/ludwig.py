@@ -695,9 +695,13 @@ def _schedule(d: Draft, ga: int) -> None:
     warm: Any = 0
     warm_keys = [k for k in (f"{p}.warmup_fraction", f"{p}.warmup_evaluations") if d.has(k)]
     why = [per_micro] if per_micro else []
+    steps = d.get("trainer.train_steps")
     if frac:
         warm = frac
-        if not float(frac).is_integer():
+        # Ludwig ramps over fraction x steps micro-batches, a float; recipec's warmup is whole steps (the fraction's
+        # product rounded up): the same ramp where the run's length is known and makes the product whole
+        whole = bool(steps) and ga == 1 and (float(frac) * int(steps)).is_integer()
+        if not float(frac).is_integer() and not whole:
             why.append("Ludwig's ramp is 1/(fraction x steps) a step, recipec's warmup rounds the fraction up to whole steps")
     if evals:
         spc = int(d.get("trainer.steps_per_checkpoint", 0) or 0)
@@ -747,10 +751,19 @@ def _schedule(d: Draft, ga: int) -> None:
         else:
             d.set("schedule.min_lr_ratio", 0.0, *([f"{p}.eta_min"] if d.has(f"{p}.eta_min") else []))
     elif decay == "polynomial":
-        d.set("schedule.decay", "polynomial", dkey, approx=per_micro)
+        # Ludwig's polynomial decay counts its progress from the warmup's end, but inside its SequentialLR the decay's
+        # step count starts again at 0 there: right after a warmup its LR is above the peak
+        shifted = (
+            "after a warmup of W of the run's N micro-batches Ludwig's polynomial decay starts at (N / (N - W))^power x the peak (its "
+            "progress subtracts the warmup from a step count its SequentialLR restarted) and reaches the end LR W steps "
+            "after the run; the recipe decays from the peak to the end LR over the steps after the warmup"
+        )
+        d.set("schedule.decay", "polynomial", dkey, approx="; ".join(w for w in (per_micro, shifted if warm else None) if w) or None)
         d.set("schedule.power", num(d.get(f"{p}.polynomial_power", 1.0)), *([f"{p}.polynomial_power"] if d.has(f"{p}.polynomial_power") else []))
         end = num(d.get(f"{p}.polynomial_end_lr", 0.0))
-        d.set("schedule.min_lr", end, *([f"{p}.polynomial_end_lr"] if d.has(f"{p}.polynomial_end_lr") else [])) if end else d.set("schedule.min_lr_ratio", 0.0)
+        # Ludwig's polynomial_end_lr is a fraction of the peak, whatever its description says: the decay function's
+        # value, which LambdaLR multiplies the peak by, ends at it
+        d.set("schedule.min_lr_ratio", end, *([f"{p}.polynomial_end_lr"] if d.has(f"{p}.polynomial_end_lr") else []))
     else:
         d.drop(dkey, "missing-feature", f"recipec has no {decay} decay as Ludwig computes it: the recipe's LR stays constant after the warmup")
         d.set("schedule.decay", "constant", note=f"Ludwig's {decay} decay is not imported")
