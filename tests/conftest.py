@@ -64,6 +64,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def scheduler_lrs(optimizer: Any, scheduler: Any, steps: int) -> list[float]:
+    """The LR of each of `steps` optimizer steps, the scheduler stepped after each one as a trainer steps it
+    (the schedule oracles of tests/importers/)."""
+    out = []
+    for _ in range(steps):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
 def accelerate_launch(config_file: Path, *args: str) -> list[str]:
     """The argv of `accelerate launch --config_file config_file *args` on a free rendezvous port.
 

@@ -16,6 +16,8 @@ from recipec.diagnostics import RecipeError
 from recipec.importers import Options, axolotl, import_config
 from recipec.runtime import schedule as runtime
 
+from conftest import scheduler_lrs
+
 CONFIGS = Path(__file__).resolve().parent / "configs" / "axolotl"
 
 NFT = "not-for-training"
@@ -355,12 +357,7 @@ def _transformers_lrs(name: str, warmup: int, total: int, kwargs: dict) -> list[
     torch = pytest.importorskip("torch")
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = transformers.get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total, scheduler_specific_kwargs=kwargs)
-    out = []
-    for _ in range(total):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    return scheduler_lrs(opt, sched, total)
 
 
 TRANSFORMERS_SCHEDULES = ["lora-1b.yaml", "lora-1b-deduplicate-sft.yaml", "qlora-1b.yaml", "mistral-lora.yaml", "fft-8b-zero3.yaml", "dpo-chatml-intel.yaml", "pretrain-qwen2.yaml", "gemma2-linear-warmup.yaml"]

@@ -19,6 +19,8 @@ from recipec.compiler import plan_recipe
 from recipec.importers import Options, import_config
 from recipec.runtime import schedule as runtime
 
+from conftest import scheduler_lrs
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -86,12 +88,7 @@ def _reference(args: dict, total: int) -> list[float]:
         num_training_steps=total,
         scheduler_specific_kwargs=targs.lr_scheduler_kwargs,
     )
-    out = []
-    for _ in range(total):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    return scheduler_lrs(opt, sched, total)
 
 
 def _hf(args: dict) -> dict:

@@ -16,6 +16,8 @@ from recipec.diagnostics import RecipeError
 from recipec.importers import import_config
 from recipec.runtime import schedule as runtime
 
+from conftest import scheduler_lrs
+
 CONFIGS = Path(__file__).resolve().parent / "configs" / "litgpt"
 
 
@@ -169,12 +171,7 @@ def _litgpt_finetune_lrs(torch, warmup: int, max_steps: int, lr: float) -> list[
     s1 = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: step / warmup)
     s2 = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=(max_steps - warmup))
     sched = torch.optim.lr_scheduler.SequentialLR(opt, [s1, s2], milestones=[warmup])
-    out = []
-    for _ in range(max_steps):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    return scheduler_lrs(opt, sched, max_steps)
 
 
 @pytest.mark.parametrize("steps_per_epoch", [25, 37])

@@ -13,6 +13,8 @@ from recipec.compiler import plan_recipe
 from recipec.diagnostics import RecipeError
 from recipec.importers import Options, import_config, llama_factory
 
+from conftest import scheduler_lrs
+
 TOOL = "llama-factory"
 NFT = "not-for-training"
 
@@ -337,12 +339,7 @@ def _hf_lrs(config: dict, total: int) -> list[float]:
         config.get("lr_scheduler_type", "linear"), opt, num_warmup_steps=warmup, num_training_steps=total,
         scheduler_specific_kwargs=dict(config.get("lr_scheduler_kwargs") or {}),
     )
-    out = []
-    for _ in range(total):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    return scheduler_lrs(opt, sched, total)
 
 
 @pytest.mark.parametrize("total", [200, 1000])

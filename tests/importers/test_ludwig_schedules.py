@@ -22,6 +22,8 @@ from recipec.compiler import plan_recipe
 from recipec.importers import Options, import_config
 from recipec.runtime import schedule as runtime
 
+from conftest import scheduler_lrs
+
 torch = pytest.importorskip("torch")
 
 LR = 1e-3
@@ -61,12 +63,7 @@ def _ludwig_lrs(scheduler: dict, total: int) -> list[float]:
     else:
         raise ValueError(decay)
     sched = parts[0] if len(parts) == 1 else SequentialLR(opt, parts, milestones=[warmup])
-    out = []
-    for _ in range(total):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    return scheduler_lrs(opt, sched, total)
 
 
 def _recipe_lrs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheduler: dict, total: int) -> tuple[list[float], set[str]]:
