@@ -38,14 +38,17 @@ BF16_ON_CPU = ["train.micro_batch_size=4", "train.batch_size=8"]
 """Added to a measured case in bfloat16 (weights or autocast): this CPU has no bfloat16 matrix instructions, so its
 bfloat16 steps take about five times float32's; a quarter of the benchmark's micro-batch (16) keeps two micro-batches
 a step and an activation share of the peak near a quarter (`python benchmarks/memory_estimate.py` measures the
-full-size cases)."""
+full-size cases). A case with an evaluation forward evaluates 16 rows then."""
 
 
-def _measured(bench, case: str, *extra: str):
-    """The estimate and the measured peaks of the benchmark's case, two optimizer steps on the CPU."""
+def _measured(bench, case: str):
+    """The estimate and the measured peaks of the benchmark's case, two optimizer steps on the CPU (the second holds
+    the optimizer state); in bfloat16 with BF16_ON_CPU."""
     recipe, overrides = bench.CASES[case]
-    bf16 = any("bf16" in o or "bfloat16" in o for o in overrides)
-    return bench._case(recipe, [*overrides, *(BF16_ON_CPU if bf16 else ()), *extra], 2, "cpu")
+    if any("bf16" in o or "bfloat16" in o for o in overrides):
+        evaluates = any(o.startswith("train.eval_micro_batch_size=") for o in overrides)
+        overrides = [*overrides, *BF16_ON_CPU, *(["train.eval_micro_batch_size=16"] if evaluates else [])]
+    return bench._case(recipe, overrides, 2, "cpu")
 
 
 SMALL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 8, "vocab_size": 301}
@@ -1227,10 +1230,7 @@ def test_the_evaluation_estimate_is_the_measured_peak_of_an_evaluation_forward(c
     eval_micro_batch_size rows as train.py does, under torch's profiler: the estimate is within 2 % of the peak
     of the live allocations, in float32, under bf16 autocast, with LoRA (an adapter's optimizer state) and
     with gemma2's soft-capped logits."""
-    bench = _memory_benchmark()
-    # the second step holds the optimizer state; in bfloat16 a smaller batch, and 16 rows in the evaluation
-    bf16 = case.endswith("bf16")
-    estimate, measured = _measured(bench, case, *(["train.eval_micro_batch_size=16"] if bf16 else []))
+    estimate, measured = _measured(_memory_benchmark(), case)
     assert estimate.evaluation is not None and "evaluation" in measured
     assert abs(estimate.evaluation - measured["evaluation"]) / measured["evaluation"] < 0.02, (estimate.evaluation, measured)
     assert abs(estimate.per_device - measured["peak"]) / measured["peak"] < 0.02, (estimate.per_device, measured)
