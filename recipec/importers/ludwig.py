@@ -709,7 +709,7 @@ def _schedule(d: Draft, ga: int) -> None:
         epochs = d.get("trainer.epochs", TRAINER["epochs"])
         if spc:
             w = math.ceil(evals * spc / ga)
-        elif not d.get("trainer.train_steps"):
+        elif not steps:
             w = float(Fraction(str(evals)) / (max(cpe, 1) * int(epochs)))
         else:
             w = None
