@@ -316,6 +316,19 @@ def _child(request: dict[str, Any], closed: list[Any], imported_threads: int) ->
         _exit(code)
 
 
+def skip_shared_memory_collective() -> None:
+    """DeepSpeed's CPU accelerator compiles its shared-memory all-reduce (a torch JIT extension: about 50 s
+    on two cores, once per test run, with every other DeepSpeed process of the run waiting on its lock)
+    when a process first starts deepspeed.comm. Only `inference_all_reduce` calls it (DeepSpeed inference's
+    tensor parallelism on CPUs), which no training run reaches: ZeRO and sequence parallelism use
+    torch.distributed's collectives. Marked not compatible, the op is not built and that call falls back to
+    torch.distributed's all_reduce. The forked runs (and tests/runtime/test_checkpoint.py's DeepSpeed
+    process) skip it; the plain ones (RECIPEC_TEST_FORK=0, .ci/latest) still build it."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def _serve(defaults: dict[str, str]) -> None:
     """The server: `python forkrun.py DEFAULTS-JSON`, requests on stdin, a reply line each on stdout."""
     import signal
@@ -337,6 +350,7 @@ def _serve(defaults: dict[str, str]) -> None:
         # what deepspeed.initialize imports to check the optimizer: its Muon, whose module-level torch.compile imports
         # dynamo (about 1.5 s a process)
         importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
+        skip_shared_memory_collective()
     except ImportError:
         pass
     imported_threads = _threads()  # native ones of the imports (torch's, pyarrow's jemalloc)
