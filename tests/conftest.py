@@ -16,6 +16,7 @@ Nothing here is autouse: the runtime and training tests do not use these fixture
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 import sys
@@ -110,6 +111,63 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="rewrite the golden files (tests/golden/, tests/bad_recipes/*.err) from the current output",
     )
+    parser.addoption(
+        "--store-durations",
+        action="store_true",
+        default=False,
+        help=f"write the seconds each test file took (setup, call and teardown of its tests) into {DURATIONS.name}",
+    )
+
+
+DURATIONS = Path(__file__).with_name("durations.json")
+"""Seconds per test file of a whole run (`pytest -n auto --dist worksteal --store-durations`): the order the
+xdist workers take the files in. Out of date it costs time, never a result."""
+
+SLOW_SECONDS, FAST_SECONDS = 15.0, 0.05
+"""What a test of a file missing from DURATIONS is expected to take: marked slow (it trains), or not."""
+
+
+def longest_files_first(items: list[Any], seconds: Mapping[str, float]) -> list[Any]:
+    """The items, each file's together and in their order, the files by their expected seconds, longest first.
+
+    Under `--dist worksteal` each worker starts on half the list and an idle worker takes the back half of
+    the other's queue: with the longest files at the front, what is left to take at the end is short tests,
+    and both workers finish within seconds of each other (in collection order the training files near the
+    end of the alphabet kept one worker busy for minutes after the other had stopped). A file stays whole
+    in a worker's queue, so its module fixtures are set up once there."""
+    files: dict[str, list[Any]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def expected(path: str) -> float:
+        if path in seconds:
+            return seconds[path]
+        return sum(SLOW_SECONDS if item.get_closest_marker("slow") else FAST_SECONDS for item in files[path])
+
+    return [item for path in sorted(files, key=expected, reverse=True) for item in files[path]]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # one process: the files in the order given
+        return
+    # every worker orders the same collection the same way, as xdist requires
+    items[:] = longest_files_first(items, json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {})
+
+
+_file_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _file_seconds[report.nodeid.split("::")[0]] = _file_seconds.get(report.nodeid.split("::")[0], 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if not config.getoption("--store-durations") or hasattr(config, "workerinput") or not _file_seconds:
+        return
+    stored = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    stored.update({path: round(total, 1) for path, total in _file_seconds.items()})  # the files this run ran
+    DURATIONS.write_text(json.dumps(dict(sorted(stored.items())), indent=1) + "\n")
 
 
 @pytest.fixture

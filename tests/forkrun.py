@@ -481,15 +481,15 @@ _servers: dict[tuple[tuple[str, str], ...], _Server] = {}  # the two environment
 _uses: dict[tuple[tuple[str, str], ...], int] = {}
 
 
-def _server(env: dict[str, str]) -> _Server | None:
+def _server(env: dict[str, str], at_once: bool = False) -> _Server | None:
     """The server of this environment, started on its second use (a one-off environment is not worth
-    one); None before that. pytest's PYTEST_CURRENT_TEST, which names the running test, does not count
-    (the child gets it as given)."""
+    one) or on the first `at_once`; None before that. pytest's PYTEST_CURRENT_TEST, which names the
+    running test, does not count (the child gets it as given)."""
     key = tuple(sorted((k, v) for k, v in env.items() if k != "PYTEST_CURRENT_TEST"))
     _uses[key] = _uses.get(key, 0) + 1
     if key in _servers:
         _servers[key] = _servers.pop(key)  # the most recently used last
-    elif _uses[key] >= 2:
+    elif _uses[key] >= 2 or at_once:
         while len(_servers) >= 2:
             _servers.pop(next(iter(_servers))).close()
         _servers[key] = _Server(env)
@@ -517,14 +517,16 @@ def _forkable(cmd: Any, kwargs: dict[str, Any]) -> str | None:
     return None
 
 
-def run(cmd: Any, **kwargs: Any) -> subprocess.CompletedProcess:
-    """`subprocess.run(cmd, **kwargs)`, a forked child of the server where it can be (see above)."""
+def run(cmd: Any, *, serve_at_once: bool = False, **kwargs: Any) -> subprocess.CompletedProcess:
+    """`subprocess.run(cmd, **kwargs)`, a forked child of the server where it can be (see above).
+    `serve_at_once`: start the environment's server on its first use (a script whose own `python -m`
+    runs are forked from it repays the server's imports in one run)."""
     kind = _forkable(cmd, kwargs)
     if kind is None:
         return subprocess.run(cmd, **kwargs)
     argv = [str(c) for c in cmd]
     timeout = kwargs.get("timeout")
-    server = _server(kwargs["env"])
+    server = _server(kwargs["env"], serve_at_once)
     if server is None:
         return subprocess.run(cmd, **kwargs)
     args = argv[3:] if kind == "launch" else argv[1:]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import forkrun  # noqa: E402
 import gpu_check  # noqa: E402
 
 
@@ -54,11 +55,14 @@ def test_a_row_in_the_table() -> None:
 
 @pytest.mark.slow
 def test_every_row_on_cpu_with_a_tiny_model(tmp_path: Path) -> None:
-    out = subprocess.run(
+    # forked: its `recipec data` and `recipec explain` runs are forked too (its runners are plain processes)
+    out = forkrun.run(
         [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--device", "cpu", "--tiny", "--quick", "--workdir", str(tmp_path)],
+        env=dict(os.environ),
         capture_output=True,
         text=True,
         timeout=900,
+        serve_at_once=True,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = out.stdout.splitlines()
