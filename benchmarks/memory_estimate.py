@@ -542,7 +542,9 @@ def _worker(spec: dict) -> None:
     print(json.dumps(result))
 
 
-def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[object, dict]:
+def _case(recipe: str, overrides: list[str], steps: int, device: str, run=subprocess.run) -> tuple[object, dict]:
+    """The recipe's estimate and the peaks `_worker` measures in a process of its own, started by `run` (with
+    `subprocess.run`'s arguments)."""
     sys.path.insert(0, str(REPO))
     from recipec.compiler import plan_recipe
 
@@ -570,9 +572,7 @@ def _case(recipe: str, overrides: list[str], steps: int, device: str) -> tuple[o
         "steps": steps,
         "device": device,
     }
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)], cwd=REPO, check=True, capture_output=True, text=True
-    )
+    out = run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=REPO, check=True, capture_output=True, text=True)
     return plan.memory, json.loads(out.stdout.strip().splitlines()[-1])
 
 

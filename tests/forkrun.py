@@ -24,13 +24,16 @@ environment, it asks a server to fork itself and run the command in the child:
   exit code 1. Several machines, another rendezvous or a module instead of a script: the child
   execs a plain `accelerate launch`.
 
-- `python -m MODULE ...` that such a child starts itself with `subprocess.run`, both output streams piped
-  (the training script's data stage, recipec_runtime/stage.py's run_in_subprocess): the child asks the
-  server, over a Unix socket, to fork another child for it, which runs the module as `python -m` would
-  (`__main__` the module, `sys.argv`, `sys.path[0]` the working directory, then the entries of the
-  PYTHONPATH it was given), in the asking child's process group (a timeout that kills the run kills it
-  too); anything else a child starts (another command, a timeout, stdin or a stream not piped) is a plain
-  subprocess.
+- `python -m MODULE ...` or `python script.py ...` that such a child starts itself with `subprocess.run`,
+  both output streams piped (the training script's data stage, recipec_runtime/stage.py's
+  run_in_subprocess) or both into one open file (stdout a file, stderr=subprocess.STDOUT: the runners of
+  benchmarks/train_throughput.py), with or without a timeout: the child asks the server, over a Unix
+  socket, to fork another child for it, which runs the module as `python -m` would (`__main__` the
+  module, `sys.argv`, `sys.path[0]` the working directory, then the entries of the PYTHONPATH it was
+  given) or the script as above, in the asking child's process group (a timeout that kills the run
+  kills it too); past its own timeout it is killed (SIGKILL, as `subprocess.run` kills its process) and
+  `TimeoutExpired` raised. Anything else a child starts (another command, stdin, other streams) is a
+  plain subprocess.
 
 A server is started with the environment it serves (pytest's PYTEST_CURRENT_TEST aside), on the
 second run under that environment; a test process keeps the two used last. It imports what every
@@ -75,8 +78,8 @@ PRELOADED = (
 LAUNCH = ("-m", "accelerate.commands.launch")
 """`python -m accelerate.commands.launch ...`: the launcher tests/conftest.py's accelerate_launch builds."""
 
-NESTED_KWARGS = {"env", "stdout", "stderr", "capture_output", "text", "cwd", "check"}
-"""The keyword arguments of a child's `subprocess.run` that the server can serve (stdout and stderr piped)."""
+NESTED_KWARGS = {"env", "stdout", "stderr", "capture_output", "text", "cwd", "check", "timeout"}
+"""The keyword arguments of a child's `subprocess.run` that the server can serve (see _nested_streams)."""
 
 _plain_run = subprocess.run
 _nested_socket: str | None = None  # the server's socket for its children's `python -m` runs (set in the server)
@@ -115,12 +118,15 @@ def _as_main(run: Any) -> int:
     return code
 
 
-def _script(argv: list[str]) -> int:
-    """Run argv[0] as `python argv...` runs it, in this process: its exit code."""
+def _script(argv: list[str], nested: bool = False) -> int:
+    """Run argv[0] as `python argv...` runs it, in this process: its exit code. A nested run's environment is not
+    the server's: the entries of its PYTHONPATH follow the script's directory on sys.path."""
     import runpy
 
     sys.argv = list(argv)
     sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+    if nested:
+        sys.path[1:1] = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
     return _as_main(lambda: runpy.run_path(argv[0], run_name="__main__"))
 
 
@@ -134,39 +140,92 @@ def _module(argv: list[str]) -> int:
     return _as_main(lambda: runpy.run_module(argv[0], run_name="__main__", alter_sys=True))
 
 
+def _nested_streams(kwargs: dict[str, Any]) -> str | None:
+    """"piped": stdout and stderr piped; "file": stdout an open file and stderr=subprocess.STDOUT; else None."""
+    if kwargs.get("capture_output") or (kwargs.get("stdout") == subprocess.PIPE and kwargs.get("stderr") == subprocess.PIPE):
+        return "piped"
+    out = kwargs.get("stdout")
+    if kwargs.get("stderr") == subprocess.STDOUT and hasattr(out, "flush") and isinstance(getattr(out, "name", None), str):
+        return "file" if os.path.isfile(out.name) else None
+    return None
+
+
 def _nested_forkable(cmd: Any, kwargs: dict[str, Any]) -> bool:
-    """`python -m MODULE ...` with both output streams piped and nothing the server cannot give it."""
-    if _nested_socket is None or not isinstance(cmd, (list, tuple)) or len(cmd) < 3 or list(cmd[:2]) != [sys.executable, "-m"]:
+    """`python -m MODULE ...` or `python script.py ...`, its output streams as _nested_streams serves them, and
+    nothing else the server cannot give it."""
+    if _nested_socket is None or not isinstance(cmd, (list, tuple)) or len(cmd) < 2 or cmd[0] != sys.executable:
         return False
-    if not set(kwargs) <= NESTED_KWARGS:
-        return False
-    return bool(kwargs.get("capture_output")) or (kwargs.get("stdout") == subprocess.PIPE and kwargs.get("stderr") == subprocess.PIPE)
+    module = cmd[1] == "-m" and len(cmd) >= 3
+    script = str(cmd[1]).endswith(".py") and os.path.isfile(cmd[1])
+    return (module or script) and set(kwargs) <= NESTED_KWARGS and _nested_streams(kwargs) is not None
+
+
+class _Lines:
+    """The reply lines of a socket, read with recv (a timeout leaves what has come in buffered)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn, self.buffer = conn, b""
+
+    def readline(self) -> str:
+        while b"\n" not in self.buffer:
+            chunk = self.conn.recv(4096)
+            if not chunk:
+                break
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
 
 
 def _nested_run(cmd: Any, *args: Any, **kwargs: Any) -> subprocess.CompletedProcess:
-    """`subprocess.run` in a forked child: `python -m MODULE ...` as another child of the server (see above)."""
+    """`subprocess.run` in a forked child: `python -m MODULE ...` or `python script.py ...` as another child of
+    the server (see above)."""
+    import signal
     import socket
 
     if args or not _nested_forkable(cmd, kwargs):
         return _plain_run(cmd, *args, **kwargs)
     argv = [str(c) for c in cmd]
+    module = argv[1] == "-m"
     env = dict(os.environ) if kwargs.get("env") is None else dict(kwargs["env"])
+    timeout = kwargs.get("timeout")
+    to_file = _nested_streams(kwargs) == "file"
     with tempfile.TemporaryDirectory(prefix="forkrun-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         request = {
-            "module": True, "argv": argv[2:], "env": env, "cwd": str(kwargs.get("cwd") or os.getcwd()),
-            "stdout": str(out), "stderr": str(err), "pgid": os.getpgid(0),
+            "nested": True, "module": module, "launch": False, "argv": argv[2:] if module else argv[1:], "env": env,
+            "cwd": str(kwargs.get("cwd") or os.getcwd()), "stdout": str(out), "stderr": str(err), "pgid": os.getpgid(0),
         }  # fmt: skip
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.connect(_nested_socket)
-            conn.sendall((json.dumps(request) + "\n").encode())
-            line = conn.makefile().readline()
-        reply = json.loads(line) if line else {"refused": "no reply"}
-        if "refused" in reply:
-            return _plain_run(cmd, **kwargs)
-        stdout, stderr = out.read_bytes(), err.read_bytes()
-    if kwargs.get("text"):
-        stdout, stderr = stdout.decode(), stderr.decode()
+            payload = (json.dumps(request) + "\n").encode()
+            # into a file: its descriptor itself goes to the server (SCM_RIGHTS), so the run writes where a process
+            # that inherited it would (the same offset, shared with this one)
+            sent = socket.send_fds(conn, [payload], [kwargs["stdout"].fileno()]) if to_file else 0
+            conn.sendall(payload[sent:])
+            lines = _Lines(conn)
+            started = json.loads(lines.readline() or '{"refused": "no reply"}')  # {"pid": ...} once forked
+            if "refused" in started:
+                return _plain_run(cmd, **kwargs)
+            conn.settimeout(timeout)
+            try:
+                line = lines.readline()
+                timed_out = False
+            except TimeoutError:
+                os.kill(started["pid"], signal.SIGKILL)
+                conn.settimeout(None)
+                line = lines.readline()  # the server's answer once it has reaped the run
+                timed_out = True
+            if not line:
+                raise RuntimeError(f"the fork server ended before the run it forked for {argv} had")
+            reply = json.loads(line)
+        if to_file:
+            stdout = stderr = None
+        else:
+            stdout, stderr = out.read_bytes(), err.read_bytes()
+            if kwargs.get("text"):
+                stdout, stderr = stdout.decode(), stderr.decode()
+    if timed_out:
+        raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr)
     proc = subprocess.CompletedProcess(argv, reply["rc"], stdout, stderr)
     if kwargs.get("check"):
         proc.check_returncode()
@@ -289,10 +348,15 @@ def _child(request: dict[str, Any], closed: list[Any], imported_threads: int) ->
             channel.close()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-            out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(out, fd)
-            os.close(out)
+        if request.get("fd") is not None:  # both into the descriptor a nested run's asking child sent
+            os.dup2(request["fd"], 1)
+            os.dup2(request["fd"], 2)
+            os.close(request["fd"])
+        else:
+            for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(out, fd)
+                os.close(out)
         os.close(null)
         sys.stdin = open(0, closefd=False)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -306,7 +370,7 @@ def _child(request: dict[str, Any], closed: list[Any], imported_threads: int) ->
         elif request["launch"]:
             code = _launch(request["argv"], request["env"], imported_threads)
         else:
-            code = _script(request["argv"])
+            code = _script(request["argv"], nested=bool(request.get("nested")))
     except BaseException:
         import traceback
 
@@ -382,21 +446,33 @@ def _serve(defaults: dict[str, str]) -> None:
         return pid
 
     def serve_nested() -> None:
-        """Fork the `python -m` runs children ask for; answer each child whose run has ended."""
+        """Fork the runs children ask for (their pid the first answer); answer each child whose run has ended."""
         while True:
             try:
                 conn, _ = listener.accept()
             except BlockingIOError:
                 break
             conn.setblocking(True)
-            with conn.makefile() as lines:
-                request = json.loads(lines.readline())
+            data, fds = b"", []
+            while not data.endswith(b"\n"):
+                chunk, received, _, _ = socket.recv_fds(conn, 1 << 16, 1)
+                if not chunk:
+                    break
+                data, fds = data + chunk, fds + received
+            request = json.loads(data)
+            request["fd"] = fds[0] if fds else None
             pid = fork(request, [replies, listener, conn, *nested.values()])
+            for fd in fds:  # the child has its own copy
+                os.close(fd)
             if pid is None:
                 conn.sendall(b'{"refused": "threads"}\n')
                 conn.close()
-            else:
-                nested[pid] = conn
+                continue
+            try:
+                conn.sendall((json.dumps({"pid": pid}) + "\n").encode())  # the asking child kills it past a timeout
+            except OSError:  # the child that asked is gone
+                pass
+            nested[pid] = conn
         for pid in list(nested):
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:

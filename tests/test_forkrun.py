@@ -260,3 +260,63 @@ def test_a_forked_scripts_python_m_run_is_forked_too_and_behaves_as_a_process(tm
         time.sleep(0.1)
     assert not _alive(pid)
     assert json.loads(run("ok")["stdout"].splitlines()[0])["torch_preloaded"]  # and the server serves the next run
+
+
+LOGS = """
+import json, os, subprocess, sys
+mode, out = sys.argv[1], sys.argv[2]
+env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "lib"))
+probe = os.path.join(os.path.dirname(__file__), "lib", "probe_mod.py")
+with open(os.path.join(out, "log.txt"), "w") as log:
+    log.write("before\\n")
+    log.flush()  # subprocess.run does not: what is still buffered would go after the run's output
+    try:
+        rc = subprocess.run([sys.executable, probe, mode, out], env=env, cwd=out, stdout=log, stderr=subprocess.STDOUT, timeout=5).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timed out"
+print(json.dumps({"rc": rc, "log": open(os.path.join(out, "log.txt")).read(), "pid": os.getpid(), "pgid": os.getpgid(0)}))
+"""
+
+
+def test_a_forked_scripts_python_script_run_into_a_log_file_is_forked_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`subprocess.run([sys.executable, "script.py", ...], stdout=log, stderr=subprocess.STDOUT, timeout=...)` in a
+    forked script (benchmarks/train_throughput.py's runners under benchmarks/gpu_check.py) is another child of the
+    server: the script as __main__, its argv, its directory first on sys.path and then PYTHONPATH, both streams
+    into the file's descriptor after what the script wrote, its exit code; past the timeout it is killed and
+    TimeoutExpired raised, as a plain process is."""
+    monkeypatch.setenv("RECIPEC_TEST_FORK", "1")
+    scripts = tmp_path / "scripts"
+    (scripts / "lib").mkdir(parents=True)
+    (scripts / "logs.py").write_text(LOGS)
+    (scripts / "lib" / "probe_mod.py").write_text(PROBE_MOD)
+    env = dict(os.environ, FORKRUN_CASE="logs")  # an environment of its own: its first use is a plain process
+
+    def run(mode: str):
+        out = tmp_path / f"out-{mode}"
+        out.mkdir(exist_ok=True)
+        proc = forkrun.run([sys.executable, str(scripts / "logs.py"), mode, str(out)], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = json.loads(proc.stdout)
+        before, first, *rest = result["log"].splitlines()
+        assert before == "before"
+        return result, json.loads(first), rest
+
+    plain, want, want_rest = run("ok")  # the environment's first use: a plain process, which starts a plain one
+    (forked, got, rest), (exited, _, _), (raised, _, raised_rest) = (run(mode) for mode in ("ok", "exit", "raise"))
+    assert not want["torch_preloaded"] and got["torch_preloaded"], "not forked from the server"
+    assert want["ppid"] == plain["pid"] and got["ppid"] != forked["pid"]  # the server's child, not the script's
+    assert want["pgid"] == plain["pgid"] and got["pgid"] == forked["pgid"]
+    for key in ("name", "path0", "lib_first", "argv", "cwd"):
+        assert got[key] == want[key], key
+    assert got["name"] == "__main__" and got["lib_first"] and got["path0"] == str(scripts / "lib")
+    assert got["argv"] == [str(scripts / "lib" / "probe_mod.py"), "ok", str(tmp_path / "out-ok")]
+    assert rest == want_rest == ["to stderr"]
+    assert forked["rc"] == plain["rc"] == 0 and exited["rc"] == 3
+    assert raised["rc"] == 1 and raised_rest[:2] == ["to stderr", "Traceback (most recent call last):"] and raised_rest[-1] == "ValueError: boom"
+    timed_out, _, _ = run("sleep")
+    assert timed_out["rc"] == "timed out"
+    pid = int((tmp_path / "out-sleep" / "module-pid").read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
