@@ -36,7 +36,7 @@ environment, it asks a server to fork itself and run the command in the child:
   plain subprocess.
 
 A server is started with the environment it serves (pytest's PYTEST_CURRENT_TEST aside), on the
-second run under that environment; a test process keeps the two used last. It imports what every
+second run under that environment; a test process keeps the SERVERS_KEPT used last. It imports what every
 generated train.py imports and accelerate's launcher, with the environment train.py sets before it
 imports them (telemetry off, progress bars of datasets off), and never runs a tensor operation, so no
 thread pool exists when it forks: before each fork (the server's, and the launcher's of its workers)
@@ -83,6 +83,11 @@ NESTED_KWARGS = {"env", "stdout", "stderr", "capture_output", "text", "cwd", "ch
 
 _plain_run = subprocess.run
 _nested_socket: str | None = None  # the server's socket for its children's `python -m` runs (set in the server)
+
+SERVERS_KEPT = 4
+"""Servers a test process keeps, the most recently used (about 0.6 GB each): the files' own environments (a
+hub cache of the test's, the crash tests' unbuffered output) come and go between the runs of the common one,
+and a server closed to make room for them is started again at its next run (its imports paid again)."""
 
 SHUTDOWN_S = 30.0
 """How long the workers of a failed launch get after SIGTERM before SIGKILL, as torchrun's agent gives them."""
@@ -386,8 +391,9 @@ def skip_shared_memory_collective() -> None:
     when a process first starts deepspeed.comm. Only `inference_all_reduce` calls it (DeepSpeed inference's
     tensor parallelism on CPUs), which no training run reaches: ZeRO and sequence parallelism use
     torch.distributed's collectives. Marked not compatible, the op is not built and that call falls back to
-    torch.distributed's all_reduce. The forked runs (and tests/runtime/test_checkpoint.py's DeepSpeed
-    process) skip it; the plain ones (RECIPEC_TEST_FORK=0, .ci/latest) still build it."""
+    torch.distributed's all_reduce. The forked runs skip it, and so do the DeepSpeed processes of
+    tests/runtime/test_checkpoint.py and tests/test_launch_configs.py's mesh; the plain training runs
+    (RECIPEC_TEST_FORK=0, .ci/latest) still build it."""
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -566,7 +572,7 @@ def _server(env: dict[str, str], at_once: bool = False) -> _Server | None:
     if key in _servers:
         _servers[key] = _servers.pop(key)  # the most recently used last
     elif _uses[key] >= 2 or at_once:
-        while len(_servers) >= 2:
+        while len(_servers) >= SERVERS_KEPT:
             _servers.pop(next(iter(_servers))).close()
         _servers[key] = _Server(env)
     return _servers.get(key)

@@ -860,7 +860,7 @@ def test_every_process_builds_the_device_mesh_over_gloo(case: str, accepted, lau
         import json, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import accelerate.parallelism_config, torch.distributed, torch.multiprocessing as mp
-        {"import deepspeed.comm" if sizes["sp"] > 1 else ""}
+        {"import deepspeed.comm, forkrun; forkrun.skip_shared_memory_collective()" if sizes["sp"] > 1 else ""}
         from test_launch_configs import _build_mesh
         if __name__ == "__main__":  # forked after the imports: {world} processes need not import torch {world} times
             args = ({world}, json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])

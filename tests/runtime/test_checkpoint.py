@@ -578,8 +578,9 @@ def test_the_estimate_is_what_save_state_writes(tmp_path, name, dtype, copies):
 _DEEPSPEED_CASES = """
 import json, os, pathlib, sys
 import deepspeed, torch
-deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # an inference collective, not built: tests/forkrun.py
-sys.path.insert(0, os.environ["CASES_DIR"])
+sys.path[:0] = [os.environ["CASES_DIR"], os.environ["TESTS_DIR"]]
+import forkrun
+forkrun.skip_shared_memory_collective()
 from case_model import tiny_llama
 out = {}
 for name, stage, half, freeze, optim in json.loads(sys.argv[1]):
@@ -636,7 +637,7 @@ def test_the_estimate_is_what_deepspeed_saves(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", CASES_DIR=str(tmp_path))
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", CASES_DIR=str(tmp_path), TESTS_DIR=str(pathlib.Path(__file__).parents[1]))
     env.pop("ACCELERATE_USE_CPU", None)
     proc = subprocess.run(
         [sys.executable, "-c", _DEEPSPEED_CASES, json.dumps(cases), str(tmp_path / "ckpt")],
