@@ -82,7 +82,7 @@ NESTED_KWARGS = {"env", "stdout", "stderr", "capture_output", "text", "cwd", "ch
 """The keyword arguments of a child's `subprocess.run` that the server can serve (see _nested_streams)."""
 
 _plain_run = subprocess.run
-_nested_socket: str | None = None  # the server's socket for its children's `python -m` runs (set in the server)
+_nested_socket: str | None = None  # the server's socket for the runs its children start (set in the server)
 
 SERVERS_KEPT = 4
 """Servers a test process keeps, the most recently used (about 0.6 GB each): the files' own environments (a
@@ -161,7 +161,7 @@ def _nested_forkable(cmd: Any, kwargs: dict[str, Any]) -> bool:
     if _nested_socket is None or not isinstance(cmd, (list, tuple)) or len(cmd) < 2 or cmd[0] != sys.executable:
         return False
     module = cmd[1] == "-m" and len(cmd) >= 3
-    script = str(cmd[1]).endswith(".py") and os.path.isfile(cmd[1])
+    script = str(cmd[1]).endswith(".py") and os.path.isfile(os.path.join(kwargs.get("cwd") or "", cmd[1]))
     return (module or script) and set(kwargs) <= NESTED_KWARGS and _nested_streams(kwargs) is not None
 
 
@@ -216,7 +216,10 @@ def _nested_run(cmd: Any, *args: Any, **kwargs: Any) -> subprocess.CompletedProc
                 line = lines.readline()
                 timed_out = False
             except TimeoutError:
-                os.kill(started["pid"], signal.SIGKILL)
+                try:
+                    os.kill(started["pid"], signal.SIGKILL)
+                except ProcessLookupError:  # it ended, and the server reaped it, just now
+                    pass
                 conn.settimeout(None)
                 line = lines.readline()  # the server's answer once it has reaped the run
                 timed_out = True
