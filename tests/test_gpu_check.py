@@ -55,7 +55,7 @@ def test_a_row_in_the_table() -> None:
 
 @pytest.mark.slow
 def test_every_row_on_cpu_with_a_tiny_model(tmp_path: Path) -> None:
-    # forked: its `recipec data` and `recipec explain` runs are forked too (its runners are plain processes)
+    # forked: its `recipec data` and `recipec explain` runs and its runners (into their log files) are forked too
     out = forkrun.run(
         [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--device", "cpu", "--tiny", "--quick", "--workdir", str(tmp_path)],
         env=dict(os.environ),
