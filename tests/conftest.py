@@ -15,6 +15,7 @@ Nothing here is autouse: the runtime and training tests do not use these fixture
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import os
@@ -127,17 +128,30 @@ SLOW_SECONDS, FAST_SECONDS = 15.0, 0.05
 """What a test of a file missing from DURATIONS is expected to take: marked slow (it trains), or not."""
 
 
+def _test_file(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def _stored_durations() -> dict[str, float]:
+    if not DURATIONS.exists():
+        return {}
+    try:
+        return json.loads(DURATIONS.read_text())
+    except json.JSONDecodeError as e:
+        raise pytest.UsageError(f"{DURATIONS}: not JSON ({e}); rewrite it with a whole run and --store-durations, or delete it") from None
+
+
 def longest_files_first(items: list[Any], seconds: Mapping[str, float]) -> list[Any]:
     """The items, each file's together and in their order, the files by their expected seconds, longest first.
 
     Under `--dist worksteal` each worker starts on half the list and an idle worker takes the back half of
     the other's queue: with the longest files at the front, what is left to take at the end is short tests,
-    and both workers finish within seconds of each other (in collection order the training files near the
+    and both workers finish close together (in collection order the training files near the
     end of the alphabet kept one worker busy for minutes after the other had stopped). A file stays whole
     in a worker's queue, so its module fixtures are set up once there."""
     files: dict[str, list[Any]] = {}
     for item in items:
-        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+        files.setdefault(_test_file(item.nodeid), []).append(item)
 
     def expected(path: str) -> float:
         if path in seconds:
@@ -147,25 +161,30 @@ def longest_files_first(items: list[Any], seconds: Mapping[str, float]) -> list[
     return [item for path in sorted(files, key=expected, reverse=True) for item in files[path]]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        _stored_durations()  # a damaged file is a usage error here, before the xdist workers read it
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not hasattr(config, "workerinput"):  # one process: the files in the order given
         return
     # every worker orders the same collection the same way, as xdist requires
-    items[:] = longest_files_first(items, json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {})
+    items[:] = longest_files_first(items, _stored_durations())
 
 
-_file_seconds: dict[str, float] = {}
+_file_seconds: collections.Counter[str] = collections.Counter()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    _file_seconds[report.nodeid.split("::")[0]] = _file_seconds.get(report.nodeid.split("::")[0], 0.0) + report.duration
+    _file_seconds[_test_file(report.nodeid)] += report.duration
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if not config.getoption("--store-durations") or hasattr(config, "workerinput") or not _file_seconds:
         return
-    stored = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    stored = _stored_durations()
     stored.update({path: round(total, 1) for path, total in _file_seconds.items()})  # the files this run ran
     DURATIONS.write_text(json.dumps(dict(sorted(stored.items())), indent=1) + "\n")
 

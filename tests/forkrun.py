@@ -155,14 +155,14 @@ def _nested_streams(kwargs: dict[str, Any]) -> str | None:
     return None
 
 
-def _nested_forkable(cmd: Any, kwargs: dict[str, Any]) -> bool:
-    """`python -m MODULE ...` or `python script.py ...`, its output streams as _nested_streams serves them, and
-    nothing else the server cannot give it."""
+def _nested_forkable(cmd: Any, kwargs: dict[str, Any]) -> str | None:
+    """For `python -m MODULE ...` or `python script.py ...` with nothing else the server cannot give it: how its
+    output streams go (_nested_streams); None for anything else."""
     if _nested_socket is None or not isinstance(cmd, (list, tuple)) or len(cmd) < 2 or cmd[0] != sys.executable:
-        return False
+        return None
     module = cmd[1] == "-m" and len(cmd) >= 3
     script = str(cmd[1]).endswith(".py") and os.path.isfile(os.path.join(kwargs.get("cwd") or "", cmd[1]))
-    return (module or script) and set(kwargs) <= NESTED_KWARGS and _nested_streams(kwargs) is not None
+    return _nested_streams(kwargs) if (module or script) and set(kwargs) <= NESTED_KWARGS else None
 
 
 class _Lines:
@@ -187,13 +187,14 @@ def _nested_run(cmd: Any, *args: Any, **kwargs: Any) -> subprocess.CompletedProc
     import signal
     import socket
 
-    if args or not _nested_forkable(cmd, kwargs):
+    streams = None if args else _nested_forkable(cmd, kwargs)
+    if streams is None:
         return _plain_run(cmd, *args, **kwargs)
     argv = [str(c) for c in cmd]
     module = argv[1] == "-m"
     env = dict(os.environ) if kwargs.get("env") is None else dict(kwargs["env"])
     timeout = kwargs.get("timeout")
-    to_file = _nested_streams(kwargs) == "file"
+    to_file = streams == "file"
     with tempfile.TemporaryDirectory(prefix="forkrun-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         request = {
