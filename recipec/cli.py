@@ -670,7 +670,7 @@ def import_(
     imported (not YAML or JSON, another tool's, a key the tool does not know).
     """
     from .diagnostics import Diagnostic
-    from .importers import Options, import_config, recipe_name
+    from .importers import Options, at_the_source, import_config, recipe_name
 
     name = name or recipe_name(config)
     try:
@@ -710,7 +710,7 @@ def import_(
     try:
         plan, _ = plan_recipe(out, ())
     except RecipeError as exc:
-        report.diagnostics(exc.diagnostics)
+        report.diagnostics(at_the_source(exc.diagnostics, draft, out.as_posix()))
         report.info(f"{out.as_posix()} does not validate here; fix what is listed above")
         valid = False
     click.echo(f"wrote {out.as_posix()}")

@@ -19,15 +19,17 @@ every key of the file. The compiler side: nothing here imports torch or transfor
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ..diagnostics import Diagnostic, Location, RecipeError, sort_diagnostics
-from .core import Config, Draft, migrate, read_config, restore_names, unknown_key_error, write_recipe
+from .core import Config, Draft, _pop, migrate, read_config, recipe_lines, restore_names, unknown_key_error, write_recipe
 
 TOOLS: dict[str, str] = {
     "axolotl": "axolotl",
@@ -116,8 +118,24 @@ def import_config(path: str | Path, tool: str, options: Options | None = None) -
                     )
                 ]
             )
+    drafts: list[Draft] = []
+    try:
+        draft = _convert(config, tool, options, found, drafts)
+        text = write_recipe(draft)
+    except RecipeError:
+        raise
+    except Exception as exc:  # a value the converter cannot read: named at its line, never a traceback
+        raise unreadable_value(config, tool, options, found, exc, drafts[0] if drafts else None) from None
+    return Result(draft, text)
+
+
+def _convert(config: Config, tool: str, options: Options, found: dict[str, list[str]], drafts: list[Draft] | None = None) -> Draft:
+    """Check the config's keys and convert it: the draft, or a RecipeError listing every problem.
+    The draft goes into `drafts` as soon as it exists, for a caller that wants it when converting fails."""
     module = tool_module(tool)
     draft = Draft(config, tool, module.VERSION, tuple(module.KNOWN))
+    if drafts is not None:
+        drafts.append(draft)
     legacy = getattr(module, "LEGACY", {})
     errors = migrate(draft, legacy, getattr(module, "LEGACY_VALUES", {}))
     unknown = draft.unknown_keys()
@@ -139,9 +157,215 @@ def import_config(path: str | Path, tool: str, options: Options | None = None) -
     if errors:
         raise RecipeError(sort_diagnostics(errors))
     draft.set("recipe.name", options.name)
-    draft.tables["recipe"]["name"].note = f"from the file name {Path(path).name}"
+    draft.tables["recipe"]["name"].note = f"from the file name {Path(config.path).name}"
     module.convert(draft, options)
     for key in draft.pending():
         draft.drop(key, "no-equivalent", "recipec import does not map this key.")
     restore_names(draft, legacy)
-    return Result(draft, write_recipe(draft))
+    return draft
+
+
+def at_the_source(diagnostics: list[Diagnostic], draft: Draft, written: str) -> list[Diagnostic]:
+    """The written recipe's problems, each that is on a line whose value came from the config
+    moved to the config key's line (the first key, when several made the value), the recipe's
+    line named in its help: the value to fix is the config's."""
+    sources = recipe_lines(draft)
+    out = []
+    for diag in diagnostics:
+        loc = diag.location
+        keys = sources[loc.line - 1][1] if loc is not None and loc.file == written and 0 < loc.line <= len(sources) else ()
+        if not keys:
+            out.append(diag)
+            continue
+        names = ", ".join(f"`{k}`" for k in keys)
+        said = f"written to {written}:{loc.line} as `{sources[loc.line - 1][0].split('  #', 1)[0].strip()}`"
+        out.append(
+            Diagnostic(
+                diag.severity,
+                f"{diag.message} (imported from {names})",
+                draft.config.location(keys[0]),
+                help=f"{diag.help}; {said}" if diag.help else said,
+            )
+        )
+    return out
+
+
+# -- a value the converter fails on --------------------------------------------------------
+
+#: Failures that mean a number was wanted: int()/float()/Fraction() of a value that is not
+#: one, or arithmetic and comparisons with it
+_NOT_A_NUMBER = re.compile(
+    r"invalid literal for int\(\)|could not convert string to float|\(\) argument must be a string"
+    r"|Invalid literal for Fraction|argument should be a string or a Rational|not supported between instances of"
+    r"|unsupported operand type|must be real number|can't multiply sequence|bad operand type"
+)
+
+
+def unreadable_value(
+    config: Config, tool: str, options: Options, found: dict[str, list[str]], exc: Exception, draft: Draft | None
+) -> RecipeError:
+    """The error for the values the converter fails on, `exc` the first failure (any exception but
+    a RecipeError).
+
+    The key to blame is found by trial, not guessed: the config is converted again without one
+    of its leaf keys at a time (the keys read last first), and the first key whose removal ends
+    that failure is the one named, at its line. Without it, the next failure is looked for the
+    same way, so that every such value is listed at once. When no single key ends a failure, the
+    error names the file and the failure: a bug in recipec's importer that no edit of one value
+    fixes.
+    """
+    leaves = config.leaves()
+    data = copy.deepcopy(config.data)
+    blamed: list[tuple[str, Exception]] = []
+    failure: Exception | None = exc
+    unblamed: Exception | None = None
+    while failure is not None and len(blamed) < 20:
+        key, after, draft = _blame(config, data, tool, options, found, failure, draft)
+        if key is None:
+            unblamed = failure
+            break
+        blamed.append((key, failure))
+        _pop(data, key)
+        failure = after
+    diagnostics = []
+    for key, why in blamed:
+        value = leaves[key]
+        if _NOT_A_NUMBER.search(str(why)) and isinstance(value, str) and "${" in value:
+            message = f"`{key}` must be a number: `{value}` is not one"
+        elif _NOT_A_NUMBER.search(str(why)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            message = f"`{key}` must be a number, not {_shown(value)}"
+        else:
+            message = f"`{key}` cannot be {_shown(value)}: recipec's {tool} importer fails on it ({type(why).__name__}: {why})"
+        diagnostics.append(Diagnostic("error", message, config.location(key)))
+    if unblamed is not None:
+        diagnostics.append(
+            Diagnostic(
+                "error",
+                f"recipec cannot import {config.path}: {type(unblamed).__name__}: {unblamed}",
+                Location(config.path, 0, 1, 1, ""),
+                help=f"no single key of the file causes this: a bug of recipec's {tool} importer; please report it with the file",
+            )
+        )
+    return RecipeError(diagnostics)
+
+
+def _blame(
+    config: Config, data: dict[str, Any], tool: str, options: Options, found: dict[str, list[str]], exc: Exception, draft: Draft | None
+) -> tuple[str | None, Exception | None, Draft | None]:
+    """The leaf key of `data` without which converting no longer fails as `exc` did, and the next
+    failure without it (None when it converts or stops at a RecipeError) with its draft.
+
+    The keys are tried from the most evidence to the least (:func:`_suspects`). A key whose value
+    the failure quotes is taken as soon as its removal ends the failure. Among keys with the same
+    lesser evidence, one without which the config converts (or fails further on) is taken before
+    one without which it stops at a RecipeError: removing a key the failing line did not need can
+    stop the conversion before that line (a reference to it left dangling), and that is no
+    evidence."""
+    site = _failure_site(exc)
+    refused: str | None = None
+    level = None
+    for key, evidence in _suspects(Config(config.path, config.text, data, config.lines), draft, exc):
+        if evidence != level:
+            if refused is not None:  # the best a level with more evidence had
+                return refused, None, None
+            level = evidence
+        trial = copy.deepcopy(data)
+        _pop(trial, key)
+        drafts: list[Draft] = []
+        try:
+            write_recipe(_convert(Config(config.path, config.text, trial, config.lines), tool, options, found, drafts))
+        except RecipeError as refusal:
+            if all(f"${{{key}}}" in d.message for d in refusal.diagnostics):
+                continue  # only the references to the removed key dangle: no evidence either way
+            if evidence >= 2:  # the failure quotes its value: no need for more
+                return key, None, None
+            refused = refused or key
+            continue
+        except Exception as again:
+            if _failure_site(again) == site:
+                continue
+            return key, again, drafts[0] if drafts else None
+        return key, None, None
+    if refused is not None:
+        return refused, None, None
+    return None, exc, draft
+
+
+def _failure_site(exc: BaseException) -> tuple[str, str, int]:
+    """The exception's type and the innermost line of recipec's code it went through."""
+    import traceback
+
+    package = str(Path(__file__).resolve().parent.parent)
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if str(Path(f.filename).resolve()).startswith(package)] or frames
+    last = ours[-1] if ours else None
+    return (type(exc).__name__, last.filename if last else "", last.lineno or 0 if last else 0)
+
+
+def _suspects(config: Config, draft: Draft | None, exc: Exception) -> list[tuple[str, int]]:
+    """The config's leaf keys in the order to try them, each with its evidence (3: a value among
+    the failing lines' variables, of a type the message names; 2: a string the message quotes; 1:
+    a value of a type it names; 0: none): first those the failure itself points at (a value among the failing lines' variables,
+    a string the message quotes, a type it names), then those the failed conversion read last
+    (old names read under new ones mapped back), then the unread ones from the end of the file."""
+    leaves = config.leaves()
+    names = list(leaves)
+    message = str(exc)
+    held = {id(v) for v in _frame_values(exc) if isinstance(v, (str, list, dict))}
+
+    def evidence(key: str) -> int:
+        value = leaves[key]
+        if isinstance(value, (str, list, dict)) and id(value) in held and _type_named(value, message):
+            return 3
+        if isinstance(value, str) and repr(value) in message:
+            return 2
+        return 1 if _type_named(value, message) else 0
+
+    last: dict[str, int] = {}
+    if draft is not None:
+        back = dict(draft.renamed)
+
+        def named(read: str) -> str:
+            for new, old in back.items():
+                if read == new or _under(read, new):
+                    return old + read[len(new):]
+            return read
+
+        for i, read in enumerate(draft.reads):
+            read = named(read)
+            for leaf in names:
+                if leaf == read or _under(leaf, read) or _under(read, leaf):
+                    last[leaf] = i
+    order = sorted(names, key=lambda k: (-evidence(k), -last.get(k, -1), -names.index(k)))
+    return [(k, evidence(k)) for k in order]
+
+
+def _type_named(value: Any, message: str) -> bool:
+    """Whether the failure's message names the value's type (or quotes the string)."""
+    return f"'{type(value).__name__}'" in message or (isinstance(value, str) and repr(value) in message)
+
+
+def _frame_values(exc: BaseException) -> list[Any]:
+    """The variables of recipec's frames the exception went through."""
+    package = str(Path(__file__).resolve().parent.parent)
+    values: list[Any] = []
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(package):
+            values += list(tb.tb_frame.f_locals.values())
+        tb = tb.tb_next
+    return values
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "empty (null)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'the string "{value}"'
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)

@@ -256,6 +256,8 @@ class Draft:
     it became, and the sentence naming both spellings."""
     overridden: dict[str, str] = field(default_factory=dict)
     """Keys of the file that an old value sets otherwise, and why they are ignored."""
+    reads: list[str] = field(default_factory=list)
+    """The keys :meth:`get` was asked for, in order (to find the value a failed conversion read last)."""
 
     def __post_init__(self) -> None:
         self.values = self.config.leaves()
@@ -266,6 +268,7 @@ class Draft:
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of a leaf key, or of a table (as the file has it)."""
+        self.reads.append(key)
         if key in self.values:
             return self.values[key]
         node: Any = self.config.data
@@ -585,25 +588,37 @@ def _short(value: Any) -> str:
 
 def write_recipe(draft: Draft) -> str:
     """The recipe text: the header block, then each table with a comment on each line."""
-    lines = header(draft)
+    return "\n".join(text for text, _ in recipe_lines(draft)) + "\n"
+
+
+def recipe_lines(draft: Draft) -> list[tuple[str, tuple[str, ...]]]:
+    """The recipe's lines, each with the source keys its value came from (none for the header,
+    table headers and values recipec chooses): line N of :func:`write_recipe` is item N - 1.
+
+    A value that has no TOML form (a config's empty `key:` carried over as null) is an error at
+    the config key it came from, every such value at once."""
+    lines: list[tuple[str, tuple[str, ...]]] = [(text, ()) for text in header(draft)]
     tables = dict(draft.tables)
     order = [t for t in TABLE_ORDER if t in tables or (t == "data.sources" and draft.sources)]
     order += sorted(t for t in tables if t not in TABLE_ORDER)
+    errors: list[Diagnostic] = []
     for table in order:
         if table == "data.sources":
             for src in draft.sources:
-                lines += ["", "[[data.sources]]"]
-                lines += _table_lines(src, draft.version)
+                lines += [("", ()), ("[[data.sources]]", ())]
+                lines += _table_lines(draft, table, src, errors)
             continue
         rows = tables[table]
         if not rows:
             continue
-        lines += ["", f"[{table}]"]
-        lines += _table_lines(rows, draft.version)
-    return "\n".join(lines) + "\n"
+        lines += [("", ()), (f"[{table}]", ())]
+        lines += _table_lines(draft, table, rows, errors)
+    if errors:
+        raise ImportError_(errors)
+    return lines
 
 
-def _table_lines(rows: Mapping[str, Line], version: str) -> list[str]:
+def _table_lines(draft: Draft, table: str, rows: Mapping[str, Line], errors: list[Diagnostic]) -> list[tuple[str, tuple[str, ...]]]:
     body = []
     for key, line in rows.items():
         if isinstance(line.value, dict) and line.keys == () and all(isinstance(v, Line) for v in line.value.values()):
@@ -613,9 +628,24 @@ def _table_lines(rows: Mapping[str, Line], version: str) -> list[str]:
             notes = [v.note for v in line.value.values() if v.how != "approx" and v.note]
             how = "approx" if approx else ("exact" if keys else "derived")
             line = Line(value, keys, how, "; ".join(approx or notes))
-        body.append((f"{_toml_key(key)} = {_toml(_plain(line.value))}", _comment(line, version)))
-    width = min(max((len(b) for b, _ in body), default=0), 56)
-    return [f"{b:<{width}}  # {c}" if c else b for b, c in body]
+        try:
+            text = _toml(_plain(line.value))
+        except TypeError:
+            if not line.keys:  # a value recipec chose: its own bug, not the config's
+                raise
+            shown = "empty (null)" if line.value is None else f"{_plain(line.value)!r}"
+            errors.append(
+                Diagnostic(
+                    "error",
+                    f"`{line.keys[0]}` is {shown}, which `{table}.{key}` cannot be: it needs a value",
+                    draft.config.location(line.keys[0]),
+                    help=f"give `{line.keys[0]}` a value, or delete the key",
+                )
+            )
+            continue
+        body.append((f"{_toml_key(key)} = {text}", _comment(line, draft.version), line.keys))
+    width = min(max((len(b) for b, _, _ in body), default=0), 56)
+    return [(f"{b:<{width}}  # {c}" if c else b, keys) for b, c, keys in body]
 
 
 # -- checks on the parsed config ---------------------------------------------------------

@@ -25,7 +25,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .core import Draft, Legacy, OldValue, Removed, epochs_cadence, num
+from ..diagnostics import Diagnostic
+from .core import Draft, ImportError_, Legacy, OldValue, Removed, epochs_cadence, num
 
 VERSION = "llm-foundry 0.21.0"
 """The release whose defaults are applied (TrainConfig of llmfoundry/utils/config_utils.py,
@@ -187,6 +188,8 @@ class _Resolver:
         self.data = data
         self.refs: dict[str, set[str]] = {}
         """Leaf key -> the leaf keys its value references, transitively."""
+        self.missing: dict[str, str] = {}
+        """Leaf key -> a reference of its value to a key the file does not have."""
 
     def _lookup(self, path: str) -> tuple[bool, Any]:
         node: Any = self.data
@@ -209,6 +212,8 @@ class _Resolver:
             if ":" in path or path.startswith(".") or path in seen:  # a resolver (oc.env:X), relative, or a cycle
                 return False, None
             ok, target = self._lookup(path)
+            if not ok:
+                self.missing.setdefault(key, path)
             if not ok or isinstance(target, (dict, list)):
                 return False, None
             refs.add(path)
@@ -265,6 +270,18 @@ class _Conv:
         self.o = options
         self.res = _Resolver(draft.config.data)
         self.v: dict[str, Any] = {k: self.res.resolve(k, val) for k, val in draft.values.items()}
+        if self.res.missing:  # OmegaConf's InterpolationKeyError when llm-foundry resolves the config
+            raise ImportError_(
+                [
+                    Diagnostic(
+                        "error",
+                        f"`{key}` refers to `${{{path}}}`, which the file does not set: llm-foundry stops on it (InterpolationKeyError)",
+                        draft.config.location(key),
+                        help=f"set `{path}`, or write the value itself",
+                    )
+                    for key, path in self.res.missing.items()
+                ]
+            )
         self.seq_len: int | None = None
         self.peak_lr: float | None = None
 

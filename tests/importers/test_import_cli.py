@@ -126,3 +126,87 @@ def test_import_loads_neither_torch_nor_transformers(tmp_path):
     loaded = set(json.loads(out.stdout.splitlines()[-1]))
     assert not {"torch", "transformers", "accelerate", "datasets", "peft"} & loaded
     assert (tmp_path / "r.toml").exists()
+
+
+LUDWIG = """\
+model_type: llm
+base_model: org/model
+trainer:
+  type: finetune
+  learning_rate: {lr}
+  batch_size: {batch}
+  learning_rate_scheduler:
+    warmup_fraction: {warmup}
+input_features:
+  - name: prompt
+    type: text
+output_features:
+  - name: out
+    type: text
+"""
+
+
+def test_values_the_converter_cannot_read_are_named_at_their_lines_all_at_once(tmp_path, monkeypatch):
+    """A value of the wrong type that the importer fails on is an error at its key's line, never a
+    traceback; every such value is listed, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "l.yaml").write_text(LUDWIG.format(lr="1e-4", batch="two", warmup="[0.1]"), encoding="utf-8")
+    result = run("l.yaml", "--from", "ludwig", "--data", "org/data", "-o", "r.toml")
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert 'error: `trainer.batch_size` must be a number, not the string "two"\n --> l.yaml:6:3' in result.stderr
+    assert "error: `trainer.learning_rate_scheduler.warmup_fraction` must be a number, not a list\n --> l.yaml:8:5" in result.stderr
+    assert "2 errors in l.yaml" in result.stderr and not (tmp_path / "r.toml").exists()
+    # the same config with both values right imports
+    (tmp_path / "l.yaml").write_text(LUDWIG.format(lr="1e-4", batch="2", warmup="0.1"), encoding="utf-8")
+    assert run("l.yaml", "--from", "ludwig", "--data", "org/data", "-o", "r.toml").exit_code in (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("tool", "text", "key", "line"),
+    [
+        ("axolotl", "base_model: org/m\ndatasets:\n  - path: org/d\n    type: alpaca\nmicro_batch_size: [2]\n", "micro_batch_size", 5),
+        ("torchtune", "seed: ~\ntokenizer:\n  _component_: torchtune.models.llama3.llama3_tokenizer\n  path: t.model\n  max_seq_len: many\n", "tokenizer.max_seq_len", 5),
+        ("transformers", '{"output_dir": "out",\n "per_device_train_batch_size": "eight"}', "per_device_train_batch_size", 2),
+    ],
+)
+def test_each_tools_unreadable_value_is_named_at_its_line(tmp_path, monkeypatch, tool, text, key, line):
+    monkeypatch.chdir(tmp_path)
+    name = "c.json" if text.startswith("{") else "c.yaml"
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    result = run(name, "--from", tool, "--model", "org/m", "--data", "org/d", "-o", "r.toml")
+    assert result.exit_code == 2, result.output
+    assert f"error: `{key}` must be a number" in result.stderr and f" --> {name}:{line}:" in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_value_the_recipe_refuses_is_reported_at_the_config_line_it_came_from(tmp_path, monkeypatch):
+    """A value the importer carries over unchanged and the recipe's validation refuses: the error
+    points at the config's key, the line it was written to is in the help."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "l.yaml").write_text(LUDWIG.format(lr="fast", batch="2", warmup="0.1"), encoding="utf-8")
+    result = run("l.yaml", "--from", "ludwig", "--data", "org/data", "-o", "r.toml")
+    assert result.exit_code == 1, result.output
+    written = (tmp_path / "r.toml").read_text(encoding="utf-8").splitlines()
+    row = next(i for i, text in enumerate(written, 1) if text.startswith("lr = "))
+    assert 'error: `optim.lr` must be a number, not the string "fast" (imported from `trainer.learning_rate`)\n --> l.yaml:5:3' in result.stderr
+    assert f'help: written to r.toml:{row} as `lr = "fast"`' in result.stderr
+    assert "r.toml does not validate here" in result.stderr
+
+
+def test_a_failure_no_single_key_causes_names_the_file_and_the_failure(tmp_path, monkeypatch):
+    """A converter bug (here: one that fails whatever the config says) is a clear error naming the
+    file and the failure, not a traceback and not a key the user would fix in vain."""
+    from recipec.importers import ludwig
+
+    def broken(draft, options):
+        draft.get("trainer.batch_size")
+        raise KeyError("no such entry")
+
+    monkeypatch.setattr(ludwig, "convert", broken)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "l.yaml").write_text(LUDWIG.format(lr="1e-4", batch="2", warmup="0.1"), encoding="utf-8")
+    result = run("l.yaml", "--from", "ludwig", "--data", "org/data", "-o", "r.toml")
+    assert result.exit_code == 2, result.output
+    assert "error: recipec cannot import l.yaml: KeyError: 'no such entry'" in result.stderr
+    assert "a bug of recipec's ludwig importer" in result.stderr and "`trainer" not in result.stderr

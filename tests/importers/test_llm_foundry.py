@@ -420,6 +420,22 @@ def test_interpolations_resolve_and_variables_follow_their_users():
     assert Draft  # imported for the type only
 
 
+def test_a_reference_to_a_key_the_file_lacks_is_refused_at_its_line(tmp_path):
+    """OmegaConf stops on `${variables.x}` when the file has no `variables.x`
+    (InterpolationKeyError), so llm-foundry never starts: an error at the referring key."""
+    text = (CONFIGS / "mpt-125m.yaml").read_text()
+    assert "${variables.global_seed}" in text
+    path = tmp_path / "dangling.yaml"
+    path.write_text(text.replace("  global_seed: 17\n", ""))
+    with pytest.raises(RecipeError) as err:
+        import_config(path, TOOL, Options(name="d"))
+    refs = {d.message.split("`")[1]: d for d in err.value.diagnostics if "refers to" in d.message}
+    # each of the three keys that refer to it, at its own line
+    assert set(refs) == {"seed", "train_loader.dataset.shuffle_seed", "eval_loader.dataset.shuffle_seed"}
+    assert refs["seed"].message.startswith("`seed` refers to `${variables.global_seed}`, which the file does not set")
+    assert refs["seed"].location.source_line.startswith("seed: ${variables.global_seed}")
+
+
 def test_unreferenced_variable_is_warned(tmp_path, imported):
     text = (CONFIGS / "mpt-125m.yaml").read_text().replace("  global_seed: 17\n", "  global_seed: 17\n  unused_lr: 0.1\n")
     path = tmp_path / "unused.yaml"
