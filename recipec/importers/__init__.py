@@ -208,8 +208,8 @@ def unreadable_value(
     a RecipeError).
 
     The key to blame is found by trial, not guessed: the config is converted again without one
-    of its leaf keys at a time (the keys read last first), and the first key whose removal ends
-    that failure is the one named, at its line. Without it, the next failure is looked for the
+    of its leaf keys at a time, and a key whose removal ends that failure is the one named, at
+    its line (:func:`_blame` says which, when several do). Without it, the next failure is looked for the
     same way, so that every such value is listed at once. When no single key ends a failure, the
     error names the file and the failure: a bug in recipec's importer that no edit of one value
     fixes.
