@@ -313,10 +313,19 @@ def _suspects(config: Config, draft: Draft | None, exc: Exception) -> list[tuple
     message = str(exc)
     held = {id(v) for v in _frame_values(exc) if isinstance(v, (str, list, dict))}
 
+    def resolved(value: Any, depth: int = 0) -> Any:
+        """A whole `${key}` reference (OmegaConf's, which llm-foundry and torchtune configs use) as
+        the value it refers to."""
+        ref = re.fullmatch(r"\$\{\s*([^}:\s]+)\s*\}", value.strip()) if isinstance(value, str) else None
+        if ref is None or ref.group(1) not in leaves or depth > 10:
+            return value
+        return resolved(leaves[ref.group(1)], depth + 1)
+
     def evidence(key: str) -> int:
         value = leaves[key]
         if isinstance(value, (str, list, dict)) and id(value) in held and _type_named(value, message):
             return 3
+        value = resolved(value)
         if isinstance(value, str) and repr(value) in message:
             return 2
         return 1 if _type_named(value, message) else 0
@@ -342,6 +351,8 @@ def _suspects(config: Config, draft: Draft | None, exc: Exception) -> list[tuple
 
 def _type_named(value: Any, message: str) -> bool:
     """Whether the failure's message names the value's type (or quotes the string)."""
+    if "can't multiply sequence by non-int" in message:  # the type it names is the other operand's
+        return isinstance(value, (str, list))
     return f"'{type(value).__name__}'" in message or (isinstance(value, str) and repr(value) in message)
 
 
