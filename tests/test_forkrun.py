@@ -227,7 +227,9 @@ def test_a_forked_scripts_python_m_run_is_forked_too_and_behaves_as_a_process(tm
     (scripts / "lib").mkdir(parents=True)
     (scripts / "starts.py").write_text(STARTS)
     (scripts / "lib" / "probe_mod.py").write_text(PROBE_MOD)
-    env = dict(os.environ)
+    # an environment of its own: its first use is a plain process (os.environ's own may be served
+    # already, when RECIPEC_TEST_FORK=1 was set before the tests started)
+    env = dict(os.environ, FORKRUN_CASE="module")
 
     def run(mode: str, **kwargs):
         out = tmp_path / f"out-{mode}"
