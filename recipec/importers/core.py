@@ -633,11 +633,12 @@ def _table_lines(draft: Draft, table: str, rows: Mapping[str, Line], errors: lis
         except TypeError:
             if not line.keys:  # a value recipec chose: its own bug, not the config's
                 raise
-            shown = "empty (null)" if line.value is None else f"{_plain(line.value)!r}"
+            target = f"`{table}.{key}`"
+            what = f"empty (null), which {target} cannot be: it needs a value" if line.value is None else f"{_plain(line.value)!r}, which {target} cannot hold"
             errors.append(
                 Diagnostic(
                     "error",
-                    f"`{line.keys[0]}` is {shown}, which `{table}.{key}` cannot be: it needs a value",
+                    f"`{line.keys[0]}` is {what}",
                     draft.config.location(line.keys[0]),
                     help=f"give `{line.keys[0]}` a value, or delete the key",
                 )

@@ -210,3 +210,18 @@ def test_a_failure_no_single_key_causes_names_the_file_and_the_failure(tmp_path,
     assert result.exit_code == 2, result.output
     assert "error: recipec cannot import l.yaml: KeyError: 'no such entry'" in result.stderr
     assert "a bug of recipec's ludwig importer" in result.stderr and "`trainer" not in result.stderr
+
+
+def test_an_empty_value_the_recipe_must_hold_is_named_at_its_key(tmp_path, monkeypatch):
+    """torchtune's `lora_rank:` left empty is carried to `peft.r`, which TOML cannot hold as null:
+    an error at the config's key, not a failure writing the recipe."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load((CONFIGS / "torchtune" / "llama3_1-8B-lora-dpo.yaml").read_text(encoding="utf-8"))
+    config["model"]["lora_rank"] = None
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    result = run("c.yaml", "--from", "torchtune", "-o", "r.toml")
+    assert result.exit_code == 2, result.output
+    assert "error: `model.lora_rank` is empty (null), which `peft.r` cannot be: it needs a value\n  --> c.yaml:" in result.stderr
+    assert "lora_rank: null" in result.stderr and not (tmp_path / "r.toml").exists()
