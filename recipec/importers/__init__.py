@@ -25,7 +25,7 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, TracebackType
 from typing import Any
 
 from ..diagnostics import Diagnostic, Location, RecipeError, sort_diagnostics
@@ -291,15 +291,22 @@ def _blame(
     return None, exc, draft
 
 
+def _tracebacks(exc: BaseException) -> tuple[list[TracebackType], list[TracebackType]]:
+    """The exception's traceback entries, all of them and those in recipec's code."""
+    package = str(Path(__file__).resolve().parent.parent)
+    every: list[TracebackType] = []
+    tb = exc.__traceback__
+    while tb is not None:
+        every.append(tb)
+        tb = tb.tb_next
+    return every, [t for t in every if str(Path(t.tb_frame.f_code.co_filename).resolve()).startswith(package)]
+
+
 def _failure_site(exc: BaseException) -> tuple[str, str, int]:
     """The exception's type and the innermost line of recipec's code it went through."""
-    import traceback
-
-    package = str(Path(__file__).resolve().parent.parent)
-    frames = traceback.extract_tb(exc.__traceback__)
-    ours = [f for f in frames if str(Path(f.filename).resolve()).startswith(package)] or frames
-    last = ours[-1] if ours else None
-    return (type(exc).__name__, last.filename if last else "", last.lineno or 0 if last else 0)
+    every, ours = _tracebacks(exc)
+    last = (ours or every or [None])[-1]
+    return (type(exc).__name__, last.tb_frame.f_code.co_filename, last.tb_lineno) if last else (type(exc).__name__, "", 0)
 
 
 def _suspects(config: Config, draft: Draft | None, exc: Exception) -> list[tuple[str, int]]:
@@ -345,8 +352,8 @@ def _suspects(config: Config, draft: Draft | None, exc: Exception) -> list[tuple
             for leaf in names:
                 if leaf == read or _under(leaf, read) or _under(read, leaf):
                     last[leaf] = i
-    order = sorted(names, key=lambda k: (-evidence(k), -last.get(k, -1), -names.index(k)))
-    return [(k, evidence(k)) for k in order]
+    weight = {k: (evidence(k), last.get(k, -1), i) for i, k in enumerate(names)}
+    return [(k, weight[k][0]) for k in sorted(names, key=lambda k: weight[k], reverse=True)]
 
 
 def _type_named(value: Any, message: str) -> bool:
@@ -358,14 +365,7 @@ def _type_named(value: Any, message: str) -> bool:
 
 def _frame_values(exc: BaseException) -> list[Any]:
     """The variables of recipec's frames the exception went through."""
-    package = str(Path(__file__).resolve().parent.parent)
-    values: list[Any] = []
-    tb = exc.__traceback__
-    while tb is not None:
-        if str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(package):
-            values += list(tb.tb_frame.f_locals.values())
-        tb = tb.tb_next
-    return values
+    return [value for tb in _tracebacks(exc)[1] for value in tb.tb_frame.f_locals.values()]
 
 
 def _shown(value: Any) -> str:
